@@ -1,0 +1,350 @@
+"""Threshold OPRF: the covenant key split t-of-n among key holders.
+
+The key k is Shamir-shared over the ristretto255 scalar field: holder i (for
+i = 1..n) holds s_i = f(i) for a random polynomial f of degree t-1 with
+f(0) = k, and the covenant publishes each holder's commitment C_i = s_i * G.
+
+A node asks a *responding set* S of exactly t holders to evaluate its blinded
+elements. Holder i returns Z_ij = (lambda_i^S * s_i) * B_j with its Lagrange
+coefficient for S already applied, plus an RFC 9497 batched DLEQ proof (the
+VOPRF proof, mode 1) that the same scalar maps G to lambda_i^S * C_i and every
+B_j to Z_ij. The node, who can compute lambda_i^S * C_i from the public
+commitments, verifies each proof; the sum over S of Z_ij is then exactly
+k * B_j, the single-key evaluation. A holder whose proof fails is reported in
+``FaultyHolders`` and the node retries with a set that leaves it out.
+
+Pure functions and a small planner; no I/O. ``evaluate_in_process`` drives the
+protocol against in-process holders, for tests, benchmarks and the demo.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from samenloop.node import oprf
+from samenloop.policies.errors import (
+    InvalidInput,
+    InvalidProof,
+    NotEnoughHolders,
+    PeerError,
+)
+
+MAX_HOLDERS = 64
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Share:
+    """One holder's share s_i of the covenant key for one epoch. Secret."""
+
+    index: int
+    scalar: bytes
+
+    def __repr__(self) -> str:
+        return f"Share(index={self.index}, scalar=<redacted>)"
+
+    @property
+    def commitment(self) -> bytes:
+        return oprf.scalar_mult_gen(self.scalar)
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A key holder as the covenant publishes it."""
+
+    index: int
+    party: str
+    commitment: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEpoch:
+    """The public side of one epoch of the covenant's OPRF key.
+
+    ``group_public_key`` is k * G. Rotation is a new epoch with a new key;
+    tokens carry the epoch in their derivation, so epochs never mix.
+    """
+
+    covenant_id: str
+    epoch: int
+    threshold: int
+    group_public_key: bytes
+    holders: tuple[Holder, ...]
+
+    def __post_init__(self) -> None:
+        if self.epoch < 1:
+            raise InvalidInput("key epoch must be at least 1", field="epoch")
+        indices = [h.index for h in self.holders]
+        if len(set(indices)) != len(indices) or any(not 1 <= i <= MAX_HOLDERS for i in indices):
+            raise InvalidInput("holder indices must be distinct, 1..64", field="holders")
+        if not 1 <= self.threshold <= len(self.holders):
+            raise InvalidInput(
+                f"threshold {self.threshold} needs 1..{len(self.holders)} holders",
+                field="threshold",
+            )
+        for h in self.holders:
+            oprf.deserialize_element(h.commitment, field=f"holders[{h.index}].commitment")
+        oprf.deserialize_element(self.group_public_key, field="group_public_key")
+
+    def holder(self, index: int) -> Holder:
+        for h in self.holders:
+            if h.index == index:
+                return h
+        raise InvalidInput(f"no key holder with index {index}", field="holder_index")
+
+    def check_consistency(self) -> None:
+        """Check that the commitments lie on one polynomial whose constant term is the group key.
+
+        Interpolates k * G from the first t commitments and every other
+        commitment from them too; a dealer that handed out inconsistent shares
+        (or a tampered commitment) is caught here, before anyone relies on them.
+        """
+        base = self.holders[: self.threshold]
+        base_set = tuple(h.index for h in base)
+        if _interpolate_at(0, base_set, [h.commitment for h in base]) != self.group_public_key:
+            raise InvalidInput(
+                "holder commitments do not match the group public key", field="holders"
+            )
+        for h in self.holders[self.threshold :]:
+            if _interpolate_at(h.index, base_set, [b.commitment for b in base]) != h.commitment:
+                raise InvalidInput(
+                    f"commitment of holder {h.index} is inconsistent", field=f"holders[{h.index}]"
+                )
+
+
+def lagrange_coefficient(index: int, responding_set: Sequence[int], at: int = 0) -> bytes:
+    """lambda_i^S evaluated at ``at`` (0 for the secret): prod_{j != i} (at - x_j) / (x_i - x_j)."""
+    _check_set(responding_set, index)
+    num, den = 1, 1
+    for j in responding_set:
+        if j != index:
+            num = num * (at - j) % oprf.ORDER
+            den = den * (index - j) % oprf.ORDER
+    return oprf.scalar_mul(
+        oprf.scalar_from_int(num), oprf.scalar_inverse(oprf.scalar_from_int(den))
+    )
+
+
+def _check_set(responding_set: Sequence[int], index: int | None = None) -> None:
+    if list(responding_set) != sorted(set(responding_set)) or not responding_set:
+        raise InvalidInput("responding set must be ascending and distinct", field="responding_set")
+    if index is not None and index not in responding_set:
+        raise InvalidInput(f"holder {index} is not in the responding set", field="responding_set")
+
+
+def _interpolate_at(at: int, indices: Sequence[int], elements: Sequence[bytes]) -> bytes:
+    total: bytes | None = None
+    for i, element in zip(indices, elements, strict=True):
+        coefficient = lagrange_coefficient(i, indices, at)
+        if coefficient == bytes(oprf.SCALAR_BYTES):
+            continue
+        term = oprf.scalar_mult(coefficient, element)
+        total = term if total is None else oprf.element_add(total, term)
+    if total is None:  # pragma: no cover - only if every coefficient vanished
+        raise InvalidInput("interpolation is degenerate", field="holders")
+    return total
+
+
+def split_key(
+    secret: bytes, threshold: int, holders: int, *, coefficients: Sequence[bytes] | None = None
+) -> list[Share]:
+    """Shamir-split ``secret`` t-of-n. ``coefficients`` (t-1 scalars) only for tests."""
+    oprf.deserialize_scalar(secret, field="secret")
+    if not 1 <= threshold <= holders <= MAX_HOLDERS:
+        raise InvalidInput(f"need 1 <= t <= n <= {MAX_HOLDERS}", field="threshold")
+    coeffs = [secret] + (
+        list(coefficients)
+        if coefficients is not None
+        else [oprf.random_scalar() for _ in range(threshold - 1)]
+    )
+    if len(coeffs) != threshold:
+        raise InvalidInput("need exactly t-1 coefficients", field="coefficients")
+    shares = []
+    for i in range(1, holders + 1):
+        x = oprf.scalar_from_int(i)
+        acc = coeffs[-1]
+        for c in reversed(coeffs[:-1]):  # Horner's rule
+            acc = oprf.scalar_add(oprf.scalar_mul(acc, x), c)
+        shares.append(Share(index=i, scalar=acc))
+    return shares
+
+
+def recover_key(shares: Sequence[Share]) -> bytes:
+    """Interpolate k from t shares. Only tests use this: no component ever rebuilds the key."""
+    indices = sorted(s.index for s in shares)
+    total = bytes(oprf.SCALAR_BYTES)
+    for s in shares:
+        total = oprf.scalar_add(
+            total, oprf.scalar_mul(lagrange_coefficient(s.index, indices), s.scalar)
+        )
+    return total
+
+
+# --- holder side ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PartialEvaluation:
+    """A holder's answer: its weighted partial evaluations and their DLEQ proof."""
+
+    holder_index: int
+    evaluated_elements: tuple[bytes, ...]
+    proof: bytes
+
+
+def evaluate_partial(
+    share: Share,
+    blinded_elements: Sequence[bytes],
+    responding_set: Sequence[int],
+    *,
+    r: bytes | None = None,
+) -> PartialEvaluation:
+    """What a key holder computes: (lambda_i^S * s_i) * B_j for every B_j, with a proof.
+
+    Every blinded element is validated (RFC 9497 DeserializeElement) first.
+    """
+    if not blinded_elements:
+        raise InvalidInput("no blinded elements", field="blinded_elements")
+    elements = [
+        oprf.deserialize_element(b, field=f"blinded_elements[{j}]")
+        for j, b in enumerate(blinded_elements)
+    ]
+    k = oprf.scalar_mul(lagrange_coefficient(share.index, responding_set), share.scalar)
+    evaluated = tuple(oprf.scalar_mult(k, b) for b in elements)
+    proof = oprf.generate_proof(
+        k, oprf.GENERATOR, oprf.scalar_mult_gen(k), elements, evaluated, r=r
+    )
+    return PartialEvaluation(holder_index=share.index, evaluated_elements=evaluated, proof=proof)
+
+
+# --- node side -------------------------------------------------------------------
+
+
+class FaultyHolders(PeerError):
+    """One or more holders returned a partial evaluation whose proof fails."""
+
+    default_reason = "oprf.faulty_holder"
+
+    def __init__(self, indices: Iterable[int]):
+        self.indices = frozenset(indices)
+        super().__init__(
+            f"key holder(s) {sorted(self.indices)} returned invalid partial evaluations",
+            field="holder_index",
+        )
+
+
+def verify_partial(
+    epoch: KeyEpoch,
+    responding_set: Sequence[int],
+    blinded_elements: Sequence[bytes],
+    partial: PartialEvaluation,
+) -> None:
+    """Check one holder's proof against lambda_i^S * C_i; raise ``InvalidProof`` if wrong."""
+    field = f"holders[{partial.holder_index}]"
+    if len(partial.evaluated_elements) != len(blinded_elements):
+        raise InvalidProof("wrong number of evaluated elements", field=field)
+    evaluated = [
+        oprf.deserialize_element(z, field=f"{field}.evaluated_elements[{j}]")
+        for j, z in enumerate(partial.evaluated_elements)
+    ]
+    weighted_commitment = oprf.scalar_mult(
+        lagrange_coefficient(partial.holder_index, responding_set),
+        epoch.holder(partial.holder_index).commitment,
+    )
+    oprf.verify_proof(
+        oprf.GENERATOR, weighted_commitment, blinded_elements, evaluated, partial.proof, field=field
+    )
+
+
+def combine(
+    epoch: KeyEpoch,
+    responding_set: Sequence[int],
+    blinded_elements: Sequence[bytes],
+    partials: Mapping[int, PartialEvaluation],
+) -> list[bytes]:
+    """Verify every partial and add them up: the single-key evaluation of each element.
+
+    Raises ``FaultyHolders`` naming every holder whose answer is wrong (all are
+    checked, so one retry can leave them all out).
+    """
+    _check_set(responding_set)
+    if len(responding_set) != epoch.threshold or set(partials) != set(responding_set):
+        raise InvalidInput("need exactly one answer from each holder in the set", field="partials")
+    faulty = set()
+    for index in responding_set:
+        try:
+            verify_partial(epoch, responding_set, blinded_elements, partials[index])
+        except (InvalidProof, InvalidInput):
+            faulty.add(index)
+    if faulty:
+        raise FaultyHolders(faulty)
+    combined = list(partials[responding_set[0]].evaluated_elements)
+    for index in responding_set[1:]:
+        combined = [
+            oprf.element_add(a, b)
+            for a, b in zip(combined, partials[index].evaluated_elements, strict=True)
+        ]
+    return combined
+
+
+@dataclass
+class HolderPlanner:
+    """Chooses responding sets and remembers which holders misbehaved or failed.
+
+    A small state machine: ``next_set`` proposes the t lowest-indexed holders
+    not yet excluded; ``exclude`` records a faulty or unreachable holder.
+    """
+
+    epoch: KeyEpoch
+    excluded: set[int] = field(default_factory=set)
+
+    def next_set(self) -> tuple[int, ...]:
+        available = sorted(h.index for h in self.epoch.holders if h.index not in self.excluded)
+        if len(available) < self.epoch.threshold:
+            raise NotEnoughHolders(
+                f"only {len(available)} usable key holders, threshold is {self.epoch.threshold}",
+                field="holders",
+            )
+        return tuple(available[: self.epoch.threshold])
+
+    def exclude(self, indices: Iterable[int]) -> None:
+        self.excluded.update(indices)
+
+    def all_sets(self) -> list[tuple[int, ...]]:
+        indices = sorted(h.index for h in self.epoch.holders)
+        return list(itertools.combinations(indices, self.epoch.threshold))
+
+
+HolderFunction = Callable[[Sequence[bytes], Sequence[int]], PartialEvaluation]
+
+
+def evaluate_in_process(
+    epoch: KeyEpoch,
+    holders: Mapping[int, HolderFunction],
+    blinded_elements: Sequence[bytes],
+    planner: HolderPlanner | None = None,
+) -> list[bytes]:
+    """Run the threshold evaluation against holders that are plain callables.
+
+    Skips holders that raise or return an invalid proof, and retries with the
+    next responding set until t honest holders answered.
+    """
+    planner = planner or HolderPlanner(epoch)
+    planner.exclude(h.index for h in epoch.holders if h.index not in holders)
+    while True:
+        responding_set = planner.next_set()
+        partials: dict[int, PartialEvaluation] = {}
+        failed: set[int] = set()
+        for index in responding_set:
+            try:
+                partials[index] = holders[index](blinded_elements, responding_set)
+            except PeerError:
+                failed.add(index)
+        if failed:
+            planner.exclude(failed)
+            continue
+        try:
+            return combine(epoch, responding_set, blinded_elements, partials)
+        except FaultyHolders as faulty:
+            planner.exclude(faulty.indices)

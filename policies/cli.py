@@ -1,0 +1,75 @@
+"""The ``samenloop`` command: one console script, subcommands per role.
+
+Each role registers its own subcommands through the ``samenloop.commands``
+entry-point group (see ``pyproject.toml``), so this core never imports the
+node or the broker. This is also the one place where errors become messages
+and exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from typing import Protocol
+
+from samenloop.policies.errors import SamenloopError, Status
+
+
+class Command(Protocol):
+    """What a subcommand handler is: parsed arguments in, exit code out."""
+
+    def __call__(self, args: argparse.Namespace) -> int: ...
+
+
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+#: Exit codes by status hint. 1: the input was refused; 2: usage or local
+#: configuration; 3: try again later; 4: not allowed; 70: our own bug.
+EXIT_CODES: dict[Status, int] = {
+    Status.INVALID_ARGUMENT: 1,
+    Status.NOT_FOUND: 1,
+    Status.ALREADY_EXISTS: 1,
+    Status.RESOURCE_EXHAUSTED: 1,
+    Status.FAILED_PRECONDITION: 2,
+    Status.UNAVAILABLE: 3,
+    Status.PERMISSION_DENIED: 4,
+    Status.UNAUTHENTICATED: 4,
+    Status.INTERNAL: 70,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="samenloop",
+        description=(
+            "Samenloop: find shared subjects across covenant partners without sharing raw data."
+        ),
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for entry in sorted(entry_points(group="samenloop.commands"), key=lambda e: e.name):
+        register: Register = entry.load()
+        register(subparsers)
+    return parser
+
+
+def exit_code_for(error: SamenloopError) -> int:
+    return EXIT_CODES.get(error.status, 70)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Command = args.func
+    try:
+        return handler(args)
+    except SamenloopError as error:
+        print(f"samenloop: error: {error}", file=sys.stderr)
+        return exit_code_for(error)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,334 @@
+"""All of Samenloop's cryptography outside the OPRF, behind one small API.
+
+- ``sign`` / ``verify``: Ed25519 (RFC 8032, libsodium via PyNaCl) over
+  domain-separated bytes, with a context string per message kind, so that a
+  signature made for one kind of message can never be replayed as another.
+- ``seal`` / ``open_sealed``: NaCl ``crypto_box`` (X25519 + XSalsa20-Poly1305)
+  from the sender's static key to the recipient's: only the recipient can read
+  it, and opening it proves which party sealed it.
+- ``seal_anonymous`` / ``open_anonymous``: NaCl sealed boxes, for key shares
+  dealt to a key holder by an administrator who has no party key.
+- ``hkdf_sha256``: key derivation (RFC 5869), used to derive tokens.
+- ``equal``: constant-time comparison of secrets.
+- Key files written atomically with owner-only permissions, and refused when
+  anyone else can read them.
+
+Like pyca/cryptography's Fernet, every failure raises one exception per
+operation (``InvalidSignature``, ``DecryptionFailed``) and says nothing else:
+no error oracle. Nothing here logs or reprs a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import hmac
+import json
+import os
+import stat
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.public
+import nacl.signing
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from samenloop.policies.errors import (
+    ConfigurationError,
+    DecryptionFailed,
+    InvalidInput,
+    InvalidSignature,
+)
+
+#: Prefix of every byte string we sign; version it with the protocol.
+SIGNATURE_DOMAIN = b"samenloop/v1 signed message\x00"
+
+ED25519_PUBLIC_KEY_BYTES = 32
+ED25519_SIGNATURE_BYTES = 64
+X25519_KEY_BYTES = 32
+BOX_NONCE_BYTES = nacl.bindings.crypto_box_NONCEBYTES
+
+
+class SignatureContext(enum.StrEnum):
+    """The kinds of signed message. A signature binds its context."""
+
+    OPRF_REQUEST = "oprf-request"
+    OPRF_RESPONSE = "oprf-response"
+    HIT_NOTICE = "hit-notice"
+    ENVELOPE = "envelope"
+    COVENANT = "covenant"
+    AUDIT_CHECKPOINT = "audit-checkpoint"
+    PICTURE_CONTRIBUTION = "picture-contribution"
+    CASE_MESSAGE = "case-message"
+    DISCLOSURE = "disclosure"
+    KEY_EPOCH = "key-epoch"
+
+
+def signing_bytes(context: SignatureContext, message: bytes) -> bytes:
+    """The exact bytes an Ed25519 signature covers: domain, framed context, message."""
+    ctx = context.value.encode("ascii")
+    return SIGNATURE_DOMAIN + struct.pack(">H", len(ctx)) + ctx + message
+
+
+def sign(signing_key: nacl.signing.SigningKey, context: SignatureContext, message: bytes) -> bytes:
+    """Sign ``message`` for ``context``; returns the 64-byte detached signature."""
+    return bytes(signing_key.sign(signing_bytes(context, message)).signature)
+
+
+def verify(
+    public_key: bytes,
+    context: SignatureContext,
+    message: bytes,
+    signature: bytes,
+    *,
+    field: str = "signature",
+) -> None:
+    """Raise ``InvalidSignature`` unless ``signature`` is valid for this key, context and message.
+
+    A malformed key or signature raises the same error as a wrong one.
+    """
+    try:
+        if len(public_key) != ED25519_PUBLIC_KEY_BYTES or len(signature) != ED25519_SIGNATURE_BYTES:
+            raise ValueError("wrong length")
+        nacl.signing.VerifyKey(public_key).verify(signing_bytes(context, message), signature)
+    except (nacl.exceptions.CryptoError, ValueError, TypeError) as error:
+        raise InvalidSignature("signature does not verify", field=field) from error
+
+
+@dataclass(frozen=True, slots=True)
+class SealedBox:
+    """A message sealed from one party's X25519 key to another's."""
+
+    nonce: bytes
+    ciphertext: bytes
+
+
+def seal(
+    sender_secret: bytes,
+    recipient_public: bytes,
+    plaintext: bytes,
+    *,
+    nonce: bytes | None = None,
+) -> SealedBox:
+    """Encrypt ``plaintext`` so that only the recipient can read it and knows the sender.
+
+    ``nonce`` is for test vectors only; by default a fresh random 24-byte nonce
+    is used (safe for XSalsa20's 192-bit nonces).
+    """
+    if len(recipient_public) != X25519_KEY_BYTES:
+        raise InvalidInput("recipient key must be 32 bytes", field="recipient_public")
+    nonce = nonce if nonce is not None else os.urandom(BOX_NONCE_BYTES)
+    ciphertext = nacl.bindings.crypto_box(plaintext, nonce, recipient_public, sender_secret)
+    return SealedBox(nonce=nonce, ciphertext=bytes(ciphertext))
+
+
+def open_sealed(
+    recipient_secret: bytes,
+    sender_public: bytes,
+    box: SealedBox,
+    *,
+    field: str = "ciphertext",
+) -> bytes:
+    """Decrypt a ``SealedBox``; raise ``DecryptionFailed`` on any failure."""
+    try:
+        return bytes(
+            nacl.bindings.crypto_box_open(
+                box.ciphertext, box.nonce, sender_public, recipient_secret
+            )
+        )
+    except (nacl.exceptions.CryptoError, ValueError, TypeError) as error:
+        raise DecryptionFailed("cannot open sealed message", field=field) from error
+
+
+def seal_anonymous(recipient_public: bytes, plaintext: bytes) -> bytes:
+    """Encrypt to a recipient with an ephemeral sender key (NaCl sealed box)."""
+    if len(recipient_public) != X25519_KEY_BYTES:
+        raise InvalidInput("recipient key must be 32 bytes", field="recipient_public")
+    return bytes(nacl.bindings.crypto_box_seal(plaintext, recipient_public))
+
+
+def open_anonymous(
+    recipient_secret: bytes, ciphertext: bytes, *, field: str = "ciphertext"
+) -> bytes:
+    """Open a NaCl sealed box; raise ``DecryptionFailed`` on any failure."""
+    try:
+        recipient_public = nacl.bindings.crypto_scalarmult_base(recipient_secret)
+        return bytes(
+            nacl.bindings.crypto_box_seal_open(ciphertext, recipient_public, recipient_secret)
+        )
+    except (nacl.exceptions.CryptoError, ValueError, TypeError) as error:
+        raise DecryptionFailed("cannot open sealed message", field=field) from error
+
+
+def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:
+    """HKDF-SHA256 (RFC 5869), from pyca/cryptography."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def equal(a: bytes, b: bytes) -> bool:
+    """Compare two byte strings in constant time (for secrets, MACs, tokens)."""
+    return hmac.compare_digest(a, b)
+
+
+def fingerprint(public_key: bytes) -> str:
+    """A short, stable, printable name for a public key (first 16 hex of SHA-256)."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+# --- party keys ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKeys:
+    """A party's public keys, as the covenant lists them."""
+
+    ed25519: bytes
+    x25519: bytes
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PartyKeys:
+    """A party's secret keys: Ed25519 for signing, X25519 for sealing.
+
+    Held only by the party itself; ``repr`` shows fingerprints, never secrets.
+    """
+
+    party: str
+    ed25519_seed: bytes
+    x25519_secret: bytes
+
+    @classmethod
+    def generate(cls, party: str) -> PartyKeys:
+        return cls(
+            party=party,
+            ed25519_seed=os.urandom(32),
+            x25519_secret=bytes(nacl.public.PrivateKey.generate()),
+        )
+
+    @property
+    def signing_key(self) -> nacl.signing.SigningKey:
+        return nacl.signing.SigningKey(self.ed25519_seed)
+
+    def public(self) -> PublicKeys:
+        return PublicKeys(
+            ed25519=bytes(self.signing_key.verify_key),
+            x25519=bytes(nacl.bindings.crypto_scalarmult_base(self.x25519_secret)),
+        )
+
+    def sign(self, context: SignatureContext, message: bytes) -> bytes:
+        return sign(self.signing_key, context, message)
+
+    def seal(self, recipient_public: bytes, plaintext: bytes) -> SealedBox:
+        return seal(self.x25519_secret, recipient_public, plaintext)
+
+    def open(self, sender_public: bytes, box: SealedBox) -> bytes:
+        return open_sealed(self.x25519_secret, sender_public, box)
+
+    def __repr__(self) -> str:
+        pub = self.public()
+        return (
+            f"PartyKeys(party={self.party!r}, ed25519={fingerprint(pub.ed25519)}, "
+            f"x25519={fingerprint(pub.x25519)})"
+        )
+
+    # Serialisation: a small JSON document, written owner-only.
+
+    KIND = "samenloop.party-keys.v1"
+
+    def to_json(self) -> bytes:
+        doc = {
+            "kind": self.KIND,
+            "party": self.party,
+            "ed25519_seed": _b64(self.ed25519_seed),
+            "x25519_secret": _b64(self.x25519_secret),
+        }
+        return json.dumps(doc, indent=2).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes, *, source: str = "key file") -> PartyKeys:
+        try:
+            doc: Any = json.loads(data)
+            if not isinstance(doc, dict) or doc.get("kind") != cls.KIND:
+                raise ValueError("not a Samenloop party key file")
+            keys = cls(
+                party=str(doc["party"]),
+                ed25519_seed=_unb64(doc["ed25519_seed"], 32),
+                x25519_secret=_unb64(doc["x25519_secret"], 32),
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigurationError(
+                f"{source} is not a valid party key file", field=source
+            ) from error
+        return keys
+
+    def save(self, path: Path) -> None:
+        write_secret_file(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: Path) -> PartyKeys:
+        return cls.from_json(read_secret_file(path), source=str(path))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: object, length: int) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("expected base64 text")
+    raw = base64.b64decode(text, validate=True)
+    if len(raw) != length:
+        raise ValueError(f"expected {length} bytes")
+    return raw
+
+
+# --- key files ----------------------------------------------------------------
+
+
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, readable and writable by the owner only.
+
+    The file is created 0600 in the same directory, fsynced, then renamed over
+    the target, so a crash leaves either the old file or the new one whole.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_secret_file(path: Path) -> bytes:
+    """Read a secret file; refuse it if group or others may read or write it."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as error:
+        raise ConfigurationError(f"key file {path} does not exist", field=str(path)) from error
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigurationError(
+            f"key file {path} is accessible by others (mode {stat.S_IMODE(mode):o}); "
+            "run chmod 600 on it",
+            field=str(path),
+        )
+    return path.read_bytes()

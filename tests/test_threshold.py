@@ -1,0 +1,191 @@
+"""Threshold OPRF: t-of-n shares give exactly the single-key evaluation; bad holders are caught."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from samenloop.node import oprf, threshold
+from samenloop.node.threshold import FaultyHolders, HolderPlanner, KeyEpoch, PartialEvaluation
+from samenloop.policies.errors import InvalidInput, NotEnoughHolders, QuotaExceeded
+
+
+def make_epoch(
+    t: int, n: int, key: bytes | None = None
+) -> tuple[bytes, KeyEpoch, list[threshold.Share]]:
+    key = key or oprf.random_scalar()
+    shares = threshold.split_key(key, t, n)
+    epoch = KeyEpoch(
+        covenant_id="riec-test",
+        epoch=1,
+        threshold=t,
+        group_public_key=oprf.scalar_mult_gen(key),
+        holders=tuple(
+            threshold.Holder(index=s.index, party=f"holder-{s.index}", commitment=s.commitment)
+            for s in shares
+        ),
+    )
+    return key, epoch, shares
+
+
+def honest(share: threshold.Share) -> threshold.HolderFunction:
+    return lambda blinded, rset: threshold.evaluate_partial(share, blinded, rset)
+
+
+@pytest.mark.parametrize(("t", "n"), [(2, 3), (3, 5)])
+def test_every_subset_gives_the_single_key_evaluation(t, n):
+    key, epoch, shares = make_epoch(t, n)
+    epoch.check_consistency()
+    inputs = [b"bsn:123456782", b"kvk:12345678", b"iban:NL91ABNA0417164300"]
+    blinds, blinded = zip(*(oprf.blind(x) for x in inputs), strict=True)
+    expected = [oprf.blind_evaluate(key, b) for b in blinded]
+    by_index = {s.index: s for s in shares}
+    for subset in itertools.combinations(range(1, n + 1), t):
+        partials = {i: threshold.evaluate_partial(by_index[i], blinded, subset) for i in subset}
+        combined = threshold.combine(epoch, subset, blinded, partials)
+        assert combined == expected, subset
+        outputs = oprf.finalize_batch(inputs, blinds, combined)
+        assert outputs == [oprf.evaluate(key, x) for x in inputs]
+
+
+@pytest.mark.parametrize(("t", "n"), [(2, 3), (3, 5)])
+def test_recover_key_from_every_subset(t, n):
+    key, _, shares = make_epoch(t, n)
+    for subset in itertools.combinations(shares, t):
+        assert threshold.recover_key(subset) == key
+    # fewer than t shares give a different scalar (with overwhelming probability)
+    assert threshold.recover_key(shares[: t - 1]) != key
+
+
+def test_known_polynomial_shares():
+    # f(x) = 7 + 3x over the scalar field: shares are 10, 13, 16.
+    shares = threshold.split_key(
+        oprf.scalar_from_int(7), 2, 3, coefficients=[oprf.scalar_from_int(3)]
+    )
+    assert [oprf.scalar_to_int(s.scalar) for s in shares] == [10, 13, 16]
+    lam = threshold.lagrange_coefficient(1, [1, 2])
+    assert oprf.scalar_to_int(lam) == 2  # x2 / (x2 - x1) = 2
+    lam2 = threshold.lagrange_coefficient(2, [1, 2])
+    assert oprf.scalar_to_int(lam2) == oprf.ORDER - 1  # x1 / (x1 - x2) = -1
+
+
+def test_a_wrong_partial_is_detected_and_its_holder_skipped():
+    key, epoch, shares = make_epoch(2, 3)
+    calls: list[int] = []
+
+    def liar(blinded, rset):
+        calls.append(1)
+        partial = threshold.evaluate_partial(shares[0], blinded, rset)
+        # Replace the first evaluation with a different valid point: proof no longer matches.
+        other = oprf.scalar_mult(oprf.random_scalar(), blinded[0])
+        forged = (other, *partial.evaluated_elements[1:])
+        return PartialEvaluation(partial.holder_index, forged, partial.proof)
+
+    holders = {1: liar, 2: honest(shares[1]), 3: honest(shares[2])}
+    _, blinded = oprf.blind(b"x")
+    planner = HolderPlanner(epoch)
+    result = threshold.evaluate_in_process(epoch, holders, [blinded], planner)
+    assert result == [oprf.blind_evaluate(key, blinded)]
+    assert planner.excluded == {1}
+    assert calls == [1]
+
+
+def test_a_holder_using_the_wrong_share_is_detected():
+    _, epoch, shares = make_epoch(2, 3)
+    impostor = threshold.Share(index=2, scalar=oprf.random_scalar())
+    _, blinded = oprf.blind(b"y")
+    subset = (1, 2)
+    partials = {
+        1: threshold.evaluate_partial(shares[0], [blinded], subset),
+        2: threshold.evaluate_partial(impostor, [blinded], subset),  # valid proof, wrong key
+    }
+    with pytest.raises(FaultyHolders) as info:
+        threshold.combine(epoch, subset, [blinded], partials)
+    assert info.value.indices == {2}
+
+
+def test_a_holder_ignoring_the_lagrange_coefficient_is_detected():
+    _, epoch, shares = make_epoch(2, 3)
+    _, blinded = oprf.blind(b"z")
+    subset = (2, 3)
+    lazy = threshold.evaluate_partial(shares[1], [blinded], (2,))  # coefficient 1
+    partials = {2: lazy, 3: threshold.evaluate_partial(shares[2], [blinded], subset)}
+    with pytest.raises(FaultyHolders) as info:
+        threshold.combine(epoch, subset, [blinded], partials)
+    assert info.value.indices == {2}
+
+
+def test_not_enough_honest_holders():
+    _, epoch, shares = make_epoch(2, 3)
+
+    def refuses(blinded, rset):
+        raise QuotaExceeded("over quota", field="requester")
+
+    holders = {1: refuses, 2: refuses, 3: honest(shares[2])}
+    _, blinded = oprf.blind(b"q")
+    with pytest.raises(NotEnoughHolders):
+        threshold.evaluate_in_process(epoch, holders, [blinded])
+
+
+def test_unreachable_holders_are_left_out():
+    key, epoch, shares = make_epoch(3, 5)
+    holders = {2: honest(shares[1]), 4: honest(shares[3]), 5: honest(shares[4])}
+    _, blinded = oprf.blind(b"w")
+    assert threshold.evaluate_in_process(epoch, holders, [blinded]) == [
+        oprf.blind_evaluate(key, blinded)
+    ]
+
+
+def test_holder_rejects_invalid_blinded_elements():
+    _, _, shares = make_epoch(2, 3)
+    with pytest.raises(InvalidInput) as info:
+        threshold.evaluate_partial(shares[0], [oprf.GENERATOR, bytes(32)], (1, 2))
+    assert info.value.field == "blinded_elements[1]"
+    with pytest.raises(InvalidInput):
+        threshold.evaluate_partial(shares[0], [oprf.GENERATOR], (2, 3))  # not in the set
+    with pytest.raises(InvalidInput):
+        threshold.evaluate_partial(shares[0], [oprf.GENERATOR], (2, 1))  # not ascending
+    with pytest.raises(InvalidInput):
+        threshold.evaluate_partial(shares[0], [], (1, 2))
+
+
+def test_tampered_commitment_is_caught_by_consistency_check():
+    _, epoch, _ = make_epoch(2, 3)
+    holders = list(epoch.holders)
+    holders[2] = threshold.Holder(3, holders[2].party, oprf.scalar_mult_gen(oprf.random_scalar()))
+    tampered = KeyEpoch(epoch.covenant_id, epoch.epoch, 2, epoch.group_public_key, tuple(holders))
+    with pytest.raises(InvalidInput) as info:
+        tampered.check_consistency()
+    assert info.value.field == "holders[3]"
+    wrong_pk = KeyEpoch(epoch.covenant_id, 1, 2, oprf.GENERATOR, epoch.holders)
+    with pytest.raises(InvalidInput):
+        wrong_pk.check_consistency()
+
+
+@pytest.mark.parametrize(
+    ("threshold_t", "indices"),
+    [(0, (1, 2)), (3, (1, 2)), (1, (1, 1)), (1, (0,)), (1, (65,))],
+)
+def test_key_epoch_validation(threshold_t, indices):
+    holders = tuple(threshold.Holder(i, f"h{i}", oprf.GENERATOR) for i in indices)
+    with pytest.raises(InvalidInput):
+        KeyEpoch("c", 1, threshold_t, oprf.GENERATOR, holders)
+
+
+def test_planner_chooses_lowest_available_sets():
+    _, epoch, _ = make_epoch(3, 5)
+    planner = HolderPlanner(epoch)
+    assert planner.next_set() == (1, 2, 3)
+    planner.exclude({2})
+    assert planner.next_set() == (1, 3, 4)
+    planner.exclude({1, 3})
+    with pytest.raises(NotEnoughHolders):
+        planner.next_set()
+    assert len(planner.all_sets()) == 10
+
+
+def test_share_repr_hides_the_scalar():
+    _, _, shares = make_epoch(2, 3)
+    assert shares[0].scalar.hex() not in repr(shares[0])
+    assert "redacted" in repr(shares[0])

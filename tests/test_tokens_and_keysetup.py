@@ -1,0 +1,151 @@
+"""Tokens from threshold evaluations; dealing, sealing and opening key shares."""
+
+from __future__ import annotations
+
+import json
+import stat
+from dataclasses import dataclass
+
+import pytest
+
+from samenloop.node import keysetup, oprf, threshold, tokens
+from samenloop.node.tokens import TokenDomain
+from samenloop.policies import crypto
+from samenloop.policies.crypto import PartyKeys
+from samenloop.policies.errors import ConfigurationError, DecryptionFailed, InvalidInput
+
+
+@dataclass(frozen=True)
+class Ident:
+    type: str
+    canonical: str
+
+
+def dealt(t: int, n: int, covenant: str = "riec-zuid", epoch: int = 1):
+    parties = [PartyKeys.generate(f"holder-{i}") for i in range(1, n + 1)]
+    key_epoch, sealed = keysetup.deal(
+        covenant, epoch, t, [(p.party, p.public().x25519) for p in parties]
+    )
+    shares = [keysetup.open_share(s, key_epoch, p) for s, p in zip(sealed, parties, strict=True)]
+    return key_epoch, sealed, parties, shares
+
+
+def holders_for(shares):
+    return {
+        s.index: (lambda blinded, rset, s=s: threshold.evaluate_partial(s, blinded, rset))
+        for s in shares
+    }
+
+
+def test_tokens_equal_across_partners_and_match_the_single_key_path():
+    key_epoch, _, _, shares = dealt(2, 3)
+    domain = TokenDomain("riec-zuid", 1)
+    idents = [Ident("bsn", "123456782"), Ident("kvk", "12345678")]
+    # Two partners, each with its own random blinds and a different pair of holders.
+    a = tokens.tokenise_in_process(domain, key_epoch, holders_for(shares[:2]), idents)
+    b = tokens.tokenise_in_process(domain, key_epoch, holders_for(shares[1:]), idents)
+    assert a == b
+    assert all(len(t) == 32 for t in a)
+    key = threshold.recover_key(shares[:2])
+    assert a == [tokens.token_with_key(domain, key, i) for i in idents]
+
+
+def test_tokens_are_domain_separated():
+    key = oprf.random_scalar()
+    ident = Ident("bsn", "123456782")
+    base = tokens.token_with_key(TokenDomain("riec-zuid", 1), key, ident)
+    assert base != tokens.token_with_key(TokenDomain("riec-noord", 1), key, ident)
+    assert base != tokens.token_with_key(TokenDomain("riec-zuid", 2), key, ident)
+    assert base != tokens.token_with_key(
+        TokenDomain("riec-zuid", 1), key, Ident("rsin", "123456782")
+    )
+    assert base != tokens.token_with_key(TokenDomain("riec-zuid", 1), oprf.random_scalar(), ident)
+
+
+def test_oprf_input_framing_is_unambiguous():
+    assert tokens.oprf_input(Ident("bsn", "1x")) != tokens.oprf_input(Ident("bsn1", "x"))
+
+
+@pytest.mark.parametrize(("cid", "epoch"), [("", 1), ("x" * 129, 1), ("c", 0), ("c", 2**32)])
+def test_token_domain_validation(cid, epoch):
+    with pytest.raises(InvalidInput):
+        TokenDomain(cid, epoch)
+
+
+def test_finish_checks_lengths_and_epoch_mismatch():
+    key_epoch, _, _, shares = dealt(2, 3)
+    pending = tokens.start(TokenDomain("riec-zuid", 1), [Ident("bsn", "1")])
+    with pytest.raises(InvalidInput):
+        tokens.finish(pending, [])
+    assert "count=1" in repr(pending)
+    assert pending.blinds[0].hex() not in repr(pending)
+    with pytest.raises(InvalidInput):
+        tokens.tokenise_in_process(
+            TokenDomain("other", 1), key_epoch, holders_for(shares), [Ident("bsn", "1")]
+        )
+    with pytest.raises(InvalidInput):
+        tokens.start(TokenDomain("riec-zuid", 1), [])
+
+
+def test_deal_seals_shares_that_only_their_holder_can_open():
+    key_epoch, sealed, parties, shares = dealt(3, 5)
+    key_epoch.check_consistency()
+    assert [s.index for s in shares] == [1, 2, 3, 4, 5]
+    # The whole key is nowhere in what deal returns, yet t shares rebuild k with k*G = group key.
+    assert oprf.scalar_mult_gen(threshold.recover_key(shares[:3])) == key_epoch.group_public_key
+    with pytest.raises((DecryptionFailed, InvalidInput)):
+        keysetup.open_share(sealed[0], key_epoch, parties[1])
+    wrong_party = PartyKeys(parties[0].party, parties[1].ed25519_seed, parties[1].x25519_secret)
+    with pytest.raises(DecryptionFailed):
+        keysetup.open_share(sealed[0], key_epoch, wrong_party)
+
+
+def test_share_from_another_epoch_is_refused():
+    _key_epoch1, sealed1, parties, _ = dealt(2, 3, epoch=1)
+    key_epoch2, _ = keysetup.deal(
+        "riec-zuid", 2, 2, [(p.party, p.public().x25519) for p in parties]
+    )
+    with pytest.raises(InvalidInput) as info:
+        keysetup.open_share(sealed1[0], key_epoch2, parties[0])
+    assert info.value.field == "share.epoch"
+
+
+def test_share_not_matching_commitment_is_refused():
+    key_epoch, sealed, parties, _ = dealt(2, 3)
+    # A dealer that sealed a share inconsistent with the published commitment.
+    bogus = keysetup.SealedShare(
+        covenant_id="riec-zuid",
+        epoch=1,
+        holder_index=1,
+        party=parties[0].party,
+        commitment=sealed[0].commitment,
+        ciphertext=crypto.seal_anonymous(
+            parties[0].public().x25519,
+            keysetup._share_plaintext("riec-zuid", 1, 1, oprf.random_scalar()),
+        ),
+    )
+    with pytest.raises(InvalidInput) as info:
+        keysetup.open_share(bogus, key_epoch, parties[0])
+    assert info.value.field == "share.commitment"
+
+
+def test_json_round_trips_and_share_file_permissions(tmp_path):
+    key_epoch, sealed, _parties, shares = dealt(2, 3)
+    assert keysetup.key_epoch_from_json(keysetup.key_epoch_to_json(key_epoch)) == key_epoch
+    assert keysetup.sealed_share_from_json(keysetup.sealed_share_to_json(sealed[1])) == sealed[1]
+    path = tmp_path / "share.json"
+    keysetup.save_share(path, key_epoch, shares[0])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert keysetup.load_share(path, key_epoch) == shares[0]
+
+
+def test_tampered_key_epoch_document_is_refused():
+    key_epoch, _, _, _ = dealt(2, 3)
+    doc = json.loads(keysetup.key_epoch_to_json(key_epoch))
+    doc["holders"][2]["commitment"] = doc["holders"][0]["commitment"]
+    with pytest.raises(InvalidInput):
+        keysetup.key_epoch_from_json(json.dumps(doc).encode())
+    with pytest.raises(ConfigurationError):
+        keysetup.key_epoch_from_json(b'{"kind": "other"}')
+    with pytest.raises(ConfigurationError):
+        keysetup.key_epoch_from_json(b"[")
