@@ -43,7 +43,7 @@ bench: venv
 	$(PY) bench/run.py
 
 demo: venv
-	$(PY) -m samenloop.node.demo
+	$(VENV)/bin/samenloop demo
 
 clean:
 	rm -rf $(VENV) .typecheck build *.egg-info

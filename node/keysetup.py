@@ -12,7 +12,6 @@ sent over any channel, the accepted share is written owner-only.
 
 from __future__ import annotations
 
-import base64
 import json
 import struct
 from dataclasses import dataclass
@@ -129,13 +128,12 @@ def open_share(
 # --- JSON documents -------------------------------------------------------------
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+_b64 = crypto.b64encode
 
 
 def _unb64(value: Any, field: str) -> bytes:
     try:
-        return base64.b64decode(str(value), validate=True)
+        return crypto.b64decode(value)
     except ValueError as error:
         raise InvalidInput("not valid base64", field=field) from error
 

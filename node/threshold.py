@@ -30,8 +30,10 @@ from samenloop.policies.errors import (
     NotEnoughHolders,
     PeerError,
 )
+from samenloop.v1 import common_pb2
 
-MAX_HOLDERS = 64
+#: The protocol's limit on key holders per epoch, from the wire format.
+MAX_HOLDERS: int = common_pb2.LIMITS_MAX_KEY_HOLDERS
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -77,7 +79,9 @@ class KeyEpoch:
             raise InvalidInput("key epoch must be at least 1", field="epoch")
         indices = [h.index for h in self.holders]
         if len(set(indices)) != len(indices) or any(not 1 <= i <= MAX_HOLDERS for i in indices):
-            raise InvalidInput("holder indices must be distinct, 1..64", field="holders")
+            raise InvalidInput(
+                f"holder indices must be distinct, 1..{MAX_HOLDERS}", field="holders"
+            )
         if not 1 <= self.threshold <= len(self.holders):
             raise InvalidInput(
                 f"threshold {self.threshold} needs 1..{len(self.holders)} holders",

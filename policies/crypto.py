@@ -57,18 +57,21 @@ BOX_NONCE_BYTES = nacl.bindings.crypto_box_NONCEBYTES
 
 
 class SignatureContext(enum.StrEnum):
-    """The kinds of signed message. A signature binds its context."""
+    """The kinds of signed message (``Signed.context`` on the wire). A signature binds its context.
+
+    The list matches the one in ``proto/samenloop/v1/common.proto``.
+    """
 
     OPRF_REQUEST = "oprf-request"
     OPRF_RESPONSE = "oprf-response"
     HIT_NOTICE = "hit-notice"
-    ENVELOPE = "envelope"
     COVENANT = "covenant"
     AUDIT_CHECKPOINT = "audit-checkpoint"
+    DISCLOSURE_REQUEST = "disclosure-request"
+    DISCLOSURE_RESPONSE = "disclosure-response"
+    PICTURE_REQUEST = "picture-request"
     PICTURE_CONTRIBUTION = "picture-contribution"
     CASE_MESSAGE = "case-message"
-    DISCLOSURE = "disclosure"
-    KEY_EPOCH = "key-epoch"
 
 
 def signing_bytes(context: SignatureContext, message: bytes) -> bytes:
@@ -192,6 +195,30 @@ class PublicKeys:
     ed25519: bytes
     x25519: bytes
 
+    KIND = "samenloop.public-keys.v1"
+
+    def to_json(self, party: str) -> bytes:
+        doc = {
+            "kind": self.KIND,
+            "party": party,
+            "ed25519": b64encode(self.ed25519),
+            "x25519": b64encode(self.x25519),
+        }
+        return json.dumps(doc, indent=2).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes, *, source: str = "public keys") -> tuple[str, PublicKeys]:
+        """Parse a public keys file; returns (party, keys)."""
+        try:
+            doc: Any = json.loads(data)
+            if not isinstance(doc, dict) or doc.get("kind") != cls.KIND:
+                raise ValueError("not a Samenloop public keys file")
+            return str(doc["party"]), cls(
+                ed25519=b64decode(doc["ed25519"], 32), x25519=b64decode(doc["x25519"], 32)
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigurationError(f"{source} is not a public keys file", field=source) from error
+
 
 @dataclass(frozen=True, slots=True, repr=False)
 class PartyKeys:
@@ -246,8 +273,8 @@ class PartyKeys:
         doc = {
             "kind": self.KIND,
             "party": self.party,
-            "ed25519_seed": _b64(self.ed25519_seed),
-            "x25519_secret": _b64(self.x25519_secret),
+            "ed25519_seed": b64encode(self.ed25519_seed),
+            "x25519_secret": b64encode(self.x25519_secret),
         }
         return json.dumps(doc, indent=2).encode() + b"\n"
 
@@ -259,8 +286,8 @@ class PartyKeys:
                 raise ValueError("not a Samenloop party key file")
             keys = cls(
                 party=str(doc["party"]),
-                ed25519_seed=_unb64(doc["ed25519_seed"], 32),
-                x25519_secret=_unb64(doc["x25519_secret"], 32),
+                ed25519_seed=b64decode(doc["ed25519_seed"], 32),
+                x25519_secret=b64decode(doc["x25519_secret"], 32),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise ConfigurationError(
@@ -276,15 +303,17 @@ class PartyKeys:
         return cls.from_json(read_secret_file(path), source=str(path))
 
 
-def _b64(data: bytes) -> str:
+def b64encode(data: bytes) -> str:
+    """Standard base64 text, as our JSON documents carry keys and ciphertexts."""
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: object, length: int) -> bytes:
+def b64decode(text: object, length: int | None = None) -> bytes:
+    """Strict base64 decoding; raises ``ValueError`` on bad text or the wrong length."""
     if not isinstance(text, str):
         raise ValueError("expected base64 text")
     raw = base64.b64decode(text, validate=True)
-    if len(raw) != length:
+    if length is not None and len(raw) != length:
         raise ValueError(f"expected {length} bytes")
     return raw
 

@@ -13,7 +13,7 @@ This is an adapter: the sans-IO core never imports it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
 import structlog
@@ -111,7 +111,7 @@ def _guard_unary(behaviour: Callable[[_T, grpc.ServicerContext], _R]) -> Callabl
             return behaviour(request, context)
         except SamenloopError as error:
             _abort(context, error)
-        except Exception as error:  # noqa: BLE001 - the last line of defence: never leak details
+        except Exception as error:  # the last line of defence: never leak details
             _abort_internal(context, error)
 
     return handler
@@ -125,7 +125,7 @@ def _guard_stream(
             yield from behaviour(request, context)
         except SamenloopError as error:
             _abort(context, error)
-        except Exception as error:  # noqa: BLE001 - the last line of defence: never leak details
+        except Exception as error:  # the last line of defence: never leak details
             _abort_internal(context, error)
 
     return handler
@@ -141,7 +141,13 @@ def _abort_internal(context: grpc.ServicerContext, error: Exception) -> NoReturn
     context.abort_with_status(rpc_status.to_status(_INTERNAL))
 
 
-class ErrorInterceptor(grpc.ServerInterceptor[Any, Any]):
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
+else:  # grpc's classes are not generic at run time; only the stubs are
+    _ServerInterceptor = grpc.ServerInterceptor
+
+
+class ErrorInterceptor(_ServerInterceptor):
     """Server interceptor that maps every error raised by a handler to a gRPC status."""
 
     def intercept_service(

@@ -63,10 +63,10 @@ def test_ed25519_rfc8032_vectors(sk, pk, msg, sig):
     # The primitive itself, without our domain separation, reproduces the RFC signature...
     assert bytes(key.sign(bytes.fromhex(msg)).signature).hex() == sig
     # ...and our API signs the domain-separated bytes with that same primitive.
-    ours = crypto.sign(key, SignatureContext.ENVELOPE, bytes.fromhex(msg))
-    signed = crypto.signing_bytes(SignatureContext.ENVELOPE, bytes.fromhex(msg))
+    ours = crypto.sign(key, SignatureContext.CASE_MESSAGE, bytes.fromhex(msg))
+    signed = crypto.signing_bytes(SignatureContext.CASE_MESSAGE, bytes.fromhex(msg))
     assert ours == bytes(key.sign(signed).signature)
-    crypto.verify(bytes.fromhex(pk), SignatureContext.ENVELOPE, bytes.fromhex(msg), ours)
+    crypto.verify(bytes.fromhex(pk), SignatureContext.CASE_MESSAGE, bytes.fromhex(msg), ours)
 
 
 def test_signature_is_bound_to_its_context():
@@ -74,7 +74,7 @@ def test_signature_is_bound_to_its_context():
     sig = keys.sign(SignatureContext.HIT_NOTICE, b"body")
     crypto.verify(keys.public().ed25519, SignatureContext.HIT_NOTICE, b"body", sig)
     with pytest.raises(InvalidSignature):
-        crypto.verify(keys.public().ed25519, SignatureContext.ENVELOPE, b"body", sig)
+        crypto.verify(keys.public().ed25519, SignatureContext.DISCLOSURE_REQUEST, b"body", sig)
     with pytest.raises(InvalidSignature):
         crypto.verify(keys.public().ed25519, SignatureContext.HIT_NOTICE, b"bodY", sig)
 
@@ -188,3 +188,12 @@ def test_malformed_key_file_is_refused(tmp_path, content):
 def test_missing_key_file(tmp_path):
     with pytest.raises(ConfigurationError):
         PartyKeys.load(tmp_path / "absent.json")
+
+
+def test_signature_contexts_match_the_wire_format():
+    import re
+    from pathlib import Path
+
+    proto = (Path(__file__).parents[1] / "proto/samenloop/v1/common.proto").read_text()
+    listed = set(re.findall(r'^//\s+"([a-z-]+)"\s+->', proto, flags=re.MULTILINE))
+    assert listed == {c.value for c in SignatureContext}

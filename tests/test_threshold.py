@@ -165,7 +165,7 @@ def test_tampered_commitment_is_caught_by_consistency_check():
 
 @pytest.mark.parametrize(
     ("threshold_t", "indices"),
-    [(0, (1, 2)), (3, (1, 2)), (1, (1, 1)), (1, (0,)), (1, (65,))],
+    [(0, (1, 2)), (3, (1, 2)), (1, (1, 1)), (1, (0,)), (1, (17,))],
 )
 def test_key_epoch_validation(threshold_t, indices):
     holders = tuple(threshold.Holder(i, f"h{i}", oprf.GENERATOR) for i in indices)

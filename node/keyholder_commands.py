@@ -1,0 +1,127 @@
+"""``samenloop keyholder``: deal a key epoch, accept a share, show an epoch.
+
+``deal`` is run by the covenant's administrator: it draws a fresh OPRF key,
+seals one share to each holder's X25519 key and writes the public epoch file
+and one sealed share file per holder. The whole key is never written.
+``accept`` is run by each key holder on its own machine: it opens its share,
+checks it against the published commitment and stores it owner-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from samenloop.node import keysetup
+from samenloop.policies import crypto
+from samenloop.policies.crypto import PartyKeys
+from samenloop.policies.errors import ConfigurationError, InvalidInput
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "keyholder", help="threshold OPRF key: deal, accept and show shares"
+    )
+    commands = parser.add_subparsers(dest="keyholder_command", metavar="COMMAND", required=True)
+
+    deal = commands.add_parser("deal", help="generate a key epoch and seal a share to each holder")
+    deal.add_argument("--covenant", required=True, help="covenant id the key belongs to")
+    deal.add_argument("--epoch", type=int, required=True, help="key epoch number (rotation: +1)")
+    deal.add_argument("--threshold", type=int, required=True, help="holders needed per evaluation")
+    deal.add_argument(
+        "--holder",
+        action="append",
+        required=True,
+        metavar="PARTY=PUBLIC_KEYS_FILE",
+        help="a holder and its public keys file ('samenloop node keygen'); repeat, in index order",
+    )
+    deal.add_argument(
+        "--out", type=Path, required=True, help="directory for the epoch and share files"
+    )
+    deal.set_defaults(func=_deal)
+
+    accept = commands.add_parser(
+        "accept", help="open a sealed share, check it, store it owner-only"
+    )
+    accept.add_argument("--epoch-file", type=Path, required=True, help="the public key-epoch file")
+    accept.add_argument("--share", type=Path, required=True, help="the sealed share file")
+    accept.add_argument("--keys", type=Path, required=True, help="this holder's party key file")
+    accept.add_argument("--out", type=Path, required=True, help="where to store the accepted share")
+    accept.set_defaults(func=_accept)
+
+    show = commands.add_parser("show", help="show a key epoch and check its commitments")
+    show.add_argument("epoch_file", type=Path)
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=_show)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot read {path}: {error.strerror}", field=str(path)
+        ) from error
+
+
+def _holder_arg(value: str) -> tuple[str, bytes]:
+    party, sep, file = value.partition("=")
+    if not sep or not party or not file:
+        raise InvalidInput("expected PARTY=PUBLIC_KEYS_FILE", field="--holder")
+    owner, public = crypto.PublicKeys.from_json(_read(Path(file)), source=file)
+    if owner != party:
+        raise InvalidInput(f"{file} holds the keys of {owner}, not {party}", field="--holder")
+    return party, public.x25519
+
+
+def _deal(args: argparse.Namespace) -> int:
+    holders = [_holder_arg(v) for v in args.holder]
+    epoch, sealed = keysetup.deal(args.covenant, args.epoch, args.threshold, holders)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    epoch_path = out / f"key-epoch-{args.epoch}.json"
+    epoch_path.write_bytes(keysetup.key_epoch_to_json(epoch))
+    console = Console()
+    console.print(f"key epoch {args.epoch}: {args.threshold}-of-{len(holders)} -> {epoch_path}")
+    for share in sealed:
+        path = out / f"share-{args.epoch}-{share.party}.json"
+        path.write_bytes(keysetup.sealed_share_to_json(share))
+        console.print(f"  holder {share.holder_index} {share.party}: sealed share -> {path}")
+    return 0
+
+
+def _accept(args: argparse.Namespace) -> int:
+    epoch = keysetup.key_epoch_from_json(_read(args.epoch_file), source=str(args.epoch_file))
+    sealed = keysetup.sealed_share_from_json(_read(args.share), source=str(args.share))
+    keys = PartyKeys.load(args.keys)
+    share = keysetup.open_share(sealed, epoch, keys)
+    keysetup.save_share(args.out, epoch, share)
+    print(f"share {share.index} of epoch {epoch.epoch} accepted for {keys.party} -> {args.out}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    epoch = keysetup.key_epoch_from_json(_read(args.epoch_file), source=str(args.epoch_file))
+    if args.json:
+        doc: dict[str, Any] = json.loads(keysetup.key_epoch_to_json(epoch))
+        doc["consistent"] = True
+        print(json.dumps(doc, indent=2))
+        return 0
+    size = f"{epoch.threshold}-of-{len(epoch.holders)}"
+    table = Table(title=f"{epoch.covenant_id} key epoch {epoch.epoch}: {size}")
+    table.add_column("index", justify="right")
+    table.add_column("party")
+    table.add_column("commitment")
+    for h in epoch.holders:
+        table.add_row(str(h.index), h.party, crypto.fingerprint(h.commitment))
+    console = Console()
+    console.print(table)
+    console.print(
+        f"group public key {crypto.fingerprint(epoch.group_public_key)}; commitments consistent"
+    )
+    return 0

@@ -1,0 +1,42 @@
+"""The README's examples run as written."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+from samenloop.policies.cli import main
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def test_readme_starts_with_the_two_commands():
+    commands = re.findall(r"^make (\w+)", README, flags=re.MULTILINE)
+    assert commands[:2] == ["demo", "test"]
+
+
+def test_tokenising_example_runs():
+    (block,) = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+    exec(compile(block, "README.md", "exec"), {})  # the example asserts t1 == t2 itself
+
+
+def test_identifier_check_examples_print_what_the_readme_shows(capsys):
+    console = re.search(r"```console\n(.*?)```", README, flags=re.DOTALL)
+    assert console is not None
+    lines = console.group(1).splitlines()
+    checked = 0
+    for i, line in enumerate(lines):
+        if line.startswith("$ samenloop identifier check"):
+            args = shlex.split(line[2:])[1:]
+            code = main(args)
+            captured = capsys.readouterr()
+            expected = lines[i + 1]
+            if expected.startswith("samenloop: error:"):
+                assert code == 1
+                assert captured.err.strip() == expected
+            else:
+                assert code == 0
+                assert captured.out.strip() == expected
+            checked += 1
+    assert checked == 3
