@@ -88,11 +88,14 @@ def synthetic_signals(per_partner: int, seed: int = 2026) -> list[RawSignal]:
         for n, (kind, holders) in enumerate(SHARED)
         for partner, value in holders.items()
     ]
+    seen = {s.value for s in signals}
     for partner in PARTNERS:
         for n in range(per_partner):
-            signals.append(
-                RawSignal(partner, f"{partner[:3].upper()}-{1000 + n:04d}", "bsn", _valid_bsn(rng))
-            )
+            bsn = _valid_bsn(rng)
+            while bsn in seen:  # unshared means unshared: no chance overlaps
+                bsn = _valid_bsn(rng)
+            seen.add(bsn)
+            signals.append(RawSignal(partner, f"{partner[:3].upper()}-{1000 + n:04d}", "bsn", bsn))
     return signals + INVALID
 
 

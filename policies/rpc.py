@@ -141,6 +141,16 @@ def _abort_internal(context: grpc.ServicerContext, error: Exception) -> NoReturn
     context.abort_with_status(rpc_status.to_status(_INTERNAL))
 
 
+#: The four kinds of gRPC method, how to rebuild each, and how to guard its behaviour.
+_HANDLER_KINDS: tuple[
+    tuple[str, Callable[..., grpc.RpcMethodHandler[Any, Any]], Callable[..., Any]], ...
+] = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, _guard_unary),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, _guard_stream),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, _guard_unary),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, _guard_stream),
+)
+
 if TYPE_CHECKING:
     _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
 else:  # grpc's classes are not generic at run time; only the stubs are
@@ -158,28 +168,12 @@ class ErrorInterceptor(_ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _guard_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _guard_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _guard_unary(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _guard_stream(handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+        for kind, make_handler, guard in _HANDLER_KINDS:
+            behaviour = getattr(handler, kind)
+            if behaviour:
+                return make_handler(
+                    guard(behaviour),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
         return handler  # pragma: no cover - grpc has no other kinds

@@ -30,6 +30,22 @@ def _stream(request: bytes, context: grpc.ServicerContext):
     raise errors.NotAllowed("not a member of this case", field="case_id")
 
 
+def _chat(requests, context: grpc.ServicerContext):
+    for request in requests:
+        if request == b"again":
+            raise errors.Replay("message id seen before", field="client_message_id")
+        yield b"ack:" + request
+
+
+def _count(requests, context: grpc.ServicerContext) -> bytes:
+    total = 0
+    for request in requests:
+        if not request:
+            raise errors.InvalidInput("empty batch entry", field=f"entries[{total}]")
+        total += 1
+    return str(total).encode()
+
+
 @pytest.fixture(scope="module")
 def channel():
     server = grpc.server(
@@ -39,6 +55,8 @@ def channel():
     handlers = {
         "Echo": grpc.unary_unary_rpc_method_handler(_echo, identity, identity),
         "Stream": grpc.unary_stream_rpc_method_handler(_stream, identity, identity),
+        "Chat": grpc.stream_stream_rpc_method_handler(_chat, identity, identity),
+        "Count": grpc.stream_unary_rpc_method_handler(_count, identity, identity),
     }
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
     port = server.add_insecure_port("127.0.0.1:0")
@@ -92,6 +110,24 @@ def test_streaming_errors_are_mapped(channel):
         next(stream)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert rpc.error_from_rpc(info.value).field == "case_id"
+
+
+def test_bidirectional_stream_errors_are_mapped(channel):
+    replies = channel.stream_stream(f"/{SERVICE}/Chat")(iter([b"one", b"again"]), timeout=5)
+    assert next(replies) == b"ack:one"
+    with pytest.raises(grpc.RpcError) as info:
+        next(replies)
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert rpc.error_from_rpc(info.value).field == "client_message_id"
+
+
+def test_client_stream_errors_are_mapped(channel):
+    count = channel.stream_unary(f"/{SERVICE}/Count")
+    assert count(iter([b"a", b"b"]), timeout=5) == b"2"
+    with pytest.raises(grpc.RpcError) as info:
+        count(iter([b"a", b""]), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rpc.error_from_rpc(info.value).field == "entries[1]"
 
 
 @pytest.mark.parametrize("status", list(Status))

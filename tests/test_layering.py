@@ -1,0 +1,66 @@
+"""House rules that keep the core sans-IO and the daemons apart, checked rather than hoped for."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+SANS_IO = [
+    "samenloop.policies.errors",
+    "samenloop.policies.crypto",
+    "samenloop.node.oprf",
+    "samenloop.node.threshold",
+    "samenloop.node.tokens",
+    "samenloop.node.identifiers",
+    "samenloop.node.keysetup",
+]
+
+
+def test_core_modules_import_neither_grpc_nor_a_database():
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in SANS_IO)
+        + "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'sqlalchemy'))\n"
+        + "print(','.join(bad))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize(
+    ("folder", "forbidden"), [("node", "samenloop.broker"), ("broker", "samenloop.node")]
+)
+def test_node_and_broker_never_import_each_other(folder, forbidden):
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / folder).rglob("*.py")
+        if any(name == forbidden or name.startswith(forbidden + ".") for name in _imports(path))
+    ]
+    assert offenders == []
+
+
+def test_policies_imports_neither_daemon():
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "policies").rglob("*.py")
+        if any(name.startswith(("samenloop.node", "samenloop.broker")) for name in _imports(path))
+    ]
+    assert offenders == []
