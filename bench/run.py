@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,8 @@ class Pipeline:
             holders=tuple(
                 threshold.Holder(s.index, f"holder-{s.index}", s.commitment) for s in self.shares
             ),
+            created_at=datetime.now(UTC),
+            retire_after=datetime.now(UTC) + timedelta(days=1),
         )
         self.domain = tokens.TokenDomain("bench", 1)
         self.responding_set = tuple(range(1, t + 1))

@@ -23,6 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -128,17 +129,25 @@ def _demo(console: Console, workdir: Path, per_partner: int) -> None:
         f"1. party keys for {', '.join(parties)} (owner-only files in {workdir / 'keys'})"
     )
 
-    epoch, sealed = keysetup.deal(COVENANT, 1, 2, [(h, keys[h].public().x25519) for h in HOLDERS])
-    (workdir / "key-epoch-1.json").write_bytes(keysetup.key_epoch_to_json(epoch))
+    admin = keys["riec"]  # the RIEC's administrator deals the key and signs the epoch
+    dealt, sealed = keysetup.deal(
+        COVENANT, 1, 2, [(h, keys[h].public().x25519) for h in HOLDERS], now=datetime.now(UTC)
+    )
+    (workdir / "key-epoch-1.json").write_bytes(keysetup.sign_key_epoch(dealt, admin))
+    # Each holder trusts the epoch only as signed by the administrator it knows.
+    epoch = keysetup.verify_key_epoch(
+        (workdir / "key-epoch-1.json").read_bytes(), admin.party, admin.public()
+    )
     shares = {}
     for s in sealed:
-        share = keysetup.open_share(s, epoch, keys[s.party])
-        keysetup.save_share(workdir / "shares" / f"{s.party}.json", epoch, share)
+        share = keysetup.open_share(s, epoch, keys[s.holder])
+        keysetup.save_share(workdir / "shares" / f"{s.holder}.json", epoch, share)
         shares[share.index] = share
     console.print(
         "2. key epoch 1 dealt 2-of-3 to "
         + ", ".join(f"{h.party} (holder {h.index})" for h in epoch.holders)
-        + "; each holder opened its sealed share and checked it against its commitment;"
+        + "; the epoch is signed by the RIEC administrator; each holder checked that signature,"
+        " opened its sealed share and checked it against its commitment;"
         " the whole key was never written"
     )
 

@@ -105,13 +105,20 @@ def deserialize_element(data: bytes, *, field: str = "element") -> bytes:
     return data
 
 
-def deserialize_scalar(data: bytes, *, field: str = "scalar") -> bytes:
-    """A canonical scalar: 32 bytes, little-endian, below the group order."""
+def deserialize_scalar(data: bytes, *, field: str = "scalar", nonzero: bool = False) -> bytes:
+    """A canonical scalar: 32 bytes, little-endian, below the group order (and not 0 if asked)."""
     if not isinstance(data, bytes | bytearray) or len(data) != SCALAR_BYTES:
         raise InvalidInput("scalar must be 32 bytes", field=field, reason="oprf.scalar_length")
     if int.from_bytes(data, "little") >= ORDER:
         raise InvalidInput("scalar is not reduced", field=field, reason="oprf.scalar_range")
+    if nonzero and is_zero(data):
+        raise InvalidInput("scalar must not be zero", field=field, reason="oprf.zero_scalar")
     return bytes(data)
+
+
+def is_zero(scalar: bytes) -> bool:
+    """Whether a (secret) scalar is zero, in constant time."""
+    return hmac.compare_digest(scalar, _ZERO_SCALAR)
 
 
 def scalar_from_int(n: int) -> bytes:
@@ -140,7 +147,7 @@ def scalar_mul(a: bytes, b: bytes) -> bytes:
 
 
 def scalar_inverse(a: bytes) -> bytes:
-    if a == _ZERO_SCALAR:
+    if is_zero(a):
         raise InvalidInput(
             "cannot invert the zero scalar", field="scalar", reason="oprf.zero_scalar"
         )
@@ -148,8 +155,15 @@ def scalar_inverse(a: bytes) -> bytes:
 
 
 def scalar_mult(k: bytes, element: bytes) -> bytes:
-    """k * element. The result of a valid, non-zero k on a valid element is never the identity."""
-    return bytes(rbcl.crypto_scalarmult_ristretto255(k, element))
+    """k * element. Refuses a zero k, an invalid element, or an identity result."""
+    try:
+        return bytes(rbcl.crypto_scalarmult_ristretto255(k, element))
+    except RuntimeError as error:  # libsodium: invalid point, or k * element is the identity
+        raise InvalidInput(
+            "scalar multiplication refused (zero scalar or invalid element)",
+            field="element",
+            reason="oprf.invalid_multiplication",
+        ) from error
 
 
 def scalar_mult_gen(k: bytes) -> bytes:
@@ -157,6 +171,8 @@ def scalar_mult_gen(k: bytes) -> bytes:
 
 
 def element_add(a: bytes, b: bytes) -> bytes:
+    """a + b. Both must be valid encodings: libsodium's add does not report invalid input,
+    so callers pass only deserialized elements or results of ``scalar_mult``."""
     return bytes(rbcl.crypto_core_ristretto255_add(a, b))
 
 
@@ -188,7 +204,7 @@ def derive_key_pair(seed: bytes, info: bytes, mode: int = MODE_OPRF) -> tuple[by
     dst = b"DeriveKeyPair" + _CONTEXT[mode]
     for counter in range(256):
         sk = hash_to_scalar(derive_input + bytes([counter]), dst=dst)
-        if sk != _ZERO_SCALAR:
+        if not is_zero(sk):
             return sk, scalar_mult_gen(sk)
     raise InvalidInput("DeriveKeyPairError", field="seed")  # pragma: no cover - probability 2^-2000
 
@@ -207,7 +223,7 @@ def _input_element(input: bytes, mode: int) -> bytes:
 
 def blind(input: bytes, blind: bytes | None = None, mode: int = MODE_OPRF) -> tuple[bytes, bytes]:
     """Blind(input) -> (blind, blindedElement). ``blind`` is for test vectors only."""
-    r = random_scalar() if blind is None else deserialize_scalar(blind, field="blind")
+    r = random_scalar() if blind is None else deserialize_scalar(blind, field="blind", nonzero=True)
     return r, scalar_mult(r, _input_element(input, mode))
 
 
@@ -336,13 +352,17 @@ def verify_proof(
     """VerifyProof(A, B, C, D, proof); raises ``InvalidProof`` unless it verifies."""
     if len(proof) != PROOF_BYTES or not c or len(c) != len(d):
         raise InvalidProof("malformed proof", field=field)
-    challenge = deserialize_scalar(proof[:SCALAR_BYTES], field=field)
-    s = deserialize_scalar(proof[SCALAR_BYTES:], field=field)
     try:
+        challenge = deserialize_scalar(proof[:SCALAR_BYTES], field=field)
+        s = deserialize_scalar(proof[SCALAR_BYTES:], field=field)
+        a = deserialize_element(a, field=field)
+        b = deserialize_element(b, field=field)
+        # C and D are checked by the composites' scalar multiplications, which refuse
+        # invalid encodings and identity results.
         m, z = compute_composites(b, c, d, mode)
         t2 = element_add(_mult_allow_zero(s, a), _mult_allow_zero(challenge, b))
         t3 = element_add(_mult_allow_zero(s, m), _mult_allow_zero(challenge, z))
-    except RuntimeError as error:  # libsodium refuses identity results: not a valid proof
+    except (InvalidInput, RuntimeError, ValueError) as error:  # bad scalar or element
         raise InvalidProof("proof does not verify", field=field) from error
     expected = _challenge(b, m, z, t2, t3, mode)
     if not _equal(expected, challenge):

@@ -22,23 +22,29 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from samenloop.node import oprf
 from samenloop.policies.errors import (
     InvalidInput,
     InvalidProof,
+    MessageTooLarge,
+    NotAllowed,
     NotEnoughHolders,
     PeerError,
+    SamenloopError,
 )
 from samenloop.v1 import common_pb2
 
-#: The protocol's limit on key holders per epoch, from the wire format.
+#: The protocol's limits, from the wire format.
 MAX_HOLDERS: int = common_pb2.LIMITS_MAX_KEY_HOLDERS
+MAX_ID_BYTES: int = common_pb2.LIMITS_MAX_PARTY_ID_BYTES
+MAX_ELEMENTS: int = common_pb2.LIMITS_MAX_BLINDED_ELEMENTS_PER_REQUEST
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+@dataclass(frozen=True, slots=True, repr=False, eq=False)
 class Share:
-    """One holder's share s_i of the covenant key for one epoch. Secret."""
+    """One holder's share s_i of the covenant key for one epoch. Secret: no repr, no ``==``."""
 
     index: int
     scalar: bytes
@@ -65,7 +71,9 @@ class KeyEpoch:
     """The public side of one epoch of the covenant's OPRF key.
 
     ``group_public_key`` is k * G. Rotation is a new epoch with a new key;
-    tokens carry the epoch in their derivation, so epochs never mix.
+    tokens carry the epoch in their derivation, so epochs never mix. The
+    threshold is at least 2 and every holder is a different party, so that no
+    single party ever holds enough of the key to compute a token.
     """
 
     covenant_id: str
@@ -73,23 +81,45 @@ class KeyEpoch:
     threshold: int
     group_public_key: bytes
     holders: tuple[Holder, ...]
+    created_at: datetime
+    retire_after: datetime
 
     def __post_init__(self) -> None:
-        if self.epoch < 1:
-            raise InvalidInput("key epoch must be at least 1", field="epoch")
+        if not 0 < len(self.covenant_id.encode("utf-8")) <= MAX_ID_BYTES:
+            raise InvalidInput(f"covenant id must be 1..{MAX_ID_BYTES} bytes", field="covenant_id")
+        if not 1 <= self.epoch < 2**32:
+            raise InvalidInput("key epoch must be 1..2^32-1", field="epoch")
         indices = [h.index for h in self.holders]
         if len(set(indices)) != len(indices) or any(not 1 <= i <= MAX_HOLDERS for i in indices):
             raise InvalidInput(
                 f"holder indices must be distinct, 1..{MAX_HOLDERS}", field="holders"
             )
-        if not 1 <= self.threshold <= len(self.holders):
+        parties = [h.party for h in self.holders]
+        if len(set(parties)) != len(parties):
+            raise InvalidInput("a party can hold only one share of a key", field="holders")
+        if not 2 <= self.threshold <= len(self.holders):
             raise InvalidInput(
-                f"threshold {self.threshold} needs 1..{len(self.holders)} holders",
+                f"threshold {self.threshold} must be 2..{len(self.holders)}: "
+                "one holder alone must never be able to evaluate",
                 field="threshold",
             )
+        if self.created_at.tzinfo is None or self.retire_after.tzinfo is None:
+            raise InvalidInput("key epoch times must be timezone-aware (UTC)", field="created_at")
+        if self.retire_after <= self.created_at:
+            raise InvalidInput("key epoch must retire after it was created", field="retire_after")
         for h in self.holders:
             oprf.deserialize_element(h.commitment, field=f"holders[{h.index}].commitment")
         oprf.deserialize_element(self.group_public_key, field="group_public_key")
+
+    def check_in_force(self, now: datetime) -> None:
+        """Raise ``NotAllowed`` unless ``now`` lies within the epoch's lifetime."""
+        if not self.created_at <= now <= self.retire_after:
+            raise NotAllowed(
+                f"key epoch {self.epoch} is valid from {self.created_at.isoformat()} "
+                f"until {self.retire_after.isoformat()}",
+                field="key_epoch",
+                reason="oprf.epoch_not_in_force",
+            )
 
     def holder(self, index: int) -> Holder:
         for h in self.holders:
@@ -210,6 +240,11 @@ def evaluate_partial(
     """
     if not blinded_elements:
         raise InvalidInput("no blinded elements", field="blinded_elements")
+    if len(blinded_elements) > MAX_ELEMENTS:
+        raise MessageTooLarge(
+            f"{len(blinded_elements)} blinded elements; at most {MAX_ELEMENTS} per request",
+            field="blinded_elements",
+        )
     elements = [
         oprf.deserialize_element(b, field=f"blinded_elements[{j}]")
         for j, b in enumerate(blinded_elements)
@@ -278,6 +313,8 @@ def combine(
     faulty = set()
     for index in responding_set:
         try:
+            if partials[index].holder_index != index:  # a copied or misrouted answer
+                raise InvalidProof("answer is not this holder's", field=f"holders[{index}]")
             verify_partial(epoch, responding_set, blinded_elements, partials[index])
         except (InvalidProof, InvalidInput):
             faulty.add(index)
@@ -331,8 +368,9 @@ def evaluate_in_process(
 ) -> list[bytes]:
     """Run the threshold evaluation against holders that are plain callables.
 
-    Skips holders that raise or return an invalid proof, and retries with the
-    next responding set until t honest holders answered.
+    Skips holders that raise (any ``SamenloopError``: a refusal, an unreachable
+    holder) or return an invalid proof, and retries with the next responding
+    set until t honest holders answered.
     """
     planner = planner or HolderPlanner(epoch)
     planner.exclude(h.index for h in epoch.holders if h.index not in holders)
@@ -343,7 +381,7 @@ def evaluate_in_process(
         for index in responding_set:
             try:
                 partials[index] = holders[index](blinded_elements, responding_set)
-            except PeerError:
+            except SamenloopError:  # refused, unreachable, malformed: leave it out
                 failed.add(index)
         if failed:
             planner.exclude(failed)

@@ -51,8 +51,10 @@ class TokenDomain:
     key_epoch: int
 
     def __post_init__(self) -> None:
-        if not self.covenant_id or len(self.covenant_id) > 128:
-            raise InvalidInput("covenant id must be 1..128 characters", field="covenant_id")
+        if not 0 < len(self.covenant_id.encode("utf-8")) <= threshold.MAX_ID_BYTES:
+            raise InvalidInput(
+                f"covenant id must be 1..{threshold.MAX_ID_BYTES} bytes", field="covenant_id"
+            )
         if not 1 <= self.key_epoch < 2**32:
             raise InvalidInput("key epoch must be 1..2^32-1", field="key_epoch")
 

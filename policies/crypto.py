@@ -3,9 +3,11 @@
 - ``sign`` / ``verify``: Ed25519 (RFC 8032, libsodium via PyNaCl) over
   domain-separated bytes, with a context string per message kind, so that a
   signature made for one kind of message can never be replayed as another.
-- ``seal`` / ``open_sealed``: NaCl ``crypto_box`` (X25519 + XSalsa20-Poly1305)
-  from the sender's static key to the recipient's: only the recipient can read
-  it, and opening it proves which party sealed it.
+- ``seal_signed`` / ``open_signed``: what parties send each other end to end —
+  a message signed for its recipient, then sealed with NaCl ``crypto_box``
+  (X25519 + XSalsa20-Poly1305) from the sender's static key to the
+  recipient's: only the recipient can read it, and it proves its sender.
+  ``seal`` / ``open_sealed`` are the bare box underneath.
 - ``seal_anonymous`` / ``open_anonymous``: NaCl sealed boxes, for key shares
   dealt to a key holder by an administrator who has no party key.
 - ``hkdf_sha256``: key derivation (RFC 5869), used to derive tokens.
@@ -39,6 +41,7 @@ import nacl.public
 import nacl.signing
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from google.protobuf.message import DecodeError
 
 from samenloop.policies.errors import (
     ConfigurationError,
@@ -46,6 +49,7 @@ from samenloop.policies.errors import (
     InvalidInput,
     InvalidSignature,
 )
+from samenloop.v1 import common_pb2
 
 #: Prefix of every byte string we sign; version it with the protocol.
 SIGNATURE_DOMAIN = b"samenloop/v1 signed message\x00"
@@ -72,17 +76,36 @@ class SignatureContext(enum.StrEnum):
     PICTURE_REQUEST = "picture-request"
     PICTURE_CONTRIBUTION = "picture-contribution"
     CASE_MESSAGE = "case-message"
+    KEY_EPOCH = "key-epoch"
 
 
-def signing_bytes(context: SignatureContext, message: bytes) -> bytes:
-    """The exact bytes an Ed25519 signature covers: domain, framed context, message."""
-    ctx = context.value.encode("ascii")
-    return SIGNATURE_DOMAIN + struct.pack(">H", len(ctx)) + ctx + message
+def _frame(data: bytes) -> bytes:
+    return struct.pack(">H", len(data)) + data
 
 
-def sign(signing_key: nacl.signing.SigningKey, context: SignatureContext, message: bytes) -> bytes:
-    """Sign ``message`` for ``context``; returns the 64-byte detached signature."""
-    return bytes(signing_key.sign(signing_bytes(context, message)).signature)
+def signing_bytes(context: SignatureContext, message: bytes, *, audience: str = "") -> bytes:
+    """The exact bytes an Ed25519 signature covers.
+
+    Domain, framed context, framed audience (the recipient's party id for a
+    sealed message; empty for a message anyone may verify), then the message.
+    """
+    return (
+        SIGNATURE_DOMAIN
+        + _frame(context.value.encode("ascii"))
+        + _frame(audience.encode("utf-8"))
+        + message
+    )
+
+
+def sign(
+    signing_key: nacl.signing.SigningKey,
+    context: SignatureContext,
+    message: bytes,
+    *,
+    audience: str = "",
+) -> bytes:
+    """Sign ``message`` for ``context`` (and ``audience``); returns the 64-byte signature."""
+    return bytes(signing_key.sign(signing_bytes(context, message, audience=audience)).signature)
 
 
 def verify(
@@ -91,6 +114,7 @@ def verify(
     message: bytes,
     signature: bytes,
     *,
+    audience: str = "",
     field: str = "signature",
 ) -> None:
     """Raise ``InvalidSignature`` unless ``signature`` is valid for this key, context and message.
@@ -100,7 +124,9 @@ def verify(
     try:
         if len(public_key) != ED25519_PUBLIC_KEY_BYTES or len(signature) != ED25519_SIGNATURE_BYTES:
             raise ValueError("wrong length")
-        nacl.signing.VerifyKey(public_key).verify(signing_bytes(context, message), signature)
+        nacl.signing.VerifyKey(public_key).verify(
+            signing_bytes(context, message, audience=audience), signature
+        )
     except (nacl.exceptions.CryptoError, ValueError, TypeError) as error:
         raise InvalidSignature("signature does not verify", field=field) from error
 
@@ -125,10 +151,12 @@ def seal(
     ``nonce`` is for test vectors only; by default a fresh random 24-byte nonce
     is used (safe for XSalsa20's 192-bit nonces).
     """
-    if len(recipient_public) != X25519_KEY_BYTES:
-        raise InvalidInput("recipient key must be 32 bytes", field="recipient_public")
+    check_x25519_public(recipient_public, field="recipient_public")
     nonce = nonce if nonce is not None else os.urandom(BOX_NONCE_BYTES)
-    ciphertext = nacl.bindings.crypto_box(plaintext, nonce, recipient_public, sender_secret)
+    try:
+        ciphertext = nacl.bindings.crypto_box(plaintext, nonce, recipient_public, sender_secret)
+    except (nacl.exceptions.CryptoError, ValueError, TypeError) as error:
+        raise InvalidInput("cannot seal to this key", field="recipient_public") from error
     return SealedBox(nonce=nonce, ciphertext=bytes(ciphertext))
 
 
@@ -152,9 +180,78 @@ def open_sealed(
 
 def seal_anonymous(recipient_public: bytes, plaintext: bytes) -> bytes:
     """Encrypt to a recipient with an ephemeral sender key (NaCl sealed box)."""
-    if len(recipient_public) != X25519_KEY_BYTES:
-        raise InvalidInput("recipient key must be 32 bytes", field="recipient_public")
-    return bytes(nacl.bindings.crypto_box_seal(plaintext, recipient_public))
+    check_x25519_public(recipient_public, field="recipient_public")
+    try:
+        return bytes(nacl.bindings.crypto_box_seal(plaintext, recipient_public))
+    except (nacl.exceptions.CryptoError, ValueError, TypeError) as error:
+        raise InvalidInput("cannot seal to this key", field="recipient_public") from error
+
+
+def check_x25519_public(key: bytes, *, field: str) -> bytes:
+    """Refuse a public key that cannot be sealed to: wrong length, or a low-order point.
+
+    libsodium refuses a shared secret of all zeros; a probe exchange with a
+    fixed scalar detects such keys up front, with the field named.
+    """
+    if not isinstance(key, bytes) or len(key) != X25519_KEY_BYTES:
+        raise InvalidInput("X25519 public key must be 32 bytes", field=field)
+    try:
+        nacl.bindings.crypto_scalarmult(_PROBE_SCALAR, key)
+    except (nacl.exceptions.CryptoError, ValueError) as error:
+        raise InvalidInput("not a usable X25519 public key (low order)", field=field) from error
+    return key
+
+
+_PROBE_SCALAR = hashlib.sha256(b"samenloop/v1 x25519 key probe").digest()
+
+
+def seal_signed(
+    sender: PartyKeys,
+    recipient: str,
+    recipient_x25519: bytes,
+    context: SignatureContext,
+    body: bytes,
+) -> SealedBox:
+    """Sign ``body`` for ``recipient`` and seal the signed message to it.
+
+    The plaintext is a ``samenloop.v1.Signed``; the signature also covers the
+    recipient's party id, so a sealed message can be neither reflected back to
+    its sender nor re-sealed by its recipient to a third party.
+    """
+    signed = common_pb2.Signed(
+        body=body,
+        signer=sender.party,
+        context=context.value,
+        signature=sender.sign(context, body, audience=recipient),
+    )
+    return sender.seal(recipient_x25519, signed.SerializeToString())
+
+
+def open_signed(
+    recipient: PartyKeys,
+    sender: str,
+    sender_keys: PublicKeys,
+    box: SealedBox,
+    *,
+    expect: SignatureContext | None = None,
+) -> tuple[SignatureContext, bytes]:
+    """Open a message sealed with ``seal_signed``; return its context and verified body.
+
+    Raises ``DecryptionFailed`` if it cannot be opened or parsed, and
+    ``InvalidSignature`` unless it is signed by ``sender`` for this recipient
+    (and, with ``expect``, for that context).
+    """
+    plaintext = recipient.open(sender_keys.x25519, box)
+    signed = common_pb2.Signed()
+    try:
+        signed.ParseFromString(plaintext)
+        context = SignatureContext(signed.context)
+    except (DecodeError, ValueError) as error:
+        raise DecryptionFailed("cannot open sealed message", field="ciphertext") from error
+    if signed.signer != sender or (expect is not None and context is not expect):
+        raise InvalidSignature("signature does not verify", field="signature")
+    verify(sender_keys.ed25519, context, signed.body, signed.signature, audience=recipient.party)
+    return context, signed.body
 
 
 def open_anonymous(
@@ -213,18 +310,26 @@ class PublicKeys:
             doc: Any = json.loads(data)
             if not isinstance(doc, dict) or doc.get("kind") != cls.KIND:
                 raise ValueError("not a Samenloop public keys file")
-            return str(doc["party"]), cls(
-                ed25519=b64decode(doc["ed25519"], 32), x25519=b64decode(doc["x25519"], 32)
-            )
-        except (ValueError, KeyError, TypeError) as error:
+            keys = cls(ed25519=b64decode(doc["ed25519"], 32), x25519=b64decode(doc["x25519"], 32))
+            nacl.signing.VerifyKey(keys.ed25519)
+            check_x25519_public(keys.x25519, field=f"{source}: x25519")
+            return str(doc["party"]), keys
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            InvalidInput,
+            nacl.exceptions.CryptoError,
+        ) as error:
             raise ConfigurationError(f"{source} is not a public keys file", field=source) from error
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+@dataclass(frozen=True, slots=True, repr=False, eq=False)
 class PartyKeys:
     """A party's secret keys: Ed25519 for signing, X25519 for sealing.
 
-    Held only by the party itself; ``repr`` shows fingerprints, never secrets.
+    Held only by the party itself; ``repr`` shows fingerprints, never secrets,
+    and there is no ``==`` (compare ``public()`` instead).
     """
 
     party: str
@@ -249,8 +354,8 @@ class PartyKeys:
             x25519=bytes(nacl.bindings.crypto_scalarmult_base(self.x25519_secret)),
         )
 
-    def sign(self, context: SignatureContext, message: bytes) -> bytes:
-        return sign(self.signing_key, context, message)
+    def sign(self, context: SignatureContext, message: bytes, *, audience: str = "") -> bytes:
+        return sign(self.signing_key, context, message, audience=audience)
 
     def seal(self, recipient_public: bytes, plaintext: bytes) -> SealedBox:
         return seal(self.x25519_secret, recipient_public, plaintext)

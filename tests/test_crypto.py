@@ -10,7 +10,12 @@ import pytest
 
 from samenloop.policies import crypto
 from samenloop.policies.crypto import PartyKeys, SealedBox, SignatureContext
-from samenloop.policies.errors import ConfigurationError, DecryptionFailed, InvalidSignature
+from samenloop.policies.errors import (
+    ConfigurationError,
+    DecryptionFailed,
+    InvalidInput,
+    InvalidSignature,
+)
 
 # RFC 8032 section 7.1, TEST 1-3: (secret key, public key, message, signature).
 RFC8032 = [
@@ -154,7 +159,9 @@ def test_party_keys_file_is_owner_only_and_round_trips(tmp_path):
     path = tmp_path / "keys" / "politie.json"
     keys.save(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert PartyKeys.load(path) == keys
+    loaded = PartyKeys.load(path)
+    assert loaded.party == keys.party
+    assert loaded.public() == keys.public()
     assert [p.name for p in path.parent.iterdir()] == ["politie.json"]  # no temp files left
 
 
@@ -197,3 +204,61 @@ def test_signature_contexts_match_the_wire_format():
     proto = (Path(__file__).parents[1] / "proto/samenloop/v1/common.proto").read_text()
     listed = set(re.findall(r'^//\s+"([a-z-]+)"\s+->', proto, flags=re.MULTILINE))
     assert listed == {c.value for c in SignatureContext}
+
+
+def test_seal_signed_round_trip_and_binding():
+    from samenloop.policies.crypto import open_signed, seal_signed
+
+    alice, bob, carol = (PartyKeys.generate(p) for p in ("gemeente", "politie", "riec"))
+    box = seal_signed(
+        alice, "politie", bob.public().x25519, SignatureContext.DISCLOSURE_REQUEST, b"q"
+    )
+    assert open_signed(bob, "gemeente", alice.public(), box) == (
+        SignatureContext.DISCLOSURE_REQUEST,
+        b"q",
+    )
+    # Expecting another kind of message fails.
+    with pytest.raises(InvalidSignature):
+        open_signed(bob, "gemeente", alice.public(), box, expect=SignatureContext.CASE_MESSAGE)
+    # Reflection: the static-static box opens for the sender too, but it was signed for bob.
+    with pytest.raises(InvalidSignature):
+        open_signed(alice, "politie", bob.public(), box)
+    # Claiming another sender fails (the box does not open for that pair).
+    with pytest.raises(DecryptionFailed):
+        open_signed(bob, "riec", carol.public(), box)
+
+
+def test_open_signed_refuses_a_message_resealed_by_its_recipient():
+    from samenloop.policies.crypto import open_signed, seal_signed
+    from samenloop.v1 import common_pb2
+
+    alice, bob, carol = (PartyKeys.generate(p) for p in ("gemeente", "politie", "riec"))
+    box = seal_signed(alice, "politie", bob.public().x25519, SignatureContext.CASE_MESSAGE, b"m")
+    inner = bob.open(alice.public().x25519, box)  # bob reads alice's signed message...
+    resealed = bob.seal(carol.public().x25519, inner)  # ...and passes it to carol as bob
+    with pytest.raises(InvalidSignature):
+        open_signed(carol, "politie", bob.public(), resealed)  # signer is alice, not bob
+    forged = common_pb2.Signed.FromString(inner)
+    forged.signer = "politie"  # relabelled: the signature is still alice's, for bob
+    with pytest.raises(InvalidSignature):
+        open_signed(
+            carol,
+            "politie",
+            bob.public(),
+            bob.seal(carol.public().x25519, forged.SerializeToString()),
+        )
+
+
+def test_open_signed_refuses_garbage_plaintext():
+    from samenloop.policies.crypto import open_signed
+
+    alice, bob = PartyKeys.generate("a"), PartyKeys.generate("b")
+    with pytest.raises(DecryptionFailed):
+        open_signed(bob, "a", alice.public(), alice.seal(bob.public().x25519, b"\xff\xfe garbage"))
+
+
+@pytest.mark.parametrize("key", [bytes(32), bytes([1]) + bytes(31), b"short"])
+def test_sealing_to_an_unusable_key_names_the_field(key):
+    with pytest.raises(InvalidInput) as info:
+        crypto.seal_anonymous(key, b"share")
+    assert info.value.field == "recipient_public"

@@ -262,3 +262,44 @@ def test_blind_is_randomised_but_finalises_to_evaluate():
     out1 = oprf.finalize(b"123456782", r1, oprf.blind_evaluate(sk, b1))
     out2 = oprf.finalize(b"123456782", r2, oprf.blind_evaluate(sk, b2))
     assert out1 == out2 == oprf.evaluate(sk, b"123456782")
+
+
+def _valid_proof():
+    sk, pk = h(VOPRF_SKSM), h(VOPRF_PKSM)
+    _, b = oprf.blind(b"x", mode=oprf.MODE_VOPRF)
+    z = oprf.blind_evaluate(sk, b)
+    return pk, b, z, oprf.generate_proof(sk, oprf.GENERATOR, pk, [b], [z])
+
+
+@pytest.mark.parametrize("part", ["c", "s"])
+def test_verify_proof_rejects_unreduced_scalars_with_the_same_error(part):
+    pk, b, z, proof = _valid_proof()
+    c, s = proof[:32], proof[32:]
+    # c + L (or s + L) is the same scalar mod L but not canonical: must be refused.
+    bumped = (oprf.scalar_to_int(c if part == "c" else s) + oprf.ORDER).to_bytes(32, "little")
+    forged = bumped + s if part == "c" else c + bumped
+    with pytest.raises(InvalidProof):
+        oprf.verify_proof(oprf.GENERATOR, pk, [b], [z], forged)
+
+
+@pytest.mark.parametrize("bad", [BAD_ENCODINGS[0], "00" * 32])
+def test_verify_proof_rejects_invalid_elements_with_the_same_error(bad):
+    pk, b, z, proof = _valid_proof()
+    for args in ([h(bad), pk, [b], [z]], [oprf.GENERATOR, h(bad), [b], [z]]):
+        with pytest.raises(InvalidProof):
+            oprf.verify_proof(*args, proof)
+    with pytest.raises(InvalidProof):
+        oprf.verify_proof(oprf.GENERATOR, pk, [b], [h(bad)], proof)
+    with pytest.raises(InvalidProof):
+        oprf.verify_proof(oprf.GENERATOR, pk, [h(bad)], [z], proof)
+
+
+def test_zero_scalars_are_refused_cleanly():
+    with pytest.raises(InvalidInput):
+        oprf.blind(b"x", bytes(32))
+    with pytest.raises(InvalidInput):
+        oprf.blind_evaluate(bytes(32), oprf.GENERATOR)
+    with pytest.raises(InvalidInput):
+        oprf.deserialize_scalar(bytes(32), nonzero=True)
+    assert oprf.is_zero(bytes(32))
+    assert not oprf.is_zero(oprf.scalar_from_int(1))

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from samenloop.node import oprf, threshold
 from samenloop.node.threshold import FaultyHolders, HolderPlanner, KeyEpoch, PartialEvaluation
-from samenloop.policies.errors import InvalidInput, NotEnoughHolders, QuotaExceeded
+from samenloop.policies.errors import (
+    InvalidInput,
+    MessageTooLarge,
+    NotAllowed,
+    NotEnoughHolders,
+    QuotaExceeded,
+    Unavailable,
+)
+
+NOW = datetime(2026, 11, 28, tzinfo=UTC)
+TIMES = {"created_at": NOW, "retire_after": NOW + timedelta(days=365)}
 
 
 def make_epoch(
@@ -25,6 +37,7 @@ def make_epoch(
             threshold.Holder(index=s.index, party=f"holder-{s.index}", commitment=s.commitment)
             for s in shares
         ),
+        **TIMES,
     )
     return key, epoch, shares
 
@@ -154,23 +167,23 @@ def test_tampered_commitment_is_caught_by_consistency_check():
     _, epoch, _ = make_epoch(2, 3)
     holders = list(epoch.holders)
     holders[2] = threshold.Holder(3, holders[2].party, oprf.scalar_mult_gen(oprf.random_scalar()))
-    tampered = KeyEpoch(epoch.covenant_id, epoch.epoch, 2, epoch.group_public_key, tuple(holders))
+    tampered = replace(epoch, holders=tuple(holders))
     with pytest.raises(InvalidInput) as info:
         tampered.check_consistency()
     assert info.value.field == "holders[3]"
-    wrong_pk = KeyEpoch(epoch.covenant_id, 1, 2, oprf.GENERATOR, epoch.holders)
+    wrong_pk = replace(epoch, group_public_key=oprf.GENERATOR)
     with pytest.raises(InvalidInput):
         wrong_pk.check_consistency()
 
 
 @pytest.mark.parametrize(
     ("threshold_t", "indices"),
-    [(0, (1, 2)), (3, (1, 2)), (1, (1, 1)), (1, (0,)), (1, (17,))],
+    [(0, (1, 2)), (3, (1, 2)), (2, (1, 1)), (2, (0, 1)), (2, (1, 17)), (1, (1, 2))],
 )
 def test_key_epoch_validation(threshold_t, indices):
     holders = tuple(threshold.Holder(i, f"h{i}", oprf.GENERATOR) for i in indices)
     with pytest.raises(InvalidInput):
-        KeyEpoch("c", 1, threshold_t, oprf.GENERATOR, holders)
+        KeyEpoch("c", 1, threshold_t, oprf.GENERATOR, holders, **TIMES)
 
 
 def test_planner_chooses_lowest_available_sets():
@@ -189,3 +202,64 @@ def test_share_repr_hides_the_scalar():
     _, _, shares = make_epoch(2, 3)
     assert shares[0].scalar.hex() not in repr(shares[0])
     assert "redacted" in repr(shares[0])
+
+
+def test_a_copied_answer_is_caught_not_combined():
+    # Holder 2's valid answer stored under holder 1 as well: both proofs verify for holder 2,
+    # the sum would be 2 * lambda_2 * s_2 * B. The copy must be named faulty.
+    _, epoch, shares = make_epoch(2, 3)
+    _, blinded = oprf.blind(b"copy")
+    answer = threshold.evaluate_partial(shares[1], [blinded], (1, 2))
+    with pytest.raises(FaultyHolders) as info:
+        threshold.combine(epoch, (1, 2), [blinded], {1: answer, 2: answer})
+    assert info.value.indices == {1}
+
+
+def test_an_unreachable_holder_is_skipped_not_fatal():
+    key, epoch, shares = make_epoch(2, 3)
+
+    def down(blinded, rset):
+        raise Unavailable("holder channel closed", field="holder")
+
+    _, blinded = oprf.blind(b"u")
+    planner = HolderPlanner(epoch)
+    holders = {1: down, 2: honest(shares[1]), 3: honest(shares[2])}
+    assert threshold.evaluate_in_process(epoch, holders, [blinded], planner) == [
+        oprf.blind_evaluate(key, blinded)
+    ]
+    assert planner.excluded == {1}
+
+
+def test_one_party_may_not_hold_two_seats():
+    _, epoch, _ = make_epoch(2, 3)
+    h1, h2, h3 = epoch.holders
+    with pytest.raises(InvalidInput) as info:
+        replace(epoch, holders=(h1, replace(h2, party=h1.party), h3))
+    assert info.value.field == "holders"
+
+
+def test_epoch_lifetime_and_bounds():
+    _, epoch, _ = make_epoch(2, 3)
+    epoch.check_in_force(NOW + timedelta(days=1))
+    with pytest.raises(NotAllowed):
+        epoch.check_in_force(NOW + timedelta(days=366))
+    with pytest.raises(NotAllowed):
+        epoch.check_in_force(NOW - timedelta(seconds=1))
+    for bad in (
+        {"epoch": 2**32},
+        {"covenant_id": "x" * 65},
+        {"covenant_id": ""},
+        {"retire_after": NOW},
+        {"created_at": datetime(2026, 1, 1)},  # naive
+    ):
+        with pytest.raises(InvalidInput):
+            replace(epoch, **bad)
+
+
+def test_too_many_elements_in_one_request():
+    _, _, shares = make_epoch(2, 3)
+    with pytest.raises(MessageTooLarge) as info:
+        threshold.evaluate_partial(
+            shares[0], [oprf.GENERATOR] * (threshold.MAX_ELEMENTS + 1), (1, 2)
+        )
+    assert info.value.field == "blinded_elements"

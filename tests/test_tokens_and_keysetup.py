@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pytest
 
@@ -12,7 +14,12 @@ from samenloop.node import keysetup, oprf, threshold, tokens
 from samenloop.node.tokens import TokenDomain
 from samenloop.policies import crypto
 from samenloop.policies.crypto import PartyKeys
-from samenloop.policies.errors import ConfigurationError, DecryptionFailed, InvalidInput
+from samenloop.policies.errors import (
+    ConfigurationError,
+    DecryptionFailed,
+    InvalidInput,
+    InvalidSignature,
+)
 
 
 @dataclass(frozen=True)
@@ -21,10 +28,13 @@ class Ident:
     canonical: str
 
 
+NOW = datetime(2026, 11, 28, tzinfo=UTC)
+
+
 def dealt(t: int, n: int, covenant: str = "riec-zuid", epoch: int = 1):
     parties = [PartyKeys.generate(f"holder-{i}") for i in range(1, n + 1)]
     key_epoch, sealed = keysetup.deal(
-        covenant, epoch, t, [(p.party, p.public().x25519) for p in parties]
+        covenant, epoch, t, [(p.party, p.public().x25519) for p in parties], now=NOW
     )
     shares = [keysetup.open_share(s, key_epoch, p) for s, p in zip(sealed, parties, strict=True)]
     return key_epoch, sealed, parties, shares
@@ -66,7 +76,7 @@ def test_oprf_input_framing_is_unambiguous():
     assert tokens.oprf_input(Ident("bsn", "1x")) != tokens.oprf_input(Ident("bsn1", "x"))
 
 
-@pytest.mark.parametrize(("cid", "epoch"), [("", 1), ("x" * 129, 1), ("c", 0), ("c", 2**32)])
+@pytest.mark.parametrize(("cid", "epoch"), [("", 1), ("x" * 65, 1), ("c", 0), ("c", 2**32)])
 def test_token_domain_validation(cid, epoch):
     with pytest.raises(InvalidInput):
         TokenDomain(cid, epoch)
@@ -93,8 +103,9 @@ def test_deal_seals_shares_that_only_their_holder_can_open():
     assert [s.index for s in shares] == [1, 2, 3, 4, 5]
     # The whole key is nowhere in what deal returns, yet t shares rebuild k with k*G = group key.
     assert oprf.scalar_mult_gen(threshold.recover_key(shares[:3])) == key_epoch.group_public_key
-    with pytest.raises((DecryptionFailed, InvalidInput)):
-        keysetup.open_share(sealed[0], key_epoch, parties[1])
+    with pytest.raises(InvalidInput) as info:
+        keysetup.open_share(sealed[0], key_epoch, parties[1])  # another holder's share
+    assert info.value.field == "share.holder"
     wrong_party = PartyKeys(parties[0].party, parties[1].ed25519_seed, parties[1].x25519_secret)
     with pytest.raises(DecryptionFailed):
         keysetup.open_share(sealed[0], key_epoch, wrong_party)
@@ -103,11 +114,11 @@ def test_deal_seals_shares_that_only_their_holder_can_open():
 def test_share_from_another_epoch_is_refused():
     _key_epoch1, sealed1, parties, _ = dealt(2, 3, epoch=1)
     key_epoch2, _ = keysetup.deal(
-        "riec-zuid", 2, 2, [(p.party, p.public().x25519) for p in parties]
+        "riec-zuid", 2, 2, [(p.party, p.public().x25519) for p in parties], now=NOW
     )
     with pytest.raises(InvalidInput) as info:
         keysetup.open_share(sealed1[0], key_epoch2, parties[0])
-    assert info.value.field == "share.epoch"
+    assert info.value.field == "share.key_epoch"
 
 
 def test_share_not_matching_commitment_is_refused():
@@ -115,11 +126,11 @@ def test_share_not_matching_commitment_is_refused():
     # A dealer that sealed a share inconsistent with the published commitment.
     bogus = keysetup.SealedShare(
         covenant_id="riec-zuid",
-        epoch=1,
+        key_epoch=1,
         holder_index=1,
-        party=parties[0].party,
+        holder=parties[0].party,
         commitment=sealed[0].commitment,
-        ciphertext=crypto.seal_anonymous(
+        sealed_share=crypto.seal_anonymous(
             parties[0].public().x25519,
             keysetup._share_plaintext("riec-zuid", 1, 1, oprf.random_scalar()),
         ),
@@ -129,23 +140,58 @@ def test_share_not_matching_commitment_is_refused():
     assert info.value.field == "share.commitment"
 
 
-def test_json_round_trips_and_share_file_permissions(tmp_path):
+def test_signed_epoch_round_trips_and_share_file_permissions(tmp_path):
     key_epoch, sealed, _parties, shares = dealt(2, 3)
-    assert keysetup.key_epoch_from_json(keysetup.key_epoch_to_json(key_epoch)) == key_epoch
+    admin = PartyKeys.generate("riec-admin")
+    document = keysetup.sign_key_epoch(key_epoch, admin)
+    assert keysetup.verify_key_epoch(document, "riec-admin", admin.public()) == key_epoch
     assert keysetup.sealed_share_from_json(keysetup.sealed_share_to_json(sealed[1])) == sealed[1]
     path = tmp_path / "share.json"
     keysetup.save_share(path, key_epoch, shares[0])
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert keysetup.load_share(path, key_epoch) == shares[0]
+    assert keysetup.load_share(path, key_epoch).scalar == shares[0].scalar
 
 
-def test_tampered_key_epoch_document_is_refused():
+def test_epoch_document_must_be_signed_by_the_expected_administrator():
     key_epoch, _, _, _ = dealt(2, 3)
-    doc = json.loads(keysetup.key_epoch_to_json(key_epoch))
-    doc["holders"][2]["commitment"] = doc["holders"][0]["commitment"]
+    admin, impostor = PartyKeys.generate("riec-admin"), PartyKeys.generate("riec-admin")
+    forged = keysetup.sign_key_epoch(key_epoch, impostor)  # same name, other key
+    with pytest.raises(InvalidSignature):
+        keysetup.verify_key_epoch(forged, "riec-admin", admin.public())
+    signed_by_other = keysetup.sign_key_epoch(key_epoch, PartyKeys.generate("gemeente"))
+    with pytest.raises(InvalidSignature):
+        keysetup.verify_key_epoch(signed_by_other, "riec-admin", admin.public())
+
+
+def test_tampered_epoch_document_is_refused():
+    key_epoch, _, _, _ = dealt(2, 3)
+    admin = PartyKeys.generate("riec-admin")
+    doc = json.loads(keysetup.sign_key_epoch(key_epoch, admin))
+    body = bytearray(base64.b64decode(doc["body"]))
+    body[-5] ^= 1
+    doc["body"] = base64.b64encode(bytes(body)).decode()
+    with pytest.raises(InvalidSignature):
+        keysetup.verify_key_epoch(json.dumps(doc).encode(), "riec-admin", admin.public())
+    for garbage in (b"[", b'{"unknown_field": 1}', b"\xff\xfe"):
+        with pytest.raises((ConfigurationError, InvalidSignature)):
+            keysetup.verify_key_epoch(garbage, "riec-admin", admin.public())
+
+
+def test_deal_refuses_one_party_or_key_in_two_seats():
+    a, b = PartyKeys.generate("politie"), PartyKeys.generate("riec")
     with pytest.raises(InvalidInput):
-        keysetup.key_epoch_from_json(json.dumps(doc).encode())
-    with pytest.raises(ConfigurationError):
-        keysetup.key_epoch_from_json(b'{"kind": "other"}')
-    with pytest.raises(ConfigurationError):
-        keysetup.key_epoch_from_json(b"[")
+        keysetup.deal(
+            "c", 1, 2, [("politie", a.public().x25519), ("riec", a.public().x25519)], now=NOW
+        )
+    with pytest.raises(InvalidInput):
+        keysetup.deal(
+            "c", 1, 2, [("politie", a.public().x25519), ("politie", b.public().x25519)], now=NOW
+        )
+    with pytest.raises(InvalidInput) as info:
+        keysetup.deal(
+            "c", 1, 1, [("politie", a.public().x25519), ("riec", b.public().x25519)], now=NOW
+        )
+    assert info.value.field == "threshold"
+    with pytest.raises(InvalidInput) as info:
+        keysetup.deal("c", 1, 2, [("politie", bytes(32)), ("riec", b.public().x25519)], now=NOW)
+    assert info.value.field == "holders[1].x25519"

@@ -63,7 +63,10 @@ class _LimitsEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Limits.ValueTy
     evaluated elements, share commitments, the group public key).
     """
     LIMITS_KEY_BYTES: _Limits.ValueType  # 32
-    """Length of an X25519 public key or of an encrypted share's plaintext."""
+    """Length of an X25519 public key, an Ed25519 public key, or an OPRF key
+    share scalar (inside a sealed share the scalar is framed with the
+    covenant id, epoch and holder index; see SealedShare).
+    """
     LIMITS_SIGNATURE_BYTES: _Limits.ValueType  # 64
     """Length of an Ed25519 signature."""
     LIMITS_PROOF_BYTES: _Limits.ValueType  # 64
@@ -148,7 +151,10 @@ LIMITS_ELEMENT_BYTES: Limits.ValueType  # 32
 evaluated elements, share commitments, the group public key).
 """
 LIMITS_KEY_BYTES: Limits.ValueType  # 32
-"""Length of an X25519 public key or of an encrypted share's plaintext."""
+"""Length of an X25519 public key, an Ed25519 public key, or an OPRF key
+share scalar (inside a sealed share the scalar is framed with the
+covenant id, epoch and holder index; see SealedShare).
+"""
 LIMITS_SIGNATURE_BYTES: Limits.ValueType  # 64
 """Length of an Ed25519 signature."""
 LIMITS_PROOF_BYTES: Limits.ValueType  # 64
@@ -294,6 +300,7 @@ class Signed(_message.Message):
       "picture-request"      -> PictureRequest, the party asking for the picture
       "picture-contribution" -> PictureContribution, the contributing node
       "case-message"         -> CaseMessage, the author's node
+      "key-epoch"            -> KeyEpoch, the administrator who dealt it
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -342,9 +349,11 @@ class Sealed(_message.Message):
     The plaintext is a serialized Signed of the inner message (disclosure,
     picture or case message); the recipient learns what kind of message it is
     from that Signed's context, after opening. The kind is deliberately not
-    in the clear. The recipient accepts the inner message only if
-    Signed.signer equals `sender`, so nobody can re-seal another party's signed
-    message as its own.
+    in the clear. The inner signature covers the recipient's party id as well
+    (samenloop.policies.crypto.seal_signed), and the recipient accepts the inner
+    message only if Signed.signer equals `sender` and the signature verifies for
+    itself as recipient: a sealed message can be neither reflected back to its
+    sender nor re-sealed by its recipient to a third party.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
