@@ -36,6 +36,7 @@ from samenloop.policies.errors import InvalidIdentifier
 COVENANT = "riec-zeeland-west-brabant-demo"
 PARTNERS = ("gemeente", "politie", "belastingdienst", "woningcorporatie")
 HOLDERS = ("politie", "belastingdienst", "riec")
+LEADING_ZEROS_DROPPED = frozenset({"gemeente"})
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,11 @@ def _demo(console: Console, workdir: Path, per_partner: int) -> None:
     rejected: list[tuple[RawSignal, InvalidIdentifier]] = []
     for signal in raw:
         try:
-            parsed[signal.partner].append((signal, identifiers.parse(signal.type, signal.value)))
+            # The gemeente's spreadsheet stored BSNs as numbers and dropped leading zeros;
+            # it imports that column with leading zeros restored, the others need not.
+            restore = signal.partner in LEADING_ZEROS_DROPPED
+            ident = identifiers.parse(signal.type, signal.value, leading_zero_dropped=restore)
+            parsed[signal.partner].append((signal, ident))
         except InvalidIdentifier as refusal:
             rejected.append((signal, refusal))
     console.print(

@@ -34,14 +34,15 @@ becomes ``-`` and surrounding whitespace is stripped.
 
 Per type:
 
-* **bsn**, **rsin** — spaces, dots and dashes are ignored; 8 digits get back the
-  leading zero that spreadsheets drop; 9 digits that are not all zero and pass the
-  11-test (elfproef), checked with :mod:`stdnum.nl.bsn` (the RSIN uses the same
-  test; python-stdnum has no module of its own for it).
+* **bsn**, **rsin** — an optional label (``BSN``, ``BSN-nummer``, ``burgerservicenummer``;
+  ``RSIN``, ``RSIN-nummer``) is dropped; spaces, dots and dashes are ignored; 9 digits
+  that are not all zero and pass the 11-test (elfproef), checked with
+  :mod:`stdnum.nl.bsn` (the RSIN uses the same test; python-stdnum has no module of
+  its own for it).
 * **kvk** — an optional ``KvK``/``KvK-nummer``/``KvK nr.`` label is dropped; spaces,
-  dots and dashes are ignored; 7 digits get back one dropped leading zero. No check
-  digit exists, so 8 digits that are not all zero are all we can require.
-* **vestiging** — exactly 12 digits, not all zero. Dropped leading zeros are *not*
+  dots and dashes are ignored. No check digit exists, so 8 digits that are not all
+  zero are all we can require.
+* **vestiging** — exactly 12 digits, not all zero. Dropped leading zeros are never
   restored: a vestigingsnummer without its zeros has 8 digits and would then be
   indistinguishable from a KvK number in the wrong column.
 * **address** — postcode (4 digits not starting with 0, then 2 letters other than
@@ -49,26 +50,36 @@ Per type:
   optional addition of up to 5 letters/digits (the BAG huisletter plus up to 4
   characters of huisnummertoevoeging). Spaces, commas, semicolons, pipes, slashes,
   dots and dashes may separate the parts; separators inside the addition are
-  dropped, so ``12-A``, ``12a``, ``12 A`` and ``12A`` are one address. Canonical:
-  postcode without space, a space, the number without leading zeros, and, if there
-  is one, a space and the addition in uppercase.
+  dropped, so ``12-A``, ``12a``, ``12 A`` and ``12A`` are one address. ``hs`` and
+  ``huis`` are written as ``H``. Ranges and lists of numbers (``12 t/m 14``,
+  ``12-14``, ``12 en 14``) are refused. Canonical: postcode without space, a space,
+  the number without leading zeros, and, if there is one, a space and the addition
+  in uppercase.
 * **bag** — a verblijfsobject id: 4-digit gemeentecode (not ``0000``), object type
-  ``01``, 10-digit number; 15 digits get back a dropped leading zero; an
-  ``NL.IMBAG.Verblijfsobject.`` prefix is accepted.
+  ``01``, 10-digit number; an ``NL.IMBAG.Verblijfsobject.`` prefix is accepted.
 * **kenteken** — letters and digits, separators (spaces, dashes, dots) ignored, an
   ``NL`` prefix accepted; the 6 characters must follow one of the RDW sidecodes
   1-14. Vowels are not refused (older series contain them).
 * **iban** — an optional ``IBAN`` label is dropped, separators ignored; 15-34
   characters, country code and check digits in place, the mod-97 check
   (:mod:`stdnum.iso7064.mod_97_10`), the country's BBAN structure and, where
-  python-stdnum knows one, the national check (:mod:`stdnum.iban`).
+  python-stdnum knows one, the national check digits (:mod:`stdnum.iban`); a bank
+  code that python-stdnum's bundled bank list does not know is not a refusal.
 * **phone** — parsed with phonenumbers, default region NL, must be a valid number;
   canonical E.164. An extension is dropped.
 * **email** — ``local@domain``: the local part is a dot-atom of RFC 5322 ASCII
   characters (quoted local parts are refused), up to 64 characters; the domain
   has at least two labels and is converted with IDNA 2008 (UTS 46 mapping) to its
   ASCII (punycode) form; all lowercase. ``+tags`` and dots are kept.
-* **person** — name and date of birth, see :func:`parse_person`.
+* **person** — name and date of birth, see :func:`parse_person` and
+  :func:`parse_person_parts`.
+
+Leading zeros: a BSN or RSIN of 8 digits, a KvK number of 7 and a BAG id of 15
+are refused (``<type>.length``) unless the caller says the source dropped
+leading zeros (``leading_zero_dropped=True``; on the command line
+``--leading-zero-dropped``): dropping any one digit of a valid BSN gives, once
+zero-padded, a *different* valid BSN about one time in eleven, so restoring
+zeros silently would turn typos into other people.
 """
 
 from __future__ import annotations
@@ -88,6 +99,7 @@ from stdnum.exceptions import InvalidChecksum, InvalidComponent, ValidationError
 from stdnum.iso7064 import mod_97_10
 from stdnum.nl import bsn as stdnum_bsn
 from stdnum.nl import postcode as stdnum_postcode
+from stdnum.util import get_cc_module
 
 from samenloop.policies.errors import InvalidIdentifier, UnknownType
 
@@ -99,6 +111,7 @@ __all__ = [
     "identifier_type",
     "parse",
     "parse_person",
+    "parse_person_parts",
 ]
 
 #: Longest raw value accepted, in characters, for any type.
@@ -133,7 +146,9 @@ DESCRIPTIONS: Final[dict[IdentifierType, str]] = {
     IdentifierType.IBAN: "IBAN bank account number, any country, mod-97",
     IdentifierType.PHONE: "phone number, E.164; national numbers are taken as Dutch",
     IdentifierType.EMAIL: "e-mail address",
-    IdentifierType.PERSON: "name and date of birth as 'NAME;DATE', e.g. 'Jan de Vries;1980-03-15'",
+    IdentifierType.PERSON: (
+        "name and date of birth as 'NAME;DATE', e.g. 'Vries, Jan de;1980-03-15'"
+    ),
 }
 
 _LABELS: Final[dict[IdentifierType, str]] = {
@@ -189,6 +204,7 @@ def parse(
     *,
     field: str = "value",
     today: datetime.date | None = None,
+    leading_zero_dropped: bool = False,
 ) -> Identifier:
     """Parse ``value`` as an identifier of ``type`` into its canonical form.
 
@@ -196,6 +212,13 @@ def parse(
     with ``field`` and a ``reason`` naming the failed rule, for an invalid value.
     For ``person`` the value is ``"NAME;DATE"``; ``today`` (default: the local
     date) bounds its date of birth.
+
+    ``leading_zero_dropped=True`` says that the source (typically a spreadsheet
+    column stored as numbers) dropped leading zeros: then exactly one missing
+    leading zero is put back for bsn, rsin (8 digits), kvk (7) and bag (15).
+    Without it those lengths are refused, because one digit dropped anywhere by a
+    typo gives the same lengths and, zero-padded, often a valid number of
+    someone else.
     """
     kind = identifier_type(type)
     fail = _Fail(kind, field)
@@ -205,7 +228,7 @@ def parse(
         if not sep:
             raise fail("format", "person must be written as NAME;DATE, e.g. 'J. Jansen;1980-03-15'")
         return Identifier(kind, _person(name, birth_date, fail, today))
-    return Identifier(kind, _PARSERS[kind](text, fail))
+    return Identifier(kind, _PARSERS[kind](text, fail, leading_zero_dropped))
 
 
 def parse_person(
@@ -222,12 +245,21 @@ def parse_person(
     spacing, hyphens, apostrophes and every tussenvoegsel word (de, van, der,
     ter, 't, d', la, von, ... — the surname prefixes Dutch registers keep apart)
     unless the surname has no other word, in which case its last word is kept.
-    *initial* is the first letter of the first given name. Accepted name forms:
-    ``Jan de Vries``, ``J. de Vries``, ``J.W. van den Berg``, ``DE VRIES, Jan``,
-    ``Vries, J. de``, ``Vries de, J.``, ``Vries, de, Jan``, and double names like
-    ``Anna Jansen-de Vries`` (core ``jansenvries``). Without a comma, the first
-    word is a given name and the surname starts at the first later word that is a
-    tussenvoegsel or contains a hyphen, else it is the last word. Leading titles
+    *initial* is the first letter of the first given name.
+
+    With a comma the name is ``Surname, Given names``: ``DE VRIES, Jan``,
+    ``Vries, J. de``, ``Vries de, J.``, ``Vries, de, Jan``, ``García López, José``,
+    ``Jansen-de Vries, Anna`` (core ``jansenvries``). A given-name part of
+    tussenvoegsels only (``Vries, de``) is refused (``person.given_name``).
+
+    Without a comma the name is read as given names followed by the surname, and
+    only when exactly one split is possible: the given names have no
+    tussenvoegsel (one starts the surname) and the surname has no initial. So
+    ``Jan de Vries``, ``J. de Vries``, ``J.W. van den Berg``, ``Anna Jansen-de
+    Vries`` and ``Jan Jansen`` are read, but ``Jan Willem de Vries``, ``Mohammed
+    El Amrani`` and ``José García López`` are refused (``person.ambiguous``): the
+    surname could start at the second or the third word. Write those as
+    ``Surname, Given names`` or use :func:`parse_person_parts`. Leading titles
     (dhr., mevr., mr., dr., drs., ir., ing., prof.) are ignored.
 
     The date of birth is a :class:`datetime.date` or a string ``YYYY-MM-DD``,
@@ -236,16 +268,43 @@ def parse_person(
     """
     fail = _Fail(IdentifierType.PERSON, field)
     text = _prepare(name, fail)
-    date_value: str | datetime.date
-    if isinstance(birth_date, datetime.date):
-        date_value = birth_date
-    elif isinstance(birth_date, str):
-        if len(birth_date) > MAX_LENGTH:
-            raise fail("too_long", "date of birth is too long")
-        date_value = unicodedata.normalize("NFKC", birth_date)
-    else:
-        raise fail("birth_date", "date of birth must be a date or a string")
-    return Identifier(IdentifierType.PERSON, _person(text, date_value, fail, today))
+    return Identifier(
+        IdentifierType.PERSON, _person(text, _date_value(birth_date, fail), fail, today)
+    )
+
+
+def parse_person_parts(
+    surname: str,
+    given_names: str,
+    birth_date: str | datetime.date,
+    *,
+    prefix: str = "",
+    field: str = "value",
+    today: datetime.date | None = None,
+) -> Identifier:
+    """The person key from a name in separate fields, as the BRP keeps it.
+
+    ``surname`` is the geslachtsnaam, ``given_names`` the voornamen and ``prefix``
+    the voorvoegsel (``de``, ``van der``; empty when there is none). The key is
+    the one :func:`parse_person` gives for ``"{prefix} {surname}, {given_names}"``:
+    the prefix is read exactly like words written before the surname, so a
+    voorvoegsel that is not a tussenvoegsel here (``El``, ``Al``, ``Ben``) stays
+    part of the surname core. ``,`` and ``;`` are refused in every field.
+    """
+    fail = _Fail(IdentifierType.PERSON, field)
+    surname_text = _prepare(surname, fail)
+    given_text = _prepare(given_names, fail)
+    if not isinstance(prefix, str):
+        raise fail("name", "surname prefix (voorvoegsel) must be text")
+    prefix_text = _clean(prefix, fail)
+    if any(c in text for text in (surname_text, given_text, prefix_text) for c in ",;"):
+        raise fail("name", "separate name fields must not contain ',' or ';' (one name part each)")
+    given = _tokens(given_text)
+    _check_given_names(given, fail)
+    core = _surname_core(_tokens(prefix_text) + _tokens(surname_text), fail)
+    initial = _initial(given, fail)
+    date = _birth_date(_date_value(birth_date, fail), fail, today)
+    return Identifier(IdentifierType.PERSON, f"{core}|{initial}|{date.isoformat()}")
 
 
 # --- shared -----------------------------------------------------------------
@@ -279,13 +338,18 @@ def _prepare(value: object, fail: _Fail) -> str:
     """Type, size and Unicode clean-up common to all types."""
     if not isinstance(value, str):
         raise fail("empty", f"{fail.label} is missing (expected text)")
-    if len(value) > MAX_LENGTH:
-        raise fail("too_long", f"{fail.label} is longer than {MAX_LENGTH} characters")
-    text = "".join(c for c in value if unicodedata.category(c) != "Cf")
-    text = unicodedata.normalize("NFKC", text).translate(_DASHES).strip()
+    text = _clean(value, fail)
     if not text:
         raise fail("empty", f"{fail.label} is empty")
     return text
+
+
+def _clean(value: str, fail: _Fail) -> str:
+    """``value`` without format characters, NFKC-normalised, dashes unified, stripped."""
+    if len(value) > MAX_LENGTH:
+        raise fail("too_long", f"{fail.label} is longer than {MAX_LENGTH} characters")
+    text = "".join(c for c in value if unicodedata.category(c) != "Cf")
+    return unicodedata.normalize("NFKC", text).translate(_DASHES).strip()
 
 
 def _digits(text: str, fail: _Fail) -> str:
@@ -300,37 +364,59 @@ def _digits(text: str, fail: _Fail) -> str:
 
 
 def _fixed_length(digits: str, length: int, fail: _Fail, *, restore_zero: bool) -> str:
+    """``digits`` if it has ``length`` digits, not all zero.
+
+    With ``restore_zero`` (the caller said its source dropped leading zeros) one
+    missing leading zero is put back. Without it a value one digit short is
+    refused with a hint, since a typo that drops any digit looks the same.
+    """
     if restore_zero and len(digits) == length - 1:
         digits = "0" + digits
     if len(digits) != length:
-        also = f" ({length - 1} if the leading zero was dropped)" if restore_zero else ""
-        raise fail("length", f"{fail.label} must have {length} digits{also}, not {len(digits)}")
+        hint = ""
+        if len(digits) == length - 1:
+            hint = (
+                "; if your spreadsheet dropped a leading zero, import this column with "
+                "leading zeros restored"
+            )
+        raise fail("length", f"{fail.label} must have {length} digits, not {len(digits)}{hint}")
     if digits.count("0") == length:
         raise fail("format", f"{fail.label} cannot be all zeros")
     return digits
 
 
+def _strip_label(text: str, label: re.Pattern[str]) -> str:
+    match = label.match(text)
+    return text[match.end() :] if match else text
+
+
 # --- numbers ------------------------------------------------------------------
 
+_NUMBER_WORD: Final = r"(?:[\s-]*(?:nummer|nr\.?|number|no\.?))?\s*[:.]?\s*"
+_ELFPROEF_LABELS: Final = {
+    IdentifierType.BSN: re.compile(r"(?:bsn|burger[\s-]*service[\s-]*nummer)" + _NUMBER_WORD, re.I),
+    IdentifierType.RSIN: re.compile(r"rsin" + _NUMBER_WORD, re.I),
+}
 
-def _elfproef_number(text: str, fail: _Fail) -> str:
-    digits = _fixed_length(_digits(text, fail), 9, fail, restore_zero=True)
+
+def _elfproef_number(text: str, fail: _Fail, zero_dropped: bool) -> str:
+    text = _strip_label(text, _ELFPROEF_LABELS[fail.kind])
+    digits = _fixed_length(_digits(text, fail), 9, fail, restore_zero=zero_dropped)
     if stdnum_bsn.checksum(digits) != 0:
         raise fail("check_digit", f"{fail.label} fails the 11-test (elfproef)")
     return digits
 
 
-_KVK_LABEL: Final = re.compile(r"kvk(?:[\s-]*(?:nummer|nr\.?|number|no\.?))?\s*[:.]?\s*", re.I)
+_KVK_LABEL: Final = re.compile(r"kvk" + _NUMBER_WORD, re.I)
 
 
-def _kvk(text: str, fail: _Fail) -> str:
-    label = _KVK_LABEL.match(text)
-    if label:
-        text = text[label.end() :]
-    return _fixed_length(_digits(text, fail), 8, fail, restore_zero=True)
+def _kvk(text: str, fail: _Fail, zero_dropped: bool) -> str:
+    text = _strip_label(text, _KVK_LABEL)
+    return _fixed_length(_digits(text, fail), 8, fail, restore_zero=zero_dropped)
 
 
-def _vestiging(text: str, fail: _Fail) -> str:
+def _vestiging(text: str, fail: _Fail, zero_dropped: bool) -> str:
+    # Never restored, whatever the caller says: see the module docstring.
     return _fixed_length(_digits(text, fail), 12, fail, restore_zero=False)
 
 
@@ -345,11 +431,9 @@ _BAG_OBJECT_TYPES: Final = {
 }
 
 
-def _bag(text: str, fail: _Fail) -> str:
-    prefix = _BAG_PREFIX.match(text)
-    if prefix:
-        text = text[prefix.end() :]
-    digits = _fixed_length(_digits(text, fail), 16, fail, restore_zero=True)
+def _bag(text: str, fail: _Fail, zero_dropped: bool) -> str:
+    text = _strip_label(text, _BAG_PREFIX)
+    digits = _fixed_length(_digits(text, fail), 16, fail, restore_zero=zero_dropped)
     if digits[:4] == "0000":
         raise fail("gemeentecode", "BAG id has gemeentecode 0000, which no municipality has")
     object_type = digits[4:6]
@@ -370,9 +454,44 @@ _ADDRESS_SEPARATORS: Final = re.compile(r"[\s,;|/.\-]+")
 _LEADING_SEPARATORS: Final = re.compile(r"\A[\s,;|/.\-]+")
 _HOUSE_NUMBER: Final = re.compile(r"[0-9]+", re.ASCII)
 _ADDITION: Final = re.compile(r"[A-Z0-9]{1,5}", re.ASCII)
+#: Words for a range or list of house numbers, anywhere after the house number:
+#: "t/m", "t.m." always; "tm", "tot", "tot en met", "en" when a number follows;
+#: "&" and "+" always.
+_RANGE_WORDS: Final = re.compile(
+    r"(?<![A-Z])T\s*[/.]\s*M(?![A-Z])"
+    r"|(?<![A-Z])(?:TOT\s+EN\s+MET|TM|TOT|EN)\.?\s*(?=[0-9])"
+    r"|[&+]",
+    re.ASCII,
+)
+#: After the house number: an optional huisletter, then "-" or "/", then a number.
+_DASHED_NUMBER: Final = re.compile(r"\s*([A-Z]?)\s*[-/]\s*([0-9]+)", re.ASCII)
+#: Written forms of one addition that the BAG records in one way. Amsterdam
+#: records the ground-floor dwelling ("huis", abbreviated "hs") as the
+#: huisnummertoevoeging "H"; nothing else is merged (see docs/identifiers.md).
+_ADDITION_WORDS: Final = {"HS": "H", "HUIS": "H"}
 
 
-def _address(text: str, fail: _Fail) -> str:
+def _is_range(rest: str, number: int) -> bool:
+    """Whether the text after house number ``number`` makes it a range or a list.
+
+    ``12 t/m 14``, ``12 tot 14``, ``12 en 14``, ``12 & 14``: always. A number right
+    after a dash or slash is a range when it is larger than the house number
+    (``12-14``, ``12/14``): ranges are written low to high, so a smaller number is a
+    toevoeging, as in the usual notation ``12-1`` (house 12, floor 1) and
+    ``1-1``. A number starting with 0 is a toevoeging too (``12-02``). After a
+    huisletter only the house number itself starts a range (``12a-12c``): ``1A/101``
+    is huisletter A with toevoeging 101.
+    """
+    if _RANGE_WORDS.search(rest):
+        return True
+    dashed = _DASHED_NUMBER.match(rest)
+    if not dashed or dashed[2].startswith("0"):
+        return False
+    second = int(dashed[2])
+    return second == number if dashed[1] else second > number
+
+
+def _address(text: str, fail: _Fail, zero_dropped: bool) -> str:
     text = text.upper()
     match = _POSTCODE.match(text)
     if not match:
@@ -390,8 +509,19 @@ def _address(text: str, fail: _Fail) -> str:
         raise fail("huisnummer", "address has no house number (huisnummer) after the postcode")
     if len(number[0].lstrip("0")) > 5 or int(number[0]) == 0:
         raise fail("huisnummer", "house number (huisnummer) must be between 1 and 99999")
-    addition = _ADDRESS_SEPARATORS.sub("", rest[number.end() :])
-    canonical = f"{postcode} {int(number[0])}"
+    house_number = int(number[0])
+    rest = rest[number.end() :]
+    if _is_range(rest, house_number):
+        raise fail(
+            "range",
+            "address has a range or list of house numbers (such as 't/m' or two numbers "
+            "joined by a dash); give one address per signal. A toevoeging that is a number "
+            "larger than the house number can be separated by a space instead of a dash",
+        )
+    parts = [_ADDITION_WORDS.get(part, part) for part in _ADDRESS_SEPARATORS.split(rest)]
+    addition = "".join(parts)
+    addition = _ADDITION_WORDS.get(addition, addition)
+    canonical = f"{postcode} {house_number}"
     if addition:
         if not _ADDITION.fullmatch(addition):
             raise fail(
@@ -425,7 +555,7 @@ _SIDECODE_SHAPES: Final = frozenset(p.replace("-", "") for p in SIDECODES.values
 _ALNUM: Final = re.compile(r"[A-Z0-9]+", re.ASCII)
 
 
-def _kenteken(text: str, fail: _Fail) -> str:
+def _kenteken(text: str, fail: _Fail, zero_dropped: bool) -> str:
     plate = _SEPARATORS.sub("", text.upper())
     if not _ALNUM.fullmatch(plate):
         raise fail("format", "kenteken may contain only letters, digits, spaces and dashes")
@@ -447,10 +577,8 @@ _IBAN_LABEL: Final = re.compile(r"IBAN\s*:?\s*", re.I)
 _IBAN_SHAPE: Final = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]+", re.ASCII)
 
 
-def _iban(text: str, fail: _Fail) -> str:
-    label = _IBAN_LABEL.match(text)
-    if label:
-        text = text[label.end() :]
+def _iban(text: str, fail: _Fail, zero_dropped: bool) -> str:
+    text = _strip_label(text, _IBAN_LABEL)
     number = _SEPARATORS.sub("", text).upper()
     if not _ALNUM.fullmatch(number):
         raise fail("format", "IBAN may contain only letters, digits, spaces and dashes")
@@ -462,28 +590,54 @@ def _iban(text: str, fail: _Fail) -> str:
     if not checksum_ok:
         # Report a wrong country or account format before the checksum: it says more.
         number = number[:2] + stdnum_iban.calc_check_digits(number) + number[4:]
+    # What python-stdnum (2.x) raises, and what we make of it:
+    # - stdnum.iban.validate(check_country=False) checks mod-97 (InvalidChecksum; the
+    #   check digits are right by now), looks the country up in its IBAN registry
+    #   (InvalidComponent: the country does not use IBAN -> iban.country) and matches
+    #   the BBAN against the country's structure (InvalidFormat -> iban.bban).
+    # - The country's own module (stdnum.<cc>.iban: be, es, me, no in 2.2) then
+    #   checks the national check digits: InvalidChecksum -> iban.national_check
+    #   (ES, NO: InvalidFormat/InvalidLength as well, which the BBAN structure
+    #   already excludes -> iban.bban). Belgium's module also looks the bank code
+    #   up in the bank list bundled with stdnum and raises InvalidComponent when it
+    #   is not there (BE68539007547034, a widely used example IBAN, is such a number). A
+    #   bundled list is incomplete and goes stale, and a bank code says nothing
+    #   about which account is meant, so a failure that comes only from that
+    #   lookup is not a refusal: InvalidComponent from a country module is ignored.
+    #   It is raised only after the national check digits passed, and
+    #   stdnum.iban.validate(check_country=True) cannot tell it apart from an
+    #   unknown country, which is why the country module is called here directly.
     try:
-        canonical = stdnum_iban.validate(number)
+        canonical = stdnum_iban.validate(number, check_country=False)
     except InvalidComponent:
         raise fail("country", "IBAN has a country code that does not issue IBANs") from None
-    except InvalidChecksum:
-        if checksum_ok:
-            raise fail(
-                "national_check", "IBAN fails its country's own account number check"
-            ) from None
     except ValidationError:
         raise fail(
             "bban", "IBAN does not match its country's account number format (length or kind)"
         ) from None
     if not checksum_ok:
         raise fail("checksum", "IBAN fails the mod-97 check (check digits do not match)")
+    national = get_cc_module(canonical[:2], "iban")
+    if national is not None:
+        try:
+            national.validate(canonical)
+        except InvalidChecksum:
+            raise fail(
+                "national_check", "IBAN fails its country's own account number check"
+            ) from None
+        except InvalidComponent:
+            pass  # only the bundled bank-code list does not know the bank: see above
+        except ValidationError:
+            raise fail(
+                "bban", "IBAN does not match its country's account number format (length or kind)"
+            ) from None
     return canonical
 
 
 # --- phone --------------------------------------------------------------------
 
 
-def _phone(text: str, fail: _Fail) -> str:
+def _phone(text: str, fail: _Fail, zero_dropped: bool) -> str:
     try:
         number = phonenumbers.parse(text, "NL")
     except phonenumbers.NumberParseException:
@@ -499,7 +653,7 @@ _ATOM: Final = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+", re.ASCII)
 _ASCII_LABEL: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
 
 
-def _email(text: str, fail: _Fail) -> str:
+def _email(text: str, fail: _Fail, zero_dropped: bool) -> str:
     if text.lower().startswith("mailto:"):
         text = text[len("mailto:") :]
     local, at, domain = text.rpartition("@")
@@ -613,28 +767,81 @@ def _initial(given: list[str], fail: _Fail) -> str:
     raise fail("name", "person needs a first name or initial as well as a surname")
 
 
+def _is_initial(token: str) -> bool:
+    """A single letter, with or without its dot, that is not a tussenvoegsel."""
+    letter = token.rstrip(".")
+    return len(letter) == 1 and letter.isalpha() and not _is_tussenvoegsel(token)
+
+
+def _has_tussenvoegsel(token: str) -> bool:
+    """Whether a word, or a part of it between hyphens, is a tussenvoegsel."""
+    return any(_is_tussenvoegsel(piece) for piece in token.split("-") if piece)
+
+
+def _check_given_names(given: list[str], fail: _Fail) -> None:
+    if given and all(_is_tussenvoegsel(t) for t in given):
+        raise fail(
+            "given_name",
+            "person's given names consist of tussenvoegsels only (such as 'de' or 'van'); "
+            "put the tussenvoegsel with the surname and give a first name or initial",
+        )
+
+
+def _split_without_comma(tokens: list[str], fail: _Fail) -> tuple[list[str], list[str]]:
+    """(given names, surname) of ``Given names Surname``, if only one split fits.
+
+    With a tussenvoegsel after the first word, the surname starts at it. Otherwise a
+    split fits when no given-name word contains (across a hyphen) a tussenvoegsel and
+    no surname word is an initial. If several splits fit, which words belong to the
+    surname is a guess (``Mohammed El Amrani``: ``amrani`` or ``elamrani``?), and a
+    guess that differs from another partner's reading of the same person gives another
+    key; so refuse.
+    """
+    while len(tokens) > 2 and _fold(tokens[0]).rstrip(".") in _TITLES:
+        tokens = tokens[1:]
+    # A tussenvoegsel after the first word starts the surname: "Jan Willem de Vries" has
+    # given names "Jan Willem" and surname "de Vries", with no guess involved.
+    first_prefix = next((i for i, t in enumerate(tokens) if i > 0 and _is_tussenvoegsel(t)), None)
+    if (
+        first_prefix is not None
+        and first_prefix < len(tokens) - 1
+        and not any(_is_initial(t) for t in tokens[first_prefix:])
+    ):
+        return tokens[:first_prefix], tokens[first_prefix:]
+    splits = [
+        k
+        for k in range(1, len(tokens))
+        if not any(_has_tussenvoegsel(t) for t in tokens[:k])
+        and not any(_is_initial(t) for t in tokens[k:])
+    ]
+    if not splits:
+        raise fail("name", "person needs a first name or initial as well as a surname")
+    if len(splits) > 1:
+        raise fail(
+            "ambiguous",
+            "person's name without a comma has more than one word that could belong to "
+            "the surname; write it as 'Surname, Given names' or give surname, prefix and "
+            "given names in separate fields",
+        )
+    return tokens[: splits[0]], tokens[splits[0] :]
+
+
 def _split_name(name: str, fail: _Fail) -> tuple[list[str], list[str]]:
     """(given-name tokens, surname tokens) of a written name."""
     parts = [p.strip() for p in name.split(",")]
     if len(parts) == 1:
-        tokens = _tokens(name)
-        while len(tokens) > 2 and _fold(tokens[0]).rstrip(".") in _TITLES:
-            tokens = tokens[1:]
-        if len(tokens) < 2 or _fold(tokens[0]) in TUSSENVOEGSELS:
-            raise fail("name", "person needs a first name or initial as well as a surname")
-        start = next(
-            (i for i, t in enumerate(tokens) if i and ("-" in t or _is_tussenvoegsel(t))),
-            len(tokens) - 1,
-        )
-        return tokens[:start], tokens[start:]
+        return _split_without_comma(_tokens(name), fail)
     if len(parts) == 2:
         surname, given = _tokens(parts[0]), _tokens(parts[1])
+        _check_given_names(given, fail)
         prefix: list[str] = []
         while len(given) > 1 and _is_tussenvoegsel(given[-1]):
             prefix.insert(0, given.pop())
         return given, prefix + surname
     if len(parts) == 3 and all(_is_tussenvoegsel(t) for t in _tokens(parts[1])):
-        return _tokens(parts[2]), _tokens(parts[1]) + _tokens(parts[0])
+        given = _tokens(parts[2])
+        _check_given_names(given, fail)
+        return given, _tokens(parts[1]) + _tokens(parts[0])
     raise fail("name", "person's name has too many commas (use 'Surname, Given names')")
 
 
@@ -676,6 +883,17 @@ def _birth_date(
     return date
 
 
+def _date_value(birth_date: object, fail: _Fail) -> str | datetime.date:
+    """A date of birth as given to the API: a date, or a string of bounded size."""
+    if isinstance(birth_date, datetime.date):
+        return birth_date
+    if isinstance(birth_date, str):
+        if len(birth_date) > MAX_LENGTH:
+            raise fail("too_long", "date of birth is too long")
+        return unicodedata.normalize("NFKC", birth_date)
+    raise fail("birth_date", "date of birth must be a date or a string")
+
+
 def _person(
     name: str, birth_date: str | datetime.date, fail: _Fail, today: datetime.date | None
 ) -> str:
@@ -691,7 +909,7 @@ def _person(
     return f"{core}|{initial}|{date.isoformat()}"
 
 
-_PARSERS: Final[dict[IdentifierType, Callable[[str, _Fail], str]]] = {
+_PARSERS: Final[dict[IdentifierType, Callable[[str, _Fail, bool], str]]] = {
     IdentifierType.BSN: _elfproef_number,
     IdentifierType.RSIN: _elfproef_number,
     IdentifierType.KVK: _kvk,

@@ -10,6 +10,9 @@
   ``seal`` / ``open_sealed`` are the bare box underneath.
 - ``seal_anonymous`` / ``open_anonymous``: NaCl sealed boxes, for key shares
   dealt to a key holder by an administrator who has no party key.
+- ``secretbox_seal`` / ``secretbox_open``: NaCl secretbox under a key the
+  covenant's parties share (the attribute key), for what the broker stores
+  and forwards unread.
 - ``hkdf_sha256``: key derivation (RFC 5869), used to derive tokens.
 - ``equal``: constant-time comparison of secrets.
 - Key files written atomically with owner-only permissions, and refused when
@@ -263,6 +266,31 @@ def open_anonymous(
         return bytes(
             nacl.bindings.crypto_box_seal_open(ciphertext, recipient_public, recipient_secret)
         )
+    except (nacl.exceptions.CryptoError, ValueError, TypeError) as error:
+        raise DecryptionFailed("cannot open sealed message", field=field) from error
+
+
+SECRETBOX_KEY_BYTES = nacl.bindings.crypto_secretbox_KEYBYTES
+SECRETBOX_NONCE_BYTES = nacl.bindings.crypto_secretbox_NONCEBYTES
+
+
+def secretbox_seal(
+    key: bytes, plaintext: bytes, *, nonce: bytes | None = None
+) -> tuple[bytes, bytes]:
+    """NaCl secretbox (XSalsa20-Poly1305) under a shared key; returns (nonce, ciphertext).
+
+    ``nonce`` is for test vectors only; by default a fresh random 24-byte nonce.
+    """
+    if len(key) != SECRETBOX_KEY_BYTES:
+        raise InvalidInput("secretbox key must be 32 bytes", field="key")
+    nonce = nonce if nonce is not None else os.urandom(SECRETBOX_NONCE_BYTES)
+    return nonce, bytes(nacl.bindings.crypto_secretbox(plaintext, nonce, key))
+
+
+def secretbox_open(key: bytes, nonce: bytes, ciphertext: bytes, *, field: str) -> bytes:
+    """Open a secretbox; raise ``DecryptionFailed`` on any failure."""
+    try:
+        return bytes(nacl.bindings.crypto_secretbox_open(ciphertext, nonce, key))
     except (nacl.exceptions.CryptoError, ValueError, TypeError) as error:
         raise DecryptionFailed("cannot open sealed message", field=field) from error
 

@@ -262,3 +262,19 @@ def test_sealing_to_an_unusable_key_names_the_field(key):
     with pytest.raises(InvalidInput) as info:
         crypto.seal_anonymous(key, b"share")
     assert info.value.field == "recipient_public"
+
+
+def test_secretbox_nacl_vector_and_failures():
+    # The NaCl secretbox vector: the box's shared key for Alice and Bob, same nonce and message.
+    import nacl.bindings
+
+    shared = nacl.bindings.crypto_box_beforenm(BOB_PK, ALICE_SK)
+    assert shared.hex() == "1b27556473e985d462cd51197a9a46c76009549eac6474f206c4ee0844f68389"
+    nonce, ciphertext = crypto.secretbox_seal(shared, BOX_PLAINTEXT, nonce=BOX_NONCE)
+    assert ciphertext == BOX_CIPHERTEXT
+    assert crypto.secretbox_open(shared, nonce, ciphertext, field="attributes") == BOX_PLAINTEXT
+    with pytest.raises(DecryptionFailed) as info:
+        crypto.secretbox_open(bytes(32), nonce, ciphertext, field="attributes")
+    assert info.value.field == "attributes"
+    with pytest.raises(InvalidInput):
+        crypto.secretbox_seal(b"short", b"x")

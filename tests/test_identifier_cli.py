@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -80,6 +81,110 @@ def test_check_needs_type_and_value(capsys: pytest.CaptureFixture[str]) -> None:
     assert "VALUE" in capsys.readouterr().err
 
 
+def test_check_restores_a_dropped_zero_only_with_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(capsys, "check", "bsn", "12345672")
+    assert (code, out) == (1, "")
+    assert "leading zeros restored" in err
+    assert "12345672" not in err
+    assert run(capsys, "check", "--leading-zero-dropped", "bsn", "12345672") == (
+        0,
+        "012345672\n",
+        "",
+    )
+
+
+def _stdin(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+
+
+STDIN_VALUES = [
+    "123456782",
+    "1234.56.782",
+    "123456789",
+    "12345672",
+    "",
+    "BSN: 012345672",
+]
+
+
+def test_check_reads_one_value_per_line_from_stdin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _stdin(monkeypatch, "\n".join(STDIN_VALUES) + "\n")
+    code, out, err = run(capsys, "check", "bsn", "-")
+    assert code == 1
+    assert out.splitlines() == [
+        "123456782",
+        "123456782",
+        "error: bsn.check_digit: BSN fails the 11-test (elfproef)",
+        "error: bsn.length: BSN must have 9 digits, not 8; if your spreadsheet dropped a "
+        "leading zero, import this column with leading zeros restored",
+        "error: bsn.empty: BSN is empty",
+        "012345672",
+    ]
+    assert err == "samenloop: error: 3 of 6 values refused\n"
+    errors = "".join(line for line in out.splitlines() if line.startswith("error:")) + err
+    for refused in ("123456789", "12345672"):
+        assert refused not in errors
+
+
+def test_check_stdin_all_valid_exits_0(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _stdin(monkeypatch, "1234 ab 12-a\r\n1234AB|12|A\r\n9999 zz 1 hs")  # no final newline
+    assert run(capsys, "check", "address", "-") == (0, "1234AB 12 A\n1234AB 12 A\n9999ZZ 1 H\n", "")
+
+
+def test_check_stdin_with_leading_zero_dropped(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _stdin(monkeypatch, "12345672\n123456782\n")
+    assert run(capsys, "check", "--leading-zero-dropped", "bsn", "-") == (
+        0,
+        "012345672\n123456782\n",
+        "",
+    )
+
+
+def test_check_stdin_json_lines(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _stdin(monkeypatch, "Vries, Jan de;1980-03-15\nMohammed El Amrani;1985-07-07\n")
+    code, out, err = run(capsys, "check", "--json", "person", "-")
+    assert code == 1
+    assert err == "samenloop: error: 1 of 2 values refused\n"
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert first == {"line": 1, "type": "person", "canonical": "vries|j|1980-03-15"}
+    assert second["line"] == 2
+    assert second["reason"] == "person.ambiguous"
+    assert "Amrani" not in out
+
+
+def test_check_stdin_needs_at_least_one_value(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _stdin(monkeypatch, "")
+    code, out, err = run(capsys, "check", "bsn", "-")
+    assert (code, out) == (1, "")
+    assert err == "samenloop: error: value: no values on standard input (expected one per line)\n"
+
+
+def test_check_stdin_unknown_type_reads_nothing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stdin = io.StringIO("111222333\n")
+    monkeypatch.setattr("sys.stdin", stdin)
+    code, out, err = run(capsys, "check", "nope", "-")
+    assert (code, out) == (1, "")
+    assert err.startswith("samenloop: error: type: unknown identifier type")
+    assert stdin.tell() == 0
+    code, out, _ = run(capsys, "check", "--json", "nope", "-")
+    assert code == 1
+    assert json.loads(out)["reason"] == "identifier.unknown_type"
+
+
 def test_types_lists_every_type_with_a_description(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "types")
     assert (code, err) == (0, "")
@@ -124,3 +229,21 @@ def test_installed_console_script() -> None:
     assert refused.stderr == (
         "samenloop: error: value: IBAN fails the mod-97 check (check digits do not match)\n"
     )
+
+
+def test_installed_console_script_reads_stdin() -> None:
+    checked = subprocess.run(
+        [_console_script(), "identifier", "check", "kenteken", "-"],
+        input="ab-123-c\n12-ABC-3\nAB-12\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 1
+    assert checked.stdout.splitlines() == [
+        "AB123C",
+        "12ABC3",
+        "error: kenteken.length: kenteken must have 6 letters and digits, not 4",
+    ]
+    assert checked.stderr == "samenloop: error: 1 of 3 values refused\n"

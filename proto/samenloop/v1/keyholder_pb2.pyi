@@ -78,6 +78,10 @@ class _EvaluationRefusalReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrappe
     """A blinded element is not a valid non-identity ristretto255 element, or
     there are too many of them.
     """
+    EVALUATION_REFUSAL_REASON_MALFORMED_REQUEST: _EvaluationRefusalReason.ValueType  # 9
+    """The signed body is not a well-formed EvaluationRequest (for example a
+    request_id that is not 16 bytes).
+    """
 
 class EvaluationRefusalReason(_EvaluationRefusalReason, metaclass=_EvaluationRefusalReasonEnumTypeWrapper):
     """Why a holder did not evaluate."""
@@ -103,6 +107,10 @@ valid ascending set of `threshold` indices that contains this holder.
 EVALUATION_REFUSAL_REASON_INVALID_ELEMENT: EvaluationRefusalReason.ValueType  # 8
 """A blinded element is not a valid non-identity ristretto255 element, or
 there are too many of them.
+"""
+EVALUATION_REFUSAL_REASON_MALFORMED_REQUEST: EvaluationRefusalReason.ValueType  # 9
+"""The signed body is not a well-formed EvaluationRequest (for example a
+request_id that is not 16 bytes).
 """
 Global___EvaluationRefusalReason: _TypeAlias = EvaluationRefusalReason  # noqa: Y015
 

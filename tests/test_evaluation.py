@@ -1,0 +1,862 @@
+"""The threshold OPRF as signed messages: a node and its key holders through a simulated broker.
+
+As python-tuf tests its client against an in-memory repository simulator, these
+tests drive ``samenloop.node.evaluation`` (the node) and ``samenloop.node.holder``
+(the key holders) in one process, through ``Broker``: an in-memory relay that
+can lose, alter, redirect, replay, delay and swap messages the way a broker
+that is down or dishonest could. Time is always passed in; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from samenloop.node import evaluation, keysetup, oprf, threshold, tokens
+from samenloop.node.evaluation import RefusalReason, Replies
+from samenloop.node.holder import KeyHolder
+from samenloop.node.threshold import HolderPlanner, KeyEpoch
+from samenloop.node.tokens import TokenDomain
+from samenloop.policies import crypto
+from samenloop.policies.crypto import PartyKeys, PublicKeys, SignatureContext
+from samenloop.policies.errors import (
+    ConfigurationError,
+    InvalidInput,
+    InvalidSignature,
+    LocalError,
+    MessageTooLarge,
+    NotAllowed,
+    NotEnoughHolders,
+)
+from samenloop.v1 import common_pb2, keyholder_pb2
+
+COVENANT = "riec-zuid"
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+DEALT = NOW - timedelta(days=30)
+MAX_AGE = timedelta(seconds=common_pb2.LIMITS_MAX_REQUEST_AGE_SECONDS)
+MAX_SKEW = timedelta(seconds=common_pb2.LIMITS_MAX_CLOCK_SKEW_SECONDS)
+NODE = "gemeente-tilburg"
+R = RefusalReason
+
+
+@dataclass(frozen=True)
+class Ident:
+    type: str
+    canonical: str
+
+
+IDS = [Ident("bsn", "123456782"), Ident("kvk", "12345678"), Ident("iban", "NL91ABNA0417164300")]
+
+
+class Covenant:
+    """A dict-backed ``evaluation.Directory``."""
+
+    def __init__(self, keys: Mapping[str, PublicKeys]):
+        self._keys = dict(keys)
+
+    def public_keys(self, party: str) -> PublicKeys:
+        try:
+            return self._keys[party]
+        except KeyError:
+            raise NotAllowed(f"{party!r} is not a party", field="party") from None
+
+    def is_party(self, party: str) -> bool:
+        return party in self._keys
+
+
+@dataclass
+class World:
+    """A covenant with a node, a dealt key epoch and its key holders."""
+
+    epoch: KeyEpoch
+    key: bytes
+    node: PartyKeys
+    holder_keys: dict[int, PartyKeys]
+    shares: dict[int, threshold.Share]
+    directory: Covenant
+    holders: dict[int, KeyHolder]
+
+    @property
+    def domain(self) -> TokenDomain:
+        return TokenDomain(COVENANT, self.epoch.epoch)
+
+    def expected(self, identifiers: list[Ident]) -> list[bytes]:
+        return [tokens.token_with_key(self.domain, self.key, i) for i in identifiers]
+
+    def tokenise(
+        self,
+        broker: Broker,
+        identifiers: list[Ident],
+        *,
+        node: PartyKeys | None = None,
+        now: datetime = NOW,
+        planner: HolderPlanner | None = None,
+    ) -> list[bytes]:
+        return evaluation.tokenise(
+            node or self.node,
+            self.directory,
+            self.domain,
+            self.epoch,
+            identifiers,
+            broker,
+            now=now,
+            planner=planner,
+        )
+
+
+def world(t: int = 2, n: int = 3, *, quota: dict[int, int] | None = None) -> World:
+    holder_keys = {i: PartyKeys.generate(f"holder-{i}") for i in range(1, n + 1)}
+    epoch, sealed = keysetup.deal(
+        COVENANT, 1, t, [(p.party, p.public().x25519) for p in holder_keys.values()], now=DEALT
+    )
+    shares = {
+        s.holder_index: keysetup.open_share(s, epoch, holder_keys[s.holder_index]) for s in sealed
+    }
+    node = PartyKeys.generate(NODE)
+    others = [PartyKeys.generate("politie-zeeland-west-brabant")]
+    directory = Covenant({p.party: p.public() for p in [node, *others, *holder_keys.values()]})
+    holders = {
+        i: KeyHolder(
+            holder_keys[i],
+            shares[i],
+            epoch,
+            COVENANT,
+            directory,
+            **({"daily_quota": quota[i]} if quota and i in quota else {}),
+        )
+        for i in holder_keys
+    }
+    return World(
+        epoch=epoch,
+        key=threshold.recover_key(list(shares.values())[:t]),
+        node=node,
+        holder_keys=holder_keys,
+        shares=shares,
+        directory=directory,
+        holders=holders,
+    )
+
+
+class Handler:
+    """Anything that answers signed requests like a ``KeyHolder``."""
+
+    def handle(self, signed_request: bytes, *, now: datetime) -> bytes:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass
+class Broker:
+    """An in-memory broker relaying OPRF requests to holders, honest unless told otherwise.
+
+    ``down``: holders it cannot reach. ``route``: deliver the request meant
+    for holder i to holder route[i] (and return the answer as i's).
+    ``alter``: rewrite the request meant for holder i. ``delay``: the holder
+    receives the request this much later than the node sent it.
+    ``swap_reply``: replace holder i's reply, given all replies of the round.
+    Every request and reply is recorded, as the broker could record them.
+    """
+
+    holders: Mapping[int, KeyHolder | Handler]
+    now: datetime = NOW
+    down: set[int] = field(default_factory=set)
+    route: dict[int, int] = field(default_factory=dict)
+    alter: dict[int, Callable[[bytes], bytes]] = field(default_factory=dict)
+    delay: dict[int, timedelta] = field(default_factory=dict)
+    swap_reply: dict[int, Callable[[dict[int, bytes]], bytes]] = field(default_factory=dict)
+    requests: list[dict[int, bytes]] = field(default_factory=list)
+    replies: list[dict[int, bytes]] = field(default_factory=list)
+
+    def __call__(self, requests: dict[int, bytes]) -> dict[int, bytes]:
+        self.requests.append(dict(requests))
+        out: dict[int, bytes] = {}
+        for index, request in requests.items():
+            target = self.route.get(index, index)
+            if target in self.down:
+                continue
+            request = self.alter.get(index, lambda r: r)(request)
+            when = self.now + self.delay.get(index, timedelta(0))
+            out[index] = self.holders[target].handle(request, now=when)
+        for index, swap in self.swap_reply.items():
+            if index in out:
+                out[index] = swap(dict(out))
+        self.replies.append(out)
+        return out
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def open_reply(reply: bytes, holder: PartyKeys, audience: str = NODE):
+    """Verify a holder's signed reply for ``audience`` and parse it."""
+    signed = common_pb2.Signed.FromString(reply)
+    assert signed.context == SignatureContext.OPRF_RESPONSE.value
+    assert signed.signer == holder.party
+    crypto.verify(
+        holder.public().ed25519,
+        SignatureContext.OPRF_RESPONSE,
+        signed.body,
+        signed.signature,
+        audience=audience,
+    )
+    return keyholder_pb2.EvaluationResponse.FromString(signed.body)
+
+
+def refusal(reply: bytes, holder: PartyKeys, audience: str = NODE) -> RefusalReason | None:
+    response = open_reply(reply, holder, audience)
+    if response.WhichOneof("result") != "refusal":
+        return None
+    return RefusalReason(response.refusal.reason)
+
+
+def request_id_of(signed_request: bytes) -> bytes:
+    body = common_pb2.Signed.FromString(signed_request).body
+    return keyholder_pb2.EvaluationRequest.FromString(body).request_id
+
+
+def blinded(count: int) -> list[bytes]:
+    return [oprf.blind(f"identifier {j}".encode())[1] for j in range(count)]
+
+
+def signed_request(
+    w: World,
+    index: int = 1,
+    *,
+    mutate: Callable[[keyholder_pb2.EvaluationRequest], None] = lambda r: None,
+    signer: PartyKeys | None = None,
+    audience: str | None = None,
+    context: SignatureContext = SignatureContext.OPRF_REQUEST,
+    body: bytes | None = None,
+    request_id: bytes = b"r" * 16,
+    issued_at: datetime = NOW,
+    elements: int = 2,
+) -> bytes:
+    """A request to holder ``index`` as ``build_requests`` makes it, then changed and re-signed."""
+    signer = signer or w.node
+    built = evaluation.build_requests(
+        w.node,
+        COVENANT,
+        w.epoch,
+        tuple(range(1, w.epoch.threshold + 1)),
+        blinded(elements),
+        request_id=request_id,
+        now=issued_at,
+    )
+    request = keyholder_pb2.EvaluationRequest.FromString(
+        common_pb2.Signed.FromString(built[index]).body
+    )
+    request.requester = signer.party
+    mutate(request)
+    body = request.SerializeToString() if body is None else body
+    audience = w.epoch.holder(index).party if audience is None else audience
+    return common_pb2.Signed(
+        body=body,
+        signer=signer.party,
+        context=context.value,
+        signature=signer.sign(context, body, audience=audience),
+    ).SerializeToString()
+
+
+def flip_body_byte(signed: bytes) -> bytes:
+    message = common_pb2.Signed.FromString(signed)
+    body = bytearray(message.body)
+    body[-1] ^= 1
+    message.body = bytes(body)
+    return message.SerializeToString()
+
+
+def resign_response(
+    keys: PartyKeys, reply: bytes, change: Callable[[keyholder_pb2.EvaluationResponse], None]
+) -> bytes:
+    """A holder (``keys``) that changes its honest response and signs the result."""
+    response = keyholder_pb2.EvaluationResponse.FromString(common_pb2.Signed.FromString(reply).body)
+    change(response)
+    body = response.SerializeToString()
+    return common_pb2.Signed(
+        body=body,
+        signer=keys.party,
+        context=SignatureContext.OPRF_RESPONSE.value,
+        signature=keys.sign(SignatureContext.OPRF_RESPONSE, body, audience=NODE),
+    ).SerializeToString()
+
+
+# --- the whole pipeline --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("t", "n"), [(2, 3), (3, 5)])
+def test_tokens_through_the_broker_equal_the_single_key_tokens(t, n):
+    w = world(t, n)
+    broker = Broker(w.holders)
+    assert w.tokenise(broker, IDS) == w.expected(IDS)
+    assert len(broker.requests) == 1  # everyone honest: one round
+    (round_,) = broker.requests
+    assert sorted(round_) == list(range(1, t + 1))
+    assert len({request_id_of(r) for r in round_.values()}) == 1  # one id for the round
+    for i in range(1, n + 1):
+        assert dict(w.holders[i].served) == ({NODE: len(IDS)} if i <= t else {})
+        assert w.holders[i].used_today(NODE, now=NOW) == (len(IDS) if i <= t else 0)
+
+
+def test_every_responding_set_gives_the_same_tokens():
+    w = world(3, 5)
+    for excluded in [set(), {1}, {1, 2}, {2, 4}, {1, 3}]:
+        planner = HolderPlanner(w.epoch)
+        planner.exclude(excluded)
+        assert w.tokenise(Broker(w.holders), IDS, planner=planner) == w.expected(IDS)
+
+
+def test_a_batch_larger_than_one_request_is_split():
+    w = world(2, 3)
+    identifiers = [Ident("bsn", f"{j:09d}") for j in range(evaluation.MAX_ELEMENTS + 1)]
+    broker = Broker(w.holders)
+    assert w.tokenise(broker, identifiers) == w.expected(identifiers)
+    sizes = [
+        len(
+            keyholder_pb2.EvaluationRequest.FromString(
+                common_pb2.Signed.FromString(r[1]).body
+            ).blinded_elements
+        )
+        for r in broker.requests
+    ]
+    assert sizes == [evaluation.MAX_ELEMENTS, 1]
+    assert w.holders[1].served[NODE] == evaluation.MAX_ELEMENTS + 1
+
+
+def test_requests_are_signed_for_their_holder_alone():
+    w = world(2, 3)
+    requests = evaluation.build_requests(
+        w.node, COVENANT, w.epoch, (1, 3), blinded(2), request_id=b"i" * 16, now=NOW
+    )
+    assert sorted(requests) == [1, 3]
+    for index, data in requests.items():
+        signed = common_pb2.Signed.FromString(data)
+        assert (signed.signer, signed.context) == (NODE, "oprf-request")
+        request = keyholder_pb2.EvaluationRequest.FromString(signed.body)
+        assert (request.requester, request.holder_index, list(request.responding_set)) == (
+            NODE,
+            index,
+            [1, 3],
+        )
+        assert (request.covenant_id, request.key_epoch) == (COVENANT, 1)
+        assert request.issued_at.ToDatetime(tzinfo=UTC) == NOW
+        ed = w.node.public().ed25519
+        crypto.verify(
+            ed,
+            SignatureContext.OPRF_REQUEST,
+            signed.body,
+            signed.signature,
+            audience=f"holder-{index}",
+        )
+        other = f"holder-{4 - index}"
+        with pytest.raises(InvalidSignature):
+            crypto.verify(
+                ed, SignatureContext.OPRF_REQUEST, signed.body, signed.signature, audience=other
+            )
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "field"),
+    [
+        ({"covenant_id": "riec-noord"}, InvalidInput, "covenant_id"),
+        ({"request_id": b"short"}, InvalidInput, "request_id"),
+        ({"responding_set": (1,)}, InvalidInput, "responding_set"),
+        ({"responding_set": (2, 1)}, InvalidInput, "responding_set"),
+        ({"responding_set": (1, 9)}, InvalidInput, "responding_set"),
+        ({"blinded": []}, InvalidInput, "blinded_elements"),
+        ({"blinded": [b"x" * 32] * 1001}, MessageTooLarge, "blinded_elements"),
+        ({"now": NOW.replace(tzinfo=None)}, LocalError, "now"),
+    ],
+)
+def test_build_requests_refuses_what_no_holder_would_answer(change, error, field):
+    w = world(2, 3)
+    args = {
+        "covenant_id": COVENANT,
+        "responding_set": (1, 2),
+        "blinded": blinded(1),
+        "request_id": b"i" * 16,
+        "now": NOW,
+    } | change
+    with pytest.raises(error) as raised:
+        evaluation.build_requests(
+            w.node,
+            args["covenant_id"],
+            w.epoch,
+            args["responding_set"],
+            args["blinded"],
+            request_id=args["request_id"],
+            now=args["now"],
+        )
+    assert raised.value.field == field
+
+
+# --- a dishonest or failing broker ------------------------------------------------------
+
+
+def test_an_altered_request_is_refused_and_the_node_uses_another_set():
+    w = world(2, 3)
+    broker = Broker(w.holders, alter={1: flip_body_byte})
+    assert w.tokenise(broker, IDS) == w.expected(IDS)
+    assert refusal(broker.replies[0][1], w.holder_keys[1]) is R.BAD_SIGNATURE
+    assert sorted(broker.requests[1]) == [2, 3]
+    assert request_id_of(broker.requests[0][2]) != request_id_of(broker.requests[1][2])
+    assert NODE not in w.holders[1].served
+
+
+def test_a_request_redirected_to_another_holder_is_refused():
+    w = world(2, 3)
+    broker = Broker(w.holders, route={1: 2})  # holder 1's request goes to holder 2 instead
+    assert w.tokenise(broker, IDS) == w.expected(IDS)
+    # holder 2 refuses: the signature names holder 1 as audience, so it does not verify for 2
+    assert refusal(broker.replies[0][1], w.holder_keys[2]) is R.BAD_SIGNATURE
+    assert sorted(broker.requests[1]) == [2, 3]
+
+
+def test_a_replayed_request_is_refused():
+    w = world(2, 3)
+    broker = Broker(w.holders)
+    w.tokenise(broker, IDS)
+    old = broker.requests[0][1]
+    assert refusal(w.holders[1].handle(old, now=NOW), w.holder_keys[1]) is R.REPLAY
+    later = NOW + timedelta(seconds=10)
+    assert refusal(w.holders[1].handle(old, now=later), w.holder_keys[1]) is R.REPLAY
+    # once it is too old to be a replay, it is stale (and the cache has let it go)
+    too_late = NOW + MAX_AGE + timedelta(seconds=1)
+    assert refusal(w.holders[1].handle(old, now=too_late), w.holder_keys[1]) is R.STALE
+    assert w.holders[1].served[NODE] == len(IDS)  # counted once
+
+
+def test_a_replay_slipped_into_a_later_evaluation_makes_that_holder_faulty():
+    w = world(2, 3)
+    first = Broker(w.holders)
+    w.tokenise(first, IDS[:1])
+    old = first.requests[0][1]
+    broker = Broker(w.holders, alter={1: lambda _: old})
+    assert w.tokenise(broker, IDS) == w.expected(IDS)
+    assert refusal(broker.replies[0][1], w.holder_keys[1]) is R.REPLAY
+    assert sorted(broker.requests[1]) == [2, 3]
+
+
+def test_a_request_delayed_past_the_maximum_age_is_refused():
+    w = world(2, 3)
+    broker = Broker(w.holders, delay={1: MAX_AGE + timedelta(seconds=1)})
+    assert w.tokenise(broker, IDS) == w.expected(IDS)
+    assert refusal(broker.replies[0][1], w.holder_keys[1]) is R.STALE
+    everyone_late = Broker(w.holders, now=NOW + MAX_AGE + timedelta(seconds=1))
+    with pytest.raises(NotEnoughHolders):
+        w.tokenise(everyone_late, IDS)
+    assert {refusal(r, w.holder_keys[i]) for i, r in everyone_late.replies[0].items()} == {R.STALE}
+
+
+def test_unreachable_holders_are_skipped_until_too_few_remain():
+    w = world(3, 5)
+    broker = Broker(w.holders, down={2, 4})
+    assert w.tokenise(broker, IDS) == w.expected(IDS)
+    assert sorted(broker.requests[-1]) == [1, 3, 5]
+    with pytest.raises(NotEnoughHolders) as raised:
+        w.tokenise(Broker(w.holders, down={1, 2, 3}), IDS)
+    assert "holder 2: unreachable" in str(raised.value)
+    with pytest.raises(NotEnoughHolders):
+        w.tokenise(Broker(w.holders, down={1, 2, 3, 4, 5}), IDS)
+
+
+def test_a_reply_passed_off_as_another_holders_is_excluded():
+    w = world(2, 3)
+    broker = Broker(w.holders, swap_reply={1: lambda out: out[2]})
+    assert w.tokenise(broker, IDS) == w.expected(IDS)
+    assert sorted(broker.requests[1]) == [2, 3]
+
+
+# --- dishonest holders -----------------------------------------------------------------
+
+
+class LyingHolder(Handler):
+    """Answers with a wrong partial evaluation, correctly signed with its own key."""
+
+    def __init__(self, honest: KeyHolder, keys: PartyKeys):
+        self.honest, self.keys = honest, keys
+
+    def handle(self, signed_request: bytes, *, now: datetime) -> bytes:
+        def lie(response: keyholder_pb2.EvaluationResponse) -> None:
+            if response.WhichOneof("result") == "evaluation":
+                wrong = oprf.scalar_mult_gen(oprf.random_scalar())
+                response.evaluation.evaluated_elements[0] = wrong
+
+        return resign_response(self.keys, self.honest.handle(signed_request, now=now), lie)
+
+
+def test_a_holder_with_a_wrong_proof_is_excluded_and_the_node_asks_again():
+    w = world(2, 3)
+    broker = Broker({**w.holders, 1: LyingHolder(w.holders[1], w.holder_keys[1])})
+    assert w.tokenise(broker, IDS) == w.expected(IDS)
+    assert [sorted(r) for r in broker.requests] == [[1, 2], [2, 3]]
+    assert request_id_of(broker.requests[0][2]) != request_id_of(broker.requests[1][2])
+
+
+def test_a_holder_that_signs_another_holders_answer_is_excluded():
+    w = world(2, 3)
+
+    def copy_holder_2(out: dict[int, bytes]) -> bytes:
+        theirs = open_reply(out[2], w.holder_keys[2])
+
+        def as_mine(response: keyholder_pb2.EvaluationResponse) -> None:
+            response.evaluation.CopyFrom(theirs.evaluation)
+
+        return resign_response(w.holder_keys[1], out[1], as_mine)
+
+    broker = Broker(w.holders, swap_reply={1: copy_holder_2})
+    assert w.tokenise(broker, IDS) == w.expected(IDS)  # proof fails for holder 1's commitment
+    assert [sorted(r) for r in broker.requests] == [[1, 2], [2, 3]]
+
+
+def test_a_holder_signing_with_the_wrong_key_is_faulty():
+    w = world(2, 3)
+    impostor_keys = PartyKeys.generate("holder-1")  # right name, key not in the covenant
+    impostor = KeyHolder(impostor_keys, w.shares[1], w.epoch, COVENANT, w.directory)
+    broker = Broker({**w.holders, 1: impostor})
+    assert w.tokenise(broker, IDS) == w.expected(IDS)
+    assert [sorted(r) for r in broker.requests] == [[1, 2], [2, 3]]
+
+
+def test_a_holder_over_quota_refuses_and_the_node_falls_back():
+    w = world(2, 3, quota={1: 4})
+    assert w.tokenise(Broker(w.holders), IDS) == w.expected(IDS)  # holder 1: 3 of 4 used
+    broker = Broker(w.holders)
+    assert w.tokenise(broker, IDS[:2]) == w.expected(IDS[:2])
+    assert refusal(broker.replies[0][1], w.holder_keys[1]) is R.QUOTA_EXCEEDED
+    assert (
+        "resets at 2026-11-29T00:00:00+00:00"
+        in open_reply(broker.replies[0][1], w.holder_keys[1]).refusal.message
+    )
+    assert w.holders[1].served[NODE] == 3  # the refused request is not counted
+    assert w.holders[3].served[NODE] == 2
+    # a new UTC day, a new quota
+    tomorrow = NOW + timedelta(days=1)
+    broker = Broker(w.holders, now=tomorrow)
+    assert w.tokenise(broker, IDS[:2], now=tomorrow) == w.expected(IDS[:2])
+    assert sorted(broker.requests[0]) == [1, 2]
+    assert len(broker.requests) == 1
+    assert w.holders[1].used_today(NODE, now=tomorrow) == 2
+
+
+def test_an_unknown_requester_is_refused_by_every_holder():
+    w = world(2, 3)
+    stranger = PartyKeys.generate("not-in-the-covenant")
+    broker = Broker(w.holders)
+    with pytest.raises(NotEnoughHolders) as raised:
+        w.tokenise(broker, IDS, node=stranger)
+    assert "holder 1: refused, UNKNOWN_PARTY" in str(raised.value)
+    reasons = {
+        refusal(reply, w.holder_keys[i], audience=stranger.party)
+        for replies in broker.replies
+        for i, reply in replies.items()
+    }
+    assert reasons == {R.UNKNOWN_PARTY}
+    assert all(not h.served for h in w.holders.values())
+
+
+def test_the_node_does_not_ask_with_a_retired_epoch():
+    w = world(2, 3)
+    broker = Broker(w.holders)
+    with pytest.raises(NotAllowed) as raised:
+        w.tokenise(broker, IDS, now=w.epoch.retire_after + timedelta(seconds=1))
+    assert raised.value.field == "key_epoch"
+    assert broker.requests == []
+
+
+# --- the holder's checks, one scenario a line ------------------------------------------
+
+_STRANGER = PartyKeys.generate("not-in-the-covenant")
+_POLICE = "politie-zeeland-west-brabant"
+
+
+def _set(field_name: str, value: object) -> Callable[[keyholder_pb2.EvaluationRequest], None]:
+    def mutate(request: keyholder_pb2.EvaluationRequest) -> None:
+        if field_name in ("responding_set", "blinded_elements"):
+            del getattr(request, field_name)[:]
+            getattr(request, field_name).extend(value)
+        elif field_name == "issued_at":
+            request.ClearField("issued_at")
+        else:
+            setattr(request, field_name, value)
+
+    return mutate
+
+
+SEC = timedelta(seconds=1)
+BEFORE = DEALT - timedelta(days=1)  # before the key epoch was created
+G = oprf.GENERATOR
+EL = "blinded_elements"
+SET = "responding_set"
+
+HOLDER_SCENARIOS = [
+    # (name, how signed_request changes the request, holder's clock, reason, request id echoed)
+    ("wrong context", {"context": SignatureContext.HIT_NOTICE}, NOW, R.BAD_SIGNATURE, False),
+    ("signed for holder 2", {"audience": "holder-2"}, NOW, R.BAD_SIGNATURE, False),
+    ("unknown requester", {"signer": _STRANGER}, NOW, R.UNKNOWN_PARTY, False),
+    ("signed garbage", {"body": b"\xff\xff\xff"}, NOW, R.MALFORMED_REQUEST, False),
+    ("short request id", {"mutate": _set("request_id", b"short")}, NOW, R.MALFORMED_REQUEST, False),
+    ("requester not signer", {"mutate": _set("requester", _POLICE)}, NOW, R.BAD_SIGNATURE, True),
+    ("other covenant", {"mutate": _set("covenant_id", "riec-noord")}, NOW, R.UNKNOWN_EPOCH, True),
+    ("other key epoch", {"mutate": _set("key_epoch", 2)}, NOW, R.UNKNOWN_EPOCH, True),
+    ("epoch not yet in force", {"issued_at": BEFORE}, BEFORE, R.UNKNOWN_EPOCH, True),
+    ("other holder index", {"mutate": _set("holder_index", 2)}, NOW, R.WRONG_HOLDER, True),
+    ("set descending", {"mutate": _set(SET, [2, 1])}, NOW, R.WRONG_HOLDER, True),
+    ("set repeats", {"mutate": _set(SET, [1, 1])}, NOW, R.WRONG_HOLDER, True),
+    ("set too small", {"mutate": _set(SET, [1])}, NOW, R.WRONG_HOLDER, True),
+    ("set too large", {"mutate": _set(SET, [1, 2, 3])}, NOW, R.WRONG_HOLDER, True),
+    ("set without me", {"mutate": _set(SET, [2, 3])}, NOW, R.WRONG_HOLDER, True),
+    ("set with unknown", {"mutate": _set(SET, [1, 9])}, NOW, R.WRONG_HOLDER, True),
+    ("no elements", {"mutate": _set(EL, [])}, NOW, R.INVALID_ELEMENT, True),
+    ("too many elements", {"mutate": _set(EL, [G] * 1001)}, NOW, R.INVALID_ELEMENT, True),
+    ("identity element", {"mutate": _set(EL, [G, bytes(32)])}, NOW, R.INVALID_ELEMENT, True),
+    ("short element", {"mutate": _set(EL, [b"\x01" * 31])}, NOW, R.INVALID_ELEMENT, True),
+    ("non-canonical element", {"mutate": _set(EL, [b"\xff" * 32])}, NOW, R.INVALID_ELEMENT, True),
+    ("no issued_at", {"mutate": _set("issued_at", None)}, NOW, R.STALE, True),
+    ("too old", {"issued_at": NOW - MAX_AGE - SEC}, NOW, R.STALE, True),
+    ("from the future", {"issued_at": NOW + MAX_SKEW + SEC}, NOW, R.STALE, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "clock", "reason", "echoed"),
+    [s[1:] for s in HOLDER_SCENARIOS],
+    ids=[s[0] for s in HOLDER_SCENARIOS],
+)
+def test_holder_refuses(kwargs, clock, reason, echoed):
+    w = world(2, 3)
+    request = signed_request(w, 1, **kwargs)
+    requester = kwargs.get("signer", w.node).party
+    reply = w.holders[1].handle(request, now=clock)
+    response = open_reply(reply, w.holder_keys[1], audience=requester)
+    assert response.WhichOneof("result") == "refusal"
+    assert RefusalReason(response.refusal.reason) is reason
+    assert response.refusal.message
+    assert (response.holder, response.holder_index, response.requester) == (
+        "holder-1",
+        1,
+        requester,
+    )
+    # Before the signature verified, the holder cannot know the request's id and epoch.
+    assert response.request_id == (b"r" * 16 if echoed else b"")
+    assert not w.holders[1].served  # nothing refused is counted
+
+
+def test_holder_answers_at_the_edges_of_the_time_window():
+    w = world(2, 3)
+    for j, issued_at in enumerate([NOW - MAX_AGE, NOW + MAX_SKEW]):
+        request = signed_request(w, 1, issued_at=issued_at, request_id=bytes([j]) * 16)
+        response = open_reply(w.holders[1].handle(request, now=NOW), w.holder_keys[1])
+        assert response.WhichOneof("result") == "evaluation"
+        assert response.request_id == bytes([j]) * 16
+        assert response.answered_at.ToDatetime(tzinfo=UTC) == NOW
+
+
+def test_the_same_request_id_for_each_holder_of_the_set_is_not_a_replay():
+    w = world(2, 3)
+    for index in (1, 2):
+        response = open_reply(
+            w.holders[index].handle(signed_request(w, index), now=NOW), w.holder_keys[index]
+        )
+        assert response.WhichOneof("result") == "evaluation"
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (b"\xff\xff garbage", "signed_request"),
+        (
+            common_pb2.Signed(body=b"x", context="oprf-request").SerializeToString(),
+            "signed_request.signer",
+        ),
+        (
+            common_pb2.Signed(body=b"x", signer="x" * 65).SerializeToString(),
+            "signed_request.signer",
+        ),
+    ],
+)
+def test_a_request_naming_no_requester_raises_invalid_input(data, field):
+    w = world(2, 3)
+    with pytest.raises(InvalidInput) as raised:
+        w.holders[1].handle(data, now=NOW)
+    assert raised.value.field == field
+
+
+def test_holder_refuses_a_seat_it_does_not_hold():
+    w = world(2, 3)
+    with pytest.raises(ConfigurationError):
+        KeyHolder(w.holder_keys[1], w.shares[2], w.epoch, COVENANT, w.directory)
+    with pytest.raises(ConfigurationError):
+        KeyHolder(w.holder_keys[1], w.shares[1], w.epoch, "riec-noord", w.directory)
+    wrong = threshold.Share(index=1, scalar=w.shares[2].scalar)
+    with pytest.raises(ConfigurationError):
+        KeyHolder(w.holder_keys[1], wrong, w.epoch, COVENANT, w.directory)
+    with pytest.raises(LocalError):
+        w.holders[1].handle(signed_request(w), now=NOW.replace(tzinfo=None))
+
+
+# --- the node's reading of replies ------------------------------------------------------
+
+REPLY_FAULTS = [
+    ("garbage", lambda w, r: b"\xff\xff"),
+    ("wrong context", lambda w, r: _resigned(w, r, context=SignatureContext.DISCLOSURE_RESPONSE)),
+    ("for another audience", lambda w, r: _resigned(w, r, audience=_POLICE)),
+    (
+        "other request id",
+        lambda w, r: _resigned(w, r, change=_set_response("request_id", b"o" * 16)),
+    ),
+    ("other key epoch", lambda w, r: _resigned(w, r, change=_set_response("key_epoch", 2))),
+    ("other requester", lambda w, r: _resigned(w, r, change=_set_response("requester", _POLICE))),
+    ("other holder index", lambda w, r: _resigned(w, r, change=_set_response("holder_index", 2))),
+    ("no result", lambda w, r: _resigned(w, r, change=lambda m: m.ClearField("evaluation"))),
+    (
+        "element missing",
+        lambda w, r: _resigned(w, r, change=lambda m: m.evaluation.evaluated_elements.pop()),
+    ),
+    ("short proof", lambda w, r: _resigned(w, r, change=_set_proof(b"p" * 10))),
+    ("signed with another key", lambda w, r: _resigned(w, r, keys=_STRANGER)),
+    ("signed by a stranger", lambda w, r: _resigned(w, r, keys=_STRANGER, signer=_STRANGER.party)),
+    ("signed by holder 2", lambda w, r: _resigned(w, r, keys=w.holder_keys[2], signer="holder-2")),
+]
+
+
+def _set_response(name: str, value: object) -> Callable[[keyholder_pb2.EvaluationResponse], None]:
+    return lambda m: setattr(m, name, value)
+
+
+def _set_proof(value: bytes) -> Callable[[keyholder_pb2.EvaluationResponse], None]:
+    def change(m: keyholder_pb2.EvaluationResponse) -> None:
+        m.evaluation.proof = value
+
+    return change
+
+
+def _resigned(
+    w: World,
+    reply: bytes,
+    *,
+    change: Callable[[keyholder_pb2.EvaluationResponse], None] = lambda m: None,
+    keys: PartyKeys | None = None,
+    context: SignatureContext = SignatureContext.OPRF_RESPONSE,
+    audience: str = NODE,
+    signer: str = "holder-1",
+) -> bytes:
+    keys = keys or w.holder_keys[1]
+    response = keyholder_pb2.EvaluationResponse.FromString(common_pb2.Signed.FromString(reply).body)
+    change(response)
+    body = response.SerializeToString()
+    return common_pb2.Signed(
+        body=body,
+        signer=signer,
+        context=context.value,
+        signature=keys.sign(context, body, audience=audience),
+    ).SerializeToString()
+
+
+def _read(
+    w: World, replies: Mapping[int, bytes], request_id: bytes, elements: list[bytes]
+) -> Replies:
+    return evaluation.read_replies(
+        w.directory, w.epoch, (1, 2), elements, request_id, replies, requester=NODE
+    )
+
+
+@pytest.mark.parametrize("fault", [f[1] for f in REPLY_FAULTS], ids=[f[0] for f in REPLY_FAULTS])
+def test_read_replies_marks_a_bad_reply_faulty_and_never_raises(fault):
+    w = world(2, 3)
+    elements = blinded(2)
+    requests = evaluation.build_requests(
+        w.node, COVENANT, w.epoch, (1, 2), elements, request_id=b"q" * 16, now=NOW
+    )
+    honest = {i: w.holders[i].handle(requests[i], now=NOW) for i in (1, 2)}
+    clean = _read(w, honest, b"q" * 16, elements)
+    assert sorted(clean.answers) == [1, 2]
+    assert not clean.unusable
+    read = _read(w, {**honest, 1: fault(w, honest[1])}, b"q" * 16, elements)
+    assert set(read.faulty) == {1}
+    assert read.faulty[1]
+    assert sorted(read.answers) == [2]
+    assert read.unusable == {1}
+
+
+def test_read_replies_sorts_refusals_and_missing_holders():
+    w = world(2, 3)
+    elements = blinded(2)
+    requests = evaluation.build_requests(
+        w.node, COVENANT, w.epoch, (1, 2), elements, request_id=b"q" * 16, now=NOW
+    )
+    refused = w.holders[1].handle(flip_body_byte(requests[1]), now=NOW)
+    read = _read(w, {1: refused, 3: b"ignored: not in the set"}, b"q" * 16, elements)
+    assert read.refusals[1].reason is R.BAD_SIGNATURE
+    assert read.refusals[1].holder_index == 1
+    assert read.missing == {2}
+    assert read.unusable == {1, 2}
+    assert not read.answers
+    assert not read.faulty
+
+
+def test_a_refusal_for_another_request_is_faulty():
+    w = world(2, 3)
+    elements = blinded(2)
+    old = signed_request(w, 1, request_id=b"o" * 16)
+    w.holders[1].handle(old, now=NOW)
+    replayed = w.holders[1].handle(old, now=NOW)  # a REPLAY refusal naming request "ooo..."
+    read = _read(w, {1: replayed}, b"q" * 16, elements)
+    assert set(read.faulty) == {1}
+
+
+# --- house rules -----------------------------------------------------------------------
+
+
+def test_refusal_reasons_match_the_wire_format():
+    wire = keyholder_pb2.EvaluationRefusalReason
+    assert {r.name: r.value for r in RefusalReason} == {
+        name.removeprefix("EVALUATION_REFUSAL_REASON_"): value for name, value in wire.items()
+    }
+    assert RefusalReason.from_wire(99) is R.UNSPECIFIED
+
+
+def test_neither_side_logs_blinded_elements_evaluations_or_shares(caplog):
+    w = world(2, 3)
+    caplog.set_level("DEBUG")
+    broker = Broker(
+        {**w.holders, 1: LyingHolder(w.holders[1], w.holder_keys[1])},
+        alter={3: flip_body_byte},
+    )
+    with pytest.raises(NotEnoughHolders):
+        w.tokenise(broker, IDS)
+    assert caplog.records  # refusals and faults are logged
+    secrets = [s.scalar for s in w.shares.values()]
+    for requests in broker.requests:
+        for data in requests.values():
+            request = keyholder_pb2.EvaluationRequest.FromString(
+                common_pb2.Signed.FromString(data).body
+            )
+            secrets.extend(request.blinded_elements)
+    for replies in broker.replies:
+        for data in replies.values():
+            response = keyholder_pb2.EvaluationResponse.FromString(
+                common_pb2.Signed.FromString(data).body
+            )
+            secrets.extend(response.evaluation.evaluated_elements)
+    text = caplog.text + "".join(repr(r.args) for r in caplog.records)
+    for secret in secrets:
+        assert secret.hex() not in text
+        assert repr(secret) not in text
+    assert all(i.canonical not in text for i in IDS)
+
+
+def test_both_sides_are_sans_io():
+    code = (
+        "import sys\n"
+        "import samenloop.node.evaluation, samenloop.node.holder\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'sqlalchemy'))\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
