@@ -7,9 +7,11 @@ One broker serves one covenant. Nodes (and administrators' CLIs) dial out to
 it over mutual TLS with certificates from the covenant's own certificate
 authority; the caller's party id is the identity in its client certificate,
 and every field below that names the caller must equal it
-(PERMISSION_DENIED otherwise). An unknown, expired or revoked certificate
-gets UNAUTHENTICATED; a party that the current covenant does not list gets
-PERMISSION_DENIED. Nodes never accept inbound connections: everything that
+(PERMISSION_DENIED otherwise). A certificate from another CA, an expired
+one, or none at all fails the TLS handshake itself (the client sees
+UNAVAILABLE; the node checks its own certificate to tell the operator why);
+a certificate without a party id gets UNAUTHENTICATED; a party that the
+current covenant does not list gets PERMISSION_DENIED. Nodes never accept inbound connections: everything that
 flows to a node (hit notices, envelopes, covenant updates, OPRF requests for
 a key holder) flows down a call that the node opened.
 

@@ -1,0 +1,397 @@
+"""The daemons' configuration files: ``broker.toml`` and ``node.toml``.
+
+Flat TOML files of ``key = "value"`` settings: addresses, file paths, the
+database URL and the log level. Relative paths (and the file of a relative
+``sqlite:///`` URL) resolve against the directory of the configuration file,
+so a configuration directory can be moved as a whole; ``~`` expands to the
+home directory. Parsed at the boundary into frozen dataclasses whose paths are
+absolute; every error is a ``ConfigurationError`` naming the file and the key
+(``node.toml: broker``). ``config_to_toml`` writes either file back, with
+paths relative to a directory if asked (the demo writes portable configs).
+
+Example ``node.toml``::
+
+    party = "gemeente-tilburg"
+    broker = "broker.riec.example:7443"
+    data_dir = "data"
+    covenant = "covenant.toml"
+    certificate = "tls/node.crt"
+    private_key = "tls/node.key"
+    ca_certificate = "tls/ca.crt"
+    party_keys = "keys/party-keys.json"
+    attribute_key = "keys/attribute-key.json"
+    api_socket = "data/api.sock"
+
+Sans-IO apart from the two ``load_*`` functions, which read one file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from samenloop.policies.certs import check_id
+from samenloop.policies.covenant import parse_address, toml_literal
+from samenloop.policies.errors import ConfigurationError, SamenloopError
+
+DEFAULT_BROKER_LISTEN = "127.0.0.1:7443"
+DEFAULT_LOG_LEVEL = "info"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+#: Longest path a Unix socket can bind to (``sun_path`` is 108 bytes on Linux).
+MAX_SOCKET_PATH_BYTES = 107
+
+_C = TypeVar("_C", "BrokerConfig", "NodeConfig")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class BrokerConfig:
+    """``broker.toml``. Paths are absolute; ``database_url`` defaults to SQLite in ``data_dir``."""
+
+    data_dir: Path
+    covenant: Path
+    certificate: Path
+    private_key: Path
+    #: The broker's ``PartyKeys`` file: its Ed25519 key signs hit notices.
+    signing_keys: Path
+    listen: str = DEFAULT_BROKER_LISTEN
+    database_url: str = ""
+    log_level: str = DEFAULT_LOG_LEVEL
+
+    def __post_init__(self) -> None:
+        for name in ("data_dir", "covenant", "certificate", "private_key", "signing_keys"):
+            _check_path(getattr(self, name), field=name)
+        _parse_address(self.listen, field="listen", listen=True)
+        _init_database_url(self, "broker.db")
+        _check_log_level(self.log_level)
+
+    def __repr__(self) -> str:
+        return _repr(self)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class NodeConfig:
+    """``node.toml``. Paths are absolute.
+
+    The local API listens on a Unix socket (``api_socket``, by default
+    ``<data_dir>/api.sock``) or on a loopback address (``api_listen``,
+    ``127.0.0.1:PORT``), never on another interface. ``key_share`` is set
+    only when the covenant names this node's party as a key holder.
+    """
+
+    party: str
+    broker: str
+    data_dir: Path
+    covenant: Path
+    certificate: Path
+    private_key: Path
+    ca_certificate: Path
+    party_keys: Path
+    attribute_key: Path
+    key_share: Path | None = None
+    api_socket: Path | None = None
+    api_listen: str | None = None
+    database_url: str = ""
+    log_level: str = DEFAULT_LOG_LEVEL
+
+    def __post_init__(self) -> None:
+        _wrap(check_id, self.party, field="party")
+        _parse_address(self.broker, field="broker", listen=False)
+        for name in (
+            "data_dir",
+            "covenant",
+            "certificate",
+            "private_key",
+            "ca_certificate",
+            "party_keys",
+            "attribute_key",
+        ):
+            _check_path(getattr(self, name), field=name)
+        if self.key_share is not None:
+            _check_path(self.key_share, field="key_share")
+        if self.api_socket is not None and self.api_listen is not None:
+            raise ConfigurationError("set api_socket or api_listen, not both", field="api_listen")
+        if self.api_listen is not None:
+            host, _ = _parse_address(self.api_listen, field="api_listen", listen=True)
+            if not _is_loopback(host):
+                raise ConfigurationError(
+                    "the local API listens on a loopback address only (127.0.0.1:PORT)",
+                    field="api_listen",
+                )
+        else:
+            socket = self.api_socket if self.api_socket is not None else self.data_dir / "api.sock"
+            _check_path(socket, field="api_socket")
+            if len(os.fsencode(socket)) > MAX_SOCKET_PATH_BYTES:
+                raise ConfigurationError(
+                    f"a Unix socket path must be at most {MAX_SOCKET_PATH_BYTES} bytes",
+                    field="api_socket",
+                )
+            object.__setattr__(self, "api_socket", socket)
+        _init_database_url(self, "node.db")
+        _check_log_level(self.log_level)
+
+    def __repr__(self) -> str:
+        return _repr(self)
+
+
+# --- reading ------------------------------------------------------------------------
+
+
+def load_broker_config(path: Path) -> BrokerConfig:
+    """Read and parse ``broker.toml``; relative paths resolve against its directory."""
+    path = Path(path).expanduser().absolute()
+    return broker_config_from_toml(_read(path), source=str(path), base_dir=path.parent)
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    """Read and parse ``node.toml``; relative paths resolve against its directory."""
+    path = Path(path).expanduser().absolute()
+    return node_config_from_toml(_read(path), source=str(path), base_dir=path.parent)
+
+
+def broker_config_from_toml(data: bytes, *, source: str, base_dir: Path) -> BrokerConfig:
+    """Parse ``broker.toml`` bytes; ``source`` names the file in errors."""
+    settings = _Settings(data, source=source, base_dir=base_dir)
+    return settings.build(
+        BrokerConfig,
+        data_dir=settings.path("data_dir"),
+        covenant=settings.path("covenant"),
+        certificate=settings.path("certificate"),
+        private_key=settings.path("private_key"),
+        signing_keys=settings.path("signing_keys"),
+        listen=settings.string("listen", DEFAULT_BROKER_LISTEN),
+        database_url=settings.database_url(),
+        log_level=settings.string("log_level", DEFAULT_LOG_LEVEL),
+    )
+
+
+def node_config_from_toml(data: bytes, *, source: str, base_dir: Path) -> NodeConfig:
+    """Parse ``node.toml`` bytes; ``source`` names the file in errors."""
+    settings = _Settings(data, source=source, base_dir=base_dir)
+    return settings.build(
+        NodeConfig,
+        party=settings.string("party"),
+        broker=settings.string("broker"),
+        data_dir=settings.path("data_dir"),
+        covenant=settings.path("covenant"),
+        certificate=settings.path("certificate"),
+        private_key=settings.path("private_key"),
+        ca_certificate=settings.path("ca_certificate"),
+        party_keys=settings.path("party_keys"),
+        attribute_key=settings.path("attribute_key"),
+        key_share=settings.optional_path("key_share"),
+        api_socket=settings.optional_path("api_socket"),
+        api_listen=settings.optional_string("api_listen"),
+        database_url=settings.database_url(),
+        log_level=settings.string("log_level", DEFAULT_LOG_LEVEL),
+    )
+
+
+class _Settings:
+    """The flat table of one configuration file, read key by key with errors naming the key."""
+
+    def __init__(self, data: bytes, *, source: str, base_dir: Path) -> None:
+        self.source = source
+        self.base_dir = Path(base_dir)
+        if not self.base_dir.is_absolute():
+            raise ConfigurationError("base directory must be absolute", field="base_dir")
+        try:
+            self.doc: dict[str, Any] = tomllib.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise ConfigurationError(f"not valid TOML: {error}", field=source) from error
+        self.read: set[str] = set()
+
+    def _error(self, key: str, message: str) -> ConfigurationError:
+        return ConfigurationError(message, field=f"{self.source}: {key}")
+
+    def optional_string(self, key: str) -> str | None:
+        self.read.add(key)
+        value = self.doc.get(key)
+        if value is not None and not isinstance(value, str):
+            raise self._error(key, "must be a string")
+        return value
+
+    def string(self, key: str, default: str | None = None) -> str:
+        value = self.optional_string(key)
+        if value is None:
+            if default is None:
+                raise self._error(key, "missing")
+            return default
+        return value
+
+    def optional_path(self, key: str) -> Path | None:
+        value = self.optional_string(key)
+        if value is None:
+            return None
+        if not value or "\x00" in value:
+            raise self._error(key, "must be a file path")
+        return self._resolve(value)
+
+    def path(self, key: str) -> Path:
+        value = self.optional_path(key)
+        if value is None:
+            raise self._error(key, "missing")
+        return value
+
+    def database_url(self) -> str:
+        url = self.optional_string("database_url")
+        if url is None:
+            return ""
+        scheme, sep, rest = url.partition(":///")
+        if scheme == "sqlite" and sep:
+            file, query_sep, query = rest.partition("?")
+            if file and file != ":memory:":
+                return f"sqlite:///{self._resolve(file)}{query_sep}{query}"
+        return url
+
+    def _resolve(self, text: str) -> Path:
+        return Path(os.path.normpath(self.base_dir / Path(text).expanduser()))
+
+    def build(self, cls: type[_C], **values: Any) -> _C:
+        unknown = sorted(set(self.doc) - self.read)
+        if unknown:
+            raise self._error(unknown[0], "unknown setting")
+        try:
+            return cls(**values)
+        except SamenloopError as error:
+            raise ConfigurationError(
+                error.message, field=f"{self.source}: {error.field}", reason=error.reason
+            ) from error
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot read {path}: {error.strerror}", field=str(path)
+        ) from error
+
+
+# --- writing --------------------------------------------------------------------------
+
+
+def config_to_toml(config: BrokerConfig | NodeConfig, *, relative_to: Path | None = None) -> bytes:
+    """Write either configuration as TOML, in a fixed key order.
+
+    With ``relative_to`` (the directory the file will live in), paths inside
+    that directory are written relative to it, so the directory can move.
+    Parsing the output with ``base_dir=relative_to`` gives an equal config.
+    """
+    lines = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value is None:
+            continue
+        if isinstance(value, Path):
+            text = _relative(value, relative_to)
+        elif field.name == "database_url":
+            text = _relative_url(value, relative_to)
+        else:
+            text = str(value)
+        lines.append(f"{field.name} = {toml_literal(text)}")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _relative(path: Path, base: Path | None) -> str:
+    if base is not None:
+        try:
+            return path.relative_to(base).as_posix() or "."
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _relative_url(url: str, base: Path | None) -> str:
+    scheme, sep, rest = url.partition(":///")
+    if scheme != "sqlite" or not sep or base is None:
+        return url
+    file, query_sep, query = rest.partition("?")
+    if not file.startswith("/"):
+        return url
+    return f"sqlite:///{_relative(Path(file), base)}{query_sep}{query}"
+
+
+# --- field rules ------------------------------------------------------------------------
+
+
+def _wrap(check: Callable[..., object], value: object, *, field: str) -> None:
+    try:
+        check(value, field=field)
+    except SamenloopError as error:
+        raise ConfigurationError(error.message, field=field) from error
+
+
+def _parse_address(text: object, *, field: str, listen: bool) -> tuple[str, int]:
+    try:
+        return parse_address(text, field=field, allow_port_zero=listen)
+    except SamenloopError as error:
+        raise ConfigurationError(error.message, field=field) from error
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_path(value: object, *, field: str) -> None:
+    if not isinstance(value, Path) or not value.is_absolute():
+        raise ConfigurationError("must be an absolute path", field=field)
+
+
+def _check_log_level(value: object) -> None:
+    if value not in LOG_LEVELS:
+        raise ConfigurationError(f"must be one of: {', '.join(LOG_LEVELS)}", field="log_level")
+
+
+def _init_database_url(config: BrokerConfig | NodeConfig, default_file: str) -> None:
+    url = config.database_url
+    if url == "":
+        object.__setattr__(config, "database_url", f"sqlite:///{config.data_dir / default_file}")
+        return
+    if not isinstance(url, str):
+        raise ConfigurationError("must be a string", field="database_url")
+    scheme, sep, _ = url.partition("://")
+    if scheme not in DATABASE_SCHEMES or not sep:
+        raise ConfigurationError(
+            "must be sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DATABASE",
+            field="database_url",
+        )
+    if scheme == "sqlite":
+        file = url.partition(":///")[2].partition("?")[0]
+        if not url.startswith("sqlite:///") or not Path(file).is_absolute() or file == "/":
+            raise ConfigurationError(
+                "a SQLite URL needs an absolute file path: sqlite:////PATH/TO/FILE.db",
+                field="database_url",
+            )
+    elif not urlsplit(url).path.strip("/"):
+        raise ConfigurationError("a PostgreSQL URL needs a database name", field="database_url")
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit for logs: any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
+def _repr(config: BrokerConfig | NodeConfig) -> str:
+    fields = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name == "database_url":
+            value = redact_url(value)
+        fields.append(f"{field.name}={value!r}")
+    return f"{type(config).__name__}({', '.join(fields)})"

@@ -1,0 +1,807 @@
+"""The covenant: who takes part, with which keys, and the trust it defines.
+
+This is the plain covenant file of the end-to-end issue: TOML listing the
+parties (id, name, role, Ed25519 and X25519 public keys), the broker (id,
+address, the Ed25519 key that signs hit notices), the covenant CA's
+certificate, the OPRF key epoch with its key holders, the minimum number of
+distinct parties per hit and the version of the covenant-wide attribute key.
+``covenant_from_toml`` parses it at the boundary into frozen dataclasses with
+validated fields; every error is ``InvalidInput`` naming the offending field
+by its dotted path (``parties[2].keys.x25519``, ``key_epoch.holders[1].party``;
+list positions count from 0, as in every field path of the protocol).
+
+``covenant_to_toml`` writes it back deterministically: the same covenant
+always gives the same bytes, and parsing those bytes gives the same covenant.
+The signed covenant (covenant-and-policies issue) wraps exactly these bytes as
+TUF wraps ``Signed`` metadata: signers sign the bytes, verifiers check the
+signatures over the bytes they received and only then parse them.
+
+The attribute key: a covenant-wide 32-byte secretbox key that every party
+holds and the broker does not. Nodes seal a token entry's
+``MemberAttributes`` (its category) with it; the broker stores the
+``SecretBox`` and passes it on in hit notices without being able to read it.
+It is dealt to each party in a sealed box, framed with the covenant id and
+key version.
+
+Sans-IO apart from ``load_covenant``; imports neither grpc nor a database, and
+not ``samenloop.node``.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import json
+import os
+import re
+import struct
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from samenloop.policies import certs, crypto
+from samenloop.policies.certs import check_id
+from samenloop.policies.crypto import PartyKeys, PublicKeys
+from samenloop.policies.errors import (
+    ConfigurationError,
+    DecryptionFailed,
+    InvalidInput,
+    MessageTooLarge,
+    NotAllowed,
+    SamenloopError,
+)
+from samenloop.v1 import common_pb2
+
+__all__ = [
+    "AttributeKey",
+    "BrokerInfo",
+    "Covenant",
+    "KeyHolderSeat",
+    "OprfKeyEpoch",
+    "Party",
+    "Role",
+    "SealedAttributeKey",
+    "check_address",
+    "check_id",
+    "covenant_from_toml",
+    "covenant_to_toml",
+    "load_covenant",
+    "new_attribute_key",
+    "open_attribute_key",
+    "open_attributes",
+    "parse_address",
+    "seal_attribute_key_for",
+    "seal_attributes",
+    "toml_literal",
+]
+
+KIND = "samenloop.covenant.v1"
+
+MAX_HOLDERS: int = common_pb2.LIMITS_MAX_KEY_HOLDERS
+KEY_BYTES: int = common_pb2.LIMITS_KEY_BYTES
+ELEMENT_BYTES: int = common_pb2.LIMITS_ELEMENT_BYTES
+MAX_NAME_BYTES = 256
+MAX_UINT32 = 2**32 - 1
+MAX_UINT63 = 2**63 - 1  # TOML integers are signed 64-bit
+
+_E = TypeVar("_E", bound=SamenloopError)
+_T = TypeVar("_T")
+
+
+class Role(enum.StrEnum):
+    """The kinds of partner a covenant knows; visibility and release rules are written per role."""
+
+    GEMEENTE = "gemeente"
+    POLITIE = "politie"
+    OM = "om"
+    BELASTINGDIENST = "belastingdienst"
+    FIOD = "fiod"
+    DOUANE = "douane"
+    IND = "ind"
+    ARBEIDSINSPECTIE = "arbeidsinspectie"
+    PROVINCIE = "provincie"
+    WONINGCORPORATIE = "woningcorporatie"
+    RIEC = "riec"
+    LIEC = "liec"
+
+
+# --- the model -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Party:
+    """A partner of the covenant: its id (also in its certificate), display name, role and keys."""
+
+    id: str
+    name: str
+    role: Role
+    keys: PublicKeys
+
+    def __post_init__(self) -> None:
+        check_id(self.id, field="id")
+        _check_name(self.name, field="name")
+        if not isinstance(self.role, Role):
+            raise InvalidInput(f"must be one of: {', '.join(Role)}", field="role")
+        _check_public_keys(self.keys, field="keys")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerInfo:
+    """The broker: its id (as in its certificate), its address, the key that signs hit notices."""
+
+    id: str
+    address: str
+    ed25519: bytes
+
+    def __post_init__(self) -> None:
+        check_id(self.id, field="id")
+        check_address(self.address, field="address")
+        _check_bytes(self.ed25519, KEY_BYTES, field="ed25519")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHolderSeat:
+    """One key holder's seat in a key epoch: Shamir index, holding party, share commitment."""
+
+    index: int
+    party: str
+    commitment: bytes
+
+    def __post_init__(self) -> None:
+        _check_int(self.index, 1, MAX_HOLDERS, field="index")
+        check_id(self.party, field="party")
+        _check_bytes(self.commitment, ELEMENT_BYTES, field="commitment")
+
+
+@dataclass(frozen=True, slots=True)
+class OprfKeyEpoch:
+    """The public side of one epoch of the covenant's OPRF key, as plain data.
+
+    The node turns it into ``samenloop.node.threshold.KeyEpoch`` (with the
+    covenant id), which also checks that the group key and commitments are
+    valid ristretto255 elements on one polynomial.
+    """
+
+    epoch: int
+    threshold: int
+    group_public_key: bytes
+    holders: tuple[KeyHolderSeat, ...]
+    created_at: datetime
+    retire_after: datetime
+
+    def __post_init__(self) -> None:
+        _check_int(self.epoch, 1, MAX_UINT32, field="epoch")
+        if not isinstance(self.holders, tuple) or not self.holders:
+            raise InvalidInput("list at least one key holder", field="holders")
+        if len(self.holders) > MAX_HOLDERS:
+            raise MessageTooLarge(f"at most {MAX_HOLDERS} key holders", field="holders")
+        seen_parties: dict[str, int] = {}
+        for i, seat in enumerate(self.holders):
+            if not isinstance(seat, KeyHolderSeat):
+                raise InvalidInput("must be a key holder seat", field=f"holders[{i}]")
+            if i and seat.index <= self.holders[i - 1].index:
+                raise InvalidInput(
+                    "holders must be listed in ascending order of distinct indices",
+                    field=f"holders[{i}].index",
+                )
+            if seat.party in seen_parties:
+                raise InvalidInput(
+                    f"party {seat.party!r} already holds seat holders[{seen_parties[seat.party]}]"
+                    ": a party can hold only one share of a key",
+                    field=f"holders[{i}].party",
+                )
+            seen_parties[seat.party] = i
+        _check_int(self.threshold, 2, len(self.holders), field="threshold")
+        _check_bytes(self.group_public_key, ELEMENT_BYTES, field="group_public_key")
+        _check_time(self.created_at, field="created_at")
+        _check_time(self.retire_after, field="retire_after")
+        if self.retire_after <= self.created_at:
+            raise InvalidInput("must lie after created_at", field="retire_after")
+
+
+@dataclass(frozen=True, slots=True)
+class Covenant:
+    """The plain (not yet signed) covenant. Construct it, or parse it with ``covenant_from_toml``.
+
+    Every field is validated on construction; cross-field rules (distinct
+    parties and keys, holders that are parties, enough parties for a hit) too.
+    """
+
+    id: str
+    version: int
+    min_parties: int
+    broker: BrokerInfo
+    parties: tuple[Party, ...]
+    key_epoch: OprfKeyEpoch
+    ca_certificate: bytes
+    attribute_key_version: int
+
+    def __post_init__(self) -> None:
+        check_id(self.id, field="id")
+        _check_int(self.version, 1, MAX_UINT63, field="version")
+        _check_int(self.attribute_key_version, 1, MAX_UINT32, field="attribute_key_version")
+        if not isinstance(self.broker, BrokerInfo):
+            raise InvalidInput("must be the broker's entry", field="broker")
+        if not isinstance(self.parties, tuple) or len(self.parties) < 2:
+            raise InvalidInput("list at least two parties", field="parties")
+        ids: dict[str, int] = {}
+        signing_keys: dict[bytes, str] = {self.broker.ed25519: "broker.ed25519"}
+        sealing_keys: dict[bytes, str] = {}
+        for i, party in enumerate(self.parties):
+            at = f"parties[{i}]"
+            if not isinstance(party, Party):
+                raise InvalidInput("must be a party", field=at)
+            if party.id in ids:
+                raise InvalidInput(
+                    f"duplicate party id {party.id!r} (also parties[{ids[party.id]}])",
+                    field=f"{at}.id",
+                )
+            if party.id == self.broker.id:
+                raise InvalidInput(f"party id {party.id!r} is the broker's id", field=f"{at}.id")
+            ids[party.id] = i
+            for keys, key, name in (
+                (signing_keys, party.keys.ed25519, "ed25519"),
+                (sealing_keys, party.keys.x25519, "x25519"),
+            ):
+                if key in keys:
+                    raise InvalidInput(
+                        f"same key as {keys[key]}: every party needs its own keys",
+                        field=f"{at}.keys.{name}",
+                    )
+                keys[key] = f"{at}.keys.{name}"
+        _check_int(self.min_parties, 2, len(self.parties), field="min_parties")
+        if not isinstance(self.key_epoch, OprfKeyEpoch):
+            raise InvalidInput("must be a key epoch", field="key_epoch")
+        for i, seat in enumerate(self.key_epoch.holders):
+            if seat.party not in ids:
+                raise InvalidInput(
+                    f"{seat.party!r} is not a party of this covenant",
+                    field=f"key_epoch.holders[{i}].party",
+                )
+        _check_pem(self.ca_certificate, field="ca_certificate")
+
+    # Lookups.
+
+    def party(self, party_id: str) -> Party:
+        """The party with this id; ``NotAllowed`` (field ``party``) if the covenant has none."""
+        for party in self.parties:
+            if party.id == party_id:
+                return party
+        raise NotAllowed(
+            f"{party_id!r} is not a party of covenant {self.id} version {self.version}",
+            field="party",
+            reason="covenant.unknown_party",
+        )
+
+    def is_party(self, party_id: str) -> bool:
+        return any(party.id == party_id for party in self.parties)
+
+    def holder_seats_for(self, party_id: str) -> tuple[KeyHolderSeat, ...]:
+        """The key-holder seats that ``party_id`` holds in the current key epoch (maybe none)."""
+        return tuple(seat for seat in self.key_epoch.holders if seat.party == party_id)
+
+    @property
+    def party_ids(self) -> frozenset[str]:
+        return frozenset(party.id for party in self.parties)
+
+
+# --- TOML in -----------------------------------------------------------------------
+
+
+def load_covenant(path: Path) -> Covenant:
+    """Read and parse a covenant file; ``ConfigurationError`` if it cannot be read."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot read covenant {path}: {error.strerror}", field=str(path)
+        ) from error
+    return covenant_from_toml(data, source=str(path))
+
+
+def covenant_from_toml(data: bytes, *, source: str) -> Covenant:
+    """Parse a covenant file. Every error is ``InvalidInput`` naming the field's dotted path."""
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise InvalidInput(f"{source} is not UTF-8 text", reason="covenant.syntax") from error
+    except tomllib.TOMLDecodeError as error:
+        raise InvalidInput(f"{source} is not valid TOML: {error}", reason="covenant.syntax") from (
+            error
+        )
+    top = _Table(doc, "")
+    kind = top.string("kind")
+    if kind != KIND:
+        raise InvalidInput(f"{source} is not a covenant: expected {KIND!r}", field="kind")
+    covenant_id = top.string("id")
+    version = top.integer("version")
+    min_parties = top.integer("min_parties")
+    attribute_key_version = top.integer("attribute_key_version")
+    ca_certificate = top.string("ca_certificate").replace("\r\n", "\n").encode("ascii", "replace")
+
+    broker_table = top.table("broker")
+    broker = broker_table.build(
+        BrokerInfo,
+        id=broker_table.string("id"),
+        address=broker_table.string("address"),
+        ed25519=broker_table.key("ed25519", KEY_BYTES),
+    )
+
+    parties = []
+    for table in top.tables("parties"):
+        keys_table = table.table("keys")
+        keys = PublicKeys(
+            ed25519=keys_table.key("ed25519", KEY_BYTES), x25519=keys_table.key("x25519", KEY_BYTES)
+        )
+        keys_table.done()
+        party = table.build(
+            Party,
+            id=table.string("id"),
+            name=table.string("name"),
+            role=table.role("role"),
+            keys=keys,
+        )
+        parties.append(party)
+
+    epoch_table = top.table("key_epoch")
+    holders = [
+        table.build(
+            KeyHolderSeat,
+            index=table.integer("index"),
+            party=table.string("party"),
+            commitment=table.key("commitment", ELEMENT_BYTES),
+        )
+        for table in epoch_table.tables("holders")
+    ]
+    key_epoch = epoch_table.build(
+        OprfKeyEpoch,
+        epoch=epoch_table.integer("epoch"),
+        threshold=epoch_table.integer("threshold"),
+        group_public_key=epoch_table.key("group_public_key", ELEMENT_BYTES),
+        holders=tuple(holders),
+        created_at=epoch_table.time("created_at"),
+        retire_after=epoch_table.time("retire_after"),
+    )
+    top.done()
+
+    return Covenant(
+        id=covenant_id,
+        version=version,
+        min_parties=min_parties,
+        broker=broker,
+        parties=tuple(parties),
+        key_epoch=key_epoch,
+        ca_certificate=ca_certificate,
+        attribute_key_version=attribute_key_version,
+    )
+
+
+class _Table:
+    """A TOML table being read: typed getters that name the field, and a check for unknown keys."""
+
+    def __init__(self, doc: dict[str, Any], path: str) -> None:
+        self._doc = doc
+        self._path = path
+        self._read: set[str] = set()
+
+    def _field(self, key: str) -> str:
+        return f"{self._path}.{key}" if self._path else key
+
+    def _get(self, key: str) -> object:
+        self._read.add(key)
+        if key not in self._doc:
+            raise InvalidInput("missing", field=self._field(key))
+        return self._doc[key]
+
+    def string(self, key: str) -> str:
+        value = self._get(key)
+        if not isinstance(value, str):
+            raise InvalidInput("must be a string", field=self._field(key))
+        return value
+
+    def integer(self, key: str) -> int:
+        value = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInput("must be an integer", field=self._field(key))
+        return value
+
+    def key(self, key: str, length: int) -> bytes:
+        text = self.string(key)
+        try:
+            return crypto.b64decode(text, length)
+        except ValueError as error:
+            raise InvalidInput(
+                f"must be standard base64 of {length} bytes", field=self._field(key)
+            ) from error
+
+    def time(self, key: str) -> datetime:
+        value = self._get(key)
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise InvalidInput(
+                "must be a date-time with an offset, like 2026-01-01T00:00:00Z",
+                field=self._field(key),
+            )
+        return value.astimezone(UTC)
+
+    def role(self, key: str) -> Role:
+        text = self.string(key)
+        try:
+            return Role(text)
+        except ValueError as error:
+            raise InvalidInput(
+                f"must be one of: {', '.join(Role)}", field=self._field(key)
+            ) from error
+
+    def table(self, key: str) -> _Table:
+        value = self._get(key)
+        if not isinstance(value, dict):
+            raise InvalidInput("must be a table", field=self._field(key))
+        return _Table(value, self._field(key))
+
+    def tables(self, key: str) -> list[_Table]:
+        value = self._get(key)
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise InvalidInput("must be an array of tables", field=self._field(key))
+        return [_Table(v, f"{self._field(key)}[{i}]") for i, v in enumerate(value)]
+
+    def build(self, cls: Callable[..., _T], **values: object) -> _T:
+        """Construct ``cls`` from values read from this table, errors prefixed with its path."""
+        with _at(self._path):
+            built = cls(**values)
+        self.done()
+        return built
+
+    def done(self) -> None:
+        unknown = sorted(set(self._doc) - self._read)
+        if unknown:
+            raise InvalidInput("unknown key", field=self._field(unknown[0]))
+
+
+@contextmanager
+def _at(prefix: str) -> Iterator[None]:
+    """Re-raise validation errors of a nested value with their full dotted path."""
+    try:
+        yield
+    except SamenloopError as error:
+        raise _prefixed(error, prefix) from error
+
+
+def _prefixed(error: _E, prefix: str) -> _E:
+    field = f"{prefix}.{error.field}" if error.field else prefix
+    return type(error)(error.message, field=field, reason=error.reason)
+
+
+# --- TOML out ----------------------------------------------------------------------
+
+
+def covenant_to_toml(covenant: Covenant) -> bytes:
+    """The covenant as TOML: deterministic, and parsed back to an equal ``Covenant``."""
+    lines = [
+        f"kind = {toml_literal(KIND)}",
+        f"id = {toml_literal(covenant.id)}",
+        f"version = {toml_literal(covenant.version)}",
+        f"min_parties = {toml_literal(covenant.min_parties)}",
+        f"attribute_key_version = {toml_literal(covenant.attribute_key_version)}",
+        f"ca_certificate = '''\n{covenant.ca_certificate.decode('ascii')}'''",
+        "",
+        "[broker]",
+        f"id = {toml_literal(covenant.broker.id)}",
+        f"address = {toml_literal(covenant.broker.address)}",
+        f"ed25519 = {toml_literal(crypto.b64encode(covenant.broker.ed25519))}",
+    ]
+    for party in covenant.parties:
+        lines += [
+            "",
+            "[[parties]]",
+            f"id = {toml_literal(party.id)}",
+            f"name = {toml_literal(party.name)}",
+            f"role = {toml_literal(party.role.value)}",
+            "",
+            "[parties.keys]",
+            f"ed25519 = {toml_literal(crypto.b64encode(party.keys.ed25519))}",
+            f"x25519 = {toml_literal(crypto.b64encode(party.keys.x25519))}",
+        ]
+    epoch = covenant.key_epoch
+    lines += [
+        "",
+        "[key_epoch]",
+        f"epoch = {toml_literal(epoch.epoch)}",
+        f"threshold = {toml_literal(epoch.threshold)}",
+        f"group_public_key = {toml_literal(crypto.b64encode(epoch.group_public_key))}",
+        f"created_at = {toml_literal(epoch.created_at)}",
+        f"retire_after = {toml_literal(epoch.retire_after)}",
+    ]
+    for seat in epoch.holders:
+        lines += [
+            "",
+            "[[key_epoch.holders]]",
+            f"index = {toml_literal(seat.index)}",
+            f"party = {toml_literal(seat.party)}",
+            f"commitment = {toml_literal(crypto.b64encode(seat.commitment))}",
+        ]
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f"}
+_TOML_ESCAPES["\r"] = "\\r"
+
+
+def toml_literal(value: str | int | datetime) -> str:
+    """One TOML value as text: a basic string, an integer, or a UTC offset date-time."""
+    if isinstance(value, bool):
+        raise TypeError("booleans are not used in Samenloop's TOML files")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("only timezone-aware date-times are written")
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    out = []
+    for char in value:
+        if char in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+# --- field rules -----------------------------------------------------------------------
+
+_PEM_CHARS = re.compile(r"[A-Za-z0-9+/=\n -]*\Z")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def parse_address(text: object, *, field: str, allow_port_zero: bool = False) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6); raise ``InvalidInput`` naming ``field``.
+
+    ``host`` is a DNS name or an IP address; ``port`` 1..65535 (0 too with
+    ``allow_port_zero``, for addresses to listen on: the system picks one).
+    Returns the host without brackets.
+    """
+    if not isinstance(text, str):
+        raise InvalidInput("must be a string host:port", field=field)
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not port_text.isascii():
+        raise InvalidInput("must be host:port, e.g. broker.example.nl:7443", field=field)
+    port = int(port_text)
+    if not (0 if allow_port_zero else 1) <= port <= 65535 or len(port_text) > 5:
+        raise InvalidInput("port must be 1..65535", field=field)
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return str(ipaddress.IPv6Address(host[1:-1])), port
+        except ValueError as error:
+            raise InvalidInput("not a valid IPv6 address", field=field) from error
+    try:
+        return str(ipaddress.IPv4Address(host)), port
+    except ValueError:
+        pass
+    if len(host) > 253 or not all(_HOST_LABEL.match(label) for label in host.split(".")):
+        raise InvalidInput(
+            "host must be a DNS name, an IPv4 address or [IPv6] address", field=field
+        )
+    return host, port
+
+
+def check_address(text: object, *, field: str) -> str:
+    """Return ``text`` if it is a valid ``host:port`` to dial; else raise ``InvalidInput``."""
+    parse_address(text, field=field)
+    assert isinstance(text, str)
+    return text
+
+
+def _check_int(value: object, low: int, high: int, *, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput("must be an integer", field=field)
+    if not low <= value <= high:
+        raise InvalidInput(f"must be {low}..{high}", field=field)
+    return value
+
+
+def _check_bytes(value: object, length: int, *, field: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != length:
+        raise InvalidInput(f"must be {length} bytes", field=field)
+    return value
+
+
+def _check_name(value: object, *, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput("must be a non-empty string", field=field)
+    if len(value.encode("utf-8")) > MAX_NAME_BYTES or value != value.strip():
+        raise InvalidInput(
+            f"must be at most {MAX_NAME_BYTES} bytes, without surrounding spaces", field=field
+        )
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        raise InvalidInput("must not contain control characters", field=field)
+    return value
+
+
+def _check_public_keys(keys: object, *, field: str) -> PublicKeys:
+    if not isinstance(keys, PublicKeys):
+        raise InvalidInput("must be the party's public keys", field=field)
+    _check_bytes(keys.ed25519, KEY_BYTES, field=f"{field}.ed25519")
+    crypto.check_x25519_public(keys.x25519, field=f"{field}.x25519")
+    return keys
+
+
+def _check_time(value: object, *, field: str) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInput("must be a timezone-aware date-time (UTC)", field=field)
+    return value
+
+
+def _check_pem(value: object, *, field: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise InvalidInput("must be PEM bytes", field=field)
+    if not _PEM_CHARS.match(value.decode("ascii", "replace")):
+        raise InvalidInput("must be one PEM certificate and nothing else", field=field)
+    if value.count(b"-----BEGIN") != 1 or not value.startswith(b"-----BEGIN CERTIFICATE-----"):
+        raise InvalidInput("must be one PEM certificate and nothing else", field=field)
+    certs.check_ca_certificate(value, field=field)
+    return value
+
+
+# --- the attribute key ---------------------------------------------------------------
+
+ATTRIBUTE_KEY_BYTES = 32
+#: Sealed attributes are padded to a multiple of this, so that their length
+#: does not tell which category they hold.
+ATTRIBUTES_BLOCK_BYTES = 32
+MAX_ATTRIBUTES_BYTES: int = common_pb2.LIMITS_MAX_TEXT_BYTES
+_ATTRIBUTE_KEY_DOMAIN = b"samenloop/v1 attribute key\x00"
+
+
+@dataclass(frozen=True, slots=True, repr=False, eq=False)
+class AttributeKey:
+    """The covenant-wide secretbox key for ``MemberAttributes``. Secret: no repr, no ``==``."""
+
+    covenant_id: str
+    version: int
+    key: bytes
+
+    def __post_init__(self) -> None:
+        check_id(self.covenant_id, field="covenant_id")
+        _check_int(self.version, 1, MAX_UINT32, field="version")
+        _check_bytes(self.key, ATTRIBUTE_KEY_BYTES, field="key")
+
+    def __repr__(self) -> str:
+        return (
+            f"AttributeKey(covenant_id={self.covenant_id!r}, version={self.version}, "
+            "key=<redacted>)"
+        )
+
+
+def new_attribute_key(covenant_id: str, version: int) -> AttributeKey:
+    """A fresh random attribute key for ``covenant_id`` at ``version``."""
+    return AttributeKey(covenant_id=covenant_id, version=version, key=os.urandom(32))
+
+
+def _attribute_key_plaintext(covenant_id: str, version: int, key: bytes) -> bytes:
+    cid = covenant_id.encode("utf-8")
+    return (
+        _ATTRIBUTE_KEY_DOMAIN + struct.pack(">H", len(cid)) + cid + struct.pack(">I", version) + key
+    )
+
+
+def seal_attribute_key_for(party_keys: PublicKeys, key: AttributeKey) -> bytes:
+    """Seal ``key`` to a party's X25519 key (NaCl sealed box), framed with covenant and version."""
+    return crypto.seal_anonymous(
+        party_keys.x25519, _attribute_key_plaintext(key.covenant_id, key.version, key.key)
+    )
+
+
+def open_attribute_key(
+    party_keys: PartyKeys,
+    sealed: bytes,
+    *,
+    covenant_id: str,
+    version: int,
+    field: str = "attribute_key",
+) -> AttributeKey:
+    """Open a sealed attribute key and check it is for ``covenant_id`` at ``version``.
+
+    ``DecryptionFailed`` if it was not sealed to ``party_keys``; ``InvalidInput``
+    if it belongs to another covenant or key version.
+    """
+    plaintext = crypto.open_anonymous(party_keys.x25519_secret, sealed, field=field)
+    key = plaintext[-ATTRIBUTE_KEY_BYTES:]
+    expected = _attribute_key_plaintext(covenant_id, version, key)
+    if len(plaintext) != len(expected) or not crypto.equal(plaintext, expected):
+        raise InvalidInput(
+            f"attribute key is not for covenant {covenant_id} key version {version}", field=field
+        )
+    return AttributeKey(covenant_id=covenant_id, version=version, key=key)
+
+
+def seal_attributes(
+    key: AttributeKey, plaintext: bytes, *, nonce: bytes | None = None
+) -> tuple[bytes, bytes]:
+    """Encrypt serialized ``MemberAttributes`` under the attribute key: (nonce, ciphertext).
+
+    The plaintext is framed (2-byte big-endian length, the bytes) and
+    zero-padded to a multiple of 32 bytes before sealing, as ``SecretBox``
+    requires. ``nonce`` is for tests only.
+    """
+    if not isinstance(plaintext, bytes):
+        raise InvalidInput("must be bytes", field="attributes")
+    if len(plaintext) > MAX_ATTRIBUTES_BYTES:
+        raise MessageTooLarge(f"at most {MAX_ATTRIBUTES_BYTES} bytes", field="attributes")
+    framed = struct.pack(">H", len(plaintext)) + plaintext
+    padded = framed + bytes(-len(framed) % ATTRIBUTES_BLOCK_BYTES)
+    return crypto.secretbox_seal(key.key, padded, nonce=nonce)
+
+
+def open_attributes(
+    key: AttributeKey, nonce: bytes, ciphertext: bytes, *, field: str = "sealed_attributes"
+) -> bytes:
+    """Decrypt and unpad sealed attributes; ``DecryptionFailed`` on any failure, whatever it is."""
+    padded = crypto.secretbox_open(key.key, nonce, ciphertext, field=field)
+    if len(padded) < 2 or len(padded) % ATTRIBUTES_BLOCK_BYTES:
+        raise DecryptionFailed("cannot open sealed message", field=field)
+    (length,) = struct.unpack(">H", padded[:2])
+    end = 2 + length
+    expected_size = end + (-end % ATTRIBUTES_BLOCK_BYTES)
+    if expected_size != len(padded) or any(padded[end:]):
+        raise DecryptionFailed("cannot open sealed message", field=field)
+    return padded[2:end]
+
+
+@dataclass(frozen=True, slots=True)
+class SealedAttributeKey:
+    """The attribute key sealed to one party, as a small JSON file the node reads."""
+
+    covenant_id: str
+    version: int
+    party: str
+    sealed: bytes
+
+    KIND = "samenloop.sealed-attribute-key.v1"
+
+    def __post_init__(self) -> None:
+        check_id(self.covenant_id, field="covenant_id")
+        _check_int(self.version, 1, MAX_UINT32, field="version")
+        check_id(self.party, field="party")
+        if not isinstance(self.sealed, bytes) or not self.sealed:
+            raise InvalidInput("must be non-empty bytes", field="sealed")
+
+    def to_json(self) -> bytes:
+        doc = {
+            "kind": self.KIND,
+            "covenant_id": self.covenant_id,
+            "version": self.version,
+            "party": self.party,
+            "sealed": crypto.b64encode(self.sealed),
+        }
+        return json.dumps(doc, indent=2).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes, *, source: str) -> SealedAttributeKey:
+        """Parse the file; ``ConfigurationError`` naming ``source`` if it is not one."""
+        try:
+            doc: Any = json.loads(data)
+            if not isinstance(doc, dict) or doc.get("kind") != cls.KIND:
+                raise ValueError("not a sealed attribute key file")
+            return cls(
+                covenant_id=doc["covenant_id"],
+                version=doc["version"],
+                party=doc["party"],
+                sealed=crypto.b64decode(doc["sealed"]),
+            )
+        except (ValueError, KeyError, TypeError, InvalidInput) as error:
+            raise ConfigurationError(
+                f"{source} is not a sealed attribute key file", field=source
+            ) from error
+
+    def open(self, party_keys: PartyKeys) -> AttributeKey:
+        if party_keys.party != self.party:
+            raise InvalidInput(
+                f"attribute key is sealed to {self.party}, not {party_keys.party}", field="party"
+            )
+        return open_attribute_key(
+            party_keys, self.sealed, covenant_id=self.covenant_id, version=self.version
+        )
