@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from samenloop.node import oprf
+from samenloop.policies.covenant import Covenant
 from samenloop.policies.errors import (
     InvalidInput,
     InvalidProof,
@@ -110,6 +111,22 @@ class KeyEpoch:
         for h in self.holders:
             oprf.deserialize_element(h.commitment, field=f"holders[{h.index}].commitment")
         oprf.deserialize_element(self.group_public_key, field="group_public_key")
+
+    @classmethod
+    def from_covenant(cls, covenant: Covenant) -> KeyEpoch:
+        """The covenant's current key epoch, validated as group elements and checked consistent."""
+        plain = covenant.key_epoch
+        epoch = cls(
+            covenant_id=covenant.id,
+            epoch=plain.epoch,
+            threshold=plain.threshold,
+            group_public_key=plain.group_public_key,
+            holders=tuple(Holder(s.index, s.party, s.commitment) for s in plain.holders),
+            created_at=plain.created_at,
+            retire_after=plain.retire_after,
+        )
+        epoch.check_consistency()
+        return epoch
 
     def check_in_force(self, now: datetime) -> None:
         """Raise ``NotAllowed`` unless ``now`` lies within the epoch's lifetime."""

@@ -34,6 +34,7 @@ EXIT_CODES: dict[Status, int] = {
     Status.RESOURCE_EXHAUSTED: 1,
     Status.FAILED_PRECONDITION: 2,
     Status.UNAVAILABLE: 3,
+    Status.UNIMPLEMENTED: 2,
     Status.PERMISSION_DENIED: 4,
     Status.UNAUTHENTICATED: 4,
     Status.INTERNAL: 70,

@@ -280,6 +280,10 @@ class Covenant:
     def is_party(self, party_id: str) -> bool:
         return any(party.id == party_id for party in self.parties)
 
+    def public_keys(self, party_id: str) -> PublicKeys:
+        """A party's public keys; ``NotAllowed`` for a party the covenant does not list."""
+        return self.party(party_id).keys
+
     def holder_seats_for(self, party_id: str) -> tuple[KeyHolderSeat, ...]:
         """The key-holder seats that ``party_id`` holds in the current key epoch (maybe none)."""
         return tuple(seat for seat in self.key_epoch.holders if seat.party == party_id)

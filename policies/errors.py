@@ -28,6 +28,7 @@ class Status(enum.Enum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     UNAVAILABLE = "UNAVAILABLE"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
     INTERNAL = "INTERNAL"
 
 
@@ -161,6 +162,13 @@ class NotEnoughHolders(LocalError):
 
     status = Status.UNAVAILABLE
     default_reason = "oprf.not_enough_holders"
+
+
+class NotInThisVersion(LocalError):
+    """A part of the protocol that this version of the software does not provide yet."""
+
+    status = Status.UNIMPLEMENTED
+    default_reason = "unimplemented"
 
 
 class Unavailable(LocalError):

@@ -22,7 +22,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from samenloop.policies import errors
-from samenloop.policies.errors import SamenloopError, Status
+from samenloop.policies.errors import InvalidInput, SamenloopError, Status
 
 ERROR_DOMAIN = "samenloop.nl"
 
@@ -37,6 +37,7 @@ _BY_STATUS: dict[Status, type[SamenloopError]] = {
     Status.RESOURCE_EXHAUSTED: errors.QuotaExceeded,
     Status.FAILED_PRECONDITION: errors.ConfigurationError,
     Status.UNAVAILABLE: errors.Unavailable,
+    Status.UNIMPLEMENTED: errors.NotInThisVersion,
     Status.INTERNAL: errors.LocalError,
 }
 
@@ -105,10 +106,47 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
+class Undecodable:
+    """What a request that is not valid protobuf for its method decodes to.
+
+    The interceptor decodes tolerantly so that garbage on the wire becomes a
+    clear INVALID_ARGUMENT naming the request (gRPC itself would answer
+    INTERNAL), and the handler never sees it.
+    """
+
+    __slots__ = ()
+
+
+_UNDECODABLE = Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # any decoding failure is the caller's garbage
+            return _UNDECODABLE
+
+    return decode
+
+
+def _checked(request: Any) -> Any:
+    if isinstance(request, Undecodable):
+        raise InvalidInput(
+            "request is not a valid protobuf message for this method", field="request"
+        )
+    if isinstance(request, Iterator):
+        return (_checked(item) for item in request)
+    return request
+
+
 def _guard_unary(behaviour: Callable[[_T, grpc.ServicerContext], _R]) -> Callable[..., _R]:
     def handler(request: _T, context: grpc.ServicerContext) -> _R:
         try:
-            return behaviour(request, context)
+            return behaviour(_checked(request), context)
         except SamenloopError as error:
             _abort(context, error)
         except Exception as error:  # the last line of defence: never leak details
@@ -122,7 +160,7 @@ def _guard_stream(
 ) -> Callable[..., Iterator[_R]]:
     def handler(request: _T, context: grpc.ServicerContext) -> Iterator[_R]:
         try:
-            yield from behaviour(request, context)
+            yield from behaviour(_checked(request), context)
         except SamenloopError as error:
             _abort(context, error)
         except Exception as error:  # the last line of defence: never leak details
@@ -141,39 +179,56 @@ def _abort_internal(context: grpc.ServicerContext, error: Exception) -> NoReturn
     context.abort_with_status(rpc_status.to_status(_INTERNAL))
 
 
-#: The four kinds of gRPC method, how to rebuild each, and how to guard its behaviour.
-_HANDLER_KINDS: tuple[
-    tuple[str, Callable[..., grpc.RpcMethodHandler[Any, Any]], Callable[..., Any]], ...
-] = (
-    ("unary_unary", grpc.unary_unary_rpc_method_handler, _guard_unary),
-    ("unary_stream", grpc.unary_stream_rpc_method_handler, _guard_stream),
-    ("stream_unary", grpc.stream_unary_rpc_method_handler, _guard_unary),
-    ("stream_stream", grpc.stream_stream_rpc_method_handler, _guard_stream),
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    ServerInterceptor = grpc.ServerInterceptor[Any, Any]
+else:  # grpc's classes are not generic at run time; only the stubs are
+    Handler = grpc.RpcMethodHandler
+    ServerInterceptor = grpc.ServerInterceptor
+
+Wrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+#: The four kinds of gRPC method, how to rebuild each, and whether its responses stream.
+_HANDLER_KINDS: tuple[tuple[str, Callable[..., Handler], bool], ...] = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
 )
 
-if TYPE_CHECKING:
-    _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
-else:  # grpc's classes are not generic at run time; only the stubs are
-    _ServerInterceptor = grpc.ServerInterceptor
+
+def wrap_handler(
+    handler: Handler, *, unary: Wrapper, streaming: Wrapper, tolerant: bool = False
+) -> Handler:
+    """Rebuild a method handler with its behaviour wrapped: the one place that knows the kinds.
+
+    ``unary`` wraps behaviours that return one response, ``streaming`` those
+    that yield responses (a generator wrapper must itself be a generator).
+    With ``tolerant``, requests that do not decode reach the wrapper as
+    :class:`Undecodable` instead of failing inside gRPC.
+    """
+    deserializer = handler.request_deserializer
+    for kind, make_handler, streams in _HANDLER_KINDS:
+        behaviour = getattr(handler, kind)
+        if behaviour:
+            return make_handler(
+                (streaming if streams else unary)(behaviour),
+                request_deserializer=_tolerant(deserializer) if tolerant else deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    return handler  # pragma: no cover - grpc has no other kinds
 
 
-class ErrorInterceptor(_ServerInterceptor):
+Continuation = Callable[[grpc.HandlerCallDetails], Handler | None]
+
+
+class ErrorInterceptor(ServerInterceptor):
     """Server interceptor that maps every error raised by a handler to a gRPC status."""
 
     def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        for kind, make_handler, guard in _HANDLER_KINDS:
-            behaviour = getattr(handler, kind)
-            if behaviour:
-                return make_handler(
-                    guard(behaviour),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        return handler  # pragma: no cover - grpc has no other kinds
+        return wrap_handler(handler, unary=_guard_unary, streaming=_guard_stream, tolerant=True)

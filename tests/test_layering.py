@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 
-ADAPTERS = {"rpc", "cli"}  # policies' two adapters: errors to gRPC statuses, and to exit codes
+# policies' adapters: errors to gRPC statuses, errors to exit codes, and the database plumbing
+ADAPTERS = {"rpc", "cli", "database"}
 
 SANS_IO = [
     *(
@@ -24,6 +25,10 @@ SANS_IO = [
     "samenloop.node.tokens",
     "samenloop.node.identifiers",
     "samenloop.node.keysetup",
+    "samenloop.node.evaluation",
+    "samenloop.node.holder",
+    "samenloop.broker.matching",
+    "samenloop.broker.mailbox",
 ]
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from samenloop.policies import errors, rpc
 from samenloop.policies.errors import InvalidIdentifier, Status
+from samenloop.v1 import common_pb2
 
 SERVICE = "samenloop.test.Echo"
 
@@ -57,6 +58,11 @@ def channel():
         "Stream": grpc.unary_stream_rpc_method_handler(_stream, identity, identity),
         "Chat": grpc.stream_stream_rpc_method_handler(_chat, identity, identity),
         "Count": grpc.stream_unary_rpc_method_handler(_count, identity, identity),
+        "Typed": grpc.unary_unary_rpc_method_handler(
+            lambda request, context: request.SerializeToString(),
+            request_deserializer=common_pb2.Signed.FromString,
+            response_serializer=identity,
+        ),
     }
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
     port = server.add_insecure_port("127.0.0.1:0")
@@ -133,3 +139,14 @@ def test_client_stream_errors_are_mapped(channel):
 @pytest.mark.parametrize("status", list(Status))
 def test_every_status_hint_is_a_grpc_code(status):
     assert rpc.status_code(status).name == status.value
+
+
+def test_garbage_on_the_wire_is_invalid_argument_naming_the_request(channel):
+    typed = channel.unary_unary(f"/{SERVICE}/Typed")
+    valid = common_pb2.Signed(body=b"x", signer="gemeente").SerializeToString()
+    assert typed(valid, timeout=5) == valid
+    with pytest.raises(grpc.RpcError) as info:
+        typed(b"\xff\xff\xff\xff", timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rpc.error_from_rpc(info.value).field == "request"
+    assert typed(valid, timeout=5) == valid  # still serving

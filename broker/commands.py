@@ -1,0 +1,36 @@
+"""``samenloop broker``: run the broker, migrate its database."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from samenloop.broker import server
+from samenloop.policies import database
+from samenloop.policies.config import load_broker_config
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("broker", help="the covenant's broker")
+    commands = parser.add_subparsers(dest="broker_command", metavar="COMMAND", required=True)
+    serve = commands.add_parser("serve", help="run the broker until SIGTERM")
+    serve.add_argument("--config", type=Path, required=True, help="broker.toml")
+    serve.set_defaults(func=_serve)
+    migrate = commands.add_parser("migrate", help="bring the broker's database to this version")
+    migrate.add_argument("--config", type=Path, required=True, help="broker.toml")
+    migrate.set_defaults(func=_migrate)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    return server.serve(load_broker_config(args.config))
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    config = load_broker_config(args.config)
+    engine = database.make_engine(config.database_url)
+    try:
+        database.upgrade(engine, server.MIGRATIONS)
+        print(f"broker database at {', '.join(database.current(engine))}")
+    finally:
+        engine.dispose()
+    return 0

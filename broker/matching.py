@@ -1,0 +1,702 @@
+"""Incremental matching: a batch of token entries in, hit-group changes and notice drafts out.
+
+A *hit group* exists for a token whose live entries come from at least the
+covenant's minimum number of distinct parties (several refs of one party on a
+token count once). It has a random id fixed for its life, a revision (1 when
+formed, plus one per change), first and last seen, and an open flag. When a
+token drops below the minimum its group closes for good; should the token
+reach the minimum again, a new group with a new id forms.
+
+Every operation is incremental: it takes only the state of the tokens that the
+batch touches (:class:`TokenState`: the token's stored entries and its open
+group), so its cost depends on the batch, never on the size of the index. The
+store loads those states, calls one of :func:`submit`, :func:`withdraw`,
+:func:`expire` or :func:`remove_party`, and writes back the :class:`Change`.
+All of them share one rule, :func:`_regroup`, that compares a token's live
+entries before and after and decides the group's fate and the notices:
+
+============================  =========================================================
+before -> after               notices (one revision per change)
+============================  =========================================================
+no group, >= min, entry added  NEW to every member
+open, < min                    CLOSED to every previous member
+open, >= min, entry added      NEW to members that joined, GROWN to the others,
+                               CLOSED to members that left entirely
+open, >= min, entries removed  SHRUNK to the remaining members, CLOSED to those that left
+anything else                  nothing (entries may still be stored or updated)
+============================  =========================================================
+
+An entry whose ``expires_at`` has passed is not live: whenever a token is
+touched its expired entries are dropped, with the same consequences.
+
+What a recipient learns is decided by a :data:`VisibilityRule`; the default,
+:func:`members_see_all`, lets every member see everything about the others.
+The covenant's visibility rules plug in here. Time (``now``) and group ids
+(``new_group_id``) are passed in. This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+from samenloop.policies.errors import ConfigurationError, InvalidInput, MessageTooLarge
+from samenloop.v1 import common_pb2
+
+TOKEN_BYTES: int = common_pb2.LIMITS_TOKEN_BYTES
+REF_BYTES: int = common_pb2.LIMITS_ID_BYTES
+GROUP_ID_BYTES: int = common_pb2.LIMITS_ID_BYTES
+MAX_ENTRIES_PER_BATCH: int = common_pb2.LIMITS_MAX_TOKENS_PER_BATCH
+MAX_REFS_PER_WITHDRAWAL: int = common_pb2.LIMITS_MAX_REFS_PER_WITHDRAWAL
+MAX_PARTY_ID_BYTES: int = common_pb2.LIMITS_MAX_PARTY_ID_BYTES
+_MAX_KEY_EPOCH = 2**32 - 1
+
+_SUBMIT_DOMAIN = b"samenloop/v1 submit-tokens"
+_WITHDRAW_DOMAIN = b"samenloop/v1 withdraw-tokens"
+
+
+# --- values -------------------------------------------------------------------
+
+
+class EntryKey(NamedTuple):
+    """What makes a token entry itself: its party, signal ref and token."""
+
+    party: str
+    signal_ref: bytes
+    token: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One token entry: a party's token for one signal ref.
+
+    ``sealed_attributes`` is an opaque serialized ``SecretBox`` (the signal's
+    category under the covenant's attribute key) that the broker cannot read
+    and only copies into notices.
+    """
+
+    party: str
+    token: bytes
+    signal_ref: bytes
+    key_epoch: int
+    expires_at: datetime
+    sealed_attributes: bytes | None = None
+
+    @property
+    def key(self) -> EntryKey:
+        return EntryKey(self.party, self.signal_ref, self.token)
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A hit group as stored: stable id, revision, and whether it is still open."""
+
+    group_id: bytes
+    token: bytes
+    revision: int
+    first_seen: datetime
+    last_seen: datetime
+    open: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TokenState:
+    """What the index holds for one token: all its stored entries and its open group."""
+
+    token: bytes
+    entries: tuple[Entry, ...] = ()
+    group: Group | None = None
+
+    def __post_init__(self) -> None:
+        if self.group is not None and (self.group.token != self.token or not self.group.open):
+            raise ValueError("a token state's group must be the token's open group")
+        if any(e.token != self.token for e in self.entries):
+            raise ValueError("a token state holds only entries of its own token")
+
+
+class NoticeKind(enum.IntEnum):
+    """What a hit notice reports; the numbers are those of ``HitNoticeKind``."""
+
+    NEW = 1
+    GROWN = 2
+    SHRUNK = 3
+    CLOSED = 4
+    UPDATED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Visibility:
+    """What one recipient may learn of a hit; mirrors ``HitVisibility``."""
+
+    party_count: bool = True
+    roles: bool = True
+    parties: bool = True
+    categories: bool = True
+
+
+SEE_ALL = Visibility()
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A member of a group as the broker holds it: a party, its refs and sealed attributes."""
+
+    party: str
+    signal_refs: tuple[bytes, ...]
+    sealed_attributes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    """Another member as one recipient may see it; hidden fields are ``None`` or empty."""
+
+    party: str | None
+    role: str | None
+    signal_refs: tuple[bytes, ...]
+    sealed_attributes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """What one recipient sees of a group: its visibility, the other members, the count."""
+
+    visibility: Visibility
+    members: tuple[MemberView, ...]
+    party_count: int | None
+
+
+VisibilityRule = Callable[[str, tuple[Member, ...]], View | None]
+"""``(recipient, all members of the group) -> what the recipient sees``, or ``None``
+if it may not know of the group at all (it then gets no notice)."""
+
+
+def members_see_all(roles: Mapping[str, str] | None = None) -> VisibilityRule:
+    """The rule until the covenant brings its own: every member sees everything.
+
+    ``roles`` maps party ids to their covenant roles, shown to the other members.
+    """
+    role_of = dict(roles or {})
+
+    def rule(recipient: str, members: tuple[Member, ...]) -> View | None:
+        others = tuple(
+            MemberView(
+                party=m.party,
+                role=role_of.get(m.party),
+                signal_refs=m.signal_refs,
+                sealed_attributes=m.sealed_attributes,
+            )
+            for m in members
+            if m.party != recipient
+        )
+        return View(SEE_ALL, others, party_count=len(members))
+
+    return rule
+
+
+DEFAULT_VISIBILITY: VisibilityRule = members_see_all()
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeDraft:
+    """One hit notice for one recipient, ready for the broker to sign.
+
+    For ``CLOSED`` notices ``own_refs`` are the refs the recipient had in the
+    group, and no members or count are given: the hit is over for it.
+    """
+
+    recipient: str
+    group: Group
+    kind: NoticeKind
+    own_refs: tuple[bytes, ...]
+    view: View
+    picture_reporter: bool
+
+    @property
+    def group_id(self) -> bytes:
+        return self.group.group_id
+
+    @property
+    def revision(self) -> int:
+        return self.group.revision
+
+    @property
+    def first_seen(self) -> datetime:
+        return self.group.first_seen
+
+    @property
+    def last_seen(self) -> datetime:
+        return self.group.last_seen
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What an operation does to the index: rows to write and notices to deliver.
+
+    ``updated`` entries replace the stored entry with the same key; ``groups``
+    are inserted or updated by ``group_id``.
+    """
+
+    inserted: tuple[Entry, ...] = ()
+    updated: tuple[Entry, ...] = ()
+    deleted: tuple[Entry, ...] = ()
+    groups: tuple[Group, ...] = ()
+    notices: tuple[NoticeDraft, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """The outcome of a submitted batch: the change, and the counts the node is told."""
+
+    change: Change
+    stored: int
+    unchanged: int
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """The outcome of a withdrawal: the change, refs withdrawn, refs not held."""
+
+    change: Change
+    withdrawn: int
+    unknown: int
+
+
+# --- parsing at the boundary ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A validated submission: duplicates collapsed, times in UTC, with its digest.
+
+    ``positions[i]`` is the index in the request of ``entries[i]`` (the last
+    occurrence of a duplicate), so later errors can name the offending field.
+    """
+
+    party: str
+    key_epoch: int
+    entries: tuple[Entry, ...]
+    positions: tuple[int, ...]
+    digest: bytes
+
+    @property
+    def tokens(self) -> tuple[bytes, ...]:
+        """The distinct tokens of the batch, sorted."""
+        return tuple(sorted({e.token for e in self.entries}))
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalBatch:
+    """A validated withdrawal: the party's distinct refs, sorted, with its digest."""
+
+    party: str
+    signal_refs: tuple[bytes, ...]
+    digest: bytes
+
+
+def _check_party(party: str) -> None:
+    if not 0 < len(party.encode("utf-8")) <= MAX_PARTY_ID_BYTES:
+        raise InvalidInput(f"party id must be 1..{MAX_PARTY_ID_BYTES} bytes", field="party")
+
+
+def _utc(moment: datetime, field: str) -> datetime:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidInput("time must carry a time zone", field=field)
+    return moment.astimezone(UTC)
+
+
+def _micros(moment: datetime) -> int:
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _framed(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def parse_batch(party: str, key_epoch: int, entries: Sequence[Entry]) -> Batch:
+    """Validate a submission's shape; collapse duplicates (the last occurrence wins).
+
+    Expiry is checked later, against ``now``, by :func:`submit`: a resubmitted
+    batch must be recognised as such even when its entries have expired since.
+    """
+    _check_party(party)
+    if not 1 <= key_epoch <= _MAX_KEY_EPOCH:
+        raise InvalidInput("key epoch must be 1..2^32-1", field="key_epoch")
+    if not entries:
+        raise InvalidInput("a batch needs at least one entry", field="entries")
+    if len(entries) > MAX_ENTRIES_PER_BATCH:
+        raise MessageTooLarge(
+            f"at most {MAX_ENTRIES_PER_BATCH} entries per batch, got {len(entries)}",
+            field="entries",
+        )
+    kept: dict[tuple[bytes, bytes], tuple[int, Entry]] = {}
+    for i, entry in enumerate(entries):
+        if entry.party != party:
+            raise InvalidInput("entry names another party", field=f"entries[{i}]")
+        if len(entry.token) != TOKEN_BYTES:
+            raise InvalidInput(f"token must be {TOKEN_BYTES} bytes", field=f"entries[{i}].token")
+        if len(entry.signal_ref) != REF_BYTES:
+            raise InvalidInput(
+                f"signal ref must be {REF_BYTES} bytes", field=f"entries[{i}].signal_ref"
+            )
+        expires_at = entry.expires_at
+        if expires_at.tzinfo is not UTC:
+            expires_at = _utc(expires_at, f"entries[{i}].expires_at")
+        if entry.sealed_attributes is not None and not entry.sealed_attributes:
+            raise InvalidInput(
+                "sealed attributes, when given, must not be empty",
+                field=f"entries[{i}].sealed_attributes",
+            )
+        if entry.key_epoch != key_epoch or expires_at is not entry.expires_at:
+            entry = Entry(
+                party, entry.token, entry.signal_ref, key_epoch, expires_at, entry.sealed_attributes
+            )
+        kept[(entry.signal_ref, entry.token)] = (i, entry)
+    digest = hashlib.sha256(_SUBMIT_DOMAIN + struct.pack(">I", key_epoch))
+    for ref, token in sorted(kept):
+        sealed = kept[(ref, token)][1].sealed_attributes
+        digest.update(
+            b"".join(
+                (
+                    token,
+                    ref,
+                    struct.pack(">q", _micros(kept[(ref, token)][1].expires_at)),
+                    b"\x00" if sealed is None else b"\x01" + _framed(sealed),
+                )
+            )
+        )
+    by_position = sorted(kept.values(), key=lambda pair: pair[0])
+    return Batch(
+        party=party,
+        key_epoch=key_epoch,
+        entries=tuple(entry for _, entry in by_position),
+        positions=tuple(position for position, _ in by_position),
+        digest=digest.digest(),
+    )
+
+
+def parse_withdrawal(party: str, signal_refs: Sequence[bytes]) -> WithdrawalBatch:
+    """Validate a withdrawal's refs; collapse duplicates."""
+    _check_party(party)
+    if not signal_refs:
+        raise InvalidInput("a withdrawal needs at least one signal ref", field="signal_refs")
+    if len(signal_refs) > MAX_REFS_PER_WITHDRAWAL:
+        raise MessageTooLarge(
+            f"at most {MAX_REFS_PER_WITHDRAWAL} signal refs per withdrawal, got {len(signal_refs)}",
+            field="signal_refs",
+        )
+    for i, ref in enumerate(signal_refs):
+        if len(ref) != REF_BYTES:
+            raise InvalidInput(f"signal ref must be {REF_BYTES} bytes", field=f"signal_refs[{i}]")
+    refs = tuple(sorted(set(signal_refs)))
+    digest = hashlib.sha256(_WITHDRAW_DOMAIN + b"".join(refs)).digest()
+    return WithdrawalBatch(party=party, signal_refs=refs, digest=digest)
+
+
+# --- operations ----------------------------------------------------------------
+
+
+def _check_call(min_parties: int, now: datetime) -> datetime:
+    if min_parties < 2:
+        raise ConfigurationError("a hit needs at least two parties", field="min_parties")
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must carry a time zone")
+    return now.astimezone(UTC)
+
+
+def _by_token(states: Iterable[TokenState]) -> dict[bytes, TokenState]:
+    return {state.token: state for state in states}
+
+
+def submit(
+    batch: Batch,
+    states: Iterable[TokenState],
+    *,
+    min_parties: int,
+    now: datetime,
+    new_group_id: Callable[[], bytes],
+    visibility: VisibilityRule = DEFAULT_VISIBILITY,
+) -> Submission:
+    """Store a batch and match it against the touched tokens' states.
+
+    ``states`` must hold every stored entry and the open group of each token
+    in the batch (tokens without a state are taken as unseen).
+    """
+    now = _check_call(min_parties, now)
+    for entry, position in zip(batch.entries, batch.positions, strict=True):
+        if entry.expires_at <= now:
+            raise InvalidInput(
+                "expires_at must lie in the future", field=f"entries[{position}].expires_at"
+            )
+    known = _by_token(states)
+    incoming: dict[bytes, list[Entry]] = {}
+    for entry in batch.entries:
+        incoming.setdefault(entry.token, []).append(entry)
+
+    builder = _ChangeBuilder(min_parties, now, new_group_id, visibility)
+    stored = unchanged = 0
+    for token in sorted(incoming):
+        state = known.get(token)
+        if state is None:
+            # Nothing held for this token: its entries are new, and, all being one
+            # party's, cannot form a group (min_parties >= 2). The common case.
+            builder.inserted.extend(incoming[token])
+            stored += len(incoming[token])
+            continue
+        live, expired = _split_live(state.entries, now)
+        stored_by_key = {e.key: e for e in state.entries}
+        live_keys = {e.key for e in live}
+        after = {e.key: e for e in live}
+        for entry in incoming[token]:
+            previous = stored_by_key.get(entry.key)
+            if previous is None:
+                builder.inserted.append(entry)
+                stored += 1
+            elif entry.key not in live_keys:  # expired and not yet dropped: counts as new
+                builder.updated.append(entry)
+                stored += 1
+            else:
+                unchanged += 1
+                if previous != entry:
+                    builder.updated.append(entry)
+            after[entry.key] = entry
+        builder.deleted.extend(e for e in expired if e.key not in after)
+        builder.regroup(state, live, tuple(after.values()), may_form=True)
+    return Submission(builder.build(), stored=stored, unchanged=unchanged)
+
+
+def withdraw(
+    batch: WithdrawalBatch,
+    states: Iterable[TokenState],
+    *,
+    min_parties: int,
+    now: datetime,
+    visibility: VisibilityRule = DEFAULT_VISIBILITY,
+) -> Withdrawal:
+    """Remove the party's entries for the batch's refs.
+
+    ``states`` must hold the state of every token on which the party has an
+    entry for one of the refs.
+    """
+    wanted = set(batch.signal_refs)
+    held: set[bytes] = set()
+
+    def doomed(entry: Entry) -> bool:
+        if entry.party == batch.party and entry.signal_ref in wanted:
+            held.add(entry.signal_ref)
+            return True
+        return False
+
+    change = _remove(states, doomed, min_parties=min_parties, now=now, visibility=visibility)
+    return Withdrawal(change, withdrawn=len(held), unknown=len(wanted) - len(held))
+
+
+def expire(
+    states: Iterable[TokenState],
+    *,
+    min_parties: int,
+    now: datetime,
+    visibility: VisibilityRule = DEFAULT_VISIBILITY,
+) -> Change:
+    """Drop the entries whose ``expires_at`` has passed from the given tokens."""
+    return _remove(
+        states, lambda entry: False, min_parties=min_parties, now=now, visibility=visibility
+    )
+
+
+def remove_party(
+    party: str,
+    states: Iterable[TokenState],
+    *,
+    min_parties: int,
+    now: datetime,
+    visibility: VisibilityRule = DEFAULT_VISIBILITY,
+) -> Change:
+    """Drop every entry of a party that the covenant no longer lists.
+
+    ``states`` must hold the state of every token on which the party has entries.
+    """
+    return _remove(
+        states,
+        lambda entry: entry.party == party,
+        min_parties=min_parties,
+        now=now,
+        visibility=visibility,
+    )
+
+
+def _remove(
+    states: Iterable[TokenState],
+    doomed: Callable[[Entry], bool],
+    *,
+    min_parties: int,
+    now: datetime,
+    visibility: VisibilityRule,
+) -> Change:
+    now = _check_call(min_parties, now)
+    builder = _ChangeBuilder(min_parties, now, _no_new_groups, visibility)
+    for _, state in sorted(_by_token(states).items()):
+        live, expired = _split_live(state.entries, now)
+        # Evaluate every entry, so that ``doomed`` sees expired ones too.
+        gone = [e for e in state.entries if doomed(e)]
+        gone_keys = {e.key for e in gone}
+        after = tuple(e for e in live if e.key not in gone_keys)
+        builder.deleted.extend(gone)
+        builder.deleted.extend(e for e in expired if e.key not in gone_keys)
+        builder.regroup(state, live, after, may_form=False)
+    return builder.build()
+
+
+def _no_new_groups() -> bytes:  # pragma: no cover - removals never form groups
+    raise AssertionError("a removal cannot form a group")
+
+
+def _split_live(entries: Iterable[Entry], now: datetime) -> tuple[list[Entry], list[Entry]]:
+    live: list[Entry] = []
+    expired: list[Entry] = []
+    for entry in entries:
+        (live if entry.expires_at > now else expired).append(entry)
+    return live, expired
+
+
+def _members(entries: Iterable[Entry]) -> tuple[Member, ...]:
+    by_party: dict[str, list[Entry]] = {}
+    for entry in entries:
+        by_party.setdefault(entry.party, []).append(entry)
+    members = []
+    for party in sorted(by_party):
+        own = sorted(by_party[party], key=lambda e: e.signal_ref)
+        members.append(
+            Member(
+                party=party,
+                signal_refs=tuple(e.signal_ref for e in own),
+                sealed_attributes=tuple(
+                    e.sealed_attributes for e in own if e.sealed_attributes is not None
+                ),
+            )
+        )
+    return tuple(members)
+
+
+class _ChangeBuilder:
+    """Collects the rows and notices of one operation, token by token."""
+
+    def __init__(
+        self,
+        min_parties: int,
+        now: datetime,
+        new_group_id: Callable[[], bytes],
+        visibility: VisibilityRule,
+    ) -> None:
+        self.min_parties = min_parties
+        self.now = now
+        self.new_group_id = new_group_id
+        self.visibility = visibility
+        self.inserted: list[Entry] = []
+        self.updated: list[Entry] = []
+        self.deleted: list[Entry] = []
+        self.groups: list[Group] = []
+        self.notices: list[NoticeDraft] = []
+
+    def build(self) -> Change:
+        return Change(
+            inserted=tuple(self.inserted),
+            updated=tuple(self.updated),
+            deleted=tuple(self.deleted),
+            groups=tuple(self.groups),
+            notices=tuple(self.notices),
+        )
+
+    def regroup(
+        self,
+        state: TokenState,
+        live_before: Sequence[Entry],
+        after: Sequence[Entry],
+        *,
+        may_form: bool,
+    ) -> None:
+        """Decide the token's group and notices from its entries before and after.
+
+        An entry joins when it was not live before (an expired entry submitted
+        again joins anew); an entry leaves when it was stored before, live or
+        not, and is gone after: members whose entries expired unseen are told.
+        """
+        group = state.group
+        after_keys = {e.key for e in after}
+        joined = bool(after_keys - {e.key for e in live_before})
+        left = bool({e.key for e in state.entries} - after_keys)
+        old = _members(state.entries)
+        new = _members(after)
+        old_parties = {m.party for m in old}
+        new_parties = {m.party for m in new}
+        enough = len(new_parties) >= self.min_parties
+
+        if group is None:
+            if not (may_form and joined and enough):
+                return
+            group_id = self.new_group_id()
+            if len(group_id) != GROUP_ID_BYTES:
+                raise ValueError(f"group ids are {GROUP_ID_BYTES} bytes")
+            changed = Group(group_id, state.token, 1, self.now, self.now)
+            old = ()
+            kinds = {party: NoticeKind.NEW for party in new_parties}
+        elif not enough:
+            changed = replace(group, revision=group.revision + 1, last_seen=self.now, open=False)
+            kinds = {party: NoticeKind.CLOSED for party in old_parties}
+        elif joined or left:
+            changed = replace(group, revision=group.revision + 1, last_seen=self.now)
+            stayed = NoticeKind.GROWN if joined else NoticeKind.SHRUNK
+            kinds = {
+                party: stayed
+                if party in old_parties and self.visibility(party, old) is not None
+                else NoticeKind.NEW
+                for party in new_parties
+            }
+            kinds.update({party: NoticeKind.CLOSED for party in old_parties - new_parties})
+        else:
+            return
+        self.groups.append(changed)
+        self._notify(changed, kinds, old, new)
+
+    def _notify(
+        self,
+        group: Group,
+        kinds: dict[str, NoticeKind],
+        old: tuple[Member, ...],
+        new: tuple[Member, ...],
+    ) -> None:
+        drafts: list[tuple[str, NoticeKind, tuple[bytes, ...], View]] = []
+        old_refs = {m.party: m.signal_refs for m in old}
+        new_refs = {m.party: m.signal_refs for m in new}
+        for party in sorted(kinds):
+            kind = kinds[party]
+            if kind is NoticeKind.CLOSED:
+                seen = self.visibility(party, old)
+                if seen is None:  # never told of the group: nothing to close
+                    continue
+                view = View(seen.visibility, members=(), party_count=None)
+                drafts.append((party, kind, old_refs.get(party, ()), view))
+            else:
+                shown = self.visibility(party, new)
+                if shown is not None:
+                    drafts.append((party, kind, new_refs.get(party, ()), shown))
+        if not drafts:
+            return
+        staying = [party for party, kind, _, _ in drafts if kind is not NoticeKind.CLOSED]
+        reporter = min(staying) if staying else min(party for party, _, _, _ in drafts)
+        self.notices.extend(
+            NoticeDraft(
+                recipient=party,
+                group=group,
+                kind=kind,
+                own_refs=refs,
+                view=view,
+                picture_reporter=party == reporter,
+            )
+            for party, kind, refs, view in drafts
+        )

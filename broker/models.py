@@ -1,0 +1,224 @@
+"""The broker's tables, as SQLAlchemy 2 typed models.
+
+Constraints live in the database (checks on sizes, ranges and cursors, foreign
+keys, uniqueness), timestamps are UTC (:class:`UtcDateTime`). The migrations
+in ``samenloop.broker.migrations`` create exactly this schema; a test compares
+the two.
+
+The token index must stay fast at tens of millions of entries. Every batch
+inserts its rows into each index of ``token_entries``; an index whose keys are
+random (tokens, signal refs) takes each insert to a random leaf page, so once
+it outgrows the cache every insert reads a cold page and dirties it. Hence:
+
+* ``ix_token_entries_token_prefix``, the one index that must be random (it
+  finds a batch's tokens), holds only a signed 64-bit prefix of the token: an
+  entry is a few bytes plus the row id, so the index stays small and mostly
+  cached. The full token is compared after the lookup.
+* ``ix_token_entries_party_ref`` finds a party's signal refs for withdrawals,
+  which are rare, so it is built for cheap inserts instead: its key is
+  (party, first byte of the ref, row id) with the ref's prefix carried along.
+  Row ids grow, so an insert lands at the end of one of 256 runs per party, a
+  small set of pages that stays hot; a lookup scans the ref's run (about
+  1/256 of the party's entries) reading index pages only.
+* ``ix_token_entries_expiry_bucket`` is by week, for the same reason.
+* Rows are appended in row-id order.
+
+There is no unique index on (token, party, ref): it would be a second random
+index as large as the token index. Matching writes are serialized, and the
+store only inserts entries that matching found absent.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Final
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from samenloop.policies.database import UtcDateTime
+
+# A 64-bit primary key that is SQLite's row id there (only "INTEGER PRIMARY KEY" is).
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UtcDateTime(),
+        bytes: LargeBinary(),
+        str: String(64),
+    }
+
+
+class Party(Base):
+    """A party the broker has heard from or about; the other tables refer to its small id."""
+
+    __tablename__ = "parties"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(unique=True)
+
+    __table_args__ = (CheckConstraint("length(name) >= 1", name="name_not_empty"),)
+
+
+class TokenEntry(Base):
+    """One party's token for one signal ref (one row per token, party and ref)."""
+
+    __tablename__ = "token_entries"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    token_prefix: Mapped[int] = mapped_column(BigInteger)
+    # A parties.id, deliberately without a foreign key: its per-row check halves
+    # PostgreSQL's COPY rate on this, the hottest table, and parties are never deleted.
+    party_id: Mapped[int] = mapped_column(Integer)
+    ref_bucket: Mapped[int] = mapped_column(SmallInteger)
+    ref_prefix: Mapped[int] = mapped_column(BigInteger)
+    token: Mapped[bytes]
+    signal_ref: Mapped[bytes]
+    key_epoch: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime]
+    # Whole weeks from 1970-01-01 to expires_at: the expiry sweep's index key.
+    expiry_bucket: Mapped[int] = mapped_column(Integer)
+    # Serialized SecretBox, opaque to the broker.
+    sealed_attributes: Mapped[bytes | None]
+
+    __table_args__ = (
+        Index("ix_token_entries_token_prefix", "token_prefix"),
+        Index("ix_token_entries_party_ref", "party_id", "ref_bucket", "id", "ref_prefix"),
+        Index("ix_token_entries_expiry_bucket", "expiry_bucket"),
+        CheckConstraint("length(token) = 32", name="token_size"),
+        CheckConstraint("length(signal_ref) = 16", name="signal_ref_size"),
+        CheckConstraint("ref_bucket >= 0 AND ref_bucket <= 255", name="ref_bucket_range"),
+        CheckConstraint("key_epoch >= 1 AND key_epoch <= 4294967295", name="key_epoch_range"),
+    )
+
+
+class HitGroup(Base):
+    """A hit group: random id, revision, first and last seen; at most one open per token.
+
+    Members are not stored: they are the token's live entries.
+    """
+
+    __tablename__ = "hit_groups"
+
+    group_id: Mapped[bytes] = mapped_column(primary_key=True)
+    token_prefix: Mapped[int] = mapped_column(BigInteger)
+    token: Mapped[bytes]
+    revision: Mapped[int] = mapped_column(BigInteger)
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    is_open: Mapped[bool]
+
+    __table_args__ = (
+        Index(
+            "uq_hit_groups_open_token",
+            "token_prefix",
+            "token",
+            unique=True,
+            sqlite_where=text("is_open = 1"),
+            postgresql_where=text("is_open"),
+        ),
+        CheckConstraint("length(group_id) = 16", name="group_id_size"),
+        CheckConstraint("length(token) = 32", name="token_size"),
+        CheckConstraint("revision >= 1", name="revision_positive"),
+        CheckConstraint("first_seen <= last_seen", name="seen_order"),
+    )
+
+
+class ProcessedBatch(Base):
+    """A submission or withdrawal already acknowledged: its digest and recorded result."""
+
+    __tablename__ = "processed_batches"
+
+    party_id: Mapped[int] = mapped_column(ForeignKey("parties.id"), primary_key=True)
+    client_batch_id: Mapped[bytes] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    # SHA-256 of the batch's canonical content (see matching.parse_batch).
+    digest: Mapped[bytes]
+    stored: Mapped[int | None] = mapped_column(Integer)
+    unchanged: Mapped[int | None] = mapped_column(Integer)
+    withdrawn: Mapped[int | None] = mapped_column(Integer)
+    unknown: Mapped[int | None] = mapped_column(Integer)
+    accepted_at: Mapped[datetime]
+
+    __table_args__ = (
+        CheckConstraint("length(client_batch_id) = 16", name="client_batch_id_size"),
+        CheckConstraint("length(digest) = 32", name="digest_size"),
+        CheckConstraint(
+            "(kind = 'submit' AND stored IS NOT NULL AND unchanged IS NOT NULL"
+            " AND withdrawn IS NULL AND unknown IS NULL)"
+            " OR (kind = 'withdraw' AND withdrawn IS NOT NULL AND unknown IS NOT NULL"
+            " AND stored IS NULL AND unchanged IS NULL)",
+            name="result_matches_kind",
+        ),
+    )
+
+
+class MailboxHead(Base):
+    """A party's mailbox: the last cursor handed out, the last acknowledged, closed or not."""
+
+    __tablename__ = "mailbox_heads"
+
+    party_id: Mapped[int] = mapped_column(ForeignKey("parties.id"), primary_key=True)
+    head_cursor: Mapped[int] = mapped_column(BigInteger)
+    acked_cursor: Mapped[int] = mapped_column(BigInteger)
+    closed: Mapped[bool]
+
+    __table_args__ = (
+        CheckConstraint("acked_cursor >= 0 AND acked_cursor <= head_cursor", name="cursor_order"),
+    )
+
+
+class MailboxItem(Base):
+    """One item in a party's mailbox, until the party acknowledges it."""
+
+    __tablename__ = "mailbox_items"
+
+    party_id: Mapped[int] = mapped_column(ForeignKey("mailbox_heads.party_id"), primary_key=True)
+    cursor: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[bytes]
+    enqueued_at: Mapped[datetime]
+
+    __table_args__ = (
+        CheckConstraint("cursor >= 1", name="cursor_positive"),
+        CheckConstraint("kind IN ('hit_notice', 'envelope', 'covenant_update')", name="kind_known"),
+    )
+
+
+class RelayedEnvelope(Base):
+    """An envelope already relayed: sender and message id, its digest, where it went."""
+
+    __tablename__ = "relayed_envelopes"
+
+    sender_id: Mapped[int] = mapped_column(ForeignKey("parties.id"), primary_key=True)
+    client_message_id: Mapped[bytes] = mapped_column(primary_key=True)
+    digest: Mapped[bytes]
+    recipient_id: Mapped[int] = mapped_column(ForeignKey("parties.id"))
+    cursor: Mapped[int] = mapped_column(BigInteger)
+    accepted_at: Mapped[datetime]
+
+    __table_args__ = (
+        CheckConstraint("length(client_message_id) = 16", name="client_message_id_size"),
+        CheckConstraint("length(digest) = 32", name="digest_size"),
+    )

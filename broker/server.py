@@ -1,0 +1,137 @@
+"""The broker process: mTLS gRPC server, health and reflection, retention sweep.
+
+``build_server`` wires the servicer to a ``grpc.Server`` with the covenant CA
+as the only client root (``require_client_auth=True``), the error and party
+interceptors, the standard health service and server reflection. ``serve``
+runs it until SIGTERM or SIGINT and sweeps expired tokens meanwhile.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from samenloop.broker.auth import PartyInterceptor
+from samenloop.broker.service import BrokerContext, BrokerService
+from samenloop.broker.store import BrokerStore
+from samenloop.policies import database
+from samenloop.policies.config import BrokerConfig
+from samenloop.policies.covenant import Covenant, load_covenant
+from samenloop.policies.crypto import PartyKeys
+from samenloop.policies.errors import ConfigurationError
+from samenloop.policies.rpc import ErrorInterceptor
+from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS = "samenloop.broker.migrations"
+SERVICE_NAME = broker_pb2.DESCRIPTOR.services_by_name["Broker"].full_name
+MAX_WORKERS = 64
+SWEEP_SECONDS = 60.0
+
+#: Message size limits on both directions, from the wire format.
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", common_pb2.LIMITS_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", common_pb2.LIMITS_MAX_MESSAGE_BYTES),
+]
+
+
+@dataclass
+class RunningBroker:
+    """A started broker: its server, the port it listens on, and its service."""
+
+    server: grpc.Server
+    port: int
+    service: BrokerService
+    store: BrokerStore
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        self.server.stop(grace).wait()
+        self.store.engine.dispose()
+
+
+def _read(path: object, what: str) -> bytes:
+    try:
+        with open(str(path), "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot read {what} {path}: {error.strerror}", field=what
+        ) from error
+
+
+def build_server(
+    config: BrokerConfig,
+    *,
+    covenant: Callable[[], Covenant] | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    evaluate_timeout: float | None = None,
+) -> RunningBroker:
+    """Open the store (at the schema head), build and start the server."""
+    current = load_covenant(config.covenant)
+    covenant_source = covenant or (lambda: current)
+    keys = PartyKeys.load(config.signing_keys)
+    if keys.public().ed25519 != current.broker.ed25519:
+        raise ConfigurationError(
+            "the signing keys are not the broker's key in the covenant", field="signing_keys"
+        )
+    engine = database.make_engine(config.database_url)
+    database.check_at_head(engine, MIGRATIONS)
+    store = BrokerStore(engine)
+    context = BrokerContext(covenant=covenant_source, store=store, keys=keys, clock=clock)
+    if evaluate_timeout is not None:
+        context.evaluate_timeout = evaluate_timeout
+    service = BrokerService(context)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="broker"),
+        interceptors=[ErrorInterceptor(), PartyInterceptor(covenant_source)],
+        options=CHANNEL_OPTIONS,
+    )
+    broker_pb2_grpc.add_BrokerServicer_to_server(service, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_name, reflection.SERVICE_NAME), server
+    )
+    credentials = grpc.ssl_server_credentials(
+        [(_read(config.private_key, "private_key"), _read(config.certificate, "certificate"))],
+        root_certificates=current.ca_certificate,
+        require_client_auth=True,
+    )
+    port = server.add_secure_port(config.listen, credentials)
+    if port == 0:
+        raise ConfigurationError(f"cannot listen on {config.listen}", field="listen")
+    server.start()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    log.info("broker listening", address=config.listen, port=port, covenant=current.id)
+    return RunningBroker(server=server, port=port, service=service, store=store)
+
+
+def serve(config: BrokerConfig) -> int:
+    """Run the broker until SIGTERM or SIGINT."""
+    running = build_server(config)
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping.wait(SWEEP_SECONDS):
+        removed = running.service.expire()
+        if removed:
+            log.info("expired token entries dropped", count=removed)
+    log.info("broker stopping")
+    running.stop()
+    return 0

@@ -1,0 +1,485 @@
+"""The ``samenloop.v1.Broker`` servicer: protobuf in, store and relay calls, protobuf out.
+
+A thin adapter: matching and mailbox rules live in ``matching`` and
+``mailbox``, persistence in ``store``, the OPRF switchboard in ``relay``.
+Every method starts from ``caller(context)``, the party in the verified client
+certificate, and checks each field that names the caller against it. Errors
+are raised as ``SamenloopError``s and mapped to statuses by the one
+interceptor in ``samenloop.policies.rpc``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+import structlog
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError
+
+from samenloop.broker import matching
+from samenloop.broker.auth import caller
+from samenloop.broker.mailbox import ItemKind
+from samenloop.broker.relay import Channel, Switchboard
+from samenloop.broker.store import BrokerStore, StoredItem
+from samenloop.policies import covenant as covenant_model
+from samenloop.policies.crypto import PartyKeys, SignatureContext
+from samenloop.policies.errors import (
+    InvalidInput,
+    MessageTooLarge,
+    NotAllowed,
+    NotInThisVersion,
+    SamenloopError,
+)
+from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2, keyholder_pb2
+
+log = structlog.get_logger(__name__)
+
+SOFTWARE = "samenloop 0.1.0"
+HEARTBEAT_SECONDS = 15.0
+EVALUATE_TIMEOUT_SECONDS = 10
+MAX_MESSAGE_BYTES: int = common_pb2.LIMITS_MAX_MESSAGE_BYTES
+MAX_ENVELOPE_BYTES: int = common_pb2.LIMITS_MAX_ENVELOPE_BYTES
+MAX_KEY_HOLDERS: int = common_pb2.LIMITS_MAX_KEY_HOLDERS
+ID_BYTES: int = common_pb2.LIMITS_ID_BYTES
+
+
+def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _from_timestamp(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
+    if stamp.seconds == 0 and stamp.nanos == 0:
+        raise InvalidInput("timestamp is missing", field=field)
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+class MailboxBell:
+    """Wakes ``StreamMailbox`` calls when their party's mailbox gets new items."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._rings: dict[str, int] = {}
+
+    def ring(self, parties: Sequence[str]) -> None:
+        with self._condition:
+            for party in parties:
+                self._rings[party] = self._rings.get(party, 0) + 1
+            self._condition.notify_all()
+
+    def count(self, party: str) -> int:
+        with self._condition:
+            return self._rings.get(party, 0)
+
+    def wait(self, party: str, seen: int, timeout: float) -> int:
+        with self._condition:
+            self._condition.wait_for(lambda: self._rings.get(party, 0) != seen, timeout)
+            return self._rings.get(party, 0)
+
+
+@dataclass
+class BrokerContext:
+    """What the servicer works with, passed in so tests can build one directly."""
+
+    covenant: Callable[[], covenant_model.Covenant]
+    store: BrokerStore
+    keys: PartyKeys
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    switchboard: Switchboard | None = None
+    bell: MailboxBell | None = None
+    evaluate_timeout: float = EVALUATE_TIMEOUT_SECONDS
+    heartbeat_seconds: float = HEARTBEAT_SECONDS
+
+
+class BrokerService(broker_pb2_grpc.BrokerServicer):
+    """The broker's gRPC face."""
+
+    def __init__(self, context: BrokerContext) -> None:
+        self._covenant = context.covenant
+        self._store = context.store
+        self._keys = context.keys
+        self._clock = context.clock
+        self._switchboard = context.switchboard or Switchboard()
+        self._bell = context.bell or MailboxBell()
+        self._evaluate_timeout = context.evaluate_timeout
+        self._heartbeat = context.heartbeat_seconds
+
+    # --- session and covenant ------------------------------------------------------
+
+    def _limits(self) -> broker_pb2.BrokerLimits:
+        return broker_pb2.BrokerLimits(
+            max_tokens_per_batch=common_pb2.LIMITS_MAX_TOKENS_PER_BATCH,
+            max_refs_per_withdrawal=common_pb2.LIMITS_MAX_REFS_PER_WITHDRAWAL,
+            max_blinded_elements_per_request=common_pb2.LIMITS_MAX_BLINDED_ELEMENTS_PER_REQUEST,
+            max_envelope_bytes=MAX_ENVELOPE_BYTES,
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            max_mailbox_items_per_fetch=common_pb2.LIMITS_MAX_MAILBOX_ITEMS_PER_FETCH,
+            evaluate_timeout_seconds=int(self._evaluate_timeout),
+        )
+
+    def Hello(
+        self, request: broker_pb2.HelloRequest, context: grpc.ServicerContext
+    ) -> broker_pb2.HelloResponse:
+        party = caller(context)
+        if request.party != party:
+            raise NotAllowed("party does not match the client certificate", field="party")
+        covenant = self._covenant()
+        if request.covenant_id and request.covenant_id != covenant.id:
+            raise InvalidInput(f"this broker serves covenant {covenant.id}", field="covenant_id")
+        state = self._store.mailbox_state(party)
+        log.info("hello", party=party, software=request.software_version[:64])
+        return broker_pb2.HelloResponse(
+            broker=covenant.broker.id,
+            covenant_id=covenant.id,
+            covenant_version=covenant.version,
+            server_time=timestamp(self._clock()),
+            limits=self._limits(),
+            acked_cursor=state.acked_cursor,
+            head_cursor=state.head_cursor,
+        )
+
+    def GetCovenant(
+        self, request: broker_pb2.GetCovenantRequest, context: grpc.ServicerContext
+    ) -> broker_pb2.GetCovenantResponse:
+        covenant = self._covenant()
+        if request.version not in (0, covenant.version):
+            raise InvalidInput(
+                f"this broker holds version {covenant.version} only", field="version"
+            )
+        # Until the signed covenant lands, the body is the plain covenant file, unsigned.
+        body = covenant_model.covenant_to_toml(covenant)
+        return broker_pb2.GetCovenantResponse(covenant=common_pb2.SignedCovenant(body=body))
+
+    def PublishCovenant(
+        self, request: broker_pb2.PublishCovenantRequest, context: grpc.ServicerContext
+    ) -> broker_pb2.PublishCovenantResponse:
+        raise NotInThisVersion(
+            "publishing a new covenant version needs the signed covenant, which this broker "
+            "version does not have yet; restart the broker with the new covenant file",
+            field="covenant",
+        )
+
+    # --- OPRF relay -------------------------------------------------------------------
+
+    def Evaluate(
+        self, request: broker_pb2.EvaluateRequest, context: grpc.ServicerContext
+    ) -> broker_pb2.EvaluateResponse:
+        party = caller(context)
+        if not 1 <= len(request.requests) <= MAX_KEY_HOLDERS:
+            raise InvalidInput(f"1..{MAX_KEY_HOLDERS} requests", field="requests")
+        covenant = self._covenant()
+        by_index: dict[int, common_pb2.Signed] = {}
+        epochs = set()
+        for i, signed in enumerate(request.requests):
+            field = f"requests[{i}]"
+            if signed.signer != party or signed.context != SignatureContext.OPRF_REQUEST.value:
+                raise NotAllowed("requests must be the caller's own OPRF requests", field=field)
+            body = _parse_evaluation_request(signed.body, field)
+            if body.requester != party or body.covenant_id != covenant.id:
+                raise NotAllowed("request names another requester or covenant", field=field)
+            if body.holder_index in by_index:
+                raise InvalidInput("two requests for one holder", field=f"{field}.holder_index")
+            by_index[body.holder_index] = signed
+            epochs.add(body.key_epoch)
+        if len(epochs) != 1:
+            raise InvalidInput("requests must share one key epoch", field="requests")
+        (key_epoch,) = epochs
+        replies = self._switchboard.relay(key_epoch, by_index, timeout=self._evaluate_timeout)
+        order = [
+            _parse_evaluation_request(s.body, "requests").holder_index for s in request.requests
+        ]
+        return broker_pb2.EvaluateResponse(
+            replies=[replies[index] for index in order],
+            connected_holders=self._switchboard.connected(key_epoch),
+        )
+
+    def HolderChannel(
+        self,
+        request_iterator: Iterator[broker_pb2.HolderChannelRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[broker_pb2.HolderChannelResponse]:
+        party = caller(context)
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("hello"):
+            raise InvalidInput("a holder channel starts with a hello", field="hello")
+        covenant = self._covenant()
+        seats = frozenset((s.key_epoch, s.holder_index) for s in first.hello.seats)
+        held = {(covenant.key_epoch.epoch, seat.index) for seat in covenant.holder_seats_for(party)}
+        if not seats or not seats <= held:
+            raise NotAllowed(f"{party} does not hold these key-holder seats", field="hello.seats")
+        channel = self._switchboard.open(party, seats)
+        log.info("holder channel open", party=party, seats=sorted(seats))
+        reader = threading.Thread(
+            target=self._read_answers, args=(channel, request_iterator), daemon=True
+        )
+        reader.start()
+        context.add_callback(lambda: self._switchboard.close(channel))
+        try:
+            for item in channel.requests(self._heartbeat):
+                if isinstance(item, str):
+                    yield broker_pb2.HolderChannelResponse(heartbeat=timestamp(self._clock()))
+                elif item is not None:
+                    yield broker_pb2.HolderChannelResponse(evaluation=item)
+        finally:
+            self._switchboard.close(channel)
+            log.info("holder channel closed", party=party)
+
+    def _read_answers(
+        self, channel: Channel, request_iterator: Iterator[broker_pb2.HolderChannelRequest]
+    ) -> None:
+        try:
+            for message in request_iterator:
+                if message.HasField("answer"):
+                    self._switchboard.answer(
+                        channel, message.answer.relay_id, message.answer.response
+                    )
+        except (grpc.RpcError, SamenloopError) as error:  # call ended, or garbage upstream
+            log.info(
+                "holder channel reader stopped", party=channel.party, error=type(error).__name__
+            )
+        finally:
+            self._switchboard.close(channel)
+
+    # --- tokens ----------------------------------------------------------------------
+
+    def _sign_notice(self, draft: matching.NoticeDraft) -> bytes:
+        covenant = self._covenant()
+        notice = broker_pb2.HitNotice(
+            covenant_id=covenant.id,
+            covenant_version=covenant.version,
+            hit_group_id=draft.group_id,
+            revision=draft.revision,
+            kind=broker_pb2.HitNoticeKind.ValueType(int(draft.kind)),
+            recipient=draft.recipient,
+            visibility=broker_pb2.HitVisibility(
+                party_count=draft.view.visibility.party_count,
+                roles=draft.view.visibility.roles,
+                parties=draft.view.visibility.parties,
+                categories=draft.view.visibility.categories,
+            ),
+            own_signal_refs=list(draft.own_refs),
+            first_seen=timestamp(draft.first_seen),
+            last_seen=timestamp(draft.last_seen),
+            issued_at=timestamp(self._clock()),
+            picture_reporter=draft.picture_reporter,
+        )
+        if draft.view.party_count is not None:
+            notice.party_count = draft.view.party_count
+        for member in draft.view.members:
+            shown = notice.members.add()
+            if member.party is not None:
+                shown.party = member.party
+            if member.role is not None:
+                shown.role = member.role
+            shown.signal_refs.extend(member.signal_refs)
+            for sealed in member.sealed_attributes:
+                shown.sealed_attributes.add().ParseFromString(sealed)
+        body = notice.SerializeToString()
+        return common_pb2.Signed(
+            body=body,
+            signer=covenant.broker.id,
+            context=SignatureContext.HIT_NOTICE.value,
+            signature=self._keys.sign(SignatureContext.HIT_NOTICE, body),
+        ).SerializeToString()
+
+    def _visibility(self) -> matching.VisibilityRule:
+        covenant = self._covenant()
+        return matching.members_see_all({p.id: p.role.value for p in covenant.parties})
+
+    def SubmitTokens(
+        self, request: broker_pb2.SubmitTokensRequest, context: grpc.ServicerContext
+    ) -> broker_pb2.SubmitTokensResponse:
+        party = caller(context)
+        covenant = self._covenant()
+        if request.key_epoch != covenant.key_epoch.epoch:
+            raise InvalidInput(
+                f"key epoch {request.key_epoch} is not the covenant's current epoch",
+                field="key_epoch",
+            )
+        if len(request.entries) > common_pb2.LIMITS_MAX_TOKENS_PER_BATCH:
+            raise MessageTooLarge(
+                f"at most {common_pb2.LIMITS_MAX_TOKENS_PER_BATCH} entries per batch",
+                field="entries",
+            )
+        entries = [
+            matching.Entry(
+                party=party,
+                token=entry.token,
+                signal_ref=entry.signal_ref,
+                key_epoch=request.key_epoch,
+                expires_at=_from_timestamp(entry.expires_at, f"entries[{i}].expires_at"),
+                sealed_attributes=(
+                    entry.sealed_attributes.SerializeToString()
+                    if entry.HasField("sealed_attributes")
+                    else None
+                ),
+            )
+            for i, entry in enumerate(request.entries)
+        ]
+        result = self._store.submit(
+            party,
+            request.client_batch_id,
+            request.key_epoch,
+            entries,
+            min_parties=covenant.min_parties,
+            now=self._clock(),
+            new_group_id=lambda: os.urandom(ID_BYTES),
+            sign_notice=self._sign_notice,
+            visibility=self._visibility(),
+        )
+        self._bell.ring(result.notified)
+        return broker_pb2.SubmitTokensResponse(
+            client_batch_id=result.client_batch_id,
+            stored=result.stored,
+            unchanged=result.unchanged,
+            replayed=result.replayed,
+            accepted_at=timestamp(result.accepted_at),
+        )
+
+    def WithdrawTokens(
+        self, request: broker_pb2.WithdrawTokensRequest, context: grpc.ServicerContext
+    ) -> broker_pb2.WithdrawTokensResponse:
+        party = caller(context)
+        covenant = self._covenant()
+        if len(request.signal_refs) > common_pb2.LIMITS_MAX_REFS_PER_WITHDRAWAL:
+            raise MessageTooLarge(
+                f"at most {common_pb2.LIMITS_MAX_REFS_PER_WITHDRAWAL} refs per withdrawal",
+                field="signal_refs",
+            )
+        result = self._store.withdraw(
+            party,
+            request.client_batch_id,
+            list(request.signal_refs),
+            min_parties=covenant.min_parties,
+            now=self._clock(),
+            sign_notice=self._sign_notice,
+            visibility=self._visibility(),
+        )
+        self._bell.ring(result.notified)
+        return broker_pb2.WithdrawTokensResponse(
+            client_batch_id=result.client_batch_id,
+            withdrawn=result.withdrawn,
+            unknown=result.unknown,
+            replayed=result.replayed,
+        )
+
+    def expire(self) -> int:
+        """Drop expired token entries (the broker's own retention sweep); returns how many."""
+        covenant = self._covenant()
+        removed = 0
+        while True:
+            result = self._store.expire(
+                self._clock(),
+                min_parties=covenant.min_parties,
+                sign_notice=self._sign_notice,
+                visibility=self._visibility(),
+            )
+            removed += result.removed
+            self._bell.ring(result.notified)
+            if not result.more:
+                return removed
+
+    # --- mailbox -----------------------------------------------------------------------
+
+    @staticmethod
+    def _item(stored: StoredItem) -> broker_pb2.MailboxItem:
+        item = broker_pb2.MailboxItem(
+            cursor=stored.cursor, enqueued_at=timestamp(stored.enqueued_at)
+        )
+        if stored.kind is ItemKind.HIT_NOTICE:
+            item.hit_notice.ParseFromString(stored.payload)
+        elif stored.kind is ItemKind.ENVELOPE:
+            item.envelope.ParseFromString(stored.payload)
+        else:
+            item.covenant_update.ParseFromString(stored.payload)
+        return item
+
+    def FetchMailbox(
+        self, request: broker_pb2.FetchMailboxRequest, context: grpc.ServicerContext
+    ) -> broker_pb2.FetchMailboxResponse:
+        party = caller(context)
+        fetched = self._store.fetch(
+            party, request.after_cursor, request.max_items, max_bytes=MAX_MESSAGE_BYTES // 2
+        )
+        return broker_pb2.FetchMailboxResponse(
+            items=[self._item(stored) for stored in fetched.items],
+            head_cursor=fetched.head_cursor,
+        )
+
+    def StreamMailbox(
+        self, request: broker_pb2.StreamMailboxRequest, context: grpc.ServicerContext
+    ) -> Iterator[broker_pb2.StreamMailboxResponse]:
+        party = caller(context)
+        after = request.after_cursor
+        rings = self._bell.count(party)
+        while context.is_active():
+            fetched = self._store.fetch(party, after, 0, max_bytes=MAX_MESSAGE_BYTES // 2)
+            for stored in fetched.items:
+                yield broker_pb2.StreamMailboxResponse(item=self._item(stored))
+                after = stored.cursor
+            if fetched.items:
+                continue
+            seen = rings
+            rings = self._bell.wait(party, seen, self._heartbeat)
+            if rings == seen:
+                yield broker_pb2.StreamMailboxResponse(heartbeat=timestamp(self._clock()))
+
+    def AckMailbox(
+        self, request: broker_pb2.AckMailboxRequest, context: grpc.ServicerContext
+    ) -> broker_pb2.AckMailboxResponse:
+        party = caller(context)
+        return broker_pb2.AckMailboxResponse(acked_cursor=self._store.ack(party, request.cursor))
+
+    # --- envelopes ---------------------------------------------------------------------
+
+    def SendEnvelope(
+        self, request: broker_pb2.SendEnvelopeRequest, context: grpc.ServicerContext
+    ) -> broker_pb2.SendEnvelopeResponse:
+        party = caller(context)
+        sealed = request.envelope
+        if sealed.sender != party:
+            raise NotAllowed("envelope sender must be the caller", field="envelope.sender")
+        if not self._covenant().is_party(sealed.recipient):
+            raise NotAllowed("recipient is not a party of the covenant", field="envelope.recipient")
+        if len(sealed.ciphertext) > MAX_ENVELOPE_BYTES:
+            raise MessageTooLarge(
+                f"envelopes carry at most {MAX_ENVELOPE_BYTES} bytes",
+                field="envelope.ciphertext",
+            )
+        now = self._clock()
+        relayed = broker_pb2.RelayedEnvelope(
+            client_message_id=request.client_message_id,
+            accepted_at=timestamp(now),
+            sealed=sealed,
+        )
+        receipt = self._store.relay_envelope(
+            party,
+            request.client_message_id,
+            hashlib.sha256(sealed.SerializeToString(deterministic=True)).digest(),
+            recipient=sealed.recipient,
+            payload=relayed.SerializeToString(),
+            now=now,
+        )
+        if not receipt.replayed:
+            self._bell.ring([sealed.recipient])
+        return broker_pb2.SendEnvelopeResponse(
+            client_message_id=request.client_message_id,
+            replayed=receipt.replayed,
+            accepted_at=timestamp(receipt.accepted_at),
+        )
+
+
+def _parse_evaluation_request(body: bytes, field: str) -> keyholder_pb2.EvaluationRequest:
+    request = keyholder_pb2.EvaluationRequest()
+    try:
+        request.ParseFromString(body)
+    except DecodeError as error:
+        raise InvalidInput("not an EvaluationRequest", field=field) from error
+    return request

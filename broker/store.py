@@ -1,0 +1,999 @@
+"""The broker's durable store: a thin repository around :mod:`matching` and :mod:`mailbox`.
+
+Every public method is one database transaction, and returns only after it
+committed: what the broker acknowledges is durable. A submission's entries,
+its hit-group changes, the signed notices in the recipients' mailboxes and the
+record of its batch id commit together, or not at all.
+
+How it stays incremental: a batch's tokens are looked up by their 64-bit
+prefix (see :mod:`models`) in one query per chunk of 1,000 (PostgreSQL: one
+``= ANY(array)`` for the whole batch), the full tokens are compared in Python,
+and only those tokens' entries and open groups go to :func:`matching.submit`.
+The two statements every batch runs (that lookup and the insert of its new
+entries) go straight to the driver, the insert as a binary ``COPY`` on
+PostgreSQL; everything else is SQLAlchemy Core.
+
+Matching writes are serialized (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a
+transaction-scoped advisory lock), so two batches that meet on one token
+cannot both miss the hit. Mailbox reads are not: they run beside writers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Engine,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import InstrumentedAttribute
+
+from samenloop.broker import mailbox, matching
+from samenloop.broker.mailbox import ItemKind, MailboxState
+from samenloop.broker.matching import (
+    DEFAULT_VISIBILITY,
+    Change,
+    Entry,
+    EntryKey,
+    Group,
+    NoticeDraft,
+    TokenState,
+    VisibilityRule,
+)
+from samenloop.broker.models import (
+    HitGroup,
+    MailboxHead,
+    MailboxItem,
+    Party,
+    ProcessedBatch,
+    RelayedEnvelope,
+    TokenEntry,
+)
+from samenloop.policies.database import READ_ONLY
+from samenloop.policies.errors import InvalidInput, NotAllowed, Replay
+
+MIGRATIONS: Final = "samenloop.broker.migrations"
+"""The package of the broker's Alembic migrations, for ``policies.database.upgrade``."""
+
+ID_BYTES: Final = 16
+DIGEST_BYTES: Final = 32
+# Key of the PostgreSQL advisory lock that serializes matching ("samenlop").
+_MATCHING_LOCK: Final = 0x73616D656E6C6F70
+# Prefixes per SQLite "IN (...)" lookup.
+_SQLITE_CHUNK: Final = 1000
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_EXPIRY_BUCKET_DAYS: Final = 7
+_ENTRY_COLUMNS: Final = (
+    "token_prefix",
+    "party_id",
+    "ref_bucket",
+    "ref_prefix",
+    "token",
+    "signal_ref",
+    "key_epoch",
+    "expires_at",
+    "expiry_bucket",
+    "sealed_attributes",
+)
+# PostgreSQL types of _ENTRY_COLUMNS, for binary COPY.
+_ENTRY_COPY_TYPES: Final = [
+    "int8", "int4", "int2", "int8", "bytea", "bytea", "int8", "timestamptz", "int4", "bytea",
+]  # fmt: skip
+
+SignNotice = Callable[[NoticeDraft], bytes]
+"""Turns a notice draft into the serialized signed ``HitNotice`` for the mailbox."""
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def prefix64(value: bytes) -> int:
+    """The indexed form of a token or signal ref: its first 8 bytes as a signed integer."""
+    return int.from_bytes(value[:8], "big", signed=True)
+
+
+def expiry_bucket(moment: datetime) -> int:
+    """The expiry index key: whole weeks since 1970, so inserts land at few places."""
+    return (moment - _EPOCH).days // _EXPIRY_BUCKET_DAYS
+
+
+# --- results ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """What ``SubmitTokens`` answers; ``notified`` are the parties with new mailbox items."""
+
+    client_batch_id: bytes
+    stored: int
+    unchanged: int
+    replayed: bool
+    accepted_at: datetime
+    notified: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawResult:
+    """What ``WithdrawTokens`` answers; ``notified`` are the parties with new mailbox items."""
+
+    client_batch_id: bytes
+    withdrawn: int
+    unknown: int
+    replayed: bool
+    accepted_at: datetime
+    notified: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RemovalResult:
+    """Entries dropped (by expiry or a party's removal) and the parties told about it.
+
+    ``more`` says an expiry sweep stopped at its limit: call it again.
+    """
+
+    removed: int
+    notified: tuple[str, ...] = ()
+    more: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredItem:
+    """A mailbox item as stored: the service wraps it in a ``MailboxItem``."""
+
+    cursor: int
+    kind: ItemKind
+    payload: bytes
+    enqueued_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A page of a mailbox, with its head and acknowledged cursors."""
+
+    items: tuple[StoredItem, ...]
+    head_cursor: int
+    acked_cursor: int
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeReceipt:
+    """Where a relayed envelope went, when it was first accepted, and whether this was a repeat."""
+
+    cursor: int
+    accepted_at: datetime
+    replayed: bool
+
+
+# --- the repository -------------------------------------------------------------------
+
+
+@dataclass
+class _Tx:
+    """One write transaction, and the party ids it created (cached only after commit)."""
+
+    conn: Connection
+    new_parties: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Loaded:
+    """The states of a batch's tokens, and what the store needs to write them back."""
+
+    states: list[TokenState]
+    row_ids: dict[EntryKey, int]
+    group_ids: set[bytes]
+
+
+def _utc(now: datetime) -> datetime:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must carry a time zone")
+    return now.astimezone(UTC)
+
+
+def _check_id(value: bytes, name: str) -> None:
+    if len(value) != ID_BYTES:
+        raise InvalidInput(f"{name} must be {ID_BYTES} bytes", field=name)
+
+
+def _check_party(party: str, name: str = "party") -> None:
+    if not 0 < len(party.encode("utf-8")) <= matching.MAX_PARTY_ID_BYTES:
+        raise InvalidInput(f"party id must be 1..{matching.MAX_PARTY_ID_BYTES} bytes", field=name)
+
+
+class BrokerStore:
+    """The broker's token index, hit groups, mailboxes and idempotency records."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+        # Party ids never change once committed: cache them both ways.
+        self._party_ids: dict[str, int] = {}
+        self._party_names: dict[int, str] = {}
+        # Driver-level SQL for the hot path, and the timestamp type's own converters.
+        dialect = engine.dialect
+        columns = ", ".join(_ENTRY_COLUMNS)
+        marks = ", ".join(["?" if dialect.paramstyle == "qmark" else "%s"] * len(_ENTRY_COLUMNS))
+        # Built from constants only, never from input.
+        self._insert_sql = f"INSERT INTO token_entries ({columns}) VALUES ({marks})"  # noqa: S608
+        self._copy_sql = f"COPY token_entries ({columns}) FROM STDIN (FORMAT BINARY)"
+        self._lookups: dict[tuple[str, str, int, str], str] = {}
+        timestamp = TokenEntry.__table__.c.expires_at.type.dialect_impl(dialect)
+        to_database = timestamp.bind_processor(dialect)
+        from_database = timestamp.result_processor(dialect, None)
+        self._stamp: Callable[[datetime], Any] = to_database or _same
+        self._read_time: Callable[[Any], Any] = from_database or _same
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    # --- tokens and matching ----------------------------------------------------
+
+    def submit(
+        self,
+        party: str,
+        client_batch_id: bytes,
+        key_epoch: int,
+        entries: Sequence[Entry],
+        *,
+        min_parties: int,
+        now: datetime,
+        new_group_id: Callable[[], bytes],
+        sign_notice: SignNotice,
+        visibility: VisibilityRule = DEFAULT_VISIBILITY,
+    ) -> SubmitResult:
+        """Store and match a batch; idempotent by ``client_batch_id``.
+
+        The same batch id with the same content is acknowledged again
+        (``replayed``); with other content it is a :class:`Replay` error.
+        """
+        _check_id(client_batch_id, "client_batch_id")
+        now = _utc(now)
+        batch = matching.parse_batch(party, key_epoch, entries)
+        with self._write(matching=True) as tx:
+            party_id = self._ids(tx, [party])[party]
+            self._require_open(tx, party, party_id)
+            prior = self._prior(tx, party_id, client_batch_id, batch.digest)
+            if prior is not None:
+                return SubmitResult(
+                    client_batch_id,
+                    stored=prior.stored or 0,
+                    unchanged=prior.unchanged or 0,
+                    replayed=True,
+                    accepted_at=prior.accepted_at,
+                )
+            loaded = self._load(tx, batch.tokens)
+            outcome = matching.submit(
+                batch,
+                loaded.states,
+                min_parties=min_parties,
+                now=now,
+                new_group_id=new_group_id,
+                visibility=visibility,
+            )
+            self._apply(tx, outcome.change, loaded)
+            notified = self._deliver(tx, outcome.change.notices, now, sign_notice)
+            tx.conn.execute(
+                insert(ProcessedBatch).values(
+                    party_id=party_id,
+                    client_batch_id=client_batch_id,
+                    kind="submit",
+                    digest=batch.digest,
+                    stored=outcome.stored,
+                    unchanged=outcome.unchanged,
+                    accepted_at=now,
+                )
+            )
+        return SubmitResult(
+            client_batch_id,
+            stored=outcome.stored,
+            unchanged=outcome.unchanged,
+            replayed=False,
+            accepted_at=now,
+            notified=notified,
+        )
+
+    def withdraw(
+        self,
+        party: str,
+        client_batch_id: bytes,
+        signal_refs: Sequence[bytes],
+        *,
+        min_parties: int,
+        now: datetime,
+        sign_notice: SignNotice,
+        visibility: VisibilityRule = DEFAULT_VISIBILITY,
+    ) -> WithdrawResult:
+        """Remove the party's entries for the refs; idempotent by ``client_batch_id``."""
+        _check_id(client_batch_id, "client_batch_id")
+        now = _utc(now)
+        batch = matching.parse_withdrawal(party, signal_refs)
+        with self._write(matching=True) as tx:
+            party_id = self._ids(tx, [party])[party]
+            self._require_open(tx, party, party_id)
+            prior = self._prior(tx, party_id, client_batch_id, batch.digest)
+            if prior is not None:
+                return WithdrawResult(
+                    client_batch_id,
+                    withdrawn=prior.withdrawn or 0,
+                    unknown=prior.unknown or 0,
+                    replayed=True,
+                    accepted_at=prior.accepted_at,
+                )
+            tokens = self._tokens_of_refs(tx, party_id, batch.signal_refs)
+            loaded = self._load(tx, tokens)
+            outcome = matching.withdraw(
+                batch, loaded.states, min_parties=min_parties, now=now, visibility=visibility
+            )
+            self._apply(tx, outcome.change, loaded)
+            notified = self._deliver(tx, outcome.change.notices, now, sign_notice)
+            tx.conn.execute(
+                insert(ProcessedBatch).values(
+                    party_id=party_id,
+                    client_batch_id=client_batch_id,
+                    kind="withdraw",
+                    digest=batch.digest,
+                    withdrawn=outcome.withdrawn,
+                    unknown=outcome.unknown,
+                    accepted_at=now,
+                )
+            )
+        return WithdrawResult(
+            client_batch_id,
+            withdrawn=outcome.withdrawn,
+            unknown=outcome.unknown,
+            replayed=False,
+            accepted_at=now,
+            notified=notified,
+        )
+
+    def expire(
+        self,
+        now: datetime,
+        *,
+        min_parties: int,
+        sign_notice: SignNotice,
+        visibility: VisibilityRule = DEFAULT_VISIBILITY,
+        limit: int = 10_000,
+    ) -> RemovalResult:
+        """Drop entries whose ``expires_at`` has passed, at most about ``limit`` per call.
+
+        Groups that shrink or close are told, as for a withdrawal. Call again
+        while the result says ``more``.
+        """
+        now = _utc(now)
+        with self._write(matching=True) as tx:
+            tokens = (
+                tx.conn.execute(
+                    select(TokenEntry.token)
+                    .where(
+                        TokenEntry.expiry_bucket <= expiry_bucket(now),
+                        TokenEntry.expires_at <= now,
+                    )
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
+            if not tokens:
+                return RemovalResult(removed=0)
+            loaded = self._load(tx, sorted(set(tokens)))
+            change = matching.expire(
+                loaded.states, min_parties=min_parties, now=now, visibility=visibility
+            )
+            self._apply(tx, change, loaded)
+            notified = self._deliver(tx, change.notices, now, sign_notice)
+        return RemovalResult(
+            removed=len(change.deleted), notified=notified, more=len(tokens) == limit
+        )
+
+    def remove_party(
+        self,
+        party: str,
+        *,
+        min_parties: int,
+        now: datetime,
+        sign_notice: SignNotice,
+        visibility: VisibilityRule = DEFAULT_VISIBILITY,
+    ) -> RemovalResult:
+        """Cut a party off: drop all its entries (telling the other members) and close
+        its mailbox, in one transaction."""
+        _check_party(party)
+        now = _utc(now)
+        with self._write(matching=True) as tx:
+            party_id = self._ids(tx, [party])[party]
+            self._close(tx, party, party_id)
+            tokens = (
+                tx.conn.execute(
+                    select(TokenEntry.token).where(TokenEntry.party_id == party_id).distinct()
+                )
+                .scalars()
+                .all()
+            )
+            loaded = self._load(tx, sorted(tokens))
+            change = matching.remove_party(
+                party, loaded.states, min_parties=min_parties, now=now, visibility=visibility
+            )
+            self._apply(tx, change, loaded)
+            notified = self._deliver(tx, change.notices, now, sign_notice)
+        return RemovalResult(removed=len(change.deleted), notified=notified)
+
+    # --- mailboxes -------------------------------------------------------------------
+
+    def enqueue(self, party: str, payload: bytes, kind: ItemKind, now: datetime) -> int:
+        """Put one item in a party's mailbox; returns its cursor."""
+        _check_party(party)
+        now = _utc(now)
+        with self._write() as tx:
+            cursors = self._enqueue(tx, {party: [(kind, payload)]}, now, skip_closed=False)
+        return cursors[party][0]
+
+    def fetch(
+        self, party: str, after_cursor: int, max_items: int = 0, *, max_bytes: int | None = None
+    ) -> Fetched:
+        """Items after a cursor, in cursor order. With ``max_bytes``, stops before the
+        payloads would exceed it (but returns at least one item, if any waits)."""
+        _check_party(party)
+        with self._read() as conn:
+            party_id = self._party(conn, party)
+            state = self._head(conn, party, party_id)
+            window = mailbox.fetch(state, after_cursor, max_items)
+            if party_id is None:
+                return Fetched((), state.head_cursor, state.acked_cursor)
+            rows = conn.execute(
+                select(
+                    MailboxItem.cursor,
+                    MailboxItem.kind,
+                    MailboxItem.payload,
+                    MailboxItem.enqueued_at,
+                )
+                .where(MailboxItem.party_id == party_id, MailboxItem.cursor > window.after)
+                .order_by(MailboxItem.cursor)
+                .limit(window.limit)
+            ).all()
+        items: list[StoredItem] = []
+        size = 0
+        for cursor, kind, payload, enqueued_at in rows:
+            size += len(payload)
+            if items and max_bytes is not None and size > max_bytes:
+                break
+            items.append(StoredItem(cursor, ItemKind(kind), payload, enqueued_at))
+        return Fetched(tuple(items), state.head_cursor, state.acked_cursor)
+
+    def ack(self, party: str, cursor: int) -> int:
+        """Acknowledge a party's items up to and including ``cursor`` (and delete them);
+        returns the acknowledged cursor."""
+        _check_party(party)
+        with self._write() as tx:
+            party_id = self._party(tx.conn, party)
+            state = self._head(tx.conn, party, party_id, lock=True)
+            acked = mailbox.ack(state, cursor)
+            if acked != state and party_id is not None:
+                tx.conn.execute(
+                    update(MailboxHead)
+                    .where(MailboxHead.party_id == party_id)
+                    .values(acked_cursor=acked.acked_cursor)
+                )
+                tx.conn.execute(
+                    delete(MailboxItem).where(
+                        MailboxItem.party_id == party_id,
+                        MailboxItem.cursor <= acked.acked_cursor,
+                    )
+                )
+        return acked.acked_cursor
+
+    def mailbox_state(self, party: str) -> MailboxState:
+        """A party's head and acknowledged cursors (zeros for a party never seen)."""
+        _check_party(party)
+        with self._read() as conn:
+            return self._head(conn, party, self._party(conn, party))
+
+    def close_mailbox(self, party: str) -> None:
+        """Close a party's mailbox for good and drop what it still held."""
+        _check_party(party)
+        with self._write() as tx:
+            self._close(tx, party, self._ids(tx, [party])[party])
+
+    def relay_envelope(
+        self,
+        sender: str,
+        client_message_id: bytes,
+        digest: bytes,
+        *,
+        recipient: str,
+        payload: bytes,
+        now: datetime,
+    ) -> EnvelopeReceipt:
+        """Record a relayed envelope and put it in the recipient's mailbox, atomically.
+
+        Idempotent by (sender, ``client_message_id``): the same digest again is
+        acknowledged with the first receipt (``replayed``) and delivered once;
+        another digest is a :class:`Replay` error.
+        """
+        _check_party(sender, "envelope.sender")
+        _check_party(recipient, "envelope.recipient")
+        _check_id(client_message_id, "client_message_id")
+        if len(digest) != DIGEST_BYTES:
+            raise ValueError(f"envelope digests are {DIGEST_BYTES} bytes")
+        now = _utc(now)
+        with self._write() as tx:
+            ids = self._ids(tx, [sender, recipient])
+            self._require_open(tx, sender, ids[sender])
+            prior = tx.conn.execute(
+                select(
+                    RelayedEnvelope.digest, RelayedEnvelope.cursor, RelayedEnvelope.accepted_at
+                ).where(
+                    RelayedEnvelope.sender_id == ids[sender],
+                    RelayedEnvelope.client_message_id == client_message_id,
+                )
+            ).first()
+            if prior is not None:
+                if prior.digest != digest:
+                    raise Replay(
+                        "this message id was used for another envelope",
+                        field="client_message_id",
+                    )
+                return EnvelopeReceipt(prior.cursor, prior.accepted_at, replayed=True)
+            if self._head(tx.conn, recipient, ids[recipient], lock=True).closed:
+                raise NotAllowed(
+                    f"{recipient} no longer takes envelopes",
+                    field="envelope.recipient",
+                    reason="mailbox.closed",
+                )
+            cursor = self._enqueue(
+                tx, {recipient: [(ItemKind.ENVELOPE, payload)]}, now, skip_closed=False
+            )[recipient][0]
+            tx.conn.execute(
+                insert(RelayedEnvelope).values(
+                    sender_id=ids[sender],
+                    client_message_id=client_message_id,
+                    digest=digest,
+                    recipient_id=ids[recipient],
+                    cursor=cursor,
+                    accepted_at=now,
+                )
+            )
+        return EnvelopeReceipt(cursor, now, replayed=False)
+
+    # --- figures ------------------------------------------------------------------
+
+    def count_tokens(self) -> int:
+        """Token entries held (including expired ones not yet swept)."""
+        with self._read() as conn:
+            return conn.execute(select(func.count()).select_from(TokenEntry)).scalar_one()
+
+    def count_groups(self, *, open_only: bool = True) -> int:
+        """Hit groups (open ones, unless ``open_only`` is false)."""
+        query = select(func.count()).select_from(HitGroup)
+        if open_only:
+            query = query.where(HitGroup.is_open)
+        with self._read() as conn:
+            return conn.execute(query).scalar_one()
+
+    def open_groups(self) -> list[Group]:
+        """Every open hit group (for operators and tests; not for the hot path)."""
+        with self._read() as conn:
+            rows = conn.execute(select(HitGroup).where(HitGroup.is_open)).all()
+        return [
+            Group(row.group_id, row.token, row.revision, row.first_seen, row.last_seen, True)
+            for row in rows
+        ]
+
+    # --- transactions and parties -------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self, *, matching: bool = False) -> Iterator[_Tx]:
+        with self._engine.begin() as conn:
+            if matching and self._postgres:
+                # Matching looks rows up by key, a few thousand at most: never let
+                # missing or stale statistics turn a lookup into a full scan, or
+                # make one look costly enough to be compiled (JIT) first.
+                conn.execute(
+                    text(
+                        "SELECT pg_advisory_xact_lock(:key),"
+                        " set_config('enable_seqscan', 'off', true),"
+                        " set_config('jit', 'off', true)"
+                    ),
+                    {"key": _MATCHING_LOCK},
+                )
+            tx = _Tx(conn)
+            yield tx
+        self._remember(tx.new_parties)  # reached only after the commit
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            conn.execution_options(**READ_ONLY)
+            with conn.begin():
+                yield conn
+
+    def _remember(self, parties: dict[str, int]) -> None:
+        for name, party_id in parties.items():
+            self._party_ids[name] = party_id
+            self._party_names[party_id] = name
+
+    def _insert(self, model: type[Any]) -> Any:
+        return (postgresql.insert if self._postgres else sqlite.insert)(model)
+
+    def _party(self, conn: Connection, party: str) -> int | None:
+        """A party's id if it exists (committed), creating nothing."""
+        cached = self._party_ids.get(party)
+        if cached is not None:
+            return cached
+        found = conn.execute(select(Party.id).where(Party.name == party)).scalar_one_or_none()
+        return found
+
+    def _ids(self, tx: _Tx, names: Iterable[str]) -> dict[str, int]:
+        """Party ids by name, creating parties (and their mailboxes) not seen before."""
+        wanted = set(names)
+        found = {name: self._party_ids[name] for name in wanted if name in self._party_ids}
+        found.update({name: tx.new_parties[name] for name in wanted if name in tx.new_parties})
+        missing = sorted(wanted - found.keys())
+        if not missing:
+            return found
+        query = select(Party.name, Party.id).where(Party.name.in_(missing))
+        known = {name: party_id for name, party_id in tx.conn.execute(query)}
+        absent = [name for name in missing if name not in known]
+        if absent:
+            for name in absent:
+                _check_party(name)
+            tx.conn.execute(
+                self._insert(Party).on_conflict_do_nothing(index_elements=["name"]),
+                [{"name": name} for name in absent],
+            )
+            known = {name: party_id for name, party_id in tx.conn.execute(query)}
+            tx.conn.execute(
+                self._insert(MailboxHead).on_conflict_do_nothing(index_elements=["party_id"]),
+                [
+                    {"party_id": known[name], "head_cursor": 0, "acked_cursor": 0, "closed": False}
+                    for name in absent
+                ],
+            )
+        tx.new_parties.update(known)
+        found.update(known)
+        return found
+
+    def _names(self, tx: _Tx, party_ids: Iterable[int]) -> dict[int, str]:
+        wanted = set(party_ids)
+        names = {i: self._party_names[i] for i in wanted if i in self._party_names}
+        names.update({i: n for n, i in tx.new_parties.items() if i in wanted})
+        missing = wanted - names.keys()
+        if missing:
+            rows = tx.conn.execute(select(Party.id, Party.name).where(Party.id.in_(missing)))
+            for party_id, name in rows:
+                names[party_id] = name
+                tx.new_parties[name] = party_id
+        return names
+
+    def _head(
+        self, conn: Connection, party: str, party_id: int | None, *, lock: bool = False
+    ) -> MailboxState:
+        if party_id is None:
+            return MailboxState(party)
+        query = select(MailboxHead.head_cursor, MailboxHead.acked_cursor, MailboxHead.closed).where(
+            MailboxHead.party_id == party_id
+        )
+        if lock:
+            query = query.with_for_update()
+        row = conn.execute(query).one()
+        return MailboxState(party, row.head_cursor, row.acked_cursor, row.closed)
+
+    def _require_open(self, tx: _Tx, party: str, party_id: int) -> None:
+        if self._head(tx.conn, party, party_id).closed:
+            raise NotAllowed(f"{party} was removed from the covenant", reason="party.removed")
+
+    def _close(self, tx: _Tx, party: str, party_id: int) -> None:
+        closed = mailbox.close(self._head(tx.conn, party, party_id, lock=True))
+        tx.conn.execute(
+            update(MailboxHead).where(MailboxHead.party_id == party_id).values(closed=closed.closed)
+        )
+        tx.conn.execute(delete(MailboxItem).where(MailboxItem.party_id == party_id))
+
+    def _prior(self, tx: _Tx, party_id: int, client_batch_id: bytes, digest: bytes) -> Any | None:
+        """The recorded batch with this id, if its content is the same; Replay if not."""
+        prior = tx.conn.execute(
+            select(
+                ProcessedBatch.digest,
+                ProcessedBatch.stored,
+                ProcessedBatch.unchanged,
+                ProcessedBatch.withdrawn,
+                ProcessedBatch.unknown,
+                ProcessedBatch.accepted_at,
+            ).where(
+                ProcessedBatch.party_id == party_id,
+                ProcessedBatch.client_batch_id == client_batch_id,
+            )
+        ).first()
+        if prior is not None and prior.digest != digest:
+            raise Replay("this batch id was used for another batch", field="client_batch_id")
+        return prior
+
+    # --- the token index -------------------------------------------------------------
+
+    def _chunks(self, values: Sequence[int]) -> Iterator[Sequence[int]]:
+        if self._postgres:
+            yield values
+            return
+        for start in range(0, len(values), _SQLITE_CHUNK):
+            yield values[start : start + _SQLITE_CHUNK]
+
+    def _among(
+        self, column: InstrumentedAttribute[int], values: Sequence[int]
+    ) -> ColumnElement[bool]:
+        if self._postgres:
+            array = bindparam(None, list(values), type_=postgresql.ARRAY(BigInteger))
+            return column == any_(array)
+        return column.in_(values)
+
+    def _lookup(self, table: str, columns: str, size: int, where: str = "") -> str:
+        """A driver-level query for rows whose ``token_prefix`` is among ``size`` values."""
+        key = (table, columns, size if not self._postgres else 0, where)
+        sql = self._lookups.get(key)
+        if sql is None:
+            among = "= ANY(%s::bigint[])" if self._postgres else f"IN ({', '.join('?' * size)})"
+            # Built from the constants of _load only, never from input.
+            sql = f"SELECT {columns} FROM {table} WHERE token_prefix {among}{where}"  # noqa: S608
+            self._lookups[key] = sql
+        return sql
+
+    def _load(self, tx: _Tx, tokens: Sequence[bytes]) -> _Loaded:
+        """The states of the given tokens: their entries and open groups.
+
+        The hot path of every batch: one query per chunk and table, straight to the
+        driver, with the column types' own converters for the timestamps.
+        """
+        wanted = set(tokens)
+        prefixes = sorted({prefix64(token) for token in wanted})
+        entry_rows: list[Any] = []
+        group_rows: list[Any] = []
+        is_open = " AND is_open" if self._postgres else " AND is_open = 1"
+        for chunk in self._chunks(prefixes):
+            params = ([*chunk],) if self._postgres else tuple(chunk)
+            entry_rows += tx.conn.exec_driver_sql(
+                self._lookup(
+                    "token_entries",
+                    "id, party_id, token, signal_ref, key_epoch, expires_at, sealed_attributes",
+                    len(chunk),
+                ),
+                params,
+            ).all()
+            group_rows += tx.conn.exec_driver_sql(
+                self._lookup(
+                    "hit_groups",
+                    "group_id, token, revision, first_seen, last_seen",
+                    len(chunk),
+                    is_open,
+                ),
+                params,
+            ).all()
+        names = self._names(tx, {row[1] for row in entry_rows})
+        read_time = self._read_time
+        entries: dict[bytes, list[Entry]] = {}
+        row_ids: dict[EntryKey, int] = {}
+        for row_id, party_id, token, ref, key_epoch, expires_at, sealed in entry_rows:
+            token = bytes(token)
+            if token not in wanted:  # a prefix collision
+                continue
+            entry = Entry(
+                names[party_id],
+                token,
+                bytes(ref),
+                key_epoch,
+                read_time(expires_at),
+                None if sealed is None else bytes(sealed),
+            )
+            entries.setdefault(token, []).append(entry)
+            row_ids[entry.key] = row_id
+        groups: dict[bytes, Group] = {}
+        for group_id, token, revision, first_seen, last_seen in group_rows:
+            if bytes(token) in wanted:
+                groups[bytes(token)] = Group(
+                    bytes(group_id),
+                    bytes(token),
+                    revision,
+                    read_time(first_seen),
+                    read_time(last_seen),
+                    True,
+                )
+        states = [
+            TokenState(token, tuple(entries.get(token, ())), groups.get(token))
+            for token in sorted(entries.keys() | groups.keys())
+        ]
+        return _Loaded(states, row_ids, {g.group_id for g in groups.values()})
+
+    def _tokens_of_refs(self, tx: _Tx, party_id: int, refs: Sequence[bytes]) -> list[bytes]:
+        """The tokens on which a party holds entries for the given refs.
+
+        First the ids, from the ref index alone (each ref's run of its party's
+        bucket); then those rows. Withdrawals are rare: they pay for cheap inserts.
+        """
+        wanted = set(refs)
+        prefixes = sorted({prefix64(ref) for ref in wanted})
+        ids: list[int] = []
+        for chunk in self._chunks(prefixes):
+            buckets = sorted({(prefix >> 56) & 0xFF for prefix in chunk})
+            ids += tx.conn.execute(
+                select(TokenEntry.id).where(
+                    TokenEntry.party_id == party_id,
+                    self._among(TokenEntry.ref_bucket, buckets),
+                    self._among(TokenEntry.ref_prefix, chunk),
+                )
+            ).scalars()
+        tokens: set[bytes] = set()
+        for chunk in self._chunks(ids):
+            rows = tx.conn.execute(
+                select(TokenEntry.token, TokenEntry.signal_ref).where(
+                    self._among(TokenEntry.id, chunk)
+                )
+            )
+            tokens.update(token for token, ref in rows if ref in wanted)
+        return sorted(tokens)
+
+    def _apply(self, tx: _Tx, change: Change, loaded: _Loaded) -> None:
+        """Write a change: entries deleted, updated and inserted; groups updated and inserted."""
+        conn = tx.conn
+        doomed = [loaded.row_ids[entry.key] for entry in change.deleted]
+        for start in range(0, len(doomed), _SQLITE_CHUNK):
+            conn.execute(
+                delete(TokenEntry).where(TokenEntry.id.in_(doomed[start : start + _SQLITE_CHUNK]))
+            )
+        parties = self._ids(tx, {e.party for e in change.inserted + change.updated})
+        if change.updated:
+            conn.execute(
+                update(TokenEntry)
+                .where(TokenEntry.id == bindparam("row_id"))
+                .values(
+                    key_epoch=bindparam("new_key_epoch"),
+                    expires_at=bindparam("new_expires_at"),
+                    expiry_bucket=bindparam("new_expiry_bucket"),
+                    sealed_attributes=bindparam("new_sealed_attributes"),
+                ),
+                [
+                    {
+                        "row_id": loaded.row_ids[entry.key],
+                        "new_key_epoch": entry.key_epoch,
+                        "new_expires_at": entry.expires_at,
+                        "new_expiry_bucket": expiry_bucket(entry.expires_at),
+                        "new_sealed_attributes": entry.sealed_attributes,
+                    }
+                    for entry in change.updated
+                ],
+            )
+        if change.inserted:
+            self._insert_entries(tx, change.inserted, parties)
+        changed = [g for g in change.groups if g.group_id in loaded.group_ids]
+        formed = [g for g in change.groups if g.group_id not in loaded.group_ids]
+        if changed:
+            conn.execute(
+                update(HitGroup)
+                .where(HitGroup.group_id == bindparam("old_group_id"))
+                .values(
+                    revision=bindparam("new_revision"),
+                    last_seen=bindparam("new_last_seen"),
+                    is_open=bindparam("new_is_open"),
+                ),
+                [
+                    {
+                        "old_group_id": g.group_id,
+                        "new_revision": g.revision,
+                        "new_last_seen": g.last_seen,
+                        "new_is_open": g.open,
+                    }
+                    for g in changed
+                ],
+            )
+        if formed:
+            conn.execute(
+                insert(HitGroup),
+                [
+                    {
+                        "group_id": g.group_id,
+                        "token_prefix": prefix64(g.token),
+                        "token": g.token,
+                        "revision": g.revision,
+                        "first_seen": g.first_seen,
+                        "last_seen": g.last_seen,
+                        "is_open": g.open,
+                    }
+                    for g in formed
+                ],
+            )
+
+    def _insert_entries(self, tx: _Tx, entries: Sequence[Entry], parties: dict[str, int]) -> None:
+        """The hot path of every batch: straight to the driver (PostgreSQL: binary COPY)."""
+        stamp = self._stamp
+        rows = [
+            (
+                prefix64(entry.token),
+                parties[entry.party],
+                entry.signal_ref[0],
+                prefix64(entry.signal_ref),
+                entry.token,
+                entry.signal_ref,
+                entry.key_epoch,
+                stamp(entry.expires_at),
+                expiry_bucket(entry.expires_at),
+                entry.sealed_attributes,
+            )
+            for entry in entries
+        ]
+        if not self._postgres:
+            tx.conn.exec_driver_sql(self._insert_sql, rows)
+            return
+        driver = tx.conn.connection.driver_connection
+        assert driver is not None
+        with driver.cursor() as cursor, cursor.copy(self._copy_sql) as copy:
+            copy.set_types(_ENTRY_COPY_TYPES)
+            for row in rows:
+                copy.write_row(row)
+
+    # --- delivering to mailboxes ----------------------------------------------------
+
+    def _deliver(
+        self,
+        tx: _Tx,
+        notices: Sequence[NoticeDraft],
+        now: datetime,
+        sign_notice: SignNotice,
+    ) -> tuple[str, ...]:
+        """Sign the notices and put them in their recipients' mailboxes; closed ones are skipped."""
+        if not notices:
+            return ()
+        by_party: dict[str, list[tuple[ItemKind, bytes]]] = {}
+        for draft in notices:
+            by_party.setdefault(draft.recipient, []).append(
+                (ItemKind.HIT_NOTICE, sign_notice(draft))
+            )
+        return tuple(sorted(self._enqueue(tx, by_party, now, skip_closed=True)))
+
+    def _enqueue(
+        self,
+        tx: _Tx,
+        items: dict[str, list[tuple[ItemKind, bytes]]],
+        now: datetime,
+        *,
+        skip_closed: bool,
+    ) -> dict[str, list[int]]:
+        ids = self._ids(tx, items)
+        rows: list[dict[str, Any]] = []
+        cursors: dict[str, list[int]] = {}
+        for party in sorted(items):  # a fixed order, so that row locks cannot deadlock
+            state = self._head(tx.conn, party, ids[party], lock=True)
+            if state.closed and skip_closed:
+                continue
+            state, handed_out = mailbox.enqueue(state, len(items[party]))
+            tx.conn.execute(
+                update(MailboxHead)
+                .where(MailboxHead.party_id == ids[party])
+                .values(head_cursor=state.head_cursor)
+            )
+            cursors[party] = list(handed_out)
+            rows.extend(
+                {
+                    "party_id": ids[party],
+                    "cursor": cursor,
+                    "kind": kind.value,
+                    "payload": payload,
+                    "enqueued_at": now,
+                }
+                for cursor, (kind, payload) in zip(handed_out, items[party], strict=True)
+            )
+        if rows:
+            tx.conn.execute(insert(MailboxItem), rows)
+        return cursors

@@ -1,0 +1,1 @@
+"""The node's migration revisions, oldest first."""

@@ -1,0 +1,179 @@
+"""Provision a whole covenant in one directory: CA, keys, certificates, key shares, configs.
+
+What the administrators of a real covenant do step by step with the CLI
+(``node keygen``, ``keyholder deal`` and ``accept``, certificate issuing), done
+at once for the demo and for tests. Every party gets its own directory with
+owner-only secrets; the OPRF key is dealt t-of-n to the holders and never
+written whole; the covenant file lists parties, keys, the CA, the key epoch
+and the minimum parties per hit.
+
+Layout::
+
+    ROOT/ca/ca.pem, ca.key
+    ROOT/covenant.toml
+    ROOT/broker/broker.toml, tls.pem, tls.key, signing-keys.json, data/
+    ROOT/<party>/node.toml, tls.pem, tls.key, party-keys.json,
+                 attribute-key.json, key-share.json (holders only), data/
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from samenloop.node import keysetup
+from samenloop.policies import certs, config, covenant
+from samenloop.policies.crypto import PartyKeys
+
+
+@dataclass(frozen=True, slots=True)
+class PartySpec:
+    """A partner to provision: its id, display name and role."""
+
+    id: str
+    name: str
+    role: covenant.Role
+
+
+@dataclass(frozen=True, slots=True)
+class Provisioned:
+    """Where everything went."""
+
+    root: Path
+    covenant: covenant.Covenant
+    broker_config: Path
+    node_configs: dict[str, Path]
+
+    def party_dir(self, party: str) -> Path:
+        return self.root / party
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for loopback tests and the demo)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def provision(
+    root: Path,
+    covenant_id: str,
+    parties: Sequence[PartySpec],
+    holders: Sequence[str],
+    threshold: int,
+    *,
+    now: datetime,
+    min_parties: int = 2,
+    broker_id: str = "broker",
+    broker_port: int | None = None,
+    api_tcp: bool = False,
+) -> Provisioned:
+    """Write a complete covenant under ``root`` and return where its files are."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = broker_port or free_port()
+    address = f"localhost:{port}"
+    ca = certs.CertificateAuthority.create(covenant_id, now=now)
+    ca.save(root / "ca" / "ca.key", root / "ca" / "ca.pem")
+
+    keys = {p.id: PartyKeys.generate(p.id) for p in parties}
+    for party_id, party_keys in keys.items():
+        party_keys.save(root / party_id / "party-keys.json")
+    broker_keys = PartyKeys.generate(broker_id)
+    broker_keys.save(root / "broker" / "signing-keys.json")
+
+    key_epoch, sealed = keysetup.deal(
+        covenant_id,
+        1,
+        threshold,
+        [(h, keys[h].public().x25519) for h in holders],
+        now=now,
+        lifetime=timedelta(days=365),
+    )
+    for share in sealed:
+        opened = keysetup.open_share(share, key_epoch, keys[share.holder])
+        keysetup.save_share(root / share.holder / "key-share.json", key_epoch, opened)
+
+    attribute_key = covenant.new_attribute_key(covenant_id, 1)
+    the_covenant = covenant.Covenant(
+        id=covenant_id,
+        version=1,
+        min_parties=min_parties,
+        broker=covenant.BrokerInfo(
+            id=broker_id, address=address, ed25519=broker_keys.public().ed25519
+        ),
+        parties=tuple(
+            covenant.Party(id=p.id, name=p.name, role=p.role, keys=keys[p.id].public())
+            for p in parties
+        ),
+        key_epoch=covenant.OprfKeyEpoch(
+            epoch=key_epoch.epoch,
+            threshold=key_epoch.threshold,
+            group_public_key=key_epoch.group_public_key,
+            holders=tuple(
+                covenant.KeyHolderSeat(index=h.index, party=h.party, commitment=h.commitment)
+                for h in key_epoch.holders
+            ),
+            created_at=key_epoch.created_at,
+            retire_after=key_epoch.retire_after,
+        ),
+        ca_certificate=ca.cert_pem,
+        attribute_key_version=attribute_key.version,
+    )
+    covenant_path = root / "covenant.toml"
+    covenant_path.write_bytes(covenant.covenant_to_toml(the_covenant))
+
+    broker_dir = root / "broker"
+    issued = ca.issue_broker(broker_id, ["localhost", "127.0.0.1"], now=now)
+    certs.save_private_key(broker_dir / "tls.key", issued.key_pem)
+    (broker_dir / "tls.pem").write_bytes(issued.cert_pem)
+    broker_config = config.BrokerConfig(
+        data_dir=broker_dir / "data",
+        covenant=covenant_path,
+        certificate=broker_dir / "tls.pem",
+        private_key=broker_dir / "tls.key",
+        signing_keys=broker_dir / "signing-keys.json",
+        listen=f"127.0.0.1:{port}",
+    )
+    (broker_dir / "data").mkdir(parents=True, exist_ok=True)
+    broker_config_path = broker_dir / "broker.toml"
+    broker_config_path.write_bytes(config.config_to_toml(broker_config, relative_to=broker_dir))
+
+    node_configs = {}
+    for p in parties:
+        party_dir = root / p.id
+        issued = ca.issue_party(p.id, now=now)
+        certs.save_private_key(party_dir / "tls.key", issued.key_pem)
+        (party_dir / "tls.pem").write_bytes(issued.cert_pem)
+        sealed_key = covenant.SealedAttributeKey(
+            covenant_id=covenant_id,
+            version=attribute_key.version,
+            party=p.id,
+            sealed=covenant.seal_attribute_key_for(keys[p.id].public(), attribute_key),
+        )
+        (party_dir / "attribute-key.json").write_bytes(sealed_key.to_json())
+        (party_dir / "data").mkdir(parents=True, exist_ok=True)
+        node_config = config.NodeConfig(
+            party=p.id,
+            broker=address,
+            data_dir=party_dir / "data",
+            covenant=covenant_path,
+            certificate=party_dir / "tls.pem",
+            private_key=party_dir / "tls.key",
+            ca_certificate=root / "ca" / "ca.pem",
+            party_keys=party_dir / "party-keys.json",
+            attribute_key=party_dir / "attribute-key.json",
+            key_share=party_dir / "key-share.json" if p.id in holders else None,
+            api_listen=f"127.0.0.1:{free_port()}" if api_tcp else None,
+        )
+        path = party_dir / "node.toml"
+        path.write_bytes(config.config_to_toml(node_config, relative_to=party_dir))
+        node_configs[p.id] = path
+    return Provisioned(
+        root=root,
+        covenant=the_covenant,
+        broker_config=broker_config_path,
+        node_configs=node_configs,
+    )

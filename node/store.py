@@ -1,0 +1,1323 @@
+"""The node's durable store: signals, the token outbox, the hit inbox and its feed.
+
+A thin repository: it persists what the node's core decided and holds no
+protocol logic. Identifiers arrive already parsed (:mod:`samenloop.node.identifiers`);
+the store only checks the shapes and limits that its tables need, naming the
+offending field as every other input check does.
+
+Every public method is one database transaction and returns only after it
+committed, so a crash at any point loses nothing acknowledged and duplicates
+nothing:
+
+* **Outbox.** Tokens are stored in the transaction that creates their submit
+  batches; a withdrawal marks its identifiers in the transaction that creates
+  its withdraw batch. A batch is frozen when it is created (random
+  ``client_batch_id``, entries, sealed attributes) and :meth:`NodeStore.outbox`
+  returns it unchanged, oldest first, until :meth:`NodeStore.mark_acked`: the
+  broker recognises a resent batch by its id and content and stores nothing
+  twice.
+* **Inbox.** :meth:`NodeStore.accept_notice` keeps the latest revision of each
+  hit group and, in the same transaction, the mailbox cursor of the item that
+  delivered it; an older or repeated revision changes nothing but the cursor.
+  Each accepted notice gets the next ``feed_seq``, assigned under a lock of the
+  inbox row, so sequence numbers become visible in commit order: an
+  application that resumes after the last ``feed_seq`` it processed never
+  misses a change and never sees one twice.
+
+Randomness (signal refs, batch ids) is injectable, time is always an argument.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
+from types import MappingProxyType
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from samenloop.node import models
+from samenloop.node.identifiers import Identifier, IdentifierType
+from samenloop.node.models import (
+    AreaKind,
+    BatchKind,
+    HitKind,
+    HitState,
+    IdentifierState,
+    SignalState,
+)
+from samenloop.policies.database import READ_ONLY
+from samenloop.policies.errors import InvalidInput, MessageTooLarge, NotFound, Replay, UnknownType
+from samenloop.v1 import common_pb2
+
+__all__ = [
+    "MIGRATIONS",
+    "CoarseAttributes",
+    "HitRecord",
+    "HolderTotals",
+    "IdentifierRecord",
+    "NewSignal",
+    "NodeStore",
+    "OutboxBatch",
+    "OutboxEntry",
+    "OwnSignal",
+    "PendingIdentifier",
+    "SignalRecord",
+    "StatusCounts",
+]
+
+MIGRATIONS: Final = "samenloop.node.migrations"
+"""The package of the node's Alembic migrations, for ``policies.database.upgrade``."""
+
+ID_BYTES: Final[int] = common_pb2.LIMITS_ID_BYTES
+TOKEN_BYTES: Final[int] = common_pb2.LIMITS_TOKEN_BYTES
+MAX_IDENTIFIERS: Final[int] = common_pb2.LIMITS_MAX_IDENTIFIERS_PER_SIGNAL
+MAX_DETAIL_FIELDS: Final[int] = common_pb2.LIMITS_MAX_DETAIL_FIELDS
+MAX_TEXT_BYTES: Final[int] = common_pb2.LIMITS_MAX_TEXT_BYTES
+MAX_TOKENS_PER_BATCH: Final[int] = common_pb2.LIMITS_MAX_TOKENS_PER_BATCH
+MAX_REFS_PER_WITHDRAWAL: Final[int] = common_pb2.LIMITS_MAX_REFS_PER_WITHDRAWAL
+MAX_KEY_EPOCH: Final = 2**32 - 1
+DEFAULT_PAGE: Final = 100
+
+# Key of the PostgreSQL advisory lock that serializes outbox writes ("smlpnode"), so
+# that batches commit in the order of their ids, the order they are sent in.
+_OUTBOX_LOCK: Final = 0x736D6C706E6F6465
+# Values per "IN (...)": well under SQLite's bound-parameter limit.
+_CHUNK: Final = 1000
+_INBOX_ROW: Final = 1
+_MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+_BRANCH = re.compile(r"\d{2,5}")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Taken:
+    """An identifier that gets its token now, with what its outbox entry needs."""
+
+    id: int
+    signal_ref: bytes
+    category: str
+    expires_at: datetime
+
+
+# --- values in ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CoarseAttributes:
+    """A signal's coarse attributes for the regional picture; each may be unknown."""
+
+    area_kind: AreaKind | None = None
+    area_code: str | None = None
+    branch: str | None = None
+    month: str | None = None
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class NewSignal:
+    """A signal to store: identifiers parsed, expiry decided. Its repr hides the content."""
+
+    reference: str
+    category: str
+    identifiers: Sequence[Identifier]
+    expires_at: datetime
+    details: Mapping[str, str] = field(default_factory=dict)
+    attributes: CoarseAttributes = CoarseAttributes()
+
+    def __repr__(self) -> str:
+        return (
+            f"NewSignal(reference={self.reference!r}, category={self.category!r}, "
+            f"identifiers={len(self.identifiers)}, details={len(self.details)})"
+        )
+
+
+# --- values out ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class IdentifierRecord:
+    """One stored identifier of a signal, with its ref, state and (once made) token."""
+
+    id: int
+    identifier: Identifier
+    signal_ref: bytes
+    state: IdentifierState
+    key_epoch: int | None
+    token: bytes | None
+
+    def __repr__(self) -> str:
+        return f"IdentifierRecord(id={self.id}, type={self.identifier.type}, state={self.state})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SignalRecord:
+    """A stored signal. ``unchanged`` is set by :meth:`NodeStore.add_signals` when the
+    signal already existed with the same content and nothing was stored."""
+
+    id: int
+    reference: str
+    category: str
+    details: Mapping[str, str]
+    created_at: datetime
+    expires_at: datetime
+    state: SignalState
+    ended_at: datetime | None
+    attributes: CoarseAttributes
+    import_batch: str | None
+    identifiers: tuple[IdentifierRecord, ...]
+    unchanged: bool = False
+
+    def __repr__(self) -> str:
+        return f"SignalRecord(id={self.id}, reference={self.reference!r}, state={self.state})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PendingIdentifier:
+    """An identifier waiting for its token: what the tokeniser needs."""
+
+    id: int
+    signal_id: int
+    identifier: Identifier
+    category: str
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"PendingIdentifier(id={self.id}, type={self.identifier.type})"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One entry of an outbox batch, as sent: a ``TokenEntry``, or a ref to withdraw.
+
+    ``token``, ``expires_at`` and ``sealed_attributes`` are set in submit batches
+    only. Send ``sealed_attributes`` as stored: sealing again would change the
+    batch, which the broker refuses under the same id. ``category`` is for the
+    node's own use; it is never sent in clear.
+    """
+
+    signal_ref: bytes
+    token: bytes | None
+    expires_at: datetime | None
+    category: str
+    sealed_attributes: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxBatch:
+    """A ``SubmitTokens`` or ``WithdrawTokens`` request waiting for the broker's ack."""
+
+    client_batch_id: bytes
+    kind: BatchKind
+    key_epoch: int | None
+    created_at: datetime
+    entries: tuple[OutboxEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OwnSignal:
+    """One of this node's refs in a hit, resolved to its signal (None where unknown)."""
+
+    signal_ref: bytes
+    signal_id: int | None
+    reference: str | None
+    category: str | None
+    identifier_type: IdentifierType | None
+
+
+@dataclass(frozen=True, slots=True)
+class HitRecord:
+    """A hit as the node holds it: the latest accepted notice of its group."""
+
+    group_id: bytes
+    revision: int
+    kind: HitKind
+    state: HitState
+    notice: bytes
+    first_seen: datetime
+    last_seen: datetime
+    received_at: datetime
+    feed_seq: int
+    own_signals: tuple[OwnSignal, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCounts:
+    """Counts for ``GetStatus`` and ``samenloop node status``."""
+
+    signals: Mapping[SignalState, int]
+    identifiers_pending: int
+    outbox_batches: int
+    outbox_entries: int
+    open_hits: int
+    closed_hits: int
+    mailbox_cursor: int
+
+
+@dataclass(frozen=True, slots=True)
+class HolderTotals:
+    """The key-holder counters summed over parties and days."""
+
+    requests_served: int
+    elements_evaluated: int
+    requests_refused: int
+
+
+# --- checks ---------------------------------------------------------------------------
+
+
+def _utc(moment: datetime, name: str = "now") -> datetime:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{name} must carry a time zone")
+    return moment.astimezone(UTC)
+
+
+def _check_text(value: object, name: str, limit: int, *, empty_ok: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput("must be text", field=name)
+    if not value and not empty_ok:
+        raise InvalidInput("must not be empty", field=name)
+    if len(value) > limit:
+        raise InvalidInput(f"at most {limit} characters", field=name)
+    return value
+
+
+def _check_bytes(value: object, size: int, name: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise InvalidInput(f"must be {size} bytes", field=name)
+    return value
+
+
+def _check_epoch(key_epoch: int) -> None:
+    if not 1 <= key_epoch <= MAX_KEY_EPOCH:
+        raise InvalidInput("key epoch must be 1..2^32-1", field="key_epoch")
+
+
+def _check_signal(signal: NewSignal, name: str) -> None:
+    _check_text(signal.reference, f"{name}.reference", models.MAX_REFERENCE_CHARS)
+    _check_text(signal.category, f"{name}.category", models.MAX_CATEGORY_CHARS)
+    if signal.expires_at.tzinfo is None or signal.expires_at.utcoffset() is None:
+        raise InvalidInput("must carry a time zone", field=f"{name}.expires_at")
+    identifiers = signal.identifiers
+    if not identifiers:
+        raise InvalidInput("a signal needs at least one identifier", field=f"{name}.identifiers")
+    if len(identifiers) > MAX_IDENTIFIERS:
+        raise MessageTooLarge(
+            f"at most {MAX_IDENTIFIERS} identifiers per signal", field=f"{name}.identifiers"
+        )
+    seen: set[tuple[str, str]] = set()
+    for j, identifier in enumerate(identifiers):
+        where = f"{name}.identifiers[{j}]"
+        if not isinstance(identifier, Identifier) or not isinstance(
+            identifier.type, IdentifierType
+        ):
+            raise InvalidInput("must be a parsed identifier", field=where)
+        _check_text(identifier.canonical, f"{where}.value", models.MAX_CANONICAL_CHARS)
+        key = (identifier.type.value, identifier.canonical)
+        if key in seen:
+            raise InvalidInput(
+                "the same identifier twice in one signal",
+                field=where,
+                reason="identifier.duplicate",
+            )
+        seen.add(key)
+    if len(signal.details) > MAX_DETAIL_FIELDS:
+        raise MessageTooLarge(
+            f"at most {MAX_DETAIL_FIELDS} detail fields per signal", field=f"{name}.details"
+        )
+    for label, value in signal.details.items():
+        _check_text(label, f"{name}.details", MAX_TEXT_BYTES)
+        if not isinstance(value, str):
+            raise InvalidInput("must be text", field=f"{name}.details[{label}]")
+        if len(value.encode("utf-8")) > MAX_TEXT_BYTES:
+            raise InvalidInput(
+                f"at most {MAX_TEXT_BYTES} bytes of UTF-8", field=f"{name}.details[{label}]"
+            )
+    _check_attributes(signal.attributes, f"{name}.attributes")
+
+
+def _check_attributes(attributes: CoarseAttributes, name: str) -> None:
+    if (attributes.area_kind is None) != (attributes.area_code is None):
+        raise InvalidInput("an area needs both a kind and a code", field=f"{name}.area")
+    if attributes.area_kind is not None:
+        if not isinstance(attributes.area_kind, AreaKind):
+            raise InvalidInput("unknown area kind", field=f"{name}.area.kind")
+        _check_text(attributes.area_code, f"{name}.area.code", 16)
+    if attributes.branch is not None and not _BRANCH.fullmatch(attributes.branch):
+        raise InvalidInput("an SBI code is 2 to 5 digits", field=f"{name}.branch")
+    if attributes.month is not None and not _MONTH.fullmatch(attributes.month):
+        raise InvalidInput("a month is written YYYY-MM", field=f"{name}.month")
+
+
+def _details_json(details: Mapping[str, str]) -> str:
+    return json.dumps(dict(details), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def _content(category: str, identifiers: Iterable[Identifier], details: Mapping[str, str]) -> Any:
+    """What makes two signals with one reference the same: expiry and coarse attributes
+    are derived (from the covenant and the date added), so they do not count."""
+    return (
+        category,
+        sorted((i.type.value, i.canonical) for i in identifiers),
+        _details_json(details),
+    )
+
+
+def _chunks(values: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+# --- the repository -------------------------------------------------------------------
+
+
+class NodeStore:
+    """The node's signals, outbox, hit inbox and feed, mailbox cursor and holder counters."""
+
+    def __init__(
+        self, engine: Engine, *, random_bytes: Callable[[int], bytes] = secrets.token_bytes
+    ) -> None:
+        self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+        self._random = random_bytes
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    # --- signals -----------------------------------------------------------------------
+
+    def add_signals(
+        self,
+        signals: Sequence[NewSignal],
+        *,
+        now: datetime,
+        import_batch: str | None = None,
+    ) -> list[SignalRecord]:
+        """Store new signals with fresh refs, their identifiers pending; all or nothing.
+
+        A reference that an active signal already has (or an earlier row of the
+        same call) is a :class:`Replay` naming ``signals[i].reference``, unless the
+        content (category, identifiers, details) is the same: then nothing is
+        stored for the row and the existing signal is returned with ``unchanged``.
+        """
+        now = _utc(now)
+        if import_batch is not None:
+            _check_text(import_batch, "import_batch", models.MAX_IMPORT_BATCH_CHARS)
+        for i, signal in enumerate(signals):
+            _check_signal(signal, f"signals[{i}]")
+        if not signals:
+            return []
+        try:
+            return self._add_signals(signals, now, import_batch)
+        except IntegrityError:
+            # PostgreSQL: a concurrent call committed one of these references first.
+            # Once more, now that its row is visible: Replay or unchanged.
+            return self._add_signals(signals, now, import_batch)
+
+    def _add_signals(
+        self, signals: Sequence[NewSignal], now: datetime, import_batch: str | None
+    ) -> list[SignalRecord]:
+        with self._write() as conn:
+            references = sorted({s.reference for s in signals})
+            existing: dict[str, SignalRecord] = {}
+            for chunk in _chunks(references):
+                active = conn.execute(
+                    select(models.Signal.id).where(
+                        models.Signal.reference.in_(chunk),
+                        models.Signal.state == SignalState.ACTIVE.value,
+                    )
+                ).scalars()
+                existing.update((r.reference, r) for r in self._load_signals(conn, list(active)))
+            fresh: dict[str, int] = {}  # reference -> index of the row that stores it
+            new: list[int] = []
+            for i, signal in enumerate(signals):
+                content = _content(signal.category, signal.identifiers, signal.details)
+                if signal.reference in existing:
+                    prior = existing[signal.reference]
+                    same = content == _content(
+                        prior.category, (r.identifier for r in prior.identifiers), prior.details
+                    )
+                elif signal.reference in fresh:
+                    prior_new = signals[fresh[signal.reference]]
+                    same = content == _content(
+                        prior_new.category, prior_new.identifiers, prior_new.details
+                    )
+                else:
+                    fresh[signal.reference] = i
+                    new.append(i)
+                    continue
+                if not same:
+                    raise Replay(
+                        "an active signal with this reference exists, with other content",
+                        field=f"signals[{i}].reference",
+                        reason="signal.exists",
+                    )
+            ids = self._insert_signals(conn, [signals[i] for i in new], now, import_batch)
+            stored = {r.id: r for r in self._load_signals(conn, ids)}
+            by_reference = {signals[i].reference: stored[ids[k]] for k, i in enumerate(new)}
+        results: list[SignalRecord] = []
+        for i, signal in enumerate(signals):
+            if signal.reference in existing:
+                results.append(replace(existing[signal.reference], unchanged=True))
+            elif fresh[signal.reference] != i:
+                results.append(replace(by_reference[signal.reference], unchanged=True))
+            else:
+                results.append(by_reference[signal.reference])
+        return results
+
+    def _insert_signals(
+        self,
+        conn: Connection,
+        signals: Sequence[NewSignal],
+        now: datetime,
+        import_batch: str | None,
+    ) -> list[int]:
+        if not signals:
+            return []
+        rows = [
+            {
+                "reference": s.reference,
+                "category": s.category,
+                "details": _details_json(s.details),
+                "created_at": now,
+                "expires_at": s.expires_at,
+                "state": SignalState.ACTIVE.value,
+                "ended_at": None,
+                "area_kind": None
+                if s.attributes.area_kind is None
+                else s.attributes.area_kind.value,
+                "area_code": s.attributes.area_code,
+                "branch": s.attributes.branch,
+                "month": s.attributes.month,
+                "import_batch": import_batch,
+            }
+            for s in signals
+        ]
+        ids = list(
+            conn.execute(
+                insert(models.Signal).returning(models.Signal.id, sort_by_parameter_order=True),
+                rows,
+            ).scalars()
+        )
+        identifier_rows = [
+            {
+                "signal_id": signal_id,
+                "position": position,
+                "type": identifier.type.value,
+                "canonical": identifier.canonical,
+                "signal_ref": self._random(ID_BYTES),
+                "token": None,
+                "key_epoch": None,
+                "state": IdentifierState.PENDING.value,
+            }
+            for signal_id, signal in zip(ids, signals, strict=True)
+            for position, identifier in enumerate(signal.identifiers)
+        ]
+        conn.execute(insert(models.SignalIdentifier), identifier_rows)
+        return ids
+
+    def withdraw_signal(
+        self,
+        reference: str | None = None,
+        *,
+        now: datetime,
+        signal_id: int | None = None,
+    ) -> SignalRecord:
+        """Withdraw the active signal with this reference (or id) and queue the withdrawal
+        of its refs at the broker.
+
+        Idempotent: a signal that is no longer active is returned as it is. A
+        reference that no signal has is :class:`NotFound`.
+        """
+        now = _utc(now)
+        if (reference is None) == (signal_id is None):
+            raise InvalidInput("give a reference or a signal id", field="reference")
+        with self._write(outbox=True) as conn:
+            query = select(models.Signal.id, models.Signal.state)
+            if signal_id is not None:
+                query = query.where(models.Signal.id == signal_id)
+                name = "signal_id"
+            else:
+                query = query.where(models.Signal.reference == reference)
+                name = "reference"
+            # The active signal if there is one, else the latest that had the reference.
+            query = query.order_by(
+                (models.Signal.state == SignalState.ACTIVE.value).desc(), models.Signal.id.desc()
+            )
+            found = conn.execute(query.limit(1).with_for_update()).first()
+            if found is None:
+                raise NotFound("no signal with this " + name.replace("_", " "), field=name)
+            if found.state == SignalState.ACTIVE.value:
+                self._end_signals(conn, [found.id], SignalState.WITHDRAWN, now)
+            (record,) = self._load_signals(conn, [found.id])
+        return record
+
+    def expire_signals(self, now: datetime, *, limit: int = 10_000) -> int:
+        """Mark active signals whose expiry has passed as expired, at most ``limit``, and
+        queue the withdrawal of their refs. Returns how many; call again while it is
+        ``limit``."""
+        now = _utc(now)
+        with self._write(outbox=True) as conn:
+            ids = list(
+                conn.execute(
+                    select(models.Signal.id)
+                    .where(
+                        models.Signal.state == SignalState.ACTIVE.value,
+                        models.Signal.expires_at <= now,
+                    )
+                    .order_by(models.Signal.expires_at, models.Signal.id)
+                    .limit(limit)
+                    .with_for_update()
+                ).scalars()
+            )
+            self._end_signals(conn, ids, SignalState.EXPIRED, now)
+        return len(ids)
+
+    def _end_signals(
+        self, conn: Connection, signal_ids: Sequence[int], state: SignalState, now: datetime
+    ) -> None:
+        """Signals leave ACTIVE: identifiers without a token are done; those with one are
+        withdrawn at the broker, in withdraw batches behind any batch that submitted them."""
+        si = models.SignalIdentifier
+        done: list[int] = []
+        to_withdraw: list[tuple[int, bytes]] = []
+        live = (IdentifierState.TOKENISED.value, IdentifierState.SUBMITTED.value)
+        for chunk in _chunks(signal_ids):
+            conn.execute(
+                update(models.Signal)
+                .where(models.Signal.id.in_(chunk))
+                .values(state=state.value, ended_at=now)
+            )
+            rows = conn.execute(
+                select(si.id, si.state, si.signal_ref)
+                .where(si.signal_id.in_(chunk))
+                .order_by(si.id)
+                .with_for_update()
+            ).all()
+            done += [row.id for row in rows if row.state == IdentifierState.PENDING.value]
+            to_withdraw += [(row.id, row.signal_ref) for row in rows if row.state in live]
+        self._set_state(conn, done, IdentifierState.WITHDRAWN)
+        self._set_state(conn, [i for i, _ in to_withdraw], IdentifierState.WITHDRAW_PENDING)
+        for batch in _chunks(to_withdraw, MAX_REFS_PER_WITHDRAWAL):
+            self._create_batch(
+                conn,
+                BatchKind.WITHDRAW,
+                None,
+                now,
+                [
+                    {"identifier_id": identifier_id, "signal_ref": ref}
+                    for identifier_id, ref in batch
+                ],
+            )
+
+    def _set_state(
+        self,
+        conn: Connection,
+        identifier_ids: Sequence[int],
+        state: IdentifierState,
+        **values: Any,
+    ) -> None:
+        si = models.SignalIdentifier
+        for chunk in _chunks(identifier_ids):
+            conn.execute(update(si).where(si.id.in_(chunk)).values(state=state.value, **values))
+
+    def signal(self, reference: str) -> SignalRecord | None:
+        """The active signal with this reference, else the latest one that had it."""
+        with self._read() as conn:
+            found = conn.execute(
+                select(models.Signal.id)
+                .where(models.Signal.reference == reference)
+                .order_by(
+                    (models.Signal.state == SignalState.ACTIVE.value).desc(),
+                    models.Signal.id.desc(),
+                )
+                .limit(1)
+            ).scalar_one_or_none()
+            if found is None:
+                return None
+            return self._load_signals(conn, [found])[0]
+
+    def signal_by_id(self, signal_id: int) -> SignalRecord | None:
+        """The signal with this id, if any."""
+        with self._read() as conn:
+            records = self._load_signals(conn, [signal_id])
+        return records[0] if records else None
+
+    # --- tokens and the outbox ---------------------------------------------------------
+
+    def pending_identifiers(
+        self, limit: int, *, now: datetime | None = None
+    ) -> list[PendingIdentifier]:
+        """Identifiers of active signals that wait for a token, oldest first. With ``now``,
+        signals that have expired by then are left out (the expiry sweep ends them)."""
+        si, sg = models.SignalIdentifier, models.Signal
+        query = (
+            select(si.id, si.signal_id, si.type, si.canonical, sg.category, sg.expires_at)
+            .join(sg, sg.id == si.signal_id)
+            .where(
+                si.state == IdentifierState.PENDING.value,
+                sg.state == SignalState.ACTIVE.value,
+            )
+            .order_by(si.id)
+            .limit(limit)
+        )
+        if now is not None:
+            query = query.where(sg.expires_at > _utc(now))
+        with self._read() as conn:
+            return [
+                PendingIdentifier(
+                    id=row.id,
+                    signal_id=row.signal_id,
+                    identifier=Identifier(IdentifierType(row.type), row.canonical),
+                    category=row.category,
+                    expires_at=row.expires_at,
+                )
+                for row in conn.execute(query)
+            ]
+
+    def record_tokens(
+        self,
+        tokens: Mapping[int, bytes],
+        key_epoch: int,
+        *,
+        now: datetime,
+        seal_attributes: Callable[[str], bytes] | None = None,
+    ) -> list[OutboxBatch]:
+        """Store tokens by identifier id and create their submit batches, atomically.
+
+        Only identifiers that are still pending, of active signals that have not
+        expired by ``now``, are taken; the others (withdrawn meanwhile, or
+        already recorded by an earlier call) are skipped, so a repeated call
+        changes nothing. ``seal_attributes`` turns a category into the serialized
+        ``SecretBox`` sent with each entry; it is sealed once, here, and stored.
+        """
+        now = _utc(now)
+        _check_epoch(key_epoch)
+        for identifier_id, token in tokens.items():
+            _check_bytes(token, TOKEN_BYTES, f"tokens[{identifier_id}]")
+        si, sg = models.SignalIdentifier, models.Signal
+        with self._write(outbox=True) as conn:
+            # Two lookups by primary key, not one join: with an IN list on one side and
+            # a filter on the other, SQLite's planner would scan the other table.
+            pending: list[Any] = []
+            for chunk in _chunks(sorted(tokens)):
+                pending += conn.execute(
+                    select(si.id, si.signal_id, si.signal_ref)
+                    .where(si.id.in_(chunk), si.state == IdentifierState.PENDING.value)
+                    .order_by(si.id)
+                    .with_for_update()
+                ).all()
+            signals: dict[int, Any] = {}
+            for chunk in _chunks(sorted({row.signal_id for row in pending})):
+                signals.update(
+                    (row.id, row)
+                    for row in conn.execute(
+                        select(sg.id, sg.state, sg.category, sg.expires_at).where(sg.id.in_(chunk))
+                    )
+                )
+            rows = [
+                _Taken(row.id, row.signal_ref, signal.category, signal.expires_at)
+                for row in pending
+                if (signal := signals[row.signal_id]).state == SignalState.ACTIVE.value
+                and signal.expires_at > now
+            ]
+            if not rows:
+                return []
+            conn.execute(
+                update(si)
+                .where(si.id == bindparam("b_id"))
+                .values(
+                    token=bindparam("b_token"),
+                    key_epoch=key_epoch,
+                    state=IdentifierState.TOKENISED.value,
+                ),
+                [{"b_id": row.id, "b_token": tokens[row.id]} for row in rows],
+            )
+            sealed: dict[str, bytes] = {}
+            if seal_attributes is not None:
+                for category in sorted({row.category for row in rows}):
+                    sealed[category] = seal_attributes(category)
+            batches = [
+                self._create_batch(
+                    conn,
+                    BatchKind.SUBMIT,
+                    key_epoch,
+                    now,
+                    [
+                        {
+                            "identifier_id": row.id,
+                            "signal_ref": row.signal_ref,
+                            "token": tokens[row.id],
+                            "expires_at": row.expires_at,
+                            "sealed_attributes": sealed.get(row.category),
+                            "category": row.category,
+                        }
+                        for row in chunk
+                    ],
+                )
+                for chunk in _chunks(rows, MAX_TOKENS_PER_BATCH)
+            ]
+        return batches
+
+    def _create_batch(
+        self,
+        conn: Connection,
+        kind: BatchKind,
+        key_epoch: int | None,
+        now: datetime,
+        entries: Sequence[dict[str, Any]],
+    ) -> OutboxBatch:
+        client_batch_id = self._random(ID_BYTES)
+        batch_id = conn.execute(
+            insert(models.OutboxBatch)
+            .values(
+                client_batch_id=client_batch_id,
+                kind=kind.value,
+                key_epoch=key_epoch,
+                created_at=now,
+            )
+            .returning(models.OutboxBatch.id)
+        ).scalar_one()
+        conn.execute(
+            insert(models.OutboxEntry),
+            [
+                {
+                    "batch_id": batch_id,
+                    "position": position,
+                    "identifier_id": entry["identifier_id"],
+                    "signal_ref": entry["signal_ref"],
+                    "token": entry.get("token"),
+                    "expires_at": entry.get("expires_at"),
+                    "sealed_attributes": entry.get("sealed_attributes"),
+                }
+                for position, entry in enumerate(entries)
+            ],
+        )
+        categories: dict[int, str]
+        if kind is BatchKind.WITHDRAW:
+            categories = self._categories(conn, [e["identifier_id"] for e in entries])
+        else:
+            categories = {e["identifier_id"]: e["category"] for e in entries}
+        return OutboxBatch(
+            client_batch_id=client_batch_id,
+            kind=kind,
+            key_epoch=key_epoch,
+            created_at=now,
+            entries=tuple(
+                OutboxEntry(
+                    signal_ref=e["signal_ref"],
+                    token=e.get("token"),
+                    expires_at=e.get("expires_at"),
+                    category=categories[e["identifier_id"]],
+                    sealed_attributes=e.get("sealed_attributes"),
+                )
+                for e in entries
+            ),
+        )
+
+    def _categories(self, conn: Connection, identifier_ids: Sequence[int]) -> dict[int, str]:
+        si, sg = models.SignalIdentifier, models.Signal
+        found: dict[int, str] = {}
+        for chunk in _chunks(identifier_ids):
+            rows = conn.execute(
+                select(si.id, sg.category).join(sg, sg.id == si.signal_id).where(si.id.in_(chunk))
+            )
+            found.update((identifier_id, category) for identifier_id, category in rows)
+        return found
+
+    def outbox(self, limit: int = DEFAULT_PAGE) -> list[OutboxBatch]:
+        """The unacknowledged batches, oldest first, exactly as they were created."""
+        ob, oe, si, sg = (
+            models.OutboxBatch,
+            models.OutboxEntry,
+            models.SignalIdentifier,
+            models.Signal,
+        )
+        with self._read() as conn:
+            batches = conn.execute(
+                select(ob.id, ob.client_batch_id, ob.kind, ob.key_epoch, ob.created_at)
+                .where(ob.acked_at.is_(None), ob.rejected_at.is_(None))
+                .order_by(ob.id)
+                .limit(limit)
+            ).all()
+            entries: dict[int, list[OutboxEntry]] = {b.id: [] for b in batches}
+            for chunk in _chunks([b.id for b in batches]):
+                rows = conn.execute(
+                    select(
+                        oe.batch_id,
+                        oe.signal_ref,
+                        oe.token,
+                        oe.expires_at,
+                        oe.sealed_attributes,
+                        sg.category,
+                    )
+                    .join(si, si.id == oe.identifier_id)
+                    .join(sg, sg.id == si.signal_id)
+                    .where(oe.batch_id.in_(chunk))
+                    .order_by(oe.batch_id, oe.position)
+                )
+                for row in rows:
+                    entries[row.batch_id].append(
+                        OutboxEntry(
+                            signal_ref=row.signal_ref,
+                            token=row.token,
+                            expires_at=row.expires_at,
+                            category=row.category,
+                            sealed_attributes=row.sealed_attributes,
+                        )
+                    )
+        return [
+            OutboxBatch(
+                client_batch_id=b.client_batch_id,
+                kind=BatchKind(b.kind),
+                key_epoch=b.key_epoch,
+                created_at=b.created_at,
+                entries=tuple(entries[b.id]),
+            )
+            for b in batches
+        ]
+
+    def mark_acked(self, client_batch_id: bytes, *, now: datetime) -> bool:
+        """The broker acknowledged a batch: its identifiers are submitted (or withdrawn).
+
+        Returns False if it was settled already (a repeated ack changes nothing).
+        """
+        return self._settle(client_batch_id, now, acked=True)
+
+    def reject_batch(self, client_batch_id: bytes, *, now: datetime) -> bool:
+        """The broker refused a batch for good (for example an entry expired before it
+        arrived): it is not sent again. Its still-tokenised identifiers go back to
+        pending, to be tokenised and submitted anew if their signal is still active;
+        a refused withdrawal counts as done, since the broker drops expired entries
+        on its own. Returns False if it was settled already."""
+        return self._settle(client_batch_id, now, acked=False)
+
+    def _settle(self, client_batch_id: bytes, now: datetime, *, acked: bool) -> bool:
+        now = _utc(now)
+        _check_bytes(client_batch_id, ID_BYTES, "client_batch_id")
+        ob, oe, si = models.OutboxBatch, models.OutboxEntry, models.SignalIdentifier
+        with self._write(outbox=True) as conn:
+            batch = conn.execute(
+                select(ob.id, ob.kind, ob.acked_at, ob.rejected_at)
+                .where(ob.client_batch_id == client_batch_id)
+                .with_for_update()
+            ).first()
+            if batch is None:
+                raise NotFound("no outbox batch with this id", field="client_batch_id")
+            if batch.acked_at is not None or batch.rejected_at is not None:
+                return False
+            conn.execute(
+                update(ob)
+                .where(ob.id == batch.id)
+                .values(acked_at=now if acked else None, rejected_at=None if acked else now)
+            )
+            members = list(
+                conn.execute(
+                    select(oe.identifier_id).where(oe.batch_id == batch.id).order_by(oe.position)
+                ).scalars()
+            )
+            submit = batch.kind == BatchKind.SUBMIT.value
+            before = IdentifierState.TOKENISED if submit else IdentifierState.WITHDRAW_PENDING
+            moving: list[int] = []
+            for chunk in _chunks(members):
+                moving += [
+                    row.id
+                    for row in conn.execute(
+                        select(si.id, si.state).where(si.id.in_(chunk)).with_for_update()
+                    )
+                    if row.state == before.value
+                ]
+            if not submit:
+                self._set_state(conn, moving, IdentifierState.WITHDRAWN)
+            elif acked:
+                self._set_state(conn, moving, IdentifierState.SUBMITTED)
+            else:
+                self._set_state(conn, moving, IdentifierState.PENDING, token=None, key_epoch=None)
+        return True
+
+    # --- the hit inbox and feed -----------------------------------------------------
+
+    def accept_notice(
+        self,
+        cursor: int,
+        group_id: bytes,
+        revision: int,
+        kind: HitKind,
+        signed_notice: bytes,
+        own_refs: Iterable[bytes],
+        first_seen: datetime,
+        last_seen: datetime,
+        *,
+        now: datetime,
+    ) -> bool:
+        """Keep a verified hit notice if it is newer than the group's; record ``cursor``.
+
+        Returns True if the notice was accepted (it got the next ``feed_seq``),
+        False if the node already had this revision or a newer one. Either way
+        the mailbox cursor advances to ``cursor`` (never back) in the same
+        transaction, so the item can be acknowledged to the broker afterwards.
+        """
+        now = _utc(now)
+        first_seen = _utc(first_seen, "first_seen")
+        last_seen = _utc(last_seen, "last_seen")
+        if cursor < 0:
+            raise InvalidInput("a cursor is not negative", field="cursor")
+        _check_bytes(group_id, ID_BYTES, "hit_group_id")
+        if revision < 1:
+            raise InvalidInput("a revision starts at 1", field="revision")
+        try:
+            kind = HitKind(kind)
+        except ValueError:
+            raise UnknownType("unknown hit notice kind", field="kind") from None
+        if not signed_notice:
+            raise InvalidInput("the signed notice is empty", field="notice")
+        if first_seen > last_seen:
+            raise InvalidInput("first seen after last seen", field="first_seen")
+        refs = sorted(set(own_refs))
+        for i, ref in enumerate(refs):
+            _check_bytes(ref, ID_BYTES, f"own_signal_refs[{i}]")
+        hit = models.Hit
+        with self._write() as conn:
+            stored_cursor, last_feed_seq = self._lock_inbox(conn)
+            new_cursor = max(stored_cursor, cursor)
+            known = conn.execute(
+                select(hit.revision).where(hit.group_id == group_id)
+            ).scalar_one_or_none()
+            if known is not None and known >= revision:
+                if new_cursor != stored_cursor:
+                    self._save_inbox(conn, new_cursor, last_feed_seq)
+                return False
+            feed_seq = last_feed_seq + 1
+            values = {
+                "revision": revision,
+                "kind": kind.value,
+                "state": (HitState.CLOSED if kind is HitKind.CLOSED else HitState.OPEN).value,
+                "notice": signed_notice,
+                "first_seen": first_seen,
+                "last_seen": last_seen,
+                "received_at": now,
+                "feed_seq": feed_seq,
+            }
+            if known is None:
+                conn.execute(insert(hit).values(group_id=group_id, **values))
+            else:
+                conn.execute(update(hit).where(hit.group_id == group_id).values(**values))
+                conn.execute(delete(models.HitRef).where(models.HitRef.group_id == group_id))
+            if refs:
+                resolved = self._identifiers_by_ref(conn, refs)
+                conn.execute(
+                    insert(models.HitRef),
+                    [
+                        {
+                            "group_id": group_id,
+                            "signal_ref": ref,
+                            "identifier_id": resolved.get(ref),
+                        }
+                        for ref in refs
+                    ],
+                )
+            self._save_inbox(conn, new_cursor, feed_seq)
+        return True
+
+    def advance_cursor(self, cursor: int) -> int:
+        """Record a processed mailbox item that carried no hit; the cursor never goes back.
+        Returns the cursor now stored."""
+        if cursor < 0:
+            raise InvalidInput("a cursor is not negative", field="cursor")
+        with self._write() as conn:
+            stored_cursor, last_feed_seq = self._lock_inbox(conn)
+            if cursor > stored_cursor:
+                self._save_inbox(conn, cursor, last_feed_seq)
+                return cursor
+        return stored_cursor
+
+    def mailbox_cursor(self) -> int:
+        """The last broker mailbox cursor whose item is processed (0: none yet)."""
+        with self._read() as conn:
+            found = conn.execute(
+                select(models.Inbox.mailbox_cursor).where(models.Inbox.id == _INBOX_ROW)
+            ).scalar_one_or_none()
+        return found or 0
+
+    def last_feed_seq(self) -> int:
+        """The ``feed_seq`` of the latest accepted notice (0: none yet)."""
+        with self._read() as conn:
+            found = conn.execute(
+                select(models.Inbox.last_feed_seq).where(models.Inbox.id == _INBOX_ROW)
+            ).scalar_one_or_none()
+        return found or 0
+
+    def hits(
+        self,
+        state: HitState | None = None,
+        *,
+        after_feed_seq: int = 0,
+        limit: int = DEFAULT_PAGE,
+        newest_first: bool = False,
+        before_feed_seq: int | None = None,
+    ) -> list[HitRecord]:
+        """Hits in feed order: those whose latest change has a ``feed_seq`` after
+        ``after_feed_seq`` (and before ``before_feed_seq``), oldest change first or,
+        with ``newest_first``, newest first."""
+        hit = models.Hit
+        query = select(hit.__table__).where(hit.feed_seq > after_feed_seq)
+        if state is not None:
+            query = query.where(hit.state == HitState(state).value)
+        if before_feed_seq is not None:
+            query = query.where(hit.feed_seq < before_feed_seq)
+        query = query.order_by(hit.feed_seq.desc() if newest_first else hit.feed_seq)
+        with self._read() as conn:
+            rows = conn.execute(query.limit(limit)).all()
+            return self._hit_records(conn, rows)
+
+    def hit(self, group_id: bytes) -> HitRecord | None:
+        """The hit of this group, if the node has one."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(models.Hit.__table__).where(models.Hit.group_id == group_id)
+            ).all()
+            records = self._hit_records(conn, rows)
+        return records[0] if records else None
+
+    def _hit_records(self, conn: Connection, rows: Sequence[Any]) -> list[HitRecord]:
+        hr, si, sg = models.HitRef, models.SignalIdentifier, models.Signal
+        own: dict[bytes, list[OwnSignal]] = {row.group_id: [] for row in rows}
+        for chunk in _chunks(list(own)):
+            refs = conn.execute(
+                select(hr.group_id, hr.signal_ref, si.signal_id, si.type, sg.reference, sg.category)
+                .outerjoin(si, si.id == hr.identifier_id)
+                .outerjoin(sg, sg.id == si.signal_id)
+                .where(hr.group_id.in_(chunk))
+                .order_by(hr.group_id, hr.signal_ref)
+            )
+            for ref in refs:
+                own[ref.group_id].append(
+                    OwnSignal(
+                        signal_ref=ref.signal_ref,
+                        signal_id=ref.signal_id,
+                        reference=ref.reference,
+                        category=ref.category,
+                        identifier_type=None if ref.type is None else IdentifierType(ref.type),
+                    )
+                )
+        return [
+            HitRecord(
+                group_id=row.group_id,
+                revision=row.revision,
+                kind=HitKind(row.kind),
+                state=HitState(row.state),
+                notice=row.notice,
+                first_seen=row.first_seen,
+                last_seen=row.last_seen,
+                received_at=row.received_at,
+                feed_seq=row.feed_seq,
+                own_signals=tuple(own[row.group_id]),
+            )
+            for row in rows
+        ]
+
+    def _identifiers_by_ref(self, conn: Connection, refs: Sequence[bytes]) -> dict[bytes, int]:
+        si = models.SignalIdentifier
+        found: dict[bytes, int] = {}
+        for chunk in _chunks(refs):
+            found.update(
+                (ref, identifier_id)
+                for ref, identifier_id in conn.execute(
+                    select(si.signal_ref, si.id).where(si.signal_ref.in_(chunk))
+                )
+            )
+        return found
+
+    def _lock_inbox(self, conn: Connection) -> tuple[int, int]:
+        """The inbox row, created if missing and locked until the transaction ends."""
+        conn.execute(
+            self._insert(models.Inbox)
+            .values(id=_INBOX_ROW, mailbox_cursor=0, last_feed_seq=0)
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        row = conn.execute(
+            select(models.Inbox.mailbox_cursor, models.Inbox.last_feed_seq)
+            .where(models.Inbox.id == _INBOX_ROW)
+            .with_for_update()
+        ).one()
+        return row.mailbox_cursor, row.last_feed_seq
+
+    def _save_inbox(self, conn: Connection, cursor: int, last_feed_seq: int) -> None:
+        conn.execute(
+            update(models.Inbox)
+            .where(models.Inbox.id == _INBOX_ROW)
+            .values(mailbox_cursor=cursor, last_feed_seq=last_feed_seq)
+        )
+
+    # --- status and key-holder counters ---------------------------------------------
+
+    def status_counts(self) -> StatusCounts:
+        """Signals by state, identifiers waiting for tokens, the outbox, hits, the cursor."""
+        sg, si, ob, oe, hit = (
+            models.Signal,
+            models.SignalIdentifier,
+            models.OutboxBatch,
+            models.OutboxEntry,
+            models.Hit,
+        )
+        unsettled = (ob.acked_at.is_(None), ob.rejected_at.is_(None))
+        with self._read() as conn:
+            by_state = {
+                state: count
+                for state, count in conn.execute(select(sg.state, func.count()).group_by(sg.state))
+            }
+            hits = {
+                state: count
+                for state, count in conn.execute(
+                    select(hit.state, func.count()).group_by(hit.state)
+                )
+            }
+            pending = conn.execute(
+                select(func.count()).where(si.state == IdentifierState.PENDING.value)
+            ).scalar_one()
+            batches = conn.execute(select(func.count()).where(*unsettled)).scalar_one()
+            entries = conn.execute(
+                select(func.count())
+                .select_from(oe)
+                .join(ob, ob.id == oe.batch_id)
+                .where(*unsettled)
+            ).scalar_one()
+            cursor = conn.execute(
+                select(models.Inbox.mailbox_cursor).where(models.Inbox.id == _INBOX_ROW)
+            ).scalar_one_or_none()
+        return StatusCounts(
+            signals=MappingProxyType({s: int(by_state.get(s.value, 0)) for s in SignalState}),
+            identifiers_pending=pending,
+            outbox_batches=batches,
+            outbox_entries=entries,
+            open_hits=int(hits.get(HitState.OPEN.value, 0)),
+            closed_hits=int(hits.get(HitState.CLOSED.value, 0)),
+            mailbox_cursor=cursor or 0,
+        )
+
+    def count_evaluation(
+        self, party: str, *, now: datetime, elements: int = 0, refused: bool = False
+    ) -> None:
+        """Count one key-holder request of ``party`` on ``now``'s UTC day: served (with
+        the number of elements evaluated) or refused."""
+        _check_text(party, "party", models.MAX_PARTY_CHARS)
+        if elements < 0:
+            raise InvalidInput("a count is not negative", field="elements")
+        day = _utc(now).date()
+        served, evaluated, refusals = (0, 0, 1) if refused else (1, elements, 0)
+        usage = models.HolderUsage
+        statement = self._insert(usage).values(
+            party=party,
+            day=day,
+            requests_served=served,
+            elements_evaluated=evaluated,
+            requests_refused=refusals,
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["party", "day"],
+            set_={
+                "requests_served": usage.requests_served + statement.excluded.requests_served,
+                "elements_evaluated": usage.elements_evaluated
+                + statement.excluded.elements_evaluated,
+                "requests_refused": usage.requests_refused + statement.excluded.requests_refused,
+            },
+        )
+        with self._write() as conn:
+            conn.execute(statement)
+
+    def evaluations_on(self, party: str, day: date) -> int:
+        """Elements evaluated for ``party`` on a UTC day: what its daily quota counts."""
+        usage = models.HolderUsage
+        with self._read() as conn:
+            found = conn.execute(
+                select(usage.elements_evaluated).where(usage.party == party, usage.day == day)
+            ).scalar_one_or_none()
+        return found or 0
+
+    def holder_totals(self) -> HolderTotals:
+        """The key-holder counters since the store was created, for ``GetStatus``."""
+        usage = models.HolderUsage
+        with self._read() as conn:
+            row = conn.execute(
+                select(
+                    func.coalesce(func.sum(usage.requests_served), 0),
+                    func.coalesce(func.sum(usage.elements_evaluated), 0),
+                    func.coalesce(func.sum(usage.requests_refused), 0),
+                )
+            ).one()
+        return HolderTotals(int(row[0]), int(row[1]), int(row[2]))
+
+    # --- transactions and loading -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self, *, outbox: bool = False) -> Iterator[Connection]:
+        with self._engine.begin() as conn:
+            if outbox and self._postgres:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _OUTBOX_LOCK})
+            yield conn
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            conn.execution_options(**READ_ONLY)
+            with conn.begin():
+                yield conn
+
+    def _insert(self, model: type[models.Base]) -> Any:
+        return (postgresql.insert if self._postgres else sqlite.insert)(model)
+
+    def _load_signals(self, conn: Connection, signal_ids: Sequence[int]) -> list[SignalRecord]:
+        """Signals with their identifiers, in the order of ``signal_ids`` (missing ones left
+        out)."""
+        sg, si = models.Signal, models.SignalIdentifier
+        signals: dict[int, Any] = {}
+        identifiers: dict[int, list[IdentifierRecord]] = {}
+        for chunk in _chunks(list(signal_ids)):
+            signals.update(
+                (row.id, row) for row in conn.execute(select(sg.__table__).where(sg.id.in_(chunk)))
+            )
+            for item in conn.execute(
+                select(si.__table__)
+                .where(si.signal_id.in_(chunk))
+                .order_by(si.signal_id, si.position)
+            ):
+                identifiers.setdefault(item.signal_id, []).append(
+                    IdentifierRecord(
+                        id=item.id,
+                        identifier=Identifier(IdentifierType(item.type), item.canonical),
+                        signal_ref=item.signal_ref,
+                        state=IdentifierState(item.state),
+                        key_epoch=item.key_epoch,
+                        token=item.token,
+                    )
+                )
+        return [
+            SignalRecord(
+                id=row.id,
+                reference=row.reference,
+                category=row.category,
+                details=MappingProxyType(json.loads(row.details)),
+                created_at=row.created_at,
+                expires_at=row.expires_at,
+                state=SignalState(row.state),
+                ended_at=row.ended_at,
+                attributes=CoarseAttributes(
+                    area_kind=None if row.area_kind is None else AreaKind(row.area_kind),
+                    area_code=row.area_code,
+                    branch=row.branch,
+                    month=row.month,
+                ),
+                import_batch=row.import_batch,
+                identifiers=tuple(identifiers.get(row.id, ())),
+            )
+            for signal_id in signal_ids
+            if (row := signals.get(signal_id)) is not None
+        ]

@@ -1,0 +1,483 @@
+"""The node's connection to its broker: the only network traffic a node starts.
+
+Three loops, each in its own thread, each reconnecting with backoff when the
+broker is down (the node keeps working offline: signals are stored, the
+outbox waits, nothing is lost):
+
+* **work**: tokenise pending identifiers through the key holders (``Evaluate``
+  relay), store the tokens and their outbox batch in one transaction, then send
+  the outbox in order (``SubmitTokens`` / ``WithdrawTokens``) and mark each
+  batch acknowledged only after the broker's answer. A batch resent after a
+  crash carries the same client batch id, so the broker counts it once.
+* **mailbox**: stream the mailbox from the last processed cursor; verify each
+  hit notice's broker signature before storing it (with the cursor, in one
+  transaction), then acknowledge the cursor to the broker.
+* **holder** (key holders only): keep a ``HolderChannel`` open and answer the
+  evaluation requests the broker relays, with ``KeyHolder.handle``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import grpc
+import structlog
+
+from samenloop.node import evaluation, threshold, tokens
+from samenloop.node.holder import KeyHolder
+from samenloop.node.models import BatchKind, HitKind
+from samenloop.node.store import NodeStore, OutboxBatch
+from samenloop.policies import covenant as covenant_model
+from samenloop.policies import crypto
+from samenloop.policies.crypto import PartyKeys, SignatureContext
+from samenloop.policies.errors import InvalidSignature, NotEnoughHolders, SamenloopError
+from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
+
+log = structlog.get_logger(__name__)
+
+SOFTWARE = "samenloop 0.1.0"
+MAX_ELEMENTS: int = common_pb2.LIMITS_MAX_BLINDED_ELEMENTS_PER_REQUEST
+TOKENISE_CHUNK = 5 * MAX_ELEMENTS
+IDLE_SECONDS = 1.0
+BACKOFF_FIRST = 0.2
+BACKOFF_MAX = 5.0
+CALL_TIMEOUT = 30.0
+
+#: Status codes that mean "the broker is not reachable now": wait and retry.
+TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+
+_KINDS = {
+    broker_pb2.HIT_NOTICE_KIND_NEW: HitKind.NEW,
+    broker_pb2.HIT_NOTICE_KIND_GROWN: HitKind.GROWN,
+    broker_pb2.HIT_NOTICE_KIND_SHRUNK: HitKind.SHRUNK,
+    broker_pb2.HIT_NOTICE_KIND_CLOSED: HitKind.CLOSED,
+    broker_pb2.HIT_NOTICE_KIND_UPDATED: HitKind.UPDATED,
+}
+
+
+def broker_channel(
+    address: str, *, ca_certificate: bytes, private_key: bytes, certificate: bytes
+) -> grpc.Channel:
+    """An mTLS channel to the broker with the party's own certificate."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca_certificate, private_key=private_key, certificate_chain=certificate
+    )
+    return grpc.secure_channel(
+        address,
+        credentials,
+        options=[
+            ("grpc.max_receive_message_length", common_pb2.LIMITS_MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", common_pb2.LIMITS_MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 5_000),
+        ],
+    )
+
+
+def verify_hit_notice(
+    covenant: covenant_model.Covenant, party: str, signed: common_pb2.Signed
+) -> broker_pb2.HitNotice:
+    """Check the broker's signature over the bytes received, then parse and check the notice."""
+    if signed.signer != covenant.broker.id or signed.context != SignatureContext.HIT_NOTICE.value:
+        raise InvalidSignature("hit notice is not signed by the broker", field="hit_notice")
+    crypto.verify(
+        covenant.broker.ed25519,
+        SignatureContext.HIT_NOTICE,
+        signed.body,
+        signed.signature,
+        field="hit_notice.signature",
+    )
+    notice = broker_pb2.HitNotice.FromString(signed.body)
+    if notice.covenant_id != covenant.id or notice.recipient != party:
+        raise InvalidSignature("hit notice is for another covenant or party", field="hit_notice")
+    return notice
+
+
+@dataclass
+class UplinkStatus:
+    """What ``GetStatus`` reports about the broker connection."""
+
+    connected: bool = False
+    last_error: str = ""
+    last_contact: datetime | None = None
+    batches_sent: int = 0
+    notices_accepted: int = 0
+    holder_channel_open: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def update(self, **values: object) -> None:
+        with self.lock:
+            for name, value in values.items():
+                setattr(self, name, value)
+
+
+class Backoff:
+    """Exponential backoff between reconnects, reset after a success."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._delay = BACKOFF_FIRST
+
+    def wait(self) -> None:
+        self._stop.wait(self._delay)
+        self._delay = min(self._delay * 2, BACKOFF_MAX)
+
+    def reset(self) -> None:
+        self._delay = BACKOFF_FIRST
+
+
+class Uplink:
+    """Runs the work, mailbox and holder loops against one broker channel."""
+
+    def __init__(
+        self,
+        *,
+        party: str,
+        channel: grpc.Channel,
+        covenant: covenant_model.Covenant,
+        keys: PartyKeys,
+        store: NodeStore,
+        attribute_key: covenant_model.AttributeKey,
+        holder: KeyHolder | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_hit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._party = party
+        self._channel = channel
+        self._broker = broker_pb2_grpc.BrokerStub(channel)
+        self._covenant = covenant
+        self._keys = keys
+        self._store = store
+        self._attribute_key = attribute_key
+        self._holder = holder
+        self._clock = clock
+        self._on_hit = on_hit
+        self._epoch = threshold.KeyEpoch.from_covenant(covenant)
+        self._domain = tokens.TokenDomain(covenant.id, self._epoch.epoch)
+        self.wake = threading.Event()
+        self.status = UplinkStatus()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._calls: set[grpc.Call] = set()
+        self._calls_lock = threading.Lock()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        loops: list[tuple[str, Callable[[], None]]] = [
+            ("uplink-work", self._work_loop),
+            ("uplink-mailbox", self._mailbox_loop),
+        ]
+        if self._holder is not None:
+            loops.append(("uplink-holder", self._holder_loop))
+        for name, target in loops:
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self.wake.set()
+        with self._calls_lock:
+            for call in list(self._calls):
+                cast(Any, call).cancel()  # grpc's stubs leave Call.cancel untyped
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _track(self, call: grpc.Call) -> None:
+        with self._calls_lock:
+            self._calls.add(call)
+
+    def _untrack(self, call: grpc.Call) -> None:
+        with self._calls_lock:
+            self._calls.discard(call)
+
+    def _failed(self, where: str, error: Exception) -> None:
+        if isinstance(error, grpc.Call):
+            reason = f"{error.code().name}: {error.details()}"
+        else:
+            reason = f"{type(error).__name__}: {error}"
+        self.status.update(connected=False, last_error=f"{where}: {reason}")
+        if not self._stop.is_set():
+            log.info("broker call failed", where=where, reason=reason)
+
+    # --- work: tokenise and send ------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        backoff = Backoff(self._stop)
+        hello_done = False
+        while not self._stop.is_set():
+            try:
+                if not hello_done:
+                    self._hello()
+                    hello_done = True
+                busy = self._tokenise_some()
+                busy = self._send_outbox() or busy
+                backoff.reset()
+                if not busy:
+                    self.wake.wait(IDLE_SECONDS)
+                    self.wake.clear()
+            except grpc.RpcError as error:
+                self._failed("work", error)
+                hello_done = False
+                backoff.wait()
+            except NotEnoughHolders as error:  # holders offline: retry with all of them later
+                self._failed("tokenise", error)
+                backoff.wait()
+
+    def _hello(self) -> None:
+        answer = self._broker.Hello(
+            broker_pb2.HelloRequest(
+                party=self._party,
+                covenant_id=self._covenant.id,
+                covenant_version=self._covenant.version,
+                software_version=SOFTWARE,
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        self.status.update(connected=True, last_error="", last_contact=self._clock())
+        log.info(
+            "connected to broker", broker=answer.broker, covenant_version=answer.covenant_version
+        )
+
+    def _relay(self, requests: Mapping[int, bytes]) -> dict[int, bytes]:
+        response = self._broker.Evaluate(
+            broker_pb2.EvaluateRequest(
+                requests=[common_pb2.Signed.FromString(r) for r in requests.values()]
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        return {
+            reply.holder_index: reply.response.SerializeToString()
+            for reply in response.replies
+            if reply.HasField("response")
+        }
+
+    def _seal_category(self, category: str) -> bytes:
+        plaintext = common_pb2.MemberAttributes(category=category).SerializeToString()
+        nonce, ciphertext = covenant_model.seal_attributes(self._attribute_key, plaintext)
+        return common_pb2.SecretBox(
+            key_version=self._attribute_key.version, nonce=nonce, ciphertext=ciphertext
+        ).SerializeToString()
+
+    def _tokenise_some(self) -> bool:
+        now = self._clock()
+        pending = self._store.pending_identifiers(TOKENISE_CHUNK, now=now)
+        if not pending:
+            return False
+        made = evaluation.tokenise(
+            self._keys,
+            self._covenant,
+            self._domain,
+            self._epoch,
+            [p.identifier for p in pending],
+            self._relay,
+            now=now,
+        )
+        self._store.record_tokens(
+            {p.id: token for p, token in zip(pending, made, strict=True)},
+            self._epoch.epoch,
+            now=self._clock(),
+            seal_attributes=self._seal_category,
+        )
+        return True
+
+    def _send_outbox(self) -> bool:
+        batches = self._store.outbox(limit=16)
+        for batch in batches:
+            self._send(batch)
+        return bool(batches)
+
+    def _send(self, batch: OutboxBatch) -> None:
+        try:
+            if batch.kind is BatchKind.SUBMIT:
+                request = broker_pb2.SubmitTokensRequest(
+                    client_batch_id=batch.client_batch_id, key_epoch=batch.key_epoch or 0
+                )
+                for entry in batch.entries:
+                    sent = request.entries.add(token=entry.token, signal_ref=entry.signal_ref)
+                    if entry.expires_at is not None:
+                        sent.expires_at.FromDatetime(entry.expires_at)
+                    if entry.sealed_attributes is not None:
+                        sent.sealed_attributes.ParseFromString(entry.sealed_attributes)
+                self._broker.SubmitTokens(request, timeout=CALL_TIMEOUT)
+            else:
+                self._broker.WithdrawTokens(
+                    broker_pb2.WithdrawTokensRequest(
+                        client_batch_id=batch.client_batch_id,
+                        signal_refs=[e.signal_ref for e in batch.entries],
+                    ),
+                    timeout=CALL_TIMEOUT,
+                )
+        except grpc.RpcError as error:
+            if isinstance(error, grpc.Call) and error.code() not in TRANSIENT:
+                # The broker refused the batch for good: do not resend it forever.
+                log.warning(
+                    "broker refused an outbox batch",
+                    kind=batch.kind.value,
+                    status=error.code().name,
+                    details=error.details(),
+                )
+                self._store.reject_batch(batch.client_batch_id, now=self._clock())
+                return
+            raise
+        self._store.mark_acked(batch.client_batch_id, now=self._clock())
+        with self.status.lock:
+            self.status.batches_sent += 1
+            self.status.last_contact = self._clock()
+
+    # --- mailbox ---------------------------------------------------------------------------
+
+    def _mailbox_loop(self) -> None:
+        backoff = Backoff(self._stop)
+        while not self._stop.is_set():
+            try:
+                self._stream_mailbox(backoff)
+            except grpc.RpcError as error:
+                if self._stop.is_set():
+                    return
+                self._failed("mailbox", error)
+                backoff.wait()
+
+    def _stream_mailbox(self, backoff: Backoff) -> None:
+        stream = self._broker.StreamMailbox(
+            broker_pb2.StreamMailboxRequest(after_cursor=self._store.mailbox_cursor())
+        )
+        self._track(stream)
+        try:
+            for event in stream:
+                backoff.reset()
+                self.status.update(last_contact=self._clock())
+                if event.HasField("item"):
+                    self._process(event.item)
+                    self._broker.AckMailbox(
+                        broker_pb2.AckMailboxRequest(cursor=event.item.cursor), timeout=CALL_TIMEOUT
+                    )
+        finally:
+            self._untrack(stream)
+
+    def _process(self, item: broker_pb2.MailboxItem) -> None:
+        if item.HasField("hit_notice"):
+            try:
+                notice = verify_hit_notice(self._covenant, self._party, item.hit_notice)
+                kind = _KINDS[notice.kind]
+            except (SamenloopError, KeyError, ValueError) as error:
+                log.warning("hit notice refused", cursor=item.cursor, reason=type(error).__name__)
+                self._store.advance_cursor(item.cursor)
+                return
+            accepted = self._store.accept_notice(
+                item.cursor,
+                notice.hit_group_id,
+                notice.revision,
+                kind,
+                item.hit_notice.SerializeToString(),
+                list(notice.own_signal_refs),
+                notice.first_seen.ToDatetime(tzinfo=UTC),
+                notice.last_seen.ToDatetime(tzinfo=UTC),
+                now=self._clock(),
+            )
+            if accepted:
+                with self.status.lock:
+                    self.status.notices_accepted += 1
+                self._on_hit()
+            return
+        # Envelopes and covenant updates are handled once disclosure and the signed
+        # covenant land; until then they are recorded as seen and not acted on.
+        log.info("mailbox item not handled by this version", cursor=item.cursor)
+        self._store.advance_cursor(item.cursor)
+
+    # --- key holder ---------------------------------------------------------------------------
+
+    def _holder_loop(self) -> None:
+        backoff = Backoff(self._stop)
+        while not self._stop.is_set():
+            try:
+                self._serve_holder_channel(backoff)
+            except grpc.RpcError as error:
+                if self._stop.is_set():
+                    return
+                self._failed("holder", error)
+            self.status.update(holder_channel_open=False)
+            backoff.wait()
+
+    def _serve_holder_channel(self, backoff: Backoff) -> None:
+        holder = self._holder
+        assert holder is not None
+        outbound: _Outbound = _Outbound(self._stop)
+        outbound.put(
+            broker_pb2.HolderChannelRequest(
+                hello=broker_pb2.HolderHello(
+                    seats=[
+                        broker_pb2.HolderSeat(key_epoch=holder.key_epoch, holder_index=holder.index)
+                    ]
+                )
+            )
+        )
+        call = self._broker.HolderChannel(outbound.messages())
+        self._track(call)
+        try:
+            for message in call:
+                backoff.reset()
+                self.status.update(holder_channel_open=True, last_contact=self._clock())
+                if not message.HasField("evaluation"):
+                    continue
+                now = self._clock()
+                try:
+                    answer = holder.handle(message.evaluation.request.SerializeToString(), now=now)
+                except SamenloopError as error:  # no requester to answer: drop it
+                    log.info("relayed request dropped", reason=error.reason)
+                    continue
+                outbound.put(
+                    broker_pb2.HolderChannelRequest(
+                        answer=broker_pb2.HolderAnswer(
+                            relay_id=message.evaluation.relay_id,
+                            response=common_pb2.Signed.FromString(answer),
+                        )
+                    )
+                )
+        finally:
+            outbound.close()
+            self._untrack(call)
+
+
+class _Outbound:
+    """The upstream half of a HolderChannel: a queue the answers go into."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._items: list[broker_pb2.HolderChannelRequest | None] = []
+        self._ready = threading.Condition()
+
+    def put(self, item: broker_pb2.HolderChannelRequest | None) -> None:
+        with self._ready:
+            self._items.append(item)
+            self._ready.notify()
+
+    def close(self) -> None:
+        self.put(None)
+
+    def messages(self) -> Iterator[broker_pb2.HolderChannelRequest]:
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: bool(self._items) or self._stop.is_set(), 1.0)
+                if self._stop.is_set() and not self._items:
+                    return
+                if not self._items:
+                    continue
+                item = self._items.pop(0)
+            if item is None:
+                return
+            yield item

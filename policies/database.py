@@ -1,0 +1,257 @@
+"""Database plumbing shared by the broker's and the node's stores: engines, UTC, migrations.
+
+An adapter, like ``rpc`` and ``cli``: it imports SQLAlchemy and Alembic, and no
+core module imports it.
+
+* :func:`make_engine` opens SQLite (a file, or memory for tests) or PostgreSQL
+  (``postgresql+psycopg://``) with durable settings. On SQLite every
+  transaction starts with ``BEGIN IMMEDIATE`` (a read-then-write transaction
+  can otherwise fail under WAL when another connection commits first); pass
+  :data:`READ_ONLY` as execution options for a plain deferred ``BEGIN``.
+* :class:`UtcDateTime` stores aware datetimes as UTC and returns them aware.
+* :func:`upgrade`, :func:`downgrade`, :func:`current` and :func:`check_at_head`
+  drive the Alembic migrations of a migrations *package* (its directory is the
+  script location: no ``alembic.ini`` at run time). A package's ``env.py`` is
+  one call, :func:`run_migrations`.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import sqlalchemy
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import DateTime, TypeDecorator
+
+from samenloop.policies.errors import ConfigurationError
+
+SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+SQLITE_CACHE_KIB: Final = 262_144  # 256 MiB of page cache per connection
+SQLITE_MMAP_BYTES: Final = 1 << 30  # read pages through a 1 GiB memory map
+
+READ_ONLY: Final[dict[str, Any]] = {"samenloop_read_only": True}
+"""Execution options for a read-only transaction (SQLite: a deferred ``BEGIN``)."""
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """An engine for a database URL: ``sqlite:///path``, ``sqlite://`` or ``postgresql://``.
+
+    ``postgresql://`` and ``postgresql+psycopg://`` both use psycopg 3. The
+    session time zone is UTC on PostgreSQL; SQLite stores UTC through
+    :class:`UtcDateTime`.
+    """
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise ConfigurationError("not a database URL", field="database.url") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite" and parsed.get_driver_name() == "pysqlite":
+        return _sqlite_engine(parsed, echo=echo)
+    if backend == "postgresql" and parsed.get_driver_name() in ("psycopg", "psycopg2"):
+        return _postgresql_engine(parsed.set(drivername="postgresql+psycopg"), echo=echo)
+    raise ConfigurationError(
+        f"unsupported database {parsed.drivername!r}: use sqlite:///FILE or postgresql://...",
+        field="database.url",
+    )
+
+
+def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
+    in_memory = url.database in (None, "", ":memory:")
+    if in_memory:
+        engine = sqlalchemy.create_engine(
+            "sqlite://",
+            echo=echo,
+            poolclass=StaticPool,
+            connect_args={"check_same_thread": False},
+        )
+    else:
+        engine = sqlalchemy.create_engine(
+            url,
+            echo=echo,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        )
+
+    @event.listens_for(engine, "connect")
+    def configure(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+            cursor.execute("PRAGMA temp_store=MEMORY")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def begin(connection: Connection) -> None:
+        read_only = connection.get_execution_options().get("samenloop_read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _postgresql_engine(url: URL, *, echo: bool) -> Engine:
+    return sqlalchemy.create_engine(
+        url,
+        echo=echo,
+        pool_pre_ping=True,
+        connect_args={"options": "-c timezone=UTC", "application_name": "samenloop"},
+    )
+
+
+def describe(engine: Engine) -> str:
+    """The engine's URL without its password, for logs and messages."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that is stored in UTC and read back as an aware UTC datetime.
+
+    Naive datetimes are refused: a time without a zone is a bug waiting.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("refusing to store a naive datetime")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# --- migrations -------------------------------------------------------------------
+
+
+def _config(package: str, connection: Connection | None = None) -> Config:
+    try:
+        location = importlib.resources.files(package)
+    except ModuleNotFoundError:
+        raise ConfigurationError(f"no migrations package {package}") from None
+    config = Config()
+    # Config values go through ConfigParser interpolation: escape "%".
+    config.set_main_option("script_location", str(location).replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine: Engine, package: str, revision: str = "head") -> None:
+    """Apply the package's migrations up to ``revision``, in one transaction."""
+    with engine.begin() as connection:
+        command.upgrade(_config(package, connection), revision)
+
+
+def downgrade(engine: Engine, package: str, revision: str = "base") -> None:
+    """Revert the package's migrations down to ``revision``, in one transaction."""
+    with engine.begin() as connection:
+        command.downgrade(_config(package, connection), revision)
+
+
+def current(engine: Engine) -> tuple[str, ...]:
+    """The revisions the database is at (empty if it was never migrated)."""
+    with engine.connect().execution_options(**READ_ONLY) as connection:
+        return tuple(MigrationContext.configure(connection).get_current_heads())
+
+
+def heads(package: str) -> tuple[str, ...]:
+    """The newest revisions of the package's migrations: what this software expects."""
+    return tuple(ScriptDirectory.from_config(_config(package)).get_heads())
+
+
+def check_at_head(engine: Engine, package: str, *, migrate_command: str | None = None) -> None:
+    """Refuse to run against a schema that is not exactly at the package's head.
+
+    ``migrate_command`` is the command to suggest; by default it is derived
+    from the package (``samenloop.broker.migrations`` -> ``samenloop broker migrate``).
+    """
+    if migrate_command is None:
+        role = package.split(".")[1] if package.count(".") >= 1 else package
+        migrate_command = f"samenloop {role} migrate"
+    at = current(engine)
+    expected = heads(package)
+    if set(at) == set(expected):
+        return
+    script = ScriptDirectory.from_config(_config(package))
+    known = {revision.revision for revision in script.walk_revisions()}
+    if any(revision not in known for revision in at):
+        raise ConfigurationError(
+            f"database {describe(engine)} is at schema {', '.join(at)}, newer than this "
+            "software knows: upgrade samenloop",
+            reason="schema.ahead",
+        )
+    shown = ", ".join(at) if at else "none"
+    raise ConfigurationError(
+        f"database {describe(engine)} is at schema {shown}, this software needs "
+        f"{', '.join(expected)}: run `{migrate_command}`",
+        reason="schema.behind",
+    )
+
+
+def run_migrations(target_metadata: sqlalchemy.MetaData) -> None:
+    """The body of a migrations package's ``env.py``.
+
+    Online, it uses the connection that :func:`upgrade` or :func:`downgrade`
+    passed in (or opens ``sqlalchemy.url`` from the Alembic config, for
+    developers running the ``alembic`` command); offline, it renders SQL.
+    """
+    from alembic import context  # only meaningful while Alembic runs an env.py
+
+    def run(connection: Connection) -> None:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    config = context.config
+    if context.is_offline_mode():
+        context.configure(
+            url=config.get_main_option("sqlalchemy.url"),
+            target_metadata=target_metadata,
+            literal_binds=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        run(connection)
+        return
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise ConfigurationError("no database: set sqlalchemy.url or call upgrade()")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            run(connection)
+    finally:
+        engine.dispose()

@@ -1,0 +1,540 @@
+"""Incremental matching, driven directly: no database, no network.
+
+A tiny in-memory index (``Index``) applies each ``Change`` the way the store
+does, so scenarios can run step by step; each scenario is one row of a table.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from samenloop.broker import matching
+from samenloop.broker.matching import (
+    Change,
+    Entry,
+    EntryKey,
+    Group,
+    Member,
+    MemberView,
+    NoticeKind,
+    TokenState,
+    View,
+    Visibility,
+)
+from samenloop.policies.errors import ConfigurationError, InvalidInput, MessageTooLarge
+from samenloop.v1 import broker_pb2, common_pb2
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+LATER = NOW + timedelta(days=365)
+NEW, GROWN, SHRUNK, CLOSED = NoticeKind.NEW, NoticeKind.GROWN, NoticeKind.SHRUNK, NoticeKind.CLOSED
+
+
+def token(n: int) -> bytes:
+    return bytes([n]) * 32
+
+
+def ref(party: str, n: int = 1) -> bytes:
+    return (party.encode() + bytes([n]) * 16)[:15] + bytes([n])
+
+
+T1, T2, T3 = token(1), token(2), token(3)
+
+
+@dataclass
+class Index:
+    """What the store keeps, in memory: entries by key, open groups by token."""
+
+    entries: dict[EntryKey, Entry] = field(default_factory=dict)
+    groups: dict[bytes, Group] = field(default_factory=dict)
+    ids: int = 0
+
+    def new_group_id(self) -> bytes:
+        self.ids += 1
+        return self.ids.to_bytes(16, "big")
+
+    def states(self, tokens: set[bytes]) -> list[TokenState]:
+        return [
+            TokenState(
+                t,
+                tuple(e for e in self.entries.values() if e.token == t),
+                self.groups.get(t),
+            )
+            for t in sorted(tokens)
+        ]
+
+    def apply(self, change: Change) -> None:
+        for e in change.deleted:
+            del self.entries[e.key]
+        for e in change.updated:
+            assert e.key in self.entries
+            self.entries[e.key] = e
+        for e in change.inserted:
+            assert e.key not in self.entries
+            self.entries[e.key] = e
+        for g in change.groups:
+            if g.open:
+                self.groups[g.token] = g
+            else:
+                assert self.groups.pop(g.token).group_id == g.group_id
+
+    def submit(self, party, items, *, min_parties, now=NOW, visibility=None):
+        entries = [Entry(party, t, r, 1, expires) for t, r, expires in items]
+        batch = matching.parse_batch(party, 1, entries)
+        kwargs = {"visibility": visibility} if visibility else {}
+        result = matching.submit(
+            batch,
+            self.states({e.token for e in entries}),
+            min_parties=min_parties,
+            now=now,
+            new_group_id=self.new_group_id,
+            **kwargs,
+        )
+        self.apply(result.change)
+        return result
+
+    def withdraw(self, party, refs, *, min_parties, now=NOW):
+        batch = matching.parse_withdrawal(party, refs)
+        touched = {
+            e.token for e in self.entries.values() if e.party == party and e.signal_ref in refs
+        }
+        result = matching.withdraw(batch, self.states(touched), min_parties=min_parties, now=now)
+        self.apply(result.change)
+        return result
+
+    def expire(self, *, min_parties, now):
+        touched = {e.token for e in self.entries.values() if e.expires_at <= now}
+        change = matching.expire(self.states(touched), min_parties=min_parties, now=now)
+        self.apply(change)
+        return change
+
+    def remove(self, party, *, min_parties, now=NOW):
+        touched = {e.token for e in self.entries.values() if e.party == party}
+        change = matching.remove_party(
+            party, self.states(touched), min_parties=min_parties, now=now
+        )
+        self.apply(change)
+        return change
+
+
+# --- steps of a scenario: (what to do, the notices expected as (recipient, kind, revision)) --
+
+
+def sub(party, *tokens, n=1, expires=LATER, at=NOW):
+    return ("submit", party, [(t, ref(party, n), expires) for t in tokens], at)
+
+
+def wd(party, *ns, at=NOW):
+    return ("withdraw", party, [ref(party, n) for n in ns], at)
+
+
+def exp(at):
+    return ("expire", None, None, at)
+
+
+def rm(party, at=NOW):
+    return ("remove", party, None, at)
+
+
+SCENARIOS = [
+    ("below the minimum: stored, no group", 2, [
+        (sub("a", T1), set()),
+        (sub("b", T2), set()),
+    ]),
+    ("two parties form a group at min 2", 2, [
+        (sub("a", T1), set()),
+        (sub("b", T1), {("a", NEW, 1), ("b", NEW, 1)}),
+    ]),
+    ("min 3 needs a third party", 3, [
+        (sub("a", T1), set()),
+        (sub("b", T1), set()),
+        (sub("c", T1), {("a", NEW, 1), ("b", NEW, 1), ("c", NEW, 1)}),
+    ]),
+    ("a third party grows the group", 2, [
+        (sub("a", T1), set()),
+        (sub("b", T1), {("a", NEW, 1), ("b", NEW, 1)}),
+        (sub("c", T1), {("a", GROWN, 2), ("b", GROWN, 2), ("c", NEW, 2)}),
+    ]),
+    ("one party with two refs counts once", 2, [
+        (sub("a", T1, n=1), set()),
+        (sub("a", T1, n=2), set()),
+        (sub("b", T1), {("a", NEW, 1), ("b", NEW, 1)}),
+    ]),
+    ("min 3 is not met by one party's two refs", 3, [
+        (sub("a", T1, n=1), set()),
+        (sub("a", T1, n=2), set()),
+        (sub("b", T1), set()),
+    ]),
+    ("a member's new ref grows the group", 2, [
+        (sub("a", T1), set()),
+        (sub("b", T1), {("a", NEW, 1), ("b", NEW, 1)}),
+        (sub("a", T1, n=2), {("a", GROWN, 2), ("b", GROWN, 2)}),
+    ]),
+    ("resubmitting what is held changes nothing", 2, [
+        (sub("a", T1), set()),
+        (sub("b", T1), {("a", NEW, 1), ("b", NEW, 1)}),
+        (sub("a", T1, expires=LATER + timedelta(days=1)), set()),
+    ]),
+    ("withdrawing to below min closes for every member", 2, [
+        (sub("a", T1), set()),
+        (sub("b", T1), {("a", NEW, 1), ("b", NEW, 1)}),
+        (wd("b", 1), {("a", CLOSED, 2), ("b", CLOSED, 2)}),
+    ]),
+    ("withdrawing above min shrinks; the leaver is closed", 2, [
+        (sub("a", T1), set()),
+        (sub("b", T1), {("a", NEW, 1), ("b", NEW, 1)}),
+        (sub("c", T1), {("a", GROWN, 2), ("b", GROWN, 2), ("c", NEW, 2)}),
+        (wd("c", 1), {("a", SHRUNK, 3), ("b", SHRUNK, 3), ("c", CLOSED, 3)}),
+    ]),
+    ("withdrawing one of a member's two refs shrinks for all", 2, [
+        (sub("a", T1, n=1), set()),
+        (sub("a", T1, n=2), set()),
+        (sub("b", T1), {("a", NEW, 1), ("b", NEW, 1)}),
+        (wd("a", 2), {("a", SHRUNK, 2), ("b", SHRUNK, 2)}),
+    ]),
+    ("withdrawing refs not held tells nobody", 2, [
+        (sub("a", T1), set()),
+        (wd("a", 7), set()),
+    ]),
+    ("expiry closes a group that falls below min", 2, [
+        (sub("a", T1, expires=NOW + timedelta(days=1)), set()),
+        (sub("b", T1), {("a", NEW, 1), ("b", NEW, 1)}),
+        (exp(NOW + timedelta(days=2)), {("a", CLOSED, 2), ("b", CLOSED, 2)}),
+    ]),
+    ("an expired entry does not count towards a new group", 2, [
+        (sub("a", T1, expires=NOW + timedelta(days=1)), set()),
+        (sub("b", T1, at=NOW + timedelta(days=2)), set()),
+    ]),
+    ("an expired entry found on submit shrinks the group", 2, [
+        (sub("a", T1), set()),
+        (sub("b", T1), {("a", NEW, 1), ("b", NEW, 1)}),
+        (sub("c", T1, expires=NOW + timedelta(days=1)),
+         {("a", GROWN, 2), ("b", GROWN, 2), ("c", NEW, 2)}),
+        (sub("d", T1, at=NOW + timedelta(days=2)),
+         {("a", GROWN, 3), ("b", GROWN, 3), ("d", NEW, 3), ("c", CLOSED, 3)}),
+    ]),
+    ("an expired entry submitted again joins anew", 2, [
+        (sub("a", T1, expires=NOW + timedelta(days=1)), set()),
+        (sub("b", T1), {("a", NEW, 1), ("b", NEW, 1)}),
+        (sub("a", T1, at=NOW + timedelta(days=2)), {("a", GROWN, 2), ("b", GROWN, 2)}),
+    ]),
+    ("an expired entry submitted again can form a group", 2, [
+        (sub("a", T1, expires=NOW + timedelta(days=1)), set()),
+        (sub("b", T1, at=NOW + timedelta(days=2)), set()),
+        (sub("a", T1, at=NOW + timedelta(days=2)), {("a", NEW, 1), ("b", NEW, 1)}),
+    ]),
+    ("a closed group re-forms under a new revision 1", 2, [
+        (sub("a", T1), set()),
+        (sub("b", T1), {("a", NEW, 1), ("b", NEW, 1)}),
+        (wd("b", 1), {("a", CLOSED, 2), ("b", CLOSED, 2)}),
+        (sub("b", T1, n=2), {("a", NEW, 1), ("b", NEW, 1)}),
+    ]),
+    ("removing a party shrinks or closes its groups", 2, [
+        (sub("a", T1, T2), set()),
+        (sub("b", T1), {("a", NEW, 1), ("b", NEW, 1)}),
+        (sub("c", T1, T2),
+         {("a", GROWN, 2), ("b", GROWN, 2), ("c", NEW, 2), ("a", NEW, 1), ("c", NEW, 1)}),
+        (rm("c"),
+         {("a", SHRUNK, 3), ("b", SHRUNK, 3), ("c", CLOSED, 3),
+          ("a", CLOSED, 2), ("c", CLOSED, 2)}),
+    ]),
+    ("one batch touching two tokens", 2, [
+        (sub("a", T1, T2), set()),
+        (sub("b", T1, T2, T3), [("a", NEW, 1), ("b", NEW, 1), ("a", NEW, 1), ("b", NEW, 1)]),
+    ]),
+]  # fmt: skip
+
+
+def run_step(index: Index, step, min_parties: int):
+    action, party, payload, at = step
+    if action == "submit":
+        return index.submit(party, payload, min_parties=min_parties, now=at).change
+    if action == "withdraw":
+        return index.withdraw(party, payload, min_parties=min_parties, now=at).change
+    if action == "expire":
+        return index.expire(min_parties=min_parties, now=at)
+    return index.remove(party, min_parties=min_parties, now=at)
+
+
+@pytest.mark.parametrize(
+    ("min_parties", "steps"), [s[1:] for s in SCENARIOS], ids=[s[0] for s in SCENARIOS]
+)
+def test_scenario(min_parties, steps):
+    index = Index()
+    for number, (step, expected) in enumerate(steps):
+        change = run_step(index, step, min_parties)
+        got = sorted((n.recipient, n.kind, n.revision) for n in change.notices)
+        assert got == sorted(expected), f"step {number}: {step[:2]}"
+        # Exactly one picture reporter per group revision that was told anything.
+        per_revision: dict[tuple[bytes, int], list[bool]] = {}
+        for n in change.notices:
+            per_revision.setdefault((n.group_id, n.revision), []).append(n.picture_reporter)
+        assert all(flags.count(True) == 1 for flags in per_revision.values())
+
+
+def test_group_ids_and_times_come_from_the_caller():
+    index = Index()
+    t1 = NOW + timedelta(minutes=5)
+    t2 = NOW + timedelta(minutes=9)
+    index.submit("a", [(T1, ref("a"), LATER)], min_parties=2, now=NOW)
+    formed = index.submit("b", [(T1, ref("b"), LATER)], min_parties=2, now=t1).change
+    grown = index.submit("c", [(T1, ref("c"), LATER)], min_parties=2, now=t2).change
+    (group,) = formed.groups
+    assert group == Group((1).to_bytes(16, "big"), T1, 1, t1, t1, open=True)
+    (regrown,) = grown.groups
+    assert regrown == replace(group, revision=2, last_seen=t2)
+    assert {n.first_seen for n in grown.notices} == {t1}
+    assert {n.last_seen for n in grown.notices} == {t2}
+
+
+def test_notices_show_own_refs_and_the_other_members():
+    index = Index()
+    index.submit("gemeente", [(T1, ref("gemeente", 1), LATER)], min_parties=2)
+    index.submit("gemeente", [(T1, ref("gemeente", 2), LATER)], min_parties=2)
+    entries = [Entry("politie", T1, ref("politie"), 1, LATER, b"sealed-category")]
+    batch = matching.parse_batch("politie", 1, entries)
+    result = matching.submit(
+        batch,
+        index.states({T1}),
+        min_parties=2,
+        now=NOW,
+        new_group_id=index.new_group_id,
+        visibility=matching.members_see_all({"politie": "politie", "gemeente": "gemeente"}),
+    )
+    by_recipient = {n.recipient: n for n in result.change.notices}
+    gemeente = by_recipient["gemeente"]
+    assert gemeente.own_refs == (ref("gemeente", 1), ref("gemeente", 2))
+    assert gemeente.view.party_count == 2
+    assert gemeente.view.members == (
+        MemberView("politie", "politie", (ref("politie"),), (b"sealed-category",)),
+    )
+    politie = by_recipient["politie"]
+    assert politie.own_refs == (ref("politie"),)
+    assert politie.view.members == (
+        MemberView("gemeente", "gemeente", (ref("gemeente", 1), ref("gemeente", 2)), ()),
+    )
+    # The lexicographically smallest member reports the group in the regional picture.
+    assert gemeente.picture_reporter
+    assert not politie.picture_reporter
+
+
+def test_closed_notices_carry_own_refs_and_nothing_about_others():
+    index = Index()
+    index.submit("a", [(T1, ref("a"), LATER)], min_parties=2)
+    index.submit("b", [(T1, ref("b"), LATER)], min_parties=2)
+    change = index.withdraw("b", [ref("b")], min_parties=2).change
+    by_recipient = {n.recipient: n for n in change.notices}
+    assert by_recipient["b"].own_refs == (ref("b"),)
+    assert by_recipient["a"].own_refs == (ref("a"),)
+    assert all(n.view.members == () and n.view.party_count is None for n in change.notices)
+    assert [g.open for g in change.groups] == [False]
+
+
+def test_visibility_is_a_parameter():
+    """A rule in the covenant's style: police are hidden from municipalities, who
+    see no count; a party the rule gives nothing gets no notice at all."""
+
+    def rule(recipient: str, members: tuple[Member, ...]) -> View | None:
+        if recipient == "woningcorporatie":
+            return None
+        hidden = {"politie"} if recipient.startswith("gemeente") else set()
+        shown = tuple(
+            MemberView(m.party, None, m.signal_refs, ())
+            for m in members
+            if m.party != recipient and m.party not in hidden
+        )
+        visibility = Visibility(party_count=not hidden, roles=False, categories=False)
+        return View(visibility, shown, None if hidden else len(members))
+
+    index = Index()
+    for party in ("gemeente", "politie", "woningcorporatie"):
+        change = index.submit(party, [(T1, ref(party), LATER)], min_parties=2, visibility=rule)
+    notices = {n.recipient: n for n in change.change.notices}
+    assert set(notices) == {"gemeente", "politie"}
+    assert [m.party for m in notices["gemeente"].view.members] == ["woningcorporatie"]
+    assert notices["gemeente"].view.party_count is None
+    assert [m.party for m in notices["politie"].view.members] == ["gemeente", "woningcorporatie"]
+    assert notices["politie"].view.party_count == 3
+
+
+def test_a_member_first_shown_on_a_change_gets_new():
+    """A member the rule hid before and shows now is told NEW, not GROWN."""
+    seen_by_c = {"count": 0}
+
+    def rule(recipient: str, members: tuple[Member, ...]) -> View | None:
+        if recipient == "c" and len(members) < 3:
+            seen_by_c["count"] += 1
+            return None
+        return matching.members_see_all()(recipient, members)
+
+    index = Index()
+    index.submit("a", [(T1, ref("a"), LATER)], min_parties=2, visibility=rule)
+    index.submit("c", [(T1, ref("c"), LATER)], min_parties=2, visibility=rule)
+    change = index.submit("b", [(T1, ref("b"), LATER)], min_parties=2, visibility=rule).change
+    kinds = {n.recipient: n.kind for n in change.notices}
+    assert kinds == {"a": GROWN, "b": NEW, "c": NEW}
+
+
+def test_submission_counts_stored_and_unchanged_and_collapses_duplicates():
+    index = Index()
+    first = index.submit(
+        "a",
+        [(T1, ref("a", 1), LATER), (T1, ref("a", 1), LATER), (T2, ref("a", 2), LATER)],
+        min_parties=2,
+    )
+    assert (first.stored, first.unchanged) == (2, 0)
+    again = index.submit(
+        "a",
+        [(T1, ref("a", 1), LATER + timedelta(days=1)), (T3, ref("a", 3), LATER)],
+        min_parties=2,
+    )
+    assert (again.stored, again.unchanged) == (1, 1)
+    assert [e.expires_at for e in again.change.updated] == [LATER + timedelta(days=1)]
+    assert len(index.entries) == 3
+
+
+def test_withdrawal_counts_withdrawn_and_unknown():
+    index = Index()
+    index.submit("a", [(T1, ref("a", 1), LATER), (T2, ref("a", 1), LATER)], min_parties=2)
+    result = index.withdraw("a", [ref("a", 1), ref("a", 2)], min_parties=2)
+    assert (result.withdrawn, result.unknown) == (1, 1)
+    assert len(result.change.deleted) == 2
+    assert index.entries == {}
+
+
+def test_other_parties_refs_are_not_withdrawn():
+    index = Index()
+    shared = ref("x")
+    index.submit("a", [(T1, shared, LATER)], min_parties=2)
+    index.submit("b", [(T1, shared, LATER)], min_parties=2)
+    result = index.withdraw("a", [shared], min_parties=2)
+    assert [e.party for e in result.change.deleted] == ["a"]
+    assert [e.party for e in index.entries.values()] == ["b"]
+
+
+def test_digest_ignores_order_and_duplicates_but_not_content():
+    a = Entry("a", T1, ref("a", 1), 1, LATER)
+    b = Entry("a", T2, ref("a", 2), 1, LATER, b"box")
+    digest = matching.parse_batch("a", 1, [a, b]).digest
+    assert matching.parse_batch("a", 1, [b, a, b]).digest == digest
+    assert matching.parse_batch("a", 2, [a, b]).digest != digest
+    assert matching.parse_batch("a", 1, [a, replace(b, sealed_attributes=None)]).digest != digest
+    later = replace(b, expires_at=LATER + timedelta(seconds=1))
+    assert matching.parse_batch("a", 1, [a, later]).digest != digest
+    # The same moment in another zone is the same content.
+    cet = replace(a, expires_at=LATER.astimezone(timezone_cet()))
+    assert matching.parse_batch("a", 1, [cet, b]).digest == digest
+    assert matching.parse_withdrawal("a", [ref("a")]).digest != digest
+
+
+def timezone_cet():
+    from datetime import timezone
+
+    return timezone(timedelta(hours=1))
+
+
+GOOD = Entry("a", T1, ref("a"), 1, LATER, b"box")
+
+TOO_MANY = common_pb2.LIMITS_MAX_TOKENS_PER_BATCH + 1
+NAIVE = LATER.replace(tzinfo=None)
+
+INVALID_BATCHES = [
+    ("short token", [replace(GOOD, token=b"x" * 31)], InvalidInput, "entries[0].token"),
+    ("long ref", [GOOD, replace(GOOD, signal_ref=b"x" * 17)], InvalidInput,
+     "entries[1].signal_ref"),
+    ("naive expiry", [replace(GOOD, expires_at=NAIVE)], InvalidInput, "entries[0].expires_at"),
+    ("another party's entry", [replace(GOOD, party="b")], InvalidInput, "entries[0]"),
+    ("empty sealed box", [replace(GOOD, sealed_attributes=b"")], InvalidInput,
+     "entries[0].sealed_attributes"),
+    ("empty batch", [], InvalidInput, "entries"),
+    ("oversized batch", [GOOD] * TOO_MANY, MessageTooLarge, "entries"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("entries", "error", "field_name"),
+    [case[1:] for case in INVALID_BATCHES],
+    ids=[case[0] for case in INVALID_BATCHES],
+)
+def test_invalid_batches_name_the_field(entries, error, field_name):
+    with pytest.raises(error) as raised:
+        matching.parse_batch("a", 1, entries)
+    assert raised.value.field == field_name
+
+
+def test_a_full_batch_is_accepted():
+    entries = [
+        replace(GOOD, token=i.to_bytes(32, "big"))
+        for i in range(common_pb2.LIMITS_MAX_TOKENS_PER_BATCH)
+    ]
+    assert len(matching.parse_batch("a", 1, entries).entries) == len(entries)
+
+
+@pytest.mark.parametrize(
+    ("party", "key_epoch", "field_name"),
+    [("", 1, "party"), ("x" * 65, 1, "party"), ("a", 0, "key_epoch"), ("a", 2**32, "key_epoch")],
+)
+def test_invalid_batch_headers_name_the_field(party, key_epoch, field_name):
+    with pytest.raises(InvalidInput) as raised:
+        matching.parse_batch(party, key_epoch, [replace(GOOD, party=party)])
+    assert raised.value.field == field_name
+
+
+@pytest.mark.parametrize("expires_at", [NOW, NOW - timedelta(seconds=1)])
+def test_entries_must_expire_in_the_future_named_by_request_position(expires_at):
+    entries = [GOOD, replace(GOOD, token=T2, expires_at=expires_at)]
+    batch = matching.parse_batch("a", 1, entries)
+    with pytest.raises(InvalidInput) as raised:
+        matching.submit(batch, [], min_parties=2, now=NOW, new_group_id=lambda: b"g" * 16)
+    assert raised.value.field == "entries[1].expires_at"
+
+
+@pytest.mark.parametrize(
+    ("refs", "error", "field_name"),
+    [
+        ([], InvalidInput, "signal_refs"),
+        ([ref("a"), b"short"], InvalidInput, "signal_refs[1]"),
+        ([ref("a")] * (common_pb2.LIMITS_MAX_REFS_PER_WITHDRAWAL + 1), MessageTooLarge,
+         "signal_refs"),
+    ],
+)  # fmt: skip
+def test_invalid_withdrawals_name_the_field(refs, error, field_name):
+    with pytest.raises(error) as raised:
+        matching.parse_withdrawal("a", refs)
+    assert raised.value.field == field_name
+
+
+def test_min_parties_below_two_is_a_configuration_error():
+    batch = matching.parse_batch("a", 1, [GOOD])
+    with pytest.raises(ConfigurationError):
+        matching.submit(batch, [], min_parties=1, now=NOW, new_group_id=lambda: b"g" * 16)
+
+
+def test_token_state_holds_only_its_own_token_and_open_group():
+    with pytest.raises(ValueError, match="own token"):
+        TokenState(T1, (replace(GOOD, token=T2),))
+    closed = Group(b"g" * 16, T1, 2, NOW, NOW, open=False)
+    with pytest.raises(ValueError, match="open group"):
+        TokenState(T1, (), closed)
+
+
+def test_notice_kinds_are_the_wire_numbers():
+    for kind in NoticeKind:
+        assert broker_pb2.HitNoticeKind.Value(f"HIT_NOTICE_KIND_{kind.name}") == kind.value
+
+
+def test_matching_and_mailbox_import_neither_grpc_nor_a_database():
+    code = (
+        "import sys\n"
+        "import samenloop.broker.matching, samenloop.broker.mailbox\n"
+        "print(','.join(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('grpc', 'sqlalchemy', 'alembic', 'psycopg'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""

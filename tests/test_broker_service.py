@@ -1,0 +1,445 @@
+"""The broker over real gRPC with mTLS on a loopback port, on SQLite: identity, tokens and
+hits, mailbox, OPRF relay to key holders on their own channels, envelopes, bad input."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from samenloop.broker import server as broker_server
+from samenloop.node import evaluation, keysetup, oprf, threshold, tokens
+from samenloop.node.holder import KeyHolder
+from samenloop.node.provision import PartySpec, provision
+from samenloop.policies import certs, database, rpc
+from samenloop.policies.config import load_broker_config
+from samenloop.policies.covenant import Role, load_covenant
+from samenloop.policies.crypto import (
+    PartyKeys,
+    SealedBox,
+    SignatureContext,
+    open_signed,
+    seal_signed,
+)
+from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
+
+PARTIES = [
+    PartySpec("gemeente", "Gemeente Middelburg", Role.GEMEENTE),
+    PartySpec("politie", "Politie Zeeland-West-Brabant", Role.POLITIE),
+    PartySpec("belastingdienst", "Belastingdienst", Role.BELASTINGDIENST),
+    PartySpec("riec", "RIEC Zeeland-West-Brabant", Role.RIEC),
+]
+HOLDERS = ["politie", "belastingdienst", "riec"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    root = tmp_path_factory.mktemp("covenant")
+    now = datetime.now(UTC)
+    provisioned = provision(root, "riec-zwb-test", PARTIES, HOLDERS, 2, now=now)
+    config = load_broker_config(provisioned.broker_config)
+    engine = database.make_engine(config.database_url)
+    database.upgrade(engine, broker_server.MIGRATIONS)
+    engine.dispose()
+    running = broker_server.build_server(config, evaluate_timeout=3.0)
+    ca = certs.CertificateAuthority.load(root / "ca" / "ca.key", root / "ca" / "ca.pem")
+    outsider = ca.issue_party("outsider", now=now)
+    yield {
+        "root": root,
+        "port": running.port,
+        "running": running,
+        "covenant": load_covenant(root / "covenant.toml"),
+        "outsider": outsider,
+    }
+    running.stop(0)
+
+
+def channel_for(world: dict[str, object], party: str) -> grpc.Channel:
+    root: Path = world["root"]  # type: ignore[assignment]
+    if party == "outsider":
+        issued: certs.IssuedCertificate = world["outsider"]  # type: ignore[assignment]
+        key, cert = issued.key_pem, issued.cert_pem
+    else:
+        key = (root / party / "tls.key").read_bytes()
+        cert = (root / party / "tls.pem").read_bytes()
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(root / "ca" / "ca.pem").read_bytes(),
+        private_key=key,
+        certificate_chain=cert,
+    )
+    return grpc.secure_channel(f"localhost:{world['port']}", credentials)
+
+
+def stub(world: dict[str, object], party: str) -> broker_pb2_grpc.BrokerStub:
+    return broker_pb2_grpc.BrokerStub(channel_for(world, party))
+
+
+def keys_of(world: dict[str, object], party: str) -> PartyKeys:
+    root: Path = world["root"]  # type: ignore[assignment]
+    return PartyKeys.load(root / party / "party-keys.json")
+
+
+def entry(token: bytes, ref: bytes | None = None) -> broker_pb2.TokenEntry:
+    expires = broker_pb2.TokenEntry().expires_at
+    expires.FromDatetime(datetime.now(UTC) + timedelta(days=30))
+    return broker_pb2.TokenEntry(token=token, signal_ref=ref or os.urandom(16), expires_at=expires)
+
+
+def status_of(call: object) -> grpc.StatusCode:
+    assert isinstance(call, grpc.Call)
+    return call.code()
+
+
+def test_health_and_hello(world):
+    channel = channel_for(world, "gemeente")
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    hello = stub(world, "gemeente").Hello(
+        broker_pb2.HelloRequest(party="gemeente", covenant_id="riec-zwb-test"), timeout=5
+    )
+    assert hello.broker == "broker"
+    assert hello.covenant_version == 1
+    assert hello.limits.max_tokens_per_batch == common_pb2.LIMITS_MAX_TOKENS_PER_BATCH
+
+
+def test_a_certificate_cannot_speak_for_another_party(world):
+    with pytest.raises(grpc.RpcError) as info:
+        stub(world, "gemeente").Hello(broker_pb2.HelloRequest(party="politie"), timeout=5)
+    assert status_of(info.value) == grpc.StatusCode.PERMISSION_DENIED
+    assert rpc.error_from_rpc(info.value).field == "party"
+
+
+def test_a_party_the_covenant_does_not_list_is_refused(world):
+    with pytest.raises(grpc.RpcError) as info:
+        stub(world, "outsider").FetchMailbox(broker_pb2.FetchMailboxRequest(), timeout=5)
+    assert status_of(info.value) == grpc.StatusCode.PERMISSION_DENIED
+    assert rpc.error_from_rpc(info.value).field == "certificate"
+
+
+def test_a_certificate_from_another_ca_fails_the_handshake(world, tmp_path):
+    now = datetime.now(UTC)
+    other = certs.CertificateAuthority.create("elsewhere", now=now).issue_party("gemeente", now=now)
+    root: Path = world["root"]
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(root / "ca" / "ca.pem").read_bytes(),
+        private_key=other.key_pem,
+        certificate_chain=other.cert_pem,
+    )
+    bad = broker_pb2_grpc.BrokerStub(grpc.secure_channel(f"localhost:{world['port']}", credentials))
+    with pytest.raises(grpc.RpcError) as info:
+        bad.Hello(broker_pb2.HelloRequest(party="gemeente"), timeout=5)
+    assert status_of(info.value) == grpc.StatusCode.UNAVAILABLE
+
+
+def drain(world: dict[str, object], party: str) -> list[broker_pb2.MailboxItem]:
+    broker = stub(world, party)
+    fetched = broker.FetchMailbox(broker_pb2.FetchMailboxRequest(), timeout=5)
+    if fetched.items:
+        broker.AckMailbox(broker_pb2.AckMailboxRequest(cursor=fetched.items[-1].cursor), timeout=5)
+    return list(fetched.items)
+
+
+def notice_of(world: dict[str, object], item: broker_pb2.MailboxItem) -> broker_pb2.HitNotice:
+    from samenloop.policies import crypto
+
+    covenant = world["covenant"]
+    signed = item.hit_notice
+    assert signed.signer == covenant.broker.id
+    crypto.verify(
+        covenant.broker.ed25519, SignatureContext.HIT_NOTICE, signed.body, signed.signature
+    )
+    return broker_pb2.HitNotice.FromString(signed.body)
+
+
+def test_overlapping_tokens_make_a_signed_hit_for_both_parties(world):
+    for party in ("gemeente", "politie", "belastingdienst"):
+        drain(world, party)
+    token = os.urandom(32)
+    ref_g, ref_p = os.urandom(16), os.urandom(16)
+    batch_g = os.urandom(16)
+    request_g = broker_pb2.SubmitTokensRequest(
+        client_batch_id=batch_g, key_epoch=1, entries=[entry(token, ref_g)]
+    )
+    first = stub(world, "gemeente").SubmitTokens(request_g, timeout=10)
+    assert first.stored == 1
+    assert drain(world, "gemeente") == []  # one party is no hit
+    stub(world, "politie").SubmitTokens(
+        broker_pb2.SubmitTokensRequest(
+            client_batch_id=os.urandom(16), key_epoch=1, entries=[entry(token, ref_p)]
+        ),
+        timeout=10,
+    )
+    (item_g,) = drain(world, "gemeente")
+    (item_p,) = drain(world, "politie")
+    notice_g, notice_p = notice_of(world, item_g), notice_of(world, item_p)
+    assert notice_g.hit_group_id == notice_p.hit_group_id
+    assert notice_g.kind == broker_pb2.HIT_NOTICE_KIND_NEW
+    assert list(notice_g.own_signal_refs) == [ref_g]
+    assert [(m.party, m.role, list(m.signal_refs)) for m in notice_g.members] == [
+        ("politie", "politie", [ref_p])
+    ]
+    assert notice_g.party_count == 2
+    assert sum(n.picture_reporter for n in (notice_g, notice_p)) == 1
+    assert drain(world, "belastingdienst") == []
+    # Resubmitting the same batch is acknowledged, changes nothing, notifies no one.
+    again = stub(world, "gemeente").SubmitTokens(request_g, timeout=10)
+    assert again.replayed
+    assert drain(world, "politie") == []
+
+
+def test_a_reused_batch_id_with_other_content_is_refused(world):
+    batch = os.urandom(16)
+    broker = stub(world, "gemeente")
+    broker.SubmitTokens(
+        broker_pb2.SubmitTokensRequest(
+            client_batch_id=batch, key_epoch=1, entries=[entry(os.urandom(32))]
+        ),
+        timeout=10,
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        broker.SubmitTokens(
+            broker_pb2.SubmitTokensRequest(
+                client_batch_id=batch, key_epoch=1, entries=[entry(os.urandom(32))]
+            ),
+            timeout=10,
+        )
+    assert status_of(info.value) == grpc.StatusCode.ALREADY_EXISTS
+    assert rpc.error_from_rpc(info.value).field == "client_batch_id"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code", "field"),
+    [
+        (
+            lambda r: r.entries.add(token=b"short", signal_ref=os.urandom(16)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "entries[1]",
+        ),
+        (
+            lambda r: setattr(r, "client_batch_id", b"x"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "client_batch_id",
+        ),
+        (lambda r: setattr(r, "key_epoch", 7), grpc.StatusCode.INVALID_ARGUMENT, "key_epoch"),
+        (
+            lambda r: r.entries.extend(
+                [entry(os.urandom(32)) for _ in range(common_pb2.LIMITS_MAX_TOKENS_PER_BATCH)]
+            ),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "entries",
+        ),
+    ],
+    ids=["short token", "short batch id", "unknown epoch", "oversized batch"],
+)
+def test_bad_batches_are_refused_naming_the_field_and_store_nothing(world, mutate, code, field):
+    running = world["running"]
+    before = running.store.count_tokens()
+    request = broker_pb2.SubmitTokensRequest(
+        client_batch_id=os.urandom(16), key_epoch=1, entries=[entry(os.urandom(32))]
+    )
+    mutate(request)
+    with pytest.raises(grpc.RpcError) as info:
+        stub(world, "gemeente").SubmitTokens(request, timeout=30)
+    assert status_of(info.value) == code
+    assert rpc.error_from_rpc(info.value).field.startswith(field)
+    assert running.store.count_tokens() == before
+
+
+def test_garbage_bytes_get_invalid_argument_and_the_broker_keeps_serving(world):
+    raw = channel_for(world, "gemeente").unary_unary("/samenloop.v1.Broker/SubmitTokens")
+    with pytest.raises(grpc.RpcError) as info:
+        raw(b"\xff\xfe\xfd garbage", timeout=5)
+    assert status_of(info.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert rpc.error_from_rpc(info.value).field == "request"
+    assert (
+        stub(world, "gemeente").Hello(broker_pb2.HelloRequest(party="gemeente"), timeout=5).broker
+    )
+
+
+class HolderNode:
+    """A key holder's side of the HolderChannel, as a node runs it (in a thread)."""
+
+    def __init__(self, world: dict[str, object], party: str) -> None:
+        covenant = world["covenant"]
+        root: Path = world["root"]
+        epoch = threshold.KeyEpoch.from_covenant(covenant)
+        share = keysetup.load_share(root / party / "key-share.json", epoch)
+        self.holder = KeyHolder(keys_of(world, party), share, epoch, covenant.id, covenant)
+        self.outbox: queue.Queue[broker_pb2.HolderChannelRequest | None] = queue.Queue()
+        self.outbox.put(
+            broker_pb2.HolderChannelRequest(
+                hello=broker_pb2.HolderHello(
+                    seats=[broker_pb2.HolderSeat(key_epoch=epoch.epoch, holder_index=share.index)]
+                )
+            )
+        )
+        self.call = stub(world, party).HolderChannel(iter(self.outbox.get, None))
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            for message in self.call:
+                if message.HasField("evaluation"):
+                    answer = self.holder.handle(
+                        message.evaluation.request.SerializeToString(), now=datetime.now(UTC)
+                    )
+                    self.outbox.put(
+                        broker_pb2.HolderChannelRequest(
+                            answer=broker_pb2.HolderAnswer(
+                                relay_id=message.evaluation.relay_id,
+                                response=common_pb2.Signed.FromString(answer),
+                            )
+                        )
+                    )
+        except grpc.RpcError:
+            pass
+
+    def close(self) -> None:
+        self.outbox.put(None)
+        self.call.cancel()
+
+
+def relay_through(world: dict[str, object], party: str) -> evaluation.Relay:
+    broker = stub(world, party)
+
+    def relay(requests: dict[int, bytes]) -> dict[int, bytes]:
+        response = broker.Evaluate(
+            broker_pb2.EvaluateRequest(
+                requests=[common_pb2.Signed.FromString(r) for r in requests.values()]
+            ),
+            timeout=10,
+        )
+        return {
+            reply.holder_index: reply.response.SerializeToString()
+            for reply in response.replies
+            if reply.HasField("response")
+        }
+
+    return relay
+
+
+def test_tokens_through_the_relay_equal_the_single_key_tokens(world):
+    covenant = world["covenant"]
+    epoch = threshold.KeyEpoch.from_covenant(covenant)
+    holders = [HolderNode(world, party) for party in HOLDERS[:2]]  # riec's holder is offline
+    try:
+        import time
+
+        deadline = time.monotonic() + 5
+        while (
+            world["running"].service._switchboard.connected(1) != [1, 2]
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
+        domain = tokens.TokenDomain(covenant.id, epoch.epoch)
+        from samenloop.node import identifiers
+
+        idents = [identifiers.parse("bsn", "123456782"), identifiers.parse("kvk", "12345678")]
+        made = evaluation.tokenise(
+            keys_of(world, "gemeente"),
+            covenant,
+            domain,
+            epoch,
+            idents,
+            relay_through(world, "gemeente"),
+            now=datetime.now(UTC),
+        )
+        root: Path = world["root"]
+        shares = [keysetup.load_share(root / p / "key-share.json", epoch) for p in HOLDERS[:2]]
+        key = threshold.recover_key(shares)
+        assert made == [tokens.token_with_key(domain, key, i) for i in idents]
+        assert oprf.scalar_mult_gen(key) == epoch.group_public_key
+    finally:
+        for holder in holders:
+            holder.close()
+
+
+def test_evaluate_refuses_requests_signed_by_someone_else(world):
+    covenant = world["covenant"]
+    epoch = threshold.KeyEpoch.from_covenant(covenant)
+    _, blinded = oprf.blind(b"x")
+    forged = evaluation.build_requests(
+        keys_of(world, "politie"),
+        covenant.id,
+        epoch,
+        (1, 2),
+        [blinded],
+        request_id=os.urandom(16),
+        now=datetime.now(UTC),
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        stub(world, "gemeente").Evaluate(
+            broker_pb2.EvaluateRequest(
+                requests=[common_pb2.Signed.FromString(r) for r in forged.values()]
+            ),
+            timeout=5,
+        )
+    assert status_of(info.value) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_sealed_envelope_is_relayed_to_the_recipient_only(world):
+    covenant = world["covenant"]
+    drain(world, "politie")
+    sender, recipient = keys_of(world, "gemeente"), keys_of(world, "politie")
+    box = seal_signed(
+        sender, "politie", recipient.public().x25519, SignatureContext.CASE_MESSAGE, b"hello"
+    )
+    sealed = common_pb2.Sealed(
+        sender="gemeente", recipient="politie", nonce=box.nonce, ciphertext=box.ciphertext
+    )
+    message_id = os.urandom(16)
+    broker = stub(world, "gemeente")
+    first = broker.SendEnvelope(
+        broker_pb2.SendEnvelopeRequest(client_message_id=message_id, envelope=sealed), timeout=5
+    )
+    again = broker.SendEnvelope(
+        broker_pb2.SendEnvelopeRequest(client_message_id=message_id, envelope=sealed), timeout=5
+    )
+    assert not first.replayed
+    assert again.replayed
+    (item,) = drain(world, "politie")
+    got = item.envelope.sealed
+    context, body = open_signed(
+        recipient,
+        "gemeente",
+        covenant.public_keys("gemeente"),
+        SealedBox(got.nonce, got.ciphertext),
+    )
+    assert (context, body) == (SignatureContext.CASE_MESSAGE, b"hello")
+    # A party cannot send in another party's name.
+    forged = common_pb2.Sealed(
+        sender="belastingdienst", recipient="politie", nonce=box.nonce, ciphertext=box.ciphertext
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        broker.SendEnvelope(
+            broker_pb2.SendEnvelopeRequest(client_message_id=os.urandom(16), envelope=forged),
+            timeout=5,
+        )
+    assert status_of(info.value) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_stream_mailbox_delivers_new_items_as_they_arrive(world):
+    drain(world, "belastingdienst")
+    drain(world, "riec")
+    stream = stub(world, "belastingdienst").StreamMailbox(
+        broker_pb2.StreamMailboxRequest(), timeout=15
+    )
+    token = os.urandom(32)
+    for party in ("belastingdienst", "riec"):
+        stub(world, party).SubmitTokens(
+            broker_pb2.SubmitTokensRequest(
+                client_batch_id=os.urandom(16), key_epoch=1, entries=[entry(token)]
+            ),
+            timeout=10,
+        )
+    first = next(event for event in stream if event.HasField("item"))
+    assert notice_of(world, first.item).kind == broker_pb2.HIT_NOTICE_KIND_NEW
+    stream.cancel()

@@ -1,0 +1,574 @@
+"""The broker's store on real databases: SQLite (a temporary file) and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from samenloop.broker import matching, store
+from samenloop.broker.mailbox import ItemKind
+from samenloop.broker.matching import Entry, NoticeDraft
+from samenloop.broker.models import Base
+from samenloop.broker.store import MIGRATIONS, BrokerStore
+from samenloop.policies import database
+from samenloop.policies.errors import (
+    ConfigurationError,
+    InvalidInput,
+    MessageTooLarge,
+    NotAllowed,
+    Replay,
+)
+from samenloop.v1 import common_pb2
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+LATER = NOW + timedelta(days=365)
+
+
+def token(n: int) -> bytes:
+    return hashlib.sha256(b"token %d" % n).digest()
+
+
+def ref(party: str, n: int = 1) -> bytes:
+    return hashlib.sha256(f"ref {party} {n}".encode()).digest()[:16]
+
+
+def batch_id(n: int) -> bytes:
+    return n.to_bytes(16, "big")
+
+
+def entry(party: str, n: int, r: int = 1, expires: datetime = LATER, box: bytes | None = None):
+    return Entry(party, token(n), ref(party, r), 1, expires, box)
+
+
+def sign(draft: NoticeDraft) -> bytes:
+    """Stands in for the broker's signed HitNotice: enough to check what was delivered."""
+    return f"{draft.recipient}|{draft.kind.name}|{draft.revision}|{draft.group_id.hex()}".encode()
+
+
+class Ids:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self) -> bytes:
+        self.n += 1
+        return self.n.to_bytes(16, "big")
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    engine = database.make_engine(database_url)
+    database.upgrade(engine, MIGRATIONS)
+    yield engine
+    with engine.begin() as conn:  # the PostgreSQL database lives for the module
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+
+
+@pytest.fixture
+def broker(engine: sa.Engine) -> BrokerStore:
+    return BrokerStore(engine)
+
+
+def submit(broker: BrokerStore, party: str, n: int, entries, *, ids=None, sign_notice=sign, at=NOW):
+    return broker.submit(
+        party,
+        batch_id(n),
+        1,
+        entries,
+        min_parties=2,
+        now=at,
+        new_group_id=ids or Ids(),
+        sign_notice=sign_notice,
+    )
+
+
+def inbox(broker: BrokerStore, party: str) -> list[str]:
+    return [item.payload.decode() for item in broker.fetch(party, 0).items]
+
+
+def table_counts(engine: sa.Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {
+            t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+            for t in Base.metadata.sorted_tables
+        }
+
+
+# --- migrations ---------------------------------------------------------------------
+
+
+def test_migrations_go_up_down_and_up_again(database_url):
+    engine = database.make_engine(database_url)
+    try:
+        database.upgrade(engine, MIGRATIONS)
+        assert database.current(engine) == database.heads(MIGRATIONS) == ("0001",)
+        database.check_at_head(engine, MIGRATIONS)
+
+        database.downgrade(engine, MIGRATIONS)
+        assert database.current(engine) == ()
+        assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
+        with pytest.raises(ConfigurationError, match="run `samenloop broker migrate`"):
+            database.check_at_head(engine, MIGRATIONS)
+
+        database.upgrade(engine, MIGRATIONS)
+        database.check_at_head(engine, MIGRATIONS)
+        assert set(sa.inspect(engine).get_table_names()) >= set(Base.metadata.tables)
+    finally:
+        engine.dispose()
+
+
+def test_a_schema_newer_than_the_software_is_refused(engine):
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = 'ffff'"))
+    with pytest.raises(ConfigurationError, match="newer than this software"):
+        database.check_at_head(engine, MIGRATIONS)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0001'"))
+
+
+def test_the_migrations_create_exactly_the_models(engine):
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert differences == []
+
+
+def test_the_token_lookups_use_the_prefix_indexes(engine):
+    explain = "EXPLAIN QUERY PLAN" if engine.dialect.name == "sqlite" else "EXPLAIN"
+    is_open = "is_open = 1" if engine.dialect.name == "sqlite" else "is_open"
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":  # tiny tables: make the planner show its index
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        plans = {
+            index: str(conn.exec_driver_sql(f"{explain} {query}").all())
+            for index, query in [
+                ("ix_token_entries_token_prefix",
+                 "SELECT id, token FROM token_entries WHERE token_prefix IN (1, 2)"),
+                ("ix_token_entries_party_ref",
+                 "SELECT id FROM token_entries"
+                 " WHERE party_id = 1 AND ref_bucket IN (1, 2) AND ref_prefix IN (1, 2)"),
+                ("uq_hit_groups_open_token",
+                 f"SELECT group_id FROM hit_groups WHERE token_prefix IN (1, 2) AND {is_open}"),
+                ("ix_token_entries_expiry_bucket",
+                 "SELECT token FROM token_entries WHERE expiry_bucket <= 3000"),
+            ]
+        }  # fmt: skip
+    if engine.dialect.name == "sqlite":  # refs are found from the index alone
+        assert "COVERING INDEX ix_token_entries_party_ref" in plans["ix_token_entries_party_ref"]
+    for index, plan in plans.items():
+        assert index in plan, plan
+
+
+def test_the_engine_settings(database_url):
+    engine = database.make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                pragmas = {
+                    name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                    for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+                }
+                assert pragmas == {
+                    "journal_mode": "wal",
+                    "synchronous": 2,  # FULL
+                    "foreign_keys": 1,
+                    "busy_timeout": database.SQLITE_BUSY_TIMEOUT_MS,
+                }
+            else:
+                assert conn.exec_driver_sql("SHOW timezone").scalar() == "UTC"
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("url", ["mysql://x/y", "not a url", "sqlite+aiosqlite:///x.db"])
+def test_unsupported_database_urls_are_configuration_errors(url):
+    with pytest.raises(ConfigurationError) as raised:
+        database.make_engine(url)
+    assert raised.value.field == "database.url"
+
+
+def test_timestamps_are_utc_and_naive_ones_refused(broker, engine):
+    cet = NOW.astimezone(datetime.now().astimezone().tzinfo)
+    broker.enqueue("a", b"x", ItemKind.ENVELOPE, cet)
+    (item,) = broker.fetch("a", 0).items
+    assert item.enqueued_at == NOW
+    assert item.enqueued_at.tzinfo is UTC
+    with pytest.raises(ValueError, match="time zone"):
+        broker.enqueue("a", b"x", ItemKind.ENVELOPE, NOW.replace(tzinfo=None))
+
+
+# --- submitting and matching ----------------------------------------------------------
+
+
+def test_a_hit_is_delivered_to_both_parties_in_the_same_transaction(broker):
+    ids = Ids()
+    first = submit(broker, "gemeente", 1, [entry("gemeente", 1, box=b"box-g")], ids=ids)
+    assert (first.stored, first.unchanged, first.replayed, first.notified) == (1, 0, False, ())
+    second = submit(broker, "politie", 2, [entry("politie", 1), entry("politie", 2)], ids=ids)
+    assert (second.stored, second.notified) == (2, ("gemeente", "politie"))
+    group = (1).to_bytes(16, "big").hex()
+    assert inbox(broker, "gemeente") == [f"gemeente|NEW|1|{group}"]
+    assert inbox(broker, "politie") == [f"politie|NEW|1|{group}"]
+    assert broker.count_tokens() == 3
+    assert broker.count_groups() == 1
+    (stored,) = broker.open_groups()
+    assert (stored.token, stored.revision, stored.first_seen) == (token(1), 1, NOW)
+
+
+def test_withdrawal_finds_refs_sharing_a_prefix_or_bucket(broker):
+    twin = ref("a")[:8] + bytes(8)
+    cousin = ref("a")[:1] + bytes(15)
+    submit(broker, "a", 1, [entry("a", 1), replace(entry("a", 2), signal_ref=twin)])
+    submit(broker, "a", 2, [replace(entry("a", 3), signal_ref=cousin)])
+    result = broker.withdraw("a", batch_id(3), [twin], min_parties=2, now=NOW, sign_notice=sign)
+    assert (result.withdrawn, result.unknown) == (1, 0)
+    assert broker.count_tokens() == 2
+    result = broker.withdraw(
+        "a", batch_id(4), [ref("a"), cousin], min_parties=2, now=NOW, sign_notice=sign
+    )
+    assert (result.withdrawn, result.unknown) == (2, 0)
+    assert broker.count_tokens() == 0
+
+
+def test_tokens_sharing_a_prefix_do_not_match(broker):
+    twin = token(1)[:8] + bytes(24)
+    submit(broker, "a", 1, [entry("a", 1)])
+    result = submit(broker, "b", 2, [replace(entry("b", 1), token=twin)])
+    assert result.notified == ()
+    assert broker.count_groups() == 0
+    # ...and the real token still matches.
+    assert submit(broker, "c", 3, [entry("c", 1)]).notified == ("a", "c")
+
+
+def test_group_growth_and_notices_carry_members(broker):
+    ids = Ids()
+    seen: list[NoticeDraft] = []
+
+    def keep(draft: NoticeDraft) -> bytes:
+        seen.append(draft)
+        return sign(draft)
+
+    submit(broker, "a", 1, [entry("a", 1, box=b"box-a")], ids=ids, sign_notice=keep)
+    submit(broker, "b", 2, [entry("b", 1)], ids=ids, sign_notice=keep)
+    submit(broker, "c", 3, [entry("c", 1)], ids=ids, sign_notice=keep)
+    assert inbox(broker, "a")[-1].startswith("a|GROWN|2|")
+    assert inbox(broker, "c") == [f"c|NEW|2|{(1).to_bytes(16, 'big').hex()}"]
+    to_c = seen[-1]
+    assert to_c.recipient == "c"
+    assert [(m.party, m.sealed_attributes) for m in to_c.view.members] == [
+        ("a", (b"box-a",)),
+        ("b", ()),
+    ]
+
+
+def test_resubmitting_a_batch_is_acknowledged_again_without_effect(broker, engine):
+    entries = [entry("a", 1), entry("a", 2)]
+    submit(broker, "b", 1, [entry("b", 1)])
+    first = submit(broker, "a", 7, entries)
+    before = table_counts(engine)
+    again = submit(broker, "a", 7, list(reversed(entries)), at=NOW + timedelta(hours=1))
+    assert again == replace(first, replayed=True, notified=())
+    assert again.accepted_at == NOW
+    assert table_counts(engine) == before
+
+
+def test_a_batch_id_reused_for_other_content_is_refused(broker, engine):
+    submit(broker, "a", 7, [entry("a", 1)])
+    before = table_counts(engine)
+    with pytest.raises(Replay) as raised:
+        submit(broker, "a", 7, [entry("a", 2)])
+    assert raised.value.field == "client_batch_id"
+    with pytest.raises(Replay):
+        broker.withdraw("a", batch_id(7), [ref("a")], min_parties=2, now=NOW, sign_notice=sign)
+    assert table_counts(engine) == before
+    # Batch ids are per party: another party may use the same id.
+    assert submit(broker, "b", 7, [entry("b", 2)]).replayed is False
+
+
+def test_a_replayed_batch_is_recognised_even_after_its_entries_expired(broker):
+    soon = NOW + timedelta(minutes=1)
+    first = submit(broker, "a", 1, [entry("a", 1, expires=soon)])
+    again = submit(broker, "a", 1, [entry("a", 1, expires=soon)], at=NOW + timedelta(hours=1))
+    assert again.replayed
+    assert again.stored == first.stored
+
+
+def test_a_failure_inside_the_transaction_leaves_nothing(broker, engine):
+    submit(broker, "a", 1, [entry("a", 1)])
+    before = table_counts(engine)
+
+    def broken(draft: NoticeDraft) -> bytes:
+        raise RuntimeError("signing key unavailable")
+
+    with pytest.raises(RuntimeError, match="signing key"):
+        submit(broker, "b", 2, [entry("b", 1), entry("b", 2)], sign_notice=broken)
+    assert table_counts(engine) == before
+    assert inbox(broker, "a") == []
+    # The batch was not recorded either: sending it again works.
+    assert submit(broker, "b", 2, [entry("b", 1), entry("b", 2)]).stored == 2
+    assert len(inbox(broker, "a")) == 1
+
+
+LIMIT = common_pb2.LIMITS_MAX_TOKENS_PER_BATCH
+
+INVALID = [
+    ("short token", [replace(entry("a", 1), token=b"t" * 31)], InvalidInput, "entries[0].token"),
+    ("expired", [entry("a", 1), entry("a", 2, expires=NOW)], InvalidInput, "entries[1].expires_at"),
+    ("too many", [entry("a", 1)] * (LIMIT + 1), MessageTooLarge, "entries"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("entries", "error", "field_name"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
+)
+def test_bad_input_names_the_field_and_stores_nothing(broker, engine, entries, error, field_name):
+    before = table_counts(engine)
+    with pytest.raises(error) as raised:
+        submit(broker, "a", 1, entries)
+    assert raised.value.field == field_name
+    assert table_counts(engine) == before
+
+
+def test_a_batch_id_must_be_16_bytes(broker):
+    with pytest.raises(InvalidInput) as raised:
+        broker.submit(
+            "a", b"short", 1, [entry("a", 1)],
+            min_parties=2, now=NOW, new_group_id=Ids(), sign_notice=sign,
+        )  # fmt: skip
+    assert raised.value.field == "client_batch_id"
+
+
+def test_unchanged_entries_are_updated_not_added(broker, engine):
+    submit(broker, "a", 1, [entry("a", 1, box=b"old")])
+    result = submit(broker, "a", 2, [entry("a", 1, expires=LATER + timedelta(days=1), box=b"new")])
+    assert (result.stored, result.unchanged) == (0, 1)
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT sealed_attributes FROM token_entries")).one()
+    assert bytes(row[0]) == b"new"
+
+
+def test_a_full_batch_is_looked_up_in_chunks(broker):
+    size = common_pb2.LIMITS_MAX_TOKENS_PER_BATCH
+    submit(broker, "a", 1, [entry("a", n) for n in range(size)])
+    result = submit(broker, "b", 2, [entry("b", n) for n in range(size - 3, size + 3)])
+    assert result.stored == 6
+    assert broker.count_groups() == 3
+    assert len(inbox(broker, "a")) == 3
+
+
+# --- withdrawing, expiring, removing ----------------------------------------------------
+
+
+def test_withdrawal_closes_the_group_and_is_idempotent(broker, engine):
+    ids = Ids()
+    submit(broker, "a", 1, [entry("a", 1)], ids=ids)
+    submit(broker, "b", 2, [entry("b", 1)], ids=ids)
+    result = broker.withdraw(
+        "b", batch_id(3), [ref("b"), ref("b", 9)], min_parties=2, now=NOW, sign_notice=sign
+    )
+    assert (result.withdrawn, result.unknown, result.replayed) == (1, 1, False)
+    assert result.notified == ("a", "b")
+    assert [p.split("|")[1] for p in inbox(broker, "a")] == ["NEW", "CLOSED"]
+    assert broker.count_groups() == 0
+    assert broker.count_groups(open_only=False) == 1
+    before = table_counts(engine)
+    again = broker.withdraw(
+        "b", batch_id(3), [ref("b", 9), ref("b")], min_parties=2, now=NOW, sign_notice=sign
+    )
+    assert again == replace(result, replayed=True, notified=())
+    assert table_counts(engine) == before
+    # The token can form a new group later, with a new id.
+    submit(broker, "b", 4, [entry("b", 1, r=2)], ids=ids)
+    assert inbox(broker, "a")[-1] == f"a|NEW|1|{(2).to_bytes(16, 'big').hex()}"
+
+
+def test_expiry_drops_entries_and_tells_the_members(broker):
+    soon = NOW + timedelta(days=1)
+    submit(broker, "a", 1, [entry("a", 1, expires=soon), entry("a", 2, expires=soon)])
+    submit(broker, "b", 2, [entry("b", 1), entry("b", 2)])
+    submit(broker, "c", 3, [entry("c", 1)])
+    assert broker.expire(NOW, min_parties=2, sign_notice=sign).removed == 0
+    result = broker.expire(soon, min_parties=2, sign_notice=sign, limit=1)
+    assert result.more
+    assert result.removed == 1
+    result = broker.expire(soon, min_parties=2, sign_notice=sign)
+    assert (result.removed, result.more) == (1, False)
+    assert broker.count_tokens() == 3
+    kinds = sorted(p.split("|")[1] + p.split("|")[2] for p in inbox(broker, "a"))
+    assert kinds == ["CLOSED2", "CLOSED3", "GROWN2", "NEW1", "NEW1"]
+    assert [p.split("|")[1] for p in inbox(broker, "c")] == ["NEW", "SHRUNK"]
+
+
+def test_removing_a_party_closes_its_mailbox_and_tells_the_others(broker, engine):
+    submit(broker, "a", 1, [entry("a", 1)])
+    submit(broker, "b", 2, [entry("b", 1)])
+    submit(broker, "c", 3, [entry("c", 1)])
+    result = broker.remove_party("c", min_parties=2, now=NOW, sign_notice=sign)
+    assert (result.removed, result.notified) == (1, ("a", "b"))
+    assert inbox(broker, "a")[-1].startswith("a|SHRUNK|3|")
+    for action in (
+        lambda: broker.fetch("c", 0),
+        lambda: broker.ack("c", 0),
+        lambda: broker.enqueue("c", b"x", ItemKind.ENVELOPE, NOW),
+        lambda: submit(broker, "c", 9, [entry("c", 2)]),
+    ):
+        with pytest.raises(NotAllowed):
+            action()
+    with engine.connect() as conn:
+        left = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM mailbox_items m JOIN parties p ON p.id = m.party_id"
+                " WHERE p.name = 'c'"
+            )
+        ).scalar()
+    assert left == 0
+
+
+# --- mailboxes and envelopes --------------------------------------------------------------
+
+
+def test_mailbox_cursors_survive_reconnects(engine):
+    first = BrokerStore(engine)
+    cursors = [first.enqueue("a", b"item %d" % i, ItemKind.ENVELOPE, NOW) for i in range(5)]
+    assert cursors == [1, 2, 3, 4, 5]
+    page = first.fetch("a", 0, 2)
+    assert [i.cursor for i in page.items] == [1, 2]
+    assert (page.head_cursor, page.acked_cursor) == (5, 0)
+    assert first.ack("a", 2) == 2
+
+    engine.dispose()  # the broker restarts: new connections, a new store
+    second = BrokerStore(engine)
+    state = second.mailbox_state("a")
+    assert (state.head_cursor, state.acked_cursor) == (5, 2)
+    assert [i.payload for i in second.fetch("a", state.acked_cursor).items] == [
+        b"item 2",
+        b"item 3",
+        b"item 4",
+    ]
+    assert [i.cursor for i in second.fetch("a", 0).items] == [3, 4, 5]  # acked ones are gone
+    assert second.ack("a", 1) == 2  # an older ack: no-op
+    with pytest.raises(InvalidInput) as raised:
+        second.ack("a", 6)
+    assert raised.value.field == "cursor"
+    assert second.ack("a", 5) == 5
+    assert second.fetch("a", 0).items == ()
+    assert second.enqueue("a", b"next", ItemKind.ENVELOPE, NOW) == 6  # never reused
+
+
+def test_readers_do_not_wait_for_a_writer(broker, engine):
+    """Mailbox reads run beside a long write transaction (SQLite: a deferred BEGIN
+    under WAL; PostgreSQL: MVCC)."""
+    broker.enqueue("a", b"first", ItemKind.ENVELOPE, NOW)
+    with engine.connect() as writer:
+        writer.begin()
+        writer.execute(sa.text("UPDATE mailbox_heads SET closed = closed"))
+        done = threading.Event()
+        seen: list[int] = []
+
+        def read() -> None:
+            seen.append(len(broker.fetch("a", 0).items))
+            seen.append(broker.count_tokens())
+            done.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        assert done.wait(timeout=5), "a reader waited for the writer"
+        writer.rollback()
+    assert seen == [1, 0]
+
+
+def test_fetch_respects_limits_and_sizes(broker):
+    for i in range(3):
+        broker.enqueue("a", bytes(100) + bytes([i]), ItemKind.COVENANT_UPDATE, NOW)
+    assert len(broker.fetch("a", 0, max_bytes=250).items) == 2
+    assert len(broker.fetch("a", 0, max_bytes=10).items) == 1  # at least one
+    assert broker.fetch("a", 0).items[0].kind is ItemKind.COVENANT_UPDATE
+    unknown = broker.fetch("nobody", 0)
+    assert (unknown.items, unknown.head_cursor, unknown.acked_cursor) == ((), 0, 0)
+    assert broker.ack("nobody", 0) == 0
+
+
+def test_envelopes_are_relayed_once(broker):
+    digest = hashlib.sha256(b"envelope").digest()
+    first = broker.relay_envelope(
+        "a", batch_id(1), digest, recipient="b", payload=b"sealed", now=NOW
+    )
+    assert (first.cursor, first.accepted_at, first.replayed) == (1, NOW, False)
+    again = broker.relay_envelope(
+        "a", batch_id(1), digest, recipient="b", payload=b"sealed", now=NOW + timedelta(hours=1)
+    )
+    assert again == replace(first, replayed=True)
+    assert [i.payload for i in broker.fetch("b", 0).items] == [b"sealed"]
+    with pytest.raises(Replay) as raised:
+        broker.relay_envelope(
+            "a", batch_id(1), hashlib.sha256(b"other").digest(),
+            recipient="b", payload=b"other", now=NOW,
+        )  # fmt: skip
+    assert raised.value.field == "client_message_id"
+    broker.close_mailbox("c")
+    with pytest.raises(NotAllowed) as closed:
+        broker.relay_envelope("a", batch_id(2), digest, recipient="c", payload=b"x", now=NOW)
+    assert closed.value.field == "envelope.recipient"
+
+
+def test_notices_to_a_closed_mailbox_are_dropped_not_fatal(broker):
+    submit(broker, "a", 1, [entry("a", 1)])
+    broker.close_mailbox("a")
+    result = submit(broker, "b", 2, [entry("b", 1)])
+    assert result.notified == ("b",)
+
+
+# --- concurrency ------------------------------------------------------------------------
+
+
+def test_concurrent_batches_on_one_token_never_miss_the_hit(engine):
+    """Matching is serialized: parties submitting the same token at once form one group
+    and every revision is told once."""
+    parties = [f"p{i}" for i in range(6)]
+    barrier = threading.Barrier(len(parties))
+    errors: list[BaseException] = []
+    ids = Ids()
+    lock = threading.Lock()
+
+    def new_id() -> bytes:
+        with lock:
+            return ids()
+
+    def run(party: str) -> None:
+        try:
+            store_ = BrokerStore(engine)
+            barrier.wait()
+            store_.submit(
+                party, batch_id(1), 1, [entry(party, 1)],
+                min_parties=2, now=NOW, new_group_id=new_id, sign_notice=sign,
+            )  # fmt: skip
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in parties]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    broker = BrokerStore(engine)
+    (group,) = broker.open_groups()
+    assert group.revision == len(parties) - 1
+    revisions = sorted(
+        int(p.split("|")[2]) for p in inbox(broker, parties[0]) + inbox(broker, parties[1])
+    )
+    assert max(revisions) == len(parties) - 1
+
+
+def test_prefix_is_a_signed_64_bit_integer():
+    assert store.prefix64(b"\x00" * 32) == 0
+    assert store.prefix64(b"\xff" * 8 + b"\x00" * 24) == -1
+    assert store.prefix64(b"\x7f" + b"\xff" * 7) == 2**63 - 1
+    assert matching.TOKEN_BYTES == 32

@@ -1,0 +1,609 @@
+"""The node's store on real databases: SQLite (a temporary file) and PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from samenloop.node import store as node_store
+from samenloop.node.identifiers import Identifier, IdentifierType, parse
+from samenloop.node.models import (
+    AreaKind,
+    Base,
+    BatchKind,
+    HitKind,
+    HitState,
+    IdentifierState,
+    SignalState,
+)
+from samenloop.node.store import MIGRATIONS, CoarseAttributes, NewSignal, NodeStore
+from samenloop.policies import database
+from samenloop.policies.errors import (
+    ConfigurationError,
+    InvalidInput,
+    MessageTooLarge,
+    NotFound,
+    Replay,
+)
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+LATER = NOW + timedelta(days=365)
+
+
+def kvk(n: int) -> Identifier:
+    return Identifier(IdentifierType.KVK, f"{n:08d}")
+
+
+def signal(reference: str, *numbers: int, category: str = "vastgoedmisbruik", **kw) -> NewSignal:
+    return NewSignal(
+        reference=reference,
+        category=category,
+        identifiers=[kvk(n) for n in numbers or (1,)],
+        expires_at=kw.pop("expires_at", LATER),
+        details=kw.pop("details", {"adres": "Kerkstraat 1", "toelichting": "leegstand"}),
+        **kw,
+    )
+
+
+def token(n: int) -> bytes:
+    return n.to_bytes(32, "big")
+
+
+def group(n: int) -> bytes:
+    return n.to_bytes(16, "big")
+
+
+def table_counts(engine: sa.Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {
+            t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+            for t in Base.metadata.sorted_tables
+        }
+
+
+def clear(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    engine = database.make_engine(database_url)
+    database.upgrade(engine, MIGRATIONS)
+    yield engine
+    clear(engine)  # the PostgreSQL database lives for the module
+    engine.dispose()
+
+
+@pytest.fixture
+def node(engine: sa.Engine) -> NodeStore:
+    return NodeStore(engine, random_bytes=random.Random(7).randbytes)
+
+
+def tokenise_all(node: NodeStore, *, epoch: int = 1, at: datetime = NOW, seal=None):
+    pending = node.pending_identifiers(1000, now=at)
+    return node.record_tokens(
+        {p.id: token(p.id) for p in pending}, epoch, now=at, seal_attributes=seal
+    )
+
+
+def notice(node: NodeStore, cursor: int, n: int, revision: int, kind=HitKind.NEW, refs=()):
+    return node.accept_notice(
+        cursor,
+        group(n),
+        revision,
+        kind,
+        f"signed {n} r{revision}".encode(),
+        refs,
+        NOW,
+        NOW + timedelta(minutes=revision),
+        now=NOW + timedelta(seconds=cursor),
+    )
+
+
+# --- migrations ---------------------------------------------------------------------
+
+
+def test_migrations_go_up_down_and_up_again_and_are_checked(database_url):
+    engine = database.make_engine(database_url)
+    try:
+        database.downgrade(engine, MIGRATIONS)  # the PostgreSQL database may be migrated
+        assert database.current(engine) == ()
+        with pytest.raises(ConfigurationError, match="run `samenloop node migrate`") as refused:
+            database.check_at_head(engine, MIGRATIONS)
+        assert refused.value.reason == "schema.behind"
+
+        database.upgrade(engine, MIGRATIONS)
+        assert database.current(engine) == database.heads(MIGRATIONS) == ("0001",)
+        database.check_at_head(engine, MIGRATIONS)
+
+        database.downgrade(engine, MIGRATIONS)
+        assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
+        with pytest.raises(ConfigurationError, match="samenloop node migrate"):
+            database.check_at_head(engine, MIGRATIONS)
+
+        database.upgrade(engine, MIGRATIONS)
+        database.check_at_head(engine, MIGRATIONS)
+        assert set(sa.inspect(engine).get_table_names()) >= set(Base.metadata.tables)
+    finally:
+        engine.dispose()
+
+
+def test_the_migrations_create_exactly_the_models(engine):
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert differences == []
+
+
+def test_a_schema_newer_than_the_software_is_refused(engine):
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = 'ffff'"))
+    try:
+        with pytest.raises(ConfigurationError, match="newer than this software"):
+            database.check_at_head(engine, MIGRATIONS)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = '0001'"))
+
+
+# --- signals ------------------------------------------------------------------------
+
+
+def test_signals_are_stored_with_a_fresh_ref_per_identifier(node, engine):
+    cet = NOW.astimezone(datetime.now().astimezone().tzinfo)
+    attributes = CoarseAttributes(AreaKind.POSTCODE4, "5038", "5610", "2026-11")
+    records = node.add_signals(
+        [signal("ZAAK-1", 1, 2, 3, attributes=attributes), signal("ZAAK-2", 1)],
+        now=cet,
+        import_batch="import-1.csv",
+    )
+    first, second = records
+    assert [r.reference for r in records] == ["ZAAK-1", "ZAAK-2"]
+    assert (first.state, first.unchanged) == (SignalState.ACTIVE, False)
+    assert (first.created_at, first.created_at.tzinfo) == (NOW, UTC)
+    assert (first.expires_at, first.ended_at) == (LATER, None)
+    assert dict(first.details) == {"adres": "Kerkstraat 1", "toelichting": "leegstand"}
+    assert (first.attributes, first.import_batch) == (attributes, "import-1.csv")
+    assert [i.identifier for i in first.identifiers] == [kvk(1), kvk(2), kvk(3)]
+    refs = [i.signal_ref for r in records for i in r.identifiers]
+    assert len(set(refs)) == len(refs) == 4  # the same KvK in two signals: two refs
+    assert all(len(ref) == 16 for ref in refs)
+    assert {i.state for r in records for i in r.identifiers} == {IdentifierState.PENDING}
+    assert node.signal("ZAAK-1") == first
+    assert node.signal_by_id(second.id) == second
+    assert node.signal("ZAAK-3") is None
+
+
+def test_a_real_parsed_identifier_round_trips(node):
+    (record,) = node.add_signals(
+        [NewSignal("Z", "katvangers", [parse("address", "1234 ab 12-a")], LATER)], now=NOW
+    )
+    assert record.identifiers[0].identifier == Identifier(IdentifierType.ADDRESS, "1234AB 12 A")
+    (pending,) = node.pending_identifiers(10)
+    assert pending.identifier == record.identifiers[0].identifier
+
+
+def test_a_duplicate_reference_in_the_middle_stores_nothing(node, engine):
+    node.add_signals([signal("BESTAAND", 9)], now=NOW)
+    before = table_counts(engine)
+    with pytest.raises(Replay) as raised:
+        node.add_signals(
+            [signal("NIEUW-1", 1), signal("BESTAAND", 8), signal("NIEUW-2", 2)], now=NOW
+        )
+    assert raised.value.field == "signals[1].reference"
+    assert table_counts(engine) == before
+    assert node.signal("NIEUW-1") is None
+
+    with pytest.raises(Replay) as raised:
+        node.add_signals([signal("A", 1), signal("B", 2), signal("A", 3)], now=NOW)
+    assert raised.value.field == "signals[2].reference"
+    assert table_counts(engine) == before
+
+
+def test_the_same_signal_again_is_unchanged_and_a_withdrawn_reference_can_return(node, engine):
+    (first,) = node.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
+    before = table_counts(engine)
+    # Identifiers in another order, another (derived) expiry: the same signal.
+    again = NewSignal("ZAAK-1", first.category, [kvk(2), kvk(1)], LATER + timedelta(days=1),
+                      dict(first.details))  # fmt: skip
+    records = node.add_signals([again, signal("ZAAK-2", 3), again], now=NOW + timedelta(hours=1))
+    assert [r.unchanged for r in records] == [True, False, True]
+    assert records[0].id == records[2].id == first.id
+    assert table_counts(engine)["signals"] == before["signals"] + 1
+
+    node.withdraw_signal("ZAAK-1", now=NOW)
+    (reborn,) = node.add_signals([signal("ZAAK-1", 5)], now=NOW)
+    assert reborn.id != first.id
+    assert not reborn.unchanged
+    assert node.signal("ZAAK-1") == reborn
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "field"),
+    [
+        (signal("", 1), InvalidInput, "signals[1].reference"),
+        (signal("R", 1, category=""), InvalidInput, "signals[1].category"),
+        (signal("R", *range(1, 34)), MessageTooLarge, "signals[1].identifiers"),
+        (NewSignal("R", "c", [], LATER), InvalidInput, "signals[1].identifiers"),
+        (signal("R", 1, 2, 1), InvalidInput, "signals[1].identifiers[2]"),
+        (signal("R", details={f"f{i}": "x" for i in range(65)}), MessageTooLarge,
+         "signals[1].details"),
+        (signal("R", details={"f": "x" * 4097}), InvalidInput, "signals[1].details[f]"),
+        (signal("R", expires_at=datetime(2027, 1, 1)), InvalidInput, "signals[1].expires_at"),
+        (signal("R", attributes=CoarseAttributes(month="2026-13")), InvalidInput,
+         "signals[1].attributes.month"),
+        (signal("R", attributes=CoarseAttributes(AreaKind.CBS_WIJK)), InvalidInput,
+         "signals[1].attributes.area"),
+    ],
+)  # fmt: skip
+def test_bad_signals_are_refused_naming_the_field_and_store_nothing(
+    node, engine, bad, error, field
+):
+    with pytest.raises(error) as raised:
+        node.add_signals([signal("GOED", 1), bad], now=NOW)
+    assert raised.value.field == field
+    assert set(table_counts(engine).values()) == {0}
+
+
+# --- tokens and the outbox ---------------------------------------------------------
+
+
+def test_tokens_and_their_submit_batch_are_stored_together(node):
+    (record,) = node.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
+    pending = node.pending_identifiers(10, now=NOW)
+    assert [p.id for p in pending] == [i.id for i in record.identifiers]
+    assert {p.category for p in pending} == {"vastgoedmisbruik"}
+
+    (batch,) = node.record_tokens(
+        {p.id: token(p.id) for p in pending},
+        3,
+        now=NOW,
+        seal_attributes=lambda c: b"box:" + c.encode(),
+    )
+    assert (batch.kind, batch.key_epoch, len(batch.client_batch_id)) == (BatchKind.SUBMIT, 3, 16)
+    assert [(e.signal_ref, e.token, e.expires_at, e.category, e.sealed_attributes)
+            for e in batch.entries] == [
+        (i.signal_ref, token(i.id), LATER, "vastgoedmisbruik", b"box:vastgoedmisbruik")
+        for i in record.identifiers
+    ]  # fmt: skip
+    assert node.outbox() == [batch]
+    stored = node.signal("ZAAK-1")
+    assert [(i.state, i.token, i.key_epoch) for i in stored.identifiers] == [
+        (IdentifierState.TOKENISED, token(i.id), 3) for i in record.identifiers
+    ]
+    assert node.pending_identifiers(10) == []
+    # Recording the same tokens again (a retry after a crash) changes nothing.
+    assert node.record_tokens({p.id: token(p.id) for p in pending}, 3, now=NOW) == []
+    assert node.outbox() == [batch]
+
+
+def test_a_failure_while_recording_tokens_leaves_nothing(node, engine):
+    node.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
+    pending = node.pending_identifiers(10)
+
+    def broken_seal(category: str) -> bytes:  # runs after the tokens are written
+        raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError):
+        node.record_tokens({p.id: token(p.id) for p in pending}, 1, now=NOW,
+                           seal_attributes=broken_seal)  # fmt: skip
+    assert node.pending_identifiers(10) == pending
+    assert node.outbox() == []
+    assert {i.token for i in node.signal("ZAAK-1").identifiers} == {None}
+
+
+def test_submit_batches_are_split_at_the_limit(node, monkeypatch):
+    monkeypatch.setattr(node_store, "MAX_TOKENS_PER_BATCH", 2)
+    node.add_signals([signal("A", 1, 2, 3), signal("B", 4, 5)], now=NOW)
+    batches = tokenise_all(node)
+    assert [len(b.entries) for b in batches] == [2, 2, 1]
+    assert len({b.client_batch_id for b in batches}) == 3
+    assert node.outbox() == batches
+    assert node.outbox(limit=2) == batches[:2]
+
+
+def test_the_outbox_survives_a_crash_unchanged_until_acked(database_url, engine):
+    first = NodeStore(engine)
+    first.add_signals([signal("A", 1, 2), signal("B", 3)], now=NOW)
+    created = tokenise_all(first, seal=lambda c: b"sealed " + c.encode())
+    engine.dispose()  # the node dies; a new process opens the same database
+
+    restarted = database.make_engine(database_url)
+    try:
+        second = NodeStore(restarted)
+        assert second.outbox() == created  # same batch id, same entries, same sealed bytes
+        assert second.outbox() == created  # and again, until acknowledged
+        assert second.mark_acked(created[0].client_batch_id, now=NOW) is True
+        assert second.mark_acked(created[0].client_batch_id, now=NOW) is False  # repeated ack
+        assert second.outbox() == []
+        states = {i.state for r in ("A", "B") for i in second.signal(r).identifiers}
+        assert states == {IdentifierState.SUBMITTED}
+        assert second.status_counts().outbox_batches == 0
+        with pytest.raises(NotFound) as raised:
+            second.mark_acked(b"\x00" * 16, now=NOW)
+        assert raised.value.field == "client_batch_id"
+    finally:
+        restarted.dispose()
+
+
+def test_withdrawal_queues_a_withdraw_batch_behind_the_submit_batch(node):
+    node.add_signals([signal("ZAAK-1", 1, 2), signal("ZAAK-2", 3)], now=NOW)
+    pending = node.pending_identifiers(10)
+    # One identifier of ZAAK-1 is tokenised (and not yet acked), the other is not.
+    (submit,) = node.record_tokens({pending[0].id: token(1), pending[2].id: token(3)}, 1, now=NOW)
+
+    withdrawn = node.withdraw_signal("ZAAK-1", now=NOW + timedelta(hours=1))
+    assert withdrawn.state is SignalState.WITHDRAWN
+    assert withdrawn.ended_at == NOW + timedelta(hours=1)
+    assert [i.state for i in withdrawn.identifiers] == [
+        IdentifierState.WITHDRAW_PENDING,
+        IdentifierState.WITHDRAWN,  # never left the node: nothing to withdraw
+    ]
+    first, second = node.outbox()
+    assert first == submit
+    assert (second.kind, second.key_epoch) == (BatchKind.WITHDRAW, None)
+    assert [(e.signal_ref, e.token) for e in second.entries] == [
+        (withdrawn.identifiers[0].signal_ref, None)
+    ]
+    # The submit ack does not resurrect the withdrawn identifier; the withdraw ack ends it.
+    node.mark_acked(submit.client_batch_id, now=NOW)
+    assert node.signal("ZAAK-1").identifiers[0].state is IdentifierState.WITHDRAW_PENDING
+    assert node.signal("ZAAK-2").identifiers[0].state is IdentifierState.SUBMITTED
+    node.mark_acked(second.client_batch_id, now=NOW)
+    assert {i.state for i in node.signal("ZAAK-1").identifiers} == {IdentifierState.WITHDRAWN}
+    assert node.outbox() == []
+
+    # Withdrawing again changes nothing; an unknown reference is not found.
+    assert node.withdraw_signal("ZAAK-1", now=NOW + timedelta(days=1)) == node.signal("ZAAK-1")
+    assert node.outbox() == []
+    with pytest.raises(NotFound) as raised:
+        node.withdraw_signal("ZAAK-9", now=NOW)
+    assert raised.value.field == "reference"
+    assert node.withdraw_signal(signal_id=withdrawn.id, now=NOW).state is SignalState.WITHDRAWN
+
+
+def test_tokens_for_an_identifier_withdrawn_meanwhile_are_dropped(node):
+    node.add_signals([signal("ZAAK-1", 1)], now=NOW)
+    pending = node.pending_identifiers(10)  # the tokeniser starts...
+    node.withdraw_signal("ZAAK-1", now=NOW)  # ...the partner withdraws...
+    assert node.record_tokens({p.id: token(p.id) for p in pending}, 1, now=NOW) == []
+    assert node.outbox() == []
+    assert node.signal("ZAAK-1").identifiers[0].state is IdentifierState.WITHDRAWN
+
+
+def test_expiry_ends_signals_and_withdraws_their_tokens(node):
+    soon = NOW + timedelta(days=1)
+    node.add_signals(
+        [
+            signal("KORT", 1, expires_at=soon),
+            signal("LANG", 2),
+            signal("KORT-2", 3, expires_at=soon),
+        ],
+        now=NOW,
+    )
+    pending = node.pending_identifiers(10)
+    (submit,) = node.record_tokens({pending[0].id: token(1), pending[1].id: token(2)}, 1, now=NOW)
+    node.mark_acked(submit.client_batch_id, now=NOW)
+
+    later = soon + timedelta(seconds=1)
+    assert [p.id for p in node.pending_identifiers(10, now=later)] == []  # KORT-2 has expired
+    assert node.record_tokens({pending[2].id: token(3)}, 1, now=later) == []
+    assert node.expire_signals(later, limit=1) == 1
+    assert node.expire_signals(later) == 1
+    assert node.expire_signals(later) == 0
+    assert node.signal("KORT").state is SignalState.EXPIRED
+    assert node.signal("KORT").ended_at == later
+    assert node.signal("LANG").state is SignalState.ACTIVE
+    assert node.signal("KORT-2").identifiers[0].state is IdentifierState.WITHDRAWN
+    (withdraw,) = node.outbox()
+    assert withdraw.kind is BatchKind.WITHDRAW
+    assert [e.signal_ref for e in withdraw.entries] == [
+        node.signal("KORT").identifiers[0].signal_ref
+    ]
+    counts = node.status_counts()
+    assert dict(counts.signals) == {
+        SignalState.ACTIVE: 1,
+        SignalState.WITHDRAWN: 0,
+        SignalState.EXPIRED: 2,
+    }
+
+
+def test_a_rejected_submit_batch_sends_its_identifiers_back_to_tokenising(node):
+    node.add_signals([signal("ZAAK-1", 1)], now=NOW)
+    (batch,) = tokenise_all(node)
+    assert node.reject_batch(batch.client_batch_id, now=NOW) is True
+    assert node.reject_batch(batch.client_batch_id, now=NOW) is False
+    assert node.mark_acked(batch.client_batch_id, now=NOW) is False
+    assert node.outbox() == []
+    (identifier,) = node.signal("ZAAK-1").identifiers
+    assert (identifier.state, identifier.token) == (IdentifierState.PENDING, None)
+    (again,) = tokenise_all(node, epoch=2)
+    assert again.client_batch_id != batch.client_batch_id
+    assert again.key_epoch == 2
+
+
+def test_bad_token_input_is_refused(node):
+    node.add_signals([signal("ZAAK-1", 1)], now=NOW)
+    (pending,) = node.pending_identifiers(10)
+    with pytest.raises(InvalidInput) as raised:
+        node.record_tokens({pending.id: b"short"}, 1, now=NOW)
+    assert raised.value.field == f"tokens[{pending.id}]"
+    with pytest.raises(InvalidInput) as raised:
+        node.record_tokens({pending.id: token(1)}, 0, now=NOW)
+    assert raised.value.field == "key_epoch"
+    assert node.outbox() == []
+
+
+# --- the hit inbox and feed ---------------------------------------------------------
+
+
+def test_a_repeated_notice_is_stored_once_and_fed_once(node):
+    (record,) = node.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
+    refs = [i.signal_ref for i in record.identifiers]
+    assert notice(node, 5, 1, 1, refs=[refs[0]]) is True
+    assert notice(node, 6, 1, 1, refs=[refs[0]]) is False  # delivered again by the broker
+    assert node.mailbox_cursor() == 6  # saved either way
+    (hit,) = node.hits()
+    assert (hit.revision, hit.feed_seq, hit.kind, hit.state) == (1, 1, HitKind.NEW, HitState.OPEN)
+    assert hit.notice == b"signed 1 r1"
+    assert hit.received_at == NOW + timedelta(seconds=5)
+    (own,) = hit.own_signals
+    assert (own.signal_ref, own.signal_id, own.reference, own.category, own.identifier_type) == (
+        refs[0], record.id, "ZAAK-1", "vastgoedmisbruik", IdentifierType.KVK,
+    )  # fmt: skip
+    assert node.hits(after_feed_seq=1) == []
+    assert node.last_feed_seq() == 1
+
+
+def test_an_older_revision_is_ignored_and_a_newer_one_replaces(node):
+    (record,) = node.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
+    refs = [i.signal_ref for i in record.identifiers]
+    unknown = b"\xff" * 16
+    assert notice(node, 1, 1, 3, HitKind.GROWN, refs=[refs[0]]) is True
+    assert notice(node, 2, 1, 2, HitKind.NEW, refs=[refs[1]]) is False
+    assert node.hit(group(1)).revision == 3
+    assert notice(node, 3, 2, 1) is True  # a hit this node coordinates: no own refs
+    assert notice(node, 4, 1, 4, HitKind.CLOSED, refs=[refs[1], unknown]) is True
+
+    hit = node.hit(group(1))
+    assert (hit.revision, hit.kind, hit.state, hit.feed_seq) == (
+        4,
+        HitKind.CLOSED,
+        HitState.CLOSED,
+        3,
+    )
+    assert hit.last_seen == NOW + timedelta(minutes=4)
+    assert [(o.signal_ref, o.reference) for o in hit.own_signals] == [
+        (refs[1], "ZAAK-1"), (unknown, None),
+    ]  # fmt: skip
+    assert node.hit(group(2)).own_signals == ()
+    assert node.hit(group(3)) is None
+    # The feed: each group once, at its latest change, in order; resumable.
+    assert [(h.group_id, h.feed_seq) for h in node.hits()] == [(group(2), 2), (group(1), 3)]
+    assert [h.group_id for h in node.hits(after_feed_seq=2)] == [group(1)]
+    assert [h.group_id for h in node.hits(HitState.OPEN)] == [group(2)]
+    assert [h.group_id for h in node.hits(newest_first=True)] == [group(1), group(2)]
+    assert [h.group_id for h in node.hits(newest_first=True, before_feed_seq=3)] == [group(2)]
+    counts = node.status_counts()
+    assert (counts.open_hits, counts.closed_hits, counts.mailbox_cursor) == (1, 1, 4)
+
+
+def test_the_cursor_never_goes_back(node):
+    assert node.mailbox_cursor() == 0
+    notice(node, 10, 1, 1)
+    assert notice(node, 7, 1, 2) is True  # a redelivered older item still carries news
+    assert node.mailbox_cursor() == 10
+    assert node.advance_cursor(12) == 12
+    assert node.advance_cursor(11) == 12
+    assert node.mailbox_cursor() == 12
+
+
+def test_a_crash_before_commit_loses_the_cursor_with_the_hit(node, monkeypatch):
+    (record,) = node.add_signals([signal("ZAAK-1", 1)], now=NOW)
+    ref = record.identifiers[0].signal_ref
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("crash before commit")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(NodeStore, "_save_inbox", crash)
+        with pytest.raises(RuntimeError):
+            notice(node, 1, 1, 1, refs=[ref])
+    # Neither the hit nor the cursor: the item is fetched and processed again.
+    assert (node.hits(), node.mailbox_cursor()) == ([], 0)
+    assert notice(node, 1, 1, 1, refs=[ref]) is True
+    assert [h.feed_seq for h in node.hits()] == [1]
+
+
+def test_bad_notices_are_refused(node):
+    with pytest.raises(InvalidInput) as raised:
+        node.accept_notice(1, b"short", 1, HitKind.NEW, b"n", [], NOW, NOW, now=NOW)
+    assert raised.value.field == "hit_group_id"
+    with pytest.raises(InvalidInput) as raised:
+        node.accept_notice(1, group(1), 1, HitKind.NEW, b"n", [b"x"], NOW, NOW, now=NOW)
+    assert raised.value.field == "own_signal_refs[0]"
+    with pytest.raises(InvalidInput) as raised:
+        node.accept_notice(1, group(1), 0, HitKind.NEW, b"n", [], NOW, NOW, now=NOW)
+    assert raised.value.field == "revision"
+    with pytest.raises(InvalidInput) as raised:
+        node.accept_notice(1, group(1), 1, "gone", b"n", [], NOW, NOW, now=NOW)
+    assert raised.value.field == "kind"
+    assert (node.mailbox_cursor(), node.hits()) == (0, [])
+
+
+def test_concurrent_notices_get_distinct_feed_seqs_in_commit_order(database_url, engine):
+    engines = [database.make_engine(database_url) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def deliver(worker: int) -> None:
+        store = NodeStore(engines[worker])
+        try:
+            for n in range(10):
+                notice(store, worker * 10 + n + 1, worker * 10 + n, 1)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=deliver, args=(w,)) for w in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for other in engines:
+            other.dispose()
+    assert errors == []
+    node = NodeStore(engine)
+    assert [h.feed_seq for h in node.hits(limit=100)] == list(range(1, 41))
+    assert node.mailbox_cursor() == 40
+
+
+# --- status and key-holder counters -------------------------------------------------
+
+
+def test_status_counts(node):
+    node.add_signals([signal("A", 1, 2), signal("B", 3)], now=NOW)
+    counts = node.status_counts()
+    assert counts.identifiers_pending == 3
+    assert (counts.outbox_batches, counts.outbox_entries) == (0, 0)
+    tokenise_all(node)
+    node.withdraw_signal("B", now=NOW)
+    counts = node.status_counts()
+    assert dict(counts.signals) == {
+        SignalState.ACTIVE: 1,
+        SignalState.WITHDRAWN: 1,
+        SignalState.EXPIRED: 0,
+    }
+    assert counts.identifiers_pending == 0
+    assert (counts.outbox_batches, counts.outbox_entries) == (2, 4)
+    assert (counts.open_hits, counts.closed_hits, counts.mailbox_cursor) == (0, 0, 0)
+
+
+def test_key_holder_counters_per_party_and_day(node):
+    node.count_evaluation("gemeente", now=NOW, elements=10)
+    node.count_evaluation("gemeente", now=NOW + timedelta(hours=1), elements=5)
+    node.count_evaluation("gemeente", now=NOW, refused=True)
+    node.count_evaluation("gemeente", now=NOW + timedelta(days=1), elements=7)
+    node.count_evaluation("politie", now=NOW, elements=1)
+    assert node.evaluations_on("gemeente", NOW.date()) == 15
+    assert node.evaluations_on("gemeente", (NOW + timedelta(days=1)).date()) == 7
+    assert node.evaluations_on("fiod", NOW.date()) == 0
+    totals = node.holder_totals()
+    assert (totals.requests_served, totals.elements_evaluated, totals.requests_refused) == (
+        4,
+        23,
+        1,
+    )
+
+
+def test_naive_times_are_refused(node):
+    with pytest.raises(ValueError, match="time zone"):
+        node.add_signals([signal("A", 1)], now=datetime(2026, 1, 1))
