@@ -43,7 +43,8 @@ bench: venv
 	$(PY) bench/run.py
 
 demo: venv
-	$(VENV)/bin/samenloop demo
+	rm -rf demo-run
+	$(VENV)/bin/samenloop demo --workdir demo-run
 
 clean:
 	rm -rf $(VENV) .typecheck build *.egg-info

@@ -12,22 +12,23 @@ batch touches (:class:`TokenState`: the token's stored entries and its open
 group), so its cost depends on the batch, never on the size of the index. The
 store loads those states, calls one of :func:`submit`, :func:`withdraw`,
 :func:`expire` or :func:`remove_party`, and writes back the :class:`Change`.
-All of them share one rule, :func:`_regroup`, that compares a token's live
-entries before and after and decides the group's fate and the notices:
+All of them share one rule (``_ChangeBuilder.regroup``) that compares a
+token's entries before and after and decides the group's fate and the
+notices, one revision per change:
 
-============================  =========================================================
-before -> after               notices (one revision per change)
-============================  =========================================================
-no group, >= min, entry added  NEW to every member
-open, < min                    CLOSED to every previous member
-open, >= min, entry added      NEW to members that joined, GROWN to the others,
-                               CLOSED to members that left entirely
-open, >= min, entries removed  SHRUNK to the remaining members, CLOSED to those that left
-anything else                  nothing (entries may still be stored or updated)
-============================  =========================================================
+* no group, now at least the minimum, an entry added: the group forms,
+  NEW to every member;
+* open group, now below the minimum: it closes, CLOSED to every previous member;
+* open group, an entry added: NEW to members that joined, GROWN to the
+  others, CLOSED to members that left entirely;
+* open group, entries removed only: SHRUNK to the remaining members, CLOSED
+  to those that left entirely;
+* anything else: no notice (entries may still be stored or updated).
 
-An entry whose ``expires_at`` has passed is not live: whenever a token is
-touched its expired entries are dropped, with the same consequences.
+An entry whose ``expires_at`` has passed is not live: it does not count, and
+whenever its token is touched it is dropped with the same consequences (an
+expired entry submitted again joins anew). A member the visibility rule hid
+before and shows now is told NEW; one it never showed is not told CLOSED.
 
 What a recipient learns is decided by a :data:`VisibilityRule`; the default,
 :func:`members_see_all`, lets every member see everything about the others.

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from samenloop.broker.auth import PartyInterceptor
 from samenloop.broker.service import BrokerContext, BrokerService
 from samenloop.broker.store import BrokerStore
-from samenloop.policies import database
+from samenloop.policies import database, logs
 from samenloop.policies.config import BrokerConfig
 from samenloop.policies.covenant import Covenant, load_covenant
 from samenloop.policies.crypto import PartyKeys
@@ -120,6 +120,7 @@ def build_server(
 
 def serve(config: BrokerConfig) -> int:
     """Run the broker until SIGTERM or SIGINT."""
+    logs.configure(config.log_level)
     running = build_server(config)
     stopping = threading.Event()
 

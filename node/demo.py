@@ -102,9 +102,16 @@ def synthetic_signals(per_partner: int, seed: int = 2026) -> list[RawSignal]:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("demo", help="run the in-process demo of the protocol core")
+    parser = subparsers.add_parser(
+        "demo", help="run the demo: a broker and four nodes on loopback (or --core: in-process)"
+    )
     parser.add_argument("--signals", type=int, default=500, help="unshared signals per partner")
-    parser.add_argument("--workdir", type=Path, help="keep the generated keys and files here")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the generated covenant, keys, databases and logs here"
+    )
+    parser.add_argument(
+        "--core", action="store_true", help="only the protocol core, in one process, no daemons"
+    )
     parser.set_defaults(func=run)
 
 
@@ -112,11 +119,15 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix="samenloop-demo-"))
     try:
-        _demo(console, workdir, args.signals)
+        if args.core:
+            _demo(console, workdir, args.signals)
+            return 0
+        from samenloop.node.demo_daemons import run_demo
+
+        return run_demo(console, workdir, args.signals)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    return 0
 
 
 def _demo(console: Console, workdir: Path, per_partner: int) -> None:

@@ -37,9 +37,25 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from types import MappingProxyType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Engine,
+    Integer,
+    LargeBinary,
+    String,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -92,6 +108,13 @@ _OUTBOX_LOCK: Final = 0x736D6C706E6F6465
 # Values per "IN (...)": well under SQLite's bound-parameter limit.
 _CHUNK: Final = 1000
 _INBOX_ROW: Final = 1
+# Element types of the PostgreSQL arrays that ``_among`` binds, by column type.
+_ARRAY_TYPES: Final[dict[type[Any], Any]] = {
+    BigInteger: BigInteger(),
+    Integer: BigInteger(),
+    String: String(),
+    LargeBinary: LargeBinary(),
+}
 _MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 _BRANCH = re.compile(r"\d{2,5}")
 
@@ -431,7 +454,7 @@ class NodeStore:
             for chunk in _chunks(references):
                 active = conn.execute(
                     select(models.Signal.id).where(
-                        models.Signal.reference.in_(chunk),
+                        self._among(models.Signal.reference, chunk),
                         models.Signal.state == SignalState.ACTIVE.value,
                     )
                 ).scalars()
@@ -593,12 +616,12 @@ class NodeStore:
         for chunk in _chunks(signal_ids):
             conn.execute(
                 update(models.Signal)
-                .where(models.Signal.id.in_(chunk))
+                .where(self._among(models.Signal.id, chunk))
                 .values(state=state.value, ended_at=now)
             )
             rows = conn.execute(
                 select(si.id, si.state, si.signal_ref)
-                .where(si.signal_id.in_(chunk))
+                .where(self._among(si.signal_id, chunk))
                 .order_by(si.id)
                 .with_for_update()
             ).all()
@@ -627,7 +650,9 @@ class NodeStore:
     ) -> None:
         si = models.SignalIdentifier
         for chunk in _chunks(identifier_ids):
-            conn.execute(update(si).where(si.id.in_(chunk)).values(state=state.value, **values))
+            conn.execute(
+                update(si).where(self._among(si.id, chunk)).values(state=state.value, **values)
+            )
 
     def signal(self, reference: str) -> SignalRecord | None:
         """The active signal with this reference, else the latest one that had it."""
@@ -711,7 +736,7 @@ class NodeStore:
             for chunk in _chunks(sorted(tokens)):
                 pending += conn.execute(
                     select(si.id, si.signal_id, si.signal_ref)
-                    .where(si.id.in_(chunk), si.state == IdentifierState.PENDING.value)
+                    .where(self._among(si.id, chunk), si.state == IdentifierState.PENDING.value)
                     .order_by(si.id)
                     .with_for_update()
                 ).all()
@@ -720,7 +745,9 @@ class NodeStore:
                 signals.update(
                     (row.id, row)
                     for row in conn.execute(
-                        select(sg.id, sg.state, sg.category, sg.expires_at).where(sg.id.in_(chunk))
+                        select(sg.id, sg.state, sg.category, sg.expires_at).where(
+                            self._among(sg.id, chunk)
+                        )
                     )
                 )
             rows = [
@@ -828,7 +855,9 @@ class NodeStore:
         found: dict[int, str] = {}
         for chunk in _chunks(identifier_ids):
             rows = conn.execute(
-                select(si.id, sg.category).join(sg, sg.id == si.signal_id).where(si.id.in_(chunk))
+                select(si.id, sg.category)
+                .join(sg, sg.id == si.signal_id)
+                .where(self._among(si.id, chunk))
             )
             found.update((identifier_id, category) for identifier_id, category in rows)
         return found
@@ -861,7 +890,7 @@ class NodeStore:
                     )
                     .join(si, si.id == oe.identifier_id)
                     .join(sg, sg.id == si.signal_id)
-                    .where(oe.batch_id.in_(chunk))
+                    .where(self._among(oe.batch_id, chunk))
                     .order_by(oe.batch_id, oe.position)
                 )
                 for row in rows:
@@ -931,7 +960,7 @@ class NodeStore:
                 moving += [
                     row.id
                     for row in conn.execute(
-                        select(si.id, si.state).where(si.id.in_(chunk)).with_for_update()
+                        select(si.id, si.state).where(self._among(si.id, chunk)).with_for_update()
                     )
                     if row.state == before.value
                 ]
@@ -1095,7 +1124,7 @@ class NodeStore:
                 select(hr.group_id, hr.signal_ref, si.signal_id, si.type, sg.reference, sg.category)
                 .outerjoin(si, si.id == hr.identifier_id)
                 .outerjoin(sg, sg.id == si.signal_id)
-                .where(hr.group_id.in_(chunk))
+                .where(self._among(hr.group_id, chunk))
                 .order_by(hr.group_id, hr.signal_ref)
             )
             for ref in refs:
@@ -1131,7 +1160,7 @@ class NodeStore:
             found.update(
                 (ref, identifier_id)
                 for ref, identifier_id in conn.execute(
-                    select(si.signal_ref, si.id).where(si.signal_ref.in_(chunk))
+                    select(si.signal_ref, si.id).where(self._among(si.signal_ref, chunk))
                 )
             )
         return found
@@ -1271,6 +1300,14 @@ class NodeStore:
             with conn.begin():
                 yield conn
 
+    def _among(self, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+        """``column IN values``; on PostgreSQL ``= ANY(array)``: one parameter, so a
+        prepared statement's generic plan still looks the values up by index."""
+        if self._postgres:
+            array = postgresql.ARRAY(_ARRAY_TYPES[type(column.type)])
+            return cast(ColumnElement[bool], column == any_(bindparam(None, list(values), array)))
+        return cast(ColumnElement[bool], column.in_(values))
+
     def _insert(self, model: type[models.Base]) -> Any:
         return (postgresql.insert if self._postgres else sqlite.insert)(model)
 
@@ -1282,11 +1319,12 @@ class NodeStore:
         identifiers: dict[int, list[IdentifierRecord]] = {}
         for chunk in _chunks(list(signal_ids)):
             signals.update(
-                (row.id, row) for row in conn.execute(select(sg.__table__).where(sg.id.in_(chunk)))
+                (row.id, row)
+                for row in conn.execute(select(sg.__table__).where(self._among(sg.id, chunk)))
             )
             for item in conn.execute(
                 select(si.__table__)
-                .where(si.signal_id.in_(chunk))
+                .where(self._among(si.signal_id, chunk))
                 .order_by(si.signal_id, si.position)
             ):
                 identifiers.setdefault(item.signal_id, []).append(

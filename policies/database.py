@@ -4,10 +4,16 @@ An adapter, like ``rpc`` and ``cli``: it imports SQLAlchemy and Alembic, and no
 core module imports it.
 
 * :func:`make_engine` opens SQLite (a file, or memory for tests) or PostgreSQL
-  (``postgresql+psycopg://``) with durable settings. On SQLite every
-  transaction starts with ``BEGIN IMMEDIATE`` (a read-then-write transaction
-  can otherwise fail under WAL when another connection commits first); pass
-  :data:`READ_ONLY` as execution options for a plain deferred ``BEGIN``.
+  (``postgresql+psycopg://``, session time zone UTC) with durable settings.
+  SQLite: WAL with ``synchronous=FULL`` (a commit is on disk when it returns),
+  foreign keys on, a busy timeout, a 256 MiB page cache per connection (grown
+  only as used) and reads through a memory map; a background thread
+  (:class:`WalCheckpointer`) copies the WAL into the database file so that
+  commits only append. Every SQLite transaction starts with ``BEGIN
+  IMMEDIATE`` (a read-then-write transaction can otherwise fail under WAL
+  when another connection commits first); pass :data:`READ_ONLY` as
+  execution options for a plain deferred ``BEGIN`` that never waits for a
+  writer.
 * :class:`UtcDateTime` stores aware datetimes as UTC and returns them aware.
 * :func:`upgrade`, :func:`downgrade`, :func:`current` and :func:`check_at_head`
   drive the Alembic migrations of a migrations *package* (its directory is the
@@ -18,7 +24,11 @@ core module imports it.
 from __future__ import annotations
 
 import importlib.resources
+import sqlite3
+import threading
+import weakref
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import sqlalchemy
@@ -35,7 +45,11 @@ from samenloop.policies.errors import ConfigurationError
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
 SQLITE_CACHE_KIB: Final = 262_144  # 256 MiB of page cache per connection
-SQLITE_MMAP_BYTES: Final = 1 << 30  # read pages through a 1 GiB memory map
+SQLITE_MMAP_BYTES: Final = 1 << 31  # read pages through a memory map (SQLite caps it at 2 GiB)
+# A background thread copies the WAL into the database file every 50 ms, off the
+# commit path; a commit checkpoints itself only if the WAL outgrows ~400 MiB.
+SQLITE_CHECKPOINT_INTERVAL_S: Final = 0.05
+SQLITE_CHECKPOINT_PAGES: Final = 100_000
 
 READ_ONLY: Final[dict[str, Any]] = {"samenloop_read_only": True}
 """Execution options for a read-only transaction (SQLite: a deferred ``BEGIN``)."""
@@ -46,7 +60,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
     ``postgresql://`` and ``postgresql+psycopg://`` both use psycopg 3. The
     session time zone is UTC on PostgreSQL; SQLite stores UTC through
-    :class:`UtcDateTime`.
+    :class:`UtcDateTime`. A SQLite file gets a background checkpointer (see
+    :class:`WalCheckpointer`) that stops when the engine is disposed.
     """
     try:
         parsed = make_url(url)
@@ -88,6 +103,7 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
             if not in_memory:
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
+                cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
@@ -101,7 +117,60 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
         read_only = connection.get_execution_options().get("samenloop_read_only", False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
+    if not in_memory and url.database:
+        checkpointer = WalCheckpointer(url.database)
+        checkpointer.start()
+        event.listen(engine, "engine_disposed", lambda _engine: checkpointer.stop())
+        weakref.finalize(engine, checkpointer.stop)
     return engine
+
+
+class WalCheckpointer:
+    """Copies a SQLite database's write-ahead log into the database file, in the background.
+
+    A commit appends the pages it changed to the WAL and syncs it; copying them
+    into the database file (a checkpoint) is the other half of the work. SQLite
+    does it inside whichever commit crosses ``wal_autocheckpoint``; this thread
+    does it instead, on its own connection, every
+    :data:`SQLITE_CHECKPOINT_INTERVAL_S`, so commits only append. A ``PASSIVE``
+    checkpoint never blocks readers or writers, and durability does not depend
+    on it: committed pages are safe in the synced WAL.
+    """
+
+    def __init__(self, path: str, interval: float = SQLITE_CHECKPOINT_INTERVAL_S) -> None:
+        self._uri = Path(path).absolute().as_uri()
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"sqlite-checkpointer {path}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        # The engine's first connection creates the file; until then there is nothing to do.
+        connection: sqlite3.Connection | None = None
+        try:
+            while not self._stopping.wait(self._interval):
+                try:
+                    if connection is None:
+                        connection = sqlite3.connect(
+                            f"{self._uri}?mode=rw", uri=True, isolation_level=None
+                        )
+                        connection.execute("PRAGMA synchronous=FULL")
+                        connection.execute("PRAGMA busy_timeout=1000")
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    continue  # not created yet, or busy: try again next time
+        finally:
+            if connection is not None:
+                connection.close()
 
 
 def _postgresql_engine(url: URL, *, echo: bool) -> Engine:

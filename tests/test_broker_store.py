@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -186,6 +187,23 @@ def test_the_engine_settings(database_url):
                 assert conn.exec_driver_sql("SHOW timezone").scalar() == "UTC"
     finally:
         engine.dispose()
+
+
+def test_sqlite_checkpoints_in_the_background(sqlite_url, tmp_path):
+    """Commits only append to the WAL; the background thread copies it into the file."""
+    engine = database.make_engine(sqlite_url)
+    database.upgrade(engine, MIGRATIONS)
+    marker = b"copied-by-the-checkpointer" * 50
+    BrokerStore(engine).enqueue("a", marker, ItemKind.ENVELOPE, NOW)
+    main_file = tmp_path / "test.db"
+    deadline = time.monotonic() + 5
+    while marker not in main_file.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker in main_file.read_bytes()
+    threads = [t for t in threading.enumerate() if t.name.endswith(str(main_file))]
+    assert len(threads) == 1
+    engine.dispose()
+    assert not threads[0].is_alive()
 
 
 @pytest.mark.parametrize("url", ["mysql://x/y", "not a url", "sqlite+aiosqlite:///x.db"])

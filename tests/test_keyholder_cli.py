@@ -137,7 +137,7 @@ def test_deal_rejects_bad_threshold(workdir, capsys, t):
 
 
 def test_demo_finds_every_shared_subject_and_catches_the_liar(capsys):
-    assert main(["demo", "--signals", "20"]) == 0
+    assert main(["demo", "--core", "--signals", "20"]) == 0
     out = capsys.readouterr().out
     assert "7 shared subjects found" in out
     assert "as expected" in out

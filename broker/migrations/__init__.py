@@ -1,7 +1,10 @@
-"""Alembic migrations of the broker's database; applied by ``samenloop broker migrate``.
+"""Alembic migrations of the broker's database, applied by ``samenloop broker migrate``.
 
-This directory is the Alembic script location (``policies.database.upgrade``
-finds it by package name). Write a new revision with
-``alembic -c /dev/null -x ... revision`` or by hand from ``script.py.mako``,
-review it like code, and extend ``tests/test_broker_store.py`` when it moves data.
+This package's directory is the Alembic script location:
+``samenloop.policies.database.upgrade(engine, "samenloop.broker.migrations")``
+finds it by name, so no ``alembic.ini`` is needed at run time. A new revision
+goes in ``versions/`` (start from ``script.py.mako``, or from an Alembic
+autogenerate draft against a scratch database), spells out its types instead
+of importing the models, and is reviewed like code; the store tests check that
+head creates exactly the models and that every revision goes down and up again.
 """

@@ -1,0 +1,952 @@
+"""The ``samenloop.v1.NodeApi`` servicer: the node's local API for its partner's applications.
+
+A thin adapter. Requests are parsed where they enter (:func:`parse_signal`
+turns a protobuf ``Signal`` into a :class:`~samenloop.node.store.NewSignal`,
+normalising every identifier with :mod:`samenloop.node.identifiers`); the
+store does the work in one transaction per call; responses are built from the
+store's records. Errors are raised as ``SamenloopError``s naming the offending
+field and mapped to gRPC statuses by the one interceptor in
+:mod:`samenloop.policies.rpc` -- except in ``ImportSignals``, which reports
+per row so that one bad row does not fail the others.
+
+A hit as the API shows it is the latest verified hit notice of its group
+(stored as the broker signed it), resolved against the node's own signals,
+with the other members' categories decrypted under the covenant's attribute
+key.
+
+Nothing here logs an identifier, a detail or a category: log lines carry
+counts and codes only.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import grpc
+import structlog
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError
+
+from samenloop.node import models
+from samenloop.node.identifiers import Identifier, IdentifierType, parse
+from samenloop.node.models import AreaKind, HitKind, HitState, SignalState
+from samenloop.node.store import (
+    CoarseAttributes,
+    HitRecord,
+    NewSignal,
+    NodeStore,
+    SignalRecord,
+)
+from samenloop.node.uplink import SOFTWARE, UplinkStatus
+from samenloop.policies import covenant as covenant_model
+from samenloop.policies.covenant import AttributeKey, Covenant
+from samenloop.policies.errors import (
+    InvalidInput,
+    MessageTooLarge,
+    NotFound,
+    NotInThisVersion,
+    Replay,
+    SamenloopError,
+    UnknownType,
+)
+from samenloop.v1 import broker_pb2, common_pb2, node_pb2, node_pb2_grpc
+
+__all__ = [
+    "DEFAULT_RETENTION",
+    "HitBell",
+    "NodeApiContext",
+    "NodeApiService",
+    "hit_to_proto",
+    "parse_signal",
+    "signal_to_proto",
+]
+
+log = structlog.get_logger(__name__)
+
+#: How long a signal is kept when the request sets no expiry, until the covenant's
+#: retention rules (the covenant-and-policies issue) decide it per category.
+DEFAULT_RETENTION: Final = timedelta(days=365)
+
+ID_BYTES: Final[int] = common_pb2.LIMITS_ID_BYTES
+MAX_IDENTIFIERS: Final[int] = common_pb2.LIMITS_MAX_IDENTIFIERS_PER_SIGNAL
+MAX_DETAIL_FIELDS: Final[int] = common_pb2.LIMITS_MAX_DETAIL_FIELDS
+MAX_TEXT_BYTES: Final[int] = common_pb2.LIMITS_MAX_TEXT_BYTES
+MAX_NAME_BYTES: Final[int] = common_pb2.LIMITS_MAX_PARTY_ID_BYTES
+MAX_IMPORT_ROWS: Final[int] = common_pb2.LIMITS_MAX_SIGNALS_PER_IMPORT_CALL
+DEFAULT_PAGE_SIZE: Final = 100
+MAX_PAGE_SIZE: Final = 1000
+#: Hits per store read while streaming ``WatchHits``.
+WATCH_PAGE: Final = 500
+#: How often a waiting ``WatchHits`` checks that its client is still there.
+WATCH_POLL_SECONDS: Final = 5.0
+
+_DISCLOSURES: Final = (
+    "disclosure requests are not in this version: they arrive with the covenant-and-policies "
+    "issue (#5)"
+)
+_PICTURE: Final = (
+    "the regional picture is not in this version: it arrives with the regional-picture issue (#6)"
+)
+_CASES: Final = (
+    "case coordination is not in this version: it arrives with the regional-picture "
+    "and case-coordination issue (#6)"
+)
+
+_AREA_FORMATS: Final = {
+    AreaKind.POSTCODE4: (re.compile(r"[1-9][0-9]{3}"), "four digits, not starting with 0"),
+    AreaKind.CBS_WIJK: (re.compile(r"WK[0-9]{6}"), "WK and six digits"),
+    AreaKind.CBS_BUURT: (re.compile(r"BU[0-9]{8}"), "BU and eight digits"),
+}
+_BRANCH: Final = re.compile(r"[0-9]{2,5}")
+_MONTH: Final = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+_ROW_FIELD: Final = re.compile(r"signals\[(\d+)\]\.?")
+
+# --- enum mappings (the names match, with the proto enum's prefix) -------------------
+
+_TYPE_TO_PROTO: Final = {
+    t: common_pb2.IdentifierType.Value(f"IDENTIFIER_TYPE_{t.name}") for t in IdentifierType
+}
+_PROTO_TYPES: Final[dict[int, IdentifierType]] = {v: t for t, v in _TYPE_TO_PROTO.items()}
+_AREA_TO_PROTO: Final = {k: node_pb2.AreaKind.Value(f"AREA_KIND_{k.name}") for k in AreaKind}
+_AREA_KINDS: Final[dict[int, AreaKind]] = {v: k for k, v in _AREA_TO_PROTO.items()}
+_SIGNAL_STATES: Final = {
+    s: node_pb2.SignalState.Value(f"SIGNAL_STATE_{s.name}") for s in SignalState
+}
+_HIT_STATES: Final = {s: node_pb2.HitState.Value(f"HIT_STATE_{s.name}") for s in HitState}
+_PROTO_HIT_STATES: Final[dict[int, HitState]] = {v: s for s, v in _HIT_STATES.items()}
+_HIT_KINDS: Final = {
+    k: broker_pb2.HitNoticeKind.Value(f"HIT_NOTICE_KIND_{k.name}") for k in HitKind
+}
+
+
+def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment.astimezone(UTC))
+    return stamp
+
+
+# --- the bell ----------------------------------------------------------------------
+
+
+class HitBell:
+    """Wakes ``WatchHits`` streams when the node accepts a hit notice.
+
+    The daemon passes :meth:`ring` to the uplink as its ``on_hit``; a stream
+    reads :meth:`count` *before* it reads the store and then waits for the count
+    to move, so a notice accepted in between is never missed.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._rings = 0
+
+    def ring(self) -> None:
+        """A hit notice was accepted (call after its transaction committed)."""
+        with self._condition:
+            self._rings += 1
+            self._condition.notify_all()
+
+    def count(self) -> int:
+        with self._condition:
+            return self._rings
+
+    def nudge(self) -> None:
+        """Wake every waiter without a ring, so each checks whether it should stop."""
+        with self._condition:
+            self._condition.notify_all()
+
+    def wait(self, seen: int, timeout: float, *, stop: Callable[[], bool] = lambda: False) -> int:
+        """Wait until the count differs from ``seen``, ``stop()`` is true, or ``timeout``
+        seconds pass; returns the count."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._rings != seen or stop(), timeout)
+            return self._rings
+
+
+# --- parsing requests ------------------------------------------------------------------
+
+
+def _text_bytes(value: str) -> int:
+    return len(value.encode("utf-8"))
+
+
+def parse_signal(
+    message: node_pb2.Signal,
+    *,
+    now: datetime,
+    default_retention: timedelta = DEFAULT_RETENTION,
+    prefix: str = "",
+) -> tuple[NewSignal | None, list[SamenloopError]]:
+    """Turn a protobuf ``Signal`` into a :class:`NewSignal`, or the list of what is wrong.
+
+    Every problem is collected (so an import reports all of a row's faults at
+    once), each naming its field as ``prefix`` + the path within the signal
+    (``identifiers[1].value``). Identifiers are normalised; the expiry defaults
+    to ``now + default_retention`` and may not lie beyond it; unset coarse
+    attributes are derived (postcode-4 from an address identifier, the month
+    from ``now``). Output-only fields (id, state, created_at) are ignored.
+    """
+    errors: list[SamenloopError] = []
+
+    reference = message.reference
+    if not reference.strip():
+        errors.append(
+            InvalidInput(
+                "a signal needs the partner's reference",
+                field=f"{prefix}reference",
+                reason="signal.reference_missing",
+            )
+        )
+    elif len(reference) > models.MAX_REFERENCE_CHARS:
+        errors.append(
+            InvalidInput(
+                f"a reference has at most {models.MAX_REFERENCE_CHARS} characters",
+                field=f"{prefix}reference",
+                reason="signal.reference_too_long",
+            )
+        )
+
+    category = message.category
+    if not category.strip():
+        errors.append(
+            InvalidInput(
+                "a signal needs a category",
+                field=f"{prefix}category",
+                reason="signal.category_missing",
+            )
+        )
+    elif _text_bytes(category) > MAX_NAME_BYTES or len(category) > models.MAX_CATEGORY_CHARS:
+        errors.append(
+            InvalidInput(
+                f"a category has at most {MAX_NAME_BYTES} bytes of UTF-8",
+                field=f"{prefix}category",
+                reason="signal.category_too_long",
+            )
+        )
+
+    identifiers = _parse_identifiers(message, now, prefix, errors)
+    details = _parse_details(message, prefix, errors)
+    expires_at = _parse_expiry(message, now, default_retention, prefix, errors)
+    attributes = _parse_attributes(message, identifiers, now, prefix, errors)
+
+    if errors:
+        return None, errors
+    assert expires_at is not None
+    assert attributes is not None
+    return (
+        NewSignal(
+            reference=reference,
+            category=category,
+            identifiers=tuple(identifiers),
+            expires_at=expires_at,
+            details=details,
+            attributes=attributes,
+        ),
+        [],
+    )
+
+
+def _parse_identifiers(
+    message: node_pb2.Signal, now: datetime, prefix: str, errors: list[SamenloopError]
+) -> list[Identifier]:
+    count = len(message.identifiers)
+    if count == 0:
+        errors.append(
+            InvalidInput(
+                "a signal needs at least one identifier",
+                field=f"{prefix}identifiers",
+                reason="signal.identifiers_missing",
+            )
+        )
+        return []
+    if count > MAX_IDENTIFIERS:
+        errors.append(
+            MessageTooLarge(
+                f"at most {MAX_IDENTIFIERS} identifiers per signal",
+                field=f"{prefix}identifiers",
+                reason="signal.too_many_identifiers",
+            )
+        )
+        return []
+    parsed: list[Identifier] = []
+    seen: dict[tuple[IdentifierType, str], int] = {}
+    for j, item in enumerate(message.identifiers):
+        where = f"{prefix}identifiers[{j}]"
+        kind = _PROTO_TYPES.get(item.type)
+        if kind is None:
+            known = ", ".join(t.value for t in IdentifierType)
+            errors.append(
+                UnknownType(
+                    f"unknown identifier type; known types: {known}",
+                    field=f"{where}.type",
+                    reason="identifier.unknown_type",
+                )
+            )
+            continue
+        try:
+            identifier = parse(kind, item.value, field=f"{where}.value", today=now.date())
+        except SamenloopError as error:
+            errors.append(error)
+            continue
+        key = (identifier.type, identifier.canonical)
+        if key in seen:
+            errors.append(
+                InvalidInput(
+                    f"the same identifier as identifiers[{seen[key]}]",
+                    field=where,
+                    reason="identifier.duplicate",
+                )
+            )
+            continue
+        seen[key] = j
+        parsed.append(identifier)
+    return parsed
+
+
+def _parse_details(
+    message: node_pb2.Signal, prefix: str, errors: list[SamenloopError]
+) -> dict[str, str]:
+    if len(message.details) > MAX_DETAIL_FIELDS:
+        errors.append(
+            MessageTooLarge(
+                f"at most {MAX_DETAIL_FIELDS} detail fields per signal",
+                field=f"{prefix}details",
+                reason="signal.too_many_details",
+            )
+        )
+        return {}
+    details: dict[str, str] = {}
+    for name in sorted(message.details):
+        value = message.details[name]
+        if not name.strip() or _text_bytes(name) > MAX_NAME_BYTES:
+            errors.append(
+                InvalidInput(
+                    f"a detail field's name has 1 to {MAX_NAME_BYTES} bytes",
+                    field=f"{prefix}details",
+                    reason="detail.name",
+                )
+            )
+            continue
+        if _text_bytes(value) > MAX_TEXT_BYTES:
+            errors.append(
+                InvalidInput(
+                    f"a detail value has at most {MAX_TEXT_BYTES} bytes of UTF-8",
+                    field=f"{prefix}details[{name}]",
+                    reason="detail.too_long",
+                )
+            )
+            continue
+        details[name] = value
+    return details
+
+
+def _parse_expiry(
+    message: node_pb2.Signal,
+    now: datetime,
+    retention: timedelta,
+    prefix: str,
+    errors: list[SamenloopError],
+) -> datetime | None:
+    latest = now + retention
+    if not message.HasField("expires_at"):
+        return latest
+    try:
+        expires_at = message.expires_at.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        errors.append(
+            InvalidInput("not a valid time", field=f"{prefix}expires_at", reason="signal.expiry")
+        )
+        return None
+    if expires_at <= now:
+        errors.append(
+            InvalidInput(
+                "the expiry must lie in the future",
+                field=f"{prefix}expires_at",
+                reason="signal.expired",
+            )
+        )
+        return None
+    if expires_at > latest:
+        errors.append(
+            InvalidInput(
+                f"the expiry lies beyond the retention period ({retention.days} days)",
+                field=f"{prefix}expires_at",
+                reason="retention.exceeded",
+            )
+        )
+        return None
+    return expires_at
+
+
+def _parse_attributes(
+    message: node_pb2.Signal,
+    identifiers: Sequence[Identifier],
+    now: datetime,
+    prefix: str,
+    errors: list[SamenloopError],
+) -> CoarseAttributes | None:
+    given = message.attributes
+    where = f"{prefix}attributes"
+    failed = False
+    area_kind: AreaKind | None = None
+    area_code: str | None = None
+    if given.area.kind != node_pb2.AREA_KIND_UNSPECIFIED or given.area.code:
+        area_kind = _AREA_KINDS.get(given.area.kind)
+        if area_kind is None:
+            errors.append(
+                UnknownType("unknown area kind", field=f"{where}.area.kind", reason="area.kind")
+            )
+            failed = True
+        else:
+            pattern, shape = _AREA_FORMATS[area_kind]
+            if not pattern.fullmatch(given.area.code):
+                errors.append(
+                    InvalidInput(
+                        f"a {area_kind.value} code is {shape}",
+                        field=f"{where}.area.code",
+                        reason="area.code",
+                    )
+                )
+                failed = True
+            area_code = given.area.code
+    else:
+        address = next((i for i in identifiers if i.type is IdentifierType.ADDRESS), None)
+        if address is not None:
+            area_kind, area_code = AreaKind.POSTCODE4, address.canonical[:4]
+    branch = given.branch or None
+    if branch is not None and not _BRANCH.fullmatch(branch):
+        errors.append(
+            InvalidInput(
+                "an SBI code is 2 to 5 digits", field=f"{where}.branch", reason="branch.format"
+            )
+        )
+        failed = True
+    month = given.month or now.strftime("%Y-%m")
+    if not _MONTH.fullmatch(month):
+        errors.append(
+            InvalidInput(
+                "a month is written YYYY-MM", field=f"{where}.month", reason="month.format"
+            )
+        )
+        failed = True
+    if failed:
+        return None
+    return CoarseAttributes(area_kind=area_kind, area_code=area_code, branch=branch, month=month)
+
+
+def _content(
+    category: str, identifiers: Iterable[Identifier], details: Mapping[str, str]
+) -> tuple[str, list[tuple[str, str]], dict[str, str]]:
+    """What makes two signals with one reference the same, as the store decides it."""
+    return category, sorted((i.type.value, i.canonical) for i in identifiers), dict(details)
+
+
+def _signal_id(text: str, name: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise InvalidInput("a signal id is a number", field=name, reason="signal.id")
+    return int(text)
+
+
+def _rename_row(error: SamenloopError, prefix: str) -> SamenloopError:
+    """The same error with ``signals[0].`` (the store's name for the one row) as ``prefix``."""
+    if error.field is not None:
+        error.field = _ROW_FIELD.sub(prefix, error.field, count=1).rstrip(".") or None
+    return error
+
+
+# --- building responses -------------------------------------------------------------------
+
+
+def signal_to_proto(record: SignalRecord) -> node_pb2.Signal:
+    """A stored signal as the API shows it: canonical identifiers, expiry, state."""
+    message = node_pb2.Signal(
+        signal_id=str(record.id),
+        reference=record.reference,
+        category=record.category,
+        identifiers=[
+            node_pb2.Identifier(
+                type=_TYPE_TO_PROTO[item.identifier.type], value=item.identifier.canonical
+            )
+            for item in record.identifiers
+        ],
+        details=dict(record.details),
+        expires_at=timestamp(record.expires_at),
+        state=_SIGNAL_STATES[record.state],
+        created_at=timestamp(record.created_at),
+    )
+    attributes = record.attributes
+    if attributes.area_kind is not None and attributes.area_code is not None:
+        message.attributes.area.kind = _AREA_TO_PROTO[attributes.area_kind]
+        message.attributes.area.code = attributes.area_code
+    if attributes.branch is not None:
+        message.attributes.branch = attributes.branch
+    if attributes.month is not None:
+        message.attributes.month = attributes.month
+    return message
+
+
+def _categories(key: AttributeKey, sealed: Sequence[common_pb2.SecretBox]) -> list[str]:
+    """The distinct categories in a member's sealed attributes, in first-seen order.
+
+    A box under another key version, or one that does not open, is left out:
+    the notice's signature already vouches for the rest of the hit.
+    """
+    found: list[str] = []
+    failed = 0
+    for box in sealed:
+        if box.key_version != key.version:
+            failed += 1
+            continue
+        try:
+            plaintext = covenant_model.open_attributes(key, box.nonce, box.ciphertext)
+            category = common_pb2.MemberAttributes.FromString(plaintext).category
+        except (SamenloopError, DecodeError):
+            failed += 1
+            continue
+        if category and category not in found:
+            found.append(category)
+    if failed:
+        log.warning("sealed member attributes not readable", count=failed)
+    return found
+
+
+def hit_to_proto(record: HitRecord, attribute_key: AttributeKey) -> node_pb2.Hit:
+    """A stored hit as the API shows it: its latest signed notice, decoded (it was
+    verified when it was stored), with the node's own signals resolved and the
+    other members' categories decrypted."""
+    signed = common_pb2.Signed.FromString(record.notice)
+    notice = broker_pb2.HitNotice.FromString(signed.body)
+    hit = node_pb2.Hit(
+        hit_group_id=record.group_id,
+        revision=record.revision,
+        state=_HIT_STATES[record.state],
+        last_kind=_HIT_KINDS[record.kind],
+        visibility=notice.visibility,
+        first_seen=timestamp(record.first_seen),
+        last_seen=timestamp(record.last_seen),
+        received_at=timestamp(record.received_at),
+        notice=signed,
+    )
+    for own in record.own_signals:
+        view = hit.own_signals.add(signal_ref=own.signal_ref)
+        if own.signal_id is not None:
+            view.signal_id = str(own.signal_id)
+        if own.reference is not None:
+            view.reference = own.reference
+        if own.category is not None:
+            view.category = own.category
+        if own.identifier_type is not None:
+            view.identifier_type = _TYPE_TO_PROTO[own.identifier_type]
+    if notice.HasField("party_count"):
+        hit.party_count = notice.party_count
+    for member in notice.members:
+        shown = hit.members.add(
+            signal_refs=list(member.signal_refs),
+            categories=_categories(attribute_key, member.sealed_attributes),
+        )
+        if member.HasField("party"):
+            shown.party = member.party
+        if member.HasField("role"):
+            shown.role = member.role
+    return hit
+
+
+# --- the servicer -------------------------------------------------------------------------
+
+
+@dataclass
+class NodeApiContext:
+    """What the servicer works with, passed in so that tests can build one directly."""
+
+    party: str
+    store: NodeStore
+    covenant: Covenant
+    attribute_key: AttributeKey
+    #: The uplink's live status; None when no uplink runs (tests, offline tools).
+    uplink_status: Callable[[], UplinkStatus | None] = lambda: None
+    #: Tells the uplink there is work (new signals, withdrawals).
+    wake_uplink: Callable[[], None] = lambda: None
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    default_retention: timedelta = DEFAULT_RETENTION
+    bell: HitBell = field(default_factory=HitBell)
+    #: The broker address to report; the covenant's when empty.
+    broker_address: str = ""
+
+
+class NodeApiService(node_pb2_grpc.NodeApiServicer):
+    """The node's local gRPC face."""
+
+    def __init__(self, context: NodeApiContext) -> None:
+        self._ctx = context
+        self._store = context.store
+
+    def _now(self) -> datetime:
+        now = self._ctx.clock()
+        if now.tzinfo is None:
+            raise ValueError("the clock must give aware datetimes")
+        return now.astimezone(UTC)
+
+    # --- signals ------------------------------------------------------------------------
+
+    def AddSignal(
+        self, request: node_pb2.AddSignalRequest, context: grpc.ServicerContext
+    ) -> node_pb2.AddSignalResponse:
+        now = self._now()
+        new, errors = parse_signal(
+            request.signal,
+            now=now,
+            default_retention=self._ctx.default_retention,
+            prefix="signal.",
+        )
+        if errors:
+            raise errors[0]
+        assert new is not None
+        try:
+            (record,) = self._store.add_signals([new], now=now)
+        except SamenloopError as error:
+            raise _rename_row(error, "signal.") from None
+        if not record.unchanged:
+            self._ctx.wake_uplink()
+            log.info("signal added", signal_id=record.id, identifiers=len(record.identifiers))
+        return node_pb2.AddSignalResponse(signal=signal_to_proto(record))
+
+    def ImportSignals(
+        self, request: node_pb2.ImportSignalsRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ImportSignalsResponse:
+        rows = request.signals
+        if not rows:
+            raise InvalidInput("send at least one signal", field="signals")
+        if len(rows) > MAX_IMPORT_ROWS:
+            raise MessageTooLarge(
+                f"at most {MAX_IMPORT_ROWS} signals per call; send larger files in parts",
+                field="signals",
+            )
+        now = self._now()
+        results = [node_pb2.ImportRowResult(index=i) for i in range(len(rows))]
+        valid: dict[int, NewSignal] = {}
+        for i, row in enumerate(rows):
+            new, errors = parse_signal(row, now=now, default_retention=self._ctx.default_retention)
+            if errors:
+                results[i].errors.extend(_field_error(e) for e in errors)
+            else:
+                assert new is not None
+                valid[i] = new
+        if valid and not request.validate_only:
+            self._store_rows(valid, results, now)
+        imported = sum(1 for r in results if r.signal_id and not r.unchanged)
+        unchanged = sum(1 for r in results if r.unchanged)
+        rejected = sum(1 for r in results if r.errors)
+        if imported:
+            self._ctx.wake_uplink()
+        log.info(
+            "signals imported",
+            rows=len(rows),
+            imported=imported,
+            unchanged=unchanged,
+            rejected=rejected,
+            validate_only=request.validate_only,
+        )
+        return node_pb2.ImportSignalsResponse(
+            results=results, imported=imported, unchanged=unchanged, rejected=rejected
+        )
+
+    def _store_rows(
+        self,
+        valid: dict[int, NewSignal],
+        results: list[node_pb2.ImportRowResult],
+        now: datetime,
+    ) -> None:
+        """Store the valid rows in one transaction. A row the store refuses (a reference
+        that an active signal has with other content) is reported and left out, and the
+        rest tried again: the call stores every acceptable row whole, or nothing."""
+        batch = f"import:{now:%Y%m%dT%H%M%SZ}:{secrets.token_hex(4)}"
+        pending = dict(valid)
+        checked = False
+        while pending:
+            indices = list(pending)
+            try:
+                records = self._store.add_signals(
+                    [pending[i] for i in indices], now=now, import_batch=batch
+                )
+            except SamenloopError as error:
+                match = _ROW_FIELD.match(error.field or "")
+                if match is None or int(match.group(1)) >= len(indices):
+                    raise
+                row = indices[int(match.group(1))]
+                results[row].errors.append(_field_error(_rename_row(error, "")))
+                del pending[row]
+                if not checked:
+                    # One conflict often comes with many (a file re-imported after its
+                    # categories changed): find them all at once rather than one per try.
+                    for row, error in self._conflicts(pending).items():
+                        results[row].errors.append(_field_error(error))
+                        del pending[row]
+                    checked = True
+                continue
+            for row, record in zip(indices, records, strict=True):
+                results[row].signal_id = str(record.id)
+                results[row].unchanged = record.unchanged
+            return
+
+    def _conflicts(self, rows: dict[int, NewSignal]) -> dict[int, SamenloopError]:
+        """Rows whose reference an active signal (or an earlier row) has with other content:
+        the rows the store would refuse, by the store's rule (category, identifiers and
+        details make the content; expiry and coarse attributes are derived)."""
+        found: dict[int, SamenloopError] = {}
+        first: dict[str, tuple[str, list[tuple[str, str]], dict[str, str]]] = {}
+        for row, signal in rows.items():
+            content = _content(signal.category, signal.identifiers, signal.details)
+            if signal.reference not in first:
+                existing = self._store.signal(signal.reference)
+                if existing is not None and existing.state is SignalState.ACTIVE:
+                    first[signal.reference] = _content(
+                        existing.category,
+                        (i.identifier for i in existing.identifiers),
+                        existing.details,
+                    )
+                else:
+                    first[signal.reference] = content
+            if first[signal.reference] != content:
+                found[row] = Replay(
+                    "an active signal with this reference exists, with other content",
+                    field="reference",
+                    reason="signal.exists",
+                )
+        return found
+
+    def GetSignal(
+        self, request: node_pb2.GetSignalRequest, context: grpc.ServicerContext
+    ) -> node_pb2.GetSignalResponse:
+        key = request.WhichOneof("key")
+        record: SignalRecord | None
+        if key == "signal_id":
+            record = self._store.signal_by_id(_signal_id(request.signal_id, "signal_id"))
+        elif key == "reference":
+            record = self._store.signal(request.reference)
+        else:
+            raise InvalidInput("give a signal id or a reference", field="key")
+        if record is None:
+            raise NotFound(f"no signal with this {key.replace('_', ' ')}", field=key)
+        return node_pb2.GetSignalResponse(signal=signal_to_proto(record))
+
+    def WithdrawSignal(
+        self, request: node_pb2.WithdrawSignalRequest, context: grpc.ServicerContext
+    ) -> node_pb2.WithdrawSignalResponse:
+        key = request.WhichOneof("key")
+        now = self._now()
+        if key == "signal_id":
+            record = self._store.withdraw_signal(
+                now=now, signal_id=_signal_id(request.signal_id, "signal_id")
+            )
+        elif key == "reference":
+            if not request.reference:
+                raise InvalidInput("give a reference", field="reference")
+            record = self._store.withdraw_signal(request.reference, now=now)
+        else:
+            raise InvalidInput("give a signal id or a reference", field="key")
+        self._ctx.wake_uplink()
+        log.info("signal withdrawn", signal_id=record.id)
+        return node_pb2.WithdrawSignalResponse(signal=signal_to_proto(record))
+
+    # --- hits ------------------------------------------------------------------------------
+
+    def ListHits(
+        self, request: node_pb2.ListHitsRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ListHitsResponse:
+        state: HitState | None = None
+        if request.state != node_pb2.HIT_STATE_UNSPECIFIED:
+            state = _PROTO_HIT_STATES.get(request.state)
+            if state is None:
+                raise UnknownType("unknown hit state", field="state")
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if size > MAX_PAGE_SIZE:
+            raise InvalidInput(f"at most {MAX_PAGE_SIZE} hits per page", field="page_size")
+        before: int | None = None
+        if request.page_token:
+            token = request.page_token
+            if not token.isascii() or not token.isdigit() or len(token) > 19:
+                raise InvalidInput("not a page token of this API", field="page_token")
+            before = int(token)
+        records = self._store.hits(state, limit=size, newest_first=True, before_feed_seq=before)
+        response = node_pb2.ListHitsResponse(
+            hits=[hit_to_proto(r, self._ctx.attribute_key) for r in records]
+        )
+        if len(records) == size:
+            response.next_page_token = str(records[-1].feed_seq)
+        return response
+
+    def GetHit(
+        self, request: node_pb2.GetHitRequest, context: grpc.ServicerContext
+    ) -> node_pb2.GetHitResponse:
+        if len(request.hit_group_id) != ID_BYTES:
+            raise InvalidInput(f"a hit group id is {ID_BYTES} bytes", field="hit_group_id")
+        record = self._store.hit(request.hit_group_id)
+        if record is None:
+            raise NotFound("no hit with this group id", field="hit_group_id")
+        return node_pb2.GetHitResponse(hit=hit_to_proto(record, self._ctx.attribute_key))
+
+    def WatchHits(
+        self, request: node_pb2.WatchHitsRequest, context: grpc.ServicerContext
+    ) -> Iterator[node_pb2.WatchHitsResponse]:
+        """The backlog after ``after_sequence``, then each change as the bell rings, until
+        the client cancels. A hit that changed several times while the stream was behind
+        comes once, as it is now, with the sequence number of its latest change."""
+        bell = self._ctx.bell
+        after = request.after_sequence
+        context.add_callback(bell.nudge)
+
+        def gone() -> bool:
+            return not context.is_active()
+
+        while context.is_active():
+            rings = bell.count()
+            records = self._store.hits(after_feed_seq=after, limit=WATCH_PAGE)
+            for record in records:
+                yield node_pb2.WatchHitsResponse(
+                    sequence=record.feed_seq, hit=hit_to_proto(record, self._ctx.attribute_key)
+                )
+                after = record.feed_seq
+            if len(records) < WATCH_PAGE:
+                bell.wait(rings, WATCH_POLL_SECONDS, stop=gone)
+
+    # --- not in this version -----------------------------------------------------------------
+
+    def RequestDisclosure(
+        self, request: node_pb2.RequestDisclosureRequest, context: grpc.ServicerContext
+    ) -> node_pb2.RequestDisclosureResponse:
+        raise NotInThisVersion(_DISCLOSURES, reason="disclosure.not_in_this_version")
+
+    def ListDisclosures(
+        self, request: node_pb2.ListDisclosuresRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ListDisclosuresResponse:
+        raise NotInThisVersion(_DISCLOSURES, reason="disclosure.not_in_this_version")
+
+    def GetDisclosure(
+        self, request: node_pb2.GetDisclosureRequest, context: grpc.ServicerContext
+    ) -> node_pb2.GetDisclosureResponse:
+        raise NotInThisVersion(_DISCLOSURES, reason="disclosure.not_in_this_version")
+
+    def ApproveDisclosure(
+        self, request: node_pb2.ApproveDisclosureRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ApproveDisclosureResponse:
+        raise NotInThisVersion(_DISCLOSURES, reason="disclosure.not_in_this_version")
+
+    def DenyDisclosure(
+        self, request: node_pb2.DenyDisclosureRequest, context: grpc.ServicerContext
+    ) -> node_pb2.DenyDisclosureResponse:
+        raise NotInThisVersion(_DISCLOSURES, reason="disclosure.not_in_this_version")
+
+    def PictureCollect(
+        self, request: node_pb2.PictureCollectRequest, context: grpc.ServicerContext
+    ) -> node_pb2.PictureCollectResponse:
+        raise NotInThisVersion(_PICTURE, reason="picture.not_in_this_version")
+
+    def PictureShow(
+        self, request: node_pb2.PictureShowRequest, context: grpc.ServicerContext
+    ) -> node_pb2.PictureShowResponse:
+        raise NotInThisVersion(_PICTURE, reason="picture.not_in_this_version")
+
+    def CaseOpen(
+        self, request: node_pb2.CaseOpenRequest, context: grpc.ServicerContext
+    ) -> node_pb2.CaseOpenResponse:
+        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+
+    def CaseInvite(
+        self, request: node_pb2.CaseInviteRequest, context: grpc.ServicerContext
+    ) -> node_pb2.CaseInviteResponse:
+        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+
+    def CaseList(
+        self, request: node_pb2.CaseListRequest, context: grpc.ServicerContext
+    ) -> node_pb2.CaseListResponse:
+        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+
+    def CaseShow(
+        self, request: node_pb2.CaseShowRequest, context: grpc.ServicerContext
+    ) -> node_pb2.CaseShowResponse:
+        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+
+    def CaseAct(
+        self, request: node_pb2.CaseActRequest, context: grpc.ServicerContext
+    ) -> node_pb2.CaseActResponse:
+        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+
+    def CaseUpdate(
+        self, request: node_pb2.CaseUpdateRequest, context: grpc.ServicerContext
+    ) -> node_pb2.CaseUpdateResponse:
+        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+
+    def CaseClose(
+        self, request: node_pb2.CaseCloseRequest, context: grpc.ServicerContext
+    ) -> node_pb2.CaseCloseResponse:
+        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+
+    def CaseBoard(
+        self, request: node_pb2.CaseBoardRequest, context: grpc.ServicerContext
+    ) -> node_pb2.CaseBoardResponse:
+        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+
+    # --- status --------------------------------------------------------------------------------
+
+    def GetStatus(
+        self, request: node_pb2.GetStatusRequest, context: grpc.ServicerContext
+    ) -> node_pb2.GetStatusResponse:
+        covenant = self._ctx.covenant
+        counts = self._store.status_counts()
+        response = node_pb2.GetStatusResponse(
+            party=self._ctx.party,
+            software_version=SOFTWARE,
+            broker_address=self._ctx.broker_address or covenant.broker.address,
+            covenant_id=covenant.id,
+            covenant_version=covenant.version,
+            key_epoch=covenant.key_epoch.epoch,
+            active_signals=counts.signals[SignalState.ACTIVE],
+            outbox_pending=counts.outbox_entries,
+            open_hits=counts.open_hits,
+            mailbox_acked_cursor=counts.mailbox_cursor,
+            pending_approvals=0,
+        )
+        status = self._ctx.uplink_status()
+        holder_channel_open = False
+        if status is None:
+            response.broker_connection = node_pb2.BROKER_CONNECTION_DISCONNECTED
+        else:
+            with status.lock:
+                connected, last_error = status.connected, status.last_error
+                last_contact, holder_channel_open = status.last_contact, status.holder_channel_open
+            response.broker_connection = (
+                node_pb2.BROKER_CONNECTION_CONNECTED
+                if connected
+                else node_pb2.BROKER_CONNECTION_CONNECTING
+            )
+            response.last_error = last_error
+            if last_contact is not None:
+                response.last_connected.CopyFrom(timestamp(last_contact))
+        seats = covenant.holder_seats_for(self._ctx.party)
+        if seats:
+            totals = self._store.holder_totals()
+            response.key_holder.CopyFrom(
+                node_pb2.KeyHolderStatus(
+                    seats=[
+                        broker_pb2.HolderSeat(
+                            key_epoch=covenant.key_epoch.epoch, holder_index=seat.index
+                        )
+                        for seat in seats
+                    ],
+                    channel_open=holder_channel_open,
+                    requests_served=totals.requests_served,
+                    elements_evaluated=totals.elements_evaluated,
+                    requests_refused=totals.requests_refused,
+                )
+            )
+        return response
+
+
+def _field_error(error: SamenloopError) -> node_pb2.FieldError:
+    return node_pb2.FieldError(field=error.field or "", reason=error.reason, message=error.message)

@@ -1,0 +1,730 @@
+"""The client library for partners' own applications: talk to your node's local API.
+
+A node serves its local API on a Unix socket (or on ``127.0.0.1:PORT``) of the
+machine it runs on; this library connects there, sends the partner's signals
+and reads the hits the node received. It returns frozen dataclasses, never
+protobuf messages, and raises the typed errors of
+:mod:`samenloop.policies.errors` (``InvalidInput`` with ``field`` and
+``reason``, ``NotFound``, ``Replay``, ``Unavailable`` when the node cannot be
+reached, ...)::
+
+    from samenloop.node.client import NodeClient, SignalInput
+
+    with NodeClient("unix:/var/lib/samenloop/api.sock") as node:
+        node.add_signal(
+            "DOSSIER-2024-0173",
+            "vastgoedmisbruik",
+            [("kvk", "0123 4567"), ("address", "1234 AB 12-a")],
+            details={"toelichting": "leegstand, veel wisselende huurders"},
+        )
+        report = node.import_signals(rows)          # rows: SignalInput, per-row report
+        for hit in node.watch_hits(after_feed_seq=last_seen):
+            ...                                     # resume with hit.sequence
+
+Raw identifiers travel only over this local connection; the node turns them
+into tokens before anything leaves it. Nothing here logs an identifier.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Final, TypeVar
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from samenloop.node.identifiers import Identifier, IdentifierType, identifier_type, parse
+from samenloop.node.models import AreaKind, HitKind, HitState, SignalState
+from samenloop.policies.config import load_node_config
+from samenloop.policies.errors import (
+    ConfigurationError,
+    InvalidInput,
+    SamenloopError,
+    UnknownType,
+)
+from samenloop.policies.rpc import error_from_rpc
+from samenloop.v1 import broker_pb2, common_pb2, node_pb2, node_pb2_grpc
+
+__all__ = [
+    "RESTORABLE_TYPES",
+    "Hit",
+    "HitMember",
+    "HitVisibility",
+    "ImportReport",
+    "KeyHolderStatus",
+    "NodeClient",
+    "NodeStatus",
+    "OwnSignal",
+    "RowError",
+    "RowResult",
+    "Signal",
+    "SignalInput",
+    "normalise_target",
+]
+
+#: Identifier types whose dropped leading zero can be restored (``leading_zero_dropped``).
+RESTORABLE_TYPES: Final = frozenset(
+    {IdentifierType.BSN, IdentifierType.RSIN, IdentifierType.KVK, IdentifierType.BAG}
+)
+MAX_IMPORT_ROWS: Final[int] = common_pb2.LIMITS_MAX_SIGNALS_PER_IMPORT_CALL
+MAX_MESSAGE_BYTES: Final[int] = common_pb2.LIMITS_MAX_MESSAGE_BYTES
+DEFAULT_TIMEOUT: Final = 30.0
+IMPORT_TIMEOUT: Final = 300.0
+DEFAULT_CHUNK: Final = 1000
+_LOOPBACK_NAMES: Final = frozenset({"localhost"})
+
+_CHANNEL_OPTIONS: Final = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+_TYPE_TO_PROTO: Final = {
+    t: common_pb2.IdentifierType.Value(f"IDENTIFIER_TYPE_{t.name}") for t in IdentifierType
+}
+_PROTO_TYPES: Final[dict[int, IdentifierType]] = {v: t for t, v in _TYPE_TO_PROTO.items()}
+_SIGNAL_STATES: Final[dict[int, SignalState]] = {
+    node_pb2.SignalState.Value(f"SIGNAL_STATE_{s.name}"): s for s in SignalState
+}
+_HIT_STATE_TO_PROTO: Final = {s: node_pb2.HitState.Value(f"HIT_STATE_{s.name}") for s in HitState}
+_HIT_STATES: Final[dict[int, HitState]] = {v: s for s, v in _HIT_STATE_TO_PROTO.items()}
+_HIT_KINDS: Final[dict[int, HitKind]] = {
+    broker_pb2.HitNoticeKind.Value(f"HIT_NOTICE_KIND_{k.name}"): k for k in HitKind
+}
+_AREA_KINDS: Final[dict[int, AreaKind]] = {
+    node_pb2.AreaKind.Value(f"AREA_KIND_{k.name}"): k for k in AreaKind
+}
+_CONNECTIONS: Final = {
+    node_pb2.BROKER_CONNECTION_CONNECTED: "connected",
+    node_pb2.BROKER_CONNECTION_CONNECTING: "connecting",
+    node_pb2.BROKER_CONNECTION_DISCONNECTED: "disconnected",
+}
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+
+# --- what goes in ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SignalInput:
+    """One signal to add or import, as the partner has it (the node normalises it).
+
+    ``identifiers`` are ``(type, value)`` pairs; the type is an
+    :class:`~samenloop.node.identifiers.IdentifierType` or its name (``"bsn"``).
+    ``leading_zero_dropped`` says the source (typically a spreadsheet column of
+    numbers) dropped leading zeros: ``True`` for every type where that can be
+    restored (:data:`RESTORABLE_TYPES`), or the set of types it applies to. It
+    is applied here, before sending: the wire format carries no such flag.
+    ``expires_at`` must carry a time zone; unset, the node's retention decides.
+    """
+
+    reference: str
+    category: str
+    identifiers: Sequence[tuple[IdentifierType | str, str]]
+    details: Mapping[str, str] = field(default_factory=dict)
+    expires_at: datetime | None = None
+    leading_zero_dropped: bool | frozenset[IdentifierType] = False
+
+    def __repr__(self) -> str:
+        return (
+            f"SignalInput(reference={self.reference!r}, identifiers={len(self.identifiers)}, "
+            f"details={len(self.details)})"
+        )
+
+    def restores(self, kind: IdentifierType) -> bool:
+        """Whether a dropped leading zero of an identifier of ``kind`` is put back."""
+        if kind not in RESTORABLE_TYPES:
+            return False
+        if isinstance(self.leading_zero_dropped, bool):
+            return self.leading_zero_dropped
+        return kind in self.leading_zero_dropped
+
+
+# --- what comes out ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Signal:
+    """A signal as the node holds it: identifiers in canonical form, expiry, state."""
+
+    signal_id: str
+    reference: str
+    category: str
+    identifiers: tuple[Identifier, ...]
+    details: Mapping[str, str]
+    expires_at: datetime | None
+    state: SignalState
+    created_at: datetime | None
+    area_kind: AreaKind | None = None
+    area_code: str | None = None
+    branch: str | None = None
+    month: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Signal(signal_id={self.signal_id!r}, reference={self.reference!r}, "
+            f"state={self.state.value}, identifiers={len(self.identifiers)})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """One problem with one field of an imported row."""
+
+    #: Index of the row in the rows given to :meth:`NodeClient.import_signals` (0-based).
+    row: int
+    #: Path of the field within the row: ``reference``, ``identifiers[1].value``, ...
+    field: str
+    #: Machine-readable rule that failed (``bsn.check_digit``).
+    reason: str
+    #: For people; never repeats the value.
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """What became of one imported row."""
+
+    row: int
+    #: The stored signal's id; None if the row was refused or only validated.
+    signal_id: str | None
+    #: True if a signal with this reference and content already existed.
+    unchanged: bool
+    errors: tuple[RowError, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    """The outcome of :meth:`NodeClient.import_signals`: one result per row, in order."""
+
+    results: tuple[RowResult, ...]
+    imported: int
+    unchanged: int
+    rejected: int
+
+    @property
+    def errors(self) -> tuple[RowError, ...]:
+        return tuple(e for r in self.results for e in r.errors)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnSignal:
+    """One of this node's own signals in a hit (None where the node no longer knows it)."""
+
+    signal_ref: bytes
+    signal_id: str | None
+    reference: str | None
+    category: str | None
+    identifier_type: IdentifierType | None
+
+
+@dataclass(frozen=True, slots=True)
+class HitMember:
+    """Another member of a hit, as far as this node may see it."""
+
+    party: str | None
+    role: str | None
+    signal_refs: tuple[bytes, ...]
+    categories: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HitVisibility:
+    """What the covenant lets this node see of a hit."""
+
+    party_count: bool
+    roles: bool
+    parties: bool
+    categories: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A hit as the node knows it: the latest verified notice of its group."""
+
+    group_id: bytes
+    revision: int
+    state: HitState
+    last_kind: HitKind
+    visibility: HitVisibility
+    own_signals: tuple[OwnSignal, ...]
+    party_count: int | None
+    members: tuple[HitMember, ...]
+    first_seen: datetime | None
+    last_seen: datetime | None
+    received_at: datetime | None
+    #: The notice as the broker signed it (a serialized ``samenloop.v1.Signed``): the
+    #: proof to attach to disclosure requests and cases.
+    notice: bytes
+    #: From :meth:`NodeClient.watch_hits`: the node's sequence number of this change;
+    #: resume after it. None in lists.
+    sequence: int | None = None
+
+    @property
+    def group_hex(self) -> str:
+        return self.group_id.hex()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHolderStatus:
+    """The node's key-holder role: its seats (epoch, index) and counters."""
+
+    seats: tuple[tuple[int, int], ...]
+    channel_open: bool
+    requests_served: int
+    elements_evaluated: int
+    requests_refused: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """The node's health, as ``samenloop node status`` shows it."""
+
+    party: str
+    software_version: str
+    #: "connected", "connecting", "disconnected" or "unknown".
+    broker_connection: str
+    broker_address: str
+    last_connected: datetime | None
+    last_error: str
+    covenant_id: str
+    covenant_version: int
+    key_epoch: int
+    active_signals: int
+    outbox_pending: int
+    open_hits: int
+    mailbox_acked_cursor: int
+    pending_approvals: int
+    key_holder: KeyHolderStatus | None
+
+
+# --- conversions ------------------------------------------------------------------------------
+
+
+def _time(stamp: timestamp_pb2.Timestamp) -> datetime | None:
+    if stamp.seconds == 0 and stamp.nanos == 0:
+        return None
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _signal_message(row: SignalInput, field_prefix: str = "") -> node_pb2.Signal:
+    """The protobuf ``Signal`` for a row; applies leading-zero restoration locally."""
+    message = node_pb2.Signal(
+        reference=row.reference, category=row.category, details=dict(row.details)
+    )
+    for j, (kind_name, value) in enumerate(row.identifiers):
+        try:
+            kind = identifier_type(kind_name)
+        except SamenloopError as error:
+            raise UnknownType(
+                error.message, field=f"{field_prefix}identifiers[{j}].type", reason=error.reason
+            ) from None
+        if row.restores(kind):
+            value = parse(
+                kind,
+                value,
+                field=f"{field_prefix}identifiers[{j}].value",
+                leading_zero_dropped=True,
+            ).canonical
+        message.identifiers.add(type=_TYPE_TO_PROTO[kind], value=value)
+    if row.expires_at is not None:
+        if row.expires_at.tzinfo is None:
+            raise InvalidInput(
+                "expires_at must carry a time zone", field=f"{field_prefix}expires_at"
+            )
+        message.expires_at.FromDatetime(row.expires_at.astimezone(UTC))
+    return message
+
+
+def _signal(message: node_pb2.Signal) -> Signal:
+    attributes = message.attributes
+    area_kind = _AREA_KINDS.get(attributes.area.kind)
+    return Signal(
+        signal_id=message.signal_id,
+        reference=message.reference,
+        category=message.category,
+        identifiers=tuple(
+            Identifier(_PROTO_TYPES[i.type], i.value)
+            for i in message.identifiers
+            if i.type in _PROTO_TYPES
+        ),
+        details=MappingProxyType(dict(message.details)),
+        expires_at=_time(message.expires_at),
+        state=_SIGNAL_STATES.get(message.state, SignalState.ACTIVE),
+        created_at=_time(message.created_at),
+        area_kind=area_kind,
+        area_code=attributes.area.code if area_kind is not None else None,
+        branch=attributes.branch or None,
+        month=attributes.month or None,
+    )
+
+
+def _hit(message: node_pb2.Hit, sequence: int | None = None) -> Hit:
+    visibility = message.visibility
+    return Hit(
+        group_id=message.hit_group_id,
+        revision=message.revision,
+        state=_HIT_STATES.get(message.state, HitState.OPEN),
+        last_kind=_HIT_KINDS.get(message.last_kind, HitKind.UPDATED),
+        visibility=HitVisibility(
+            party_count=visibility.party_count,
+            roles=visibility.roles,
+            parties=visibility.parties,
+            categories=visibility.categories,
+        ),
+        own_signals=tuple(
+            OwnSignal(
+                signal_ref=own.signal_ref,
+                signal_id=own.signal_id or None,
+                reference=own.reference or None,
+                category=own.category or None,
+                identifier_type=_PROTO_TYPES.get(own.identifier_type),
+            )
+            for own in message.own_signals
+        ),
+        party_count=message.party_count if message.HasField("party_count") else None,
+        members=tuple(
+            HitMember(
+                party=member.party if member.HasField("party") else None,
+                role=member.role if member.HasField("role") else None,
+                signal_refs=tuple(member.signal_refs),
+                categories=tuple(member.categories),
+            )
+            for member in message.members
+        ),
+        first_seen=_time(message.first_seen),
+        last_seen=_time(message.last_seen),
+        received_at=_time(message.received_at),
+        notice=message.notice.SerializeToString(),
+        sequence=sequence,
+    )
+
+
+def _status(message: node_pb2.GetStatusResponse) -> NodeStatus:
+    holder: KeyHolderStatus | None = None
+    if message.HasField("key_holder"):
+        kh = message.key_holder
+        holder = KeyHolderStatus(
+            seats=tuple((s.key_epoch, s.holder_index) for s in kh.seats),
+            channel_open=kh.channel_open,
+            requests_served=kh.requests_served,
+            elements_evaluated=kh.elements_evaluated,
+            requests_refused=kh.requests_refused,
+        )
+    return NodeStatus(
+        party=message.party,
+        software_version=message.software_version,
+        broker_connection=_CONNECTIONS.get(message.broker_connection, "unknown"),
+        broker_address=message.broker_address,
+        last_connected=_time(message.last_connected),
+        last_error=message.last_error,
+        covenant_id=message.covenant_id,
+        covenant_version=message.covenant_version,
+        key_epoch=message.key_epoch,
+        active_signals=message.active_signals,
+        outbox_pending=message.outbox_pending,
+        open_hits=message.open_hits,
+        mailbox_acked_cursor=message.mailbox_acked_cursor,
+        pending_approvals=message.pending_approvals,
+        key_holder=holder,
+    )
+
+
+def normalise_target(target: str | Path) -> str:
+    """The gRPC target for a node's local API: ``unix:PATH`` for a socket, or a loopback
+    ``HOST:PORT``. A bare path (or :class:`~pathlib.Path`) is a Unix socket; any other
+    host is refused, since the local API is never served beyond the machine."""
+    if isinstance(target, Path):
+        return f"unix:{target}"
+    if not isinstance(target, str) or not target:
+        raise ConfigurationError("give a Unix socket path or 127.0.0.1:PORT", field="target")
+    if target.startswith("unix:"):
+        return target
+    host, sep, port = target.rpartition(":")
+    if not sep or "/" in target:
+        return f"unix:{target}"
+    host = host.strip("[]")
+    if host not in _LOOPBACK_NAMES:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ConfigurationError(
+                "the node's local API is reached on a Unix socket or a loopback address only",
+                field="target",
+            )
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError("not a port number", field="target")
+    return target
+
+
+class HitWatch(Iterator[Hit]):
+    """The stream of :meth:`NodeClient.watch_hits`: iterate it; :meth:`cancel` (from any
+    thread) ends it, and so does leaving its ``with`` block."""
+
+    def __init__(self, call: Iterator[node_pb2.WatchHitsResponse], cancel: Callable[[], None]):
+        self._call = call
+        self._cancel = cancel
+        self._cancelled = False
+
+    def __iter__(self) -> HitWatch:
+        return self
+
+    def __next__(self) -> Hit:
+        try:
+            response = next(self._call)
+        except grpc.RpcError as error:
+            if self._cancelled:
+                raise StopIteration from None
+            raise error_from_rpc(error) from None
+        return _hit(response.hit, response.sequence)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._cancel()
+
+    def __enter__(self) -> HitWatch:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.cancel()
+
+
+# --- the client ----------------------------------------------------------------------------------
+
+
+class NodeClient:
+    """A connection to the node's local API. Use it as a context manager, or call
+    :meth:`close`. Safe to share between threads (gRPC channels are)."""
+
+    def __init__(self, target: str | Path, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.target = normalise_target(target)
+        self._timeout = timeout
+        self._channel = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        self._stub = node_pb2_grpc.NodeApiStub(self._channel)
+        self._watches: weakref.WeakSet[HitWatch] = weakref.WeakSet()
+
+    @classmethod
+    def from_config(cls, path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> NodeClient:
+        """Connect where ``node.toml`` says the node serves its local API."""
+        config = load_node_config(path)
+        if config.api_listen is not None:
+            return cls(config.api_listen, timeout=timeout)
+        assert config.api_socket is not None
+        return cls(config.api_socket, timeout=timeout)
+
+    def close(self) -> None:
+        for watch in list(self._watches):
+            watch.cancel()
+        self._channel.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        timeout: float | None = None,
+    ) -> _Resp:
+        try:
+            return method(request, timeout=timeout or self._timeout)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+
+    # --- signals ------------------------------------------------------------------------
+
+    def add_signal(
+        self,
+        reference: str,
+        category: str,
+        identifiers: Sequence[tuple[IdentifierType | str, str]],
+        *,
+        details: Mapping[str, str] | None = None,
+        expires_at: datetime | None = None,
+        leading_zero_dropped: bool | frozenset[IdentifierType] = False,
+    ) -> Signal:
+        """Add one signal; returns it as stored (canonical identifiers, expiry, id).
+
+        Adding the same reference with the same content again returns the
+        existing signal; with other content it raises ``Replay`` (field
+        ``signal.reference``). An invalid identifier raises ``InvalidInput``
+        naming it (``signal.identifiers[0].value``) and the rule it breaks.
+        """
+        row = SignalInput(
+            reference=reference,
+            category=category,
+            identifiers=list(identifiers),
+            details=dict(details or {}),
+            expires_at=expires_at,
+            leading_zero_dropped=leading_zero_dropped,
+        )
+        message = _signal_message(row, "signal.")
+        response = self._call(self._stub.AddSignal, node_pb2.AddSignalRequest(signal=message))
+        return _signal(response.signal)
+
+    def import_signals(
+        self,
+        rows: Iterable[SignalInput],
+        *,
+        validate_only: bool = False,
+        chunk_size: int = DEFAULT_CHUNK,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> ImportReport:
+        """Import many signals, reporting per row; valid rows are stored, invalid ones not.
+
+        Rows are sent in calls of at most ``chunk_size`` rows (and under the
+        message size limit); each call stores its valid rows in one
+        transaction, every row whole or not at all. ``on_progress`` is called
+        with the number of rows each call handled. With ``validate_only``
+        nothing is stored.
+        """
+        if not 1 <= chunk_size <= MAX_IMPORT_ROWS:
+            raise ConfigurationError(f"chunk size is 1 to {MAX_IMPORT_ROWS}", field="chunk_size")
+        results: list[RowResult] = []
+        chunk: list[tuple[int, node_pb2.Signal]] = []
+        size = 0
+        count = 0
+        for index, row in enumerate(rows):
+            count += 1
+            try:
+                message = _signal_message(row)
+            except SamenloopError as error:
+                results.append(
+                    RowResult(
+                        row=index,
+                        signal_id=None,
+                        unchanged=False,
+                        errors=(RowError(index, error.field or "", error.reason, error.message),),
+                    )
+                )
+                continue
+            message_size = message.ByteSize() + 16
+            if chunk and (len(chunk) >= chunk_size or size + message_size > MAX_MESSAGE_BYTES // 2):
+                results += self._import_chunk(chunk, validate_only, on_progress)
+                chunk, size = [], 0
+            chunk.append((index, message))
+            size += message_size
+        if chunk:
+            results += self._import_chunk(chunk, validate_only, on_progress)
+        results.sort(key=lambda r: r.row)
+        assert len(results) == count
+        return ImportReport(
+            results=tuple(results),
+            imported=sum(1 for r in results if r.signal_id and not r.unchanged),
+            unchanged=sum(1 for r in results if r.unchanged),
+            rejected=sum(1 for r in results if r.errors),
+        )
+
+    def _import_chunk(
+        self,
+        chunk: Sequence[tuple[int, node_pb2.Signal]],
+        validate_only: bool,
+        on_progress: Callable[[int], None] | None,
+    ) -> list[RowResult]:
+        response = self._call(
+            self._stub.ImportSignals,
+            node_pb2.ImportSignalsRequest(
+                signals=[m for _, m in chunk], validate_only=validate_only
+            ),
+            timeout=max(self._timeout, IMPORT_TIMEOUT),
+        )
+        results = []
+        for result in response.results:
+            row = chunk[result.index][0]
+            results.append(
+                RowResult(
+                    row=row,
+                    signal_id=result.signal_id or None,
+                    unchanged=result.unchanged,
+                    errors=tuple(
+                        RowError(row, e.field, e.reason, e.message) for e in result.errors
+                    ),
+                )
+            )
+        if on_progress is not None:
+            on_progress(len(chunk))
+        return results
+
+    def withdraw_signal(self, reference: str, *, reason: str = "", officer: str = "") -> Signal:
+        """Withdraw the signal with this reference; its tokens are withdrawn at the broker.
+        Idempotent; ``NotFound`` if no signal ever had the reference."""
+        response = self._call(
+            self._stub.WithdrawSignal,
+            node_pb2.WithdrawSignalRequest(reference=reference, reason=reason, officer=officer),
+        )
+        return _signal(response.signal)
+
+    def signal(self, reference: str) -> Signal:
+        """The active signal with this reference (else the latest that had it);
+        ``NotFound`` if none."""
+        response = self._call(self._stub.GetSignal, node_pb2.GetSignalRequest(reference=reference))
+        return _signal(response.signal)
+
+    # --- hits -----------------------------------------------------------------------------
+
+    def hits(self, state: HitState | str | None = None, *, limit: int | None = None) -> list[Hit]:
+        """The node's hits, newest change first; only those in ``state`` if given."""
+        wanted = (
+            node_pb2.HIT_STATE_UNSPECIFIED
+            if state is None
+            else _HIT_STATE_TO_PROTO[HitState(state)]
+        )
+        found: list[Hit] = []
+        token = ""
+        while limit is None or len(found) < limit:
+            page = 1000 if limit is None else min(1000, limit - len(found))
+            response = self._call(
+                self._stub.ListHits,
+                node_pb2.ListHitsRequest(state=wanted, page_size=page, page_token=token),
+            )
+            found += [_hit(h) for h in response.hits]
+            token = response.next_page_token
+            if not token:
+                break
+        return found
+
+    def hit(self, group_id: bytes) -> Hit:
+        """One hit by its group id; ``NotFound`` if the node has none."""
+        response = self._call(self._stub.GetHit, node_pb2.GetHitRequest(hit_group_id=group_id))
+        return _hit(response.hit)
+
+    def watch_hits(self, after_feed_seq: int = 0) -> HitWatch:
+        """Every hit change after ``after_feed_seq``: the backlog first, then each new
+        change as the node accepts it, until cancelled. Each yielded hit carries its
+        ``sequence``; store the last one processed and resume after it."""
+        call = self._stub.WatchHits(node_pb2.WatchHitsRequest(after_sequence=after_feed_seq))
+        watch = HitWatch(iter(call), call.cancel)
+        self._watches.add(watch)
+        return watch
+
+    # --- status ----------------------------------------------------------------------------
+
+    def status(self) -> NodeStatus:
+        """The node's health: broker connection, covenant, counts, key-holder role."""
+        return _status(self._call(self._stub.GetStatus, node_pb2.GetStatusRequest()))

@@ -1,0 +1,191 @@
+"""The node process: its store, its uplink to the broker, its local API.
+
+``build_node`` checks everything a partner's IT department would otherwise
+discover the hard way — the party is in the covenant, the key file is this
+party's, the TLS certificate is valid and names this party, the database is
+at the schema head — and then starts the local API and the uplink. ``serve``
+runs it until SIGTERM or SIGINT and sweeps expired signals meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from samenloop.node import keysetup, threshold
+from samenloop.node.api import HitBell, NodeApiContext, NodeApiService
+from samenloop.node.holder import KeyHolder
+from samenloop.node.store import NodeStore
+from samenloop.node.uplink import Uplink, broker_channel
+from samenloop.policies import certs, database, logs
+from samenloop.policies.config import NodeConfig, load_node_config
+from samenloop.policies.covenant import SealedAttributeKey, load_covenant
+from samenloop.policies.crypto import PartyKeys
+from samenloop.policies.errors import ConfigurationError
+from samenloop.policies.rpc import ErrorInterceptor
+from samenloop.v1 import node_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS = "samenloop.node.migrations"
+SWEEP_SECONDS = 60.0
+
+
+@dataclass
+class RunningNode:
+    """A started node: its local API server and address, uplink and store."""
+
+    server: grpc.Server
+    api_address: str
+    uplink: Uplink
+    store: NodeStore
+    socket_path: Path | None
+
+    def stop(self, grace: float | None = 2.0) -> None:
+        self.uplink.stop()
+        self.server.stop(grace).wait()
+        self.store.engine.dispose()
+        if self.socket_path is not None:
+            self.socket_path.unlink(missing_ok=True)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot read {what} {path}: {error.strerror}", field=what
+        ) from error
+
+
+def build_node(
+    config: NodeConfig, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> RunningNode:
+    """Check the configuration, open the store, start the local API and the uplink."""
+    covenant = load_covenant(config.covenant)
+    party = config.party
+    covenant.party(party)  # NotAllowed if the covenant does not list this party
+    keys = PartyKeys.load(config.party_keys)
+    if keys.party != party or keys.public() != covenant.public_keys(party):
+        raise ConfigurationError(
+            f"{config.party_keys} does not hold the keys the covenant lists for {party}",
+            field="party_keys",
+        )
+    certificate = _read(config.certificate, "certificate")
+    ca_certificate = _read(config.ca_certificate, "ca_certificate")
+    if certs.verify_certificate(certificate, ca_certificate, now=clock()) != party:
+        raise ConfigurationError(f"the TLS certificate is not {party}'s", field="certificate")
+    attribute_key = SealedAttributeKey.from_json(
+        _read(config.attribute_key, "attribute_key"), source=str(config.attribute_key)
+    ).open(keys)
+
+    engine = database.make_engine(config.database_url)
+    database.check_at_head(engine, MIGRATIONS)
+    store = NodeStore(engine)
+
+    holder = None
+    if config.key_share is not None:
+        epoch = threshold.KeyEpoch.from_covenant(covenant)
+        share = keysetup.load_share(config.key_share, epoch)
+        holder = KeyHolder(keys, share, epoch, covenant.id, covenant)
+
+    channel = broker_channel(
+        config.broker,
+        ca_certificate=ca_certificate,
+        private_key=_read(config.private_key, "private_key"),
+        certificate=certificate,
+    )
+    bell = HitBell()
+    uplink = Uplink(
+        party=party,
+        channel=channel,
+        covenant=covenant,
+        keys=keys,
+        store=store,
+        attribute_key=attribute_key,
+        holder=holder,
+        clock=clock,
+        on_hit=bell.ring,
+    )
+    service = NodeApiService(
+        NodeApiContext(
+            party=party,
+            store=store,
+            covenant=covenant,
+            attribute_key=attribute_key,
+            uplink_status=lambda: uplink.status,
+            wake_uplink=uplink.wake.set,
+            clock=clock,
+            bell=bell,
+        )
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="node-api"),
+        interceptors=[ErrorInterceptor()],
+    )
+    node_pb2_grpc.add_NodeApiServicer_to_server(service, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    socket_path: Path | None = None
+    if config.api_listen is not None:
+        address = config.api_listen
+        if server.add_insecure_port(address) == 0:
+            raise ConfigurationError(f"cannot listen on {address}", field="api_listen")
+    else:
+        assert config.api_socket is not None
+        socket_path = config.api_socket
+        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        socket_path.unlink(missing_ok=True)  # a stale socket of an earlier run
+        address = f"unix:{socket_path}"
+        server.add_insecure_port(address)
+    server.start()
+    if socket_path is not None:
+        os.chmod(socket_path, 0o600)  # only this account's applications may talk to the node
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    uplink.start()
+    log.info(
+        "node running", party=party, api=address, broker=config.broker, holder=holder is not None
+    )
+    return RunningNode(server, address, uplink, store, socket_path)
+
+
+def serve(config_path: Path) -> int:
+    """Run the node until SIGTERM or SIGINT."""
+    config = load_node_config(config_path)
+    logs.configure(config.log_level)
+    running = build_node(config)
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping.wait(SWEEP_SECONDS):
+        if running.store.expire_signals(datetime.now(UTC)):
+            running.uplink.wake.set()
+    log.info("node stopping")
+    running.stop()
+    return 0
+
+
+def migrate(config_path: Path) -> int:
+    """Bring the node's database to this version's schema."""
+    config = load_node_config(config_path)
+    engine = database.make_engine(config.database_url)
+    try:
+        database.upgrade(engine, MIGRATIONS)
+        print(f"node database at {', '.join(database.current(engine))}")
+    finally:
+        engine.dispose()
+    return 0

@@ -1,0 +1,537 @@
+"""``samenloop signal``, ``samenloop hits`` and ``samenloop node status`` against a real
+node API (gRPC on the Unix socket that ``node.toml`` names, the store on SQLite).
+
+The commands run through ``samenloop.policies.cli.main``, with the ``signal`` and
+``hits`` entry points added when the installed metadata does not list them yet.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import grpc
+import openpyxl
+import pytest
+import structlog
+
+from samenloop.node.api import HitBell, NodeApiContext, NodeApiService
+from samenloop.node.models import HitKind, SignalState
+from samenloop.node.provision import PartySpec, Provisioned, provision
+from samenloop.node.store import MIGRATIONS, NodeStore
+from samenloop.policies import cli, database
+from samenloop.policies import covenant as covenant_model
+from samenloop.policies.config import load_node_config
+from samenloop.policies.covenant import AttributeKey, Role, SealedAttributeKey
+from samenloop.policies.crypto import PartyKeys, SignatureContext
+from samenloop.policies.rpc import ErrorInterceptor
+from samenloop.v1 import broker_pb2, common_pb2, node_pb2_grpc
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+ME = "gemeente"
+
+# Valid test identifiers (BSNs pass the 11-test; 010000008 is written without its zero).
+BSN_A, BSN_B, BSN_ZERO = "111222333", "111222345", "10000008"
+
+
+@pytest.fixture(autouse=True)
+def commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI with this module's entry points, whether or not they are installed yet."""
+    real = metadata.entry_points
+    ours = {
+        "signal": "samenloop.node.signal_commands:register",
+        "hits": "samenloop.node.signal_commands:register_hits",
+    }
+
+    def entry_points(*, group: str) -> list[metadata.EntryPoint]:
+        found = [e for e in real(group=group) if e.name not in ours]
+        return found + [metadata.EntryPoint(n, v, group) for n, v in ours.items()]
+
+    monkeypatch.setattr(cli, "entry_points", entry_points)
+
+
+class _Stderr:
+    """Whatever ``sys.stderr`` is at the moment of writing (pytest swaps it per test)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@pytest.fixture(autouse=True)
+def server_logs_to_stderr() -> Iterator[None]:
+    """The node API runs in this process here: keep its log lines out of stdout, which
+    the commands' JSON owns (a real node logs in its own process)."""
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(_Stderr()))  # type: ignore[arg-type]
+    yield
+    structlog.reset_defaults()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --- a node serving its local API where node.toml says ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def provisioned() -> Iterator[Provisioned]:
+    root = Path(tempfile.mkdtemp(prefix="sl-cli-", dir="/tmp"))  # short: a socket lives here
+    try:
+        yield provision(
+            root,
+            "riec-cli",
+            [
+                PartySpec(ME, "Gemeente Test", Role.GEMEENTE),
+                PartySpec("politie", "Politie Test", Role.POLITIE),
+            ],
+            [ME, "politie"],
+            2,
+            now=NOW - timedelta(days=1),
+        )
+    finally:
+        shutil.rmtree(root)
+
+
+@dataclass
+class Node:
+    store: NodeStore
+    bell: HitBell
+    config: Path
+    socket: Path
+    attribute_key: AttributeKey
+    broker_keys: PartyKeys
+    covenant: covenant_model.Covenant
+
+
+@pytest.fixture
+def node(provisioned: Provisioned, sqlite_url: str) -> Iterator[Node]:
+    config_path = provisioned.node_configs[ME]
+    config = load_node_config(config_path)
+    assert config.api_socket is not None
+    keys = PartyKeys.load(config.party_keys)
+    attribute_key = SealedAttributeKey.from_json(
+        config.attribute_key.read_bytes(), source="attribute-key.json"
+    ).open(keys)
+    engine = database.make_engine(sqlite_url)
+    database.upgrade(engine, MIGRATIONS)
+    store = NodeStore(engine)
+    bell = HitBell()
+    context = NodeApiContext(
+        party=ME,
+        store=store,
+        covenant=provisioned.covenant,
+        attribute_key=attribute_key,
+        clock=lambda: NOW,
+        bell=bell,
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4), interceptors=[ErrorInterceptor()]
+    )
+    node_pb2_grpc.add_NodeApiServicer_to_server(NodeApiService(context), server)
+    config.api_socket.unlink(missing_ok=True)
+    assert server.add_insecure_port(f"unix:{config.api_socket}")
+    server.start()
+    try:
+        yield Node(
+            store,
+            bell,
+            config_path,
+            config.api_socket,
+            attribute_key,
+            PartyKeys.load(provisioned.root / "broker" / "signing-keys.json"),
+            provisioned.covenant,
+        )
+    finally:
+        server.stop(None).wait()
+        engine.dispose()
+        config.api_socket.unlink(missing_ok=True)
+
+
+def accept_hit(node: Node, group: bytes, own: list[bytes], categories: list[str]) -> None:
+    """A broker-signed hit notice for ME, stored as the uplink stores it."""
+    notice = broker_pb2.HitNotice(
+        covenant_id=node.covenant.id,
+        covenant_version=node.covenant.version,
+        hit_group_id=group,
+        revision=1,
+        kind=broker_pb2.HIT_NOTICE_KIND_NEW,
+        recipient=ME,
+        visibility=broker_pb2.HitVisibility(
+            party_count=True, roles=True, parties=True, categories=True
+        ),
+        own_signal_refs=own,
+        party_count=2,
+    )
+    member = notice.members.add(party="politie", role="politie", signal_refs=[b"\x05" * 16])
+    for category in categories:
+        plaintext = common_pb2.MemberAttributes(category=category).SerializeToString()
+        nonce, ciphertext = covenant_model.seal_attributes(node.attribute_key, plaintext)
+        member.sealed_attributes.add(
+            key_version=node.attribute_key.version, nonce=nonce, ciphertext=ciphertext
+        )
+    body = notice.SerializeToString()
+    signed = common_pb2.Signed(
+        body=body,
+        signer=node.covenant.broker.id,
+        context=SignatureContext.HIT_NOTICE.value,
+        signature=node.broker_keys.sign(SignatureContext.HIT_NOTICE, body),
+    )
+    cursor = node.store.mailbox_cursor() + 1
+    assert node.store.accept_notice(
+        cursor,
+        group,
+        1,
+        HitKind.NEW,
+        signed.SerializeToString(),
+        own,
+        NOW - timedelta(hours=2),
+        NOW,
+        now=NOW,
+    )
+    node.bell.ring()
+
+
+def write_csv(path: Path, rows: list[list[str]], delimiter: str = ";") -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, delimiter=delimiter).writerows(rows)
+    return path
+
+
+# --- signal import -------------------------------------------------------------------------------
+
+
+HEADER = ["Dossier", "BSN nummer", "KvK", "Categorie", "Toelichting"]
+
+
+def test_csv_import_with_mapping_and_validation_report(
+    node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_csv(
+        tmp_path / "dossiers.csv",
+        [
+            HEADER,
+            ["D-1", BSN_A, "0123 4567", "vastgoedmisbruik", "leegstand"],  # row 2
+            ["D-2", "111222334", "", "woonfraude", ""],  # 3: elfproef fails
+            ["", BSN_B, "", "woonfraude", ""],  # 4: no reference
+            ["D-4", BSN_ZERO, "", "drugslab", ""],  # 5: zero dropped, restored below
+            ["D-5", "", "", "katvangers", ""],  # 6: no identifier
+            ["D-6", "", "12345", "", ""],  # 7: kvk too short, no category
+            ["", "", "", "", ""],  # blank rows are skipped
+            ["D-8", BSN_B, "", "woonfraude", "hennep"],  # 9
+            ["D-9", BSN_A, "", "woonfraude", "", "extra"],  # 10: a cell too many
+        ],
+    )
+    report = tmp_path / "report.csv"
+    code, out, err = run(
+        capsys,
+        "signal",
+        "import",
+        str(source),
+        "--map",
+        "bsn=BSN nummer",
+        "--map",
+        "kvk=KvK",
+        "--reference-column",
+        "Dossier",
+        "--category-column",
+        "Categorie",
+        "--detail-column",
+        "Toelichting",
+        "--leading-zero-dropped",
+        "bsn",
+        "--report",
+        str(report),
+        "--node",
+        str(node.config),
+        "--json",
+    )
+    assert code == 1, err
+    outcome = json.loads(out)
+    assert {k: outcome[k] for k in ("rows", "imported", "unchanged", "refused")} == {
+        "rows": 8,
+        "imported": 3,
+        "unchanged": 0,
+        "refused": 5,
+    }
+    problems = [(p["row"], p["column"], p["reason"]) for p in outcome["problems"]]
+    assert problems == [
+        (3, "BSN nummer", "bsn.check_digit"),
+        (4, "Dossier", "signal.reference_missing"),
+        (6, "BSN nummer, KvK", "signal.identifiers_missing"),
+        (7, "Categorie", "signal.category_missing"),
+        (7, "KvK", "kvk.length"),
+        (10, "*", "row.too_many_cells"),
+    ]
+    with report.open(encoding="utf-8") as handle:
+        written = list(csv.DictReader(handle))
+    assert [(int(r["row"]), r["column"], r["reason"]) for r in written] == problems
+    assert all(r["message"] for r in written)
+    for raw_value in ("111222334", "12345", BSN_A):
+        assert raw_value not in out + err + report.read_text()
+
+    restored = node.store.signal("D-4")
+    assert restored is not None
+    assert restored.identifiers[0].identifier.canonical == "0" + BSN_ZERO
+    first = node.store.signal("D-1")
+    assert first is not None
+    assert [i.identifier.canonical for i in first.identifiers] == [BSN_A, "01234567"]
+    assert dict(first.details) == {"Toelichting": "leegstand"}
+    assert node.store.signal("D-2") is None
+    assert node.store.status_counts().signals[SignalState.ACTIVE] == 3
+
+
+def test_xlsx_import_with_numbers_and_a_fixed_category(
+    node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.title = "Signalen"
+    sheet.append(["Dossier", "BSN", "KvK", "Vervalt"])
+    sheet.append(["X-1", int(BSN_A), 1234567, datetime(2027, 3, 1)])  # numbers lose zeros
+    sheet.append(["X-2", int(BSN_ZERO), None, None])
+    sheet.append([1003, None, "KvK 1234 5678", None])  # a numeric reference is text too
+    path = tmp_path / "signalen.xlsx"
+    workbook.save(path)
+    argv = [
+        "signal",
+        "import",
+        str(path),
+        "--map",
+        "bsn=BSN",
+        "--map",
+        "kvk=KvK",
+        "--reference-column",
+        "Dossier",
+        "--category",
+        "vastgoedmisbruik",
+        "--expires-column",
+        "Vervalt",
+        "--leading-zero-dropped",
+        "all",
+        "--socket",
+        str(node.socket),
+    ]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, out + err
+    assert "3 rows: 3 imported, 0 unchanged, 0 refused" in out
+    signal = node.store.signal("X-1")
+    assert signal is not None
+    assert [i.identifier.canonical for i in signal.identifiers] == [BSN_A, "01234567"]
+    assert signal.category == "vastgoedmisbruik"
+    assert signal.expires_at == datetime(2027, 3, 2, tzinfo=UTC)
+    assert node.store.signal("1003") is not None
+
+    code, out, _ = run(capsys, *argv)  # the same file again changes nothing
+    assert code == 0
+    assert "3 rows: 0 imported, 3 unchanged, 0 refused" in out
+
+
+def test_import_table_output_and_validate_only(
+    node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_csv(
+        tmp_path / "a.csv",
+        [["ref", "kvk"], ["A-1", "01234567"], ["A-2", "0123"]],
+        delimiter=",",
+    )
+    base = ["signal", "import", str(source), "--map", "kvk=kvk", "--reference-column", "ref"]
+    base += ["--category", "drugslab", "--socket", str(node.socket)]
+    code, out, _ = run(capsys, *base, "--validate-only")
+    assert code == 1
+    assert "2 rows: 1 valid, 1 refused (nothing stored)" in out
+    assert node.store.signal("A-1") is None
+
+    code, out, _ = run(capsys, *base)
+    assert code == 1
+    assert "2 rows: 1 imported, 0 unchanged, 1 refused" in out
+    assert "validation report" in out
+    assert "kvk.length" in out
+
+
+def test_import_usage_errors(
+    node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_csv(tmp_path / "b.csv", [["ref", "kvk"], ["B-1", "01234567"]])
+    base = ["signal", "import", str(source), "--reference-column", "ref", "--category", "x"]
+    base += ["--socket", str(node.socket)]
+    code, _, err = run(capsys, *base, "--map", "kvk=KvK nummer")
+    assert code == 2
+    assert "--map: no column 'KvK nummer'" in err
+    code, _, err = run(capsys, *base, "--map", "postcode=kvk")
+    assert code == 2
+    assert "unknown identifier type" in err
+    code, _, err = run(capsys, *base, "--map", "kvk=kvk", "--leading-zero-dropped", "iban")
+    assert code == 2
+    garbage = tmp_path / "c.xlsx"
+    garbage.write_bytes(b"not a workbook")
+    code, _, err = run(
+        capsys, "signal", "import", str(garbage), "--map", "kvk=kvk", "--reference-column",
+        "ref", "--category", "x", "--socket", str(node.socket),
+    )  # fmt: skip
+    assert code == 1
+    assert "cannot read" in err
+    assert node.store.status_counts().signals[SignalState.ACTIVE] == 0
+
+
+def test_a_node_that_is_not_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "node", "status", "--socket", str(tmp_path / "none.sock"))
+    assert code == 3
+    assert err.startswith("samenloop: error:")
+
+
+# --- signal add / withdraw -----------------------------------------------------------------------
+
+
+def test_signal_add_and_withdraw(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys, "signal", "add", "--type", "bsn", "--value", BSN_A, "--id", "kvk=01234567",
+        "--reference", "R1", "--category", "vastgoedmisbruik", "--detail", "bron=BRP",
+        "--node", str(node.config), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    shown = json.loads(out)
+    assert (shown["reference"], shown["state"], shown["identifier_types"]) == (
+        "R1",
+        "active",
+        ["kvk", "bsn"],
+    )
+    assert BSN_A not in out
+
+    code, out, err = run(
+        capsys, "signal", "add", "--id", "bsn=111222334", "--reference", "R2",
+        "--category", "x", "--socket", str(node.socket),
+    )  # fmt: skip
+    assert code == 1
+    assert err.endswith(
+        "samenloop: error: signal.identifiers[0].value: BSN fails the 11-test (elfproef)\n"
+    )
+
+    code, out, _ = run(capsys, "signal", "withdraw", "R1", "--socket", str(node.socket))
+    assert code == 0
+    assert out.strip().endswith("(R1): withdrawn")
+    code, _, err = run(capsys, "signal", "withdraw", "R9", "--socket", str(node.socket))
+    assert code == 1
+    assert "reference" in err
+
+
+# --- hits ---------------------------------------------------------------------------------------
+
+
+def test_hits_list_json_and_table(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "hits", "list", "--json", "--socket", str(node.socket))
+    assert (code, json.loads(out)) == (0, [])
+
+    run(capsys, "signal", "add", "--id", "kvk=01234567", "--reference", "H1", "--category",
+        "vastgoedmisbruik", "--socket", str(node.socket))  # fmt: skip
+    record = node.store.signal("H1")
+    assert record is not None
+    ref = record.identifiers[0].signal_ref
+    accept_hit(node, b"\x01" * 16, [ref], ["drugslab", "witwassen"])
+
+    code, out, _ = run(capsys, "hits", "list", "--json", "--node", str(node.config))
+    assert code == 0
+    (hit,) = json.loads(out)
+    assert hit["group_id"] == "01" * 16
+    assert (hit["state"], hit["last_kind"], hit["revision"], hit["party_count"]) == (
+        "open",
+        "new",
+        1,
+        2,
+    )
+    assert hit["own_signals"] == [
+        {
+            "signal_ref": ref.hex(),
+            "signal_id": str(record.id),
+            "reference": "H1",
+            "category": "vastgoedmisbruik",
+            "identifier_type": "kvk",
+        }
+    ]
+    assert hit["members"] == [
+        {
+            "party": "politie",
+            "role": "politie",
+            "categories": ["drugslab", "witwassen"],
+            "signal_refs": ["05" * 16],
+        }
+    ]
+    assert hit["last_seen"] == NOW.isoformat()
+
+    code, out, _ = run(capsys, "hits", "list", "--socket", str(node.socket))
+    assert code == 0
+    assert "1 hit" in out
+    assert "drugslab" in out
+    code, out, _ = run(capsys, "hits", "list", "--state", "closed", "--json", "--socket",
+                       str(node.socket))  # fmt: skip
+    assert json.loads(out) == []
+
+
+def test_hits_watch(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    accept_hit(node, b"\x01" * 16, [], ["drugslab"])
+    accept_hit(node, b"\x02" * 16, [], ["woonfraude"])
+    code, out, _ = run(
+        capsys, "hits", "watch", "--after", "1", "--count", "1", "--json", "--socket",
+        str(node.socket),
+    )  # fmt: skip
+    assert code == 0
+    (line,) = out.splitlines()
+    change: dict[str, Any] = json.loads(line)
+    assert (change["sequence"], change["group_id"]) == (2, "02" * 16)
+    assert change["members"][0]["categories"] == ["woonfraude"]
+
+    code, out, _ = run(capsys, "hits", "watch", "--count", "2", "--socket", str(node.socket))
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == ["[1]", "[2]"]
+
+
+# --- node status ----------------------------------------------------------------------------------
+
+
+def test_node_status_json_and_table(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "signal", "add", "--id", "kvk=01234567", "--reference", "S1", "--category",
+        "x", "--node", str(node.config))  # fmt: skip
+    code, out, err = run(capsys, "node", "status", "--json", "--node", str(node.config))
+    assert code == 0, err
+    status = json.loads(out)
+    assert (status["party"], status["covenant_id"], status["covenant_version"]) == (
+        ME,
+        "riec-cli",
+        1,
+    )
+    assert (status["broker_connection"], status["active_signals"], status["open_hits"]) == (
+        "disconnected",
+        1,
+        0,
+    )
+    assert status["key_holder"]["seats"] == [{"key_epoch": 1, "holder_index": 1}]
+
+    code, out, _ = run(capsys, "node", "status", "--socket", str(node.socket))
+    assert code == 0
+    assert "riec-cli" in out
+    assert "key holder seats" in out
+
+
+def test_node_status_needs_to_know_where_the_node_is(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SAMENLOOP_NODE_CONFIG", raising=False)
+    code, _, err = run(capsys, "node", "status")
+    assert code == 2
+    assert "--node" in err
