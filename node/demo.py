@@ -117,7 +117,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix="samenloop-demo-"))
+    workdir: Path = (args.workdir or Path(tempfile.mkdtemp(prefix="samenloop-demo-"))).resolve()
     try:
         if args.core:
             _demo(console, workdir, args.signals)

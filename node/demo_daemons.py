@@ -11,7 +11,6 @@ stops every process cleanly.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -215,7 +214,3 @@ def _print_hits(console: Console, party: str, client: NodeClient) -> None:
             f"{hit.first_seen:%H:%M:%S}" if hit.first_seen else "",
         )
     console.print(table)
-
-
-def default_workdir() -> Path:
-    return Path(os.environ.get("SAMENLOOP_DEMO_DIR", "demo-run")).resolve()
