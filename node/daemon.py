@@ -97,7 +97,16 @@ def build_node(
     if config.key_share is not None:
         epoch = threshold.KeyEpoch.from_covenant(covenant)
         share = keysetup.load_share(config.key_share, epoch)
-        holder = KeyHolder(keys, share, epoch, covenant.id, covenant)
+        today = clock().date()
+        holder = KeyHolder(
+            keys,
+            share,
+            epoch,
+            covenant.id,
+            covenant,
+            used_today={p.id: store.evaluations_on(p.id, today) for p in covenant.parties},
+            today=today,
+        )
 
     channel = broker_channel(
         config.broker,

@@ -115,6 +115,8 @@ class KeyHolder:
         directory: Directory,
         *,
         daily_quota: int = DEFAULT_DAILY_QUOTA,
+        used_today: Mapping[str, int] | None = None,
+        today: date | None = None,
     ) -> None:
         if epoch.covenant_id != covenant_id:
             raise ConfigurationError(
@@ -141,8 +143,10 @@ class KeyHolder:
         self._lock = threading.Lock()
         self._answered: set[tuple[str, bytes, int]] = set()
         self._expiries: list[tuple[datetime, tuple[str, bytes, int]]] = []
-        self._day: date | None = None
-        self._used_today: dict[str, int] = {}
+        # What the node's store says was already evaluated today, so that a restart
+        # does not reset the quota.
+        self._day: date | None = today if used_today else None
+        self._used_today: dict[str, int] = dict(used_today or {})
         self._served: dict[str, int] = {}
 
     def __repr__(self) -> str:

@@ -35,7 +35,7 @@ from samenloop.policies import covenant as covenant_model
 from samenloop.policies import crypto
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import InvalidSignature, NotEnoughHolders, SamenloopError
-from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
+from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2, keyholder_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -440,17 +440,27 @@ class Uplink:
                 except SamenloopError as error:  # no requester to answer: drop it
                     log.info("relayed request dropped", reason=error.reason)
                     continue
+                signed = common_pb2.Signed.FromString(answer)
                 outbound.put(
                     broker_pb2.HolderChannelRequest(
                         answer=broker_pb2.HolderAnswer(
-                            relay_id=message.evaluation.relay_id,
-                            response=common_pb2.Signed.FromString(answer),
+                            relay_id=message.evaluation.relay_id, response=signed
                         )
                     )
                 )
+                self._count_evaluation(message.evaluation.request.signer, signed, now)
         finally:
             outbound.close()
             self._untrack(call)
+
+    def _count_evaluation(self, requester: str, signed: common_pb2.Signed, now: datetime) -> None:
+        """Keep the holder's counts durable: for the quota after a restart, status and audit."""
+        response = keyholder_pb2.EvaluationResponse.FromString(signed.body)
+        if response.HasField("evaluation"):
+            elements = len(response.evaluation.evaluated_elements)
+            self._store.count_evaluation(requester, now=now, elements=elements)
+        else:
+            self._store.count_evaluation(requester, now=now, refused=True)
 
 
 class _Outbound:

@@ -7,6 +7,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
     root = tmp_path_factory.mktemp("covenant")
     now = datetime.now(UTC)
     provisioned = provision(root, "riec-zwb-test", PARTIES, HOLDERS, 2, now=now)
-    config = load_broker_config(provisioned.broker_config)
+    # Bind port 0: the server picks a free port and tells us which.
+    config = replace(load_broker_config(provisioned.broker_config), listen="127.0.0.1:0")
     engine = database.make_engine(config.database_url)
     database.upgrade(engine, broker_server.MIGRATIONS)
     engine.dispose()

@@ -860,3 +860,28 @@ def test_both_sides_are_sans_io():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+def test_usage_already_recorded_today_counts_towards_the_quota_after_a_restart():
+    w = world(2, 3)
+    restarted = KeyHolder(
+        w.holder_keys[1],
+        w.shares[1],
+        w.epoch,
+        COVENANT,
+        w.directory,
+        daily_quota=4,
+        used_today={NODE: 3},  # what the node's store counted before the restart
+        today=NOW.date(),
+    )
+    broker = Broker({**w.holders, 1: restarted})
+    assert w.tokenise(broker, IDS[:2]) == w.expected(IDS[:2])
+    assert refusal(broker.replies[0][1], w.holder_keys[1]) is R.QUOTA_EXCEEDED
+    # The next day the earlier usage no longer counts.
+    fresh = KeyHolder(
+        w.holder_keys[1], w.shares[1], w.epoch, COVENANT, w.directory,
+        daily_quota=4, used_today={NODE: 3}, today=NOW.date(),
+    )  # fmt: skip
+    tomorrow = Broker({**w.holders, 1: fresh}, now=NOW + timedelta(days=1))
+    assert w.tokenise(tomorrow, IDS[:2], now=NOW + timedelta(days=1)) == w.expected(IDS[:2])
+    assert [sorted(r) for r in tomorrow.requests] == [[1, 2]]
