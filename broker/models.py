@@ -31,7 +31,7 @@ store only inserts entries that matching found absent.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -47,18 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from samenloop.policies.database import UtcDateTime
-
-# A 64-bit primary key that is SQLite's row id there (only "INTEGER PRIMARY KEY" is).
-RowId = BigInteger().with_variant(Integer(), "sqlite")
-
-NAMING_CONVENTION: Final = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
+from samenloop.policies.database import NAMING_CONVENTION, RowId, UtcDateTime
 
 
 class Base(DeclarativeBase):

@@ -51,6 +51,18 @@ SQLITE_MMAP_BYTES: Final = 1 << 31  # read pages through a memory map (SQLite ca
 SQLITE_CHECKPOINT_INTERVAL_S: Final = 0.05
 SQLITE_CHECKPOINT_PAGES: Final = 100_000
 
+# A 64-bit primary key that is SQLite's row id there (only "INTEGER PRIMARY KEY" is).
+RowId = sqlalchemy.BigInteger().with_variant(sqlalchemy.Integer(), "sqlite")
+
+#: Constraint names for both stores' models, so that migrations name them predictably.
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
 READ_ONLY: Final[dict[str, Any]] = {"samenloop_read_only": True}
 """Execution options for a read-only transaction (SQLite: a deferred ``BEGIN``)."""
 
