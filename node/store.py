@@ -452,13 +452,18 @@ class NodeStore:
             references = sorted({s.reference for s in signals})
             existing: dict[str, SignalRecord] = {}
             for chunk in _chunks(references):
-                active = conn.execute(
-                    select(models.Signal.id).where(
-                        self._among(models.Signal.reference, chunk),
-                        models.Signal.state == SignalState.ACTIVE.value,
+                # By reference alone, the state checked here: given both, a planner
+                # without statistics scans every active signal instead.
+                active = [
+                    row.id
+                    for row in conn.execute(
+                        select(models.Signal.id, models.Signal.state).where(
+                            self._among(models.Signal.reference, chunk)
+                        )
                     )
-                ).scalars()
-                existing.update((r.reference, r) for r in self._load_signals(conn, list(active)))
+                    if row.state == SignalState.ACTIVE.value
+                ]
+                existing.update((r.reference, r) for r in self._load_signals(conn, active))
             fresh: dict[str, int] = {}  # reference -> index of the row that stores it
             new: list[int] = []
             for i, signal in enumerate(signals):
@@ -683,30 +688,40 @@ class NodeStore:
     ) -> list[PendingIdentifier]:
         """Identifiers of active signals that wait for a token, oldest first. With ``now``,
         signals that have expired by then are left out (the expiry sweep ends them)."""
-        si, sg = models.SignalIdentifier, models.Signal
-        query = (
-            select(si.id, si.signal_id, si.type, si.canonical, sg.category, sg.expires_at)
-            .join(sg, sg.id == si.signal_id)
-            .where(
-                si.state == IdentifierState.PENDING.value,
-                sg.state == SignalState.ACTIVE.value,
-            )
-            .order_by(si.id)
-            .limit(limit)
-        )
-        if now is not None:
-            query = query.where(sg.expires_at > _utc(now))
+        si = models.SignalIdentifier
+        moment = None if now is None else _utc(now)
+        found: list[PendingIdentifier] = []
+        after = 0
         with self._read() as conn:
-            return [
-                PendingIdentifier(
-                    id=row.id,
-                    signal_id=row.signal_id,
-                    identifier=Identifier(IdentifierType(row.type), row.canonical),
-                    category=row.category,
-                    expires_at=row.expires_at,
-                )
-                for row in conn.execute(query)
-            ]
+            # Pending identifiers by their (state, id) index, their signals by primary key:
+            # a join lets a planner without statistics loop over every active signal.
+            while len(found) < limit:
+                rows = conn.execute(
+                    select(si.id, si.signal_id, si.type, si.canonical)
+                    .where(si.state == IdentifierState.PENDING.value, si.id > after)
+                    .order_by(si.id)
+                    .limit(limit)
+                ).all()
+                if not rows:
+                    break
+                signals = self._signals_by_id(conn, {row.signal_id for row in rows})
+                for row in rows:
+                    signal = signals[row.signal_id]
+                    if signal.state != SignalState.ACTIVE.value or (
+                        moment is not None and signal.expires_at <= moment
+                    ):
+                        continue
+                    found.append(
+                        PendingIdentifier(
+                            id=row.id,
+                            signal_id=row.signal_id,
+                            identifier=Identifier(IdentifierType(row.type), row.canonical),
+                            category=signal.category,
+                            expires_at=signal.expires_at,
+                        )
+                    )
+                after = rows[-1].id
+        return found[:limit]
 
     def record_tokens(
         self,
@@ -728,7 +743,7 @@ class NodeStore:
         _check_epoch(key_epoch)
         for identifier_id, token in tokens.items():
             _check_bytes(token, TOKEN_BYTES, f"tokens[{identifier_id}]")
-        si, sg = models.SignalIdentifier, models.Signal
+        si = models.SignalIdentifier
         with self._write(outbox=True) as conn:
             # Two lookups by primary key, not one join: with an IN list on one side and
             # a filter on the other, SQLite's planner would scan the other table.
@@ -740,16 +755,7 @@ class NodeStore:
                     .order_by(si.id)
                     .with_for_update()
                 ).all()
-            signals: dict[int, Any] = {}
-            for chunk in _chunks(sorted({row.signal_id for row in pending})):
-                signals.update(
-                    (row.id, row)
-                    for row in conn.execute(
-                        select(sg.id, sg.state, sg.category, sg.expires_at).where(
-                            self._among(sg.id, chunk)
-                        )
-                    )
-                )
+            signals = self._signals_by_id(conn, {row.signal_id for row in pending})
             rows = [
                 _Taken(row.id, row.signal_ref, signal.category, signal.expires_at)
                 for row in pending
@@ -850,26 +856,41 @@ class NodeStore:
             ),
         )
 
-    def _categories(self, conn: Connection, identifier_ids: Sequence[int]) -> dict[int, str]:
-        si, sg = models.SignalIdentifier, models.Signal
-        found: dict[int, str] = {}
-        for chunk in _chunks(identifier_ids):
-            rows = conn.execute(
-                select(si.id, sg.category)
-                .join(sg, sg.id == si.signal_id)
-                .where(self._among(si.id, chunk))
+    def _categories(self, conn: Connection, identifier_ids: Iterable[int]) -> dict[int, str]:
+        """The categories of identifiers' signals, by identifier id."""
+        identifiers = self._identifiers_by_id(conn, identifier_ids)
+        signals = self._signals_by_id(conn, {row.signal_id for row in identifiers.values()})
+        return {i: signals[row.signal_id].category for i, row in identifiers.items()}
+
+    def _identifiers_by_id(self, conn: Connection, identifier_ids: Iterable[int]) -> dict[int, Any]:
+        si = models.SignalIdentifier
+        found: dict[int, Any] = {}
+        for chunk in _chunks(sorted(set(identifier_ids))):
+            found.update(
+                (row.id, row)
+                for row in conn.execute(
+                    select(si.id, si.signal_id, si.type).where(self._among(si.id, chunk))
+                )
             )
-            found.update((identifier_id, category) for identifier_id, category in rows)
+        return found
+
+    def _signals_by_id(self, conn: Connection, signal_ids: Iterable[int]) -> dict[int, Any]:
+        sg = models.Signal
+        found: dict[int, Any] = {}
+        for chunk in _chunks(sorted(set(signal_ids))):
+            found.update(
+                (row.id, row)
+                for row in conn.execute(
+                    select(sg.id, sg.state, sg.reference, sg.category, sg.expires_at).where(
+                        self._among(sg.id, chunk)
+                    )
+                )
+            )
         return found
 
     def outbox(self, limit: int = DEFAULT_PAGE) -> list[OutboxBatch]:
         """The unacknowledged batches, oldest first, exactly as they were created."""
-        ob, oe, si, sg = (
-            models.OutboxBatch,
-            models.OutboxEntry,
-            models.SignalIdentifier,
-            models.Signal,
-        )
+        ob, oe = models.OutboxBatch, models.OutboxEntry
         with self._read() as conn:
             batches = conn.execute(
                 select(ob.id, ob.client_batch_id, ob.kind, ob.key_epoch, ob.created_at)
@@ -877,32 +898,32 @@ class NodeStore:
                 .order_by(ob.id)
                 .limit(limit)
             ).all()
-            entries: dict[int, list[OutboxEntry]] = {b.id: [] for b in batches}
+            rows: list[Any] = []
             for chunk in _chunks([b.id for b in batches]):
-                rows = conn.execute(
+                rows += conn.execute(
                     select(
                         oe.batch_id,
+                        oe.identifier_id,
                         oe.signal_ref,
                         oe.token,
                         oe.expires_at,
                         oe.sealed_attributes,
-                        sg.category,
                     )
-                    .join(si, si.id == oe.identifier_id)
-                    .join(sg, sg.id == si.signal_id)
                     .where(self._among(oe.batch_id, chunk))
                     .order_by(oe.batch_id, oe.position)
+                ).all()
+            categories = self._categories(conn, {row.identifier_id for row in rows})
+        entries: dict[int, list[OutboxEntry]] = {b.id: [] for b in batches}
+        for row in rows:
+            entries[row.batch_id].append(
+                OutboxEntry(
+                    signal_ref=row.signal_ref,
+                    token=row.token,
+                    expires_at=row.expires_at,
+                    category=categories[row.identifier_id],
+                    sealed_attributes=row.sealed_attributes,
                 )
-                for row in rows:
-                    entries[row.batch_id].append(
-                        OutboxEntry(
-                            signal_ref=row.signal_ref,
-                            token=row.token,
-                            expires_at=row.expires_at,
-                            category=row.category,
-                            sealed_attributes=row.sealed_attributes,
-                        )
-                    )
+            )
         return [
             OutboxBatch(
                 client_batch_id=b.client_batch_id,
@@ -1117,26 +1138,31 @@ class NodeStore:
         return records[0] if records else None
 
     def _hit_records(self, conn: Connection, rows: Sequence[Any]) -> list[HitRecord]:
-        hr, si, sg = models.HitRef, models.SignalIdentifier, models.Signal
-        own: dict[bytes, list[OwnSignal]] = {row.group_id: [] for row in rows}
-        for chunk in _chunks(list(own)):
-            refs = conn.execute(
-                select(hr.group_id, hr.signal_ref, si.signal_id, si.type, sg.reference, sg.category)
-                .outerjoin(si, si.id == hr.identifier_id)
-                .outerjoin(sg, sg.id == si.signal_id)
+        hr = models.HitRef
+        refs: list[Any] = []
+        for chunk in _chunks([row.group_id for row in rows]):
+            refs += conn.execute(
+                select(hr.group_id, hr.signal_ref, hr.identifier_id)
                 .where(self._among(hr.group_id, chunk))
                 .order_by(hr.group_id, hr.signal_ref)
-            )
-            for ref in refs:
-                own[ref.group_id].append(
-                    OwnSignal(
-                        signal_ref=ref.signal_ref,
-                        signal_id=ref.signal_id,
-                        reference=ref.reference,
-                        category=ref.category,
-                        identifier_type=None if ref.type is None else IdentifierType(ref.type),
-                    )
+            ).all()
+        identifiers = self._identifiers_by_id(
+            conn, {ref.identifier_id for ref in refs if ref.identifier_id is not None}
+        )
+        signals = self._signals_by_id(conn, {row.signal_id for row in identifiers.values()})
+        own: dict[bytes, list[OwnSignal]] = {row.group_id: [] for row in rows}
+        for ref in refs:
+            identifier = identifiers.get(ref.identifier_id)
+            signal = None if identifier is None else signals[identifier.signal_id]
+            own[ref.group_id].append(
+                OwnSignal(
+                    signal_ref=ref.signal_ref,
+                    signal_id=None if signal is None else signal.id,
+                    reference=None if signal is None else signal.reference,
+                    category=None if signal is None else signal.category,
+                    identifier_type=None if identifier is None else IdentifierType(identifier.type),
                 )
+            )
         return [
             HitRecord(
                 group_id=row.group_id,
