@@ -222,6 +222,9 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         reader.start()
         context.add_callback(lambda: self._switchboard.close(channel))
         try:
+            # A first heartbeat at once: the holder learns that its seats are registered
+            # (its status shows the channel open) without waiting for an idle period.
+            yield broker_pb2.HolderChannelResponse(heartbeat=timestamp(self._clock()))
             for item in channel.requests(self._heartbeat):
                 if isinstance(item, str):
                     yield broker_pb2.HolderChannelResponse(heartbeat=timestamp(self._clock()))
@@ -419,6 +422,9 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         party = caller(context)
         after = request.after_cursor
         rings = self._bell.count(party)
+        # When the call ends (the node went away, the server stops), end the wait below at
+        # once rather than after a heartbeat period: a waiting stream holds a worker thread.
+        context.add_callback(lambda: self._bell.ring([party]))
         while context.is_active():
             fetched = self._store.fetch(party, after, 0, max_bytes=MAX_MESSAGE_BYTES // 2)
             for stored in fetched.items:
