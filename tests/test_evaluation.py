@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import pytest
 
@@ -142,11 +143,10 @@ def world(t: int = 2, n: int = 3, *, quota: dict[int, int] | None = None) -> Wor
     )
 
 
-class Handler:
+class Handler(Protocol):
     """Anything that answers signed requests like a ``KeyHolder``."""
 
-    def handle(self, signed_request: bytes, *, now: datetime) -> bytes:  # pragma: no cover
-        raise NotImplementedError
+    def handle(self, signed_request: bytes, *, now: datetime) -> bytes: ...
 
 
 @dataclass
@@ -473,7 +473,7 @@ def test_a_reply_passed_off_as_another_holders_is_excluded():
 # --- dishonest holders -----------------------------------------------------------------
 
 
-class LyingHolder(Handler):
+class LyingHolder:
     """Answers with a wrong partial evaluation, correctly signed with its own key."""
 
     def __init__(self, honest: KeyHolder, keys: PartyKeys):
