@@ -1,6 +1,6 @@
-"""``make bench``: tokenising throughput against limits measured in the same run.
+"""``make bench``: tokenising throughput and the broker, against limits measured in the same run.
 
-Measures, on one core:
+Tokenising, measured on one core:
 1. the node's whole pipeline per token — normalise, blind, t key holders
    evaluate in-process (with their DLEQ proofs), verify and combine,
    finalise, derive — in tokens/s, split into the holders' share and the
@@ -11,8 +11,14 @@ Measures, on one core:
 3. OpenMined PSI (``openmined-psi``, in its own venv, see psi_peer_env.py):
    client request + server processing for the same N, in items/s.
 
-Prints a table and writes bench/results/latest.json. No timed assertions: the
-figures are ratios against what this machine does in this run.
+Then the broker (``broker_bench.py``, on every core: the daemons and PostgreSQL
+are processes of their own): ingest against bare-insert and bare-gRPC bounds,
+the scale ratio, hit latency through the daemons, end-to-end import.
+``--broker-only`` and ``--no-broker`` select; ``--scale full`` measures the
+scale ratio at 10M/1M (longer than the default's 3M/1M).
+
+Prints tables and writes bench/results/latest.json and broker.json. No timed
+assertions: the figures are ratios against what this machine does in this run.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from samenloop.node import identifiers, oprf, threshold, tokens
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import broker_bench  # noqa: E402
 import psi_peer_env  # noqa: E402
 
 #: The libsodium calls the pipeline makes, by the name ``oprf`` imports them under.
@@ -58,10 +65,12 @@ _PRIMITIVES = (
 )
 
 
-def pin_to_one_core() -> int:
-    core = min(os.sched_getaffinity(0))
+def pin_to_one_core() -> tuple[int, set[int]]:
+    """Pin this process to one core; returns the core and the affinity it had."""
+    before = os.sched_getaffinity(0)
+    core = min(before)
     os.sched_setaffinity(0, {core})
-    return core
+    return core, before
 
 
 def valid_bsn(rng: random.Random) -> str:
@@ -272,10 +281,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-peer", action="store_true", help="skip OpenMined PSI")
+    parser.add_argument("--broker-only", action="store_true", help="only the broker benchmark")
+    parser.add_argument("--no-broker", action="store_true", help="skip the broker benchmark")
+    broker_bench.add_arguments(parser)
     args = parser.parse_args(argv)
-
-    core = pin_to_one_core()
     console = Console()
+    pipeline_rate: float | None = None
+    if not args.broker_only:
+        pipeline_rate = tokenising(args, console)
+    if not args.no_broker:
+        broker_bench.run(args, console, pipeline_tokens_per_s=pipeline_rate)
+    return 0
+
+
+def tokenising(args: argparse.Namespace, console: Console) -> float:
+    """The tokenising benchmark, pinned to one core (restored afterwards); returns the
+    pipeline's tokens/s."""
+    core, affinity = pin_to_one_core()
+    try:
+        return _tokenising(args, console, core)
+    finally:
+        os.sched_setaffinity(0, affinity)
+
+
+def _tokenising(args: argparse.Namespace, console: Console, core: int) -> float:
     console.print(f"pinned to core {core}; {args.tokens} tokens in batches of {args.batch}")
     results: dict[str, Any] = {
         "machine": {
@@ -326,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"written {out / 'latest.json'}")
-    return 0
+    return float(s["pipeline_tokens_per_s"])
 
 
 if __name__ == "__main__":
