@@ -39,7 +39,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -47,16 +46,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from samenloop.policies.database import NAMING_CONVENTION, RowId, UtcDateTime
+from samenloop.policies.database import (
+    NAMING_CONVENTION,
+    TYPE_ANNOTATION_MAP,
+    RowId,
+)
 
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map: ClassVar[dict[Any, Any]] = {
-        datetime: UtcDateTime(),
-        bytes: LargeBinary(),
-        str: String(64),
-    }
+    type_annotation_map: ClassVar[dict[Any, Any]] = TYPE_ANNOTATION_MAP
 
 
 class Party(Base):

@@ -8,8 +8,6 @@ runs it until SIGTERM or SIGINT and sweeps expired tokens meanwhile.
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from samenloop.policies.config import BrokerConfig
 from samenloop.policies.covenant import Covenant, load_covenant
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError
+from samenloop.policies.process import run_until_signalled
 from samenloop.policies.rpc import ErrorInterceptor
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
@@ -122,17 +121,13 @@ def serve(config: BrokerConfig) -> int:
     """Run the broker until SIGTERM or SIGINT."""
     logs.configure(config.log_level)
     running = build_server(config)
-    stopping = threading.Event()
 
-    def stop(signum: int, frame: object) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while not stopping.wait(SWEEP_SECONDS):
+    def sweep() -> None:
         removed = running.service.expire()
         if removed:
             log.info("expired token entries dropped", count=removed)
+
+    run_until_signalled(SWEEP_SECONDS, sweep)
     log.info("broker stopping")
     running.stop()
     return 0

@@ -10,8 +10,6 @@ runs it until SIGTERM or SIGINT and sweeps expired signals meanwhile.
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from samenloop.policies.config import NodeConfig, load_node_config
 from samenloop.policies.covenant import SealedAttributeKey, load_covenant
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError
+from samenloop.policies.process import run_until_signalled
 from samenloop.policies.rpc import ErrorInterceptor
 from samenloop.v1 import node_pb2_grpc
 
@@ -173,16 +172,12 @@ def serve(config_path: Path) -> int:
     config = load_node_config(config_path)
     logs.configure(config.log_level)
     running = build_node(config)
-    stopping = threading.Event()
 
-    def stop(signum: int, frame: object) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while not stopping.wait(SWEEP_SECONDS):
+    def sweep() -> None:
         if running.store.expire_signals(datetime.now(UTC)):
             running.uplink.wake.set()
+
+    run_until_signalled(SWEEP_SECONDS, sweep)
     log.info("node stopping")
     running.stop()
     return 0

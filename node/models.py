@@ -36,7 +36,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Text,
@@ -45,7 +44,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from samenloop.policies.database import NAMING_CONVENTION, RowId, UtcDateTime
+from samenloop.policies.database import (
+    NAMING_CONVENTION,
+    TYPE_ANNOTATION_MAP,
+    RowId,
+)
 
 MAX_REFERENCE_CHARS: Final = 255
 MAX_CATEGORY_CHARS: Final = 64
@@ -110,11 +113,7 @@ def _one_of(column: str, values: type[enum.StrEnum]) -> str:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map: ClassVar[dict[Any, Any]] = {
-        datetime: UtcDateTime(),
-        bytes: LargeBinary(),
-        str: String(64),
-    }
+    type_annotation_map: ClassVar[dict[Any, Any]] = TYPE_ANNOTATION_MAP
 
 
 class Signal(Base):

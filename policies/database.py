@@ -229,6 +229,14 @@ class UtcDateTime(TypeDecorator[datetime]):
 # --- migrations -------------------------------------------------------------------
 
 
+#: How both stores' models map Python annotations to column types.
+TYPE_ANNOTATION_MAP: Final[dict[Any, Any]] = {
+    datetime: UtcDateTime(),
+    bytes: sqlalchemy.LargeBinary(),
+    str: sqlalchemy.String(64),
+}
+
+
 def _config(package: str, connection: Connection | None = None) -> Config:
     try:
         location = importlib.resources.files(package)
