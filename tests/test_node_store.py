@@ -226,6 +226,32 @@ def test_the_same_signal_again_is_unchanged_and_a_withdrawn_reference_can_return
     assert node.signal("ZAAK-1") == reborn
 
 
+def test_concurrent_adds_of_one_reference_store_it_once(database_url, engine):
+    engines = [database.make_engine(database_url) for _ in range(4)]
+    results: list[object] = []
+    start = threading.Barrier(4)
+
+    def add(worker: int) -> None:
+        store = NodeStore(engines[worker])
+        start.wait()
+        try:
+            results.append(store.add_signals([signal("SAMEN", 1, 2)], now=NOW)[0].unchanged)
+        except BaseException as error:
+            results.append(error)
+
+    threads = [threading.Thread(target=add, args=(w,)) for w in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for other in engines:
+            other.dispose()
+    assert sorted(results, key=str) == [False, True, True, True]
+    assert table_counts(engine)["signals"] == 1
+
+
 @pytest.mark.parametrize(
     ("bad", "error", "field"),
     [
