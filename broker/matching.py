@@ -43,7 +43,7 @@ import hashlib
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 from samenloop.policies.errors import ConfigurationError, InvalidInput, MessageTooLarge
@@ -310,13 +310,16 @@ def _utc(moment: datetime, field: str) -> datetime:
     return moment.astimezone(UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _micros(moment: datetime) -> int:
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (moment - _EPOCH) // _MICROSECOND
 
 
-def _framed(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
+_MICROS = struct.Struct(">q")
+_SEALED = struct.Struct(">BI")  # present, then the length of the sealed attributes
 
 
 def parse_batch(party: str, key_epoch: int, entries: Sequence[Entry]) -> Batch:
@@ -359,18 +362,21 @@ def parse_batch(party: str, key_epoch: int, entries: Sequence[Entry]) -> Batch:
             )
         kept[(entry.signal_ref, entry.token)] = (i, entry)
     digest = hashlib.sha256(_SUBMIT_DOMAIN + struct.pack(">I", key_epoch))
-    for ref, token in sorted(kept):
-        sealed = kept[(ref, token)][1].sealed_attributes
-        digest.update(
-            b"".join(
-                (
-                    token,
-                    ref,
-                    struct.pack(">q", _micros(kept[(ref, token)][1].expires_at)),
-                    b"\x00" if sealed is None else b"\x01" + _framed(sealed),
-                )
-            )
-        )
+    parts: list[bytes] = []
+    append = parts.append
+    pack_micros = _MICROS.pack
+    pack_sealed = _SEALED.pack
+    for (ref, token), (_, entry) in sorted(kept.items()):
+        sealed = entry.sealed_attributes
+        append(token)
+        append(ref)
+        append(pack_micros(_micros(entry.expires_at)))
+        if sealed is None:
+            append(b"\x00")
+        else:
+            append(pack_sealed(1, len(sealed)))
+            append(sealed)
+    digest.update(b"".join(parts))
     by_position = sorted(kept.values(), key=lambda pair: pair[0])
     return Batch(
         party=party,

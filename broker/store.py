@@ -21,9 +21,10 @@ cannot both miss the hit. Mailbox reads are not: they run beside writers.
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -37,7 +38,6 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -94,6 +94,55 @@ _ENTRY_COLUMNS: Final = (
 _ENTRY_COPY_TYPES: Final = [
     "int8", "int4", "int2", "int8", "bytea", "bytea", "int8", "timestamptz", "int4", "bytea",
 ]  # fmt: skip
+
+# Binary COPY of token_entries, built in one buffer: the signature and header
+# extension, each row's fixed part (field count, then each field's length and value,
+# up to the length of sealed_attributes), and the trailer.
+_COPY_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER: Final = b"\xff\xff"
+_COPY_ROW: Final = struct.Struct(">hiqiiihiqi32si16siqiqiii")
+_MICROSECOND: Final = timedelta(microseconds=1)
+_PG_EPOCH_MICROS: Final = 946_684_800 * 1_000_000  # 2000-01-01, PostgreSQL's epoch
+
+# Plain SQL of the PostgreSQL hot path (constants only, never built from input).
+_PG_MATCHING_LOCK: Final = (
+    f"SELECT pg_advisory_xact_lock({_MATCHING_LOCK}),"
+    " set_config('enable_seqscan', 'off', true),"
+    " set_config('jit', 'off', true)"
+)
+_PG_UPDATE_GROUP: Final = (
+    "UPDATE hit_groups SET revision = %s, last_seen = %s, is_open = %s WHERE group_id = %s"
+)
+_PG_INSERT_GROUP: Final = (
+    "INSERT INTO hit_groups"
+    " (group_id, token_prefix, token, revision, first_seen, last_seen, is_open)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+_PG_OPEN_AND_PRIOR: Final = (
+    "SELECT h.closed, b.digest, b.stored, b.unchanged, b.accepted_at"
+    " FROM mailbox_heads AS h LEFT JOIN processed_batches AS b"
+    " ON b.party_id = h.party_id AND b.client_batch_id = %(batch_id)s"
+    " WHERE h.party_id = %(party_id)s"
+)
+_PG_RECORD_SUBMIT: Final = (
+    "INSERT INTO processed_batches"
+    " (party_id, client_batch_id, kind, digest, stored, unchanged, accepted_at)"
+    " VALUES (%(party_id)s, %(client_batch_id)s, %(kind)s, %(digest)s, %(stored)s,"
+    " %(unchanged)s, %(accepted_at)s)"
+)
+_PG_LOCK_HEADS: Final = (
+    "SELECT party_id, head_cursor, acked_cursor, closed FROM mailbox_heads"
+    " WHERE party_id = ANY(%s::bigint[]) ORDER BY party_id FOR UPDATE"
+)
+_PG_MOVE_HEADS: Final = (
+    "UPDATE mailbox_heads AS h SET head_cursor = v.head_cursor"
+    " FROM unnest(%s::bigint[], %s::bigint[]) AS v(party_id, head_cursor)"
+    " WHERE h.party_id = v.party_id"
+)
+_PG_INSERT_ITEMS: Final = (
+    "INSERT INTO mailbox_items (party_id, cursor, kind, payload, enqueued_at)"
+    " VALUES (%s, %s, %s, %s, %s)"
+)
 
 SignNotice = Callable[[NoticeDraft], bytes]
 """Turns a notice draft into the serialized signed ``HitNotice`` for the mailbox."""
@@ -191,6 +240,15 @@ class _Tx:
     new_parties: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Prior:
+    """What was recorded of a submission already processed."""
+
+    stored: int | None
+    unchanged: int | None
+    accepted_at: datetime
+
+
 @dataclass
 class _Loaded:
     """The states of a batch's tokens, and what the store needs to write them back."""
@@ -268,8 +326,11 @@ class BrokerStore:
         batch = matching.parse_batch(party, key_epoch, entries)
         with self._write(matching=True) as tx:
             party_id = self._ids(tx, [party])[party]
-            self._require_open(tx, party, party_id)
-            prior = self._prior(tx, party_id, client_batch_id, batch.digest)
+            if self._postgres:
+                prior = self._open_and_prior(tx, party, party_id, client_batch_id, batch.digest)
+            else:
+                self._require_open(tx, party, party_id)
+                prior = self._prior(tx, party_id, client_batch_id, batch.digest)
             if prior is not None:
                 return SubmitResult(
                     client_batch_id,
@@ -287,19 +348,28 @@ class BrokerStore:
                 new_group_id=new_group_id,
                 visibility=visibility,
             )
-            self._apply(tx, outcome.change, loaded)
-            notified = self._deliver(tx, outcome.change.notices, now, sign_notice)
-            tx.conn.execute(
-                insert(ProcessedBatch).values(
-                    party_id=party_id,
-                    client_batch_id=client_batch_id,
-                    kind="submit",
-                    digest=batch.digest,
-                    stored=outcome.stored,
-                    unchanged=outcome.unchanged,
-                    accepted_at=now,
-                )
+            signed: dict[str, list[tuple[ItemKind, bytes]]] = {}
+            self._apply(
+                tx,
+                outcome.change,
+                loaded,
+                # Signing needs no database: do it while the server takes in the COPY.
+                meanwhile=lambda: signed.update(_sign(outcome.change.notices, sign_notice)),
             )
+            notified = self._deliver_signed(tx, signed, now)
+            record = {
+                "party_id": party_id,
+                "client_batch_id": client_batch_id,
+                "kind": "submit",
+                "digest": batch.digest,
+                "stored": outcome.stored,
+                "unchanged": outcome.unchanged,
+                "accepted_at": now,
+            }
+            if self._postgres:
+                self._driver(tx).execute(_PG_RECORD_SUBMIT, record)
+            else:
+                tx.conn.execute(insert(ProcessedBatch).values(**record))
         return SubmitResult(
             client_batch_id,
             stored=outcome.stored,
@@ -604,14 +674,9 @@ class BrokerStore:
                 # Matching looks rows up by key, a few thousand at most: never let
                 # missing or stale statistics turn a lookup into a full scan, or
                 # make one look costly enough to be compiled (JIT) first.
-                conn.execute(
-                    text(
-                        "SELECT pg_advisory_xact_lock(:key),"
-                        " set_config('enable_seqscan', 'off', true),"
-                        " set_config('jit', 'off', true)"
-                    ),
-                    {"key": _MATCHING_LOCK},
-                )
+                driver = conn.connection.driver_connection
+                assert driver is not None
+                driver.execute(_PG_MATCHING_LOCK)
             tx = _Tx(conn)
             yield tx
         self._remember(tx.new_parties)  # reached only after the commit
@@ -724,6 +789,32 @@ class BrokerStore:
             raise Replay("this batch id was used for another batch", field="client_batch_id")
         return prior
 
+    def _driver(self, tx: _Tx) -> Any:
+        """The transaction's psycopg connection, for the hot path's plain SQL."""
+        driver = tx.conn.connection.driver_connection
+        assert driver is not None
+        return driver
+
+    def _open_and_prior(
+        self, tx: _Tx, party: str, party_id: int, client_batch_id: bytes, digest: bytes
+    ) -> _Prior | None:
+        """PostgreSQL: ``_require_open`` and ``_prior`` of a submission in one statement."""
+        row = (
+            self._driver(tx)
+            .execute(_PG_OPEN_AND_PRIOR, {"party_id": party_id, "batch_id": client_batch_id})
+            .fetchone()
+        )
+        if row is None:
+            raise LookupError(f"no mailbox head for {party}")
+        closed, prior_digest, stored, unchanged, accepted_at = row
+        if closed:
+            raise NotAllowed(f"{party} was removed from the covenant", reason="party.removed")
+        if prior_digest is None:
+            return None
+        if bytes(prior_digest) != digest:
+            raise Replay("this batch id was used for another batch", field="client_batch_id")
+        return _Prior(stored, unchanged, self._read_time(accepted_at))
+
     # --- the token index -------------------------------------------------------------
 
     def _chunks(self, values: Sequence[int]) -> Iterator[Sequence[int]]:
@@ -746,7 +837,9 @@ class BrokerStore:
         key = (table, columns, size if not self._postgres else 0, where)
         sql = self._lookups.get(key)
         if sql is None:
-            among = "= ANY(%s::bigint[])" if self._postgres else f"IN ({', '.join('?' * size)})"
+            among = (
+                "= ANY(%s::text::bigint[])" if self._postgres else f"IN ({', '.join('?' * size)})"
+            )
             # Built from the constants of _load only, never from input.
             sql = f"SELECT {columns} FROM {table} WHERE token_prefix {among}{where}"  # noqa: S608
             self._lookups[key] = sql
@@ -763,24 +856,26 @@ class BrokerStore:
         entry_rows: list[Any] = []
         group_rows: list[Any] = []
         is_open = " AND is_open" if self._postgres else " AND is_open = 1"
-        for chunk in self._chunks(prefixes):
-            params = ([*chunk],) if self._postgres else tuple(chunk)
+        columns = "id, party_id, token, signal_ref, key_epoch, expires_at, sealed_attributes"
+        group_columns = "group_id, token, revision, first_seen, last_seen"
+        if self._postgres:
+            # Both in one round trip, the array as one text literal (not dumped
+            # element by element).
+            driver = self._driver(tx)
+            params = (f"{{{','.join(map(str, prefixes))}}}",)
+            with driver.pipeline():
+                entry_cursor = driver.execute(self._lookup("token_entries", columns, 0), params)
+                group_cursor = driver.execute(
+                    self._lookup("hit_groups", group_columns, 0, is_open), params
+                )
+            entry_rows = entry_cursor.fetchall()
+            group_rows = group_cursor.fetchall()
+        for chunk in self._chunks(prefixes) if not self._postgres else ():
             entry_rows += tx.conn.exec_driver_sql(
-                self._lookup(
-                    "token_entries",
-                    "id, party_id, token, signal_ref, key_epoch, expires_at, sealed_attributes",
-                    len(chunk),
-                ),
-                params,
+                self._lookup("token_entries", columns, len(chunk)), tuple(chunk)
             ).all()
             group_rows += tx.conn.exec_driver_sql(
-                self._lookup(
-                    "hit_groups",
-                    "group_id, token, revision, first_seen, last_seen",
-                    len(chunk),
-                    is_open,
-                ),
-                params,
+                self._lookup("hit_groups", group_columns, len(chunk), is_open), tuple(chunk)
             ).all()
         names = self._names(tx, {row[1] for row in entry_rows})
         read_time = self._read_time
@@ -845,8 +940,18 @@ class BrokerStore:
             tokens.update(token for token, ref in rows if ref in wanted)
         return sorted(tokens)
 
-    def _apply(self, tx: _Tx, change: Change, loaded: _Loaded) -> None:
-        """Write a change: entries deleted, updated and inserted; groups updated and inserted."""
+    def _apply(
+        self,
+        tx: _Tx,
+        change: Change,
+        loaded: _Loaded,
+        meanwhile: Callable[[], object] | None = None,
+    ) -> None:
+        """Write a change: entries deleted, updated and inserted; groups updated and inserted.
+
+        ``meanwhile`` (work that needs no database) runs once, while the server takes in
+        the inserted entries if there are any.
+        """
         conn = tx.conn
         doomed = [loaded.row_ids[entry.key] for entry in change.deleted]
         for start in range(0, len(doomed), _SQLITE_CHUNK):
@@ -876,9 +981,35 @@ class BrokerStore:
                 ],
             )
         if change.inserted:
-            self._insert_entries(tx, change.inserted, parties)
+            self._insert_entries(tx, change.inserted, parties, meanwhile)
+        elif meanwhile is not None:
+            meanwhile()
         changed = [g for g in change.groups if g.group_id in loaded.group_ids]
         formed = [g for g in change.groups if g.group_id not in loaded.group_ids]
+        if self._postgres and (changed or formed):
+            with self._driver(tx).cursor() as cursor:
+                if changed:
+                    cursor.executemany(
+                        _PG_UPDATE_GROUP,
+                        [(g.revision, g.last_seen, g.open, g.group_id) for g in changed],
+                    )
+                if formed:
+                    cursor.executemany(
+                        _PG_INSERT_GROUP,
+                        [
+                            (
+                                g.group_id,
+                                prefix64(g.token),
+                                g.token,
+                                g.revision,
+                                g.first_seen,
+                                g.last_seen,
+                                g.open,
+                            )
+                            for g in formed
+                        ],
+                    )
+            return
         if changed:
             conn.execute(
                 update(HitGroup)
@@ -915,33 +1046,42 @@ class BrokerStore:
                 ],
             )
 
-    def _insert_entries(self, tx: _Tx, entries: Sequence[Entry], parties: dict[str, int]) -> None:
-        """The hot path of every batch: straight to the driver (PostgreSQL: binary COPY)."""
-        stamp = self._stamp
-        rows = [
-            (
-                prefix64(entry.token),
-                parties[entry.party],
-                entry.signal_ref[0],
-                prefix64(entry.signal_ref),
-                entry.token,
-                entry.signal_ref,
-                entry.key_epoch,
-                stamp(entry.expires_at),
-                expiry_bucket(entry.expires_at),
-                entry.sealed_attributes,
-            )
-            for entry in entries
-        ]
+    def _insert_entries(
+        self,
+        tx: _Tx,
+        entries: Sequence[Entry],
+        parties: dict[str, int],
+        meanwhile: Callable[[], object] | None = None,
+    ) -> None:
+        """The hot path of every batch: straight to the driver (PostgreSQL: binary COPY).
+
+        ``meanwhile`` runs after the rows went out, before the end of the COPY is awaited.
+        """
         if not self._postgres:
+            stamp = self._stamp
+            rows = [
+                (
+                    prefix64(entry.token),
+                    parties[entry.party],
+                    entry.signal_ref[0],
+                    prefix64(entry.signal_ref),
+                    entry.token,
+                    entry.signal_ref,
+                    entry.key_epoch,
+                    stamp(entry.expires_at),
+                    expiry_bucket(entry.expires_at),
+                    entry.sealed_attributes,
+                )
+                for entry in entries
+            ]
             tx.conn.exec_driver_sql(self._insert_sql, rows)
+            if meanwhile is not None:
+                meanwhile()
             return
-        driver = tx.conn.connection.driver_connection
-        assert driver is not None
-        with driver.cursor() as cursor, cursor.copy(self._copy_sql) as copy:
-            copy.set_types(_ENTRY_COPY_TYPES)
-            for row in rows:
-                copy.write_row(row)
+        with self._driver(tx).cursor() as cursor, cursor.copy(self._copy_sql) as copy:
+            copy.write(_copy_payload(entries, parties))
+            if meanwhile is not None:
+                meanwhile()
 
     # --- delivering to mailboxes ----------------------------------------------------
 
@@ -953,13 +1093,14 @@ class BrokerStore:
         sign_notice: SignNotice,
     ) -> tuple[str, ...]:
         """Sign the notices and put them in their recipients' mailboxes; closed ones are skipped."""
-        if not notices:
+        return self._deliver_signed(tx, _sign(notices, sign_notice), now)
+
+    def _deliver_signed(
+        self, tx: _Tx, by_party: dict[str, list[tuple[ItemKind, bytes]]], now: datetime
+    ) -> tuple[str, ...]:
+        """Put signed notices in their recipients' mailboxes; closed ones are skipped."""
+        if not by_party:
             return ()
-        by_party: dict[str, list[tuple[ItemKind, bytes]]] = {}
-        for draft in notices:
-            by_party.setdefault(draft.recipient, []).append(
-                (ItemKind.HIT_NOTICE, sign_notice(draft))
-            )
         return tuple(sorted(self._enqueue(tx, by_party, now, skip_closed=True)))
 
     def _enqueue(
@@ -971,6 +1112,8 @@ class BrokerStore:
         skip_closed: bool,
     ) -> dict[str, list[int]]:
         ids = self._ids(tx, items)
+        if self._postgres:
+            return self._enqueue_postgres(tx, items, ids, now, skip_closed=skip_closed)
         rows: list[dict[str, Any]] = []
         cursors: dict[str, list[int]] = {}
         for party in sorted(items):  # a fixed order, so that row locks cannot deadlock
@@ -997,3 +1140,92 @@ class BrokerStore:
         if rows:
             tx.conn.execute(insert(MailboxItem), rows)
         return cursors
+
+    def _enqueue_postgres(
+        self,
+        tx: _Tx,
+        items: dict[str, list[tuple[ItemKind, bytes]]],
+        ids: dict[str, int],
+        now: datetime,
+        *,
+        skip_closed: bool,
+    ) -> dict[str, list[int]]:
+        """``_enqueue`` on PostgreSQL in three statements, whatever the number of parties.
+
+        The heads are locked in one statement, in party id order: a fixed order, so
+        that row locks cannot deadlock.
+        """
+        driver = self._driver(tx)
+        names = {ids[party]: party for party in items}
+        heads = driver.execute(_PG_LOCK_HEADS, (sorted(names),)).fetchall()
+        if len(heads) != len(names):
+            raise LookupError("a mailbox head is missing")
+        rows: list[tuple[Any, ...]] = []
+        cursors: dict[str, list[int]] = {}
+        moved: list[tuple[int, int]] = []
+        for party_id, head_cursor, acked_cursor, closed in heads:
+            party = names[party_id]
+            state = MailboxState(party, head_cursor, acked_cursor, closed)
+            if state.closed and skip_closed:
+                continue
+            state, handed_out = mailbox.enqueue(state, len(items[party]))
+            moved.append((party_id, state.head_cursor))
+            cursors[party] = list(handed_out)
+            rows.extend(
+                (party_id, cursor, kind.value, payload, now)
+                for cursor, (kind, payload) in zip(handed_out, items[party], strict=True)
+            )
+        if moved:
+            driver.execute(
+                _PG_MOVE_HEADS, ([party_id for party_id, _ in moved], [h for _, h in moved])
+            )
+        if rows:
+            with driver.cursor() as cursor:
+                cursor.executemany(_PG_INSERT_ITEMS, rows)
+        return cursors
+
+
+def _copy_payload(entries: Sequence[Entry], parties: dict[str, int]) -> bytes:
+    """The rows of ``entries`` as one binary ``COPY`` stream (with signature and trailer),
+    in the column order and types of ``_ENTRY_COLUMNS`` and ``_ENTRY_COPY_TYPES``."""
+    pack = _COPY_ROW.pack
+    epoch = _EPOCH
+    parts = [_COPY_SIGNATURE]
+    append = parts.append
+    for entry in entries:
+        token = entry.token
+        ref = entry.signal_ref
+        if len(token) != matching.TOKEN_BYTES or len(ref) != matching.REF_BYTES:
+            raise ValueError("token entries hold 32-byte tokens and 16-byte refs")
+        since = entry.expires_at - epoch  # aware datetimes only
+        micros = since // _MICROSECOND
+        sealed = entry.sealed_attributes
+        append(
+            pack(
+                10,
+                8, int.from_bytes(token[:8], "big", signed=True),
+                4, parties[entry.party],
+                2, ref[0],
+                8, int.from_bytes(ref[:8], "big", signed=True),
+                32, token,
+                16, ref,
+                8, entry.key_epoch,
+                8, micros - _PG_EPOCH_MICROS,
+                4, since.days // _EXPIRY_BUCKET_DAYS,
+                -1 if sealed is None else len(sealed),
+            )
+        )  # fmt: skip
+        if sealed is not None:
+            append(sealed)
+    append(_COPY_TRAILER)
+    return b"".join(parts)
+
+
+def _sign(
+    notices: Sequence[NoticeDraft], sign_notice: SignNotice
+) -> dict[str, list[tuple[ItemKind, bytes]]]:
+    """The signed notices by recipient, in the order of the drafts."""
+    by_party: dict[str, list[tuple[ItemKind, bytes]]] = {}
+    for draft in notices:
+        by_party.setdefault(draft.recipient, []).append((ItemKind.HIT_NOTICE, sign_notice(draft)))
+    return by_party
