@@ -192,11 +192,8 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             raise InvalidInput("requests must share one key epoch", field="requests")
         (key_epoch,) = epochs
         replies = self._switchboard.relay(key_epoch, by_index, timeout=self._evaluate_timeout)
-        order = [
-            _parse_evaluation_request(s.body, "requests").holder_index for s in request.requests
-        ]
         return broker_pb2.EvaluateResponse(
-            replies=[replies[index] for index in order],
+            replies=[replies[index] for index in by_index],  # in the order of the requests
             connected_holders=self._switchboard.connected(key_epoch),
         )
 
