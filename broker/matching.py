@@ -46,7 +46,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
+from samenloop.policies import rules
+from samenloop.policies.covenant import Covenant
 from samenloop.policies.errors import ConfigurationError, InvalidInput, MessageTooLarge
+from samenloop.policies.policy import Level
 from samenloop.v1 import common_pb2
 
 TOKEN_BYTES: int = common_pb2.LIMITS_TOKEN_BYTES
@@ -200,6 +203,48 @@ def members_see_all(roles: Mapping[str, str] | None = None) -> VisibilityRule:
 
 
 DEFAULT_VISIBILITY: VisibilityRule = members_see_all()
+
+
+class CovenantVisibility:
+    """The covenant's visibility rules (``samenloop.policies.rules.visibility``) as a
+    :data:`VisibilityRule`, with the coordinators as ``observers``."""
+
+    def __init__(self, covenant: Covenant, *, former: Covenant | None = None) -> None:
+        self._covenant = covenant
+        self.observers = rules.observers(covenant)
+        # Parties a new version removed still count as what they were in groups as they
+        # stood before, so that the others are told those groups shrank or closed.
+        self._former_roles = {
+            p.id: p.role for p in (former.parties if former else ()) if not covenant.is_party(p.id)
+        }
+
+    def hides(self, recipient: str, party: str) -> bool:
+        """Whether ``recipient`` may never learn of ``party``'s part in a hit."""
+        return rules.hides(self._covenant, recipient, party)
+
+    def __call__(self, recipient: str, members: tuple[Member, ...]) -> View | None:
+        seen = rules.visibility(
+            self._covenant,
+            recipient,
+            [rules.MemberFacts(m.party, m.signal_refs, m.sealed_attributes) for m in members],
+            former_roles=self._former_roles,
+        )
+        if seen is None:
+            return None
+        level = seen.level
+        return View(
+            visibility=Visibility(
+                party_count=level.at_least(Level.COUNT),
+                roles=level.at_least(Level.ROLES),
+                parties=level.at_least(Level.PARTIES),
+                categories=level.at_least(Level.CATEGORIES),
+            ),
+            members=tuple(
+                MemberView(m.party, m.role, m.signal_refs, m.sealed_attributes)
+                for m in seen.members
+            ),
+            party_count=seen.party_count,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -604,6 +649,8 @@ class _ChangeBuilder:
         self.now = now
         self.new_group_id = new_group_id
         self.visibility = visibility
+        # Coordinators: told of groups they hold no entry in, as the rule lets them see.
+        self.observers: frozenset[str] = frozenset(getattr(visibility, "observers", ()))
         self.inserted: list[Entry] = []
         self.updated: list[Entry] = []
         self.deleted: list[Entry] = []
@@ -667,8 +714,22 @@ class _ChangeBuilder:
             kinds.update({party: NoticeKind.CLOSED for party in old_parties - new_parties})
         else:
             return
+        for observer in self.observers - old_parties - new_parties:
+            saw = self.visibility(observer, old) if old else None
+            sees = self.visibility(observer, new) if changed.open else None
+            if sees is not None:
+                kinds[observer] = (
+                    NoticeKind.NEW
+                    if saw is None
+                    else (NoticeKind.GROWN if joined else NoticeKind.SHRUNK)
+                )
+            elif saw is not None:
+                kinds[observer] = NoticeKind.CLOSED
         self.groups.append(changed)
-        self._notify(changed, kinds, old, new)
+        moved = (after_keys - {e.key for e in live_before}) | (
+            {e.key for e in state.entries} - after_keys
+        )
+        self._notify(changed, kinds, old, new, frozenset(key.party for key in moved))
 
     def _notify(
         self,
@@ -676,10 +737,12 @@ class _ChangeBuilder:
         kinds: dict[str, NoticeKind],
         old: tuple[Member, ...],
         new: tuple[Member, ...],
+        changed_parties: frozenset[str] = frozenset(),
     ) -> None:
         drafts: list[tuple[str, NoticeKind, tuple[bytes, ...], View]] = []
         old_refs = {m.party: m.signal_refs for m in old}
         new_refs = {m.party: m.signal_refs for m in new}
+        hides: Callable[[str, str], bool] | None = getattr(self.visibility, "hides", None)
         for party in sorted(kinds):
             kind = kinds[party]
             if kind is NoticeKind.CLOSED:
@@ -690,12 +753,26 @@ class _ChangeBuilder:
                 drafts.append((party, kind, old_refs.get(party, ()), view))
             else:
                 shown = self.visibility(party, new)
-                if shown is not None:
-                    drafts.append((party, kind, new_refs.get(party, ()), shown))
+                if shown is None:
+                    continue
+                if (
+                    kind in (NoticeKind.GROWN, NoticeKind.SHRUNK)
+                    and hides is not None
+                    and changed_parties
+                    and all(hides(party, other) for other in changed_parties)
+                ):
+                    continue  # only members hidden from it changed: a notice would betray them
+                drafts.append((party, kind, new_refs.get(party, ()), shown))
         if not drafts:
             return
-        staying = [party for party, kind, _, _ in drafts if kind is not NoticeKind.CLOSED]
-        reporter = min(staying) if staying else min(party for party, _, _, _ in drafts)
+        members = old_refs.keys() | new_refs.keys()
+        staying = [
+            party
+            for party, kind, _, _ in drafts
+            if kind is not NoticeKind.CLOSED and party in members
+        ]
+        told_members = [party for party, _, _, _ in drafts if party in members]
+        reporter = min(staying) if staying else min(told_members, default="")
         self.notices.extend(
             NoticeDraft(
                 recipient=party,

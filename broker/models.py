@@ -46,6 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from samenloop.policies.audit_store import AuditCheckpointColumns, AuditEntryColumns
 from samenloop.policies.database import (
     NAMING_CONVENTION,
     TYPE_ANNOTATION_MAP,
@@ -210,3 +211,31 @@ class RelayedEnvelope(Base):
         CheckConstraint("length(client_message_id) = 16", name="client_message_id_size"),
         CheckConstraint("length(digest) = 32", name="digest_size"),
     )
+
+
+class AuditLogEntry(AuditEntryColumns, Base):
+    """One entry of the broker's hash-chained audit log (see :mod:`samenloop.policies.audit`)."""
+
+    __tablename__ = "audit_entries"
+
+
+class AuditLogCheckpoint(AuditCheckpointColumns, Base):
+    """A signed checkpoint of the broker's audit log: its size and head, signed by its owner."""
+
+    __tablename__ = "audit_checkpoints"
+
+
+class CovenantVersion(Base):
+    """A covenant version the broker accepted and published, as the signed bytes it received.
+
+    At start the broker replays these over its root covenant, checking every
+    signature again, so that a restart keeps the newest version.
+    """
+
+    __tablename__ = "covenant_versions"
+
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    signed: Mapped[bytes]
+    accepted_at: Mapped[datetime]
+
+    __table_args__ = (CheckConstraint("version >= 1", name="version_positive"),)

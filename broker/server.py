@@ -23,11 +23,17 @@ from samenloop.broker.service import BrokerContext, BrokerService
 from samenloop.broker.store import BrokerStore
 from samenloop.policies import database, logs
 from samenloop.policies.config import BrokerConfig
-from samenloop.policies.covenant import Covenant, load_covenant
+from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError
 from samenloop.policies.process import run_until_signalled
 from samenloop.policies.rpc import ErrorInterceptor
+from samenloop.policies.trust import (
+    HeldCovenant,
+    SignedCovenant,
+    TrustState,
+    load_signed_covenant,
+)
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
 log = structlog.get_logger(__name__)
@@ -76,17 +82,28 @@ def build_server(
     evaluate_timeout: float | None = None,
 ) -> RunningBroker:
     """Open the store (at the schema head), build and start the server."""
-    current = load_covenant(config.covenant)
-    covenant_source = covenant or (lambda: current)
+    held = HeldCovenant(TrustState(load_signed_covenant(config.covenant)))
+    covenant_source = covenant or held
+    engine = database.make_engine(config.database_url)
+    database.check_at_head(engine, MIGRATIONS)
+    store = BrokerStore(engine, owner=held().broker.id)
+    for stored in store.covenant_versions():  # versions published since the root
+        held.replay(SignedCovenant.from_proto(common_pb2.SignedCovenant.FromString(stored)))
+    current = held()
     keys = PartyKeys.load(config.signing_keys)
     if keys.public().ed25519 != current.broker.ed25519:
         raise ConfigurationError(
             "the signing keys are not the broker's key in the covenant", field="signing_keys"
         )
-    engine = database.make_engine(config.database_url)
-    database.check_at_head(engine, MIGRATIONS)
-    store = BrokerStore(engine)
-    context = BrokerContext(covenant=covenant_source, store=store, keys=keys, clock=clock)
+    if not current.covers(clock()):
+        log.warning(
+            "the covenant in force is outside its validity period; publish a new version",
+            version=current.version,
+            valid_until=current.valid_until.isoformat(),
+        )
+    context = BrokerContext(
+        covenant=covenant_source, store=store, keys=keys, clock=clock, trust=held
+    )
     if evaluate_timeout is not None:
         context.evaluate_timeout = evaluate_timeout
     service = BrokerService(context)
@@ -121,13 +138,19 @@ def serve(config: BrokerConfig) -> int:
     """Run the broker until SIGTERM or SIGINT."""
     logs.configure(config.log_level)
     running = build_server(config)
+    # Checkpoints of the audit log are signed with the broker's key, each sweep and at the end.
+    keys = PartyKeys.load(config.signing_keys)
 
     def sweep() -> None:
         removed = running.service.expire()
         if removed:
             log.info("expired token entries dropped", count=removed)
+        running.store.audit_checkpoint(keys, now=datetime.now(UTC))
 
     run_until_signalled(SWEEP_SECONDS, sweep)
     log.info("broker stopping")
     running.stop()
+    # After the servers stopped, so the last checkpoint covers every entry; then close again.
+    running.store.audit_checkpoint(keys, now=datetime.now(UTC))
+    running.store.engine.dispose()
     return 0

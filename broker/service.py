@@ -28,14 +28,16 @@ from samenloop.broker.mailbox import ItemKind
 from samenloop.broker.relay import Channel, Switchboard
 from samenloop.broker.store import BrokerStore, StoredItem
 from samenloop.policies import covenant as covenant_model
+from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import (
+    ConfigurationError,
     InvalidInput,
     MessageTooLarge,
     NotAllowed,
-    NotInThisVersion,
     SamenloopError,
 )
+from samenloop.policies.trust import HeldCovenant, SignedCovenant
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2, keyholder_pb2
 
 log = structlog.get_logger(__name__)
@@ -96,6 +98,7 @@ class BrokerContext:
     bell: MailboxBell | None = None
     evaluate_timeout: float = EVALUATE_TIMEOUT_SECONDS
     heartbeat_seconds: float = HEARTBEAT_SECONDS
+    trust: HeldCovenant | None = None
 
 
 class BrokerService(broker_pb2_grpc.BrokerServicer):
@@ -110,6 +113,8 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         self._bell = context.bell or MailboxBell()
         self._evaluate_timeout = context.evaluate_timeout
         self._heartbeat = context.heartbeat_seconds
+        self._trust = context.trust
+        self._publish_lock = threading.Lock()
 
     # --- session and covenant ------------------------------------------------------
 
@@ -148,23 +153,64 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
     def GetCovenant(
         self, request: broker_pb2.GetCovenantRequest, context: grpc.ServicerContext
     ) -> broker_pb2.GetCovenantResponse:
-        covenant = self._covenant()
-        if request.version not in (0, covenant.version):
-            raise InvalidInput(
-                f"this broker holds version {covenant.version} only", field="version"
+        if self._trust is None:
+            raise ConfigurationError(
+                "this broker was started without a trust state", field="covenant"
             )
-        # Until the signed covenant lands, the body is the plain covenant file, unsigned.
-        body = covenant_model.covenant_to_toml(covenant)
-        return broker_pb2.GetCovenantResponse(covenant=common_pb2.SignedCovenant(body=body))
+        signed = self._trust.signed
+        version = signed.unverified().version
+        if request.version not in (0, version):
+            raise InvalidInput(f"this broker holds version {version} only", field="version")
+        return broker_pb2.GetCovenantResponse(covenant=signed.to_proto())
 
     def PublishCovenant(
         self, request: broker_pb2.PublishCovenantRequest, context: grpc.ServicerContext
     ) -> broker_pb2.PublishCovenantResponse:
-        raise NotInThisVersion(
-            "publishing a new covenant version needs the signed covenant, which this broker "
-            "version does not have yet; restart the broker with the new covenant file",
-            field="covenant",
+        """Accept a new covenant version and deliver it to every party.
+
+        Any party may deliver a version: its authority comes from the signers'
+        signatures, which the broker checks as every node will (TUF's rules). The
+        version, its delivery and the cut-off of removed parties commit together.
+        """
+        publisher = caller(context)
+        if self._trust is None:
+            raise ConfigurationError(
+                "this broker was started without a trust state", field="covenant"
+            )
+        if not request.HasField("covenant"):
+            raise InvalidInput("missing", field="covenant")
+        signed = SignedCovenant.from_proto(request.covenant)
+        with self._publish_lock:
+            now = self._clock()
+            new = self._trust.verify(signed, now=now)
+            if new is None:  # the version in force, once more: nothing to do
+                return broker_pb2.PublishCovenantResponse(
+                    version=self._trust().version, published_at=timestamp(now)
+                )
+            previous = self._trust()
+            removed = sorted(previous.party_ids - new.party_ids)
+            self._store.publish_covenant(
+                version=new.version,
+                signed=signed.to_proto().SerializeToString(),
+                recipients=sorted(new.party_ids),
+                removed=removed,
+                min_parties=new.min_parties,
+                now=now,
+                sign_notice=lambda draft: self._sign_notice(draft, new),
+                visibility=matching.CovenantVisibility(new, former=previous),
+            )
+            self._trust.update(signed, now=now)
+        for party in removed:  # end their open streams now; new calls are refused already
+            self._switchboard.close_party(party)
+        self._bell.ring(sorted(previous.party_ids | new.party_ids))
+        log.info(
+            "covenant published",
+            version=new.version,
+            previous=previous.version,
+            removed=len(removed),
+            by=publisher,
         )
+        return broker_pb2.PublishCovenantResponse(version=new.version, published_at=timestamp(now))
 
     # --- OPRF relay -------------------------------------------------------------------
 
@@ -249,8 +295,8 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
 
     # --- tokens ----------------------------------------------------------------------
 
-    def _sign_notice(self, draft: matching.NoticeDraft) -> bytes:
-        covenant = self._covenant()
+    def _sign_notice(self, draft: matching.NoticeDraft, covenant: Covenant | None = None) -> bytes:
+        covenant = covenant or self._covenant()
         notice = broker_pb2.HitNotice(
             covenant_id=covenant.id,
             covenant_version=covenant.version,
@@ -290,8 +336,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         ).SerializeToString()
 
     def _visibility(self) -> matching.VisibilityRule:
-        covenant = self._covenant()
-        return matching.members_see_all({p.id: p.role.value for p in covenant.parties})
+        return matching.CovenantVisibility(self._covenant())
 
     def SubmitTokens(
         self, request: broker_pb2.SubmitTokensRequest, context: grpc.ServicerContext
@@ -423,6 +468,12 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         # once rather than after a heartbeat period: a waiting stream holds a worker thread.
         context.add_callback(lambda: self._bell.ring([party]))
         while context.is_active():
+            if not self._covenant().is_party(party):  # removed by a new covenant version
+                raise NotAllowed(
+                    f"{party} is no longer a party of this covenant",
+                    field="party",
+                    reason="covenant.unknown_party",
+                )
             fetched = self._store.fetch(party, after, 0, max_bytes=MAX_MESSAGE_BYTES // 2)
             for stored in fetched.items:
                 yield broker_pb2.StreamMailboxResponse(item=self._item(stored))

@@ -11,7 +11,9 @@ prefix (see :mod:`models`) in one query per chunk of 1,000 (PostgreSQL: one
 and only those tokens' entries and open groups go to :func:`matching.submit`.
 The two statements every batch runs (that lookup and the insert of its new
 entries) go straight to the driver, the insert as a binary ``COPY`` on
-PostgreSQL; everything else is SQLAlchemy Core.
+PostgreSQL; everything else is SQLAlchemy Core. On PostgreSQL, ``submit`` sends
+the matching lock, its checks and the lookup as one pipeline before it parses
+the batch, so that the server works while Python parses.
 
 Matching writes are serialized (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a
 transaction-scoped advisory lock), so two batches that meet on one token
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -56,6 +58,7 @@ from samenloop.broker.matching import (
     VisibilityRule,
 )
 from samenloop.broker.models import (
+    CovenantVersion,
     HitGroup,
     MailboxHead,
     MailboxItem,
@@ -64,6 +67,8 @@ from samenloop.broker.models import (
     RelayedEnvelope,
     TokenEntry,
 )
+from samenloop.policies import audit_store
+from samenloop.policies.audit import AuditEntry, AuditEvent, AuditKind, Checkpoint, CheckpointSigner
 from samenloop.policies.database import READ_ONLY
 from samenloop.policies.errors import InvalidInput, NotAllowed, Replay
 
@@ -100,6 +105,8 @@ _ENTRY_COPY_TYPES: Final = [
 # up to the length of sealed_attributes), and the trailer.
 _COPY_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
 _COPY_TRAILER: Final = b"\xff\xff"
+# Rows per write of a COPY (about 30 kB).
+_COPY_SLICE: Final = 200
 _COPY_ROW: Final = struct.Struct(">hiqiiihiqi32si16siqiqiii")
 _MICROSECOND: Final = timedelta(microseconds=1)
 _PG_EPOCH_MICROS: Final = 946_684_800 * 1_000_000  # 2000-01-01, PostgreSQL's epoch
@@ -110,6 +117,11 @@ _PG_MATCHING_LOCK: Final = (
     " set_config('enable_seqscan', 'off', true),"
     " set_config('jit', 'off', true)"
 )
+# Columns of the token lookups (_load).
+_LOOKUP_ENTRY_COLUMNS: Final = (
+    "id, party_id, token, signal_ref, key_epoch, expires_at, sealed_attributes"
+)
+_LOOKUP_GROUP_COLUMNS: Final = "group_id, token, revision, first_seen, last_seen"
 _PG_UPDATE_GROUP: Final = (
     "UPDATE hit_groups SET revision = %s, last_seen = %s, is_open = %s WHERE group_id = %s"
 )
@@ -277,8 +289,10 @@ def _check_party(party: str, name: str = "party") -> None:
 class BrokerStore:
     """The broker's token index, hit groups, mailboxes and idempotency records."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, owner: str = "broker") -> None:
+        """``owner`` is the broker's id: the actor of the audit entries of its own doing."""
         self._engine = engine
+        self._owner = owner
         self._postgres = engine.dialect.name == "postgresql"
         # Party ids never change once committed: cache them both ways.
         self._party_ids: dict[str, int] = {}
@@ -323,11 +337,15 @@ class BrokerStore:
         """
         _check_id(client_batch_id, "client_batch_id")
         now = _utc(now)
-        batch = matching.parse_batch(party, key_epoch, entries)
-        with self._write(matching=True) as tx:
+        # PostgreSQL parses in the transaction, while the server runs its first statements.
+        batch = None if self._postgres else matching.parse_batch(party, key_epoch, entries)
+        loaded: _Loaded | None = None
+        with self._write(matching=True, lock=batch is not None) as tx:
             party_id = self._ids(tx, [party])[party]
-            if self._postgres:
-                prior = self._open_and_prior(tx, party, party_id, client_batch_id, batch.digest)
+            if batch is None:
+                batch, prior, loaded = self._parse_meanwhile(
+                    tx, party, party_id, client_batch_id, key_epoch, entries
+                )
             else:
                 self._require_open(tx, party, party_id)
                 prior = self._prior(tx, party_id, client_batch_id, batch.digest)
@@ -339,7 +357,8 @@ class BrokerStore:
                     replayed=True,
                     accepted_at=prior.accepted_at,
                 )
-            loaded = self._load(tx, batch.tokens)
+            if loaded is None:
+                loaded = self._load(tx, batch.tokens)
             outcome = matching.submit(
                 batch,
                 loaded.states,
@@ -370,6 +389,13 @@ class BrokerStore:
                 self._driver(tx).execute(_PG_RECORD_SUBMIT, record)
             else:
                 tx.conn.execute(insert(ProcessedBatch).values(**record))
+            submitted = AuditEvent(
+                AuditKind.TOKEN_SUBMISSION,
+                party,
+                (client_batch_id.hex(),),
+                {"stored": outcome.stored, "unchanged": outcome.unchanged, "key_epoch": key_epoch},
+            )
+            self._audit(tx, [submitted, *self._hit_events(outcome.change)], now)
         return SubmitResult(
             client_batch_id,
             stored=outcome.stored,
@@ -424,6 +450,13 @@ class BrokerStore:
                     accepted_at=now,
                 )
             )
+            withdrawn = AuditEvent(
+                AuditKind.TOKEN_WITHDRAWAL,
+                party,
+                (client_batch_id.hex(),),
+                {"withdrawn": outcome.withdrawn, "unknown": outcome.unknown},
+            )
+            self._audit(tx, [withdrawn, *self._hit_events(outcome.change)], now)
         return WithdrawResult(
             client_batch_id,
             withdrawn=outcome.withdrawn,
@@ -469,6 +502,10 @@ class BrokerStore:
             )
             self._apply(tx, change, loaded)
             notified = self._deliver(tx, change.notices, now, sign_notice)
+            expired = AuditEvent(
+                AuditKind.TOKEN_EXPIRY, self._owner, (), {"removed": len(change.deleted)}
+            )
+            self._audit(tx, [expired, *self._hit_events(change)], now)
         return RemovalResult(
             removed=len(change.deleted), notified=notified, more=len(tokens) == limit
         )
@@ -487,22 +524,110 @@ class BrokerStore:
         _check_party(party)
         now = _utc(now)
         with self._write(matching=True) as tx:
-            party_id = self._ids(tx, [party])[party]
-            self._close(tx, party, party_id)
-            tokens = (
-                tx.conn.execute(
-                    select(TokenEntry.token).where(TokenEntry.party_id == party_id).distinct()
+            return self._remove_party(
+                tx,
+                party,
+                min_parties=min_parties,
+                now=now,
+                sign_notice=sign_notice,
+                visibility=visibility,
+            )
+
+    def _remove_party(
+        self,
+        tx: _Tx,
+        party: str,
+        *,
+        min_parties: int,
+        now: datetime,
+        sign_notice: SignNotice,
+        visibility: VisibilityRule,
+    ) -> RemovalResult:
+        party_id = self._ids(tx, [party])[party]
+        self._close(tx, party, party_id)
+        tokens = (
+            tx.conn.execute(
+                select(TokenEntry.token).where(TokenEntry.party_id == party_id).distinct()
+            )
+            .scalars()
+            .all()
+        )
+        loaded = self._load(tx, sorted(tokens))
+        change = matching.remove_party(
+            party, loaded.states, min_parties=min_parties, now=now, visibility=visibility
+        )
+        self._apply(tx, change, loaded)
+        notified = self._deliver(tx, change.notices, now, sign_notice)
+        removed = AuditEvent(
+            AuditKind.PARTY_REMOVED,
+            self._owner,
+            (),
+            {"party": party, "removed": len(change.deleted)},
+        )
+        self._audit(tx, [removed, *self._hit_events(change)], now)
+        return RemovalResult(removed=len(change.deleted), notified=notified)
+
+    def publish_covenant(
+        self,
+        *,
+        version: int,
+        signed: bytes,
+        recipients: Sequence[str],
+        removed: Sequence[str],
+        min_parties: int,
+        now: datetime,
+        sign_notice: SignNotice,
+        visibility: VisibilityRule = DEFAULT_VISIBILITY,
+    ) -> list[RemovalResult]:
+        """Record an accepted covenant version, put it in every recipient's mailbox and cut
+        off the parties it removed — all in one transaction, so a crash leaves either the
+        old version in force or the new one delivered and enforced."""
+        now = _utc(now)
+        for party in (*recipients, *removed):
+            _check_party(party)
+        with self._write(matching=True) as tx:
+            tx.conn.execute(
+                insert(CovenantVersion).values(version=version, signed=signed, accepted_at=now)
+            )
+            self._enqueue(
+                tx,
+                {party: [(ItemKind.COVENANT_UPDATE, signed)] for party in recipients},
+                now,
+                skip_closed=True,
+            )
+            self._audit(
+                tx,
+                [
+                    AuditEvent(
+                        AuditKind.COVENANT_PUBLISHED,
+                        self._owner,
+                        (),
+                        {"version": version, "recipients": len(recipients)},
+                    )
+                ],
+                now,
+            )
+            return [
+                self._remove_party(
+                    tx,
+                    party,
+                    min_parties=min_parties,
+                    now=now,
+                    sign_notice=sign_notice,
+                    visibility=visibility,
                 )
+                for party in sorted(removed)
+            ]
+
+    def covenant_versions(self) -> list[bytes]:
+        """The signed covenant versions accepted so far (serialized ``SignedCovenant``),
+        oldest first."""
+        with self._read() as conn:
+            return list(
+                conn.execute(select(CovenantVersion.signed).order_by(CovenantVersion.version))
                 .scalars()
                 .all()
             )
-            loaded = self._load(tx, sorted(tokens))
-            change = matching.remove_party(
-                party, loaded.states, min_parties=min_parties, now=now, visibility=visibility
-            )
-            self._apply(tx, change, loaded)
-            notified = self._deliver(tx, change.notices, now, sign_notice)
-        return RemovalResult(removed=len(change.deleted), notified=notified)
 
     # --- mailboxes -------------------------------------------------------------------
 
@@ -665,12 +790,112 @@ class BrokerStore:
             for row in rows
         ]
 
+    # --- the audit log ----------------------------------------------------------------
+
+    def append_audit(
+        self,
+        conn: Connection,
+        *,
+        kind: AuditKind,
+        subject: Iterable[str] = (),
+        details: Mapping[str, object] | None = None,
+        actor: str | None = None,
+        now: datetime,
+    ) -> AuditEntry:
+        """Append an audit entry inside a transaction on this store's engine (``conn``), so
+        that it commits with the change it records. ``actor`` defaults to the broker;
+        ``subject`` holds opaque hex ids only, ``details`` non-identifying facts."""
+        return audit_store.append(
+            conn,
+            kind=kind,
+            actor=self._owner if actor is None else actor,
+            subject=subject,
+            details=details,
+            now=_utc(now),
+        )
+
+    def audit_append(
+        self,
+        *,
+        kind: AuditKind,
+        subject: Iterable[str] = (),
+        details: Mapping[str, object] | None = None,
+        actor: str | None = None,
+        now: datetime,
+    ) -> AuditEntry:
+        """Append an audit entry in a transaction of its own (see :meth:`append_audit`)."""
+        with self._write() as tx:
+            return self.append_audit(
+                tx.conn, kind=kind, subject=subject, details=details, actor=actor, now=now
+            )
+
+    def audit_checkpoint(self, signer: CheckpointSigner, *, now: datetime) -> Checkpoint | None:
+        """Sign and store a checkpoint of the log's head (``None`` if there is nothing new)."""
+        with self._write() as tx:
+            return audit_store.checkpoint(tx.conn, signer, now=_utc(now))
+
+    def audit_entries(
+        self,
+        *,
+        kind: AuditKind | None = None,
+        actor: str | None = None,
+        subject: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """Audit entries in order, filtered (``since`` inclusive, ``until`` exclusive)."""
+        with self._read() as conn:
+            return audit_store.read(
+                conn,
+                kind=kind,
+                actor=actor,
+                subject=subject,
+                since=since,
+                until=until,
+                limit=limit,
+            )
+
+    def audit_checkpoints(self) -> list[bytes]:
+        """The stored checkpoints (serialized ``Signed``), smallest first."""
+        with self._read() as conn:
+            return audit_store.checkpoints(conn)
+
+    def _audit(self, tx: _Tx, events: Sequence[AuditEvent], now: datetime) -> None:
+        """Record a write's events last in its transaction: one insert for all of them."""
+        audit_store.append_many(tx.conn, events, now=now)
+
+    def _hit_events(self, change: Change) -> list[AuditEvent]:
+        """One event per hit group a change formed, grew, shrank or closed: its id, revision,
+        the kinds of notice issued and to how many recipients."""
+        notices: dict[bytes, list[NoticeDraft]] = {}
+        for draft in change.notices:
+            notices.setdefault(draft.group_id, []).append(draft)
+        return [
+            AuditEvent(
+                AuditKind.HIT_NOTICE,
+                self._owner,
+                (group.group_id.hex(),),
+                {
+                    "revision": group.revision,
+                    "open": group.open,
+                    "recipients": len(notices.get(group.group_id, ())),
+                    "kinds": ",".join(
+                        sorted({d.kind.name.lower() for d in notices.get(group.group_id, ())})
+                    ),
+                },
+            )
+            for group in change.groups
+        ]
+
     # --- transactions and parties -------------------------------------------------
 
     @contextlib.contextmanager
-    def _write(self, *, matching: bool = False) -> Iterator[_Tx]:
+    def _write(self, *, matching: bool = False, lock: bool = True) -> Iterator[_Tx]:
+        """A write transaction; ``matching`` takes the matching lock first, unless ``lock``
+        is false because the caller sends it itself (PostgreSQL ``submit``: in its pipeline)."""
         with self._engine.begin() as conn:
-            if matching and self._postgres:
+            if matching and lock and self._postgres:
                 # Matching looks rows up by key, a few thousand at most: never let
                 # missing or stale statistics turn a lookup into a full scan, or
                 # make one look costly enough to be compiled (JIT) first.
@@ -795,15 +1020,39 @@ class BrokerStore:
         assert driver is not None
         return driver
 
-    def _open_and_prior(
-        self, tx: _Tx, party: str, party_id: int, client_batch_id: bytes, digest: bytes
-    ) -> _Prior | None:
-        """PostgreSQL: ``_require_open`` and ``_prior`` of a submission in one statement."""
-        row = (
-            self._driver(tx)
-            .execute(_PG_OPEN_AND_PRIOR, {"party_id": party_id, "batch_id": client_batch_id})
-            .fetchone()
-        )
+    def _parse_meanwhile(
+        self,
+        tx: _Tx,
+        party: str,
+        party_id: int,
+        client_batch_id: bytes,
+        key_epoch: int,
+        entries: Sequence[Entry],
+    ) -> tuple[matching.Batch, _Prior | None, _Loaded]:
+        """PostgreSQL ``submit``: parse the batch while the server runs its first statements.
+
+        The matching lock, ``_require_open`` with ``_prior``, and ``_load``'s lookups go out
+        as one pipeline before parsing (the lookups by the raw entries' prefixes: parsing
+        only validates and drops duplicates, and a batch it refuses is rolled back), so
+        that their round trips and the server's index reads overlap with the parse.
+        """
+        driver = self._driver(tx)
+        # prefix64 of each token, inlined: this runs before the pipeline goes out.
+        prefixes = ",".join([str(int.from_bytes(e.token[:8], "big", signed=True)) for e in entries])
+        with driver.pipeline():
+            driver.execute(_PG_MATCHING_LOCK)
+            checked = driver.execute(
+                _PG_OPEN_AND_PRIOR, {"party_id": party_id, "batch_id": client_batch_id}
+            )
+            found = self._send_lookups(driver, f"{{{prefixes}}}")
+            batch = matching.parse_batch(party, key_epoch, entries)
+        prior = self._open_and_prior(party, checked.fetchone(), batch.digest)
+        wanted = {entry.token for entry in batch.entries}
+        return batch, prior, self._loaded(tx, wanted, found[0].fetchall(), found[1].fetchall())
+
+    def _open_and_prior(self, party: str, row: Any, digest: bytes) -> _Prior | None:
+        """PostgreSQL: ``_require_open`` and ``_prior`` of a submission, from the row of
+        ``_PG_OPEN_AND_PRIOR``."""
         if row is None:
             raise LookupError(f"no mailbox head for {party}")
         closed, prior_digest, stored, unchanged, accepted_at = row
@@ -853,30 +1102,42 @@ class BrokerStore:
         """
         wanted = set(tokens)
         prefixes = sorted({prefix64(token) for token in wanted})
+        if self._postgres:
+            driver = self._driver(tx)
+            with driver.pipeline():  # both lookups in one round trip
+                found = self._send_lookups(driver, f"{{{','.join(map(str, prefixes))}}}")
+            return self._loaded(tx, wanted, found[0].fetchall(), found[1].fetchall())
         entry_rows: list[Any] = []
         group_rows: list[Any] = []
-        is_open = " AND is_open" if self._postgres else " AND is_open = 1"
-        columns = "id, party_id, token, signal_ref, key_epoch, expires_at, sealed_attributes"
-        group_columns = "group_id, token, revision, first_seen, last_seen"
-        if self._postgres:
-            # Both in one round trip, the array as one text literal (not dumped
-            # element by element).
-            driver = self._driver(tx)
-            params = (f"{{{','.join(map(str, prefixes))}}}",)
-            with driver.pipeline():
-                entry_cursor = driver.execute(self._lookup("token_entries", columns, 0), params)
-                group_cursor = driver.execute(
-                    self._lookup("hit_groups", group_columns, 0, is_open), params
-                )
-            entry_rows = entry_cursor.fetchall()
-            group_rows = group_cursor.fetchall()
-        for chunk in self._chunks(prefixes) if not self._postgres else ():
+        for chunk in self._chunks(prefixes):
             entry_rows += tx.conn.exec_driver_sql(
-                self._lookup("token_entries", columns, len(chunk)), tuple(chunk)
+                self._lookup("token_entries", _LOOKUP_ENTRY_COLUMNS, len(chunk)), tuple(chunk)
             ).all()
             group_rows += tx.conn.exec_driver_sql(
-                self._lookup("hit_groups", group_columns, len(chunk), is_open), tuple(chunk)
+                self._lookup("hit_groups", _LOOKUP_GROUP_COLUMNS, len(chunk), " AND is_open = 1"),
+                tuple(chunk),
             ).all()
+        return self._loaded(tx, wanted, entry_rows, group_rows)
+
+    def _send_lookups(self, driver: Any, prefixes: str) -> tuple[Any, Any]:
+        """PostgreSQL, in a pipeline: ``_load``'s two lookups, by ``prefixes``, an array
+        literal (one text parameter, not an array dumped element by element).
+
+        Answers the cursors, to be read once the pipeline is done.
+        """
+        params = (prefixes,)
+        return (
+            driver.execute(self._lookup("token_entries", _LOOKUP_ENTRY_COLUMNS, 0), params),
+            driver.execute(
+                self._lookup("hit_groups", _LOOKUP_GROUP_COLUMNS, 0, " AND is_open"), params
+            ),
+        )
+
+    def _loaded(
+        self, tx: _Tx, wanted: set[bytes], entry_rows: Sequence[Any], group_rows: Sequence[Any]
+    ) -> _Loaded:
+        """The states of the ``wanted`` tokens from the lookups' rows, without the rows of
+        other tokens that share a prefix."""
         names = self._names(tx, {row[1] for row in entry_rows})
         read_time = self._read_time
         entries: dict[bytes, list[Entry]] = {}
@@ -987,7 +1248,8 @@ class BrokerStore:
         changed = [g for g in change.groups if g.group_id in loaded.group_ids]
         formed = [g for g in change.groups if g.group_id not in loaded.group_ids]
         if self._postgres and (changed or formed):
-            with self._driver(tx).cursor() as cursor:
+            driver = self._driver(tx)
+            with driver.pipeline(), driver.cursor() as cursor:  # one round trip for both
                 if changed:
                     cursor.executemany(
                         _PG_UPDATE_GROUP,
@@ -1056,6 +1318,8 @@ class BrokerStore:
         """The hot path of every batch: straight to the driver (PostgreSQL: binary COPY).
 
         ``meanwhile`` runs after the rows went out, before the end of the COPY is awaited.
+        PostgreSQL: the rows are packed and sent in slices, so that the server inserts
+        the first while the next are packed.
         """
         if not self._postgres:
             stamp = self._stamp
@@ -1079,7 +1343,10 @@ class BrokerStore:
                 meanwhile()
             return
         with self._driver(tx).cursor() as cursor, cursor.copy(self._copy_sql) as copy:
-            copy.write(_copy_payload(entries, parties))
+            copy.write(_COPY_SIGNATURE)
+            for start in range(0, len(entries), _COPY_SLICE):
+                copy.write(b"".join(_copy_rows(entries[start : start + _COPY_SLICE], parties)))
+            copy.write(_COPY_TRAILER)
             if meanwhile is not None:
                 meanwhile()
 
@@ -1150,7 +1417,8 @@ class BrokerStore:
         *,
         skip_closed: bool,
     ) -> dict[str, list[int]]:
-        """``_enqueue`` on PostgreSQL in three statements, whatever the number of parties.
+        """``_enqueue`` on PostgreSQL in three statements and two round trips, whatever the
+        number of parties.
 
         The heads are locked in one statement, in party id order: a fixed order, so
         that row locks cannot deadlock.
@@ -1175,23 +1443,22 @@ class BrokerStore:
                 (party_id, cursor, kind.value, payload, now)
                 for cursor, (kind, payload) in zip(handed_out, items[party], strict=True)
             )
-        if moved:
-            driver.execute(
-                _PG_MOVE_HEADS, ([party_id for party_id, _ in moved], [h for _, h in moved])
-            )
-        if rows:
-            with driver.cursor() as cursor:
+        if moved:  # then rows too: each party moved gets items
+            with driver.pipeline(), driver.cursor() as cursor:  # one round trip for both
+                cursor.execute(
+                    _PG_MOVE_HEADS, ([party_id for party_id, _ in moved], [h for _, h in moved])
+                )
                 cursor.executemany(_PG_INSERT_ITEMS, rows)
         return cursors
 
 
-def _copy_payload(entries: Sequence[Entry], parties: dict[str, int]) -> bytes:
-    """The rows of ``entries`` as one binary ``COPY`` stream (with signature and trailer),
-    in the column order and types of ``_ENTRY_COLUMNS`` and ``_ENTRY_COPY_TYPES``."""
+def _copy_rows(entries: Sequence[Entry], parties: Mapping[str, int]) -> list[bytes]:
+    """Each of ``entries`` as a row of a binary ``COPY`` (without the stream's signature and
+    trailer), in the column order and types of ``_ENTRY_COLUMNS`` and ``_ENTRY_COPY_TYPES``."""
     pack = _COPY_ROW.pack
     epoch = _EPOCH
-    parts = [_COPY_SIGNATURE]
-    append = parts.append
+    rows: list[bytes] = []
+    append = rows.append
     for entry in entries:
         token = entry.token
         ref = entry.signal_ref
@@ -1200,25 +1467,21 @@ def _copy_payload(entries: Sequence[Entry], parties: dict[str, int]) -> bytes:
         since = entry.expires_at - epoch  # aware datetimes only
         micros = since // _MICROSECOND
         sealed = entry.sealed_attributes
-        append(
-            pack(
-                10,
-                8, int.from_bytes(token[:8], "big", signed=True),
-                4, parties[entry.party],
-                2, ref[0],
-                8, int.from_bytes(ref[:8], "big", signed=True),
-                32, token,
-                16, ref,
-                8, entry.key_epoch,
-                8, micros - _PG_EPOCH_MICROS,
-                4, since.days // _EXPIRY_BUCKET_DAYS,
-                -1 if sealed is None else len(sealed),
-            )
+        row = pack(
+            10,
+            8, int.from_bytes(token[:8], "big", signed=True),
+            4, parties[entry.party],
+            2, ref[0],
+            8, int.from_bytes(ref[:8], "big", signed=True),
+            32, token,
+            16, ref,
+            8, entry.key_epoch,
+            8, micros - _PG_EPOCH_MICROS,
+            4, since.days // _EXPIRY_BUCKET_DAYS,
+            -1 if sealed is None else len(sealed),
         )  # fmt: skip
-        if sealed is not None:
-            append(sealed)
-    append(_COPY_TRAILER)
-    return b"".join(parts)
+        append(row if sealed is None else row + sealed)
+    return rows
 
 
 def _sign(

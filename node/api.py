@@ -9,6 +9,13 @@ field and mapped to gRPC statuses by the one interceptor in
 :mod:`samenloop.policies.rpc` -- except in ``ImportSignals``, which reports
 per row so that one bad row does not fail the others.
 
+Signals are checked against the covenant held at the moment of the call:
+their category must be one of its categories, their identifier types among
+its types, and their expiry within its retention rule for the category (the
+rule's expiry when the request sets none). Disclosure requests go through the
+:class:`~samenloop.node.disclosure_desk.DisclosureDesk`, which refuses bad
+input naming the field before anything is stored or sent.
+
 A hit as the API shows it is the latest verified hit notice of its group
 (stored as the broker signed it), resolved against the node's own signals,
 with the other members' categories decrypted under the covenant's attribute
@@ -25,7 +32,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Final
 
 import grpc
@@ -33,11 +40,20 @@ import structlog
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
 
-from samenloop.node import models
+from samenloop.node import disclosure, models
+from samenloop.node.disclosure_desk import DisclosureDesk
 from samenloop.node.identifiers import Identifier, IdentifierType, parse
-from samenloop.node.models import AreaKind, HitKind, HitState, SignalState
+from samenloop.node.models import (
+    AreaKind,
+    DisclosureDirection,
+    DisclosureState,
+    HitKind,
+    HitState,
+    SignalState,
+)
 from samenloop.node.store import (
     CoarseAttributes,
+    DisclosureRecord,
     HitRecord,
     NewSignal,
     NodeStore,
@@ -45,8 +61,10 @@ from samenloop.node.store import (
 )
 from samenloop.node.uplink import SOFTWARE, UplinkStatus
 from samenloop.policies import covenant as covenant_model
+from samenloop.policies import rules
 from samenloop.policies.covenant import AttributeKey, Covenant
 from samenloop.policies.errors import (
+    ConfigurationError,
     InvalidInput,
     MessageTooLarge,
     NotFound,
@@ -55,23 +73,20 @@ from samenloop.policies.errors import (
     SamenloopError,
     UnknownType,
 )
+from samenloop.policies.rules import Refusal
 from samenloop.v1 import broker_pb2, common_pb2, node_pb2, node_pb2_grpc
 
 __all__ = [
-    "DEFAULT_RETENTION",
     "HitBell",
     "NodeApiContext",
     "NodeApiService",
+    "disclosure_to_proto",
     "hit_to_proto",
     "parse_signal",
     "signal_to_proto",
 ]
 
 log = structlog.get_logger(__name__)
-
-#: How long a signal is kept when the request sets no expiry, until the covenant's
-#: retention rules (the covenant-and-policies issue) decide it per category.
-DEFAULT_RETENTION: Final = timedelta(days=365)
 
 ID_BYTES: Final[int] = common_pb2.LIMITS_ID_BYTES
 MAX_IDENTIFIERS: Final[int] = common_pb2.LIMITS_MAX_IDENTIFIERS_PER_SIGNAL
@@ -86,10 +101,6 @@ WATCH_PAGE: Final = 500
 #: How often a waiting ``WatchHits`` checks that its client is still there.
 WATCH_POLL_SECONDS: Final = 5.0
 
-_DISCLOSURES: Final = (
-    "disclosure requests are not in this version: they arrive with the covenant-and-policies "
-    "issue (#5)"
-)
 _PICTURE: Final = (
     "the regional picture is not in this version: it arrives with the regional-picture issue (#6)"
 )
@@ -122,6 +133,17 @@ _HIT_STATES: Final = {s: node_pb2.HitState.Value(f"HIT_STATE_{s.name}") for s in
 _PROTO_HIT_STATES: Final[dict[int, HitState]] = {v: s for s, v in _HIT_STATES.items()}
 _HIT_KINDS: Final = {
     k: broker_pb2.HitNoticeKind.Value(f"HIT_NOTICE_KIND_{k.name}") for k in HitKind
+}
+_DIRECTIONS: Final = {
+    d: node_pb2.DisclosureDirection.Value(f"DISCLOSURE_DIRECTION_{d.name}")
+    for d in DisclosureDirection
+}
+_PROTO_DIRECTIONS: Final[dict[int, DisclosureDirection]] = {v: d for d, v in _DIRECTIONS.items()}
+_DISCLOSURE_STATES: Final = {
+    s: node_pb2.DisclosureState.Value(f"DISCLOSURE_STATE_{s.name}") for s in DisclosureState
+}
+_PROTO_DISCLOSURE_STATES: Final[dict[int, DisclosureState]] = {
+    v: s for s, v in _DISCLOSURE_STATES.items()
 }
 
 
@@ -180,15 +202,16 @@ def parse_signal(
     message: node_pb2.Signal,
     *,
     now: datetime,
-    default_retention: timedelta = DEFAULT_RETENTION,
+    covenant: Covenant,
     prefix: str = "",
 ) -> tuple[NewSignal | None, list[SamenloopError]]:
     """Turn a protobuf ``Signal`` into a :class:`NewSignal`, or the list of what is wrong.
 
     Every problem is collected (so an import reports all of a row's faults at
     once), each naming its field as ``prefix`` + the path within the signal
-    (``identifiers[1].value``). Identifiers are normalised; the expiry defaults
-    to ``now + default_retention`` and may not lie beyond it; unset coarse
+    (``identifiers[1].value``). The category and identifier types must be the
+    covenant's; identifiers are normalised; the expiry defaults to the
+    covenant's retention for the category and may not lie beyond it; unset coarse
     attributes are derived (postcode-4 from an address identifier, the month
     from ``now``). Output-only fields (id, state, created_at) are ignored.
     """
@@ -229,10 +252,15 @@ def parse_signal(
                 reason="signal.category_too_long",
             )
         )
+    else:
+        try:
+            rules.check_category(covenant, category, field=f"{prefix}category")
+        except SamenloopError as error:
+            errors.append(error)
 
-    identifiers = _parse_identifiers(message, now, prefix, errors)
+    identifiers = _parse_identifiers(message, now, covenant, prefix, errors)
     details = _parse_details(message, prefix, errors)
-    expires_at = _parse_expiry(message, now, default_retention, prefix, errors)
+    expires_at = _parse_expiry(message, now, covenant, prefix, errors)
     attributes = _parse_attributes(message, identifiers, now, prefix, errors)
 
     if errors:
@@ -253,7 +281,11 @@ def parse_signal(
 
 
 def _parse_identifiers(
-    message: node_pb2.Signal, now: datetime, prefix: str, errors: list[SamenloopError]
+    message: node_pb2.Signal,
+    now: datetime,
+    covenant: Covenant,
+    prefix: str,
+    errors: list[SamenloopError],
 ) -> list[Identifier]:
     count = len(message.identifiers)
     if count == 0:
@@ -290,6 +322,7 @@ def _parse_identifiers(
             )
             continue
         try:
+            rules.check_identifier_type(covenant, kind.value, field=f"{where}.type")
             identifier = parse(kind, item.value, field=f"{where}.value", today=now.date())
         except SamenloopError as error:
             errors.append(error)
@@ -349,11 +382,13 @@ def _parse_details(
 def _parse_expiry(
     message: node_pb2.Signal,
     now: datetime,
-    retention: timedelta,
+    covenant: Covenant,
     prefix: str,
     errors: list[SamenloopError],
 ) -> datetime | None:
-    latest = now + retention
+    if message.category not in covenant.policy.categories:
+        return None  # the category's own error says why; there is no rule to apply
+    latest = rules.retention(covenant, message.category, created_at=now)
     if not message.HasField("expires_at"):
         return latest
     try:
@@ -375,7 +410,8 @@ def _parse_expiry(
     if expires_at > latest:
         errors.append(
             InvalidInput(
-                f"the expiry lies beyond the retention period ({retention.days} days)",
+                f"the expiry lies beyond the covenant's retention for this category "
+                f"({(latest - now).days} days)",
                 field=f"{prefix}expires_at",
                 reason="retention.exceeded",
             )
@@ -557,6 +593,41 @@ def hit_to_proto(record: HitRecord, attribute_key: AttributeKey) -> node_pb2.Hit
     return hit
 
 
+def disclosure_to_proto(record: DisclosureRecord) -> node_pb2.Disclosure:
+    """A stored disclosure request as the API shows it."""
+    message = node_pb2.Disclosure(
+        request_id=record.request_id,
+        direction=_DIRECTIONS[record.direction],
+        state=_DISCLOSURE_STATES[record.state],
+        requester=record.requester,
+        owner=record.owner,
+        hit_group_id=record.hit_group_id or b"",
+        signal_ref=record.signal_ref,
+        signal_id="" if record.signal_id is None else str(record.signal_id),
+        purpose=record.purpose,
+        requested_fields=list(record.requested_fields),
+        requester_officer=record.requester_officer,
+        justification=record.justification,
+        released_fields=dict(record.released),
+        withheld_fields=list(record.withheld),
+        requested_at=timestamp(record.requested_at),
+    )
+    if record.refusal_reason is not None:
+        reason = Refusal(record.refusal_reason)
+        message.refusal_reason = disclosure.refusal_to_proto(reason)
+        message.refusal_message = record.refusal_message or ""
+    if record.decided_by is not None and record.decided_at is not None:
+        message.decisions.add(
+            officer=record.decided_by,
+            approved=bool(record.decision_approved),
+            note=record.decision_note or "",
+            decided_at=timestamp(record.decided_at),
+        )
+    if record.finished_at is not None:
+        message.decided_at.CopyFrom(timestamp(record.finished_at))
+    return message
+
+
 # --- the servicer -------------------------------------------------------------------------
 
 
@@ -566,15 +637,17 @@ class NodeApiContext:
 
     party: str
     store: NodeStore
-    covenant: Covenant
+    #: The covenant held now (a ``HeldCovenant``): read on every call, so updates count.
+    covenant: Callable[[], Covenant]
     attribute_key: AttributeKey
     #: The uplink's live status; None when no uplink runs (tests, offline tools).
     uplink_status: Callable[[], UplinkStatus | None] = lambda: None
     #: Tells the uplink there is work (new signals, withdrawals).
     wake_uplink: Callable[[], None] = lambda: None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    default_retention: timedelta = DEFAULT_RETENTION
     bell: HitBell = field(default_factory=HitBell)
+    #: Asks, approves and denies disclosures; None on a node without its keys (tests).
+    disclosures: DisclosureDesk | None = None
     #: The broker address to report; the covenant's when empty.
     broker_address: str = ""
 
@@ -601,7 +674,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         new, errors = parse_signal(
             request.signal,
             now=now,
-            default_retention=self._ctx.default_retention,
+            covenant=self._ctx.covenant(),
             prefix="signal.",
         )
         if errors:
@@ -628,10 +701,11 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
                 field="signals",
             )
         now = self._now()
+        covenant = self._ctx.covenant()
         results = [node_pb2.ImportRowResult(index=i) for i in range(len(rows))]
         valid: dict[int, NewSignal] = {}
         for i, row in enumerate(rows):
-            new, errors = parse_signal(row, now=now, default_retention=self._ctx.default_retention)
+            new, errors = parse_signal(row, now=now, covenant=covenant)
             if errors:
                 results[i].errors.extend(_field_error(e) for e in errors)
             else:
@@ -815,32 +889,87 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             if len(records) < WATCH_PAGE:
                 bell.wait(rings, WATCH_POLL_SECONDS, stop=gone)
 
-    # --- not in this version -----------------------------------------------------------------
+    # --- disclosures ---------------------------------------------------------------------------
+
+    def _desk(self) -> DisclosureDesk:
+        if self._ctx.disclosures is None:
+            raise ConfigurationError(
+                "this node runs without its party keys: it cannot ask or answer disclosures",
+                field="disclosures",
+            )
+        return self._ctx.disclosures
 
     def RequestDisclosure(
         self, request: node_pb2.RequestDisclosureRequest, context: grpc.ServicerContext
     ) -> node_pb2.RequestDisclosureResponse:
-        raise NotInThisVersion(_DISCLOSURES, reason="disclosure.not_in_this_version")
+        record = self._desk().ask(
+            hit_group_id=request.hit_group_id,
+            owner=request.owner,
+            signal_ref=request.signal_ref,
+            purpose=request.purpose,
+            fields=list(request.fields),
+            officer=request.officer,
+            justification=request.justification,
+        )
+        return node_pb2.RequestDisclosureResponse(disclosure=disclosure_to_proto(record))
 
     def ListDisclosures(
         self, request: node_pb2.ListDisclosuresRequest, context: grpc.ServicerContext
     ) -> node_pb2.ListDisclosuresResponse:
-        raise NotInThisVersion(_DISCLOSURES, reason="disclosure.not_in_this_version")
+        direction: DisclosureDirection | None = None
+        if request.direction != node_pb2.DISCLOSURE_DIRECTION_UNSPECIFIED:
+            direction = _PROTO_DIRECTIONS.get(request.direction)
+            if direction is None:
+                raise UnknownType("unknown disclosure direction", field="direction")
+        state: DisclosureState | None = None
+        if request.state != node_pb2.DISCLOSURE_STATE_UNSPECIFIED:
+            state = _PROTO_DISCLOSURE_STATES.get(request.state)
+            if state is None:
+                raise UnknownType("unknown disclosure state", field="state")
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if size > MAX_PAGE_SIZE:
+            raise InvalidInput(f"at most {MAX_PAGE_SIZE} per page", field="page_size")
+        before: int | None = None
+        if request.page_token:
+            token = request.page_token
+            if not token.isascii() or not token.isdigit() or len(token) > 19:
+                raise InvalidInput("not a page token of this API", field="page_token")
+            before = int(token)
+        records = self._store.disclosures(direction, state, limit=size, before_id=before)
+        response = node_pb2.ListDisclosuresResponse(
+            disclosures=[disclosure_to_proto(r) for r in records]
+        )
+        if len(records) == size:
+            response.next_page_token = str(records[-1].id)
+        return response
 
     def GetDisclosure(
         self, request: node_pb2.GetDisclosureRequest, context: grpc.ServicerContext
     ) -> node_pb2.GetDisclosureResponse:
-        raise NotInThisVersion(_DISCLOSURES, reason="disclosure.not_in_this_version")
+        if len(request.request_id) != ID_BYTES:
+            raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+        record = self._store.disclosure(request.request_id)
+        if record is None:
+            raise NotFound("no disclosure request with this id", field="request_id")
+        return node_pb2.GetDisclosureResponse(disclosure=disclosure_to_proto(record))
 
     def ApproveDisclosure(
         self, request: node_pb2.ApproveDisclosureRequest, context: grpc.ServicerContext
     ) -> node_pb2.ApproveDisclosureResponse:
-        raise NotInThisVersion(_DISCLOSURES, reason="disclosure.not_in_this_version")
+        record = self._desk().approve(
+            request.request_id, officer=request.officer, note=request.note
+        )
+        return node_pb2.ApproveDisclosureResponse(disclosure=disclosure_to_proto(record))
 
     def DenyDisclosure(
         self, request: node_pb2.DenyDisclosureRequest, context: grpc.ServicerContext
     ) -> node_pb2.DenyDisclosureResponse:
-        raise NotInThisVersion(_DISCLOSURES, reason="disclosure.not_in_this_version")
+        record = self._desk().deny(
+            request.request_id, officer=request.officer, reason=request.reason
+        )
+        return node_pb2.DenyDisclosureResponse(disclosure=disclosure_to_proto(record))
+
+    # --- not in this version -----------------------------------------------------------------
 
     def PictureCollect(
         self, request: node_pb2.PictureCollectRequest, context: grpc.ServicerContext
@@ -897,7 +1026,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
     def GetStatus(
         self, request: node_pb2.GetStatusRequest, context: grpc.ServicerContext
     ) -> node_pb2.GetStatusResponse:
-        covenant = self._ctx.covenant
+        covenant = self._ctx.covenant()
         counts = self._store.status_counts()
         response = node_pb2.GetStatusResponse(
             party=self._ctx.party,
@@ -910,8 +1039,14 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             outbox_pending=counts.outbox_entries,
             open_hits=counts.open_hits,
             mailbox_acked_cursor=counts.mailbox_cursor,
-            pending_approvals=0,
+            pending_approvals=self._store.pending_approvals(),
+            covenant_valid_until=timestamp(covenant.valid_until),
         )
+        if not covenant.is_party(self._ctx.party):
+            response.last_error = (
+                f"covenant version {covenant.version} no longer lists {self._ctx.party}: "
+                "nothing is submitted"
+            )
         status = self._ctx.uplink_status()
         holder_channel_open = False
         if status is None:
@@ -925,10 +1060,12 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
                 if connected
                 else node_pb2.BROKER_CONNECTION_CONNECTING
             )
-            response.last_error = last_error
+            response.last_error = last_error or response.last_error
             if last_contact is not None:
                 response.last_connected.CopyFrom(timestamp(last_contact))
-        seats = covenant.holder_seats_for(self._ctx.party)
+        seats = (
+            covenant.holder_seats_for(self._ctx.party) if covenant.is_party(self._ctx.party) else ()
+        )
         if seats:
             totals = self._store.holder_totals()
             response.key_holder.CopyFrom(

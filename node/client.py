@@ -20,6 +20,14 @@ reached, ...)::
         report = node.import_signals(rows)          # rows: SignalInput, per-row report
         for hit in node.watch_hits(after_feed_seq=last_seen):
             ...                                     # resume with hit.sequence
+        asked = node.request_disclosure(hit.group_id, "politie", ref, "bibob",
+                                        ["naam"], officer="j.jansen@gemeente.nl")
+        node.disclosure(asked.request_id).released_fields   # once granted
+
+Disclosures follow the covenant: the owner's node answers with exactly the
+fields its release rule allows, a refusal with its reason, or -- where the
+rule needs four eyes -- first a pending state until a second officer of the
+owner approves (:meth:`NodeClient.approve_disclosure`).
 
 Raw identifiers travel only over this local connection; the node turns them
 into tokens before anything leaves it. Nothing here logs an identifier.
@@ -40,7 +48,14 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from samenloop.node.identifiers import Identifier, IdentifierType, identifier_type, parse
-from samenloop.node.models import AreaKind, HitKind, HitState, SignalState
+from samenloop.node.models import (
+    AreaKind,
+    DisclosureDirection,
+    DisclosureState,
+    HitKind,
+    HitState,
+    SignalState,
+)
 from samenloop.policies.config import load_node_config
 from samenloop.policies.errors import (
     ConfigurationError,
@@ -49,10 +64,11 @@ from samenloop.policies.errors import (
     UnknownType,
 )
 from samenloop.policies.rpc import error_from_rpc
-from samenloop.v1 import broker_pb2, common_pb2, node_pb2, node_pb2_grpc
+from samenloop.v1 import broker_pb2, common_pb2, disclosure_pb2, node_pb2, node_pb2_grpc
 
 __all__ = [
     "RESTORABLE_TYPES",
+    "Disclosure",
     "Hit",
     "HitMember",
     "HitVisibility",
@@ -60,6 +76,7 @@ __all__ = [
     "KeyHolderStatus",
     "NodeClient",
     "NodeStatus",
+    "OfficerDecision",
     "OwnSignal",
     "RowError",
     "RowResult",
@@ -99,6 +116,18 @@ _HIT_KINDS: Final[dict[int, HitKind]] = {
 _AREA_KINDS: Final[dict[int, AreaKind]] = {
     node_pb2.AreaKind.Value(f"AREA_KIND_{k.name}"): k for k in AreaKind
 }
+_DIRECTION_TO_PROTO: Final = {
+    d: node_pb2.DisclosureDirection.Value(f"DISCLOSURE_DIRECTION_{d.name}")
+    for d in DisclosureDirection
+}
+_DIRECTIONS: Final[dict[int, DisclosureDirection]] = {v: d for d, v in _DIRECTION_TO_PROTO.items()}
+_DISCLOSURE_STATE_TO_PROTO: Final = {
+    s: node_pb2.DisclosureState.Value(f"DISCLOSURE_STATE_{s.name}") for s in DisclosureState
+}
+_DISCLOSURE_STATES: Final[dict[int, DisclosureState]] = {
+    v: s for s, v in _DISCLOSURE_STATE_TO_PROTO.items()
+}
+_PREFIX: Final = "DISCLOSURE_REFUSAL_REASON_"
 _CONNECTIONS: Final = {
     node_pb2.BROKER_CONNECTION_CONNECTED: "connected",
     node_pb2.BROKER_CONNECTION_CONNECTING: "connecting",
@@ -309,7 +338,88 @@ class NodeStatus:
     key_holder: KeyHolderStatus | None
 
 
+@dataclass(frozen=True, slots=True)
+class OfficerDecision:
+    """A second officer's decision on a pending incoming request (four eyes)."""
+
+    officer: str
+    approved: bool
+    note: str
+    decided_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Disclosure:
+    """A disclosure request as this node knows it, outgoing (asked) or incoming (answered).
+
+    ``released_fields``: for an outgoing request that was granted, the details
+    received; for an incoming one, the names of the fields released (values
+    empty: the node keeps no copy). ``refusal_reason`` is the covenant's
+    reason in lower case (``not_allowed``, ``replay``, ...), or None.
+    """
+
+    request_id: bytes
+    direction: DisclosureDirection
+    state: DisclosureState
+    requester: str
+    owner: str
+    hit_group_id: bytes
+    signal_ref: bytes
+    signal_id: str | None
+    purpose: str
+    requested_fields: tuple[str, ...]
+    requester_officer: str
+    justification: str
+    released_fields: Mapping[str, str]
+    withheld_fields: tuple[str, ...]
+    refusal_reason: str | None
+    refusal_message: str
+    decisions: tuple[OfficerDecision, ...]
+    requested_at: datetime | None
+    decided_at: datetime | None
+
+    def __repr__(self) -> str:
+        return (
+            f"Disclosure(request_id={self.request_id.hex()!r}, "
+            f"direction={self.direction.value}, state={self.state.value})"
+        )
+
+    @property
+    def request_hex(self) -> str:
+        return self.request_id.hex()
+
+
 # --- conversions ------------------------------------------------------------------------------
+
+
+def _disclosure(message: node_pb2.Disclosure) -> Disclosure:
+    reason_name = disclosure_pb2.DisclosureRefusalReason.Name(message.refusal_reason)
+    return Disclosure(
+        request_id=message.request_id,
+        direction=_DIRECTIONS.get(message.direction, DisclosureDirection.OUTGOING),
+        state=_DISCLOSURE_STATES.get(message.state, DisclosureState.SENT),
+        requester=message.requester,
+        owner=message.owner,
+        hit_group_id=message.hit_group_id,
+        signal_ref=message.signal_ref,
+        signal_id=message.signal_id or None,
+        purpose=message.purpose,
+        requested_fields=tuple(message.requested_fields),
+        requester_officer=message.requester_officer,
+        justification=message.justification,
+        released_fields=MappingProxyType(dict(message.released_fields)),
+        withheld_fields=tuple(message.withheld_fields),
+        refusal_reason=None
+        if message.refusal_reason == disclosure_pb2.DISCLOSURE_REFUSAL_REASON_UNSPECIFIED
+        else reason_name.removeprefix(_PREFIX).lower(),
+        refusal_message=message.refusal_message,
+        decisions=tuple(
+            OfficerDecision(d.officer, d.approved, d.note, _time(d.decided_at))
+            for d in message.decisions
+        ),
+        requested_at=_time(message.requested_at),
+        decided_at=_time(message.decided_at),
+    )
 
 
 def _time(stamp: timestamp_pb2.Timestamp) -> datetime | None:
@@ -722,6 +832,95 @@ class NodeClient:
         watch = HitWatch(iter(call), call.cancel)
         self._watches.add(watch)
         return watch
+
+    # --- disclosures -------------------------------------------------------------------------
+
+    def request_disclosure(
+        self,
+        hit_group_id: bytes,
+        owner: str,
+        signal_ref: bytes,
+        purpose: str,
+        fields: Sequence[str],
+        *,
+        officer: str,
+        justification: str = "",
+    ) -> Disclosure:
+        """Ask ``owner`` for the ``fields`` of its signal ``signal_ref`` in a hit this node
+        holds, for ``purpose`` (one of the covenant's). Returns the request as sent
+        (state ``sent``); the answer arrives later (see :meth:`disclosure`).
+
+        Refused locally, naming the field, before anything is sent: an unknown hit
+        (``NotFound``, ``hit_group_id``), an owner or ref the hit does not show, an
+        unknown purpose, no fields or too many (``InvalidInput``).
+        """
+        response = self._call(
+            self._stub.RequestDisclosure,
+            node_pb2.RequestDisclosureRequest(
+                hit_group_id=hit_group_id,
+                owner=owner,
+                signal_ref=signal_ref,
+                purpose=purpose,
+                fields=list(fields),
+                officer=officer,
+                justification=justification,
+            ),
+        )
+        return _disclosure(response.disclosure)
+
+    def disclosures(
+        self,
+        direction: DisclosureDirection | str | None = None,
+        state: DisclosureState | str | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[Disclosure]:
+        """Disclosure requests, newest first; only one direction or state if given
+        (``state="pending_approval", direction="incoming"``: what waits for an officer)."""
+        request = node_pb2.ListDisclosuresRequest(
+            direction=node_pb2.DISCLOSURE_DIRECTION_UNSPECIFIED
+            if direction is None
+            else _DIRECTION_TO_PROTO[DisclosureDirection(direction)],
+            state=node_pb2.DISCLOSURE_STATE_UNSPECIFIED
+            if state is None
+            else _DISCLOSURE_STATE_TO_PROTO[DisclosureState(state)],
+        )
+        found: list[Disclosure] = []
+        while limit is None or len(found) < limit:
+            request.page_size = 1000 if limit is None else min(1000, limit - len(found))
+            response = self._call(self._stub.ListDisclosures, request)
+            found += [_disclosure(d) for d in response.disclosures]
+            if not response.next_page_token:
+                break
+            request.page_token = response.next_page_token
+        return found
+
+    def disclosure(self, request_id: bytes) -> Disclosure:
+        """One disclosure request by its id; ``NotFound`` if the node has none."""
+        response = self._call(
+            self._stub.GetDisclosure, node_pb2.GetDisclosureRequest(request_id=request_id)
+        )
+        return _disclosure(response.disclosure)
+
+    def approve_disclosure(self, request_id: bytes, *, officer: str, note: str = "") -> Disclosure:
+        """As a second officer of this node, approve a pending incoming request (four eyes):
+        the node decides again under the covenant of now and answers the requester.
+        ``NotAllowed`` (field ``officer``) for the officer who asked or one who already
+        decided; ``NotAllowed`` (field ``request_id``) if it is not pending."""
+        response = self._call(
+            self._stub.ApproveDisclosure,
+            node_pb2.ApproveDisclosureRequest(request_id=request_id, officer=officer, note=note),
+        )
+        return _disclosure(response.disclosure)
+
+    def deny_disclosure(self, request_id: bytes, *, officer: str, reason: str) -> Disclosure:
+        """As a second officer of this node, deny a pending incoming request; ``reason`` is
+        sent to the requester with the refusal (``denied_by_officer``)."""
+        response = self._call(
+            self._stub.DenyDisclosure,
+            node_pb2.DenyDisclosureRequest(request_id=request_id, officer=officer, reason=reason),
+        )
+        return _disclosure(response.disclosure)
 
     # --- status ----------------------------------------------------------------------------
 

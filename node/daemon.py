@@ -5,6 +5,11 @@ discover the hard way — the party is in the covenant, the key file is this
 party's, the TLS certificate is valid and names this party, the database is
 at the schema head — and then starts the local API and the uplink. ``serve``
 runs it until SIGTERM or SIGINT and sweeps expired signals meanwhile.
+
+The covenant file holds the signed root version the partner trusts out of
+band; versions accepted since (from the broker's mailbox, verified) are kept in
+the store and replayed over it at start, each checked again against the one
+before. Every component reads the resulting ``HeldCovenant`` on each use.
 """
 
 from __future__ import annotations
@@ -27,12 +32,19 @@ from samenloop.node.store import NodeStore
 from samenloop.node.uplink import Uplink, broker_channel
 from samenloop.policies import certs, database, logs
 from samenloop.policies.config import NodeConfig, load_node_config
-from samenloop.policies.covenant import SealedAttributeKey, load_covenant
+from samenloop.policies.covenant import SealedAttributeKey
 from samenloop.policies.crypto import PartyKeys
-from samenloop.policies.errors import ConfigurationError
+from samenloop.policies.errors import ConfigurationError, CovenantRejected
 from samenloop.policies.process import run_until_signalled
 from samenloop.policies.rpc import ErrorInterceptor
-from samenloop.v1 import node_pb2_grpc
+from samenloop.policies.trust import (
+    HeldCovenant,
+    SignedCovenant,
+    TrustState,
+    check_validity,
+    load_signed_covenant,
+)
+from samenloop.v1 import common_pb2, node_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +83,8 @@ def build_node(
     config: NodeConfig, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 ) -> RunningNode:
     """Check the configuration, open the store, start the local API and the uplink."""
-    covenant = load_covenant(config.covenant)
+    held = HeldCovenant(TrustState(load_signed_covenant(config.covenant)))
+    covenant = held()
     party = config.party
     covenant.party(party)  # NotAllowed if the covenant does not list this party
     keys = PartyKeys.load(config.party_keys)
@@ -90,7 +103,15 @@ def build_node(
 
     engine = database.make_engine(config.database_url)
     database.check_at_head(engine, MIGRATIONS)
-    store = NodeStore(engine)
+    store = NodeStore(engine, owner=party)
+    replay_covenant(held, store)
+    try:
+        check_validity(held(), clock())
+    except CovenantRejected as error:
+        log.warning("the covenant held is not in force", reason=error.reason, why=error.message)
+    covenant = held()
+    if not covenant.is_party(party):
+        log.error("the covenant held no longer lists this party", version=covenant.version)
 
     holder = None
     if config.key_share is not None:
@@ -102,7 +123,7 @@ def build_node(
             share,
             epoch,
             covenant.id,
-            covenant,
+            held,
             used_today={p.id: store.evaluations_on(p.id, today) for p in covenant.parties},
             today=today,
         )
@@ -117,7 +138,7 @@ def build_node(
     uplink = Uplink(
         party=party,
         channel=channel,
-        covenant=covenant,
+        covenant=held,
         keys=keys,
         store=store,
         attribute_key=attribute_key,
@@ -129,12 +150,13 @@ def build_node(
         NodeApiContext(
             party=party,
             store=store,
-            covenant=covenant,
+            covenant=held,
             attribute_key=attribute_key,
             uplink_status=lambda: uplink.status,
             wake_uplink=uplink.wake.set,
             clock=clock,
             bell=bell,
+            disclosures=uplink.disclosures,
         )
     )
     server = grpc.server(
@@ -167,19 +189,43 @@ def build_node(
     return RunningNode(server, address, uplink, store, socket_path)
 
 
+def replay_covenant(held: HeldCovenant, store: NodeStore) -> None:
+    """Re-apply the covenant versions the node accepted since its root, oldest first.
+
+    Each is checked again against the one before (signatures, version order);
+    a stored version that no longer verifies stops the replay there, loudly:
+    the node then holds the last good version.
+    """
+    for data in store.covenant_versions():
+        message = common_pb2.SignedCovenant.FromString(data)
+        try:
+            update = held.replay(SignedCovenant.from_proto(message))
+        except CovenantRejected as error:
+            log.error("a stored covenant version does not verify", reason=error.reason)
+            return
+        if update.changed:
+            log.info("covenant version replayed", version=update.covenant.version)
+
+
 def serve(config_path: Path) -> int:
     """Run the node until SIGTERM or SIGINT."""
     config = load_node_config(config_path)
     logs.configure(config.log_level)
     running = build_node(config)
+    # Checkpoints of the audit log are signed with the party's key, each sweep and at the end.
+    keys = PartyKeys.load(config.party_keys)
 
     def sweep() -> None:
         if running.store.expire_signals(datetime.now(UTC)):
             running.uplink.wake.set()
+        running.store.audit_checkpoint(keys, now=datetime.now(UTC))
 
     run_until_signalled(SWEEP_SECONDS, sweep)
     log.info("node stopping")
     running.stop()
+    # After the servers stopped, so the last checkpoint covers every entry; then close again.
+    running.store.audit_checkpoint(keys, now=datetime.now(UTC))
+    running.store.engine.dispose()
     return 0
 
 

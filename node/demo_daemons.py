@@ -42,7 +42,7 @@ CATEGORIES = {
     "gemeente": "vastgoedmisbruik",
     "politie": "drugsproductie",
     "belastingdienst": "witwasindicatie",
-    "woningcorporatie": "woon- en adresfraude",
+    "woningcorporatie": "woonfraude",
 }
 #: The gemeente's spreadsheet stored BSNs as numbers and dropped leading zeros.
 LEADING_ZEROS_DROPPED = {"gemeente": frozenset({IdentifierType.BSN})}

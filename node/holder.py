@@ -36,7 +36,7 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
@@ -52,7 +52,8 @@ from samenloop.node.evaluation import (
     check_responding_set,
 )
 from samenloop.node.threshold import KeyEpoch, Share
-from samenloop.policies import crypto
+from samenloop.policies import crypto, rules
+from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import (
     ConfigurationError,
@@ -60,6 +61,7 @@ from samenloop.policies.errors import (
     InvalidSignature,
     LocalError,
     NotAllowed,
+    QuotaExceeded,
 )
 from samenloop.v1 import common_pb2, keyholder_pb2
 
@@ -101,9 +103,13 @@ class KeyHolder:
     """One holder's seat in one key epoch, answering evaluation requests.
 
     ``daily_quota`` is the number of elements each requesting party may have
-    evaluated per UTC day. The state (replay cache, counters) is in memory and
-    guarded by a lock, so the transport may call ``handle`` from several
-    threads; the evaluation itself runs outside the lock.
+    evaluated per UTC day. ``directory`` may be a callable that gives the
+    covenant held now (``HeldCovenant``): then parties and keys are looked up
+    in the current version, and without an explicit ``daily_quota`` the quota
+    is its ``oprf_evaluations_per_day``, so an update takes effect at once.
+    The state (replay cache, counters) is in memory and guarded by a lock, so
+    the transport may call ``handle`` from several threads; the evaluation
+    itself runs outside the lock.
     """
 
     def __init__(
@@ -112,9 +118,9 @@ class KeyHolder:
         share: Share,
         epoch: KeyEpoch,
         covenant_id: str,
-        directory: Directory,
+        directory: Directory | Callable[[], Covenant],
         *,
-        daily_quota: int = DEFAULT_DAILY_QUOTA,
+        daily_quota: int | None = None,
         used_today: Mapping[str, int] | None = None,
         today: date | None = None,
     ) -> None:
@@ -132,7 +138,7 @@ class KeyHolder:
             )
         if not crypto.equal(share.commitment, seat.commitment):
             raise ConfigurationError("share does not match its commitment", field="share")
-        if daily_quota < 0:
+        if daily_quota is not None and daily_quota < 0:
             raise ConfigurationError("daily quota must not be negative", field="daily_quota")
         self._keys = keys
         self._share = share
@@ -140,6 +146,8 @@ class KeyHolder:
         self._covenant_id = covenant_id
         self._directory = directory
         self._daily_quota = daily_quota
+        if daily_quota is None and not callable(directory):
+            self._daily_quota = DEFAULT_DAILY_QUOTA
         self._lock = threading.Lock()
         self._answered: set[tuple[str, bytes, int]] = set()
         self._expiries: list[tuple[datetime, tuple[str, bytes, int]]] = []
@@ -171,7 +179,14 @@ class KeyHolder:
 
     @property
     def daily_quota(self) -> int:
-        return self._daily_quota
+        """The quota in force: the one given, else the current covenant's."""
+        if self._daily_quota is not None:
+            return self._daily_quota
+        assert callable(self._directory)
+        return self._directory().policy.quotas.oprf_evaluations_per_day
+
+    def _parties(self) -> Directory:
+        return self._directory() if callable(self._directory) else self._directory
 
     @property
     def served(self) -> Mapping[str, int]:
@@ -245,10 +260,11 @@ class KeyHolder:
                 RefusalReason.BAD_SIGNATURE,
                 f"context is {signed.context[:MAX_PARTY_ID_BYTES]!r}, not oprf-request",
             )
-        if not self._directory.is_party(requester):
+        directory = self._parties()
+        if not directory.is_party(requester):
             raise _Refuse(RefusalReason.UNKNOWN_PARTY, "requester is not a party of the covenant")
         try:
-            public = self._directory.public_keys(requester)
+            public = directory.public_keys(requester)
             crypto.verify(
                 public.ed25519,
                 SignatureContext.OPRF_REQUEST,
@@ -375,6 +391,7 @@ class KeyHolder:
         day: date,
         now: datetime,
     ) -> None:
+        quota = self.daily_quota
         with self._lock:
             while self._expiries and self._expiries[0][0] < now:
                 _, expired = heapq.heappop(self._expiries)
@@ -385,13 +402,19 @@ class KeyHolder:
                 self._day = day
                 self._used_today = {}
             used = self._used_today.get(request.requester, 0)
-            if used + count > self._daily_quota:
+            try:
+                # Used up, or this request would go past it: the quota counts elements.
+                rules.check_quota(used, quota, what="OPRF evaluations", field="blinded_elements")
+                rules.check_quota(
+                    used + count - 1, quota, what="OPRF evaluations", field="blinded_elements"
+                )
+            except QuotaExceeded as error:
                 resets = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
                 raise _Refuse(
                     RefusalReason.QUOTA_EXCEEDED,
-                    f"quota of {self._daily_quota} evaluations per UTC day: {used} used, "
+                    f"quota of {quota} evaluations per UTC day: {used} used, "
                     f"{count} asked; resets at {resets.isoformat()}",
-                )
+                ) from error
             self._answered.add(key)
             heapq.heappush(self._expiries, (request.issued_at + MAX_REQUEST_AGE, key))
             self._used_today[request.requester] = used + count

@@ -4,13 +4,15 @@ What the administrators of a real covenant do step by step with the CLI
 (``node keygen``, ``keyholder deal`` and ``accept``, certificate issuing), done
 at once for the demo and for tests. Every party gets its own directory with
 owner-only secrets; the OPRF key is dealt t-of-n to the holders and never
-written whole; the covenant file lists parties, keys, the CA, the key epoch
-and the minimum parties per hit.
+written whole; the covenant lists parties, keys, the CA, the key epoch and the
+rules (``example_policy`` unless the caller gives its own), and is signed by
+the covenant's signers (``signers``, their keys under ``ROOT/admin/``).
 
 Layout::
 
     ROOT/ca/ca.pem, ca.key
-    ROOT/covenant.toml
+    ROOT/admin/<signer>.json (signers' key files)
+    ROOT/covenant.toml (the draft), covenant.json (signed: what the daemons trust)
     ROOT/broker/broker.toml, tls.pem, tls.key, signing-keys.json, data/
     ROOT/<party>/node.toml, tls.pem, tls.key, party-keys.json,
                  attribute-key.json, key-share.json (holders only), data/
@@ -25,8 +27,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from samenloop.node import keysetup
-from samenloop.policies import certs, config, covenant
+from samenloop.policies import certs, config, covenant, trust
+from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys
+from samenloop.policies.policy import Policy, Signer, Signing, example_policy
+
+#: The demo's and tests' covenant signers: two administrators, both must sign.
+DEFAULT_SIGNERS = (
+    ("beheer-riec", "RIEC covenant administrator"),
+    ("beheer-partners", "Partners' covenant administrator"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +56,23 @@ class Provisioned:
     covenant: covenant.Covenant
     broker_config: Path
     node_configs: dict[str, Path]
+    signer_keys: dict[str, Path]
 
     def party_dir(self, party: str) -> Path:
         return self.root / party
+
+    @property
+    def signed_covenant(self) -> Path:
+        return self.root / "covenant.json"
+
+    def sign(self, draft: Covenant) -> trust.SignedCovenant:
+        """``draft`` signed by every signer of the held covenant and of ``draft``."""
+        signed = trust.SignedCovenant.of(draft)
+        for signer in {*draft.signing.signers, *self.covenant.signing.signers}:
+            path = self.signer_keys.get(signer.id)
+            if path is not None and draft.signing.signer(signer.id) is not None:
+                signed = trust.sign_covenant(signed, signer.id, PartyKeys.load(path).signing_key)
+        return signed
 
 
 def free_port() -> int:
@@ -67,6 +91,8 @@ def provision(
     *,
     now: datetime,
     min_parties: int = 2,
+    policy: Policy | None = None,
+    valid_for: timedelta = timedelta(days=365),
     broker_id: str = "broker",
     broker_port: int | None = None,
     api_tcp: bool = False,
@@ -96,11 +122,26 @@ def provision(
         opened = keysetup.open_share(share, key_epoch, keys[share.holder])
         keysetup.save_share(root / share.holder / "key-share.json", key_epoch, opened)
 
+    signer_keys = {}
+    for signer_id, _name in DEFAULT_SIGNERS:
+        signer_keys[signer_id] = root / "admin" / f"{signer_id}.json"
+        PartyKeys.generate(signer_id).save(signer_keys[signer_id])
+    signing = Signing(
+        threshold=len(DEFAULT_SIGNERS),
+        signers=tuple(
+            Signer(id=i, name=name, ed25519=PartyKeys.load(signer_keys[i]).public().ed25519)
+            for i, name in DEFAULT_SIGNERS
+        ),
+    )
+
     attribute_key = covenant.new_attribute_key(covenant_id, 1)
     the_covenant = covenant.Covenant(
         id=covenant_id,
         version=1,
-        min_parties=min_parties,
+        valid_from=now - timedelta(minutes=5),
+        valid_until=now + valid_for,
+        signing=signing,
+        policy=policy or example_policy(min_parties=min_parties),
         broker=covenant.BrokerInfo(
             id=broker_id, address=address, ed25519=broker_keys.public().ed25519
         ),
@@ -122,8 +163,12 @@ def provision(
         ca_certificate=ca.cert_pem,
         attribute_key_version=attribute_key.version,
     )
-    covenant_path = root / "covenant.toml"
-    covenant_path.write_bytes(covenant.covenant_to_toml(the_covenant))
+    (root / "covenant.toml").write_bytes(covenant.covenant_to_toml(the_covenant))
+    signed = trust.SignedCovenant.of(the_covenant)
+    for signer_id, path in signer_keys.items():
+        signed = trust.sign_covenant(signed, signer_id, PartyKeys.load(path).signing_key)
+    covenant_path = root / "covenant.json"
+    covenant_path.write_bytes(signed.to_json())
 
     broker_dir = root / "broker"
     issued = ca.issue_broker(broker_id, ["localhost", "127.0.0.1"], now=now)
@@ -176,4 +221,5 @@ def provision(
         covenant=the_covenant,
         broker_config=broker_config_path,
         node_configs=node_configs,
+        signer_keys=signer_keys,
     )

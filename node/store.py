@@ -30,6 +30,7 @@ Randomness (signal refs, batch ids) is injectable, time is always an argument.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import secrets
@@ -60,31 +61,48 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from samenloop.node import models
+from samenloop.node.disclosure import Outcome, ResponseUpdate, SignalFacts, Verdict
 from samenloop.node.identifiers import Identifier, IdentifierType
 from samenloop.node.models import (
     AreaKind,
     BatchKind,
+    DisclosureDirection,
+    DisclosureState,
     HitKind,
     HitState,
     IdentifierState,
     SignalState,
 )
+from samenloop.policies import audit_store
+from samenloop.policies.audit import AuditEntry, AuditKind, Checkpoint, CheckpointSigner
 from samenloop.policies.database import READ_ONLY
-from samenloop.policies.errors import InvalidInput, MessageTooLarge, NotFound, Replay, UnknownType
+from samenloop.policies.errors import (
+    InvalidInput,
+    MessageTooLarge,
+    NotAllowed,
+    NotFound,
+    Replay,
+    UnknownType,
+)
+from samenloop.policies.rules import Refusal
 from samenloop.v1 import common_pb2
 
 __all__ = [
     "MIGRATIONS",
     "CoarseAttributes",
+    "DisclosureRecord",
     "HitRecord",
     "HolderTotals",
     "IdentifierRecord",
+    "NewDisclosure",
     "NewSignal",
     "NodeStore",
     "OutboxBatch",
     "OutboxEntry",
     "OwnSignal",
+    "PendingEnvelope",
     "PendingIdentifier",
+    "SealedEnvelope",
     "SignalRecord",
     "StatusCounts",
 ]
@@ -108,6 +126,8 @@ _OUTBOX_LOCK: Final = 0x736D6C706E6F6465
 # Values per "IN (...)": well under SQLite's bound-parameter limit.
 _CHUNK: Final = 1000
 _INBOX_ROW: Final = 1
+# Refs an add_signals entry lists by name; beyond this only their digest.
+_AUDIT_REFS: Final = 64
 # Element types of the PostgreSQL arrays that ``_among`` binds, by column type.
 _ARRAY_TYPES: Final[dict[type[Any], Any]] = {
     BigInteger: BigInteger(),
@@ -293,6 +313,88 @@ class HolderTotals:
     requests_refused: int
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class NewDisclosure:
+    """A disclosure request to record: what was asked, by whom, of whom, about which ref."""
+
+    request_id: bytes
+    requester: str
+    owner: str
+    hit_group_id: bytes | None
+    signal_ref: bytes
+    purpose: str
+    fields: tuple[str, ...]
+    officer: str
+    justification: str
+    covenant_version: int
+    requested_at: datetime
+
+    def __repr__(self) -> str:
+        return f"NewDisclosure(requester={self.requester!r}, owner={self.owner!r})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SealedEnvelope:
+    """A serialized ``Sealed`` for the envelope outbox, with its idempotency id."""
+
+    message_id: bytes
+    recipient: str
+    sealed: bytes
+
+    def __repr__(self) -> str:
+        return f"SealedEnvelope(recipient={self.recipient!r}, bytes={len(self.sealed)})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class DisclosureRecord:
+    """A stored disclosure request. ``released`` holds, for an outgoing request, the
+    details received; for an incoming one, the names of the fields released, each
+    mapped to ``""`` (the node keeps no copy of what it released)."""
+
+    id: int
+    request_id: bytes
+    direction: DisclosureDirection
+    state: DisclosureState
+    requester: str
+    owner: str
+    hit_group_id: bytes | None
+    signal_ref: bytes
+    signal_id: int | None
+    purpose: str
+    requested_fields: tuple[str, ...]
+    requester_officer: str
+    justification: str
+    covenant_version: int
+    released: Mapping[str, str]
+    withheld: tuple[str, ...]
+    rule_category: str | None
+    refusal_reason: str | None
+    refusal_message: str | None
+    decided_by: str | None
+    decision_approved: bool | None
+    decision_note: str | None
+    decided_at: datetime | None
+    requested_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    def __repr__(self) -> str:
+        return (
+            f"DisclosureRecord(id={self.id}, direction={self.direction.value}, "
+            f"state={self.state.value})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEnvelope:
+    """An envelope in the outbox, waiting for the broker's acknowledgement."""
+
+    message_id: bytes
+    recipient: str
+    sealed: bytes
+
+
 # --- checks ---------------------------------------------------------------------------
 
 
@@ -405,11 +507,18 @@ class NodeStore:
     """The node's signals, outbox, hit inbox and feed, mailbox cursor and holder counters."""
 
     def __init__(
-        self, engine: Engine, *, random_bytes: Callable[[int], bytes] = secrets.token_bytes
+        self,
+        engine: Engine,
+        *,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        owner: str = "node",
     ) -> None:
+        """``owner`` is the node's party id: the actor of the audit entries the store
+        records on its own (signals added, withdrawn and expired, hits stored)."""
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
         self._random = random_bytes
+        self._owner = owner
 
     @property
     def engine(self) -> Engine:
@@ -491,6 +600,21 @@ class NodeStore:
             ids = self._insert_signals(conn, [signals[i] for i in new], now, import_batch)
             stored = {r.id: r for r in self._load_signals(conn, ids)}
             by_reference = {signals[i].reference: stored[ids[k]] for k, i in enumerate(new)}
+            if ids:
+                refs = sorted(i.signal_ref for r in stored.values() for i in r.identifiers)
+                self.append_audit(
+                    conn,
+                    kind=AuditKind.SIGNAL_ADDED,
+                    subject=[ref.hex() for ref in refs] if len(refs) <= _AUDIT_REFS else (),
+                    details={
+                        "signals": len(ids),
+                        "identifiers": len(refs),
+                        "unchanged": len(signals) - len(ids),
+                        "imported": import_batch is not None,
+                        "refs_sha256": hashlib.sha256(b"".join(refs)).hexdigest(),
+                    },
+                    now=now,
+                )
         results: list[SignalRecord] = []
         for i, signal in enumerate(signals):
             if signal.reference in existing:
@@ -586,6 +710,14 @@ class NodeStore:
             if found.state == SignalState.ACTIVE.value:
                 self._end_signals(conn, [found.id], SignalState.WITHDRAWN, now)
             (record,) = self._load_signals(conn, [found.id])
+            if found.state == SignalState.ACTIVE.value:
+                self.append_audit(
+                    conn,
+                    kind=AuditKind.SIGNAL_WITHDRAWN,
+                    subject=[i.signal_ref.hex() for i in record.identifiers],
+                    details={"identifiers": len(record.identifiers)},
+                    now=now,
+                )
         return record
 
     def expire_signals(self, now: datetime, *, limit: int = 10_000) -> int:
@@ -607,6 +739,10 @@ class NodeStore:
                 ).scalars()
             )
             self._end_signals(conn, ids, SignalState.EXPIRED, now)
+            if ids:
+                self.append_audit(
+                    conn, kind=AuditKind.SIGNAL_EXPIRED, details={"signals": len(ids)}, now=now
+                )
         return len(ids)
 
     def _end_signals(
@@ -684,10 +820,12 @@ class NodeStore:
     # --- tokens and the outbox ---------------------------------------------------------
 
     def pending_identifiers(
-        self, limit: int, *, now: datetime | None = None
+        self, limit: int, *, now: datetime | None = None, types: Sequence[str] | None = None
     ) -> list[PendingIdentifier]:
         """Identifiers of active signals that wait for a token, oldest first. With ``now``,
-        signals that have expired by then are left out (the expiry sweep ends them)."""
+        signals that have expired by then are left out (the expiry sweep ends them); with
+        ``types``, only identifiers of those types (the covenant's matching types: the
+        others stay local, pending until a covenant version matches them)."""
         si = models.SignalIdentifier
         moment = None if now is None else _utc(now)
         found: list[PendingIdentifier] = []
@@ -698,7 +836,11 @@ class NodeStore:
             while len(found) < limit:
                 rows = conn.execute(
                     select(si.id, si.signal_id, si.type, si.canonical)
-                    .where(si.state == IdentifierState.PENDING.value, si.id > after)
+                    .where(
+                        si.state == IdentifierState.PENDING.value,
+                        si.id > after,
+                        *(() if types is None else (si.type.in_(list(types)),)),
+                    )
                     .order_by(si.id)
                     .limit(limit)
                 ).all()
@@ -975,6 +1117,13 @@ class NodeStore:
                 ).scalars()
             )
             submit = batch.kind == BatchKind.SUBMIT.value
+            self.append_audit(
+                conn,
+                kind=AuditKind.TOKEN_SUBMISSION if submit else AuditKind.TOKEN_WITHDRAWAL,
+                subject=[client_batch_id.hex()],
+                details={"entries": len(members), "accepted": acked},
+                now=now,
+            )
             before = IdentifierState.TOKENISED if submit else IdentifierState.WITHDRAW_PENDING
             moving: list[int] = []
             for chunk in _chunks(members):
@@ -1075,6 +1224,13 @@ class NodeStore:
                     ],
                 )
             self._save_inbox(conn, new_cursor, feed_seq)
+            self.append_audit(
+                conn,
+                kind=AuditKind.HIT_NOTICE,
+                subject=[group_id.hex()],
+                details={"kind": kind.value, "revision": revision, "own_refs": len(refs)},
+                now=now,
+            )
         return True
 
     def advance_cursor(self, cursor: int) -> int:
@@ -1287,6 +1443,13 @@ class NodeStore:
         )
         with self._write() as conn:
             conn.execute(statement)
+            self.append_audit(
+                conn,
+                kind=AuditKind.OPRF_EVALUATION,
+                actor=party,
+                details={"elements": evaluated, "refused": refused},
+                now=now,
+            )
 
     def evaluations_on(self, party: str, day: date) -> int:
         """Elements evaluated for ``party`` on a UTC day: what its daily quota counts."""
@@ -1309,6 +1472,524 @@ class NodeStore:
                 )
             ).one()
         return HolderTotals(int(row[0]), int(row[1]), int(row[2]))
+
+    # --- the audit log ----------------------------------------------------------------
+
+    def append_audit(
+        self,
+        conn: Connection,
+        *,
+        kind: AuditKind,
+        subject: Iterable[str] = (),
+        details: Mapping[str, object] | None = None,
+        actor: str | None = None,
+        now: datetime,
+    ) -> AuditEntry:
+        """Append an audit entry inside a transaction of this store (``conn``), so that it
+        commits with the change it records. ``actor`` defaults to the node's party;
+        ``subject`` holds opaque hex ids only, ``details`` non-identifying facts."""
+        return audit_store.append(
+            conn,
+            kind=kind,
+            actor=self._owner if actor is None else actor,
+            subject=subject,
+            details=details,
+            now=_utc(now),
+        )
+
+    def audit_append(
+        self,
+        *,
+        kind: AuditKind,
+        subject: Iterable[str] = (),
+        details: Mapping[str, object] | None = None,
+        actor: str | None = None,
+        now: datetime,
+    ) -> AuditEntry:
+        """Append an audit entry in a transaction of its own (see :meth:`append_audit`)."""
+        with self._write() as conn:
+            return self.append_audit(
+                conn, kind=kind, subject=subject, details=details, actor=actor, now=now
+            )
+
+    def audit_checkpoint(self, signer: CheckpointSigner, *, now: datetime) -> Checkpoint | None:
+        """Sign and store a checkpoint of the log's head (``None`` if there is nothing new)."""
+        with self._write() as conn:
+            return audit_store.checkpoint(conn, signer, now=_utc(now))
+
+    def audit_entries(
+        self,
+        *,
+        kind: AuditKind | None = None,
+        actor: str | None = None,
+        subject: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """Audit entries in order, filtered (``since`` inclusive, ``until`` exclusive)."""
+        with self._read() as conn:
+            return audit_store.read(
+                conn,
+                kind=kind,
+                actor=actor,
+                subject=subject,
+                since=since,
+                until=until,
+                limit=limit,
+            )
+
+    def audit_checkpoints(self) -> list[bytes]:
+        """The stored checkpoints (serialized ``Signed``), smallest first."""
+        with self._read() as conn:
+            return audit_store.checkpoints(conn)
+
+    # --- disclosures and the envelope outbox -------------------------------------------
+    #
+    # Each method is one transaction: a request sent is stored with its envelope; a
+    # mailbox item is processed with the cursor advance (and the answer it causes, in
+    # the envelope outbox); an officer's decision is stored with its answer.
+
+    def record_outgoing(
+        self, request: NewDisclosure, envelope: SealedEnvelope, *, now: datetime
+    ) -> DisclosureRecord:
+        """Store a request this node sends (state ``sent``) and its envelope, together."""
+        now = _utc(now)
+        with self._write() as conn:
+            conn.execute(
+                insert(models.Disclosure).values(
+                    **self._disclosure_values(request, DisclosureDirection.OUTGOING, now),
+                    state=DisclosureState.SENT.value,
+                )
+            )
+            self._queue_envelope(conn, envelope, now)
+            self.append_audit(
+                conn,
+                kind=AuditKind.DISCLOSURE_REQUESTED,
+                subject=[request.request_id.hex()],
+                details={
+                    "owner": request.owner,
+                    "purpose": request.purpose,
+                    "fields": len(request.fields),
+                },
+                now=now,
+            )
+            return self._disclosure_by(conn, request.request_id)
+
+    def receive_request(
+        self,
+        cursor: int,
+        request: NewDisclosure,
+        verdict: Verdict,
+        answer: SealedEnvelope | None,
+        *,
+        now: datetime,
+    ) -> bool:
+        """Record an incoming request with the owner's verdict, queue the answer and advance
+        the mailbox cursor, in one transaction. A replay (a request id already stored)
+        stores nothing of the request; returns whether it was stored."""
+        now = _utc(now)
+        with self._write() as conn:
+            stored_cursor, last_feed_seq = self._lock_inbox(conn)
+            stored = False
+            if verdict.reason is not Refusal.REPLAY:
+                values = self._disclosure_values(request, DisclosureDirection.INCOMING, now)
+                values.update(self._verdict_values(verdict, now))
+                result = conn.execute(
+                    self._insert(models.Disclosure)
+                    .values(**values, signal_id=verdict.signal_id)
+                    .on_conflict_do_nothing(index_elements=["request_id"])
+                )
+                stored = result.rowcount == 1
+            if answer is not None:
+                self._queue_envelope(conn, answer, now)
+            if cursor > stored_cursor:
+                self._save_inbox(conn, cursor, last_feed_seq)
+            self.append_audit(
+                conn,
+                kind=AuditKind.DISCLOSURE_DECISION,
+                actor=request.requester,
+                subject=[request.request_id.hex()],
+                details=self._verdict_audit(verdict, request.purpose),
+                now=now,
+            )
+        return stored
+
+    def decide_pending(
+        self,
+        request_id: bytes,
+        *,
+        officer: str,
+        approved: bool,
+        note: str,
+        verdict: Verdict,
+        answer: SealedEnvelope,
+        now: datetime,
+    ) -> DisclosureRecord:
+        """Store a second officer's decision on a pending incoming request, with the final
+        verdict and its answer. ``NotAllowed`` (field ``request_id``) unless the request
+        is pending, so two officers deciding at once cannot both win."""
+        now = _utc(now)
+        if verdict.outcome is Outcome.PENDING:
+            raise ValueError("an officer's decision is final")
+        d = models.Disclosure
+        with self._write() as conn:
+            result = conn.execute(
+                update(d)
+                .where(
+                    d.request_id == request_id,
+                    d.direction == DisclosureDirection.INCOMING.value,
+                    d.state == DisclosureState.PENDING_APPROVAL.value,
+                )
+                .values(
+                    **self._verdict_values(verdict, now),
+                    decided_by=officer,
+                    decision_approved=approved,
+                    decision_note=note,
+                    decided_at=now,
+                )
+            )
+            if result.rowcount != 1:
+                raise NotAllowed(
+                    "not an incoming request waiting for approval",
+                    field="request_id",
+                    reason="disclosure.not_pending",
+                )
+            self._queue_envelope(conn, answer, now)
+            record = self._disclosure_by(conn, request_id)
+            self.append_audit(
+                conn,
+                kind=AuditKind.DISCLOSURE_APPROVED if approved else AuditKind.DISCLOSURE_DENIED,
+                actor=officer,
+                subject=[request_id.hex()],
+                details=self._verdict_audit(verdict, record.purpose),
+                now=now,
+            )
+            return record
+
+    def apply_response(self, cursor: int, update_: ResponseUpdate, *, now: datetime) -> bool:
+        """Apply an owner's answer to an outgoing request and advance the mailbox cursor, in
+        one transaction. An answer to an unknown request, from another owner, or after a
+        final one changes nothing but the cursor. Granted details are kept only for the
+        fields asked for. Returns whether the request changed."""
+        now = _utc(now)
+        d = models.Disclosure
+        with self._write() as conn:
+            stored_cursor, last_feed_seq = self._lock_inbox(conn)
+            if cursor > stored_cursor:
+                self._save_inbox(conn, cursor, last_feed_seq)
+            row = conn.execute(
+                select(d.state, d.requested_fields).where(
+                    d.request_id == update_.request_id,
+                    d.direction == DisclosureDirection.OUTGOING.value,
+                    d.owner == update_.owner,
+                )
+            ).one_or_none()
+            if row is None or row.state in _FINAL:
+                return False
+            values: dict[str, Any] = {"updated_at": now}
+            if update_.outcome is Outcome.PENDING:
+                values["state"] = DisclosureState.PENDING_APPROVAL.value
+            elif update_.outcome is Outcome.GRANTED:
+                asked = set(json.loads(row.requested_fields))
+                received = {k: v for k, v in (update_.values or {}).items() if k in asked}
+                values.update(
+                    state=DisclosureState.GRANTED.value,
+                    released_fields=_details_json(received),
+                    withheld_fields=json.dumps(sorted(set(update_.withheld) & asked)),
+                    finished_at=now,
+                )
+            else:
+                assert update_.reason is not None
+                values.update(
+                    state=DisclosureState.REFUSED.value,
+                    refusal_reason=update_.reason.value,
+                    refusal_message=update_.message,
+                    finished_at=now,
+                )
+            conn.execute(update(d).where(d.request_id == update_.request_id).values(**values))
+            if update_.outcome is not Outcome.PENDING:
+                self.append_audit(
+                    conn,
+                    kind=AuditKind.DISCLOSURE_RELEASED
+                    if update_.outcome is Outcome.GRANTED
+                    else AuditKind.DISCLOSURE_REFUSED,
+                    actor=update_.owner,
+                    subject=[update_.request_id.hex()],
+                    details={
+                        "outcome": update_.outcome.value,
+                        "reason": "" if update_.reason is None else update_.reason.value,
+                        "released": len(update_.values or {}),
+                    },
+                    now=now,
+                )
+        return True
+
+    def skip_envelope(self, cursor: int, *, what: str, now: datetime) -> None:
+        """Record a mailbox envelope that is dropped unanswered (forged, malformed or of a
+        kind this version does not handle) and advance past it, in one transaction."""
+        now = _utc(now)
+        with self._write() as conn:
+            stored_cursor, last_feed_seq = self._lock_inbox(conn)
+            if cursor > stored_cursor:
+                self._save_inbox(conn, cursor, last_feed_seq)
+            self.append_audit(
+                conn,
+                kind=AuditKind.DISCLOSURE_RECEIVED,
+                details={"dropped": what, "cursor": cursor},
+                now=now,
+            )
+
+    def disclosure_seen(self, request_id: bytes, /) -> bool:
+        """Whether a request with this id is stored (either direction)."""
+        with self._read() as conn:
+            return (
+                conn.execute(
+                    select(models.Disclosure.id).where(models.Disclosure.request_id == request_id)
+                ).first()
+                is not None
+            )
+
+    def signal_facts(self, signal_ref: bytes, /) -> SignalFacts | None:
+        """The signal behind one of this node's refs, for deciding a disclosure."""
+        si, sg = models.SignalIdentifier, models.Signal
+        with self._read() as conn:
+            row = conn.execute(
+                select(sg.id, sg.category, sg.state, sg.details)
+                .join(si, si.signal_id == sg.id)
+                .where(si.signal_ref == signal_ref)
+            ).one_or_none()
+        if row is None:
+            return None
+        return SignalFacts(
+            signal_id=row.id,
+            category=row.category,
+            active=row.state == SignalState.ACTIVE.value,
+            details=MappingProxyType(json.loads(row.details)),
+        )
+
+    def hit_closed(self, group_id: bytes, /) -> bool:
+        """Whether this node's latest notice of the group closed it."""
+        with self._read() as conn:
+            state = conn.execute(
+                select(models.Hit.state).where(models.Hit.group_id == group_id)
+            ).scalar_one_or_none()
+        return state == HitState.CLOSED.value
+
+    def requests_since(self, requester: str, since: datetime, /) -> int:
+        """Incoming requests stored from ``requester`` at or after ``since``."""
+        d = models.Disclosure
+        with self._read() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).where(
+                        d.requester == requester,
+                        d.direction == DisclosureDirection.INCOMING.value,
+                        d.created_at >= _utc(since, "since"),
+                    )
+                ).scalar_one()
+            )
+
+    def grants_since(
+        self, requester: str, purpose: str, rule_category: str, since: datetime, /
+    ) -> int:
+        """Incoming requests granted to ``requester`` under one rule at or after ``since``."""
+        d = models.Disclosure
+        with self._read() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).where(
+                        d.requester == requester,
+                        d.direction == DisclosureDirection.INCOMING.value,
+                        d.state == DisclosureState.GRANTED.value,
+                        d.purpose == purpose,
+                        d.rule_category == rule_category,
+                        d.finished_at >= _utc(since, "since"),
+                    )
+                ).scalar_one()
+            )
+
+    def disclosure(self, request_id: bytes) -> DisclosureRecord | None:
+        """The request with this id, if any."""
+        with self._read() as conn:
+            found = conn.execute(
+                select(models.Disclosure.__table__).where(
+                    models.Disclosure.request_id == request_id
+                )
+            ).one_or_none()
+        return None if found is None else _disclosure_record(found)
+
+    def disclosures(
+        self,
+        direction: DisclosureDirection | None = None,
+        state: DisclosureState | None = None,
+        *,
+        limit: int = DEFAULT_PAGE,
+        before_id: int | None = None,
+    ) -> list[DisclosureRecord]:
+        """Requests newest first, filtered; ``before_id`` continues a page."""
+        d = models.Disclosure
+        query = select(d.__table__)
+        if direction is not None:
+            query = query.where(d.direction == DisclosureDirection(direction).value)
+        if state is not None:
+            query = query.where(d.state == DisclosureState(state).value)
+        if before_id is not None:
+            query = query.where(d.id < before_id)
+        with self._read() as conn:
+            rows = conn.execute(query.order_by(d.id.desc()).limit(limit)).all()
+        return [_disclosure_record(row) for row in rows]
+
+    def pending_approvals(self) -> int:
+        """Incoming requests waiting for a second officer."""
+        d = models.Disclosure
+        with self._read() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).where(
+                        d.direction == DisclosureDirection.INCOMING.value,
+                        d.state == DisclosureState.PENDING_APPROVAL.value,
+                    )
+                ).scalar_one()
+            )
+
+    def envelope_outbox(self, limit: int = DEFAULT_PAGE) -> list[PendingEnvelope]:
+        """Envelopes not yet acknowledged by the broker, oldest first, unchanged."""
+        e = models.EnvelopeOutboxItem
+        with self._read() as conn:
+            rows = conn.execute(
+                select(e.client_message_id, e.recipient, e.sealed)
+                .where(e.sent_at.is_(None), e.rejected_at.is_(None))
+                .order_by(e.id)
+                .limit(limit)
+            ).all()
+        return [PendingEnvelope(r.client_message_id, r.recipient, r.sealed) for r in rows]
+
+    def settle_envelope(self, message_id: bytes, *, sent: bool, now: datetime) -> bool:
+        """Mark an envelope acknowledged (``sent``) or refused for good by the broker."""
+        e = models.EnvelopeOutboxItem
+        column = "sent_at" if sent else "rejected_at"
+        with self._write() as conn:
+            result = conn.execute(
+                update(e)
+                .where(
+                    e.client_message_id == message_id,
+                    e.sent_at.is_(None),
+                    e.rejected_at.is_(None),
+                )
+                .values({column: _utc(now)})
+            )
+        return result.rowcount == 1
+
+    def _queue_envelope(self, conn: Connection, envelope: SealedEnvelope, now: datetime) -> None:
+        _check_bytes(envelope.message_id, ID_BYTES, "client_message_id")
+        conn.execute(
+            insert(models.EnvelopeOutboxItem).values(
+                client_message_id=envelope.message_id,
+                recipient=envelope.recipient,
+                sealed=envelope.sealed,
+                created_at=now,
+            )
+        )
+
+    @staticmethod
+    def _disclosure_values(
+        request: NewDisclosure, direction: DisclosureDirection, now: datetime
+    ) -> dict[str, Any]:
+        _check_bytes(request.request_id, ID_BYTES, "request_id")
+        _check_bytes(request.signal_ref, ID_BYTES, "signal_ref")
+        return {
+            "request_id": request.request_id,
+            "direction": direction.value,
+            "requester": request.requester,
+            "owner": request.owner,
+            "hit_group_id": request.hit_group_id,
+            "signal_ref": request.signal_ref,
+            "purpose": request.purpose,
+            "requested_fields": json.dumps(list(request.fields)),
+            "requester_officer": request.officer,
+            "justification": request.justification,
+            "covenant_version": request.covenant_version,
+            "requested_at": _utc(request.requested_at, "requested_at"),
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    @staticmethod
+    def _verdict_values(verdict: Verdict, now: datetime) -> dict[str, Any]:
+        if verdict.outcome is Outcome.GRANTED:
+            return {
+                "state": DisclosureState.GRANTED.value,
+                "released_fields": json.dumps(sorted(verdict.values or {})),
+                "withheld_fields": json.dumps(list(verdict.withheld)),
+                "rule_category": verdict.rule_category,
+                "finished_at": now,
+                "updated_at": now,
+            }
+        if verdict.outcome is Outcome.PENDING:
+            return {"state": DisclosureState.PENDING_APPROVAL.value, "updated_at": now}
+        assert verdict.reason is not None
+        return {
+            "state": DisclosureState.REFUSED.value,
+            "refusal_reason": verdict.reason.value,
+            "refusal_message": verdict.message,
+            "finished_at": now,
+            "updated_at": now,
+        }
+
+    @staticmethod
+    def _verdict_audit(verdict: Verdict, purpose: str) -> dict[str, object]:
+        """Outcome, purpose and field names (never values), as the audit log takes them."""
+        return {
+            "outcome": verdict.outcome.value,
+            "purpose": purpose,
+            "released": _names(sorted(verdict.values or {})),
+            "withheld": _names(verdict.withheld),
+            "reason": "" if verdict.reason is None else verdict.reason.value,
+        }
+
+    def _disclosure_by(self, conn: Connection, request_id: bytes) -> DisclosureRecord:
+        row = conn.execute(
+            select(models.Disclosure.__table__).where(models.Disclosure.request_id == request_id)
+        ).one()
+        return _disclosure_record(row)
+
+    # --- covenant versions -------------------------------------------------------------
+
+    def covenant_versions(self) -> list[bytes]:
+        """The accepted covenant versions (serialized ``SignedCovenant``), oldest first."""
+        cv = models.CovenantVersion
+        with self._read() as conn:
+            return list(conn.execute(select(cv.signatures).order_by(cv.version)).scalars())
+
+    def accept_covenant(
+        self, cursor: int, version: int, body: bytes, signed: bytes, *, now: datetime
+    ) -> None:
+        """Keep a covenant version the node accepted from its mailbox, with the cursor advance."""
+        now = _utc(now)
+        with self._write() as conn:
+            stored_cursor, last_feed_seq = self._lock_inbox(conn)
+            conn.execute(
+                self._insert(models.CovenantVersion)
+                .values(version=version, body=body, signatures=signed, accepted_at=now)
+                .on_conflict_do_nothing(index_elements=["version"])
+            )
+            if cursor > stored_cursor:
+                self._save_inbox(conn, cursor, last_feed_seq)
+            self.append_audit(
+                conn, kind=AuditKind.COVENANT_ACCEPTED, details={"version": version}, now=now
+            )
+
+    def reject_covenant(self, cursor: int, reason: str, *, now: datetime) -> None:
+        """Record a covenant update the node refused and advance past it."""
+        now = _utc(now)
+        with self._write() as conn:
+            stored_cursor, last_feed_seq = self._lock_inbox(conn)
+            if cursor > stored_cursor:
+                self._save_inbox(conn, cursor, last_feed_seq)
+            self.append_audit(
+                conn, kind=AuditKind.COVENANT_REJECTED, details={"reason": reason}, now=now
+            )
 
     # --- transactions and loading -----------------------------------------------------
 
@@ -1385,3 +2066,48 @@ class NodeStore:
             for signal_id in signal_ids
             if (row := signals.get(signal_id)) is not None
         ]
+
+
+def _names(names: Sequence[str]) -> str:
+    """Field names for an audit detail (at most 64 characters; else just how many)."""
+    joined = ",".join(names)
+    return joined if len(joined) <= 64 else f"{len(names)} fields"
+
+
+_FINAL: Final = frozenset({DisclosureState.GRANTED.value, DisclosureState.REFUSED.value})
+
+
+def _disclosure_record(row: Any) -> DisclosureRecord:
+    released: dict[str, str] = {}
+    if row.released_fields is not None:
+        value = json.loads(row.released_fields)
+        released = dict.fromkeys(value, "") if isinstance(value, list) else dict(value)
+    return DisclosureRecord(
+        id=row.id,
+        request_id=row.request_id,
+        direction=DisclosureDirection(row.direction),
+        state=DisclosureState(row.state),
+        requester=row.requester,
+        owner=row.owner,
+        hit_group_id=row.hit_group_id,
+        signal_ref=row.signal_ref,
+        signal_id=row.signal_id,
+        purpose=row.purpose,
+        requested_fields=tuple(json.loads(row.requested_fields)),
+        requester_officer=row.requester_officer,
+        justification=row.justification,
+        covenant_version=row.covenant_version,
+        released=MappingProxyType(released),
+        withheld=tuple(json.loads(row.withheld_fields or "[]")),
+        rule_category=row.rule_category,
+        refusal_reason=row.refusal_reason,
+        refusal_message=row.refusal_message,
+        decided_by=row.decided_by,
+        decision_approved=row.decision_approved,
+        decision_note=row.decision_note,
+        decided_at=row.decided_at,
+        requested_at=row.requested_at,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
+    )

@@ -9,11 +9,24 @@ outbox waits, nothing is lost):
   the outbox in order (``SubmitTokens`` / ``WithdrawTokens``) and mark each
   batch acknowledged only after the broker's answer. A batch resent after a
   crash carries the same client batch id, so the broker counts it once.
+  Sealed envelopes (disclosure requests and answers) wait in their own durable
+  outbox and go to ``SendEnvelope`` under their message id, so a resend is
+  delivered once.
 * **mailbox**: stream the mailbox from the last processed cursor; verify each
   hit notice's broker signature before storing it (with the cursor, in one
-  transaction), then acknowledge the cursor to the broker.
+  transaction), then acknowledge the cursor to the broker. Envelopes go to the
+  :class:`~samenloop.node.disclosure_desk.DisclosureDesk` by the context of the
+  signed message inside; a covenant update is verified against the held
+  version (``HeldCovenant``: threshold, version, validity) and stored before
+  it is adopted, and a refused one is recorded and skipped: a node does not
+  trust the broker.
 * **holder** (key holders only): keep a ``HolderChannel`` open and answer the
   evaluation requests the broker relays, with ``KeyHolder.handle``.
+
+Every component reads the covenant through the ``HeldCovenant`` on each use,
+so an accepted update takes effect at once. If the version held no longer
+lists this node's party, the work loop stops submitting and says so in the
+status (the broker refuses the party anyway).
 """
 
 from __future__ import annotations
@@ -28,14 +41,19 @@ import grpc
 import structlog
 
 from samenloop.node import evaluation, threshold, tokens
+from samenloop.node.disclosure_desk import DisclosureDesk
 from samenloop.node.holder import KeyHolder
 from samenloop.node.models import BatchKind, HitKind
+from samenloop.node.notices import verify_hit_notice
 from samenloop.node.store import NodeStore, OutboxBatch
 from samenloop.policies import covenant as covenant_model
-from samenloop.policies import crypto
-from samenloop.policies.crypto import PartyKeys, SignatureContext
-from samenloop.policies.errors import InvalidSignature, NotEnoughHolders, SamenloopError
+from samenloop.policies import rules
+from samenloop.policies.crypto import PartyKeys
+from samenloop.policies.errors import NotEnoughHolders, SamenloopError
+from samenloop.policies.trust import HeldCovenant, SignedCovenant
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2, keyholder_pb2
+
+__all__ = ["Uplink", "UplinkStatus", "broker_channel", "verify_hit_notice"]
 
 log = structlog.get_logger(__name__)
 
@@ -87,25 +105,6 @@ def broker_channel(
     )
 
 
-def verify_hit_notice(
-    covenant: covenant_model.Covenant, party: str, signed: common_pb2.Signed
-) -> broker_pb2.HitNotice:
-    """Check the broker's signature over the bytes received, then parse and check the notice."""
-    if signed.signer != covenant.broker.id or signed.context != SignatureContext.HIT_NOTICE.value:
-        raise InvalidSignature("hit notice is not signed by the broker", field="hit_notice")
-    crypto.verify(
-        covenant.broker.ed25519,
-        SignatureContext.HIT_NOTICE,
-        signed.body,
-        signed.signature,
-        field="hit_notice.signature",
-    )
-    notice = broker_pb2.HitNotice.FromString(signed.body)
-    if notice.covenant_id != covenant.id or notice.recipient != party:
-        raise InvalidSignature("hit notice is for another covenant or party", field="hit_notice")
-    return notice
-
-
 @dataclass
 class UplinkStatus:
     """What ``GetStatus`` reports about the broker connection."""
@@ -115,7 +114,10 @@ class UplinkStatus:
     last_contact: datetime | None = None
     batches_sent: int = 0
     notices_accepted: int = 0
+    envelopes_sent: int = 0
     holder_channel_open: bool = False
+    #: False once the covenant held no longer lists this node's party.
+    in_covenant: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def update(self, **values: object) -> None:
@@ -147,7 +149,7 @@ class Uplink:
         *,
         party: str,
         channel: grpc.Channel,
-        covenant: covenant_model.Covenant,
+        covenant: HeldCovenant,
         keys: PartyKeys,
         store: NodeStore,
         attribute_key: covenant_model.AttributeKey,
@@ -165,9 +167,11 @@ class Uplink:
         self._holder = holder
         self._clock = clock
         self._on_hit = on_hit
-        self._epoch = threshold.KeyEpoch.from_covenant(covenant)
-        self._domain = tokens.TokenDomain(covenant.id, self._epoch.epoch)
+        self._epoch_of: tuple[int, threshold.KeyEpoch] | None = None
         self.wake = threading.Event()
+        self.disclosures = DisclosureDesk(
+            keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set
+        )
         self.status = UplinkStatus()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -224,8 +228,13 @@ class Uplink:
                 if not hello_done:
                     self._hello()
                     hello_done = True
+                if not self._still_a_party():
+                    self.wake.wait(IDLE_SECONDS)
+                    self.wake.clear()
+                    continue
                 busy = self._tokenise_some()
                 busy = self._send_outbox() or busy
+                busy = self._send_envelopes() or busy
                 backoff.reset()
                 if not busy:
                     self.wake.wait(IDLE_SECONDS)
@@ -238,12 +247,38 @@ class Uplink:
                 self._failed("tokenise", error)
                 backoff.wait()
 
+    def _still_a_party(self) -> bool:
+        """Whether the covenant held lists this node; if not, stop submitting and say so."""
+        covenant = self._covenant()
+        if covenant.is_party(self._party):
+            if not self.status.in_covenant:
+                self.status.update(in_covenant=True, last_error="")
+            return True
+        if self.status.in_covenant:
+            log.error(
+                "this party is not in the covenant held: submitting stopped",
+                covenant_version=covenant.version,
+            )
+        self.status.update(
+            in_covenant=False,
+            last_error=f"covenant version {covenant.version} no longer lists {self._party}: "
+            "nothing is submitted",
+        )
+        return False
+
+    def _key_epoch(self, covenant: covenant_model.Covenant) -> threshold.KeyEpoch:
+        """The key epoch of the covenant held, rebuilt only when the version changes."""
+        if self._epoch_of is None or self._epoch_of[0] != covenant.version:
+            self._epoch_of = (covenant.version, threshold.KeyEpoch.from_covenant(covenant))
+        return self._epoch_of[1]
+
     def _hello(self) -> None:
+        covenant = self._covenant()
         answer = self._broker.Hello(
             broker_pb2.HelloRequest(
                 party=self._party,
-                covenant_id=self._covenant.id,
-                covenant_version=self._covenant.version,
+                covenant_id=covenant.id,
+                covenant_version=covenant.version,
                 software_version=SOFTWARE,
             ),
             timeout=CALL_TIMEOUT,
@@ -275,21 +310,28 @@ class Uplink:
 
     def _tokenise_some(self) -> bool:
         now = self._clock()
-        pending = self._store.pending_identifiers(TOKENISE_CHUNK, now=now)
+        covenant = self._covenant()
+        matched = [
+            kind
+            for kind in covenant.policy.identifier_types
+            if rules.counts_for_matching(covenant, kind)
+        ]
+        pending = self._store.pending_identifiers(TOKENISE_CHUNK, now=now, types=matched)
         if not pending:
             return False
+        epoch = self._key_epoch(covenant)
         made = evaluation.tokenise(
             self._keys,
-            self._covenant,
-            self._domain,
-            self._epoch,
+            covenant,
+            tokens.TokenDomain(covenant.id, epoch.epoch),
+            epoch,
             [p.identifier for p in pending],
             self._relay,
             now=now,
         )
         self._store.record_tokens(
             {p.id: token for p, token in zip(pending, made, strict=True)},
-            self._epoch.epoch,
+            epoch.epoch,
             now=self._clock(),
             seal_attributes=self._seal_category,
         )
@@ -339,6 +381,33 @@ class Uplink:
             self.status.batches_sent += 1
             self.status.last_contact = self._clock()
 
+    def _send_envelopes(self) -> bool:
+        """Send the envelope outbox in order; each is marked sent only after the broker's
+        answer, and a resend under the same message id is delivered once."""
+        envelopes = self._store.envelope_outbox(limit=16)
+        for envelope in envelopes:
+            request = broker_pb2.SendEnvelopeRequest(
+                client_message_id=envelope.message_id,
+                envelope=common_pb2.Sealed.FromString(envelope.sealed),
+            )
+            try:
+                self._broker.SendEnvelope(request, timeout=CALL_TIMEOUT)
+            except grpc.RpcError as error:
+                if isinstance(error, grpc.Call) and error.code() not in TRANSIENT:
+                    log.warning(
+                        "broker refused an envelope",
+                        status=error.code().name,
+                        details=error.details(),
+                    )
+                    self._store.settle_envelope(envelope.message_id, sent=False, now=self._clock())
+                    continue
+                raise
+            self._store.settle_envelope(envelope.message_id, sent=True, now=self._clock())
+            with self.status.lock:
+                self.status.envelopes_sent += 1
+                self.status.last_contact = self._clock()
+        return bool(envelopes)
+
     # --- mailbox ---------------------------------------------------------------------------
 
     def _mailbox_loop(self) -> None:
@@ -372,7 +441,7 @@ class Uplink:
     def _process(self, item: broker_pb2.MailboxItem) -> None:
         if item.HasField("hit_notice"):
             try:
-                notice = verify_hit_notice(self._covenant, self._party, item.hit_notice)
+                notice = verify_hit_notice(self._covenant(), self._party, item.hit_notice)
                 kind = _KINDS[notice.kind]
             except (SamenloopError, KeyError, ValueError) as error:
                 log.warning("hit notice refused", cursor=item.cursor, reason=type(error).__name__)
@@ -394,10 +463,39 @@ class Uplink:
                     self.status.notices_accepted += 1
                 self._on_hit()
             return
-        # Envelopes and covenant updates are handled once disclosure and the signed
-        # covenant land; until then they are recorded as seen and not acted on.
-        log.info("mailbox item not handled by this version", cursor=item.cursor)
+        if item.HasField("envelope"):
+            self.disclosures.receive(item.cursor, item.envelope.sealed)
+            return
+        if item.HasField("covenant_update"):
+            self._covenant_update(item.cursor, item.covenant_update)
+            return
+        log.info("mailbox item of an unknown kind skipped", cursor=item.cursor)
         self._store.advance_cursor(item.cursor)
+
+    def _covenant_update(self, cursor: int, message: common_pb2.SignedCovenant) -> None:
+        """Verify a new version against the one held, store it with the cursor, then adopt
+        it; a refused version is recorded and skipped, the held one stays."""
+        now = self._clock()
+        try:
+            signed = SignedCovenant.from_proto(message)
+            covenant = self._covenant.verify(signed, now=now)
+        except SamenloopError as error:
+            log.warning(
+                "covenant update refused", cursor=cursor, reason=error.reason, why=error.message
+            )
+            self._store.reject_covenant(cursor, error.reason, now=now)
+            return
+        if covenant is None:  # the version held, again
+            self._store.advance_cursor(cursor)
+            return
+        self._store.accept_covenant(
+            cursor, covenant.version, signed.body, message.SerializeToString(), now=now
+        )
+        self._covenant.update(signed, now=now)
+        log.info("covenant updated", version=covenant.version)
+        if not covenant.is_party(self._party):
+            log.error("the new covenant version does not list this party", version=covenant.version)
+        self.wake.set()
 
     # --- key holder ---------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ Example ``node.toml``::
     party = "gemeente-tilburg"
     broker = "broker.riec.example:7443"
     data_dir = "data"
-    covenant = "covenant.toml"
+    covenant = "covenant.json"
     certificate = "tls/node.crt"
     private_key = "tls/node.key"
     ca_certificate = "tls/ca.crt"
@@ -154,6 +154,17 @@ def load_node_config(path: Path) -> NodeConfig:
     """Read and parse ``node.toml``; relative paths resolve against its directory."""
     path = Path(path).expanduser().absolute()
     return node_config_from_toml(_read(path), source=str(path), base_dir=path.parent)
+
+
+def load_config(path: Path) -> BrokerConfig | NodeConfig:
+    """Read either file, telling them apart by ``party`` (which only ``node.toml`` has):
+    for tools, such as ``samenloop audit``, that work with a node's or the broker's data."""
+    path = Path(path).expanduser().absolute()
+    data = _read(path)
+    settings = _Settings(data, source=str(path), base_dir=path.parent)
+    if "party" in settings.doc:
+        return node_config_from_toml(data, source=str(path), base_dir=path.parent)
+    return broker_config_from_toml(data, source=str(path), base_dir=path.parent)
 
 
 def broker_config_from_toml(data: bytes, *, source: str, base_dir: Path) -> BrokerConfig:

@@ -29,7 +29,6 @@ not ``samenloop.node``.
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import json
 import os
@@ -53,6 +52,19 @@ from samenloop.policies.errors import (
     MessageTooLarge,
     NotAllowed,
     SamenloopError,
+)
+from samenloop.policies.policy import (
+    Level,
+    Matching,
+    Policy,
+    Purpose,
+    Quotas,
+    ReleaseRule,
+    Retention,
+    Role,
+    Signer,
+    Signing,
+    VisibilityRule,
 )
 from samenloop.v1 import common_pb2
 
@@ -90,23 +102,6 @@ MAX_UINT63 = 2**63 - 1  # TOML integers are signed 64-bit
 
 _E = TypeVar("_E", bound=SamenloopError)
 _T = TypeVar("_T")
-
-
-class Role(enum.StrEnum):
-    """The kinds of partner a covenant knows; visibility and release rules are written per role."""
-
-    GEMEENTE = "gemeente"
-    POLITIE = "politie"
-    OM = "om"
-    BELASTINGDIENST = "belastingdienst"
-    FIOD = "fiod"
-    DOUANE = "douane"
-    IND = "ind"
-    ARBEIDSINSPECTIE = "arbeidsinspectie"
-    PROVINCIE = "provincie"
-    WONINGCORPORATIE = "woningcorporatie"
-    RIEC = "riec"
-    LIEC = "liec"
 
 
 # --- the model -------------------------------------------------------------------
@@ -213,16 +208,27 @@ class Covenant:
 
     id: str
     version: int
-    min_parties: int
     broker: BrokerInfo
     parties: tuple[Party, ...]
     key_epoch: OprfKeyEpoch
     ca_certificate: bytes
     attribute_key_version: int
+    valid_from: datetime
+    valid_until: datetime
+    signing: Signing
+    policy: Policy
 
     def __post_init__(self) -> None:
         check_id(self.id, field="id")
         _check_int(self.version, 1, MAX_UINT63, field="version")
+        _check_time(self.valid_from, field="valid_from")
+        _check_time(self.valid_until, field="valid_until")
+        if self.valid_until <= self.valid_from:
+            raise InvalidInput("must lie after valid_from", field="valid_until")
+        if not isinstance(self.signing, Signing):
+            raise InvalidInput("must be the signing section", field="signing")
+        if not isinstance(self.policy, Policy):
+            raise InvalidInput("must be the covenant's rules", field="policy")
         _check_int(self.attribute_key_version, 1, MAX_UINT32, field="attribute_key_version")
         if not isinstance(self.broker, BrokerInfo):
             raise InvalidInput("must be the broker's entry", field="broker")
@@ -253,7 +259,7 @@ class Covenant:
                         field=f"{at}.keys.{name}",
                     )
                 keys[key] = f"{at}.keys.{name}"
-        _check_int(self.min_parties, 2, len(self.parties), field="min_parties")
+        _check_int(self.min_parties, 2, len(self.parties), field="matching.min_parties")
         if not isinstance(self.key_epoch, OprfKeyEpoch):
             raise InvalidInput("must be a key epoch", field="key_epoch")
         for i, seat in enumerate(self.key_epoch.holders):
@@ -292,6 +298,18 @@ class Covenant:
     def party_ids(self) -> frozenset[str]:
         return frozenset(party.id for party in self.parties)
 
+    @property
+    def min_parties(self) -> int:
+        """The minimum number of distinct parties whose tokens form a hit."""
+        return self.policy.matching.min_parties
+
+    def role_of(self, party_id: str) -> Role:
+        return self.party(party_id).role
+
+    def covers(self, now: datetime) -> bool:
+        """Whether ``now`` lies in the covenant's validity period [valid_from, valid_until)."""
+        return self.valid_from <= now < self.valid_until
+
 
 # --- TOML in -----------------------------------------------------------------------
 
@@ -323,7 +341,8 @@ def covenant_from_toml(data: bytes, *, source: str) -> Covenant:
         raise InvalidInput(f"{source} is not a covenant: expected {KIND!r}", field="kind")
     covenant_id = top.string("id")
     version = top.integer("version")
-    min_parties = top.integer("min_parties")
+    valid_from = top.time("valid_from")
+    valid_until = top.time("valid_until")
     attribute_key_version = top.integer("attribute_key_version")
     ca_certificate = top.string("ca_certificate").replace("\r\n", "\n").encode("ascii", "replace")
 
@@ -370,18 +389,100 @@ def covenant_from_toml(data: bytes, *, source: str) -> Covenant:
         created_at=epoch_table.time("created_at"),
         retire_after=epoch_table.time("retire_after"),
     )
+    signing = _read_signing(top.table("signing"))
+    policy = _read_policy(top)
     top.done()
 
-    return Covenant(
+    return top.build(
+        Covenant,
         id=covenant_id,
         version=version,
-        min_parties=min_parties,
         broker=broker,
         parties=tuple(parties),
         key_epoch=key_epoch,
         ca_certificate=ca_certificate,
         attribute_key_version=attribute_key_version,
+        valid_from=valid_from,
+        valid_until=valid_until,
+        signing=signing,
+        policy=policy,
     )
+
+
+def _read_signing(table: _Table) -> Signing:
+    signers = tuple(
+        t.build(
+            Signer, id=t.string("id"), name=t.string("name"), ed25519=t.key("ed25519", KEY_BYTES)
+        )
+        for t in table.tables("signers")
+    )
+    return table.build(Signing, threshold=table.integer("threshold"), signers=signers)
+
+
+def _read_policy(top: _Table) -> Policy:
+    """The rule sections, read from the covenant's top level."""
+    purposes = tuple(
+        t.build(Purpose, id=t.string("id"), description=t.string("description"))
+        for t in top.tables("purposes")
+    )
+    matching_table = top.table("matching")
+    matching = matching_table.build(
+        Matching,
+        min_parties=matching_table.integer("min_parties"),
+        identifier_types=matching_table.strings("identifier_types"),
+    )
+    visibility = tuple(
+        t.build(
+            VisibilityRule,
+            role=t.role("role"),
+            level=t.level("level"),
+            hidden_roles=tuple(t.roles("hidden_roles", default=())),
+            coordinator=t.boolean("coordinator", default=False),
+        )
+        for t in top.tables("visibility")
+    )
+    release = tuple(
+        t.build(
+            ReleaseRule,
+            role=t.role("role"),
+            category=t.string("category"),
+            purpose=t.string("purpose"),
+            fields=t.strings("fields"),
+            four_eyes=t.boolean("four_eyes", default=False),
+            max_per_period=t.integer("max_per_period", default=0),
+            period_days=t.integer("period_days", default=30),
+        )
+        for t in top.tables("release", default=[])
+    )
+    retention_table = top.table("retention")
+    per_category = retention_table.table("categories", default={})
+    retention = retention_table.build(
+        Retention,
+        default_days=retention_table.integer("default_days"),
+        categories=tuple((name, per_category.integer(name)) for name in per_category.names()),
+    )
+    per_category.done()
+    quotas_table = top.table("quotas")
+    quotas = quotas_table.build(
+        Quotas,
+        oprf_evaluations_per_day=quotas_table.integer("oprf_evaluations_per_day"),
+        disclosure_requests_per_day=quotas_table.integer("disclosure_requests_per_day"),
+    )
+    with _at(""):
+        return Policy(
+            identifier_types=top.strings("identifier_types"),
+            categories=top.strings("categories"),
+            detail_fields=top.strings("detail_fields", default=()),
+            purposes=purposes,
+            matching=matching,
+            visibility=visibility,
+            release=release,
+            retention=retention,
+            quotas=quotas,
+        )
+
+
+_MISSING = object()
 
 
 class _Table:
@@ -395,11 +496,16 @@ class _Table:
     def _field(self, key: str) -> str:
         return f"{self._path}.{key}" if self._path else key
 
-    def _get(self, key: str) -> object:
+    def _get(self, key: str, default: object = _MISSING) -> object:
         self._read.add(key)
         if key not in self._doc:
+            if default is not _MISSING:
+                return default
             raise InvalidInput("missing", field=self._field(key))
         return self._doc[key]
+
+    def names(self) -> list[str]:
+        return list(self._doc)
 
     def string(self, key: str) -> str:
         value = self._get(key)
@@ -407,11 +513,41 @@ class _Table:
             raise InvalidInput("must be a string", field=self._field(key))
         return value
 
-    def integer(self, key: str) -> int:
-        value = self._get(key)
+    def integer(self, key: str, default: int | None = None) -> int:
+        value = self._get(key, _MISSING if default is None else default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidInput("must be an integer", field=self._field(key))
         return value
+
+    def boolean(self, key: str, default: bool | None = None) -> bool:
+        value = self._get(key, _MISSING if default is None else default)
+        if not isinstance(value, bool):
+            raise InvalidInput("must be true or false", field=self._field(key))
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        value = self._get(key, _MISSING if default is None else list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InvalidInput("must be a list of strings", field=self._field(key))
+        return tuple(value)
+
+    def roles(self, key: str, default: tuple[Role, ...] | None = None) -> tuple[Role, ...]:
+        texts = self.strings(key, None if default is None else tuple(r.value for r in default))
+        try:
+            return tuple(Role(text) for text in texts)
+        except ValueError as error:
+            raise InvalidInput(
+                f"must list roles among: {', '.join(Role)}", field=self._field(key)
+            ) from error
+
+    def level(self, key: str) -> Level:
+        text = self.string(key)
+        try:
+            return Level(text)
+        except ValueError as error:
+            raise InvalidInput(
+                f"must be one of: {', '.join(Level)}", field=self._field(key)
+            ) from error
 
     def key(self, key: str, length: int) -> bytes:
         text = self.string(key)
@@ -440,14 +576,14 @@ class _Table:
                 f"must be one of: {', '.join(Role)}", field=self._field(key)
             ) from error
 
-    def table(self, key: str) -> _Table:
-        value = self._get(key)
+    def table(self, key: str, default: dict[str, Any] | None = None) -> _Table:
+        value = self._get(key, _MISSING if default is None else default)
         if not isinstance(value, dict):
             raise InvalidInput("must be a table", field=self._field(key))
         return _Table(value, self._field(key))
 
-    def tables(self, key: str) -> list[_Table]:
-        value = self._get(key)
+    def tables(self, key: str, default: list[Any] | None = None) -> list[_Table]:
+        value = self._get(key, _MISSING if default is None else default)
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise InvalidInput("must be an array of tables", field=self._field(key))
         return [_Table(v, f"{self._field(key)}[{i}]") for i, v in enumerate(value)]
@@ -475,6 +611,8 @@ def _at(prefix: str) -> Iterator[None]:
 
 
 def _prefixed(error: _E, prefix: str) -> _E:
+    if not prefix:
+        return error
     field = f"{prefix}.{error.field}" if error.field else prefix
     return type(error)(error.message, field=field, reason=error.reason)
 
@@ -484,13 +622,31 @@ def _prefixed(error: _E, prefix: str) -> _E:
 
 def covenant_to_toml(covenant: Covenant) -> bytes:
     """The covenant as TOML: deterministic, and parsed back to an equal ``Covenant``."""
+    policy = covenant.policy
     lines = [
         f"kind = {toml_literal(KIND)}",
         f"id = {toml_literal(covenant.id)}",
         f"version = {toml_literal(covenant.version)}",
-        f"min_parties = {toml_literal(covenant.min_parties)}",
+        f"valid_from = {toml_literal(covenant.valid_from)}",
+        f"valid_until = {toml_literal(covenant.valid_until)}",
         f"attribute_key_version = {toml_literal(covenant.attribute_key_version)}",
+        f"identifier_types = {toml_literal(policy.identifier_types)}",
+        f"categories = {toml_literal(policy.categories)}",
+        f"detail_fields = {toml_literal(policy.detail_fields)}",
         f"ca_certificate = '''\n{covenant.ca_certificate.decode('ascii')}'''",
+        "",
+        "[signing]",
+        f"threshold = {toml_literal(covenant.signing.threshold)}",
+    ]
+    for signer in covenant.signing.signers:
+        lines += [
+            "",
+            "[[signing.signers]]",
+            f"id = {toml_literal(signer.id)}",
+            f"name = {toml_literal(signer.name)}",
+            f"ed25519 = {toml_literal(crypto.b64encode(signer.ed25519))}",
+        ]
+    lines += [
         "",
         "[broker]",
         f"id = {toml_literal(covenant.broker.id)}",
@@ -527,17 +683,79 @@ def covenant_to_toml(covenant: Covenant) -> bytes:
             f"party = {toml_literal(seat.party)}",
             f"commitment = {toml_literal(crypto.b64encode(seat.commitment))}",
         ]
+    lines += _policy_lines(policy)
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _policy_lines(policy: Policy) -> list[str]:
+    lines: list[str] = []
+    for purpose in policy.purposes:
+        lines += [
+            "",
+            "[[purposes]]",
+            f"id = {toml_literal(purpose.id)}",
+            f"description = {toml_literal(purpose.description)}",
+        ]
+    lines += [
+        "",
+        "[matching]",
+        f"min_parties = {toml_literal(policy.matching.min_parties)}",
+        f"identifier_types = {toml_literal(policy.matching.identifier_types)}",
+    ]
+    for rule in policy.visibility:
+        lines += [
+            "",
+            "[[visibility]]",
+            f"role = {toml_literal(rule.role.value)}",
+            f"level = {toml_literal(rule.level.value)}",
+            f"hidden_roles = {toml_literal(tuple(r.value for r in rule.hidden_roles))}",
+            f"coordinator = {toml_literal(rule.coordinator)}",
+        ]
+    for release in policy.release:
+        lines += [
+            "",
+            "[[release]]",
+            f"role = {toml_literal(release.role.value)}",
+            f"category = {toml_literal(release.category)}",
+            f"purpose = {toml_literal(release.purpose)}",
+            f"fields = {toml_literal(release.fields)}",
+            f"four_eyes = {toml_literal(release.four_eyes)}",
+            f"max_per_period = {toml_literal(release.max_per_period)}",
+            f"period_days = {toml_literal(release.period_days)}",
+        ]
+    lines += [
+        "",
+        "[retention]",
+        f"default_days = {toml_literal(policy.retention.default_days)}",
+        "",
+        "[retention.categories]",
+        *(
+            f"{toml_literal(name)} = {toml_literal(days)}"
+            for name, days in policy.retention.categories
+        ),
+        "",
+        "[quotas]",
+        f"oprf_evaluations_per_day = {toml_literal(policy.quotas.oprf_evaluations_per_day)}",
+        f"disclosure_requests_per_day = {toml_literal(policy.quotas.disclosure_requests_per_day)}",
+    ]
+    return lines
 
 
 _TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f"}
 _TOML_ESCAPES["\r"] = "\\r"
 
 
-def toml_literal(value: str | int | datetime) -> str:
-    """One TOML value as text: a basic string, an integer, or a UTC offset date-time."""
+def toml_literal(value: str | int | bool | datetime | tuple[str, ...]) -> str:
+    """One TOML value as text: a basic string, an integer, a boolean, a UTC offset
+    date-time, or an array of strings."""
     if isinstance(value, bool):
-        raise TypeError("booleans are not used in Samenloop's TOML files")
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        items = [toml_literal(item) for item in value]
+        one_line = "[" + ", ".join(items) + "]"
+        if len(one_line) <= 60:
+            return one_line
+        return "[\n" + "".join(f"    {item},\n" for item in items) + "]"
     if isinstance(value, int):
         return str(value)
     if isinstance(value, datetime):

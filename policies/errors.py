@@ -147,6 +147,36 @@ class QuotaExceeded(PeerError):
     default_reason = "quota"
 
 
+class CovenantRejected(PeerError):
+    """A covenant version is not accepted; ``reason`` says why (``covenant.rollback``,
+    ``covenant.expired``, ``covenant.bad_signature``, ``covenant.under_signed``...)."""
+
+    status = Status.FAILED_PRECONDITION
+    default_reason = "covenant.rejected"
+
+
+class AuditMismatch(PeerError):
+    """An audit log fails verification: ``seq`` names the first entry altered or missing.
+
+    Raised for a log (or an export of one) that was changed after the fact: the
+    data is refused, as bad input is; ``seq`` is ``None`` when no entry can be named.
+    """
+
+    status = Status.INVALID_ARGUMENT
+    default_reason = "audit.mismatch"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        seq: int | None = None,
+        field: str | None = None,
+        reason: str | None = None,
+    ):
+        super().__init__(message, field=field, reason=reason)
+        self.seq = seq
+
+
 # --- our own fault or situation --------------------------------------------
 
 

@@ -160,11 +160,20 @@ def notice_of(world: dict[str, object], item: broker_pb2.MailboxItem) -> broker_
     return broker_pb2.HitNotice.FromString(signed.body)
 
 
-def test_overlapping_tokens_make_a_signed_hit_for_both_parties(world):
-    for party in ("gemeente", "politie", "belastingdienst"):
+def submit(world, party, token, ref):
+    return stub(world, party).SubmitTokens(
+        broker_pb2.SubmitTokensRequest(
+            client_batch_id=os.urandom(16), key_epoch=1, entries=[entry(token, ref)]
+        ),
+        timeout=10,
+    )
+
+
+def test_overlapping_tokens_make_a_signed_hit_for_both_parties_and_the_riec(world):
+    for party in ("gemeente", "politie", "belastingdienst", "riec"):
         drain(world, party)
     token = os.urandom(32)
-    ref_g, ref_p = os.urandom(16), os.urandom(16)
+    ref_g, ref_b = os.urandom(16), os.urandom(16)
     batch_g = os.urandom(16)
     request_g = broker_pb2.SubmitTokensRequest(
         client_batch_id=batch_g, key_epoch=1, entries=[entry(token, ref_g)]
@@ -172,28 +181,67 @@ def test_overlapping_tokens_make_a_signed_hit_for_both_parties(world):
     first = stub(world, "gemeente").SubmitTokens(request_g, timeout=10)
     assert first.stored == 1
     assert drain(world, "gemeente") == []  # one party is no hit
-    stub(world, "politie").SubmitTokens(
-        broker_pb2.SubmitTokensRequest(
-            client_batch_id=os.urandom(16), key_epoch=1, entries=[entry(token, ref_p)]
-        ),
-        timeout=10,
-    )
+    submit(world, "belastingdienst", token, ref_b)
     (item_g,) = drain(world, "gemeente")
-    (item_p,) = drain(world, "politie")
-    notice_g, notice_p = notice_of(world, item_g), notice_of(world, item_p)
-    assert notice_g.hit_group_id == notice_p.hit_group_id
-    assert notice_g.kind == broker_pb2.HIT_NOTICE_KIND_NEW
+    (item_b,) = drain(world, "belastingdienst")
+    (item_r,) = drain(world, "riec")  # the coordinator holds no signal but is told
+    notice_g, notice_b = notice_of(world, item_g), notice_of(world, item_b)
+    notice_r = notice_of(world, item_r)
+    assert notice_g.hit_group_id == notice_b.hit_group_id == notice_r.hit_group_id
+    assert notice_g.kind == notice_r.kind == broker_pb2.HIT_NOTICE_KIND_NEW
     assert list(notice_g.own_signal_refs) == [ref_g]
     assert [(m.party, m.role, list(m.signal_refs)) for m in notice_g.members] == [
-        ("politie", "politie", [ref_p])
+        ("belastingdienst", "belastingdienst", [ref_b])
     ]
     assert notice_g.party_count == 2
-    assert sum(n.picture_reporter for n in (notice_g, notice_p)) == 1
-    assert drain(world, "belastingdienst") == []
+    assert list(notice_r.own_signal_refs) == []
+    assert sorted(m.party for m in notice_r.members) == ["belastingdienst", "gemeente"]
+    assert notice_r.party_count == 2
+    assert sum(n.picture_reporter for n in (notice_g, notice_b, notice_r)) == 1
+    assert not notice_r.picture_reporter  # reporters hold a signal in the group
+    assert drain(world, "politie") == []
     # Resubmitting the same batch is acknowledged, changes nothing, notifies no one.
     again = stub(world, "gemeente").SubmitTokens(request_g, timeout=10)
     assert again.replayed
-    assert drain(world, "politie") == []
+    assert drain(world, "belastingdienst") == []
+
+
+def test_police_signals_count_but_do_not_tip_off_the_municipality(world):
+    for party in ("gemeente", "politie", "belastingdienst", "riec"):
+        drain(world, party)
+    token = os.urandom(32)
+    ref_p = os.urandom(16)
+    submit(world, "gemeente", token, os.urandom(16))
+    submit(world, "politie", token, ref_p)
+    # gemeente + politie: a hit, but the municipality may not learn of it at all.
+    assert drain(world, "gemeente") == []
+    (item_p,) = drain(world, "politie")
+    assert [m.party for m in notice_of(world, item_p).members] == ["gemeente"]
+    (item_r,) = drain(world, "riec")
+    assert sorted(m.party for m in notice_of(world, item_r).members) == ["gemeente", "politie"]
+    # The tax office joins: the municipality now learns of the hit, without the police.
+    submit(world, "belastingdienst", token, os.urandom(16))
+    (item_g,) = drain(world, "gemeente")
+    notice_g = notice_of(world, item_g)
+    assert notice_g.kind == broker_pb2.HIT_NOTICE_KIND_NEW
+    assert [m.party for m in notice_g.members] == ["belastingdienst"]
+    assert notice_g.party_count == 2
+    (item_b,) = drain(world, "belastingdienst")
+    assert [m.party for m in notice_of(world, item_b).members] == ["gemeente"]
+    assert len(notice_of(world, drain(world, "politie")[0]).members) == 2
+    drain(world, "riec")
+    # The police withdraw: nothing the municipality or the tax office may see changes,
+    # so neither is told (a notice would betray the police); the RIEC is.
+    stub(world, "politie").WithdrawTokens(
+        broker_pb2.WithdrawTokensRequest(client_batch_id=os.urandom(16), signal_refs=[ref_p]),
+        timeout=10,
+    )
+    assert drain(world, "gemeente") == []
+    assert drain(world, "belastingdienst") == []
+    (closed_p,) = drain(world, "politie")
+    assert notice_of(world, closed_p).kind == broker_pb2.HIT_NOTICE_KIND_CLOSED
+    (shrunk_r,) = drain(world, "riec")
+    assert notice_of(world, shrunk_r).kind == broker_pb2.HIT_NOTICE_KIND_SHRUNK
 
 
 def test_a_reused_batch_id_with_other_content_is_refused(world):

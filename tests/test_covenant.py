@@ -32,6 +32,7 @@ from samenloop.policies.errors import (
     MessageTooLarge,
     NotAllowed,
 )
+from samenloop.policies.policy import Signer, Signing, example_policy
 from samenloop.v1 import common_pb2
 
 # A regional covenant as an administrator writes it: five partners, the broker run
@@ -41,8 +42,40 @@ EXAMPLE = """\
 kind = "samenloop.covenant.v1"
 id = "riec-zwb-2026"
 version = 1
-min_parties = 2
+valid_from = 2026-01-05T09:00:00Z
+valid_until = 2027-01-05T09:00:00Z
 attribute_key_version = 1
+identifier_types = [
+    "bsn",
+    "rsin",
+    "kvk",
+    "vestiging",
+    "address",
+    "bag",
+    "kenteken",
+    "iban",
+    "phone",
+    "email",
+    "person",
+]
+categories = [
+    "vastgoedmisbruik",
+    "woonfraude",
+    "witwasindicatie",
+    "drugsproductie",
+    "katvanger",
+    "risicobranche",
+    "bedrijventerrein",
+    "buitengebied",
+    "leegstand",
+]
+detail_fields = [
+    "naam",
+    "adres",
+    "omschrijving",
+    "dossier",
+    "contactpersoon",
+]
 ca_certificate = '''
 -----BEGIN CERTIFICATE-----
 MIIB2DCCAX6gAwIBAgIUV63VOVQFJ0B7pTYtyppBsaCDdCcwCgYIKoZIzj0EAwIw
@@ -57,6 +90,19 @@ C2tjMB4IMAoGCCqGSM49BAMCA0gAMEUCIQDAw9rOaQ63I0MoV20Xc55bNJTraAI2
 s9T0FdsS2OYNCAIgaH1EwjlrxNGRH9EMgAN/X6fmuKrYTlXATL++cIDQaM8=
 -----END CERTIFICATE-----
 '''
+
+[signing]
+threshold = 2
+
+[[signing.signers]]
+id = "beheer-riec"
+name = "RIEC Zeeland-West-Brabant, covenant administrator"
+ed25519 = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
+
+[[signing.signers]]
+id = "beheer-gemeente-tilburg"
+name = "Gemeente Tilburg, covenant administrator"
+ed25519 = "ebVWLo/mVPlAeLES6KmLp5AfhTrmlb7X4OORC60ElmQ="
 
 [broker]
 id = "broker-riec-zwb"
@@ -129,6 +175,134 @@ commitment = "IOTbctRZsDzyZxzQOQZRvoD8snhgh3TcW8JHApum/SY="
 index = 3
 party = "riec-zeeland-west-brabant"
 commitment = "phbbJcXmPLMXPfEG8Xq/TXBzCtY62LeaWXY0NJEDZA0="
+
+[[purposes]]
+id = "bibob"
+description = "Bibob screening of a permit applicant (Wet Bibob)"
+
+[[purposes]]
+id = "adresfraude"
+description = "Tackling housing and address fraud (woon- en adresfraude)"
+
+[[purposes]]
+id = "casusvoorbereiding"
+description = "Preparing a case for the RIEC case meeting"
+
+[matching]
+min_parties = 2
+identifier_types = [
+    "bsn",
+    "rsin",
+    "kvk",
+    "vestiging",
+    "address",
+    "bag",
+    "kenteken",
+    "iban",
+    "phone",
+    "email",
+    "person",
+]
+
+[[visibility]]
+role = "riec"
+level = "categories"
+hidden_roles = []
+coordinator = true
+
+[[visibility]]
+role = "liec"
+level = "count"
+hidden_roles = []
+coordinator = true
+
+[[visibility]]
+role = "politie"
+level = "categories"
+hidden_roles = []
+coordinator = false
+
+[[visibility]]
+role = "om"
+level = "categories"
+hidden_roles = []
+coordinator = false
+
+[[visibility]]
+role = "fiod"
+level = "categories"
+hidden_roles = []
+coordinator = false
+
+[[visibility]]
+role = "gemeente"
+level = "categories"
+hidden_roles = ["politie", "fiod", "om"]
+coordinator = false
+
+[[visibility]]
+role = "belastingdienst"
+level = "categories"
+hidden_roles = ["politie", "fiod", "om"]
+coordinator = false
+
+[[visibility]]
+role = "woningcorporatie"
+level = "parties"
+hidden_roles = ["politie", "fiod", "om"]
+coordinator = false
+
+[[visibility]]
+role = "provincie"
+level = "count"
+hidden_roles = ["politie", "fiod", "om"]
+coordinator = false
+
+[[release]]
+role = "gemeente"
+category = "*"
+purpose = "bibob"
+fields = ["naam", "omschrijving"]
+four_eyes = true
+max_per_period = 50
+period_days = 30
+
+[[release]]
+role = "gemeente"
+category = "woonfraude"
+purpose = "adresfraude"
+fields = ["naam", "adres"]
+four_eyes = false
+max_per_period = 0
+period_days = 30
+
+[[release]]
+role = "woningcorporatie"
+category = "woonfraude"
+purpose = "adresfraude"
+fields = ["adres", "omschrijving"]
+four_eyes = false
+max_per_period = 0
+period_days = 30
+
+[[release]]
+role = "riec"
+category = "*"
+purpose = "casusvoorbereiding"
+fields = ["naam", "omschrijving", "dossier", "contactpersoon"]
+four_eyes = false
+max_per_period = 0
+period_days = 30
+
+[retention]
+default_days = 365
+
+[retention.categories]
+"vastgoedmisbruik" = 730
+
+[quotas]
+oprf_evaluations_per_day = 1000000
+disclosure_requests_per_day = 200
 """
 
 
@@ -149,6 +323,9 @@ def _edit(text: str, header: str | None, index: int, key: str, value: str | None
         if header is not None and lines[n].startswith("["):
             break
         if lines[n].startswith(f"{key} = "):
+            if lines[n].endswith("["):  # a multi-line array: drop its items and "]" too
+                end = lines.index("]", n)
+                del lines[n + 1 : end + 1]
             if value is None:
                 del lines[n]
             else:
@@ -170,6 +347,14 @@ TOP, BROKER, PARTY, KEYS, EPOCH, HOLDER = (
     "[key_epoch]",
     "[[key_epoch.holders]]",
 )
+SIGNING, SIGNER, MATCHING, VISIBILITY, RELEASE = (
+    "[signing]",
+    "[[signing.signers]]",
+    "[matching]",
+    "[[visibility]]",
+    "[[release]]",
+)
+RETENTION, RETENTION_CATEGORIES, QUOTAS = "[retention]", "[retention.categories]", "[quotas]"
 
 # (section, index, key, new value or None to delete, the field the error must name)
 BAD_VALUES = [
@@ -183,8 +368,35 @@ BAD_VALUES = [
     (TOP, 0, "version", "0", "version"),
     (TOP, 0, "version", '"1"', "version"),
     (TOP, 0, "version", "true", "version"),
-    (TOP, 0, "min_parties", "1", "min_parties"),
-    (TOP, 0, "min_parties", "6", "min_parties"),
+    (TOP, 0, "valid_until", "2026-01-05T09:00:00Z", "valid_until"),
+    (TOP, 0, "valid_from", '"yesterday"', "valid_from"),
+    (TOP, 0, "categories", "[]", "categories"),
+    (TOP, 0, "categories", '["vastgoedmisbruik", "vastgoedmisbruik"]', "categories[1]"),
+    (TOP, 0, "categories", '["Woon- en adresfraude"]', "categories[0]"),
+    (TOP, 0, "identifier_types", '["bsn", "paspoort"]', "identifier_types[1]"),
+    (SIGNING, 0, "threshold", "0", "signing.threshold"),
+    (SIGNING, 0, "threshold", "3", "signing.threshold"),
+    (SIGNER, 1, "ed25519", None, "signing.signers[1].ed25519"),
+    (SIGNER, 1, "id", '"beheer-riec"', "signing.signers[1].id"),
+    (MATCHING, 0, "min_parties", "1", "matching.min_parties"),
+    (MATCHING, 0, "min_parties", "6", "matching.min_parties"),
+    (MATCHING, 0, "identifier_types", '["bsn", "bsn"]', "matching.identifier_types[1]"),
+    (VISIBILITY, 0, "level", '"everything"', "visibility[0].level"),
+    (VISIBILITY, 0, "level", '"nothing"', "visibility[0].level"),
+    (VISIBILITY, 1, "role", '"riec"', "visibility[1].role"),
+    (VISIBILITY, 5, "hidden_roles", '["marechaussee"]', "visibility[5].hidden_roles"),
+    (VISIBILITY, 5, "coordinator", '"yes"', "visibility[5].coordinator"),
+    (RELEASE, 0, "purpose", '"nieuwsgierigheid"', "release[0].purpose"),
+    (RELEASE, 1, "category", '"fietsendiefstal"', "release[1].category"),
+    (RELEASE, 1, "fields", '["naam", "bsn"]', "release[1].fields[1]"),
+    (RELEASE, 1, "fields", "[]", "release[1].fields"),
+    (RELEASE, 2, "role", '"gemeente"', "release[2]"),
+    (RELEASE, 0, "max_per_period", "-1", "release[0].max_per_period"),
+    (RELEASE, 0, "period_days", "0", "release[0].period_days"),
+    (RETENTION, 0, "default_days", "0", "retention.default_days"),
+    (RETENTION_CATEGORIES, 0, '"fietsendiefstal"', "30", "retention.categories.fietsendiefstal"),
+    (QUOTAS, 0, "oprf_evaluations_per_day", "0", "quotas.oprf_evaluations_per_day"),
+    (QUOTAS, 0, "disclosure_requests_per_day", None, "quotas.disclosure_requests_per_day"),
     (TOP, 0, "attribute_key_version", "0", "attribute_key_version"),
     (TOP, 0, "attribute_key_version", "4294967296", "attribute_key_version"),
     (TOP, 0, "colour", '"oranje"', "colour"),
@@ -248,7 +460,7 @@ def test_every_bad_value_is_rejected_naming_its_field(section, index, key, value
 
 def _with_ca(value: str) -> bytes:
     start = EXAMPLE.index("ca_certificate = ")
-    end = EXAMPLE.index("[broker]")
+    end = EXAMPLE.index("[signing]")
     return (EXAMPLE[:start] + f"ca_certificate = {value}\n\n" + EXAMPLE[end:]).encode()
 
 
@@ -407,7 +619,10 @@ def _covenant(parties: int = 4, holders: int = 3) -> Covenant:
     return Covenant(
         id="test-covenant",
         version=7,
-        min_parties=2,
+        valid_from=NOW,
+        valid_until=NOW + timedelta(days=90),
+        signing=Signing(1, (Signer("beheer", "Beheer", PartyKeys.generate("s").public().ed25519),)),
+        policy=example_policy(),
         broker=cv.BrokerInfo("broker", "localhost:7443", PartyKeys.generate("b").public().ed25519),
         parties=tuple(
             Party(i, f'Partij {n} — \u2019s-Hertogenbosch "quoted"', list(Role)[n], k.public())

@@ -39,7 +39,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from samenloop.node.identifiers import IdentifierType
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies.covenant import Role
 from samenloop.policies.errors import InvalidInput, LocalError, NotFound, UnknownType
+from samenloop.policies.policy import Level, VisibilityRule, example_policy
 from samenloop.policies.rpc import error_from_rpc
 from samenloop.v1 import common_pb2, node_pb2, node_pb2_grpc
 
@@ -339,6 +340,14 @@ class Cluster:
         )
 
 
+#: Crash safety is about delivery, not about who sees what: every role sees every member
+#: (the covenant's visibility rules are tested in test_rules and test_broker_covenant).
+SEE_ALL = replace(
+    example_policy(),
+    visibility=tuple(VisibilityRule(role, Level.CATEGORIES) for role in Role),
+)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("e2e")
@@ -349,6 +358,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         PARTIES,
         2,
         now=datetime.now(UTC) - timedelta(minutes=5),
+        policy=SEE_ALL,
     )
     migrations = [
         subprocess.Popen(

@@ -11,8 +11,10 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 
-# policies' adapters: errors to gRPC statuses, errors to exit codes, and the database plumbing
-ADAPTERS = {"rpc", "cli", "database"}
+# policies' adapters: errors to gRPC statuses, errors to exit codes, the database plumbing,
+# the audit log's tables (both stores and the audit CLI use them) and that CLI,
+# and the covenant admin CLI (it publishes a covenant to the broker over gRPC)
+ADAPTERS = {"rpc", "cli", "database", "audit_store", "audit_commands", "covenant_commands"}
 
 SANS_IO = [
     *(
@@ -27,6 +29,8 @@ SANS_IO = [
     "samenloop.node.keysetup",
     "samenloop.node.evaluation",
     "samenloop.node.holder",
+    "samenloop.node.notices",
+    "samenloop.node.disclosure",
     "samenloop.broker.matching",
     "samenloop.broker.mailbox",
 ]

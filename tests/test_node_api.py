@@ -213,7 +213,7 @@ def start_node(
     context = NodeApiContext(
         party=party,
         store=store,
-        covenant=cov.covenant,
+        covenant=lambda: cov.covenant,
         attribute_key=cov.attribute_key,
         wake_uplink=lambda: wakes.append(1),
         clock=lambda: NOW,
@@ -276,7 +276,7 @@ def test_add_signal_normalises_stores_and_wakes_the_uplink(node: Node) -> None:
         ("address", "1234AB 12 A"),
     ]
     assert dict(signal.details) == {"toelichting": "leegstand"}
-    assert signal.expires_at == NOW + timedelta(days=365)
+    assert signal.expires_at == NOW + timedelta(days=730)
     assert (signal.area_kind, signal.area_code, signal.month) == (
         AreaKind.POSTCODE4,
         "1234",
@@ -298,7 +298,7 @@ def test_add_signal_normalises_stores_and_wakes_the_uplink(node: Node) -> None:
     assert again.signal_id == signal.signal_id
     assert node.wakes == [1]
     with pytest.raises(Replay) as refused:
-        node.client.add_signal("DOS-1", "drugslab", [("kvk", "01234567")])
+        node.client.add_signal("DOS-1", "drugsproductie", [("kvk", "01234567")])
     assert refused.value.field == "signal.reference"
     assert refused.value.reason == "signal.exists"
     assert counts(node.store)["signals"] == 1
@@ -365,7 +365,7 @@ def test_expiry_must_lie_within_the_retention(node: Node) -> None:
     assert (past.value.field, past.value.reason) == ("signal.expires_at", "signal.expired")
     with pytest.raises(InvalidInput) as late:
         node.client.add_signal(
-            "E", CATEGORY, [("kvk", "01234567")], expires_at=NOW + timedelta(days=366)
+            "E", CATEGORY, [("kvk", "01234567")], expires_at=NOW + timedelta(days=731)
         )
     assert late.value.reason == "retention.exceeded"
     soon = node.client.add_signal(
@@ -462,9 +462,9 @@ def test_import_refuses_a_conflicting_reference_alone(node: Node) -> None:
     node.client.add_signal("DUP", CATEGORY, [("kvk", "01234567")])
     rows = [
         SignalInput("NEW-1", CATEGORY, [("kvk", "11111111")]),
-        SignalInput("DUP", "drugslab", [("kvk", "01234567")]),  # exists, other content
+        SignalInput("DUP", "drugsproductie", [("kvk", "01234567")]),  # exists, other content
         SignalInput("NEW-2", CATEGORY, [("kvk", "22222222")]),
-        SignalInput("NEW-2", "drugslab", [("kvk", "22222222")]),  # same call, other content
+        SignalInput("NEW-2", "drugsproductie", [("kvk", "22222222")]),  # same call, other content
         SignalInput("NEW-1", CATEGORY, [("kvk", "11111111")]),  # same call, same content
     ]
     report = node.client.import_signals(rows)
@@ -737,9 +737,6 @@ def test_status_of_a_party_that_holds_no_key(covenant: Covenant, sqlite_url: str
 @pytest.mark.parametrize(
     ("method", "request_type", "issue"),
     [
-        ("RequestDisclosure", node_pb2.RequestDisclosureRequest, "covenant-and-policies"),
-        ("ListDisclosures", node_pb2.ListDisclosuresRequest, "covenant-and-policies"),
-        ("ApproveDisclosure", node_pb2.ApproveDisclosureRequest, "covenant-and-policies"),
         ("PictureShow", node_pb2.PictureShowRequest, "regional-picture"),
         ("PictureCollect", node_pb2.PictureCollectRequest, "regional-picture"),
         ("CaseOpen", node_pb2.CaseOpenRequest, "regional-picture"),

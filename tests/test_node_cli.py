@@ -134,7 +134,7 @@ def node(provisioned: Provisioned, sqlite_url: str) -> Iterator[Node]:
     context = NodeApiContext(
         party=ME,
         store=store,
-        covenant=provisioned.covenant,
+        covenant=lambda: provisioned.covenant,
         attribute_key=attribute_key,
         clock=lambda: NOW,
         bell=bell,
@@ -228,8 +228,8 @@ def test_csv_import_with_mapping_and_validation_report(
             ["D-1", BSN_A, "0123 4567", "vastgoedmisbruik", "leegstand"],  # row 2
             ["D-2", "111222334", "", "woonfraude", ""],  # 3: elfproef fails
             ["", BSN_B, "", "woonfraude", ""],  # 4: no reference
-            ["D-4", BSN_ZERO, "", "drugslab", ""],  # 5: zero dropped, restored below
-            ["D-5", "", "", "katvangers", ""],  # 6: no identifier
+            ["D-4", BSN_ZERO, "", "drugsproductie", ""],  # 5: zero dropped, restored below
+            ["D-5", "", "", "katvanger", ""],  # 6: no identifier
             ["D-6", "", "12345", "", ""],  # 7: kvk too short, no category
             ["", "", "", "", ""],  # blank rows are skipped
             ["D-8", BSN_B, "", "woonfraude", "hennep"],  # 9
@@ -351,7 +351,7 @@ def test_import_table_output_and_validate_only(
         delimiter=",",
     )
     base = ["signal", "import", str(source), "--map", "kvk=kvk", "--reference-column", "ref"]
-    base += ["--category", "drugslab", "--socket", str(node.socket)]
+    base += ["--category", "drugsproductie", "--socket", str(node.socket)]
     code, out, _ = run(capsys, *base, "--validate-only")
     assert code == 1
     assert "2 rows: 1 valid, 1 refused (nothing stored)" in out
@@ -368,7 +368,15 @@ def test_import_usage_errors(
     node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source = write_csv(tmp_path / "b.csv", [["ref", "kvk"], ["B-1", "01234567"]])
-    base = ["signal", "import", str(source), "--reference-column", "ref", "--category", "x"]
+    base = [
+        "signal",
+        "import",
+        str(source),
+        "--reference-column",
+        "ref",
+        "--category",
+        "woonfraude",
+    ]
     base += ["--socket", str(node.socket)]
     code, _, err = run(capsys, *base, "--map", "kvk=KvK nummer")
     assert code == 2
@@ -382,7 +390,7 @@ def test_import_usage_errors(
     garbage.write_bytes(b"not a workbook")
     code, _, err = run(
         capsys, "signal", "import", str(garbage), "--map", "kvk=kvk", "--reference-column",
-        "ref", "--category", "x", "--socket", str(node.socket),
+        "ref", "--category", "woonfraude", "--socket", str(node.socket),
     )  # fmt: skip
     assert code == 1
     assert "cannot read" in err
@@ -415,7 +423,7 @@ def test_signal_add_and_withdraw(node: Node, capsys: pytest.CaptureFixture[str])
 
     code, out, err = run(
         capsys, "signal", "add", "--id", "bsn=111222334", "--reference", "R2",
-        "--category", "x", "--socket", str(node.socket),
+        "--category", "woonfraude", "--socket", str(node.socket),
     )  # fmt: skip
     assert code == 1
     assert err.endswith(
@@ -505,7 +513,7 @@ def test_hits_watch(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_node_status_json_and_table(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
     run(capsys, "signal", "add", "--id", "kvk=01234567", "--reference", "S1", "--category",
-        "x", "--node", str(node.config))  # fmt: skip
+        "woonfraude", "--node", str(node.config))  # fmt: skip
     code, out, err = run(capsys, "node", "status", "--json", "--node", str(node.config))
     assert code == 0, err
     status = json.loads(out)

@@ -1,0 +1,739 @@
+"""Disclosure, the second step of a hit, as plain functions: ask, decide, approve, answer.
+
+A party that received a hit notice asks the owner of a signal in it for
+details (DESIGN flow 5, ``proto/samenloop/v1/disclosure.proto``):
+
+* **Asking** (requester's node). :func:`check_request` refuses bad input
+  locally, naming the field (unknown purpose, an owner the hit does not show,
+  no fields, too many or too long ones); :func:`build_request` signs the
+  ``DisclosureRequest`` (context ``disclosure-request``, the owner as
+  audience) around the broker-signed notice exactly as stored and seals it to
+  the owner: :class:`Envelope`, ready for the durable outbox.
+* **Opening** (either node). :func:`open_envelope` opens what the broker
+  relayed: the box must open with the sender's key, the inner ``Signed`` must
+  be the sender's and for this node. Anything else is *forged*: it raises, and
+  the caller drops it without an answer (there is nobody to answer safely).
+* **Deciding** (owner's node). :func:`decide` applies the rules below to a
+  request whose seal and signature verified; the facts it needs (seen request
+  ids, the owner's signals, its hits, how many requests and grants a requester
+  had) come from an :class:`OwnerFacts`, which the node's store provides and
+  tests fake. The first failing rule decides:
+
+  =====================================================  ====================
+  rule                                                   else
+  =====================================================  ====================
+  request id not seen before                              REPLAY (stored once)
+  request for this covenant, version not newer than ours  COVENANT_MISMATCH
+  issued_at at most LIMITS_MAX_CLOCK_SKEW_SECONDS ahead   NOT_ALLOWED
+  notice signed by the broker, for this covenant, to the
+  requester                                               INVALID_NOTICE
+  notice lists the owner with this signal ref             NOT_IN_HIT
+  the owner holds a signal with this ref                  NOT_IN_HIT
+  notice not CLOSED, hit not closed at the owner, the
+  signal active                                           HIT_CLOSED
+  requester's requests today < disclosure_requests_per_day QUOTA_EXCEEDED
+  :func:`samenloop.policies.rules.release`                its reason
+  =====================================================  ====================
+
+  Requests travel through mailboxes and may wait days for an offline owner,
+  so, as ``common.proto`` says of LIMITS_MAX_REQUEST_AGE_SECONDS, their age is
+  not limited: the request id, remembered for good, stops replays.
+* **Four eyes.** A rule with ``four_eyes`` leaves the request pending until a
+  second officer of the owner decides (:func:`approve`, :func:`deny`). The
+  officer who asked can never decide, and neither can an officer who already
+  decided (so one person can never both deny and later approve). Approval
+  decides again under the covenant and the facts of that moment: the covenant
+  may have changed, the hit closed, the rule's period quota filled.
+* **Answering.** :func:`respond` seals the signed ``DisclosureResponse``
+  (context ``disclosure-response``) to the requester: exactly the allowed
+  detail fields that the signal has, a pending notice, or a refusal with its
+  reason. A pending or refused request releases nothing.
+
+Sans-IO: no network, no database, no clock; keys, time and ids come in.
+Nothing here logs; callers log codes and counts, never values.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final, Protocol
+
+from google.protobuf.message import DecodeError
+
+from samenloop.node.notices import verify_hit_notice
+from samenloop.policies import crypto, rules
+from samenloop.policies.covenant import Covenant
+from samenloop.policies.crypto import PartyKeys, SealedBox, SignatureContext
+from samenloop.policies.errors import (
+    DecryptionFailed,
+    InvalidInput,
+    InvalidSignature,
+    MessageTooLarge,
+    NotAllowed,
+    SamenloopError,
+)
+from samenloop.policies.policy import check_token
+from samenloop.policies.rules import Allow, Deny, NeedsApproval, Refusal
+from samenloop.v1 import broker_pb2, common_pb2, disclosure_pb2
+
+__all__ = [
+    "Envelope",
+    "IncomingRequest",
+    "Outcome",
+    "OwnerFacts",
+    "PendingRequest",
+    "ResponseUpdate",
+    "SignalFacts",
+    "Verdict",
+    "approve",
+    "build_request",
+    "check_request",
+    "decide",
+    "deny",
+    "open_envelope",
+    "parse_request",
+    "parse_response",
+    "refusal_from_proto",
+    "refusal_to_proto",
+    "respond",
+]
+
+ID_BYTES: Final[int] = common_pb2.LIMITS_ID_BYTES
+MAX_FIELDS: Final[int] = common_pb2.LIMITS_MAX_DETAIL_FIELDS
+MAX_NAME_BYTES: Final[int] = common_pb2.LIMITS_MAX_PARTY_ID_BYTES
+MAX_TEXT_BYTES: Final[int] = common_pb2.LIMITS_MAX_TEXT_BYTES
+MAX_ENVELOPE_BYTES: Final[int] = common_pb2.LIMITS_MAX_ENVELOPE_BYTES
+MAX_CLOCK_SKEW: Final = timedelta(seconds=common_pb2.LIMITS_MAX_CLOCK_SKEW_SECONDS)
+
+_REFUSALS: Final = {
+    r: disclosure_pb2.DisclosureRefusalReason.Value(f"DISCLOSURE_REFUSAL_REASON_{r.name}")
+    for r in Refusal
+}
+_PROTO_REFUSALS: Final[dict[int, Refusal]] = {v: r for r, v in _REFUSALS.items()}
+
+
+def refusal_to_proto(reason: Refusal) -> disclosure_pb2.DisclosureRefusalReason.ValueType:
+    return _REFUSALS[reason]
+
+
+def refusal_from_proto(value: int) -> Refusal | None:
+    return _PROTO_REFUSALS.get(value)
+
+
+# --- envelopes -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Envelope:
+    """A sealed message for the broker to relay: its idempotency id, recipient and bytes."""
+
+    message_id: bytes
+    recipient: str
+    sealed: common_pb2.Sealed
+
+    def __repr__(self) -> str:
+        return f"Envelope(recipient={self.recipient!r}, bytes={self.sealed.ByteSize()})"
+
+
+def _seal(
+    keys: PartyKeys,
+    covenant: Covenant,
+    recipient: str,
+    context: SignatureContext,
+    body: bytes,
+    message_id: bytes,
+) -> Envelope:
+    box = crypto.seal_signed(keys, recipient, covenant.public_keys(recipient).x25519, context, body)
+    sealed = common_pb2.Sealed(
+        sender=keys.party,
+        recipient=recipient,
+        covenant_version=covenant.version,
+        nonce=box.nonce,
+        ciphertext=box.ciphertext,
+    )
+    return Envelope(message_id=message_id, recipient=recipient, sealed=sealed)
+
+
+def open_envelope(
+    keys: PartyKeys, covenant: Covenant, sealed: common_pb2.Sealed
+) -> tuple[SignatureContext, bytes]:
+    """Open a relayed envelope addressed to this node: its context and verified body.
+
+    Raises ``InvalidSignature`` or ``DecryptionFailed`` when it is forged: not
+    for this node, from a party the covenant does not list, a box that does not
+    open with the sender's key, or an inner message signed by anyone else.
+    """
+    if sealed.recipient != keys.party:
+        raise InvalidSignature("envelope is for another party", field="envelope.recipient")
+    if not covenant.is_party(sealed.sender) or sealed.sender == keys.party:
+        raise InvalidSignature("envelope sender is not another party", field="envelope.sender")
+    if len(sealed.ciphertext) > MAX_ENVELOPE_BYTES:
+        raise DecryptionFailed("envelope too large", field="envelope.ciphertext")
+    box = SealedBox(nonce=bytes(sealed.nonce), ciphertext=bytes(sealed.ciphertext))
+    return crypto.open_signed(keys, sealed.sender, covenant.public_keys(sealed.sender), box)
+
+
+# --- asking ------------------------------------------------------------------------------
+
+
+def _check_name(value: str, field: str) -> str:
+    if not value or len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        raise InvalidInput(f"must be 1 to {MAX_NAME_BYTES} bytes", field=field)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise InvalidInput("must not contain control characters", field=field)
+    return value
+
+
+def _check_fields(fields: Sequence[str], field: str = "fields") -> tuple[str, ...]:
+    if not fields:
+        raise InvalidInput("ask for at least one field", field=field, reason="disclosure.no_fields")
+    if len(fields) > MAX_FIELDS:
+        raise MessageTooLarge(f"at most {MAX_FIELDS} fields per request", field=field)
+    for i, name in enumerate(fields):
+        check_token(name, field=f"{field}[{i}]")
+    if len(set(fields)) != len(fields):
+        raise InvalidInput("a field is listed twice", field=field, reason="disclosure.duplicate")
+    return tuple(fields)
+
+
+def _check_justification(text: str, field: str = "justification") -> str:
+    if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+        raise MessageTooLarge(f"at most {MAX_TEXT_BYTES} bytes of UTF-8", field=field)
+    return text
+
+
+def check_request(
+    covenant: Covenant,
+    me: str,
+    notice: broker_pb2.HitNotice,
+    *,
+    owner: str,
+    signal_ref: bytes,
+    purpose: str,
+    fields: Sequence[str],
+    officer: str,
+    justification: str,
+) -> None:
+    """Refuse, before anything is stored or sent, a request the owner would refuse anyway
+    or that is malformed; every error names its field (``InvalidInput``/``NotFound``)."""
+    if owner == me:
+        raise InvalidInput("a node does not ask itself", field="owner", reason="disclosure.self")
+    if not covenant.is_party(owner):
+        raise InvalidInput(
+            "not a party of the covenant", field="owner", reason="disclosure.unknown_owner"
+        )
+    if len(signal_ref) != ID_BYTES:
+        raise InvalidInput(f"a signal ref is {ID_BYTES} bytes", field="signal_ref")
+    members = [m for m in notice.members if m.HasField("party") and m.party == owner]
+    if not members:
+        raise InvalidInput(
+            "the hit does not show this party", field="owner", reason="disclosure.owner_not_in_hit"
+        )
+    if not any(signal_ref in m.signal_refs for m in members):
+        raise InvalidInput(
+            "the hit does not list this signal ref for the owner",
+            field="signal_ref",
+            reason="disclosure.ref_not_in_hit",
+        )
+    if notice.kind == broker_pb2.HIT_NOTICE_KIND_CLOSED:
+        raise InvalidInput("the hit is closed", field="hit_group_id", reason="disclosure.closed")
+    if covenant.policy.purpose(purpose) is None:
+        raise InvalidInput(
+            f"not a purpose of this covenant; use one of: "
+            f"{', '.join(p.id for p in covenant.policy.purposes)}",
+            field="purpose",
+            reason="disclosure.unknown_purpose",
+        )
+    _check_fields(fields)
+    _check_name(officer, "officer")
+    _check_justification(justification)
+
+
+def build_request(
+    keys: PartyKeys,
+    covenant: Covenant,
+    notice: common_pb2.Signed,
+    *,
+    request_id: bytes,
+    owner: str,
+    signal_ref: bytes,
+    purpose: str,
+    fields: Sequence[str],
+    officer: str,
+    justification: str,
+    now: datetime,
+) -> tuple[disclosure_pb2.DisclosureRequest, Envelope]:
+    """The signed request, sealed to the owner; its request id is the envelope's message id."""
+    if len(request_id) != ID_BYTES:
+        raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+    request = disclosure_pb2.DisclosureRequest(
+        request_id=request_id,
+        covenant_id=covenant.id,
+        covenant_version=covenant.version,
+        requester=keys.party,
+        owner=owner,
+        hit_notice=notice,
+        signal_ref=signal_ref,
+        purpose=purpose,
+        requested_fields=list(fields),
+        requester_officer=officer,
+        justification=justification,
+    )
+    request.issued_at.FromDatetime(now.astimezone(UTC))
+    envelope = _seal(
+        keys,
+        covenant,
+        owner,
+        SignatureContext.DISCLOSURE_REQUEST,
+        request.SerializeToString(),
+        request_id,
+    )
+    return request, envelope
+
+
+# --- deciding --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class IncomingRequest:
+    """A disclosure request whose seal and signature verified, its fields checked for shape."""
+
+    request_id: bytes
+    covenant_id: str
+    covenant_version: int
+    requester: str
+    owner: str
+    notice: common_pb2.Signed
+    signal_ref: bytes
+    purpose: str
+    fields: tuple[str, ...]
+    officer: str
+    justification: str
+    issued_at: datetime
+
+    def __repr__(self) -> str:
+        return f"IncomingRequest(requester={self.requester!r}, fields={len(self.fields)})"
+
+    @property
+    def hit_group_id(self) -> bytes | None:
+        """The hit group the attached notice names, if it parses (not yet verified)."""
+        try:
+            group = broker_pb2.HitNotice.FromString(self.notice.body).hit_group_id
+        except DecodeError:
+            return None
+        return group if len(group) == ID_BYTES else None
+
+
+def parse_request(body: bytes, *, sender: str, me: str) -> IncomingRequest:
+    """Parse a verified request body; ``InvalidInput`` if it is malformed or names another
+    requester or owner than its envelope (then it is treated as forged and dropped)."""
+    request = disclosure_pb2.DisclosureRequest()
+    try:
+        request.ParseFromString(body)
+    except DecodeError as error:
+        raise InvalidInput("not a DisclosureRequest", field="body") from error
+    if len(request.request_id) != ID_BYTES:
+        raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+    if request.requester != sender:
+        raise InvalidInput("requester is not the signer", field="requester")
+    if request.owner != me:
+        raise InvalidInput("owner is not this node", field="owner")
+    if len(request.signal_ref) != ID_BYTES:
+        raise InvalidInput(f"a signal ref is {ID_BYTES} bytes", field="signal_ref")
+    _check_name(request.purpose, "purpose")
+    _check_fields(list(request.requested_fields), "requested_fields")
+    _check_name(request.requester_officer, "requester_officer")
+    _check_justification(request.justification)
+    if not request.HasField("issued_at") or request.covenant_version < 1:
+        raise InvalidInput("issued_at and covenant_version are required", field="issued_at")
+    try:
+        issued_at = request.issued_at.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as error:
+        raise InvalidInput("issued_at is out of range", field="issued_at") from error
+    return IncomingRequest(
+        request_id=bytes(request.request_id),
+        covenant_id=request.covenant_id,
+        covenant_version=request.covenant_version,
+        requester=request.requester,
+        owner=request.owner,
+        notice=request.hit_notice,
+        signal_ref=bytes(request.signal_ref),
+        purpose=request.purpose,
+        fields=tuple(request.requested_fields),
+        officer=request.requester_officer,
+        justification=request.justification,
+        issued_at=issued_at,
+    )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SignalFacts:
+    """What the owner knows of the signal behind a ref. Its repr hides the details."""
+
+    signal_id: int
+    category: str
+    active: bool
+    details: Mapping[str, str]
+
+    def __repr__(self) -> str:
+        return f"SignalFacts(signal_id={self.signal_id}, active={self.active})"
+
+
+class OwnerFacts(Protocol):
+    """What :func:`decide` asks of the owner's records (the node's store answers)."""
+
+    def disclosure_seen(self, request_id: bytes, /) -> bool:
+        """Whether a request with this id was ever received."""
+        ...
+
+    def signal_facts(self, signal_ref: bytes, /) -> SignalFacts | None:
+        """The owner's signal behind one of its refs; None if it has no such ref."""
+        ...
+
+    def hit_closed(self, group_id: bytes, /) -> bool:
+        """Whether the owner's latest notice of this group closed it."""
+        ...
+
+    def requests_since(self, requester: str, since: datetime, /) -> int:
+        """Incoming requests from ``requester`` received at or after ``since``."""
+        ...
+
+    def grants_since(
+        self, requester: str, purpose: str, rule_category: str, since: datetime, /
+    ) -> int:
+        """Incoming requests granted to ``requester`` under the rule (purpose, rule category)
+        at or after ``since``."""
+        ...
+
+
+class Outcome(enum.StrEnum):
+    """What the owner does with a request now."""
+
+    GRANTED = "granted"
+    PENDING = "pending_approval"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The owner's decision on a request: what to release, or why not.
+
+    ``fields`` are the allowed fields (for a grant: those the signal has, with
+    ``values``); ``rule_category`` names the rule that allowed it, for the
+    per-period count; ``signal_id``/``category`` say which signal it was about.
+    """
+
+    outcome: Outcome
+    fields: tuple[str, ...] = ()
+    withheld: tuple[str, ...] = ()
+    values: Mapping[str, str] | None = None
+    rule_category: str | None = None
+    reason: Refusal | None = None
+    message: str = ""
+    signal_id: int | None = None
+    category: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Verdict(outcome={self.outcome.value}, fields={len(self.fields)}, "
+            f"reason={self.reason})"
+        )
+
+
+def _refuse(reason: Refusal, message: str, signal: SignalFacts | None = None) -> Verdict:
+    return Verdict(
+        Outcome.REFUSED,
+        reason=reason,
+        message=message,
+        signal_id=None if signal is None else signal.signal_id,
+        category=None if signal is None else signal.category,
+    )
+
+
+def _day_start(now: datetime) -> datetime:
+    day = now.astimezone(UTC).date()
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def _release(
+    covenant: Covenant,
+    requester: str,
+    purpose: str,
+    fields: Sequence[str],
+    signal: SignalFacts,
+    hit_open: bool,
+    facts: OwnerFacts,
+    now: datetime,
+    *,
+    approved: bool,
+) -> Verdict:
+    """The covenant's release rule, counted against the rule's period quota."""
+    released = 0
+    if covenant.is_party(requester):
+        rule = rules.release_rule_for(
+            covenant, covenant.role_of(requester), signal.category, purpose
+        )
+        if rule is not None and rule.max_per_period:
+            since = now - timedelta(days=rule.period_days)
+            released = facts.grants_since(requester, purpose, rule.category, since)
+    decision = rules.release(
+        covenant,
+        requester=requester,
+        purpose=purpose,
+        fields=fields,
+        category=signal.category,
+        in_hit=True,
+        hit_open=hit_open,
+        released_in_period=released,
+    )
+    if isinstance(decision, Deny):
+        return _refuse(decision.reason, decision.message, signal)
+    assert isinstance(decision, Allow | NeedsApproval)
+    if isinstance(decision, NeedsApproval) and not approved:
+        return Verdict(
+            Outcome.PENDING,
+            fields=decision.fields,
+            withheld=decision.withheld,
+            rule_category=decision.rule.category,
+            message="waiting for a second officer of the owner (four eyes)",
+            signal_id=signal.signal_id,
+            category=signal.category,
+        )
+    values = {name: signal.details[name] for name in decision.fields if name in signal.details}
+    return Verdict(
+        Outcome.GRANTED,
+        fields=tuple(sorted(values)),
+        withheld=decision.withheld,
+        values=values,
+        rule_category=decision.rule.category,
+        signal_id=signal.signal_id,
+        category=signal.category,
+    )
+
+
+def decide(
+    covenant: Covenant, me: str, request: IncomingRequest, facts: OwnerFacts, *, now: datetime
+) -> Verdict:
+    """Decide a request at the owner's node (rules in the module's docstring, in order)."""
+    if facts.disclosure_seen(request.request_id):
+        return _refuse(Refusal.REPLAY, "this request id was seen before")
+    if request.covenant_id != covenant.id or request.covenant_version > covenant.version:
+        return _refuse(
+            Refusal.COVENANT_MISMATCH,
+            f"the owner holds covenant {covenant.id} version {covenant.version}; "
+            "retry once it has caught up",
+        )
+    if request.issued_at > now + MAX_CLOCK_SKEW:
+        return _refuse(Refusal.NOT_ALLOWED, "the request is issued in the future: check the clock")
+    try:
+        notice = verify_hit_notice(covenant, request.requester, request.notice)
+    except SamenloopError:
+        return _refuse(
+            Refusal.INVALID_NOTICE,
+            "the hit notice is not the broker's, or not for this covenant and requester",
+        )
+    if not any(
+        m.HasField("party") and m.party == me and request.signal_ref in m.signal_refs
+        for m in notice.members
+    ):
+        return _refuse(Refusal.NOT_IN_HIT, "the hit notice does not list this signal of the owner")
+    signal = facts.signal_facts(request.signal_ref)
+    if signal is None:
+        return _refuse(Refusal.NOT_IN_HIT, "the owner holds no signal with this ref")
+    hit_open = (
+        notice.kind != broker_pb2.HIT_NOTICE_KIND_CLOSED
+        and not facts.hit_closed(notice.hit_group_id)
+        and signal.active
+    )
+    if not hit_open:
+        return _refuse(Refusal.HIT_CLOSED, "the hit is closed or the signal withdrawn", signal)
+    limit = covenant.policy.quotas.disclosure_requests_per_day
+    if facts.requests_since(request.requester, _day_start(now)) >= limit:
+        return _refuse(
+            Refusal.QUOTA_EXCEEDED,
+            f"the covenant allows {limit} disclosure requests per party per day",
+            signal,
+        )
+    return _release(
+        covenant,
+        request.requester,
+        request.purpose,
+        request.fields,
+        signal,
+        hit_open,
+        facts,
+        now,
+        approved=False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRequest:
+    """A stored pending incoming request, as :func:`approve` and :func:`deny` need it."""
+
+    request_id: bytes
+    requester: str
+    signal_ref: bytes
+    hit_group_id: bytes | None
+    purpose: str
+    fields: tuple[str, ...]
+    requester_officer: str
+    decided_by: str | None
+
+
+def _check_officer(pending: PendingRequest, officer: str) -> None:
+    _check_name(officer, "officer")
+    if officer == pending.requester_officer:
+        raise NotAllowed(
+            "the officer who asked cannot decide on the request (four eyes)",
+            field="officer",
+            reason="disclosure.same_officer",
+        )
+    if pending.decided_by is not None and officer == pending.decided_by:
+        raise NotAllowed(
+            "this officer already decided on the request (four eyes)",
+            field="officer",
+            reason="disclosure.same_officer",
+        )
+
+
+def approve(
+    covenant: Covenant, pending: PendingRequest, officer: str, facts: OwnerFacts, *, now: datetime
+) -> Verdict:
+    """A second officer approves: decide again under the covenant and facts of now.
+
+    ``NotAllowed`` (field ``officer``) if this officer may not decide. The
+    result is a grant or a refusal, never pending again.
+    """
+    _check_officer(pending, officer)
+    signal = facts.signal_facts(pending.signal_ref)
+    if signal is None:
+        return _refuse(Refusal.HIT_CLOSED, "the signal is no longer held")
+    hit_open = signal.active and not (
+        pending.hit_group_id is not None and facts.hit_closed(pending.hit_group_id)
+    )
+    return _release(
+        covenant,
+        pending.requester,
+        pending.purpose,
+        pending.fields,
+        signal,
+        hit_open,
+        facts,
+        now,
+        approved=True,
+    )
+
+
+def deny(pending: PendingRequest, officer: str, reason: str) -> Verdict:
+    """A second officer denies: refused, with the officer's reason for the requester."""
+    _check_officer(pending, officer)
+    _check_justification(reason, "reason")
+    if not reason.strip():
+        raise InvalidInput("say why", field="reason", reason="disclosure.reason_missing")
+    return _refuse(Refusal.DENIED_BY_OFFICER, reason)
+
+
+# --- answering --------------------------------------------------------------------------------
+
+
+def respond(
+    keys: PartyKeys,
+    covenant: Covenant,
+    *,
+    request_id: bytes,
+    requester: str,
+    verdict: Verdict,
+    approved_by_second_officer: bool,
+    message_id: bytes,
+    now: datetime,
+) -> Envelope:
+    """The signed answer, sealed to the requester: the grant, a pending notice or a refusal."""
+    response = disclosure_pb2.DisclosureResponse(
+        request_id=request_id,
+        owner=keys.party,
+        requester=requester,
+        covenant_version=covenant.version,
+    )
+    response.issued_at.FromDatetime(now.astimezone(UTC))
+    if verdict.outcome is Outcome.GRANTED:
+        response.granted.CopyFrom(
+            disclosure_pb2.DisclosureGrant(
+                fields=dict(verdict.values or {}),
+                withheld_fields=list(verdict.withheld),
+                category=verdict.category or "",
+                approved_by_second_officer=approved_by_second_officer,
+            )
+        )
+    elif verdict.outcome is Outcome.PENDING:
+        response.pending.message = verdict.message
+    else:
+        assert verdict.reason is not None
+        response.refused.reason = refusal_to_proto(verdict.reason)
+        response.refused.message = verdict.message
+    return _seal(
+        keys,
+        covenant,
+        requester,
+        SignatureContext.DISCLOSURE_RESPONSE,
+        response.SerializeToString(),
+        message_id,
+    )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ResponseUpdate:
+    """An owner's answer as the requester applies it to its outgoing request."""
+
+    request_id: bytes
+    owner: str
+    outcome: Outcome
+    values: Mapping[str, str] | None = None
+    withheld: tuple[str, ...] = ()
+    reason: Refusal | None = None
+    message: str = ""
+
+    def __repr__(self) -> str:
+        return f"ResponseUpdate(outcome={self.outcome.value}, reason={self.reason})"
+
+
+def parse_response(body: bytes, *, sender: str, me: str) -> ResponseUpdate:
+    """Parse a verified response body; ``InvalidInput`` if malformed or misaddressed."""
+    response = disclosure_pb2.DisclosureResponse()
+    try:
+        response.ParseFromString(body)
+    except DecodeError as error:
+        raise InvalidInput("not a DisclosureResponse", field="body") from error
+    if len(response.request_id) != ID_BYTES:
+        raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+    if response.owner != sender or response.requester != me:
+        raise InvalidInput("owner or requester does not match the envelope", field="owner")
+    outcome = response.WhichOneof("outcome")
+    if outcome == "granted":
+        grant = response.granted
+        return ResponseUpdate(
+            bytes(response.request_id),
+            sender,
+            Outcome.GRANTED,
+            values=dict(grant.fields),
+            withheld=tuple(grant.withheld_fields),
+        )
+    if outcome == "pending":
+        return ResponseUpdate(
+            bytes(response.request_id), sender, Outcome.PENDING, message=response.pending.message
+        )
+    if outcome == "refused":
+        reason = refusal_from_proto(response.refused.reason)
+        if reason is None:
+            raise InvalidInput("unknown refusal reason", field="refused.reason")
+        return ResponseUpdate(
+            bytes(response.request_id),
+            sender,
+            Outcome.REFUSED,
+            reason=reason,
+            message=_check_justification(response.refused.message, "refused.message"),
+        )
+    raise InvalidInput("a response needs an outcome", field="outcome")

@@ -1,0 +1,310 @@
+"""Where a node's disclosure requests come and go: the core's decisions, kept in the store.
+
+A thin adapter between :mod:`samenloop.node.disclosure` (the sans-IO rules),
+the node's store and its keys. The local API asks and decides through it
+(:meth:`DisclosureDesk.ask`, :meth:`~DisclosureDesk.approve`,
+:meth:`~DisclosureDesk.deny`); the uplink hands it every relayed envelope
+(:meth:`DisclosureDesk.receive`). Every outcome is stored in one transaction
+with what it causes: a request with its envelope in the outbox, an incoming
+request with its answer and the mailbox cursor, an officer's decision with its
+answer. The uplink sends the envelope outbox to the broker.
+
+Log lines carry outcomes, reasons and counts: never a party's identifier, a
+detail value, a decrypted field, a justification or an officer's identity.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import structlog
+from google.protobuf.message import DecodeError
+
+from samenloop.node import disclosure
+from samenloop.node.disclosure import Envelope, Outcome, PendingRequest, Verdict
+from samenloop.node.models import DisclosureDirection, DisclosureState
+from samenloop.node.store import DisclosureRecord, NewDisclosure, NodeStore, SealedEnvelope
+from samenloop.policies.covenant import Covenant
+from samenloop.policies.crypto import PartyKeys, SignatureContext
+from samenloop.policies.errors import InvalidInput, NotAllowed, NotFound, SamenloopError
+from samenloop.v1 import broker_pb2, common_pb2
+
+__all__ = ["DisclosureDesk"]
+
+log = structlog.get_logger(__name__)
+
+ID_BYTES = disclosure.ID_BYTES
+
+
+def _sealed(envelope: Envelope) -> SealedEnvelope:
+    return SealedEnvelope(
+        envelope.message_id, envelope.recipient, envelope.sealed.SerializeToString()
+    )
+
+
+class DisclosureDesk:
+    """This node's side of every disclosure request, as requester and as owner."""
+
+    def __init__(
+        self,
+        *,
+        keys: PartyKeys,
+        covenant: Callable[[], Covenant],
+        store: NodeStore,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``wake`` tells the uplink that the envelope outbox has something to send."""
+        self._keys = keys
+        self._me = keys.party
+        self._covenant = covenant
+        self._store = store
+        self._clock = clock
+        self._random = random_bytes
+        self.wake = wake
+
+    def _now(self) -> datetime:
+        return self._clock().astimezone(UTC)
+
+    # --- as requester -----------------------------------------------------------------
+
+    def ask(
+        self,
+        *,
+        hit_group_id: bytes,
+        owner: str,
+        signal_ref: bytes,
+        purpose: str,
+        fields: Sequence[str],
+        officer: str,
+        justification: str,
+    ) -> DisclosureRecord:
+        """Ask ``owner`` for details of one of its signals in a hit this node holds.
+
+        Bad input is refused here, naming the field, and nothing is stored; a
+        valid request is stored (state ``sent``) with its sealed envelope.
+        """
+        if len(hit_group_id) != ID_BYTES:
+            raise InvalidInput(f"a hit group id is {ID_BYTES} bytes", field="hit_group_id")
+        hit = self._store.hit(hit_group_id)
+        if hit is None:
+            raise NotFound("no hit with this group id", field="hit_group_id")
+        signed = common_pb2.Signed.FromString(hit.notice)
+        notice = broker_pb2.HitNotice.FromString(signed.body)
+        covenant = self._covenant()
+        disclosure.check_request(
+            covenant,
+            self._me,
+            notice,
+            owner=owner,
+            signal_ref=signal_ref,
+            purpose=purpose,
+            fields=fields,
+            officer=officer,
+            justification=justification,
+        )
+        now = self._now()
+        request_id = self._random(ID_BYTES)
+        _request, envelope = disclosure.build_request(
+            self._keys,
+            covenant,
+            signed,
+            request_id=request_id,
+            owner=owner,
+            signal_ref=signal_ref,
+            purpose=purpose,
+            fields=fields,
+            officer=officer,
+            justification=justification,
+            now=now,
+        )
+        record = self._store.record_outgoing(
+            NewDisclosure(
+                request_id=request_id,
+                requester=self._me,
+                owner=owner,
+                hit_group_id=hit_group_id,
+                signal_ref=signal_ref,
+                purpose=purpose,
+                fields=tuple(fields),
+                officer=officer,
+                justification=justification,
+                covenant_version=covenant.version,
+                requested_at=now,
+            ),
+            _sealed(envelope),
+            now=now,
+        )
+        self.wake()
+        log.info("disclosure requested", purpose=purpose, fields=len(fields))
+        return record
+
+    # --- what the broker relays ---------------------------------------------------------
+
+    def receive(self, cursor: int, sealed: common_pb2.Sealed) -> None:
+        """Handle one relayed envelope and record it with the mailbox cursor.
+
+        A forged or malformed envelope is dropped without an answer (nothing
+        can be answered safely) and recorded; a kind this version does not
+        handle (pictures and cases come later) is recorded and skipped.
+        """
+        covenant = self._covenant()
+        now = self._now()
+        try:
+            context, body = disclosure.open_envelope(self._keys, covenant, sealed)
+        except SamenloopError as error:
+            log.warning("envelope dropped", cursor=cursor, reason=type(error).__name__)
+            self._store.skip_envelope(cursor, what="forged", now=now)
+            return
+        try:
+            if context is SignatureContext.DISCLOSURE_REQUEST:
+                self._request(cursor, sealed.sender, body, covenant, now)
+            elif context is SignatureContext.DISCLOSURE_RESPONSE:
+                self._response(cursor, sealed.sender, body, now)
+            else:
+                log.info("envelope kind not handled by this version", context=context.value)
+                self._store.skip_envelope(cursor, what=f"unhandled {context.value}", now=now)
+        except (InvalidInput, DecodeError) as error:
+            where = error.field if isinstance(error, InvalidInput) else None
+            log.warning("envelope dropped", cursor=cursor, reason=type(error).__name__, field=where)
+            self._store.skip_envelope(cursor, what="malformed", now=now)
+
+    def _request(
+        self, cursor: int, sender: str, body: bytes, covenant: Covenant, now: datetime
+    ) -> None:
+        incoming = disclosure.parse_request(body, sender=sender, me=self._me)
+        verdict = disclosure.decide(covenant, self._me, incoming, self._store, now=now)
+        answer = disclosure.respond(
+            self._keys,
+            covenant,
+            request_id=incoming.request_id,
+            requester=incoming.requester,
+            verdict=verdict,
+            approved_by_second_officer=False,
+            message_id=self._random(ID_BYTES),
+            now=now,
+        )
+        self._store.receive_request(
+            cursor,
+            NewDisclosure(
+                request_id=incoming.request_id,
+                requester=incoming.requester,
+                owner=self._me,
+                hit_group_id=incoming.hit_group_id,
+                signal_ref=incoming.signal_ref,
+                purpose=incoming.purpose,
+                fields=incoming.fields,
+                officer=incoming.officer,
+                justification=incoming.justification,
+                covenant_version=covenant.version,
+                requested_at=incoming.issued_at,
+            ),
+            verdict,
+            _sealed(answer),
+            now=now,
+        )
+        self.wake()
+        _log_verdict("disclosure request decided", verdict)
+
+    def _response(self, cursor: int, sender: str, body: bytes, now: datetime) -> None:
+        update = disclosure.parse_response(body, sender=sender, me=self._me)
+        changed = self._store.apply_response(cursor, update, now=now)
+        log.info(
+            "disclosure answer received",
+            outcome=update.outcome.value,
+            reason=None if update.reason is None else update.reason.value,
+            applied=changed,
+        )
+
+    # --- as owner: four eyes ---------------------------------------------------------------
+
+    def _pending(self, request_id: bytes) -> PendingRequest:
+        if len(request_id) != ID_BYTES:
+            raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+        record = self._store.disclosure(request_id)
+        if record is None:
+            raise NotFound("no disclosure request with this id", field="request_id")
+        if (
+            record.direction is not DisclosureDirection.INCOMING
+            or record.state is not DisclosureState.PENDING_APPROVAL
+        ):
+            raise NotAllowed(
+                "not an incoming request waiting for approval",
+                field="request_id",
+                reason="disclosure.not_pending",
+            )
+        return PendingRequest(
+            request_id=record.request_id,
+            requester=record.requester,
+            signal_ref=record.signal_ref,
+            hit_group_id=record.hit_group_id,
+            purpose=record.purpose,
+            fields=record.requested_fields,
+            requester_officer=record.requester_officer,
+            decided_by=record.decided_by,
+        )
+
+    def approve(self, request_id: bytes, *, officer: str, note: str = "") -> DisclosureRecord:
+        """A second officer of this node approves a pending request: decided again under the
+        covenant of now, then granted (or refused, if the rules no longer allow it)."""
+        pending = self._pending(request_id)
+        if len(note.encode("utf-8")) > disclosure.MAX_TEXT_BYTES:
+            raise InvalidInput(f"at most {disclosure.MAX_TEXT_BYTES} bytes", field="note")
+        covenant = self._covenant()
+        now = self._now()
+        verdict = disclosure.approve(covenant, pending, officer, self._store, now=now)
+        return self._decided(pending, officer, True, note, verdict, covenant, now)
+
+    def deny(self, request_id: bytes, *, officer: str, reason: str) -> DisclosureRecord:
+        """A second officer of this node denies a pending request; the reason goes to the
+        requester with the refusal."""
+        pending = self._pending(request_id)
+        verdict = disclosure.deny(pending, officer, reason)
+        covenant, now = self._covenant(), self._now()
+        return self._decided(pending, officer, False, reason, verdict, covenant, now)
+
+    def _decided(
+        self,
+        pending: PendingRequest,
+        officer: str,
+        approved: bool,
+        note: str,
+        verdict: Verdict,
+        covenant: Covenant,
+        now: datetime,
+    ) -> DisclosureRecord:
+        answer = disclosure.respond(
+            self._keys,
+            covenant,
+            request_id=pending.request_id,
+            requester=pending.requester,
+            verdict=verdict,
+            approved_by_second_officer=verdict.outcome is Outcome.GRANTED,
+            message_id=self._random(ID_BYTES),
+            now=now,
+        )
+        record = self._store.decide_pending(
+            pending.request_id,
+            officer=officer,
+            approved=approved,
+            note=note,
+            verdict=verdict,
+            answer=_sealed(answer),
+            now=now,
+        )
+        self.wake()
+        _log_verdict("pending disclosure decided", verdict)
+        return record
+
+
+def _log_verdict(event: str, verdict: Verdict) -> None:
+    log.info(
+        event,
+        outcome=verdict.outcome.value,
+        reason=None if verdict.reason is None else verdict.reason.value,
+        released=len(verdict.values or {}),
+        withheld=len(verdict.withheld),
+    )

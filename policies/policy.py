@@ -1,0 +1,523 @@
+"""The covenant's rules as data: signers, purposes, matching, visibility, release, retention.
+
+These are the sections of the covenant that say who may see and share what.
+They are plain frozen dataclasses, validated on construction with errors that
+name the field; ``samenloop.policies.covenant`` reads and writes them as TOML
+and ``samenloop.policies.rules`` turns them into decisions. Nothing here does
+I/O.
+
+Vocabulary (see docs/covenant.md):
+
+* a *signer* is an administrator whose Ed25519 signature counts towards the
+  covenant's signature threshold (TUF's root keys);
+* a *purpose* (doel) is a reason for a disclosure that the covenant allows;
+* a *visibility rule* says, per recipient role, how much of a hit it learns
+  (:class:`Level`), which roles it never learns of (to avoid tipping off), and
+  whether it coordinates (is told of hits it is not part of);
+* a *release rule* says, per requesting role, category and purpose, which
+  detail fields the owner may release, whether a second officer must approve
+  (four eyes) and how many releases per period are allowed.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from samenloop.policies.certs import check_id
+from samenloop.policies.errors import InvalidInput
+
+__all__ = [
+    "ANY_CATEGORY",
+    "IDENTIFIER_TYPES",
+    "Level",
+    "Matching",
+    "Policy",
+    "Purpose",
+    "Quotas",
+    "ReleaseRule",
+    "Retention",
+    "Role",
+    "Signer",
+    "Signing",
+    "VisibilityRule",
+    "check_name",
+    "check_token",
+]
+
+#: The identifier types a covenant may name; the node's parsers know exactly these.
+IDENTIFIER_TYPES = (
+    "bsn",
+    "rsin",
+    "kvk",
+    "vestiging",
+    "address",
+    "bag",
+    "kenteken",
+    "iban",
+    "phone",
+    "email",
+    "person",
+)
+
+#: A release rule's category that matches every category of the covenant.
+ANY_CATEGORY = "*"
+
+MAX_NAME_BYTES = 256
+MAX_DAYS = 36_600  # a hundred years: beyond that a number is a typo
+MAX_QUOTA = 10**9
+_TOKEN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}\Z")
+
+
+class Role(enum.StrEnum):
+    """The kinds of partner a covenant knows; visibility and release rules are written per role."""
+
+    GEMEENTE = "gemeente"
+    POLITIE = "politie"
+    OM = "om"
+    BELASTINGDIENST = "belastingdienst"
+    FIOD = "fiod"
+    DOUANE = "douane"
+    IND = "ind"
+    ARBEIDSINSPECTIE = "arbeidsinspectie"
+    PROVINCIE = "provincie"
+    WONINGCORPORATIE = "woningcorporatie"
+    RIEC = "riec"
+    LIEC = "liec"
+
+
+class Level(enum.StrEnum):
+    """How much of a hit a recipient learns; each level adds to the one before."""
+
+    NOTHING = "nothing"  # no notice at all: its signals count, it is not told
+    EXISTS = "exists"  # that a hit on its signal exists, nothing about the others
+    COUNT = "count"  # ... and how many parties it may know of hold the subject
+    ROLES = "roles"  # ... and their roles
+    PARTIES = "parties"  # ... and which parties, with their signal references
+    CATEGORIES = "categories"  # ... and the categories of their signals
+
+    @property
+    def rank(self) -> int:
+        return list(Level).index(self)
+
+    def at_least(self, other: Level) -> bool:
+        return self.rank >= other.rank
+
+
+# --- field rules ---------------------------------------------------------------------
+
+
+def check_token(value: object, *, field: str) -> str:
+    """A short lower-case identifier used in rules: a category, purpose, field or signer id."""
+    if not isinstance(value, str) or not _TOKEN.match(value):
+        raise InvalidInput(
+            "must be 1-64 characters: a-z, 0-9, '_', '.', '-' (starting with a letter or digit)",
+            field=field,
+        )
+    return value
+
+
+def check_name(value: object, *, field: str) -> str:
+    """A display name or description: non-empty, no control characters, trimmed, bounded."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput("must be a non-empty string", field=field)
+    if len(value.encode("utf-8")) > MAX_NAME_BYTES * 4 or value != value.strip():
+        raise InvalidInput(
+            f"must be at most {MAX_NAME_BYTES * 4} bytes, without surrounding spaces", field=field
+        )
+    if any((ord(char) < 0x20 and char != "\n") or ord(char) == 0x7F for char in value):
+        raise InvalidInput("must not contain control characters", field=field)
+    return value
+
+
+def _check_int(value: object, low: int, high: int, *, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput("must be an integer", field=field)
+    if not low <= value <= high:
+        raise InvalidInput(f"must be {low}..{high}", field=field)
+    return value
+
+
+def _check_bool(value: object, *, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput("must be true or false", field=field)
+    return value
+
+
+def _check_tuple(value: object, *, field: str) -> tuple[object, ...]:
+    if not isinstance(value, tuple):
+        raise InvalidInput("must be a list", field=field)
+    return value
+
+
+def _distinct_tokens(values: object, *, field: str, allowed: Iterable[str] | None = None) -> None:
+    items = _check_tuple(values, field=field)
+    allowed_set = frozenset(allowed) if allowed is not None else None
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        check_token(item, field=f"{field}[{i}]")
+        assert isinstance(item, str)
+        if allowed_set is not None and item not in allowed_set:
+            raise InvalidInput(
+                f"{item!r} is not one of: {', '.join(sorted(allowed_set))}", field=f"{field}[{i}]"
+            )
+        if item in seen:
+            raise InvalidInput(f"{item!r} is listed twice", field=f"{field}[{i}]")
+        seen.add(item)
+
+
+def _check_roles(values: object, *, field: str) -> None:
+    items = _check_tuple(values, field=field)
+    seen: set[Role] = set()
+    for i, item in enumerate(items):
+        if not isinstance(item, Role):
+            raise InvalidInput(f"must be one of: {', '.join(Role)}", field=f"{field}[{i}]")
+        if item in seen:
+            raise InvalidInput(f"{item.value!r} is listed twice", field=f"{field}[{i}]")
+        seen.add(item)
+
+
+# --- the sections ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """An administrator whose signature counts towards the covenant's threshold."""
+
+    id: str
+    name: str
+    ed25519: bytes
+
+    def __post_init__(self) -> None:
+        check_id(self.id, field="id")
+        check_name(self.name, field="name")
+        if not isinstance(self.ed25519, bytes) or len(self.ed25519) != 32:
+            raise InvalidInput("must be 32 bytes", field="ed25519")
+
+
+@dataclass(frozen=True, slots=True)
+class Signing:
+    """Who signs the covenant and how many of them must (the threshold)."""
+
+    threshold: int
+    signers: tuple[Signer, ...]
+
+    def __post_init__(self) -> None:
+        signers = _check_tuple(self.signers, field="signers")
+        if not signers:
+            raise InvalidInput("list at least one signer", field="signers")
+        ids: set[str] = set()
+        keys: set[bytes] = set()
+        for i, signer in enumerate(signers):
+            if not isinstance(signer, Signer):
+                raise InvalidInput("must be a signer", field=f"signers[{i}]")
+            if signer.id in ids:
+                raise InvalidInput(f"duplicate signer id {signer.id!r}", field=f"signers[{i}].id")
+            if signer.ed25519 in keys:
+                raise InvalidInput(
+                    "same key as another signer: every signer needs its own key",
+                    field=f"signers[{i}].ed25519",
+                )
+            ids.add(signer.id)
+            keys.add(signer.ed25519)
+        _check_int(self.threshold, 1, len(signers), field="threshold")
+
+    def signer(self, signer_id: str) -> Signer | None:
+        return next((s for s in self.signers if s.id == signer_id), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Purpose:
+    """A purpose (doel) for which details may be asked; doelbinding keys on its id."""
+
+    id: str
+    description: str
+
+    def __post_init__(self) -> None:
+        check_token(self.id, field="id")
+        check_name(self.description, field="description")
+
+
+@dataclass(frozen=True, slots=True)
+class Matching:
+    """When tokens form a hit: distinct parties needed, and which identifier types count."""
+
+    min_parties: int
+    identifier_types: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check_int(self.min_parties, 2, 1000, field="min_parties")
+        _distinct_tokens(self.identifier_types, field="identifier_types", allowed=IDENTIFIER_TYPES)
+        if not self.identifier_types:
+            raise InvalidInput("list at least one identifier type", field="identifier_types")
+
+
+@dataclass(frozen=True, slots=True)
+class VisibilityRule:
+    """What parties of ``role`` learn of a hit.
+
+    ``level`` bounds what they learn; members whose role is in
+    ``hidden_roles`` are never shown to them (their signals still count, so
+    that, say, police signals do not tip off a municipality); a
+    ``coordinator`` is told of every hit it may see, also when it holds no
+    signal in it.
+    """
+
+    role: Role
+    level: Level
+    hidden_roles: tuple[Role, ...] = ()
+    coordinator: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.role, Role):
+            raise InvalidInput(f"must be one of: {', '.join(Role)}", field="role")
+        if not isinstance(self.level, Level):
+            raise InvalidInput(f"must be one of: {', '.join(Level)}", field="level")
+        _check_roles(self.hidden_roles, field="hidden_roles")
+        _check_bool(self.coordinator, field="coordinator")
+        if self.coordinator and self.level is Level.NOTHING:
+            raise InvalidInput(
+                "a coordinator that learns nothing coordinates nothing", field="level"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRule:
+    """Which fields an owner may release to a ``role`` for a ``category`` and ``purpose``.
+
+    ``category`` may be ``"*"`` (any category); a rule for the exact category
+    wins over it. ``four_eyes``: a second officer of the owner must approve
+    first. ``max_per_period``: at most this many releases to one requesting
+    party under this rule per ``period_days`` (0: no maximum).
+    """
+
+    role: Role
+    category: str
+    purpose: str
+    fields: tuple[str, ...]
+    four_eyes: bool = False
+    max_per_period: int = 0
+    period_days: int = 30
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.role, Role):
+            raise InvalidInput(f"must be one of: {', '.join(Role)}", field="role")
+        if self.category != ANY_CATEGORY:
+            check_token(self.category, field="category")
+        check_token(self.purpose, field="purpose")
+        _distinct_tokens(self.fields, field="fields")
+        if not self.fields:
+            raise InvalidInput("list at least one field", field="fields")
+        _check_bool(self.four_eyes, field="four_eyes")
+        _check_int(self.max_per_period, 0, MAX_QUOTA, field="max_per_period")
+        _check_int(self.period_days, 1, MAX_DAYS, field="period_days")
+
+    @property
+    def key(self) -> tuple[Role, str, str]:
+        return (self.role, self.category, self.purpose)
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long signals are kept: ``default_days``, or per category in ``categories``."""
+
+    default_days: int
+    categories: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_int(self.default_days, 1, MAX_DAYS, field="default_days")
+        items = _check_tuple(self.categories, field="categories")
+        seen: set[str] = set()
+        for item in items:
+            if not (isinstance(item, tuple) and len(item) == 2):
+                raise InvalidInput("must be (category, days) pairs", field="categories")
+            category, days = item
+            check_token(category, field=f"categories.{category}")
+            _check_int(days, 1, MAX_DAYS, field=f"categories.{category}")
+            if category in seen:
+                raise InvalidInput("listed twice", field=f"categories.{category}")
+            seen.add(str(category))
+
+    def days_for(self, category: str) -> int:
+        return dict(self.categories).get(category, self.default_days)
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Per-party daily limits: OPRF evaluations (caps online guessing) and disclosure requests."""
+
+    oprf_evaluations_per_day: int
+    disclosure_requests_per_day: int
+
+    def __post_init__(self) -> None:
+        _check_int(self.oprf_evaluations_per_day, 1, MAX_QUOTA, field="oprf_evaluations_per_day")
+        _check_int(
+            self.disclosure_requests_per_day, 0, MAX_QUOTA, field="disclosure_requests_per_day"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Every rule of a covenant that is not about identities and keys."""
+
+    identifier_types: tuple[str, ...]
+    categories: tuple[str, ...]
+    purposes: tuple[Purpose, ...]
+    matching: Matching
+    visibility: tuple[VisibilityRule, ...]
+    release: tuple[ReleaseRule, ...]
+    retention: Retention
+    quotas: Quotas
+    detail_fields: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        _distinct_tokens(self.identifier_types, field="identifier_types", allowed=IDENTIFIER_TYPES)
+        if not self.identifier_types:
+            raise InvalidInput("list at least one identifier type", field="identifier_types")
+        _distinct_tokens(self.categories, field="categories")
+        if not self.categories:
+            raise InvalidInput("list at least one category", field="categories")
+        _distinct_tokens(self.detail_fields, field="detail_fields")
+        purposes = _check_tuple(self.purposes, field="purposes")
+        purpose_ids: set[str] = set()
+        for i, purpose in enumerate(purposes):
+            if not isinstance(purpose, Purpose):
+                raise InvalidInput("must be a purpose", field=f"purposes[{i}]")
+            if purpose.id in purpose_ids:
+                raise InvalidInput(f"duplicate purpose {purpose.id!r}", field=f"purposes[{i}].id")
+            purpose_ids.add(purpose.id)
+        if not isinstance(self.matching, Matching):
+            raise InvalidInput("must be the matching section", field="matching")
+        for i, kind in enumerate(self.matching.identifier_types):
+            if kind not in self.identifier_types:
+                raise InvalidInput(
+                    f"{kind!r} is not among the covenant's identifier_types",
+                    field=f"matching.identifier_types[{i}]",
+                )
+        seen_roles: set[Role] = set()
+        for i, rule in enumerate(_check_tuple(self.visibility, field="visibility")):
+            if not isinstance(rule, VisibilityRule):
+                raise InvalidInput("must be a visibility rule", field=f"visibility[{i}]")
+            if rule.role in seen_roles:
+                raise InvalidInput(
+                    f"a second rule for role {rule.role.value!r}", field=f"visibility[{i}].role"
+                )
+            seen_roles.add(rule.role)
+        seen_release: set[tuple[Role, str, str]] = set()
+        for i, release in enumerate(_check_tuple(self.release, field="release")):
+            if not isinstance(release, ReleaseRule):
+                raise InvalidInput("must be a release rule", field=f"release[{i}]")
+            if release.key in seen_release:
+                raise InvalidInput(
+                    "a second rule for this role, category and purpose", field=f"release[{i}]"
+                )
+            seen_release.add(release.key)
+            if release.category != ANY_CATEGORY and release.category not in self.categories:
+                raise InvalidInput(
+                    f"{release.category!r} is not among the covenant's categories",
+                    field=f"release[{i}].category",
+                )
+            if release.purpose not in purpose_ids:
+                raise InvalidInput(
+                    f"{release.purpose!r} is not among the covenant's purposes",
+                    field=f"release[{i}].purpose",
+                )
+            if self.detail_fields:
+                for j, name in enumerate(release.fields):
+                    if name not in self.detail_fields:
+                        raise InvalidInput(
+                            f"{name!r} is not among the covenant's detail_fields",
+                            field=f"release[{i}].fields[{j}]",
+                        )
+        if not isinstance(self.retention, Retention):
+            raise InvalidInput("must be the retention section", field="retention")
+        for category, _days in self.retention.categories:
+            if category not in self.categories:
+                raise InvalidInput(
+                    f"{category!r} is not among the covenant's categories",
+                    field=f"retention.categories.{category}",
+                )
+        if not isinstance(self.quotas, Quotas):
+            raise InvalidInput("must be the quotas section", field="quotas")
+
+    def visibility_for(self, role: Role) -> VisibilityRule | None:
+        return next((rule for rule in self.visibility if rule.role is role), None)
+
+    def purpose(self, purpose_id: str) -> Purpose | None:
+        return next((p for p in self.purposes if p.id == purpose_id), None)
+
+
+# --- the example -----------------------------------------------------------------------
+
+#: Signal categories from practice (DESIGN.md): a starting set for covenants and the demo.
+EXAMPLE_CATEGORIES = (
+    "vastgoedmisbruik",
+    "woonfraude",
+    "witwasindicatie",
+    "drugsproductie",
+    "katvanger",
+    "risicobranche",
+    "bedrijventerrein",
+    "buitengebied",
+    "leegstand",
+)
+EXAMPLE_DETAIL_FIELDS = ("naam", "adres", "omschrijving", "dossier", "contactpersoon")
+
+
+def example_policy(*, min_parties: int = 2) -> Policy:
+    """The rules of a typical regional RIEC covenant; ``covenant init`` starts from these.
+
+    Police and FIOD signals count towards hits but are not shown to
+    municipalities, housing corporations or the tax office (no tipping off);
+    the RIEC coordinates and sees every hit with its categories; municipalities
+    may ask for details for a Bibob screening (four eyes) and for tackling
+    address fraud; the RIEC may ask for case preparation.
+    """
+    hidden = (Role.POLITIE, Role.FIOD, Role.OM)
+    return Policy(
+        identifier_types=IDENTIFIER_TYPES,
+        categories=EXAMPLE_CATEGORIES,
+        detail_fields=EXAMPLE_DETAIL_FIELDS,
+        purposes=(
+            Purpose("bibob", "Bibob screening of a permit applicant (Wet Bibob)"),
+            Purpose("adresfraude", "Tackling housing and address fraud (woon- en adresfraude)"),
+            Purpose("casusvoorbereiding", "Preparing a case for the RIEC case meeting"),
+        ),
+        matching=Matching(min_parties=min_parties, identifier_types=IDENTIFIER_TYPES),
+        visibility=(
+            VisibilityRule(Role.RIEC, Level.CATEGORIES, coordinator=True),
+            VisibilityRule(Role.LIEC, Level.COUNT, coordinator=True),
+            VisibilityRule(Role.POLITIE, Level.CATEGORIES),
+            VisibilityRule(Role.OM, Level.CATEGORIES),
+            VisibilityRule(Role.FIOD, Level.CATEGORIES),
+            VisibilityRule(Role.GEMEENTE, Level.CATEGORIES, hidden_roles=hidden),
+            VisibilityRule(Role.BELASTINGDIENST, Level.CATEGORIES, hidden_roles=hidden),
+            VisibilityRule(Role.WONINGCORPORATIE, Level.PARTIES, hidden_roles=hidden),
+            VisibilityRule(Role.PROVINCIE, Level.COUNT, hidden_roles=hidden),
+        ),
+        release=(
+            ReleaseRule(
+                Role.GEMEENTE,
+                ANY_CATEGORY,
+                "bibob",
+                ("naam", "omschrijving"),
+                four_eyes=True,
+                max_per_period=50,
+                period_days=30,
+            ),
+            ReleaseRule(Role.GEMEENTE, "woonfraude", "adresfraude", ("naam", "adres")),
+            ReleaseRule(
+                Role.WONINGCORPORATIE, "woonfraude", "adresfraude", ("adres", "omschrijving")
+            ),
+            ReleaseRule(
+                Role.RIEC,
+                ANY_CATEGORY,
+                "casusvoorbereiding",
+                ("naam", "omschrijving", "dossier", "contactpersoon"),
+            ),
+        ),
+        retention=Retention(default_days=365, categories=(("vastgoedmisbruik", 730),)),
+        quotas=Quotas(oprf_evaluations_per_day=1_000_000, disclosure_requests_per_day=200),
+    )

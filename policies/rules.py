@@ -1,0 +1,319 @@
+"""The policy engine: the covenant's rules as pure decisions.
+
+* :func:`visibility` — what one party may learn of a hit (broker, per notice);
+* :func:`release` — whether an owner may release details to a requester, and
+  which fields (owner's node, per disclosure request);
+* :func:`retention` — when a signal expires (node, per signal);
+* :func:`check_quota`, :func:`check_category`, :func:`check_identifier_type` —
+  small guards the daemons call at their boundaries.
+
+Each decision is built from small rules that tests drive one by one (see
+tests/test_rules.py). Nothing here does I/O or reads a clock: facts and
+``now`` come in as arguments.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from samenloop.policies.covenant import Covenant
+from samenloop.policies.errors import InvalidInput, NotAllowed, QuotaExceeded
+from samenloop.policies.policy import ANY_CATEGORY, Level, ReleaseRule, Role, VisibilityRule
+
+__all__ = [
+    "Allow",
+    "Decision",
+    "Deny",
+    "HitView",
+    "MemberFacts",
+    "MemberShown",
+    "NeedsApproval",
+    "Refusal",
+    "check_category",
+    "check_identifier_type",
+    "check_quota",
+    "counts_for_matching",
+    "hides",
+    "observers",
+    "release",
+    "release_rule_for",
+    "retention",
+    "visibility",
+]
+
+
+# --- visibility ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemberFacts:
+    """A member of a hit group as the broker knows it."""
+
+    party: str
+    signal_refs: tuple[bytes, ...]
+    sealed_attributes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberShown:
+    """Another member as the recipient may see it: hidden parts are ``None`` or empty."""
+
+    party: str | None
+    role: str | None
+    signal_refs: tuple[bytes, ...]
+    sealed_attributes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HitView:
+    """What one recipient learns of a hit: its level, the members shown, the count (if any)."""
+
+    level: Level
+    members: tuple[MemberShown, ...]
+    party_count: int | None
+
+
+def observers(covenant: Covenant) -> frozenset[str]:
+    """Parties told of hits they hold no signal in: those whose role's rule coordinates."""
+    return frozenset(
+        party.id
+        for party in covenant.parties
+        if (rule := covenant.policy.visibility_for(party.role)) is not None and rule.coordinator
+    )
+
+
+def hides(covenant: Covenant, recipient: str, party: str) -> bool:
+    """Whether ``recipient``'s rule keeps ``party`` out of everything it learns of hits."""
+    if not (covenant.is_party(recipient) and covenant.is_party(party)) or recipient == party:
+        return False
+    rule = covenant.policy.visibility_for(covenant.role_of(recipient))
+    return rule is not None and covenant.role_of(party) in rule.hidden_roles
+
+
+def _shown(member: MemberFacts, role: Role, level: Level) -> MemberShown:
+    return MemberShown(
+        party=member.party if level.at_least(Level.PARTIES) else None,
+        role=role.value if level.at_least(Level.ROLES) else None,
+        signal_refs=member.signal_refs if level.at_least(Level.PARTIES) else (),
+        sealed_attributes=member.sealed_attributes if level.at_least(Level.CATEGORIES) else (),
+    )
+
+
+def visibility(
+    covenant: Covenant,
+    recipient: str,
+    members: Sequence[MemberFacts],
+    *,
+    former_roles: Mapping[str, Role] | None = None,
+) -> HitView | None:
+    """What ``recipient`` may learn of a group with these ``members``; ``None``: no notice.
+
+    Rules, in order:
+
+    1. a party the covenant does not list, or whose role has no visibility
+       rule or level ``nothing``, learns nothing;
+    2. a party that holds no signal in the group learns of it only if its
+       role coordinates;
+    3. members whose role the recipient's rule hides are left out entirely
+       (not shown, not counted), so their signals count towards the hit
+       without tipping anyone off;
+    4. if that leaves fewer parties than a hit needs (``min_parties``,
+       counting the recipient if it is a member; with two: nobody but the
+       recipient itself), it learns nothing — otherwise the notice alone would
+       reveal that a hidden party holds the subject;
+    5. what is shown of each remaining member follows the level.
+
+    ``former_roles``: roles of parties a new covenant version removed, for
+    judging what a recipient saw of a group they were in before (to tell it
+    the group closed).
+    """
+    if not covenant.is_party(recipient):
+        return None
+    rule: VisibilityRule | None = covenant.policy.visibility_for(covenant.role_of(recipient))
+    if rule is None or rule.level is Level.NOTHING:
+        return None
+    is_member = any(m.party == recipient for m in members)
+    if not is_member and not rule.coordinator:
+        return None
+    hidden = frozenset(rule.hidden_roles)
+    roles = dict(former_roles or {})
+    roles.update(
+        {m.party: covenant.role_of(m.party) for m in members if covenant.is_party(m.party)}
+    )
+    others = [
+        m
+        for m in members
+        if m.party != recipient and m.party in roles and roles[m.party] not in hidden
+    ]
+    count = len(others) + (1 if is_member else 0)
+    if not others or count < covenant.min_parties:
+        return None  # a recipient sees a hit only where the parties it may see make one
+    return HitView(
+        level=rule.level,
+        members=tuple(_shown(m, roles[m.party], rule.level) for m in others)
+        if rule.level.at_least(Level.ROLES)
+        else (),
+        party_count=count if rule.level.at_least(Level.COUNT) else None,
+    )
+
+
+# --- release ---------------------------------------------------------------------------
+
+
+class Refusal(enum.StrEnum):
+    """Why a disclosure is refused; mirrors ``DisclosureRefusalReason`` on the wire."""
+
+    INVALID_NOTICE = "invalid_notice"
+    NOT_IN_HIT = "not_in_hit"
+    HIT_CLOSED = "hit_closed"
+    UNKNOWN_PURPOSE = "unknown_purpose"
+    NOT_ALLOWED = "not_allowed"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    DENIED_BY_OFFICER = "denied_by_officer"
+    REPLAY = "replay"
+    COVENANT_MISMATCH = "covenant_mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    """Release exactly ``fields`` now; ``withheld`` were asked for but are not allowed."""
+
+    fields: tuple[str, ...]
+    withheld: tuple[str, ...]
+    rule: ReleaseRule
+
+
+@dataclass(frozen=True, slots=True)
+class NeedsApproval:
+    """Release ``fields`` once a second officer of the owner approves (four eyes)."""
+
+    fields: tuple[str, ...]
+    withheld: tuple[str, ...]
+    rule: ReleaseRule
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    """Release nothing, for ``reason``; ``message`` says so to people."""
+
+    reason: Refusal
+    message: str
+
+
+Decision = Allow | NeedsApproval | Deny
+
+
+def release_rule_for(
+    covenant: Covenant, role: Role, category: str, purpose: str
+) -> ReleaseRule | None:
+    """The rule for this role, category and purpose: the exact category wins over ``*``."""
+    exact = wildcard = None
+    for rule in covenant.policy.release:
+        if rule.role is not role or rule.purpose != purpose:
+            continue
+        if rule.category == category:
+            exact = rule
+        elif rule.category == ANY_CATEGORY:
+            wildcard = rule
+    return exact or wildcard
+
+
+def release(
+    covenant: Covenant,
+    *,
+    requester: str,
+    purpose: str,
+    fields: Sequence[str],
+    category: str,
+    in_hit: bool,
+    hit_open: bool,
+    released_in_period: int,
+) -> Decision:
+    """Decide a disclosure request at the owner's node.
+
+    ``in_hit``: the requester showed a valid broker-signed notice, addressed to
+    it, that lists the asked-for signal. ``hit_open``: that hit still stands.
+    ``released_in_period``: how many releases the owner made to this requester
+    under the matching rule within the rule's period (the caller counts; see
+    :func:`release_rule_for`). The first failing rule decides.
+    """
+    if covenant.policy.purpose(purpose) is None:
+        return Deny(Refusal.UNKNOWN_PURPOSE, f"{purpose!r} is not a purpose of this covenant")
+    if not in_hit:
+        return Deny(Refusal.NOT_IN_HIT, "the requester showed no hit that includes this signal")
+    if not hit_open:
+        return Deny(Refusal.HIT_CLOSED, "the hit is closed")
+    if not covenant.is_party(requester):
+        return Deny(Refusal.NOT_ALLOWED, f"{requester!r} is not a party of this covenant")
+    role = covenant.role_of(requester)
+    rule = release_rule_for(covenant, role, category, purpose)
+    if rule is None:
+        return Deny(
+            Refusal.NOT_ALLOWED,
+            f"the covenant releases nothing to a {role.value} for {purpose!r} "
+            "on a signal of this category",
+        )
+    asked = tuple(dict.fromkeys(fields))
+    allowed = tuple(f for f in asked if f in rule.fields)
+    withheld = tuple(f for f in asked if f not in rule.fields)
+    if not allowed:
+        return Deny(
+            Refusal.NOT_ALLOWED,
+            f"none of the fields asked for may be released; allowed: {', '.join(rule.fields)}",
+        )
+    if rule.max_per_period and released_in_period >= rule.max_per_period:
+        return Deny(
+            Refusal.QUOTA_EXCEEDED,
+            f"at most {rule.max_per_period} releases per {rule.period_days} days under this rule",
+        )
+    if rule.four_eyes:
+        return NeedsApproval(allowed, withheld, rule)
+    return Allow(allowed, withheld, rule)
+
+
+# --- retention, quotas and boundary guards -------------------------------------------
+
+
+def check_category(covenant: Covenant, category: str, *, field: str = "category") -> str:
+    """Refuse a category the covenant does not list (``InvalidInput`` naming ``field``)."""
+    if category not in covenant.policy.categories:
+        raise InvalidInput(
+            f"not a category of this covenant; use one of: {', '.join(covenant.policy.categories)}",
+            field=field,
+            reason="signal.unknown_category",
+        )
+    return category
+
+
+def check_identifier_type(covenant: Covenant, kind: str, *, field: str = "type") -> str:
+    """Refuse an identifier type the covenant does not use (``NotAllowed`` naming ``field``)."""
+    if kind not in covenant.policy.identifier_types:
+        raise NotAllowed(
+            f"the covenant does not use identifier type {kind!r}",
+            field=field,
+            reason="identifier.type_not_in_covenant",
+        )
+    return kind
+
+
+def counts_for_matching(covenant: Covenant, kind: str) -> bool:
+    """Whether identifiers of this type are tokenised and matched (others stay local)."""
+    return kind in covenant.policy.matching.identifier_types
+
+
+def retention(
+    covenant: Covenant, category: str, *, created_at: datetime, requested: datetime | None = None
+) -> datetime:
+    """A signal's expiry: the covenant's retention for its category, or earlier if asked."""
+    check_category(covenant, category)
+    limit = created_at + timedelta(days=covenant.policy.retention.days_for(category))
+    return limit if requested is None or requested > limit else requested
+
+
+def check_quota(used: int, limit: int, *, what: str, field: str) -> None:
+    """Raise ``QuotaExceeded`` naming ``field`` once ``used`` has reached ``limit``."""
+    if used >= limit:
+        raise QuotaExceeded(f"the covenant allows {limit} {what} per day", field=field)

@@ -1,0 +1,247 @@
+"""Publishing a covenant through the broker: TUF's rules at the broker, delivery, cut-off.
+
+A real broker over mTLS on port 0 with an SQLite store; covenant versions are
+signed with the provisioned signers' keys (both are needed: threshold 2).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from samenloop.broker import server as broker_server
+from samenloop.node.provision import PartySpec, Provisioned, provision
+from samenloop.policies import crypto, database, rpc
+from samenloop.policies.config import load_broker_config
+from samenloop.policies.crypto import PartyKeys, SignatureContext
+from samenloop.policies.policy import Quotas, Role
+from samenloop.policies.trust import SignedCovenant
+from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
+
+PARTIES = [
+    PartySpec("gemeente", "Gemeente Middelburg", Role.GEMEENTE),
+    PartySpec("politie", "Politie Zeeland-West-Brabant", Role.POLITIE),
+    PartySpec("belastingdienst", "Belastingdienst", Role.BELASTINGDIENST),
+    PartySpec("riec", "RIEC Zeeland-West-Brabant", Role.RIEC),
+]
+HOLDERS = ["politie", "belastingdienst", "riec"]
+
+
+class World:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.provisioned: Provisioned = provision(
+            root, "riec-zwb-test", PARTIES, HOLDERS, 2, now=datetime.now(UTC)
+        )
+        self.config = replace(
+            load_broker_config(self.provisioned.broker_config), listen="127.0.0.1:0"
+        )
+        engine = database.make_engine(self.config.database_url)
+        database.upgrade(engine, broker_server.MIGRATIONS)
+        engine.dispose()
+        self.running = broker_server.build_server(self.config, evaluate_timeout=3.0)
+
+    def restart(self) -> None:
+        self.running.stop(0)
+        self.running = broker_server.build_server(self.config, evaluate_timeout=3.0)
+
+    def stub(self, party: str) -> broker_pb2_grpc.BrokerStub:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=(self.root / "ca" / "ca.pem").read_bytes(),
+            private_key=(self.root / party / "tls.key").read_bytes(),
+            certificate_chain=(self.root / party / "tls.pem").read_bytes(),
+        )
+        channel = grpc.secure_channel(f"localhost:{self.running.port}", credentials)
+        return broker_pb2_grpc.BrokerStub(channel)
+
+    def publish(self, signed: SignedCovenant, by: str = "riec") -> int:
+        request = broker_pb2.PublishCovenantRequest(covenant=signed.to_proto())
+        return self.stub(by).PublishCovenant(request, timeout=10).version
+
+    def drain(self, party: str) -> list[broker_pb2.MailboxItem]:
+        broker = self.stub(party)
+        fetched = broker.FetchMailbox(broker_pb2.FetchMailboxRequest(), timeout=5)
+        if fetched.items:
+            broker.AckMailbox(
+                broker_pb2.AckMailboxRequest(cursor=fetched.items[-1].cursor), timeout=5
+            )
+        return list(fetched.items)
+
+    def submit(self, party: str, token: bytes) -> None:
+        expires = broker_pb2.TokenEntry().expires_at
+        expires.FromDatetime(datetime.now(UTC) + timedelta(days=30))
+        self.stub(party).SubmitTokens(
+            broker_pb2.SubmitTokensRequest(
+                client_batch_id=os.urandom(16),
+                key_epoch=1,
+                entries=[
+                    broker_pb2.TokenEntry(
+                        token=token, signal_ref=os.urandom(16), expires_at=expires
+                    )
+                ],
+            ),
+            timeout=10,
+        )
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    yield w
+    w.running.stop(0)
+
+
+def version_2(world: World, **changes: object) -> SignedCovenant:
+    held = world.provisioned.covenant
+    draft = replace(held, version=2, **changes)  # type: ignore[arg-type]
+    return world.provisioned.sign(draft)
+
+
+def rejection(world: World, signed: SignedCovenant) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        world.publish(signed)
+    assert isinstance(info.value, grpc.Call)
+    return info.value.code(), rpc.error_from_rpc(info.value).reason
+
+
+def test_a_new_version_reaches_every_party_and_survives_a_restart(world):
+    held = world.provisioned.covenant
+    policy = replace(
+        held.policy, quotas=Quotas(oprf_evaluations_per_day=5000, disclosure_requests_per_day=9)
+    )
+    signed = version_2(world, policy=policy)
+    assert world.publish(signed) == 2
+    for party in ("gemeente", "politie", "belastingdienst", "riec"):
+        (item,) = world.drain(party)
+        assert item.WhichOneof("payload") == "covenant_update"
+        assert SignedCovenant.from_proto(item.covenant_update) == signed
+    got = world.stub("gemeente").GetCovenant(broker_pb2.GetCovenantRequest(), timeout=5)
+    assert SignedCovenant.from_proto(got.covenant) == signed
+    # Publishing the same version again changes nothing and delivers nothing.
+    assert world.publish(signed, by="gemeente") == 2
+    assert world.drain("politie") == []
+    world.restart()
+    hello = world.stub("politie").Hello(broker_pb2.HelloRequest(party="politie"), timeout=5)
+    assert hello.covenant_version == 2
+
+
+def test_rollback_tampered_under_signed_and_expired_versions_are_refused(world):
+    v2 = version_2(world)
+    world.publish(v2)
+    world.drain("riec")
+    # An older version after a newer one.
+    v1 = SignedCovenant.from_json(
+        world.provisioned.signed_covenant.read_bytes(), source="covenant.json"
+    )
+    assert rejection(world, v1) == (grpc.StatusCode.FAILED_PRECONDITION, "covenant.rollback")
+    # Version 3, altered after signing.
+    v3 = world.provisioned.sign(replace(world.provisioned.covenant, version=3))
+    tampered = replace(v3, body=v3.body.replace(b"min_parties = 2", b"min_parties = 3"))
+    assert rejection(world, tampered)[1] == "covenant.bad_signature"
+    # Version 3 signed by one of the two signers only.
+    one = replace(v3, signatures=v3.signatures[:1])
+    assert rejection(world, one)[1] == "covenant.under_signed"
+    # Version 3 signed by someone the covenant does not list.
+    stranger = PartyKeys.generate("beheer-x")
+    forged = replace(
+        v3,
+        signatures=(
+            *v3.signatures,
+            common_signature("beheer-x", stranger, v3.body),
+        ),
+    )
+    assert rejection(world, forged)[1] == "covenant.unknown_signer"
+    # Version 3 whose validity ended yesterday.
+    now = datetime.now(UTC)
+    expired = world.provisioned.sign(
+        replace(
+            world.provisioned.covenant,
+            version=3,
+            valid_from=now - timedelta(days=30),
+            valid_until=now - timedelta(days=1),
+        )
+    )
+    assert rejection(world, expired)[1] == "covenant.expired"
+    assert world.drain("riec") == []  # nothing refused was delivered
+    hello = world.stub("riec").Hello(broker_pb2.HelloRequest(party="riec"), timeout=5)
+    assert hello.covenant_version == 2
+
+
+def common_signature(signer: str, keys: PartyKeys, body: bytes):
+    from samenloop.policies.trust import CovenantSignature
+
+    return CovenantSignature(
+        signer=signer, signature=crypto.sign(keys.signing_key, SignatureContext.COVENANT, body)
+    )
+
+
+def test_garbage_is_refused_naming_the_field(world):
+    request = broker_pb2.PublishCovenantRequest(
+        covenant=common_pb2.SignedCovenant(body=b"\xff not toml")
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        world.stub("riec").PublishCovenant(request, timeout=5)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    error = rpc.error_from_rpc(info.value)
+    # Not signed by the held version's signers: refused before its bytes are even parsed.
+    assert (error.field, error.reason) == ("covenant", "covenant.under_signed")
+    with pytest.raises(grpc.RpcError) as info:
+        world.stub("riec").PublishCovenant(broker_pb2.PublishCovenantRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rpc.error_from_rpc(info.value).field == "covenant"
+
+
+def test_a_removed_party_is_cut_off_at_once(world):
+    token = os.urandom(32)
+    world.submit("gemeente", token)
+    world.submit("belastingdienst", token)
+    for party in ("gemeente", "belastingdienst", "riec"):
+        assert len(world.drain(party)) == 1
+    # The tax office keeps a mailbox stream open while it is removed.
+    stream = world.stub("belastingdienst").StreamMailbox(
+        broker_pb2.StreamMailboxRequest(), timeout=30
+    )
+    ended: list[grpc.StatusCode | None] = []
+
+    def read() -> None:
+        try:
+            for _ in stream:
+                pass
+        except grpc.RpcError as error:
+            ended.append(error.code() if isinstance(error, grpc.Call) else None)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    held = world.provisioned.covenant
+    parties = tuple(p for p in held.parties if p.id != "belastingdienst")
+    key_epoch = replace(
+        held.key_epoch,
+        holders=tuple(h for h in held.key_epoch.holders if h.party != "belastingdienst"),
+    )
+    v2 = version_2(world, parties=parties, key_epoch=replace(key_epoch, threshold=2))
+    world.publish(v2)
+    reader.join(timeout=15)
+    assert ended == [grpc.StatusCode.PERMISSION_DENIED]
+    # Its tokens no longer count: the others are told the hit closed.
+    gemeente = world.drain("gemeente")
+    kinds = [
+        broker_pb2.HitNotice.FromString(i.hit_notice.body).kind
+        for i in gemeente
+        if i.WhichOneof("payload") == "hit_notice"
+    ]
+    assert kinds == [broker_pb2.HIT_NOTICE_KIND_CLOSED]
+    assert any(i.WhichOneof("payload") == "covenant_update" for i in gemeente)
+    # Every call it makes is refused.
+    with pytest.raises(grpc.RpcError) as info:
+        world.drain("belastingdienst")
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as info:
+        world.submit("belastingdienst", os.urandom(32))
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
