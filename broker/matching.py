@@ -754,6 +754,14 @@ class _ChangeBuilder:
             else:
                 shown = self.visibility(party, new)
                 if shown is None:
+                    # It may no longer see the group (say its only visible partner left, or
+                    # a new covenant hides the rest): for it, the hit is over.
+                    seen = (
+                        self.visibility(party, old) if old and kind is not NoticeKind.NEW else None
+                    )
+                    if seen is not None:
+                        view = View(seen.visibility, members=(), party_count=None)
+                        drafts.append((party, NoticeKind.CLOSED, old_refs.get(party, ()), view))
                     continue
                 if (
                     kind in (NoticeKind.GROWN, NoticeKind.SHRUNK)

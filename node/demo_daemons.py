@@ -1,33 +1,41 @@
-"""The full demo: a covenant of four partners, a broker and four nodes as separate processes.
+"""The full demo: a signed covenant of five partners, a broker and five nodes as processes.
 
 Provisions a covenant on loopback (its CA, keys, certificates, a 2-of-3 OPRF
-key dealt to the gemeente, politie and belastingdienst, configs), migrates the
-SQLite databases, starts ``samenloop broker serve`` and four ``samenloop node
-serve`` processes with mTLS between them, imports synthetic signals through
-each node's local API (identifiers that overlap are written differently at
-each partner), waits for the hits, prints what each partner received, and
-stops every process cleanly.
+key dealt to the gemeente, politie and belastingdienst, signers' keys, the
+signed covenant with a typical RIEC policy, configs), migrates the SQLite
+databases, starts ``samenloop broker serve`` and five ``samenloop node serve``
+processes with mTLS between them, imports synthetic signals through each
+node's local API (identifiers that overlap are written differently at each
+partner), and waits for the hits. Then it shows the covenant at work: who saw
+which hit (police signals count but are never shown to the municipality), a
+granted disclosure, one refused for a purpose the covenant does not allow,
+one that waits for a second officer (four eyes), a new covenant version that
+removes a partner, who is then refused, and the audit log verified — and
+failing on a tampered copy. Every process is stopped cleanly.
 """
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from samenloop.node.client import NodeClient, SignalInput
+from samenloop.node.client import Disclosure, Hit, NodeClient, SignalInput
 from samenloop.node.demo import PARTNERS, SHARED, RawSignal, synthetic_signals
 from samenloop.node.identifiers import IdentifierType
 from samenloop.node.provision import PartySpec, Provisioned, provision
-from samenloop.policies.covenant import Role
+from samenloop.policies import rules
+from samenloop.policies.covenant import Covenant, Role
 from samenloop.policies.errors import SamenloopError
 
 COVENANT = "riec-zwb-demo"
@@ -37,7 +45,10 @@ SPECS = (
     PartySpec("politie", "Politie Zeeland-West-Brabant", Role.POLITIE),
     PartySpec("belastingdienst", "Belastingdienst", Role.BELASTINGDIENST),
     PartySpec("woningcorporatie", "Woningcorporatie Zeeuwland", Role.WONINGCORPORATIE),
+    PartySpec("riec", "RIEC Zeeland-West-Brabant", Role.RIEC),
 )
+#: Who holds signals; the RIEC holds none here, it coordinates.
+SIGNAL_HOLDERS = PARTNERS
 CATEGORIES = {
     "gemeente": "vastgoedmisbruik",
     "politie": "drugsproductie",
@@ -48,6 +59,17 @@ CATEGORIES = {
 LEADING_ZEROS_DROPPED = {"gemeente": frozenset({IdentifierType.BSN})}
 READY_SECONDS = 60.0
 HITS_SECONDS = 90.0
+ANSWER_SECONDS = 30.0
+
+
+def _details(raw: RawSignal) -> dict[str, str]:
+    """Synthetic details a partner keeps with its signal (released only as the covenant says)."""
+    return {
+        "naam": f"Betrokkene {raw.reference}",
+        "adres": f"Voorbeeldstraat {len(raw.reference)}, Middelburg",
+        "omschrijving": f"Signaal {CATEGORIES[raw.partner]} bij {raw.partner}",
+        "dossier": f"{raw.partner.upper()}/{raw.reference}",
+    }
 
 
 def _command(*args: str) -> list[str]:
@@ -110,23 +132,58 @@ def _wait_ready(clients: dict[str, NodeClient], processes: Processes) -> None:
         time.sleep(0.2)
 
 
-def expected_hits() -> dict[str, int]:
-    """How many hit groups each partner should end up in (one per shared subject it holds)."""
+def expected_hits(covenant: Covenant) -> dict[str, int]:
+    """How many hit groups each party should be told of, by the covenant's visibility rules."""
     counts: dict[str, int] = defaultdict(int)
     for _, holders in SHARED:
-        for partner in holders:
-            counts[partner] += 1
+        members = [rules.MemberFacts(p, (), ()) for p in sorted(holders)]
+        for party in covenant.party_ids:
+            if rules.visibility(covenant, party, members) is not None:
+                counts[party] += 1
     return dict(counts)
 
 
+def _until(what: str, seconds: float, check: Callable[[], bool], processes: Processes) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        processes.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not after {seconds:.0f} s")
+        time.sleep(0.2)
+
+
+def _answered(client: NodeClient, asked: Disclosure, processes: Processes) -> Disclosure:
+    def done() -> bool:
+        return client.disclosure(asked.request_id).state.value not in ("sent",)
+
+    _until(f"answer to {asked.request_hex[:12]}", ANSWER_SECONDS, done, processes)
+    return client.disclosure(asked.request_id)
+
+
+def _shared_hit(client: NodeClient, owner: str, reference_prefix: str) -> tuple[Hit, bytes]:
+    """A hit of this node that shows ``owner``, and the owner's signal ref in it."""
+    for hit in client.hits():
+        for member in hit.members:
+            if (
+                member.party == owner
+                and member.signal_refs
+                and any((s.reference or "").startswith(reference_prefix) for s in hit.own_signals)
+            ):
+                return hit, member.signal_refs[0]
+    raise RuntimeError(f"no hit with {owner} found")
+
+
 def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
-    console.rule("[bold]Samenloop demo: broker and four nodes over mTLS")
+    console.rule("[bold]Samenloop demo: a signed covenant, a broker and five nodes over mTLS")
     provisioned: Provisioned = provision(
         workdir, COVENANT, SPECS, HOLDERS, 2, now=datetime.now(UTC)
     )
+    covenant = provisioned.covenant
     console.print(
-        f"1. covenant {COVENANT}: {len(SPECS)} partners, key holders {', '.join(HOLDERS)} "
-        f"(2-of-3), CA and certificates in {workdir}"
+        f"1. covenant {COVENANT} version {covenant.version}: {len(SPECS)} partners, key holders "
+        f"{', '.join(HOLDERS)} (2-of-3), signed by "
+        f"{', '.join(s.id for s in covenant.signing.signers)} "
+        f"(threshold {covenant.signing.threshold}); CA and certificates in {workdir}"
     )
     _run("broker", "migrate", "--config", str(provisioned.broker_config))
     for path in provisioned.node_configs.values():
@@ -135,6 +192,7 @@ def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
     logs.mkdir(exist_ok=True)
     processes = Processes(logs, {})
     clients: dict[str, NodeClient] = {}
+    checks: list[tuple[str, bool]] = []
     try:
         processes.start("broker", "broker", "serve", "--config", str(provisioned.broker_config))
         for party, path in provisioned.node_configs.items():
@@ -144,58 +202,284 @@ def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
         console.print("2. broker and nodes running as separate processes; every node connected")
 
         started = time.monotonic()
-        rows: dict[str, list[RawSignal]] = defaultdict(list)
-        for raw in synthetic_signals(per_partner):
-            rows[raw.partner].append(raw)
-        total = 0
-        for party in PARTNERS:
-            report = clients[party].import_signals(
-                [
-                    SignalInput(
-                        reference=raw.reference,
-                        category=CATEGORIES[party],
-                        identifiers=[(raw.type, raw.value)],
-                        leading_zero_dropped=LEADING_ZEROS_DROPPED.get(party, False),
-                    )
-                    for raw in rows[party]
-                ]
-            )
-            total += report.imported
-            refused = ", ".join(f"row {e.row} {e.field}: {e.reason}" for e in report.errors)
-            console.print(
-                f"3. {party}: {report.imported} signals imported"
-                + (f"; refused {refused}" if refused else "")
-            )
-
-        want = expected_hits()
-        deadline = time.monotonic() + HITS_SECONDS
-        while True:
-            processes.check_alive()
-            got = {party: len(clients[party].hits()) for party in PARTNERS}
-            if all(got[p] >= want.get(p, 0) for p in PARTNERS):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"hits after {HITS_SECONDS:.0f} s: {got}, expected {want}")
-            time.sleep(0.3)
-        elapsed = time.monotonic() - started
+        total = _import(console, clients, per_partner)
+        want = expected_hits(covenant)
+        _until(
+            f"hits {want}",
+            HITS_SECONDS,
+            lambda: all(len(clients[p].hits()) >= want.get(p, 0) for p in clients),
+            processes,
+        )
         console.print(
             f"4. {total} signals tokenised through the key holders, matched by the broker and "
-            f"hit notices delivered in {elapsed:.1f} s"
+            f"hit notices delivered in {time.monotonic() - started:.1f} s"
         )
-        for party in PARTNERS:
+        for party in clients:
             _print_hits(console, party, clients[party])
-        ok = all(len(clients[p].hits()) == want.get(p, 0) for p in PARTNERS)
+        checks.append(
+            (
+                "each party told of exactly the hits the covenant lets it see",
+                all(len(clients[p].hits()) == want.get(p, 0) for p in clients),
+            )
+        )
+        silent = not any(
+            m.party == "politie" for h in clients["gemeente"].hits() for m in h.members
+        )
+        console.print(
+            "5. visibility: the RIEC coordinates and sees every hit; police signals count "
+            "towards hits but are never shown to the gemeente "
+            f"({'silent' if silent else 'NOT SILENT'}: the gemeente sees "
+            f"{want.get('gemeente', 0)} of the {len(SHARED)} shared subjects)"
+        )
+        checks.append(("police stays silent to the gemeente", silent))
+
+        checks += _disclosures(console, clients, processes)
+        checks += _remove_partner(console, provisioned, clients, processes)
     finally:
         for client in clients.values():
             client.close()
         codes = processes.stop()
+    checks += _audit(console, provisioned, workdir)
     clean = all(code == 0 for code in codes.values())
-    console.print(f"5. stopped: {', '.join(f'{name} exit {code}' for name, code in codes.items())}")
-    if not (ok and clean):
-        console.print("[red]the demo did not end as expected[/red]")
+    console.print(
+        f"11. stopped: {', '.join(f'{name} exit {code}' for name, code in codes.items())}"
+    )
+    failed = [what for what, ok in checks if not ok]
+    if failed or not clean:
+        console.print(f"[red]the demo did not end as expected: {failed or 'unclean stop'}[/red]")
         return 1
-    console.print("every partner received exactly the hits it shares; everything stopped cleanly")
+    console.print("every check held; everything stopped cleanly")
     return 0
+
+
+def _import(console: Console, clients: dict[str, NodeClient], per_partner: int) -> int:
+    rows: dict[str, list[RawSignal]] = defaultdict(list)
+    for raw in synthetic_signals(per_partner):
+        rows[raw.partner].append(raw)
+    total = 0
+    for party in SIGNAL_HOLDERS:
+        report = clients[party].import_signals(
+            [
+                SignalInput(
+                    reference=raw.reference,
+                    category=CATEGORIES[party],
+                    identifiers=[(raw.type, raw.value)],
+                    details=_details(raw),
+                    leading_zero_dropped=LEADING_ZEROS_DROPPED.get(party, False),
+                )
+                for raw in rows[party]
+            ]
+        )
+        total += report.imported
+        refused = ", ".join(f"row {e.row} {e.field}: {e.reason}" for e in report.errors)
+        console.print(
+            f"3. {party}: {report.imported} signals imported"
+            + (f"; refused {refused}" if refused else "")
+        )
+    return total
+
+
+def _disclosures(
+    console: Console, clients: dict[str, NodeClient], processes: Processes
+) -> list[tuple[str, bool]]:
+    gemeente = clients["gemeente"]
+    checks = []
+    # a. Housing fraud: the covenant releases name and address to the gemeente, not the file.
+    hit, ref = _shared_hit(gemeente, "woningcorporatie", "GEM-")
+    asked = gemeente.request_disclosure(
+        hit.group_id,
+        "woningcorporatie",
+        ref,
+        "adresfraude",
+        ["naam", "adres", "dossier"],
+        officer="gem-handhaver-1",
+        justification="adrescontrole na samenloop",
+    )
+    granted = _answered(gemeente, asked, processes)
+    console.print(
+        f"6. gemeente asked woningcorporatie for naam, adres, dossier (purpose adresfraude): "
+        f"{granted.state.value}; released {sorted(granted.released_fields)}, "
+        f"withheld {list(granted.withheld_fields)}"
+    )
+    checks.append(
+        (
+            "a disclosure granted with exactly the allowed fields",
+            granted.state.value == "granted"
+            and sorted(granted.released_fields) == ["adres", "naam"],
+        )
+    )
+    # b. A purpose the covenant allows only the RIEC: refused by the owner, nothing released.
+    hit, ref = _shared_hit(gemeente, "belastingdienst", "GEM-")
+    asked = gemeente.request_disclosure(
+        hit.group_id,
+        "belastingdienst",
+        ref,
+        "casusvoorbereiding",
+        ["naam", "omschrijving"],
+        officer="gem-analist-2",
+    )
+    refused = _answered(gemeente, asked, processes)
+    console.print(
+        f"7. gemeente asked belastingdienst for casusvoorbereiding: {refused.state.value} "
+        f"({refused.refusal_reason}: {refused.refusal_message}); released "
+        f"{dict(refused.released_fields) or 'nothing'}"
+    )
+    checks.append(
+        (
+            "a disclosure refused for a purpose the covenant does not allow",
+            refused.state.value == "refused" and not refused.released_fields,
+        )
+    )
+    # c. Bibob: four eyes at the owner; pending releases nothing until a second officer agrees.
+    asked = gemeente.request_disclosure(
+        hit.group_id,
+        "belastingdienst",
+        ref,
+        "bibob",
+        ["naam", "omschrijving"],
+        officer="gem-bibob-3",
+        justification="Bibob-toets horecavergunning",
+    )
+    pending = _answered(gemeente, asked, processes)
+    belastingdienst = clients["belastingdienst"]
+    _until(
+        "pending at belastingdienst",
+        ANSWER_SECONDS,
+        lambda: any(
+            d.request_id == asked.request_id
+            for d in belastingdienst.disclosures(direction="incoming", state="pending_approval")
+        ),
+        processes,
+    )
+    belastingdienst.approve_disclosure(asked.request_id, officer="bd-teamleider-7")
+    approved = _answered_again(gemeente, asked, processes)
+    console.print(
+        f"8. gemeente asked belastingdienst for a Bibob screening: {pending.state.value} "
+        f"(nothing released: {not pending.released_fields}); a second officer of the "
+        f"belastingdienst approved; now {approved.state.value}, released "
+        f"{sorted(approved.released_fields)}"
+    )
+    checks.append(
+        (
+            "a four-eyes disclosure waits, then is granted once approved",
+            pending.state.value == "pending_approval"
+            and not pending.released_fields
+            and approved.state.value == "granted",
+        )
+    )
+    return checks
+
+
+def _answered_again(client: NodeClient, asked: Disclosure, processes: Processes) -> Disclosure:
+    def done() -> bool:
+        return client.disclosure(asked.request_id).state.value not in ("sent", "pending_approval")
+
+    _until(f"final answer to {asked.request_hex[:12]}", ANSWER_SECONDS, done, processes)
+    return client.disclosure(asked.request_id)
+
+
+def _remove_partner(
+    console: Console,
+    provisioned: Provisioned,
+    clients: dict[str, NodeClient],
+    processes: Processes,
+) -> list[tuple[str, bool]]:
+    held = provisioned.covenant
+    draft = replace(
+        held,
+        version=held.version + 1,
+        parties=tuple(p for p in held.parties if p.id != "woningcorporatie"),
+    )
+    signed = provisioned.sign(draft)
+    path = provisioned.root / "covenant-v2.json"
+    path.write_bytes(signed.to_json())
+    result = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
+        _command(
+            "covenant",
+            "publish",
+            str(path),
+            "--config",
+            str(provisioned.node_configs["riec"]),
+        ),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    others = [p for p in clients if p != "woningcorporatie"]
+    _until(
+        "every remaining node on version 2",
+        ANSWER_SECONDS,
+        lambda: all(clients[p].status().covenant_version == draft.version for p in others),
+        processes,
+    )
+    woco = clients["woningcorporatie"]
+    _until(
+        "woningcorporatie refused",
+        ANSWER_SECONDS,
+        lambda: woco.status().broker_connection != "connected" or bool(woco.status().last_error),
+        processes,
+    )
+    status = woco.status()
+    console.print(
+        f"9. covenant version {draft.version} without woningcorporatie, signed by both signers, "
+        f"published through the broker (exit {result.returncode}); every other node "
+        f"accepted it; woningcorporatie is cut off: broker connection "
+        f"{status.broker_connection}, {status.last_error[:90]!r}"
+    )
+    still_shown = any(
+        m.party == "woningcorporatie"
+        for p in others
+        for h in clients[p].hits(state="open")
+        for m in h.members
+    )
+    return [
+        ("the new covenant version was published", result.returncode == 0),
+        ("the removed partner is refused", status.broker_connection != "connected"),
+        ("no open hit shows the removed partner", not still_shown),
+    ]
+
+
+def _audit(console: Console, provisioned: Provisioned, workdir: Path) -> list[tuple[str, bool]]:
+    config = str(provisioned.node_configs["gemeente"])
+    verified = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
+        _command("audit", "verify", "--config", config),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    exported = workdir / "gemeente-audit.jsonl"
+    subprocess.run(  # noqa: S603
+        _command("audit", "export", "--config", config, "--out", str(exported)),
+        capture_output=True,
+        check=True,
+    )
+    tampered = workdir / "gemeente-audit-tampered.jsonl"
+    shutil.copy(exported, tampered)
+    lines = tampered.read_text().splitlines(keepends=True)
+    # Entry 3 (line 0 is the header) moved back a century, as a careless edit might.
+    lines[3] = lines[3].replace('"at":"20', '"at":"19', 1)
+    tampered.write_text("".join(lines))
+    caught = subprocess.run(  # noqa: S603
+        _command("audit", "verify", str(tampered), "--covenant", str(provisioned.signed_covenant)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    console.print(
+        f"10. audit verify on the gemeente's log: exit {verified.returncode}, "
+        f"{verified.stdout.strip()[:120]}"
+    )
+    console.print(
+        f"    on a copy with entry 3 altered: exit {caught.returncode}, "
+        f"{(caught.stderr or caught.stdout).strip()[:160]}"
+    )
+    return [
+        ("audit verify passes on the node's log", verified.returncode == 0),
+        (
+            "audit verify names the altered entry of a tampered copy",
+            caught.returncode != 0 and "3" in (caught.stderr + caught.stdout),
+        ),
+    ]
 
 
 def _print_hits(console: Console, party: str, client: NodeClient) -> None:
@@ -208,7 +492,7 @@ def _print_hits(console: Console, party: str, client: NodeClient) -> None:
     for hit in sorted(client.hits(), key=lambda h: [s.reference or "" for s in h.own_signals]):
         table.add_row(
             hit.group_hex[:12],
-            ", ".join(f"{s.reference} ({s.identifier_type})" for s in hit.own_signals),
+            ", ".join(f"{s.reference} ({s.identifier_type})" for s in hit.own_signals) or "-",
             ", ".join(f"{m.party} ({m.role})" for m in hit.members),
             ", ".join(c for m in hit.members for c in m.categories),
             f"{hit.first_seen:%H:%M:%S}" if hit.first_seen else "",

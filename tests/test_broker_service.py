@@ -493,3 +493,28 @@ def test_stream_mailbox_delivers_new_items_as_they_arrive(world):
     first = next(event for event in stream if event.HasField("item"))
     assert notice_of(world, first.item).kind == broker_pb2.HIT_NOTICE_KIND_NEW
     stream.cancel()
+
+
+def test_a_member_left_alone_with_hidden_parties_is_told_the_hit_is_over(world):
+    for party in ("gemeente", "politie", "belastingdienst", "riec"):
+        drain(world, party)
+    token = os.urandom(32)
+    ref_b = os.urandom(16)
+    submit(world, "gemeente", token, os.urandom(16))
+    submit(world, "politie", token, os.urandom(16))
+    submit(world, "belastingdienst", token, ref_b)
+    (item_g,) = drain(world, "gemeente")
+    assert notice_of(world, item_g).kind == broker_pb2.HIT_NOTICE_KIND_NEW
+    for party in ("politie", "belastingdienst", "riec"):
+        drain(world, party)
+    stub(world, "belastingdienst").WithdrawTokens(
+        broker_pb2.WithdrawTokensRequest(client_batch_id=os.urandom(16), signal_refs=[ref_b]),
+        timeout=10,
+    )
+    # gemeente + politie still make a hit, but all the municipality may see of it is gone.
+    (closed_g,) = drain(world, "gemeente")
+    notice = notice_of(world, closed_g)
+    assert notice.kind == broker_pb2.HIT_NOTICE_KIND_CLOSED
+    assert list(notice.members) == []
+    (shrunk_p,) = drain(world, "politie")
+    assert notice_of(world, shrunk_p).kind == broker_pb2.HIT_NOTICE_KIND_SHRUNK
