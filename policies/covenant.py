@@ -1,20 +1,22 @@
-"""The covenant: who takes part, with which keys, and the trust it defines.
+"""The covenant: who takes part, with which keys, under which rules.
 
-This is the plain covenant file of the end-to-end issue: TOML listing the
-parties (id, name, role, Ed25519 and X25519 public keys), the broker (id,
-address, the Ed25519 key that signs hit notices), the covenant CA's
-certificate, the OPRF key epoch with its key holders, the minimum number of
-distinct parties per hit and the version of the covenant-wide attribute key.
-``covenant_from_toml`` parses it at the boundary into frozen dataclasses with
-validated fields; every error is ``InvalidInput`` naming the offending field
-by its dotted path (``parties[2].keys.x25519``, ``key_epoch.holders[1].party``;
-list positions count from 0, as in every field path of the protocol).
+TOML listing the covenant's id, version and validity period, its signers
+(``[signing]``), the parties (id, name, role, Ed25519 and X25519 public keys),
+the broker (id, address, the Ed25519 key that signs hit notices), the
+covenant CA's certificate, the OPRF key epoch with its key holders, the
+version of the covenant-wide attribute key, and the rules
+(``samenloop.policies.policy``: identifier types, categories, purposes,
+matching, visibility, release, retention, quotas). ``covenant_from_toml``
+parses it at the boundary into frozen dataclasses with validated fields;
+every error is ``InvalidInput`` naming the offending field by its dotted path
+(``parties[2].keys.x25519``, ``release[1].purpose``; list positions count from
+0, as in every field path of the protocol).
 
 ``covenant_to_toml`` writes it back deterministically: the same covenant
 always gives the same bytes, and parsing those bytes gives the same covenant.
-The signed covenant (covenant-and-policies issue) wraps exactly these bytes as
-TUF wraps ``Signed`` metadata: signers sign the bytes, verifiers check the
-signatures over the bytes they received and only then parse them.
+These are the canonical bytes that signers sign (``samenloop.policies.trust``):
+verifiers check the signatures over the bytes they received and only then
+parse them.
 
 The attribute key: a covenant-wide 32-byte secretbox key that every party
 holds and the broker does not. Nodes seal a token entry's
