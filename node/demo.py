@@ -103,7 +103,7 @@ def synthetic_signals(per_partner: int, seed: int = 2026) -> list[RawSignal]:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "demo", help="run the demo: a broker and four nodes on loopback (or --core: in-process)"
+        "demo", help="run the demo: a broker and five nodes on loopback (or --core: in-process)"
     )
     parser.add_argument("--signals", type=int, default=500, help="unshared signals per partner")
     parser.add_argument(
