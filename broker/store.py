@@ -68,7 +68,7 @@ from samenloop.broker.models import (
     TokenEntry,
 )
 from samenloop.policies import audit_store
-from samenloop.policies.audit import AuditEntry, AuditEvent, AuditKind, Checkpoint, CheckpointSigner
+from samenloop.policies.audit import AuditEvent, AuditKind
 from samenloop.policies.database import READ_ONLY
 from samenloop.policies.errors import InvalidInput, NotAllowed, Replay
 
@@ -286,7 +286,7 @@ def _check_party(party: str, name: str = "party") -> None:
         raise InvalidInput(f"party id must be 1..{matching.MAX_PARTY_ID_BYTES} bytes", field=name)
 
 
-class BrokerStore:
+class BrokerStore(audit_store.AuditLog):
     """The broker's token index, hit groups, mailboxes and idempotency records."""
 
     def __init__(self, engine: Engine, *, owner: str = "broker") -> None:
@@ -792,74 +792,13 @@ class BrokerStore:
 
     # --- the audit log ----------------------------------------------------------------
 
-    def append_audit(
-        self,
-        conn: Connection,
-        *,
-        kind: AuditKind,
-        subject: Iterable[str] = (),
-        details: Mapping[str, object] | None = None,
-        actor: str | None = None,
-        now: datetime,
-    ) -> AuditEntry:
-        """Append an audit entry inside a transaction on this store's engine (``conn``), so
-        that it commits with the change it records. ``actor`` defaults to the broker;
-        ``subject`` holds opaque hex ids only, ``details`` non-identifying facts."""
-        return audit_store.append(
-            conn,
-            kind=kind,
-            actor=self._owner if actor is None else actor,
-            subject=subject,
-            details=details,
-            now=_utc(now),
-        )
-
-    def audit_append(
-        self,
-        *,
-        kind: AuditKind,
-        subject: Iterable[str] = (),
-        details: Mapping[str, object] | None = None,
-        actor: str | None = None,
-        now: datetime,
-    ) -> AuditEntry:
-        """Append an audit entry in a transaction of its own (see :meth:`append_audit`)."""
+    @contextlib.contextmanager
+    def _audit_write(self) -> Iterator[Connection]:
         with self._write() as tx:
-            return self.append_audit(
-                tx.conn, kind=kind, subject=subject, details=details, actor=actor, now=now
-            )
+            yield tx.conn
 
-    def audit_checkpoint(self, signer: CheckpointSigner, *, now: datetime) -> Checkpoint | None:
-        """Sign and store a checkpoint of the log's head (``None`` if there is nothing new)."""
-        with self._write() as tx:
-            return audit_store.checkpoint(tx.conn, signer, now=_utc(now))
-
-    def audit_entries(
-        self,
-        *,
-        kind: AuditKind | None = None,
-        actor: str | None = None,
-        subject: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int | None = None,
-    ) -> list[AuditEntry]:
-        """Audit entries in order, filtered (``since`` inclusive, ``until`` exclusive)."""
-        with self._read() as conn:
-            return audit_store.read(
-                conn,
-                kind=kind,
-                actor=actor,
-                subject=subject,
-                since=since,
-                until=until,
-                limit=limit,
-            )
-
-    def audit_checkpoints(self) -> list[bytes]:
-        """The stored checkpoints (serialized ``Signed``), smallest first."""
-        with self._read() as conn:
-            return audit_store.checkpoints(conn)
+    def _audit_read(self) -> contextlib.AbstractContextManager[Connection]:
+        return self._read()
 
     def _audit(self, tx: _Tx, events: Sequence[AuditEvent], now: datetime) -> None:
         """Record a write's events last in its transaction: one insert for all of them."""

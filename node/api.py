@@ -838,15 +838,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             state = _PROTO_HIT_STATES.get(request.state)
             if state is None:
                 raise UnknownType("unknown hit state", field="state")
-        size = request.page_size or DEFAULT_PAGE_SIZE
-        if size > MAX_PAGE_SIZE:
-            raise InvalidInput(f"at most {MAX_PAGE_SIZE} hits per page", field="page_size")
-        before: int | None = None
-        if request.page_token:
-            token = request.page_token
-            if not token.isascii() or not token.isdigit() or len(token) > 19:
-                raise InvalidInput("not a page token of this API", field="page_token")
-            before = int(token)
+        size, before = _page(request.page_size, request.page_token)
         records = self._store.hits(state, limit=size, newest_first=True, before_feed_seq=before)
         response = node_pb2.ListHitsResponse(
             hits=[hit_to_proto(r, self._ctx.attribute_key) for r in records]
@@ -926,15 +918,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             state = _PROTO_DISCLOSURE_STATES.get(request.state)
             if state is None:
                 raise UnknownType("unknown disclosure state", field="state")
-        size = request.page_size or DEFAULT_PAGE_SIZE
-        if size > MAX_PAGE_SIZE:
-            raise InvalidInput(f"at most {MAX_PAGE_SIZE} per page", field="page_size")
-        before: int | None = None
-        if request.page_token:
-            token = request.page_token
-            if not token.isascii() or not token.isdigit() or len(token) > 19:
-                raise InvalidInput("not a page token of this API", field="page_token")
-            before = int(token)
+        size, before = _page(request.page_size, request.page_token)
         records = self._store.disclosures(direction, state, limit=size, before_id=before)
         response = node_pb2.ListDisclosuresResponse(
             disclosures=[disclosure_to_proto(r) for r in records]
@@ -1087,3 +1071,16 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
 
 def _field_error(error: SamenloopError) -> node_pb2.FieldError:
     return node_pb2.FieldError(field=error.field or "", reason=error.reason, message=error.message)
+
+
+def _page(page_size: int, page_token: str) -> tuple[int, int | None]:
+    """A list call's page size (default applied, maximum checked) and the position its
+    page token names (None for the first page); ``InvalidInput`` naming the field."""
+    size = page_size or DEFAULT_PAGE_SIZE
+    if size > MAX_PAGE_SIZE:
+        raise InvalidInput(f"at most {MAX_PAGE_SIZE} per page", field="page_size")
+    if not page_token:
+        return size, None
+    if not page_token.isascii() or not page_token.isdigit() or len(page_token) > 19:
+        raise InvalidInput("not a page token of this API", field="page_token")
+    return size, int(page_token)

@@ -74,7 +74,7 @@ from samenloop.node.models import (
     SignalState,
 )
 from samenloop.policies import audit_store
-from samenloop.policies.audit import AuditEntry, AuditKind, Checkpoint, CheckpointSigner
+from samenloop.policies.audit import AuditKind
 from samenloop.policies.database import READ_ONLY
 from samenloop.policies.errors import (
     InvalidInput,
@@ -503,7 +503,7 @@ def _chunks(values: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
 # --- the repository -------------------------------------------------------------------
 
 
-class NodeStore:
+class NodeStore(audit_store.AuditLog):
     """The node's signals, outbox, hit inbox and feed, mailbox cursor and holder counters."""
 
     def __init__(
@@ -1475,74 +1475,13 @@ class NodeStore:
 
     # --- the audit log ----------------------------------------------------------------
 
-    def append_audit(
-        self,
-        conn: Connection,
-        *,
-        kind: AuditKind,
-        subject: Iterable[str] = (),
-        details: Mapping[str, object] | None = None,
-        actor: str | None = None,
-        now: datetime,
-    ) -> AuditEntry:
-        """Append an audit entry inside a transaction of this store (``conn``), so that it
-        commits with the change it records. ``actor`` defaults to the node's party;
-        ``subject`` holds opaque hex ids only, ``details`` non-identifying facts."""
-        return audit_store.append(
-            conn,
-            kind=kind,
-            actor=self._owner if actor is None else actor,
-            subject=subject,
-            details=details,
-            now=_utc(now),
-        )
-
-    def audit_append(
-        self,
-        *,
-        kind: AuditKind,
-        subject: Iterable[str] = (),
-        details: Mapping[str, object] | None = None,
-        actor: str | None = None,
-        now: datetime,
-    ) -> AuditEntry:
-        """Append an audit entry in a transaction of its own (see :meth:`append_audit`)."""
+    @contextlib.contextmanager
+    def _audit_write(self) -> Iterator[Connection]:
         with self._write() as conn:
-            return self.append_audit(
-                conn, kind=kind, subject=subject, details=details, actor=actor, now=now
-            )
+            yield conn
 
-    def audit_checkpoint(self, signer: CheckpointSigner, *, now: datetime) -> Checkpoint | None:
-        """Sign and store a checkpoint of the log's head (``None`` if there is nothing new)."""
-        with self._write() as conn:
-            return audit_store.checkpoint(conn, signer, now=_utc(now))
-
-    def audit_entries(
-        self,
-        *,
-        kind: AuditKind | None = None,
-        actor: str | None = None,
-        subject: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int | None = None,
-    ) -> list[AuditEntry]:
-        """Audit entries in order, filtered (``since`` inclusive, ``until`` exclusive)."""
-        with self._read() as conn:
-            return audit_store.read(
-                conn,
-                kind=kind,
-                actor=actor,
-                subject=subject,
-                since=since,
-                until=until,
-                limit=limit,
-            )
-
-    def audit_checkpoints(self) -> list[bytes]:
-        """The stored checkpoints (serialized ``Signed``), smallest first."""
-        with self._read() as conn:
-            return audit_store.checkpoints(conn)
+    def _audit_read(self) -> contextlib.AbstractContextManager[Connection]:
+        return self._read()
 
     # --- disclosures and the envelope outbox -------------------------------------------
     #

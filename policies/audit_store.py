@@ -16,9 +16,11 @@ after any other lock, so the lock is held briefly and always taken last.
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -343,3 +345,97 @@ def export_lines(conn: Connection, *, owner: str, now: datetime) -> Iterator[str
         yield audit.entry_line(entry)
     for signed in checkpoints(conn):
         yield audit.checkpoint_line(signed)
+
+
+class AuditLog(abc.ABC):
+    """The audit-log methods of a daemon's store, over the store's own transactions.
+
+    The node's and the broker's stores mix this in and say how to open a write
+    transaction and a read (:meth:`_audit_write`, :meth:`_audit_read`); ``_owner``
+    is the log's owner (a party id, or the broker's id) and the default actor.
+    """
+
+    _owner: str
+
+    @abc.abstractmethod
+    def _audit_write(self) -> contextlib.AbstractContextManager[Connection]:
+        """A write transaction on the store's engine, committed on leaving."""
+
+    @abc.abstractmethod
+    def _audit_read(self) -> contextlib.AbstractContextManager[Connection]:
+        """A read-only transaction on the store's engine."""
+
+    def append_audit(
+        self,
+        conn: Connection,
+        *,
+        kind: AuditKind,
+        subject: Iterable[str] = (),
+        details: Mapping[str, object] | None = None,
+        actor: str | None = None,
+        now: datetime,
+    ) -> AuditEntry:
+        """Append an entry inside a transaction of this store (``conn``), so that it commits
+        with the change it records. ``actor`` defaults to the owner; ``subject`` holds
+        opaque hex ids only, ``details`` non-identifying facts."""
+        return append(
+            conn,
+            kind=kind,
+            actor=self._owner if actor is None else actor,
+            subject=subject,
+            details=details,
+            now=_aware(now),
+        )
+
+    def audit_append(
+        self,
+        *,
+        kind: AuditKind,
+        subject: Iterable[str] = (),
+        details: Mapping[str, object] | None = None,
+        actor: str | None = None,
+        now: datetime,
+    ) -> AuditEntry:
+        """Append an entry in a transaction of its own (see :meth:`append_audit`)."""
+        with self._audit_write() as conn:
+            return self.append_audit(
+                conn, kind=kind, subject=subject, details=details, actor=actor, now=now
+            )
+
+    def audit_checkpoint(self, signer: CheckpointSigner, *, now: datetime) -> Checkpoint | None:
+        """Sign and store a checkpoint of the log's head (``None`` if there is nothing new)."""
+        with self._audit_write() as conn:
+            return checkpoint(conn, signer, now=_aware(now))
+
+    def audit_entries(
+        self,
+        *,
+        kind: AuditKind | None = None,
+        actor: str | None = None,
+        subject: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """Entries in order, filtered (``since`` inclusive, ``until`` exclusive)."""
+        with self._audit_read() as conn:
+            return read(
+                conn,
+                kind=kind,
+                actor=actor,
+                subject=subject,
+                since=since,
+                until=until,
+                limit=limit,
+            )
+
+    def audit_checkpoints(self) -> list[bytes]:
+        """The stored checkpoints (serialized ``Signed``), smallest first."""
+        with self._audit_read() as conn:
+            return checkpoints(conn)
+
+
+def _aware(now: datetime) -> datetime:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must carry a time zone")
+    return now.astimezone(UTC)

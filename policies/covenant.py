@@ -68,6 +68,9 @@ from samenloop.policies.policy import (
     Signing,
     VisibilityRule,
 )
+from samenloop.policies.policy import (
+    check_int as _check_int,
+)
 from samenloop.v1 import common_pb2
 
 __all__ = [
@@ -817,14 +820,6 @@ def check_address(text: object, *, field: str) -> str:
     parse_address(text, field=field)
     assert isinstance(text, str)
     return text
-
-
-def _check_int(value: object, low: int, high: int, *, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput("must be an integer", field=field)
-    if not low <= value <= high:
-        raise InvalidInput(f"must be {low}..{high}", field=field)
-    return value
 
 
 def _check_bytes(value: object, length: int, *, field: str) -> bytes:

@@ -43,6 +43,7 @@ __all__ = [
     "Signer",
     "Signing",
     "VisibilityRule",
+    "check_int",
     "check_name",
     "check_token",
 ]
@@ -132,7 +133,8 @@ def check_name(value: object, *, field: str) -> str:
     return value
 
 
-def _check_int(value: object, low: int, high: int, *, field: str) -> int:
+def check_int(value: object, low: int, high: int, *, field: str) -> int:
+    """An integer (not a bool) in ``low..high``; else ``InvalidInput`` naming ``field``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput("must be an integer", field=field)
     if not low <= value <= high:
@@ -222,7 +224,7 @@ class Signing:
                 )
             ids.add(signer.id)
             keys.add(signer.ed25519)
-        _check_int(self.threshold, 1, len(signers), field="threshold")
+        check_int(self.threshold, 1, len(signers), field="threshold")
 
     def signer(self, signer_id: str) -> Signer | None:
         return next((s for s in self.signers if s.id == signer_id), None)
@@ -248,7 +250,7 @@ class Matching:
     identifier_types: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        _check_int(self.min_parties, 2, 1000, field="min_parties")
+        check_int(self.min_parties, 2, 1000, field="min_parties")
         _distinct_tokens(self.identifier_types, field="identifier_types", allowed=IDENTIFIER_TYPES)
         if not self.identifier_types:
             raise InvalidInput("list at least one identifier type", field="identifier_types")
@@ -311,8 +313,8 @@ class ReleaseRule:
         if not self.fields:
             raise InvalidInput("list at least one field", field="fields")
         _check_bool(self.four_eyes, field="four_eyes")
-        _check_int(self.max_per_period, 0, MAX_QUOTA, field="max_per_period")
-        _check_int(self.period_days, 1, MAX_DAYS, field="period_days")
+        check_int(self.max_per_period, 0, MAX_QUOTA, field="max_per_period")
+        check_int(self.period_days, 1, MAX_DAYS, field="period_days")
 
     @property
     def key(self) -> tuple[Role, str, str]:
@@ -327,7 +329,7 @@ class Retention:
     categories: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
-        _check_int(self.default_days, 1, MAX_DAYS, field="default_days")
+        check_int(self.default_days, 1, MAX_DAYS, field="default_days")
         items = _check_tuple(self.categories, field="categories")
         seen: set[str] = set()
         for item in items:
@@ -335,7 +337,7 @@ class Retention:
                 raise InvalidInput("must be (category, days) pairs", field="categories")
             category, days = item
             check_token(category, field=f"categories.{category}")
-            _check_int(days, 1, MAX_DAYS, field=f"categories.{category}")
+            check_int(days, 1, MAX_DAYS, field=f"categories.{category}")
             if category in seen:
                 raise InvalidInput("listed twice", field=f"categories.{category}")
             seen.add(str(category))
@@ -352,8 +354,8 @@ class Quotas:
     disclosure_requests_per_day: int
 
     def __post_init__(self) -> None:
-        _check_int(self.oprf_evaluations_per_day, 1, MAX_QUOTA, field="oprf_evaluations_per_day")
-        _check_int(
+        check_int(self.oprf_evaluations_per_day, 1, MAX_QUOTA, field="oprf_evaluations_per_day")
+        check_int(
             self.disclosure_requests_per_day, 0, MAX_QUOTA, field="disclosure_requests_per_day"
         )
 
