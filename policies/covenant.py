@@ -56,8 +56,10 @@ from samenloop.policies.errors import (
     SamenloopError,
 )
 from samenloop.policies.policy import (
+    CaseRules,
     Level,
     Matching,
+    PictureRules,
     Policy,
     Purpose,
     Quotas,
@@ -473,6 +475,16 @@ def _read_policy(top: _Table) -> Policy:
         oprf_evaluations_per_day=quotas_table.integer("oprf_evaluations_per_day"),
         disclosure_requests_per_day=quotas_table.integer("disclosure_requests_per_day"),
     )
+    picture_table = top.table("picture")
+    picture = picture_table.build(
+        PictureRules,
+        viewers=picture_table.roles("viewers"),
+        min_cell_count=picture_table.integer("min_cell_count"),
+        epsilon_per_period=picture_table.number("epsilon_per_period"),
+        epsilon_per_request=picture_table.number("epsilon_per_request"),
+    )
+    cases_table = top.table("cases")
+    cases = cases_table.build(CaseRules, coordinators=cases_table.roles("coordinators"))
     with _at(""):
         return Policy(
             identifier_types=top.strings("identifier_types"),
@@ -484,6 +496,8 @@ def _read_policy(top: _Table) -> Policy:
             release=release,
             retention=retention,
             quotas=quotas,
+            picture=picture,
+            cases=cases,
         )
 
 
@@ -523,6 +537,12 @@ class _Table:
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidInput("must be an integer", field=self._field(key))
         return value
+
+    def number(self, key: str) -> float:
+        value = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidInput("must be a number", field=self._field(key))
+        return float(value)
 
     def boolean(self, key: str, default: bool | None = None) -> bool:
         value = self._get(key, _MISSING if default is None else default)
@@ -742,6 +762,15 @@ def _policy_lines(policy: Policy) -> list[str]:
         "[quotas]",
         f"oprf_evaluations_per_day = {toml_literal(policy.quotas.oprf_evaluations_per_day)}",
         f"disclosure_requests_per_day = {toml_literal(policy.quotas.disclosure_requests_per_day)}",
+        "",
+        "[picture]",
+        f"viewers = {toml_literal(tuple(r.value for r in policy.picture.viewers))}",
+        f"min_cell_count = {toml_literal(policy.picture.min_cell_count)}",
+        f"epsilon_per_period = {toml_literal(policy.picture.epsilon_per_period)}",
+        f"epsilon_per_request = {toml_literal(policy.picture.epsilon_per_request)}",
+        "",
+        "[cases]",
+        f"coordinators = {toml_literal(tuple(r.value for r in policy.cases.coordinators))}",
     ]
     return lines
 
@@ -750,7 +779,7 @@ _TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n"
 _TOML_ESCAPES["\r"] = "\\r"
 
 
-def toml_literal(value: str | int | bool | datetime | tuple[str, ...]) -> str:
+def toml_literal(value: str | int | float | bool | datetime | tuple[str, ...]) -> str:
     """One TOML value as text: a basic string, an integer, a boolean, a UTC offset
     date-time, or an array of strings."""
     if isinstance(value, bool):
@@ -763,6 +792,10 @@ def toml_literal(value: str | int | bool | datetime | tuple[str, ...]) -> str:
         return "[\n" + "".join(f"    {item},\n" for item in items) + "]"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("only finite numbers are written")
+        return repr(value)  # the shortest text that reads back as the same float
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError("only timezone-aware date-times are written")

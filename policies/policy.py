@@ -32,8 +32,10 @@ from samenloop.policies.errors import InvalidInput
 __all__ = [
     "ANY_CATEGORY",
     "IDENTIFIER_TYPES",
+    "CaseRules",
     "Level",
     "Matching",
+    "PictureRules",
     "Policy",
     "Purpose",
     "Quotas",
@@ -361,6 +363,57 @@ class Quotas:
 
 
 @dataclass(frozen=True, slots=True)
+class PictureRules:
+    """Who may see the regional picture and the disclosure control it is released under.
+
+    ``viewers``: the roles that may ask for the picture and see it (typically
+    the RIEC). ``min_cell_count``: cells below it are suppressed, with
+    complementary suppression. ``epsilon_per_period``: each node's privacy
+    budget per calendar month of the picture; 0 means exact counts, no noise.
+    ``epsilon_per_request``: what one request spends of it, at each node.
+    """
+
+    viewers: tuple[Role, ...]
+    min_cell_count: int
+    epsilon_per_period: float = 0.0
+    epsilon_per_request: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_roles(self.viewers, field="viewers")
+        check_int(self.min_cell_count, 1, MAX_QUOTA, field="min_cell_count")
+        for name in ("epsilon_per_period", "epsilon_per_request"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidInput("must be a number", field=name)
+            if not 0 <= value <= 100 or value != value:
+                raise InvalidInput("must be 0..100", field=name)
+        if (self.epsilon_per_period == 0) != (self.epsilon_per_request == 0):
+            raise InvalidInput(
+                "set both epsilon_per_period and epsilon_per_request, or neither",
+                field="epsilon_per_request",
+            )
+        if self.epsilon_per_request > self.epsilon_per_period:
+            raise InvalidInput(
+                "one request cannot spend more than the period's budget",
+                field="epsilon_per_request",
+            )
+
+    @property
+    def noisy(self) -> bool:
+        return self.epsilon_per_period > 0
+
+
+@dataclass(frozen=True, slots=True)
+class CaseRules:
+    """Case coordination (casusregie): the roles that may open cases on hits they see."""
+
+    coordinators: tuple[Role, ...]
+
+    def __post_init__(self) -> None:
+        _check_roles(self.coordinators, field="coordinators")
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """Every rule of a covenant that is not about identities and keys."""
 
@@ -372,6 +425,8 @@ class Policy:
     release: tuple[ReleaseRule, ...]
     retention: Retention
     quotas: Quotas
+    picture: PictureRules
+    cases: CaseRules
     detail_fields: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -443,6 +498,10 @@ class Policy:
                 )
         if not isinstance(self.quotas, Quotas):
             raise InvalidInput("must be the quotas section", field="quotas")
+        if not isinstance(self.picture, PictureRules):
+            raise InvalidInput("must be the picture section", field="picture")
+        if not isinstance(self.cases, CaseRules):
+            raise InvalidInput("must be the cases section", field="cases")
 
     def visibility_for(self, role: Role) -> VisibilityRule | None:
         return next((rule for rule in self.visibility if rule.role is role), None)
@@ -522,4 +581,6 @@ def example_policy(*, min_parties: int = 2) -> Policy:
         ),
         retention=Retention(default_days=365, categories=(("vastgoedmisbruik", 730),)),
         quotas=Quotas(oprf_evaluations_per_day=1_000_000, disclosure_requests_per_day=200),
+        picture=PictureRules(viewers=(Role.RIEC,), min_cell_count=5),
+        cases=CaseRules(coordinators=(Role.RIEC,)),
     )

@@ -37,6 +37,8 @@ __all__ = [
     "check_quota",
     "counts_for_matching",
     "hides",
+    "may_coordinate",
+    "may_see_picture",
     "observers",
     "release",
     "release_rule_for",
@@ -317,3 +319,15 @@ def check_quota(used: int, limit: int, *, what: str, field: str) -> None:
     """Raise ``QuotaExceeded`` naming ``field`` once ``used`` has reached ``limit``."""
     if used >= limit:
         raise QuotaExceeded(f"the covenant allows {limit} {what} per day", field=field)
+
+
+def may_see_picture(covenant: Covenant, party: str) -> bool:
+    """Whether ``party`` may ask for and see the regional picture (its role is a viewer)."""
+    return covenant.is_party(party) and covenant.role_of(party) in covenant.policy.picture.viewers
+
+
+def may_coordinate(covenant: Covenant, party: str) -> bool:
+    """Whether ``party`` may open and coordinate cases (its role is a case coordinator)."""
+    return (
+        covenant.is_party(party) and covenant.role_of(party) in covenant.policy.cases.coordinators
+    )

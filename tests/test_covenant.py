@@ -303,6 +303,15 @@ default_days = 365
 [quotas]
 oprf_evaluations_per_day = 1000000
 disclosure_requests_per_day = 200
+
+[picture]
+viewers = ["riec"]
+min_cell_count = 5
+epsilon_per_period = 0.0
+epsilon_per_request = 0.0
+
+[cases]
+coordinators = ["riec"]
 """
 
 
@@ -355,6 +364,7 @@ SIGNING, SIGNER, MATCHING, VISIBILITY, RELEASE = (
     "[[release]]",
 )
 RETENTION, RETENTION_CATEGORIES, QUOTAS = "[retention]", "[retention.categories]", "[quotas]"
+PICTURE, CASES = "[picture]", "[cases]"
 
 # (section, index, key, new value or None to delete, the field the error must name)
 BAD_VALUES = [
@@ -397,6 +407,13 @@ BAD_VALUES = [
     (RETENTION_CATEGORIES, 0, '"fietsendiefstal"', "30", "retention.categories.fietsendiefstal"),
     (QUOTAS, 0, "oprf_evaluations_per_day", "0", "quotas.oprf_evaluations_per_day"),
     (QUOTAS, 0, "disclosure_requests_per_day", None, "quotas.disclosure_requests_per_day"),
+    (PICTURE, 0, "viewers", '["marechaussee"]', "picture.viewers"),
+    (PICTURE, 0, "min_cell_count", "0", "picture.min_cell_count"),
+    (PICTURE, 0, "epsilon_per_period", "-1.0", "picture.epsilon_per_period"),
+    (PICTURE, 0, "epsilon_per_period", '"veel"', "picture.epsilon_per_period"),
+    (PICTURE, 0, "epsilon_per_request", "0.5", "picture.epsilon_per_request"),
+    (CASES, 0, "coordinators", '["riec", "riec"]', "cases.coordinators[1]"),
+    (CASES, 0, "coordinators", None, "cases.coordinators"),
     (TOP, 0, "attribute_key_version", "0", "attribute_key_version"),
     (TOP, 0, "attribute_key_version", "4294967296", "attribute_key_version"),
     (TOP, 0, "colour", '"oranje"', "colour"),

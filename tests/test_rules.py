@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from samenloop.node import keysetup
-from samenloop.policies import certs
+from samenloop.policies import certs, rules
 from samenloop.policies.covenant import (
     BrokerInfo,
     Covenant,
@@ -31,8 +31,10 @@ from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import InvalidInput, NotAllowed, QuotaExceeded
 from samenloop.policies.policy import (
     ANY_CATEGORY,
+    CaseRules,
     Level,
     Matching,
+    PictureRules,
     Policy,
     ReleaseRule,
     Retention,
@@ -850,3 +852,56 @@ def test_the_example_policy_is_valid_and_its_rules_are_found() -> None:
     assert policy.purpose("onbekend") is None
     assert policy.retention.days_for("vastgoedmisbruik") == 730
     assert policy.retention.days_for("woonfraude") == 365
+
+
+# --- picture and case rights ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("viewers", "coordinators", "party", "sees", "coordinates"),
+    [
+        ((Role.RIEC,), (Role.RIEC,), "riec", True, True),
+        ((Role.RIEC,), (Role.RIEC,), "gemeente-tilburg", False, False),
+        ((Role.RIEC, Role.GEMEENTE), (), "gemeente-tilburg", True, False),
+        ((), (Role.GEMEENTE,), "gemeente-tilburg", False, True),
+        ((Role.RIEC,), (Role.RIEC,), "nobody", False, False),
+    ],
+)
+def test_picture_and_case_rights_follow_the_roles(
+    viewers: tuple[Role, ...],
+    coordinators: tuple[Role, ...],
+    party: str,
+    sees: bool,
+    coordinates: bool,
+) -> None:
+    policy = replace(
+        example_policy(),
+        picture=PictureRules(viewers=viewers, min_cell_count=3),
+        cases=CaseRules(coordinators=coordinators),
+    )
+    covenant = _covenant(policy)
+    assert rules.may_see_picture(covenant, party) is sees
+    assert rules.may_coordinate(covenant, party) is coordinates
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"min_cell_count": 0}, "min_cell_count"),
+        ({"epsilon_per_period": 1.0}, "epsilon_per_request"),
+        ({"epsilon_per_period": 1.0, "epsilon_per_request": 2.0}, "epsilon_per_request"),
+        ({"epsilon_per_period": -0.5, "epsilon_per_request": 0.1}, "epsilon_per_period"),
+        ({"viewers": (Role.RIEC, Role.RIEC)}, "viewers[1]"),
+    ],
+)
+def test_picture_rules_refuse_bad_settings(changes: dict[str, object], field: str) -> None:
+    settings_ = {"viewers": (Role.RIEC,), "min_cell_count": 5, **changes}
+    with pytest.raises(InvalidInput) as caught:
+        PictureRules(**settings_)  # type: ignore[arg-type]
+    assert caught.value.field == field
+
+
+def test_a_noisy_picture_spends_at_most_its_budget_per_request() -> None:
+    rules_ = PictureRules((Role.RIEC,), 5, epsilon_per_period=1.0, epsilon_per_request=0.25)
+    assert rules_.noisy
+    assert not PictureRules((Role.RIEC,), 5).noisy
