@@ -1,0 +1,567 @@
+"""The covenant's policies, each end to end through real daemons (issue 5).
+
+Every test starts its own covenant: a real broker and three real nodes in this
+process (mTLS on loopback, SQLite), driven through the client library, the
+admin CLI and the broker's own sweep, all on one controllable clock:
+
+* quotas hold: a node gets no more identifiers tokenised per day than the
+  covenant's ``oprf_evaluations_per_day`` (the key holders refuse the rest, which
+  stay pending and never reach the broker, until the next day); a request beyond
+  ``disclosure_requests_per_day`` is refused as ``quota_exceeded`` and releases nothing;
+* expired signals disappear: the owner's expiry sweep withdraws them, the broker's
+  own sweep drops them even when their node is offline, and the other party's hit
+  closes;
+* covenant updates published with ``PublishCovenant`` (the admin CLI) reach every
+  node, also one that was offline and one restarted afterwards; a version that
+  removes a party cuts it off at the broker, its new signals reach nothing, and
+  the remaining parties' hits no longer show it;
+* no details without a hit: a party asking about a hit it did not receive is
+  refused locally, and a hand-sealed request carrying someone else's notice, or
+  its own notice of another hit, is refused at the owner and releases nothing.
+
+``test_disclosure.py`` covers the sans-IO disclosure rules, four eyes,
+replays, forged notices and mailbox-delivered covenant updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from stdnum.nl import bsn as stdnum_bsn
+
+from samenloop.node import disclosure, models
+from samenloop.node.client import Disclosure, Hit, NodeClient
+from samenloop.node.daemon import RunningNode, build_node
+from samenloop.node.models import DisclosureState, HitKind, HitState, IdentifierState, SignalState
+from samenloop.node.provision import PartySpec, Provisioned, provision
+from samenloop.policies import cli, database
+from samenloop.policies.audit import AuditKind
+from samenloop.policies.config import load_broker_config, load_node_config
+from samenloop.policies.covenant import Covenant, Role
+from samenloop.policies.crypto import PartyKeys
+from samenloop.policies.errors import InvalidInput, NotFound
+from samenloop.policies.policy import Policy, example_policy
+from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
+
+GEMEENTE, WOCO, GEMEENTE_B = "gemeente", "woco", "gemeente-b"
+SPECS = (
+    PartySpec(GEMEENTE, "Gemeente Test", Role.GEMEENTE),  # key holder
+    PartySpec(WOCO, "Woningcorporatie Test", Role.WONINGCORPORATIE),  # key holder
+    PartySpec(GEMEENTE_B, "Gemeente Buurdorp", Role.GEMEENTE),
+)
+HOLDERS = (GEMEENTE, WOCO)
+DETAILS = {"naam": "J. de Vries", "adres": "Dorpsstraat 1", "omschrijving": "leegstand"}
+WAIT = 20.0
+
+
+def valid_bsns(count: int, start: int = 20_000_000) -> list[str]:
+    """``count`` distinct BSNs that pass the 11-test, from ``start`` (8 digits) upward."""
+    found: list[str] = []
+    prefix = start
+    while len(found) < count:
+        digits = f"{prefix:08d}"
+        check = sum(int(d) * w for d, w in zip(digits, range(9, 1, -1), strict=True)) % 11
+        if check < 10:
+            found.append(digits + str(check))
+        prefix += 1
+    assert all(stdnum_bsn.is_valid(b) for b in found)
+    return found
+
+
+BSN, BSN_2, *SPARE_BSNS = valid_bsns(16)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Clock:
+    """The time every daemon of a cluster reads: the real time plus an offset the test moves."""
+
+    def __init__(self) -> None:
+        self._offset = timedelta()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return datetime.now(UTC) + self._offset
+
+    def advance(self, delta: timedelta) -> None:
+        with self._lock:
+            self._offset += delta
+
+
+@dataclass
+class Cluster:
+    """A provisioned covenant with its broker and nodes running in this process."""
+
+    provisioned: Provisioned
+    clock: Clock
+    broker: Any  # RunningBroker
+    nodes: dict[str, RunningNode] = field(default_factory=dict)
+    clients: dict[str, NodeClient] = field(default_factory=dict)
+
+    def start(self, party: str) -> None:
+        config = load_node_config(self.provisioned.node_configs[party])
+        self.nodes[party] = build_node(config, clock=self.clock)
+        assert config.api_listen is not None
+        self.clients[party] = NodeClient(config.api_listen)
+
+    def stop(self, party: str) -> None:
+        self.clients.pop(party).close()
+        self.nodes.pop(party).stop(None)
+
+    def close(self) -> None:
+        for party in list(self.nodes):
+            self.stop(party)
+        self.broker.stop(None)
+
+    def tokens_at_broker(self) -> int:
+        return int(self.broker.store.count_tokens())
+
+    def hit_with(self, party: str, *members: str) -> Hit:
+        """The open hit ``party``'s node shows with all of ``members`` in it."""
+        return wait_for(
+            f"{party}'s hit with {', '.join(members)}",
+            lambda: next(
+                (
+                    h
+                    for h in self.clients[party].hits(HitState.OPEN)
+                    if set(members) <= {m.party for m in h.members}
+                ),
+                None,
+            ),
+        )
+
+    def ref_of(self, party: str, reference: str) -> bytes:
+        """The signal ref of ``party``'s signal ``reference`` (its first identifier)."""
+        record = self.nodes[party].store.signal(reference)
+        assert record is not None, f"{party} holds no signal {reference!r}"
+        return record.identifiers[0].signal_ref
+
+    def publish(self, draft: Covenant, *, by: str, capsys: pytest.CaptureFixture[str]) -> str:
+        """Sign ``draft`` with the covenant's signers and publish it with the admin CLI,
+        over mTLS with ``by``'s node certificate; returns what the CLI printed."""
+        path = self.provisioned.root / f"covenant-v{draft.version}.json"
+        path.write_bytes(self.provisioned.sign(draft).to_json())
+        capsys.readouterr()
+        code = cli.main(
+            ["covenant", "publish", str(path), "--config", str(self.provisioned.node_configs[by])]
+        )
+        printed = capsys.readouterr()
+        assert code == 0, f"publish failed ({code}): {printed.err}"
+        return printed.out
+
+    def broker_stub(self, party: str) -> tuple[grpc.Channel, broker_pb2_grpc.BrokerStub]:
+        """A channel to the broker with ``party``'s TLS identity, as its node has."""
+        config = load_node_config(self.provisioned.node_configs[party])
+        channel = grpc.secure_channel(
+            config.broker,
+            grpc.ssl_channel_credentials(
+                root_certificates=config.ca_certificate.read_bytes(),
+                private_key=config.private_key.read_bytes(),
+                certificate_chain=config.certificate.read_bytes(),
+            ),
+        )
+        return channel, broker_pb2_grpc.BrokerStub(channel)
+
+
+def policy_with(
+    *, oprf_per_day: int | None = None, disclosures_per_day: int | None = None
+) -> Policy:
+    """The example rules with the given daily quotas."""
+    policy = example_policy()
+    quotas = policy.quotas
+    if oprf_per_day is not None:
+        quotas = dataclasses.replace(quotas, oprf_evaluations_per_day=oprf_per_day)
+    if disclosures_per_day is not None:
+        quotas = dataclasses.replace(quotas, disclosure_requests_per_day=disclosures_per_day)
+    return dataclasses.replace(policy, quotas=quotas)
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Callable[[Policy], Cluster]]:
+    """Start a covenant with ``policy``: its broker and every party's node."""
+    from samenloop.broker.server import build_server  # only the tests wire both daemons
+
+    started: list[Cluster] = []
+
+    def make(policy: Policy) -> Cluster:
+        root = tmp_path / f"covenant-{len(started)}"
+        clock = Clock()
+        provisioned = provision(
+            root, "riec-policies", SPECS, HOLDERS, 2, now=clock(), policy=policy, api_tcp=True
+        )
+        broker_config = load_broker_config(provisioned.broker_config)
+        configs = [broker_config.database_url] + [
+            load_node_config(path).database_url for path in provisioned.node_configs.values()
+        ]
+        for i, url in enumerate(configs):
+            engine = database.make_engine(url)
+            migrations = "samenloop.broker.migrations" if i == 0 else "samenloop.node.migrations"
+            database.upgrade(engine, migrations)
+            engine.dispose()
+        cluster = Cluster(provisioned, clock, build_server(broker_config, clock=clock))
+        started.append(cluster)
+        for spec in SPECS:
+            cluster.start(spec.id)
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in started:
+            cluster.close()
+
+
+def final_disclosure(cluster: Cluster, party: str, request_id: bytes) -> Disclosure:
+    """``party``'s record of a disclosure request once it is granted or refused."""
+
+    def decided() -> Disclosure | None:
+        try:
+            found = cluster.clients[party].disclosure(request_id)
+        except NotFound:  # not arrived yet
+            return None
+        return found if found.state in (DisclosureState.GRANTED, DisclosureState.REFUSED) else None
+
+    return wait_for(f"{party}'s decision on request {request_id.hex()}", decided)
+
+
+# --- quotas ---------------------------------------------------------------------------------
+
+OPRF_PER_DAY = 6
+
+
+def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
+    make_cluster: Callable[[Policy], Cluster],
+) -> None:
+    cluster = make_cluster(policy_with(oprf_per_day=OPRF_PER_DAY))
+    flooder = cluster.clients[GEMEENTE_B]
+    # The holders count blinded elements: one per identifier. Exactly the quota first.
+    for i in range(OPRF_PER_DAY):
+        flooder.add_signal(f"B-{i}", "woonfraude", [("bsn", SPARE_BSNS[i])])
+    wait_for(
+        f"{OPRF_PER_DAY} tokens at the broker",
+        lambda: cluster.tokens_at_broker() == OPRF_PER_DAY,
+    )
+
+    # Two more the same day: the holders refuse, nothing more reaches the broker.
+    over = [f"B-{i}" for i in range(OPRF_PER_DAY, OPRF_PER_DAY + 2)]
+    for i, reference in enumerate(over, start=OPRF_PER_DAY):
+        flooder.add_signal(reference, "woonfraude", [("bsn", SPARE_BSNS[i])])
+
+    def refused_by_both() -> bool:
+        return all(
+            (status := cluster.clients[h].status()).key_holder is not None
+            and status.key_holder.requests_refused >= 1
+            for h in HOLDERS
+        )
+
+    wait_for("both key holders refusing", refused_by_both)
+    last_error = wait_for(
+        "the flooder's status naming the quota refusal",
+        lambda: "QUOTA_EXCEEDED" in (e := flooder.status().last_error) and e,
+    )
+    assert "NotEnoughHolders" in last_error, last_error
+    for holder in HOLDERS:
+        served = cluster.clients[holder].status().key_holder
+        assert served is not None
+        assert served.elements_evaluated == OPRF_PER_DAY, (
+            f"{holder} evaluated {served.elements_evaluated} elements, quota {OPRF_PER_DAY}"
+        )
+        assert cluster.nodes[holder].store.evaluations_on(GEMEENTE_B, cluster.clock().date()) == (
+            OPRF_PER_DAY
+        )
+    assert cluster.tokens_at_broker() == OPRF_PER_DAY, "tokens beyond the quota reached the broker"
+    assert cluster.nodes[GEMEENTE_B].store.status_counts().identifiers_pending == len(over)
+    for reference in over:
+        record = cluster.nodes[GEMEENTE_B].store.signal(reference)
+        assert record is not None
+        assert [i.state for i in record.identifiers] == [IdentifierState.PENDING], reference
+        assert record.identifiers[0].token is None
+
+    # The quota is per UTC day: the next day the waiting identifiers get their tokens.
+    cluster.clock.advance(timedelta(days=1))
+    cluster.nodes[GEMEENTE_B].uplink.wake.set()
+    wait_for(
+        "the rest tokenised the next day",
+        lambda: cluster.tokens_at_broker() == OPRF_PER_DAY + len(over),
+    )
+    assert cluster.nodes[GEMEENTE_B].store.status_counts().identifiers_pending == 0
+
+
+def test_the_daily_disclosure_quota_refuses_the_next_request(
+    make_cluster: Callable[[Policy], Cluster],
+) -> None:
+    cluster = make_cluster(policy_with(disclosures_per_day=1))
+    cluster.clients[WOCO].add_signal("W-1", "woonfraude", [("bsn", BSN)], details=DETAILS)
+    cluster.clients[GEMEENTE].add_signal("G-1", "vastgoedmisbruik", [("bsn", BSN)])
+    hit = cluster.hit_with(GEMEENTE, WOCO)
+    (woco_ref,) = next(m for m in hit.members if m.party == WOCO).signal_refs
+    gemeente = cluster.clients[GEMEENTE]
+
+    first = gemeente.request_disclosure(
+        hit.group_id, WOCO, woco_ref, "adresfraude", ["naam"], officer="a@gemeente"
+    )
+    granted = final_disclosure(cluster, GEMEENTE, first.request_id)
+    assert granted.state is DisclosureState.GRANTED, granted.refusal_message
+    assert dict(granted.released_fields) == {"naam": DETAILS["naam"]}
+
+    second = gemeente.request_disclosure(
+        hit.group_id, WOCO, woco_ref, "adresfraude", ["adres"], officer="a@gemeente"
+    )
+    refused = final_disclosure(cluster, GEMEENTE, second.request_id)
+    assert (refused.state, refused.refusal_reason) == (
+        DisclosureState.REFUSED,
+        "quota_exceeded",
+    ), refused.refusal_message
+    assert dict(refused.released_fields) == {}, "a refused request released details"
+    at_owner = final_disclosure(cluster, WOCO, second.request_id)
+    assert (at_owner.state, at_owner.refusal_reason) == (DisclosureState.REFUSED, "quota_exceeded")
+    assert dict(at_owner.released_fields) == {}
+    decisions = cluster.nodes[WOCO].store.audit_entries(
+        kind=AuditKind.DISCLOSURE_DECISION, subject=second.request_id.hex()
+    )
+    assert [(d.details["outcome"], d.details["released"]) for d in decisions] == [("refused", "")]
+
+
+# --- expiry ---------------------------------------------------------------------------------
+
+
+def test_expired_signals_leave_the_broker_and_close_the_hits(
+    make_cluster: Callable[[Policy], Cluster],
+) -> None:
+    cluster = make_cluster(example_policy())
+    now = cluster.clock()
+    woco, gemeente = cluster.clients[WOCO], cluster.clients[GEMEENTE]
+    woco.add_signal("W-1", "woonfraude", [("bsn", BSN)], expires_at=now + timedelta(hours=1))
+    cluster.clients[GEMEENTE_B].add_signal(
+        "B-1", "woonfraude", [("bsn", BSN_2)], expires_at=now + timedelta(hours=2)
+    )
+    gemeente.add_signal("G-1", "vastgoedmisbruik", [("bsn", BSN)])
+    gemeente.add_signal("G-2", "vastgoedmisbruik", [("bsn", BSN_2)])
+    with_woco = cluster.hit_with(GEMEENTE, WOCO)
+    with_b = cluster.hit_with(GEMEENTE, GEMEENTE_B)
+    assert cluster.tokens_at_broker() == 4
+    assert cluster.broker.store.count_groups() == 2
+
+    # An hour and a half on: woco's node sweeps its expired signal and withdraws it.
+    cluster.clock.advance(timedelta(hours=1, minutes=30))
+    assert cluster.nodes[WOCO].store.expire_signals(cluster.clock()) == 1
+    cluster.nodes[WOCO].uplink.wake.set()
+    closed = wait_for(
+        "the gemeente's hit with woco closed",
+        lambda: (h := gemeente.hit(with_woco.group_id)).state is HitState.CLOSED and h,
+    )
+    assert closed.last_kind is HitKind.CLOSED
+    assert woco.signal("W-1").state is SignalState.EXPIRED
+    wait_for("woco's token gone from the broker", lambda: cluster.tokens_at_broker() == 3)
+    assert cluster.broker.store.count_groups() == 1
+
+    # Later still, with gemeente-b's node offline: the broker's own sweep drops its token.
+    cluster.stop(GEMEENTE_B)
+    cluster.clock.advance(timedelta(hours=1))
+    assert cluster.broker.service.expire() == 1, "the broker's sweep dropped nothing"
+    assert cluster.tokens_at_broker() == 2
+    assert cluster.broker.store.count_groups() == 0
+    closed = wait_for(
+        "the gemeente's hit with gemeente-b closed",
+        lambda: (h := gemeente.hit(with_b.group_id)).state is HitState.CLOSED and h,
+    )
+    assert closed.last_kind is HitKind.CLOSED
+    assert gemeente.hits(HitState.OPEN) == []
+    assert {h.group_id for h in gemeente.hits(HitState.CLOSED)} == {
+        with_woco.group_id,
+        with_b.group_id,
+    }
+    assert cluster.broker.service.expire() == 0  # the gemeente's own signals stay
+
+
+# --- covenant updates -----------------------------------------------------------------------
+
+
+def _version(cluster: Cluster, version: int, *, without: str | None = None) -> Covenant:
+    covenant = cluster.provisioned.covenant
+    quotas = dataclasses.replace(covenant.policy.quotas, disclosure_requests_per_day=100 + version)
+    return dataclasses.replace(
+        covenant,
+        version=version,
+        policy=dataclasses.replace(covenant.policy, quotas=quotas),
+        parties=tuple(p for p in covenant.parties if p.id != without),
+    )
+
+
+def test_published_covenant_versions_reach_every_node_and_cut_off_a_removed_party(
+    make_cluster: Callable[[Policy], Cluster], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = make_cluster(example_policy())
+    for party in (GEMEENTE, WOCO, GEMEENTE_B):
+        cluster.clients[party].add_signal(f"{party}-1", "woonfraude", [("bsn", BSN)])
+    hit = cluster.hit_with(WOCO, GEMEENTE, GEMEENTE_B)
+    assert cluster.tokens_at_broker() == 3
+
+    # Version 2, published by the gemeente while woco's node is offline.
+    cluster.stop(WOCO)
+    printed = cluster.publish(_version(cluster, 2), by=GEMEENTE, capsys=capsys)
+    assert "now holds version 2" in printed
+    for party in (GEMEENTE, GEMEENTE_B):
+        wait_for(
+            f"{party} on version 2",
+            lambda p=party: cluster.clients[p].status().covenant_version == 2,
+        )
+    cluster.start(WOCO)  # catches up from its mailbox
+    wait_for("woco on version 2", lambda: cluster.clients[WOCO].status().covenant_version == 2)
+    cluster.stop(GEMEENTE)  # and a restarted node replays it from its own store
+    cluster.start(GEMEENTE)
+    assert cluster.clients[GEMEENTE].status().covenant_version == 2
+    held = cluster.nodes[GEMEENTE].uplink.disclosures._covenant()
+    assert held.policy.quotas.disclosure_requests_per_day == 102
+
+    # Version 3 removes gemeente-b: the broker cuts it off at once.
+    printed = cluster.publish(_version(cluster, 3, without=GEMEENTE_B), by=WOCO, capsys=capsys)
+    assert "now holds version 3" in printed
+    for party in (GEMEENTE, WOCO):
+        wait_for(
+            f"{party} on version 3",
+            lambda p=party: cluster.clients[p].status().covenant_version == 3,
+        )
+    assert cluster.tokens_at_broker() == 2, "the removed party's token stayed at the broker"
+
+    def woco_hit_without_b() -> Hit | None:
+        shown = cluster.clients[WOCO].hit(hit.group_id)
+        return None if GEMEENTE_B in {m.party for m in shown.members} else shown
+
+    shrunk = wait_for("woco's hit without gemeente-b", woco_hit_without_b)
+    assert shrunk.state is HitState.OPEN
+    assert shrunk.last_kind is HitKind.SHRUNK
+    assert {m.party for m in shrunk.members} == {GEMEENTE}
+    for party in (GEMEENTE, WOCO):
+        for shown in cluster.clients[party].hits():
+            assert GEMEENTE_B not in {m.party for m in shown.members}, f"{party} still shows it"
+
+    removed = cluster.clients[GEMEENTE_B]
+    last_error = wait_for(
+        "gemeente-b's node reporting the broker's refusal",
+        lambda: "PERMISSION_DENIED" in (e := removed.status().last_error) and e,
+    )
+    assert GEMEENTE_B in last_error, last_error
+    assert removed.status().covenant_version == 2  # the broker does not send it version 3
+    channel, stub = cluster.broker_stub(GEMEENTE_B)
+    with channel, pytest.raises(grpc.RpcError) as refused:
+        stub.SubmitTokens(
+            broker_pb2.SubmitTokensRequest(client_batch_id=secrets.token_bytes(16), key_epoch=1),
+            timeout=5,
+        )
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+    # Its new signals go nowhere: they wait at its node and reach nothing at the broker.
+    removed.add_signal(f"{GEMEENTE_B}-2", "woonfraude", [("bsn", BSN_2)])
+    cluster.nodes[GEMEENTE_B].uplink.wake.set()
+    time.sleep(0.5)  # the uplink's next attempt (it is refused; nothing to wait for)
+    record = cluster.nodes[GEMEENTE_B].store.signal(f"{GEMEENTE_B}-2")
+    assert record is not None
+    assert [i.state for i in record.identifiers] == [IdentifierState.PENDING]
+    assert removed.status().outbox_pending == 0
+    assert cluster.tokens_at_broker() == 2, "the removed party reached the broker"
+
+
+# --- no details without a hit ---------------------------------------------------------------
+
+
+def _queue_sealed(cluster: Cluster, sender: str, recipient: str, sealed: bytes) -> None:
+    """Put a hand-sealed envelope in a node's outbox: its uplink sends it as any other."""
+    with cluster.nodes[sender].store.engine.begin() as conn:
+        conn.execute(
+            sa.insert(models.EnvelopeOutboxItem).values(
+                client_message_id=secrets.token_bytes(16),
+                recipient=recipient,
+                sealed=sealed,
+                created_at=datetime.now(UTC),
+            )
+        )
+    cluster.nodes[sender].uplink.wake.set()
+
+
+def _hand_sealed(cluster: Cluster, notice: bytes, ref: bytes) -> bytes:
+    """A request of gemeente-b to woco with ``notice`` attached, queued; its request id."""
+    keys = PartyKeys.load(cluster.provisioned.party_dir(GEMEENTE_B) / "party-keys.json")
+    request_id = secrets.token_bytes(16)
+    _, envelope = disclosure.build_request(
+        keys,
+        cluster.provisioned.covenant,
+        common_pb2.Signed.FromString(notice),
+        request_id=request_id,
+        owner=WOCO,
+        signal_ref=ref,
+        purpose="adresfraude",
+        fields=("naam", "adres"),
+        officer="x@gemeente-b",
+        justification="",
+        now=cluster.clock(),
+    )
+    _queue_sealed(cluster, GEMEENTE_B, WOCO, envelope.sealed.SerializeToString())
+    return request_id
+
+
+def test_no_details_about_a_hit_the_requester_did_not_receive(
+    make_cluster: Callable[[Policy], Cluster],
+) -> None:
+    cluster = make_cluster(example_policy())
+    woco, outsider = cluster.clients[WOCO], cluster.clients[GEMEENTE_B]
+    woco.add_signal("W-1", "woonfraude", [("bsn", BSN)], details=DETAILS)
+    woco.add_signal("W-2", "woonfraude", [("bsn", BSN_2)], details=DETAILS)
+    cluster.clients[GEMEENTE].add_signal("G-1", "vastgoedmisbruik", [("bsn", BSN)])
+    outsider.add_signal("B-2", "vastgoedmisbruik", [("bsn", BSN_2)])
+    theirs = cluster.hit_with(GEMEENTE, WOCO)  # gemeente-b is not in it
+    own = cluster.hit_with(GEMEENTE_B, WOCO)  # the outsider's own hit, on another subject
+    target = cluster.ref_of(WOCO, "W-1")
+    assert target in next(m for m in theirs.members if m.party == WOCO).signal_refs
+    with pytest.raises(NotFound):
+        outsider.hit(theirs.group_id)
+
+    # Through its client: refused locally, naming the hit, nothing stored or sent.
+    with pytest.raises((InvalidInput, NotFound)) as refused:
+        outsider.request_disclosure(
+            theirs.group_id, WOCO, target, "adresfraude", ["naam"], officer="x@gemeente-b"
+        )
+    assert refused.value.field == "hit_group_id", refused.value
+    assert outsider.disclosures() == []
+    assert cluster.nodes[GEMEENTE_B].store.envelope_outbox(limit=16) == []
+
+    # Hand-sealed, with the gemeente's valid notice of that hit, or with its own notice of
+    # another hit: the owner refuses, and releases nothing.
+    cases = [
+        (_hand_sealed(cluster, theirs.notice, target), "invalid_notice"),
+        (_hand_sealed(cluster, own.notice, target), "not_in_hit"),
+    ]
+    for request_id, reason in cases:
+        answered = final_disclosure(cluster, WOCO, request_id)
+        assert (answered.state, answered.refusal_reason) == (DisclosureState.REFUSED, reason), (
+            answered.refusal_message
+        )
+        assert dict(answered.released_fields) == {}
+        decisions = cluster.nodes[WOCO].store.audit_entries(
+            kind=AuditKind.DISCLOSURE_DECISION, subject=request_id.hex()
+        )
+        assert [(d.details["outcome"], d.details["released"]) for d in decisions] == [
+            ("refused", "")
+        ]
+    assert all(dict(d.released_fields) == {} for d in outsider.disclosures())
