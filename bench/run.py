@@ -17,6 +17,11 @@ the scale ratio, hit latency through the daemons, end-to-end import.
 ``--broker-only`` and ``--no-broker`` select; ``--scale full`` measures the
 scale ratio at 10M/1M (longer than the default's 3M/1M).
 
+Then the regional picture (``picture_bench.py``): one period's picture for 20
+partners' node stores, computed and combined, against reading the same rows;
+``--picture-only`` runs just that (20 x 20,000 signals; ``--scale full``: 20 x
+100,000).
+
 Prints tables and writes bench/results/latest.json and broker.json. No timed
 assertions: the figures are ratios against what this machine does in this run.
 """
@@ -47,6 +52,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import broker_bench  # noqa: E402
+import picture_bench  # noqa: E402
 import psi_peer_env  # noqa: E402
 
 #: The libsodium calls the pipeline makes, by the name ``oprf`` imports them under.
@@ -283,14 +289,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-peer", action="store_true", help="skip OpenMined PSI")
     parser.add_argument("--broker-only", action="store_true", help="only the broker benchmark")
     parser.add_argument("--no-broker", action="store_true", help="skip the broker benchmark")
+    parser.add_argument(
+        "--picture-only", action="store_true", help="only the regional picture benchmark"
+    )
+    parser.add_argument("--no-picture", action="store_true", help="skip the picture benchmark")
     broker_bench.add_arguments(parser)
+    picture_bench.add_arguments(parser)
     args = parser.parse_args(argv)
     console = Console()
+    if args.picture_only:
+        picture_bench.run(args, console)
+        return 0
     pipeline_rate: float | None = None
     if not args.broker_only:
         pipeline_rate = tokenising(args, console)
     if not args.no_broker:
         broker_bench.run(args, console, pipeline_tokens_per_s=pipeline_rate)
+    if not args.no_picture and not args.broker_only:
+        picture_bench.run(args, console)
     return 0
 
 

@@ -40,7 +40,10 @@ import structlog
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
 
-from samenloop.node import disclosure, models
+from samenloop.node import disclosure, models, picture_api
+from samenloop.node.attributes import check_branch
+from samenloop.node.case_api import CaseApi
+from samenloop.node.case_desk import CaseDesk
 from samenloop.node.disclosure_desk import DisclosureDesk
 from samenloop.node.identifiers import Identifier, IdentifierType, parse
 from samenloop.node.models import (
@@ -51,6 +54,7 @@ from samenloop.node.models import (
     HitState,
     SignalState,
 )
+from samenloop.node.picture_desk import PictureDesk
 from samenloop.node.store import (
     CoarseAttributes,
     DisclosureRecord,
@@ -68,7 +72,6 @@ from samenloop.policies.errors import (
     InvalidInput,
     MessageTooLarge,
     NotFound,
-    NotInThisVersion,
     Replay,
     SamenloopError,
     UnknownType,
@@ -101,20 +104,12 @@ WATCH_PAGE: Final = 500
 #: How often a waiting ``WatchHits`` checks that its client is still there.
 WATCH_POLL_SECONDS: Final = 5.0
 
-_PICTURE: Final = (
-    "the regional picture is not in this version: it arrives with the regional-picture issue (#6)"
-)
-_CASES: Final = (
-    "case coordination is not in this version: it arrives with the regional-picture "
-    "and case-coordination issue (#6)"
-)
 
 _AREA_FORMATS: Final = {
     AreaKind.POSTCODE4: (re.compile(r"[1-9][0-9]{3}"), "four digits, not starting with 0"),
     AreaKind.CBS_WIJK: (re.compile(r"WK[0-9]{6}"), "WK and six digits"),
     AreaKind.CBS_BUURT: (re.compile(r"BU[0-9]{8}"), "BU and eight digits"),
 }
-_BRANCH: Final = re.compile(r"[0-9]{2,5}")
 _MONTH: Final = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 _ROW_FIELD: Final = re.compile(r"signals\[(\d+)\]\.?")
 
@@ -456,13 +451,12 @@ def _parse_attributes(
         if address is not None:
             area_kind, area_code = AreaKind.POSTCODE4, address.canonical[:4]
     branch = given.branch or None
-    if branch is not None and not _BRANCH.fullmatch(branch):
-        errors.append(
-            InvalidInput(
-                "an SBI code is 2 to 5 digits", field=f"{where}.branch", reason="branch.format"
-            )
-        )
-        failed = True
+    if branch is not None:
+        try:
+            check_branch(branch, field=f"{where}.branch")
+        except InvalidInput as error:
+            errors.append(error)
+            failed = True
     month = given.month or now.strftime("%Y-%m")
     if not _MONTH.fullmatch(month):
         errors.append(
@@ -648,6 +642,10 @@ class NodeApiContext:
     bell: HitBell = field(default_factory=HitBell)
     #: Asks, approves and denies disclosures; None on a node without its keys (tests).
     disclosures: DisclosureDesk | None = None
+    #: Opens and changes cases; None on a node without its keys (tests).
+    cases: CaseDesk | None = None
+    #: Collects and shows the regional picture; None on a node without its keys (tests).
+    pictures: PictureDesk | None = None
     #: The broker address to report; the covenant's when empty.
     broker_address: str = ""
 
@@ -658,6 +656,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
     def __init__(self, context: NodeApiContext) -> None:
         self._ctx = context
         self._store = context.store
+        self._case_api = CaseApi(self._case_desk)
 
     def _now(self) -> datetime:
         now = self._ctx.clock()
@@ -891,6 +890,14 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             )
         return self._ctx.disclosures
 
+    def _case_desk(self) -> CaseDesk:
+        if self._ctx.cases is None:
+            raise ConfigurationError(
+                "this node runs without its party keys: it cannot take part in cases",
+                field="cases",
+            )
+        return self._ctx.cases
+
     def RequestDisclosure(
         self, request: node_pb2.RequestDisclosureRequest, context: grpc.ServicerContext
     ) -> node_pb2.RequestDisclosureResponse:
@@ -955,55 +962,65 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
 
     # --- not in this version -----------------------------------------------------------------
 
+    def _picture_desk(self) -> PictureDesk:
+        if self._ctx.pictures is None:
+            raise ConfigurationError(
+                "this node runs without its party keys: it cannot take part in the picture",
+                field="pictures",
+            )
+        return self._ctx.pictures
+
     def PictureCollect(
         self, request: node_pb2.PictureCollectRequest, context: grpc.ServicerContext
     ) -> node_pb2.PictureCollectResponse:
-        raise NotInThisVersion(_PICTURE, reason="picture.not_in_this_version")
+        return picture_api.collect(self._picture_desk(), request)
 
     def PictureShow(
         self, request: node_pb2.PictureShowRequest, context: grpc.ServicerContext
     ) -> node_pb2.PictureShowResponse:
-        raise NotInThisVersion(_PICTURE, reason="picture.not_in_this_version")
+        return picture_api.show(self._picture_desk(), request)
+
+    # --- cases (through the case desk) ------------------------------------------------------
 
     def CaseOpen(
         self, request: node_pb2.CaseOpenRequest, context: grpc.ServicerContext
     ) -> node_pb2.CaseOpenResponse:
-        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+        return self._case_api.open(request)
 
     def CaseInvite(
         self, request: node_pb2.CaseInviteRequest, context: grpc.ServicerContext
     ) -> node_pb2.CaseInviteResponse:
-        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+        return self._case_api.invite(request)
 
     def CaseList(
         self, request: node_pb2.CaseListRequest, context: grpc.ServicerContext
     ) -> node_pb2.CaseListResponse:
-        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+        return self._case_api.list(request)
 
     def CaseShow(
         self, request: node_pb2.CaseShowRequest, context: grpc.ServicerContext
     ) -> node_pb2.CaseShowResponse:
-        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+        return self._case_api.show(request)
 
     def CaseAct(
         self, request: node_pb2.CaseActRequest, context: grpc.ServicerContext
     ) -> node_pb2.CaseActResponse:
-        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+        return self._case_api.act(request)
 
     def CaseUpdate(
         self, request: node_pb2.CaseUpdateRequest, context: grpc.ServicerContext
     ) -> node_pb2.CaseUpdateResponse:
-        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+        return self._case_api.update(request)
 
     def CaseClose(
         self, request: node_pb2.CaseCloseRequest, context: grpc.ServicerContext
     ) -> node_pb2.CaseCloseResponse:
-        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+        return self._case_api.close(request)
 
     def CaseBoard(
         self, request: node_pb2.CaseBoardRequest, context: grpc.ServicerContext
     ) -> node_pb2.CaseBoardResponse:
-        raise NotInThisVersion(_CASES, reason="case.not_in_this_version")
+        return self._case_api.board(request)
 
     # --- status --------------------------------------------------------------------------------
 

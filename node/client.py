@@ -39,7 +39,7 @@ import ipaddress
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Final, TypeVar
@@ -47,6 +47,20 @@ from typing import Final, TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 
+from samenloop.node.attributes import area_kind_of
+from samenloop.node.cases import (
+    INTERVENTION_TO_PROTO,
+    KIND_TO_PROTO,
+    PROTO_STATES,
+    STATE_TO_PROTO,
+    STATUS_TO_PROTO,
+    ActionStatus,
+    CaseState,
+    ChangeKind,
+    InterventionType,
+    intervention_from_proto,
+    status_from_proto,
+)
 from samenloop.node.identifiers import Identifier, IdentifierType, identifier_type, parse
 from samenloop.node.models import (
     AreaKind,
@@ -56,6 +70,8 @@ from samenloop.node.models import (
     HitState,
     SignalState,
 )
+from samenloop.node.picture import Dimension, Measure, Period, ReleasedTable
+from samenloop.node.picture_protocol import released_from_proto
 from samenloop.policies.config import load_node_config
 from samenloop.policies.errors import (
     ConfigurationError,
@@ -64,10 +80,22 @@ from samenloop.policies.errors import (
     UnknownType,
 )
 from samenloop.policies.rpc import error_from_rpc
-from samenloop.v1 import broker_pb2, common_pb2, disclosure_pb2, node_pb2, node_pb2_grpc
+from samenloop.v1 import (
+    broker_pb2,
+    case_pb2,
+    common_pb2,
+    disclosure_pb2,
+    node_pb2,
+    node_pb2_grpc,
+    picture_pb2,
+)
 
 __all__ = [
     "RESTORABLE_TYPES",
+    "Case",
+    "CaseAction",
+    "CaseBoardEntry",
+    "CaseHistoryEntry",
     "Disclosure",
     "Hit",
     "HitMember",
@@ -78,6 +106,9 @@ __all__ = [
     "NodeStatus",
     "OfficerDecision",
     "OwnSignal",
+    "Picture",
+    "PictureCollection",
+    "PictureRefusalNote",
     "RowError",
     "RowResult",
     "Signal",
@@ -113,9 +144,8 @@ _HIT_STATES: Final[dict[int, HitState]] = {v: s for s, v in _HIT_STATE_TO_PROTO.
 _HIT_KINDS: Final[dict[int, HitKind]] = {
     broker_pb2.HitNoticeKind.Value(f"HIT_NOTICE_KIND_{k.name}"): k for k in HitKind
 }
-_AREA_KINDS: Final[dict[int, AreaKind]] = {
-    node_pb2.AreaKind.Value(f"AREA_KIND_{k.name}"): k for k in AreaKind
-}
+_AREA_TO_PROTO: Final = {k: node_pb2.AreaKind.Value(f"AREA_KIND_{k.name}") for k in AreaKind}
+_AREA_KINDS: Final[dict[int, AreaKind]] = {v: k for k, v in _AREA_TO_PROTO.items()}
 _DIRECTION_TO_PROTO: Final = {
     d: node_pb2.DisclosureDirection.Value(f"DISCLOSURE_DIRECTION_{d.name}")
     for d in DisclosureDirection
@@ -152,6 +182,10 @@ class SignalInput:
     restored (:data:`RESTORABLE_TYPES`), or the set of types it applies to. It
     is applied here, before sending: the wire format carries no such flag.
     ``expires_at`` must carry a time zone; unset, the node's retention decides.
+    The coarse attributes for the regional picture are optional: ``area_code``
+    (with ``area_kind``, or the kind the code's shape says), ``branch`` (an SBI
+    code) and ``month`` (``YYYY-MM``); unset, the node derives the area from an
+    address identifier and the month from the day the signal is added.
     """
 
     reference: str
@@ -160,6 +194,10 @@ class SignalInput:
     details: Mapping[str, str] = field(default_factory=dict)
     expires_at: datetime | None = None
     leading_zero_dropped: bool | frozenset[IdentifierType] = False
+    area_kind: AreaKind | str | None = None
+    area_code: str | None = None
+    branch: str | None = None
+    month: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -389,6 +427,40 @@ class Disclosure:
         return self.request_id.hex()
 
 
+@dataclass(frozen=True, slots=True)
+class PictureCollection:
+    """A picture collection the node started: its request id and the parties asked."""
+
+    request_id: bytes
+    asked: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PictureRefusalNote:
+    """A party that refused to contribute: the reason in lower case (``not_allowed``,
+    ``budget_exhausted``, ``invalid_request``, ``replay``) and its message."""
+
+    contributor: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Picture:
+    """A combined picture table after disclosure control, as the node shows it.
+
+    ``table`` is a :class:`~samenloop.node.picture.ReleasedTable`: each cell is
+    exact, noisy (with its noise scale) or suppressed (no count); value
+    ``"totaal"`` marks totals. ``contributors`` answered with counts,
+    ``refusals`` refused, ``missing`` have not answered yet.
+    """
+
+    table: ReleasedTable
+    contributors: tuple[str, ...]
+    missing: tuple[str, ...]
+    refusals: tuple[PictureRefusalNote, ...]
+
+
 # --- conversions ------------------------------------------------------------------------------
 
 
@@ -420,6 +492,20 @@ def _disclosure(message: node_pb2.Disclosure) -> Disclosure:
         requested_at=_time(message.requested_at),
         decided_at=_time(message.decided_at),
     )
+
+
+def _period(period: str | Period) -> Period:
+    return period if isinstance(period, Period) else Period.parse(period)
+
+
+def _measure(measure: Measure | str, field: str) -> Measure:
+    return measure if isinstance(measure, Measure) else Measure.parse(measure, field=field)
+
+
+def _dimension(dimension: Dimension | str, field: str) -> Dimension:
+    if isinstance(dimension, Dimension):
+        return dimension
+    return Dimension.parse(dimension, field=field)
 
 
 def _time(stamp: timestamp_pb2.Timestamp) -> datetime | None:
@@ -454,6 +540,26 @@ def _signal_message(row: SignalInput, field_prefix: str = "") -> node_pb2.Signal
                 "expires_at must carry a time zone", field=f"{field_prefix}expires_at"
             )
         message.expires_at.FromDatetime(row.expires_at.astimezone(UTC))
+    if row.area_code:
+        try:
+            area_kind = None if row.area_kind is None else AreaKind(row.area_kind)
+        except ValueError:
+            raise UnknownType(
+                "an area kind is postcode4, cbs_wijk or cbs_buurt",
+                field=f"{field_prefix}attributes.area.kind",
+            ) from None
+        area_kind = area_kind or area_kind_of(row.area_code)
+        if area_kind is None:
+            raise InvalidInput(
+                "give the area's kind (postcode4, cbs_wijk, cbs_buurt)",
+                field=f"{field_prefix}attributes.area.kind",
+            )
+        message.attributes.area.kind = _AREA_TO_PROTO[area_kind]
+        message.attributes.area.code = row.area_code
+    if row.branch:
+        message.attributes.branch = row.branch
+    if row.month:
+        message.attributes.month = row.month
     return message
 
 
@@ -617,6 +723,141 @@ class HitWatch(Iterator[Hit]):
         self.cancel()
 
 
+# --- cases ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class CaseAction:
+    """One action of a case's plan; ``overdue`` as of when it was read."""
+
+    action_id: bytes
+    owner: str
+    intervention_type: InterventionType
+    measure: str
+    description: str
+    deadline: datetime
+    status: ActionStatus
+    note: str
+    updated_at: datetime | None
+    updated_by: str
+
+    def __repr__(self) -> str:
+        return (
+            f"CaseAction(id={self.action_id.hex()[:8]}, owner={self.owner!r}, "
+            f"status={self.status.value})"
+        )
+
+    def overdue(self, now: datetime | None = None) -> bool:
+        """Past its deadline and neither done nor cancelled."""
+        moment = now or datetime.now(UTC)
+        finished = (ActionStatus.DONE, ActionStatus.CANCELLED)
+        return self.status not in finished and moment > self.deadline
+
+
+@dataclass(frozen=True, slots=True)
+class CaseHistoryEntry:
+    """One change of a case: when, by which party and officer, what."""
+
+    issued_at: datetime | None
+    author: str
+    author_officer: str
+    kind: ChangeKind
+    summary: str
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Case:
+    """A case as the node holds it (``history`` only from :meth:`NodeClient.case`)."""
+
+    case_id: bytes
+    title: str
+    coordinator: str
+    hit_group_id: bytes
+    state: CaseState
+    members: tuple[str, ...]
+    actions: tuple[CaseAction, ...]
+    opened_at: datetime | None
+    closed_at: datetime | None
+    outcome: str
+    history: tuple[CaseHistoryEntry, ...]
+
+    def __repr__(self) -> str:
+        return f"Case(id={self.case_id.hex()[:8]}, state={self.state.value})"
+
+    @property
+    def case_hex(self) -> str:
+        return self.case_id.hex()
+
+    def action(self, action_id: bytes) -> CaseAction:
+        """The action with this id; ``KeyError`` if the plan has none."""
+        for action in self.actions:
+            if action.action_id == action_id:
+                return action
+        raise KeyError(action_id.hex())
+
+
+@dataclass(frozen=True, slots=True)
+class CaseBoardEntry:
+    """One line of the coordinator's board."""
+
+    case_id: bytes
+    case_title: str
+    action: CaseAction
+    overdue: bool
+
+
+def deadline_of(value: date | datetime) -> datetime:
+    """A deadline as the node takes it: a date means the end of that day (UTC)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidInput("a deadline has a time zone", field="deadline")
+        return value.astimezone(UTC)
+    return datetime.combine(value, time(23, 59, 59), tzinfo=UTC)
+
+
+def _case_action(message: case_pb2.CaseAction) -> CaseAction:
+    return CaseAction(
+        action_id=message.action_id,
+        owner=message.owner,
+        intervention_type=intervention_from_proto(message.intervention_type, "intervention_type"),
+        measure=message.measure,
+        description=message.description,
+        deadline=message.deadline.ToDatetime(tzinfo=UTC),
+        status=status_from_proto(message.status, "status"),
+        note=message.note,
+        updated_at=_time(message.updated_at),
+        updated_by=message.updated_by,
+    )
+
+
+def _case(message: node_pb2.Case) -> Case:
+    return Case(
+        case_id=message.case_id,
+        title=message.title,
+        coordinator=message.coordinator,
+        hit_group_id=message.hit_group_id,
+        state=PROTO_STATES[message.state],
+        members=tuple(message.members),
+        actions=tuple(_case_action(a) for a in message.actions),
+        opened_at=_time(message.opened_at),
+        closed_at=_time(message.closed_at) if message.HasField("closed_at") else None,
+        outcome=message.outcome,
+        history=tuple(
+            CaseHistoryEntry(
+                issued_at=_time(h.issued_at),
+                author=h.author,
+                author_officer=h.author_officer,
+                kind=_CHANGE_KINDS[h.kind],
+                summary=h.summary,
+            )
+            for h in message.history
+        ),
+    )
+
+
+_CHANGE_KINDS: Final = {v: k for k, v in KIND_TO_PROTO.items()}
+
+
 # --- the client ----------------------------------------------------------------------------------
 
 
@@ -678,6 +919,10 @@ class NodeClient:
         details: Mapping[str, str] | None = None,
         expires_at: datetime | None = None,
         leading_zero_dropped: bool | frozenset[IdentifierType] = False,
+        area_code: str | None = None,
+        area_kind: AreaKind | str | None = None,
+        branch: str | None = None,
+        month: str | None = None,
     ) -> Signal:
         """Add one signal; returns it as stored (canonical identifiers, expiry, id).
 
@@ -693,6 +938,10 @@ class NodeClient:
             details=dict(details or {}),
             expires_at=expires_at,
             leading_zero_dropped=leading_zero_dropped,
+            area_kind=area_kind,
+            area_code=area_code,
+            branch=branch,
+            month=month,
         )
         message = _signal_message(row, "signal.")
         response = self._call(self._stub.AddSignal, node_pb2.AddSignalRequest(signal=message))
@@ -922,8 +1171,186 @@ class NodeClient:
         )
         return _disclosure(response.disclosure)
 
+    # --- the regional picture -------------------------------------------------------------
+
+    def picture_collect(
+        self,
+        period: str | Period,
+        measures: Sequence[Measure | str] = (Measure.ACTIVE_SIGNALS, Measure.HIT_GROUPS),
+        dimensions: Sequence[Dimension | str] = (),
+        *,
+        officer: str,
+    ) -> PictureCollection:
+        """Ask every party of the covenant for its counts of ``measures`` by ``dimensions``
+        over ``period`` (``"2026-10"`` or ``"2026-07..2026-12"``). Only a party the covenant
+        lets see the picture may ask (``NotAllowed``); a bad period, measure or dimension
+        is ``InvalidInput`` naming it. The answers arrive later: see :meth:`picture_show`."""
+        request = node_pb2.PictureCollectRequest(
+            period=_period(period).to_proto(),
+            measures=[_measure(m, f"measures[{i}]").to_proto() for i, m in enumerate(measures)],
+            dimensions=[
+                _dimension(d, f"dimensions[{i}]").to_proto() for i, d in enumerate(dimensions)
+            ],
+            officer=officer,
+        )
+        response = self._call(self._stub.PictureCollect, request)
+        return PictureCollection(response.request_id, tuple(response.asked))
+
+    def picture_show(
+        self,
+        period: str | Period | None = None,
+        measure: Measure | str = Measure.ACTIVE_SIGNALS,
+        dimensions: Sequence[Dimension | str] = (),
+        *,
+        request_id: bytes | None = None,
+    ) -> Picture:
+        """The combined, disclosure-controlled table of a collection: the one with
+        ``request_id``, else the latest of ``period`` by these ``dimensions`` that counted
+        ``measure``. ``NotFound`` (field ``period``) if there is none yet."""
+        request = node_pb2.PictureShowRequest(
+            request_id=request_id or b"",
+            measure=_measure(measure, "measure").to_proto(),
+            dimensions=[
+                _dimension(d, f"dimensions[{i}]").to_proto() for i, d in enumerate(dimensions)
+            ],
+        )
+        if period is not None:
+            request.period.CopyFrom(_period(period).to_proto())
+        response = self._call(self._stub.PictureShow, request)
+        return Picture(
+            table=released_from_proto(response.table, min_count=response.min_cell_count),
+            contributors=tuple(response.contributors),
+            missing=tuple(response.missing),
+            refusals=tuple(
+                PictureRefusalNote(
+                    note.contributor,
+                    picture_pb2.PictureRefusalReason.Name(note.refusal.reason)
+                    .removeprefix("PICTURE_REFUSAL_REASON_")
+                    .lower(),
+                    note.refusal.message,
+                )
+                for note in response.refusals
+            ),
+        )
+
     # --- status ----------------------------------------------------------------------------
 
     def status(self) -> NodeStatus:
         """The node's health: broker connection, covenant, counts, key-holder role."""
         return _status(self._call(self._stub.GetStatus, node_pb2.GetStatusRequest()))
+
+    # --- cases -----------------------------------------------------------------------------
+
+    def open_case(
+        self, hit_group_id: bytes, title: str, *, officer: str, invite: Sequence[str] = ()
+    ) -> Case:
+        """Open a case on a hit this node holds (coordinators only) and invite parties of
+        that hit. Refused naming the field: an unknown hit (``NotFound``), a party the hit
+        does not show or whose role the covenant hides from another member
+        (``InvalidInput``, ``invite[i]``); ``NotAllowed`` if this party does not coordinate."""
+        response = self._call(
+            self._stub.CaseOpen,
+            node_pb2.CaseOpenRequest(
+                hit_group_id=hit_group_id, title=title, invite=list(invite), officer=officer
+            ),
+        )
+        return _case(response.case)
+
+    def invite_to_case(self, case_id: bytes, parties: Sequence[str], *, officer: str) -> Case:
+        """Invite further parties of the case's hit (coordinator only)."""
+        response = self._call(
+            self._stub.CaseInvite,
+            node_pb2.CaseInviteRequest(case_id=case_id, parties=list(parties), officer=officer),
+        )
+        return _case(response.case)
+
+    def cases(self, state: CaseState | str | None = None) -> list[Case]:
+        """The cases this node is (or was) a member of, newest first, without history."""
+        request = node_pb2.CaseListRequest(
+            state=case_pb2.CASE_STATE_UNSPECIFIED
+            if state is None
+            else STATE_TO_PROTO[CaseState(state)]
+        )
+        return [_case(c) for c in self._call(self._stub.CaseList, request).cases]
+
+    def case(self, case_id: bytes) -> Case:
+        """One case with its plan and history; ``NotFound`` if the node holds none."""
+        response = self._call(self._stub.CaseShow, node_pb2.CaseShowRequest(case_id=case_id))
+        return _case(response.case)
+
+    def add_action(
+        self,
+        case_id: bytes,
+        *,
+        owner: str,
+        intervention_type: InterventionType | str,
+        measure: str,
+        deadline: date | datetime,
+        officer: str,
+        description: str = "",
+    ) -> Case:
+        """Add a planned action owned by a member to the plan (coordinator only); a date as
+        deadline means the end of that day (UTC)."""
+        try:
+            kind = InterventionType(intervention_type)
+        except ValueError:
+            raise InvalidInput(
+                f"one of: {', '.join(t.value for t in InterventionType)}",
+                field="action.intervention_type",
+            ) from None
+        action = case_pb2.CaseAction(
+            owner=owner,
+            intervention_type=INTERVENTION_TO_PROTO[kind],
+            measure=measure,
+            description=description,
+        )
+        action.deadline.FromDatetime(deadline_of(deadline))
+        response = self._call(
+            self._stub.CaseAct,
+            node_pb2.CaseActRequest(case_id=case_id, action=action, officer=officer),
+        )
+        return _case(response.case)
+
+    def update_action(
+        self,
+        case_id: bytes,
+        action_id: bytes,
+        *,
+        officer: str,
+        status: ActionStatus | str | None = None,
+        deadline: date | datetime | None = None,
+        note: str = "",
+    ) -> Case:
+        """Update an action: its owner or the coordinator sets the status and a note; only
+        the coordinator moves the deadline. ``None``/empty keeps a value."""
+        request = node_pb2.CaseUpdateRequest(
+            case_id=case_id, action_id=action_id, note=note, officer=officer
+        )
+        if status is not None:
+            try:
+                request.status = STATUS_TO_PROTO[ActionStatus(status)]
+            except ValueError:
+                raise InvalidInput(
+                    f"one of: {', '.join(s.value for s in ActionStatus)}", field="status"
+                ) from None
+        if deadline is not None:
+            request.deadline.FromDatetime(deadline_of(deadline))
+        return _case(self._call(self._stub.CaseUpdate, request).case)
+
+    def close_case(self, case_id: bytes, *, outcome: str, officer: str) -> Case:
+        """Close a case with its outcome (coordinator only); read-only afterwards."""
+        response = self._call(
+            self._stub.CaseClose,
+            node_pb2.CaseCloseRequest(case_id=case_id, outcome=outcome, officer=officer),
+        )
+        return _case(response.case)
+
+    def case_board(self, *, overdue_only: bool = False) -> list[CaseBoardEntry]:
+        """The coordinator's board: open actions of its open cases, overdue first."""
+        response = self._call(
+            self._stub.CaseBoard, node_pb2.CaseBoardRequest(overdue_only=overdue_only)
+        )
+        return [
+            CaseBoardEntry(e.case_id, e.case_title, _case_action(e.action), e.overdue)
+            for e in response.entries
+        ]

@@ -157,6 +157,8 @@ def build_node(
             clock=clock,
             bell=bell,
             disclosures=uplink.disclosures,
+            cases=uplink.cases,
+            pictures=uplink.pictures,
         )
     )
     server = grpc.server(

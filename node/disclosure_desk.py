@@ -31,7 +31,10 @@ from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import InvalidInput, NotAllowed, NotFound, SamenloopError
 from samenloop.v1 import broker_pb2, common_pb2
 
-__all__ = ["DisclosureDesk"]
+__all__ = ["DisclosureDesk", "EnvelopeHandler"]
+
+#: Handles one verified relayed message: (mailbox cursor, sender, signed body, covenant).
+EnvelopeHandler = Callable[[int, str, bytes, Covenant], None]
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +68,9 @@ class DisclosureDesk:
         self._clock = clock
         self._random = random_bytes
         self.wake = wake
+        #: Other kinds of relayed message, by signed context (cases, pictures): each
+        #: handler records the cursor itself, also when it refuses the message.
+        self.handlers: dict[SignatureContext, EnvelopeHandler] = {}
 
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
@@ -149,7 +155,7 @@ class DisclosureDesk:
 
         A forged or malformed envelope is dropped without an answer (nothing
         can be answered safely) and recorded; a kind this version does not
-        handle (pictures and cases come later) is recorded and skipped.
+        handle (no handler registered for its context) is recorded and skipped.
         """
         covenant = self._covenant()
         now = self._now()
@@ -164,6 +170,8 @@ class DisclosureDesk:
                 self._request(cursor, sealed.sender, body, covenant, now)
             elif context is SignatureContext.DISCLOSURE_RESPONSE:
                 self._response(cursor, sealed.sender, body, now)
+            elif (handler := self.handlers.get(context)) is not None:
+                handler(cursor, sealed.sender, body, covenant)
             else:
                 log.info("envelope kind not handled by this version", context=context.value)
                 self._store.skip_envelope(cursor, what=f"unhandled {context.value}", now=now)

@@ -14,7 +14,9 @@ chunks. Each row is stored whole or not at all. The validation report lists,
 per refused row, the row number as a spreadsheet shows it (the header is row
 1), the column and the rule it breaks; ``--report out.csv`` writes it to a
 file. The exit code is 0 when every row was imported (or was already there
-unchanged), 1 when some were refused. Identifier values never appear in the
+unchanged), 1 when some were refused. Coarse attributes for the regional
+picture come from columns too (``--area-column``, ``--branch-column``,
+``--month-column``) and are validated the same way. Identifier values never appear in the
 report: only where and why.
 
 ``samenloop signal add`` adds one signal from the command line; ``signal
@@ -40,9 +42,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from samenloop.node.attributes import check_area, check_branch, parse_month
 from samenloop.node.client import RESTORABLE_TYPES, Hit, NodeClient, Signal, SignalInput
 from samenloop.node.identifiers import IdentifierType, identifier_type, parse
-from samenloop.node.models import HitState
+from samenloop.node.models import AreaKind, HitState
 from samenloop.policies.errors import ConfigurationError, InvalidInput, SamenloopError
 
 __all__ = [
@@ -235,6 +238,12 @@ class ColumnMapping:
     detail_columns: tuple[str, ...] = ()
     expires_column: str | None = None
     leading_zero_dropped: frozenset[IdentifierType] = frozenset()
+    #: Coarse attributes for the regional picture: each row's area (its kind fixed by
+    #: ``area_kind``, or read from the code's shape), SBI branch code and month.
+    area_column: str | None = None
+    area_kind: AreaKind | None = None
+    branch_column: str | None = None
+    month_column: str | None = None
 
     def columns(self) -> list[tuple[str, str]]:
         """Every column the mapping reads, with the option that names it."""
@@ -245,6 +254,13 @@ class ColumnMapping:
         named += [("--detail-column", column) for column in self.detail_columns]
         if self.expires_column is not None:
             named.append(("--expires-column", self.expires_column))
+        for option, column in (
+            ("--area-column", self.area_column),
+            ("--branch-column", self.branch_column),
+            ("--month-column", self.month_column),
+        ):
+            if column is not None:
+                named.append((option, column))
         return named
 
 
@@ -366,6 +382,7 @@ def rows_to_signals(
                 expires_at = _expiry(text)
             except InvalidInput as error:
                 faults.append(Problem(number, mapping.expires_column, error.reason, error.message))
+        coarse = _coarse(number, cell, mapping, faults)
         if faults:
             problems += faults
             continue
@@ -379,11 +396,38 @@ def rows_to_signals(
                     details=details,
                     expires_at=expires_at,
                     leading_zero_dropped=mapping.leading_zero_dropped,
+                    **coarse,
                 ),
                 identifier_columns=tuple(columns),
             )
         )
     return prepared, problems
+
+
+def _coarse(
+    number: int, cell: Callable[[str], str], mapping: ColumnMapping, faults: list[Problem]
+) -> dict[str, Any]:
+    """A row's coarse attributes, checked here so the report names the column; an empty
+    cell leaves the attribute to the node (area from the address, month of today)."""
+    found: dict[str, Any] = {}
+    if mapping.area_column is not None and (text := cell(mapping.area_column)):
+        try:
+            kind, code = check_area(mapping.area_kind, text, field=mapping.area_column)
+        except InvalidInput as error:
+            faults.append(Problem(number, mapping.area_column, error.reason, error.message))
+        else:
+            found.update(area_kind=kind, area_code=code)
+    if mapping.branch_column is not None and (text := cell(mapping.branch_column)):
+        try:
+            found["branch"] = check_branch(text, field=mapping.branch_column)
+        except InvalidInput as error:
+            faults.append(Problem(number, mapping.branch_column, error.reason, error.message))
+    if mapping.month_column is not None and (text := cell(mapping.month_column)):
+        try:
+            found["month"] = parse_month(text, field=mapping.month_column)
+        except InvalidInput as error:
+            faults.append(Problem(number, mapping.month_column, error.reason, error.message))
+    return found
 
 
 def _identifier_columns(mapping: ColumnMapping) -> list[str]:
@@ -408,6 +452,14 @@ def _column_of(field: str, row: PreparedRow, mapping: ColumnMapping) -> str:
         return head[len("details[") : -1]
     if head == "expires_at":
         return mapping.expires_column or "(retention)"
+    if head == "attributes":
+        part = field.split(".")[1] if field.count(".") else ""
+        column = {
+            "area": mapping.area_column,
+            "branch": mapping.branch_column,
+            "month": mapping.month_column,
+        }.get(part)
+        return column or field
     return field or "*"
 
 
@@ -462,6 +514,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     importing.add_argument(
         "--expires-column", metavar="COLUMN", help="each row's expiry date (YYYY-MM-DD)"
+    )
+    importing.add_argument(
+        "--area-column",
+        metavar="COLUMN",
+        help="each row's area: a postcode-4 or a CBS wijk/buurt code "
+        "(default: postcode-4 from an address identifier)",
+    )
+    importing.add_argument(
+        "--area-kind",
+        choices=[k.value for k in AreaKind],
+        help="the kind of code in --area-column (default: by each code's shape)",
+    )
+    importing.add_argument(
+        "--branch-column", metavar="COLUMN", help="each row's branch: an SBI code (5610)"
+    )
+    importing.add_argument(
+        "--month-column",
+        metavar="COLUMN",
+        help="each row's month, YYYY-MM or a date (default: the month it is imported)",
     )
     importing.add_argument(
         "--leading-zero-dropped",
@@ -578,6 +649,10 @@ def _mapping(args: argparse.Namespace) -> ColumnMapping:
         detail_columns=tuple(args.detail_column),
         expires_column=args.expires_column,
         leading_zero_dropped=frozenset(restored),
+        area_column=args.area_column,
+        area_kind=None if args.area_kind is None else AreaKind(args.area_kind),
+        branch_column=args.branch_column,
+        month_column=args.month_column,
     )
 
 

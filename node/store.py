@@ -40,6 +40,7 @@ from datetime import UTC, date, datetime
 from types import MappingProxyType
 from typing import Any, Final, TypeVar, cast
 
+from google.protobuf.message import DecodeError
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -53,6 +54,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -60,7 +62,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from samenloop.node import models
+from samenloop.node import cases as case_core
+from samenloop.node import models, picture
 from samenloop.node.disclosure import Outcome, ResponseUpdate, SignalFacts, Verdict
 from samenloop.node.identifiers import Identifier, IdentifierType
 from samenloop.node.models import (
@@ -85,7 +88,7 @@ from samenloop.policies.errors import (
     UnknownType,
 )
 from samenloop.policies.rules import Refusal
-from samenloop.v1 import common_pb2
+from samenloop.v1 import broker_pb2, common_pb2
 
 __all__ = [
     "MIGRATIONS",
@@ -95,6 +98,9 @@ __all__ = [
     "HolderTotals",
     "IdentifierRecord",
     "NewDisclosure",
+    "NewPictureAnswer",
+    "NewPictureCollection",
+    "NewPictureContribution",
     "NewSignal",
     "NodeStore",
     "OutboxBatch",
@@ -102,6 +108,8 @@ __all__ = [
     "OwnSignal",
     "PendingEnvelope",
     "PendingIdentifier",
+    "PictureCollectionRecord",
+    "PictureContributionRecord",
     "SealedEnvelope",
     "SignalRecord",
     "StatusCounts",
@@ -396,6 +404,88 @@ class PendingEnvelope:
 
 
 # --- checks ---------------------------------------------------------------------------
+
+
+#: The refusal reason of a replayed picture request (``PictureRefusalReason`` in lower case).
+PICTURE_REPLAY: Final = "replay"
+
+
+@dataclass(frozen=True, slots=True)
+class NewPictureCollection:
+    """A picture collection this node starts as a viewer: the request and who is asked."""
+
+    request_id: bytes
+    first_month: str
+    last_month: str
+    measures: tuple[str, ...]
+    dimensions: tuple[str, ...]
+    asked: tuple[str, ...]
+    officer: str
+    covenant_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewPictureAnswer:
+    """This node's answer to a picture request: contributed (with the budget it spends on
+    each month, in units of 1e-9 epsilon) or refused with a reason."""
+
+    request_id: bytes
+    requester: str
+    refusal_reason: str | None
+    measures: tuple[str, ...] = ()
+    dimensions: tuple[str, ...] = ()
+    months: tuple[str, ...] = ()
+    spent_units: int = 0
+    epsilon_spent: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class NewPictureContribution:
+    """A party's answer to one of this node's collections: the serialized, verified
+    ``PictureContribution`` (counts only) and what the node indexes of it."""
+
+    request_id: bytes
+    contributor: str
+    contributor_role: str
+    refusal_reason: str | None
+    refusal_message: str | None
+    epsilon_spent: float
+    body: bytes
+
+    def __repr__(self) -> str:
+        return f"NewPictureContribution(contributor={self.contributor!r})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PictureContributionRecord:
+    """A contribution as stored with its collection."""
+
+    contributor: str
+    contributor_role: str
+    refusal_reason: str | None
+    refusal_message: str | None
+    epsilon_spent: float
+    body: bytes
+    received_at: datetime
+
+    def __repr__(self) -> str:
+        return f"PictureContributionRecord(contributor={self.contributor!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class PictureCollectionRecord:
+    """A collection this node started, with the contributions received so far."""
+
+    request_id: bytes
+    first_month: str
+    last_month: str
+    measures: tuple[str, ...]
+    dimensions: tuple[str, ...]
+    asked: tuple[str, ...]
+    officer: str
+    covenant_version: int
+    created_at: datetime
+    contributions: tuple[PictureContributionRecord, ...]
 
 
 def _utc(moment: datetime, name: str = "now") -> datetime:
@@ -1707,6 +1797,39 @@ class NodeStore(audit_store.AuditLog):
             details=MappingProxyType(json.loads(row.details)),
         )
 
+    def picture_signal_facts(self, first_month: str, last_month: str) -> list[picture.SignalFacts]:
+        """The coarse attributes of the signals of the months ``first_month``..``last_month``
+        that were active at some time in them, grouped: one fact per combination of
+        attributes, with how many signals have it. All the regional picture reads.
+
+        Counting in SQL keeps the picture near the cost of reading the rows (issue 6's
+        benchmark). Signals without a month are not counted (every signal stored
+        since the picture existed has one).
+        """
+        sg = models.Signal
+        start = datetime.strptime(first_month, "%Y-%m").replace(tzinfo=UTC)
+        attributes = (sg.area_kind, sg.area_code, sg.branch, sg.category, sg.month)
+        with self._read() as conn:
+            rows = conn.execute(
+                select(*attributes, func.count())
+                .where(
+                    sg.month >= first_month,
+                    sg.month <= last_month,
+                    or_(sg.ended_at.is_(None), sg.ended_at >= start),
+                )
+                .group_by(*attributes)
+            ).all()
+        areas: dict[tuple[str | None, str | None], str | None] = {}
+        facts: list[picture.SignalFacts] = []
+        for kind, code, branch, category, month, count in rows:
+            if month is None:  # excluded by the query; for the type checker
+                continue
+            area = areas.get((kind, code), "")
+            if area == "":
+                area = areas[kind, code] = picture.area_value(kind, code)
+            facts.append(picture.SignalFacts(area, branch, category, month, count))
+        return facts
+
     def hit_closed(self, group_id: bytes, /) -> bool:
         """Whether this node's latest notice of the group closed it."""
         with self._read() as conn:
@@ -1893,6 +2016,659 @@ class NodeStore(audit_store.AuditLog):
         ).one()
         return _disclosure_record(row)
 
+    # --- the regional picture ----------------------------------------------------------
+    #
+    # As for disclosures, each method is one transaction: a collection is stored with
+    # its envelopes and this node's own answer; an incoming request's answer with the
+    # budget it spends, its envelope and the mailbox cursor; a contribution with the
+    # cursor. Audit entries carry ids, names and epsilon: never a count or an attribute.
+
+    def start_picture_collection(
+        self,
+        collection: NewPictureCollection,
+        envelopes: Sequence[SealedEnvelope],
+        own_answer: NewPictureAnswer,
+        own_contribution: NewPictureContribution,
+        *,
+        budget_units: int,
+        now: datetime,
+    ) -> None:
+        """Store a collection this node starts, the requests sealed to the other parties
+        and its own answer (budget spent, contribution kept), together. ``NotAllowed``
+        (reason ``picture.budget_exhausted``) if the budget changed since it was read."""
+        now = _utc(now)
+        _check_bytes(collection.request_id, ID_BYTES, "request_id")
+        with self._write() as conn:
+            conn.execute(
+                insert(models.PictureCollection).values(
+                    request_id=collection.request_id,
+                    first_month=collection.first_month,
+                    last_month=collection.last_month,
+                    measures=json.dumps(list(collection.measures)),
+                    dimensions=json.dumps(list(collection.dimensions)),
+                    asked=json.dumps(list(collection.asked)),
+                    officer=collection.officer,
+                    covenant_version=collection.covenant_version,
+                    created_at=now,
+                )
+            )
+            for envelope in envelopes:
+                self._queue_envelope(conn, envelope, now)
+            self.append_audit(
+                conn,
+                kind=AuditKind.PICTURE_EVENT,
+                subject=[collection.request_id.hex()],
+                details={
+                    "event": "collection_started",
+                    "period": f"{collection.first_month}..{collection.last_month}",
+                    "measures": _names(collection.measures),
+                    "dimensions": _names(collection.dimensions),
+                    "asked": len(collection.asked),
+                },
+                now=now,
+            )
+            self._answer_picture(conn, own_answer, budget_units, now)
+            self._keep_contribution(conn, own_contribution, now)
+
+    def answer_picture_request(
+        self,
+        cursor: int,
+        answer: NewPictureAnswer,
+        envelope: SealedEnvelope,
+        *,
+        budget_units: int,
+        now: datetime,
+    ) -> bool:
+        """Record this node's answer to a picture request, spend its budget, queue the
+        sealed contribution (or refusal) and advance the mailbox cursor, in one
+        transaction. A refusal as a replay is sent but stores no answer; any other
+        answer to a request id answered before stores and sends nothing (returns
+        False). ``BudgetExhausted`` if the budget changed since it was read: decide
+        again."""
+        now = _utc(now)
+        with self._write() as conn:
+            stored_cursor, last_feed_seq = self._lock_inbox(conn)
+            if cursor > stored_cursor:
+                self._save_inbox(conn, cursor, last_feed_seq)
+            if answer.refusal_reason == PICTURE_REPLAY:
+                self._picture_audit(conn, answer, "request_replayed", now)
+            elif not self._answer_picture(conn, answer, budget_units, now):
+                return False
+            self._queue_envelope(conn, envelope, now)
+        return True
+
+    def _answer_picture(
+        self, conn: Connection, answer: NewPictureAnswer, budget_units: int, now: datetime
+    ) -> bool:
+        _check_bytes(answer.request_id, ID_BYTES, "request_id")
+        a = models.PictureAnswer
+        result = conn.execute(
+            self._insert(a)
+            .values(
+                request_id=answer.request_id,
+                requester=answer.requester,
+                outcome=(
+                    models.PictureAnswerOutcome.REFUSED
+                    if answer.refusal_reason is not None
+                    else models.PictureAnswerOutcome.CONTRIBUTED
+                ).value,
+                refusal_reason=answer.refusal_reason,
+                epsilon_spent=answer.epsilon_spent,
+                answered_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["request_id"])
+        )
+        if result.rowcount != 1:
+            self._picture_audit(conn, answer, "request_replayed", now)
+            return False
+        if answer.spent_units > 0:
+            self._spend_budget(conn, answer.months, answer.spent_units, budget_units, now)
+        self._picture_audit(conn, answer, "request_answered", now)
+        return True
+
+    def _picture_audit(
+        self, conn: Connection, answer: NewPictureAnswer, event: str, now: datetime
+    ) -> None:
+        self.append_audit(
+            conn,
+            kind=AuditKind.PICTURE_EVENT,
+            actor=answer.requester,
+            subject=[answer.request_id.hex()],
+            details={
+                "event": event,
+                "outcome": "refused" if answer.refusal_reason else "contributed",
+                "reason": answer.refusal_reason or "",
+                "measures": _names(answer.measures),
+                "dimensions": _names(answer.dimensions),
+                "epsilon_spent": f"{answer.epsilon_spent:g}",
+                "months": _names(answer.months) if answer.spent_units > 0 else "",
+            },
+            now=now,
+        )
+
+    def _spend_budget(
+        self, conn: Connection, months: Sequence[str], units: int, budget_units: int, now: datetime
+    ) -> None:
+        """Add ``units`` to each month's spending, never beyond ``budget_units``: a month
+        that would go over fails the whole transaction (``BudgetExhausted``)."""
+        b = models.PictureBudget
+        for month in months:
+            if not _MONTH.fullmatch(month):
+                raise InvalidInput("a month is written YYYY-MM", field="months")
+            conn.execute(
+                self._insert(b)
+                .values(month=month, spent_units=0, updated_at=now)
+                .on_conflict_do_nothing(index_elements=["month"])
+            )
+            result = conn.execute(
+                update(b)
+                .where(b.month == month, b.spent_units + units <= budget_units)
+                .values(spent_units=b.spent_units + units, updated_at=now)
+            )
+            if result.rowcount != 1:
+                raise picture.BudgetExhausted(
+                    f"the privacy budget of {month} is spent", field="period"
+                )
+
+    def picture_answered(self, request_id: bytes, /) -> bool:
+        """Whether this node answered a picture request with this id before."""
+        a = models.PictureAnswer
+        with self._read() as conn:
+            found = conn.execute(select(a.request_id).where(a.request_id == request_id)).first()
+        return found is not None
+
+    def picture_ledger(self, months: Sequence[str], /) -> picture.BudgetLedger:
+        """The privacy budget spent so far on ``months`` (the others are left out)."""
+        b = models.PictureBudget
+        if not months:
+            return picture.BudgetLedger()
+        with self._read() as conn:
+            rows = conn.execute(
+                select(b.month, b.spent_units).where(b.month.in_(list(months)))
+            ).all()
+        return picture.BudgetLedger({r.month: int(r.spent_units) for r in rows})
+
+    def receive_picture_contribution(
+        self, cursor: int, contribution: NewPictureContribution, *, now: datetime
+    ) -> bool:
+        """Keep a contribution to one of this node's collections and advance the mailbox
+        cursor, in one transaction. A contribution to an unknown collection, from a party
+        not asked, or a second one from the same party is dropped (returns False)."""
+        now = _utc(now)
+        c = models.PictureCollection
+        with self._write() as conn:
+            stored_cursor, last_feed_seq = self._lock_inbox(conn)
+            if cursor > stored_cursor:
+                self._save_inbox(conn, cursor, last_feed_seq)
+            asked = conn.execute(
+                select(c.asked).where(c.request_id == contribution.request_id)
+            ).scalar_one_or_none()
+            if asked is None or contribution.contributor not in json.loads(asked):
+                self.append_audit(
+                    conn,
+                    kind=AuditKind.PICTURE_EVENT,
+                    actor=contribution.contributor,
+                    subject=[contribution.request_id.hex()],
+                    details={"event": "contribution_dropped", "why": "not asked"},
+                    now=now,
+                )
+                return False
+            return self._keep_contribution(conn, contribution, now)
+
+    def _keep_contribution(
+        self, conn: Connection, contribution: NewPictureContribution, now: datetime
+    ) -> bool:
+        result = conn.execute(
+            self._insert(models.PictureContribution)
+            .values(
+                request_id=contribution.request_id,
+                contributor=contribution.contributor,
+                contributor_role=contribution.contributor_role,
+                refusal_reason=contribution.refusal_reason,
+                refusal_message=contribution.refusal_message,
+                epsilon_spent=contribution.epsilon_spent,
+                body=contribution.body,
+                received_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["request_id", "contributor"])
+        )
+        kept = result.rowcount == 1
+        self.append_audit(
+            conn,
+            kind=AuditKind.PICTURE_EVENT,
+            actor=contribution.contributor,
+            subject=[contribution.request_id.hex()],
+            details={
+                "event": "contribution_received" if kept else "contribution_repeated",
+                "outcome": "refused" if contribution.refusal_reason else "contributed",
+                "reason": contribution.refusal_reason or "",
+                "epsilon_spent": f"{contribution.epsilon_spent:g}",
+            },
+            now=now,
+        )
+        return kept
+
+    def picture_collection(self, request_id: bytes) -> PictureCollectionRecord | None:
+        """One of this node's collections with the contributions received so far."""
+        c = models.PictureCollection
+        with self._read() as conn:
+            row = conn.execute(select(c.__table__).where(c.request_id == request_id)).one_or_none()
+            return None if row is None else self._collection_record(conn, row)
+
+    def picture_collections(
+        self,
+        *,
+        first_month: str | None = None,
+        last_month: str | None = None,
+        limit: int = DEFAULT_PAGE,
+    ) -> list[PictureCollectionRecord]:
+        """This node's collections, newest first; only those of one period if given."""
+        c = models.PictureCollection
+        query = select(c.__table__).order_by(c.id.desc()).limit(limit)
+        if first_month is not None:
+            query = query.where(c.first_month == first_month)
+        if last_month is not None:
+            query = query.where(c.last_month == last_month)
+        with self._read() as conn:
+            return [self._collection_record(conn, row) for row in conn.execute(query).all()]
+
+    def _collection_record(self, conn: Connection, row: Any) -> PictureCollectionRecord:
+        p = models.PictureContribution
+        contributions = tuple(
+            PictureContributionRecord(
+                contributor=r.contributor,
+                contributor_role=r.contributor_role,
+                refusal_reason=r.refusal_reason,
+                refusal_message=r.refusal_message,
+                epsilon_spent=float(r.epsilon_spent),
+                body=bytes(r.body),
+                received_at=r.received_at,
+            )
+            for r in conn.execute(
+                select(p.__table__).where(p.request_id == row.request_id).order_by(p.id)
+            )
+        )
+        return PictureCollectionRecord(
+            request_id=bytes(row.request_id),
+            first_month=row.first_month,
+            last_month=row.last_month,
+            measures=tuple(json.loads(row.measures)),
+            dimensions=tuple(json.loads(row.dimensions)),
+            asked=tuple(json.loads(row.asked)),
+            officer=row.officer,
+            covenant_version=row.covenant_version,
+            created_at=row.created_at,
+            contributions=contributions,
+        )
+
+    def picture_hit_group_facts(
+        self, first_month: str, last_month: str
+    ) -> list[picture.HitGroupFacts]:
+        """The hit groups this node counts in its picture contributions for a period: those
+        formed in it (``first_seen``) whose latest notice names this node the group's
+        ``picture_reporter`` (the broker names exactly one member per group), each with
+        the coarse attributes of this node's own first signal in it."""
+        start, end = _month_bounds(first_month, last_month)
+        h, hr, si, sg = models.Hit, models.HitRef, models.SignalIdentifier, models.Signal
+        with self._read() as conn:
+            rows = conn.execute(
+                select(h.group_id, h.notice, h.first_seen).where(
+                    h.first_seen >= start, h.first_seen < end
+                )
+            ).all()
+            groups = [r for r in rows if _reports(r.notice)]
+            signals: dict[bytes, Any] = {}
+            for chunk in _chunks([bytes(r.group_id) for r in groups]):
+                for r in conn.execute(
+                    select(hr.group_id, sg.category, sg.area_kind, sg.area_code, sg.branch)
+                    .join(si, si.id == hr.identifier_id)
+                    .join(sg, sg.id == si.signal_id)
+                    .where(self._among(hr.group_id, chunk))
+                    .order_by(sg.id.desc())
+                ):
+                    signals[bytes(r.group_id)] = r  # the lowest signal id wins
+        found = []
+        for group in groups:
+            own = signals.get(bytes(group.group_id))
+            found.append(
+                picture.HitGroupFacts(
+                    area=None if own is None else picture.area_value(own.area_kind, own.area_code),
+                    branch=None if own is None else own.branch,
+                    category=picture.UNKNOWN if own is None else own.category,
+                    month=f"{group.first_seen:%Y-%m}",
+                )
+            )
+        return found
+
+    # --- cases ---------------------------------------------------------------------------
+    #
+    # A case is what :mod:`samenloop.node.cases` folded from its messages. Each change is
+    # stored in one transaction with its message log row, the envelopes it causes and, for
+    # a relayed message, the mailbox cursor; a refused one is audited with the cursor.
+
+    def case(self, case_id: bytes, *, history: bool = False) -> case_core.Case | None:
+        """The case with this id as this node holds it (with its history if asked)."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(models.Case.__table__).where(models.Case.case_id == case_id)
+            ).one_or_none()
+            if row is None:
+                return None
+            return self._load_cases(conn, [row], history=history)[0]
+
+    def cases(
+        self, state: case_core.CaseState | None = None, *, coordinator: str | None = None
+    ) -> list[case_core.Case]:
+        """Cases held here, newest first; only one state or one coordinator's if given."""
+        c = models.Case
+        query = select(c.__table__)
+        if state is not None:
+            query = query.where(c.state == case_core.CaseState(state).value)
+        if coordinator is not None:
+            query = query.where(c.coordinator == coordinator)
+        with self._read() as conn:
+            rows = conn.execute(query.order_by(c.id.desc())).all()
+            return self._load_cases(conn, rows, history=False)
+
+    def case_message_seen(self, message_id: bytes) -> bool:
+        """Whether a case message with this id was applied here."""
+        with self._read() as conn:
+            return (
+                conn.execute(
+                    select(models.CaseMessage.id).where(models.CaseMessage.message_id == message_id)
+                ).first()
+                is not None
+            )
+
+    def record_case_change(
+        self,
+        before: case_core.Case | None,
+        applied: case_core.Applied,
+        envelopes: Sequence[SealedEnvelope],
+        *,
+        cursor: int | None = None,
+        now: datetime,
+    ) -> None:
+        """Store an applied change: the case, its members and actions as they are after it,
+        the message log row, the envelopes to the members and (for a relayed message) the
+        mailbox cursor, with an audit entry, in one transaction. A message id or author
+        sequence already stored raises ``Replay`` and stores nothing."""
+        now = _utc(now)
+        after, change = applied.case, applied.change
+        c = models.Case
+        values: dict[str, Any] = {
+            "title": after.title,
+            "state": after.state.value,
+            "access": after.access.value,
+            "hit_notice": after.hit_notice,
+            "closed_at": after.closed_at,
+            "outcome": after.outcome,
+            "updated_at": now,
+        }
+        try:
+            with self._write() as conn:
+                if cursor is not None:
+                    stored_cursor, last_feed_seq = self._lock_inbox(conn)
+                    if cursor > stored_cursor:
+                        self._save_inbox(conn, cursor, last_feed_seq)
+                if before is None:
+                    key = conn.execute(
+                        insert(c)
+                        .values(
+                            case_id=after.case_id,
+                            coordinator=after.coordinator,
+                            hit_group_id=after.hit_group_id,
+                            opened_at=after.opened_at,
+                            created_at=now,
+                            **values,
+                        )
+                        .returning(c.id)
+                    ).scalar_one()
+                else:
+                    key = conn.execute(
+                        update(c).where(c.case_id == after.case_id).values(**values).returning(c.id)
+                    ).scalar_one()
+                if change.members:
+                    conn.execute(delete(models.CaseMember).where(models.CaseMember.case_id == key))
+                    conn.execute(
+                        insert(models.CaseMember),
+                        [{"case_id": key, "party": party} for party in after.members],
+                    )
+                self._store_actions(conn, key, before, applied)
+                conn.execute(
+                    insert(models.CaseMessage).values(
+                        case_id=key,
+                        message_id=change.message_id,
+                        author=change.author,
+                        author_officer=change.author_officer,
+                        author_sequence=change.author_sequence,
+                        kind=change.kind.value,
+                        issued_at=change.issued_at,
+                        received_at=now,
+                        summary=applied.summary,
+                    )
+                )
+                for envelope in envelopes:
+                    self._queue_envelope(conn, envelope, now)
+                details: dict[str, object] = {
+                    "kind": change.kind.value,
+                    "members": len(after.members),
+                    "state": after.state.value,
+                    "access": after.access.value,
+                    "sequence": change.author_sequence,
+                    "gap": applied.gap,
+                    "sent_to": len(envelopes),
+                    "received": cursor is not None,
+                }
+                subject = [after.case_id.hex()]
+                if change.action is not None:
+                    subject.append(change.action.action_id.hex())
+                    action = after.action(change.action.action_id)
+                    if action is not None:
+                        details["status"] = action.status.value
+                        details["intervention"] = action.intervention_type.value
+                if _PRINTABLE_OFFICER.fullmatch(change.author_officer):
+                    details["officer"] = change.author_officer
+                self.append_audit(
+                    conn,
+                    kind=AuditKind.CASE_EVENT,
+                    actor=change.author,
+                    subject=subject,
+                    details=details,
+                    now=now,
+                )
+        except IntegrityError as error:
+            raise Replay(
+                "this case change is stored already", field="message_id", reason="case.replay"
+            ) from error
+
+    def _store_actions(
+        self, conn: Connection, key: int, before: case_core.Case | None, applied: case_core.Applied
+    ) -> None:
+        a = models.CaseAction
+        change, after = applied.change, applied.case
+        if change.kind is case_core.ChangeKind.INVITE and (
+            before is None or before.access is case_core.Access.REMOVED
+        ):
+            replaced = after.actions  # a late member takes the whole plan
+            conn.execute(delete(a).where(a.case_id == key))
+        elif change.kind is case_core.ChangeKind.ACTION_ADD and change.action is not None:
+            replaced = tuple(x for x in after.actions if x.action_id == change.action.action_id)
+        elif change.kind is case_core.ChangeKind.ACTION_UPDATE and change.action is not None:
+            action = after.action(change.action.action_id)
+            assert action is not None
+            conn.execute(
+                update(a)
+                .where(a.case_id == key, a.action_id == action.action_id)
+                .values(
+                    status=action.status.value,
+                    deadline=action.deadline,
+                    note=action.note,
+                    updated_at=action.updated_at,
+                    updated_by=action.updated_by,
+                )
+            )
+            return
+        else:
+            return
+        if replaced:
+            conn.execute(
+                insert(a),
+                [
+                    {
+                        "case_id": key,
+                        "action_id": x.action_id,
+                        "owner": x.owner,
+                        "intervention_type": x.intervention_type.value,
+                        "measure": x.measure,
+                        "description": x.description,
+                        "deadline": x.deadline,
+                        "status": x.status.value,
+                        "note": x.note,
+                        "added_at": x.added_at,
+                        "updated_at": x.updated_at,
+                        "updated_by": x.updated_by,
+                    }
+                    for x in replaced
+                ],
+            )
+
+    def refuse_case_message(
+        self,
+        cursor: int,
+        *,
+        case_id: bytes | None,
+        kind: str,
+        reason: str,
+        author: str | None = None,
+        now: datetime,
+    ) -> None:
+        """Record a relayed case message that is not applied (refused, malformed, a replay)
+        and advance past it, in one transaction. Nothing of the message is stored."""
+        now = _utc(now)
+        with self._write() as conn:
+            stored_cursor, last_feed_seq = self._lock_inbox(conn)
+            if cursor > stored_cursor:
+                self._save_inbox(conn, cursor, last_feed_seq)
+            self.append_audit(
+                conn,
+                kind=AuditKind.CASE_EVENT,
+                actor=author,
+                subject=[] if case_id is None or len(case_id) != ID_BYTES else [case_id.hex()],
+                details={"kind": kind, "refused": reason, "cursor": cursor, "received": True},
+                now=now,
+            )
+
+    def case_activity(self, first_month: str, last_month: str) -> list[case_core.CaseActivity]:
+        """For the cases this node coordinates: one record per case opened and per case
+        closed (the month it happened) and per action added (its intervention type, the
+        month it was added), within ``first_month``..``last_month`` (``YYYY-MM``)."""
+        for name, given in (("first_month", first_month), ("last_month", last_month)):
+            if not _CASE_MONTH.fullmatch(given):
+                raise InvalidInput("a month is YYYY-MM", field=name)
+        if first_month > last_month:
+            raise InvalidInput("the period ends before it starts", field="last_month")
+
+        def within(moment: datetime | None) -> str | None:
+            if moment is None:
+                return None
+            month = moment.astimezone(UTC).strftime("%Y-%m")
+            return month if first_month <= month <= last_month else None
+
+        found: list[case_core.CaseActivity] = []
+        c, a = models.Case, models.CaseAction
+        with self._read() as conn:
+            rows = conn.execute(
+                select(c.id, c.opened_at, c.closed_at).where(c.coordinator == self._owner)
+            ).all()
+            actions = conn.execute(
+                select(a.intervention_type, a.added_at)
+                .join(c, c.id == a.case_id)
+                .where(c.coordinator == self._owner)
+            ).all()
+        for row in rows:
+            if (month := within(row.opened_at)) is not None:
+                found.append(case_core.CaseActivity("opened", None, month))
+            if (month := within(row.closed_at)) is not None:
+                found.append(case_core.CaseActivity("closed", None, month))
+        for action in actions:
+            if (month := within(action.added_at)) is not None:
+                found.append(
+                    case_core.CaseActivity("intervention", action.intervention_type, month)
+                )
+        return sorted(found, key=lambda f: (f.month, f.kind, f.intervention_type or ""))
+
+    def _load_cases(
+        self, conn: Connection, rows: Sequence[Any], *, history: bool
+    ) -> list[case_core.Case]:
+        keys = [row.id for row in rows]
+        members: dict[int, list[str]] = {k: [] for k in keys}
+        actions: dict[int, list[case_core.Action]] = {k: [] for k in keys}
+        sequences: dict[int, dict[str, int]] = {k: {} for k in keys}
+        entries: dict[int, list[case_core.HistoryEntry]] = {k: [] for k in keys}
+        m, a, g = models.CaseMember, models.CaseAction, models.CaseMessage
+        for chunk in _chunks(keys):
+            for member in conn.execute(
+                select(m.case_id, m.party).where(self._among(m.case_id, chunk)).order_by(m.party)
+            ):
+                members[member.case_id].append(member.party)
+            for x in conn.execute(
+                select(a.__table__).where(self._among(a.case_id, chunk)).order_by(a.id)
+            ):
+                actions[x.case_id].append(
+                    case_core.Action(
+                        action_id=x.action_id,
+                        owner=x.owner,
+                        intervention_type=case_core.InterventionType(x.intervention_type),
+                        measure=x.measure,
+                        description=x.description,
+                        deadline=x.deadline,
+                        status=case_core.ActionStatus(x.status),
+                        note=x.note,
+                        updated_at=x.updated_at,
+                        updated_by=x.updated_by,
+                        added_at=x.added_at,
+                    )
+                )
+            for s in conn.execute(
+                select(g.case_id, g.author, func.max(g.author_sequence).label("last"))
+                .where(self._among(g.case_id, chunk))
+                .group_by(g.case_id, g.author)
+            ):
+                sequences[s.case_id][s.author] = int(s.last)
+            if history:
+                for h in conn.execute(
+                    select(g.__table__).where(self._among(g.case_id, chunk)).order_by(g.id)
+                ):
+                    entries[h.case_id].append(
+                        case_core.HistoryEntry(
+                            h.issued_at,
+                            h.author,
+                            h.author_officer,
+                            case_core.ChangeKind(h.kind),
+                            h.summary,
+                        )
+                    )
+        return [
+            case_core.Case(
+                case_id=row.case_id,
+                coordinator=row.coordinator,
+                title=row.title,
+                hit_group_id=row.hit_group_id,
+                state=case_core.CaseState(row.state),
+                access=case_core.Access(row.access),
+                members=tuple(members[row.id]),
+                actions=tuple(actions[row.id]),
+                opened_at=row.opened_at,
+                closed_at=row.closed_at,
+                outcome=row.outcome,
+                sequences=MappingProxyType(sequences[row.id]),
+                hit_notice=row.hit_notice,
+                history=tuple(entries[row.id]),
+            )
+            for row in rows
+        ]
+
     # --- covenant versions -------------------------------------------------------------
 
     def covenant_versions(self) -> list[bytes]:
@@ -2007,6 +2783,11 @@ class NodeStore(audit_store.AuditLog):
         ]
 
 
+_CASE_MONTH: Final = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+# An officer's identity goes into the audit details only in the shape they accept.
+_PRINTABLE_OFFICER: Final = re.compile(r"[\x20-\x7e]{1,64}")
+
+
 def _names(names: Sequence[str]) -> str:
     """Field names for an audit detail (at most 64 characters; else just how many)."""
     joined = ",".join(names)
@@ -2050,3 +2831,23 @@ def _disclosure_record(row: Any) -> DisclosureRecord:
         updated_at=row.updated_at,
         finished_at=row.finished_at,
     )
+
+
+def _month_bounds(first_month: str, last_month: str) -> tuple[datetime, datetime]:
+    """The start of ``first_month`` and the start of the month after ``last_month`` (UTC)."""
+    for name, month in (("first_month", first_month), ("last_month", last_month)):
+        if not _MONTH.fullmatch(month):
+            raise InvalidInput("a month is written YYYY-MM", field=name)
+    start = datetime(int(first_month[:4]), int(first_month[5:]), 1, tzinfo=UTC)
+    year, number = int(last_month[:4]), int(last_month[5:])
+    end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+def _reports(notice: bytes) -> bool:
+    """Whether a stored hit notice names this node the group's picture reporter."""
+    try:
+        body = common_pb2.Signed.FromString(notice).body
+        return broker_pb2.HitNotice.FromString(body).picture_reporter
+    except DecodeError:
+        return False

@@ -41,14 +41,16 @@ import grpc
 import structlog
 
 from samenloop.node import evaluation, threshold, tokens
+from samenloop.node.case_desk import CaseDesk
 from samenloop.node.disclosure_desk import DisclosureDesk
 from samenloop.node.holder import KeyHolder
 from samenloop.node.models import BatchKind, HitKind
 from samenloop.node.notices import verify_hit_notice
+from samenloop.node.picture_desk import PictureDesk
 from samenloop.node.store import NodeStore, OutboxBatch
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import rules
-from samenloop.policies.crypto import PartyKeys
+from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import NotEnoughHolders, SamenloopError
 from samenloop.policies.trust import HeldCovenant, SignedCovenant
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2, keyholder_pb2
@@ -172,6 +174,14 @@ class Uplink:
         self.disclosures = DisclosureDesk(
             keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set
         )
+        self.cases = CaseDesk(
+            keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set
+        )
+        self.disclosures.handlers[SignatureContext.CASE_MESSAGE] = self.cases.receive
+        self.pictures = PictureDesk(
+            keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set
+        )
+        self.pictures.register(self.disclosures.handlers)
         self.status = UplinkStatus()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -31,6 +31,10 @@ SANS_IO = [
     "samenloop.node.holder",
     "samenloop.node.notices",
     "samenloop.node.disclosure",
+    "samenloop.node.cases",
+    "samenloop.node.picture",
+    "samenloop.node.picture_report",
+    "samenloop.node.picture_protocol",
     "samenloop.broker.matching",
     "samenloop.broker.mailbox",
 ]

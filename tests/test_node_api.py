@@ -37,7 +37,6 @@ from samenloop.policies.errors import (
     InvalidInput,
     LocalError,
     NotFound,
-    NotInThisVersion,
     Replay,
     SamenloopError,
     UnknownType,
@@ -735,20 +734,28 @@ def test_status_of_a_party_that_holds_no_key(covenant: Covenant, sqlite_url: str
 
 
 @pytest.mark.parametrize(
-    ("method", "request_type", "issue"),
+    ("method", "request_type"),
     [
-        ("PictureShow", node_pb2.PictureShowRequest, "regional-picture"),
-        ("PictureCollect", node_pb2.PictureCollectRequest, "regional-picture"),
-        ("CaseOpen", node_pb2.CaseOpenRequest, "regional-picture"),
-        ("CaseBoard", node_pb2.CaseBoardRequest, "regional-picture"),
+        ("PictureShow", node_pb2.PictureShowRequest),
+        ("PictureCollect", node_pb2.PictureCollectRequest),
     ],
 )
-def test_later_features_say_which_issue_brings_them(
-    node: Node, method: str, request_type: Any, issue: str
+def test_picture_calls_need_the_nodes_party_keys(
+    node: Node, method: str, request_type: Any
 ) -> None:
     error = raw(getattr(node.stub, method), request_type())
-    assert isinstance(error, NotInThisVersion)
-    assert issue in error.message
+    assert isinstance(error, ConfigurationError)
+    assert error.field == "pictures"
+
+
+@pytest.mark.parametrize(
+    ("method", "request_type"),
+    [("CaseOpen", node_pb2.CaseOpenRequest), ("CaseBoard", node_pb2.CaseBoardRequest)],
+)
+def test_case_calls_need_the_nodes_party_keys(node: Node, method: str, request_type: Any) -> None:
+    error = raw(getattr(node.stub, method), request_type())
+    assert isinstance(error, ConfigurationError)
+    assert error.field == "cases"
 
 
 def test_garbage_request_is_refused_and_the_node_keeps_serving(node: Node) -> None:

@@ -1622,6 +1622,9 @@ class PictureShowResponse(_message.Message):
     CONTRIBUTORS_FIELD_NUMBER: _builtins.int
     MISSING_FIELD_NUMBER: _builtins.int
     REFUSALS_FIELD_NUMBER: _builtins.int
+    MIN_CELL_COUNT_FIELD_NUMBER: _builtins.int
+    min_cell_count: _builtins.int
+    """The covenant's minimum cell count the table was released under."""
     @_builtins.property
     def table(self) -> _picture_pb2.PictureTable:
         """The combined table after disclosure control: each cell exact, noisy or
@@ -1647,10 +1650,11 @@ class PictureShowResponse(_message.Message):
         contributors: _abc.Iterable[_builtins.str] | None = ...,
         missing: _abc.Iterable[_builtins.str] | None = ...,
         refusals: _abc.Iterable[Global___PictureRefusalNote] | None = ...,
+        min_cell_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["table", b"table"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributors", b"contributors", "missing", b"missing", "refusals", b"refusals", "table", b"table"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributors", b"contributors", "min_cell_count", b"min_cell_count", "missing", b"missing", "refusals", b"refusals", "table", b"table"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,61 @@
+"""``PictureCollect`` and ``PictureShow`` of the local API: protobuf in, the desk's calls out.
+
+Parsed at the boundary: the period, measures and dimensions become
+:mod:`samenloop.node.picture` values here, each error naming its field
+(``period.first_month``, ``measures[1]``, ``dimensions[0]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from samenloop.node.picture import Dimension, Measure, Period
+from samenloop.node.picture_desk import PictureDesk
+from samenloop.node.picture_protocol import PictureAsk, released_to_proto
+from samenloop.policies.errors import InvalidInput
+from samenloop.v1 import node_pb2
+
+__all__ = ["collect", "show"]
+
+
+def _dimensions(values: Iterable[int]) -> tuple[Dimension, ...]:
+    return tuple(Dimension.from_proto(v, field=f"dimensions[{i}]") for i, v in enumerate(values))
+
+
+def collect(
+    desk: PictureDesk, request: node_pb2.PictureCollectRequest
+) -> node_pb2.PictureCollectResponse:
+    """Start a collection for the period, measures and dimensions asked."""
+    if not request.HasField("period"):
+        raise InvalidInput("give the period", field="period", reason="picture.period")
+    ask = PictureAsk(
+        Period.from_proto(request.period),
+        tuple(
+            Measure.from_proto(m, field=f"measures[{i}]") for i, m in enumerate(request.measures)
+        ),
+        _dimensions(request.dimensions),
+    )
+    request_id, asked = desk.collect(ask, officer=request.officer)
+    return node_pb2.PictureCollectResponse(request_id=request_id, asked=list(asked))
+
+
+def show(desk: PictureDesk, request: node_pb2.PictureShowRequest) -> node_pb2.PictureShowResponse:
+    """The released table of a collection, with who contributed, refused or is missing."""
+    period = Period.from_proto(request.period) if request.HasField("period") else None
+    view = desk.show(
+        measure=Measure.from_proto(request.measure, field="measure"),
+        dimensions=_dimensions(request.dimensions),
+        period=period,
+        request_id=request.request_id or None,
+    )
+    response = node_pb2.PictureShowResponse(
+        table=released_to_proto(view.table),
+        contributors=list(view.contributors),
+        missing=list(view.missing),
+        min_cell_count=view.table.min_count,
+    )
+    for party, reason, message in view.refusals:
+        note = response.refusals.add(contributor=party)
+        note.refusal.reason = reason.to_proto()
+        note.refusal.message = message
+    return response

@@ -1,0 +1,355 @@
+"""``samenloop picture``: the regional picture (integraal ondermijningsbeeld) for its viewers.
+
+Talks to the partner's own node through its local API (the client library),
+found with ``--node node.toml`` or ``--socket PATH`` as ``samenloop signal``
+does. Only a party whose role the covenant lists as a picture viewer (usually
+the RIEC) can collect and show.
+
+* ``picture collect --period 2026-10[..2026-12] [--by area,category]
+  [--measure active_signals,hit_groups]`` asks every party for its counts;
+* ``picture show --period 2026-10 --by area,category [--json]`` shows the
+  latest such collection after disclosure control, waiting briefly for parties
+  that have not answered: every figure is exact, noisy (``≈``, with its noise
+  scale) or suppressed (``•``, never a number);
+* ``picture report --period 2026-07..2026-12 --out beeld.html`` collects what the
+  report needs (a trend by month, areas, branch by category, and the
+  accountability for cases) and writes one self-contained HTML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from rich.console import Console
+from rich.table import Table
+
+from samenloop.node import picture_report
+from samenloop.node.client import NodeClient, Picture
+from samenloop.node.picture import (
+    TOTAL,
+    CellQuality,
+    Dimension,
+    Measure,
+    Period,
+    ReleasedCell,
+    ReleasedTable,
+)
+from samenloop.node.signal_commands import add_node_options, open_client
+from samenloop.policies.errors import ConfigurationError, InvalidInput, NotFound
+
+__all__ = ["build_report", "picture_to_json", "register", "wait_for_picture"]
+
+DEFAULT_WAIT: Final = 10.0
+_POLL: Final = 0.25
+_SUPPRESSED: Final = picture_report.SUPPRESSED_MARK
+
+#: What the report collects: (measures, dimensions) per collection.
+REPORT_COLLECTIONS: Final = (
+    (
+        (Measure.ACTIVE_SIGNALS, Measure.HIT_GROUPS, Measure.CASES_OPENED, Measure.CASES_CLOSED),
+        (Dimension.MONTH,),
+    ),
+    ((Measure.ACTIVE_SIGNALS,), (Dimension.AREA,)),
+    ((Measure.ACTIVE_SIGNALS,), (Dimension.BRANCH, Dimension.CATEGORY)),
+    ((Measure.INTERVENTIONS,), (Dimension.INTERVENTION_TYPE,)),
+)
+
+
+def _names(text: str | None, parse: Callable[..., Any], option: str) -> list[Any]:
+    if not text:
+        return []
+    try:
+        return [parse(part, field=option) for part in text.split(",") if part.strip()]
+    except InvalidInput as error:
+        raise ConfigurationError(error.message, field=option, reason=error.reason) from None
+
+
+def _period(text: str) -> Period:
+    try:
+        return Period.parse(text, field="--period")
+    except InvalidInput as error:
+        raise ConfigurationError(error.message, field="--period", reason=error.reason) from None
+
+
+def _officer(args: argparse.Namespace) -> str:
+    officer: str = args.officer or getpass.getuser() or "cli"
+    return officer
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``picture collect | show | report``."""
+    parser = subparsers.add_parser(
+        "picture",
+        help="the regional picture: collect, show and report counts (viewers only)",
+        description="Collect the partners' counts of signals and hit groups by coarse "
+        "attributes, and show or report them after the covenant's disclosure control.",
+    )
+    commands = parser.add_subparsers(dest="picture_command", metavar="SUBCOMMAND", required=True)
+
+    collect = commands.add_parser("collect", help="ask every party for its counts")
+    _common(collect)
+    collect.add_argument(
+        "--measure",
+        default="active_signals,hit_groups",
+        help="comma-separated: active_signals, hit_groups, cases_opened, cases_closed, "
+        "interventions (default: active_signals,hit_groups)",
+    )
+    collect.add_argument("--officer", help="who asks, for the audit log (default: your login)")
+    collect.set_defaults(func=_collect)
+
+    show = commands.add_parser("show", help="show a collection after disclosure control")
+    _common(show)
+    show.add_argument("--measure", default="active_signals", help="one measure to show")
+    show.add_argument("--request", metavar="ID", help="a collection's request id (hex)")
+    show.add_argument(
+        "--wait",
+        type=float,
+        default=DEFAULT_WAIT,
+        metavar="SECONDS",
+        help=f"wait this long for parties that have not answered (default {DEFAULT_WAIT:g})",
+    )
+    show.set_defaults(func=_show)
+
+    report = commands.add_parser("report", help="write the picture as one HTML file")
+    report.add_argument("--period", required=True, help="YYYY-MM or YYYY-MM..YYYY-MM")
+    report.add_argument("--out", required=True, type=Path, metavar="HTML", help="the file")
+    report.add_argument("--title", default="Integraal ondermijningsbeeld", help="its title")
+    report.add_argument("--officer", help="who asks, for the audit log (default: your login)")
+    report.add_argument("--wait", type=float, default=DEFAULT_WAIT * 3, metavar="SECONDS")
+    report.add_argument("--top", type=int, default=10, help="areas and branches listed")
+    add_node_options(report)
+    report.set_defaults(func=_report)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--period", required=True, help="YYYY-MM or YYYY-MM..YYYY-MM")
+    parser.add_argument(
+        "--by",
+        default="",
+        help="comma-separated dimensions: area, branch, category, role, month, intervention_type",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    add_node_options(parser)
+
+
+def _collect(args: argparse.Namespace) -> int:
+    period = _period(args.period)
+    measures = _names(args.measure, Measure.parse, "--measure")
+    dimensions = _names(args.by, Dimension.parse, "--by")
+    with open_client(args) as client:
+        started = client.picture_collect(period, measures, dimensions, officer=_officer(args))
+    if args.json:
+        print(json.dumps({"request_id": started.request_id.hex(), "asked": list(started.asked)}))
+    else:
+        print(f"collection {started.request_id.hex()}: asked {', '.join(started.asked)}")
+    return 0
+
+
+def wait_for_picture(
+    client: NodeClient,
+    period: Period | None,
+    measure: Measure,
+    dimensions: Sequence[Dimension],
+    *,
+    request_id: bytes | None = None,
+    wait: float = DEFAULT_WAIT,
+) -> Picture:
+    """The collection's picture once every party answered, or as it is after ``wait``
+    seconds (its ``missing`` then says who has not answered)."""
+    deadline = time.monotonic() + max(wait, 0.0)
+    while True:
+        shown = client.picture_show(period, measure, dimensions, request_id=request_id)
+        if not shown.missing or time.monotonic() >= deadline:
+            return shown
+        time.sleep(_POLL)
+
+
+def _figure(cell: ReleasedCell) -> str:
+    if cell.quality is CellQuality.SUPPRESSED or cell.count is None:
+        return _SUPPRESSED
+    if cell.quality is CellQuality.NOISY:
+        return f"≈{cell.count} (±{cell.noise_scale:.1f})"
+    return str(cell.count)
+
+
+def picture_to_json(shown: Picture) -> dict[str, Any]:
+    """A shown picture as JSON: suppressed cells carry no count (``null``)."""
+    table = shown.table
+    return {
+        "period": str(table.period),
+        "measure": table.measure.value,
+        "dimensions": [d.value for d in table.dimensions],
+        "min_count": table.min_count or None,
+        "cells": [
+            {
+                "values": list(c.values),
+                "count": None if c.quality is CellQuality.SUPPRESSED else c.count,
+                "quality": c.quality.value,
+                "noise_scale": c.noise_scale,
+            }
+            for c in table.cells
+        ],
+        "contributors": list(shown.contributors),
+        "missing": list(shown.missing),
+        "refusals": [
+            {"party": r.contributor, "reason": r.reason, "message": r.message}
+            for r in shown.refusals
+        ],
+    }
+
+
+def _show(args: argparse.Namespace) -> int:
+    period = _period(args.period)
+    measure = _names(args.measure, Measure.parse, "--measure")
+    if len(measure) != 1:
+        raise ConfigurationError("show one measure", field="--measure")
+    dimensions = _names(args.by, Dimension.parse, "--by")
+    request_id = None
+    if args.request:
+        try:
+            request_id = bytes.fromhex(args.request)
+        except ValueError:
+            raise ConfigurationError("must be hex", field="--request") from None
+    with open_client(args) as client:
+        shown = wait_for_picture(
+            client, period, measure[0], dimensions, request_id=request_id, wait=args.wait
+        )
+    if args.json:
+        print(json.dumps(picture_to_json(shown), indent=2, ensure_ascii=False))
+        return 0
+    console = Console()
+    table = shown.table
+    grid = Table(title=f"{table.measure.value}, {table.period}", title_justify="left")
+    for dimension in table.dimensions:
+        grid.add_column(dimension.value)
+    grid.add_column("count", justify="right")
+    for cell in table.cells:
+        style = "bold" if TOTAL in cell.values else None
+        grid.add_row(*cell.values, _figure(cell), style=style)
+    console.print(grid)
+    console.print(
+        f"{_SUPPRESSED} = suppressed (below the covenant's minimum, or to protect such a cell); "
+        "≈ = noisy, ± its standard deviation; cells not listed are 0",
+        highlight=False,
+    )
+    console.print(f"contributed: {', '.join(shown.contributors) or '-'}", highlight=False)
+    for note in shown.refusals:
+        console.print(f"refused by {note.contributor}: {note.reason} ({note.message})")
+    if shown.missing:
+        console.print(f"not answered yet: {', '.join(shown.missing)}", highlight=False)
+    return 0
+
+
+def _branches(heat: ReleasedTable) -> ReleasedTable:
+    """The branch totals of the branch-by-category table, as a table of their own: the same
+    released figures (and suppressions), so the two cannot be played against each other."""
+    column = heat.dimensions.index(Dimension.CATEGORY)
+    row = heat.dimensions.index(Dimension.BRANCH)
+    cells = tuple(
+        ReleasedCell((c.values[row],), c.count, c.quality, c.noise_scale)
+        for c in heat.cells
+        if c.values[column] == TOTAL
+    )
+    return ReleasedTable(
+        heat.measure,
+        (Dimension.BRANCH,),
+        heat.period,
+        (heat.axes[row],),
+        cells,
+        heat.min_count,
+        (Dimension.BRANCH,),
+    )
+
+
+def build_report(
+    client: NodeClient,
+    period: Period,
+    *,
+    officer: str,
+    covenant: str = "",
+    title: str = "Integraal ondermijningsbeeld",
+    wait: float = DEFAULT_WAIT * 3,
+    top: int = 10,
+    now: datetime | None = None,
+) -> picture_report.PictureReport:
+    """Collect what the report shows, wait for the parties' answers (up to ``wait``
+    seconds) and gather the released tables; parties missing or refusing are noted."""
+    started = [
+        (client.picture_collect(period, measures, dims, officer=officer).request_id, measures, dims)
+        for measures, dims in REPORT_COLLECTIONS
+    ]
+    deadline = time.monotonic() + wait
+    shown: dict[tuple[Measure, tuple[Dimension, ...]], Picture] = {}
+    notes: list[str] = []
+    for request_id, measures, dims in started:
+        for measure in measures:
+            left = max(deadline - time.monotonic(), 0.0)
+            shown[(measure, dims)] = wait_for_picture(
+                client, None, measure, dims, request_id=request_id, wait=left
+            )
+    missing = sorted({p for s in shown.values() for p in s.missing})
+    if missing:
+        notes.append(f"Nog geen antwoord van: {', '.join(missing)}.")
+    refused = sorted(
+        {(r.contributor, r.reason, r.message) for s in shown.values() for r in s.refusals}
+    )
+    notes += [
+        f"Geweigerd door {party}: {reason} ({message})." for party, reason, message in refused
+    ]
+    contributors = sorted({p for s in shown.values() for p in s.contributors})
+    notes.append(f"Bijdragen van: {', '.join(contributors) or '-'}.")
+    month = (Dimension.MONTH,)
+    heat = shown[(Measure.ACTIVE_SIGNALS, (Dimension.BRANCH, Dimension.CATEGORY))].table
+    return picture_report.PictureReport(
+        title=title,
+        covenant=covenant,
+        period=period,
+        generated_at=now or datetime.now(UTC),
+        trend=(
+            shown[(Measure.ACTIVE_SIGNALS, month)].table,
+            shown[(Measure.HIT_GROUPS, month)].table,
+        ),
+        areas=shown[(Measure.ACTIVE_SIGNALS, (Dimension.AREA,))].table,
+        branches=_branches(heat),
+        heat=heat,
+        accountability=(
+            shown[(Measure.CASES_OPENED, month)].table,
+            shown[(Measure.CASES_CLOSED, month)].table,
+            shown[(Measure.INTERVENTIONS, (Dimension.INTERVENTION_TYPE,))].table,
+        ),
+        top=top,
+        notes=tuple(notes),
+    )
+
+
+def _report(args: argparse.Namespace) -> int:
+    period = _period(args.period)
+    with open_client(args) as client:
+        status = client.status()
+        try:
+            report = build_report(
+                client,
+                period,
+                officer=_officer(args),
+                covenant=f"{status.covenant_id} v{status.covenant_version}",
+                title=args.title,
+                wait=args.wait,
+                top=args.top,
+            )
+        except NotFound as error:
+            raise ConfigurationError(error.message, field="--period") from None
+    try:
+        args.out.write_text(picture_report.render(report), encoding="utf-8")
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot write {args.out}: {error.strerror}", field="--out"
+        ) from None
+    print(f"report written to {args.out}")
+    return 0

@@ -1,0 +1,467 @@
+"""Where a node's picture requests come and go: the protocol's decisions, kept in the store.
+
+A thin adapter between :mod:`samenloop.node.picture_protocol` (the messages and
+rules), :mod:`samenloop.node.picture` (the arithmetic), the node's store and its
+keys. The local API collects and shows through it (:meth:`PictureDesk.collect`,
+:meth:`PictureDesk.show`); the uplink hands it the relayed picture requests and
+contributions (:meth:`PictureDesk.receive`, registered with the disclosure
+desk's dispatch by signed context). Every outcome is stored in one transaction
+with what it causes: a collection with its envelopes and this node's own
+answer; an incoming request with the budget it spends, its answer and the
+mailbox cursor; a contribution with the cursor.
+
+Log lines and audit entries carry ids, names, outcomes and epsilon: never a
+count, an area, a branch or a category.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+
+from samenloop.node import picture, picture_protocol
+from samenloop.node.disclosure import Envelope
+from samenloop.node.picture import Dimension, Measure, Period, ReleasedTable, Table
+from samenloop.node.picture_protocol import PictureAsk, PictureRefusal, PictureVerdict
+from samenloop.node.store import (
+    NewPictureAnswer,
+    NewPictureCollection,
+    NewPictureContribution,
+    NodeStore,
+    PictureCollectionRecord,
+    SealedEnvelope,
+)
+from samenloop.policies.audit import AuditKind
+from samenloop.policies.covenant import Covenant
+from samenloop.policies.crypto import PartyKeys, SignatureContext
+from samenloop.policies.errors import InvalidInput, NotAllowed, NotFound
+from samenloop.policies.rules import may_see_picture
+from samenloop.v1 import picture_pb2
+
+__all__ = ["PictureDesk", "PictureView"]
+
+log = structlog.get_logger(__name__)
+
+ID_BYTES = picture_protocol.ID_BYTES
+_UNITS = 1_000_000_000
+
+
+def _sealed(envelope: Envelope) -> SealedEnvelope:
+    return SealedEnvelope(
+        envelope.message_id, envelope.recipient, envelope.sealed.SerializeToString()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PictureView:
+    """A collection as the viewer may see it: one released table (disclosure control
+    applied), who contributed, who refused (with reason and message) and who is missing."""
+
+    request_id: bytes
+    table: ReleasedTable
+    contributors: tuple[str, ...]
+    missing: tuple[str, ...]
+    refusals: tuple[tuple[str, PictureRefusal, str], ...]
+
+
+def ask_of(record: PictureCollectionRecord) -> PictureAsk:
+    """What a stored collection asked for."""
+    return PictureAsk(
+        Period(record.first_month, record.last_month),
+        tuple(Measure(m) for m in record.measures),
+        tuple(Dimension(d) for d in record.dimensions),
+    )
+
+
+class PictureDesk:
+    """This node's side of the regional picture, as viewer and as contributor."""
+
+    def __init__(
+        self,
+        *,
+        keys: PartyKeys,
+        covenant: Callable[[], Covenant],
+        store: NodeStore,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        wake: Callable[[], None] = lambda: None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``rng`` seeds the noise for reproducible tests; by default OpenDP draws it."""
+        self._keys = keys
+        self._me = keys.party
+        self._covenant = covenant
+        self._store = store
+        self._clock = clock
+        self._random = random_bytes
+        self._rng = rng
+        self.wake = wake
+
+    def _now(self) -> datetime:
+        return self._clock().astimezone(UTC)
+
+    def register(self, handlers: dict[SignatureContext, Callable[..., None]]) -> None:
+        """Add this desk to a dispatch of relayed messages by signed context."""
+        handlers[SignatureContext.PICTURE_REQUEST] = self.receive_request
+        handlers[SignatureContext.PICTURE_CONTRIBUTION] = self.receive_contribution
+
+    # --- counting, for this node and for others -------------------------------------------
+
+    def _verdict(self, covenant: Covenant, ask: PictureAsk) -> PictureVerdict:
+        """The budget decision for this node's own contribution to its own collection."""
+        rule = covenant.policy.picture
+        if not rule.noisy:
+            return PictureVerdict(ask)
+        ledger = self._store.picture_ledger(ask.period.months())
+        try:
+            after = ledger.spend(
+                ask.period, rule.epsilon_per_request, budget_per_period=rule.epsilon_per_period
+            )
+        except picture.BudgetExhausted as error:
+            return PictureVerdict(ask, PictureRefusal.BUDGET_EXHAUSTED, error.message)
+        remaining = after.remaining(ask.period, budget_per_period=rule.epsilon_per_period)
+        return PictureVerdict(ask, epsilon=rule.epsilon_per_request, epsilon_remaining=remaining)
+
+    def _tables(self, covenant: Covenant, ask: PictureAsk, verdict: PictureVerdict) -> list[Table]:
+        first, last = ask.period.first_month, ask.period.last_month
+        measures = set(ask.measures)
+        signals = (
+            self._store.picture_signal_facts(first, last)
+            if Measure.ACTIVE_SIGNALS in measures
+            else []
+        )
+        groups = (
+            self._store.picture_hit_group_facts(first, last)
+            if Measure.HIT_GROUPS in measures
+            else []
+        )
+        cases: list[picture.CaseFacts] = []
+        if measures & picture_protocol.CASE_MEASURES:
+            cases = [
+                picture.CaseFacts(picture.CaseEvent(a.kind), a.intervention_type, a.month)
+                for a in self._store.case_activity(first, last)
+            ]
+        return picture_protocol.count_tables(
+            covenant,
+            self._me,
+            ask,
+            signals=signals,
+            hit_groups=groups,
+            cases=cases,
+            epsilon=verdict.epsilon,
+            rng=self._rng,
+        )
+
+    @staticmethod
+    def _answer(
+        request_id: bytes, requester: str, ask: PictureAsk | None, verdict: PictureVerdict
+    ) -> NewPictureAnswer:
+        measures, dimensions = ask.names() if ask is not None else ((), ())
+        return NewPictureAnswer(
+            request_id=request_id,
+            requester=requester,
+            refusal_reason=None if verdict.refusal is None else verdict.refusal.value,
+            measures=measures,
+            dimensions=dimensions,
+            months=ask.period.months() if ask is not None and verdict.epsilon else (),
+            spent_units=verdict.spent_units,
+            epsilon_spent=verdict.epsilon,
+        )
+
+    def _budget_units(self, covenant: Covenant) -> int:
+        return round(covenant.policy.picture.epsilon_per_period * _UNITS)
+
+    # --- as viewer -----------------------------------------------------------------------
+
+    def collect(self, ask: PictureAsk, *, officer: str) -> tuple[bytes, tuple[str, ...]]:
+        """Start a collection: the request sealed to every other party (for the signal
+        measures), this node's own counts kept. Returns the request id and the parties
+        asked (this node first). ``NotAllowed`` if this party may not see the picture;
+        ``InvalidInput`` naming the field for a bad request. Nothing is stored then."""
+        if not officer or len(officer) > 64:
+            raise InvalidInput("say who asks (1 to 64 characters)", field="officer")
+        covenant = self._covenant()
+        picture_protocol.check_ask(covenant, self._me, ask)
+        for attempt in (1, 2):
+            now = self._now()
+            request_id = self._random(ID_BYTES)
+            others = (
+                [p.id for p in covenant.parties if p.id != self._me] if ask.remote_measures else []
+            )
+            message = picture_protocol.request_message(
+                covenant, self._me, ask, request_id=request_id, now=now
+            )
+            envelopes = [
+                _sealed(
+                    picture_protocol.build_request(
+                        self._keys,
+                        covenant,
+                        message,
+                        recipient=party,
+                        message_id=self._random(ID_BYTES),
+                    )
+                )
+                for party in others
+            ]
+            verdict = self._verdict(covenant, ask)
+            tables = self._tables(covenant, ask, verdict) if verdict.refusal is None else []
+            own = picture_protocol.contribution(
+                covenant,
+                self._me,
+                request_id,
+                verdict,
+                tables,
+                period=ask.period.to_proto(),
+                now=now,
+            )
+            measures, dimensions = ask.names()
+            asked = (self._me, *others)
+            try:
+                self._store.start_picture_collection(
+                    NewPictureCollection(
+                        request_id=request_id,
+                        first_month=ask.period.first_month,
+                        last_month=ask.period.last_month,
+                        measures=measures,
+                        dimensions=dimensions,
+                        asked=asked,
+                        officer=officer,
+                        covenant_version=covenant.version,
+                    ),
+                    envelopes,
+                    self._answer(request_id, self._me, ask, verdict),
+                    NewPictureContribution(
+                        request_id=request_id,
+                        contributor=self._me,
+                        contributor_role=own.contributor_role,
+                        refusal_reason=None if verdict.refusal is None else verdict.refusal.value,
+                        refusal_message=None if verdict.refusal is None else verdict.message,
+                        epsilon_spent=verdict.epsilon,
+                        body=own.SerializeToString(),
+                    ),
+                    budget_units=self._budget_units(covenant),
+                    now=now,
+                )
+            except picture.BudgetExhausted:
+                if attempt == 2:
+                    raise
+                continue  # another request spent the budget meanwhile: decide again
+            break
+        self.wake()
+        log.info(
+            "picture collection started",
+            asked=len(asked),
+            measures=",".join(measures),
+            dimensions=",".join(dimensions),
+        )
+        return request_id, asked
+
+    def _collection(
+        self,
+        request_id: bytes | None,
+        period: Period | None,
+        measure: Measure,
+        dimensions: Sequence[Dimension],
+    ) -> PictureCollectionRecord:
+        if request_id:
+            if len(request_id) != ID_BYTES:
+                raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+            record = self._store.picture_collection(request_id)
+            if record is None:
+                raise NotFound("no picture collection with this id", field="request_id")
+            return record
+        if period is None:
+            raise InvalidInput("give a period or a request id", field="period")
+        wanted = set(dimensions)
+        for record in self._store.picture_collections(
+            first_month=period.first_month, last_month=period.last_month
+        ):
+            if measure.value in record.measures and set(record.dimensions) == wanted:
+                return record
+        by = ",".join(d.value for d in dimensions) or "(none)"
+        raise NotFound(
+            f"no collection of {period} by {by} with {measure.value}: collect it first "
+            f"(samenloop picture collect --period {period} --by {by})",
+            field="period",
+            reason="picture.not_collected",
+        )
+
+    def show(
+        self,
+        *,
+        measure: Measure,
+        dimensions: Sequence[Dimension],
+        period: Period | None = None,
+        request_id: bytes | None = None,
+    ) -> PictureView:
+        """The combined table of a collection (the given one, else the latest of the
+        period with this measure and these dimensions) after the covenant's disclosure
+        control: small cells suppressed with complementary suppression against the
+        totals, each figure marked exact, noisy (with its scale) or suppressed. Only
+        the dimensions the collection was made by can be shown: other breakdowns of
+        the same counts, released apart, could give away a suppressed cell."""
+        covenant = self._covenant()
+        if not may_see_picture(covenant, self._me):
+            raise NotAllowed(
+                "the covenant no longer lets this party see the picture",
+                field="party",
+                reason="picture.not_a_viewer",
+            )
+        dims = tuple(dimensions)
+        if len(set(dims)) != len(dims):
+            raise InvalidInput("a dimension is repeated", field="dimensions")
+        record = self._collection(request_id, period, measure, dims)
+        ask = ask_of(record)
+        if measure not in ask.measures:
+            raise InvalidInput("the collection did not count this measure", field="measure")
+        if set(dims) != set(ask.dimensions):
+            raise InvalidInput(
+                "show the collection by the dimensions it was made by", field="dimensions"
+            )
+        order = [ask.dimensions.index(d) for d in dims]
+        tables: list[Table] = []
+        contributors: list[str] = []
+        refusals: list[tuple[str, PictureRefusal, str]] = []
+        for stored in record.contributions:
+            if stored.refusal_reason is not None:
+                refusals.append(
+                    (
+                        stored.contributor,
+                        PictureRefusal(stored.refusal_reason),
+                        stored.refusal_message or "",
+                    )
+                )
+                continue
+            message = picture_pb2.PictureContribution.FromString(stored.body)
+            for table in message.tables:
+                if table.measure == measure.to_proto():
+                    found = picture_protocol.table_from_proto(table, ask)
+                    tables.append(
+                        Table(
+                            measure,
+                            dims,
+                            ask.period,
+                            {tuple(k[i] for i in order): v for k, v in found.items()},
+                            noise_scale=found.noise_scale,
+                        )
+                    )
+            contributors.append(stored.contributor)
+        combined = picture.combine(tables) if tables else Table(measure, dims, ask.period, {})
+        released = picture.release(
+            picture.with_totals(combined), min_count=covenant.policy.picture.min_cell_count
+        )
+        answered = {c.contributor for c in record.contributions}
+        self._store.audit_append(
+            kind=AuditKind.PICTURE_EVENT,
+            subject=[record.request_id.hex()],
+            details={
+                "event": "picture_shown",
+                "measure": measure.value,
+                "dimensions": ",".join(d.value for d in dims),
+                "suppressed": len(released.suppressed),
+            },
+            now=self._now(),
+        )
+        return PictureView(
+            request_id=record.request_id,
+            table=released,
+            contributors=tuple(contributors),
+            missing=tuple(p for p in record.asked if p not in answered),
+            refusals=tuple(refusals),
+        )
+
+    # --- what the broker relays ---------------------------------------------------------
+
+    def receive_request(self, cursor: int, sender: str, body: bytes, covenant: Covenant) -> None:
+        """Decide a relayed picture request and answer it (counts or refusal), with the
+        budget spent and the mailbox cursor, in one transaction. A malformed request
+        raises ``InvalidInput`` and is dropped by the dispatch."""
+        incoming = picture_protocol.parse_request(body, sender=sender)
+        for attempt in (1, 2):
+            now = self._now()
+            verdict = picture_protocol.decide(covenant, self._me, incoming, self._store, now=now)
+            ask = verdict.ask
+            tables = (
+                self._tables(covenant, ask, verdict)
+                if verdict.refusal is None and ask is not None
+                else []
+            )
+            message = picture_protocol.contribution(
+                covenant,
+                self._me,
+                incoming.request_id,
+                verdict,
+                tables,
+                period=incoming.message.period,
+                now=now,
+            )
+            envelope = picture_protocol.seal_contribution(
+                self._keys,
+                covenant,
+                message,
+                requester=incoming.requester,
+                message_id=self._random(ID_BYTES),
+            )
+            try:
+                self._store.answer_picture_request(
+                    cursor,
+                    self._answer(incoming.request_id, incoming.requester, ask, verdict),
+                    _sealed(envelope),
+                    budget_units=self._budget_units(covenant),
+                    now=now,
+                )
+            except picture.BudgetExhausted:
+                if attempt == 2:
+                    raise
+                continue
+            break
+        self.wake()
+        log.info(
+            "picture request answered",
+            outcome="refused" if verdict.refusal else "contributed",
+            reason=None if verdict.refusal is None else verdict.refusal.value,
+            epsilon=verdict.epsilon,
+        )
+
+    def receive_contribution(
+        self, cursor: int, sender: str, body: bytes, covenant: Covenant
+    ) -> None:
+        """Keep a relayed contribution to one of this node's collections, with the cursor.
+        One for an unknown collection or from a party not asked is dropped."""
+        message = picture_pb2.PictureContribution.FromString(body)
+        request_id, _ = picture_protocol.read_contribution(message)
+        record = self._store.picture_collection(request_id)
+        now = self._now()
+        if record is None or sender not in record.asked or sender == self._me:
+            self._store.receive_picture_contribution(
+                cursor,
+                NewPictureContribution(request_id, sender, "", None, None, 0.0, b"-"),
+                now=now,
+            )
+            log.warning("picture contribution dropped", why="not asked")
+            return
+        received = picture_protocol.parse_contribution(message, ask_of(record), sender=sender)
+        kept = self._store.receive_picture_contribution(
+            cursor,
+            NewPictureContribution(
+                request_id=request_id,
+                contributor=sender,
+                contributor_role=received.contributor_role,
+                refusal_reason=None if received.refusal is None else received.refusal.value,
+                refusal_message=None if received.refusal is None else received.message,
+                epsilon_spent=received.epsilon_spent,
+                body=body,
+            ),
+            now=now,
+        )
+        log.info(
+            "picture contribution received",
+            refused=received.refusal is not None,
+            reason=None if received.refusal is None else received.refusal.value,
+            kept=kept,
+        )

@@ -1,0 +1,556 @@
+"""The regional picture's protocol (DESIGN flow 8) as plain functions: ask, decide, answer.
+
+A viewer (a party whose role the covenant lists in ``[picture] viewers``,
+usually the RIEC) asks every party for its counts; each node decides on its
+own, under its own covenant, and answers with its counts or a refusal; the
+viewer combines what arrived and applies disclosure control. The arithmetic is
+:mod:`samenloop.node.picture`'s; this module is the messages around it.
+
+* **Asking.** :func:`check_ask` refuses locally, naming the field, what no node
+  would answer (not a viewer, bad period, unknown or repeated measures and
+  dimensions). :func:`build_request` signs a ``PictureRequest`` (context
+  ``picture-request``, the recipient as audience) and seals it to one party.
+  Only the signal measures travel: case measures (opened, closed,
+  interventions) are the coordinator's own records and are counted locally.
+* **Deciding** (each contributor). :func:`decide` applies, in order: the
+  request id not answered before (else REPLAY); the request for this covenant
+  and a version not newer than the node's (else INVALID_REQUEST); the requester
+  allowed to see the picture (else NOT_ALLOWED); a valid period, measures and
+  dimensions (else INVALID_REQUEST); and, if the covenant sets a privacy budget,
+  ``epsilon_per_request`` left on every month of the period (else
+  BUDGET_EXHAUSTED, saying what is left).
+* **Answering.** :func:`count_tables` counts the node's facts, with noise where
+  the covenant sets a budget; :func:`contribution` builds the signed answer.
+* **Reading.** :func:`parse_contribution` checks an answer against the request
+  it answers; :func:`table_from_proto` and :func:`released_to_proto` convert.
+
+Sans-IO: the store's facts come through :class:`ContributorFacts`, time and
+randomness are arguments.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final, Protocol
+
+from google.protobuf.message import DecodeError
+
+from samenloop.node import picture
+from samenloop.node.disclosure import Envelope
+from samenloop.node.picture import (
+    BudgetExhausted,
+    BudgetLedger,
+    CaseFacts,
+    Dimension,
+    HitGroupFacts,
+    Measure,
+    Period,
+    ReleasedTable,
+    SignalFacts,
+    Table,
+)
+from samenloop.policies import crypto, rules
+from samenloop.policies.covenant import Covenant
+from samenloop.policies.crypto import PartyKeys, SignatureContext
+from samenloop.policies.errors import InvalidInput, NotAllowed, SamenloopError
+from samenloop.v1 import common_pb2, picture_pb2
+
+__all__ = [
+    "CASE_MEASURES",
+    "SIGNAL_MEASURES",
+    "ContributorFacts",
+    "IncomingPictureRequest",
+    "PictureAsk",
+    "PictureRefusal",
+    "PictureVerdict",
+    "ReceivedContribution",
+    "build_request",
+    "check_ask",
+    "contribution",
+    "count_tables",
+    "decide",
+    "parse_contribution",
+    "parse_request",
+    "released_from_proto",
+    "released_to_proto",
+    "table_from_proto",
+    "table_to_proto",
+]
+
+ID_BYTES: Final[int] = common_pb2.LIMITS_ID_BYTES
+MAX_CLOCK_SKEW: Final = timedelta(seconds=common_pb2.LIMITS_MAX_CLOCK_SKEW_SECONDS)
+MAX_TEXT_BYTES: Final[int] = common_pb2.LIMITS_MAX_TEXT_BYTES
+MAX_VALUE_CHARS: Final = 64
+#: Counted by every party from its own signals and the hit groups it reports.
+SIGNAL_MEASURES: Final = frozenset({Measure.ACTIVE_SIGNALS, Measure.HIT_GROUPS})
+#: Counted by the viewer alone, from the cases it coordinates.
+CASE_MEASURES: Final = frozenset(set(Measure) - SIGNAL_MEASURES)
+
+
+class PictureRefusal(enum.StrEnum):
+    """Why a node did not contribute (``samenloop.v1.PictureRefusalReason``)."""
+
+    NOT_ALLOWED = "not_allowed"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    INVALID_REQUEST = "invalid_request"
+    REPLAY = "replay"
+
+    def to_proto(self) -> picture_pb2.PictureRefusalReason.ValueType:
+        return picture_pb2.PictureRefusalReason.Value(f"PICTURE_REFUSAL_REASON_{self.name}")
+
+    @classmethod
+    def from_proto(cls, value: int) -> PictureRefusal | None:
+        try:
+            name = picture_pb2.PictureRefusalReason.Name(value)  # type: ignore[arg-type]
+        except ValueError:
+            return None
+        return next((r for r in cls if f"PICTURE_REFUSAL_REASON_{r.name}" == name), None)
+
+
+# --- asking ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PictureAsk:
+    """What a viewer asks for: a period, the measures and the dimensions of every table."""
+
+    period: Period
+    measures: tuple[Measure, ...]
+    dimensions: tuple[Dimension, ...]
+
+    @property
+    def remote_measures(self) -> tuple[Measure, ...]:
+        """The measures the other parties count (the signal measures)."""
+        return tuple(m for m in self.measures if m in SIGNAL_MEASURES)
+
+    def names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return tuple(m.value for m in self.measures), tuple(d.value for d in self.dimensions)
+
+
+def check_ask(covenant: Covenant, me: str, ask: PictureAsk) -> None:
+    """Refuse before anything is stored or sent: ``NotAllowed`` if this party may not see
+    the picture, ``InvalidInput`` naming the field for measures and dimensions."""
+    if not rules.may_see_picture(covenant, me):
+        viewers = ", ".join(r.value for r in covenant.policy.picture.viewers)
+        raise NotAllowed(
+            f"the covenant lets only these roles see the picture: {viewers}",
+            field="party",
+            reason="picture.not_a_viewer",
+        )
+    picture.check_request(ask.measures, ask.dimensions)
+
+
+def _seal(
+    keys: PartyKeys,
+    covenant: Covenant,
+    recipient: str,
+    context: SignatureContext,
+    body: bytes,
+    message_id: bytes,
+) -> Envelope:
+    box = crypto.seal_signed(keys, recipient, covenant.public_keys(recipient).x25519, context, body)
+    sealed = common_pb2.Sealed(
+        sender=keys.party,
+        recipient=recipient,
+        covenant_version=covenant.version,
+        nonce=box.nonce,
+        ciphertext=box.ciphertext,
+    )
+    return Envelope(message_id=message_id, recipient=recipient, sealed=sealed)
+
+
+def request_message(
+    covenant: Covenant, requester: str, ask: PictureAsk, *, request_id: bytes, now: datetime
+) -> picture_pb2.PictureRequest:
+    """The ``PictureRequest`` for the other parties: the signal measures of ``ask``."""
+    if len(request_id) != ID_BYTES:
+        raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+    message = picture_pb2.PictureRequest(
+        request_id=request_id,
+        covenant_id=covenant.id,
+        covenant_version=covenant.version,
+        requester=requester,
+        period=ask.period.to_proto(),
+        measures=[m.to_proto() for m in ask.remote_measures],
+        dimensions=[d.to_proto() for d in ask.dimensions],
+    )
+    message.issued_at.FromDatetime(now.astimezone(UTC))
+    return message
+
+
+def build_request(
+    keys: PartyKeys,
+    covenant: Covenant,
+    request: picture_pb2.PictureRequest,
+    *,
+    recipient: str,
+    message_id: bytes,
+) -> Envelope:
+    """The request signed by this node and sealed to ``recipient``."""
+    return _seal(
+        keys,
+        covenant,
+        recipient,
+        SignatureContext.PICTURE_REQUEST,
+        request.SerializeToString(),
+        message_id,
+    )
+
+
+# --- deciding ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingPictureRequest:
+    """A picture request whose seal and signature verified; its content is not yet judged."""
+
+    request_id: bytes
+    requester: str
+    message: picture_pb2.PictureRequest
+
+
+def parse_request(body: bytes, *, sender: str) -> IncomingPictureRequest:
+    """Parse a verified request body; ``InvalidInput`` if it cannot be answered at all
+    (malformed, or another requester than its signer): then it is dropped."""
+    message = picture_pb2.PictureRequest()
+    try:
+        message.ParseFromString(body)
+    except DecodeError as error:
+        raise InvalidInput("not a PictureRequest", field="body") from error
+    if len(message.request_id) != ID_BYTES:
+        raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+    if message.requester != sender:
+        raise InvalidInput("requester is not the signer", field="requester")
+    return IncomingPictureRequest(bytes(message.request_id), sender, message)
+
+
+class ContributorFacts(Protocol):
+    """What :func:`decide` and :func:`count_tables` ask of a node's records."""
+
+    def picture_answered(self, request_id: bytes, /) -> bool: ...
+
+    def picture_ledger(self, months: Sequence[str], /) -> BudgetLedger: ...
+
+    def picture_signal_facts(self, first_month: str, last_month: str) -> list[SignalFacts]: ...
+
+    def picture_hit_group_facts(self, first_month: str, last_month: str) -> list[HitGroupFacts]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PictureVerdict:
+    """A node's decision on a request: contribute (spending ``epsilon`` on each month of
+    the period, or nothing if exact) or refuse with a reason and a message."""
+
+    ask: PictureAsk | None
+    refusal: PictureRefusal | None = None
+    message: str = ""
+    epsilon: float = 0.0
+    epsilon_remaining: float = 0.0
+
+    @property
+    def spent_units(self) -> int:
+        return round(self.epsilon * 1_000_000_000)
+
+
+def _refuse(reason: PictureRefusal, message: str, ask: PictureAsk | None = None) -> PictureVerdict:
+    return PictureVerdict(ask, reason, message)
+
+
+def _ask_of(message: picture_pb2.PictureRequest) -> PictureAsk:
+    period = Period.from_proto(message.period)
+    measures = tuple(
+        Measure.from_proto(m, field=f"measures[{i}]") for i, m in enumerate(message.measures)
+    )
+    dimensions = tuple(
+        Dimension.from_proto(d, field=f"dimensions[{i}]") for i, d in enumerate(message.dimensions)
+    )
+    ask = PictureAsk(period, measures, dimensions)
+    picture.check_request(measures, dimensions)
+    return ask
+
+
+def decide(
+    covenant: Covenant,
+    me: str,
+    request: IncomingPictureRequest,
+    facts: ContributorFacts,
+    *,
+    now: datetime,
+) -> PictureVerdict:
+    """Decide a request at a contributor (the rules, in order, in the module's docstring)."""
+    message = request.message
+    if facts.picture_answered(request.request_id):
+        return _refuse(PictureRefusal.REPLAY, "this request id was answered before")
+    if message.covenant_id != covenant.id or message.covenant_version > covenant.version:
+        return _refuse(
+            PictureRefusal.INVALID_REQUEST,
+            f"this node holds covenant {covenant.id} version {covenant.version}; "
+            "retry once it has caught up",
+        )
+    if not rules.may_see_picture(covenant, request.requester):
+        return _refuse(
+            PictureRefusal.NOT_ALLOWED,
+            "the covenant does not let the requester's role see the picture",
+        )
+    if not message.HasField("issued_at") or message.issued_at.ToDatetime(tzinfo=UTC) > (
+        now + MAX_CLOCK_SKEW
+    ):
+        return _refuse(PictureRefusal.INVALID_REQUEST, "issued_at is missing or in the future")
+    try:
+        ask = _ask_of(message)
+    except SamenloopError as error:
+        return _refuse(PictureRefusal.INVALID_REQUEST, f"{error.field}: {error.message}")
+    if not set(ask.measures) <= SIGNAL_MEASURES:
+        return _refuse(
+            PictureRefusal.INVALID_REQUEST,
+            "only active_signals and hit_groups are counted by contributors",
+            ask,
+        )
+    rule = covenant.policy.picture
+    if not rule.noisy:
+        return PictureVerdict(ask)
+    ledger = facts.picture_ledger(ask.period.months())
+    try:
+        after = ledger.spend(
+            ask.period, rule.epsilon_per_request, budget_per_period=rule.epsilon_per_period
+        )
+    except BudgetExhausted as error:
+        return _refuse(PictureRefusal.BUDGET_EXHAUSTED, error.message, ask)
+    remaining = after.remaining(ask.period, budget_per_period=rule.epsilon_per_period)
+    return PictureVerdict(ask, epsilon=rule.epsilon_per_request, epsilon_remaining=remaining)
+
+
+# --- answering ---------------------------------------------------------------------------
+
+
+def count_tables(
+    covenant: Covenant,
+    me: str,
+    ask: PictureAsk,
+    *,
+    signals: Sequence[SignalFacts] = (),
+    hit_groups: Sequence[HitGroupFacts] = (),
+    cases: Sequence[CaseFacts] = (),
+    epsilon: float = 0.0,
+    rng: random.Random | None = None,
+) -> list[Table]:
+    """This node's table per measure of ``ask``: exact, or with noise when ``epsilon``
+    (the request's share of the budget) is set, split evenly over the tables."""
+    role = covenant.role_of(me).value
+    facts: list[picture.Facts] = [*signals, *hit_groups, *cases]
+    tables = [
+        picture.count(m, ask.dimensions, facts, role=role, period=ask.period) for m in ask.measures
+    ]
+    if epsilon <= 0:
+        return tables
+    share = picture.split_epsilon(epsilon, len(tables))
+    domain = picture.public_domain(
+        ask.dimensions, period=ask.period, role=role, categories=covenant.policy.categories
+    )
+    return [picture.add_noise(t, epsilon=share, domain=domain, rng=rng) for t in tables]
+
+
+def table_to_proto(table: Table) -> picture_pb2.PictureTable:
+    """A contribution's table on the wire: every cell it holds, exact or noisy."""
+    quality = picture.CellQuality.NOISY if table.noisy else picture.CellQuality.EXACT
+    message = picture_pb2.PictureTable(
+        period=table.period.to_proto(),
+        measure=table.measure.to_proto(),
+        dimensions=[d.to_proto() for d in table.dimensions],
+    )
+    for key, value in table.items():
+        message.cells.add(
+            values=list(key),
+            count=value,
+            quality=quality.to_proto(),
+            noise_scale=table.noise_scale,
+        )
+    return message
+
+
+def table_from_proto(
+    message: picture_pb2.PictureTable, ask: PictureAsk, *, field: str = "tables"
+) -> Table:
+    """A contribution's table, checked against what was asked: its period, a measure
+    asked for, the dimensions in order, one short value per dimension in every cell."""
+    if Period.from_proto(message.period, field=f"{field}.period") != ask.period:
+        raise InvalidInput("the table counts another period", field=f"{field}.period")
+    measure = Measure.from_proto(message.measure, field=f"{field}.measure")
+    dims = tuple(Dimension.from_proto(d, field=f"{field}.dimensions") for d in message.dimensions)
+    if dims != ask.dimensions:
+        raise InvalidInput("the table has other dimensions", field=f"{field}.dimensions")
+    cells: dict[tuple[str, ...], int] = {}
+    scale = 0.0
+    for i, cell in enumerate(message.cells):
+        values = tuple(cell.values)
+        if any(len(v) > MAX_VALUE_CHARS for v in values):
+            raise InvalidInput("a cell value is too long", field=f"{field}.cells[{i}].values")
+        if not cell.HasField("count") or values in cells:
+            raise InvalidInput("a cell without a count, or twice", field=f"{field}.cells[{i}]")
+        cells[values] = cell.count
+        scale = max(scale, cell.noise_scale)
+    return Table(measure, dims, ask.period, cells, noise_scale=scale)
+
+
+def contribution(
+    covenant: Covenant,
+    me: str,
+    request_id: bytes,
+    verdict: PictureVerdict,
+    tables: Sequence[Table],
+    *,
+    period: picture_pb2.Period,
+    now: datetime,
+) -> picture_pb2.PictureContribution:
+    """The answer to a request: the tables, or the refusal (then no tables)."""
+    message = picture_pb2.PictureContribution(
+        request_id=request_id,
+        contributor=me,
+        contributor_role=covenant.role_of(me).value if covenant.is_party(me) else "",
+        period=period,
+    )
+    message.issued_at.FromDatetime(now.astimezone(UTC))
+    if verdict.refusal is not None:
+        message.refusal.reason = verdict.refusal.to_proto()
+        message.refusal.message = verdict.message[:MAX_TEXT_BYTES]
+        return message
+    message.tables.extend(table_to_proto(t) for t in tables)
+    message.epsilon_spent = verdict.epsilon
+    message.epsilon_remaining = verdict.epsilon_remaining
+    return message
+
+
+def seal_contribution(
+    keys: PartyKeys,
+    covenant: Covenant,
+    message: picture_pb2.PictureContribution,
+    *,
+    requester: str,
+    message_id: bytes,
+) -> Envelope:
+    """The answer signed by this node and sealed to the requester."""
+    return _seal(
+        keys,
+        covenant,
+        requester,
+        SignatureContext.PICTURE_CONTRIBUTION,
+        message.SerializeToString(),
+        message_id,
+    )
+
+
+# --- reading answers ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ReceivedContribution:
+    """A contribution whose seal and signature verified, read against its request."""
+
+    request_id: bytes
+    contributor: str
+    contributor_role: str
+    refusal: PictureRefusal | None
+    message: str
+    tables: tuple[Table, ...]
+    epsilon_spent: float
+
+    def __repr__(self) -> str:
+        return f"ReceivedContribution(contributor={self.contributor!r}, refusal={self.refusal})"
+
+
+def read_contribution(message: picture_pb2.PictureContribution) -> tuple[bytes, str]:
+    """The request id and contributor of a contribution, before its request is looked up."""
+    if len(message.request_id) != ID_BYTES:
+        raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+    return bytes(message.request_id), message.contributor
+
+
+def parse_contribution(
+    message: picture_pb2.PictureContribution, ask: PictureAsk, *, sender: str
+) -> ReceivedContribution:
+    """Check a contribution against the request it answers: from its signer, a refusal
+    with a known reason or one table per measure asked of it; ``InvalidInput`` if not."""
+    request_id, contributor = read_contribution(message)
+    if contributor != sender:
+        raise InvalidInput("contributor is not the signer", field="contributor")
+    if message.HasField("refusal"):
+        reason = PictureRefusal.from_proto(message.refusal.reason)
+        if reason is None:
+            raise InvalidInput("unknown refusal reason", field="refusal.reason")
+        return ReceivedContribution(
+            request_id,
+            contributor,
+            message.contributor_role,
+            reason,
+            message.refusal.message[:MAX_TEXT_BYTES],
+            (),
+            0.0,
+        )
+    tables = tuple(
+        table_from_proto(t, ask, field=f"tables[{i}]") for i, t in enumerate(message.tables)
+    )
+    if sorted(t.measure for t in tables) != sorted(ask.remote_measures):
+        raise InvalidInput("not one table per measure asked", field="tables")
+    if not message.epsilon_spent >= 0:
+        raise InvalidInput("must be >= 0", field="epsilon_spent")
+    return ReceivedContribution(
+        request_id,
+        contributor,
+        message.contributor_role,
+        None,
+        "",
+        tables,
+        float(message.epsilon_spent),
+    )
+
+
+def released_to_proto(table: ReleasedTable) -> picture_pb2.PictureTable:
+    """A released table as ``PictureShow`` returns it: suppressed cells without a count."""
+    message = picture_pb2.PictureTable(
+        period=table.period.to_proto(),
+        measure=table.measure.to_proto(),
+        dimensions=[d.to_proto() for d in table.dimensions],
+    )
+    for cell in table.cells:
+        shown = message.cells.add(
+            values=list(cell.values),
+            quality=cell.quality.to_proto(),
+            noise_scale=cell.noise_scale,
+        )
+        if cell.count is not None:
+            shown.count = cell.count
+    return message
+
+
+def released_from_proto(message: picture_pb2.PictureTable, *, min_count: int = 0) -> ReleasedTable:
+    """A table as ``PictureShow`` returned it, for the client and the report."""
+    measure = Measure.from_proto(message.measure, field="table.measure")
+    dims = tuple(Dimension.from_proto(d, field="table.dimensions") for d in message.dimensions)
+    period = Period.from_proto(message.period, field="table.period")
+    cells = tuple(
+        picture.ReleasedCell(
+            tuple(c.values),
+            c.count if c.HasField("count") else None,
+            picture.CellQuality.from_proto(c.quality),
+            c.noise_scale,
+        )
+        for c in message.cells
+    )
+    last = {picture.UNKNOWN: 1, picture.OTHER: 2}
+    axes = tuple(
+        tuple(
+            sorted(
+                {c.values[i] for c in cells if c.values[i] != picture.TOTAL},
+                key=lambda v: (last.get(v, 0), v),
+            )
+        )
+        for i in range(len(dims))
+    )
+    totals = tuple(
+        d for i, d in enumerate(dims) if any(c.values[i] == picture.TOTAL for c in cells)
+    )
+    return ReleasedTable(measure, dims, period, axes, cells, min_count, totals)

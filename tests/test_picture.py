@@ -1,0 +1,513 @@
+"""The regional picture's arithmetic and its report, as pure functions (issue 6)."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import random
+import re
+import statistics
+from datetime import UTC, datetime
+from fractions import Fraction
+from html.parser import HTMLParser
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from samenloop.node import picture as p
+from samenloop.node import picture_report
+from samenloop.policies.errors import InvalidInput, QuotaExceeded
+from samenloop.v1 import picture_pb2
+
+A, B, C, M, R, T = (
+    p.Dimension.AREA,
+    p.Dimension.BRANCH,
+    p.Dimension.CATEGORY,
+    p.Dimension.MONTH,
+    p.Dimension.ROLE,
+    p.Dimension.INTERVENTION_TYPE,
+)
+SIGNALS = p.Measure.ACTIVE_SIGNALS
+Q1 = p.Period("2026-01", "2026-03")
+
+
+def table(cells, dims=(A, C), *, noise_scale=0.0):
+    return p.Table(SIGNALS, dims, Q1, cells, noise_scale=noise_scale)
+
+
+# --- period, enums ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "months"),
+    [
+        ("2026-10", ("2026-10",)),
+        ("2026-11..2027-02", ("2026-11", "2026-12", "2027-01", "2027-02")),
+        (" 2026-01 .. 2026-01 ", ("2026-01",)),
+    ],
+)
+def test_period_parses(text, months):
+    assert p.Period.parse(text).months() == months
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "field"),
+    [
+        ("2026-13", "2026-13", "period.first_month"),
+        ("2026-1", "2026-02", "period.first_month"),
+        ("2026-01", "26-02", "period.last_month"),
+        ("2026-03", "2026-02", "period.last_month"),
+        ("2020-01", "2023-01", "period.last_month"),  # 37 months
+    ],
+)
+def test_period_refuses_naming_the_field(first, last, field):
+    with pytest.raises(InvalidInput) as caught:
+        p.Period(first, last)
+    assert caught.value.field == field
+
+
+def test_period_from_proto_and_back():
+    period = p.Period.from_proto(picture_pb2.Period(first_month="2026-01", last_month="2026-06"))
+    assert period.to_proto() == picture_pb2.Period(first_month="2026-01", last_month="2026-06")
+    with pytest.raises(InvalidInput) as caught:
+        p.Period.from_proto(picture_pb2.Period(first_month="x"), field="request.period")
+    assert caught.value.field == "request.period.first_month"
+
+
+@pytest.mark.parametrize("enum", [p.Dimension, p.Measure, p.CellQuality])
+def test_enums_map_to_proto_and_back(enum):
+    for member in enum:
+        assert enum.from_proto(member.to_proto()) is member
+    with pytest.raises(InvalidInput):
+        enum.from_proto(0)
+
+
+def test_request_checks():
+    p.check_request([SIGNALS, p.Measure.HIT_GROUPS], [A, B, C, R, M])
+    p.check_request([p.Measure.INTERVENTIONS], [T, M])
+    for measures, dims in [
+        ([], [A]),
+        ([SIGNALS, SIGNALS], [A]),
+        ([SIGNALS], [A, A]),
+        ([SIGNALS], [T]),
+        ([p.Measure.CASES_OPENED], [A]),
+    ]:
+        with pytest.raises(InvalidInput):
+            p.check_request(measures, dims)
+
+
+def test_area_value():
+    assert p.area_value("postcode4", "4331") == "pc4:4331"
+    assert p.area_value("cbs_wijk", "WK085501") == "wijk:WK085501"
+    assert p.area_value(None, None) is None
+
+
+# --- counting --------------------------------------------------------------------------
+
+F = p.SignalFacts
+FACTS = [
+    F("pc4:4331", "5610", "woonfraude", "2026-01"),
+    F("pc4:4331", "5610", "woonfraude", "2026-02"),
+    F("pc4:4331", None, "katvanger", "2026-02"),
+    F(None, "5610", "katvanger", "2026-03", count=4),
+    F("pc4:4332", "9602", "woonfraude", "2026-04"),  # outside the period
+]
+
+
+@pytest.mark.parametrize(
+    ("dims", "expected"),
+    [
+        ((), {(): 7}),
+        ((A,), {("pc4:4331",): 3, ("onbekend",): 4}),
+        (
+            (B, C),
+            {("5610", "woonfraude"): 2, ("onbekend", "katvanger"): 1, ("5610", "katvanger"): 4},
+        ),
+        (
+            (R, M),
+            {("gemeente", "2026-01"): 1, ("gemeente", "2026-02"): 2, ("gemeente", "2026-03"): 4},
+        ),
+        (
+            (M, R),
+            {("2026-01", "gemeente"): 1, ("2026-02", "gemeente"): 2, ("2026-03", "gemeente"): 4},
+        ),
+    ],
+)
+def test_count(dims, expected):
+    counted = p.count(SIGNALS, dims, FACTS, role="gemeente", period=Q1)
+    assert dict(counted) == expected
+    assert counted.dimensions == dims
+    assert counted.total() == 7
+
+
+def test_count_picks_the_measures_facts():
+    facts = [
+        *FACTS,
+        p.HitGroupFacts("pc4:4331", "5610", "woonfraude", "2026-01"),
+        p.CaseFacts(p.CaseEvent.OPENED, None, "2026-01"),
+        p.CaseFacts(p.CaseEvent.OPENED, None, "2026-02"),
+        p.CaseFacts(p.CaseEvent.CLOSED, None, "2026-02"),
+        p.CaseFacts(p.CaseEvent.INTERVENTION, "bestuurlijk", "2026-02", count=2),
+        p.CaseFacts(p.CaseEvent.INTERVENTION, None, "2026-03"),
+    ]
+
+    def counted(measure, dims):
+        return dict(p.count(measure, dims, facts, role="riec", period=Q1))
+
+    assert counted(p.Measure.HIT_GROUPS, (A,)) == {("pc4:4331",): 1}
+    assert counted(p.Measure.CASES_OPENED, (M,)) == {("2026-01",): 2 - 1, ("2026-02",): 1}
+    assert counted(p.Measure.CASES_CLOSED, ()) == {(): 1}
+    assert counted(p.Measure.INTERVENTIONS, (T,)) == {("bestuurlijk",): 2, ("onbekend",): 1}
+
+
+def test_count_refuses_the_reserved_total():
+    with pytest.raises(InvalidInput):
+        p.count(SIGNALS, (C,), [F(None, None, "totaal", "2026-01")], role="x", period=Q1)
+
+
+# --- combining -----------------------------------------------------------------------------
+
+
+def test_combine_sums_cells_and_noise_scales():
+    one = table({("a", "x"): 1, ("b", "x"): 2})
+    two = table({("a", "x"): 3, ("c", "y"): 1})
+    assert dict(p.combine([one, two])) == {("a", "x"): 4, ("b", "x"): 2, ("c", "y"): 1}
+    assert p.combine([one, two]).noise_scale == 0
+    noisy = p.combine([table({("a", "x"): 1}, noise_scale=3.0), table({}, noise_scale=4.0)])
+    assert noisy.noise_scale == pytest.approx(5.0)
+
+
+def test_combine_refuses_other_shapes():
+    other = p.Table(SIGNALS, (A,), Q1, {})
+    with pytest.raises(InvalidInput) as caught:
+        p.combine([table({}), other])
+    assert caught.value.field == "tables[1]"
+    with pytest.raises(InvalidInput):
+        p.combine([])
+
+
+# --- totals and suppression ------------------------------------------------------------------
+
+
+def test_with_totals():
+    totals = p.with_totals(table({("a", "x"): 1, ("a", "y"): 2, ("b", "x"): 5}))
+    assert totals[("a", "totaal")] == 3
+    assert totals[("totaal", "x")] == 6
+    assert totals[("totaal", "totaal")] == 8
+    assert totals.totals_over == (A, C)
+
+
+def released_counts(released):
+    return {c.values: c.count for c in released.cells}
+
+
+def test_release_without_totals_suppresses_small_cells_only():
+    released = p.release(table({("a", "x"): 2, ("a", "y"): 7, ("b", "x"): 5}), min_count=5)
+    assert released_counts(released) == {("a", "x"): None, ("a", "y"): 7, ("b", "x"): 5}
+    assert released.cell(("b", "y")).count == 0  # zeros are released as zeros
+
+
+def test_one_small_cell_in_a_row_of_totals_takes_its_smallest_neighbour():
+    # One row of three cells and its total: 3 is below 5; 8 is its smallest neighbour.
+    row = p.with_totals(p.Table(SIGNALS, (C,), Q1, {("x",): 3, ("y",): 8, ("z",): 20}))
+    released = p.release(row, min_count=5)
+    assert released_counts(released) == {("x",): None, ("y",): None, ("z",): 20, ("totaal",): 31}
+
+
+def test_two_dimensional_practice_case():
+    cells = {
+        ("a", "x"): 3, ("a", "y"): 10, ("a", "z"): 12,
+        ("b", "x"): 9, ("b", "y"): 11, ("b", "z"): 30,
+        ("c", "x"): 8, ("c", "y"): 14, ("c", "z"): 15,
+    }  # fmt: skip
+    released = p.release(p.with_totals(table(cells)), min_count=5)
+    suppressed = {c.values for c in released.suppressed}
+    # a/x, its row's smallest a/y and its column's smallest c/x, then c/y closes both
+    # the column of a/y and the row of c/x: a rectangle, the least that protects a/x
+    assert suppressed == {("a", "x"), ("a", "y"), ("c", "x"), ("c", "y")}
+    assert released.cell(("totaal", "totaal")).count == sum(cells.values())
+    assert_protected(cells, (A, C), released)
+
+
+def test_a_small_total_is_suppressed_too():
+    released = p.release(p.with_totals(table({("a", "x"): 2}, dims=(A, C))), min_count=5)
+    assert all(c.quality is p.CellQuality.SUPPRESSED for c in released.cells)
+
+
+def test_noisy_release_clamps_at_zero_and_states_the_scale():
+    noisy = p.Table(SIGNALS, (C,), Q1, {("x",): -2, ("y",): 3, ("z",): 40}, noise_scale=1.5)
+    plain = p.release(noisy, min_count=5)
+    x = plain.cell(("x",))
+    assert (x.count, x.quality, x.noise_scale) == (0, p.CellQuality.NOISY, 1.5)
+    released = p.release(p.with_totals(noisy), min_count=5)
+    x, y, z, total = (released.cell((v,)) for v in ("x", "y", "z", "totaal"))
+    assert y.quality is p.CellQuality.SUPPRESSED
+    assert x.quality is p.CellQuality.SUPPRESSED  # its complement: |-2| is the smallest
+    assert z.count == 40
+    assert total.count == 41  # the sum of the unclamped noisy cells
+    assert total.noise_scale == pytest.approx(1.5 * math.sqrt(3))
+
+
+def _rank(rows):
+    rows = [list(r) for r in rows]
+    rank, col = 0, 0
+    width = len(rows[0]) if rows else 0
+    while rank < len(rows) and col < width:
+        pivot = next((i for i in range(rank, len(rows)) if rows[i][col] != 0), None)
+        if pivot is None:
+            col += 1
+            continue
+        rows[rank], rows[pivot] = rows[pivot], rows[rank]
+        for i in range(len(rows)):
+            if i != rank and rows[i][col] != 0:
+                f = Fraction(rows[i][col], rows[rank][col])
+                rows[i] = [a - f * b for a, b in zip(rows[i], rows[rank], strict=True)]
+        rank += 1
+        col += 1
+    return rank
+
+
+def assert_protected(cells, dims, released):
+    """No suppressed cell is fixed by the released figures: every line has 0 or >= 2
+    suppressed cells, and (linear algebra, written apart from the module's) dropping
+    a suppressed cell's column from the line equations never lowers their rank."""
+    axes = released.axes
+    grid = list(itertools.product(*[(*axis, p.TOTAL) for axis in axes]))
+    suppressed = [k for k in grid if released.cell(k).quality is p.CellQuality.SUPPRESSED]
+    lines = []
+    for i in range(len(dims)):
+        for key in grid:
+            if key[i] == p.TOTAL:
+                lines.append([(*key[:i], v, *key[i + 1 :]) for v in (*axes[i], p.TOTAL)])
+    sup = set(suppressed)
+    for line in lines:
+        assert sum(k in sup for k in line) != 1, line
+    matrix = [
+        [(-1 if k == line[-1] else 1) if k in line else 0 for k in suppressed] for line in lines
+    ]
+    full = _rank(matrix)
+    for j, key in enumerate(suppressed):
+        without = [row[:j] + row[j + 1 :] for row in matrix]
+        assert _rank(without) == full, f"{key} can be recovered"
+    # released totals are the exact sums of their cells
+    for key in grid:
+        cell = released.cell(key)
+        if p.TOTAL in key and cell.count is not None:
+            members = [
+                v
+                for k, v in cells.items()
+                if all(t == p.TOTAL or t == x for t, x in zip(key, k, strict=True))
+            ]
+            assert cell.count == sum(members)
+
+
+@st.composite
+def small_tables(draw):
+    ndims = draw(st.integers(1, 3))
+    dims = (A, B, C)[:ndims]
+    sizes = [draw(st.integers(1, 4 if ndims < 3 else 3)) for _ in range(ndims)]
+    cells = {}
+    for key in itertools.product(*[[f"v{i}" for i in range(n)] for n in sizes]):
+        value = draw(st.sampled_from([0, 0, 1, 2, 3, 4, 5, 6, 9, 14, 30]))
+        if value:
+            cells[key] = value
+    return dims, cells
+
+
+@settings(max_examples=150, deadline=None)
+@given(small_tables(), st.integers(2, 10))
+def test_no_released_table_lets_a_reader_recover_a_suppressed_cell(drawn, min_count):
+    dims, cells = drawn
+    released = p.release(p.with_totals(p.Table(SIGNALS, dims, Q1, cells)), min_count=min_count)
+    for cell in released.cells:
+        if cell.count is not None and 0 < cell.count < min_count:
+            pytest.fail(f"small cell released: {cell}")
+    assert_protected(cells, dims, released)
+
+
+# --- noise ---------------------------------------------------------------------------------
+
+
+def test_noise_covers_the_domain_zeros_included():
+    counted = p.Table(SIGNALS, (C, M), Q1, {("woonfraude", "2026-01"): 4})
+    domain = p.public_domain(
+        (C, M), period=Q1, role="gemeente", categories=("woonfraude", "katvanger")
+    )
+    noisy = p.add_noise(counted, epsilon=1.0, domain=domain, rng=random.Random(1))
+    assert set(noisy) == set(itertools.product(("woonfraude", "katvanger"), Q1.months()))
+    assert noisy.laplace_scale == 1.0
+    assert noisy.noise_scale == pytest.approx(p.discrete_laplace_sd(1.0))
+
+
+def test_values_outside_the_domain_count_as_other():
+    counted = p.Table(SIGNALS, (C,), Q1, {("geheim",): 3, ("woonfraude",): 1})
+    noisy = p.add_noise(counted, epsilon=100.0, domain={C: ("woonfraude",)}, rng=random.Random(2))
+    assert set(noisy) == {("woonfraude",), (p.OTHER,)}
+
+
+@pytest.mark.parametrize("epsilon", [0.5, 1.0, 2.0])
+def test_seeded_noise_has_the_requested_scale(epsilon):
+    zeros = p.Table(SIGNALS, (A,), Q1, {(f"a{i}",): 0 for i in range(4000)})
+    noisy = p.add_noise(zeros, epsilon=epsilon, rng=random.Random(epsilon))
+    draws = list(noisy.values())
+    assert abs(statistics.fmean(draws)) < 5 * noisy.noise_scale / math.sqrt(len(draws))
+    assert statistics.pstdev(draws) == pytest.approx(noisy.noise_scale, rel=0.08)
+
+
+def test_opendp_noise_has_the_requested_scale():
+    zeros = p.Table(SIGNALS, (A,), Q1, {(f"a{i}",): 0 for i in range(4000)})
+    noisy = p.add_noise(zeros, epsilon=0.5)
+    assert statistics.pstdev(noisy.values()) == pytest.approx(noisy.noise_scale, rel=0.1)
+    assert noisy.epsilon == 0.5
+
+
+def test_exact_mode_adds_nothing():
+    counted = p.count(SIGNALS, (A,), FACTS, role="x", period=Q1)
+    assert p.release(counted, min_count=1).noisy is False
+    assert {c.values: c.count for c in p.release(counted, min_count=1).cells} == dict(counted)
+
+
+def test_split_epsilon():
+    assert p.split_epsilon(1.0, 4) == 0.25
+    with pytest.raises(InvalidInput):
+        p.split_epsilon(1.0, 0)
+
+
+# --- budget ----------------------------------------------------------------------------------
+
+
+def test_budget_spends_per_month_and_refuses_beyond():
+    ledger = p.BudgetLedger()
+    ledger = ledger.spend(Q1, 0.4, budget_per_period=1.0)
+    ledger = ledger.spend(p.Period("2026-03", "2026-04"), 0.6, budget_per_period=1.0)
+    assert ledger.spent("2026-03") == pytest.approx(1.0)
+    assert ledger.remaining(p.Period("2026-04", "2026-04"), budget_per_period=1.0) == 0.4
+    with pytest.raises(p.BudgetExhausted) as caught:
+        ledger.spend(p.Period("2026-02", "2026-03"), 0.1, budget_per_period=1.0)
+    error = caught.value
+    assert isinstance(error, QuotaExceeded)
+    assert error.field == "period"
+    assert error.reason == "picture.budget_exhausted"
+    assert "2026-03" in error.message
+    assert "0 of 1 is left" in error.message
+    # a tenth, ten times, is exactly the budget: no rounding refuses the last one
+    tenths = p.BudgetLedger()
+    for _ in range(10):
+        tenths = tenths.spend(Q1, 0.1, budget_per_period=1.0)
+    assert tenths.remaining(Q1, budget_per_period=1.0) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 3), st.floats(0.01, 1.0)),
+        max_size=25,
+    ),
+    st.floats(0.1, 3.0),
+)
+def test_budget_is_never_exceeded(spends, budget):
+    ledger = p.BudgetLedger()
+    for start, length, epsilon in spends:
+        months = p.Period("2026-01", "2026-12").months()
+        period = p.Period(months[start], months[min(start + length, 11)])
+        with contextlib.suppress(p.BudgetExhausted):
+            ledger = ledger.spend(period, epsilon, budget_per_period=budget)
+        for month, units in ledger.spent_units.items():
+            assert units <= round(budget * 1_000_000_000), month
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+class _Strict(HTMLParser):
+    VOID = frozenset({"meta", "br", "img", "input", "link", "hr", "circle", "line", "polyline"})
+
+    def __init__(self):
+        super().__init__()
+        self.stack: list[str] = []
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.urls += [v or "" for k, v in attrs if k in ("src", "href", "xlink:href", "action")]
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.urls += [v or "" for k, v in attrs if k in ("src", "href")]
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        assert self.stack[-1:] == [tag], (self.stack, tag)
+        self.stack.pop()
+
+
+def _report(noisy=False):
+    facts = [
+        F("pc4:4331", "5610", "woonfraude", "2026-01", count=12),
+        F("pc4:4331", "5610", "katvanger", "2026-02", count=2),
+        F("pc4:4332", "9602", "woonfraude", "2026-02", count=9),
+        F("pc4:4333", "9602", "katvanger", "2026-03", count=7),
+        F("<script>", "4520", "katvanger", "2026-03", count=8),
+    ]
+    hits = [p.HitGroupFacts("pc4:4331", "5610", "woonfraude", "2026-02", count=6)]
+    cases = [
+        p.CaseFacts(p.CaseEvent.OPENED, None, "2026-02", count=6),
+        p.CaseFacts(p.CaseEvent.CLOSED, None, "2026-03", count=1),
+        p.CaseFacts(p.CaseEvent.INTERVENTION, "bestuurlijk", "2026-03", count=5),
+        p.CaseFacts(p.CaseEvent.INTERVENTION, "fiscaal", "2026-03", count=2),
+    ]
+
+    def released(measure, dims, facts):
+        counted = p.count(measure, dims, facts, role="gemeente", period=Q1)
+        if noisy:
+            counted = p.add_noise(counted, epsilon=1.0, rng=random.Random(3))
+        return p.release(p.with_totals(counted), min_count=5)
+
+    return picture_report.PictureReport(
+        title="Integraal ondermijningsbeeld <test>",
+        covenant="riec-zeeland",
+        period=Q1,
+        generated_at=datetime(2026, 4, 1, 9, 30, tzinfo=UTC),
+        trend=[
+            released(SIGNALS, (M,), facts),
+            released(p.Measure.HIT_GROUPS, (M,), hits),
+        ],
+        areas=released(SIGNALS, (A,), facts),
+        branches=released(SIGNALS, (B,), facts),
+        heat=released(SIGNALS, (B, C), facts),
+        accountability=[
+            released(p.Measure.CASES_OPENED, (M,), cases),
+            released(p.Measure.CASES_CLOSED, (M,), cases),
+            released(p.Measure.INTERVENTIONS, (T,), cases),
+        ],
+    )
+
+
+@pytest.mark.parametrize("noisy", [False, True])
+def test_report_is_self_contained_escaped_and_marks_suppression(noisy):
+    report = _report(noisy)
+    text = picture_report.render(report)
+    parser = _Strict()
+    parser.feed(text)
+    parser.close()
+    assert parser.stack == ["html"] or parser.stack == []
+    assert "http://" not in text
+    assert "https://" not in text
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*//""", text)
+    assert parser.urls == []
+    assert "<script>" not in text
+    assert "&lt;script&gt;" in text
+    assert "<svg" in text
+    assert "polyline" in text
+    if not noisy:
+        assert report.heat is not None
+        assert report.heat.suppressed
+        assert picture_report.SUPPRESSED_MARK in text
+        assert 'title="onderdrukt' in text
+        assert "Verantwoording" in text
+    else:
+        assert picture_report.NOISY_MARK in text
+        assert "standaardafwijking" in text

@@ -1,0 +1,421 @@
+"""The regional picture (DESIGN flow 8) end to end: a real broker and four real nodes.
+
+The RIEC collects; the gemeente, the woningcorporatie and the politie answer
+through the broker's relay. Shown here: in exact mode the RIEC's picture equals
+the sum computed directly from the test data (by area and category; each hit
+group once, however many members it has); a party without picture rights is
+refused, locally and at every node that gets a hand-sealed request from it; a
+suppressed cell stays hidden in ``show``, ``--json`` and the HTML report; in
+noisy mode figures are marked noisy with their scale and a request beyond the
+budget is refused with the reason; the broker's database and logs hold no area,
+branch or count in the clear; bad input is named by field. The arithmetic
+itself is tested in the core's own tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from samenloop.node import models, picture_protocol, picture_report
+from samenloop.node.client import NodeClient, Picture, SignalInput
+from samenloop.node.daemon import RunningNode, build_node
+from samenloop.node.picture import TOTAL, CellQuality, Dimension, Measure, Period
+from samenloop.node.picture_commands import build_report
+from samenloop.node.picture_protocol import PictureAsk
+from samenloop.node.provision import PartySpec, Provisioned, provision
+from samenloop.policies import database
+from samenloop.policies.audit import AuditKind
+from samenloop.policies.cli import main
+from samenloop.policies.config import load_broker_config, load_node_config
+from samenloop.policies.covenant import Covenant, Role
+from samenloop.policies.crypto import PartyKeys
+from samenloop.policies.errors import InvalidInput, NotAllowed, NotFound
+from samenloop.policies.policy import PictureRules, example_policy
+
+RIEC, GEMEENTE, WOCO, POLITIE = "riec", "gemeente", "woco", "politie"
+SPECS = (
+    PartySpec(RIEC, "RIEC Test", Role.RIEC),
+    PartySpec(GEMEENTE, "Gemeente Test", Role.GEMEENTE),
+    PartySpec(WOCO, "Woningcorporatie Test", Role.WONINGCORPORATIE),
+    PartySpec(POLITIE, "Politie Test", Role.POLITIE),
+)
+MIN_COUNT = 3
+WAIT = 30.0
+MONTH = datetime.now(UTC).strftime("%Y-%m")
+PERIOD = Period(MONTH, MONTH)
+BRANCHES = ("56101", "96021", "45201")
+
+# (party, reference, category, postcode, house number, branch, shared bsn or None)
+ROWS: list[tuple[str, str, str, str, int, str, str | None]] = []
+for i in range(6):  # the gemeente: 6 in 5038 woonfraude, 2 in 5041 vastgoedmisbruik
+    ROWS.append((GEMEENTE, f"G-{i}", "woonfraude", "5038", i + 1, BRANCHES[i % 2], None))
+for i in range(2):
+    ROWS.append((GEMEENTE, f"G-V{i}", "vastgoedmisbruik", "5041", i + 1, BRANCHES[2], None))
+for i in range(4):  # the woco: 4 more in 5038 woonfraude
+    ROWS.append((WOCO, f"W-{i}", "woonfraude", "5038", 20 + i, BRANCHES[0], None))
+# Three subjects that both the gemeente and the politie know: three hit groups.
+for i, bsn in enumerate(("111222333", "123456782", "100000009")):
+    ROWS.append((GEMEENTE, f"G-H{i}", "witwasindicatie", "5041", 40 + i, BRANCHES[1], bsn))
+    ROWS.append((POLITIE, f"P-H{i}", "witwasindicatie", "5041", 60 + i, BRANCHES[1], bsn))
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def policy(*, noisy: bool = False) -> Any:
+    rules = PictureRules(
+        viewers=(Role.RIEC,),
+        min_cell_count=MIN_COUNT,
+        epsilon_per_period=1.0 if noisy else 0.0,
+        epsilon_per_request=0.5 if noisy else 0.0,
+    )
+    return dataclasses.replace(example_policy(), picture=rules)
+
+
+@dataclass
+class Cluster:
+    provisioned: Provisioned
+    broker: Any
+    nodes: dict[str, RunningNode]
+    clients: dict[str, NodeClient]
+    root: Path
+
+    def start(self, party: str) -> None:
+        config = load_node_config(self.provisioned.node_configs[party])
+        self.nodes[party] = build_node(config)
+        assert config.api_listen is not None
+        self.clients[party] = NodeClient(config.api_listen)
+
+    def stop(self, party: str) -> None:
+        self.clients.pop(party).close()
+        self.nodes.pop(party).stop(None)
+
+    def queue(self, sender: str, sealed: bytes, recipient: str) -> None:
+        """Queue a hand-made envelope in a node's outbox: its uplink sends it as any other."""
+        with self.nodes[sender].store.engine.begin() as conn:
+            conn.execute(
+                sa.insert(models.EnvelopeOutboxItem).values(
+                    client_message_id=secrets.token_bytes(16),
+                    recipient=recipient,
+                    sealed=sealed,
+                    created_at=datetime.now(UTC),
+                )
+            )
+        self.nodes[sender].uplink.wake.set()
+
+    def publish(self, draft: Covenant) -> None:
+        """Deliver a new covenant version to every node through its mailbox."""
+        from samenloop.broker.mailbox import ItemKind
+
+        payload = self.provisioned.sign(draft).to_proto().SerializeToString()
+        for party in self.nodes:
+            self.broker.store.enqueue(party, payload, ItemKind.COVENANT_UPDATE, datetime.now(UTC))
+        self.broker.service._bell.ring(list(self.nodes))
+        for party in self.nodes:
+            wait_for(
+                f"{party} on v{draft.version}",
+                lambda p=party: self.clients[p].status().covenant_version == draft.version,
+            )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    from samenloop.broker.server import build_server  # only the test wires both daemons
+
+    root = tmp_path_factory.mktemp("picture-e2e")
+    provisioned = provision(
+        root,
+        "riec-picture",
+        SPECS,
+        [RIEC, GEMEENTE],
+        2,
+        now=datetime.now(UTC),
+        policy=policy(),
+        api_tcp=True,
+    )
+    broker_config = load_broker_config(provisioned.broker_config)
+    engine = database.make_engine(broker_config.database_url)
+    database.upgrade(engine, "samenloop.broker.migrations")
+    engine.dispose()
+    for path in provisioned.node_configs.values():
+        engine = database.make_engine(load_node_config(path).database_url)
+        database.upgrade(engine, "samenloop.node.migrations")
+        engine.dispose()
+    cluster = Cluster(provisioned, build_server(broker_config), {}, {}, root)
+    try:
+        for spec in SPECS:
+            cluster.start(spec.id)
+        for party in (GEMEENTE, WOCO, POLITIE):
+            rows = [
+                SignalInput(
+                    reference=ref,
+                    category=category,
+                    identifiers=[("address", f"{pc} AB {number}")]
+                    + ([("bsn", bsn)] if bsn else []),
+                    branch=branch,
+                )
+                for who, ref, category, pc, number, branch, bsn in ROWS
+                if who == party
+            ]
+            report = cluster.clients[party].import_signals(rows)
+            assert report.rejected == 0, report.errors
+        wait_for(
+            "three hit groups at the politie", lambda: len(cluster.clients[POLITIE].hits()) >= 3
+        )
+        yield cluster
+    finally:
+        for party in list(cluster.nodes):
+            cluster.stop(party)
+        cluster.broker.stop(None)
+
+
+def collect_and_wait(
+    cluster: Cluster, measure: Measure, dims: tuple[Dimension, ...], **kwargs: Any
+) -> Picture:
+    started = cluster.clients[RIEC].picture_collect(
+        PERIOD, kwargs.pop("measures", (measure,)), dims, officer="analist@riec"
+    )
+    assert set(started.asked) == {RIEC, GEMEENTE, WOCO, POLITIE} or not kwargs.get("all", True)
+    return wait_for(
+        "every party's answer",
+        lambda: (
+            (
+                shown := cluster.clients[RIEC].picture_show(
+                    measure=measure, dimensions=dims, request_id=started.request_id
+                )
+            )
+            and not shown.missing
+            and shown
+        ),
+    )
+
+
+def expected_signals() -> Counter[tuple[str, str]]:
+    return Counter((f"pc4:{pc}", category) for _, _, category, pc, _, _, _ in ROWS)
+
+
+def leaves(shown: Picture) -> dict[tuple[str, ...], int | None]:
+    return {c.values: c.count for c in shown.table.cells if TOTAL not in c.values}
+
+
+def test_exact_picture_equals_the_sum_of_the_test_data(cluster: Cluster) -> None:
+    dims = (Dimension.AREA, Dimension.CATEGORY)
+    shown = collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, dims)
+    assert set(shown.contributors) == {RIEC, GEMEENTE, WOCO, POLITIE}
+    assert shown.refusals == ()
+    expected = expected_signals()
+    cells = {c.values: c for c in shown.table.cells}
+    for key, value in expected.items():
+        cell = cells[key]
+        if value < MIN_COUNT:
+            assert cell.quality is CellQuality.SUPPRESSED, key
+        else:  # shown exactly, or suppressed to protect a small cell (complementary)
+            assert cell.count in (value, None), key
+    assert cells[(TOTAL, TOTAL)].count == sum(expected.values())
+    # Every released figure is either the true one or withheld.
+    for key, cell in cells.items():
+        if TOTAL not in key and cell.quality is CellQuality.EXACT:
+            assert cell.count == expected[key]  # type: ignore[index]
+
+
+def test_each_hit_group_counts_once(cluster: Cluster) -> None:
+    shown = collect_and_wait(cluster, Measure.HIT_GROUPS, (Dimension.CATEGORY,))
+    cells = {c.values: c for c in shown.table.cells}
+    # Three groups of two members each: three, not six; and no other category.
+    assert cells[("witwasindicatie",)].count == 3
+    assert cells[(TOTAL,)].count == 3
+    assert {k for k in cells if TOTAL not in k} == {("witwasindicatie",)}
+
+
+def test_a_party_without_picture_rights_is_refused(cluster: Cluster) -> None:
+    with pytest.raises(NotAllowed) as local:
+        cluster.clients[POLITIE].picture_collect(PERIOD, officer="agent@politie")
+    assert local.value.field == "party"
+    # A request the politie seals by hand is refused by every node that gets it.
+    covenant = cluster.provisioned.covenant
+    keys = PartyKeys.load(cluster.provisioned.party_dir(POLITIE) / "party-keys.json")
+    request_id = secrets.token_bytes(16)
+    ask = PictureAsk(PERIOD, (Measure.ACTIVE_SIGNALS,), (Dimension.AREA,))
+    message = picture_protocol.request_message(
+        covenant, POLITIE, ask, request_id=request_id, now=datetime.now(UTC)
+    )
+    for party in (GEMEENTE, WOCO):
+        envelope = picture_protocol.build_request(
+            keys, covenant, message, recipient=party, message_id=secrets.token_bytes(16)
+        )
+        cluster.queue(POLITIE, envelope.sealed.SerializeToString(), party)
+
+    def answered(party: str) -> list[dict[str, Any]]:
+        entries = cluster.nodes[party].store.audit_entries(
+            kind=AuditKind.PICTURE_EVENT, subject=request_id.hex()
+        )
+        return [dict(e.details) for e in entries]
+
+    for party in (GEMEENTE, WOCO):
+        (entry,) = wait_for(f"{party}'s refusal", lambda p=party: answered(p))
+        assert (entry["outcome"], entry["reason"]) == ("refused", "not_allowed")
+        assert entry["epsilon_spent"] == "0"
+
+
+def test_a_suppressed_cell_stays_hidden_in_show_json_and_html(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    dims = (Dimension.AREA, Dimension.CATEGORY)
+    collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, dims)
+    small = ("pc4:5041", "vastgoedmisbruik")  # two signals: below the minimum of three
+    assert expected_signals()[small] == 2
+    socket = cluster.nodes[RIEC].api_address
+    args = ["picture", "show", "--socket", socket, "--period", MONTH, "--by", "area,category"]
+    capsys.readouterr()
+    assert main([*args, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    (cell,) = [c for c in shown["cells"] if tuple(c["values"]) == small]
+    assert (cell["count"], cell["quality"]) == (None, "suppressed")
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    (line,) = [row for row in text.splitlines() if "pc4:5041" in row and "vastgoed" in row]
+    assert picture_report.SUPPRESSED_MARK in line
+    assert "2" not in line.split("│")[-2]
+
+    report = build_report(cluster.clients[RIEC], PERIOD, officer="analist@riec", wait=WAIT)
+    html = picture_report.render(report)
+    assert "http://" not in html
+    assert "https://" not in html
+    heat = report.heat
+    assert heat is not None
+    for released in (heat, report.areas):
+        assert released is not None
+        for c in released.suppressed:
+            assert c.count is None
+    out = tmp_path / "beeld.html"
+    assert (
+        main(["picture", "report", "--socket", socket, "--period", MONTH, "--out", str(out)]) == 0
+    )
+    assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_the_broker_sees_no_area_branch_or_count(
+    cluster: Cluster, capfd: pytest.CaptureFixture[str]
+) -> None:
+    collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, (Dimension.BRANCH, Dimension.AREA))
+    logged = capfd.readouterr()
+    broker_dir = cluster.root / "broker"
+    blobs = [p.read_bytes() for p in broker_dir.rglob("*") if p.is_file() and "data" in p.parts]
+    assert blobs
+    # In the broker's files the picture's figures would appear as the cell values of a
+    # PictureTable: "pc4:NNNN" and the branch codes as length-prefixed protobuf strings.
+    # (A bare 4- or 5-digit code turns up by chance in megabytes of ciphertext and random
+    # tokens; these forms do not.)
+    in_files = [b"pc4:5038", b"pc4:5041", *(bytes([0x0A, len(b)]) + b.encode() for b in BRANCHES)]
+    in_files += [b"woonfraude", b"vastgoedmisbruik", b"witwasindicatie"]
+    for blob in blobs:
+        for value in in_files:
+            assert value not in blob, value
+    # Log lines are text: there even the bare codes must not appear.
+    in_logs = ["pc4:", "5038", "5041", *BRANCHES, "woonfraude", "vastgoedmisbruik"]
+    for text in in_logs:
+        assert text not in logged.out + logged.err, text
+    assert "count=" not in logged.err
+
+
+def test_bad_input_is_named_by_field(cluster: Cluster) -> None:
+    client = cluster.clients[RIEC]
+    with pytest.raises(InvalidInput) as bad_period:
+        client.picture_collect("2026-13", officer="analist@riec")
+    assert bad_period.value.field == "period"
+    with pytest.raises(InvalidInput) as dimension:
+        client.picture_collect(PERIOD, dimensions=["wijk"], officer="analist@riec")
+    assert dimension.value.field == "dimensions[0]"
+    with pytest.raises(InvalidInput) as measure:
+        client.picture_collect(PERIOD, measures=["signalen"], officer="analist@riec")
+    assert measure.value.field == "measures[0]"
+    with pytest.raises(InvalidInput) as mismatch:
+        client.picture_collect(
+            PERIOD, measures=["hit_groups"], dimensions=["intervention_type"], officer="a@riec"
+        )
+    assert mismatch.value.field == "dimensions"
+    with pytest.raises(NotFound) as never:
+        client.picture_show(PERIOD, "active_signals", ["role"])
+    assert never.value.field == "period"
+    for argv in (
+        ["--period", "2026-10..2026-01"],
+        ["--period", MONTH, "--by", "straat"],
+        ["--period", MONTH, "--measure", "zaken"],
+    ):
+        assert main(["picture", "collect", "--socket", cluster.nodes[RIEC].api_address, *argv]) != 0
+
+
+def test_noisy_mode_marks_figures_and_refuses_beyond_the_budget(cluster: Cluster) -> None:
+    covenant = cluster.provisioned.covenant
+    cluster.publish(dataclasses.replace(covenant, version=2, policy=policy(noisy=True)))
+    dims = (Dimension.CATEGORY,)
+    noisy = collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, dims)
+    assert noisy.refusals == ()
+    figures = [c for c in noisy.table.cells if c.quality is not CellQuality.SUPPRESSED]
+    assert figures
+    assert all(c.quality is CellQuality.NOISY for c in figures)
+    assert all(c.noise_scale > 0 for c in noisy.table.cells)
+    collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, dims)  # the period's second half
+    spent = collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, dims)
+    assert spent.contributors == ()
+    reasons = {r.contributor: r.reason for r in spent.refusals}
+    assert reasons == dict.fromkeys((RIEC, GEMEENTE, WOCO, POLITIE), "budget_exhausted")
+    assert all("budget" in r.message for r in spent.refusals)
+    # The ledger never goes beyond the covenant's budget.
+    for party in (RIEC, GEMEENTE):
+        ledger = cluster.nodes[party].store.picture_ledger([MONTH])
+        assert ledger.spent(MONTH) == pytest.approx(1.0)
+
+
+def test_import_maps_coarse_attributes_and_reports_bad_ones_by_row_and_column() -> None:
+    from samenloop.node.identifiers import IdentifierType
+    from samenloop.node.models import AreaKind
+    from samenloop.node.signal_commands import ColumnMapping, rows_to_signals
+
+    header = ["Dossier", "BSN", "Buurt", "SBI", "Datum"]
+    rows = [
+        (2, ["D-1", "111222333", "BU08550101", "56101", "2026-10-15"]),
+        (3, ["D-2", "123456782", "wijk 7", "0412", "2026-13"]),
+        (4, ["D-3", "100000009", "", "", ""]),
+    ]
+    mapping = ColumnMapping(
+        reference_column="Dossier",
+        identifiers=((IdentifierType.BSN, "BSN"),),
+        category="woonfraude",
+        area_column="Buurt",
+        branch_column="SBI",
+        month_column="Datum",
+    )
+    prepared, problems = rows_to_signals(header, rows, mapping)
+    first, empty = (p.signal for p in prepared)
+    assert (first.area_kind, first.area_code, first.branch, first.month) == (
+        AreaKind.CBS_BUURT,
+        "BU08550101",
+        "56101",
+        "2026-10",
+    )
+    assert (empty.area_code, empty.branch, empty.month) == (None, None, None)
+    assert [(p.row, p.column, p.reason) for p in problems] == [
+        (3, "Buurt", "area.code"),
+        (3, "SBI", "branch.division"),
+        (3, "Datum", "month.format"),
+    ]
