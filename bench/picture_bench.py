@@ -51,10 +51,6 @@ TABLES: tuple[tuple[picture.Dimension, ...], ...] = (
 )
 EPSILON_PER_REQUEST = 1.0
 MIN_COUNT = 5
-INDEX_SQL = (
-    "CREATE INDEX IF NOT EXISTS ix_signals_picture "
-    "ON signals (area_kind, area_code, branch, category, month, ended_at)"
-)
 #: The bare read: the same rows the store method selects, as plain tuples.
 READ_SQL = (
     "SELECT area_kind, area_code, branch, category, month FROM signals "
@@ -190,15 +186,6 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             stores, paths, roles, args.picture_repeat
         )
         ratio = (nodes + requester) / read
-        # The same with a covering index on the picture's attributes (not in the schema
-        # yet): SQLite then groups in index order instead of sorting.
-        for store in stores:
-            with store.engine.begin() as conn:
-                conn.exec_driver_sql(INDEX_SQL)
-        read_ix, nodes_ix, requester_ix, _, reads_ix, runs_ix = measure(
-            stores, paths, roles, args.picture_repeat
-        )
-        ratio_ix = (nodes_ix + requester_ix) / read_ix
         results: dict[str, Any] = {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "scale": args.scale,
@@ -224,15 +211,6 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "cells_suppressed": sum(len(t.suppressed) for t in released),
             "ratio": ratio,
             "target_met": ratio <= 2.0,
-            "with_covering_index": {
-                "read_bound": read_ix,
-                "nodes_read_count_noise": nodes_ix,
-                "requester_combine_release": requester_ix,
-                "all_reads": reads_ix,
-                "all_runs": runs_ix,
-                "ratio": ratio_ix,
-                "target_met": ratio_ix <= 2.0,
-            },
         }
     finally:
         for engine in engines:
@@ -248,10 +226,6 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     table.add_row("requester: combine, totals, release", f"{requester:.3f} s")
     verdict = "met" if ratio <= 2.0 else "NOT met"
     table.add_row("(compute + combine) / read", f"{ratio:.2f} (<= 2.0: {verdict})")
-    verdict = "met" if ratio_ix <= 2.0 else "NOT met"
-    table.add_row("with a covering index: bare read", f"{read_ix:.3f} s")
-    table.add_row("with a covering index: nodes", f"{nodes_ix:.3f} s")
-    table.add_row("with a covering index: ratio", f"{ratio_ix:.2f} (<= 2.0: {verdict})")
     console.print(table)
     return results
 

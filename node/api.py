@@ -1017,6 +1017,11 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
     ) -> node_pb2.CaseCloseResponse:
         return self._case_api.close(request)
 
+    def CaseRemove(
+        self, request: node_pb2.CaseRemoveRequest, context: grpc.ServicerContext
+    ) -> node_pb2.CaseRemoveResponse:
+        return self._case_api.remove(request)
+
     def CaseBoard(
         self, request: node_pb2.CaseBoardRequest, context: grpc.ServicerContext
     ) -> node_pb2.CaseBoardResponse:

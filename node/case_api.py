@@ -77,6 +77,10 @@ class CaseApi:
         case = self._desk().invite(request.case_id, list(request.parties), officer=request.officer)
         return node_pb2.CaseInviteResponse(case=case_to_proto(case))
 
+    def remove(self, request: node_pb2.CaseRemoveRequest) -> node_pb2.CaseRemoveResponse:
+        case = self._desk().remove(request.case_id, list(request.parties), officer=request.officer)
+        return node_pb2.CaseRemoveResponse(case=case_to_proto(case))
+
     def list(self, request: node_pb2.CaseListRequest) -> node_pb2.CaseListResponse:
         state: cases.CaseState | None = None
         if request.state:

@@ -8,6 +8,8 @@ does. Case and action ids are shown in hex; a unique prefix of at least
 * ``case open HIT --title T --officer ID [--invite PARTY ...]`` opens a case
   on a hit this node sees (coordinators only, usually the RIEC);
 * ``case invite CASE PARTY ...`` invites further parties of the hit;
+* ``case remove CASE PARTY ...`` removes members (coordinator): they receive
+  the removal and nothing further;
 * ``case list`` and ``case show CASE`` show the cases this node is a member of;
 * ``case act CASE --owner PARTY --type T --measure TEXT --deadline YYYY-MM-DD``
   adds an action to the plan (coordinator);
@@ -82,7 +84,7 @@ def _date(text: str) -> date:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``case open | invite | list | show | act | update | close | board``."""
+    """Add ``case open | invite | remove | list | show | act | update | close | board``."""
     parser = subparsers.add_parser(
         "case",
         help="coordinate a case across partners after a hit (casusregie)",
@@ -105,6 +107,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     inviting.add_argument("parties", nargs="+", metavar="PARTY", help="parties of the hit")
     inviting.add_argument("--officer", required=True, metavar="ID", help="who invites")
     inviting.set_defaults(func=_invite)
+
+    removing = commands.add_parser("remove", help="remove members from a case (coordinator)")
+    removing.add_argument("case", metavar="CASE", help="the case id (hex)")
+    removing.add_argument("parties", nargs="+", metavar="PARTY", help="members to remove")
+    removing.add_argument("--officer", required=True, metavar="ID", help="who removes them")
+    removing.set_defaults(func=_remove)
 
     listing = commands.add_parser("list", help="the cases this node is a member of")
     listing.add_argument("--state", choices=[s.value for s in CaseState], help="only these")
@@ -150,7 +158,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     board.add_argument("--overdue", action="store_true", help="only overdue actions")
     board.set_defaults(func=_board)
 
-    for command in (opening, inviting, listing, show, act, upd, closing, board):
+    for command in (opening, inviting, removing, listing, show, act, upd, closing, board):
         command.add_argument("--json", action="store_true", help="print JSON")
         add_node_options(command)
 
@@ -323,6 +331,15 @@ def _open(args: argparse.Namespace) -> int:
 def _invite(args: argparse.Namespace) -> int:
     with open_client(args) as client:
         case = client.invite_to_case(
+            _case_id(client, args.case), args.parties, officer=args.officer
+        )
+    _print_case(case, args.json)
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        case = client.remove_from_case(
             _case_id(client, args.case), args.parties, officer=args.officer
         )
     _print_case(case, args.json)

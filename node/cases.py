@@ -1124,10 +1124,16 @@ def remove_members(
     if not parties:
         raise InvalidInput("name at least one party", field="parties")
     for i, party in enumerate(parties):
+        name = f"parties[{i}]"
+        _check_name(party, name)
         if party == me:
-            raise InvalidInput("the coordinator stays a member", field=f"parties[{i}]")
+            raise InvalidInput(
+                "the coordinator stays a member", field=name, reason="case.coordinator"
+            )
         if party not in case.members:
-            raise InvalidInput("not a member of the case", field=f"parties[{i}]")
+            raise InvalidInput("not a member of the case", field=name, reason="case.not_member")
+    if len(set(parties)) != len(parties):
+        raise InvalidInput("a party is listed twice", field="parties", reason="case.duplicate")
     return CaseChange(
         case_id=case.case_id,
         message_id=_id(message_id, "message_id"),

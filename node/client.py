@@ -1264,6 +1264,15 @@ class NodeClient:
         )
         return _case(response.case)
 
+    def remove_from_case(self, case_id: bytes, parties: Sequence[str], *, officer: str) -> Case:
+        """Remove members from a case (coordinator only): they receive the removal and
+        nothing further; their nodes keep what they had, read-only."""
+        response = self._call(
+            self._stub.CaseRemove,
+            node_pb2.CaseRemoveRequest(case_id=case_id, parties=list(parties), officer=officer),
+        )
+        return _case(response.case)
+
     def cases(self, state: CaseState | str | None = None) -> list[Case]:
         """The cases this node is (or was) a member of, newest first, without history."""
         request = node_pb2.CaseListRequest(

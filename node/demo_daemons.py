@@ -24,13 +24,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from samenloop.node.client import Disclosure, Hit, NodeClient, SignalInput
+from samenloop.node.client import Disclosure, Hit, NodeClient, Picture, SignalInput
 from samenloop.node.demo import PARTNERS, SHARED, RawSignal, synthetic_signals
 from samenloop.node.identifiers import IdentifierType
 from samenloop.node.provision import PartySpec, Provisioned, provision
@@ -60,6 +60,21 @@ LEADING_ZEROS_DROPPED = {"gemeente": frozenset({IdentifierType.BSN})}
 READY_SECONDS = 60.0
 HITS_SECONDS = 90.0
 ANSWER_SECONDS = 30.0
+
+
+#: Coarse attributes for the regional picture: postcode-4 areas of Walcheren and SBI branches
+#: (restaurants, hairdressers and beauty, car repair and washing, hotels, real estate).
+AREAS = ("4331", "4332", "4333", "4381", "4382")
+BRANCHES = ("5610", "9602", "4520", "5510", "6810")
+#: The RIEC's own signals: vacant premises in one area, too few to show (a small cell).
+RIEC_SIGNALS = 3
+RIEC_AREA, RIEC_BRANCH, RIEC_CATEGORY = "4461", "6810", "leegstand"
+
+
+def _area_and_branch(raw: RawSignal) -> tuple[str, str]:
+    """A synthetic area and branch for a signal, spread evenly over AREAS and BRANCHES."""
+    n = sum(raw.reference.encode())
+    return AREAS[n % len(AREAS)], BRANCHES[(n // 5) % len(BRANCHES)]
 
 
 def _details(raw: RawSignal) -> dict[str, str]:
@@ -234,7 +249,11 @@ def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
         checks.append(("police stays silent to the gemeente", silent))
 
         checks += _disclosures(console, clients, processes)
-        checks += _remove_partner(console, provisioned, clients, processes)
+        checks += _picture(console, provisioned, clients, processes, noisy=False)
+        checks += _case(console, clients, processes)
+        removal_checks, version_2 = _remove_partner(console, provisioned, clients, processes)
+        checks += removal_checks
+        checks += _noisy_picture(console, provisioned, version_2, clients, processes)
     finally:
         for client in clients.values():
             client.close()
@@ -242,7 +261,7 @@ def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
     checks += _audit(console, provisioned, workdir)
     clean = all(code == 0 for code in codes.values())
     console.print(
-        f"11. stopped: {', '.join(f'{name} exit {code}' for name, code in codes.items())}"
+        f"15. stopped: {', '.join(f'{name} exit {code}' for name, code in codes.items())}"
     )
     failed = [what for what, ok in checks if not ok]
     if failed or not clean:
@@ -266,6 +285,9 @@ def _import(console: Console, clients: dict[str, NodeClient], per_partner: int) 
                     identifiers=[(raw.type, raw.value)],
                     details=_details(raw),
                     leading_zero_dropped=LEADING_ZEROS_DROPPED.get(party, False),
+                    area_kind="postcode4",
+                    area_code=_area_and_branch(raw)[0],
+                    branch=_area_and_branch(raw)[1],
                 )
                 for raw in rows[party]
             ]
@@ -273,10 +295,24 @@ def _import(console: Console, clients: dict[str, NodeClient], per_partner: int) 
         total += report.imported
         refused = ", ".join(f"row {e.row} {e.field}: {e.reason}" for e in report.errors)
         console.print(
-            f"3. {party}: {report.imported} signals imported"
+            f"3. {party}: {report.imported} signals imported (with area and SBI branch)"
             + (f"; refused {refused}" if refused else "")
         )
-    return total
+    riec = clients["riec"].import_signals(
+        [
+            SignalInput(
+                reference=f"RIEC-{n:03d}",
+                category=RIEC_CATEGORY,
+                identifiers=[("kvk", f"{90000000 + n * 7919:08d}")],
+                area_kind="postcode4",
+                area_code=RIEC_AREA,
+                branch=RIEC_BRANCH,
+            )
+            for n in range(RIEC_SIGNALS)
+        ]
+    )
+    console.print(f"3. riec: {riec.imported} signals imported (vacant premises, one area)")
+    return total + riec.imported
 
 
 def _disclosures(
@@ -378,40 +414,49 @@ def _answered_again(client: NodeClient, asked: Disclosure, processes: Processes)
     return client.disclosure(asked.request_id)
 
 
+def _publish(
+    provisioned: Provisioned,
+    draft: Covenant,
+    clients: dict[str, NodeClient],
+    processes: Processes,
+) -> subprocess.CompletedProcess[str]:
+    """Sign ``draft`` by both signers, publish it with the CLI through the RIEC's node, and
+    wait until every node the new version lists holds it."""
+    signed = provisioned.sign(draft)
+    path = provisioned.root / f"covenant-v{draft.version}.json"
+    path.write_bytes(signed.to_json())
+    result = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
+        _command(
+            "covenant", "publish", str(path), "--config", str(provisioned.node_configs["riec"])
+        ),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    members = [p for p in clients if draft.is_party(p)]
+    _until(
+        f"every node on version {draft.version}",
+        ANSWER_SECONDS,
+        lambda: all(clients[p].status().covenant_version == draft.version for p in members),
+        processes,
+    )
+    return result
+
+
 def _remove_partner(
     console: Console,
     provisioned: Provisioned,
     clients: dict[str, NodeClient],
     processes: Processes,
-) -> list[tuple[str, bool]]:
+) -> tuple[list[tuple[str, bool]], Covenant]:
     held = provisioned.covenant
     draft = replace(
         held,
         version=held.version + 1,
         parties=tuple(p for p in held.parties if p.id != "woningcorporatie"),
     )
-    signed = provisioned.sign(draft)
-    path = provisioned.root / "covenant-v2.json"
-    path.write_bytes(signed.to_json())
-    result = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
-        _command(
-            "covenant",
-            "publish",
-            str(path),
-            "--config",
-            str(provisioned.node_configs["riec"]),
-        ),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = _publish(provisioned, draft, clients, processes)
     others = [p for p in clients if p != "woningcorporatie"]
-    _until(
-        "every remaining node on version 2",
-        ANSWER_SECONDS,
-        lambda: all(clients[p].status().covenant_version == draft.version for p in others),
-        processes,
-    )
     woco = clients["woningcorporatie"]
     _until(
         "woningcorporatie refused",
@@ -421,7 +466,7 @@ def _remove_partner(
     )
     status = woco.status()
     console.print(
-        f"9. covenant version {draft.version} without woningcorporatie, signed by both signers, "
+        f"12. covenant version {draft.version} without woningcorporatie, signed by both signers, "
         f"published through the broker (exit {result.returncode}); every other node "
         f"accepted it; woningcorporatie is cut off: broker connection "
         f"{status.broker_connection}, {status.last_error[:90]!r}"
@@ -436,6 +481,226 @@ def _remove_partner(
         ("the new covenant version was published", result.returncode == 0),
         ("the removed partner is refused", status.broker_connection != "connected"),
         ("no open hit shows the removed partner", not still_shown),
+    ], draft
+
+
+def _collect(client: NodeClient, dimensions: tuple[str, ...], processes: Processes) -> Picture:
+    """Collect this month's active signals by ``dimensions`` and wait for every answer."""
+    month = datetime.now(UTC).strftime("%Y-%m")
+    asked = client.picture_collect(
+        month, ["active_signals"], list(dimensions), officer="riec-analist-1"
+    )
+
+    def show() -> Picture:
+        return client.picture_show(
+            measure="active_signals", dimensions=list(dimensions), request_id=asked.request_id
+        )
+
+    _until(
+        "every contribution to the picture", ANSWER_SECONDS, lambda: not show().missing, processes
+    )
+    return show()
+
+
+def _print_picture(
+    console: Console, title: str, shown: Picture, categories: set[str] | None = None
+) -> set[str]:
+    """Print a picture's cells (not its totals); only ``categories`` if given. Returns the
+    categories printed."""
+    table = Table(title=title)
+    rows = [
+        c
+        for c in shown.table.cells
+        if not c.is_total and (categories is None or c.values[-1] in categories)
+    ]
+    dims = shown.table.dimensions
+    for dim in dims:
+        table.add_column(dim.value)
+    table.add_column("active signals", justify="right")
+    for cell in sorted(rows, key=lambda c: c.values):
+        if cell.quality.value == "suppressed":
+            shown_count = "• (suppressed)"
+        elif cell.quality.value == "noisy":
+            shown_count = f"≈ {cell.count} (noise sd {cell.noise_scale:.1f})"
+        else:
+            shown_count = str(cell.count)
+        table.add_row(*cell.values, shown_count)
+    console.print(table)
+    return {c.values[-1] for c in rows}
+
+
+def _picture(
+    console: Console,
+    provisioned: Provisioned,
+    clients: dict[str, NodeClient],
+    processes: Processes,
+    *,
+    noisy: bool,
+) -> list[tuple[str, bool]]:
+    riec = clients["riec"]
+    shown = _collect(riec, ("area", "category"), processes)
+    _print_picture(console, "regional picture: active signals by area and category", shown)
+    suppressed = [c for c in shown.table.cells if c.quality.value == "suppressed"]
+    small = shown.table.cell(("pc4:" + RIEC_AREA, RIEC_CATEGORY))
+    console.print(
+        f"9. the RIEC's picture: {len(shown.contributors)} parties contributed counts, sealed "
+        f"to the RIEC; {len(suppressed)} cell(s) suppressed (fewer than "
+        f"{shown.table.min_count}, and what would give them away), e.g. "
+        f"{RIEC_CATEGORY} in {RIEC_AREA}: {small.quality.value}"
+    )
+    refused: list[str] = []
+    try:
+        clients["gemeente"].picture_collect(
+            datetime.now(UTC).strftime("%Y-%m"), officer="gem-analist-2"
+        )
+    except SamenloopError as error:
+        refused.append(error.reason)
+    console.print(
+        f"    the gemeente asking for the picture: refused ({', '.join(refused) or 'NOT'})"
+    )
+    report = provisioned.root / "beeld.html"
+    made = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
+        _command(
+            "picture",
+            "report",
+            "--period",
+            datetime.now(UTC).strftime("%Y-%m"),
+            "--out",
+            str(report),
+            "--node",
+            str(provisioned.node_configs["riec"]),
+        ),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    html = report.read_text() if report.exists() else ""
+    console.print(
+        f"10. the HTML report: {report} ({len(html) // 1024} KiB, self-contained: "
+        f"{'no external URL' if 'http' not in html else 'HAS AN EXTERNAL URL'})"
+    )
+    return [
+        (
+            "the picture has a suppressed cell, the small one among them",
+            bool(suppressed) and small.quality.value == "suppressed",
+        ),
+        ("a party without picture rights is refused", bool(refused)),
+        (
+            "the HTML report was written, self-contained",
+            made.returncode == 0 and bool(html) and "http" not in html,
+        ),
+    ]
+
+
+def _case(
+    console: Console, clients: dict[str, NodeClient], processes: Processes
+) -> list[tuple[str, bool]]:
+    riec, gemeente = clients["riec"], clients["gemeente"]
+    hit = next(
+        h for h in riec.hits() if {m.party for m in h.members} == {"gemeente", "belastingdienst"}
+    )
+    case = riec.open_case(
+        hit.group_id,
+        "Horecapand Markt, Middelburg",
+        officer="riec-regisseur-1",
+        invite=["gemeente", "belastingdienst"],
+    )
+    today = datetime.now(UTC).date()
+    case = riec.add_action(
+        case.case_id,
+        owner="gemeente",
+        intervention_type="bestuurlijk",
+        measure="Bibob-toets exploitatievergunning",
+        deadline=today - timedelta(days=7),
+        officer="riec-regisseur-1",
+    )
+    case = riec.add_action(
+        case.case_id,
+        owner="belastingdienst",
+        intervention_type="fiscaal",
+        measure="boekenonderzoek",
+        deadline=today + timedelta(days=60),
+        officer="riec-regisseur-1",
+    )
+    _until(
+        "the gemeente sees the case",
+        ANSWER_SECONDS,
+        lambda: any(c.case_id == case.case_id and len(c.actions) == 2 for c in gemeente.cases()),
+        processes,
+    )
+    fiscal = next(a for a in case.actions if a.owner == "belastingdienst")
+    clients["belastingdienst"].update_action(
+        case.case_id,
+        fiscal.action_id,
+        officer="bd-fiscalist-4",
+        status="in_progress",
+        note="gestart",
+    )
+    _until(
+        "the RIEC sees the update",
+        ANSWER_SECONDS,
+        lambda: any(a.status.value == "in_progress" for a in riec.case(case.case_id).actions),
+        processes,
+    )
+    board = riec.case_board()
+    table = Table(title="the RIEC's case board")
+    for column in ("case", "owner", "intervention", "measure", "deadline", "status", ""):
+        table.add_column(column)
+    for entry in board:
+        table.add_row(
+            entry.case_title,
+            entry.action.owner,
+            entry.action.intervention_type.value,
+            entry.action.measure,
+            f"{entry.action.deadline:%Y-%m-%d}",
+            entry.action.status.value,
+            "[red]overdue[/red]" if entry.overdue else "",
+        )
+    console.print(table)
+    outsider = clients["politie"].cases()
+    console.print(
+        f"11. case opened by the RIEC on a hit of gemeente and belastingdienst, both invited; "
+        f"two actions, one overdue; the belastingdienst updated its own action from its node; "
+        f"the politie (not in the hit) sees {len(outsider)} cases"
+    )
+    return [
+        (
+            "a case with two actions, one of them overdue",
+            len(board) == 2 and sum(e.overdue for e in board) == 1,
+        ),
+        ("only the case's members see it", not outsider),
+    ]
+
+
+def _noisy_picture(
+    console: Console,
+    provisioned: Provisioned,
+    held: Covenant,
+    clients: dict[str, NodeClient],
+    processes: Processes,
+) -> list[tuple[str, bool]]:
+    policy = replace(
+        held.policy,
+        picture=replace(held.policy.picture, epsilon_per_period=1.0, epsilon_per_request=0.5),
+    )
+    result = _publish(
+        provisioned, replace(held, version=held.version + 1, policy=policy), clients, processes
+    )
+    shown = _collect(clients["riec"], ("area", "category"), processes)
+    _print_picture(
+        console,
+        "the same picture under a privacy budget (ε = 0.5 a request; the categories above)",
+        shown,
+        {*CATEGORIES.values(), RIEC_CATEGORY},
+    )
+    noisy = [c for c in shown.table.cells if c.quality.value == "noisy"]
+    console.print(
+        f"13. covenant version {held.version + 1} sets a privacy budget of ε = 1 a month: each "
+        f"node adds noise before its counts leave it; {len(noisy)} figures marked noisy"
+    )
+    return [
+        ("the budget version was published", result.returncode == 0),
+        ("the noisy picture marks its figures as noisy", bool(noisy)),
     ]
 
 
@@ -466,7 +731,7 @@ def _audit(console: Console, provisioned: Provisioned, workdir: Path) -> list[tu
         check=False,
     )
     console.print(
-        f"10. audit verify on the gemeente's log: exit {verified.returncode}, "
+        f"14. audit verify on the gemeente's log: exit {verified.returncode}, "
         f"{verified.stdout.strip()[:120]}"
     )
     console.print(

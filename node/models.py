@@ -150,6 +150,16 @@ class Signal(Base):
         ),
         Index("ix_signals_reference", "reference"),
         Index("ix_signals_state_expires_at", "state", "expires_at"),
+        # The regional picture groups by these: in index order, without a sort.
+        Index(
+            "ix_signals_picture",
+            "area_kind",
+            "area_code",
+            "branch",
+            "category",
+            "month",
+            "ended_at",
+        ),
         CheckConstraint("length(reference) >= 1", name="reference_not_empty"),
         CheckConstraint("length(category) >= 1", name="category_not_empty"),
         CheckConstraint(_one_of("state", SignalState), name="state_known"),

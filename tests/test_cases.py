@@ -18,6 +18,7 @@ the picture's accountability.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -648,6 +649,19 @@ def test_composers_refuse_bad_input_naming_the_field(world: World) -> None:
     assert field_of(lambda: update(GEMEENTE, closed, note="x")) == ("case_id", "case.closed")
     assert field_of(lambda: update(GEMEENTE, None, note="x")) == ("case_id", "not_found")
 
+    def remove(me: str, parties: Sequence[str], held: Case = case) -> CaseChange:
+        return cases.remove_members(
+            world.covenant, me, held, parties, message_id=mid(), officer="a", now=NOW
+        )
+
+    assert set(remove(RIEC, [WOCO]).members) == {GEMEENTE, RIEC}
+    assert field_of(lambda: remove(RIEC, [])) == ("parties", "invalid_input")
+    assert field_of(lambda: remove(RIEC, [WOCO, BELASTING])) == ("parties[1]", "case.not_member")
+    assert field_of(lambda: remove(RIEC, [RIEC])) == ("parties[0]", "case.coordinator")
+    assert field_of(lambda: remove(RIEC, [WOCO, WOCO])) == ("parties", "case.duplicate")
+    assert field_of(lambda: remove(RIEC, [""]))[0] == "parties[0]"
+    assert field_of(lambda: remove(GEMEENTE, [WOCO])) == ("case_id", "case.not_coordinator")
+
 
 def test_the_coordinators_notice_goes_only_where_it_tips_nobody_off(world: World) -> None:
     plain = notice(world)
@@ -874,8 +888,31 @@ def test_case_coordination_end_to_end(cluster: Cluster, capsys: pytest.CaptureFi
     assert riec.case_board()[0].overdue  # in progress and late: still overdue
     held(cluster, BELASTING, case_id, lambda c: c.action(late_action).note == NOTE)
 
+    # Only the coordinator removes, and only members; a refused removal stores nothing.
+    before = len(riec.case(case_id).history)
+    with pytest.raises(NotAllowed) as not_coordinator:
+        gemeente.remove_from_case(case_id, [WOCO], officer="b.bibob@gemeente")
+    assert (not_coordinator.value.field, not_coordinator.value.reason) == (
+        "case_id",
+        "case.not_coordinator",
+    )
+    with pytest.raises(InvalidInput) as not_member:
+        riec.remove_from_case(case_id, [WOCO, PROVINCIE], officer=officer)
+    assert (not_member.value.field, not_member.value.reason) == ("parties[1]", "case.not_member")
+    with pytest.raises(InvalidInput) as no_officer:
+        riec.remove_from_case(case_id, [WOCO], officer="")
+    assert no_officer.value.field == "officer"
+    with pytest.raises(InvalidInput) as bad_id:
+        riec.remove_from_case(b"\x01", [WOCO], officer=officer)
+    assert bad_id.value.field == "case_id"
+    assert len(riec.case(case_id).history) == before
+    assert len(gemeente.case(case_id).history) == before
+    assert WOCO in cluster.clients[WOCO].case(case_id).members
+
     # A removed member gets no further updates, and its node refuses changes.
-    cluster.nodes[RIEC].uplink.cases.remove(case_id, [WOCO], officer=officer)
+    removed_case = riec.remove_from_case(case_id, [WOCO], officer=officer)
+    assert removed_case.members == (BELASTING, GEMEENTE, RIEC)
+    assert len(riec.case(case_id).history) == before + 1
     wait_for(
         "woco's removal",
         lambda: cluster.nodes[WOCO].store.case(case_id).access is Access.REMOVED,  # type: ignore[union-attr]
@@ -992,3 +1029,63 @@ def test_a_replayed_case_message_is_stored_once(cluster: Cluster) -> None:
     )
     assert events[0]["refused"] == "replay"
     assert len(cluster.clients[GEMEENTE].case(case.case_id).history) == 1
+
+
+def test_the_coordinator_removes_a_member_from_the_command_line(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from samenloop.policies.cli import main  # the CLI as a partner runs it
+
+    riec = cluster.clients[RIEC]
+    case = riec.open_case(riec_hit(cluster), "Derde casus", officer="a", invite=[GEMEENTE, WOCO])
+    case_id = case.case_id
+    for party in (GEMEENTE, WOCO):
+        held(cluster, party, case_id, lambda c: True)
+    riec_api = cluster.nodes[RIEC].api_address
+    prefix = case_id.hex()[:8]
+
+    def run(api: str, *argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(["case", "remove", prefix, *argv, "--officer", "a@riec", "--socket", api])
+        printed = capsys.readouterr()
+        return code, printed.out, printed.err
+
+    # A non-coordinator cannot remove; a non-member is refused naming the field.
+    code, _, err = run(cluster.nodes[GEMEENTE].api_address, WOCO)
+    assert code != 0
+    assert "case_id" in err
+    assert "only the case's coordinator" in err
+    code, _, err = run(riec_api, BELASTING)
+    assert code != 0
+    assert "parties[0]" in err
+    assert len(riec.case(case_id).history) == 1  # nothing stored
+
+    code, out, _ = run(riec_api, WOCO, "--json")
+    assert code == 0
+    shown = json.loads(out[out.index("{\n") :])  # after any of the nodes' log lines
+    assert shown["case_id"] == case_id.hex()
+    assert shown["members"] == [GEMEENTE, RIEC]
+    wait_for(
+        "woco's removal",
+        lambda: cluster.nodes[WOCO].store.case(case_id).access is Access.REMOVED,  # type: ignore[union-attr]
+    )
+    held(cluster, GEMEENTE, case_id, lambda c: c.members == (GEMEENTE, RIEC))
+
+    # After the removal woco receives nothing: gemeente gets the next action, woco does not.
+    riec.add_action(
+        case_id,
+        owner=GEMEENTE,
+        intervention_type="zorg",
+        measure="huisbezoek",
+        deadline=datetime.now(UTC) + timedelta(days=7),
+        officer="a",
+    )
+    held(cluster, GEMEENTE, case_id, lambda c: len(c.actions) == 1)
+    time.sleep(0.5)
+    woco = cluster.clients[WOCO].case(case_id)
+    assert woco.actions == ()
+    assert woco.members == (GEMEENTE, RIEC)
+    assert [e["kind"] for e in case_events(cluster, WOCO, case_id)] == ["open", "member_remove"]
+    with pytest.raises(NotAllowed) as refused_:
+        cluster.clients[WOCO].update_action(case_id, b"\x02" * 16, note="x", officer="w")
+    assert refused_.value.reason == "case.removed"

@@ -122,7 +122,7 @@ def test_migrations_go_up_down_and_up_again_and_are_checked(database_url):
         assert refused.value.reason == "schema.behind"
 
         database.upgrade(engine, MIGRATIONS)
-        assert database.current(engine) == database.heads(MIGRATIONS) == ("0005",)
+        assert database.current(engine) == database.heads(MIGRATIONS) == ("0006",)
         database.check_at_head(engine, MIGRATIONS)
 
         database.downgrade(engine, MIGRATIONS)
@@ -151,7 +151,8 @@ def test_a_schema_newer_than_the_software_is_refused(engine):
             database.check_at_head(engine, MIGRATIONS)
     finally:
         with engine.begin() as conn:
-            conn.execute(sa.text("UPDATE alembic_version SET version_num = '0005'"))
+            (head,) = database.heads(MIGRATIONS)
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = :head"), {"head": head})
 
 
 # --- signals ------------------------------------------------------------------------

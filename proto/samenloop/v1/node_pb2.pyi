@@ -1892,6 +1892,62 @@ class CaseInviteResponse(_message.Message):
 Global___CaseInviteResponse: _TypeAlias = CaseInviteResponse  # noqa: Y015
 
 @_typing.final
+class CaseRemoveRequest(_message.Message):
+    """CaseRemove's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    PARTIES_FIELD_NUMBER: _builtins.int
+    OFFICER_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.bytes
+    """The case."""
+    officer: _builtins.str
+    """Who removes them."""
+    @_builtins.property
+    def parties(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Party ids to remove; each must be a member other than the coordinator."""
+
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.bytes = ...,
+        parties: _abc.Iterable[_builtins.str] | None = ...,
+        officer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "officer", b"officer", "parties", b"parties"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseRemoveRequest: _TypeAlias = CaseRemoveRequest  # noqa: Y015
+
+@_typing.final
+class CaseRemoveResponse(_message.Message):
+    """CaseRemove's response."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def case(self) -> Global___Case:
+        """The case after the removal."""
+
+    def __init__(
+        self,
+        *,
+        case: Global___Case | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["case", b"case"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case", b"case"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseRemoveResponse: _TypeAlias = CaseRemoveResponse  # noqa: Y015
+
+@_typing.final
 class CaseListRequest(_message.Message):
     """CaseList's request."""
 

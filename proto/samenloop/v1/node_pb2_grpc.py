@@ -140,6 +140,11 @@ class NodeApiStub:
                 request_serializer=samenloop_dot_v1_dot_node__pb2.CaseCloseRequest.SerializeToString,
                 response_deserializer=samenloop_dot_v1_dot_node__pb2.CaseCloseResponse.FromString,
                 _registered_method=True)
+        self.CaseRemove = channel.unary_unary(
+                '/samenloop.v1.NodeApi/CaseRemove',
+                request_serializer=samenloop_dot_v1_dot_node__pb2.CaseRemoveRequest.SerializeToString,
+                response_deserializer=samenloop_dot_v1_dot_node__pb2.CaseRemoveResponse.FromString,
+                _registered_method=True)
         self.CaseBoard = channel.unary_unary(
                 '/samenloop.v1.NodeApi/CaseBoard',
                 request_serializer=samenloop_dot_v1_dot_node__pb2.CaseBoardRequest.SerializeToString,
@@ -309,6 +314,14 @@ class NodeApiServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CaseRemove(self, request, context):
+        """Removes members from a case (coordinator only): they receive the removal
+        and nothing further.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CaseBoard(self, request, context):
         """The coordinator's board: open actions of its cases, overdue first.
         """
@@ -430,6 +443,11 @@ def add_NodeApiServicer_to_server(servicer, server):
                     servicer.CaseClose,
                     request_deserializer=samenloop_dot_v1_dot_node__pb2.CaseCloseRequest.FromString,
                     response_serializer=samenloop_dot_v1_dot_node__pb2.CaseCloseResponse.SerializeToString,
+            ),
+            'CaseRemove': grpc.unary_unary_rpc_method_handler(
+                    servicer.CaseRemove,
+                    request_deserializer=samenloop_dot_v1_dot_node__pb2.CaseRemoveRequest.FromString,
+                    response_serializer=samenloop_dot_v1_dot_node__pb2.CaseRemoveResponse.SerializeToString,
             ),
             'CaseBoard': grpc.unary_unary_rpc_method_handler(
                     servicer.CaseBoard,
@@ -1010,6 +1028,33 @@ class NodeApi:
             '/samenloop.v1.NodeApi/CaseClose',
             samenloop_dot_v1_dot_node__pb2.CaseCloseRequest.SerializeToString,
             samenloop_dot_v1_dot_node__pb2.CaseCloseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CaseRemove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/samenloop.v1.NodeApi/CaseRemove',
+            samenloop_dot_v1_dot_node__pb2.CaseRemoveRequest.SerializeToString,
+            samenloop_dot_v1_dot_node__pb2.CaseRemoveResponse.FromString,
             options,
             channel_credentials,
             insecure,

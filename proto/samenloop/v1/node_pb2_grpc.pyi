@@ -100,6 +100,10 @@ class NodeApiStub:
     """Updates an action (its owner, or the coordinator)."""
     CaseClose: _grpc.UnaryUnaryMultiCallable[_node_pb2.CaseCloseRequest, _node_pb2.CaseCloseResponse]
     """Closes a case (coordinator only)."""
+    CaseRemove: _grpc.UnaryUnaryMultiCallable[_node_pb2.CaseRemoveRequest, _node_pb2.CaseRemoveResponse]
+    """Removes members from a case (coordinator only): they receive the removal
+    and nothing further.
+    """
     CaseBoard: _grpc.UnaryUnaryMultiCallable[_node_pb2.CaseBoardRequest, _node_pb2.CaseBoardResponse]
     """The coordinator's board: open actions of its cases, overdue first."""
     GetStatus: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetStatusRequest, _node_pb2.GetStatusResponse]
@@ -164,6 +168,10 @@ class NodeApiAsyncStub(NodeApiStub):
     """Updates an action (its owner, or the coordinator)."""
     CaseClose: _aio.UnaryUnaryMultiCallable[_node_pb2.CaseCloseRequest, _node_pb2.CaseCloseResponse]  # type: ignore[assignment]
     """Closes a case (coordinator only)."""
+    CaseRemove: _aio.UnaryUnaryMultiCallable[_node_pb2.CaseRemoveRequest, _node_pb2.CaseRemoveResponse]  # type: ignore[assignment]
+    """Removes members from a case (coordinator only): they receive the removal
+    and nothing further.
+    """
     CaseBoard: _aio.UnaryUnaryMultiCallable[_node_pb2.CaseBoardRequest, _node_pb2.CaseBoardResponse]  # type: ignore[assignment]
     """The coordinator's board: open actions of its cases, overdue first."""
     GetStatus: _aio.UnaryUnaryMultiCallable[_node_pb2.GetStatusRequest, _node_pb2.GetStatusResponse]  # type: ignore[assignment]
@@ -351,6 +359,16 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.CaseCloseResponse, _abc.Awaitable[_node_pb2.CaseCloseResponse]]:
         """Closes a case (coordinator only)."""
+
+    @_abc_1.abstractmethod
+    def CaseRemove(
+        self,
+        request: _node_pb2.CaseRemoveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.CaseRemoveResponse, _abc.Awaitable[_node_pb2.CaseRemoveResponse]]:
+        """Removes members from a case (coordinator only): they receive the removal
+        and nothing further.
+        """
 
     @_abc_1.abstractmethod
     def CaseBoard(
