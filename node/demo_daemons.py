@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -217,7 +217,7 @@ def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
         console.print("2. broker and nodes running as separate processes; every node connected")
 
         started = time.monotonic()
-        total = _import(console, clients, per_partner)
+        total, held = _import(console, clients, per_partner)
         want = expected_hits(covenant)
         _until(
             f"hits {want}",
@@ -249,8 +249,8 @@ def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
         checks.append(("police stays silent to the gemeente", silent))
 
         checks += _disclosures(console, clients, processes)
-        checks += _picture(console, provisioned, clients, processes, noisy=False)
         checks += _case(console, clients, processes)
+        checks += _picture(console, provisioned, clients, processes, held)
         removal_checks, version_2 = _remove_partner(console, provisioned, clients, processes)
         checks += removal_checks
         checks += _noisy_picture(console, provisioned, version_2, clients, processes)
@@ -271,11 +271,16 @@ def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
     return 0
 
 
-def _import(console: Console, clients: dict[str, NodeClient], per_partner: int) -> int:
+def _import(
+    console: Console, clients: dict[str, NodeClient], per_partner: int
+) -> tuple[int, Counter[tuple[str, str]]]:
+    """Import every partner's synthetic signals; returns how many were imported and, for
+    checking the picture, how many signals of each (area, category) the partners hold."""
     rows: dict[str, list[RawSignal]] = defaultdict(list)
     for raw in synthetic_signals(per_partner):
         rows[raw.partner].append(raw)
     total = 0
+    held: Counter[tuple[str, str]] = Counter()
     for party in SIGNAL_HOLDERS:
         report = clients[party].import_signals(
             [
@@ -293,6 +298,12 @@ def _import(console: Console, clients: dict[str, NodeClient], per_partner: int) 
             ]
         )
         total += report.imported
+        bad = {e.row for e in report.errors}
+        held.update(
+            ("pc4:" + _area_and_branch(raw)[0], CATEGORIES[party])
+            for n, raw in enumerate(rows[party])
+            if n not in bad
+        )
         refused = ", ".join(f"row {e.row} {e.field}: {e.reason}" for e in report.errors)
         console.print(
             f"3. {party}: {report.imported} signals imported (with area and SBI branch)"
@@ -312,7 +323,8 @@ def _import(console: Console, clients: dict[str, NodeClient], per_partner: int) 
         ]
     )
     console.print(f"3. riec: {riec.imported} signals imported (vacant premises, one area)")
-    return total + riec.imported
+    held[("pc4:" + RIEC_AREA, RIEC_CATEGORY)] += riec.imported
+    return total + riec.imported, held
 
 
 def _disclosures(
@@ -534,17 +546,20 @@ def _picture(
     provisioned: Provisioned,
     clients: dict[str, NodeClient],
     processes: Processes,
-    *,
-    noisy: bool,
+    held: Counter[tuple[str, str]],
 ) -> list[tuple[str, bool]]:
     riec = clients["riec"]
     shown = _collect(riec, ("area", "category"), processes)
     _print_picture(console, "regional picture: active signals by area and category", shown)
     suppressed = [c for c in shown.table.cells if c.quality.value == "suppressed"]
+    # Every figure the RIEC sees equals the count computed directly from the demo's data.
+    shown_cells = [c for c in shown.table.cells if not c.is_total and c.count is not None]
+    exact = all(c.count == held[(c.values[0], c.values[1])] for c in shown_cells)
     small = shown.table.cell(("pc4:" + RIEC_AREA, RIEC_CATEGORY))
     console.print(
-        f"9. the RIEC's picture: {len(shown.contributors)} parties contributed counts, sealed "
-        f"to the RIEC; {len(suppressed)} cell(s) suppressed (fewer than "
+        f"10. the RIEC's picture: {len(shown.contributors)} parties contributed counts, sealed "
+        f"to the RIEC; every figure shown equals the direct count of the demo's data "
+        f"({'yes' if exact else 'NO'}); {len(suppressed)} cell(s) suppressed (fewer than "
         f"{shown.table.min_count}, and what would give them away), e.g. "
         f"{RIEC_CATEGORY} in {RIEC_AREA}: {small.quality.value}"
     )
@@ -576,10 +591,11 @@ def _picture(
     )
     html = report.read_text() if report.exists() else ""
     console.print(
-        f"10. the HTML report: {report} ({len(html) // 1024} KiB, self-contained: "
+        f"11. the HTML report: {report} ({len(html) // 1024} KiB, self-contained: "
         f"{'no external URL' if 'http' not in html else 'HAS AN EXTERNAL URL'})"
     )
     return [
+        ("the exact picture equals the demo data's own counts", exact and bool(shown_cells)),
         (
             "the picture has a suppressed cell, the small one among them",
             bool(suppressed) and small.quality.value == "suppressed",
@@ -659,7 +675,7 @@ def _case(
     console.print(table)
     outsider = clients["politie"].cases()
     console.print(
-        f"11. case opened by the RIEC on a hit of gemeente and belastingdienst, both invited; "
+        f"9. case opened by the RIEC on a hit of gemeente and belastingdienst, both invited; "
         f"two actions, one overdue; the belastingdienst updated its own action from its node; "
         f"the politie (not in the hit) sees {len(outsider)} cases"
     )

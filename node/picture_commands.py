@@ -296,15 +296,13 @@ def build_report(
             )
     missing = sorted({p for s in shown.values() for p in s.missing})
     if missing:
-        notes.append(f"Nog geen antwoord van: {', '.join(missing)}.")
+        notes.append(f"No answer yet from: {', '.join(missing)}.")
     refused = sorted(
         {(r.contributor, r.reason, r.message) for s in shown.values() for r in s.refusals}
     )
-    notes += [
-        f"Geweigerd door {party}: {reason} ({message})." for party, reason, message in refused
-    ]
+    notes += [f"Refused by {party}: {reason} ({message})." for party, reason, message in refused]
     contributors = sorted({p for s in shown.values() for p in s.contributors})
-    notes.append(f"Bijdragen van: {', '.join(contributors) or '-'}.")
+    notes.append(f"Contributions from: {', '.join(contributors) or '-'}.")
     month = (Dimension.MONTH,)
     heat = shown[(Measure.ACTIVE_SIGNALS, (Dimension.BRANCH, Dimension.CATEGORY))].table
     return picture_report.PictureReport(

@@ -31,19 +31,19 @@ SUPPRESSED_MARK = "•"
 NOISY_MARK = "≈"
 
 _LABELS = {
-    Measure.ACTIVE_SIGNALS: "actieve signalen",
-    Measure.HIT_GROUPS: "samenloop (hitgroepen)",
-    Measure.CASES_OPENED: "casussen geopend",
-    Measure.CASES_CLOSED: "casussen gesloten",
-    Measure.INTERVENTIONS: "interventies",
+    Measure.ACTIVE_SIGNALS: "active signals",
+    Measure.HIT_GROUPS: "samenloop (hit groups)",
+    Measure.CASES_OPENED: "cases opened",
+    Measure.CASES_CLOSED: "cases closed",
+    Measure.INTERVENTIONS: "interventions",
 }
 _DIMENSION_LABELS = {
-    Dimension.AREA: "gebied",
-    Dimension.BRANCH: "branche (SBI)",
-    Dimension.CATEGORY: "categorie",
-    Dimension.ROLE: "rol",
-    Dimension.MONTH: "maand",
-    Dimension.INTERVENTION_TYPE: "interventietype",
+    Dimension.AREA: "area",
+    Dimension.BRANCH: "branch (SBI)",
+    Dimension.CATEGORY: "category",
+    Dimension.ROLE: "role",
+    Dimension.MONTH: "month",
+    Dimension.INTERVENTION_TYPE: "intervention type",
 }
 
 
@@ -92,11 +92,11 @@ def _e(text: object) -> str:
 def _figure(cell: ReleasedCell) -> tuple[str, str, str]:
     """The cell's text, its title (tooltip) and its CSS class."""
     if cell.quality is CellQuality.SUPPRESSED or cell.count is None:
-        return SUPPRESSED_MARK, "onderdrukt (te kleine aantallen)", "n sup"
+        return SUPPRESSED_MARK, "suppressed (too few)", "n sup"
     if cell.quality is CellQuality.NOISY:
         return (
             f"{NOISY_MARK}{cell.count}",
-            f"met ruis, standaardafwijking {cell.noise_scale:.1f}",
+            f"noisy, standard deviation {cell.noise_scale:.1f}",
             "n",
         )
     return str(cell.count), "exact", "n"
@@ -117,14 +117,19 @@ def _list_table(table: ReleasedTable, top: int) -> str:
     leaves.sort(key=lambda c: (c.count is None, -(c.count or 0), c.values))
     rows = [f"<tr><td>{_e(c.values[0])}</td>{_td(c)}</tr>" for c in leaves[:top] if c.count != 0]
     if len(leaves) > top:
-        rows.append(f'<tr><td colspan="2">… en {len(leaves) - top} meer</td></tr>')
+        rows.append(f'<tr><td colspan="2">… and {len(leaves) - top} more</td></tr>')
     if dimension in table.totals_over:
         total = table.cell((TOTAL,))
-        rows.append(f'<tr class="total"><td>totaal</td>{_td(total)}</tr>')
+        rows.append(f'<tr class="total"><td>total</td>{_td(total)}</tr>')
     head = (
         f"<tr><th>{_e(_DIMENSION_LABELS[dimension])}</th><th>{_e(_LABELS[table.measure])}</th></tr>"
     )
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _shown_value(value: str) -> str:
+    """A dimension value as a reader sees it: the totals row and column say "total"."""
+    return "total" if value == TOTAL else value
 
 
 def _heat_table(table: ReleasedTable) -> str:
@@ -142,7 +147,7 @@ def _heat_table(table: ReleasedTable) -> str:
         if not c.is_total and c.count is not None and c.quality is not CellQuality.SUPPRESSED
     ]
     peak = max(leaf_counts, default=0) or 1
-    head = "".join(f"<th>{_e(v)}</th>" for v in col_values)
+    head = "".join(f"<th>{_e(_shown_value(v))}</th>" for v in col_values)
     lines = [f"<tr><th>{_e(_DIMENSION_LABELS[rows_dim])}</th>{head}</tr>"]
     for r in row_values:
         cells = []
@@ -154,7 +159,7 @@ def _heat_table(table: ReleasedTable) -> str:
                 style = f"background:rgba(194,65,12,{alpha:.2f})"
             cells.append(_td(cell, style=style))
         css = ' class="total"' if r == TOTAL else ""
-        lines.append(f"<tr{css}><th>{_e(r)}</th>{''.join(cells)}</tr>")
+        lines.append(f"<tr{css}><th>{_e(_shown_value(r))}</th>{''.join(cells)}</tr>")
     return f"<table>{''.join(lines)}</table>"
 
 
@@ -176,7 +181,7 @@ def _trend_svg(tables: Sequence[ReleasedTable], months: Sequence[str]) -> str:
 
     parts = [
         f'<svg width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="trend per maand">',
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="trend by month">',
         f'<line x1="{left}" y1="{height - bottom}" x2="{width - 8}" y2="{height - bottom}" '
         'stroke="#999"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#999"/>',
@@ -218,7 +223,7 @@ def _trend_svg(tables: Sequence[ReleasedTable], months: Sequence[str]) -> str:
 
 def _month_table(tables: Sequence[ReleasedTable], months: Sequence[str]) -> str:
     head = "".join(f"<th>{_e(_LABELS[t.measure])}</th>" for t in tables)
-    rows = [f"<tr><th>maand</th>{head}</tr>"]
+    rows = [f"<tr><th>month</th>{head}</tr>"]
     for m in months:
         rows.append(f"<tr><td>{_e(m)}</td>{''.join(_td(t.cell((m,))) for t in tables)}</tr>")
     return f"<table>{''.join(rows)}</table>"
@@ -232,7 +237,7 @@ def _any_table(table: ReleasedTable, top: int) -> str:
     rows = [
         "<tr>"
         + "".join(f"<th>{_e(_DIMENSION_LABELS[d])}</th>" for d in table.dimensions)
-        + "<th>aantal</th></tr>"
+        + "<th>count</th></tr>"
     ]
     for cell in table.cells:
         rows.append(
@@ -245,18 +250,18 @@ def _legend(tables: Sequence[ReleasedTable]) -> str:
     min_counts = sorted({t.min_count for t in tables})
     scales = sorted({c.noise_scale for t in tables for c in t.cells if c.noise_scale > 0})
     text = (
-        f"{SUPPRESSED_MARK} = onderdrukt: minder dan {', '.join(map(str, min_counts)) or '?'} "
-        "(of onderdrukt om zo'n cel te beschermen, zodat hij niet uit de totalen "
-        "terug te rekenen is)."
+        f"{SUPPRESSED_MARK} = suppressed: fewer than {', '.join(map(str, min_counts)) or '?'} "
+        "(or suppressed to protect such a cell, so that it cannot be worked out from the "
+        "totals)."
     )
     if scales:
         text += (
-            f" {NOISY_MARK} = met ruis (differential privacy): standaardafwijking "
-            f"{scales[0]:.1f} tot {scales[-1]:.1f} (zie de tooltip per cel). "
-            "Negatieve uitkomsten van de ruis worden als 0 getoond."
+            f" {NOISY_MARK} = noisy (differential privacy): standard deviation "
+            f"{scales[0]:.1f} to {scales[-1]:.1f} (see each cell's tooltip). "
+            "Negative noisy results show as 0."
         )
     else:
-        text += " Alle getoonde aantallen zijn exact."
+        text += " Every figure shown is exact."
     return f'<p class="legend">{_e(text)}</p>'
 
 
@@ -267,27 +272,27 @@ def render(report: PictureReport) -> str:
     tables += [t for t in (report.areas, report.branches, report.heat) if t is not None]
     body = [
         f"<h1>{_e(report.title)}</h1>",
-        f'<p class="meta">Convenant {_e(report.covenant)} · periode {_e(report.period)} · '
-        f"gemaakt {_e(report.generated_at.isoformat(timespec='minutes'))}</p>",
+        f'<p class="meta">Covenant {_e(report.covenant)} · period {_e(report.period)} · '
+        f"made {_e(report.generated_at.isoformat(timespec='minutes'))}</p>",
         _legend(tables),
     ]
     if report.trend:
         body += [
-            "<h2>Trend per maand</h2>",
+            "<h2>Trend by month</h2>",
             _trend_svg(report.trend, months),
             _month_table(report.trend, months),
         ]
     if report.areas is not None:
-        body += [f"<h2>Top {report.top} gebieden</h2>", _list_table(report.areas, report.top)]
+        body += [f"<h2>Top {report.top} areas</h2>", _list_table(report.areas, report.top)]
     if report.branches is not None:
         body += [
             f"<h2>Top {report.top} branches</h2>",
             _list_table(report.branches, report.top),
         ]
     if report.heat is not None and len(report.heat.dimensions) == 2:
-        body += ["<h2>Branche &times; categorie</h2>", _heat_table(report.heat)]
+        body += ["<h2>Branch &times; category</h2>", _heat_table(report.heat)]
     if report.accountability:
-        body.append("<h2>Verantwoording: casussen en interventies</h2>")
+        body.append("<h2>Accountability (verantwoording): cases and interventions</h2>")
         by_month = [t for t in report.accountability if t.dimensions == (Dimension.MONTH,)]
         others = [t for t in report.accountability if t.dimensions != (Dimension.MONTH,)]
         if by_month:
@@ -297,7 +302,7 @@ def render(report: PictureReport) -> str:
     for note in report.notes:
         body.append(f'<p class="legend">{_e(note)}</p>')
     return (
-        '<!DOCTYPE html>\n<html lang="nl"><head><meta charset="utf-8">'
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{_e(report.title)}</title><style>{_CSS}</style></head>"
         f"<body>{''.join(body)}</body></html>\n"

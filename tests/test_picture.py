@@ -506,8 +506,8 @@ def test_report_is_self_contained_escaped_and_marks_suppression(noisy):
         assert report.heat is not None
         assert report.heat.suppressed
         assert picture_report.SUPPRESSED_MARK in text
-        assert 'title="onderdrukt' in text
-        assert "Verantwoording" in text
+        assert 'title="suppressed' in text
+        assert "Accountability (verantwoording)" in text
     else:
         assert picture_report.NOISY_MARK in text
-        assert "standaardafwijking" in text
+        assert "standard deviation" in text
