@@ -733,6 +733,31 @@ def test_concurrent_appenders_keep_one_chain(node_engine):
         assert audit_store.verify(conn, OWNER.public().ed25519, owner="gemeente").entries == 40
 
 
+def test_two_engines_on_one_log_keep_one_chain(node_engine):
+    """Two daemons (say, broker replicas) writing one log: each one's guess of where the log
+    ends goes stale as the other writes, and a rolled-back append leaves a guess that is
+    ahead of the log; appends then fall back to the head read under the lock."""
+    second = database.make_engine(node_engine.url.render_as_string(hide_password=False))
+    engines = [node_engine, second]
+    try:
+        stores = [NodeStore(engine, owner="gemeente") for engine in engines]
+        for i in range(6):
+            stores[i % 2].audit_append(kind=AuditKind.CASE_EVENT, details={"i": i}, now=NOW)
+        with pytest.raises(RuntimeError):  # appended, then rolled back
+            in_transaction(
+                engines[0],
+                lambda conn: stores[0].append_audit(conn, kind=AuditKind.CASE_EVENT, now=NOW),
+            )
+        stores[0].audit_append(kind=AuditKind.CASE_EVENT, details={"i": 6}, now=NOW)
+        stores[1].audit_append(kind=AuditKind.CASE_EVENT, details={"i": 7}, now=NOW)
+        with engines[0].connect() as conn:
+            summary = audit_store.verify(conn, OWNER.public().ed25519, owner="gemeente")
+        assert summary.entries == 8
+        assert [e.details["i"] for e in stores[1].audit_entries()] == list(range(8))
+    finally:
+        second.dispose()
+
+
 # --- the CLI ---------------------------------------------------------------------------------
 
 
