@@ -219,8 +219,9 @@ class CovenantVisibility:
         }
 
     def hides(self, recipient: str, party: str) -> bool:
-        """Whether ``recipient`` may never learn of ``party``'s part in a hit."""
-        return rules.hides(self._covenant, recipient, party)
+        """Whether ``recipient`` may never learn of ``party``'s part in a hit (also of a
+        party a new version removed, by the role it had)."""
+        return rules.hides(self._covenant, recipient, party, former_roles=self._former_roles)
 
     def __call__(self, recipient: str, members: tuple[Member, ...]) -> View | None:
         seen = rules.visibility(
@@ -261,6 +262,9 @@ class NoticeDraft:
     own_refs: tuple[bytes, ...]
     view: View
     picture_reporter: bool
+    #: Some member of the group is (or was, in this change) hidden from the recipient: its
+    #: notice must not carry what would date that member's part (see the broker's signing).
+    partial: bool = False
 
     @property
     def group_id(self) -> bytes:
@@ -700,10 +704,12 @@ class _ChangeBuilder:
             old = ()
             kinds = {party: NoticeKind.NEW for party in new_parties}
         elif not enough:
-            changed = replace(group, revision=group.revision + 1, last_seen=self.now, open=False)
+            changed = replace(
+                group, revision=group.revision + 1, last_seen=self._later(group), open=False
+            )
             kinds = {party: NoticeKind.CLOSED for party in old_parties}
         elif joined or left:
-            changed = replace(group, revision=group.revision + 1, last_seen=self.now)
+            changed = replace(group, revision=group.revision + 1, last_seen=self._later(group))
             stayed = NoticeKind.GROWN if joined else NoticeKind.SHRUNK
             kinds = {
                 party: stayed
@@ -730,6 +736,11 @@ class _ChangeBuilder:
             {e.key for e in state.entries} - after_keys
         )
         self._notify(changed, kinds, old, new, frozenset(key.party for key in moved))
+
+    def _later(self, group: Group) -> datetime:
+        """The group's new last-seen time: now, and always after the previous one, so that
+        it orders the group's changes even if the clock steps back (notices use it)."""
+        return max(self.now, group.last_seen + timedelta(microseconds=1))
 
     def _notify(
         self,
@@ -773,14 +784,8 @@ class _ChangeBuilder:
                 drafts.append((party, kind, new_refs.get(party, ()), shown))
         if not drafts:
             return
-        members = old_refs.keys() | new_refs.keys()
-        staying = [
-            party
-            for party, kind, _, _ in drafts
-            if kind is not NoticeKind.CLOSED and party in members
-        ]
-        told_members = [party for party, _, _, _ in drafts if party in members]
-        reporter = min(staying) if staying else min(told_members, default="")
+        reporter = self._reporter(group, drafts, old_refs.keys(), new, hides)
+        everyone = {m.party for m in (*old, *new)}
         self.notices.extend(
             NoticeDraft(
                 recipient=party,
@@ -789,6 +794,36 @@ class _ChangeBuilder:
                 own_refs=refs,
                 view=view,
                 picture_reporter=party == reporter,
+                partial=hides is not None and any(hides(party, other) for other in everyone),
             )
             for party, kind, refs, view in drafts
         )
+
+    def _reporter(
+        self,
+        group: Group,
+        drafts: Sequence[tuple[str, NoticeKind, tuple[bytes, ...], View]],
+        old_parties: Iterable[str],
+        new: tuple[Member, ...],
+        hides: Callable[[str, str], bool] | None,
+    ) -> str:
+        """The member whose node counts this group in the regional picture.
+
+        A function of the membership alone, so that it stays put while nothing its
+        candidates can see changes: the smallest party id among the members that the
+        rules let see the group and that are hidden from no other member (a member that
+        joins or leaves unseen by some never becomes or stops being the reporter then),
+        else among all members that may see it. Only a notified member is marked; one
+        whose notice this change does not send keeps its flag from the last one.
+        """
+        told = {party for party, kind, _, _ in drafts if kind is not NoticeKind.CLOSED}
+        if not group.open or not new:
+            closing = sorted(p for p, _, _, _ in drafts if p in set(old_parties))
+            return closing[0] if closing else ""
+        parties = [m.party for m in new]
+        seeing = [p for p in sorted(parties) if self.visibility(p, new) is not None]
+        clear = [
+            p for p in seeing if hides is None or not any(hides(q, p) for q in parties if q != p)
+        ]
+        pool = clear or seeing
+        return pool[0] if pool and pool[0] in told else ""

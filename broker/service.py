@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import structlog
@@ -37,7 +37,7 @@ from samenloop.policies.errors import (
     NotAllowed,
     SamenloopError,
 )
-from samenloop.policies.trust import HeldCovenant, SignedCovenant
+from samenloop.policies.trust import HeldCovenant, SignedCovenant, check_validity
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2, keyholder_pb2
 
 log = structlog.get_logger(__name__)
@@ -49,6 +49,13 @@ MAX_MESSAGE_BYTES: int = common_pb2.LIMITS_MAX_MESSAGE_BYTES
 MAX_ENVELOPE_BYTES: int = common_pb2.LIMITS_MAX_ENVELOPE_BYTES
 MAX_KEY_HOLDERS: int = common_pb2.LIMITS_MAX_KEY_HOLDERS
 ID_BYTES: int = common_pb2.LIMITS_ID_BYTES
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
@@ -117,6 +124,14 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         self._publish_lock = threading.Lock()
 
     # --- session and covenant ------------------------------------------------------
+
+    def _in_force(self) -> Covenant:
+        """The covenant, if now lies in its validity period; else ``CovenantRejected``
+        (``covenant.expired``): after it ends nothing new is matched, evaluated or relayed
+        until administrators publish a new version (withdrawals and mailboxes go on)."""
+        covenant = self._covenant()
+        check_validity(covenant, self._clock())
+        return covenant
 
     def _limits(self) -> broker_pb2.BrokerLimits:
         return broker_pb2.BrokerLimits(
@@ -220,7 +235,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         party = caller(context)
         if not 1 <= len(request.requests) <= MAX_KEY_HOLDERS:
             raise InvalidInput(f"1..{MAX_KEY_HOLDERS} requests", field="requests")
-        covenant = self._covenant()
+        covenant = self._in_force()
         by_index: dict[int, common_pb2.Signed] = {}
         epochs = set()
         for i, signed in enumerate(request.requests):
@@ -301,7 +316,10 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             covenant_id=covenant.id,
             covenant_version=covenant.version,
             hit_group_id=draft.group_id,
-            revision=draft.revision,
+            # The group's last change time in microseconds: it orders the notices of a group
+            # (last_seen only moves forward) without counting changes the recipient was not
+            # told of, which a plain revision number would betray.
+            revision=_micros(draft.last_seen),
             kind=broker_pb2.HitNoticeKind.ValueType(int(draft.kind)),
             recipient=draft.recipient,
             visibility=broker_pb2.HitVisibility(
@@ -311,7 +329,9 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 categories=draft.view.visibility.categories,
             ),
             own_signal_refs=list(draft.own_refs),
-            first_seen=timestamp(draft.first_seen),
+            # A recipient some member is hidden from learns only when it was told, not when
+            # the group (perhaps with only that member) first formed.
+            first_seen=timestamp(draft.last_seen if draft.partial else draft.first_seen),
             last_seen=timestamp(draft.last_seen),
             issued_at=timestamp(self._clock()),
             picture_reporter=draft.picture_reporter,
@@ -342,7 +362,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         self, request: broker_pb2.SubmitTokensRequest, context: grpc.ServicerContext
     ) -> broker_pb2.SubmitTokensResponse:
         party = caller(context)
-        covenant = self._covenant()
+        covenant = self._in_force()
         if request.key_epoch != covenant.key_epoch.epoch:
             raise InvalidInput(
                 f"key epoch {request.key_epoch} is not the covenant's current epoch",
@@ -500,7 +520,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         sealed = request.envelope
         if sealed.sender != party:
             raise NotAllowed("envelope sender must be the caller", field="envelope.sender")
-        if not self._covenant().is_party(sealed.recipient):
+        if not self._in_force().is_party(sealed.recipient):
             raise NotAllowed("recipient is not a party of the covenant", field="envelope.recipient")
         if len(sealed.ciphertext) > MAX_ENVELOPE_BYTES:
             raise MessageTooLarge(

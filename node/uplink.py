@@ -219,6 +219,13 @@ class Uplink:
         with self._calls_lock:
             self._calls.discard(call)
 
+    def _crashed(self, where: str, error: Exception) -> None:
+        """An error no loop expects: say where (never what a message held), keep the loop
+        alive, and try again after the backoff — an item that keeps failing is retried,
+        not dropped, so that nothing acknowledged is lost."""
+        self.status.update(last_error=f"{where}: {type(error).__name__}")
+        log.error("uplink loop error", where=where, error=type(error).__name__, exc_info=True)
+
     def _failed(self, where: str, error: Exception) -> None:
         if isinstance(error, grpc.Call):
             reason = f"{error.code().name}: {error.details()}"
@@ -255,6 +262,10 @@ class Uplink:
                 backoff.wait()
             except NotEnoughHolders as error:  # holders offline: retry with all of them later
                 self._failed("tokenise", error)
+                backoff.wait()
+            except Exception as error:  # a bug or a database outage: keep serving
+                self._crashed("work", error)
+                hello_done = False
                 backoff.wait()
 
     def _still_a_party(self) -> bool:
@@ -430,6 +441,9 @@ class Uplink:
                     return
                 self._failed("mailbox", error)
                 backoff.wait()
+            except Exception as error:  # a bug or a database outage: keep serving
+                self._crashed("mailbox", error)
+                backoff.wait()
 
     def _stream_mailbox(self, backoff: Backoff) -> None:
         stream = self._broker.StreamMailbox(
@@ -453,21 +467,23 @@ class Uplink:
             try:
                 notice = verify_hit_notice(self._covenant(), self._party, item.hit_notice)
                 kind = _KINDS[notice.kind]
-            except (SamenloopError, KeyError, ValueError) as error:
+                first_seen = notice.first_seen.ToDatetime(tzinfo=UTC)
+                last_seen = notice.last_seen.ToDatetime(tzinfo=UTC)
+                accepted = self._store.accept_notice(
+                    item.cursor,
+                    notice.hit_group_id,
+                    notice.revision,
+                    kind,
+                    item.hit_notice.SerializeToString(),
+                    list(notice.own_signal_refs),
+                    first_seen,
+                    last_seen,
+                    now=self._clock(),
+                )
+            except (SamenloopError, KeyError, ValueError, OverflowError) as error:
                 log.warning("hit notice refused", cursor=item.cursor, reason=type(error).__name__)
                 self._store.advance_cursor(item.cursor)
                 return
-            accepted = self._store.accept_notice(
-                item.cursor,
-                notice.hit_group_id,
-                notice.revision,
-                kind,
-                item.hit_notice.SerializeToString(),
-                list(notice.own_signal_refs),
-                notice.first_seen.ToDatetime(tzinfo=UTC),
-                notice.last_seen.ToDatetime(tzinfo=UTC),
-                now=self._clock(),
-            )
             if accepted:
                 with self.status.lock:
                     self.status.notices_accepted += 1
@@ -518,6 +534,8 @@ class Uplink:
                 if self._stop.is_set():
                     return
                 self._failed("holder", error)
+            except Exception as error:  # a bug or a database outage: keep serving
+                self._crashed("holder", error)
             self.status.update(holder_channel_open=False)
             backoff.wait()
 

@@ -483,11 +483,15 @@ def _unwrap(signed_bytes: bytes, *, field: str) -> tuple[common_pb2.Signed, Chec
         or len(body.head_hash) != HASH_BYTES
     ):
         raise InvalidInput("not a signed audit checkpoint", field=field)
+    try:
+        issued_at = body.issued_at.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidInput("not a signed audit checkpoint", field=field) from None
     checkpoint = Checkpoint(
         log_owner=body.log_owner,
         size=body.size,
         head_hash=bytes(body.head_hash),
-        issued_at=body.issued_at.ToDatetime(tzinfo=UTC),
+        issued_at=issued_at,
         signed=bytes(signed_bytes),
     )
     return signed, checkpoint

@@ -87,12 +87,28 @@ def observers(covenant: Covenant) -> frozenset[str]:
     )
 
 
-def hides(covenant: Covenant, recipient: str, party: str) -> bool:
-    """Whether ``recipient``'s rule keeps ``party`` out of everything it learns of hits."""
-    if not (covenant.is_party(recipient) and covenant.is_party(party)) or recipient == party:
+def hides(
+    covenant: Covenant,
+    recipient: str,
+    party: str,
+    *,
+    former_roles: Mapping[str, Role] | None = None,
+) -> bool:
+    """Whether ``recipient``'s rule keeps ``party`` out of everything it learns of hits.
+
+    ``former_roles``: roles of parties a new covenant version removed, so that their
+    leaving stays as hidden as their part was.
+    """
+    if not covenant.is_party(recipient) or recipient == party:
+        return False
+    if covenant.is_party(party):
+        role = covenant.role_of(party)
+    elif former_roles and party in former_roles:
+        role = former_roles[party]
+    else:
         return False
     rule = covenant.policy.visibility_for(covenant.role_of(recipient))
-    return rule is not None and covenant.role_of(party) in rule.hidden_roles
+    return rule is not None and role in rule.hidden_roles
 
 
 def _shown(member: MemberFacts, role: Role, level: Level) -> MemberShown:

@@ -53,6 +53,7 @@ __all__ = [
     "SignedCovenant",
     "TrustState",
     "Update",
+    "check_validity",
     "load_signed_covenant",
     "sign_covenant",
     "verify_self_signed",

@@ -46,11 +46,17 @@ class World:
         engine = database.make_engine(self.config.database_url)
         database.upgrade(engine, broker_server.MIGRATIONS)
         engine.dispose()
-        self.running = broker_server.build_server(self.config, evaluate_timeout=3.0)
+        self.shift = timedelta(0)  # tests move the broker's clock forward with this
+        self.running = self._build()
+
+    def _build(self) -> broker_server.RunningBroker:
+        return broker_server.build_server(
+            self.config, evaluate_timeout=3.0, clock=lambda: datetime.now(UTC) + self.shift
+        )
 
     def restart(self) -> None:
         self.running.stop(0)
-        self.running = broker_server.build_server(self.config, evaluate_timeout=3.0)
+        self.running = self._build()
 
     def stub(self, party: str) -> broker_pb2_grpc.BrokerStub:
         credentials = grpc.ssl_channel_credentials(
@@ -76,7 +82,7 @@ class World:
 
     def submit(self, party: str, token: bytes) -> None:
         expires = broker_pb2.TokenEntry().expires_at
-        expires.FromDatetime(datetime.now(UTC) + timedelta(days=30))
+        expires.FromDatetime(datetime.now(UTC) + self.shift + timedelta(days=30))
         self.stub(party).SubmitTokens(
             broker_pb2.SubmitTokensRequest(
                 client_batch_id=os.urandom(16),
@@ -245,3 +251,52 @@ def test_a_removed_party_is_cut_off_at_once(world):
     with pytest.raises(grpc.RpcError) as info:
         world.submit("belastingdienst", os.urandom(32))
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_an_expired_covenant_stops_matching_until_a_new_version(world):
+    world.submit("gemeente", os.urandom(32))
+    world.shift = world.provisioned.covenant.valid_until - datetime.now(UTC) + timedelta(hours=1)
+    with pytest.raises(grpc.RpcError) as info:
+        world.submit("gemeente", os.urandom(32))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert rpc.error_from_rpc(info.value).reason == "covenant.expired"
+    assert world.drain("gemeente") == []  # mailboxes still serve
+    # A new version valid from now on (by the broker's clock) brings matching back.
+    now = datetime.now(UTC) + world.shift
+    held = world.provisioned.covenant
+    renewed = world.provisioned.sign(
+        replace(
+            held,
+            version=2,
+            valid_from=now - timedelta(minutes=1),
+            valid_until=now + timedelta(days=30),
+        )
+    )
+    assert world.publish(renewed) == 2
+    world.submit("gemeente", os.urandom(32))
+
+
+def test_removing_a_hidden_party_tells_only_those_who_saw_it(world):
+    token = os.urandom(32)
+    for party in ("gemeente", "politie", "belastingdienst"):
+        world.submit(party, token)
+    for party in ("gemeente", "politie", "belastingdienst", "riec"):
+        world.drain(party)
+    held = world.provisioned.covenant
+    parties = tuple(p for p in held.parties if p.id != "politie")
+    key_epoch = replace(
+        held.key_epoch, holders=tuple(h for h in held.key_epoch.holders if h.party != "politie")
+    )
+    world.publish(version_2(world, parties=parties, key_epoch=key_epoch))
+
+    def hit_notices(party: str) -> list[broker_pb2.HitNotice]:
+        return [
+            broker_pb2.HitNotice.FromString(i.hit_notice.body)
+            for i in world.drain(party)
+            if i.WhichOneof("payload") == "hit_notice"
+        ]
+
+    # The police were hidden from the municipality and the tax office: their leaving is too.
+    assert hit_notices("gemeente") == []
+    assert hit_notices("belastingdienst") == []
+    assert [n.kind for n in hit_notices("riec")] == [broker_pb2.HIT_NOTICE_KIND_SHRUNK]

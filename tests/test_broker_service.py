@@ -518,3 +518,39 @@ def test_a_member_left_alone_with_hidden_parties_is_told_the_hit_is_over(world):
     assert list(notice.members) == []
     (shrunk_p,) = drain(world, "politie")
     assert notice_of(world, shrunk_p).kind == broker_pb2.HIT_NOTICE_KIND_SHRUNK
+
+
+def test_notices_do_not_date_or_count_changes_of_hidden_members(world):
+    """gemeente + politie form a hit the gemeente is not told of; when the tax office joins
+    later, the gemeente's first notice must not show when the group formed, nor a revision
+    that counts the change it was not told of; and the picture's reporter flag must not move
+    on a change that only the police made."""
+    for party in ("gemeente", "politie", "belastingdienst", "riec"):
+        drain(world, party)
+    token = os.urandom(32)
+    submit(world, "gemeente", token, os.urandom(16))
+    submit(world, "politie", token, os.urandom(16))
+    assert drain(world, "gemeente") == []
+    submit(world, "belastingdienst", token, os.urandom(16))
+    (item_g,) = drain(world, "gemeente")
+    notice_g = notice_of(world, item_g)
+    assert notice_g.kind == broker_pb2.HIT_NOTICE_KIND_NEW
+    assert notice_g.first_seen == notice_g.last_seen  # not when the police's part began
+    last_seen = notice_g.last_seen.ToDatetime(tzinfo=UTC)
+    micros = (last_seen - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert notice_g.revision == micros  # a time, not a count of changes
+    notices = {
+        p: [notice_of(world, i) for i in drain(world, p)] for p in ("politie", "belastingdienst")
+    }
+    notices["gemeente"] = [notice_g]
+    latest = {p: n[-1] for p, n in notices.items() if n}
+    assert sum(n.picture_reporter for n in latest.values()) == 1
+    # The police add a second signal: nothing the others may see changes; no one else is told,
+    # and the group is still counted exactly once.
+    submit(world, "politie", token, os.urandom(16))
+    assert drain(world, "gemeente") == []
+    assert drain(world, "belastingdienst") == []
+    for item in drain(world, "politie"):
+        latest["politie"] = notice_of(world, item)
+    assert sum(n.picture_reporter for n in latest.values()) == 1
+    drain(world, "riec")
