@@ -50,6 +50,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verify.add_argument("file", nargs="?", type=Path, help="an export (with --covenant)")
     verify.add_argument("--covenant", type=Path, help="the covenant that lists the owner's key")
     verify.add_argument("--config", type=Path, help="node.toml or broker.toml: check its database")
+    verify.add_argument(
+        "--against",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="EARLIER_EXPORT",
+        help="also check the signed checkpoints of an earlier export kept elsewhere: a log cut "
+        "off after one of them, or rewritten since, fails (repeatable)",
+    )
     verify.set_defaults(func=_verify)
 
     show = commands.add_parser("show", help="list a log's entries")
@@ -188,7 +197,10 @@ def _verify(args: argparse.Namespace) -> int:
             )
         log = _log(args.config)
         with _reading(log) as conn:
-            summary = audit_store.verify(conn, log.owner_key, owner=log.owner)
+            entries, held = audit_store.read(conn), audit_store.checkpoints(conn)
+        summary = audit.verify_log(
+            entries, [*held, *_kept(args.against, log.owner)], log.owner_key, owner=log.owner
+        )
         owner = log.owner
     else:
         if args.covenant is None:
@@ -197,12 +209,27 @@ def _verify(args: argparse.Namespace) -> int:
             )
         exported = _read_export(args.file)
         key = owner_key(load_covenant_file(args.covenant), exported.log_owner)
+        kept = _kept(args.against, exported.log_owner)
         summary = audit.verify_log(
-            exported.entries, exported.checkpoints, key, owner=exported.log_owner
+            exported.entries, [*exported.checkpoints, *kept], key, owner=exported.log_owner
         )
         owner = exported.log_owner
     print(f"{owner}: audit log verified: {summary.describe()}")
     return 0
+
+
+def _kept(paths: list[Path], owner: str) -> list[bytes]:
+    """The signed checkpoints of earlier exports of the same log, kept elsewhere: the log's
+    own checkpoints cannot show that its newest entries were cut off together with them."""
+    kept: list[bytes] = []
+    for path in paths:
+        earlier = _read_export(path)
+        if earlier.log_owner != owner:
+            raise ConfigurationError(
+                f"{path} is the log of {earlier.log_owner}, not of {owner}", field="--against"
+            )
+        kept += earlier.checkpoints
+    return kept
 
 
 def entry_to_json(entry: AuditEntry) -> dict[str, Any]:

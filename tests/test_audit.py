@@ -879,6 +879,39 @@ def test_cli_verify_names_the_first_altered_or_missing_entry(
     assert "not signed by the log owner's key" in err
 
 
+def test_cli_verify_against_an_earlier_export_catches_a_cut_off_tail(
+    node_log, provisioned, tmp_path, capsys
+):
+    """Entries 3 and 4 and the checkpoint at entry 3 deleted together: the log alone still
+    verifies; against the checkpoints of an export kept elsewhere it does not."""
+    kept = tmp_path / "kept.jsonl"
+    assert run(capsys, "audit", "export", "--config", node_log, "--out", kept)[0] == 0
+    lines = kept.read_text().splitlines()
+    assert '"type":"checkpoint"' in lines[-1]
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("\n".join(lines[:3]) + "\n")  # header, entries 1 and 2
+    covenant = provisioned.root / "covenant.json"
+    assert run(capsys, "audit", "verify", cut, "--covenant", covenant)[0] == 0
+    code, _, err = run(capsys, "audit", "verify", cut, "--covenant", covenant, "--against", kept)
+    assert code == 1
+    assert "truncated" in err or "missing" in err
+    assert run(capsys, "audit", "verify", "--config", node_log, "--against", kept)[0] == 0
+    other = [lines[0].replace("gemeente", "politie"), *lines[1:]]
+    (tmp_path / "other.jsonl").write_text("\n".join(other) + "\n")
+    code, _, err = run(
+        capsys,
+        "audit",
+        "verify",
+        cut,
+        "--covenant",
+        covenant,
+        "--against",
+        tmp_path / "other.jsonl",
+    )
+    assert code == 2
+    assert "--against" in err
+
+
 def test_cli_usage_errors(node_log, tmp_path, capsys):
     assert run(capsys, "audit", "verify", tmp_path / "x.jsonl")[0] == 2  # no --covenant
     assert run(capsys, "audit", "show", tmp_path / "x.jsonl", "--config", node_log)[0] == 2
