@@ -455,16 +455,19 @@ def b64decode(text: object, length: int | None = None) -> bytes:
 
 
 def write_secret_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, readable and writable by the owner only.
+    """Write ``data`` to ``path`` atomically, readable and writable by the owner only."""
+    write_file_atomically(path, data, mode=0o600)
 
-    The file is created 0600 in the same directory, fsynced, then renamed over
-    the target, so a crash leaves either the old file or the new one whole.
-    """
+
+def write_file_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves either the old file or the new
+    one whole: written to a file of ``mode`` in the same directory, fsynced, renamed over
+    the target, and the directory fsynced."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o600)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
