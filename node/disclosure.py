@@ -22,7 +22,8 @@ details (DESIGN flow 5, ``proto/samenloop/v1/disclosure.proto``):
   =====================================================  ====================
   rule                                                   else
   =====================================================  ====================
-  request id not seen before                              REPLAY (stored once)
+  request id not seen before                              REPLAY (recorded, not
+                                                          answered)
   request for this covenant, version not newer than ours  COVENANT_MISMATCH
   issued_at at most LIMITS_MAX_CLOCK_SKEW_SECONDS ahead   NOT_ALLOWED
   notice signed by the broker, for this covenant, to the
@@ -31,9 +32,22 @@ details (DESIGN flow 5, ``proto/samenloop/v1/disclosure.proto``):
   the owner holds a signal with this ref                  NOT_IN_HIT
   notice not CLOSED, hit not closed at the owner, the
   signal active                                           HIT_CLOSED
+  under the covenant of now the requester's role may see
+  the owner's (:func:`~samenloop.policies.rules.hides`)   NOT_IN_HIT
+  the owner's own latest notice of the group, if it shows
+  members by party and the requester's role is not hidden
+  from the owner, still lists the requester (or the
+  requester's role coordinates: it sees hits it holds no
+  signal in)                                              NOT_IN_HIT
   requester's requests today < disclosure_requests_per_day QUOTA_EXCEEDED
   :func:`samenloop.policies.rules.release`                its reason
   =====================================================  ====================
+
+  The two NOT_IN_HIT rules keep a stale notice from being proof: a requester
+  that withdrew its signal, whose signal expired or that the broker removed
+  from the group keeps its old notice, but the owner's own latest notice no
+  longer shows it; and a covenant version that now hides the owner from the
+  requester's role ends its right to ask, whatever notice it kept.
 
   Requests travel through mailboxes and may wait days for an offline owner,
   so, as ``common.proto`` says of LIMITS_MAX_REQUEST_AGE_SECONDS, their age is
@@ -43,7 +57,9 @@ details (DESIGN flow 5, ``proto/samenloop/v1/disclosure.proto``):
   officer who asked can never decide, and neither can an officer who already
   decided (so one person can never both deny and later approve). Approval
   decides again under the covenant and the facts of that moment: the covenant
-  may have changed, the hit closed, the rule's period quota filled.
+  may have changed, the hit closed, the rule's period quota filled, the
+  requester left the hit or the covenant (then refused, ``NOT_ALLOWED``, and
+  not answered: there is no key to seal to).
 * **Answering.** :func:`respond` seals the signed ``DisclosureResponse``
   (context ``disclosure-response``) to the requester: exactly the allowed
   detail fields that the signal has, a pending notice, or a refusal with its
@@ -93,6 +109,7 @@ __all__ = [
     "check_request",
     "decide",
     "deny",
+    "no_longer_a_party",
     "open_envelope",
     "parse_request",
     "parse_response",
@@ -397,6 +414,11 @@ class OwnerFacts(Protocol):
         """Whether the owner's latest notice of this group closed it."""
         ...
 
+    def hit_members(self, group_id: bytes, /) -> frozenset[str] | None:
+        """The parties the owner's latest notice of this group shows as members; None if
+        the owner holds no notice of it or its notice does not show members by party."""
+        ...
+
     def requests_since(self, requester: str, since: datetime, /) -> int:
         """Incoming requests from ``requester`` received at or after ``since``."""
         ...
@@ -514,6 +536,36 @@ def _release(
     )
 
 
+def _still_shown(
+    covenant: Covenant,
+    me: str,
+    requester: str,
+    group_id: bytes | None,
+    facts: OwnerFacts,
+    signal: SignalFacts,
+) -> Verdict | None:
+    """A refusal (``NOT_IN_HIT``) if, under the covenant and the owner's notice of now, the
+    requester may no longer see the owner in this hit; None if it may."""
+    if rules.hides(covenant, requester, me):
+        return _refuse(
+            Refusal.NOT_IN_HIT, "under the covenant of now the hit does not show the owner", signal
+        )
+    if group_id is None or rules.hides(covenant, me, requester):
+        return None  # the owner cannot know whether the requester is still in the group
+    members = facts.hit_members(group_id)
+    if (
+        members is not None
+        and requester not in members
+        and requester not in rules.observers(covenant)
+    ):
+        return _refuse(
+            Refusal.NOT_IN_HIT,
+            "the owner's latest notice of the hit no longer shows the requester",
+            signal,
+        )
+    return None
+
+
 def decide(
     covenant: Covenant, me: str, request: IncomingRequest, facts: OwnerFacts, *, now: datetime
 ) -> Verdict:
@@ -550,6 +602,9 @@ def decide(
     )
     if not hit_open:
         return _refuse(Refusal.HIT_CLOSED, "the hit is closed or the signal withdrawn", signal)
+    gone = _still_shown(covenant, me, request.requester, notice.hit_group_id, facts, signal)
+    if gone is not None:
+        return gone
     limit = covenant.policy.quotas.disclosure_requests_per_day
     if facts.requests_since(request.requester, _day_start(now)) >= limit:
         return _refuse(
@@ -600,21 +655,47 @@ def _check_officer(pending: PendingRequest, officer: str) -> None:
         )
 
 
+NO_LONGER_A_PARTY: Final = "the requester is no longer a party of the covenant"
+
+
+def no_longer_a_party() -> Verdict:
+    """The refusal recorded for a request whose requester a covenant version removed: it is
+    not answered (the covenant no longer gives a key to seal the answer to)."""
+    return _refuse(Refusal.NOT_ALLOWED, NO_LONGER_A_PARTY)
+
+
 def approve(
-    covenant: Covenant, pending: PendingRequest, officer: str, facts: OwnerFacts, *, now: datetime
+    covenant: Covenant,
+    pending: PendingRequest,
+    officer: str,
+    facts: OwnerFacts,
+    *,
+    me: str,
+    now: datetime,
 ) -> Verdict:
     """A second officer approves: decide again under the covenant and facts of now.
 
     ``NotAllowed`` (field ``officer``) if this officer may not decide. The
-    result is a grant or a refusal, never pending again.
+    result is a grant or a refusal, never pending again: refused if the
+    requester is no longer a party (:func:`no_longer_a_party`), the signal is
+    withdrawn or the hit closed (``HIT_CLOSED``), the requester may no longer
+    see the owner in the hit (``NOT_IN_HIT``, as :func:`decide`), or the
+    release rule no longer allows it.
     """
     _check_officer(pending, officer)
+    if not covenant.is_party(pending.requester):
+        return no_longer_a_party()
     signal = facts.signal_facts(pending.signal_ref)
     if signal is None:
         return _refuse(Refusal.HIT_CLOSED, "the signal is no longer held")
     hit_open = signal.active and not (
         pending.hit_group_id is not None and facts.hit_closed(pending.hit_group_id)
     )
+    if not hit_open:
+        return _refuse(Refusal.HIT_CLOSED, "the hit is closed or the signal withdrawn", signal)
+    gone = _still_shown(covenant, me, pending.requester, pending.hit_group_id, facts, signal)
+    if gone is not None:
+        return gone
     return _release(
         covenant,
         pending.requester,

@@ -9,6 +9,17 @@ with what it causes: a request with its envelope in the outbox, an incoming
 request with its answer and the mailbox cursor, an officer's decision with its
 answer. The uplink sends the envelope outbox to the broker.
 
+Decisions as owner (the automatic one on a relayed request, an officer's
+approval or denial) are serialized by one desk lock: a rule's period quota is
+counted and the grant written before the next decision counts, so concurrent
+approvals and the mailbox thread cannot together release more than the
+covenant allows.
+
+Nothing a relayed envelope holds can stop the mailbox: whatever its content
+makes fail (malformed, too large, out of range, refused by the rules; for any
+kind, also those the registered handlers take) is recorded as skipped, with the
+field and reason, and the mailbox moves on.
+
 Log lines carry outcomes, reasons and counts: never a party's identifier, a
 detail value, a decrypted field, a justification or an officer's identity.
 """
@@ -16,6 +27,7 @@ detail value, a decrypted field, a justification or an officer's identity.
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -28,7 +40,14 @@ from samenloop.node.models import DisclosureDirection, DisclosureState
 from samenloop.node.store import DisclosureRecord, NewDisclosure, NodeStore, SealedEnvelope
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
-from samenloop.policies.errors import InvalidInput, NotAllowed, NotFound, SamenloopError
+from samenloop.policies.errors import (
+    InvalidInput,
+    NotAllowed,
+    NotFound,
+    SamenloopError,
+    Unavailable,
+)
+from samenloop.policies.rules import Refusal
 from samenloop.v1 import broker_pb2, common_pb2
 
 __all__ = ["DisclosureDesk", "EnvelopeHandler"]
@@ -71,6 +90,8 @@ class DisclosureDesk:
         #: Other kinds of relayed message, by signed context (cases, pictures): each
         #: handler records the cursor itself, also when it refuses the message.
         self.handlers: dict[SignatureContext, EnvelopeHandler] = {}
+        #: Serializes this node's decisions as owner (see the module's docstring).
+        self._lock = threading.Lock()
 
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
@@ -156,18 +177,23 @@ class DisclosureDesk:
         A forged or malformed envelope is dropped without an answer (nothing
         can be answered safely) and recorded; a kind this version does not
         handle (no handler registered for its context) is recorded and skipped.
+        Whatever its content makes fail, here or in a handler, is recorded as
+        skipped with the field and reason: one bad envelope never blocks the
+        mailbox. Only ``Unavailable`` (try again later) passes.
         """
         covenant = self._covenant()
         now = self._now()
         try:
             context, body = disclosure.open_envelope(self._keys, covenant, sealed)
-        except SamenloopError as error:
-            log.warning("envelope dropped", cursor=cursor, reason=type(error).__name__)
-            self._store.skip_envelope(cursor, what="forged", now=now)
+        except (SamenloopError, ValueError, OverflowError) as error:
+            if isinstance(error, Unavailable):
+                raise
+            self._skip(cursor, "forged", error, now)
             return
         try:
             if context is SignatureContext.DISCLOSURE_REQUEST:
-                self._request(cursor, sealed.sender, body, covenant, now)
+                with self._lock:
+                    self._request(cursor, sealed.sender, body, covenant, now)
             elif context is SignatureContext.DISCLOSURE_RESPONSE:
                 self._response(cursor, sealed.sender, body, now)
             elif (handler := self.handlers.get(context)) is not None:
@@ -175,26 +201,50 @@ class DisclosureDesk:
             else:
                 log.info("envelope kind not handled by this version", context=context.value)
                 self._store.skip_envelope(cursor, what=f"unhandled {context.value}", now=now)
-        except (InvalidInput, DecodeError) as error:
-            where = error.field if isinstance(error, InvalidInput) else None
-            log.warning("envelope dropped", cursor=cursor, reason=type(error).__name__, field=where)
-            self._store.skip_envelope(cursor, what="malformed", now=now)
+        except (SamenloopError, DecodeError, ValueError, OverflowError) as error:
+            if isinstance(error, Unavailable):
+                raise
+            self._skip(cursor, "malformed", error, now)
+
+    def _skip(self, cursor: int, what: str, error: Exception, now: datetime) -> None:
+        """Record an envelope dropped for ``error`` (its field and reason, never its text)."""
+        if isinstance(error, SamenloopError):
+            where, reason = error.field, error.reason
+        else:
+            where, reason = None, type(error).__name__
+        log.warning(
+            "envelope dropped",
+            cursor=cursor,
+            what=what,
+            error=type(error).__name__,
+            field=where,
+            reason=reason,
+        )
+        self._store.skip_envelope(cursor, what=what, field=where, reason=reason, now=now)
 
     def _request(
         self, cursor: int, sender: str, body: bytes, covenant: Covenant, now: datetime
     ) -> None:
         incoming = disclosure.parse_request(body, sender=sender, me=self._me)
         verdict = disclosure.decide(covenant, self._me, incoming, self._store, now=now)
-        answer = disclosure.respond(
-            self._keys,
-            covenant,
-            request_id=incoming.request_id,
-            requester=incoming.requester,
-            verdict=verdict,
-            approved_by_second_officer=False,
-            message_id=self._random(ID_BYTES),
-            now=now,
-        )
+        answer: Envelope | None = None
+        if verdict.reason is Refusal.REPLAY:
+            # Recorded (audited), not answered: an answer would reach the requester's
+            # request, which may still be waiting for the real one.
+            pass
+        elif not covenant.is_party(incoming.requester):
+            verdict = disclosure.no_longer_a_party()
+        else:
+            answer = disclosure.respond(
+                self._keys,
+                covenant,
+                request_id=incoming.request_id,
+                requester=incoming.requester,
+                verdict=verdict,
+                approved_by_second_officer=False,
+                message_id=self._random(ID_BYTES),
+                now=now,
+            )
         self._store.receive_request(
             cursor,
             NewDisclosure(
@@ -211,14 +261,21 @@ class DisclosureDesk:
                 requested_at=incoming.issued_at,
             ),
             verdict,
-            _sealed(answer),
+            None if answer is None else _sealed(answer),
             now=now,
         )
-        self.wake()
+        if answer is not None:
+            self.wake()
         _log_verdict("disclosure request decided", verdict)
 
     def _response(self, cursor: int, sender: str, body: bytes, now: datetime) -> None:
         update = disclosure.parse_response(body, sender=sender, me=self._me)
+        if update.reason is Refusal.REPLAY:
+            # A replay refusal answers a copy of a request, not the request: it never
+            # changes the request (which may still wait for the owner's real answer).
+            log.info("replay refusal ignored", cursor=cursor)
+            self._store.skip_envelope(cursor, what="replay refusal", reason="replay", now=now)
+            return
         changed = self._store.apply_response(cursor, update, now=now)
         log.info(
             "disclosure answer received",
@@ -258,21 +315,25 @@ class DisclosureDesk:
     def approve(self, request_id: bytes, *, officer: str, note: str = "") -> DisclosureRecord:
         """A second officer of this node approves a pending request: decided again under the
         covenant of now, then granted (or refused, if the rules no longer allow it)."""
-        pending = self._pending(request_id)
         if len(note.encode("utf-8")) > disclosure.MAX_TEXT_BYTES:
             raise InvalidInput(f"at most {disclosure.MAX_TEXT_BYTES} bytes", field="note")
-        covenant = self._covenant()
-        now = self._now()
-        verdict = disclosure.approve(covenant, pending, officer, self._store, now=now)
-        return self._decided(pending, officer, True, note, verdict, covenant, now)
+        with self._lock:
+            pending = self._pending(request_id)
+            covenant = self._covenant()
+            now = self._now()
+            verdict = disclosure.approve(
+                covenant, pending, officer, self._store, me=self._me, now=now
+            )
+            return self._decided(pending, officer, True, note, verdict, covenant, now)
 
     def deny(self, request_id: bytes, *, officer: str, reason: str) -> DisclosureRecord:
         """A second officer of this node denies a pending request; the reason goes to the
         requester with the refusal."""
-        pending = self._pending(request_id)
-        verdict = disclosure.deny(pending, officer, reason)
-        covenant, now = self._covenant(), self._now()
-        return self._decided(pending, officer, False, reason, verdict, covenant, now)
+        with self._lock:
+            pending = self._pending(request_id)
+            verdict = disclosure.deny(pending, officer, reason)
+            covenant, now = self._covenant(), self._now()
+            return self._decided(pending, officer, False, reason, verdict, covenant, now)
 
     def _decided(
         self,
@@ -284,26 +345,33 @@ class DisclosureDesk:
         covenant: Covenant,
         now: datetime,
     ) -> DisclosureRecord:
-        answer = disclosure.respond(
-            self._keys,
-            covenant,
-            request_id=pending.request_id,
-            requester=pending.requester,
-            verdict=verdict,
-            approved_by_second_officer=verdict.outcome is Outcome.GRANTED,
-            message_id=self._random(ID_BYTES),
-            now=now,
-        )
+        """Store an officer's decision with its answer; a requester a covenant version removed
+        is refused (``not_allowed``) and not answered: there is no key to seal to."""
+        answer: Envelope | None = None
+        if not covenant.is_party(pending.requester):
+            verdict = disclosure.no_longer_a_party()
+        else:
+            answer = disclosure.respond(
+                self._keys,
+                covenant,
+                request_id=pending.request_id,
+                requester=pending.requester,
+                verdict=verdict,
+                approved_by_second_officer=verdict.outcome is Outcome.GRANTED,
+                message_id=self._random(ID_BYTES),
+                now=now,
+            )
         record = self._store.decide_pending(
             pending.request_id,
             officer=officer,
             approved=approved,
             note=note,
             verdict=verdict,
-            answer=_sealed(answer),
+            answer=None if answer is None else _sealed(answer),
             now=now,
         )
-        self.wake()
+        if answer is not None:
+            self.wake()
         _log_verdict("pending disclosure decided", verdict)
         return record
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
+from google.protobuf.message import DecodeError
 
 from samenloop.node import picture, picture_protocol
 from samenloop.node.disclosure import Envelope
@@ -39,7 +40,13 @@ from samenloop.node.store import (
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
-from samenloop.policies.errors import InvalidInput, NotAllowed, NotFound
+from samenloop.policies.errors import (
+    InvalidInput,
+    MessageTooLarge,
+    NotAllowed,
+    NotFound,
+    SamenloopError,
+)
 from samenloop.policies.rules import may_see_picture
 from samenloop.v1 import picture_pb2
 
@@ -49,6 +56,16 @@ log = structlog.get_logger(__name__)
 
 ID_BYTES = picture_protocol.ID_BYTES
 _UNITS = 1_000_000_000
+#: How a contribution this node rejected is kept: as a refusal with this reason, the
+#: message saying why (the wire has no reason of its own for it).
+_REJECTED = PictureRefusal.INVALID_REQUEST
+_REJECTED_PREFIX = "rejected by the viewer: "
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, SamenloopError):
+        return f"{error.field}: {error.message}" if error.field else error.message
+    return "not a PictureContribution"
 
 
 def _sealed(envelope: Envelope) -> SealedEnvelope:
@@ -75,6 +92,18 @@ def ask_of(record: PictureCollectionRecord) -> PictureAsk:
         Period(record.first_month, record.last_month),
         tuple(Measure(m) for m in record.measures),
         tuple(Dimension(d) for d in record.dimensions),
+    )
+
+
+def prior_of(record: PictureCollectionRecord) -> picture_protocol.PriorCollection:
+    """A stored collection for the exact-mode period check: noisy only if it holds at
+    least one contribution with counts and every such contribution spent epsilon."""
+    counted = [c for c in record.contributions if c.refusal_reason is None]
+    return picture_protocol.PriorCollection(
+        record.request_id,
+        Period(record.first_month, record.last_month),
+        tuple(Measure(m) for m in record.measures),
+        noisy=bool(counted) and all(c.epsilon_spent > 0 for c in counted),
     )
 
 
@@ -187,6 +216,7 @@ class PictureDesk:
             raise InvalidInput("say who asks (1 to 64 characters)", field="officer")
         covenant = self._covenant()
         picture_protocol.check_ask(covenant, self._me, ask)
+        self._check_periods(covenant, None, ask)
         for attempt in (1, 2):
             now = self._now()
             request_id = self._random(ID_BYTES)
@@ -261,6 +291,18 @@ class PictureDesk:
         )
         return request_id, asked
 
+    def _check_periods(self, covenant: Covenant, request_id: bytes | None, ask: PictureAsk) -> None:
+        """In exact mode: no other collection of a measure of ``ask`` over an overlapping
+        but different period (``picture_protocol.check_periods``)."""
+        if covenant.policy.picture.noisy:
+            return
+        prior = self._store.picture_collections_overlapping(
+            ask.period.first_month, ask.period.last_month
+        )
+        picture_protocol.check_periods(
+            request_id, ask.period, ask.measures, [prior_of(r) for r in prior]
+        )
+
     def _collection(
         self,
         request_id: bytes | None,
@@ -323,6 +365,8 @@ class PictureDesk:
             raise InvalidInput(
                 "show the collection by the dimensions it was made by", field="dimensions"
             )
+        if not prior_of(record).noisy:
+            self._check_periods(covenant, record.request_id, ask)
         order = [ask.dimensions.index(d) for d in dims]
         tables: list[Table] = []
         contributors: list[str] = []
@@ -337,10 +381,20 @@ class PictureDesk:
                     )
                 )
                 continue
-            message = picture_pb2.PictureContribution.FromString(stored.body)
-            for table in message.tables:
-                if table.measure == measure.to_proto():
-                    found = picture_protocol.table_from_proto(table, ask)
+            try:  # checked when it came; again, for what an older version kept
+                message = picture_pb2.PictureContribution.FromString(stored.body)
+                received = picture_protocol.parse_contribution(
+                    message,
+                    ask,
+                    sender=stored.contributor,
+                    role=stored.contributor_role,
+                    measures=ask.measures if stored.contributor == self._me else None,
+                )
+            except (InvalidInput, MessageTooLarge, DecodeError) as error:
+                refusals.append((stored.contributor, _REJECTED, _REJECTED_PREFIX + _why(error)))
+                continue
+            for found in received.tables:
+                if found.measure is measure:
                     tables.append(
                         Table(
                             measure,
@@ -386,11 +440,12 @@ class PictureDesk:
             now = self._now()
             verdict = picture_protocol.decide(covenant, self._me, incoming, self._store, now=now)
             ask = verdict.ask
-            tables = (
-                self._tables(covenant, ask, verdict)
-                if verdict.refusal is None and ask is not None
-                else []
-            )
+            tables: list[Table] = []
+            if verdict.refusal is None and ask is not None:
+                try:
+                    tables = self._tables(covenant, ask, verdict)
+                except MessageTooLarge as error:  # a legitimate request, too fine a breakdown
+                    verdict = picture_protocol.too_large(ask, error)
             message = picture_protocol.contribution(
                 covenant,
                 self._me,
@@ -445,7 +500,32 @@ class PictureDesk:
             )
             log.warning("picture contribution dropped", why="not asked")
             return
-        received = picture_protocol.parse_contribution(message, ask_of(record), sender=sender)
+        try:
+            if not covenant.is_party(sender):
+                raise InvalidInput("no longer a party of the covenant", field="contributor")
+            role = covenant.role_of(sender).value
+            received = picture_protocol.parse_contribution(
+                message, ask_of(record), sender=sender, role=role
+            )
+        except (InvalidInput, MessageTooLarge) as error:
+            # Kept as refused, with why, so that the collection shows it and it counts nowhere.
+            kept = self._store.receive_picture_contribution(
+                cursor,
+                NewPictureContribution(
+                    request_id=request_id,
+                    contributor=sender,
+                    contributor_role="",
+                    refusal_reason=_REJECTED.value,
+                    refusal_message=(_REJECTED_PREFIX + _why(error))[
+                        : picture_protocol.MAX_TEXT_BYTES
+                    ],
+                    epsilon_spent=0.0,
+                    body=b"-",
+                ),
+                now=now,
+            )
+            log.warning("picture contribution rejected", field=error.field, kept=kept)
+            return
         kept = self._store.receive_picture_contribution(
             cursor,
             NewPictureContribution(

@@ -18,11 +18,19 @@ viewer combines what arrived and applies disclosure control. The arithmetic is
   allowed to see the picture (else NOT_ALLOWED); a valid period, measures and
   dimensions (else INVALID_REQUEST); and, if the covenant sets a privacy budget,
   ``epsilon_per_request`` left on every month of the period (else
-  BUDGET_EXHAUSTED, saying what is left).
+  BUDGET_EXHAUSTED, saying what is left). A request whose table would be larger
+  than ``LIMITS_MAX_PICTURE_CELLS`` is refused after counting
+  (INVALID_REQUEST, :func:`too_large`), spending nothing.
 * **Answering.** :func:`count_tables` counts the node's facts, with noise where
   the covenant sets a budget; :func:`contribution` builds the signed answer.
 * **Reading.** :func:`parse_contribution` checks an answer against the request
-  it answers; :func:`table_from_proto` and :func:`released_to_proto` convert.
+  it answers and against the viewer's covenant (the contributor's role, the role
+  values in its tables, no negative exact count); :func:`table_from_proto` and
+  :func:`released_to_proto` convert.
+* **Periods in exact mode.** :func:`check_periods`: without a privacy budget, the
+  periods collected of one measure must be equal or disjoint, so that no
+  suppressed cell can be recovered by subtracting one period's figures from an
+  overlapping period's (see ``docs/picture.md``).
 
 Sans-IO: the store's facts come through :class:`ContributorFacts`, time and
 randomness are arguments.
@@ -31,12 +39,14 @@ randomness are arguments.
 from __future__ import annotations
 
 import enum
+import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol
 
+from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
 
 from samenloop.node import picture
@@ -56,7 +66,7 @@ from samenloop.node.picture import (
 from samenloop.policies import crypto, rules
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
-from samenloop.policies.errors import InvalidInput, NotAllowed, SamenloopError
+from samenloop.policies.errors import InvalidInput, MessageTooLarge, NotAllowed, SamenloopError
 from samenloop.v1 import common_pb2, picture_pb2
 
 __all__ = [
@@ -67,9 +77,11 @@ __all__ = [
     "PictureAsk",
     "PictureRefusal",
     "PictureVerdict",
+    "PriorCollection",
     "ReceivedContribution",
     "build_request",
     "check_ask",
+    "check_periods",
     "contribution",
     "count_tables",
     "decide",
@@ -79,6 +91,8 @@ __all__ = [
     "released_to_proto",
     "table_from_proto",
     "table_to_proto",
+    "timestamp",
+    "too_large",
 ]
 
 ID_BYTES: Final[int] = common_pb2.LIMITS_ID_BYTES
@@ -109,6 +123,15 @@ class PictureRefusal(enum.StrEnum):
         except ValueError:
             return None
         return next((r for r in cls if f"PICTURE_REFUSAL_REASON_{r.name}" == name), None)
+
+
+def timestamp(value: timestamp_pb2.Timestamp, *, field: str) -> datetime:
+    """A received ``google.protobuf.Timestamp`` as an aware UTC datetime; ``InvalidInput``
+    naming ``field`` when it is outside what a datetime holds (years 1..9999)."""
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidInput("the time is out of range", field=field, reason="picture.time") from None
 
 
 # --- asking ------------------------------------------------------------------------------
@@ -142,6 +165,54 @@ def check_ask(covenant: Covenant, me: str, ask: PictureAsk) -> None:
             reason="picture.not_a_viewer",
         )
     picture.check_request(ask.measures, ask.dimensions)
+
+
+@dataclass(frozen=True, slots=True)
+class PriorCollection:
+    """A collection this viewer made before, as far as :func:`check_periods` needs it:
+    its id, period and measures, and whether its figures are noisy (every figure it
+    holds has noise), so that subtracting them reveals no exact count."""
+
+    request_id: bytes
+    period: Period
+    measures: tuple[Measure, ...]
+    noisy: bool = False
+
+
+def check_periods(
+    request_id: bytes | None,
+    period: Period,
+    measures: Iterable[Measure],
+    prior: Iterable[PriorCollection],
+) -> None:
+    """Refuse, in exact mode, a period that overlaps the period of another collection of
+    the same measure without being equal to it (``InvalidInput``, field ``period``,
+    reason ``picture.overlapping_period``).
+
+    Why: with Sep = 10 and Sep..Oct = 13 both released, Oct = 3 is released too,
+    whatever a table of Oct suppresses. With periods of one measure equal or
+    disjoint, every figure of a period is a sum of that period's own cells, and
+    each table's complementary suppression (with its totals) covers them. A trend
+    within a period is a table by month, protected as one table. ``request_id``
+    is the collection being checked itself (skipped), ``None`` for a new one; noisy
+    prior collections are skipped (their noise protects the difference).
+    """
+    wanted = set(measures)
+    months = set(period.months())
+    for other in prior:
+        if other.request_id == request_id or other.noisy or other.period == period:
+            continue
+        shared = sorted(m.value for m in wanted.intersection(other.measures))
+        if shared and months.intersection(other.period.months()):
+            raise InvalidInput(
+                f"{period} overlaps {other.period}, already collected of {', '.join(shared)}: "
+                "without a privacy budget, periods of one measure must be equal or not "
+                "overlap, or a suppressed cell could be worked out by subtracting one from "
+                f"the other; ask for {other.period} again, for months outside it, or by "
+                "month within one period",
+                field="period",
+                reason="picture.overlapping_period",
+            )
 
 
 def _seal(
@@ -296,10 +367,14 @@ def decide(
             PictureRefusal.NOT_ALLOWED,
             "the covenant does not let the requester's role see the picture",
         )
-    if not message.HasField("issued_at") or message.issued_at.ToDatetime(tzinfo=UTC) > (
-        now + MAX_CLOCK_SKEW
-    ):
-        return _refuse(PictureRefusal.INVALID_REQUEST, "issued_at is missing or in the future")
+    if not message.HasField("issued_at"):
+        return _refuse(PictureRefusal.INVALID_REQUEST, "issued_at: missing")
+    try:
+        issued_at = timestamp(message.issued_at, field="issued_at")
+    except InvalidInput as error:
+        return _refuse(PictureRefusal.INVALID_REQUEST, f"{error.field}: {error.message}")
+    if issued_at > now + MAX_CLOCK_SKEW:
+        return _refuse(PictureRefusal.INVALID_REQUEST, "issued_at: in the future")
     try:
         ask = _ask_of(message)
     except SamenloopError as error:
@@ -322,6 +397,16 @@ def decide(
         return _refuse(PictureRefusal.BUDGET_EXHAUSTED, error.message, ask)
     remaining = after.remaining(ask.period, budget_per_period=rule.epsilon_per_period)
     return PictureVerdict(ask, epsilon=rule.epsilon_per_request, epsilon_remaining=remaining)
+
+
+def too_large(ask: PictureAsk | None, error: MessageTooLarge) -> PictureVerdict:
+    """The refusal of a request whose table would have more cells than a contribution may
+    carry (``LIMITS_MAX_PICTURE_CELLS``): INVALID_REQUEST, spending no budget."""
+    return _refuse(
+        PictureRefusal.INVALID_REQUEST,
+        f"the table is too large: {error.message}",
+        ask,
+    )
 
 
 # --- answering ---------------------------------------------------------------------------
@@ -373,26 +458,57 @@ def table_to_proto(table: Table) -> picture_pb2.PictureTable:
 
 
 def table_from_proto(
-    message: picture_pb2.PictureTable, ask: PictureAsk, *, field: str = "tables"
+    message: picture_pb2.PictureTable,
+    ask: PictureAsk,
+    *,
+    field: str = "tables",
+    role: str | None = None,
 ) -> Table:
     """A contribution's table, checked against what was asked: its period, a measure
-    asked for, the dimensions in order, one short value per dimension in every cell."""
+    asked for, the dimensions in order, one short value per dimension in every cell,
+    at most ``LIMITS_MAX_PICTURE_CELLS`` cells (else ``MessageTooLarge``). With
+    ``role`` (the contributor's role in the viewer's covenant) also: every value of
+    the role dimension is that role, and an exact table (no noise) has no negative
+    count. ``InvalidInput`` naming the field otherwise."""
     if Period.from_proto(message.period, field=f"{field}.period") != ask.period:
         raise InvalidInput("the table counts another period", field=f"{field}.period")
     measure = Measure.from_proto(message.measure, field=f"{field}.measure")
     dims = tuple(Dimension.from_proto(d, field=f"{field}.dimensions") for d in message.dimensions)
     if dims != ask.dimensions:
         raise InvalidInput("the table has other dimensions", field=f"{field}.dimensions")
+    if len(message.cells) > picture.MAX_CELLS:
+        raise MessageTooLarge(
+            f"a table has at most {picture.MAX_CELLS} cells, this one {len(message.cells)}",
+            field=f"{field}.cells",
+            reason="picture.too_large",
+        )
+    at_role = dims.index(Dimension.ROLE) if Dimension.ROLE in dims else None
     cells: dict[tuple[str, ...], int] = {}
     scale = 0.0
     for i, cell in enumerate(message.cells):
         values = tuple(cell.values)
+        if len(values) != len(dims):
+            raise InvalidInput(
+                f"a cell needs {len(dims)} values", field=f"{field}.cells[{i}].values"
+            )
         if any(len(v) > MAX_VALUE_CHARS for v in values):
             raise InvalidInput("a cell value is too long", field=f"{field}.cells[{i}].values")
+        if role is not None and at_role is not None and values[at_role] != role:
+            raise InvalidInput(
+                "a role value is not the contributor's role",
+                field=f"{field}.cells[{i}].values",
+                reason="picture.role",
+            )
         if not cell.HasField("count") or values in cells:
             raise InvalidInput("a cell without a count, or twice", field=f"{field}.cells[{i}]")
+        if not (cell.noise_scale >= 0 and math.isfinite(cell.noise_scale)):
+            raise InvalidInput("must be >= 0", field=f"{field}.cells[{i}].noise_scale")
         cells[values] = cell.count
         scale = max(scale, cell.noise_scale)
+    if role is not None and scale == 0 and any(v < 0 for v in cells.values()):
+        raise InvalidInput(
+            "an exact count is negative", field=f"{field}.cells.count", reason="picture.count"
+        )
     return Table(measure, dims, ask.period, cells, noise_scale=scale)
 
 
@@ -470,13 +586,30 @@ def read_contribution(message: picture_pb2.PictureContribution) -> tuple[bytes, 
 
 
 def parse_contribution(
-    message: picture_pb2.PictureContribution, ask: PictureAsk, *, sender: str
+    message: picture_pb2.PictureContribution,
+    ask: PictureAsk,
+    *,
+    sender: str,
+    role: str,
+    measures: Sequence[Measure] | None = None,
 ) -> ReceivedContribution:
-    """Check a contribution against the request it answers: from its signer, a refusal
-    with a known reason or one table per measure asked of it; ``InvalidInput`` if not."""
+    """Check a contribution against the request it answers: from its signer, with the
+    role ``role`` that the viewer's covenant gives the signer (as ``contributor_role``
+    and as every value of the role dimension), a refusal with a known reason or one
+    table per measure asked of it, no negative exact count; ``InvalidInput`` naming the
+    field if not (``MessageTooLarge`` for a table of too many cells). ``measures``: the
+    tables expected, by default the signal measures asked (the viewer's own
+    contribution also counts the case measures)."""
     request_id, contributor = read_contribution(message)
     if contributor != sender:
         raise InvalidInput("contributor is not the signer", field="contributor")
+    if message.contributor_role != role:
+        raise InvalidInput(
+            f"the covenant gives {sender} the role {role!r}, the contribution says "
+            f"{message.contributor_role[:MAX_VALUE_CHARS]!r}",
+            field="contributor_role",
+            reason="picture.role",
+        )
     if message.HasField("refusal"):
         reason = PictureRefusal.from_proto(message.refusal.reason)
         if reason is None:
@@ -491,9 +624,11 @@ def parse_contribution(
             0.0,
         )
     tables = tuple(
-        table_from_proto(t, ask, field=f"tables[{i}]") for i, t in enumerate(message.tables)
+        table_from_proto(t, ask, field=f"tables[{i}]", role=role)
+        for i, t in enumerate(message.tables)
     )
-    if sorted(t.measure for t in tables) != sorted(ask.remote_measures):
+    expected = ask.remote_measures if measures is None else measures
+    if sorted(t.measure for t in tables) != sorted(expected):
         raise InvalidInput("not one table per measure asked", field="tables")
     if not message.epsilon_spent >= 0:
         raise InvalidInput("must be >= 0", field="epsilon_spent")

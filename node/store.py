@@ -1652,12 +1652,13 @@ class NodeStore(audit_store.AuditLog):
         approved: bool,
         note: str,
         verdict: Verdict,
-        answer: SealedEnvelope,
+        answer: SealedEnvelope | None,
         now: datetime,
     ) -> DisclosureRecord:
         """Store a second officer's decision on a pending incoming request, with the final
-        verdict and its answer. ``NotAllowed`` (field ``request_id``) unless the request
-        is pending, so two officers deciding at once cannot both win."""
+        verdict and its answer (None: not answered, as for a requester no longer in the
+        covenant). ``NotAllowed`` (field ``request_id``) unless the request is pending, so
+        two officers deciding at once cannot both win."""
         now = _utc(now)
         if verdict.outcome is Outcome.PENDING:
             raise ValueError("an officer's decision is final")
@@ -1684,7 +1685,8 @@ class NodeStore(audit_store.AuditLog):
                     field="request_id",
                     reason="disclosure.not_pending",
                 )
-            self._queue_envelope(conn, answer, now)
+            if answer is not None:
+                self._queue_envelope(conn, answer, now)
             record = self._disclosure_by(conn, request_id)
             self.append_audit(
                 conn,
@@ -1754,20 +1756,29 @@ class NodeStore(audit_store.AuditLog):
                 )
         return True
 
-    def skip_envelope(self, cursor: int, *, what: str, now: datetime) -> None:
+    def skip_envelope(
+        self,
+        cursor: int,
+        *,
+        what: str,
+        now: datetime,
+        field: str | None = None,
+        reason: str | None = None,
+    ) -> None:
         """Record a mailbox envelope that is dropped unanswered (forged, malformed or of a
-        kind this version does not handle) and advance past it, in one transaction."""
+        kind this version does not handle) and advance past it, in one transaction.
+        ``field`` and ``reason`` say what was wrong with it (names and codes, never values)."""
         now = _utc(now)
+        details: dict[str, object] = {"dropped": what, "cursor": cursor}
+        if field is not None:
+            details["field"] = field
+        if reason is not None:
+            details["reason"] = reason
         with self._write() as conn:
             stored_cursor, last_feed_seq = self._lock_inbox(conn)
             if cursor > stored_cursor:
                 self._save_inbox(conn, cursor, last_feed_seq)
-            self.append_audit(
-                conn,
-                kind=AuditKind.DISCLOSURE_RECEIVED,
-                details={"dropped": what, "cursor": cursor},
-                now=now,
-            )
+            self.append_audit(conn, kind=AuditKind.DISCLOSURE_RECEIVED, details=details, now=now)
 
     def disclosure_seen(self, request_id: bytes, /) -> bool:
         """Whether a request with this id is stored (either direction)."""
@@ -1837,6 +1848,23 @@ class NodeStore(audit_store.AuditLog):
                 select(models.Hit.state).where(models.Hit.group_id == group_id)
             ).scalar_one_or_none()
         return state == HitState.CLOSED.value
+
+    def hit_members(self, group_id: bytes, /) -> frozenset[str] | None:
+        """The parties this node's latest notice of the group shows as members; None if it
+        holds no notice of the group or its notice does not show members by party."""
+        with self._read() as conn:
+            stored = conn.execute(
+                select(models.Hit.notice).where(models.Hit.group_id == group_id)
+            ).scalar_one_or_none()
+        if stored is None:
+            return None
+        try:
+            notice = broker_pb2.HitNotice.FromString(common_pb2.Signed.FromString(stored).body)
+        except DecodeError:
+            return None
+        if not notice.visibility.parties:
+            return None
+        return frozenset(m.party for m in notice.members if m.party)
 
     def requests_since(self, requester: str, since: datetime, /) -> int:
         """Incoming requests stored from ``requester`` at or after ``since``."""
@@ -2269,6 +2297,21 @@ class NodeStore(audit_store.AuditLog):
             query = query.where(c.first_month == first_month)
         if last_month is not None:
             query = query.where(c.last_month == last_month)
+        with self._read() as conn:
+            return [self._collection_record(conn, row) for row in conn.execute(query).all()]
+
+    def picture_collections_overlapping(
+        self, first_month: str, last_month: str
+    ) -> list[PictureCollectionRecord]:
+        """This node's collections whose period shares a month with ``first_month`` ..
+        ``last_month``, oldest first (all of them: the exact-mode period check)."""
+        _month_bounds(first_month, last_month)  # both are YYYY-MM
+        c = models.PictureCollection
+        query = (
+            select(c.__table__)
+            .where(c.first_month <= last_month, c.last_month >= first_month)
+            .order_by(c.id)
+        )
         with self._read() as conn:
             return [self._collection_record(conn, row) for row in conn.execute(query).all()]
 

@@ -18,8 +18,10 @@ refused while the node keeps its version.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +59,7 @@ from samenloop.policies.errors import (
 from samenloop.policies.policy import example_policy
 from samenloop.policies.rules import Refusal
 from samenloop.policies.trust import SignedCovenant, sign_covenant
-from samenloop.v1 import broker_pb2, common_pb2
+from samenloop.v1 import broker_pb2, common_pb2, disclosure_pb2
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 GEMEENTE, WOCO, POLITIE = "gemeente", "woco", "politie"
@@ -187,6 +189,7 @@ class Facts:
     seen: set[bytes] = field(default_factory=set)
     signals: dict[bytes, SignalFacts] = field(default_factory=dict)
     closed: set[bytes] = field(default_factory=set)
+    members: dict[bytes, frozenset[str]] = field(default_factory=dict)
     requests: int = 0
     grants: int = 0
 
@@ -198,6 +201,9 @@ class Facts:
 
     def hit_closed(self, group_id: bytes, /) -> bool:
         return group_id in self.closed
+
+    def hit_members(self, group_id: bytes, /) -> frozenset[str] | None:
+        return self.members.get(group_id)
 
     def requests_since(self, requester: str, since: datetime, /) -> int:
         return self.requests
@@ -333,13 +339,17 @@ def test_four_eyes_pending_then_approved_by_a_second_officer(world: World) -> No
     pending = _pending(request)
 
     with pytest.raises(NotAllowed) as same:
-        disclosure.approve(world.covenant, pending, request.officer, owner_facts, now=NOW)
+        disclosure.approve(world.covenant, pending, request.officer, owner_facts, me=WOCO, now=NOW)
     assert (same.value.field, same.value.reason) == ("officer", "disclosure.same_officer")
     already = dataclasses.replace(pending, decided_by="b.tweede@woco.nl")
     with pytest.raises(NotAllowed):
-        disclosure.approve(world.covenant, already, "b.tweede@woco.nl", owner_facts, now=NOW)
+        disclosure.approve(
+            world.covenant, already, "b.tweede@woco.nl", owner_facts, me=WOCO, now=NOW
+        )
 
-    granted = disclosure.approve(world.covenant, pending, "b.tweede@woco.nl", owner_facts, now=NOW)
+    granted = disclosure.approve(
+        world.covenant, pending, "b.tweede@woco.nl", owner_facts, me=WOCO, now=NOW
+    )
     assert granted.outcome is Outcome.GRANTED
     assert dict(granted.values or {}) == {"naam": DETAILS["naam"], "omschrijving": "leegstand"}
     assert granted.withheld == ("adres",)
@@ -348,7 +358,9 @@ def test_four_eyes_pending_then_approved_by_a_second_officer(world: World) -> No
 def test_approval_decides_again_under_the_facts_of_now(world: World) -> None:
     request = incoming(world, purpose="bibob", fields=("naam",))
     withdrawn = facts(active=False)
-    verdict = disclosure.approve(world.covenant, _pending(request), "b@woco", withdrawn, now=NOW)
+    verdict = disclosure.approve(
+        world.covenant, _pending(request), "b@woco", withdrawn, me=WOCO, now=NOW
+    )
     assert (verdict.outcome, verdict.reason) == (Outcome.REFUSED, Refusal.HIT_CLOSED)
     # A covenant version that no longer has the rule refuses too.
     policy = world.covenant.policy
@@ -359,7 +371,7 @@ def test_approval_decides_again_under_the_facts_of_now(world: World) -> None:
             policy, release=tuple(r for r in policy.release if r.purpose != "bibob")
         ),
     )
-    verdict = disclosure.approve(stricter, _pending(request), "b@woco", facts(), now=NOW)
+    verdict = disclosure.approve(stricter, _pending(request), "b@woco", facts(), me=WOCO, now=NOW)
     assert (verdict.outcome, verdict.reason) == (Outcome.REFUSED, Refusal.NOT_ALLOWED)
 
 
@@ -492,6 +504,79 @@ def test_bad_requests_are_refused_locally_naming_the_field(world: World) -> None
     assert check(justification="x" * 5000) == "justification"
 
 
+def _visibility(covenant: Covenant, role: Role, **changes: Any) -> Covenant:
+    """A newer covenant version whose visibility rule for ``role`` is changed."""
+    policy = covenant.policy
+    visibility = tuple(
+        dataclasses.replace(rule, **changes) if rule.role is role else rule
+        for rule in policy.visibility
+    )
+    return dataclasses.replace(
+        covenant, version=2, policy=dataclasses.replace(policy, visibility=visibility)
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("the covenant of now hides the owner from the requester", Refusal.NOT_IN_HIT),
+        ("the owner's notice no longer shows the requester", Refusal.NOT_IN_HIT),
+        ("the owner's group is closed", Refusal.HIT_CLOSED),
+    ],
+)
+def test_a_stale_notice_is_no_proof(world: World, case: str, reason: Refusal) -> None:
+    """The requester's notice verifies, but the owner's view of now says it may not ask:
+    refused by :func:`decide` and, for a pending request, by :func:`approve`."""
+    covenant, owner_facts = world.covenant, facts()
+    if case == "the covenant of now hides the owner from the requester":
+        covenant = _visibility(
+            covenant, Role.GEMEENTE, hidden_roles=(Role.POLITIE, Role.WONINGCORPORATIE)
+        )
+    elif case == "the owner's notice no longer shows the requester":
+        owner_facts.members[GROUP] = frozenset({POLITIE})  # the gemeente withdrew
+    else:
+        owner_facts.closed = {GROUP}
+    verdict = disclosure.decide(covenant, WOCO, incoming(world), owner_facts, now=NOW)
+    assert (verdict.outcome, verdict.reason) == (Outcome.REFUSED, reason), verdict.message
+    assert verdict.values is None
+    pending = _pending(incoming(world, purpose="bibob", fields=("naam",)))
+    verdict = disclosure.approve(covenant, pending, "b@woco", owner_facts, me=WOCO, now=NOW)
+    assert (verdict.outcome, verdict.reason) == (Outcome.REFUSED, reason), verdict.message
+    assert verdict.values is None
+
+
+def test_the_owners_notice_decides_only_where_it_can_tell(world: World) -> None:
+    # It shows the requester: granted.
+    owner_facts = facts()
+    owner_facts.members[GROUP] = frozenset({GEMEENTE, POLITIE})
+    assert decide(world, incoming(world), owner_facts).outcome is Outcome.GRANTED
+    # It does not show members by party (None): the requester's notice stands.
+    assert decide(world, incoming(world), facts()).outcome is Outcome.GRANTED
+    # The owner's rule hides the requester's role: its notice cannot show it.
+    owner_facts.members[GROUP] = frozenset()
+    blind = _visibility(
+        world.covenant, Role.WONINGCORPORATIE, hidden_roles=(Role.POLITIE, Role.GEMEENTE)
+    )
+    verdict = disclosure.decide(blind, WOCO, incoming(world), owner_facts, now=NOW)
+    assert verdict.outcome is Outcome.GRANTED
+    # A coordinating requester sees hits it holds no signal in.
+    coordinating = _visibility(world.covenant, Role.GEMEENTE, coordinator=True)
+    verdict = disclosure.decide(coordinating, WOCO, incoming(world), owner_facts, now=NOW)
+    assert verdict.outcome is Outcome.GRANTED
+
+
+def test_approval_for_a_requester_no_longer_in_the_covenant_is_refused(world: World) -> None:
+    pending = dataclasses.replace(
+        _pending(incoming(world, purpose="bibob", fields=("naam",))), requester="vertrokken"
+    )
+    verdict = disclosure.approve(world.covenant, pending, "b@woco", facts(), me=WOCO, now=NOW)
+    assert (verdict.outcome, verdict.reason, verdict.message) == (
+        Outcome.REFUSED,
+        Refusal.NOT_ALLOWED,
+        disclosure.NO_LONGER_A_PARTY,
+    )
+
+
 # --- part two: real daemons ---------------------------------------------------------------
 
 BSN = "111222333"
@@ -545,16 +630,19 @@ class Cluster:
         self.nodes[sender].uplink.wake.set()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+@contextlib.contextmanager
+def running_cluster(
+    root: Any, *, specs: Sequence[PartySpec] = SPECS, holders: Sequence[str] = (GEMEENTE, WOCO)
+) -> Iterator[Cluster]:
+    """A broker and a node per party; woco holds W-1 (bsn, with details) and W-2, the
+    gemeente G-1 (the same bsn)."""
     from samenloop.broker.server import build_server  # only the test wires both daemons
 
-    root = tmp_path_factory.mktemp("disclosure-e2e")
     provisioned = provision(
         root,
         "riec-disclosure",
-        SPECS,
-        [GEMEENTE, WOCO],
+        specs,
+        list(holders),
         2,
         now=datetime.now(UTC),
         policy=small_quota_policy(),
@@ -570,7 +658,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         engine.dispose()
     cluster = Cluster(provisioned, build_server(broker_config), {}, {})
     try:
-        for spec in SPECS:
+        for spec in specs:
             cluster.start(spec.id)
         cluster.clients[WOCO].add_signal(
             "W-1", "woonfraude", [("bsn", BSN)], details={**DETAILS, "dossier": "D-77"}
@@ -582,6 +670,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         for party in list(cluster.nodes):
             cluster.stop(party)
         cluster.broker.stop(None)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("disclosure-e2e")) as running:
+        yield running
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path: Any) -> Iterator[Cluster]:
+    """A cluster of its own, for a test that spends quota or changes the covenant; the
+    OPRF key is held by woco and politie, so that a covenant version may drop the gemeente."""
+    with running_cluster(tmp_path, holders=(WOCO, POLITIE)) as running:
+        yield running
 
 
 def gemeente_hit(cluster: Cluster) -> tuple[bytes, bytes]:
@@ -696,6 +798,15 @@ def _sent_envelope(cluster: Cluster, party: str, request_id: bytes) -> bytes:
         )
 
 
+def _answers(cluster: Cluster, owner: str = WOCO, requester: str = GEMEENTE) -> int:
+    """How many envelopes the owner's node ever queued for the requester."""
+    e = models.EnvelopeOutboxItem
+    with cluster.nodes[owner].store.engine.connect() as conn:
+        return int(
+            conn.execute(sa.select(sa.func.count()).where(e.recipient == requester)).scalar_one()
+        )
+
+
 def _decisions(cluster: Cluster, party: str, request_id: bytes) -> list[dict[str, Any]]:
     entries = cluster.nodes[party].store.audit_entries(
         kind=AuditKind.DISCLOSURE_DECISION, subject=request_id.hex()
@@ -709,6 +820,7 @@ def test_a_replayed_request_is_refused_and_releases_nothing_new(cluster: Cluster
         group, WOCO, ref, "adresfraude", ["naam"], officer="a@gemeente"
     )
     final(cluster, WOCO, asked.request_id)
+    answers = _answers(cluster)
     cluster.resend(GEMEENTE, _sent_envelope(cluster, GEMEENTE, asked.request_id), WOCO)
     decisions = wait_for(
         "the replay's refusal",
@@ -718,6 +830,7 @@ def test_a_replayed_request_is_refused_and_releases_nothing_new(cluster: Cluster
         ("granted", "", "naam"),
         ("refused", "replay", ""),
     ]
+    assert _answers(cluster) == answers  # recorded, not answered
     stored = [d for d in cluster.clients[WOCO].disclosures() if d.request_id == asked.request_id]
     assert len(stored) == 1
     assert stored[0].state is DisclosureState.GRANTED
@@ -825,3 +938,264 @@ def test_covenant_updates_through_the_mailbox(cluster: Cluster) -> None:
     cluster.stop(party)
     cluster.start(party)
     assert cluster.clients[party].status().covenant_version == 2
+
+
+# --- the reviewed defects, each on a cluster of its own --------------------------------------
+
+
+def _keys(cluster: Cluster, party: str) -> PartyKeys:
+    return PartyKeys.load(cluster.provisioned.party_dir(party) / "party-keys.json")
+
+
+def _hand_sealed_request(
+    cluster: Cluster,
+    hit_notice: common_pb2.Signed,
+    ref: bytes,
+    *,
+    fields: Sequence[str] = ("naam",),
+    justification: str = "",
+    issued_seconds: int | None = None,
+) -> bytes:
+    """A request no client would send (no checks), sealed by the gemeente to woco."""
+    covenant = cluster.provisioned.covenant
+    request = disclosure_pb2.DisclosureRequest(
+        request_id=secrets.token_bytes(16),
+        covenant_id=covenant.id,
+        covenant_version=covenant.version,
+        requester=GEMEENTE,
+        owner=WOCO,
+        hit_notice=hit_notice,
+        signal_ref=ref,
+        purpose="adresfraude",
+        requested_fields=list(fields),
+        requester_officer="a@gemeente",
+        justification=justification,
+    )
+    request.issued_at.FromDatetime(datetime.now(UTC))
+    if issued_seconds is not None:
+        request.issued_at.seconds = issued_seconds
+    envelope = disclosure._seal(
+        _keys(cluster, GEMEENTE),
+        covenant,
+        WOCO,
+        SignatureContext.DISCLOSURE_REQUEST,
+        request.SerializeToString(),
+        bytes(request.request_id),
+    )
+    return envelope.sealed.SerializeToString()
+
+
+def _dropped(cluster: Cluster, party: str) -> list[dict[str, Any]]:
+    entries = cluster.nodes[party].store.audit_entries(kind=AuditKind.DISCLOSURE_RECEIVED)
+    return [dict(e.details) for e in entries if "dropped" in e.details]
+
+
+def test_bad_envelopes_are_skipped_and_the_mailbox_goes_on(
+    fresh_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = fresh_cluster
+    group, ref = gemeente_hit(cluster)
+    notice_ = common_pb2.Signed.FromString(cluster.clients[GEMEENTE].hit(group).notice)
+
+    def broken(cursor: int, sender: str, body: bytes, covenant: Covenant) -> None:
+        raise OverflowError("a handler that fails")
+
+    # A kind handled by a handler that raises (as the case and picture desks register).
+    monkeypatch.setitem(
+        cluster.nodes[WOCO].uplink.disclosures.handlers, SignatureContext.CASE_MESSAGE, broken
+    )
+    case_message = disclosure._seal(
+        _keys(cluster, GEMEENTE),
+        cluster.provisioned.covenant,
+        WOCO,
+        SignatureContext.CASE_MESSAGE,
+        b"\x00",
+        secrets.token_bytes(16),
+    )
+    cluster.resend(GEMEENTE, case_message.sealed.SerializeToString(), WOCO)
+    # Requests the owner cannot take: 65 fields, a justification over 4096 bytes, an
+    # issued_at no datetime holds.
+    for sealed in (
+        _hand_sealed_request(cluster, notice_, ref, fields=[f"f{i}" for i in range(65)]),
+        _hand_sealed_request(cluster, notice_, ref, justification="x" * 5000),
+        _hand_sealed_request(cluster, notice_, ref, issued_seconds=10**15),
+    ):
+        cluster.resend(GEMEENTE, sealed, WOCO)
+    # An answer the requester cannot take: a refusal whose message is over 4096 bytes.
+    too_long = disclosure.respond(
+        _keys(cluster, WOCO),
+        cluster.provisioned.covenant,
+        request_id=secrets.token_bytes(16),
+        requester=GEMEENTE,
+        verdict=Verdict(Outcome.REFUSED, reason=Refusal.NOT_ALLOWED, message="x" * 5000),
+        approved_by_second_officer=False,
+        message_id=secrets.token_bytes(16),
+        now=datetime.now(UTC),
+    )
+    cluster.resend(WOCO, too_long.sealed.SerializeToString(), GEMEENTE)
+    wait_for("the gemeente's skip", lambda: _dropped(cluster, GEMEENTE))
+
+    # The next valid request in the mailbox is still answered, and its answer received.
+    asked = cluster.clients[GEMEENTE].request_disclosure(
+        group, WOCO, ref, "adresfraude", ["naam"], officer="a@gemeente"
+    )
+    got = final(cluster, GEMEENTE, asked.request_id)
+    assert got.state is DisclosureState.GRANTED
+    skipped = [(d["dropped"], d.get("field"), d.get("reason")) for d in _dropped(cluster, WOCO)]
+    assert skipped == [
+        ("malformed", None, "OverflowError"),
+        ("malformed", "requested_fields", "too_large"),
+        ("malformed", "justification", "too_large"),
+        ("malformed", "issued_at", "invalid_input"),
+    ]
+    assert [(d["dropped"], d.get("field")) for d in _dropped(cluster, GEMEENTE)] == [
+        ("malformed", "refused.message")
+    ]
+    assert cluster.clients[WOCO].disclosures() == [final(cluster, WOCO, asked.request_id)]
+
+
+def _ask_bibob(cluster: Cluster, group: bytes, ref: bytes) -> bytes:
+    asked = cluster.clients[GEMEENTE].request_disclosure(
+        group, WOCO, ref, "bibob", ["naam"], officer="a@gemeente"
+    )
+    final(cluster, WOCO, asked.request_id, DisclosureState.PENDING_APPROVAL)
+    final(cluster, GEMEENTE, asked.request_id, DisclosureState.PENDING_APPROVAL)
+    return asked.request_id
+
+
+def test_concurrent_approvals_release_no_more_than_the_period_allows(
+    fresh_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = fresh_cluster
+    group, ref = gemeente_hit(cluster)
+    woco = cluster.clients[WOCO]
+    first = _ask_bibob(cluster, group, ref)
+    assert woco.approve_disclosure(first, officer="b@woco").state is DisclosureState.GRANTED
+    racing = [_ask_bibob(cluster, group, ref) for _ in range(BIBOB_PER_PERIOD)]
+    # One release is left in the period. Counting is slow, so that unserialized
+    # decisions would both count before either writes.
+    store = cluster.nodes[WOCO].uplink.disclosures._store
+    count = store.grants_since
+
+    def slow_count(*args: Any) -> int:
+        counted = count(*args)
+        time.sleep(0.3)
+        return counted
+
+    monkeypatch.setattr(store, "grants_since", slow_count)
+    start = threading.Barrier(len(racing))
+    states: dict[bytes, DisclosureState] = {}
+
+    def approve(request_id: bytes) -> None:
+        start.wait()
+        states[request_id] = woco.approve_disclosure(request_id, officer="c@woco").state
+
+    threads = [threading.Thread(target=approve, args=(r,)) for r in racing]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert sorted(states.values()) == [DisclosureState.GRANTED, DisclosureState.REFUSED]
+    (refused,) = [r for r in racing if states[r] is DisclosureState.REFUSED]
+    assert woco.disclosure(refused).refusal_reason == "quota_exceeded"
+    granted = woco.disclosures("incoming", "granted")
+    assert len(granted) == BIBOB_PER_PERIOD
+
+
+def test_a_replayed_pending_request_does_not_spoil_the_real_answer(
+    fresh_cluster: Cluster,
+) -> None:
+    cluster = fresh_cluster
+    group, ref = gemeente_hit(cluster)
+    request_id = _ask_bibob(cluster, group, ref)
+    # A replay refusal (as an older owner would send it) is ignored by the requester.
+    replay = disclosure.respond(
+        _keys(cluster, WOCO),
+        cluster.provisioned.covenant,
+        request_id=request_id,
+        requester=GEMEENTE,
+        verdict=Verdict(Outcome.REFUSED, reason=Refusal.REPLAY, message="seen before"),
+        approved_by_second_officer=False,
+        message_id=secrets.token_bytes(16),
+        now=datetime.now(UTC),
+    )
+    cluster.resend(WOCO, replay.sealed.SerializeToString(), GEMEENTE)
+    wait_for("the gemeente ignoring the replay refusal", lambda: _dropped(cluster, GEMEENTE))
+    assert cluster.clients[GEMEENTE].disclosure(request_id).state is (
+        DisclosureState.PENDING_APPROVAL
+    )
+    # The request's envelope, sent again through the broker: recorded, not answered.
+    answers = _answers(cluster)
+    cluster.resend(GEMEENTE, _sent_envelope(cluster, GEMEENTE, request_id), WOCO)
+    decisions = wait_for(
+        "the replay's record",
+        lambda: len(d := _decisions(cluster, WOCO, request_id)) == 2 and d,
+    )
+    assert [(d["outcome"], d["reason"]) for d in decisions] == [
+        ("pending_approval", ""),
+        ("refused", "replay"),
+    ]
+    assert _answers(cluster) == answers
+    assert cluster.clients[WOCO].approve_disclosure(request_id, officer="b@woco").state is (
+        DisclosureState.GRANTED
+    )
+    got = final(cluster, GEMEENTE, request_id)
+    assert got.state is DisclosureState.GRANTED
+    assert dict(got.released_fields) == {"naam": DETAILS["naam"]}
+
+
+def test_a_pending_request_of_a_removed_party_is_decided_without_an_answer(
+    fresh_cluster: Cluster,
+) -> None:
+    from samenloop.broker.mailbox import ItemKind
+
+    cluster = fresh_cluster
+    group, ref = gemeente_hit(cluster)
+    approved, denied = _ask_bibob(cluster, group, ref), _ask_bibob(cluster, group, ref)
+    covenant = cluster.provisioned.covenant
+    without = dataclasses.replace(
+        covenant, version=2, parties=tuple(p for p in covenant.parties if p.id != GEMEENTE)
+    )
+    signed = cluster.provisioned.sign(without)
+    cluster.deliver(WOCO, ItemKind.COVENANT_UPDATE, signed.to_proto().SerializeToString())
+    woco = cluster.clients[WOCO]
+    wait_for("woco on version 2", lambda: woco.status().covenant_version == 2)
+    answers = _answers(cluster)
+    for request_id, decide_ in (
+        (approved, lambda r: woco.approve_disclosure(r, officer="b@woco")),
+        (denied, lambda r: woco.deny_disclosure(r, officer="b@woco", reason="nee")),
+    ):
+        decided = decide_(request_id)
+        assert (decided.state, decided.refusal_reason, decided.refusal_message) == (
+            DisclosureState.REFUSED,
+            "not_allowed",
+            disclosure.NO_LONGER_A_PARTY,
+        )
+        assert [d.officer for d in decided.decisions] == ["b@woco"]
+        assert dict(decided.released_fields) == {}
+    assert woco.status().pending_approvals == 0
+    assert _answers(cluster) == answers  # nothing sealed to a party the covenant dropped
+
+
+GEMEENTE_B = "gemeente-b"
+
+
+def test_a_requester_that_left_the_hit_is_refused(tmp_path: Any) -> None:
+    specs = (*SPECS, PartySpec(GEMEENTE_B, "Gemeente B", Role.GEMEENTE))
+    with running_cluster(tmp_path, specs=specs, holders=(WOCO, POLITIE)) as cluster:
+        cluster.clients[GEMEENTE_B].add_signal("B-1", "woonfraude", [("bsn", BSN)])
+        group, ref = gemeente_hit(cluster)
+        owner = cluster.nodes[WOCO].store
+        wait_for(
+            "woco's notice with both gemeenten",
+            lambda: owner.hit_members(group) == {GEMEENTE, GEMEENTE_B},
+        )
+        kept = common_pb2.Signed.FromString(cluster.clients[GEMEENTE].hit(group).notice)
+        cluster.clients[GEMEENTE].withdraw_signal("G-1")
+        wait_for(
+            "woco's notice without the gemeente", lambda: owner.hit_members(group) == {GEMEENTE_B}
+        )
+        request_id = _forge(cluster, kept, ref)  # the old notice, still the broker's
+        answered = final(cluster, WOCO, request_id)
+        assert (answered.state, answered.refusal_reason) == (DisclosureState.REFUSED, "not_in_hit")
+        assert dict(answered.released_fields) == {}

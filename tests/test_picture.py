@@ -511,3 +511,341 @@ def test_report_is_self_contained_escaped_and_marks_suppression(noisy):
     else:
         assert picture_report.NOISY_MARK in text
         assert "standard deviation" in text
+
+
+# --- the protocol and the desk against faulty or hostile messages (review of issue 6) -----
+
+from collections import Counter  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import sqlalchemy as sa  # noqa: E402
+from google.protobuf.message import Message  # noqa: E402
+
+from samenloop.node import picture_protocol as pp  # noqa: E402
+from samenloop.node import store as node_store  # noqa: E402
+from samenloop.node.disclosure import open_envelope  # noqa: E402
+from samenloop.node.models import EnvelopeOutboxItem, HitKind  # noqa: E402
+from samenloop.node.picture_desk import PictureDesk  # noqa: E402
+from samenloop.node.provision import PartySpec, Provisioned, provision  # noqa: E402
+from samenloop.policies import database  # noqa: E402
+from samenloop.policies.covenant import Covenant, Role  # noqa: E402
+from samenloop.policies.crypto import PartyKeys  # noqa: E402
+from samenloop.policies.policy import PictureRules, example_policy  # noqa: E402
+from samenloop.v1 import broker_pb2, common_pb2  # noqa: E402
+
+RIEC, GEMEENTE, POLITIE = "riec", "gemeente", "politie"
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+SEP, OCT = p.Period("2026-09", "2026-09"), p.Period("2026-10", "2026-10")
+SEP_OCT = p.Period("2026-09", "2026-10")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Provisioned, dict[str, PartyKeys]]:
+    import dataclasses
+
+    root = tmp_path_factory.mktemp("picture-world")
+    rules = PictureRules(viewers=(Role.RIEC,), min_cell_count=3)
+    specs = (
+        PartySpec(RIEC, "RIEC Test", Role.RIEC),
+        PartySpec(GEMEENTE, "Gemeente Test", Role.GEMEENTE),
+        PartySpec(POLITIE, "Politie Test", Role.POLITIE),
+    )
+    provisioned = provision(
+        root,
+        "riec-picture",
+        specs,
+        [GEMEENTE, POLITIE],
+        2,
+        now=NOW,
+        policy=dataclasses.replace(example_policy(), picture=rules),
+    )
+    keys = {s.id: PartyKeys.load(root / s.id / "party-keys.json") for s in specs}
+    return provisioned, keys
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[node_store.NodeStore]:
+    engine = database.make_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    database.upgrade(engine, node_store.MIGRATIONS)
+    yield node_store.NodeStore(engine)
+    engine.dispose()
+
+
+def desk(world, store, party: str) -> PictureDesk:
+    provisioned, keys = world
+    return PictureDesk(
+        keys=keys[party], covenant=lambda: provisioned.covenant, store=store, clock=lambda: NOW
+    )
+
+
+def request(covenant: Covenant, ask: pp.PictureAsk, **issued: int) -> pp.IncomingPictureRequest:
+    message = pp.request_message(covenant, RIEC, ask, request_id=bytes(16), now=NOW)
+    for name, value in issued.items():
+        setattr(message.issued_at, name, value)
+    return pp.parse_request(message.SerializeToString(), sender=RIEC)
+
+
+class _NoFacts:
+    def picture_answered(self, request_id: bytes, /) -> bool:
+        return False
+
+    def picture_ledger(self, months, /) -> p.BudgetLedger:
+        return p.BudgetLedger()
+
+    def picture_signal_facts(self, first_month: str, last_month: str) -> list[p.SignalFacts]:
+        return []
+
+    def picture_hit_group_facts(self, first_month: str, last_month: str) -> list:
+        return []
+
+
+@pytest.mark.parametrize("seconds", [2**62, -(2**62), 253402300800])
+def test_an_issued_at_out_of_range_is_refused_naming_the_field(world, seconds):
+    covenant = world[0].covenant
+    ask = pp.PictureAsk(OCT, (SIGNALS,), (A,))
+    verdict = pp.decide(
+        covenant, GEMEENTE, request(covenant, ask, seconds=seconds), _NoFacts(), now=NOW
+    )
+    assert verdict.refusal is pp.PictureRefusal.INVALID_REQUEST
+    assert verdict.message.startswith("issued_at:")
+    with pytest.raises(InvalidInput) as caught:
+        pp.timestamp(_ts(seconds), field="x.issued_at")
+    assert caught.value.field == "x.issued_at"
+
+
+def _ts(seconds: int) -> Message:
+    from google.protobuf import timestamp_pb2
+
+    return timestamp_pb2.Timestamp(seconds=seconds)
+
+
+def _sent(store: node_store.NodeStore, keys: PartyKeys, covenant: Covenant) -> list:
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(EnvelopeOutboxItem.sealed).order_by(EnvelopeOutboxItem.id))
+        sealed = [common_pb2.Sealed.FromString(r.sealed) for r in rows]
+    opened = [open_envelope(keys, covenant, s) for s in sealed if s.recipient == keys.party]
+    return [picture_pb2.PictureContribution.FromString(body) for _, body in opened]
+
+
+def test_a_table_too_large_for_a_contribution_is_refused_not_raised(world, store, monkeypatch):
+    provisioned, keys = world
+    covenant = provisioned.covenant
+    many = [
+        p.SignalFacts(f"pc4:{n:04d}", None, "woonfraude", "2026-10") for n in range(p.MAX_CELLS + 1)
+    ]
+    monkeypatch.setattr(store, "picture_signal_facts", lambda first, last: many)
+    gemeente = desk(world, store, GEMEENTE)
+    ask = pp.PictureAsk(OCT, (SIGNALS,), (A,))
+    incoming = request(covenant, ask)
+    gemeente.receive_request(7, RIEC, incoming.message.SerializeToString(), covenant)
+    (answer,) = _sent(store, keys[RIEC], covenant)
+    assert answer.refusal.reason == picture_pb2.PICTURE_REFUSAL_REASON_INVALID_REQUEST
+    assert "too large" in answer.refusal.message
+    assert store.mailbox_cursor() == 7
+    assert store.picture_answered(incoming.request_id)
+
+
+def _contribution(
+    covenant: Covenant, party: str, request_id: bytes, ask: pp.PictureAsk, cells
+) -> picture_pb2.PictureContribution:
+    tables = [p.Table(m, ask.dimensions, ask.period, cells) for m in ask.remote_measures]
+    return pp.contribution(
+        covenant,
+        party,
+        request_id,
+        pp.PictureVerdict(ask),
+        tables,
+        period=ask.period.to_proto(),
+        now=NOW,
+    )
+
+
+def _bad_role(message):
+    message.contributor_role = "riec"
+
+
+def _bad_role_value(message):
+    message.tables[0].cells[0].values[1] = "politie"
+
+
+def _negative(message):
+    message.tables[0].cells[0].count = -50
+
+
+def _too_many(message):
+    del message.tables[0].cells[:]
+    for n in range(p.MAX_CELLS + 1):
+        message.tables[0].cells.add(values=[f"pc4:{n:04d}", "gemeente"], count=1)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "field"),
+    [
+        (_bad_role, "contributor_role"),
+        (_bad_role_value, "tables[0].cells[0].values"),
+        (_negative, "tables[0].cells.count"),
+        (_too_many, "tables[0].cells"),
+    ],
+)
+def test_a_contribution_that_lies_is_rejected_and_recorded_with_why(world, store, tamper, field):
+    provisioned, _ = world
+    covenant = provisioned.covenant
+    riec = desk(world, store, RIEC)
+    ask = pp.PictureAsk(OCT, (SIGNALS,), (A, R))
+    request_id, asked = riec.collect(ask, officer="analist@riec")
+    assert set(asked) == {RIEC, GEMEENTE, POLITIE}
+    good = _contribution(covenant, POLITIE, request_id, ask, {("pc4:5038", "politie"): 4})
+    riec.receive_contribution(1, POLITIE, good.SerializeToString(), covenant)
+    bad = _contribution(covenant, GEMEENTE, request_id, ask, {("pc4:5038", "gemeente"): 5})
+    tamper(bad)
+    riec.receive_contribution(2, GEMEENTE, bad.SerializeToString(), covenant)  # no exception
+    view = riec.show(measure=SIGNALS, dimensions=(A, R), request_id=request_id)
+    assert set(view.contributors) == {RIEC, POLITIE}
+    ((party, reason, message),) = view.refusals
+    assert (party, reason) == (GEMEENTE, pp.PictureRefusal.INVALID_REQUEST)
+    assert message.startswith(f"rejected by the viewer: {field}:")
+    assert view.table.cell((p.TOTAL, p.TOTAL)).count == 4  # the lie counts nowhere
+    assert store.mailbox_cursor() == 2
+
+
+def test_a_contribution_with_its_own_role_is_counted(world, store):
+    covenant = world[0].covenant
+    riec = desk(world, store, RIEC)
+    ask = pp.PictureAsk(OCT, (SIGNALS,), (A, R))
+    request_id, _ = riec.collect(ask, officer="analist@riec")
+    good = _contribution(covenant, GEMEENTE, request_id, ask, {("pc4:5038", "gemeente"): 5})
+    riec.receive_contribution(1, GEMEENTE, good.SerializeToString(), covenant)
+    view = riec.show(measure=SIGNALS, dimensions=(A, R), request_id=request_id)
+    assert view.refusals == ()
+    assert view.table.cell(("pc4:5038", "gemeente")).count == 5
+
+
+# --- differencing across collections (exact mode) -----------------------------------------
+
+
+def _released(data: dict[tuple[str, str], int], period: p.Period, min_count: int = 5):
+    cells: Counter[tuple[str, ...]] = Counter()
+    for (m, a), v in data.items():
+        if m in period and v:
+            cells[(a,)] += v
+    return p.release(p.with_totals(p.Table(SIGNALS, (A,), period, cells)), min_count=min_count)
+
+
+def test_oct_is_not_recovered_from_sep_and_sep_oct():
+    data = {("2026-09", "pc4:5038"): 10, ("2026-10", "pc4:5038"): 3, ("2026-10", "pc4:5041"): 9}
+    data |= {("2026-09", "pc4:5041"): 7}
+    oct_ = _released(data, OCT)
+    assert oct_.cell(("pc4:5038",)).quality is p.CellQuality.SUPPRESSED
+    sep, both = _released(data, SEP), _released(data, SEP_OCT)
+    # The attack the rule prevents: Sep..Oct minus Sep gives Oct's suppressed cell.
+    recovered = both.cell(("pc4:5038",)).count - sep.cell(("pc4:5038",)).count
+    assert recovered == 3
+    prior = [
+        pp.PriorCollection(b"sep", SEP, (SIGNALS,)),
+        pp.PriorCollection(b"oct", OCT, (SIGNALS,)),
+    ]
+    with pytest.raises(InvalidInput) as caught:
+        pp.check_periods(None, SEP_OCT, [SIGNALS], prior)
+    assert (caught.value.field, caught.value.reason) == ("period", "picture.overlapping_period")
+    pp.check_periods(None, SEP, [SIGNALS], prior)  # the same period again
+    pp.check_periods(None, SEP_OCT, [p.Measure.HIT_GROUPS], prior)  # another measure
+    pp.check_periods(b"sep", SEP, [SIGNALS], prior)  # a collection is not checked against itself
+    noisy = [pp.PriorCollection(b"sep", SEP, (SIGNALS,), noisy=True)]
+    pp.check_periods(None, SEP_OCT, [SIGNALS], noisy)  # noise protects the difference
+
+
+def _rank(rows: list[list[Fraction]]) -> int:
+    rows = [list(r) for r in rows]
+    rank, width = 0, len(rows[0]) if rows else 0
+    for col in range(width):
+        pivot = next((i for i in range(rank, len(rows)) if rows[i][col] != 0), None)
+        if pivot is None:
+            continue
+        rows[rank], rows[pivot] = rows[pivot], rows[rank]
+        for i in range(len(rows)):
+            if i != rank and rows[i][col] != 0:
+                f = rows[i][col] / rows[rank][col]
+                rows[i] = [x - f * y for x, y in zip(rows[i], rows[rank], strict=True)]
+        rank += 1
+    return rank
+
+
+MONTHS3 = ("2026-09", "2026-10", "2026-11")
+AREAS3 = ("pc4:1", "pc4:2", "pc4:3")
+CATS2 = ("a", "b")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 7), min_size=18, max_size=18),
+    wanted=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 2)).map(sorted), min_size=1, max_size=5
+    ),
+    min_count=st.integers(2, 5),
+)
+def test_no_sequence_of_allowed_collections_recovers_a_suppressed_cell(counts, wanted, min_count):
+    atoms = list(itertools.product(MONTHS3, AREAS3, CATS2))
+    data = dict(zip(atoms, counts, strict=True))
+    prior: list[pp.PriorCollection] = []
+    released: list[p.ReleasedTable] = []
+    for i, (first, last) in enumerate(wanted):
+        period = p.Period(MONTHS3[first], MONTHS3[last])
+        try:
+            pp.check_periods(None, period, [SIGNALS], prior)
+        except InvalidInput:
+            continue
+        prior.append(pp.PriorCollection(bytes([i]), period, (SIGNALS,)))
+        cells: Counter[tuple[str, ...]] = Counter()
+        for (m, a, c), v in data.items():
+            if m in period and v:
+                cells[(a, c)] += v
+        table = p.with_totals(p.Table(SIGNALS, (A, C), period, cells))
+        released.append(p.release(table, min_count=min_count))
+
+    def form(period: p.Period, key: tuple[str, ...]) -> list[Fraction]:
+        return [
+            Fraction(m in period and key[0] in (a, p.TOTAL) and key[1] in (c, p.TOTAL))
+            for m, a, c in atoms
+        ]
+
+    known: list[list[Fraction]] = []
+    hidden: list[list[Fraction]] = []
+    for table in released:
+        for key in itertools.product((*AREAS3, p.TOTAL), (*CATS2, p.TOTAL)):
+            cell = table.cell(key)  # absent: an exact 0, known
+            (hidden if cell.count is None else known).append(form(table.period, key))
+    base = _rank(known) if known else 0
+    for row in hidden:
+        assert _rank([*known, row]) > base, "a suppressed cell is a function of released figures"
+
+
+# --- each hit group once: by the node's latest notice of it -------------------------------
+
+
+def _notice(store: node_store.NodeStore, cursor: int, revision: int, reporter: bool) -> bool:
+    body = broker_pb2.HitNotice(revision=revision, picture_reporter=reporter)
+    signed = common_pb2.Signed(body=body.SerializeToString()).SerializeToString()
+    seen = datetime(2026, 10, 5, tzinfo=UTC)
+    return store.accept_notice(
+        cursor, bytes(range(16)), revision, HitKind.NEW, signed, (), seen, seen, now=NOW
+    )
+
+
+@pytest.mark.parametrize(
+    ("notices", "counted"),
+    [
+        ([(1, True)], 1),
+        ([(1, True), (2, False)], 0),  # the flag moved to another member
+        ([(2, False), (1, True)], 0),  # an older notice arriving late changes nothing
+        ([(1, False), (2, True)], 1),  # the flag moved to this node
+        ([(1, True), (2, False), (3, True)], 1),  # and back: still once
+    ],
+)
+def test_a_hit_group_counts_by_the_latest_notice_only(store, notices, counted):
+    for cursor, (revision, reporter) in enumerate(notices, start=1):
+        _notice(store, cursor, revision, reporter)
+    facts = store.picture_hit_group_facts("2026-10", "2026-10")
+    assert len(facts) == counted
+    table = p.count(p.Measure.HIT_GROUPS, (), facts, role="gemeente", period=OCT)
+    assert table.total() == counted

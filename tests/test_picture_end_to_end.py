@@ -364,6 +364,23 @@ def test_bad_input_is_named_by_field(cluster: Cluster) -> None:
         assert main(["picture", "collect", "--socket", cluster.nodes[RIEC].api_address, *argv]) != 0
 
 
+def test_an_overlapping_period_is_refused_in_exact_mode(cluster: Cluster) -> None:
+    """Sep..Oct next to an Oct already collected would give Sep..Oct minus Oct = Sep's
+    suppressed cells away: refused, naming the period (docs/picture.md)."""
+    collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, (Dimension.AREA,))
+    year, month = int(MONTH[:4]), int(MONTH[5:])
+    before = f"{year - (month == 1):04d}-{(month - 2) % 12 + 1:02d}"
+    with pytest.raises(InvalidInput) as overlapping:
+        cluster.clients[RIEC].picture_collect(
+            Period(before, MONTH), (Measure.ACTIVE_SIGNALS,), (), officer="analist@riec"
+        )
+    assert (overlapping.value.field, overlapping.value.reason) == (
+        "period",
+        "picture.overlapping_period",
+    )
+    collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, (Dimension.CATEGORY,))  # equal: fine
+
+
 def test_noisy_mode_marks_figures_and_refuses_beyond_the_budget(cluster: Cluster) -> None:
     covenant = cluster.provisioned.covenant
     cluster.publish(dataclasses.replace(covenant, version=2, policy=policy(noisy=True)))
