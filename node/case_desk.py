@@ -25,7 +25,6 @@ import structlog
 
 from samenloop.node import cases as case_core
 from samenloop.node.cases import Applied, Case, CaseChange, Refused
-from samenloop.node.disclosure import Envelope
 from samenloop.node.store import NodeStore, SealedEnvelope
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys
@@ -37,12 +36,6 @@ __all__ = ["CaseDesk"]
 log = structlog.get_logger(__name__)
 
 ID_BYTES = case_core.ID_BYTES
-
-
-def _sealed(envelope: Envelope) -> SealedEnvelope:
-    return SealedEnvelope(
-        envelope.message_id, envelope.recipient, envelope.sealed.SerializeToString()
-    )
 
 
 def _case_id(case_id: bytes) -> bytes:
@@ -117,7 +110,7 @@ class CaseDesk:
             raise NotAllowed(result.message, field="case_id", reason=f"case.{result.reason.value}")
         envelopes = case_core.seal(self._keys, covenant, before, result, self._id)
         self._store.record_case_change(
-            before, result, [_sealed(e) for e in envelopes], now=self._now()
+            before, result, [SealedEnvelope.of(e) for e in envelopes], now=self._now()
         )
         self.wake()
         log.info(

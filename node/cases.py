@@ -66,7 +66,9 @@ from typing import Final
 
 from google.protobuf.message import DecodeError
 
-from samenloop.node.disclosure import Envelope, _check_name, _seal
+from samenloop.node.disclosure import _check_name
+from samenloop.node.envelopes import Envelope
+from samenloop.node.envelopes import seal as _seal
 from samenloop.node.notices import verify_hit_notice
 from samenloop.policies import rules
 from samenloop.policies.covenant import Covenant

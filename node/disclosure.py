@@ -79,6 +79,8 @@ from typing import Final, Protocol
 
 from google.protobuf.message import DecodeError
 
+from samenloop.node.envelopes import Envelope
+from samenloop.node.envelopes import seal as _seal
 from samenloop.node.notices import verify_hit_notice
 from samenloop.policies import crypto, rules
 from samenloop.policies.covenant import Covenant
@@ -141,37 +143,6 @@ def refusal_from_proto(value: int) -> Refusal | None:
 
 
 # --- envelopes -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, repr=False)
-class Envelope:
-    """A sealed message for the broker to relay: its idempotency id, recipient and bytes."""
-
-    message_id: bytes
-    recipient: str
-    sealed: common_pb2.Sealed
-
-    def __repr__(self) -> str:
-        return f"Envelope(recipient={self.recipient!r}, bytes={self.sealed.ByteSize()})"
-
-
-def _seal(
-    keys: PartyKeys,
-    covenant: Covenant,
-    recipient: str,
-    context: SignatureContext,
-    body: bytes,
-    message_id: bytes,
-) -> Envelope:
-    box = crypto.seal_signed(keys, recipient, covenant.public_keys(recipient).x25519, context, body)
-    sealed = common_pb2.Sealed(
-        sender=keys.party,
-        recipient=recipient,
-        covenant_version=covenant.version,
-        nonce=box.nonce,
-        ciphertext=box.ciphertext,
-    )
-    return Envelope(message_id=message_id, recipient=recipient, sealed=sealed)
 
 
 def open_envelope(

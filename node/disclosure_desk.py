@@ -35,7 +35,8 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from samenloop.node import disclosure
-from samenloop.node.disclosure import Envelope, Outcome, PendingRequest, Verdict
+from samenloop.node.disclosure import Outcome, PendingRequest, Verdict
+from samenloop.node.envelopes import Envelope
 from samenloop.node.models import DisclosureDirection, DisclosureState
 from samenloop.node.store import DisclosureRecord, NewDisclosure, NodeStore, SealedEnvelope
 from samenloop.policies.covenant import Covenant
@@ -58,12 +59,6 @@ EnvelopeHandler = Callable[[int, str, bytes, Covenant], None]
 log = structlog.get_logger(__name__)
 
 ID_BYTES = disclosure.ID_BYTES
-
-
-def _sealed(envelope: Envelope) -> SealedEnvelope:
-    return SealedEnvelope(
-        envelope.message_id, envelope.recipient, envelope.sealed.SerializeToString()
-    )
 
 
 class DisclosureDesk:
@@ -162,7 +157,7 @@ class DisclosureDesk:
                 covenant_version=covenant.version,
                 requested_at=now,
             ),
-            _sealed(envelope),
+            SealedEnvelope.of(envelope),
             now=now,
         )
         self.wake()
@@ -261,7 +256,7 @@ class DisclosureDesk:
                 requested_at=incoming.issued_at,
             ),
             verdict,
-            None if answer is None else _sealed(answer),
+            None if answer is None else SealedEnvelope.of(answer),
             now=now,
         )
         if answer is not None:
@@ -367,7 +362,7 @@ class DisclosureDesk:
             approved=approved,
             note=note,
             verdict=verdict,
-            answer=None if answer is None else _sealed(answer),
+            answer=None if answer is None else SealedEnvelope.of(answer),
             now=now,
         )
         if answer is not None:

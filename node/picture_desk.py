@@ -26,7 +26,6 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from samenloop.node import picture, picture_protocol
-from samenloop.node.disclosure import Envelope
 from samenloop.node.picture import Dimension, Measure, Period, ReleasedTable, Table
 from samenloop.node.picture_protocol import PictureAsk, PictureRefusal, PictureVerdict
 from samenloop.node.store import (
@@ -66,12 +65,6 @@ def _why(error: Exception) -> str:
     if isinstance(error, SamenloopError):
         return f"{error.field}: {error.message}" if error.field else error.message
     return "not a PictureContribution"
-
-
-def _sealed(envelope: Envelope) -> SealedEnvelope:
-    return SealedEnvelope(
-        envelope.message_id, envelope.recipient, envelope.sealed.SerializeToString()
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +220,7 @@ class PictureDesk:
                 covenant, self._me, ask, request_id=request_id, now=now
             )
             envelopes = [
-                _sealed(
+                SealedEnvelope.of(
                     picture_protocol.build_request(
                         self._keys,
                         covenant,
@@ -466,7 +459,7 @@ class PictureDesk:
                 self._store.answer_picture_request(
                     cursor,
                     self._answer(incoming.request_id, incoming.requester, ask, verdict),
-                    _sealed(envelope),
+                    SealedEnvelope.of(envelope),
                     budget_units=self._budget_units(covenant),
                     now=now,
                 )

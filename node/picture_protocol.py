@@ -50,7 +50,8 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
 
 from samenloop.node import picture
-from samenloop.node.disclosure import Envelope
+from samenloop.node.envelopes import Envelope
+from samenloop.node.envelopes import seal as _seal
 from samenloop.node.picture import (
     BudgetExhausted,
     BudgetLedger,
@@ -63,7 +64,7 @@ from samenloop.node.picture import (
     SignalFacts,
     Table,
 )
-from samenloop.policies import crypto, rules
+from samenloop.policies import rules
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import InvalidInput, MessageTooLarge, NotAllowed, SamenloopError
@@ -213,25 +214,6 @@ def check_periods(
                 field="period",
                 reason="picture.overlapping_period",
             )
-
-
-def _seal(
-    keys: PartyKeys,
-    covenant: Covenant,
-    recipient: str,
-    context: SignatureContext,
-    body: bytes,
-    message_id: bytes,
-) -> Envelope:
-    box = crypto.seal_signed(keys, recipient, covenant.public_keys(recipient).x25519, context, body)
-    sealed = common_pb2.Sealed(
-        sender=keys.party,
-        recipient=recipient,
-        covenant_version=covenant.version,
-        nonce=box.nonce,
-        ciphertext=box.ciphertext,
-    )
-    return Envelope(message_id=message_id, recipient=recipient, sealed=sealed)
 
 
 def request_message(

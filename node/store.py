@@ -65,6 +65,7 @@ from sqlalchemy.exc import IntegrityError
 from samenloop.node import cases as case_core
 from samenloop.node import models, picture
 from samenloop.node.disclosure import Outcome, ResponseUpdate, SignalFacts, Verdict
+from samenloop.node.envelopes import Envelope
 from samenloop.node.identifiers import Identifier, IdentifierType
 from samenloop.node.models import (
     AreaKind,
@@ -351,6 +352,11 @@ class SealedEnvelope:
 
     def __repr__(self) -> str:
         return f"SealedEnvelope(recipient={self.recipient!r}, bytes={len(self.sealed)})"
+
+    @classmethod
+    def of(cls, envelope: Envelope) -> SealedEnvelope:
+        """An envelope as the outbox keeps it."""
+        return cls(envelope.message_id, envelope.recipient, envelope.sealed.SerializeToString())
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -35,6 +35,7 @@ SANS_IO = [
     "samenloop.node.picture",
     "samenloop.node.picture_report",
     "samenloop.node.picture_protocol",
+    "samenloop.node.envelopes",
     "samenloop.broker.matching",
     "samenloop.broker.mailbox",
 ]
