@@ -567,6 +567,9 @@ class Uplink:
                     log.info("relayed request dropped", reason=error.reason)
                     continue
                 signed = common_pb2.Signed.FromString(answer)
+                # Counted durably before the answer leaves: a crash in between must not hand
+                # out evaluations that the quota never saw.
+                self._count_evaluation(message.evaluation.request.signer, signed, now)
                 outbound.put(
                     broker_pb2.HolderChannelRequest(
                         answer=broker_pb2.HolderAnswer(
@@ -574,7 +577,6 @@ class Uplink:
                         )
                     )
                 )
-                self._count_evaluation(message.evaluation.request.signer, signed, now)
         finally:
             outbound.close()
             self._untrack(call)
