@@ -983,9 +983,11 @@ class HitNotice(_message.Message):
     distinct parties, that share one token).
     """
     revision: _builtins.int
-    """Revision of the group: 1 when it is formed, plus one per change. A node
-    keeps the highest revision per group and drops older or repeated notices,
-    which makes at-least-once delivery safe.
+    """Revision of the group: the time of its latest change in microseconds
+    since 1970 (strictly increasing per group, whatever the broker's clock
+    does). A node keeps the highest revision per group and drops older or
+    repeated notices, which makes at-least-once delivery safe. A time, not a
+    count, so that it does not betray changes the recipient was not told of.
     """
     kind: Global___HitNoticeKind.ValueType
     """What happened."""
@@ -996,9 +998,10 @@ class HitNotice(_message.Message):
     visibility.party_count. The covenant says whether hidden members count.
     """
     picture_reporter: _builtins.bool
-    """True in exactly one member's notice of each revision: that member counts
-    the group in its regional picture contributions, so that each hit group
-    is counted once however many members it has.
+    """True in the notices of exactly one member (the reporter, chosen from the
+    membership alone): that member counts the group in its regional picture
+    contributions, so that each hit group is counted once however many
+    members it has. A node counts by its latest notice of the group.
     """
     @_builtins.property
     def visibility(self) -> Global___HitVisibility:
@@ -1016,7 +1019,10 @@ class HitNotice(_message.Message):
 
     @_builtins.property
     def first_seen(self) -> _timestamp_pb2.Timestamp:
-        """When the group first reached the covenant's minimum."""
+        """When the group first reached the covenant's minimum; for a recipient
+        that some member is hidden from, when this notice was issued (the group's
+        age could betray that member).
+        """
 
     @_builtins.property
     def last_seen(self) -> _timestamp_pb2.Timestamp:
