@@ -104,6 +104,14 @@ class CaseDesk:
             raise NotFound("this node holds no hit with this group id", field="hit_group_id")
         return common_pb2.Signed.FromString(hit.notice)
 
+    def _change(self, case_id: bytes, build: Callable[[Covenant, Case | None], CaseChange]) -> Case:
+        """Build a change of a case this node holds from the covenant in force and the case
+        as stored, apply it, and commit it with its envelopes — one at a time."""
+        with self._lock:
+            covenant = self._covenant()
+            before = self._store.case(_case_id(case_id))
+            return self._commit(before, build(covenant, before), covenant)
+
     def _commit(self, before: Case | None, change: CaseChange, covenant: Covenant) -> Case:
         result = case_core.apply(covenant, self._me, before, change, now=self._now())
         if isinstance(result, Refused):
@@ -140,11 +148,10 @@ class CaseDesk:
 
     def invite(self, case_id: bytes, parties: Sequence[str], *, officer: str) -> Case:
         """Invite further parties of the case's hit (with the node's latest notice of it)."""
-        with self._lock:
-            covenant = self._covenant()
-            before = self._store.case(_case_id(case_id))
+
+        def build(covenant: Covenant, before: Case | None) -> CaseChange:
             notice = self._signed_notice(before.hit_group_id) if before is not None else None
-            change = case_core.invite(
+            return case_core.invite(
                 covenant,
                 self._me,
                 before,
@@ -154,7 +161,8 @@ class CaseDesk:
                 now=self._now(),
                 signed_notice=notice or common_pb2.Signed(),
             )
-            return self._commit(before, change, covenant)
+
+        return self._change(case_id, build)
 
     def add_action(
         self,
@@ -175,10 +183,9 @@ class CaseDesk:
                 f"one of: {', '.join(t.value for t in case_core.InterventionType)}",
                 field="action.intervention_type",
             ) from None
-        with self._lock:
-            covenant = self._covenant()
-            before = self._store.case(_case_id(case_id))
-            change = case_core.add_action(
+
+        def build(covenant: Covenant, before: Case | None) -> CaseChange:
+            return case_core.add_action(
                 covenant,
                 self._me,
                 before,
@@ -192,7 +199,8 @@ class CaseDesk:
                 officer=officer,
                 now=self._now(),
             )
-            return self._commit(before, change, covenant)
+
+        return self._change(case_id, build)
 
     def update_action(
         self,
@@ -211,10 +219,9 @@ class CaseDesk:
             raise InvalidInput(
                 f"one of: {', '.join(s.value for s in case_core.ActionStatus)}", field="status"
             ) from None
-        with self._lock:
-            covenant = self._covenant()
-            before = self._store.case(_case_id(case_id))
-            change = case_core.update_action(
+
+        def build(covenant: Covenant, before: Case | None) -> CaseChange:
+            return case_core.update_action(
                 covenant,
                 self._me,
                 before,
@@ -226,14 +233,14 @@ class CaseDesk:
                 officer=officer,
                 now=self._now(),
             )
-            return self._commit(before, change, covenant)
+
+        return self._change(case_id, build)
 
     def remove(self, case_id: bytes, parties: Sequence[str], *, officer: str) -> Case:
         """Remove members: they get this last message and nothing further."""
-        with self._lock:
-            covenant = self._covenant()
-            before = self._store.case(_case_id(case_id))
-            change = case_core.remove_members(
+
+        def build(covenant: Covenant, before: Case | None) -> CaseChange:
+            return case_core.remove_members(
                 covenant,
                 self._me,
                 before,
@@ -242,14 +249,14 @@ class CaseDesk:
                 officer=officer,
                 now=self._now(),
             )
-            return self._commit(before, change, covenant)
+
+        return self._change(case_id, build)
 
     def close(self, case_id: bytes, *, outcome: str, officer: str) -> Case:
         """Close the case with its outcome."""
-        with self._lock:
-            covenant = self._covenant()
-            before = self._store.case(_case_id(case_id))
-            change = case_core.close_case(
+
+        def build(covenant: Covenant, before: Case | None) -> CaseChange:
+            return case_core.close_case(
                 covenant,
                 self._me,
                 before,
@@ -258,7 +265,8 @@ class CaseDesk:
                 officer=officer,
                 now=self._now(),
             )
-            return self._commit(before, change, covenant)
+
+        return self._change(case_id, build)
 
     # --- what the broker relays ---------------------------------------------------------
 
