@@ -164,6 +164,14 @@ def _same(value: Any) -> Any:
     return value
 
 
+def sqlite_stamp(value: datetime) -> str:
+    """An aware time as SQLAlchemy stores a ``UtcDateTime`` in SQLite (naive UTC text with
+    microseconds), several times faster: the SQLite hot path converts one per row."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("refusing to store a naive datetime")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
 def prefix64(value: bytes) -> int:
     """The indexed form of a token or signal ref: its first 8 bytes as a signed integer."""
     return int.from_bytes(value[:8], "big", signed=True)
@@ -308,7 +316,9 @@ class BrokerStore(audit_store.AuditLog):
         timestamp = TokenEntry.__table__.c.expires_at.type.dialect_impl(dialect)
         to_database = timestamp.bind_processor(dialect)
         from_database = timestamp.result_processor(dialect, None)
-        self._stamp: Callable[[datetime], Any] = to_database or _same
+        self._stamp: Callable[[datetime], Any] = (
+            sqlite_stamp if dialect.name == "sqlite" else to_database or _same
+        )
         self._read_time: Callable[[Any], Any] = from_database or _same
 
     @property

@@ -7,18 +7,20 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from hypothesis import given
+from hypothesis import strategies as st
 
 from samenloop.broker import matching, store
 from samenloop.broker.mailbox import ItemKind
 from samenloop.broker.matching import Entry, NoticeDraft
-from samenloop.broker.models import Base
-from samenloop.broker.store import MIGRATIONS, BrokerStore
+from samenloop.broker.models import Base, TokenEntry
+from samenloop.broker.store import MIGRATIONS, BrokerStore, sqlite_stamp
 from samenloop.policies import database
 from samenloop.policies.errors import (
     ConfigurationError,
@@ -590,3 +592,23 @@ def test_prefix_is_a_signed_64_bit_integer():
     assert store.prefix64(b"\xff" * 8 + b"\x00" * 24) == -1
     assert store.prefix64(b"\x7f" + b"\xff" * 7) == 2**63 - 1
     assert matching.TOKEN_BYTES == 32
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1970, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=-11)), timezone(timedelta(hours=13, minutes=45))]
+        ),
+    )
+)
+def test_the_fast_sqlite_time_is_what_sqlalchemy_would_store(moment):
+    engine = database.make_engine("sqlite://")
+    column = TokenEntry.__table__.c.expires_at.type.dialect_impl(engine.dialect)
+    assert sqlite_stamp(moment) == column.bind_processor(engine.dialect)(moment)
+
+
+def test_the_fast_sqlite_time_refuses_a_naive_one():
+    with pytest.raises(ValueError, match="naive"):
+        sqlite_stamp(datetime(2026, 1, 1))
