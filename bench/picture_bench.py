@@ -9,7 +9,8 @@ requester — for the tables the report shows. The bound is the same run's bare
 SELECT of the same rows from every store (sqlite3, no SQLAlchemy, no objects).
 Target: (compute + combine) / read <= 2.0. Best of ``--picture-repeat`` runs.
 
-``--scale small`` (default): 20 x 20,000 signals; ``--scale full``: 20 x 100,000.
+Both scales run 20 x 100,000 signals, the issue's figure (about a minute and a half);
+``--picture-signals`` sets another size.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 PARTNERS = {"small": 20, "full": 20}
-SIGNALS = {"small": 20_000, "full": 100_000}
+#: The issue's own scale in both: below it fixed costs dominate and the ratio says little.
+SIGNALS = {"small": 100_000, "full": 100_000}
 ROLES = ("gemeente", "politie", "belastingdienst", "woningcorporatie", "riec")
 PERIOD = picture.Period("2026-01", "2026-12")
 #: The tables the report asks for: the trend, top areas, top branches, the heat table.
