@@ -37,6 +37,7 @@ from samenloop.policies.errors import (
     NotAllowed,
     SamenloopError,
 )
+from samenloop.policies.times import received_time
 from samenloop.policies.trust import HeldCovenant, SignedCovenant, check_validity
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2, keyholder_pb2
 
@@ -67,7 +68,7 @@ def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
 def _from_timestamp(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
     if stamp.seconds == 0 and stamp.nanos == 0:
         raise InvalidInput("timestamp is missing", field=field)
-    return stamp.ToDatetime(tzinfo=UTC)
+    return received_time(stamp, field=field)
 
 
 class MailboxBell:

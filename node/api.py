@@ -77,6 +77,7 @@ from samenloop.policies.errors import (
     UnknownType,
 )
 from samenloop.policies.rules import Refusal
+from samenloop.policies.times import received_time
 from samenloop.v1 import broker_pb2, common_pb2, node_pb2, node_pb2_grpc
 
 __all__ = [
@@ -387,11 +388,11 @@ def _parse_expiry(
     if not message.HasField("expires_at"):
         return latest
     try:
-        expires_at = message.expires_at.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        errors.append(
-            InvalidInput("not a valid time", field=f"{prefix}expires_at", reason="signal.expiry")
+        expires_at = received_time(
+            message.expires_at, field=f"{prefix}expires_at", reason="signal.expiry"
         )
+    except InvalidInput as error:
+        errors.append(error)
         return None
     if expires_at <= now:
         errors.append(

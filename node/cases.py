@@ -82,6 +82,7 @@ from samenloop.policies.errors import (
     UnknownType,
 )
 from samenloop.policies.policy import Level
+from samenloop.policies.times import received_time
 from samenloop.v1 import broker_pb2, case_pb2, common_pb2
 
 __all__ = [
@@ -341,13 +342,6 @@ class Action:
         return message
 
 
-def _time(stamp: object, field: str) -> datetime:
-    try:
-        return stamp.ToDatetime(tzinfo=UTC)  # type: ignore[attr-defined,no-any-return]
-    except (ValueError, OverflowError) as error:
-        raise InvalidInput("out of range", field=field) from error
-
-
 def _text(value: str, field: str, limit: int, *, empty_ok: bool = True) -> str:
     if not empty_ok and not value.strip():
         raise InvalidInput("must not be empty", field=field)
@@ -376,10 +370,10 @@ def action_from_proto(message: case_pb2.CaseAction, field: str, *, added_at: dat
         ),
         measure=_text(message.measure, f"{field}.measure", MAX_MEASURE_BYTES, empty_ok=False),
         description=_text(message.description, f"{field}.description", MAX_TEXT_BYTES),
-        deadline=_time(message.deadline, f"{field}.deadline"),
+        deadline=received_time(message.deadline, field=f"{field}.deadline"),
         status=status_from_proto(message.status, f"{field}.status"),
         note=_text(message.note, f"{field}.note", MAX_TEXT_BYTES),
-        updated_at=_time(message.updated_at, f"{field}.updated_at"),
+        updated_at=received_time(message.updated_at, field=f"{field}.updated_at"),
         updated_by=_check_name(message.updated_by, f"{field}.updated_by"),
         added_at=added_at,
     )
@@ -519,7 +513,7 @@ def parse_change(body: bytes, *, sender: str) -> CaseChange:
         raise MessageTooLarge(f"at most {MAX_MEMBERS} members", field="members")
     if len(message.actions) > MAX_ACTIONS:
         raise MessageTooLarge(f"at most {MAX_ACTIONS} actions", field="actions")
-    issued_at = _time(message.issued_at, "issued_at")
+    issued_at = received_time(message.issued_at, field="issued_at")
     members = tuple(_check_name(m, f"members[{i}]") for i, m in enumerate(message.members))
     return CaseChange(
         case_id=_id(message.case_id, "case_id"),

@@ -95,6 +95,7 @@ from samenloop.policies.errors import (
 )
 from samenloop.policies.policy import check_token
 from samenloop.policies.rules import Allow, Deny, NeedsApproval, Refusal
+from samenloop.policies.times import received_time
 from samenloop.v1 import broker_pb2, common_pb2, disclosure_pb2
 
 __all__ = [
@@ -337,10 +338,7 @@ def parse_request(body: bytes, *, sender: str, me: str) -> IncomingRequest:
     _check_justification(request.justification)
     if not request.HasField("issued_at") or request.covenant_version < 1:
         raise InvalidInput("issued_at and covenant_version are required", field="issued_at")
-    try:
-        issued_at = request.issued_at.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError) as error:
-        raise InvalidInput("issued_at is out of range", field="issued_at") from error
+    issued_at = received_time(request.issued_at, field="issued_at")
     return IncomingRequest(
         request_id=bytes(request.request_id),
         covenant_id=request.covenant_id,

@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol
 
-from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
 
 from samenloop.node import picture
@@ -68,6 +67,7 @@ from samenloop.policies import rules
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import InvalidInput, MessageTooLarge, NotAllowed, SamenloopError
+from samenloop.policies.times import received_time
 from samenloop.v1 import common_pb2, picture_pb2
 
 __all__ = [
@@ -92,7 +92,6 @@ __all__ = [
     "released_to_proto",
     "table_from_proto",
     "table_to_proto",
-    "timestamp",
     "too_large",
 ]
 
@@ -124,15 +123,6 @@ class PictureRefusal(enum.StrEnum):
         except ValueError:
             return None
         return next((r for r in cls if f"PICTURE_REFUSAL_REASON_{r.name}" == name), None)
-
-
-def timestamp(value: timestamp_pb2.Timestamp, *, field: str) -> datetime:
-    """A received ``google.protobuf.Timestamp`` as an aware UTC datetime; ``InvalidInput``
-    naming ``field`` when it is outside what a datetime holds (years 1..9999)."""
-    try:
-        return value.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError, OSError):
-        raise InvalidInput("the time is out of range", field=field, reason="picture.time") from None
 
 
 # --- asking ------------------------------------------------------------------------------
@@ -352,7 +342,7 @@ def decide(
     if not message.HasField("issued_at"):
         return _refuse(PictureRefusal.INVALID_REQUEST, "issued_at: missing")
     try:
-        issued_at = timestamp(message.issued_at, field="issued_at")
+        issued_at = received_time(message.issued_at, field="issued_at", reason="picture.time")
     except InvalidInput as error:
         return _refuse(PictureRefusal.INVALID_REQUEST, f"{error.field}: {error.message}")
     if issued_at > now + MAX_CLOCK_SKEW:

@@ -285,8 +285,13 @@ def test_a_reused_batch_id_with_other_content_is_refused(world):
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "entries",
         ),
+        (
+            lambda r: setattr(r.entries[0].expires_at, "seconds", 10**15),  # year > 9999
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "entries[0].expires_at",
+        ),
     ],
-    ids=["short token", "short batch id", "unknown epoch", "oversized batch"],
+    ids=["short token", "short batch id", "unknown epoch", "oversized batch", "time out of range"],
 )
 def test_bad_batches_are_refused_naming_the_field_and_store_nothing(world, mutate, code, field):
     running = world["running"]
