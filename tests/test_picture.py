@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from samenloop.node import picture as p
 from samenloop.node import picture_report
 from samenloop.policies.errors import InvalidInput, QuotaExceeded
+from samenloop.policies.times import received_time
 from samenloop.v1 import picture_pb2
 
 A, B, C, M, R, T = (
@@ -610,7 +611,7 @@ def test_an_issued_at_out_of_range_is_refused_naming_the_field(world, seconds):
     assert verdict.refusal is pp.PictureRefusal.INVALID_REQUEST
     assert verdict.message.startswith("issued_at:")
     with pytest.raises(InvalidInput) as caught:
-        pp.timestamp(_ts(seconds), field="x.issued_at")
+        received_time(_ts(seconds), field="x.issued_at")
     assert caught.value.field == "x.issued_at"
 
 
