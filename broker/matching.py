@@ -387,46 +387,55 @@ def parse_batch(party: str, key_epoch: int, entries: Sequence[Entry]) -> Batch:
             f"at most {MAX_ENTRIES_PER_BATCH} entries per batch, got {len(entries)}",
             field="entries",
         )
-    kept: dict[tuple[bytes, bytes], tuple[int, Entry]] = {}
+    # Keyed by ref + token: refs have one length, so the keys sort as (ref, token) pairs.
+    kept: dict[bytes, tuple[int, Entry]] = {}
     for i, entry in enumerate(entries):
+        token = entry.token
+        ref = entry.signal_ref
         if entry.party != party:
             raise InvalidInput("entry names another party", field=f"entries[{i}]")
-        if len(entry.token) != TOKEN_BYTES:
+        if len(token) != TOKEN_BYTES:
             raise InvalidInput(f"token must be {TOKEN_BYTES} bytes", field=f"entries[{i}].token")
-        if len(entry.signal_ref) != REF_BYTES:
+        if len(ref) != REF_BYTES:
             raise InvalidInput(
                 f"signal ref must be {REF_BYTES} bytes", field=f"entries[{i}].signal_ref"
             )
         expires_at = entry.expires_at
         if expires_at.tzinfo is not UTC:
             expires_at = _utc(expires_at, f"entries[{i}].expires_at")
-        if entry.sealed_attributes is not None and not entry.sealed_attributes:
+        sealed = entry.sealed_attributes
+        if sealed is not None and not sealed:
             raise InvalidInput(
                 "sealed attributes, when given, must not be empty",
                 field=f"entries[{i}].sealed_attributes",
             )
         if entry.key_epoch != key_epoch or expires_at is not entry.expires_at:
-            entry = Entry(
-                party, entry.token, entry.signal_ref, key_epoch, expires_at, entry.sealed_attributes
-            )
-        kept[(entry.signal_ref, entry.token)] = (i, entry)
+            entry = Entry(party, token, ref, key_epoch, expires_at, sealed)
+        kept[bytes(ref) + bytes(token)] = (i, entry)
     digest = hashlib.sha256(_SUBMIT_DOMAIN + struct.pack(">I", key_epoch))
     parts: list[bytes] = []
     append = parts.append
     pack_micros = _MICROS.pack
     pack_sealed = _SEALED.pack
-    for (ref, token), (_, entry) in sorted(kept.items()):
+    epoch = _EPOCH
+    for key in sorted(kept):
+        entry = kept[key][1]
         sealed = entry.sealed_attributes
-        append(token)
-        append(ref)
-        append(pack_micros(_micros(entry.expires_at)))
+        since = entry.expires_at - epoch  # _micros, inlined: this runs per entry
+        append(entry.token)
+        append(entry.signal_ref)
+        append(pack_micros((since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds))
         if sealed is None:
             append(b"\x00")
         else:
             append(pack_sealed(1, len(sealed)))
             append(sealed)
     digest.update(b"".join(parts))
-    by_position = sorted(kept.values(), key=lambda pair: pair[0])
+    # The dict keeps each key where it first came, its value the last occurrence:
+    # the order of positions needs a sort only where the batch repeated an entry.
+    by_position = list(kept.values())
+    if len(by_position) != len(entries):
+        by_position.sort(key=lambda pair: pair[0])
     return Batch(
         party=party,
         key_epoch=key_epoch,
@@ -490,20 +499,18 @@ def submit(
                 "expires_at must lie in the future", field=f"entries[{position}].expires_at"
             )
     known = _by_token(states)
+    builder = _ChangeBuilder(min_parties, now, new_group_id, visibility)
+    # Tokens with nothing held: their entries are new, and, all being one party's,
+    # cannot form a group (min_parties >= 2). The common case, done in bulk.
+    builder.inserted.extend(entry for entry in batch.entries if entry.token not in known)
+    stored = len(builder.inserted)
+    unchanged = 0
     incoming: dict[bytes, list[Entry]] = {}
     for entry in batch.entries:
-        incoming.setdefault(entry.token, []).append(entry)
-
-    builder = _ChangeBuilder(min_parties, now, new_group_id, visibility)
-    stored = unchanged = 0
+        if entry.token in known:
+            incoming.setdefault(entry.token, []).append(entry)
     for token in sorted(incoming):
-        state = known.get(token)
-        if state is None:
-            # Nothing held for this token: its entries are new, and, all being one
-            # party's, cannot form a group (min_parties >= 2). The common case.
-            builder.inserted.extend(incoming[token])
-            stored += len(incoming[token])
-            continue
+        state = known[token]
         live, expired = _split_live(state.entries, now)
         stored_by_key = {e.key: e for e in state.entries}
         live_keys = {e.key for e in live}
@@ -523,7 +530,13 @@ def submit(
             after[entry.key] = entry
         builder.deleted.extend(e for e in expired if e.key not in after)
         builder.regroup(state, live, tuple(after.values()), may_form=True)
+    # By token, each token's entries in the batch's order (the sort is stable).
+    builder.inserted.sort(key=_token_of)
     return Submission(builder.build(), stored=stored, unchanged=unchanged)
+
+
+def _token_of(entry: Entry) -> bytes:
+    return entry.token
 
 
 def withdraw(

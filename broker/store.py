@@ -69,7 +69,7 @@ from samenloop.broker.models import (
 )
 from samenloop.policies import audit_store
 from samenloop.policies.audit import AuditEvent, AuditKind
-from samenloop.policies.database import READ_ONLY
+from samenloop.policies.database import READ_ONLY, sqlite_stamp
 from samenloop.policies.errors import InvalidInput, NotAllowed, Replay
 
 MIGRATIONS: Final = "samenloop.broker.migrations"
@@ -136,11 +136,39 @@ _PG_OPEN_AND_PRIOR: Final = (
     " ON b.party_id = h.party_id AND b.client_batch_id = %(batch_id)s"
     " WHERE h.party_id = %(party_id)s"
 )
+_SQLITE_OPEN_AND_PRIOR: Final = (
+    "SELECT h.closed, b.digest, b.stored, b.unchanged, b.accepted_at"
+    " FROM mailbox_heads AS h LEFT JOIN processed_batches AS b"
+    " ON b.party_id = h.party_id AND b.client_batch_id = ?"
+    " WHERE h.party_id = ?"
+)
 _PG_RECORD_SUBMIT: Final = (
     "INSERT INTO processed_batches"
     " (party_id, client_batch_id, kind, digest, stored, unchanged, accepted_at)"
     " VALUES (%(party_id)s, %(client_batch_id)s, %(kind)s, %(digest)s, %(stored)s,"
     " %(unchanged)s, %(accepted_at)s)"
+)
+_SQLITE_RECORD_SUBMIT: Final = (
+    "INSERT INTO processed_batches"
+    " (party_id, client_batch_id, kind, digest, stored, unchanged, accepted_at)"
+    " VALUES (:party_id, :client_batch_id, :kind, :digest, :stored, :unchanged, :accepted_at)"
+)
+_SQLITE_HEADS: Final = (
+    "SELECT party_id, head_cursor, acked_cursor, closed FROM mailbox_heads"
+    " WHERE party_id IN ({}) ORDER BY party_id"
+)
+_SQLITE_MOVE_HEAD: Final = "UPDATE mailbox_heads SET head_cursor = ? WHERE party_id = ?"
+_SQLITE_INSERT_ITEMS: Final = (
+    "INSERT INTO mailbox_items (party_id, cursor, kind, payload, enqueued_at)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+_SQLITE_UPDATE_GROUP: Final = (
+    "UPDATE hit_groups SET revision = ?, last_seen = ?, is_open = ? WHERE group_id = ?"
+)
+_SQLITE_INSERT_GROUP: Final = (
+    "INSERT INTO hit_groups"
+    " (group_id, token_prefix, token, revision, first_seen, last_seen, is_open)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _PG_LOCK_HEADS: Final = (
     "SELECT party_id, head_cursor, acked_cursor, closed FROM mailbox_heads"
@@ -162,14 +190,6 @@ SignNotice = Callable[[NoticeDraft], bytes]
 
 def _same(value: Any) -> Any:
     return value
-
-
-def sqlite_stamp(value: datetime) -> str:
-    """An aware time as SQLAlchemy stores a ``UtcDateTime`` in SQLite (naive UTC text with
-    microseconds), several times faster: the SQLite hot path converts one per row."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("refusing to store a naive datetime")
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def prefix64(value: bytes) -> int:
@@ -357,8 +377,10 @@ class BrokerStore(audit_store.AuditLog):
                     tx, party, party_id, client_batch_id, key_epoch, entries
                 )
             else:
-                self._require_open(tx, party, party_id)
-                prior = self._prior(tx, party_id, client_batch_id, batch.digest)
+                checked = tx.conn.exec_driver_sql(
+                    _SQLITE_OPEN_AND_PRIOR, (client_batch_id, party_id)
+                ).first()
+                prior = self._open_and_prior(party, checked, batch.digest)
             if prior is not None:
                 return SubmitResult(
                     client_batch_id,
@@ -398,7 +420,8 @@ class BrokerStore(audit_store.AuditLog):
             if self._postgres:
                 self._driver(tx).execute(_PG_RECORD_SUBMIT, record)
             else:
-                tx.conn.execute(insert(ProcessedBatch).values(**record))
+                record["accepted_at"] = self._stamp(now)
+                tx.conn.exec_driver_sql(_SQLITE_RECORD_SUBMIT, record)
             submitted = AuditEvent(
                 AuditKind.TOKEN_SUBMISSION,
                 party,
@@ -1000,8 +1023,8 @@ class BrokerStore(audit_store.AuditLog):
         return batch, prior, self._loaded(tx, wanted, found[0].fetchall(), found[1].fetchall())
 
     def _open_and_prior(self, party: str, row: Any, digest: bytes) -> _Prior | None:
-        """PostgreSQL: ``_require_open`` and ``_prior`` of a submission, from the row of
-        ``_PG_OPEN_AND_PRIOR``."""
+        """``_require_open`` and ``_prior`` of a submission in one query: from the row of
+        ``_PG_OPEN_AND_PRIOR`` or ``_SQLITE_OPEN_AND_PRIOR``."""
         if row is None:
             raise LookupError(f"no mailbox head for {party}")
         closed, prior_digest, stored, unchanged, accepted_at = row
@@ -1050,18 +1073,24 @@ class BrokerStore(audit_store.AuditLog):
         driver, with the column types' own converters for the timestamps.
         """
         wanted = set(tokens)
-        prefixes = sorted({prefix64(token) for token in wanted})
+        # prefix64, inlined: this runs per token.
+        prefixes = sorted({int.from_bytes(token[:8], "big", signed=True) for token in wanted})
         if self._postgres:
             driver = self._driver(tx)
             with driver.pipeline():  # both lookups in one round trip
                 found = self._send_lookups(driver, f"{{{','.join(map(str, prefixes))}}}")
             return self._loaded(tx, wanted, found[0].fetchall(), found[1].fetchall())
         entry_rows: list[Any] = []
-        group_rows: list[Any] = []
         for chunk in self._chunks(prefixes):
             entry_rows += tx.conn.exec_driver_sql(
                 self._lookup("token_entries", _LOOKUP_ENTRY_COLUMNS, len(chunk)), tuple(chunk)
             ).all()
+        # An open group has entries on its token (entries go only through matching,
+        # which closes a group whose parties fall below the minimum), so SQLite, where
+        # each lookup costs this process's CPU, looks groups up only where entries are.
+        held = sorted({int.from_bytes(row[2][:8], "big", signed=True) for row in entry_rows})
+        group_rows: list[Any] = []
+        for chunk in self._chunks(held):
             group_rows += tx.conn.exec_driver_sql(
                 self._lookup("hit_groups", _LOOKUP_GROUP_COLUMNS, len(chunk), " AND is_open = 1"),
                 tuple(chunk),
@@ -1196,66 +1225,34 @@ class BrokerStore(audit_store.AuditLog):
             meanwhile()
         changed = [g for g in change.groups if g.group_id in loaded.group_ids]
         formed = [g for g in change.groups if g.group_id not in loaded.group_ids]
-        if self._postgres and (changed or formed):
-            driver = self._driver(tx)
-            with driver.pipeline(), driver.cursor() as cursor:  # one round trip for both
-                if changed:
-                    cursor.executemany(
-                        _PG_UPDATE_GROUP,
-                        [(g.revision, g.last_seen, g.open, g.group_id) for g in changed],
-                    )
-                if formed:
-                    cursor.executemany(
-                        _PG_INSERT_GROUP,
-                        [
-                            (
-                                g.group_id,
-                                prefix64(g.token),
-                                g.token,
-                                g.revision,
-                                g.first_seen,
-                                g.last_seen,
-                                g.open,
-                            )
-                            for g in formed
-                        ],
-                    )
+        if not (changed or formed):
             return
-        if changed:
-            conn.execute(
-                update(HitGroup)
-                .where(HitGroup.group_id == bindparam("old_group_id"))
-                .values(
-                    revision=bindparam("new_revision"),
-                    last_seen=bindparam("new_last_seen"),
-                    is_open=bindparam("new_is_open"),
-                ),
-                [
-                    {
-                        "old_group_id": g.group_id,
-                        "new_revision": g.revision,
-                        "new_last_seen": g.last_seen,
-                        "new_is_open": g.open,
-                    }
-                    for g in changed
-                ],
+        stamp = self._stamp
+        updates = [(g.revision, stamp(g.last_seen), g.open, g.group_id) for g in changed]
+        inserts = [
+            (
+                g.group_id,
+                prefix64(g.token),
+                g.token,
+                g.revision,
+                stamp(g.first_seen),
+                stamp(g.last_seen),
+                g.open,
             )
-        if formed:
-            conn.execute(
-                insert(HitGroup),
-                [
-                    {
-                        "group_id": g.group_id,
-                        "token_prefix": prefix64(g.token),
-                        "token": g.token,
-                        "revision": g.revision,
-                        "first_seen": g.first_seen,
-                        "last_seen": g.last_seen,
-                        "is_open": g.open,
-                    }
-                    for g in formed
-                ],
-            )
+            for g in formed
+        ]
+        if not self._postgres:
+            if updates:
+                conn.exec_driver_sql(_SQLITE_UPDATE_GROUP, updates)
+            if inserts:
+                conn.exec_driver_sql(_SQLITE_INSERT_GROUP, inserts)
+            return
+        driver = self._driver(tx)
+        with driver.pipeline(), driver.cursor() as cursor:  # one round trip for both
+            if updates:
+                cursor.executemany(_PG_UPDATE_GROUP, updates)
+            if inserts:
+                cursor.executemany(_PG_INSERT_GROUP, inserts)
 
     def _insert_entries(
         self,
@@ -1271,22 +1268,29 @@ class BrokerStore(audit_store.AuditLog):
         the first while the next are packed.
         """
         if not self._postgres:
+            # prefix64, sqlite_stamp and expiry_bucket, inlined: this runs per row.
             stamp = self._stamp
-            rows = [
-                (
-                    prefix64(entry.token),
-                    parties[entry.party],
-                    entry.signal_ref[0],
-                    prefix64(entry.signal_ref),
-                    entry.token,
-                    entry.signal_ref,
-                    entry.key_epoch,
-                    stamp(entry.expires_at),
-                    expiry_bucket(entry.expires_at),
-                    entry.sealed_attributes,
+            epoch = _EPOCH
+            rows: list[tuple[Any, ...]] = []
+            append = rows.append
+            for entry in entries:
+                token = entry.token
+                ref = entry.signal_ref
+                expires_at = entry.expires_at
+                append(
+                    (
+                        int.from_bytes(token[:8], "big", signed=True),
+                        parties[entry.party],
+                        ref[0],
+                        int.from_bytes(ref[:8], "big", signed=True),
+                        token,
+                        ref,
+                        entry.key_epoch,
+                        stamp(expires_at),
+                        (expires_at - epoch).days // _EXPIRY_BUCKET_DAYS,
+                        entry.sealed_attributes,
+                    )
                 )
-                for entry in entries
-            ]
             tx.conn.exec_driver_sql(self._insert_sql, rows)
             if meanwhile is not None:
                 meanwhile()
@@ -1327,77 +1331,47 @@ class BrokerStore(audit_store.AuditLog):
         *,
         skip_closed: bool,
     ) -> dict[str, list[int]]:
+        """Hand out cursors and store the items, in four statements whatever the number
+        of parties; the heads are read (PostgreSQL: locked) in one statement, in party id
+        order: a fixed order, so that row locks cannot deadlock."""
         ids = self._ids(tx, items)
-        if self._postgres:
-            return self._enqueue_postgres(tx, items, ids, now, skip_closed=skip_closed)
-        rows: list[dict[str, Any]] = []
-        cursors: dict[str, list[int]] = {}
-        for party in sorted(items):  # a fixed order, so that row locks cannot deadlock
-            state = self._head(tx.conn, party, ids[party], lock=True)
-            if state.closed and skip_closed:
-                continue
-            state, handed_out = mailbox.enqueue(state, len(items[party]))
-            tx.conn.execute(
-                update(MailboxHead)
-                .where(MailboxHead.party_id == ids[party])
-                .values(head_cursor=state.head_cursor)
-            )
-            cursors[party] = list(handed_out)
-            rows.extend(
-                {
-                    "party_id": ids[party],
-                    "cursor": cursor,
-                    "kind": kind.value,
-                    "payload": payload,
-                    "enqueued_at": now,
-                }
-                for cursor, (kind, payload) in zip(handed_out, items[party], strict=True)
-            )
-        if rows:
-            tx.conn.execute(insert(MailboxItem), rows)
-        return cursors
-
-    def _enqueue_postgres(
-        self,
-        tx: _Tx,
-        items: dict[str, list[tuple[ItemKind, bytes]]],
-        ids: dict[str, int],
-        now: datetime,
-        *,
-        skip_closed: bool,
-    ) -> dict[str, list[int]]:
-        """``_enqueue`` on PostgreSQL in three statements and two round trips, whatever the
-        number of parties.
-
-        The heads are locked in one statement, in party id order: a fixed order, so
-        that row locks cannot deadlock.
-        """
-        driver = self._driver(tx)
         names = {ids[party]: party for party in items}
-        heads = driver.execute(_PG_LOCK_HEADS, (sorted(names),)).fetchall()
+        wanted = sorted(names)
+        if self._postgres:
+            driver = self._driver(tx)
+            heads = driver.execute(_PG_LOCK_HEADS, (wanted,)).fetchall()
+        else:
+            marks = ", ".join(["?"] * len(wanted))
+            heads = tx.conn.exec_driver_sql(_SQLITE_HEADS.format(marks), tuple(wanted)).all()
         if len(heads) != len(names):
             raise LookupError("a mailbox head is missing")
+        enqueued_at = self._stamp(now)
         rows: list[tuple[Any, ...]] = []
         cursors: dict[str, list[int]] = {}
         moved: list[tuple[int, int]] = []
         for party_id, head_cursor, acked_cursor, closed in heads:
             party = names[party_id]
-            state = MailboxState(party, head_cursor, acked_cursor, closed)
+            state = MailboxState(party, head_cursor, acked_cursor, bool(closed))
             if state.closed and skip_closed:
                 continue
             state, handed_out = mailbox.enqueue(state, len(items[party]))
             moved.append((party_id, state.head_cursor))
             cursors[party] = list(handed_out)
             rows.extend(
-                (party_id, cursor, kind.value, payload, now)
+                (party_id, cursor, kind.value, payload, enqueued_at)
                 for cursor, (kind, payload) in zip(handed_out, items[party], strict=True)
             )
-        if moved:  # then rows too: each party moved gets items
+        if not moved:  # else rows too: each party moved gets items
+            return cursors
+        if self._postgres:
             with driver.pipeline(), driver.cursor() as cursor:  # one round trip for both
                 cursor.execute(
                     _PG_MOVE_HEADS, ([party_id for party_id, _ in moved], [h for _, h in moved])
                 )
                 cursor.executemany(_PG_INSERT_ITEMS, rows)
+        else:
+            tx.conn.exec_driver_sql(_SQLITE_MOVE_HEAD, [(h, party_id) for party_id, h in moved])
+            tx.conn.exec_driver_sql(_SQLITE_INSERT_ITEMS, rows)
         return cursors
 
 

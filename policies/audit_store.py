@@ -20,7 +20,7 @@ import abc
 import contextlib
 import json
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -51,7 +51,7 @@ from samenloop.policies.audit import (
     Checkpoint,
     CheckpointSigner,
 )
-from samenloop.policies.database import UtcDateTime
+from samenloop.policies.database import UtcDateTime, sqlite_stamp
 from samenloop.policies.errors import AuditMismatch, InvalidInput
 
 __all__ = [
@@ -77,7 +77,11 @@ MAX_SIGNED_BYTES: Final = 1024
 _COLUMNS: Final = ("seq", "at", "kind", "actor", "subject", "details", "prev_hash", "hash")
 # Plain SQL for PostgreSQL, where appends ride along the broker's ingest (constants only).
 _PG_LOCK: Final = "SELECT pg_advisory_xact_lock(%s)"
-_PG_HEAD: Final = "SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1"
+_HEAD: Final = "SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1"
+_SQLITE_INSERT: Final = (
+    f"INSERT INTO audit_entries ({', '.join(_COLUMNS)})"  # noqa: S608
+    f" VALUES ({', '.join(['?'] * len(_COLUMNS))})"
+)
 _PG_INSERT: Final = (
     f"INSERT INTO audit_entries ({', '.join(_COLUMNS)})"  # noqa: S608
     f" VALUES ({', '.join(['%s'] * len(_COLUMNS))})"
@@ -200,12 +204,12 @@ def append(
 def _locked_head(conn: Connection) -> ChainHead | None:
     """Lock the log (PostgreSQL) and read where it ends: on PostgreSQL in one round trip."""
     if conn.dialect.name != "postgresql":
-        row = conn.execute(select(_E.seq, _E.hash).order_by(_E.seq.desc()).limit(1)).first()
+        row = conn.exec_driver_sql(_HEAD).first()
     else:
         driver: Any = conn.connection.driver_connection
         with driver.pipeline():
             driver.execute(_PG_LOCK, (AUDIT_LOCK,))
-            cursor = driver.execute(_PG_HEAD)
+            cursor = driver.execute(_HEAD)
         row = cursor.fetchone()
     return None if row is None else ChainHead(row[0], bytes(row[1]))
 
@@ -223,7 +227,7 @@ def append_many(
     if conn.dialect.name == "postgresql":
         return _append_postgresql(conn, events, now)
     entries = _chain(_locked_head(conn), events, now)
-    conn.execute(insert(_ENTRIES), [dict(zip(_COLUMNS, _row(e), strict=True)) for e in entries])
+    conn.exec_driver_sql(_SQLITE_INSERT, [_row(e, sqlite_stamp) for e in entries])
     return entries
 
 
@@ -245,10 +249,11 @@ def _chain(
     return entries
 
 
-def _row(e: AuditEntry) -> tuple[object, ...]:
+def _row(e: AuditEntry, stamp: Callable[[datetime], object] | None = None) -> tuple[object, ...]:
+    """An entry's column values; ``stamp`` converts its time for the driver (SQLite)."""
     return (
         e.seq,
-        e.at,
+        e.at if stamp is None else stamp(e.at),
         e.kind.value,
         e.actor,
         " ".join(e.subject),

@@ -26,6 +26,7 @@ no error oracle. Nothing here logs or reprs a secret.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import enum
 import hashlib
 import hmac
@@ -363,6 +364,11 @@ class PartyKeys:
     party: str
     ed25519_seed: bytes
     x25519_secret: bytes
+    # Derived once: a broker signs every hit notice, and deriving costs as much as signing.
+    _signing_key: nacl.signing.SigningKey = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_signing_key", nacl.signing.SigningKey(self.ed25519_seed))
 
     @classmethod
     def generate(cls, party: str) -> PartyKeys:
@@ -374,7 +380,7 @@ class PartyKeys:
 
     @property
     def signing_key(self) -> nacl.signing.SigningKey:
-        return nacl.signing.SigningKey(self.ed25519_seed)
+        return self._signing_key
 
     def public(self) -> PublicKeys:
         return PublicKeys(

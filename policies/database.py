@@ -199,6 +199,17 @@ def describe(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
+def sqlite_stamp(value: datetime) -> str:
+    """An aware time as :class:`UtcDateTime` stores it in SQLite (naive UTC text with
+    microseconds), several times faster than SQLAlchemy's conversion: the stores' hot
+    paths write one per row, straight to the driver."""
+    if value.tzinfo is not UTC:  # parsed input carries UTC itself: skip the conversion
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("refusing to store a naive datetime")
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:-6]  # without its "+00:00"
+
+
 class UtcDateTime(TypeDecorator[datetime]):
     """A timestamp that is stored in UTC and read back as an aware UTC datetime.
 

@@ -25,6 +25,7 @@ import enum
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from samenloop.policies.certs import check_id
 from samenloop.policies.errors import InvalidInput
@@ -103,10 +104,14 @@ class Level(enum.StrEnum):
 
     @property
     def rank(self) -> int:
-        return list(Level).index(self)
+        return _LEVEL_RANKS[self]
 
     def at_least(self, other: Level) -> bool:
-        return self.rank >= other.rank
+        return _LEVEL_RANKS[self] >= _LEVEL_RANKS[other]
+
+
+#: Each level's place in the order, looked up per notice on the broker's hot path.
+_LEVEL_RANKS: Final[dict[Level, int]] = {level: i for i, level in enumerate(Level)}
 
 
 # --- field rules ---------------------------------------------------------------------

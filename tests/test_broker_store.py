@@ -20,7 +20,7 @@ from samenloop.broker import matching, store
 from samenloop.broker.mailbox import ItemKind
 from samenloop.broker.matching import Entry, NoticeDraft
 from samenloop.broker.models import Base, TokenEntry
-from samenloop.broker.store import MIGRATIONS, BrokerStore, sqlite_stamp
+from samenloop.broker.store import MIGRATIONS, BrokerStore
 from samenloop.policies import database
 from samenloop.policies.errors import (
     ConfigurationError,
@@ -452,6 +452,63 @@ def test_removing_a_party_closes_its_mailbox_and_tells_the_others(broker, engine
     assert left == 0
 
 
+# --- the index's invariant, under random operations ------------------------------------
+
+# One operation: (kind, party, token numbers, ref number, days until expiry or of the clock).
+_OPERATION = st.tuples(
+    st.sampled_from(["submit", "submit", "submit", "withdraw", "expire"]),
+    st.sampled_from(["a", "b", "c"]),
+    st.lists(st.integers(0, 5), min_size=1, max_size=4),
+    st.integers(1, 2),
+    st.integers(1, 4),
+)
+
+
+@given(st.lists(_OPERATION, min_size=1, max_size=12))
+def test_open_groups_follow_the_entries_under_any_operations(operations):
+    """What the SQLite lookup relies on (groups looked up only where entries are): an open
+    group always has entries of at least two parties on its token, and tokens whose live
+    entries come from two parties have exactly one open group."""
+    engine = database.make_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    broker = BrokerStore(engine)
+    ids = Ids()
+    now = NOW
+    try:
+        for n, (kind, party, numbers, r, days) in enumerate(operations):
+            if kind == "submit":
+                expires = now + timedelta(days=days)
+                entries = [entry(party, k, r=r + k, expires=expires) for k in numbers]
+                submit(broker, party, n, entries, ids=ids, at=now)
+            elif kind == "withdraw":
+                refs = [ref(party, r + k) for k in numbers]
+                broker.withdraw(party, batch_id(n), refs, min_parties=2, now=now, sign_notice=sign)
+            else:
+                now += timedelta(days=days)
+                broker.expire(now, min_parties=2, sign_notice=sign)
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    sa.text("SELECT party_id, token, expires_at FROM token_entries")
+                ).all()
+                open_groups = [
+                    bytes(t)
+                    for (t,) in conn.execute(sa.text("SELECT token FROM hit_groups WHERE is_open"))
+                ]
+            stored: dict[bytes, set[int]] = {}
+            live: dict[bytes, set[int]] = {}
+            for party_id, tok, expires_at in rows:
+                stored.setdefault(bytes(tok), set()).add(party_id)
+                if datetime.fromisoformat(expires_at).replace(tzinfo=UTC) > now:
+                    live.setdefault(bytes(tok), set()).add(party_id)
+            assert len(open_groups) == len(set(open_groups))
+            for tok in open_groups:
+                assert len(stored.get(tok, ())) >= 2
+            for tok, parties in live.items():
+                assert (tok in open_groups) == (len(parties) >= 2)
+    finally:
+        engine.dispose()
+
+
 # --- mailboxes and envelopes --------------------------------------------------------------
 
 
@@ -606,9 +663,9 @@ def test_prefix_is_a_signed_64_bit_integer():
 def test_the_fast_sqlite_time_is_what_sqlalchemy_would_store(moment):
     engine = database.make_engine("sqlite://")
     column = TokenEntry.__table__.c.expires_at.type.dialect_impl(engine.dialect)
-    assert sqlite_stamp(moment) == column.bind_processor(engine.dialect)(moment)
+    assert database.sqlite_stamp(moment) == column.bind_processor(engine.dialect)(moment)
 
 
 def test_the_fast_sqlite_time_refuses_a_naive_one():
     with pytest.raises(ValueError, match="naive"):
-        sqlite_stamp(datetime(2026, 1, 1))
+        database.sqlite_stamp(datetime(2026, 1, 1))
