@@ -44,7 +44,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from samenloop.policies import rules
 from samenloop.policies.covenant import Covenant
@@ -205,6 +205,10 @@ def members_see_all(roles: Mapping[str, str] | None = None) -> VisibilityRule:
 DEFAULT_VISIBILITY: VisibilityRule = members_see_all()
 
 
+#: Views a :class:`CovenantVisibility` remembers (it lives for one operation, usually).
+_MAX_CACHED_VIEWS: Final = 4096
+
+
 class CovenantVisibility:
     """The covenant's visibility rules (``samenloop.policies.rules.visibility``) as a
     :data:`VisibilityRule`, with the coordinators as ``observers``."""
@@ -217,6 +221,8 @@ class CovenantVisibility:
         self._former_roles = {
             p.id: p.role for p in (former.parties if former else ()) if not covenant.is_party(p.id)
         }
+        # Matching asks the same question several times per group (notices, reporter).
+        self._views: dict[tuple[str, tuple[Member, ...]], View | None] = {}
 
     def hides(self, recipient: str, party: str) -> bool:
         """Whether ``recipient`` may never learn of ``party``'s part in a hit (also of a
@@ -224,6 +230,15 @@ class CovenantVisibility:
         return rules.hides(self._covenant, recipient, party, former_roles=self._former_roles)
 
     def __call__(self, recipient: str, members: tuple[Member, ...]) -> View | None:
+        key = (recipient, members)
+        if key in self._views:
+            return self._views[key]
+        if len(self._views) >= _MAX_CACHED_VIEWS:
+            self._views.clear()
+        view = self._views[key] = self._view(recipient, members)
+        return view
+
+    def _view(self, recipient: str, members: tuple[Member, ...]) -> View | None:
         seen = rules.visibility(
             self._covenant,
             recipient,
@@ -436,11 +451,12 @@ def parse_batch(party: str, key_epoch: int, entries: Sequence[Entry]) -> Batch:
     by_position = list(kept.values())
     if len(by_position) != len(entries):
         by_position.sort(key=lambda pair: pair[0])
+    positions, kept_entries = zip(*by_position, strict=True)
     return Batch(
         party=party,
         key_epoch=key_epoch,
-        entries=tuple(entry for _, entry in by_position),
-        positions=tuple(position for position, _ in by_position),
+        entries=kept_entries,
+        positions=positions,
         digest=digest.digest(),
     )
 
@@ -502,7 +518,7 @@ def submit(
     builder = _ChangeBuilder(min_parties, now, new_group_id, visibility)
     # Tokens with nothing held: their entries are new, and, all being one party's,
     # cannot form a group (min_parties >= 2). The common case, done in bulk.
-    builder.inserted.extend(entry for entry in batch.entries if entry.token not in known)
+    builder.inserted.extend([entry for entry in batch.entries if entry.token not in known])
     stored = len(builder.inserted)
     unchanged = 0
     incoming: dict[bytes, list[Entry]] = {}

@@ -377,9 +377,11 @@ class BrokerStore(audit_store.AuditLog):
                     tx, party, party_id, client_batch_id, key_epoch, entries
                 )
             else:
-                checked = tx.conn.exec_driver_sql(
-                    _SQLITE_OPEN_AND_PRIOR, (client_batch_id, party_id)
-                ).first()
+                checked = (
+                    self._driver(tx)
+                    .execute(_SQLITE_OPEN_AND_PRIOR, (client_batch_id, party_id))
+                    .fetchone()
+                )
                 prior = self._open_and_prior(party, checked, batch.digest)
             if prior is not None:
                 return SubmitResult(
@@ -421,7 +423,7 @@ class BrokerStore(audit_store.AuditLog):
                 self._driver(tx).execute(_PG_RECORD_SUBMIT, record)
             else:
                 record["accepted_at"] = self._stamp(now)
-                tx.conn.exec_driver_sql(_SQLITE_RECORD_SUBMIT, record)
+                self._driver(tx).execute(_SQLITE_RECORD_SUBMIT, record)
             submitted = AuditEvent(
                 AuditKind.TOKEN_SUBMISSION,
                 party,
@@ -987,7 +989,8 @@ class BrokerStore(audit_store.AuditLog):
         return prior
 
     def _driver(self, tx: _Tx) -> Any:
-        """The transaction's psycopg connection, for the hot path's plain SQL."""
+        """The transaction's driver connection (psycopg or sqlite3), for the hot path's
+        plain SQL: SQLAlchemy's own work per statement would cost as much as SQLite's."""
         driver = tx.conn.connection.driver_connection
         assert driver is not None
         return driver
@@ -1074,27 +1077,27 @@ class BrokerStore(audit_store.AuditLog):
         """
         wanted = set(tokens)
         # prefix64, inlined: this runs per token.
-        prefixes = sorted({int.from_bytes(token[:8], "big", signed=True) for token in wanted})
+        prefixes = list({int.from_bytes(token[:8], "big", signed=True) for token in wanted})
+        driver = self._driver(tx)
         if self._postgres:
-            driver = self._driver(tx)
             with driver.pipeline():  # both lookups in one round trip
                 found = self._send_lookups(driver, f"{{{','.join(map(str, prefixes))}}}")
             return self._loaded(tx, wanted, found[0].fetchall(), found[1].fetchall())
         entry_rows: list[Any] = []
         for chunk in self._chunks(prefixes):
-            entry_rows += tx.conn.exec_driver_sql(
-                self._lookup("token_entries", _LOOKUP_ENTRY_COLUMNS, len(chunk)), tuple(chunk)
-            ).all()
+            entry_rows += driver.execute(
+                self._lookup("token_entries", _LOOKUP_ENTRY_COLUMNS, len(chunk)), chunk
+            ).fetchall()
         # An open group has entries on its token (entries go only through matching,
         # which closes a group whose parties fall below the minimum), so SQLite, where
         # each lookup costs this process's CPU, looks groups up only where entries are.
-        held = sorted({int.from_bytes(row[2][:8], "big", signed=True) for row in entry_rows})
+        held = list({int.from_bytes(row[2][:8], "big", signed=True) for row in entry_rows})
         group_rows: list[Any] = []
         for chunk in self._chunks(held):
-            group_rows += tx.conn.exec_driver_sql(
+            group_rows += driver.execute(
                 self._lookup("hit_groups", _LOOKUP_GROUP_COLUMNS, len(chunk), " AND is_open = 1"),
-                tuple(chunk),
-            ).all()
+                chunk,
+            ).fetchall()
         return self._loaded(tx, wanted, entry_rows, group_rows)
 
     def _send_lookups(self, driver: Any, prefixes: str) -> tuple[Any, Any]:
@@ -1243,9 +1246,9 @@ class BrokerStore(audit_store.AuditLog):
         ]
         if not self._postgres:
             if updates:
-                conn.exec_driver_sql(_SQLITE_UPDATE_GROUP, updates)
+                self._driver(tx).executemany(_SQLITE_UPDATE_GROUP, updates)
             if inserts:
-                conn.exec_driver_sql(_SQLITE_INSERT_GROUP, inserts)
+                self._driver(tx).executemany(_SQLITE_INSERT_GROUP, inserts)
             return
         driver = self._driver(tx)
         with driver.pipeline(), driver.cursor() as cursor:  # one round trip for both
@@ -1291,7 +1294,7 @@ class BrokerStore(audit_store.AuditLog):
                         entry.sealed_attributes,
                     )
                 )
-            tx.conn.exec_driver_sql(self._insert_sql, rows)
+            self._driver(tx).executemany(self._insert_sql, rows)
             if meanwhile is not None:
                 meanwhile()
             return
@@ -1337,12 +1340,12 @@ class BrokerStore(audit_store.AuditLog):
         ids = self._ids(tx, items)
         names = {ids[party]: party for party in items}
         wanted = sorted(names)
+        driver = self._driver(tx)
         if self._postgres:
-            driver = self._driver(tx)
             heads = driver.execute(_PG_LOCK_HEADS, (wanted,)).fetchall()
         else:
             marks = ", ".join(["?"] * len(wanted))
-            heads = tx.conn.exec_driver_sql(_SQLITE_HEADS.format(marks), tuple(wanted)).all()
+            heads = driver.execute(_SQLITE_HEADS.format(marks), wanted).fetchall()
         if len(heads) != len(names):
             raise LookupError("a mailbox head is missing")
         enqueued_at = self._stamp(now)
@@ -1370,8 +1373,8 @@ class BrokerStore(audit_store.AuditLog):
                 )
                 cursor.executemany(_PG_INSERT_ITEMS, rows)
         else:
-            tx.conn.exec_driver_sql(_SQLITE_MOVE_HEAD, [(h, party_id) for party_id, h in moved])
-            tx.conn.exec_driver_sql(_SQLITE_INSERT_ITEMS, rows)
+            driver.executemany(_SQLITE_MOVE_HEAD, [(h, party_id) for party_id, h in moved])
+            driver.executemany(_SQLITE_INSERT_ITEMS, rows)
         return cursors
 
 

@@ -203,10 +203,10 @@ def append(
 
 def _locked_head(conn: Connection) -> ChainHead | None:
     """Lock the log (PostgreSQL) and read where it ends: on PostgreSQL in one round trip."""
+    driver: Any = conn.connection.driver_connection  # plain SQL: this runs in every batch
     if conn.dialect.name != "postgresql":
-        row = conn.exec_driver_sql(_HEAD).first()
+        row = driver.execute(_HEAD).fetchone()
     else:
-        driver: Any = conn.connection.driver_connection
         with driver.pipeline():
             driver.execute(_PG_LOCK, (AUDIT_LOCK,))
             cursor = driver.execute(_HEAD)
@@ -227,7 +227,8 @@ def append_many(
     if conn.dialect.name == "postgresql":
         return _append_postgresql(conn, events, now)
     entries = _chain(_locked_head(conn), events, now)
-    conn.exec_driver_sql(_SQLITE_INSERT, [_row(e, sqlite_stamp) for e in entries])
+    driver: Any = conn.connection.driver_connection  # plain SQL: this runs in every batch
+    driver.executemany(_SQLITE_INSERT, [_row(e, sqlite_stamp) for e in entries])
     return entries
 
 
