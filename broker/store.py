@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+import numpy as np
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -67,6 +69,7 @@ from samenloop.broker.models import (
     RelayedEnvelope,
     TokenEntry,
 )
+from samenloop.broker.token_filter import PrefixFilter, as_array
 from samenloop.policies import audit_store
 from samenloop.policies.audit import AuditEvent, AuditKind
 from samenloop.policies.database import READ_ONLY, sqlite_stamp
@@ -115,7 +118,8 @@ _PG_EPOCH_MICROS: Final = 946_684_800 * 1_000_000  # 2000-01-01, PostgreSQL's ep
 _PG_MATCHING_LOCK: Final = (
     f"SELECT pg_advisory_xact_lock({_MATCHING_LOCK}),"
     " set_config('enable_seqscan', 'off', true),"
-    " set_config('jit', 'off', true)"
+    " set_config('jit', 'off', true),"
+    " set_config('max_parallel_workers_per_gather', '0', true)"
 )
 # Columns of the token lookups (_load).
 _LOOKUP_ENTRY_COLUMNS: Final = (
@@ -147,7 +151,20 @@ _PG_RECORD_SUBMIT: Final = (
     " (party_id, client_batch_id, kind, digest, stored, unchanged, accepted_at)"
     " VALUES (%(party_id)s, %(client_batch_id)s, %(kind)s, %(digest)s, %(stored)s,"
     " %(unchanged)s, %(accepted_at)s)"
+    # The newest entry's id: the prefix filter covers every row up to it (see _filtered).
+    " RETURNING (SELECT max(id) FROM token_entries)"
 )
+# The prefix filter's view of the index (see _filtered): rows other writers added since
+# it last looked, and a full scan to build it.
+_PG_NEWER_ENTRIES: Final = (
+    "SELECT id, token_prefix FROM token_entries WHERE id > %s ORDER BY id LIMIT %s"
+)
+_PG_LAST_ENTRY: Final = "SELECT coalesce(max(id), 0) FROM token_entries"
+_PG_SCAN_PREFIXES: Final = "COPY (SELECT token_prefix FROM token_entries) TO STDOUT (FORMAT BINARY)"
+# A row of that scan: field count, length, the prefix.
+_SCAN_ROW: Final = np.dtype([("fields", ">i2"), ("length", ">i4"), ("prefix", ">i8")])
+# Rows the filter takes from the index one by one before it rather scans it again.
+_FILTER_CATCH_UP_ROWS: Final = 100_000
 _SQLITE_RECORD_SUBMIT: Final = (
     "INSERT INTO processed_batches"
     " (party_id, client_batch_id, kind, digest, stored, unchanged, accepted_at)"
@@ -290,6 +307,14 @@ class _Prior:
 
 
 @dataclass
+class _Seen:
+    """PostgreSQL: the prefix filter, and the id of the newest entry it covers."""
+
+    filter: PrefixFilter
+    last_id: int
+
+
+@dataclass
 class _Loaded:
     """The states of a batch's tokens, and what the store needs to write them back."""
 
@@ -340,6 +365,9 @@ class BrokerStore(audit_store.AuditLog):
             sqlite_stamp if dialect.name == "sqlite" else to_database or _same
         )
         self._read_time: Callable[[Any], Any] = from_database or _same
+        # PostgreSQL: which prefixes the index may hold, built at the first submission.
+        self._seen: _Seen | None = None
+        self._seen_lock = threading.Lock()
 
     @property
     def engine(self) -> Engine:
@@ -420,7 +448,8 @@ class BrokerStore(audit_store.AuditLog):
                 "accepted_at": now,
             }
             if self._postgres:
-                self._driver(tx).execute(_PG_RECORD_SUBMIT, record)
+                newest = self._driver(tx).execute(_PG_RECORD_SUBMIT, record).fetchone()
+                self._covered(outcome.change.inserted, newest[0])
             else:
                 record["accepted_at"] = self._stamp(now)
                 self._driver(tx).execute(_SQLITE_RECORD_SUBMIT, record)
@@ -872,7 +901,8 @@ class BrokerStore(audit_store.AuditLog):
             if matching and lock and self._postgres:
                 # Matching looks rows up by key, a few thousand at most: never let
                 # missing or stale statistics turn a lookup into a full scan, or
-                # make one look costly enough to be compiled (JIT) first.
+                # make one look costly enough to be compiled (JIT) first or to be
+                # worth starting parallel workers for (milliseconds, at 10M tokens).
                 driver = conn.connection.driver_connection
                 assert driver is not None
                 driver.execute(_PG_MATCHING_LOCK)
@@ -1004,26 +1034,106 @@ class BrokerStore(audit_store.AuditLog):
         key_epoch: int,
         entries: Sequence[Entry],
     ) -> tuple[matching.Batch, _Prior | None, _Loaded]:
-        """PostgreSQL ``submit``: parse the batch while the server runs its first statements.
+        """PostgreSQL ``submit``: parse the batch while the server runs its first statements,
+        then look up only the tokens the index may hold.
 
-        The matching lock, ``_require_open`` with ``_prior``, and ``_load``'s lookups go out
-        as one pipeline before parsing (the lookups by the raw entries' prefixes: parsing
-        only validates and drops duplicates, and a batch it refuses is rolled back), so
-        that their round trips and the server's index reads overlap with the parse.
+        The matching lock, ``_require_open`` with ``_prior``, and the entries other
+        writers added since the prefix filter last looked go out as one pipeline before
+        parsing, so that their round trip overlaps with the parse; then ``_load``'s two
+        lookups, for the prefixes the filter may hold (see :meth:`_filtered`).
         """
         driver = self._driver(tx)
-        # prefix64 of each token, inlined: this runs before the pipeline goes out.
-        prefixes = ",".join([str(int.from_bytes(e.token[:8], "big", signed=True)) for e in entries])
+        with self._seen_lock:
+            seen = self._seen
+            last_id = None if seen is None else seen.last_id
         with driver.pipeline():
             driver.execute(_PG_MATCHING_LOCK)
             checked = driver.execute(
                 _PG_OPEN_AND_PRIOR, {"party_id": party_id, "batch_id": client_batch_id}
             )
-            found = self._send_lookups(driver, f"{{{prefixes}}}")
+            newer = (
+                None
+                if last_id is None
+                else driver.execute(_PG_NEWER_ENTRIES, (last_id, _FILTER_CATCH_UP_ROWS + 1))
+            )
             batch = matching.parse_batch(party, key_epoch, entries)
         prior = self._open_and_prior(party, checked.fetchone(), batch.digest)
         wanted = {entry.token for entry in batch.entries}
+        if prior is not None:
+            return batch, prior, _Loaded([], {}, set())
+        candidates = self._filtered(driver, None if newer is None else newer.fetchall(), wanted)
+        if not candidates:
+            return batch, prior, self._loaded(tx, wanted, [], [])
+        with driver.pipeline():  # both lookups in one round trip
+            found = self._send_lookups(driver, f"{{{','.join(map(str, candidates))}}}")
         return batch, prior, self._loaded(tx, wanted, found[0].fetchall(), found[1].fetchall())
+
+    def _filtered(self, driver: Any, newer: list[Any] | None, tokens: set[bytes]) -> list[int]:
+        """The prefixes of ``tokens`` that the index may hold, under the matching lock.
+
+        The filter holds the prefix of every entry up to its ``last_id``: those it was
+        built from (a scan), those this store inserted, and those of ``newer``, the
+        entries other writers (another broker process on this database) inserted
+        since. Every insert runs under the matching lock, so ids are committed in
+        order and nothing below ``last_id`` can appear later. A filter that would
+        take too many rows one by one, or that has grown too full, is built anew.
+        An open group always has entries on its token, so its prefix is covered too.
+        """
+        with self._seen_lock:
+            seen = self._seen
+            if seen is None or newer is None or len(newer) > _FILTER_CATCH_UP_ROWS:
+                seen = self._seen = self._scan(driver)
+            elif newer:
+                seen.filter.add(as_array(prefix for _, prefix in newer))
+                seen.last_id = max(seen.last_id, newer[-1][0])
+            if seen.filter.wants_rebuild:
+                seen = self._seen = self._scan(driver)
+            prefixes = {int.from_bytes(token[:8], "big", signed=True) for token in tokens}
+            return seen.filter.candidates(list(prefixes))
+
+    def _scan(self, driver: Any) -> _Seen:
+        """A prefix filter of the whole index, read in one binary ``COPY``."""
+        last_id = int(driver.execute(_PG_LAST_ENTRY).fetchone()[0])
+        built = PrefixFilter(expected=last_id)
+        pending = bytearray()
+        header_done = False
+        with driver.cursor() as cursor, cursor.copy(_PG_SCAN_PREFIXES) as copy:
+            for data in copy:
+                pending += data
+                if not header_done:  # signature, flags, extension length, extension
+                    if len(pending) < len(_COPY_SIGNATURE):
+                        continue
+                    if pending[:11] != _COPY_SIGNATURE[:11]:
+                        raise ValueError("not a binary COPY stream")
+                    extension = int.from_bytes(pending[15:19], "big")
+                    if len(pending) < len(_COPY_SIGNATURE) + extension:
+                        continue
+                    del pending[: len(_COPY_SIGNATURE) + extension]
+                    header_done = True
+                whole = len(pending) // _SCAN_ROW.itemsize * _SCAN_ROW.itemsize
+                if whole:
+                    scanned = np.frombuffer(bytes(pending[:whole]), dtype=_SCAN_ROW)
+                    del pending[:whole]
+                    if not ((scanned["fields"] == 1) & (scanned["length"] == 8)).all():
+                        raise ValueError("unexpected row in the prefix scan")
+                    built.add(scanned["prefix"].astype(np.int64))
+        if bytes(pending) != _COPY_TRAILER:
+            raise ValueError("unexpected end of the prefix scan")
+        return _Seen(built, last_id)
+
+    def _covered(self, inserted: Sequence[Entry], newest: int | None) -> None:
+        """PostgreSQL, after inserting ``inserted`` (under the matching lock): the filter
+        now covers them, and every entry up to ``newest``."""
+        with self._seen_lock:
+            seen = self._seen
+            if seen is None:
+                return
+            if inserted:
+                seen.filter.add(
+                    as_array(int.from_bytes(e.token[:8], "big", signed=True) for e in inserted)
+                )
+            if newest is not None:
+                seen.last_id = max(seen.last_id, newest)
 
     def _open_and_prior(self, party: str, row: Any, digest: bytes) -> _Prior | None:
         """``_require_open`` and ``_prior`` of a submission in one query: from the row of

@@ -644,6 +644,71 @@ def test_concurrent_batches_on_one_token_never_miss_the_hit(engine):
     assert max(revisions) == len(parties) - 1
 
 
+# --- PostgreSQL: the prefix filter in front of the lookups ----------------------------------
+
+
+@pytest.fixture
+def pg_engine(postgres_url: str) -> Iterator[sa.Engine]:
+    engine = database.make_engine(postgres_url)
+    database.upgrade(engine, MIGRATIONS)
+    yield engine
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+
+
+def test_a_second_broker_process_never_misses_what_the_first_indexed(pg_engine):
+    """Each store keeps its own filter; one that was built before another store added a
+    token still finds that token (it reads the rows added since, by id)."""
+    first, second = BrokerStore(pg_engine), BrokerStore(pg_engine)
+    ids = Ids()
+    submit(first, "a", 1, [entry("a", 100)], ids=ids)  # builds first's filter
+    submit(second, "b", 2, [entry("b", n) for n in range(10)], ids=ids)
+    result = submit(first, "c", 3, [entry("c", 3), entry("c", 200)], ids=ids)
+    assert result.notified == ("b", "c")
+    assert [g.token for g in first.open_groups()] == [token(3)]
+    # And the other way round: second's filter learns of first's inserts.
+    result = submit(second, "d", 4, [entry("d", 200)], ids=ids)
+    assert result.notified == ("c", "d")
+    assert first._seen is not None
+    assert second._seen is not None
+    with pg_engine.connect() as conn:
+        newest = conn.execute(sa.text("SELECT max(id) FROM token_entries")).scalar_one()
+    assert second._seen.last_id == newest
+    assert first._seen.last_id < newest  # it reads second's last row at its next batch
+
+
+def test_a_filter_far_behind_is_built_anew_from_the_index(pg_engine, monkeypatch):
+    monkeypatch.setattr(store, "_FILTER_CATCH_UP_ROWS", 3)
+    first, second = BrokerStore(pg_engine), BrokerStore(pg_engine)
+    ids = Ids()
+    submit(first, "a", 1, [entry("a", 100)], ids=ids)
+    built = first._seen
+    submit(second, "b", 2, [entry("b", n) for n in range(10)], ids=ids)
+    result = submit(first, "c", 3, [entry("c", 7)], ids=ids)
+    assert result.notified == ("b", "c")
+    assert first._seen is not built  # scanned again rather than read row by row
+    assert first._seen is not None
+    assert first._seen.filter.added == 12
+
+
+def test_the_first_submission_scans_a_large_index_in_one_pass(pg_engine):
+    """The scan reads the binary COPY in chunks; rows cross chunk boundaries."""
+    loader = BrokerStore(pg_engine)
+    for n in range(12):
+        submit(loader, "a", n, [entry("a", 1000 * n + k, r=k) for k in range(1000)])
+    fresh = BrokerStore(pg_engine)
+    result = submit(fresh, "b", 99, [entry("b", 0), entry("b", 11_999), entry("b", 50_000)])
+    assert result.stored == 3
+    assert sorted(g.token for g in fresh.open_groups()) == sorted([token(0), token(11_999)])
+    assert fresh._seen is not None
+    assert fresh._seen.filter.added == 12_003
+    with pg_engine.connect() as conn:
+        newest = conn.execute(sa.text("SELECT max(id) FROM token_entries")).scalar_one()
+    assert fresh._seen.last_id == newest
+
+
 def test_prefix_is_a_signed_64_bit_integer():
     assert store.prefix64(b"\x00" * 32) == 0
     assert store.prefix64(b"\xff" * 8 + b"\x00" * 24) == -1
