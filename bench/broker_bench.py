@@ -70,7 +70,7 @@ from sqlalchemy import Engine, insert
 from samenloop.broker import matching
 from samenloop.broker import store as store_module
 from samenloop.broker.matching import Entry
-from samenloop.broker.models import HitGroup, ProcessedBatch, TokenEntry
+from samenloop.broker.models import HitGroup, ProcessedBatch
 from samenloop.broker.server import CHANNEL_OPTIONS
 from samenloop.broker.service import BrokerContext, BrokerService
 from samenloop.broker.store import MIGRATIONS, BrokerStore, expiry_bucket, prefix64
@@ -343,8 +343,9 @@ class BareTable:
     """A bound: the same rows inserted bare, one transaction per batch, with the
     store's durability (``make_engine``'s settings) into a fresh database.
 
-    ``same_table``: a ``token_entries`` of the store's layout (same columns, checks and
-    indexes), the rows as ``_insert_entries`` builds them, by ``method``
+    ``same_table``: the ``token_entries`` of the store's migrations (same columns, checks
+    and indexes; on PostgreSQL the same partitions), the rows as ``_insert_entries``
+    builds them, by ``method``
     (``executemany``, or ``copy``: binary COPY on PostgreSQL). ``token_only``: the
     batch's tokens alone, in a table indexed on the full 32-byte token."""
 
@@ -360,9 +361,10 @@ class BareTable:
         self.seconds = 0.0
         self.tokens = 0
         mark = "?" if backend == "sqlite" else "%s"
+        if kind == "same_table":  # the store's own schema (PostgreSQL: partitioned)
+            database.upgrade(self.engine, MIGRATIONS)
         with self.engine.begin() as conn:
             if kind == "same_table":
-                TokenEntry.__table__.create(conn)
                 self.sql = store._insert_sql.replace("?", mark)
             else:
                 blob = "BLOB" if backend == "sqlite" else "bytea"

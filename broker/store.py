@@ -154,6 +154,17 @@ _PG_RECORD_SUBMIT: Final = (
     # The newest entry's id: the prefix filter covers every row up to it (see _filtered).
     " RETURNING (SELECT max(id) FROM token_entries)"
 )
+#: Row ids per partition of the token index on PostgreSQL (migration 0004 uses the same).
+PARTITION_IDS: Final = 1_000_000
+# The last id handed out, and where the token index's partitions end.
+_PG_PARTITIONS_STATE: Final = (
+    "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END"
+    "        FROM token_entries_id_seq),"
+    " coalesce((SELECT max((regexp_match(pg_get_expr(c.relpartbound, c.oid),"
+    "                       'TO \\(''(-?[0-9]+)''\\)'))[1]::bigint)"
+    "           FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid"
+    "           WHERE i.inhparent = 'token_entries'::regclass), 0)"
+)
 # The prefix filter's view of the index (see _filtered): rows other writers added since
 # it last looked, and a full scan to build it.
 _PG_NEWER_ENTRIES: Final = (
@@ -295,6 +306,10 @@ class _Tx:
 
     conn: Connection
     new_parties: dict[str, int] = field(default_factory=dict)
+    #: PostgreSQL: where the token index's partitions end, once this transaction commits.
+    partitions_end: int | None = None
+    #: PostgreSQL submit: the newest entry's id, known under the matching lock (see _filtered).
+    newest_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +383,8 @@ class BrokerStore(audit_store.AuditLog):
         # PostgreSQL: which prefixes the index may hold, built at the first submission.
         self._seen: _Seen | None = None
         self._seen_lock = threading.Lock()
+        # PostgreSQL: the end of the token index's last partition, as last committed.
+        self._partitions_end = 0
 
     @property
     def engine(self) -> Engine:
@@ -909,6 +926,8 @@ class BrokerStore(audit_store.AuditLog):
             tx = _Tx(conn)
             yield tx
         self._remember(tx.new_parties)  # reached only after the commit
+        if tx.partitions_end is not None:
+            self._partitions_end = tx.partitions_end
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -1062,6 +1081,7 @@ class BrokerStore(audit_store.AuditLog):
         if prior is not None:
             return batch, prior, _Loaded([], {}, set())
         candidates = self._filtered(driver, None if newer is None else newer.fetchall(), wanted)
+        tx.newest_id = None if self._seen is None else self._seen.last_id
         if not candidates:
             return batch, prior, self._loaded(tx, wanted, [], [])
         with driver.pipeline():  # both lookups in one round trip
@@ -1408,6 +1428,7 @@ class BrokerStore(audit_store.AuditLog):
             if meanwhile is not None:
                 meanwhile()
             return
+        self._ensure_partitions(tx, len(entries))
         with self._driver(tx).cursor() as cursor, cursor.copy(self._copy_sql) as copy:
             copy.write(_COPY_SIGNATURE)
             for start in range(0, len(entries), _COPY_SLICE):
@@ -1415,6 +1436,29 @@ class BrokerStore(audit_store.AuditLog):
             copy.write(_COPY_TRAILER)
             if meanwhile is not None:
                 meanwhile()
+
+    def _ensure_partitions(self, tx: _Tx, rows: int) -> None:
+        """PostgreSQL: make sure partitions of the token index take the next ``rows`` ids
+        and half a partition more (migration 0004), creating them under the matching lock.
+
+        Submissions know the newest id from the prefix filter, so that in the common case
+        this costs no statement; near the end, or for other callers, the id sequence and
+        the catalog say where things stand.
+        """
+        margin = rows + PARTITION_IDS // 2
+        if tx.newest_id is not None and tx.newest_id + margin < self._partitions_end:
+            return
+        driver = self._driver(tx)
+        issued, end = driver.execute(_PG_PARTITIONS_STATE).fetchone()
+        while int(issued) + margin >= int(end):
+            start = int(end)
+            # Built from integers only, never from input.
+            driver.execute(
+                f"CREATE TABLE IF NOT EXISTS token_entries_p{start} PARTITION OF token_entries"
+                f" FOR VALUES FROM ({start}) TO ({start + PARTITION_IDS})"
+            )
+            end = start + PARTITION_IDS
+        tx.partitions_end = int(end)
 
     # --- delivering to mailboxes ----------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import threading
 import time
 from collections.abc import Iterator
@@ -113,7 +114,7 @@ def test_migrations_go_up_down_and_up_again(database_url):
     engine = database.make_engine(database_url)
     try:
         database.upgrade(engine, MIGRATIONS)
-        assert database.current(engine) == database.heads(MIGRATIONS) == ("0003",)
+        assert database.current(engine) == database.heads(MIGRATIONS) == ("0004",)
         database.check_at_head(engine, MIGRATIONS)
 
         database.downgrade(engine, MIGRATIONS)
@@ -135,12 +136,19 @@ def test_a_schema_newer_than_the_software_is_refused(engine):
     with pytest.raises(ConfigurationError, match="newer than this software"):
         database.check_at_head(engine, MIGRATIONS)
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0003'"))
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0004'"))
+
+
+def _not_a_partition(obj, name, type_, reflected, compare_to):
+    """The token index's partitions (PostgreSQL) are the store's, not the models'."""
+    table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", "")
+    return not (reflected and str(table).startswith("token_entries_p"))
 
 
 def test_the_migrations_create_exactly_the_models(engine):
     with engine.connect() as conn:
-        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        context = MigrationContext.configure(conn, opts={"include_object": _not_a_partition})
+        differences = compare_metadata(context, Base.metadata)
     assert differences == []
 
 
@@ -166,8 +174,15 @@ def test_the_token_lookups_use_the_prefix_indexes(engine):
         }  # fmt: skip
     if engine.dialect.name == "sqlite":  # refs are found from the index alone
         assert "COVERING INDEX ix_token_entries_party_ref" in plans["ix_token_entries_party_ref"]
+    # PostgreSQL: each partition of token_entries has its own copy of the index.
+    on_partitions = {
+        "ix_token_entries_token_prefix": "token_prefix_idx",
+        "ix_token_entries_party_ref": "party_id_ref_bucket_id_ref_prefix_idx",
+        "ix_token_entries_expiry_bucket": "expiry_bucket_idx",
+    }
     for index, plan in plans.items():
-        assert index in plan, plan
+        used = on_partitions.get(index, index) if engine.dialect.name == "postgresql" else index
+        assert used in plan, plan
 
 
 def test_the_engine_settings(database_url):
@@ -656,6 +671,77 @@ def pg_engine(postgres_url: str) -> Iterator[sa.Engine]:
         for table in reversed(Base.metadata.sorted_tables):
             conn.execute(table.delete())
     engine.dispose()
+
+
+def test_migration_0004_partitions_the_token_index_and_keeps_its_rows(postgres_url):
+    engine = database.make_engine(postgres_url)
+    row = (
+        "INSERT INTO token_entries (token_prefix, party_id, ref_bucket, ref_prefix, token,"
+        " signal_ref, key_epoch, expires_at, expiry_bucket)"
+        " VALUES (1, 1, 0, 1, :token, :ref, 1, now() + interval '1 day', 1)"
+    )
+    try:
+        database.downgrade(engine, MIGRATIONS)
+        database.upgrade(engine, MIGRATIONS, "0003")
+        with engine.begin() as conn:
+            for n in range(3):
+                conn.execute(sa.text(row), {"token": token(n), "ref": ref("a", n)})
+        database.upgrade(engine, MIGRATIONS)
+        with engine.begin() as conn:
+            kind = conn.execute(
+                sa.text("SELECT relkind FROM pg_class WHERE relname = 'token_entries'")
+            ).scalar_one()
+            assert kind == "p"
+            assert conn.execute(sa.text("SELECT count(*) FROM token_entries")).scalar_one() == 3
+            conn.execute(sa.text(row), {"token": token(9), "ref": ref("a", 9)})
+            ids = conn.execute(sa.text("SELECT id FROM token_entries ORDER BY id")).scalars()
+            assert list(ids) == [1, 2, 3, 4]  # the id sequence went along
+        database.downgrade(engine, MIGRATIONS, "0003")
+        with engine.begin() as conn:
+            kind = conn.execute(
+                sa.text("SELECT relkind FROM pg_class WHERE relname = 'token_entries'")
+            ).scalar_one()
+            assert kind == "r"
+            assert conn.execute(sa.text("SELECT count(*) FROM token_entries")).scalar_one() == 4
+        database.upgrade(engine, MIGRATIONS)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM token_entries"))
+        engine.dispose()
+
+
+def test_the_store_and_the_migration_agree_on_the_partition_size():
+    migration = importlib.import_module(
+        "samenloop.broker.migrations.versions.0004_partitioned_token_entries"
+    )
+    assert migration.PARTITION_IDS == store.PARTITION_IDS
+
+
+def test_batches_cross_into_partitions_the_store_creates(pg_engine):
+    """Near the end of the last partition the store adds the next one, in the
+    transaction that needs it; tokens in different partitions still match."""
+    with pg_engine.begin() as conn:
+        end = 2 * store.PARTITION_IDS
+        conn.execute(sa.text("SELECT setval('token_entries_id_seq', :v)"), {"v": end - 10})
+    broker = BrokerStore(pg_engine)
+    ids = Ids()
+    submit(broker, "a", 1, [entry("a", n, r=n) for n in range(25)], ids=ids)
+    with pg_engine.connect() as conn:
+        placed = dict(
+            conn.execute(
+                sa.text("SELECT tableoid::regclass::text, count(*) FROM token_entries GROUP BY 1")
+            ).all()
+        )
+    # setval(end - 10): the next ids are end - 9 .. end + 15
+    assert placed == {f"token_entries_p{store.PARTITION_IDS}": 9, f"token_entries_p{end}": 16}
+    result = submit(broker, "b", 2, [entry("b", 0), entry("b", 24)], ids=ids)
+    assert result.notified == ("a", "b")
+    assert len(broker.open_groups()) == 2
+    withdrawn = broker.withdraw(
+        "a", batch_id(3), [ref("a", 0), ref("a", 24)], min_parties=2, now=NOW, sign_notice=sign
+    )
+    assert withdrawn.withdrawn == 2
+    assert broker.open_groups() == []
 
 
 def test_a_second_broker_process_never_misses_what_the_first_indexed(pg_engine):
