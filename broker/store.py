@@ -170,7 +170,7 @@ _PG_PARTITIONS_STATE: Final = (
 _PG_NEWER_ENTRIES: Final = (
     "SELECT id, token_prefix FROM token_entries WHERE id > %s ORDER BY id LIMIT %s"
 )
-_PG_LAST_ENTRY: Final = "SELECT coalesce(max(id), 0) FROM token_entries"
+_PG_LAST_ENTRY: Final = "SELECT coalesce(max(id), 0), count(*) FROM token_entries"
 _PG_SCAN_PREFIXES: Final = "COPY (SELECT token_prefix FROM token_entries) TO STDOUT (FORMAT BINARY)"
 # A row of that scan: field count, length, the prefix.
 _SCAN_ROW: Final = np.dtype([("fields", ">i2"), ("length", ">i4"), ("prefix", ">i8")])
@@ -924,7 +924,13 @@ class BrokerStore(audit_store.AuditLog):
                 assert driver is not None
                 driver.execute(_PG_MATCHING_LOCK)
             tx = _Tx(conn)
-            yield tx
+            try:
+                yield tx
+            except BaseException:
+                # A rolled-back COPY may have taken ids: the next insert asks the database
+                # again where the partitions end (see _ensure_partitions).
+                self._partitions_end = 0
+                raise
         self._remember(tx.new_parties)  # reached only after the commit
         if tx.partitions_end is not None:
             self._partitions_end = tx.partitions_end
@@ -1113,8 +1119,8 @@ class BrokerStore(audit_store.AuditLog):
 
     def _scan(self, driver: Any) -> _Seen:
         """A prefix filter of the whole index, read in one binary ``COPY``."""
-        last_id = int(driver.execute(_PG_LAST_ENTRY).fetchone()[0])
-        built = PrefixFilter(expected=last_id)
+        last_id, rows = driver.execute(_PG_LAST_ENTRY).fetchone()
+        built = PrefixFilter(expected=int(rows))  # rows, not ids: expired ones leave gaps
         pending = bytearray()
         header_done = False
         with driver.cursor() as cursor, cursor.copy(_PG_SCAN_PREFIXES) as copy:
@@ -1139,7 +1145,7 @@ class BrokerStore(audit_store.AuditLog):
                     built.add(scanned["prefix"].astype(np.int64))
         if bytes(pending) != _COPY_TRAILER:
             raise ValueError("unexpected end of the prefix scan")
-        return _Seen(built, last_id)
+        return _Seen(built, int(last_id))
 
     def _covered(self, inserted: Sequence[Entry], newest: int | None) -> None:
         """PostgreSQL, after inserting ``inserted`` (under the matching lock): the filter

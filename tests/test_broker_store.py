@@ -744,6 +744,27 @@ def test_batches_cross_into_partitions_the_store_creates(pg_engine):
     assert broker.open_groups() == []
 
 
+def test_rolled_back_inserts_do_not_leave_the_partitions_behind(pg_engine, monkeypatch):
+    """Batches that fail after their COPY use up ids; the next one still finds a partition."""
+    monkeypatch.setattr(store, "PARTITION_IDS", 1000)  # new partitions, and half of it as margin
+    end = 2_000_000  # where the migration's partitions end
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text("SELECT setval('token_entries_id_seq', :v)"), {"v": end - 1000})
+    broker = BrokerStore(pg_engine)
+    submit(broker, "a", 1, [entry("a", 0)])
+
+    def signing_fails(draft: NoticeDraft) -> bytes:
+        raise RuntimeError("signing is down")
+
+    for n in range(4):  # 4 x 225 ids taken and rolled back, up to end - 99
+        batch = [entry("b", 0)] + [entry("b", 10_000 * n + k + 1, r=k) for k in range(224)]
+        with pytest.raises(RuntimeError, match="signing is down"):
+            submit(broker, "b", 10 + n, batch, sign_notice=signing_fails)
+    # This batch's ids run past the end: its partition must be made first.
+    batch = [entry("b", 0)] + [entry("b", 90_000 + k, r=k) for k in range(149)]
+    assert submit(broker, "b", 20, batch).notified == ("a", "b")
+
+
 def test_a_second_broker_process_never_misses_what_the_first_indexed(pg_engine):
     """Each store keeps its own filter; one that was built before another store added a
     token still finds that token (it reads the rows added since, by id)."""
