@@ -170,9 +170,12 @@ _PG_PARTITIONS_STATE: Final = (
 _PG_NEWER_ENTRIES: Final = (
     "SELECT id, token_prefix FROM token_entries WHERE id > %s ORDER BY id LIMIT %s"
 )
+_PG_SEQSCAN: Final = "SELECT set_config('enable_seqscan', %s, true)"
 _PG_LAST_ENTRY: Final = "SELECT coalesce(max(id), 0), count(*) FROM token_entries"
 _PG_SCAN_PREFIXES: Final = "COPY (SELECT token_prefix FROM token_entries) TO STDOUT (FORMAT BINARY)"
 # A row of that scan: field count, length, the prefix.
+# Bytes of that scan taken in at a time (about 75,000 rows).
+_SCAN_CHUNK_BYTES: Final = 1 << 20
 _SCAN_ROW: Final = np.dtype([("fields", ">i2"), ("length", ">i4"), ("prefix", ">i8")])
 # Rows the filter takes from the index one by one before it rather scans it again.
 _FILTER_CATCH_UP_ROWS: Final = 100_000
@@ -1119,10 +1122,22 @@ class BrokerStore(audit_store.AuditLog):
 
     def _scan(self, driver: Any) -> _Seen:
         """A prefix filter of the whole index, read in one binary ``COPY``."""
+        # Matching turned sequential scans off for its lookups; this one reads everything.
+        driver.execute(_PG_SEQSCAN, ("on",))
         last_id, rows = driver.execute(_PG_LAST_ENTRY).fetchone()
         built = PrefixFilter(expected=int(rows))  # rows, not ids: expired ones leave gaps
         pending = bytearray()
         header_done = False
+
+        def take_rows() -> None:
+            whole = len(pending) // _SCAN_ROW.itemsize * _SCAN_ROW.itemsize
+            if whole:
+                scanned = np.frombuffer(bytes(pending[:whole]), dtype=_SCAN_ROW)
+                del pending[:whole]
+                if not ((scanned["fields"] == 1) & (scanned["length"] == 8)).all():
+                    raise ValueError("unexpected row in the prefix scan")
+                built.add(scanned["prefix"].astype(np.int64))
+
         with driver.cursor() as cursor, cursor.copy(_PG_SCAN_PREFIXES) as copy:
             for data in copy:
                 pending += data
@@ -1136,14 +1151,12 @@ class BrokerStore(audit_store.AuditLog):
                         continue
                     del pending[: len(_COPY_SIGNATURE) + extension]
                     header_done = True
-                whole = len(pending) // _SCAN_ROW.itemsize * _SCAN_ROW.itemsize
-                if whole:
-                    scanned = np.frombuffer(bytes(pending[:whole]), dtype=_SCAN_ROW)
-                    del pending[:whole]
-                    if not ((scanned["fields"] == 1) & (scanned["length"] == 8)).all():
-                        raise ValueError("unexpected row in the prefix scan")
-                    built.add(scanned["prefix"].astype(np.int64))
-        if bytes(pending) != _COPY_TRAILER:
+                if len(pending) >= _SCAN_CHUNK_BYTES:  # libpq hands over a row at a time
+                    take_rows()
+        driver.execute(_PG_SEQSCAN, ("off",))
+        if header_done:
+            take_rows()  # the rest, up to the 2-byte trailer
+        if not header_done or bytes(pending) != _COPY_TRAILER:
             raise ValueError("unexpected end of the prefix scan")
         return _Seen(built, int(last_id))
 

@@ -800,8 +800,9 @@ def test_a_filter_far_behind_is_built_anew_from_the_index(pg_engine, monkeypatch
     assert first._seen.filter.added == 12
 
 
-def test_the_first_submission_scans_a_large_index_in_one_pass(pg_engine):
+def test_the_first_submission_scans_a_large_index_in_one_pass(pg_engine, monkeypatch):
     """The scan reads the binary COPY in chunks; rows cross chunk boundaries."""
+    monkeypatch.setattr(store, "_SCAN_CHUNK_BYTES", 4099)  # not a multiple of a row
     loader = BrokerStore(pg_engine)
     for n in range(12):
         submit(loader, "a", n, [entry("a", 1000 * n + k, r=k) for k in range(1000)])
