@@ -65,6 +65,16 @@ def _set_aside() -> None:
         )
 
 
+def _create(partitioning: str) -> None:
+    """The table with its key, checks and indexes, partitioned as ``partitioning`` says."""
+    op.execute(
+        f"CREATE TABLE token_entries ({_COLUMNS}, CONSTRAINT pk_token_entries PRIMARY KEY (id),"
+        f" {_CHECKS}){partitioning}"
+    )
+    for name, columns in _INDEXES.items():
+        op.execute(f"CREATE INDEX {name} ON token_entries ({columns})")
+
+
 def _move_rows() -> None:
     """Copy the rows over, hand the id sequence to the new table, drop the old one."""
     op.execute("INSERT INTO token_entries SELECT * FROM token_entries_old")
@@ -76,12 +86,7 @@ def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     _set_aside()
-    op.execute(
-        f"CREATE TABLE token_entries ({_COLUMNS}, CONSTRAINT pk_token_entries PRIMARY KEY (id),"
-        f" {_CHECKS}) PARTITION BY RANGE (id)"
-    )
-    for name, columns in _INDEXES.items():
-        op.execute(f"CREATE INDEX {name} ON token_entries ({columns})")
+    _create(" PARTITION BY RANGE (id)")
     newest = op.get_bind().exec_driver_sql("SELECT coalesce(max(id), 0) FROM token_entries_old")
     last = int(newest.scalar_one())
     # Partitions for the rows there are, and one ahead.
@@ -97,10 +102,5 @@ def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     _set_aside()
-    op.execute(
-        f"CREATE TABLE token_entries ({_COLUMNS}, CONSTRAINT pk_token_entries PRIMARY KEY (id),"
-        f" {_CHECKS})"
-    )
-    for name, columns in _INDEXES.items():
-        op.execute(f"CREATE INDEX {name} ON token_entries ({columns})")
+    _create("")
     _move_rows()  # the partitions go with the partitioned table
