@@ -84,6 +84,7 @@ from samenloop.policies.config import load_broker_config, load_node_config
 from samenloop.policies.covenant import Role
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import SamenloopError
+from samenloop.policies.process import settle_heap
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
 HERE = Path(__file__).resolve().parent
@@ -128,7 +129,7 @@ SCALES = {
     "full": Scale(
         ingest_tokens=1_000_000,
         scale_levels=(1_000_000, 10_000_000),
-        scale_measure_tokens=100_000,
+        scale_measure_tokens=300_000,
         latency_rounds=200,
         e2e_signals=100_000,
         service_tokens=300_000,
@@ -558,6 +559,7 @@ def part_ingest(
             submitter = Submitter(store, provisioned)
             for batch in workload.batches(5 * BATCH):  # warm-up: parties, caches, plans
                 submitter.submit(batch)
+            settle_heap()  # as the broker daemon does once it has started
             methods = ("executemany",) if backend == "sqlite" else ("copy", "executemany")
             bares = [BareTable(dbs, backend, store, "same_table", m) for m in methods]
             bares.append(BareTable(dbs, backend, store, "token_only", "executemany"))
@@ -740,6 +742,7 @@ def part_scale(
             for _, _, submitter, workload, _ in runs:  # warm-up after the bulk load
                 for batch in workload.batches(5 * BATCH):
                     submitter.submit(batch)
+            settle_heap()  # as the broker daemon does once it has started
             rounds: dict[int, list[dict[str, Any]]] = {level: [] for level in levels}
             for _ in range(SCALE_ROUNDS):
                 for level, store, submitter, workload, _ in runs:

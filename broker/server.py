@@ -26,7 +26,7 @@ from samenloop.policies.config import BrokerConfig
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError
-from samenloop.policies.process import run_until_signalled
+from samenloop.policies.process import run_until_signalled, settle_heap
 from samenloop.policies.rpc import ErrorInterceptor
 from samenloop.policies.trust import (
     HeldCovenant,
@@ -138,6 +138,7 @@ def serve(config: BrokerConfig) -> int:
     """Run the broker until SIGTERM or SIGINT."""
     logs.configure(config.log_level)
     running = build_server(config)
+    settle_heap()
     # Checkpoints of the audit log are signed with the broker's key, each sweep and at the end.
     keys = PartyKeys.load(config.signing_keys)
 

@@ -69,7 +69,7 @@ from samenloop.broker.models import (
     RelayedEnvelope,
     TokenEntry,
 )
-from samenloop.broker.token_filter import PrefixFilter, as_array
+from samenloop.broker.token_filter import IndexFilter, as_array
 from samenloop.policies import audit_store
 from samenloop.policies.audit import AuditEvent, AuditKind
 from samenloop.policies.database import READ_ONLY, sqlite_stamp
@@ -151,8 +151,10 @@ _PG_RECORD_SUBMIT: Final = (
     " (party_id, client_batch_id, kind, digest, stored, unchanged, accepted_at)"
     " VALUES (%(party_id)s, %(client_batch_id)s, %(kind)s, %(digest)s, %(stored)s,"
     " %(unchanged)s, %(accepted_at)s)"
-    # The newest entry's id: the prefix filter covers every row up to it (see _filtered).
-    " RETURNING (SELECT max(id) FROM token_entries)"
+    # The ids of the entries this batch inserted: all those after the newest one the
+    # prefix filter covered (see _filtered). It covers every row up to the last.
+    " RETURNING (SELECT min(id) FROM token_entries WHERE id > %(covered)s),"
+    " (SELECT max(id) FROM token_entries)"
 )
 #: Row ids per partition of the token index on PostgreSQL (migration 0004 uses the same).
 PARTITION_IDS: Final = 1_000_000
@@ -171,12 +173,13 @@ _PG_NEWER_ENTRIES: Final = (
     "SELECT id, token_prefix FROM token_entries WHERE id > %s ORDER BY id LIMIT %s"
 )
 _PG_SEQSCAN: Final = "SELECT set_config('enable_seqscan', %s, true)"
-_PG_LAST_ENTRY: Final = "SELECT coalesce(max(id), 0), count(*) FROM token_entries"
-_PG_SCAN_PREFIXES: Final = "COPY (SELECT token_prefix FROM token_entries) TO STDOUT (FORMAT BINARY)"
-# A row of that scan: field count, length, the prefix.
-# Bytes of that scan taken in at a time (about 75,000 rows).
-_SCAN_CHUNK_BYTES: Final = 1 << 20
-_SCAN_ROW: Final = np.dtype([("fields", ">i2"), ("length", ">i4"), ("prefix", ">i8")])
+_PG_INDEX_EXTENT: Final = (
+    "SELECT coalesce(min(id), 0), coalesce(max(id), 0), count(*) FROM token_entries"
+)
+# A partition's prefixes, each as 8 big-endian bytes, in one value.
+_PG_PACKED_PREFIXES: Final = (
+    "SELECT string_agg(int8send(token_prefix), ''::bytea) FROM token_entries_p{}"
+)
 # Rows the filter takes from the index one by one before it rather scans it again.
 _FILTER_CATCH_UP_ROWS: Final = 100_000
 _SQLITE_RECORD_SUBMIT: Final = (
@@ -325,14 +328,6 @@ class _Prior:
 
 
 @dataclass
-class _Seen:
-    """PostgreSQL: the prefix filter, and the id of the newest entry it covers."""
-
-    filter: PrefixFilter
-    last_id: int
-
-
-@dataclass
 class _Loaded:
     """The states of a batch's tokens, and what the store needs to write them back."""
 
@@ -384,7 +379,7 @@ class BrokerStore(audit_store.AuditLog):
         )
         self._read_time: Callable[[Any], Any] = from_database or _same
         # PostgreSQL: which prefixes the index may hold, built at the first submission.
-        self._seen: _Seen | None = None
+        self._seen: IndexFilter | None = None
         self._seen_lock = threading.Lock()
         # PostgreSQL: the end of the token index's last partition, as last committed.
         self._partitions_end = 0
@@ -468,8 +463,9 @@ class BrokerStore(audit_store.AuditLog):
                 "accepted_at": now,
             }
             if self._postgres:
-                newest = self._driver(tx).execute(_PG_RECORD_SUBMIT, record).fetchone()
-                self._covered(outcome.change.inserted, newest[0])
+                record["covered"] = tx.newest_id or 0
+                first, newest = self._driver(tx).execute(_PG_RECORD_SUBMIT, record).fetchone()
+                self._covered(outcome.change.inserted, first, newest)
             else:
                 record["accepted_at"] = self._stamp(now)
                 self._driver(tx).execute(_SQLITE_RECORD_SUBMIT, record)
@@ -1094,17 +1090,20 @@ class BrokerStore(audit_store.AuditLog):
         if not candidates:
             return batch, prior, self._loaded(tx, wanted, [], [])
         with driver.pipeline():  # both lookups in one round trip
-            found = self._send_lookups(driver, f"{{{','.join(map(str, candidates))}}}")
+            found = self._send_partition_lookups(driver, candidates)
         return batch, prior, self._loaded(tx, wanted, found[0].fetchall(), found[1].fetchall())
 
-    def _filtered(self, driver: Any, newer: list[Any] | None, tokens: set[bytes]) -> list[int]:
-        """The prefixes of ``tokens`` that the index may hold, under the matching lock.
+    def _filtered(
+        self, driver: Any, newer: list[Any] | None, tokens: set[bytes]
+    ) -> dict[int, list[int]]:
+        """The prefixes of ``tokens`` that the index may hold, by the partition (its first
+        row id) that may hold them, under the matching lock.
 
-        The filter holds the prefix of every entry up to its ``last_id``: those it was
-        built from (a scan), those this store inserted, and those of ``newer``, the
-        entries other writers (another broker process on this database) inserted
-        since. Every insert runs under the matching lock, so ids are committed in
-        order and nothing below ``last_id`` can appear later. A filter that would
+        The filter holds the prefix and partition of every entry up to its ``last_id``:
+        those it was built from (a scan), those this store inserted, and those of
+        ``newer``, the entries other writers (another broker process on this database)
+        inserted since. Every insert runs under the matching lock, so ids are committed
+        in order and nothing below ``last_id`` can appear later. A filter that would
         take too many rows one by one, or that has grown too full, is built anew.
         An open group always has entries on its token, so its prefix is covered too.
         """
@@ -1113,66 +1112,48 @@ class BrokerStore(audit_store.AuditLog):
             if seen is None or newer is None or len(newer) > _FILTER_CATCH_UP_ROWS:
                 seen = self._seen = self._scan(driver)
             elif newer:
-                seen.filter.add(as_array(prefix for _, prefix in newer))
+                seen.add_rows(as_array(r[0] for r in newer), as_array(r[1] for r in newer))
                 seen.last_id = max(seen.last_id, newer[-1][0])
-            if seen.filter.wants_rebuild:
+            if seen.wants_rebuild:
                 seen = self._seen = self._scan(driver)
             prefixes = {int.from_bytes(token[:8], "big", signed=True) for token in tokens}
-            return seen.filter.candidates(list(prefixes))
+            return seen.candidates(list(prefixes))
 
-    def _scan(self, driver: Any) -> _Seen:
-        """A prefix filter of the whole index, read in one binary ``COPY``."""
-        # Matching turned sequential scans off for its lookups; this one reads everything.
+    def _scan(self, driver: Any) -> IndexFilter:
+        """A filter of the whole index, read partition by partition: each one's prefixes
+        in one value, packed by the server (a row per prefix would cost a second of
+        this process's time per million)."""
+        # Matching turned sequential scans off for its lookups; these read everything.
         driver.execute(_PG_SEQSCAN, ("on",))
-        last_id, rows = driver.execute(_PG_LAST_ENTRY).fetchone()
-        built = PrefixFilter(expected=int(rows))  # rows, not ids: expired ones leave gaps
-        pending = bytearray()
-        header_done = False
-
-        def take_rows() -> None:
-            whole = len(pending) // _SCAN_ROW.itemsize * _SCAN_ROW.itemsize
-            if whole:
-                scanned = np.frombuffer(bytes(pending[:whole]), dtype=_SCAN_ROW)
-                del pending[:whole]
-                if not ((scanned["fields"] == 1) & (scanned["length"] == 8)).all():
-                    raise ValueError("unexpected row in the prefix scan")
-                built.add(scanned["prefix"].astype(np.int64))
-
-        with driver.cursor() as cursor, cursor.copy(_PG_SCAN_PREFIXES) as copy:
-            for data in copy:
-                pending += data
-                if not header_done:  # signature, flags, extension length, extension
-                    if len(pending) < len(_COPY_SIGNATURE):
-                        continue
-                    if pending[:11] != _COPY_SIGNATURE[:11]:
-                        raise ValueError("not a binary COPY stream")
-                    extension = int.from_bytes(pending[15:19], "big")
-                    if len(pending) < len(_COPY_SIGNATURE) + extension:
-                        continue
-                    del pending[: len(_COPY_SIGNATURE) + extension]
-                    header_done = True
-                if len(pending) >= _SCAN_CHUNK_BYTES:  # libpq hands over a row at a time
-                    take_rows()
+        first_id, last_id, rows = driver.execute(_PG_INDEX_EXTENT).fetchone()
+        # Sized by rows, not ids: expired ones leave gaps.
+        built = IndexFilter(int(rows), PARTITION_IDS, int(last_id))
+        with driver.cursor(binary=True) as cursor:
+            for start in range(
+                built.partitions.start_of(int(first_id)), last_id + 1, PARTITION_IDS
+            ):
+                # Built from integers only, never from input.
+                packed = cursor.execute(_PG_PACKED_PREFIXES.format(start)).fetchone()[0]
+                if packed is None:  # an empty partition
+                    continue
+                if len(packed) % 8:
+                    raise ValueError(f"unexpected prefixes of partition {start}")
+                prefixes = np.frombuffer(packed, dtype=">i8").astype(np.int64)
+                built.prefixes.add(prefixes)
+                built.partitions.add(start, prefixes)
         driver.execute(_PG_SEQSCAN, ("off",))
-        if header_done:
-            take_rows()  # the rest, up to the 2-byte trailer
-        if not header_done or bytes(pending) != _COPY_TRAILER:
-            raise ValueError("unexpected end of the prefix scan")
-        return _Seen(built, int(last_id))
+        return built
 
-    def _covered(self, inserted: Sequence[Entry], newest: int | None) -> None:
-        """PostgreSQL, after inserting ``inserted`` (under the matching lock): the filter
-        now covers them, and every entry up to ``newest``."""
+    def _covered(self, inserted: Sequence[Entry], first: int | None, newest: int | None) -> None:
+        """PostgreSQL, after inserting ``inserted`` (under the matching lock), with ids from
+        ``first`` to ``newest``: the filter now covers them, and every entry up to
+        ``newest``."""
         with self._seen_lock:
             seen = self._seen
-            if seen is None:
+            if seen is None or newest is None:
                 return
-            if inserted:
-                seen.filter.add(
-                    as_array(int.from_bytes(e.token[:8], "big", signed=True) for e in inserted)
-                )
-            if newest is not None:
-                seen.last_id = max(seen.last_id, newest)
+            prefixes = as_array(int.from_bytes(e.token[:8], "big", signed=True) for e in inserted)
+            seen.add_inserted(prefixes, newest if first is None else first, newest)
 
     def _open_and_prior(self, party: str, row: Any, digest: bytes) -> _Prior | None:
         """``_require_open`` and ``_prior`` of a submission in one query: from the row of
@@ -1230,7 +1211,7 @@ class BrokerStore(audit_store.AuditLog):
         driver = self._driver(tx)
         if self._postgres:
             with driver.pipeline():  # both lookups in one round trip
-                found = self._send_lookups(driver, f"{{{','.join(map(str, prefixes))}}}")
+                found = self._send_lookups(driver, _array(prefixes))
             return self._loaded(tx, wanted, found[0].fetchall(), found[1].fetchall())
         entry_rows: list[Any] = []
         for chunk in self._chunks(prefixes):
@@ -1260,6 +1241,27 @@ class BrokerStore(audit_store.AuditLog):
             driver.execute(self._lookup("token_entries", _LOOKUP_ENTRY_COLUMNS, 0), params),
             driver.execute(
                 self._lookup("hit_groups", _LOOKUP_GROUP_COLUMNS, 0, " AND is_open"), params
+            ),
+        )
+
+    def _send_partition_lookups(
+        self, driver: Any, by_partition: Mapping[int, Sequence[int]]
+    ) -> tuple[Any, Any]:
+        """PostgreSQL, in a pipeline: ``_load``'s two lookups, the entries' only in the
+        partitions that may hold them (each named by its first row id, as migration
+        0004 and ``_ensure_partitions`` name them); see ``_send_lookups``."""
+        # Built from the constants of _load and integers only, never from input.
+        entries = " UNION ALL ".join(
+            f"SELECT {_LOOKUP_ENTRY_COLUMNS} FROM token_entries_p{int(start)}"  # noqa: S608
+            " WHERE token_prefix = ANY(%s::text::bigint[])"
+            for start in by_partition
+        )
+        everything = sorted({p for prefixes in by_partition.values() for p in prefixes})
+        return (
+            driver.execute(entries, [_array(prefixes) for prefixes in by_partition.values()]),
+            driver.execute(
+                self._lookup("hit_groups", _LOOKUP_GROUP_COLUMNS, 0, " AND is_open"),
+                (_array(everything),),
             ),
         )
 
@@ -1469,6 +1471,11 @@ class BrokerStore(audit_store.AuditLog):
             return
         driver = self._driver(tx)
         issued, end = driver.execute(_PG_PARTITIONS_STATE).fetchone()
+        if int(end) % PARTITION_IDS:
+            # The prefix filter finds a row's partition by arithmetic (see _filtered).
+            raise ValueError(
+                f"the token index's partitions end at {end}, not at a multiple of {PARTITION_IDS}"
+            )
         while int(issued) + margin >= int(end):
             start = int(end)
             # Built from integers only, never from input.
@@ -1549,6 +1556,12 @@ class BrokerStore(audit_store.AuditLog):
             driver.executemany(_SQLITE_MOVE_HEAD, [(h, party_id) for party_id, h in moved])
             driver.executemany(_SQLITE_INSERT_ITEMS, rows)
         return cursors
+
+
+def _array(values: Iterable[int]) -> str:
+    """Integers as a PostgreSQL array literal: one text parameter, rather than an array
+    the driver dumps element by element."""
+    return f"{{{','.join(map(str, values))}}}"
 
 
 def _copy_rows(entries: Sequence[Entry], parties: Mapping[str, int]) -> list[bytes]:

@@ -8,9 +8,16 @@ filter of every prefix in the index and looks up only the tokens the filter may
 hold (those of earlier signals, and about 1% false positives). A filter never
 misses a prefix it was given, so no hit is lost; a false positive costs one lookup.
 
-The filter is sans-IO: :class:`~samenloop.broker.store.BrokerStore` feeds it under the
-matching lock (see ``_filtered`` there), with every prefix it inserts and every row
-other writers inserted since it last looked, by row id.
+On PostgreSQL the index is partitioned by ranges of row ids (migration 0004), and a
+lookup through the partitioned table probes every partition's prefix index: at
+10 million tokens, eleven probes per candidate, most of them in partitions that
+cannot hold it. :class:`IndexFilter` therefore also keeps a :class:`PartitionMap`,
+one small filter per partition, and says for each candidate which partitions may
+hold it; the store looks it up in those alone.
+
+The filters are sans-IO: :class:`~samenloop.broker.store.BrokerStore` feeds them under
+the matching lock (see ``_filtered`` there), with every prefix it inserts and every
+row other writers inserted since it last looked, by row id.
 
 Indices come from the prefix by two multiply-shift hashes with multipliers drawn
 at random per filter (Kirsch and Mitzenmacher's double hashing), so that a party
@@ -48,6 +55,35 @@ def as_array(prefixes: Iterable[int] | Prefixes) -> Prefixes:
     return np.fromiter(prefixes, dtype=np.int64)
 
 
+def _bits_log2(expected: int) -> int:
+    """Bits (as a power of two) of a filter for ``expected`` prefixes."""
+    wanted = max(expected, 1) * BUILD_BITS_PER_PREFIX
+    return max(MIN_BITS_LOG2, (wanted - 1).bit_length())
+
+
+class _Hashes:
+    """The ``HASHES`` bit indices of prefixes in a filter of ``2**bits_log2`` bits."""
+
+    def __init__(self, bits_log2: int) -> None:
+        self.bits_log2 = bits_log2
+        self._shift = np.uint64(64 - bits_log2)
+        # Odd multipliers, so that each hash is a bijection of the 64-bit prefix.
+        self._first = np.uint64(secrets.randbits(64) | 1)
+        self._second = np.uint64(secrets.randbits(64) | 1)
+
+    def indices(self, prefixes: Prefixes) -> list[npt.NDArray[np.uint64]]:
+        unsigned = prefixes.view(np.uint64)
+        first = unsigned * self._first  # wraps modulo 2^64, as multiply-shift hashing wants
+        second = (unsigned * self._second) | _ONE
+        return [(first + np.uint64(i) * second) >> self._shift for i in range(HASHES)]
+
+
+def _set_bits(words: npt.NDArray[np.uint64], indices: list[npt.NDArray[np.uint64]]) -> None:
+    for index in indices:
+        # Unbuffered: several prefixes may set bits of the same word.
+        np.bitwise_or.at(words, index >> _WORD_SHIFT, _ONE << (index & _BIT_MASK))
+
+
 class PrefixFilter:
     """A Bloom filter of 64-bit prefixes, sized for ``expected`` of them.
 
@@ -57,18 +93,13 @@ class PrefixFilter:
     """
 
     def __init__(self, expected: int) -> None:
-        wanted = max(expected, 1) * BUILD_BITS_PER_PREFIX
-        self._bits_log2 = max(MIN_BITS_LOG2, (wanted - 1).bit_length())
-        self._words = np.zeros((1 << self._bits_log2) // 64, dtype=np.uint64)
-        self._shift = np.uint64(64 - self._bits_log2)
-        # Odd multipliers, so that each hash is a bijection of the 64-bit prefix.
-        self._first = np.uint64(secrets.randbits(64) | 1)
-        self._second = np.uint64(secrets.randbits(64) | 1)
+        self._hashes = _Hashes(_bits_log2(expected))
+        self._words = np.zeros(self.bits // 64, dtype=np.uint64)
         self._added = 0
 
     @property
     def bits(self) -> int:
-        return 1 << self._bits_log2
+        return 1 << self._hashes.bits_log2
 
     @property
     def added(self) -> int:
@@ -80,22 +111,14 @@ class PrefixFilter:
         """Whether the filter holds so many prefixes that its false positives grow."""
         return self._added * REBUILD_BITS_PER_PREFIX > self.bits
 
-    def _indices(self, prefixes: Prefixes) -> list[npt.NDArray[np.uint64]]:
-        unsigned = prefixes.view(np.uint64)
-        first = unsigned * self._first  # wraps modulo 2^64, as multiply-shift hashing wants
-        second = (unsigned * self._second) | _ONE
-        return [(first + np.uint64(i) * second) >> self._shift for i in range(HASHES)]
-
     def add(self, prefixes: Prefixes) -> None:
-        for index in self._indices(prefixes):
-            # Unbuffered: several prefixes may set bits of the same word.
-            np.bitwise_or.at(self._words, index >> _WORD_SHIFT, _ONE << (index & _BIT_MASK))
+        _set_bits(self._words, self._hashes.indices(prefixes))
         self._added += len(prefixes)
 
     def may_hold(self, prefixes: Prefixes) -> npt.NDArray[np.bool_]:
         """For each prefix, whether it may have been added."""
         held = np.ones(len(prefixes), dtype=np.bool_)
-        for index in self._indices(prefixes):
+        for index in self._hashes.indices(prefixes):
             held &= ((self._words[index >> _WORD_SHIFT] >> (index & _BIT_MASK)) & _ONE) == _ONE
         return held
 
@@ -105,3 +128,105 @@ class PrefixFilter:
             return []
         array = as_array(prefixes)
         return [int(p) for p in array[self.may_hold(array)]]
+
+
+class PartitionMap:
+    """Which partitions of the token index may hold a prefix.
+
+    The index is partitioned by ranges of ``partition_ids`` row ids, each starting at
+    a multiple of it. One Bloom filter per partition that holds rows, each sized
+    for a full partition (so none ever needs to grow) and all with the same hashes,
+    stacked in one array: a prefix is tested against every partition at once.
+    Meant for the few candidates a :class:`PrefixFilter` let through, not for
+    whole batches.
+    """
+
+    def __init__(self, partition_ids: int) -> None:
+        if partition_ids < 1:
+            raise ValueError("partition_ids must be positive")
+        self.partition_ids = partition_ids
+        self._hashes = _Hashes(_bits_log2(partition_ids))
+        self._starts: list[int] = []
+        self._rows: dict[int, int] = {}  # partition start -> row of _words
+        self._words = np.zeros((0, (1 << self._hashes.bits_log2) // 64), dtype=np.uint64)
+
+    @property
+    def starts(self) -> list[int]:
+        """The partitions that have a filter, by their first row id, in order."""
+        return sorted(self._starts)
+
+    def start_of(self, row_id: int) -> int:
+        """The first row id of ``row_id``'s partition."""
+        return row_id // self.partition_ids * self.partition_ids
+
+    def add(self, start: int, prefixes: Prefixes) -> None:
+        """Prefixes of rows in the partition that starts at row id ``start``."""
+        if start % self.partition_ids:
+            raise ValueError(f"no partition starts at row id {start}")
+        row = self._rows.get(start)
+        if row is None:
+            row = self._rows[start] = len(self._starts)
+            self._starts.append(start)
+            empty = np.zeros((1, self._words.shape[1]), dtype=np.uint64)
+            self._words = np.vstack([self._words, empty])
+        _set_bits(self._words[row], self._hashes.indices(prefixes))
+
+    def add_rows(self, row_ids: Prefixes, prefixes: Prefixes) -> None:
+        """Prefixes of rows, each with its row id."""
+        starts = row_ids // self.partition_ids * self.partition_ids
+        for start in np.unique(starts).tolist():
+            self.add(int(start), prefixes[starts == start])
+
+    def add_range(self, first_id: int, last_id: int, prefixes: Prefixes) -> None:
+        """Prefixes of rows whose ids lie somewhere from ``first_id`` to ``last_id``: each
+        goes to every partition of that range."""
+        for start in range(self.start_of(first_id), last_id + 1, self.partition_ids):
+            self.add(start, prefixes)
+
+    def partitions(self, prefixes: Sequence[int]) -> dict[int, list[int]]:
+        """For each partition that may hold any of ``prefixes``, those it may hold."""
+        if not prefixes or not self._starts:
+            return {}
+        array = as_array(prefixes)
+        held = np.ones((len(self._starts), len(array)), dtype=np.bool_)
+        for index in self._hashes.indices(array):
+            words = self._words[:, index >> _WORD_SHIFT]  # partitions x prefixes
+            held &= ((words >> (index & _BIT_MASK)) & _ONE) == _ONE
+        return {
+            self._starts[row]: [int(p) for p in array[held[row]]]
+            for row in np.flatnonzero(held.any(axis=1)).tolist()
+        }
+
+
+class IndexFilter:
+    """The token index as the broker's store knows it in memory (PostgreSQL): a
+    :class:`PrefixFilter` of every prefix, a :class:`PartitionMap` of where each one
+    is, and ``last_id``, the newest row id they cover."""
+
+    def __init__(self, expected: int, partition_ids: int, last_id: int) -> None:
+        self.prefixes = PrefixFilter(expected)
+        self.partitions = PartitionMap(partition_ids)
+        self.last_id = last_id
+
+    @property
+    def wants_rebuild(self) -> bool:
+        return self.prefixes.wants_rebuild
+
+    def add_rows(self, row_ids: Prefixes, prefixes: Prefixes) -> None:
+        """Rows by their ids and prefixes (not beyond ``last_id``: a scan's or a catch-up's)."""
+        self.prefixes.add(prefixes)
+        self.partitions.add_rows(row_ids, prefixes)
+
+    def add_inserted(self, prefixes: Prefixes, first_id: int, last_id: int) -> None:
+        """Rows just inserted, whose ids lie from ``first_id`` to ``last_id``, after those
+        covered; then covers up to ``last_id``."""
+        if len(prefixes):
+            if first_id <= self.last_id or last_id < first_id:
+                raise ValueError("inserted rows must have ids after the newest one covered")
+            self.prefixes.add(prefixes)
+            self.partitions.add_range(first_id, last_id, prefixes)
+        self.last_id = max(self.last_id, last_id)
+
+    def candidates(self, prefixes: Sequence[int]) -> dict[int, list[int]]:
+        """For each partition, the ``prefixes`` it may hold."""
+        return self.partitions.partitions(self.prefixes.candidates(prefixes))

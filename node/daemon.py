@@ -35,7 +35,7 @@ from samenloop.policies.config import NodeConfig, load_node_config
 from samenloop.policies.covenant import SealedAttributeKey
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError, CovenantRejected
-from samenloop.policies.process import run_until_signalled
+from samenloop.policies.process import run_until_signalled, settle_heap
 from samenloop.policies.rpc import ErrorInterceptor
 from samenloop.policies.trust import (
     HeldCovenant,
@@ -214,6 +214,7 @@ def serve(config_path: Path) -> int:
     config = load_node_config(config_path)
     logs.configure(config.log_level)
     running = build_node(config)
+    settle_heap()
     # Checkpoints of the audit log are signed with the party's key, each sweep and at the end.
     keys = PartyKeys.load(config.party_keys)
 

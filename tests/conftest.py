@@ -29,9 +29,7 @@ def _admin() -> psycopg.Connection:
         pytest.fail(f"PostgreSQL is required and cannot be reached ({POSTGRES_ADMIN}): {error}")
 
 
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    """The SQLAlchemy URL of a fresh, empty PostgreSQL database for this test module."""
+def _fresh_database() -> Iterator[str]:
     name = f"samenloop_t_{secrets.token_hex(6)}"
     with _admin() as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -44,6 +42,19 @@ def postgres_url() -> Iterator[str]:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """The SQLAlchemy URL of a fresh, empty PostgreSQL database for this test module."""
+    yield from _fresh_database()
+
+
+@pytest.fixture
+def own_postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this one test, for what a module's cannot take
+    back (sequences moved, tables added)."""
+    yield from _fresh_database()
 
 
 @pytest.fixture

@@ -743,25 +743,66 @@ def test_batches_cross_into_partitions_the_store_creates(pg_engine):
     assert broker.open_groups() == []
 
 
-def test_rolled_back_inserts_do_not_leave_the_partitions_behind(pg_engine, monkeypatch):
+@pytest.fixture
+def small_partitions(own_postgres_url, monkeypatch) -> Iterator[sa.Engine]:
+    """A database of its own whose new partitions take 1,000 ids each (and half of that
+    as margin), and whose ids start at 2,000,000, where the migration's partitions end."""
+    monkeypatch.setattr(store, "PARTITION_IDS", 1000)
+    engine = database.make_engine(own_postgres_url)
+    database.upgrade(engine, MIGRATIONS)
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT setval('token_entries_id_seq', 1999999)"))
+    yield engine
+    engine.dispose()
+
+
+def test_rolled_back_inserts_do_not_leave_the_partitions_behind(small_partitions):
     """Batches that fail after their COPY use up ids; the next one still finds a partition."""
-    monkeypatch.setattr(store, "PARTITION_IDS", 1000)  # new partitions, and half of it as margin
-    end = 2_000_000  # where the migration's partitions end
-    with pg_engine.begin() as conn:
-        conn.execute(sa.text("SELECT setval('token_entries_id_seq', :v)"), {"v": end - 1000})
-    broker = BrokerStore(pg_engine)
-    submit(broker, "a", 1, [entry("a", 0)])
+    broker = BrokerStore(small_partitions)
+    submit(broker, "a", 1, [entry("a", 0)])  # 2,000,000; partitions up to 2,001,000
 
     def signing_fails(draft: NoticeDraft) -> bytes:
         raise RuntimeError("signing is down")
 
-    for n in range(4):  # 4 x 225 ids taken and rolled back, up to end - 99
+    for n in range(4):  # 4 x 225 ids taken and rolled back, up to 2,000,900
         batch = [entry("b", 0)] + [entry("b", 10_000 * n + k + 1, r=k) for k in range(224)]
         with pytest.raises(RuntimeError, match="signing is down"):
             submit(broker, "b", 10 + n, batch, sign_notice=signing_fails)
-    # This batch's ids run past the end: its partition must be made first.
+    # This batch's ids run past 2,001,000: its partition must be made first.
     batch = [entry("b", 0)] + [entry("b", 90_000 + k, r=k) for k in range(149)]
     assert submit(broker, "b", 20, batch).notified == ("a", "b")
+    # The filter knows both partitions; a later batch finds tokens in either.
+    assert broker._seen is not None
+    assert broker._seen.partitions.starts == [2_000_000, 2_001_000]
+    later = [entry("c", 0), entry("c", 90_000), entry("c", 90_148)]
+    assert submit(broker, "c", 21, later).notified == ("a", "b", "c")
+
+
+def test_tokens_are_looked_up_only_in_the_partitions_that_may_hold_them(
+    small_partitions, monkeypatch
+):
+    loader = BrokerStore(small_partitions)
+    for n in range(3):  # one partition each
+        submit(loader, "a", n, [entry("a", 1000 * n + k, r=k) for k in range(1000)])
+    asked: list[set[int]] = []
+    original = BrokerStore._send_partition_lookups
+
+    def recorded(self, driver, by_partition):
+        asked.append(set(by_partition))
+        return original(self, driver, by_partition)
+
+    monkeypatch.setattr(BrokerStore, "_send_partition_lookups", recorded)
+    # The loader's filter learnt its own inserts; a new one scans the index.
+    # (b's entries go to the next partition, 2,003,000.)
+    for broker, party, partitions in (
+        (loader, "b", {2_000_000, 2_002_000}),
+        (BrokerStore(small_partitions), "c", {2_000_000, 2_002_000, 2_003_000}),
+    ):
+        wanted = [entry(party, 5), entry(party, 2999), entry(party, 70_000)]
+        result = submit(broker, party, ord(party), wanted)
+        assert set(result.notified) == {"a", "b", party}
+        assert asked.pop() == partitions
+    assert sorted(g.token for g in loader.open_groups()) == [token(5), token(2999)]
 
 
 def test_a_second_broker_process_never_misses_what_the_first_indexed(pg_engine):
@@ -796,22 +837,25 @@ def test_a_filter_far_behind_is_built_anew_from_the_index(pg_engine, monkeypatch
     assert result.notified == ("b", "c")
     assert first._seen is not built  # scanned again rather than read row by row
     assert first._seen is not None
-    assert first._seen.filter.added == 12
+    assert first._seen.prefixes.added == 12
 
 
-def test_the_first_submission_scans_a_large_index_in_one_pass(pg_engine, monkeypatch):
-    """The scan reads the binary COPY in chunks; rows cross chunk boundaries."""
-    monkeypatch.setattr(store, "_SCAN_CHUNK_BYTES", 4099)  # not a multiple of a row
-    loader = BrokerStore(pg_engine)
-    for n in range(12):
+def test_the_first_submission_scans_the_index_partition_by_partition(small_partitions):
+    loader = BrokerStore(small_partitions)
+    for n in range(12):  # partitions from 2,000,000 to 2,011,000
         submit(loader, "a", n, [entry("a", 1000 * n + k, r=k) for k in range(1000)])
-    fresh = BrokerStore(pg_engine)
-    result = submit(fresh, "b", 99, [entry("b", 0), entry("b", 11_999), entry("b", 50_000)])
-    assert result.stored == 3
+    with small_partitions.begin() as conn:  # all of one expired, say
+        conn.execute(sa.text("DELETE FROM token_entries_p2005000"))
+    fresh = BrokerStore(small_partitions)
+    wanted = [entry("b", 0), entry("b", 5500), entry("b", 11_999), entry("b", 50_000)]
+    result = submit(fresh, "b", 99, wanted)
+    assert result.stored == 4
     assert sorted(g.token for g in fresh.open_groups()) == sorted([token(0), token(11_999)])
     assert fresh._seen is not None
-    assert fresh._seen.filter.added == 12_003
-    with pg_engine.connect() as conn:
+    assert fresh._seen.prefixes.added == 11_004
+    starts = [2_000_000 + 1000 * n for n in range(13) if n != 5]  # b's went to 2,012,000
+    assert fresh._seen.partitions.starts == starts
+    with small_partitions.connect() as conn:
         newest = conn.execute(sa.text("SELECT max(id) FROM token_entries")).scalar_one()
     assert fresh._seen.last_id == newest
 

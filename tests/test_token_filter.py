@@ -5,11 +5,12 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from samenloop.broker import token_filter
-from samenloop.broker.token_filter import PrefixFilter, as_array
+from samenloop.broker.token_filter import IndexFilter, PartitionMap, PrefixFilter, as_array
 
 PREFIXES = st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300)
 
@@ -59,3 +60,64 @@ def test_candidates_of_nothing_and_arrays_pass_through():
     assert bloom.candidates([]) == []
     array = np.array([1, 2, 3], dtype=np.int64)
     assert as_array(array) is array
+
+
+ROW_IDS = st.integers(1, 50_000)
+
+
+@given(st.lists(st.tuples(ROW_IDS, st.integers(-(2**63), 2**63 - 1)), min_size=1, max_size=300))
+def test_a_row_is_always_found_in_its_partition(rows):
+    index = PartitionMap(partition_ids=10_000)
+    ids, prefixes = as_array([r[0] for r in rows]), as_array([r[1] for r in rows])
+    index.add_rows(ids, prefixes)
+    found = index.partitions([prefix for _, prefix in rows])
+    for row_id, prefix in rows:
+        assert prefix in found[row_id // 10_000 * 10_000]
+    assert index.starts == sorted({row_id // 10_000 * 10_000 for row_id, _ in rows})
+
+
+def test_prefixes_of_other_partitions_are_rarely_sent_there():
+    rng = random.Random(11)
+    index = PartitionMap(partition_ids=100_000)
+    held = {start: [rng.getrandbits(64) - 2**63 for _ in range(20_000)] for start in (0, 300_000)}
+    for start, prefixes in held.items():
+        index.add(start, as_array(prefixes))
+    found = index.partitions(held[0])
+    assert len(found[0]) == len(held[0])
+    assert len(found.get(300_000, [])) < 0.01 * len(held[0])
+    assert index.partitions([]) == {}
+    assert PartitionMap(partition_ids=10).partitions([1, 2]) == {}
+
+
+def test_rows_known_only_by_their_range_go_to_every_partition_of_it():
+    index = PartitionMap(partition_ids=1000)
+    index.add_range(1999, 2001, as_array([5, 6]))
+    assert index.starts == [1000, 2000]
+    assert index.partitions([5, 6, 7]).keys() <= {1000, 2000}
+    assert index.partitions([5])[1000] == [5]
+    assert index.partitions([6])[2000] == [6]
+
+
+def test_a_partition_starts_at_a_multiple_of_its_size():
+    with pytest.raises(ValueError, match="no partition starts at row id 1500"):
+        PartitionMap(partition_ids=1000).add(1500, as_array([1]))
+    with pytest.raises(ValueError, match="positive"):
+        PartitionMap(partition_ids=0)
+
+
+def test_the_index_filter_says_where_each_candidate_may_be():
+    index = IndexFilter(expected=100, partition_ids=1000, last_id=2500)
+    index.add_rows(as_array([10, 1500, 2500]), as_array([-1, 2, 3]))
+    found = index.candidates([-1, 2, 3])
+    assert -1 in found[0]
+    assert 2 in found[1000]
+    assert 3 in found[2000]
+    index.add_inserted(as_array([4]), first_id=2600, last_id=3100)
+    assert index.last_id == 3100
+    assert 4 in index.candidates([4])[2000]
+    assert 4 in index.candidates([4])[3000]
+    index.add_inserted(as_array([]), first_id=3200, last_id=3200)  # nothing new: moves on
+    assert index.last_id == 3200
+    with pytest.raises(ValueError, match="after the newest one covered"):
+        index.add_inserted(as_array([5]), first_id=3200, last_id=3300)
+    assert not index.wants_rebuild
