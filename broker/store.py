@@ -69,7 +69,7 @@ from samenloop.broker.models import (
     RelayedEnvelope,
     TokenEntry,
 )
-from samenloop.broker.token_filter import IndexFilter, as_array
+from samenloop.broker.token_filter import IndexFilter, Prefixes, as_array
 from samenloop.policies import audit_store
 from samenloop.policies.audit import AuditEvent, AuditKind
 from samenloop.policies.database import READ_ONLY, sqlite_stamp
@@ -173,8 +173,13 @@ _PG_NEWER_ENTRIES: Final = (
     "SELECT id, token_prefix FROM token_entries WHERE id > %s ORDER BY id LIMIT %s"
 )
 _PG_SEQSCAN: Final = "SELECT set_config('enable_seqscan', %s, true)"
-_PG_INDEX_EXTENT: Final = (
-    "SELECT coalesce(min(id), 0), coalesce(max(id), 0), count(*) FROM token_entries"
+_PG_INDEX_EXTENT: Final = "SELECT coalesce(max(id), 0), count(*) FROM token_entries"
+# The token index's partitions: each one's name and the ids it takes (from, to).
+_PG_PARTITIONS: Final = (
+    "SELECT c.relname, (regexp_match(pg_get_expr(c.relpartbound, c.oid),"
+    "                   'FROM \\(''(-?[0-9]+)''\\) TO \\(''(-?[0-9]+)''\\)'))::bigint[]"
+    " FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid"
+    " WHERE i.inhparent = 'token_entries'::regclass"
 )
 # A partition's prefixes, each as 8 big-endian bytes, in one value.
 _PG_PACKED_PREFIXES: Final = (
@@ -316,6 +321,9 @@ class _Tx:
     partitions_end: int | None = None
     #: PostgreSQL submit: the newest entry's id, known under the matching lock (see _filtered).
     newest_id: int | None = None
+    #: PostgreSQL submit: the prefixes it inserted, and their first and last row ids, for
+    #: the filter once this transaction commits (see _covered).
+    inserted: tuple[Prefixes, int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,7 +473,12 @@ class BrokerStore(audit_store.AuditLog):
             if self._postgres:
                 record["covered"] = tx.newest_id or 0
                 first, newest = self._driver(tx).execute(_PG_RECORD_SUBMIT, record).fetchone()
-                self._covered(outcome.change.inserted, first, newest)
+                if newest is not None:
+                    prefixes = as_array(
+                        int.from_bytes(e.token[:8], "big", signed=True)
+                        for e in outcome.change.inserted
+                    )
+                    tx.inserted = (prefixes, newest if first is None else first, newest)
             else:
                 record["accepted_at"] = self._stamp(now)
                 self._driver(tx).execute(_SQLITE_RECORD_SUBMIT, record)
@@ -930,9 +943,13 @@ class BrokerStore(audit_store.AuditLog):
                 # again where the partitions end (see _ensure_partitions).
                 self._partitions_end = 0
                 raise
-        self._remember(tx.new_parties)  # reached only after the commit
+        # Reached only after the commit: a rolled-back batch teaches nothing (its new
+        # partition, say, is gone with it).
+        self._remember(tx.new_parties)
         if tx.partitions_end is not None:
             self._partitions_end = tx.partitions_end
+        if tx.inserted is not None:
+            self._covered(*tx.inserted)
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -1122,38 +1139,47 @@ class BrokerStore(audit_store.AuditLog):
     def _scan(self, driver: Any) -> IndexFilter:
         """A filter of the whole index, read partition by partition: each one's prefixes
         in one value, packed by the server (a row per prefix would cost a second of
-        this process's time per million)."""
+        this process's time per million).
+
+        Lookups name a candidate's partition by arithmetic (see
+        ``_send_partition_lookups``): a partition laid out otherwise is an error here,
+        not a hit missed later.
+        """
         # Matching turned sequential scans off for its lookups; these read everything.
         driver.execute(_PG_SEQSCAN, ("on",))
-        first_id, last_id, rows = driver.execute(_PG_INDEX_EXTENT).fetchone()
+        last_id, rows = driver.execute(_PG_INDEX_EXTENT).fetchone()
         # Sized by rows, not ids: expired ones leave gaps.
         built = IndexFilter(int(rows), PARTITION_IDS, int(last_id))
-        with driver.cursor(binary=True) as cursor:
-            for start in range(
-                built.partitions.start_of(int(first_id)), last_id + 1, PARTITION_IDS
+        for name, (start, end) in sorted(driver.execute(_PG_PARTITIONS).fetchall(), key=_bound):
+            if (name, end) != (f"token_entries_p{start}", start + PARTITION_IDS) or (
+                start % PARTITION_IDS
             ):
-                # Built from integers only, never from input.
+                raise ValueError(
+                    f"partition {name} of the token index takes ids from {start} to {end},"
+                    f" not a range of {PARTITION_IDS} from a multiple of it"
+                )
+            if not rows or start > last_id:  # nothing there (yet)
+                continue
+            # Built from the catalog's integers only, never from input.
+            with driver.cursor(binary=True) as cursor:
                 packed = cursor.execute(_PG_PACKED_PREFIXES.format(start)).fetchone()[0]
-                if packed is None:  # an empty partition
-                    continue
-                if len(packed) % 8:
-                    raise ValueError(f"unexpected prefixes of partition {start}")
-                prefixes = np.frombuffer(packed, dtype=">i8").astype(np.int64)
-                built.prefixes.add(prefixes)
-                built.partitions.add(start, prefixes)
+            if packed is None:  # an empty partition
+                continue
+            if len(packed) % 8:
+                raise ValueError(f"unexpected prefixes of partition {name}")
+            prefixes = np.frombuffer(packed, dtype=">i8").astype(np.int64)
+            built.prefixes.add(prefixes)
+            built.partitions.add(start, prefixes)
         driver.execute(_PG_SEQSCAN, ("off",))
         return built
 
-    def _covered(self, inserted: Sequence[Entry], first: int | None, newest: int | None) -> None:
-        """PostgreSQL, after inserting ``inserted`` (under the matching lock), with ids from
-        ``first`` to ``newest``: the filter now covers them, and every entry up to
-        ``newest``."""
+    def _covered(self, prefixes: Prefixes, first: int, newest: int) -> None:
+        """PostgreSQL, once a submission that inserted entries with ``prefixes`` and ids
+        from ``first`` to ``newest`` committed: the filter now covers them, and every
+        entry up to ``newest`` (unless another thread caught up on them already)."""
         with self._seen_lock:
-            seen = self._seen
-            if seen is None or newest is None:
-                return
-            prefixes = as_array(int.from_bytes(e.token[:8], "big", signed=True) for e in inserted)
-            seen.add_inserted(prefixes, newest if first is None else first, newest)
+            if self._seen is not None:
+                self._seen.add_inserted(prefixes, first, newest)
 
     def _open_and_prior(self, party: str, row: Any, digest: bytes) -> _Prior | None:
         """``_require_open`` and ``_prior`` of a submission in one query: from the row of
@@ -1556,6 +1582,10 @@ class BrokerStore(audit_store.AuditLog):
             driver.executemany(_SQLITE_MOVE_HEAD, [(h, party_id) for party_id, h in moved])
             driver.executemany(_SQLITE_INSERT_ITEMS, rows)
         return cursors
+
+
+def _bound(partition: tuple[str, list[int]]) -> int:
+    return partition[1][0]
 
 
 def _array(values: Iterable[int]) -> str:

@@ -218,14 +218,16 @@ class IndexFilter:
         self.partitions.add_rows(row_ids, prefixes)
 
     def add_inserted(self, prefixes: Prefixes, first_id: int, last_id: int) -> None:
-        """Rows just inserted, whose ids lie from ``first_id`` to ``last_id``, after those
-        covered; then covers up to ``last_id``."""
+        """Rows just committed, whose ids lie from ``first_id`` to ``last_id``; then covers
+        up to ``last_id``. Rows it covers already (read by id since) are left alone."""
+        if last_id <= self.last_id:
+            return
         if len(prefixes):
             if first_id <= self.last_id or last_id < first_id:
                 raise ValueError("inserted rows must have ids after the newest one covered")
             self.prefixes.add(prefixes)
             self.partitions.add_range(first_id, last_id, prefixes)
-        self.last_id = max(self.last_id, last_id)
+        self.last_id = last_id
 
     def candidates(self, prefixes: Sequence[int]) -> dict[int, list[int]]:
         """For each partition, the ``prefixes`` it may hold."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -745,15 +746,36 @@ def test_batches_cross_into_partitions_the_store_creates(pg_engine):
 
 @pytest.fixture
 def small_partitions(own_postgres_url, monkeypatch) -> Iterator[sa.Engine]:
-    """A database of its own whose new partitions take 1,000 ids each (and half of that
-    as margin), and whose ids start at 2,000,000, where the migration's partitions end."""
+    """A database of its own whose partitions take 1,000 ids each (and half of that as
+    margin), from 2,000,000: the migration's two partitions of a million ids, which
+    the store would not take at this size, are replaced by one of 1,000."""
     monkeypatch.setattr(store, "PARTITION_IDS", 1000)
     engine = database.make_engine(own_postgres_url)
     database.upgrade(engine, MIGRATIONS)
     with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE token_entries_p0, token_entries_p1000000"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE token_entries_p2000000 PARTITION OF token_entries"
+                " FOR VALUES FROM (2000000) TO (2001000)"
+            )
+        )
         conn.execute(sa.text("SELECT setval('token_entries_id_seq', 1999999)"))
     yield engine
     engine.dispose()
+
+
+def test_a_partition_layout_the_filter_cannot_follow_is_refused(own_postgres_url, monkeypatch):
+    monkeypatch.setattr(store, "PARTITION_IDS", 1000)  # the migration's take a million
+    engine = database.make_engine(own_postgres_url)
+    database.upgrade(engine, MIGRATIONS)
+    try:
+        with pytest.raises(ValueError, match=r"token_entries_p0 .* from 0 to 1000000"):
+            submit(BrokerStore(engine), "a", 1, [entry("a", 0)])
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM token_entries")).scalar() == 0
+    finally:
+        engine.dispose()
 
 
 def test_rolled_back_inserts_do_not_leave_the_partitions_behind(small_partitions):
@@ -778,6 +800,24 @@ def test_rolled_back_inserts_do_not_leave_the_partitions_behind(small_partitions
     assert submit(broker, "c", 21, later).notified == ("a", "b", "c")
 
 
+class _Recording:
+    """A driver connection that notes the token-index partitions its statements read."""
+
+    def __init__(self, driver, asked: list[set[int]]) -> None:
+        self._driver = driver
+        self._asked = asked
+
+    def execute(self, query, *args, **kwargs):
+        if isinstance(query, str) and "token_prefix = ANY" in query and "token_entries" in query:
+            assert "FROM token_entries " not in query  # never through the parent table
+            found = re.findall(r"FROM token_entries_p(\d+) ", query)
+            self._asked.append({int(start) for start in found})
+        return self._driver.execute(query, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._driver, name)
+
+
 def test_tokens_are_looked_up_only_in_the_partitions_that_may_hold_them(
     small_partitions, monkeypatch
 ):
@@ -785,13 +825,12 @@ def test_tokens_are_looked_up_only_in_the_partitions_that_may_hold_them(
     for n in range(3):  # one partition each
         submit(loader, "a", n, [entry("a", 1000 * n + k, r=k) for k in range(1000)])
     asked: list[set[int]] = []
-    original = BrokerStore._send_partition_lookups
+    original = BrokerStore._driver
 
-    def recorded(self, driver, by_partition):
-        asked.append(set(by_partition))
-        return original(self, driver, by_partition)
+    def recording(self, tx):
+        return _Recording(original(self, tx), asked)
 
-    monkeypatch.setattr(BrokerStore, "_send_partition_lookups", recorded)
+    monkeypatch.setattr(BrokerStore, "_driver", recording)
     # The loader's filter learnt its own inserts; a new one scans the index.
     # (b's entries go to the next partition, 2,003,000.)
     for broker, party, partitions in (
@@ -803,6 +842,52 @@ def test_tokens_are_looked_up_only_in_the_partitions_that_may_hold_them(
         assert set(result.notified) == {"a", "b", party}
         assert asked.pop() == partitions
     assert sorted(g.token for g in loader.open_groups()) == [token(5), token(2999)]
+
+
+def test_a_second_process_s_rows_in_a_new_partition_are_caught_up_by_id(small_partitions):
+    first, second = BrokerStore(small_partitions), BrokerStore(small_partitions)
+    submit(first, "a", 1, [entry("a", 0)])  # builds first's filter: one row, at 2,000,000
+    # Ids 2,000,001 to 2,001,500: the rest of that partition and half the next one.
+    submit(second, "b", 2, [entry("b", 10 + k, r=k) for k in range(1500)])
+    wanted = [entry("c", 10), entry("c", 1509), entry("c", 99_999)]
+    assert set(submit(first, "c", 3, wanted).notified) == {"b", "c"}
+    assert sorted(g.token for g in first.open_groups()) == sorted([token(10), token(1509)])
+    assert first._seen is not None
+    assert first._seen.partitions.starts == [2_000_000, 2_001_000]
+
+
+def test_the_filter_learns_only_what_committed(small_partitions, monkeypatch):
+    """A batch whose rows went into a new partition, then failed before its commit: the
+    partition is gone with it, and the filter never heard of either."""
+    broker, ids = BrokerStore(small_partitions), Ids()
+    submit(broker, "a", 1, [entry("a", k, r=k) for k in range(900)], ids=ids)  # to 2,000,899
+    original = BrokerStore._audit
+    failures = [RuntimeError("the audit log is down")]
+
+    def audit_fails_once(self, tx, events, now):
+        if failures:
+            raise failures.pop()
+        return original(self, tx, events, now)
+
+    monkeypatch.setattr(BrokerStore, "_audit", audit_fails_once)
+    crossing = [entry("b", 0)] + [entry("b", 5000 + k, r=k) for k in range(199)]
+    with pytest.raises(RuntimeError, match="audit log is down"):
+        submit(broker, "b", 2, crossing, ids=ids)
+    assert broker._seen is not None
+    assert broker._seen.partitions.starts == [2_000_000]
+    # The same batch again: it is looked up, stored and matched as if for the first time.
+    assert submit(broker, "b", 2, crossing, ids=ids).notified == ("a", "b")
+    assert broker._seen.partitions.starts == [2_000_000, 2_001_000]
+    later = [entry("c", 5000), entry("c", 5198)]  # in the first partition, and the new one
+    assert set(submit(broker, "c", 3, later, ids=ids).notified) == {"b", "c"}
+
+
+def test_a_new_filter_finds_the_row_at_a_partition_s_first_id(small_partitions):
+    submit(BrokerStore(small_partitions), "a", 1, [entry("a", 0)])  # id 2,000,000
+    fresh = BrokerStore(small_partitions)
+    assert submit(fresh, "b", 2, [entry("b", 0)]).notified == ("a", "b")
+    assert fresh._seen is not None
+    assert fresh._seen.partitions.starts == [2_000_000]
 
 
 def test_a_second_broker_process_never_misses_what_the_first_indexed(pg_engine):
