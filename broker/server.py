@@ -8,6 +8,7 @@ runs it until SIGTERM or SIGINT and sweeps expired tokens meanwhile.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -100,6 +101,14 @@ def build_server(
             "the covenant in force is outside its validity period; publish a new version",
             version=current.version,
             valid_until=current.valid_until.isoformat(),
+        )
+    started = time.perf_counter()
+    indexed = store.prepare_index()
+    if indexed is not None:
+        log.info(
+            "token index filter built",
+            tokens=indexed,
+            seconds=round(time.perf_counter() - started, 2),
         )
     context = BrokerContext(
         covenant=covenant_source, store=store, keys=keys, clock=clock, trust=held

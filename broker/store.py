@@ -398,6 +398,16 @@ class BrokerStore(audit_store.AuditLog):
 
     # --- tokens and matching ----------------------------------------------------
 
+    def prepare_index(self) -> int | None:
+        """PostgreSQL: build the token index's filter now (see ``_filtered``), at start-up,
+        rather than in the first submission (a few seconds at ten million tokens, under
+        the matching lock). Answers the prefixes it holds; ``None`` on SQLite."""
+        if not self._postgres:
+            return None
+        with self._write(matching=True) as tx, self._seen_lock:
+            self._seen = self._scan(self._driver(tx))
+            return self._seen.prefixes.added
+
     def submit(
         self,
         party: str,

@@ -890,6 +890,21 @@ def test_a_new_filter_finds_the_row_at_a_partition_s_first_id(small_partitions):
     assert fresh._seen.partitions.starts == [2_000_000]
 
 
+def test_the_filter_can_be_built_before_the_first_submission(pg_engine, sqlite_url):
+    loader = BrokerStore(pg_engine)
+    submit(loader, "a", 1, [entry("a", n, r=n) for n in range(5)])
+    started = BrokerStore(pg_engine)
+    assert started.prepare_index() == 5
+    built = started._seen
+    assert submit(started, "b", 2, [entry("b", 3)]).notified == ("a", "b")
+    assert started._seen is built  # caught up by id, not scanned again
+    sqlite = database.make_engine(sqlite_url)
+    try:
+        assert BrokerStore(sqlite).prepare_index() is None
+    finally:
+        sqlite.dispose()
+
+
 def test_a_second_broker_process_never_misses_what_the_first_indexed(pg_engine):
     """Each store keeps its own filter; one that was built before another store added a
     token still finds that token (it reads the rows added since, by id)."""
