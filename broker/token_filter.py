@@ -40,6 +40,10 @@ BUILD_BITS_PER_PREFIX: Final = 16
 REBUILD_BITS_PER_PREFIX: Final = 8
 #: The smallest filter: 2^20 bits (128 KiB).
 MIN_BITS_LOG2: Final = 20
+#: An :class:`IndexFilter`'s prefix filter is sized for at least this many prefixes
+#: (2 MiB), so that a small index is never rebuilt: each rebuild reads the whole index
+#: under the matching lock.
+MIN_INDEX_PREFIXES: Final = 1_000_000
 
 _ONE: Final = np.uint64(1)
 _WORD_SHIFT: Final = np.uint64(6)
@@ -122,12 +126,12 @@ class PrefixFilter:
             held &= ((self._words[index >> _WORD_SHIFT] >> (index & _BIT_MASK)) & _ONE) == _ONE
         return held
 
-    def candidates(self, prefixes: Sequence[int]) -> list[int]:
+    def candidates(self, prefixes: Sequence[int] | Prefixes) -> list[int]:
         """The prefixes that may have been added, in their order."""
-        if not prefixes:
+        if not len(prefixes):
             return []
         array = as_array(prefixes)
-        return [int(p) for p in array[self.may_hold(array)]]
+        return array[self.may_hold(array)].tolist()  # type: ignore[no-any-return]
 
 
 class PartitionMap:
@@ -204,7 +208,7 @@ class IndexFilter:
     is, and ``last_id``, the newest row id they cover."""
 
     def __init__(self, expected: int, partition_ids: int, last_id: int) -> None:
-        self.prefixes = PrefixFilter(expected)
+        self.prefixes = PrefixFilter(max(expected, MIN_INDEX_PREFIXES))
         self.partitions = PartitionMap(partition_ids)
         self.last_id = last_id
 
@@ -229,6 +233,6 @@ class IndexFilter:
             self.partitions.add_range(first_id, last_id, prefixes)
         self.last_id = last_id
 
-    def candidates(self, prefixes: Sequence[int]) -> dict[int, list[int]]:
+    def candidates(self, prefixes: Sequence[int] | Prefixes) -> dict[int, list[int]]:
         """For each partition, the ``prefixes`` it may hold."""
         return self.partitions.partitions(self.prefixes.candidates(prefixes))

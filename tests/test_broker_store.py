@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from hypothesis import given
 from hypothesis import strategies as st
 
-from samenloop.broker import matching, store
+from samenloop.broker import matching, store, token_filter
 from samenloop.broker.mailbox import ItemKind
 from samenloop.broker.matching import Entry, NoticeDraft
 from samenloop.broker.models import Base, TokenEntry
@@ -924,6 +924,24 @@ def test_a_second_broker_process_never_misses_what_the_first_indexed(pg_engine):
         newest = conn.execute(sa.text("SELECT max(id) FROM token_entries")).scalar_one()
     assert second._seen.last_id == newest
     assert first._seen.last_id < newest  # it reads second's last row at its next batch
+
+
+def test_a_filter_grown_too_full_is_built_anew_and_bigger(pg_engine, monkeypatch):
+    monkeypatch.setattr(token_filter, "MIN_BITS_LOG2", 6)  # 64 bits: full after 8 prefixes
+    monkeypatch.setattr(token_filter, "MIN_INDEX_PREFIXES", 1)
+    broker = BrokerStore(pg_engine)
+    submit(broker, "a", 1, [entry("a", 0)])
+    small = broker._seen
+    assert small is not None
+    assert small.prefixes.bits == 64
+    submit(broker, "a", 2, [entry("a", n, r=n) for n in range(1, 10)])  # 10 prefixes
+    assert broker._seen is small
+    assert small.wants_rebuild
+    result = submit(broker, "b", 3, [entry("b", 0), entry("b", 9), entry("b", 99)])
+    assert result.notified == ("a", "b")
+    assert broker._seen is not small  # scanned again, sized for the rows there are
+    assert broker._seen.prefixes.bits == 256
+    assert broker._seen.prefixes.added == 13
 
 
 def test_a_filter_far_behind_is_built_anew_from_the_index(pg_engine, monkeypatch):
