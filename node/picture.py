@@ -965,8 +965,9 @@ def release(
     suppressed cell gets one more suppressed: a non-zero leaf before a zero or a
     total, one that also settles another lone suppressed cell before one that does
     not, the smallest before a larger; then any suppressed cell that is
-    still a linear function of the released figures gets a neighbour suppressed,
-    and the lines are checked again.
+    still a linear function of the released figures gets a neighbour suppressed
+    (when every line through it is suppressed already, the nearest released cell
+    on another suppressed cell's line), and the lines are checked again.
 
     ``noisy`` and ``noise_scale`` default to the table's own. Noisy figures are
     shown clamped at 0 (suppression is decided on the unclamped value, and the
@@ -1079,9 +1080,34 @@ def _complement(
         key = min(determined, key=lambda k: _sort_key(k, axes))
         options = [pick(line) for line in _lines(key, axes, totalled)]
         chosen = [k for k in options if k is not None]
-        if not chosen:  # every line through it is suppressed already: cannot happen
+        if chosen:
+            suppressed.add(
+                min(chosen, key=lambda k: (TOTAL in k, counted(k) == 0, abs(counted(k))))
+            )
+            continue
+        # Every line through it is suppressed already, and still the other lines fix it:
+        # give up the nearest released cell on a suppressed cell's line, and look again.
+        nearby = {
+            k
+            for other in suppressed
+            for line in _lines(other, axes, totalled)
+            for k in line
+            if k not in suppressed
+        }
+        if not nearby:  # everything on those lines is suppressed: nothing is fixed then
             return suppressed
-        suppressed.add(min(chosen, key=lambda k: (TOTAL in k, counted(k) == 0, abs(counted(k)))))
+        suppressed.add(
+            min(
+                nearby,
+                key=lambda k: (
+                    sum(a != b for a, b in zip(k, key, strict=True)),
+                    TOTAL in k,
+                    counted(k) == 0,
+                    abs(counted(k)),
+                    _sort_key(k, axes),
+                ),
+            )
+        )
 
 
 def _determined(

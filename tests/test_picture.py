@@ -304,6 +304,25 @@ def assert_protected(cells, dims, released):
             assert cell.count == sum(members)
 
 
+def test_a_cell_fixed_only_through_fully_suppressed_lines_is_protected_too():
+    """Found by the property below: every line through (v1, v1, v1) was suppressed, yet
+    the other lines' equations fixed it; the release stopped there."""
+    cells = {
+        ("v0", "v0", "v1"): 2,
+        ("v0", "v1", "v1"): 1,
+        ("v0", "v2", "v0"): 1,
+        ("v1", "v0", "v0"): 1,
+        ("v1", "v1", "v0"): 1,
+        ("v1", "v1", "v1"): 1,
+        ("v1", "v2", "v0"): 1,
+        ("v1", "v2", "v1"): 1,
+    }
+    dims = (A, B, C)
+    released = p.release(p.with_totals(p.Table(SIGNALS, dims, Q1, cells)), min_count=2)
+    assert released.cell(("v1", "v1", "v1")).quality is p.CellQuality.SUPPRESSED
+    assert_protected(cells, dims, released)
+
+
 @st.composite
 def small_tables(draw):
     ndims = draw(st.integers(1, 3))
