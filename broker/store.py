@@ -480,22 +480,27 @@ class BrokerStore(audit_store.AuditLog):
                 "unchanged": outcome.unchanged,
                 "accepted_at": now,
             }
-            if self._postgres:
-                record["covered"] = tx.newest_id or 0
-                first, newest = self._driver(tx).execute(_PG_RECORD_SUBMIT, record).fetchone()
-                if newest is not None:
-                    prefixes = _prefixes(e.token for e in outcome.change.inserted)
-                    tx.inserted = (prefixes, newest if first is None else first, newest)
-            else:
-                record["accepted_at"] = self._stamp(now)
-                self._driver(tx).execute(_SQLITE_RECORD_SUBMIT, record)
             submitted = AuditEvent(
                 AuditKind.TOKEN_SUBMISSION,
                 party,
                 (client_batch_id.hex(),),
                 {"stored": outcome.stored, "unchanged": outcome.unchanged, "key_epoch": key_epoch},
             )
-            self._audit(tx, [submitted, *self._hit_events(outcome.change)], now)
+            events = [submitted, *self._hit_events(outcome.change)]
+            if self._postgres:
+                record["covered"] = tx.newest_id or 0
+                driver = self._driver(tx)
+                with driver.pipeline():  # the record and the audit log's append: one round trip
+                    recorded = driver.execute(_PG_RECORD_SUBMIT, record)
+                    self._audit(tx, events, now)
+                first, newest = recorded.fetchone()
+                if newest is not None:
+                    prefixes = _prefixes(e.token for e in outcome.change.inserted)
+                    tx.inserted = (prefixes, newest if first is None else first, newest)
+            else:
+                record["accepted_at"] = self._stamp(now)
+                self._driver(tx).execute(_SQLITE_RECORD_SUBMIT, record)
+                self._audit(tx, events, now)
         return SubmitResult(
             client_batch_id,
             stored=outcome.stored,
@@ -1083,17 +1088,25 @@ class BrokerStore(audit_store.AuditLog):
         entries: Sequence[Entry],
     ) -> tuple[matching.Batch, _Prior | None, _Loaded]:
         """PostgreSQL ``submit``: parse the batch while the server runs its first statements,
-        then look up only the tokens the index may hold.
+        the lookups among them.
 
-        The matching lock, ``_require_open`` with ``_prior``, and the entries other
-        writers added since the prefix filter last looked go out as one pipeline before
-        parsing, so that their round trip overlaps with the parse; then ``_load``'s two
-        lookups, for the prefixes the filter may hold (see :meth:`_filtered`).
+        One pipeline goes out before parsing, so that its round trip and the server's
+        work overlap with the parse: the matching lock, ``_require_open`` with
+        ``_prior``, the entries other writers added since the filter last looked, and
+        ``_load``'s two lookups for the prefixes the filter held then (see
+        :meth:`_filtered`). Once the lock is held, the filter takes those newer entries,
+        and the batch's tokens among them are looked up too (none, unless another broker
+        process writes to this database).
         """
         driver = self._driver(tx)
+        early: dict[int, list[int]] | None = None
         with self._seen_lock:
             seen = self._seen
             last_id = None if seen is None else seen.last_id
+            if seen is not None and not seen.wants_rebuild:
+                heads = b"".join(entry.token[:8] for entry in entries)
+                if len(heads) == 8 * len(entries):  # else a token is malformed: parse says so
+                    early = seen.candidates(np.unique(np.frombuffer(heads, dtype=">i8")))
         with driver.pipeline():
             driver.execute(_PG_MATCHING_LOCK)
             checked = driver.execute(
@@ -1104,18 +1117,65 @@ class BrokerStore(audit_store.AuditLog):
                 if last_id is None
                 else driver.execute(_PG_NEWER_ENTRIES, (last_id, _FILTER_CATCH_UP_ROWS + 1))
             )
+            found = None if not early else self._send_partition_lookups(driver, early)
             batch = matching.parse_batch(party, key_epoch, entries)
         prior = self._open_and_prior(party, checked.fetchone(), batch.digest)
         wanted = {entry.token for entry in batch.entries}
         if prior is not None:
             return batch, prior, _Loaded([], {}, set())
-        candidates = self._filtered(driver, None if newer is None else newer.fetchall(), wanted)
+        entry_rows: list[Any] = [] if found is None else found[0].fetchall()
+        group_rows: list[Any] = [] if found is None else found[1].fetchall()
+        newer_rows = None if newer is None else newer.fetchall()
+        if early is None:
+            candidates = self._filtered(driver, newer_rows, wanted)
+        else:
+            candidates = self._caught_up(driver, newer_rows, wanted, early)
         tx.newest_id = None if self._seen is None else self._seen.last_id
-        if not candidates:
-            return batch, prior, self._loaded(tx, wanted, [], [])
-        with driver.pipeline():  # both lookups in one round trip
-            found = self._send_partition_lookups(driver, candidates)
-        return batch, prior, self._loaded(tx, wanted, found[0].fetchall(), found[1].fetchall())
+        if candidates:
+            with driver.pipeline():  # both lookups in one round trip
+                more = self._send_partition_lookups(driver, candidates)
+            # A token's rows may come twice (looked up before and after catching up).
+            entry_rows = list({row[0]: row for row in entry_rows + more[0].fetchall()}.values())
+            group_rows = list({row[0]: row for row in group_rows + more[1].fetchall()}.values())
+        return batch, prior, self._loaded(tx, wanted, entry_rows, group_rows)
+
+    def _caught_up(
+        self,
+        driver: Any,
+        newer: list[Any] | None,
+        tokens: set[bytes],
+        early: Mapping[int, Sequence[int]],
+    ) -> dict[int, list[int]]:
+        """After looking up ``early``, the candidates the filter gave before the matching
+        lock was held: what else to look up, now that it is (see :meth:`_filtered`).
+
+        The rows inserted since (``newer``, by id) go into the filter, and those on the
+        batch's tokens are looked up where they are. A filter that would take too many
+        rows one by one is built anew, and every candidate of the new one not looked up
+        yet is.
+        """
+        with self._seen_lock:
+            seen = self._seen
+            if seen is None or newer is None or len(newer) > _FILTER_CATCH_UP_ROWS:
+                seen = self._seen = self._scan(driver)
+                latest = seen.candidates(np.unique(_prefixes(tokens)))
+            else:
+                fresh = [row for row in newer if row[0] > seen.last_id]
+                if fresh:  # unless another thread's submission took them in already
+                    seen.add_rows(as_array(r[0] for r in fresh), as_array(r[1] for r in fresh))
+                    seen.last_id = fresh[-1][0]
+                wanted = set(_prefixes(tokens).tolist())
+                latest = {}
+                for row_id, prefix in newer:
+                    if prefix in wanted:
+                        latest.setdefault(seen.partitions.start_of(row_id), []).append(prefix)
+        missing: dict[int, list[int]] = {}
+        for start, prefixes in latest.items():
+            done = set(early.get(start, ()))
+            rest = sorted({p for p in prefixes if p not in done})
+            if rest:
+                missing[start] = rest
+        return missing
 
     def _filtered(
         self, driver: Any, newer: list[Any] | None, tokens: set[bytes]

@@ -890,6 +890,19 @@ def test_a_new_filter_finds_the_row_at_a_partition_s_first_id(small_partitions):
     assert fresh._seen.partitions.starts == [2_000_000]
 
 
+def test_a_malformed_token_is_refused_by_name_once_the_filter_looks_ahead(pg_engine):
+    """Once the filter is built, a batch's lookups go out before it is parsed: a short
+    token must still get the parser's error, naming it, and store nothing."""
+    broker = BrokerStore(pg_engine)
+    submit(broker, "a", 1, [entry("a", 0)])
+    short = replace(entry("b", 1), token=b"short")
+    with pytest.raises(InvalidInput, match="token must be 32 bytes") as raised:
+        submit(broker, "b", 2, [entry("b", 0), short])
+    assert raised.value.field == "entries[1].token"
+    assert broker.count_tokens() == 1
+    assert submit(broker, "b", 3, [entry("b", 0)]).notified == ("a", "b")
+
+
 def test_the_filter_can_be_built_before_the_first_submission(pg_engine, sqlite_url):
     loader = BrokerStore(pg_engine)
     submit(loader, "a", 1, [entry("a", n, r=n) for n in range(5)])
