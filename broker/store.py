@@ -1095,8 +1095,8 @@ class BrokerStore(audit_store.AuditLog):
         ``_prior``, the entries other writers added since the filter last looked, and
         ``_load``'s two lookups for the prefixes the filter held then (see
         :meth:`_filtered`). Once the lock is held, the filter takes those newer entries,
-        and the batch's tokens among them are looked up too (none, unless another broker
-        process writes to this database).
+        and the batch's tokens among them are looked up too (none, unless another thread
+        or broker process committed entries in between).
         """
         driver = self._driver(tx)
         early: dict[int, list[int]] | None = None
@@ -1164,15 +1164,17 @@ class BrokerStore(audit_store.AuditLog):
                 if fresh:  # unless another thread's submission took them in already
                     seen.add_rows(as_array(r[0] for r in fresh), as_array(r[1] for r in fresh))
                     seen.last_id = fresh[-1][0]
-                wanted = set(_prefixes(tokens).tolist())
                 latest = {}
-                for row_id, prefix in newer:
-                    if prefix in wanted:
+                if newer:
+                    ids, held = as_array(r[0] for r in newer), as_array(r[1] for r in newer)
+                    on_batch = np.isin(held, _prefixes(tokens))
+                    matches = zip(ids[on_batch].tolist(), held[on_batch].tolist(), strict=True)
+                    for row_id, prefix in matches:
                         latest.setdefault(seen.partitions.start_of(row_id), []).append(prefix)
         missing: dict[int, list[int]] = {}
-        for start, prefixes in latest.items():
+        for start, found in latest.items():
             done = set(early.get(start, ()))
-            rest = sorted({p for p in prefixes if p not in done})
+            rest = sorted({p for p in found if p not in done})
             if rest:
                 missing[start] = rest
         return missing

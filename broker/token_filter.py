@@ -223,12 +223,14 @@ class IndexFilter:
 
     def add_inserted(self, prefixes: Prefixes, first_id: int, last_id: int) -> None:
         """Rows just committed, whose ids lie from ``first_id`` to ``last_id``; then covers
-        up to ``last_id``. Rows it covers already (read by id since) are left alone."""
+        up to ``last_id``. Rows it covers already (read by id since) are left alone; when
+        some of them are (others were deleted before the filter read them), all go in
+        again: a prefix added twice costs nothing but a count."""
+        if last_id < first_id:
+            raise ValueError("the inserted rows' first id must not come after their last")
         if last_id <= self.last_id:
             return
         if len(prefixes):
-            if first_id <= self.last_id or last_id < first_id:
-                raise ValueError("inserted rows must have ids after the newest one covered")
             self.prefixes.add(prefixes)
             self.partitions.add_range(first_id, last_id, prefixes)
         self.last_id = last_id

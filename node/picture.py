@@ -1086,21 +1086,25 @@ def _complement(
             )
             continue
         # Every line through it is suppressed already, and still the other lines fix it:
-        # give up the nearest released cell on a suppressed cell's line, and look again.
+        # give up the nearest released cell on a line of a suppressed cell that shares an
+        # equation with it (same values where there are no totals), and look again.
+        fixed = [i for i in range(len(key)) if i not in totalled]
         nearby = {
             k
             for other in suppressed
+            if all(other[i] == key[i] for i in fixed)
             for line in _lines(other, axes, totalled)
             for k in line
             if k not in suppressed
         }
-        if not nearby:  # everything on those lines is suppressed: nothing is fixed then
-            return suppressed
+        if not nearby:
+            # All of its part of the table is suppressed: then nothing in it is fixed.
+            raise AssertionError(f"suppression cannot protect {key}")
         suppressed.add(
             min(
                 nearby,
                 key=lambda k: (
-                    sum(a != b for a, b in zip(k, key, strict=True)),
+                    sum(k[i] != key[i] for i in totalled),
                     TOTAL in k,
                     counted(k) == 0,
                     abs(counted(k)),

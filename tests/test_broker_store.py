@@ -895,12 +895,13 @@ def test_a_malformed_token_is_refused_by_name_once_the_filter_looks_ahead(pg_eng
     token must still get the parser's error, naming it, and store nothing."""
     broker = BrokerStore(pg_engine)
     submit(broker, "a", 1, [entry("a", 0)])
-    short = replace(entry("b", 1), token=b"short")
-    with pytest.raises(InvalidInput, match="token must be 32 bytes") as raised:
-        submit(broker, "b", 2, [entry("b", 0), short])
-    assert raised.value.field == "entries[1].token"
+    for n, bad in enumerate((b"short", bytes(16), bytes(33))):  # the last two looked up early
+        malformed = replace(entry("b", 1), token=bad)
+        with pytest.raises(InvalidInput, match="token must be 32 bytes") as raised:
+            submit(broker, "b", 2 + n, [entry("b", 0), malformed])
+        assert raised.value.field == "entries[1].token"
     assert broker.count_tokens() == 1
-    assert submit(broker, "b", 3, [entry("b", 0)]).notified == ("a", "b")
+    assert submit(broker, "b", 9, [entry("b", 0)]).notified == ("a", "b")
 
 
 def test_the_filter_can_be_built_before_the_first_submission(pg_engine, sqlite_url):

@@ -323,6 +323,33 @@ def test_a_cell_fixed_only_through_fully_suppressed_lines_is_protected_too():
     assert_protected(cells, dims, released)
 
 
+def test_protecting_a_cell_suppresses_nothing_where_no_total_ties_it():
+    """Cells with other values in a dimension without totals share no equation with it."""
+    tricky = {
+        ("v0", "v0", "v1"): 2,
+        ("v0", "v1", "v1"): 1,
+        ("v0", "v2", "v0"): 1,
+        ("v1", "v0", "v0"): 1,
+        ("v1", "v1", "v0"): 1,
+        ("v1", "v1", "v1"): 1,
+        ("v1", "v2", "v0"): 1,
+        ("v1", "v2", "v1"): 1,
+    }
+    grid = itertools.product(("v0", "v1"), ("v0", "v1", "v2"), ("v0", "v1"))
+    plain = {key: 1 if key == ("v1", "v1", "v1") else 50 for key in grid}
+
+    def suppressed(parts):
+        cells = {(role, *key): v for role, part in parts.items() for key, v in part.items()}
+        counted = p.Table(SIGNALS, (R, A, B, C), Q1, cells)
+        released = p.release(p.with_totals(counted, over=(A, B, C)), min_count=2)
+        return {c.values for c in released.cells if c.quality is p.CellQuality.SUPPRESSED}
+
+    together = suppressed({"gemeente": tricky, "politie": plain})
+    assert ("gemeente", "v1", "v1", "v1") in together
+    assert {k for k in together if k[0] == "politie"} == suppressed({"politie": plain})
+    assert {k for k in together if k[0] == "gemeente"} == suppressed({"gemeente": tricky})
+
+
 @st.composite
 def small_tables(draw):
     ndims = draw(st.integers(1, 3))

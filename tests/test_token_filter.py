@@ -117,6 +117,11 @@ def test_the_index_filter_says_where_each_candidate_may_be():
     assert 4 in index.candidates([4])[3000]
     index.add_inserted(as_array([]), first_id=3200, last_id=3200)  # nothing new: moves on
     assert index.last_id == 3200
-    with pytest.raises(ValueError, match="after the newest one covered"):
-        index.add_inserted(as_array([5]), first_id=3200, last_id=3300)
+    index.add_inserted(as_array([5]), first_id=3100, last_id=3300)  # partly read already
+    assert index.last_id == 3300
+    assert 5 in index.candidates([5])[3000]
+    index.add_inserted(as_array([6]), first_id=3001, last_id=3300)  # all read already
+    assert 6 not in index.candidates([6]).get(3000, [])
+    with pytest.raises(ValueError, match="first id must not come after their last"):
+        index.add_inserted(as_array([7]), first_id=3400, last_id=3350)
     assert not index.wants_rebuild
