@@ -304,19 +304,23 @@ def assert_protected(cells, dims, released):
             assert cell.count == sum(members)
 
 
+# Found by the property below: with these cells (minimum 2), every line through
+# (v1, v1, v1) ended up suppressed, yet the other lines' equations fixed it.
+FIXED_THROUGH_OTHER_LINES = {
+    ("v0", "v0", "v1"): 2,
+    ("v0", "v1", "v1"): 1,
+    ("v0", "v2", "v0"): 1,
+    ("v1", "v0", "v0"): 1,
+    ("v1", "v1", "v0"): 1,
+    ("v1", "v1", "v1"): 1,
+    ("v1", "v2", "v0"): 1,
+    ("v1", "v2", "v1"): 1,
+}
+
+
 def test_a_cell_fixed_only_through_fully_suppressed_lines_is_protected_too():
-    """Found by the property below: every line through (v1, v1, v1) was suppressed, yet
-    the other lines' equations fixed it; the release stopped there."""
-    cells = {
-        ("v0", "v0", "v1"): 2,
-        ("v0", "v1", "v1"): 1,
-        ("v0", "v2", "v0"): 1,
-        ("v1", "v0", "v0"): 1,
-        ("v1", "v1", "v0"): 1,
-        ("v1", "v1", "v1"): 1,
-        ("v1", "v2", "v0"): 1,
-        ("v1", "v2", "v1"): 1,
-    }
+    """The release used to stop there, leaving the cell recoverable."""
+    cells = FIXED_THROUGH_OTHER_LINES
     dims = (A, B, C)
     released = p.release(p.with_totals(p.Table(SIGNALS, dims, Q1, cells)), min_count=2)
     assert released.cell(("v1", "v1", "v1")).quality is p.CellQuality.SUPPRESSED
@@ -325,16 +329,7 @@ def test_a_cell_fixed_only_through_fully_suppressed_lines_is_protected_too():
 
 def test_protecting_a_cell_suppresses_nothing_where_no_total_ties_it():
     """Cells with other values in a dimension without totals share no equation with it."""
-    tricky = {
-        ("v0", "v0", "v1"): 2,
-        ("v0", "v1", "v1"): 1,
-        ("v0", "v2", "v0"): 1,
-        ("v1", "v0", "v0"): 1,
-        ("v1", "v1", "v0"): 1,
-        ("v1", "v1", "v1"): 1,
-        ("v1", "v2", "v0"): 1,
-        ("v1", "v2", "v1"): 1,
-    }
+    tricky = FIXED_THROUGH_OTHER_LINES
     grid = itertools.product(("v0", "v1"), ("v0", "v1", "v2"), ("v0", "v1"))
     plain = {key: 1 if key == ("v1", "v1", "v1") else 50 for key in grid}
 
