@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -158,14 +158,18 @@ _PG_RECORD_SUBMIT: Final = (
 )
 #: Row ids per partition of the token index on PostgreSQL (migration 0004 uses the same).
 PARTITION_IDS: Final = 1_000_000
-# The last id handed out, and where the token index's partitions end.
+# The token index's partitions, in order: each one's name and the ids it takes (from, to).
+_PG_PARTITIONS: Final = (
+    "SELECT c.relname, (regexp_match(pg_get_expr(c.relpartbound, c.oid),"
+    "                   'FROM \\(''(-?[0-9]+)''\\) TO \\(''(-?[0-9]+)''\\)'))::bigint[]"
+    " FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid"
+    " WHERE i.inhparent = 'token_entries'::regclass ORDER BY 2"
+)
+# The last id handed out, and where the token index's partitions end (constants only).
 _PG_PARTITIONS_STATE: Final = (
-    "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END"
+    "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END"  # noqa: S608
     "        FROM token_entries_id_seq),"
-    " coalesce((SELECT max((regexp_match(pg_get_expr(c.relpartbound, c.oid),"
-    "                       'TO \\(''(-?[0-9]+)''\\)'))[1]::bigint)"
-    "           FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid"
-    "           WHERE i.inhparent = 'token_entries'::regclass), 0)"
+    f" coalesce((SELECT max(bounds[2]) FROM ({_PG_PARTITIONS}) AS p(name, bounds)), 0)"
 )
 # The prefix filter's view of the index (see _filtered): rows other writers added since
 # it last looked, and a full scan to build it.
@@ -174,13 +178,6 @@ _PG_NEWER_ENTRIES: Final = (
 )
 _PG_SEQSCAN: Final = "SELECT set_config('enable_seqscan', %s, true)"
 _PG_INDEX_EXTENT: Final = "SELECT coalesce(max(id), 0), count(*) FROM token_entries"
-# The token index's partitions: each one's name and the ids it takes (from, to).
-_PG_PARTITIONS: Final = (
-    "SELECT c.relname, (regexp_match(pg_get_expr(c.relpartbound, c.oid),"
-    "                   'FROM \\(''(-?[0-9]+)''\\) TO \\(''(-?[0-9]+)''\\)'))::bigint[]"
-    " FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid"
-    " WHERE i.inhparent = 'token_entries'::regclass"
-)
 # A partition's prefixes, each as 8 big-endian bytes, in one value.
 _PG_PACKED_PREFIXES: Final = (
     "SELECT string_agg(int8send(token_prefix), ''::bytea) FROM token_entries_p{}"
@@ -495,7 +492,7 @@ class BrokerStore(audit_store.AuditLog):
                     self._audit(tx, events, now)
                 first, newest = recorded.fetchone()
                 if newest is not None:
-                    prefixes = _prefixes(e.token for e in outcome.change.inserted)
+                    prefixes = _prefixes([e.token for e in outcome.change.inserted])
                     tx.inserted = (prefixes, newest if first is None else first, newest)
             else:
                 record["accepted_at"] = self._stamp(now)
@@ -1104,9 +1101,8 @@ class BrokerStore(audit_store.AuditLog):
             seen = self._seen
             last_id = None if seen is None else seen.last_id
             if seen is not None and not seen.wants_rebuild:
-                heads = b"".join(entry.token[:8] for entry in entries)
-                if len(heads) == 8 * len(entries):  # else a token is malformed: parse says so
-                    early = seen.candidates(np.unique(np.frombuffer(heads, dtype=">i8")))
+                with contextlib.suppress(ValueError):  # a malformed token: parsing says which
+                    early = seen.candidates(np.unique(_prefixes([e.token for e in entries])))
         with driver.pipeline():
             driver.execute(_PG_MATCHING_LOCK)
             checked = driver.execute(
@@ -1126,10 +1122,7 @@ class BrokerStore(audit_store.AuditLog):
         entry_rows: list[Any] = [] if found is None else found[0].fetchall()
         group_rows: list[Any] = [] if found is None else found[1].fetchall()
         newer_rows = None if newer is None else newer.fetchall()
-        if early is None:
-            candidates = self._filtered(driver, newer_rows, wanted)
-        else:
-            candidates = self._caught_up(driver, newer_rows, wanted, early)
+        candidates = self._filtered(driver, newer_rows, wanted, early)
         tx.newest_id = None if self._seen is None else self._seen.last_id
         if candidates:
             with driver.pipeline():  # both lookups in one round trip
@@ -1139,70 +1132,49 @@ class BrokerStore(audit_store.AuditLog):
             group_rows = list({row[0]: row for row in group_rows + more[1].fetchall()}.values())
         return batch, prior, self._loaded(tx, wanted, entry_rows, group_rows)
 
-    def _caught_up(
+    def _filtered(
         self,
         driver: Any,
         newer: list[Any] | None,
-        tokens: set[bytes],
-        early: Mapping[int, Sequence[int]],
+        tokens: Collection[bytes],
+        early: Mapping[int, Sequence[int]] | None,
     ) -> dict[int, list[int]]:
-        """After looking up ``early``, the candidates the filter gave before the matching
-        lock was held: what else to look up, now that it is (see :meth:`_filtered`).
+        """Under the matching lock: the prefixes of ``tokens`` the index may hold and that
+        are still to be looked up, by the partition (its first row id) that may hold
+        them. ``early`` were looked up already, for the filter as it was before the lock.
 
-        The rows inserted since (``newer``, by id) go into the filter, and those on the
-        batch's tokens are looked up where they are. A filter that would take too many
-        rows one by one is built anew, and every candidate of the new one not looked up
-        yet is.
+        The filter holds the prefix and partition of every entry up to its ``last_id``:
+        those it was built from (a scan), those this store inserted, and those of
+        ``newer``, the entries other writers (another thread or broker process)
+        inserted since, which it takes in now. Every insert runs under the matching
+        lock, so ids are committed in order and nothing below ``last_id`` can appear
+        later: after ``early``, only ``newer`` may hold more. A filter that would take
+        too many rows one by one, or that has grown too full, is built anew. An open
+        group always has entries on its token, so its prefix is covered too.
         """
+        if early is not None and not newer:  # the common case: nothing more to look up
+            return {}
+        wanted = np.unique(_prefixes(tokens))
         with self._seen_lock:
             seen = self._seen
             if seen is None or newer is None or len(newer) > _FILTER_CATCH_UP_ROWS:
                 seen = self._seen = self._scan(driver)
-                latest = seen.candidates(np.unique(_prefixes(tokens)))
+                latest = seen.candidates(wanted)
             else:
-                fresh = [row for row in newer if row[0] > seen.last_id]
-                if fresh:  # unless another thread's submission took them in already
-                    seen.add_rows(as_array(r[0] for r in fresh), as_array(r[1] for r in fresh))
-                    seen.last_id = fresh[-1][0]
-                latest = {}
-                if newer:
-                    ids, held = as_array(r[0] for r in newer), as_array(r[1] for r in newer)
-                    on_batch = np.isin(held, _prefixes(tokens))
-                    matches = zip(ids[on_batch].tolist(), held[on_batch].tolist(), strict=True)
-                    for row_id, prefix in matches:
-                        latest.setdefault(seen.partitions.start_of(row_id), []).append(prefix)
+                ids, held = as_array(r[0] for r in newer), as_array(r[1] for r in newer)
+                latest = seen.catch_up(ids, held, wanted)
+                if seen.wants_rebuild:
+                    seen = self._seen = self._scan(driver)
+                    latest = seen.candidates(wanted)
+                elif early is None:  # nothing looked up yet
+                    latest = seen.candidates(wanted)
         missing: dict[int, list[int]] = {}
         for start, found in latest.items():
-            done = set(early.get(start, ()))
+            done = set((early or {}).get(start, ()))
             rest = sorted({p for p in found if p not in done})
             if rest:
                 missing[start] = rest
         return missing
-
-    def _filtered(
-        self, driver: Any, newer: list[Any] | None, tokens: set[bytes]
-    ) -> dict[int, list[int]]:
-        """The prefixes of ``tokens`` that the index may hold, by the partition (its first
-        row id) that may hold them, under the matching lock.
-
-        The filter holds the prefix and partition of every entry up to its ``last_id``:
-        those it was built from (a scan), those this store inserted, and those of
-        ``newer``, the entries other writers (another broker process on this database)
-        inserted since. Every insert runs under the matching lock, so ids are committed
-        in order and nothing below ``last_id`` can appear later. A filter that would
-        take too many rows one by one, or that has grown too full, is built anew.
-        An open group always has entries on its token, so its prefix is covered too.
-        """
-        with self._seen_lock:
-            seen = self._seen
-            if seen is None or newer is None or len(newer) > _FILTER_CATCH_UP_ROWS:
-                seen = self._seen = self._scan(driver)
-            elif newer:
-                seen.add_rows(as_array(r[0] for r in newer), as_array(r[1] for r in newer))
-                seen.last_id = max(seen.last_id, newer[-1][0])
-            if seen.wants_rebuild:
-                seen = self._seen = self._scan(driver)
-            return seen.candidates(np.unique(_prefixes(tokens)))
 
     def _scan(self, driver: Any) -> IndexFilter:
         """A filter of the whole index, read partition by partition: each one's prefixes
@@ -1218,7 +1190,7 @@ class BrokerStore(audit_store.AuditLog):
         last_id, rows = driver.execute(_PG_INDEX_EXTENT).fetchone()
         # Sized by rows, not ids: expired ones leave gaps.
         built = IndexFilter(int(rows), PARTITION_IDS, int(last_id))
-        for name, (start, end) in sorted(driver.execute(_PG_PARTITIONS).fetchall(), key=_bound):
+        for name, (start, end) in driver.execute(_PG_PARTITIONS).fetchall():
             if (name, end) != (f"token_entries_p{start}", start + PARTITION_IDS) or (
                 start % PARTITION_IDS
             ):
@@ -1652,14 +1624,13 @@ class BrokerStore(audit_store.AuditLog):
         return cursors
 
 
-def _prefixes(tokens: Iterable[bytes]) -> Prefixes:
+def _prefixes(tokens: Collection[bytes]) -> Prefixes:
     """``prefix64`` of each token, as an array: one buffer read by numpy rather than an
-    integer built per token."""
-    return np.frombuffer(b"".join(token[:8] for token in tokens), dtype=">i8").astype(np.int64)
-
-
-def _bound(partition: tuple[str, list[int]]) -> int:
-    return partition[1][0]
+    integer built per token. A token shorter than a prefix is a ``ValueError``."""
+    heads = b"".join(token[:8] for token in tokens)
+    if len(heads) != 8 * len(tokens):
+        raise ValueError("a token is shorter than its prefix")
+    return np.frombuffer(heads, dtype=">i8").astype(np.int64)
 
 
 def _array(values: Iterable[int]) -> str:

@@ -131,7 +131,7 @@ class PrefixFilter:
         if not len(prefixes):
             return []
         array = as_array(prefixes)
-        return array[self.may_hold(array)].tolist()  # type: ignore[no-any-return]
+        return [int(p) for p in array[self.may_hold(array)]]
 
 
 class PartitionMap:
@@ -220,6 +220,24 @@ class IndexFilter:
         """Rows by their ids and prefixes (not beyond ``last_id``: a scan's or a catch-up's)."""
         self.prefixes.add(prefixes)
         self.partitions.add_rows(row_ids, prefixes)
+
+    def catch_up(
+        self, row_ids: Prefixes, prefixes: Prefixes, wanted: Prefixes
+    ) -> dict[int, list[int]]:
+        """Rows other writers inserted, read by id since ``last_id`` (in id order): those
+        still past it go in, and ``last_id`` moves to the newest. Answers, for each
+        partition, the ``wanted`` prefixes among all of them."""
+        fresh = row_ids > self.last_id  # unless another thread took some in already
+        if fresh.any():
+            self.add_rows(row_ids[fresh], prefixes[fresh])
+            self.last_id = int(row_ids[fresh].max())
+        on_wanted = np.isin(prefixes, wanted)
+        found: dict[int, list[int]] = {}
+        for row_id, prefix in zip(
+            row_ids[on_wanted].tolist(), prefixes[on_wanted].tolist(), strict=True
+        ):
+            found.setdefault(self.partitions.start_of(row_id), []).append(prefix)
+        return found
 
     def add_inserted(self, prefixes: Prefixes, first_id: int, last_id: int) -> None:
         """Rows just committed, whose ids lie from ``first_id`` to ``last_id``; then covers

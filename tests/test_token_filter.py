@@ -125,3 +125,15 @@ def test_the_index_filter_says_where_each_candidate_may_be():
     with pytest.raises(ValueError, match="first id must not come after their last"):
         index.add_inserted(as_array([7]), first_id=3400, last_id=3350)
     assert not index.wants_rebuild
+
+
+def test_catching_up_takes_new_rows_once_and_says_where_the_wanted_ones_are():
+    index = IndexFilter(expected=100, partition_ids=1000, last_id=1500)
+    ids, prefixes = as_array([1400, 1600, 2100]), as_array([7, 8, 9])
+    found = index.catch_up(ids, prefixes, wanted=as_array([7, 9, 10]))
+    assert found == {1000: [7], 2000: [9]}  # every wanted row read, taken in or not
+    assert index.last_id == 2100
+    assert index.prefixes.added == 2  # 1400 was covered already
+    assert 8 in index.candidates([8])[1000]
+    assert index.catch_up(as_array([]), as_array([]), wanted=as_array([7])) == {}
+    assert index.last_id == 2100
