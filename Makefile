@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all venv test pytest lint typecheck format proto bench demo clean
+.PHONY: all venv test pytest lint typecheck format proto bench mutate demo clean
 
 all: test
 
@@ -42,9 +42,15 @@ proto: venv
 bench: venv
 	$(PY) bench/run.py
 
+# Mutation testing of the decision cores, each against its own tests (mutation/run.py
+# names them); MODULE=policies/rules.py runs one. Slow, so not part of `make test`;
+# niced, one mutant at a time, one run at a time on the machine.
+mutate: venv
+	nice -n 19 $(PY) mutation/run.py $(MODULE)
+
 demo: venv
 	rm -rf demo-run
 	$(VENV)/bin/samenloop demo --workdir demo-run
 
 clean:
-	rm -rf $(VENV) .typecheck build *.egg-info
+	rm -rf $(VENV) .typecheck .mutate build *.egg-info

@@ -7,8 +7,10 @@ padded secretboxes, and one exception for every failure to open.
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -572,6 +574,33 @@ def test_writing_the_example_gives_its_exact_bytes():
     covenant = cv.covenant_from_toml(EXAMPLE.encode(), source="covenant.toml")
     assert cv.covenant_to_toml(covenant) == EXAMPLE.encode()
     assert cv.covenant_from_toml(cv.covenant_to_toml(covenant), source="again") == covenant
+
+
+# The sections of a covenant that hold its rules (samenloop.policies.policy), as TOML keys.
+POLICY_KEYS = (
+    "identifier_types",
+    "categories",
+    "detail_fields",
+    "purposes",
+    "matching",
+    "visibility",
+    "release",
+    "retention",
+    "quotas",
+    "picture",
+    "cases",
+)
+
+
+def test_the_example_has_the_rules_covenant_init_starts_from():
+    """The example above, the complete example in docs/covenant.md and ``example_policy()``
+    (what ``covenant init`` writes) state the same rules, value for value."""
+    covenant = cv.covenant_from_toml(EXAMPLE.encode(), source="covenant.toml")
+    assert covenant.policy == example_policy()
+    docs = (Path(__file__).parent.parent / "docs" / "covenant.md").read_text(encoding="utf-8")
+    block = docs.split("## A complete example", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    documented, ours = tomllib.loads(block), tomllib.loads(EXAMPLE)
+    assert {k: documented[k] for k in POLICY_KEYS} == {k: ours[k] for k in POLICY_KEYS}
 
 
 def test_non_utc_offsets_and_crlf_are_normalised_to_the_same_covenant():

@@ -55,6 +55,7 @@ from samenloop.policies.rules import (
     check_identifier_type,
     check_quota,
     counts_for_matching,
+    hides,
     observers,
     release,
     release_rule_for,
@@ -379,6 +380,100 @@ def test_observers(covenant, expected: set[str]) -> None:
     assert observers(covenant()) == frozenset(expected)
 
 
+# --- hiding: who is kept out of what a recipient learns ------------------------------
+
+
+# The example policy hides police, FIOD and OM from municipalities, housing corporations,
+# the tax office and the province; "vertrokken" is a party a new covenant version removed.
+@pytest.mark.parametrize(
+    ("recipient", "party", "former", "hidden"),
+    [
+        pytest.param("gemeente-tilburg", "politie", None, True, id="hidden-role"),
+        pytest.param("gemeente-tilburg", "om", None, True, id="another-hidden-role"),
+        pytest.param("wonen", "fiod", None, True, id="hidden-from-woningcorporatie"),
+        pytest.param("gemeente-tilburg", "belastingdienst", None, False, id="role-not-hidden"),
+        pytest.param("politie", "gemeente-tilburg", None, False, id="police-hide-nobody"),
+        pytest.param("riec", "politie", None, False, id="coordinator-sees-police"),
+        pytest.param("douane", "politie", None, False, id="recipient-role-without-rule"),
+        pytest.param("onbekend", "politie", None, False, id="recipient-not-a-party"),
+        pytest.param("gemeente-tilburg", "gemeente-tilburg", None, False, id="never-from-itself"),
+        pytest.param("gemeente-tilburg", "vertrokken", None, False, id="removed-role-unknown"),
+        pytest.param("gemeente-tilburg", "vertrokken", {}, False, id="removed-no-former-roles"),
+        pytest.param(
+            "gemeente-tilburg",
+            "vertrokken",
+            {"vertrokken": Role.POLITIE},
+            True,
+            id="removed-police-stays-hidden",
+        ),
+        pytest.param(
+            "gemeente-tilburg",
+            "vertrokken",
+            {"vertrokken": Role.BELASTINGDIENST},
+            False,
+            id="removed-tax-office-not-hidden",
+        ),
+        pytest.param(
+            "gemeente-tilburg",
+            "vertrokken",
+            {"anders": Role.POLITIE},
+            False,
+            id="former-roles-of-others-only",
+        ),
+        pytest.param(
+            "gemeente-tilburg",
+            "politie",
+            {"politie": Role.BELASTINGDIENST},
+            True,
+            id="current-role-wins-over-former",
+        ),
+        pytest.param(
+            "gemeente-tilburg",
+            "belastingdienst",
+            {"belastingdienst": Role.POLITIE},
+            False,
+            id="current-role-wins-not-hidden",
+        ),
+        pytest.param(
+            "vertrokken",
+            "politie",
+            {"vertrokken": Role.GEMEENTE},
+            False,
+            id="removed-recipient-learns-nothing",
+        ),
+    ],
+)
+def test_hides(recipient: str, party: str, former: dict[str, Role] | None, hidden: bool) -> None:
+    assert hides(_example(), recipient, party, former_roles=former) is hidden
+
+
+def test_visibility_judges_removed_members_by_their_former_role() -> None:
+    """A party a new version removed is shown (or hidden) as its role was, so that a
+    recipient told the group changed learns no more of its leaving than of its part."""
+    hit = _hit("gemeente-tilburg", "belastingdienst", "vertrokken")
+    as_tax = visibility(
+        _example(), "gemeente-tilburg", hit, former_roles={"vertrokken": Role.BELASTINGDIENST}
+    )
+    assert as_tax is not None
+    assert [(m.party, m.role) for m in as_tax.members] == [
+        ("belastingdienst", "belastingdienst"),
+        ("vertrokken", "belastingdienst"),
+    ]
+    assert as_tax.party_count == 3
+    as_police = visibility(
+        _example(), "gemeente-tilburg", hit, former_roles={"vertrokken": Role.POLITIE}
+    )
+    assert as_police is not None
+    assert [m.party for m in as_police.members] == ["belastingdienst"]
+    assert as_police.party_count == 2
+    # The covenant's current role of a member wins over a stale former one.
+    stale = visibility(
+        _example(), "gemeente-tilburg", hit[:2], former_roles={"belastingdienst": Role.POLITIE}
+    )
+    assert stale is not None
+    assert [(m.party, m.role) for m in stale.members] == [("belastingdienst", "belastingdienst")]
+
+
 # --- visibility: a property over random covenants and hits -------------------------
 
 # The first two hold the OPRF key shares of _material(), so every covenant must list them.
@@ -527,6 +622,50 @@ def test_release_refusals(changes: dict[str, object], reason: Refusal) -> None:
     assert decision.message
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        pytest.param(
+            {"purpose": "nieuwsgierigheid"},
+            "'nieuwsgierigheid' is not a purpose of this covenant",
+            id="unknown-purpose",
+        ),
+        pytest.param(
+            {"in_hit": False},
+            "the requester showed no hit that includes this signal",
+            id="not-in-hit",
+        ),
+        pytest.param({"hit_open": False}, "the hit is closed", id="hit-closed"),
+        pytest.param(
+            {"requester": "onbekend"},
+            "'onbekend' is not a party of this covenant",
+            id="requester-not-a-party",
+        ),
+        pytest.param(
+            {"category": "leegstand"},
+            "the covenant releases nothing to a gemeente for 'adresfraude' "
+            "on a signal of this category",
+            id="no-rule",
+        ),
+        pytest.param(
+            {"fields": ("dossier",)},
+            "none of the fields asked for may be released; allowed: naam, adres",
+            id="no-allowed-field",
+        ),
+        pytest.param(
+            {"purpose": "bibob", "released_in_period": 50},
+            "at most 50 releases per 30 days under this rule",
+            id="quota",
+        ),
+    ],
+)
+def test_release_refusals_tell_the_officer_why(changes: dict[str, object], message: str) -> None:
+    """The message goes back to the requesting officer: it names what to change."""
+    decision = release(_example(), **{**_REQUEST, **changes})  # type: ignore[arg-type]
+    assert isinstance(decision, Deny)
+    assert decision.message == message
+
+
 def test_release_allows_the_rule_fields_and_withholds_the_rest_in_order() -> None:
     covenant = _example()
     decision = release(
@@ -659,6 +798,10 @@ def test_check_category() -> None:
         check_category(_example(), "Katvanger", field="signals[3].category")
     assert caught.value.field == "signals[3].category"
     assert caught.value.reason == "signal.unknown_category"
+    # The message lists the categories to choose from.
+    assert caught.value.message == (
+        "not a category of this covenant; use one of: " + ", ".join(_example().policy.categories)
+    )
 
 
 @pytest.mark.parametrize("kind", ["bsn", "kvk", "iban"])
@@ -678,6 +821,7 @@ def test_check_identifier_type_refuses(kind: str, field: str) -> None:
         check_identifier_type(_few_types(), kind, **({} if field == "type" else {"field": field}))
     assert caught.value.field == field
     assert caught.value.reason == "identifier.type_not_in_covenant"
+    assert caught.value.message == f"the covenant does not use identifier type {kind!r}"
 
 
 @pytest.mark.parametrize(

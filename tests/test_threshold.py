@@ -12,6 +12,7 @@ from samenloop.node import oprf, threshold
 from samenloop.node.threshold import FaultyHolders, HolderPlanner, KeyEpoch, PartialEvaluation
 from samenloop.policies.errors import (
     InvalidInput,
+    InvalidProof,
     MessageTooLarge,
     NotAllowed,
     NotEnoughHolders,
@@ -263,3 +264,316 @@ def test_too_many_elements_in_one_request():
             shares[0], [oprf.GENERATOR] * (threshold.MAX_ELEMENTS + 1), (1, 2)
         )
     assert info.value.field == "blinded_elements"
+
+
+# --- combine: exactly one verified answer from each holder of a set of exactly t ------------
+
+
+def _answers(shares: list[threshold.Share], subset: tuple[int, ...], blinded: list[bytes]):
+    by_index = {s.index: s for s in shares}
+    return {i: threshold.evaluate_partial(by_index[i], blinded, subset) for i in subset}
+
+
+@pytest.mark.parametrize(
+    ("subset", "answered"),
+    [
+        pytest.param((1,), (1,), id="fewer-than-t-holders"),
+        pytest.param((1, 2), (1,), id="an-answer-missing"),
+        pytest.param((1, 2), (1, 2, 3), id="an-extra-answer"),
+        pytest.param((1, 2), (1, 3), id="an-answer-from-outside-the-set"),
+        pytest.param((1, 2, 3), (1, 2, 3), id="more-than-t-holders"),
+        pytest.param((1, 2), (), id="no-answers"),
+    ],
+)
+def test_combine_takes_exactly_one_answer_from_each_of_exactly_t_holders(subset, answered):
+    """Fewer than t answers would combine to a wrong evaluation; more would let an extra,
+    unchecked answer in. Both are refused before any proof is looked at."""
+    _, epoch, shares = make_epoch(2, 3)
+    _, blinded = oprf.blind(b"t-of-n")
+    every = {
+        i: threshold.evaluate_partial(shares[i - 1], [blinded], tuple(sorted(answered)) or (1, 2))
+        for i in answered
+    }
+    with pytest.raises(InvalidInput) as info:
+        threshold.combine(epoch, subset, [blinded], every)
+    assert info.value.field == "partials"
+    assert info.value.message == "need exactly one answer from each holder in the set"
+
+
+@pytest.mark.parametrize("subset", [(), (2, 1), (1, 1)])
+def test_combine_refuses_a_set_that_is_not_ascending_and_distinct(subset):
+    _, epoch, shares = make_epoch(2, 3)
+    _, blinded = oprf.blind(b"set")
+    partials = _answers(shares, (1, 2), [blinded])
+    with pytest.raises(InvalidInput) as info:
+        threshold.combine(epoch, subset, [blinded], partials)
+    assert info.value.field == "responding_set"
+    assert info.value.message == "responding set must be ascending and distinct"
+
+
+def test_every_faulty_holder_is_named_at_once():
+    """All answers are checked, so one retry can leave every faulty holder out."""
+    _, epoch, shares = make_epoch(3, 5)
+    _, blinded = oprf.blind(b"all")
+    subset = (1, 3, 5)
+    partials = _answers(shares, subset, [blinded])
+    # Holder 1 answers for two elements where one was asked; holder 5's element is no point.
+    partials[1] = replace(partials[1], evaluated_elements=partials[1].evaluated_elements * 2)
+    partials[5] = replace(partials[5], evaluated_elements=(bytes(32),))
+    with pytest.raises(FaultyHolders) as info:
+        threshold.combine(epoch, subset, [blinded], partials)
+    assert info.value.indices == {1, 5}
+    assert info.value.field == "holder_index"
+    assert info.value.reason == "oprf.faulty_holder"
+    assert info.value.message == "key holder(s) [1, 5] returned invalid partial evaluations"
+
+
+def test_an_answer_under_another_index_is_faulty_even_with_a_valid_proof():
+    # Holder 1's own valid answer filed under 2 and holder 2's under 1: both proofs would
+    # verify for the holder that made them, but neither is the answer of the seat it is in.
+    _, epoch, shares = make_epoch(2, 3)
+    _, blinded = oprf.blind(b"swap")
+    partials = _answers(shares, (1, 2), [blinded])
+    with pytest.raises(FaultyHolders) as info:
+        threshold.combine(epoch, (1, 2), [blinded], {1: partials[2], 2: partials[1]})
+    assert info.value.indices == {1, 2}
+
+
+def test_combine_adds_the_answers_of_each_element():
+    key, epoch, shares = make_epoch(3, 4)
+    blinded = [oprf.blind(x)[1] for x in (b"een", b"twee", b"drie")]
+    subset = (2, 3, 4)
+    combined = threshold.combine(epoch, subset, blinded, _answers(shares, subset, blinded))
+    assert combined == [oprf.blind_evaluate(key, b) for b in blinded]
+
+
+def test_verify_partial_names_the_holder_and_the_element():
+    _, epoch, shares = make_epoch(2, 3)
+    _, blinded = oprf.blind(b"verify")
+    partial = threshold.evaluate_partial(shares[1], [blinded], (1, 2))
+    threshold.verify_partial(epoch, (1, 2), [blinded], partial)
+    with pytest.raises(InvalidProof) as info:
+        threshold.verify_partial(epoch, (1, 2), [blinded, blinded], partial)
+    assert (info.value.field, info.value.message) == (
+        "holders[2]",
+        "wrong number of evaluated elements",
+    )
+    broken = replace(partial, evaluated_elements=(bytes(31),))
+    with pytest.raises(InvalidInput) as info:
+        threshold.verify_partial(epoch, (1, 2), [blinded], broken)
+    assert info.value.field == "holders[2].evaluated_elements[0]"
+    with pytest.raises(InvalidProof) as info:
+        threshold.verify_partial(epoch, (2, 3), [blinded], partial)  # another set's weight
+    assert info.value.field == "holders[2]"
+
+
+# --- the pieces: Lagrange coefficients, sets, splitting, holders ----------------------------
+
+
+def test_lagrange_coefficients_at_another_point():
+    # f(x) = 7 + 3x: from f(1) = 10 and f(2) = 13, f(3) = lambda_1(3) * 10 + lambda_2(3) * 13.
+    at_three = [oprf.scalar_to_int(threshold.lagrange_coefficient(i, [1, 2], at=3)) for i in (1, 2)]
+    assert at_three == [oprf.ORDER - 1, 2]  # (3-2)/(1-2) = -1, (3-1)/(2-1) = 2
+    assert (at_three[0] * 10 + at_three[1] * 13) % oprf.ORDER == 16
+    with pytest.raises(InvalidInput) as info:
+        threshold.lagrange_coefficient(3, [1, 2])
+    assert (info.value.field, info.value.message) == (
+        "responding_set",
+        "holder 3 is not in the responding set",
+    )
+
+
+@pytest.mark.parametrize(
+    ("secret", "t", "n", "coefficients", "field", "message"),
+    [
+        pytest.param(bytes(31), 2, 3, None, "secret", "scalar must be 32 bytes", id="short-secret"),
+        pytest.param(None, 0, 3, None, "threshold", "need 1 <= t <= n <= 16", id="t-zero"),
+        pytest.param(None, 4, 3, None, "threshold", "need 1 <= t <= n <= 16", id="t-above-n"),
+        pytest.param(None, 2, 17, None, "threshold", "need 1 <= t <= n <= 16", id="n-above-16"),
+        pytest.param(
+            None,
+            3,
+            3,
+            [b"\x01" + bytes(31)],
+            "coefficients",
+            "need exactly t-1 coefficients",
+            id="too-few-coefficients",
+        ),
+        pytest.param(
+            None,
+            2,
+            3,
+            [b"\x01" + bytes(31)] * 2,
+            "coefficients",
+            "need exactly t-1 coefficients",
+            id="too-many-coefficients",
+        ),
+    ],
+)
+def test_split_key_refuses(secret, t, n, coefficients, field, message):
+    with pytest.raises(InvalidInput) as info:
+        threshold.split_key(secret or oprf.random_scalar(), t, n, coefficients=coefficients)
+    assert (info.value.field, info.value.message) == (field, message)
+
+
+def test_split_key_at_the_limits():
+    key = oprf.random_scalar()
+    shares = threshold.split_key(key, 16, 16)
+    assert [s.index for s in shares] == list(range(1, 17))
+    assert threshold.recover_key(shares) == key
+    alone = threshold.split_key(key, 1, 1)
+    assert [s.scalar for s in alone] == [key]  # t = 1: the constant polynomial
+
+
+def test_holders_are_found_by_index():
+    _, epoch, _ = make_epoch(2, 3)
+    assert epoch.holder(3) is epoch.holders[2]
+    with pytest.raises(InvalidInput) as info:
+        epoch.holder(4)
+    assert (info.value.field, info.value.message) == ("holder_index", "no key holder with index 4")
+
+
+def test_an_epoch_is_in_force_from_its_creation_to_its_retirement_both_included():
+    _, epoch, _ = make_epoch(2, 3)
+    epoch.check_in_force(epoch.created_at)
+    epoch.check_in_force(epoch.retire_after)
+    with pytest.raises(NotAllowed) as info:
+        epoch.check_in_force(epoch.retire_after + timedelta(microseconds=1))
+    assert info.value.field == "key_epoch"
+    assert info.value.reason == "oprf.epoch_not_in_force"
+    assert info.value.message == (
+        "key epoch 1 is valid from 2026-11-28T00:00:00+00:00 until 2027-11-28T00:00:00+00:00"
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        pytest.param(
+            {"covenant_id": ""}, "covenant_id", "covenant id must be 1..64 bytes", id="id"
+        ),
+        pytest.param(
+            {"covenant_id": "é" * 32 + "x"},
+            "covenant_id",
+            "covenant id must be 1..64 bytes",
+            id="id-65-bytes",
+        ),
+        pytest.param({"epoch": 0}, "epoch", "key epoch must be 1..2^32-1", id="epoch-zero"),
+        pytest.param({"epoch": 2**32}, "epoch", "key epoch must be 1..2^32-1", id="epoch-2^32"),
+        pytest.param(
+            {"threshold": 1},
+            "threshold",
+            "threshold 1 must be 2..3: one holder alone must never be able to evaluate",
+            id="threshold-one",
+        ),
+        pytest.param(
+            {"threshold": 4},
+            "threshold",
+            "threshold 4 must be 2..3: one holder alone must never be able to evaluate",
+            id="threshold-above-n",
+        ),
+        pytest.param(
+            {"retire_after": NOW},
+            "retire_after",
+            "key epoch must retire after it was created",
+            id="retires-at-creation",
+        ),
+        pytest.param(
+            {"retire_after": datetime(2027, 1, 1)},
+            "created_at",
+            "key epoch times must be timezone-aware (UTC)",
+            id="naive-retirement",
+        ),
+        pytest.param(
+            {"group_public_key": bytes(32)},
+            "group_public_key",
+            "group element is the identity",
+            id="identity-key",
+        ),
+    ],
+)
+def test_key_epoch_checks_name_the_field(changes, field, message):
+    _, epoch, _ = make_epoch(2, 3)
+    with pytest.raises(InvalidInput) as info:
+        replace(epoch, **changes)
+    assert (info.value.field, info.value.message) == (field, message)
+
+
+@pytest.mark.parametrize(
+    ("indices", "message"),
+    [
+        ((1, 1, 2), "holder indices must be distinct, 1..16"),
+        ((0, 1, 2), "holder indices must be distinct, 1..16"),
+        ((1, 2, 17), "holder indices must be distinct, 1..16"),
+    ],
+)
+def test_key_epoch_holder_indices(indices, message):
+    _, epoch, _ = make_epoch(2, 3)
+    holders = tuple(replace(h, index=i) for h, i in zip(epoch.holders, indices, strict=True))
+    with pytest.raises(InvalidInput) as info:
+        replace(epoch, holders=holders)
+    assert (info.value.field, info.value.message) == ("holders", message)
+
+
+def test_key_epoch_accepts_the_edges():
+    _, epoch, _ = make_epoch(2, 3)
+    replace(epoch, covenant_id="c" * 64, epoch=2**32 - 1, threshold=3)
+    sixteen = tuple(replace(h, index=i) for h, i in zip(epoch.holders, (1, 9, 16), strict=True))
+    assert [h.index for h in replace(epoch, holders=sixteen).holders] == [1, 9, 16]
+    bad_commitment = (*epoch.holders[:2], replace(epoch.holders[2], commitment=bytes(32)))
+    with pytest.raises(InvalidInput) as info:
+        replace(epoch, holders=bad_commitment)
+    assert info.value.field == "holders[3].commitment"
+
+
+def test_inconsistent_commitments_name_the_holder_and_say_why():
+    _, epoch, _ = make_epoch(2, 4)
+    holders = list(epoch.holders)
+    holders[3] = replace(holders[3], commitment=holders[2].commitment)
+    with pytest.raises(InvalidInput) as info:
+        replace(epoch, holders=tuple(holders)).check_consistency()
+    assert (info.value.field, info.value.message) == (
+        "holders[4]",
+        "commitment of holder 4 is inconsistent",
+    )
+    with pytest.raises(InvalidInput) as info:
+        replace(epoch, group_public_key=oprf.GENERATOR).check_consistency()
+    assert (info.value.field, info.value.message) == (
+        "holders",
+        "holder commitments do not match the group public key",
+    )
+
+
+def test_evaluate_partial_takes_up_to_the_limit_and_names_the_count():
+    _, _, shares = make_epoch(2, 3)
+    most = threshold.evaluate_partial(shares[0], [oprf.GENERATOR] * threshold.MAX_ELEMENTS, (1, 2))
+    assert len(most.evaluated_elements) == threshold.MAX_ELEMENTS
+    assert most.holder_index == 1
+    with pytest.raises(MessageTooLarge) as info:
+        threshold.evaluate_partial(
+            shares[0], [oprf.GENERATOR] * (threshold.MAX_ELEMENTS + 1), (1, 2)
+        )
+    assert info.value.message == (
+        f"{threshold.MAX_ELEMENTS + 1} blinded elements; "
+        f"at most {threshold.MAX_ELEMENTS} per request"
+    )
+    with pytest.raises(InvalidInput) as info:
+        threshold.evaluate_partial(shares[0], [], (1, 2))
+    assert (info.value.field, info.value.message) == ("blinded_elements", "no blinded elements")
+
+
+def test_a_faulty_answer_in_process_is_left_out_and_the_next_set_tried():
+    key, epoch, shares = make_epoch(2, 3)
+    _, blinded = oprf.blind(b"retry")
+
+    def wrong_share(blinded_elements, rset):
+        return threshold.evaluate_partial(
+            threshold.Share(2, oprf.random_scalar()), blinded_elements, rset
+        )
+
+    planner = HolderPlanner(epoch)
+    holders = {1: honest(shares[0]), 2: wrong_share, 3: honest(shares[2])}
+    assert threshold.evaluate_in_process(epoch, holders, [blinded], planner) == [
+        oprf.blind_evaluate(key, blinded)
+    ]
+    assert planner.excluded == {2}
