@@ -26,7 +26,8 @@ withdraw`` withdraws one. ``samenloop hits list`` and ``hits watch`` show the
 hits the node received, as a table or (``--json``) as JSON. Other parties'
 text (party, role, categories) and the file's own text are shown as plain
 text (:mod:`samenloop.policies.terminal`); a category another member sealed
-that the covenant does not list shows as "(unknown category)".
+that the covenant does not list shows as "(unknown category)" (or "(N unknown
+categories)"), never by its text.
 """
 
 from __future__ import annotations
@@ -922,6 +923,12 @@ def hit_to_json(hit: Hit) -> dict[str, Any]:
 UNKNOWN_CATEGORY: Final = "(unknown category)"
 
 
+def _unknown(count: int) -> list[str]:
+    if count <= 1:
+        return [UNKNOWN_CATEGORY] * count
+    return [f"({count} unknown categories)"]
+
+
 def _own(hit: Hit) -> str:
     return "\n".join(
         f"{printable(own.reference) if own.reference else own.signal_ref.hex()[:8]}"
@@ -937,7 +944,7 @@ def _others(hit: Hit) -> str:
         if member.party and member.role:
             who = f"{printable(member.party)} ({printable(member.role)})"
         shown = [printable(c) for c in member.categories]
-        shown += [UNKNOWN_CATEGORY] * member.unknown_categories
+        shown += _unknown(member.unknown_categories)
         lines.append(who + (f": {', '.join(shown)}" if shown else ""))
     return "\n".join(lines)
 
