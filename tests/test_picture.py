@@ -413,6 +413,7 @@ def test_exact_mode_adds_nothing():
 
 def test_split_epsilon():
     assert p.split_epsilon(1.0, 4) == 0.25
+    assert p.split_epsilon(0.5, 1) == 0.5
     with pytest.raises(InvalidInput):
         p.split_epsilon(1.0, 0)
 
@@ -439,6 +440,91 @@ def test_budget_spends_per_month_and_refuses_beyond():
     for _ in range(10):
         tenths = tenths.spend(Q1, 0.1, budget_per_period=1.0)
     assert tenths.remaining(Q1, budget_per_period=1.0) == 0
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "budget", "field", "message"),
+    [
+        pytest.param(0.0, 1.0, "epsilon", "must be > 0", id="spend-nothing"),
+        pytest.param(1e-10, 1.0, "epsilon", "must be > 0", id="spend-below-a-unit"),
+        pytest.param(-0.5, 1.0, "epsilon", "must be a number >= 0", id="negative-epsilon"),
+        pytest.param(math.nan, 1.0, "epsilon", "must be a number >= 0", id="nan-epsilon"),
+        pytest.param(math.inf, 1.0, "epsilon", "must be a number >= 0", id="infinite-epsilon"),
+        pytest.param(True, 1.0, "epsilon", "must be a number >= 0", id="bool-epsilon"),
+        pytest.param(0.5, -1.0, "epsilon_per_period", "must be a number >= 0", id="neg-budget"),
+        pytest.param(0.5, math.nan, "epsilon_per_period", "must be a number >= 0", id="nan-budget"),
+        pytest.param(0.5, math.inf, "epsilon_per_period", "must be a number >= 0", id="inf-budget"),
+    ],
+)
+def test_budget_refuses_bad_amounts_and_spends_nothing(epsilon, budget, field, message):
+    """A spend of zero (or of less than the ledger's unit, 1e-9) would let a request through
+    unaccounted; a NaN or infinite amount compares false against any budget."""
+    ledger = p.BudgetLedger().spend(Q1, 0.25, budget_per_period=1.0)
+    with pytest.raises(InvalidInput) as caught:
+        ledger.spend(Q1, epsilon, budget_per_period=budget)
+    assert (caught.value.field, caught.value.message) == (field, message)
+    assert caught.value.reason == "picture.epsilon"
+    assert dict(ledger.spent_units) == {m: 250_000_000 for m in Q1.months()}
+
+
+def test_budget_spends_exactly_up_to_the_budget_and_reports_what_is_left():
+    whole = p.BudgetLedger().spend(Q1, 1.0, budget_per_period=1.0)
+    assert [whole.spent(m) for m in Q1.months()] == [1.0, 1.0, 1.0]
+    assert whole.spent("2026-04") == 0.0
+    assert whole.remaining(Q1, budget_per_period=1.0) == 0.0
+    assert whole.remaining(Q1, budget_per_period=0.5) == 0.0  # spent beyond a lowered budget
+    part = p.BudgetLedger().spend(p.Period("2026-02", "2026-02"), 0.3, budget_per_period=1.0)
+    assert part.remaining(Q1, budget_per_period=1.0) == pytest.approx(0.7)  # the least left
+    assert part.remaining(p.Period("2026-01", "2026-01"), budget_per_period=1.0) == 1.0
+    with pytest.raises(p.BudgetExhausted) as caught:
+        part.spend(Q1, 0.75, budget_per_period=1.0)
+    assert caught.value.message == (
+        "the privacy budget for 2026-02 is spent: this request needs epsilon 0.75, 0.7 of 1 is left"
+    )
+    with pytest.raises(p.BudgetExhausted):
+        p.BudgetLedger().spend(Q1, 0.5, budget_per_period=0.0)
+    with pytest.raises(InvalidInput) as bad_budget:
+        part.remaining(Q1, budget_per_period=-1.0)
+    assert bad_budget.value.field == "epsilon_per_period"
+    # The ledger keeps what it was given, apart from the one it was made from.
+    given = {"2026-01": 5}
+    ledger = p.BudgetLedger(given)
+    given["2026-01"] = 6
+    assert ledger.spent("2026-01") == 5e-9
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "tables", "field", "message"),
+    [
+        pytest.param(1.0, 0, "measures", "ask for at least one table", id="no-tables"),
+        pytest.param(0.0, 2, "epsilon_per_request", "must be > 0", id="zero"),
+        pytest.param(-1.0, 2, "epsilon_per_request", "must be > 0", id="negative"),
+        pytest.param(math.nan, 2, "epsilon_per_request", "must be > 0", id="nan"),
+        pytest.param(math.inf, 2, "epsilon_per_request", "must be > 0", id="infinite"),
+    ],
+)
+def test_split_epsilon_refuses(epsilon, tables, field, message):
+    with pytest.raises(InvalidInput) as caught:
+        p.split_epsilon(epsilon, tables)
+    assert (caught.value.field, caught.value.message) == (field, message)
+    assert caught.value.reason in {"picture.epsilon", "picture.measure"}
+
+
+@pytest.mark.parametrize("epsilon", [0.0, -1.0, math.nan, math.inf])
+def test_noise_refuses_an_epsilon_that_is_not_positive_and_finite(epsilon):
+    counted = p.Table(SIGNALS, (C,), Q1, {("woonfraude",): 3})
+    with pytest.raises(InvalidInput) as caught:
+        p.add_noise(counted, epsilon=epsilon, rng=random.Random(3))
+    assert (caught.value.field, caught.value.message) == ("epsilon", "must be > 0")
+    assert caught.value.reason == "picture.epsilon"
+
+
+def test_noise_is_added_once():
+    counted = p.Table(SIGNALS, (C,), Q1, {("woonfraude",): 3})
+    noisy = p.add_noise(counted, epsilon=1.0, rng=random.Random(4))
+    with pytest.raises(InvalidInput) as caught:
+        p.add_noise(noisy, epsilon=1.0, rng=random.Random(5))
+    assert (caught.value.field, caught.value.reason) == ("table", "picture.noisy")
 
 
 @settings(max_examples=200, deadline=None)

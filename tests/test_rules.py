@@ -50,6 +50,7 @@ from samenloop.policies.rules import (
     MemberFacts,
     MemberShown,
     NeedsApproval,
+    ReceivedCategories,
     Refusal,
     check_category,
     check_identifier_type,
@@ -57,6 +58,7 @@ from samenloop.policies.rules import (
     counts_for_matching,
     hides,
     observers,
+    received_categories,
     release,
     release_rule_for,
     retention,
@@ -822,6 +824,30 @@ def test_check_identifier_type_refuses(kind: str, field: str) -> None:
     assert caught.value.field == field
     assert caught.value.reason == "identifier.type_not_in_covenant"
     assert caught.value.message == f"the covenant does not use identifier type {kind!r}"
+
+
+@pytest.mark.parametrize(
+    ("opened", "known", "unknown"),
+    [
+        pytest.param([], (), 0, id="none"),
+        pytest.param(["woonfraude"], ("woonfraude",), 0, id="one-listed"),
+        pytest.param(
+            ["katvanger", "woonfraude", "katvanger"],
+            ("katvanger", "woonfraude"),
+            0,
+            id="distinct-in-first-seen-order",
+        ),
+        pytest.param(["Woonfraude"], (), 1, id="case-matters"),
+        pytest.param(["", "[/bold]", "", "[/bold]"], (), 2, id="unlisted-counted-once-each"),
+        pytest.param(["[/bold]", "leegstand", "fietsendiefstal"], ("leegstand",), 2, id="mixed"),
+    ],
+)
+def test_received_categories_shows_only_the_listed_ones(
+    opened: list[str], known: tuple[str, ...], unknown: int
+) -> None:
+    """Any member can seal any text as its category (the attribute key is shared): only
+    those the covenant lists may be shown, the rest are counted."""
+    assert received_categories(_example(), opened) == ReceivedCategories(known, unknown)
 
 
 @pytest.mark.parametrize(

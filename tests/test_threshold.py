@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from samenloop.node import oprf, threshold
+from samenloop.node.provision import PartySpec, provision
 from samenloop.node.threshold import FaultyHolders, HolderPlanner, KeyEpoch, PartialEvaluation
+from samenloop.policies.covenant import Role
 from samenloop.policies.errors import (
     InvalidInput,
     InvalidProof,
@@ -577,3 +579,47 @@ def test_a_faulty_answer_in_process_is_left_out_and_the_next_set_tried():
         oprf.blind_evaluate(key, blinded)
     ]
     assert planner.excluded == {2}
+
+
+def test_interpolation_at_a_known_index_gives_its_own_commitment():
+    # At x = 2 the coefficient of holder 1 vanishes and holder 2's is 1: C_2 itself.
+    _, epoch, _ = make_epoch(2, 3)
+    c1, c2, c3 = (h.commitment for h in epoch.holders)
+    assert threshold._interpolate_at(2, (1, 2), [c1, c2]) == c2
+    assert threshold._interpolate_at(3, (1, 2), [c1, c2]) == c3
+    assert threshold._interpolate_at(0, (2, 3), [c2, c3]) == epoch.group_public_key
+
+
+def test_a_holders_proof_is_deterministic_only_with_a_given_nonce():
+    _, _, shares = make_epoch(2, 3)
+    _, blinded = oprf.blind(b"nonce")
+    r = oprf.scalar_from_int(12345)
+    first = threshold.evaluate_partial(shares[0], [blinded], (1, 2), r=r)
+    assert threshold.evaluate_partial(shares[0], [blinded], (1, 2), r=r) == first
+    assert threshold.evaluate_partial(shares[0], [blinded], (1, 2)).proof != first.proof
+
+
+def test_the_covenants_key_epoch_is_read_and_checked(tmp_path):
+    specs = [
+        PartySpec("gemeente", "Gemeente", Role.GEMEENTE),
+        PartySpec("politie", "Politie", Role.POLITIE),
+        PartySpec("riec", "RIEC", Role.RIEC),
+    ]
+    covenant = provision(tmp_path, "riec-drempel", specs, ["politie", "riec"], 2, now=NOW).covenant
+    epoch = KeyEpoch.from_covenant(covenant)
+    plain = covenant.key_epoch
+    assert epoch == KeyEpoch(
+        covenant_id="riec-drempel",
+        epoch=plain.epoch,
+        threshold=2,
+        group_public_key=plain.group_public_key,
+        holders=tuple(threshold.Holder(s.index, s.party, s.commitment) for s in plain.holders),
+        created_at=plain.created_at,
+        retire_after=plain.retire_after,
+    )
+    assert [h.party for h in epoch.holders] == ["politie", "riec"]
+    seats = list(plain.holders)
+    seats[1] = replace(seats[1], commitment=seats[0].commitment)
+    with pytest.raises(InvalidInput) as info:
+        KeyEpoch.from_covenant(replace(covenant, key_epoch=replace(plain, holders=tuple(seats))))
+    assert info.value.field == "holders"
