@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from samenloop.node import picture as p
 from samenloop.node import picture_report
-from samenloop.policies.errors import InvalidInput, QuotaExceeded
+from samenloop.policies.errors import InvalidInput, MessageTooLarge, QuotaExceeded
 from samenloop.policies.times import received_time
 from samenloop.v1 import picture_pb2
 
@@ -105,6 +105,128 @@ def test_area_value():
     assert p.area_value(None, None) is None
 
 
+@pytest.mark.parametrize(
+    ("parse", "text", "field", "message"),
+    [
+        (
+            p.Dimension.parse,
+            "gebied",
+            "dimensions",
+            "unknown dimension 'gebied' (one of area, branch, category, role, month, "
+            "intervention_type)",
+        ),
+        (
+            p.Measure.parse,
+            "signals",
+            "measures",
+            "unknown measure 'signals' (one of active_signals, hit_groups, cases_opened, "
+            "cases_closed, interventions)",
+        ),
+    ],
+)
+def test_names_are_parsed_or_refused_listing_the_choices(parse, text, field, message):
+    with pytest.raises(InvalidInput) as caught:
+        parse(text)
+    assert (caught.value.field, caught.value.message) == (field, message)
+    assert caught.value.reason == f"picture.{field[:-1]}"
+
+
+def test_names_parse_without_case_or_spaces():
+    assert p.Dimension.parse(" Area ") is A
+    assert p.Measure.parse("HIT_GROUPS\n") is p.Measure.HIT_GROUPS
+    with pytest.raises(InvalidInput) as caught:
+        p.Measure.parse("x", field="request.measures[2]")
+    assert caught.value.field == "request.measures[2]"
+    with pytest.raises(InvalidInput) as caught:
+        p.Dimension.parse("x", field="request.dimensions[1]")
+    assert caught.value.field == "request.dimensions[1]"
+
+
+@pytest.mark.parametrize(
+    ("enum", "field", "reason", "message"),
+    [
+        (p.Dimension, "dimensions", "picture.dimension", "unknown picture dimension"),
+        (p.Measure, "measures", "picture.measure", "unknown picture measure"),
+        (p.CellQuality, "quality", "picture.quality", "unknown cell quality"),
+    ],
+)
+def test_unknown_enum_numbers_are_refused_naming_the_field(enum, field, reason, message):
+    for number in (0, 99):
+        with pytest.raises(InvalidInput) as caught:
+            enum.from_proto(number)
+        assert (caught.value.field, caught.value.reason) == (field, reason)
+        assert caught.value.message == message
+    with pytest.raises(InvalidInput) as caught:
+        enum.from_proto(99, field="cells[3].x")
+    assert caught.value.field == "cells[3].x"
+
+
+def test_period_parse_says_what_it_takes():
+    with pytest.raises(InvalidInput) as caught:
+        p.Period.parse("2026-13", field="--period")
+    assert caught.value.field == "--period"
+    assert caught.value.reason == "picture.period"
+    assert caught.value.message == "must be a month, YYYY-MM (a month YYYY-MM or YYYY-MM..YYYY-MM)"
+    with pytest.raises(InvalidInput) as caught:
+        p.Period("2026-03", "2026-02")
+    assert caught.value.message == "must not be before first_month"
+    with pytest.raises(InvalidInput) as caught:
+        p.Period("2020-01", "2023-01")
+    assert caught.value.message == "a period spans at most 36 months"
+    assert p.Period("2020-01", "2022-12").months()[-1] == "2022-12"  # 36 months pass
+
+
+def test_period_text_and_membership():
+    assert str(p.Period("2026-02", "2026-02")) == "2026-02"
+    assert str(Q1) == "2026-01..2026-03"
+    assert "2026-01" in Q1
+    assert "2026-03" in Q1
+    assert "2025-12" not in Q1
+    assert "2026-04" not in Q1
+    assert 202601 not in Q1
+    assert p.Period.parse("2026-01..2026-03") == Q1
+
+
+def test_request_checks_say_why():
+    cases = [
+        ([], [A], "measures", "ask for at least one measure"),
+        ([SIGNALS, SIGNALS], [A], "measures", "a measure is repeated"),
+        ([SIGNALS], [A, A], "dimensions", "a dimension is repeated"),
+        (
+            [p.Measure.CASES_OPENED],
+            [R, A, B],
+            "dimensions",
+            "cases_opened cannot be broken down by area, branch",
+        ),
+    ]
+    for measures, dims, field, message in cases:
+        with pytest.raises(InvalidInput) as caught:
+            p.check_request(measures, dims)
+        assert (caught.value.field, caught.value.message) == (field, message)
+
+
+def test_every_dimension_a_measure_allows_is_a_field_of_its_facts():
+    """count() reads the allowed dimensions straight off the facts: _ALLOWED must match."""
+    facts = {
+        p.Measure.ACTIVE_SIGNALS: p.SignalFacts,
+        p.Measure.HIT_GROUPS: p.HitGroupFacts,
+        p.Measure.CASES_OPENED: p.CaseFacts,
+        p.Measure.CASES_CLOSED: p.CaseFacts,
+        p.Measure.INTERVENTIONS: p.CaseFacts,
+    }
+    for measure, kind in facts.items():
+        fields = {p.Dimension(f) for f in kind.__dataclass_fields__ if f not in {"count", "kind"}}
+        assert measure.allowed_dimensions - {R} <= fields, measure
+        assert R in measure.allowed_dimensions  # the role is the counting node's own
+
+
+def test_area_values_of_every_kind():
+    assert p.area_value("cbs_buurt", "BU08550101") == "buurt:BU08550101"
+    assert p.area_value("gemeente", "0855") == "gemeente:0855"  # an unknown kind keeps its name
+    assert p.area_value("postcode4", None) is None
+    assert p.area_value(None, "4331") is None
+
+
 # --- counting --------------------------------------------------------------------------
 
 F = p.SignalFacts
@@ -168,6 +290,93 @@ def test_count_refuses_the_reserved_total():
         p.count(SIGNALS, (C,), [F(None, None, "totaal", "2026-01")], role="x", period=Q1)
 
 
+@pytest.mark.parametrize(
+    ("cells", "noise_scale", "field", "message"),
+    [
+        ({("a",): 1}, 0.0, "cells.values", "a cell needs 2 values"),
+        ({("a", "x", "y"): 1}, 0.0, "cells.values", "a cell needs 2 values"),
+        ({"ax": 1}, 0.0, "cells.values", "a cell needs 2 values"),
+        ({("a", "x"): True}, 0.0, "cells.count", "must be an integer"),
+        ({("a", "x"): 1.0}, 0.0, "cells.count", "must be an integer"),
+        ({("a", "x"): 1}, -0.5, "noise_scale", "must be >= 0"),
+        ({("a", "x"): 1}, math.nan, "noise_scale", "must be >= 0"),
+        ({("a", "x"): 1}, math.inf, "noise_scale", "must be >= 0"),
+    ],
+)
+def test_a_table_refuses_bad_cells_naming_the_field(cells, noise_scale, field, message):
+    with pytest.raises(InvalidInput) as caught:
+        table(cells, noise_scale=noise_scale)
+    assert (caught.value.field, caught.value.message) == (field, message)
+
+
+def test_a_table_holds_at_most_max_cells():
+    assert len(table({(str(i), "x"): 1 for i in range(p.MAX_CELLS)})) == p.MAX_CELLS
+    with pytest.raises(MessageTooLarge) as caught:
+        table({(str(i), "x"): 1 for i in range(p.MAX_CELLS + 1)})
+    assert caught.value.field == "cells"
+    assert caught.value.message == f"a table has at most {p.MAX_CELLS} cells"
+
+
+def test_tables_compare_by_shape_scale_totals_and_cells():
+    one = table({("a", "x"): 1}, noise_scale=1.5)
+    assert one == table({("a", "x"): 1}, noise_scale=1.5)
+    assert hash(one) == hash(table({("a", "x"): 1}, noise_scale=1.5))
+    assert one != table({("a", "x"): 2}, noise_scale=1.5)
+    assert one != table({("a", "x"): 1}, noise_scale=1.0)
+    assert one != table({("a", "x"): 1}, dims=(A, B), noise_scale=1.5)
+    assert table({}) != p.with_totals(table({}))
+    assert one != {("a", "x"): 1}  # a plain mapping is not a table
+    assert one.__eq__(5) is NotImplemented
+    assert repr(table({("a", "x"): 1})) == (
+        "Table(active_signals, ['area', 'category'], 2026-01..2026-03, {('a', 'x'): 1}, "
+        "noise_scale=0.0)"
+    )
+    assert one.noisy
+    assert not table({}).noisy
+    assert table({("a", 1): 2})[("a", "1")] == 2  # values are kept as text
+
+
+def test_axes_and_total_leave_the_totals_out():
+    totalled = p.with_totals(table({("b", "x"): 1, (p.UNKNOWN, "x"): 2, ("a", "y"): 4}))
+    assert totalled.axis(A) == ("a", "b", p.UNKNOWN)
+    assert totalled.axis(C) == ("x", "y")
+    assert totalled.total() == 7
+    assert p.Table(SIGNALS, (C,), Q1, {(p.OTHER,): 1, (p.UNKNOWN,): 1, ("z",): 1}).axis(C) == (
+        "z",
+        p.UNKNOWN,
+        p.OTHER,
+    )
+
+
+def test_count_skips_zero_counts_and_refuses_negative_ones():
+    zero = [F("pc4:4331", None, "woonfraude", "2026-01", count=0)]
+    assert dict(p.count(SIGNALS, (A,), zero, role="x", period=Q1)) == {}
+    with pytest.raises(InvalidInput) as caught:
+        p.count(SIGNALS, (A,), [F("pc4:4331", None, "woonfraude", "2026-01", count=-1)],
+                role="x", period=Q1)  # fmt: skip
+    assert (caught.value.field, caught.value.message) == ("facts.count", "must be >= 0")
+    with pytest.raises(InvalidInput) as caught:
+        p.count(SIGNALS, (C,), [F(None, None, "totaal", "2026-01")], role="x", period=Q1)
+    assert (caught.value.field, caught.value.message) == (
+        "facts",
+        "'totaal' is reserved for totals",
+    )
+    with pytest.raises(InvalidInput) as caught:
+        p.count(SIGNALS, (R,), FACTS, role="totaal", period=Q1)
+    assert caught.value.reason == "picture.reserved"
+
+
+def test_count_takes_every_month_of_the_period_and_no_other():
+    facts = [F(None, None, "woonfraude", m) for m in ("2025-12", "2026-01", "2026-03", "2026-04")]
+    assert dict(p.count(SIGNALS, (M,), facts, role="x", period=Q1)) == {
+        ("2026-01",): 1,
+        ("2026-03",): 1,
+    }
+    with pytest.raises(InvalidInput) as caught:
+        p.count(SIGNALS, (T,), FACTS, role="x", period=Q1)
+    assert caught.value.field == "dimensions"
+
+
 # --- combining -----------------------------------------------------------------------------
 
 
@@ -198,6 +407,60 @@ def test_with_totals():
     assert totals[("totaal", "x")] == 6
     assert totals[("totaal", "totaal")] == 8
     assert totals.totals_over == (A, C)
+
+
+def test_totals_are_added_once_and_over_the_dimensions_asked():
+    cells = {("a", "x"): 1, ("a", "y"): 2, ("b", "x"): 5}
+    rows = p.with_totals(table(cells), over=(C,))
+    assert dict(rows) == {**cells, ("a", "totaal"): 3, ("b", "totaal"): 5}
+    assert rows.totals_over == (C,)
+    assert dict(p.with_totals(table(cells), over=())) == cells
+    empty = p.with_totals(table({}))
+    assert dict(empty) == {("totaal", "totaal"): 0}  # the grand total, even of nothing
+    assert dict(p.with_totals(table({}), over=(A,))) == {}
+    with pytest.raises(InvalidInput) as caught:
+        p.with_totals(rows)
+    assert (caught.value.field, caught.value.message) == ("table", "the table has totals already")
+    with pytest.raises(InvalidInput) as caught:
+        p.combine([table(cells), rows])
+    assert caught.value.field == "tables[1]"
+    assert caught.value.message == "combine contributions before adding totals"
+    assert caught.value.reason == "picture.totals"
+    noisy = p.with_totals(table(cells, noise_scale=2.0))
+    assert noisy.noise_scale == 2.0
+
+
+def test_combine_keeps_noisy_zeros_and_drops_exact_ones():
+    exact = p.combine([table({("a", "x"): 2}), table({("a", "x"): -2, ("b", "x"): 1})])
+    assert dict(exact) == {("b", "x"): 1}
+    noisy = p.combine([table({("a", "x"): 2}, noise_scale=1.0), table({("a", "x"): -2})])
+    assert dict(noisy) == {("a", "x"): 0}
+    with pytest.raises(InvalidInput) as caught:
+        p.combine([])
+    assert (caught.value.field, caught.value.message) == ("tables", "no contributions to combine")
+    with pytest.raises(InvalidInput) as caught:
+        p.combine(
+            [table({}), table({}), p.Table(SIGNALS, (A, C), p.Period("2026-01", "2026-02"), {})]
+        )
+    assert caught.value.field == "tables[2]"
+    assert caught.value.message == "a contribution counts another measure, period or dimensions"
+
+
+@pytest.mark.parametrize("min_count", [0, -1, True, 2.0, "5"])
+def test_release_needs_a_min_count_of_at_least_one(min_count):
+    with pytest.raises(InvalidInput) as caught:
+        p.release(table({("a", "x"): 3}), min_count=min_count)
+    assert (caught.value.field, caught.value.message) == ("min_count", "must be an integer >= 1")
+    assert caught.value.reason == "picture.min_count"
+
+
+def test_release_at_min_count_one_shows_everything():
+    released = p.release(table({("a", "x"): 1, ("b", "x"): 0}), min_count=1)
+    assert {c.values: c.count for c in released.cells} == {("a", "x"): 1}
+    assert released.suppressed == ()
+    assert released.cell(("b", "x")) == p.ReleasedCell(("b", "x"), 0, p.CellQuality.EXACT, 0.0)
+    assert released.axis(C) == ("x",)
+    assert not released.noisy
 
 
 def released_counts(released):
@@ -387,6 +650,56 @@ def test_values_outside_the_domain_count_as_other():
     counted = p.Table(SIGNALS, (C,), Q1, {("geheim",): 3, ("woonfraude",): 1})
     noisy = p.add_noise(counted, epsilon=100.0, domain={C: ("woonfraude",)}, rng=random.Random(2))
     assert set(noisy) == {("woonfraude",), (p.OTHER,)}
+
+
+def test_public_domain_gives_areas_and_branches_only_where_given():
+    everything = (A, B, C, R, M, T)
+    known = p.public_domain(everything, period=Q1, role="gemeente", categories=("woonfraude",))
+    assert known == {
+        C: ("woonfraude",),
+        R: ("gemeente",),
+        M: ("2026-01", "2026-02", "2026-03"),
+        T: (*p.INTERVENTION_TYPES, p.UNKNOWN),
+    }
+    given = p.public_domain(
+        (A, B), period=Q1, role="gemeente", areas=("pc4:4331",), branches=("5610", "9602")
+    )
+    assert given == {A: ("pc4:4331", p.UNKNOWN), B: ("5610", "9602", p.UNKNOWN)}
+    assert p.public_domain((C, M), period=Q1, role="x") == {M: Q1.months()}  # no categories
+
+
+def test_noise_refuses_a_domain_larger_than_a_table():
+    counted = p.Table(SIGNALS, (A, C), Q1, {})
+    domain = {A: tuple(f"pc4:{i}" for i in range(p.MAX_CELLS // 2)), C: ("a", "b")}
+    assert len(p.add_noise(counted, epsilon=1.0, domain=domain, rng=random.Random(6))) == (
+        p.MAX_CELLS
+    )
+    bigger = {A: (*domain[A], "pc4:extra"), C: ("a", "b")}
+    with pytest.raises(MessageTooLarge) as caught:
+        p.add_noise(counted, epsilon=1.0, domain=bigger, rng=random.Random(7))
+    assert caught.value.field == "dimensions"
+    assert caught.value.message == (
+        f"the table would have {p.MAX_CELLS + 2} cells, at most {p.MAX_CELLS}; "
+        "ask for fewer dimensions"
+    )
+
+
+def test_noise_of_an_empty_table_is_an_empty_table():
+    empty = p.Table(SIGNALS, (A,), Q1, {})
+    noisy = p.add_noise(empty, epsilon=1.0)
+    assert dict(noisy) == {}
+    assert noisy.noisy
+    assert (noisy.epsilon, noisy.laplace_scale) == (1.0, 1.0)
+
+
+def test_discrete_laplace_sd():
+    assert p.discrete_laplace_sd(0.0) == 0.0
+    assert p.discrete_laplace_sd(-1.0) == 0.0
+    for scale in (0.5, 1.0, 3.0):
+        # The standard deviation of P(k) proportional to exp(-|k|/b), summed out.
+        weights = {k: math.exp(-abs(k) / scale) for k in range(-200, 201)}
+        variance = sum(k * k * w for k, w in weights.items()) / sum(weights.values())
+        assert p.discrete_laplace_sd(scale) == pytest.approx(math.sqrt(variance), rel=1e-9)
 
 
 @pytest.mark.parametrize("epsilon", [0.5, 1.0, 2.0])
