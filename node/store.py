@@ -66,6 +66,7 @@ from samenloop.node import cases as case_core
 from samenloop.node import models, picture
 from samenloop.node.disclosure import Outcome, ResponseUpdate, SignalFacts, Verdict
 from samenloop.node.envelopes import Envelope
+from samenloop.node.holder import AnsweredRequest
 from samenloop.node.identifiers import Identifier, IdentifierType
 from samenloop.node.models import (
     AreaKind,
@@ -1511,14 +1512,30 @@ class NodeStore(audit_store.AuditLog):
         )
 
     def count_evaluation(
-        self, party: str, *, now: datetime, elements: int = 0, refused: bool = False
+        self,
+        party: str,
+        *,
+        now: datetime,
+        elements: int = 0,
+        refused: bool = False,
+        reason: str | None = None,
+        answered: AnsweredRequest | None = None,
     ) -> None:
         """Count one key-holder request of ``party`` on ``now``'s UTC day: served (with
-        the number of elements evaluated) or refused."""
+        the number of elements evaluated) or refused (with the ``reason``, for the audit).
+
+        ``answered`` is the replay-cache entry of a served request: stored in the
+        same transaction, so a count is never kept without it nor it without the
+        count. An entry already stored is a :class:`Replay` and nothing is
+        counted. Entries past their ``keep_until`` are deleted here too.
+        """
         _check_text(party, "party", models.MAX_PARTY_CHARS)
         if elements < 0:
             raise InvalidInput("a count is not negative", field="elements")
-        day = _utc(now).date()
+        if answered is not None and (refused or answered.requester != party):
+            raise InvalidInput("only a served request of this party is answered", field="answered")
+        now = _utc(now)
+        day = now.date()
         served, evaluated, refusals = (0, 0, 1) if refused else (1, elements, 0)
         usage = models.HolderUsage
         statement = self._insert(usage).values(
@@ -1537,15 +1554,53 @@ class NodeStore(audit_store.AuditLog):
                 "requests_refused": usage.requests_refused + statement.excluded.requests_refused,
             },
         )
+        details: dict[str, str | int | bool] = {"elements": evaluated, "refused": refused}
+        if reason is not None:
+            details["reason"] = reason
         with self._write() as conn:
+            if answered is not None:
+                answers = models.HolderAnswer
+                conn.execute(delete(answers).where(answers.keep_until < now))
+                stored = conn.execute(
+                    self._insert(answers)
+                    .values(
+                        requester=answered.requester,
+                        request_id=answered.request_id,
+                        holder_index=answered.holder_index,
+                        keep_until=_utc(answered.keep_until),
+                    )
+                    .on_conflict_do_nothing(
+                        index_elements=["requester", "request_id", "holder_index"]
+                    )
+                    .returning(answers.holder_index)
+                ).first()
+                if stored is None:
+                    raise Replay(
+                        "this request was already answered",
+                        field="request_id",
+                        reason="oprf.replay",
+                    )
             conn.execute(statement)
             self.append_audit(
                 conn,
                 kind=AuditKind.OPRF_EVALUATION,
                 actor=party,
-                details={"elements": evaluated, "refused": refused},
+                subject=[answered.request_id.hex()] if answered is not None else (),
+                details=details,
                 now=now,
             )
+
+    def answered_requests(self, *, now: datetime) -> list[AnsweredRequest]:
+        """The key holder's replay cache: answered requests that could still be fresh at ``now``."""
+        answers = models.HolderAnswer
+        with self._read() as conn:
+            rows = conn.execute(
+                select(answers.__table__).where(answers.keep_until >= _utc(now))
+            ).all()
+        return [
+            AnsweredRequest(row.requester, row.request_id, row.holder_index, row.keep_until)
+            for row in rows
+        ]
 
     def evaluations_on(self, party: str, day: date) -> int:
         """Elements evaluated for ``party`` on a UTC day: what its daily quota counts."""

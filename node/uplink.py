@@ -21,7 +21,9 @@ outbox waits, nothing is lost):
   it is adopted, and a refused one is recorded and skipped: a node does not
   trust the broker.
 * **holder** (key holders only): keep a ``HolderChannel`` open and answer the
-  evaluation requests the broker relays, with ``KeyHolder.handle``.
+  evaluation requests the broker relays, with ``KeyHolder.answer``; each
+  answer is counted, and an evaluation entered in the replay cache, in one
+  transaction that commits before the answer is sent.
 
 Every component reads the covenant through the ``HeldCovenant`` on each use,
 so an accepted update takes effect at once. If the version held no longer
@@ -43,7 +45,7 @@ import structlog
 from samenloop.node import evaluation, threshold, tokens
 from samenloop.node.case_desk import CaseDesk
 from samenloop.node.disclosure_desk import DisclosureDesk
-from samenloop.node.holder import KeyHolder
+from samenloop.node.holder import HolderReply, KeyHolder
 from samenloop.node.models import BatchKind, HitKind
 from samenloop.node.notices import verify_hit_notice
 from samenloop.node.picture_desk import PictureDesk
@@ -51,11 +53,11 @@ from samenloop.node.store import NodeStore, OutboxBatch
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import rules
 from samenloop.policies.crypto import PartyKeys, SignatureContext
-from samenloop.policies.errors import NotEnoughHolders, SamenloopError
+from samenloop.policies.errors import NotEnoughHolders, Replay, SamenloopError
 from samenloop.policies.trust import HeldCovenant, SignedCovenant
-from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2, keyholder_pb2
+from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
-__all__ = ["Uplink", "UplinkStatus", "broker_channel", "verify_hit_notice"]
+__all__ = ["Uplink", "UplinkStatus", "broker_channel", "record_answer", "verify_hit_notice"]
 
 log = structlog.get_logger(__name__)
 
@@ -170,6 +172,7 @@ class Uplink:
         self._clock = clock
         self._on_hit = on_hit
         self._epoch_of: tuple[int, threshold.KeyEpoch] | None = None
+        self._use_of: tuple[int, threshold.DailyUse] | None = None
         self.wake = threading.Event()
         self.disclosures = DisclosureDesk(
             keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set
@@ -293,6 +296,16 @@ class Uplink:
             self._epoch_of = (covenant.version, threshold.KeyEpoch.from_covenant(covenant))
         return self._epoch_of[1]
 
+    def _daily_use(
+        self, covenant: covenant_model.Covenant, epoch: threshold.KeyEpoch
+    ) -> threshold.DailyUse:
+        """What each holder still evaluates for this node today, kept across tokenise calls
+        (so the planner spreads the load) and started afresh with each covenant version."""
+        if self._use_of is None or self._use_of[0] != covenant.version:
+            use = evaluation.daily_use(covenant.policy.quotas, epoch, self._party)
+            self._use_of = (covenant.version, use)
+        return self._use_of[1]
+
     def _hello(self) -> None:
         covenant = self._covenant()
         answer = self._broker.Hello(
@@ -349,9 +362,13 @@ class Uplink:
             [p.identifier for p in pending],
             self._relay,
             now=now,
+            planner=threshold.HolderPlanner(epoch, use=self._daily_use(covenant, epoch)),
         )
+        # Fewer tokens than identifiers when the holders ran out midway (the quota is used
+        # up): the rest stay pending, and the next round says why in the status.
+        done = pending[: len(made)]
         self._store.record_tokens(
-            {p.id: token for p, token in zip(pending, made, strict=True)},
+            {p.id: token for p, token in zip(done, made, strict=True)},
             epoch.epoch,
             now=self._clock(),
             seal_attributes=self._seal_category,
@@ -562,18 +579,20 @@ class Uplink:
                     continue
                 now = self._clock()
                 try:
-                    answer = holder.handle(message.evaluation.request.SerializeToString(), now=now)
+                    decided = holder.answer(message.evaluation.request.SerializeToString(), now=now)
                 except SamenloopError as error:  # no requester to answer: drop it
                     log.info("relayed request dropped", reason=error.reason)
                     continue
-                signed = common_pb2.Signed.FromString(answer)
-                # Counted durably before the answer leaves: a crash in between must not hand
-                # out evaluations that the quota never saw.
-                self._count_evaluation(message.evaluation.request.signer, signed, now)
+                # Counted and entered in the replay cache durably before the answer leaves:
+                # a crash in between must neither hand out evaluations that the quota never
+                # saw nor let the request be answered again after a restart.
+                if not record_answer(self._store, holder, decided, now=now):
+                    continue
                 outbound.put(
                     broker_pb2.HolderChannelRequest(
                         answer=broker_pb2.HolderAnswer(
-                            relay_id=message.evaluation.relay_id, response=signed
+                            relay_id=message.evaluation.relay_id,
+                            response=common_pb2.Signed.FromString(decided.reply),
                         )
                     )
                 )
@@ -581,14 +600,35 @@ class Uplink:
             outbound.close()
             self._untrack(call)
 
-    def _count_evaluation(self, requester: str, signed: common_pb2.Signed, now: datetime) -> None:
-        """Keep the holder's counts durable: for the quota after a restart, status and audit."""
-        response = keyholder_pb2.EvaluationResponse.FromString(signed.body)
-        if response.HasField("evaluation"):
-            elements = len(response.evaluation.evaluated_elements)
-            self._store.count_evaluation(requester, now=now, elements=elements)
-        else:
-            self._store.count_evaluation(requester, now=now, refused=True)
+
+def record_answer(
+    store: NodeStore, holder: KeyHolder, decided: HolderReply, *, now: datetime
+) -> bool:
+    """Commit a key holder's count (and an evaluation's replay-cache entry); whether to send.
+
+    One transaction, before the reply leaves: a crash before the commit sends
+    nothing, a crash after it has counted the answer and will refuse its replay.
+    If the commit fails the admission is undone and the error propagates;
+    an entry the store already holds (only possible if another process
+    serves this seat) is not answered again.
+    """
+    try:
+        store.count_evaluation(
+            decided.requester,
+            now=now,
+            elements=decided.elements,
+            refused=decided.refused is not None,
+            reason=decided.refused.name if decided.refused is not None else None,
+            answered=decided.answered,
+        )
+    except Replay:
+        holder.withdraw(decided)
+        log.warning("evaluation request answered before: not answered again")
+        return False
+    except BaseException:
+        holder.withdraw(decided)
+        raise
+    return True
 
 
 class _Outbound:

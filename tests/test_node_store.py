@@ -13,6 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from samenloop.node import store as node_store
+from samenloop.node.holder import AnsweredRequest
 from samenloop.node.identifiers import Identifier, IdentifierType, parse
 from samenloop.node.models import (
     AreaKind,
@@ -20,6 +21,7 @@ from samenloop.node.models import (
     BatchKind,
     HitKind,
     HitState,
+    HolderAnswer,
     IdentifierState,
     SignalState,
 )
@@ -122,7 +124,7 @@ def test_migrations_go_up_down_and_up_again_and_are_checked(database_url):
         assert refused.value.reason == "schema.behind"
 
         database.upgrade(engine, MIGRATIONS)
-        assert database.current(engine) == database.heads(MIGRATIONS) == ("0006",)
+        assert database.current(engine) == database.heads(MIGRATIONS) == ("0007",)
         database.check_at_head(engine, MIGRATIONS)
 
         database.downgrade(engine, MIGRATIONS)
@@ -629,6 +631,54 @@ def test_key_holder_counters_per_party_and_day(node):
         23,
         1,
     )
+
+
+def test_an_answered_request_is_kept_with_its_count_and_refused_twice(node, engine):
+    first = AnsweredRequest("gemeente", b"a" * 16, 2, NOW + timedelta(minutes=6))
+    node.count_evaluation("gemeente", now=NOW, elements=4, answered=first)
+    assert node.answered_requests(now=NOW) == [first]
+    before = table_counts(engine)
+    # The same (requester, request id, holder index) again: nothing is counted or stored.
+    with pytest.raises(Replay) as raised:
+        node.count_evaluation("gemeente", now=NOW, elements=4, answered=first)
+    assert raised.value.field == "request_id"
+    assert table_counts(engine) == before
+    assert node.evaluations_on("gemeente", NOW.date()) == 4
+    # Another holder index or request id is another request.
+    other_seat = AnsweredRequest("gemeente", b"a" * 16, 3, NOW + timedelta(minutes=6))
+    node.count_evaluation("gemeente", now=NOW, elements=1, answered=other_seat)
+    assert node.evaluations_on("gemeente", NOW.date()) == 5
+    (entry,) = [e for e in node.audit_entries() if e.kind == "oprf_evaluation"][-1:]
+    assert entry.subject == ((b"a" * 16).hex(),)
+    assert dict(entry.details) == {"elements": 1, "refused": False}
+
+
+def test_answered_requests_are_kept_until_they_can_no_longer_be_fresh(node):
+    early = AnsweredRequest("politie", b"e" * 16, 1, NOW + timedelta(minutes=1))
+    late = AnsweredRequest("politie", b"l" * 16, 1, NOW + timedelta(minutes=6))
+    node.count_evaluation("politie", now=NOW, elements=1, answered=early)
+    node.count_evaluation("politie", now=NOW, elements=1, answered=late)
+    assert node.answered_requests(now=NOW + timedelta(minutes=1)) == [early, late]
+    assert node.answered_requests(now=NOW + timedelta(minutes=2)) == [late]
+    # The next answer deletes what expired.
+    later = AnsweredRequest("politie", b"n" * 16, 1, NOW + timedelta(minutes=9))
+    node.count_evaluation("politie", now=NOW + timedelta(minutes=2), elements=1, answered=later)
+    with node.engine.connect() as conn:
+        kept = conn.execute(sa.select(HolderAnswer.request_id)).scalars().all()
+    assert sorted(kept) == [b"l" * 16, b"n" * 16]
+
+
+def test_a_refusal_is_counted_with_its_reason_and_no_replay_entry(node):
+    node.count_evaluation("riec", now=NOW, refused=True, reason="QUOTA_EXCEEDED")
+    assert node.answered_requests(now=NOW) == []
+    (entry,) = [e for e in node.audit_entries() if e.kind == "oprf_evaluation"]
+    assert dict(entry.details) == {"elements": 0, "refused": True, "reason": "QUOTA_EXCEEDED"}
+    entry_for = AnsweredRequest("riec", b"x" * 16, 1, NOW)
+    with pytest.raises(InvalidInput) as raised:  # a refusal answered nothing
+        node.count_evaluation("riec", now=NOW, refused=True, answered=entry_for)
+    assert raised.value.field == "answered"
+    with pytest.raises(InvalidInput):  # the entry is the counted party's
+        node.count_evaluation("politie", now=NOW, elements=1, answered=entry_for)
 
 
 def test_naive_times_are_refused(node):

@@ -5,8 +5,9 @@ process (mTLS on loopback, SQLite), driven through the client library, the
 admin CLI and the broker's own sweep, all on one controllable clock:
 
 * quotas hold: a node gets no more identifiers tokenised per day than the
-  covenant's ``oprf_evaluations_per_day`` (the key holders refuse the rest, which
-  stay pending and never reach the broker, until the next day); a request beyond
+  covenant's ``oprf_evaluations_per_day`` (the node stops asking once the holders'
+  answers say nothing is left, the holders refuse the rest, which stay pending and
+  never reach the broker, until the next day); a request beyond
   ``disclosure_requests_per_day`` is refused as ``quota_exceeded`` and releases nothing;
 * expired signals disappear: the owner's expiry sweep withdraws them, the broker's
   own sweep drops them even when their node is offline, and the other party's hit
@@ -263,10 +264,26 @@ def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
         lambda: cluster.tokens_at_broker() == OPRF_PER_DAY,
     )
 
-    # Two more the same day: the holders refuse, nothing more reaches the broker.
+    # Two more the same day. The holders' answers said that nothing is left today, so the
+    # flooder's node asks no more; nothing more reaches the broker.
     over = [f"B-{i}" for i in range(OPRF_PER_DAY, OPRF_PER_DAY + 2)]
     for i, reference in enumerate(over, start=OPRF_PER_DAY):
         flooder.add_signal(reference, "woonfraude", [("bsn", SPARE_BSNS[i])])
+    last_error = wait_for(
+        "the flooder's status naming the used-up quota",
+        lambda: "no quota left today" in (e := flooder.status().last_error) and e,
+    )
+    assert "NotEnoughHolders" in last_error, last_error
+    for holder in HOLDERS:
+        status = cluster.clients[holder].status().key_holder
+        assert status is not None, holder
+        assert status.requests_refused == 0, holder
+
+    # Restarted, the node no longer knows: it asks, both holders refuse and say what is
+    # left (nothing), and it stops asking.
+    cluster.stop(GEMEENTE_B)
+    cluster.start(GEMEENTE_B)
+    flooder = cluster.clients[GEMEENTE_B]
 
     def refused_by_both() -> bool:
         return all(
@@ -281,6 +298,11 @@ def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
         lambda: "QUOTA_EXCEEDED" in (e := flooder.status().last_error) and e,
     )
     assert "NotEnoughHolders" in last_error, last_error
+    time.sleep(1.5)  # a few more rounds of the work loop: it asks no more
+    for holder in HOLDERS:
+        status = cluster.clients[holder].status().key_holder
+        assert status is not None, holder
+        assert status.requests_refused == 1, holder
     for holder in HOLDERS:
         served = cluster.clients[holder].status().key_holder
         assert served is not None
