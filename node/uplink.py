@@ -5,7 +5,10 @@ broker is down (the node keeps working offline: signals are stored, the
 outbox waits, nothing is lost):
 
 * **work**: tokenise pending identifiers through the key holders (``Evaluate``
-  relay), store the tokens and their outbox batch in one transaction, then send
+  relay; the planner keeps what each holder still allows this party today and
+  spreads the requests, and when the holders are out of reach or the day's
+  quota is used up, tokenising backs off while the sending goes on), store the
+  tokens and their outbox batch in one transaction, then send
   the outbox in order (``SubmitTokens`` / ``WithdrawTokens``) and mark each
   batch acknowledged only after the broker's answer. A batch resent after a
   crash carries the same client batch id, so the broker counts it once.
@@ -34,6 +37,7 @@ status (the broker refuses the party anyway).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -131,18 +135,32 @@ class UplinkStatus:
 
 
 class Backoff:
-    """Exponential backoff between reconnects, reset after a success."""
+    """Exponential backoff between reconnects, reset after a success.
+
+    ``wait`` sleeps it; ``defer`` only marks the work not ``due`` until then,
+    so that a loop can go on with its other work meanwhile.
+    """
 
     def __init__(self, stop: threading.Event) -> None:
         self._stop = stop
         self._delay = BACKOFF_FIRST
+        self._due = 0.0
 
     def wait(self) -> None:
         self._stop.wait(self._delay)
         self._delay = min(self._delay * 2, BACKOFF_MAX)
 
+    def defer(self) -> None:
+        self._due = time.monotonic() + self._delay
+        self._delay = min(self._delay * 2, BACKOFF_MAX)
+
+    @property
+    def due(self) -> bool:
+        return time.monotonic() >= self._due
+
     def reset(self) -> None:
         self._delay = BACKOFF_FIRST
+        self._due = 0.0
 
 
 class Uplink:
@@ -242,6 +260,7 @@ class Uplink:
 
     def _work_loop(self) -> None:
         backoff = Backoff(self._stop)
+        tokenising = Backoff(self._stop)
         hello_done = False
         while not self._stop.is_set():
             try:
@@ -252,7 +271,17 @@ class Uplink:
                     self.wake.wait(IDLE_SECONDS)
                     self.wake.clear()
                     continue
-                busy = self._tokenise_some()
+                busy = False
+                if tokenising.due:
+                    try:
+                        busy = self._tokenise_some()
+                        tokenising.reset()
+                    except NotEnoughHolders as error:
+                        # Holders offline or the quota used up today: try again later, with
+                        # all of them; what is tokenised and the envelopes still go out.
+                        self.status.update(last_error=f"tokenise: {type(error).__name__}: {error}")
+                        log.info("tokenising held back", reason=str(error))
+                        tokenising.defer()
                 busy = self._send_outbox() or busy
                 busy = self._send_envelopes() or busy
                 backoff.reset()
@@ -262,9 +291,6 @@ class Uplink:
             except grpc.RpcError as error:
                 self._failed("work", error)
                 hello_done = False
-                backoff.wait()
-            except NotEnoughHolders as error:  # holders offline: retry with all of them later
-                self._failed("tokenise", error)
                 backoff.wait()
             except Exception as error:  # a bug or a database outage: keep serving
                 self._crashed("work", error)
