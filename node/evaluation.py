@@ -15,10 +15,12 @@ evaluate its blinded elements (see ``proto/samenloop/v1/keyholder.proto``):
    raises for one bad holder: a reply that fails any check marks that holder
    faulty, exactly like a wrong DLEQ proof.
 4. ``tokenise`` runs the whole pipeline: blind (``tokens.start``), choose a
-   set, build, relay, read, verify the proofs and combine
-   (``threshold.combine``), unblind and derive (``tokens.finish``). A faulty,
-   refusing or unreachable holder is left out and the evaluation is asked
-   again of a new set, under a new request id.
+   set and how many elements to ask of it (``threshold.HolderPlanner``: a
+   holder party's own seat always, then the holders with the most of the
+   day's quota left, as their answers say), build, relay, read, verify the
+   proofs and combine (``threshold.combine``), unblind and derive
+   (``tokens.finish``). A faulty, refusing or unreachable holder is left out
+   and the evaluation is asked again of a new set, under a new request id.
 
 Sans-IO: no network, no database; time and request ids are passed in.
 Nothing here logs a blinded element, an evaluation or an identifier.
