@@ -5,7 +5,8 @@ broker is down (the node keeps working offline: signals are stored, the
 outbox waits, nothing is lost):
 
 * **work**: tokenise pending identifiers through the key holders (``Evaluate``
-  relay), store the tokens and their outbox batch in one transaction, then send
+  relay), store the tokens, their hit proof keys (kept on the node) and their
+  outbox batch in one transaction, then send
   the outbox in order (``SubmitTokens`` / ``WithdrawTokens``) and mark each
   batch acknowledged only after the broker's answer. A batch resent after a
   crash carries the same client batch id, so the broker counts it once.
@@ -341,7 +342,7 @@ class Uplink:
         if not pending:
             return False
         epoch = self._key_epoch(covenant)
-        made = evaluation.tokenise(
+        made = evaluation.tokenise_with_proof_keys(
             self._keys,
             covenant,
             tokens.TokenDomain(covenant.id, epoch.epoch),
@@ -351,10 +352,11 @@ class Uplink:
             now=now,
         )
         self._store.record_tokens(
-            {p.id: token for p, token in zip(pending, made, strict=True)},
+            {p.id: m.token for p, m in zip(pending, made, strict=True)},
             epoch.epoch,
             now=self._clock(),
             seal_attributes=self._seal_category,
+            proof_keys={p.id: m.hit_proof_key for p, m in zip(pending, made, strict=True)},
         )
         return True
 
