@@ -41,7 +41,7 @@ details (DESIGN flow 5, ``proto/samenloop/v1/disclosure.proto``):
   notice signed by the broker, for this covenant, to the
   requester, naming the request's hit group               INVALID_NOTICE
   *the hit proof* (one message for all five, so that a
-  refusal tells nothing of which failed):                NOT_IN_HIT
+  refusal tells nothing of which failed):                 NOT_IN_HIT
   (1) the notice lists the owner with this signal ref
   (2) the owner holds a signal with this ref
   (3) the owner's own latest notice of the group lists
@@ -62,9 +62,10 @@ details (DESIGN flow 5, ``proto/samenloop/v1/disclosure.proto``):
 
   The hit proof comes before HIT_CLOSED so that only a party that holds the
   subject learns whether the owner's signal is still active. Rules (3) and (5)
-  are the owner's own records: a notice the broker forged, naming a signal
-  that is in no hit, fails (3) at the owner (unless the broker forged the
-  owner's notice too) and always (5). The later NOT_IN_HIT rules keep a stale
+  rest on the owner's own records and keys, not on the broker: a notice the
+  broker forged for a signal in no hit fails (3), unless the broker forged
+  the owner's notice too, and (5), unless the requester really holds the
+  subject's identifier. The later NOT_IN_HIT rules keep a stale
   notice from being proof: a requester that withdrew its signal, whose signal
   expired or that the broker removed from the group keeps its old notice (and
   its proof key), but the owner's own latest notice no longer shows it; and a

@@ -2,8 +2,13 @@
 
 Part one drives the sans-IO core (:mod:`samenloop.node.disclosure`) with real
 keys and broker-signed notices and an in-memory :class:`Facts`: every refusal
-reason, a grant with withheld fields, four eyes (pending, approve, deny, the
-asking officer refused), quotas per rule period and per day, forged envelopes.
+reason, every way the hit proof fails (one message for all), a grant with
+withheld fields, four eyes (pending, approve, deny, the asking officer refused
+however the name is spelled, approval failing closed), quotas per rule period
+and per day, forged envelopes. Then the path of a received request: built and
+sealed by the requester, received by the owner's desk, decided pending and
+stored with its hit group on SQLite, and approved, or refused at approval
+because the owner's notice of now says the hit closed or the requester left.
 
 Part two runs a real broker and three real nodes in this process (mTLS on
 loopback, SQLite) and drives them with the client library: a granted
