@@ -14,13 +14,15 @@ evaluate its blinded elements (see ``proto/samenloop/v1/keyholder.proto``):
    replies into answers, refusals (with their reason) and faults. It never
    raises for one bad holder: a reply that fails any check marks that holder
    faulty, exactly like a wrong DLEQ proof.
-4. ``tokenise`` runs the whole pipeline: blind (``tokens.start``), choose a
-   set and how many elements to ask of it (``threshold.HolderPlanner``: a
-   holder party's own seat always, then the holders with the most of the
-   day's quota left, as their answers say), build, relay, read, verify the
-   proofs and combine (``threshold.combine``), unblind and derive
-   (``tokens.finish``). A faulty, refusing or unreachable holder is left out
-   and the evaluation is asked again of a new set, under a new request id.
+4. ``tokenise_with_proof_keys`` runs the whole pipeline: blind
+   (``tokens.start``), choose a set and how many elements to ask of it
+   (``threshold.HolderPlanner``: a holder party's own seat always, then the
+   holders with the most of the day's quota left, as their answers say),
+   build, relay, read, verify the proofs and combine (``threshold.combine``),
+   unblind and derive the tokens and their hit proof keys
+   (``tokens.finish_with_proof_keys``); ``tokenise`` keeps the tokens only. A
+   faulty, refusing or unreachable holder is left out and the evaluation is
+   asked again of a new set, under a new request id.
 
 Sans-IO: no network, no database; time and request ids are passed in.
 Nothing here logs a blinded element, an evaluation or an identifier.
@@ -403,7 +405,35 @@ def tokenise(
     planner: HolderPlanner | None = None,
     request_ids: Callable[[], bytes] = new_request_id,
 ) -> list[bytes]:
-    """Tokenise ``identifiers`` with the covenant's key holders, through ``relay``.
+    """The tokens of :func:`tokenise_with_proof_keys`, without their hit proof keys."""
+    made = tokenise_with_proof_keys(
+        keys,
+        directory,
+        domain,
+        epoch,
+        identifiers,
+        relay,
+        now=now,
+        planner=planner,
+        request_ids=request_ids,
+    )
+    return [m.token for m in made]
+
+
+def tokenise_with_proof_keys(
+    keys: PartyKeys,
+    directory: Directory,
+    domain: TokenDomain,
+    epoch: KeyEpoch,
+    identifiers: Sequence[Tokenisable],
+    relay: Relay,
+    *,
+    now: datetime,
+    planner: HolderPlanner | None = None,
+    request_ids: Callable[[], bytes] = new_request_id,
+) -> list[tokens.TokenKeys]:
+    """Tokenise ``identifiers`` with the covenant's key holders, through ``relay``; each
+    token comes with its hit proof key (:mod:`samenloop.node.tokens`).
 
     Returns the tokens of ``identifiers`` in order, or of a first part of them
     when the holders run out midway (the quota is used up, too many holders
@@ -431,7 +461,7 @@ def tokenise(
     epoch.check_in_force(now)
     planner = planner if planner is not None else HolderPlanner(epoch)
     planner.own = own_seat(epoch, keys.party)
-    result: list[bytes] = []
+    result: list[tokens.TokenKeys] = []
     for first in range(0, len(identifiers), MAX_ELEMENTS):
         pending = tokens.start(domain, identifiers[first : first + MAX_ELEMENTS])
         evaluated: list[bytes] = []
@@ -454,12 +484,14 @@ def tokenise(
                 raise
             # The holders counted what they evaluated: keep those tokens, not only whole chunks.
             if evaluated:
-                result.extend(tokens.finish(_first(pending, len(evaluated)), evaluated))
+                result.extend(
+                    tokens.finish_with_proof_keys(_first(pending, len(evaluated)), evaluated)
+                )
             logger.warning(
                 "%d of %d identifiers tokenised: %s", len(result), len(identifiers), error.message
             )
             return result
-        result.extend(tokens.finish(pending, evaluated))
+        result.extend(tokens.finish_with_proof_keys(pending, evaluated))
     return result
 
 

@@ -215,6 +215,26 @@ class SignalIdentifier(Base):
     )
 
 
+class HitProofKey(Base):
+    """The hit proof key of a tokenised identifier (:mod:`samenloop.node.tokens`), stored in
+    the transaction that stores its token and dropped when the token is.
+
+    Secret: it never leaves the node. With it the node proves, when it asks for
+    details, that it holds the subject of a hit, and checks such a proof from a
+    party that asks it. An identifier tokenised before hit proofs existed has no
+    row: requests about it are refused on both sides.
+    """
+
+    __tablename__ = "hit_proof_keys"
+
+    identifier_id: Mapped[int] = mapped_column(
+        RowId, ForeignKey("signal_identifiers.id"), primary_key=True, autoincrement=False
+    )
+    proof_key: Mapped[bytes]
+
+    __table_args__ = (CheckConstraint("length(proof_key) = 32", name="proof_key_size"),)
+
+
 class OutboxBatch(Base):
     """A batch for the broker, kept unchanged and resent until acknowledged (or rejected)."""
 

@@ -8,7 +8,8 @@ outbox waits, nothing is lost):
   relay; the planner keeps what each holder still allows this party today and
   spreads the requests, and when the holders are out of reach or the day's
   quota is used up, tokenising backs off while the sending goes on), store the
-  tokens and their outbox batch in one transaction, then send
+  tokens, their hit proof keys (kept on the node) and their outbox batch in one
+  transaction, then send
   the outbox in order (``SubmitTokens`` / ``WithdrawTokens``) and mark each
   batch acknowledged only after the broker's answer. A batch resent after a
   crash carries the same client batch id, so the broker counts it once.
@@ -380,7 +381,7 @@ class Uplink:
         if not pending:
             return False
         epoch = self._key_epoch(covenant)
-        made = evaluation.tokenise(
+        made = evaluation.tokenise_with_proof_keys(
             self._keys,
             covenant,
             tokens.TokenDomain(covenant.id, epoch.epoch),
@@ -394,10 +395,11 @@ class Uplink:
         # up): the rest stay pending, and the next round says why in the status.
         done = pending[: len(made)]
         self._store.record_tokens(
-            {p.id: token for p, token in zip(done, made, strict=True)},
+            {p.id: m.token for p, m in zip(done, made, strict=True)},
             epoch.epoch,
             now=self._clock(),
             seal_attributes=self._seal_category,
+            proof_keys={p.id: m.hit_proof_key for p, m in zip(done, made, strict=True)},
         )
         return True
 

@@ -528,8 +528,11 @@ def _queue_sealed(cluster: Cluster, sender: str, recipient: str, sealed: bytes) 
 
 
 def _hand_sealed(cluster: Cluster, notice: bytes, ref: bytes) -> bytes:
-    """A request of gemeente-b to woco with ``notice`` attached, queued; its request id."""
+    """A request of gemeente-b to woco with ``notice`` attached, queued; its request id. Its
+    hit proof is made with gemeente-b's real hit proof key of its own signal B-2."""
     keys = PartyKeys.load(cluster.provisioned.party_dir(GEMEENTE_B) / "party-keys.json")
+    proof_key = cluster.nodes[GEMEENTE_B].store.hit_proof_key(cluster.ref_of(GEMEENTE_B, "B-2"))
+    assert proof_key is not None
     request_id = secrets.token_bytes(16)
     _, envelope = disclosure.build_request(
         keys,
@@ -542,6 +545,7 @@ def _hand_sealed(cluster: Cluster, notice: bytes, ref: bytes) -> bytes:
         fields=("naam", "adres"),
         officer="x@gemeente-b",
         justification="",
+        proof_key=proof_key,
         now=cluster.clock(),
     )
     _queue_sealed(cluster, GEMEENTE_B, WOCO, envelope.sealed.SerializeToString())
