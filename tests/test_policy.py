@@ -505,3 +505,50 @@ def test_the_identifier_types_are_those_the_node_parses() -> None:
 def test_example_policy_takes_min_parties() -> None:
     assert example_policy().matching.min_parties == 2
     assert example_policy(min_parties=4).matching.min_parties == 4
+
+
+# --- the OPRF cap shared among the key holders -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cap", "t", "n", "seated", "share"),
+    [
+        pytest.param(12, 2, 3, False, 8, id="floor(12*2/3)"),
+        pytest.param(12, 2, 3, True, 6, id="seated-floor(12*1/2)"),
+        pytest.param(10, 3, 5, False, 6, id="floor(10*3/5)"),
+        pytest.param(10, 3, 5, True, 5, id="seated-floor(10*2/4)"),
+        pytest.param(7, 3, 3, False, 7, id="t-equals-n"),
+        pytest.param(7, 3, 3, True, 7, id="seated-t-equals-n"),
+        pytest.param(1, 2, 16, True, 0, id="below-the-smallest-cap"),
+    ],
+)
+def test_each_holder_gives_its_share_of_the_cap(
+    cap: int, t: int, n: int, seated: bool, share: int
+) -> None:
+    quotas = Quotas(oprf_evaluations_per_day=cap, disclosure_requests_per_day=0)
+    assert quotas.oprf_per_holder(threshold=t, holders=n, seated=seated) == share
+
+
+@pytest.mark.parametrize(
+    ("t", "n", "smallest"),
+    [(2, 2, 1), (2, 3, 2), (3, 5, 2), (3, 8, 4), (2, 16, 15), (16, 16, 1)],
+)
+def test_the_smallest_cap_leaves_every_holder_a_share(t: int, n: int, smallest: int) -> None:
+    quotas = Quotas(oprf_evaluations_per_day=smallest, disclosure_requests_per_day=0)
+    assert quotas.smallest_oprf_cap(threshold=t, holders=n) == smallest
+    assert quotas.oprf_per_holder(threshold=t, holders=n, seated=True) >= 1
+    if smallest > 1:
+        less = Quotas(oprf_evaluations_per_day=smallest - 1, disclosure_requests_per_day=0)
+        assert less.oprf_per_holder(threshold=t, holders=n, seated=True) == 0
+
+
+@pytest.mark.parametrize(("t", "n"), [(1, 3), (0, 3), (4, 3), (3, 2)])
+def test_the_shares_need_a_threshold_of_two_up_to_the_holders(t: int, n: int) -> None:
+    quotas = Quotas(oprf_evaluations_per_day=12, disclosure_requests_per_day=0)
+    for check in (
+        lambda: quotas.oprf_per_holder(threshold=t, holders=n, seated=False),
+        lambda: quotas.oprf_per_holder(threshold=t, holders=n, seated=True),
+        lambda: quotas.smallest_oprf_cap(threshold=t, holders=n),
+    ):
+        error = _refused(check)
+        assert (error.field, error.message) == ("threshold", f"threshold {t} must be 2..{n}")

@@ -50,7 +50,17 @@ def test_the_project_stands_alone():
     outside = "../" + "shared"  # spelled apart so that this test does not find itself
     offenders = [
         str(path.relative_to(root))
-        for folder in ("docs", "node", "broker", "policies", "proto", "tests", "bench", ".ci")
+        for folder in (
+            "docs",
+            "node",
+            "broker",
+            "policies",
+            "proto",
+            "tests",
+            "bench",
+            "mutation",
+            ".ci",
+        )
         for path in (root / folder).rglob("*")
         if path.is_file()
         and path.suffix in {".md", ".py", ".proto", ".toml", ""}
