@@ -79,8 +79,10 @@ source_paths = ["samenloop"]
 only_mutate = [{module}]
 pytest_add_cli_args_test_selection = [{tests}]
 pytest_add_cli_args = ["-p", "no:cacheprovider"]
+also_copy = ["docs"]
 process_isolation = "forkserver"
 use_git_change_detection = false
+timeout_multiplier = 5.0
 """
 
 
@@ -116,7 +118,8 @@ def stage(module: str, tests: Sequence[str]) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for source, target in PACKAGES.items():
         shutil.copytree(ROOT / source, work / target, ignore=ignore)
-    shutil.copytree(ROOT / "tests", work / "tests", ignore=ignore)
+    for folder in ("tests", "docs"):  # a test may check a doc against the code
+        shutil.copytree(ROOT / folder, work / folder, ignore=ignore)
     settings = _MUTMUT.format(
         module=json.dumps(staged_path(module)), tests=", ".join(json.dumps(t) for t in tests)
     )
@@ -155,7 +158,9 @@ def mutmut(work: Path, *args: str, log: Path | None = None) -> str:
             command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT
         )
     if result.returncode != 0:
-        tail = log.read_text(errors="replace")[-3000:]
+        spinner = tuple("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
+        lines = log.read_text(errors="replace").splitlines()
+        tail = "\n".join([line for line in lines if not line.startswith(spinner)][-40:])
         raise SystemExit(f"mutmut failed in {work} (exit {result.returncode}); log {log}:\n{tail}")
     return ""
 

@@ -913,6 +913,7 @@ def test_oprf_allowance_of_a_party_without_a_seat_is_refused() -> None:
     with pytest.raises(InvalidInput) as raised:
         oprf_allowance(quotas, SEATS, 2, requester="politie", holder="riec")
     assert raised.value.field == "holder"
+    assert raised.value.message == "'riec' holds no seat of the key"
 
 
 @pytest.mark.parametrize(("threshold", "holders"), [(1, 3), (4, 3)])

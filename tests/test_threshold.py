@@ -726,3 +726,86 @@ def test_the_covenants_key_epoch_is_read_and_checked(tmp_path):
     with pytest.raises(InvalidInput) as info:
         KeyEpoch.from_covenant(replace(covenant, key_epoch=replace(plain, holders=tuple(seats))))
     assert info.value.field == "holders"
+
+
+def test_daily_use_counts_what_each_seat_has_left_per_day():
+    first, second = date(2026, 11, 28), date(2026, 11, 29)
+    use = DailyUse({1: 10, 2: 6})
+    assert (use.left(1, first), use.left(2, first), use.left(3, first)) == (10, 6, 0)
+    use.spend(1, 4, first)
+    assert use.left(1, first) == 6
+    use.spend(1, 4, first)
+    use.spend(1, 4, first)
+    assert use.left(1, first) == 0  # never below nothing
+    use.learn(2, 4, first)  # a holder's signed answer says what remains
+    assert use.left(2, first) == 4
+    use.learn(2, 99, first)
+    assert use.left(2, first) == 6  # never more than the allowance
+    use.learn(2, -3, first)
+    assert use.left(2, first) == 0
+    use.learn(3, 5, first)
+    assert use.left(3, first) == 0  # a seat without an allowance
+    # Each UTC day starts afresh, whichever call comes first on it.
+    assert (use.left(1, second), use.left(2, second)) == (10, 6)
+    assert use.day == second
+    spent = DailyUse({1: 5})
+    spent.spend(1, 2, first)
+    spent.spend(1, 1, second)
+    assert spent.left(1, second) == 4
+    learnt = DailyUse({1: 5})
+    learnt.learn(1, 1, first)
+    learnt.learn(1, 3, second)
+    assert learnt.left(1, second) == 3
+    assert learnt.remaining == {1: 3}
+
+
+def test_plans_refuse_nothing_and_name_why_no_set_is_left():
+    day = date(2026, 11, 28)
+    _, epoch, _ = make_epoch(2, 3)
+    with pytest.raises(InvalidInput) as info:
+        HolderPlanner(epoch).plan(0)
+    assert (info.value.field, info.value.message) == ("wanted", "nothing to evaluate")
+    # Without a day or without the daily use, the use is not consulted.
+    use = DailyUse({1: 0, 2: 0, 3: 0})
+    assert HolderPlanner(epoch).plan(5, day=day) == ((1, 2), 5)
+    assert HolderPlanner(epoch, use=use).plan(5) == ((1, 2), 5)
+    # A seat with nothing left is skipped, like an excluded one.
+    assert HolderPlanner(epoch, use=DailyUse({1: 0, 2: 9, 3: 9})).plan(3, day=day) == ((2, 3), 3)
+    out = HolderPlanner(epoch)
+    out.exclude({1, 2})
+    with pytest.raises(NotEnoughHolders) as raised:
+        out.plan(1)
+    assert (raised.value.field, raised.value.message) == (
+        "holders",
+        "only 1 usable key holders, threshold is 2",
+    )
+    spent = HolderPlanner(epoch, use=DailyUse({1: 5, 2: 0, 3: 5}))
+    spent.exclude({1})
+    with pytest.raises(NotEnoughHolders) as raised:
+        spent.plan(1, day=day)
+    assert raised.value.message == (
+        "only 1 usable key holders, threshold is 2; no quota left today at holder(s) [2]"
+    )
+    mine = HolderPlanner(epoch, own=1)
+    mine.exclude({1})
+    with pytest.raises(NotEnoughHolders) as raised:
+        mine.plan(1)
+    assert (raised.value.field, raised.value.message) == (
+        "holders",
+        "this party's own key-holder seat 1 is not usable; every evaluation it asks includes it",
+    )
+    with pytest.raises(NotEnoughHolders) as raised:
+        HolderPlanner(epoch, own=2, use=DailyUse({1: 5, 2: 0, 3: 5})).plan(1, day=day)
+    assert raised.value.message == (
+        "this party's own key-holder seat 2 has no quota left today; "
+        "every evaluation it asks includes it"
+    )
+
+
+def test_a_one_byte_covenant_id_is_enough():
+    _, epoch, _ = make_epoch(2, 3)
+    assert replace(epoch, covenant_id="c").covenant_id == "c"
+    h1, h2, h3 = epoch.holders
+    with pytest.raises(InvalidInput) as info:
+        replace(epoch, holders=(h1, replace(h2, party=h1.party), h3))
+    assert info.value.message == "a party can hold only one share of a key"
