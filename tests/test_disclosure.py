@@ -333,6 +333,33 @@ def test_every_refusal_reason(world: World, case: str, reason: Refusal) -> None:
     assert verdict.reason is reason, verdict.message
     assert verdict.values is None
     assert verdict.fields == ()
+    assert verdict.message == REFUSAL_MESSAGES[case]
+
+
+_NOT_THE_BROKERS = "the hit notice is not the broker's, or not for this covenant and requester"
+_CLOSED = "the hit is closed or the signal withdrawn"
+#: What the requester's officer reads for each case of test_every_refusal_reason.
+REFUSAL_MESSAGES = {
+    "replay": "this request id was seen before",
+    "newer covenant": "the owner holds covenant riec-disclosure version 1; "
+    "retry once it has caught up",
+    "issued in the future": "the request is issued in the future: check the clock",
+    "notice signed by another key": _NOT_THE_BROKERS,
+    "notice addressed to another party": _NOT_THE_BROKERS,
+    "notice of another covenant": _NOT_THE_BROKERS,
+    "ref not listed for the owner": disclosure.NOT_PROVEN,
+    "owner not in the notice": disclosure.NOT_PROVEN,
+    "owner holds no such signal": disclosure.NOT_PROVEN,
+    "notice closed": _CLOSED,
+    "hit closed at the owner": _CLOSED,
+    "signal withdrawn": _CLOSED,
+    "daily quota used": f"the covenant allows {PER_DAY} disclosure requests per party per day",
+    "unknown purpose": "'nieuwsgierigheid' is not a purpose of this covenant",
+    "no rule for the role": "the covenant releases nothing to a politie for 'adresfraude' "
+    "on a signal of this category",
+    "no allowed field": "none of the fields asked for may be released; allowed: naam, adres",
+    "rule's period quota used": f"at most {BIBOB_PER_PERIOD} releases per 30 days under this rule",
+}
 
 
 def _with_proof(request: IncomingRequest, proof: bytes) -> IncomingRequest:
@@ -964,6 +991,286 @@ def test_a_received_request_without_a_valid_proof_is_refused_and_stored(owner: O
         disclosure.NOT_PROVEN,
     )
     assert stored.signal_id is None
+
+
+# --- parsing what arrives, directly -------------------------------------------------------
+
+
+def _request(world: World) -> disclosure_pb2.DisclosureRequest:
+    request, _ = disclosure.build_request(
+        world.keys[GEMEENTE],
+        world.covenant,
+        notice(world),
+        request_id=b"\x61" * 16,
+        owner=WOCO,
+        signal_ref=REF,
+        purpose="adresfraude",
+        fields=("naam", "adres"),
+        officer="a.asker@gemeente.nl",
+        justification="onderzoek",
+        proof_key=PROOF_KEY,
+        now=NOW,
+    )
+    return request
+
+
+def test_a_received_request_is_parsed_with_its_hit_group(world: World) -> None:
+    """The path from a received request: the group its notice names is kept (approval
+    checks the hit through it), or None where the notice names no valid one."""
+    request = _request(world)
+    parsed = disclosure.parse_request(request.SerializeToString(), sender=GEMEENTE, me=WOCO)
+    assert parsed.hit_group_id == GROUP
+    assert (parsed.request_id, parsed.requester, parsed.owner, parsed.signal_ref) == (
+        b"\x61" * 16,
+        GEMEENTE,
+        WOCO,
+        REF,
+    )
+    assert (parsed.purpose, parsed.fields, parsed.officer, parsed.justification) == (
+        "adresfraude",
+        ("naam", "adres"),
+        "a.asker@gemeente.nl",
+        "onderzoek",
+    )
+    assert (parsed.covenant_id, parsed.covenant_version) == (world.covenant.id, 1)
+    assert parsed.issued_at == NOW
+    assert parsed.hit_proof == request.hit_proof
+    assert len(parsed.hit_proof) == disclosure.HIT_PROOF_BYTES
+    assert "onderzoek" not in repr(parsed)
+    assert "a.asker" not in repr(parsed)
+    for body in (b"\xff\xff", broker_pb2.HitNotice(hit_group_id=b"\x33" * 15).SerializeToString()):
+        odd = _request(world)
+        odd.hit_notice.body = body
+        again = disclosure.parse_request(odd.SerializeToString(), sender=GEMEENTE, me=WOCO)
+        assert again.hit_group_id is None
+
+
+def _changed(request: disclosure_pb2.DisclosureRequest, change: str) -> bytes:
+    if change == "garbage":
+        return b"\xff\xff"
+    if change == "short id":
+        request.request_id = b"\x61" * 15
+    elif change == "other requester":
+        request.requester = POLITIE
+    elif change == "other owner":
+        request.owner = POLITIE
+    elif change == "short ref":
+        request.signal_ref = REF[:15]
+    elif change == "no purpose":
+        request.purpose = ""
+    elif change == "long purpose":
+        request.purpose = "p" * 65
+    elif change == "control in purpose":
+        request.purpose = "adres\x7ffraude"
+    elif change == "no fields":
+        del request.requested_fields[:]
+    elif change == "too many fields":
+        request.requested_fields.extend(f"f{i}" for i in range(63))
+    elif change == "field twice":
+        request.requested_fields.append("naam")
+    elif change == "bad field":
+        request.requested_fields.append("Adres")
+    elif change == "no officer":
+        request.requester_officer = ""
+    elif change == "control in officer":
+        request.requester_officer = "a\tb"
+    elif change == "long justification":
+        request.justification = "x" * 4097
+    elif change == "no issued_at":
+        request.ClearField("issued_at")
+    else:
+        request.covenant_version = 0
+    return request.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ("garbage", "body", "not a DisclosureRequest"),
+        ("short id", "request_id", "a request id is 16 bytes"),
+        ("other requester", "requester", "requester is not the signer"),
+        ("other owner", "owner", "owner is not this node"),
+        ("short ref", "signal_ref", "a signal ref is 16 bytes"),
+        ("no purpose", "purpose", "must be 1 to 64 bytes"),
+        ("long purpose", "purpose", "must be 1 to 64 bytes"),
+        ("control in purpose", "purpose", "must not contain control characters"),
+        ("no fields", "requested_fields", "ask for at least one field"),
+        ("too many fields", "requested_fields", "at most 64 fields per request"),
+        ("field twice", "requested_fields", "a field is listed twice"),
+        ("bad field", "requested_fields[2]", None),
+        ("no officer", "requester_officer", "must be 1 to 64 bytes"),
+        ("control in officer", "requester_officer", "must not contain control characters"),
+        ("long justification", "justification", "at most 4096 bytes of UTF-8"),
+        ("no issued_at", "issued_at", "issued_at and covenant_version are required"),
+        ("no covenant version", "issued_at", "issued_at and covenant_version are required"),
+    ],
+)
+def test_a_malformed_request_is_refused_naming_the_field(
+    world: World, change: str, field: str, message: str | None
+) -> None:
+    body = _changed(_request(world), change)
+    with pytest.raises((InvalidInput, MessageTooLarge)) as caught:
+        disclosure.parse_request(body, sender=GEMEENTE, me=WOCO)
+    assert caught.value.field == field
+    if message is not None:
+        assert caught.value.message == message
+
+
+def _response(**outcome: Any) -> disclosure_pb2.DisclosureResponse:
+    response = disclosure_pb2.DisclosureResponse(
+        request_id=b"\x61" * 16, owner=WOCO, requester=GEMEENTE, covenant_version=1, **outcome
+    )
+    response.issued_at.FromDatetime(NOW)
+    return response
+
+
+def test_a_received_answer_is_parsed_by_its_outcome() -> None:
+    def parse(response: disclosure_pb2.DisclosureResponse) -> disclosure.ResponseUpdate:
+        return disclosure.parse_response(response.SerializeToString(), sender=WOCO, me=GEMEENTE)
+
+    granted = parse(
+        _response(
+            granted=disclosure_pb2.DisclosureGrant(
+                fields={"naam": "J. de Vries"}, withheld_fields=["dossier"]
+            )
+        )
+    )
+    assert granted == disclosure.ResponseUpdate(
+        b"\x61" * 16, WOCO, Outcome.GRANTED, values={"naam": "J. de Vries"}, withheld=("dossier",)
+    )
+    assert "J. de Vries" not in repr(granted)
+    pending = parse(_response(pending=disclosure_pb2.DisclosurePending(message="vier ogen")))
+    assert (pending.outcome, pending.message, pending.values) == (
+        Outcome.PENDING,
+        "vier ogen",
+        None,
+    )
+    refused = parse(
+        _response(
+            refused=disclosure_pb2.DisclosureRefusal(
+                reason=disclosure.refusal_to_proto(Refusal.HIT_CLOSED), message="dicht"
+            )
+        )
+    )
+    assert (refused.outcome, refused.reason, refused.message) == (
+        Outcome.REFUSED,
+        Refusal.HIT_CLOSED,
+        "dicht",
+    )
+
+
+@pytest.mark.parametrize(
+    ("response", "sender", "field", "message"),
+    [
+        (b"\xff\xff", WOCO, "body", "not a DisclosureResponse"),
+        (
+            disclosure_pb2.DisclosureResponse(request_id=b"\x61" * 15, owner=WOCO),
+            WOCO,
+            "request_id",
+            "a request id is 16 bytes",
+        ),
+        (_response(), POLITIE, "owner", "owner or requester does not match the envelope"),
+        (
+            disclosure_pb2.DisclosureResponse(request_id=b"\x61" * 16, owner=WOCO, requester=WOCO),
+            WOCO,
+            "owner",
+            "owner or requester does not match the envelope",
+        ),
+        (_response(), WOCO, "outcome", "a response needs an outcome"),
+        (
+            _response(refused=disclosure_pb2.DisclosureRefusal(reason=999, message="?")),
+            WOCO,
+            "refused.reason",
+            "unknown refusal reason",
+        ),
+        (
+            _response(refused=disclosure_pb2.DisclosureRefusal(reason=0, message="?")),
+            WOCO,
+            "refused.reason",
+            "unknown refusal reason",
+        ),
+        (
+            _response(
+                refused=disclosure_pb2.DisclosureRefusal(
+                    reason=disclosure.refusal_to_proto(Refusal.REPLAY), message="x" * 4097
+                )
+            ),
+            WOCO,
+            "refused.message",
+            "at most 4096 bytes of UTF-8",
+        ),
+    ],
+)
+def test_a_malformed_answer_is_refused_naming_the_field(
+    response: Any, sender: str, field: str, message: str
+) -> None:
+    body = response if isinstance(response, bytes) else response.SerializeToString()
+    with pytest.raises((InvalidInput, MessageTooLarge)) as caught:
+        disclosure.parse_response(body, sender=sender, me=GEMEENTE)
+    assert (caught.value.field, caught.value.message) == (field, message)
+
+
+def test_refusal_reasons_map_to_the_wire_and_back() -> None:
+    for reason in Refusal:
+        number = disclosure.refusal_to_proto(reason)
+        assert number != 0
+        assert disclosure.refusal_from_proto(number) is reason
+    assert disclosure.refusal_from_proto(0) is None
+
+
+def test_what_a_request_and_a_verdict_show_in_logs() -> None:
+    signal = SignalFacts(7, "woonfraude", True, {"naam": "J. de Vries"})
+    assert repr(signal) == "SignalFacts(signal_id=7, active=True)"
+    verdict = Verdict(Outcome.GRANTED, fields=("naam",), values={"naam": "J. de Vries"})
+    assert repr(verdict) == "Verdict(outcome=granted, fields=1, reason=None)"
+
+
+def test_an_envelope_too_large_is_not_opened(world: World) -> None:
+    big = common_pb2.Sealed(
+        sender=GEMEENTE,
+        recipient=WOCO,
+        nonce=b"\x00" * 24,
+        ciphertext=b"\x00" * (disclosure.MAX_ENVELOPE_BYTES + 1),
+    )
+    with pytest.raises(DecryptionFailed) as caught:
+        disclosure.open_envelope(world.keys[WOCO], world.covenant, big)
+    assert (caught.value.field, caught.value.message) == (
+        "envelope.ciphertext",
+        "envelope too large",
+    )
+    for sealed, where, message in [
+        (common_pb2.Sealed(sender=GEMEENTE, recipient=POLITIE), "envelope.recipient",
+         "envelope is for another party"),
+        (common_pb2.Sealed(sender=WOCO, recipient=WOCO), "envelope.sender",
+         "envelope sender is not another party"),
+    ]:  # fmt: skip
+        with pytest.raises(InvalidSignature) as forged:
+            disclosure.open_envelope(world.keys[WOCO], world.covenant, sealed)
+        assert (forged.value.field, forged.value.message) == (where, message)
+
+
+def test_build_request_refuses_a_bad_id_or_notice(world: World) -> None:
+    values: dict[str, Any] = {
+        "owner": WOCO,
+        "signal_ref": REF,
+        "purpose": "adresfraude",
+        "fields": ("naam",),
+        "officer": "a@gemeente",
+        "justification": "",
+        "proof_key": PROOF_KEY,
+        "now": NOW,
+    }
+    keys, covenant = world.keys[GEMEENTE], world.covenant
+    with pytest.raises(InvalidInput) as caught:
+        disclosure.build_request(keys, covenant, notice(world), request_id=b"\x01" * 15, **values)
+    assert (caught.value.field, caught.value.message) == ("request_id", "a request id is 16 bytes")
+    broken = common_pb2.Signed(body=b"\xff\xff")
+    with pytest.raises(InvalidInput) as caught:
+        disclosure.build_request(keys, covenant, broken, request_id=b"\x01" * 16, **values)
+    assert (caught.value.field, caught.value.message) == (
+        "hit_notice",
+        "the hit notice does not parse",
+    )
 
 
 # --- part two: real daemons ---------------------------------------------------------------
