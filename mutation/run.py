@@ -58,7 +58,10 @@ MODULES: dict[str, tuple[str, ...]] = {
     "node/picture.py": ("tests/test_picture.py",),
     "node/threshold.py": ("tests/test_threshold.py",),
     "node/disclosure.py": ("tests/test_disclosure.py",),
-    "broker/matching.py": ("tests/test_broker_matching.py",),
+    "broker/matching.py": (
+        "tests/test_broker_matching.py",
+        "tests/test_broker_matching_visibility.py",
+    ),
 }
 
 #: The share of a module's mutants its tests must kill.
