@@ -514,6 +514,8 @@ def test_example_policy_takes_min_parties() -> None:
     ("cap", "t", "n", "seated", "share"),
     [
         pytest.param(12, 2, 3, False, 8, id="floor(12*2/3)"),
+        pytest.param(10, 2, 3, False, 6, id="floor(10*2/3)-rounds-down"),
+        pytest.param(10, 3, 4, True, 6, id="seated-floor(10*2/3)-rounds-down"),
         pytest.param(12, 2, 3, True, 6, id="seated-floor(12*1/2)"),
         pytest.param(10, 3, 5, False, 6, id="floor(10*3/5)"),
         pytest.param(10, 3, 5, True, 5, id="seated-floor(10*2/4)"),
@@ -526,7 +528,8 @@ def test_each_holder_gives_its_share_of_the_cap(
     cap: int, t: int, n: int, seated: bool, share: int
 ) -> None:
     quotas = Quotas(oprf_evaluations_per_day=cap, disclosure_requests_per_day=0)
-    assert quotas.oprf_per_holder(threshold=t, holders=n, seated=seated) == share
+    given = quotas.oprf_per_holder(threshold=t, holders=n, seated=seated)
+    assert (given, type(given)) == (share, int)
 
 
 @pytest.mark.parametrize(
