@@ -6,10 +6,11 @@ does, so scenarios can run step by step; each scenario is one row of a table.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 import pytest
 
@@ -538,3 +539,172 @@ def test_matching_and_mailbox_import_neither_grpc_nor_a_database():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+# --- every check's message, the digests' exact form, counts and the clock ---------------------
+
+BATCH_MESSAGES = [
+    ("x" * 65, 1, [GOOD], "party", "party id must be 1..64 bytes"),
+    ("a", 2**32, [GOOD], "key_epoch", "key epoch must be 1..2^32-1"),
+    ("a", 1, [], "entries", "a batch needs at least one entry"),
+    ("a", 1, [GOOD] * TOO_MANY, "entries", f"at most {TOO_MANY - 1} entries per batch, got "
+     f"{TOO_MANY}"),
+    ("a", 1, [replace(GOOD, party="b")], "entries[0]", "entry names another party"),
+    ("a", 1, [replace(GOOD, token=b"x" * 31)], "entries[0].token", "token must be 32 bytes"),
+    ("a", 1, [replace(GOOD, signal_ref=b"x" * 15)], "entries[0].signal_ref",
+     "signal ref must be 16 bytes"),
+    ("a", 1, [replace(GOOD, expires_at=NAIVE)], "entries[0].expires_at",
+     "time must carry a time zone"),
+    ("a", 1, [replace(GOOD, sealed_attributes=b"")], "entries[0].sealed_attributes",
+     "sealed attributes, when given, must not be empty"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("party", "epoch", "entries", "field_name", "message"), BATCH_MESSAGES)
+def test_batch_refusals_say_why(party, epoch, entries, field_name, message):
+    with pytest.raises((InvalidInput, MessageTooLarge)) as raised:
+        matching.parse_batch(party, epoch, entries if party == "a" else [GOOD])
+    assert (raised.value.field, raised.value.message) == (field_name, message)
+
+
+class _NoOffset(tzinfo):
+    """A time zone that knows no offset: as good as none."""
+
+    def utcoffset(self, dt):
+        return None
+
+
+def test_batches_keep_their_party_epoch_and_times_in_utc():
+    longest = "p" * 64
+    batch = matching.parse_batch(longest, 2**32 - 1, [replace(GOOD, party=longest, key_epoch=7)])
+    assert (batch.party, batch.key_epoch) == (longest, 2**32 - 1)
+    (entry,) = batch.entries
+    assert (entry.party, entry.key_epoch, entry.sealed_attributes) == (longest, 2**32 - 1, b"box")
+    cet = matching.parse_batch("a", 1, [replace(GOOD, expires_at=LATER.astimezone(timezone_cet()))])
+    assert cet.entries[0].expires_at == LATER
+    assert cet.entries[0].expires_at.tzinfo is UTC
+    assert matching.parse_batch("a", 1, [GOOD]).entries[0] is GOOD  # nothing to change
+    with pytest.raises(InvalidInput) as raised:
+        matching.parse_batch("a", 1, [replace(GOOD, expires_at=LATER.replace(tzinfo=_NoOffset()))])
+    assert raised.value.field == "entries[0].expires_at"
+
+
+def test_a_batch_keeps_the_last_of_duplicates_in_request_order():
+    first, other = replace(GOOD, sealed_attributes=b"old"), replace(GOOD, token=T2)
+    batch = matching.parse_batch("a", 1, [first, other, GOOD])
+    assert batch.positions == (1, 2)
+    assert batch.entries == (other, GOOD)
+    assert matching.parse_batch("a", 1, [other, GOOD]).positions == (0, 1)
+
+
+def _expected_submit_digest(key_epoch, entries):
+    """The digest as the protocol defines it, computed here independently."""
+    parts = [b"samenloop/v1 submit-tokens", key_epoch.to_bytes(4, "big")]
+    for e in sorted(entries, key=lambda e: (e.signal_ref, e.token)):
+        micros = (e.expires_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+        parts += [e.token, e.signal_ref, micros.to_bytes(8, "big", signed=True)]
+        if e.sealed_attributes is None:
+            parts.append(b"\x00")
+        else:
+            parts += [b"\x01", len(e.sealed_attributes).to_bytes(4, "big"), e.sealed_attributes]
+    return hashlib.sha256(b"".join(parts)).digest()
+
+
+def test_the_digests_have_their_exact_form():
+    odd = LATER + timedelta(days=3, seconds=7, microseconds=123_456)
+    entries = [
+        GOOD,
+        Entry("a", T2, ref("a", 2), 2**31 + 5, odd, b"sealed box"),
+        Entry("a", T3, ref("a", 0), 2**31 + 5, odd, None),
+    ]
+    batch = matching.parse_batch("a", 2**31 + 5, entries)
+    normalised = [replace(e, key_epoch=2**31 + 5) for e in entries]
+    assert batch.digest == _expected_submit_digest(2**31 + 5, normalised)
+    refs = [ref("a", 3), ref("a", 1), ref("a", 3)]
+    withdrawal = matching.parse_withdrawal("a", refs)
+    assert withdrawal.signal_refs == (ref("a", 1), ref("a", 3))
+    assert (
+        withdrawal.digest
+        == hashlib.sha256(b"samenloop/v1 withdraw-tokens" + ref("a", 1) + ref("a", 3)).digest()
+    )
+
+
+def test_withdrawal_refusals_say_why_and_the_limit_is_allowed():
+    most = common_pb2.LIMITS_MAX_REFS_PER_WITHDRAWAL
+    refs = [bytes([i % 256, i // 256]) * 8 for i in range(most)]
+    assert len(matching.parse_withdrawal("a", refs).signal_refs) == most
+    for refs, field_name, message in [
+        ([], "signal_refs", "a withdrawal needs at least one signal ref"),
+        ([ref("a")] * (most + 1), "signal_refs",
+         f"at most {most} signal refs per withdrawal, got {most + 1}"),
+        ([ref("a"), b"short"], "signal_refs[1]", "signal ref must be 16 bytes"),
+    ]:  # fmt: skip
+        with pytest.raises((InvalidInput, MessageTooLarge)) as raised:
+            matching.parse_withdrawal("a", refs)
+        assert (raised.value.field, raised.value.message) == (field_name, message)
+
+
+def test_operations_need_two_parties_and_a_time_zone():
+    batch = matching.parse_batch("a", 1, [GOOD])
+    with pytest.raises(ConfigurationError) as raised:
+        matching.submit(batch, [], min_parties=1, now=NOW, new_group_id=lambda: b"g" * 16)
+    assert (raised.value.field, raised.value.message) == (
+        "min_parties",
+        "a hit needs at least two parties",
+    )
+    for now in (NOW.replace(tzinfo=None), NOW.replace(tzinfo=_NoOffset())):
+        with pytest.raises(ValueError, match=r"^now must carry a time zone$"):
+            matching.expire([], min_parties=2, now=now)
+    with pytest.raises(InvalidInput) as raised:
+        matching.submit(batch, [], min_parties=2, now=LATER, new_group_id=lambda: b"g" * 16)
+    assert raised.value.message == "expires_at must lie in the future"
+
+
+def test_times_are_kept_in_utc_and_move_forward():
+    index = Index()
+    index.submit("a", [(T1, ref("a"), LATER)], min_parties=2)
+    formed = index.submit(
+        "b", [(T1, ref("b"), LATER)], min_parties=2, now=NOW.astimezone(timezone_cet())
+    )
+    (group,) = formed.change.groups
+    assert group.first_seen.tzinfo is UTC
+    # The clock steps back: the group's last-seen still moves on, by a microsecond.
+    grown = index.submit("c", [(T1, ref("c"), LATER)], min_parties=2, now=NOW - timedelta(hours=1))
+    assert grown.change.groups[0].last_seen == NOW + timedelta(microseconds=1)
+    assert grown.change.notices[0].view.visibility == matching.SEE_ALL
+
+
+def test_counts_of_resubmitted_expired_and_withdrawn_entries():
+    index = Index()
+    soon = NOW + timedelta(days=1)
+    index.submit("a", [(T1, ref("a", 1), soon), (T1, ref("a", 2), soon)], min_parties=2)
+    # Both expired but not yet dropped: submitted again, they count as stored anew.
+    both = [(T1, ref("a", 1), LATER), (T1, ref("a", 2), LATER)]
+    again = index.submit("a", both, min_parties=2, now=soon)
+    assert (again.stored, again.unchanged) == (2, 0)
+    same = index.submit("a", both, min_parties=2, now=soon)
+    assert (same.stored, same.unchanged) == (0, 2)
+    gone = index.withdraw("a", [ref("a", 1), ref("a", 2)], min_parties=2, now=soon)
+    assert (gone.withdrawn, gone.unknown) == (2, 0)
+
+
+def test_an_entry_expiring_now_is_no_longer_live():
+    index = Index()
+    index.submit("a", [(T1, ref("a"), LATER)], min_parties=2)
+    index.submit("b", [(T1, ref("b"), NOW + timedelta(days=1))], min_parties=2)
+    index.submit("c", [(T2, ref("c"), LATER)], min_parties=2)
+    change = index.expire(min_parties=2, now=NOW + timedelta(days=1))
+    assert [e.party for e in change.deleted] == ["b"]  # the others stay
+    assert {n.recipient: n.kind for n in change.notices} == {"a": CLOSED, "b": CLOSED}
+    # A withdrawal drops the party's expired entries on the tokens it touches, too.
+    index.submit("d", [(T2, ref("d"), NOW + timedelta(days=2))], min_parties=2)
+    index.submit("c", [(T3, ref("c", 2), LATER)], min_parties=2)
+    withdrawn = index.withdraw("c", [ref("c", 2)], min_parties=2, now=NOW + timedelta(days=3))
+    assert [e.party for e in withdrawn.change.deleted] == ["c"]
+
+
+def test_token_state_messages():
+    with pytest.raises(ValueError, match=r"^a token state holds only entries of its own token$"):
+        TokenState(T1, (replace(GOOD, token=T2),))
+    with pytest.raises(ValueError, match=r"^a token state's group must be the token's open group$"):
+        TokenState(T1, (), Group(b"g" * 16, T2, 1, NOW, NOW))
