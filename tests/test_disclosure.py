@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -1254,3 +1255,208 @@ def test_build_request_refuses_a_bad_id_or_notice(world: World) -> None:
         "hit_notice",
         "the hit notice does not parse",
     )
+
+
+# --- the asker's checks, deny, approve and the answer, every message --------------------------
+
+
+def _ask(world: World, notice_: broker_pb2.HitNotice, **changes: Any) -> bytes:
+    values: dict[str, Any] = {
+        "owner": WOCO,
+        "signal_ref": REF,
+        "purpose": "adresfraude",
+        "fields": ["naam"],
+        "officer": "a@gemeente",
+        "justification": "",
+        "proof_keys": {b"\x44" * 16: PROOF_KEY}.get,
+    }
+    values.update(changes)
+    return disclosure.check_request(world.covenant, GEMEENTE, notice_, **values)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason", "message"),
+    [
+        ({"owner": GEMEENTE}, "owner", "disclosure.self", "a node does not ask itself"),
+        ({"owner": "onbekend"}, "owner", "disclosure.unknown_owner", "not a party of the covenant"),
+        ({"signal_ref": REF[:15]}, "signal_ref", "invalid_input", "a signal ref is 16 bytes"),
+        (
+            {"owner": POLITIE},
+            "owner",
+            "disclosure.owner_not_in_hit",
+            "the hit does not show this party",
+        ),
+        (
+            {"signal_ref": OTHER_REF},
+            "signal_ref",
+            "disclosure.ref_not_in_hit",
+            "the hit does not list this signal ref for the owner",
+        ),
+        ({"kind": "closed"}, "hit_group_id", "disclosure.closed", "the hit is closed"),
+        (
+            {"purpose": "nieuwsgierigheid"},
+            "purpose",
+            "disclosure.unknown_purpose",
+            "not a purpose of this covenant; use one of: bibob, adresfraude, casusvoorbereiding",
+        ),
+        ({"fields": []}, "fields", "disclosure.no_fields", "ask for at least one field"),
+        ({"officer": "a\x00b"}, "officer", "invalid_input", "must not contain control characters"),
+        (
+            {"own": ()},
+            "hit_group_id",
+            "disclosure.no_own_signal",
+            "this node holds no signal in the hit, so it cannot prove the hit: only a party "
+            "with a signal of its own in a hit can ask for details",
+        ),
+        (
+            {"proof_keys": {}.get},
+            "hit_group_id",
+            "disclosure.no_proof_key",
+            "this node's signals in the hit were tokenised before hit proofs existed: "
+            "re-tokenise them (withdraw each and add it again) to ask",
+        ),
+    ],
+)
+def test_the_askers_checks_name_the_field_and_say_why(
+    world: World, change: dict[str, Any], field: str, reason: str, message: str
+) -> None:
+    shown = broker_pb2.HitNotice.FromString(notice(world).body)
+    if change.pop("kind", None):
+        shown.kind = broker_pb2.HIT_NOTICE_KIND_CLOSED
+    if "own" in change:
+        del shown.own_signal_refs[:]
+        change.pop("own")
+    with pytest.raises(InvalidInput) as caught:
+        _ask(world, shown, **change)
+    assert (caught.value.field, caught.value.reason, caught.value.message) == (
+        field,
+        reason,
+        message,
+    )
+
+
+def test_the_asker_proves_with_the_first_own_ref_it_has_a_key_for(world: World) -> None:
+    shown = broker_pb2.HitNotice.FromString(
+        notice(world, own_refs=(b"\x46" * 16, b"\x45" * 16)).body
+    )
+    keys = {b"\x45" * 16: b"\x01" * 32, b"\x46" * 16: b"\x02" * 32}
+    assert _ask(world, shown, proof_keys=keys.get) == b"\x01" * 32
+    assert _ask(world, shown, proof_keys={b"\x46" * 16: b"\x02" * 32}.get) == b"\x02" * 32
+
+
+def test_deny_needs_a_reason_of_bounded_length(world: World) -> None:
+    pending = _pending(incoming(world, purpose="bibob", fields=("naam",)))
+    with pytest.raises(InvalidInput) as blank:
+        disclosure.deny(pending, "b@woco", " \n")
+    assert (blank.value.field, blank.value.reason, blank.value.message) == (
+        "reason",
+        "disclosure.reason_missing",
+        "say why",
+    )
+    with pytest.raises(MessageTooLarge) as long:
+        disclosure.deny(pending, "b@woco", "x" * 4097)
+    assert long.value.field == "reason"
+    assert disclosure.deny(pending, "b@woco", "x" * 4096).message == "x" * 4096
+
+
+def test_approval_refusals_say_why(world: World) -> None:
+    pending = _pending(incoming(world, purpose="bibob", fields=("naam",)))
+
+    def approve(owner_facts: Facts, **changes: Any) -> Verdict:
+        return disclosure.approve(
+            world.covenant,
+            dataclasses.replace(pending, **changes),
+            "b@woco",
+            owner_facts,
+            me=WOCO,
+            now=NOW,
+        )
+
+    no_group = approve(facts(), hit_group_id=None)
+    assert (no_group.reason, no_group.message) == (
+        Refusal.NOT_IN_HIT,
+        "the request names no hit group the owner can check",
+    )
+    gone = approve(Facts())
+    assert (gone.outcome, gone.reason, gone.message) == (
+        Outcome.REFUSED,
+        Refusal.HIT_CLOSED,
+        "the signal is no longer held",
+    )
+    withdrawn = approve(facts(active=False))
+    assert (withdrawn.reason, withdrawn.message, withdrawn.signal_id, withdrawn.category) == (
+        Refusal.HIT_CLOSED,
+        "the hit is closed or the signal withdrawn",
+        7,
+        "woonfraude",
+    )
+
+
+def test_the_answer_states_the_covenant_time_category_and_second_officer(world: World) -> None:
+    def answered(verdict: Verdict, approved: bool) -> disclosure_pb2.DisclosureResponse:
+        envelope = disclosure.respond(
+            world.keys[WOCO],
+            world.covenant,
+            request_id=b"\x61" * 16,
+            requester=GEMEENTE,
+            verdict=verdict,
+            approved_by_second_officer=approved,
+            message_id=b"\x62" * 16,
+            now=NOW.astimezone(timezone(timedelta(hours=1))),
+        )
+        _, body = disclosure.open_envelope(world.keys[GEMEENTE], world.covenant, envelope.sealed)
+        return disclosure_pb2.DisclosureResponse.FromString(body)
+
+    grant = Verdict(
+        Outcome.GRANTED, values={"naam": "x"}, withheld=("adres",), category="katvanger"
+    )
+    response = answered(grant, True)
+    assert (response.covenant_version, response.owner, response.requester) == (1, WOCO, GEMEENTE)
+    assert response.issued_at.ToDatetime(tzinfo=UTC) == NOW
+    assert response.granted.category == "katvanger"
+    assert response.granted.approved_by_second_officer
+    assert list(response.granted.withheld_fields) == ["adres"]
+    plain = answered(dataclasses.replace(grant, category=None), False)
+    assert plain.granted.category == ""
+    assert not plain.granted.approved_by_second_officer
+    assert plain.WhichOneof("outcome") == "granted"
+
+
+def test_a_pending_or_refused_answer_keeps_its_request_and_owner() -> None:
+    def parse(response: disclosure_pb2.DisclosureResponse) -> disclosure.ResponseUpdate:
+        return disclosure.parse_response(response.SerializeToString(), sender=WOCO, me=GEMEENTE)
+
+    pending = parse(_response(pending=disclosure_pb2.DisclosurePending(message="vier ogen")))
+    assert pending == disclosure.ResponseUpdate(
+        b"\x61" * 16, WOCO, Outcome.PENDING, message="vier ogen"
+    )
+    refusal = disclosure_pb2.DisclosureRefusal(
+        reason=disclosure.refusal_to_proto(Refusal.QUOTA_EXCEEDED), message="te veel"
+    )
+    assert parse(_response(refused=refusal)) == disclosure.ResponseUpdate(
+        b"\x61" * 16, WOCO, Outcome.REFUSED, reason=Refusal.QUOTA_EXCEEDED, message="te veel"
+    )
+
+
+@dataclass
+class _Counting(Facts):
+    since: list[datetime] = field(default_factory=list)
+
+    def requests_since(self, requester: str, since: datetime, /) -> int:
+        self.since.append(since)
+        return 0
+
+
+def test_the_daily_quota_counts_from_the_start_of_the_utc_day_wherever_the_node_is(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "KIR-14")  # POSIX for UTC+14, as on Kiritimati
+    time.tzset()
+    try:
+        owner_facts = _Counting(**vars(facts()))
+        late = datetime(2026, 12, 2, 23, 30, tzinfo=UTC)
+        disclosure.decide(world.covenant, WOCO, incoming(world, now=late), owner_facts, now=late)
+        assert owner_facts.since == [datetime(2026, 12, 2, tzinfo=UTC)]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
