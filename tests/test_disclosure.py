@@ -1460,3 +1460,93 @@ def test_the_daily_quota_counts_from_the_start_of_the_utc_day_wherever_the_node_
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+@dataclass
+class _Recording(Facts):
+    asked: list[tuple[str, str, str, datetime]] = field(default_factory=list)
+
+    def grants_since(
+        self, requester: str, purpose: str, rule_category: str, since: datetime, /
+    ) -> int:
+        self.asked.append((requester, purpose, rule_category, since))
+        return self.grants
+
+
+def test_the_period_quota_counts_this_requesters_grants_under_the_rule(world: World) -> None:
+    """bibob releases to a gemeente fall under the rule for any category ("*"), counted over
+    the rule's period (30 days) back from now."""
+    owner_facts = _Recording(**vars(facts(category="katvanger")))
+    request = incoming(world, purpose="bibob", fields=("naam",))
+    verdict = decide(world, request, owner_facts)
+    assert verdict.outcome is Outcome.PENDING
+    assert owner_facts.asked == [(GEMEENTE, "bibob", "*", NOW - timedelta(days=30))]
+    assert verdict == Verdict(
+        Outcome.PENDING,
+        fields=("naam",),
+        withheld=(),
+        rule_category="*",
+        message="waiting for a second officer of the owner (four eyes)",
+        signal_id=7,
+        category="katvanger",
+    )
+    # A rule without a maximum does not count at all.
+    unlimited = _Recording(**vars(facts()))
+    assert decide(world, incoming(world), unlimited).outcome is Outcome.GRANTED
+    assert unlimited.asked == []
+
+
+def test_a_grant_lists_its_fields_sorted_and_a_refusal_names_the_signal(world: World) -> None:
+    granted = decide(world, incoming(world, fields=("naam", "adres")), facts())
+    assert granted.fields == ("adres", "naam")
+    assert granted.rule_category == "woonfraude"
+    refused = decide(world, incoming(world, fields=("dossier",)), facts())
+    assert (refused.reason, refused.signal_id, refused.category) == (
+        Refusal.NOT_ALLOWED,
+        7,
+        "woonfraude",
+    )
+
+
+def test_a_covenant_that_now_hides_the_owner_says_so(world: World) -> None:
+    hiding = _visibility(
+        world.covenant, Role.GEMEENTE, hidden_roles=(Role.POLITIE, Role.WONINGCORPORATIE)
+    )
+    verdict = disclosure.decide(hiding, WOCO, incoming(world), facts(), now=NOW)
+    assert (verdict.reason, verdict.message, verdict.signal_id) == (
+        Refusal.NOT_IN_HIT,
+        "under the covenant of now the hit does not show the owner",
+        7,
+    )
+    owner_facts = facts()
+    owner_facts.members[GROUP] = frozenset({POLITIE})
+    left = decide(world, incoming(world), owner_facts)
+    assert (left.message, left.signal_id) == (
+        "the owner's latest notice of the hit no longer shows the requester",
+        7,
+    )
+
+
+def test_four_eyes_refusals_say_why(world: World) -> None:
+    pending = _pending(incoming(world, purpose="bibob", fields=("naam",)))
+    with pytest.raises(NotAllowed) as same:
+        disclosure.deny(pending, pending.requester_officer, "nee")
+    assert (same.value.field, same.value.reason, same.value.message) == (
+        "officer",
+        "disclosure.same_officer",
+        "the officer who asked cannot decide on the request (four eyes)",
+    )
+    decided = dataclasses.replace(pending, decided_by="b.tweede@woco.nl")
+    with pytest.raises(NotAllowed) as again:
+        disclosure.deny(decided, "B.Tweede@woco.nl ", "nee")
+    assert (again.value.field, again.value.reason, again.value.message) == (
+        "officer",
+        "disclosure.same_officer",
+        "this officer already decided on the request (four eyes)",
+    )
+    with pytest.raises(InvalidInput) as bad:
+        disclosure.deny(pending, "b\x07@woco", "nee")
+    assert (bad.value.field, bad.value.message) == (
+        "officer",
+        "must not contain control characters",
+    )
