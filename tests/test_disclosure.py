@@ -1440,11 +1440,11 @@ def test_a_pending_or_refused_answer_keeps_its_request_and_owner() -> None:
 
 @dataclass
 class _Counting(Facts):
-    since: list[datetime] = field(default_factory=list)
+    since: list[tuple[str, datetime]] = field(default_factory=list)
 
     def requests_since(self, requester: str, since: datetime, /) -> int:
-        self.since.append(since)
-        return 0
+        self.since.append((requester, since))
+        return self.requests
 
 
 def test_the_daily_quota_counts_from_the_start_of_the_utc_day_wherever_the_node_is(
@@ -1456,7 +1456,7 @@ def test_the_daily_quota_counts_from_the_start_of_the_utc_day_wherever_the_node_
         owner_facts = _Counting(**vars(facts()))
         late = datetime(2026, 12, 2, 23, 30, tzinfo=UTC)
         disclosure.decide(world.covenant, WOCO, incoming(world, now=late), owner_facts, now=late)
-        assert owner_facts.since == [datetime(2026, 12, 2, tzinfo=UTC)]
+        assert owner_facts.since == [(GEMEENTE, datetime(2026, 12, 2, tzinfo=UTC))]
     finally:
         monkeypatch.undo()
         time.tzset()
@@ -1550,3 +1550,39 @@ def test_four_eyes_refusals_say_why(world: World) -> None:
         "officer",
         "must not contain control characters",
     )
+
+
+def test_refusals_after_the_proof_name_the_signal(world: World) -> None:
+    closing = notice(world, kind=broker_pb2.HIT_NOTICE_KIND_CLOSED)
+    closed = decide(world, incoming(world, hit_notice=closing), facts())
+    assert (closed.reason, closed.signal_id, closed.category) == (
+        Refusal.HIT_CLOSED,
+        7,
+        "woonfraude",
+    )
+    busy = facts()
+    busy.requests = PER_DAY
+    over = decide(world, incoming(world), busy)
+    assert (over.reason, over.signal_id, over.category) == (
+        Refusal.QUOTA_EXCEEDED,
+        7,
+        "woonfraude",
+    )
+
+
+def test_a_request_up_to_the_clock_skew_ahead_is_taken(world: World) -> None:
+    ahead = NOW + disclosure.MAX_CLOCK_SKEW
+    verdict = decide(world, incoming(world, now=ahead), facts())
+    assert verdict.outcome is Outcome.GRANTED
+
+
+def test_an_envelope_of_the_largest_size_is_opened(world: World) -> None:
+    largest = common_pb2.Sealed(
+        sender=GEMEENTE,
+        recipient=WOCO,
+        nonce=b"\x00" * 24,
+        ciphertext=b"\x00" * disclosure.MAX_ENVELOPE_BYTES,
+    )
+    with pytest.raises(DecryptionFailed) as caught:  # it does not open, but it was tried
+        disclosure.open_envelope(world.keys[WOCO], world.covenant, largest)
+    assert caught.value.message != "envelope too large"
