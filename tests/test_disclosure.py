@@ -16,6 +16,8 @@ tests/test_disclosure_daemons.py.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import Iterator, Sequence
@@ -1586,3 +1588,60 @@ def test_an_envelope_of_the_largest_size_is_opened(world: World) -> None:
     with pytest.raises(DecryptionFailed) as caught:  # it does not open, but it was tried
         disclosure.open_envelope(world.keys[WOCO], world.covenant, largest)
     assert caught.value.message != "envelope too large"
+
+
+def test_the_hit_proof_has_its_exact_form() -> None:
+    """Requester and owner may run different versions: the proof is pinned to its
+    definition, HMAC-SHA256 over the domain and the request's binding fields, each with
+    its length as two bytes, big-endian."""
+    parts = [
+        b"samenloop/v1 disclosure proof",
+        "riec-één".encode(),
+        b"\x61" * 16,
+        b"gemeente",
+        b"woco",
+        GROUP,
+        REF,
+    ]
+    message = b"".join(len(part).to_bytes(2, "big") + part for part in parts)
+    assert (
+        disclosure.hit_proof(
+            PROOF_KEY,
+            covenant_id="riec-één",
+            request_id=b"\x61" * 16,
+            requester="gemeente",
+            owner="woco",
+            hit_group_id=GROUP,
+            signal_ref=REF,
+        )
+        == hmac.new(PROOF_KEY, message, hashlib.sha256).digest()
+    )
+
+
+def test_requests_at_the_limits_are_taken(world: World) -> None:
+    request = _request(world)
+    request.purpose = "p" * 64
+    request.requester_officer = "o" * 64
+    del request.requested_fields[:]
+    request.requested_fields.extend(f"f{i}" for i in range(64))
+    parsed = disclosure.parse_request(request.SerializeToString(), sender=GEMEENTE, me=WOCO)
+    assert (len(parsed.purpose), len(parsed.officer), len(parsed.fields)) == (64, 64, 64)
+    request.issued_at.seconds = 2**62
+    with pytest.raises(InvalidInput) as caught:
+        disclosure.parse_request(request.SerializeToString(), sender=GEMEENTE, me=WOCO)
+    assert (caught.value.field, caught.value.message) == ("issued_at", "the time is out of range")
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [((), "disclosure.no_fields"), (("naam", "adres", "naam"), "disclosure.duplicate")],
+)
+def test_field_lists_are_refused_with_their_reason(
+    world: World, fields: tuple[str, ...], reason: str
+) -> None:
+    request = _request(world)
+    del request.requested_fields[:]
+    request.requested_fields.extend(fields)
+    with pytest.raises(InvalidInput) as caught:
+        disclosure.parse_request(request.SerializeToString(), sender=GEMEENTE, me=WOCO)
+    assert (caught.value.field, caught.value.reason) == ("requested_fields", reason)
