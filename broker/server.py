@@ -88,8 +88,15 @@ def build_server(
     engine = database.make_engine(config.database_url)
     database.check_at_head(engine, MIGRATIONS)
     store = BrokerStore(engine, owner=held().broker.id)
+    # Every version held counts for how far ahead entries may expire (see BrokerContext).
+    held_retention_days = held().policy.retention.longest_days
     for stored in store.covenant_versions():  # versions published since the root
-        held.replay(SignedCovenant.from_proto(common_pb2.SignedCovenant.FromString(stored)))
+        replayed = held.replay(
+            SignedCovenant.from_proto(common_pb2.SignedCovenant.FromString(stored))
+        )
+        held_retention_days = max(
+            held_retention_days, replayed.covenant.policy.retention.longest_days
+        )
     current = held()
     keys = PartyKeys.load(config.signing_keys)
     if keys.public().ed25519 != current.broker.ed25519:
@@ -111,7 +118,12 @@ def build_server(
             seconds=round(time.perf_counter() - started, 2),
         )
     context = BrokerContext(
-        covenant=covenant_source, store=store, keys=keys, clock=clock, trust=held
+        covenant=covenant_source,
+        store=store,
+        keys=keys,
+        clock=clock,
+        trust=held,
+        held_retention_days=held_retention_days,
     )
     if evaluate_timeout is not None:
         context.evaluate_timeout = evaluate_timeout

@@ -9,6 +9,9 @@ outbox waits, nothing is lost):
   the outbox in order (``SubmitTokens`` / ``WithdrawTokens``) and mark each
   batch acknowledged only after the broker's answer. A batch resent after a
   crash carries the same client batch id, so the broker counts it once.
+  A batch the broker refuses for one of the covenant's submission quotas stays
+  in the outbox, and the outbox waits (in order: a withdrawal must not overtake
+  the submission it withdraws) until the next UTC day or ``QUOTA_RETRY``.
   Sealed envelopes (disclosure requests and answers) wait in their own durable
   outbox and go to ``SendEnvelope`` under their message id, so a resend is
   delivered once.
@@ -19,7 +22,9 @@ outbox waits, nothing is lost):
   signed message inside; a covenant update is verified against the held
   version (``HeldCovenant``: threshold, version, validity) and stored before
   it is adopted, and a refused one is recorded and skipped: a node does not
-  trust the broker.
+  trust the broker. A ``SetAsideItem`` (the broker could not deliver the item at
+  that cursor: too large) is recorded in the audit log and acknowledged, so the
+  node neither stalls on it nor misses it silently.
 * **holder** (key holders only): keep a ``HolderChannel`` open and answer the
   evaluation requests the broker relays, with ``KeyHolder.handle``.
 
@@ -34,7 +39,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import grpc
@@ -52,6 +57,7 @@ from samenloop.policies import covenant as covenant_model
 from samenloop.policies import rules
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import NotEnoughHolders, SamenloopError
+from samenloop.policies.rpc import error_from_rpc
 from samenloop.policies.trust import HeldCovenant, SignedCovenant
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2, keyholder_pb2
 
@@ -66,6 +72,13 @@ IDLE_SECONDS = 1.0
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 CALL_TIMEOUT = 30.0
+#: How long the outbox waits after the broker refused a batch for a quota of entries
+#: held (the broker's own expiry sweep may free room); a daily quota waits for the next
+#: UTC day, or this, whichever comes first.
+QUOTA_RETRY = timedelta(minutes=10)
+#: The payload kinds a SetAsideItem may name; anything else is recorded as "unknown".
+_PAYLOAD_KINDS = frozenset({"hit_notice", "envelope", "covenant_update"})
+_MAX_INT64 = 2**63 - 1
 
 #: Status codes that mean "the broker is not reachable now": wait and retry.
 TRANSIENT = frozenset(
@@ -187,6 +200,8 @@ class Uplink:
         self._threads: list[threading.Thread] = []
         self._calls: set[grpc.Call] = set()
         self._calls_lock = threading.Lock()
+        #: The outbox waits until then: the broker refused a batch for a quota.
+        self._outbox_waits_until: datetime | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -359,12 +374,19 @@ class Uplink:
         return True
 
     def _send_outbox(self) -> bool:
+        waits = self._outbox_waits_until
+        if waits is not None:
+            if self._clock() < waits:
+                return False
+            self._outbox_waits_until = None
         batches = self._store.outbox(limit=16)
         for batch in batches:
-            self._send(batch)
+            if not self._send(batch):
+                return False  # the rest waits, in order
         return bool(batches)
 
-    def _send(self, batch: OutboxBatch) -> None:
+    def _send(self, batch: OutboxBatch) -> bool:
+        """Send one outbox batch; False if the broker refused it for a quota (it stays)."""
         try:
             if batch.kind is BatchKind.SUBMIT:
                 request = broker_pb2.SubmitTokensRequest(
@@ -387,6 +409,11 @@ class Uplink:
                 )
         except grpc.RpcError as error:
             if isinstance(error, grpc.Call) and error.code() not in TRANSIENT:
+                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    reason = error_from_rpc(error).reason
+                    if reason.startswith("quota."):
+                        self._wait_for_quota(reason, error.details() or "")
+                        return False
                 # The broker refused the batch for good: do not resend it forever.
                 log.warning(
                     "broker refused an outbox batch",
@@ -395,12 +422,27 @@ class Uplink:
                     details=error.details(),
                 )
                 self._store.reject_batch(batch.client_batch_id, now=self._clock())
-                return
+                return True
             raise
         self._store.mark_acked(batch.client_batch_id, now=self._clock())
         with self.status.lock:
             self.status.batches_sent += 1
             self.status.last_contact = self._clock()
+        return True
+
+    def _wait_for_quota(self, reason: str, details: str) -> None:
+        """The broker refused a batch for one of the covenant's quotas: keep it, and let
+        the outbox wait until the quota may have room again."""
+        now = self._clock()
+        until = now + QUOTA_RETRY
+        if reason == "quota.token_entries_per_day":
+            tomorrow = datetime.combine(
+                now.astimezone(UTC).date() + timedelta(days=1), datetime.min.time(), UTC
+            )
+            until = min(until, tomorrow)
+        self._outbox_waits_until = until
+        log.warning("broker quota reached: the outbox waits", reason=reason, until=until)
+        self.status.update(last_error=f"broker quota reached ({reason}): {details}")
 
     def _send_envelopes(self) -> bool:
         """Send the envelope outbox in order; each is marked sent only after the broker's
@@ -494,6 +536,18 @@ class Uplink:
             return
         if item.HasField("covenant_update"):
             self._covenant_update(item.cursor, item.covenant_update)
+            return
+        if item.HasField("set_aside"):
+            aside = item.set_aside
+            missed = aside.kind if aside.kind in _PAYLOAD_KINDS else "unknown"
+            size = min(aside.size_bytes, _MAX_INT64)
+            log.warning(
+                "the broker set aside a mailbox item too large to deliver",
+                cursor=item.cursor,
+                kind=missed,
+                size=size,
+            )
+            self._store.note_set_aside(item.cursor, missed, size, now=self._clock())
             return
         log.info("mailbox item of an unknown kind skipped", cursor=item.cursor)
         self._store.advance_cursor(item.cursor)

@@ -124,6 +124,9 @@ class AuditKind(enum.StrEnum):
     PICTURE_EVENT = "picture_event"
     # Messages relayed between nodes (broker), by id only.
     ENVELOPE_RELAYED = "envelope_relayed"
+    # A mailbox item too large to deliver, moved out of the mailbox (broker) and the marker
+    # that took its place, received (node).
+    MAILBOX_ITEM_SET_ASIDE = "mailbox_item_set_aside"
 
 
 @dataclass(frozen=True, slots=True)

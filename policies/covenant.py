@@ -56,6 +56,8 @@ from samenloop.policies.errors import (
     SamenloopError,
 )
 from samenloop.policies.policy import (
+    DEFAULT_TOKEN_ENTRIES_HELD,
+    DEFAULT_TOKEN_ENTRIES_PER_DAY,
     CaseRules,
     Level,
     Matching,
@@ -101,6 +103,7 @@ __all__ = [
 KIND = "samenloop.covenant.v1"
 
 MAX_HOLDERS: int = common_pb2.LIMITS_MAX_KEY_HOLDERS
+MAX_PARTIES: int = common_pb2.LIMITS_MAX_PARTIES
 KEY_BYTES: int = common_pb2.LIMITS_KEY_BYTES
 ELEMENT_BYTES: int = common_pb2.LIMITS_ELEMENT_BYTES
 MAX_NAME_BYTES = 256
@@ -241,6 +244,9 @@ class Covenant:
             raise InvalidInput("must be the broker's entry", field="broker")
         if not isinstance(self.parties, tuple) or len(self.parties) < 2:
             raise InvalidInput("list at least two parties", field="parties")
+        if len(self.parties) > MAX_PARTIES:
+            # Hit notices list the members of a group: this bounds their size.
+            raise InvalidInput(f"at most {MAX_PARTIES} parties", field="parties")
         ids: dict[str, int] = {}
         signing_keys: dict[bytes, str] = {self.broker.ed25519: "broker.ed25519"}
         sealing_keys: dict[bytes, str] = {}
@@ -474,6 +480,12 @@ def _read_policy(top: _Table) -> Policy:
         Quotas,
         oprf_evaluations_per_day=quotas_table.integer("oprf_evaluations_per_day"),
         disclosure_requests_per_day=quotas_table.integer("disclosure_requests_per_day"),
+        token_entries_per_day=quotas_table.integer(
+            "token_entries_per_day", default=DEFAULT_TOKEN_ENTRIES_PER_DAY
+        ),
+        token_entries_held=quotas_table.integer(
+            "token_entries_held", default=DEFAULT_TOKEN_ENTRIES_HELD
+        ),
     )
     picture_table = top.table("picture")
     picture = picture_table.build(
@@ -762,6 +774,8 @@ def _policy_lines(policy: Policy) -> list[str]:
         "[quotas]",
         f"oprf_evaluations_per_day = {toml_literal(policy.quotas.oprf_evaluations_per_day)}",
         f"disclosure_requests_per_day = {toml_literal(policy.quotas.disclosure_requests_per_day)}",
+        f"token_entries_per_day = {toml_literal(policy.quotas.token_entries_per_day)}",
+        f"token_entries_held = {toml_literal(policy.quotas.token_entries_held)}",
         "",
         "[picture]",
         f"viewers = {toml_literal(tuple(r.value for r in policy.picture.viewers))}",

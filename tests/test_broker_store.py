@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from hypothesis import given
 from hypothesis import strategies as st
 
-from samenloop.broker import matching, store, token_filter
+from samenloop.broker import mailbox, matching, store, token_filter
 from samenloop.broker.mailbox import ItemKind
 from samenloop.broker.matching import Entry, NoticeDraft
 from samenloop.broker.models import Base, TokenEntry
@@ -97,7 +97,7 @@ def submit(broker: BrokerStore, party: str, n: int, entries, *, ids=None, sign_n
 
 
 def inbox(broker: BrokerStore, party: str) -> list[str]:
-    return [item.payload.decode() for item in broker.fetch(party, 0).items]
+    return [item.payload.decode() for item in broker.fetch(party, 0, now=NOW).items]
 
 
 def table_counts(engine: sa.Engine) -> dict[str, int]:
@@ -115,7 +115,7 @@ def test_migrations_go_up_down_and_up_again(database_url):
     engine = database.make_engine(database_url)
     try:
         database.upgrade(engine, MIGRATIONS)
-        assert database.current(engine) == database.heads(MIGRATIONS) == ("0004",)
+        assert database.current(engine) == database.heads(MIGRATIONS) == ("0005",)
         database.check_at_head(engine, MIGRATIONS)
 
         database.downgrade(engine, MIGRATIONS)
@@ -137,7 +137,10 @@ def test_a_schema_newer_than_the_software_is_refused(engine):
     with pytest.raises(ConfigurationError, match="newer than this software"):
         database.check_at_head(engine, MIGRATIONS)
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0004'"))
+        conn.execute(
+            sa.text("UPDATE alembic_version SET version_num = :head"),
+            {"head": database.heads(MIGRATIONS)[0]},
+        )
 
 
 def _not_a_partition(obj, name, type_, reflected, compare_to):
@@ -234,7 +237,7 @@ def test_unsupported_database_urls_are_configuration_errors(url):
 def test_timestamps_are_utc_and_naive_ones_refused(broker, engine):
     cet = NOW.astimezone(datetime.now().astimezone().tzinfo)
     broker.enqueue("a", b"x", ItemKind.ENVELOPE, cet)
-    (item,) = broker.fetch("a", 0).items
+    (item,) = broker.fetch("a", 0, now=NOW).items
     assert item.enqueued_at == NOW
     assert item.enqueued_at.tzinfo is UTC
     with pytest.raises(ValueError, match="time zone"):
@@ -451,7 +454,7 @@ def test_removing_a_party_closes_its_mailbox_and_tells_the_others(broker, engine
     assert (result.removed, result.notified) == (1, ("a", "b"))
     assert inbox(broker, "a")[-1].startswith("a|SHRUNK|3|")
     for action in (
-        lambda: broker.fetch("c", 0),
+        lambda: broker.fetch("c", 0, now=NOW),
         lambda: broker.ack("c", 0),
         lambda: broker.enqueue("c", b"x", ItemKind.ENVELOPE, NOW),
         lambda: submit(broker, "c", 9, [entry("c", 2)]),
@@ -532,7 +535,7 @@ def test_mailbox_cursors_survive_reconnects(engine):
     first = BrokerStore(engine)
     cursors = [first.enqueue("a", b"item %d" % i, ItemKind.ENVELOPE, NOW) for i in range(5)]
     assert cursors == [1, 2, 3, 4, 5]
-    page = first.fetch("a", 0, 2)
+    page = first.fetch("a", 0, 2, now=NOW)
     assert [i.cursor for i in page.items] == [1, 2]
     assert (page.head_cursor, page.acked_cursor) == (5, 0)
     assert first.ack("a", 2) == 2
@@ -541,18 +544,19 @@ def test_mailbox_cursors_survive_reconnects(engine):
     second = BrokerStore(engine)
     state = second.mailbox_state("a")
     assert (state.head_cursor, state.acked_cursor) == (5, 2)
-    assert [i.payload for i in second.fetch("a", state.acked_cursor).items] == [
+    assert [i.payload for i in second.fetch("a", state.acked_cursor, now=NOW).items] == [
         b"item 2",
         b"item 3",
         b"item 4",
     ]
-    assert [i.cursor for i in second.fetch("a", 0).items] == [3, 4, 5]  # acked ones are gone
+    # The acknowledged ones are gone.
+    assert [i.cursor for i in second.fetch("a", 0, now=NOW).items] == [3, 4, 5]
     assert second.ack("a", 1) == 2  # an older ack: no-op
     with pytest.raises(InvalidInput) as raised:
         second.ack("a", 6)
     assert raised.value.field == "cursor"
     assert second.ack("a", 5) == 5
-    assert second.fetch("a", 0).items == ()
+    assert second.fetch("a", 0, now=NOW).items == ()
     assert second.enqueue("a", b"next", ItemKind.ENVELOPE, NOW) == 6  # never reused
 
 
@@ -567,7 +571,7 @@ def test_readers_do_not_wait_for_a_writer(broker, engine):
         seen: list[int] = []
 
         def read() -> None:
-            seen.append(len(broker.fetch("a", 0).items))
+            seen.append(len(broker.fetch("a", 0, now=NOW).items))
             seen.append(broker.count_tokens())
             done.set()
 
@@ -580,10 +584,13 @@ def test_readers_do_not_wait_for_a_writer(broker, engine):
 def test_fetch_respects_limits_and_sizes(broker):
     for i in range(3):
         broker.enqueue("a", bytes(100) + bytes([i]), ItemKind.COVENANT_UPDATE, NOW)
-    assert len(broker.fetch("a", 0, max_bytes=250).items) == 2
-    assert len(broker.fetch("a", 0, max_bytes=10).items) == 1  # at least one
-    assert broker.fetch("a", 0).items[0].kind is ItemKind.COVENANT_UPDATE
-    unknown = broker.fetch("nobody", 0)
+    # Each item costs its payload and ITEM_OVERHEAD_BYTES; the response its own overhead.
+    room = mailbox.RESPONSE_OVERHEAD_BYTES + 2 * mailbox.wire_bytes(101)
+    assert len(broker.fetch("a", 0, now=NOW, budget=room).items) == 2
+    assert len(broker.fetch("a", 0, now=NOW, budget=room - 1).items) == 1
+    assert len(broker.fetch("a", 0, 1, now=NOW).items) == 1
+    assert broker.fetch("a", 0, now=NOW).items[0].kind is ItemKind.COVENANT_UPDATE
+    unknown = broker.fetch("nobody", 0, now=NOW)
     assert (unknown.items, unknown.head_cursor, unknown.acked_cursor) == ((), 0, 0)
     assert broker.ack("nobody", 0) == 0
 
@@ -598,7 +605,7 @@ def test_envelopes_are_relayed_once(broker):
         "a", batch_id(1), digest, recipient="b", payload=b"sealed", now=NOW + timedelta(hours=1)
     )
     assert again == replace(first, replayed=True)
-    assert [i.payload for i in broker.fetch("b", 0).items] == [b"sealed"]
+    assert [i.payload for i in broker.fetch("b", 0, now=NOW).items] == [b"sealed"]
     with pytest.raises(Replay) as raised:
         broker.relay_envelope(
             "a", batch_id(1), hashlib.sha256(b"other").digest(),

@@ -303,6 +303,8 @@ default_days = 365
 [quotas]
 oprf_evaluations_per_day = 1000000
 disclosure_requests_per_day = 200
+token_entries_per_day = 1000000
+token_entries_held = 5000000
 
 [picture]
 viewers = ["riec"]
@@ -407,6 +409,9 @@ BAD_VALUES = [
     (RETENTION_CATEGORIES, 0, '"fietsendiefstal"', "30", "retention.categories.fietsendiefstal"),
     (QUOTAS, 0, "oprf_evaluations_per_day", "0", "quotas.oprf_evaluations_per_day"),
     (QUOTAS, 0, "disclosure_requests_per_day", None, "quotas.disclosure_requests_per_day"),
+    (QUOTAS, 0, "token_entries_per_day", "9999", "quotas.token_entries_per_day"),
+    (QUOTAS, 0, "token_entries_held", "true", "quotas.token_entries_held"),
+    (QUOTAS, 0, "token_entries_held", "1000000001", "quotas.token_entries_held"),
     (PICTURE, 0, "viewers", '["marechaussee"]', "picture.viewers"),
     (PICTURE, 0, "min_cell_count", "0", "picture.min_cell_count"),
     (PICTURE, 0, "epsilon_per_period", "-1.0", "picture.epsilon_per_period"),
