@@ -76,6 +76,7 @@ CALL_TIMEOUT = 30.0
 #: held (the broker's own expiry sweep may free room); a daily quota waits for the next
 #: UTC day, or this, whichever comes first.
 QUOTA_RETRY = timedelta(minutes=10)
+QUOTA_ERROR = "broker quota reached"
 #: The payload kinds a SetAsideItem may name; anything else is recorded as "unknown".
 _PAYLOAD_KINDS = frozenset({"hit_notice", "envelope", "covenant_update"})
 _MAX_INT64 = 2**63 - 1
@@ -383,6 +384,11 @@ class Uplink:
         for batch in batches:
             if not self._send(batch):
                 return False  # the rest waits, in order
+            if waits is not None:  # the quota had room again: the status need not say it
+                waits = None
+                with self.status.lock:
+                    if self.status.last_error.startswith(QUOTA_ERROR):
+                        self.status.last_error = ""
         return bool(batches)
 
     def _send(self, batch: OutboxBatch) -> bool:
@@ -442,7 +448,7 @@ class Uplink:
             until = min(until, tomorrow)
         self._outbox_waits_until = until
         log.warning("broker quota reached: the outbox waits", reason=reason, until=until)
-        self.status.update(last_error=f"broker quota reached ({reason}): {details}")
+        self.status.update(last_error=f"{QUOTA_ERROR} ({reason}): {details}")
 
     def _send_envelopes(self) -> bool:
         """Send the envelope outbox in order; each is marked sent only after the broker's

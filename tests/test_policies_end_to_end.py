@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from stdnum.nl import bsn as stdnum_bsn
 
 from samenloop.node import disclosure, models
-from samenloop.node.client import Disclosure, Hit, NodeClient
+from samenloop.node.client import Disclosure, Hit, NodeClient, SignalInput
 from samenloop.node.daemon import RunningNode, build_node
 from samenloop.node.models import DisclosureState, HitKind, HitState, IdentifierState, SignalState
 from samenloop.node.provision import PartySpec, Provisioned, provision
@@ -51,7 +51,7 @@ from samenloop.policies.config import load_broker_config, load_node_config
 from samenloop.policies.covenant import Covenant, Role
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import InvalidInput, NotFound
-from samenloop.policies.policy import Policy, example_policy
+from samenloop.policies.policy import MIN_TOKEN_QUOTA, Policy, example_policy
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
 GEMEENTE, WOCO, GEMEENTE_B = "gemeente", "woco", "gemeente-b"
@@ -306,6 +306,48 @@ def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
         lambda: cluster.tokens_at_broker() == OPRF_PER_DAY + len(over),
     )
     assert cluster.nodes[GEMEENTE_B].store.status_counts().identifiers_pending == 0
+
+
+def test_a_batch_over_the_broker_s_daily_quota_waits_in_the_outbox_for_the_next_day(
+    make_cluster: Callable[[Policy], Cluster],
+) -> None:
+    """The broker counts token entries per party per UTC day (issue 12); a node whose
+    batch is refused for it keeps the batch and sends it the next day, losing nothing."""
+    per_day = MIN_TOKEN_QUOTA
+    policy = example_policy()
+    cluster = make_cluster(
+        dataclasses.replace(
+            policy, quotas=dataclasses.replace(policy.quotas, token_entries_per_day=per_day)
+        )
+    )
+    bsns = valid_bsns(per_day + 1, start=30_000_000)
+    rows = [SignalInput(f"Q-{i}", "woonfraude", [("bsn", b)]) for i, b in enumerate(bsns)]
+    report = cluster.clients[GEMEENTE_B].import_signals(rows)
+    assert report.imported == len(rows)
+    store = cluster.nodes[GEMEENTE_B].store
+    error = wait_for(
+        "the node's status naming the quota",
+        lambda: (
+            "quota.token_entries_per_day" in (e := cluster.clients[GEMEENTE_B].status().last_error)
+            and e
+        ),
+        timeout=60,
+    )
+    counts = store.status_counts()
+    at_broker = cluster.tokens_at_broker()
+    assert at_broker <= per_day
+    assert counts.identifiers_pending + counts.outbox_entries + at_broker == per_day + 1
+    assert "broker quota reached" in error
+    assert cluster.broker.store.usage(GEMEENTE_B).submitted == at_broker  # batches are whole
+    cluster.clock.advance(timedelta(days=1))
+    cluster.nodes[GEMEENTE_B].uplink.wake.set()
+    wait_for(
+        "the rest sent and acknowledged the next day",
+        lambda: (
+            cluster.tokens_at_broker() == per_day + 1 and store.status_counts().outbox_entries == 0
+        ),
+    )
+    assert cluster.clients[GEMEENTE_B].status().last_error == ""
 
 
 def test_the_daily_disclosure_quota_refuses_the_next_request(
