@@ -246,7 +246,7 @@ class Covenant:
             raise InvalidInput("list at least two parties", field="parties")
         if len(self.parties) > MAX_PARTIES:
             # Hit notices list the members of a group: this bounds their size.
-            raise InvalidInput(f"at most {MAX_PARTIES} parties", field="parties")
+            raise MessageTooLarge(f"at most {MAX_PARTIES} parties", field="parties")
         ids: dict[str, int] = {}
         signing_keys: dict[bytes, str] = {self.broker.ed25519: "broker.ed25519"}
         sealing_keys: dict[bytes, str] = {}

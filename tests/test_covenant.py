@@ -579,6 +579,13 @@ def test_writing_the_example_gives_its_exact_bytes():
     assert cv.covenant_from_toml(cv.covenant_to_toml(covenant), source="again") == covenant
 
 
+def test_a_draft_without_the_broker_s_quotas_gets_the_defaults():
+    text = _edit(EXAMPLE, QUOTAS, 0, "token_entries_per_day", None)
+    text = _edit(text, QUOTAS, 0, "token_entries_held", None)
+    quotas = cv.covenant_from_toml(text.encode(), source="older draft").policy.quotas
+    assert (quotas.token_entries_per_day, quotas.token_entries_held) == (1_000_000, 5_000_000)
+
+
 def test_non_utc_offsets_and_crlf_are_normalised_to_the_same_covenant():
     covenant = cv.covenant_from_toml(EXAMPLE.encode(), source="covenant.toml")
     text = EXAMPLE.replace(
@@ -697,6 +704,20 @@ def test_at_most_sixteen_key_holders():
         OprfKeyEpoch(1, 2, bytes(32), seats, NOW, NOW + timedelta(days=1))
     assert caught.value.field == "holders"
     assert common_pb2.LIMITS_MAX_KEY_HOLDERS == 16
+
+
+def test_at_most_the_limit_of_parties():
+    covenant = _covenant()
+    limit = common_pb2.LIMITS_MAX_PARTIES
+    more = tuple(
+        Party(f"extra-{i}", f"Extra {i}", Role.GEMEENTE, PartyKeys.generate(f"e{i}").public())
+        for i in range(limit - len(covenant.parties))
+    )
+    assert len(replace(covenant, parties=(*covenant.parties, *more)).parties) == limit
+    one_more = Party("extra-x", "Extra X", Role.GEMEENTE, PartyKeys.generate("x").public())
+    with pytest.raises(MessageTooLarge) as caught:
+        replace(covenant, parties=(*covenant.parties, *more, one_more))
+    assert caught.value.field == "parties"
 
 
 @pytest.mark.parametrize(
