@@ -800,6 +800,7 @@ class BrokerStore(audit_store.AuditLog):
         """
         _check_party(party)
         now = _utc(now)
+        tried: tuple[int, ...] = ()
         while True:
             with self._read() as conn:
                 party_id = self._party(conn, party)
@@ -835,6 +836,9 @@ class BrokerStore(audit_store.AuditLog):
                         for cursor, kind, payload, enqueued_at in rows
                     )
                     return Fetched(items, state.head_cursor, state.acked_cursor)
+            if plan.set_aside == tried:  # only a row altered by hand gets here: say so
+                raise LookupError(f"cannot set aside mailbox items {tried} of {party}")
+            tried = plan.set_aside
             self._set_aside(party, party_id, plan.set_aside, now)
 
     def _set_aside(self, party: str, party_id: int, cursors: Sequence[int], now: datetime) -> None:
