@@ -429,10 +429,14 @@ def charge(
     return Usage(max(day, usage.day), today + submitted, held)
 
 
-def held_deltas(change: Change) -> dict[str, int]:
+def held_deltas(change: Change, *, submitter: str | None = None) -> dict[str, int]:
     """How a change moves each party's count of entries held: inserted less deleted
-    (entries updated in place do not move it)."""
-    deltas = Counter(entry.party for entry in change.inserted)
+    (entries updated in place do not move it). ``submitter``: the change is that party's
+    submission, whose inserts are all its own (counted without a look at each)."""
+    if submitter is None:
+        deltas = Counter(entry.party for entry in change.inserted)
+    else:
+        deltas = Counter({submitter: len(change.inserted)})
     deltas.subtract(entry.party for entry in change.deleted)
     return {party: delta for party, delta in deltas.items() if delta}
 

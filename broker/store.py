@@ -482,7 +482,7 @@ class BrokerStore(audit_store.AuditLog):
                 visibility=visibility,
                 rules=rules,
             )
-            held = matching.held_deltas(outcome.change)
+            held = matching.held_deltas(outcome.change, submitter=party)
             assert tx.usage is not None
             usage = tx.usage
             if rules is not None:

@@ -732,6 +732,8 @@ def test_held_deltas_count_inserts_less_deletes_per_party():
     change = Change(inserted=(a1, a2), updated=(b1,), deleted=(b1, replace(a1, token=T3)))
     assert matching.held_deltas(change) == {"a": 1, "b": -1}
     assert matching.held_deltas(Change(inserted=(a1,), deleted=(a1,))) == {}
+    submitted = Change(inserted=(a1, a2), deleted=(b1,))
+    assert matching.held_deltas(submitted, submitter="a") == {"a": 2, "b": -1}
 
 
 def boxes_group(members: int, boxes_each: int) -> tuple[Index, list[str]]:
