@@ -39,6 +39,7 @@ from sqlalchemy import (
     Engine,
     any_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -234,6 +235,22 @@ _PG_MOVE_HEADS: Final = (
 _PG_INSERT_ITEMS: Final = (
     "INSERT INTO mailbox_items (party_id, cursor, kind, payload, enqueued_at)"
     " VALUES (%s, %s, %s, %s, %s)"
+)
+
+# A mailbox's window (see BrokerStore.fetch): each item's size, with the payloads of the
+# small ones. Built once: SQLAlchemy would otherwise rebuild it on every fetch.
+_MAILBOX_SIZE = func.length(MailboxItem.payload)
+_MAILBOX_WINDOW: Final = (
+    select(
+        MailboxItem.cursor,
+        MailboxItem.kind,
+        _MAILBOX_SIZE,
+        MailboxItem.enqueued_at,
+        case((bindparam("small") >= _MAILBOX_SIZE, MailboxItem.payload), else_=None),
+    )
+    .where(MailboxItem.party_id == bindparam("party_id"), MailboxItem.cursor > bindparam("after"))
+    .order_by(MailboxItem.cursor)
+    .limit(bindparam("limit"))
 )
 
 SignNotice = Callable[[NoticeDraft], bytes]
@@ -795,8 +812,9 @@ class BrokerStore(audit_store.AuditLog):
 
         An item that fits in no message is set aside first (:meth:`_set_aside`, its own
         transaction, at ``now``) and its marker comes in its place: no item stops a
-        mailbox. Sizes are read before payloads, so a page never loads what it will not
-        send.
+        mailbox. One query reads the window's sizes, with the payloads of the small items
+        (at most ``budget`` bytes of them in all); the larger payloads of the page, if any,
+        come in a second. A page never loads an item it will not send.
         """
         _check_party(party)
         now = _utc(now)
@@ -808,32 +826,39 @@ class BrokerStore(audit_store.AuditLog):
                 window = mailbox.fetch(state, after_cursor, max_items)
                 if party_id is None:
                     return Fetched((), state.head_cursor, state.acked_cursor)
-                mine = (MailboxItem.party_id == party_id, MailboxItem.cursor > window.after)
-                sizes = conn.execute(
-                    select(MailboxItem.cursor, func.length(MailboxItem.payload))
-                    .where(*mine)
-                    .order_by(MailboxItem.cursor)
-                    .limit(window.limit)
+                rows = conn.execute(
+                    _MAILBOX_WINDOW,
+                    {
+                        "party_id": party_id,
+                        "after": window.after,
+                        "small": budget // window.limit,
+                        "limit": window.limit,
+                    },
                 ).all()
-                plan = mailbox.page([(cursor, size) for cursor, size in sizes], budget=budget)
+                plan = mailbox.page([(row[0], row[2]) for row in rows], budget=budget)
                 if not plan.set_aside:
-                    rows = (
-                        conn.execute(
-                            select(
-                                MailboxItem.cursor,
-                                MailboxItem.kind,
-                                MailboxItem.payload,
-                                MailboxItem.enqueued_at,
-                            )
-                            .where(*mine, MailboxItem.cursor <= sizes[plan.count - 1][0])
-                            .order_by(MailboxItem.cursor)
-                        ).all()
-                        if plan.count
-                        else []
+                    sent = rows[: plan.count]
+                    large = [row[0] for row in sent if row[4] is None]
+                    payloads = (
+                        dict(
+                            conn.execute(
+                                select(MailboxItem.cursor, MailboxItem.payload).where(
+                                    MailboxItem.party_id == party_id, MailboxItem.cursor.in_(large)
+                                )
+                            ).all()
+                        )
+                        if large
+                        else {}
                     )
                     items = tuple(
-                        StoredItem(cursor, ItemKind(kind), payload, enqueued_at)
-                        for cursor, kind, payload, enqueued_at in rows
+                        StoredItem(
+                            cursor,
+                            ItemKind(kind),
+                            payload if payload is not None else payloads[cursor],
+                            enqueued_at,
+                        )
+                        for cursor, kind, _, enqueued_at, payload in sent
+                        if payload is not None or cursor in payloads  # unless acknowledged
                     )
                     return Fetched(items, state.head_cursor, state.acked_cursor)
             if plan.set_aside == tried:  # only a row altered by hand gets here: say so
