@@ -18,8 +18,9 @@ input naming the field before anything is stored or sent.
 
 A hit as the API shows it is the latest verified hit notice of its group
 (stored as the broker signed it), resolved against the node's own signals,
-with the other members' categories decrypted under the covenant's attribute
-key.
+with the other members' categories decrypted under the attribute key version
+each box names (the node's ``AttributeKeyRing`` holds every version it was
+dealt, so boxes sealed before a key change stay readable).
 
 Nothing here logs an identifier, a detail or a category: log lines carry
 counts and codes only.
@@ -66,7 +67,7 @@ from samenloop.node.store import (
 from samenloop.node.uplink import SOFTWARE, UplinkStatus
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import rules
-from samenloop.policies.covenant import AttributeKey, Covenant
+from samenloop.policies.covenant import AttributeKeyRing, Covenant
 from samenloop.policies.errors import (
     ConfigurationError,
     InvalidInput,
@@ -522,16 +523,20 @@ def signal_to_proto(record: SignalRecord) -> node_pb2.Signal:
     return message
 
 
-def _categories(key: AttributeKey, sealed: Sequence[common_pb2.SecretBox]) -> list[str]:
+def _categories(
+    attribute_keys: AttributeKeyRing, sealed: Sequence[common_pb2.SecretBox]
+) -> list[str]:
     """The distinct categories in a member's sealed attributes, in first-seen order.
 
-    A box under another key version, or one that does not open, is left out:
-    the notice's signature already vouches for the rest of the hit.
+    Each box opens with the key version it names. A box under a version this
+    party was not dealt, or one that does not open, is left out: the notice's
+    signature already vouches for the rest of the hit.
     """
     found: list[str] = []
     failed = 0
     for box in sealed:
-        if box.key_version != key.version:
+        key = attribute_keys.get(box.key_version)
+        if key is None:
             failed += 1
             continue
         try:
@@ -547,7 +552,7 @@ def _categories(key: AttributeKey, sealed: Sequence[common_pb2.SecretBox]) -> li
     return found
 
 
-def hit_to_proto(record: HitRecord, attribute_key: AttributeKey) -> node_pb2.Hit:
+def hit_to_proto(record: HitRecord, attribute_keys: AttributeKeyRing) -> node_pb2.Hit:
     """A stored hit as the API shows it: its latest signed notice, decoded (it was
     verified when it was stored), with the node's own signals resolved and the
     other members' categories decrypted."""
@@ -579,7 +584,7 @@ def hit_to_proto(record: HitRecord, attribute_key: AttributeKey) -> node_pb2.Hit
     for member in notice.members:
         shown = hit.members.add(
             signal_refs=list(member.signal_refs),
-            categories=_categories(attribute_key, member.sealed_attributes),
+            categories=_categories(attribute_keys, member.sealed_attributes),
         )
         if member.HasField("party"):
             shown.party = member.party
@@ -634,7 +639,8 @@ class NodeApiContext:
     store: NodeStore
     #: The covenant held now (a ``HeldCovenant``): read on every call, so updates count.
     covenant: Callable[[], Covenant]
-    attribute_key: AttributeKey
+    #: Every attribute key version this party was dealt (the uplink adds new ones).
+    attribute_keys: AttributeKeyRing
     #: The uplink's live status; None when no uplink runs (tests, offline tools).
     uplink_status: Callable[[], UplinkStatus | None] = lambda: None
     #: Tells the uplink there is work (new signals, withdrawals).
@@ -841,7 +847,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         size, before = _page(request.page_size, request.page_token)
         records = self._store.hits(state, limit=size, newest_first=True, before_feed_seq=before)
         response = node_pb2.ListHitsResponse(
-            hits=[hit_to_proto(r, self._ctx.attribute_key) for r in records]
+            hits=[hit_to_proto(r, self._ctx.attribute_keys) for r in records]
         )
         if len(records) == size:
             response.next_page_token = str(records[-1].feed_seq)
@@ -855,7 +861,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         record = self._store.hit(request.hit_group_id)
         if record is None:
             raise NotFound("no hit with this group id", field="hit_group_id")
-        return node_pb2.GetHitResponse(hit=hit_to_proto(record, self._ctx.attribute_key))
+        return node_pb2.GetHitResponse(hit=hit_to_proto(record, self._ctx.attribute_keys))
 
     def WatchHits(
         self, request: node_pb2.WatchHitsRequest, context: grpc.ServicerContext
@@ -875,7 +881,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             records = self._store.hits(after_feed_seq=after, limit=WATCH_PAGE)
             for record in records:
                 yield node_pb2.WatchHitsResponse(
-                    sequence=record.feed_seq, hit=hit_to_proto(record, self._ctx.attribute_key)
+                    sequence=record.feed_seq, hit=hit_to_proto(record, self._ctx.attribute_keys)
                 )
                 after = record.feed_seq
             if len(records) < WATCH_PAGE:

@@ -9,7 +9,10 @@ runs it until SIGTERM or SIGINT and sweeps expired signals meanwhile.
 The covenant file holds the signed root version the partner trusts out of
 band; versions accepted since (from the broker's mailbox, verified) are kept in
 the store and replayed over it at start, each checked again against the one
-before. Every component reads the resulting ``HeldCovenant`` on each use.
+before. Every component reads the resulting ``HeldCovenant`` on each use. The
+attribute keys dealt in those versions are opened into one
+``AttributeKeyRing`` as they are replayed (and by the uplink as updates
+arrive), so a node reads every version it was dealt.
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ from samenloop.node import keysetup, threshold
 from samenloop.node.api import HitBell, NodeApiContext, NodeApiService
 from samenloop.node.holder import KeyHolder
 from samenloop.node.store import NodeStore
-from samenloop.node.uplink import Uplink, broker_channel
+from samenloop.node.uplink import Uplink, broker_channel, learn_attribute_key
 from samenloop.policies import certs, database, logs
 from samenloop.policies.config import NodeConfig, load_node_config
-from samenloop.policies.covenant import SealedAttributeKey
+from samenloop.policies.covenant import AttributeKeyRing
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError, CovenantRejected
 from samenloop.policies.process import run_until_signalled, settle_heap
@@ -97,14 +100,12 @@ def build_node(
     ca_certificate = _read(config.ca_certificate, "ca_certificate")
     if certs.verify_certificate(certificate, ca_certificate, now=clock()) != party:
         raise ConfigurationError(f"the TLS certificate is not {party}'s", field="certificate")
-    attribute_key = SealedAttributeKey.from_json(
-        _read(config.attribute_key, "attribute_key"), source=str(config.attribute_key)
-    ).open(keys)
 
     engine = database.make_engine(config.database_url)
     database.check_at_head(engine, MIGRATIONS)
     store = NodeStore(engine, owner=party)
-    replay_covenant(held, store)
+    attribute_keys = AttributeKeyRing(keys)
+    replay_covenant(held, store, attribute_keys)
     try:
         check_validity(held(), clock())
     except CovenantRejected as error:
@@ -112,6 +113,8 @@ def build_node(
     covenant = held()
     if not covenant.is_party(party):
         log.error("the covenant held no longer lists this party", version=covenant.version)
+    else:
+        attribute_keys.current(covenant)  # a box that does not open stops the start
 
     holder = None
     if config.key_share is not None:
@@ -141,7 +144,7 @@ def build_node(
         covenant=held,
         keys=keys,
         store=store,
-        attribute_key=attribute_key,
+        attribute_keys=attribute_keys,
         holder=holder,
         clock=clock,
         on_hit=bell.ring,
@@ -151,7 +154,7 @@ def build_node(
             party=party,
             store=store,
             covenant=held,
-            attribute_key=attribute_key,
+            attribute_keys=attribute_keys,
             uplink_status=lambda: uplink.status,
             wake_uplink=uplink.wake.set,
             clock=clock,
@@ -191,13 +194,18 @@ def build_node(
     return RunningNode(server, address, uplink, store, socket_path)
 
 
-def replay_covenant(held: HeldCovenant, store: NodeStore) -> None:
+def replay_covenant(
+    held: HeldCovenant, store: NodeStore, attribute_keys: AttributeKeyRing | None = None
+) -> None:
     """Re-apply the covenant versions the node accepted since its root, oldest first.
 
     Each is checked again against the one before (signatures, version order);
     a stored version that no longer verifies stops the replay there, loudly:
-    the node then holds the last good version.
+    the node then holds the last good version. ``attribute_keys`` learns the
+    attribute key of the root and of each version replayed.
     """
+    if attribute_keys is not None:
+        learn_attribute_key(attribute_keys, held())
     for data in store.covenant_versions():
         message = common_pb2.SignedCovenant.FromString(data)
         try:
@@ -207,6 +215,8 @@ def replay_covenant(held: HeldCovenant, store: NodeStore) -> None:
             return
         if update.changed:
             log.info("covenant version replayed", version=update.covenant.version)
+            if attribute_keys is not None:
+                learn_attribute_key(attribute_keys, update.covenant)
 
 
 def serve(config_path: Path) -> int:

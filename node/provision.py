@@ -4,9 +4,11 @@ What the administrators of a real covenant do step by step with the CLI
 (``node keygen``, ``keyholder deal`` and ``accept``, certificate issuing), done
 at once for the demo and for tests. Every party gets its own directory with
 owner-only secrets; the OPRF key is dealt t-of-n to the holders and never
-written whole; the covenant lists parties, keys, the CA, the key epoch and the
-rules (``example_policy`` unless the caller gives its own), and is signed by
-the covenant's signers (``signers``, their keys under ``ROOT/admin/``).
+written whole; the covenant lists parties, keys, the CA, the key epoch, the
+attribute key (version 1, sealed to each party in its entry, never written
+whole) and the rules (``example_policy`` unless the caller gives its own), and
+is signed by the covenant's signers (``signers``, their keys under
+``ROOT/admin/``).
 
 Layout::
 
@@ -15,7 +17,7 @@ Layout::
     ROOT/covenant.toml (the draft), covenant.json (signed: what the daemons trust)
     ROOT/broker/broker.toml, tls.pem, tls.key, signing-keys.json, data/
     ROOT/<party>/node.toml, tls.pem, tls.key, party-keys.json,
-                 attribute-key.json, key-share.json (holders only), data/
+                 key-share.json (holders only), data/
 """
 
 from __future__ import annotations
@@ -134,7 +136,6 @@ def provision(
         ),
     )
 
-    attribute_key = covenant.new_attribute_key(covenant_id, 1)
     the_covenant = covenant.Covenant(
         id=covenant_id,
         version=1,
@@ -145,9 +146,13 @@ def provision(
         broker=covenant.BrokerInfo(
             id=broker_id, address=address, ed25519=broker_keys.public().ed25519
         ),
-        parties=tuple(
-            covenant.Party(id=p.id, name=p.name, role=p.role, keys=keys[p.id].public())
-            for p in parties
+        parties=covenant.deal_attribute_key(
+            covenant_id,
+            1,
+            (
+                covenant.Party(id=p.id, name=p.name, role=p.role, keys=keys[p.id].public())
+                for p in parties
+            ),
         ),
         key_epoch=covenant.OprfKeyEpoch(
             epoch=key_epoch.epoch,
@@ -161,7 +166,7 @@ def provision(
             retire_after=key_epoch.retire_after,
         ),
         ca_certificate=ca.cert_pem,
-        attribute_key_version=attribute_key.version,
+        attribute_key_version=1,
     )
     (root / "covenant.toml").write_bytes(covenant.covenant_to_toml(the_covenant))
     signed = trust.SignedCovenant.of(the_covenant)
@@ -192,13 +197,6 @@ def provision(
         issued = ca.issue_party(p.id, now=now)
         certs.save_private_key(party_dir / "tls.key", issued.key_pem)
         (party_dir / "tls.pem").write_bytes(issued.cert_pem)
-        sealed_key = covenant.SealedAttributeKey(
-            covenant_id=covenant_id,
-            version=attribute_key.version,
-            party=p.id,
-            sealed=covenant.seal_attribute_key_for(keys[p.id].public(), attribute_key),
-        )
-        (party_dir / "attribute-key.json").write_bytes(sealed_key.to_json())
         (party_dir / "data").mkdir(parents=True, exist_ok=True)
         node_config = config.NodeConfig(
             party=p.id,
@@ -209,7 +207,6 @@ def provision(
             private_key=party_dir / "tls.key",
             ca_certificate=root / "ca" / "ca.pem",
             party_keys=party_dir / "party-keys.json",
-            attribute_key=party_dir / "attribute-key.json",
             key_share=party_dir / "key-share.json" if p.id in holders else None,
             api_listen=f"127.0.0.1:{free_port()}" if api_tcp else None,
         )

@@ -19,7 +19,8 @@ outbox waits, nothing is lost):
   signed message inside; a covenant update is verified against the held
   version (``HeldCovenant``: threshold, version, validity) and stored before
   it is adopted, and a refused one is recorded and skipped: a node does not
-  trust the broker.
+  trust the broker. An adopted version's attribute key joins the node's
+  ``AttributeKeyRing`` at once: categories are sealed under it from then on.
 * **holder** (key holders only): keep a ``HolderChannel`` open and answer the
   evaluation requests the broker relays, with ``KeyHolder.handle``.
 
@@ -55,7 +56,13 @@ from samenloop.policies.errors import NotEnoughHolders, SamenloopError
 from samenloop.policies.trust import HeldCovenant, SignedCovenant
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2, keyholder_pb2
 
-__all__ = ["Uplink", "UplinkStatus", "broker_channel", "verify_hit_notice"]
+__all__ = [
+    "Uplink",
+    "UplinkStatus",
+    "broker_channel",
+    "learn_attribute_key",
+    "verify_hit_notice",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -107,6 +114,23 @@ def broker_channel(
     )
 
 
+def learn_attribute_key(
+    attribute_keys: covenant_model.AttributeKeyRing, covenant: covenant_model.Covenant
+) -> None:
+    """Add the attribute key ``covenant`` deals to this party to its ring. A box that does
+    not open is logged (never its bytes) and skipped: boxes of that version stay unread,
+    and nothing is sealed until a version that opens is held (``current`` raises)."""
+    try:
+        attribute_keys.learn(covenant)
+    except SamenloopError as error:
+        log.error(
+            "the attribute key dealt to this party does not open",
+            covenant_version=covenant.version,
+            key_version=covenant.attribute_key_version,
+            field=error.field,
+        )
+
+
 @dataclass
 class UplinkStatus:
     """What ``GetStatus`` reports about the broker connection."""
@@ -154,7 +178,7 @@ class Uplink:
         covenant: HeldCovenant,
         keys: PartyKeys,
         store: NodeStore,
-        attribute_key: covenant_model.AttributeKey,
+        attribute_keys: covenant_model.AttributeKeyRing,
         holder: KeyHolder | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_hit: Callable[[], None] = lambda: None,
@@ -165,7 +189,8 @@ class Uplink:
         self._covenant = covenant
         self._keys = keys
         self._store = store
-        self._attribute_key = attribute_key
+        #: Every attribute key version this party was dealt; updates add theirs as they arrive.
+        self.attribute_keys = attribute_keys
         self._holder = holder
         self._clock = clock
         self._on_hit = on_hit
@@ -323,10 +348,14 @@ class Uplink:
         }
 
     def _seal_category(self, category: str) -> bytes:
+        """Seal under the attribute key of the covenant held now: never an older version,
+        which a removed party may hold (if this party's box does not open, this raises and
+        the entries wait)."""
+        key = self.attribute_keys.current(self._covenant())
         plaintext = common_pb2.MemberAttributes(category=category).SerializeToString()
-        nonce, ciphertext = covenant_model.seal_attributes(self._attribute_key, plaintext)
+        nonce, ciphertext = covenant_model.seal_attributes(key, plaintext)
         return common_pb2.SecretBox(
-            key_version=self._attribute_key.version, nonce=nonce, ciphertext=ciphertext
+            key_version=key.version, nonce=nonce, ciphertext=ciphertext
         ).SerializeToString()
 
     def _tokenise_some(self) -> bool:
@@ -517,6 +546,7 @@ class Uplink:
         self._store.accept_covenant(
             cursor, covenant.version, signed.body, message.SerializeToString(), now=now
         )
+        learn_attribute_key(self.attribute_keys, covenant)  # before it is held: no gap
         self._covenant.update(signed, now=now)
         log.info("covenant updated", version=covenant.version)
         if not covenant.is_party(self._party):

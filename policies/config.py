@@ -19,7 +19,6 @@ Example ``node.toml``::
     private_key = "tls/node.key"
     ca_certificate = "tls/ca.crt"
     party_keys = "keys/party-keys.json"
-    attribute_key = "keys/attribute-key.json"
     api_socket = "data/api.sock"
 
 Sans-IO apart from the two ``load_*`` functions, which read one file.
@@ -49,6 +48,12 @@ DATABASE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
 MAX_SOCKET_PATH_BYTES = 107
 
 _C = TypeVar("_C", "BrokerConfig", "NodeConfig")
+
+#: Settings of earlier versions, with what to do instead.
+_RETIRED = {
+    "attribute_key": "no longer used: the covenant carries the attribute key, sealed to each "
+    "party; remove this line (and the attribute-key.json file)",
+}
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -94,7 +99,6 @@ class NodeConfig:
     private_key: Path
     ca_certificate: Path
     party_keys: Path
-    attribute_key: Path
     key_share: Path | None = None
     api_socket: Path | None = None
     api_listen: str | None = None
@@ -111,7 +115,6 @@ class NodeConfig:
             "private_key",
             "ca_certificate",
             "party_keys",
-            "attribute_key",
         ):
             _check_path(getattr(self, name), field=name)
         if self.key_share is not None:
@@ -196,7 +199,6 @@ def node_config_from_toml(data: bytes, *, source: str, base_dir: Path) -> NodeCo
         private_key=settings.path("private_key"),
         ca_certificate=settings.path("ca_certificate"),
         party_keys=settings.path("party_keys"),
-        attribute_key=settings.path("attribute_key"),
         key_share=settings.optional_path("key_share"),
         api_socket=settings.optional_path("api_socket"),
         api_listen=settings.optional_string("api_listen"),
@@ -268,7 +270,7 @@ class _Settings:
     def build(self, cls: type[_C], **values: Any) -> _C:
         unknown = sorted(set(self.doc) - self.read)
         if unknown:
-            raise self._error(unknown[0], "unknown setting")
+            raise self._error(unknown[0], _RETIRED.get(unknown[0], "unknown setting"))
         try:
             return cls(**values)
         except SamenloopError as error:

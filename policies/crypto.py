@@ -9,7 +9,8 @@
   recipient's: only the recipient can read it, and it proves its sender.
   ``seal`` / ``open_sealed`` are the bare box underneath.
 - ``seal_anonymous`` / ``open_anonymous``: NaCl sealed boxes, for key shares
-  dealt to a key holder by an administrator who has no party key.
+  dealt to a key holder and attribute keys dealt to the parties, by an
+  administrator who has no party key.
 - ``secretbox_seal`` / ``secretbox_open``: NaCl secretbox under a key the
   covenant's parties share (the attribute key), for what the broker stores
   and forwards unread.
@@ -62,6 +63,8 @@ ED25519_PUBLIC_KEY_BYTES = 32
 ED25519_SIGNATURE_BYTES = 64
 X25519_KEY_BYTES = 32
 BOX_NONCE_BYTES = nacl.bindings.crypto_box_NONCEBYTES
+#: What a NaCl sealed box adds to its plaintext: the ephemeral public key and the MAC.
+SEALED_BOX_OVERHEAD: int = nacl.bindings.crypto_box_SEALBYTES
 
 
 class SignatureContext(enum.StrEnum):

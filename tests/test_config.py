@@ -23,7 +23,6 @@ certificate = "tls/node.crt"
 private_key = "tls/node.key"
 ca_certificate = "tls/ca.crt"
 party_keys = "keys/party-keys.json"
-attribute_key = "keys/attribute-key.json"
 key_share = "keys/share-epoch-1.json"
 api_socket = "data/api.sock"
 database_url = "sqlite:///data/node.db"
@@ -50,7 +49,6 @@ certificate = "node.crt"
 private_key = "node.key"
 ca_certificate = "ca.crt"
 party_keys = "party-keys.json"
-attribute_key = "attribute-key.json"
 """
 
 MINIMAL_BROKER = """\
@@ -165,7 +163,7 @@ NODE_CASES = [
     ("private_key", None, "private_key"),
     ("ca_certificate", None, "ca_certificate"),
     ("party_keys", None, "party_keys"),
-    ("attribute_key", None, "attribute_key"),
+    ("attribute_key", '"attribute-key.json"', "attribute_key"),  # retired: in the covenant
     ("key_share", '""', "key_share"),
     ("key_share", "true", "key_share"),
     ("api_listen", '"127.0.0.1:7444"', "api_listen"),  # together with api_socket
@@ -196,6 +194,13 @@ def test_node_rules(key, value, field):
     with pytest.raises(ConfigurationError) as caught:
         _node(_set(NODE_TOML, key, value))
     assert caught.value.field == f"node.toml: {field}", str(caught.value)
+
+
+def test_the_retired_attribute_key_setting_says_what_to_do():
+    with pytest.raises(ConfigurationError) as caught:
+        _node(_set(NODE_TOML, "attribute_key", '"attribute-key.json"'))
+    assert caught.value.field == "node.toml: attribute_key"
+    assert "the covenant carries the attribute key" in caught.value.message
 
 
 @pytest.mark.parametrize("value", API_LISTEN_CASES)
