@@ -1135,7 +1135,7 @@ class AttributeKeyRing:
         version = covenant.attribute_key_version
         with self._lock:
             known = self._keys.get(version)
-        if known is not None and known.covenant_id == covenant.id:
+        if known is not None:
             return known
         if not covenant.is_party(self._party_keys.party):
             return None

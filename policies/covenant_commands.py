@@ -158,7 +158,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     init.add_argument("--valid-days", type=int, default=365, help="days of validity (365)")
     init.add_argument("--min-parties", type=int, default=2, help="distinct parties per hit (2)")
     init.add_argument(
-        "--attribute-key-version", type=int, default=1, help="attribute key version (1)"
+        "--attribute-key-version",
+        type=int,
+        default=1,
+        help="version of the attribute key dealt to the parties (1)",
     )
     init.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     init.set_defaults(func=_init)
