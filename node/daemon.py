@@ -129,6 +129,7 @@ def build_node(
             held,
             used_today={p.id: store.evaluations_on(p.id, today) for p in covenant.parties},
             today=today,
+            answered=store.answered_requests(now=clock()),
         )
 
     channel = broker_channel(

@@ -5,7 +5,11 @@ broker is down (the node keeps working offline: signals are stored, the
 outbox waits, nothing is lost):
 
 * **work**: tokenise pending identifiers through the key holders (``Evaluate``
-  relay), store the tokens and their outbox batch in one transaction, then send
+  relay; the planner keeps what each holder still allows this party today and
+  spreads the requests, and when the holders are out of reach or the day's
+  quota is used up, tokenising backs off while the sending goes on), store the
+  tokens, their hit proof keys (kept on the node) and their outbox batch in one
+  transaction, then send
   the outbox in order (``SubmitTokens`` / ``WithdrawTokens``) and mark each
   batch acknowledged only after the broker's answer. A batch resent after a
   crash carries the same client batch id, so the broker counts it once.
@@ -22,7 +26,9 @@ outbox waits, nothing is lost):
   trust the broker. An adopted version's attribute key joins the node's
   ``AttributeKeyRing`` at once: categories are sealed under it from then on.
 * **holder** (key holders only): keep a ``HolderChannel`` open and answer the
-  evaluation requests the broker relays, with ``KeyHolder.handle``.
+  evaluation requests the broker relays, with ``KeyHolder.answer``; each
+  answer is counted, and an evaluation entered in the replay cache, in one
+  transaction that commits before the answer is sent.
 
 Every component reads the covenant through the ``HeldCovenant`` on each use,
 so an accepted update takes effect at once. If the version held no longer
@@ -33,6 +39,7 @@ status (the broker refuses the party anyway).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +51,7 @@ import structlog
 from samenloop.node import evaluation, threshold, tokens
 from samenloop.node.case_desk import CaseDesk
 from samenloop.node.disclosure_desk import DisclosureDesk
-from samenloop.node.holder import KeyHolder
+from samenloop.node.holder import HolderReply, KeyHolder
 from samenloop.node.models import BatchKind, HitKind
 from samenloop.node.notices import verify_hit_notice
 from samenloop.node.picture_desk import PictureDesk
@@ -52,15 +59,16 @@ from samenloop.node.store import NodeStore, OutboxBatch
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import rules
 from samenloop.policies.crypto import PartyKeys, SignatureContext
-from samenloop.policies.errors import NotEnoughHolders, SamenloopError
+from samenloop.policies.errors import NotEnoughHolders, Replay, SamenloopError
 from samenloop.policies.trust import HeldCovenant, SignedCovenant
-from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2, keyholder_pb2
+from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
 __all__ = [
     "Uplink",
     "UplinkStatus",
     "broker_channel",
     "learn_attribute_key",
+    "record_answer",
     "verify_hit_notice",
 ]
 
@@ -153,18 +161,32 @@ class UplinkStatus:
 
 
 class Backoff:
-    """Exponential backoff between reconnects, reset after a success."""
+    """Exponential backoff between reconnects, reset after a success.
+
+    ``wait`` sleeps it; ``defer`` only marks the work not ``due`` until then,
+    so that a loop can go on with its other work meanwhile.
+    """
 
     def __init__(self, stop: threading.Event) -> None:
         self._stop = stop
         self._delay = BACKOFF_FIRST
+        self._due = 0.0
 
     def wait(self) -> None:
         self._stop.wait(self._delay)
         self._delay = min(self._delay * 2, BACKOFF_MAX)
 
+    def defer(self) -> None:
+        self._due = time.monotonic() + self._delay
+        self._delay = min(self._delay * 2, BACKOFF_MAX)
+
+    @property
+    def due(self) -> bool:
+        return time.monotonic() >= self._due
+
     def reset(self) -> None:
         self._delay = BACKOFF_FIRST
+        self._due = 0.0
 
 
 class Uplink:
@@ -195,6 +217,7 @@ class Uplink:
         self._clock = clock
         self._on_hit = on_hit
         self._epoch_of: tuple[int, threshold.KeyEpoch] | None = None
+        self._use_of: tuple[int, threshold.DailyUse] | None = None
         self.wake = threading.Event()
         self.disclosures = DisclosureDesk(
             keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set
@@ -264,6 +287,7 @@ class Uplink:
 
     def _work_loop(self) -> None:
         backoff = Backoff(self._stop)
+        tokenising = Backoff(self._stop)
         hello_done = False
         while not self._stop.is_set():
             try:
@@ -274,7 +298,17 @@ class Uplink:
                     self.wake.wait(IDLE_SECONDS)
                     self.wake.clear()
                     continue
-                busy = self._tokenise_some()
+                busy = False
+                if tokenising.due:
+                    try:
+                        busy = self._tokenise_some()
+                        tokenising.reset()
+                    except NotEnoughHolders as error:
+                        # Holders offline or the quota used up today: try again later, with
+                        # all of them; what is tokenised and the envelopes still go out.
+                        self.status.update(last_error=f"tokenise: {type(error).__name__}: {error}")
+                        log.info("tokenising held back", reason=str(error))
+                        tokenising.defer()
                 busy = self._send_outbox() or busy
                 busy = self._send_envelopes() or busy
                 backoff.reset()
@@ -284,9 +318,6 @@ class Uplink:
             except grpc.RpcError as error:
                 self._failed("work", error)
                 hello_done = False
-                backoff.wait()
-            except NotEnoughHolders as error:  # holders offline: retry with all of them later
-                self._failed("tokenise", error)
                 backoff.wait()
             except Exception as error:  # a bug or a database outage: keep serving
                 self._crashed("work", error)
@@ -317,6 +348,16 @@ class Uplink:
         if self._epoch_of is None or self._epoch_of[0] != covenant.version:
             self._epoch_of = (covenant.version, threshold.KeyEpoch.from_covenant(covenant))
         return self._epoch_of[1]
+
+    def _daily_use(
+        self, covenant: covenant_model.Covenant, epoch: threshold.KeyEpoch
+    ) -> threshold.DailyUse:
+        """What each holder still evaluates for this node today, kept across tokenise calls
+        (so the planner spreads the load) and started afresh with each covenant version."""
+        if self._use_of is None or self._use_of[0] != covenant.version:
+            use = evaluation.daily_use(covenant.policy.quotas, epoch, self._party)
+            self._use_of = (covenant.version, use)
+        return self._use_of[1]
 
     def _hello(self) -> None:
         covenant = self._covenant()
@@ -370,7 +411,7 @@ class Uplink:
         if not pending:
             return False
         epoch = self._key_epoch(covenant)
-        made = evaluation.tokenise(
+        made = evaluation.tokenise_with_proof_keys(
             self._keys,
             covenant,
             tokens.TokenDomain(covenant.id, epoch.epoch),
@@ -378,12 +419,17 @@ class Uplink:
             [p.identifier for p in pending],
             self._relay,
             now=now,
+            planner=threshold.HolderPlanner(epoch, use=self._daily_use(covenant, epoch)),
         )
+        # Fewer tokens than identifiers when the holders ran out midway (the quota is used
+        # up): the rest stay pending, and the next round says why in the status.
+        done = pending[: len(made)]
         self._store.record_tokens(
-            {p.id: token for p, token in zip(pending, made, strict=True)},
+            {p.id: m.token for p, m in zip(done, made, strict=True)},
             epoch.epoch,
             now=self._clock(),
             seal_attributes=self._seal_category,
+            proof_keys={p.id: m.hit_proof_key for p, m in zip(done, made, strict=True)},
         )
         return True
 
@@ -592,18 +638,20 @@ class Uplink:
                     continue
                 now = self._clock()
                 try:
-                    answer = holder.handle(message.evaluation.request.SerializeToString(), now=now)
+                    decided = holder.answer(message.evaluation.request.SerializeToString(), now=now)
                 except SamenloopError as error:  # no requester to answer: drop it
                     log.info("relayed request dropped", reason=error.reason)
                     continue
-                signed = common_pb2.Signed.FromString(answer)
-                # Counted durably before the answer leaves: a crash in between must not hand
-                # out evaluations that the quota never saw.
-                self._count_evaluation(message.evaluation.request.signer, signed, now)
+                # Counted and entered in the replay cache durably before the answer leaves:
+                # a crash in between must neither hand out evaluations that the quota never
+                # saw nor let the request be answered again after a restart.
+                if not record_answer(self._store, holder, decided, now=now):
+                    continue
                 outbound.put(
                     broker_pb2.HolderChannelRequest(
                         answer=broker_pb2.HolderAnswer(
-                            relay_id=message.evaluation.relay_id, response=signed
+                            relay_id=message.evaluation.relay_id,
+                            response=common_pb2.Signed.FromString(decided.reply),
                         )
                     )
                 )
@@ -611,14 +659,35 @@ class Uplink:
             outbound.close()
             self._untrack(call)
 
-    def _count_evaluation(self, requester: str, signed: common_pb2.Signed, now: datetime) -> None:
-        """Keep the holder's counts durable: for the quota after a restart, status and audit."""
-        response = keyholder_pb2.EvaluationResponse.FromString(signed.body)
-        if response.HasField("evaluation"):
-            elements = len(response.evaluation.evaluated_elements)
-            self._store.count_evaluation(requester, now=now, elements=elements)
-        else:
-            self._store.count_evaluation(requester, now=now, refused=True)
+
+def record_answer(
+    store: NodeStore, holder: KeyHolder, decided: HolderReply, *, now: datetime
+) -> bool:
+    """Commit a key holder's count (and an evaluation's replay-cache entry); whether to send.
+
+    One transaction, before the reply leaves: a crash before the commit sends
+    nothing, a crash after it has counted the answer and will refuse its replay.
+    If the commit fails the admission is undone and the error propagates;
+    an entry the store already holds (only possible if another process
+    serves this seat) is not answered again.
+    """
+    try:
+        store.count_evaluation(
+            decided.requester,
+            now=now,
+            elements=decided.elements,
+            refused=decided.refused is not None,
+            reason=decided.refused.name if decided.refused is not None else None,
+            answered=decided.answered,
+        )
+    except Replay:
+        holder.withdraw(decided)
+        log.warning("evaluation request answered before: not answered again")
+        return False
+    except BaseException:
+        holder.withdraw(decided)
+        raise
+    return True
 
 
 class _Outbound:

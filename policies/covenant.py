@@ -306,6 +306,18 @@ class Covenant:
                     f"{seat.party!r} is not a party of this covenant",
                     field=f"key_epoch.holders[{i}].party",
                 )
+        # Each holder enforces a share of the OPRF cap (rules.oprf_allowance): a share of 0
+        # would leave a party no token at all.
+        smallest = self.policy.quotas.smallest_oprf_cap(
+            threshold=self.key_epoch.threshold, holders=len(self.key_epoch.holders)
+        )
+        if self.policy.quotas.oprf_evaluations_per_day < smallest:
+            raise InvalidInput(
+                f"at least {smallest} with {len(self.key_epoch.holders)} key holders at threshold "
+                f"{self.key_epoch.threshold}: each holder allows a party a share of the cap, "
+                "and a smaller cap leaves a share of 0",
+                field="quotas.oprf_evaluations_per_day",
+            )
         _check_pem(self.ca_certificate, field="ca_certificate")
 
     # Lookups.

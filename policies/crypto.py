@@ -14,7 +14,9 @@
 - ``secretbox_seal`` / ``secretbox_open``: NaCl secretbox under a key the
   covenant's parties share (the attribute key), for what the broker stores
   and forwards unread.
-- ``hkdf_sha256``: key derivation (RFC 5869), used to derive tokens.
+- ``hkdf_sha256``: key derivation (RFC 5869), used to derive tokens and hit proof keys.
+- ``mac`` / ``verify_mac``: HMAC-SHA256 (RFC 2104), with which a disclosure
+  requester proves that it holds the subject of a hit.
 - ``equal``: constant-time comparison of secrets.
 - Key files written atomically with owner-only permissions, and refused when
   anyone else can read them.
@@ -44,7 +46,9 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.public
 import nacl.signing
+from cryptography.exceptions import InvalidSignature as _BadMac
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as _hmac
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.message import DecodeError
 
@@ -302,6 +306,31 @@ def secretbox_open(key: bytes, nonce: bytes, ciphertext: bytes, *, field: str) -
 def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:
     """HKDF-SHA256 (RFC 5869), from pyca/cryptography."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+MAC_BYTES = 32
+
+
+def mac(key: bytes, message: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104) of ``message`` under ``key``: 32 bytes, from pyca/cryptography.
+
+    Any key length is valid HMAC; Samenloop's own MAC keys are 32-byte HKDF outputs.
+    """
+    h = _hmac.HMAC(key, hashes.SHA256())
+    h.update(message)
+    return h.finalize()
+
+
+def verify_mac(key: bytes, message: bytes, tag: bytes, *, field: str = "mac") -> None:
+    """Raise ``InvalidSignature`` unless ``tag`` is the HMAC-SHA256 of ``message`` under
+    ``key``. The comparison takes constant time (``HMAC.verify``); a tag of the wrong
+    length fails exactly like a wrong tag."""
+    try:
+        h = _hmac.HMAC(key, hashes.SHA256())
+        h.update(message)
+        h.verify(tag)
+    except (_BadMac, ValueError, TypeError) as error:
+        raise InvalidSignature("MAC does not verify", field=field) from error
 
 
 def equal(a: bytes, b: bytes) -> bool:

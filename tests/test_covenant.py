@@ -416,6 +416,8 @@ BAD_VALUES = [
     (RETENTION, 0, "default_days", "0", "retention.default_days"),
     (RETENTION_CATEGORIES, 0, '"fietsendiefstal"', "30", "retention.categories.fietsendiefstal"),
     (QUOTAS, 0, "oprf_evaluations_per_day", "0", "quotas.oprf_evaluations_per_day"),
+    # 3 key holders at threshold 2: a cap of 1 leaves each holder a share of 0 for another holder
+    (QUOTAS, 0, "oprf_evaluations_per_day", "1", "quotas.oprf_evaluations_per_day"),
     (QUOTAS, 0, "disclosure_requests_per_day", None, "quotas.disclosure_requests_per_day"),
     (PICTURE, 0, "viewers", '["marechaussee"]', "picture.viewers"),
     (PICTURE, 0, "min_cell_count", "0", "picture.min_cell_count"),

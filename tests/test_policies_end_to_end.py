@@ -5,8 +5,9 @@ process (mTLS on loopback, SQLite), driven through the client library, the
 admin CLI and the broker's own sweep, all on one controllable clock:
 
 * quotas hold: a node gets no more identifiers tokenised per day than the
-  covenant's ``oprf_evaluations_per_day`` (the key holders refuse the rest, which
-  stay pending and never reach the broker, until the next day); a request beyond
+  covenant's ``oprf_evaluations_per_day`` (the node stops asking once the holders'
+  answers say nothing is left, the holders refuse the rest, which stay pending and
+  never reach the broker, until the next day); a request beyond
   ``disclosure_requests_per_day`` is refused as ``quota_exceeded`` and releases nothing;
 * expired signals disappear: the owner's expiry sweep withdraws them, the broker's
   own sweep drops them even when their node is offline, and the other party's hit
@@ -264,10 +265,26 @@ def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
         lambda: cluster.tokens_at_broker() == OPRF_PER_DAY,
     )
 
-    # Two more the same day: the holders refuse, nothing more reaches the broker.
+    # Two more the same day. The holders' answers said that nothing is left today, so the
+    # flooder's node asks no more; nothing more reaches the broker.
     over = [f"B-{i}" for i in range(OPRF_PER_DAY, OPRF_PER_DAY + 2)]
     for i, reference in enumerate(over, start=OPRF_PER_DAY):
         flooder.add_signal(reference, "woonfraude", [("bsn", SPARE_BSNS[i])])
+    last_error = wait_for(
+        "the flooder's status naming the used-up quota",
+        lambda: "no quota left today" in (e := flooder.status().last_error) and e,
+    )
+    assert "NotEnoughHolders" in last_error, last_error
+    for holder in HOLDERS:
+        status = cluster.clients[holder].status().key_holder
+        assert status is not None, holder
+        assert status.requests_refused == 0, holder
+
+    # Restarted, the node no longer knows: it asks, both holders refuse and say what is
+    # left (nothing), and it stops asking.
+    cluster.stop(GEMEENTE_B)
+    cluster.start(GEMEENTE_B)
+    flooder = cluster.clients[GEMEENTE_B]
 
     def refused_by_both() -> bool:
         return all(
@@ -282,6 +299,14 @@ def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
         lambda: "QUOTA_EXCEEDED" in (e := flooder.status().last_error) and e,
     )
     assert "NotEnoughHolders" in last_error, last_error
+    time.sleep(1.5)  # a few more rounds of the work loop: it asks no more
+    for holder in HOLDERS:
+        status = cluster.clients[holder].status().key_holder
+        assert status is not None, holder
+        assert status.requests_refused == 1, holder
+    # Tokenising waits, the rest of the work does not: a withdrawal still reaches the broker.
+    flooder.withdraw_signal("B-0")
+    wait_for("the withdrawal at the broker", lambda: cluster.tokens_at_broker() == OPRF_PER_DAY - 1)
     for holder in HOLDERS:
         served = cluster.clients[holder].status().key_holder
         assert served is not None
@@ -291,7 +316,9 @@ def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
         assert cluster.nodes[holder].store.evaluations_on(GEMEENTE_B, cluster.clock().date()) == (
             OPRF_PER_DAY
         )
-    assert cluster.tokens_at_broker() == OPRF_PER_DAY, "tokens beyond the quota reached the broker"
+    assert cluster.tokens_at_broker() == OPRF_PER_DAY - 1, (
+        "tokens beyond the quota reached the broker"
+    )
     assert cluster.nodes[GEMEENTE_B].store.status_counts().identifiers_pending == len(over)
     for reference in over:
         record = cluster.nodes[GEMEENTE_B].store.signal(reference)
@@ -304,7 +331,7 @@ def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
     cluster.nodes[GEMEENTE_B].uplink.wake.set()
     wait_for(
         "the rest tokenised the next day",
-        lambda: cluster.tokens_at_broker() == OPRF_PER_DAY + len(over),
+        lambda: cluster.tokens_at_broker() == OPRF_PER_DAY - 1 + len(over),
     )
     assert cluster.nodes[GEMEENTE_B].store.status_counts().identifiers_pending == 0
 
@@ -597,8 +624,11 @@ def _queue_sealed(cluster: Cluster, sender: str, recipient: str, sealed: bytes) 
 
 
 def _hand_sealed(cluster: Cluster, notice: bytes, ref: bytes) -> bytes:
-    """A request of gemeente-b to woco with ``notice`` attached, queued; its request id."""
+    """A request of gemeente-b to woco with ``notice`` attached, queued; its request id. Its
+    hit proof is made with gemeente-b's real hit proof key of its own signal B-2."""
     keys = PartyKeys.load(cluster.provisioned.party_dir(GEMEENTE_B) / "party-keys.json")
+    proof_key = cluster.nodes[GEMEENTE_B].store.hit_proof_key(cluster.ref_of(GEMEENTE_B, "B-2"))
+    assert proof_key is not None
     request_id = secrets.token_bytes(16)
     _, envelope = disclosure.build_request(
         keys,
@@ -611,6 +641,7 @@ def _hand_sealed(cluster: Cluster, notice: bytes, ref: bytes) -> bytes:
         fields=("naam", "adres"),
         officer="x@gemeente-b",
         justification="",
+        proof_key=proof_key,
         now=cluster.clock(),
     )
     _queue_sealed(cluster, GEMEENTE_B, WOCO, envelope.sealed.SerializeToString())
