@@ -2,11 +2,14 @@
 
 What the administrators of a real covenant do step by step with the CLI
 (``node keygen``, ``keyholder deal`` and ``accept``, certificate issuing), done
-at once for the demo and for tests. Every party gets its own directory with
-owner-only secrets; the OPRF key is dealt t-of-n to the holders and never
-written whole; the covenant lists parties, keys, the CA, the key epoch and the
-rules (``example_policy`` unless the caller gives its own), and is signed by
-the covenant's signers (``signers``, their keys under ``ROOT/admin/``).
+at once for the demo and for tests. Every party gets its own directory (0700)
+with owner-only secrets (0600) and a data directory (0700) holding the API
+token its applications call the node's local API with, so that the tree passes
+the daemons' checks at start whatever the umask; the OPRF key is dealt t-of-n
+to the holders and never written whole; the covenant lists parties, keys, the
+CA, the key epoch and the rules (``example_policy`` unless the caller gives its
+own), and is signed by the covenant's signers (``signers``, their keys under
+``ROOT/admin/``).
 
 Layout::
 
@@ -15,7 +18,7 @@ Layout::
     ROOT/covenant.toml (the draft), covenant.json (signed: what the daemons trust)
     ROOT/broker/broker.toml, tls.pem, tls.key, signing-keys.json, data/
     ROOT/<party>/node.toml, tls.pem, tls.key, party-keys.json,
-                 attribute-key.json, key-share.json (holders only), data/
+                 attribute-key.json, key-share.json (holders only), data/api-token
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from samenloop.node import keysetup
+from samenloop.node.api_token import ensure_token
 from samenloop.policies import certs, config, covenant, trust
 from samenloop.policies.covenant import Covenant
-from samenloop.policies.crypto import PartyKeys
+from samenloop.policies.crypto import PartyKeys, write_secret_file
 from samenloop.policies.policy import Policy, Signer, Signing, example_policy
 
 #: The demo's and tests' covenant signers: two administrators, both must sign.
@@ -75,6 +79,13 @@ class Provisioned:
         return signed
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` made, or made again, a directory of this account's alone (0700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now (for loopback tests and the demo)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -99,6 +110,8 @@ def provision(
 ) -> Provisioned:
     """Write a complete covenant under ``root`` and return where its files are."""
     root.mkdir(parents=True, exist_ok=True)
+    for private in ("ca", "admin", "broker", *(p.id for p in parties)):
+        private_dir(root / private)
     port = broker_port or free_port()
     address = f"localhost:{port}"
     ca = certs.CertificateAuthority.create(covenant_id, now=now)
@@ -182,7 +195,7 @@ def provision(
         signing_keys=broker_dir / "signing-keys.json",
         listen=f"127.0.0.1:{port}",
     )
-    (broker_dir / "data").mkdir(parents=True, exist_ok=True)
+    private_dir(broker_dir / "data")
     broker_config_path = broker_dir / "broker.toml"
     broker_config_path.write_bytes(config.config_to_toml(broker_config, relative_to=broker_dir))
 
@@ -198,8 +211,8 @@ def provision(
             party=p.id,
             sealed=covenant.seal_attribute_key_for(keys[p.id].public(), attribute_key),
         )
-        (party_dir / "attribute-key.json").write_bytes(sealed_key.to_json())
-        (party_dir / "data").mkdir(parents=True, exist_ok=True)
+        write_secret_file(party_dir / "attribute-key.json", sealed_key.to_json())
+        private_dir(party_dir / "data")
         node_config = config.NodeConfig(
             party=p.id,
             broker=address,
@@ -213,6 +226,9 @@ def provision(
             key_share=party_dir / "key-share.json" if p.id in holders else None,
             api_listen=f"127.0.0.1:{free_port()}" if api_tcp else None,
         )
+        assert node_config.api_token is not None
+        ensure_token(node_config.api_token)  # the node would make it at start; made here
+        # so that the party's applications can connect before the node first ran
         path = party_dir / "node.toml"
         path.write_bytes(config.config_to_toml(node_config, relative_to=party_dir))
         node_configs[p.id] = path

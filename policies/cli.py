@@ -3,7 +3,9 @@
 Each role registers its own subcommands through the ``samenloop.commands``
 entry-point group (see ``pyproject.toml``), so this core never imports the
 node or the broker. This is also the one place where errors become messages
-and exit codes.
+and exit codes, and where every command's process gets its owner-only umask
+(files 0600, directories 0700: databases, keys, reports and exports hold
+raw data or secrets).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from importlib.metadata import entry_points
 from typing import Protocol
 
 from samenloop.policies.errors import SamenloopError, Status
+from samenloop.policies.process import keep_to_owner
 
 
 class Command(Protocol):
@@ -60,6 +63,7 @@ def exit_code_for(error: SamenloopError) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_to_owner()
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Command = args.func
