@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all venv test pytest lint typecheck format proto bench demo clean
+.PHONY: all venv test test-attacks pytest lint typecheck format proto bench demo clean
 
 all: test
 
@@ -20,6 +20,11 @@ test: pytest lint
 
 pytest: venv
 	$(PY) -m pytest -q
+
+# The insider attack suite alone (it also runs in make test): each attack through
+# real daemons, asserting the refusal and that the daemons keep serving.
+test-attacks: venv
+	$(PY) -m pytest -q tests/attacks
 
 lint: venv typecheck
 	$(VENV)/bin/ruff check .

@@ -121,8 +121,8 @@ def test_broker_settings_and_defaults():
 def test_home_directory_and_dot_segments():
     node = _node(_set(MINIMAL_NODE, "covenant", '"~/covenant.toml"'))
     assert node.covenant == Path.home() / "covenant.toml"
-    node = _node(_set(MINIMAL_NODE, "certificate", '"../shared/./node.crt"'))
-    assert node.certificate == BASE.parent / "shared/node.crt"
+    node = _node(_set(MINIMAL_NODE, "certificate", '"../common/./node.crt"'))
+    assert node.certificate == BASE.parent / "common/node.crt"
 
 
 def test_api_on_loopback():

@@ -27,35 +27,37 @@ Every process is SIGKILLed at teardown, whatever happened; every wait is bounded
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
 import re
-import signal
-import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
 from samenloop.node.api_token import bearer, read_token
-from samenloop.node.client import Hit, HitWatch, ImportReport, NodeClient, NodeStatus, SignalInput
+from samenloop.node.client import Hit, HitWatch, ImportReport, NodeClient, SignalInput
 from samenloop.node.identifiers import IdentifierType
-from samenloop.node.provision import PartySpec, Provisioned, provision
+from samenloop.node.provision import PartySpec
 from samenloop.policies.covenant import Role
 from samenloop.policies.errors import InvalidInput, LocalError, NotFound, UnknownType
 from samenloop.policies.policy import Level, VisibilityRule, example_policy
 from samenloop.policies.rpc import error_from_rpc
 from samenloop.v1 import common_pb2, node_pb2, node_pb2_grpc
+
+from daemons import (
+    START_SECONDS,
+    Daemons,
+    running_covenant,
+    sqlite_count,
+    sqlite_rows,
+    wait_until,
+)
 
 COVENANT = "riec-e2e"
 SPECS = (
@@ -78,11 +80,7 @@ IMPORT_CHUNK = 500
 #: The node that is killed and restarted (a key holder: the other two carry on).
 VICTIM = "gemeente"
 
-#: What a daemon logs once it serves.
-READY_MARKERS = {"broker": b"broker listening", "node": b"node running"}
-START_SECONDS = 30.0
 RUN_SECONDS = 60.0
-POLL = 0.05
 
 
 # --- synthetic data --------------------------------------------------------------------
@@ -184,55 +182,10 @@ def make_dataset(seed: int = 4) -> Dataset:
 # --- the processes -----------------------------------------------------------------------
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "samenloop.policies.cli", *args]
-
-
-def sqlite_rows(database: Path, query: str, *params: object) -> list[tuple[Any, ...]]:
-    """Rows from a SQLite file, read-only, beside the daemon that writes it."""
-    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
-    try:
-        return connection.execute(query, params).fetchall()
-    finally:
-        connection.close()
-
-
-def sqlite_count(database: Path, query: str, *params: object) -> int:
-    """One number from a SQLite file (see :func:`sqlite_rows`)."""
-    (row,) = sqlite_rows(database, query, *params)
-    return int(row[0])
-
-
-def wait_until(
-    condition: Callable[[], bool],
-    timeout: float,
-    what: Callable[[], str] | str,
-    *,
-    check: Callable[[], None] | None = None,
-    interval: float = POLL,
-) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds.
-    ``check`` runs first on each round (it fails the test when a daemon died)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check is not None:
-            check()
-        if condition():
-            return
-        if time.monotonic() > deadline:
-            described = what() if callable(what) else what
-            pytest.fail(f"not within {timeout:.0f} s: {described}")
-        time.sleep(interval)
-
-
 @dataclass
-class Cluster:
-    """The broker and the nodes as processes, with helpers to start, kill and restart them."""
+class Cluster(Daemons):
+    """The covenant's daemons, with what the crash run keeps track of."""
 
-    provisioned: Provisioned
-    logs: Path
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    clients: dict[str, NodeClient] = field(default_factory=dict)
     #: Every row any test sent to a node (valid or not): what the broker must never hold.
     sent: list[Row] = field(default_factory=list)
     #: Identifiers the nodes accepted, per party: the token entries the broker must hold.
@@ -244,101 +197,15 @@ class Cluster:
     def mark(self, event: str) -> None:
         self.timeline.append((round(time.monotonic() - self.started, 2), event))
 
-    # --- processes ---
-
-    def _args(self, name: str) -> list[str]:
-        if name == "broker":
-            return ["broker", "serve", "--config", str(self.provisioned.broker_config)]
-        return ["node", "serve", "--config", str(self.provisioned.node_configs[name])]
-
-    def start(self, name: str, *, wait: bool = True) -> None:
-        """Start a daemon (again: same configuration, same database, its log appended to);
-        with ``wait``, return once it says it serves."""
-        assert not self.alive(name), f"{name} is running already"
-        marker = READY_MARKERS["broker" if name == "broker" else "node"]
-        before = self.log(name).count(marker)
-        with (self.logs / f"{name}.log").open("ab") as log:
-            self.processes[name] = subprocess.Popen(
-                _cli(*self._args(name)),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, killed as a whole
-            )
-        if wait:
-            self.wait_serving(name, before)
-
-    def wait_serving(self, name: str, before: int = 0) -> None:
-        """Wait until a daemon's log says it serves (clients that call earlier would
-        back off for seconds)."""
-        marker = READY_MARKERS["broker" if name == "broker" else "node"]
-        wait_until(
-            lambda: self.log(name).count(marker) > before,
-            START_SECONDS,
-            f"{name} serving",
-            check=self.check_alive,
-        )
-
-    def alive(self, name: str) -> bool:
-        process = self.processes.get(name)
-        return process is not None and process.poll() is None
-
-    def kill(self, name: str) -> None:
-        """SIGKILL: no chance to finish anything."""
-        process = self.processes[name]
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):  # it died on its own meanwhile
-                os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
-
-    def kill_all(self) -> None:
-        for name in list(self.processes):
-            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
-                self.kill(name)
-
-    def check_alive(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                tail = self.log(name).decode(errors="replace")[-3000:]
-                pytest.fail(f"{name} exited with {process.returncode}:\n{tail}")
-
-    def log(self, name: str) -> bytes:
-        path = self.logs / f"{name}.log"
-        return path.read_bytes() if path.exists() else b""
-
-    # --- state ---
-
     @property
     def broker_db(self) -> Path:
-        return self.provisioned.root / "broker" / "data" / "broker.db"
+        return self.broker_database
 
     def node_db(self, party: str) -> Path:
-        return self.provisioned.party_dir(party) / "data" / "node.db"
+        return self.node_database(party)
 
     def broker_tokens(self) -> int:
         return sqlite_count(self.broker_db, "SELECT count(*) FROM token_entries")
-
-    def status(self, party: str) -> NodeStatus | None:
-        try:
-            return self.clients[party].status()
-        except LocalError:  # not reachable (yet)
-            return None
-
-    def ready(self, party: str) -> bool:
-        status = self.status(party)
-        return (
-            status is not None
-            and status.broker_connection == "connected"
-            and status.key_holder is not None
-            and status.key_holder.channel_open
-        )
-
-    def wait_ready(self, parties: Sequence[str] = PARTIES) -> None:
-        wait_until(
-            lambda: all(self.ready(p) for p in parties),
-            START_SECONDS,
-            lambda: f"nodes connected: { {p: self.ready(p) for p in parties} }",
-            check=self.check_alive,
-        )
 
 
 #: Crash safety is about delivery, not about who sees what: every role sees every member
@@ -351,49 +218,19 @@ SEE_ALL = replace(
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("e2e")
-    provisioned = provision(
-        root,
+    with running_covenant(
+        tmp_path_factory.mktemp("e2e"),
         COVENANT,
         SPECS,
         PARTIES,
         2,
         now=datetime.now(UTC) - timedelta(minutes=5),
         policy=SEE_ALL,
-    )
-    migrations = [
-        subprocess.Popen(
-            _cli(kind, "migrate", "--config", str(path)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for kind, path in [
-            ("broker", provisioned.broker_config),
-            *(("node", p) for p in provisioned.node_configs.values()),
-        ]
-    ]
-    for migration in migrations:
-        output, _ = migration.communicate(timeout=60)
-        assert migration.returncode == 0, output.decode(errors="replace")
-    logs = root / "logs"
-    logs.mkdir()
-    running = Cluster(provisioned, logs)
-    try:
-        for name in ("broker", *PARTIES):
-            running.start(name, wait=False)
-        for name in ("broker", *PARTIES):
-            running.wait_serving(name)
-        for party in PARTIES:
-            running.clients[party] = NodeClient.from_config(
-                provisioned.node_configs[party], timeout=10
-            )
-        running.wait_ready()
+        daemons=Cluster,
+    ) as running:
+        assert isinstance(running, Cluster)
         running.mark("broker and nodes ready")
         yield running
-    finally:
-        for client in running.clients.values():
-            client.close()
-        running.kill_all()
 
 
 # --- the application's hit watcher -------------------------------------------------------

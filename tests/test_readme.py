@@ -41,3 +41,24 @@ def test_identifier_check_examples_print_what_the_readme_shows(capsys):
                 assert captured.out.strip() == expected
             checked += 1
     assert checked == 3
+
+
+def test_the_project_stands_alone():
+    """No README, doc, code or test points into the steering repository beside the clone:
+    what the project needs of the design lives in its own docs/."""
+    root = Path(__file__).parents[1]
+    outside = "../" + "shared"  # spelled apart so that this test does not find itself
+    offenders = [
+        str(path.relative_to(root))
+        for folder in ("docs", "node", "broker", "policies", "proto", "tests", "bench", ".ci")
+        for path in (root / folder).rglob("*")
+        if path.is_file()
+        and path.suffix in {".md", ".py", ".proto", ".toml", ""}
+        and outside in path.read_text(errors="replace")
+    ]
+    offenders += [
+        name
+        for name in ("README.md", "Makefile", "pyproject.toml")
+        if outside in (root / name).read_text()
+    ]
+    assert offenders == []
