@@ -106,9 +106,7 @@ def grpc_call(
     if account == "other":
         done = as_other(command, framed)
     else:
-        done = subprocess.run(
-            command, input=framed, capture_output=True, timeout=60, check=False
-        )
+        done = subprocess.run(command, input=framed, capture_output=True, timeout=60, check=False)
     headers = done.stdout.decode(errors="replace")
     found = re.search(r"^grpc-status: (\d+)", headers, flags=re.MULTILINE)
     details = re.search(r"^grpc-status-details-bin: (\S+)", headers, flags=re.MULTILINE)
