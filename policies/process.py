@@ -35,7 +35,8 @@ def check_private(
     """
     for setting, directory in data_dirs:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        check_owner_only(directory, what="data directory", field=setting)
+        what = "data directory" if setting == "data_dir" else f"directory of {setting}"
+        check_owner_only(directory, what=what, field=setting)
     for setting, path in secrets:
         check_owner_only(path, what="secret file", field=setting)
 

@@ -317,13 +317,22 @@ def test_a_file_of_another_account_is_refused(tmp_path: Path) -> None:
     assert f"chown 0 {secret}" in caught.value.message
 
 
-def test_a_missing_data_directory_is_made_owner_only(tmp_path: Path) -> None:
+def test_data_directories_are_made_owner_only_and_refused_open(tmp_path: Path) -> None:
     previous = os.umask(0o022)
     try:
         process.check_private([("data_dir", tmp_path / "a" / "data")], [])
     finally:
         os.umask(previous)
     assert _mode(tmp_path / "a" / "data") == 0o700
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    run.chmod(0o755)  # as systemd makes a RuntimeDirectory by default
+    with pytest.raises(ConfigurationError) as caught:
+        process.check_private([("data_dir", tmp_path / "a" / "data"), ("api_socket", run)], [])
+    assert (caught.value.field, caught.value.message) == (
+        "api_socket",
+        f"directory of api_socket {run} is accessible by others (mode 755); run chmod 700 {run}",
+    )
 
 
 def test_provisioning_writes_a_tree_that_passes_whatever_the_umask(tmp_path: Path) -> None:
