@@ -311,7 +311,10 @@ class HitMember:
     party: str | None
     role: str | None
     signal_refs: tuple[bytes, ...]
+    #: Only categories the covenant lists.
     categories: tuple[str, ...]
+    #: How many other texts the member sealed as categories (not shown: not the covenant's).
+    unknown_categories: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -624,6 +627,7 @@ def _hit(message: node_pb2.Hit, sequence: int | None = None) -> Hit:
                 role=member.role if member.HasField("role") else None,
                 signal_refs=tuple(member.signal_refs),
                 categories=tuple(member.categories),
+                unknown_categories=member.unknown_categories,
             )
             for member in message.members
         ),

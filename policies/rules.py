@@ -5,7 +5,9 @@
   which fields (owner's node, per disclosure request);
 * :func:`retention` — when a signal expires (node, per signal);
 * :func:`check_quota`, :func:`check_category`, :func:`check_identifier_type` —
-  small guards the daemons call at their boundaries.
+  small guards the daemons call at their boundaries;
+* :func:`received_categories` — which of the categories another member sealed
+  into a hit may be shown (node, per hit shown).
 
 Each decision is built from small rules that tests drive one by one (see
 tests/test_rules.py). Nothing here does I/O or reads a clock: facts and
@@ -15,7 +17,7 @@ tests/test_rules.py). Nothing here does I/O or reads a clock: facts and
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -31,6 +33,7 @@ __all__ = [
     "MemberFacts",
     "MemberShown",
     "NeedsApproval",
+    "ReceivedCategories",
     "Refusal",
     "check_category",
     "check_identifier_type",
@@ -40,6 +43,7 @@ __all__ = [
     "may_coordinate",
     "may_see_picture",
     "observers",
+    "received_categories",
     "release",
     "release_rule_for",
     "retention",
@@ -304,6 +308,33 @@ def check_category(covenant: Covenant, category: str, *, field: str = "category"
             reason="signal.unknown_category",
         )
     return category
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedCategories:
+    """The categories opened from another member's sealed attributes, checked: those the
+    covenant lists (distinct, in first-seen order), and how many distinct others came."""
+
+    known: tuple[str, ...]
+    unknown: int
+
+
+def received_categories(covenant: Covenant, opened: Iterable[str]) -> ReceivedCategories:
+    """Split categories another party sealed: only those the covenant lists may be shown.
+
+    The attribute key is shared by every party, so any member can seal any text as its
+    category; one the covenant does not list (the empty one included) is counted, never
+    shown, whichever key opened it.
+    """
+    listed = covenant.policy.categories
+    known: list[str] = []
+    unknown: set[str] = set()
+    for category in opened:
+        if category not in listed:
+            unknown.add(category)
+        elif category not in known:
+            known.append(category)
+    return ReceivedCategories(tuple(known), len(unknown))
 
 
 def check_identifier_type(covenant: Covenant, kind: str, *, field: str = "type") -> str:
