@@ -192,21 +192,28 @@ def build_node(
         futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="node-api"),
         # The token first: a call without it is refused before anything of it is read.
         interceptors=[TokenInterceptor(api_token, refused), ErrorInterceptor()],
+        # A port another server of this account holds is an error, not silently shared
+        # (gRPC sets SO_REUSEPORT by default: the kernel would spread the calls over both).
+        options=[("grpc.so_reuseport", 0)],
     )
     node_pb2_grpc.add_NodeApiServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     socket_path: Path | None = None
     if config.api_listen is not None:
-        address = config.api_listen
-        if server.add_insecure_port(address) == 0:
-            raise ConfigurationError(f"cannot listen on {address}", field="api_listen")
+        address, setting = config.api_listen, "api_listen"
     else:
         assert config.api_socket is not None
         socket_path = config.api_socket  # its directory is 0700: check_files saw to that
         socket_path.unlink(missing_ok=True)  # a stale socket of an earlier run
-        address = f"unix:{socket_path}"
-        server.add_insecure_port(address)
+        address, setting = f"unix:{socket_path}", "api_socket"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # newer gRPC raises where older returned 0
+        bound = 0
+    if bound == 0:
+        store.engine.dispose()
+        raise ConfigurationError(f"cannot listen on {address} (in use?)", field=setting)
     server.start()
     if socket_path is not None:
         os.chmod(socket_path, 0o600)  # only this account's applications may talk to the node

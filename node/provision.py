@@ -86,11 +86,19 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (for loopback tests and the demo)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def free_port(taken: set[int] | None = None) -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for loopback tests and the demo),
+    and not in ``taken`` (the ports handed out already for daemons not started yet: the
+    system may offer a port again once its probe is closed); it is added to ``taken``."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if taken is None:
+            return port
+        if port not in taken:
+            taken.add(port)
+            return port
 
 
 def provision(
@@ -112,7 +120,8 @@ def provision(
     root.mkdir(parents=True, exist_ok=True)
     for private in ("ca", "admin", "broker", *(p.id for p in parties)):
         private_dir(root / private)
-    port = broker_port or free_port()
+    taken = {broker_port} if broker_port else set()
+    port = broker_port or free_port(taken)
     address = f"localhost:{port}"
     ca = certs.CertificateAuthority.create(covenant_id, now=now)
     ca.save(root / "ca" / "ca.key", root / "ca" / "ca.pem")
@@ -224,7 +233,7 @@ def provision(
             party_keys=party_dir / "party-keys.json",
             attribute_key=party_dir / "attribute-key.json",
             key_share=party_dir / "key-share.json" if p.id in holders else None,
-            api_listen=f"127.0.0.1:{free_port()}" if api_tcp else None,
+            api_listen=f"127.0.0.1:{free_port(taken)}" if api_tcp else None,
         )
         assert node_config.api_token is not None
         ensure_token(node_config.api_token)  # the node would make it at start; made here

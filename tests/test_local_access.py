@@ -204,6 +204,24 @@ def test_the_commands_send_the_token(
     assert cli.main(["node", "status", "--node", "x.toml", "--token-file", token_file]) == 2
 
 
+def test_a_port_the_node_holds_is_not_shared_with_a_second_server(
+    migrated: NodeConfig, provisioned: Provisioned
+) -> None:
+    other = load_node_config(provisioned.node_configs["politie"])
+    engine = database.make_engine(other.database_url)
+    database.upgrade(engine, daemon.MIGRATIONS)
+    engine.dispose()
+    address = f"127.0.0.1:{free_port()}"
+    first = daemon.build_node(dataclasses.replace(migrated, api_socket=None, api_listen=address))
+    try:
+        second = dataclasses.replace(other, api_socket=None, api_listen=address)
+        with pytest.raises(ConfigurationError) as caught:  # gRPC would share it (SO_REUSEPORT)
+            daemon.build_node(second)
+        assert caught.value.field == "api_listen"
+    finally:
+        first.stop(None)
+
+
 def test_the_token_file_is_made_once_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "data" / "api-token"
     token = ensure_token(path)
