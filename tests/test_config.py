@@ -25,6 +25,7 @@ ca_certificate = "tls/ca.crt"
 party_keys = "keys/party-keys.json"
 key_share = "keys/share-epoch-1.json"
 api_socket = "data/api.sock"
+api_token = "data/api-token"
 database_url = "sqlite:///data/node.db"
 log_level = "info"
 """
@@ -88,6 +89,7 @@ def test_node_paths_resolve_against_the_config_directory():
     assert node.key_share == BASE / "keys/share-epoch-1.json"
     assert node.api_socket == BASE / "data/api.sock"
     assert node.api_listen is None
+    assert node.api_token == BASE / "data/api-token"
     assert node.database_url == f"sqlite:///{BASE}/data/node.db"
     assert node.database_url.startswith("sqlite:////srv/")
 
@@ -98,6 +100,7 @@ def test_node_defaults():
     assert node.covenant == BASE / "covenant.toml"
     assert node.database_url == "sqlite:////var/lib/samenloop/node.db"
     assert node.api_socket == Path("/var/lib/samenloop/api.sock")
+    assert node.api_token == Path("/var/lib/samenloop/api-token")  # beside the data
     assert node.key_share is None
     assert node.log_level == "info"
 
@@ -125,6 +128,9 @@ def test_api_on_loopback():
         node = _node(_set(_set(NODE_TOML, "api_socket", None), "api_listen", f'"{address}"'))
         assert node.api_listen == address
         assert node.api_socket is None
+        assert node.api_token == BASE / "data/api-token"  # a port needs the token too
+    elsewhere = _node(_set(NODE_TOML, "api_token", '"/etc/samenloop/api-token"'))
+    assert elsewhere.api_token == Path("/etc/samenloop/api-token")
 
 
 def test_sqlite_url_variants():

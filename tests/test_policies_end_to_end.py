@@ -125,7 +125,7 @@ class Cluster:
         config = load_node_config(self.provisioned.node_configs[party])
         self.nodes[party] = build_node(config, clock=self.clock)
         assert config.api_listen is not None
-        self.clients[party] = NodeClient(config.api_listen)
+        self.clients[party] = NodeClient.from_config(self.provisioned.node_configs[party])
 
     def stop(self, party: str) -> None:
         self.clients.pop(party).close()
