@@ -18,8 +18,11 @@ input naming the field before anything is stored or sent.
 
 A hit as the API shows it is the latest verified hit notice of its group
 (stored as the broker signed it), resolved against the node's own signals,
-with the other members' categories decrypted under the covenant's attribute
-key.
+with the other members' categories decrypted under the attribute key version
+each box names (the node's ``AttributeKeyRing`` holds every version it was
+dealt, so boxes sealed before a key change stay readable) and checked against
+the covenant's list: any member can seal any text under the shared key, so one
+that is not a category is counted (``unknown_categories``), never shown.
 
 Nothing here logs an identifier, a detail or a category: log lines carry
 counts and codes only.
@@ -66,7 +69,7 @@ from samenloop.node.store import (
 from samenloop.node.uplink import SOFTWARE, UplinkStatus
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import rules
-from samenloop.policies.covenant import AttributeKey, Covenant
+from samenloop.policies.covenant import AttributeKeyRing, Covenant
 from samenloop.policies.errors import (
     ConfigurationError,
     InvalidInput,
@@ -522,35 +525,40 @@ def signal_to_proto(record: SignalRecord) -> node_pb2.Signal:
     return message
 
 
-def _categories(key: AttributeKey, sealed: Sequence[common_pb2.SecretBox]) -> list[str]:
-    """The distinct categories in a member's sealed attributes, in first-seen order.
+def _categories(
+    attribute_keys: AttributeKeyRing, sealed: Sequence[common_pb2.SecretBox]
+) -> list[str]:
+    """The categories in a member's sealed attributes, as they opened (unchecked).
 
-    A box under another key version, or one that does not open, is left out:
-    the notice's signature already vouches for the rest of the hit.
+    Each box opens with the key version it names. A box under a version this
+    party was not dealt, or one that does not open, is left out: the notice's
+    signature already vouches for the rest of the hit.
     """
     found: list[str] = []
     failed = 0
     for box in sealed:
-        if box.key_version != key.version:
+        key = attribute_keys.get(box.key_version)
+        if key is None:
             failed += 1
             continue
         try:
             plaintext = covenant_model.open_attributes(key, box.nonce, box.ciphertext)
-            category = common_pb2.MemberAttributes.FromString(plaintext).category
+            found.append(common_pb2.MemberAttributes.FromString(plaintext).category)
         except (SamenloopError, DecodeError):
             failed += 1
-            continue
-        if category and category not in found:
-            found.append(category)
     if failed:
         log.warning("sealed member attributes not readable", count=failed)
     return found
 
 
-def hit_to_proto(record: HitRecord, attribute_key: AttributeKey) -> node_pb2.Hit:
+def hit_to_proto(
+    record: HitRecord, attribute_keys: AttributeKeyRing, *, covenant: Covenant
+) -> node_pb2.Hit:
     """A stored hit as the API shows it: its latest signed notice, decoded (it was
     verified when it was stored), with the node's own signals resolved and the
-    other members' categories decrypted."""
+    other members' categories decrypted and checked against ``covenant``'s list
+    (:func:`rules.received_categories`): another party's text that is not a
+    category is counted, never shown or logged."""
     signed = common_pb2.Signed.FromString(record.notice)
     notice = broker_pb2.HitNotice.FromString(signed.body)
     hit = node_pb2.Hit(
@@ -576,15 +584,22 @@ def hit_to_proto(record: HitRecord, attribute_key: AttributeKey) -> node_pb2.Hit
             view.identifier_type = _TYPE_TO_PROTO[own.identifier_type]
     if notice.HasField("party_count"):
         hit.party_count = notice.party_count
+    unknown = 0
     for member in notice.members:
+        opened = _categories(attribute_keys, member.sealed_attributes)
+        checked = rules.received_categories(covenant, opened)
+        unknown += checked.unknown
         shown = hit.members.add(
             signal_refs=list(member.signal_refs),
-            categories=_categories(attribute_key, member.sealed_attributes),
+            categories=checked.known,
+            unknown_categories=checked.unknown,
         )
         if member.HasField("party"):
             shown.party = member.party
         if member.HasField("role"):
             shown.role = member.role
+    if unknown:
+        log.warning("sealed member categories not in the covenant", count=unknown)
     return hit
 
 
@@ -634,7 +649,8 @@ class NodeApiContext:
     store: NodeStore
     #: The covenant held now (a ``HeldCovenant``): read on every call, so updates count.
     covenant: Callable[[], Covenant]
-    attribute_key: AttributeKey
+    #: Every attribute key version this party was dealt (the uplink adds new ones).
+    attribute_keys: AttributeKeyRing
     #: The uplink's live status; None when no uplink runs (tests, offline tools).
     uplink_status: Callable[[], UplinkStatus | None] = lambda: None
     #: Tells the uplink there is work (new signals, withdrawals).
@@ -840,8 +856,9 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
                 raise UnknownType("unknown hit state", field="state")
         size, before = _page(request.page_size, request.page_token)
         records = self._store.hits(state, limit=size, newest_first=True, before_feed_seq=before)
+        covenant = self._ctx.covenant()
         response = node_pb2.ListHitsResponse(
-            hits=[hit_to_proto(r, self._ctx.attribute_key) for r in records]
+            hits=[hit_to_proto(r, self._ctx.attribute_keys, covenant=covenant) for r in records]
         )
         if len(records) == size:
             response.next_page_token = str(records[-1].feed_seq)
@@ -855,7 +872,8 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         record = self._store.hit(request.hit_group_id)
         if record is None:
             raise NotFound("no hit with this group id", field="hit_group_id")
-        return node_pb2.GetHitResponse(hit=hit_to_proto(record, self._ctx.attribute_key))
+        shown = hit_to_proto(record, self._ctx.attribute_keys, covenant=self._ctx.covenant())
+        return node_pb2.GetHitResponse(hit=shown)
 
     def WatchHits(
         self, request: node_pb2.WatchHitsRequest, context: grpc.ServicerContext
@@ -873,9 +891,11 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         while context.is_active():
             rings = bell.count()
             records = self._store.hits(after_feed_seq=after, limit=WATCH_PAGE)
+            covenant = self._ctx.covenant()
             for record in records:
                 yield node_pb2.WatchHitsResponse(
-                    sequence=record.feed_seq, hit=hit_to_proto(record, self._ctx.attribute_key)
+                    sequence=record.feed_seq,
+                    hit=hit_to_proto(record, self._ctx.attribute_keys, covenant=covenant),
                 )
                 after = record.feed_seq
             if len(records) < WATCH_PAGE:

@@ -18,23 +18,28 @@ does. Case and action ids are shown in hex; a unique prefix of at least
 * ``case close CASE --outcome TEXT`` closes the case (coordinator);
 * ``case board`` is the coordinator's board: open actions, overdue first and
   highlighted.
+
+Titles, measures, notes, outcomes and officer names are other members' text:
+they are shown as plain text (:mod:`samenloop.policies.terminal`), never as
+markup or terminal controls; ``--json`` prints them exactly.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from samenloop.node.cases import ActionStatus, CaseState, InterventionType
 from samenloop.node.client import Case, CaseAction, CaseBoardEntry, NodeClient
 from samenloop.node.signal_commands import add_node_options, open_client
+from samenloop.policies import terminal
 from samenloop.policies.errors import ConfigurationError, NotFound
+from samenloop.policies.terminal import printable
 
 __all__ = ["case_to_json", "register"]
 
@@ -225,12 +230,12 @@ def _actions_table(actions: Sequence[CaseAction], now: datetime) -> Table:
         late = action.overdue(now)
         table.add_row(
             action.action_id.hex()[:12],
-            action.owner,
+            printable(action.owner),
             action.intervention_type.value,
-            action.measure,
+            printable(action.measure),
             _day(action.deadline) + (" OVERDUE" if late else ""),
             action.status.value,
-            action.note,
+            printable(action.note),
             style="bold red" if late else None,
         )
     return table
@@ -239,27 +244,30 @@ def _actions_table(actions: Sequence[CaseAction], now: datetime) -> Table:
 def _print_case(case: Case, as_json: bool) -> None:
     now = datetime.now(UTC)
     if as_json:
-        print(json.dumps(case_to_json(case, now), indent=2, ensure_ascii=False))
+        print(terminal.dumps(case_to_json(case, now), indent=2))
         return
-    console = Console()
-    console.print(f"[bold]{case.case_hex}[/bold] {case.state.value}: {case.title}", markup=True)
-    console.print(f"  coordinator: {case.coordinator}; hit {case.hit_group_id.hex()}")
-    console.print(f"  members: {', '.join(case.members)}")
+    console = terminal.console()
+    console.print(
+        Text.assemble((case.case_hex, "bold"), f" {case.state.value}: {printable(case.title)}")
+    )
+    console.print(f"  coordinator: {printable(case.coordinator)}; hit {case.hit_group_id.hex()}")
+    console.print(f"  members: {', '.join(printable(m) for m in case.members)}")
     console.print(f"  opened {_day(case.opened_at)}", end="")
-    console.print(f", closed {_day(case.closed_at)}: {case.outcome}" if case.closed_at else "")
+    closed = f", closed {_day(case.closed_at)}: {printable(case.outcome)}"
+    console.print(closed if case.closed_at else "")
     if case.actions:
         console.print(_actions_table(case.actions, now))
     for entry in case.history:
         console.print(
-            f"  {_day(entry.issued_at)} {entry.author} ({entry.author_officer}): {entry.summary}",
-            highlight=False,
+            f"  {_day(entry.issued_at)} {printable(entry.author)} "
+            f"({printable(entry.author_officer)}): {printable(entry.summary)}"
         )
 
 
 def _print_cases(items: Sequence[Case], as_json: bool) -> None:
     now = datetime.now(UTC)
     if as_json:
-        print(json.dumps([case_to_json(c, now) for c in items], indent=2, ensure_ascii=False))
+        print(terminal.dumps([case_to_json(c, now) for c in items], indent=2))
         return
     table = Table(title=f"{len(items)} case(s)")
     for name in ("case", "state", "title", "coordinator", "members", "actions", "overdue"):
@@ -269,14 +277,14 @@ def _print_cases(items: Sequence[Case], as_json: bool) -> None:
         table.add_row(
             case.case_hex[:12],
             case.state.value,
-            case.title,
-            case.coordinator,
+            printable(case.title),
+            printable(case.coordinator),
             str(len(case.members)),
             str(len(case.actions)),
             str(late) if late else "",
             style="bold red" if late else None,
         )
-    Console().print(table)
+    terminal.console().print(table)
 
 
 def _print_board(entries: Sequence[CaseBoardEntry], as_json: bool) -> None:
@@ -291,7 +299,7 @@ def _print_board(entries: Sequence[CaseBoardEntry], as_json: bool) -> None:
             }
             for e in entries
         ]
-        print(json.dumps(shown, indent=2, ensure_ascii=False))
+        print(terminal.dumps(shown, indent=2))
         return
     late = sum(e.overdue for e in entries)
     table = Table(title=f"case board: {len(entries)} open action(s), {late} overdue")
@@ -301,16 +309,16 @@ def _print_board(entries: Sequence[CaseBoardEntry], as_json: bool) -> None:
         action = entry.action
         table.add_row(
             entry.case_id.hex()[:12],
-            entry.case_title,
+            printable(entry.case_title),
             action.action_id.hex()[:12],
-            action.owner,
+            printable(action.owner),
             action.intervention_type.value,
-            action.measure,
+            printable(action.measure),
             _day(action.deadline) + (" OVERDUE" if entry.overdue else ""),
             action.status.value,
             style="bold red" if entry.overdue else None,
         )
-    Console().print(table)
+    terminal.console().print(table)
 
 
 # --- commands ---------------------------------------------------------------------------------

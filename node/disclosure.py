@@ -5,19 +5,31 @@ details (DESIGN flow 5, ``proto/samenloop/v1/disclosure.proto``):
 
 * **Asking** (requester's node). :func:`check_request` refuses bad input
   locally, naming the field (unknown purpose, an owner the hit does not show,
-  no fields, too many or too long ones); :func:`build_request` signs the
-  ``DisclosureRequest`` (context ``disclosure-request``, the owner as
-  audience) around the broker-signed notice exactly as stored and seals it to
-  the owner: :class:`Envelope`, ready for the durable outbox.
+  no fields, too many or too long ones, a hit the requester holds no signal of
+  its own in) and returns the hit proof key of one of the requester's own refs
+  in the hit; :func:`build_request` signs the ``DisclosureRequest`` (context
+  ``disclosure-request``, the owner as audience) around the broker-signed
+  notice exactly as stored, with its ``hit_proof`` (:func:`hit_proof`), and
+  seals it to the owner: :class:`Envelope`, ready for the durable outbox.
+* **Proving the hit.** The broker signs every notice, and it holds every
+  party's refs: a notice alone proves nothing against its operator. So the
+  requester also MACs the request (:func:`hit_proof`) with the hit proof key
+  of its own signal in the hit (:mod:`samenloop.node.tokens`: a second key
+  from the identifier's OPRF output, which only holders of the identifier can
+  compute and which never reaches the broker). The owner recomputes the MAC
+  with its own key of the signal asked about: the two keys are equal exactly
+  when both hold the same identifier, as the members of one hit group do. A
+  party with no signal of its own in the hit (a coordinator that only
+  observes it) cannot ask.
 * **Opening** (either node). :func:`open_envelope` opens what the broker
   relayed: the box must open with the sender's key, the inner ``Signed`` must
   be the sender's and for this node. Anything else is *forged*: it raises, and
   the caller drops it without an answer (there is nobody to answer safely).
 * **Deciding** (owner's node). :func:`decide` applies the rules below to a
   request whose seal and signature verified; the facts it needs (seen request
-  ids, the owner's signals, its hits, how many requests and grants a requester
-  had) come from an :class:`OwnerFacts`, which the node's store provides and
-  tests fake. The first failing rule decides:
+  ids, the owner's signals, their hit proof keys, its hits, how many requests
+  and grants a requester had) come from an :class:`OwnerFacts`, which the
+  node's store provides and tests fake. The first failing rule decides:
 
   =====================================================  ====================
   rule                                                   else
@@ -27,39 +39,55 @@ details (DESIGN flow 5, ``proto/samenloop/v1/disclosure.proto``):
   request for this covenant, version not newer than ours  COVENANT_MISMATCH
   issued_at at most LIMITS_MAX_CLOCK_SKEW_SECONDS ahead   NOT_ALLOWED
   notice signed by the broker, for this covenant, to the
-  requester                                               INVALID_NOTICE
-  notice lists the owner with this signal ref             NOT_IN_HIT
-  the owner holds a signal with this ref                  NOT_IN_HIT
+  requester, naming the request's hit group               INVALID_NOTICE
+  *the hit proof* (one message for all five, so that a
+  refusal tells nothing of which failed):                 NOT_IN_HIT
+  (1) the notice lists the owner with this signal ref
+  (2) the owner holds a signal with this ref
+  (3) the owner's own latest notice of the group lists
+  this ref among the owner's own refs
+  (4) the owner holds the ref's hit proof key (tokenised
+  since hit proofs exist)
+  (5) ``hit_proof`` verifies under that key
   notice not CLOSED, hit not closed at the owner, the
   signal active                                           HIT_CLOSED
   under the covenant of now the requester's role may see
   the owner's (:func:`~samenloop.policies.rules.hides`)   NOT_IN_HIT
   the owner's own latest notice of the group, if it shows
   members by party and the requester's role is not hidden
-  from the owner, still lists the requester (or the
-  requester's role coordinates: it sees hits it holds no
-  signal in)                                              NOT_IN_HIT
+  from the owner, still lists the requester               NOT_IN_HIT
   requester's requests today < disclosure_requests_per_day QUOTA_EXCEEDED
   :func:`samenloop.policies.rules.release`                its reason
   =====================================================  ====================
 
-  The two NOT_IN_HIT rules keep a stale notice from being proof: a requester
-  that withdrew its signal, whose signal expired or that the broker removed
-  from the group keeps its old notice, but the owner's own latest notice no
-  longer shows it; and a covenant version that now hides the owner from the
-  requester's role ends its right to ask, whatever notice it kept.
+  The hit proof comes before HIT_CLOSED so that only a party that holds the
+  subject learns whether the owner's signal is still active. Rules (3) and (5)
+  rest on the owner's own records and keys, not on the broker: a notice the
+  broker forged for a signal in no hit fails (3), unless the broker forged
+  the owner's notice too, and (5), unless the requester really holds the
+  subject's identifier. The later NOT_IN_HIT rules keep a stale
+  notice from being proof: a requester that withdrew its signal, whose signal
+  expired or that the broker removed from the group keeps its old notice (and
+  its proof key), but the owner's own latest notice no longer shows it; and a
+  covenant version that now hides the owner from the requester's role ends
+  its right to ask, whatever notice it kept.
 
   Requests travel through mailboxes and may wait days for an offline owner,
   so, as ``common.proto`` says of LIMITS_MAX_REQUEST_AGE_SECONDS, their age is
   not limited: the request id, remembered for good, stops replays.
 * **Four eyes.** A rule with ``four_eyes`` leaves the request pending until a
-  second officer of the owner decides (:func:`approve`, :func:`deny`). The
-  officer who asked can never decide, and neither can an officer who already
-  decided (so one person can never both deny and later approve). Approval
-  decides again under the covenant and the facts of that moment: the covenant
-  may have changed, the hit closed, the rule's period quota filled, the
-  requester left the hit or the covenant (then refused, ``NOT_ALLOWED``, and
-  not answered: there is no key to seal to).
+  second officer of the owner decides (:func:`approve`, :func:`deny`); it is
+  stored with the hit group its verified notice names. The officer who asked
+  can never decide, and neither can an officer who already decided (so one
+  person can never both deny and later approve); officers are compared as
+  :func:`officer_key` normalises them, so that case, width and spacing do not
+  make a second person. Approval decides again under the covenant and the
+  facts of that moment: the covenant may have changed, the hit closed, the
+  owner's notice stopped listing the signal, the rule's period quota filled,
+  the requester left the hit or the covenant (then refused, ``NOT_ALLOWED``,
+  and not answered: there is no key to seal to). A pending request without a
+  hit group cannot be checked and is refused (``NOT_IN_HIT``): approval fails
+  closed.
 * **Answering.** :func:`respond` seals the signed ``DisclosureResponse``
   (context ``disclosure-response``) to the requester: exactly the allowed
   detail fields that the signal has, a pending notice, or a refusal with its
@@ -72,7 +100,9 @@ Nothing here logs; callers log codes and counts, never values.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+import struct
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol
@@ -112,7 +142,9 @@ __all__ = [
     "check_request",
     "decide",
     "deny",
+    "hit_proof",
     "no_longer_a_party",
+    "officer_key",
     "open_envelope",
     "parse_request",
     "parse_response",
@@ -127,6 +159,10 @@ MAX_NAME_BYTES: Final[int] = common_pb2.LIMITS_MAX_PARTY_ID_BYTES
 MAX_TEXT_BYTES: Final[int] = common_pb2.LIMITS_MAX_TEXT_BYTES
 MAX_ENVELOPE_BYTES: Final[int] = common_pb2.LIMITS_MAX_ENVELOPE_BYTES
 MAX_CLOCK_SKEW: Final = timedelta(seconds=common_pb2.LIMITS_MAX_CLOCK_SKEW_SECONDS)
+HIT_PROOF_BYTES: Final = crypto.MAC_BYTES
+_PROOF_DOMAIN: Final = b"samenloop/v1 disclosure proof"
+#: The one message of every refusal of the hit proof (see the module's docstring).
+NOT_PROVEN: Final = "the owner cannot confirm that this signal is in a hit with the requester"
 
 _REFUSALS: Final = {
     r: disclosure_pb2.DisclosureRefusalReason.Value(f"DISCLOSURE_REFUSAL_REASON_{r.name}")
@@ -163,6 +199,62 @@ def open_envelope(
         raise DecryptionFailed("envelope too large", field="envelope.ciphertext")
     box = SealedBox(nonce=bytes(sealed.nonce), ciphertext=bytes(sealed.ciphertext))
     return crypto.open_signed(keys, sealed.sender, covenant.public_keys(sealed.sender), box)
+
+
+# --- the hit proof ----------------------------------------------------------------------
+
+
+def _frame(data: bytes) -> bytes:
+    return struct.pack(">H", len(data)) + data
+
+
+def _proof_message(
+    *,
+    covenant_id: str,
+    request_id: bytes,
+    requester: str,
+    owner: str,
+    hit_group_id: bytes,
+    signal_ref: bytes,
+) -> bytes:
+    """What the hit proof MACs: the domain and the request's binding fields, each framed."""
+    return b"".join(
+        _frame(part)
+        for part in (
+            _PROOF_DOMAIN,
+            covenant_id.encode("utf-8"),
+            request_id,
+            requester.encode("utf-8"),
+            owner.encode("utf-8"),
+            hit_group_id,
+            signal_ref,
+        )
+    )
+
+
+def hit_proof(
+    proof_key: bytes,
+    *,
+    covenant_id: str,
+    request_id: bytes,
+    requester: str,
+    owner: str,
+    hit_group_id: bytes,
+    signal_ref: bytes,
+) -> bytes:
+    """The ``DisclosureRequest.hit_proof``: HMAC-SHA256 under a hit proof key, bound to this
+    request (its id), its two parties, the hit group and the owner's signal ref."""
+    return crypto.mac(
+        proof_key,
+        _proof_message(
+            covenant_id=covenant_id,
+            request_id=request_id,
+            requester=requester,
+            owner=owner,
+            hit_group_id=hit_group_id,
+            signal_ref=signal_ref,
+        ),
+    )
 
 
 # --- asking ------------------------------------------------------------------------------
@@ -205,9 +297,17 @@ def check_request(
     fields: Sequence[str],
     officer: str,
     justification: str,
-) -> None:
+    proof_keys: Callable[[bytes], bytes | None],
+) -> bytes:
     """Refuse, before anything is stored or sent, a request the owner would refuse anyway
-    or that is malformed; every error names its field (``InvalidInput``/``NotFound``)."""
+    or that is malformed; every error names its field (``InvalidInput``/``NotFound``).
+
+    Returns the hit proof key for :func:`build_request`: that of the first of the
+    requester's own refs in the notice that ``proof_keys`` knows. A requester with
+    no signal of its own in the hit cannot prove the hit (field ``hit_group_id``,
+    reason ``disclosure.no_own_signal``); one whose signals in it were tokenised
+    before hit proofs existed must tokenise them again (``disclosure.no_proof_key``).
+    """
     if owner == me:
         raise InvalidInput("a node does not ask itself", field="owner", reason="disclosure.self")
     if not covenant.is_party(owner):
@@ -239,6 +339,23 @@ def check_request(
     _check_fields(fields)
     _check_name(officer, "officer")
     _check_justification(justification)
+    if not notice.own_signal_refs:
+        raise InvalidInput(
+            "this node holds no signal in the hit, so it cannot prove the hit: only a party "
+            "with a signal of its own in a hit can ask for details",
+            field="hit_group_id",
+            reason="disclosure.no_own_signal",
+        )
+    for ref in sorted(notice.own_signal_refs):
+        key = proof_keys(bytes(ref))
+        if key is not None:
+            return key
+    raise InvalidInput(
+        "this node's signals in the hit were tokenised before hit proofs existed: "
+        "re-tokenise them (withdraw each and add it again) to ask",
+        field="hit_group_id",
+        reason="disclosure.no_proof_key",
+    )
 
 
 def build_request(
@@ -253,11 +370,18 @@ def build_request(
     fields: Sequence[str],
     officer: str,
     justification: str,
+    proof_key: bytes,
     now: datetime,
 ) -> tuple[disclosure_pb2.DisclosureRequest, Envelope]:
-    """The signed request, sealed to the owner; its request id is the envelope's message id."""
+    """The signed request, with its hit proof under ``proof_key`` (from
+    :func:`check_request`), sealed to the owner; its request id is the envelope's
+    message id."""
     if len(request_id) != ID_BYTES:
         raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+    try:
+        group = broker_pb2.HitNotice.FromString(notice.body).hit_group_id
+    except DecodeError as error:
+        raise InvalidInput("the hit notice does not parse", field="hit_notice") from error
     request = disclosure_pb2.DisclosureRequest(
         request_id=request_id,
         covenant_id=covenant.id,
@@ -270,6 +394,15 @@ def build_request(
         requested_fields=list(fields),
         requester_officer=officer,
         justification=justification,
+        hit_proof=hit_proof(
+            proof_key,
+            covenant_id=covenant.id,
+            request_id=request_id,
+            requester=keys.party,
+            owner=owner,
+            hit_group_id=group,
+            signal_ref=signal_ref,
+        ),
     )
     request.issued_at.FromDatetime(now.astimezone(UTC))
     envelope = _seal(
@@ -302,18 +435,21 @@ class IncomingRequest:
     officer: str
     justification: str
     issued_at: datetime
+    #: The hit group the attached notice names, None if it does not parse or names none
+    #: (not yet verified: :func:`decide` refuses unless the verified notice names it).
+    hit_group_id: bytes | None
+    hit_proof: bytes
 
     def __repr__(self) -> str:
         return f"IncomingRequest(requester={self.requester!r}, fields={len(self.fields)})"
 
-    @property
-    def hit_group_id(self) -> bytes | None:
-        """The hit group the attached notice names, if it parses (not yet verified)."""
-        try:
-            group = broker_pb2.HitNotice.FromString(self.notice.body).hit_group_id
-        except DecodeError:
-            return None
-        return group if len(group) == ID_BYTES else None
+
+def _notice_group(notice: common_pb2.Signed) -> bytes | None:
+    try:
+        group = broker_pb2.HitNotice.FromString(notice.body).hit_group_id
+    except DecodeError:
+        return None
+    return group if len(group) == ID_BYTES else None
 
 
 def parse_request(body: bytes, *, sender: str, me: str) -> IncomingRequest:
@@ -352,6 +488,8 @@ def parse_request(body: bytes, *, sender: str, me: str) -> IncomingRequest:
         officer=request.requester_officer,
         justification=request.justification,
         issued_at=issued_at,
+        hit_group_id=_notice_group(request.hit_notice),
+        hit_proof=bytes(request.hit_proof),
     )
 
 
@@ -377,6 +515,16 @@ class OwnerFacts(Protocol):
 
     def signal_facts(self, signal_ref: bytes, /) -> SignalFacts | None:
         """The owner's signal behind one of its refs; None if it has no such ref."""
+        ...
+
+    def hit_proof_key(self, signal_ref: bytes, /) -> bytes | None:
+        """The hit proof key of the owner's identifier with this ref; None if it has no
+        such ref or no key for it (tokenised before hit proofs existed)."""
+        ...
+
+    def hit_own_refs(self, group_id: bytes, /) -> frozenset[bytes]:
+        """The owner's own refs that its latest notice of this group lists (empty if it
+        holds no notice of the group)."""
         ...
 
     def hit_closed(self, group_id: bytes, /) -> bool:
@@ -509,30 +657,66 @@ def _still_shown(
     covenant: Covenant,
     me: str,
     requester: str,
-    group_id: bytes | None,
+    group_id: bytes,
     facts: OwnerFacts,
     signal: SignalFacts,
 ) -> Verdict | None:
     """A refusal (``NOT_IN_HIT``) if, under the covenant and the owner's notice of now, the
-    requester may no longer see the owner in this hit; None if it may."""
+    requester may no longer see the owner in this hit; None if it may.
+
+    A requester proves that it holds a signal in the hit, so it is a member: where the
+    owner's notice shows members by party, and may show the requester's, it must list
+    the requester (a coordinator that left the hit keeps observing it, not asking)."""
     if rules.hides(covenant, requester, me):
         return _refuse(
             Refusal.NOT_IN_HIT, "under the covenant of now the hit does not show the owner", signal
         )
-    if group_id is None or rules.hides(covenant, me, requester):
+    if rules.hides(covenant, me, requester):
         return None  # the owner cannot know whether the requester is still in the group
     members = facts.hit_members(group_id)
-    if (
-        members is not None
-        and requester not in members
-        and requester not in rules.observers(covenant)
-    ):
+    if members is not None and requester not in members:
         return _refuse(
             Refusal.NOT_IN_HIT,
             "the owner's latest notice of the hit no longer shows the requester",
             signal,
         )
     return None
+
+
+def _proven(
+    covenant: Covenant,
+    me: str,
+    request: IncomingRequest,
+    notice: broker_pb2.HitNotice,
+    facts: OwnerFacts,
+) -> SignalFacts | None:
+    """The owner's signal asked about if the hit proof holds (rules 1-5 of the module's
+    docstring), else None: the caller refuses all alike, so no answer says which failed."""
+    listed = any(
+        m.HasField("party") and m.party == me and request.signal_ref in m.signal_refs
+        for m in notice.members
+    )
+    signal = facts.signal_facts(request.signal_ref)
+    if not listed or signal is None:
+        return None
+    if request.signal_ref not in facts.hit_own_refs(notice.hit_group_id):
+        return None
+    key = facts.hit_proof_key(request.signal_ref)
+    if key is None:
+        return None
+    message = _proof_message(
+        covenant_id=covenant.id,
+        request_id=request.request_id,
+        requester=request.requester,
+        owner=me,
+        hit_group_id=notice.hit_group_id,
+        signal_ref=request.signal_ref,
+    )
+    try:
+        crypto.verify_mac(key, message, request.hit_proof, field="hit_proof")
+    except InvalidSignature:
+        return None
+    return signal
 
 
 def decide(
@@ -552,18 +736,15 @@ def decide(
     try:
         notice = verify_hit_notice(covenant, request.requester, request.notice)
     except SamenloopError:
+        notice = None
+    if notice is None or notice.hit_group_id != request.hit_group_id:
         return _refuse(
             Refusal.INVALID_NOTICE,
             "the hit notice is not the broker's, or not for this covenant and requester",
         )
-    if not any(
-        m.HasField("party") and m.party == me and request.signal_ref in m.signal_refs
-        for m in notice.members
-    ):
-        return _refuse(Refusal.NOT_IN_HIT, "the hit notice does not list this signal of the owner")
-    signal = facts.signal_facts(request.signal_ref)
+    signal = _proven(covenant, me, request, notice, facts)
     if signal is None:
-        return _refuse(Refusal.NOT_IN_HIT, "the owner holds no signal with this ref")
+        return _refuse(Refusal.NOT_IN_HIT, NOT_PROVEN)
     hit_open = (
         notice.kind != broker_pb2.HIT_NOTICE_KIND_CLOSED
         and not facts.hit_closed(notice.hit_group_id)
@@ -608,15 +789,24 @@ class PendingRequest:
     decided_by: str | None
 
 
+def officer_key(officer: str) -> str:
+    """An officer's identity as four eyes compares it: Unicode NFKC, case folded, spaces
+    stripped and runs of whitespace made one space. Officers are stored and shown as
+    given; ``"Bd-Teamleider-7 "`` and ``"bd-teamleider-7"`` are one person."""
+    return " ".join(unicodedata.normalize("NFKC", officer).casefold().split())
+
+
 def _check_officer(pending: PendingRequest, officer: str) -> None:
     _check_name(officer, "officer")
-    if officer == pending.requester_officer:
+    if not officer_key(officer):
+        raise InvalidInput("name the officer", field="officer")
+    if officer_key(officer) == officer_key(pending.requester_officer):
         raise NotAllowed(
             "the officer who asked cannot decide on the request (four eyes)",
             field="officer",
             reason="disclosure.same_officer",
         )
-    if pending.decided_by is not None and officer == pending.decided_by:
+    if pending.decided_by is not None and officer_key(officer) == officer_key(pending.decided_by):
         raise NotAllowed(
             "this officer already decided on the request (four eyes)",
             field="officer",
@@ -646,23 +836,32 @@ def approve(
 
     ``NotAllowed`` (field ``officer``) if this officer may not decide. The
     result is a grant or a refusal, never pending again: refused if the
-    requester is no longer a party (:func:`no_longer_a_party`), the signal is
-    withdrawn or the hit closed (``HIT_CLOSED``), the requester may no longer
-    see the owner in the hit (``NOT_IN_HIT``, as :func:`decide`), or the
-    release rule no longer allows it.
+    requester is no longer a party (:func:`no_longer_a_party`), the request has
+    no hit group to check (``NOT_IN_HIT``: it fails closed), the signal is
+    withdrawn or the hit closed (``HIT_CLOSED``), the owner's own latest notice
+    of the group no longer lists the signal or the requester may no longer see
+    the owner in the hit (``NOT_IN_HIT``, as :func:`decide`), or the release
+    rule no longer allows it.
     """
     _check_officer(pending, officer)
     if not covenant.is_party(pending.requester):
         return no_longer_a_party()
+    group = pending.hit_group_id
+    if group is None or len(group) != ID_BYTES:
+        return _refuse(Refusal.NOT_IN_HIT, "the request names no hit group the owner can check")
     signal = facts.signal_facts(pending.signal_ref)
     if signal is None:
         return _refuse(Refusal.HIT_CLOSED, "the signal is no longer held")
-    hit_open = signal.active and not (
-        pending.hit_group_id is not None and facts.hit_closed(pending.hit_group_id)
-    )
+    hit_open = signal.active and not facts.hit_closed(group)
     if not hit_open:
         return _refuse(Refusal.HIT_CLOSED, "the hit is closed or the signal withdrawn", signal)
-    gone = _still_shown(covenant, me, pending.requester, pending.hit_group_id, facts, signal)
+    if pending.signal_ref not in facts.hit_own_refs(group):
+        return _refuse(
+            Refusal.NOT_IN_HIT,
+            "the owner's latest notice of the hit no longer lists the signal",
+            signal,
+        )
+    gone = _still_shown(covenant, me, pending.requester, group, facts, signal)
     if gone is not None:
         return gone
     return _release(

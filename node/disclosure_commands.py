@@ -11,23 +11,27 @@ does. Ids are shown and given in hex.
 * ``disclosure pending``, ``approve ID --officer ID`` and ``deny ID --officer
   ID --reason TEXT`` are the four-eyes step at the owner: a second officer,
   never the one who asked, decides on what the covenant lets wait for one.
+
+Officer names, justifications, notes, refusal messages and released field
+names and values come from the other party: they are shown as plain text
+(:mod:`samenloop.policies.terminal`); ``--json`` prints them exactly.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from samenloop.node.client import Disclosure
 from samenloop.node.models import DisclosureDirection, DisclosureState
 from samenloop.node.signal_commands import add_node_options, open_client
+from samenloop.policies import terminal
 from samenloop.policies.errors import ConfigurationError
+from samenloop.policies.terminal import printable
 
 __all__ = ["disclosure_to_json", "register"]
 
@@ -144,10 +148,10 @@ def disclosure_to_json(item: Disclosure) -> dict[str, Any]:
 def _summary(item: Disclosure) -> str:
     line = (
         f"{item.request_hex} {item.direction.value} {item.state.value}: "
-        f"{item.requester} -> {item.owner}, {item.purpose}"
+        f"{printable(item.requester)} -> {printable(item.owner)}, {printable(item.purpose)}"
     )
     if item.refusal_reason is not None:
-        line += f" ({item.refusal_reason}: {item.refusal_message})"
+        line += f" ({item.refusal_reason}: {printable(item.refusal_message)})"
     return line
 
 
@@ -160,10 +164,10 @@ def _table(items: Sequence[Disclosure], title: str) -> Table:
             item.request_hex[:12],
             "in" if item.direction is DisclosureDirection.INCOMING else "out",
             item.state.value + (f" ({item.refusal_reason})" if item.refusal_reason else ""),
-            item.requester,
-            item.owner,
-            item.purpose,
-            ", ".join(item.requested_fields),
+            printable(item.requester),
+            printable(item.owner),
+            printable(item.purpose),
+            ", ".join(printable(f) for f in item.requested_fields),
             item.requested_at.strftime("%Y-%m-%d %H:%M") if item.requested_at else "",
         )
     return table
@@ -171,27 +175,29 @@ def _table(items: Sequence[Disclosure], title: str) -> Table:
 
 def _print_one(item: Disclosure, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(disclosure_to_json(item), indent=2, ensure_ascii=False))
+        print(terminal.dumps(disclosure_to_json(item), indent=2))
         return
+    fields = ", ".join(printable(f) for f in item.requested_fields)
     print(_summary(item))
-    print(f"  asked for: {', '.join(item.requested_fields)} by {item.requester_officer}")
+    print(f"  asked for: {fields} by {printable(item.requester_officer)}")
     if item.justification:
-        print(f"  justification: {item.justification}")
+        print(f"  justification: {printable(item.justification)}")
     for decision in item.decisions:
         verb = "approved" if decision.approved else "denied"
-        print(f"  {verb} by {decision.officer}: {decision.note}")
+        print(f"  {verb} by {printable(decision.officer)}: {printable(decision.note)}")
     if item.state is DisclosureState.GRANTED:
         for name, value in sorted(item.released_fields.items()):
-            print(f"  {name}: {value}" if value else f"  {name}: (released)")
+            shown = printable(value) if value else "(released)"
+            print(f"  {printable(name)}: {shown}")
         if item.withheld_fields:
-            print(f"  withheld: {', '.join(item.withheld_fields)}")
+            print(f"  withheld: {', '.join(printable(f) for f in item.withheld_fields)}")
 
 
 def _print_many(items: Sequence[Disclosure], as_json: bool, title: str) -> None:
     if as_json:
-        print(json.dumps([disclosure_to_json(i) for i in items], indent=2, ensure_ascii=False))
+        print(terminal.dumps([disclosure_to_json(i) for i in items], indent=2))
     else:
-        Console().print(_table(items, title))
+        terminal.console().print(_table(items, title))
 
 
 def _request(args: argparse.Namespace) -> int:

@@ -107,7 +107,9 @@ class DisclosureDesk:
         """Ask ``owner`` for details of one of its signals in a hit this node holds.
 
         Bad input is refused here, naming the field, and nothing is stored; a
-        valid request is stored (state ``sent``) with its sealed envelope.
+        valid request is stored (state ``sent``) with its sealed envelope. The
+        request carries the hit proof of one of this node's own signals in the
+        hit: a node with none there cannot ask (``disclosure.no_own_signal``).
         """
         if len(hit_group_id) != ID_BYTES:
             raise InvalidInput(f"a hit group id is {ID_BYTES} bytes", field="hit_group_id")
@@ -117,7 +119,7 @@ class DisclosureDesk:
         signed = common_pb2.Signed.FromString(hit.notice)
         notice = broker_pb2.HitNotice.FromString(signed.body)
         covenant = self._covenant()
-        disclosure.check_request(
+        proof_key = disclosure.check_request(
             covenant,
             self._me,
             notice,
@@ -127,6 +129,7 @@ class DisclosureDesk:
             fields=fields,
             officer=officer,
             justification=justification,
+            proof_keys=self._store.hit_proof_key,
         )
         now = self._now()
         request_id = self._random(ID_BYTES)
@@ -141,6 +144,7 @@ class DisclosureDesk:
             fields=fields,
             officer=officer,
             justification=justification,
+            proof_key=proof_key,
             now=now,
         )
         record = self._store.record_outgoing(

@@ -14,11 +14,15 @@ evaluate its blinded elements (see ``proto/samenloop/v1/keyholder.proto``):
    replies into answers, refusals (with their reason) and faults. It never
    raises for one bad holder: a reply that fails any check marks that holder
    faulty, exactly like a wrong DLEQ proof.
-4. ``tokenise`` runs the whole pipeline: blind (``tokens.start``), choose a
-   set, build, relay, read, verify the proofs and combine
-   (``threshold.combine``), unblind and derive (``tokens.finish``). A faulty,
-   refusing or unreachable holder is left out and the evaluation is asked
-   again of a new set, under a new request id.
+4. ``tokenise_with_proof_keys`` runs the whole pipeline: blind
+   (``tokens.start``), choose a set and how many elements to ask of it
+   (``threshold.HolderPlanner``: a holder party's own seat always, then the
+   holders with the most of the day's quota left, as their answers say),
+   build, relay, read, verify the proofs and combine (``threshold.combine``),
+   unblind and derive the tokens and their hit proof keys
+   (``tokens.finish_with_proof_keys``); ``tokenise`` keeps the tokens only. A
+   faulty, refusing or unreachable holder is left out and the evaluation is
+   asked again of a new set, under a new request id.
 
 Sans-IO: no network, no database; time and request ids are passed in.
 Nothing here logs a blinded element, an evaluation or an identifier.
@@ -26,20 +30,27 @@ Nothing here logs a blinded element, an evaluation or an identifier.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
 
 from samenloop.node import oprf, threshold, tokens
-from samenloop.node.threshold import FaultyHolders, HolderPlanner, KeyEpoch, PartialEvaluation
+from samenloop.node.threshold import (
+    DailyUse,
+    FaultyHolders,
+    HolderPlanner,
+    KeyEpoch,
+    PartialEvaluation,
+)
 from samenloop.node.tokens import TokenDomain, Tokenisable
-from samenloop.policies import crypto
+from samenloop.policies import crypto, rules
 from samenloop.policies.crypto import PartyKeys, PublicKeys, SignatureContext
 from samenloop.policies.errors import (
     InvalidInput,
@@ -49,6 +60,7 @@ from samenloop.policies.errors import (
     NotAllowed,
     NotEnoughHolders,
 )
+from samenloop.policies.policy import Quotas
 from samenloop.v1 import common_pb2, keyholder_pb2
 
 logger = logging.getLogger(__name__)
@@ -98,11 +110,12 @@ class RefusalReason(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """A holder's signed refusal to evaluate."""
+    """A holder's signed refusal to evaluate; ``remaining`` as in ``Replies``."""
 
     holder_index: int
     reason: RefusalReason
     message: str
+    remaining: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +126,15 @@ class Replies:
     checked (``threshold.combine`` does that); ``refusals`` are signed
     refusals; ``faulty`` maps a holder whose reply failed a check to what
     failed; ``missing`` are the holders of the set that did not reply.
+    ``remaining`` is what each holder that said so (``remaining_today``, in
+    an answer or a quota refusal) still evaluates for the requester today.
     """
 
     answers: Mapping[int, PartialEvaluation] = field(default_factory=dict)
     refusals: Mapping[int, Refusal] = field(default_factory=dict)
     faulty: Mapping[int, str] = field(default_factory=dict)
     missing: frozenset[int] = frozenset()
+    remaining: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def unusable(self) -> frozenset[int]:
@@ -239,23 +255,33 @@ def read_replies(
     refusals: dict[int, Refusal] = {}
     faulty: dict[int, str] = {}
     missing: set[int] = set()
+    remaining: dict[int, int] = {}
     for index in responding_set:
         reply = replies.get(index)
         if reply is None:
             missing.add(index)
             continue
         try:
-            outcome = _read_reply(
+            outcome_and_left = _read_reply(
                 directory, epoch, index, len(blinded), request_id, reply, requester=requester
             )
         except _BadReply as error:
             faulty[index] = str(error)
             continue
+        outcome, left = outcome_and_left
+        if left is not None:
+            remaining[index] = left
         if isinstance(outcome, Refusal):
             refusals[index] = outcome
         else:
             answers[index] = outcome
-    return Replies(answers=answers, refusals=refusals, faulty=faulty, missing=frozenset(missing))
+    return Replies(
+        answers=answers,
+        refusals=refusals,
+        faulty=faulty,
+        missing=frozenset(missing),
+        remaining=remaining,
+    )
 
 
 def _read_reply(
@@ -267,7 +293,8 @@ def _read_reply(
     reply: bytes,
     *,
     requester: str,
-) -> PartialEvaluation | Refusal:
+) -> tuple[PartialEvaluation | Refusal, int | None]:
+    """One holder's reply, checked, and what it says remains of the quota (if it does)."""
     signed = common_pb2.Signed()
     try:
         signed.ParseFromString(reply)
@@ -300,6 +327,7 @@ def _read_reply(
         raise _BadReply("reply names another holder")
     if response.requester != requester:
         raise _BadReply("reply is for another requester")
+    left = response.remaining_today if response.HasField("remaining_today") else None
     kind = response.WhichOneof("result")
     if kind == "refusal":
         # A holder that refused before verifying the request knows neither its id nor epoch.
@@ -308,11 +336,13 @@ def _read_reply(
             epoch.epoch,
         ):
             raise _BadReply("refusal is for another request")
-        return Refusal(
+        refusal = Refusal(
             holder_index=index,
             reason=RefusalReason.from_wire(response.refusal.reason),
             message=response.refusal.message,
+            remaining=left,
         )
+        return refusal, left
     if not crypto.equal(response.request_id, request_id) or response.key_epoch != epoch.epoch:
         raise _BadReply("answer is for another request or key epoch")
     if kind != "evaluation":
@@ -324,11 +354,12 @@ def _read_reply(
         )
     if len(evaluation.proof) != oprf.PROOF_BYTES:
         raise _BadReply("answer has a malformed proof")
-    return PartialEvaluation(
+    partial = PartialEvaluation(
         holder_index=index,
         evaluated_elements=tuple(evaluation.evaluated_elements),
         proof=evaluation.proof,
     )
+    return partial, left
 
 
 # --- the pipeline --------------------------------------------------------------------
@@ -344,6 +375,24 @@ def new_request_id() -> bytes:
     return os.urandom(REQUEST_ID_BYTES)
 
 
+def daily_use(quotas: Quotas, epoch: KeyEpoch, party: str) -> DailyUse:
+    """What each holder of ``epoch`` evaluates for ``party`` per UTC day, nothing used yet."""
+    seats = [h.party for h in epoch.holders]
+    return DailyUse(
+        {
+            h.index: rules.oprf_allowance(
+                quotas, seats, epoch.threshold, requester=party, holder=h.party
+            )
+            for h in epoch.holders
+        }
+    )
+
+
+def own_seat(epoch: KeyEpoch, party: str) -> int | None:
+    """The index of ``party``'s seat in ``epoch``, if it holds one."""
+    return next((h.index for h in epoch.holders if h.party == party), None)
+
+
 def tokenise(
     keys: PartyKeys,
     directory: Directory,
@@ -356,16 +405,52 @@ def tokenise(
     planner: HolderPlanner | None = None,
     request_ids: Callable[[], bytes] = new_request_id,
 ) -> list[bytes]:
-    """Tokenise ``identifiers`` with the covenant's key holders, through ``relay``.
+    """The tokens of :func:`tokenise_with_proof_keys`, without their hit proof keys."""
+    made = tokenise_with_proof_keys(
+        keys,
+        directory,
+        domain,
+        epoch,
+        identifiers,
+        relay,
+        now=now,
+        planner=planner,
+        request_ids=request_ids,
+    )
+    return [m.token for m in made]
 
-    Batches larger than ``LIMITS_MAX_BLINDED_ELEMENTS_PER_REQUEST`` are split.
+
+def tokenise_with_proof_keys(
+    keys: PartyKeys,
+    directory: Directory,
+    domain: TokenDomain,
+    epoch: KeyEpoch,
+    identifiers: Sequence[Tokenisable],
+    relay: Relay,
+    *,
+    now: datetime,
+    planner: HolderPlanner | None = None,
+    request_ids: Callable[[], bytes] = new_request_id,
+) -> list[tokens.TokenKeys]:
+    """Tokenise ``identifiers`` with the covenant's key holders, through ``relay``; each
+    token comes with its hit proof key (:mod:`samenloop.node.tokens`).
+
+    Returns the tokens of ``identifiers`` in order, or of a first part of them
+    when the holders run out midway (the quota is used up, too many holders
+    are gone): what they evaluated and counted is not thrown away.
+
+    Batches larger than ``LIMITS_MAX_BLINDED_ELEMENTS_PER_REQUEST`` are split,
+    and so is a batch that the holders' daily allowances (``planner.use``)
+    cannot take at once. A requester that holds a seat always includes it.
     A holder that refuses, does not reply, replies wrongly or proves a wrong
     evaluation is left out (``planner`` remembers it across the chunks of this
     call, and across calls if the caller keeps the planner) and the chunk is
-    asked of the next set under a new request id. Raises ``NotEnoughHolders``
-    when no set of ``t`` usable holders is left, and ``NotAllowed`` when the
-    key epoch is not in force at ``now``; whatever ``relay`` raises (the
-    broker is unreachable) propagates.
+    asked of the next set under a new request id; a holder whose quota refusal
+    says it has less left than was asked is asked again for less. Raises
+    ``NotEnoughHolders`` when no set of ``t`` usable holders is left before
+    any token was made (also when the quota is used up), and ``NotAllowed``
+    when the key epoch is not in force at ``now``; whatever ``relay`` raises
+    (the broker is unreachable) propagates.
     """
     if (epoch.covenant_id, epoch.epoch) != (domain.covenant_id, domain.key_epoch):
         raise InvalidInput("key epoch does not belong to this token domain", field="key_epoch")
@@ -375,14 +460,50 @@ def tokenise(
         raise LocalError("the time must be timezone-aware (UTC)", field="now")
     epoch.check_in_force(now)
     planner = planner if planner is not None else HolderPlanner(epoch)
-    result: list[bytes] = []
+    planner.own = own_seat(epoch, keys.party)
+    result: list[tokens.TokenKeys] = []
     for first in range(0, len(identifiers), MAX_ELEMENTS):
         pending = tokens.start(domain, identifiers[first : first + MAX_ELEMENTS])
-        evaluated = _evaluate(
-            keys, directory, epoch, pending.blinded_elements, relay, planner, now, request_ids
-        )
-        result.extend(tokens.finish(pending, evaluated))
+        evaluated: list[bytes] = []
+        try:
+            while len(evaluated) < len(pending.blinded_elements):
+                evaluated.extend(
+                    _evaluate(
+                        keys,
+                        directory,
+                        epoch,
+                        pending.blinded_elements[len(evaluated) :],
+                        relay,
+                        planner,
+                        now,
+                        request_ids,
+                    )
+                )
+        except NotEnoughHolders as error:
+            if not result and not evaluated:
+                raise
+            # The holders counted what they evaluated: keep those tokens, not only whole chunks.
+            if evaluated:
+                result.extend(
+                    tokens.finish_with_proof_keys(_first(pending, len(evaluated)), evaluated)
+                )
+            logger.warning(
+                "%d of %d identifiers tokenised: %s", len(result), len(identifiers), error.message
+            )
+            return result
+        result.extend(tokens.finish_with_proof_keys(pending, evaluated))
     return result
+
+
+def _first(pending: tokens.PendingTokens, count: int) -> tokens.PendingTokens:
+    """The first ``count`` identifiers of a blinded batch."""
+    return dataclasses.replace(
+        pending,
+        types=pending.types[:count],
+        inputs=pending.inputs[:count],
+        blinds=pending.blinds[:count],
+        blinded_elements=pending.blinded_elements[:count],
+    )
 
 
 def _evaluate(
@@ -395,23 +516,29 @@ def _evaluate(
     now: datetime,
     request_ids: Callable[[], bytes],
 ) -> list[bytes]:
-    """Ask sets of holders until one answers correctly; each round excludes at least one holder."""
+    """Evaluate the first elements of ``blinded``, as many as the planner asks of one set.
+
+    Asks sets of holders until one answers correctly; each round excludes at
+    least one holder or learns that one has less quota left than asked.
+    """
     problems: dict[int, str] = {}  # why each holder left out in this evaluation was left out
+    day = now.astimezone(UTC).date()
     while True:
         try:
-            responding_set = planner.next_set()
+            responding_set, count = planner.plan(len(blinded), day=day)
         except NotEnoughHolders as error:
             if not problems:
                 raise
             why = "; ".join(f"holder {i}: {what}" for i, what in sorted(problems.items()))
             raise NotEnoughHolders(f"{error.message} ({why})", field=error.field) from None
+        asked = blinded[:count]
         request_id = request_ids()
         requests = build_requests(
             keys,
             epoch.covenant_id,
             epoch,
             responding_set,
-            blinded,
+            asked,
             request_id=request_id,
             now=now,
         )
@@ -419,7 +546,7 @@ def _evaluate(
             directory,
             epoch,
             responding_set,
-            blinded,
+            asked,
             request_id,
             relay(requests),
             requester=keys.party,
@@ -442,14 +569,29 @@ def _evaluate(
                 sorted(replies.missing),
                 request_id.hex(),
             )
+        unusable = set(replies.unusable)
+        if planner.use is not None:
+            # Holders count what they answered even when the set as a whole failed.
+            for index in replies.answers:
+                if index not in replies.remaining:
+                    planner.use.spend(index, count, day)
+            for index, left in replies.remaining.items():
+                planner.use.learn(index, left, day)
+            unusable -= {
+                i
+                for i, r in replies.refusals.items()
+                if r.reason is RefusalReason.QUOTA_EXCEEDED
+                and r.remaining is not None
+                and r.remaining < count
+            }  # it has less left than asked: ask it again for less
         problems.update({i: f"refused, {r.reason.name}" for i, r in replies.refusals.items()})
         problems.update({i: f"faulty, {what}" for i, what in replies.faulty.items()})
         problems.update({i: "unreachable" for i in replies.missing})
         if replies.unusable:
-            planner.exclude(replies.unusable)
+            planner.exclude(unusable)
             continue
         try:
-            return threshold.combine(epoch, responding_set, blinded, replies.answers)
+            return threshold.combine(epoch, responding_set, asked, replies.answers)
         except FaultyHolders as faulty:
             logger.warning(
                 "key holder(s) %s proved wrong evaluations for request %s",

@@ -20,15 +20,29 @@ signed bytes as they arrived and checks, in this order,
 10. issued_at at most LIMITS_MAX_REQUEST_AGE_SECONDS old and
     at most LIMITS_MAX_CLOCK_SKEW_SECONDS in the future,     else STALE
 11. (requester, request id, holder index) not yet answered, else REPLAY
-12. the requester's daily quota of evaluated elements,     else QUOTA_EXCEEDED
+12. the requester's share of its daily cap at this holder,  else QUOTA_EXCEEDED
 
 and answers with its partial evaluation and DLEQ proof, or with a refusal,
 always as a ``Signed`` ``EvaluationResponse`` (context ``oprf-response``) for
 the requester as audience. Only answered requests are counted.
 
-Sans-IO and in memory: the replay cache needs to outlive a request only by
-LIMITS_MAX_REQUEST_AGE_SECONDS, and the counters are for the quota and for
-status and audit. Nothing here logs a blinded element, an evaluation or the share.
+The quota is the covenant's ``oprf_evaluations_per_day`` (C) per party across
+all holders: holders cannot see each other's counts, so each allows a party
+only its share (``rules.oprf_allowance``): floor(C*t/n) to a party without a
+seat, floor(C*(t-1)/(n-1)) to another holder, and C to its own party. Whatever
+sets a party asks, and even if it computes its own share locally, it gets at
+most C tokens a day (docs/crypto.md). Evaluations and quota refusals tell the
+requester what remains of its share today, so that an honest node spreads its
+requests (``threshold.HolderPlanner``).
+
+Sans-IO and in memory: the node makes it durable. ``answer`` decides and
+returns a ``HolderReply`` with what to record (the count, and the answered
+request for the replay cache until it can no longer be fresh); the node
+commits that in one transaction before it sends the reply, and hands the
+counts and the replay cache back at start (``used_today``, ``answered``), so
+neither a restart nor a crash resets the quota or lets a request be replayed.
+If the record fails, ``withdraw`` undoes the admission. Nothing here logs a
+blinded element, an evaluation or the share.
 """
 
 from __future__ import annotations
@@ -36,7 +50,7 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
@@ -70,18 +84,59 @@ logger = logging.getLogger(__name__)
 MAX_REQUEST_AGE = timedelta(seconds=common_pb2.LIMITS_MAX_REQUEST_AGE_SECONDS)
 MAX_CLOCK_SKEW = timedelta(seconds=common_pb2.LIMITS_MAX_CLOCK_SKEW_SECONDS)
 MAX_PARTY_ID_BYTES: int = common_pb2.LIMITS_MAX_PARTY_ID_BYTES
+#: How long an answered request is remembered after it was issued: while it could still
+#: pass the freshness check, plus the clock skew in case this holder's clock is set back.
+REPLAY_WINDOW = MAX_REQUEST_AGE + MAX_CLOCK_SKEW
 
 #: Evaluated elements a requesting party may have per UTC day, unless configured otherwise.
 DEFAULT_DAILY_QUOTA = 1_000_000
 
 
+@dataclass(frozen=True, slots=True)
+class AnsweredRequest:
+    """A request this holder answered: refused as a REPLAY until ``keep_until``."""
+
+    requester: str
+    request_id: bytes
+    holder_index: int
+    keep_until: datetime
+
+    @property
+    def key(self) -> tuple[str, bytes, int]:
+        return (self.requester, self.request_id, self.holder_index)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class HolderReply:
+    """What ``KeyHolder.answer`` decided, and what the node records before it sends ``reply``.
+
+    ``elements`` is the number evaluated (0 for a refusal), ``refused`` the
+    reason of a refusal, ``answered`` the replay-cache entry of an evaluation.
+    Count and entry go into the store in one transaction, and only then may
+    ``reply`` leave: a crash in between neither loses a count nor allows a replay.
+    """
+
+    reply: bytes
+    requester: str
+    elements: int
+    refused: RefusalReason | None
+    answered: AnsweredRequest | None
+
+    def __repr__(self) -> str:
+        outcome = self.refused.name if self.refused is not None else f"{self.elements} evaluated"
+        return f"HolderReply(requester={self.requester!r}, {outcome})"
+
+
 class _Refuse(Exception):
     """A check failed: refuse with this reason. Internal to ``KeyHolder.handle``."""
 
-    def __init__(self, reason: RefusalReason, message: str) -> None:
+    def __init__(
+        self, reason: RefusalReason, message: str, *, remaining: int | None = None
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.remaining = remaining
         # Known only once the signature verified and the body parsed; empty before.
         self.request_id = b""
         self.key_epoch = 0
@@ -102,11 +157,14 @@ class _Verified:
 class KeyHolder:
     """One holder's seat in one key epoch, answering evaluation requests.
 
-    ``daily_quota`` is the number of elements each requesting party may have
-    evaluated per UTC day. ``directory`` may be a callable that gives the
-    covenant held now (``HeldCovenant``): then parties and keys are looked up
-    in the current version, and without an explicit ``daily_quota`` the quota
-    is its ``oprf_evaluations_per_day``, so an update takes effect at once.
+    ``directory`` may be the covenant, or a callable that gives the covenant
+    held now (``HeldCovenant``): then parties and keys are looked up in the
+    current version, and each requester's daily allowance is its share of the
+    covenant's ``oprf_evaluations_per_day`` (``rules.oprf_allowance``), so an
+    update takes effect at once. ``daily_quota`` sets one allowance for every
+    requester instead (tests, and a plain directory; else
+    ``DEFAULT_DAILY_QUOTA``). ``used_today`` (for the UTC day ``today``) and
+    ``answered`` are what the node's store recorded before a restart.
     The state (replay cache, counters) is in memory and guarded by a lock, so
     the transport may call ``handle`` from several threads; the evaluation
     itself runs outside the lock.
@@ -123,6 +181,7 @@ class KeyHolder:
         daily_quota: int | None = None,
         used_today: Mapping[str, int] | None = None,
         today: date | None = None,
+        answered: Iterable[AnsweredRequest] = (),
     ) -> None:
         if epoch.covenant_id != covenant_id:
             raise ConfigurationError(
@@ -140,17 +199,20 @@ class KeyHolder:
             raise ConfigurationError("share does not match its commitment", field="share")
         if daily_quota is not None and daily_quota < 0:
             raise ConfigurationError("daily quota must not be negative", field="daily_quota")
+        if used_today and today is None:
+            raise ConfigurationError("counts of a day need the day", field="today")
         self._keys = keys
         self._share = share
         self._epoch = epoch
         self._covenant_id = covenant_id
         self._directory = directory
         self._daily_quota = daily_quota
-        if daily_quota is None and not callable(directory):
-            self._daily_quota = DEFAULT_DAILY_QUOTA
+        self._seats = tuple(h.party for h in epoch.holders)
         self._lock = threading.Lock()
         self._answered: set[tuple[str, bytes, int]] = set()
         self._expiries: list[tuple[datetime, tuple[str, bytes, int]]] = []
+        for entry in answered:
+            self._remember(entry)
         # What the node's store says was already evaluated today, so that a restart
         # does not reset the quota.
         self._day: date | None = today if used_today else None
@@ -177,13 +239,27 @@ class KeyHolder:
     def key_epoch(self) -> int:
         return self._epoch.epoch
 
-    @property
-    def daily_quota(self) -> int:
-        """The quota in force: the one given, else the current covenant's."""
+    def _covenant(self) -> Covenant | None:
+        if isinstance(self._directory, Covenant):
+            return self._directory
+        if callable(self._directory):
+            return self._directory()
+        return None
+
+    def allowance(self, requester: str) -> int:
+        """Elements this holder evaluates for ``requester`` per UTC day, as things stand now."""
         if self._daily_quota is not None:
             return self._daily_quota
-        assert callable(self._directory)
-        return self._directory().policy.quotas.oprf_evaluations_per_day
+        covenant = self._covenant()
+        if covenant is None:
+            return DEFAULT_DAILY_QUOTA
+        return rules.oprf_allowance(
+            covenant.policy.quotas,
+            self._seats,
+            self._epoch.threshold,
+            requester=requester,
+            holder=self._keys.party,
+        )
 
     def _parties(self) -> Directory:
         return self._directory() if callable(self._directory) else self._directory
@@ -205,8 +281,19 @@ class KeyHolder:
     def handle(self, signed_request: bytes, *, now: datetime) -> bytes:
         """Answer one signed ``EvaluationRequest``: a signed evaluation or a signed refusal.
 
-        Raises ``InvalidInput`` only when the bytes name no requester to answer
-        (not a ``Signed``, or no valid signer).
+        For callers that keep nothing durable (tests, in-process holders);
+        the node uses ``answer``. Raises ``InvalidInput`` only when the bytes
+        name no requester to answer (not a ``Signed``, or no valid signer).
+        """
+        return self.answer(signed_request, now=now).reply
+
+    def answer(self, signed_request: bytes, *, now: datetime) -> HolderReply:
+        """Decide on one signed ``EvaluationRequest``: the signed reply and what to record.
+
+        An admitted request is counted and remembered here at once (a second
+        copy arriving meanwhile is a REPLAY); the caller records the returned
+        count and entry durably before it sends the reply, or calls
+        ``withdraw`` if it cannot. Raises ``InvalidInput`` as ``handle`` does.
         """
         now = _utc(now)
         signed = common_pb2.Signed()
@@ -222,7 +309,7 @@ class KeyHolder:
             )
         try:
             verified = self._verify(signed, now)
-            self._admit(verified, now)
+            remaining = self._admit(verified, now)
         except _Refuse as refusal:
             logger.info(
                 "refused evaluation for %r (holder %d, epoch %d): %s: %s",
@@ -232,13 +319,22 @@ class KeyHolder:
                 refusal.reason.name,
                 refusal.message,
             )
-            return self._refusal(requester, refusal, now)
+            return HolderReply(
+                reply=self._refusal(requester, refusal, now),
+                requester=requester,
+                elements=0,
+                refused=refusal.reason,
+                answered=None,
+            )
+        entry = AnsweredRequest(
+            requester, verified.request_id, self._share.index, verified.issued_at + REPLAY_WINDOW
+        )
         try:
             partial = threshold.evaluate_partial(
                 self._share, verified.blinded_elements, verified.responding_set
             )
         except BaseException:
-            self._release(verified)
+            self._release(entry, len(verified.blinded_elements))
             raise
         logger.info(
             "evaluated %d element(s) for %r (holder %d, epoch %d, request %s)",
@@ -251,7 +347,19 @@ class KeyHolder:
         response = self._response(requester, verified.request_id, verified.key_epoch, now)
         response.evaluation.evaluated_elements.extend(partial.evaluated_elements)
         response.evaluation.proof = partial.proof
-        return self._sign(response, requester)
+        response.remaining_today = remaining
+        return HolderReply(
+            reply=self._sign(response, requester),
+            requester=requester,
+            elements=len(verified.blinded_elements),
+            refused=None,
+            answered=entry,
+        )
+
+    def withdraw(self, reply: HolderReply) -> None:
+        """Undo the admission of an evaluation whose record failed: it was never sent."""
+        if reply.answered is not None:
+            self._release(reply.answered, reply.elements)
 
     def _verify(self, signed: common_pb2.Signed, now: datetime) -> _Verified:
         requester = signed.signer
@@ -372,26 +480,22 @@ class KeyHolder:
             issued_at=issued_at,
         )
 
-    def _admit(self, request: _Verified, now: datetime) -> None:
-        """Replay and quota checks, and the bookkeeping of an admitted request, in one step."""
-        key = (request.requester, request.request_id, self._share.index)
-        count = len(request.blinded_elements)
-        day = now.date()
+    def _admit(self, request: _Verified, now: datetime) -> int:
+        """Replay and quota checks, and the bookkeeping of an admitted request, in one step.
+
+        Returns what remains of the requester's allowance today after this request.
+        """
         try:
-            self._admit_locked(request, key, count, day, now)
+            return self._admit_locked(request, now)
         except _Refuse as refusal:
             refusal.request_id, refusal.key_epoch = request.request_id, request.key_epoch
             raise
 
-    def _admit_locked(
-        self,
-        request: _Verified,
-        key: tuple[str, bytes, int],
-        count: int,
-        day: date,
-        now: datetime,
-    ) -> None:
-        quota = self.daily_quota
+    def _admit_locked(self, request: _Verified, now: datetime) -> int:
+        key = (request.requester, request.request_id, self._share.index)
+        count = len(request.blinded_elements)
+        day = now.date()
+        allowance = self.allowance(request.requester)
         with self._lock:
             while self._expiries and self._expiries[0][0] < now:
                 _, expired = heapq.heappop(self._expiries)
@@ -404,30 +508,53 @@ class KeyHolder:
             used = self._used_today.get(request.requester, 0)
             try:
                 # Used up, or this request would go past it: the quota counts elements.
-                rules.check_quota(used, quota, what="OPRF evaluations", field="blinded_elements")
                 rules.check_quota(
-                    used + count - 1, quota, what="OPRF evaluations", field="blinded_elements"
+                    used, allowance, what="OPRF evaluations", field="blinded_elements"
+                )
+                rules.check_quota(
+                    used + count - 1, allowance, what="OPRF evaluations", field="blinded_elements"
                 )
             except QuotaExceeded as error:
                 resets = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
                 raise _Refuse(
                     RefusalReason.QUOTA_EXCEEDED,
-                    f"quota of {quota} evaluations per UTC day: {used} used, "
-                    f"{count} asked; resets at {resets.isoformat()}",
+                    f"this holder's share of the daily OPRF quota is {allowance} evaluations "
+                    f"for {request.requester}: {used} used, {count} asked; "
+                    f"resets at {resets.isoformat()}",
+                    remaining=max(0, allowance - used),
                 ) from error
-            self._answered.add(key)
-            heapq.heappush(self._expiries, (request.issued_at + MAX_REQUEST_AGE, key))
+            self._remember_locked(
+                AnsweredRequest(
+                    request.requester,
+                    request.request_id,
+                    self._share.index,
+                    request.issued_at + REPLAY_WINDOW,
+                )
+            )
             self._used_today[request.requester] = used + count
             self._served[request.requester] = self._served.get(request.requester, 0) + count
+            return allowance - used - count
 
-    def _release(self, request: _Verified) -> None:
-        """Undo ``_admit`` when the evaluation failed after all: only answers are counted."""
-        count = len(request.blinded_elements)
+    def _remember(self, entry: AnsweredRequest) -> None:
         with self._lock:
-            self._answered.discard((request.requester, request.request_id, self._share.index))
-            used = self._used_today.get(request.requester, 0)
-            self._used_today[request.requester] = max(0, used - count)
-            self._served[request.requester] = max(0, self._served.get(request.requester, 0) - count)
+            self._remember_locked(entry)
+
+    def _remember_locked(self, entry: AnsweredRequest) -> None:
+        if entry.key not in self._answered:
+            self._answered.add(entry.key)
+            heapq.heappush(self._expiries, (entry.keep_until, entry.key))
+
+    def _release(self, entry: AnsweredRequest, count: int) -> None:
+        """Undo ``_admit``: the request was not answered after all, and only answers count.
+
+        Its heap entry stays and expires harmlessly; a request admitted again
+        pushes a second one.
+        """
+        with self._lock:
+            self._answered.discard(entry.key)
+            used = self._used_today.get(entry.requester, 0)
+            self._used_today[entry.requester] = max(0, used - count)
+            self._served[entry.requester] = max(0, self._served.get(entry.requester, 0) - count)
 
     def _response(
         self, requester: str, request_id: bytes, key_epoch: int, now: datetime
@@ -446,6 +573,8 @@ class KeyHolder:
         response = self._response(requester, refusal.request_id, refusal.key_epoch, now)
         response.refusal.reason = keyholder_pb2.EvaluationRefusalReason.ValueType(refusal.reason)
         response.refusal.message = refusal.message
+        if refusal.remaining is not None:
+            response.remaining_today = refusal.remaining
         return self._sign(response, requester)
 
     def _sign(self, response: keyholder_pb2.EvaluationResponse, requester: str) -> bytes:

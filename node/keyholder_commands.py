@@ -16,14 +16,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from google.protobuf import json_format
-from rich.console import Console
 from rich.table import Table
 
 from samenloop.node import keysetup
 from samenloop.node.threshold import KeyEpoch
-from samenloop.policies import crypto
+from samenloop.policies import crypto, terminal
 from samenloop.policies.crypto import PartyKeys, PublicKeys
 from samenloop.policies.errors import ConfigurationError, InvalidInput
+from samenloop.policies.terminal import printable
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -116,7 +116,7 @@ def _deal(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     epoch_path = out / f"key-epoch-{args.epoch}.json"
     epoch_path.write_bytes(keysetup.sign_key_epoch(epoch, admin))
-    console = Console()
+    console = terminal.console()
     console.print(
         f"key epoch {args.epoch}: {args.threshold}-of-{len(holders)}, signed by {admin.party}, "
         f"retires {epoch.retire_after:%Y-%m-%d} -> {epoch_path}"
@@ -124,7 +124,9 @@ def _deal(args: argparse.Namespace) -> int:
     for share in sealed:
         path = out / f"share-{args.epoch}-{share.holder}.json"
         path.write_bytes(keysetup.sealed_share_to_json(share))
-        console.print(f"  holder {share.holder_index} {share.holder}: sealed share -> {path}")
+        console.print(
+            f"  holder {share.holder_index} {printable(share.holder)}: sealed share -> {path}"
+        )
     console.print(
         f"group public key fingerprint {crypto.fingerprint(epoch.group_public_key)}: "
         "give it to every holder out of band"
@@ -155,13 +157,13 @@ def _show(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
         return 0
     size = f"{epoch.threshold}-of-{len(epoch.holders)}"
-    table = Table(title=f"{epoch.covenant_id} key epoch {epoch.epoch}: {size}")
+    table = Table(title=f"{printable(epoch.covenant_id)} key epoch {epoch.epoch}: {size}")
     table.add_column("index", justify="right")
     table.add_column("party")
     table.add_column("commitment")
     for h in epoch.holders:
-        table.add_row(str(h.index), h.party, crypto.fingerprint(h.commitment))
-    console = Console()
+        table.add_row(str(h.index), printable(h.party), crypto.fingerprint(h.commitment))
+    console = terminal.console()
     console.print(table)
     console.print(
         f"group public key {crypto.fingerprint(epoch.group_public_key)}; signature and "

@@ -3,7 +3,7 @@
 The node keeps its partner's raw data (signals, their identifiers and
 details: none of it ever leaves the node) and the durable state of its
 protocol work: the token outbox, the hit inbox with its application feed, the
-broker mailbox cursor and the key-holder counters.
+broker mailbox cursor, and the key-holder counters and replay cache.
 
 Constraints live in the database (sizes, states and the columns each state
 requires, uniqueness, foreign keys), timestamps are UTC
@@ -215,6 +215,26 @@ class SignalIdentifier(Base):
     )
 
 
+class HitProofKey(Base):
+    """The hit proof key of a tokenised identifier (:mod:`samenloop.node.tokens`), stored in
+    the transaction that stores its token and dropped when the token is.
+
+    Secret: it never leaves the node. With it the node proves, when it asks for
+    details, that it holds the subject of a hit, and checks such a proof from a
+    party that asks it. An identifier tokenised before hit proofs existed has no
+    row: requests about it are refused on both sides.
+    """
+
+    __tablename__ = "hit_proof_keys"
+
+    identifier_id: Mapped[int] = mapped_column(
+        RowId, ForeignKey("signal_identifiers.id"), primary_key=True, autoincrement=False
+    )
+    proof_key: Mapped[bytes]
+
+    __table_args__ = (CheckConstraint("length(proof_key) = 32", name="proof_key_size"),)
+
+
 class OutboxBatch(Base):
     """A batch for the broker, kept unchanged and resent until acknowledged (or rejected)."""
 
@@ -362,6 +382,30 @@ class HolderUsage(Base):
             "requests_served >= 0 AND elements_evaluated >= 0 AND requests_refused >= 0",
             name="counts_not_negative",
         ),
+    )
+
+
+class HolderAnswer(Base):
+    """A request this node answered as a key holder: its replay is refused until ``keep_until``.
+
+    Stored in the transaction that counts the evaluation, before the answer is
+    sent, and loaded at start, so a restart does not reopen the replay window.
+    ``keep_until`` is the request's issued_at plus the oldest age a holder
+    accepts plus the clock skew; rows past it are deleted.
+    """
+
+    __tablename__ = "holder_answers"
+
+    requester: Mapped[str] = mapped_column(String(MAX_PARTY_CHARS), primary_key=True)
+    request_id: Mapped[bytes] = mapped_column(primary_key=True)
+    holder_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    keep_until: Mapped[datetime]
+
+    __table_args__ = (
+        Index("ix_holder_answers_keep_until", "keep_until"),
+        CheckConstraint("length(requester) >= 1", name="requester_not_empty"),
+        CheckConstraint("length(request_id) = 16", name="request_id_size"),
+        CheckConstraint("holder_index >= 1 AND holder_index <= 16", name="holder_index_range"),
     )
 
 

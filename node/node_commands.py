@@ -1,21 +1,25 @@
-"""``samenloop node``: the node's set-up commands and ``node status``."""
+"""``samenloop node``: the node's set-up commands and ``node status``.
+
+The status can quote the broker's error text: it is shown as plain text
+(:mod:`samenloop.policies.terminal`).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from samenloop.node import daemon
 from samenloop.node.client import NodeStatus
 from samenloop.node.signal_commands import add_node_options, open_client
-from samenloop.policies import crypto
+from samenloop.policies import crypto, terminal
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError
+from samenloop.policies.terminal import printable
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -101,14 +105,14 @@ def _status(args: argparse.Namespace) -> int:
         status = client.status()
     shown = status_to_json(status)
     if args.json:
-        print(json.dumps(shown, indent=2))
+        print(terminal.dumps(shown, indent=2))
         return 0
-    table = Table(title=f"node {status.party}", show_header=False)
+    table = Table(title=Text(f"node {printable(status.party)}"), show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")
     holder = shown.pop("key_holder")
     for name, value in shown.items():
-        table.add_row(name.replace("_", " "), "" if value is None else str(value))
+        table.add_row(name.replace("_", " "), "" if value is None else printable(str(value)))
     if holder is not None:
         seats = ", ".join(f"{s['holder_index']} (epoch {s['key_epoch']})" for s in holder["seats"])
         table.add_row("key holder seats", seats)
@@ -118,5 +122,5 @@ def _status(args: argparse.Namespace) -> int:
             f"{holder['requests_served']} served, {holder['elements_evaluated']} elements, "
             f"{holder['requests_refused']} refused",
         )
-    Console().print(table)
+    terminal.console().print(table)
     return 0

@@ -14,20 +14,21 @@ the RIEC) can collect and show.
 * ``picture report --period 2026-07..2026-12 --out beeld.html`` collects what the
   report needs (a trend by month, areas, branch by category, and the
   accountability for cases) and writes one self-contained HTML file.
+
+Party names and refusal messages come from other parties: they are shown as
+plain text (:mod:`samenloop.policies.terminal`); the HTML report escapes them.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from rich.console import Console
 from rich.table import Table
 
 from samenloop.node import picture_report
@@ -42,7 +43,9 @@ from samenloop.node.picture import (
     ReleasedTable,
 )
 from samenloop.node.signal_commands import add_node_options, open_client
+from samenloop.policies import terminal
 from samenloop.policies.errors import ConfigurationError, InvalidInput, NotFound
+from samenloop.policies.terminal import printable
 
 __all__ = ["build_report", "picture_to_json", "register", "wait_for_picture"]
 
@@ -146,9 +149,12 @@ def _collect(args: argparse.Namespace) -> int:
     with open_client(args) as client:
         started = client.picture_collect(period, measures, dimensions, officer=_officer(args))
     if args.json:
-        print(json.dumps({"request_id": started.request_id.hex(), "asked": list(started.asked)}))
+        print(
+            terminal.dumps({"request_id": started.request_id.hex(), "asked": list(started.asked)})
+        )
     else:
-        print(f"collection {started.request_id.hex()}: asked {', '.join(started.asked)}")
+        asked = ", ".join(printable(p) for p in started.asked)
+        print(f"collection {started.request_id.hex()}: asked {asked}")
     return 0
 
 
@@ -222,9 +228,9 @@ def _show(args: argparse.Namespace) -> int:
             client, period, measure[0], dimensions, request_id=request_id, wait=args.wait
         )
     if args.json:
-        print(json.dumps(picture_to_json(shown), indent=2, ensure_ascii=False))
+        print(terminal.dumps(picture_to_json(shown), indent=2))
         return 0
-    console = Console()
+    console = terminal.console()
     table = shown.table
     grid = Table(title=f"{table.measure.value}, {table.period}", title_justify="left")
     for dimension in table.dimensions:
@@ -232,18 +238,20 @@ def _show(args: argparse.Namespace) -> int:
     grid.add_column("count", justify="right")
     for cell in table.cells:
         style = "bold" if TOTAL in cell.values else None
-        grid.add_row(*cell.values, _figure(cell), style=style)
+        grid.add_row(*(printable(v) for v in cell.values), _figure(cell), style=style)
     console.print(grid)
     console.print(
         f"{_SUPPRESSED} = suppressed (below the covenant's minimum, or to protect such a cell); "
-        "≈ = noisy, ± its standard deviation; cells not listed are 0",
-        highlight=False,
+        "≈ = noisy, ± its standard deviation; cells not listed are 0"
     )
-    console.print(f"contributed: {', '.join(shown.contributors) or '-'}", highlight=False)
+    console.print(f"contributed: {', '.join(printable(p) for p in shown.contributors) or '-'}")
     for note in shown.refusals:
-        console.print(f"refused by {note.contributor}: {note.reason} ({note.message})")
+        console.print(
+            f"refused by {printable(note.contributor)}: {printable(note.reason)} "
+            f"({printable(note.message)})"
+        )
     if shown.missing:
-        console.print(f"not answered yet: {', '.join(shown.missing)}", highlight=False)
+        console.print(f"not answered yet: {', '.join(printable(p) for p in shown.missing)}")
     return 0
 
 

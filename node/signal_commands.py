@@ -12,16 +12,22 @@ category for the whole file), validates every row locally with
 :mod:`samenloop.node.identifiers`, and sends the valid rows to the node in
 chunks. Each row is stored whole or not at all. The validation report lists,
 per refused row, the row number as a spreadsheet shows it (the header is row
-1), the column and the rule it breaks; ``--report out.csv`` writes it to a
-file. The exit code is 0 when every row was imported (or was already there
-unchanged), 1 when some were refused. Coarse attributes for the regional
+1), the column and the rule it breaks; ``--report out.csv`` (or ``.xlsx``)
+writes it to a file, with every cell that a spreadsheet would run as a formula
+given a leading ``'`` (:mod:`samenloop.policies.spreadsheet`). The exit code
+is 0 when every row was imported (or was already there unchanged), 1 when
+some were refused. Coarse attributes for the regional
 picture come from columns too (``--area-column``, ``--branch-column``,
 ``--month-column``) and are validated the same way. Identifier values never appear in the
 report: only where and why.
 
 ``samenloop signal add`` adds one signal from the command line; ``signal
 withdraw`` withdraws one. ``samenloop hits list`` and ``hits watch`` show the
-hits the node received, as a table or (``--json``) as JSON.
+hits the node received, as a table or (``--json``) as JSON. Other parties'
+text (party, role, categories) and the file's own text are shown as plain
+text (:mod:`samenloop.policies.terminal`); a category another member sealed
+that the covenant does not list shows as "(unknown category)" (or "(N unknown
+categories)"), never by its text.
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -38,15 +43,23 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from samenloop.node.attributes import check_area, check_branch, parse_month
-from samenloop.node.client import RESTORABLE_TYPES, Hit, NodeClient, Signal, SignalInput
+from samenloop.node.client import (
+    RESTORABLE_TYPES,
+    Hit,
+    NodeClient,
+    Signal,
+    SignalInput,
+    normalise_target,
+)
 from samenloop.node.identifiers import IdentifierType, identifier_type, parse
 from samenloop.node.models import AreaKind, HitState
+from samenloop.policies import spreadsheet, terminal
 from samenloop.policies.errors import ConfigurationError, InvalidInput, SamenloopError
+from samenloop.policies.terminal import printable
 
 __all__ = [
     "ColumnMapping",
@@ -73,7 +86,7 @@ _DELIMITERS: Final = (",", ";", "\t", "|")
 
 
 def add_node_options(parser: argparse.ArgumentParser) -> None:
-    """``--node`` / ``--socket``: where the node's local API is."""
+    """``--node`` / ``--socket`` (with ``--token-file``): where the node's local API is."""
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--node",
@@ -86,12 +99,26 @@ def add_node_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="the node's local API socket (or 127.0.0.1:PORT)",
     )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="with --socket: the node's API token file (default: api-token beside the socket)",
+    )
 
 
 def open_client(args: argparse.Namespace) -> NodeClient:
-    """A client for the node that ``--node`` / ``--socket`` name."""
+    """A client for the node that ``--node`` / ``--socket`` name, with its API token."""
+    token_file: Path | None = getattr(args, "token_file", None)
     if args.socket:
-        return NodeClient(args.socket)
+        target = normalise_target(args.socket)
+        beside = Path(target.removeprefix("unix:")).parent / "api-token"
+        if token_file is None and target.startswith("unix:") and beside.exists():
+            token_file = beside
+        # Without a token file the node answers UNAUTHENTICATED, naming what is missing.
+        return NodeClient(args.socket, token_file=token_file)
+    if token_file is not None:
+        raise ConfigurationError("--token-file goes with --socket", field="--token-file")
     config: Path | None = args.node
     if config is None and os.environ.get(NODE_CONFIG_ENV):
         config = Path(os.environ[NODE_CONFIG_ENV])
@@ -558,7 +585,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--validate-only", action="store_true", help="validate every row; store nothing"
     )
     importing.add_argument(
-        "--report", type=Path, metavar="CSV", help="write the validation report to this file"
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="write the validation report to this file (.xlsx as a workbook, else CSV)",
     )
     importing.add_argument("--json", action="store_true", help="print the outcome as JSON")
     add_node_options(importing)
@@ -702,7 +732,7 @@ class _ProgressBar:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=Console(stderr=True),
+            console=terminal.console(stderr=True),
             transient=True,
         )
         self._task = self._progress.add_task("rows", total=total)
@@ -723,16 +753,12 @@ def _progress(total: int) -> _ProgressBar:
 
 
 def _write_report(path: Path, problems: Sequence[Problem]) -> None:
-    try:
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["row", "column", "reason", "message"])
-            for p in problems:
-                writer.writerow([p.row, p.column, p.reason, p.message])
-    except OSError as error:
-        raise ConfigurationError(
-            f"cannot write {path}: {error.strerror}", field="--report"
-        ) from None
+    spreadsheet.write_table(
+        path,
+        ["row", "column", "reason", "message"],
+        [[p.row, p.column, p.reason, p.message] for p in problems],
+        field="--report",
+    )
 
 
 def _print_outcome(
@@ -746,7 +772,7 @@ def _print_outcome(
 ) -> None:
     if args.json:
         print(
-            json.dumps(
+            terminal.dumps(
                 {
                     "rows": rows,
                     "valid": valid,
@@ -763,7 +789,7 @@ def _print_outcome(
             )
         )
         return
-    console = Console()
+    console = terminal.console()
     if args.validate_only:
         console.print(f"{rows} rows: {valid} valid, {refused} refused (nothing stored)")
     else:
@@ -773,10 +799,10 @@ def _print_outcome(
         for name in ("row", "column", "reason", "message"):
             table.add_column(name, overflow="fold")
         for p in problems:
-            table.add_row(str(p.row), p.column, p.reason, p.message)
+            table.add_row(str(p.row), printable(p.column), p.reason, printable(p.message))
         console.print(table)
     if args.report is not None:
-        console.print(f"report written to {args.report}")
+        console.print(f"report written to {printable(str(args.report))}")
 
 
 def _signal_json(signal: Signal) -> dict[str, Any]:
@@ -818,11 +844,11 @@ def _add(args: argparse.Namespace) -> int:
             leading_zero_dropped=bool(args.leading_zero_dropped),
         )
     if args.json:
-        print(json.dumps(_signal_json(signal), indent=2))
+        print(terminal.dumps(_signal_json(signal), indent=2))
     else:
         types = ", ".join(i.type.value for i in signal.identifiers)
         print(
-            f"signal {signal.signal_id} ({signal.reference}): {types}; "
+            f"signal {signal.signal_id} ({printable(signal.reference)}): {types}; "
             f"expires {_iso(signal.expires_at)}"
         )
     return 0
@@ -832,9 +858,9 @@ def _withdraw(args: argparse.Namespace) -> int:
     with open_client(args) as client:
         signal = client.withdraw_signal(args.reference, reason=args.reason, officer=args.officer)
     if args.json:
-        print(json.dumps(_signal_json(signal), indent=2))
+        print(terminal.dumps(_signal_json(signal), indent=2))
     else:
-        print(f"signal {signal.signal_id} ({signal.reference}): {signal.state.value}")
+        print(f"signal {signal.signal_id} ({printable(signal.reference)}): {signal.state.value}")
     return 0
 
 
@@ -900,6 +926,7 @@ def hit_to_json(hit: Hit) -> dict[str, Any]:
                 "party": member.party,
                 "role": member.role,
                 "categories": list(member.categories),
+                "unknown_categories": member.unknown_categories,
                 "signal_refs": [ref.hex() for ref in member.signal_refs],
             }
             for member in hit.members
@@ -913,9 +940,19 @@ def hit_to_json(hit: Hit) -> dict[str, Any]:
     return shown
 
 
+#: How a category another member sealed but the covenant does not list is shown.
+UNKNOWN_CATEGORY: Final = "(unknown category)"
+
+
+def _unknown(count: int) -> list[str]:
+    if count <= 1:
+        return [UNKNOWN_CATEGORY] * count
+    return [f"({count} unknown categories)"]
+
+
 def _own(hit: Hit) -> str:
     return "\n".join(
-        f"{own.reference or own.signal_ref.hex()[:8]}"
+        f"{printable(own.reference) if own.reference else own.signal_ref.hex()[:8]}"
         + (f" ({own.identifier_type.value})" if own.identifier_type else "")
         for own in hit.own_signals
     )
@@ -924,10 +961,12 @@ def _own(hit: Hit) -> str:
 def _others(hit: Hit) -> str:
     lines = []
     for member in hit.members:
-        who = member.party or member.role or "(hidden)"
+        who = printable(member.party or member.role or "(hidden)")
         if member.party and member.role:
-            who = f"{member.party} ({member.role})"
-        lines.append(who + (f": {', '.join(member.categories)}" if member.categories else ""))
+            who = f"{printable(member.party)} ({printable(member.role)})"
+        shown = [printable(c) for c in member.categories]
+        shown += _unknown(member.unknown_categories)
+        lines.append(who + (f": {', '.join(shown)}" if shown else ""))
     return "\n".join(lines)
 
 
@@ -952,28 +991,27 @@ def _list_hits(args: argparse.Namespace) -> int:
     with open_client(args) as client:
         hits = client.hits(args.state, limit=args.limit)
     if args.json:
-        print(json.dumps([hit_to_json(h) for h in hits], indent=2))
+        print(terminal.dumps([hit_to_json(h) for h in hits], indent=2))
     else:
-        Console().print(_hits_table(hits))
+        terminal.console().print(_hits_table(hits))
     return 0
 
 
 def _watch_hits(args: argparse.Namespace) -> int:
     seen = 0
-    console = Console()
+    console = terminal.console()
     with open_client(args) as client, client.watch_hits(args.after) as stream:
         if args.count is not None and args.count <= 0:
             return 0
         for hit in stream:
             if args.json:
-                print(json.dumps(hit_to_json(hit)), flush=True)
+                print(terminal.dumps(hit_to_json(hit)), flush=True)
             else:
                 others = _others(hit).replace("\n", "; ")
                 console.print(
                     f"[{hit.sequence}] {hit.group_hex[:12]} {hit.state.value} "
                     f"{hit.last_kind.value} rev {hit.revision}: "
-                    f"{_own(hit).replace(chr(10), ', ')} | {others}",
-                    highlight=False,
+                    f"{_own(hit).replace(chr(10), ', ')} | {others}"
                 )
             seen += 1
             if args.count is not None and seen >= args.count:

@@ -66,6 +66,7 @@ from samenloop.node import cases as case_core
 from samenloop.node import models, picture
 from samenloop.node.disclosure import Outcome, ResponseUpdate, SignalFacts, Verdict
 from samenloop.node.envelopes import Envelope
+from samenloop.node.holder import AnsweredRequest
 from samenloop.node.identifiers import Identifier, IdentifierType
 from samenloop.node.models import (
     AreaKind,
@@ -77,6 +78,7 @@ from samenloop.node.models import (
     IdentifierState,
     SignalState,
 )
+from samenloop.node.tokens import HIT_PROOF_KEY_BYTES
 from samenloop.policies import audit_store
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.database import READ_ONLY
@@ -968,6 +970,7 @@ class NodeStore(audit_store.AuditLog):
         *,
         now: datetime,
         seal_attributes: Callable[[str], bytes] | None = None,
+        proof_keys: Mapping[int, bytes] | None = None,
     ) -> list[OutboxBatch]:
         """Store tokens by identifier id and create their submit batches, atomically.
 
@@ -976,11 +979,20 @@ class NodeStore(audit_store.AuditLog):
         already recorded by an earlier call) are skipped, so a repeated call
         changes nothing. ``seal_attributes`` turns a category into the serialized
         ``SecretBox`` sent with each entry; it is sealed once, here, and stored.
+        ``proof_keys`` are the tokens' hit proof keys by identifier id, stored in
+        the same transaction (an identifier without one can prove no hit).
         """
         now = _utc(now)
         _check_epoch(key_epoch)
         for identifier_id, token in tokens.items():
             _check_bytes(token, TOKEN_BYTES, f"tokens[{identifier_id}]")
+        proof_keys = proof_keys or {}
+        for identifier_id, key in proof_keys.items():
+            if identifier_id not in tokens:
+                raise InvalidInput(
+                    "a proof key without a token", field=f"proof_keys[{identifier_id}]"
+                )
+            _check_bytes(key, HIT_PROOF_KEY_BYTES, f"proof_keys[{identifier_id}]")
         si = models.SignalIdentifier
         with self._write(outbox=True) as conn:
             # Two lookups by primary key, not one join: with an IN list on one side and
@@ -1012,6 +1024,20 @@ class NodeStore(audit_store.AuditLog):
                 ),
                 [{"b_id": row.id, "b_token": tokens[row.id]} for row in rows],
             )
+            keyed = [
+                {"identifier_id": row.id, "proof_key": proof_keys[row.id]}
+                for row in rows
+                if row.id in proof_keys
+            ]
+            if keyed:
+                statement = self._insert(models.HitProofKey)
+                conn.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=["identifier_id"],
+                        set_={"proof_key": statement.excluded.proof_key},
+                    ),
+                    keyed,
+                )
             sealed: dict[str, bytes] = {}
             if seal_attributes is not None:
                 for category in sorted({row.category for row in rows}):
@@ -1236,6 +1262,12 @@ class NodeStore(audit_store.AuditLog):
                 self._set_state(conn, moving, IdentifierState.SUBMITTED)
             else:
                 self._set_state(conn, moving, IdentifierState.PENDING, token=None, key_epoch=None)
+                for chunk in _chunks(moving):  # the proof keys go with their tokens
+                    conn.execute(
+                        delete(models.HitProofKey).where(
+                            self._among(models.HitProofKey.identifier_id, chunk)
+                        )
+                    )
         return True
 
     # --- the hit inbox and feed -----------------------------------------------------
@@ -1529,14 +1561,30 @@ class NodeStore(audit_store.AuditLog):
         )
 
     def count_evaluation(
-        self, party: str, *, now: datetime, elements: int = 0, refused: bool = False
+        self,
+        party: str,
+        *,
+        now: datetime,
+        elements: int = 0,
+        refused: bool = False,
+        reason: str | None = None,
+        answered: AnsweredRequest | None = None,
     ) -> None:
         """Count one key-holder request of ``party`` on ``now``'s UTC day: served (with
-        the number of elements evaluated) or refused."""
+        the number of elements evaluated) or refused (with the ``reason``, for the audit).
+
+        ``answered`` is the replay-cache entry of a served request: stored in the
+        same transaction, so a count is never kept without it nor it without the
+        count. An entry already stored is a :class:`Replay` and nothing is
+        counted. Entries past their ``keep_until`` are deleted here too.
+        """
         _check_text(party, "party", models.MAX_PARTY_CHARS)
         if elements < 0:
             raise InvalidInput("a count is not negative", field="elements")
-        day = _utc(now).date()
+        if answered is not None and (refused or answered.requester != party):
+            raise InvalidInput("only a served request of this party is answered", field="answered")
+        now = _utc(now)
+        day = now.date()
         served, evaluated, refusals = (0, 0, 1) if refused else (1, elements, 0)
         usage = models.HolderUsage
         statement = self._insert(usage).values(
@@ -1555,15 +1603,53 @@ class NodeStore(audit_store.AuditLog):
                 "requests_refused": usage.requests_refused + statement.excluded.requests_refused,
             },
         )
+        details: dict[str, str | int | bool] = {"elements": evaluated, "refused": refused}
+        if reason is not None:
+            details["reason"] = reason
         with self._write() as conn:
+            if answered is not None:
+                answers = models.HolderAnswer
+                conn.execute(delete(answers).where(answers.keep_until < now))
+                stored = conn.execute(
+                    self._insert(answers)
+                    .values(
+                        requester=answered.requester,
+                        request_id=answered.request_id,
+                        holder_index=answered.holder_index,
+                        keep_until=_utc(answered.keep_until),
+                    )
+                    .on_conflict_do_nothing(
+                        index_elements=["requester", "request_id", "holder_index"]
+                    )
+                    .returning(answers.holder_index)
+                ).first()
+                if stored is None:
+                    raise Replay(
+                        "this request was already answered",
+                        field="request_id",
+                        reason="oprf.replay",
+                    )
             conn.execute(statement)
             self.append_audit(
                 conn,
                 kind=AuditKind.OPRF_EVALUATION,
                 actor=party,
-                details={"elements": evaluated, "refused": refused},
+                subject=[answered.request_id.hex()] if answered is not None else (),
+                details=details,
                 now=now,
             )
+
+    def answered_requests(self, *, now: datetime) -> list[AnsweredRequest]:
+        """The key holder's replay cache: answered requests that could still be fresh at ``now``."""
+        answers = models.HolderAnswer
+        with self._read() as conn:
+            rows = conn.execute(
+                select(answers.__table__).where(answers.keep_until >= _utc(now))
+            ).all()
+        return [
+            AnsweredRequest(row.requester, row.request_id, row.holder_index, row.keep_until)
+            for row in rows
+        ]
 
     def evaluations_on(self, party: str, day: date) -> int:
         """Elements evaluated for ``party`` on a UTC day: what its daily quota counts."""
@@ -1640,8 +1726,12 @@ class NodeStore(audit_store.AuditLog):
     ) -> bool:
         """Record an incoming request with the owner's verdict, queue the answer and advance
         the mailbox cursor, in one transaction. A replay (a request id already stored)
-        stores nothing of the request; returns whether it was stored."""
+        stores nothing of the request; returns whether it was stored. A pending request
+        is stored with its hit group (approval checks the group of now), so one without
+        a group is refused (``InvalidInput``, field ``hit_group_id``)."""
         now = _utc(now)
+        if verdict.outcome is Outcome.PENDING and request.hit_group_id is None:
+            raise InvalidInput("a pending request needs its hit group", field="hit_group_id")
         with self._write() as conn:
             stored_cursor, last_feed_seq = self._lock_inbox(conn)
             stored = False
@@ -1864,6 +1954,26 @@ class NodeStore(audit_store.AuditLog):
                 area = areas[kind, code] = picture.area_value(kind, code)
             facts.append(picture.SignalFacts(area, branch, category, month, count))
         return facts
+
+    def hit_proof_key(self, signal_ref: bytes, /) -> bytes | None:
+        """The hit proof key of this node's identifier with this ref; None if it has no such
+        ref, or the identifier has no token now or got it before hit proofs existed."""
+        si, hk = models.SignalIdentifier, models.HitProofKey
+        with self._read() as conn:
+            found = conn.execute(
+                select(hk.proof_key)
+                .join(si, si.id == hk.identifier_id)
+                .where(si.signal_ref == signal_ref)
+            ).scalar_one_or_none()
+        return None if found is None else bytes(found)
+
+    def hit_own_refs(self, group_id: bytes, /) -> frozenset[bytes]:
+        """This node's own refs that its latest notice of the group lists (empty if it holds
+        no notice of the group)."""
+        hr = models.HitRef
+        with self._read() as conn:
+            refs = conn.execute(select(hr.signal_ref).where(hr.group_id == group_id)).scalars()
+            return frozenset(bytes(ref) for ref in refs)
 
     def hit_closed(self, group_id: bytes, /) -> bool:
         """Whether this node's latest notice of the group closed it."""

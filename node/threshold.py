@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 from samenloop.node import oprf
 from samenloop.policies.covenant import Covenant
@@ -346,25 +346,126 @@ def combine(
     return combined
 
 
+#: The planner moves on to another responding set once a seat of the one it uses has this
+#: fraction of the smallest daily allowance fewer left than a seat outside it (see ``DailyUse``).
+SPREAD_FRACTION = 16
+
+
+@dataclass
+class DailyUse:
+    """What a requesting node knows of what each holder seat still evaluates for it today.
+
+    ``allowance`` maps each seat's index to the elements it evaluates for this
+    node per UTC day (``rules.oprf_allowance``: its share of the covenant's
+    cap). ``spend`` counts an answered request; ``learn`` takes what a holder's
+    signed answer says remains (``remaining_today``), which also covers
+    requests made before this node restarted. Each UTC day starts afresh.
+    """
+
+    allowance: Mapping[int, int]
+    day: date | None = None
+    remaining: dict[int, int] = field(default_factory=dict)
+
+    def left(self, index: int, day: date) -> int:
+        """Elements seat ``index`` still evaluates for this node on ``day``, as far as known."""
+        self._turn(day)
+        return self.remaining.get(index, self.allowance.get(index, 0))
+
+    def spend(self, index: int, count: int, day: date) -> None:
+        self._turn(day)
+        self.remaining[index] = max(0, self.left(index, day) - count)
+
+    def learn(self, index: int, remaining: int, day: date) -> None:
+        self._turn(day)
+        self.remaining[index] = max(0, min(remaining, self.allowance.get(index, 0)))
+
+    def _turn(self, day: date) -> None:
+        if day != self.day:
+            self.day = day
+            self.remaining = {}
+
+
 @dataclass
 class HolderPlanner:
     """Chooses responding sets and remembers which holders misbehaved or failed.
 
-    A small state machine: ``next_set`` proposes the t lowest-indexed holders
-    not yet excluded; ``exclude`` records a faulty or unreachable holder.
+    A small state machine: ``exclude`` records a faulty, refusing or
+    unreachable holder, left out from then on; ``plan`` proposes a set of t
+    holders not excluded and how many elements to ask of it now.
+
+    ``own``: the requesting party's own seat, if it holds one. It is in every
+    set, so that its own holder counts each of its tokens against its whole
+    cap, and the other holders' shares for it (t-1 per token) last as long.
+    ``use``: what each seat still allows today. With it the other seats are
+    taken most-remaining first (the lowest index on a tie), a seat with
+    nothing left is skipped, and a request is cut so that no seat is asked for
+    more than it has left, and so that the remainders stay within
+    ``DailyUse.step`` of each other: an honest party spreads its load over all
+    holders and reaches its cap. Without ``use``, the lowest indices first.
     """
 
     epoch: KeyEpoch
     excluded: set[int] = field(default_factory=set)
+    own: int | None = None
+    use: DailyUse | None = None
 
-    def next_set(self) -> tuple[int, ...]:
-        available = sorted(h.index for h in self.epoch.holders if h.index not in self.excluded)
-        if len(available) < self.epoch.threshold:
+    def plan(self, wanted: int, *, day: date | None = None) -> tuple[tuple[int, ...], int]:
+        """A responding set and how many of ``wanted`` elements (1..``MAX_ELEMENTS``) to ask it.
+
+        Raises ``NotEnoughHolders`` when no set of t usable holders is left
+        (with the own seat when there is one), naming seats with no quota left.
+        """
+        if wanted < 1:
+            raise InvalidInput("nothing to evaluate", field="wanted")
+        left = (
+            {h.index: self.use.left(h.index, day) for h in self.epoch.holders}
+            if self.use is not None and day is not None
+            else None
+        )
+        used_up = sorted(i for i, n in (left or {}).items() if n <= 0 and i not in self.excluded)
+        usable = [
+            h.index
+            for h in self.epoch.holders
+            if h.index not in self.excluded and h.index not in used_up
+        ]
+        need = self.epoch.threshold
+        chosen: list[int] = []
+        if self.own is not None:
+            if self.own not in usable:
+                why = "has no quota left today" if self.own in used_up else "is not usable"
+                raise NotEnoughHolders(
+                    f"this party's own key-holder seat {self.own} {why}; "
+                    "every evaluation it asks includes it",
+                    field="holders",
+                )
+            chosen.append(self.own)
+            need -= 1
+        others = [i for i in usable if i != self.own]
+        if left is not None:
+            others.sort(key=lambda i: (-left[i], i))
+        if len(others) < need:
+            quota = f"; no quota left today at holder(s) {used_up}" if used_up else ""
             raise NotEnoughHolders(
-                f"only {len(available)} usable key holders, threshold is {self.epoch.threshold}",
+                f"only {len(usable)} usable key holders, threshold is {self.epoch.threshold}"
+                + quota,
                 field="holders",
             )
-        return tuple(available[: self.epoch.threshold])
+        picked = others[:need]
+        chosen.extend(picked)
+        count = min(wanted, MAX_ELEMENTS)
+        if left is not None and self.use is not None:
+            count = min(count, *(left[i] for i in chosen))
+            if picked and len(others) > need:
+                # Keep to this set until its seats have a step fewer left than the next seat;
+                # the step shrinks with what is left, so the remainders end level.
+                following = left[others[need]]
+                step = max(1, min(MAX_ELEMENTS, following // SPREAD_FRACTION))
+                count = min(count, min(left[i] for i in picked) - following + step)
+        return tuple(sorted(chosen)), count
+
+    def next_set(self) -> tuple[int, ...]:
+        """The set ``plan`` proposes now, ignoring the daily use."""
+        return self.plan(1)[0]
 
     def exclude(self, indices: Iterable[int]) -> None:
         self.excluded.update(indices)

@@ -3,6 +3,16 @@
 token = HKDF-SHA256(ikm = OPRF output, salt = "samenloop/v1 token",
                     info = covenant id || key epoch || identifier type), 32 bytes.
 
+hit proof key = HKDF-SHA256(ikm = OPRF output, salt = "samenloop/v1 hit proof",
+                            info = the token's info), 32 bytes.
+
+The hit proof key is a second key from the same OPRF output under its own
+label: every party that holds the identifier (and so shares the token) can
+compute it, nobody else can, and it never leaves the node, so the broker, which
+knows the tokens, cannot. A disclosure requester MACs its request with it and
+the owner checks the MAC with its own (``node/disclosure.py``): a hit that the
+owner can check without trusting the broker.
+
 The OPRF input itself is framed with the identifier type, so one string that
 is valid under two types (a 9-digit BSN and a 9-digit RSIN) gives unrelated
 tokens; the HKDF info binds the covenant and the key epoch, so tokens from
@@ -10,7 +20,9 @@ different covenants or epochs never match by accident.
 
 Tokenising is split in two sans-IO steps around the key holders: ``start``
 normalises nothing (identifiers arrive parsed) but blinds, ``finish`` unblinds,
-finalises and derives. The holders' round trip happens in between, elsewhere.
+finalises and derives (:func:`finish` the tokens, :func:`finish_with_proof_keys`
+the tokens and their hit proof keys). The holders' round trip happens in
+between, elsewhere.
 """
 
 from __future__ import annotations
@@ -25,8 +37,10 @@ from samenloop.policies.crypto import hkdf_sha256
 from samenloop.policies.errors import InvalidInput
 
 TOKEN_BYTES = 32
+HIT_PROOF_KEY_BYTES = 32
 _INPUT_DOMAIN = b"samenloop/v1 identifier"
 _TOKEN_SALT = b"samenloop/v1 token"
+_HIT_PROOF_SALT = b"samenloop/v1 hit proof"
 
 
 class Tokenisable(Protocol):
@@ -68,16 +82,39 @@ def oprf_input(identifier: Tokenisable) -> bytes:
     )
 
 
-def derive_token(domain: TokenDomain, identifier_type: str, oprf_output: bytes) -> bytes:
-    """Derive the 32-byte token from a 64-byte OPRF output."""
+def _info(domain: TokenDomain, identifier_type: str, oprf_output: bytes) -> bytes:
     if len(oprf_output) != oprf.OUTPUT_BYTES:
         raise InvalidInput("OPRF output must be 64 bytes", field="oprf_output")
-    info = (
+    return (
         _framed(domain.covenant_id.encode("utf-8"))
         + struct.pack(">I", domain.key_epoch)
         + _framed(str(identifier_type).encode("ascii"))
     )
+
+
+def derive_token(domain: TokenDomain, identifier_type: str, oprf_output: bytes) -> bytes:
+    """Derive the 32-byte token from a 64-byte OPRF output."""
+    info = _info(domain, identifier_type, oprf_output)
     return hkdf_sha256(oprf_output, salt=_TOKEN_SALT, info=info, length=TOKEN_BYTES)
+
+
+def derive_hit_proof_key(domain: TokenDomain, identifier_type: str, oprf_output: bytes) -> bytes:
+    """Derive the 32-byte hit proof key from a 64-byte OPRF output: the token's info under
+    its own salt, so that knowing the token tells nothing of the key."""
+    info = _info(domain, identifier_type, oprf_output)
+    return hkdf_sha256(oprf_output, salt=_HIT_PROOF_SALT, info=info, length=HIT_PROOF_KEY_BYTES)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class TokenKeys:
+    """A token and the hit proof key of the same OPRF output. The key is secret: it stays
+    on the node, is never sent and never logged."""
+
+    token: bytes
+    hit_proof_key: bytes
+
+    def __repr__(self) -> str:
+        return "TokenKeys(token=..., hit_proof_key=...)"
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -109,13 +146,31 @@ def start(domain: TokenDomain, identifiers: Sequence[Tokenisable]) -> PendingTok
     )
 
 
-def finish(pending: PendingTokens, evaluated_elements: Sequence[bytes]) -> list[bytes]:
-    """Unblind and finalise the combined evaluations, then derive the tokens."""
+def _outputs(pending: PendingTokens, evaluated_elements: Sequence[bytes]) -> list[bytes]:
     if len(evaluated_elements) != len(pending.inputs):
         raise InvalidInput("wrong number of evaluated elements", field="evaluated_elements")
-    outputs = oprf.finalize_batch(pending.inputs, pending.blinds, evaluated_elements)
+    return oprf.finalize_batch(pending.inputs, pending.blinds, evaluated_elements)
+
+
+def finish(pending: PendingTokens, evaluated_elements: Sequence[bytes]) -> list[bytes]:
+    """Unblind and finalise the combined evaluations, then derive the tokens."""
+    outputs = _outputs(pending, evaluated_elements)
     return [
         derive_token(pending.domain, t, out) for t, out in zip(pending.types, outputs, strict=True)
+    ]
+
+
+def finish_with_proof_keys(
+    pending: PendingTokens, evaluated_elements: Sequence[bytes]
+) -> list[TokenKeys]:
+    """As :func:`finish`, with each token's hit proof key: what a node stores for its own
+    signals, so that it can prove a hit when it asks for details."""
+    outputs = _outputs(pending, evaluated_elements)
+    return [
+        TokenKeys(
+            derive_token(pending.domain, t, out), derive_hit_proof_key(pending.domain, t, out)
+        )
+        for t, out in zip(pending.types, outputs, strict=True)
     ]
 
 

@@ -5,7 +5,11 @@ broker is down (the node keeps working offline: signals are stored, the
 outbox waits, nothing is lost):
 
 * **work**: tokenise pending identifiers through the key holders (``Evaluate``
-  relay), store the tokens and their outbox batch in one transaction, then send
+  relay; the planner keeps what each holder still allows this party today and
+  spreads the requests, and when the holders are out of reach or the day's
+  quota is used up, tokenising backs off while the sending goes on), store the
+  tokens, their hit proof keys (kept on the node) and their outbox batch in one
+  transaction, then send
   the outbox in order (``SubmitTokens`` / ``WithdrawTokens``) and mark each
   batch acknowledged only after the broker's answer. A batch resent after a
   crash carries the same client batch id, so the broker counts it once.
@@ -22,11 +26,15 @@ outbox waits, nothing is lost):
   signed message inside; a covenant update is verified against the held
   version (``HeldCovenant``: threshold, version, validity) and stored before
   it is adopted, and a refused one is recorded and skipped: a node does not
-  trust the broker. A ``SetAsideItem`` (the broker could not deliver the item at
-  that cursor: too large) is recorded in the audit log and acknowledged, so the
-  node neither stalls on it nor misses it silently.
+  trust the broker. An adopted version's attribute key joins the node's
+  ``AttributeKeyRing`` at once: categories are sealed under it from then on.
+  A ``SetAsideItem`` (the broker could not deliver the item at that cursor: too
+  large) is recorded in the audit log and acknowledged, so the node neither
+  stalls on it nor misses it silently.
 * **holder** (key holders only): keep a ``HolderChannel`` open and answer the
-  evaluation requests the broker relays, with ``KeyHolder.handle``.
+  evaluation requests the broker relays, with ``KeyHolder.answer``; each
+  answer is counted, and an evaluation entered in the replay cache, in one
+  transaction that commits before the answer is sent.
 
 Every component reads the covenant through the ``HeldCovenant`` on each use,
 so an accepted update takes effect at once. If the version held no longer
@@ -37,6 +45,7 @@ status (the broker refuses the party anyway).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,7 +57,7 @@ import structlog
 from samenloop.node import evaluation, threshold, tokens
 from samenloop.node.case_desk import CaseDesk
 from samenloop.node.disclosure_desk import DisclosureDesk
-from samenloop.node.holder import KeyHolder
+from samenloop.node.holder import HolderReply, KeyHolder
 from samenloop.node.models import BatchKind, HitKind
 from samenloop.node.notices import verify_hit_notice
 from samenloop.node.picture_desk import PictureDesk
@@ -56,12 +65,19 @@ from samenloop.node.store import NodeStore, OutboxBatch
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import rules
 from samenloop.policies.crypto import PartyKeys, SignatureContext
-from samenloop.policies.errors import NotEnoughHolders, SamenloopError
+from samenloop.policies.errors import NotEnoughHolders, Replay, SamenloopError
 from samenloop.policies.rpc import error_from_rpc
 from samenloop.policies.trust import HeldCovenant, SignedCovenant
-from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2, keyholder_pb2
+from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
-__all__ = ["Uplink", "UplinkStatus", "broker_channel", "verify_hit_notice"]
+__all__ = [
+    "Uplink",
+    "UplinkStatus",
+    "broker_channel",
+    "learn_attribute_key",
+    "record_answer",
+    "verify_hit_notice",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -121,6 +137,23 @@ def broker_channel(
     )
 
 
+def learn_attribute_key(
+    attribute_keys: covenant_model.AttributeKeyRing, covenant: covenant_model.Covenant
+) -> None:
+    """Add the attribute key ``covenant`` deals to this party to its ring. A box that does
+    not open is logged (never its bytes) and skipped: boxes of that version stay unread,
+    and nothing is sealed until a version that opens is held (``current`` raises)."""
+    try:
+        attribute_keys.learn(covenant)
+    except SamenloopError as error:
+        log.error(
+            "the attribute key dealt to this party does not open",
+            covenant_version=covenant.version,
+            key_version=covenant.attribute_key_version,
+            field=error.field,
+        )
+
+
 @dataclass
 class UplinkStatus:
     """What ``GetStatus`` reports about the broker connection."""
@@ -143,18 +176,32 @@ class UplinkStatus:
 
 
 class Backoff:
-    """Exponential backoff between reconnects, reset after a success."""
+    """Exponential backoff between reconnects, reset after a success.
+
+    ``wait`` sleeps it; ``defer`` only marks the work not ``due`` until then,
+    so that a loop can go on with its other work meanwhile.
+    """
 
     def __init__(self, stop: threading.Event) -> None:
         self._stop = stop
         self._delay = BACKOFF_FIRST
+        self._due = 0.0
 
     def wait(self) -> None:
         self._stop.wait(self._delay)
         self._delay = min(self._delay * 2, BACKOFF_MAX)
 
+    def defer(self) -> None:
+        self._due = time.monotonic() + self._delay
+        self._delay = min(self._delay * 2, BACKOFF_MAX)
+
+    @property
+    def due(self) -> bool:
+        return time.monotonic() >= self._due
+
     def reset(self) -> None:
         self._delay = BACKOFF_FIRST
+        self._due = 0.0
 
 
 class Uplink:
@@ -168,7 +215,7 @@ class Uplink:
         covenant: HeldCovenant,
         keys: PartyKeys,
         store: NodeStore,
-        attribute_key: covenant_model.AttributeKey,
+        attribute_keys: covenant_model.AttributeKeyRing,
         holder: KeyHolder | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_hit: Callable[[], None] = lambda: None,
@@ -179,11 +226,13 @@ class Uplink:
         self._covenant = covenant
         self._keys = keys
         self._store = store
-        self._attribute_key = attribute_key
+        #: Every attribute key version this party was dealt; updates add theirs as they arrive.
+        self.attribute_keys = attribute_keys
         self._holder = holder
         self._clock = clock
         self._on_hit = on_hit
         self._epoch_of: tuple[int, threshold.KeyEpoch] | None = None
+        self._use_of: tuple[int, threshold.DailyUse] | None = None
         self.wake = threading.Event()
         self.disclosures = DisclosureDesk(
             keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set
@@ -255,6 +304,7 @@ class Uplink:
 
     def _work_loop(self) -> None:
         backoff = Backoff(self._stop)
+        tokenising = Backoff(self._stop)
         hello_done = False
         while not self._stop.is_set():
             try:
@@ -265,7 +315,17 @@ class Uplink:
                     self.wake.wait(IDLE_SECONDS)
                     self.wake.clear()
                     continue
-                busy = self._tokenise_some()
+                busy = False
+                if tokenising.due:
+                    try:
+                        busy = self._tokenise_some()
+                        tokenising.reset()
+                    except NotEnoughHolders as error:
+                        # Holders offline or the quota used up today: try again later, with
+                        # all of them; what is tokenised and the envelopes still go out.
+                        self.status.update(last_error=f"tokenise: {type(error).__name__}: {error}")
+                        log.info("tokenising held back", reason=str(error))
+                        tokenising.defer()
                 busy = self._send_outbox() or busy
                 busy = self._send_envelopes() or busy
                 backoff.reset()
@@ -275,9 +335,6 @@ class Uplink:
             except grpc.RpcError as error:
                 self._failed("work", error)
                 hello_done = False
-                backoff.wait()
-            except NotEnoughHolders as error:  # holders offline: retry with all of them later
-                self._failed("tokenise", error)
                 backoff.wait()
             except Exception as error:  # a bug or a database outage: keep serving
                 self._crashed("work", error)
@@ -309,6 +366,16 @@ class Uplink:
             self._epoch_of = (covenant.version, threshold.KeyEpoch.from_covenant(covenant))
         return self._epoch_of[1]
 
+    def _daily_use(
+        self, covenant: covenant_model.Covenant, epoch: threshold.KeyEpoch
+    ) -> threshold.DailyUse:
+        """What each holder still evaluates for this node today, kept across tokenise calls
+        (so the planner spreads the load) and started afresh with each covenant version."""
+        if self._use_of is None or self._use_of[0] != covenant.version:
+            use = evaluation.daily_use(covenant.policy.quotas, epoch, self._party)
+            self._use_of = (covenant.version, use)
+        return self._use_of[1]
+
     def _hello(self) -> None:
         covenant = self._covenant()
         answer = self._broker.Hello(
@@ -339,10 +406,14 @@ class Uplink:
         }
 
     def _seal_category(self, category: str) -> bytes:
+        """Seal under the attribute key of the covenant held now: never an older version,
+        which a removed party may hold (if this party's box does not open, this raises and
+        the entries wait)."""
+        key = self.attribute_keys.current(self._covenant())
         plaintext = common_pb2.MemberAttributes(category=category).SerializeToString()
-        nonce, ciphertext = covenant_model.seal_attributes(self._attribute_key, plaintext)
+        nonce, ciphertext = covenant_model.seal_attributes(key, plaintext)
         return common_pb2.SecretBox(
-            key_version=self._attribute_key.version, nonce=nonce, ciphertext=ciphertext
+            key_version=key.version, nonce=nonce, ciphertext=ciphertext
         ).SerializeToString()
 
     def _tokenise_some(self) -> bool:
@@ -357,7 +428,7 @@ class Uplink:
         if not pending:
             return False
         epoch = self._key_epoch(covenant)
-        made = evaluation.tokenise(
+        made = evaluation.tokenise_with_proof_keys(
             self._keys,
             covenant,
             tokens.TokenDomain(covenant.id, epoch.epoch),
@@ -365,12 +436,17 @@ class Uplink:
             [p.identifier for p in pending],
             self._relay,
             now=now,
+            planner=threshold.HolderPlanner(epoch, use=self._daily_use(covenant, epoch)),
         )
+        # Fewer tokens than identifiers when the holders ran out midway (the quota is used
+        # up): the rest stay pending, and the next round says why in the status.
+        done = pending[: len(made)]
         self._store.record_tokens(
-            {p.id: token for p, token in zip(pending, made, strict=True)},
+            {p.id: m.token for p, m in zip(done, made, strict=True)},
             epoch.epoch,
             now=self._clock(),
             seal_attributes=self._seal_category,
+            proof_keys={p.id: m.hit_proof_key for p, m in zip(done, made, strict=True)},
         )
         return True
 
@@ -577,6 +653,7 @@ class Uplink:
         self._store.accept_covenant(
             cursor, covenant.version, signed.body, message.SerializeToString(), now=now
         )
+        learn_attribute_key(self.attribute_keys, covenant)  # before it is held: no gap
         self._covenant.update(signed, now=now)
         log.info("covenant updated", version=covenant.version)
         if not covenant.is_party(self._party):
@@ -622,18 +699,20 @@ class Uplink:
                     continue
                 now = self._clock()
                 try:
-                    answer = holder.handle(message.evaluation.request.SerializeToString(), now=now)
+                    decided = holder.answer(message.evaluation.request.SerializeToString(), now=now)
                 except SamenloopError as error:  # no requester to answer: drop it
                     log.info("relayed request dropped", reason=error.reason)
                     continue
-                signed = common_pb2.Signed.FromString(answer)
-                # Counted durably before the answer leaves: a crash in between must not hand
-                # out evaluations that the quota never saw.
-                self._count_evaluation(message.evaluation.request.signer, signed, now)
+                # Counted and entered in the replay cache durably before the answer leaves:
+                # a crash in between must neither hand out evaluations that the quota never
+                # saw nor let the request be answered again after a restart.
+                if not record_answer(self._store, holder, decided, now=now):
+                    continue
                 outbound.put(
                     broker_pb2.HolderChannelRequest(
                         answer=broker_pb2.HolderAnswer(
-                            relay_id=message.evaluation.relay_id, response=signed
+                            relay_id=message.evaluation.relay_id,
+                            response=common_pb2.Signed.FromString(decided.reply),
                         )
                     )
                 )
@@ -641,14 +720,35 @@ class Uplink:
             outbound.close()
             self._untrack(call)
 
-    def _count_evaluation(self, requester: str, signed: common_pb2.Signed, now: datetime) -> None:
-        """Keep the holder's counts durable: for the quota after a restart, status and audit."""
-        response = keyholder_pb2.EvaluationResponse.FromString(signed.body)
-        if response.HasField("evaluation"):
-            elements = len(response.evaluation.evaluated_elements)
-            self._store.count_evaluation(requester, now=now, elements=elements)
-        else:
-            self._store.count_evaluation(requester, now=now, refused=True)
+
+def record_answer(
+    store: NodeStore, holder: KeyHolder, decided: HolderReply, *, now: datetime
+) -> bool:
+    """Commit a key holder's count (and an evaluation's replay-cache entry); whether to send.
+
+    One transaction, before the reply leaves: a crash before the commit sends
+    nothing, a crash after it has counted the answer and will refuse its replay.
+    If the commit fails the admission is undone and the error propagates;
+    an entry the store already holds (only possible if another process
+    serves this seat) is not answered again.
+    """
+    try:
+        store.count_evaluation(
+            decided.requester,
+            now=now,
+            elements=decided.elements,
+            refused=decided.refused is not None,
+            reason=decided.refused.name if decided.refused is not None else None,
+            answered=decided.answered,
+        )
+    except Replay:
+        holder.withdraw(decided)
+        log.warning("evaluation request answered before: not answered again")
+        return False
+    except BaseException:
+        holder.withdraw(decided)
+        raise
+    return True
 
 
 class _Outbound:

@@ -7,6 +7,9 @@
   database itself. Success prints one line; a fault exits non-zero naming the
   first entry altered or missing.
 * ``audit show FILE|--config CONFIG`` lists entries, filtered, as a table or JSON lines.
+  Actors and details can be other parties' text (officer names) and an export can
+  come from elsewhere: the table shows them as plain text
+  (:mod:`samenloop.policies.terminal`).
 
 An adapter: it opens the database (by table name, through
 :mod:`samenloop.policies.audit_store`) and names the daemons' migrations
@@ -24,14 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Connection
 
-from samenloop.policies import audit, audit_store, covenant, database, trust
+from samenloop.policies import audit, audit_store, covenant, database, terminal, trust
 from samenloop.policies.audit import AuditEntry, AuditKind
 from samenloop.policies.config import NodeConfig, load_config
 from samenloop.policies.errors import ConfigurationError, InvalidInput
+from samenloop.policies.terminal import printable
 
 NODE_MIGRATIONS = "samenloop.node.migrations"
 BROKER_MIGRATIONS = "samenloop.broker.migrations"
@@ -214,7 +217,7 @@ def _verify(args: argparse.Namespace) -> int:
             exported.entries, [*exported.checkpoints, *kept], key, owner=exported.log_owner
         )
         owner = exported.log_owner
-    print(f"{owner}: audit log verified: {summary.describe()}")
+    print(f"{printable(owner)}: audit log verified: {summary.describe()}")
     return 0
 
 
@@ -267,9 +270,9 @@ def _show(args: argparse.Namespace) -> int:
         owner = exported.log_owner
     if args.json:
         for entry in entries:
-            print(json.dumps(entry_to_json(entry), sort_keys=True))
+            print(terminal.dumps(entry_to_json(entry), sort_keys=True))
         return 0
-    table = Table(title=f"audit log of {owner}")
+    table = Table(title=f"audit log of {printable(owner)}")
     for name in ("seq", "at", "kind", "actor", "subject", "details"):
         table.add_column(name, overflow="fold")
     for entry in entries:
@@ -277,9 +280,9 @@ def _show(args: argparse.Namespace) -> int:
             str(entry.seq),
             entry.at.strftime("%Y-%m-%d %H:%M:%S"),
             entry.kind.value,
-            entry.actor,
-            " ".join(entry.subject),
-            " ".join(f"{k}={v}" for k, v in entry.details.items()),
+            printable(entry.actor),
+            printable(" ".join(entry.subject)),
+            printable(" ".join(f"{k}={v}" for k, v in entry.details.items())),
         )
-    Console().print(table)
+    terminal.console().print(table)
     return 0

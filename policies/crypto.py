@@ -9,14 +9,18 @@
   recipient's: only the recipient can read it, and it proves its sender.
   ``seal`` / ``open_sealed`` are the bare box underneath.
 - ``seal_anonymous`` / ``open_anonymous``: NaCl sealed boxes, for key shares
-  dealt to a key holder by an administrator who has no party key.
+  dealt to a key holder and attribute keys dealt to the parties, by an
+  administrator who has no party key.
 - ``secretbox_seal`` / ``secretbox_open``: NaCl secretbox under a key the
   covenant's parties share (the attribute key), for what the broker stores
   and forwards unread.
-- ``hkdf_sha256``: key derivation (RFC 5869), used to derive tokens.
+- ``hkdf_sha256``: key derivation (RFC 5869), used to derive tokens and hit proof keys.
+- ``mac`` / ``verify_mac``: HMAC-SHA256 (RFC 2104), with which a disclosure
+  requester proves that it holds the subject of a hit.
 - ``equal``: constant-time comparison of secrets.
 - Key files written atomically with owner-only permissions, and refused when
-  anyone else can read them.
+  anyone else can read them or another account owns them (``check_owner_only``,
+  the same check the daemons run on their data directories at start).
 
 Like pyca/cryptography's Fernet, every failure raises one exception per
 operation (``InvalidSignature``, ``DecryptionFailed``) and says nothing else:
@@ -43,7 +47,9 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.public
 import nacl.signing
+from cryptography.exceptions import InvalidSignature as _BadMac
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as _hmac
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.message import DecodeError
 
@@ -62,6 +68,8 @@ ED25519_PUBLIC_KEY_BYTES = 32
 ED25519_SIGNATURE_BYTES = 64
 X25519_KEY_BYTES = 32
 BOX_NONCE_BYTES = nacl.bindings.crypto_box_NONCEBYTES
+#: What a NaCl sealed box adds to its plaintext: the ephemeral public key and the MAC.
+SEALED_BOX_OVERHEAD: int = nacl.bindings.crypto_box_SEALBYTES
 
 
 class SignatureContext(enum.StrEnum):
@@ -301,6 +309,31 @@ def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = 32) -> by
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
 
 
+MAC_BYTES = 32
+
+
+def mac(key: bytes, message: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104) of ``message`` under ``key``: 32 bytes, from pyca/cryptography.
+
+    Any key length is valid HMAC; Samenloop's own MAC keys are 32-byte HKDF outputs.
+    """
+    h = _hmac.HMAC(key, hashes.SHA256())
+    h.update(message)
+    return h.finalize()
+
+
+def verify_mac(key: bytes, message: bytes, tag: bytes, *, field: str = "mac") -> None:
+    """Raise ``InvalidSignature`` unless ``tag`` is the HMAC-SHA256 of ``message`` under
+    ``key``. The comparison takes constant time (``HMAC.verify``); a tag of the wrong
+    length fails exactly like a wrong tag."""
+    try:
+        h = _hmac.HMAC(key, hashes.SHA256())
+        h.update(message)
+        h.verify(tag)
+    except (_BadMac, ValueError, TypeError) as error:
+        raise InvalidSignature("MAC does not verify", field=field) from error
+
+
 def equal(a: bytes, b: bytes) -> bool:
     """Compare two byte strings in constant time (for secrets, MACs, tokens)."""
     return hmac.compare_digest(a, b)
@@ -489,17 +522,61 @@ def write_file_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None
         os.close(dir_fd)
 
 
-def read_secret_file(path: Path) -> bytes:
-    """Read a secret file; refuse it if group or others may read or write it."""
+def read_secret_file(path: Path, *, what: str = "key file", field: str | None = None) -> bytes:
+    """Read a secret file; refuse it, as ssh does, if group or others may read or write it
+    or another account owns it (:func:`check_owner_only`, on the file as opened)."""
     path = Path(path)
     try:
-        mode = path.stat().st_mode
+        with path.open("rb") as handle:
+            check_owner_only(os.fstat(handle.fileno()), path, what=what, field=field)
+            return handle.read()
     except FileNotFoundError as error:
-        raise ConfigurationError(f"key file {path} does not exist", field=str(path)) from error
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigurationError(
-            f"key file {path} is accessible by others (mode {stat.S_IMODE(mode):o}); "
-            "run chmod 600 on it",
-            field=str(path),
+            f"{what} {path} does not exist", field=field or str(path)
+        ) from error
+    except IsADirectoryError as error:
+        raise ConfigurationError(
+            f"{what} {path} is a directory", field=field or str(path)
+        ) from error
+    except PermissionError as error:
+        raise ConfigurationError(
+            f"cannot read {what} {path}: permission denied; run as the account that owns it",
+            field=field or str(path),
+        ) from error
+
+
+def check_owner_only(
+    found: Path | os.stat_result,
+    path: Path | None = None,
+    *,
+    what: str = "key file",
+    field: str | None = None,
+) -> None:
+    """Refuse a secret file or a private directory that group or others may read, write or
+    enter, or that an account other than this process's owns: the one check behind every
+    key file, token and data directory. ``found`` is the path, or the ``os.stat`` of a file
+    already opened (``path`` then names it). The error names the path and the fix."""
+    if isinstance(found, os.stat_result):
+        info, named = found, Path(path or "?")
+    else:
+        named = Path(found)
+        try:
+            info = named.stat()
+        except FileNotFoundError as error:
+            raise ConfigurationError(
+                f"{what} {named} does not exist", field=field or str(named)
+            ) from error
+    me = os.geteuid()
+    if info.st_uid != me:
+        raise ConfigurationError(
+            f"{what} {named} belongs to another account (uid {info.st_uid}); run as that "
+            f"account, or give it to this one: chown {me} {named}",
+            field=field or str(named),
         )
-    return path.read_bytes()
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        fix = "700" if stat.S_ISDIR(info.st_mode) else "600"
+        raise ConfigurationError(
+            f"{what} {named} is accessible by others (mode {stat.S_IMODE(info.st_mode):o}); "
+            f"run chmod {fix} {named}",
+            field=field or str(named),
+        )

@@ -394,6 +394,35 @@ class Quotas:
         )
         check_int(self.token_entries_held, MIN_TOKEN_QUOTA, MAX_QUOTA, field="token_entries_held")
 
+    def oprf_per_holder(self, *, threshold: int, holders: int, seated: bool) -> int:
+        """Elements one key holder evaluates per UTC day for one requesting party: its share.
+
+        Holders cannot see each other's counts, so each enforces a share of the
+        party's cap C such that all of them together never give it more than C
+        tokens. Every token needs partial evaluations from ``threshold`` (t)
+        distinct holders of the ``holders`` (n). A requester without a seat gets
+        floor(C*t/n) from each holder: at most floor(n*floor(C*t/n)/t) <= C
+        tokens, whatever sets it asks. A ``seated`` requester (it holds another
+        seat of the key) can add its own partial evaluation without asking, so
+        it needs only t-1 of the n-1 others, and each of them gives it
+        floor(C*(t-1)/(n-1)): again at most C tokens. See docs/crypto.md.
+        """
+        if not 2 <= threshold <= holders:
+            raise InvalidInput(f"threshold {threshold} must be 2..{holders}", field="threshold")
+        if seated:
+            return self.oprf_evaluations_per_day * (threshold - 1) // (holders - 1)
+        return self.oprf_evaluations_per_day * threshold // holders
+
+    def smallest_oprf_cap(self, *, threshold: int, holders: int) -> int:
+        """The smallest cap that leaves every holder a share of at least one element a day.
+
+        The seated share floor(C*(t-1)/(n-1)) is the smaller one, as
+        (t-1)/(n-1) <= t/n whenever t <= n.
+        """
+        if not 2 <= threshold <= holders:
+            raise InvalidInput(f"threshold {threshold} must be 2..{holders}", field="threshold")
+        return -(-(holders - 1) // (threshold - 1))
+
 
 @dataclass(frozen=True, slots=True)
 class PictureRules:

@@ -4,8 +4,12 @@
 * :func:`release` — whether an owner may release details to a requester, and
   which fields (owner's node, per disclosure request);
 * :func:`retention` — when a signal expires (node, per signal);
+* :func:`oprf_allowance` — how many evaluations one key holder gives one party
+  a day: its share of the party's cap (key holders and the requesting node);
 * :func:`check_quota`, :func:`check_category`, :func:`check_identifier_type` —
-  small guards the daemons call at their boundaries.
+  small guards the daemons call at their boundaries;
+* :func:`received_categories` — which of the categories another member sealed
+  into a hit may be shown (node, per hit shown).
 
 Each decision is built from small rules that tests drive one by one (see
 tests/test_rules.py). Nothing here does I/O or reads a clock: facts and
@@ -15,13 +19,20 @@ tests/test_rules.py). Nothing here does I/O or reads a clock: facts and
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.errors import InvalidInput, NotAllowed, QuotaExceeded
-from samenloop.policies.policy import ANY_CATEGORY, Level, ReleaseRule, Role, VisibilityRule
+from samenloop.policies.policy import (
+    ANY_CATEGORY,
+    Level,
+    Quotas,
+    ReleaseRule,
+    Role,
+    VisibilityRule,
+)
 
 __all__ = [
     "Allow",
@@ -31,6 +42,7 @@ __all__ = [
     "MemberFacts",
     "MemberShown",
     "NeedsApproval",
+    "ReceivedCategories",
     "Refusal",
     "check_category",
     "check_identifier_type",
@@ -40,6 +52,8 @@ __all__ = [
     "may_coordinate",
     "may_see_picture",
     "observers",
+    "oprf_allowance",
+    "received_categories",
     "release",
     "release_rule_for",
     "retention",
@@ -306,6 +320,33 @@ def check_category(covenant: Covenant, category: str, *, field: str = "category"
     return category
 
 
+@dataclass(frozen=True, slots=True)
+class ReceivedCategories:
+    """The categories opened from another member's sealed attributes, checked: those the
+    covenant lists (distinct, in first-seen order), and how many distinct others came."""
+
+    known: tuple[str, ...]
+    unknown: int
+
+
+def received_categories(covenant: Covenant, opened: Iterable[str]) -> ReceivedCategories:
+    """Split categories another party sealed: only those the covenant lists may be shown.
+
+    The attribute key is shared by every party, so any member can seal any text as its
+    category; one the covenant does not list (the empty one included) is counted, never
+    shown, whichever key opened it.
+    """
+    listed = covenant.policy.categories
+    known: list[str] = []
+    unknown: set[str] = set()
+    for category in opened:
+        if category not in listed:
+            unknown.add(category)
+        elif category not in known:
+            known.append(category)
+    return ReceivedCategories(tuple(known), len(unknown))
+
+
 def check_identifier_type(covenant: Covenant, kind: str, *, field: str = "type") -> str:
     """Refuse an identifier type the covenant does not use (``NotAllowed`` naming ``field``)."""
     if kind not in covenant.policy.identifier_types:
@@ -335,6 +376,29 @@ def check_quota(used: int, limit: int, *, what: str, field: str) -> None:
     """Raise ``QuotaExceeded`` naming ``field`` once ``used`` has reached ``limit``."""
     if used >= limit:
         raise QuotaExceeded(f"the covenant allows {limit} {what} per day", field=field)
+
+
+def oprf_allowance(
+    quotas: Quotas, seats: Sequence[str], threshold: int, *, requester: str, holder: str
+) -> int:
+    """Blinded elements ``holder`` evaluates for ``requester`` per UTC day.
+
+    ``seats`` are the parties holding the key epoch's seats (n of them), each
+    token needs ``threshold`` (t) of them. The holder's own requests count at
+    its own seat against the whole cap C, so honest software caps itself
+    there; every other holder allows its share of C (``Quotas.oprf_per_holder``):
+    floor(C*(t-1)/(n-1)) to a requester that holds a seat and could compute its
+    own partial evaluation without asking, floor(C*t/n) to any other party.
+    Either way the party gets at most C tokens from all holders together.
+    """
+    if holder not in seats:
+        raise InvalidInput(f"{holder!r} holds no seat of the key", field="holder")
+    cap = quotas.oprf_evaluations_per_day
+    if requester == holder:
+        return cap
+    return quotas.oprf_per_holder(
+        threshold=threshold, holders=len(seats), seated=requester in seats
+    )
 
 
 def may_see_picture(covenant: Covenant, party: str) -> bool:

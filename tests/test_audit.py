@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 import shutil
 import tempfile
 import threading
@@ -32,7 +33,7 @@ from samenloop.node.models import HitKind
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.node.store import MIGRATIONS as NODE_MIGRATIONS
 from samenloop.node.store import NewSignal, NodeStore
-from samenloop.policies import audit, audit_store, cli, database
+from samenloop.policies import audit, audit_store, cli, database, terminal
 from samenloop.policies.audit import AuditEntry, AuditKind
 from samenloop.policies.config import load_broker_config, load_node_config
 from samenloop.policies.covenant import Role
@@ -846,6 +847,25 @@ def test_cli_export_verify_and_show(node_log, provisioned, tmp_path, capsys, mon
     assert code == 0
     assert "signal_withdrawn" in text
     assert "case_event" in text
+
+
+def test_cli_show_prints_details_as_text(node_log, capsys, monkeypatch):
+    """A detail is printable ASCII, but may be markup (and an export may come from
+    elsewhere): the table shows it as text, on a terminal that takes colours."""
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    note = "[/bold][link=https://evil.example]x[/link]"
+    engine = database.make_engine(load_node_config(node_log).database_url)
+    NodeStore(engine, owner="gemeente").audit_append(
+        kind=AuditKind.CASE_EVENT, details={"note": note}, now=NOW + timedelta(hours=1)
+    )
+    engine.dispose()
+    code, text, err = run(capsys, "audit", "show", "--config", node_log, "--kind", "case_event")
+    assert code == 0, err
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)  # the table's own colours
+    assert f"note={note}" in plain
+    assert "\x1b]" not in text
+    assert [c for c in plain if c != "\n" and not terminal.is_safe(c)] == []
 
 
 def test_cli_verify_names_the_first_altered_or_missing_entry(

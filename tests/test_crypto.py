@@ -1,4 +1,5 @@
-"""The crypto module: RFC 8032, RFC 7748, NaCl box and RFC 5869 vectors; failures say nothing."""
+"""The crypto module: RFC 8032, RFC 7748, NaCl box, RFC 5869 and RFC 4231 vectors; failures say
+nothing."""
 
 from __future__ import annotations
 
@@ -146,6 +147,72 @@ def test_hkdf_rfc5869_test_case_1():
     assert okm.hex() == (
         "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
     )
+
+
+# RFC 4231 section 4, test cases 1-7, HMAC-SHA-256: (key, data, MAC). Test case 5's MAC is
+# given truncated to 128 bits.
+RFC4231 = [
+    (
+        "0b" * 20,
+        b"Hi There".hex(),
+        "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+    ),
+    (
+        b"Jefe".hex(),
+        b"what do ya want for nothing?".hex(),
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+    ),
+    (
+        "aa" * 20,
+        "dd" * 50,
+        "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe",
+    ),
+    (
+        "0102030405060708090a0b0c0d0e0f10111213141516171819",
+        "cd" * 50,
+        "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b",
+    ),
+    ("0c" * 20, b"Test With Truncation".hex(), "a3b6167473100ee06e0c796c2955552b"),
+    (
+        "aa" * 131,
+        b"Test Using Larger Than Block-Size Key - Hash Key First".hex(),
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+    ),
+    (
+        "aa" * 131,
+        b"This is a test using a larger than block-size key and a larger than block-size "
+        b"data. The key needs to be hashed before being used by the HMAC algorithm.".hex(),
+        "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2",
+    ),
+]
+
+
+@pytest.mark.parametrize(("key", "data", "tag"), RFC4231)
+def test_hmac_sha256_rfc4231_vectors(key, data, tag):
+    key, data, tag = bytes.fromhex(key), bytes.fromhex(data), bytes.fromhex(tag)
+    full = crypto.mac(key, data)
+    assert len(full) == crypto.MAC_BYTES
+    assert full[: len(tag)] == tag
+    crypto.verify_mac(key, data, full)
+
+
+@pytest.mark.parametrize(
+    "case", ["wrong tag", "truncated tag", "empty tag", "other key", "other data"]
+)
+def test_every_bad_mac_raises_the_same_error(case):
+    key, data, _ = RFC4231[1]
+    key, data = bytes.fromhex(key), bytes.fromhex(data)
+    tag = crypto.mac(key, data)
+    changed = {
+        "wrong tag": (key, data, bytes([tag[0] ^ 1]) + tag[1:]),
+        "truncated tag": (key, data, tag[:16]),
+        "empty tag": (key, data, b""),
+        "other key": (key + b"!", data, tag),
+        "other data": (key, data + b"!", tag),
+    }[case]
+    with pytest.raises(InvalidSignature) as refused:
+        crypto.verify_mac(*changed, field="hit_proof")
+    assert (refused.value.field, refused.value.message) == ("hit_proof", "MAC does not verify")
 
 
 def test_equal_is_constant_time_compare():

@@ -2,8 +2,13 @@
 
 Part one drives the sans-IO core (:mod:`samenloop.node.disclosure`) with real
 keys and broker-signed notices and an in-memory :class:`Facts`: every refusal
-reason, a grant with withheld fields, four eyes (pending, approve, deny, the
-asking officer refused), quotas per rule period and per day, forged envelopes.
+reason, every way the hit proof fails (one message for all), a grant with
+withheld fields, four eyes (pending, approve, deny, the asking officer refused
+however the name is spelled, approval failing closed), quotas per rule period
+and per day, forged envelopes. Then the path of a received request: built and
+sealed by the requester, received by the owner's desk, decided pending and
+stored with its hit group on SQLite, and approved, or refused at approval
+because the owner's notice of now says the hit closed or the requester left.
 
 Part two runs a real broker and three real nodes in this process (mTLS on
 loopback, SQLite) and drives them with the client library: a granted
@@ -41,12 +46,14 @@ from samenloop.node.disclosure import (
     SignalFacts,
     Verdict,
 )
+from samenloop.node.disclosure_desk import DisclosureDesk
 from samenloop.node.models import DisclosureDirection, DisclosureState
 from samenloop.node.provision import PartySpec, Provisioned, provision
+from samenloop.node.store import NewSignal, NodeStore
 from samenloop.policies import database
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.config import load_broker_config, load_node_config
-from samenloop.policies.covenant import Covenant, Role
+from samenloop.policies.covenant import Covenant, Role, with_new_attribute_key
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import (
     DecryptionFailed,
@@ -116,6 +123,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 REF = b"\x11" * 16
 OTHER_REF = b"\x22" * 16
 GROUP = b"\x33" * 16
+#: The hit proof key of the subject of the hit, as requester and owner both derive it.
+PROOF_KEY = b"\x77" * 32
 
 
 def notice(
@@ -126,17 +135,19 @@ def notice(
     kind: broker_pb2.HitNoticeKind.ValueType = broker_pb2.HIT_NOTICE_KIND_NEW,
     signer: PartyKeys | None = None,
     covenant_id: str | None = None,
+    revision: int = 1,
+    own_refs: Sequence[bytes] = (b"\x44" * 16,),
 ) -> common_pb2.Signed:
     """A hit notice as the broker signs it (or as ``signer`` forges it)."""
     message = broker_pb2.HitNotice(
         covenant_id=covenant_id or world.covenant.id,
         covenant_version=1,
         hit_group_id=GROUP,
-        revision=1,
+        revision=revision,
         kind=kind,
         recipient=recipient,
         visibility=broker_pb2.HitVisibility(parties=True, roles=True, party_count=True),
-        own_signal_refs=[b"\x44" * 16],
+        own_signal_refs=list(own_refs),
     )
     for party, refs in members:
         message.members.add(party=party, signal_refs=list(refs))
@@ -162,6 +173,7 @@ def incoming(
     officer: str = "a.asker@gemeente.nl",
     now: datetime = NOW,
     covenant: Covenant | None = None,
+    proof_key: bytes = PROOF_KEY,
 ) -> IncomingRequest:
     """A request built, sealed, opened and parsed as the two nodes do it."""
     _, envelope = disclosure.build_request(
@@ -175,6 +187,7 @@ def incoming(
         fields=fields,
         officer=officer,
         justification="onderzoek",
+        proof_key=proof_key,
         now=now,
     )
     context, body = disclosure.open_envelope(world.keys[owner], world.covenant, envelope.sealed)
@@ -188,6 +201,8 @@ class Facts:
 
     seen: set[bytes] = field(default_factory=set)
     signals: dict[bytes, SignalFacts] = field(default_factory=dict)
+    proof_keys: dict[bytes, bytes] = field(default_factory=dict)
+    own_refs: dict[bytes, frozenset[bytes]] = field(default_factory=dict)
     closed: set[bytes] = field(default_factory=set)
     members: dict[bytes, frozenset[str]] = field(default_factory=dict)
     requests: int = 0
@@ -198,6 +213,12 @@ class Facts:
 
     def signal_facts(self, signal_ref: bytes, /) -> SignalFacts | None:
         return self.signals.get(signal_ref)
+
+    def hit_proof_key(self, signal_ref: bytes, /) -> bytes | None:
+        return self.proof_keys.get(signal_ref)
+
+    def hit_own_refs(self, group_id: bytes, /) -> frozenset[bytes]:
+        return self.own_refs.get(group_id, frozenset())
 
     def hit_closed(self, group_id: bytes, /) -> bool:
         return group_id in self.closed
@@ -215,7 +236,12 @@ class Facts:
 
 
 def facts(category: str = "woonfraude", active: bool = True, **details: str) -> Facts:
-    return Facts(signals={REF: SignalFacts(7, category, active, details or dict(DETAILS))})
+    """The owner holds REF (with its proof key), and its own notice of GROUP lists it."""
+    return Facts(
+        signals={REF: SignalFacts(7, category, active, details or dict(DETAILS))},
+        proof_keys={REF: PROOF_KEY},
+        own_refs={GROUP: frozenset({REF})},
+    )
 
 
 def decide(world: World, request: IncomingRequest, owner_facts: Facts) -> Verdict:
@@ -307,6 +333,105 @@ def test_every_refusal_reason(world: World, case: str, reason: Refusal) -> None:
     assert verdict.reason is reason, verdict.message
     assert verdict.values is None
     assert verdict.fields == ()
+
+
+def _with_proof(request: IncomingRequest, proof: bytes) -> IncomingRequest:
+    return dataclasses.replace(request, hit_proof=proof)
+
+
+def _proof_of(request: IncomingRequest, key: bytes = PROOF_KEY, **changes: Any) -> bytes:
+    """The hit proof of ``request`` under ``key``, with some of what it binds changed."""
+    bound: dict[str, Any] = {
+        "covenant_id": request.covenant_id,
+        "request_id": request.request_id,
+        "requester": request.requester,
+        "owner": request.owner,
+        "hit_group_id": GROUP,
+        "signal_ref": request.signal_ref,
+    }
+    bound.update(changes)
+    return disclosure.hit_proof(key, **bound)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "the notice does not list the ref",
+        "the owner holds no such signal",
+        "the owner's own notice does not list the ref",
+        "the owner holds no notice of the group",
+        "the owner's key is missing (tokenised before hit proofs)",
+        "no proof",
+        "a proof under another subject's key",
+        "a proof of another request",
+        "a proof for another requester",
+        "a proof for another owner",
+        "a proof for another group",
+        "a proof for another ref",
+        "a proof for another covenant",
+        "a truncated proof",
+    ],
+)
+def test_the_hit_proof_fails_alike_for_every_reason(world: World, case: str) -> None:
+    """Each of the five proof rules refuses, NOT_IN_HIT, with one message; and before
+    HIT_CLOSED, so that a party without the subject learns nothing of the owner's signal."""
+    request, owner_facts = incoming(world), facts(active=False)  # withdrawn: HIT_CLOSED if proven
+    if case == "the notice does not list the ref":
+        request = incoming(world, ref=OTHER_REF)
+        owner_facts.signals[OTHER_REF] = owner_facts.signals[REF]
+        owner_facts.proof_keys[OTHER_REF] = PROOF_KEY
+        owner_facts.own_refs[GROUP] = frozenset({REF, OTHER_REF})
+    elif case == "the owner holds no such signal":
+        del owner_facts.signals[REF]
+    elif case == "the owner's own notice does not list the ref":
+        owner_facts.own_refs[GROUP] = frozenset({OTHER_REF})
+    elif case == "the owner holds no notice of the group":
+        owner_facts.own_refs.clear()
+    elif case == "the owner's key is missing (tokenised before hit proofs)":
+        owner_facts.proof_keys.clear()
+    elif case == "no proof":
+        request = _with_proof(request, b"")
+    elif case == "a proof under another subject's key":
+        request = incoming(world, proof_key=b"\x78" * 32)
+    elif case == "a truncated proof":
+        request = _with_proof(request, request.hit_proof[:16])
+    else:
+        what = (
+            case.removeprefix("a proof ").removeprefix("for another ").removeprefix("of another ")
+        )
+        change = {
+            "request": {"request_id": b"\x01" * 16},
+            "requester": {"requester": POLITIE},
+            "owner": {"owner": POLITIE},
+            "group": {"hit_group_id": b"\x02" * 16},
+            "ref": {"signal_ref": OTHER_REF},
+            "covenant": {"covenant_id": "riec-elders"},
+        }[what]
+        request = _with_proof(request, _proof_of(request, **change))
+    verdict = decide(world, request, owner_facts)
+    assert (verdict.outcome, verdict.reason, verdict.message) == (
+        Outcome.REFUSED,
+        Refusal.NOT_IN_HIT,
+        disclosure.NOT_PROVEN,
+    )
+    assert verdict.values is None
+    assert verdict.signal_id is None  # the refusal does not name the owner's signal either
+
+
+def test_a_proven_request_goes_on_to_the_next_rules(world: World) -> None:
+    request = incoming(world)
+    assert request.hit_proof == _proof_of(request)
+    assert len(request.hit_proof) == disclosure.HIT_PROOF_BYTES
+    verdict = decide(world, request, facts(active=False))
+    assert (verdict.outcome, verdict.reason) == (Outcome.REFUSED, Refusal.HIT_CLOSED)
+    assert decide(world, request, facts()).outcome is Outcome.GRANTED
+
+
+def test_a_request_whose_group_is_not_the_notices_is_refused(world: World) -> None:
+    request = incoming(world)
+    for group in (None, b"\x02" * 16):
+        verdict = decide(world, dataclasses.replace(request, hit_group_id=group), facts())
+        assert (verdict.outcome, verdict.reason) == (Outcome.REFUSED, Refusal.INVALID_NOTICE)
 
 
 def test_quota_per_period_and_per_day_allow_up_to_the_limit(world: World) -> None:
@@ -443,6 +568,7 @@ def test_forged_envelopes_are_rejected(world: World) -> None:
         fields=("naam",),
         officer="a@gemeente",
         justification="",
+        proof_key=PROOF_KEY,
         now=NOW,
     )
     woco = world.keys[WOCO]
@@ -475,7 +601,12 @@ def test_forged_envelopes_are_rejected(world: World) -> None:
 def test_bad_requests_are_refused_locally_naming_the_field(world: World) -> None:
     shown = broker_pb2.HitNotice.FromString(notice(world).body)
 
-    def check(**changes: Any) -> str | None:
+    own = shown.own_signal_refs[0]
+
+    def check(notice_: broker_pb2.HitNotice = shown, **changes: Any) -> str | None:
+        return refused(notice_, **changes)[0]
+
+    def refused(notice_: broker_pb2.HitNotice = shown, **changes: Any) -> tuple[str | None, str]:
         values: dict[str, Any] = {
             "owner": WOCO,
             "signal_ref": REF,
@@ -483,13 +614,15 @@ def test_bad_requests_are_refused_locally_naming_the_field(world: World) -> None
             "fields": ["naam"],
             "officer": "a@gemeente",
             "justification": "",
+            "proof_keys": {own: PROOF_KEY}.get,
         }
         values.update(changes)
         try:
-            disclosure.check_request(world.covenant, GEMEENTE, shown, **values)
+            key = disclosure.check_request(world.covenant, GEMEENTE, notice_, **values)
         except (InvalidInput, MessageTooLarge, NotFound) as error:
-            return error.field
-        return None
+            return error.field, error.reason
+        assert key == PROOF_KEY
+        return None, ""
 
     assert check() is None
     assert check(owner=GEMEENTE) == "owner"
@@ -502,6 +635,26 @@ def test_bad_requests_are_refused_locally_naming_the_field(world: World) -> None
     assert check(fields=["x" * 65]) == "fields[0]"
     assert check(officer="") == "officer"
     assert check(justification="x" * 5000) == "justification"
+    # No signal of its own in the hit (an observing coordinator): nothing to prove it with.
+    observed = broker_pb2.HitNotice()
+    observed.CopyFrom(shown)
+    del observed.own_signal_refs[:]
+    assert refused(observed) == ("hit_group_id", "disclosure.no_own_signal")
+    # Its signals there were tokenised before hit proofs existed: tokenise them again.
+    assert refused(proof_keys={}.get) == ("hit_group_id", "disclosure.no_proof_key")
+    with pytest.raises(InvalidInput, match="re-tokenise"):
+        disclosure.check_request(
+            world.covenant,
+            GEMEENTE,
+            shown,
+            owner=WOCO,
+            signal_ref=REF,
+            purpose="adresfraude",
+            fields=["naam"],
+            officer="a@gemeente",
+            justification="",
+            proof_keys=lambda ref: None,
+        )
 
 
 def _visibility(covenant: Covenant, role: Role, **changes: Any) -> Covenant:
@@ -559,10 +712,11 @@ def test_the_owners_notice_decides_only_where_it_can_tell(world: World) -> None:
     )
     verdict = disclosure.decide(blind, WOCO, incoming(world), owner_facts, now=NOW)
     assert verdict.outcome is Outcome.GRANTED
-    # A coordinating requester sees hits it holds no signal in.
+    # A coordinating requester may observe hits it holds no signal in, but asks only as a
+    # member: once the owner's notice no longer shows it, it is refused like any other.
     coordinating = _visibility(world.covenant, Role.GEMEENTE, coordinator=True)
     verdict = disclosure.decide(coordinating, WOCO, incoming(world), owner_facts, now=NOW)
-    assert verdict.outcome is Outcome.GRANTED
+    assert (verdict.outcome, verdict.reason) == (Outcome.REFUSED, Refusal.NOT_IN_HIT)
 
 
 def test_approval_for_a_requester_no_longer_in_the_covenant_is_refused(world: World) -> None:
@@ -575,6 +729,241 @@ def test_approval_for_a_requester_no_longer_in_the_covenant_is_refused(world: Wo
         Refusal.NOT_ALLOWED,
         disclosure.NO_LONGER_A_PARTY,
     )
+
+
+@pytest.mark.parametrize(
+    ("asked_by", "deciding"),
+    [
+        ("bd-teamleider-7", "Bd-Teamleider-7 "),
+        ("bd-teamleider-7", "  BD-TEAMLEIDER-7"),
+        ("bd teamleider 7", "bd\u00a0teamleider  7"),  # a no-break space, two spaces
+        ("bd-teamleider-7", "\uff42\uff44-teamleider-7"),  # fullwidth: NFKC makes it ASCII
+        ("Straße", "STRASSE"),  # case folding, not just lower case
+    ],
+)
+def test_four_eyes_compares_officers_after_normalising(
+    world: World, asked_by: str, deciding: str
+) -> None:
+    pending = dataclasses.replace(
+        _pending(incoming(world, purpose="bibob", fields=("naam",))), requester_officer=asked_by
+    )
+    for decide_ in (
+        lambda: disclosure.approve(world.covenant, pending, deciding, facts(), me=WOCO, now=NOW),
+        lambda: disclosure.deny(pending, deciding, "nee"),
+    ):
+        with pytest.raises(NotAllowed) as same:
+            decide_()
+        assert (same.value.field, same.value.reason) == ("officer", "disclosure.same_officer")
+    decided = dataclasses.replace(pending, requester_officer="a@gemeente", decided_by=asked_by)
+    with pytest.raises(NotAllowed):
+        disclosure.approve(world.covenant, decided, deciding, facts(), me=WOCO, now=NOW)
+    # The officer is kept as given; only the comparison normalises.
+    assert disclosure.officer_key(deciding) == disclosure.officer_key(asked_by)
+    assert disclosure.officer_key(" A  b ") == "a b"
+    # A second person is still a second person.
+    other = disclosure.approve(
+        world.covenant, pending, "bd-teamleider-8", facts(), me=WOCO, now=NOW
+    )
+    assert other.outcome is Outcome.GRANTED
+
+
+def test_an_officer_of_only_spaces_is_refused(world: World) -> None:
+    pending = _pending(incoming(world, purpose="bibob", fields=("naam",)))
+    for blank_name in ("   ", "\u3000"):  # spaces; an ideographic space
+        with pytest.raises(InvalidInput) as blank:
+            disclosure.approve(world.covenant, pending, blank_name, facts(), me=WOCO, now=NOW)
+        assert (blank.value.field, blank.value.message) == ("officer", "name the officer")
+
+
+def test_approval_fails_closed_without_a_hit_group(world: World) -> None:
+    pending = _pending(incoming(world, purpose="bibob", fields=("naam",)))
+    for group in (None, b"\x33" * 15):
+        verdict = disclosure.approve(
+            world.covenant,
+            dataclasses.replace(pending, hit_group_id=group),
+            "b@woco",
+            facts(),
+            me=WOCO,
+            now=NOW,
+        )
+        assert (verdict.outcome, verdict.reason) == (Outcome.REFUSED, Refusal.NOT_IN_HIT)
+        assert verdict.values is None
+
+
+def test_approval_refuses_once_the_owners_notice_no_longer_lists_the_signal(world: World) -> None:
+    pending = _pending(incoming(world, purpose="bibob", fields=("naam",)))
+    owner_facts = facts()
+    owner_facts.own_refs[GROUP] = frozenset({OTHER_REF})  # its signal left the group
+    verdict = disclosure.approve(world.covenant, pending, "b@woco", owner_facts, me=WOCO, now=NOW)
+    assert (verdict.outcome, verdict.reason) == (Outcome.REFUSED, Refusal.NOT_IN_HIT)
+    assert verdict.values is None
+
+
+# --- the path of a received request, through the owner's desk and store -----------------------
+
+
+@dataclass
+class Owner:
+    """Woco's desk and store on SQLite, holding one signal (its ref and hit proof key
+    stored as the uplink stores them) and its own notice of GROUP with the gemeente."""
+
+    world: World
+    store: NodeStore
+    desk: DisclosureDesk
+    ref: bytes
+    cursor: int = 0
+
+    def notice(self, kind: broker_pb2.HitNoticeKind.ValueType, members: Sequence[str]) -> None:
+        """Woco's node accepts its own next notice of the group (as its uplink would)."""
+        self.cursor += 1
+        signed = notice(
+            self.world,
+            recipient=WOCO,
+            members=[(party, (b"\x55" * 16,)) for party in members],
+            kind=kind,
+            revision=self.cursor,
+            own_refs=(self.ref,),
+        )
+        accepted = self.store.accept_notice(
+            self.cursor,
+            GROUP,
+            self.cursor,
+            _HIT_KINDS[kind],
+            signed.SerializeToString(),
+            [self.ref],
+            NOW,
+            NOW,
+            now=NOW,
+        )
+        assert accepted
+
+    def receive(self, request_id: bytes, *, purpose: str = "bibob") -> None:
+        """A request from the gemeente, built and sealed as its node does, relayed to woco."""
+        _, envelope = disclosure.build_request(
+            self.world.keys[GEMEENTE],
+            self.world.covenant,
+            notice(self.world, members=[(WOCO, (self.ref,))]),
+            request_id=request_id,
+            owner=WOCO,
+            signal_ref=self.ref,
+            purpose=purpose,
+            fields=("naam",),
+            officer="a@gemeente",
+            justification="Bibob-toets",
+            proof_key=PROOF_KEY,
+            now=NOW,
+        )
+        self.cursor += 1
+        self.desk.receive(self.cursor, envelope.sealed)
+
+
+_HIT_KINDS = {
+    broker_pb2.HIT_NOTICE_KIND_NEW: models.HitKind.NEW,
+    broker_pb2.HIT_NOTICE_KIND_SHRUNK: models.HitKind.SHRUNK,
+    broker_pb2.HIT_NOTICE_KIND_CLOSED: models.HitKind.CLOSED,
+}
+
+
+@pytest.fixture
+def owner(world: World, tmp_path: Any) -> Iterator[Owner]:
+    from samenloop.node.identifiers import parse
+
+    engine = database.make_engine(f"sqlite:///{tmp_path / 'woco.db'}")
+    database.upgrade(engine, "samenloop.node.migrations")
+    store = NodeStore(engine, owner=WOCO)
+    (record,) = store.add_signals(
+        [
+            NewSignal(
+                "W-1",
+                "woonfraude",
+                [parse("bsn", "111222333")],
+                NOW + timedelta(days=365),
+                details=DETAILS,
+            )
+        ],
+        now=NOW,
+    )
+    (pending,) = store.pending_identifiers(10, now=NOW)
+    store.record_tokens({pending.id: b"\x66" * 32}, 1, now=NOW, proof_keys={pending.id: PROOF_KEY})
+    desk = DisclosureDesk(
+        keys=world.keys[WOCO],
+        covenant=lambda: world.covenant,
+        store=store,
+        clock=lambda: NOW,
+    )
+    owner = Owner(world, store, desk, record.identifiers[0].signal_ref)
+    owner.notice(broker_pb2.HIT_NOTICE_KIND_NEW, [GEMEENTE])
+    yield owner
+    engine.dispose()
+
+
+def _approved(owner: Owner, request_id: bytes) -> Any:
+    stored = owner.store.disclosure(request_id)
+    assert stored is not None
+    assert (stored.state, stored.hit_group_id) == (DisclosureState.PENDING_APPROVAL, GROUP)
+    return owner.desk.approve(request_id, officer="b@woco")
+
+
+def test_a_received_pending_request_is_approved_with_its_hit_group(owner: Owner) -> None:
+    request_id = secrets.token_bytes(16)
+    owner.receive(request_id)
+    approved = _approved(owner, request_id)
+    assert (approved.state, approved.hit_group_id) == (DisclosureState.GRANTED, GROUP)
+    assert dict(approved.released) == {"naam": ""}
+
+
+@pytest.mark.parametrize(
+    ("after", "reason"),
+    [
+        ("the hit closed", "hit_closed"),
+        ("the requester left the group", "not_in_hit"),
+        ("the owner's signal left the group", "not_in_hit"),
+    ],
+)
+def test_a_received_pending_request_is_refused_at_approval_when_the_hit_changed(
+    owner: Owner, after: str, reason: str
+) -> None:
+    """Received, decided pending, stored; then the owner's notice of now says no."""
+    request_id = secrets.token_bytes(16)
+    owner.receive(request_id)
+    if after == "the hit closed":
+        owner.notice(broker_pb2.HIT_NOTICE_KIND_CLOSED, [])
+    elif after == "the requester left the group":
+        owner.notice(broker_pb2.HIT_NOTICE_KIND_SHRUNK, [POLITIE])
+    else:
+        owner.ref, kept = b"\x56" * 16, owner.ref  # woco's next notice lists another ref
+        owner.notice(broker_pb2.HIT_NOTICE_KIND_SHRUNK, [GEMEENTE])
+        owner.ref = kept
+    decided = _approved(owner, request_id)
+    assert (decided.state, decided.refusal_reason) == (DisclosureState.REFUSED, reason)
+    assert dict(decided.released) == {}
+
+
+def test_a_received_request_without_a_valid_proof_is_refused_and_stored(owner: Owner) -> None:
+    request_id = secrets.token_bytes(16)
+    _, envelope = disclosure.build_request(
+        owner.world.keys[GEMEENTE],
+        owner.world.covenant,
+        notice(owner.world, members=[(WOCO, (owner.ref,))]),
+        request_id=request_id,
+        owner=WOCO,
+        signal_ref=owner.ref,
+        purpose="bibob",
+        fields=("naam",),
+        officer="a@gemeente",
+        justification="",
+        proof_key=b"\x78" * 32,
+        now=NOW,
+    )
+    owner.desk.receive(9, envelope.sealed)
+    stored = owner.store.disclosure(request_id)
+    assert stored is not None
+    assert (stored.state, stored.refusal_reason, stored.refusal_message) == (
+        DisclosureState.REFUSED,
+        "not_in_hit",
+        disclosure.NOT_PROVEN,
+    )
+    assert stored.signal_id is None
 
 
 # --- part two: real daemons ---------------------------------------------------------------
@@ -604,7 +993,7 @@ class Cluster:
         config = load_node_config(self.provisioned.node_configs[party])
         self.nodes[party] = build_node(config)
         assert config.api_listen is not None
-        self.clients[party] = NodeClient(config.api_listen)
+        self.clients[party] = NodeClient.from_config(self.provisioned.node_configs[party])
 
     def stop(self, party: str) -> None:
         self.clients.pop(party).close()
@@ -838,10 +1227,26 @@ def test_a_replayed_request_is_refused_and_releases_nothing_new(cluster: Cluster
     assert cluster.clients[GEMEENTE].disclosure(asked.request_id).state is DisclosureState.GRANTED
 
 
+def _proof_key(cluster: Cluster, party: str = GEMEENTE, reference: str = "G-1") -> bytes:
+    """The hit proof key a node stored for the (first) identifier of one of its signals."""
+    store = cluster.nodes[party].store
+    record = store.signal(reference)
+    assert record is not None
+    key = store.hit_proof_key(record.identifiers[0].signal_ref)
+    assert key is not None
+    return key
+
+
 def _forge(
-    cluster: Cluster, hit_notice: common_pb2.Signed, ref: bytes, *, purpose: str = "adresfraude"
+    cluster: Cluster,
+    hit_notice: common_pb2.Signed,
+    ref: bytes,
+    *,
+    purpose: str = "adresfraude",
+    proof_key: bytes | None = None,
 ) -> bytes:
-    """A request the gemeente's client could never send, queued at its node as sent."""
+    """A request the gemeente's client could never send, queued at its node as sent; its
+    hit proof is made with the gemeente's real key of G-1 unless ``proof_key`` is given."""
     keys = PartyKeys.load(cluster.provisioned.party_dir(GEMEENTE) / "party-keys.json")
     request_id = secrets.token_bytes(16)
     _, envelope = disclosure.build_request(
@@ -855,6 +1260,7 @@ def _forge(
         fields=("naam",),
         officer="a@gemeente",
         justification="",
+        proof_key=_proof_key(cluster) if proof_key is None else proof_key,
         now=datetime.now(UTC),
     )
     cluster.resend(GEMEENTE, envelope.sealed.SerializeToString(), WOCO)
@@ -876,6 +1282,8 @@ def test_forged_notices_and_signals_outside_the_hit_are_refused(cluster: Cluster
         (_forge(cluster, woco_notice, ref), "invalid_notice"),  # addressed to woco
         (_forge(cluster, real, secrets.token_bytes(16)), "not_in_hit"),
         (_forge(cluster, real, other_ref.identifiers[0].signal_ref), "not_in_hit"),
+        # The real notice and ref, but a proof under a key that is not the subject's.
+        (_forge(cluster, real, ref, proof_key=secrets.token_bytes(32)), "not_in_hit"),
     ]
     for request_id, reason in cases:
         answered = final(cluster, WOCO, request_id)
@@ -1153,8 +1561,8 @@ def test_a_pending_request_of_a_removed_party_is_decided_without_an_answer(
     group, ref = gemeente_hit(cluster)
     approved, denied = _ask_bibob(cluster, group, ref), _ask_bibob(cluster, group, ref)
     covenant = cluster.provisioned.covenant
-    without = dataclasses.replace(
-        covenant, version=2, parties=tuple(p for p in covenant.parties if p.id != GEMEENTE)
+    without = with_new_attribute_key(
+        covenant, tuple(p for p in covenant.parties if p.id != GEMEENTE), version=2
     )
     signed = cluster.provisioned.sign(without)
     cluster.deliver(WOCO, ItemKind.COVENANT_UPDATE, signed.to_proto().SerializeToString())

@@ -5,25 +5,32 @@ tests drive ``samenloop.node.evaluation`` (the node) and ``samenloop.node.holder
 (the key holders) in one process, through ``Broker``: an in-memory relay that
 can lose, alter, redirect, replay, delay and swap messages the way a broker
 that is down or dishonest could. Time is always passed in; nothing sleeps.
+The last test adds the node's store (SQLite) behind a holder: what the holder
+loop commits before an answer may leave.
 """
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Protocol
 
 import pytest
+import sqlalchemy as sa
 
 from samenloop.node import evaluation, keysetup, oprf, threshold, tokens
 from samenloop.node.evaluation import RefusalReason, Replies
-from samenloop.node.holder import KeyHolder
+from samenloop.node.holder import REPLAY_WINDOW, KeyHolder
+from samenloop.node.store import MIGRATIONS, NodeStore
 from samenloop.node.threshold import HolderPlanner, KeyEpoch
 from samenloop.node.tokens import TokenDomain
-from samenloop.policies import crypto
+from samenloop.node.uplink import record_answer
+from samenloop.policies import crypto, database
 from samenloop.policies.crypto import PartyKeys, PublicKeys, SignatureContext
 from samenloop.policies.errors import (
     ConfigurationError,
@@ -34,6 +41,7 @@ from samenloop.policies.errors import (
     NotAllowed,
     NotEnoughHolders,
 )
+from samenloop.policies.policy import Quotas
 from samenloop.v1 import common_pb2, keyholder_pb2
 
 COVENANT = "riec-zuid"
@@ -55,10 +63,12 @@ IDS = [Ident("bsn", "123456782"), Ident("kvk", "12345678"), Ident("iban", "NL91A
 
 
 class Covenant:
-    """A dict-backed ``evaluation.Directory``."""
+    """A dict-backed ``evaluation.Directory``; with a ``cap``, also the covenant's quotas."""
 
-    def __init__(self, keys: Mapping[str, PublicKeys]):
+    def __init__(self, keys: Mapping[str, PublicKeys], cap: int | None = None):
         self._keys = dict(keys)
+        if cap is not None:
+            self.policy = SimpleNamespace(quotas=Quotas(cap, 0))
 
     def public_keys(self, party: str) -> PublicKeys:
         try:
@@ -110,7 +120,16 @@ class World:
         )
 
 
-def world(t: int = 2, n: int = 3, *, quota: dict[int, int] | None = None) -> World:
+def world(
+    t: int = 2,
+    n: int = 3,
+    *,
+    quota: dict[int, int] | None = None,
+    cap: int | None = None,
+    used_today: Mapping[str, int] | None = None,
+) -> World:
+    """``quota``: one allowance per holder for every requester. ``cap``: the covenant's
+    ``oprf_evaluations_per_day``, each holder allowing its share (``rules.oprf_allowance``)."""
     holder_keys = {i: PartyKeys.generate(f"holder-{i}") for i in range(1, n + 1)}
     epoch, sealed = keysetup.deal(
         COVENANT, 1, t, [(p.party, p.public().x25519) for p in holder_keys.values()], now=DEALT
@@ -120,15 +139,17 @@ def world(t: int = 2, n: int = 3, *, quota: dict[int, int] | None = None) -> Wor
     }
     node = PartyKeys.generate(NODE)
     others = [PartyKeys.generate("politie-zeeland-west-brabant")]
-    directory = Covenant({p.party: p.public() for p in [node, *others, *holder_keys.values()]})
+    directory = Covenant({p.party: p.public() for p in [node, *others, *holder_keys.values()]}, cap)
     holders = {
         i: KeyHolder(
             holder_keys[i],
             shares[i],
             epoch,
             COVENANT,
-            directory,
+            (lambda: directory) if cap is not None else directory,
             **({"daily_quota": quota[i]} if quota and i in quota else {}),
+            used_today=used_today,
+            today=NOW.date() if used_today else None,
         )
         for i in holder_keys
     }
@@ -885,3 +906,251 @@ def test_usage_already_recorded_today_counts_towards_the_quota_after_a_restart()
     tomorrow = Broker({**w.holders, 1: fresh}, now=NOW + timedelta(days=1))
     assert w.tokenise(tomorrow, IDS[:2], now=NOW + timedelta(days=1)) == w.expected(IDS[:2])
     assert [sorted(r) for r in tomorrow.requests] == [[1, 2]]
+
+
+# --- the quota per party across all holders (issue 12, finding 3) ------------------------
+
+CAP = 12
+
+
+def many(count: int) -> list[Ident]:
+    return [Ident("bsn", f"{j:09d}") for j in range(count)]
+
+
+def remaining_today(reply: bytes, holder: PartyKeys, audience: str = NODE) -> int | None:
+    response = open_reply(reply, holder, audience)
+    return response.remaining_today if response.HasField("remaining_today") else None
+
+
+def test_each_holder_allows_a_party_its_share_of_the_cap():
+    w = world(2, 3, cap=CAP)
+    assert w.holders[1].allowance(NODE) == 8  # no seat: floor(12 * 2 / 3)
+    assert w.holders[1].allowance("holder-2") == 6  # another holder: floor(12 * 1 / 2)
+    assert w.holders[1].allowance("holder-1") == CAP  # its own party: the whole cap
+    reply = w.holders[1].handle(signed_request(w, elements=3), now=NOW)
+    assert refusal(reply, w.holder_keys[1]) is None
+    assert remaining_today(reply, w.holder_keys[1]) == 5
+
+
+def _ask(w: World, requester: PartyKeys, index: int, rset: tuple[int, ...], element: bytes):
+    """One signed request of ``requester`` for one element to holder ``index``: its partial."""
+    (request,) = [
+        r
+        for i, r in evaluation.build_requests(
+            requester, COVENANT, w.epoch, rset, [element],
+            request_id=evaluation.new_request_id(), now=NOW,
+        ).items()
+        if i == index
+    ]  # fmt: skip
+    reply = w.holders[index].handle(request, now=NOW)
+    response = open_reply(reply, w.holder_keys[index], requester.party)
+    if response.WhichOneof("result") != "evaluation":
+        assert RefusalReason(response.refusal.reason) is R.QUOTA_EXCEEDED
+        return None
+    return threshold.PartialEvaluation(
+        index, tuple(response.evaluation.evaluated_elements), response.evaluation.proof
+    )
+
+
+def test_a_party_without_a_seat_gets_no_more_than_its_cap_over_every_set():
+    """The RIEC's attack: one element at a time, over every responding set in turn,
+    until every set refuses. Before, each holder allowed the whole cap: 18 tokens."""
+    w = world(2, 3, cap=CAP)
+    made = 0
+    refused_in_a_row = 0
+    for rset in itertools.cycle(HolderPlanner(w.epoch).all_sets()):
+        if refused_in_a_row == 3:
+            break
+        _, element = oprf.blind(f"guess {made}".encode())
+        partials = {i: _ask(w, w.node, i, rset, element) for i in rset}
+        if any(p is None for p in partials.values()):
+            refused_in_a_row += 1
+            continue
+        refused_in_a_row = 0
+        threshold.combine(w.epoch, rset, [element], partials)
+        made += 1
+    assert made == CAP
+    used = [w.holders[i].used_today(NODE, now=NOW) for i in (1, 2, 3)]
+    assert used == [8, 8, 8]  # 24 partial evaluations: at most 24 / t = 12 tokens, any way
+
+
+def test_a_holder_party_computing_its_own_share_locally_gets_no_more_than_its_cap():
+    """The gemeente's attack: its own partial from its share file, uncounted; the others
+    asked in turn until both refuse. Before, each allowed the whole cap: 24 tokens."""
+    w = world(2, 3, cap=CAP)
+    me = w.holder_keys[1]
+    made = 0
+    for other in itertools.cycle((2, 3)):
+        _, element = oprf.blind(f"guess {made}".encode())
+        theirs = _ask(w, me, other, (1, other), element)
+        if theirs is None:
+            if all(w.holders[i].used_today(me.party, now=NOW) == 6 for i in (2, 3)):
+                break
+            continue
+        mine = threshold.evaluate_partial(w.shares[1], [element], (1, other))
+        threshold.combine(w.epoch, (1, other), [element], {1: mine, other: theirs})
+        made += 1
+    assert made == CAP
+    assert w.holders[1].used_today(me.party, now=NOW) == 0  # its own seat never saw them
+
+
+def test_an_honest_party_reaches_its_cap_and_stops_asking():
+    w = world(2, 3, cap=CAP)
+    wanted = many(CAP + 2)
+    use = evaluation.daily_use(Quotas(CAP, 0), w.epoch, NODE)
+    broker = Broker(w.holders)
+    made = w.tokenise(broker, wanted, planner=HolderPlanner(w.epoch, use=use))
+    assert made == w.expected(wanted[:CAP])  # the first 12: the holders ran out
+    assert [w.holders[i].used_today(NODE, now=NOW) for i in (1, 2, 3)] == [8, 8, 8]
+    assert all(refusal(r, w.holder_keys[i]) is None for rs in broker.replies for i, r in rs.items())
+    asked = len(broker.requests)
+    with pytest.raises(NotEnoughHolders, match="no quota left today"):
+        w.tokenise(broker, wanted[CAP:], planner=HolderPlanner(w.epoch, use=use))
+    assert len(broker.requests) == asked  # it knew: nothing more was asked
+
+
+def test_an_honest_holder_party_counts_every_token_at_its_own_seat():
+    w = world(2, 3, cap=CAP)
+    me = w.holder_keys[2]
+    wanted = many(CAP + 1)
+    use = evaluation.daily_use(Quotas(CAP, 0), w.epoch, me.party)
+    broker = Broker(w.holders)
+    made = w.tokenise(broker, wanted, node=me, planner=HolderPlanner(w.epoch, use=use))
+    assert made == w.expected(wanted[:CAP])
+    assert all(2 in r for r in broker.requests)  # its own seat in every set
+    used = [w.holders[i].used_today(me.party, now=NOW) for i in (1, 2, 3)]
+    assert used == [6, CAP, 6]  # its own holder counted (and audits) every one
+
+
+def test_a_quota_refusal_says_what_is_left_and_the_node_asks_for_less():
+    # After a restart the node believes the holders' whole share is left; they had used 3.
+    w = world(2, 2, cap=8, used_today={NODE: 3})
+    use = evaluation.daily_use(Quotas(8, 0), w.epoch, NODE)
+    broker = Broker(w.holders)
+    made = w.tokenise(broker, many(8), planner=HolderPlanner(w.epoch, use=use))
+    assert made == w.expected(many(5))
+    sizes = [len(request_of(r[1]).blinded_elements) for r in broker.requests]
+    assert sizes == [8, 5]
+    for i in (1, 2):
+        assert refusal(broker.replies[0][i], w.holder_keys[i]) is R.QUOTA_EXCEEDED
+        assert remaining_today(broker.replies[0][i], w.holder_keys[i]) == 5
+        assert remaining_today(broker.replies[1][i], w.holder_keys[i]) == 0
+        assert w.holders[i].used_today(NODE, now=NOW) == 8
+
+
+def request_of(signed: bytes) -> keyholder_pb2.EvaluationRequest:
+    return keyholder_pb2.EvaluationRequest.FromString(common_pb2.Signed.FromString(signed).body)
+
+
+# --- the replay cache outlives a restart (issue 12, finding 8) -----------------------------
+
+
+def test_an_answer_says_what_the_node_must_record_before_sending_it():
+    w = world(2, 3)
+    request = signed_request(w, elements=3)
+    answered = w.holders[1].answer(request, now=NOW)
+    assert (answered.requester, answered.elements, answered.refused) == (NODE, 3, None)
+    assert answered.answered is not None
+    assert answered.answered.key == (NODE, b"r" * 16, 1)
+    assert answered.answered.keep_until == NOW + MAX_AGE + MAX_SKEW == NOW + REPLAY_WINDOW
+    assert refusal(answered.reply, w.holder_keys[1]) is None
+    assert "evaluated" in repr(answered)
+    assert answered.reply.hex() not in repr(answered)
+    again = w.holders[1].answer(request, now=NOW)
+    assert (again.refused, again.elements, again.answered) == (R.REPLAY, 0, None)
+
+
+def test_a_withdrawn_answer_was_never_given():
+    w = world(2, 3, quota={1: 3})
+    request = signed_request(w, elements=3)
+    answered = w.holders[1].answer(request, now=NOW)
+    w.holders[1].withdraw(answered)  # the node could not record it: it is not sent
+    assert w.holders[1].used_today(NODE, now=NOW) == 0
+    assert w.holders[1].served.get(NODE, 0) == 0
+    assert w.holders[1].answer(request, now=NOW).refused is None  # neither counted nor a replay
+    w.holders[1].withdraw(w.holders[1].answer(signed_request(w, request_id=b"s" * 16), now=NOW))
+    assert w.holders[1].used_today(NODE, now=NOW) == 3  # a refusal withdraws nothing
+
+
+def test_a_restarted_holder_refuses_a_replay_of_what_it_answered_before():
+    w = world(2, 3, quota={1: 4})
+    request = signed_request(w, elements=3)
+    answered = w.holders[1].answer(request, now=NOW)
+    assert answered.answered is not None
+    # What the node's store kept: the count and the answered request.
+    restarted = KeyHolder(
+        w.holder_keys[1], w.shares[1], w.epoch, COVENANT, w.directory,
+        daily_quota=4, used_today={NODE: 3}, today=NOW.date(), answered=[answered.answered],
+    )  # fmt: skip
+    later = NOW + timedelta(seconds=30)
+    replayed = restarted.answer(request, now=later)
+    assert replayed.refused is R.REPLAY
+    assert replayed.answered is None
+    assert restarted.used_today(NODE, now=later) == 3  # the replay burnt nothing
+    # Kept until the request can no longer be fresh, then it is stale anyway.
+    assert restarted.answer(request, now=NOW + MAX_AGE).refused is R.REPLAY
+    assert restarted.answer(request, now=NOW + REPLAY_WINDOW).refused is R.STALE
+    # Without the entry (as before), the restart answers the replay again and counts it.
+    forgetful = KeyHolder(
+        w.holder_keys[1], w.shares[1], w.epoch, COVENANT, w.directory,
+        daily_quota=10, used_today={NODE: 3}, today=NOW.date(),
+    )  # fmt: skip
+    assert forgetful.answer(request, now=later).refused is None
+    assert forgetful.used_today(NODE, now=later) == 6
+
+
+def test_counts_of_a_day_need_the_day():
+    w = world(2, 3)
+    with pytest.raises(ConfigurationError) as raised:
+        KeyHolder(
+            w.holder_keys[1], w.shares[1], w.epoch, COVENANT, w.directory, used_today={NODE: 1}
+        )
+    assert raised.value.field == "today"
+
+
+def test_the_holder_loop_records_an_answer_before_it_may_send_it(tmp_path, monkeypatch):
+    engine = database.make_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    database.upgrade(engine, MIGRATIONS)
+    node = NodeStore(engine)
+    w = world(2, 3, quota={1: 5})
+    holder = w.holders[1]
+    request = signed_request(w, elements=3)
+    decided = holder.answer(request, now=NOW)
+    assert record_answer(node, holder, decided, now=NOW) is True
+    assert node.evaluations_on(NODE, NOW.date()) == 3
+    assert [a.key for a in node.answered_requests(now=NOW)] == [(NODE, b"r" * 16, 1)]
+
+    # The database fails: the error propagates (nothing is sent) and the holder forgets it,
+    # so neither the quota nor the replay cache holds an answer that never left.
+    other = signed_request(w, elements=2, request_id=b"s" * 16)
+    decided = holder.answer(other, now=NOW)
+    before = node.holder_totals()
+
+    def broken(*args, **kwargs):
+        raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(node, "count_evaluation", broken)
+    with pytest.raises(sa.exc.OperationalError):
+        record_answer(node, holder, decided, now=NOW)
+    monkeypatch.undo()
+    assert node.holder_totals() == before
+    assert len(node.answered_requests(now=NOW)) == 1
+    assert holder.used_today(NODE, now=NOW) == 3
+    again = holder.answer(other, now=NOW)
+    assert again.refused is None  # not a replay: it was never answered
+    assert record_answer(node, holder, again, now=NOW) is True
+    assert node.evaluations_on(NODE, NOW.date()) == 5
+
+    # A second process serving the seat answered it already: not answered, not counted.
+    first_process = w.holders[2]
+    answered = first_process.answer(signed_request(w, index=2, elements=1), now=NOW)
+    assert record_answer(node, first_process, answered, now=NOW) is True
+    second_process = KeyHolder(
+        w.holder_keys[2], w.shares[2], w.epoch, COVENANT, w.directory, daily_quota=5
+    )
+    replayed = second_process.answer(signed_request(w, index=2, elements=1), now=NOW)
+    assert replayed.refused is None  # this process does not know it...
+    assert record_answer(node, second_process, replayed, now=NOW) is False  # ...the store does
+    assert second_process.used_today(NODE, now=NOW) == 0
+    assert node.evaluations_on(NODE, NOW.date()) == 6
+    engine.dispose()

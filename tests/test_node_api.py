@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import pytest
 import sqlalchemy as sa
+import structlog.testing
 
 from samenloop.node.api import HitBell, NodeApiContext, NodeApiService
 from samenloop.node.client import Hit, NodeClient, SignalInput, normalise_target
@@ -30,7 +31,7 @@ from samenloop.node.store import MIGRATIONS, NodeStore
 from samenloop.node.uplink import UplinkStatus, verify_hit_notice
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import database
-from samenloop.policies.covenant import AttributeKey, Role, SealedAttributeKey
+from samenloop.policies.covenant import AttributeKey, AttributeKeyRing, Role
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import (
     ConfigurationError,
@@ -57,6 +58,7 @@ class Covenant:
     provisioned: Provisioned
     broker_keys: PartyKeys
     attribute_key: AttributeKey
+    attribute_keys: AttributeKeyRing
 
     @property
     def covenant(self) -> covenant_model.Covenant:
@@ -79,13 +81,12 @@ def covenant(tmp_path_factory: pytest.TempPathFactory) -> Covenant:
         now=NOW - timedelta(days=1),
     )
     keys = PartyKeys.load(root / ME / "party-keys.json")
-    sealed = SealedAttributeKey.from_json(
-        (root / ME / "attribute-key.json").read_bytes(), source="attribute-key.json"
-    )
+    ring = AttributeKeyRing(keys)
     return Covenant(
         provisioned=provisioned,
         broker_keys=PartyKeys.load(root / "broker" / "signing-keys.json"),
-        attribute_key=sealed.open(keys),
+        attribute_key=ring.current(provisioned.covenant),
+        attribute_keys=ring,
     )
 
 
@@ -213,7 +214,7 @@ def start_node(
         party=party,
         store=store,
         covenant=lambda: cov.covenant,
-        attribute_key=cov.attribute_key,
+        attribute_keys=cov.attribute_keys,
         wake_uplink=lambda: wakes.append(1),
         clock=lambda: NOW,
         bell=bell,
@@ -567,7 +568,7 @@ def test_a_hit_shows_own_signals_and_decrypted_categories(node: Node, covenant: 
         1,
         own,
         [
-            Member("politie", "politie", ["drugslab", "witwassen", "drugslab"]),
+            Member("politie", "politie", ["drugsproductie", "witwasindicatie", "drugsproductie"]),
             Member("woco", "woningcorporatie", ["woonfraude"], refs=(b"\x08" * 16,)),
         ],
     )
@@ -588,7 +589,7 @@ def test_a_hit_shows_own_signals_and_decrypted_categories(node: Node, covenant: 
     assert mine.identifier_type is not None
     assert mine.identifier_type.value == "kvk"
     assert [(m.party, m.role, m.categories) for m in hit.members] == [
-        ("politie", "politie", ("drugslab", "witwassen")),
+        ("politie", "politie", ("drugsproductie", "witwasindicatie")),
         ("woco", "woningcorporatie", ("woonfraude",)),
     ]
     assert hit.members[1].signal_refs == (b"\x08" * 16,)
@@ -609,9 +610,39 @@ def test_a_hit_shows_own_signals_and_decrypted_categories(node: Node, covenant: 
     )
 
 
+HOSTILE_CATEGORIES = (
+    "[/bold]",
+    "[link=https://evil.example]x[/link]",
+    "\x1b]8;;https://evil.example\x1b\\x",
+)
+
+
+def test_a_category_the_covenant_does_not_list_is_counted_never_shown(
+    node: Node, covenant: Covenant
+) -> None:
+    """Any member can seal any text under the shared attribute key: only the covenant's
+    categories are shown, the rest counted per member, and no log line carries them."""
+    sealed = ["woonfraude", *HOSTILE_CATEGORIES, "", HOSTILE_CATEGORIES[0], "woonfraude"]
+    node.accept(covenant, group(1), 1, (), [Member("politie", "politie", sealed)])
+    node.accept(covenant, group(2), 1, (), [Member("woco", "woningcorporatie", ["katvanger"])])
+    with structlog.testing.capture_logs() as logs:
+        hits = {h.group_id: h for h in node.client.hits()}
+        (member,) = hits[group(1)].members
+        assert (member.categories, member.unknown_categories) == (("woonfraude",), 4)
+        (clean,) = hits[group(2)].members
+        assert (clean.categories, clean.unknown_categories) == (("katvanger",), 0)
+        response = node.stub.GetHit(node_pb2.GetHitRequest(hit_group_id=group(1)), timeout=10)
+    assert list(response.hit.members[0].categories) == ["woonfraude"]
+    assert response.hit.members[0].unknown_categories == 4
+    warned = [e for e in logs if e["event"] == "sealed member categories not in the covenant"]
+    assert [e["count"] for e in warned] == [4, 4]  # ListHits, GetHit: counts, no values
+    for hostile in (*HOSTILE_CATEGORIES, "evil.example"):
+        assert hostile not in repr(logs)
+
+
 def test_list_hits_pages_and_filters(node: Node, covenant: Covenant) -> None:
     for n in range(1, 6):
-        node.accept(covenant, group(n), 1, (), [Member("politie", "politie", ["drugslab"])])
+        node.accept(covenant, group(n), 1, (), [Member("politie", "politie", ["drugsproductie"])])
     node.accept(covenant, group(3), 2, (), (), kind=broker_pb2.HIT_NOTICE_KIND_CLOSED)
 
     first = node.stub.ListHits(node_pb2.ListHitsRequest(page_size=2), timeout=10)
@@ -634,7 +665,7 @@ def _collect(stream: Iterator[Hit], into: queue.Queue[Hit | None]) -> None:
 
 
 def test_watch_hits_backlog_then_live_each_change_once(node: Node, covenant: Covenant) -> None:
-    politie = [Member("politie", "politie", ["drugslab"])]
+    politie = [Member("politie", "politie", ["drugsproductie"])]
     node.accept(covenant, group(1), 1, (), politie)
     node.accept(covenant, group(2), 1, (), politie)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -29,10 +30,10 @@ from samenloop.node.api import HitBell, NodeApiContext, NodeApiService
 from samenloop.node.models import HitKind, SignalState
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.node.store import MIGRATIONS, NodeStore
-from samenloop.policies import cli, database
+from samenloop.policies import cli, database, terminal
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies.config import load_node_config
-from samenloop.policies.covenant import AttributeKey, Role, SealedAttributeKey
+from samenloop.policies.covenant import AttributeKey, AttributeKeyRing, Role
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.rpc import ErrorInterceptor
 from samenloop.v1 import broker_pb2, common_pb2, node_pb2_grpc
@@ -124,9 +125,8 @@ def node(provisioned: Provisioned, sqlite_url: str) -> Iterator[Node]:
     config = load_node_config(config_path)
     assert config.api_socket is not None
     keys = PartyKeys.load(config.party_keys)
-    attribute_key = SealedAttributeKey.from_json(
-        config.attribute_key.read_bytes(), source="attribute-key.json"
-    ).open(keys)
+    attribute_keys = AttributeKeyRing(keys)
+    attribute_key = attribute_keys.current(provisioned.covenant)
     engine = database.make_engine(sqlite_url)
     database.upgrade(engine, MIGRATIONS)
     store = NodeStore(engine)
@@ -135,7 +135,7 @@ def node(provisioned: Provisioned, sqlite_url: str) -> Iterator[Node]:
         party=ME,
         store=store,
         covenant=lambda: provisioned.covenant,
-        attribute_key=attribute_key,
+        attribute_keys=attribute_keys,
         clock=lambda: NOW,
         bell=bell,
     )
@@ -441,7 +441,10 @@ def test_signal_add_and_withdraw(node: Node, capsys: pytest.CaptureFixture[str])
 # --- hits ---------------------------------------------------------------------------------------
 
 
-def test_hits_list_json_and_table(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
+def test_hits_list_json_and_table(
+    node: Node, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # the table folds long words at 80 columns
     code, out, _ = run(capsys, "hits", "list", "--json", "--socket", str(node.socket))
     assert (code, json.loads(out)) == (0, [])
 
@@ -450,7 +453,7 @@ def test_hits_list_json_and_table(node: Node, capsys: pytest.CaptureFixture[str]
     record = node.store.signal("H1")
     assert record is not None
     ref = record.identifiers[0].signal_ref
-    accept_hit(node, b"\x01" * 16, [ref], ["drugslab", "witwassen"])
+    accept_hit(node, b"\x01" * 16, [ref], ["drugsproductie", "witwasindicatie"])
 
     code, out, _ = run(capsys, "hits", "list", "--json", "--node", str(node.config))
     assert code == 0
@@ -475,7 +478,8 @@ def test_hits_list_json_and_table(node: Node, capsys: pytest.CaptureFixture[str]
         {
             "party": "politie",
             "role": "politie",
-            "categories": ["drugslab", "witwassen"],
+            "categories": ["drugsproductie", "witwasindicatie"],
+            "unknown_categories": 0,
             "signal_refs": ["05" * 16],
         }
     ]
@@ -484,14 +488,14 @@ def test_hits_list_json_and_table(node: Node, capsys: pytest.CaptureFixture[str]
     code, out, _ = run(capsys, "hits", "list", "--socket", str(node.socket))
     assert code == 0
     assert "1 hit" in out
-    assert "drugslab" in out
+    assert "drugsproductie" in out
     code, out, _ = run(capsys, "hits", "list", "--state", "closed", "--json", "--socket",
                        str(node.socket))  # fmt: skip
     assert json.loads(out) == []
 
 
 def test_hits_watch(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
-    accept_hit(node, b"\x01" * 16, [], ["drugslab"])
+    accept_hit(node, b"\x01" * 16, [], ["drugsproductie"])
     accept_hit(node, b"\x02" * 16, [], ["woonfraude"])
     code, out, _ = run(
         capsys, "hits", "watch", "--after", "1", "--count", "1", "--json", "--socket",
@@ -506,6 +510,84 @@ def test_hits_watch(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "hits", "watch", "--count", "2", "--socket", str(node.socket))
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()] == ["[1]", "[2]"]
+
+
+HOSTILE = (
+    "[/bold]",
+    "[link=https://evil.example]x[/link]",
+    "\x1b]8;;https://evil.example\x1b\\x",
+    '=HYPERLINK("https://evil.example","x")',
+)
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=["bold", "link", "osc8", "formula"])
+def test_hits_show_hostile_text_as_text(
+    node: Node, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """Another member sealed ``text`` as its category (the covenant lists no such one), and
+    this partner's own reference holds it (a file from elsewhere): shown as text, on a
+    terminal that takes colours, with nothing that a terminal would act on."""
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    run(capsys, "signal", "add", "--id", "kvk=01234567", "--reference", text, "--category",
+        "vastgoedmisbruik", "--socket", str(node.socket))  # fmt: skip
+    record = node.store.signal(text)
+    assert record is not None
+    ref = record.identifiers[0].signal_ref
+    accept_hit(node, b"\x01" * 16, [ref], ["woonfraude", text])
+    shown = terminal.printable(text)
+
+    for argv in (["hits", "list"], ["hits", "watch", "--count", "1"]):
+        code, out, err = run(capsys, *argv, "--socket", str(node.socket))
+        assert code == 0, err
+        assert text not in err  # the node's log (in this process) counts, never quotes
+        assert shown in out  # the own reference, literally
+        assert "politie (politie): woonfraude, (unknown category)" in SGR.sub("", out)
+        assert unsafe(SGR.sub("", out)) == []
+        assert "evil.example" not in out.replace(shown, "")  # only where the reference is
+
+    code, out, _ = run(capsys, "hits", "list", "--json", "--socket", str(node.socket))
+    (hit,) = json.loads(out)
+    assert hit["own_signals"][0]["reference"] == text  # JSON: exact
+    assert (hit["members"][0]["categories"], hit["members"][0]["unknown_categories"]) == (
+        ["woonfraude"],
+        1,
+    )
+    assert unsafe(out) == []
+
+
+SGR = re.compile(r"\x1b\[[0-9;]*m")  # the commands' own colours
+
+
+def unsafe(text: str) -> list[str]:
+    return [c for c in text if c != "\n" and not terminal.is_safe(c)]
+
+
+def test_the_validation_report_neutralises_formulas(
+    node: Node, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The report quotes the file's headers: a header that is a formula is written as text,
+    in CSV and in XLSX, and shown as text in the table."""
+    header = ["ref", '=HYPERLINK("https://evil.example","x")', "cat"]
+    source = write_csv(tmp_path / "in.csv", [header, ["R1", "123", "woonfraude"]])
+    for name in ("report.csv", "report.xlsx"):
+        report = tmp_path / name
+        code, out, err = run(capsys, "signal", "import", str(source), "--map",
+                             f"bsn={header[1]}", "--reference-column", "ref",
+                             "--category-column", "cat", "--report", str(report),
+                             "--socket", str(node.socket))  # fmt: skip
+        assert code == 1, err
+        assert "HYPERLINK" in out
+        if name.endswith(".csv"):
+            with report.open(newline="", encoding="utf-8") as handle:
+                rows = list(csv.reader(handle))
+            column = rows[1][1]
+        else:
+            sheet = openpyxl.load_workbook(report).worksheets[0]
+            cell = sheet.cell(row=2, column=2)
+            assert cell.data_type == "s"
+            column = cell.value
+        assert column == "'" + header[1]
 
 
 # --- node status ----------------------------------------------------------------------------------

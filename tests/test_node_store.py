@@ -13,6 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from samenloop.node import store as node_store
+from samenloop.node.holder import AnsweredRequest
 from samenloop.node.identifiers import Identifier, IdentifierType, parse
 from samenloop.node.models import (
     AreaKind,
@@ -20,6 +21,7 @@ from samenloop.node.models import (
     BatchKind,
     HitKind,
     HitState,
+    HolderAnswer,
     IdentifierState,
     SignalState,
 )
@@ -123,7 +125,7 @@ def test_migrations_go_up_down_and_up_again_and_are_checked(database_url):
         assert refused.value.reason == "schema.behind"
 
         database.upgrade(engine, MIGRATIONS)
-        assert database.current(engine) == database.heads(MIGRATIONS) == ("0006",)
+        assert database.current(engine) == database.heads(MIGRATIONS) == ("0008",)
         database.check_at_head(engine, MIGRATIONS)
 
         database.downgrade(engine, MIGRATIONS)
@@ -470,6 +472,89 @@ def test_bad_token_input_is_refused(node):
     assert node.outbox() == []
 
 
+def proof_key(n: int) -> bytes:
+    return bytes([n]) * 32
+
+
+def test_hit_proof_keys_are_stored_with_their_tokens_and_go_with_them(node, engine):
+    (record,) = node.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
+    first, second = node.pending_identifiers(10, now=NOW)
+    (batch,) = node.record_tokens(
+        {first.id: token(1), second.id: token(2)},
+        1,
+        now=NOW,
+        proof_keys={first.id: proof_key(1)},  # the second as tokenised before hit proofs
+    )
+    one, two = (i.signal_ref for i in record.identifiers)
+    assert node.hit_proof_key(one) == proof_key(1)
+    assert node.hit_proof_key(two) is None
+    assert node.hit_proof_key(b"\x00" * 16) is None
+    # A rejected batch drops its tokens, and their keys with them; new ones come with new tokens.
+    node.reject_batch(batch.client_batch_id, now=NOW)
+    assert node.hit_proof_key(one) is None
+    again = node.pending_identifiers(10, now=NOW)
+    node.record_tokens(
+        {p.id: token(p.id) for p in again},
+        2,
+        now=NOW,
+        proof_keys={p.id: proof_key(p.id + 10) for p in again},
+    )
+    assert node.hit_proof_key(one) == proof_key(first.id + 10)
+    assert node.hit_proof_key(two) == proof_key(second.id + 10)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM hit_proof_keys")).scalar_one() == 2
+
+
+def test_bad_hit_proof_keys_are_refused_and_store_nothing(node, engine):
+    node.add_signals([signal("ZAAK-1", 1)], now=NOW)
+    (pending,) = node.pending_identifiers(10)
+    before = table_counts(engine)
+    cases = [
+        ({pending.id: b"short"}, f"proof_keys[{pending.id}]"),
+        ({pending.id: proof_key(1), pending.id + 1: proof_key(2)}, f"proof_keys[{pending.id + 1}]"),
+    ]
+    for keys, field in cases:
+        with pytest.raises(InvalidInput) as raised:
+            node.record_tokens({pending.id: token(1)}, 1, now=NOW, proof_keys=keys)
+        assert raised.value.field == field
+    assert table_counts(engine) == before
+
+
+def test_the_own_refs_of_a_hit_are_those_of_its_latest_notice(node):
+    assert node.hit_own_refs(group(1)) == frozenset()
+    a, b = b"\x0a" * 16, b"\x0b" * 16
+    notice(node, 1, 1, 1, refs=[a, b])
+    assert node.hit_own_refs(group(1)) == {a, b}
+    notice(node, 2, 1, 2, kind=HitKind.SHRUNK, refs=[b])
+    assert node.hit_own_refs(group(1)) == {b}
+    assert node.hit_own_refs(group(2)) == frozenset()
+
+
+def test_a_pending_request_without_its_hit_group_is_refused(node, engine):
+    from samenloop.node.disclosure import Outcome, Verdict
+    from samenloop.node.store import NewDisclosure
+
+    request = NewDisclosure(
+        request_id=b"\x01" * 16,
+        requester="gemeente",
+        owner="node",
+        hit_group_id=None,
+        signal_ref=b"\x02" * 16,
+        purpose="bibob",
+        fields=("naam",),
+        officer="a@gemeente",
+        justification="",
+        covenant_version=1,
+        requested_at=NOW,
+    )
+    before = table_counts(engine)
+    with pytest.raises(InvalidInput) as raised:
+        node.receive_request(1, request, Verdict(Outcome.PENDING, fields=("naam",)), None, now=NOW)
+    assert raised.value.field == "hit_group_id"
+    assert table_counts(engine) == before
+    assert node.mailbox_cursor() == 0
+
+
 # --- the hit inbox and feed ---------------------------------------------------------
 
 
@@ -643,6 +728,54 @@ def test_key_holder_counters_per_party_and_day(node):
         23,
         1,
     )
+
+
+def test_an_answered_request_is_kept_with_its_count_and_refused_twice(node, engine):
+    first = AnsweredRequest("gemeente", b"a" * 16, 2, NOW + timedelta(minutes=6))
+    node.count_evaluation("gemeente", now=NOW, elements=4, answered=first)
+    assert node.answered_requests(now=NOW) == [first]
+    before = table_counts(engine)
+    # The same (requester, request id, holder index) again: nothing is counted or stored.
+    with pytest.raises(Replay) as raised:
+        node.count_evaluation("gemeente", now=NOW, elements=4, answered=first)
+    assert raised.value.field == "request_id"
+    assert table_counts(engine) == before
+    assert node.evaluations_on("gemeente", NOW.date()) == 4
+    # Another holder index or request id is another request.
+    other_seat = AnsweredRequest("gemeente", b"a" * 16, 3, NOW + timedelta(minutes=6))
+    node.count_evaluation("gemeente", now=NOW, elements=1, answered=other_seat)
+    assert node.evaluations_on("gemeente", NOW.date()) == 5
+    (entry,) = [e for e in node.audit_entries() if e.kind == "oprf_evaluation"][-1:]
+    assert entry.subject == ((b"a" * 16).hex(),)
+    assert dict(entry.details) == {"elements": 1, "refused": False}
+
+
+def test_answered_requests_are_kept_until_they_can_no_longer_be_fresh(node):
+    early = AnsweredRequest("politie", b"e" * 16, 1, NOW + timedelta(minutes=1))
+    late = AnsweredRequest("politie", b"l" * 16, 1, NOW + timedelta(minutes=6))
+    node.count_evaluation("politie", now=NOW, elements=1, answered=early)
+    node.count_evaluation("politie", now=NOW, elements=1, answered=late)
+    assert node.answered_requests(now=NOW + timedelta(minutes=1)) == [early, late]
+    assert node.answered_requests(now=NOW + timedelta(minutes=2)) == [late]
+    # The next answer deletes what expired.
+    later = AnsweredRequest("politie", b"n" * 16, 1, NOW + timedelta(minutes=9))
+    node.count_evaluation("politie", now=NOW + timedelta(minutes=2), elements=1, answered=later)
+    with node.engine.connect() as conn:
+        kept = conn.execute(sa.select(HolderAnswer.request_id)).scalars().all()
+    assert sorted(kept) == [b"l" * 16, b"n" * 16]
+
+
+def test_a_refusal_is_counted_with_its_reason_and_no_replay_entry(node):
+    node.count_evaluation("riec", now=NOW, refused=True, reason="QUOTA_EXCEEDED")
+    assert node.answered_requests(now=NOW) == []
+    (entry,) = [e for e in node.audit_entries() if e.kind == "oprf_evaluation"]
+    assert dict(entry.details) == {"elements": 0, "refused": True, "reason": "QUOTA_EXCEEDED"}
+    entry_for = AnsweredRequest("riec", b"x" * 16, 1, NOW)
+    with pytest.raises(InvalidInput) as raised:  # a refusal answered nothing
+        node.count_evaluation("riec", now=NOW, refused=True, answered=entry_for)
+    assert raised.value.field == "answered"
+    with pytest.raises(InvalidInput):  # the entry is the counted party's
+        node.count_evaluation("politie", now=NOW, elements=1, answered=entry_for)
 
 
 def test_naive_times_are_refused(node):

@@ -5,8 +5,9 @@ process (mTLS on loopback, SQLite), driven through the client library, the
 admin CLI and the broker's own sweep, all on one controllable clock:
 
 * quotas hold: a node gets no more identifiers tokenised per day than the
-  covenant's ``oprf_evaluations_per_day`` (the key holders refuse the rest, which
-  stay pending and never reach the broker, until the next day); a request beyond
+  covenant's ``oprf_evaluations_per_day`` (the node stops asking once the holders'
+  answers say nothing is left, the holders refuse the rest, which stay pending and
+  never reach the broker, until the next day); a request beyond
   ``disclosure_requests_per_day`` is refused as ``quota_exceeded`` and releases nothing;
 * expired signals disappear: the owner's expiry sweep withdraws them, the broker's
   own sweep drops them even when their node is offline, and the other party's hit
@@ -46,11 +47,12 @@ from samenloop.node.daemon import RunningNode, build_node
 from samenloop.node.models import DisclosureState, HitKind, HitState, IdentifierState, SignalState
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import cli, database
+from samenloop.policies import covenant as covenant_model
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.config import load_broker_config, load_node_config
-from samenloop.policies.covenant import Covenant, Role
+from samenloop.policies.covenant import Covenant, Role, with_new_attribute_key
 from samenloop.policies.crypto import PartyKeys
-from samenloop.policies.errors import InvalidInput, NotFound
+from samenloop.policies.errors import DecryptionFailed, InvalidInput, NotFound
 from samenloop.policies.policy import MIN_TOKEN_QUOTA, Policy, example_policy
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
@@ -123,7 +125,7 @@ class Cluster:
         config = load_node_config(self.provisioned.node_configs[party])
         self.nodes[party] = build_node(config, clock=self.clock)
         assert config.api_listen is not None
-        self.clients[party] = NodeClient(config.api_listen)
+        self.clients[party] = NodeClient.from_config(self.provisioned.node_configs[party])
 
     def stop(self, party: str) -> None:
         self.clients.pop(party).close()
@@ -263,10 +265,26 @@ def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
         lambda: cluster.tokens_at_broker() == OPRF_PER_DAY,
     )
 
-    # Two more the same day: the holders refuse, nothing more reaches the broker.
+    # Two more the same day. The holders' answers said that nothing is left today, so the
+    # flooder's node asks no more; nothing more reaches the broker.
     over = [f"B-{i}" for i in range(OPRF_PER_DAY, OPRF_PER_DAY + 2)]
     for i, reference in enumerate(over, start=OPRF_PER_DAY):
         flooder.add_signal(reference, "woonfraude", [("bsn", SPARE_BSNS[i])])
+    last_error = wait_for(
+        "the flooder's status naming the used-up quota",
+        lambda: "no quota left today" in (e := flooder.status().last_error) and e,
+    )
+    assert "NotEnoughHolders" in last_error, last_error
+    for holder in HOLDERS:
+        status = cluster.clients[holder].status().key_holder
+        assert status is not None, holder
+        assert status.requests_refused == 0, holder
+
+    # Restarted, the node no longer knows: it asks, both holders refuse and say what is
+    # left (nothing), and it stops asking.
+    cluster.stop(GEMEENTE_B)
+    cluster.start(GEMEENTE_B)
+    flooder = cluster.clients[GEMEENTE_B]
 
     def refused_by_both() -> bool:
         return all(
@@ -281,6 +299,14 @@ def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
         lambda: "QUOTA_EXCEEDED" in (e := flooder.status().last_error) and e,
     )
     assert "NotEnoughHolders" in last_error, last_error
+    time.sleep(1.5)  # a few more rounds of the work loop: it asks no more
+    for holder in HOLDERS:
+        status = cluster.clients[holder].status().key_holder
+        assert status is not None, holder
+        assert status.requests_refused == 1, holder
+    # Tokenising waits, the rest of the work does not: a withdrawal still reaches the broker.
+    flooder.withdraw_signal("B-0")
+    wait_for("the withdrawal at the broker", lambda: cluster.tokens_at_broker() == OPRF_PER_DAY - 1)
     for holder in HOLDERS:
         served = cluster.clients[holder].status().key_holder
         assert served is not None
@@ -290,7 +316,9 @@ def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
         assert cluster.nodes[holder].store.evaluations_on(GEMEENTE_B, cluster.clock().date()) == (
             OPRF_PER_DAY
         )
-    assert cluster.tokens_at_broker() == OPRF_PER_DAY, "tokens beyond the quota reached the broker"
+    assert cluster.tokens_at_broker() == OPRF_PER_DAY - 1, (
+        "tokens beyond the quota reached the broker"
+    )
     assert cluster.nodes[GEMEENTE_B].store.status_counts().identifiers_pending == len(over)
     for reference in over:
         record = cluster.nodes[GEMEENTE_B].store.signal(reference)
@@ -303,7 +331,7 @@ def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
     cluster.nodes[GEMEENTE_B].uplink.wake.set()
     wait_for(
         "the rest tokenised the next day",
-        lambda: cluster.tokens_at_broker() == OPRF_PER_DAY + len(over),
+        lambda: cluster.tokens_at_broker() == OPRF_PER_DAY - 1 + len(over),
     )
     assert cluster.nodes[GEMEENTE_B].store.status_counts().identifiers_pending == 0
 
@@ -443,12 +471,11 @@ def test_expired_signals_leave_the_broker_and_close_the_hits(
 def _version(cluster: Cluster, version: int, *, without: str | None = None) -> Covenant:
     covenant = cluster.provisioned.covenant
     quotas = dataclasses.replace(covenant.policy.quotas, disclosure_requests_per_day=100 + version)
-    return dataclasses.replace(
-        covenant,
-        version=version,
-        policy=dataclasses.replace(covenant.policy, quotas=quotas),
-        parties=tuple(p for p in covenant.parties if p.id != without),
-    )
+    policy = dataclasses.replace(covenant.policy, quotas=quotas)
+    if without is None:
+        return dataclasses.replace(covenant, version=version, policy=policy)
+    remaining = tuple(p for p in covenant.parties if p.id != without)
+    return with_new_attribute_key(covenant, remaining, version=version, policy=policy)
 
 
 def test_published_covenant_versions_reach_every_node_and_cut_off_a_removed_party(
@@ -525,6 +552,102 @@ def test_published_covenant_versions_reach_every_node_and_cut_off_a_removed_part
     assert cluster.tokens_at_broker() == 2, "the removed party reached the broker"
 
 
+def _boxes(hit: Hit, party: str) -> list[common_pb2.SecretBox]:
+    """The sealed attributes of ``party``'s entries in the signed notice behind ``hit``."""
+    notice = broker_pb2.HitNotice.FromString(common_pb2.Signed.FromString(hit.notice).body)
+    return [box for m in notice.members if m.party == party for box in m.sealed_attributes]
+
+
+def test_removing_a_party_deals_a_new_attribute_key_that_running_nodes_pick_up(
+    make_cluster: Callable[[Policy], Cluster], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = make_cluster(example_policy())
+    removed_keys = PartyKeys.load(cluster.provisioned.party_dir(GEMEENTE_B) / "party-keys.json")
+    old_key = cluster.provisioned.covenant.attribute_key_for(removed_keys)
+    cluster.clients[GEMEENTE].add_signal("G-1", "woonfraude", [("bsn", BSN)])
+    cluster.clients[WOCO].add_signal("W-1", "leegstand", [("bsn", BSN)])
+    cluster.clients[GEMEENTE_B].add_signal("B-1", "katvanger", [("bsn", BSN)])
+    before = cluster.hit_with(GEMEENTE, WOCO, GEMEENTE_B)
+    assert {m.party: m.categories for m in before.members} == {
+        WOCO: ("leegstand",),
+        GEMEENTE_B: ("katvanger",),
+    }
+    assert {b.key_version for b in _boxes(before, WOCO)} == {1}
+
+    # Version 2 removes gemeente-b and deals attribute key version 2 to the others.
+    v2 = _version(cluster, 2, without=GEMEENTE_B)
+    assert v2.attribute_key_version == 2
+    cluster.publish(v2, by=WOCO, capsys=capsys)
+    for party in (GEMEENTE, WOCO):
+        wait_for(
+            f"{party} on version 2",
+            lambda p=party: cluster.clients[p].status().covenant_version == 2,
+        )
+        # The running node opened its key of the new version as the version arrived.
+        assert cluster.nodes[party].uplink.attribute_keys.versions == (1, 2)
+    assert cluster.nodes[GEMEENTE_B].uplink.attribute_keys.versions == (1,)
+
+    # Without a restart: the old hit still shows its categories (boxes of version 1) ...
+    def shrunk() -> Hit | None:
+        shown = cluster.clients[GEMEENTE].hit(before.group_id)
+        return None if GEMEENTE_B in {m.party for m in shown.members} else shown
+
+    assert {m.party: m.categories for m in wait_for("the shrunk hit", shrunk).members} == {
+        WOCO: ("leegstand",)
+    }
+    # ... and new signals are sealed under version 2, which the gemeente reads.
+    cluster.clients[GEMEENTE].add_signal("G-2", "vastgoedmisbruik", [("bsn", BSN_2)])
+    cluster.clients[WOCO].add_signal("W-2", "drugsproductie", [("bsn", BSN_2)])
+    after = wait_for(
+        "the new hit",
+        lambda: next(
+            (
+                h
+                for h in cluster.clients[GEMEENTE].hits(HitState.OPEN)
+                if h.group_id != before.group_id
+            ),
+            None,
+        ),
+    )
+    assert {m.party: m.categories for m in after.members} == {WOCO: ("drugsproductie",)}
+    (box,) = _boxes(after, WOCO)
+    assert box.key_version == 2
+    # The removed party, holding version 1 only, cannot open it.
+    with pytest.raises(DecryptionFailed):
+        covenant_model.open_attributes(old_key, box.nonce, box.ciphertext)
+    assert not v2.is_party(GEMEENTE_B)
+
+    # A restarted node rebuilds both versions from its covenant history.
+    cluster.stop(GEMEENTE)
+    cluster.start(GEMEENTE)
+    shown = {h.group_id: h for h in cluster.clients[GEMEENTE].hits()}
+    assert shown[before.group_id].members[0].categories == ("leegstand",)
+    assert shown[after.group_id].members[0].categories == ("drugsproductie",)
+
+
+def test_a_node_whose_attribute_key_does_not_open_refuses_to_start(tmp_path: Path) -> None:
+    provisioned = provision(
+        tmp_path / "covenant", "riec-policies", SPECS, HOLDERS, 2, now=datetime.now(UTC)
+    )
+    covenant = provisioned.covenant
+    ids = [p.id for p in covenant.parties]
+    woco, gemeente = ids.index(WOCO), ids.index(GEMEENTE)
+    parties = list(covenant.parties)
+    # A dealing error: the woco's entry carries the box sealed to the gemeente.
+    parties[woco] = dataclasses.replace(
+        parties[woco], sealed_attribute_key=parties[gemeente].sealed_attribute_key
+    )
+    misdealt = provisioned.sign(dataclasses.replace(covenant, parties=tuple(parties)))
+    provisioned.signed_covenant.write_bytes(misdealt.to_json())
+    config = load_node_config(provisioned.node_configs[WOCO])
+    engine = database.make_engine(config.database_url)
+    database.upgrade(engine, "samenloop.node.migrations")
+    engine.dispose()
+    with pytest.raises(DecryptionFailed) as caught:
+        build_node(config)
+    assert caught.value.field == f"parties[{woco}].sealed_attribute_key"
+
+
 # --- no details without a hit ---------------------------------------------------------------
 
 
@@ -543,8 +666,11 @@ def _queue_sealed(cluster: Cluster, sender: str, recipient: str, sealed: bytes) 
 
 
 def _hand_sealed(cluster: Cluster, notice: bytes, ref: bytes) -> bytes:
-    """A request of gemeente-b to woco with ``notice`` attached, queued; its request id."""
+    """A request of gemeente-b to woco with ``notice`` attached, queued; its request id. Its
+    hit proof is made with gemeente-b's real hit proof key of its own signal B-2."""
     keys = PartyKeys.load(cluster.provisioned.party_dir(GEMEENTE_B) / "party-keys.json")
+    proof_key = cluster.nodes[GEMEENTE_B].store.hit_proof_key(cluster.ref_of(GEMEENTE_B, "B-2"))
+    assert proof_key is not None
     request_id = secrets.token_bytes(16)
     _, envelope = disclosure.build_request(
         keys,
@@ -557,6 +683,7 @@ def _hand_sealed(cluster: Cluster, notice: bytes, ref: bytes) -> bytes:
         fields=("naam", "adres"),
         officer="x@gemeente-b",
         justification="",
+        proof_key=proof_key,
         now=cluster.clock(),
     )
     _queue_sealed(cluster, GEMEENTE_B, WOCO, envelope.sealed.SerializeToString())

@@ -26,6 +26,7 @@ from samenloop.policies.covenant import (
     OprfKeyEpoch,
     Party,
     Role,
+    deal_attribute_key,
 )
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import InvalidInput, NotAllowed, QuotaExceeded
@@ -36,6 +37,7 @@ from samenloop.policies.policy import (
     Matching,
     PictureRules,
     Policy,
+    Quotas,
     ReleaseRule,
     Retention,
     Signer,
@@ -56,6 +58,7 @@ from samenloop.policies.rules import (
     check_quota,
     counts_for_matching,
     observers,
+    oprf_allowance,
     release,
     release_rule_for,
     retention,
@@ -122,8 +125,10 @@ def _covenant(
         signing=signing,
         policy=policy or example_policy(),
         broker=broker,
-        parties=tuple(
-            Party(pid, f"Partij {pid}", role, _keys(pid).public()) for pid, role in parties
+        parties=deal_attribute_key(
+            "test-rules",
+            1,
+            (Party(pid, f"Partij {pid}", role, _keys(pid).public()) for pid, role in parties),
         ),
         key_epoch=key_epoch,
         ca_certificate=ca,
@@ -711,6 +716,71 @@ def test_check_quota(used: int, limit: int, exceeded: bool) -> None:
         check_quota(used, limit, what="disclosure requests", field="request")
     assert caught.value.field == "request"
     assert str(limit) in caught.value.message
+
+
+# --- the OPRF quota, shared among the key holders ---------------------------------------
+
+SEATS = ("gemeente", "politie", "belastingdienst")  # 2 of 3, as the attack harness deals
+
+
+@pytest.mark.parametrize(
+    ("cap", "requester", "holder", "allowed"),
+    [
+        pytest.param(12, "riec", "politie", 8, id="no-seat: floor(12*2/3)"),
+        pytest.param(12, "gemeente", "politie", 6, id="seated: floor(12*1/2)"),
+        pytest.param(12, "gemeente", "gemeente", 12, id="own-seat: the whole cap"),
+        pytest.param(10, "riec", "gemeente", 6, id="no-seat: floor(10*2/3)"),
+        pytest.param(10, "politie", "gemeente", 5, id="seated: floor(10*1/2)"),
+        pytest.param(2, "politie", "gemeente", 1, id="smallest-cap"),
+    ],
+)
+def test_oprf_allowance_is_each_holders_share_of_the_cap(
+    cap: int, requester: str, holder: str, allowed: int
+) -> None:
+    quotas = Quotas(oprf_evaluations_per_day=cap, disclosure_requests_per_day=0)
+    assert oprf_allowance(quotas, SEATS, 2, requester=requester, holder=holder) == allowed
+
+
+def test_oprf_allowance_of_a_party_without_a_seat_is_refused() -> None:
+    quotas = Quotas(oprf_evaluations_per_day=12, disclosure_requests_per_day=0)
+    with pytest.raises(InvalidInput) as raised:
+        oprf_allowance(quotas, SEATS, 2, requester="politie", holder="riec")
+    assert raised.value.field == "holder"
+
+
+@pytest.mark.parametrize(("threshold", "holders"), [(1, 3), (4, 3)])
+def test_oprf_shares_need_a_valid_threshold(threshold: int, holders: int) -> None:
+    quotas = Quotas(oprf_evaluations_per_day=12, disclosure_requests_per_day=0)
+    for check in (
+        lambda: quotas.oprf_per_holder(threshold=threshold, holders=holders, seated=False),
+        lambda: quotas.smallest_oprf_cap(threshold=threshold, holders=holders),
+    ):
+        with pytest.raises(InvalidInput) as raised:
+            check()
+        assert raised.value.field == "threshold"
+
+
+def test_the_shares_never_give_a_party_more_than_its_cap_and_nearly_all_of_it() -> None:
+    """Every n <= 16, t, and caps from the smallest allowed up: the bounds of docs/crypto.md."""
+    for n in range(2, 17):
+        for t in range(2, n + 1):
+            smallest = Quotas(1, 0).smallest_oprf_cap(threshold=t, holders=n)
+            below = Quotas(smallest - 1, 0) if smallest > 1 else None
+            if below is not None:  # one less and a holder's share for another holder is 0
+                assert below.oprf_per_holder(threshold=t, holders=n, seated=True) == 0
+            for cap in [*range(smallest, smallest + 50), 999_983, 1_000_000, 10**9]:
+                quotas = Quotas(cap, 0)
+                share = quotas.oprf_per_holder(threshold=t, holders=n, seated=False)
+                seated = quotas.oprf_per_holder(threshold=t, holders=n, seated=True)
+                assert min(share, seated) >= 1, (n, t, cap)
+                # A party without a seat, whatever sets it asks: t partials per token.
+                unseated_most = n * share // t
+                # A holder party computing its own partial: t-1 partials of the others.
+                seated_most = (n - 1) * seated // (t - 1)
+                assert max(unseated_most, seated_most) <= cap, (n, t, cap)
+                # What honest software reaches with every holder online.
+                assert cap - unseated_most <= -(-(n - 1) // t), (n, t, cap)
+                assert cap - min(cap, seated_most) <= -(-(n - 2) // (t - 1)), (n, t, cap)
 
 
 # --- validation of the sections ------------------------------------------------------

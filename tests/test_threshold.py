@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
 from samenloop.node import oprf, threshold
-from samenloop.node.threshold import FaultyHolders, HolderPlanner, KeyEpoch, PartialEvaluation
+from samenloop.node.threshold import (
+    DailyUse,
+    FaultyHolders,
+    HolderPlanner,
+    KeyEpoch,
+    PartialEvaluation,
+)
 from samenloop.policies.errors import (
     InvalidInput,
     MessageTooLarge,
@@ -18,6 +24,7 @@ from samenloop.policies.errors import (
     QuotaExceeded,
     Unavailable,
 )
+from samenloop.policies.policy import Quotas
 
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
 TIMES = {"created_at": NOW, "retire_after": NOW + timedelta(days=365)}
@@ -196,6 +203,102 @@ def test_planner_chooses_lowest_available_sets():
     with pytest.raises(NotEnoughHolders):
         planner.next_set()
     assert len(planner.all_sets()) == 10
+
+
+DAY = date(2026, 11, 28)
+
+
+def test_a_holder_party_always_includes_its_own_seat():
+    _, epoch, _ = make_epoch(2, 3)
+    planner = HolderPlanner(epoch, own=3)
+    assert planner.next_set() == (1, 3)
+    planner.exclude({1})
+    assert planner.next_set() == (2, 3)
+    planner = HolderPlanner(epoch, own=3)
+    planner.exclude({3})  # its own seat unreachable: never t others instead
+    with pytest.raises(NotEnoughHolders, match="own key-holder seat 3 is not usable"):
+        planner.next_set()
+
+
+def test_the_planner_takes_the_seats_with_most_left_and_cuts_the_request_to_it():
+    _, epoch, _ = make_epoch(2, 3)
+    use = DailyUse({1: 8, 2: 8, 3: 8})
+    use.learn(1, 2, DAY)
+    use.learn(3, 5, DAY)
+    planner = HolderPlanner(epoch, use=use)
+    # Seat 2 (8 left) and seat 3 (5): until seat 3 is a step below seat 1 (2 left).
+    assert planner.plan(100, day=DAY) == ((2, 3), 4)
+    assert planner.plan(1, day=DAY) == ((2, 3), 1)
+    # Seats that have nothing left are skipped and named.
+    use.learn(2, 0, DAY)
+    use.learn(3, 0, DAY)
+    with pytest.raises(NotEnoughHolders, match=r"no quota left today at holder\(s\) \[2, 3\]"):
+        planner.plan(1, day=DAY)
+    # A holder party: its own seat with nothing left stops it, whatever the others have.
+    own_use = DailyUse({1: 12, 2: 6, 3: 6})
+    own = HolderPlanner(epoch, own=1, use=own_use)
+    assert own.plan(100, day=DAY) == ((1, 2), 1)  # seats 2 and 3 tie: a step at a time
+    own_use.learn(1, 0, DAY)
+    with pytest.raises(NotEnoughHolders, match="own key-holder seat 1 has no quota left today"):
+        own.plan(1, day=DAY)
+    # Each UTC day starts afresh; nothing is believed above the allowance.
+    assert planner.plan(100, day=DAY + timedelta(days=1))[1] >= 1
+    use.learn(1, 99, DAY + timedelta(days=1))
+    assert use.left(1, DAY + timedelta(days=1)) == 8
+    with pytest.raises(InvalidInput):
+        planner.plan(0, day=DAY)
+
+
+def _reach(epoch: KeyEpoch, cap: int, own: int | None) -> tuple[int, int]:
+    """Tokens an honest party gets by following the planner until it stops, and its requests.
+
+    The holders are counters of what each still allows; every answer says what is left.
+    """
+    n, t = len(epoch.holders), epoch.threshold
+    quotas = Quotas(cap, 0)
+    allowance = {
+        h.index: cap
+        if h.index == own
+        else quotas.oprf_per_holder(threshold=t, holders=n, seated=own is not None)
+        for h in epoch.holders
+    }
+    left, use = dict(allowance), DailyUse(dict(allowance))
+    made = requests = 0
+    while True:
+        try:
+            chosen, count = HolderPlanner(epoch, own=own, use=use).plan(1000, day=DAY)
+        except NotEnoughHolders:
+            return made, requests
+        assert own is None or own in chosen
+        assert all(left[i] >= count for i in chosen), "asked a holder for more than it has left"
+        for i in chosen:
+            left[i] -= count
+            use.learn(i, left[i], DAY)
+        made, requests = made + count, requests + 1
+
+
+@pytest.mark.parametrize(
+    ("t", "n", "cap"),
+    [(2, 2, 15), (2, 3, 12), (2, 3, 1000), (3, 3, 17), (3, 5, 12_345), (4, 7, 100), (2, 16, 100)],
+)
+def test_an_honest_party_reaches_what_the_holders_shares_allow(t, n, cap):
+    _, epoch, _ = make_epoch(t, n)
+    quotas = Quotas(cap, 0)
+    unseated = quotas.oprf_per_holder(threshold=t, holders=n, seated=False)
+    seated = quotas.oprf_per_holder(threshold=t, holders=n, seated=True)
+    # A party without a seat: t holders per token, so n * share / t in all.
+    made, _ = _reach(epoch, cap, None)
+    assert made == n * unseated // t <= cap
+    # A holder party: its own seat and t-1 others per token.
+    made, _ = _reach(epoch, cap, 1)
+    assert made == min(cap, (n - 1) * seated // (t - 1)) <= cap
+
+
+def test_the_planner_spreads_a_large_allowance_in_large_requests():
+    _, epoch, _ = make_epoch(2, 3)
+    made, requests = _reach(epoch, 1_000_000, None)
+    assert made == 999_999  # 3 * floor(2_000_000 / 3) / 2
+    assert requests < 1200  # at most 1000 elements a request: 1000 at the very least
 
 
 def test_share_repr_hides_the_scalar():

@@ -72,6 +72,47 @@ def test_tokens_are_domain_separated():
     assert base != tokens.token_with_key(TokenDomain("riec-zuid", 1), oprf.random_scalar(), ident)
 
 
+def test_hit_proof_keys_are_equal_across_partners_and_unrelated_to_the_tokens():
+    key_epoch, _, _, shares = dealt(2, 3)
+    domain = TokenDomain("riec-zuid", 1)
+    idents = [Ident("bsn", "123456782"), Ident("kvk", "12345678")]
+
+    def made(holders):
+        pending = tokens.start(domain, idents)
+        evaluated = threshold.evaluate_in_process(key_epoch, holders, pending.blinded_elements)
+        return pending, evaluated, tokens.finish_with_proof_keys(pending, evaluated)
+
+    pending, evaluated, a = made(holders_for(shares[:2]))
+    _, _, b = made(holders_for(shares[1:]))
+    # Two holders of one identifier derive one key; it never equals the token.
+    assert [(m.token, m.hit_proof_key) for m in a] == [(m.token, m.hit_proof_key) for m in b]
+    assert [m.token for m in a] == tokens.finish(pending, evaluated)
+    assert all(len(m.hit_proof_key) == tokens.HIT_PROOF_KEY_BYTES for m in a)
+    assert all(m.hit_proof_key != m.token for m in a)
+    assert a[0].hit_proof_key != a[1].hit_proof_key
+    # The same derivation as the token's, under its own salt (RFC 5869 HKDF).
+    output = oprf.evaluate(threshold.recover_key(shares[:2]), tokens.oprf_input(idents[0]))
+    assert a[0].hit_proof_key == crypto.hkdf_sha256(
+        output,
+        salt=b"samenloop/v1 hit proof",
+        info=b"\x00\x09riec-zuid" + b"\x00\x00\x00\x01" + b"\x00\x03bsn",
+        length=32,
+    )
+    assert a[0].token == crypto.hkdf_sha256(
+        output,
+        salt=b"samenloop/v1 token",
+        info=b"\x00\x09riec-zuid" + b"\x00\x00\x00\x01" + b"\x00\x03bsn",
+        length=32,
+    )
+    assert a[0].hit_proof_key.hex() not in repr(a[0])
+    # Bound to the covenant and the epoch, as tokens are.
+    assert a[0].hit_proof_key != tokens.derive_hit_proof_key(
+        TokenDomain("riec-zuid", 2), "bsn", output
+    )
+    with pytest.raises(InvalidInput):
+        tokens.derive_hit_proof_key(domain, "bsn", output[:32])
+
+
 def test_oprf_input_framing_is_unambiguous():
     assert tokens.oprf_input(Ident("bsn", "1x")) != tokens.oprf_input(Ident("bsn1", "x"))
 

@@ -450,7 +450,9 @@ class SecretBox(_message.Message):
     covenant's "attribute key") that every party of the covenant holds and the
     broker does not. Used where the broker must store and forward something
     about a token entry that it may not read, to recipients it chooses by the
-    covenant's rules (see TokenEntry.sealed_attributes).
+    covenant's rules (see TokenEntry.sealed_attributes). The key travels in
+    the signed covenant: each party's entry carries it sealed to that party's
+    X25519 key (crypto_box_seal), for the covenant's attribute_key_version.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -459,8 +461,12 @@ class SecretBox(_message.Message):
     NONCE_FIELD_NUMBER: _builtins.int
     CIPHERTEXT_FIELD_NUMBER: _builtins.int
     key_version: _builtins.int
-    """Version of the attribute key used; a new covenant version that removes a
-    party also brings a new key version.
+    """Version of the attribute key used: the attribute_key_version of the
+    covenant the sender held when it sealed the box. Every covenant version
+    that removes a party (or gives one a new X25519 key) must deal a new,
+    higher version to the parties that remain, or it is refused; recipients
+    keep every version they were dealt and open a box with the version it
+    names, so a removed party cannot open boxes sealed after its removal.
     """
     nonce: _builtins.bytes
     """Random nonce, 24 bytes."""

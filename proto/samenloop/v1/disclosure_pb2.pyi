@@ -8,7 +8,9 @@ its details: it signs a DisclosureRequest (context "disclosure-request"),
 seals it to the owner and sends it through the broker (Broker.SendEnvelope).
 The owner's node checks the request against the covenant (is the signed
 hit notice genuine and addressed to the requester, is the signal ref the
-owner's and in that hit group, is the purpose one of the covenant's, does
+owner's and in that hit group by the owner's own latest notice, does the
+requester prove with hit_proof that it holds the same subject, is the
+purpose one of the covenant's, does
 the release rule for the requester's role, the signal's category and the
 purpose allow the fields, does it need a second officer's approval, is a
 quota used up) and answers with a signed DisclosureResponse (context
@@ -48,7 +50,10 @@ class _DisclosureRefusalReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrappe
     the requester, or not for this covenant.
     """
     DISCLOSURE_REFUSAL_REASON_NOT_IN_HIT: _DisclosureRefusalReason.ValueType  # 2
-    """The signal ref is not the owner's, or not in that hit group."""
+    """The signal ref is not the owner's, or not in that hit group (by the
+    requester's notice and by the owner's own), the hit proof does not
+    verify, or the requester may no longer see the owner in the hit.
+    """
     DISCLOSURE_REFUSAL_REASON_HIT_CLOSED: _DisclosureRefusalReason.ValueType  # 3
     """The hit group is closed, or the signal was withdrawn or expired."""
     DISCLOSURE_REFUSAL_REASON_UNKNOWN_PURPOSE: _DisclosureRefusalReason.ValueType  # 4
@@ -78,7 +83,10 @@ DISCLOSURE_REFUSAL_REASON_INVALID_NOTICE: DisclosureRefusalReason.ValueType  # 1
 the requester, or not for this covenant.
 """
 DISCLOSURE_REFUSAL_REASON_NOT_IN_HIT: DisclosureRefusalReason.ValueType  # 2
-"""The signal ref is not the owner's, or not in that hit group."""
+"""The signal ref is not the owner's, or not in that hit group (by the
+requester's notice and by the owner's own), the hit proof does not
+verify, or the requester may no longer see the owner in the hit.
+"""
 DISCLOSURE_REFUSAL_REASON_HIT_CLOSED: DisclosureRefusalReason.ValueType  # 3
 """The hit group is closed, or the signal was withdrawn or expired."""
 DISCLOSURE_REFUSAL_REASON_UNKNOWN_PURPOSE: DisclosureRefusalReason.ValueType  # 4
@@ -119,6 +127,7 @@ class DisclosureRequest(_message.Message):
     REQUESTER_OFFICER_FIELD_NUMBER: _builtins.int
     JUSTIFICATION_FIELD_NUMBER: _builtins.int
     ISSUED_AT_FIELD_NUMBER: _builtins.int
+    HIT_PROOF_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     """Random 16 bytes. The owner remembers every request id it has seen and
     refuses a repeat as a replay; answers carry the id back.
@@ -154,6 +163,20 @@ class DisclosureRequest(_message.Message):
     LIMITS_MAX_TEXT_BYTES): part of the record, read by the approving
     officer.
     """
+    hit_proof: _builtins.bytes
+    """Proof that the requester holds the subject of the hit, which the owner
+    checks without trusting the broker: HMAC-SHA256 (32 bytes), under the hit
+    proof key of one of the requester's own signals in the hit, of
+    frame("samenloop/v1 disclosure proof") || frame(covenant_id) ||
+    frame(request_id) || frame(requester) || frame(owner) ||
+    frame(hit_notice's hit_group_id) || frame(signal_ref), where frame(x) is
+    x's length as a big-endian uint16 followed by x. The hit proof key is
+    HKDF-SHA256 of the identifier's OPRF output under the salt
+    "samenloop/v1 hit proof" (docs/crypto.md): every party that holds the
+    identifier can compute it, the broker cannot, and it never leaves a node.
+    The owner recomputes the MAC with its own key for signal_ref. A request
+    without a valid proof is refused as NOT_IN_HIT.
+    """
     @_builtins.property
     def hit_notice(self) -> _common_pb2.Signed:
         """The broker-signed HitNotice (context "hit-notice") that the requester
@@ -185,10 +208,11 @@ class DisclosureRequest(_message.Message):
         requester_officer: _builtins.str = ...,
         justification: _builtins.str = ...,
         issued_at: _timestamp_pb2.Timestamp | None = ...,
+        hit_proof: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hit_notice", b"hit_notice", "issued_at", b"issued_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["covenant_id", b"covenant_id", "covenant_version", b"covenant_version", "hit_notice", b"hit_notice", "issued_at", b"issued_at", "justification", b"justification", "owner", b"owner", "purpose", b"purpose", "request_id", b"request_id", "requested_fields", b"requested_fields", "requester", b"requester", "requester_officer", b"requester_officer", "signal_ref", b"signal_ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["covenant_id", b"covenant_id", "covenant_version", b"covenant_version", "hit_notice", b"hit_notice", "hit_proof", b"hit_proof", "issued_at", b"issued_at", "justification", b"justification", "owner", b"owner", "purpose", b"purpose", "request_id", b"request_id", "requested_fields", b"requested_fields", "requester", b"requester", "requester_officer", b"requester_officer", "signal_ref", b"signal_ref"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

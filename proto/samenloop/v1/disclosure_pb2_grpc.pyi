@@ -8,7 +8,9 @@ its details: it signs a DisclosureRequest (context "disclosure-request"),
 seals it to the owner and sends it through the broker (Broker.SendEnvelope).
 The owner's node checks the request against the covenant (is the signed
 hit notice genuine and addressed to the requester, is the signal ref the
-owner's and in that hit group, is the purpose one of the covenant's, does
+owner's and in that hit group by the owner's own latest notice, does the
+requester prove with hit_proof that it holds the same subject, is the
+purpose one of the covenant's, does
 the release rule for the requester's role, the signal's category and the
 purpose allow the fields, does it need a second officer's approval, is a
 quota used up) and answers with a signed DisclosureResponse (context

@@ -410,6 +410,7 @@ class EvaluationResponse(_message.Message):
     EVALUATION_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
     ANSWERED_AT_FIELD_NUMBER: _builtins.int
+    REMAINING_TODAY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     """The request_id of the request answered."""
     holder: _builtins.str
@@ -420,6 +421,14 @@ class EvaluationResponse(_message.Message):
     """Key epoch used."""
     requester: _builtins.str
     """Party id of the requester the holder answered (and counted against)."""
+    remaining_today: _builtins.int
+    """Blinded elements this holder would still evaluate for the requester on
+    the holder's current UTC day, after this answer: the requester's share of
+    the covenant's oprf_evaluations_per_day at this holder minus what it
+    evaluated. Set on evaluations and QUOTA_EXCEEDED refusals, so that the
+    requesting node sizes and spreads its requests; absent when unknown. A
+    holder that misstates it only costs availability, as a refusal would.
+    """
     @_builtins.property
     def evaluation(self) -> Global___Evaluation:
         """The partial evaluations and their proof."""
@@ -443,13 +452,19 @@ class EvaluationResponse(_message.Message):
         evaluation: Global___Evaluation | None = ...,
         refusal: Global___EvaluationRefusal | None = ...,
         answered_at: _timestamp_pb2.Timestamp | None = ...,
+        remaining_today: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "evaluation", b"evaluation", "refusal", b"refusal", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_remaining_today", b"_remaining_today", "answered_at", b"answered_at", "evaluation", b"evaluation", "refusal", b"refusal", "remaining_today", b"remaining_today", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "evaluation", b"evaluation", "holder", b"holder", "holder_index", b"holder_index", "key_epoch", b"key_epoch", "refusal", b"refusal", "request_id", b"request_id", "requester", b"requester", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_remaining_today", b"_remaining_today", "answered_at", b"answered_at", "evaluation", b"evaluation", "holder", b"holder", "holder_index", b"holder_index", "key_epoch", b"key_epoch", "refusal", b"refusal", "remaining_today", b"remaining_today", "request_id", b"request_id", "requester", b"requester", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__remaining_today: _TypeAlias = _typing.Literal["remaining_today"]  # noqa: Y015
+    _WhichOneofArgType__remaining_today: _TypeAlias = _typing.Literal["_remaining_today", b"_remaining_today"]  # noqa: Y015
     _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["evaluation", "refusal"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__remaining_today) -> _WhichOneofReturnType__remaining_today | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
 Global___EvaluationResponse: _TypeAlias = EvaluationResponse  # noqa: Y015

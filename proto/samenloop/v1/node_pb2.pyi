@@ -740,17 +740,25 @@ class HitMemberView(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     SIGNAL_REFS_FIELD_NUMBER: _builtins.int
     CATEGORIES_FIELD_NUMBER: _builtins.int
+    UNKNOWN_CATEGORIES_FIELD_NUMBER: _builtins.int
     party: _builtins.str
     """Party id, if visible."""
     role: _builtins.str
     """Role, if visible."""
+    unknown_categories: _builtins.int
+    """How many distinct categories in the member's sealed attributes opened but
+    are not among the covenant's categories: not shown, their values never
+    leave the node's API.
+    """
     @_builtins.property
     def signal_refs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """The member's signal refs, if its party is visible."""
 
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The member's categories, decrypted, if visible."""
+        """The member's categories, decrypted, if visible: only those the covenant
+        lists.
+        """
 
     def __init__(
         self,
@@ -759,10 +767,11 @@ class HitMemberView(_message.Message):
         role: _builtins.str | None = ...,
         signal_refs: _abc.Iterable[_builtins.bytes] | None = ...,
         categories: _abc.Iterable[_builtins.str] | None = ...,
+        unknown_categories: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_party", b"_party", "_role", b"_role", "party", b"party", "role", b"role"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_party", b"_party", "_role", b"_role", "categories", b"categories", "party", b"party", "role", b"role", "signal_refs", b"signal_refs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_party", b"_party", "_role", b"_role", "categories", b"categories", "party", b"party", "role", b"role", "signal_refs", b"signal_refs", "unknown_categories", b"unknown_categories"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__party: _TypeAlias = _typing.Literal["party"]  # noqa: Y015
     _WhichOneofArgType__party: _TypeAlias = _typing.Literal["_party", b"_party"]  # noqa: Y015

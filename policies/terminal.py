@@ -1,0 +1,97 @@
+"""Text from other parties, made safe to show on a terminal.
+
+Categories, case titles, measures, notes, officer names, refusal messages,
+disclosure fields and party names arrive from other parties' nodes (or from
+a covenant another administrator wrote). Shown as they are, ``[/bold]`` is a
+rich markup error (a traceback), ``[link=…]`` or an OSC 8 sequence puts a
+hyperlink on the screen, and ESC, CR or a bidi override moves the cursor,
+recolours the terminal or reorders what an officer reads. The commands
+therefore never interpret markup or emoji codes, and never pass a control
+character on:
+
+* :func:`console` is the only rich ``Console`` the commands use: markup, emoji
+  codes and highlighting off, so a string is shown as written (styles are
+  given as ``style=`` or :class:`rich.text.Text`, never as markup).
+* :func:`printable` shows every character that a terminal would act on or
+  that is invisible as an escape (``\\x1b``, ``\\u202e``): control characters
+  (C0, DEL, C1), format characters (bidi overrides and isolates, zero-width
+  characters), surrogates, line and paragraph separators and unassigned
+  code points. Everything else is kept as it is.
+* :func:`dumps` is ``json.dumps`` for output: the same JSON value, with those
+  characters written as ``\\uXXXX`` escapes instead of raw.
+
+Sans-IO: nothing here writes; the console writes where it is told.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import IO, Any, Final
+
+from rich.console import Console
+
+__all__ = ["UNSAFE_CATEGORIES", "console", "dumps", "is_safe", "printable"]
+
+#: Unicode general categories shown as escapes: control, format, surrogate,
+#: line and paragraph separator, unassigned.
+UNSAFE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp", "Cn"})
+
+#: Every character outside printable ASCII: the candidates, checked one by one.
+_CANDIDATE: Final = re.compile(r"[^\x20-\x7e]")
+
+
+def is_safe(char: str) -> bool:
+    """Whether one character may reach a terminal as it is."""
+    return unicodedata.category(char) not in UNSAFE_CATEGORIES
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _shown(match: re.Match[str]) -> str:
+    char = match.group()
+    return char if is_safe(char) else _escape(char)
+
+
+def printable(text: str) -> str:
+    """``text`` with every unsafe character (see :data:`UNSAFE_CATEGORIES`) written as
+    its escape, so that it shows as text and does nothing to the terminal."""
+    if text.isascii() and text.isprintable():
+        return text
+    return _CANDIDATE.sub(_shown, text)
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char == "\n" or is_safe(char):  # a raw newline is indentation: JSON escapes its own
+        return char
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    high, low = divmod(code - 0x10000, 0x400)
+    return f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}"
+
+
+def dumps(value: Any, *, indent: int | None = None, sort_keys: bool = False) -> str:
+    """``value`` as JSON for a terminal: non-ASCII text kept readable, every unsafe
+    character escaped (``json.loads`` gives back exactly ``value``)."""
+    text = json.dumps(value, indent=indent, sort_keys=sort_keys, ensure_ascii=False)
+    return _CANDIDATE.sub(_json_escape, text)
+
+
+def console(
+    *, stderr: bool = False, file: IO[str] | None = None, width: int | None = None
+) -> Console:
+    """The commands' console: markup, emoji codes and highlighting off, so that no text
+    is read as an instruction. Pass remote text through :func:`printable` as well."""
+    return Console(
+        stderr=stderr, file=file, width=width, markup=False, emoji=False, highlight=False
+    )
