@@ -95,6 +95,8 @@ SETTABLE = (
     "matching.min_parties",
     "quotas.oprf_evaluations_per_day",
     "quotas.disclosure_requests_per_day",
+    "quotas.token_entries_per_day",
+    "quotas.token_entries_held",
     "retention.default_days",
     "signing.threshold",
 )
@@ -692,6 +694,14 @@ def _with_value(covenant: Covenant, key: str, value: str) -> Covenant:
         quotas = _checked(
             lambda: replace(policy.quotas, disclosure_requests_per_day=number), field="quotas"
         )
+        return replace(covenant, policy=replace(policy, quotas=quotas))
+    if key == "quotas.token_entries_per_day":
+        quotas = _checked(
+            lambda: replace(policy.quotas, token_entries_per_day=number), field="quotas"
+        )
+        return replace(covenant, policy=replace(policy, quotas=quotas))
+    if key == "quotas.token_entries_held":
+        quotas = _checked(lambda: replace(policy.quotas, token_entries_held=number), field="quotas")
         return replace(covenant, policy=replace(policy, quotas=quotas))
     if key == "retention.default_days":
         retention = _checked(

@@ -475,8 +475,14 @@ def test_set_values_and_bump(run, prov, tmp_path):
     assert run("covenant", "set", draft, "valid_until", until).code == 0
     assert run("covenant", "set", draft, "quotas.oprf_evaluations_per_day", "5000").code == 0
     assert run("covenant", "set", draft, "signing.threshold", "1", "--no-bump").code == 0
+    assert run("covenant", "set", draft, "quotas.token_entries_per_day", "20000").code == 0
+    assert (
+        run("covenant", "set", draft, "quotas.token_entries_held", "30000", "--no-bump").code == 0
+    )
     covenant = covenant_from_toml(draft.read_bytes(), source="d")
-    assert covenant.version == 3
+    assert covenant.version == 4
+    quotas = covenant.policy.quotas
+    assert (quotas.token_entries_per_day, quotas.token_entries_held) == (20_000, 30_000)
     assert covenant.valid_until == datetime(2030, 1, 1, tzinfo=UTC)
     assert covenant.policy.quotas.oprf_evaluations_per_day == 5000
     assert covenant.signing.threshold == 1
@@ -487,6 +493,9 @@ def test_set_values_and_bump(run, prov, tmp_path):
     result = run("covenant", "set", draft, "signing.threshold", "3")
     assert result.code == 1
     assert "signing.threshold" in result.err
+    result = run("covenant", "set", draft, "quotas.token_entries_held", "9999")
+    assert result.code == 1
+    assert "token_entries_held" in result.err
     result = run("covenant", "set", draft, "quotas.disclosure_requests_per_day", "many")
     assert result.code == 1
     assert "quotas.disclosure_requests_per_day" in result.err
@@ -499,7 +508,7 @@ def test_set_values_and_bump(run, prov, tmp_path):
     result = run("covenant", "set", prov.signed_covenant, "retention.default_days", "9")
     assert result.code == 1
     assert "signed covenant" in result.err
-    assert covenant_from_toml(draft.read_bytes(), source="d").version == 3
+    assert covenant_from_toml(draft.read_bytes(), source="d").version == 4
 
 
 def test_show_signed_and_toml(run, prov):
