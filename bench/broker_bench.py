@@ -293,8 +293,9 @@ def database_size(engine: Engine) -> int:
 
 
 class Submitter:
-    """Calls ``BrokerStore.submit`` as the broker service does (its notice signer and
-    visibility rule), and times it."""
+    """Calls ``BrokerStore.submit`` as the broker service does (its notice signer,
+    visibility rule and the covenant's submission rules: expiry cap and quotas), and
+    times it."""
 
     def __init__(self, store: BrokerStore, provisioned: Provisioned) -> None:
         keys = PartyKeys.load(provisioned.root / "broker" / "signing-keys.json")
@@ -304,6 +305,7 @@ class Submitter:
         self.service = BrokerService(
             BrokerContext(covenant=lambda: covenant, store=store, keys=keys)
         )
+        self.rules = self.service._submission_rules(covenant)
         self.stored = 0
         self.notified = 0
 
@@ -318,6 +320,7 @@ class Submitter:
             new_group_id=lambda: os.urandom(16),
             sign_notice=self.service._sign_notice,
             visibility=self.service._visibility(),
+            rules=self.rules,
         )
         self.stored += result.stored
         self.notified += len(result.notified)
@@ -411,10 +414,14 @@ def cpu_outside_database(store: BrokerStore, batches: Sequence[Batch]) -> dict[s
     (``_insert_entries``' list: prefixes and the timestamp type's converter)."""
     now = datetime.now(UTC)
     party_ids = {p: i + 1 for i, p in enumerate(PARTIES)}
+    # The example covenant's rules (expiry cap), as the broker applies them.
+    rules = matching.SubmissionRules(
+        longest_retention_days=730, entries_per_day=10**9, entries_held=10**9
+    )
     t0 = time.perf_counter()
     for batch in batches:
         parsed = matching.parse_batch(batch.party, 1, batch.entries)
-        matching.submit(parsed, (), min_parties=2, now=now, new_group_id=lambda: b"")
+        matching.submit(parsed, (), min_parties=2, now=now, new_group_id=lambda: b"", rules=rules)
     t1 = time.perf_counter()
     for batch in batches:
         rows_of(store, batch, party_ids)

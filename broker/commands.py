@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     config = load_broker_config(args.config)
+    server.check_files(config)
     engine = database.make_engine(config.database_url)
     try:
         database.upgrade(engine, server.MIGRATIONS)

@@ -11,18 +11,38 @@ again.
 The machine has two phases and four events; every allowed transition is in
 :data:`TRANSITIONS`, anything else is :class:`NotAllowed`. The state is a
 frozen value; the store persists it and the items. This module does no I/O.
+
+A fetch is paged by bytes as well (:func:`page`): it returns as many whole
+items as fit in one message of ``LIMITS_MAX_MESSAGE_BYTES``, counted as an upper
+bound of their wire size, so neither ``FetchMailbox`` nor ``StreamMailbox`` ever
+sends a message over the limit. No item may stop a mailbox: one that fits in no
+message at all (stored before the size limits, or by a fault) is to be *set
+aside* — moved out of the mailbox, with an audit entry — and a small
+``SetAsideItem`` marker delivered at its cursor instead, so delivery goes on
+past it and the recipient knows what it missed.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from samenloop.policies.errors import InvalidInput, NotAllowed
-from samenloop.v1 import common_pb2
+from samenloop.v1 import broker_pb2, common_pb2
 
 MAX_ITEMS_PER_FETCH: int = common_pb2.LIMITS_MAX_MAILBOX_ITEMS_PER_FETCH
 MAX_CURSOR = 2**63 - 1  # cursors are uint64 on the wire, signed 64-bit in the databases
+MAX_MESSAGE_BYTES: int = common_pb2.LIMITS_MAX_MESSAGE_BYTES
+#: An upper bound of what an item adds to a mailbox message besides its payload: the
+#: repeated field's tag and length (6), the cursor (11), ``enqueued_at`` (19), the
+#: payload's tag and length (6) — 42 bytes, rounded up.
+ITEM_OVERHEAD_BYTES = 64
+#: An upper bound of a ``FetchMailboxResponse`` without its items (two cursors: 22 bytes).
+RESPONSE_OVERHEAD_BYTES = 64
+#: An upper bound of a serialized ``SetAsideItem`` (kind 17, size 11, time 19 bytes).
+MARKER_BYTES = 64
 
 
 class ItemKind(enum.Enum):
@@ -31,6 +51,8 @@ class ItemKind(enum.Enum):
     HIT_NOTICE = "hit_notice"
     ENVELOPE = "envelope"
     COVENANT_UPDATE = "covenant_update"
+    #: The marker that takes the place of an item set aside (``SetAsideItem``).
+    SET_ASIDE = "set_aside"
 
 
 class Phase(enum.Enum):
@@ -115,6 +137,56 @@ def fetch(state: MailboxState, after_cursor: int, max_items: int = 0) -> FetchWi
         raise InvalidInput("max_items must not be negative", field="max_items")
     limit = MAX_ITEMS_PER_FETCH if max_items == 0 else min(max_items, MAX_ITEMS_PER_FETCH)
     return FetchWindow(after=after_cursor, limit=limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What a fetch sends of the items in its window: the first ``count`` of them, after
+    the items at the cursors ``set_aside`` are replaced by their markers."""
+
+    count: int
+    set_aside: tuple[int, ...] = ()
+
+
+def wire_bytes(payload_bytes: int) -> int:
+    """An upper bound of the bytes an item with a payload of this size adds to a message."""
+    return payload_bytes + ITEM_OVERHEAD_BYTES
+
+
+def page(items: Sequence[tuple[int, int]], *, budget: int = MAX_MESSAGE_BYTES) -> Page:
+    """Which of a window's items one message of ``budget`` bytes carries.
+
+    ``items`` are ``(cursor, payload bytes)`` in cursor order. An item that would not
+    fit even alone is to be set aside (its marker counts in its place); the page then
+    takes whole items until the next would not fit. It holds at least one item when
+    the window holds any, so a reader always moves on.
+    """
+    if budget < RESPONSE_OVERHEAD_BYTES + wire_bytes(MARKER_BYTES):
+        raise ValueError("a page must have room for at least a marker")
+    used = RESPONSE_OVERHEAD_BYTES
+    count = 0
+    aside: list[int] = []
+    for cursor, size in items:
+        oversized = RESPONSE_OVERHEAD_BYTES + wire_bytes(size) > budget
+        cost = wire_bytes(MARKER_BYTES if oversized else size)
+        if used + cost > budget:
+            break
+        if oversized:
+            aside.append(cursor)
+        used += cost
+        count += 1
+    return Page(count, tuple(aside))
+
+
+def marker(kind: ItemKind, payload_bytes: int, now: datetime) -> bytes:
+    """The serialized ``SetAsideItem`` that takes the place of an item set aside."""
+    if kind is ItemKind.SET_ASIDE:
+        raise ValueError("a marker is never set aside")
+    item = broker_pb2.SetAsideItem(kind=kind.value, size_bytes=payload_bytes)
+    item.set_aside_at.FromDatetime(now)
+    encoded = item.SerializeToString()
+    assert len(encoded) <= MARKER_BYTES
+    return encoded
 
 
 def ack(state: MailboxState, cursor: int) -> MailboxState:

@@ -30,6 +30,17 @@ whenever its token is touched it is dropped with the same consequences (an
 expired entry submitted again joins anew). A member the visibility rule hid
 before and shows now is told NEW; one it never showed is not told CLOSED.
 
+Nothing a party submits may grow another party's notices without bound, nor
+fill the broker: a sealed attribute box is at most
+``LIMITS_MAX_SEALED_ATTRIBUTES_BYTES`` (:func:`parse_batch`); a party holds at
+most ``LIMITS_MAX_REFS_PER_TOKEN`` refs on one token (:func:`submit`); a notice
+carries at most ``LIMITS_MAX_SEALED_ATTRIBUTES_PER_NOTICE`` boxes, each member
+keeping an equal share; with at most ``LIMITS_MAX_PARTIES`` members, every
+notice fits well inside one message. An entry expires at most the covenant's
+longest retention (plus the clock skew allowed) from now, and a party's
+submissions count against its quotas of the covenant (:class:`SubmissionRules`,
+:func:`charge`): entries per UTC day and entries held.
+
 What a recipient learns is decided by a :data:`VisibilityRule`; the default,
 :func:`members_see_all`, lets every member see everything about the others.
 The covenant's visibility rules plug in here. Time (``now``) and group ids
@@ -41,6 +52,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -48,7 +60,12 @@ from typing import Final, NamedTuple
 
 from samenloop.policies import rules
 from samenloop.policies.covenant import Covenant
-from samenloop.policies.errors import ConfigurationError, InvalidInput, MessageTooLarge
+from samenloop.policies.errors import (
+    ConfigurationError,
+    InvalidInput,
+    MessageTooLarge,
+    QuotaExceeded,
+)
 from samenloop.policies.policy import Level
 from samenloop.v1 import common_pb2
 
@@ -58,6 +75,10 @@ GROUP_ID_BYTES: int = common_pb2.LIMITS_ID_BYTES
 MAX_ENTRIES_PER_BATCH: int = common_pb2.LIMITS_MAX_TOKENS_PER_BATCH
 MAX_REFS_PER_WITHDRAWAL: int = common_pb2.LIMITS_MAX_REFS_PER_WITHDRAWAL
 MAX_PARTY_ID_BYTES: int = common_pb2.LIMITS_MAX_PARTY_ID_BYTES
+MAX_SEALED_ATTRIBUTES_BYTES: int = common_pb2.LIMITS_MAX_SEALED_ATTRIBUTES_BYTES
+MAX_REFS_PER_TOKEN: int = common_pb2.LIMITS_MAX_REFS_PER_TOKEN
+MAX_SEALED_ATTRIBUTES_PER_NOTICE: int = common_pb2.LIMITS_MAX_SEALED_ATTRIBUTES_PER_NOTICE
+CLOCK_SKEW = timedelta(seconds=common_pb2.LIMITS_MAX_CLOCK_SKEW_SECONDS)
 _MAX_KEY_EPOCH = 2**32 - 1
 
 _SUBMIT_DOMAIN = b"samenloop/v1 submit-tokens"
@@ -331,6 +352,95 @@ class Withdrawal:
     unknown: int
 
 
+# --- what a party may submit ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionRules:
+    """What the covenant lets one party submit, as the broker applies it: how far ahead an
+    entry may expire, and the party's quotas of entries per UTC day and held at once."""
+
+    longest_retention_days: int
+    entries_per_day: int
+    entries_held: int
+
+    @classmethod
+    def of(cls, covenant: Covenant, *, held_retention_days: int = 0) -> SubmissionRules:
+        """The covenant's rules. ``held_retention_days``: the longest retention of the
+        versions the broker held before this one, so that tokens a node made under a
+        longer rule than the one in force now are still taken."""
+        policy = covenant.policy
+        return cls(
+            longest_retention_days=max(policy.retention.longest_days, held_retention_days),
+            entries_per_day=policy.quotas.token_entries_per_day,
+            entries_held=policy.quotas.token_entries_held,
+        )
+
+    @property
+    def longest_lifetime(self) -> timedelta:
+        """How far after now an entry may expire: the longest retention, and the clock
+        skew allowed (a node's clock may run ahead of the broker's)."""
+        return timedelta(days=self.longest_retention_days) + CLOCK_SKEW
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A party's use of its quotas, as the broker keeps it: the UTC day (since 1970) of
+    its last counted submission, the entries it submitted that day, the entries it holds
+    (live or expired and not yet swept)."""
+
+    day: int = 0
+    submitted: int = 0
+    held: int = 0
+
+
+def utc_day(now: datetime) -> int:
+    """The UTC day of ``now``, counted from 1970-01-01: what daily quotas reset on."""
+    return (now.astimezone(UTC) - _EPOCH).days
+
+
+def charge(
+    usage: Usage, *, submitted: int, added: int, rules: SubmissionRules, now: datetime
+) -> Usage:
+    """Count a batch of ``submitted`` entries that changes the party's held entries by
+    ``added`` against its quotas; ``QuotaExceeded`` (field ``entries``) if it would pass
+    one, and then the batch stores nothing.
+
+    A batch that does not grow what the party holds is never refused for what it holds.
+    A clock that steps back keeps counting on the later day.
+    """
+    day = utc_day(now)
+    today = usage.submitted if usage.day >= day else 0
+    if today + submitted > rules.entries_per_day:
+        raise QuotaExceeded(
+            f"the covenant allows {rules.entries_per_day} token entries per party per UTC day;"
+            f" {today} were submitted today and this batch has {submitted}",
+            field="entries",
+            reason="quota.token_entries_per_day",
+        )
+    held = usage.held + added
+    if added > 0 and held > rules.entries_held:
+        raise QuotaExceeded(
+            f"the covenant allows {rules.entries_held} token entries held per party;"
+            f" {usage.held} are held and this batch adds {added}",
+            field="entries",
+            reason="quota.token_entries_held",
+        )
+    return Usage(max(day, usage.day), today + submitted, held)
+
+
+def held_deltas(change: Change, *, submitter: str | None = None) -> dict[str, int]:
+    """How a change moves each party's count of entries held: inserted less deleted
+    (entries updated in place do not move it). ``submitter``: the change is that party's
+    submission, whose inserts are all its own (counted without a look at each)."""
+    if submitter is None:
+        deltas = Counter(entry.party for entry in change.inserted)
+    else:
+        deltas = Counter({submitter: len(change.inserted)})
+    deltas.subtract(entry.party for entry in change.deleted)
+    return {party: delta for party, delta in deltas.items() if delta}
+
+
 # --- parsing at the boundary ---------------------------------------------------
 
 
@@ -419,9 +529,15 @@ def parse_batch(party: str, key_epoch: int, entries: Sequence[Entry]) -> Batch:
         if expires_at.tzinfo is not UTC:
             expires_at = _utc(expires_at, f"entries[{i}].expires_at")
         sealed = entry.sealed_attributes
-        if sealed is not None and not sealed:
-            raise InvalidInput(
-                "sealed attributes, when given, must not be empty",
+        if sealed is not None and not 0 < len(sealed) <= MAX_SEALED_ATTRIBUTES_BYTES:
+            if not sealed:
+                raise InvalidInput(
+                    "sealed attributes, when given, must not be empty",
+                    field=f"entries[{i}].sealed_attributes",
+                )
+            raise MessageTooLarge(
+                f"sealed attributes are at most {MAX_SEALED_ATTRIBUTES_BYTES} bytes,"
+                f" got {len(sealed)}",
                 field=f"entries[{i}].sealed_attributes",
             )
         if entry.key_epoch != key_epoch or expires_at is not entry.expires_at:
@@ -502,36 +618,55 @@ def submit(
     now: datetime,
     new_group_id: Callable[[], bytes],
     visibility: VisibilityRule = DEFAULT_VISIBILITY,
+    rules: SubmissionRules | None = None,
 ) -> Submission:
     """Store a batch and match it against the touched tokens' states.
 
     ``states`` must hold every stored entry and the open group of each token
-    in the batch (tokens without a state are taken as unseen).
+    in the batch (tokens without a state are taken as unseen). With ``rules``,
+    an entry may expire at most their longest lifetime from ``now`` (the broker
+    always passes the covenant's; the quotas are counted by :func:`charge`).
+    An entry that would give its party more than ``MAX_REFS_PER_TOKEN`` live refs
+    on its token is refused (``MessageTooLarge``, its ``signal_ref``).
     """
     now = _check_call(min_parties, now)
+    latest = None if rules is None else now + rules.longest_lifetime
     for entry, position in zip(batch.entries, batch.positions, strict=True):
-        if entry.expires_at <= now:
+        expires_at = entry.expires_at
+        if expires_at <= now:
             raise InvalidInput(
                 "expires_at must lie in the future", field=f"entries[{position}].expires_at"
+            )
+        if latest is not None and expires_at > latest:
+            assert rules is not None
+            raise InvalidInput(
+                f"expires_at lies beyond the covenant's longest retention"
+                f" ({rules.longest_retention_days} days from now)",
+                field=f"entries[{position}].expires_at",
+                reason="retention.exceeded",
             )
     known = _by_token(states)
     builder = _ChangeBuilder(min_parties, now, new_group_id, visibility)
     # Tokens with nothing held: their entries are new, and, all being one party's,
     # cannot form a group (min_parties >= 2). The common case, done in bulk.
-    builder.inserted.extend([entry for entry in batch.entries if entry.token not in known])
+    unseen = [entry for entry in batch.entries if entry.token not in known]
+    if len({entry.token for entry in unseen}) != len(unseen):  # some token more than once
+        _check_refs_per_token(batch, known)
+    builder.inserted.extend(unseen)
     stored = len(builder.inserted)
     unchanged = 0
-    incoming: dict[bytes, list[Entry]] = {}
-    for entry in batch.entries:
+    incoming: dict[bytes, list[tuple[Entry, int]]] = {}
+    for entry, position in zip(batch.entries, batch.positions, strict=True):
         if entry.token in known:
-            incoming.setdefault(entry.token, []).append(entry)
+            incoming.setdefault(entry.token, []).append((entry, position))
     for token in sorted(incoming):
         state = known[token]
         live, expired = _split_live(state.entries, now)
+        _check_refs(batch.party, live, incoming[token])
         stored_by_key = {e.key: e for e in state.entries}
         live_keys = {e.key for e in live}
         after = {e.key: e for e in live}
-        for entry in incoming[token]:
+        for entry, _ in incoming[token]:
             previous = stored_by_key.get(entry.key)
             if previous is None:
                 builder.inserted.append(entry)
@@ -553,6 +688,33 @@ def submit(
 
 def _token_of(entry: Entry) -> bytes:
     return entry.token
+
+
+def _check_refs_per_token(batch: Batch, known: Mapping[bytes, TokenState]) -> None:
+    """The refs per token of a batch that repeats a token nothing is held on yet."""
+    repeated: dict[bytes, list[tuple[Entry, int]]] = {}
+    for entry, position in zip(batch.entries, batch.positions, strict=True):
+        if entry.token not in known:
+            repeated.setdefault(entry.token, []).append((entry, position))
+    for incoming in repeated.values():
+        if len(incoming) > MAX_REFS_PER_TOKEN:
+            _check_refs(batch.party, (), incoming)
+
+
+def _check_refs(party: str, live: Iterable[Entry], incoming: Sequence[tuple[Entry, int]]) -> None:
+    """Refuse the first of ``incoming`` (one token's entries of a batch, in the batch's
+    order) that would give ``party`` more than ``MAX_REFS_PER_TOKEN`` live refs on it."""
+    held = {entry.key for entry in live if entry.party == party}
+    if len(held) + len(incoming) <= MAX_REFS_PER_TOKEN:
+        return
+    for entry, position in incoming:
+        held.add(entry.key)
+        if len(held) > MAX_REFS_PER_TOKEN:
+            raise MessageTooLarge(
+                f"a party holds at most {MAX_REFS_PER_TOKEN} signal refs on one token",
+                field=f"entries[{position}].signal_ref",
+                reason="token.too_many_refs",
+            )
 
 
 def withdraw(
@@ -666,6 +828,28 @@ def _members(entries: Iterable[Entry]) -> tuple[Member, ...]:
             )
         )
     return tuple(members)
+
+
+def _capped(view: View) -> View:
+    """``view`` with at most ``MAX_SEALED_ATTRIBUTES_PER_NOTICE`` boxes over its members:
+    each member's boxes are taken in turn (every member's first, then every member's
+    second, ...) until the limit, so that each keeps an equal share however many
+    another piled up."""
+    boxes = [len(member.sealed_attributes) for member in view.members]
+    if sum(boxes) <= MAX_SEALED_ATTRIBUTES_PER_NOTICE:
+        return view
+    kept = [0] * len(boxes)
+    left = MAX_SEALED_ATTRIBUTES_PER_NOTICE
+    while left:
+        for i, count in enumerate(boxes):
+            if kept[i] < count and left:
+                kept[i] += 1
+                left -= 1
+    members = tuple(
+        replace(member, sealed_attributes=member.sealed_attributes[:keep])
+        for member, keep in zip(view.members, kept, strict=True)
+    )
+    return replace(view, members=members)
 
 
 class _ChangeBuilder:
@@ -810,7 +994,7 @@ class _ChangeBuilder:
                     and all(hides(party, other) for other in changed_parties)
                 ):
                     continue  # only members hidden from it changed: a notice would betray them
-                drafts.append((party, kind, new_refs.get(party, ()), shown))
+                drafts.append((party, kind, new_refs.get(party, ()), _capped(shown)))
         if not drafts:
             return
         reporter = self._reporter(group, drafts, old_refs.keys(), new, hides)

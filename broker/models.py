@@ -191,7 +191,50 @@ class MailboxItem(Base):
 
     __table_args__ = (
         CheckConstraint("cursor >= 1", name="cursor_positive"),
+        CheckConstraint(
+            "kind IN ('hit_notice', 'envelope', 'covenant_update', 'set_aside')", name="kind_known"
+        ),
+    )
+
+
+class SetAsideItem(Base):
+    """A mailbox item the broker could not deliver (larger than one message), moved out of
+    its party's mailbox and kept for the operator; a marker took its place."""
+
+    __tablename__ = "set_aside_items"
+
+    party_id: Mapped[int] = mapped_column(ForeignKey("parties.id"), primary_key=True)
+    cursor: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[bytes]
+    enqueued_at: Mapped[datetime]
+    set_aside_at: Mapped[datetime]
+
+    __table_args__ = (
+        CheckConstraint("cursor >= 1", name="cursor_positive"),
         CheckConstraint("kind IN ('hit_notice', 'envelope', 'covenant_update')", name="kind_known"),
+    )
+
+
+class PartyUsage(Base):
+    """A party's use of its submission quotas: the UTC day (since 1970) of its last counted
+    submission, the token entries it submitted that day, the entries it holds.
+
+    ``held`` moves with every insert and delete of its ``token_entries``, in the same
+    transaction, so that the quota check never counts the index.
+    """
+
+    __tablename__ = "party_usage"
+
+    party_id: Mapped[int] = mapped_column(ForeignKey("parties.id"), primary_key=True)
+    day: Mapped[int] = mapped_column(Integer)
+    submitted: Mapped[int] = mapped_column(BigInteger)
+    held: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint("day >= 0", name="day_not_negative"),
+        CheckConstraint("submitted >= 0", name="submitted_not_negative"),
+        CheckConstraint("held >= 0", name="held_not_negative"),
     )
 
 

@@ -1,6 +1,8 @@
 """The broker process: mTLS gRPC server, health and reflection, retention sweep.
 
-``build_server`` wires the servicer to a ``grpc.Server`` with the covenant CA
+``check_files`` refuses to go on, as ssh does, when another account may use the
+broker's data directory or secret files (the TLS private key, the signing keys).
+``build_server`` runs it, then wires the servicer to a ``grpc.Server`` with the covenant CA
 as the only client root (``require_client_auth=True``), the error and party
 interceptors, the standard health service and server reflection. ``serve``
 runs it until SIGTERM or SIGINT and sweeps expired tokens meanwhile.
@@ -22,12 +24,12 @@ from grpc_reflection.v1alpha import reflection
 from samenloop.broker.auth import PartyInterceptor
 from samenloop.broker.service import BrokerContext, BrokerService
 from samenloop.broker.store import BrokerStore
-from samenloop.policies import database, logs
-from samenloop.policies.config import BrokerConfig
+from samenloop.policies import crypto, database, logs
+from samenloop.policies.config import BrokerConfig, private_directories, secret_files
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError
-from samenloop.policies.process import run_until_signalled, settle_heap
+from samenloop.policies.process import check_private, run_until_signalled, settle_heap
 from samenloop.policies.rpc import ErrorInterceptor
 from samenloop.policies.trust import (
     HeldCovenant,
@@ -75,6 +77,13 @@ def _read(path: object, what: str) -> bytes:
         ) from error
 
 
+def check_files(config: BrokerConfig) -> None:
+    """The data directories (made 0700 if missing) and every secret file must be this
+    account's and closed to group and others; else ``ConfigurationError`` names the
+    setting, the path and the fix."""
+    check_private(private_directories(config), secret_files(config))
+
+
 def build_server(
     config: BrokerConfig,
     *,
@@ -82,14 +91,22 @@ def build_server(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     evaluate_timeout: float | None = None,
 ) -> RunningBroker:
-    """Open the store (at the schema head), build and start the server."""
+    """Check the files, open the store (at the schema head), build and start the server."""
+    check_files(config)
     held = HeldCovenant(TrustState(load_signed_covenant(config.covenant)))
     covenant_source = covenant or held
     engine = database.make_engine(config.database_url)
     database.check_at_head(engine, MIGRATIONS)
     store = BrokerStore(engine, owner=held().broker.id)
+    # Every version held counts for how far ahead entries may expire (see BrokerContext).
+    held_retention_days = held().policy.retention.longest_days
     for stored in store.covenant_versions():  # versions published since the root
-        held.replay(SignedCovenant.from_proto(common_pb2.SignedCovenant.FromString(stored)))
+        replayed = held.replay(
+            SignedCovenant.from_proto(common_pb2.SignedCovenant.FromString(stored))
+        )
+        held_retention_days = max(
+            held_retention_days, replayed.covenant.policy.retention.longest_days
+        )
     current = held()
     keys = PartyKeys.load(config.signing_keys)
     if keys.public().ed25519 != current.broker.ed25519:
@@ -111,7 +128,12 @@ def build_server(
             seconds=round(time.perf_counter() - started, 2),
         )
     context = BrokerContext(
-        covenant=covenant_source, store=store, keys=keys, clock=clock, trust=held
+        covenant=covenant_source,
+        store=store,
+        keys=keys,
+        clock=clock,
+        trust=held,
+        held_retention_days=held_retention_days,
     )
     if evaluate_timeout is not None:
         context.evaluate_timeout = evaluate_timeout
@@ -129,7 +151,14 @@ def build_server(
         (SERVICE_NAME, health_name, reflection.SERVICE_NAME), server
     )
     credentials = grpc.ssl_server_credentials(
-        [(_read(config.private_key, "private_key"), _read(config.certificate, "certificate"))],
+        [
+            (
+                crypto.read_secret_file(
+                    config.private_key, what="TLS private key", field="private_key"
+                ),
+                _read(config.certificate, "certificate"),
+            )
+        ],
         root_certificates=current.ca_certificate,
         require_client_auth=True,
     )

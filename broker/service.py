@@ -107,6 +107,10 @@ class BrokerContext:
     evaluate_timeout: float = EVALUATE_TIMEOUT_SECONDS
     heartbeat_seconds: float = HEARTBEAT_SECONDS
     trust: HeldCovenant | None = None
+    #: The longest retention, in days, of the covenant versions held before the one in
+    #: force (``server.build_server`` finds it as it replays them): entries may expire
+    #: that far ahead too, so that tokens made under an earlier, longer rule are taken.
+    held_retention_days: int = 0
 
 
 class BrokerService(broker_pb2_grpc.BrokerServicer):
@@ -122,6 +126,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         self._evaluate_timeout = context.evaluate_timeout
         self._heartbeat = context.heartbeat_seconds
         self._trust = context.trust
+        self._held_retention_days = context.held_retention_days
         self._publish_lock = threading.Lock()
 
     # --- session and covenant ------------------------------------------------------
@@ -134,7 +139,15 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         check_validity(covenant, self._clock())
         return covenant
 
+    def _submission_rules(self, covenant: Covenant | None = None) -> matching.SubmissionRules:
+        """What the covenant lets a party submit: its quotas and how far ahead an entry
+        may expire (the longest retention of this version and those held before)."""
+        return matching.SubmissionRules.of(
+            covenant or self._covenant(), held_retention_days=self._held_retention_days
+        )
+
     def _limits(self) -> broker_pb2.BrokerLimits:
+        lifetime = self._submission_rules().longest_lifetime
         return broker_pb2.BrokerLimits(
             max_tokens_per_batch=common_pb2.LIMITS_MAX_TOKENS_PER_BATCH,
             max_refs_per_withdrawal=common_pb2.LIMITS_MAX_REFS_PER_WITHDRAWAL,
@@ -143,6 +156,10 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             max_message_bytes=MAX_MESSAGE_BYTES,
             max_mailbox_items_per_fetch=common_pb2.LIMITS_MAX_MAILBOX_ITEMS_PER_FETCH,
             evaluate_timeout_seconds=int(self._evaluate_timeout),
+            max_sealed_attributes_bytes=matching.MAX_SEALED_ATTRIBUTES_BYTES,
+            max_refs_per_token=matching.MAX_REFS_PER_TOKEN,
+            max_sealed_attributes_per_notice=matching.MAX_SEALED_ATTRIBUTES_PER_NOTICE,
+            max_entry_lifetime_seconds=int(lifetime.total_seconds()),
         )
 
     def Hello(
@@ -216,6 +233,10 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 visibility=matching.CovenantVisibility(new, former=previous),
             )
             self._trust.update(signed, now=now)
+            # Tokens made under the version replaced may still arrive: keep its retention.
+            self._held_retention_days = max(
+                self._held_retention_days, previous.policy.retention.longest_days
+            )
         for party in removed:  # end their open streams now; new calls are refused already
             self._switchboard.close_party(party)
         self._bell.ring(sorted(previous.party_ids | new.party_ids))
@@ -399,6 +420,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             new_group_id=lambda: os.urandom(ID_BYTES),
             sign_notice=self._sign_notice,
             visibility=self._visibility(),
+            rules=self._submission_rules(covenant),
         )
         self._bell.ring(result.notified)
         return broker_pb2.SubmitTokensResponse(
@@ -463,6 +485,8 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             item.hit_notice.ParseFromString(stored.payload)
         elif stored.kind is ItemKind.ENVELOPE:
             item.envelope.ParseFromString(stored.payload)
+        elif stored.kind is ItemKind.SET_ASIDE:
+            item.set_aside.ParseFromString(stored.payload)
         else:
             item.covenant_update.ParseFromString(stored.payload)
         return item
@@ -472,11 +496,12 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
     ) -> broker_pb2.FetchMailboxResponse:
         party = caller(context)
         fetched = self._store.fetch(
-            party, request.after_cursor, request.max_items, max_bytes=MAX_MESSAGE_BYTES // 2
+            party, request.after_cursor, request.max_items, now=self._clock()
         )
         return broker_pb2.FetchMailboxResponse(
             items=[self._item(stored) for stored in fetched.items],
             head_cursor=fetched.head_cursor,
+            acked_cursor=fetched.acked_cursor,
         )
 
     def StreamMailbox(
@@ -495,7 +520,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                     field="party",
                     reason="covenant.unknown_party",
                 )
-            fetched = self._store.fetch(party, after, 0, max_bytes=MAX_MESSAGE_BYTES // 2)
+            fetched = self._store.fetch(party, after, 0, now=self._clock())
             for stored in fetched.items:
                 yield broker_pb2.StreamMailboxResponse(item=self._item(stored))
                 after = stored.cursor

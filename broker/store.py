@@ -26,11 +26,12 @@ import contextlib
 import struct
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import numpy as np
+import structlog
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -38,6 +39,7 @@ from sqlalchemy import (
     Engine,
     any_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -56,7 +58,9 @@ from samenloop.broker.matching import (
     EntryKey,
     Group,
     NoticeDraft,
+    SubmissionRules,
     TokenState,
+    Usage,
     VisibilityRule,
 )
 from samenloop.broker.models import (
@@ -65,8 +69,10 @@ from samenloop.broker.models import (
     MailboxHead,
     MailboxItem,
     Party,
+    PartyUsage,
     ProcessedBatch,
     RelayedEnvelope,
+    SetAsideItem,
     TokenEntry,
 )
 from samenloop.broker.token_filter import IndexFilter, Prefixes, as_array
@@ -74,6 +80,8 @@ from samenloop.policies import audit_store
 from samenloop.policies.audit import AuditEvent, AuditKind
 from samenloop.policies.database import READ_ONLY, sqlite_stamp
 from samenloop.policies.errors import InvalidInput, NotAllowed, Replay
+
+log = structlog.get_logger(__name__)
 
 MIGRATIONS: Final = "samenloop.broker.migrations"
 """The package of the broker's Alembic migrations, for ``policies.database.upgrade``."""
@@ -135,17 +143,26 @@ _PG_INSERT_GROUP: Final = (
     " VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
 _PG_OPEN_AND_PRIOR: Final = (
-    "SELECT h.closed, b.digest, b.stored, b.unchanged, b.accepted_at"
+    "SELECT h.closed, b.digest, b.stored, b.unchanged, b.accepted_at,"
+    " u.day, u.submitted, u.held"
     " FROM mailbox_heads AS h LEFT JOIN processed_batches AS b"
     " ON b.party_id = h.party_id AND b.client_batch_id = %(batch_id)s"
+    " LEFT JOIN party_usage AS u ON u.party_id = h.party_id"
     " WHERE h.party_id = %(party_id)s"
 )
 _SQLITE_OPEN_AND_PRIOR: Final = (
-    "SELECT h.closed, b.digest, b.stored, b.unchanged, b.accepted_at"
+    "SELECT h.closed, b.digest, b.stored, b.unchanged, b.accepted_at,"
+    " u.day, u.submitted, u.held"
     " FROM mailbox_heads AS h LEFT JOIN processed_batches AS b"
     " ON b.party_id = h.party_id AND b.client_batch_id = ?"
+    " LEFT JOIN party_usage AS u ON u.party_id = h.party_id"
     " WHERE h.party_id = ?"
 )
+# A submitter's quota counts (see matching.charge), and others' entries held moving.
+_PG_CHARGE: Final = "UPDATE party_usage SET day = %s, submitted = %s, held = %s WHERE party_id = %s"
+_SQLITE_CHARGE: Final = "UPDATE party_usage SET day = ?, submitted = ?, held = ? WHERE party_id = ?"
+_PG_HOLD: Final = "UPDATE party_usage SET held = held + %s WHERE party_id = %s"
+_SQLITE_HOLD: Final = "UPDATE party_usage SET held = held + ? WHERE party_id = ?"
 _PG_RECORD_SUBMIT: Final = (
     "INSERT INTO processed_batches"
     " (party_id, client_batch_id, kind, digest, stored, unchanged, accepted_at)"
@@ -218,6 +235,22 @@ _PG_MOVE_HEADS: Final = (
 _PG_INSERT_ITEMS: Final = (
     "INSERT INTO mailbox_items (party_id, cursor, kind, payload, enqueued_at)"
     " VALUES (%s, %s, %s, %s, %s)"
+)
+
+# A mailbox's window (see BrokerStore.fetch): each item's size, with the payloads of the
+# small ones. Built once: SQLAlchemy would otherwise rebuild it on every fetch.
+_MAILBOX_SIZE = func.length(MailboxItem.payload)
+_MAILBOX_WINDOW: Final = (
+    select(
+        MailboxItem.cursor,
+        MailboxItem.kind,
+        _MAILBOX_SIZE,
+        MailboxItem.enqueued_at,
+        case((bindparam("small") >= _MAILBOX_SIZE, MailboxItem.payload), else_=None),
+    )
+    .where(MailboxItem.party_id == bindparam("party_id"), MailboxItem.cursor > bindparam("after"))
+    .order_by(MailboxItem.cursor)
+    .limit(bindparam("limit"))
 )
 
 SignNotice = Callable[[NoticeDraft], bytes]
@@ -321,6 +354,8 @@ class _Tx:
     #: PostgreSQL submit: the prefixes it inserted, and their first and last row ids, for
     #: the filter once this transaction commits (see _covered).
     inserted: tuple[Prefixes, int, int] | None = None
+    #: Submit: the submitting party's quota counts as read under the matching lock.
+    usage: matching.Usage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,11 +452,15 @@ class BrokerStore(audit_store.AuditLog):
         new_group_id: Callable[[], bytes],
         sign_notice: SignNotice,
         visibility: VisibilityRule = DEFAULT_VISIBILITY,
+        rules: SubmissionRules | None = None,
     ) -> SubmitResult:
         """Store and match a batch; idempotent by ``client_batch_id``.
 
         The same batch id with the same content is acknowledged again
         (``replayed``); with other content it is a :class:`Replay` error.
+        With ``rules`` (the broker always passes the covenant's), the batch's
+        expiries are capped and it is counted against the party's quotas, under
+        the matching lock: a batch beyond one is refused whole and stores nothing.
         """
         _check_id(client_batch_id, "client_batch_id")
         now = _utc(now)
@@ -440,7 +479,7 @@ class BrokerStore(audit_store.AuditLog):
                     .execute(_SQLITE_OPEN_AND_PRIOR, (client_batch_id, party_id))
                     .fetchone()
                 )
-                prior = self._open_and_prior(party, checked, batch.digest)
+                prior = self._open_and_prior(tx, party, checked, batch.digest)
             if prior is not None:
                 return SubmitResult(
                     client_batch_id,
@@ -458,7 +497,22 @@ class BrokerStore(audit_store.AuditLog):
                 now=now,
                 new_group_id=new_group_id,
                 visibility=visibility,
+                rules=rules,
             )
+            held = matching.held_deltas(outcome.change, submitter=party)
+            assert tx.usage is not None
+            usage = tx.usage
+            if rules is not None:
+                usage = matching.charge(
+                    usage,
+                    submitted=len(batch.entries),
+                    added=held.get(party, 0),
+                    rules=rules,
+                    now=now,
+                )
+            else:
+                usage = replace(usage, held=usage.held + held.get(party, 0))
+            charged = (usage.day, usage.submitted, usage.held, party_id)
             signed: dict[str, list[tuple[ItemKind, bytes]]] = {}
             self._apply(
                 tx,
@@ -466,6 +520,7 @@ class BrokerStore(audit_store.AuditLog):
                 loaded,
                 # Signing needs no database: do it while the server takes in the COPY.
                 meanwhile=lambda: signed.update(_sign(outcome.change.notices, sign_notice)),
+                held={p: d for p, d in held.items() if p != party},
             )
             notified = self._deliver_signed(tx, signed, now)
             record = {
@@ -487,8 +542,9 @@ class BrokerStore(audit_store.AuditLog):
             if self._postgres:
                 record["covered"] = tx.newest_id or 0
                 driver = self._driver(tx)
-                with driver.pipeline():  # the record and the audit log's append: one round trip
+                with driver.pipeline():  # the record, counts and audit append: one round trip
                     recorded = driver.execute(_PG_RECORD_SUBMIT, record)
+                    driver.execute(_PG_CHARGE, charged)
                     self._audit(tx, events, now)
                 first, newest = recorded.fetchone()
                 if newest is not None:
@@ -497,6 +553,7 @@ class BrokerStore(audit_store.AuditLog):
             else:
                 record["accepted_at"] = self._stamp(now)
                 self._driver(tx).execute(_SQLITE_RECORD_SUBMIT, record)
+                self._driver(tx).execute(_SQLITE_CHARGE, charged)
                 self._audit(tx, events, now)
         return SubmitResult(
             client_batch_id,
@@ -742,36 +799,130 @@ class BrokerStore(audit_store.AuditLog):
         return cursors[party][0]
 
     def fetch(
-        self, party: str, after_cursor: int, max_items: int = 0, *, max_bytes: int | None = None
+        self,
+        party: str,
+        after_cursor: int,
+        max_items: int = 0,
+        *,
+        now: datetime,
+        budget: int = mailbox.MAX_MESSAGE_BYTES,
     ) -> Fetched:
-        """Items after a cursor, in cursor order. With ``max_bytes``, stops before the
-        payloads would exceed it (but returns at least one item, if any waits)."""
+        """Items after a cursor, in cursor order: as many whole items as fit in one message
+        of ``budget`` bytes (:func:`mailbox.page`), and at least one if any waits.
+
+        An item that fits in no message is set aside first (:meth:`_set_aside`, its own
+        transaction, at ``now``) and its marker comes in its place: no item stops a
+        mailbox. One query reads the window's sizes, with the payloads of the small items
+        (at most ``budget`` bytes of them in all); the larger payloads of the page, if any,
+        come in a second. A page never loads an item it will not send.
+        """
         _check_party(party)
-        with self._read() as conn:
-            party_id = self._party(conn, party)
-            state = self._head(conn, party, party_id)
-            window = mailbox.fetch(state, after_cursor, max_items)
-            if party_id is None:
-                return Fetched((), state.head_cursor, state.acked_cursor)
+        now = _utc(now)
+        tried: tuple[int, ...] = ()
+        while True:
+            with self._read() as conn:
+                party_id = self._party(conn, party)
+                state = self._head(conn, party, party_id)
+                window = mailbox.fetch(state, after_cursor, max_items)
+                if party_id is None:
+                    return Fetched((), state.head_cursor, state.acked_cursor)
+                rows = conn.execute(
+                    _MAILBOX_WINDOW,
+                    {
+                        "party_id": party_id,
+                        "after": window.after,
+                        "small": budget // window.limit,
+                        "limit": window.limit,
+                    },
+                ).all()
+                plan = mailbox.page([(row[0], row[2]) for row in rows], budget=budget)
+                if not plan.set_aside:
+                    sent = rows[: plan.count]
+                    large = [row[0] for row in sent if row[4] is None]
+                    payloads = (
+                        dict(
+                            conn.execute(
+                                select(MailboxItem.cursor, MailboxItem.payload).where(
+                                    MailboxItem.party_id == party_id, MailboxItem.cursor.in_(large)
+                                )
+                            ).all()
+                        )
+                        if large
+                        else {}
+                    )
+                    items = tuple(
+                        StoredItem(
+                            cursor,
+                            ItemKind(kind),
+                            payload if payload is not None else payloads[cursor],
+                            enqueued_at,
+                        )
+                        for cursor, kind, _, enqueued_at, payload in sent
+                        if payload is not None or cursor in payloads  # unless acknowledged
+                    )
+                    return Fetched(items, state.head_cursor, state.acked_cursor)
+            if plan.set_aside == tried:  # only a row altered by hand gets here: say so
+                raise LookupError(f"cannot set aside mailbox items {tried} of {party}")
+            tried = plan.set_aside
+            self._set_aside(party, party_id, plan.set_aside, now)
+
+    def _set_aside(self, party: str, party_id: int, cursors: Sequence[int], now: datetime) -> None:
+        """Move undeliverable items out of a mailbox, durably and in one transaction: each to
+        ``set_aside_items`` (kept for the operator), a marker in its place at its cursor,
+        an audit entry. Items another reader set aside meanwhile, or that were
+        acknowledged, are skipped."""
+        with self._write() as tx:
+            conn = tx.conn
+            self._head(conn, party, party_id, lock=True)  # one at a time per mailbox
             rows = conn.execute(
                 select(
                     MailboxItem.cursor,
                     MailboxItem.kind,
                     MailboxItem.payload,
                     MailboxItem.enqueued_at,
+                ).where(
+                    MailboxItem.party_id == party_id,
+                    MailboxItem.cursor.in_(cursors),
+                    MailboxItem.kind != ItemKind.SET_ASIDE.value,
                 )
-                .where(MailboxItem.party_id == party_id, MailboxItem.cursor > window.after)
-                .order_by(MailboxItem.cursor)
-                .limit(window.limit)
             ).all()
-        items: list[StoredItem] = []
-        size = 0
-        for cursor, kind, payload, enqueued_at in rows:
-            size += len(payload)
-            if items and max_bytes is not None and size > max_bytes:
-                break
-            items.append(StoredItem(cursor, ItemKind(kind), payload, enqueued_at))
-        return Fetched(tuple(items), state.head_cursor, state.acked_cursor)
+            events = []
+            for cursor, kind, payload, enqueued_at in rows:
+                conn.execute(
+                    insert(SetAsideItem).values(
+                        party_id=party_id,
+                        cursor=cursor,
+                        kind=kind,
+                        payload=payload,
+                        enqueued_at=enqueued_at,
+                        set_aside_at=now,
+                    )
+                )
+                conn.execute(
+                    update(MailboxItem)
+                    .where(MailboxItem.party_id == party_id, MailboxItem.cursor == cursor)
+                    .values(
+                        kind=ItemKind.SET_ASIDE.value,
+                        payload=mailbox.marker(ItemKind(kind), len(payload), now),
+                    )
+                )
+                events.append(
+                    AuditEvent(
+                        AuditKind.MAILBOX_ITEM_SET_ASIDE,
+                        self._owner,
+                        (),
+                        {"party": party, "cursor": cursor, "kind": kind, "bytes": len(payload)},
+                    )
+                )
+                log.warning(
+                    "mailbox item set aside: too large to deliver",
+                    party=party,
+                    cursor=cursor,
+                    kind=kind,
+                    size=len(payload),
+                )
+            if events:
+                self._audit(tx, events, now)
 
     def ack(self, party: str, cursor: int) -> int:
         """Acknowledge a party's items up to and including ``cursor`` (and delete them);
@@ -794,6 +945,23 @@ class BrokerStore(audit_store.AuditLog):
                     )
                 )
         return acked.acked_cursor
+
+    def usage(self, party: str) -> Usage:
+        """A party's quota counts: its last counted UTC day, what it submitted then, what it
+        holds (zeros for a party never seen)."""
+        _check_party(party)
+        with self._read() as conn:
+            party_id = self._party(conn, party)
+            row = (
+                None
+                if party_id is None
+                else conn.execute(
+                    select(PartyUsage.day, PartyUsage.submitted, PartyUsage.held).where(
+                        PartyUsage.party_id == party_id
+                    )
+                ).one_or_none()
+            )
+        return Usage() if row is None else Usage(row.day, row.submitted, row.held)
 
     def mailbox_state(self, party: str) -> MailboxState:
         """A party's head and acknowledged cursors (zeros for a party never seen)."""
@@ -1009,6 +1177,10 @@ class BrokerStore(audit_store.AuditLog):
                     for name in absent
                 ],
             )
+            tx.conn.execute(
+                self._insert(PartyUsage).on_conflict_do_nothing(index_elements=["party_id"]),
+                [{"party_id": known[name], "day": 0, "submitted": 0, "held": 0} for name in absent],
+            )
         tx.new_parties.update(known)
         found.update(known)
         return found
@@ -1115,7 +1287,7 @@ class BrokerStore(audit_store.AuditLog):
             )
             found = None if not early else self._send_partition_lookups(driver, early)
             batch = matching.parse_batch(party, key_epoch, entries)
-        prior = self._open_and_prior(party, checked.fetchone(), batch.digest)
+        prior = self._open_and_prior(tx, party, checked.fetchone(), batch.digest)
         wanted = {entry.token for entry in batch.entries}
         if prior is not None:
             return batch, prior, _Loaded([], {}, set())
@@ -1221,12 +1393,16 @@ class BrokerStore(audit_store.AuditLog):
             if self._seen is not None:
                 self._seen.add_inserted(prefixes, first, newest)
 
-    def _open_and_prior(self, party: str, row: Any, digest: bytes) -> _Prior | None:
-        """``_require_open`` and ``_prior`` of a submission in one query: from the row of
-        ``_PG_OPEN_AND_PRIOR`` or ``_SQLITE_OPEN_AND_PRIOR``."""
+    def _open_and_prior(self, tx: _Tx, party: str, row: Any, digest: bytes) -> _Prior | None:
+        """``_require_open`` and ``_prior`` of a submission in one query, and the party's
+        quota counts (into ``tx.usage``): from the row of ``_PG_OPEN_AND_PRIOR`` or
+        ``_SQLITE_OPEN_AND_PRIOR``."""
         if row is None:
             raise LookupError(f"no mailbox head for {party}")
-        closed, prior_digest, stored, unchanged, accepted_at = row
+        closed, prior_digest, stored, unchanged, accepted_at, day, submitted, held = row
+        if day is None:
+            raise LookupError(f"no quota counts for {party}")
+        tx.usage = matching.Usage(day, submitted, held)
         if closed:
             raise NotAllowed(f"{party} was removed from the covenant", reason="party.removed")
         if prior_digest is None:
@@ -1405,13 +1581,25 @@ class BrokerStore(audit_store.AuditLog):
         change: Change,
         loaded: _Loaded,
         meanwhile: Callable[[], object] | None = None,
+        held: Mapping[str, int] | None = None,
     ) -> None:
-        """Write a change: entries deleted, updated and inserted; groups updated and inserted.
+        """Write a change: entries deleted, updated and inserted; groups updated and inserted;
+        the parties' counts of entries held moved with them (``held``: the moves, when the
+        caller counted them itself — a submission counts its own party's apart).
 
         ``meanwhile`` (work that needs no database) runs once, while the server takes in
         the inserted entries if there are any.
         """
         conn = tx.conn
+        moves = matching.held_deltas(change) if held is None else held
+        if moves:
+            ids = self._ids(tx, moves)
+            counts = [(delta, ids[party]) for party, delta in sorted(moves.items())]
+            if self._postgres:
+                with self._driver(tx).cursor() as cursor:
+                    cursor.executemany(_PG_HOLD, counts)
+            else:
+                self._driver(tx).executemany(_SQLITE_HOLD, counts)
         doomed = [loaded.row_ids[entry.key] for entry in change.deleted]
         for start in range(0, len(doomed), _SQLITE_CHUNK):
             conn.execute(

@@ -18,10 +18,11 @@ input naming the field before anything is stored or sent.
 
 A hit as the API shows it is the latest verified hit notice of its group
 (stored as the broker signed it), resolved against the node's own signals,
-with the other members' categories decrypted under the covenant's attribute
-key and checked against its list: any member can seal any text under the shared
-key, so one that is not a category is counted (``unknown_categories``), never
-shown.
+with the other members' categories decrypted under the attribute key version
+each box names (the node's ``AttributeKeyRing`` holds every version it was
+dealt, so boxes sealed before a key change stay readable) and checked against
+the covenant's list: any member can seal any text under the shared key, so one
+that is not a category is counted (``unknown_categories``), never shown.
 
 Nothing here logs an identifier, a detail or a category: log lines carry
 counts and codes only.
@@ -68,7 +69,7 @@ from samenloop.node.store import (
 from samenloop.node.uplink import SOFTWARE, UplinkStatus
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import rules
-from samenloop.policies.covenant import AttributeKey, Covenant
+from samenloop.policies.covenant import AttributeKeyRing, Covenant
 from samenloop.policies.errors import (
     ConfigurationError,
     InvalidInput,
@@ -524,16 +525,20 @@ def signal_to_proto(record: SignalRecord) -> node_pb2.Signal:
     return message
 
 
-def _categories(key: AttributeKey, sealed: Sequence[common_pb2.SecretBox]) -> list[str]:
+def _categories(
+    attribute_keys: AttributeKeyRing, sealed: Sequence[common_pb2.SecretBox]
+) -> list[str]:
     """The categories in a member's sealed attributes, as they opened (unchecked).
 
-    A box under another key version, or one that does not open, is left out:
-    the notice's signature already vouches for the rest of the hit.
+    Each box opens with the key version it names. A box under a version this
+    party was not dealt, or one that does not open, is left out: the notice's
+    signature already vouches for the rest of the hit.
     """
     found: list[str] = []
     failed = 0
     for box in sealed:
-        if box.key_version != key.version:
+        key = attribute_keys.get(box.key_version)
+        if key is None:
             failed += 1
             continue
         try:
@@ -547,7 +552,7 @@ def _categories(key: AttributeKey, sealed: Sequence[common_pb2.SecretBox]) -> li
 
 
 def hit_to_proto(
-    record: HitRecord, attribute_key: AttributeKey, *, covenant: Covenant
+    record: HitRecord, attribute_keys: AttributeKeyRing, *, covenant: Covenant
 ) -> node_pb2.Hit:
     """A stored hit as the API shows it: its latest signed notice, decoded (it was
     verified when it was stored), with the node's own signals resolved and the
@@ -581,7 +586,7 @@ def hit_to_proto(
         hit.party_count = notice.party_count
     unknown = 0
     for member in notice.members:
-        opened = _categories(attribute_key, member.sealed_attributes)
+        opened = _categories(attribute_keys, member.sealed_attributes)
         checked = rules.received_categories(covenant, opened)
         unknown += checked.unknown
         shown = hit.members.add(
@@ -644,7 +649,8 @@ class NodeApiContext:
     store: NodeStore
     #: The covenant held now (a ``HeldCovenant``): read on every call, so updates count.
     covenant: Callable[[], Covenant]
-    attribute_key: AttributeKey
+    #: Every attribute key version this party was dealt (the uplink adds new ones).
+    attribute_keys: AttributeKeyRing
     #: The uplink's live status; None when no uplink runs (tests, offline tools).
     uplink_status: Callable[[], UplinkStatus | None] = lambda: None
     #: Tells the uplink there is work (new signals, withdrawals).
@@ -852,7 +858,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         records = self._store.hits(state, limit=size, newest_first=True, before_feed_seq=before)
         covenant = self._ctx.covenant()
         response = node_pb2.ListHitsResponse(
-            hits=[hit_to_proto(r, self._ctx.attribute_key, covenant=covenant) for r in records]
+            hits=[hit_to_proto(r, self._ctx.attribute_keys, covenant=covenant) for r in records]
         )
         if len(records) == size:
             response.next_page_token = str(records[-1].feed_seq)
@@ -866,7 +872,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         record = self._store.hit(request.hit_group_id)
         if record is None:
             raise NotFound("no hit with this group id", field="hit_group_id")
-        shown = hit_to_proto(record, self._ctx.attribute_key, covenant=self._ctx.covenant())
+        shown = hit_to_proto(record, self._ctx.attribute_keys, covenant=self._ctx.covenant())
         return node_pb2.GetHitResponse(hit=shown)
 
     def WatchHits(
@@ -889,7 +895,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             for record in records:
                 yield node_pb2.WatchHitsResponse(
                     sequence=record.feed_seq,
-                    hit=hit_to_proto(record, self._ctx.attribute_key, covenant=covenant),
+                    hit=hit_to_proto(record, self._ctx.attribute_keys, covenant=covenant),
                 )
                 after = record.feed_seq
             if len(records) < WATCH_PAGE:

@@ -10,7 +10,7 @@ reached, ...)::
 
     from samenloop.node.client import NodeClient, SignalInput
 
-    with NodeClient("unix:/var/lib/samenloop/api.sock") as node:
+    with NodeClient.from_config("/etc/samenloop/node.toml") as node:
         node.add_signal(
             "DOSSIER-2024-0173",
             "vastgoedmisbruik",
@@ -23,6 +23,13 @@ reached, ...)::
         asked = node.request_disclosure(hit.group_id, "politie", ref, "bibob",
                                         ["naam"], officer="j.jansen@gemeente.nl")
         node.disclosure(asked.request_id).released_fields   # once granted
+
+The node takes only calls that carry its API token (a 0600 file in its data
+directory, ``api_token`` in ``node.toml``; see :mod:`samenloop.node.api_token`):
+:meth:`NodeClient.from_config` reads it where the configuration says, or give
+it yourself, ``NodeClient("unix:/var/lib/samenloop/api.sock", token=...)``.
+Either way the application runs as the node's account, or is handed the token
+by it.
 
 Disclosures follow the covenant: the owner's node answers with exactly the
 fields its release rule allows, a refusal with its reason, or -- where the
@@ -47,6 +54,7 @@ from typing import Final, TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 
+from samenloop.node.api_token import bearer, read_token
 from samenloop.node.attributes import area_kind_of
 from samenloop.node.cases import (
     INTERVENTION_TO_PROTO,
@@ -869,21 +877,40 @@ class NodeClient:
     """A connection to the node's local API. Use it as a context manager, or call
     :meth:`close`. Safe to share between threads (gRPC channels are)."""
 
-    def __init__(self, target: str | Path, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        target: str | Path,
+        *,
+        token: str | None = None,
+        token_file: Path | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        """Connect to the node's local API at ``target`` (a Unix socket path, ``unix:PATH``
+        or ``127.0.0.1:PORT``), sending its API token with every call: ``token`` itself, or
+        read from ``token_file`` at the first call (the node makes that file as it first
+        starts). Without either, the node refuses every call but the health check."""
         self.target = normalise_target(target)
         self._timeout = timeout
+        self._metadata = None if token is None else bearer(token)
+        self._token_file = token_file
         self._channel = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
         self._stub = node_pb2_grpc.NodeApiStub(self._channel)
         self._watches: weakref.WeakSet[HitWatch] = weakref.WeakSet()
 
     @classmethod
     def from_config(cls, path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> NodeClient:
-        """Connect where ``node.toml`` says the node serves its local API."""
+        """Connect where ``node.toml`` says the node serves its local API, with the token
+        from the file it names (``api_token``)."""
         config = load_node_config(path)
-        if config.api_listen is not None:
-            return cls(config.api_listen, timeout=timeout)
-        assert config.api_socket is not None
-        return cls(config.api_socket, timeout=timeout)
+        target = config.api_listen if config.api_listen is not None else config.api_socket
+        assert target is not None
+        return cls(target, token_file=config.api_token, timeout=timeout)
+
+    def _auth(self) -> tuple[tuple[str, str], ...] | None:
+        """The call metadata with the token; read from the token file once it is there."""
+        if self._metadata is None and self._token_file is not None:
+            self._metadata = bearer(read_token(self._token_file))
+        return self._metadata
 
     def close(self) -> None:
         for watch in list(self._watches):
@@ -908,7 +935,7 @@ class NodeClient:
         timeout: float | None = None,
     ) -> _Resp:
         try:
-            return method(request, timeout=timeout or self._timeout)
+            return method(request, timeout=timeout or self._timeout, metadata=self._auth())
         except grpc.RpcError as error:
             raise error_from_rpc(error) from None
 
@@ -1081,7 +1108,9 @@ class NodeClient:
         """Every hit change after ``after_feed_seq``: the backlog first, then each new
         change as the node accepts it, until cancelled. Each yielded hit carries its
         ``sequence``; store the last one processed and resume after it."""
-        call = self._stub.WatchHits(node_pb2.WatchHitsRequest(after_sequence=after_feed_seq))
+        call = self._stub.WatchHits(
+            node_pb2.WatchHitsRequest(after_sequence=after_feed_seq), metadata=self._auth()
+        )
         watch = HitWatch(iter(call), call.cancel)
         self._watches.add(watch)
         return watch

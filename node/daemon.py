@@ -1,15 +1,21 @@
 """The node process: its store, its uplink to the broker, its local API.
 
 ``build_node`` checks everything a partner's IT department would otherwise
-discover the hard way — the party is in the covenant, the key file is this
-party's, the TLS certificate is valid and names this party, the database is
-at the schema head — and then starts the local API and the uplink. ``serve``
-runs it until SIGTERM or SIGINT and sweeps expired signals meanwhile.
+discover the hard way — the data directories and secret files are this
+account's alone (refused as ssh refuses an open key), the party is in the
+covenant, the key file is this party's, the TLS certificate is valid and names
+this party, the database is at the schema head — and then starts the local API,
+which takes only calls that carry the node's API token
+(:mod:`samenloop.node.api_token`), and the uplink. ``serve`` runs it until
+SIGTERM or SIGINT and sweeps expired signals meanwhile.
 
 The covenant file holds the signed root version the partner trusts out of
 band; versions accepted since (from the broker's mailbox, verified) are kept in
 the store and replayed over it at start, each checked again against the one
-before. Every component reads the resulting ``HeldCovenant`` on each use.
+before. Every component reads the resulting ``HeldCovenant`` on each use. The
+attribute keys dealt in those versions are opened into one
+``AttributeKeyRing`` as they are replayed (and by the uplink as updates
+arrive), so a node reads every version it was dealt.
 """
 
 from __future__ import annotations
@@ -27,15 +33,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from samenloop.node import keysetup, threshold
 from samenloop.node.api import HitBell, NodeApiContext, NodeApiService
+from samenloop.node.api_token import RefusedCalls, TokenInterceptor, ensure_token
 from samenloop.node.holder import KeyHolder
 from samenloop.node.store import NodeStore
-from samenloop.node.uplink import Uplink, broker_channel
-from samenloop.policies import certs, database, logs
-from samenloop.policies.config import NodeConfig, load_node_config
-from samenloop.policies.covenant import SealedAttributeKey
+from samenloop.node.uplink import Uplink, broker_channel, learn_attribute_key
+from samenloop.policies import certs, crypto, database, logs
+from samenloop.policies.config import (
+    NodeConfig,
+    load_node_config,
+    private_directories,
+    secret_files,
+)
+from samenloop.policies.covenant import AttributeKeyRing
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError, CovenantRejected
-from samenloop.policies.process import run_until_signalled, settle_heap
+from samenloop.policies.process import check_private, run_until_signalled, settle_heap
 from samenloop.policies.rpc import ErrorInterceptor
 from samenloop.policies.trust import (
     HeldCovenant,
@@ -54,17 +66,20 @@ SWEEP_SECONDS = 60.0
 
 @dataclass
 class RunningNode:
-    """A started node: its local API server and address, uplink and store."""
+    """A started node: its local API server and address, uplink and store, and the local
+    calls it refused, waiting for the audit log."""
 
     server: grpc.Server
     api_address: str
     uplink: Uplink
     store: NodeStore
     socket_path: Path | None
+    refused: RefusedCalls
 
     def stop(self, grace: float | None = 2.0) -> None:
         self.uplink.stop()
         self.server.stop(grace).wait()
+        self.refused.flush()
         self.store.engine.dispose()
         if self.socket_path is not None:
             self.socket_path.unlink(missing_ok=True)
@@ -79,10 +94,21 @@ def _read(path: Path, what: str) -> bytes:
         ) from error
 
 
+def check_files(config: NodeConfig) -> str:
+    """Refuse to go on, as ssh does, when another account may use the node's data or
+    secrets: the data directories (made 0700 if missing) and every secret file must be
+    this account's and closed to group and others. Returns the API token, made if absent."""
+    assert config.api_token is not None  # NodeConfig sets the default
+    token = ensure_token(config.api_token)
+    check_private(private_directories(config), secret_files(config))
+    return token
+
+
 def build_node(
     config: NodeConfig, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 ) -> RunningNode:
     """Check the configuration, open the store, start the local API and the uplink."""
+    api_token = check_files(config)
     held = HeldCovenant(TrustState(load_signed_covenant(config.covenant)))
     covenant = held()
     party = config.party
@@ -95,16 +121,17 @@ def build_node(
         )
     certificate = _read(config.certificate, "certificate")
     ca_certificate = _read(config.ca_certificate, "ca_certificate")
+    private_key = crypto.read_secret_file(
+        config.private_key, what="TLS private key", field="private_key"
+    )
     if certs.verify_certificate(certificate, ca_certificate, now=clock()) != party:
         raise ConfigurationError(f"the TLS certificate is not {party}'s", field="certificate")
-    attribute_key = SealedAttributeKey.from_json(
-        _read(config.attribute_key, "attribute_key"), source=str(config.attribute_key)
-    ).open(keys)
 
     engine = database.make_engine(config.database_url)
     database.check_at_head(engine, MIGRATIONS)
     store = NodeStore(engine, owner=party)
-    replay_covenant(held, store)
+    attribute_keys = AttributeKeyRing(keys)
+    replay_covenant(held, store, attribute_keys)
     try:
         check_validity(held(), clock())
     except CovenantRejected as error:
@@ -112,6 +139,8 @@ def build_node(
     covenant = held()
     if not covenant.is_party(party):
         log.error("the covenant held no longer lists this party", version=covenant.version)
+    else:
+        attribute_keys.current(covenant)  # a box that does not open stops the start
 
     holder = None
     if config.key_share is not None:
@@ -132,7 +161,7 @@ def build_node(
     channel = broker_channel(
         config.broker,
         ca_certificate=ca_certificate,
-        private_key=_read(config.private_key, "private_key"),
+        private_key=private_key,
         certificate=certificate,
     )
     bell = HitBell()
@@ -142,7 +171,7 @@ def build_node(
         covenant=held,
         keys=keys,
         store=store,
-        attribute_key=attribute_key,
+        attribute_keys=attribute_keys,
         holder=holder,
         clock=clock,
         on_hit=bell.ring,
@@ -152,7 +181,7 @@ def build_node(
             party=party,
             store=store,
             covenant=held,
-            attribute_key=attribute_key,
+            attribute_keys=attribute_keys,
             uplink_status=lambda: uplink.status,
             wake_uplink=uplink.wake.set,
             clock=clock,
@@ -162,25 +191,33 @@ def build_node(
             pictures=uplink.pictures,
         )
     )
+    refused = RefusedCalls(store.audit_append, clock)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="node-api"),
-        interceptors=[ErrorInterceptor()],
+        # The token first: a call without it is refused before anything of it is read.
+        interceptors=[TokenInterceptor(api_token, refused), ErrorInterceptor()],
+        # A port another server of this account holds is an error, not silently shared
+        # (gRPC sets SO_REUSEPORT by default: the kernel would spread the calls over both).
+        options=[("grpc.so_reuseport", 0)],
     )
     node_pb2_grpc.add_NodeApiServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     socket_path: Path | None = None
     if config.api_listen is not None:
-        address = config.api_listen
-        if server.add_insecure_port(address) == 0:
-            raise ConfigurationError(f"cannot listen on {address}", field="api_listen")
+        address, setting = config.api_listen, "api_listen"
     else:
         assert config.api_socket is not None
-        socket_path = config.api_socket
-        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        socket_path = config.api_socket  # its directory is 0700: check_files saw to that
         socket_path.unlink(missing_ok=True)  # a stale socket of an earlier run
-        address = f"unix:{socket_path}"
-        server.add_insecure_port(address)
+        address, setting = f"unix:{socket_path}", "api_socket"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # newer gRPC raises where older returned 0
+        bound = 0
+    if bound == 0:
+        store.engine.dispose()
+        raise ConfigurationError(f"cannot listen on {address} (in use?)", field=setting)
     server.start()
     if socket_path is not None:
         os.chmod(socket_path, 0o600)  # only this account's applications may talk to the node
@@ -189,16 +226,21 @@ def build_node(
     log.info(
         "node running", party=party, api=address, broker=config.broker, holder=holder is not None
     )
-    return RunningNode(server, address, uplink, store, socket_path)
+    return RunningNode(server, address, uplink, store, socket_path, refused)
 
 
-def replay_covenant(held: HeldCovenant, store: NodeStore) -> None:
+def replay_covenant(
+    held: HeldCovenant, store: NodeStore, attribute_keys: AttributeKeyRing | None = None
+) -> None:
     """Re-apply the covenant versions the node accepted since its root, oldest first.
 
     Each is checked again against the one before (signatures, version order);
     a stored version that no longer verifies stops the replay there, loudly:
-    the node then holds the last good version.
+    the node then holds the last good version. ``attribute_keys`` learns the
+    attribute key of the root and of each version replayed.
     """
+    if attribute_keys is not None:
+        learn_attribute_key(attribute_keys, held())
     for data in store.covenant_versions():
         message = common_pb2.SignedCovenant.FromString(data)
         try:
@@ -208,6 +250,8 @@ def replay_covenant(held: HeldCovenant, store: NodeStore) -> None:
             return
         if update.changed:
             log.info("covenant version replayed", version=update.covenant.version)
+            if attribute_keys is not None:
+                learn_attribute_key(attribute_keys, update.covenant)
 
 
 def serve(config_path: Path) -> int:
@@ -222,6 +266,7 @@ def serve(config_path: Path) -> int:
     def sweep() -> None:
         if running.store.expire_signals(datetime.now(UTC)):
             running.uplink.wake.set()
+        running.refused.flush()
         running.store.audit_checkpoint(keys, now=datetime.now(UTC))
 
     run_until_signalled(SWEEP_SECONDS, sweep)
@@ -234,8 +279,10 @@ def serve(config_path: Path) -> int:
 
 
 def migrate(config_path: Path) -> int:
-    """Bring the node's database to this version's schema."""
+    """Bring the node's database to this version's schema (after the checks of the files
+    that ``serve`` runs too)."""
     config = load_node_config(config_path)
+    check_files(config)
     engine = database.make_engine(config.database_url)
     try:
         database.upgrade(engine, MIGRATIONS)

@@ -35,7 +35,7 @@ from samenloop.node.demo import PARTNERS, SHARED, RawSignal, synthetic_signals
 from samenloop.node.identifiers import IdentifierType
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import rules
-from samenloop.policies.covenant import Covenant, Role
+from samenloop.policies.covenant import Covenant, Role, with_new_attribute_key
 from samenloop.policies.errors import SamenloopError
 
 COVENANT = "riec-zwb-demo"
@@ -462,10 +462,11 @@ def _remove_partner(
     processes: Processes,
 ) -> tuple[list[tuple[str, bool]], Covenant]:
     held = provisioned.covenant
-    draft = replace(
+    # As 'covenant remove-party' does: the parties that remain get a new attribute key.
+    draft = with_new_attribute_key(
         held,
+        tuple(p for p in held.parties if p.id != "woningcorporatie"),
         version=held.version + 1,
-        parties=tuple(p for p in held.parties if p.id != "woningcorporatie"),
     )
     result = _publish(provisioned, draft, clients, processes)
     others = [p for p in clients if p != "woningcorporatie"]
@@ -478,7 +479,8 @@ def _remove_partner(
     )
     status = woco.status()
     console.print(
-        f"12. covenant version {draft.version} without woningcorporatie, signed by both signers, "
+        f"12. covenant version {draft.version} without woningcorporatie (attribute key version "
+        f"{draft.attribute_key_version} dealt to the others), signed by both signers, "
         f"published through the broker (exit {result.returncode}); every other node "
         f"accepted it; woningcorporatie is cut off: broker connection "
         f"{status.broker_connection}, {status.last_error[:90]!r}"

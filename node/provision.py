@@ -2,11 +2,15 @@
 
 What the administrators of a real covenant do step by step with the CLI
 (``node keygen``, ``keyholder deal`` and ``accept``, certificate issuing), done
-at once for the demo and for tests. Every party gets its own directory with
-owner-only secrets; the OPRF key is dealt t-of-n to the holders and never
-written whole; the covenant lists parties, keys, the CA, the key epoch and the
-rules (``example_policy`` unless the caller gives its own), and is signed by
-the covenant's signers (``signers``, their keys under ``ROOT/admin/``).
+at once for the demo and for tests. Every party gets its own directory (0700)
+with owner-only secrets (0600) and a data directory (0700) holding the API
+token its applications call the node's local API with, so that the tree passes
+the daemons' checks at start whatever the umask; the OPRF key is dealt t-of-n
+to the holders and never written whole; the covenant lists parties, keys, the
+CA, the key epoch, the attribute key (version 1, sealed to each party in its
+entry, never written whole) and the rules (``example_policy`` unless the caller
+gives its own), and is signed by the covenant's signers (``signers``, their keys under
+``ROOT/admin/``).
 
 Layout::
 
@@ -15,7 +19,7 @@ Layout::
     ROOT/covenant.toml (the draft), covenant.json (signed: what the daemons trust)
     ROOT/broker/broker.toml, tls.pem, tls.key, signing-keys.json, data/
     ROOT/<party>/node.toml, tls.pem, tls.key, party-keys.json,
-                 attribute-key.json, key-share.json (holders only), data/
+                 key-share.json (holders only), data/api-token
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from samenloop.node import keysetup
+from samenloop.node.api_token import ensure_token
 from samenloop.policies import certs, config, covenant, trust
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys
@@ -75,11 +80,26 @@ class Provisioned:
         return signed
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (for loopback tests and the demo)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def private_dir(path: Path) -> Path:
+    """``path`` made, or made again, a directory of this account's alone (0700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def free_port(taken: set[int] | None = None) -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for loopback tests and the demo),
+    and not in ``taken`` (the ports handed out already for daemons not started yet: the
+    system may offer a port again once its probe is closed); it is added to ``taken``."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if taken is None:
+            return port
+        if port not in taken:
+            taken.add(port)
+            return port
 
 
 def provision(
@@ -99,7 +119,10 @@ def provision(
 ) -> Provisioned:
     """Write a complete covenant under ``root`` and return where its files are."""
     root.mkdir(parents=True, exist_ok=True)
-    port = broker_port or free_port()
+    for private in ("ca", "admin", "broker", *(p.id for p in parties)):
+        private_dir(root / private)
+    taken = {broker_port} if broker_port else set()
+    port = broker_port or free_port(taken)
     address = f"localhost:{port}"
     ca = certs.CertificateAuthority.create(covenant_id, now=now)
     ca.save(root / "ca" / "ca.key", root / "ca" / "ca.pem")
@@ -134,7 +157,6 @@ def provision(
         ),
     )
 
-    attribute_key = covenant.new_attribute_key(covenant_id, 1)
     the_covenant = covenant.Covenant(
         id=covenant_id,
         version=1,
@@ -145,9 +167,13 @@ def provision(
         broker=covenant.BrokerInfo(
             id=broker_id, address=address, ed25519=broker_keys.public().ed25519
         ),
-        parties=tuple(
-            covenant.Party(id=p.id, name=p.name, role=p.role, keys=keys[p.id].public())
-            for p in parties
+        parties=covenant.deal_attribute_key(
+            covenant_id,
+            1,
+            (
+                covenant.Party(id=p.id, name=p.name, role=p.role, keys=keys[p.id].public())
+                for p in parties
+            ),
         ),
         key_epoch=covenant.OprfKeyEpoch(
             epoch=key_epoch.epoch,
@@ -161,7 +187,7 @@ def provision(
             retire_after=key_epoch.retire_after,
         ),
         ca_certificate=ca.cert_pem,
-        attribute_key_version=attribute_key.version,
+        attribute_key_version=1,
     )
     (root / "covenant.toml").write_bytes(covenant.covenant_to_toml(the_covenant))
     signed = trust.SignedCovenant.of(the_covenant)
@@ -182,7 +208,7 @@ def provision(
         signing_keys=broker_dir / "signing-keys.json",
         listen=f"127.0.0.1:{port}",
     )
-    (broker_dir / "data").mkdir(parents=True, exist_ok=True)
+    private_dir(broker_dir / "data")
     broker_config_path = broker_dir / "broker.toml"
     broker_config_path.write_bytes(config.config_to_toml(broker_config, relative_to=broker_dir))
 
@@ -192,14 +218,7 @@ def provision(
         issued = ca.issue_party(p.id, now=now)
         certs.save_private_key(party_dir / "tls.key", issued.key_pem)
         (party_dir / "tls.pem").write_bytes(issued.cert_pem)
-        sealed_key = covenant.SealedAttributeKey(
-            covenant_id=covenant_id,
-            version=attribute_key.version,
-            party=p.id,
-            sealed=covenant.seal_attribute_key_for(keys[p.id].public(), attribute_key),
-        )
-        (party_dir / "attribute-key.json").write_bytes(sealed_key.to_json())
-        (party_dir / "data").mkdir(parents=True, exist_ok=True)
+        private_dir(party_dir / "data")
         node_config = config.NodeConfig(
             party=p.id,
             broker=address,
@@ -209,10 +228,12 @@ def provision(
             private_key=party_dir / "tls.key",
             ca_certificate=root / "ca" / "ca.pem",
             party_keys=party_dir / "party-keys.json",
-            attribute_key=party_dir / "attribute-key.json",
             key_share=party_dir / "key-share.json" if p.id in holders else None,
-            api_listen=f"127.0.0.1:{free_port()}" if api_tcp else None,
+            api_listen=f"127.0.0.1:{free_port(taken)}" if api_tcp else None,
         )
+        assert node_config.api_token is not None
+        ensure_token(node_config.api_token)  # the node would make it at start; made here
+        # so that the party's applications can connect before the node first ran
         path = party_dir / "node.toml"
         path.write_bytes(config.config_to_toml(node_config, relative_to=party_dir))
         node_configs[p.id] = path

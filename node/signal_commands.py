@@ -47,7 +47,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from samenloop.node.attributes import check_area, check_branch, parse_month
-from samenloop.node.client import RESTORABLE_TYPES, Hit, NodeClient, Signal, SignalInput
+from samenloop.node.client import (
+    RESTORABLE_TYPES,
+    Hit,
+    NodeClient,
+    Signal,
+    SignalInput,
+    normalise_target,
+)
 from samenloop.node.identifiers import IdentifierType, identifier_type, parse
 from samenloop.node.models import AreaKind, HitState
 from samenloop.policies import spreadsheet, terminal
@@ -79,7 +86,7 @@ _DELIMITERS: Final = (",", ";", "\t", "|")
 
 
 def add_node_options(parser: argparse.ArgumentParser) -> None:
-    """``--node`` / ``--socket``: where the node's local API is."""
+    """``--node`` / ``--socket`` (with ``--token-file``): where the node's local API is."""
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--node",
@@ -92,12 +99,26 @@ def add_node_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="the node's local API socket (or 127.0.0.1:PORT)",
     )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="with --socket: the node's API token file (default: api-token beside the socket)",
+    )
 
 
 def open_client(args: argparse.Namespace) -> NodeClient:
-    """A client for the node that ``--node`` / ``--socket`` name."""
+    """A client for the node that ``--node`` / ``--socket`` name, with its API token."""
+    token_file: Path | None = getattr(args, "token_file", None)
     if args.socket:
-        return NodeClient(args.socket)
+        target = normalise_target(args.socket)
+        beside = Path(target.removeprefix("unix:")).parent / "api-token"
+        if token_file is None and target.startswith("unix:") and beside.exists():
+            token_file = beside
+        # Without a token file the node answers UNAUTHENTICATED, naming what is missing.
+        return NodeClient(args.socket, token_file=token_file)
+    if token_file is not None:
+        raise ConfigurationError("--token-file goes with --socket", field="--token-file")
     config: Path | None = args.node
     if config is None and os.environ.get(NODE_CONFIG_ENV):
         config = Path(os.environ[NODE_CONFIG_ENV])

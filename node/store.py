@@ -1373,6 +1373,24 @@ class NodeStore(audit_store.AuditLog):
                 return cursor
         return stored_cursor
 
+    def note_set_aside(self, cursor: int, kind: str, size: int, *, now: datetime) -> None:
+        """Record that the broker set aside the mailbox item at ``cursor`` (too large to
+        deliver: ``kind`` and ``size`` as its marker says), and advance past it: the node
+        does not get that item, and its audit log says so."""
+        if cursor < 0:
+            raise InvalidInput("a cursor is not negative", field="cursor")
+        now = _utc(now)
+        with self._write() as conn:
+            stored_cursor, last_feed_seq = self._lock_inbox(conn)
+            if cursor > stored_cursor:
+                self._save_inbox(conn, cursor, last_feed_seq)
+            self.append_audit(
+                conn,
+                kind=AuditKind.MAILBOX_ITEM_SET_ASIDE,
+                details={"cursor": cursor, "kind": kind, "bytes": size},
+                now=now,
+            )
+
     def mailbox_cursor(self) -> int:
         """The last broker mailbox cursor whose item is processed (0: none yet)."""
         with self._read() as conn:

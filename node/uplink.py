@@ -13,6 +13,9 @@ outbox waits, nothing is lost):
   the outbox in order (``SubmitTokens`` / ``WithdrawTokens``) and mark each
   batch acknowledged only after the broker's answer. A batch resent after a
   crash carries the same client batch id, so the broker counts it once.
+  A batch the broker refuses for one of the covenant's submission quotas stays
+  in the outbox, and the outbox waits (in order: a withdrawal must not overtake
+  the submission it withdraws) until the next UTC day or ``QUOTA_RETRY``.
   Sealed envelopes (disclosure requests and answers) wait in their own durable
   outbox and go to ``SendEnvelope`` under their message id, so a resend is
   delivered once.
@@ -23,7 +26,11 @@ outbox waits, nothing is lost):
   signed message inside; a covenant update is verified against the held
   version (``HeldCovenant``: threshold, version, validity) and stored before
   it is adopted, and a refused one is recorded and skipped: a node does not
-  trust the broker.
+  trust the broker. An adopted version's attribute key joins the node's
+  ``AttributeKeyRing`` at once: categories are sealed under it from then on.
+  A ``SetAsideItem`` (the broker could not deliver the item at that cursor: too
+  large) is recorded in the audit log and acknowledged, so the node neither
+  stalls on it nor misses it silently.
 * **holder** (key holders only): keep a ``HolderChannel`` open and answer the
   evaluation requests the broker relays, with ``KeyHolder.answer``; each
   answer is counted, and an evaluation entered in the replay cache, in one
@@ -41,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import grpc
@@ -59,10 +66,18 @@ from samenloop.policies import covenant as covenant_model
 from samenloop.policies import rules
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import NotEnoughHolders, Replay, SamenloopError
+from samenloop.policies.rpc import error_from_rpc
 from samenloop.policies.trust import HeldCovenant, SignedCovenant
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
-__all__ = ["Uplink", "UplinkStatus", "broker_channel", "record_answer", "verify_hit_notice"]
+__all__ = [
+    "Uplink",
+    "UplinkStatus",
+    "broker_channel",
+    "learn_attribute_key",
+    "record_answer",
+    "verify_hit_notice",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +88,14 @@ IDLE_SECONDS = 1.0
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 CALL_TIMEOUT = 30.0
+#: How long the outbox waits after the broker refused a batch for a quota of entries
+#: held (the broker's own expiry sweep may free room); a daily quota waits for the next
+#: UTC day, or this, whichever comes first.
+QUOTA_RETRY = timedelta(minutes=10)
+QUOTA_ERROR = "broker quota reached"
+#: The payload kinds a SetAsideItem may name; anything else is recorded as "unknown".
+_PAYLOAD_KINDS = frozenset({"hit_notice", "envelope", "covenant_update"})
+_MAX_INT64 = 2**63 - 1
 
 #: Status codes that mean "the broker is not reachable now": wait and retry.
 TRANSIENT = frozenset(
@@ -112,6 +135,23 @@ def broker_channel(
             ("grpc.max_reconnect_backoff_ms", 5_000),
         ],
     )
+
+
+def learn_attribute_key(
+    attribute_keys: covenant_model.AttributeKeyRing, covenant: covenant_model.Covenant
+) -> None:
+    """Add the attribute key ``covenant`` deals to this party to its ring. A box that does
+    not open is logged (never its bytes) and skipped: boxes of that version stay unread,
+    and nothing is sealed until a version that opens is held (``current`` raises)."""
+    try:
+        attribute_keys.learn(covenant)
+    except SamenloopError as error:
+        log.error(
+            "the attribute key dealt to this party does not open",
+            covenant_version=covenant.version,
+            key_version=covenant.attribute_key_version,
+            field=error.field,
+        )
 
 
 @dataclass
@@ -175,7 +215,7 @@ class Uplink:
         covenant: HeldCovenant,
         keys: PartyKeys,
         store: NodeStore,
-        attribute_key: covenant_model.AttributeKey,
+        attribute_keys: covenant_model.AttributeKeyRing,
         holder: KeyHolder | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_hit: Callable[[], None] = lambda: None,
@@ -186,7 +226,8 @@ class Uplink:
         self._covenant = covenant
         self._keys = keys
         self._store = store
-        self._attribute_key = attribute_key
+        #: Every attribute key version this party was dealt; updates add theirs as they arrive.
+        self.attribute_keys = attribute_keys
         self._holder = holder
         self._clock = clock
         self._on_hit = on_hit
@@ -209,6 +250,8 @@ class Uplink:
         self._threads: list[threading.Thread] = []
         self._calls: set[grpc.Call] = set()
         self._calls_lock = threading.Lock()
+        #: The outbox waits until then: the broker refused a batch for a quota.
+        self._outbox_waits_until: datetime | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -363,10 +406,14 @@ class Uplink:
         }
 
     def _seal_category(self, category: str) -> bytes:
+        """Seal under the attribute key of the covenant held now: never an older version,
+        which a removed party may hold (if this party's box does not open, this raises and
+        the entries wait)."""
+        key = self.attribute_keys.current(self._covenant())
         plaintext = common_pb2.MemberAttributes(category=category).SerializeToString()
-        nonce, ciphertext = covenant_model.seal_attributes(self._attribute_key, plaintext)
+        nonce, ciphertext = covenant_model.seal_attributes(key, plaintext)
         return common_pb2.SecretBox(
-            key_version=self._attribute_key.version, nonce=nonce, ciphertext=ciphertext
+            key_version=key.version, nonce=nonce, ciphertext=ciphertext
         ).SerializeToString()
 
     def _tokenise_some(self) -> bool:
@@ -404,12 +451,24 @@ class Uplink:
         return True
 
     def _send_outbox(self) -> bool:
+        waits = self._outbox_waits_until
+        if waits is not None:
+            if self._clock() < waits:
+                return False
+            self._outbox_waits_until = None
         batches = self._store.outbox(limit=16)
         for batch in batches:
-            self._send(batch)
+            if not self._send(batch):
+                return False  # the rest waits, in order
+            if waits is not None:  # the quota had room again: the status need not say it
+                waits = None
+                with self.status.lock:
+                    if self.status.last_error.startswith(QUOTA_ERROR):
+                        self.status.last_error = ""
         return bool(batches)
 
-    def _send(self, batch: OutboxBatch) -> None:
+    def _send(self, batch: OutboxBatch) -> bool:
+        """Send one outbox batch; False if the broker refused it for a quota (it stays)."""
         try:
             if batch.kind is BatchKind.SUBMIT:
                 request = broker_pb2.SubmitTokensRequest(
@@ -432,6 +491,11 @@ class Uplink:
                 )
         except grpc.RpcError as error:
             if isinstance(error, grpc.Call) and error.code() not in TRANSIENT:
+                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    reason = error_from_rpc(error).reason
+                    if reason.startswith("quota."):
+                        self._wait_for_quota(reason, error.details() or "")
+                        return False
                 # The broker refused the batch for good: do not resend it forever.
                 log.warning(
                     "broker refused an outbox batch",
@@ -440,12 +504,27 @@ class Uplink:
                     details=error.details(),
                 )
                 self._store.reject_batch(batch.client_batch_id, now=self._clock())
-                return
+                return True
             raise
         self._store.mark_acked(batch.client_batch_id, now=self._clock())
         with self.status.lock:
             self.status.batches_sent += 1
             self.status.last_contact = self._clock()
+        return True
+
+    def _wait_for_quota(self, reason: str, details: str) -> None:
+        """The broker refused a batch for one of the covenant's quotas: keep it, and let
+        the outbox wait until the quota may have room again."""
+        now = self._clock()
+        until = now + QUOTA_RETRY
+        if reason == "quota.token_entries_per_day":
+            tomorrow = datetime.combine(
+                now.astimezone(UTC).date() + timedelta(days=1), datetime.min.time(), UTC
+            )
+            until = min(until, tomorrow)
+        self._outbox_waits_until = until
+        log.warning("broker quota reached: the outbox waits", reason=reason, until=until)
+        self.status.update(last_error=f"{QUOTA_ERROR} ({reason}): {details}")
 
     def _send_envelopes(self) -> bool:
         """Send the envelope outbox in order; each is marked sent only after the broker's
@@ -540,6 +619,18 @@ class Uplink:
         if item.HasField("covenant_update"):
             self._covenant_update(item.cursor, item.covenant_update)
             return
+        if item.HasField("set_aside"):
+            aside = item.set_aside
+            missed = aside.kind if aside.kind in _PAYLOAD_KINDS else "unknown"
+            size = min(aside.size_bytes, _MAX_INT64)
+            log.warning(
+                "the broker set aside a mailbox item too large to deliver",
+                cursor=item.cursor,
+                kind=missed,
+                size=size,
+            )
+            self._store.note_set_aside(item.cursor, missed, size, now=self._clock())
+            return
         log.info("mailbox item of an unknown kind skipped", cursor=item.cursor)
         self._store.advance_cursor(item.cursor)
 
@@ -562,6 +653,7 @@ class Uplink:
         self._store.accept_covenant(
             cursor, covenant.version, signed.body, message.SerializeToString(), now=now
         )
+        learn_attribute_key(self.attribute_keys, covenant)  # before it is held: no gap
         self._covenant.update(signed, now=now)
         log.info("covenant updated", version=covenant.version)
         if not covenant.is_party(self._party):

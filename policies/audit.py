@@ -124,6 +124,11 @@ class AuditKind(enum.StrEnum):
     PICTURE_EVENT = "picture_event"
     # Messages relayed between nodes (broker), by id only.
     ENVELOPE_RELAYED = "envelope_relayed"
+    # Calls to a node's local API refused for a missing or wrong API token, counted.
+    LOCAL_API_REFUSED = "local_api_refused"
+    # A mailbox item too large to deliver, moved out of the mailbox (broker) and the marker
+    # that took its place, received (node).
+    MAILBOX_ITEM_SET_ASIDE = "mailbox_item_set_aside"
 
 
 @dataclass(frozen=True, slots=True)

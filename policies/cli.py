@@ -4,7 +4,9 @@ Each role registers its own subcommands through the ``samenloop.commands``
 entry-point group (see ``pyproject.toml``), so this core never imports the
 node or the broker. This is also the one place where errors become messages
 and exit codes; a message can quote another party's or a file's text, so it is
-printed through :func:`~samenloop.policies.terminal.printable`.
+printed through :func:`~samenloop.policies.terminal.printable`. Every command's
+process gets its owner-only umask here (files 0600, directories 0700:
+databases, keys, reports and exports hold raw data or secrets).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from importlib.metadata import entry_points
 from typing import Protocol
 
 from samenloop.policies.errors import SamenloopError, Status
+from samenloop.policies.process import keep_to_owner
 from samenloop.policies.terminal import printable
 
 
@@ -62,6 +65,7 @@ def exit_code_for(error: SamenloopError) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_to_owner()
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Command = args.func

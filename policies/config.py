@@ -19,8 +19,8 @@ Example ``node.toml``::
     private_key = "tls/node.key"
     ca_certificate = "tls/ca.crt"
     party_keys = "keys/party-keys.json"
-    attribute_key = "keys/attribute-key.json"
     api_socket = "data/api.sock"
+    api_token = "data/api-token"
 
 Sans-IO apart from the two ``load_*`` functions, which read one file.
 """
@@ -49,6 +49,12 @@ DATABASE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
 MAX_SOCKET_PATH_BYTES = 107
 
 _C = TypeVar("_C", "BrokerConfig", "NodeConfig")
+
+#: Settings of earlier versions, with what to do instead.
+_RETIRED = {
+    "attribute_key": "no longer used: the covenant carries the attribute key, sealed to each "
+    "party; remove this line (and the attribute-key.json file)",
+}
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -82,8 +88,10 @@ class NodeConfig:
 
     The local API listens on a Unix socket (``api_socket``, by default
     ``<data_dir>/api.sock``) or on a loopback address (``api_listen``,
-    ``127.0.0.1:PORT``), never on another interface. ``key_share`` is set
-    only when the covenant names this node's party as a key holder.
+    ``127.0.0.1:PORT``), never on another interface. Either way every call
+    carries the token in ``api_token`` (by default ``<data_dir>/api-token``,
+    0600, made by the node at its first start). ``key_share`` is set only
+    when the covenant names this node's party as a key holder.
     """
 
     party: str
@@ -94,10 +102,10 @@ class NodeConfig:
     private_key: Path
     ca_certificate: Path
     party_keys: Path
-    attribute_key: Path
     key_share: Path | None = None
     api_socket: Path | None = None
     api_listen: str | None = None
+    api_token: Path | None = None
     database_url: str = ""
     log_level: str = DEFAULT_LOG_LEVEL
 
@@ -111,7 +119,6 @@ class NodeConfig:
             "private_key",
             "ca_certificate",
             "party_keys",
-            "attribute_key",
         ):
             _check_path(getattr(self, name), field=name)
         if self.key_share is not None:
@@ -134,6 +141,9 @@ class NodeConfig:
                     field="api_socket",
                 )
             object.__setattr__(self, "api_socket", socket)
+        token = self.api_token if self.api_token is not None else self.data_dir / "api-token"
+        _check_path(token, field="api_token")
+        object.__setattr__(self, "api_token", token)
         _init_database_url(self, "node.db")
         _check_log_level(self.log_level)
 
@@ -196,10 +206,10 @@ def node_config_from_toml(data: bytes, *, source: str, base_dir: Path) -> NodeCo
         private_key=settings.path("private_key"),
         ca_certificate=settings.path("ca_certificate"),
         party_keys=settings.path("party_keys"),
-        attribute_key=settings.path("attribute_key"),
         key_share=settings.optional_path("key_share"),
         api_socket=settings.optional_path("api_socket"),
         api_listen=settings.optional_string("api_listen"),
+        api_token=settings.optional_path("api_token"),
         database_url=settings.database_url(),
         log_level=settings.string("log_level", DEFAULT_LOG_LEVEL),
     )
@@ -268,7 +278,7 @@ class _Settings:
     def build(self, cls: type[_C], **values: Any) -> _C:
         unknown = sorted(set(self.doc) - self.read)
         if unknown:
-            raise self._error(unknown[0], "unknown setting")
+            raise self._error(unknown[0], _RETIRED.get(unknown[0], "unknown setting"))
         try:
             return cls(**values)
         except SamenloopError as error:
@@ -386,6 +396,47 @@ def _init_database_url(config: BrokerConfig | NodeConfig, default_file: str) -> 
             )
     elif not urlsplit(url).path.strip("/"):
         raise ConfigurationError("a PostgreSQL URL needs a database name", field="database_url")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (``None`` for PostgreSQL or in memory)."""
+    scheme, sep, rest = url.partition(":///")
+    file = rest.partition("?")[0]
+    if scheme != "sqlite" or not sep or not file or file == ":memory:":
+        return None
+    return Path(file)
+
+
+def private_directories(config: BrokerConfig | NodeConfig) -> list[tuple[str, Path]]:
+    """The directories where a daemon keeps data, each with the setting it comes from:
+    ``data_dir``, and the directories of a SQLite database and of the local API's socket
+    where they lie elsewhere. Each must be the daemon's account's alone (0700)."""
+    found = [("data_dir", config.data_dir)]
+    database = sqlite_file(config.database_url)
+    if database is not None:
+        found.append(("database_url", database.parent))
+    if isinstance(config, NodeConfig) and config.api_socket is not None:
+        found.append(("api_socket", config.api_socket.parent))
+    unique: dict[Path, str] = {}
+    for setting, path in found:
+        unique.setdefault(path, setting)
+    return [(setting, path) for path, setting in unique.items()]
+
+
+def secret_files(config: BrokerConfig | NodeConfig) -> list[tuple[str, Path]]:
+    """The files of a daemon that hold secrets, each with its setting: every one must be
+    the daemon's account's alone (0600)."""
+    if isinstance(config, BrokerConfig):
+        return [("private_key", config.private_key), ("signing_keys", config.signing_keys)]
+    found = [
+        ("party_keys", config.party_keys),
+        ("private_key", config.private_key),
+    ]
+    if config.key_share is not None:
+        found.append(("key_share", config.key_share))
+    assert config.api_token is not None  # set by __post_init__
+    found.append(("api_token", config.api_token))
+    return found
 
 
 def redact_url(url: str) -> str:

@@ -22,8 +22,18 @@ The attribute key: a covenant-wide 32-byte secretbox key that every party
 holds and the broker does not. Nodes seal a token entry's
 ``MemberAttributes`` (its category) with it; the broker stores the
 ``SecretBox`` and passes it on in hit notices without being able to read it.
-It is dealt to each party in a sealed box, framed with the covenant id and
-key version.
+It travels in the covenant itself: each party's entry carries the key of
+``attribute_key_version`` in a NaCl sealed box to that party's X25519 key
+(``sealed_attribute_key``, framed with the covenant id and key version), so
+a new key reaches running nodes with the signed version that deals it, and
+the broker, which relays it, cannot open it. ``deal_attribute_key`` deals a
+fresh version (whoever runs it knows the key while it runs, as the dealer of
+the OPRF key does); a version that removes a party must deal one (checked by
+``samenloop.policies.trust``). A node keeps every version it was dealt in an
+:class:`AttributeKeyRing`: it seals with the version of the covenant held
+and opens a box with the version the box names, so old notices stay
+readable, while a removed party, which is dealt no later version, cannot
+open boxes sealed after its removal.
 
 Sans-IO apart from ``load_covenant``; imports neither grpc nor a database, and
 not ``samenloop.node``.
@@ -32,14 +42,14 @@ not ``samenloop.node``.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
 import struct
+import threading
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,6 +66,8 @@ from samenloop.policies.errors import (
     SamenloopError,
 )
 from samenloop.policies.policy import (
+    DEFAULT_TOKEN_ENTRIES_HELD,
+    DEFAULT_TOKEN_ENTRIES_PER_DAY,
     CaseRules,
     Level,
     Matching,
@@ -77,17 +89,18 @@ from samenloop.v1 import common_pb2
 
 __all__ = [
     "AttributeKey",
+    "AttributeKeyRing",
     "BrokerInfo",
     "Covenant",
     "KeyHolderSeat",
     "OprfKeyEpoch",
     "Party",
     "Role",
-    "SealedAttributeKey",
     "check_address",
     "check_id",
     "covenant_from_toml",
     "covenant_to_toml",
+    "deal_attribute_key",
     "load_covenant",
     "new_attribute_key",
     "open_attribute_key",
@@ -95,12 +108,15 @@ __all__ = [
     "parse_address",
     "seal_attribute_key_for",
     "seal_attributes",
+    "sealed_attribute_key_bytes",
     "toml_literal",
+    "with_new_attribute_key",
 ]
 
 KIND = "samenloop.covenant.v1"
 
 MAX_HOLDERS: int = common_pb2.LIMITS_MAX_KEY_HOLDERS
+MAX_PARTIES: int = common_pb2.LIMITS_MAX_PARTIES
 KEY_BYTES: int = common_pb2.LIMITS_KEY_BYTES
 ELEMENT_BYTES: int = common_pb2.LIMITS_ELEMENT_BYTES
 MAX_NAME_BYTES = 256
@@ -116,12 +132,20 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True, slots=True)
 class Party:
-    """A partner of the covenant: its id (also in its certificate), display name, role and keys."""
+    """A partner of the covenant: its id (also in its certificate), display name, role and keys.
+
+    ``sealed_attribute_key`` is the covenant's attribute key of
+    ``Covenant.attribute_key_version``, sealed to ``keys.x25519``
+    (``deal_attribute_key`` fills it in; empty until then, and a covenant
+    refuses a party without one). It sits in the party's own entry, so a
+    party removed from the covenant takes no box of a later key with it.
+    """
 
     id: str
     name: str
     role: Role
     keys: PublicKeys
+    sealed_attribute_key: bytes = b""
 
     def __post_init__(self) -> None:
         check_id(self.id, field="id")
@@ -129,6 +153,8 @@ class Party:
         if not isinstance(self.role, Role):
             raise InvalidInput(f"must be one of: {', '.join(Role)}", field="role")
         _check_public_keys(self.keys, field="keys")
+        if not isinstance(self.sealed_attribute_key, bytes):
+            raise InvalidInput("must be bytes", field="sealed_attribute_key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +245,7 @@ class Covenant:
     parties: tuple[Party, ...]
     key_epoch: OprfKeyEpoch
     ca_certificate: bytes
+    #: The version of the attribute key that every party's ``sealed_attribute_key`` holds.
     attribute_key_version: int
     valid_from: datetime
     valid_until: datetime
@@ -241,13 +268,23 @@ class Covenant:
             raise InvalidInput("must be the broker's entry", field="broker")
         if not isinstance(self.parties, tuple) or len(self.parties) < 2:
             raise InvalidInput("list at least two parties", field="parties")
+        if len(self.parties) > MAX_PARTIES:
+            # Hit notices list the members of a group: this bounds their size.
+            raise MessageTooLarge(f"at most {MAX_PARTIES} parties", field="parties")
         ids: dict[str, int] = {}
         signing_keys: dict[bytes, str] = {self.broker.ed25519: "broker.ed25519"}
         sealing_keys: dict[bytes, str] = {}
+        box_bytes = sealed_attribute_key_bytes(self.id)
         for i, party in enumerate(self.parties):
             at = f"parties[{i}]"
             if not isinstance(party, Party):
                 raise InvalidInput("must be a party", field=at)
+            if len(party.sealed_attribute_key) != box_bytes:
+                raise InvalidInput(
+                    f"must be the attribute key sealed to this party ({box_bytes} bytes): "
+                    "'samenloop covenant add-party' and 'rotate-attribute-key' deal it",
+                    field=f"{at}.sealed_attribute_key",
+                )
             if party.id in ids:
                 raise InvalidInput(
                     f"duplicate party id {party.id!r} (also parties[{ids[party.id]}])",
@@ -308,6 +345,26 @@ class Covenant:
     def public_keys(self, party_id: str) -> PublicKeys:
         """A party's public keys; ``NotAllowed`` for a party the covenant does not list."""
         return self.party(party_id).keys
+
+    def attribute_key_for(self, party_keys: PartyKeys) -> AttributeKey:
+        """Open the attribute key this covenant deals to ``party_keys``' party.
+
+        ``NotAllowed`` if the covenant does not list the party;
+        ``DecryptionFailed`` or ``InvalidInput`` (field
+        ``parties[i].sealed_attribute_key``) if its box was not sealed to
+        these keys or holds another covenant's or version's key.
+        """
+        for i, party in enumerate(self.parties):
+            if party.id == party_keys.party:
+                return open_attribute_key(
+                    party_keys,
+                    party.sealed_attribute_key,
+                    covenant_id=self.id,
+                    version=self.attribute_key_version,
+                    field=f"parties[{i}].sealed_attribute_key",
+                )
+        self.party(party_keys.party)  # raises NotAllowed
+        raise AssertionError("unreachable")
 
     def holder_seats_for(self, party_id: str) -> tuple[KeyHolderSeat, ...]:
         """The key-holder seats that ``party_id`` holds in the current key epoch (maybe none)."""
@@ -386,6 +443,11 @@ def covenant_from_toml(data: bytes, *, source: str) -> Covenant:
             name=table.string("name"),
             role=table.role("role"),
             keys=keys,
+            sealed_attribute_key=table.base64(
+                "sealed_attribute_key",
+                missing="missing: 'samenloop covenant add-party' adds a party with the "
+                "attribute key sealed to it",
+            ),
         )
         parties.append(party)
 
@@ -486,6 +548,12 @@ def _read_policy(top: _Table) -> Policy:
         Quotas,
         oprf_evaluations_per_day=quotas_table.integer("oprf_evaluations_per_day"),
         disclosure_requests_per_day=quotas_table.integer("disclosure_requests_per_day"),
+        token_entries_per_day=quotas_table.integer(
+            "token_entries_per_day", default=DEFAULT_TOKEN_ENTRIES_PER_DAY
+        ),
+        token_entries_held=quotas_table.integer(
+            "token_entries_held", default=DEFAULT_TOKEN_ENTRIES_HELD
+        ),
     )
     picture_table = top.table("picture")
     picture = picture_table.build(
@@ -527,19 +595,19 @@ class _Table:
     def _field(self, key: str) -> str:
         return f"{self._path}.{key}" if self._path else key
 
-    def _get(self, key: str, default: object = _MISSING) -> object:
+    def _get(self, key: str, default: object = _MISSING, *, missing: str = "missing") -> object:
         self._read.add(key)
         if key not in self._doc:
             if default is not _MISSING:
                 return default
-            raise InvalidInput("missing", field=self._field(key))
+            raise InvalidInput(missing, field=self._field(key))
         return self._doc[key]
 
     def names(self) -> list[str]:
         return list(self._doc)
 
-    def string(self, key: str) -> str:
-        value = self._get(key)
+    def string(self, key: str, *, missing: str = "missing") -> str:
+        value = self._get(key, missing=missing)
         if not isinstance(value, str):
             raise InvalidInput("must be a string", field=self._field(key))
         return value
@@ -594,6 +662,14 @@ class _Table:
             raise InvalidInput(
                 f"must be standard base64 of {length} bytes", field=self._field(key)
             ) from error
+
+    def base64(self, key: str, *, missing: str = "missing") -> bytes:
+        """Standard base64 of any length (the model checks the length it needs)."""
+        text = self.string(key, missing=missing)
+        try:
+            return crypto.b64decode(text)
+        except ValueError as error:
+            raise InvalidInput("must be standard base64", field=self._field(key)) from error
 
     def time(self, key: str) -> datetime:
         value = self._get(key)
@@ -697,6 +773,7 @@ def covenant_to_toml(covenant: Covenant) -> bytes:
             f"id = {toml_literal(party.id)}",
             f"name = {toml_literal(party.name)}",
             f"role = {toml_literal(party.role.value)}",
+            f"sealed_attribute_key = {toml_literal(crypto.b64encode(party.sealed_attribute_key))}",
             "",
             "[parties.keys]",
             f"ed25519 = {toml_literal(crypto.b64encode(party.keys.ed25519))}",
@@ -774,6 +851,8 @@ def _policy_lines(policy: Policy) -> list[str]:
         "[quotas]",
         f"oprf_evaluations_per_day = {toml_literal(policy.quotas.oprf_evaluations_per_day)}",
         f"disclosure_requests_per_day = {toml_literal(policy.quotas.disclosure_requests_per_day)}",
+        f"token_entries_per_day = {toml_literal(policy.quotas.token_entries_per_day)}",
+        f"token_entries_held = {toml_literal(policy.quotas.token_entries_held)}",
         "",
         "[picture]",
         f"viewers = {toml_literal(tuple(r.value for r in policy.picture.viewers))}",
@@ -1015,57 +1094,102 @@ def open_attributes(
     return padded[2:end]
 
 
-@dataclass(frozen=True, slots=True)
-class SealedAttributeKey:
-    """The attribute key sealed to one party, as a small JSON file the node reads."""
+def deal_attribute_key(
+    covenant_id: str, version: int, parties: Iterable[Party]
+) -> tuple[Party, ...]:
+    """``parties``, each with a fresh attribute key of ``version`` sealed to it.
 
-    covenant_id: str
-    version: int
-    party: str
-    sealed: bytes
+    The key exists only in this call's memory: whoever runs it (an
+    administrator's ``covenant`` command, provisioning) knows it while it
+    runs, as the dealer of the OPRF key knows that key, and nobody keeps it.
+    """
+    key = new_attribute_key(covenant_id, version)
+    return tuple(
+        replace(party, sealed_attribute_key=seal_attribute_key_for(party.keys, key))
+        for party in parties
+    )
 
-    KIND = "samenloop.sealed-attribute-key.v1"
 
-    def __post_init__(self) -> None:
-        check_id(self.covenant_id, field="covenant_id")
-        _check_int(self.version, 1, MAX_UINT32, field="version")
-        check_id(self.party, field="party")
-        if not isinstance(self.sealed, bytes) or not self.sealed:
-            raise InvalidInput("must be non-empty bytes", field="sealed")
-
-    def to_json(self) -> bytes:
-        doc = {
-            "kind": self.KIND,
-            "covenant_id": self.covenant_id,
-            "version": self.version,
-            "party": self.party,
-            "sealed": crypto.b64encode(self.sealed),
-        }
-        return json.dumps(doc, indent=2).encode() + b"\n"
-
-    @classmethod
-    def from_json(cls, data: bytes, *, source: str) -> SealedAttributeKey:
-        """Parse the file; ``ConfigurationError`` naming ``source`` if it is not one."""
-        try:
-            doc: Any = json.loads(data)
-            if not isinstance(doc, dict) or doc.get("kind") != cls.KIND:
-                raise ValueError("not a sealed attribute key file")
-            return cls(
-                covenant_id=doc["covenant_id"],
-                version=doc["version"],
-                party=doc["party"],
-                sealed=crypto.b64decode(doc["sealed"]),
-            )
-        except (ValueError, KeyError, TypeError, InvalidInput) as error:
-            raise ConfigurationError(
-                f"{source} is not a sealed attribute key file", field=source
-            ) from error
-
-    def open(self, party_keys: PartyKeys) -> AttributeKey:
-        if party_keys.party != self.party:
-            raise InvalidInput(
-                f"attribute key is sealed to {self.party}, not {party_keys.party}", field="party"
-            )
-        return open_attribute_key(
-            party_keys, self.sealed, covenant_id=self.covenant_id, version=self.version
+def with_new_attribute_key(
+    covenant: Covenant, parties: Iterable[Party] | None = None, **changes: Any
+) -> Covenant:
+    """``covenant`` listing ``parties`` (default: its own), each dealt a fresh attribute key one
+    version higher, with ``changes`` (``version=...``) applied too: what a version that removes
+    or adds a party, or replaces a party's key, must carry. ``InvalidInput`` (field
+    ``attribute_key_version``) past the highest version."""
+    version = covenant.attribute_key_version + 1
+    if version > MAX_UINT32:
+        raise InvalidInput(
+            f"the attribute key version cannot go above {MAX_UINT32}", field="attribute_key_version"
         )
+    dealt = deal_attribute_key(
+        covenant.id, version, covenant.parties if parties is None else parties
+    )
+    return replace(covenant, attribute_key_version=version, parties=dealt, **changes)
+
+
+def sealed_attribute_key_bytes(covenant_id: str) -> int:
+    """The exact size of an attribute key of ``covenant_id`` sealed to a party."""
+    return crypto.SEALED_BOX_OVERHEAD + len(_attribute_key_plaintext(covenant_id, 1, bytes(32)))
+
+
+class AttributeKeyRing:
+    """Every attribute key version one party was dealt, by version; shared by a node's threads.
+
+    A node shows it every covenant version it adopts (``learn``): from its
+    root and its stored history at start, and each update as it arrives, so
+    a new version is picked up without a restart. It seals with the version
+    of the covenant held (``current``) and opens a box with the version the
+    box names (``get``), so notices sealed under older versions stay
+    readable. The keys live in memory only; at rest they are the sealed boxes
+    in the covenant versions the node keeps, which only its own X25519 key
+    opens. No repr of a key.
+    """
+
+    def __init__(self, party_keys: PartyKeys) -> None:
+        self._party_keys = party_keys
+        self._keys: dict[int, AttributeKey] = {}
+        self._lock = threading.Lock()
+
+    def learn(self, covenant: Covenant) -> AttributeKey | None:
+        """Open this party's attribute key in ``covenant``, once per key version.
+
+        ``None`` if the covenant does not list this party (it was removed: it
+        is dealt no key of this version). Raises like
+        ``Covenant.attribute_key_for`` if its box does not open.
+        """
+        version = covenant.attribute_key_version
+        with self._lock:
+            known = self._keys.get(version)
+        if known is not None:
+            return known
+        if not covenant.is_party(self._party_keys.party):
+            return None
+        key = covenant.attribute_key_for(self._party_keys)
+        with self._lock:
+            return self._keys.setdefault(version, key)
+
+    def current(self, covenant: Covenant) -> AttributeKey:
+        """The key to seal with under ``covenant``: the version it deals to this party.
+
+        ``NotAllowed`` (field ``party``) if the covenant no longer lists this
+        party: a removed party seals nothing new.
+        """
+        key = self.learn(covenant)
+        if key is None:
+            covenant.party(self._party_keys.party)  # raises NotAllowed
+            raise AssertionError("unreachable")
+        return key
+
+    def get(self, version: int) -> AttributeKey | None:
+        """The key of ``version``, if this party was dealt it."""
+        with self._lock:
+            return self._keys.get(version)
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        with self._lock:
+            return tuple(sorted(self._keys))
+
+    def __repr__(self) -> str:
+        return f"AttributeKeyRing(party={self._party_keys.party!r}, versions={self.versions})"

@@ -4,13 +4,19 @@ The covenant administrators' commands (see docs/covenant.md):
 
 * ``init`` writes a draft covenant (TOML) from the example rules, the CA, the
   broker, the signers, the parties and the key epoch that ``keyholder deal``
-  wrote; ``add-party``, ``remove-party`` and ``set`` edit a draft and bump its
-  version; structured edits (rules, purposes) are made by hand in the TOML;
+  wrote, and deals the attribute key to the parties; ``add-party``,
+  ``remove-party`` and ``set`` edit a draft and bump its version;
+  ``add-party``, ``remove-party`` and ``rotate-attribute-key`` deal a new
+  attribute key version to the parties it then lists (the administrator's
+  process knows the key while it runs, and keeps it nowhere); structured
+  edits (rules, purposes) are made by hand in the TOML;
 * ``signer-keygen`` makes a signer's key pair;
 * ``sign`` adds one signer's signature (signers sign one after another into the
   same signed JSON file); ``verify`` checks a signed covenant on its own or as
   the successor of another, naming the rejection reason;
-* ``show`` and ``diff`` print a covenant and the differences between two;
+* ``show`` and ``diff`` print a covenant and the differences between two,
+  every field of the model: they walk its frozen dataclasses, so a field
+  added to the model shows without changes here;
 * ``issue-certs`` issues the parties' and the broker's TLS certificates with the
   covenant CA; ``publish`` sends a signed covenant to the broker.
 
@@ -21,24 +27,28 @@ It imports neither daemon; the key-epoch document is read from its wire form.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
-from collections.abc import Callable, Iterable, Sequence
+import enum
+import unicodedata
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Final, TypeVar
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from samenloop.policies import certs, crypto
 from samenloop.policies.config import load_node_config
 from samenloop.policies.covenant import (
+    MAX_UINT32,
     BrokerInfo,
     Covenant,
     KeyHolderSeat,
@@ -46,7 +56,9 @@ from samenloop.policies.covenant import (
     Party,
     covenant_from_toml,
     covenant_to_toml,
+    deal_attribute_key,
     parse_address,
+    with_new_attribute_key,
 )
 from samenloop.policies.crypto import PartyKeys, PublicKeys, SignatureContext
 from samenloop.policies.errors import (
@@ -57,7 +69,16 @@ from samenloop.policies.errors import (
     NotFound,
     SamenloopError,
 )
-from samenloop.policies.policy import Role, Signer, Signing, example_policy
+from samenloop.policies.policy import (
+    Policy,
+    Purpose,
+    ReleaseRule,
+    Role,
+    Signer,
+    Signing,
+    VisibilityRule,
+    example_policy,
+)
 from samenloop.policies.rpc import error_from_rpc
 from samenloop.policies.trust import (
     SignedCovenant,
@@ -74,6 +95,8 @@ SETTABLE = (
     "matching.min_parties",
     "quotas.oprf_evaluations_per_day",
     "quotas.disclosure_requests_per_day",
+    "quotas.token_entries_per_day",
+    "quotas.token_entries_held",
     "retention.default_days",
     "signing.threshold",
 )
@@ -137,7 +160,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     init.add_argument("--valid-days", type=int, default=365, help="days of validity (365)")
     init.add_argument("--min-parties", type=int, default=2, help="distinct parties per hit (2)")
     init.add_argument(
-        "--attribute-key-version", type=int, default=1, help="attribute key version (1)"
+        "--attribute-key-version",
+        type=int,
+        default=1,
+        help="version of the attribute key dealt to the parties (1)",
     )
     init.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     init.set_defaults(func=_init)
@@ -151,7 +177,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     keygen.add_argument("--force", action="store_true", help="overwrite an existing key file")
     keygen.set_defaults(func=_signer_keygen)
 
-    add = commands.add_parser("add-party", help="add a party to a draft covenant (version + 1)")
+    add = commands.add_parser(
+        "add-party",
+        help="add a party to a draft covenant (version + 1, new attribute key)",
+        description=(
+            "Add a party and deal a new attribute key version to every party, the new one "
+            "included (the command cannot know the current key). The new party reads the "
+            "categories sealed from this version on, not those sealed under earlier versions."
+        ),
+    )
     add.add_argument("file", type=Path, help="the draft covenant (TOML)")
     add.add_argument("--id", required=True, help="party id")
     add.add_argument("--name", required=True, help="display name")
@@ -163,15 +197,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     remove = commands.add_parser(
         "remove-party",
-        help="remove a party from a draft covenant (version + 1)",
+        help="remove a party from a draft covenant (version + 1, new attribute key)",
         description=(
-            "Remove a party. Once the new version is signed and published the party is cut "
-            "off at once. A key holder cannot be removed: deal a new key epoch without it first."
+            "Remove a party and deal a new attribute key version to the parties that remain, "
+            "so that the removed party cannot read categories sealed from then on. Once the "
+            "new version is signed and published the party is cut off at once. A key holder "
+            "cannot be removed: deal a new key epoch without it first."
         ),
     )
     remove.add_argument("file", type=Path, help="the draft covenant (TOML)")
     remove.add_argument("--id", required=True, help="party id")
     remove.set_defaults(func=_remove_party)
+
+    rotate = commands.add_parser(
+        "rotate-attribute-key",
+        help="deal a new attribute key version to every party of a draft (version + 1)",
+        description=(
+            "Deal a fresh attribute key, one version higher, sealed to every party's X25519 "
+            "key: after a hand edit that removed a party or changed a party's key, or when a "
+            "party's key may have leaked. Nodes keep the older versions for older notices."
+        ),
+    )
+    rotate.add_argument("file", type=Path, help="the draft covenant (TOML)")
+    rotate.set_defaults(func=_rotate_attribute_key)
 
     set_ = commands.add_parser(
         "set",
@@ -380,11 +428,6 @@ def _load_signed(path: Path) -> SignedCovenant:
     return SignedCovenant.from_json(_read(path), source=str(path))
 
 
-def _with_parties(covenant: Covenant, parties: tuple[Party, ...]) -> Covenant:
-    """``covenant`` with these parties, one version higher."""
-    return replace(covenant, version=covenant.version + 1, parties=parties)
-
-
 # --- init ----------------------------------------------------------------------------
 
 
@@ -494,6 +537,8 @@ def _init(args: argparse.Namespace) -> int:
         covenant_id=args.id,
         source=str(args.key_epoch),
     )
+    if not 1 <= args.attribute_key_version <= MAX_UINT32:
+        raise InvalidInput(f"must be 1..{MAX_UINT32}", field="--attribute-key-version")
     ca_certificate = _read(args.ca_cert)
     valid_from = args.valid_from or datetime.now(UTC).replace(microsecond=0)
     if not 1 <= args.valid_days <= certs.MAX_DAYS:
@@ -506,7 +551,7 @@ def _init(args: argparse.Namespace) -> int:
         id=args.id,
         version=1,
         broker=broker,
-        parties=tuple(parties),
+        parties=deal_attribute_key(args.id, args.attribute_key_version, parties),
         key_epoch=key_epoch,
         ca_certificate=ca_certificate,
         attribute_key_version=args.attribute_key_version,
@@ -519,6 +564,7 @@ def _init(args: argparse.Namespace) -> int:
     print(
         f"draft covenant {covenant.id} version 1 -> {out}: {len(parties)} parties, "
         f"{len(signers)} signers (threshold {threshold}), key epoch {key_epoch.epoch}, "
+        f"attribute key version {covenant.attribute_key_version} sealed to each party, "
         f"valid until {covenant.valid_until.isoformat()}"
     )
     print("review the rules in the file, then: samenloop covenant sign ... by each signer")
@@ -557,11 +603,15 @@ def _add_party(args: argparse.Namespace) -> int:
     keys = _public_keys(args.keys, field="--keys", owner=args.id)
     at = f"parties[{len(covenant.parties)}]"
     party = _checked(lambda: Party(id=args.id, name=args.name, role=role, keys=keys), field=at)
-    updated = _with_parties(covenant, (*covenant.parties, party))
+    updated = with_new_attribute_key(
+        covenant, (*covenant.parties, party), version=covenant.version + 1
+    )
     _save_draft(args.file, updated)
     print(
         f"added {party.id} ({party.role.value}) to {updated.id}: version {covenant.version} -> "
-        f"{updated.version}; sign and publish the new version"
+        f"{updated.version}, attribute key version {updated.attribute_key_version} dealt to "
+        f"every party ({party.id} reads categories sealed from now on); sign and publish the "
+        "new version"
     )
     if updated.policy.visibility_for(role) is None:
         print(f"note: no visibility rule for role {role.value!r}: it will not be told of hits")
@@ -589,11 +639,25 @@ def _remove_party(args: argparse.Namespace) -> int:
             field="--id",
             reason="covenant.too_few_parties",
         )
-    updated = _with_parties(covenant, remaining)
+    updated = with_new_attribute_key(covenant, remaining, version=covenant.version + 1)
     _save_draft(args.file, updated)
     print(
-        f"removed {args.id} from {updated.id}: version {covenant.version} -> {updated.version}; "
-        "once signed and published, the party is cut off at once"
+        f"removed {args.id} from {updated.id}: version {covenant.version} -> {updated.version}, "
+        f"attribute key version {updated.attribute_key_version} dealt to the "
+        f"{len(remaining)} parties that remain; once signed and published, the party is cut "
+        "off at once and cannot read categories sealed from then on"
+    )
+    return 0
+
+
+def _rotate_attribute_key(args: argparse.Namespace) -> int:
+    covenant = _load_draft(args.file)
+    updated = with_new_attribute_key(covenant, version=covenant.version + 1)
+    _save_draft(args.file, updated)
+    print(
+        f"dealt attribute key version {updated.attribute_key_version} to the "
+        f"{len(updated.parties)} parties of {updated.id}: version {covenant.version} -> "
+        f"{updated.version}; sign and publish the new version"
     )
     return 0
 
@@ -630,6 +694,14 @@ def _with_value(covenant: Covenant, key: str, value: str) -> Covenant:
         quotas = _checked(
             lambda: replace(policy.quotas, disclosure_requests_per_day=number), field="quotas"
         )
+        return replace(covenant, policy=replace(policy, quotas=quotas))
+    if key == "quotas.token_entries_per_day":
+        quotas = _checked(
+            lambda: replace(policy.quotas, token_entries_per_day=number), field="quotas"
+        )
+        return replace(covenant, policy=replace(policy, quotas=quotas))
+    if key == "quotas.token_entries_held":
+        quotas = _checked(lambda: replace(policy.quotas, token_entries_held=number), field="quotas")
         return replace(covenant, policy=replace(policy, quotas=quotas))
     if key == "retention.default_days":
         retention = _checked(
@@ -697,8 +769,9 @@ def _sign(args: argparse.Namespace) -> int:
 
 def _rejected(error: CovenantRejected, path: Path) -> CovenantRejected:
     """The rejection with its reason in the message, about the file ``path``."""
+    field = str(path) if error.field in (None, "", "covenant") else f"{path}: {error.field}"
     return CovenantRejected(
-        f"REJECTED ({error.reason}): {error.message}", field=str(path), reason=error.reason
+        f"REJECTED ({error.reason}): {error.message}", field=field, reason=error.reason
     )
 
 
@@ -749,22 +822,131 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the walk: every field of the model, for show and diff ----------------------------------
+
+#: How a signer tells the entries of a list apart, by the entry's type; the model refuses two
+#: entries with the same identity. Entries of other lists are told apart by position.
+_IDENTITY: Final[dict[type, Callable[[Any], str]]] = {
+    Signer: lambda signer: signer.id,
+    Party: lambda party: party.id,
+    KeyHolderSeat: lambda seat: str(seat.index),
+    Purpose: lambda purpose: purpose.id,
+    VisibilityRule: lambda rule: rule.role.value,
+    ReleaseRule: lambda rule: f"{rule.role.value} {rule.category} {rule.purpose}",
+}
+#: Characters that would let covenant text steer a terminal or hide what it says (control
+#: and format characters: C0/C1 controls, bidirectional overrides, zero-width characters).
+_HIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cf"})
+
+
+def _is_record(value: object) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def _is_records(value: object) -> bool:
+    """A non-empty list of model entries (parties, rules, ...)."""
+    return isinstance(value, tuple) and bool(value) and all(_is_record(v) for v in value)
+
+
+def _is_mapping(value: object) -> bool:
+    """A non-empty list of (name, value) pairs (``retention.categories``)."""
+    return (
+        isinstance(value, tuple)
+        and bool(value)
+        and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value)
+    )
+
+
+def _members(value: object) -> list[tuple[str, object]]:
+    """A model value's fields in declaration order, by name; the covenant's rules
+    (``Policy``) sit at its top level, as in the TOML."""
+    members: list[tuple[str, object]] = []
+    for field in dataclasses.fields(value):  # type: ignore[arg-type]
+        item = getattr(value, field.name)
+        if isinstance(item, Policy):
+            members += _members(item)
+        else:
+            members.append((field.name, item))
+    return members
+
+
+def _leaves(value: object, prefix: str = "") -> list[tuple[str, object]]:
+    """A model value's fields with nested values flattened to dotted names (``keys.x25519``);
+    lists stay whole."""
+    leaves: list[tuple[str, object]] = []
+    for name, item in _members(value):
+        if _is_record(item):
+            leaves += _leaves(item, f"{prefix}{name}.")
+        else:
+            leaves.append((f"{prefix}{name}", item))
+    return leaves
+
+
+def _plain(text: str) -> str:
+    """Covenant text as inert characters: control and format characters written as escapes."""
+    return "".join(
+        f"\\u{ord(char):04x}"
+        if char != "\n" and unicodedata.category(char) in _HIDDEN_CATEGORIES
+        else char
+        for char in text
+    )
+
+
+def shown_value(value: object) -> str:
+    """One value as a signer reads it: keys and sealed boxes by fingerprint, the CA by its
+    certificate's fingerprint, lists joined, entries as their fields."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, bytes):
+        if value.startswith(b"-----BEGIN CERTIFICATE-----"):
+            return f"certificate {certs.certificate_fingerprint(value)}"
+        return crypto.fingerprint(value)
+    if isinstance(value, float):
+        return repr(value)
+    if _is_record(value):
+        return "; ".join(f"{name}={shown_value(item)}" for name, item in _leaves(value))
+    if isinstance(value, tuple):
+        if not value:
+            return "(none)"
+        if _is_records(value):
+            return " | ".join(shown_value(item) for item in value)
+        if _is_mapping(value):
+            return ", ".join(f"{name} = {shown_value(item)}" for name, item in value)
+        return ", ".join(shown_value(item) for item in value)
+    return str(value)
+
+
+def _keyed(items: tuple[Any, ...]) -> dict[str, Any]:
+    """Entries by identity (by position where their type has none, or it repeats)."""
+    identity = _IDENTITY.get(type(items[0])) if items else None
+    if identity is not None:
+        keyed = {identity(item): item for item in items}
+        if len(keyed) == len(items):
+            return keyed
+    return {str(i): item for i, item in enumerate(items)}
+
+
 # --- show ----------------------------------------------------------------------------------
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, emoji=False)
 
 
 def _table(title: str, *columns: str) -> Table:
-    table = Table(title=escape(title), title_justify="left")
+    table = Table(title=Text(_plain(title)), title_justify="left")
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(Text(_plain(column)), overflow="fold")
     return table
 
 
 def _row(table: Table, *cells: object) -> None:
-    table.add_row(*(escape(str(cell)) for cell in cells))
+    """Add a row of plain text: covenant text is never markup."""
+    table.add_row(*(Text(_plain(str(cell))) for cell in cells))
 
 
 def _signature_state(signed: SignedCovenant | None, covenant: Covenant) -> dict[str, str]:
@@ -778,6 +960,48 @@ def _signature_state(signed: SignedCovenant | None, covenant: Covenant) -> dict[
     }
 
 
+def covenant_tables(covenant: Covenant) -> list[Table]:
+    """Every field of ``covenant`` as tables: its own values, then one table per section
+    (a section's values as rows) and per list (its entries as rows, their fields as
+    columns), in the model's order."""
+    tables: list[Table] = []
+    top = _table(f"covenant {covenant.id}", "field", "value")
+    sections: list[tuple[str, object]] = []
+    for name, value in _members(covenant):
+        if _is_record(value) or _is_records(value):
+            sections.append((name, value))
+        else:
+            _row(top, name, shown_value(value))
+    tables.append(top)
+    for name, value in sections:
+        tables += _section_tables(name, value)
+    return tables
+
+
+def _section_tables(path: str, value: object) -> list[Table]:
+    if _is_records(value):
+        assert isinstance(value, tuple)
+        return [_list_table(path, value)]
+    table = _table(f"[{path}]", "field", "value")
+    lists: list[Table] = []
+    for name, item in _leaves(value):
+        if _is_records(item):
+            assert isinstance(item, tuple)
+            lists.append(_list_table(f"{path}.{name}", item))
+        else:
+            _row(table, name, shown_value(item))
+    return [table, *lists]
+
+
+def _list_table(path: str, items: tuple[Any, ...]) -> Table:
+    rows = [dict(_leaves(item)) for item in items]
+    columns = list(dict.fromkeys(name for row in rows for name in row))
+    table = _table(f"[[{path}]] ({len(items)})", *columns)
+    for row in rows:
+        _row(table, *(shown_value(row[c]) if c in row else "" for c in columns))
+    return table
+
+
 def _show(args: argparse.Namespace) -> int:
     covenant, signed = _load_any(args.file)
     if args.toml:
@@ -789,120 +1013,32 @@ def _show(args: argparse.Namespace) -> int:
     in_force = "in force now" if covenant.covers(now) else "NOT in force now"
     console.print(
         f"covenant {covenant.id} version {covenant.version}"
-        f" ({'signed' if signed is not None else 'draft'})",
+        f" ({'signed' if signed is not None else 'draft'}), valid "
+        f"{covenant.valid_from.isoformat()} to {covenant.valid_until.isoformat()} ({in_force})",
         markup=False,
         style="bold",
     )
-    console.print(
-        f"valid {covenant.valid_from.isoformat()} to {covenant.valid_until.isoformat()} "
-        f"({in_force})",
-        markup=False,
-    )
-    console.print(
-        f"broker {covenant.broker.id} at {covenant.broker.address}, hit-notice key "
-        f"{crypto.fingerprint(covenant.broker.ed25519)}; CA certificate "
-        f"{certs.certificate_fingerprint(covenant.ca_certificate)}; attribute key version "
-        f"{covenant.attribute_key_version}",
-        markup=False,
-    )
-
     states = _signature_state(signed, covenant)
-    signers = _table(
-        f"signers (threshold {covenant.signing.threshold})", "id", "name", "key", "signature"
+    signatures = _table(
+        f"signatures (threshold {covenant.signing.threshold})", "signer", "signature"
     )
     for signer in covenant.signing.signers:
-        _row(signers, signer.id, signer.name, crypto.fingerprint(signer.ed25519), states[signer.id])
+        _row(signatures, signer.id, states[signer.id])
     if signed is not None:
         listed = {s.id for s in covenant.signing.signers}
         for signature in signed.signatures:
             if signature.signer not in listed:
-                _row(signers, signature.signer, "", "", "UNKNOWN SIGNER")
-    console.print(signers)
-
-    parties = _table(
-        f"parties ({len(covenant.parties)}; a hit needs {covenant.min_parties})",
-        "id",
-        "name",
-        "role",
-        "key holder",
-        "ed25519",
-        "x25519",
-    )
-    for party in covenant.parties:
-        seats = ", ".join(str(seat.index) for seat in covenant.holder_seats_for(party.id))
-        _row(
-            parties,
-            party.id,
-            party.name,
-            party.role.value,
-            f"seat {seats}" if seats else "",
-            crypto.fingerprint(party.keys.ed25519),
-            crypto.fingerprint(party.keys.x25519),
-        )
-    console.print(parties)
-
-    epoch = covenant.key_epoch
-    console.print(
-        f"key epoch {epoch.epoch}: {epoch.threshold}-of-{len(epoch.holders)} key holders "
-        f"({', '.join(seat.party for seat in epoch.holders)}), retires "
-        f"{epoch.retire_after.isoformat()}",
-        markup=False,
-    )
-    policy = covenant.policy
-    console.print(f"identifier types: {', '.join(policy.identifier_types)}", markup=False)
-    console.print(
-        f"matching: at least {policy.matching.min_parties} parties, on "
-        f"{', '.join(policy.matching.identifier_types)}",
-        markup=False,
-    )
-    console.print(f"categories: {', '.join(policy.categories)}", markup=False)
-    console.print(f"detail fields: {', '.join(policy.detail_fields) or '(any)'}", markup=False)
-
-    purposes = _table("purposes", "id", "description")
-    for purpose in policy.purposes:
-        _row(purposes, purpose.id, purpose.description)
-    console.print(purposes)
-
-    visibility = _table("visibility", "role", "level", "hidden roles", "coordinator")
-    for rule in policy.visibility:
-        _row(
-            visibility,
-            rule.role.value,
-            rule.level.value,
-            ", ".join(r.value for r in rule.hidden_roles),
-            "yes" if rule.coordinator else "",
-        )
-    console.print(visibility)
-    unruled = sorted(
-        {p.role.value for p in covenant.parties} - {r.role.value for r in policy.visibility}
-    )
+                _row(signatures, signature.signer, "UNKNOWN SIGNER")
+    console.print(signatures)
+    for table in covenant_tables(covenant):
+        console.print(table)
+    ruled = {rule.role.value for rule in covenant.policy.visibility}
+    unruled = sorted({party.role.value for party in covenant.parties} - ruled)
     if unruled:
         console.print(f"no visibility rule (told of no hits): {', '.join(unruled)}", markup=False)
-
-    release = _table(
-        "release", "role", "category", "purpose", "fields", "four eyes", "max per period"
-    )
-    for grant in policy.release:
-        _row(
-            release,
-            grant.role.value,
-            grant.category,
-            grant.purpose,
-            ", ".join(grant.fields),
-            "yes" if grant.four_eyes else "",
-            f"{grant.max_per_period} / {grant.period_days} days" if grant.max_per_period else "",
-        )
-    console.print(release)
-
-    retention = ", ".join(f"{name} {days}" for name, days in policy.retention.categories)
     console.print(
-        f"retention: {policy.retention.default_days} days"
-        + (f" (per category: {retention})" if retention else ""),
-        markup=False,
-    )
-    console.print(
-        f"quotas per party per day: {policy.quotas.oprf_evaluations_per_day} OPRF evaluations, "
-        f"{policy.quotas.disclosure_requests_per_day} disclosure requests",
+        "keys and sealed boxes are shown by fingerprint (the first 16 hex digits of their "
+        "SHA-256); 'covenant show --toml' prints them whole",
         markup=False,
     )
     if signed is not None:
@@ -917,164 +1053,66 @@ def _show(args: argparse.Namespace) -> int:
 # --- diff ----------------------------------------------------------------------------------
 
 
-def _items(label: str, old: Iterable[str], new: Iterable[str]) -> list[str]:
-    old_list, new_list = list(old), list(new)
-    lines = [f"+ {label} {item}" for item in new_list if item not in old_list]
-    lines += [f"- {label} {item}" for item in old_list if item not in new_list]
-    return lines
-
-
-def _value(label: str, old: object, new: object) -> list[str]:
-    return [] if old == new else [f"~ {label}: {old} -> {new}"]
-
-
-def _keyed(
-    label: str,
-    old: Sequence[_T],
-    new: Sequence[_T],
-    key: Callable[[_T], str],
-    describe: Callable[[_T], str],
-) -> list[str]:
-    """Entries added, removed and changed, matched by ``key``."""
-    old_by = {key(item): item for item in old}
-    new_by = {key(item): item for item in new}
-    lines = [f"+ {label} {k}: {describe(v)}" for k, v in new_by.items() if k not in old_by]
-    lines += [f"- {label} {k}: {describe(v)}" for k, v in old_by.items() if k not in new_by]
-    lines += [
-        f"~ {label} {k}: {describe(old_by[k])} -> {describe(v)}"
-        for k, v in new_by.items()
-        if k in old_by and old_by[k] != v
-    ]
-    return lines
-
-
-def _party_text(party: Party) -> str:
-    return (
-        f"{party.name} ({party.role.value}), keys ed25519 {crypto.fingerprint(party.keys.ed25519)}"
-        f" x25519 {crypto.fingerprint(party.keys.x25519)}"
-    )
-
-
 def covenant_diff(old: Covenant, new: Covenant) -> list[str]:
-    """The differences from ``old`` to ``new``: ``+`` added, ``-`` removed, ``~`` changed."""
+    """Every difference from ``old`` to ``new``, field by field: ``+`` added, ``-`` removed,
+    ``~`` changed; list entries named by their identity (``parties[politie-zwb].name``)."""
     lines: list[str] = []
-    lines += _value("id", old.id, new.id)
-    lines += _value("version", old.version, new.version)
-    lines += _value("valid_from", old.valid_from.isoformat(), new.valid_from.isoformat())
-    lines += _value("valid_until", old.valid_until.isoformat(), new.valid_until.isoformat())
-    lines += _value("attribute_key_version", old.attribute_key_version, new.attribute_key_version)
-    if old.ca_certificate != new.ca_certificate:
-        lines.append(
-            f"~ ca_certificate: {certs.certificate_fingerprint(old.ca_certificate)} -> "
-            f"{certs.certificate_fingerprint(new.ca_certificate)}"
-        )
-    lines += _value("signing.threshold", old.signing.threshold, new.signing.threshold)
-    lines += _keyed(
-        "signer",
-        old.signing.signers,
-        new.signing.signers,
-        lambda s: s.id,
-        lambda s: f"{s.name}, key {crypto.fingerprint(s.ed25519)}",
-    )
-    lines += _value("broker.id", old.broker.id, new.broker.id)
-    lines += _value("broker.address", old.broker.address, new.broker.address)
-    lines += _value(
-        "broker.ed25519",
-        crypto.fingerprint(old.broker.ed25519),
-        crypto.fingerprint(new.broker.ed25519),
-    )
-    old_parties = {p.id: p for p in old.parties}
-    for party in new.parties:
-        before = old_parties.get(party.id)
-        if before is None:
-            lines.append(f"+ party {party.id}: {_party_text(party)}")
-            continue
-        lines += _value(f"party {party.id} name", before.name, party.name)
-        lines += _value(f"party {party.id} role", before.role.value, party.role.value)
-        if before.keys != party.keys:
-            lines.append(f"~ party {party.id} keys: {_party_text(before)} -> {_party_text(party)}")
-    new_ids = {p.id for p in new.parties}
-    lines += [f"- party {p.id}: {_party_text(p)}" for p in old.parties if p.id not in new_ids]
-    old_epoch, new_epoch = old.key_epoch, new.key_epoch
-    lines += _value("key_epoch.epoch", old_epoch.epoch, new_epoch.epoch)
-    lines += _value("key_epoch.threshold", old_epoch.threshold, new_epoch.threshold)
-    lines += _value(
-        "key_epoch.retire_after",
-        old_epoch.retire_after.isoformat(),
-        new_epoch.retire_after.isoformat(),
-    )
-    lines += _keyed(
-        "key holder",
-        old_epoch.holders,
-        new_epoch.holders,
-        lambda h: str(h.index),
-        lambda h: f"{h.party}, commitment {crypto.fingerprint(h.commitment)}",
-    )
-    old_policy, new_policy = old.policy, new.policy
-    lines += _items("identifier type", old_policy.identifier_types, new_policy.identifier_types)
-    lines += _items("category", old_policy.categories, new_policy.categories)
-    lines += _items("detail field", old_policy.detail_fields, new_policy.detail_fields)
-    lines += _keyed(
-        "purpose", old_policy.purposes, new_policy.purposes, lambda p: p.id, lambda p: p.description
-    )
-    lines += _value(
-        "matching.min_parties", old_policy.matching.min_parties, new_policy.matching.min_parties
-    )
-    lines += _items(
-        "matching identifier type",
-        old_policy.matching.identifier_types,
-        new_policy.matching.identifier_types,
-    )
-    lines += _keyed(
-        "visibility rule",
-        old_policy.visibility,
-        new_policy.visibility,
-        lambda r: r.role.value,
-        lambda r: (
-            f"level {r.level.value}"
-            + (
-                f", hidden roles {', '.join(x.value for x in r.hidden_roles)}"
-                if r.hidden_roles
-                else ""
-            )
-            + (", coordinator" if r.coordinator else "")
-        ),
-    )
-    lines += _keyed(
-        "release rule",
-        old_policy.release,
-        new_policy.release,
-        lambda r: f"{r.role.value} x {r.category} x {r.purpose}",
-        lambda r: (
-            f"fields {', '.join(r.fields)}"
-            + (", four eyes" if r.four_eyes else "")
-            + (f", at most {r.max_per_period} per {r.period_days} days" if r.max_per_period else "")
-        ),
-    )
-    lines += _value(
-        "retention.default_days",
-        old_policy.retention.default_days,
-        new_policy.retention.default_days,
-    )
-    old_days, new_days = (
-        dict(old_policy.retention.categories),
-        dict(new_policy.retention.categories),
-    )
-    for name in sorted(old_days.keys() | new_days.keys()):
-        lines += _value(
-            f"retention.categories.{name}", old_days.get(name, "-"), new_days.get(name, "-")
-        )
-    lines += _value(
-        "quotas.oprf_evaluations_per_day",
-        old_policy.quotas.oprf_evaluations_per_day,
-        new_policy.quotas.oprf_evaluations_per_day,
-    )
-    lines += _value(
-        "quotas.disclosure_requests_per_day",
-        old_policy.quotas.disclosure_requests_per_day,
-        new_policy.quotas.disclosure_requests_per_day,
-    )
-    return lines
+    _diff_value("", old, new, lines)
+    return [_plain(line).replace("\n", "\\n") for line in lines]
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _diff_value(path: str, old: object, new: object, lines: list[str]) -> None:
+    if _is_record(old) and type(old) is type(new):
+        for (name, before), (_, after) in zip(_members(old), _members(new), strict=True):
+            _diff_value(_join(path, name), before, after, lines)
+    elif isinstance(old, tuple) and isinstance(new, tuple) and (old or new):
+        sample = old or new
+        if _is_records(sample):
+            _diff_entries(path, old, new, lines)
+        elif _is_mapping(sample):
+            _diff_mapping(path, old, new, lines)
+        else:
+            _diff_items(path, old, new, lines)
+    elif old != new:
+        lines.append(f"~ {path}: {shown_value(old)} -> {shown_value(new)}")
+
+
+def _diff_order(path: str, old: list[str], new: list[str], lines: list[str]) -> None:
+    """The order of the entries both sides hold, if it changed."""
+    kept_old = [key for key in old if key in new]
+    kept_new = [key for key in new if key in old]
+    if kept_old != kept_new:
+        lines.append(f"~ {path}: order {', '.join(kept_old)} -> {', '.join(kept_new)}")
+
+
+def _diff_entries(path: str, old: tuple[Any, ...], new: tuple[Any, ...], lines: list[str]) -> None:
+    old_by, new_by = _keyed(old), _keyed(new)
+    lines += [f"+ {path}[{k}]: {shown_value(v)}" for k, v in new_by.items() if k not in old_by]
+    lines += [f"- {path}[{k}]: {shown_value(v)}" for k, v in old_by.items() if k not in new_by]
+    for key, after in new_by.items():
+        if key in old_by:
+            _diff_value(f"{path}[{key}]", old_by[key], after, lines)
+    _diff_order(path, list(old_by), list(new_by), lines)
+
+
+def _diff_mapping(path: str, old: tuple[Any, ...], new: tuple[Any, ...], lines: list[str]) -> None:
+    old_by, new_by = dict(old), dict(new)
+    lines += [f"+ {path}.{k}: {shown_value(v)}" for k, v in new_by.items() if k not in old_by]
+    lines += [f"- {path}.{k}: {shown_value(v)}" for k, v in old_by.items() if k not in new_by]
+    for key, after in new_by.items():
+        if key in old_by:
+            _diff_value(f"{path}.{key}", old_by[key], after, lines)
+    _diff_order(path, list(old_by), list(new_by), lines)
+
+
+def _diff_items(path: str, old: tuple[Any, ...], new: tuple[Any, ...], lines: list[str]) -> None:
+    lines += [f"+ {path}: {shown_value(item)}" for item in new if item not in old]
+    lines += [f"- {path}: {shown_value(item)}" for item in old if item not in new]
+    _diff_order(path, [shown_value(i) for i in old], [shown_value(i) for i in new], lines)
 
 
 def _diff(args: argparse.Namespace) -> int:
@@ -1087,10 +1125,10 @@ def _diff(args: argparse.Namespace) -> int:
             fromfile=str(args.old),
             tofile=str(args.new),
         )
-        print("".join(lines), end="")
+        print(_plain("".join(lines)), end="")
         return 0
     changes = covenant_diff(old, new)
-    print(f"{old.id} version {old.version} -> {new.id} version {new.version}")
+    print(f"covenant {old.id} version {old.version} -> {new.id} version {new.version}")
     for line in changes:
         print(f"  {line}")
     if not changes:

@@ -9,7 +9,8 @@
   recipient's: only the recipient can read it, and it proves its sender.
   ``seal`` / ``open_sealed`` are the bare box underneath.
 - ``seal_anonymous`` / ``open_anonymous``: NaCl sealed boxes, for key shares
-  dealt to a key holder by an administrator who has no party key.
+  dealt to a key holder and attribute keys dealt to the parties, by an
+  administrator who has no party key.
 - ``secretbox_seal`` / ``secretbox_open``: NaCl secretbox under a key the
   covenant's parties share (the attribute key), for what the broker stores
   and forwards unread.
@@ -18,7 +19,8 @@
   requester proves that it holds the subject of a hit.
 - ``equal``: constant-time comparison of secrets.
 - Key files written atomically with owner-only permissions, and refused when
-  anyone else can read them.
+  anyone else can read them or another account owns them (``check_owner_only``,
+  the same check the daemons run on their data directories at start).
 
 Like pyca/cryptography's Fernet, every failure raises one exception per
 operation (``InvalidSignature``, ``DecryptionFailed``) and says nothing else:
@@ -66,6 +68,8 @@ ED25519_PUBLIC_KEY_BYTES = 32
 ED25519_SIGNATURE_BYTES = 64
 X25519_KEY_BYTES = 32
 BOX_NONCE_BYTES = nacl.bindings.crypto_box_NONCEBYTES
+#: What a NaCl sealed box adds to its plaintext: the ephemeral public key and the MAC.
+SEALED_BOX_OVERHEAD: int = nacl.bindings.crypto_box_SEALBYTES
 
 
 class SignatureContext(enum.StrEnum):
@@ -518,17 +522,61 @@ def write_file_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None
         os.close(dir_fd)
 
 
-def read_secret_file(path: Path) -> bytes:
-    """Read a secret file; refuse it if group or others may read or write it."""
+def read_secret_file(path: Path, *, what: str = "key file", field: str | None = None) -> bytes:
+    """Read a secret file; refuse it, as ssh does, if group or others may read or write it
+    or another account owns it (:func:`check_owner_only`, on the file as opened)."""
     path = Path(path)
     try:
-        mode = path.stat().st_mode
+        with path.open("rb") as handle:
+            check_owner_only(os.fstat(handle.fileno()), path, what=what, field=field)
+            return handle.read()
     except FileNotFoundError as error:
-        raise ConfigurationError(f"key file {path} does not exist", field=str(path)) from error
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigurationError(
-            f"key file {path} is accessible by others (mode {stat.S_IMODE(mode):o}); "
-            "run chmod 600 on it",
-            field=str(path),
+            f"{what} {path} does not exist", field=field or str(path)
+        ) from error
+    except IsADirectoryError as error:
+        raise ConfigurationError(
+            f"{what} {path} is a directory", field=field or str(path)
+        ) from error
+    except PermissionError as error:
+        raise ConfigurationError(
+            f"cannot read {what} {path}: permission denied; run as the account that owns it",
+            field=field or str(path),
+        ) from error
+
+
+def check_owner_only(
+    found: Path | os.stat_result,
+    path: Path | None = None,
+    *,
+    what: str = "key file",
+    field: str | None = None,
+) -> None:
+    """Refuse a secret file or a private directory that group or others may read, write or
+    enter, or that an account other than this process's owns: the one check behind every
+    key file, token and data directory. ``found`` is the path, or the ``os.stat`` of a file
+    already opened (``path`` then names it). The error names the path and the fix."""
+    if isinstance(found, os.stat_result):
+        info, named = found, Path(path or "?")
+    else:
+        named = Path(found)
+        try:
+            info = named.stat()
+        except FileNotFoundError as error:
+            raise ConfigurationError(
+                f"{what} {named} does not exist", field=field or str(named)
+            ) from error
+    me = os.geteuid()
+    if info.st_uid != me:
+        raise ConfigurationError(
+            f"{what} {named} belongs to another account (uid {info.st_uid}); run as that "
+            f"account, or give it to this one: chown {me} {named}",
+            field=field or str(named),
         )
-    return path.read_bytes()
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        fix = "700" if stat.S_ISDIR(info.st_mode) else "600"
+        raise ConfigurationError(
+            f"{what} {named} is accessible by others (mode {stat.S_IMODE(info.st_mode):o}); "
+            f"run chmod {fix} {named}",
+            field=field or str(named),
+        )

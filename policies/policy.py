@@ -29,6 +29,7 @@ from typing import Final
 
 from samenloop.policies.certs import check_id
 from samenloop.policies.errors import InvalidInput
+from samenloop.v1 import common_pb2
 
 __all__ = [
     "ANY_CATEGORY",
@@ -72,6 +73,15 @@ ANY_CATEGORY = "*"
 MAX_NAME_BYTES = 256
 MAX_DAYS = 36_600  # a hundred years: beyond that a number is a typo
 MAX_QUOTA = 10**9
+#: The broker's quotas of token entries per party: a day's submissions, and entries held.
+#: A regional partner holds thousands to a few hundred thousand signals of a few
+#: identifiers each; the defaults leave room for ten times that and a first import of a
+#: million entries a day, and keep one party well below what the broker's index is
+#: built and measured for (tens of millions of entries).
+DEFAULT_TOKEN_ENTRIES_PER_DAY = 1_000_000
+DEFAULT_TOKEN_ENTRIES_HELD = 5_000_000
+#: No token quota below one full batch: a node could never send the batches it makes.
+MIN_TOKEN_QUOTA: int = common_pb2.LIMITS_MAX_TOKENS_PER_BATCH
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}\Z")
 
 
@@ -352,19 +362,37 @@ class Retention:
     def days_for(self, category: str) -> int:
         return dict(self.categories).get(category, self.default_days)
 
+    @property
+    def longest_days(self) -> int:
+        """The longest retention of any category: what the broker, which cannot see
+        categories, allows a token entry at most."""
+        return max((self.default_days, *(days for _, days in self.categories)))
+
 
 @dataclass(frozen=True, slots=True)
 class Quotas:
-    """Per-party daily limits: OPRF evaluations (caps online guessing) and disclosure requests."""
+    """Per-party limits: OPRF evaluations (caps online guessing) and disclosure requests per
+    day; at the broker, token entries submitted per UTC day and held at once, so that no
+    party can fill the broker (or slow everyone's matching) with entries of its own.
+
+    The broker's quotas are at least one full batch (``LIMITS_MAX_TOKENS_PER_BATCH``):
+    a node must always be able to send the batches it makes.
+    """
 
     oprf_evaluations_per_day: int
     disclosure_requests_per_day: int
+    token_entries_per_day: int = DEFAULT_TOKEN_ENTRIES_PER_DAY
+    token_entries_held: int = DEFAULT_TOKEN_ENTRIES_HELD
 
     def __post_init__(self) -> None:
         check_int(self.oprf_evaluations_per_day, 1, MAX_QUOTA, field="oprf_evaluations_per_day")
         check_int(
             self.disclosure_requests_per_day, 0, MAX_QUOTA, field="disclosure_requests_per_day"
         )
+        check_int(
+            self.token_entries_per_day, MIN_TOKEN_QUOTA, MAX_QUOTA, field="token_entries_per_day"
+        )
+        check_int(self.token_entries_held, MIN_TOKEN_QUOTA, MAX_QUOTA, field="token_entries_held")
 
     def oprf_per_holder(self, *, threshold: int, holders: int, seated: bool) -> int:
         """Elements one key holder evaluates per UTC day for one requesting party: its share.

@@ -1,12 +1,44 @@
-"""What both daemons do as processes: settle the heap after start-up, then run until
-SIGTERM or SIGINT, with a periodic task."""
+"""What both daemons and the CLI do as processes: keep what they write to their own
+account (umask 0o077), refuse, as ssh does, a data directory or secret file that other
+accounts may use, settle the heap after start-up, then run until SIGTERM or SIGINT with a
+periodic task."""
 
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from samenloop.policies.crypto import check_owner_only
+
+#: Files the process creates are 0600 and directories 0700: databases with their WAL and
+#: SHM, logs, sockets, exports, reports and keys hold raw data or secrets.
+OWNER_ONLY_UMASK = 0o077
+
+
+def keep_to_owner() -> None:
+    """Set the process's umask so that everything it creates is its own account's alone."""
+    os.umask(OWNER_ONLY_UMASK)
+
+
+def check_private(
+    data_dirs: Iterable[tuple[str, Path]], secrets: Iterable[tuple[str, Path]]
+) -> None:
+    """A daemon's check at start: each data directory (made 0700 if it is missing) and each
+    secret file must be this account's and closed to group and others, or
+    ``ConfigurationError`` names the setting, the path and the fix (``chmod 700 ...``).
+
+    Items are ``(setting, path)``, the setting being the configuration key it comes from.
+    """
+    for setting, directory in data_dirs:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        what = "data directory" if setting == "data_dir" else f"directory of {setting}"
+        check_owner_only(directory, what=what, field=setting)
+    for setting, path in secrets:
+        check_owner_only(path, what="secret file", field=setting)
 
 
 def run_until_signalled(every: float, tick: Callable[[], None]) -> None:

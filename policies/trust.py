@@ -14,13 +14,20 @@ version is accepted only if
   (so the old signers authorise the change) and of its own signers (so the new
   signer set is real), and by nobody the covenant does not list;
 * it is for the same covenant id, with a higher version number;
+* its attribute key version is not lower than the held one, and higher if
+  it removes a party or gives a party a new X25519 key (the removed party,
+  or whoever holds the old key, holds every older version); under an
+  unchanged version every continuing party keeps its box byte for byte;
 * its validity period covers ``now``.
 
 Every refusal is a ``CovenantRejected`` whose ``reason`` names the rule:
 ``covenant.malformed``, ``covenant.not_canonical``, ``covenant.wrong_id``,
 ``covenant.rollback``, ``covenant.unknown_signer``, ``covenant.bad_signature``
 (tampered bytes or a wrong key), ``covenant.under_signed``,
-``covenant.not_yet_valid``, ``covenant.expired``.
+``covenant.attribute_key_kept``, ``covenant.attribute_key_rollback``,
+``covenant.attribute_key_changed``, ``covenant.not_yet_valid``,
+``covenant.expired``; the attribute key refusals name the covenant field at
+fault (``attribute_key_version``, ``parties[i].sealed_attribute_key``).
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ __all__ = [
     "SignedCovenant",
     "TrustState",
     "Update",
+    "check_attribute_key",
     "check_validity",
     "load_signed_covenant",
     "sign_covenant",
@@ -196,8 +204,8 @@ def sign_covenant(
 # --- verification ----------------------------------------------------------------------
 
 
-def _reject(reason: str, message: str) -> CovenantRejected:
-    return CovenantRejected(message, field="covenant", reason=reason)
+def _reject(reason: str, message: str, *, field: str = "covenant") -> CovenantRejected:
+    return CovenantRejected(message, field=field, reason=reason)
 
 
 def _parse(body: bytes) -> Covenant:
@@ -259,6 +267,52 @@ def _check_signatures(signed: SignedCovenant, covenant: Covenant, held: Covenant
                 "covenant.under_signed",
                 f"{valid} valid signature(s) of the {whose} signers; "
                 f"the threshold is {signing.threshold}",
+            )
+
+
+def check_attribute_key(held: Covenant, covenant: Covenant) -> None:
+    """Refuse a successor that leaves a removed party (or a replaced key) able to read on.
+
+    A party removed, or a party's X25519 key replaced, needs a higher
+    ``attribute_key_version``: whoever held the old key holds every version
+    dealt so far. The version never goes down, and under the same version a
+    continuing party's box stays the same bytes (one key per version).
+    """
+    version, before = covenant.attribute_key_version, held.attribute_key_version
+    if version < before:
+        raise _reject(
+            "covenant.attribute_key_rollback",
+            f"attribute key version {version} is lower than the held version's {before}",
+            field="attribute_key_version",
+        )
+    if version > before:
+        return
+    removed = sorted(held.party_ids - covenant.party_ids)
+    if removed:
+        raise _reject(
+            "covenant.attribute_key_kept",
+            f"version {covenant.version} removes {', '.join(removed)} but keeps attribute key "
+            f"version {version}, which they hold: deal a new one ('samenloop covenant "
+            "remove-party' does; or 'covenant rotate-attribute-key')",
+            field="attribute_key_version",
+        )
+    for i, party in enumerate(covenant.parties):
+        if not held.is_party(party.id):
+            continue
+        was = held.party(party.id)
+        if was.keys.x25519 != party.keys.x25519:
+            raise _reject(
+                "covenant.attribute_key_kept",
+                f"{party.id} has a new x25519 key but attribute key version {version} stays, "
+                "which its old key opens: deal a new one ('covenant rotate-attribute-key')",
+                field="attribute_key_version",
+            )
+        if was.sealed_attribute_key != party.sealed_attribute_key:
+            raise _reject(
+                "covenant.attribute_key_changed",
+                f"another box for {party.id} under the same attribute key version {version}: "
+                "a new key needs a new version ('covenant rotate-attribute-key')",
+                field=f"parties[{i}].sealed_attribute_key",
             )
 
 
@@ -345,6 +399,7 @@ class TrustState:
                 f"version {covenant.version} is not newer than the held version {held.version}",
             )
         _check_signatures(signed, covenant, held)
+        check_attribute_key(held, covenant)
         if check_time:
             check_validity(covenant, now)
         return covenant

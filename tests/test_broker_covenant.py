@@ -20,6 +20,7 @@ from samenloop.broker import server as broker_server
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import crypto, database, rpc
 from samenloop.policies.config import load_broker_config
+from samenloop.policies.covenant import with_new_attribute_key
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.policy import Quotas, Role
 from samenloop.policies.trust import SignedCovenant
@@ -105,8 +106,13 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 
 def version_2(world: World, **changes: object) -> SignedCovenant:
+    """Version 2 with ``changes``; one that changes the parties deals a new attribute key."""
     held = world.provisioned.covenant
-    draft = replace(held, version=2, **changes)  # type: ignore[arg-type]
+    if "parties" in changes:
+        parties = changes.pop("parties")
+        draft = with_new_attribute_key(held, parties, version=2, **changes)  # type: ignore[arg-type]
+    else:
+        draft = replace(held, version=2, **changes)  # type: ignore[arg-type]
     return world.provisioned.sign(draft)
 
 
@@ -175,6 +181,18 @@ def test_rollback_tampered_under_signed_and_expired_versions_are_refused(world):
         )
     )
     assert rejection(world, expired)[1] == "covenant.expired"
+    # Version 3 that removes a party but keeps the attribute key it holds.
+    held = world.provisioned.covenant
+    kept = world.provisioned.sign(
+        replace(held, version=3, parties=tuple(p for p in held.parties if p.id != "gemeente"))
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        world.publish(kept)
+    refused = rpc.error_from_rpc(info.value)
+    assert (refused.reason, refused.field) == (
+        "covenant.attribute_key_kept",
+        "attribute_key_version",
+    )
     assert world.drain("riec") == []  # nothing refused was delivered
     hello = world.stub("riec").Hello(broker_pb2.HelloRequest(party="riec"), timeout=5)
     assert hello.covenant_version == 2

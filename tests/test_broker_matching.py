@@ -27,7 +27,12 @@ from samenloop.broker.matching import (
     View,
     Visibility,
 )
-from samenloop.policies.errors import ConfigurationError, InvalidInput, MessageTooLarge
+from samenloop.policies.errors import (
+    ConfigurationError,
+    InvalidInput,
+    MessageTooLarge,
+    QuotaExceeded,
+)
 from samenloop.v1 import broker_pb2, common_pb2
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -539,6 +544,258 @@ def test_matching_and_mailbox_import_neither_grpc_nor_a_database():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+# --- limits, expiry cap and quotas (issue 12) -------------------------------------------
+
+MAX_BOX = common_pb2.LIMITS_MAX_SEALED_ATTRIBUTES_BYTES
+MAX_REFS = common_pb2.LIMITS_MAX_REFS_PER_TOKEN
+MAX_BOXES = common_pb2.LIMITS_MAX_SEALED_ATTRIBUTES_PER_NOTICE
+SKEW = timedelta(seconds=common_pb2.LIMITS_MAX_CLOCK_SKEW_SECONDS)
+RULES = matching.SubmissionRules(
+    longest_retention_days=365, entries_per_day=10_000, entries_held=20_000
+)
+
+
+def numbered_ref(n: int) -> bytes:
+    return n.to_bytes(16, "big")
+
+
+@pytest.mark.parametrize(("size", "refused"), [(1, False), (MAX_BOX, False), (MAX_BOX + 1, True)])
+def test_a_sealed_box_is_at_most_the_limit_named_by_its_entry(size, refused):
+    entries = [GOOD, replace(GOOD, token=T2, sealed_attributes=b"x" * size)]
+    if not refused:
+        assert matching.parse_batch("a", 1, entries).entries[1].sealed_attributes == b"x" * size
+        return
+    with pytest.raises(MessageTooLarge) as raised:
+        matching.parse_batch("a", 1, entries)
+    assert raised.value.field == "entries[1].sealed_attributes"
+
+
+def test_the_largest_real_sealed_box_is_well_under_the_limit():
+    from samenloop.policies import covenant as covenant_model
+
+    key = covenant_model.new_attribute_key("c", 1)
+    category = "x" * common_pb2.LIMITS_MAX_PARTY_ID_BYTES
+    nonce, ciphertext = covenant_model.seal_attributes(
+        key, common_pb2.MemberAttributes(category=category).SerializeToString()
+    )
+    box = common_pb2.SecretBox(key_version=2**32 - 1, nonce=nonce, ciphertext=ciphertext)
+    assert box.ByteSize() == 146 < MAX_BOX
+
+
+def submit_refs(index: Index, party: str, token: bytes, refs: list[int]):
+    entries = [Entry(party, token, numbered_ref(n), 1, LATER) for n in refs]
+    batch = matching.parse_batch(party, 1, entries)
+    result = matching.submit(
+        batch,
+        index.states({token}),
+        min_parties=2,
+        now=NOW,
+        new_group_id=index.new_group_id,
+    )
+    index.apply(result.change)
+    return result
+
+
+def test_a_batch_holds_at_most_the_refs_per_token_of_one_party():
+    index = Index()
+    submit_refs(index, "a", T1, list(range(MAX_REFS)))  # exactly the limit, in one batch
+    with pytest.raises(MessageTooLarge) as raised:
+        submit_refs(Index(), "a", T1, list(range(MAX_REFS + 1)))
+    assert raised.value.field == f"entries[{MAX_REFS}].signal_ref"
+    assert raised.value.reason == "token.too_many_refs"
+
+
+def test_refs_already_held_count_towards_the_limit_and_resubmissions_do_not():
+    index = Index()
+    submit_refs(index, "a", T1, list(range(MAX_REFS - 2)))
+    submit_refs(index, "b", T1, list(range(MAX_REFS)))  # another party's refs do not count
+    # Two held refs again and two new ones: the fourth entry is the one too many.
+    with pytest.raises(MessageTooLarge) as raised:
+        submit_refs(index, "a", T1, [0, MAX_REFS - 2, 1, MAX_REFS - 1, MAX_REFS])
+    assert raised.value.field == "entries[4].signal_ref"
+    result = submit_refs(index, "a", T1, [0, 1, MAX_REFS - 2, MAX_REFS - 1])
+    assert (result.stored, result.unchanged) == (2, 2)
+
+
+def test_expired_refs_do_not_count_towards_the_limit():
+    index = Index()
+    soon = NOW + timedelta(minutes=1)
+    entries = [Entry("a", T1, numbered_ref(n), 1, soon) for n in range(MAX_REFS)]
+    index.apply(
+        matching.submit(
+            matching.parse_batch("a", 1, entries),
+            [],
+            min_parties=2,
+            now=NOW,
+            new_group_id=index.new_group_id,
+        ).change
+    )
+    later = Entry("a", T1, numbered_ref(1000), 1, LATER)
+    result = matching.submit(
+        matching.parse_batch("a", 1, [later]),
+        index.states({T1}),
+        min_parties=2,
+        now=soon,
+        new_group_id=index.new_group_id,
+    )
+    assert result.stored == 1
+    assert len(result.change.deleted) == MAX_REFS
+
+
+@pytest.mark.parametrize(
+    ("ahead", "refused"),
+    [
+        (timedelta(days=365) + SKEW, False),
+        (timedelta(days=365) + SKEW + timedelta(microseconds=1), True),
+        (timedelta(days=36_500), True),
+    ],
+)
+def test_an_expiry_beyond_the_longest_retention_is_refused(ahead, refused):
+    entries = [GOOD, replace(GOOD, token=T2, expires_at=NOW + ahead)]
+    batch = matching.parse_batch("a", 1, entries)
+
+    def run(rules):
+        return matching.submit(
+            batch, [], min_parties=2, now=NOW, new_group_id=lambda: b"g" * 16, rules=rules
+        )
+
+    assert run(None).stored == 2  # without the covenant's rules there is no cap
+    if not refused:
+        assert run(RULES).stored == 2
+        return
+    with pytest.raises(InvalidInput) as raised:
+        run(RULES)
+    assert raised.value.field == "entries[1].expires_at"
+    assert raised.value.reason == "retention.exceeded"
+
+
+def test_submission_rules_take_the_longest_retention_of_any_category_and_version():
+    from types import SimpleNamespace
+
+    from samenloop.policies.policy import Quotas, Retention, example_policy
+
+    policy = replace(
+        example_policy(),
+        retention=Retention(default_days=30, categories=(("vastgoedmisbruik", 900),)),
+        quotas=Quotas(1, 0, token_entries_per_day=12_345, token_entries_held=67_890),
+    )
+    covenant = SimpleNamespace(policy=policy)  # all that the rules read of a covenant
+    rules = matching.SubmissionRules.of(covenant)
+    assert rules == matching.SubmissionRules(900, 12_345, 67_890)
+    assert rules.longest_lifetime == timedelta(days=900) + SKEW
+    held = matching.SubmissionRules.of(covenant, held_retention_days=1000)
+    assert held.longest_retention_days == 1000
+
+
+DAY = matching.utc_day(NOW)
+CHARGES = [
+    # (usage before, submitted, added, at) -> usage after, or the reason refused
+    ((DAY, 0, 0), 10_000, 10_000, NOW, (DAY, 10_000, 10_000)),
+    ((DAY, 4_000, 100), 6_000, 6_000, NOW, (DAY, 10_000, 6_100)),
+    ((DAY, 4_001, 100), 6_000, 6_000, NOW, "quota.token_entries_per_day"),
+    ((DAY - 1, 10_000, 100), 10_000, 10_000, NOW, (DAY, 10_000, 10_100)),  # a new day
+    ((DAY + 1, 9_000, 100), 2_000, 0, NOW, "quota.token_entries_per_day"),  # clock back
+    ((DAY, 0, 19_999), 2, 1, NOW, (DAY, 2, 20_000)),
+    ((DAY, 0, 19_999), 2, 2, NOW, "quota.token_entries_held"),
+    ((DAY, 0, 25_000), 5, 0, NOW, (DAY, 5, 25_000)),  # holds no more: never refused for it
+    ((DAY, 0, 25_000), 5, -3, NOW, (DAY, 5, 24_997)),
+]
+
+
+@pytest.mark.parametrize(
+    ("before", "submitted", "added", "at", "expected"), CHARGES, ids=[str(c) for c in CHARGES]
+)
+def test_quotas_count_a_day_s_entries_and_the_entries_held(before, submitted, added, at, expected):
+    usage = matching.Usage(*before)
+    if isinstance(expected, str):
+        with pytest.raises(QuotaExceeded) as raised:
+            matching.charge(usage, submitted=submitted, added=added, rules=RULES, now=at)
+        assert (raised.value.field, raised.value.reason) == ("entries", expected)
+    else:
+        after = matching.charge(usage, submitted=submitted, added=added, rules=RULES, now=at)
+        assert after == matching.Usage(*expected)
+
+
+def test_the_utc_day_turns_at_midnight_utc():
+    from datetime import timezone
+
+    amsterdam = timezone(timedelta(hours=1))
+    assert matching.utc_day(datetime(1970, 1, 2, 0, 30, tzinfo=amsterdam)) == 0
+    assert matching.utc_day(datetime(1970, 1, 2, 1, 0, tzinfo=amsterdam)) == 1
+
+
+def test_held_deltas_count_inserts_less_deletes_per_party():
+    a1 = Entry("a", T1, ref("a"), 1, LATER)
+    a2 = replace(a1, token=T2)
+    b1 = Entry("b", T1, ref("b"), 1, LATER)
+    change = Change(inserted=(a1, a2), updated=(b1,), deleted=(b1, replace(a1, token=T3)))
+    assert matching.held_deltas(change) == {"a": 1, "b": -1}
+    assert matching.held_deltas(Change(inserted=(a1,), deleted=(a1,))) == {}
+    submitted = Change(inserted=(a1, a2), deleted=(b1,))
+    assert matching.held_deltas(submitted, submitter="a") == {"a": 2, "b": -1}
+
+
+def boxes_group(members: int, boxes_each: int) -> tuple[Index, list[str]]:
+    """A group on T1 of ``members`` parties, each with ``boxes_each`` boxed refs."""
+    index = Index()
+    parties = [f"p{i:03d}" for i in range(members)]
+    for party in parties:
+        entries = [
+            Entry(party, T1, numbered_ref(n), 1, LATER, bytes([n % 256]) * 8)
+            for n in range(boxes_each)
+        ]
+        index.apply(
+            matching.submit(
+                matching.parse_batch(party, 1, entries),
+                index.states({T1}),
+                min_parties=2,
+                now=NOW,
+                new_group_id=index.new_group_id,
+            ).change
+        )
+    return index, parties
+
+
+def test_a_notice_carries_at_most_the_boxes_limit_each_member_an_equal_share():
+    index, parties = boxes_group(40, MAX_REFS)  # 40 x 64 boxes: more than the limit
+    late = Entry("late", T1, numbered_ref(1), 1, LATER, b"late-box")
+    result = matching.submit(
+        matching.parse_batch("late", 1, [late]),
+        index.states({T1}),
+        min_parties=2,
+        now=NOW,
+        new_group_id=index.new_group_id,
+    )
+    notice = next(n for n in result.change.notices if n.recipient == "late")
+    counts = [len(m.sealed_attributes) for m in notice.view.members]
+    assert sum(counts) == MAX_BOXES
+    assert max(counts) - min(counts) <= 1  # fair shares
+    # Each member keeps its first boxes, in order; its refs are all still listed.
+    for member in notice.view.members:
+        assert member.sealed_attributes == tuple(
+            bytes([n]) * 8 for n in range(len(member.sealed_attributes))
+        )
+        assert len(member.signal_refs) == MAX_REFS
+    # Another member sees the newcomer's box among its share.
+    other = next(n for n in result.change.notices if n.recipient == parties[0])
+    assert sum(len(m.sealed_attributes) for m in other.view.members) == MAX_BOXES
+    assert b"late-box" in {b for m in other.view.members for b in m.sealed_attributes}
+
+
+def test_a_notice_within_the_boxes_limit_is_left_as_it_is():
+    index, _ = boxes_group(3, 5)
+    late = Entry("late", T1, numbered_ref(1), 1, LATER, b"late-box")
+    result = matching.submit(
+        matching.parse_batch("late", 1, [late]),
+        index.states({T1}),
+        min_parties=2,
+        now=NOW,
+        new_group_id=index.new_group_id,
+    )
+    notice = next(n for n in result.change.notices if n.recipient == "late")
+    assert [len(m.sealed_attributes) for m in notice.view.members] == [5, 5, 5]
 
 
 # --- every check's message, the digests' exact form, counts and the clock ---------------------

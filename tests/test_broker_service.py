@@ -16,10 +16,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from samenloop.broker import server as broker_server
+from samenloop.broker.mailbox import ItemKind
 from samenloop.node import evaluation, keysetup, oprf, threshold, tokens
 from samenloop.node.holder import KeyHolder
 from samenloop.node.provision import PartySpec, provision
 from samenloop.policies import certs, database, rpc
+from samenloop.policies.audit import AuditKind
 from samenloop.policies.config import load_broker_config
 from samenloop.policies.covenant import Role, load_covenant
 from samenloop.policies.crypto import (
@@ -86,6 +88,13 @@ def stub(world: dict[str, object], party: str) -> broker_pb2_grpc.BrokerStub:
 def keys_of(world: dict[str, object], party: str) -> PartyKeys:
     root: Path = world["root"]  # type: ignore[assignment]
     return PartyKeys.load(root / party / "party-keys.json")
+
+
+def replace_box(sent: broker_pb2.TokenEntry, ciphertext: bytes) -> broker_pb2.TokenEntry:
+    sent.sealed_attributes.CopyFrom(
+        common_pb2.SecretBox(key_version=1, nonce=bytes(24), ciphertext=ciphertext)
+    )
+    return sent
 
 
 def entry(token: bytes, ref: bytes | None = None) -> broker_pb2.TokenEntry:
@@ -290,8 +299,36 @@ def test_a_reused_batch_id_with_other_content_is_refused(world):
             grpc.StatusCode.INVALID_ARGUMENT,
             "entries[0].expires_at",
         ),
+        (
+            lambda r: r.entries[0].expires_at.FromDatetime(
+                datetime.now(UTC) + timedelta(days=365 * 100)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "entries[0].expires_at",
+        ),
+        (
+            lambda r: r.entries.add().CopyFrom(replace_box(entry(os.urandom(32)), b"\xff" * 300)),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "entries[1].sealed_attributes",
+        ),
+        (
+            lambda r: r.entries.extend(
+                [entry(r.entries[0].token) for _ in range(common_pb2.LIMITS_MAX_REFS_PER_TOKEN)]
+            ),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"entries[{common_pb2.LIMITS_MAX_REFS_PER_TOKEN}].signal_ref",
+        ),
     ],
-    ids=["short token", "short batch id", "unknown epoch", "oversized batch", "time out of range"],
+    ids=[
+        "short token",
+        "short batch id",
+        "unknown epoch",
+        "oversized batch",
+        "time out of range",
+        "a hundred years ahead",
+        "oversized sealed box",
+        "too many refs on one token",
+    ],
 )
 def test_bad_batches_are_refused_naming_the_field_and_store_nothing(world, mutate, code, field):
     running = world["running"]
@@ -305,6 +342,51 @@ def test_bad_batches_are_refused_naming_the_field_and_store_nothing(world, mutat
     assert status_of(info.value) == code
     assert rpc.error_from_rpc(info.value).field.startswith(field)
     assert running.store.count_tokens() == before
+
+
+def test_hello_states_the_limits_the_broker_enforces(world):
+    limits = (
+        stub(world, "gemeente").Hello(broker_pb2.HelloRequest(party="gemeente"), timeout=5).limits
+    )
+    assert limits.max_sealed_attributes_bytes == common_pb2.LIMITS_MAX_SEALED_ATTRIBUTES_BYTES
+    assert limits.max_refs_per_token == common_pb2.LIMITS_MAX_REFS_PER_TOKEN
+    assert (
+        limits.max_sealed_attributes_per_notice
+        == common_pb2.LIMITS_MAX_SEALED_ATTRIBUTES_PER_NOTICE
+    )
+    longest = world["covenant"].policy.retention.longest_days
+    skew = common_pb2.LIMITS_MAX_CLOCK_SKEW_SECONDS
+    assert limits.max_entry_lifetime_seconds == longest * 86_400 + skew
+
+
+def test_an_item_no_message_can_carry_is_set_aside_and_the_mailbox_goes_on(world):
+    """An item planted in the database as if stored before the size limits: both ways of
+    reading the mailbox get its marker and then the items after it."""
+    running = world["running"]
+    drain(world, "belastingdienst")
+    now = datetime.now(UTC)
+    huge = b"\x03" * (common_pb2.LIMITS_MAX_MESSAGE_BYTES + 1)
+    planted = running.store.enqueue("belastingdienst", huge, ItemKind.HIT_NOTICE, now)
+    running.store.enqueue("belastingdienst", b"", ItemKind.HIT_NOTICE, now)
+    broker = stub(world, "belastingdienst")
+    stream = broker.StreamMailbox(
+        broker_pb2.StreamMailboxRequest(after_cursor=planted - 1), timeout=15
+    )
+    first, second = (event.item for _, event in zip(range(2), stream, strict=False))
+    stream.cancel()
+    assert (first.cursor, first.WhichOneof("payload")) == (planted, "set_aside")
+    assert (first.set_aside.kind, first.set_aside.size_bytes) == ("hit_notice", len(huge))
+    assert (second.cursor, second.WhichOneof("payload")) == (planted + 1, "hit_notice")
+    fetched = broker.FetchMailbox(
+        broker_pb2.FetchMailboxRequest(after_cursor=planted - 1), timeout=5
+    )
+    assert [item.cursor for item in fetched.items] == [planted, planted + 1]
+    assert fetched.items[0] == first
+    audited = running.store.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
+    assert [(e.details["party"], e.details["cursor"]) for e in audited][-1:] == [
+        ("belastingdienst", planted)
+    ]
+    drain(world, "belastingdienst")
 
 
 def test_garbage_bytes_get_invalid_argument_and_the_broker_keeps_serving(world):

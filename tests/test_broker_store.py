@@ -18,20 +18,23 @@ from alembic.runtime.migration import MigrationContext
 from hypothesis import given
 from hypothesis import strategies as st
 
-from samenloop.broker import matching, store, token_filter
+from samenloop.broker import mailbox, matching, store, token_filter
 from samenloop.broker.mailbox import ItemKind
 from samenloop.broker.matching import Entry, NoticeDraft
 from samenloop.broker.models import Base, TokenEntry
 from samenloop.broker.store import MIGRATIONS, BrokerStore
 from samenloop.policies import database
+from samenloop.policies.audit import AuditKind
 from samenloop.policies.errors import (
     ConfigurationError,
     InvalidInput,
     MessageTooLarge,
     NotAllowed,
+    QuotaExceeded,
     Replay,
 )
-from samenloop.v1 import common_pb2
+from samenloop.policies.policy import MIN_TOKEN_QUOTA
+from samenloop.v1 import broker_pb2, common_pb2
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(days=365)
@@ -97,7 +100,7 @@ def submit(broker: BrokerStore, party: str, n: int, entries, *, ids=None, sign_n
 
 
 def inbox(broker: BrokerStore, party: str) -> list[str]:
-    return [item.payload.decode() for item in broker.fetch(party, 0).items]
+    return [item.payload.decode() for item in broker.fetch(party, 0, now=NOW).items]
 
 
 def table_counts(engine: sa.Engine) -> dict[str, int]:
@@ -115,7 +118,7 @@ def test_migrations_go_up_down_and_up_again(database_url):
     engine = database.make_engine(database_url)
     try:
         database.upgrade(engine, MIGRATIONS)
-        assert database.current(engine) == database.heads(MIGRATIONS) == ("0004",)
+        assert database.current(engine) == database.heads(MIGRATIONS) == ("0005",)
         database.check_at_head(engine, MIGRATIONS)
 
         database.downgrade(engine, MIGRATIONS)
@@ -137,7 +140,10 @@ def test_a_schema_newer_than_the_software_is_refused(engine):
     with pytest.raises(ConfigurationError, match="newer than this software"):
         database.check_at_head(engine, MIGRATIONS)
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0004'"))
+        conn.execute(
+            sa.text("UPDATE alembic_version SET version_num = :head"),
+            {"head": database.heads(MIGRATIONS)[0]},
+        )
 
 
 def _not_a_partition(obj, name, type_, reflected, compare_to):
@@ -234,7 +240,7 @@ def test_unsupported_database_urls_are_configuration_errors(url):
 def test_timestamps_are_utc_and_naive_ones_refused(broker, engine):
     cet = NOW.astimezone(datetime.now().astimezone().tzinfo)
     broker.enqueue("a", b"x", ItemKind.ENVELOPE, cet)
-    (item,) = broker.fetch("a", 0).items
+    (item,) = broker.fetch("a", 0, now=NOW).items
     assert item.enqueued_at == NOW
     assert item.enqueued_at.tzinfo is UTC
     with pytest.raises(ValueError, match="time zone"):
@@ -355,10 +361,17 @@ def test_a_failure_inside_the_transaction_leaves_nothing(broker, engine):
 
 LIMIT = common_pb2.LIMITS_MAX_TOKENS_PER_BATCH
 
+MAX_BOX = common_pb2.LIMITS_MAX_SEALED_ATTRIBUTES_BYTES
+MAX_REFS = common_pb2.LIMITS_MAX_REFS_PER_TOKEN
+
 INVALID = [
     ("short token", [replace(entry("a", 1), token=b"t" * 31)], InvalidInput, "entries[0].token"),
     ("expired", [entry("a", 1), entry("a", 2, expires=NOW)], InvalidInput, "entries[1].expires_at"),
     ("too many", [entry("a", 1)] * (LIMIT + 1), MessageTooLarge, "entries"),
+    ("oversized box", [entry("a", 1), entry("a", 2, box=bytes(MAX_BOX + 1))], MessageTooLarge,
+     "entries[1].sealed_attributes"),
+    ("too many refs", [entry("a", 1, r=n) for n in range(MAX_REFS + 1)], MessageTooLarge,
+     f"entries[{MAX_REFS}].signal_ref"),
 ]  # fmt: skip
 
 
@@ -451,7 +464,7 @@ def test_removing_a_party_closes_its_mailbox_and_tells_the_others(broker, engine
     assert (result.removed, result.notified) == (1, ("a", "b"))
     assert inbox(broker, "a")[-1].startswith("a|SHRUNK|3|")
     for action in (
-        lambda: broker.fetch("c", 0),
+        lambda: broker.fetch("c", 0, now=NOW),
         lambda: broker.ack("c", 0),
         lambda: broker.enqueue("c", b"x", ItemKind.ENVELOPE, NOW),
         lambda: submit(broker, "c", 9, [entry("c", 2)]),
@@ -525,6 +538,106 @@ def test_open_groups_follow_the_entries_under_any_operations(operations):
         engine.dispose()
 
 
+# --- quotas and the expiry cap ------------------------------------------------------------
+
+RULES = matching.SubmissionRules(
+    longest_retention_days=365,
+    entries_per_day=MIN_TOKEN_QUOTA,
+    entries_held=MIN_TOKEN_QUOTA,
+)
+
+
+def held_by_party(engine: sa.Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT p.name, count(t.id) FROM parties p"
+                " LEFT JOIN token_entries t ON t.party_id = p.id GROUP BY p.name"
+            )
+        ).all()
+    return {name: count for name, count in rows}
+
+
+def test_entries_held_follow_every_operation(broker, engine):
+    """The quota's count of entries held moves with every insert and delete: submissions
+    (which also drop other parties' expired entries on the tokens they touch),
+    withdrawals, the expiry sweep and a party's removal."""
+    soon = NOW + timedelta(days=1)
+    ids = Ids()
+
+    def check() -> None:
+        assert {p: broker.usage(p).held for p in held_by_party(engine)} == held_by_party(engine)
+
+    submit(
+        broker, "a", 1, [entry("a", 1, expires=soon), entry("a", 2), entry("a", 3, r=2)], ids=ids
+    )
+    submit(broker, "b", 2, [entry("b", 1), entry("b", 4)], ids=ids)
+    check()
+    # b touches token 1 after a's entry there expired: a's expired entry goes.
+    submit(broker, "b", 3, [entry("b", 1, r=2)], ids=ids, at=soon + timedelta(hours=1))
+    check()
+    assert broker.usage("a").held == 2
+    broker.withdraw("a", batch_id(4), [ref("a", 2)], min_parties=2, now=soon, sign_notice=sign)
+    check()
+    submit(
+        broker, "c", 5, [entry("c", 2, expires=soon + timedelta(days=1)), entry("c", 4)], ids=ids
+    )
+    broker.expire(soon + timedelta(days=2), min_parties=2, sign_notice=sign)
+    check()
+    broker.remove_party("b", min_parties=2, now=soon, sign_notice=sign)
+    check()
+    assert broker.usage("b").held == 0
+    assert broker.usage("nobody") == matching.Usage()
+
+
+def test_the_quotas_refuse_a_batch_whole_and_let_it_in_when_there_is_room(broker, engine):
+    per_day = RULES.entries_per_day
+
+    def batch(party, n, first, count, at):
+        entries = [entry(party, k) for k in range(first, first + count)]
+        return broker.submit(
+            party, batch_id(n), 1, entries, min_parties=2, now=at,
+            new_group_id=Ids(), sign_notice=sign, rules=RULES,
+        )  # fmt: skip
+
+    batch("a", 1, 0, per_day * 6 // 10, NOW)
+    assert broker.usage("a") == matching.Usage(matching.utc_day(NOW), per_day * 6 // 10, 6000)
+    before = table_counts(engine)
+    with pytest.raises(QuotaExceeded) as refused:
+        batch("a", 2, 10_000, per_day * 5 // 10, NOW + timedelta(hours=1))
+    assert (refused.value.field, refused.value.reason) == ("entries", "quota.token_entries_per_day")
+    assert table_counts(engine) == before
+    assert broker.usage("a").submitted == per_day * 6 // 10  # nothing counted
+    # The next UTC day the daily quota has room, but 11,000 would be held.
+    tomorrow = NOW + timedelta(days=1)
+    with pytest.raises(QuotaExceeded) as held:
+        batch("a", 2, 10_000, per_day * 5 // 10, tomorrow)
+    assert held.value.reason == "quota.token_entries_held"
+    assert table_counts(engine) == before
+    broker.withdraw("a", batch_id(3), [ref("a", 1)], min_parties=2, now=tomorrow, sign_notice=sign)
+    assert broker.usage("a").held == 0  # ref 1 named every entry of a
+    assert batch("a", 2, 10_000, per_day * 5 // 10, tomorrow).stored == 5000
+    assert broker.usage("a") == matching.Usage(matching.utc_day(tomorrow), 5000, 5000)
+    # A replayed batch counts nothing again.
+    assert batch("a", 2, 10_000, per_day * 5 // 10, tomorrow).replayed
+    assert broker.usage("a").submitted == 5000
+
+
+def test_an_expiry_beyond_the_covenant_s_retention_is_refused_and_stores_nothing(broker, engine):
+    before = table_counts(engine)
+    far = NOW + timedelta(days=365 * 100)
+    with pytest.raises(InvalidInput) as raised:
+        broker.submit(
+            "a", batch_id(1), 1, [entry("a", 1), entry("a", 2, expires=far)], min_parties=2,
+            now=NOW, new_group_id=Ids(), sign_notice=sign, rules=RULES,
+        )  # fmt: skip
+    assert (raised.value.field, raised.value.reason) == (
+        "entries[1].expires_at",
+        "retention.exceeded",
+    )
+    assert table_counts(engine) == before
+
+
 # --- mailboxes and envelopes --------------------------------------------------------------
 
 
@@ -532,7 +645,7 @@ def test_mailbox_cursors_survive_reconnects(engine):
     first = BrokerStore(engine)
     cursors = [first.enqueue("a", b"item %d" % i, ItemKind.ENVELOPE, NOW) for i in range(5)]
     assert cursors == [1, 2, 3, 4, 5]
-    page = first.fetch("a", 0, 2)
+    page = first.fetch("a", 0, 2, now=NOW)
     assert [i.cursor for i in page.items] == [1, 2]
     assert (page.head_cursor, page.acked_cursor) == (5, 0)
     assert first.ack("a", 2) == 2
@@ -541,18 +654,19 @@ def test_mailbox_cursors_survive_reconnects(engine):
     second = BrokerStore(engine)
     state = second.mailbox_state("a")
     assert (state.head_cursor, state.acked_cursor) == (5, 2)
-    assert [i.payload for i in second.fetch("a", state.acked_cursor).items] == [
+    assert [i.payload for i in second.fetch("a", state.acked_cursor, now=NOW).items] == [
         b"item 2",
         b"item 3",
         b"item 4",
     ]
-    assert [i.cursor for i in second.fetch("a", 0).items] == [3, 4, 5]  # acked ones are gone
+    # The acknowledged ones are gone.
+    assert [i.cursor for i in second.fetch("a", 0, now=NOW).items] == [3, 4, 5]
     assert second.ack("a", 1) == 2  # an older ack: no-op
     with pytest.raises(InvalidInput) as raised:
         second.ack("a", 6)
     assert raised.value.field == "cursor"
     assert second.ack("a", 5) == 5
-    assert second.fetch("a", 0).items == ()
+    assert second.fetch("a", 0, now=NOW).items == ()
     assert second.enqueue("a", b"next", ItemKind.ENVELOPE, NOW) == 6  # never reused
 
 
@@ -567,7 +681,7 @@ def test_readers_do_not_wait_for_a_writer(broker, engine):
         seen: list[int] = []
 
         def read() -> None:
-            seen.append(len(broker.fetch("a", 0).items))
+            seen.append(len(broker.fetch("a", 0, now=NOW).items))
             seen.append(broker.count_tokens())
             done.set()
 
@@ -580,12 +694,61 @@ def test_readers_do_not_wait_for_a_writer(broker, engine):
 def test_fetch_respects_limits_and_sizes(broker):
     for i in range(3):
         broker.enqueue("a", bytes(100) + bytes([i]), ItemKind.COVENANT_UPDATE, NOW)
-    assert len(broker.fetch("a", 0, max_bytes=250).items) == 2
-    assert len(broker.fetch("a", 0, max_bytes=10).items) == 1  # at least one
-    assert broker.fetch("a", 0).items[0].kind is ItemKind.COVENANT_UPDATE
-    unknown = broker.fetch("nobody", 0)
+    # Each item costs its payload and ITEM_OVERHEAD_BYTES; the response its own overhead.
+    room = mailbox.RESPONSE_OVERHEAD_BYTES + 2 * mailbox.wire_bytes(101)
+    assert len(broker.fetch("a", 0, now=NOW, budget=room).items) == 2
+    assert len(broker.fetch("a", 0, now=NOW, budget=room - 1).items) == 1
+    assert len(broker.fetch("a", 0, 1, now=NOW).items) == 1
+    assert broker.fetch("a", 0, now=NOW).items[0].kind is ItemKind.COVENANT_UPDATE
+    unknown = broker.fetch("nobody", 0, now=NOW)
     assert (unknown.items, unknown.head_cursor, unknown.acked_cursor) == ((), 0, 0)
     assert broker.ack("nobody", 0) == 0
+
+
+def test_an_item_too_large_for_any_message_is_set_aside_and_delivery_goes_on(broker, engine):
+    """As if stored before the size limits: an item no message can carry. The fetch sets
+    it aside (moved out, kept, audited), sends a marker at its cursor and goes on."""
+    huge = b"\x01" * (common_pb2.LIMITS_MAX_MESSAGE_BYTES + 1)
+    broker.enqueue("a", b"before", ItemKind.HIT_NOTICE, NOW)
+    broker.enqueue("a", huge, ItemKind.HIT_NOTICE, NOW)
+    broker.enqueue("a", b"after", ItemKind.COVENANT_UPDATE, NOW)
+    later = NOW + timedelta(minutes=5)
+    fetched = broker.fetch("a", 0, now=later)
+    assert [(i.cursor, i.kind) for i in fetched.items] == [
+        (1, ItemKind.HIT_NOTICE),
+        (2, ItemKind.SET_ASIDE),
+        (3, ItemKind.COVENANT_UPDATE),
+    ]
+    marker = broker_pb2.SetAsideItem.FromString(fetched.items[1].payload)
+    assert (marker.kind, marker.size_bytes) == ("hit_notice", len(huge))
+    assert marker.set_aside_at.ToDatetime(tzinfo=UTC) == later
+    (audited,) = broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
+    assert dict(audited.details) == {"party": "a", "cursor": 2, "kind": "hit_notice",
+                                     "bytes": len(huge)}  # fmt: skip
+    with engine.connect() as conn:
+        kept = conn.execute(sa.text("SELECT cursor, kind, payload FROM set_aside_items")).one()
+    assert (kept.cursor, kept.kind, bytes(kept.payload)) == (2, "hit_notice", huge)
+    # Fetched again (the node did not acknowledge): the same marker, nothing set aside twice.
+    again = broker.fetch("a", 1, now=later + timedelta(minutes=1))
+    assert [i.payload for i in again.items] == [i.payload for i in fetched.items[1:]]
+    assert len(broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)) == 1
+    # A second reader that found the same item sets nothing aside again.
+    broker._set_aside("a", broker._party_ids["a"], [2], later)
+    assert len(broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)) == 1
+    assert broker.ack("a", 3) == 3
+    assert broker.fetch("a", 0, now=later).items == ()
+    with engine.connect() as conn:  # the operator still has it
+        assert conn.execute(sa.text("SELECT count(*) FROM set_aside_items")).scalar_one() == 1
+
+
+def test_a_fetch_takes_as_many_whole_items_as_fit_in_one_message(broker):
+    third = common_pb2.LIMITS_MAX_MESSAGE_BYTES * 4 // 10
+    for n in range(3):
+        broker.enqueue("a", bytes([n]) * third, ItemKind.ENVELOPE, NOW)
+    first = broker.fetch("a", 0, now=NOW)
+    assert [i.cursor for i in first.items] == [1, 2]  # a third would pass the limit
+    assert [i.cursor for i in broker.fetch("a", 2, now=NOW).items] == [3]
+    assert broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE) == []
 
 
 def test_envelopes_are_relayed_once(broker):
@@ -598,7 +761,7 @@ def test_envelopes_are_relayed_once(broker):
         "a", batch_id(1), digest, recipient="b", payload=b"sealed", now=NOW + timedelta(hours=1)
     )
     assert again == replace(first, replayed=True)
-    assert [i.payload for i in broker.fetch("b", 0).items] == [b"sealed"]
+    assert [i.payload for i in broker.fetch("b", 0, now=NOW).items] == [b"sealed"]
     with pytest.raises(Replay) as raised:
         broker.relay_envelope(
             "a", batch_id(1), hashlib.sha256(b"other").digest(),
@@ -707,6 +870,56 @@ def test_migration_0004_partitions_the_token_index_and_keeps_its_rows(postgres_u
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text("DELETE FROM token_entries"))
+        engine.dispose()
+
+
+def test_migration_0005_counts_what_parties_hold_and_gives_back_what_was_set_aside(
+    database_url,
+):
+    """Up: each party's entries held are counted from the index. Down: an item set aside
+    and not yet acknowledged is back in its mailbox, as it was."""
+    engine = database.make_engine(database_url)
+    statements = [
+        "INSERT INTO parties (id, name) VALUES (1, 'a'), (2, 'b')",
+        "INSERT INTO mailbox_heads (party_id, head_cursor, acked_cursor, closed)"
+        " VALUES (1, 2, 0, false), (2, 0, 0, false)",
+        "INSERT INTO mailbox_items (party_id, cursor, kind, payload, enqueued_at)"
+        " VALUES (1, 1, 'hit_notice', :huge, :now), (1, 2, 'envelope', :small, :now)",
+    ]
+    row = (
+        "INSERT INTO token_entries (token_prefix, party_id, ref_bucket, ref_prefix, token,"
+        " signal_ref, key_epoch, expires_at, expiry_bucket)"
+        " VALUES (1, :party, 0, 1, :token, :ref, 1, :later, 1)"
+    )
+    huge = b"\x02" * (common_pb2.LIMITS_MAX_MESSAGE_BYTES + 1)
+    values = {"huge": huge, "small": b"small", "now": NOW, "later": LATER}
+    try:
+        database.downgrade(engine, MIGRATIONS)
+        database.upgrade(engine, MIGRATIONS, "0004")
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement), values)
+            for n, party in enumerate([1, 1, 1, 2]):
+                conn.execute(
+                    sa.text(row), {"party": party, "token": token(n), "ref": ref("a", n), **values}
+                )
+        database.upgrade(engine, MIGRATIONS)
+        broker = BrokerStore(engine)
+        assert (broker.usage("a").held, broker.usage("b").held) == (3, 1)
+        kinds = [i.kind for i in broker.fetch("a", 0, now=NOW).items]
+        assert kinds == [ItemKind.SET_ASIDE, ItemKind.ENVELOPE]
+        database.downgrade(engine, MIGRATIONS, "0004")
+        with engine.begin() as conn:
+            back = conn.execute(sa.text("SELECT kind, payload FROM mailbox_items ORDER BY cursor"))
+            assert [(kind, bytes(payload)) for kind, payload in back] == [
+                ("hit_notice", huge),
+                ("envelope", b"small"),
+            ]
+        database.upgrade(engine, MIGRATIONS)
+    finally:
+        with engine.begin() as conn:
+            for table in reversed(Base.metadata.sorted_tables):
+                conn.execute(table.delete())
         engine.dispose()
 
 

@@ -714,7 +714,7 @@ class Cluster:
         config = load_node_config(self.provisioned.node_configs[party])
         self.nodes[party] = build_node(config)
         assert config.api_listen is not None
-        self.clients[party] = NodeClient(config.api_listen)
+        self.clients[party] = NodeClient.from_config(self.provisioned.node_configs[party])
 
     def stop(self, party: str) -> None:
         self.clients.pop(party).close()
@@ -1041,17 +1041,17 @@ def test_the_coordinator_removes_a_member_from_the_command_line(
     case_id = case.case_id
     for party in (GEMEENTE, WOCO):
         held(cluster, party, case_id, lambda c: True)
-    riec_api = cluster.nodes[RIEC].api_address
+    riec_api = str(cluster.provisioned.node_configs[RIEC])
     prefix = case_id.hex()[:8]
 
-    def run(api: str, *argv: str) -> tuple[int, str, str]:
+    def run(node: str, *argv: str) -> tuple[int, str, str]:
         capsys.readouterr()
-        code = main(["case", "remove", prefix, *argv, "--officer", "a@riec", "--socket", api])
+        code = main(["case", "remove", prefix, *argv, "--officer", "a@riec", "--node", node])
         printed = capsys.readouterr()
         return code, printed.out, printed.err
 
     # A non-coordinator cannot remove; a non-member is refused naming the field.
-    code, _, err = run(cluster.nodes[GEMEENTE].api_address, WOCO)
+    code, _, err = run(str(cluster.provisioned.node_configs[GEMEENTE]), WOCO)
     assert code != 0
     assert "case_id" in err
     assert "only the case's coordinator" in err

@@ -23,9 +23,9 @@ certificate = "tls/node.crt"
 private_key = "tls/node.key"
 ca_certificate = "tls/ca.crt"
 party_keys = "keys/party-keys.json"
-attribute_key = "keys/attribute-key.json"
 key_share = "keys/share-epoch-1.json"
 api_socket = "data/api.sock"
+api_token = "data/api-token"
 database_url = "sqlite:///data/node.db"
 log_level = "info"
 """
@@ -50,7 +50,6 @@ certificate = "node.crt"
 private_key = "node.key"
 ca_certificate = "ca.crt"
 party_keys = "party-keys.json"
-attribute_key = "attribute-key.json"
 """
 
 MINIMAL_BROKER = """\
@@ -90,6 +89,7 @@ def test_node_paths_resolve_against_the_config_directory():
     assert node.key_share == BASE / "keys/share-epoch-1.json"
     assert node.api_socket == BASE / "data/api.sock"
     assert node.api_listen is None
+    assert node.api_token == BASE / "data/api-token"
     assert node.database_url == f"sqlite:///{BASE}/data/node.db"
     assert node.database_url.startswith("sqlite:////srv/")
 
@@ -100,6 +100,7 @@ def test_node_defaults():
     assert node.covenant == BASE / "covenant.toml"
     assert node.database_url == "sqlite:////var/lib/samenloop/node.db"
     assert node.api_socket == Path("/var/lib/samenloop/api.sock")
+    assert node.api_token == Path("/var/lib/samenloop/api-token")  # beside the data
     assert node.key_share is None
     assert node.log_level == "info"
 
@@ -127,6 +128,9 @@ def test_api_on_loopback():
         node = _node(_set(_set(NODE_TOML, "api_socket", None), "api_listen", f'"{address}"'))
         assert node.api_listen == address
         assert node.api_socket is None
+        assert node.api_token == BASE / "data/api-token"  # a port needs the token too
+    elsewhere = _node(_set(NODE_TOML, "api_token", '"/etc/samenloop/api-token"'))
+    assert elsewhere.api_token == Path("/etc/samenloop/api-token")
 
 
 def test_sqlite_url_variants():
@@ -165,7 +169,7 @@ NODE_CASES = [
     ("private_key", None, "private_key"),
     ("ca_certificate", None, "ca_certificate"),
     ("party_keys", None, "party_keys"),
-    ("attribute_key", None, "attribute_key"),
+    ("attribute_key", '"attribute-key.json"', "attribute_key"),  # retired: in the covenant
     ("key_share", '""', "key_share"),
     ("key_share", "true", "key_share"),
     ("api_listen", '"127.0.0.1:7444"', "api_listen"),  # together with api_socket
@@ -196,6 +200,13 @@ def test_node_rules(key, value, field):
     with pytest.raises(ConfigurationError) as caught:
         _node(_set(NODE_TOML, key, value))
     assert caught.value.field == f"node.toml: {field}", str(caught.value)
+
+
+def test_the_retired_attribute_key_setting_says_what_to_do():
+    with pytest.raises(ConfigurationError) as caught:
+        _node(_set(NODE_TOML, "attribute_key", '"attribute-key.json"'))
+    assert caught.value.field == "node.toml: attribute_key"
+    assert "the covenant carries the attribute key" in caught.value.message
 
 
 @pytest.mark.parametrize("value", API_LISTEN_CASES)

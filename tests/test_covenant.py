@@ -7,6 +7,7 @@ padded secretboxes, and one exception for every failure to open.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -19,12 +20,12 @@ from samenloop.policies import certs, crypto
 from samenloop.policies import covenant as cv
 from samenloop.policies.covenant import (
     AttributeKey,
+    AttributeKeyRing,
     Covenant,
     KeyHolderSeat,
     OprfKeyEpoch,
     Party,
     Role,
-    SealedAttributeKey,
 )
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import (
@@ -115,6 +116,7 @@ ed25519 = "McIbUEhmNdheDDnsRTQeKx1pjTawMqGNP+P++NDzbCQ="
 id = "gemeente-tilburg"
 name = "Gemeente Tilburg"
 role = "gemeente"
+sealed_attribute_key = "<sealed box 1>"
 
 [parties.keys]
 ed25519 = "/d7wLwBA105J6d/mC0cjo44qa7i/CwFiuGo0os6X8/k="
@@ -124,6 +126,7 @@ x25519 = "WrDMEPOE9VFyVk+rXKMIBjm+2tS+va31oUkRvr9MbmU="
 id = "politie-zeeland-west-brabant"
 name = "Politie Eenheid Zeeland-West-Brabant"
 role = "politie"
+sealed_attribute_key = "<sealed box 2>"
 
 [parties.keys]
 ed25519 = "zrdaYryXN7AiA5fyoKwYHRl/Vcf682h60cwr0EyB/EU="
@@ -133,6 +136,7 @@ x25519 = "4SjjhlpK8NLoiku9piHTZeF+87GJ3eJBOmRRktCvXUk="
 id = "belastingdienst"
 name = "Belastingdienst"
 role = "belastingdienst"
+sealed_attribute_key = "<sealed box 3>"
 
 [parties.keys]
 ed25519 = "lp5XJCztUBqvyTHs/cAxKWEdYpOSsHXw+O+qsk34zgI="
@@ -142,6 +146,7 @@ x25519 = "SElhAHutTK1yYAOhejCdJUxgxcz389HL1OJ78cT2qVY="
 id = "wonenbreburg"
 name = "WonenBreburg"
 role = "woningcorporatie"
+sealed_attribute_key = "<sealed box 4>"
 
 [parties.keys]
 ed25519 = "8FIVKDe1h3UTr3iv0eRkrHDUcPKhDUbj3utk9uTjsOI="
@@ -151,6 +156,7 @@ x25519 = "PRdlrNPBPy96sQI/eZMMBnd3pdmtNzEgNKfBzzY9fGs="
 id = "riec-zeeland-west-brabant"
 name = "RIEC Zeeland-West-Brabant"
 role = "riec"
+sealed_attribute_key = "<sealed box 5>"
 
 [parties.keys]
 ed25519 = "LH89jQZ8ERtz6JjF/AFEYDmR9HgmHFFLtBidHqXihCk="
@@ -305,6 +311,8 @@ default_days = 365
 [quotas]
 oprf_evaluations_per_day = 1000000
 disclosure_requests_per_day = 200
+token_entries_per_day = 1000000
+token_entries_held = 5000000
 
 [picture]
 viewers = ["riec"]
@@ -315,6 +323,10 @@ epsilon_per_request = 0.0
 [cases]
 coordinators = ["riec"]
 """
+# Each party's sealed attribute key: 126 bytes for this covenant id (the model cannot open them).
+EXAMPLE = re.sub(
+    r"<sealed box (\d)>", lambda m: crypto.b64encode(bytes([int(m[1])]) * 126), EXAMPLE
+)
 
 
 def _edit(text: str, header: str | None, index: int, key: str, value: str | None) -> str:
@@ -411,6 +423,9 @@ BAD_VALUES = [
     # 3 key holders at threshold 2: a cap of 1 leaves each holder a share of 0 for another holder
     (QUOTAS, 0, "oprf_evaluations_per_day", "1", "quotas.oprf_evaluations_per_day"),
     (QUOTAS, 0, "disclosure_requests_per_day", None, "quotas.disclosure_requests_per_day"),
+    (QUOTAS, 0, "token_entries_per_day", "9999", "quotas.token_entries_per_day"),
+    (QUOTAS, 0, "token_entries_held", "true", "quotas.token_entries_held"),
+    (QUOTAS, 0, "token_entries_held", "1000000001", "quotas.token_entries_held"),
     (PICTURE, 0, "viewers", '["marechaussee"]', "picture.viewers"),
     (PICTURE, 0, "min_cell_count", "0", "picture.min_cell_count"),
     (PICTURE, 0, "epsilon_per_period", "-1.0", "picture.epsilon_per_period"),
@@ -578,6 +593,13 @@ def test_writing_the_example_gives_its_exact_bytes():
     assert cv.covenant_from_toml(cv.covenant_to_toml(covenant), source="again") == covenant
 
 
+def test_a_draft_without_the_broker_s_quotas_gets_the_defaults():
+    text = _edit(EXAMPLE, QUOTAS, 0, "token_entries_per_day", None)
+    text = _edit(text, QUOTAS, 0, "token_entries_held", None)
+    quotas = cv.covenant_from_toml(text.encode(), source="older draft").policy.quotas
+    assert (quotas.token_entries_per_day, quotas.token_entries_held) == (1_000_000, 5_000_000)
+
+
 # The sections of a covenant that hold its rules (samenloop.policies.policy), as TOML keys.
 POLICY_KEYS = (
     "identifier_types",
@@ -672,9 +694,13 @@ def _covenant(parties: int = 4, holders: int = 3) -> Covenant:
         signing=Signing(1, (Signer("beheer", "Beheer", PartyKeys.generate("s").public().ed25519),)),
         policy=example_policy(),
         broker=cv.BrokerInfo("broker", "localhost:7443", PartyKeys.generate("b").public().ed25519),
-        parties=tuple(
-            Party(i, f'Partij {n} — \u2019s-Hertogenbosch "quoted"', list(Role)[n], k.public())
-            for n, (i, k) in enumerate(zip(ids, keys, strict=True))
+        parties=cv.deal_attribute_key(
+            "test-covenant",
+            3,
+            (
+                Party(i, f'Partij {n} — \u2019s-Hertogenbosch "quoted"', list(Role)[n], k.public())
+                for n, (i, k) in enumerate(zip(ids, keys, strict=True))
+            ),
         ),
         key_epoch=OprfKeyEpoch(
             epoch=1,
@@ -723,6 +749,22 @@ def test_at_most_sixteen_key_holders():
         OprfKeyEpoch(1, 2, bytes(32), seats, NOW, NOW + timedelta(days=1))
     assert caught.value.field == "holders"
     assert common_pb2.LIMITS_MAX_KEY_HOLDERS == 16
+
+
+def test_at_most_the_limit_of_parties():
+    covenant = _covenant()
+    limit = common_pb2.LIMITS_MAX_PARTIES
+    more = tuple(
+        Party(f"extra-{i}", f"Extra {i}", Role.GEMEENTE, PartyKeys.generate(f"e{i}").public())
+        for i in range(limit - len(covenant.parties))
+    )
+    dealt = cv.deal_attribute_key("test-covenant", 3, (*covenant.parties, *more))
+    assert len(replace(covenant, parties=dealt).parties) == limit
+    one_more = Party("extra-x", "Extra X", Role.GEMEENTE, PartyKeys.generate("x").public())
+    too_many = cv.deal_attribute_key("test-covenant", 3, (*dealt, one_more))
+    with pytest.raises(MessageTooLarge) as caught:
+        replace(covenant, parties=too_many)
+    assert caught.value.field == "parties"
 
 
 @pytest.mark.parametrize(
@@ -830,21 +872,146 @@ def test_the_attribute_key_is_sealed_to_each_party():
         assert caught.value.field == "attribute_key"
 
 
-def test_the_sealed_attribute_key_file(tmp_path):
-    gemeente = PartyKeys.generate("gemeente-tilburg")
-    key = cv.new_attribute_key("riec-zwb-2026", 1)
-    sealed = SealedAttributeKey(
-        "riec-zwb-2026", 1, "gemeente-tilburg", cv.seal_attribute_key_for(gemeente.public(), key)
+def _dealt(parties: int = 3, version: int = 1) -> tuple[Covenant, list[PartyKeys]]:
+    """A covenant dealing its attribute key to its parties, and the parties' keys."""
+    keys = [PartyKeys.generate(f"partij-{i}") for i in range(parties)]
+    epoch, _ = keysetup.deal(
+        "test-covenant", 1, 2, [(k.party, k.public().x25519) for k in keys[:2]], now=NOW
     )
-    again = SealedAttributeKey.from_json(sealed.to_json(), source="attribute-key.json")
-    assert again == sealed
-    assert again.open(gemeente).key == key.key
-    with pytest.raises(InvalidInput):
-        again.open(PartyKeys.generate("politie"))
-    for data in (b"{}", b"garbage", sealed.to_json().replace(b'"version": 1', b'"version": true')):
-        with pytest.raises(ConfigurationError) as caught:
-            SealedAttributeKey.from_json(data, source="attribute-key.json")
-        assert caught.value.field == "attribute-key.json"
+    covenant = Covenant(
+        id="test-covenant",
+        version=1,
+        valid_from=NOW,
+        valid_until=NOW + timedelta(days=90),
+        signing=Signing(1, (Signer("beheer", "Beheer", PartyKeys.generate("s").public().ed25519),)),
+        policy=example_policy(),
+        broker=cv.BrokerInfo("broker", "localhost:7443", PartyKeys.generate("b").public().ed25519),
+        parties=cv.deal_attribute_key(
+            "test-covenant",
+            version,
+            (Party(k.party, k.party, Role.GEMEENTE, k.public()) for k in keys),
+        ),
+        key_epoch=OprfKeyEpoch(
+            epoch=1,
+            threshold=2,
+            group_public_key=epoch.group_public_key,
+            holders=tuple(KeyHolderSeat(h.index, h.party, h.commitment) for h in epoch.holders),
+            created_at=NOW,
+            retire_after=NOW + timedelta(days=365),
+        ),
+        ca_certificate=certs.CertificateAuthority.create("test-covenant", now=NOW).cert_pem,
+        attribute_key_version=version,
+    )
+    return covenant, keys
+
+
+def _box(key: AttributeKey, category: str) -> tuple[bytes, bytes]:
+    return cv.seal_attributes(key, _attributes(category))
+
+
+def test_the_covenant_deals_one_attribute_key_sealed_to_each_party():
+    covenant, keys = _dealt(version=4)
+    opened = [covenant.attribute_key_for(k) for k in keys]
+    assert {(k.covenant_id, k.version) for k in opened} == {("test-covenant", 4)}
+    assert len({k.key for k in opened}) == 1  # one key, every party
+    boxes = [p.sealed_attribute_key for p in covenant.parties]
+    assert len(set(boxes)) == 3  # each sealed to its own party
+    assert {len(b) for b in boxes} == {cv.sealed_attribute_key_bytes("test-covenant")}
+    # The boxes round-trip through the canonical TOML.
+    again = cv.covenant_from_toml(cv.covenant_to_toml(covenant), source="t")
+    assert [p.sealed_attribute_key for p in again.parties] == boxes
+    # Nobody else opens a party's box; a party not listed is told so.
+    swapped = replace(
+        covenant,
+        parties=(
+            replace(covenant.parties[0], sealed_attribute_key=boxes[1]),
+            *covenant.parties[1:],
+        ),
+    )
+    with pytest.raises(DecryptionFailed) as caught:
+        swapped.attribute_key_for(keys[0])
+    assert caught.value.field == "parties[0].sealed_attribute_key"
+    with pytest.raises(NotAllowed):
+        covenant.attribute_key_for(PartyKeys.generate("buitenstaander"))
+
+
+def test_a_party_without_its_sealed_attribute_key_is_refused():
+    covenant, _ = _dealt()
+    bare = replace(covenant.parties[2], sealed_attribute_key=b"")
+    with pytest.raises(InvalidInput) as caught:
+        replace(covenant, parties=(*covenant.parties[:2], bare))
+    assert caught.value.field == "parties[2].sealed_attribute_key"
+    text = cv.covenant_to_toml(covenant).decode()
+    missing = re.sub(r"sealed_attribute_key = .*\n", "", text, count=1)
+    with pytest.raises(InvalidInput) as caught:
+        cv.covenant_from_toml(missing.encode(), source="covenant.toml")
+    assert caught.value.field == "parties[0].sealed_attribute_key"
+    assert "add-party" in caught.value.message
+    short = re.sub(r"(sealed_attribute_key = \")....", r"\1", text, count=1)
+    with pytest.raises(InvalidInput) as caught:
+        cv.covenant_from_toml(short.encode(), source="covenant.toml")
+    assert caught.value.field == "parties[0].sealed_attribute_key"
+
+
+def test_a_new_attribute_key_is_dealt_only_to_the_parties_listed():
+    v1, keys = _dealt()
+    removed = keys[2]
+    v2 = cv.with_new_attribute_key(v1, v1.parties[:2], version=2)
+    assert (v2.version, v2.attribute_key_version) == (2, 2)
+    assert not v2.is_party(removed.party)
+    new_keys = [v2.attribute_key_for(k) for k in keys[:2]]
+    old_key = v1.attribute_key_for(removed)
+    assert new_keys[0].key == new_keys[1].key != old_key.key
+    # The removed party's old key opens nothing sealed under the new version.
+    nonce, ciphertext = _box(new_keys[0], "woonfraude")
+    with pytest.raises(DecryptionFailed):
+        cv.open_attributes(AttributeKey("test-covenant", 2, old_key.key), nonce, ciphertext)
+    # Nor does it open another party's box of the new key.
+    for party in v2.parties:
+        with pytest.raises(DecryptionFailed):
+            cv.open_attribute_key(removed, party.sealed_attribute_key, covenant_id=v2.id, version=2)
+    with pytest.raises(InvalidInput) as caught:
+        cv.with_new_attribute_key(replace(v1, attribute_key_version=cv.MAX_UINT32))
+    assert caught.value.field == "attribute_key_version"
+
+
+def test_the_key_ring_keeps_every_version_and_seals_with_the_current_one():
+    v1, keys = _dealt()
+    v2 = cv.with_new_attribute_key(v1, v1.parties[:2], version=2)
+    v3 = replace(v2, version=3, policy=example_policy(min_parties=2))  # same key version
+    staying, removed = AttributeKeyRing(keys[0]), AttributeKeyRing(keys[2])
+    for ring in (staying, removed):
+        assert ring.learn(v1) is not None
+    old_box = _box(staying.current(v1), "vastgoedmisbruik")
+    for covenant in (v2, v3):
+        staying.learn(covenant)
+        assert removed.learn(covenant) is None  # dealt nothing: no longer a party
+    assert staying.versions == (1, 2)
+    assert removed.versions == (1,)
+    current = staying.current(v3)
+    assert current.version == 2
+    assert current.key == v2.attribute_key_for(keys[1]).key
+    new_box = _box(current, "woonfraude")
+    # Old boxes open with the version they name, new ones with the new version.
+    assert _category(staying.get(1), *old_box) == "vastgoedmisbruik"
+    assert _category(staying.get(2), *new_box) == "woonfraude"
+    assert removed.get(2) is None
+    with pytest.raises(DecryptionFailed):
+        cv.open_attributes(removed.get(1), *new_box)
+    with pytest.raises(NotAllowed):
+        removed.current(v2)  # a removed party seals nothing new
+    # An update picked up lazily: current() learns a version it had not seen.
+    fresh = AttributeKeyRing(keys[1])
+    assert fresh.current(v3).version == 2
+    assert fresh.versions == (2,)
+    assert "key=" not in repr(staying)
+    assert current.key.hex() not in repr(staying)
+
+
+def _category(key: AttributeKey | None, nonce: bytes, ciphertext: bytes) -> str:
+    assert key is not None
+    plaintext = cv.open_attributes(key, nonce, ciphertext)
+    return common_pb2.MemberAttributes.FromString(plaintext).category
 
 
 def test_no_secret_in_any_repr():

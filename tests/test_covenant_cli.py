@@ -353,7 +353,8 @@ def test_add_and_remove_party_bump_the_version_and_round_trip(run, prov, tmp_pat
     diff = run("covenant", "diff", prov.root / "covenant.toml", draft)
     assert diff.code == 0
     assert "~ version: 1 -> 2" in diff.out
-    assert "+ party woonbron: Woonbron (woningcorporatie)" in diff.out
+    assert "+ parties[woonbron]: id=woonbron; name=Woonbron; role=woningcorporatie" in diff.out
+    assert "~ attribute_key_version: 1 -> 2" in diff.out
 
     result = run("covenant", "remove-party", draft, "--id", "gemeente-tilburg")
     assert result.code == 0, result.err
@@ -363,10 +364,75 @@ def test_add_and_remove_party_bump_the_version_and_round_trip(run, prov, tmp_pat
     assert not removed.is_party("gemeente-tilburg")
     assert covenant_to_toml(removed) == draft.read_bytes()
     diff = run("covenant", "diff", prov.signed_covenant, draft)
-    assert "- party gemeente-tilburg" in diff.out
+    assert "- parties[gemeente-tilburg]: id=gemeente-tilburg; name=Gemeente Tilburg" in diff.out
     text = run("covenant", "diff", prov.signed_covenant, draft, "--text")
     assert '-name = "Gemeente Tilburg"' in text.out
     assert "+version = 3" in text.out
+
+
+def test_remove_party_deals_a_new_attribute_key_to_the_parties_that_remain(run, prov, tmp_path):
+    draft = tmp_path / "draft.toml"
+    draft.write_bytes((prov.root / "covenant.toml").read_bytes())
+    result = run("covenant", "remove-party", draft, "--id", "gemeente-tilburg")
+    assert result.code == 0, result.err
+    assert "attribute key version 2" in result.out
+    removed = covenant_from_toml(draft.read_bytes(), source="draft")
+    assert removed.attribute_key_version == 2
+    keys = {p.id: PartyKeys.load(prov.root / p.id / "party-keys.json") for p in PARTIES}
+    new = {removed.attribute_key_for(keys[p]).key for p in ("politie-zwb", "riec-zwb")}
+    assert len(new) == 1
+    assert new != {prov.covenant.attribute_key_for(keys["gemeente-tilburg"]).key}
+    signed = tmp_path / "v2.json"
+    sign_all(run, prov, draft, signed)
+    result = run("covenant", "verify", signed, "--previous", prov.signed_covenant)
+    assert result.code == 0, result.err
+
+
+def test_a_hand_removed_party_is_refused_until_a_new_attribute_key_is_dealt(run, prov, tmp_path):
+    """An administrator who deletes a party's entry by hand keeps the key it holds:
+    the successor check names the field, and rotate-attribute-key deals a new one."""
+    text = (prov.root / "covenant.toml").read_text()
+    start = text.index('[[parties]]\nid = "gemeente-tilburg"')
+    end = text.index("[[parties]]", start + 1)
+    draft = tmp_path / "draft.toml"
+    edited = text[:start] + text[end:]
+    draft.write_text(edited.replace("\nversion = 1\n", "\nversion = 2\n", 1))
+    signed = tmp_path / "v2.json"
+    sign_all(run, prov, draft, signed)
+    result = run("covenant", "verify", signed, "--previous", prov.signed_covenant)
+    assert result.code == 2
+    assert "covenant.attribute_key_kept" in result.err
+    assert "v2.json: attribute_key_version" in result.err
+    assert "gemeente-tilburg" in result.err
+    assert "rotate-attribute-key" in result.err
+
+    result = run("covenant", "rotate-attribute-key", draft)
+    assert result.code == 0, result.err
+    rotated = covenant_from_toml(draft.read_bytes(), source="draft")
+    assert (rotated.version, rotated.attribute_key_version) == (3, 2)
+    signed.unlink()
+    sign_all(run, prov, draft, signed)
+    result = run("covenant", "verify", signed, "--previous", prov.signed_covenant)
+    assert result.code == 0, result.err
+
+
+def test_diff_names_a_privacy_budget_and_new_case_coordinators(run, prov, tmp_path):
+    draft = tmp_path / "v2.toml"
+    text = (prov.root / "covenant.toml").read_text()
+    draft.write_text(
+        text.replace("\nversion = 1\n", "\nversion = 2\n", 1)
+        .replace("epsilon_per_period = 0.0", "epsilon_per_period = 1.0")
+        .replace("epsilon_per_request = 0.0", "epsilon_per_request = 0.25")
+        .replace('coordinators = ["riec"]', 'coordinators = ["riec", "politie"]')
+    )
+    result = run("covenant", "diff", prov.signed_covenant, draft)
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[1:] == [
+        "  ~ version: 1 -> 2",
+        "  ~ picture.epsilon_per_period: 0.0 -> 1.0",
+        "  ~ picture.epsilon_per_request: 0.0 -> 0.25",
+        "  + cases.coordinators: politie",
+    ]
 
 
 def test_remove_party_refuses_a_key_holder_and_too_few_parties(run, prov, tmp_path):
@@ -409,8 +475,14 @@ def test_set_values_and_bump(run, prov, tmp_path):
     assert run("covenant", "set", draft, "valid_until", until).code == 0
     assert run("covenant", "set", draft, "quotas.oprf_evaluations_per_day", "5000").code == 0
     assert run("covenant", "set", draft, "signing.threshold", "1", "--no-bump").code == 0
+    assert run("covenant", "set", draft, "quotas.token_entries_per_day", "20000").code == 0
+    assert (
+        run("covenant", "set", draft, "quotas.token_entries_held", "30000", "--no-bump").code == 0
+    )
     covenant = covenant_from_toml(draft.read_bytes(), source="d")
-    assert covenant.version == 3
+    assert covenant.version == 4
+    quotas = covenant.policy.quotas
+    assert (quotas.token_entries_per_day, quotas.token_entries_held) == (20_000, 30_000)
     assert covenant.valid_until == datetime(2030, 1, 1, tzinfo=UTC)
     assert covenant.policy.quotas.oprf_evaluations_per_day == 5000
     assert covenant.signing.threshold == 1
@@ -421,6 +493,9 @@ def test_set_values_and_bump(run, prov, tmp_path):
     result = run("covenant", "set", draft, "signing.threshold", "3")
     assert result.code == 1
     assert "signing.threshold" in result.err
+    result = run("covenant", "set", draft, "quotas.token_entries_held", "9999")
+    assert result.code == 1
+    assert "token_entries_held" in result.err
     result = run("covenant", "set", draft, "quotas.disclosure_requests_per_day", "many")
     assert result.code == 1
     assert "quotas.disclosure_requests_per_day" in result.err
@@ -433,15 +508,16 @@ def test_set_values_and_bump(run, prov, tmp_path):
     result = run("covenant", "set", prov.signed_covenant, "retention.default_days", "9")
     assert result.code == 1
     assert "signed covenant" in result.err
-    assert covenant_from_toml(draft.read_bytes(), source="d").version == 3
+    assert covenant_from_toml(draft.read_bytes(), source="d").version == 4
 
 
 def test_show_signed_and_toml(run, prov):
     result = run("covenant", "show", prov.signed_covenant)
     assert result.code == 0, result.err
-    for text in ("riec-zwb version 1 (signed)", "beheer-riec", "signed", "seat 1", "politie-zwb",
-                 "hidden roles", "bibob", "four eyes", "50 / 30 days", "retention: 365 days",
-                 "200 disclosure requests"):  # fmt: skip
+    for text in ("riec-zwb version 1 (signed)", "beheer-riec", "signed", "politie-zwb",
+                 "hidden_roles", "bibob", "four_eyes", "[retention]", "[picture]",
+                 "epsilon_per_period", "[cases]", "coordinators", "sealed_attribute_key",
+                 "disclosure_requests_per_day │ 200"):  # fmt: skip
         assert text in result.out, text
     toml = run("covenant", "show", prov.signed_covenant, "--toml")
     assert toml.out.encode() == (prov.root / "covenant.toml").read_bytes()

@@ -36,7 +36,7 @@ from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import database
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.config import load_broker_config, load_node_config
-from samenloop.policies.covenant import Covenant, Role
+from samenloop.policies.covenant import Covenant, Role, with_new_attribute_key
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import InvalidInput, NotAllowed, NotFound
 from samenloop.policies.policy import example_policy
@@ -93,7 +93,7 @@ class Cluster:
         config = load_node_config(self.provisioned.node_configs[party])
         self.nodes[party] = build_node(config)
         assert config.api_listen is not None
-        self.clients[party] = NodeClient(config.api_listen)
+        self.clients[party] = NodeClient.from_config(self.provisioned.node_configs[party])
 
     def stop(self, party: str) -> None:
         self.clients.pop(party).close()
@@ -661,8 +661,8 @@ def test_a_pending_request_of_a_removed_party_is_decided_without_an_answer(
     group, ref = gemeente_hit(cluster)
     approved, denied = _ask_bibob(cluster, group, ref), _ask_bibob(cluster, group, ref)
     covenant = cluster.provisioned.covenant
-    without = dataclasses.replace(
-        covenant, version=2, parties=tuple(p for p in covenant.parties if p.id != GEMEENTE)
+    without = with_new_attribute_key(
+        covenant, tuple(p for p in covenant.parties if p.id != GEMEENTE), version=2
     )
     signed = cluster.provisioned.sign(without)
     cluster.deliver(WOCO, ItemKind.COVENANT_UPDATE, signed.to_proto().SerializeToString())

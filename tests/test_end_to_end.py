@@ -40,6 +40,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from samenloop.node.api_token import bearer, read_token
 from samenloop.node.client import Hit, HitWatch, ImportReport, NodeClient, SignalInput
 from samenloop.node.identifiers import IdentifierType
 from samenloop.node.provision import PartySpec
@@ -631,6 +632,9 @@ def test_bad_input_is_refused_and_the_node_keeps_serving(cluster: Cluster) -> No
                     )
                 ),
                 timeout=10,
+                metadata=bearer(
+                    read_token(cluster.provisioned.party_dir(party) / "data/api-token")
+                ),
             )
         assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         error = error_from_rpc(failure.value)

@@ -31,7 +31,7 @@ from samenloop.node.store import MIGRATIONS, NodeStore
 from samenloop.node.uplink import UplinkStatus, verify_hit_notice
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import database
-from samenloop.policies.covenant import AttributeKey, Role, SealedAttributeKey
+from samenloop.policies.covenant import AttributeKey, AttributeKeyRing, Role
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import (
     ConfigurationError,
@@ -58,6 +58,7 @@ class Covenant:
     provisioned: Provisioned
     broker_keys: PartyKeys
     attribute_key: AttributeKey
+    attribute_keys: AttributeKeyRing
 
     @property
     def covenant(self) -> covenant_model.Covenant:
@@ -80,13 +81,12 @@ def covenant(tmp_path_factory: pytest.TempPathFactory) -> Covenant:
         now=NOW - timedelta(days=1),
     )
     keys = PartyKeys.load(root / ME / "party-keys.json")
-    sealed = SealedAttributeKey.from_json(
-        (root / ME / "attribute-key.json").read_bytes(), source="attribute-key.json"
-    )
+    ring = AttributeKeyRing(keys)
     return Covenant(
         provisioned=provisioned,
         broker_keys=PartyKeys.load(root / "broker" / "signing-keys.json"),
-        attribute_key=sealed.open(keys),
+        attribute_key=ring.current(provisioned.covenant),
+        attribute_keys=ring,
     )
 
 
@@ -214,7 +214,7 @@ def start_node(
         party=party,
         store=store,
         covenant=lambda: cov.covenant,
-        attribute_key=cov.attribute_key,
+        attribute_keys=cov.attribute_keys,
         wake_uplink=lambda: wakes.append(1),
         clock=lambda: NOW,
         bell=bell,

@@ -33,7 +33,7 @@ from samenloop.node.store import MIGRATIONS, NodeStore
 from samenloop.policies import cli, database, terminal
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies.config import load_node_config
-from samenloop.policies.covenant import AttributeKey, Role, SealedAttributeKey
+from samenloop.policies.covenant import AttributeKey, AttributeKeyRing, Role
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.rpc import ErrorInterceptor
 from samenloop.v1 import broker_pb2, common_pb2, node_pb2_grpc
@@ -125,9 +125,8 @@ def node(provisioned: Provisioned, sqlite_url: str) -> Iterator[Node]:
     config = load_node_config(config_path)
     assert config.api_socket is not None
     keys = PartyKeys.load(config.party_keys)
-    attribute_key = SealedAttributeKey.from_json(
-        config.attribute_key.read_bytes(), source="attribute-key.json"
-    ).open(keys)
+    attribute_keys = AttributeKeyRing(keys)
+    attribute_key = attribute_keys.current(provisioned.covenant)
     engine = database.make_engine(sqlite_url)
     database.upgrade(engine, MIGRATIONS)
     store = NodeStore(engine)
@@ -136,7 +135,7 @@ def node(provisioned: Provisioned, sqlite_url: str) -> Iterator[Node]:
         party=ME,
         store=store,
         covenant=lambda: provisioned.covenant,
-        attribute_key=attribute_key,
+        attribute_keys=attribute_keys,
         clock=lambda: NOW,
         bell=bell,
     )

@@ -27,6 +27,7 @@ from samenloop.node.models import (
 )
 from samenloop.node.store import MIGRATIONS, CoarseAttributes, NewSignal, NodeStore
 from samenloop.policies import database
+from samenloop.policies.audit import AuditKind
 from samenloop.policies.errors import (
     ConfigurationError,
     InvalidInput,
@@ -616,6 +617,19 @@ def test_the_cursor_never_goes_back(node):
     assert node.advance_cursor(12) == 12
     assert node.advance_cursor(11) == 12
     assert node.mailbox_cursor() == 12
+
+
+def test_an_item_the_broker_set_aside_is_recorded_and_passed(node):
+    node.advance_cursor(4)
+    node.note_set_aside(5, "hit_notice", 5_000_000, now=NOW)
+    assert node.mailbox_cursor() == 5
+    node.note_set_aside(3, "envelope", 10, now=NOW)  # redelivered: recorded, cursor stays
+    assert node.mailbox_cursor() == 5
+    entries = node.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
+    assert [dict(e.details) for e in entries] == [
+        {"cursor": 5, "kind": "hit_notice", "bytes": 5_000_000},
+        {"cursor": 3, "kind": "envelope", "bytes": 10},
+    ]
 
 
 def test_a_crash_before_commit_loses_the_cursor_with_the_hit(node, monkeypatch):

@@ -103,7 +103,7 @@ class Cluster:
         config = load_node_config(self.provisioned.node_configs[party])
         self.nodes[party] = build_node(config)
         assert config.api_listen is not None
-        self.clients[party] = NodeClient(config.api_listen)
+        self.clients[party] = NodeClient.from_config(self.provisioned.node_configs[party])
 
     def stop(self, party: str) -> None:
         self.clients.pop(party).close()
@@ -283,8 +283,8 @@ def test_a_suppressed_cell_stays_hidden_in_show_json_and_html(
     collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, dims)
     small = ("pc4:5041", "vastgoedmisbruik")  # two signals: below the minimum of three
     assert expected_signals()[small] == 2
-    socket = cluster.nodes[RIEC].api_address
-    args = ["picture", "show", "--socket", socket, "--period", MONTH, "--by", "area,category"]
+    node = str(cluster.provisioned.node_configs[RIEC])
+    args = ["picture", "show", "--node", node, "--period", MONTH, "--by", "area,category"]
     capsys.readouterr()
     assert main([*args, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
@@ -307,9 +307,7 @@ def test_a_suppressed_cell_stays_hidden_in_show_json_and_html(
         for c in released.suppressed:
             assert c.count is None
     out = tmp_path / "beeld.html"
-    assert (
-        main(["picture", "report", "--socket", socket, "--period", MONTH, "--out", str(out)]) == 0
-    )
+    assert main(["picture", "report", "--node", node, "--period", MONTH, "--out", str(out)]) == 0
     assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
 
@@ -361,7 +359,8 @@ def test_bad_input_is_named_by_field(cluster: Cluster) -> None:
         ["--period", MONTH, "--by", "straat"],
         ["--period", MONTH, "--measure", "zaken"],
     ):
-        assert main(["picture", "collect", "--socket", cluster.nodes[RIEC].api_address, *argv]) != 0
+        riec = str(cluster.provisioned.node_configs[RIEC])
+        assert main(["picture", "collect", "--node", riec, *argv]) != 0
 
 
 def test_an_overlapping_period_is_refused_in_exact_mode(cluster: Cluster) -> None:

@@ -42,17 +42,18 @@ import sqlalchemy as sa
 from stdnum.nl import bsn as stdnum_bsn
 
 from samenloop.node import disclosure, models
-from samenloop.node.client import Disclosure, Hit, NodeClient
+from samenloop.node.client import Disclosure, Hit, NodeClient, SignalInput
 from samenloop.node.daemon import RunningNode, build_node
 from samenloop.node.models import DisclosureState, HitKind, HitState, IdentifierState, SignalState
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import cli, database
+from samenloop.policies import covenant as covenant_model
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.config import load_broker_config, load_node_config
-from samenloop.policies.covenant import Covenant, Role
+from samenloop.policies.covenant import Covenant, Role, with_new_attribute_key
 from samenloop.policies.crypto import PartyKeys
-from samenloop.policies.errors import InvalidInput, NotFound
-from samenloop.policies.policy import Policy, example_policy
+from samenloop.policies.errors import DecryptionFailed, InvalidInput, NotFound
+from samenloop.policies.policy import MIN_TOKEN_QUOTA, Policy, example_policy
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
 GEMEENTE, WOCO, GEMEENTE_B = "gemeente", "woco", "gemeente-b"
@@ -124,7 +125,7 @@ class Cluster:
         config = load_node_config(self.provisioned.node_configs[party])
         self.nodes[party] = build_node(config, clock=self.clock)
         assert config.api_listen is not None
-        self.clients[party] = NodeClient(config.api_listen)
+        self.clients[party] = NodeClient.from_config(self.provisioned.node_configs[party])
 
     def stop(self, party: str) -> None:
         self.clients.pop(party).close()
@@ -335,6 +336,48 @@ def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
     assert cluster.nodes[GEMEENTE_B].store.status_counts().identifiers_pending == 0
 
 
+def test_a_batch_over_the_broker_s_daily_quota_waits_in_the_outbox_for_the_next_day(
+    make_cluster: Callable[[Policy], Cluster],
+) -> None:
+    """The broker counts token entries per party per UTC day (issue 12); a node whose
+    batch is refused for it keeps the batch and sends it the next day, losing nothing."""
+    per_day = MIN_TOKEN_QUOTA
+    policy = example_policy()
+    cluster = make_cluster(
+        dataclasses.replace(
+            policy, quotas=dataclasses.replace(policy.quotas, token_entries_per_day=per_day)
+        )
+    )
+    bsns = valid_bsns(per_day + 1, start=30_000_000)
+    rows = [SignalInput(f"Q-{i}", "woonfraude", [("bsn", b)]) for i, b in enumerate(bsns)]
+    report = cluster.clients[GEMEENTE_B].import_signals(rows)
+    assert report.imported == len(rows)
+    store = cluster.nodes[GEMEENTE_B].store
+    error = wait_for(
+        "the node's status naming the quota",
+        lambda: (
+            "quota.token_entries_per_day" in (e := cluster.clients[GEMEENTE_B].status().last_error)
+            and e
+        ),
+        timeout=60,
+    )
+    counts = store.status_counts()
+    at_broker = cluster.tokens_at_broker()
+    assert at_broker <= per_day
+    assert counts.identifiers_pending + counts.outbox_entries + at_broker == per_day + 1
+    assert "broker quota reached" in error
+    assert cluster.broker.store.usage(GEMEENTE_B).submitted == at_broker  # batches are whole
+    cluster.clock.advance(timedelta(days=1))
+    cluster.nodes[GEMEENTE_B].uplink.wake.set()
+    wait_for(
+        "the rest sent and acknowledged the next day",
+        lambda: (
+            cluster.tokens_at_broker() == per_day + 1 and store.status_counts().outbox_entries == 0
+        ),
+    )
+    assert cluster.clients[GEMEENTE_B].status().last_error == ""
+
+
 def test_the_daily_disclosure_quota_refuses_the_next_request(
     make_cluster: Callable[[Policy], Cluster],
 ) -> None:
@@ -428,12 +471,11 @@ def test_expired_signals_leave_the_broker_and_close_the_hits(
 def _version(cluster: Cluster, version: int, *, without: str | None = None) -> Covenant:
     covenant = cluster.provisioned.covenant
     quotas = dataclasses.replace(covenant.policy.quotas, disclosure_requests_per_day=100 + version)
-    return dataclasses.replace(
-        covenant,
-        version=version,
-        policy=dataclasses.replace(covenant.policy, quotas=quotas),
-        parties=tuple(p for p in covenant.parties if p.id != without),
-    )
+    policy = dataclasses.replace(covenant.policy, quotas=quotas)
+    if without is None:
+        return dataclasses.replace(covenant, version=version, policy=policy)
+    remaining = tuple(p for p in covenant.parties if p.id != without)
+    return with_new_attribute_key(covenant, remaining, version=version, policy=policy)
 
 
 def test_published_covenant_versions_reach_every_node_and_cut_off_a_removed_party(
@@ -508,6 +550,102 @@ def test_published_covenant_versions_reach_every_node_and_cut_off_a_removed_part
     assert [i.state for i in record.identifiers] == [IdentifierState.PENDING]
     assert removed.status().outbox_pending == 0
     assert cluster.tokens_at_broker() == 2, "the removed party reached the broker"
+
+
+def _boxes(hit: Hit, party: str) -> list[common_pb2.SecretBox]:
+    """The sealed attributes of ``party``'s entries in the signed notice behind ``hit``."""
+    notice = broker_pb2.HitNotice.FromString(common_pb2.Signed.FromString(hit.notice).body)
+    return [box for m in notice.members if m.party == party for box in m.sealed_attributes]
+
+
+def test_removing_a_party_deals_a_new_attribute_key_that_running_nodes_pick_up(
+    make_cluster: Callable[[Policy], Cluster], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = make_cluster(example_policy())
+    removed_keys = PartyKeys.load(cluster.provisioned.party_dir(GEMEENTE_B) / "party-keys.json")
+    old_key = cluster.provisioned.covenant.attribute_key_for(removed_keys)
+    cluster.clients[GEMEENTE].add_signal("G-1", "woonfraude", [("bsn", BSN)])
+    cluster.clients[WOCO].add_signal("W-1", "leegstand", [("bsn", BSN)])
+    cluster.clients[GEMEENTE_B].add_signal("B-1", "katvanger", [("bsn", BSN)])
+    before = cluster.hit_with(GEMEENTE, WOCO, GEMEENTE_B)
+    assert {m.party: m.categories for m in before.members} == {
+        WOCO: ("leegstand",),
+        GEMEENTE_B: ("katvanger",),
+    }
+    assert {b.key_version for b in _boxes(before, WOCO)} == {1}
+
+    # Version 2 removes gemeente-b and deals attribute key version 2 to the others.
+    v2 = _version(cluster, 2, without=GEMEENTE_B)
+    assert v2.attribute_key_version == 2
+    cluster.publish(v2, by=WOCO, capsys=capsys)
+    for party in (GEMEENTE, WOCO):
+        wait_for(
+            f"{party} on version 2",
+            lambda p=party: cluster.clients[p].status().covenant_version == 2,
+        )
+        # The running node opened its key of the new version as the version arrived.
+        assert cluster.nodes[party].uplink.attribute_keys.versions == (1, 2)
+    assert cluster.nodes[GEMEENTE_B].uplink.attribute_keys.versions == (1,)
+
+    # Without a restart: the old hit still shows its categories (boxes of version 1) ...
+    def shrunk() -> Hit | None:
+        shown = cluster.clients[GEMEENTE].hit(before.group_id)
+        return None if GEMEENTE_B in {m.party for m in shown.members} else shown
+
+    assert {m.party: m.categories for m in wait_for("the shrunk hit", shrunk).members} == {
+        WOCO: ("leegstand",)
+    }
+    # ... and new signals are sealed under version 2, which the gemeente reads.
+    cluster.clients[GEMEENTE].add_signal("G-2", "vastgoedmisbruik", [("bsn", BSN_2)])
+    cluster.clients[WOCO].add_signal("W-2", "drugsproductie", [("bsn", BSN_2)])
+    after = wait_for(
+        "the new hit",
+        lambda: next(
+            (
+                h
+                for h in cluster.clients[GEMEENTE].hits(HitState.OPEN)
+                if h.group_id != before.group_id
+            ),
+            None,
+        ),
+    )
+    assert {m.party: m.categories for m in after.members} == {WOCO: ("drugsproductie",)}
+    (box,) = _boxes(after, WOCO)
+    assert box.key_version == 2
+    # The removed party, holding version 1 only, cannot open it.
+    with pytest.raises(DecryptionFailed):
+        covenant_model.open_attributes(old_key, box.nonce, box.ciphertext)
+    assert not v2.is_party(GEMEENTE_B)
+
+    # A restarted node rebuilds both versions from its covenant history.
+    cluster.stop(GEMEENTE)
+    cluster.start(GEMEENTE)
+    shown = {h.group_id: h for h in cluster.clients[GEMEENTE].hits()}
+    assert shown[before.group_id].members[0].categories == ("leegstand",)
+    assert shown[after.group_id].members[0].categories == ("drugsproductie",)
+
+
+def test_a_node_whose_attribute_key_does_not_open_refuses_to_start(tmp_path: Path) -> None:
+    provisioned = provision(
+        tmp_path / "covenant", "riec-policies", SPECS, HOLDERS, 2, now=datetime.now(UTC)
+    )
+    covenant = provisioned.covenant
+    ids = [p.id for p in covenant.parties]
+    woco, gemeente = ids.index(WOCO), ids.index(GEMEENTE)
+    parties = list(covenant.parties)
+    # A dealing error: the woco's entry carries the box sealed to the gemeente.
+    parties[woco] = dataclasses.replace(
+        parties[woco], sealed_attribute_key=parties[gemeente].sealed_attribute_key
+    )
+    misdealt = provisioned.sign(dataclasses.replace(covenant, parties=tuple(parties)))
+    provisioned.signed_covenant.write_bytes(misdealt.to_json())
+    config = load_node_config(provisioned.node_configs[WOCO])
+    engine = database.make_engine(config.database_url)
+    database.upgrade(engine, "samenloop.node.migrations")
+    engine.dispose()
+    with pytest.raises(DecryptionFailed) as caught:
+        build_node(config)
+    assert caught.value.field == f"parties[{woco}].sealed_attribute_key"
 
 
 # --- no details without a hit ---------------------------------------------------------------

@@ -26,6 +26,7 @@ from samenloop.policies.covenant import (
     OprfKeyEpoch,
     Party,
     Role,
+    deal_attribute_key,
 )
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import InvalidInput, NotAllowed, QuotaExceeded
@@ -127,8 +128,10 @@ def _covenant(
         signing=signing,
         policy=policy or example_policy(),
         broker=broker,
-        parties=tuple(
-            Party(pid, f"Partij {pid}", role, _keys(pid).public()) for pid, role in parties
+        parties=deal_attribute_key(
+            "test-rules",
+            1,
+            (Party(pid, f"Partij {pid}", role, _keys(pid).public()) for pid, role in parties),
         ),
         key_epoch=key_epoch,
         ca_certificate=ca,

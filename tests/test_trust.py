@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,9 @@ from samenloop.policies.covenant import (
     Party,
     Role,
     covenant_to_toml,
+    deal_attribute_key,
+    seal_attribute_key_for,
+    with_new_attribute_key,
 )
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import (
@@ -85,7 +89,11 @@ def _v1() -> Covenant:
         signing=_signing(2, "beheer-a", "beheer-b"),
         policy=example_policy(),
         broker=BrokerInfo("broker", "localhost:7443", _keys("broker").public().ed25519),
-        parties=tuple(Party(p, f"Partij {p}", role, _keys(p).public()) for p, role in PARTIES),
+        parties=deal_attribute_key(
+            "riec-test",
+            1,
+            (Party(p, f"Partij {p}", role, _keys(p).public()) for p, role in PARTIES),
+        ),
         key_epoch=OprfKeyEpoch(
             epoch=1,
             threshold=2,
@@ -119,6 +127,13 @@ def _raw_sign(body: bytes, *signers: str) -> SignedCovenant:
 
 def _v2(**changes: object) -> Covenant:
     return replace(_v1(), version=2, **changes)
+
+
+def _other_covenant() -> Covenant:
+    """Version 2 of another covenant (its attribute key dealt for its own id)."""
+    return _v2(
+        id="ander-convenant", parties=deal_attribute_key("ander-convenant", 1, _v1().parties)
+    )
 
 
 def _state() -> TrustState:
@@ -377,10 +392,116 @@ def test_the_same_version_with_another_body_is_a_rollback() -> None:
     )
 
 
-def test_another_covenant_is_refused() -> None:
-    _rejected(
-        _state(), _sign(_v2(id="ander-convenant"), "beheer-a", "beheer-b"), "covenant.wrong_id"
+def _replace_party(covenant: Covenant, index: int, **changes: object) -> tuple[Party, ...]:
+    parties = list(covenant.parties)
+    parties[index] = replace(parties[index], **changes)
+    return tuple(parties)
+
+
+def _v1_with_another_box() -> Covenant:
+    """Version 2 with the riec's box resealed: another key under the same version."""
+    other = deal_attribute_key("riec-test", 1, _v1().parties[2:])[0].sealed_attribute_key
+    return _v2(parties=_replace_party(_v1(), 2, sealed_attribute_key=other))
+
+
+def _v1_with_a_new_riec_key() -> Covenant:
+    """Version 2 where the riec has a new key pair but the attribute key version stays."""
+    new = PartyKeys.generate("riec").public()
+    key = _v1().attribute_key_for(_keys("riec"))
+    box = seal_attribute_key_for(new, key)
+    return _v2(parties=_replace_party(_v1(), 2, keys=new, sealed_attribute_key=box))
+
+
+@pytest.mark.parametrize(
+    ("make", "reason", "field"),
+    [
+        pytest.param(
+            lambda: _v2(parties=_v1().parties[:2]),
+            "covenant.attribute_key_kept",
+            "attribute_key_version",
+            id="removal-keeps-the-key",
+        ),
+        pytest.param(
+            _v1_with_a_new_riec_key,
+            "covenant.attribute_key_kept",
+            "attribute_key_version",
+            id="new-x25519-keeps-the-key",
+        ),
+        pytest.param(
+            _v1_with_another_box,
+            "covenant.attribute_key_changed",
+            "parties[2].sealed_attribute_key",
+            id="another-key-under-the-same-version",
+        ),
+    ],
+)
+def test_a_successor_must_renew_the_attribute_key_when_a_party_leaves(
+    make: Callable[[], Covenant], reason: str, field: str
+) -> None:
+    state = _state()
+    with pytest.raises(CovenantRejected) as caught:
+        state.update(_sign(make(), "beheer-a", "beheer-b"), now=NOW)
+    assert (caught.value.reason, caught.value.field) == (reason, field), caught.value
+    assert state.covenant == _v1()
+
+
+def test_the_attribute_key_version_never_goes_back() -> None:
+    state = _state()
+    v2 = with_new_attribute_key(_v1(), version=2)
+    assert state.update(_sign(v2, "beheer-a", "beheer-b"), now=NOW).changed
+    back = replace(
+        v2,
+        version=3,
+        attribute_key_version=1,
+        parties=deal_attribute_key("riec-test", 1, v2.parties),
     )
+    with pytest.raises(CovenantRejected) as caught:
+        state.update(_sign(back, "beheer-a", "beheer-b"), now=NOW)
+    assert (caught.value.reason, caught.value.field) == (
+        "covenant.attribute_key_rollback",
+        "attribute_key_version",
+    )
+    assert state.covenant == v2
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(
+            lambda: with_new_attribute_key(_v1(), _v1().parties[:2], version=2),
+            id="removal-with-a-new-key",
+        ),
+        pytest.param(lambda: with_new_attribute_key(_v1(), version=2), id="rotation"),
+        pytest.param(
+            lambda: _v2(
+                parties=(
+                    *_v1().parties,
+                    Party(
+                        "woco",
+                        "Woningcorporatie",
+                        Role.WONINGCORPORATIE,
+                        _keys("woco").public(),
+                        seal_attribute_key_for(
+                            _keys("woco").public(), _v1().attribute_key_for(_keys("riec"))
+                        ),
+                    ),
+                )
+            ),
+            id="a-party-added-under-the-same-version",
+        ),
+        pytest.param(lambda: _v2(), id="no-party-change"),
+    ],
+)
+def test_successors_that_keep_the_attribute_key_rules(make: Callable[[], Covenant]) -> None:
+    state = _state()
+    assert state.update(_sign(make(), "beheer-a", "beheer-b"), now=NOW).changed
+
+
+def test_another_covenant_is_refused() -> None:
+    other = _v2(
+        id="ander-convenant", parties=deal_attribute_key("ander-convenant", 1, _v1().parties)
+    )
+    _rejected(_state(), _sign(other, "beheer-a", "beheer-b"), "covenant.wrong_id")
 
 
 @pytest.mark.parametrize(
@@ -566,7 +687,7 @@ def test_replay_accepts_an_expired_intermediate_version() -> None:
             id="tampered",
         ),
         pytest.param(
-            lambda: _sign(_v2(id="ander-convenant"), "beheer-a", "beheer-b"),
+            lambda: _sign(_other_covenant(), "beheer-a", "beheer-b"),
             "covenant.wrong_id",
             id="wrong-id",
         ),

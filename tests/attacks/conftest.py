@@ -4,13 +4,15 @@
 ``harness.py``). A module changes the covenant it gets by defining its own
 ``attack_policy`` fixture (the rules, e.g. a small OPRF quota) or
 ``attack_api_tcp`` (serve the nodes' local API on 127.0.0.1 instead of a Unix
-socket).
+socket), or ``attack_root`` (the directory to provision it in, for attacks that
+need other accounts to reach it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -33,11 +35,17 @@ def attack_api_tcp() -> bool:
 
 
 @pytest.fixture(scope="module")
+def attack_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The (empty) directory the covenant is provisioned in."""
+    return tmp_path_factory.mktemp("attack")
+
+
+@pytest.fixture(scope="module")
 def covenant_run(
-    tmp_path_factory: pytest.TempPathFactory, attack_policy: Policy | None, attack_api_tcp: bool
+    attack_root: Path, attack_policy: Policy | None, attack_api_tcp: bool
 ) -> Iterator[CovenantRun]:
     with running_covenant(
-        tmp_path_factory.mktemp("attack"),
+        attack_root,
         COVENANT_ID,
         SPECS,
         HOLDERS,

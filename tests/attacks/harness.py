@@ -178,12 +178,17 @@ class CovenantRun(Daemons):
 
     def assert_serving(self) -> None:
         """Every daemon is alive and answers: the broker's health service over mTLS,
-        every node's local API and its broker connection."""
+        every node's local API and, for the parties of the covenant in force, its broker
+        connection (a party removed from it is cut off by design)."""
         self.check_alive()
         with self.broker_channel(self.parties[0]) as channel:
             health = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=10
             )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+        listed = self.covenant.party_ids
         for party in self.parties:
-            self.until(f"{party} connected to the broker", 30, lambda p=party: self.ready(p))
+            if party in listed:
+                self.until(f"{party} connected to the broker", 30, lambda p=party: self.ready(p))
+            else:  # removed from the covenant: cut off, its node still serves its own staff
+                self.until(f"{party}'s node answering", 30, lambda p=party: bool(self.status(p)))

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from samenloop.node.client import Hit
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import terminal
-from samenloop.policies.covenant import AttributeKey, SealedAttributeKey
+from samenloop.policies.covenant import AttributeKey
 from samenloop.v1 import broker_pb2, common_pb2
 
 from daemons import sqlite_rows
@@ -50,10 +50,8 @@ TERMINAL = {**os.environ, "COLUMNS": "250", "FORCE_COLOR": "1"}
 
 
 def attribute_key(run: CovenantRun, party: str) -> AttributeKey:
-    """The covenant's attribute key, as ``party`` holds it: its sealed file, opened."""
-    path = run.node_config(party).attribute_key
-    sealed = SealedAttributeKey.from_json(path.read_bytes(), source=str(path))
-    return sealed.open(run.party_keys(party))
+    """The covenant's attribute key, as ``party`` holds it: its box in the covenant, opened."""
+    return run.covenant.attribute_key_for(run.party_keys(party))
 
 
 def sealed_category(key: AttributeKey, category: str) -> common_pb2.SecretBox:

@@ -139,6 +139,10 @@ class BrokerLimits(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_MAILBOX_ITEMS_PER_FETCH_FIELD_NUMBER: _builtins.int
     EVALUATE_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_SEALED_ATTRIBUTES_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_REFS_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    MAX_SEALED_ATTRIBUTES_PER_NOTICE_FIELD_NUMBER: _builtins.int
+    MAX_ENTRY_LIFETIME_SECONDS_FIELD_NUMBER: _builtins.int
     max_tokens_per_batch: _builtins.int
     """Most entries per SubmitTokensRequest."""
     max_refs_per_withdrawal: _builtins.int
@@ -153,6 +157,17 @@ class BrokerLimits(_message.Message):
     """Most items per FetchMailbox call."""
     evaluate_timeout_seconds: _builtins.int
     """How long the broker waits for key holders in Evaluate, in seconds."""
+    max_sealed_attributes_bytes: _builtins.int
+    """Largest serialized TokenEntry.sealed_attributes, in bytes."""
+    max_refs_per_token: _builtins.int
+    """Most signal refs one party may hold on one token."""
+    max_sealed_attributes_per_notice: _builtins.int
+    """Most sealed attribute boxes in one hit notice."""
+    max_entry_lifetime_seconds: _builtins.int
+    """Furthest a TokenEntry.expires_at may lie after the broker's clock, in
+    seconds: the longest retention of the covenant versions the broker has
+    held, plus LIMITS_MAX_CLOCK_SKEW_SECONDS.
+    """
     def __init__(
         self,
         *,
@@ -163,10 +178,14 @@ class BrokerLimits(_message.Message):
         max_message_bytes: _builtins.int = ...,
         max_mailbox_items_per_fetch: _builtins.int = ...,
         evaluate_timeout_seconds: _builtins.int = ...,
+        max_sealed_attributes_bytes: _builtins.int = ...,
+        max_refs_per_token: _builtins.int = ...,
+        max_sealed_attributes_per_notice: _builtins.int = ...,
+        max_entry_lifetime_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluate_timeout_seconds", b"evaluate_timeout_seconds", "max_blinded_elements_per_request", b"max_blinded_elements_per_request", "max_envelope_bytes", b"max_envelope_bytes", "max_mailbox_items_per_fetch", b"max_mailbox_items_per_fetch", "max_message_bytes", b"max_message_bytes", "max_refs_per_withdrawal", b"max_refs_per_withdrawal", "max_tokens_per_batch", b"max_tokens_per_batch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluate_timeout_seconds", b"evaluate_timeout_seconds", "max_blinded_elements_per_request", b"max_blinded_elements_per_request", "max_entry_lifetime_seconds", b"max_entry_lifetime_seconds", "max_envelope_bytes", b"max_envelope_bytes", "max_mailbox_items_per_fetch", b"max_mailbox_items_per_fetch", "max_message_bytes", b"max_message_bytes", "max_refs_per_token", b"max_refs_per_token", "max_refs_per_withdrawal", b"max_refs_per_withdrawal", "max_sealed_attributes_bytes", b"max_sealed_attributes_bytes", "max_sealed_attributes_per_notice", b"max_sealed_attributes_per_notice", "max_tokens_per_batch", b"max_tokens_per_batch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -669,12 +688,18 @@ class TokenEntry(_message.Message):
     signal (and the identifier) the token came from. Hit notices and
     disclosure requests name token entries by it. Nodes use a fresh ref per
     signal and identifier, so that the broker cannot link two identifiers of
-    one subject.
+    one subject. A party holds at most LIMITS_MAX_REFS_PER_TOKEN refs on one
+    token; an entry beyond that is refused (RESOURCE_EXHAUSTED, this field).
     """
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the broker drops the entry on its own (the signal's retention, from
-        the covenant). Must lie in the future.
+        the covenant). Must lie in the future, and at most the covenant's longest
+        retention (over its categories, which the broker cannot see) plus
+        LIMITS_MAX_CLOCK_SKEW_SECONDS after the broker's clock; the longest over
+        every covenant version the broker has held, so that a version that
+        shortens retention does not refuse tokens made under the one before
+        (BrokerLimits.max_entry_lifetime_seconds; INVALID_ARGUMENT otherwise).
         """
 
     @_builtins.property
@@ -682,7 +707,8 @@ class TokenEntry(_message.Message):
         """The signal's MemberAttributes (its category), encrypted under the
         covenant's attribute key, which the broker does not hold. The broker
         stores it and passes it on in hit notices only to recipients whose
-        visibility includes categories. Optional.
+        visibility includes categories. Optional; serialized, at most
+        LIMITS_MAX_SEALED_ATTRIBUTES_BYTES (RESOURCE_EXHAUSTED, this field).
         """
 
     def __init__(
@@ -922,7 +948,11 @@ class HitMember(_message.Message):
     def sealed_attributes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SecretBox]:
         """The member's MemberAttributes, one per token entry, sealed under the
         covenant's attribute key, exactly as the member submitted them. Present
-        only if visibility.categories.
+        only if visibility.categories. A notice carries at most
+        LIMITS_MAX_SEALED_ATTRIBUTES_PER_NOTICE boxes over all its members: when
+        the group holds more, the broker takes each member's boxes in turn (its
+        first, then every member's second, ...) until the limit, so every member
+        keeps an equal share (at least 4, with LIMITS_MAX_PARTIES members).
         """
 
     def __init__(
@@ -1100,6 +1130,48 @@ class RelayedEnvelope(_message.Message):
 Global___RelayedEnvelope: _TypeAlias = RelayedEnvelope  # noqa: Y015
 
 @_typing.final
+class SetAsideItem(_message.Message):
+    """In place of a mailbox item that the broker cannot deliver because it does
+    not fit in one message of LIMITS_MAX_MESSAGE_BYTES (one stored before the
+    size limits, or by a fault: with them, the largest hit notice, envelope and
+    covenant update each fit several times over). The broker moves such an item
+    out of the mailbox, keeps it for its operator, records the move in its
+    audit log and delivers this marker at the item's cursor instead, so that
+    delivery goes on past it and the recipient knows what it did not get. A
+    node records the marker and acknowledges it like any other item.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SET_ASIDE_AT_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """Which payload the item held: "hit_notice", "envelope" or
+    "covenant_update" (the names of MailboxItem's payload fields).
+    """
+    size_bytes: _builtins.int
+    """Size of the item's payload as stored, in bytes."""
+    @_builtins.property
+    def set_aside_at(self) -> _timestamp_pb2.Timestamp:
+        """When the broker set the item aside."""
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        set_aside_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["set_aside_at", b"set_aside_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "set_aside_at", b"set_aside_at", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAsideItem: _TypeAlias = SetAsideItem  # noqa: Y015
+
+@_typing.final
 class MailboxItem(_message.Message):
     """One item of a party's durable mailbox. Delivered at least once, in cursor
     order; kept until the party acknowledges it, however long it is offline.
@@ -1112,6 +1184,7 @@ class MailboxItem(_message.Message):
     HIT_NOTICE_FIELD_NUMBER: _builtins.int
     ENVELOPE_FIELD_NUMBER: _builtins.int
     COVENANT_UPDATE_FIELD_NUMBER: _builtins.int
+    SET_ASIDE_FIELD_NUMBER: _builtins.int
     cursor: _builtins.int
     """Position in this party's mailbox: strictly increasing, starting at 1,
     possibly with gaps. Never reused.
@@ -1134,6 +1207,10 @@ class MailboxItem(_message.Message):
     def covenant_update(self) -> _common_pb2.SignedCovenant:
         """A new covenant version; the node verifies it before adopting it."""
 
+    @_builtins.property
+    def set_aside(self) -> Global___SetAsideItem:
+        """The item at this cursor could not be delivered and was set aside."""
+
     def __init__(
         self,
         *,
@@ -1142,12 +1219,13 @@ class MailboxItem(_message.Message):
         hit_notice: _common_pb2.Signed | None = ...,
         envelope: Global___RelayedEnvelope | None = ...,
         covenant_update: _common_pb2.SignedCovenant | None = ...,
+        set_aside: Global___SetAsideItem | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["covenant_update", b"covenant_update", "enqueued_at", b"enqueued_at", "envelope", b"envelope", "hit_notice", b"hit_notice", "payload", b"payload"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["covenant_update", b"covenant_update", "enqueued_at", b"enqueued_at", "envelope", b"envelope", "hit_notice", b"hit_notice", "payload", b"payload", "set_aside", b"set_aside"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["covenant_update", b"covenant_update", "cursor", b"cursor", "enqueued_at", b"enqueued_at", "envelope", b"envelope", "hit_notice", b"hit_notice", "payload", b"payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["covenant_update", b"covenant_update", "cursor", b"cursor", "enqueued_at", b"enqueued_at", "envelope", b"envelope", "hit_notice", b"hit_notice", "payload", b"payload", "set_aside", b"set_aside"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["hit_notice", "envelope", "covenant_update"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["hit_notice", "envelope", "covenant_update", "set_aside"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -1167,8 +1245,10 @@ class FetchMailboxRequest(_message.Message):
     """
     max_items: _builtins.int
     """Most items to return; 0 or more than LIMITS_MAX_MAILBOX_ITEMS_PER_FETCH
-    means that limit. The broker returns fewer (but at least one, if any
-    waits) when more would not fit in LIMITS_MAX_MESSAGE_BYTES.
+    means that limit. The broker returns fewer when more would not fit in
+    one response of LIMITS_MAX_MESSAGE_BYTES: as many whole items as fit, and
+    at least one if any waits (an item that fits in no message is set aside
+    and its SetAsideItem sent instead).
     """
     def __init__(
         self,

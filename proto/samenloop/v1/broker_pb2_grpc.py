@@ -147,6 +147,8 @@ class BrokerServicer:
     def SubmitTokens(self, request, context):
         """Stores a batch of tokens and matches it against the index. Idempotent by
         client batch id. Acknowledged only once stored durably and matched.
+        Counted against the party's submission quotas of the covenant: a batch
+        beyond one is refused whole (RESOURCE_EXHAUSTED, field entries).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,7 +163,8 @@ class BrokerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FetchMailbox(self, request, context):
-        """Returns mailbox items after a cursor.
+        """Returns mailbox items after a cursor: as many whole items as fit in one
+        message of LIMITS_MAX_MESSAGE_BYTES.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -82,13 +82,17 @@ class BrokerStub:
     SubmitTokens: _grpc.UnaryUnaryMultiCallable[_broker_pb2.SubmitTokensRequest, _broker_pb2.SubmitTokensResponse]
     """Stores a batch of tokens and matches it against the index. Idempotent by
     client batch id. Acknowledged only once stored durably and matched.
+    Counted against the party's submission quotas of the covenant: a batch
+    beyond one is refused whole (RESOURCE_EXHAUSTED, field entries).
     """
     WithdrawTokens: _grpc.UnaryUnaryMultiCallable[_broker_pb2.WithdrawTokensRequest, _broker_pb2.WithdrawTokensResponse]
     """Removes the token entries of the given signal refs. Idempotent by client
     batch id.
     """
     FetchMailbox: _grpc.UnaryUnaryMultiCallable[_broker_pb2.FetchMailboxRequest, _broker_pb2.FetchMailboxResponse]
-    """Returns mailbox items after a cursor."""
+    """Returns mailbox items after a cursor: as many whole items as fit in one
+    message of LIMITS_MAX_MESSAGE_BYTES.
+    """
     StreamMailbox: _grpc.UnaryStreamMultiCallable[_broker_pb2.StreamMailboxRequest, _broker_pb2.StreamMailboxResponse]
     """Streams mailbox items after a cursor: first the backlog, then new items
     as they arrive, until the call ends.
@@ -137,13 +141,17 @@ class BrokerAsyncStub(BrokerStub):
     SubmitTokens: _aio.UnaryUnaryMultiCallable[_broker_pb2.SubmitTokensRequest, _broker_pb2.SubmitTokensResponse]  # type: ignore[assignment]
     """Stores a batch of tokens and matches it against the index. Idempotent by
     client batch id. Acknowledged only once stored durably and matched.
+    Counted against the party's submission quotas of the covenant: a batch
+    beyond one is refused whole (RESOURCE_EXHAUSTED, field entries).
     """
     WithdrawTokens: _aio.UnaryUnaryMultiCallable[_broker_pb2.WithdrawTokensRequest, _broker_pb2.WithdrawTokensResponse]  # type: ignore[assignment]
     """Removes the token entries of the given signal refs. Idempotent by client
     batch id.
     """
     FetchMailbox: _aio.UnaryUnaryMultiCallable[_broker_pb2.FetchMailboxRequest, _broker_pb2.FetchMailboxResponse]  # type: ignore[assignment]
-    """Returns mailbox items after a cursor."""
+    """Returns mailbox items after a cursor: as many whole items as fit in one
+    message of LIMITS_MAX_MESSAGE_BYTES.
+    """
     StreamMailbox: _aio.UnaryStreamMultiCallable[_broker_pb2.StreamMailboxRequest, _broker_pb2.StreamMailboxResponse]  # type: ignore[assignment]
     """Streams mailbox items after a cursor: first the backlog, then new items
     as they arrive, until the call ends.
@@ -225,6 +233,8 @@ class BrokerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_broker_pb2.SubmitTokensResponse, _abc.Awaitable[_broker_pb2.SubmitTokensResponse]]:
         """Stores a batch of tokens and matches it against the index. Idempotent by
         client batch id. Acknowledged only once stored durably and matched.
+        Counted against the party's submission quotas of the covenant: a batch
+        beyond one is refused whole (RESOURCE_EXHAUSTED, field entries).
         """
 
     @_abc_1.abstractmethod
@@ -243,7 +253,9 @@ class BrokerServicer(metaclass=_abc_1.ABCMeta):
         request: _broker_pb2.FetchMailboxRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_broker_pb2.FetchMailboxResponse, _abc.Awaitable[_broker_pb2.FetchMailboxResponse]]:
-        """Returns mailbox items after a cursor."""
+        """Returns mailbox items after a cursor: as many whole items as fit in one
+        message of LIMITS_MAX_MESSAGE_BYTES.
+        """
 
     @_abc_1.abstractmethod
     def StreamMailbox(

@@ -108,6 +108,28 @@ class _LimitsEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Limits.ValueTy
     """
     LIMITS_MAX_MAILBOX_ITEMS_PER_FETCH: _Limits.ValueType  # 1000
     """Most items returned by one FetchMailbox call."""
+    LIMITS_MAX_SEALED_ATTRIBUTES_BYTES: _Limits.ValueType  # 256
+    """Largest serialized TokenEntry.sealed_attributes (a SecretBox), in bytes.
+    The largest real one is 146 bytes: a MemberAttributes with a category of
+    LIMITS_MAX_PARTY_ID_BYTES is 66 bytes, framed and padded to 96, sealed to
+    112, plus the nonce, the key version and the field tags. 256 leaves room
+    for MemberAttributes to grow to about 190 bytes without a new limit.
+    Every box is copied into the notices of the token's group, so this bounds
+    what one entry adds to a notice.
+    """
+    LIMITS_MAX_REFS_PER_TOKEN: _Limits.ValueType  # 64
+    """Most signal refs one party may hold on one token (its live entries with
+    that token), so that no party can grow a hit notice by piling entries on
+    one subject. A node uses one ref per signal and identifier: this is also
+    how many of a party's signals may name one identifier.
+    """
+    LIMITS_MAX_SEALED_ATTRIBUTES_PER_NOTICE: _Limits.ValueType  # 1024
+    """Most sealed attribute boxes in one HitNotice, over all its members. When a
+    group holds more, each member keeps an equal share (see
+    HitMember.sealed_attributes).
+    """
+    LIMITS_MAX_PARTIES: _Limits.ValueType  # 256
+    """Most parties in one covenant, and so most members of a hit group."""
     LIMITS_MAX_PICTURE_CELLS: _Limits.ValueType  # 20000
     """Most cells in one PictureContribution or picture table."""
     LIMITS_MAX_ENVELOPE_BYTES: _Limits.ValueType  # 1048576
@@ -196,6 +218,28 @@ action descriptions, notes, justifications).
 """
 LIMITS_MAX_MAILBOX_ITEMS_PER_FETCH: Limits.ValueType  # 1000
 """Most items returned by one FetchMailbox call."""
+LIMITS_MAX_SEALED_ATTRIBUTES_BYTES: Limits.ValueType  # 256
+"""Largest serialized TokenEntry.sealed_attributes (a SecretBox), in bytes.
+The largest real one is 146 bytes: a MemberAttributes with a category of
+LIMITS_MAX_PARTY_ID_BYTES is 66 bytes, framed and padded to 96, sealed to
+112, plus the nonce, the key version and the field tags. 256 leaves room
+for MemberAttributes to grow to about 190 bytes without a new limit.
+Every box is copied into the notices of the token's group, so this bounds
+what one entry adds to a notice.
+"""
+LIMITS_MAX_REFS_PER_TOKEN: Limits.ValueType  # 64
+"""Most signal refs one party may hold on one token (its live entries with
+that token), so that no party can grow a hit notice by piling entries on
+one subject. A node uses one ref per signal and identifier: this is also
+how many of a party's signals may name one identifier.
+"""
+LIMITS_MAX_SEALED_ATTRIBUTES_PER_NOTICE: Limits.ValueType  # 1024
+"""Most sealed attribute boxes in one HitNotice, over all its members. When a
+group holds more, each member keeps an equal share (see
+HitMember.sealed_attributes).
+"""
+LIMITS_MAX_PARTIES: Limits.ValueType  # 256
+"""Most parties in one covenant, and so most members of a hit group."""
 LIMITS_MAX_PICTURE_CELLS: Limits.ValueType  # 20000
 """Most cells in one PictureContribution or picture table."""
 LIMITS_MAX_ENVELOPE_BYTES: Limits.ValueType  # 1048576
@@ -406,7 +450,9 @@ class SecretBox(_message.Message):
     covenant's "attribute key") that every party of the covenant holds and the
     broker does not. Used where the broker must store and forward something
     about a token entry that it may not read, to recipients it chooses by the
-    covenant's rules (see TokenEntry.sealed_attributes).
+    covenant's rules (see TokenEntry.sealed_attributes). The key travels in
+    the signed covenant: each party's entry carries it sealed to that party's
+    X25519 key (crypto_box_seal), for the covenant's attribute_key_version.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -415,8 +461,12 @@ class SecretBox(_message.Message):
     NONCE_FIELD_NUMBER: _builtins.int
     CIPHERTEXT_FIELD_NUMBER: _builtins.int
     key_version: _builtins.int
-    """Version of the attribute key used; a new covenant version that removes a
-    party also brings a new key version.
+    """Version of the attribute key used: the attribute_key_version of the
+    covenant the sender held when it sealed the box. Every covenant version
+    that removes a party (or gives one a new X25519 key) must deal a new,
+    higher version to the parties that remain, or it is refused; recipients
+    keep every version they were dealt and open a box with the version it
+    names, so a removed party cannot open boxes sealed after its removal.
     """
     nonce: _builtins.bytes
     """Random nonce, 24 bytes."""

@@ -1,0 +1,470 @@
+"""A node's host: its data at rest and its local API are closed to every other account.
+
+Finding 4 of issue 12: the daemons keep what they write to their own account
+(umask 0o077, data directories 0700) and refuse to start, as ssh refuses an open
+key, when a data directory or secret file is open to others or not theirs.
+Finding 5: every call to the local API carries the node's API token, checked by
+one interceptor; a call without it is refused and audited, and does nothing.
+
+The node here is the real one (``build_node``, in this process, no broker: its
+uplink keeps retrying), on a Unix socket and on a loopback port. The attacks by
+another local account, through the daemons as processes, are in
+``tests/attacks/test_local_user.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from samenloop.broker import server as broker_server
+from samenloop.node import api_token, daemon
+from samenloop.node.api_token import RefusedCalls, bearer, ensure_token, read_token
+from samenloop.node.client import NodeClient
+from samenloop.node.provision import PartySpec, Provisioned, free_port, provision
+from samenloop.policies import cli, crypto, database, process
+from samenloop.policies.audit import AuditKind
+from samenloop.policies.config import NodeConfig, load_broker_config, load_node_config
+from samenloop.policies.covenant import Role
+from samenloop.policies.errors import ConfigurationError, InvalidSignature
+from samenloop.policies.rpc import error_from_rpc
+from samenloop.v1 import node_pb2, node_pb2_grpc
+
+ME = "gemeente"
+ROOT_ONLY = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root to hand a file to another account (chown)"
+)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture(scope="module")
+def provisioned() -> Iterator[Provisioned]:
+    root = Path(tempfile.mkdtemp(prefix="sl-loc-", dir="/tmp"))  # short: a socket lives here
+    try:
+        yield provision(
+            root,
+            "riec-local",
+            [
+                PartySpec(ME, "Gemeente", Role.GEMEENTE),
+                PartySpec("politie", "Politie", Role.POLITIE),
+            ],
+            [ME, "politie"],
+            2,
+            now=datetime.now(UTC) - timedelta(minutes=5),
+        )
+    finally:
+        shutil.rmtree(root)
+
+
+@pytest.fixture(scope="module")
+def migrated(provisioned: Provisioned) -> NodeConfig:
+    config = load_node_config(provisioned.node_configs[ME])
+    engine = database.make_engine(config.database_url)
+    database.upgrade(engine, daemon.MIGRATIONS)
+    engine.dispose()
+    return config
+
+
+@pytest.fixture(params=["socket", "tcp"])
+def node(request: pytest.FixtureRequest, migrated: NodeConfig) -> Iterator[daemon.RunningNode]:
+    config = migrated
+    if request.param == "tcp":
+        config = dataclasses.replace(
+            migrated, api_socket=None, api_listen=f"127.0.0.1:{free_port()}"
+        )
+    running = daemon.build_node(config)
+    try:
+        yield running
+    finally:
+        running.stop(None)
+
+
+def _raw(running: daemon.RunningNode) -> tuple[grpc.Channel, node_pb2_grpc.NodeApiStub]:
+    channel = grpc.insecure_channel(running.api_address)
+    return channel, node_pb2_grpc.NodeApiStub(channel)
+
+
+def _refused(call: object, *args: object, **kwargs: object) -> InvalidSignature:
+    with pytest.raises(grpc.RpcError) as failure:
+        call(*args, timeout=10, **kwargs)  # type: ignore[operator]
+    assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    error = error_from_rpc(failure.value)
+    assert isinstance(error, InvalidSignature)
+    assert error.field == "authorization"
+    return error
+
+
+# --- finding 5: the token ---------------------------------------------------------------------
+
+
+def test_every_call_without_the_token_is_refused_does_nothing_and_is_audited(
+    node: daemon.RunningNode, migrated: NodeConfig
+) -> None:
+    assert migrated.api_token is not None
+    token = read_token(migrated.api_token)
+    before = node.store.audit_entries(kind=AuditKind.LOCAL_API_REFUSED)
+    signals_before = node.store.status_counts().signals
+    wrong = bearer(api_token.new_token())
+    channel, stub = _raw(node)
+    calls = [
+        (stub.ListHits, node_pb2.ListHitsRequest()),
+        (stub.GetDisclosure, node_pb2.GetDisclosureRequest(request_id=bytes(16))),
+        (
+            stub.ApproveDisclosure,
+            node_pb2.ApproveDisclosureRequest(request_id=bytes(16), officer="x"),
+        ),
+        (
+            stub.AddSignal,
+            node_pb2.AddSignalRequest(
+                signal=node_pb2.Signal(reference="R-1", category="vastgoedmisbruik")
+            ),
+        ),
+        (stub.GetStatus, node_pb2.GetStatusRequest()),
+    ]
+    with channel, structlog.testing.capture_logs() as logged:
+        for method, request in calls:
+            assert _refused(method, request).reason == "api_token.missing"
+            assert _refused(method, request, metadata=wrong).reason == "api_token.wrong"
+            # The scheme alone, the token without it, the token twice: all wrong.
+            for metadata in (
+                (("authorization", "Bearer "),),
+                (("authorization", token),),
+                (*bearer(token), *bearer(token)),
+            ):
+                assert _refused(method, request, metadata=metadata).reason == "api_token.wrong"
+        stream = stub.WatchHits(node_pb2.WatchHitsRequest(), timeout=10)
+        _refused(lambda **_: next(iter(stream)))
+        # Not even read: garbage without the token is UNAUTHENTICATED, not INVALID_ARGUMENT.
+        garbage = channel.unary_unary("/samenloop.v1.NodeApi/AddSignal")
+        _refused(garbage, b"\xff\x00garbage")
+        _refused(channel.unary_unary("/samenloop.v1.NodeApi/NoSuchMethod"), b"")
+        # The health service stays open: it says only that the node serves.
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    refused_calls = len(calls) * 5 + 3
+    assert node.store.status_counts().signals == signals_before  # nothing stored
+    node.refused.flush()
+    entries = node.store.audit_entries(kind=AuditKind.LOCAL_API_REFUSED)[len(before) :]
+    assert sum(int(e.details["refused_calls"]) for e in entries) == refused_calls
+    assert sum(int(e.details["missing_token"]) for e in entries) == len(calls) + 3
+    assert len(entries) <= 2  # the first at once, the rest summed
+    assert entries[-1].details["last_method"] == "unknown"  # NoSuchMethod, not echoed
+    wrong_token = wrong[0][1].split()[1]
+    for text in [*(str(e.details) for e in entries), *(str(event) for event in logged)]:
+        assert token not in text
+        assert wrong_token not in text
+    # The node keeps serving its own applications.
+    with NodeClient(node.api_address, token=token) as client:
+        assert client.status().party == ME
+        assert client.hits() == []
+
+
+def test_the_client_reads_the_token_where_node_toml_says(
+    node: daemon.RunningNode, provisioned: Provisioned, migrated: NodeConfig
+) -> None:
+    if node.socket_path is not None:
+        with NodeClient.from_config(provisioned.node_configs[ME]) as client:
+            assert client.status().party == ME
+    with NodeClient(node.api_address) as anonymous, pytest.raises(InvalidSignature) as refused:
+        anonymous.hits()
+    assert refused.value.field == "authorization"
+    assert migrated.api_token is not None
+    with NodeClient(node.api_address, token_file=migrated.api_token) as client:
+        assert client.status().party == ME
+
+
+def test_the_commands_send_the_token(
+    node: daemon.RunningNode, migrated: NodeConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = node.api_address.removeprefix("unix:")
+    if node.socket_path is not None:  # the token beside the socket, as node.toml's default
+        assert cli.main(["node", "status", "--json", "--socket", address]) == 0
+    else:  # a port has no beside: without --token-file the node refuses, naming the key
+        assert cli.main(["node", "status", "--json", "--socket", address]) == 4
+        assert "authorization" in capsys.readouterr().err
+    assert migrated.api_token is not None
+    token_file = str(migrated.api_token)
+    assert cli.main(["node", "status", "--socket", address, "--token-file", token_file]) == 0
+    assert cli.main(["node", "status", "--node", "x.toml", "--token-file", token_file]) == 2
+
+
+def test_a_port_the_node_holds_is_not_shared_with_a_second_server(
+    migrated: NodeConfig, provisioned: Provisioned
+) -> None:
+    other = load_node_config(provisioned.node_configs["politie"])
+    engine = database.make_engine(other.database_url)
+    database.upgrade(engine, daemon.MIGRATIONS)
+    engine.dispose()
+    address = f"127.0.0.1:{free_port()}"
+    first = daemon.build_node(dataclasses.replace(migrated, api_socket=None, api_listen=address))
+    try:
+        second = dataclasses.replace(other, api_socket=None, api_listen=address)
+        with pytest.raises(ConfigurationError) as caught:  # gRPC would share it (SO_REUSEPORT)
+            daemon.build_node(second)
+        assert caught.value.field == "api_listen"
+    finally:
+        first.stop(None)
+
+
+def test_the_token_file_is_made_once_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "api-token"
+    token = ensure_token(path)
+    assert len(token) == 43
+    assert _mode(path) == 0o600
+    assert _mode(path.parent) == 0o700
+    assert ensure_token(path) == token  # kept, not replaced
+    assert ensure_token(tmp_path / "other") != token
+    path.chmod(0o640)
+    with pytest.raises(ConfigurationError) as caught:
+        read_token(path)
+    assert (caught.value.field, f"run chmod 600 {path}") == (
+        "api_token",
+        caught.value.message.split("; ")[-1],
+    )
+    path.chmod(0o600)
+    crypto.write_secret_file(path, b"short\n")
+    with pytest.raises(ConfigurationError) as caught:
+        read_token(path)
+    assert caught.value.field == "api_token"
+    assert "does not hold a token" in caught.value.message
+    with pytest.raises(ConfigurationError):
+        api_token.TokenInterceptor("")  # an empty token would let "Bearer " through
+
+
+def test_refused_calls_are_audited_at_once_then_summed_at_most_each_minute() -> None:
+    written: list[dict[str, object]] = []
+    now = [datetime(2026, 12, 1, 12, tzinfo=UTC)]
+
+    def append(**entry: object) -> None:
+        assert entry["kind"] is AuditKind.LOCAL_API_REFUSED
+        assert entry["now"] == now[0]
+        written.append(dict(entry["details"]))  # type: ignore[call-overload]
+
+    refused = RefusedCalls(append, lambda: now[0])
+    refused.flush()
+    assert written == []  # nothing to write
+    refused.refused("/samenloop.v1.NodeApi/ListHits", "missing_token")
+    assert written == [
+        {"refused_calls": 1, "missing_token": 1, "wrong_token": 0, "last_method": "ListHits"}
+    ]
+    for _ in range(500):
+        now[0] += timedelta(milliseconds=100)
+        refused.refused("/samenloop.v1.NodeApi/GetDisclosure", "wrong_token")
+    # 50 s later: still one entry; the flood waits for the minute.
+    assert len(written) == 1
+    now[0] += timedelta(seconds=10)
+    refused.refused("/samenloop.v1.NodeApi/Approve\nDisclosure", "wrong_token")
+    assert written[1] == {
+        "refused_calls": 501,
+        "missing_token": 0,
+        "wrong_token": 501,
+        "last_method": "unknown",
+    }
+    refused.refused("/samenloop.v1.NodeApi/ListHits", "missing_token")
+    refused.flush()  # the sweep, or the node stopping
+    assert written[2]["refused_calls"] == 1
+    assert len(written) == 3
+
+
+def test_a_refusal_that_cannot_be_audited_is_kept_for_the_next_try() -> None:
+    failing = [True]
+    written: list[object] = []
+
+    def append(**entry: object) -> None:
+        if failing[0]:
+            raise OSError("disk full")
+        written.append(entry["details"])
+
+    refused = RefusedCalls(append, lambda: datetime(2026, 12, 1, tzinfo=UTC))
+    refused.refused("/samenloop.v1.NodeApi/ListHits", "missing_token")
+    failing[0] = False
+    refused.flush()
+    assert written == [
+        {"refused_calls": 1, "missing_token": 1, "wrong_token": 0, "last_method": "ListHits"}
+    ]
+
+
+# --- finding 4: files and directories -------------------------------------------------------------
+
+
+def test_open_files_and_directories_are_refused_naming_the_fix(tmp_path: Path) -> None:
+    secret = tmp_path / "k.json"
+    crypto.write_secret_file(secret, b"{}")
+    crypto.check_owner_only(secret)
+    directory = tmp_path / "data"
+    directory.mkdir(mode=0o700)
+    crypto.check_owner_only(directory)
+    for path, mode, fix in ((secret, 0o644, "chmod 600"), (directory, 0o755, "chmod 700")):
+        for open_mode in (mode, 0o604, 0o620, 0o610 if path is directory else 0o602):
+            path.chmod(open_mode)
+            with pytest.raises(ConfigurationError) as caught:
+                crypto.check_owner_only(path, what="thing", field="setting")
+            assert caught.value.field == "setting"
+            assert caught.value.message == (
+                f"thing {path} is accessible by others (mode {open_mode:o}); run {fix} {path}"
+            )
+    with pytest.raises(ConfigurationError) as caught:
+        crypto.check_owner_only(tmp_path / "absent", field="x")
+    assert "does not exist" in caught.value.message
+
+
+@ROOT_ONLY
+def test_a_file_of_another_account_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "k.json"
+    crypto.write_secret_file(secret, b"{}")
+    os.chown(secret, 65534, 65534)
+    with pytest.raises(ConfigurationError) as caught:
+        crypto.read_secret_file(secret)
+    assert "belongs to another account (uid 65534)" in caught.value.message
+    assert f"chown 0 {secret}" in caught.value.message
+
+
+def test_data_directories_are_made_owner_only_and_refused_open(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        process.check_private([("data_dir", tmp_path / "a" / "data")], [])
+    finally:
+        os.umask(previous)
+    assert _mode(tmp_path / "a" / "data") == 0o700
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    run.chmod(0o755)  # as systemd makes a RuntimeDirectory by default
+    with pytest.raises(ConfigurationError) as caught:
+        process.check_private([("data_dir", tmp_path / "a" / "data"), ("api_socket", run)], [])
+    assert (caught.value.field, caught.value.message) == (
+        "api_socket",
+        f"directory of api_socket {run} is accessible by others (mode 755); run chmod 700 {run}",
+    )
+
+
+def test_provisioning_writes_a_tree_that_passes_whatever_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        done = provision(
+            tmp_path / "cov",
+            "riec-umask",
+            [
+                PartySpec(ME, "Gemeente", Role.GEMEENTE),
+                PartySpec("politie", "Politie", Role.POLITIE),
+            ],
+            [ME, "politie"],
+            2,
+            now=datetime.now(UTC),
+        )
+    finally:
+        os.umask(previous)
+    broker_server.check_files(load_broker_config(done.broker_config))
+    for path in done.node_configs.values():
+        config = load_node_config(path)
+        assert daemon.check_files(config) == read_token(config.data_dir / "api-token")
+    secrets = {"tls.key", "party-keys.json", "key-share.json"}
+    secrets |= {"signing-keys.json", "ca.key", "api-token", "beheer-riec.json"}
+    secrets |= {"beheer-partners.json"}
+    found = set()
+    for path in (done.root / name for name in ("ca", "admin", "broker", ME, "politie")):
+        for item in [path, *path.rglob("*")]:
+            if item.is_dir():
+                assert _mode(item) == 0o700, item
+            elif item.name in secrets:
+                assert _mode(item) == 0o600, item
+                found.add(item.name)
+    assert found == secrets
+
+
+def _cli(*argv: str, umask: str = "022") -> subprocess.CompletedProcess[str]:
+    """``samenloop`` as its own process, started under an open umask."""
+    command = [sys.executable, "-m", "samenloop.policies.cli", *argv]
+    return subprocess.run(
+        ["sh", "-c", f'umask {umask} && exec "$@"', "sh", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_commands_write_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    done = _cli(
+        "node", "keygen", "--party", ME, "--out", str(tmp_path / "keys" / "k.json"),
+        "--public-out", str(tmp_path / "k.public.json"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert _mode(tmp_path / "keys") == 0o700
+    assert _mode(tmp_path / "keys" / "k.json") == 0o600
+    assert _mode(tmp_path / "k.public.json") == 0o600  # write_bytes: the umask decided
+
+
+@pytest.mark.parametrize("kind", ["node", "broker"])
+def test_migrate_refuses_an_open_data_directory_and_makes_the_database_owner_only(
+    tmp_path: Path, kind: str
+) -> None:
+    root = Path(tempfile.mkdtemp(prefix="sl-mig-", dir="/tmp"))
+    try:
+        done = provision(
+            root,
+            "riec-migrate",
+            [
+                PartySpec(ME, "Gemeente", Role.GEMEENTE),
+                PartySpec("politie", "Politie", Role.POLITIE),
+            ],
+            [ME, "politie"],
+            2,
+            now=datetime.now(UTC),
+        )
+        config_path = done.broker_config if kind == "broker" else done.node_configs[ME]
+        data = config_path.parent / "data"
+        data.chmod(0o755)  # as installs before issue 12 made it
+        refused = _cli(kind, "migrate", "--config", str(config_path))
+        assert refused.returncode == 2
+        assert refused.stderr == (
+            f"samenloop: error: data_dir: data directory {data} is accessible by others "
+            f"(mode 755); run chmod 700 {data}\n"
+        )
+        assert list(data.iterdir()) == ([] if kind == "broker" else [data / "api-token"])
+        data.chmod(0o700)
+        secret = config_path.parent / "tls.key"
+        secret.chmod(0o640)
+        refused = _cli(kind, "migrate", "--config", str(config_path))
+        assert refused.returncode == 2
+        assert f"private_key: secret file {secret} is accessible by others" in refused.stderr
+        secret.chmod(0o600)
+        migrated = _cli(kind, "migrate", "--config", str(config_path))
+        assert migrated.returncode == 0, migrated.stderr
+        assert _mode(data / f"{kind}.db") == 0o600
+    finally:
+        shutil.rmtree(root)
+
+
+def test_the_node_refuses_to_start_on_open_files(migrated: NodeConfig) -> None:
+    assert migrated.api_token is not None
+    for setting, path, mode in (
+        ("data_dir", migrated.data_dir, 0o750),
+        ("party_keys", migrated.party_keys, 0o644),
+        ("private_key", migrated.private_key, 0o640),
+        ("api_token", migrated.api_token, 0o660),
+    ):
+        kept = _mode(path)
+        path.chmod(mode)
+        try:
+            with pytest.raises(ConfigurationError) as caught:
+                daemon.build_node(migrated)
+        finally:
+            path.chmod(kept)
+        assert caught.value.field == setting
+        assert f"run chmod {'700' if path.is_dir() else '600'} {path}" in caught.value.message
