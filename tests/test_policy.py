@@ -20,6 +20,7 @@ from samenloop.policies.errors import InvalidInput
 from samenloop.policies.policy import (
     ANY_CATEGORY,
     IDENTIFIER_TYPES,
+    MIN_TOKEN_QUOTA,
     CaseRules,
     Level,
     Matching,
@@ -270,6 +271,26 @@ REFUSALS: list[tuple[Callable[[], object], str, str]] = [
     (lambda: Quotas(10**9 + 1, 10), "oprf_evaluations_per_day", "must be 1..1000000000"),
     (lambda: Quotas(10, -1), "disclosure_requests_per_day", "must be 0..1000000000"),
     (lambda: Quotas(10, 10**9 + 1), "disclosure_requests_per_day", "must be 0..1000000000"),
+    (
+        lambda: Quotas(10, 10, token_entries_per_day=MIN_TOKEN_QUOTA - 1),
+        "token_entries_per_day",
+        f"must be {MIN_TOKEN_QUOTA}..1000000000",
+    ),
+    (
+        lambda: Quotas(10, 10, token_entries_per_day=10**9 + 1),
+        "token_entries_per_day",
+        f"must be {MIN_TOKEN_QUOTA}..1000000000",
+    ),
+    (
+        lambda: Quotas(10, 10, token_entries_held=MIN_TOKEN_QUOTA - 1),
+        "token_entries_held",
+        f"must be {MIN_TOKEN_QUOTA}..1000000000",
+    ),
+    (
+        lambda: Quotas(10, 10, token_entries_held=10**9 + 1),
+        "token_entries_held",
+        f"must be {MIN_TOKEN_QUOTA}..1000000000",
+    ),
     # PictureRules
     (lambda: _picture(viewers=("riec",)), "viewers[0]", ROLES),
     (lambda: _picture(viewers=(Role.RIEC, Role.RIEC)), "viewers[1]", "'riec' is listed twice"),
@@ -418,7 +439,10 @@ def test_every_check_names_its_field_and_says_why(
         pytest.param(lambda: _release(max_per_period=0, period_days=1), id="release-minima"),
         pytest.param(lambda: Retention(36_600, (("woonfraude", 1),)), id="retention-edges"),
         pytest.param(lambda: Quotas(1, 0), id="quota-minima"),
-        pytest.param(lambda: Quotas(10**9, 10**9), id="quota-maxima"),
+        pytest.param(lambda: Quotas(10**9, 10**9, 10**9, 10**9), id="quota-maxima"),
+        pytest.param(
+            lambda: Quotas(1, 0, MIN_TOKEN_QUOTA, MIN_TOKEN_QUOTA), id="token-quota-minima"
+        ),
         pytest.param(lambda: _picture(viewers=(), min_cell_count=1), id="no-viewers"),
         pytest.param(
             lambda: _picture(epsilon_per_period=100, epsilon_per_request=100), id="eps-100"
@@ -483,6 +507,12 @@ def test_policy_lookups() -> None:
     assert EXAMPLE.purpose("onbekend") is None
     assert EXAMPLE.retention.days_for("vastgoedmisbruik") == 730
     assert EXAMPLE.retention.days_for("leegstand") == 365
+    assert EXAMPLE.retention.longest_days == 730
+    assert Retention(90, (("woonfraude", 30),)).longest_days == 90
+    assert (EXAMPLE.quotas.token_entries_per_day, EXAMPLE.quotas.token_entries_held) == (
+        1_000_000,
+        5_000_000,
+    )
     assert _release().key == (Role.GEMEENTE, "woonfraude", "adresfraude")
 
 
