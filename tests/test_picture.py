@@ -176,6 +176,41 @@ def test_period_parse_says_what_it_takes():
     assert p.Period("2020-01", "2022-12").months()[-1] == "2022-12"  # 36 months pass
 
 
+def test_period_errors_keep_their_message_and_reason_under_the_callers_field():
+    with pytest.raises(InvalidInput) as caught:
+        p.Period.parse("2026-13")
+    assert caught.value.field == "period"
+    with pytest.raises(InvalidInput) as caught:
+        p.Period.from_proto(picture_pb2.Period(first_month="2026-03", last_month="2026-02"))
+    assert (caught.value.field, caught.value.message, caught.value.reason) == (
+        "period.last_month",
+        "must not be before first_month",
+        "picture.period",
+    )
+
+
+def test_an_unknown_value_counts_once_however_it_is_missing():
+    facts = [
+        F(None, None, "woonfraude", "2026-01"),
+        F("", "", "woonfraude", "2026-02", count=2),
+        F("pc4:4331", None, "woonfraude", "2026-02"),
+    ]
+    assert dict(p.count(SIGNALS, (A,), facts, role="x", period=Q1)) == {
+        (p.UNKNOWN,): 3,
+        ("pc4:4331",): 1,
+    }
+
+
+def test_combined_tables_keep_their_shape():
+    combined = p.combine([table({("a", "x"): 1}), table({("a", "x"): 2})])
+    assert combined.shape == (SIGNALS, (A, C), Q1)
+
+
+def test_the_smallest_spend_is_one_unit():
+    ledger = p.BudgetLedger().spend(Q1, 1e-9, budget_per_period=1.0)
+    assert ledger.spent_units == {m: 1 for m in Q1.months()}
+
+
 def test_period_text_and_membership():
     assert str(p.Period("2026-02", "2026-02")) == "2026-02"
     assert str(Q1) == "2026-01..2026-03"
@@ -203,6 +238,7 @@ def test_request_checks_say_why():
         with pytest.raises(InvalidInput) as caught:
             p.check_request(measures, dims)
         assert (caught.value.field, caught.value.message) == (field, message)
+        assert caught.value.reason == f"picture.{field[:-1]}"
 
 
 def test_every_dimension_a_measure_allows_is_a_field_of_its_facts():
@@ -355,6 +391,7 @@ def test_count_skips_zero_counts_and_refuses_negative_ones():
         p.count(SIGNALS, (A,), [F("pc4:4331", None, "woonfraude", "2026-01", count=-1)],
                 role="x", period=Q1)  # fmt: skip
     assert (caught.value.field, caught.value.message) == ("facts.count", "must be >= 0")
+    assert caught.value.reason == "picture.count"
     with pytest.raises(InvalidInput) as caught:
         p.count(SIGNALS, (C,), [F(None, None, "totaal", "2026-01")], role="x", period=Q1)
     assert (caught.value.field, caught.value.message) == (
@@ -438,12 +475,14 @@ def test_combine_keeps_noisy_zeros_and_drops_exact_ones():
     with pytest.raises(InvalidInput) as caught:
         p.combine([])
     assert (caught.value.field, caught.value.message) == ("tables", "no contributions to combine")
+    assert caught.value.reason == "picture.empty"
     with pytest.raises(InvalidInput) as caught:
         p.combine(
             [table({}), table({}), p.Table(SIGNALS, (A, C), p.Period("2026-01", "2026-02"), {})]
         )
     assert caught.value.field == "tables[2]"
     assert caught.value.message == "a contribution counts another measure, period or dimensions"
+    assert caught.value.reason == "picture.shape"
 
 
 @pytest.mark.parametrize("min_count", [0, -1, True, 2.0, "5"])
