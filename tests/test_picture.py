@@ -629,6 +629,24 @@ def test_a_cell_fixed_only_through_fully_suppressed_lines_is_protected_too():
     assert_protected(cells, dims, released)
 
 
+def test_the_suppression_of_a_three_way_table_is_exactly_its_documented_choice():
+    """The preferences of ``release`` (leaves before totals, non-zero before zero, closing
+    another line, the smallest, then display order) make one choice: pinned, so that a
+    change to them shows, besides the protection the property tests check."""
+    cells = FIXED_THROUGH_OTHER_LINES
+    released = p.release(p.with_totals(p.Table(SIGNALS, (A, B, C), Q1, cells)), min_count=2)
+    t = p.TOTAL
+    assert {c.values for c in released.suppressed} == {
+        (t, "v0", t), (t, "v0", "v0"), (t, "v1", "v0"), (t, "v1", "v1"), (t, "v2", t),
+        (t, "v2", "v1"), ("v0", t, "v0"), ("v0", t, "v1"), ("v0", "v0", "v0"),
+        ("v0", "v0", "v1"), ("v0", "v1", t), ("v0", "v1", "v0"), ("v0", "v1", "v1"),
+        ("v0", "v2", t), ("v0", "v2", "v0"), ("v1", t, "v0"), ("v1", t, "v1"),
+        ("v1", "v0", t), ("v1", "v0", "v0"), ("v1", "v0", "v1"), ("v1", "v1", t),
+        ("v1", "v1", "v0"), ("v1", "v1", "v1"), ("v1", "v2", "v0"), ("v1", "v2", "v1"),
+    }  # fmt: skip
+    assert released.cell((t, t, t)).count == sum(cells.values())
+
+
 def test_protecting_a_cell_suppresses_nothing_where_no_total_ties_it():
     """Cells with other values in a dimension without totals share no equation with it."""
     tricky = FIXED_THROUGH_OTHER_LINES
@@ -717,6 +735,7 @@ def test_noise_refuses_a_domain_larger_than_a_table():
     with pytest.raises(MessageTooLarge) as caught:
         p.add_noise(counted, epsilon=1.0, domain=bigger, rng=random.Random(7))
     assert caught.value.field == "dimensions"
+    assert caught.value.reason == "picture.too_large"
     assert caught.value.message == (
         f"the table would have {p.MAX_CELLS + 2} cells, at most {p.MAX_CELLS}; "
         "ask for fewer dimensions"
@@ -828,6 +847,10 @@ def test_budget_spends_exactly_up_to_the_budget_and_reports_what_is_left():
     part = p.BudgetLedger().spend(p.Period("2026-02", "2026-02"), 0.3, budget_per_period=1.0)
     assert part.remaining(Q1, budget_per_period=1.0) == pytest.approx(0.7)  # the least left
     assert part.remaining(p.Period("2026-01", "2026-01"), budget_per_period=1.0) == 1.0
+    both = part.spend(p.Period("2026-03", "2026-03"), 0.3, budget_per_period=1.0)
+    with pytest.raises(p.BudgetExhausted) as two:
+        both.spend(Q1, 0.75, budget_per_period=1.0)
+    assert two.value.message.startswith("the privacy budget for 2026-02, 2026-03 is spent")
     with pytest.raises(p.BudgetExhausted) as caught:
         part.spend(Q1, 0.75, budget_per_period=1.0)
     assert caught.value.message == (
@@ -877,6 +900,16 @@ def test_noise_is_added_once():
     with pytest.raises(InvalidInput) as caught:
         p.add_noise(noisy, epsilon=1.0, rng=random.Random(5))
     assert (caught.value.field, caught.value.reason) == ("table", "picture.noisy")
+    assert caught.value.message == "the table has noise already"
+    assert noisy.shape == counted.shape
+
+
+def test_noise_folds_values_outside_the_domain_and_fills_its_zeros():
+    """At epsilon 100 the seeded noise is 0: the cells are the folded exact counts."""
+    counted = p.Table(SIGNALS, (C,), Q1, {("geheim",): 3, ("anders",): 2, ("woonfraude",): 1})
+    domain = {C: ("woonfraude", "katvanger")}
+    noisy = p.add_noise(counted, epsilon=100.0, domain=domain, rng=random.Random(8))
+    assert dict(noisy) == {("woonfraude",): 1, ("katvanger",): 0, (p.OTHER,): 5}
 
 
 @settings(max_examples=200, deadline=None)
