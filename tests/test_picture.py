@@ -169,10 +169,16 @@ def test_period_parse_says_what_it_takes():
     assert caught.value.message == "must be a month, YYYY-MM (a month YYYY-MM or YYYY-MM..YYYY-MM)"
     with pytest.raises(InvalidInput) as caught:
         p.Period("2026-03", "2026-02")
-    assert caught.value.message == "must not be before first_month"
+    assert (caught.value.message, caught.value.reason) == (
+        "must not be before first_month",
+        "picture.period",
+    )
     with pytest.raises(InvalidInput) as caught:
         p.Period("2020-01", "2023-01")
-    assert caught.value.message == "a period spans at most 36 months"
+    assert (caught.value.message, caught.value.reason) == (
+        "a period spans at most 36 months",
+        "picture.period",
+    )
     assert p.Period("2020-01", "2022-12").months()[-1] == "2022-12"  # 36 months pass
 
 
@@ -458,6 +464,7 @@ def test_totals_are_added_once_and_over_the_dimensions_asked():
     with pytest.raises(InvalidInput) as caught:
         p.with_totals(rows)
     assert (caught.value.field, caught.value.message) == ("table", "the table has totals already")
+    assert caught.value.reason == "picture.totals"
     with pytest.raises(InvalidInput) as caught:
         p.combine([table(cells), rows])
     assert caught.value.field == "tables[1]"
@@ -491,6 +498,46 @@ def test_release_needs_a_min_count_of_at_least_one(min_count):
         p.release(table({("a", "x"): 3}), min_count=min_count)
     assert (caught.value.field, caught.value.message) == ("min_count", "must be an integer >= 1")
     assert caught.value.reason == "picture.min_count"
+
+
+def test_a_release_lists_every_figure_in_display_order_with_its_quality_and_scale():
+    counted = p.Table(SIGNALS, (C,), Q1, {("y",): 3, ("x",): 0, ("z",): 9}, noise_scale=1.5)
+    released = p.release(p.with_totals(counted), min_count=4)
+    root3 = 1.5 * math.sqrt(3)
+    assert released == p.ReleasedTable(
+        SIGNALS,
+        (C,),
+        Q1,
+        (("x", "y", "z"),),
+        (
+            p.ReleasedCell(("x",), 0, p.CellQuality.NOISY, 1.5),
+            p.ReleasedCell(("y",), None, p.CellQuality.SUPPRESSED, 1.5),
+            # its complement: a non-zero leaf before a zero or the total
+            p.ReleasedCell(("z",), None, p.CellQuality.SUPPRESSED, 1.5),
+            p.ReleasedCell((p.TOTAL,), 12, p.CellQuality.NOISY, root3),
+        ),
+        4,
+        (C,),
+    )
+    assert released.noisy
+    assert [c.values for c in released.suppressed] == [("y",), ("z",)]
+
+
+def test_a_release_may_be_told_its_noise():
+    exact = p.Table(SIGNALS, (C,), Q1, {("x",): 5, ("y",): 0})
+    shown = p.release(exact, min_count=1, noisy=True, noise_scale=2.0)
+    assert [(c.values, c.count, c.quality, c.noise_scale) for c in shown.cells] == [
+        (("x",), 5, p.CellQuality.NOISY, 2.0),
+        (("y",), 0, p.CellQuality.NOISY, 2.0),
+    ]
+    noisy = p.Table(SIGNALS, (C,), Q1, {("x",): 5, ("y",): 0}, noise_scale=3.0)
+    plain = p.release(noisy, min_count=1, noisy=False, noise_scale=0.0)
+    assert [(c.values, c.count, c.quality, c.noise_scale) for c in plain.cells] == [
+        (("x",), 5, p.CellQuality.EXACT, 0.0)
+    ]
+    assert p.release(noisy, min_count=1, noise_scale=0.5).cells[0].noise_scale == 0.5
+    tiny = p.Table(SIGNALS, (C,), Q1, {("x",): 5}, noise_scale=0.5)
+    assert p.release(tiny, min_count=1).noisy  # any noise at all makes a figure noisy
 
 
 def test_release_at_min_count_one_shows_everything():
@@ -604,6 +651,50 @@ def assert_protected(cells, dims, released):
                 if all(t == p.TOTAL or t == x for t, x in zip(key, k, strict=True))
             ]
             assert cell.count == sum(members)
+
+
+def _recoverable(axes, suppressed):
+    """The suppressed cells that the line equations fix, by the rank test above."""
+    grid = list(itertools.product(*[(*axis, p.TOTAL) for axis in axes]))
+    unknowns = [k for k in grid if k in suppressed]
+    lines = [
+        [(*key[:i], v, *key[i + 1 :]) for v in (*axes[i], p.TOTAL)]
+        for i in range(len(axes))
+        for key in grid
+        if key[i] == p.TOTAL
+    ]
+    matrix = [
+        [(-1 if k == line[-1] else 1) if k in line else 0 for k in unknowns] for line in lines
+    ]
+    full = _rank(matrix)
+    return {
+        key
+        for j, key in enumerate(unknowns)
+        if _rank([row[:j] + row[j + 1 :] for row in matrix]) < full
+    }
+
+
+@settings(max_examples=150)
+@given(st.data())
+def test_the_linear_algebra_check_finds_exactly_the_recoverable_cells(data):
+    sizes = data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+    axes = tuple(tuple(f"v{i}" for i in range(n)) for n in sizes)
+    grid = list(itertools.product(*[(*axis, p.TOTAL) for axis in axes]))
+    suppressed = set(data.draw(st.lists(st.sampled_from(grid), unique=True, max_size=len(grid))))
+    determined = p._determined(suppressed, axes, list(range(len(axes))))
+    assert set(determined) == _recoverable(axes, suppressed)
+    assert len(determined) == len(set(determined))
+
+
+def test_the_linear_algebra_check_on_a_square():
+    axes = (("a", "b"), ("x", "y"))
+    t = p.TOTAL
+    inner = {("a", "x"), ("a", "y"), ("b", "x"), ("b", "y")}
+    assert p._determined(inner, axes, [0, 1]) == []  # a rectangle protects itself
+    three = inner - {("b", "y")}
+    assert set(p._determined(three, axes, [0, 1])) == three
+    with_totals = {("a", "x"), ("a", "y"), ("a", t), (t, "x"), (t, "y"), (t, t)}
+    assert set(p._determined(with_totals, axes, [0, 1])) == _recoverable(axes, with_totals)
 
 
 # Found by the property below: with these cells (minimum 2), every line through
