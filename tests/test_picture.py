@@ -349,6 +349,8 @@ def test_a_table_refuses_bad_cells_naming_the_field(cells, noise_scale, field, m
     with pytest.raises(InvalidInput) as caught:
         table(cells, noise_scale=noise_scale)
     assert (caught.value.field, caught.value.message) == (field, message)
+    reasons = {"noise_scale": "picture.noise_scale"}
+    assert caught.value.reason == reasons.get(field, "picture.cell")
 
 
 def test_a_table_holds_at_most_max_cells():
@@ -357,6 +359,7 @@ def test_a_table_holds_at_most_max_cells():
         table({(str(i), "x"): 1 for i in range(p.MAX_CELLS + 1)})
     assert caught.value.field == "cells"
     assert caught.value.message == f"a table has at most {p.MAX_CELLS} cells"
+    assert caught.value.reason == "picture.too_large"
 
 
 def test_tables_compare_by_shape_scale_totals_and_cells():
