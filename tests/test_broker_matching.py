@@ -965,3 +965,52 @@ def test_token_state_messages():
         TokenState(T1, (replace(GOOD, token=T2),))
     with pytest.raises(ValueError, match=r"^a token state's group must be the token's open group$"):
         TokenState(T1, (), Group(b"g" * 16, T2, 1, NOW, NOW))
+
+
+def test_a_batch_on_tokens_nothing_is_held_on_counts_its_refs_too():
+    """The store passes no state for a token it holds nothing on: the refs a batch puts
+    on such a token are counted all the same."""
+
+    def batch(refs_by_token):
+        entries = [
+            Entry("a", token, numbered_ref(n), 1, LATER)
+            for token, refs in refs_by_token.items()
+            for n in refs
+        ]
+        return matching.parse_batch("a", 1, entries)
+
+    fine = batch({T1: range(MAX_REFS), T2: range(MAX_REFS), T3: [0]})
+    result = matching.submit(fine, [], min_parties=2, now=NOW, new_group_id=lambda: b"g" * 16)
+    assert result.stored == 2 * MAX_REFS + 1
+    over = batch({T1: [0], T2: range(MAX_REFS + 1)})
+    with pytest.raises(MessageTooLarge) as raised:
+        matching.submit(over, [], min_parties=2, now=NOW, new_group_id=lambda: b"g" * 16)
+    assert (raised.value.field, raised.value.reason, raised.value.message) == (
+        f"entries[{MAX_REFS + 1}].signal_ref",
+        "token.too_many_refs",
+        f"a party holds at most {MAX_REFS} signal refs on one token",
+    )
+
+
+def test_quota_refusals_say_what_was_counted():
+    rules = matching.SubmissionRules(365, entries_per_day=10, entries_held=20)
+    today = matching.Usage(matching.utc_day(NOW), 4, 20)
+    with pytest.raises(QuotaExceeded) as raised:
+        matching.charge(today, submitted=7, added=0, rules=rules, now=NOW)
+    assert raised.value.message == (
+        "the covenant allows 10 token entries per party per UTC day;"
+        " 4 were submitted today and this batch has 7"
+    )
+    with pytest.raises(QuotaExceeded) as raised:
+        matching.charge(today, submitted=1, added=1, rules=rules, now=NOW)
+    assert (raised.value.field, raised.value.reason, raised.value.message) == (
+        "entries",
+        "quota.token_entries_held",
+        "the covenant allows 20 token entries held per party; 20 are held and this batch adds 1",
+    )
+
+
+def test_the_default_rule_shows_everything():
+    rule = matching.members_see_all({"a": "gemeente"})
+    view = rule("b", (Member("a", (ref("a"),), (b"box",)), Member("b", (ref("b"),), ())))
+    assert view == View(matching.SEE_ALL, (MemberView("a", "gemeente", (ref("a"),), (b"box",)),), 2)

@@ -381,3 +381,26 @@ def test_the_reporter_follows_the_membership(covenant: Covenant) -> None:
     # A closing group is reported by the first member told it closed.
     assert [p for p, n in closed.items() if n.picture_reporter] == ["politie"]
     assert kinds(closed) == {"riec": CLOSED, "politie": CLOSED, "liec": CLOSED}
+
+
+def test_a_removed_party_that_was_shown_closes_the_hit_for_those_who_saw_it(
+    covenant: Covenant,
+) -> None:
+    """The gemeente saw its hit with the housing corporation; the corporation is removed:
+    the gemeente is told the hit closed, judged by what it saw (the corporation's former
+    role)."""
+    without = dataclasses.replace(
+        covenant,
+        version=covenant.version + 1,
+        parties=tuple(p for p in covenant.parties if p.id != "woco"),
+    )
+    told = {}
+    for former in (covenant, None):
+        index = Index(CovenantVisibility(covenant))
+        index.submit("gemeente")
+        index.submit("woco")
+        index.visibility = CovenantVisibility(without, former=former)
+        told[former is not None] = kinds(index.remove("woco"))
+    assert told[True] == {"gemeente": CLOSED, "riec": CLOSED, "liec": CLOSED}
+    # Without the former roles the gemeente would keep an open hit that no longer exists.
+    assert "gemeente" not in told[False]
