@@ -1014,3 +1014,38 @@ def test_the_default_rule_shows_everything():
     rule = matching.members_see_all({"a": "gemeente"})
     view = rule("b", (Member("a", (ref("a"),), (b"box",)), Member("b", (ref("b"),), ())))
     assert view == View(matching.SEE_ALL, (MemberView("a", "gemeente", (ref("a"),), (b"box",)),), 2)
+
+
+def test_a_notice_shares_its_boxes_equally_among_the_members():
+    most = matching.MAX_SEALED_ATTRIBUTES_PER_NOTICE
+
+    def view(*counts):
+        members = tuple(
+            MemberView(f"p{i}", None, (), tuple(b"%d-%d" % (i, j) for j in range(n)))
+            for i, n in enumerate(counts)
+        )
+        return View(matching.SEE_ALL, members, len(members))
+
+    full = view(most - 1, 1)
+    assert matching._capped(full) is full
+    capped = matching._capped(view(most, 2, most))
+    kept = [len(m.sealed_attributes) for m in capped.members]
+    assert kept == [(most - 2) // 2 + (most - 2) % 2, 2, (most - 2) // 2]
+    assert capped.members[1].sealed_attributes == (b"1-0", b"1-1")
+    assert capped.members[0].sealed_attributes[:2] == (b"0-0", b"0-1")  # the first ones kept
+    assert (capped.visibility, capped.party_count) == (matching.SEE_ALL, 3)
+
+
+def test_group_ids_have_their_length_and_a_closing_group_its_last_time():
+    index = Index()
+    index.submit("a", [(T1, ref("a"), LATER)], min_parties=2)
+    batch = matching.parse_batch("b", 1, [Entry("b", T1, ref("b"), 1, LATER)])
+    with pytest.raises(ValueError, match=r"^group ids are 16 bytes$"):
+        matching.submit(
+            batch, index.states({T1}), min_parties=2, now=NOW, new_group_id=lambda: b"g" * 15
+        )
+    index.submit("b", [(T1, ref("b"), LATER)], min_parties=2)
+    later = NOW + timedelta(hours=2)
+    closed = index.withdraw("b", [ref("b")], min_parties=2, now=later).change
+    (group,) = closed.groups
+    assert (group.open, group.revision, group.last_seen) == (False, 2, later)

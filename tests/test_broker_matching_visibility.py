@@ -236,6 +236,7 @@ def test_a_hidden_member_joining_or_leaving_sends_those_it_is_hidden_from_nothin
     assert kinds(left) == {"politie": CLOSED, "riec": SHRUNK, "liec": SHRUNK}
     assert left["politie"].own_refs == (ref("politie"),)
     assert left["politie"].view.members == ()
+    assert left["politie"].view.visibility == ALL
 
 
 def test_a_member_left_with_only_hidden_partners_is_told_the_hit_is_over(
@@ -312,6 +313,7 @@ def test_an_observer_that_may_not_see_the_group_is_not_told(covenant: Covenant) 
     shrunk = index.withdraw("belastingdienst")
     assert shrunk["riec"].kind is CLOSED  # and for it the hit is over again
     assert shrunk["riec"].view.members == ()
+    assert shrunk["riec"].own_refs == ()
 
 
 # --- removed parties ---------------------------------------------------------------------------
