@@ -485,12 +485,6 @@ def _utc(moment: datetime, field: str) -> datetime:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _micros(moment: datetime) -> int:
-    return (moment - _EPOCH) // _MICROSECOND
-
 
 _MICROS = struct.Struct(">q")
 _SEALED = struct.Struct(">BI")  # present, then the length of the sealed attributes
@@ -552,7 +546,7 @@ def parse_batch(party: str, key_epoch: int, entries: Sequence[Entry]) -> Batch:
     for key in sorted(kept):
         entry = kept[key][1]
         sealed = entry.sealed_attributes
-        since = entry.expires_at - epoch  # _micros, inlined: this runs per entry
+        since = entry.expires_at - epoch  # microseconds since 1970, inlined: per entry
         append(entry.token)
         append(entry.signal_ref)
         append(pack_micros((since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds))

@@ -669,6 +669,9 @@ def test_an_expiry_beyond_the_longest_retention_is_refused(ahead, refused):
         run(RULES)
     assert raised.value.field == "entries[1].expires_at"
     assert raised.value.reason == "retention.exceeded"
+    assert raised.value.message == (
+        "expires_at lies beyond the covenant's longest retention (365 days from now)"
+    )
 
 
 def test_submission_rules_take_the_longest_retention_of_any_category_and_version():
@@ -1049,3 +1052,18 @@ def test_group_ids_have_their_length_and_a_closing_group_its_last_time():
     closed = index.withdraw("b", [ref("b")], min_parties=2, now=later).change
     (group,) = closed.groups
     assert (group.open, group.revision, group.last_seen) == (False, 2, later)
+
+
+def test_an_oversized_box_is_refused_saying_its_size():
+    big = replace(GOOD, sealed_attributes=b"x" * (MAX_BOX + 1))
+    with pytest.raises(MessageTooLarge) as raised:
+        matching.parse_batch("a", 1, [GOOD, big])
+    assert raised.value.field == "entries[1].sealed_attributes"
+    assert raised.value.message == (
+        f"sealed attributes are at most {MAX_BOX} bytes, got {MAX_BOX + 1}"
+    )
+
+
+def test_a_removal_never_forms_a_group():
+    with pytest.raises(AssertionError, match=r"^a removal cannot form a group$"):
+        matching._no_new_groups()
