@@ -1645,3 +1645,19 @@ def test_field_lists_are_refused_with_their_reason(
     with pytest.raises(InvalidInput) as caught:
         disclosure.parse_request(request.SerializeToString(), sender=GEMEENTE, me=WOCO)
     assert (caught.value.field, caught.value.reason) == ("requested_fields", reason)
+
+
+def test_approval_refusals_after_the_signal_name_it(world: World) -> None:
+    pending = _pending(incoming(world, purpose="bibob", fields=("naam",)))
+    moved = facts()
+    moved.own_refs[GROUP] = frozenset({OTHER_REF})
+    unlisted = disclosure.approve(world.covenant, pending, "b@woco", moved, me=WOCO, now=NOW)
+    assert (unlisted.reason, unlisted.message, unlisted.signal_id) == (
+        Refusal.NOT_IN_HIT,
+        "the owner's latest notice of the hit no longer lists the signal",
+        7,
+    )
+    left = facts()
+    left.members[GROUP] = frozenset({POLITIE})
+    gone = disclosure.approve(world.covenant, pending, "b@woco", left, me=WOCO, now=NOW)
+    assert (gone.reason, gone.signal_id, gone.category) == (Refusal.NOT_IN_HIT, 7, "woonfraude")
