@@ -1661,3 +1661,45 @@ def test_approval_refusals_after_the_signal_name_it(world: World) -> None:
     left.members[GROUP] = frozenset({POLITIE})
     gone = disclosure.approve(world.covenant, pending, "b@woco", left, me=WOCO, now=NOW)
     assert (gone.reason, gone.signal_id, gone.category) == (Refusal.NOT_IN_HIT, 7, "woonfraude")
+
+
+def test_a_rule_for_the_exact_category_counts_its_own_releases(world: World) -> None:
+    policy = world.covenant.policy
+    release = tuple(
+        dataclasses.replace(rule, max_per_period=1) if rule.purpose == "adresfraude" else rule
+        for rule in policy.release
+    )
+    covenant = dataclasses.replace(
+        world.covenant, policy=dataclasses.replace(policy, release=release)
+    )
+    owner_facts = _Recording(**vars(facts()))
+    owner_facts.grants = 1
+    verdict = disclosure.decide(covenant, WOCO, incoming(world), owner_facts, now=NOW)
+    assert (verdict.outcome, verdict.reason) == (Outcome.REFUSED, Refusal.QUOTA_EXCEEDED)
+    assert owner_facts.asked == [(GEMEENTE, "adresfraude", "woonfraude", NOW - timedelta(days=30))]
+
+
+def test_a_pending_verdict_keeps_what_is_withheld_and_the_envelope_its_request_id(
+    world: World,
+) -> None:
+    verdict = decide(world, incoming(world, purpose="bibob", fields=("naam", "adres")), facts())
+    assert (verdict.outcome, verdict.fields, verdict.withheld) == (
+        Outcome.PENDING,
+        ("naam",),
+        ("adres",),
+    )
+    _, envelope = disclosure.build_request(
+        world.keys[GEMEENTE],
+        world.covenant,
+        notice(world),
+        request_id=b"\x63" * 16,
+        owner=WOCO,
+        signal_ref=REF,
+        purpose="adresfraude",
+        fields=("naam",),
+        officer="a@gemeente",
+        justification="",
+        proof_key=PROOF_KEY,
+        now=NOW,
+    )
+    assert (envelope.message_id, envelope.recipient) == (b"\x63" * 16, WOCO)
