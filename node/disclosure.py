@@ -100,7 +100,6 @@ Nothing here logs; callers log codes and counts, never values.
 from __future__ import annotations
 
 import enum
-import struct
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -204,10 +203,6 @@ def open_envelope(
 # --- the hit proof ----------------------------------------------------------------------
 
 
-def _frame(data: bytes) -> bytes:
-    return struct.pack(">H", len(data)) + data
-
-
 def _proof_message(
     *,
     covenant_id: str,
@@ -219,7 +214,7 @@ def _proof_message(
 ) -> bytes:
     """What the hit proof MACs: the domain and the request's binding fields, each framed."""
     return b"".join(
-        _frame(part)
+        crypto.frame(part)
         for part in (
             _PROOF_DOMAIN,
             covenant_id.encode("utf-8"),

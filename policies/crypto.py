@@ -91,7 +91,11 @@ class SignatureContext(enum.StrEnum):
     KEY_EPOCH = "key-epoch"
 
 
-def _frame(data: bytes) -> bytes:
+def frame(data: bytes) -> bytes:
+    """``data`` behind its 2-byte big-endian length, so that no two sequences of framed
+    parts share an encoding (signed bytes, OPRF inputs, MAC'd messages)."""
+    if len(data) > 0xFFFF:
+        raise InvalidInput("a framed part is at most 65,535 bytes", field="data")
     return struct.pack(">H", len(data)) + data
 
 
@@ -103,8 +107,8 @@ def signing_bytes(context: SignatureContext, message: bytes, *, audience: str = 
     """
     return (
         SIGNATURE_DOMAIN
-        + _frame(context.value.encode("ascii"))
-        + _frame(audience.encode("utf-8"))
+        + frame(context.value.encode("ascii"))
+        + frame(audience.encode("utf-8"))
         + message
     )
 
