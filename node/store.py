@@ -780,9 +780,10 @@ class NodeStore(audit_store.AuditLog):
         *,
         now: datetime,
         signal_id: int | None = None,
+        officer: str | None = None,
     ) -> SignalRecord:
         """Withdraw the active signal with this reference (or id) and queue the withdrawal
-        of its refs at the broker.
+        of its refs at the broker; ``officer`` (else the party) is the audit entry's actor.
 
         Idempotent: a signal that is no longer active is returned as it is. A
         reference that no signal has is :class:`NotFound`.
@@ -812,6 +813,7 @@ class NodeStore(audit_store.AuditLog):
                 self.append_audit(
                     conn,
                     kind=AuditKind.SIGNAL_WITHDRAWN,
+                    actor=officer,
                     subject=[i.signal_ref.hex() for i in record.identifiers],
                     details={"identifiers": len(record.identifiers)},
                     now=now,
@@ -1381,9 +1383,7 @@ class NodeStore(audit_store.AuditLog):
             raise InvalidInput("a cursor is not negative", field="cursor")
         now = _utc(now)
         with self._write() as conn:
-            stored_cursor, last_feed_seq = self._lock_inbox(conn)
-            if cursor > stored_cursor:
-                self._save_inbox(conn, cursor, last_feed_seq)
+            self._advance_inbox(conn, cursor)
             self.append_audit(
                 conn,
                 kind=AuditKind.MAILBOX_ITEM_SET_ASIDE,
@@ -1506,6 +1506,13 @@ class NodeStore(audit_store.AuditLog):
             .with_for_update()
         ).one()
         return row.mailbox_cursor, row.last_feed_seq
+
+    def _advance_inbox(self, conn: Connection, cursor: int) -> None:
+        """Lock the inbox row and move its mailbox cursor up to ``cursor``, never back: a
+        mailbox item handled without a change to the hit feed."""
+        stored_cursor, last_feed_seq = self._lock_inbox(conn)
+        if cursor > stored_cursor:
+            self._save_inbox(conn, cursor, last_feed_seq)
 
     def _save_inbox(self, conn: Connection, cursor: int, last_feed_seq: int) -> None:
         conn.execute(
@@ -1820,9 +1827,7 @@ class NodeStore(audit_store.AuditLog):
         now = _utc(now)
         d = models.Disclosure
         with self._write() as conn:
-            stored_cursor, last_feed_seq = self._lock_inbox(conn)
-            if cursor > stored_cursor:
-                self._save_inbox(conn, cursor, last_feed_seq)
+            self._advance_inbox(conn, cursor)
             row = conn.execute(
                 select(d.state, d.requested_fields).where(
                     d.request_id == update_.request_id,
@@ -1889,9 +1894,7 @@ class NodeStore(audit_store.AuditLog):
         if reason is not None:
             details["reason"] = reason
         with self._write() as conn:
-            stored_cursor, last_feed_seq = self._lock_inbox(conn)
-            if cursor > stored_cursor:
-                self._save_inbox(conn, cursor, last_feed_seq)
+            self._advance_inbox(conn, cursor)
             self.append_audit(conn, kind=AuditKind.DISCLOSURE_RECEIVED, details=details, now=now)
 
     def disclosure_seen(self, request_id: bytes, /) -> bool:
@@ -2249,9 +2252,7 @@ class NodeStore(audit_store.AuditLog):
         again."""
         now = _utc(now)
         with self._write() as conn:
-            stored_cursor, last_feed_seq = self._lock_inbox(conn)
-            if cursor > stored_cursor:
-                self._save_inbox(conn, cursor, last_feed_seq)
+            self._advance_inbox(conn, cursor)
             if answer.refusal_reason == PICTURE_REPLAY:
                 self._picture_audit(conn, answer, "request_replayed", now)
             elif not self._answer_picture(conn, answer, budget_units, now):
@@ -2359,9 +2360,7 @@ class NodeStore(audit_store.AuditLog):
         now = _utc(now)
         c = models.PictureCollection
         with self._write() as conn:
-            stored_cursor, last_feed_seq = self._lock_inbox(conn)
-            if cursor > stored_cursor:
-                self._save_inbox(conn, cursor, last_feed_seq)
+            self._advance_inbox(conn, cursor)
             asked = conn.execute(
                 select(c.asked).where(c.request_id == contribution.request_id)
             ).scalar_one_or_none()
@@ -2644,12 +2643,15 @@ class NodeStore(audit_store.AuditLog):
                     if action is not None:
                         details["status"] = action.status.value
                         details["intervention"] = action.intervention_type.value
-                if _PRINTABLE_OFFICER.fullmatch(change.author_officer):
+                # This node's own change names its officer as the actor (as given); a change
+                # received names the author party, and its officer where the id is plain ASCII.
+                own = cursor is None
+                if not own and _PRINTABLE_OFFICER.fullmatch(change.author_officer):
                     details["officer"] = change.author_officer
                 self.append_audit(
                     conn,
                     kind=AuditKind.CASE_EVENT,
-                    actor=change.author,
+                    actor=change.author_officer if own else change.author,
                     subject=subject,
                     details=details,
                     now=now,
@@ -2724,9 +2726,7 @@ class NodeStore(audit_store.AuditLog):
         and advance past it, in one transaction. Nothing of the message is stored."""
         now = _utc(now)
         with self._write() as conn:
-            stored_cursor, last_feed_seq = self._lock_inbox(conn)
-            if cursor > stored_cursor:
-                self._save_inbox(conn, cursor, last_feed_seq)
+            self._advance_inbox(conn, cursor)
             self.append_audit(
                 conn,
                 kind=AuditKind.CASE_EVENT,
@@ -2876,9 +2876,7 @@ class NodeStore(audit_store.AuditLog):
         """Record a covenant update the node refused and advance past it."""
         now = _utc(now)
         with self._write() as conn:
-            stored_cursor, last_feed_seq = self._lock_inbox(conn)
-            if cursor > stored_cursor:
-                self._save_inbox(conn, cursor, last_feed_seq)
+            self._advance_inbox(conn, cursor)
             self.append_audit(
                 conn, kind=AuditKind.COVENANT_REJECTED, details={"reason": reason}, now=now
             )

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from samenloop.node import oprf, threshold
+from samenloop.policies import crypto
 from samenloop.policies.crypto import hkdf_sha256
 from samenloop.policies.errors import InvalidInput
 
@@ -51,10 +52,6 @@ class Tokenisable(Protocol):
 
     @property
     def canonical(self) -> str: ...
-
-
-def _framed(data: bytes) -> bytes:
-    return struct.pack(">H", len(data)) + data
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +73,9 @@ class TokenDomain:
 def oprf_input(identifier: Tokenisable) -> bytes:
     """The OPRF input for an identifier: domain, type and canonical form, each framed."""
     return (
-        _framed(_INPUT_DOMAIN)
-        + _framed(str(identifier.type).encode("ascii"))
-        + _framed(identifier.canonical.encode("utf-8"))
+        crypto.frame(_INPUT_DOMAIN)
+        + crypto.frame(str(identifier.type).encode("ascii"))
+        + crypto.frame(identifier.canonical.encode("utf-8"))
     )
 
 
@@ -86,9 +83,9 @@ def _info(domain: TokenDomain, identifier_type: str, oprf_output: bytes) -> byte
     if len(oprf_output) != oprf.OUTPUT_BYTES:
         raise InvalidInput("OPRF output must be 64 bytes", field="oprf_output")
     return (
-        _framed(domain.covenant_id.encode("utf-8"))
+        crypto.frame(domain.covenant_id.encode("utf-8"))
         + struct.pack(">I", domain.key_epoch)
-        + _framed(str(identifier_type).encode("ascii"))
+        + crypto.frame(str(identifier_type).encode("ascii"))
     )
 
 
