@@ -16,7 +16,9 @@ only that the node serves. Failed attempts are not slowed down: guessing 256
 random bits is hopeless at any rate, and a delay would hold the API's worker
 threads for the node's own applications; instead the audit entries of a flood
 are folded into at most one a minute, so that refused calls cannot grow the log
-faster than that.
+faster than that. The summing (:class:`Tally`) is the node's one way to audit a
+flood: the key holder sums the OPRF requests it refuses the same way
+(:mod:`samenloop.node.uplink`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from __future__ import annotations
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final, Generic, NoReturn, TypeVar
 
 import grpc
 import structlog
@@ -41,6 +43,7 @@ __all__ = [
     "METADATA_KEY",
     "OPEN_SERVICES",
     "RefusedCalls",
+    "Tally",
     "TokenInterceptor",
     "bearer",
     "ensure_token",
@@ -64,6 +67,8 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{43,256}")
 _SERVICE = node_pb2.DESCRIPTOR.services_by_name["NodeApi"]
 #: The API's methods by path, as the audit names them; any other path is ``unknown``.
 _METHODS: Final = {f"/{_SERVICE.full_name}/{m.name}": m.name for m in _SERVICE.methods}
+
+K = TypeVar("K", bound=Hashable)
 
 
 # --- the token file ----------------------------------------------------------------------
@@ -102,13 +107,86 @@ def ensure_token(path: Path) -> str:
     return read_token(path)
 
 
+# --- summed audit entries ----------------------------------------------------------------
+
+
+class Tally(Generic[K]):
+    """Counts events by key and hands the sums to ``write``, so that a flood of them costs a
+    bounded number of audit entries: an event of a group that was quiet for ``every`` is
+    written at once, the rest of that group summed, at most once per ``every`` (and whatever
+    is left at :meth:`flush`, which the node's sweep calls each minute and once more as it
+    stops). A group is ``group(key)``: by default each key on its own.
+
+    ``write(counts, now)`` gets the counts of every group due, in one call, and writes them
+    (one transaction); if it raises, the counts are kept for the next try. ``clock`` is the
+    node's. Thread-safe. The keys (and groups) must come from a bounded set: who may
+    send the events must not be able to make new ones up.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[Mapping[K, int], datetime], object],
+        clock: Callable[[], datetime],
+        *,
+        every: timedelta = AUDIT_EVERY,
+        group: Callable[[K], Hashable] = lambda key: key,
+    ) -> None:
+        self._write = write
+        self._clock = clock
+        self._every = every
+        self._group = group
+        self._lock = threading.Lock()
+        self._counts: dict[K, int] = {}
+        self._written_at: dict[Hashable, datetime] = {}
+
+    def add(self, key: K, count: int = 1) -> None:
+        """Count ``count`` events of ``key``; write its group now if it was quiet."""
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + count
+        self.flush(force=False)
+
+    def pending(self) -> dict[K, int]:
+        """What is counted and not written yet (a copy)."""
+        with self._lock:
+            return dict(self._counts)
+
+    def flush(self, *, force: bool = True) -> None:
+        """Write the counts now; without ``force`` only those of groups that were quiet for
+        ``every``."""
+        now = self._clock()
+        with self._lock:
+            # A group written longer than ``every`` ago is as good as never written.
+            self._written_at = {
+                g: at for g, at in self._written_at.items() if now - at < self._every
+            }
+            due = {
+                key: count
+                for key, count in self._counts.items()
+                if force or self._group(key) not in self._written_at
+            }
+            if not due:
+                return
+            for key in due:
+                del self._counts[key]
+                self._written_at[self._group(key)] = now
+        try:
+            self._write(due, now)
+        except Exception as error:  # the events happened all the same: keep them for later
+            log.error("cannot write summed audit entries", error_type=type(error).__name__)
+            with self._lock:
+                for key, count in due.items():
+                    self._counts[key] = self._counts.get(key, 0) + count
+
+
 # --- refused calls, for the audit log -----------------------------------------------------
+
+_WHY: Final = ("missing_token", "wrong_token")
 
 
 class RefusedCalls:
-    """Counts refused local calls and writes them to the audit log: the first after a quiet
-    spell at once, the rest summed, at most one entry per ``every`` (and whatever is left
-    at :meth:`flush`, which the node's sweep calls each minute and once more as it stops).
+    """Counts refused local calls and writes them to the audit log through a :class:`Tally`:
+    one entry for both reasons, the first after a quiet spell at once, the rest summed, at
+    most one entry per ``every`` (and whatever is left at :meth:`flush`).
 
     ``append`` is the store's ``audit_append``; ``clock`` the node's. Thread-safe.
     """
@@ -121,44 +199,29 @@ class RefusedCalls:
         every: timedelta = AUDIT_EVERY,
     ) -> None:
         self._append = append
-        self._clock = clock
-        self._every = every
-        self._lock = threading.Lock()
-        self._counts = {"missing_token": 0, "wrong_token": 0}
         self._last_method = ""
-        self._written_at: datetime | None = None
+        self._tally: Tally[str] = Tally(self._write, clock, every=every, group=lambda _: None)
 
     def refused(self, method: str, why: str) -> None:
         """Count one refused call (``why``: ``missing_token`` or ``wrong_token``)."""
-        with self._lock:
-            self._counts[why] += 1
-            self._last_method = _METHODS.get(method, "unknown")
-        self.flush(force=False)
+        if why not in _WHY:
+            raise ValueError(f"not a reason to refuse a local call: {why!r}")
+        self._last_method = _METHODS.get(method, "unknown")
+        self._tally.add(why)
 
     def flush(self, *, force: bool = True) -> None:
         """Write the counted refusals now; without ``force`` only if none was written for
         ``every``."""
-        now = self._clock()
-        with self._lock:
-            total = sum(self._counts.values())
-            quiet = self._written_at is None or now - self._written_at >= self._every
-            if total == 0 or not (force or quiet):
-                return
-            details: dict[str, object] = {
-                "refused_calls": total,
-                **self._counts,
-                "last_method": self._last_method,
-            }
-            self._counts = dict.fromkeys(self._counts, 0)
-            self._written_at = now
-        try:
-            self._append(kind=AuditKind.LOCAL_API_REFUSED, details=details, now=now)
-        except Exception as error:  # the calls stay refused; keep the count for the next try
-            log.error("cannot audit refused local calls", error_type=type(error).__name__)
-            with self._lock:
-                for key in self._counts:
-                    self._counts[key] += int(str(details[key]))
-            return
+        self._tally.flush(force=force)
+
+    def _write(self, counts: Mapping[str, int], now: datetime) -> None:
+        total = sum(counts.values())
+        details: dict[str, object] = {
+            "refused_calls": total,
+            **{why: counts.get(why, 0) for why in _WHY},
+            "last_method": self._last_method,
+        }
+        self._append(kind=AuditKind.LOCAL_API_REFUSED, details=details, now=now)
         log.warning(
             "local API calls refused: missing or wrong API token",
             refused_calls=total,

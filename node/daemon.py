@@ -284,6 +284,7 @@ def serve(config_path: Path) -> int:
         if running.store.expire_signals(datetime.now(UTC)):
             running.uplink.wake.set()
         running.refused.flush()
+        running.uplink.holder_events.flush()
         running.store.audit_checkpoint(keys, now=datetime.now(UTC))
 
     run_until_signalled(SWEEP_SECONDS, sweep)

@@ -22,7 +22,11 @@ evaluate its blinded elements (see ``proto/samenloop/v1/keyholder.proto``):
    unblind and derive the tokens and their hit proof keys
    (``tokens.finish_with_proof_keys``); ``tokenise`` keeps the tokens only. A
    faulty, refusing or unreachable holder is left out and the evaluation is
-   asked again of a new set, under a new request id.
+   asked again of a new set, under a new request id. A holder whose reply
+   did not arrive is first sent the same signed request again (``RESENDS``
+   times): it answers that again uncounted, so a dropped answer costs no
+   quota. After a round that lost answers anyway, requests ask one element
+   and grow only with what is answered (``threshold.DailyUse.window``).
 
 Sans-IO: no network, no database; time and request ids are passed in.
 Nothing here logs a blinded element, an evaluation or an identifier.
@@ -68,6 +72,10 @@ logger = logging.getLogger(__name__)
 #: The protocol's limits, from the wire format.
 REQUEST_ID_BYTES: int = common_pb2.LIMITS_ID_BYTES
 MAX_ELEMENTS: int = common_pb2.LIMITS_MAX_BLINDED_ELEMENTS_PER_REQUEST
+#: How often a node sends the same signed request again to a holder whose reply did not
+#: arrive, before it leaves that holder out; and how often a holder answers an identical
+#: request again, uncounted, before it refuses it as a REPLAY (``holder.KeyHolder``).
+RESENDS = 2
 
 
 class Directory(Protocol):
@@ -548,7 +556,7 @@ def _evaluate(
             responding_set,
             asked,
             request_id,
-            relay(requests),
+            _relay_and_resend(relay, requests, request_id),
             requester=keys.party,
         )
         for index, refusal in sorted(replies.refusals.items()):
@@ -588,10 +596,12 @@ def _evaluate(
         problems.update({i: f"faulty, {what}" for i, what in replies.faulty.items()})
         problems.update({i: "unreachable" for i in replies.missing})
         if replies.unusable:
+            if planner.use is not None and (replies.answers or replies.missing or replies.faulty):
+                planner.use.lost()  # holders may have counted what never became a token
             planner.exclude(unusable)
             continue
         try:
-            return threshold.combine(epoch, responding_set, asked, replies.answers)
+            evaluated = threshold.combine(epoch, responding_set, asked, replies.answers)
         except FaultyHolders as faulty:
             logger.warning(
                 "key holder(s) %s proved wrong evaluations for request %s",
@@ -599,4 +609,36 @@ def _evaluate(
                 request_id.hex(),
             )
             problems.update({i: "faulty, wrong evaluation proof" for i in faulty.indices})
+            if planner.use is not None:
+                planner.use.lost()
             planner.exclude(faulty.indices)
+            continue
+        if planner.use is not None:
+            planner.use.answered(count)
+        return evaluated
+
+
+def _relay_and_resend(
+    relay: Relay, requests: Mapping[int, bytes], request_id: bytes
+) -> dict[int, bytes]:
+    """Relay ``requests``; send the same signed bytes again, up to ``RESENDS`` times, to
+    the holders whose reply did not come back.
+
+    A holder that answered already answers the very same request again without
+    counting it (``holder.KeyHolder``); one that never got it answers it once.
+    So a broker that drops an answer now and then costs the party nothing; a
+    new request id, which every holder of the set counts again, is used only
+    once a holder stayed silent through every resend.
+    """
+    replies = {i: r for i, r in relay(dict(requests)).items() if i in requests}
+    for _ in range(RESENDS):
+        silent = {i: r for i, r in requests.items() if i not in replies}
+        if not silent:
+            break
+        logger.info(
+            "key holder(s) %s did not answer request %s: sending it again",
+            sorted(silent),
+            request_id.hex(),
+        )
+        replies.update({i: r for i, r in relay(silent).items() if i in silent})
+    return replies

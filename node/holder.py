@@ -20,11 +20,27 @@ signed bytes as they arrived and checks, in this order,
 10. issued_at at most LIMITS_MAX_REQUEST_AGE_SECONDS old and
     at most LIMITS_MAX_CLOCK_SKEW_SECONDS in the future,     else STALE
 11. (requester, request id, holder index) not yet answered, else REPLAY
+    — unless it is the very request answered before (the same signed body) and
+    was answered again at most ``RESENDS`` times: then it is answered again,
+    uncounted,
 12. the requester's share of its daily cap at this holder,  else QUOTA_EXCEEDED
 
 and answers with its partial evaluation and DLEQ proof, or with a refusal,
 always as a ``Signed`` ``EvaluationResponse`` (context ``oprf-response``) for
 the requester as audience. Only answered requests are counted.
+
+Answering a request again costs no quota and tells nobody anything new: the
+requester (and the broker, which relayed the first answer) already had that
+partial evaluation; only the proof's randomness is fresh. It is what lets a
+node whose answer the broker dropped ask again under the same request id
+(``evaluation.RESENDS`` times) instead of under a new one that would count
+again.
+
+Only a verified signer is named. A refusal before the signature verified
+(steps 2-4) is counted for ``UNVERIFIED``, never under the name the bytes
+claim; refusals and answers given again are not recorded one by one but
+summed (``HolderEvent``, for a ``Tally``), so that a flood of requests costs
+the holder a bounded number of audit entries and writes.
 
 The quota is the covenant's ``oprf_evaluations_per_day`` (C) per party across
 all holders: holders cannot see each other's counts, so each allows a party
@@ -37,10 +53,11 @@ requests (``threshold.HolderPlanner``).
 
 Sans-IO and in memory: the node makes it durable. ``answer`` decides and
 returns a ``HolderReply`` with what to record (the count, and the answered
-request for the replay cache until it can no longer be fresh); the node
-commits that in one transaction before it sends the reply, and hands the
-counts and the replay cache back at start (``used_today``, ``answered``), so
-neither a restart nor a crash resets the quota or lets a request be replayed.
+request for the replay cache until it can no longer be fresh, with the digest
+of its body); the node commits that in one transaction before it sends the
+reply, and hands the counts and the replay cache back at start
+(``used_today``, ``answered``), so neither a restart nor a crash resets the
+quota or lets a request be counted twice.
 If the record fails, ``withdraw`` undoes the admission. Nothing here logs a
 blinded element, an evaluation or the share.
 """
@@ -54,6 +71,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
+from typing import Final
 
 from google.protobuf.message import DecodeError
 
@@ -61,6 +79,7 @@ from samenloop.node import oprf, threshold
 from samenloop.node.evaluation import (
     MAX_ELEMENTS,
     REQUEST_ID_BYTES,
+    RESENDS,
     Directory,
     RefusalReason,
     check_responding_set,
@@ -90,30 +109,56 @@ REPLAY_WINDOW = MAX_REQUEST_AGE + MAX_CLOCK_SKEW
 
 #: Evaluated elements a requesting party may have per UTC day, unless configured otherwise.
 DEFAULT_DAILY_QUOTA = 1_000_000
+#: Who a refusal is counted for when the signature did not verify: never the name the bytes
+#: claim. Not a party id (those are lower case), and a valid audit actor.
+UNVERIFIED: Final = "Unverified"
+#: The outcome of an identical request answered again, uncounted.
+ANSWERED_AGAIN: Final = "ANSWERED_AGAIN"
 
 
 @dataclass(frozen=True, slots=True)
 class AnsweredRequest:
-    """A request this holder answered: refused as a REPLAY until ``keep_until``."""
+    """A request this holder answered: not counted again until ``keep_until``.
+
+    ``digest`` (of the signed body) recognises the very request answered, which
+    is answered again; any other request under its key is a REPLAY. Without it
+    (an entry stored before digests were kept) every repeat is a REPLAY.
+    """
 
     requester: str
     request_id: bytes
     holder_index: int
     keep_until: datetime
+    digest: bytes | None = None
 
     @property
     def key(self) -> tuple[str, bytes, int]:
         return (self.requester, self.request_id, self.holder_index)
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class HolderEvent:
+    """What a holder sums rather than records one by one: a refusal (``outcome`` is the
+    reason's name) or an identical request answered again (``ANSWERED_AGAIN``), for a
+    verified ``requester`` or ``UNVERIFIED``, on a UTC ``day``. The set of these is
+    bounded: parties of the covenant (and one more) times outcomes, per day."""
+
+    requester: str
+    outcome: str
+    day: date
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class HolderReply:
     """What ``KeyHolder.answer`` decided, and what the node records before it sends ``reply``.
 
-    ``elements`` is the number evaluated (0 for a refusal), ``refused`` the
-    reason of a refusal, ``answered`` the replay-cache entry of an evaluation.
-    Count and entry go into the store in one transaction, and only then may
-    ``reply`` leave: a crash in between neither loses a count nor allows a replay.
+    ``requester`` is the verified signer, or ``UNVERIFIED``. ``elements`` is
+    the number evaluated (0 for a refusal), ``refused`` the reason of a
+    refusal, ``answered`` the replay-cache entry of a counted evaluation:
+    count and entry go into the store in one transaction, and only then may
+    ``reply`` leave, so a crash in between neither loses a count nor counts
+    the request again. A refusal or an answer given again has no entry but a
+    ``summed`` event, which the node adds to its tally before it sends.
     """
 
     reply: bytes
@@ -121,9 +166,15 @@ class HolderReply:
     elements: int
     refused: RefusalReason | None
     answered: AnsweredRequest | None
+    summed: HolderEvent | None = None
 
     def __repr__(self) -> str:
-        outcome = self.refused.name if self.refused is not None else f"{self.elements} evaluated"
+        if self.refused is not None:
+            outcome = self.refused.name
+        elif self.answered is None:
+            outcome = f"{self.elements} evaluated again"
+        else:
+            outcome = f"{self.elements} evaluated"
         return f"HolderReply(requester={self.requester!r}, {outcome})"
 
 
@@ -137,6 +188,8 @@ class _Refuse(Exception):
         self.reason = reason
         self.message = message
         self.remaining = remaining
+        # Whether the signature verified: only then is the signer named.
+        self.verified = False
         # Known only once the signature verified and the body parsed; empty before.
         self.request_id = b""
         self.key_epoch = 0
@@ -152,6 +205,7 @@ class _Verified:
     responding_set: tuple[int, ...]
     blinded_elements: tuple[bytes, ...]
     issued_at: datetime
+    digest: bytes
 
 
 class KeyHolder:
@@ -165,7 +219,8 @@ class KeyHolder:
     requester instead (tests, and a plain directory; else
     ``DEFAULT_DAILY_QUOTA``). ``used_today`` (for the UTC day ``today``) and
     ``answered`` are what the node's store recorded before a restart.
-    The state (replay cache, counters) is in memory and guarded by a lock, so
+    The state (replay cache, how often each entry was answered again,
+    counters) is in memory and guarded by a lock, so
     the transport may call ``handle`` from several threads; the evaluation
     itself runs outside the lock.
     """
@@ -209,7 +264,8 @@ class KeyHolder:
         self._daily_quota = daily_quota
         self._seats = tuple(h.party for h in epoch.holders)
         self._lock = threading.Lock()
-        self._answered: set[tuple[str, bytes, int]] = set()
+        # Each answered request's digest and how often it was answered again since.
+        self._answered: dict[tuple[str, bytes, int], tuple[bytes | None, int]] = {}
         self._expiries: list[tuple[datetime, tuple[str, bytes, int]]] = []
         for entry in answered:
             self._remember(entry)
@@ -309,11 +365,12 @@ class KeyHolder:
             )
         try:
             verified = self._verify(signed, now)
-            remaining = self._admit(verified, now)
+            remaining, again = self._admit(verified, now)
         except _Refuse as refusal:
+            counted_as = requester if refusal.verified else UNVERIFIED
             logger.info(
                 "refused evaluation for %r (holder %d, epoch %d): %s: %s",
-                requester,
+                counted_as,
                 self._share.index,
                 self._epoch.epoch,
                 refusal.reason.name,
@@ -321,25 +378,32 @@ class KeyHolder:
             )
             return HolderReply(
                 reply=self._refusal(requester, refusal, now),
-                requester=requester,
+                requester=counted_as,
                 elements=0,
                 refused=refusal.reason,
                 answered=None,
+                summed=HolderEvent(counted_as, refusal.reason.name, now.date()),
             )
         entry = AnsweredRequest(
-            requester, verified.request_id, self._share.index, verified.issued_at + REPLAY_WINDOW
+            requester,
+            verified.request_id,
+            self._share.index,
+            verified.issued_at + REPLAY_WINDOW,
+            verified.digest,
         )
+        count = len(verified.blinded_elements)
         try:
             partial = threshold.evaluate_partial(
                 self._share, verified.blinded_elements, verified.responding_set
             )
         except BaseException:
-            self._release(entry, len(verified.blinded_elements))
+            self._release(entry, 0 if again else count, again=again)
             raise
         logger.info(
-            "evaluated %d element(s) for %r (holder %d, epoch %d, request %s)",
-            len(verified.blinded_elements),
+            "evaluated %d element(s) for %r%s (holder %d, epoch %d, request %s)",
+            count,
             requester,
+            " again, uncounted" if again else "",
             self._share.index,
             self._epoch.epoch,
             verified.request_id.hex(),
@@ -351,9 +415,10 @@ class KeyHolder:
         return HolderReply(
             reply=self._sign(response, requester),
             requester=requester,
-            elements=len(verified.blinded_elements),
+            elements=count,
             refused=None,
-            answered=entry,
+            answered=None if again else entry,
+            summed=HolderEvent(requester, ANSWERED_AGAIN, now.date()) if again else None,
         )
 
     def withdraw(self, reply: HolderReply) -> None:
@@ -362,6 +427,15 @@ class KeyHolder:
             self._release(reply.answered, reply.elements)
 
     def _verify(self, signed: common_pb2.Signed, now: datetime) -> _Verified:
+        self._check_signature(signed)
+        try:
+            return self._parse(signed, now)
+        except _Refuse as refusal:
+            refusal.verified = True
+            raise
+
+    def _check_signature(self, signed: common_pb2.Signed) -> None:
+        """Steps 2-4: a refusal here names nobody (the signer is what the bytes claim)."""
         requester = signed.signer
         if signed.context != SignatureContext.OPRF_REQUEST.value:
             raise _Refuse(
@@ -387,8 +461,12 @@ class KeyHolder:
         except InvalidSignature as error:
             raise _Refuse(
                 RefusalReason.BAD_SIGNATURE,
-                f"signature does not verify for {requester!r} with this holder as audience",
+                "signature does not verify for the signer with this holder as audience",
             ) from error
+
+    def _parse(self, signed: common_pb2.Signed, now: datetime) -> _Verified:
+        """Steps 5-10, on a request whose signature verified."""
+        requester = signed.signer
         request = keyholder_pb2.EvaluationRequest()
         try:
             request.ParseFromString(signed.body)
@@ -401,13 +479,17 @@ class KeyHolder:
                 RefusalReason.MALFORMED_REQUEST, f"request_id must be {REQUEST_ID_BYTES} bytes"
             )
         try:
-            return self._check(requester, request, now)
+            return self._check(requester, request, crypto.digest(signed.body), now)
         except _Refuse as refusal:
             refusal.request_id, refusal.key_epoch = request.request_id, request.key_epoch
             raise
 
     def _check(
-        self, requester: str, request: keyholder_pb2.EvaluationRequest, now: datetime
+        self,
+        requester: str,
+        request: keyholder_pb2.EvaluationRequest,
+        digest: bytes,
+        now: datetime,
     ) -> _Verified:
         """The checks on a request whose signature verified, in order."""
         if request.requester != requester:
@@ -478,20 +560,23 @@ class KeyHolder:
             responding_set=responding_set,
             blinded_elements=elements,
             issued_at=issued_at,
+            digest=digest,
         )
 
-    def _admit(self, request: _Verified, now: datetime) -> int:
+    def _admit(self, request: _Verified, now: datetime) -> tuple[int, bool]:
         """Replay and quota checks, and the bookkeeping of an admitted request, in one step.
 
-        Returns what remains of the requester's allowance today after this request.
+        Returns what remains of the requester's allowance today after this request,
+        and whether it is a request answered before, to answer again uncounted.
         """
         try:
             return self._admit_locked(request, now)
         except _Refuse as refusal:
             refusal.request_id, refusal.key_epoch = request.request_id, request.key_epoch
+            refusal.verified = True
             raise
 
-    def _admit_locked(self, request: _Verified, now: datetime) -> int:
+    def _admit_locked(self, request: _Verified, now: datetime) -> tuple[int, bool]:
         key = (request.requester, request.request_id, self._share.index)
         count = len(request.blinded_elements)
         day = now.date()
@@ -499,13 +584,17 @@ class KeyHolder:
         with self._lock:
             while self._expiries and self._expiries[0][0] < now:
                 _, expired = heapq.heappop(self._expiries)
-                self._answered.discard(expired)
-            if key in self._answered:
-                raise _Refuse(RefusalReason.REPLAY, "this request was already answered")
+                self._answered.pop(expired, None)
             if day != self._day:
                 self._day = day
                 self._used_today = {}
             used = self._used_today.get(request.requester, 0)
+            if key in self._answered:
+                digest, repeats = self._answered[key]
+                if digest is None or not crypto.equal(digest, request.digest) or repeats >= RESENDS:
+                    raise _Refuse(RefusalReason.REPLAY, "this request was already answered")
+                self._answered[key] = (digest, repeats + 1)
+                return max(0, allowance - used), True
             try:
                 # Used up, or this request would go past it: the quota counts elements.
                 rules.check_quota(
@@ -529,11 +618,12 @@ class KeyHolder:
                     request.request_id,
                     self._share.index,
                     request.issued_at + REPLAY_WINDOW,
+                    request.digest,
                 )
             )
             self._used_today[request.requester] = used + count
             self._served[request.requester] = self._served.get(request.requester, 0) + count
-            return allowance - used - count
+            return allowance - used - count, False
 
     def _remember(self, entry: AnsweredRequest) -> None:
         with self._lock:
@@ -541,17 +631,23 @@ class KeyHolder:
 
     def _remember_locked(self, entry: AnsweredRequest) -> None:
         if entry.key not in self._answered:
-            self._answered.add(entry.key)
+            self._answered[entry.key] = (entry.digest, 0)
             heapq.heappush(self._expiries, (entry.keep_until, entry.key))
 
-    def _release(self, entry: AnsweredRequest, count: int) -> None:
+    def _release(self, entry: AnsweredRequest, count: int, *, again: bool = False) -> None:
         """Undo ``_admit``: the request was not answered after all, and only answers count.
 
         Its heap entry stays and expires harmlessly; a request admitted again
-        pushes a second one.
+        pushes a second one. A request that was to be answered again only
+        gives back that repeat.
         """
         with self._lock:
-            self._answered.discard(entry.key)
+            if again:
+                if entry.key in self._answered:
+                    digest, repeats = self._answered[entry.key]
+                    self._answered[entry.key] = (digest, max(0, repeats - 1))
+                return
+            self._answered.pop(entry.key, None)
             used = self._used_today.get(entry.requester, 0)
             self._used_today[entry.requester] = max(0, used - count)
             self._served[entry.requester] = max(0, self._served.get(entry.requester, 0) - count)

@@ -391,7 +391,9 @@ class HolderAnswer(Base):
     Stored in the transaction that counts the evaluation, before the answer is
     sent, and loaded at start, so a restart does not reopen the replay window.
     ``keep_until`` is the request's issued_at plus the oldest age a holder
-    accepts plus the clock skew; rows past it are deleted.
+    accepts plus the clock skew; rows past it are deleted. ``request_digest``
+    (SHA-256 of the signed body) recognises the very request, which is answered
+    again uncounted; rows stored before it was kept have none.
     """
 
     __tablename__ = "holder_answers"
@@ -400,12 +402,16 @@ class HolderAnswer(Base):
     request_id: Mapped[bytes] = mapped_column(primary_key=True)
     holder_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     keep_until: Mapped[datetime]
+    request_digest: Mapped[bytes | None]
 
     __table_args__ = (
         Index("ix_holder_answers_keep_until", "keep_until"),
         CheckConstraint("length(requester) >= 1", name="requester_not_empty"),
         CheckConstraint("length(request_id) = 16", name="request_id_size"),
         CheckConstraint("holder_index >= 1 AND holder_index <= 16", name="holder_index_range"),
+        CheckConstraint(
+            "request_digest IS NULL OR length(request_digest) = 32", name="request_digest_size"
+        ),
     )
 
 

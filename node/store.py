@@ -66,7 +66,7 @@ from samenloop.node import cases as case_core
 from samenloop.node import models, picture
 from samenloop.node.disclosure import Outcome, ResponseUpdate, SignalFacts, Verdict
 from samenloop.node.envelopes import Envelope
-from samenloop.node.holder import AnsweredRequest
+from samenloop.node.holder import ANSWERED_AGAIN, AnsweredRequest, HolderEvent
 from samenloop.node.identifiers import Identifier, IdentifierType
 from samenloop.node.models import (
     AreaKind,
@@ -79,7 +79,7 @@ from samenloop.node.models import (
     SignalState,
 )
 from samenloop.node.tokens import HIT_PROOF_KEY_BYTES
-from samenloop.policies import audit_store
+from samenloop.policies import audit_store, crypto
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.database import READ_ONLY
 from samenloop.policies.errors import (
@@ -1567,52 +1567,59 @@ class NodeStore(audit_store.AuditLog):
             mailbox_cursor=cursor or 0,
         )
 
-    def count_evaluation(
-        self,
-        party: str,
-        *,
-        now: datetime,
-        elements: int = 0,
-        refused: bool = False,
-        reason: str | None = None,
-        answered: AnsweredRequest | None = None,
+    def _count_usage(
+        self, conn: Connection, party: str, day: date, *, served: int, elements: int, refused: int
     ) -> None:
-        """Count one key-holder request of ``party`` on ``now``'s UTC day: served (with
-        the number of elements evaluated) or refused (with the ``reason``, for the audit).
-
-        ``answered`` is the replay-cache entry of a served request: stored in the
-        same transaction, so a count is never kept without it nor it without the
-        count. An entry already stored is a :class:`Replay` and nothing is
-        counted. Entries past their ``keep_until`` are deleted here too.
-        """
-        _check_text(party, "party", models.MAX_PARTY_CHARS)
-        if elements < 0:
-            raise InvalidInput("a count is not negative", field="elements")
-        if answered is not None and (refused or answered.requester != party):
-            raise InvalidInput("only a served request of this party is answered", field="answered")
-        now = _utc(now)
-        day = now.date()
-        served, evaluated, refusals = (0, 0, 1) if refused else (1, elements, 0)
         usage = models.HolderUsage
         statement = self._insert(usage).values(
             party=party,
             day=day,
             requests_served=served,
-            elements_evaluated=evaluated,
-            requests_refused=refusals,
+            elements_evaluated=elements,
+            requests_refused=refused,
         )
-        statement = statement.on_conflict_do_update(
-            index_elements=["party", "day"],
-            set_={
-                "requests_served": usage.requests_served + statement.excluded.requests_served,
-                "elements_evaluated": usage.elements_evaluated
-                + statement.excluded.elements_evaluated,
-                "requests_refused": usage.requests_refused + statement.excluded.requests_refused,
-            },
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["party", "day"],
+                set_={
+                    "requests_served": usage.requests_served + statement.excluded.requests_served,
+                    "elements_evaluated": usage.elements_evaluated
+                    + statement.excluded.elements_evaluated,
+                    "requests_refused": usage.requests_refused
+                    + statement.excluded.requests_refused,
+                },
+            )
         )
-        details: dict[str, str | int | bool] = {"elements": evaluated, "refused": refused}
-        if reason is not None:
-            details["reason"] = reason
+
+    def count_evaluation(
+        self,
+        party: str,
+        *,
+        now: datetime,
+        elements: int,
+        answered: AnsweredRequest | None = None,
+    ) -> None:
+        """Count one key-holder request of ``party`` served on ``now``'s UTC day, with the
+        number of elements evaluated, and audit it.
+
+        ``answered`` is the replay-cache entry of the request: stored in the
+        same transaction, so a count is never kept without it nor it without the
+        count. An entry already stored is a :class:`Replay` and nothing is
+        counted. Entries past their ``keep_until`` are deleted here too.
+        Refusals are not counted here, one by one, but summed
+        (:meth:`count_holder_events`).
+        """
+        _check_text(party, "party", models.MAX_PARTY_CHARS)
+        if elements < 0:
+            raise InvalidInput("a count is not negative", field="elements")
+        if answered is not None and answered.requester != party:
+            raise InvalidInput("the answered request is not this party's", field="answered")
+        digest = answered.digest if answered is not None else None
+        if digest is not None and len(digest) != crypto.DIGEST_BYTES:
+            raise InvalidInput(
+                f"a request digest is {crypto.DIGEST_BYTES} bytes", field="answered.digest"
+            )
+        now = _utc(now)
         with self._write() as conn:
             if answered is not None:
                 answers = models.HolderAnswer
@@ -1624,6 +1631,7 @@ class NodeStore(audit_store.AuditLog):
                         request_id=answered.request_id,
                         holder_index=answered.holder_index,
                         keep_until=_utc(answered.keep_until),
+                        request_digest=answered.digest,
                     )
                     .on_conflict_do_nothing(
                         index_elements=["requester", "request_id", "holder_index"]
@@ -1636,15 +1644,54 @@ class NodeStore(audit_store.AuditLog):
                         field="request_id",
                         reason="oprf.replay",
                     )
-            conn.execute(statement)
+            self._count_usage(conn, party, now.date(), served=1, elements=elements, refused=0)
             self.append_audit(
                 conn,
                 kind=AuditKind.OPRF_EVALUATION,
                 actor=party,
                 subject=[answered.request_id.hex()] if answered is not None else (),
-                details=details,
+                details={"elements": elements, "refused": False},
                 now=now,
             )
+
+    def count_holder_events(self, events: Mapping[HolderEvent, int], *, now: datetime) -> None:
+        """Record summed key-holder events in one transaction: per (requester, outcome,
+        day) one audit entry with the number of requests, and refusals also in that
+        day's ``requests_refused``. What a ``Tally`` of the holder loop writes.
+
+        ``requester`` is a party the holder verified, or ``holder.UNVERIFIED``.
+        """
+        now = _utc(now)
+        checked = []
+        for event, count in sorted(events.items()):
+            _check_text(event.requester, "requester", models.MAX_PARTY_CHARS)
+            if count < 1:
+                raise InvalidInput("a summed count is positive", field="count")
+            checked.append((event, count))
+        with self._write() as conn:
+            for event, count in checked:
+                again = event.outcome == ANSWERED_AGAIN
+                if not again:
+                    self._count_usage(
+                        conn, event.requester, event.day, served=0, elements=0, refused=count
+                    )
+                details: dict[str, str | int | bool] = {
+                    "elements": 0,
+                    "refused": not again,
+                    "requests": count,
+                    "day": event.day.isoformat(),
+                }
+                if again:
+                    details["answered_again"] = True
+                else:
+                    details["reason"] = event.outcome
+                self.append_audit(
+                    conn,
+                    kind=AuditKind.OPRF_EVALUATION,
+                    actor=event.requester,
+                    details=details,
+                    now=now,
+                )
 
     def answered_requests(self, *, now: datetime) -> list[AnsweredRequest]:
         """The key holder's replay cache: answered requests that could still be fresh at ``now``."""
@@ -1654,7 +1701,9 @@ class NodeStore(audit_store.AuditLog):
                 select(answers.__table__).where(answers.keep_until >= _utc(now))
             ).all()
         return [
-            AnsweredRequest(row.requester, row.request_id, row.holder_index, row.keep_until)
+            AnsweredRequest(
+                row.requester, row.request_id, row.holder_index, row.keep_until, row.request_digest
+            )
             for row in rows
         ]
 

@@ -361,11 +361,20 @@ class DailyUse:
     cap). ``spend`` counts an answered request; ``learn`` takes what a holder's
     signed answer says remains (``remaining_today``), which also covers
     requests made before this node restarted. Each UTC day starts afresh.
+
+    ``window`` is how many elements the node risks in one request. Holders
+    count what they answer before the answer leaves, and the broker may drop
+    it (or spoil it), so an answer lost costs quota without a token. It is
+    ``MAX_ELEMENTS`` until a round loses answers (``lost``), then 1, growing by
+    the elements of every round whose answers all arrived (``answered``): so it
+    at most doubles per round, and a round that loses answers asks at most
+    1 + the elements answered since the last loss (docs/crypto.md).
     """
 
     allowance: Mapping[int, int]
     day: date | None = None
     remaining: dict[int, int] = field(default_factory=dict)
+    window: int = MAX_ELEMENTS
 
     def left(self, index: int, day: date) -> int:
         """Elements seat ``index`` still evaluates for this node on ``day``, as far as known."""
@@ -379,6 +388,14 @@ class DailyUse:
     def learn(self, index: int, remaining: int, day: date) -> None:
         self._turn(day)
         self.remaining[index] = max(0, min(remaining, self.allowance.get(index, 0)))
+
+    def lost(self) -> None:
+        """A round lost answers that holders may have counted: risk one element next."""
+        self.window = 1
+
+    def answered(self, count: int) -> None:
+        """A round of ``count`` elements got every answer: risk that many more next."""
+        self.window = min(MAX_ELEMENTS, self.window + max(0, count))
 
     def _turn(self, day: date) -> None:
         if day != self.day:
@@ -402,7 +419,8 @@ class HolderPlanner:
     nothing left is skipped, and a request is cut so that no seat is asked for
     more than it has left, and so that the remainders stay within
     ``DailyUse.step`` of each other: an honest party spreads its load over all
-    holders and reaches its cap. Without ``use``, the lowest indices first.
+    holders and reaches its cap; and no request asks more than ``use.window``.
+    Without ``use``, the lowest indices first.
     """
 
     epoch: KeyEpoch
@@ -454,6 +472,8 @@ class HolderPlanner:
         picked = others[:need]
         chosen.extend(picked)
         count = min(wanted, MAX_ELEMENTS)
+        if self.use is not None:
+            count = min(count, max(1, self.use.window))
         if left is not None and self.use is not None:
             count = min(count, *(left[i] for i in chosen))
             if picked and len(others) > need:

@@ -33,8 +33,14 @@ outbox waits, nothing is lost):
   stalls on it nor misses it silently.
 * **holder** (key holders only): keep a ``HolderChannel`` open and answer the
   evaluation requests the broker relays, with ``KeyHolder.answer``; each
-  answer is counted, and an evaluation entered in the replay cache, in one
-  transaction that commits before the answer is sent.
+  evaluation is counted and entered in the replay cache in one transaction
+  that commits before the answer is sent. Refusals, requests answered again
+  and relayed bytes that name no requester are not written one by one: they
+  are summed per (requester or ``UNVERIFIED``, outcome, day) in a ``Tally``
+  (``holder_events``), written at once after a quiet minute and else at most
+  once a minute, by the sweep and as the node stops — so a partner or a
+  broker that floods a holder with requests it refuses costs it a bounded
+  number of audit entries and writes, never one per request.
 
 Every component reads the covenant through the ``HeldCovenant`` on each use,
 so an accepted update takes effect at once. If the version held no longer
@@ -55,9 +61,11 @@ import grpc
 import structlog
 
 from samenloop.node import evaluation, threshold, tokens
+from samenloop.node.api_token import Tally
 from samenloop.node.case_desk import CaseDesk
 from samenloop.node.disclosure_desk import DisclosureDesk
-from samenloop.node.holder import HolderReply, KeyHolder
+from samenloop.node.evaluation import RefusalReason
+from samenloop.node.holder import UNVERIFIED, HolderEvent, HolderReply, KeyHolder
 from samenloop.node.models import BatchKind, HitKind
 from samenloop.node.notices import verify_hit_notice
 from samenloop.node.picture_desk import PictureDesk
@@ -230,6 +238,10 @@ class Uplink:
         self.attribute_keys = attribute_keys
         self._holder = holder
         self._clock = clock
+        #: What the holder refused or answered again, summed for the audit log.
+        self.holder_events: Tally[HolderEvent] = Tally(
+            lambda counts, now: store.count_holder_events(counts, now=now), clock
+        )
         self._on_hit = on_hit
         self._epoch_of: tuple[int, threshold.KeyEpoch] | None = None
         self._use_of: tuple[int, threshold.DailyUse] | None = None
@@ -275,6 +287,7 @@ class Uplink:
                 cast(Any, call).cancel()  # grpc's stubs leave Call.cancel untyped
         for thread in self._threads:
             thread.join(timeout)
+        self.holder_events.flush()
 
     def _track(self, call: grpc.Call) -> None:
         with self._calls_lock:
@@ -700,13 +713,17 @@ class Uplink:
                 now = self._clock()
                 try:
                     decided = holder.answer(message.evaluation.request.SerializeToString(), now=now)
-                except SamenloopError as error:  # no requester to answer: drop it
-                    log.info("relayed request dropped", reason=error.reason)
+                except SamenloopError:  # no requester to answer: drop it, summed
+                    self.holder_events.add(
+                        HolderEvent(UNVERIFIED, RefusalReason.MALFORMED_REQUEST.name, now.date())
+                    )
                     continue
                 # Counted and entered in the replay cache durably before the answer leaves:
                 # a crash in between must neither hand out evaluations that the quota never
-                # saw nor let the request be answered again after a restart.
-                if not record_answer(self._store, holder, decided, now=now):
+                # saw nor let the request be counted again after a restart.
+                if not record_answer(
+                    self._store, holder, decided, now=now, summed=self.holder_events
+                ):
                     continue
                 outbound.put(
                     broker_pb2.HolderChannelRequest(
@@ -722,23 +739,32 @@ class Uplink:
 
 
 def record_answer(
-    store: NodeStore, holder: KeyHolder, decided: HolderReply, *, now: datetime
+    store: NodeStore,
+    holder: KeyHolder,
+    decided: HolderReply,
+    *,
+    now: datetime,
+    summed: Tally[HolderEvent],
 ) -> bool:
-    """Commit a key holder's count (and an evaluation's replay-cache entry); whether to send.
+    """Commit a key holder's count and replay-cache entry of an evaluation, or add a
+    refusal or an answer given again to ``summed``; whether to send the reply.
 
-    One transaction, before the reply leaves: a crash before the commit sends
-    nothing, a crash after it has counted the answer and will refuse its replay.
-    If the commit fails the admission is undone and the error propagates;
-    an entry the store already holds (only possible if another process
-    serves this seat) is not answered again.
+    An evaluation is committed in one transaction, before the reply leaves: a
+    crash before the commit sends nothing, a crash after it has counted the
+    answer and will not count it again. If the commit fails the admission is
+    undone and the error propagates; an entry the store already holds (only
+    possible if another process serves this seat) is not answered again.
+    A refusal or a repeat costs no quota and changes no replay cache: it is
+    only summed (``Tally``: at most one write a minute per requester and outcome).
     """
+    if decided.summed is not None:
+        summed.add(decided.summed)
+        return True
     try:
         store.count_evaluation(
             decided.requester,
             now=now,
             elements=decided.elements,
-            refused=decided.refused is not None,
-            reason=decided.refused.name if decided.refused is not None else None,
             answered=decided.answered,
         )
     except Replay:

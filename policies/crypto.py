@@ -17,7 +17,8 @@
 - ``hkdf_sha256``: key derivation (RFC 5869), used to derive tokens and hit proof keys.
 - ``mac`` / ``verify_mac``: HMAC-SHA256 (RFC 2104), with which a disclosure
   requester proves that it holds the subject of a hit.
-- ``equal``: constant-time comparison of secrets.
+- ``equal``: constant-time comparison of secrets; ``digest``: SHA-256, to recognise
+  bytes seen before (a key holder's answered requests) without keeping them.
 - Key files written atomically with owner-only permissions, and refused when
   anyone else can read them or another account owns them (``check_owner_only``,
   the same check the daemons run on their data directories at start, and, in its
@@ -342,6 +343,14 @@ def verify_mac(key: bytes, message: bytes, tag: bytes, *, field: str = "mac") ->
 def equal(a: bytes, b: bytes) -> bool:
     """Compare two byte strings in constant time (for secrets, MACs, tokens)."""
     return hmac.compare_digest(a, b)
+
+
+DIGEST_BYTES = 32
+
+
+def digest(data: bytes) -> bytes:
+    """SHA-256 of ``data`` (32 bytes): to recognise bytes seen before without keeping them."""
+    return hashlib.sha256(data).digest()
 
 
 def fingerprint(public_key: bytes) -> str:

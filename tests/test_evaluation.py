@@ -11,7 +11,9 @@ loop commits before an answer may leave.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -24,8 +26,15 @@ import pytest
 import sqlalchemy as sa
 
 from samenloop.node import evaluation, keysetup, oprf, threshold, tokens
+from samenloop.node.api_token import Tally
 from samenloop.node.evaluation import RefusalReason, Replies
-from samenloop.node.holder import REPLAY_WINDOW, KeyHolder
+from samenloop.node.holder import (
+    ANSWERED_AGAIN,
+    REPLAY_WINDOW,
+    UNVERIFIED,
+    HolderEvent,
+    KeyHolder,
+)
 from samenloop.node.store import MIGRATIONS, NodeStore
 from samenloop.node.threshold import HolderPlanner, KeyEpoch
 from samenloop.node.tokens import TokenDomain
@@ -179,6 +188,8 @@ class Broker:
     ``alter``: rewrite the request meant for holder i. ``delay``: the holder
     receives the request this much later than the node sent it.
     ``swap_reply``: replace holder i's reply, given all replies of the round.
+    ``drop_reply``: whether to drop holder i's reply to a request (the holder
+    got it and answered; the node never sees the answer).
     Every request and reply is recorded, as the broker could record them.
     """
 
@@ -189,6 +200,7 @@ class Broker:
     alter: dict[int, Callable[[bytes], bytes]] = field(default_factory=dict)
     delay: dict[int, timedelta] = field(default_factory=dict)
     swap_reply: dict[int, Callable[[dict[int, bytes]], bytes]] = field(default_factory=dict)
+    drop_reply: Callable[[int, bytes], bool] = lambda index, request: False
     requests: list[dict[int, bytes]] = field(default_factory=list)
     replies: list[dict[int, bytes]] = field(default_factory=list)
 
@@ -201,7 +213,9 @@ class Broker:
                 continue
             request = self.alter.get(index, lambda r: r)(request)
             when = self.now + self.delay.get(index, timedelta(0))
-            out[index] = self.holders[target].handle(request, now=when)
+            reply = self.holders[target].handle(request, now=when)
+            if not self.drop_reply(index, request):  # answered (and counted), then lost
+                out[index] = reply
         for index, swap in self.swap_reply.items():
             if index in out:
                 out[index] = swap(dict(out))
@@ -436,18 +450,41 @@ def test_a_request_redirected_to_another_holder_is_refused():
     assert sorted(broker.requests[1]) == [2, 3]
 
 
-def test_a_replayed_request_is_refused():
+def test_a_replayed_request_is_answered_again_uncounted_then_refused():
     w = world(2, 3)
     broker = Broker(w.holders)
     w.tokenise(broker, IDS)
     old = broker.requests[0][1]
-    assert refusal(w.holders[1].handle(old, now=NOW), w.holder_keys[1]) is R.REPLAY
+    first = open_reply(broker.replies[0][1], w.holder_keys[1])
+    # The very request again (what a node sends when the answer did not arrive): the same
+    # partial evaluation, nothing counted, at most RESENDS times.
     later = NOW + timedelta(seconds=10)
+    for _ in range(evaluation.RESENDS):
+        again = open_reply(w.holders[1].handle(old, now=later), w.holder_keys[1])
+        assert again.WhichOneof("result") == "evaluation"
+        assert again.request_id == first.request_id
+        assert again.evaluation.evaluated_elements == first.evaluation.evaluated_elements
+        assert again.remaining_today == first.remaining_today
     assert refusal(w.holders[1].handle(old, now=later), w.holder_keys[1]) is R.REPLAY
     # once it is too old to be a replay, it is stale (and the cache has let it go)
     too_late = NOW + MAX_AGE + timedelta(seconds=1)
     assert refusal(w.holders[1].handle(old, now=too_late), w.holder_keys[1]) is R.STALE
     assert w.holders[1].served[NODE] == len(IDS)  # counted once
+    assert w.holders[1].used_today(NODE, now=later) == len(IDS)
+
+
+def test_another_request_under_an_answered_id_is_a_replay_at_once():
+    w = world(2, 3)
+    first = signed_request(w, elements=3)
+    assert w.holders[1].answer(first, now=NOW).answered is not None
+    # Signed by the requester itself, same id and seat, other elements: not the very request.
+    changed = signed_request(w, elements=2)
+    later = signed_request(w, elements=3, issued_at=NOW + timedelta(seconds=1))
+    for request in (changed, later):
+        decided = w.holders[1].answer(request, now=NOW)
+        assert decided.refused is R.REPLAY
+        assert decided.summed == HolderEvent(NODE, "REPLAY", NOW.date())
+    assert w.holders[1].used_today(NODE, now=NOW) == 3
 
 
 def test_a_replay_slipped_into_a_later_evaluation_makes_that_holder_faulty():
@@ -457,7 +494,10 @@ def test_a_replay_slipped_into_a_later_evaluation_makes_that_holder_faulty():
     old = first.requests[0][1]
     broker = Broker(w.holders, alter={1: lambda _: old})
     assert w.tokenise(broker, IDS) == w.expected(IDS)
-    assert refusal(broker.replies[0][1], w.holder_keys[1]) is R.REPLAY
+    # Holder 1 answers the old request again (uncounted); that is no answer to this one.
+    slipped = open_reply(broker.replies[0][1], w.holder_keys[1])
+    assert slipped.request_id == request_id_of(old) != request_id_of(broker.requests[0][2])
+    assert w.holders[1].used_today(NODE, now=NOW) == 1
     assert sorted(broker.requests[1]) == [2, 3]
 
 
@@ -651,7 +691,13 @@ def test_holder_refuses(kwargs, clock, reason, echoed):
     w = world(2, 3)
     request = signed_request(w, 1, **kwargs)
     requester = kwargs.get("signer", w.node).party
-    reply = w.holders[1].handle(request, now=clock)
+    decided = w.holders[1].answer(request, now=clock)
+    # Summed, never recorded one by one; named only once the signature verified.
+    verified = reason not in (R.BAD_SIGNATURE, R.UNKNOWN_PARTY) or echoed
+    counted_as = requester if verified else UNVERIFIED
+    assert decided.summed == HolderEvent(counted_as, reason.name, clock.date())
+    assert (decided.requester, decided.answered, decided.elements) == (counted_as, None, 0)
+    reply = decided.reply
     response = open_reply(reply, w.holder_keys[1], audience=requester)
     assert response.WhichOneof("result") == "refusal"
     assert RefusalReason(response.refusal.reason) is reason
@@ -1042,6 +1088,119 @@ def request_of(signed: bytes) -> keyholder_pb2.EvaluationRequest:
     return keyholder_pb2.EvaluationRequest.FromString(common_pb2.Signed.FromString(signed).body)
 
 
+# --- a broker that drops answers: the quota it can burn (issue 12 review) -----------------
+
+LARGE = Quotas(100_000, 0)
+
+
+def first_times(times: Mapping[int, int]) -> Callable[[int, bytes], bool]:
+    """Drop holder i's reply the first ``times[i]`` times it answers."""
+    left = dict(times)
+
+    def drop(index: int, request: bytes) -> bool:
+        if left.get(index, 0) > 0:
+            left[index] -= 1
+            return True
+        return False
+
+    return drop
+
+
+def sizes_of(broker: Broker) -> list[tuple[list[int], int]]:
+    """Each relay call's holders and the number of elements it asked."""
+    return [
+        (sorted(r), len(request_of(next(iter(r.values()))).blinded_elements))
+        for r in broker.requests
+    ]
+
+
+def test_a_dropped_answer_is_asked_again_under_the_same_id_and_costs_nothing():
+    w = world(2, 3)
+    use = evaluation.daily_use(LARGE, w.epoch, NODE)
+    broker = Broker(w.holders, drop_reply=first_times({1: evaluation.RESENDS}))
+    made = w.tokenise(broker, IDS, planner=HolderPlanner(w.epoch, use=use))
+    assert made == w.expected(IDS)
+    # Sent to the set, then twice more to holder 1 alone: the very same signed bytes.
+    assert sizes_of(broker) == [([1, 2], 3), ([1], 3), ([1], 3)]
+    assert broker.requests[1][1] == broker.requests[2][1] == broker.requests[0][1]
+    # Holder 1 answered three times and counted once; nothing was lost.
+    assert [w.holders[i].used_today(NODE, now=NOW) for i in (1, 2, 3)] == [3, 3, 0]
+    assert use.window == evaluation.MAX_ELEMENTS
+
+
+def test_a_holder_whose_every_answer_is_dropped_costs_one_request_then_one_element():
+    w = world(2, 3)
+    use = evaluation.daily_use(LARGE, w.epoch, NODE)
+    broker = Broker(w.holders, drop_reply=lambda index, request: index == 1)
+    made = w.tokenise(broker, IDS, planner=HolderPlanner(w.epoch, use=use))
+    assert made == w.expected(IDS)
+    # Holder 1 silent through both resends: left out, and the next set is asked for one
+    # element, then for as many more as came back.
+    assert sizes_of(broker) == [([1, 2], 3), ([1], 3), ([1], 3), ([2, 3], 1), ([2, 3], 2)]
+    # Lost: the first request, at both holders of its set (t x 3); nothing after it.
+    assert [w.holders[i].used_today(NODE, now=NOW) for i in (1, 2, 3)] == [3, 3 + 3, 3]
+    assert use.window == 1 + 1 + 2
+
+
+def test_a_broker_that_drops_every_answer_burns_one_element_a_holder_per_attempt():
+    w = world(2, 3)
+    use = evaluation.daily_use(LARGE, w.epoch, NODE)
+    broker = Broker(w.holders, drop_reply=lambda index, request: True)
+    attempts = 6
+    for _ in range(attempts):  # as the node's work loop tries again after its backoff
+        with pytest.raises(NotEnoughHolders, match="holder 1: unreachable"):
+            w.tokenise(broker, many(40), planner=HolderPlanner(w.epoch, use=use))
+    # The first attempt lost a whole request (40 elements at each holder of its set);
+    # every later one a single element: the node's attempts, not the day's quota.
+    used = [w.holders[i].used_today(NODE, now=NOW) for i in (1, 2, 3)]
+    assert used == [40 + attempts - 1, 40 + attempts - 1, 0]
+    assert all(size in (40, 1) for _, size in sizes_of(broker))
+
+
+def test_dropping_large_requests_costs_at_most_t_times_what_was_answered_since():
+    # The broker sees how many elements a request carries and drops every answer to a
+    # request of more than 5: what the holders counted without a token stays within
+    # t * (first request + one element per lost round + the tokens made).
+    w = world(2, 5)
+    use = evaluation.daily_use(LARGE, w.epoch, NODE)
+
+    def large(index: int, request: bytes) -> bool:
+        return len(request_of(request).blinded_elements) > 5
+
+    broker = Broker(w.holders, drop_reply=large)
+    wanted = many(60)
+    made: list[bytes] = []
+    for _ in range(100):  # attempts; each makes some tokens, unless the window stays large
+        if len(made) == len(wanted):
+            break
+        try:
+            made += w.tokenise(broker, wanted[len(made) :], planner=HolderPlanner(w.epoch, use=use))
+        except NotEnoughHolders:
+            continue  # every set left out: try again, as the work loop does
+    assert made == w.expected(wanted)
+    # Each round in order (a request id, first sent), its size, whether its answers came.
+    delivered = {
+        request_id_of(broker.requests[k][i])
+        for k, replies in enumerate(broker.replies)
+        for i in replies
+    }
+    rounds: dict[bytes, int] = {}
+    for size_and_sets, sent in zip(sizes_of(broker), broker.requests, strict=True):
+        rounds.setdefault(request_id_of(next(iter(sent.values()))), size_and_sets[1])
+    since, lost_rounds, first = 0, 0, True
+    for request_id, size in rounds.items():
+        if request_id in delivered:
+            since += size
+            continue
+        # A lost round asked at most 1 + what was answered since the loss before it.
+        assert first or size <= 1 + since, (size, since)
+        first, since, lost_rounds = False, 0, lost_rounds + 1
+    counted = sum(w.holders[i].used_today(NODE, now=NOW) for i in w.holders)
+    lost = counted - 2 * len(made)
+    assert lost_rounds > 1
+    assert 0 < lost <= 2 * (60 + lost_rounds + len(made))
+
+
 # --- the replay cache outlives a restart (issue 12, finding 8) -----------------------------
 
 
@@ -1053,11 +1212,21 @@ def test_an_answer_says_what_the_node_must_record_before_sending_it():
     assert answered.answered is not None
     assert answered.answered.key == (NODE, b"r" * 16, 1)
     assert answered.answered.keep_until == NOW + MAX_AGE + MAX_SKEW == NOW + REPLAY_WINDOW
+    assert answered.answered.digest == crypto.digest(common_pb2.Signed.FromString(request).body)
+    assert answered.summed is None
     assert refusal(answered.reply, w.holder_keys[1]) is None
-    assert "evaluated" in repr(answered)
+    assert "3 evaluated" in repr(answered)
     assert answered.reply.hex() not in repr(answered)
-    again = w.holders[1].answer(request, now=NOW)
-    assert (again.refused, again.elements, again.answered) == (R.REPLAY, 0, None)
+    # The same request again: answered, nothing to record, only summed.
+    for _ in range(evaluation.RESENDS):
+        again = w.holders[1].answer(request, now=NOW)
+        assert (again.refused, again.elements, again.answered) == (None, 3, None)
+        assert again.summed == HolderEvent(NODE, ANSWERED_AGAIN, NOW.date())
+        assert "evaluated again" in repr(again)
+    replayed = w.holders[1].answer(request, now=NOW)
+    assert (replayed.refused, replayed.elements, replayed.answered) == (R.REPLAY, 0, None)
+    assert replayed.summed == HolderEvent(NODE, "REPLAY", NOW.date())
+    assert w.holders[1].used_today(NODE, now=NOW) == 3
 
 
 def test_a_withdrawn_answer_was_never_given():
@@ -1083,6 +1252,10 @@ def test_a_restarted_holder_refuses_a_replay_of_what_it_answered_before():
         daily_quota=4, used_today={NODE: 3}, today=NOW.date(), answered=[answered.answered],
     )  # fmt: skip
     later = NOW + timedelta(seconds=30)
+    for _ in range(evaluation.RESENDS):  # the very request: answered again, uncounted
+        replayed = restarted.answer(request, now=later)
+        assert (replayed.refused, replayed.answered) == (None, None)
+        assert replayed.summed == HolderEvent(NODE, ANSWERED_AGAIN, later.date())
     replayed = restarted.answer(request, now=later)
     assert replayed.refused is R.REPLAY
     assert replayed.answered is None
@@ -1090,6 +1263,13 @@ def test_a_restarted_holder_refuses_a_replay_of_what_it_answered_before():
     # Kept until the request can no longer be fresh, then it is stale anyway.
     assert restarted.answer(request, now=NOW + MAX_AGE).refused is R.REPLAY
     assert restarted.answer(request, now=NOW + REPLAY_WINDOW).refused is R.STALE
+    # An entry stored before digests were kept recognises no repeat: a replay at once.
+    undigested = dataclasses.replace(answered.answered, digest=None)
+    older = KeyHolder(
+        w.holder_keys[1], w.shares[1], w.epoch, COVENANT, w.directory,
+        daily_quota=4, used_today={NODE: 3}, today=NOW.date(), answered=[undigested],
+    )  # fmt: skip
+    assert older.answer(request, now=later).refused is R.REPLAY
     # Without the entry (as before), the restart answers the replay again and counts it.
     forgetful = KeyHolder(
         w.holder_keys[1], w.shares[1], w.epoch, COVENANT, w.directory,
@@ -1115,8 +1295,9 @@ def test_the_holder_loop_records_an_answer_before_it_may_send_it(tmp_path, monke
     w = world(2, 3, quota={1: 5})
     holder = w.holders[1]
     request = signed_request(w, elements=3)
+    summed = Tally(lambda counts, now: node.count_holder_events(counts, now=now), lambda: NOW)
     decided = holder.answer(request, now=NOW)
-    assert record_answer(node, holder, decided, now=NOW) is True
+    assert record_answer(node, holder, decided, now=NOW, summed=summed) is True
     assert node.evaluations_on(NODE, NOW.date()) == 3
     assert [a.key for a in node.answered_requests(now=NOW)] == [(NODE, b"r" * 16, 1)]
 
@@ -1131,26 +1312,92 @@ def test_the_holder_loop_records_an_answer_before_it_may_send_it(tmp_path, monke
 
     monkeypatch.setattr(node, "count_evaluation", broken)
     with pytest.raises(sa.exc.OperationalError):
-        record_answer(node, holder, decided, now=NOW)
+        record_answer(node, holder, decided, now=NOW, summed=summed)
     monkeypatch.undo()
     assert node.holder_totals() == before
     assert len(node.answered_requests(now=NOW)) == 1
     assert holder.used_today(NODE, now=NOW) == 3
     again = holder.answer(other, now=NOW)
     assert again.refused is None  # not a replay: it was never answered
-    assert record_answer(node, holder, again, now=NOW) is True
+    assert record_answer(node, holder, again, now=NOW, summed=summed) is True
     assert node.evaluations_on(NODE, NOW.date()) == 5
 
     # A second process serving the seat answered it already: not answered, not counted.
     first_process = w.holders[2]
     answered = first_process.answer(signed_request(w, index=2, elements=1), now=NOW)
-    assert record_answer(node, first_process, answered, now=NOW) is True
+    assert record_answer(node, first_process, answered, now=NOW, summed=summed) is True
     second_process = KeyHolder(
         w.holder_keys[2], w.shares[2], w.epoch, COVENANT, w.directory, daily_quota=5
     )
     replayed = second_process.answer(signed_request(w, index=2, elements=1), now=NOW)
     assert replayed.refused is None  # this process does not know it...
-    assert record_answer(node, second_process, replayed, now=NOW) is False  # ...the store does
+    assert (
+        record_answer(node, second_process, replayed, now=NOW, summed=summed) is False
+    )  # ...the store does
     assert second_process.used_today(NODE, now=NOW) == 0
     assert node.evaluations_on(NODE, NOW.date()) == 6
+    engine.dispose()
+
+
+def test_the_holder_loop_sums_refusals_and_names_only_verified_requesters(tmp_path):
+    engine = database.make_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    database.upgrade(engine, MIGRATIONS)
+    node = NodeStore(engine)
+    w = world(2, 3)
+    holder = w.holders[1]
+    clock = [NOW]
+    summed = Tally(lambda counts, now: node.count_holder_events(counts, now=now), lambda: clock[0])
+
+    def forged(signer: str) -> bytes:
+        """A request in ``signer``'s name with a signature of random bytes."""
+        message = common_pb2.Signed.FromString(signed_request(w))
+        message.signer = signer
+        message.signature = os.urandom(64)
+        return message.SerializeToString()
+
+    def audited() -> list[tuple[str, dict[str, object]]]:
+        return [
+            (e.actor, dict(e.details)) for e in node.audit_entries() if e.kind == "oprf_evaluation"
+        ]
+
+    # A flood in made-up names (any 1..64 bytes) and in a party's name, all refused.
+    names = [NODE, "made-up", "Z" * 64, "ünïcode naam", "holder-2"]
+    for j in range(500):
+        clock[0] = NOW + timedelta(milliseconds=100 * j)
+        decided = holder.answer(forged(names[j % len(names)]), now=clock[0])
+        assert decided.refused in (R.BAD_SIGNATURE, R.UNKNOWN_PARTY)
+        assert record_answer(node, holder, decided, now=clock[0], summed=summed) is True
+    # ...and stale requests that the node itself signed: its name is verified.
+    for j in range(40):
+        stale = signed_request(w, request_id=bytes([j]) * 16, issued_at=NOW - 2 * MAX_AGE)
+        decided = holder.answer(stale, now=clock[0])
+        assert record_answer(node, holder, decided, now=clock[0], summed=summed) is True
+    # Written at once: the first of each (requester, outcome); the rest wait for the minute.
+    assert [(actor, d["reason"], d["requests"]) for actor, d in audited()] == [
+        (UNVERIFIED, "BAD_SIGNATURE", 1),
+        (UNVERIFIED, "UNKNOWN_PARTY", 1),
+        (NODE, "STALE", 1),
+    ]
+    clock[0] += timedelta(minutes=1)
+    summed.flush()  # the sweep, or the node stopping
+    entries = audited()
+    assert len(entries) == 6  # 540 refusals: six entries
+    totals: dict[tuple[str, str], int] = {}
+    for actor, details in entries:
+        assert details["refused"] is True
+        assert details["elements"] == 0
+        key = (actor, str(details["reason"]))
+        totals[key] = totals.get(key, 0) + int(str(details["requests"]))
+    # The names in the flood: unknown ones (300) and parties whose signature failed (200).
+    assert totals == {
+        (UNVERIFIED, "UNKNOWN_PARTY"): 300,
+        (UNVERIFIED, "BAD_SIGNATURE"): 200,
+        (NODE, "STALE"): 40,
+    }
+    assert node.holder_totals().requests_refused == 540
+    assert holder.used_today(NODE, now=clock[0]) == 0
+    # No name that a request claimed without its signature is stored anywhere.
+    raw = b"".join(f.read_bytes() for f in tmp_path.glob("node.db*"))  # with its WAL
+    for name in ("made-up", "Z" * 64, "ünïcode naam"):
+        assert name.encode() not in raw
     engine.dispose()

@@ -21,7 +21,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from samenloop.broker import server as broker_server
 from samenloop.node import api_token, daemon
-from samenloop.node.api_token import RefusedCalls, bearer, ensure_token, read_token
+from samenloop.node.api_token import RefusedCalls, Tally, bearer, ensure_token, read_token
 from samenloop.node.client import NodeClient
 from samenloop.node.provision import PartySpec, Provisioned, free_port, provision
 from samenloop.policies import cli, crypto, database, process
@@ -299,6 +299,68 @@ def test_a_refusal_that_cannot_be_audited_is_kept_for_the_next_try() -> None:
     assert written == [
         {"refused_calls": 1, "missing_token": 1, "wrong_token": 0, "last_method": "ListHits"}
     ]
+
+
+def test_a_tally_writes_each_group_at_once_then_summed_at_most_each_interval() -> None:
+    written: list[tuple[dict[tuple[str, str], int], datetime]] = []
+    now = [datetime(2026, 12, 1, 12, tzinfo=UTC)]
+    tally: Tally[tuple[str, str]] = Tally(
+        lambda counts, at: written.append((dict(counts), at)), lambda: now[0]
+    )
+    tally.flush()
+    assert written == []  # nothing to write
+    tally.add(("riec", "STALE"))
+    tally.add(("riec", "STALE"), 4)
+    tally.add(("Unverified", "BAD_SIGNATURE"))
+    # The first of each group at once; the second of ("riec", "STALE") waits.
+    assert written == [
+        ({("riec", "STALE"): 1}, now[0]),
+        ({("Unverified", "BAD_SIGNATURE"): 1}, now[0]),
+    ]
+    assert tally.pending() == {("riec", "STALE"): 4}
+    for _ in range(300):  # a flood within the minute: counted, not written
+        now[0] += timedelta(milliseconds=150)
+        tally.add(("Unverified", "BAD_SIGNATURE"))
+    tally.flush(force=False)
+    assert len(written) == 2
+    now[0] += timedelta(seconds=15)  # a minute after the first writes
+    tally.add(("riec", "STALE"))
+    # Every group that is due, in one write (one transaction).
+    assert written[2] == ({("riec", "STALE"): 5, ("Unverified", "BAD_SIGNATURE"): 300}, now[0])
+    tally.flush(force=False)
+    assert len(written) == 3
+    tally.add(("riec", "QUOTA_EXCEEDED"), 2)  # another group: at once
+    tally.add(("riec", "STALE"))
+    tally.flush()  # the node stopping: everything
+    assert written[3:] == [
+        ({("riec", "QUOTA_EXCEEDED"): 2}, now[0]),
+        ({("riec", "STALE"): 1}, now[0]),
+    ]
+    assert tally.pending() == {}
+    total = sum(count for counts, _ in written for count in counts.values())
+    assert total == 1 + 4 + 1 + 300 + 2 + 1 + 1
+
+
+def test_a_tally_groups_keys_and_keeps_what_it_could_not_write() -> None:
+    failing = [True]
+    written: list[dict[str, int]] = []
+
+    def write(counts: Mapping[str, int], at: datetime) -> None:
+        if failing[0]:
+            raise OSError("disk full")
+        written.append(dict(counts))
+
+    tally: Tally[str] = Tally(
+        write, lambda: datetime(2026, 12, 1, tzinfo=UTC), group=lambda key: key.split(":")[0]
+    )
+    tally.add("a:1")
+    assert tally.pending() == {"a:1": 1}  # the write failed: kept
+    failing[0] = False
+    tally.add("a:2")  # the same group, written a moment ago: waits
+    tally.add("b:1")  # another group: written at once
+    assert written == [{"b:1": 1}]
+    tally.flush()
+    assert written[1] == {"a:1": 1, "a:2": 1}  # one write for both keys of the group
 
 
 # --- finding 4: files and directories -------------------------------------------------------------

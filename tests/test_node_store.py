@@ -13,7 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from samenloop.node import store as node_store
-from samenloop.node.holder import AnsweredRequest
+from samenloop.node.holder import ANSWERED_AGAIN, UNVERIFIED, AnsweredRequest, HolderEvent
 from samenloop.node.identifiers import Identifier, IdentifierType, parse
 from samenloop.node.models import (
     AreaKind,
@@ -22,6 +22,7 @@ from samenloop.node.models import (
     HitKind,
     HitState,
     HolderAnswer,
+    HolderUsage,
     IdentifierState,
     SignalState,
 )
@@ -125,7 +126,7 @@ def test_migrations_go_up_down_and_up_again_and_are_checked(database_url):
         assert refused.value.reason == "schema.behind"
 
         database.upgrade(engine, MIGRATIONS)
-        assert database.current(engine) == database.heads(MIGRATIONS) == ("0008",)
+        assert database.current(engine) == database.heads(MIGRATIONS) == ("0010",)
         database.check_at_head(engine, MIGRATIONS)
 
         database.downgrade(engine, MIGRATIONS)
@@ -716,7 +717,7 @@ def test_status_counts(node):
 def test_key_holder_counters_per_party_and_day(node):
     node.count_evaluation("gemeente", now=NOW, elements=10)
     node.count_evaluation("gemeente", now=NOW + timedelta(hours=1), elements=5)
-    node.count_evaluation("gemeente", now=NOW, refused=True)
+    node.count_holder_events({HolderEvent("gemeente", "STALE", NOW.date()): 1}, now=NOW)
     node.count_evaluation("gemeente", now=NOW + timedelta(days=1), elements=7)
     node.count_evaluation("politie", now=NOW, elements=1)
     assert node.evaluations_on("gemeente", NOW.date()) == 15
@@ -765,17 +766,69 @@ def test_answered_requests_are_kept_until_they_can_no_longer_be_fresh(node):
     assert sorted(kept) == [b"l" * 16, b"n" * 16]
 
 
-def test_a_refusal_is_counted_with_its_reason_and_no_replay_entry(node):
-    node.count_evaluation("riec", now=NOW, refused=True, reason="QUOTA_EXCEEDED")
+def test_summed_refusals_are_counted_per_requester_reason_and_day_in_one_transaction(node, engine):
+    today, tomorrow = NOW.date(), (NOW + timedelta(days=1)).date()
+    node.count_holder_events(
+        {
+            HolderEvent("riec", "QUOTA_EXCEEDED", today): 40,
+            HolderEvent(UNVERIFIED, "BAD_SIGNATURE", today): 500,
+            HolderEvent(UNVERIFIED, "BAD_SIGNATURE", tomorrow): 2,
+            HolderEvent("riec", ANSWERED_AGAIN, today): 3,
+        },
+        now=NOW,
+    )
     assert node.answered_requests(now=NOW) == []
-    (entry,) = [e for e in node.audit_entries() if e.kind == "oprf_evaluation"]
-    assert dict(entry.details) == {"elements": 0, "refused": True, "reason": "QUOTA_EXCEEDED"}
+    entries = [e for e in node.audit_entries() if e.kind == "oprf_evaluation"]
+    assert [(e.actor, dict(e.details)) for e in entries] == [
+        (UNVERIFIED, {"elements": 0, "refused": True, "requests": 500, "day": "2026-11-28",
+                      "reason": "BAD_SIGNATURE"}),
+        (UNVERIFIED, {"elements": 0, "refused": True, "requests": 2, "day": "2026-11-29",
+                      "reason": "BAD_SIGNATURE"}),
+        ("riec", {"elements": 0, "refused": False, "requests": 3, "day": "2026-11-28",
+                  "answered_again": True}),
+        ("riec", {"elements": 0, "refused": True, "requests": 40, "day": "2026-11-28",
+                  "reason": "QUOTA_EXCEEDED"}),
+    ]  # fmt: skip
+    with engine.connect() as conn:
+        usage = conn.execute(
+            sa.select(HolderUsage.party, HolderUsage.day, HolderUsage.requests_refused)
+        ).all()
+    # Answers given again are no refusals and cost no quota: only audited.
+    assert sorted(tuple(row) for row in usage) == [
+        (UNVERIFIED, today, 500),
+        (UNVERIFIED, tomorrow, 2),
+        ("riec", today, 40),
+    ]
+    assert node.evaluations_on("riec", today) == 0
+    # One bad event writes nothing of the rest.
+    before = table_counts(engine)
+    with pytest.raises(InvalidInput) as raised:
+        node.count_holder_events(
+            {HolderEvent("riec", "STALE", today): 1, HolderEvent("", "STALE", today): 1}, now=NOW
+        )
+    assert raised.value.field == "requester"
+    with pytest.raises(InvalidInput) as raised:
+        node.count_holder_events({HolderEvent("riec", "STALE", today): 0}, now=NOW)
+    assert raised.value.field == "count"
+    assert table_counts(engine) == before
+
+
+def test_an_answered_entry_must_be_the_counted_partys_with_a_full_digest(node):
     entry_for = AnsweredRequest("riec", b"x" * 16, 1, NOW)
-    with pytest.raises(InvalidInput) as raised:  # a refusal answered nothing
-        node.count_evaluation("riec", now=NOW, refused=True, answered=entry_for)
-    assert raised.value.field == "answered"
-    with pytest.raises(InvalidInput):  # the entry is the counted party's
+    with pytest.raises(InvalidInput) as raised:  # the entry is the counted party's
         node.count_evaluation("politie", now=NOW, elements=1, answered=entry_for)
+    assert raised.value.field == "answered"
+    short = AnsweredRequest("riec", b"x" * 16, 1, NOW, b"d" * 31)
+    with pytest.raises(InvalidInput) as raised:
+        node.count_evaluation("riec", now=NOW, elements=1, answered=short)
+    assert raised.value.field == "answered.digest"
+    assert node.answered_requests(now=NOW) == []
+
+
+def test_an_answered_request_keeps_its_digest_across_a_restart(node):
+    digested = AnsweredRequest("riec", b"x" * 16, 1, NOW + timedelta(minutes=6), b"d" * 32)
+    node.count_evaluation("riec", now=NOW, elements=1, answered=digested)
+    assert node.answered_requests(now=NOW) == [digested]
 
 
 def test_naive_times_are_refused(node):

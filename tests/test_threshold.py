@@ -304,6 +304,33 @@ def test_the_planner_spreads_a_large_allowance_in_large_requests():
     assert requests < 1200  # at most 1000 elements a request: 1000 at the very least
 
 
+def test_the_window_falls_to_one_on_a_loss_and_grows_by_what_is_answered():
+    _, epoch, _ = make_epoch(2, 2)  # one set: no spreading cuts the requests
+    use = DailyUse({1: 5000, 2: 5000})
+    planner = HolderPlanner(epoch, use=use)
+    assert use.window == threshold.MAX_ELEMENTS
+    assert planner.plan(5000, day=DAY)[1] == threshold.MAX_ELEMENTS
+    use.lost()
+    assert planner.plan(5000, day=DAY) == ((1, 2), 1)
+    sizes = []
+    for _ in range(12):
+        count = planner.plan(5000, day=DAY)[1]
+        sizes.append(count)
+        use.answered(count)
+    # Doubling: each request at most 1 + what was answered since the loss.
+    assert sizes == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000]
+    assert use.window == threshold.MAX_ELEMENTS
+    use.lost()
+    use.answered(3)
+    assert use.window == 4
+    use.answered(-5)  # nothing answered adds nothing
+    assert use.window == 4
+    # A new UTC day keeps what the node learnt about losses.
+    assert planner.plan(5000, day=DAY + timedelta(days=1))[1] == 4
+    # Without daily use (tests, evaluate_in_process) there is no window.
+    assert HolderPlanner(epoch).plan(5000)[1] == threshold.MAX_ELEMENTS
+
+
 def test_share_repr_hides_the_scalar():
     _, _, shares = make_epoch(2, 3)
     assert shares[0].scalar.hex() not in repr(shares[0])

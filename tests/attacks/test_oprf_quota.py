@@ -13,8 +13,10 @@ requests against all 12. Before, each holder counted alone and allowed 12.
 * The gemeente, a holder, computes its own partial evaluation from its
   key-share file (uncounted) and asks the two others: 12 tokens, not 24.
 * The broker replays a request the politie answered, after the politie's node
-  restarted (within the request's freshness window): refused as a REPLAY,
-  nothing counted.
+  restarted (within the request's freshness window): the very request is
+  answered again, uncounted, at most ``RESENDS`` times (what lets a node ask
+  again when the broker dropped an answer), then refused as a REPLAY; nothing
+  counted.
 * An honest holder party's node reaches its cap, every token counted at its
   own seat, and keeps the rest pending.
 """
@@ -29,7 +31,7 @@ from datetime import UTC, datetime
 import pytest
 
 from samenloop.node import keysetup, threshold, tokens
-from samenloop.node.evaluation import build_requests, new_request_id
+from samenloop.node.evaluation import RESENDS, build_requests, new_request_id
 from samenloop.node.identifiers import parse
 from samenloop.node.threshold import KeyEpoch, PartialEvaluation
 from samenloop.policies.crypto import PartyKeys
@@ -200,7 +202,7 @@ def test_a_holder_party_computing_its_own_share_locally_gets_no_more_than_its_ca
     run.assert_serving()
 
 
-def test_a_request_replayed_after_the_holder_restarted_is_refused_and_costs_nothing(
+def test_a_request_replayed_after_the_holder_restarted_costs_nothing_and_is_then_refused(
     covenant_run: CovenantRun,
 ) -> None:
     run = covenant_run
@@ -228,13 +230,21 @@ def test_a_request_replayed_after_the_holder_restarted_is_refused_and_costs_noth
         assert reply.HasField("response"), reply
         return keyholder_pb2.EvaluationResponse.FromString(reply.response.body)
 
-    assert send().WhichOneof("result") == "evaluation"
+    first = send()
+    assert first.WhichOneof("result") == "evaluation"
     counted = evaluated_for(run, "politie", "woningcorporatie")
     refused = refused_for(run, "politie", "woningcorporatie")
     assert counted == 1
 
     run.restart("politie")  # its replay cache used to live in memory only
-    # The broker sends the same signed bytes again, well within the freshness window.
+    # The broker sends the same signed bytes again, well within the freshness window: the
+    # politie knows the very request and gives the same evaluation again, uncounted...
+    for _ in range(RESENDS):
+        again = send()
+        assert again.WhichOneof("result") == "evaluation"
+        assert again.evaluation.evaluated_elements == first.evaluation.evaluated_elements
+    assert evaluated_for(run, "politie", "woningcorporatie") == counted
+    # ...and refuses it from then on.
     replayed = send()
     assert replayed.WhichOneof("result") == "refusal"
     assert replayed.refusal.reason == REASON.EVALUATION_REFUSAL_REASON_REPLAY
