@@ -678,11 +678,17 @@ def test_submission_rules_take_the_longest_retention_of_any_category_and_version
     policy = replace(
         example_policy(),
         retention=Retention(default_days=30, categories=(("vastgoedmisbruik", 900),)),
-        quotas=Quotas(1, 0, token_entries_per_day=12_345, token_entries_held=67_890),
+        quotas=Quotas(
+            1,
+            0,
+            token_entries_per_day=12_345,
+            token_entries_held=67_890,
+            hit_notice_bytes_per_day=3 * 2**20,
+        ),
     )
     covenant = SimpleNamespace(policy=policy)  # all that the rules read of a covenant
     rules = matching.SubmissionRules.of(covenant)
-    assert rules == matching.SubmissionRules(900, 12_345, 67_890)
+    assert rules == matching.SubmissionRules(900, 12_345, 67_890, 3 * 2**20)
     assert rules.longest_lifetime == timedelta(days=900) + SKEW
     held = matching.SubmissionRules.of(covenant, held_retention_days=1000)
     assert held.longest_retention_days == 1000
