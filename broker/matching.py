@@ -450,13 +450,14 @@ def charge_notices(
     the party's day (``usage`` as :func:`charge` returned it, on the current day).
 
     While the party has caused no notice that day, its batch goes through whatever its
-    notices (so that no batch can wait for ever); after that, a batch that would take the
-    day's notices past ``notice_bytes_per_day`` is refused (``QuotaExceeded``, reason
-    ``quota.hit_notice_bytes_per_day``, naming ``field``) and stores nothing. So a party
-    causes at most the larger of the quota and its day's first such batch.
+    notices (so that no batch can wait for ever); after that, a batch whose notices would
+    take the day's past ``notice_bytes_per_day`` is refused (``QuotaExceeded``, reason
+    ``quota.hit_notice_bytes_per_day``, naming ``field``) and stores nothing. A batch that
+    causes no notice is never refused for them. So a party's batches cause at most the
+    larger of the quota and its day's first notice-causing batch.
     """
     total = usage.notice_bytes + notice_bytes
-    if usage.notice_bytes and total > rules.notice_bytes_per_day:
+    if usage.notice_bytes and notice_bytes and total > rules.notice_bytes_per_day:
         raise QuotaExceeded(
             f"the covenant allows {rules.notice_bytes_per_day} bytes of hit notices to other"
             f" parties per party per UTC day; {usage.notice_bytes} were caused today and"
@@ -465,6 +466,33 @@ def charge_notices(
             reason="quota.hit_notice_bytes_per_day",
         )
     return replace(usage, notice_bytes=total)
+
+
+def swept_notice_bytes(
+    change: Change, signed: Iterable[tuple[NoticeDraft, bytes]]
+) -> dict[str, int]:
+    """What each party whose entries an expiry sweep dropped caused the others: the bytes
+    of the signed notices on those tokens to every recipient but itself (a notice on a
+    token where several parties' entries expired counts for each of them)."""
+    expired: dict[bytes, set[str]] = {}
+    for entry in change.deleted:
+        expired.setdefault(entry.token, set()).add(entry.party)
+    costs: Counter[str] = Counter()
+    for draft, payload in signed:
+        for party in expired.get(draft.group.token, ()):
+            if draft.recipient != party:
+                costs[party] += len(payload)
+    return dict(costs)
+
+
+def charge_swept(usage: Usage, notice_bytes: int, *, now: datetime) -> Usage:
+    """Count the notices the sweep of a party's expired entries caused the others against
+    its day, like its own batches' but never refused (the sweep must go on): its batches
+    wait once they pass ``hit_notice_bytes_per_day``."""
+    day = utc_day(now)
+    if usage.day < day:
+        usage = Usage(day, 0, usage.held, 0)
+    return replace(usage, notice_bytes=usage.notice_bytes + notice_bytes)
 
 
 def held_deltas(change: Change, *, submitter: str | None = None) -> dict[str, int]:

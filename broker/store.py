@@ -691,7 +691,12 @@ class BrokerStore(audit_store.AuditLog):
                 loaded.states, min_parties=min_parties, now=now, visibility=visibility
             )
             self._apply(tx, change, loaded)
-            notified = self._deliver(tx, change.notices, now, sign_notice)
+            drafts = [(draft, sign_notice(draft)) for draft in change.notices]
+            self._charge_swept(tx, matching.swept_notice_bytes(change, drafts), now)
+            by_party: dict[str, list[tuple[ItemKind, bytes]]] = {}
+            for draft, payload in drafts:
+                by_party.setdefault(draft.recipient, []).append((ItemKind.HIT_NOTICE, payload))
+            notified = self._deliver_signed(tx, by_party, now)
             expired = AuditEvent(
                 AuditKind.TOKEN_EXPIRY, self._owner, (), {"removed": len(change.deleted)}
             )
@@ -1012,6 +1017,18 @@ class BrokerStore(audit_store.AuditLog):
                     )
                 )
         return acked.acked_cursor
+
+    def _charge_swept(self, tx: _Tx, costs: Mapping[str, int], now: datetime) -> None:
+        """Count what an expiry sweep's notices cost the others against the day of each party
+        whose entries expired (:func:`matching.charge_swept`)."""
+        ids = self._ids(tx, costs)
+        for party, cost in sorted(costs.items()):
+            usage = matching.charge_swept(self._usage(tx, party, ids[party]), cost, now=now)
+            tx.conn.execute(
+                update(PartyUsage)
+                .where(PartyUsage.party_id == ids[party])
+                .values(day=usage.day, submitted=usage.submitted, notice_bytes=usage.notice_bytes)
+            )
 
     def _usage(self, tx: _Tx, party: str, party_id: int) -> Usage:
         """A party's quota counts, read under the matching lock (which every writer of them

@@ -801,3 +801,53 @@ def test_a_notice_within_the_boxes_limit_is_left_as_it_is():
     )
     notice = next(n for n in result.change.notices if n.recipient == "late")
     assert [len(m.sealed_attributes) for m in notice.view.members] == [5, 5, 5]
+
+
+def test_a_party_s_notices_to_others_are_bounded_per_day_but_never_stop_its_first_batch():
+    rules = replace(RULES, notice_bytes_per_day=1000)
+    day = matching.utc_day(NOW)
+    fresh = matching.charge(matching.Usage(), submitted=1, added=1, rules=rules, now=NOW)
+    assert fresh.notice_bytes == 0
+    first = matching.charge_notices(fresh, 5000, rules=rules)  # the day's first: always
+    assert first.notice_bytes == 5000
+    with pytest.raises(QuotaExceeded) as refused:
+        matching.charge_notices(first, 1, rules=rules, field="signal_refs")
+    assert (refused.value.reason, refused.value.field) == (
+        "quota.hit_notice_bytes_per_day",
+        "signal_refs",
+    )
+    assert matching.charge_notices(first, 0, rules=rules).notice_bytes == 5000  # none caused
+    some = matching.Usage(day, 1, 1, 600)
+    assert matching.charge_notices(some, 400, rules=rules).notice_bytes == 1000
+    with pytest.raises(QuotaExceeded):
+        matching.charge_notices(some, 401, rules=rules)
+    # The next UTC day, charge starts the notices afresh.
+    tomorrow = matching.charge(
+        first, submitted=1, added=0, rules=rules, now=NOW + timedelta(days=1)
+    )
+    assert (tomorrow.day, tomorrow.notice_bytes) == (day + 1, 0)
+
+
+def test_the_sweep_charges_each_party_whose_entries_expired_and_never_refuses():
+    group = Group(b"g" * 16, T1, 3, NOW, NOW)
+    other = Group(b"h" * 16, T2, 3, NOW, NOW)
+
+    def draft(recipient: str, on: Group) -> matching.NoticeDraft:
+        return matching.NoticeDraft(recipient, on, SHRUNK, (), View(Visibility(), (), 2), False)
+
+    def gone(party: str, on: bytes) -> Entry:
+        return Entry(party, on, ref(party), 1, NOW)
+
+    change = Change(deleted=(gone("a", T1), gone("b", T1), gone("a", T2)), groups=(group, other))
+    signed = [
+        (draft("a", group), b"x" * 10),
+        (draft("b", group), b"x" * 20),
+        (draft("c", group), b"x" * 40),
+        (draft("c", other), b"x" * 80),
+    ]
+    assert matching.swept_notice_bytes(change, signed) == {"a": 20 + 40 + 80, "b": 10 + 40}
+    spent = matching.Usage(matching.utc_day(NOW), 7, 3, 10**12)
+    assert matching.charge_swept(spent, 5, now=NOW).notice_bytes == 10**12 + 5
+    assert matching.charge_swept(spent, 5, now=NOW + timedelta(days=1)) == matching.Usage(
+        matching.utc_day(NOW) + 1, 0, 3, 5
+    )

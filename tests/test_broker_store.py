@@ -457,6 +457,34 @@ def test_expiry_drops_entries_and_tells_the_members(broker):
     assert [p.split("|")[1] for p in inbox(broker, "c")] == ["NEW", "SHRUNK"]
 
 
+def test_the_sweep_s_notices_count_against_the_day_of_the_party_whose_entries_expired(
+    broker, engine
+):
+    """Entries that expire tell the others too: those notices' bytes count against the
+    expired party's notice bytes of the day (never refused: the sweep goes on), so that
+    a party cannot have the sweep do the churn its batches may not."""
+    soon = NOW + timedelta(days=1)
+    submit(broker, "a", 1, [entry("a", 1, expires=soon), entry("a", 2, expires=soon)])
+    submit(broker, "b", 2, [entry("b", 1), entry("b", 2)])
+    submit(broker, "c", 3, [entry("c", 1)])
+    sent: list[tuple[str, int]] = []
+
+    def counting(draft: NoticeDraft) -> bytes:
+        signed = sign(draft)
+        sent.append((draft.recipient, len(signed)))
+        return signed
+
+    before, other = broker.usage("a"), broker.usage("b")
+    broker.expire(soon, min_parties=2, sign_notice=counting)
+    to_others = sum(size for recipient, size in sent if recipient != "a")
+    assert {recipient for recipient, _ in sent} == {"a", "b", "c"}
+    assert to_others > 0
+    assert broker.usage("a") == replace(
+        before, day=matching.utc_day(soon), submitted=0, notice_bytes=to_others, held=0
+    )
+    assert broker.usage("b") == other  # its entries did not expire
+
+
 def test_removing_a_party_closes_its_mailbox_and_tells_the_others(broker, engine):
     submit(broker, "a", 1, [entry("a", 1)])
     submit(broker, "b", 2, [entry("b", 1)])
