@@ -105,8 +105,8 @@ SETTABLE = (
     "signing.threshold",
 )
 
-#: The broker's quotas of notices and envelopes, set alike.
-_BROKER_BYTE_QUOTAS = frozenset(
+#: The broker's quotas of hit notices and envelopes, set alike.
+_BROKER_TRAFFIC_QUOTAS = frozenset(
     {
         "quotas.hit_notice_bytes_per_day",
         "quotas.envelopes_per_day",
@@ -717,7 +717,7 @@ def _with_value(covenant: Covenant, key: str, value: str) -> Covenant:
     if key == "quotas.token_entries_held":
         quotas = _checked(lambda: replace(policy.quotas, token_entries_held=number), field="quotas")
         return replace(covenant, policy=replace(policy, quotas=quotas))
-    if key in _BROKER_BYTE_QUOTAS:
+    if key in _BROKER_TRAFFIC_QUOTAS:
         name = key.removeprefix("quotas.")
         quotas = _checked(lambda: replace(policy.quotas, **{name: number}), field="quotas")
         return replace(covenant, policy=replace(policy, quotas=quotas))
