@@ -358,11 +358,14 @@ class Withdrawal:
 @dataclass(frozen=True, slots=True)
 class SubmissionRules:
     """What the covenant lets one party submit, as the broker applies it: how far ahead an
-    entry may expire, and the party's quotas of entries per UTC day and held at once."""
+    entry may expire, the party's quotas of entries submitted and refs withdrawn per UTC
+    day and of entries held at once, and of the hit-notice bytes its batches may put in
+    other parties' mailboxes per UTC day."""
 
     longest_retention_days: int
     entries_per_day: int
     entries_held: int
+    notice_bytes_per_day: int = 2**62
 
     @classmethod
     def of(cls, covenant: Covenant, *, held_retention_days: int = 0) -> SubmissionRules:
@@ -374,6 +377,7 @@ class SubmissionRules:
             longest_retention_days=max(policy.retention.longest_days, held_retention_days),
             entries_per_day=policy.quotas.token_entries_per_day,
             entries_held=policy.quotas.token_entries_held,
+            notice_bytes_per_day=policy.quotas.hit_notice_bytes_per_day,
         )
 
     @property
@@ -386,12 +390,14 @@ class SubmissionRules:
 @dataclass(frozen=True, slots=True)
 class Usage:
     """A party's use of its quotas, as the broker keeps it: the UTC day (since 1970) of
-    its last counted submission, the entries it submitted that day, the entries it holds
-    (live or expired and not yet swept)."""
+    its last counted batch, the entries it submitted and refs it withdrew that day, the
+    entries it holds (live or expired and not yet swept), and the bytes of hit notices
+    its batches put in other parties' mailboxes that day."""
 
     day: int = 0
     submitted: int = 0
     held: int = 0
+    notice_bytes: int = 0
 
 
 def utc_day(now: datetime) -> int:
@@ -400,22 +406,30 @@ def utc_day(now: datetime) -> int:
 
 
 def charge(
-    usage: Usage, *, submitted: int, added: int, rules: SubmissionRules, now: datetime
+    usage: Usage,
+    *,
+    submitted: int,
+    added: int,
+    rules: SubmissionRules,
+    now: datetime,
+    field: str = "entries",
 ) -> Usage:
-    """Count a batch of ``submitted`` entries that changes the party's held entries by
-    ``added`` against its quotas; ``QuotaExceeded`` (field ``entries``) if it would pass
-    one, and then the batch stores nothing.
+    """Count a batch of ``submitted`` entries (or, for a withdrawal, refs withdrawn, with
+    ``field`` ``signal_refs``) that changes the party's held entries by ``added`` against
+    its quotas; ``QuotaExceeded`` naming ``field`` if it would pass one, and then the
+    batch stores nothing.
 
     A batch that does not grow what the party holds is never refused for what it holds.
     A clock that steps back keeps counting on the later day.
     """
     day = utc_day(now)
-    today = usage.submitted if usage.day >= day else 0
+    today, notices = (usage.submitted, usage.notice_bytes) if usage.day >= day else (0, 0)
     if today + submitted > rules.entries_per_day:
         raise QuotaExceeded(
-            f"the covenant allows {rules.entries_per_day} token entries per party per UTC day;"
-            f" {today} were submitted today and this batch has {submitted}",
-            field="entries",
+            f"the covenant allows {rules.entries_per_day} token entries submitted and refs"
+            f" withdrawn per party per UTC day; {today} were counted today and this batch"
+            f" has {submitted}",
+            field=field,
             reason="quota.token_entries_per_day",
         )
     held = usage.held + added
@@ -423,10 +437,62 @@ def charge(
         raise QuotaExceeded(
             f"the covenant allows {rules.entries_held} token entries held per party;"
             f" {usage.held} are held and this batch adds {added}",
-            field="entries",
+            field=field,
             reason="quota.token_entries_held",
         )
-    return Usage(max(day, usage.day), today + submitted, held)
+    return Usage(max(day, usage.day), today + submitted, held, notices)
+
+
+def charge_notices(
+    usage: Usage, notice_bytes: int, *, rules: SubmissionRules, field: str = "entries"
+) -> Usage:
+    """Count the bytes of the hit notices a batch puts in other parties' mailboxes against
+    the party's day (``usage`` as :func:`charge` returned it, on the current day).
+
+    While the party has caused no notice that day, its batch goes through whatever its
+    notices (so that no batch can wait for ever); after that, a batch whose notices would
+    take the day's past ``notice_bytes_per_day`` is refused (``QuotaExceeded``, reason
+    ``quota.hit_notice_bytes_per_day``, naming ``field``) and stores nothing. A batch that
+    causes no notice is never refused for them. So a party's batches cause at most the
+    larger of the quota and its day's first notice-causing batch.
+    """
+    total = usage.notice_bytes + notice_bytes
+    if usage.notice_bytes and notice_bytes and total > rules.notice_bytes_per_day:
+        raise QuotaExceeded(
+            f"the covenant allows {rules.notice_bytes_per_day} bytes of hit notices to other"
+            f" parties per party per UTC day; {usage.notice_bytes} were caused today and"
+            f" this batch causes {notice_bytes}",
+            field=field,
+            reason="quota.hit_notice_bytes_per_day",
+        )
+    return replace(usage, notice_bytes=total)
+
+
+def swept_notice_bytes(
+    change: Change, signed: Iterable[tuple[NoticeDraft, bytes]]
+) -> dict[str, int]:
+    """What each party whose entries an expiry sweep dropped caused the others: the bytes
+    of the signed notices on those tokens to every recipient but itself (a notice on a
+    token where several parties' entries expired counts for each of them)."""
+    expired: dict[bytes, set[str]] = {}
+    for entry in change.deleted:
+        expired.setdefault(entry.token, set()).add(entry.party)
+    costs: Counter[str] = Counter()
+    for draft, payload in signed:
+        for party in expired.get(draft.group.token, ()):
+            if draft.recipient != party:
+                costs[party] += len(payload)
+    return dict(costs)
+
+
+def charge_swept(usage: Usage, notice_bytes: int, *, now: datetime) -> Usage:
+    """Count the notices the sweep of a party's expired entries caused the others against
+    its day, like its own batches' but never refused (the sweep must go on): its batches
+    wait once they pass ``hit_notice_bytes_per_day``."""
+    day = utc_day(now)
+    if usage.day < day:
+        usage = Usage(day, 0, usage.held, 0)
+    return replace(usage, notice_bytes=usage.notice_bytes + notice_bytes)
 
 
 def held_deltas(change: Change, *, submitter: str | None = None) -> dict[str, int]:

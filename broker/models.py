@@ -230,11 +230,39 @@ class PartyUsage(Base):
     day: Mapped[int] = mapped_column(Integer)
     submitted: Mapped[int] = mapped_column(BigInteger)
     held: Mapped[int] = mapped_column(BigInteger)
+    notice_bytes: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     __table_args__ = (
         CheckConstraint("day >= 0", name="day_not_negative"),
         CheckConstraint("submitted >= 0", name="submitted_not_negative"),
         CheckConstraint("held >= 0", name="held_not_negative"),
+        CheckConstraint("notice_bytes >= 0", name="notice_bytes_not_negative"),
+    )
+
+
+class PartyEnvelopeUsage(Base):
+    """A party's use of its envelope quotas: the UTC day (since 1970) of its last counted
+    envelope, the envelopes it sent that day and their bytes as stored; and the bytes of
+    envelopes waiting unacknowledged in its own mailbox, from every sender.
+
+    ``waiting_bytes`` moves with every insert, acknowledgement, set-aside and removal of
+    its ``mailbox_items`` of kind ``envelope``, in the same transaction. A table of its
+    own, apart from ``party_usage``, so that envelopes never wait for matching's locks.
+    """
+
+    __tablename__ = "envelope_usage"
+
+    party_id: Mapped[int] = mapped_column(ForeignKey("parties.id"), primary_key=True)
+    day: Mapped[int] = mapped_column(Integer)
+    sent: Mapped[int] = mapped_column(BigInteger)
+    sent_bytes: Mapped[int] = mapped_column(BigInteger)
+    waiting_bytes: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint("day >= 0", name="day_not_negative"),
+        CheckConstraint("sent >= 0", name="sent_not_negative"),
+        CheckConstraint("sent_bytes >= 0", name="sent_bytes_not_negative"),
+        CheckConstraint("waiting_bytes >= 0", name="waiting_bytes_not_negative"),
     )
 
 

@@ -21,6 +21,12 @@ from samenloop.v1 import broker_pb2, common_pb2
 
 #: What a channel's outbound queue carries: a request, or ``None`` to close it.
 Outbound = broker_pb2.RelayedEvaluation | None
+#: The largest answer the broker passes on from one holder: its share of one message,
+#: so that an ``EvaluateResponse`` with every holder's answer always fits (a real answer
+#: for the most blinded elements a request may carry is about 35 KB).
+MAX_ANSWER_BYTES: int = common_pb2.LIMITS_MAX_MESSAGE_BYTES // (
+    common_pb2.LIMITS_MAX_KEY_HOLDERS + 1
+)
 
 
 @dataclass
@@ -96,11 +102,15 @@ class Switchboard:
             return sorted(index for (epoch, index) in self._channels if epoch == key_epoch)
 
     def answer(self, channel: Channel, relay_id: int, response: common_pb2.Signed) -> None:
-        """A holder's answer; one for a relay id this channel was not sent is ignored."""
+        """A holder's answer; one for a relay id this channel was not sent is ignored, and
+        one larger than :data:`MAX_ANSWER_BYTES` is not passed on (``TOO_LARGE``)."""
         with self._lock:
             pending = channel.pending.pop(relay_id, None)
         if pending is not None:
-            pending.response = response
+            if response.ByteSize() > MAX_ANSWER_BYTES:
+                pending.failure = broker_pb2.RELAY_FAILURE_TOO_LARGE
+            else:
+                pending.response = response
             pending.done.set()
 
     def relay(

@@ -22,7 +22,7 @@ import structlog
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
 
-from samenloop.broker import matching
+from samenloop.broker import mailbox, matching
 from samenloop.broker.auth import caller
 from samenloop.broker.mailbox import ItemKind
 from samenloop.broker.relay import Channel, Switchboard
@@ -148,6 +148,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
 
     def _limits(self) -> broker_pb2.BrokerLimits:
         lifetime = self._submission_rules().longest_lifetime
+        quotas = self._covenant().policy.quotas
         return broker_pb2.BrokerLimits(
             max_tokens_per_batch=common_pb2.LIMITS_MAX_TOKENS_PER_BATCH,
             max_refs_per_withdrawal=common_pb2.LIMITS_MAX_REFS_PER_WITHDRAWAL,
@@ -160,6 +161,11 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             max_refs_per_token=matching.MAX_REFS_PER_TOKEN,
             max_sealed_attributes_per_notice=matching.MAX_SEALED_ATTRIBUTES_PER_NOTICE,
             max_entry_lifetime_seconds=int(lifetime.total_seconds()),
+            envelopes_per_day=quotas.envelopes_per_day,
+            envelope_bytes_per_day=quotas.envelope_bytes_per_day,
+            envelope_bytes_waiting=quotas.envelope_bytes_waiting,
+            hit_notice_bytes_per_day=quotas.hit_notice_bytes_per_day,
+            max_sealed_bytes=mailbox.MAX_SEALED_BYTES,
         )
 
     def Hello(
@@ -449,6 +455,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             now=self._clock(),
             sign_notice=self._sign_notice,
             visibility=self._visibility(),
+            rules=self._submission_rules(covenant),
         )
         self._bell.ring(result.notified)
         return broker_pb2.WithdrawTokensResponse(
@@ -496,7 +503,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
     ) -> broker_pb2.FetchMailboxResponse:
         party = caller(context)
         fetched = self._store.fetch(
-            party, request.after_cursor, request.max_items, now=self._clock()
+            party, request.after_cursor, request.max_items, now=self._clock(), parses=mailbox.parses
         )
         return broker_pb2.FetchMailboxResponse(
             items=[self._item(stored) for stored in fetched.items],
@@ -520,7 +527,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                     field="party",
                     reason="covenant.unknown_party",
                 )
-            fetched = self._store.fetch(party, after, 0, now=self._clock())
+            fetched = self._store.fetch(party, after, 0, now=self._clock(), parses=mailbox.parses)
             for stored in fetched.items:
                 yield broker_pb2.StreamMailboxResponse(item=self._item(stored))
                 after = stored.cursor
@@ -546,13 +553,10 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         sealed = request.envelope
         if sealed.sender != party:
             raise NotAllowed("envelope sender must be the caller", field="envelope.sender")
-        if not self._in_force().is_party(sealed.recipient):
+        covenant = self._in_force()
+        if not covenant.is_party(sealed.recipient):
             raise NotAllowed("recipient is not a party of the covenant", field="envelope.recipient")
-        if len(sealed.ciphertext) > MAX_ENVELOPE_BYTES:
-            raise MessageTooLarge(
-                f"envelopes carry at most {MAX_ENVELOPE_BYTES} bytes",
-                field="envelope.ciphertext",
-            )
+        mailbox.check_sealed(sealed)
         now = self._clock()
         relayed = broker_pb2.RelayedEnvelope(
             client_message_id=request.client_message_id,
@@ -566,6 +570,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             recipient=sealed.recipient,
             payload=relayed.SerializeToString(),
             now=now,
+            rules=mailbox.EnvelopeRules.of(covenant),
         )
         if not receipt.replayed:
             self._bell.ring([sealed.recipient])

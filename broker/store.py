@@ -50,7 +50,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute
 
 from samenloop.broker import mailbox, matching
-from samenloop.broker.mailbox import ItemKind, MailboxState
+from samenloop.broker.mailbox import EnvelopeRules, EnvelopeUsage, ItemKind, MailboxState, SetAside
 from samenloop.broker.matching import (
     DEFAULT_VISIBILITY,
     Change,
@@ -69,6 +69,7 @@ from samenloop.broker.models import (
     MailboxHead,
     MailboxItem,
     Party,
+    PartyEnvelopeUsage,
     PartyUsage,
     ProcessedBatch,
     RelayedEnvelope,
@@ -144,7 +145,7 @@ _PG_INSERT_GROUP: Final = (
 )
 _PG_OPEN_AND_PRIOR: Final = (
     "SELECT h.closed, b.digest, b.stored, b.unchanged, b.accepted_at,"
-    " u.day, u.submitted, u.held"
+    " u.day, u.submitted, u.held, u.notice_bytes"
     " FROM mailbox_heads AS h LEFT JOIN processed_batches AS b"
     " ON b.party_id = h.party_id AND b.client_batch_id = %(batch_id)s"
     " LEFT JOIN party_usage AS u ON u.party_id = h.party_id"
@@ -152,15 +153,20 @@ _PG_OPEN_AND_PRIOR: Final = (
 )
 _SQLITE_OPEN_AND_PRIOR: Final = (
     "SELECT h.closed, b.digest, b.stored, b.unchanged, b.accepted_at,"
-    " u.day, u.submitted, u.held"
+    " u.day, u.submitted, u.held, u.notice_bytes"
     " FROM mailbox_heads AS h LEFT JOIN processed_batches AS b"
     " ON b.party_id = h.party_id AND b.client_batch_id = ?"
     " LEFT JOIN party_usage AS u ON u.party_id = h.party_id"
     " WHERE h.party_id = ?"
 )
 # A submitter's quota counts (see matching.charge), and others' entries held moving.
-_PG_CHARGE: Final = "UPDATE party_usage SET day = %s, submitted = %s, held = %s WHERE party_id = %s"
-_SQLITE_CHARGE: Final = "UPDATE party_usage SET day = ?, submitted = ?, held = ? WHERE party_id = ?"
+_PG_CHARGE: Final = (
+    "UPDATE party_usage SET day = %s, submitted = %s, held = %s, notice_bytes = %s"
+    " WHERE party_id = %s"
+)
+_SQLITE_CHARGE: Final = (
+    "UPDATE party_usage SET day = ?, submitted = ?, held = ?, notice_bytes = ? WHERE party_id = ?"
+)
 _PG_HOLD: Final = "UPDATE party_usage SET held = held + %s WHERE party_id = %s"
 _SQLITE_HOLD: Final = "UPDATE party_usage SET held = held + ? WHERE party_id = ?"
 _PG_RECORD_SUBMIT: Final = (
@@ -512,7 +518,6 @@ class BrokerStore(audit_store.AuditLog):
                 )
             else:
                 usage = replace(usage, held=usage.held + held.get(party, 0))
-            charged = (usage.day, usage.submitted, usage.held, party_id)
             signed: dict[str, list[tuple[ItemKind, bytes]]] = {}
             self._apply(
                 tx,
@@ -522,6 +527,8 @@ class BrokerStore(audit_store.AuditLog):
                 meanwhile=lambda: signed.update(_sign(outcome.change.notices, sign_notice)),
                 held={p: d for p, d in held.items() if p != party},
             )
+            usage = _charge_notices(usage, _notice_bytes(signed, party), rules, "entries")
+            charged = (usage.day, usage.submitted, usage.held, usage.notice_bytes, party_id)
             notified = self._deliver_signed(tx, signed, now)
             record = {
                 "party_id": party_id,
@@ -574,8 +581,15 @@ class BrokerStore(audit_store.AuditLog):
         now: datetime,
         sign_notice: SignNotice,
         visibility: VisibilityRule = DEFAULT_VISIBILITY,
+        rules: SubmissionRules | None = None,
     ) -> WithdrawResult:
-        """Remove the party's entries for the refs; idempotent by ``client_batch_id``."""
+        """Remove the party's entries for the refs; idempotent by ``client_batch_id``.
+
+        With ``rules`` (the broker always passes the covenant's), the refs count against
+        the party's entries of the day like submitted entries, and the notices it causes
+        against its notice bytes of the day (:func:`matching.charge_notices`): a
+        withdrawal beyond either is refused whole and changes nothing.
+        """
         _check_id(client_batch_id, "client_batch_id")
         now = _utc(now)
         batch = matching.parse_withdrawal(party, signal_refs)
@@ -591,13 +605,30 @@ class BrokerStore(audit_store.AuditLog):
                     replayed=True,
                     accepted_at=prior.accepted_at,
                 )
+            usage = self._usage(tx, party, party_id)
+            if rules is not None:
+                usage = matching.charge(
+                    usage,
+                    submitted=len(batch.signal_refs),
+                    added=0,
+                    rules=rules,
+                    now=now,
+                    field="signal_refs",
+                )
             tokens = self._tokens_of_refs(tx, party_id, batch.signal_refs)
             loaded = self._load(tx, tokens)
             outcome = matching.withdraw(
                 batch, loaded.states, min_parties=min_parties, now=now, visibility=visibility
             )
             self._apply(tx, outcome.change, loaded)
-            notified = self._deliver(tx, outcome.change.notices, now, sign_notice)
+            signed = _sign(outcome.change.notices, sign_notice)
+            usage = _charge_notices(usage, _notice_bytes(signed, party), rules, "signal_refs")
+            tx.conn.execute(
+                update(PartyUsage)
+                .where(PartyUsage.party_id == party_id)
+                .values(day=usage.day, submitted=usage.submitted, notice_bytes=usage.notice_bytes)
+            )
+            notified = self._deliver_signed(tx, signed, now)
             tx.conn.execute(
                 insert(ProcessedBatch).values(
                     party_id=party_id,
@@ -660,7 +691,12 @@ class BrokerStore(audit_store.AuditLog):
                 loaded.states, min_parties=min_parties, now=now, visibility=visibility
             )
             self._apply(tx, change, loaded)
-            notified = self._deliver(tx, change.notices, now, sign_notice)
+            drafts = [(draft, sign_notice(draft)) for draft in change.notices]
+            self._charge_swept(tx, matching.swept_notice_bytes(change, drafts), now)
+            by_party: dict[str, list[tuple[ItemKind, bytes]]] = {}
+            for draft, payload in drafts:
+                by_party.setdefault(draft.recipient, []).append((ItemKind.HIT_NOTICE, payload))
+            notified = self._deliver_signed(tx, by_party, now)
             expired = AuditEvent(
                 AuditKind.TOKEN_EXPIRY, self._owner, (), {"removed": len(change.deleted)}
             )
@@ -806,15 +842,18 @@ class BrokerStore(audit_store.AuditLog):
         *,
         now: datetime,
         budget: int = mailbox.MAX_MESSAGE_BYTES,
+        parses: Callable[[ItemKind, bytes], bool] | None = None,
     ) -> Fetched:
         """Items after a cursor, in cursor order: as many whole items as fit in one message
         of ``budget`` bytes (:func:`mailbox.page`), and at least one if any waits.
 
-        An item that fits in no message is set aside first (:meth:`_set_aside`, its own
-        transaction, at ``now``) and its marker comes in its place: no item stops a
-        mailbox. One query reads the window's sizes, with the payloads of the small items
-        (at most ``budget`` bytes of them in all); the larger payloads of the page, if any,
-        come in a second. A page never loads an item it will not send.
+        An item that fits in no message, or (given ``parses``: the service passes
+        :func:`mailbox.parses`) whose stored bytes do not parse as its kind, is set aside
+        first (:meth:`_set_aside`, its own transaction, at ``now``) and its marker comes
+        in its place: no item stops a mailbox. One query reads the window's sizes, with the
+        payloads of the small items (at most ``budget`` bytes of them in all); the larger
+        payloads of the page, if any, come in a second. A page never loads an item it will
+        not send.
         """
         _check_party(party)
         now = _utc(now)
@@ -836,7 +875,8 @@ class BrokerStore(audit_store.AuditLog):
                     },
                 ).all()
                 plan = mailbox.page([(row[0], row[2]) for row in rows], budget=budget)
-                if not plan.set_aside:
+                aside = dict.fromkeys(plan.set_aside, SetAside.TOO_LARGE)
+                if not aside:
                     sent = rows[: plan.count]
                     large = [row[0] for row in sent if row[4] is None]
                     payloads = (
@@ -860,17 +900,27 @@ class BrokerStore(audit_store.AuditLog):
                         for cursor, kind, _, enqueued_at, payload in sent
                         if payload is not None or cursor in payloads  # unless acknowledged
                     )
-                    return Fetched(items, state.head_cursor, state.acked_cursor)
-            if plan.set_aside == tried:  # only a row altered by hand gets here: say so
+                    aside = {
+                        item.cursor: SetAside.MALFORMED
+                        for item in items
+                        if parses is not None and not parses(item.kind, item.payload)
+                    }
+                    if not aside:
+                        return Fetched(items, state.head_cursor, state.acked_cursor)
+            if tuple(aside) == tried:  # only a row altered by hand again meanwhile gets here
                 raise LookupError(f"cannot set aside mailbox items {tried} of {party}")
-            tried = plan.set_aside
-            self._set_aside(party, party_id, plan.set_aside, now)
+            tried = tuple(aside)
+            self._set_aside(party, party_id, aside, now)
 
-    def _set_aside(self, party: str, party_id: int, cursors: Sequence[int], now: datetime) -> None:
+    def _set_aside(
+        self, party: str, party_id: int, cursors: Mapping[int, SetAside], now: datetime
+    ) -> None:
         """Move undeliverable items out of a mailbox, durably and in one transaction: each to
         ``set_aside_items`` (kept for the operator), a marker in its place at its cursor,
-        an audit entry. Items another reader set aside meanwhile, or that were
-        acknowledged, are skipped."""
+        an audit entry saying why (``cursors``: too large for any message, or stored bytes
+        that do not parse). Items another reader set aside meanwhile, or that were
+        acknowledged, are skipped. A marker whose own bytes do not parse is replaced by a
+        new one (there is nothing in it to keep)."""
         with self._write() as tx:
             conn = tx.conn
             self._head(conn, party, party_id, lock=True)  # one at a time per mailbox
@@ -880,24 +930,28 @@ class BrokerStore(audit_store.AuditLog):
                     MailboxItem.kind,
                     MailboxItem.payload,
                     MailboxItem.enqueued_at,
-                ).where(
-                    MailboxItem.party_id == party_id,
-                    MailboxItem.cursor.in_(cursors),
-                    MailboxItem.kind != ItemKind.SET_ASIDE.value,
-                )
+                ).where(MailboxItem.party_id == party_id, MailboxItem.cursor.in_(list(cursors)))
             ).all()
             events = []
+            released = 0
             for cursor, kind, payload, enqueued_at in rows:
-                conn.execute(
-                    insert(SetAsideItem).values(
-                        party_id=party_id,
-                        cursor=cursor,
-                        kind=kind,
-                        payload=payload,
-                        enqueued_at=enqueued_at,
-                        set_aside_at=now,
+                reason = cursors[cursor]
+                if kind == ItemKind.SET_ASIDE.value:
+                    if mailbox.parses(ItemKind.SET_ASIDE, payload):
+                        continue  # another reader set it aside meanwhile
+                else:
+                    conn.execute(
+                        insert(SetAsideItem).values(
+                            party_id=party_id,
+                            cursor=cursor,
+                            kind=kind,
+                            payload=payload,
+                            enqueued_at=enqueued_at,
+                            set_aside_at=now,
+                        )
                     )
-                )
+                if kind == ItemKind.ENVELOPE.value:
+                    released += len(payload)
                 conn.execute(
                     update(MailboxItem)
                     .where(MailboxItem.party_id == party_id, MailboxItem.cursor == cursor)
@@ -911,16 +965,25 @@ class BrokerStore(audit_store.AuditLog):
                         AuditKind.MAILBOX_ITEM_SET_ASIDE,
                         self._owner,
                         (),
-                        {"party": party, "cursor": cursor, "kind": kind, "bytes": len(payload)},
+                        {
+                            "party": party,
+                            "cursor": cursor,
+                            "kind": kind,
+                            "bytes": len(payload),
+                            "reason": reason.value,
+                        },
                     )
                 )
                 log.warning(
-                    "mailbox item set aside: too large to deliver",
+                    "mailbox item set aside",
                     party=party,
                     cursor=cursor,
                     kind=kind,
                     size=len(payload),
+                    reason=reason.value,
                 )
+            if released:
+                self._release_envelopes(tx, party_id, released)
             if events:
                 self._audit(tx, events, now)
 
@@ -938,6 +1001,15 @@ class BrokerStore(audit_store.AuditLog):
                     .where(MailboxHead.party_id == party_id)
                     .values(acked_cursor=acked.acked_cursor)
                 )
+                read = tx.conn.execute(
+                    select(func.coalesce(func.sum(_MAILBOX_SIZE), 0)).where(
+                        MailboxItem.party_id == party_id,
+                        MailboxItem.cursor <= acked.acked_cursor,
+                        MailboxItem.kind == ItemKind.ENVELOPE.value,
+                    )
+                ).scalar_one()
+                if read:
+                    self._release_envelopes(tx, party_id, int(read))
                 tx.conn.execute(
                     delete(MailboxItem).where(
                         MailboxItem.party_id == party_id,
@@ -945,6 +1017,30 @@ class BrokerStore(audit_store.AuditLog):
                     )
                 )
         return acked.acked_cursor
+
+    def _charge_swept(self, tx: _Tx, costs: Mapping[str, int], now: datetime) -> None:
+        """Count what an expiry sweep's notices cost the others against the day of each party
+        whose entries expired (:func:`matching.charge_swept`)."""
+        ids = self._ids(tx, costs)
+        for party, cost in sorted(costs.items()):
+            usage = matching.charge_swept(self._usage(tx, party, ids[party]), cost, now=now)
+            tx.conn.execute(
+                update(PartyUsage)
+                .where(PartyUsage.party_id == ids[party])
+                .values(day=usage.day, submitted=usage.submitted, notice_bytes=usage.notice_bytes)
+            )
+
+    def _usage(self, tx: _Tx, party: str, party_id: int) -> Usage:
+        """A party's quota counts, read under the matching lock (which every writer of them
+        holds)."""
+        row = tx.conn.execute(
+            select(
+                PartyUsage.day, PartyUsage.submitted, PartyUsage.held, PartyUsage.notice_bytes
+            ).where(PartyUsage.party_id == party_id)
+        ).one_or_none()
+        if row is None:
+            raise LookupError(f"no quota counts for {party}")
+        return Usage(*row)
 
     def usage(self, party: str) -> Usage:
         """A party's quota counts: its last counted UTC day, what it submitted then, what it
@@ -956,12 +1052,36 @@ class BrokerStore(audit_store.AuditLog):
                 None
                 if party_id is None
                 else conn.execute(
-                    select(PartyUsage.day, PartyUsage.submitted, PartyUsage.held).where(
-                        PartyUsage.party_id == party_id
-                    )
+                    select(
+                        PartyUsage.day,
+                        PartyUsage.submitted,
+                        PartyUsage.held,
+                        PartyUsage.notice_bytes,
+                    ).where(PartyUsage.party_id == party_id)
                 ).one_or_none()
             )
-        return Usage() if row is None else Usage(row.day, row.submitted, row.held)
+        return Usage() if row is None else Usage(*row)
+
+    def envelope_usage(self, party: str) -> EnvelopeUsage:
+        """A party's envelope quota counts: its last counted UTC day, the envelopes and bytes
+        it sent then, the envelope bytes waiting in its mailbox (zeros for a party never
+        seen)."""
+        _check_party(party)
+        with self._read() as conn:
+            party_id = self._party(conn, party)
+            row = (
+                None
+                if party_id is None
+                else conn.execute(
+                    select(
+                        PartyEnvelopeUsage.day,
+                        PartyEnvelopeUsage.sent,
+                        PartyEnvelopeUsage.sent_bytes,
+                        PartyEnvelopeUsage.waiting_bytes,
+                    ).where(PartyEnvelopeUsage.party_id == party_id)
+                ).one_or_none()
+            )
+        return EnvelopeUsage() if row is None else EnvelopeUsage(*row)
 
     def mailbox_state(self, party: str) -> MailboxState:
         """A party's head and acknowledged cursors (zeros for a party never seen)."""
@@ -984,12 +1104,17 @@ class BrokerStore(audit_store.AuditLog):
         recipient: str,
         payload: bytes,
         now: datetime,
+        rules: EnvelopeRules | None = None,
     ) -> EnvelopeReceipt:
         """Record a relayed envelope and put it in the recipient's mailbox, atomically.
 
         Idempotent by (sender, ``client_message_id``): the same digest again is
         acknowledged with the first receipt (``replayed``) and delivered once;
-        another digest is a :class:`Replay` error.
+        another digest is a :class:`Replay` error. With ``rules`` (the broker always
+        passes the covenant's) a new envelope counts against the sender's daily
+        quotas and the recipient's room, in this transaction: one beyond a quota is
+        refused (``QuotaExceeded``) and stores nothing. Its bytes wait in the
+        recipient's room until it acknowledges them.
         """
         _check_party(sender, "envelope.sender")
         _check_party(recipient, "envelope.recipient")
@@ -1021,6 +1146,21 @@ class BrokerStore(audit_store.AuditLog):
                     field="envelope.recipient",
                     reason="mailbox.closed",
                 )
+            usage = self._envelope_usage(tx, [ids[sender], ids[recipient]])
+            size = len(payload)
+            if rules is not None:
+                usage[ids[sender]] = mailbox.charge_sent(
+                    usage[ids[sender]], size, rules=rules, now=now
+                )
+                usage[ids[recipient]] = mailbox.charge_waiting(
+                    usage[ids[recipient]], size, rules=rules
+                )
+            else:
+                usage[ids[recipient]] = replace(
+                    usage[ids[recipient]], waiting_bytes=usage[ids[recipient]].waiting_bytes + size
+                )
+            for party_id, counted in usage.items():
+                self._store_envelope_usage(tx, party_id, counted)
             cursor = self._enqueue(
                 tx, {recipient: [(ItemKind.ENVELOPE, payload)]}, now, skip_closed=False
             )[recipient][0]
@@ -1179,7 +1319,21 @@ class BrokerStore(audit_store.AuditLog):
             )
             tx.conn.execute(
                 self._insert(PartyUsage).on_conflict_do_nothing(index_elements=["party_id"]),
-                [{"party_id": known[name], "day": 0, "submitted": 0, "held": 0} for name in absent],
+                [
+                    {"party_id": known[name], "day": 0, "submitted": 0, "held": 0}
+                    | {"notice_bytes": 0}
+                    for name in absent
+                ],
+            )
+            tx.conn.execute(
+                self._insert(PartyEnvelopeUsage).on_conflict_do_nothing(
+                    index_elements=["party_id"]
+                ),
+                [
+                    {"party_id": known[name], "day": 0, "sent": 0, "sent_bytes": 0}
+                    | {"waiting_bytes": 0}
+                    for name in absent
+                ],
             )
         tx.new_parties.update(known)
         found.update(known)
@@ -1220,6 +1374,48 @@ class BrokerStore(audit_store.AuditLog):
             update(MailboxHead).where(MailboxHead.party_id == party_id).values(closed=closed.closed)
         )
         tx.conn.execute(delete(MailboxItem).where(MailboxItem.party_id == party_id))
+        tx.conn.execute(
+            update(PartyEnvelopeUsage)
+            .where(PartyEnvelopeUsage.party_id == party_id)
+            .values(waiting_bytes=0)
+        )
+
+    def _envelope_usage(self, tx: _Tx, party_ids: Collection[int]) -> dict[int, EnvelopeUsage]:
+        """The envelope quota counts of these parties, locked (PostgreSQL) in party id order:
+        always after the mailbox head, so that these locks cannot deadlock."""
+        rows = tx.conn.execute(
+            select(
+                PartyEnvelopeUsage.party_id,
+                PartyEnvelopeUsage.day,
+                PartyEnvelopeUsage.sent,
+                PartyEnvelopeUsage.sent_bytes,
+                PartyEnvelopeUsage.waiting_bytes,
+            )
+            .where(PartyEnvelopeUsage.party_id.in_(sorted(set(party_ids))))
+            .order_by(PartyEnvelopeUsage.party_id)
+            .with_for_update()
+        ).all()
+        found = {row[0]: EnvelopeUsage(*row[1:]) for row in rows}
+        if len(found) != len(set(party_ids)):
+            raise LookupError("envelope quota counts are missing")
+        return found
+
+    def _store_envelope_usage(self, tx: _Tx, party_id: int, usage: EnvelopeUsage) -> None:
+        tx.conn.execute(
+            update(PartyEnvelopeUsage)
+            .where(PartyEnvelopeUsage.party_id == party_id)
+            .values(
+                day=usage.day,
+                sent=usage.sent,
+                sent_bytes=usage.sent_bytes,
+                waiting_bytes=usage.waiting_bytes,
+            )
+        )
+
+    def _release_envelopes(self, tx: _Tx, party_id: int, size: int) -> None:
+        """Envelopes of ``size`` bytes left a party's mailbox: give their room back."""
+        usage = self._envelope_usage(tx, [party_id])[party_id]
+        self._store_envelope_usage(tx, party_id, mailbox.released(usage, size))
 
     def _prior(self, tx: _Tx, party_id: int, client_batch_id: bytes, digest: bytes) -> Any | None:
         """The recorded batch with this id, if its content is the same; Replay if not."""
@@ -1399,10 +1595,10 @@ class BrokerStore(audit_store.AuditLog):
         ``_SQLITE_OPEN_AND_PRIOR``."""
         if row is None:
             raise LookupError(f"no mailbox head for {party}")
-        closed, prior_digest, stored, unchanged, accepted_at, day, submitted, held = row
+        closed, prior_digest, stored, unchanged, accepted_at, day, submitted, held, notices = row
         if day is None:
             raise LookupError(f"no quota counts for {party}")
-        tx.usage = matching.Usage(day, submitted, held)
+        tx.usage = matching.Usage(day, submitted, held, notices)
         if closed:
             raise NotAllowed(f"{party} was removed from the covenant", reason="party.removed")
         if prior_digest is None:
@@ -1857,6 +2053,26 @@ def _copy_rows(entries: Sequence[Entry], parties: Mapping[str, int]) -> list[byt
         )  # fmt: skip
         append(row if sealed is None else row + sealed)
     return rows
+
+
+def _notice_bytes(signed: Mapping[str, Sequence[tuple[ItemKind, bytes]]], party: str) -> int:
+    """The bytes of the signed notices that go to parties other than ``party``: what its
+    batch costs the others' mailboxes."""
+    return sum(
+        len(payload)
+        for recipient, items in signed.items()
+        if recipient != party
+        for _, payload in items
+    )
+
+
+def _charge_notices(
+    usage: Usage, notice_bytes: int, rules: SubmissionRules | None, field: str
+) -> Usage:
+    """:func:`matching.charge_notices`, or (without rules: tests) just the count."""
+    if rules is None:
+        return replace(usage, notice_bytes=usage.notice_bytes + notice_bytes)
+    return matching.charge_notices(usage, notice_bytes, rules=rules, field=field)
 
 
 def _sign(

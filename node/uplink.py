@@ -18,7 +18,11 @@ outbox waits, nothing is lost):
   the submission it withdraws) until the next UTC day or ``QUOTA_RETRY``.
   Sealed envelopes (disclosure requests and answers) wait in their own durable
   outbox and go to ``SendEnvelope`` under their message id, so a resend is
-  delivered once.
+  delivered once. One the broker refuses for an envelope quota stays in the
+  outbox: for the sender's daily quotas every envelope waits (until the next
+  UTC day or ``QUOTA_RETRY``); for a recipient whose mailbox is full, the
+  envelopes to that recipient wait ``QUOTA_RETRY``, in order, and the others
+  go on.
 * **mailbox**: stream the mailbox from the last processed cursor; verify each
   hit notice's broker signature before storing it (with the cursor, in one
   transaction), then acknowledge the cursor to the broker. Envelopes go to the
@@ -101,6 +105,16 @@ CALL_TIMEOUT = 30.0
 #: UTC day, or this, whichever comes first.
 QUOTA_RETRY = timedelta(minutes=10)
 QUOTA_ERROR = "broker quota reached"
+#: The broker's quotas that count per UTC day: a refusal for one waits for the next day
+#: (or ``QUOTA_RETRY``, whichever comes first).
+_DAILY_QUOTAS = frozenset(
+    {
+        "quota.token_entries_per_day",
+        "quota.hit_notice_bytes_per_day",
+        "quota.envelopes_per_day",
+        "quota.envelope_bytes_per_day",
+    }
+)
 #: The payload kinds a SetAsideItem may name; anything else is recorded as "unknown".
 _PAYLOAD_KINDS = frozenset({"hit_notice", "envelope", "covenant_update"})
 _MAX_INT64 = 2**63 - 1
@@ -264,6 +278,10 @@ class Uplink:
         self._calls_lock = threading.Lock()
         #: The outbox waits until then: the broker refused a batch for a quota.
         self._outbox_waits_until: datetime | None = None
+        #: Envelopes wait until then: the broker refused one for the sender's daily quota.
+        self._envelopes_wait_until: datetime | None = None
+        #: Envelopes to these recipients wait until then: their mailboxes were full.
+        self._recipients_wait_until: dict[str, datetime] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -530,7 +548,7 @@ class Uplink:
         the outbox wait until the quota may have room again."""
         now = self._clock()
         until = now + QUOTA_RETRY
-        if reason == "quota.token_entries_per_day":
+        if reason in _DAILY_QUOTAS:
             tomorrow = datetime.combine(
                 now.astimezone(UTC).date() + timedelta(days=1), datetime.min.time(), UTC
             )
@@ -539,11 +557,38 @@ class Uplink:
         log.warning("broker quota reached: the outbox waits", reason=reason, until=until)
         self.status.update(last_error=f"{QUOTA_ERROR} ({reason}): {details}")
 
+    def _envelope_quota(self, reason: str, recipient: str, details: str) -> None:
+        """The broker refused an envelope for an envelope quota: keep it, and let the
+        envelopes wait — all of them for the sender's daily quotas, those to ``recipient``
+        for its full mailbox — until the quota may have room again."""
+        now = self._clock()
+        until = now + QUOTA_RETRY
+        if reason in _DAILY_QUOTAS:
+            tomorrow = datetime.combine(
+                now.astimezone(UTC).date() + timedelta(days=1), datetime.min.time(), UTC
+            )
+            self._envelopes_wait_until = min(until, tomorrow)
+        else:
+            self._recipients_wait_until[recipient] = until
+        log.warning("broker quota reached: envelopes wait", reason=reason, until=until)
+        self.status.update(last_error=f"{QUOTA_ERROR} ({reason}): {details}")
+
     def _send_envelopes(self) -> bool:
         """Send the envelope outbox in order; each is marked sent only after the broker's
-        answer, and a resend under the same message id is delivered once."""
+        answer, and a resend under the same message id is delivered once. Envelopes held
+        back by a quota stay, in order (see :meth:`_envelope_quota`)."""
+        now = self._clock()
+        if self._envelopes_wait_until is not None:
+            if now < self._envelopes_wait_until:
+                return False
+            self._envelopes_wait_until = None
+        waiting = {r for r, until in self._recipients_wait_until.items() if now < until}
+        self._recipients_wait_until = {r: self._recipients_wait_until[r] for r in waiting}
         envelopes = self._store.envelope_outbox(limit=16)
+        moved = False  # an envelope left the outbox: there may be more to send at once
         for envelope in envelopes:
+            if envelope.recipient in waiting:
+                continue  # its mailbox is full: keep the order to that recipient
             request = broker_pb2.SendEnvelopeRequest(
                 client_message_id=envelope.message_id,
                 envelope=common_pb2.Sealed.FromString(envelope.sealed),
@@ -552,19 +597,33 @@ class Uplink:
                 self._broker.SendEnvelope(request, timeout=CALL_TIMEOUT)
             except grpc.RpcError as error:
                 if isinstance(error, grpc.Call) and error.code() not in TRANSIENT:
+                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        reason = error_from_rpc(error).reason
+                        if reason.startswith("quota."):
+                            self._envelope_quota(reason, envelope.recipient, error.details() or "")
+                            if reason in _DAILY_QUOTAS:
+                                return moved
+                            waiting.add(envelope.recipient)
+                            continue
                     log.warning(
                         "broker refused an envelope",
                         status=error.code().name,
                         details=error.details(),
                     )
                     self._store.settle_envelope(envelope.message_id, sent=False, now=self._clock())
+                    moved = True
                     continue
                 raise
             self._store.settle_envelope(envelope.message_id, sent=True, now=self._clock())
+            moved = True
             with self.status.lock:
                 self.status.envelopes_sent += 1
                 self.status.last_contact = self._clock()
-        return bool(envelopes)
+                if self.status.last_error.startswith(QUOTA_ERROR) and not (
+                    self._outbox_waits_until or self._recipients_wait_until
+                ):
+                    self.status.last_error = ""
+        return moved
 
     # --- mailbox ---------------------------------------------------------------------------
 

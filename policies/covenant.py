@@ -66,6 +66,10 @@ from samenloop.policies.errors import (
     SamenloopError,
 )
 from samenloop.policies.policy import (
+    DEFAULT_ENVELOPE_BYTES_PER_DAY,
+    DEFAULT_ENVELOPE_BYTES_WAITING,
+    DEFAULT_ENVELOPES_PER_DAY,
+    DEFAULT_HIT_NOTICE_BYTES_PER_DAY,
     DEFAULT_TOKEN_ENTRIES_HELD,
     DEFAULT_TOKEN_ENTRIES_PER_DAY,
     CaseRules,
@@ -554,6 +558,18 @@ def _read_policy(top: _Table) -> Policy:
         token_entries_held=quotas_table.integer(
             "token_entries_held", default=DEFAULT_TOKEN_ENTRIES_HELD
         ),
+        hit_notice_bytes_per_day=quotas_table.integer(
+            "hit_notice_bytes_per_day", default=DEFAULT_HIT_NOTICE_BYTES_PER_DAY
+        ),
+        envelopes_per_day=quotas_table.integer(
+            "envelopes_per_day", default=DEFAULT_ENVELOPES_PER_DAY
+        ),
+        envelope_bytes_per_day=quotas_table.integer(
+            "envelope_bytes_per_day", default=DEFAULT_ENVELOPE_BYTES_PER_DAY
+        ),
+        envelope_bytes_waiting=quotas_table.integer(
+            "envelope_bytes_waiting", default=DEFAULT_ENVELOPE_BYTES_WAITING
+        ),
     )
     picture_table = top.table("picture")
     picture = picture_table.build(
@@ -853,6 +869,10 @@ def _policy_lines(policy: Policy) -> list[str]:
         f"disclosure_requests_per_day = {toml_literal(policy.quotas.disclosure_requests_per_day)}",
         f"token_entries_per_day = {toml_literal(policy.quotas.token_entries_per_day)}",
         f"token_entries_held = {toml_literal(policy.quotas.token_entries_held)}",
+        f"hit_notice_bytes_per_day = {toml_literal(policy.quotas.hit_notice_bytes_per_day)}",
+        f"envelopes_per_day = {toml_literal(policy.quotas.envelopes_per_day)}",
+        f"envelope_bytes_per_day = {toml_literal(policy.quotas.envelope_bytes_per_day)}",
+        f"envelope_bytes_waiting = {toml_literal(policy.quotas.envelope_bytes_waiting)}",
         "",
         "[picture]",
         f"viewers = {toml_literal(tuple(r.value for r in policy.picture.viewers))}",

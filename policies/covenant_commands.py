@@ -97,8 +97,22 @@ SETTABLE = (
     "quotas.disclosure_requests_per_day",
     "quotas.token_entries_per_day",
     "quotas.token_entries_held",
+    "quotas.hit_notice_bytes_per_day",
+    "quotas.envelopes_per_day",
+    "quotas.envelope_bytes_per_day",
+    "quotas.envelope_bytes_waiting",
     "retention.default_days",
     "signing.threshold",
+)
+
+#: The broker's quotas of hit notices and envelopes, set alike.
+_BROKER_TRAFFIC_QUOTAS = frozenset(
+    {
+        "quotas.hit_notice_bytes_per_day",
+        "quotas.envelopes_per_day",
+        "quotas.envelope_bytes_per_day",
+        "quotas.envelope_bytes_waiting",
+    }
 )
 
 _T = TypeVar("_T")
@@ -702,6 +716,10 @@ def _with_value(covenant: Covenant, key: str, value: str) -> Covenant:
         return replace(covenant, policy=replace(policy, quotas=quotas))
     if key == "quotas.token_entries_held":
         quotas = _checked(lambda: replace(policy.quotas, token_entries_held=number), field="quotas")
+        return replace(covenant, policy=replace(policy, quotas=quotas))
+    if key in _BROKER_TRAFFIC_QUOTAS:
+        name = key.removeprefix("quotas.")
+        quotas = _checked(lambda: replace(policy.quotas, **{name: number}), field="quotas")
         return replace(covenant, policy=replace(policy, quotas=quotas))
     if key == "retention.default_days":
         retention = _checked(

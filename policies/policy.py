@@ -73,6 +73,8 @@ ANY_CATEGORY = "*"
 MAX_NAME_BYTES = 256
 MAX_DAYS = 36_600  # a hundred years: beyond that a number is a typo
 MAX_QUOTA = 10**9
+#: Byte quotas: up to a terabyte, beyond which a number is a typo.
+MAX_BYTES_QUOTA = 2**40
 #: The broker's quotas of token entries per party: a day's submissions, and entries held.
 #: A regional partner holds thousands to a few hundred thousand signals of a few
 #: identifiers each; the defaults leave room for ten times that and a first import of a
@@ -82,6 +84,27 @@ DEFAULT_TOKEN_ENTRIES_PER_DAY = 1_000_000
 DEFAULT_TOKEN_ENTRIES_HELD = 5_000_000
 #: No token quota below one full batch: a node could never send the batches it makes.
 MIN_TOKEN_QUOTA: int = common_pb2.LIMITS_MAX_TOKENS_PER_BATCH
+#: The broker's quotas of relayed envelopes. A disclosure request or answer, or a case
+#: message, is a few KB sealed; a picture contribution up to one envelope (1 MiB). A
+#: partner sends hundreds a day; the defaults leave it ten thousand envelopes and 64 MiB
+#: a day, and let 512 MiB wait in one party's mailbox (several days of a busy partner's
+#: traffic while it is offline) before senders must wait for it to read its mailbox.
+DEFAULT_ENVELOPES_PER_DAY = 10_000
+DEFAULT_ENVELOPE_BYTES_PER_DAY = 64 * 2**20
+DEFAULT_ENVELOPE_BYTES_WAITING = 512 * 2**20
+#: No envelope byte quota below two maximal envelopes: a node must always be able to send
+#: the largest envelope it may make (stored with the broker's wrapping, it is a little
+#: over ``LIMITS_MAX_ENVELOPE_BYTES``).
+MIN_ENVELOPE_BYTES_QUOTA: int = 2 * common_pb2.LIMITS_MAX_ENVELOPE_BYTES
+#: The bytes of hit notices one party's submissions and withdrawals may put in the other
+#: parties' mailboxes a day. An honest first import of a million entries, a few percent of
+#: them in hits, causes some tens of MB of notices (a notice of a small group is under
+#: 1 KB); churning refs under a shared token, which grows each co-member's notice to many
+#: KB, is what this bounds.
+DEFAULT_HIT_NOTICE_BYTES_PER_DAY = 256 * 2**20
+#: No notice quota below one maximal notice to every other party of the largest covenant
+#: would make little sense; a day's first batch is never refused for it anyway.
+MIN_HIT_NOTICE_BYTES_QUOTA = 2**20
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}\Z")
 
 
@@ -372,17 +395,26 @@ class Retention:
 @dataclass(frozen=True, slots=True)
 class Quotas:
     """Per-party limits: OPRF evaluations (caps online guessing) and disclosure requests per
-    day; at the broker, token entries submitted per UTC day and held at once, so that no
-    party can fill the broker (or slow everyone's matching) with entries of its own.
+    day; at the broker, token entries submitted and refs withdrawn per UTC day and entries
+    held at once, so that no party can fill the broker (or slow everyone's matching) with
+    entries of its own; the bytes of hit notices its submissions and withdrawals put in
+    other parties' mailboxes per UTC day; envelopes it sends per UTC day (count and bytes),
+    and the envelope bytes that may wait in one party's mailbox from all senders together,
+    so that no party, nor all together, can fill a mailbox or the broker's disk.
 
-    The broker's quotas are at least one full batch (``LIMITS_MAX_TOKENS_PER_BATCH``):
-    a node must always be able to send the batches it makes.
+    The broker's token quotas are at least one full batch (``LIMITS_MAX_TOKENS_PER_BATCH``)
+    and its envelope byte quotas at least two maximal envelopes: a node must always be able
+    to send the batches and envelopes it makes.
     """
 
     oprf_evaluations_per_day: int
     disclosure_requests_per_day: int
     token_entries_per_day: int = DEFAULT_TOKEN_ENTRIES_PER_DAY
     token_entries_held: int = DEFAULT_TOKEN_ENTRIES_HELD
+    hit_notice_bytes_per_day: int = DEFAULT_HIT_NOTICE_BYTES_PER_DAY
+    envelopes_per_day: int = DEFAULT_ENVELOPES_PER_DAY
+    envelope_bytes_per_day: int = DEFAULT_ENVELOPE_BYTES_PER_DAY
+    envelope_bytes_waiting: int = DEFAULT_ENVELOPE_BYTES_WAITING
 
     def __post_init__(self) -> None:
         check_int(self.oprf_evaluations_per_day, 1, MAX_QUOTA, field="oprf_evaluations_per_day")
@@ -393,6 +425,15 @@ class Quotas:
             self.token_entries_per_day, MIN_TOKEN_QUOTA, MAX_QUOTA, field="token_entries_per_day"
         )
         check_int(self.token_entries_held, MIN_TOKEN_QUOTA, MAX_QUOTA, field="token_entries_held")
+        check_int(
+            self.hit_notice_bytes_per_day,
+            MIN_HIT_NOTICE_BYTES_QUOTA,
+            MAX_BYTES_QUOTA,
+            field="hit_notice_bytes_per_day",
+        )
+        check_int(self.envelopes_per_day, 1, MAX_QUOTA, field="envelopes_per_day")
+        for name in ("envelope_bytes_per_day", "envelope_bytes_waiting"):
+            check_int(getattr(self, name), MIN_ENVELOPE_BYTES_QUOTA, MAX_BYTES_QUOTA, field=name)
 
     def oprf_per_holder(self, *, threshold: int, holders: int, seated: bool) -> int:
         """Elements one key holder evaluates per UTC day for one requesting party: its share.

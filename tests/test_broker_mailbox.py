@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
 import pytest
 
 from samenloop.broker import mailbox
 from samenloop.broker.mailbox import Event, MailboxState, Phase
-from samenloop.policies.errors import InvalidInput, NotAllowed
+from samenloop.policies.errors import InvalidInput, MessageTooLarge, NotAllowed, QuotaExceeded
 from samenloop.v1 import broker_pb2, common_pb2
 
 OPEN = MailboxState("gemeente-a")
@@ -135,3 +139,154 @@ def test_a_session_of_a_node_that_reconnects():
 def test_item_kinds_are_the_payload_fields_of_a_mailbox_item():
     payload = broker_pb2.MailboxItem.DESCRIPTOR.oneofs_by_name["payload"]
     assert {f.name for f in payload.fields} == {kind.value for kind in mailbox.ItemKind}
+
+
+# --- what a party may put in mailboxes ------------------------------------------------
+
+NONCE = common_pb2.LIMITS_NONCE_BYTES
+DAY = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+RULES = mailbox.EnvelopeRules(per_day=3, bytes_per_day=1000, bytes_waiting=1500)
+
+
+def sealed(**changes: object) -> common_pb2.Sealed:
+    fields: dict[str, object] = {
+        "sender": "woningcorporatie",
+        "recipient": "gemeente",
+        "covenant_version": 7,
+        "nonce": b"n" * NONCE,
+        "ciphertext": b"c" * 100,
+    }
+    fields.update(changes)
+    return common_pb2.Sealed(**fields)  # type: ignore[arg-type]
+
+
+def test_a_well_formed_envelope_passes():
+    mailbox.check_sealed(sealed())
+    mailbox.check_sealed(sealed(ciphertext=b"", covenant_version=2**64 - 1))
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "field"),
+    [
+        ({"nonce": b""}, InvalidInput, "envelope.nonce"),
+        ({"nonce": b"n" * (NONCE - 1)}, InvalidInput, "envelope.nonce"),
+        ({"nonce": b"n" * (NONCE + 1)}, InvalidInput, "envelope.nonce"),
+        ({"nonce": b"n" * 3_000_000}, InvalidInput, "envelope.nonce"),
+        ({"sender": ""}, InvalidInput, "envelope.sender"),
+        ({"recipient": "r" * 65}, InvalidInput, "envelope.recipient"),
+        (
+            {"ciphertext": b"c" * (common_pb2.LIMITS_MAX_ENVELOPE_BYTES + 1)},
+            MessageTooLarge,
+            "envelope.ciphertext",
+        ),
+    ],
+)
+def test_an_envelope_beyond_a_bound_is_refused_naming_the_field(changes, error, field):
+    with pytest.raises(error) as refused:
+        mailbox.check_sealed(sealed(**changes))
+    assert refused.value.field == field
+
+
+def test_unknown_fields_may_use_only_the_room_the_known_ones_leave():
+    """A newer sender's extra field is taken while the whole fits the largest Sealed; one
+    that would make the stored envelope larger is refused, whatever field carries it."""
+    room = mailbox.MAX_SEALED_BYTES - sealed().ByteSize()
+    extra = 99 << 3 | 2  # field 99, length-delimited
+    fits = sealed()
+    fits.MergeFromString(
+        bytes([extra & 0x7F | 0x80, extra >> 7]) + _varint(room - 5) + b"x" * (room - 5)
+    )
+    assert fits.ByteSize() <= mailbox.MAX_SEALED_BYTES
+    mailbox.check_sealed(fits)
+    party = "p" * common_pb2.LIMITS_MAX_PARTY_ID_BYTES
+    largest = sealed(
+        sender=party,
+        recipient=party,
+        covenant_version=2**64 - 1,
+        ciphertext=b"c" * common_pb2.LIMITS_MAX_ENVELOPE_BYTES,
+    )
+    assert largest.ByteSize() == mailbox.MAX_SEALED_BYTES  # the bound is exact
+    mailbox.check_sealed(largest)
+    too_much = common_pb2.Sealed()
+    too_much.CopyFrom(largest)
+    too_much.MergeFromString(bytes([extra & 0x7F | 0x80, extra >> 7]) + _varint(1) + b"x")
+    with pytest.raises(MessageTooLarge) as refused:
+        mailbox.check_sealed(too_much)
+    assert refused.value.field == "envelope"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def test_a_sender_is_counted_per_utc_day_in_envelopes_and_bytes():
+    usage = mailbox.EnvelopeUsage()
+    for _ in range(3):
+        usage = mailbox.charge_sent(usage, 300, rules=RULES, now=DAY)
+    assert (usage.sent, usage.sent_bytes) == (3, 900)
+    with pytest.raises(QuotaExceeded) as refused:
+        mailbox.charge_sent(usage, 1, rules=RULES, now=DAY)
+    assert (refused.value.reason, refused.value.field) == ("quota.envelopes_per_day", "envelope")
+    fewer = mailbox.EnvelopeUsage(mailbox.utc_day(DAY), 1, 900)
+    with pytest.raises(QuotaExceeded) as refused:
+        mailbox.charge_sent(fewer, 101, rules=RULES, now=DAY)
+    assert (refused.value.reason, refused.value.field) == (
+        "quota.envelope_bytes_per_day",
+        "envelope.ciphertext",
+    )
+    assert mailbox.charge_sent(fewer, 100, rules=RULES, now=DAY).sent_bytes == 1000
+    # The next UTC day starts afresh; a clock that steps back keeps counting on the later day.
+    tomorrow = mailbox.charge_sent(usage, 1000, rules=RULES, now=DAY + timedelta(days=1))
+    assert (tomorrow.day, tomorrow.sent, tomorrow.sent_bytes) == (usage.day + 1, 1, 1000)
+    with pytest.raises(QuotaExceeded):
+        mailbox.charge_sent(tomorrow, 1, rules=RULES, now=DAY)
+
+
+def test_a_recipient_s_room_holds_every_sender_s_envelopes_until_it_reads_them():
+    room = mailbox.charge_waiting(mailbox.EnvelopeUsage(), 1000, rules=RULES)
+    room = mailbox.charge_waiting(room, 500, rules=RULES)
+    with pytest.raises(QuotaExceeded) as refused:
+        mailbox.charge_waiting(room, 1, rules=RULES)
+    assert (refused.value.reason, refused.value.field) == (
+        "quota.envelope_bytes_waiting",
+        "envelope.recipient",
+    )
+    room = mailbox.released(room, 1000)
+    assert mailbox.charge_waiting(room, 1000, rules=RULES).waiting_bytes == 1500
+    assert mailbox.released(room, 10**9).waiting_bytes == 0  # never below nothing
+
+
+def test_the_rules_are_the_covenant_s():
+    from samenloop.policies.policy import Quotas, example_policy
+
+    policy = replace(
+        example_policy(),
+        quotas=Quotas(
+            1,
+            0,
+            envelopes_per_day=5,
+            envelope_bytes_per_day=3 * 2**20,
+            envelope_bytes_waiting=4 * 2**20,
+        ),
+    )
+    rules = mailbox.EnvelopeRules.of(SimpleNamespace(policy=policy))  # type: ignore[arg-type]
+    assert rules == mailbox.EnvelopeRules(5, 3 * 2**20, 4 * 2**20)
+
+
+@pytest.mark.parametrize("kind", list(mailbox.ItemKind), ids=[k.value for k in mailbox.ItemKind])
+def test_stored_bytes_that_do_not_parse_as_their_kind_are_told_apart(kind):
+    good = {
+        mailbox.ItemKind.HIT_NOTICE: common_pb2.Signed(body=b"b", signer="broker"),
+        mailbox.ItemKind.ENVELOPE: broker_pb2.RelayedEnvelope(client_message_id=b"i" * 16),
+        mailbox.ItemKind.COVENANT_UPDATE: common_pb2.SignedCovenant(body=b"[x]"),
+        mailbox.ItemKind.SET_ASIDE: broker_pb2.SetAsideItem(kind="envelope", size_bytes=9),
+    }[kind].SerializeToString()
+    assert mailbox.parses(kind, good)
+    assert mailbox.parses(kind, b"")  # an empty message is a message
+    assert not mailbox.parses(kind, b"\xff\xff\xff\xff")  # a tag of field 0 with junk
+    assert not mailbox.parses(kind, good[:-1] if len(good) > 2 else b"\x0a\x05ab")  # cut short

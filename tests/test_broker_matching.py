@@ -682,11 +682,17 @@ def test_submission_rules_take_the_longest_retention_of_any_category_and_version
     policy = replace(
         example_policy(),
         retention=Retention(default_days=30, categories=(("vastgoedmisbruik", 900),)),
-        quotas=Quotas(1, 0, token_entries_per_day=12_345, token_entries_held=67_890),
+        quotas=Quotas(
+            1,
+            0,
+            token_entries_per_day=12_345,
+            token_entries_held=67_890,
+            hit_notice_bytes_per_day=3 * 2**20,
+        ),
     )
     covenant = SimpleNamespace(policy=policy)  # all that the rules read of a covenant
     rules = matching.SubmissionRules.of(covenant)
-    assert rules == matching.SubmissionRules(900, 12_345, 67_890)
+    assert rules == matching.SubmissionRules(900, 12_345, 67_890, 3 * 2**20)
     assert rules.longest_lifetime == timedelta(days=900) + SKEW
     held = matching.SubmissionRules.of(covenant, held_retention_days=1000)
     assert held.longest_retention_days == 1000
@@ -1001,8 +1007,8 @@ def test_quota_refusals_say_what_was_counted():
     with pytest.raises(QuotaExceeded) as raised:
         matching.charge(today, submitted=7, added=0, rules=rules, now=NOW)
     assert raised.value.message == (
-        "the covenant allows 10 token entries per party per UTC day;"
-        " 4 were submitted today and this batch has 7"
+        "the covenant allows 10 token entries submitted and refs withdrawn per party per UTC"
+        " day; 4 were counted today and this batch has 7"
     )
     with pytest.raises(QuotaExceeded) as raised:
         matching.charge(today, submitted=1, added=1, rules=rules, now=NOW)
@@ -1067,3 +1073,53 @@ def test_an_oversized_box_is_refused_saying_its_size():
 def test_a_removal_never_forms_a_group():
     with pytest.raises(AssertionError, match=r"^a removal cannot form a group$"):
         matching._no_new_groups()
+
+
+def test_a_party_s_notices_to_others_are_bounded_per_day_but_never_stop_its_first_batch():
+    rules = replace(RULES, notice_bytes_per_day=1000)
+    day = matching.utc_day(NOW)
+    fresh = matching.charge(matching.Usage(), submitted=1, added=1, rules=rules, now=NOW)
+    assert fresh.notice_bytes == 0
+    first = matching.charge_notices(fresh, 5000, rules=rules)  # the day's first: always
+    assert first.notice_bytes == 5000
+    with pytest.raises(QuotaExceeded) as refused:
+        matching.charge_notices(first, 1, rules=rules, field="signal_refs")
+    assert (refused.value.reason, refused.value.field) == (
+        "quota.hit_notice_bytes_per_day",
+        "signal_refs",
+    )
+    assert matching.charge_notices(first, 0, rules=rules).notice_bytes == 5000  # none caused
+    some = matching.Usage(day, 1, 1, 600)
+    assert matching.charge_notices(some, 400, rules=rules).notice_bytes == 1000
+    with pytest.raises(QuotaExceeded):
+        matching.charge_notices(some, 401, rules=rules)
+    # The next UTC day, charge starts the notices afresh.
+    tomorrow = matching.charge(
+        first, submitted=1, added=0, rules=rules, now=NOW + timedelta(days=1)
+    )
+    assert (tomorrow.day, tomorrow.notice_bytes) == (day + 1, 0)
+
+
+def test_the_sweep_charges_each_party_whose_entries_expired_and_never_refuses():
+    group = Group(b"g" * 16, T1, 3, NOW, NOW)
+    other = Group(b"h" * 16, T2, 3, NOW, NOW)
+
+    def draft(recipient: str, on: Group) -> matching.NoticeDraft:
+        return matching.NoticeDraft(recipient, on, SHRUNK, (), View(Visibility(), (), 2), False)
+
+    def gone(party: str, on: bytes) -> Entry:
+        return Entry(party, on, ref(party), 1, NOW)
+
+    change = Change(deleted=(gone("a", T1), gone("b", T1), gone("a", T2)), groups=(group, other))
+    signed = [
+        (draft("a", group), b"x" * 10),
+        (draft("b", group), b"x" * 20),
+        (draft("c", group), b"x" * 40),
+        (draft("c", other), b"x" * 80),
+    ]
+    assert matching.swept_notice_bytes(change, signed) == {"a": 20 + 40 + 80, "b": 10 + 40}
+    spent = matching.Usage(matching.utc_day(NOW), 7, 3, 10**12)
+    assert matching.charge_swept(spent, 5, now=NOW).notice_bytes == 10**12 + 5
+    assert matching.charge_swept(spent, 5, now=NOW + timedelta(days=1)) == matching.Usage(
+        matching.utc_day(NOW) + 1, 0, 3, 5
+    )

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from samenloop.broker import mailbox, relay
 from samenloop.broker import server as broker_server
 from samenloop.broker.mailbox import ItemKind
 from samenloop.node import evaluation, keysetup, oprf, threshold, tokens
@@ -357,6 +359,85 @@ def test_hello_states_the_limits_the_broker_enforces(world):
     longest = world["covenant"].policy.retention.longest_days
     skew = common_pb2.LIMITS_MAX_CLOCK_SKEW_SECONDS
     assert limits.max_entry_lifetime_seconds == longest * 86_400 + skew
+    quotas = world["covenant"].policy.quotas
+    assert (limits.envelopes_per_day, limits.envelope_bytes_per_day) == (
+        quotas.envelopes_per_day,
+        quotas.envelope_bytes_per_day,
+    )
+    assert limits.envelope_bytes_waiting == quotas.envelope_bytes_waiting
+    assert limits.hit_notice_bytes_per_day == quotas.hit_notice_bytes_per_day
+    assert limits.max_sealed_bytes == mailbox.MAX_SEALED_BYTES
+
+
+@pytest.mark.parametrize(
+    ("changes", "code", "field"),
+    [
+        ({"nonce": b""}, grpc.StatusCode.INVALID_ARGUMENT, "envelope.nonce"),
+        ({"nonce": b"n" * 25}, grpc.StatusCode.INVALID_ARGUMENT, "envelope.nonce"),
+        (
+            {"ciphertext": b"c" * (common_pb2.LIMITS_MAX_ENVELOPE_BYTES + 1)},
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "envelope.ciphertext",
+        ),
+    ],
+)
+def test_an_envelope_beyond_the_wire_format_is_refused_and_stores_nothing(
+    world, changes, code, field
+):
+    running = world["running"]
+    fields = {"sender": "gemeente", "recipient": "politie", "nonce": b"n" * 24, "ciphertext": b"c"}
+    before = running.store.mailbox_state("politie").head_cursor
+    with pytest.raises(grpc.RpcError) as info:
+        stub(world, "gemeente").SendEnvelope(
+            broker_pb2.SendEnvelopeRequest(
+                client_message_id=os.urandom(16),
+                envelope=common_pb2.Sealed(**(fields | changes)),
+            ),
+            timeout=10,
+        )
+    assert status_of(info.value) == code
+    assert rpc.error_from_rpc(info.value).field == field
+    assert running.store.mailbox_state("politie").head_cursor == before
+    assert running.store.envelope_usage("gemeente").sent == 0
+
+
+def test_a_stored_item_that_does_not_parse_is_set_aside_and_the_mailbox_goes_on(world):
+    """A row damaged in the broker's database (here by an UPDATE of its SQLite file): both
+    ways of reading the mailbox get a marker at its cursor and then the items after it,
+    where they failed INTERNAL on every retry before."""
+    running = world["running"]
+    drain(world, "belastingdienst")
+    now = datetime.now(UTC)
+    good = common_pb2.Signed(body=b"body", signer="broker").SerializeToString()
+    planted = running.store.enqueue("belastingdienst", good, ItemKind.HIT_NOTICE, now)
+    running.store.enqueue("belastingdienst", good, ItemKind.HIT_NOTICE, now)
+    damaged = b"\xff\xff\xff\xff"
+    with running.store.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE mailbox_items SET payload = :damaged WHERE cursor = :cursor"
+                " AND party_id = (SELECT id FROM parties WHERE name = 'belastingdienst')"
+            ),
+            {"damaged": damaged, "cursor": planted},
+        )
+    broker = stub(world, "belastingdienst")
+    stream = broker.StreamMailbox(
+        broker_pb2.StreamMailboxRequest(after_cursor=planted - 1), timeout=15
+    )
+    first, second = (event.item for _, event in zip(range(2), stream, strict=False))
+    stream.cancel()
+    assert (first.cursor, first.WhichOneof("payload")) == (planted, "set_aside")
+    assert (first.set_aside.kind, first.set_aside.size_bytes) == ("hit_notice", len(damaged))
+    assert (second.cursor, second.hit_notice.body) == (planted + 1, b"body")
+    fetched = broker.FetchMailbox(
+        broker_pb2.FetchMailboxRequest(after_cursor=planted - 1), timeout=5
+    )
+    assert list(fetched.items) == [first, second]
+    audited = running.store.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
+    assert [(e.details["party"], e.details["cursor"], e.details["reason"]) for e in audited][
+        -1:
+    ] == [("belastingdienst", planted, "malformed")]
+    drain(world, "belastingdienst")
 
 
 def test_an_item_no_message_can_carry_is_set_aside_and_the_mailbox_goes_on(world):
@@ -641,3 +722,33 @@ def test_notices_do_not_date_or_count_changes_of_hidden_members(world):
         latest["politie"] = notice_of(world, item)
     assert sum(n.picture_reporter for n in latest.values()) == 1
     drain(world, "riec")
+
+
+def test_a_holder_answer_larger_than_its_share_of_a_message_is_not_passed_on():
+    """Every holder's answer goes back in one EvaluateResponse: one holder sending a huge
+    answer would make that response too large to send, for every requester."""
+    board = relay.Switchboard()
+    channel = board.open("politie", frozenset({(1, 1), (1, 2)}))
+    answers = {
+        1: common_pb2.Signed(body=b"a" * 1000, signer="politie"),
+        2: common_pb2.Signed(body=b"b" * relay.MAX_ANSWER_BYTES, signer="politie"),
+    }
+
+    def answer() -> None:
+        for _ in answers:
+            sent = channel.outbound.get(timeout=5)
+            assert sent is not None
+            holder = sent.request.signer  # the request's own field says whose it was
+            board.answer(channel, sent.relay_id, answers[int(holder)])
+
+    helper = threading.Thread(target=answer)
+    helper.start()
+    replies = board.relay(
+        1, {index: common_pb2.Signed(signer=str(index)) for index in answers}, timeout=5
+    )
+    helper.join()
+    assert replies[1].response == answers[1]
+    assert replies[2].failure == broker_pb2.RELAY_FAILURE_TOO_LARGE
+    assert relay.MAX_ANSWER_BYTES * (common_pb2.LIMITS_MAX_KEY_HOLDERS + 1) <= (
+        common_pb2.LIMITS_MAX_MESSAGE_BYTES
+    )

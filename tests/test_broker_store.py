@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 
 import pytest
 import sqlalchemy as sa
@@ -19,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from samenloop.broker import mailbox, matching, store, token_filter
-from samenloop.broker.mailbox import ItemKind
+from samenloop.broker.mailbox import ItemKind, SetAside
 from samenloop.broker.matching import Entry, NoticeDraft
 from samenloop.broker.models import Base, TokenEntry
 from samenloop.broker.store import MIGRATIONS, BrokerStore
@@ -118,7 +119,7 @@ def test_migrations_go_up_down_and_up_again(database_url):
     engine = database.make_engine(database_url)
     try:
         database.upgrade(engine, MIGRATIONS)
-        assert database.current(engine) == database.heads(MIGRATIONS) == ("0005",)
+        assert database.current(engine) == database.heads(MIGRATIONS) == ("0006",)
         database.check_at_head(engine, MIGRATIONS)
 
         database.downgrade(engine, MIGRATIONS)
@@ -456,6 +457,34 @@ def test_expiry_drops_entries_and_tells_the_members(broker):
     assert [p.split("|")[1] for p in inbox(broker, "c")] == ["NEW", "SHRUNK"]
 
 
+def test_the_sweep_s_notices_count_against_the_day_of_the_party_whose_entries_expired(
+    broker, engine
+):
+    """Entries that expire tell the others too: those notices' bytes count against the
+    expired party's notice bytes of the day (never refused: the sweep goes on), so that
+    a party cannot have the sweep do the churn its batches may not."""
+    soon = NOW + timedelta(days=1)
+    submit(broker, "a", 1, [entry("a", 1, expires=soon), entry("a", 2, expires=soon)])
+    submit(broker, "b", 2, [entry("b", 1), entry("b", 2)])
+    submit(broker, "c", 3, [entry("c", 1)])
+    sent: list[tuple[str, int]] = []
+
+    def counting(draft: NoticeDraft) -> bytes:
+        signed = sign(draft)
+        sent.append((draft.recipient, len(signed)))
+        return signed
+
+    before, other = broker.usage("a"), broker.usage("b")
+    broker.expire(soon, min_parties=2, sign_notice=counting)
+    to_others = sum(size for recipient, size in sent if recipient != "a")
+    assert {recipient for recipient, _ in sent} == {"a", "b", "c"}
+    assert to_others > 0
+    assert broker.usage("a") == replace(
+        before, day=matching.utc_day(soon), submitted=0, notice_bytes=to_others, held=0
+    )
+    assert broker.usage("b") == other  # its entries did not expire
+
+
 def test_removing_a_party_closes_its_mailbox_and_tells_the_others(broker, engine):
     submit(broker, "a", 1, [entry("a", 1)])
     submit(broker, "b", 2, [entry("b", 1)])
@@ -623,6 +652,89 @@ def test_the_quotas_refuse_a_batch_whole_and_let_it_in_when_there_is_room(broker
     assert broker.usage("a").submitted == 5000
 
 
+def test_withdrawn_refs_count_against_the_day_like_submitted_entries(broker, engine):
+    """Churning refs (withdraw one, submit it again) costs the day's quota both ways."""
+    per_day = RULES.entries_per_day
+    entries = [entry("a", k, r=k) for k in range(per_day - 2)]
+    broker.submit(
+        "a", batch_id(1), 1, entries, min_parties=2, now=NOW,
+        new_group_id=Ids(), sign_notice=sign, rules=RULES,
+    )  # fmt: skip
+    withdraw = partial(broker.withdraw, "a", min_parties=2, sign_notice=sign, rules=RULES)
+    assert withdraw(batch_id(2), [ref("a", 0), ref("a", 1)], now=NOW).withdrawn == 2
+    assert broker.usage("a").submitted == per_day
+    before = table_counts(engine)
+    with pytest.raises(QuotaExceeded) as refused:
+        withdraw(batch_id(3), [ref("a", 2)], now=NOW)
+    assert (refused.value.field, refused.value.reason) == (
+        "signal_refs",
+        "quota.token_entries_per_day",
+    )
+    assert table_counts(engine) == before  # nothing withdrawn, nothing recorded
+    assert withdraw(batch_id(3), [ref("a", 2)], now=NOW + timedelta(days=1)).withdrawn == 1
+    assert withdraw(batch_id(3), [ref("a", 2)], now=NOW + timedelta(days=1)).replayed
+    assert broker.usage("a").submitted == 1  # a replay counts nothing
+
+
+def test_the_notices_a_party_causes_others_are_counted_and_bounded_per_day(broker, engine):
+    """The churn of issue 12's review: one party withdraws and submits again a ref under a
+    token it shares, and every co-member gets a notice each time. Those notices' bytes count
+    against the party's day; once it caused some, a batch that would pass the quota is
+    refused whole; the day's first such batch always goes through."""
+    box = b"\x07" * 256
+    rules = replace(RULES, notice_bytes_per_day=1000)
+    ids = Ids()
+
+    def big(draft: NoticeDraft) -> bytes:
+        return sign(draft).ljust(300, b".")  # a notice of 300 bytes
+
+    def send(n: int, refs: list[int], at: datetime) -> matching.Usage:
+        broker.submit(
+            "b", batch_id(n), 1, [entry("b", 1, r=r, box=box) for r in refs], min_parties=2,
+            now=at, new_group_id=ids, sign_notice=big, rules=rules,
+        )  # fmt: skip
+        return broker.usage("b")
+
+    def take_back(n: int, r: int, at: datetime) -> matching.Usage:
+        broker.withdraw(
+            "b", batch_id(n), [ref("b", r)], min_parties=2, now=at, sign_notice=big, rules=rules
+        )
+        return broker.usage("b")
+
+    submit(broker, "a", 1, [entry("a", 1)], ids=ids, sign_notice=big)
+    submit(broker, "c", 2, [entry("c", 1)], ids=ids, sign_notice=big)
+    # b joins: a notice to a and to c (300 bytes each); to itself costs it nothing.
+    assert send(3, [1, 2, 3], NOW).notice_bytes == 600
+    # Withdrawing one of its refs would tell a and c again: 1200 would pass 1000.
+    before = table_counts(engine)
+    with pytest.raises(QuotaExceeded) as refused:
+        take_back(4, 1, NOW)
+    assert (refused.value.field, refused.value.reason) == (
+        "signal_refs",
+        "quota.hit_notice_bytes_per_day",
+    )
+    assert table_counts(engine) == before  # nothing withdrawn, no notice, no record
+    assert broker.usage("b").notice_bytes == 600
+    with pytest.raises(QuotaExceeded) as refused:
+        send(5, [4], NOW)
+    assert (refused.value.field, refused.value.reason) == (
+        "entries",
+        "quota.hit_notice_bytes_per_day",
+    )
+    assert table_counts(engine) == before
+    # A batch that causes no notice to others still goes in (c, alone on token 9).
+    broker.submit(
+        "b", batch_id(6), 1, [entry("b", 9, r=9)], min_parties=2, now=NOW,
+        new_group_id=ids, sign_notice=big, rules=rules,
+    )  # fmt: skip
+    assert broker.usage("b").notice_bytes == 600
+    # The next UTC day starts afresh: its first batch goes through whatever it causes.
+    tomorrow = NOW + timedelta(days=1)
+    assert take_back(4, 1, tomorrow).notice_bytes == 600
+    with pytest.raises(QuotaExceeded):
+        take_back(7, 2, tomorrow)  # 1200 would pass 1000
+
+
 def test_an_expiry_beyond_the_covenant_s_retention_is_refused_and_stores_nothing(broker, engine):
     before = table_counts(engine)
     far = NOW + timedelta(days=365 * 100)
@@ -724,7 +836,7 @@ def test_an_item_too_large_for_any_message_is_set_aside_and_delivery_goes_on(bro
     assert marker.set_aside_at.ToDatetime(tzinfo=UTC) == later
     (audited,) = broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
     assert dict(audited.details) == {"party": "a", "cursor": 2, "kind": "hit_notice",
-                                     "bytes": len(huge)}  # fmt: skip
+                                     "bytes": len(huge), "reason": "too_large"}  # fmt: skip
     with engine.connect() as conn:
         kept = conn.execute(sa.text("SELECT cursor, kind, payload FROM set_aside_items")).one()
     assert (kept.cursor, kept.kind, bytes(kept.payload)) == (2, "hit_notice", huge)
@@ -733,7 +845,7 @@ def test_an_item_too_large_for_any_message_is_set_aside_and_delivery_goes_on(bro
     assert [i.payload for i in again.items] == [i.payload for i in fetched.items[1:]]
     assert len(broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)) == 1
     # A second reader that found the same item sets nothing aside again.
-    broker._set_aside("a", broker._party_ids["a"], [2], later)
+    broker._set_aside("a", broker._party_ids["a"], {2: SetAside.TOO_LARGE}, later)
     assert len(broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)) == 1
     assert broker.ack("a", 3) == 3
     assert broker.fetch("a", 0, now=later).items == ()
@@ -772,6 +884,108 @@ def test_envelopes_are_relayed_once(broker):
     with pytest.raises(NotAllowed) as closed:
         broker.relay_envelope("a", batch_id(2), digest, recipient="c", payload=b"x", now=NOW)
     assert closed.value.field == "envelope.recipient"
+
+
+ENVELOPES = mailbox.EnvelopeRules(per_day=3, bytes_per_day=1000, bytes_waiting=1000)
+
+
+def relay(broker: BrokerStore, sender: str, n: int, recipient: str, size: int, at=NOW):
+    payload = bytes([n % 256]) * size
+    return broker.relay_envelope(
+        sender, batch_id(n), hashlib.sha256(payload).digest(), recipient=recipient,
+        payload=payload, now=at, rules=ENVELOPES,
+    )  # fmt: skip
+
+
+def test_envelope_quotas_refuse_whole_and_the_room_frees_as_the_recipient_reads(broker, engine):
+    """Per sender and UTC day: envelopes and bytes; per recipient: the bytes waiting from
+    all senders together. A refused envelope stores and counts nothing; the recipient's
+    acknowledgements, set-asides and removal give its room back."""
+    relay(broker, "a", 1, "c", 400)
+    relay(broker, "b", 2, "c", 400)
+    assert broker.envelope_usage("c").waiting_bytes == 800
+    before = table_counts(engine)
+    with pytest.raises(QuotaExceeded) as full:
+        relay(broker, "b", 3, "c", 300)  # 1100 would wait in c's mailbox
+    assert (full.value.field, full.value.reason) == (
+        "envelope.recipient",
+        "quota.envelope_bytes_waiting",
+    )
+    assert table_counts(engine) == before
+    assert broker.envelope_usage("b") == mailbox.EnvelopeUsage(mailbox.utc_day(NOW), 1, 400)
+    relay(broker, "b", 4, "d", 500)  # other mailboxes still take b's envelopes
+    with pytest.raises(QuotaExceeded) as too_many_bytes:
+        relay(broker, "b", 5, "d", 101)  # 1001 bytes from b today
+    assert too_many_bytes.value.reason == "quota.envelope_bytes_per_day"
+    relay(broker, "a", 6, "d", 10)
+    relay(broker, "a", 7, "d", 10)
+    with pytest.raises(QuotaExceeded) as too_many:
+        relay(broker, "a", 8, "d", 10)  # a fourth envelope from a today
+    assert (too_many.value.field, too_many.value.reason) == (
+        "envelope",
+        "quota.envelopes_per_day",
+    )
+    assert relay(broker, "a", 6, "d", 10).replayed  # a repeat costs nothing
+    # c reads its first envelope: its 400 bytes leave the room, and b's fits.
+    broker.ack("c", 1)
+    assert broker.envelope_usage("c").waiting_bytes == 400
+    later = NOW + timedelta(days=1)
+    assert not relay(broker, "b", 3, "c", 300, at=later).replayed
+    assert broker.envelope_usage("c").waiting_bytes == 700
+    # An envelope set aside leaves the mailbox too; a removed party waits for nothing.
+    broker._set_aside("c", broker._party_ids["c"], {3: SetAside.MALFORMED}, later)
+    assert broker.envelope_usage("c").waiting_bytes == 400
+    broker.close_mailbox("c")
+    assert broker.envelope_usage("c").waiting_bytes == 0
+    assert broker.envelope_usage("nobody") == mailbox.EnvelopeUsage()
+
+
+def test_a_stored_item_that_does_not_parse_is_set_aside_and_delivery_goes_on(broker, engine):
+    """A row damaged on disk (or by hand) in the broker's SQLite or PostgreSQL database:
+    a fetch that checks what it sends (the service passes ``mailbox.parses``) moves it
+    aside with an audit entry, delivers a marker at its cursor and goes on."""
+    envelope = broker_pb2.RelayedEnvelope(client_message_id=batch_id(1)).SerializeToString()
+    notice = common_pb2.Signed(body=b"notice", signer="broker").SerializeToString()
+    broker.enqueue("a", envelope, ItemKind.ENVELOPE, NOW)
+    broker.enqueue("a", notice, ItemKind.HIT_NOTICE, NOW)
+    broker.enqueue("a", envelope, ItemKind.ENVELOPE, NOW)
+    damaged = b"\xff\xff\xff\xff garbage"
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE mailbox_items SET payload = :p WHERE cursor = 2"), {"p": damaged}
+        )
+    assert [i.kind for i in broker.fetch("a", 0, now=NOW).items][1] is ItemKind.HIT_NOTICE
+    later = NOW + timedelta(minutes=1)
+    fetched = broker.fetch("a", 0, now=later, parses=mailbox.parses)
+    assert [(i.cursor, i.kind) for i in fetched.items] == [
+        (1, ItemKind.ENVELOPE),
+        (2, ItemKind.SET_ASIDE),
+        (3, ItemKind.ENVELOPE),
+    ]
+    marker = broker_pb2.SetAsideItem.FromString(fetched.items[1].payload)
+    assert (marker.kind, marker.size_bytes) == ("hit_notice", len(damaged))
+    (audited,) = broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
+    assert dict(audited.details) == {"party": "a", "cursor": 2, "kind": "hit_notice",
+                                     "bytes": len(damaged), "reason": "malformed"}  # fmt: skip
+    with engine.connect() as conn:
+        kept = conn.execute(sa.text("SELECT cursor, kind, payload FROM set_aside_items")).one()
+    assert (kept.cursor, kept.kind, bytes(kept.payload)) == (2, "hit_notice", damaged)
+    assert broker.fetch("a", 1, now=later, parses=mailbox.parses).items == fetched.items[1:]
+    assert len(broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)) == 1
+    # A damaged marker is replaced by a new one (it held nothing to keep).
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE mailbox_items SET payload = :p WHERE cursor = 2"), {"p": damaged}
+        )
+    again = broker.fetch("a", 1, now=later, parses=mailbox.parses)
+    marker = broker_pb2.SetAsideItem.FromString(again.items[0].payload)
+    assert (again.items[0].cursor, marker.kind, marker.size_bytes) == (
+        2,
+        "set_aside",
+        len(damaged),
+    )
+    assert len(broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)) == 2
+    assert broker.ack("a", 3) == 3
 
 
 def test_notices_to_a_closed_mailbox_are_dropped_not_fatal(broker):
@@ -915,6 +1129,40 @@ def test_migration_0005_counts_what_parties_hold_and_gives_back_what_was_set_asi
                 ("hit_notice", huge),
                 ("envelope", b"small"),
             ]
+        database.upgrade(engine, MIGRATIONS)
+    finally:
+        with engine.begin() as conn:
+            for table in reversed(Base.metadata.sorted_tables):
+                conn.execute(table.delete())
+        engine.dispose()
+
+
+def test_migration_0006_counts_the_envelope_bytes_waiting_in_every_mailbox(database_url):
+    engine = database.make_engine(database_url)
+    statements = [
+        "INSERT INTO parties (id, name) VALUES (1, 'a'), (2, 'b')",
+        "INSERT INTO mailbox_heads (party_id, head_cursor, acked_cursor, closed)"
+        " VALUES (1, 3, 0, false), (2, 0, 0, false)",
+        "INSERT INTO party_usage (party_id, day, submitted, held)"
+        " VALUES (1, 0, 0, 0), (2, 0, 0, 0)",
+        "INSERT INTO mailbox_items (party_id, cursor, kind, payload, enqueued_at)"
+        " VALUES (1, 1, 'envelope', :five, :now), (1, 2, 'hit_notice', :five, :now),"
+        " (1, 3, 'envelope', :seven, :now)",
+    ]
+    values = {"five": b"5" * 5, "seven": b"7" * 7, "now": NOW}
+    try:
+        database.downgrade(engine, MIGRATIONS)
+        database.upgrade(engine, MIGRATIONS, "0005")
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement), values)
+        database.upgrade(engine, MIGRATIONS)
+        broker = BrokerStore(engine)
+        assert broker.envelope_usage("a") == mailbox.EnvelopeUsage(0, 0, 0, 12)
+        assert broker.envelope_usage("b") == mailbox.EnvelopeUsage()
+        assert broker.usage("a") == matching.Usage()
+        database.downgrade(engine, MIGRATIONS, "0005")
+        assert "envelope_usage" not in sa.inspect(engine).get_table_names()
         database.upgrade(engine, MIGRATIONS)
     finally:
         with engine.begin() as conn:

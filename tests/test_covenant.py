@@ -313,6 +313,10 @@ oprf_evaluations_per_day = 1000000
 disclosure_requests_per_day = 200
 token_entries_per_day = 1000000
 token_entries_held = 5000000
+hit_notice_bytes_per_day = 268435456
+envelopes_per_day = 10000
+envelope_bytes_per_day = 67108864
+envelope_bytes_waiting = 536870912
 
 [picture]
 viewers = ["riec"]
@@ -426,6 +430,11 @@ BAD_VALUES = [
     (QUOTAS, 0, "token_entries_per_day", "9999", "quotas.token_entries_per_day"),
     (QUOTAS, 0, "token_entries_held", "true", "quotas.token_entries_held"),
     (QUOTAS, 0, "token_entries_held", "1000000001", "quotas.token_entries_held"),
+    (QUOTAS, 0, "hit_notice_bytes_per_day", "1048575", "quotas.hit_notice_bytes_per_day"),
+    (QUOTAS, 0, "envelopes_per_day", "0", "quotas.envelopes_per_day"),
+    # below two maximal envelopes: the largest envelope a node makes could never be sent
+    (QUOTAS, 0, "envelope_bytes_per_day", "2097151", "quotas.envelope_bytes_per_day"),
+    (QUOTAS, 0, "envelope_bytes_waiting", "1024", "quotas.envelope_bytes_waiting"),
     (PICTURE, 0, "viewers", '["marechaussee"]', "picture.viewers"),
     (PICTURE, 0, "min_cell_count", "0", "picture.min_cell_count"),
     (PICTURE, 0, "epsilon_per_period", "-1.0", "picture.epsilon_per_period"),
@@ -594,10 +603,21 @@ def test_writing_the_example_gives_its_exact_bytes():
 
 
 def test_a_draft_without_the_broker_s_quotas_gets_the_defaults():
-    text = _edit(EXAMPLE, QUOTAS, 0, "token_entries_per_day", None)
-    text = _edit(text, QUOTAS, 0, "token_entries_held", None)
+    text = EXAMPLE
+    for name in (
+        "token_entries_per_day",
+        "token_entries_held",
+        "hit_notice_bytes_per_day",
+        "envelopes_per_day",
+        "envelope_bytes_per_day",
+        "envelope_bytes_waiting",
+    ):
+        text = _edit(text, QUOTAS, 0, name, None)
     quotas = cv.covenant_from_toml(text.encode(), source="older draft").policy.quotas
     assert (quotas.token_entries_per_day, quotas.token_entries_held) == (1_000_000, 5_000_000)
+    assert quotas.hit_notice_bytes_per_day == 256 * 2**20
+    assert (quotas.envelopes_per_day, quotas.envelope_bytes_per_day) == (10_000, 64 * 2**20)
+    assert quotas.envelope_bytes_waiting == 512 * 2**20
 
 
 # The sections of a covenant that hold its rules (samenloop.policies.policy), as TOML keys.

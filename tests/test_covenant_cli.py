@@ -496,6 +496,18 @@ def test_set_values_and_bump(run, prov, tmp_path):
     result = run("covenant", "set", draft, "quotas.token_entries_held", "9999")
     assert result.code == 1
     assert "token_entries_held" in result.err
+    for key, value in [
+        ("quotas.hit_notice_bytes_per_day", 2**21),
+        ("quotas.envelopes_per_day", 50),
+        ("quotas.envelope_bytes_per_day", 2**22),
+        ("quotas.envelope_bytes_waiting", 2**23),
+    ]:
+        assert run("covenant", "set", draft, key, str(value), "--no-bump").code == 0
+        set_to = getattr(covenant_from_toml(draft.read_bytes(), source="d").policy.quotas, key[7:])
+        assert set_to == value
+    result = run("covenant", "set", draft, "quotas.envelope_bytes_waiting", "1024")
+    assert result.code == 1
+    assert "envelope_bytes_waiting" in result.err
     result = run("covenant", "set", draft, "quotas.disclosure_requests_per_day", "many")
     assert result.code == 1
     assert "quotas.disclosure_requests_per_day" in result.err

@@ -19,7 +19,7 @@ from samenloop.broker import mailbox, matching
 from samenloop.broker.mailbox import ItemKind
 from samenloop.broker.matching import Entry, TokenState
 from samenloop.broker.service import BrokerContext, BrokerService
-from samenloop.policies import trust
+from samenloop.policies import policy, trust
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.policy import Role
 from samenloop.v1 import broker_pb2, common_pb2
@@ -149,6 +149,14 @@ def test_the_largest_envelope_and_covenant_update_fit_one_message_three_times():
         * trust.MAX_SIGNATURES,
     )
     assert trust.MAX_COVENANT_BYTES == common_pb2.LIMITS_MAX_ENVELOPE_BYTES
+    # The broker refuses anything larger (SendEnvelope, PublishCovenant), so these are the
+    # largest items a mailbox can hold besides notices: the bounds protocol.md states.
+    assert sealed.ByteSize() == mailbox.MAX_SEALED_BYTES
+    assert len(relayed.SerializeToString()) <= mailbox.MAX_ENVELOPE_ITEM_BYTES
+    assert mailbox.MAX_ENVELOPE_ITEM_BYTES == 2**20 + 214
+    assert len(covenant.SerializeToString()) == mailbox.MAX_COVENANT_ITEM_BYTES
+    assert mailbox.MAX_COVENANT_ITEM_BYTES == 2**20 + 8644
+    assert mailbox.MAX_ENVELOPE_ITEM_BYTES <= policy.MIN_ENVELOPE_BYTES_QUOTA
     for payload in (relayed, covenant):
         encoded = payload.SerializeToString()
         wrapped = (

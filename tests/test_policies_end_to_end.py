@@ -46,6 +46,7 @@ from samenloop.node.client import Disclosure, Hit, NodeClient, SignalInput
 from samenloop.node.daemon import RunningNode, build_node
 from samenloop.node.models import DisclosureState, HitKind, HitState, IdentifierState, SignalState
 from samenloop.node.provision import PartySpec, Provisioned, provision
+from samenloop.node.uplink import IDLE_SECONDS
 from samenloop.policies import cli, database
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies.audit import AuditKind
@@ -376,6 +377,48 @@ def test_a_batch_over_the_broker_s_daily_quota_waits_in_the_outbox_for_the_next_
         ),
     )
     assert cluster.clients[GEMEENTE_B].status().last_error == ""
+
+
+def test_an_envelope_over_the_broker_s_daily_quota_waits_in_the_outbox_for_the_next_day(
+    make_cluster: Callable[[Policy], Cluster],
+) -> None:
+    """The broker counts envelopes per sender and UTC day (issue 12); a node whose envelope
+    is refused for it keeps the envelope (it neither drops it nor sends it again and again)
+    and sends it the next day, when the request is answered as usual."""
+    policy = example_policy()
+    cluster = make_cluster(
+        dataclasses.replace(policy, quotas=dataclasses.replace(policy.quotas, envelopes_per_day=1))
+    )
+    cluster.clients[WOCO].add_signal("W-1", "woonfraude", [("bsn", BSN)], details=DETAILS)
+    cluster.clients[GEMEENTE].add_signal("G-1", "vastgoedmisbruik", [("bsn", BSN)])
+    hit = cluster.hit_with(GEMEENTE, WOCO)
+    (woco_ref,) = next(m for m in hit.members if m.party == WOCO).signal_refs
+    gemeente = cluster.clients[GEMEENTE]
+    first = gemeente.request_disclosure(
+        hit.group_id, WOCO, woco_ref, "adresfraude", ["naam"], officer="a@gemeente"
+    )
+    assert final_disclosure(cluster, GEMEENTE, first.request_id).state is DisclosureState.GRANTED
+    second = gemeente.request_disclosure(
+        hit.group_id, WOCO, woco_ref, "adresfraude", ["adres"], officer="a@gemeente"
+    )
+    error = wait_for(
+        "the node's status naming the envelope quota",
+        lambda: "quota.envelopes_per_day" in (e := gemeente.status().last_error) and e,
+    )
+    assert "broker quota reached" in error
+    store = cluster.nodes[GEMEENTE].store
+    assert len(store.envelope_outbox()) == 1  # kept, not dropped
+    usage = cluster.broker.store.envelope_usage(GEMEENTE)
+    time.sleep(2 * IDLE_SECONDS)  # the work loop runs meanwhile: it does not try again
+    assert cluster.broker.store.envelope_usage(GEMEENTE) == usage
+    with pytest.raises(NotFound):
+        cluster.clients[WOCO].disclosure(second.request_id)
+    cluster.clock.advance(timedelta(days=1))
+    cluster.nodes[GEMEENTE].uplink.wake.set()
+    answered = final_disclosure(cluster, GEMEENTE, second.request_id)
+    assert answered.state is DisclosureState.GRANTED, answered.refusal_message
+    assert store.envelope_outbox() == []
+    wait_for("the status cleared", lambda: gemeente.status().last_error == "")
 
 
 def test_the_daily_disclosure_quota_refuses_the_next_request(

@@ -174,9 +174,13 @@ def test_an_item_too_large_to_deliver_stops_no_mailbox(covenant_run: CovenantRun
                 "SELECT details FROM audit_entries WHERE kind = 'mailbox_item_set_aside'",
             )
         ]
-        assert {"party": party, "cursor": cursor, "kind": "hit_notice", "bytes": len(huge)} in (
-            audited
-        )
+        assert {
+            "party": party,
+            "cursor": cursor,
+            "kind": "hit_notice",
+            "bytes": len(huge),
+            "reason": "too_large",
+        } in audited
         noted = [
             json.loads(details)
             for (details,) in sqlite_rows(

@@ -54,6 +54,11 @@ class _RelayFailureEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RelayFai
     """The holder did not answer within the broker's evaluate timeout."""
     RELAY_FAILURE_CHANNEL_CLOSED: _RelayFailure.ValueType  # 3
     """The holder's channel closed before it answered."""
+    RELAY_FAILURE_TOO_LARGE: _RelayFailure.ValueType  # 4
+    """The holder's answer was larger than one holder's share of a message
+    (LIMITS_MAX_MESSAGE_BYTES / (LIMITS_MAX_KEY_HOLDERS + 1)): dropped, so
+    that no holder can make the EvaluateResponse too large to send.
+    """
 
 class RelayFailure(_RelayFailure, metaclass=_RelayFailureEnumTypeWrapper):
     """Why the broker could not get a holder's answer."""
@@ -66,6 +71,11 @@ RELAY_FAILURE_TIMEOUT: RelayFailure.ValueType  # 2
 """The holder did not answer within the broker's evaluate timeout."""
 RELAY_FAILURE_CHANNEL_CLOSED: RelayFailure.ValueType  # 3
 """The holder's channel closed before it answered."""
+RELAY_FAILURE_TOO_LARGE: RelayFailure.ValueType  # 4
+"""The holder's answer was larger than one holder's share of a message
+(LIMITS_MAX_MESSAGE_BYTES / (LIMITS_MAX_KEY_HOLDERS + 1)): dropped, so
+that no holder can make the EvaluateResponse too large to send.
+"""
 Global___RelayFailure: _TypeAlias = RelayFailure  # noqa: Y015
 
 class _HitNoticeKind:
@@ -143,6 +153,11 @@ class BrokerLimits(_message.Message):
     MAX_REFS_PER_TOKEN_FIELD_NUMBER: _builtins.int
     MAX_SEALED_ATTRIBUTES_PER_NOTICE_FIELD_NUMBER: _builtins.int
     MAX_ENTRY_LIFETIME_SECONDS_FIELD_NUMBER: _builtins.int
+    ENVELOPES_PER_DAY_FIELD_NUMBER: _builtins.int
+    ENVELOPE_BYTES_PER_DAY_FIELD_NUMBER: _builtins.int
+    ENVELOPE_BYTES_WAITING_FIELD_NUMBER: _builtins.int
+    HIT_NOTICE_BYTES_PER_DAY_FIELD_NUMBER: _builtins.int
+    MAX_SEALED_BYTES_FIELD_NUMBER: _builtins.int
     max_tokens_per_batch: _builtins.int
     """Most entries per SubmitTokensRequest."""
     max_refs_per_withdrawal: _builtins.int
@@ -168,6 +183,29 @@ class BrokerLimits(_message.Message):
     seconds: the longest retention of the covenant versions the broker has
     held, plus LIMITS_MAX_CLOCK_SKEW_SECONDS.
     """
+    envelopes_per_day: _builtins.int
+    """Envelopes one party may send per UTC day (the covenant's
+    envelopes_per_day).
+    """
+    envelope_bytes_per_day: _builtins.int
+    """Bytes of envelopes, as stored (RelayedEnvelope), one party may send per
+    UTC day (the covenant's envelope_bytes_per_day).
+    """
+    envelope_bytes_waiting: _builtins.int
+    """Bytes of envelopes, from all senders together, that may wait
+    unacknowledged in one party's mailbox (the covenant's
+    envelope_bytes_waiting).
+    """
+    hit_notice_bytes_per_day: _builtins.int
+    """The bytes of hit notices one party's submissions and withdrawals may put
+    in other parties' mailboxes per UTC day (the covenant's
+    hit_notice_bytes_per_day); withdrawn refs count towards
+    token_entries_per_day like submitted entries.
+    """
+    max_sealed_bytes: _builtins.int
+    """The largest Sealed the broker takes in SendEnvelope, in bytes, whatever
+    its fields (unknown ones included).
+    """
     def __init__(
         self,
         *,
@@ -182,10 +220,15 @@ class BrokerLimits(_message.Message):
         max_refs_per_token: _builtins.int = ...,
         max_sealed_attributes_per_notice: _builtins.int = ...,
         max_entry_lifetime_seconds: _builtins.int = ...,
+        envelopes_per_day: _builtins.int = ...,
+        envelope_bytes_per_day: _builtins.int = ...,
+        envelope_bytes_waiting: _builtins.int = ...,
+        hit_notice_bytes_per_day: _builtins.int = ...,
+        max_sealed_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluate_timeout_seconds", b"evaluate_timeout_seconds", "max_blinded_elements_per_request", b"max_blinded_elements_per_request", "max_entry_lifetime_seconds", b"max_entry_lifetime_seconds", "max_envelope_bytes", b"max_envelope_bytes", "max_mailbox_items_per_fetch", b"max_mailbox_items_per_fetch", "max_message_bytes", b"max_message_bytes", "max_refs_per_token", b"max_refs_per_token", "max_refs_per_withdrawal", b"max_refs_per_withdrawal", "max_sealed_attributes_bytes", b"max_sealed_attributes_bytes", "max_sealed_attributes_per_notice", b"max_sealed_attributes_per_notice", "max_tokens_per_batch", b"max_tokens_per_batch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_bytes_per_day", b"envelope_bytes_per_day", "envelope_bytes_waiting", b"envelope_bytes_waiting", "envelopes_per_day", b"envelopes_per_day", "evaluate_timeout_seconds", b"evaluate_timeout_seconds", "hit_notice_bytes_per_day", b"hit_notice_bytes_per_day", "max_blinded_elements_per_request", b"max_blinded_elements_per_request", "max_entry_lifetime_seconds", b"max_entry_lifetime_seconds", "max_envelope_bytes", b"max_envelope_bytes", "max_mailbox_items_per_fetch", b"max_mailbox_items_per_fetch", "max_message_bytes", b"max_message_bytes", "max_refs_per_token", b"max_refs_per_token", "max_refs_per_withdrawal", b"max_refs_per_withdrawal", "max_sealed_attributes_bytes", b"max_sealed_attributes_bytes", "max_sealed_attributes_per_notice", b"max_sealed_attributes_per_notice", "max_sealed_bytes", b"max_sealed_bytes", "max_tokens_per_batch", b"max_tokens_per_batch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1418,7 +1461,9 @@ class SendEnvelopeRequest(_message.Message):
     @_builtins.property
     def envelope(self) -> _common_pb2.Sealed:
         """The envelope: sender must be the caller, recipient a party of the current
-        covenant, ciphertext at most LIMITS_MAX_ENVELOPE_BYTES.
+        covenant, nonce exactly LIMITS_NONCE_BYTES, ciphertext at most
+        LIMITS_MAX_ENVELOPE_BYTES, the whole at most BrokerLimits.max_sealed_bytes;
+        counted against the sender's and the recipient's envelope quotas.
         """
 
     def __init__(
