@@ -91,3 +91,26 @@ def test_the_project_stands_alone():
         if outside in (root / name).read_text()
     ]
     assert offenders == []
+
+
+def test_every_test_the_threat_model_names_exists():
+    """docs/threat-model.md names the test that shows each guarantee: each must exist, so
+    that the page cannot point at a test that was renamed or never written."""
+    root = Path(__file__).parents[1]
+    text = (root / "docs" / "threat-model.md").read_text()
+    current: Path | None = None
+    checked = 0
+    missing = []
+    for ref in re.findall(r"`((?:tests/[\w/]+\.py)?(?:::[\w]+(?:\[[^\]`]*\])?)?)`", text):
+        path, _, name = ref.partition("::")
+        if path:
+            current = root / path
+            assert current.is_file(), path
+        if name:
+            assert current is not None, ref
+            function = name.split("[", 1)[0]
+            if not re.search(rf"^def {function}\(", current.read_text(), flags=re.MULTILINE):
+                missing.append(f"{current.relative_to(root)}::{function}")
+            checked += 1
+    assert missing == []
+    assert checked >= 30  # the page names its tests; a parse that finds none is a bug here
