@@ -189,6 +189,7 @@ def build_node(
             disclosures=uplink.disclosures,
             cases=uplink.cases,
             pictures=uplink.pictures,
+            freshness=uplink.covenant_keeper.check,
         )
     )
     refused = RefusedCalls(store.audit_append, clock)
@@ -222,6 +223,7 @@ def build_node(
     if socket_path is not None:
         os.chmod(socket_path, 0o600)  # only this account's applications may talk to the node
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    uplink.covenant_keeper.load()  # the stored covenant timestamp, verified again
     uplink.start()
     log.info(
         "node running", party=party, api=address, broker=config.broker, holder=holder is not None

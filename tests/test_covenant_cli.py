@@ -98,7 +98,7 @@ def material(tmp_path: Path, run) -> Path:
     keys = tmp_path / "keys"
     for party in (*[p.id for p in PARTIES], "broker", "riec-admin"):
         assert run("node", "keygen", "--party", party, "--out", keys / f"{party}.json").code == 0
-    for signer in SIGNERS:
+    for signer in (*SIGNERS, "timestamp"):
         result = run("covenant", "signer-keygen", "--id", signer, "--out", keys / f"{signer}.json")
         assert result.code == 0, result.err
     deal = ["keyholder", "deal", "--covenant", "riec-zwb", "--epoch", "1", "--threshold", "2"]
@@ -124,6 +124,7 @@ def init_args(tmp: Path, **override: object) -> list[object]:
         "--key-epoch": tmp / "epoch" / "key-epoch-1.json",
         "--key-epoch-admin": keys / "riec-admin.public.json",
         "--valid-days": "30",
+        "--timestamp-key": keys / "timestamp.public.json",
     }
     args.update(override)
     flat: list[object] = ["covenant", "init"]

@@ -56,6 +56,7 @@ from samenloop.policies.config import load_broker_config, load_node_config
 from samenloop.policies.covenant import Covenant, Role, with_new_attribute_key
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import (
+    CovenantStale,
     DecryptionFailed,
     InvalidInput,
     InvalidSignature,
@@ -333,6 +334,27 @@ def test_every_refusal_reason(world: World, case: str, reason: Refusal) -> None:
     assert verdict.reason is reason, verdict.message
     assert verdict.values is None
     assert verdict.fields == ()
+
+
+def test_a_stale_owner_refuses_covenant_stale_after_the_replay_check(world: World) -> None:
+    """An owner that holds no unexpired covenant timestamp cannot tell whether the
+    requester is still a party: it refuses before any other rule, releasing nothing; a
+    replay is still only recorded (REPLAY comes first)."""
+    why = "the covenant timestamp for version 1 expired"
+    verdict = disclosure.decide(world.covenant, WOCO, incoming(world), facts(), now=NOW, stale=why)
+    assert (verdict.outcome, verdict.reason, verdict.message) == (
+        Outcome.REFUSED,
+        Refusal.COVENANT_STALE,
+        why,
+    )
+    assert verdict.values is None
+    request, owner_facts = _replayed(world)
+    replayed = disclosure.decide(world.covenant, WOCO, request, owner_facts, now=NOW, stale=why)
+    assert replayed.reason is Refusal.REPLAY
+    assert (
+        disclosure.refusal_from_proto(disclosure.refusal_to_proto(Refusal.COVENANT_STALE))
+        is Refusal.COVENANT_STALE
+    )
 
 
 def _with_proof(request: IncomingRequest, proof: bytes) -> IncomingRequest:
@@ -812,6 +834,8 @@ class Owner:
     desk: DisclosureDesk
     ref: bytes
     cursor: int = 0
+    #: Why woco's node is stale (no unexpired covenant timestamp); None while fresh.
+    stale: str | None = None
 
     def notice(self, kind: broker_pb2.HitNoticeKind.ValueType, members: Sequence[str]) -> None:
         """Woco's node accepts its own next notice of the group (as its uplink would)."""
@@ -885,13 +909,16 @@ def owner(world: World, tmp_path: Any) -> Iterator[Owner]:
     )
     (pending,) = store.pending_identifiers(10, now=NOW)
     store.record_tokens({pending.id: b"\x66" * 32}, 1, now=NOW, proof_keys={pending.id: PROOF_KEY})
+    made: list[Owner] = []
     desk = DisclosureDesk(
         keys=world.keys[WOCO],
         covenant=lambda: world.covenant,
         store=store,
         clock=lambda: NOW,
+        stale=lambda: made[0].stale,
     )
     owner = Owner(world, store, desk, record.identifiers[0].signal_ref)
+    made.append(owner)
     owner.notice(broker_pb2.HIT_NOTICE_KIND_NEW, [GEMEENTE])
     yield owner
     engine.dispose()
@@ -964,6 +991,49 @@ def test_a_received_request_without_a_valid_proof_is_refused_and_stored(owner: O
         disclosure.NOT_PROVEN,
     )
     assert stored.signal_id is None
+
+
+STALE = "the covenant timestamp for version 1 expired at 2026-01-01T00:00:00+00:00"
+
+
+def test_a_stale_owner_refuses_what_it_receives_with_an_answer_and_releases_nothing(
+    owner: Owner,
+) -> None:
+    owner.stale = STALE
+    request_id = secrets.token_bytes(16)
+    owner.receive(request_id, purpose="adresfraude")
+    stored = owner.store.disclosure(request_id)
+    assert stored is not None
+    assert (stored.state, stored.refusal_reason, stored.refusal_message) == (
+        DisclosureState.REFUSED,
+        "covenant_stale",
+        STALE,
+    )
+    assert dict(stored.released) == {}
+    (answer,) = owner.store.envelope_outbox()  # the refusal goes back: ask again later
+    assert answer.recipient == GEMEENTE
+
+
+def test_no_officer_approves_while_the_owner_is_stale(owner: Owner) -> None:
+    request_id = secrets.token_bytes(16)
+    owner.receive(request_id)  # pending, while fresh
+    owner.stale = STALE
+    with pytest.raises(CovenantStale) as caught:
+        owner.desk.approve(request_id, officer="b@woco")
+    assert caught.value.field == "covenant"
+    still = owner.store.disclosure(request_id)
+    assert still is not None
+    assert still.state is DisclosureState.PENDING_APPROVAL
+    owner.stale = None  # fresh again: the same officer's approval goes through
+    assert _approved(owner, request_id).state is DisclosureState.GRANTED
+
+
+def test_a_stale_owner_may_still_deny(owner: Owner) -> None:
+    request_id = secrets.token_bytes(16)
+    owner.receive(request_id)
+    owner.stale = STALE
+    denied = owner.desk.deny(request_id, officer="b@woco", reason="geen grond")
+    assert (denied.state, denied.refusal_reason) == (DisclosureState.REFUSED, "denied_by_officer")
 
 
 # --- part two: real daemons ---------------------------------------------------------------
@@ -1566,8 +1636,13 @@ def test_a_pending_request_of_a_removed_party_is_decided_without_an_answer(
     )
     signed = cluster.provisioned.sign(without)
     cluster.deliver(WOCO, ItemKind.COVENANT_UPDATE, signed.to_proto().SerializeToString())
+    stamp = cluster.provisioned.stamp(without, now=datetime.now(UTC))
+    cluster.deliver(WOCO, ItemKind.COVENANT_TIMESTAMP, stamp.signed)
     woco = cluster.clients[WOCO]
-    wait_for("woco on version 2", lambda: woco.status().covenant_version == 2)
+    wait_for(
+        "woco on version 2, fresh",
+        lambda: (s := woco.status()).covenant_version == 2 and s.covenant_fresh,
+    )
     answers = _answers(cluster)
     for request_id, decide_ in (
         (approved, lambda r: woco.approve_disclosure(r, officer="b@woco")),
