@@ -20,7 +20,8 @@ and the broker as the uplink reaches it:
   releases nothing new (no token entries, no granted disclosures, no case
   messages, picture contributions or requests) until one arrives, and then
   goes on by itself. Each change between fresh and stale is logged once (a
-  warning when it goes stale, with why) and audited (``covenant_freshness``).
+  warning when it goes stale, with why) and audited (``covenant_freshness``), as
+  is a start that finds the node stale.
 
 Log lines carry versions, times and reasons, never covenant bytes.
 """
@@ -36,7 +37,7 @@ import structlog
 
 from samenloop.node.store import NodeStore
 from samenloop.policies import covenant as covenant_model
-from samenloop.policies.errors import CovenantStale, SamenloopError
+from samenloop.policies.errors import CovenantStale, SamenloopError, Unavailable
 from samenloop.policies.freshness import CovenantTimestamp, Freshness, FreshnessState, Observed
 from samenloop.policies.trust import HeldCovenant, SignedCovenant
 from samenloop.v1 import common_pb2
@@ -81,7 +82,7 @@ def learn_attribute_key(
 
 
 def _no_fetch(version: int) -> Fetched:
-    raise CovenantStale(f"no broker to fetch version {version} from", field="version")
+    raise Unavailable(f"no broker to fetch version {version} from", field="version")
 
 
 class CovenantKeeper:
@@ -277,7 +278,9 @@ class CovenantKeeper:
                     version=freshness.version,
                     why=freshness.reason,
                 )
-            if not first:  # a change, not the state found at start (logged above)
+            # Audited: every change, and a start that finds the node stale (it may have been
+            # fresh when it stopped); a start that finds it fresh changes nothing on record.
+            if not (first and freshness.fresh):
                 self._store.note_freshness(
                     fresh=freshness.fresh,
                     version=freshness.version,

@@ -15,7 +15,10 @@ the store and replayed over it at start, each checked again against the one
 before. Every component reads the resulting ``HeldCovenant`` on each use. The
 attribute keys dealt in those versions are opened into one
 ``AttributeKeyRing`` as they are replayed (and by the uplink as updates
-arrive), so a node reads every version it was dealt.
+arrive), so a node reads every version it was dealt. The newest covenant
+timestamp the node kept is verified again before the uplink starts
+(:class:`~samenloop.node.covenant_keeper.CovenantKeeper`): until one vouches
+for the version held, the node seals and releases nothing new.
 """
 
 from __future__ import annotations

@@ -244,6 +244,8 @@ class Uplink:
             wake=self.wake.set,
         )
         stale = self.covenant_keeper.stale_reason
+        if holder is not None:  # a stale holder evaluates for nobody (COVENANT_STALE)
+            holder.stale = stale
         self.disclosures = DisclosureDesk(
             keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set, stale=stale
         )

@@ -127,7 +127,9 @@ class CovenantTimestamp:
         naming ``field``) if it is not one. Checks the form only, not the signature."""
         if isinstance(message, bytes):
             if len(message) > MAX_SIGNED_BYTES:
-                raise MessageTooLarge(f"a covenant timestamp is at most {MAX_SIGNED_BYTES} bytes")
+                raise MessageTooLarge(
+                    f"a covenant timestamp is at most {MAX_SIGNED_BYTES} bytes", field=field
+                )
             try:
                 message = common_pb2.Signed.FromString(message)
             except DecodeError:
@@ -233,12 +235,11 @@ def issue_timestamp(
             f"({covenant.signing.freshness_seconds} s)",
             field="lifetime",
         )
-    issued_at = now
     message = common_pb2.CovenantTimestamp(
         covenant_id=covenant.id, version=covenant.version, covenant_sha256=covenant_digest(body)
     )
-    message.issued_at.FromDatetime(issued_at)
-    message.expires_at.FromDatetime(issued_at + lifetime)
+    message.issued_at.FromDatetime(now)
+    message.expires_at.FromDatetime(now + lifetime)
     encoded = message.SerializeToString()
     signed = common_pb2.Signed(
         body=encoded,

@@ -800,15 +800,20 @@ def test_a_node_without_a_fresh_timestamp_stops_sealing_and_asking_and_goes_on_b
         )
     assert caught.value.reason == "covenant.stale"
     assert store.envelope_outbox() == []
-    # Audited as it changed: fresh once the first timestamp came at Hello, then stale.
+    # Audited as it changed: stale at its first start, fresh once the first timestamp came at
+    # Hello, then stale.
     changes = store.audit_entries(kind=AuditKind.COVENANT_FRESHNESS)
-    assert [(e.details["fresh"], e.details["version"]) for e in changes] == [(True, 1), (False, 1)]
+    assert [(e.details["fresh"], e.details["version"]) for e in changes] == [
+        (False, 1),
+        (True, 1),
+        (False, 1),
+    ]
 
     cluster.advance(timedelta(0))  # the timestamp job runs: a timestamp issued now
     wait_for("G-2 sealed and at the broker", lambda: cluster.tokens_at_broker() == tokens + 1)
     assert gemeente.status().covenant_fresh is True
     changes = store.audit_entries(kind=AuditKind.COVENANT_FRESHNESS)
-    assert [e.details["fresh"] for e in changes] == [True, False, True]
+    assert [e.details["fresh"] for e in changes] == [False, True, False, True]
     asked = gemeente.request_disclosure(
         hit.group_id, WOCO, woco_ref, "adresfraude", ["naam"], officer="a@gemeente"
     )
