@@ -7,7 +7,6 @@ from pathlib import Path
 
 from samenloop.broker import server
 from samenloop.policies import database
-from samenloop.policies.config import load_broker_config
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,11 +21,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _serve(args: argparse.Namespace) -> int:
-    return server.serve(load_broker_config(args.config))
+    return server.serve(server.load_config(args.config))
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    config = load_broker_config(args.config)
+    config = server.load_config(args.config)
     server.check_files(config)
     engine = database.make_engine(config.database_url)
     try:

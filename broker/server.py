@@ -1,7 +1,9 @@
 """The broker process: mTLS gRPC server, health and reflection, retention sweep.
 
 ``check_files`` refuses to go on, as ssh does, when another account may use the
-broker's data directory or secret files (the TLS private key, the signing keys).
+broker's data directory or secret files (the TLS private key, the signing keys), or
+write the covenant file it trusts (``broker serve`` and ``migrate`` check
+``broker.toml`` itself the same way, :func:`load_config`).
 ``build_server`` runs it, then wires the servicer to a ``grpc.Server`` with the covenant CA
 as the only client root (``require_client_auth=True``), the error and party
 interceptors, the standard health service and server reflection. ``serve``
@@ -26,12 +28,23 @@ from samenloop.broker.auth import PartyInterceptor
 from samenloop.broker.service import BrokerContext, BrokerService
 from samenloop.broker.store import BrokerStore, TimestampRecord
 from samenloop.policies import crypto, database, logs
-from samenloop.policies.config import BrokerConfig, private_directories, secret_files
+from samenloop.policies.config import (
+    BrokerConfig,
+    load_broker_config,
+    private_directories,
+    secret_files,
+    trusted_files,
+)
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError, SamenloopError
 from samenloop.policies.freshness import CovenantTimestamp, verify_timestamp
-from samenloop.policies.process import check_private, run_until_signalled, settle_heap
+from samenloop.policies.process import (
+    check_private,
+    check_trusted,
+    run_until_signalled,
+    settle_heap,
+)
 from samenloop.policies.rpc import ErrorInterceptor
 from samenloop.policies.trust import (
     HeldCovenant,
@@ -81,9 +94,17 @@ def _read(path: object, what: str) -> bytes:
 
 def check_files(config: BrokerConfig) -> None:
     """The data directories (made 0700 if missing) and every secret file must be this
-    account's and closed to group and others; else ``ConfigurationError`` names the
-    setting, the path and the fix."""
-    check_private(private_directories(config), secret_files(config))
+    account's and closed to group and others, the covenant file closed to their writing;
+    else ``ConfigurationError`` names the setting, the path and the fix."""
+    check_private(private_directories(config), secret_files(config), trusted_files(config))
+
+
+def load_config(config_path: Path) -> BrokerConfig:
+    """``broker.toml``, read as the broker's own orders: refused if another account may
+    write it (or the directory that holds it), as ssh refuses such a configuration."""
+    config = load_broker_config(config_path)
+    check_trusted([("--config", Path(config_path))])
+    return config
 
 
 def build_server(

@@ -834,14 +834,16 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
     ) -> node_pb2.WithdrawSignalResponse:
         key = request.WhichOneof("key")
         now = self._now()
+        # The officer, if the call names one, is the audit entry's actor (else the party).
+        officer = disclosure.check_officer(request.officer) if request.officer else None
         if key == "signal_id":
             record = self._store.withdraw_signal(
-                now=now, signal_id=_signal_id(request.signal_id, "signal_id")
+                now=now, signal_id=_signal_id(request.signal_id, "signal_id"), officer=officer
             )
         elif key == "reference":
             if not request.reference:
                 raise InvalidInput("give a reference", field="reference")
-            record = self._store.withdraw_signal(request.reference, now=now)
+            record = self._store.withdraw_signal(request.reference, now=now, officer=officer)
         else:
             raise InvalidInput("give a signal id or a reference", field="key")
         self._ctx.wake_uplink()
@@ -932,7 +934,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             signal_ref=request.signal_ref,
             purpose=request.purpose,
             fields=list(request.fields),
-            officer=request.officer,
+            officer=disclosure.check_officer(request.officer),
             justification=request.justification,
         )
         return node_pb2.RequestDisclosureResponse(disclosure=disclosure_to_proto(record))
@@ -973,7 +975,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         self, request: node_pb2.ApproveDisclosureRequest, context: grpc.ServicerContext
     ) -> node_pb2.ApproveDisclosureResponse:
         record = self._desk().approve(
-            request.request_id, officer=request.officer, note=request.note
+            request.request_id, officer=disclosure.check_officer(request.officer), note=request.note
         )
         return node_pb2.ApproveDisclosureResponse(disclosure=disclosure_to_proto(record))
 
@@ -981,7 +983,9 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         self, request: node_pb2.DenyDisclosureRequest, context: grpc.ServicerContext
     ) -> node_pb2.DenyDisclosureResponse:
         record = self._desk().deny(
-            request.request_id, officer=request.officer, reason=request.reason
+            request.request_id,
+            officer=disclosure.check_officer(request.officer),
+            reason=request.reason,
         )
         return node_pb2.DenyDisclosureResponse(disclosure=disclosure_to_proto(record))
 

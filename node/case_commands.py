@@ -19,6 +19,11 @@ does. Case and action ids are shown in hex; a unique prefix of at least
 * ``case board`` is the coordinator's board: open actions, overdue first and
   highlighted.
 
+A title, measure, description, note or outcome may name the subject: ``--from
+FILE`` (or ``--from -``, standard input) reads it as a ``title TEXT`` (...)
+line instead of an argument, which every account on the host can read while the
+command runs (:func:`~samenloop.node.signal_commands.take_from`).
+
 Titles, measures, notes, outcomes and officer names are other members' text:
 they are shown as plain text (:mod:`samenloop.policies.terminal`), never as
 markup or terminal controls; ``--json`` prints them exactly.
@@ -36,7 +41,13 @@ from rich.text import Text
 
 from samenloop.node.cases import ActionStatus, CaseState, InterventionType
 from samenloop.node.client import Case, CaseAction, CaseBoardEntry, NodeClient
-from samenloop.node.signal_commands import add_node_options, open_client
+from samenloop.node.signal_commands import (
+    add_from_option,
+    add_node_options,
+    open_client,
+    require_option,
+    take_from,
+)
 from samenloop.policies import terminal
 from samenloop.policies.errors import ConfigurationError, NotFound
 from samenloop.policies.terminal import printable
@@ -44,6 +55,8 @@ from samenloop.policies.terminal import printable
 __all__ = ["case_to_json", "register"]
 
 MIN_PREFIX = 6
+#: After the help of an option whose text may name a subject.
+_VISIBLE = "; as an argument other accounts on this host can read it: see --from"
 
 
 def _hex_prefix(text: str, option: str) -> str:
@@ -100,7 +113,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     opening = commands.add_parser("open", help="open a case on a hit (coordinators only)")
     opening.add_argument("hit", metavar="HIT", help="the hit group id (hex)")
-    opening.add_argument("--title", required=True, help="the case's title (sealed to members)")
+    opening.add_argument(
+        "--title", help=f"the case's title, sealed to members (required){_VISIBLE}"
+    )
+    add_from_option(opening, {"title": "title"}, example="title TEXT")
     opening.add_argument("--officer", required=True, metavar="ID", help="who opens it")
     opening.add_argument(
         "--invite", action="append", default=[], metavar="PARTY", help="a party of the hit"
@@ -136,8 +152,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=[t.value for t in InterventionType],
         help="the kind of intervention",
     )
-    act.add_argument("--measure", required=True, metavar="TEXT", help="the measure, short")
-    act.add_argument("--description", default="", metavar="TEXT", help="what is to be done")
+    act.add_argument("--measure", metavar="TEXT", help=f"the measure, short (required){_VISIBLE}")
+    act.add_argument(
+        "--description", default="", metavar="TEXT", help=f"what is to be done{_VISIBLE}"
+    )
+    add_from_option(
+        act, {"measure": "measure", "description": "description"}, example="description TEXT"
+    )
     act.add_argument("--deadline", required=True, type=_date, metavar="YYYY-MM-DD")
     act.add_argument("--officer", required=True, metavar="ID", help="who adds it")
     act.set_defaults(func=_act)
@@ -146,7 +167,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     upd.add_argument("case", metavar="CASE", help="the case id (hex)")
     upd.add_argument("action", metavar="ACTION", help="the action id (hex)")
     upd.add_argument("--status", choices=[s.value for s in ActionStatus], help="the new status")
-    upd.add_argument("--note", default="", metavar="TEXT", help="a progress note")
+    upd.add_argument("--note", default="", metavar="TEXT", help=f"a progress note{_VISIBLE}")
+    add_from_option(upd, {"note": "note"}, example="note TEXT")
     upd.add_argument(
         "--deadline", type=_date, metavar="YYYY-MM-DD", help="a new deadline (coordinator)"
     )
@@ -155,7 +177,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     closing = commands.add_parser("close", help="close the case (coordinator)")
     closing.add_argument("case", metavar="CASE", help="the case id (hex)")
-    closing.add_argument("--outcome", required=True, metavar="TEXT", help="how it ended")
+    closing.add_argument("--outcome", metavar="TEXT", help=f"how it ended (required){_VISIBLE}")
+    add_from_option(closing, {"outcome": "outcome"}, example="outcome TEXT")
     closing.add_argument("--officer", required=True, metavar="ID", help="who closes it")
     closing.set_defaults(func=_close)
 
@@ -325,13 +348,13 @@ def _print_board(entries: Sequence[CaseBoardEntry], as_json: bool) -> None:
 
 
 def _open(args: argparse.Namespace) -> int:
+    take_from(args)
+    title = require_option(args, "title")
     hit = _hex_prefix(args.hit, "HIT")
     if len(hit) != 32:
         raise ConfigurationError("give the whole hit group id (32 hex digits)", field="HIT")
     with open_client(args) as client:
-        case = client.open_case(
-            bytes.fromhex(hit), args.title, officer=args.officer, invite=args.invite
-        )
+        case = client.open_case(bytes.fromhex(hit), title, officer=args.officer, invite=args.invite)
     _print_case(case, args.json)
     return 0
 
@@ -369,12 +392,14 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _act(args: argparse.Namespace) -> int:
+    take_from(args)
+    measure = require_option(args, "measure")
     with open_client(args) as client:
         case = client.add_action(
             _case_id(client, args.case),
             owner=args.owner,
             intervention_type=args.type,
-            measure=args.measure,
+            measure=measure,
             description=args.description,
             deadline=args.deadline,
             officer=args.officer,
@@ -384,6 +409,7 @@ def _act(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace) -> int:
+    take_from(args)
     with open_client(args) as client:
         case_id = _case_id(client, args.case)
         action_id = _action_id(client.case(case_id), args.action)
@@ -400,10 +426,10 @@ def _update(args: argparse.Namespace) -> int:
 
 
 def _close(args: argparse.Namespace) -> int:
+    take_from(args)
+    outcome = require_option(args, "outcome")
     with open_client(args) as client:
-        case = client.close_case(
-            _case_id(client, args.case), outcome=args.outcome, officer=args.officer
-        )
+        case = client.close_case(_case_id(client, args.case), outcome=outcome, officer=args.officer)
     _print_case(case, args.json)
     return 0
 

@@ -66,7 +66,7 @@ from typing import Final
 
 from google.protobuf.message import DecodeError
 
-from samenloop.node.disclosure import _check_name
+from samenloop.node.disclosure import _check_name, check_officer
 from samenloop.node.envelopes import Envelope
 from samenloop.node.envelopes import seal as _seal
 from samenloop.node.notices import verify_hit_notice
@@ -519,7 +519,7 @@ def parse_change(body: bytes, *, sender: str) -> CaseChange:
         case_id=_id(message.case_id, "case_id"),
         message_id=_id(message.message_id, "message_id"),
         author=message.author,
-        author_officer=_check_name(message.author_officer, "author_officer"),
+        author_officer=check_officer(message.author_officer, "author_officer"),
         author_sequence=message.author_sequence,
         issued_at=issued_at,
         kind=kind,
@@ -934,7 +934,7 @@ def open_case(
     _may_coordinate(covenant, me)
     notice = _held_notice(covenant, me, signed_notice)
     _text(title, "title", MAX_TITLE_BYTES, empty_ok=False)
-    _check_name(officer, "officer")
+    check_officer(officer)
     parties = _check_invitees(covenant, me, notice, invite, (me,), "invite")
     return CaseChange(
         case_id=_id(case_id, "case_id"),
@@ -966,7 +966,7 @@ def invite(
     """INVITE further parties of the hit (``signed_notice``: this node's latest notice)."""
     case = _coordinating(case, me)
     _may_coordinate(covenant, me)
-    _check_name(officer, "officer")
+    check_officer(officer)
     if not parties:
         raise InvalidInput("name at least one party", field="parties")
     notice = _held_notice(covenant, me, signed_notice)
@@ -1005,7 +1005,7 @@ def add_action(
 ) -> CaseChange:
     """ACTION_ADD: a planned action owned by a member."""
     case = _coordinating(case, me)
-    _check_name(officer, "officer")
+    check_officer(officer)
     _check_name(owner, "action.owner")
     if owner not in case.members:
         raise InvalidInput(
@@ -1057,7 +1057,7 @@ def update_action(
 ) -> CaseChange:
     """ACTION_UPDATE by the action's owner or the coordinator: ``None``/empty keeps a value."""
     case = _member_case(case, me)
-    _check_name(officer, "officer")
+    check_officer(officer)
     old = case.action(_id(action_id, "action_id"))
     if old is None:
         raise NotFound("no action with this id in the case", field="action_id")
@@ -1116,7 +1116,7 @@ def remove_members(
 ) -> CaseChange:
     """MEMBER_REMOVE: the removed parties receive this and nothing further."""
     case = _coordinating(case, me)
-    _check_name(officer, "officer")
+    check_officer(officer)
     if not parties:
         raise InvalidInput("name at least one party", field="parties")
     for i, party in enumerate(parties):
@@ -1155,7 +1155,7 @@ def close_case(
 ) -> CaseChange:
     """CLOSE the case with an outcome; it is read-only everywhere afterwards."""
     case = _coordinating(case, me)
-    _check_name(officer, "officer")
+    check_officer(officer)
     _text(outcome, "outcome", MAX_TEXT_BYTES, empty_ok=False)
     return CaseChange(
         case_id=case.case_id,

@@ -2,7 +2,9 @@
 
 ``build_node`` checks everything a partner's IT department would otherwise
 discover the hard way — the data directories and secret files are this
-account's alone (refused as ssh refuses an open key), the party is in the
+account's alone (refused as ssh refuses an open key), the covenant and CA files
+(and, in ``serve`` and ``migrate``, ``node.toml`` itself) are closed to other
+accounts' writing, the party is in the
 covenant, the key file is this party's, the TLS certificate is valid and names
 this party, the database is at the schema head — and then starts the local API,
 which takes only calls that carry the node's API token
@@ -46,11 +48,17 @@ from samenloop.policies.config import (
     load_node_config,
     private_directories,
     secret_files,
+    trusted_files,
 )
 from samenloop.policies.covenant import AttributeKeyRing
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError, CovenantRejected
-from samenloop.policies.process import check_private, run_until_signalled, settle_heap
+from samenloop.policies.process import (
+    check_private,
+    check_trusted,
+    run_until_signalled,
+    settle_heap,
+)
 from samenloop.policies.rpc import ErrorInterceptor
 from samenloop.policies.trust import (
     HeldCovenant,
@@ -99,12 +107,21 @@ def _read(path: Path, what: str) -> bytes:
 
 def check_files(config: NodeConfig) -> str:
     """Refuse to go on, as ssh does, when another account may use the node's data or
-    secrets: the data directories (made 0700 if missing) and every secret file must be
-    this account's and closed to group and others. Returns the API token, made if absent."""
+    secrets, or choose whom it trusts: the data directories (made 0700 if missing) and
+    every secret file must be this account's and closed to group and others, the covenant
+    and CA files closed to their writing. Returns the API token, made if absent."""
     assert config.api_token is not None  # NodeConfig sets the default
     token = ensure_token(config.api_token)
-    check_private(private_directories(config), secret_files(config))
+    check_private(private_directories(config), secret_files(config), trusted_files(config))
     return token
+
+
+def load_config(config_path: Path) -> NodeConfig:
+    """``node.toml``, read as the daemon's own orders: refused if another account may
+    write it (or the directory that holds it), as ssh refuses such a configuration."""
+    config = load_node_config(config_path)
+    check_trusted([("--config", Path(config_path))])
+    return config
 
 
 def build_node(
@@ -261,7 +278,7 @@ def replay_covenant(
 
 def serve(config_path: Path) -> int:
     """Run the node until SIGTERM or SIGINT."""
-    config = load_node_config(config_path)
+    config = load_config(config_path)
     logs.configure(config.log_level)
     running = build_node(config)
     settle_heap()
@@ -286,7 +303,7 @@ def serve(config_path: Path) -> int:
 def migrate(config_path: Path) -> int:
     """Bring the node's database to this version's schema (after the checks of the files
     that ``serve`` runs too)."""
-    config = load_node_config(config_path)
+    config = load_config(config_path)
     check_files(config)
     engine = database.make_engine(config.database_url)
     try:

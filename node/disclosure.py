@@ -114,6 +114,7 @@ from samenloop.node.envelopes import Envelope
 from samenloop.node.envelopes import seal as _seal
 from samenloop.node.notices import verify_hit_notice
 from samenloop.policies import crypto, rules
+from samenloop.policies.audit import check_actor
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SealedBox, SignatureContext
 from samenloop.policies.errors import (
@@ -140,6 +141,7 @@ __all__ = [
     "Verdict",
     "approve",
     "build_request",
+    "check_officer",
     "check_request",
     "decide",
     "deny",
@@ -334,7 +336,7 @@ def check_request(
             reason="disclosure.unknown_purpose",
         )
     _check_fields(fields)
-    _check_name(officer, "officer")
+    check_officer(officer)
     _check_justification(justification)
     if not notice.own_signal_refs:
         raise InvalidInput(
@@ -467,7 +469,7 @@ def parse_request(body: bytes, *, sender: str, me: str) -> IncomingRequest:
         raise InvalidInput(f"a signal ref is {ID_BYTES} bytes", field="signal_ref")
     _check_name(request.purpose, "purpose")
     _check_fields(list(request.requested_fields), "requested_fields")
-    _check_name(request.requester_officer, "requester_officer")
+    check_officer(request.requester_officer, "requester_officer")
     _check_justification(request.justification)
     if not request.HasField("issued_at") or request.covenant_version < 1:
         raise InvalidInput("issued_at and covenant_version are required", field="issued_at")
@@ -806,10 +808,22 @@ def officer_key(officer: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", officer).casefold().split())
 
 
+def check_officer(officer: object, field: str = "officer") -> str:
+    """An officer's identity as an API call or another party's message gives it: 1 to
+    ``MAX_NAME_BYTES`` bytes of UTF-8 of printable text, as the audit log takes an actor
+    (:func:`~samenloop.policies.audit.check_actor`): ``Jürgen de Vries`` and
+    ``Bd-Teamleider-7 `` are officers, a name with a control or format character (a bidi
+    override) or of spaces only is not. Returned as given: stored and shown so, compared
+    as :func:`officer_key` makes it. ``InvalidInput`` names ``field``."""
+    if not isinstance(officer, str) or not officer.strip():
+        raise InvalidInput("name the officer", field=field)
+    if len(officer.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidInput(f"at most {MAX_NAME_BYTES} bytes of UTF-8", field=field)
+    return check_actor(officer, field=field)
+
+
 def _check_officer(pending: PendingRequest, officer: str) -> None:
-    _check_name(officer, "officer")
-    if not officer_key(officer):
-        raise InvalidInput("name the officer", field="officer")
+    check_officer(officer)
     if officer_key(officer) == officer_key(pending.requester_officer):
         raise NotAllowed(
             "the officer who asked cannot decide on the request (four eyes)",

@@ -12,6 +12,11 @@ does. Ids are shown and given in hex.
   ID --reason TEXT`` are the four-eyes step at the owner: a second officer,
   never the one who asked, decides on what the covenant lets wait for one.
 
+A justification, note or reason may name the subject: ``--from FILE`` (or
+``--from -``, standard input) reads it as a ``justification TEXT`` (``note``,
+``reason``) line instead of an argument, which every account on the host can
+read while the command runs (:func:`~samenloop.node.signal_commands.take_from`).
+
 Officer names, justifications, notes, refusal messages and released field
 names and values come from the other party: they are shown as plain text
 (:mod:`samenloop.policies.terminal`); ``--json`` prints them exactly.
@@ -28,7 +33,13 @@ from rich.table import Table
 
 from samenloop.node.client import Disclosure
 from samenloop.node.models import DisclosureDirection, DisclosureState
-from samenloop.node.signal_commands import add_node_options, open_client
+from samenloop.node.signal_commands import (
+    add_from_option,
+    add_node_options,
+    open_client,
+    require_option,
+    take_from,
+)
 from samenloop.policies import terminal
 from samenloop.policies.errors import ConfigurationError
 from samenloop.policies.terminal import printable
@@ -36,6 +47,8 @@ from samenloop.policies.terminal import printable
 __all__ = ["disclosure_to_json", "register"]
 
 _DIRECTIONS = {"in": DisclosureDirection.INCOMING, "out": DisclosureDirection.OUTGOING}
+#: After the help of an option whose text may name a subject.
+_VISIBLE = "; as an argument other accounts on this host can read it: see --from"
 
 
 def _hex(text: str, option: str, size: int = 16) -> bytes:
@@ -67,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--field", action="append", required=True, metavar="F", help="a field wanted (repeat)"
     )
     ask.add_argument("--officer", required=True, metavar="ID", help="who asks")
-    ask.add_argument("--justification", default="", metavar="TEXT", help="why")
+    ask.add_argument("--justification", default="", metavar="TEXT", help=f"why{_VISIBLE}")
+    add_from_option(ask, {"justification": "justification"}, example="justification TEXT")
     ask.add_argument("--json", action="store_true", help="print the request as JSON")
     add_node_options(ask)
     ask.set_defaults(func=_request)
@@ -94,7 +108,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     approve = commands.add_parser("approve", help="approve a pending request (second officer)")
     approve.add_argument("id", metavar="ID", help="the request id (hex)")
     approve.add_argument("--officer", required=True, metavar="ID", help="who approves")
-    approve.add_argument("--note", default="", metavar="TEXT", help="the officer's note")
+    approve.add_argument("--note", default="", metavar="TEXT", help=f"the officer's note{_VISIBLE}")
+    add_from_option(approve, {"note": "note"}, example="note TEXT")
     approve.add_argument("--json", action="store_true", help="print the request as JSON")
     add_node_options(approve)
     approve.set_defaults(func=_approve)
@@ -102,7 +117,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     deny = commands.add_parser("deny", help="deny a pending request (second officer)")
     deny.add_argument("id", metavar="ID", help="the request id (hex)")
     deny.add_argument("--officer", required=True, metavar="ID", help="who denies")
-    deny.add_argument("--reason", required=True, metavar="TEXT", help="why; sent to the requester")
+    deny.add_argument(
+        "--reason", metavar="TEXT", help=f"why; sent to the requester (required){_VISIBLE}"
+    )
+    add_from_option(deny, {"reason": "reason"}, example="reason TEXT")
     deny.add_argument("--json", action="store_true", help="print the request as JSON")
     add_node_options(deny)
     deny.set_defaults(func=_deny)
@@ -201,6 +219,7 @@ def _print_many(items: Sequence[Disclosure], as_json: bool, title: str) -> None:
 
 
 def _request(args: argparse.Namespace) -> int:
+    take_from(args)
     hit = _hex(args.hit, "HIT")
     ref = _hex(args.ref, "--ref")
     with open_client(args) as client:
@@ -240,6 +259,7 @@ def _pending(args: argparse.Namespace) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
+    take_from(args)
     with open_client(args) as client:
         item = client.approve_disclosure(_hex(args.id, "ID"), officer=args.officer, note=args.note)
     _print_one(item, args.json)
@@ -247,7 +267,9 @@ def _approve(args: argparse.Namespace) -> int:
 
 
 def _deny(args: argparse.Namespace) -> int:
+    take_from(args)
+    reason = require_option(args, "reason")
     with open_client(args) as client:
-        item = client.deny_disclosure(_hex(args.id, "ID"), officer=args.officer, reason=args.reason)
+        item = client.deny_disclosure(_hex(args.id, "ID"), officer=args.officer, reason=reason)
     _print_one(item, args.json)
     return 0

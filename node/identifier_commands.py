@@ -59,8 +59,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument(
         "value",
         metavar="VALUE",
-        help="the identifier, or '-' to read one per line from standard input; "
-        "for person: 'NAME;DATE OF BIRTH'",
+        help="the identifier, or '-' to read one per line from standard input (for real "
+        "data: an argument is visible to every account on this host while the command runs, "
+        "/proc/PID/cmdline, and stays in the shell's history); for person: 'NAME;DATE OF BIRTH'",
     )
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.add_argument(

@@ -26,6 +26,7 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from samenloop.node import picture, picture_protocol
+from samenloop.node.disclosure import check_officer
 from samenloop.node.picture import Dimension, Measure, Period, ReleasedTable, Table
 from samenloop.node.picture_protocol import PictureAsk, PictureRefusal, PictureVerdict
 from samenloop.node.store import (
@@ -210,8 +211,7 @@ class PictureDesk:
         measures), this node's own counts kept. Returns the request id and the parties
         asked (this node first). ``NotAllowed`` if this party may not see the picture;
         ``InvalidInput`` naming the field for a bad request. Nothing is stored then."""
-        if not officer or len(officer) > 64:
-            raise InvalidInput("say who asks (1 to 64 characters)", field="officer")
+        check_officer(officer)
         stale = self._stale()
         if stale is not None:
             raise CovenantStale(stale, field="covenant")

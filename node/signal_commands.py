@@ -21,12 +21,21 @@ picture come from columns too (``--area-column``, ``--branch-column``,
 ``--month-column``) and are validated the same way. Identifier values never appear in the
 report: only where and why.
 
-``samenloop signal add`` adds one signal from the command line; ``signal
-withdraw`` withdraws one. ``samenloop hits list`` and ``hits watch`` show the
-hits the node received, as a table or (``--json``) as JSON. Other parties'
-text (party, role, categories) and the file's own text are shown as plain
-text (:mod:`samenloop.policies.terminal`); a category another member sealed
-that the covenant does not list shows as "(unknown category)" (or "(N unknown
+``samenloop signal add`` adds one signal; ``signal withdraw`` withdraws one.
+Its identifiers and details are best given with ``--from FILE`` (``--from -``:
+standard input), one ``id TYPE=VALUE`` or ``detail NAME=VALUE`` line each,
+because every account on the host reads a process's arguments
+(``/proc/PID/cmdline``, ``ps``) and the shell keeps them in its history; given
+as ``--id``/``--value``/``--detail`` arguments they still work, with a warning
+on stderr. The other commands that take free text that may name a subject
+(``disclosure request | approve | deny``, ``case open | act | update | close``)
+read it the same way (:func:`add_from_option`, :func:`take_from`).
+
+``samenloop hits list`` and ``hits watch`` show the hits the node received,
+as a table or (``--json``) as JSON. Other parties' text (party, role,
+categories) and the file's own text are shown as plain text
+(:mod:`samenloop.policies.terminal`); a category another member sealed that
+the covenant does not list shows as "(unknown category)" (or "(N unknown
 categories)"), never by its text.
 """
 
@@ -36,8 +45,10 @@ import argparse
 import csv
 import io
 import os
+import re
+import sys
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -64,13 +75,16 @@ from samenloop.policies.terminal import printable
 __all__ = [
     "ColumnMapping",
     "Problem",
+    "add_from_option",
     "add_node_options",
     "hit_to_json",
     "open_client",
     "read_table",
     "register",
     "register_hits",
+    "require_option",
     "rows_to_signals",
+    "take_from",
 ]
 
 #: The environment variable naming the node.toml to use when neither option is given.
@@ -129,6 +143,102 @@ def open_client(args: argparse.Namespace) -> NodeClient:
             "say where the node is: --node NODE_TOML or --socket PATH", field="--node"
         )
     return NodeClient.from_config(config)
+
+
+# --- values kept off the command line -------------------------------------------------------
+
+#: ``--from -``: read the lines from standard input.
+FROM_STDIN: Final = "-"
+#: The most ``--from`` reads: a few identifiers, details and sentences, never a data file.
+MAX_FROM_BYTES: Final = 1 << 20
+#: Why values that may name a subject do not belong in a command's arguments.
+ARGUMENTS_ARE_VISIBLE: Final = (
+    "command-line arguments are visible to every account on this host while the command "
+    "runs (/proc/PID/cmdline, ps) and stay in the shell's history"
+)
+_FROM_LINE: Final = re.compile(r"([a-z][a-z-]*)[ \t](.*)", re.DOTALL)
+
+
+def add_from_option(
+    parser: argparse.ArgumentParser, names: Mapping[str, str], *, example: str
+) -> None:
+    """``--from FILE``: the options ``names`` (option name without ``--`` to its ``dest``)
+    read from a file or standard input instead of the command line (:func:`take_from`)."""
+    listed = ", ".join(names)
+    parser.add_argument(
+        "--from",
+        dest="from_file",
+        metavar="FILE",
+        help=f"read {listed} from FILE ('-': standard input), one 'NAME VALUE' line each "
+        f"(e.g. '{example}'): unlike arguments, they stay out of the process list that "
+        "every account on this host reads and out of the shell's history",
+    )
+    parser.set_defaults(from_names=dict(names))
+
+
+def take_from(args: argparse.Namespace) -> None:
+    """Merge the lines of ``--from`` into ``args``: a repeatable option's values are added
+    to those of the command line, any other option may come from one place only.
+
+    Each line is ``NAME VALUE`` (one space or tab between; the value is the rest of the
+    line, kept as written); blank lines and lines starting with ``#`` are skipped. Errors
+    name ``--from`` and the line, never its value."""
+    source: str | None = getattr(args, "from_file", None)
+    if source is None:
+        return
+    names: dict[str, str] = args.from_names
+    seen: set[str] = set()
+    for number, line in enumerate(_from_text(source).split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _FROM_LINE.fullmatch(line)
+        if match is None or match.group(1) not in names:
+            raise ConfigurationError(
+                f"line {number} does not start with one of: {', '.join(names)} "
+                "(then a space and the value)",
+                field="--from",
+            )
+        name, value = match.groups()
+        dest = names[name]
+        current = getattr(args, dest, None)
+        if isinstance(current, list):
+            current.append(value)
+            continue
+        if name in seen or current:
+            where = "twice" if name in seen else "on the command line too"
+            raise ConfigurationError(f"line {number}: {name} is given {where}", field="--from")
+        seen.add(name)
+        setattr(args, dest, value)
+
+
+def _from_text(source: str) -> str:
+    if source == FROM_STDIN:
+        if sys.stdin.isatty():
+            print("reading 'NAME VALUE' lines; end with Ctrl-D", file=sys.stderr)
+        data = sys.stdin.buffer.read(MAX_FROM_BYTES + 1)
+    else:
+        try:
+            with Path(source).open("rb") as handle:
+                data = handle.read(MAX_FROM_BYTES + 1)
+        except OSError as error:
+            raise ConfigurationError(
+                f"cannot read {source}: {error.strerror}", field="--from"
+            ) from None
+    if len(data) > MAX_FROM_BYTES:
+        raise ConfigurationError(f"at most {MAX_FROM_BYTES} bytes", field="--from")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigurationError("not UTF-8 text", field="--from") from None
+
+
+def require_option(args: argparse.Namespace, name: str, dest: str | None = None) -> str:
+    """The value of an option that must be given, on the command line or in ``--from``."""
+    value: str | None = getattr(args, dest or name.replace("-", "_"))
+    if not value:
+        raise ConfigurationError(f"give --{name} (or a '{name}' line in --from)", field=f"--{name}")
+    return value
 
 
 # --- reading files ------------------------------------------------------------------------------
@@ -597,27 +707,38 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add = commands.add_parser(
         "add",
         help="add one signal",
-        description="Add one signal. Identifiers: --id TYPE=VALUE (repeatable), "
-        "or --type TYPE --value VALUE.",
+        description="Add one signal. Give its identifiers and details with --from FILE, "
+        "or --from - to read them from standard input: one 'id TYPE=VALUE' or "
+        "'detail NAME=VALUE' line each. As arguments (--id TYPE=VALUE, --type TYPE "
+        f"--value VALUE, --detail NAME=VALUE) they work too, but {ARGUMENTS_ARE_VISIBLE}.",
+        epilog="example: samenloop signal add --reference DOSSIER-17 --category "
+        "vastgoedmisbruik --from signal.txt  (signal.txt, 0600: 'id bsn=123456782', "
+        "'detail naam=...')",
     )
     add.add_argument("--reference", required=True, help="the partner's own reference")
     add.add_argument("--category", required=True, help="the signal's category")
+    visible = "; visible to other accounts, use --from"
     add.add_argument(
         "--id",
         action="append",
         default=[],
         dest="ids",
         metavar="TYPE=VALUE",
-        help="an identifier (repeatable)",
+        help=f"an identifier (repeatable{visible})",
     )
     add.add_argument("--type", help="the type of one identifier (with --value)")
-    add.add_argument("--value", help="the value of one identifier (with --type)")
+    add.add_argument("--value", help=f"the value of one identifier (with --type{visible})")
     add.add_argument(
         "--detail",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a detail field (repeatable)",
+        help=f"a detail field (repeatable{visible})",
+    )
+    add_from_option(
+        add,
+        {"id": "ids", "type": "type", "value": "value", "detail": "detail"},
+        example="id bsn=123456782",
     )
     add.add_argument("--expires", metavar="DATE", help="expiry date (default: the retention)")
     add.add_argument(
@@ -819,6 +940,13 @@ def _signal_json(signal: Signal) -> dict[str, Any]:
 
 
 def _add(args: argparse.Namespace) -> int:
+    if args.ids or args.value is not None or args.detail:
+        print(
+            f"samenloop: warning: {ARGUMENTS_ARE_VISIBLE}: give identifiers and details "
+            "with --from FILE or --from - (standard input)",
+            file=sys.stderr,
+        )
+    take_from(args)
     identifiers: list[tuple[IdentifierType | str, str]] = [
         (_option_type(kind, "--id"), value) for kind, value in _pairs(args.ids, "--id")
     ]

@@ -780,9 +780,10 @@ class NodeStore(audit_store.AuditLog):
         *,
         now: datetime,
         signal_id: int | None = None,
+        officer: str | None = None,
     ) -> SignalRecord:
         """Withdraw the active signal with this reference (or id) and queue the withdrawal
-        of its refs at the broker.
+        of its refs at the broker; ``officer`` (else the party) is the audit entry's actor.
 
         Idempotent: a signal that is no longer active is returned as it is. A
         reference that no signal has is :class:`NotFound`.
@@ -812,6 +813,7 @@ class NodeStore(audit_store.AuditLog):
                 self.append_audit(
                     conn,
                     kind=AuditKind.SIGNAL_WITHDRAWN,
+                    actor=officer,
                     subject=[i.signal_ref.hex() for i in record.identifiers],
                     details={"identifiers": len(record.identifiers)},
                     now=now,
@@ -2641,12 +2643,15 @@ class NodeStore(audit_store.AuditLog):
                     if action is not None:
                         details["status"] = action.status.value
                         details["intervention"] = action.intervention_type.value
-                if _PRINTABLE_OFFICER.fullmatch(change.author_officer):
+                # This node's own change names its officer as the actor (as given); a change
+                # received names the author party, and its officer where the id is plain ASCII.
+                own = cursor is None
+                if not own and _PRINTABLE_OFFICER.fullmatch(change.author_officer):
                     details["officer"] = change.author_officer
                 self.append_audit(
                     conn,
                     kind=AuditKind.CASE_EVENT,
-                    actor=change.author,
+                    actor=change.author_officer if own else change.author,
                     subject=subject,
                     details=details,
                     now=now,

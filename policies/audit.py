@@ -14,7 +14,9 @@ subject by opaque ids only (hit group ids, request ids, signal refs, batch ids,
 as lower-case hex) and carry a few non-identifying facts (counts, kinds, flags,
 purpose codes). :func:`check_details` refuses long values and odd keys: a guard
 against accidents, not a guarantee — callers must only ever pass opaque ids and
-coarse facts.
+coarse facts. The actor is who is accountable: a party id, or the identity of
+the officer who decided, as the officer gave it (``Jürgen de Vries``), so that
+the entry names the officer the node's own records show (:func:`check_actor`).
 
 Sans-IO: :mod:`samenloop.policies.audit_store` keeps the log in a database; this
 module builds, encodes, exports, parses and verifies it. :func:`verify_log`
@@ -39,7 +41,7 @@ from typing import Any, Final, Protocol
 
 from google.protobuf.message import DecodeError
 
-from samenloop.policies import crypto
+from samenloop.policies import crypto, terminal
 from samenloop.policies.crypto import SignatureContext
 from samenloop.policies.errors import AuditMismatch, InvalidInput, InvalidSignature
 from samenloop.v1 import common_pb2
@@ -83,7 +85,6 @@ MAX_DETAILS: Final = 16
 MAX_DETAIL_CHARS: Final = 64
 _INT64: Final = 2**63
 
-_ACTOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*\Z")
 _HEX_ID = re.compile(r"(?:[0-9a-f]{2})+\Z")
 _DETAIL_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 _PRINTABLE = re.compile(r"[\x20-\x7e]*\Z")
@@ -244,15 +245,23 @@ def _utc(moment: datetime, field: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-def check_actor(actor: object) -> str:
-    """A party id or an officer id: 1..128 ASCII letters, digits and ``._:@-``."""
+def check_actor(actor: object, *, field: str = "actor") -> str:
+    """A party id or an officer's identity, as given: 1..128 characters, not only spaces,
+    none of which a terminal would act on or hide (:func:`~samenloop.policies.terminal.is_safe`:
+    no control, format — bidi overrides, zero-width —, surrogate, line or paragraph
+    separator or unassigned character). Letters of any script and spaces are fine: an
+    officer is ``Jürgen de Vries``; an actor shows exactly as it is stored. ``field``
+    names the input it came from (``officer`` for an officer)."""
     if (
         not isinstance(actor, str)
         or not 0 < len(actor) <= MAX_ACTOR_CHARS
-        or not _ACTOR.match(actor)
+        or not all(map(terminal.is_safe, actor))
+        or not actor.strip()
     ):
         raise InvalidInput(
-            f"an actor is 1..{MAX_ACTOR_CHARS} letters, digits and ._:@-", field="actor"
+            "must be printable text, not only spaces: letters, digits, punctuation and "
+            f"spaces, no control or format characters, at most {MAX_ACTOR_CHARS}",
+            field=field,
         )
     return actor
 

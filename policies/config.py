@@ -446,6 +446,17 @@ def secret_files(config: BrokerConfig | NodeConfig) -> list[tuple[str, Path]]:
     return found
 
 
+def trusted_files(config: BrokerConfig | NodeConfig) -> list[tuple[str, Path]]:
+    """The files a daemon takes its orders from that are not secret, each with its setting:
+    the covenant it trusts and (a node's) the CA that names the broker. Others may read
+    them; only the daemon's account (or root) may write them. A PostgreSQL
+    ``database_url`` names no file; a SQLite one is a private directory."""
+    found = [("covenant", config.covenant)]
+    if isinstance(config, NodeConfig):
+        found.append(("ca_certificate", config.ca_certificate))
+    return found
+
+
 def redact_url(url: str) -> str:
     """A database URL fit for logs: any password replaced by ``***``."""
     parts = urlsplit(url)

@@ -1052,10 +1052,12 @@ def _signature_state(signed: SignedCovenant | None, covenant: Covenant) -> dict[
     }
 
 
-def covenant_tables(covenant: Covenant) -> list[Table]:
+def covenant_tables(covenant: Covenant, width: int | None = None) -> list[Table]:
     """Every field of ``covenant`` as tables: its own values, then one table per section
     (a section's values as rows) and per list (its entries as rows, their fields as
-    columns), in the model's order."""
+    columns), in the model's order. A list too wide for ``width`` columns (a narrow
+    terminal) shows each entry as a table of its own, field by field, rather than folding
+    every cell into fragments."""
     tables: list[Table] = []
     top = _table(f"covenant {covenant.id}", "field", "value")
     sections: list[tuple[str, object]] = []
@@ -1066,32 +1068,44 @@ def covenant_tables(covenant: Covenant) -> list[Table]:
             _row(top, name, shown_value(value))
     tables.append(top)
     for name, value in sections:
-        tables += _section_tables(name, value)
+        tables += _section_tables(name, value, width)
     return tables
 
 
-def _section_tables(path: str, value: object) -> list[Table]:
+def _section_tables(path: str, value: object, width: int | None) -> list[Table]:
     if _is_records(value):
         assert isinstance(value, tuple)
-        return [_list_table(path, value)]
+        return _list_tables(path, value, width)
     table = _table(f"[{path}]", "field", "value")
     lists: list[Table] = []
     for name, item in _leaves(value):
         if _is_records(item):
             assert isinstance(item, tuple)
-            lists.append(_list_table(f"{path}.{name}", item))
+            lists += _list_tables(f"{path}.{name}", item, width)
         else:
             _row(table, name, shown_value(item))
     return [table, *lists]
 
 
-def _list_table(path: str, items: tuple[Any, ...]) -> Table:
-    rows = [dict(_leaves(item)) for item in items]
+def _list_tables(path: str, items: tuple[Any, ...], width: int | None) -> list[Table]:
+    rows = [{name: shown_value(v) for name, v in _leaves(item)} for item in items]
     columns = list(dict.fromkeys(name for row in rows for name in row))
+    # What the table needs unfolded: each column's widest cell, plus rich's borders.
+    needed = 1 + sum(
+        3 + max(len(column), *(len(row.get(column, "")) for row in rows)) for column in columns
+    )
+    if width is not None and needed > width and len(columns) > 2:
+        tables = []
+        for i, row in enumerate(rows, 1):
+            table = _table(f"[[{path}]] {i} of {len(rows)}", "field", "value")
+            for column in columns:
+                _row(table, column, row.get(column, ""))
+            tables.append(table)
+        return tables
     table = _table(f"[[{path}]] ({len(items)})", *columns)
     for row in rows:
-        _row(table, *(shown_value(row[c]) if c in row else "" for c in columns))
-    return table
+        _row(table, *(row.get(c, "") for c in columns))
+    return [table]
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -1122,7 +1136,7 @@ def _show(args: argparse.Namespace) -> int:
             if signature.signer not in listed:
                 _row(signatures, signature.signer, "UNKNOWN SIGNER")
     console.print(signatures)
-    for table in covenant_tables(covenant):
+    for table in covenant_tables(covenant, console.width):
         console.print(table)
     ruled = {rule.role.value for rule in covenant.policy.visibility}
     unruled = sorted({party.role.value for party in covenant.parties} - ruled)

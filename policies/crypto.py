@@ -20,7 +20,8 @@
 - ``equal``: constant-time comparison of secrets.
 - Key files written atomically with owner-only permissions, and refused when
   anyone else can read them or another account owns them (``check_owner_only``,
-  the same check the daemons run on their data directories at start).
+  the same check the daemons run on their data directories at start, and, in its
+  ``others_may_read`` form, on the files they take their orders from).
 
 Like pyca/cryptography's Fernet, every failure raises one exception per
 operation (``InvalidSignature``, ``DecryptionFailed``) and says nothing else:
@@ -556,11 +557,19 @@ def check_owner_only(
     *,
     what: str = "key file",
     field: str | None = None,
+    others_may_read: bool = False,
 ) -> None:
     """Refuse a secret file or a private directory that group or others may read, write or
     enter, or that an account other than this process's owns: the one check behind every
     key file, token and data directory. ``found`` is the path, or the ``os.stat`` of a file
-    already opened (``path`` then names it). The error names the path and the fix."""
+    already opened (``path`` then names it). The error names the path and the fix.
+
+    With ``others_may_read`` it is the check of a file that is not secret but decides
+    what the process trusts (its configuration, the covenant, the CA certificate), and of
+    the directory that holds it: others may read it, but only this account or root may
+    own it and nobody else may write it, as ssh checks its configuration. A directory
+    with the sticky bit (``/tmp``) may be writable by others: they cannot replace a file
+    in it that is not theirs."""
     if isinstance(found, os.stat_result):
         info, named = found, Path(path or "?")
     else:
@@ -572,12 +581,21 @@ def check_owner_only(
                 f"{what} {named} does not exist", field=field or str(named)
             ) from error
     me = os.geteuid()
-    if info.st_uid != me:
+    if info.st_uid != me and not (others_may_read and info.st_uid == 0):
         raise ConfigurationError(
             f"{what} {named} belongs to another account (uid {info.st_uid}); run as that "
             f"account, or give it to this one: chown {me} {named}",
             field=field or str(named),
         )
+    if others_may_read:
+        sticky_directory = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_directory:
+            raise ConfigurationError(
+                f"{what} {named} may be written by others "
+                f"(mode {stat.S_IMODE(info.st_mode):o}); run chmod go-w {named}",
+                field=field or str(named),
+            )
+        return
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         fix = "700" if stat.S_ISDIR(info.st_mode) else "600"
         raise ConfigurationError(

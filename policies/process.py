@@ -1,7 +1,7 @@
 """What both daemons and the CLI do as processes: keep what they write to their own
 account (umask 0o077), refuse, as ssh does, a data directory or secret file that other
-accounts may use, settle the heap after start-up, then run until SIGTERM or SIGINT with a
-periodic task."""
+accounts may use and a configuration, covenant or CA file that they may write, settle the
+heap after start-up, then run until SIGTERM or SIGINT with a periodic task."""
 
 from __future__ import annotations
 
@@ -25,11 +25,14 @@ def keep_to_owner() -> None:
 
 
 def check_private(
-    data_dirs: Iterable[tuple[str, Path]], secrets: Iterable[tuple[str, Path]]
+    data_dirs: Iterable[tuple[str, Path]],
+    secrets: Iterable[tuple[str, Path]],
+    trusted: Iterable[tuple[str, Path]] = (),
 ) -> None:
     """A daemon's check at start: each data directory (made 0700 if it is missing) and each
-    secret file must be this account's and closed to group and others, or
-    ``ConfigurationError`` names the setting, the path and the fix (``chmod 700 ...``).
+    secret file must be this account's and closed to group and others, and each trusted
+    file (:func:`check_trusted`) closed to their writing, or ``ConfigurationError`` names
+    the setting, the path and the fix (``chmod 700 ...``).
 
     Items are ``(setting, path)``, the setting being the configuration key it comes from.
     """
@@ -39,6 +42,28 @@ def check_private(
         check_owner_only(directory, what=what, field=setting)
     for setting, path in secrets:
         check_owner_only(path, what="secret file", field=setting)
+    check_trusted(trusted)
+
+
+def check_trusted(files: Iterable[tuple[str, Path]]) -> None:
+    """Each file a daemon takes its orders from (its configuration, the covenant, the CA
+    certificate), and the directory that holds it, must be this account's or root's and
+    closed to writing by group and others; reading stays open, they are not secret.
+    Whoever could write one would choose, at the next start, where raw data is stored and
+    whom the daemon trusts. ``ConfigurationError`` names the setting, the path and the fix
+    (``chmod go-w ...``).
+
+    Items are ``(setting, path)``; the configuration file itself is ``("--config", path)``.
+    """
+    for setting, path in files:
+        what = "configuration file" if setting == "--config" else f"{setting} file"
+        check_owner_only(path, what=what, field=setting, others_may_read=True)
+        check_owner_only(
+            path.absolute().parent,
+            what=f"directory of {what}",
+            field=setting,
+            others_may_read=True,
+        )
 
 
 def run_until_signalled(every: float, tick: Callable[[], None]) -> None:

@@ -241,8 +241,14 @@ REFUSED = [
     ({"subject": ["ab" * 33]}, "subject[0]"),
     ({"subject": "abcd"}, "subject"),
     ({"subject": ["ab"] * 65}, "subject"),
-    ({"actor": "Jan de Vries"}, "actor"),
     ({"actor": ""}, "actor"),
+    ({"actor": "   "}, "actor"),  # spaces only
+    ({"actor": "jan\x1b[31m"}, "actor"),  # a terminal escape
+    ({"actor": "jan\nde vries"}, "actor"),
+    ({"actor": "jan\u202eseirv"}, "actor"),  # a bidi override: a format character
+    ({"actor": "jan\u200b"}, "actor"),  # zero width
+    ({"actor": "\u00a0"}, "actor"),  # a separator other than the space
+    ({"actor": "a" * 129}, "actor"),
     ({"kind": "gossip"}, "kind"),
 ]  # fmt: skip
 
@@ -253,6 +259,33 @@ def test_entries_refuse_bad_actors_subjects_and_kinds(change, field):
     with pytest.raises(InvalidInput) as caught:
         audit.next_entry(None, now=NOW, **arguments)
     assert caught.value.field == field
+
+
+@pytest.mark.parametrize(
+    "actor", ["gemeente", "officer:42", "Jürgen de Vries", "Bd-Teamleider-7 ", "Łukasz Żak"]
+)
+def test_an_officer_named_as_given_is_an_actor_that_exports_and_verifies(actor: str) -> None:
+    """Officers are named in any script and with spaces, as the disclosure record shows
+    them; the canonical bytes stay ASCII (JSON escapes) and the entry verifies after an
+    export and a parse."""
+    first = audit.next_entry(None, kind=AuditKind.DISCLOSURE_APPROVED, actor=actor, now=NOW)
+    assert first.actor == actor
+    assert first.canonical().isascii()
+    exported = audit.encode_export(OWNER.party, NOW, [first], [checkpoint_of([first], 1)])
+    parsed = audit.parse_export(exported)
+    assert parsed.entries == (first,)
+    assert verify(parsed.entries, parsed.checkpoints).entries == 1
+    assert audit.filter_entries(parsed.entries, actor=actor) == [first]
+
+
+def test_an_actor_check_names_the_field_it_is_given() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        audit.check_actor("jan\x00", field="officer")
+    assert caught.value.field == "officer"
+    assert caught.value.message == (
+        "must be printable text, not only spaces: letters, digits, punctuation and spaces, "
+        "no control or format characters, at most 128"
+    )
 
 
 def test_entries_need_an_aware_time():

@@ -996,6 +996,53 @@ def test_case_coordination_end_to_end(cluster: Cluster, capsys: pytest.CaptureFi
     assert bad_month.value.field == "first_month"
 
 
+def test_officers_named_with_spaces_and_accents_act_and_are_shown_as_given(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An officer's identity in any script and with spaces is taken in every case call,
+    shown by ``case show`` as given, and names this node's own case events in its audit
+    log; an invalid one is refused naming ``officer``, and nothing is sent."""
+    from samenloop.policies.cli import main  # the CLI as a partner runs it
+
+    riec = cluster.clients[RIEC]
+    group = riec_hit(cluster)
+    for bad in ("  ", "a\x1b[2J", "a\u202eb", "ü" * 33):
+        with pytest.raises(InvalidInput) as caught:
+            riec.open_case(group, "Vierde casus", officer=bad, invite=[GEMEENTE])
+        assert caught.value.field == "officer"
+    case = riec.open_case(group, "Vierde casus", officer="Jürgen de Vries", invite=[GEMEENTE])
+    riec.add_action(
+        case.case_id,
+        owner=GEMEENTE,
+        intervention_type="bestuurlijk",
+        measure="bibob-toets",
+        deadline=datetime.now(UTC) + timedelta(days=30),
+        officer="Bd-Teamleider-7 ",
+    )
+    copy = held(cluster, GEMEENTE, case.case_id, lambda c: len(c.actions) == 1)
+    assert [e.author_officer for e in copy.history] == ["Jürgen de Vries", "Bd-Teamleider-7 "]
+    # The RIEC's own events name its officers; the gemeente's name the author party (the
+    # officer only in plain ASCII, as audit details are).
+    own = cluster.nodes[RIEC].store.audit_entries(
+        kind=AuditKind.CASE_EVENT, subject=case.case_id.hex()
+    )
+    assert [e.actor for e in own] == ["Jürgen de Vries", "Bd-Teamleider-7 "]
+    assert all("officer" not in e.details for e in own)
+    received = cluster.nodes[GEMEENTE].store.audit_entries(
+        kind=AuditKind.CASE_EVENT, subject=case.case_id.hex()
+    )
+    assert [(e.actor, e.details.get("officer")) for e in received] == [
+        (RIEC, None),
+        (RIEC, "Bd-Teamleider-7 "),
+    ]
+    capsys.readouterr()
+    gemeente = str(cluster.provisioned.node_configs[GEMEENTE])
+    assert main(["case", "show", case.case_id.hex(), "--node", gemeente]) == 0
+    shown = capsys.readouterr().out
+    assert f"{RIEC} (Jürgen de Vries): " in shown
+    assert f"{RIEC} (Bd-Teamleider-7 ): " in shown
+
+
 def test_a_replayed_case_message_is_stored_once(cluster: Cluster) -> None:
     riec = cluster.clients[RIEC]
     group = riec_hit(cluster)

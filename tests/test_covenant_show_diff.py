@@ -359,3 +359,25 @@ def test_a_field_added_to_a_section_later_is_shown_and_diffed(base: Covenant) ->
     assert "submissions_per_day" in _shown(before)
     assert re.search(r"submissions_per_day\s*│\s*750", _shown(after))
     assert covenant_diff(before, after) == ["~ quotas.submissions_per_day: 500 -> 750"]
+
+
+def test_a_narrow_terminal_shows_each_wide_list_entry_field_by_field(base: Covenant) -> None:
+    """At 80 columns the parties' table would fold every id and key into fragments: each
+    entry gets a table of its own instead, and every value stays whole and readable."""
+    console = Console(file=io.StringIO(), width=80, highlight=False, emoji=False)
+    tables = covenant_tables(base, console.width)
+    for table in tables:
+        console.print(table)
+    file = console.file
+    assert isinstance(file, io.StringIO)
+    shown = file.getvalue()
+    assert max(len(line) for line in shown.splitlines()) <= 80
+    titles = [str(t.title) for t in tables]
+    count = len(base.parties)
+    assert [t for t in titles if t.startswith("[[parties]]")] == [
+        f"[[parties]] {i} of {count}" for i in range(1, count + 1)
+    ]
+    for party in base.parties:
+        assert re.search(rf"│ id\s+│ {re.escape(party.id)}\s+│", shown), party.id
+    # a narrow list stays one table
+    assert any(t.startswith("[[purposes]] (") for t in titles)

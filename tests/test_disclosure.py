@@ -797,6 +797,55 @@ def test_an_officer_of_only_spaces_is_refused(world: World) -> None:
         assert (blank.value.field, blank.value.message) == ("officer", "name the officer")
 
 
+OFFICERS = ["Bd-Teamleider-7 ", "Jürgen de Vries", "J.\u00a0de Vries", "Łukasz Żak", "ü" * 32]
+BAD_OFFICERS = [
+    ("", "name the officer"),
+    ("   ", "name the officer"),
+    ("ü" * 33, "at most 64 bytes of UTF-8"),  # 66 bytes: the wire's limit is in bytes
+    ("a" * 65, "at most 64 bytes of UTF-8"),
+    ("jan\x1b[31m", None),  # a terminal escape
+    ("jan\u202eseirv", None),  # a bidi override
+    ("jan\u200b", None),  # zero width
+    ("jan\nde vries", None),
+]
+
+
+@pytest.mark.parametrize("name", OFFICERS)
+def test_an_officer_is_named_in_any_script_and_with_spaces_and_kept_as_given(
+    world: World, name: str
+) -> None:
+    assert disclosure.check_officer(name) == name
+    request = incoming(world, purpose="bibob", fields=("naam",), officer=name)
+    assert request.officer == name  # received as given
+    verdict = disclosure.approve(
+        world.covenant, _pending(request), "b@woco", facts(), me=WOCO, now=NOW
+    )
+    assert verdict.outcome is Outcome.GRANTED
+    other = _pending(incoming(world, purpose="bibob", fields=("naam",)))
+    assert disclosure.approve(world.covenant, other, name, facts(), me=WOCO, now=NOW).outcome is (
+        Outcome.GRANTED
+    )
+
+
+@pytest.mark.parametrize(("name", "message"), BAD_OFFICERS)
+def test_an_invalid_officer_is_refused_naming_the_field_it_came_in(
+    world: World, name: str, message: str | None
+) -> None:
+    pending = _pending(incoming(world, purpose="bibob", fields=("naam",)))
+    for decide_ in (
+        lambda: disclosure.approve(world.covenant, pending, name, facts(), me=WOCO, now=NOW),
+        lambda: disclosure.deny(pending, name, "nee"),
+    ):
+        with pytest.raises(InvalidInput) as caught:
+            decide_()
+        assert caught.value.field == "officer"
+        if message is not None:
+            assert caught.value.message == message
+    with pytest.raises(InvalidInput) as received:  # from another party's node
+        incoming(world, purpose="bibob", fields=("naam",), officer=name)
+    assert received.value.field == "requester_officer"
+
+
 def test_approval_fails_closed_without_a_hit_group(world: World) -> None:
     pending = _pending(incoming(world, purpose="bibob", fields=("naam",)))
     for group in (None, b"\x33" * 15):
@@ -1247,6 +1296,71 @@ def test_four_eyes_releases_nothing_until_a_second_officer_approves(cluster: Clu
         "lopend onderzoek",
     )
     assert dict(refused.released_fields) == {}
+
+
+def test_officers_with_spaces_and_accents_decide_and_are_shown_and_audited_as_given(
+    fresh_cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The second review's attack 6: ``Bd-Teamleider-7 `` and ``Jürgen de Vries`` were
+    refused naming ``actor``, a field nobody sent. Through the local API now: taken,
+    stored, shown and audited as given; an invalid name refused naming ``officer``. (A
+    cluster of its own: two Bibob requests would pass the shared one's period quota.)"""
+    from samenloop.policies.cli import main  # the CLI as a partner runs it
+
+    cluster = fresh_cluster
+
+    group, ref = gemeente_hit(cluster)
+    woco = cluster.clients[WOCO]
+    asked = cluster.clients[GEMEENTE].request_disclosure(
+        group, WOCO, ref, "bibob", ["naam"], officer="Jürgen de Vries"
+    )
+    final(cluster, WOCO, asked.request_id, DisclosureState.PENDING_APPROVAL)
+    about = asked.request_id.hex()
+    audited = len(cluster.nodes[WOCO].store.audit_entries(subject=about))
+    for bad in ("", "  ", "b\x1b[2J", "b\u202eoow", "ü" * 33):
+        for decide_ in (
+            lambda bad=bad: woco.approve_disclosure(asked.request_id, officer=bad),
+            lambda bad=bad: woco.deny_disclosure(asked.request_id, officer=bad, reason="nee"),
+        ):
+            with pytest.raises(InvalidInput) as caught:
+                decide_()
+            assert caught.value.field == "officer"
+    with pytest.raises(NotAllowed):  # the asker, however written, is not a second officer
+        woco.approve_disclosure(asked.request_id, officer="JÜRGEN  de vries")
+    assert len(cluster.nodes[WOCO].store.audit_entries(subject=about)) == audited  # nothing
+    assert woco.disclosure(asked.request_id).state is DisclosureState.PENDING_APPROVAL
+
+    approved = woco.approve_disclosure(asked.request_id, officer="Bd-Teamleider-7 ", note="ok")
+    assert approved.state is DisclosureState.GRANTED
+    assert approved.requester_officer == "Jürgen de Vries"
+    assert [(d.officer, d.approved) for d in approved.decisions] == [("Bd-Teamleider-7 ", True)]
+    entries = cluster.nodes[WOCO].store.audit_entries(
+        kind=AuditKind.DISCLOSURE_APPROVED, subject=asked.request_id.hex()
+    )
+    assert [e.actor for e in entries] == ["Bd-Teamleider-7 "]
+    final(cluster, GEMEENTE, asked.request_id)
+
+    denied = cluster.clients[GEMEENTE].request_disclosure(
+        group, WOCO, ref, "bibob", ["naam"], officer="gem-bibob-3"
+    )
+    final(cluster, WOCO, denied.request_id, DisclosureState.PENDING_APPROVAL)
+    woco.deny_disclosure(denied.request_id, officer="Łukasz Żak", reason="lopend onderzoek")
+    entries = cluster.nodes[WOCO].store.audit_entries(
+        kind=AuditKind.DISCLOSURE_DENIED, subject=denied.request_id.hex()
+    )
+    assert [e.actor for e in entries] == ["Łukasz Żak"]
+
+    # The commands show the names as they were given, as plain text.
+    capsys.readouterr()
+    woco_node = str(cluster.provisioned.node_configs[WOCO])
+    assert main(["disclosure", "show", asked.request_id.hex(), "--node", woco_node]) == 0
+    shown = capsys.readouterr().out
+    assert "by Jürgen de Vries" in shown
+    assert "approved by Bd-Teamleider-7 : ok" in shown
+    assert main(["disclosure", "show", denied.request_id.hex(), "--node", woco_node]) == 0
+    assert "denied by Łukasz Żak: lopend onderzoek" in capsys.readouterr().out
+    assert main(["audit", "show", "--config", woco_node, "--actor", "Łukasz Żak"]) == 0
+    assert "Łukasz Żak" in capsys.readouterr().out
 
 
 def _sent_envelope(cluster: Cluster, party: str, request_id: bytes) -> bytes:

@@ -36,6 +36,7 @@ from samenloop.node.api_token import RefusedCalls, bearer, ensure_token, read_to
 from samenloop.node.client import NodeClient
 from samenloop.node.provision import PartySpec, Provisioned, free_port, provision
 from samenloop.policies import cli, crypto, database, process
+from samenloop.policies import config as config_module
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.config import NodeConfig, load_broker_config, load_node_config
 from samenloop.policies.covenant import Role
@@ -335,6 +336,78 @@ def test_a_file_of_another_account_is_refused(tmp_path: Path) -> None:
     assert f"chown 0 {secret}" in caught.value.message
 
 
+def test_a_trusted_file_may_be_read_by_others_but_not_written(tmp_path: Path) -> None:
+    """The write-only form of the one check: configuration, covenant and CA files."""
+    folder = tmp_path / "etc"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    config = folder / "node.toml"
+    config.write_bytes(b"party = 'x'\n")
+    for readable in (0o644, 0o604, 0o444, 0o600):
+        config.chmod(readable)
+        process.check_trusted([("--config", config)])
+    for open_mode in (0o664, 0o646, 0o666, 0o622):
+        config.chmod(open_mode)
+        with pytest.raises(ConfigurationError) as caught:
+            process.check_trusted([("--config", config)])
+        assert (caught.value.field, caught.value.message) == (
+            "--config",
+            f"configuration file {config} may be written by others (mode {open_mode:o}); "
+            f"run chmod go-w {config}",
+        )
+    config.chmod(0o644)
+    # Whoever may write the directory may replace the file in it.
+    folder.chmod(0o775)
+    with pytest.raises(ConfigurationError) as caught:
+        process.check_trusted([("covenant", config)])
+    assert (caught.value.field, caught.value.message) == (
+        "covenant",
+        f"directory of covenant file {folder} may be written by others (mode 775); "
+        f"run chmod go-w {folder}",
+    )
+    folder.chmod(0o1777)  # sticky, as /tmp: nobody else can replace a file of ours
+    process.check_trusted([("covenant", config)])
+    with pytest.raises(ConfigurationError) as caught:
+        process.check_trusted([("ca_certificate", folder / "absent.pem")])
+    assert caught.value.field == "ca_certificate"
+    assert "does not exist" in caught.value.message
+
+
+def _stat(mode: int, uid: int) -> os.stat_result:
+    return os.stat_result((mode, 1, 1, 1, uid, uid, 0, 0, 0, 0))
+
+
+def test_a_trusted_file_of_root_is_taken_one_of_another_account_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As ssh takes a configuration of its user or of root: root can do anything on the
+    host anyway, and an /etc file of root's is the usual install. A secret stays the
+    daemon's own account's alone."""
+    monkeypatch.setattr(crypto.os, "geteuid", lambda: 1000)
+    named = Path("/etc/samenloop/node.toml")
+    file = stat.S_IFREG | 0o644
+    crypto.check_owner_only(_stat(file, 1000), named, others_may_read=True)
+    crypto.check_owner_only(_stat(file, 0), named, others_may_read=True)
+    with pytest.raises(ConfigurationError) as caught:
+        crypto.check_owner_only(_stat(file, 0), named)  # a secret of root's: not ours
+    assert "belongs to another account (uid 0)" in caught.value.message
+    with pytest.raises(ConfigurationError) as caught:
+        crypto.check_owner_only(_stat(file, 65534), named, what="thing", others_may_read=True)
+    assert caught.value.message == (
+        f"thing {named} belongs to another account (uid 65534); run as that "
+        f"account, or give it to this one: chown 1000 {named}"
+    )
+    with pytest.raises(ConfigurationError) as caught:  # root's, but open to writing
+        crypto.check_owner_only(_stat(stat.S_IFREG | 0o664, 0), named, others_may_read=True)
+    assert "may be written by others (mode 664)" in caught.value.message
+    sticky = stat.S_IFDIR | stat.S_ISVTX | 0o777
+    crypto.check_owner_only(_stat(sticky, 0), Path("/tmp"), others_may_read=True)
+    with pytest.raises(ConfigurationError):  # a sticky bit on a file means nothing
+        crypto.check_owner_only(
+            _stat(stat.S_IFREG | stat.S_ISVTX | 0o666, 1000), named, others_may_read=True
+        )
+
+
 def test_data_directories_are_made_owner_only_and_refused_open(tmp_path: Path) -> None:
     previous = os.umask(0o022)
     try:
@@ -449,6 +522,66 @@ def test_migrate_refuses_an_open_data_directory_and_makes_the_database_owner_onl
         assert _mode(data / f"{kind}.db") == 0o600
     finally:
         shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("kind", ["node", "broker"])
+def test_serve_and_migrate_refuse_orders_that_other_accounts_may_write(kind: str) -> None:
+    """node.toml / broker.toml, the covenant and (a node's) CA certificate: readable by
+    others, never writable by them (attack 7 of the second review)."""
+    root = Path(tempfile.mkdtemp(prefix="sl-trust-", dir="/tmp"))
+    try:
+        done = provision(
+            root,
+            "riec-trusted",
+            [
+                PartySpec(ME, "Gemeente", Role.GEMEENTE),
+                PartySpec("politie", "Politie", Role.POLITIE),
+            ],
+            [ME, "politie"],
+            2,
+            now=datetime.now(UTC),
+        )
+        config_path = done.broker_config if kind == "broker" else done.node_configs[ME]
+        trusted = [("--config", config_path, "configuration file")]
+        trusted.append(("covenant", done.root / "covenant.json", "covenant file"))
+        if kind == "node":
+            ca = load_node_config(config_path).ca_certificate
+            trusted.append(("ca_certificate", ca, "ca_certificate file"))
+        for setting, path, what in trusted:
+            assert not _mode(path) & 0o022, path
+            kept = _mode(path)
+            path.chmod(0o666)
+            try:
+                for command in ("migrate", "serve"):
+                    refused = _cli(kind, command, "--config", str(config_path))
+                    assert refused.returncode == 2, (command, refused.stderr)
+                    assert refused.stderr == (
+                        f"samenloop: error: {setting}: {what} {path} may be written by "
+                        f"others (mode 666); run chmod go-w {path}\n"
+                    )
+            finally:
+                path.chmod(kept)
+        # Readable by every account is fine: they are not secret.
+        for _, path, _ in trusted:
+            path.chmod(0o644)
+        migrated = _cli(kind, "migrate", "--config", str(config_path))
+        assert migrated.returncode == 0, migrated.stderr
+    finally:
+        shutil.rmtree(root)
+
+
+def test_a_postgresql_database_names_no_private_directory() -> None:
+    """Nothing to check for a PostgreSQL URL; a SQLite one is a private directory."""
+    base = Path("/srv/samenloop")
+    broker = config_module.broker_config_from_toml(
+        b'data_dir = "data"\ncovenant = "c.json"\ncertificate = "t.crt"\n'
+        b'private_key = "t.key"\nsigning_keys = "s.json"\n'
+        b'database_url = "postgresql+psycopg://broker@db:5432/samenloop"\n',
+        source="broker.toml",
+        base_dir=base,
+    )
+    assert config_module.private_directories(broker) == [("data_dir", base / "data")]
+    assert config_module.trusted_files(broker) == [("covenant", base / "c.json")]
 
 
 def test_the_node_refuses_to_start_on_open_files(migrated: NodeConfig) -> None:

@@ -31,6 +31,7 @@ from samenloop.node.store import MIGRATIONS, NodeStore
 from samenloop.node.uplink import UplinkStatus, verify_hit_notice
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import database
+from samenloop.policies.audit import AuditKind
 from samenloop.policies.covenant import AttributeKey, AttributeKeyRing, Role
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import (
@@ -535,11 +536,20 @@ def test_get_and_withdraw_a_signal(node: Node) -> None:
     assert by_id.signal.reference == "W-1"
     assert by_id.signal.identifiers[0].value == "01234567"
 
-    withdrawn = node.client.withdraw_signal("W-1", reason="afgehandeld", officer="j.jansen")
+    with pytest.raises(InvalidInput) as bad_officer:  # refused before anything is done
+        node.client.withdraw_signal("W-1", officer="j.jansen\u202e")
+    assert bad_officer.value.field == "officer"
+    assert node.client.signal("W-1").state is SignalState.ACTIVE
+    withdrawn = node.client.withdraw_signal("W-1", reason="afgehandeld", officer="Jürgen de Vries")
     assert withdrawn.state is SignalState.WITHDRAWN
     assert node.client.signal("W-1").state is SignalState.WITHDRAWN
     assert node.wakes == [1, 1]
     assert node.client.withdraw_signal("W-1").state is SignalState.WITHDRAWN  # idempotent
+    # The officer named is the audit entry's actor, as given; without one, the party.
+    node.client.add_signal("W-2", CATEGORY, [("kvk", "01234568")])
+    node.client.withdraw_signal("W-2")
+    entries = node.store.audit_entries(kind=AuditKind.SIGNAL_WITHDRAWN)
+    assert [e.actor for e in entries] == ["Jürgen de Vries", "node"]  # the store's owner here
 
     with pytest.raises(NotFound) as missing:
         node.client.withdraw_signal("NOPE")

@@ -8,6 +8,7 @@ The commands run through ``samenloop.policies.cli.main``, with the ``signal`` an
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import shutil
@@ -436,6 +437,51 @@ def test_signal_add_and_withdraw(node: Node, capsys: pytest.CaptureFixture[str])
     code, _, err = run(capsys, "signal", "withdraw", "R9", "--socket", str(node.socket))
     assert code == 1
     assert "reference" in err
+
+
+def test_signal_add_from_a_file_or_stdin_and_the_warning_for_arguments(
+    node: Node, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    values = tmp_path / "signal.txt"
+    values.write_text(f"id bsn={BSN_A}\ndetail naam=Jürgen de Vries\n", encoding="utf-8")
+    code, out, err = run(
+        capsys, "signal", "add", "--reference", "F1", "--category", "vastgoedmisbruik",
+        "--from", str(values), "--node", str(node.config), "--json",
+    )  # fmt: skip
+    # No warning: nothing was on the command line (the node in this process logs to stderr).
+    assert code == 0
+    assert "samenloop: warning" not in err
+    assert json.loads(out)["identifier_types"] == ["bsn"]
+    record = node.store.signal("F1")
+    assert record is not None
+    assert (record.identifiers[0].identifier.canonical, dict(record.details)) == (
+        BSN_A,
+        {"naam": "Jürgen de Vries"},
+    )
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(f"value {BSN_B}\n".encode())))
+    code, _, err = run(
+        capsys, "signal", "add", "--reference", "F2", "--category", "vastgoedmisbruik",
+        "--type", "bsn", "--from", "-", "--socket", str(node.socket),
+    )  # fmt: skip
+    assert code == 0
+    assert "samenloop: warning" not in err
+    stored = node.store.signal("F2")
+    assert stored is not None
+    assert stored.identifiers[0].identifier.canonical == BSN_B
+
+    # The argument form still works, and says on stderr what it exposes.
+    code, _, err = run(
+        capsys, "signal", "add", "--reference", "F3", "--category", "vastgoedmisbruik",
+        "--id", "kvk=01234567", "--socket", str(node.socket),
+    )  # fmt: skip
+    assert code == 0
+    assert err.splitlines()[0] == (
+        "samenloop: warning: command-line arguments are visible to every account on this "
+        "host while the command runs (/proc/PID/cmdline, ps) and stay in the shell's "
+        "history: give identifiers and details with --from FILE or --from - (standard "
+        "input)"
+    )
 
 
 # --- hits ---------------------------------------------------------------------------------------

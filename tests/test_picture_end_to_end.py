@@ -357,6 +357,10 @@ def test_bad_input_is_named_by_field(cluster: Cluster) -> None:
             PERIOD, measures=["hit_groups"], dimensions=["intervention_type"], officer="a@riec"
         )
     assert mismatch.value.field == "dimensions"
+    for officer in ("", "analist\x1b[2J", "ü" * 33):
+        with pytest.raises(InvalidInput) as bad_officer:
+            client.picture_collect(PERIOD, officer=officer)
+        assert bad_officer.value.field == "officer"
     with pytest.raises(NotFound) as never:
         client.picture_show(PERIOD, "active_signals", ["role"])
     assert never.value.field == "period"

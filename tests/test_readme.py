@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import re
 import shlex
+import sys
 from pathlib import Path
 
 from samenloop.policies.cli import main
@@ -22,25 +24,42 @@ def test_tokenising_example_runs():
     exec(compile(block, "README.md", "exec"), {})  # the example asserts t1 == t2 itself
 
 
-def test_identifier_check_examples_print_what_the_readme_shows(capsys):
+def test_identifier_check_examples_print_what_the_readme_shows(capsys, monkeypatch):
+    """Each ``$`` line of the first console block, with what follows it up to the next as its
+    output: ``cat FILE`` gives a file's lines, ``identifier check ... - < FILE`` reads them on
+    standard input, ``echo $?`` is the last exit code; ``samenloop: error:`` lines are stderr."""
     console = re.search(r"```console\n(.*?)```", README, flags=re.DOTALL)
     assert console is not None
-    lines = console.group(1).splitlines()
+    steps: list[tuple[str, list[str]]] = []
+    for line in console.group(1).splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:].split("  #")[0].strip(), []))
+        else:
+            steps[-1][1].append(line)
+    files: dict[str, str] = {}
+    code = None
     checked = 0
-    for i, line in enumerate(lines):
-        if line.startswith("$ samenloop identifier check"):
-            args = shlex.split(line[2:])[1:]
-            code = main(args)
-            captured = capsys.readouterr()
-            expected = lines[i + 1]
-            if expected.startswith("samenloop: error:"):
-                assert code == 1
-                assert captured.err.strip() == expected
-            else:
-                assert code == 0
-                assert captured.out.strip() == expected
-            checked += 1
-    assert checked == 3
+    for command, shown in steps:
+        words = shlex.split(command)
+        if words[0] == "cat":
+            files[words[1]] = "".join(f"{line}\n" for line in shown)
+            continue
+        if words[:2] == ["echo", "$?"]:
+            assert shown == [str(code)]
+            continue
+        assert words[:3] == ["samenloop", "identifier", "check"]
+        if words[-2] == "<":
+            stdin = io.TextIOWrapper(io.BytesIO(files[words[-1]].encode()))
+            monkeypatch.setattr(sys, "stdin", stdin)
+            words = words[:-2]
+        code = main(words[1:])
+        captured = capsys.readouterr()
+        errors = [line for line in shown if line.startswith("samenloop: error:")]
+        assert captured.out.splitlines() == [line for line in shown if line not in errors]
+        assert captured.err.splitlines() == errors
+        assert code == (1 if errors else 0)
+        checked += 1
+    assert checked == 2
 
 
 def test_the_project_stands_alone():
