@@ -57,7 +57,7 @@ MAX_MESSAGE_BYTES: int = common_pb2.LIMITS_MAX_MESSAGE_BYTES
 ITEM_OVERHEAD_BYTES = 64
 #: An upper bound of a ``FetchMailboxResponse`` without its items (two cursors: 22 bytes).
 RESPONSE_OVERHEAD_BYTES = 64
-#: An upper bound of a serialized ``SetAsideItem`` (kind 17, size 11, time 19 bytes).
+#: An upper bound of a serialized ``SetAsideItem`` (kind 20, size 11, time 19 bytes).
 MARKER_BYTES = 64
 NONCE_BYTES: int = common_pb2.LIMITS_NONCE_BYTES
 MAX_ENVELOPE_BYTES: int = common_pb2.LIMITS_MAX_ENVELOPE_BYTES
@@ -119,6 +119,7 @@ class ItemKind(enum.Enum):
     HIT_NOTICE = "hit_notice"
     ENVELOPE = "envelope"
     COVENANT_UPDATE = "covenant_update"
+    COVENANT_TIMESTAMP = "covenant_timestamp"
     #: The marker that takes the place of an item set aside (``SetAsideItem``).
     SET_ASIDE = "set_aside"
 

@@ -185,14 +185,16 @@ class MailboxItem(Base):
 
     party_id: Mapped[int] = mapped_column(ForeignKey("mailbox_heads.party_id"), primary_key=True)
     cursor: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32))
     payload: Mapped[bytes]
     enqueued_at: Mapped[datetime]
 
     __table_args__ = (
         CheckConstraint("cursor >= 1", name="cursor_positive"),
         CheckConstraint(
-            "kind IN ('hit_notice', 'envelope', 'covenant_update', 'set_aside')", name="kind_known"
+            "kind IN ('hit_notice', 'envelope', 'covenant_update', 'covenant_timestamp',"
+            " 'set_aside')",
+            name="kind_known",
         ),
     )
 
@@ -205,14 +207,17 @@ class SetAsideItem(Base):
 
     party_id: Mapped[int] = mapped_column(ForeignKey("parties.id"), primary_key=True)
     cursor: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32))
     payload: Mapped[bytes]
     enqueued_at: Mapped[datetime]
     set_aside_at: Mapped[datetime]
 
     __table_args__ = (
         CheckConstraint("cursor >= 1", name="cursor_positive"),
-        CheckConstraint("kind IN ('hit_notice', 'envelope', 'covenant_update')", name="kind_known"),
+        CheckConstraint(
+            "kind IN ('hit_notice', 'envelope', 'covenant_update', 'covenant_timestamp')",
+            name="kind_known",
+        ),
     )
 
 
@@ -310,3 +315,23 @@ class CovenantVersion(Base):
     accepted_at: Mapped[datetime]
 
     __table_args__ = (CheckConstraint("version >= 1", name="version_positive"),)
+
+
+class CovenantTimestamp(Base):
+    """The newest covenant timestamp the broker holds for a covenant version (a serialized
+    ``Signed`` ``CovenantTimestamp``, as received): handed out in ``Hello`` and
+    ``GetCovenant``. The broker verified it when it took it, and verifies it again when
+    it loads it; it cannot make one."""
+
+    __tablename__ = "covenant_timestamps"
+
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    signed: Mapped[bytes]
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    accepted_at: Mapped[datetime]
+
+    __table_args__ = (
+        CheckConstraint("version >= 1", name="version_positive"),
+        CheckConstraint("expires_at > issued_at", name="expires_after_issued"),
+    )

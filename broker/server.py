@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from samenloop.broker.auth import PartyInterceptor
 from samenloop.broker.service import BrokerContext, BrokerService
-from samenloop.broker.store import BrokerStore
+from samenloop.broker.store import BrokerStore, TimestampRecord
 from samenloop.policies import crypto, database, logs
 from samenloop.policies.config import (
     BrokerConfig,
@@ -37,7 +37,8 @@ from samenloop.policies.config import (
 )
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys
-from samenloop.policies.errors import ConfigurationError
+from samenloop.policies.errors import ConfigurationError, SamenloopError
+from samenloop.policies.freshness import CovenantTimestamp, verify_timestamp
 from samenloop.policies.process import (
     check_private,
     check_trusted,
@@ -115,7 +116,8 @@ def build_server(
 ) -> RunningBroker:
     """Check the files, open the store (at the schema head), build and start the server."""
     check_files(config)
-    held = HeldCovenant(TrustState(load_signed_covenant(config.covenant)))
+    root = load_signed_covenant(config.covenant)
+    held = HeldCovenant(TrustState(root))
     covenant_source = covenant or held
     engine = database.make_engine(config.database_url)
     database.check_at_head(engine, MIGRATIONS)
@@ -141,6 +143,8 @@ def build_server(
             version=current.version,
             valid_until=current.valid_until.isoformat(),
         )
+    if config.covenant_timestamp is not None:
+        take_first_timestamp(config.covenant_timestamp, held, store, now=clock())
     started = time.perf_counter()
     indexed = store.prepare_index()
     if indexed is not None:
@@ -156,6 +160,7 @@ def build_server(
         clock=clock,
         trust=held,
         held_retention_days=held_retention_days,
+        root=root,
     )
     if evaluate_timeout is not None:
         context.evaluate_timeout = evaluate_timeout
@@ -192,6 +197,38 @@ def build_server(
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info("broker listening", address=config.listen, port=port, covenant=current.id)
     return RunningBroker(server=server, port=port, service=service, store=store)
+
+
+def take_first_timestamp(
+    path: Path, held: HeldCovenant, store: BrokerStore, *, now: datetime
+) -> None:
+    """Take the covenant timestamp of ``broker.toml``'s ``covenant_timestamp`` file when it
+    vouches for the version held and is newer than the one the store holds: the first one,
+    before the timestamp job publishes. A file that is not a timestamp of this covenant,
+    or whose signature or digest fails for the version held, stops the start
+    (``ConfigurationError``); one for an older version, or expired, is only logged."""
+    if not path.exists():
+        log.warning("the covenant timestamp file is missing", path=str(path))
+        return
+    try:
+        stamp = CovenantTimestamp.from_json(path.read_bytes(), source=str(path))
+        covenant = held()
+        if stamp.covenant_id == covenant.id and stamp.version < covenant.version:
+            log.info("the covenant timestamp file is for an older version", version=stamp.version)
+            return
+        verify_timestamp(stamp, covenant, held.signed.body, now=now, field="covenant_timestamp")
+    except (SamenloopError, OSError) as error:
+        raise ConfigurationError(
+            f"{path} is not a valid covenant timestamp of this covenant's version "
+            f"{held().version}: {error}",
+            field="covenant_timestamp",
+        ) from error
+    if now >= stamp.expires_at:
+        log.info("the covenant timestamp file has expired", expires_at=stamp.expires_at.isoformat())
+        return
+    record = TimestampRecord(stamp.version, stamp.signed, stamp.issued_at, stamp.expires_at)
+    if store.publish_timestamp(record, recipients=[], now=now):
+        log.info("covenant timestamp taken from file", expires_at=stamp.expires_at.isoformat())
 
 
 def serve(config: BrokerConfig) -> int:

@@ -26,7 +26,7 @@ from samenloop.broker import mailbox, matching
 from samenloop.broker.auth import caller
 from samenloop.broker.mailbox import ItemKind
 from samenloop.broker.relay import Channel, Switchboard
-from samenloop.broker.store import BrokerStore, StoredItem
+from samenloop.broker.store import BrokerStore, StoredItem, TimestampRecord
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
@@ -35,8 +35,10 @@ from samenloop.policies.errors import (
     InvalidInput,
     MessageTooLarge,
     NotAllowed,
+    NotFound,
     SamenloopError,
 )
+from samenloop.policies.freshness import CovenantTimestamp, verify_current
 from samenloop.policies.times import received_time
 from samenloop.policies.trust import HeldCovenant, SignedCovenant, check_validity
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2, keyholder_pb2
@@ -111,6 +113,9 @@ class BrokerContext:
     #: force (``server.build_server`` finds it as it replays them): entries may expire
     #: that far ahead too, so that tokens made under an earlier, longer rule are taken.
     held_retention_days: int = 0
+    #: The root covenant the broker was configured with, served by ``GetCovenant`` for its
+    #: version (later versions come from the store).
+    root: SignedCovenant | None = None
 
 
 class BrokerService(broker_pb2_grpc.BrokerServicer):
@@ -127,6 +132,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         self._heartbeat = context.heartbeat_seconds
         self._trust = context.trust
         self._held_retention_days = context.held_retention_days
+        self._root = context.root
         self._publish_lock = threading.Lock()
 
     # --- session and covenant ------------------------------------------------------
@@ -179,7 +185,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             raise InvalidInput(f"this broker serves covenant {covenant.id}", field="covenant_id")
         state = self._store.mailbox_state(party)
         log.info("hello", party=party, software=request.software_version[:64])
-        return broker_pb2.HelloResponse(
+        response = broker_pb2.HelloResponse(
             broker=covenant.broker.id,
             covenant_id=covenant.id,
             covenant_version=covenant.version,
@@ -188,19 +194,88 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             acked_cursor=state.acked_cursor,
             head_cursor=state.head_cursor,
         )
+        stamp = self._store.covenant_timestamp(covenant.version)
+        if stamp is not None:
+            response.covenant_timestamp.ParseFromString(stamp.signed)
+        return response
 
     def GetCovenant(
         self, request: broker_pb2.GetCovenantRequest, context: grpc.ServicerContext
     ) -> broker_pb2.GetCovenantResponse:
+        """A version the broker holds (0: the current one), with its newest timestamp. Nodes
+        walk the versions after theirs one by one, each verified against the one before."""
         if self._trust is None:
             raise ConfigurationError(
                 "this broker was started without a trust state", field="covenant"
             )
-        signed = self._trust.signed
-        version = signed.unverified().version
-        if request.version not in (0, version):
-            raise InvalidInput(f"this broker holds version {version} only", field="version")
-        return broker_pb2.GetCovenantResponse(covenant=signed.to_proto())
+        current = self._trust.signed
+        version = current.unverified().version
+        if request.version in (0, version):
+            message = current.to_proto()
+            version_sent = version
+        else:
+            stored = self._store.covenant_version(request.version)
+            if stored is not None:
+                message = common_pb2.SignedCovenant.FromString(stored)
+            elif self._root is not None and self._root.unverified().version == request.version:
+                message = self._root.to_proto()
+            else:
+                raise NotFound(
+                    f"this broker holds no version {request.version} (current: {version})",
+                    field="version",
+                )
+            version_sent = request.version
+        response = broker_pb2.GetCovenantResponse(covenant=message)
+        stamp = self._store.covenant_timestamp(version_sent)
+        if stamp is not None:
+            response.covenant_timestamp.ParseFromString(stamp.signed)
+        return response
+
+    def _timestamp_for(
+        self, message: common_pb2.Signed, signed: SignedCovenant, covenant: Covenant, now: datetime
+    ) -> TimestampRecord:
+        """A covenant timestamp checked as the nodes will (``freshness.verify_current``):
+        the broker hands out only what the timestamp key signed for the version it holds."""
+        stamp = CovenantTimestamp.parse(message)
+        verify_current(stamp, covenant, signed.body, now=now)
+        return TimestampRecord(stamp.version, stamp.signed, stamp.issued_at, stamp.expires_at)
+
+    def PublishTimestamp(
+        self, request: broker_pb2.PublishTimestampRequest, context: grpc.ServicerContext
+    ) -> broker_pb2.PublishTimestampResponse:
+        """Take a covenant timestamp for the version in force and deliver it to every party.
+
+        Any party may deliver one (the timestamp job runs with a node's certificate): its
+        authority is the timestamp key's signature, which the broker checks as every node
+        will. The newest is kept, with its mailbox items, in one transaction."""
+        publisher = caller(context)
+        if self._trust is None:
+            raise ConfigurationError(
+                "this broker was started without a trust state", field="covenant"
+            )
+        if not request.HasField("covenant_timestamp"):
+            raise InvalidInput("missing", field="covenant_timestamp")
+        with self._publish_lock:
+            now = self._clock()
+            covenant, signed = self._trust(), self._trust.signed
+            record = self._timestamp_for(request.covenant_timestamp, signed, covenant, now)
+            stored = self._store.publish_timestamp(
+                record, recipients=sorted(covenant.party_ids), now=now
+            )
+            newest = self._store.covenant_timestamp(covenant.version)
+        if stored:
+            self._bell.ring(sorted(covenant.party_ids))
+        log.info(
+            "covenant timestamp published",
+            version=record.version,
+            expires_at=record.expires_at.isoformat(),
+            stored=stored,
+            by=publisher,
+        )
+        assert newest is not None
+        return broker_pb2.PublishTimestampResponse(
+            version=newest.version, expires_at=timestamp(newest.expires_at), stored=stored
+        )
 
     def PublishCovenant(
         self, request: broker_pb2.PublishCovenantRequest, context: grpc.ServicerContext
@@ -222,12 +297,24 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         with self._publish_lock:
             now = self._clock()
             new = self._trust.verify(signed, now=now)
-            if new is None:  # the version in force, once more: nothing to do
+            if new is None:  # the version in force, once more: only its timestamp is news
+                held = self._trust()
+                if request.HasField("covenant_timestamp"):
+                    record = self._timestamp_for(request.covenant_timestamp, signed, held, now)
+                    if self._store.publish_timestamp(
+                        record, recipients=sorted(held.party_ids), now=now
+                    ):
+                        self._bell.ring(sorted(held.party_ids))
                 return broker_pb2.PublishCovenantResponse(
-                    version=self._trust().version, published_at=timestamp(now)
+                    version=held.version, published_at=timestamp(now)
                 )
             previous = self._trust()
             removed = sorted(previous.party_ids - new.party_ids)
+            stamp = (
+                self._timestamp_for(request.covenant_timestamp, signed, new, now)
+                if request.HasField("covenant_timestamp")
+                else None
+            )
             self._store.publish_covenant(
                 version=new.version,
                 signed=signed.to_proto().SerializeToString(),
@@ -237,6 +324,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 now=now,
                 sign_notice=lambda draft: self._sign_notice(draft, new),
                 visibility=matching.CovenantVisibility(new, former=previous),
+                timestamp=stamp,
             )
             self._trust.update(signed, now=now)
             # Tokens made under the version replaced may still arrive: keep its retention.
@@ -494,6 +582,8 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             item.envelope.ParseFromString(stored.payload)
         elif stored.kind is ItemKind.SET_ASIDE:
             item.set_aside.ParseFromString(stored.payload)
+        elif stored.kind is ItemKind.COVENANT_TIMESTAMP:
+            item.covenant_timestamp.ParseFromString(stored.payload)
         else:
             item.covenant_update.ParseFromString(stored.payload)
         return item

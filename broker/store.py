@@ -64,6 +64,7 @@ from samenloop.broker.matching import (
     VisibilityRule,
 )
 from samenloop.broker.models import (
+    CovenantTimestamp,
     CovenantVersion,
     HitGroup,
     MailboxHead,
@@ -362,6 +363,17 @@ class _Tx:
     inserted: tuple[Prefixes, int, int] | None = None
     #: Submit: the submitting party's quota counts as read under the matching lock.
     usage: matching.Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampRecord:
+    """A covenant timestamp the broker verified, as it keeps it: the version it vouches
+    for, the ``Signed`` bytes as received, and its times."""
+
+    version: int
+    signed: bytes
+    issued_at: datetime
+    expires_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -773,10 +785,12 @@ class BrokerStore(audit_store.AuditLog):
         now: datetime,
         sign_notice: SignNotice,
         visibility: VisibilityRule = DEFAULT_VISIBILITY,
+        timestamp: TimestampRecord | None = None,
     ) -> list[RemovalResult]:
         """Record an accepted covenant version, put it in every recipient's mailbox and cut
         off the parties it removed — all in one transaction, so a crash leaves either the
-        old version in force or the new one delivered and enforced."""
+        old version in force or the new one delivered and enforced. A ``timestamp`` for
+        the new version (verified by the caller) is kept and delivered after it."""
         now = _utc(now)
         for party in (*recipients, *removed):
             _check_party(party)
@@ -790,6 +804,12 @@ class BrokerStore(audit_store.AuditLog):
                 now,
                 skip_closed=True,
             )
+            if timestamp is not None:
+                if timestamp.version != version:
+                    raise InvalidInput(
+                        "the timestamp is for another version", field="covenant_timestamp"
+                    )
+                self._put_timestamp(tx, timestamp, recipients, now)
             self._audit(
                 tx,
                 [
@@ -823,6 +843,92 @@ class BrokerStore(audit_store.AuditLog):
                 .scalars()
                 .all()
             )
+
+    def covenant_version(self, version: int) -> bytes | None:
+        """A covenant version accepted since the root (serialized ``SignedCovenant``), or
+        None if the broker holds no such version in its store."""
+        with self._read() as conn:
+            found = conn.execute(
+                select(CovenantVersion.signed).where(CovenantVersion.version == version)
+            ).scalar_one_or_none()
+        return None if found is None else bytes(found)
+
+    # --- covenant timestamps ------------------------------------------------------------
+
+    def publish_timestamp(
+        self, timestamp: TimestampRecord, *, recipients: Sequence[str], now: datetime
+    ) -> bool:
+        """Keep a verified covenant timestamp if it was issued after the one held for its
+        version, and put it in every recipient's mailbox, in one transaction. False, and
+        nothing changes, if the broker holds that one or a newer one already."""
+        now = _utc(now)
+        for party in recipients:
+            _check_party(party)
+        with self._write() as tx:
+            return self._put_timestamp(tx, timestamp, recipients, now)
+
+    def _put_timestamp(
+        self, tx: _Tx, timestamp: TimestampRecord, recipients: Sequence[str], now: datetime
+    ) -> bool:
+        held = tx.conn.execute(
+            select(CovenantTimestamp.issued_at).where(
+                CovenantTimestamp.version == timestamp.version
+            )
+        ).scalar_one_or_none()
+        if held is not None and held >= timestamp.issued_at:
+            return False
+        values = {
+            "signed": timestamp.signed,
+            "issued_at": timestamp.issued_at,
+            "expires_at": timestamp.expires_at,
+            "accepted_at": now,
+        }
+        if held is None:
+            tx.conn.execute(insert(CovenantTimestamp).values(version=timestamp.version, **values))
+        else:
+            tx.conn.execute(
+                update(CovenantTimestamp)
+                .where(CovenantTimestamp.version == timestamp.version)
+                .values(**values)
+            )
+        if recipients:
+            self._enqueue(
+                tx,
+                {party: [(ItemKind.COVENANT_TIMESTAMP, timestamp.signed)] for party in recipients},
+                now,
+                skip_closed=True,
+            )
+        self._audit(
+            tx,
+            [
+                AuditEvent(
+                    AuditKind.COVENANT_TIMESTAMP,
+                    self._owner,
+                    (),
+                    {
+                        "version": timestamp.version,
+                        "expires_at": timestamp.expires_at.astimezone(UTC).isoformat(),
+                        "recipients": len(recipients),
+                    },
+                )
+            ],
+            now,
+        )
+        return True
+
+    def covenant_timestamp(self, version: int) -> TimestampRecord | None:
+        """The newest covenant timestamp the broker holds for ``version``, if any."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(
+                    CovenantTimestamp.signed,
+                    CovenantTimestamp.issued_at,
+                    CovenantTimestamp.expires_at,
+                ).where(CovenantTimestamp.version == version)
+            ).one_or_none()
+        if row is None:
+            return None
+        return TimestampRecord(version, bytes(row.signed), row.issued_at, row.expires_at)
 
     # --- mailboxes -------------------------------------------------------------------
 

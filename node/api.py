@@ -79,6 +79,7 @@ from samenloop.policies.errors import (
     SamenloopError,
     UnknownType,
 )
+from samenloop.policies.freshness import Freshness
 from samenloop.policies.rules import Refusal
 from samenloop.policies.times import received_time
 from samenloop.v1 import broker_pb2, common_pb2, node_pb2, node_pb2_grpc
@@ -665,6 +666,9 @@ class NodeApiContext:
     pictures: PictureDesk | None = None
     #: The broker address to report; the covenant's when empty.
     broker_address: str = ""
+    #: Whether the node is fresh (an unexpired covenant timestamp vouches for the version
+    #: held); None when no uplink keeps the covenant (tests, offline tools).
+    freshness: Callable[[], Freshness] | None = None
 
 
 class NodeApiService(node_pb2_grpc.NodeApiServicer):
@@ -1078,6 +1082,13 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
                 f"covenant version {covenant.version} no longer lists {self._ctx.party}: "
                 "nothing is submitted"
             )
+        if self._ctx.freshness is not None:
+            freshness = self._ctx.freshness()
+            shown = response.covenant_freshness
+            shown.fresh = freshness.fresh
+            shown.stale_reason = freshness.reason
+            if freshness.until is not None:
+                shown.fresh_until.CopyFrom(timestamp(freshness.until))
         status = self._ctx.uplink_status()
         holder_channel_open = False
         if status is None:

@@ -28,7 +28,14 @@ from samenloop.node.cases import Applied, Case, CaseChange, Refused
 from samenloop.node.store import NodeStore, SealedEnvelope
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys
-from samenloop.policies.errors import InvalidInput, NotAllowed, NotFound, Replay, SamenloopError
+from samenloop.policies.errors import (
+    CovenantStale,
+    InvalidInput,
+    NotAllowed,
+    NotFound,
+    Replay,
+    SamenloopError,
+)
 from samenloop.v1 import common_pb2
 
 __all__ = ["CaseDesk"]
@@ -56,8 +63,12 @@ class CaseDesk:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         wake: Callable[[], None] = lambda: None,
+        stale: Callable[[], str | None] = lambda: None,
     ) -> None:
-        """``wake`` tells the uplink that the envelope outbox has something to send."""
+        """``wake`` tells the uplink that the envelope outbox has something to send;
+        ``stale`` says why the node is stale (no unexpired covenant timestamp), None while
+        it is fresh: a stale node seals no case message (a member may have been removed
+        by a version the broker withholds)."""
         self._keys = keys
         self._me = keys.party
         self._covenant = covenant
@@ -65,6 +76,7 @@ class CaseDesk:
         self._clock = clock
         self._random = random_bytes
         self.wake = wake
+        self._stale = stale
         self._lock = threading.Lock()
 
     @property
@@ -113,6 +125,9 @@ class CaseDesk:
             return self._commit(before, build(covenant, before), covenant)
 
     def _commit(self, before: Case | None, change: CaseChange, covenant: Covenant) -> Case:
+        stale = self._stale()
+        if stale is not None:
+            raise CovenantStale(stale, field="covenant")
         result = case_core.apply(covenant, self._me, before, change, now=self._now())
         if isinstance(result, Refused):
             raise NotAllowed(result.message, field="case_id", reason=f"case.{result.reason.value}")

@@ -385,6 +385,13 @@ class NodeStatus:
     mailbox_acked_cursor: int
     pending_approvals: int
     key_holder: KeyHolderStatus | None
+    #: Whether an unexpired covenant timestamp vouches for the covenant version held
+    #: (None: the node does not say). While it does not, the node is stale: it seals and
+    #: releases nothing new, and ``covenant_stale_reason`` says why.
+    covenant_fresh: bool | None = None
+    #: When the newest covenant timestamp for that version expires (None if none held).
+    covenant_fresh_until: datetime | None = None
+    covenant_stale_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -666,6 +673,11 @@ def _status(message: node_pb2.GetStatusResponse) -> NodeStatus:
         mailbox_acked_cursor=message.mailbox_acked_cursor,
         pending_approvals=message.pending_approvals,
         key_holder=holder,
+        covenant_fresh=(
+            message.covenant_freshness.fresh if message.HasField("covenant_freshness") else None
+        ),
+        covenant_fresh_until=_time(message.covenant_freshness.fresh_until),
+        covenant_stale_reason=message.covenant_freshness.stale_reason,
     )
 
 

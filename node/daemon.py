@@ -17,7 +17,10 @@ the store and replayed over it at start, each checked again against the one
 before. Every component reads the resulting ``HeldCovenant`` on each use. The
 attribute keys dealt in those versions are opened into one
 ``AttributeKeyRing`` as they are replayed (and by the uplink as updates
-arrive), so a node reads every version it was dealt.
+arrive), so a node reads every version it was dealt. The newest covenant
+timestamp the node kept is verified again before the uplink starts
+(:class:`~samenloop.node.covenant_keeper.CovenantKeeper`): until one vouches
+for the version held, the node seals and releases nothing new.
 """
 
 from __future__ import annotations
@@ -206,6 +209,7 @@ def build_node(
             disclosures=uplink.disclosures,
             cases=uplink.cases,
             pictures=uplink.pictures,
+            freshness=uplink.covenant_keeper.check,
         )
     )
     refused = RefusedCalls(store.audit_append, clock)
@@ -239,6 +243,7 @@ def build_node(
     if socket_path is not None:
         os.chmod(socket_path, 0o600)  # only this account's applications may talk to the node
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    uplink.covenant_keeper.load()  # the stored covenant timestamp, verified again
     uplink.start()
     log.info(
         "node running", party=party, api=address, broker=config.broker, holder=holder is not None

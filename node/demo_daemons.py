@@ -432,24 +432,36 @@ def _publish(
     clients: dict[str, NodeClient],
     processes: Processes,
 ) -> subprocess.CompletedProcess[str]:
-    """Sign ``draft`` by both signers, publish it with the CLI through the RIEC's node, and
-    wait until every node the new version lists holds it."""
+    """Sign ``draft`` by both signers, publish it with the CLI through the RIEC's node with
+    a covenant timestamp for it (the timestamp key, as the administrators' timestamp job
+    holds it), and wait until every node the new version lists holds it and is fresh."""
     signed = provisioned.sign(draft)
     path = provisioned.root / f"covenant-v{draft.version}.json"
     path.write_bytes(signed.to_json())
     result = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
         _command(
-            "covenant", "publish", str(path), "--config", str(provisioned.node_configs["riec"])
+            "covenant",
+            "publish",
+            str(path),
+            "--config",
+            str(provisioned.node_configs["riec"]),
+            "--timestamp-key",
+            str(provisioned.timestamp_key),
         ),
         capture_output=True,
         text=True,
         check=False,
     )
     members = [p for p in clients if draft.is_party(p)]
+
+    def current(party: str) -> bool:
+        status = clients[party].status()
+        return status.covenant_version == draft.version and status.covenant_fresh is True
+
     _until(
-        f"every node on version {draft.version}",
+        f"every node on version {draft.version}, fresh",
         ANSWER_SECONDS,
-        lambda: all(clients[p].status().covenant_version == draft.version for p in members),
+        lambda: all(current(p) for p in members),
         processes,
     )
     return result

@@ -36,6 +36,8 @@ details (DESIGN flow 5, ``proto/samenloop/v1/disclosure.proto``):
   =====================================================  ====================
   request id not seen before                              REPLAY (recorded, not
                                                           answered)
+  the owner fresh: an unexpired covenant timestamp
+  vouches for its covenant version (``stale`` is None)    COVENANT_STALE
   request for this covenant, version not newer than ours  COVENANT_MISMATCH
   issued_at at most LIMITS_MAX_CLOCK_SKEW_SECONDS ahead   NOT_ALLOWED
   notice signed by the broker, for this covenant, to the
@@ -717,11 +719,24 @@ def _proven(
 
 
 def decide(
-    covenant: Covenant, me: str, request: IncomingRequest, facts: OwnerFacts, *, now: datetime
+    covenant: Covenant,
+    me: str,
+    request: IncomingRequest,
+    facts: OwnerFacts,
+    *,
+    now: datetime,
+    stale: str | None = None,
 ) -> Verdict:
-    """Decide a request at the owner's node (rules in the module's docstring, in order)."""
+    """Decide a request at the owner's node (rules in the module's docstring, in order).
+
+    ``stale`` says why the owner is stale (it holds no unexpired covenant timestamp for
+    its version: the requester may have been removed by a version the broker withholds),
+    None while it is fresh. A stale owner refuses, so that nothing waits to be released
+    later under rules nobody looked at again; the requester may ask again."""
     if facts.disclosure_seen(request.request_id):
         return _refuse(Refusal.REPLAY, "this request id was seen before")
+    if stale is not None:
+        return _refuse(Refusal.COVENANT_STALE, stale)
     if request.covenant_id != covenant.id or request.covenant_version > covenant.version:
         return _refuse(
             Refusal.COVENANT_MISMATCH,

@@ -42,6 +42,7 @@ from samenloop.node.store import DisclosureRecord, NewDisclosure, NodeStore, Sea
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import (
+    CovenantStale,
     InvalidInput,
     NotAllowed,
     NotFound,
@@ -73,8 +74,14 @@ class DisclosureDesk:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         wake: Callable[[], None] = lambda: None,
+        stale: Callable[[], str | None] = lambda: None,
     ) -> None:
-        """``wake`` tells the uplink that the envelope outbox has something to send."""
+        """``wake`` tells the uplink that the envelope outbox has something to send;
+        ``stale`` says why the node is stale (no unexpired covenant timestamp), None while
+        it is fresh: a stale node asks nothing, refuses what it receives
+        (``covenant_stale``) and lets no officer approve, since a party in the request may
+        have been removed by a version the broker withholds."""
+        self._stale = stale
         self._keys = keys
         self._me = keys.party
         self._covenant = covenant
@@ -90,6 +97,11 @@ class DisclosureDesk:
 
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
+
+    def _require_fresh(self) -> None:
+        stale = self._stale()
+        if stale is not None:
+            raise CovenantStale(stale, field="covenant")
 
     # --- as requester -----------------------------------------------------------------
 
@@ -113,6 +125,7 @@ class DisclosureDesk:
         """
         if len(hit_group_id) != ID_BYTES:
             raise InvalidInput(f"a hit group id is {ID_BYTES} bytes", field="hit_group_id")
+        self._require_fresh()
         hit = self._store.hit(hit_group_id)
         if hit is None:
             raise NotFound("no hit with this group id", field="hit_group_id")
@@ -225,7 +238,9 @@ class DisclosureDesk:
         self, cursor: int, sender: str, body: bytes, covenant: Covenant, now: datetime
     ) -> None:
         incoming = disclosure.parse_request(body, sender=sender, me=self._me)
-        verdict = disclosure.decide(covenant, self._me, incoming, self._store, now=now)
+        verdict = disclosure.decide(
+            covenant, self._me, incoming, self._store, now=now, stale=self._stale()
+        )
         answer: Envelope | None = None
         if verdict.reason is Refusal.REPLAY:
             # Recorded (audited), not answered: an answer would reach the requester's
@@ -318,6 +333,7 @@ class DisclosureDesk:
             raise InvalidInput(f"at most {disclosure.MAX_TEXT_BYTES} bytes", field="note")
         with self._lock:
             pending = self._pending(request_id)
+            self._require_fresh()  # it stays pending: approve again once the node is fresh
             covenant = self._covenant()
             now = self._now()
             verdict = disclosure.approve(

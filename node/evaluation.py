@@ -106,6 +106,7 @@ class RefusalReason(enum.IntEnum):
     WRONG_HOLDER = keyholder_pb2.EVALUATION_REFUSAL_REASON_WRONG_HOLDER
     INVALID_ELEMENT = keyholder_pb2.EVALUATION_REFUSAL_REASON_INVALID_ELEMENT
     MALFORMED_REQUEST = keyholder_pb2.EVALUATION_REFUSAL_REASON_MALFORMED_REQUEST
+    COVENANT_STALE = keyholder_pb2.EVALUATION_REFUSAL_REASON_COVENANT_STALE
 
     @classmethod
     def from_wire(cls, value: int) -> RefusalReason:

@@ -12,6 +12,8 @@ signed bytes as they arrived and checks, in this order,
 4. the signature verifies with this holder as audience,    else BAD_SIGNATURE
 5. the body is an ``EvaluationRequest`` with a 16-byte id, else MALFORMED_REQUEST
 6. its requester is the signer,                            else BAD_SIGNATURE
+   and the holder is fresh (an unexpired covenant timestamp
+   vouches for the version it holds: ``stale``),           else COVENANT_STALE
 7. covenant and key epoch are this share's, in force now,  else UNKNOWN_EPOCH
 8. it is for this holder's index, with a valid responding
    set of ``t`` known holders that contains it,            else WRONG_HOLDER
@@ -219,6 +221,10 @@ class KeyHolder:
     requester instead (tests, and a plain directory; else
     ``DEFAULT_DAILY_QUOTA``). ``used_today`` (for the UTC day ``today``) and
     ``answered`` are what the node's store recorded before a restart.
+    ``stale`` says why the node is stale (no unexpired covenant timestamp for
+    the version it holds), None while it is fresh: the uplink sets it to its
+    covenant keeper's, so that a party a withheld version removed gets no
+    evaluations beyond the freshness period.
     The state (replay cache, how often each entry was answered again,
     counters) is in memory and guarded by a lock, so
     the transport may call ``handle`` from several threads; the evaluation
@@ -274,6 +280,8 @@ class KeyHolder:
         self._day: date | None = today if used_today else None
         self._used_today: dict[str, int] = dict(used_today or {})
         self._served: dict[str, int] = {}
+        #: Why the node is stale, or None while it is fresh (see the class docstring).
+        self.stale: Callable[[], str | None] = lambda: None
 
     def __repr__(self) -> str:
         return (
@@ -494,6 +502,9 @@ class KeyHolder:
         """The checks on a request whose signature verified, in order."""
         if request.requester != requester:
             raise _Refuse(RefusalReason.BAD_SIGNATURE, "requester is not the signer")
+        stale = self.stale()
+        if stale is not None:
+            raise _Refuse(RefusalReason.COVENANT_STALE, stale)
         if request.covenant_id != self._covenant_id:
             raise _Refuse(
                 RefusalReason.UNKNOWN_EPOCH,

@@ -606,6 +606,27 @@ class CovenantVersion(Base):
     )
 
 
+class CovenantTimestamp(Base):
+    """The newest covenant timestamp this node verified (a serialized ``Signed``
+    ``CovenantTimestamp``, as received), one row: at start it is verified again and says
+    whether the node is fresh, so a restart neither forgets it nor trusts it blindly."""
+
+    __tablename__ = "covenant_timestamp"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    signed: Mapped[bytes]
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+
+    __table_args__ = (
+        CheckConstraint("id = 1", name="single_row"),
+        CheckConstraint("version >= 1", name="version_positive"),
+        CheckConstraint("expires_at > issued_at", name="expires_after_issued"),
+    )
+
+
 # --- case coordination (casusregie) -------------------------------------------------------
 
 MAX_CASE_TITLE_BYTES: Final = 256

@@ -88,6 +88,11 @@ def status_to_json(status: NodeStatus) -> dict[str, Any]:
         "open_hits": status.open_hits,
         "mailbox_acked_cursor": status.mailbox_acked_cursor,
         "pending_approvals": status.pending_approvals,
+        "covenant_fresh": status.covenant_fresh,
+        "covenant_fresh_until": None
+        if status.covenant_fresh_until is None
+        else status.covenant_fresh_until.isoformat(),
+        "covenant_stale_reason": status.covenant_stale_reason,
         "key_holder": None
         if holder is None
         else {

@@ -41,6 +41,7 @@ from samenloop.policies.audit import AuditKind
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import (
+    CovenantStale,
     InvalidInput,
     MessageTooLarge,
     NotAllowed,
@@ -114,8 +115,12 @@ class PictureDesk:
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         wake: Callable[[], None] = lambda: None,
         rng: random.Random | None = None,
+        stale: Callable[[], str | None] = lambda: None,
     ) -> None:
-        """``rng`` seeds the noise for reproducible tests; by default OpenDP draws it."""
+        """``rng`` seeds the noise for reproducible tests; by default OpenDP draws it.
+        ``stale`` says why the node is stale (no unexpired covenant timestamp), None while
+        it is fresh: a stale node neither asks for the picture nor contributes to one."""
+        self._stale = stale
         self._keys = keys
         self._me = keys.party
         self._covenant = covenant
@@ -207,6 +212,9 @@ class PictureDesk:
         asked (this node first). ``NotAllowed`` if this party may not see the picture;
         ``InvalidInput`` naming the field for a bad request. Nothing is stored then."""
         check_officer(officer)
+        stale = self._stale()
+        if stale is not None:
+            raise CovenantStale(stale, field="covenant")
         covenant = self._covenant()
         picture_protocol.check_ask(covenant, self._me, ask)
         self._check_periods(covenant, None, ask)
@@ -431,7 +439,9 @@ class PictureDesk:
         incoming = picture_protocol.parse_request(body, sender=sender)
         for attempt in (1, 2):
             now = self._now()
-            verdict = picture_protocol.decide(covenant, self._me, incoming, self._store, now=now)
+            verdict = picture_protocol.decide(
+                covenant, self._me, incoming, self._store, now=now, stale=self._stale()
+            )
             ask = verdict.ask
             tables: list[Table] = []
             if verdict.refusal is None and ask is not None:

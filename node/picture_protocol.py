@@ -13,7 +13,9 @@ viewer combines what arrived and applies disclosure control. The arithmetic is
   Only the signal measures travel: case measures (opened, closed,
   interventions) are the coordinator's own records and are counted locally.
 * **Deciding** (each contributor). :func:`decide` applies, in order: the
-  request id not answered before (else REPLAY); the request for this covenant
+  request id not answered before (else REPLAY); the node fresh, i.e. holding an
+  unexpired covenant timestamp for its version (else COVENANT_STALE: counts go
+  out only while the membership is known to be current); the request for this covenant
   and a version not newer than the node's (else INVALID_REQUEST); the requester
   allowed to see the picture (else NOT_ALLOWED); a valid period, measures and
   dimensions (else INVALID_REQUEST); and, if the covenant sets a privacy budget,
@@ -112,6 +114,7 @@ class PictureRefusal(enum.StrEnum):
     BUDGET_EXHAUSTED = "budget_exhausted"
     INVALID_REQUEST = "invalid_request"
     REPLAY = "replay"
+    COVENANT_STALE = "covenant_stale"
 
     def to_proto(self) -> picture_pb2.PictureRefusalReason.ValueType:
         return picture_pb2.PictureRefusalReason.Value(f"PICTURE_REFUSAL_REASON_{self.name}")
@@ -323,11 +326,15 @@ def decide(
     facts: ContributorFacts,
     *,
     now: datetime,
+    stale: str | None = None,
 ) -> PictureVerdict:
-    """Decide a request at a contributor (the rules, in order, in the module's docstring)."""
+    """Decide a request at a contributor (the rules, in order, in the module's docstring);
+    ``stale`` says why the node is stale, None while it is fresh."""
     message = request.message
     if facts.picture_answered(request.request_id):
         return _refuse(PictureRefusal.REPLAY, "this request id was answered before")
+    if stale is not None:
+        return _refuse(PictureRefusal.COVENANT_STALE, stale)
     if message.covenant_id != covenant.id or message.covenant_version > covenant.version:
         return _refuse(
             PictureRefusal.INVALID_REQUEST,

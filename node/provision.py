@@ -8,15 +8,20 @@ token its applications call the node's local API with, so that the tree passes
 the daemons' checks at start whatever the umask; the OPRF key is dealt t-of-n
 to the holders and never written whole; the covenant lists parties, keys, the
 CA, the key epoch, the attribute key (version 1, sealed to each party in its
-entry, never written whole) and the rules (``example_policy`` unless the caller
-gives its own), and is signed by the covenant's signers (``signers``, their keys under
-``ROOT/admin/``).
+entry, never written whole), the timestamp key (``ROOT/admin/timestamp.json``: the
+covenant's timestamp role, as a timestamp job would hold it) with the freshness
+period, and the rules (``example_policy`` unless the caller gives its own), and is
+signed by the covenant's signers (``signers``, their keys under ``ROOT/admin/``). The
+first covenant timestamp, issued at ``now``, goes to ``ROOT/covenant-timestamp.json``,
+which ``broker.toml`` names: the broker hands it out until a newer one is published
+(``samenloop covenant timestamp``, from cron).
 
 Layout::
 
     ROOT/ca/ca.pem, ca.key
-    ROOT/admin/<signer>.json (signers' key files)
-    ROOT/covenant.toml (the draft), covenant.json (signed: what the daemons trust)
+    ROOT/admin/<signer>.json (signers' key files), timestamp.json (the timestamp key)
+    ROOT/covenant.toml (the draft), covenant.json (signed: what the daemons trust),
+         covenant-timestamp.json (the first covenant timestamp)
     ROOT/broker/broker.toml, tls.pem, tls.key, signing-keys.json, data/
     ROOT/<party>/node.toml, tls.pem, tls.key, party-keys.json,
                  key-share.json (holders only), data/api-token
@@ -32,10 +37,16 @@ from pathlib import Path
 
 from samenloop.node import keysetup
 from samenloop.node.api_token import ensure_token
-from samenloop.policies import certs, config, covenant, trust
+from samenloop.policies import certs, config, covenant, crypto, freshness, trust
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys
-from samenloop.policies.policy import Policy, Signer, Signing, example_policy
+from samenloop.policies.policy import (
+    DEFAULT_FRESHNESS_SECONDS,
+    Policy,
+    Signer,
+    Signing,
+    example_policy,
+)
 
 #: The demo's and tests' covenant signers: two administrators, both must sign.
 DEFAULT_SIGNERS = (
@@ -62,6 +73,8 @@ class Provisioned:
     broker_config: Path
     node_configs: dict[str, Path]
     signer_keys: dict[str, Path]
+    #: The timestamp key's file (``PartyKeys``): what the covenant's timestamp job holds.
+    timestamp_key: Path
 
     def party_dir(self, party: str) -> Path:
         return self.root / party
@@ -78,6 +91,15 @@ class Provisioned:
             if path is not None and draft.signing.signer(signer.id) is not None:
                 signed = trust.sign_covenant(signed, signer.id, PartyKeys.load(path).signing_key)
         return signed
+
+    def stamp(
+        self, draft: Covenant, *, now: datetime, lifetime: timedelta | None = None
+    ) -> freshness.CovenantTimestamp:
+        """A covenant timestamp for ``draft``, signed with the timestamp key (which must
+        be ``draft``'s), issued at ``now``: what the timestamp job makes."""
+        key = PartyKeys.load(self.timestamp_key).signing_key
+        body = covenant.covenant_to_toml(draft)
+        return freshness.issue_timestamp(key, draft, body, now=now, lifetime=lifetime)
 
 
 def private_dir(path: Path) -> Path:
@@ -116,6 +138,7 @@ def provision(
     broker_id: str = "broker",
     broker_port: int | None = None,
     api_tcp: bool = False,
+    freshness_seconds: int = DEFAULT_FRESHNESS_SECONDS,
 ) -> Provisioned:
     """Write a complete covenant under ``root`` and return where its files are."""
     root.mkdir(parents=True, exist_ok=True)
@@ -149,12 +172,17 @@ def provision(
     for signer_id, _name in DEFAULT_SIGNERS:
         signer_keys[signer_id] = root / "admin" / f"{signer_id}.json"
         PartyKeys.generate(signer_id).save(signer_keys[signer_id])
+    timestamp_key = root / "admin" / "timestamp.json"
+    timestamp_keys = PartyKeys.generate(freshness.TIMESTAMP_SIGNER)
+    timestamp_keys.save(timestamp_key)
     signing = Signing(
         threshold=len(DEFAULT_SIGNERS),
         signers=tuple(
             Signer(id=i, name=name, ed25519=PartyKeys.load(signer_keys[i]).public().ed25519)
             for i, name in DEFAULT_SIGNERS
         ),
+        timestamp_ed25519=timestamp_keys.public().ed25519,
+        freshness_seconds=freshness_seconds,
     )
 
     the_covenant = covenant.Covenant(
@@ -195,6 +223,13 @@ def provision(
         signed = trust.sign_covenant(signed, signer_id, PartyKeys.load(path).signing_key)
     covenant_path = root / "covenant.json"
     covenant_path.write_bytes(signed.to_json())
+    first_timestamp = root / "covenant-timestamp.json"
+    crypto.write_file_atomically(
+        first_timestamp,
+        freshness.issue_timestamp(
+            timestamp_keys.signing_key, the_covenant, signed.body, now=now
+        ).to_json(),
+    )
 
     broker_dir = root / "broker"
     issued = ca.issue_broker(broker_id, ["localhost", "127.0.0.1"], now=now)
@@ -207,6 +242,7 @@ def provision(
         private_key=broker_dir / "tls.key",
         signing_keys=broker_dir / "signing-keys.json",
         listen=f"127.0.0.1:{port}",
+        covenant_timestamp=first_timestamp,
     )
     private_dir(broker_dir / "data")
     broker_config_path = broker_dir / "broker.toml"
@@ -243,4 +279,5 @@ def provision(
         broker_config=broker_config_path,
         node_configs=node_configs,
         signer_keys=signer_keys,
+        timestamp_key=timestamp_key,
     )

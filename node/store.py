@@ -80,7 +80,7 @@ from samenloop.node.models import (
 )
 from samenloop.node.tokens import HIT_PROOF_KEY_BYTES
 from samenloop.policies import audit_store, crypto
-from samenloop.policies.audit import AuditKind
+from samenloop.policies.audit import AuditKind, DetailValue
 from samenloop.policies.database import READ_ONLY
 from samenloop.policies.errors import (
     InvalidInput,
@@ -2904,9 +2904,10 @@ class NodeStore(audit_store.AuditLog):
             return list(conn.execute(select(cv.signatures).order_by(cv.version)).scalars())
 
     def accept_covenant(
-        self, cursor: int, version: int, body: bytes, signed: bytes, *, now: datetime
+        self, cursor: int | None, version: int, body: bytes, signed: bytes, *, now: datetime
     ) -> None:
-        """Keep a covenant version the node accepted from its mailbox, with the cursor advance."""
+        """Keep a covenant version the node accepted, from its mailbox with the cursor
+        advance, or fetched from the broker (``cursor`` None)."""
         now = _utc(now)
         with self._write() as conn:
             stored_cursor, last_feed_seq = self._lock_inbox(conn)
@@ -2915,7 +2916,7 @@ class NodeStore(audit_store.AuditLog):
                 .values(version=version, body=body, signatures=signed, accepted_at=now)
                 .on_conflict_do_nothing(index_elements=["version"])
             )
-            if cursor > stored_cursor:
+            if cursor is not None and cursor > stored_cursor:
                 self._save_inbox(conn, cursor, last_feed_seq)
             self.append_audit(
                 conn, kind=AuditKind.COVENANT_ACCEPTED, details={"version": version}, now=now
@@ -2929,6 +2930,57 @@ class NodeStore(audit_store.AuditLog):
             self.append_audit(
                 conn, kind=AuditKind.COVENANT_REJECTED, details={"reason": reason}, now=now
             )
+
+    # --- covenant timestamps -----------------------------------------------------------
+
+    def covenant_timestamp(self) -> bytes | None:
+        """The newest covenant timestamp the node verified (a serialized ``Signed``), if any."""
+        ct = models.CovenantTimestamp
+        with self._read() as conn:
+            found = conn.execute(select(ct.signed).where(ct.id == _INBOX_ROW)).scalar_one_or_none()
+        return None if found is None else bytes(found)
+
+    def keep_timestamp(
+        self,
+        signed: bytes,
+        *,
+        version: int,
+        issued_at: datetime,
+        expires_at: datetime,
+        cursor: int | None,
+        now: datetime,
+    ) -> None:
+        """Keep the newest covenant timestamp (verified by the caller) in place of the one
+        held, with the mailbox cursor advance when it came from the mailbox: one
+        transaction."""
+        now = _utc(now)
+        values = {
+            "version": version,
+            "signed": signed,
+            "issued_at": issued_at,
+            "expires_at": expires_at,
+            "received_at": now,
+        }
+        with self._write() as conn:
+            if cursor is not None:
+                self._advance_inbox(conn, cursor)
+            conn.execute(
+                self._insert(models.CovenantTimestamp)
+                .values(id=_INBOX_ROW, **values)
+                .on_conflict_do_update(index_elements=["id"], set_=values)
+            )
+
+    def note_freshness(
+        self, *, fresh: bool, version: int, until: datetime | None, now: datetime
+    ) -> None:
+        """Record that the node went stale (it stops sealing and releasing) or is fresh
+        again, for its covenant version: one audit entry per change."""
+        now = _utc(now)
+        details: dict[str, DetailValue] = {"fresh": fresh, "version": version}
+        if until is not None:
+            details["until"] = until.astimezone(UTC).isoformat()
+        with self._write() as conn:
+            self.append_audit(conn, kind=AuditKind.COVENANT_FRESHNESS, details=details, now=now)
 
     # --- transactions and loading -----------------------------------------------------
 

@@ -27,11 +27,16 @@ outbox waits, nothing is lost):
   hit notice's broker signature before storing it (with the cursor, in one
   transaction), then acknowledge the cursor to the broker. Envelopes go to the
   :class:`~samenloop.node.disclosure_desk.DisclosureDesk` by the context of the
-  signed message inside; a covenant update is verified against the held
-  version (``HeldCovenant``: threshold, version, validity) and stored before
-  it is adopted, and a refused one is recorded and skipped: a node does not
-  trust the broker. An adopted version's attribute key joins the node's
+  signed message inside; covenant updates and covenant timestamps go to the
+  :class:`~samenloop.node.covenant_keeper.CovenantKeeper`, which verifies an
+  update against the held version (``HeldCovenant``: threshold, version,
+  validity) and stores it before it is adopted (a refused one is recorded and
+  skipped: a node does not trust the broker), and keeps the newest verified
+  timestamp. An adopted version's attribute key joins the node's
   ``AttributeKeyRing`` at once: categories are sealed under it from then on.
+  ``Hello`` reports the broker's version and newest timestamp: a newer version
+  is fetched (``GetCovenant``, version by version) and verified before the
+  work goes on.
   A ``SetAsideItem`` (the broker could not deliver the item at that cursor: too
   large) is recorded in the audit log and acknowledged, so the node neither
   stalls on it nor misses it silently.
@@ -49,7 +54,10 @@ outbox waits, nothing is lost):
 Every component reads the covenant through the ``HeldCovenant`` on each use,
 so an accepted update takes effect at once. If the version held no longer
 lists this node's party, the work loop stops submitting and says so in the
-status (the broker refuses the party anyway).
+status (the broker refuses the party anyway). While no unexpired covenant
+timestamp vouches for the version held (the node is stale), nothing new is
+tokenised and sealed, and the desks seal nothing to another party but
+refusals; what the outbox holds was sealed while fresh and still goes out.
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ import structlog
 from samenloop.node import evaluation, threshold, tokens
 from samenloop.node.api_token import Tally
 from samenloop.node.case_desk import CaseDesk
+from samenloop.node.covenant_keeper import CovenantKeeper, Fetched, learn_attribute_key
 from samenloop.node.disclosure_desk import DisclosureDesk
 from samenloop.node.evaluation import RefusalReason
 from samenloop.node.holder import UNVERIFIED, HolderEvent, HolderReply, KeyHolder
@@ -77,9 +86,16 @@ from samenloop.node.store import NodeStore, OutboxBatch
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import rules
 from samenloop.policies.crypto import PartyKeys, SignatureContext
-from samenloop.policies.errors import NotEnoughHolders, Replay, SamenloopError
+from samenloop.policies.errors import (
+    CovenantStale,
+    NotEnoughHolders,
+    NotFound,
+    Replay,
+    SamenloopError,
+    Unavailable,
+)
 from samenloop.policies.rpc import error_from_rpc
-from samenloop.policies.trust import HeldCovenant, SignedCovenant
+from samenloop.policies.trust import HeldCovenant
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
 __all__ = [
@@ -116,7 +132,7 @@ _DAILY_QUOTAS = frozenset(
     }
 )
 #: The payload kinds a SetAsideItem may name; anything else is recorded as "unknown".
-_PAYLOAD_KINDS = frozenset({"hit_notice", "envelope", "covenant_update"})
+_PAYLOAD_KINDS = frozenset({"hit_notice", "envelope", "covenant_update", "covenant_timestamp"})
 _MAX_INT64 = 2**63 - 1
 
 #: Status codes that mean "the broker is not reachable now": wait and retry.
@@ -157,23 +173,6 @@ def broker_channel(
             ("grpc.max_reconnect_backoff_ms", 5_000),
         ],
     )
-
-
-def learn_attribute_key(
-    attribute_keys: covenant_model.AttributeKeyRing, covenant: covenant_model.Covenant
-) -> None:
-    """Add the attribute key ``covenant`` deals to this party to its ring. A box that does
-    not open is logged (never its bytes) and skipped: boxes of that version stay unread,
-    and nothing is sealed until a version that opens is held (``current`` raises)."""
-    try:
-        attribute_keys.learn(covenant)
-    except SamenloopError as error:
-        log.error(
-            "the attribute key dealt to this party does not open",
-            covenant_version=covenant.version,
-            key_version=covenant.attribute_key_version,
-            field=error.field,
-        )
 
 
 @dataclass
@@ -260,15 +259,28 @@ class Uplink:
         self._epoch_of: tuple[int, threshold.KeyEpoch] | None = None
         self._use_of: tuple[int, threshold.DailyUse] | None = None
         self.wake = threading.Event()
+        #: New versions and covenant timestamps, and whether the node is fresh.
+        self.covenant_keeper = CovenantKeeper(
+            party=party,
+            held=covenant,
+            store=store,
+            attribute_keys=attribute_keys,
+            clock=clock,
+            fetch=self._fetch_covenant,
+            wake=self.wake.set,
+        )
+        stale = self.covenant_keeper.stale_reason
+        if holder is not None:  # a stale holder evaluates for nobody (COVENANT_STALE)
+            holder.stale = stale
         self.disclosures = DisclosureDesk(
-            keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set
+            keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set, stale=stale
         )
         self.cases = CaseDesk(
-            keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set
+            keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set, stale=stale
         )
         self.disclosures.handlers[SignatureContext.CASE_MESSAGE] = self.cases.receive
         self.pictures = PictureDesk(
-            keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set
+            keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set, stale=stale
         )
         self.pictures.register(self.disclosures.handlers)
         self.status = UplinkStatus()
@@ -347,10 +359,13 @@ class Uplink:
                     self.wake.clear()
                     continue
                 busy = False
-                if tokenising.due:
+                # Stale: nothing new is sealed (the status and the log say why, once).
+                if tokenising.due and self.covenant_keeper.check().fresh:
                     try:
                         busy = self._tokenise_some()
                         tokenising.reset()
+                    except CovenantStale:  # went stale between the check and the sealing
+                        tokenising.defer()
                     except NotEnoughHolders as error:
                         # Holders offline or the quota used up today: try again later, with
                         # all of them; what is tokenised and the envelopes still go out.
@@ -418,9 +433,33 @@ class Uplink:
             ),
             timeout=CALL_TIMEOUT,
         )
+        # A newer version is fetched and verified, and the broker's newest timestamp taken,
+        # before the work goes on.
+        self.covenant_keeper.hello(
+            answer.covenant_version,
+            answer.covenant_timestamp if answer.HasField("covenant_timestamp") else None,
+        )
         self.status.update(connected=True, last_error="", last_contact=self._clock())
         log.info(
             "connected to broker", broker=answer.broker, covenant_version=answer.covenant_version
+        )
+
+    def _fetch_covenant(self, version: int) -> Fetched:
+        """One covenant version from the broker (``GetCovenant``), with its newest timestamp;
+        ``NotFound`` or ``Unavailable`` if the broker does not give it."""
+        try:
+            answer = self._broker.GetCovenant(
+                broker_pb2.GetCovenantRequest(version=version), timeout=CALL_TIMEOUT
+            )
+        except grpc.RpcError as error:
+            if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(f"the broker holds no version {version}", field="version") from None
+            raise Unavailable(f"GetCovenant failed: {type(error).__name__}") from None
+        return Fetched(
+            covenant=answer.covenant,
+            timestamp=(
+                answer.covenant_timestamp if answer.HasField("covenant_timestamp") else None
+            ),
         )
 
     def _relay(self, requests: Mapping[int, bytes]) -> dict[int, bytes]:
@@ -439,7 +478,9 @@ class Uplink:
     def _seal_category(self, category: str) -> bytes:
         """Seal under the attribute key of the covenant held now: never an older version,
         which a removed party may hold (if this party's box does not open, this raises and
-        the entries wait)."""
+        the entries wait); and only while the node is fresh (else ``CovenantStale``: a newer
+        version with a new key may be withheld)."""
+        self.covenant_keeper.require()
         key = self.attribute_keys.current(self._covenant())
         plaintext = common_pb2.MemberAttributes(category=category).SerializeToString()
         nonce, ciphertext = covenant_model.seal_attributes(key, plaintext)
@@ -689,7 +730,10 @@ class Uplink:
             self.disclosures.receive(item.cursor, item.envelope.sealed)
             return
         if item.HasField("covenant_update"):
-            self._covenant_update(item.cursor, item.covenant_update)
+            self.covenant_keeper.covenant_update(item.cursor, item.covenant_update)
+            return
+        if item.HasField("covenant_timestamp"):
+            self.covenant_keeper.timestamp(item.covenant_timestamp, cursor=item.cursor)
             return
         if item.HasField("set_aside"):
             aside = item.set_aside
@@ -705,32 +749,6 @@ class Uplink:
             return
         log.info("mailbox item of an unknown kind skipped", cursor=item.cursor)
         self._store.advance_cursor(item.cursor)
-
-    def _covenant_update(self, cursor: int, message: common_pb2.SignedCovenant) -> None:
-        """Verify a new version against the one held, store it with the cursor, then adopt
-        it; a refused version is recorded and skipped, the held one stays."""
-        now = self._clock()
-        try:
-            signed = SignedCovenant.from_proto(message)
-            covenant = self._covenant.verify(signed, now=now)
-        except SamenloopError as error:
-            log.warning(
-                "covenant update refused", cursor=cursor, reason=error.reason, why=error.message
-            )
-            self._store.reject_covenant(cursor, error.reason, now=now)
-            return
-        if covenant is None:  # the version held, again
-            self._store.advance_cursor(cursor)
-            return
-        self._store.accept_covenant(
-            cursor, covenant.version, signed.body, message.SerializeToString(), now=now
-        )
-        learn_attribute_key(self.attribute_keys, covenant)  # before it is held: no gap
-        self._covenant.update(signed, now=now)
-        log.info("covenant updated", version=covenant.version)
-        if not covenant.is_party(self._party):
-            log.error("the new covenant version does not list this party", version=covenant.version)
-        self.wake.set()
 
     # --- key holder ---------------------------------------------------------------------------
 

@@ -106,6 +106,9 @@ class AuditKind(enum.StrEnum):
     COVENANT_REJECTED = "covenant_rejected"
     COVENANT_PUBLISHED = "covenant_published"
     PARTY_REMOVED = "party_removed"
+    # Covenant timestamps: one taken (broker); a node going stale or fresh again.
+    COVENANT_TIMESTAMP = "covenant_timestamp"
+    COVENANT_FRESHNESS = "covenant_freshness"
     # Disclosure, from request to release or refusal.
     DISCLOSURE_REQUESTED = "disclosure_requested"
     DISCLOSURE_RECEIVED = "disclosure_received"

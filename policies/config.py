@@ -70,10 +70,16 @@ class BrokerConfig:
     listen: str = DEFAULT_BROKER_LISTEN
     database_url: str = ""
     log_level: str = DEFAULT_LOG_LEVEL
+    #: A covenant timestamp file (``covenant timestamp --out``) to start with, for a broker
+    #: that starts before the timestamp job first publishes one (provisioning writes it).
+    #: Taken when it is newer than the one the broker holds; optional.
+    covenant_timestamp: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("data_dir", "covenant", "certificate", "private_key", "signing_keys"):
             _check_path(getattr(self, name), field=name)
+        if self.covenant_timestamp is not None:
+            _check_path(self.covenant_timestamp, field="covenant_timestamp")
         _parse_address(self.listen, field="listen", listen=True)
         _init_database_url(self, "broker.db")
         _check_log_level(self.log_level)
@@ -190,6 +196,7 @@ def broker_config_from_toml(data: bytes, *, source: str, base_dir: Path) -> Brok
         listen=settings.string("listen", DEFAULT_BROKER_LISTEN),
         database_url=settings.database_url(),
         log_level=settings.string("log_level", DEFAULT_LOG_LEVEL),
+        covenant_timestamp=settings.optional_path("covenant_timestamp"),
     )
 
 

@@ -69,6 +69,7 @@ from samenloop.policies.policy import (
     DEFAULT_ENVELOPE_BYTES_PER_DAY,
     DEFAULT_ENVELOPE_BYTES_WAITING,
     DEFAULT_ENVELOPES_PER_DAY,
+    DEFAULT_FRESHNESS_SECONDS,
     DEFAULT_HIT_NOTICE_BYTES_PER_DAY,
     DEFAULT_TOKEN_ENTRIES_HELD,
     DEFAULT_TOKEN_ENTRIES_PER_DAY,
@@ -276,7 +277,17 @@ class Covenant:
             # Hit notices list the members of a group: this bounds their size.
             raise MessageTooLarge(f"at most {MAX_PARTIES} parties", field="parties")
         ids: dict[str, int] = {}
-        signing_keys: dict[bytes, str] = {self.broker.ed25519: "broker.ed25519"}
+        # The broker's key is no other key of the covenant: not a party's, and not the
+        # timestamp key (whose statements the broker only relays).
+        signing_keys: dict[bytes, str] = {
+            self.broker.ed25519: "broker.ed25519",
+            self.signing.timestamp_ed25519: "signing.timestamp_ed25519",
+        }
+        if self.broker.ed25519 == self.signing.timestamp_ed25519:
+            raise InvalidInput(
+                "the broker's key: the broker must not be able to sign covenant timestamps",
+                field="signing.timestamp_ed25519",
+            )
         sealing_keys: dict[bytes, str] = {}
         box_bytes = sealed_attribute_key_bytes(self.id)
         for i, party in enumerate(self.parties):
@@ -501,7 +512,18 @@ def _read_signing(table: _Table) -> Signing:
         )
         for t in table.tables("signers")
     )
-    return table.build(Signing, threshold=table.integer("threshold"), signers=signers)
+    return table.build(
+        Signing,
+        threshold=table.integer("threshold"),
+        signers=signers,
+        timestamp_ed25519=table.key(
+            "timestamp_ed25519",
+            KEY_BYTES,
+            missing="missing: the Ed25519 public key of the covenant's timestamp role "
+            "('samenloop covenant signer-keygen --id timestamp' makes one)",
+        ),
+        freshness_seconds=table.integer("freshness_seconds", default=DEFAULT_FRESHNESS_SECONDS),
+    )
 
 
 def _read_policy(top: _Table) -> Policy:
@@ -670,8 +692,8 @@ class _Table:
                 f"must be one of: {', '.join(Level)}", field=self._field(key)
             ) from error
 
-    def key(self, key: str, length: int) -> bytes:
-        text = self.string(key)
+    def key(self, key: str, length: int, *, missing: str = "missing") -> bytes:
+        text = self.string(key, missing=missing)
         try:
             return crypto.b64decode(text, length)
         except ValueError as error:
@@ -766,6 +788,8 @@ def covenant_to_toml(covenant: Covenant) -> bytes:
         "",
         "[signing]",
         f"threshold = {toml_literal(covenant.signing.threshold)}",
+        f"timestamp_ed25519 = {toml_literal(crypto.b64encode(covenant.signing.timestamp_ed25519))}",
+        f"freshness_seconds = {toml_literal(covenant.signing.freshness_seconds)}",
     ]
     for signer in covenant.signing.signers:
         lines += [

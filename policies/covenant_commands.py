@@ -18,7 +18,12 @@ The covenant administrators' commands (see docs/covenant.md):
   every field of the model: they walk its frozen dataclasses, so a field
   added to the model shows without changes here;
 * ``issue-certs`` issues the parties' and the broker's TLS certificates with the
-  covenant CA; ``publish`` sends a signed covenant to the broker.
+  covenant CA; ``publish`` sends a signed covenant to the broker (with a covenant
+  timestamp for it, given the timestamp key);
+* ``timestamp`` signs a covenant timestamp — the short-lived statement that a
+  version is current (:mod:`samenloop.policies.freshness`) — with the covenant's
+  timestamp key and publishes it (or writes it to a file): the job to run from
+  cron, more often than the covenant's freshness period.
 
 An adapter (it dials the broker with grpc): the sans-IO core never imports it.
 It imports neither daemon; the key-epoch document is read from its wire form.
@@ -69,7 +74,9 @@ from samenloop.policies.errors import (
     NotFound,
     SamenloopError,
 )
+from samenloop.policies.freshness import CovenantTimestamp, issue_timestamp
 from samenloop.policies.policy import (
+    DEFAULT_FRESHNESS_SECONDS,
     Policy,
     Purpose,
     ReleaseRule,
@@ -103,6 +110,8 @@ SETTABLE = (
     "quotas.envelope_bytes_waiting",
     "retention.default_days",
     "signing.threshold",
+    "signing.timestamp_ed25519",
+    "signing.freshness_seconds",
 )
 
 #: The broker's quotas of hit notices and envelopes, set alike.
@@ -153,6 +162,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     init.add_argument(
         "--threshold", type=int, help="signatures needed (default: every signer must sign)"
+    )
+    init.add_argument(
+        "--timestamp-key",
+        type=Path,
+        required=True,
+        metavar="PUBLIC_KEYS_FILE",
+        help="public keys file of the timestamp key ('covenant signer-keygen --id timestamp'): "
+        "held by the administrators' timestamp job, never by the broker's operator",
+    )
+    init.add_argument(
+        "--freshness-seconds",
+        type=int,
+        default=DEFAULT_FRESHNESS_SECONDS,
+        help="how long a covenant timestamp may vouch for a version "
+        f"({DEFAULT_FRESHNESS_SECONDS}: a day)",
     )
     init.add_argument(
         "--party",
@@ -336,7 +360,52 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     publish.add_argument("--cert", type=Path, help="a party's TLS certificate")
     publish.add_argument("--key", type=Path, help="that certificate's private key")
     publish.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (10)")
+    publish.add_argument(
+        "--timestamp-key",
+        type=Path,
+        help="the timestamp key's secret key file: publish a covenant timestamp with the version",
+    )
+    publish.add_argument(
+        "--lifetime",
+        type=int,
+        metavar="SECONDS",
+        help="how long that timestamp vouches (default: the covenant's freshness period)",
+    )
     publish.set_defaults(func=_publish)
+
+    stamp = commands.add_parser(
+        "timestamp",
+        help="sign and publish a covenant timestamp (run from cron)",
+        description=(
+            "Sign a covenant timestamp for the version of the signed covenant --covenant with the "
+            "covenant's timestamp key, and publish it to the broker (--config node.toml, or "
+            "--broker, --ca-cert, --cert and --tls-key) or write it (--out). Nodes stop "
+            "sealing and releasing when the newest timestamp they hold expires, so run this "
+            "more often than the freshness period (e.g. hourly for a day). A broker that "
+            "holds another version refuses it, naming the version: publish the covenant "
+            "first, or find out why the broker went back."
+        ),
+    )
+    stamp.add_argument(
+        "--covenant", type=Path, required=True, help="the signed covenant (JSON) now in force"
+    )
+    stamp.add_argument(
+        "--key", type=Path, required=True, help="the timestamp key's secret key file"
+    )
+    stamp.add_argument(
+        "--lifetime",
+        type=int,
+        metavar="SECONDS",
+        help="how long the timestamp vouches (default: the covenant's freshness period)",
+    )
+    stamp.add_argument("--out", type=Path, help="also write the timestamp to this file")
+    stamp.add_argument("--config", type=Path, help="a node.toml whose TLS material to use")
+    stamp.add_argument("--broker", help="broker HOST:PORT (default: from --config)")
+    stamp.add_argument("--ca-cert", type=Path, help="the covenant CA certificate")
+    stamp.add_argument("--cert", type=Path, help="a party's TLS certificate")
+    stamp.add_argument("--tls-key", type=Path, help="that certificate's private key")
+    stamp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (10)")
+    stamp.set_defaults(func=_timestamp)
 
 
 # --- argument helpers ----------------------------------------------------------------
@@ -525,8 +594,15 @@ def _init(args: argparse.Namespace) -> int:
             )
         )
     threshold = len(signers) if args.threshold is None else args.threshold
+    timestamp_key = _public_keys(args.timestamp_key, field="--timestamp-key").ed25519
     signing = _checked(
-        lambda: Signing(threshold=threshold, signers=tuple(signers)), field="signing"
+        lambda: Signing(
+            threshold=threshold,
+            signers=tuple(signers),
+            timestamp_ed25519=timestamp_key,
+            freshness_seconds=args.freshness_seconds,
+        ),
+        field="signing",
     )
     parties = []
     for i, value in enumerate(args.party):
@@ -695,6 +771,17 @@ def _with_value(covenant: Covenant, key: str, value: str) -> Covenant:
         return replace(covenant, valid_from=_parse_time(value, field=key))
     if key == "valid_until":
         return replace(covenant, valid_until=_parse_time(value, field=key))
+    if key == "signing.timestamp_ed25519":
+        try:
+            timestamp_key = crypto.b64decode(value, 32)
+        except ValueError as error:
+            raise InvalidInput(
+                "must be standard base64 of a 32-byte Ed25519 public key", field=key
+            ) from error
+        signing = _checked(
+            lambda: replace(covenant.signing, timestamp_ed25519=timestamp_key), field="signing"
+        )
+        return replace(covenant, signing=signing)
     number = _integer(value, field=key)
     if key == "matching.min_parties":
         matching = _checked(lambda: replace(policy.matching, min_parties=number), field="matching")
@@ -728,6 +815,11 @@ def _with_value(covenant: Covenant, key: str, value: str) -> Covenant:
         return replace(covenant, policy=replace(policy, retention=retention))
     if key == "signing.threshold":
         signing = _checked(lambda: replace(covenant.signing, threshold=number), field="signing")
+        return replace(covenant, signing=signing)
+    if key == "signing.freshness_seconds":
+        signing = _checked(
+            lambda: replace(covenant.signing, freshness_seconds=number), field="signing"
+        )
         return replace(covenant, signing=signing)
     raise AssertionError(f"settable key {key!r} is not handled")
 
@@ -1225,14 +1317,13 @@ def _issue_certs(args: argparse.Namespace) -> int:
 # --- publish -------------------------------------------------------------------------------
 
 
-def _publish(args: argparse.Namespace) -> int:
-    signed = _load_signed(args.file)
-    try:
-        covenant = verify_self_signed(signed, now=datetime.now(UTC))
-    except CovenantRejected as error:
-        raise _rejected(error, args.file) from error
+def _broker_channel(
+    args: argparse.Namespace, tls_key: Path | None, tls_key_option: str
+) -> tuple[str, grpc.Channel]:
+    """An mTLS channel to the broker with a party's TLS material: from ``--config``'s
+    node.toml, or the options given (``tls_key`` is the private key's option value)."""
     address: str | None = args.broker
-    ca_path, cert_path, key_path = args.ca_cert, args.cert, args.key
+    ca_path, cert_path, key_path = args.ca_cert, args.cert, tls_key
     if args.config is not None:
         node = load_node_config(args.config)
         address = address or node.broker
@@ -1243,11 +1334,12 @@ def _publish(args: argparse.Namespace) -> int:
         (address, "--broker"),
         (ca_path, "--ca-cert"),
         (cert_path, "--cert"),
-        (key_path, "--key"),
+        (key_path, tls_key_option),
     ):
         if value is None:
             raise ConfigurationError(f"give {option} or --config node.toml", field=option)
     assert address is not None
+    assert key_path is not None
     parse_address(address, field="--broker")
     credentials = grpc.ssl_channel_credentials(
         root_certificates=_read(ca_path),
@@ -1258,13 +1350,55 @@ def _publish(args: argparse.Namespace) -> int:
         ("grpc.max_receive_message_length", common_pb2.LIMITS_MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", common_pb2.LIMITS_MAX_MESSAGE_BYTES),
     ]
-    with grpc.secure_channel(address, credentials, options=options) as channel:
+    return address, grpc.secure_channel(address, credentials, options=options)
+
+
+def _lifetime(seconds: int | None) -> timedelta | None:
+    if seconds is None:
+        return None
+    if seconds < 1:
+        raise InvalidInput("must be at least 1 second", field="--lifetime")
+    return timedelta(seconds=seconds)
+
+
+def _stamp(
+    signed: SignedCovenant, covenant: Covenant, key_path: Path, lifetime: int | None, option: str
+) -> CovenantTimestamp:
+    """A covenant timestamp for ``covenant``, signed with the key in ``key_path``; errors
+    name ``option`` (the key) or ``--lifetime``."""
+    keys = PartyKeys.load(key_path)
+    try:
+        return issue_timestamp(
+            keys.signing_key,
+            covenant,
+            signed.body,
+            now=datetime.now(UTC),
+            lifetime=_lifetime(lifetime),
+        )
+    except InvalidInput as error:
+        field = option if error.field == "key" else "--lifetime"
+        raise InvalidInput(error.message, field=field, reason=error.reason) from error
+
+
+def _publish(args: argparse.Namespace) -> int:
+    signed = _load_signed(args.file)
+    try:
+        covenant = verify_self_signed(signed, now=datetime.now(UTC))
+    except CovenantRejected as error:
+        raise _rejected(error, args.file) from error
+    stamp = None
+    if args.timestamp_key is not None:
+        stamp = _stamp(signed, covenant, args.timestamp_key, args.lifetime, "--timestamp-key")
+    elif args.lifetime is not None:
+        raise InvalidInput("give --timestamp-key to publish a timestamp", field="--lifetime")
+    address, channel = _broker_channel(args, args.key, "--key")
+    request = broker_pb2.PublishCovenantRequest(covenant=signed.to_proto())
+    if stamp is not None:
+        request.covenant_timestamp.CopyFrom(stamp.to_proto())
+    with channel:
         stub = broker_pb2_grpc.BrokerStub(channel)
         try:
-            response = stub.PublishCovenant(
-                broker_pb2.PublishCovenantRequest(covenant=signed.to_proto()),
-                timeout=args.timeout,
-            )
+            response = stub.PublishCovenant(request, timeout=args.timeout)
         except grpc.RpcError as rpc_error:
             failure = error_from_rpc(rpc_error)
             raise _with_context(failure, f"broker {address} refused or did not answer") from None
@@ -1273,6 +1407,47 @@ def _publish(args: argparse.Namespace) -> int:
         f"published covenant {covenant.id}: the broker now holds version {response.version} "
         f"(since {published.isoformat()})"
     )
+    if stamp is not None:
+        print(f"  with a covenant timestamp valid until {stamp.expires_at.isoformat()}")
+    return 0
+
+
+def _timestamp(args: argparse.Namespace) -> int:
+    signed = _load_signed(args.covenant)
+    try:
+        covenant = verify_self_signed(signed, now=datetime.now(UTC))
+    except CovenantRejected as error:
+        raise _rejected(error, args.covenant) from error
+    publishing = args.config is not None or args.broker is not None
+    if args.out is None and not publishing:
+        raise ConfigurationError(
+            "give --config node.toml (or --broker ...) to publish, or --out to write a file",
+            field="--out",
+        )
+    stamp = _stamp(signed, covenant, args.key, args.lifetime, "--key")
+    if args.out is not None:
+        _write(args.out, stamp.to_json())
+        print(f"covenant timestamp for version {covenant.version} -> {args.out}")
+    if publishing:
+        address, channel = _broker_channel(args, args.tls_key, "--tls-key")
+        with channel:
+            stub = broker_pb2_grpc.BrokerStub(channel)
+            try:
+                response = stub.PublishTimestamp(
+                    broker_pb2.PublishTimestampRequest(covenant_timestamp=stamp.to_proto()),
+                    timeout=args.timeout,
+                )
+            except grpc.RpcError as rpc_error:
+                failure = error_from_rpc(rpc_error)
+                raise _with_context(
+                    failure, f"broker {address} refused the covenant timestamp or did not answer"
+                ) from None
+        until = response.expires_at.ToDatetime(tzinfo=UTC)
+        held = "" if response.stored else " (it held a newer one)"
+        print(
+            f"published a covenant timestamp for {covenant.id} version {response.version}: "
+            f"fresh until {until.isoformat()}{held}"
+        )
     return 0
 
 

@@ -91,6 +91,7 @@ class SignatureContext(enum.StrEnum):
     PICTURE_CONTRIBUTION = "picture-contribution"
     CASE_MESSAGE = "case-message"
     KEY_EPOCH = "key-epoch"
+    COVENANT_TIMESTAMP = "covenant-timestamp"
 
 
 def frame(data: bytes) -> bytes:

@@ -155,6 +155,14 @@ class CovenantRejected(PeerError):
     default_reason = "covenant.rejected"
 
 
+class TimestampRejected(PeerError):
+    """A covenant timestamp is not accepted; ``reason`` says why (``timestamp.bad_signature``,
+    ``timestamp.wrong_digest``, ``timestamp.expired``...)."""
+
+    status = Status.FAILED_PRECONDITION
+    default_reason = "timestamp.rejected"
+
+
 class AuditMismatch(PeerError):
     """An audit log fails verification: ``seq`` names the first entry altered or missing.
 
@@ -185,6 +193,15 @@ class ConfigurationError(LocalError):
 
     status = Status.FAILED_PRECONDITION
     default_reason = "config"
+
+
+class CovenantStale(LocalError):
+    """This node holds no unexpired covenant timestamp for its covenant version, so it
+    cannot tell that the membership is current: it seals and releases nothing new until
+    a fresh timestamp arrives (``samenloop.policies.freshness``)."""
+
+    status = Status.FAILED_PRECONDITION
+    default_reason = "covenant.stale"
 
 
 class NotEnoughHolders(LocalError):

@@ -33,6 +33,7 @@ from samenloop.v1 import common_pb2
 
 __all__ = [
     "ANY_CATEGORY",
+    "DEFAULT_FRESHNESS_SECONDS",
     "IDENTIFIER_TYPES",
     "CaseRules",
     "Level",
@@ -239,12 +240,32 @@ class Signer:
             raise InvalidInput("must be 32 bytes", field="ed25519")
 
 
+#: How long a covenant timestamp may vouch for a version unless the covenant says
+#: otherwise (``signing.freshness_seconds``): a day, as TUF's timestamp role.
+DEFAULT_FRESHNESS_SECONDS: Final = 24 * 3600
+#: The shortest freshness period a covenant may set: a timestamp job must run more
+#: often than this, and a shorter period leaves no room for a late run.
+MIN_FRESHNESS_SECONDS: Final = 60
+#: The longest: a week. Longer would let a broker operator that withholds a version keep
+#: the nodes on the old one longer than a covenant's parties would want to find out.
+MAX_FRESHNESS_SECONDS: Final = 7 * 24 * 3600
+
+
 @dataclass(frozen=True, slots=True)
 class Signing:
-    """Who signs the covenant and how many of them must (the threshold)."""
+    """Who signs the covenant and how many of them must (the threshold); and the
+    timestamp role (TUF's): the Ed25519 key that signs the short-lived statements that a
+    version is current, and how long one may vouch for it (``freshness_seconds``).
+
+    The timestamp key belongs to an administrator or an automated job of theirs, never
+    to the broker's operator, and is none of the signers' keys: it signs often, on a
+    machine that runs unattended, and must not be able to sign a covenant.
+    """
 
     threshold: int
     signers: tuple[Signer, ...]
+    timestamp_ed25519: bytes
+    freshness_seconds: int = DEFAULT_FRESHNESS_SECONDS
 
     def __post_init__(self) -> None:
         signers = _check_tuple(self.signers, field="signers")
@@ -265,6 +286,22 @@ class Signing:
             ids.add(signer.id)
             keys.add(signer.ed25519)
         check_int(self.threshold, 1, len(signers), field="threshold")
+        if not isinstance(self.timestamp_ed25519, bytes) or len(self.timestamp_ed25519) != 32:
+            raise InvalidInput(
+                "must be the timestamp key's Ed25519 public key (32 bytes)",
+                field="timestamp_ed25519",
+            )
+        if self.timestamp_ed25519 in keys:
+            raise InvalidInput(
+                "same key as a signer: the timestamp key must not be able to sign the covenant",
+                field="timestamp_ed25519",
+            )
+        check_int(
+            self.freshness_seconds,
+            MIN_FRESHNESS_SECONDS,
+            MAX_FRESHNESS_SECONDS,
+            field="freshness_seconds",
+        )
 
     def signer(self, signer_id: str) -> Signer | None:
         return next((s for s in self.signers if s.id == signer_id), None)

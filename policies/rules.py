@@ -207,6 +207,7 @@ class Refusal(enum.StrEnum):
     DENIED_BY_OFFICER = "denied_by_officer"
     REPLAY = "replay"
     COVENANT_MISMATCH = "covenant_mismatch"
+    COVENANT_STALE = "covenant_stale"
 
 
 @dataclass(frozen=True, slots=True)

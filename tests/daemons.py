@@ -31,7 +31,7 @@ import pytest
 from samenloop.node.client import NodeClient, NodeStatus
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies.errors import LocalError
-from samenloop.policies.policy import Policy
+from samenloop.policies.policy import DEFAULT_FRESHNESS_SECONDS, Policy
 
 #: What a daemon logs once it serves.
 READY_MARKERS = {"broker": b"broker listening", "node": b"node running"}
@@ -241,11 +241,21 @@ def running_covenant(
     policy: Policy | None = None,
     api_tcp: bool = False,
     daemons: type[Daemons] = Daemons,
+    freshness_seconds: int = DEFAULT_FRESHNESS_SECONDS,
 ) -> Iterator[Daemons]:
-    """Provision a covenant under ``root``, migrate it, start every daemon and wait until
-    every node is connected (and every key holder's channel open); kill them all on exit."""
+    """Provision a covenant under ``root`` (its covenant timestamps vouching for at most
+    ``freshness_seconds``), migrate it, start every daemon and wait until every node is
+    connected (and every key holder's channel open); kill them all on exit."""
     provisioned = provision(
-        root, covenant_id, specs, holders, threshold, now=now, policy=policy, api_tcp=api_tcp
+        root,
+        covenant_id,
+        specs,
+        holders,
+        threshold,
+        now=now,
+        policy=policy,
+        api_tcp=api_tcp,
+        freshness_seconds=freshness_seconds,
     )
     migrate(provisioned)
     logs = root / "logs"

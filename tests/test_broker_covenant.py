@@ -20,8 +20,10 @@ from samenloop.broker import server as broker_server
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import crypto, database, rpc
 from samenloop.policies.config import load_broker_config
-from samenloop.policies.covenant import with_new_attribute_key
+from samenloop.policies.covenant import covenant_to_toml, with_new_attribute_key
 from samenloop.policies.crypto import PartyKeys, SignatureContext
+from samenloop.policies.errors import ConfigurationError
+from samenloop.policies.freshness import CovenantTimestamp, issue_timestamp
 from samenloop.policies.policy import Quotas, Role
 from samenloop.policies.trust import SignedCovenant
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
@@ -318,3 +320,171 @@ def test_removing_a_hidden_party_tells_only_those_who_saw_it(world):
     assert hit_notices("gemeente") == []
     assert hit_notices("belastingdienst") == []
     assert [n.kind for n in hit_notices("riec")] == [broker_pb2.HIT_NOTICE_KIND_SHRUNK]
+
+
+# --- covenant timestamps ------------------------------------------------------------------
+
+
+def timestamp_of(world: World, draft=None, *, issued: datetime | None = None, lifetime=None):
+    """A covenant timestamp for ``draft`` (default: the provisioned version), as the
+    administrators' timestamp job signs it."""
+    return world.provisioned.stamp(
+        draft or world.provisioned.covenant,
+        now=issued or datetime.now(UTC),
+        lifetime=lifetime,
+    )
+
+
+def publish_timestamp(world: World, stamp, by: str = "gemeente"):
+    request = broker_pb2.PublishTimestampRequest(covenant_timestamp=stamp.to_proto())
+    return world.stub(by).PublishTimestamp(request, timeout=10)
+
+
+def hello_timestamp(world: World, party: str = "politie") -> bytes:
+    hello = world.stub(party).Hello(broker_pb2.HelloRequest(party=party), timeout=5)
+    return hello.covenant_timestamp.SerializeToString()
+
+
+def test_the_first_timestamp_comes_from_the_provisioned_file(world):
+    """``broker.toml``'s ``covenant_timestamp`` file: the broker hands it out from its start."""
+    assert world.config.covenant_timestamp is not None
+    assert hello_timestamp(world) != b""
+    first = CovenantTimestamp.parse(hello_timestamp(world))
+    assert first == CovenantTimestamp.from_json(
+        world.config.covenant_timestamp.read_bytes(), source="file"
+    )
+
+
+def test_a_timestamp_is_kept_handed_out_and_put_in_every_mailbox(world):
+    stamp = timestamp_of(world)
+    answer = publish_timestamp(world, stamp, by="riec")
+    assert (answer.version, answer.stored) == (1, True)
+    assert answer.expires_at.ToDatetime(tzinfo=UTC) == stamp.expires_at
+    assert hello_timestamp(world) == stamp.signed
+    got = world.stub("gemeente").GetCovenant(broker_pb2.GetCovenantRequest(), timeout=5)
+    assert got.covenant_timestamp.SerializeToString() == stamp.signed
+    for party in ("gemeente", "politie", "belastingdienst", "riec"):
+        (item,) = world.drain(party)
+        assert item.WhichOneof("payload") == "covenant_timestamp"
+        assert item.covenant_timestamp.SerializeToString() == stamp.signed
+    # The same one again, or an older one: nothing changes, nothing is delivered.
+    older = timestamp_of(world, issued=datetime.now(UTC) - timedelta(minutes=5))
+    for again in (stamp, older):
+        answer = publish_timestamp(world, again)
+        assert not answer.stored
+        assert answer.expires_at.ToDatetime(tzinfo=UTC) == stamp.expires_at
+    assert world.drain("politie") == []
+    world.restart()
+    assert hello_timestamp(world) == stamp.signed  # kept durably
+
+
+def test_timestamps_the_broker_refuses_change_nothing(world):
+    held = world.provisioned.covenant
+    good = timestamp_of(world)
+    publish_timestamp(world, good)
+    world.drain("riec")
+    v2 = replace(held, version=2)
+    # Signed by a key that is not the covenant's timestamp key (the broker's own, say),
+    # over the real version's bytes.
+    other_key = PartyKeys.generate("timestamp").signing_key
+    claimed = replace(held.signing, timestamp_ed25519=bytes(other_key.verify_key))
+    forged = issue_timestamp(
+        other_key, replace(held, signing=claimed), covenant_to_toml(held), now=datetime.now(UTC)
+    )
+    expired = timestamp_of(world, issued=datetime.now(UTC) - timedelta(days=2))
+    cases = [
+        (timestamp_of(world, v2), "timestamp.unknown_version", "covenant_timestamp.version"),
+        (forged, "timestamp.bad_signature", "covenant_timestamp.signature"),
+        (expired, "timestamp.expired", "covenant_timestamp.expires_at"),
+    ]
+    for stamp, reason, field in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            publish_timestamp(world, stamp)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        error = rpc.error_from_rpc(info.value)
+        assert (error.reason, error.field) == (reason, field), error.message
+    with pytest.raises(grpc.RpcError) as info:
+        world.stub("riec").PublishTimestamp(broker_pb2.PublishTimestampRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rpc.error_from_rpc(info.value).field == "covenant_timestamp"
+    garbage = broker_pb2.PublishTimestampRequest(
+        covenant_timestamp=common_pb2.Signed(context="covenant-timestamp", signer="timestamp")
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        world.stub("riec").PublishTimestamp(garbage, timeout=5)
+    assert rpc.error_from_rpc(info.value).reason == "timestamp.malformed"
+    assert world.drain("riec") == []  # nothing refused was delivered
+    assert hello_timestamp(world) == good.signed
+
+
+def test_a_version_published_with_its_timestamp_is_delivered_before_it(world):
+    held = world.provisioned.covenant
+    draft = replace(held, version=2)
+    signed = world.provisioned.sign(draft)
+    stamp = timestamp_of(world, draft)
+    request = broker_pb2.PublishCovenantRequest(
+        covenant=signed.to_proto(), covenant_timestamp=stamp.to_proto()
+    )
+    world.drain("gemeente")
+    assert world.stub("riec").PublishCovenant(request, timeout=10).version == 2
+    items = world.drain("gemeente")
+    assert [i.WhichOneof("payload") for i in items] == ["covenant_update", "covenant_timestamp"]
+    assert hello_timestamp(world) == stamp.signed
+    # A timestamp of the version it replaces is refused: it is no longer current.
+    with pytest.raises(grpc.RpcError) as info:
+        publish_timestamp(world, timestamp_of(world))
+    assert rpc.error_from_rpc(info.value).reason == "timestamp.older_version"
+    # Publishing the version again with a newer timestamp hands out only the timestamp.
+    newer = timestamp_of(world, draft, issued=datetime.now(UTC) + timedelta(seconds=1))
+    again = broker_pb2.PublishCovenantRequest(
+        covenant=signed.to_proto(), covenant_timestamp=newer.to_proto()
+    )
+    assert world.stub("riec").PublishCovenant(again, timeout=10).version == 2
+    assert [i.WhichOneof("payload") for i in world.drain("gemeente")] == ["covenant_timestamp"]
+    # A version whose timestamp does not verify is not published at all.
+    v3 = world.provisioned.sign(replace(held, version=3))
+    bad = broker_pb2.PublishCovenantRequest(
+        covenant=v3.to_proto(), covenant_timestamp=timestamp_of(world, draft).to_proto()
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        world.stub("riec").PublishCovenant(bad, timeout=10)
+    assert rpc.error_from_rpc(info.value).reason == "timestamp.older_version"
+    assert world.drain("gemeente") == []
+    hello = world.stub("riec").Hello(broker_pb2.HelloRequest(party="riec"), timeout=5)
+    assert hello.covenant_version == 2
+
+
+def test_get_covenant_serves_every_version_it_holds(world):
+    held = world.provisioned.covenant
+    v2 = world.provisioned.sign(replace(held, version=2))
+    world.publish(v2)
+    v3 = world.provisioned.sign(replace(held, version=3))
+    world.publish(v3)
+    stub = world.stub("gemeente")
+    for version, expected in ((1, None), (2, v2), (3, v3), (0, v3)):
+        got = stub.GetCovenant(broker_pb2.GetCovenantRequest(version=version), timeout=5)
+        served = SignedCovenant.from_proto(got.covenant)
+        assert served.unverified().version == (version or 3)
+        if expected is not None:
+            assert served == expected
+    # Version 1 came with the file's timestamp; 2 and 3 were published without one.
+    first = stub.GetCovenant(broker_pb2.GetCovenantRequest(version=1), timeout=5)
+    assert first.HasField("covenant_timestamp")
+    assert not stub.GetCovenant(broker_pb2.GetCovenantRequest(version=3), timeout=5).HasField(
+        "covenant_timestamp"
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetCovenant(broker_pb2.GetCovenantRequest(version=7), timeout=5)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert rpc.error_from_rpc(info.value).field == "version"
+
+
+def test_a_timestamp_file_of_another_covenant_stops_the_start(world, tmp_path):
+    other = provision(tmp_path / "other", "riec-other", PARTIES, HOLDERS, 2, now=datetime.now(UTC))
+    world.running.stop(0)
+    world.config = replace(world.config, covenant_timestamp=other.root / "covenant-timestamp.json")
+    with pytest.raises(ConfigurationError) as caught:
+        world.running = world._build()
+    assert caught.value.field == "covenant_timestamp"
+    world.config = replace(world.config, covenant_timestamp=None)
+    world.running = world._build()

@@ -96,6 +96,8 @@ s9T0FdsS2OYNCAIgaH1EwjlrxNGRH9EMgAN/X6fmuKrYTlXATL++cIDQaM8=
 
 [signing]
 threshold = 2
+timestamp_ed25519 = "uQXWvYtkFO7OlLzt0FtbpzttjylYo5czpZnE7RqQECI="
+freshness_seconds = 86400
 
 [[signing.signers]]
 id = "beheer-riec"
@@ -404,6 +406,17 @@ BAD_VALUES = [
     (TOP, 0, "identifier_types", '["bsn", "paspoort"]', "identifier_types[1]"),
     (SIGNING, 0, "threshold", "0", "signing.threshold"),
     (SIGNING, 0, "threshold", "3", "signing.threshold"),
+    (SIGNING, 0, "timestamp_ed25519", None, "signing.timestamp_ed25519"),
+    (SIGNING, 0, "timestamp_ed25519", SHORT_KEY, "signing.timestamp_ed25519"),
+    (
+        SIGNING,
+        0,
+        "timestamp_ed25519",
+        '"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="',
+        "signing.timestamp_ed25519",
+    ),
+    (SIGNING, 0, "freshness_seconds", "59", "signing.freshness_seconds"),
+    (SIGNING, 0, "freshness_seconds", '"1h"', "signing.freshness_seconds"),
     (SIGNER, 1, "ed25519", None, "signing.signers[1].ed25519"),
     (SIGNER, 1, "id", '"beheer-riec"', "signing.signers[1].id"),
     (MATCHING, 0, "min_parties", "1", "matching.min_parties"),
@@ -711,7 +724,11 @@ def _covenant(parties: int = 4, holders: int = 3) -> Covenant:
         version=7,
         valid_from=NOW,
         valid_until=NOW + timedelta(days=90),
-        signing=Signing(1, (Signer("beheer", "Beheer", PartyKeys.generate("s").public().ed25519),)),
+        signing=Signing(
+            1,
+            (Signer("beheer", "Beheer", PartyKeys.generate("s").public().ed25519),),
+            PartyKeys.generate("timestamp").public().ed25519,
+        ),
         policy=example_policy(),
         broker=cv.BrokerInfo("broker", "localhost:7443", PartyKeys.generate("b").public().ed25519),
         parties=cv.deal_attribute_key(
@@ -903,7 +920,11 @@ def _dealt(parties: int = 3, version: int = 1) -> tuple[Covenant, list[PartyKeys
         version=1,
         valid_from=NOW,
         valid_until=NOW + timedelta(days=90),
-        signing=Signing(1, (Signer("beheer", "Beheer", PartyKeys.generate("s").public().ed25519),)),
+        signing=Signing(
+            1,
+            (Signer("beheer", "Beheer", PartyKeys.generate("s").public().ed25519),),
+            PartyKeys.generate("timestamp").public().ed25519,
+        ),
         policy=example_policy(),
         broker=cv.BrokerInfo("broker", "localhost:7443", PartyKeys.generate("b").public().ed25519),
         parties=cv.deal_attribute_key(

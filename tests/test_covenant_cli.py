@@ -18,6 +18,7 @@ from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import certs, cli, crypto
 from samenloop.policies.covenant import Role, covenant_from_toml, covenant_to_toml
 from samenloop.policies.crypto import PartyKeys, SignatureContext
+from samenloop.policies.freshness import CovenantTimestamp, verify_current
 from samenloop.policies.rpc import ErrorInterceptor
 from samenloop.policies.trust import SignedCovenant, TrustState
 from samenloop.v1 import broker_pb2, broker_pb2_grpc
@@ -98,7 +99,7 @@ def material(tmp_path: Path, run) -> Path:
     keys = tmp_path / "keys"
     for party in (*[p.id for p in PARTIES], "broker", "riec-admin"):
         assert run("node", "keygen", "--party", party, "--out", keys / f"{party}.json").code == 0
-    for signer in SIGNERS:
+    for signer in (*SIGNERS, "timestamp"):
         result = run("covenant", "signer-keygen", "--id", signer, "--out", keys / f"{signer}.json")
         assert result.code == 0, result.err
     deal = ["keyholder", "deal", "--covenant", "riec-zwb", "--epoch", "1", "--threshold", "2"]
@@ -124,6 +125,7 @@ def init_args(tmp: Path, **override: object) -> list[object]:
         "--key-epoch": tmp / "epoch" / "key-epoch-1.json",
         "--key-epoch-admin": keys / "riec-admin.public.json",
         "--valid-days": "30",
+        "--timestamp-key": keys / "timestamp.public.json",
     }
     args.update(override)
     flat: list[object] = ["covenant", "init"]
@@ -608,11 +610,18 @@ def test_publish_refuses_an_under_signed_covenant_before_dialing(run, prov, tmp_
 
 
 class _FakeBroker(broker_pb2_grpc.BrokerServicer):
-    """Only PublishCovenant, deciding with ``TrustState`` as a broker does; records the caller."""
+    """PublishCovenant and PublishTimestamp, deciding with ``TrustState`` and
+    ``freshness.verify_current`` as a broker does; records the callers and the timestamps."""
 
     def __init__(self, root: SignedCovenant) -> None:
         self.state = TrustState(root)
         self.callers: list[str] = []
+        self.stamps: list[CovenantTimestamp] = []
+
+    def _take(self, message) -> None:
+        stamp = CovenantTimestamp.parse(message)
+        verify_current(stamp, self.state.covenant, self.state.signed.body, now=datetime.now(UTC))
+        self.stamps.append(stamp)
 
     def PublishCovenant(self, request, context):
         self.callers.append(
@@ -621,8 +630,19 @@ class _FakeBroker(broker_pb2_grpc.BrokerServicer):
         update = self.state.update(
             SignedCovenant.from_proto(request.covenant), now=datetime.now(UTC)
         )
+        if request.HasField("covenant_timestamp"):
+            self._take(request.covenant_timestamp)
         response = broker_pb2.PublishCovenantResponse(version=update.covenant.version)
         response.published_at.FromDatetime(datetime.now(UTC))
+        return response
+
+    def PublishTimestamp(self, request, context):
+        self.callers.append(
+            certs.party_from_certificate(context.auth_context()["x509_pem_cert"][0])
+        )
+        self._take(request.covenant_timestamp)
+        response = broker_pb2.PublishTimestampResponse(version=self.stamps[-1].version, stored=True)
+        response.expires_at.FromDatetime(self.stamps[-1].expires_at)
         return response
 
 
@@ -662,3 +682,82 @@ def test_publish_sends_the_signed_covenant_over_mtls(run, prov, tmp_path, fake_b
     )
     assert back.code == 2
     assert "covenant.rollback" in back.err
+
+
+# --- covenant timestamps ------------------------------------------------------------------
+
+
+def _stamp(run, prov: Provisioned, covenant: Path, *extra: object):
+    return run("covenant", "timestamp", "--covenant", covenant, "--key", prov.timestamp_key, *extra)
+
+
+def test_timestamp_signs_and_publishes_what_the_broker_verifies(run, prov, tmp_path, fake_broker):
+    out = tmp_path / "ts.json"
+    config = prov.node_configs["riec-zwb"]
+    result = _stamp(run, prov, prov.signed_covenant, "--config", config, "--out", out)
+    assert result.code == 0, result.err
+    assert "version 1: fresh until" in result.out
+    (sent,) = fake_broker.stamps
+    assert fake_broker.callers == ["riec-zwb"]
+    assert CovenantTimestamp.from_json(out.read_bytes(), source="ts.json") == sent
+    assert sent.expires_at - sent.issued_at == timedelta(seconds=86400)  # the covenant's period
+    shorter = _stamp(run, prov, prov.signed_covenant, "--config", config, "--lifetime", "600")
+    assert shorter.code == 0, shorter.err
+    assert fake_broker.stamps[-1].expires_at - fake_broker.stamps[-1].issued_at == timedelta(
+        seconds=600
+    )
+
+
+def test_timestamp_refusals_name_the_option_and_publish_nothing(run, prov, tmp_path, fake_broker):
+    config = prov.node_configs["riec-zwb"]
+    too_long = _stamp(run, prov, prov.signed_covenant, "--config", config, "--lifetime", "90000")
+    assert (too_long.code, "--lifetime" in too_long.err) == (1, True)
+    signer_key = run(
+        "covenant", "timestamp", "--covenant", prov.signed_covenant,
+        "--key", prov.signer_keys["beheer-riec"], "--config", config,
+    )  # fmt: skip
+    assert (signer_key.code, "--key" in signer_key.err) == (1, True)
+    nowhere = _stamp(run, prov, prov.signed_covenant)
+    assert (nowhere.code, "--out" in nowhere.err) == (2, True)
+    # A version the broker does not hold: refused, naming what to do.
+    _draft, v2 = new_version(run, prov, tmp_path)
+    ahead = _stamp(run, prov, v2, "--config", config)
+    assert ahead.code == 2
+    assert "timestamp.unknown_version" in ahead.err
+    assert "publish version 2 first" in ahead.err
+    assert fake_broker.stamps == []
+
+
+def test_publish_with_the_timestamp_key_sends_a_timestamp_of_the_new_version(
+    run, prov, tmp_path, fake_broker
+):
+    _draft, v2 = new_version(run, prov, tmp_path)
+    config = prov.node_configs["riec-zwb"]
+    alone = run("covenant", "publish", v2, "--config", config, "--lifetime", "60")
+    assert (alone.code, "--lifetime" in alone.err) == (1, True)
+    result = run(
+        "covenant", "publish", v2, "--config", config, "--timestamp-key", prov.timestamp_key
+    )
+    assert result.code == 0, result.err
+    assert "with a covenant timestamp valid until" in result.out
+    (sent,) = fake_broker.stamps
+    assert (sent.version, fake_broker.state.covenant.version) == (2, 2)
+
+
+def test_set_changes_the_timestamp_key_and_the_freshness_period(run, prov, tmp_path):
+    draft = tmp_path / "v2.toml"
+    draft.write_bytes((prov.root / "covenant.toml").read_bytes())
+    assert run("covenant", "set", draft, "signing.freshness_seconds", "3600").code == 0
+    new_key = PartyKeys.generate("timestamp").public().ed25519
+    done = run("covenant", "set", draft, "signing.timestamp_ed25519", crypto.b64encode(new_key))
+    assert done.code == 0, done.err
+    edited = covenant_from_toml(draft.read_bytes(), source="v2.toml")
+    assert (edited.signing.freshness_seconds, edited.signing.timestamp_ed25519) == (3600, new_key)
+    assert edited.version == prov.covenant.version + 2
+    short = run("covenant", "set", draft, "signing.freshness_seconds", "30")
+    assert (short.code, "signing.freshness_seconds" in short.err) == (1, True)
+    bad = run("covenant", "set", draft, "signing.timestamp_ed25519", "not base64")
+    assert (bad.code, "signing.timestamp_ed25519" in bad.err) == (1, True)
+    signer = prov.covenant.signing.signers[0].ed25519
+    same = run("covenant", "set", draft, "signing.timestamp_ed25519", crypto.b64encode(signer))
+    assert (same.code, "signing.timestamp_ed25519" in same.err) == (1, True)

@@ -73,6 +73,8 @@ def base() -> Covenant:
                 Signer(name, f"Beheer {name}", PartyKeys.generate(name).public().ed25519)
                 for name in ("beheer-a", "beheer-b")
             ),
+            PartyKeys.generate("timestamp").public().ed25519,
+            freshness_seconds=3600,
         ),
         policy=policy,
         broker=BrokerInfo("broker", "localhost:7443", PartyKeys.generate("b").public().ed25519),

@@ -43,6 +43,7 @@ from samenloop.policies import database
 from samenloop.policies.covenant import Covenant, Role
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import (
+    CovenantStale,
     DecryptionFailed,
     InvalidInput,
     InvalidSignature,
@@ -346,6 +347,27 @@ REFUSAL_MESSAGES = {
     "no allowed field": "none of the fields asked for may be released; allowed: naam, adres",
     "rule's period quota used": f"at most {BIBOB_PER_PERIOD} releases per 30 days under this rule",
 }
+
+
+def test_a_stale_owner_refuses_covenant_stale_after_the_replay_check(world: World) -> None:
+    """An owner that holds no unexpired covenant timestamp cannot tell whether the
+    requester is still a party: it refuses before any other rule, releasing nothing; a
+    replay is still only recorded (REPLAY comes first)."""
+    why = "the covenant timestamp for version 1 expired"
+    verdict = disclosure.decide(world.covenant, WOCO, incoming(world), facts(), now=NOW, stale=why)
+    assert (verdict.outcome, verdict.reason, verdict.message) == (
+        Outcome.REFUSED,
+        Refusal.COVENANT_STALE,
+        why,
+    )
+    assert verdict.values is None
+    request, owner_facts = _replayed(world)
+    replayed = disclosure.decide(world.covenant, WOCO, request, owner_facts, now=NOW, stale=why)
+    assert replayed.reason is Refusal.REPLAY
+    assert (
+        disclosure.refusal_from_proto(disclosure.refusal_to_proto(Refusal.COVENANT_STALE))
+        is Refusal.COVENANT_STALE
+    )
 
 
 def _with_proof(request: IncomingRequest, proof: bytes) -> IncomingRequest:
@@ -874,6 +896,8 @@ class Owner:
     desk: DisclosureDesk
     ref: bytes
     cursor: int = 0
+    #: Why woco's node is stale (no unexpired covenant timestamp); None while fresh.
+    stale: str | None = None
 
     def notice(self, kind: broker_pb2.HitNoticeKind.ValueType, members: Sequence[str]) -> None:
         """Woco's node accepts its own next notice of the group (as its uplink would)."""
@@ -947,13 +971,16 @@ def owner(world: World, tmp_path: Any) -> Iterator[Owner]:
     )
     (pending,) = store.pending_identifiers(10, now=NOW)
     store.record_tokens({pending.id: b"\x66" * 32}, 1, now=NOW, proof_keys={pending.id: PROOF_KEY})
+    made: list[Owner] = []
     desk = DisclosureDesk(
         keys=world.keys[WOCO],
         covenant=lambda: world.covenant,
         store=store,
         clock=lambda: NOW,
+        stale=lambda: made[0].stale,
     )
     owner = Owner(world, store, desk, record.identifiers[0].signal_ref)
+    made.append(owner)
     owner.notice(broker_pb2.HIT_NOTICE_KIND_NEW, [GEMEENTE])
     yield owner
     engine.dispose()
@@ -1026,6 +1053,49 @@ def test_a_received_request_without_a_valid_proof_is_refused_and_stored(owner: O
         disclosure.NOT_PROVEN,
     )
     assert stored.signal_id is None
+
+
+STALE = "the covenant timestamp for version 1 expired at 2026-01-01T00:00:00+00:00"
+
+
+def test_a_stale_owner_refuses_what_it_receives_with_an_answer_and_releases_nothing(
+    owner: Owner,
+) -> None:
+    owner.stale = STALE
+    request_id = secrets.token_bytes(16)
+    owner.receive(request_id, purpose="adresfraude")
+    stored = owner.store.disclosure(request_id)
+    assert stored is not None
+    assert (stored.state, stored.refusal_reason, stored.refusal_message) == (
+        DisclosureState.REFUSED,
+        "covenant_stale",
+        STALE,
+    )
+    assert dict(stored.released) == {}
+    (answer,) = owner.store.envelope_outbox()  # the refusal goes back: ask again later
+    assert answer.recipient == GEMEENTE
+
+
+def test_no_officer_approves_while_the_owner_is_stale(owner: Owner) -> None:
+    request_id = secrets.token_bytes(16)
+    owner.receive(request_id)  # pending, while fresh
+    owner.stale = STALE
+    with pytest.raises(CovenantStale) as caught:
+        owner.desk.approve(request_id, officer="b@woco")
+    assert caught.value.field == "covenant"
+    still = owner.store.disclosure(request_id)
+    assert still is not None
+    assert still.state is DisclosureState.PENDING_APPROVAL
+    owner.stale = None  # fresh again: the same officer's approval goes through
+    assert _approved(owner, request_id).state is DisclosureState.GRANTED
+
+
+def test_a_stale_owner_may_still_deny(owner: Owner) -> None:
+    request_id = secrets.token_bytes(16)
+    owner.receive(request_id)
+    owner.stale = STALE
+    denied = owner.desk.deny(request_id, officer="b@woco", reason="geen grond")
+    assert (denied.state, denied.refusal_reason) == (DisclosureState.REFUSED, "denied_by_officer")
 
 
 # --- parsing what arrives, directly -------------------------------------------------------

@@ -731,8 +731,13 @@ def test_a_pending_request_of_a_removed_party_is_decided_without_an_answer(
     )
     signed = cluster.provisioned.sign(without)
     cluster.deliver(WOCO, ItemKind.COVENANT_UPDATE, signed.to_proto().SerializeToString())
+    stamp = cluster.provisioned.stamp(without, now=datetime.now(UTC))
+    cluster.deliver(WOCO, ItemKind.COVENANT_TIMESTAMP, stamp.signed)
     woco = cluster.clients[WOCO]
-    wait_for("woco on version 2", lambda: woco.status().covenant_version == 2)
+    wait_for(
+        "woco on version 2, fresh",
+        lambda: (s := woco.status()).covenant_version == 2 and s.covenant_fresh,
+    )
     answers = _answers(cluster)
     for request_id, decide_ in (
         (approved, lambda r: woco.approve_disclosure(r, officer="b@woco")),

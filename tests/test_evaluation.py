@@ -582,6 +582,25 @@ def test_a_holder_signing_with_the_wrong_key_is_faulty():
     assert [sorted(r) for r in broker.requests] == [[1, 2], [2, 3]]
 
 
+def test_a_stale_holder_evaluates_for_nobody_and_the_node_uses_the_others():
+    """A holder with no unexpired covenant timestamp cannot tell that the requester is still
+    a party (a version that removed it may be withheld by the broker): it refuses
+    COVENANT_STALE, counts nothing, and the node asks the other holders."""
+    w = world(2, 3)
+    why = "the covenant timestamp for version 1 expired"
+    w.holders[1].stale = lambda: why
+    broker = Broker(w.holders)
+    assert w.tokenise(broker, IDS) == w.expected(IDS)
+    assert refusal(broker.replies[0][1], w.holder_keys[1]) is R.COVENANT_STALE
+    assert open_reply(broker.replies[0][1], w.holder_keys[1]).refusal.message == why
+    assert NODE not in w.holders[1].served
+    assert sorted(broker.requests[1]) == [2, 3]
+    for i in (2, 3):
+        w.holders[i].stale = lambda: why
+    with pytest.raises(NotEnoughHolders):
+        w.tokenise(Broker(w.holders), IDS)
+
+
 def test_a_holder_over_quota_refuses_and_the_node_falls_back():
     w = world(2, 3, quota={1: 4})
     assert w.tokenise(Broker(w.holders), IDS) == w.expected(IDS)  # holder 1: 3 of 4 used

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from samenloop.node import picture as p
 from samenloop.node import picture_report
-from samenloop.policies.errors import InvalidInput, MessageTooLarge, QuotaExceeded
+from samenloop.policies.errors import CovenantStale, InvalidInput, MessageTooLarge, QuotaExceeded
 from samenloop.policies.times import received_time
 from samenloop.v1 import picture_pb2
 
@@ -1251,6 +1251,44 @@ def test_a_table_too_large_for_a_contribution_is_refused_not_raised(world, store
     assert "too large" in answer.refusal.message
     assert store.mailbox_cursor() == 7
     assert store.picture_answered(incoming.request_id)
+
+
+STALE = "the covenant timestamp for version 1 expired"
+
+
+def test_a_stale_node_refuses_to_contribute_and_to_ask(world, store):
+    """No unexpired covenant timestamp: the node cannot tell that the requester (or the
+    parties it would ask) are still parties, so it counts nothing and asks no one."""
+    provisioned, keys = world
+    covenant = provisioned.covenant
+    ask = pp.PictureAsk(OCT, (SIGNALS,), (A,))
+    incoming = request(covenant, ask)
+    verdict = pp.decide(covenant, GEMEENTE, incoming, _NoFacts(), now=NOW, stale=STALE)
+    assert (verdict.refusal, verdict.message) == (pp.PictureRefusal.COVENANT_STALE, STALE)
+    gemeente = PictureDesk(
+        keys=keys[GEMEENTE],
+        covenant=lambda: covenant,
+        store=store,
+        clock=lambda: NOW,
+        stale=lambda: STALE,
+    )
+    gemeente.receive_request(7, RIEC, incoming.message.SerializeToString(), covenant)
+    (answer,) = _sent(store, keys[RIEC], covenant)
+    assert answer.refusal.reason == picture_pb2.PICTURE_REFUSAL_REASON_COVENANT_STALE
+    assert not answer.tables
+    riec = PictureDesk(
+        keys=keys[RIEC],
+        covenant=lambda: covenant,
+        store=store,
+        clock=lambda: NOW,
+        stale=lambda: STALE,
+    )
+    with pytest.raises(CovenantStale):
+        riec.collect(ask, officer="analist")
+    with store.engine.connect() as conn:  # nothing more was sealed, to anyone
+        assert (
+            conn.execute(sa.select(sa.func.count()).select_from(EnvelopeOutboxItem)).scalar() == 1
+        )
 
 
 def _contribution(

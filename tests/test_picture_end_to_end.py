@@ -123,17 +123,23 @@ class Cluster:
         self.nodes[sender].uplink.wake.set()
 
     def publish(self, draft: Covenant) -> None:
-        """Deliver a new covenant version to every node through its mailbox."""
+        """Deliver a new covenant version, and a covenant timestamp for it, to every node
+        through its mailbox."""
         from samenloop.broker.mailbox import ItemKind
 
         payload = self.provisioned.sign(draft).to_proto().SerializeToString()
+        stamp = self.provisioned.stamp(draft, now=datetime.now(UTC)).signed
         for party in self.nodes:
             self.broker.store.enqueue(party, payload, ItemKind.COVENANT_UPDATE, datetime.now(UTC))
+            self.broker.store.enqueue(party, stamp, ItemKind.COVENANT_TIMESTAMP, datetime.now(UTC))
         self.broker.service._bell.ring(list(self.nodes))
         for party in self.nodes:
             wait_for(
-                f"{party} on v{draft.version}",
-                lambda p=party: self.clients[p].status().covenant_version == draft.version,
+                f"{party} on v{draft.version}, fresh",
+                lambda p=party: (
+                    (s := self.clients[p].status()).covenant_version == draft.version
+                    and s.covenant_fresh is True
+                ),
             )
 
 

@@ -53,8 +53,9 @@ from samenloop.policies.audit import AuditKind
 from samenloop.policies.config import load_broker_config, load_node_config
 from samenloop.policies.covenant import Covenant, Role, with_new_attribute_key
 from samenloop.policies.crypto import PartyKeys
-from samenloop.policies.errors import DecryptionFailed, InvalidInput, NotFound
+from samenloop.policies.errors import DecryptionFailed, InvalidInput, NotFound, SamenloopError
 from samenloop.policies.policy import MIN_TOKEN_QUOTA, Policy, example_policy
+from samenloop.policies.trust import SignedCovenant
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
 GEMEENTE, WOCO, GEMEENTE_B = "gemeente", "woco", "gemeente-b"
@@ -140,6 +141,21 @@ class Cluster:
     def tokens_at_broker(self) -> int:
         return int(self.broker.store.count_tokens())
 
+    def advance(self, delta: timedelta) -> None:
+        """Move the shared clock on by ``delta``, with a covenant timestamp issued at the new
+        time published, as the administrators' timestamp job would have done meanwhile
+        (else every node would be stale once the freshness period passed)."""
+        self.clock.advance(delta)
+        channel, stub = self.broker_stub(next(iter(self.nodes)))
+        with channel:
+            served = stub.GetCovenant(broker_pb2.GetCovenantRequest(), timeout=10).covenant
+            covenant = SignedCovenant.from_proto(served).unverified()  # the version in force
+            stamp = self.provisioned.stamp(covenant, now=self.clock())
+            stub.PublishTimestamp(
+                broker_pb2.PublishTimestampRequest(covenant_timestamp=stamp.to_proto()),
+                timeout=10,
+            )
+
     def hit_with(self, party: str, *members: str) -> Hit:
         """The open hit ``party``'s node shows with all of ``members`` in it."""
         return wait_for(
@@ -162,12 +178,21 @@ class Cluster:
 
     def publish(self, draft: Covenant, *, by: str, capsys: pytest.CaptureFixture[str]) -> str:
         """Sign ``draft`` with the covenant's signers and publish it with the admin CLI,
-        over mTLS with ``by``'s node certificate; returns what the CLI printed."""
+        over mTLS with ``by``'s node certificate, with a covenant timestamp for it (as the
+        administrators do); returns what the CLI printed."""
         path = self.provisioned.root / f"covenant-v{draft.version}.json"
         path.write_bytes(self.provisioned.sign(draft).to_json())
         capsys.readouterr()
         code = cli.main(
-            ["covenant", "publish", str(path), "--config", str(self.provisioned.node_configs[by])]
+            [
+                "covenant",
+                "publish",
+                str(path),
+                "--config",
+                str(self.provisioned.node_configs[by]),
+                "--timestamp-key",
+                str(self.provisioned.timestamp_key),
+            ]
         )
         printed = capsys.readouterr()
         assert code == 0, f"publish failed ({code}): {printed.err}"
@@ -328,7 +353,7 @@ def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
         assert record.identifiers[0].token is None
 
     # The quota is per UTC day: the next day the waiting identifiers get their tokens.
-    cluster.clock.advance(timedelta(days=1))
+    cluster.advance(timedelta(days=1))
     cluster.nodes[GEMEENTE_B].uplink.wake.set()
     wait_for(
         "the rest tokenised the next day",
@@ -368,7 +393,7 @@ def test_a_batch_over_the_broker_s_daily_quota_waits_in_the_outbox_for_the_next_
     assert counts.identifiers_pending + counts.outbox_entries + at_broker == per_day + 1
     assert "broker quota reached" in error
     assert cluster.broker.store.usage(GEMEENTE_B).submitted == at_broker  # batches are whole
-    cluster.clock.advance(timedelta(days=1))
+    cluster.advance(timedelta(days=1))
     cluster.nodes[GEMEENTE_B].uplink.wake.set()
     wait_for(
         "the rest sent and acknowledged the next day",
@@ -777,3 +802,98 @@ def test_no_details_about_a_hit_the_requester_did_not_receive(
             ("refused", "")
         ]
     assert all(dict(d.released_fields) == {} for d in outsider.disclosures())
+
+
+# --- covenant freshness ---------------------------------------------------------------------
+
+
+def test_a_node_without_a_fresh_timestamp_stops_sealing_and_asking_and_goes_on_by_itself(
+    make_cluster: Callable[[Policy], Cluster],
+) -> None:
+    """Issue 12: a broker that withholds a new covenant version keeps the nodes on the old
+    one for at most the freshness period after the last covenant timestamp it passed on.
+    Here no timestamp job runs for a day and a bit: every node goes stale, seals and asks
+    nothing (signals are still taken and wait), says so once, and goes on by itself when
+    the next timestamp arrives."""
+    cluster = make_cluster(example_policy())
+    gemeente, woco = cluster.clients[GEMEENTE], cluster.clients[WOCO]
+    fresh = gemeente.status()
+    assert fresh.covenant_fresh is True, fresh.covenant_stale_reason
+    assert fresh.covenant_fresh_until is not None
+    woco.add_signal("W-1", "woonfraude", [("bsn", BSN)], details=DETAILS)
+    gemeente.add_signal("G-1", "vastgoedmisbruik", [("bsn", BSN)])
+    hit = cluster.hit_with(GEMEENTE, WOCO)
+    (woco_ref,) = next(m for m in hit.members if m.party == WOCO).signal_refs
+    tokens = cluster.tokens_at_broker()
+
+    cluster.clock.advance(timedelta(hours=25))
+    stale = wait_for(
+        "the gemeente stale", lambda: (s := gemeente.status()).covenant_fresh is False and s
+    )
+    assert fresh.covenant_fresh_until.isoformat() in stale.covenant_stale_reason
+    assert "expired" in stale.covenant_stale_reason
+    gemeente.add_signal("G-2", "woonfraude", [("bsn", BSN_2)])  # taken, and waits
+    time.sleep(1.5)  # a few rounds of the work loop: nothing is tokenised and sealed
+    assert cluster.tokens_at_broker() == tokens
+    store = cluster.nodes[GEMEENTE].store
+    assert store.status_counts().identifiers_pending == 1
+    with pytest.raises(SamenloopError) as caught:
+        gemeente.request_disclosure(
+            hit.group_id, WOCO, woco_ref, "adresfraude", ["naam"], officer="a@gemeente"
+        )
+    assert caught.value.reason == "covenant.stale"
+    assert store.envelope_outbox() == []
+    # Audited as it changed: stale at its first start, fresh once the first timestamp came at
+    # Hello, then stale.
+    changes = store.audit_entries(kind=AuditKind.COVENANT_FRESHNESS)
+    assert [(e.details["fresh"], e.details["version"]) for e in changes] == [
+        (False, 1),
+        (True, 1),
+        (False, 1),
+    ]
+
+    cluster.advance(timedelta(0))  # the timestamp job runs: a timestamp issued now
+    wait_for("G-2 sealed and at the broker", lambda: cluster.tokens_at_broker() == tokens + 1)
+    assert gemeente.status().covenant_fresh is True
+    changes = store.audit_entries(kind=AuditKind.COVENANT_FRESHNESS)
+    assert [e.details["fresh"] for e in changes] == [False, True, False, True]
+    asked = gemeente.request_disclosure(
+        hit.group_id, WOCO, woco_ref, "adresfraude", ["naam"], officer="a@gemeente"
+    )
+    assert final_disclosure(cluster, GEMEENTE, asked.request_id).state is DisclosureState.GRANTED
+
+
+def test_a_node_fetches_the_newer_version_that_hello_names(
+    make_cluster: Callable[[Policy], Cluster], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A node that never got a version in its mailbox (here: its items were acknowledged
+    in its name while it was away) learns of it at Hello, fetches it with GetCovenant,
+    verifies it against the version it holds, and takes its timestamp."""
+    cluster = make_cluster(example_policy())
+    cluster.stop(GEMEENTE_B)
+    cluster.publish(_version(cluster, 2), by=GEMEENTE, capsys=capsys)
+    channel, stub = cluster.broker_stub(GEMEENTE_B)
+    with channel:
+        items = stub.FetchMailbox(broker_pb2.FetchMailboxRequest(), timeout=10).items
+        assert {i.WhichOneof("payload") for i in items} >= {"covenant_update", "covenant_timestamp"}
+        stub.AckMailbox(broker_pb2.AckMailboxRequest(cursor=items[-1].cursor), timeout=10)
+    cluster.start(GEMEENTE_B)
+    status = wait_for(
+        "gemeente-b on version 2 and fresh",
+        lambda: (
+            (s := cluster.clients[GEMEENTE_B].status()).covenant_version == 2
+            and s.covenant_fresh
+            and s
+        ),
+    )
+    assert status.covenant_stale_reason == ""
+    store = cluster.nodes[GEMEENTE_B].store
+    assert [
+        SignedCovenant.from_proto(common_pb2.SignedCovenant.FromString(v)).unverified().version
+        for v in store.covenant_versions()
+    ] == [2]
+    assert store.covenant_timestamp() is not None
+    # It goes on: its signal is sealed and matched under version 2.
+    cluster.clients[GEMEENTE_B].add_signal("B-1", "woonfraude", [("bsn", BSN)])
+    cluster.clients[GEMEENTE].add_signal("G-1", "vastgoedmisbruik", [("bsn", BSN)])
+    cluster.hit_with(GEMEENTE, GEMEENTE_B)

@@ -112,7 +112,11 @@ def _material() -> tuple[OprfKeyEpoch, bytes, BrokerInfo, Signing]:
     )
     ca = certs.CertificateAuthority.create("test-rules", now=NOW).cert_pem
     broker = BrokerInfo("broker", "localhost:7443", _keys("broker").public().ed25519)
-    signing = Signing(1, (Signer("beheer", "Beheer", _keys("beheer").public().ed25519),))
+    signing = Signing(
+        1,
+        (Signer("beheer", "Beheer", _keys("beheer").public().ed25519),),
+        _keys("timestamp").public().ed25519,
+    )
     return key_epoch, ca, broker, signing
 
 
@@ -961,6 +965,9 @@ def _signer(name: str) -> Signer:
     return Signer(name, f"Beheerder {name}", _keys(name).public().ed25519)
 
 
+TIMESTAMP_KEY = _keys("timestamp").public().ed25519
+
+
 def _policy_with(**changes: object):
     return lambda: replace(example_policy(), **changes)
 
@@ -1050,24 +1057,58 @@ _EXAMPLE = example_policy()
             id="retention-zero-days",
         ),
         pytest.param(
-            lambda: Signing(3, (_signer("beheer-a"), _signer("beheer-b"))),
+            lambda: Signing(3, (_signer("beheer-a"), _signer("beheer-b")), TIMESTAMP_KEY),
             "threshold",
             id="threshold-above-signer-count",
         ),
         pytest.param(
-            lambda: Signing(0, (_signer("beheer-a"),)),
+            lambda: Signing(0, (_signer("beheer-a"),), TIMESTAMP_KEY),
             "threshold",
             id="threshold-zero",
         ),
         pytest.param(
-            lambda: Signing(1, (_signer("beheer-a"), replace(_signer("beheer-b"), id="beheer-a"))),
+            lambda: Signing(
+                1, (_signer("beheer-a"), replace(_signer("beheer-b"), id="beheer-a")), TIMESTAMP_KEY
+            ),
             "signers[1].id",
             id="duplicate-signer-id",
         ),
         pytest.param(
-            lambda: Signing(1, (_signer("beheer-a"), replace(_signer("beheer-a"), id="beheer-b"))),
+            lambda: Signing(
+                1, (_signer("beheer-a"), replace(_signer("beheer-a"), id="beheer-b")), TIMESTAMP_KEY
+            ),
             "signers[1].ed25519",
             id="two-signers-one-key",
+        ),
+        pytest.param(
+            lambda: Signing(1, (_signer("beheer-a"),), b"\x01" * 31),
+            "timestamp_ed25519",
+            id="timestamp-key-short",
+        ),
+        pytest.param(
+            lambda: Signing(1, (_signer("beheer-a"),), _signer("beheer-a").ed25519),
+            "timestamp_ed25519",
+            id="timestamp-key-is-a-signers",
+        ),
+        pytest.param(
+            lambda: Signing(1, (_signer("beheer-a"),), TIMESTAMP_KEY, freshness_seconds=59),
+            "freshness_seconds",
+            id="freshness-below-a-minute",
+        ),
+        pytest.param(
+            lambda: Signing(
+                1, (_signer("beheer-a"),), TIMESTAMP_KEY, freshness_seconds=7 * 24 * 3600 + 1
+            ),
+            "freshness_seconds",
+            id="freshness-above-a-week",
+        ),
+        pytest.param(
+            lambda: replace(
+                _example(),
+                signing=replace(_example().signing, timestamp_ed25519=_example().broker.ed25519),
+            ),
+            "signing.timestamp_ed25519",
+            id="timestamp-key-is-the-brokers",
         ),
         pytest.param(
             lambda: replace(_example(), policy=example_policy(min_parties=len(PARTIES) + 1)),

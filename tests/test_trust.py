@@ -70,7 +70,9 @@ def _keys(name: str) -> PartyKeys:
 
 def _signing(threshold: int, *names: str) -> Signing:
     return Signing(
-        threshold, tuple(Signer(n, f"Beheerder {n}", _keys(n).public().ed25519) for n in names)
+        threshold,
+        tuple(Signer(n, f"Beheerder {n}", _keys(n).public().ed25519) for n in names),
+        _keys("timestamp").public().ed25519,
     )
 
 

@@ -5,7 +5,8 @@
 ``attack_policy`` fixture (the rules, e.g. a small OPRF quota) or
 ``attack_api_tcp`` (serve the nodes' local API on 127.0.0.1 instead of a Unix
 socket), or ``attack_root`` (the directory to provision it in, for attacks that
-need other accounts to reach it).
+need other accounts to reach it), or ``attack_freshness_seconds`` (the covenant's
+freshness period, for attacks that wait for covenant timestamps to expire).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from samenloop.policies.policy import Policy
+from samenloop.policies.policy import DEFAULT_FRESHNESS_SECONDS, Policy
 
 from daemons import running_covenant
 from harness import COVENANT_ID, HOLDERS, SPECS, CovenantRun
@@ -35,6 +36,13 @@ def attack_api_tcp() -> bool:
 
 
 @pytest.fixture(scope="module")
+def attack_freshness_seconds() -> int:
+    """How long a covenant timestamp may vouch for a version (``signing.freshness_seconds``);
+    the first one is issued at provisioning, five minutes before the daemons start."""
+    return DEFAULT_FRESHNESS_SECONDS
+
+
+@pytest.fixture(scope="module")
 def attack_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The (empty) directory the covenant is provisioned in."""
     return tmp_path_factory.mktemp("attack")
@@ -42,7 +50,10 @@ def attack_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def covenant_run(
-    attack_root: Path, attack_policy: Policy | None, attack_api_tcp: bool
+    attack_root: Path,
+    attack_policy: Policy | None,
+    attack_api_tcp: bool,
+    attack_freshness_seconds: int,
 ) -> Iterator[CovenantRun]:
     with running_covenant(
         attack_root,
@@ -54,6 +65,7 @@ def covenant_run(
         policy=attack_policy,
         api_tcp=attack_api_tcp,
         daemons=CovenantRun,
+        freshness_seconds=attack_freshness_seconds,
     ) as running:
         assert isinstance(running, CovenantRun)
         yield running

@@ -119,9 +119,9 @@ class CovenantRun(Daemons):
         return self.published[-1] if self.published else self.provisioned.covenant
 
     def publish(self, draft: Covenant, *, name: str) -> Path:
-        """Sign ``draft`` by every signer and publish it through the broker, as the
-        administrators do with the CLI; returns the signed file. Fails the test if the
-        broker refuses it."""
+        """Sign ``draft`` by every signer and publish it through the broker with a covenant
+        timestamp for it, as the administrators do with the CLI; returns the signed file.
+        Fails the test if the broker refuses it."""
         signed = self.provisioned.sign(draft)
         path = self.provisioned.root / f"{name}.json"
         path.write_bytes(signed.to_json())
@@ -132,6 +132,8 @@ class CovenantRun(Daemons):
             str(path),
             "--config",
             str(self.provisioned.node_configs[self.parties[0]]),
+            "--timestamp-key",
+            str(self.provisioned.timestamp_key),
         )
         assert done.returncode == 0, done.stderr + done.stdout
         self.published.append(draft)

@@ -1,7 +1,7 @@
 """The key holder's replay cache keeps the digest of each answered request's signed body.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-16
 
 Issue 12, the fresh review's broker-operator finding: an operator that dropped a
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

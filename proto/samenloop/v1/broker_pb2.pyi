@@ -281,6 +281,7 @@ class HelloResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     ACKED_CURSOR_FIELD_NUMBER: _builtins.int
     HEAD_CURSOR_FIELD_NUMBER: _builtins.int
+    COVENANT_TIMESTAMP_FIELD_NUMBER: _builtins.int
     broker: _builtins.str
     """The broker's party id: the signer of hit notices."""
     covenant_id: _builtins.str
@@ -303,6 +304,12 @@ class HelloResponse(_message.Message):
     def limits(self) -> Global___BrokerLimits:
         """Limits the broker enforces."""
 
+    @_builtins.property
+    def covenant_timestamp(self) -> _common_pb2.Signed:
+        """The newest covenant timestamp the broker holds for its covenant version
+        (a Signed CovenantTimestamp); absent if it holds none.
+        """
+
     def __init__(
         self,
         *,
@@ -313,10 +320,11 @@ class HelloResponse(_message.Message):
         limits: Global___BrokerLimits | None = ...,
         acked_cursor: _builtins.int = ...,
         head_cursor: _builtins.int = ...,
+        covenant_timestamp: _common_pb2.Signed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "server_time", b"server_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["covenant_timestamp", b"covenant_timestamp", "limits", b"limits", "server_time", b"server_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_cursor", b"acked_cursor", "broker", b"broker", "covenant_id", b"covenant_id", "covenant_version", b"covenant_version", "head_cursor", b"head_cursor", "limits", b"limits", "server_time", b"server_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_cursor", b"acked_cursor", "broker", b"broker", "covenant_id", b"covenant_id", "covenant_timestamp", b"covenant_timestamp", "covenant_version", b"covenant_version", "head_cursor", b"head_cursor", "limits", b"limits", "server_time", b"server_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -356,20 +364,26 @@ class GetCovenantResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     COVENANT_FIELD_NUMBER: _builtins.int
+    COVENANT_TIMESTAMP_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def covenant(self) -> _common_pb2.SignedCovenant:
         """The signed covenant. The receiver verifies it; the broker's word is not
         enough. NOT_FOUND if the version does not exist.
         """
 
+    @_builtins.property
+    def covenant_timestamp(self) -> _common_pb2.Signed:
+        """The newest covenant timestamp the broker holds for that version, if any."""
+
     def __init__(
         self,
         *,
         covenant: _common_pb2.SignedCovenant | None = ...,
+        covenant_timestamp: _common_pb2.Signed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["covenant", b"covenant"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["covenant", b"covenant", "covenant_timestamp", b"covenant_timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["covenant", b"covenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["covenant", b"covenant", "covenant_timestamp", b"covenant_timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -382,18 +396,26 @@ class PublishCovenantRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     COVENANT_FIELD_NUMBER: _builtins.int
+    COVENANT_TIMESTAMP_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def covenant(self) -> _common_pb2.SignedCovenant:
         """The new version, signed by at least the threshold of signers."""
+
+    @_builtins.property
+    def covenant_timestamp(self) -> _common_pb2.Signed:
+        """Optional: a covenant timestamp for the new version (a Signed
+        CovenantTimestamp), published with it as PublishTimestamp would.
+        """
 
     def __init__(
         self,
         *,
         covenant: _common_pb2.SignedCovenant | None = ...,
+        covenant_timestamp: _common_pb2.Signed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["covenant", b"covenant"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["covenant", b"covenant", "covenant_timestamp", b"covenant_timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["covenant", b"covenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["covenant", b"covenant", "covenant_timestamp", b"covenant_timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -426,6 +448,66 @@ class PublishCovenantResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PublishCovenantResponse: _TypeAlias = PublishCovenantResponse  # noqa: Y015
+
+@_typing.final
+class PublishTimestampRequest(_message.Message):
+    """PublishTimestamp's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COVENANT_TIMESTAMP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def covenant_timestamp(self) -> _common_pb2.Signed:
+        """A Signed CovenantTimestamp (context "covenant-timestamp")."""
+
+    def __init__(
+        self,
+        *,
+        covenant_timestamp: _common_pb2.Signed | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["covenant_timestamp", b"covenant_timestamp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["covenant_timestamp", b"covenant_timestamp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishTimestampRequest: _TypeAlias = PublishTimestampRequest  # noqa: Y015
+
+@_typing.final
+class PublishTimestampResponse(_message.Message):
+    """PublishTimestamp's response."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    STORED_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The covenant version the broker holds the timestamp for."""
+    stored: _builtins.bool
+    """False if the broker held a newer timestamp already (the one sent is not
+    handed out).
+    """
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the newest timestamp the broker now holds expires (the one sent,
+        or a newer one it held already).
+        """
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        stored: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "stored", b"stored", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishTimestampResponse: _TypeAlias = PublishTimestampResponse  # noqa: Y015
 
 @_typing.final
 class EvaluateRequest(_message.Message):
@@ -1190,8 +1272,9 @@ class SetAsideItem(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     SET_ASIDE_AT_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
-    """Which payload the item held: "hit_notice", "envelope" or
-    "covenant_update" (the names of MailboxItem's payload fields).
+    """Which payload the item held: "hit_notice", "envelope",
+    "covenant_update" or "covenant_timestamp" (the names of MailboxItem's
+    payload fields).
     """
     size_bytes: _builtins.int
     """Size of the item's payload as stored, in bytes."""
@@ -1228,6 +1311,7 @@ class MailboxItem(_message.Message):
     ENVELOPE_FIELD_NUMBER: _builtins.int
     COVENANT_UPDATE_FIELD_NUMBER: _builtins.int
     SET_ASIDE_FIELD_NUMBER: _builtins.int
+    COVENANT_TIMESTAMP_FIELD_NUMBER: _builtins.int
     cursor: _builtins.int
     """Position in this party's mailbox: strictly increasing, starting at 1,
     possibly with gaps. Never reused.
@@ -1254,6 +1338,13 @@ class MailboxItem(_message.Message):
     def set_aside(self) -> Global___SetAsideItem:
         """The item at this cursor could not be delivered and was set aside."""
 
+    @_builtins.property
+    def covenant_timestamp(self) -> _common_pb2.Signed:
+        """A new covenant timestamp (a Signed CovenantTimestamp); the node
+        verifies it against the version it holds, or fetches the newer version
+        it names first.
+        """
+
     def __init__(
         self,
         *,
@@ -1263,12 +1354,13 @@ class MailboxItem(_message.Message):
         envelope: Global___RelayedEnvelope | None = ...,
         covenant_update: _common_pb2.SignedCovenant | None = ...,
         set_aside: Global___SetAsideItem | None = ...,
+        covenant_timestamp: _common_pb2.Signed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["covenant_update", b"covenant_update", "enqueued_at", b"enqueued_at", "envelope", b"envelope", "hit_notice", b"hit_notice", "payload", b"payload", "set_aside", b"set_aside"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["covenant_timestamp", b"covenant_timestamp", "covenant_update", b"covenant_update", "enqueued_at", b"enqueued_at", "envelope", b"envelope", "hit_notice", b"hit_notice", "payload", b"payload", "set_aside", b"set_aside"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["covenant_update", b"covenant_update", "cursor", b"cursor", "enqueued_at", b"enqueued_at", "envelope", b"envelope", "hit_notice", b"hit_notice", "payload", b"payload", "set_aside", b"set_aside"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["covenant_timestamp", b"covenant_timestamp", "covenant_update", b"covenant_update", "cursor", b"cursor", "enqueued_at", b"enqueued_at", "envelope", b"envelope", "hit_notice", b"hit_notice", "payload", b"payload", "set_aside", b"set_aside"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["hit_notice", "envelope", "covenant_update", "set_aside"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["hit_notice", "envelope", "covenant_update", "set_aside", "covenant_timestamp"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 

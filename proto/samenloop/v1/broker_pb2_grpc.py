@@ -51,6 +51,11 @@ class BrokerStub:
                 request_serializer=samenloop_dot_v1_dot_broker__pb2.PublishCovenantRequest.SerializeToString,
                 response_deserializer=samenloop_dot_v1_dot_broker__pb2.PublishCovenantResponse.FromString,
                 _registered_method=True)
+        self.PublishTimestamp = channel.unary_unary(
+                '/samenloop.v1.Broker/PublishTimestamp',
+                request_serializer=samenloop_dot_v1_dot_broker__pb2.PublishTimestampRequest.SerializeToString,
+                response_deserializer=samenloop_dot_v1_dot_broker__pb2.PublishTimestampResponse.FromString,
+                _registered_method=True)
         self.Evaluate = channel.unary_unary(
                 '/samenloop.v1.Broker/Evaluate',
                 request_serializer=samenloop_dot_v1_dot_broker__pb2.EvaluateRequest.SerializeToString,
@@ -121,6 +126,17 @@ class BrokerServicer:
         mailbox and at once cuts off parties that the new version removes:
         their streams are closed, their mailboxes closed, their tokens no longer
         counted in hits. Authority comes from the signatures, not the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishTimestamp(self, request, context):
+        """Publishes a covenant timestamp (administrators, or their timestamp job).
+        The broker accepts it only for the version it holds, signed with that
+        version's timestamp key, over that version's bytes and not expired; it
+        keeps the newest durably, hands it out in Hello and GetCovenant and puts
+        it in every party's mailbox. It cannot make one itself.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -211,6 +227,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.PublishCovenant,
                     request_deserializer=samenloop_dot_v1_dot_broker__pb2.PublishCovenantRequest.FromString,
                     response_serializer=samenloop_dot_v1_dot_broker__pb2.PublishCovenantResponse.SerializeToString,
+            ),
+            'PublishTimestamp': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishTimestamp,
+                    request_deserializer=samenloop_dot_v1_dot_broker__pb2.PublishTimestampRequest.FromString,
+                    response_serializer=samenloop_dot_v1_dot_broker__pb2.PublishTimestampResponse.SerializeToString,
             ),
             'Evaluate': grpc.unary_unary_rpc_method_handler(
                     servicer.Evaluate,
@@ -336,6 +357,33 @@ class Broker:
             '/samenloop.v1.Broker/PublishCovenant',
             samenloop_dot_v1_dot_broker__pb2.PublishCovenantRequest.SerializeToString,
             samenloop_dot_v1_dot_broker__pb2.PublishCovenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishTimestamp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/samenloop.v1.Broker/PublishTimestamp',
+            samenloop_dot_v1_dot_broker__pb2.PublishTimestampRequest.SerializeToString,
+            samenloop_dot_v1_dot_broker__pb2.PublishTimestampResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,13 @@ class BrokerStub:
     their streams are closed, their mailboxes closed, their tokens no longer
     counted in hits. Authority comes from the signatures, not the caller.
     """
+    PublishTimestamp: _grpc.UnaryUnaryMultiCallable[_broker_pb2.PublishTimestampRequest, _broker_pb2.PublishTimestampResponse]
+    """Publishes a covenant timestamp (administrators, or their timestamp job).
+    The broker accepts it only for the version it holds, signed with that
+    version's timestamp key, over that version's bytes and not expired; it
+    keeps the newest durably, hands it out in Hello and GetCovenant and puts
+    it in every party's mailbox. It cannot make one itself.
+    """
     Evaluate: _grpc.UnaryUnaryMultiCallable[_broker_pb2.EvaluateRequest, _broker_pb2.EvaluateResponse]
     """Relays one evaluation's signed OPRF requests (one per holder of the
     responding set) to the key holders and returns their signed responses.
@@ -127,6 +134,13 @@ class BrokerAsyncStub(BrokerStub):
     mailbox and at once cuts off parties that the new version removes:
     their streams are closed, their mailboxes closed, their tokens no longer
     counted in hits. Authority comes from the signatures, not the caller.
+    """
+    PublishTimestamp: _aio.UnaryUnaryMultiCallable[_broker_pb2.PublishTimestampRequest, _broker_pb2.PublishTimestampResponse]  # type: ignore[assignment]
+    """Publishes a covenant timestamp (administrators, or their timestamp job).
+    The broker accepts it only for the version it holds, signed with that
+    version's timestamp key, over that version's bytes and not expired; it
+    keeps the newest durably, hands it out in Hello and GetCovenant and puts
+    it in every party's mailbox. It cannot make one itself.
     """
     Evaluate: _aio.UnaryUnaryMultiCallable[_broker_pb2.EvaluateRequest, _broker_pb2.EvaluateResponse]  # type: ignore[assignment]
     """Relays one evaluation's signed OPRF requests (one per holder of the
@@ -201,6 +215,19 @@ class BrokerServicer(metaclass=_abc_1.ABCMeta):
         mailbox and at once cuts off parties that the new version removes:
         their streams are closed, their mailboxes closed, their tokens no longer
         counted in hits. Authority comes from the signatures, not the caller.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishTimestamp(
+        self,
+        request: _broker_pb2.PublishTimestampRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_broker_pb2.PublishTimestampResponse, _abc.Awaitable[_broker_pb2.PublishTimestampResponse]]:
+        """Publishes a covenant timestamp (administrators, or their timestamp job).
+        The broker accepts it only for the version it holds, signed with that
+        version's timestamp key, over that version's bytes and not expired; it
+        keeps the newest durably, hands it out in Hello and GetCovenant and puts
+        it in every party's mailbox. It cannot make one itself.
         """
 
     @_abc_1.abstractmethod

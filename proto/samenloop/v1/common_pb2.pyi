@@ -345,6 +345,8 @@ class Signed(_message.Message):
       "picture-contribution" -> PictureContribution, the contributing node
       "case-message"         -> CaseMessage, the author's node
       "key-epoch"            -> KeyEpoch, the administrator who dealt it
+      "covenant-timestamp"   -> CovenantTimestamp, the covenant's timestamp key
+                                (signer "timestamp")
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -578,6 +580,65 @@ class SignedCovenant(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignedCovenant: _TypeAlias = SignedCovenant  # noqa: Y015
+
+@_typing.final
+class CovenantTimestamp(_message.Message):
+    """A short-lived statement that a covenant version is the current one, as
+    TUF's timestamp role makes it (context "covenant-timestamp", signer
+    "timestamp", signed with the key that the covenant's [signing] section
+    names as timestamp_ed25519, held by an administrator or a job of theirs,
+    never by the broker's operator). Issued again before the last one expires
+    (e.g. hourly from cron) and relayed by the broker, which cannot make one: a
+    node that holds no unexpired timestamp for the version it holds is stale
+    and stops sealing and releasing until one arrives, so a broker that
+    withholds a new version keeps nodes on the old one for at most the
+    freshness period after the last timestamp it passed on. A timestamp that
+    names a version newer than the one a node holds makes the node fetch that
+    version (GetCovenant) and verify it; only then is the timestamp checked,
+    against the new version's timestamp key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COVENANT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    COVENANT_SHA256_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    covenant_id: _builtins.str
+    """Id of the covenant."""
+    version: _builtins.int
+    """The covenant version that is current."""
+    covenant_sha256: _builtins.bytes
+    """SHA-256 (32 bytes) of that version's canonical bytes (SignedCovenant.body)."""
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """When the timestamp was issued; at most LIMITS_MAX_CLOCK_SKEW_SECONDS in
+        the receiver's future.
+        """
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When it stops vouching for the version: after issued_at, and at most the
+        version's freshness period (signing.freshness_seconds) after it.
+        """
+
+    def __init__(
+        self,
+        *,
+        covenant_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        covenant_sha256: _builtins.bytes = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_at", b"issued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["covenant_id", b"covenant_id", "covenant_sha256", b"covenant_sha256", "expires_at", b"expires_at", "issued_at", b"issued_at", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CovenantTimestamp: _TypeAlias = CovenantTimestamp  # noqa: Y015
 
 @_typing.final
 class AuditCheckpoint(_message.Message):

@@ -72,6 +72,11 @@ class _DisclosureRefusalReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrappe
     """The requester's covenant version differs from the owner's in a way that
     prevents a decision; the requester should retry after both caught up.
     """
+    DISCLOSURE_REFUSAL_REASON_COVENANT_STALE: _DisclosureRefusalReason.ValueType  # 10
+    """The owner holds no unexpired covenant timestamp for its covenant version
+    (it cannot tell that the membership is current), so it releases nothing
+    now; the requester may ask again once the owner is fresh.
+    """
 
 class DisclosureRefusalReason(_DisclosureRefusalReason, metaclass=_DisclosureRefusalReasonEnumTypeWrapper):
     """Why an owner refused a disclosure request."""
@@ -104,6 +109,11 @@ DISCLOSURE_REFUSAL_REASON_REPLAY: DisclosureRefusalReason.ValueType  # 8
 DISCLOSURE_REFUSAL_REASON_COVENANT_MISMATCH: DisclosureRefusalReason.ValueType  # 9
 """The requester's covenant version differs from the owner's in a way that
 prevents a decision; the requester should retry after both caught up.
+"""
+DISCLOSURE_REFUSAL_REASON_COVENANT_STALE: DisclosureRefusalReason.ValueType  # 10
+"""The owner holds no unexpired covenant timestamp for its covenant version
+(it cannot tell that the membership is current), so it releases nothing
+now; the requester may ask again once the owner is fresh.
 """
 Global___DisclosureRefusalReason: _TypeAlias = DisclosureRefusalReason  # noqa: Y015
 

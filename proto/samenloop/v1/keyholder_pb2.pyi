@@ -82,6 +82,12 @@ class _EvaluationRefusalReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrappe
     """The signed body is not a well-formed EvaluationRequest (for example a
     request_id that is not 16 bytes).
     """
+    EVALUATION_REFUSAL_REASON_COVENANT_STALE: _EvaluationRefusalReason.ValueType  # 10
+    """The holder holds no unexpired covenant timestamp for its covenant version,
+    so it cannot tell that the requester is still a party (a version that
+    removed it may be withheld by the broker); ask the other holders, or again
+    once this one is fresh.
+    """
 
 class EvaluationRefusalReason(_EvaluationRefusalReason, metaclass=_EvaluationRefusalReasonEnumTypeWrapper):
     """Why a holder did not evaluate."""
@@ -111,6 +117,12 @@ there are too many of them.
 EVALUATION_REFUSAL_REASON_MALFORMED_REQUEST: EvaluationRefusalReason.ValueType  # 9
 """The signed body is not a well-formed EvaluationRequest (for example a
 request_id that is not 16 bytes).
+"""
+EVALUATION_REFUSAL_REASON_COVENANT_STALE: EvaluationRefusalReason.ValueType  # 10
+"""The holder holds no unexpired covenant timestamp for its covenant version,
+so it cannot tell that the requester is still a party (a version that
+removed it may be withheld by the broker); ask the other holders, or again
+once this one is fresh.
 """
 Global___EvaluationRefusalReason: _TypeAlias = EvaluationRefusalReason  # noqa: Y015
 

@@ -2391,6 +2391,7 @@ class GetStatusResponse(_message.Message):
     MAILBOX_ACKED_CURSOR_FIELD_NUMBER: _builtins.int
     PENDING_APPROVALS_FIELD_NUMBER: _builtins.int
     KEY_HOLDER_FIELD_NUMBER: _builtins.int
+    COVENANT_FRESHNESS_FIELD_NUMBER: _builtins.int
     party: _builtins.str
     """This node's party id."""
     software_version: _builtins.str
@@ -2431,6 +2432,10 @@ class GetStatusResponse(_message.Message):
     def key_holder(self) -> Global___KeyHolderStatus:
         """Present if this node is a key holder."""
 
+    @_builtins.property
+    def covenant_freshness(self) -> Global___CovenantFreshness:
+        """Whether the covenant held is confirmed current by a covenant timestamp."""
+
     def __init__(
         self,
         *,
@@ -2450,11 +2455,48 @@ class GetStatusResponse(_message.Message):
         mailbox_acked_cursor: _builtins.int = ...,
         pending_approvals: _builtins.int = ...,
         key_holder: Global___KeyHolderStatus | None = ...,
+        covenant_freshness: Global___CovenantFreshness | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["covenant_valid_until", b"covenant_valid_until", "key_holder", b"key_holder", "last_connected", b"last_connected"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["covenant_freshness", b"covenant_freshness", "covenant_valid_until", b"covenant_valid_until", "key_holder", b"key_holder", "last_connected", b"last_connected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_signals", b"active_signals", "broker_address", b"broker_address", "broker_connection", b"broker_connection", "covenant_id", b"covenant_id", "covenant_valid_until", b"covenant_valid_until", "covenant_version", b"covenant_version", "key_epoch", b"key_epoch", "key_holder", b"key_holder", "last_connected", b"last_connected", "last_error", b"last_error", "mailbox_acked_cursor", b"mailbox_acked_cursor", "open_hits", b"open_hits", "outbox_pending", b"outbox_pending", "party", b"party", "pending_approvals", b"pending_approvals", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_signals", b"active_signals", "broker_address", b"broker_address", "broker_connection", b"broker_connection", "covenant_freshness", b"covenant_freshness", "covenant_id", b"covenant_id", "covenant_valid_until", b"covenant_valid_until", "covenant_version", b"covenant_version", "key_epoch", b"key_epoch", "key_holder", b"key_holder", "last_connected", b"last_connected", "last_error", b"last_error", "mailbox_acked_cursor", b"mailbox_acked_cursor", "open_hits", b"open_hits", "outbox_pending", b"outbox_pending", "party", b"party", "pending_approvals", b"pending_approvals", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
+
+@_typing.final
+class CovenantFreshness(_message.Message):
+    """Whether a node holds an unexpired covenant timestamp for the covenant
+    version it holds. While it does not (stale), it seals and releases
+    nothing new: no token entries, no granted disclosures, no case messages,
+    picture contributions or requests; signals are still accepted and wait.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRESH_FIELD_NUMBER: _builtins.int
+    FRESH_UNTIL_FIELD_NUMBER: _builtins.int
+    STALE_REASON_FIELD_NUMBER: _builtins.int
+    fresh: _builtins.bool
+    """True while an unexpired timestamp vouches for the version held."""
+    stale_reason: _builtins.str
+    """Why the node is stale, for people; empty while fresh."""
+    @_builtins.property
+    def fresh_until(self) -> _timestamp_pb2.Timestamp:
+        """When the newest timestamp held for that version expires (absent if none)."""
+
+    def __init__(
+        self,
+        *,
+        fresh: _builtins.bool = ...,
+        fresh_until: _timestamp_pb2.Timestamp | None = ...,
+        stale_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fresh_until", b"fresh_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fresh", b"fresh", "fresh_until", b"fresh_until", "stale_reason", b"stale_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CovenantFreshness: _TypeAlias = CovenantFreshness  # noqa: Y015

@@ -175,6 +175,10 @@ class _PictureRefusalReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     """The request asks for dimensions or measures the covenant does not allow."""
     PICTURE_REFUSAL_REASON_REPLAY: _PictureRefusalReason.ValueType  # 4
     """The request id was seen before."""
+    PICTURE_REFUSAL_REASON_COVENANT_STALE: _PictureRefusalReason.ValueType  # 5
+    """The contributor holds no unexpired covenant timestamp for its covenant
+    version, so it contributes nothing now; ask again once it is fresh.
+    """
 
 class PictureRefusalReason(_PictureRefusalReason, metaclass=_PictureRefusalReasonEnumTypeWrapper):
     """Why a node did not contribute."""
@@ -189,6 +193,10 @@ PICTURE_REFUSAL_REASON_INVALID_REQUEST: PictureRefusalReason.ValueType  # 3
 """The request asks for dimensions or measures the covenant does not allow."""
 PICTURE_REFUSAL_REASON_REPLAY: PictureRefusalReason.ValueType  # 4
 """The request id was seen before."""
+PICTURE_REFUSAL_REASON_COVENANT_STALE: PictureRefusalReason.ValueType  # 5
+"""The contributor holds no unexpired covenant timestamp for its covenant
+version, so it contributes nothing now; ask again once it is fresh.
+"""
 Global___PictureRefusalReason: _TypeAlias = PictureRefusalReason  # noqa: Y015
 
 @_typing.final
