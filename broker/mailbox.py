@@ -104,13 +104,6 @@ MAX_COVENANT_ITEM_BYTES: int = _delimited_bytes(trust.MAX_COVENANT_BYTES) + (
     trust.MAX_SIGNATURES
     * _delimited_bytes(_delimited_bytes(MAX_PARTY_ID_BYTES) + _delimited_bytes(SIGNATURE_BYTES))
 )
-#: Each kind's payload message: what its stored bytes must parse as.
-_PAYLOAD_TYPES: dict[str, type[ProtoMessage]] = {
-    "hit_notice": common_pb2.Signed,
-    "envelope": broker_pb2.RelayedEnvelope,
-    "covenant_update": common_pb2.SignedCovenant,
-    "set_aside": broker_pb2.SetAsideItem,
-}
 
 
 class ItemKind(enum.Enum):
@@ -122,6 +115,17 @@ class ItemKind(enum.Enum):
     COVENANT_TIMESTAMP = "covenant_timestamp"
     #: The marker that takes the place of an item set aside (``SetAsideItem``).
     SET_ASIDE = "set_aside"
+
+
+#: Each kind's payload message: what its stored bytes must parse as (``MailboxItem``'s
+#: field of that name). Every kind has one: ``parses`` looks each fetched item up here.
+PAYLOAD_TYPES: dict[ItemKind, type[ProtoMessage]] = {
+    ItemKind.HIT_NOTICE: common_pb2.Signed,
+    ItemKind.ENVELOPE: broker_pb2.RelayedEnvelope,
+    ItemKind.COVENANT_UPDATE: common_pb2.SignedCovenant,
+    ItemKind.COVENANT_TIMESTAMP: common_pb2.Signed,
+    ItemKind.SET_ASIDE: broker_pb2.SetAsideItem,
+}
 
 
 class SetAside(enum.Enum):
@@ -258,7 +262,7 @@ def parses(kind: ItemKind, payload: bytes) -> bool:
     """Whether an item's stored bytes parse as its kind's message (the payload field of
     ``MailboxItem`` that carries it): one that does not cannot be delivered, and is set
     aside like an item too large for any message."""
-    message = _PAYLOAD_TYPES[kind.value]()
+    message = PAYLOAD_TYPES[kind]()
     try:
         message.ParseFromString(payload)
     except DecodeError:

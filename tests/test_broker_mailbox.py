@@ -284,9 +284,18 @@ def test_stored_bytes_that_do_not_parse_as_their_kind_are_told_apart(kind):
         mailbox.ItemKind.HIT_NOTICE: common_pb2.Signed(body=b"b", signer="broker"),
         mailbox.ItemKind.ENVELOPE: broker_pb2.RelayedEnvelope(client_message_id=b"i" * 16),
         mailbox.ItemKind.COVENANT_UPDATE: common_pb2.SignedCovenant(body=b"[x]"),
+        mailbox.ItemKind.COVENANT_TIMESTAMP: common_pb2.Signed(body=b"t", signer="tijd"),
         mailbox.ItemKind.SET_ASIDE: broker_pb2.SetAsideItem(kind="envelope", size_bytes=9),
     }[kind].SerializeToString()
     assert mailbox.parses(kind, good)
     assert mailbox.parses(kind, b"")  # an empty message is a message
     assert not mailbox.parses(kind, b"\xff\xff\xff\xff")  # a tag of field 0 with junk
     assert not mailbox.parses(kind, good[:-1] if len(good) > 2 else b"\x0a\x05ab")  # cut short
+
+
+@pytest.mark.parametrize("kind", list(mailbox.ItemKind), ids=[k.value for k in mailbox.ItemKind])
+def test_every_kind_is_parsed_as_the_mailbox_item_field_of_its_name(kind):
+    """A kind added to the store but not to ``PAYLOAD_TYPES`` failed every fetch of every
+    mailbox it reached (a KeyError, internal error): each kind names its field's type."""
+    field = broker_pb2.MailboxItem.DESCRIPTOR.fields_by_name[kind.value]
+    assert mailbox.PAYLOAD_TYPES[kind].DESCRIPTOR is field.message_type

@@ -42,6 +42,8 @@ from samenloop.policies.policy import (
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(1, 33))
+# The timestamp role's key: none of the signers' keys.
+KEY_T = bytes(range(2, 34))
 
 TOKEN = "must be 1-64 characters: a-z, 0-9, '_', '.', '-' (starting with a letter or digit)"
 ROLES = (
@@ -175,22 +177,26 @@ REFUSALS: list[tuple[Callable[[], object], str, str]] = [
     (lambda: _signer(key=bytes(33)), "ed25519", "must be 32 bytes"),
     (lambda: _signer(key="k" * 32), "ed25519", "must be 32 bytes"),  # type: ignore[arg-type]
     # Signing
-    (lambda: Signing(1, [_signer()]), "signers", "must be a list"),  # type: ignore[arg-type]
-    (lambda: Signing(1, ()), "signers", "list at least one signer"),
-    (lambda: Signing(1, ("beheer-a",)), "signers[0]", "must be a signer"),  # type: ignore[arg-type]
+    (lambda: Signing(1, [_signer()], KEY_T), "signers", "must be a list"),  # type: ignore[arg-type]
+    (lambda: Signing(1, (), KEY_T), "signers", "list at least one signer"),
+    (lambda: Signing(1, ("beheer-a",), KEY_T), "signers[0]", "must be a signer"),  # type: ignore[arg-type]
     (
-        lambda: Signing(1, (_signer(), _signer(key=KEY_B))),
+        lambda: Signing(1, (_signer(), _signer(key=KEY_B)), KEY_T),
         "signers[1].id",
         "duplicate signer id 'beheer-a'",
     ),
     (
-        lambda: Signing(1, (_signer(), _signer("beheer-b"))),
+        lambda: Signing(1, (_signer(), _signer("beheer-b")), KEY_T),
         "signers[1].ed25519",
         "same key as another signer: every signer needs its own key",
     ),
-    (lambda: Signing(0, (_signer(),)), "threshold", "must be 1..1"),
-    (lambda: Signing(3, (_signer(), _signer("beheer-b", KEY_B))), "threshold", "must be 1..2"),
-    (lambda: Signing(True, (_signer(),)), "threshold", "must be an integer"),
+    (lambda: Signing(0, (_signer(),), KEY_T), "threshold", "must be 1..1"),
+    (
+        lambda: Signing(3, (_signer(), _signer("beheer-b", KEY_B)), KEY_T),
+        "threshold",
+        "must be 1..2",
+    ),
+    (lambda: Signing(True, (_signer(),), KEY_T), "threshold", "must be an integer"),
     # Purpose
     (lambda: Purpose("Bibob", "Bibob screening"), "id", TOKEN),
     (lambda: Purpose("bibob", ""), "description", NON_EMPTY),
@@ -430,7 +436,9 @@ def test_every_check_names_its_field_and_says_why(
 @pytest.mark.parametrize(
     "build",
     [
-        pytest.param(lambda: Signing(2, (_signer(), _signer("beheer-b", KEY_B))), id="t-equals-n"),
+        pytest.param(
+            lambda: Signing(2, (_signer(), _signer("beheer-b", KEY_B)), KEY_T), id="t-equals-n"
+        ),
         pytest.param(lambda: Matching(1000, ("bsn",)), id="min-parties-1000"),
         pytest.param(lambda: _release(category=ANY_CATEGORY), id="any-category"),
         pytest.param(
@@ -490,7 +498,7 @@ def test_levels_are_ordered() -> None:
 
 def test_signing_finds_signers_by_id() -> None:
     a, b = _signer(), _signer("beheer-b", KEY_B, "Beheer B")
-    signing = Signing(2, (a, b))
+    signing = Signing(2, (a, b), KEY_T)
     assert signing.signer("beheer-b") is b
     assert signing.signer("beheer-a") is a
     assert signing.signer("beheer-c") is None
