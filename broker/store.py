@@ -1151,43 +1151,38 @@ class BrokerStore(audit_store.AuditLog):
     def usage(self, party: str) -> Usage:
         """A party's quota counts: its last counted UTC day, what it submitted then, what it
         holds (zeros for a party never seen)."""
-        _check_party(party)
-        with self._read() as conn:
-            party_id = self._party(conn, party)
-            row = (
-                None
-                if party_id is None
-                else conn.execute(
-                    select(
-                        PartyUsage.day,
-                        PartyUsage.submitted,
-                        PartyUsage.held,
-                        PartyUsage.notice_bytes,
-                    ).where(PartyUsage.party_id == party_id)
-                ).one_or_none()
-            )
+        row = self._usage_row(
+            party,
+            PartyUsage.party_id,
+            (PartyUsage.day, PartyUsage.submitted, PartyUsage.held, PartyUsage.notice_bytes),
+        )
         return Usage() if row is None else Usage(*row)
 
     def envelope_usage(self, party: str) -> EnvelopeUsage:
         """A party's envelope quota counts: its last counted UTC day, the envelopes and bytes
         it sent then, the envelope bytes waiting in its mailbox (zeros for a party never
         seen)."""
+        row = self._usage_row(
+            party,
+            PartyEnvelopeUsage.party_id,
+            (
+                PartyEnvelopeUsage.day,
+                PartyEnvelopeUsage.sent,
+                PartyEnvelopeUsage.sent_bytes,
+                PartyEnvelopeUsage.waiting_bytes,
+            ),
+        )
+        return EnvelopeUsage() if row is None else EnvelopeUsage(*row)
+
+    def _usage_row(self, party: str, key: Any, columns: tuple[Any, ...]) -> Sequence[Any] | None:
+        """A party's row of a usage table (``key`` its party column), or None for a party
+        never seen or never counted there."""
         _check_party(party)
         with self._read() as conn:
             party_id = self._party(conn, party)
-            row = (
-                None
-                if party_id is None
-                else conn.execute(
-                    select(
-                        PartyEnvelopeUsage.day,
-                        PartyEnvelopeUsage.sent,
-                        PartyEnvelopeUsage.sent_bytes,
-                        PartyEnvelopeUsage.waiting_bytes,
-                    ).where(PartyEnvelopeUsage.party_id == party_id)
-                ).one_or_none()
-            )
-        return EnvelopeUsage() if row is None else EnvelopeUsage(*row)
+            if party_id is None:
+                return None
+            return conn.execute(select(*columns).where(key == party_id)).one_or_none()
 
     def mailbox_state(self, party: str) -> MailboxState:
         """A party's head and acknowledged cursors (zeros for a party never seen)."""

@@ -211,22 +211,51 @@ class Daemons:
         )
 
 
+#: Migrated empty databases of this test session, by kind ("broker", "node"): copied in
+#: place of running the migrations again (see :func:`migrate`).
+_MIGRATED: dict[str, bytes] = {}
+
+
+def _databases(provisioned: Provisioned) -> list[tuple[str, Path, Path]]:
+    """Each database of a provisioned covenant: its kind, configuration and file."""
+    return [
+        ("broker", provisioned.broker_config, provisioned.root / "broker" / "data" / "broker.db"),
+        *(
+            ("node", path, provisioned.party_dir(party) / "data" / "node.db")
+            for party, path in provisioned.node_configs.items()
+        ),
+    ]
+
+
 def migrate(provisioned: Provisioned) -> None:
-    """Migrate the broker's and every node's database with the CLI, in parallel."""
+    """Migrate the broker's and every node's database.
+
+    The first covenant of a test session runs ``samenloop broker migrate`` and ``samenloop
+    node migrate`` (in parallel); later ones get a copy of the databases those made, since
+    a migrated database holds the schema and nothing of a party's own. That saves six
+    process starts per covenant; the migrations themselves stay tested (here once, and up
+    and down in ``test_*_store.py``)."""
+    databases = _databases(provisioned)
+    if all(kind in _MIGRATED for kind, _, _ in databases):
+        for kind, _, path in databases:
+            assert not path.exists(), f"{path} exists before the migration"
+            path.write_bytes(_MIGRATED[kind])
+            path.chmod(0o600)
+        return
     migrations = [
         subprocess.Popen(
-            cli_command(kind, "migrate", "--config", str(path)),
+            cli_command(kind, "migrate", "--config", str(config)),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        for kind, path in [
-            ("broker", provisioned.broker_config),
-            *(("node", p) for p in provisioned.node_configs.values()),
-        ]
+        for kind, config, _ in databases
     ]
     for migration in migrations:
         output, _ = migration.communicate(timeout=60)
         assert migration.returncode == 0, output.decode(errors="replace")
+    for kind, _, path in databases:
+        if not Path(f"{path}-wal").exists():  # every change is in the file itself
+            _MIGRATED.setdefault(kind, path.read_bytes())
 
 
 @contextlib.contextmanager

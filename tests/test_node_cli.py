@@ -7,6 +7,7 @@ The commands run through ``samenloop.policies.cli.main``, with the ``signal`` an
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -671,3 +672,28 @@ def test_node_status_needs_to_know_where_the_node_is(
     code, _, err = run(capsys, "node", "status")
     assert code == 2
     assert "--node" in err
+
+
+ROLES = sorted(entry.name for entry in metadata.entry_points(group="samenloop.commands"))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_a_command_loads_only_the_role_that_registers_it(role: str) -> None:
+    """``samenloop node serve`` loads the node's commands, not the broker's: each role
+    registers the one command its entry point is named after."""
+    parser = cli.build_parser(role)
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(commands.choices) == [role]
+
+
+def test_help_and_an_unknown_command_load_every_role(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for word in (None, "--help", "nod"):
+        parser = cli.build_parser(word)
+        (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        assert sorted(commands.choices) == ROLES
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["nod"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'nod'" in capsys.readouterr().err
