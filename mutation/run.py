@@ -85,7 +85,7 @@ pytest_add_cli_args = ["-p", "no:cacheprovider"]
 also_copy = ["docs"]
 process_isolation = "forkserver"
 use_git_change_detection = false
-timeout_multiplier = 5.0
+timeout_multiplier = 30.0
 """
 
 

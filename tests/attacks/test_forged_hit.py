@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -224,6 +225,31 @@ def send_as(run: CovenantRun, party: str, envelope: disclosure.Envelope) -> None
 # --- the attacks ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class NoHit:
+    """A police signal (with details) and a RIEC signal, of different subjects, in no hit."""
+
+    details: dict[str, str]
+    target: bytes
+    riec_ref: bytes
+
+
+def signals_in_no_hit(run: CovenantRun, tag: str) -> NoHit:
+    """The police and the RIEC each add a signal of its own subject; wait until the
+    police's token is at the broker, where the operator takes its ref."""
+    details = secret_details(tag)
+    run.add_signal(POLITIE, f"P-{tag}", "drugsproductie", [kvk()], details=details)
+    run.add_signal(RIEC, f"R-{tag}", "leegstand", [kvk()])
+    target = own_ref(run, POLITIE, f"P-{tag}")  # only to know which ref the operator takes
+    riec_ref = own_ref(run, RIEC, f"R-{tag}")
+    run.until(
+        "the police's token at the broker",
+        WAIT_SECONDS,
+        lambda: target in refs_in_no_hit(run, POLITIE),
+    )
+    return NoHit(details, target, riec_ref)
+
+
 def test_a_forged_notice_for_a_signal_in_no_hit_releases_nothing(
     covenant_run: CovenantRun, broker_store: BrokerStore
 ) -> None:
@@ -232,16 +258,8 @@ def test_a_forged_notice_for_a_signal_in_no_hit_releases_nothing(
     the RIEC asks for its details: the police's node finds no such hit in its own records
     and the RIEC's proof (made with the key of its own, other subject) fails."""
     run = covenant_run
-    details = secret_details("no-hit")
-    run.add_signal(POLITIE, "P-NOHIT", "drugsproductie", [kvk()], details=details)
-    run.add_signal(RIEC, "R-NOHIT", "leegstand", [kvk()])
-    target = own_ref(run, POLITIE, "P-NOHIT")  # only to know which ref the operator takes
-    riec_ref = own_ref(run, RIEC, "R-NOHIT")
-    run.until(
-        "the police's token at the broker",
-        WAIT_SECONDS,
-        lambda: target in refs_in_no_hit(run, POLITIE),
-    )
+    signals = signals_in_no_hit(run, "NOHIT")
+    details, target, riec_ref = signals.details, signals.target, signals.riec_ref
     group = os.urandom(16)
     deliver(
         run,
@@ -265,16 +283,8 @@ def test_forging_the_owners_notice_as_well_does_not_prove_the_hit(
     listing its ref, so that the police's own records show the hit: the hit proof still
     fails, for the RIEC holds no identifier of the police's subject."""
     run = covenant_run
-    details = secret_details("both-forged")
-    run.add_signal(POLITIE, "P-BOTH", "drugsproductie", [kvk()], details=details)
-    run.add_signal(RIEC, "R-BOTH", "leegstand", [kvk()])
-    target = own_ref(run, POLITIE, "P-BOTH")
-    riec_ref = own_ref(run, RIEC, "R-BOTH")
-    run.until(
-        "the police's token at the broker",
-        WAIT_SECONDS,
-        lambda: target in refs_in_no_hit(run, POLITIE),
-    )
+    signals = signals_in_no_hit(run, "BOTH")
+    details, target, riec_ref = signals.details, signals.target, signals.riec_ref
     group = os.urandom(16)
     deliver(
         run,
