@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import numpy as np
@@ -74,6 +74,8 @@ class AreaMap:
     areas: tuple[MapArea, ...]
     width: float
     height: float
+    #: The file's own name for itself (a FeatureCollection's ``name``), shown as the source.
+    name: str = ""
 
     def by_value(self) -> Mapping[str, MapArea]:
         return {a.value: a for a in self.areas}
@@ -151,12 +153,12 @@ def read_areas(data: bytes) -> AreaMap:
         raise _fail(f"not JSON ({error})", "areas") from None
     if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection":
         raise _fail("must be a GeoJSON FeatureCollection", "type")
+    rd = _crs(doc)
     features = doc.get("features")
     if not isinstance(features, list) or not features:
         raise _fail("must list at least one feature", "features")
     if len(features) > MAX_AREAS:
         raise _fail(f"at most {MAX_AREAS} areas", "features")
-    rd = _crs(doc)
     values: list[tuple[str, str]] = []
     shapes: list[BaseGeometry] = []
     seen: set[str] = set()
@@ -176,7 +178,8 @@ def read_areas(data: bytes) -> AreaMap:
     geometries = np.array(shapes, dtype=object)
     if not rd:
         geometries = shapely.transform(geometries, _to_rd())
-    return _fit(values, geometries)
+    name = doc.get("name")
+    return replace(_fit(values, geometries), name=name[:200] if isinstance(name, str) else "")
 
 
 def _to_rd() -> Callable[[NDArray[np.float64]], NDArray[np.float64]]:

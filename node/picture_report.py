@@ -49,7 +49,7 @@ __all__ = [
 #: A cell withheld because it is too small (primary suppression).
 SUPPRESSED_MARK = "•"
 #: A cell withheld, although large enough itself, to protect a small one.
-PROTECTED_MARK = "◦"
+PROTECTED_MARK = "\u25cb"  # a white circle
 #: Prefix of a noisy figure; its tooltip gives the noise scale.
 NOISY_MARK = "≈"
 _LOCALE = "nl_NL"
@@ -373,9 +373,9 @@ def _nice_ceiling(value: int) -> int:
 
 def _trend_svg(tables: Sequence[ReleasedTable], months: Sequence[str]) -> str:
     """One panel per measure, each on its own scale; the measure's name above its panel
-    (outside the plot), the months along the bottom, the count up the side. Hidden
-    months are gaps with their mark on the axis."""
-    width, left, right, panel_h, gap, top_pad, bottom_pad = 640, 56, 16, 120, 34, 22, 40
+    (outside the plot), the months along the bottom, the count up the side. A hidden
+    month is a shaded gap with its mark under the axis, where no value can be."""
+    width, left, right, panel_h, gap, top_pad, bottom_pad = 640, 56, 16, 120, 40, 22, 52
     height = top_pad + len(tables) * (panel_h + gap) - gap + bottom_pad
     step = (width - left - right) / max(len(months) - 1, 1)
     every = max(1, math.ceil(len(months) / 12))
@@ -422,10 +422,13 @@ def _trend_svg(tables: Sequence[ReleasedTable], months: Sequence[str]) -> str:
             if _hidden(cell) or cell.count is None:
                 segment = []
                 segments.append(segment)
+                band = min(step * 0.6, 28.0)
                 parts.append(
-                    f'<text x="{x(i):.1f}" y="{base - 4}" text-anchor="middle" fill="{colour}">'
-                    f"{_mark(cell)}<title>{_e(month_name(months[i]))}: "
-                    f"{_e(_why(cell, table.min_count))}</title></text>"
+                    f'<rect x="{x(i) - band / 2:.1f}" y="{y0}" width="{band:.1f}" '
+                    f'height="{panel_h}" class="hidden-month"/>'
+                    f'<text x="{x(i):.1f}" y="{base + 15:.1f}" text-anchor="middle" '
+                    f'class="mark" fill="{colour}">{_mark(cell)}<title>'
+                    f"{_e(month_name(months[i]))}: {_e(_why(cell, table.min_count))}</title></text>"
                 )
                 continue
             segment.append(f"{x(i):.1f},{y(cell.count):.1f}")
@@ -445,14 +448,20 @@ def _trend_svg(tables: Sequence[ReleasedTable], months: Sequence[str]) -> str:
             continue
         with_year = i == 0 or m.endswith("-01")
         parts.append(
-            f'<text x="{x(i):.1f}" y="{last_base + 16}" text-anchor="middle">'
+            f'<text x="{x(i):.1f}" y="{last_base + 30}" text-anchor="middle">'
             f"{_e(_month_short(m, with_year=with_year))}</text>"
         )
     parts.append(
         f'<text x="{left + (width - left - right) / 2:.0f}" y="{height - 6}" '
         'text-anchor="middle" class="axis-title">maand</text></svg>'
     )
-    return f'<div class="scroll">{"".join(parts)}</div>'
+    shown = f'<div class="scroll">{"".join(parts)}</div>'
+    if any(_hidden(t.cell((m,))) for t in tables for m in months):
+        shown += (
+            f'<p class="legend">Grijze band: maand niet getoond ({SUPPRESSED_MARK} te weinig, '
+            f"{PROTECTED_MARK} afgeschermd); de lijn is daar onderbroken.</p>"
+        )
+    return shown
 
 
 # --- the map ---------------------------------------------------------------------------------
@@ -463,25 +472,25 @@ _ZERO_COLOUR = "#f2f2f2"
 
 
 def _classes(counts: Sequence[int]) -> list[tuple[int, int]]:
-    """Up to five classes (low, high) of the shown positive counts, by quantile."""
-    values = sorted({c for c in counts if c > 0})
-    if not values:
+    """Five classes (low, high) of equal width from 1 to a round number at or above the
+    largest shown count, so that a colour means the same range whatever the spread;
+    classes above the largest count are left out."""
+    peak = max((c for c in counts if c > 0), default=0)
+    if not peak:
         return []
-    k = min(len(_CLASS_COLOURS), len(values))
-    highs = sorted({values[math.ceil((i + 1) * len(values) / k) - 1] for i in range(k)})
-    classes, low = [], 1
-    for high in highs:
-        classes.append((low, high))
-        low = high + 1
-    return classes
+    k = len(_CLASS_COLOURS)
+    width = max(1, _nice_ceiling(math.ceil(peak / k)))
+    classes = [(i * width + 1, (i + 1) * width) for i in range(k)]
+    return [(low, high) for low, high in classes if low <= peak]
 
 
 def _map_label(area: MapArea, figure: str, ink: str, *, css: str = "figure") -> str:
     """The area's code (without its kind) over its figure, at a point inside it."""
     code = area.value.partition(":")[2] or area.value
+    halo = " halo" if "halo" in css else ""
     return (
         f'<text x="{area.label_x:.1f}" y="{area.label_y - 3:.1f}" text-anchor="middle" '
-        f'class="code" fill="{ink}">{_e(code)}</text>'
+        f'class="code{halo}" fill="{ink}">{_e(code)}</text>'
         f'<text x="{area.label_x:.1f}" y="{area.label_y + 11:.1f}" text-anchor="middle" '
         f'class="{css}" fill="{ink}">{_e(figure)}</text>'
     )
@@ -499,9 +508,7 @@ def _map_section(report: PictureReport) -> str:
     def colour(count: int) -> tuple[str, str]:
         for i, (low, high) in enumerate(classes):
             if low <= count <= high:
-                return _CLASS_COLOURS[i + len(_CLASS_COLOURS) - len(classes)], (
-                    "#fff" if i + len(_CLASS_COLOURS) - len(classes) >= 3 else "#222"
-                )
+                return _CLASS_COLOURS[i], ("#fff" if i >= 3 else "#222")
         return _ZERO_COLOUR, "#222"
 
     label_all = len(area_map.areas) <= 80
@@ -524,7 +531,7 @@ def _map_section(report: PictureReport) -> str:
                 f'data-area="{_e(area.value)}" data-suppressed="{_e(reason)}">'
                 f"<title>{_e(name)}: {_e(_why(cell, table.min_count))}</title></path>"
             )
-            labels.append(_map_label(area, _mark(cell), "#222", css="mark"))
+            labels.append(_map_label(area, _mark(cell), "#111", css="mark halo"))
             continue
         count = cell.count or 0
         fill, ink = colour(count)
@@ -538,12 +545,10 @@ def _map_section(report: PictureReport) -> str:
     parts += labels
     parts.append("</svg>")
     legend = ['<ul class="map-legend">']
-    offset = len(_CLASS_COLOURS) - len(classes)
     for i, (low, high) in enumerate(classes):
         span = _number(low) if low == high else f"{_number(low)}{_DASH}{_number(high)}"
         legend.append(
-            f'<li><span class="swatch" style="background:{_CLASS_COLOURS[i + offset]}"></span>'
-            f"{span}</li>"
+            f'<li><span class="swatch" style="background:{_CLASS_COLOURS[i]}"></span>{span}</li>'
         )
     legend.append(f'<li><span class="swatch" style="background:{_ZERO_COLOUR}"></span>0</li>')
     legend.append(
@@ -562,7 +567,10 @@ def _map_section(report: PictureReport) -> str:
             '<p class="why">Niet op de kaart (geen grens in het kaartbestand): '
             f"{_e('; '.join(off_map))}.</p>"
         )
-    return f'<div class="scroll">{"".join(parts)}</div>{"".join(legend)}{note}'
+    source = ""
+    if area_map.name:
+        source = f'<p class="legend">Kaartgrenzen: {_e(area_map.name)}.</p>'
+    return f'<div class="scroll">{"".join(parts)}</div>{"".join(legend)}{note}{source}'
 
 
 # --- the page --------------------------------------------------------------------------------
@@ -598,17 +606,21 @@ font-weight:bold;padding:.1rem .5rem;margin:0;text-transform:uppercase;font-size
 table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:.25rem .5rem}
 td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 th{background:#f0f0f0;text-align:left;font-weight:600}
-td.sup{color:#555;text-align:center;background:repeating-linear-gradient(45deg,#fff 0 4px,
-#eee 4px 8px)}
+td.sup{color:#111;font-weight:bold;text-align:center;
+background:repeating-linear-gradient(45deg,#fff 0 4px,#eee 4px 8px)}
 tr.total td,td.total{font-weight:bold;background:#fafafa}
-tbody.hidden-rows th{background:#fff;font-weight:normal;font-style:italic;color:#555}
+tbody.hidden-rows th{background:#fff;font-weight:normal;font-style:italic;color:#555;
+font-size:.85rem;max-width:22rem}
 tr.more td{color:#555;font-style:italic}
 svg{max-width:100%;height:auto}svg text{font-size:11px}svg text:not([fill]){fill:#333}
 svg .series{font-size:13px;font-weight:bold}svg .axis-title{font-size:12px;fill:#555}
 svg .axis{stroke:#777}svg .grid{stroke:#e4e4e4}
+svg.chart .hidden-month{fill:#000;fill-opacity:.06}svg.chart .mark{font-size:16px;font-weight:bold}
 svg.map path{stroke:#fff;stroke-width:1;fill-rule:evenodd}
-svg.map path.sup{stroke:#666}svg.map .mark{font-size:15px;font-weight:bold}
+svg.map path.sup{stroke:#666}
 svg.map .code{font-size:9px}svg.map .figure{font-size:12px;font-weight:bold}
+svg.map .halo{paint-order:stroke;stroke:#fff;stroke-width:4px;stroke-linejoin:round}
+svg.map .mark{font-size:16px;font-weight:bold}
 .map-legend{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.4rem 1rem;
 font-size:.9rem}.map-legend li{display:flex;align-items:center;gap:.35rem}
 .swatch{display:inline-block;width:18px;height:14px;border:1px solid #999}
