@@ -178,8 +178,8 @@ def read_areas(data: bytes) -> AreaMap:
     geometries = np.array(shapes, dtype=object)
     if not rd:
         geometries = shapely.transform(geometries, _to_rd())
-    name = doc.get("name")
-    return replace(_fit(values, geometries), name=name[:200] if isinstance(name, str) else "")
+    title = doc.get("name")
+    return replace(_fit(values, geometries), name=title[:200] if isinstance(title, str) else "")
 
 
 def _to_rd() -> Callable[[NDArray[np.float64]], NDArray[np.float64]]:

@@ -364,7 +364,7 @@ def _nice_ceiling(value: int) -> int:
     """The smallest 1, 2 or 5 times 10^k at or above ``value`` (an axis maximum)."""
     if value <= 1:
         return 1
-    power = 10 ** math.floor(math.log10(value))
+    power: int = 10 ** math.floor(math.log10(value))
     for step in (1, 2, 5, 10):
         if step * power >= value:
             return step * power
