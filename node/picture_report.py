@@ -48,7 +48,7 @@ __all__ = [
 
 #: A cell withheld because it is too small (primary suppression).
 SUPPRESSED_MARK = "•"
-#: A cell withheld, although large enough itself, to protect a small one.
+#: A cell withheld, though not small itself (0 or at least the minimum), to protect a small one.
 PROTECTED_MARK = "\u25cb"  # a white circle
 #: Prefix of a noisy figure; its tooltip gives the noise scale.
 NOISY_MARK = "≈"
@@ -656,8 +656,9 @@ def _legend(tables: Sequence[ReleasedTable]) -> str:
         ),
         (
             PROTECTED_MARK,
-            "niet getoond ter bescherming: dit aantal is zelf groot genoeg, maar met dit "
-            f"aantal en de totalen zou een {SUPPRESSED_MARK}-cel uit te rekenen zijn",
+            "niet getoond ter bescherming: dit aantal is zelf niet klein (0 of minstens "
+            f"{below}), maar met dit aantal en de totalen zou een {SUPPRESSED_MARK}-cel uit te "
+            "rekenen zijn",
         ),
         (TOTAL, "de som van de rij of kolom, ook van de niet getoonde cellen"),
     ]

@@ -18,6 +18,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from samenloop.node import picture as p
 from samenloop.node import picture_commands, picture_protocol, picture_report
@@ -240,6 +242,29 @@ def test_no_number_is_shown_for_a_suppressed_cell() -> None:
     for title, tags, _ in page.texts:
         if tags[-1:] == ("title",) and any(title.startswith(a) for a in hidden_areas):
             assert not re.search(r"\d", title.split(":", 2)[-1].replace(f"minder dan {MIN}", ""))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(
+        st.tuples(st.sampled_from("abcd"), st.sampled_from("xyz")),
+        st.integers(0, 12),
+        min_size=1,
+    ),
+    st.integers(2, 6),
+)
+def test_every_suppressed_cell_says_truly_why(cells: dict[tuple[str, str], int], low: int) -> None:
+    counted = p.with_totals(p.Table(SIGNALS, (A, C), Q4, cells))
+    released = p.release(counted, min_count=low)
+    for cell in released.cells:
+        value = counted.get(cell.values, 0)
+        if cell.quality is not p.CellQuality.SUPPRESSED:
+            assert cell.reason is None
+        elif cell.reason is p.SuppressionReason.TOO_FEW:
+            assert 0 < value < low
+        else:
+            assert cell.reason is p.SuppressionReason.PROTECTS_ANOTHER
+            assert value == 0 or value >= low
 
 
 def test_a_protected_cell_says_so_and_is_not_called_too_few() -> None:
