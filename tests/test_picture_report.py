@@ -528,3 +528,32 @@ def test_the_cli_names_areas_and_the_fault_in_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as caught:
         picture_commands.load_area_map(tmp_path / "missing.geojson")
     assert caught.value.field == "--areas"
+
+
+def test_picture_report_refuses_a_bad_areas_file_before_asking_anyone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from samenloop.policies.cli import main
+
+    bad = tmp_path / "bad.geojson"
+    bad.write_bytes(b'{"type": "FeatureCollection", "features": []}')
+    out = tmp_path / "beeld.html"
+    code = main(
+        [
+            "picture",
+            "report",
+            "--period",
+            "2026-12",
+            "--out",
+            str(out),
+            "--areas",
+            str(bad),
+            "--socket",
+            str(tmp_path / "no-node.sock"),  # never reached
+        ]
+    )
+    assert code != 0
+    error = capsys.readouterr().err
+    assert "--areas" in error
+    assert "features" in error
+    assert not out.exists()
