@@ -153,15 +153,32 @@ def _decimal(value: float) -> str:
     return format_decimal(round(value, 1), locale=_LOCALE)
 
 
-def _value(dimension: Dimension, value: str, branch_names: Mapping[str, str]) -> str:
-    """A dimension value as a reader sees it."""
+_AREA_KINDS = {"pc4": "postcode-4", "wijk": "CBS-wijk", "buurt": "CBS-buurt"}
+
+
+def _value(dimension: Dimension, value: str, names: Mapping[str, str]) -> str:
+    """A dimension value as a reader sees it: a month in words, an area by its code (the
+    heading says which kind) and name, a branch by its SBI code and name, where known."""
     if value == TOTAL:
         return TOTAL
     if dimension is Dimension.MONTH:
         return month_name(value)
-    if dimension is Dimension.BRANCH and value in branch_names:
-        return f"{value} {branch_names[value]}"
-    return value
+    shown = value
+    if dimension is Dimension.AREA:
+        kind, _, code = value.partition(":")
+        shown = code if kind in _AREA_KINDS and code else value
+    name = names.get(value) if dimension in (Dimension.AREA, Dimension.BRANCH) else None
+    return f"{shown} {name}" if name else shown
+
+
+def _heading(dimension: Dimension, values: Sequence[str]) -> str:
+    """A column heading; for areas with the kinds of area the table holds."""
+    if dimension is not Dimension.AREA:
+        return _DIMENSIONS[dimension]
+    kinds = [k for k in _AREA_KINDS if any(v.startswith(f"{k}:") for v in values)]
+    if not kinds:
+        return _DIMENSIONS[dimension]
+    return f"{_DIMENSIONS[dimension]} ({', '.join(_AREA_KINDS[k] for k in kinds)})"
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -248,7 +265,7 @@ def _ranked_table(table: ReleasedTable, top: int, names: Mapping[str, str], plur
     shown.sort(key=lambda c: (-(c.count or 0), c.values))
     hidden = [c for c in leaves if _hidden(c)]
     head = (
-        f"<thead><tr><th>{_e(_DIMENSIONS[dimension])}</th>"
+        f"<thead><tr><th>{_e(_heading(dimension, table.axis(dimension)))}</th>"
         f"<th>{_e(_MEASURES[table.measure])}</th></tr></thead>"
     )
     rows = [
@@ -685,7 +702,9 @@ def _section(heading: str, *content: str, level: int = 2) -> str:
 def render(report: PictureReport) -> str:
     """The report as one HTML document (a ``str``), self-contained and escaped."""
     months = report.period.months()
-    names = report.branch_names
+    names = dict(report.branch_names)
+    if report.area_map is not None:
+        names.update((a.value, a.name) for a in report.area_map.areas if a.name)
     tables: list[ReleasedTable] = [*report.trend, *report.accountability]
     tables += [t for t in (report.areas, report.branches, report.heat) if t is not None]
     body = []

@@ -216,7 +216,7 @@ def test_the_map_draws_every_area_and_hatches_and_marks_suppressed_ones() -> Non
     assert picture_report.SUPPRESSED_MARK in marks
     assert picture_report.PROTECTED_MARK in marks
     # an area of the table that has no boundary is listed under the map
-    assert any(t.startswith("Niet op de kaart") and "pc4:9999" in t for t, _, _ in page.texts)
+    assert any(t.startswith("Niet op de kaart") and "9999 (20)" in t for t, _, _ in page.texts)
     # a hole (4331's park) is a second ring in the same path
     assert paths["pc4:4331"]["d"].count("M") == 2
 
@@ -284,12 +284,13 @@ def test_hidden_cells_are_not_ranked_at_the_bottom_of_the_top_ten() -> None:
     start = text.index("<h2>Top 2 gebieden</h2>")
     section = text[start : text.index("</section>", start)]
     ranked, _, hidden = section.partition('class="hidden-rows"')
-    assert "pc4:4331" in ranked  # 40
-    assert "pc4:9999" in ranked  # 20
-    assert "pc4:4332" not in ranked  # 12: third
+    assert "<th>gebied (postcode-4)</th>" in ranked
+    assert "<td>4331</td>" in ranked  # 40
+    assert "<td>9999</td>" in ranked  # 20
+    assert "4332" not in ranked  # 12: third
     assert "en nog 2 andere gebieden" in ranked
-    assert "pc4:4461" not in ranked  # hidden: listed apart, unranked
-    assert "pc4:4461" in hidden
+    assert "4461" not in ranked  # hidden: listed apart, unranked
+    assert "<td>4461</td>" in hidden
     assert "geen rangorde" in hidden
     assert page.find("tbody", class_="hidden-rows")
 
@@ -416,8 +417,19 @@ def _square(x: float, y: float, size: float) -> list[list[list[float]]]:
     return [[[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]]
 
 
-def test_cbs_wijk_and_buurt_codes_in_rijksdriehoek_and_wgs84() -> None:
-    rd = _collection(
+def test_areas_show_by_code_and_the_map_file_s_names() -> None:
+    table = _released({("wijk:WK068701",): 12, ("buurt:BU06870102",): 9}, (A,))
+    named = read_areas(_wijk_and_buurt())
+    page = Page(picture_report.render(_report(areas=table, area_map=named)))
+    cells = [t for t, tags, _ in page.texts if tags[-1:] == ("td",)]
+    assert "WK068701 Middelburg-Centrum" in cells
+    assert "BU06870102 Binnenstad" in cells
+    heads = [t for t, tags, _ in page.texts if tags[-1:] == ("th",)]
+    assert "gebied (CBS-wijk, CBS-buurt)" in heads
+
+
+def _wijk_and_buurt() -> bytes:
+    return _collection(
         [
             {
                 "type": "Feature",
@@ -432,7 +444,10 @@ def test_cbs_wijk_and_buurt_codes_in_rijksdriehoek_and_wgs84() -> None:
         ],
         crs={"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::28992"}},
     )
-    area_map = read_areas(rd)
+
+
+def test_cbs_wijk_and_buurt_codes_in_rijksdriehoek_and_wgs84() -> None:
+    area_map = read_areas(_wijk_and_buurt())
     assert [(a.value, a.name) for a in area_map.areas] == [
         ("wijk:WK068701", "Middelburg-Centrum"),
         ("buurt:BU06870102", "Binnenstad"),
