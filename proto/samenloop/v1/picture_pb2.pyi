@@ -170,22 +170,22 @@ class _SuppressionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Sup
     SUPPRESSION_REASON_TOO_FEW: _SuppressionReason.ValueType  # 1
     """Below the covenant's min_cell_count (primary suppression)."""
     SUPPRESSION_REASON_PROTECTS_ANOTHER: _SuppressionReason.ValueType  # 2
-    """Large enough itself, withheld so that a too-few cell cannot be worked
-    out from the totals (complementary suppression).
+    """Not small itself (0 or at least min_cell_count), withheld so that a
+    too-few cell cannot be worked out from the totals (complementary
+    suppression).
     """
 
 class SuppressionReason(_SuppressionReason, metaclass=_SuppressionReasonEnumTypeWrapper):
-    """One cell of a picture table.
-    Why a suppressed cell is withheld: what a reader of the picture is told.
-    """
+    """Why a suppressed cell is withheld: what a reader of the picture is told."""
 
 SUPPRESSION_REASON_UNSPECIFIED: SuppressionReason.ValueType  # 0
 """Not suppressed (or a contribution, which is never suppressed)."""
 SUPPRESSION_REASON_TOO_FEW: SuppressionReason.ValueType  # 1
 """Below the covenant's min_cell_count (primary suppression)."""
 SUPPRESSION_REASON_PROTECTS_ANOTHER: SuppressionReason.ValueType  # 2
-"""Large enough itself, withheld so that a too-few cell cannot be worked
-out from the totals (complementary suppression).
+"""Not small itself (0 or at least min_cell_count), withheld so that a
+too-few cell cannot be worked out from the totals (complementary
+suppression).
 """
 Global___SuppressionReason: _TypeAlias = SuppressionReason  # noqa: Y015
 
@@ -257,6 +257,8 @@ Global___Period: _TypeAlias = Period  # noqa: Y015
 
 @_typing.final
 class PictureCell(_message.Message):
+    """One cell of a picture table."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VALUES_FIELD_NUMBER: _builtins.int
