@@ -26,8 +26,10 @@ from __future__ import annotations
 import argparse
 import csv
 import getpass
+import io
 import re
 import time
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,9 +145,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     report.add_argument(
         "--sbi-names",
         type=Path,
-        metavar="CSV",
-        help="SBI 2008 code and name per line (CBS's published list saved as CSV), to name "
-        "the branches; without it the report shows the codes",
+        metavar="FILE",
+        help="CBS's published SBI 2008 list (its XLSX, or saved as CSV: code and name per row), "
+        "to name the branches; without it the report shows the codes",
     )
     add_node_options(report)
     report.set_defaults(func=_report)
@@ -391,22 +393,27 @@ _SBI_CODE: Final = re.compile(r"\d{2,5}")
 
 
 def read_sbi_names(data: bytes, *, field: str = "--sbi-names") -> dict[str, str]:
-    """SBI code to name, from CBS's published SBI 2008 list saved as CSV (``;`` or ``,``):
-    each line a code (``56.10.1`` or ``56101``) and its name; other lines (headings,
-    sections) are skipped. A file naming no code at all is refused."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = data.decode("cp1252")  # CBS's Excel exports
-    lines = text.splitlines()
-    try:
-        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(
-            "\n".join(lines[:20]), delimiters=";,\t"
-        )
-    except csv.Error:
-        dialect = csv.excel
+    """SBI code to name, from CBS's published SBI 2008 list saved as CSV (``;``, ``,`` or
+    tab) or as the XLSX workbook itself (its first sheet): each row a code (``56.10.1`` or
+    ``56101``) and its name in the next filled cell; other rows (headings, sections) are
+    skipped. A file naming no code at all is refused."""
+    if data.startswith(b"PK\x03\x04"):
+        rows = _xlsx_rows(data, field)
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = data.decode("cp1252")  # CBS's Excel exports
+        lines = text.splitlines()
+        try:
+            dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(
+                "\n".join(lines[:20]), delimiters=";,\t"
+            )
+        except csv.Error:
+            dialect = csv.excel
+        rows = list(csv.reader(lines, dialect))
     names: dict[str, str] = {}
-    for row in csv.reader(lines, dialect):
+    for row in rows:
         cells = [c.strip() for c in row if c.strip()]
         if len(cells) < 2:
             continue
@@ -414,8 +421,27 @@ def read_sbi_names(data: bytes, *, field: str = "--sbi-names") -> dict[str, str]
         if _SBI_CODE.fullmatch(code) and code not in names:
             names[code] = printable(cells[1])[:200]
     if not names:
-        raise ConfigurationError("no SBI code and name found (one per line)", field=field)
+        raise ConfigurationError("no SBI code and name found (one per row)", field=field)
     return names
+
+
+def _xlsx_rows(data: bytes, field: str) -> list[list[str]]:
+    import openpyxl  # imported here: only a workbook pays for it
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    except (OSError, InvalidFileException, zipfile.BadZipFile, KeyError) as error:
+        raise ConfigurationError(
+            f"cannot read it as an XLSX workbook ({type(error).__name__})", field=field
+        ) from None
+    try:
+        return [
+            ["" if v is None else str(v) for v in values]
+            for values in workbook.worksheets[0].iter_rows(values_only=True)
+        ]
+    finally:
+        workbook.close()
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -189,6 +189,30 @@ def test_branches_are_named_from_a_given_sbi_list_and_say_so_when_not() -> None:
     with pytest.raises(ConfigurationError) as caught:
         picture_commands.read_sbi_names(b"just a line\n")
     assert caught.value.field == "--sbi-names"
+    with pytest.raises(ConfigurationError) as caught:
+        picture_commands.read_sbi_names(b"PK\x03\x04 not really a workbook")
+    assert caught.value.field == "--sbi-names"
+
+
+def test_sbi_names_from_the_xlsx_workbook(tmp_path: Path) -> None:
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    for row in (
+        ("SBI 2008 (test)", None),
+        ("I", "Logies-, maaltijd- en drankverstrekking (test)"),
+        ("56.10", "Restaurants (test)"),
+        ("56.10.1", "Restaurants met een volledige bediening (test)"),
+    ):
+        sheet.append(row)
+    path = tmp_path / "sbi.xlsx"
+    workbook.save(path)
+    assert picture_commands.read_sbi_names(path.read_bytes()) == {
+        "5610": "Restaurants (test)",
+        "56101": "Restaurants met een volledige bediening (test)",
+    }
 
 
 def test_the_map_draws_every_area_and_hatches_and_marks_suppressed_ones() -> None:
