@@ -287,7 +287,7 @@ def _branches(heat: ReleasedTable) -> ReleasedTable:
     column = heat.dimensions.index(Dimension.CATEGORY)
     row = heat.dimensions.index(Dimension.BRANCH)
     cells = tuple(
-        ReleasedCell((c.values[row],), c.count, c.quality, c.noise_scale)
+        ReleasedCell((c.values[row],), c.count, c.quality, c.noise_scale, c.reason)
         for c in heat.cells
         if c.values[column] == TOTAL
     )

@@ -291,6 +291,20 @@ def test_every_suppressed_cell_says_truly_why(cells: dict[tuple[str, str], int],
             assert value == 0 or value >= low
 
 
+def test_the_branch_list_keeps_the_heat_table_s_reasons() -> None:
+    cells = {("5610", "x"): 3, ("5610", "y"): 9, ("6810", "x"): 1, ("6810", "y"): 2}
+    heat = _released(cells, (B, C))  # 6810's total, 3, is too few
+    branches = picture_commands._branches(heat)
+    for cell in branches.cells:
+        source = heat.cell((cell.values[0], p.TOTAL))
+        assert (cell.count, cell.quality, cell.reason) == (
+            source.count,
+            source.quality,
+            source.reason,
+        )
+    assert branches.cell(("6810",)).reason is p.SuppressionReason.TOO_FEW
+
+
 def test_a_protected_cell_says_so_and_is_not_called_too_few() -> None:
     page = Page(picture_report.render(_report()))
     protected = page.find("td", class_="n sup prot")
