@@ -196,6 +196,8 @@ def _why(cell: ReleasedCell, min_count: int) -> str:
             "andere cijfers te berekenen zijn"
         )
     if cell.reason is SuppressionReason.TOO_FEW:
+        if cell.noise_scale > 0:  # decided on the noisy figure, not on the true count
+            return f"niet getoond: te weinig (met ruis minder dan {min_count})"
         return f"niet getoond: te weinig (minder dan {min_count})"
     return "niet getoond (te weinig, of ter bescherming van een kleine cel)"
 
