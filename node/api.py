@@ -1076,6 +1076,8 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             mailbox_acked_cursor=counts.mailbox_cursor,
             pending_approvals=self._store.pending_approvals(),
             covenant_valid_until=timestamp(covenant.valid_until),
+            picture_classification=covenant.policy.picture.classification,
+            categories=list(covenant.policy.categories),
         )
         if not covenant.is_party(self._ctx.party):
             response.last_error = (

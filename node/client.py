@@ -392,6 +392,10 @@ class NodeStatus:
     #: When the newest covenant timestamp for that version expires (None if none held).
     covenant_fresh_until: datetime | None = None
     covenant_stale_reason: str = ""
+    #: The covenant's ``[picture] classification`` ("" for none), for the report's pages.
+    picture_classification: str = ""
+    #: The covenant's signal categories, in its order.
+    categories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -678,6 +682,8 @@ def _status(message: node_pb2.GetStatusResponse) -> NodeStatus:
         ),
         covenant_fresh_until=_time(message.covenant_freshness.fresh_until),
         covenant_stale_reason=message.covenant_freshness.stale_reason,
+        picture_classification=message.picture_classification,
+        categories=tuple(message.categories),
     )
 
 

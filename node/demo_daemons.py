@@ -37,6 +37,7 @@ from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import rules
 from samenloop.policies.covenant import Covenant, Role, with_new_attribute_key
 from samenloop.policies.errors import SamenloopError
+from samenloop.policies.policy import example_policy
 
 COVENANT = "riec-zwb-demo"
 HOLDERS = ("gemeente", "politie", "belastingdienst")
@@ -66,6 +67,11 @@ ANSWER_SECONDS = 30.0
 #: (restaurants, hairdressers and beauty, car repair and washing, hotels, real estate).
 AREAS = ("4331", "4332", "4333", "4381", "4382")
 BRANCHES = ("5610", "9602", "4520", "5510", "6810")
+#: Schematic (not real) boundaries of those areas, for the report's map; a RIEC gives
+#: ``picture report --areas`` PDOK's or CBS's real ones.
+DEMO_AREAS = Path(__file__).with_name("demo_areas.geojson")
+#: The demo covenant's marking for the report's printed pages.
+CLASSIFICATION = "Departementaal vertrouwelijk"
 #: The RIEC's own signals: vacant premises in one area, too few to show (a small cell).
 RIEC_SIGNALS = 3
 RIEC_AREA, RIEC_BRANCH, RIEC_CATEGORY = "4461", "6810", "leegstand"
@@ -190,8 +196,10 @@ def _shared_hit(client: NodeClient, owner: str, reference_prefix: str) -> tuple[
 
 def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
     console.rule("[bold]Samenloop demo: a signed covenant, a broker and five nodes over mTLS")
+    policy = example_policy()
+    policy = replace(policy, picture=replace(policy.picture, classification=CLASSIFICATION))
     provisioned: Provisioned = provision(
-        workdir, COVENANT, SPECS, HOLDERS, 2, now=datetime.now(UTC)
+        workdir, COVENANT, SPECS, HOLDERS, 2, now=datetime.now(UTC), policy=policy
     )
     covenant = provisioned.covenant
     console.print(
@@ -596,6 +604,8 @@ def _picture(
             datetime.now(UTC).strftime("%Y-%m"),
             "--out",
             str(report),
+            "--areas",
+            str(DEMO_AREAS),
             "--node",
             str(provisioned.node_configs["riec"]),
         ),

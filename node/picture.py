@@ -74,6 +74,7 @@ __all__ = [
     "ReleasedCell",
     "ReleasedTable",
     "SignalFacts",
+    "SuppressionReason",
     "Table",
     "add_noise",
     "area_value",
@@ -210,6 +211,24 @@ class CellQuality(enum.StrEnum):
             ) from None
 
 
+class SuppressionReason(enum.StrEnum):
+    """Why a released cell is suppressed (``samenloop.v1.SuppressionReason``): a reader is
+    told whether the cell itself is small or is withheld to protect a small one."""
+
+    TOO_FEW = "too_few"
+    PROTECTS_ANOTHER = "protects_another"
+
+    def to_proto(self) -> picture_pb2.SuppressionReason.ValueType:
+        return _REASON_TO_PROTO[self]
+
+    @classmethod
+    def from_proto(
+        cls, value: picture_pb2.SuppressionReason.ValueType | int
+    ) -> SuppressionReason | None:
+        """The reason for a proto value; ``None`` for unspecified (or one this version lacks)."""
+        return _REASON_FROM_PROTO.get(int(value))
+
+
 _DIMENSION_TO_PROTO: Final = {
     Dimension.AREA: picture_pb2.PICTURE_DIMENSION_AREA,
     Dimension.BRANCH: picture_pb2.PICTURE_DIMENSION_BRANCH,
@@ -233,6 +252,11 @@ _QUALITY_TO_PROTO: Final = {
     CellQuality.SUPPRESSED: picture_pb2.CELL_QUALITY_SUPPRESSED,
 }
 _QUALITY_FROM_PROTO: Final = {int(v): k for k, v in _QUALITY_TO_PROTO.items()}
+_REASON_TO_PROTO: Final = {
+    SuppressionReason.TOO_FEW: picture_pb2.SUPPRESSION_REASON_TOO_FEW,
+    SuppressionReason.PROTECTS_ANOTHER: picture_pb2.SUPPRESSION_REASON_PROTECTS_ANOTHER,
+}
+_REASON_FROM_PROTO: Final = {int(v): k for k, v in _REASON_TO_PROTO.items()}
 
 _SIGNAL_DIMENSIONS: Final = frozenset(
     {Dimension.AREA, Dimension.BRANCH, Dimension.CATEGORY, Dimension.ROLE, Dimension.MONTH}
@@ -895,12 +919,14 @@ def with_totals(table: Table, over: Sequence[Dimension] | None = None) -> Table:
 @dataclass(frozen=True, slots=True)
 class ReleasedCell:
     """One released figure: its values, its count (``None`` if suppressed), how far it
-    can be trusted, and the standard deviation of its noise (0 if exact)."""
+    can be trusted, the standard deviation of its noise (0 if exact), and for a
+    suppressed cell why (``None`` when not known, as from an older node)."""
 
     values: Key
     count: int | None
     quality: CellQuality
     noise_scale: float = 0.0
+    reason: SuppressionReason | None = None
 
     @property
     def is_total(self) -> bool:
@@ -983,6 +1009,7 @@ def release(
         return table.get(key, 0)
 
     suppressed = {k for k, v in table.items() if 0 < v < min_count}
+    too_few = frozenset(suppressed)
     if totalled and suppressed:
         suppressed = _complement(counted, suppressed, axes, totalled)
 
@@ -992,7 +1019,10 @@ def release(
     for key in sorted(keys, key=lambda k: _sort_key(k, axes)):
         cell_scale = scale * math.sqrt(_summed_cells(key, axes)) if is_noisy else 0.0
         if key in suppressed:
-            released.append(ReleasedCell(key, None, CellQuality.SUPPRESSED, cell_scale))
+            why = (
+                SuppressionReason.TOO_FEW if key in too_few else SuppressionReason.PROTECTS_ANOTHER
+            )
+            released.append(ReleasedCell(key, None, CellQuality.SUPPRESSED, cell_scale, why))
         else:
             value = counted(key)
             if is_noisy:

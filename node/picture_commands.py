@@ -11,9 +11,11 @@ the RIEC) can collect and show.
   latest such collection after disclosure control, waiting briefly for parties
   that have not answered: every figure is exact, noisy (``≈``, with its noise
   scale) or suppressed (``•``, never a number);
-* ``picture report --period 2026-07..2026-12 --out beeld.html`` collects what the
-  report needs (a trend by month, areas, branch by category, and the
-  accountability for cases) and writes one self-contained HTML file.
+* ``picture report --period 2026-07..2026-12 --out beeld.html [--areas pc4.geojson]
+  [--sbi-names sbi.csv]`` collects what the report needs (a trend by month, areas,
+  branch by category, and the accountability for cases) and writes one
+  self-contained HTML file in Dutch, with a map of the areas when given their
+  boundaries, and the covenant's classification on every printed page.
 
 Party names and refusal messages come from other parties: they are shown as
 plain text (:mod:`samenloop.policies.terminal`); the HTML report escapes them.
@@ -22,9 +24,13 @@ plain text (:mod:`samenloop.policies.terminal`); the HTML report escapes them.
 from __future__ import annotations
 
 import argparse
+import csv
 import getpass
+import io
+import re
 import time
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -41,7 +47,9 @@ from samenloop.node.picture import (
     Period,
     ReleasedCell,
     ReleasedTable,
+    SuppressionReason,
 )
+from samenloop.node.picture_map import AreaMap, read_areas
 from samenloop.node.signal_commands import add_node_options, open_client
 from samenloop.policies import terminal
 from samenloop.policies.errors import ConfigurationError, InvalidInput, NotFound
@@ -127,6 +135,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     report.add_argument("--officer", help="who asks, for the audit log (default: your login)")
     report.add_argument("--wait", type=float, default=DEFAULT_WAIT * 3, metavar="SECONDS")
     report.add_argument("--top", type=int, default=10, help="areas and branches listed")
+    report.add_argument(
+        "--areas",
+        type=Path,
+        metavar="GEOJSON",
+        help="area boundaries for the map: postcode-4 or CBS wijk/buurt polygons as PDOK and "
+        "CBS publish them (GeoJSON, WGS 84 or Rijksdriehoek)",
+    )
+    report.add_argument(
+        "--sbi-names",
+        type=Path,
+        metavar="FILE",
+        help="CBS's published SBI 2008 list (its XLSX, or saved as CSV: code and name per row), "
+        "to name the branches; without it the report shows the codes",
+    )
     add_node_options(report)
     report.set_defaults(func=_report)
 
@@ -179,6 +201,8 @@ def wait_for_picture(
 
 def _figure(cell: ReleasedCell) -> str:
     if cell.quality is CellQuality.SUPPRESSED or cell.count is None:
+        if cell.reason is SuppressionReason.PROTECTS_ANOTHER:
+            return picture_report.PROTECTED_MARK
         return _SUPPRESSED
     if cell.quality is CellQuality.NOISY:
         return f"≈{cell.count} (±{cell.noise_scale:.1f})"
@@ -199,6 +223,7 @@ def picture_to_json(shown: Picture) -> dict[str, Any]:
                 "count": None if c.quality is CellQuality.SUPPRESSED else c.count,
                 "quality": c.quality.value,
                 "noise_scale": c.noise_scale,
+                "suppression": c.reason.value if c.reason is not None else None,
             }
             for c in table.cells
         ],
@@ -241,8 +266,9 @@ def _show(args: argparse.Namespace) -> int:
         grid.add_row(*(printable(v) for v in cell.values), _figure(cell), style=style)
     console.print(grid)
     console.print(
-        f"{_SUPPRESSED} = suppressed (below the covenant's minimum, or to protect such a cell); "
-        "≈ = noisy, ± its standard deviation; cells not listed are 0"
+        f"{_SUPPRESSED} = suppressed, too few (below the covenant's minimum); "
+        f"{picture_report.PROTECTED_MARK} = suppressed to protect such a cell; "
+        "≈ = noisy, ± its standard deviation; cells not listed are 0; totaal = the sum"
     )
     console.print(f"contributed: {', '.join(printable(p) for p in shown.contributors) or '-'}")
     for note in shown.refusals:
@@ -261,7 +287,7 @@ def _branches(heat: ReleasedTable) -> ReleasedTable:
     column = heat.dimensions.index(Dimension.CATEGORY)
     row = heat.dimensions.index(Dimension.BRANCH)
     cells = tuple(
-        ReleasedCell((c.values[row],), c.count, c.quality, c.noise_scale)
+        ReleasedCell((c.values[row],), c.count, c.quality, c.noise_scale, c.reason)
         for c in heat.cells
         if c.values[column] == TOTAL
     )
@@ -286,6 +312,10 @@ def build_report(
     wait: float = DEFAULT_WAIT * 3,
     top: int = 10,
     now: datetime | None = None,
+    area_map: AreaMap | None = None,
+    categories: Sequence[str] = (),
+    branch_names: Mapping[str, str] | None = None,
+    classification: str = "",
 ) -> picture_report.PictureReport:
     """Collect what the report shows, wait for the parties' answers (up to ``wait``
     seconds) and gather the released tables; parties missing or refusing are noted."""
@@ -302,15 +332,17 @@ def build_report(
             shown[(measure, dims)] = wait_for_picture(
                 client, None, measure, dims, request_id=request_id, wait=left
             )
+    contributors = sorted({p for s in shown.values() for p in s.contributors})
+    notes.append(f"Bijdragen van: {', '.join(contributors) or '-'}.")
     missing = sorted({p for s in shown.values() for p in s.missing})
     if missing:
-        notes.append(f"No answer yet from: {', '.join(missing)}.")
+        notes.append(f"Nog geen antwoord van: {', '.join(missing)}.")
     refused = sorted(
         {(r.contributor, r.reason, r.message) for s in shown.values() for r in s.refusals}
     )
-    notes += [f"Refused by {party}: {reason} ({message})." for party, reason, message in refused]
-    contributors = sorted({p for s in shown.values() for p in s.contributors})
-    notes.append(f"Contributions from: {', '.join(contributors) or '-'}.")
+    notes += [
+        f"Geweigerd door {party}: {reason} ({message})." for party, reason, message in refused
+    ]
     month = (Dimension.MONTH,)
     heat = shown[(Measure.ACTIVE_SIGNALS, (Dimension.BRANCH, Dimension.CATEGORY))].table
     return picture_report.PictureReport(
@@ -332,11 +364,94 @@ def build_report(
         ),
         top=top,
         notes=tuple(notes),
+        area_map=area_map,
+        categories=tuple(categories),
+        branch_names=dict(branch_names or {}),
+        classification=classification,
     )
+
+
+def _read_file(path: Path, option: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigurationError(f"cannot read {path}: {error.strerror}", field=option) from None
+
+
+def load_area_map(path: Path) -> AreaMap:
+    """The boundaries in ``path``; a bad file is a ``ConfigurationError`` naming ``--areas``
+    and, in its message, the part of the file at fault."""
+    try:
+        return read_areas(_read_file(path, "--areas"))
+    except InvalidInput as error:
+        raise ConfigurationError(
+            f"{path}: {error.field}: {error.message}", field="--areas", reason=error.reason
+        ) from None
+
+
+_SBI_CODE: Final = re.compile(r"\d{2,5}")
+
+
+def read_sbi_names(data: bytes, *, field: str = "--sbi-names") -> dict[str, str]:
+    """SBI code to name, from CBS's published SBI 2008 list saved as CSV (``;``, ``,`` or
+    tab) or as the XLSX workbook itself (its first sheet): each row a code (``56.10.1`` or
+    ``56101``) and its name in the next filled cell; other rows (headings, sections) are
+    skipped. A file naming no code at all is refused."""
+    if data.startswith(b"PK\x03\x04"):
+        rows = _xlsx_rows(data, field)
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = data.decode("cp1252")  # CBS's Excel exports
+        lines = text.splitlines()
+        try:
+            dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(
+                "\n".join(lines[:20]), delimiters=";,\t"
+            )
+        except csv.Error:
+            dialect = csv.excel
+        rows = list(csv.reader(lines, dialect))
+    names: dict[str, str] = {}
+    for row in rows:
+        cells = [c.strip() for c in row if c.strip()]
+        if len(cells) < 2:
+            continue
+        code = cells[0].replace(".", "").replace(" ", "")
+        if _SBI_CODE.fullmatch(code) and code not in names:
+            names[code] = printable(cells[1])[:200]
+    if not names:
+        raise ConfigurationError("no SBI code and name found (one per row)", field=field)
+    return names
+
+
+def _xlsx_rows(data: bytes, field: str) -> list[list[str]]:
+    import openpyxl  # imported here: only a workbook pays for it
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    except (OSError, InvalidFileException, zipfile.BadZipFile, KeyError) as error:
+        raise ConfigurationError(
+            f"cannot read it as an XLSX workbook ({type(error).__name__})", field=field
+        ) from None
+    try:
+        return [
+            ["" if v is None else str(v) for v in values]
+            for values in workbook.worksheets[0].iter_rows(values_only=True)
+        ]
+    finally:
+        workbook.close()
 
 
 def _report(args: argparse.Namespace) -> int:
     period = _period(args.period)
+    area_map = load_area_map(args.areas) if args.areas is not None else None
+    branch_names = (
+        read_sbi_names(_read_file(args.sbi_names, "--sbi-names"))
+        if args.sbi_names is not None
+        else None
+    )
     with open_client(args) as client:
         status = client.status()
         try:
@@ -348,6 +463,10 @@ def _report(args: argparse.Namespace) -> int:
                 title=args.title,
                 wait=args.wait,
                 top=args.top,
+                area_map=area_map,
+                categories=status.categories,
+                branch_names=branch_names,
+                classification=status.picture_classification,
             )
         except NotFound as error:
             raise ConfigurationError(error.message, field="--period") from None

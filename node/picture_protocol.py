@@ -637,6 +637,8 @@ def released_to_proto(table: ReleasedTable) -> picture_pb2.PictureTable:
         )
         if cell.count is not None:
             shown.count = cell.count
+        if cell.reason is not None:
+            shown.suppression = cell.reason.to_proto()
     return message
 
 
@@ -651,6 +653,7 @@ def released_from_proto(message: picture_pb2.PictureTable, *, min_count: int = 0
             c.count if c.HasField("count") else None,
             picture.CellQuality.from_proto(c.quality),
             c.noise_scale,
+            picture.SuppressionReason.from_proto(c.suppression),
         )
         for c in message.cells
     )

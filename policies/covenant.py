@@ -600,6 +600,7 @@ def _read_policy(top: _Table) -> Policy:
         min_cell_count=picture_table.integer("min_cell_count"),
         epsilon_per_period=picture_table.number("epsilon_per_period"),
         epsilon_per_request=picture_table.number("epsilon_per_request"),
+        classification=picture_table.string("classification", default=""),
     )
     cases_table = top.table("cases")
     cases = cases_table.build(CaseRules, coordinators=cases_table.roles("coordinators"))
@@ -644,8 +645,8 @@ class _Table:
     def names(self) -> list[str]:
         return list(self._doc)
 
-    def string(self, key: str, *, missing: str = "missing") -> str:
-        value = self._get(key, missing=missing)
+    def string(self, key: str, *, missing: str = "missing", default: str | None = None) -> str:
+        value = self._get(key, _MISSING if default is None else default, missing=missing)
         if not isinstance(value, str):
             raise InvalidInput("must be a string", field=self._field(key))
         return value
@@ -903,6 +904,11 @@ def _policy_lines(policy: Policy) -> list[str]:
         f"min_cell_count = {toml_literal(policy.picture.min_cell_count)}",
         f"epsilon_per_period = {toml_literal(policy.picture.epsilon_per_period)}",
         f"epsilon_per_request = {toml_literal(policy.picture.epsilon_per_request)}",
+        *(
+            [f"classification = {toml_literal(policy.picture.classification)}"]
+            if policy.picture.classification
+            else []
+        ),
         "",
         "[cases]",
         f"coordinators = {toml_literal(tuple(r.value for r in policy.cases.coordinators))}",

@@ -502,6 +502,10 @@ class Quotas:
         return -(-(holders - 1) // (threshold - 1))
 
 
+#: A picture classification is printed in a page margin: one short line.
+MAX_CLASSIFICATION: Final = 100
+
+
 @dataclass(frozen=True, slots=True)
 class PictureRules:
     """Who may see the regional picture and the disclosure control it is released under.
@@ -511,16 +515,26 @@ class PictureRules:
     complementary suppression. ``epsilon_per_period``: each node's privacy
     budget per calendar month of the picture; 0 means exact counts, no noise.
     ``epsilon_per_request``: what one request spends of it, at each node.
+    ``classification``: the marking every printed page of a picture report
+    carries (``"Departementaal vertrouwelijk"``); empty for none.
     """
 
     viewers: tuple[Role, ...]
     min_cell_count: int
     epsilon_per_period: float = 0.0
     epsilon_per_request: float = 0.0
+    classification: str = ""
 
     def __post_init__(self) -> None:
         _check_roles(self.viewers, field="viewers")
         check_int(self.min_cell_count, 1, MAX_QUOTA, field="min_cell_count")
+        if self.classification != "":
+            check_name(self.classification, field="classification")
+            if "\n" in self.classification or len(self.classification) > MAX_CLASSIFICATION:
+                raise InvalidInput(
+                    f"must be one line of at most {MAX_CLASSIFICATION} characters",
+                    field="classification",
+                )
         for name in ("epsilon_per_period", "epsilon_per_request"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):

@@ -7,6 +7,7 @@ padded secretboxes, and one exception for every failure to open.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from dataclasses import replace
@@ -453,6 +454,9 @@ BAD_VALUES = [
     (PICTURE, 0, "epsilon_per_period", "-1.0", "picture.epsilon_per_period"),
     (PICTURE, 0, "epsilon_per_period", '"veel"', "picture.epsilon_per_period"),
     (PICTURE, 0, "epsilon_per_request", "0.5", "picture.epsilon_per_request"),
+    (PICTURE, 0, "classification", "1", "picture.classification"),
+    (PICTURE, 0, "classification", '"Vertrouwelijk\\n"', "picture.classification"),
+    (PICTURE, 0, "classification", '" Vertrouwelijk"', "picture.classification"),
     (CASES, 0, "coordinators", '["riec", "riec"]', "cases.coordinators[1]"),
     (CASES, 0, "coordinators", None, "cases.coordinators"),
     (TOP, 0, "attribute_key_version", "0", "attribute_key_version"),
@@ -757,6 +761,24 @@ def test_a_constructed_covenant_round_trips():
     data = cv.covenant_to_toml(covenant)
     assert cv.covenant_from_toml(data, source="generated") == covenant
     assert cv.covenant_to_toml(cv.covenant_from_toml(data, source="generated")) == data
+
+
+def test_the_picture_classification_round_trips_and_is_optional():
+    covenant = _covenant()
+    assert covenant.policy.picture.classification == ""
+    assert b"classification" not in cv.covenant_to_toml(covenant)
+    marked = dataclasses.replace(
+        covenant,
+        policy=dataclasses.replace(
+            covenant.policy,
+            picture=dataclasses.replace(
+                covenant.policy.picture, classification="Departementaal vertrouwelijk"
+            ),
+        ),
+    )
+    data = cv.covenant_to_toml(marked)
+    assert b'classification = "Departementaal vertrouwelijk"' in data
+    assert cv.covenant_from_toml(data, source="generated") == marked
 
 
 def test_construction_validates_too():

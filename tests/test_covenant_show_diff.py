@@ -58,7 +58,11 @@ def base() -> Covenant:
         policy,
         purposes=(*policy.purposes, Purpose("onderzoek", "Research that no rule names yet")),
         picture=PictureRules(
-            viewers=(Role.RIEC,), min_cell_count=5, epsilon_per_period=1.0, epsilon_per_request=0.5
+            viewers=(Role.RIEC,),
+            min_cell_count=5,
+            epsilon_per_period=1.0,
+            epsilon_per_request=0.5,
+            classification="Departementaal vertrouwelijk",
         ),
     )
     roles = (Role.GEMEENTE, Role.POLITIE, Role.RIEC, Role.WONINGCORPORATIE)

@@ -20,5 +20,8 @@ def test_the_daemon_demo_passes_every_check(
     assert "every check held" in out
     assert "equals the direct count of the demo's data (yes)" in " ".join(out.split())
     report = (tmp_path / "beeld.html").read_text()
-    assert "Accountability (verantwoording)" in report
+    assert "Verantwoording: casussen en interventies" in report
+    assert '<html lang="nl">' in report
+    assert 'class="map"' in report  # the demo's schematic areas
+    assert '"Departementaal vertrouwelijk"' in report  # the covenant's, on every page
     assert "http" not in report

@@ -34,6 +34,7 @@ SANS_IO = [
     "samenloop.node.cases",
     "samenloop.node.picture",
     "samenloop.node.picture_report",
+    "samenloop.node.picture_map",
     "samenloop.node.picture_protocol",
     "samenloop.node.envelopes",
     "samenloop.broker.matching",

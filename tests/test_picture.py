@@ -503,6 +503,9 @@ def test_release_needs_a_min_count_of_at_least_one(min_count):
     assert caught.value.reason == "picture.min_count"
 
 
+TOO_FEW, PROTECTS = p.SuppressionReason.TOO_FEW, p.SuppressionReason.PROTECTS_ANOTHER
+
+
 def test_a_release_lists_every_figure_in_display_order_with_its_quality_and_scale():
     counted = p.Table(SIGNALS, (C,), Q1, {("y",): 3, ("x",): 0, ("z",): 9}, noise_scale=1.5)
     released = p.release(p.with_totals(counted), min_count=4)
@@ -514,9 +517,9 @@ def test_a_release_lists_every_figure_in_display_order_with_its_quality_and_scal
         (("x", "y", "z"),),
         (
             p.ReleasedCell(("x",), 0, p.CellQuality.NOISY, 1.5),
-            p.ReleasedCell(("y",), None, p.CellQuality.SUPPRESSED, 1.5),
-            # its complement: a non-zero leaf before a zero or the total
-            p.ReleasedCell(("z",), None, p.CellQuality.SUPPRESSED, 1.5),
+            p.ReleasedCell(("y",), None, p.CellQuality.SUPPRESSED, 1.5, TOO_FEW),
+            # its complement: a non-zero leaf before a zero or the total, said to be one
+            p.ReleasedCell(("z",), None, p.CellQuality.SUPPRESSED, 1.5, PROTECTS),
             p.ReleasedCell((p.TOTAL,), 12, p.CellQuality.NOISY, root3),
         ),
         4,
@@ -1113,11 +1116,11 @@ def test_report_is_self_contained_escaped_and_marks_suppression(noisy):
         assert report.heat is not None
         assert report.heat.suppressed
         assert picture_report.SUPPRESSED_MARK in text
-        assert 'title="suppressed' in text
-        assert "Accountability (verantwoording)" in text
+        assert 'title="niet getoond' in text
+        assert "Verantwoording: casussen en interventies" in text
     else:
         assert picture_report.NOISY_MARK in text
-        assert "standard deviation" in text
+        assert "standaardafwijking" in text
 
 
 # --- the protocol and the desk against faulty or hostile messages (review of issue 6) -----

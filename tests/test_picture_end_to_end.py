@@ -295,7 +295,7 @@ def test_a_suppressed_cell_stays_hidden_in_show_json_and_html(
     assert main([*args, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     (cell,) = [c for c in shown["cells"] if tuple(c["values"]) == small]
-    assert (cell["count"], cell["quality"]) == (None, "suppressed")
+    assert (cell["count"], cell["quality"], cell["suppression"]) == (None, "suppressed", "too_few")
     assert main(args) == 0
     text = capsys.readouterr().out
     (line,) = [row for row in text.splitlines() if "pc4:5041" in row and "vastgoed" in row]
@@ -313,8 +313,17 @@ def test_a_suppressed_cell_stays_hidden_in_show_json_and_html(
         for c in released.suppressed:
             assert c.count is None
     out = tmp_path / "beeld.html"
-    assert main(["picture", "report", "--node", node, "--period", MONTH, "--out", str(out)]) == 0
-    assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    areas = Path(picture_report.__file__).with_name("demo_areas.geojson")
+    args = ["picture", "report", "--node", node, "--period", MONTH, "--out", str(out)]
+    assert main([*args, "--areas", str(areas)]) == 0
+    written = out.read_text(encoding="utf-8")
+    assert written.startswith('<!DOCTYPE html>\n<html lang="nl">')
+    assert 'class="map"' in written
+    # the node tells the report the covenant's categories (and classification, none here)
+    status = cluster.clients[RIEC].status()
+    assert "vastgoedmisbruik" in status.categories
+    assert status.picture_classification == ""
+    assert "@top-center" not in written
 
 
 def test_the_broker_sees_no_area_branch_or_count(

@@ -2392,6 +2392,8 @@ class GetStatusResponse(_message.Message):
     PENDING_APPROVALS_FIELD_NUMBER: _builtins.int
     KEY_HOLDER_FIELD_NUMBER: _builtins.int
     COVENANT_FRESHNESS_FIELD_NUMBER: _builtins.int
+    PICTURE_CLASSIFICATION_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
     party: _builtins.str
     """This node's party id."""
     software_version: _builtins.str
@@ -2420,6 +2422,10 @@ class GetStatusResponse(_message.Message):
     """Highest mailbox cursor acknowledged."""
     pending_approvals: _builtins.int
     """Incoming disclosure requests waiting for a second officer."""
+    picture_classification: _builtins.str
+    """The covenant's [picture] classification: the marking every printed page
+    of a picture report carries (empty for none).
+    """
     @_builtins.property
     def last_connected(self) -> _timestamp_pb2.Timestamp:
         """When the last session was established."""
@@ -2435,6 +2441,10 @@ class GetStatusResponse(_message.Message):
     @_builtins.property
     def covenant_freshness(self) -> Global___CovenantFreshness:
         """Whether the covenant held is confirmed current by a covenant timestamp."""
+
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The covenant's signal categories, in its order (as the picture names them)."""
 
     def __init__(
         self,
@@ -2456,10 +2466,12 @@ class GetStatusResponse(_message.Message):
         pending_approvals: _builtins.int = ...,
         key_holder: Global___KeyHolderStatus | None = ...,
         covenant_freshness: Global___CovenantFreshness | None = ...,
+        picture_classification: _builtins.str = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["covenant_freshness", b"covenant_freshness", "covenant_valid_until", b"covenant_valid_until", "key_holder", b"key_holder", "last_connected", b"last_connected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_signals", b"active_signals", "broker_address", b"broker_address", "broker_connection", b"broker_connection", "covenant_freshness", b"covenant_freshness", "covenant_id", b"covenant_id", "covenant_valid_until", b"covenant_valid_until", "covenant_version", b"covenant_version", "key_epoch", b"key_epoch", "key_holder", b"key_holder", "last_connected", b"last_connected", "last_error", b"last_error", "mailbox_acked_cursor", b"mailbox_acked_cursor", "open_hits", b"open_hits", "outbox_pending", b"outbox_pending", "party", b"party", "pending_approvals", b"pending_approvals", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_signals", b"active_signals", "broker_address", b"broker_address", "broker_connection", b"broker_connection", "categories", b"categories", "covenant_freshness", b"covenant_freshness", "covenant_id", b"covenant_id", "covenant_valid_until", b"covenant_valid_until", "covenant_version", b"covenant_version", "key_epoch", b"key_epoch", "key_holder", b"key_holder", "last_connected", b"last_connected", "last_error", b"last_error", "mailbox_acked_cursor", b"mailbox_acked_cursor", "open_hits", b"open_hits", "outbox_pending", b"outbox_pending", "party", b"party", "pending_approvals", b"pending_approvals", "picture_classification", b"picture_classification", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -159,6 +159,36 @@ never in a contribution.
 """
 Global___CellQuality: _TypeAlias = CellQuality  # noqa: Y015
 
+class _SuppressionReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SuppressionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SuppressionReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SUPPRESSION_REASON_UNSPECIFIED: _SuppressionReason.ValueType  # 0
+    """Not suppressed (or a contribution, which is never suppressed)."""
+    SUPPRESSION_REASON_TOO_FEW: _SuppressionReason.ValueType  # 1
+    """Below the covenant's min_cell_count (primary suppression)."""
+    SUPPRESSION_REASON_PROTECTS_ANOTHER: _SuppressionReason.ValueType  # 2
+    """Not small itself (0 or at least min_cell_count), withheld so that a
+    too-few cell cannot be worked out from the totals (complementary
+    suppression).
+    """
+
+class SuppressionReason(_SuppressionReason, metaclass=_SuppressionReasonEnumTypeWrapper):
+    """Why a suppressed cell is withheld: what a reader of the picture is told."""
+
+SUPPRESSION_REASON_UNSPECIFIED: SuppressionReason.ValueType  # 0
+"""Not suppressed (or a contribution, which is never suppressed)."""
+SUPPRESSION_REASON_TOO_FEW: SuppressionReason.ValueType  # 1
+"""Below the covenant's min_cell_count (primary suppression)."""
+SUPPRESSION_REASON_PROTECTS_ANOTHER: SuppressionReason.ValueType  # 2
+"""Not small itself (0 or at least min_cell_count), withheld so that a
+too-few cell cannot be worked out from the totals (complementary
+suppression).
+"""
+Global___SuppressionReason: _TypeAlias = SuppressionReason  # noqa: Y015
+
 class _PictureRefusalReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -235,6 +265,7 @@ class PictureCell(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     QUALITY_FIELD_NUMBER: _builtins.int
     NOISE_SCALE_FIELD_NUMBER: _builtins.int
+    SUPPRESSION_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     """The count; absent if suppressed. Noisy counts may be negative in a
     contribution (so sums stay unbiased); combined tables show them clamped.
@@ -245,6 +276,8 @@ class PictureCell(_message.Message):
     """Scale of the noise added (the standard deviation of the summed noise in
     combined tables); 0 for exact cells.
     """
+    suppression: Global___SuppressionReason.ValueType
+    """For a suppressed cell: why it is withheld."""
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """One value per dimension of the table, in the table's dimension order
@@ -258,10 +291,11 @@ class PictureCell(_message.Message):
         count: _builtins.int | None = ...,
         quality: Global___CellQuality.ValueType = ...,
         noise_scale: _builtins.float = ...,
+        suppression: Global___SuppressionReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "count", b"count"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "count", b"count", "noise_scale", b"noise_scale", "quality", b"quality", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "count", b"count", "noise_scale", b"noise_scale", "quality", b"quality", "suppression", b"suppression", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__count: _TypeAlias = _typing.Literal["count"]  # noqa: Y015
     _WhichOneofArgType__count: _TypeAlias = _typing.Literal["_count", b"_count"]  # noqa: Y015
