@@ -1152,7 +1152,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Provisioned, dict[s
     import dataclasses
 
     root = tmp_path_factory.mktemp("picture-world")
-    rules = PictureRules(viewers=(Role.RIEC,), min_cell_count=3)
+    rules = PictureRules(
+        viewers=(Role.RIEC,),
+        min_cell_count=3,
+        aggregator=Role.POLITIE,
+        areas=("pc4:5038", "pc4:5041"),
+    )
     specs = (
         PartySpec(RIEC, "RIEC Test", Role.RIEC),
         PartySpec(GEMEENTE, "Gemeente Test", Role.GEMEENTE),

@@ -56,6 +56,8 @@ WAIT = 30.0
 MONTH = datetime.now(UTC).strftime("%Y-%m")
 PERIOD = Period(MONTH, MONTH)
 BRANCHES = ("56101", "96021", "45201")
+#: The covenant's public list of areas that tables by area are shared over.
+AREAS = ("pc4:5038", "pc4:5041", "pc4:4334")
 
 # (party, reference, category, postcode, house number, branch, shared bsn or None)
 ROWS: list[tuple[str, str, str, str, int, str, str | None]] = []
@@ -87,6 +89,9 @@ def policy(*, noisy: bool = False) -> Any:
         min_cell_count=MIN_COUNT,
         epsilon_per_period=1.0 if noisy else 0.0,
         epsilon_per_request=0.5 if noisy else 0.0,
+        aggregator=Role.WONINGCORPORATIE,
+        areas=AREAS,
+        branches=BRANCHES,
     )
     return dataclasses.replace(example_policy(), picture=rules)
 
