@@ -1414,13 +1414,15 @@ def test_the_viewer_learns_the_sum_over_the_aggregators_contributors(network):
     request_id, _ = riec.collect(ask, officer="analist@riec")
     network.ferry()
     view = riec.show(measure=SIGNALS, dimensions=(A, R), request_id=request_id)
-    assert view.refusals == () and view.missing == ()
+    assert view.refusals == ()
+    assert view.missing == ()
     assert set(view.contributors) == {RIEC, GEMEENTE, POLITIE}
     assert view.table.cell(("pc4:5038", "gemeente")).count == 5
     assert view.table.cell(("pc4:5038", "politie")).count == 4
     assert view.table.cell((p.TOTAL, p.TOTAL)).count == 9
     record = network.stores[RIEC].picture_collection(request_id)
-    assert record is not None and record.aggregate is not None
+    assert record is not None
+    assert record.aggregate is not None
     # Only the sum stays: every partner's share of it was erased when the sum came.
     assert {c.body for c in record.contributions if c.contributor != RIEC} == {b"-"}
     # The aggregator deleted its shares once it answered.
@@ -1447,7 +1449,8 @@ def test_padding_a_cell_with_the_viewers_own_signals_does_not_release_it(world, 
         view = riec.show(measure=SIGNALS, dimensions=(A, C), request_id=request_id)
         assert view.missing == ()
         padded = view.table.cell(("pc4:5041", "vastgoedmisbruik"))
-        assert padded.quality is p.CellQuality.SUPPRESSED and padded.count is None
+        assert padded.quality is p.CellQuality.SUPPRESSED
+        assert padded.count is None
         # And what would give it away is hidden too: no released figure pins it down.
         assert view.table.cell(("pc4:5041", p.TOTAL)).count is None
     finally:
@@ -1469,7 +1472,8 @@ def test_the_aggregator_answers_once_and_never_for_too_few(network):
     events = [
         e.details["event"] for e in network.stores[POLITIE].audit_entries(subject=request_id.hex())
     ]
-    assert events.count("sum_answered") == 1 and "sum_asked_again" in events
+    assert events.count("sum_answered") == 1
+    assert "sum_asked_again" in events
     # A fresh request id asked for one contributor only: refused, with the reason.
     other, _ = riec.collect(ask, officer="analist@riec")
     network.ferry(drop=lambda s, r, c: c is pp.SignatureContext.PICTURE_SUM_REQUEST)
@@ -1486,7 +1490,8 @@ def test_the_aggregator_answers_once_and_never_for_too_few(network):
     network.handlers[POLITIE][pp.SignatureContext.PICTURE_SUM_REQUEST](100, RIEC, body, covenant)
     network.ferry()
     record = network.stores[RIEC].picture_collection(other)
-    assert record is not None and record.aggregate is None
+    assert record is not None
+    assert record.aggregate is None
     assert record.aggregate_refusal is not None
     assert "the covenant needs at least 2" in record.aggregate_refusal
 
