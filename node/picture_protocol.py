@@ -936,15 +936,15 @@ def decide_sum(
     minimum = covenant.policy.picture.min_contributors
     by_party = {h.contributor: h for h in held if h.contributor != request.requester}
     wanted = [c for c in request.contributors if c != request.requester]
+    if len(wanted) < minimum:
+        return SumVerdict(
+            refusal=PictureRefusal.INVALID_REQUEST,
+            message=f"contributors: {len(wanted)} listed, the covenant needs at least "
+            f"{minimum} other than the viewer",
+        )
     if any(c not in by_party for c in wanted):
         return None
     chosen = [by_party[c] for c in sorted(wanted)]
-    if len(chosen) < minimum:
-        return SumVerdict(
-            refusal=PictureRefusal.INVALID_REQUEST,
-            message=f"contributors: {len(chosen)} listed, the covenant needs at least "
-            f"{minimum} other than the viewer",
-        )
     digests = {h.digest for h in chosen}
     lengths = {len(h.share) for h in chosen}
     if len(digests) != 1 or len(lengths) != 1:
