@@ -482,17 +482,20 @@ class PictureDesk:
         elif record.aggregate_refusal is not None:
             why = "not summed: " + record.aggregate_refusal
             refusals += [(h, _REJECTED, why) for h in not_summed]
-        elif record.sum_requested_at is None and remote is not None:
-            answered = {c.contributor for c in record.contributions}
-            if (
-                all(p in answered for p in record.asked if p != self._me)
-                and len(holders) < rule.min_contributors
-            ):
-                why = (
-                    f"not summed: {len(holders)} partner(s) contributed, the covenant needs "
-                    f"at least {rule.min_contributors} (so that no one partner's counts show)"
-                )
-                refusals += [(h, _REJECTED, why) for h in not_summed]
+        elif record.aggregate is not None:
+            why = "answered after the sum was asked of the aggregator: not in it"
+            refusals += [(h, _REJECTED, why) for h in not_summed]
+        elif (
+            record.sum_requested_at is None
+            and remote is not None
+            and self._sum_due(record)
+            and len(holders) < rule.min_contributors
+        ):
+            why = (
+                f"not summed: {len(holders)} partner(s) contributed, the covenant needs "
+                f"at least {rule.min_contributors} (so that no one partner's counts show)"
+            )
+            refusals += [(h, _REJECTED, why) for h in not_summed]
         own_table = (
             Table(measure, dims, ask.period, _reordered(order, own), noise_scale=own.noise_scale)
             if own is not None
@@ -708,6 +711,14 @@ class PictureDesk:
             if c.contributor != self._me and c.refusal_reason is None and c.body != b"-"
         ]
 
+    def _sum_due(self, record: PictureCollectionRecord) -> bool:
+        """Whether to ask the aggregator now: every party asked has answered, or the answer
+        window since the collection started has passed."""
+        answered = {c.contributor for c in record.contributions}
+        everyone = all(p in answered for p in record.asked if p != self._me)
+        late = self._now() - record.created_at.astimezone(UTC) >= self._answer_window
+        return everyone or late
+
     def _maybe_ask_sum(self, request_id: bytes, covenant: Covenant) -> None:
         """Ask the aggregator, once, for the sum over the partners whose share this node
         holds: when every party asked has answered, or the answer window has passed
@@ -716,11 +727,8 @@ class PictureDesk:
         record = self._store.picture_collection(request_id)
         if record is None or record.request_body is None or record.sum_requested_at is not None:
             return
-        answered = {c.contributor for c in record.contributions}
-        everyone = all(p in answered for p in record.asked if p != self._me)
-        late = self._now() - record.created_at.astimezone(UTC) >= self._answer_window
         holders = self._share_holders(record)
-        if not (everyone or late) or len(holders) < covenant.policy.picture.min_contributors:
+        if not self._sum_due(record) or len(holders) < covenant.policy.picture.min_contributors:
             return
         now = self._now()
         message = picture_protocol.sum_request_message(request_id, self._me, holders, now=now)

@@ -8,7 +8,7 @@ import math
 import random
 import re
 import statistics
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from html.parser import HTMLParser
 
@@ -1301,24 +1301,36 @@ class Network:
     every queued envelope for its recipient and hands it to the recipient's desk, as the
     broker and the uplinks do."""
 
-    def __init__(self, world, tmp_path: Path, facts: dict[str, list[p.SignalFacts]]) -> None:
+    def __init__(
+        self,
+        world,
+        tmp_path: Path,
+        facts: dict[str, list[p.SignalFacts]],
+        parties: tuple[str, ...] = (RIEC, GEMEENTE, POLITIE),
+    ) -> None:
         provisioned, keys = world
+        self.now = NOW
         self.covenant = provisioned.covenant
         self.keys = keys
         self.stores: dict[str, node_store.NodeStore] = {}
         self.desks: dict[str, PictureDesk] = {}
         self.handlers: dict[str, dict] = {}
         self.cursor = 0
-        for party in (RIEC, GEMEENTE, POLITIE):
+        for party in parties:
             engine = database.make_engine(f"sqlite:///{tmp_path / (party + '.db')}")
             database.upgrade(engine, node_store.MIGRATIONS)
             store = node_store.NodeStore(engine)
             mine = facts.get(party, [])
             store.picture_signal_facts = lambda first, last, mine=mine: mine  # type: ignore[method-assign]
             self.stores[party] = store
-            self.desks[party] = desk(world, store, party)
+            self.desks[party] = PictureDesk(
+                keys=keys[party], covenant=lambda: self.covenant, store=store, clock=self.clock
+            )
             self.handlers[party] = {}
             self.desks[party].register(self.handlers[party])
+
+    def clock(self) -> datetime:
+        return self.now
 
     def ferry(self, *, drop: Callable[[str, str, object], bool] = lambda *_: False) -> int:
         """Deliver until nothing is queued; ``drop(sender, recipient, context)`` loses one."""
@@ -1494,6 +1506,89 @@ def test_the_aggregator_answers_once_and_never_for_too_few(network):
     assert record.aggregate is None
     assert record.aggregate_refusal is not None
     assert "the covenant needs at least 2" in record.aggregate_refusal
+
+
+WOCO = "woco"
+
+
+@pytest.fixture(scope="module")
+def world4(tmp_path_factory: pytest.TempPathFactory):
+    import dataclasses
+
+    root = tmp_path_factory.mktemp("picture-world4")
+    rules = PictureRules(
+        viewers=(Role.RIEC,), min_cell_count=3, aggregator=Role.POLITIE, areas=("pc4:5038",)
+    )
+    specs = (
+        PartySpec(RIEC, "RIEC Test", Role.RIEC),
+        PartySpec(GEMEENTE, "Gemeente Test", Role.GEMEENTE),
+        PartySpec(WOCO, "Woco Test", Role.WONINGCORPORATIE),
+        PartySpec(POLITIE, "Politie Test", Role.POLITIE),
+    )
+    provisioned = provision(
+        root,
+        "riec-picture",
+        specs,
+        [GEMEENTE, POLITIE],
+        2,
+        now=NOW,
+        policy=dataclasses.replace(example_policy(), picture=rules),
+    )
+    keys = {s.id: PartyKeys.load(root / s.id / "party-keys.json") for s in specs}
+    return provisioned, keys
+
+
+def test_a_partner_that_does_not_answer_is_in_neither_set(world4, tmp_path):
+    """Dropouts: the woningcorporatie does not answer. Within the answer window the RIEC
+    waits; after it, the RIEC asks the aggregator for the sum over the two that answered,
+    and the late answer that then comes is summed nowhere (its share is dropped at the
+    aggregator, which answered already)."""
+    facts = {
+        GEMEENTE: [p.SignalFacts("pc4:5038", None, "woonfraude", "2026-10", 5)],
+        WOCO: [p.SignalFacts("pc4:5038", None, "woonfraude", "2026-10", 7)],
+        POLITIE: [p.SignalFacts("pc4:5038", None, "woonfraude", "2026-10", 4)],
+    }
+    net = Network(world4, tmp_path, facts, (RIEC, GEMEENTE, WOCO, POLITIE))
+    try:
+        riec = net.desks[RIEC]
+        ask = pp.PictureAsk(OCT, (SIGNALS,), (A,))
+        request_id, _ = riec.collect(ask, officer="analist@riec")
+
+        def offline(sender, recipient, context):
+            return recipient == WOCO or sender == WOCO
+
+        net.ferry(drop=offline)
+        view = riec.show(measure=SIGNALS, dimensions=(A,), request_id=request_id)
+        assert set(view.missing) == {GEMEENTE, POLITIE, WOCO}  # not summed yet
+        record = net.stores[RIEC].picture_collection(request_id)
+        assert record is not None
+        assert record.sum_requested_at is None
+        net.now = NOW + timedelta(minutes=16)
+        riec.show(measure=SIGNALS, dimensions=(A,), request_id=request_id)  # asks now
+        net.ferry(drop=offline)
+        view = riec.show(measure=SIGNALS, dimensions=(A,), request_id=request_id)
+        assert set(view.contributors) == {RIEC, GEMEENTE, POLITIE}
+        assert view.missing == (WOCO,)
+        assert view.table.cell(("pc4:5038",)).count == 9
+        # The woco answers late: counted nowhere, and said so.
+        sent = net.stores[RIEC]
+        with sent.engine.begin() as conn:  # the request to the woco, sent again
+            conn.execute(sa.delete(EnvelopeOutboxItem))
+        message = pp.request_message(net.covenant, RIEC, ask, request_id=request_id, now=NOW)
+        envelope = pp.build_request(
+            net.keys[RIEC], net.covenant, message, recipient=WOCO, message_id=bytes(16)
+        )
+        _, body = open_envelope(net.keys[WOCO], net.covenant, envelope.sealed)
+        net.handlers[WOCO][pp.SignatureContext.PICTURE_REQUEST](500, RIEC, body, net.covenant)
+        net.ferry()
+        view = riec.show(measure=SIGNALS, dimensions=(A,), request_id=request_id)
+        assert view.table.cell(("pc4:5038",)).count == 9
+        assert view.missing == ()
+        late = {party: why for party, _, why in view.refusals}
+        assert late[WOCO] == "answered after the sum was asked of the aggregator: not in it"
+        assert net.stores[POLITIE].picture_shares_held(request_id) == []  # dropped, not kept
+    finally:
+        net.close()
 
 
 # --- differencing across collections (exact mode) -----------------------------------------
