@@ -647,12 +647,17 @@ class PictureDesk:
                 raise InvalidInput("no longer a party of the covenant", field="contributor")
             role = covenant.role_of(sender).value
             remote = remote_ask(record)
+            if remote is None:  # kept by a version before secure aggregation: no tables now
+                raise InvalidInput(
+                    "a collection made before secure aggregation takes no partner's counts",
+                    field="request_id",
+                )
             received = picture_protocol.parse_contribution(
                 message,
                 ask_of(record),
                 sender=sender,
                 role=role,
-                share_values=None if remote is None else self._values(covenant, remote),
+                share_values=self._values(covenant, remote),
             )
         except (InvalidInput, MessageTooLarge) as error:
             # Kept as refused, with why, so that the collection shows it and it counts nowhere.

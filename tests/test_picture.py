@@ -1508,6 +1508,22 @@ def test_the_aggregator_answers_once_and_never_for_too_few(network):
     assert "the covenant needs at least 2" in record.aggregate_refusal
 
 
+def test_a_request_naming_another_aggregator_or_no_domain_is_refused(world):
+    covenant = world[0].covenant
+    ask = pp.PictureAsk(OCT, (SIGNALS,), (A,))
+    for tamper, starts in (
+        (lambda m: setattr(m, "aggregator", GEMEENTE), "aggregator:"),
+        (lambda m: m.ClearField("domain"), "domain:"),
+        (lambda m: m.domain[0].values.append("pc4:9999"), "domain[0].values:"),
+    ):
+        message = pp.request_message(covenant, RIEC, ask, request_id=bytes(16), now=NOW)
+        tamper(message)
+        incoming = pp.parse_request(message.SerializeToString(), sender=RIEC)
+        verdict = pp.decide(covenant, GEMEENTE, incoming, _NoFacts(), now=NOW)
+        assert verdict.refusal is pp.PictureRefusal.INVALID_REQUEST
+        assert verdict.message.startswith(starts), verdict.message
+
+
 WOCO = "woco"
 
 

@@ -42,12 +42,14 @@ def _ck(table: str, name: str, condition: str) -> sa.CheckConstraint:
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("picture_collections") as batch:
-        batch.add_column(sa.Column("request_body", sa.LargeBinary(), nullable=True))
-        batch.add_column(sa.Column("sum_requested_at", TIMESTAMP, nullable=True))
-        batch.add_column(sa.Column("aggregate", sa.LargeBinary(), nullable=True))
-        batch.add_column(sa.Column("aggregate_contributors", sa.Text(), nullable=True))
-        batch.add_column(sa.Column("aggregate_refusal", sa.Text(), nullable=True))
+    # Plain ALTER TABLE (no batch copy): the table is referenced by picture_contributions,
+    # and SQLite (3.35+) adds and drops columns without constraints in place.
+    c = "picture_collections"
+    op.add_column(c, sa.Column("request_body", sa.LargeBinary(), nullable=True))
+    op.add_column(c, sa.Column("sum_requested_at", TIMESTAMP, nullable=True))
+    op.add_column(c, sa.Column("aggregate", sa.LargeBinary(), nullable=True))
+    op.add_column(c, sa.Column("aggregate_contributors", sa.Text(), nullable=True))
+    op.add_column(c, sa.Column("aggregate_refusal", sa.Text(), nullable=True))
 
     s = "picture_shares"
     op.create_table(
@@ -98,9 +100,11 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("picture_sums")
     op.drop_table("picture_shares")
-    with op.batch_alter_table("picture_collections") as batch:
-        batch.drop_column("aggregate_refusal")
-        batch.drop_column("aggregate_contributors")
-        batch.drop_column("aggregate")
-        batch.drop_column("sum_requested_at")
-        batch.drop_column("request_body")
+    for column in (
+        "aggregate_refusal",
+        "aggregate_contributors",
+        "aggregate",
+        "sum_requested_at",
+        "request_body",
+    ):
+        op.drop_column("picture_collections", column)
