@@ -892,6 +892,8 @@ class PictureShareHeld(Base):
     contributor: Mapped[str] = mapped_column(String(MAX_PARTY_CHARS))
     request_digest: Mapped[bytes] = mapped_column()
     share: Mapped[bytes] = mapped_column()
+    first_month: Mapped[str] = mapped_column(String(7))
+    last_month: Mapped[str] = mapped_column(String(7))
     received_at: Mapped[datetime]
 
     __table_args__ = (
@@ -914,5 +916,11 @@ class PictureSumAnswer(Base):
     asked_at: Mapped[datetime]
     answered_at: Mapped[datetime | None]
     refusal_reason: Mapped[str | None] = mapped_column(String(MAX_REFUSAL_CHARS))
+    # The period summed (exact mode keeps later sums from singling out a party).
+    first_month: Mapped[str | None] = mapped_column(String(7))
+    last_month: Mapped[str | None] = mapped_column(String(7))
 
-    __table_args__ = (CheckConstraint("length(request_id) = 16", name="request_id_size"),)
+    __table_args__ = (
+        CheckConstraint("length(request_id) = 16", name="request_id_size"),
+        Index("ix_picture_sums_requester", "requester", "first_month"),
+    )

@@ -567,10 +567,22 @@ class PictureDesk:
                 digest = picture_protocol.request_digest(ask, exact=exact)
                 aggregator = incoming.message.aggregator
                 if aggregator == self._me:
-                    own_share = HeldPictureShare(self._me, digest, theirs)
+                    own_share = HeldPictureShare(
+                        self._me,
+                        digest,
+                        theirs,
+                        ask.period.first_month,
+                        ask.period.last_month,
+                    )
                 else:
                     share = picture_protocol.share_message(
-                        incoming.request_id, self._me, incoming.requester, digest, theirs, now=now
+                        incoming.request_id,
+                        self._me,
+                        incoming.requester,
+                        digest,
+                        theirs,
+                        period=ask.period,
+                        now=now,
                     )
                     also.append(
                         SealedEnvelope.of(
@@ -762,6 +774,8 @@ class PictureDesk:
             contributor=share.contributor,
             request_digest=share.digest,
             share=share.share,
+            first_month=share.period.first_month,
+            last_month=share.period.last_month,
             now=self._now(),
         )
         log.info("picture share received", kept=kept)
@@ -791,16 +805,31 @@ class PictureDesk:
         pending = self._store.pending_picture_sum(request_id)
         if pending is None:
             return
-        held = [
-            picture_protocol.HeldShare(h.contributor, h.request_digest, h.share)
-            for h in self._store.picture_shares_held(request_id)
-        ]
+        rows = self._store.picture_shares_held(request_id)
+        held = [picture_protocol.HeldShare(h.contributor, h.request_digest, h.share) for h in rows]
+        periods = {(h.first_month, h.last_month) for h in rows}
+        period = Period(*min(periods)) if len(periods) == 1 else None
+        past = (
+            [
+                picture_protocol.PastSum(
+                    frozenset(g.contributors),
+                    frozenset(Period(g.first_month, g.last_month).months()),
+                )
+                for g in self._store.picture_sums_given(
+                    pending.requester, period.first_month, period.last_month
+                )
+            ]
+            if period is not None
+            else []
+        )
         verdict = picture_protocol.decide_sum(
             covenant,
             picture_protocol.IncomingSumRequest(
                 request_id, pending.requester, pending.contributors
             ),
             held,
+            months=period.months() if period is not None else (),
+            past=past,
         )
         if verdict is None:
             return  # a listed share is still on its way
@@ -819,6 +848,8 @@ class PictureDesk:
             contributors=verdict.contributors,
             refusal=None if verdict.refusal is None else verdict.refusal.value,
             envelope=SealedEnvelope.of(envelope),
+            first_month=None if period is None else period.first_month,
+            last_month=None if period is None else period.last_month,
             now=now,
         ):
             self.wake()

@@ -46,6 +46,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from typing import Final, Protocol
 
 from google.protobuf.message import DecodeError
@@ -790,7 +791,14 @@ def request_digest(ask: PictureAsk, *, exact: bool) -> bytes:
 
 
 def share_message(
-    request_id: bytes, me: str, requester: str, digest: bytes, share: bytes, *, now: datetime
+    request_id: bytes,
+    me: str,
+    requester: str,
+    digest: bytes,
+    share: bytes,
+    *,
+    period: Period,
+    now: datetime,
 ) -> picture_pb2.PictureShare:
     """The aggregator's share of this node's contribution."""
     message = picture_pb2.PictureShare(
@@ -799,6 +807,7 @@ def share_message(
         requester=requester,
         request_digest=digest,
         share=share,
+        period=period.to_proto(),
     )
     message.issued_at.FromDatetime(now.astimezone(UTC))
     return message
@@ -813,6 +822,7 @@ class IncomingShare:
     requester: str
     digest: bytes
     share: bytes
+    period: Period
 
     def __repr__(self) -> str:
         return f"IncomingShare(contributor={self.contributor!r})"
@@ -844,12 +854,14 @@ def parse_share(body: bytes, *, sender: str, covenant: Covenant, me: str) -> Inc
         size % crypto.SHARE_WORD_BYTES
     ):
         raise InvalidInput("not a shared vector of a bounded length", field="share")
+    period = Period.from_proto(message.period, field="period")
     return IncomingShare(
         bytes(message.request_id),
         sender,
         message.requester,
         bytes(message.request_digest),
         bytes(message.share),
+        period,
     )
 
 
@@ -925,15 +937,71 @@ class SumVerdict:
         return f"SumVerdict(contributors={self.contributors!r}, refusal={self.refusal})"
 
 
+@dataclass(frozen=True, slots=True)
+class PastSum:
+    """A sum the aggregator gave the same viewer before: over which parties, for which
+    months (exact mode)."""
+
+    contributors: frozenset[str]
+    months: frozenset[str]
+
+
+def _rank(rows: Sequence[Sequence[int]]) -> int:
+    """The rank over the rationals of a few 0/1 rows (Gaussian elimination, exact)."""
+    work = [[Fraction(v) for v in row] for row in rows]
+    rank = 0
+    for col in range(len(work[0]) if work else 0):
+        pivot = next((i for i in range(rank, len(work)) if work[i][col] != 0), None)
+        if pivot is None:
+            continue
+        work[rank], work[pivot] = work[pivot], work[rank]
+        for i in range(len(work)):
+            if i != rank and work[i][col] != 0:
+                f = work[i][col] / work[rank][col]
+                work[i] = [x - f * y for x, y in zip(work[i], work[rank], strict=True)]
+        rank += 1
+    return rank
+
+
+def singled_out(
+    chosen: frozenset[str], months: Iterable[str], past: Sequence[PastSum]
+) -> tuple[str, str] | None:
+    """A (month, party) whose own counts the sum over ``chosen`` would give away together
+    with the ``past`` sums of that month: the party's indicator vector lies in the span of
+    the sets summed (say {A, B, C} then {A, B}: their difference is C). None if none."""
+    for month in sorted(set(months)):
+        sets = [p.contributors for p in past if month in p.months]
+        if not sets:
+            continue
+        sets.append(chosen)
+        parties = sorted(set().union(*sets))
+        rows = [[int(party in s) for party in parties] for s in sets]
+        base = _rank(rows)
+        for i, party in enumerate(parties):
+            unit = [int(j == i) for j in range(len(parties))]
+            if _rank([*rows, unit]) == base:
+                return month, party
+    return None
+
+
 def decide_sum(
-    covenant: Covenant, request: IncomingSumRequest, held: Sequence[HeldShare]
+    covenant: Covenant,
+    request: IncomingSumRequest,
+    held: Sequence[HeldShare],
+    *,
+    months: Sequence[str] = (),
+    past: Sequence[PastSum] = (),
 ) -> SumVerdict | None:
     """The aggregator's decision, once it holds a share of every contributor the viewer
-    lists (None: wait for the rest). It sums only shares of one layout (digest) from
-    parties other than the viewer, and refuses (INVALID_REQUEST) fewer than the
-    covenant's ``[picture] min_contributors``: a sum over one contributor is its table.
-    That it answers each request id once is the store's (``picture_sums``)."""
-    minimum = covenant.policy.picture.min_contributors
+    lists (None: wait for the rest). The viewer chooses when, not whom: the sum is over
+    every share held for the request, from parties other than the viewer, of one layout
+    (digest). Refused (INVALID_REQUEST): fewer than the covenant's ``[picture]
+    min_contributors`` (a sum over one contributor is its table); and, in exact mode, a
+    set that with the ``past`` sums this viewer got for a month of the period (``months``)
+    would single out one party (:func:`singled_out`). That it answers each request id
+    once is the store's (``picture_sums``)."""
+    rule = covenant.policy.picture
+    minimum = rule.min_contributors
     by_party = {h.contributor: h for h in held if h.contributor != request.requester}
     wanted = [c for c in request.contributors if c != request.requester]
     if len(wanted) < minimum:
@@ -944,7 +1012,7 @@ def decide_sum(
         )
     if any(c not in by_party for c in wanted):
         return None
-    chosen = [by_party[c] for c in sorted(wanted)]
+    chosen = [by_party[c] for c in sorted(by_party)]
     digests = {h.digest for h in chosen}
     lengths = {len(h.share) for h in chosen}
     if len(digests) != 1 or len(lengths) != 1:
@@ -952,6 +1020,16 @@ def decide_sum(
             refusal=PictureRefusal.INVALID_REQUEST,
             message="contributors: their shares are of different requests",
         )
+    parties = frozenset(h.contributor for h in chosen)
+    if not rule.noisy:
+        found = singled_out(parties, months, past)
+        if found is not None:
+            return SumVerdict(
+                refusal=PictureRefusal.INVALID_REQUEST,
+                message=f"contributors: with a sum given before for {found[0]}, this one "
+                "would single out one partner's counts; collect again when the same "
+                "partners answer",
+            )
     length = lengths.pop() // crypto.SHARE_WORD_BYTES
     total = crypto.add_shares((h.share for h in chosen), length=length)
     return SumVerdict(tuple(h.contributor for h in chosen), digests.pop(), total)

@@ -511,9 +511,20 @@ class HeldPictureShare:
     contributor: str
     request_digest: bytes
     share: bytes
+    first_month: str = ""
+    last_month: str = ""
 
     def __repr__(self) -> str:
         return f"HeldPictureShare(contributor={self.contributor!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class GivenPictureSum:
+    """A sum the aggregator gave a viewer: over which parties, for which period."""
+
+    contributors: tuple[str, ...]
+    first_month: str
+    last_month: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -2353,6 +2364,8 @@ class NodeStore(audit_store.AuditLog):
                         contributor=own_share.contributor,
                         request_digest=own_share.request_digest,
                         share=own_share.share,
+                        first_month=own_share.first_month,
+                        last_month=own_share.last_month,
                         received_at=now,
                     )
                     .on_conflict_do_nothing(index_elements=["request_id", "contributor"])
@@ -2675,6 +2688,8 @@ class NodeStore(audit_store.AuditLog):
         contributor: str,
         request_digest: bytes,
         share: bytes,
+        first_month: str,
+        last_month: str,
         now: datetime,
     ) -> bool:
         """Keep a contributor's second share with the mailbox cursor, in one transaction.
@@ -2697,6 +2712,8 @@ class NodeStore(audit_store.AuditLog):
                             contributor=contributor,
                             request_digest=request_digest,
                             share=share,
+                            first_month=first_month,
+                            last_month=last_month,
                             received_at=now,
                         )
                         .on_conflict_do_nothing(index_elements=["request_id", "contributor"])
@@ -2770,12 +2787,35 @@ class NodeStore(audit_store.AuditLog):
         h = models.PictureShareHeld
         with self._read() as conn:
             rows = conn.execute(
-                select(h.contributor, h.request_digest, h.share)
+                select(h.contributor, h.request_digest, h.share, h.first_month, h.last_month)
                 .where(h.request_id == request_id)
                 .order_by(h.id)
             ).all()
         return [
-            HeldPictureShare(r.contributor, bytes(r.request_digest), bytes(r.share)) for r in rows
+            HeldPictureShare(
+                r.contributor, bytes(r.request_digest), bytes(r.share), r.first_month, r.last_month
+            )
+            for r in rows
+        ]
+
+    def picture_sums_given(
+        self, requester: str, first_month: str, last_month: str
+    ) -> list[GivenPictureSum]:
+        """The sums this aggregator gave ``requester`` for a period overlapping the given one."""
+        m = models.PictureSumAnswer
+        with self._read() as conn:
+            rows = conn.execute(
+                select(m.contributors, m.first_month, m.last_month).where(
+                    m.requester == requester,
+                    m.answered_at.is_not(None),
+                    m.refusal_reason.is_(None),
+                    m.first_month <= last_month,
+                    m.last_month >= first_month,
+                )
+            ).all()
+        return [
+            GivenPictureSum(tuple(json.loads(r.contributors)), r.first_month, r.last_month)
+            for r in rows
         ]
 
     def answer_picture_sum(
@@ -2785,11 +2825,13 @@ class NodeStore(audit_store.AuditLog):
         contributors: Sequence[str],
         refusal: str | None,
         envelope: SealedEnvelope,
+        first_month: str | None = None,
+        last_month: str | None = None,
         now: datetime,
     ) -> bool:
         """Answer a pending sum request once, in one transaction: mark it answered (with
-        the contributors summed), queue the signed sum (or refusal) and delete every share
-        held for the request. False if it was answered meanwhile."""
+        the contributors summed and the period), queue the signed sum (or refusal) and
+        delete every share held for the request. False if it was answered meanwhile."""
         now = _utc(now)
         m, h = models.PictureSumAnswer, models.PictureShareHeld
         with self._write() as conn:
@@ -2800,6 +2842,8 @@ class NodeStore(audit_store.AuditLog):
                     answered_at=now,
                     contributors=json.dumps(list(contributors)),
                     refusal_reason=refusal,
+                    first_month=first_month,
+                    last_month=last_month,
                 )
             )
             if result.rowcount != 1:

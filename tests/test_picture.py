@@ -1603,6 +1603,16 @@ def test_a_partner_that_does_not_answer_is_in_neither_set(world4, tmp_path):
         late = {party: why for party, _, why in view.refusals}
         assert late[WOCO] == "answered after the sum was asked of the aggregator: not in it"
         assert net.stores[POLITIE].picture_shares_held(request_id) == []  # dropped, not kept
+        # All three answer a second collection of the month: their sum less the first one's
+        # would be the woco's own table, so the aggregator refuses it (exact mode).
+        again, _ = riec.collect(ask, officer="analist@riec")
+        net.ferry()
+        view = riec.show(measure=SIGNALS, dimensions=(A,), request_id=again)
+        assert view.contributors == (RIEC,)
+        refusals = {party: why for party, _, why in view.refusals}
+        assert set(refusals) == {GEMEENTE, WOCO, POLITIE}
+        assert all("single out" in why for why in refusals.values())
+        assert view.table.cell(("pc4:5038",)).count == 0
     finally:
         net.close()
 

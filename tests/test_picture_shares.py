@@ -225,6 +225,46 @@ def test_the_aggregator_waits_sums_and_refuses_too_few():
     assert mixed.refusal is pp.PictureRefusal.INVALID_REQUEST
 
 
+def test_the_aggregator_sums_every_share_it_holds_not_the_viewers_choice():
+    ask = pp.IncomingSumRequest(bytes(16), "riec", ("gemeente", "woco"))
+    s1_g, held_g = _held("gemeente", [1])
+    s1_w, held_w = _held("woco", [10])
+    s1_x, held_x = _held("politie", [100])
+    verdict = pp.decide_sum(_Covenant(), ask, [held_g, held_w, held_x])
+    assert verdict is not None
+    assert verdict.contributors == ("gemeente", "politie", "woco")
+    total = crypto.add_shares([verdict.total, s1_g, s1_w, s1_x], length=1)
+    assert crypto.share_values(total) == [111]
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "party"),
+    [
+        ([{"a", "b", "c"}], {"a", "b"}, "c"),  # a partner dropped out: the difference is c
+        ([{"a", "b"}], {"a", "b", "c"}, "c"),  # or came back
+        ([{"a", "b"}, {"b", "c"}], {"a", "c"}, "a"),  # three pairs solve for each one
+        ([{"a", "b", "c"}], {"a", "b", "c"}, None),  # the same set again: nothing new
+        ([{"a", "b"}], {"a", "b", "c", "d"}, None),  # two more: only their sum
+    ],
+)
+def test_a_sum_that_would_single_out_a_partner_is_found(before, now, party):
+    past = [pp.PastSum(frozenset(s), frozenset({"2026-10"})) for s in before]
+    found = pp.singled_out(frozenset(now), ["2026-10"], past)
+    assert (found[1] if found else None) == party
+    assert pp.singled_out(frozenset(now), ["2026-11"], past) is None  # another month
+
+
+def test_the_aggregator_refuses_a_sum_that_singles_out_a_partner():
+    ask = pp.IncomingSumRequest(bytes(16), "riec", ("gemeente", "woco"))
+    _, held_g = _held("gemeente", [1])
+    _, held_w = _held("woco", [10])
+    past = [pp.PastSum(frozenset({"gemeente", "woco", "politie"}), frozenset({"2026-10"}))]
+    verdict = pp.decide_sum(_Covenant(), ask, [held_g, held_w], months=["2026-10"], past=past)
+    assert verdict is not None
+    assert verdict.refusal is pp.PictureRefusal.INVALID_REQUEST
+    assert "single out" in verdict.message
+
+
 def _sum(contributors, total=b"\0" * 24, digest=b"d" * 32):
     message = pp.picture_pb2.PictureSum(
         request_id=bytes(16),

@@ -60,6 +60,8 @@ def upgrade() -> None:
         sa.Column("contributor", sa.String(length=64), nullable=False),
         sa.Column("request_digest", sa.LargeBinary(), nullable=False),
         sa.Column("share", sa.LargeBinary(), nullable=False),
+        sa.Column("first_month", sa.String(length=7), nullable=False),
+        sa.Column("last_month", sa.String(length=7), nullable=False),
         sa.Column("received_at", TIMESTAMP, nullable=False),
         _ck(s, "request_id_size", "length(request_id) = 16"),
         _ck(s, "digest_size", "length(request_digest) = 32"),
@@ -78,9 +80,12 @@ def upgrade() -> None:
         sa.Column("asked_at", TIMESTAMP, nullable=False),
         sa.Column("answered_at", TIMESTAMP, nullable=True),
         sa.Column("refusal_reason", sa.String(length=32), nullable=True),
+        sa.Column("first_month", sa.String(length=7), nullable=True),
+        sa.Column("last_month", sa.String(length=7), nullable=True),
         _ck(m, "request_id_size", "length(request_id) = 16"),
         sa.PrimaryKeyConstraint("request_id", name=op.f("pk_picture_sums")),
     )
+    op.create_index("ix_picture_sums_requester", m, ["requester", "first_month"])
 
     # Erase the partners' plaintext tables an older version kept (finding 2).
     conn = op.get_bind()
@@ -98,6 +103,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_picture_sums_requester", table_name="picture_sums")
     op.drop_table("picture_sums")
     op.drop_table("picture_shares")
     for column in (

@@ -544,6 +544,7 @@ class PictureShare(_message.Message):
     REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
     SHARE_FIELD_NUMBER: _builtins.int
     ISSUED_AT_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     """The request_id answered."""
     contributor: _builtins.str
@@ -560,6 +561,13 @@ class PictureShare(_message.Message):
     def issued_at(self) -> _timestamp_pb2.Timestamp:
         """When the share was made."""
 
+    @_builtins.property
+    def period(self) -> Global___Period:
+        """The period counted: the aggregator refuses, in exact mode, a sum that together
+        with the sums it gave the same viewer for a month of this period would
+        single out one contributor (sums over sets that differ by one party).
+        """
+
     def __init__(
         self,
         *,
@@ -569,10 +577,11 @@ class PictureShare(_message.Message):
         request_digest: _builtins.bytes = ...,
         share: _builtins.bytes = ...,
         issued_at: _timestamp_pb2.Timestamp | None = ...,
+        period: Global___Period | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at", "period", b"period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributor", b"contributor", "issued_at", b"issued_at", "request_digest", b"request_digest", "request_id", b"request_id", "requester", b"requester", "share", b"share"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributor", b"contributor", "issued_at", b"issued_at", "period", b"period", "request_digest", b"request_digest", "request_id", b"request_id", "requester", b"requester", "share", b"share"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -597,8 +606,9 @@ class PictureSumRequest(_message.Message):
     """Party id of the requester; equals the Signed.signer and Sealed.sender."""
     @_builtins.property
     def contributors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The contributors whose requester share the requester holds; the
-        aggregator sums the shares of these it holds (waiting for any it expects).
+        """The contributors whose requester share the requester holds: the
+        aggregator waits until it holds a share of each, then sums every share it
+        holds for the request (the requester chooses when, not whom).
         """
 
     @_builtins.property
@@ -623,8 +633,8 @@ Global___PictureSumRequest: _TypeAlias = PictureSumRequest  # noqa: Y015
 
 @_typing.final
 class PictureSum(_message.Message):
-    """The aggregator's answer: the sum of its shares over `contributors`, or a
-    refusal. Signed by the aggregator (context "picture-sum") and sealed to the
+    """The aggregator's answer: the sum of every share it holds for the request
+    (`contributors`), or a refusal. Signed by the aggregator (context "picture-sum") and sealed to the
     requester.
     """
 
