@@ -10,6 +10,12 @@ with what it causes: a collection with its envelopes and this node's own
 answer; an incoming request with the budget it spends, its answer and the
 mailbox cursor; a contribution with the cursor.
 
+As the covenant's picture aggregator it also keeps the second shares partners send
+(:meth:`PictureDesk.receive_share`) and answers a viewer's one sum request per request
+id (:meth:`PictureDesk.receive_sum_request`); as viewer it asks for that sum once its
+partners answered (or the answer window passed) and keeps only the result
+(:meth:`PictureDesk.receive_sum`).
+
 Log lines and audit entries carry ids, names, outcomes and epsilon: never a
 count, an area, a branch or a category.
 """

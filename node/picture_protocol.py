@@ -29,6 +29,14 @@ viewer combines what arrived and applies disclosure control. The arithmetic is
   it answers and against the viewer's covenant (the contributor's role, the role
   values in its tables, no negative exact count); :func:`table_from_proto` and
   :func:`released_to_proto` convert.
+* **Secure aggregation** (issue 13). A contributor never sends its table: it encodes it
+  over the request's public domain (:mod:`samenloop.node.picture_shares`) and splits it
+  into two additive shares (:func:`shares_of`), the requester's in the contribution and
+  the aggregator's in a ``PictureShare`` to the covenant's picture aggregator
+  (:func:`aggregator_of`). The aggregator sums every share it holds for a request once the
+  requester asks (:func:`decide_sum`: at least ``min_contributors``, never singling out a
+  partner against the sums it gave before); the requester checks the sum
+  (:func:`parse_sum`) and adds its own shares of exactly those contributors.
 * **Periods in exact mode.** :func:`check_periods`: without a privacy budget, the
   periods collected of one measure must be equal or disjoint, so that no
   suppressed cell can be recovered by subtracting one period's figures from an
