@@ -37,7 +37,7 @@ from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import rules
 from samenloop.policies.covenant import Covenant, Role, with_new_attribute_key
 from samenloop.policies.errors import SamenloopError
-from samenloop.policies.policy import example_policy
+from samenloop.policies.policy import Policy, example_policy
 
 COVENANT = "riec-zwb-demo"
 HOLDERS = ("gemeente", "politie", "belastingdienst")
@@ -72,9 +72,29 @@ BRANCHES = ("5610", "9602", "4520", "5510", "6810")
 DEMO_AREAS = Path(__file__).with_name("demo_areas.geojson")
 #: The demo covenant's marking for the report's printed pages.
 CLASSIFICATION = "Departementaal vertrouwelijk"
-#: The RIEC's own signals: vacant premises in one area, too few to show (a small cell).
+#: A small cell: the gemeente's 2 vacant premises in one area. The RIEC adds 3 of its own
+#: there (padding, issue 13): the cell sums to 5, the minimum, yet it is judged on the
+#: gemeente's 2 and stays suppressed.
+GEMEENTE_SMALL = 2
 RIEC_SIGNALS = 3
 RIEC_AREA, RIEC_BRANCH, RIEC_CATEGORY = "4461", "6810", "leegstand"
+
+
+def _policy() -> Policy:
+    """The example rules with the picture's secure aggregation (the Belastingdienst sums
+    the second shares; the region's areas and branches are the public domain) and the
+    marking of the report's printed pages."""
+    policy = example_policy()
+    return replace(
+        policy,
+        picture=replace(
+            policy.picture,
+            aggregator=Role.BELASTINGDIENST,
+            areas=tuple(f"pc4:{a}" for a in (*AREAS, RIEC_AREA)),
+            branches=tuple(dict.fromkeys((*BRANCHES, RIEC_BRANCH))),
+            classification=CLASSIFICATION,
+        ),
+    )
 
 
 def _area_and_branch(raw: RawSignal) -> tuple[str, str]:
@@ -196,10 +216,8 @@ def _shared_hit(client: NodeClient, owner: str, reference_prefix: str) -> tuple[
 
 def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
     console.rule("[bold]Samenloop demo: a signed covenant, a broker and five nodes over mTLS")
-    policy = example_policy()
-    policy = replace(policy, picture=replace(policy.picture, classification=CLASSIFICATION))
     provisioned: Provisioned = provision(
-        workdir, COVENANT, SPECS, HOLDERS, 2, now=datetime.now(UTC), policy=policy
+        workdir, COVENANT, SPECS, HOLDERS, 2, now=datetime.now(UTC), policy=_policy()
     )
     covenant = provisioned.covenant
     console.print(
@@ -317,6 +335,21 @@ def _import(
             f"3. {party}: {report.imported} signals imported (with area and SBI branch)"
             + (f"; refused {refused}" if refused else "")
         )
+    small = clients["gemeente"].import_signals(
+        [
+            SignalInput(
+                reference=f"GEM-LEEG-{n}",
+                category=RIEC_CATEGORY,
+                identifiers=[("kvk", f"{80000000 + n * 7919:08d}")],
+                area_kind="postcode4",
+                area_code=RIEC_AREA,
+                branch=RIEC_BRANCH,
+            )
+            for n in range(GEMEENTE_SMALL)
+        ]
+    )
+    held[("pc4:" + RIEC_AREA, RIEC_CATEGORY)] += small.imported
+    total += small.imported
     riec = clients["riec"].import_signals(
         [
             SignalInput(
@@ -330,7 +363,10 @@ def _import(
             for n in range(RIEC_SIGNALS)
         ]
     )
-    console.print(f"3. riec: {riec.imported} signals imported (vacant premises, one area)")
+    console.print(
+        f"3. riec: {riec.imported} signals imported (vacant premises in the area where the "
+        f"gemeente has {small.imported}: padding a small cell)"
+    )
     held[("pc4:" + RIEC_AREA, RIEC_CATEGORY)] += riec.imported
     return total + riec.imported, held
 
@@ -579,11 +615,13 @@ def _picture(
     exact = all(c.count == held[(c.values[0], c.values[1])] for c in shown_cells)
     small = shown.table.cell(("pc4:" + RIEC_AREA, RIEC_CATEGORY))
     console.print(
-        f"10. the RIEC's picture: {len(shown.contributors)} parties contributed counts, sealed "
-        f"to the RIEC; every figure shown equals the direct count of the demo's data "
-        f"({'yes' if exact else 'NO'}); {len(suppressed)} cell(s) suppressed (fewer than "
-        f"{shown.table.min_count}, and what would give them away), e.g. "
-        f"{RIEC_CATEGORY} in {RIEC_AREA}: {small.quality.value}"
+        f"10. the RIEC's picture: {len(shown.contributors)} parties summed (each sealed one "
+        f"share to the RIEC and one to the belastingdienst, which summed them; the RIEC "
+        f"never held a partner's own counts); every figure shown equals the direct count of "
+        f"the demo's data ({'yes' if exact else 'NO'}); {len(suppressed)} cell(s) suppressed "
+        f"(the others' count under {shown.table.min_count}, and what would give them away), "
+        f"e.g. {RIEC_CATEGORY} in {RIEC_AREA}, the gemeente's {GEMEENTE_SMALL} padded with "
+        f"the RIEC's own {RIEC_SIGNALS}: {small.quality.value}"
     )
     refused: list[str] = []
     try:
@@ -621,7 +659,7 @@ def _picture(
     return [
         ("the exact picture equals the demo data's own counts", exact and bool(shown_cells)),
         (
-            "the picture has a suppressed cell, the small one among them",
+            "the small cell stays suppressed, padded with the RIEC's own signals",
             bool(suppressed) and small.quality.value == "suppressed",
         ),
         ("a party without picture rights is refused", bool(refused)),

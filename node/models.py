@@ -787,6 +787,15 @@ class PictureCollection(Base):
     officer: Mapped[str] = mapped_column(String(MAX_PARTY_CHARS))
     covenant_version: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime]
+    # Secure aggregation (issue 13): the request sent (its domain and aggregator), when
+    # the aggregator was asked for its sum, and what came of it: the sum over the
+    # contributors it names (the viewer's shares added; never one partner's counts), or
+    # the aggregator's refusal.
+    request_body: Mapped[bytes | None] = mapped_column()
+    sum_requested_at: Mapped[datetime | None]
+    aggregate: Mapped[bytes | None] = mapped_column()
+    aggregate_contributors: Mapped[str | None] = mapped_column(Text)
+    aggregate_refusal: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         # Finds the latest collection of a period.
@@ -867,4 +876,51 @@ class PictureBudget(Base):
     __table_args__ = (
         CheckConstraint("length(month) = 7", name="month_size"),
         CheckConstraint("spent_units >= 0", name="spent_not_negative"),
+    )
+
+
+class PictureShareHeld(Base):
+    """At the covenant's picture aggregator: the second share of one contribution, kept
+    until the viewer's one sum request for it is answered, then deleted. Alone it is
+    uniformly random: it says nothing of the contributor's counts."""
+
+    __tablename__ = "picture_shares"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    request_id: Mapped[bytes] = mapped_column()
+    requester: Mapped[str] = mapped_column(String(MAX_PARTY_CHARS))
+    contributor: Mapped[str] = mapped_column(String(MAX_PARTY_CHARS))
+    request_digest: Mapped[bytes] = mapped_column()
+    share: Mapped[bytes] = mapped_column()
+    first_month: Mapped[str] = mapped_column(String(7))
+    last_month: Mapped[str] = mapped_column(String(7))
+    received_at: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("request_id", "contributor"),
+        CheckConstraint("length(request_id) = 16", name="request_id_size"),
+        CheckConstraint("length(request_digest) = 32", name="digest_size"),
+        CheckConstraint("length(share) >= 8", name="share_not_empty"),
+    )
+
+
+class PictureSumAnswer(Base):
+    """At the aggregator: a viewer's sum request, answered at most once per request id.
+    ``contributors`` (JSON) is what the viewer listed, then what was summed."""
+
+    __tablename__ = "picture_sums"
+
+    request_id: Mapped[bytes] = mapped_column(primary_key=True)
+    requester: Mapped[str] = mapped_column(String(MAX_PARTY_CHARS))
+    contributors: Mapped[str] = mapped_column(Text)
+    asked_at: Mapped[datetime]
+    answered_at: Mapped[datetime | None]
+    refusal_reason: Mapped[str | None] = mapped_column(String(MAX_REFUSAL_CHARS))
+    # The period summed (exact mode keeps later sums from singling out a party).
+    first_month: Mapped[str | None] = mapped_column(String(7))
+    last_month: Mapped[str | None] = mapped_column(String(7))
+
+    __table_args__ = (
+        CheckConstraint("length(request_id) = 16", name="request_id_size"),
+        Index("ix_picture_sums_requester", "requester", "first_month"),
     )

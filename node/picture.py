@@ -44,7 +44,7 @@ import operator
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from types import MappingProxyType
@@ -63,6 +63,7 @@ __all__ = [
     "BudgetLedger",
     "CaseEvent",
     "CaseFacts",
+    "CellFacts",
     "CellQuality",
     "Dimension",
     "Facts",
@@ -73,6 +74,7 @@ __all__ = [
     "Period",
     "ReleasedCell",
     "ReleasedTable",
+    "SensitivityRules",
     "SignalFacts",
     "SuppressionReason",
     "Table",
@@ -82,6 +84,7 @@ __all__ = [
     "combine",
     "count",
     "discrete_laplace_sd",
+    "primary_sensitive",
     "public_domain",
     "release",
     "split_epsilon",
@@ -973,16 +976,66 @@ class ReleasedTable:
         return any(c.quality is CellQuality.NOISY for c in self.cells)
 
 
+@dataclass(frozen=True, slots=True)
+class CellFacts:
+    """What the viewer knows of one cell beyond its released sum, all of it about the
+    contributors other than itself: ``others``, the sum of their counts (the cell's
+    count without the viewer's own); ``contributors``, how many of them hold a non-zero
+    count (None where unknown, as in noisy mode); ``largest``, an upper bound of the
+    largest single contribution (None where unknown or unbounded)."""
+
+    others: int
+    contributors: int | None = None
+    largest: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SensitivityRules:
+    """The covenant's primary suppression rules: ``min_count``, the fewest counts a
+    non-zero cell needs; ``min_contributors``, the fewest contributors other than the
+    viewer; ``dominance_share``, the largest share of a cell one contributor may hold
+    (1: no such rule)."""
+
+    min_count: int
+    min_contributors: int = 1
+    dominance_share: float = 1.0
+
+
+def primary_sensitive(cells: Mapping[Key, CellFacts], rules: SensitivityRules) -> set[Key]:
+    """The cells to suppress before any complementary suppression, judged on what the
+    others contributed (the viewer knows its own counts; padding a cell with them must
+    not make it safe). A cell is sensitive when the others' sum is positive and
+    (a) below ``min_count``, (b) held by fewer than ``min_contributors`` others, or
+    (c) the largest contribution may exceed ``dominance_share`` of it; an unknown
+    bound is taken as the whole sum (conservative)."""
+    sensitive: set[Key] = set()
+    for key, facts in cells.items():
+        others = facts.others
+        if others <= 0:
+            continue
+        if others < rules.min_count or (
+            facts.contributors is not None and facts.contributors < rules.min_contributors
+        ):
+            sensitive.add(key)
+        elif rules.dominance_share < 1 and facts.contributors is not None:
+            largest = others if facts.largest is None else min(facts.largest, others)
+            if largest > rules.dominance_share * others:
+                sensitive.add(key)
+    return sensitive
+
+
 def release(
     table: Table,
     *,
     min_count: int,
     noisy: bool | None = None,
     noise_scale: float | None = None,
+    primary: Collection[Key] | None = None,
 ) -> ReleasedTable:
     """Apply the covenant's disclosure control to a combined table (with or without totals).
 
-    Primary suppression: cells with 0 < count < ``min_count``. Complementary
+    Primary suppression: the cells ``primary`` names (see ``primary_sensitive``), by
+    default those with 0 < count < ``min_count``. Complementary
     suppression, when the table has totals: until stable, every line (the cells
     that differ only in one totalled dimension, and their total) with exactly one
     suppressed cell gets one more suppressed: a non-zero leaf before a zero or a
@@ -1008,7 +1061,10 @@ def release(
     def counted(key: Key) -> int:
         return table.get(key, 0)
 
-    suppressed = {k for k, v in table.items() if 0 < v < min_count}
+    if primary is None:
+        suppressed = {k for k, v in table.items() if 0 < v < min_count}
+    else:
+        suppressed = set(primary)
     too_few = frozenset(suppressed)
     if totalled and suppressed:
         suppressed = _complement(counted, suppressed, axes, totalled)

@@ -10,6 +10,12 @@ with what it causes: a collection with its envelopes and this node's own
 answer; an incoming request with the budget it spends, its answer and the
 mailbox cursor; a contribution with the cursor.
 
+As the covenant's picture aggregator it also keeps the second shares partners send
+(:meth:`PictureDesk.receive_share`) and answers a viewer's one sum request per request
+id (:meth:`PictureDesk.receive_sum_request`); as viewer it asks for that sum once its
+partners answered (or the answer window passed) and keeps only the result
+(:meth:`PictureDesk.receive_sum`).
+
 Log lines and audit entries carry ids, names, outcomes and epsilon: never a
 count, an area, a branch or a category.
 """
@@ -18,18 +24,21 @@ from __future__ import annotations
 
 import random
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from google.protobuf.message import DecodeError
 
-from samenloop.node import picture, picture_protocol
+from samenloop.node import picture, picture_protocol, picture_shares
 from samenloop.node.disclosure import check_officer
-from samenloop.node.picture import Dimension, Measure, Period, ReleasedTable, Table
+from samenloop.node.picture import Dimension, Key, Measure, Period, ReleasedTable, Table
 from samenloop.node.picture_protocol import PictureAsk, PictureRefusal, PictureVerdict
+from samenloop.node.picture_shares import Domain
 from samenloop.node.store import (
+    HeldPictureShare,
     NewPictureAnswer,
     NewPictureCollection,
     NewPictureContribution,
@@ -37,6 +46,7 @@ from samenloop.node.store import (
     PictureCollectionRecord,
     SealedEnvelope,
 )
+from samenloop.policies import crypto
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
@@ -90,6 +100,27 @@ def ask_of(record: PictureCollectionRecord) -> PictureAsk:
     )
 
 
+def remote_ask(record: PictureCollectionRecord) -> PictureAsk | None:
+    """What the other parties were asked, with the domain their shares are over; None
+    for a collection that sent no request (or one kept by a version before secure
+    aggregation)."""
+    if record.request_body is None:
+        return None
+    message = picture_pb2.PictureRequest.FromString(record.request_body)
+    own = ask_of(record)
+    domain = Domain.from_proto(message.domain, own.dimensions)
+    return PictureAsk(own.period, own.remote_measures, own.dimensions, domain)
+
+
+def _aggregator_in(record: PictureCollectionRecord) -> str:
+    assert record.request_body is not None
+    return picture_pb2.PictureRequest.FromString(record.request_body).aggregator
+
+
+def _reordered(keys: Sequence[int], cells: Mapping[Key, Any]) -> dict[Key, Any]:
+    return {tuple(k[i] for i in keys): v for k, v in cells.items()}
+
+
 def prior_of(record: PictureCollectionRecord) -> picture_protocol.PriorCollection:
     """A stored collection for the exact-mode period check: noisy only if it holds at
     least one contribution with counts and every such contribution spent epsilon."""
@@ -116,11 +147,13 @@ class PictureDesk:
         wake: Callable[[], None] = lambda: None,
         rng: random.Random | None = None,
         stale: Callable[[], str | None] = lambda: None,
+        answer_window: timedelta = timedelta(minutes=15),
     ) -> None:
         """``rng`` seeds the noise for reproducible tests; by default OpenDP draws it.
         ``stale`` says why the node is stale (no unexpired covenant timestamp), None while
         it is fresh: a stale node neither asks for the picture nor contributes to one."""
         self._stale = stale
+        self._answer_window = answer_window
         self._keys = keys
         self._me = keys.party
         self._covenant = covenant
@@ -137,6 +170,9 @@ class PictureDesk:
         """Add this desk to a dispatch of relayed messages by signed context."""
         handlers[SignatureContext.PICTURE_REQUEST] = self.receive_request
         handlers[SignatureContext.PICTURE_CONTRIBUTION] = self.receive_contribution
+        handlers[SignatureContext.PICTURE_SHARE] = self.receive_share
+        handlers[SignatureContext.PICTURE_SUM_REQUEST] = self.receive_sum_request
+        handlers[SignatureContext.PICTURE_SUM] = self.receive_sum
 
     # --- counting, for this node and for others -------------------------------------------
 
@@ -224,8 +260,12 @@ class PictureDesk:
             others = (
                 [p.id for p in covenant.parties if p.id != self._me] if ask.remote_measures else []
             )
-            message = picture_protocol.request_message(
-                covenant, self._me, ask, request_id=request_id, now=now
+            message = (
+                picture_protocol.request_message(
+                    covenant, self._me, ask, request_id=request_id, now=now
+                )
+                if others
+                else None
             )
             envelopes = [
                 SealedEnvelope.of(
@@ -238,6 +278,7 @@ class PictureDesk:
                     )
                 )
                 for party in others
+                if message is not None
             ]
             verdict = self._verdict(covenant, ask)
             tables = self._tables(covenant, ask, verdict) if verdict.refusal is None else []
@@ -263,6 +304,7 @@ class PictureDesk:
                         asked=asked,
                         officer=officer,
                         covenant_version=covenant.version,
+                        request_body=None if message is None else message.SerializeToString(),
                     ),
                     envelopes,
                     self._answer(request_id, self._me, ask, verdict),
@@ -369,9 +411,15 @@ class PictureDesk:
         if not prior_of(record).noisy:
             self._check_periods(covenant, record.request_id, ask)
         order = [ask.dimensions.index(d) for d in dims]
-        tables: list[Table] = []
-        contributors: list[str] = []
+        rule = covenant.policy.picture
+        if measure in ask.remote_measures:
+            self._maybe_ask_sum(record.request_id, covenant)  # dropouts: after the window
+            record = self._store.picture_collection(record.request_id) or record
+        remote = remote_ask(record) if measure in ask.remote_measures else None
+        domain = None if remote is None else remote.domain
+        own: Table | None = None
         refusals: list[tuple[str, PictureRefusal, str]] = []
+        holders: list[str] = []
         for stored in record.contributions:
             if stored.refusal_reason is not None:
                 refusals.append(
@@ -382,35 +430,100 @@ class PictureDesk:
                     )
                 )
                 continue
-            try:  # checked when it came; again, for what an older version kept
+            if stored.contributor != self._me:
+                holders.append(stored.contributor)
+                continue
+            try:  # this node's own counts, checked again for what an older version kept
                 message = picture_pb2.PictureContribution.FromString(stored.body)
                 received = picture_protocol.parse_contribution(
                     message,
                     ask,
                     sender=stored.contributor,
                     role=stored.contributor_role,
-                    measures=ask.measures if stored.contributor == self._me else None,
+                    measures=ask.measures,
                 )
             except (InvalidInput, MessageTooLarge, DecodeError) as error:
                 refusals.append((stored.contributor, _REJECTED, _REJECTED_PREFIX + _why(error)))
                 continue
             for found in received.tables:
                 if found.measure is measure:
-                    tables.append(
-                        Table(
-                            measure,
-                            dims,
-                            ask.period,
-                            {tuple(k[i] for i in order): v for k, v in found.items()},
-                            noise_scale=found.noise_scale,
-                        )
+                    cells: dict[Key, int] = {}
+                    for key, value in found.items():  # folded as the partners fold theirs
+                        k = key if domain is None else domain.fold(key)
+                        cells[k] = cells.get(k, 0) + value
+                    own = Table(
+                        measure, ask.dimensions, ask.period, cells, noise_scale=found.noise_scale
                     )
-            contributors.append(stored.contributor)
-        combined = picture.combine(tables) if tables else Table(measure, dims, ask.period, {})
-        released = picture.release(
-            picture.with_totals(combined), min_count=covenant.policy.picture.min_cell_count
+        contributors = [self._me] if own is not None else []
+        summed = set(record.aggregate_contributors) if record.aggregate is not None else set()
+        contributors += sorted(summed)
+        others: Table | None = None
+        bands: dict[Key, tuple[int, ...]] = {}
+        if remote is not None and domain is not None and record.aggregate is not None:
+            exact = not rule.noisy
+            (shared,) = [
+                s
+                for s in picture_shares.decode(
+                    crypto.share_values(record.aggregate), domain, remote.measures, exact=exact
+                )
+                if s.measure is measure
+            ]
+            per_table = len(remote.measures)
+            variance = 0.0
+            for stored in record.contributions:  # independent noise: variances add
+                if stored.contributor in summed and stored.epsilon_spent > 0:
+                    sd = picture.discrete_laplace_sd(per_table / stored.epsilon_spent)
+                    variance += sd**2
+            counts = {k: v for k, v in shared.counts.items() if v != 0 or not exact}
+            others = Table(
+                measure, dims, ask.period, _reordered(order, counts), noise_scale=variance**0.5
+            )
+            bands = _reordered(order, shared.bands)
+        # Who is in: the partners whose share was summed; the others refused (by their
+        # node, the aggregator or this node), or are not summed yet (missing).
+        not_summed = [h for h in holders if h not in summed]
+        if record.request_body is None and measure in ask.remote_measures:
+            why = "collected before secure aggregation: its counts were erased; collect again"
+            refusals += [(h, _REJECTED, why) for h in not_summed]
+        elif record.aggregate_refusal is not None:
+            why = "not summed: " + record.aggregate_refusal
+            refusals += [(h, _REJECTED, why) for h in not_summed]
+        elif record.aggregate is not None:
+            why = "answered after the sum was asked of the aggregator: not in it"
+            refusals += [(h, _REJECTED, why) for h in not_summed]
+        elif (
+            record.sum_requested_at is None
+            and remote is not None
+            and self._sum_due(record)
+            and len(holders) < rule.min_contributors
+        ):
+            why = (
+                f"not summed: {len(holders)} partner(s) contributed, the covenant needs "
+                f"at least {rule.min_contributors} (so that no one partner's counts show)"
+            )
+            refusals += [(h, _REJECTED, why) for h in not_summed]
+        own_table = (
+            Table(measure, dims, ask.period, _reordered(order, own), noise_scale=own.noise_scale)
+            if own is not None
+            else None
         )
-        answered = {c.contributor for c in record.contributions}
+        parts = [t for t in (own_table, others) if t is not None]
+        combined = picture.combine(parts) if parts else Table(measure, dims, ask.period, {})
+        primary: set[Key] | None = None
+        if others is not None:
+            facts = picture_shares.cell_facts(picture.with_totals(others), bands)
+            primary = picture.primary_sensitive(
+                facts,
+                picture.SensitivityRules(
+                    rule.min_cell_count, rule.min_cell_contributors, rule.dominance_share
+                ),
+            )
+        elif remote is not None:
+            primary = set()  # only this node's own counts: nothing of a partner to protect
+        released = picture.release(
+            picture.with_totals(combined), min_count=rule.min_cell_count, primary=primary
+        )
+        settled = {r[0] for r in refusals} | summed | {self._me}
         self._store.audit_append(
             kind=AuditKind.PICTURE_EVENT,
             subject=[record.request_id.hex()],
@@ -426,7 +539,7 @@ class PictureDesk:
             request_id=record.request_id,
             table=released,
             contributors=tuple(contributors),
-            missing=tuple(p for p in record.asked if p not in answered),
+            missing=tuple(p for p in record.asked if p not in settled),
             refusals=tuple(refusals),
         )
 
@@ -449,14 +562,55 @@ class PictureDesk:
                     tables = self._tables(covenant, ask, verdict)
                 except MessageTooLarge as error:  # a legitimate request, too fine a breakdown
                     verdict = picture_protocol.too_large(ask, error)
+            # Secure aggregation: the requester gets one share, the aggregator the other;
+            # neither alone learns anything of this node's counts.
+            mine: bytes | None = None
+            also: list[SealedEnvelope] = []
+            own_share: HeldPictureShare | None = None
+            if verdict.refusal is None and ask is not None:
+                exact = not covenant.policy.picture.noisy
+                mine, theirs = picture_protocol.shares_of(tables, ask, exact=exact)
+                digest = picture_protocol.request_digest(ask, exact=exact)
+                aggregator = incoming.message.aggregator
+                if aggregator == self._me:
+                    own_share = HeldPictureShare(
+                        self._me,
+                        digest,
+                        theirs,
+                        ask.period.first_month,
+                        ask.period.last_month,
+                    )
+                else:
+                    share = picture_protocol.share_message(
+                        incoming.request_id,
+                        self._me,
+                        incoming.requester,
+                        digest,
+                        theirs,
+                        period=ask.period,
+                        now=now,
+                    )
+                    also.append(
+                        SealedEnvelope.of(
+                            picture_protocol.seal_message(
+                                self._keys,
+                                covenant,
+                                SignatureContext.PICTURE_SHARE,
+                                share.SerializeToString(),
+                                recipient=aggregator,
+                                message_id=self._random(ID_BYTES),
+                            )
+                        )
+                    )
             message = picture_protocol.contribution(
                 covenant,
                 self._me,
                 incoming.request_id,
                 verdict,
-                tables,
+                (),
                 period=incoming.message.period,
                 now=now,
+                share=mine,
             )
             envelope = picture_protocol.seal_contribution(
                 self._keys,
@@ -472,6 +626,9 @@ class PictureDesk:
                     SealedEnvelope.of(envelope),
                     budget_units=self._budget_units(covenant),
                     now=now,
+                    also=also,
+                    own_share=own_share,
+                    requester=incoming.requester,
                 )
             except picture.BudgetExhausted:
                 if attempt == 2:
@@ -507,8 +664,18 @@ class PictureDesk:
             if not covenant.is_party(sender):
                 raise InvalidInput("no longer a party of the covenant", field="contributor")
             role = covenant.role_of(sender).value
+            remote = remote_ask(record)
+            if remote is None:  # kept by a version before secure aggregation: no tables now
+                raise InvalidInput(
+                    "a collection made before secure aggregation takes no partner's counts",
+                    field="request_id",
+                )
             received = picture_protocol.parse_contribution(
-                message, ask_of(record), sender=sender, role=role
+                message,
+                ask_of(record),
+                sender=sender,
+                role=role,
+                share_values=self._values(covenant, remote),
             )
         except (InvalidInput, MessageTooLarge) as error:
             # Kept as refused, with why, so that the collection shows it and it counts nowhere.
@@ -548,3 +715,221 @@ class PictureDesk:
             reason=None if received.refusal is None else received.refusal.value,
             kept=kept,
         )
+        self._maybe_ask_sum(request_id, covenant)
+
+    # --- secure aggregation (issue 13) -----------------------------------------------------
+
+    @staticmethod
+    def _values(covenant: Covenant, remote: PictureAsk) -> int:
+        assert remote.domain is not None
+        return picture_shares.vector_length(
+            remote.domain, len(remote.measures), exact=not covenant.policy.picture.noisy
+        )
+
+    def _share_holders(self, record: PictureCollectionRecord) -> list[str]:
+        """The partners whose share of this collection this node holds."""
+        return [
+            c.contributor
+            for c in record.contributions
+            if c.contributor != self._me and c.refusal_reason is None and c.body != b"-"
+        ]
+
+    def _sum_due(self, record: PictureCollectionRecord) -> bool:
+        """Whether to ask the aggregator now: every party asked has answered, or the answer
+        window since the collection started has passed."""
+        answered = {c.contributor for c in record.contributions}
+        everyone = all(p in answered for p in record.asked if p != self._me)
+        late = self._now() - record.created_at.astimezone(UTC) >= self._answer_window
+        return everyone or late
+
+    def _maybe_ask_sum(self, request_id: bytes, covenant: Covenant) -> None:
+        """Ask the aggregator, once, for the sum over the partners whose share this node
+        holds: when every party asked has answered, or the answer window has passed
+        (a partner that does not answer is then in neither set). Not with fewer
+        holders than the covenant's ``min_contributors``: it would refuse."""
+        record = self._store.picture_collection(request_id)
+        if record is None or record.request_body is None or record.sum_requested_at is not None:
+            return
+        holders = self._share_holders(record)
+        if not self._sum_due(record) or len(holders) < covenant.policy.picture.min_contributors:
+            return
+        now = self._now()
+        message = picture_protocol.sum_request_message(request_id, self._me, holders, now=now)
+        envelope = picture_protocol.seal_message(
+            self._keys,
+            covenant,
+            SignatureContext.PICTURE_SUM_REQUEST,
+            message.SerializeToString(),
+            recipient=_aggregator_in(record),
+            message_id=self._random(ID_BYTES),
+        )
+        if self._store.request_picture_sum(
+            request_id, holders, SealedEnvelope.of(envelope), now=now
+        ):
+            self.wake()
+            log.info("picture sum requested", contributors=len(holders))
+
+    def receive_share(self, cursor: int, sender: str, body: bytes, covenant: Covenant) -> None:
+        """At the aggregator: keep a contributor's second share (with the cursor), then
+        answer the viewer's sum request if it waited for this share."""
+        share = picture_protocol.parse_share(body, sender=sender, covenant=covenant, me=self._me)
+        kept = self._store.keep_picture_share(
+            cursor,
+            share.request_id,
+            requester=share.requester,
+            contributor=share.contributor,
+            request_digest=share.digest,
+            share=share.share,
+            first_month=share.period.first_month,
+            last_month=share.period.last_month,
+            now=self._now(),
+        )
+        log.info("picture share received", kept=kept)
+        self._try_answer_sum(share.request_id, covenant)
+
+    def receive_sum_request(
+        self, cursor: int, sender: str, body: bytes, covenant: Covenant
+    ) -> None:
+        """At the aggregator: a viewer's sum request, answered at most once per request
+        id (a repeat is audited and not answered), once the shares it lists are here."""
+        asked = picture_protocol.parse_sum_request(
+            body, sender=sender, covenant=covenant, me=self._me
+        )
+        fresh = self._store.ask_picture_sum(
+            cursor,
+            asked.request_id,
+            requester=asked.requester,
+            contributors=asked.contributors,
+            now=self._now(),
+        )
+        if not fresh:
+            log.warning("picture sum asked again: refused", why="answered at most once")
+            return
+        self._try_answer_sum(asked.request_id, covenant)
+
+    def _try_answer_sum(self, request_id: bytes, covenant: Covenant) -> None:
+        pending = self._store.pending_picture_sum(request_id)
+        if pending is None:
+            return
+        rows = self._store.picture_shares_held(request_id)
+        held = [picture_protocol.HeldShare(h.contributor, h.request_digest, h.share) for h in rows]
+        periods = {(h.first_month, h.last_month) for h in rows}
+        period = Period(*min(periods)) if len(periods) == 1 else None
+        past = (
+            [
+                picture_protocol.PastSum(
+                    frozenset(g.contributors),
+                    frozenset(Period(g.first_month, g.last_month).months()),
+                )
+                for g in self._store.picture_sums_given(
+                    pending.requester, period.first_month, period.last_month
+                )
+            ]
+            if period is not None
+            else []
+        )
+        verdict = picture_protocol.decide_sum(
+            covenant,
+            picture_protocol.IncomingSumRequest(
+                request_id, pending.requester, pending.contributors
+            ),
+            held,
+            months=period.months() if period is not None else (),
+            past=past,
+        )
+        if verdict is None:
+            return  # a listed share is still on its way
+        now = self._now()
+        message = picture_protocol.sum_message(request_id, self._me, verdict, now=now)
+        envelope = picture_protocol.seal_message(
+            self._keys,
+            covenant,
+            SignatureContext.PICTURE_SUM,
+            message.SerializeToString(),
+            recipient=pending.requester,
+            message_id=self._random(ID_BYTES),
+        )
+        if self._store.answer_picture_sum(
+            request_id,
+            contributors=verdict.contributors,
+            refusal=None if verdict.refusal is None else verdict.refusal.value,
+            envelope=SealedEnvelope.of(envelope),
+            first_month=None if period is None else period.first_month,
+            last_month=None if period is None else period.last_month,
+            now=now,
+        ):
+            self.wake()
+            log.info(
+                "picture sum answered",
+                outcome="refused" if verdict.refusal else "summed",
+                contributors=len(verdict.contributors),
+            )
+
+    def receive_sum(self, cursor: int, sender: str, body: bytes, covenant: Covenant) -> None:
+        """At the viewer: the aggregator's sum. Checked (``picture_protocol.parse_sum``),
+        the shares held of exactly its contributors added to it, and only the result
+        kept, the shares erased, in one transaction with the cursor. A sum that fails a
+        check is kept as refused, with why: refused, never guessed."""
+        message = picture_protocol.read_sum(body)
+        request_id = bytes(message.request_id)
+        record = self._store.picture_collection(request_id)
+        if record is None or record.request_body is None or record.sum_requested_at is None:
+            raise InvalidInput("no sum was asked for this request", field="request_id")
+        remote = remote_ask(record)
+        assert remote is not None
+        exact = not covenant.policy.picture.noisy
+        holders = self._share_holders(record)
+        now = self._now()
+        try:
+            received = picture_protocol.parse_sum(
+                message,
+                sender=sender,
+                aggregator=_aggregator_in(record),
+                me=self._me,
+                digest=picture_protocol.request_digest(remote, exact=exact),
+                values=self._values(covenant, remote),
+                held=holders,
+                min_contributors=covenant.policy.picture.min_contributors,
+            )
+        except InvalidInput as error:
+            if error.field == "aggregator":
+                raise  # not the aggregator's: dropped, the real answer may still come
+            self._store.keep_picture_sum(
+                cursor,
+                request_id,
+                aggregate=None,
+                contributors=(),
+                refusal=(_REJECTED_PREFIX + _why(error))[: picture_protocol.MAX_TEXT_BYTES],
+                now=now,
+            )
+            log.warning("picture sum rejected", field=error.field)
+            return
+        if received.refusal is not None:
+            self._store.keep_picture_sum(
+                cursor,
+                request_id,
+                aggregate=None,
+                contributors=(),
+                refusal=f"{received.refusal.value}: {received.message}",
+                now=now,
+            )
+            log.info("picture sum refused by the aggregator", reason=received.refusal.value)
+            return
+        shares = {
+            c.contributor: bytes(picture_pb2.PictureContribution.FromString(c.body).share)
+            for c in record.contributions
+            if c.contributor in received.contributors
+        }
+        length = self._values(covenant, remote)
+        aggregate = crypto.add_shares(
+            [received.total, *(shares[c] for c in received.contributors)], length=length
+        )
+        self._store.keep_picture_sum(
+            cursor,
+            request_id,
+            aggregate=aggregate,
+            contributors=received.contributors,
+            refusal=None,
+            now=now,
+        )
+        log.info("picture sum received", contributors=len(received.contributors))

@@ -29,6 +29,14 @@ viewer combines what arrived and applies disclosure control. The arithmetic is
   it answers and against the viewer's covenant (the contributor's role, the role
   values in its tables, no negative exact count); :func:`table_from_proto` and
   :func:`released_to_proto` convert.
+* **Secure aggregation** (issue 13). A contributor never sends its table: it encodes it
+  over the request's public domain (:mod:`samenloop.node.picture_shares`) and splits it
+  into two additive shares (:func:`shares_of`), the requester's in the contribution and
+  the aggregator's in a ``PictureShare`` to the covenant's picture aggregator
+  (:func:`aggregator_of`). The aggregator sums every share it holds for a request once the
+  requester asks (:func:`decide_sum`: at least ``min_contributors``, never singling out a
+  partner against the sums it gave before); the requester checks the sum
+  (:func:`parse_sum`) and adds its own shares of exactly those contributors.
 * **Periods in exact mode.** :func:`check_periods`: without a privacy budget, the
   periods collected of one measure must be equal or disjoint, so that no
   suppressed cell can be recovered by subtracting one period's figures from an
@@ -46,11 +54,12 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from typing import Final, Protocol
 
 from google.protobuf.message import DecodeError
 
-from samenloop.node import picture
+from samenloop.node import picture, picture_shares
 from samenloop.node.envelopes import Envelope
 from samenloop.node.envelopes import seal as _seal
 from samenloop.node.picture import (
@@ -65,7 +74,8 @@ from samenloop.node.picture import (
     SignalFacts,
     Table,
 )
-from samenloop.policies import rules
+from samenloop.node.picture_shares import Domain
+from samenloop.policies import crypto, rules
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import InvalidInput, MessageTooLarge, NotAllowed, SamenloopError
@@ -138,6 +148,8 @@ class PictureAsk:
     period: Period
     measures: tuple[Measure, ...]
     dimensions: tuple[Dimension, ...]
+    #: The public domain the others' tables are shared over (from the request).
+    domain: Domain | None = None
 
     @property
     def remote_measures(self) -> tuple[Measure, ...]:
@@ -159,6 +171,49 @@ def check_ask(covenant: Covenant, me: str, ask: PictureAsk) -> None:
             reason="picture.not_a_viewer",
         )
     picture.check_request(ask.measures, ask.dimensions)
+    if ask.remote_measures:
+        aggregator_of(covenant, viewer=me)
+        domain = domain_of(covenant, ask)
+        picture_shares.vector_length(
+            domain, len(ask.remote_measures), exact=not covenant.policy.picture.noisy
+        )
+
+
+def aggregator_of(covenant: Covenant, *, viewer: str) -> str:
+    """The party id of the covenant's picture aggregator: the one party whose role is
+    ``[picture] aggregator``, not a viewer and not ``viewer``. ``InvalidInput`` (field
+    ``picture.aggregator``) if the covenant names none, or its role is not exactly one
+    party's: without an aggregator no partner's counts may leave its node."""
+    role = covenant.policy.picture.aggregator
+    if role is None:
+        raise InvalidInput(
+            "the covenant names no picture aggregator: set [picture] aggregator to the role "
+            "of the party that sums the second shares (it must not be a viewer)",
+            field="picture.aggregator",
+            reason="picture.no_aggregator",
+        )
+    found = [p.id for p in covenant.parties if p.role is role]
+    if len(found) != 1 or found[0] == viewer or rules.may_see_picture(covenant, found[0]):
+        raise InvalidInput(
+            f"the aggregator's role {role.value} must be held by exactly one party, "
+            f"not a viewer ({len(found)} hold it)",
+            field="picture.aggregator",
+            reason="picture.no_aggregator",
+        )
+    return found[0]
+
+
+def domain_of(covenant: Covenant, ask: PictureAsk) -> Domain:
+    """The public domain a viewer asks the others' tables over (``Domain.of``)."""
+    rule = covenant.policy.picture
+    return Domain.of(
+        ask.dimensions,
+        period=ask.period,
+        roles=[p.role.value for p in covenant.parties],
+        categories=covenant.policy.categories,
+        areas=rule.areas,
+        branches=rule.branches,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +278,8 @@ def request_message(
         period=ask.period.to_proto(),
         measures=[m.to_proto() for m in ask.remote_measures],
         dimensions=[d.to_proto() for d in ask.dimensions],
+        aggregator=aggregator_of(covenant, viewer=requester),
+        domain=domain_of(covenant, ask).to_proto(),
     )
     message.issued_at.FromDatetime(now.astimezone(UTC))
     return message
@@ -314,9 +371,9 @@ def _ask_of(message: picture_pb2.PictureRequest) -> PictureAsk:
     dimensions = tuple(
         Dimension.from_proto(d, field=f"dimensions[{i}]") for i, d in enumerate(message.dimensions)
     )
-    ask = PictureAsk(period, measures, dimensions)
     picture.check_request(measures, dimensions)
-    return ask
+    domain = Domain.from_proto(message.domain, dimensions)
+    return PictureAsk(period, measures, dimensions, domain)
 
 
 def decide(
@@ -346,6 +403,15 @@ def decide(
             PictureRefusal.NOT_ALLOWED,
             "the covenant does not let the requester's role see the picture",
         )
+    try:
+        aggregator = aggregator_of(covenant, viewer=request.requester)
+    except InvalidInput as error:
+        return _refuse(PictureRefusal.INVALID_REQUEST, f"{error.field}: {error.message}")
+    if message.aggregator != aggregator:
+        return _refuse(
+            PictureRefusal.INVALID_REQUEST,
+            "aggregator: not the party this node's covenant names as the picture aggregator",
+        )
     if not message.HasField("issued_at"):
         return _refuse(PictureRefusal.INVALID_REQUEST, "issued_at: missing")
     try:
@@ -365,6 +431,11 @@ def decide(
             ask,
         )
     rule = covenant.policy.picture
+    assert ask.domain is not None  # _ask_of reads it
+    try:
+        picture_shares.vector_length(ask.domain, len(ask.measures), exact=not rule.noisy)
+    except MessageTooLarge as error:
+        return too_large(ask, error)
     if not rule.noisy:
         return PictureVerdict(ask)
     ledger = facts.picture_ledger(ask.period.months())
@@ -412,9 +483,14 @@ def count_tables(
     if epsilon <= 0:
         return tables
     share = picture.split_epsilon(epsilon, len(tables))
-    domain = picture.public_domain(
-        ask.dimensions, period=ask.period, role=role, categories=covenant.policy.categories
-    )
+    if ask.domain is not None:  # every cell of the shared domain gets noise, zeros too
+        domain: dict[Dimension, tuple[str, ...]] = dict(
+            zip(ask.domain.dimensions, ask.domain.axes, strict=True)
+        )
+    else:
+        domain = picture.public_domain(
+            ask.dimensions, period=ask.period, role=role, categories=covenant.policy.categories
+        )
     return [picture.add_noise(t, epsilon=share, domain=domain, rng=rng) for t in tables]
 
 
@@ -500,8 +576,11 @@ def contribution(
     *,
     period: picture_pb2.Period,
     now: datetime,
+    share: bytes | None = None,
 ) -> picture_pb2.PictureContribution:
-    """The answer to a request: the tables, or the refusal (then no tables)."""
+    """The answer to a request: the refusal, or the requester's ``share`` of the tables
+    (what is sent), or the tables themselves (the viewer's own contribution, kept at
+    its own node)."""
     message = picture_pb2.PictureContribution(
         request_id=request_id,
         contributor=me,
@@ -513,7 +592,10 @@ def contribution(
         message.refusal.reason = verdict.refusal.to_proto()
         message.refusal.message = verdict.message[:MAX_TEXT_BYTES]
         return message
-    message.tables.extend(table_to_proto(t) for t in tables)
+    if share is None:
+        message.tables.extend(table_to_proto(t) for t in tables)
+    else:
+        message.share = share
     message.epsilon_spent = verdict.epsilon
     message.epsilon_remaining = verdict.epsilon_remaining
     return message
@@ -552,6 +634,8 @@ class ReceivedContribution:
     message: str
     tables: tuple[Table, ...]
     epsilon_spent: float
+    #: The requester's share of the contributor's vector (empty for its own or a refusal).
+    share: bytes = b""
 
     def __repr__(self) -> str:
         return f"ReceivedContribution(contributor={self.contributor!r}, refusal={self.refusal})"
@@ -571,6 +655,7 @@ def parse_contribution(
     sender: str,
     role: str,
     measures: Sequence[Measure] | None = None,
+    share_values: int | None = None,
 ) -> ReceivedContribution:
     """Check a contribution against the request it answers: from its signer, with the
     role ``role`` that the viewer's covenant gives the signer (as ``contributor_role``
@@ -578,7 +663,9 @@ def parse_contribution(
     table per measure asked of it, no negative exact count; ``InvalidInput`` naming the
     field if not (``MessageTooLarge`` for a table of too many cells). ``measures``: the
     tables expected, by default the signal measures asked (the viewer's own
-    contribution also counts the case measures)."""
+    contribution also counts the case measures). ``share_values``: a partner's
+    contribution carries no table but the requester's share of its vector, of this many
+    values (its own contribution is read with None)."""
     request_id, contributor = read_contribution(message)
     if contributor != sender:
         raise InvalidInput("contributor is not the signer", field="contributor")
@@ -602,6 +689,30 @@ def parse_contribution(
             (),
             0.0,
         )
+    if not message.epsilon_spent >= 0:
+        raise InvalidInput("must be >= 0", field="epsilon_spent")
+    if share_values is not None:
+        if message.tables:
+            raise InvalidInput(
+                "a partner's counts travel only as shares, never as a table",
+                field="tables",
+                reason="picture.plain_counts",
+            )
+        if len(message.share) != share_values * crypto.SHARE_WORD_BYTES:
+            raise InvalidInput(
+                f"the share has {share_values} values of {crypto.SHARE_WORD_BYTES} bytes",
+                field="share",
+            )
+        return ReceivedContribution(
+            request_id,
+            contributor,
+            message.contributor_role,
+            None,
+            "",
+            (),
+            float(message.epsilon_spent),
+            bytes(message.share),
+        )
     tables = tuple(
         table_from_proto(t, ask, field=f"tables[{i}]", role=role)
         for i, t in enumerate(message.tables)
@@ -609,8 +720,6 @@ def parse_contribution(
     expected = ask.remote_measures if measures is None else measures
     if sorted(t.measure for t in tables) != sorted(expected):
         raise InvalidInput("not one table per measure asked", field="tables")
-    if not message.epsilon_spent >= 0:
-        raise InvalidInput("must be >= 0", field="epsilon_spent")
     return ReceivedContribution(
         request_id,
         contributor,
@@ -671,3 +780,367 @@ def released_from_proto(message: picture_pb2.PictureTable, *, min_count: int = 0
         d for i, d in enumerate(dims) if any(c.values[i] == picture.TOTAL for c in cells)
     )
     return ReleasedTable(measure, dims, period, axes, cells, min_count, totals)
+
+
+# --- secure aggregation (issue 13) --------------------------------------------------------
+
+
+def shares_of(tables: Sequence[Table], ask: PictureAsk, *, exact: bool) -> tuple[bytes, bytes]:
+    """A contributor's tables as a vector over the request's domain, split into the
+    requester's share and the aggregator's (``crypto.additive_shares``)."""
+    if ask.domain is None:
+        raise InvalidInput("the request has no domain", field="domain")
+    vector = picture_shares.encode(tables, ask.domain, ask.measures, exact=exact)
+    return crypto.additive_shares(vector)
+
+
+def request_digest(ask: PictureAsk, *, exact: bool) -> bytes:
+    """What binds a share to the layout of one request's vector."""
+    if ask.domain is None:
+        raise InvalidInput("the request has no domain", field="domain")
+    return ask.domain.digest(ask.period, ask.measures, exact=exact)
+
+
+def share_message(
+    request_id: bytes,
+    me: str,
+    requester: str,
+    digest: bytes,
+    share: bytes,
+    *,
+    period: Period,
+    now: datetime,
+) -> picture_pb2.PictureShare:
+    """The aggregator's share of this node's contribution."""
+    message = picture_pb2.PictureShare(
+        request_id=request_id,
+        contributor=me,
+        requester=requester,
+        request_digest=digest,
+        share=share,
+        period=period.to_proto(),
+    )
+    message.issued_at.FromDatetime(now.astimezone(UTC))
+    return message
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class IncomingShare:
+    """A share whose seal and signature verified, checked by the aggregator."""
+
+    request_id: bytes
+    contributor: str
+    requester: str
+    digest: bytes
+    share: bytes
+    period: Period
+
+    def __repr__(self) -> str:
+        return f"IncomingShare(contributor={self.contributor!r})"
+
+
+def parse_share(body: bytes, *, sender: str, covenant: Covenant, me: str) -> IncomingShare:
+    """A share as the aggregator keeps it: from its signer, for a requester the covenant
+    lets see the picture, at this node as the covenant's aggregator, of a bounded
+    length; ``InvalidInput`` naming the field otherwise (then it is dropped)."""
+    message = picture_pb2.PictureShare()
+    try:
+        message.ParseFromString(body)
+    except DecodeError as error:
+        raise InvalidInput("not a PictureShare", field="body") from error
+    if len(message.request_id) != ID_BYTES:
+        raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+    if message.contributor != sender:
+        raise InvalidInput("contributor is not the signer", field="contributor")
+    if not rules.may_see_picture(covenant, message.requester):
+        raise NotAllowed("the requester may not see the picture", field="requester")
+    if message.requester == sender:
+        raise InvalidInput("a viewer does not share its own counts", field="contributor")
+    if aggregator_of(covenant, viewer=message.requester) != me:
+        raise NotAllowed("this node is not the covenant's picture aggregator", field="aggregator")
+    if len(message.request_digest) != 32:
+        raise InvalidInput("a SHA-256 digest is 32 bytes", field="request_digest")
+    size = len(message.share)
+    if not 0 < size <= picture_shares.MAX_VALUES * crypto.SHARE_WORD_BYTES or (
+        size % crypto.SHARE_WORD_BYTES
+    ):
+        raise InvalidInput("not a shared vector of a bounded length", field="share")
+    period = Period.from_proto(message.period, field="period")
+    return IncomingShare(
+        bytes(message.request_id),
+        sender,
+        message.requester,
+        bytes(message.request_digest),
+        bytes(message.share),
+        period,
+    )
+
+
+def sum_request_message(
+    request_id: bytes, me: str, contributors: Sequence[str], *, now: datetime
+) -> picture_pb2.PictureSumRequest:
+    """The viewer's one question to the aggregator for a request."""
+    message = picture_pb2.PictureSumRequest(
+        request_id=request_id, requester=me, contributors=sorted(contributors)
+    )
+    message.issued_at.FromDatetime(now.astimezone(UTC))
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingSumRequest:
+    """A viewer's request for a sum, its seal and signature verified."""
+
+    request_id: bytes
+    requester: str
+    contributors: tuple[str, ...]
+
+
+def parse_sum_request(
+    body: bytes, *, sender: str, covenant: Covenant, me: str
+) -> IncomingSumRequest:
+    """Check a sum request at the aggregator: from a viewer, for itself, at this node as
+    the aggregator, listing distinct parties; ``InvalidInput``/``NotAllowed`` naming the
+    field otherwise."""
+    message = picture_pb2.PictureSumRequest()
+    try:
+        message.ParseFromString(body)
+    except DecodeError as error:
+        raise InvalidInput("not a PictureSumRequest", field="body") from error
+    if len(message.request_id) != ID_BYTES:
+        raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+    if message.requester != sender:
+        raise InvalidInput("requester is not the signer", field="requester")
+    if not rules.may_see_picture(covenant, sender):
+        raise NotAllowed("the requester may not see the picture", field="requester")
+    if aggregator_of(covenant, viewer=sender) != me:
+        raise NotAllowed("this node is not the covenant's picture aggregator", field="aggregator")
+    listed = tuple(message.contributors)
+    if len(set(listed)) != len(listed) or len(listed) > common_pb2.LIMITS_MAX_PARTIES:
+        raise InvalidInput("distinct parties, at most the covenant's", field="contributors")
+    return IncomingSumRequest(bytes(message.request_id), sender, listed)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class HeldShare:
+    """A share the aggregator holds for a request."""
+
+    contributor: str
+    digest: bytes
+    share: bytes
+
+    def __repr__(self) -> str:
+        return f"HeldShare(contributor={self.contributor!r})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SumVerdict:
+    """The aggregator's answer to a sum request: the sum over ``contributors``, or a
+    refusal with its reason and message."""
+
+    contributors: tuple[str, ...] = ()
+    digest: bytes = b""
+    total: bytes = b""
+    refusal: PictureRefusal | None = None
+    message: str = ""
+
+    def __repr__(self) -> str:
+        return f"SumVerdict(contributors={self.contributors!r}, refusal={self.refusal})"
+
+
+@dataclass(frozen=True, slots=True)
+class PastSum:
+    """A sum the aggregator gave the same viewer before: over which parties, for which
+    months (exact mode)."""
+
+    contributors: frozenset[str]
+    months: frozenset[str]
+
+
+def _rank(rows: Sequence[Sequence[int]]) -> int:
+    """The rank over the rationals of a few 0/1 rows (Gaussian elimination, exact)."""
+    work = [[Fraction(v) for v in row] for row in rows]
+    rank = 0
+    for col in range(len(work[0]) if work else 0):
+        pivot = next((i for i in range(rank, len(work)) if work[i][col] != 0), None)
+        if pivot is None:
+            continue
+        work[rank], work[pivot] = work[pivot], work[rank]
+        for i in range(len(work)):
+            if i != rank and work[i][col] != 0:
+                f = work[i][col] / work[rank][col]
+                work[i] = [x - f * y for x, y in zip(work[i], work[rank], strict=True)]
+        rank += 1
+    return rank
+
+
+def singled_out(
+    chosen: frozenset[str], months: Iterable[str], past: Sequence[PastSum]
+) -> tuple[str, str] | None:
+    """A (month, party) whose own counts the sum over ``chosen`` would give away together
+    with the ``past`` sums of that month: the party's indicator vector lies in the span of
+    the sets summed (say {A, B, C} then {A, B}: their difference is C). None if none."""
+    for month in sorted(set(months)):
+        sets = [p.contributors for p in past if month in p.months]
+        if not sets:
+            continue
+        sets.append(chosen)
+        parties = sorted(set().union(*sets))
+        rows = [[int(party in s) for party in parties] for s in sets]
+        base = _rank(rows)
+        for i, party in enumerate(parties):
+            unit = [int(j == i) for j in range(len(parties))]
+            if _rank([*rows, unit]) == base:
+                return month, party
+    return None
+
+
+def decide_sum(
+    covenant: Covenant,
+    request: IncomingSumRequest,
+    held: Sequence[HeldShare],
+    *,
+    months: Sequence[str] = (),
+    past: Sequence[PastSum] = (),
+) -> SumVerdict | None:
+    """The aggregator's decision, once it holds a share of every contributor the viewer
+    lists (None: wait for the rest). The viewer chooses when, not whom: the sum is over
+    every share held for the request, from parties other than the viewer, of one layout
+    (digest). Refused (INVALID_REQUEST): fewer than the covenant's ``[picture]
+    min_contributors`` (a sum over one contributor is its table); and, in exact mode, a
+    set that with the ``past`` sums this viewer got for a month of the period (``months``)
+    would single out one party (:func:`singled_out`). That it answers each request id
+    once is the store's (``picture_sums``)."""
+    rule = covenant.policy.picture
+    minimum = rule.min_contributors
+    by_party = {h.contributor: h for h in held if h.contributor != request.requester}
+    wanted = [c for c in request.contributors if c != request.requester]
+    if len(wanted) < minimum:
+        return SumVerdict(
+            refusal=PictureRefusal.INVALID_REQUEST,
+            message=f"contributors: {len(wanted)} listed, the covenant needs at least "
+            f"{minimum} other than the viewer",
+        )
+    if any(c not in by_party for c in wanted):
+        return None
+    chosen = [by_party[c] for c in sorted(by_party)]
+    digests = {h.digest for h in chosen}
+    lengths = {len(h.share) for h in chosen}
+    if len(digests) != 1 or len(lengths) != 1:
+        return SumVerdict(
+            refusal=PictureRefusal.INVALID_REQUEST,
+            message="contributors: their shares are of different requests",
+        )
+    parties = frozenset(h.contributor for h in chosen)
+    if not rule.noisy:
+        found = singled_out(parties, months, past)
+        if found is not None:
+            return SumVerdict(
+                refusal=PictureRefusal.INVALID_REQUEST,
+                message=f"contributors: with a sum given before for {found[0]}, this one "
+                "would single out one partner's counts; collect again when the same "
+                "partners answer",
+            )
+    length = lengths.pop() // crypto.SHARE_WORD_BYTES
+    total = crypto.add_shares((h.share for h in chosen), length=length)
+    return SumVerdict(tuple(h.contributor for h in chosen), digests.pop(), total)
+
+
+def sum_message(
+    request_id: bytes, me: str, verdict: SumVerdict, *, now: datetime
+) -> picture_pb2.PictureSum:
+    """The aggregator's signed answer (sum or refusal)."""
+    message = picture_pb2.PictureSum(request_id=request_id, aggregator=me)
+    message.issued_at.FromDatetime(now.astimezone(UTC))
+    if verdict.refusal is not None:
+        message.refusal.reason = verdict.refusal.to_proto()
+        message.refusal.message = verdict.message[:MAX_TEXT_BYTES]
+        return message
+    message.contributors.extend(verdict.contributors)
+    message.request_digest = verdict.digest
+    message.sum = verdict.total
+    return message
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ReceivedSum:
+    """The aggregator's answer as the viewer checked it."""
+
+    request_id: bytes
+    contributors: tuple[str, ...]
+    total: bytes
+    refusal: PictureRefusal | None
+    message: str
+
+    def __repr__(self) -> str:
+        return f"ReceivedSum(contributors={self.contributors!r}, refusal={self.refusal})"
+
+
+def read_sum(body: bytes) -> picture_pb2.PictureSum:
+    message = picture_pb2.PictureSum()
+    try:
+        message.ParseFromString(body)
+    except DecodeError as error:
+        raise InvalidInput("not a PictureSum", field="body") from error
+    if len(message.request_id) != ID_BYTES:
+        raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+    return message
+
+
+def parse_sum(
+    message: picture_pb2.PictureSum,
+    *,
+    sender: str,
+    aggregator: str,
+    me: str,
+    digest: bytes,
+    values: int,
+    held: Sequence[str],
+    min_contributors: int,
+) -> ReceivedSum:
+    """Check the aggregator's answer at the viewer: from the aggregator the request
+    named, a refusal, or a sum of the request's layout and length over at least
+    ``min_contributors`` distinct parties other than the viewer, each of whom the viewer
+    holds a share of (``held``): it refuses rather than guesses (``InvalidInput`` naming
+    the field)."""
+    if sender != aggregator or message.aggregator != sender:
+        raise InvalidInput("not from the request's aggregator", field="aggregator")
+    if message.HasField("refusal"):
+        reason = PictureRefusal.from_proto(message.refusal.reason)
+        if reason is None:
+            raise InvalidInput("unknown refusal reason", field="refusal.reason")
+        return ReceivedSum(
+            bytes(message.request_id), (), b"", reason, message.refusal.message[:MAX_TEXT_BYTES]
+        )
+    listed = tuple(message.contributors)
+    if len(set(listed)) != len(listed) or me in listed:
+        raise InvalidInput("distinct parties other than the viewer", field="contributors")
+    if len(listed) < min_contributors:
+        raise InvalidInput(
+            f"fewer than the covenant's {min_contributors} contributors", field="contributors"
+        )
+    lacking = [c for c in listed if c not in held]
+    if lacking:
+        raise InvalidInput(
+            f"the viewer holds no share of {', '.join(lacking)[:MAX_TEXT_BYTES]}: refused, "
+            "not guessed",
+            field="contributors",
+        )
+    if message.request_digest != digest:
+        raise InvalidInput("a sum of another request", field="request_digest")
+    if len(message.sum) != values * crypto.SHARE_WORD_BYTES:
+        raise InvalidInput("the sum has another length than the request's", field="sum")
+    return ReceivedSum(bytes(message.request_id), listed, bytes(message.sum), None, "")
+
+
+def seal_message(
+    keys: PartyKeys,
+    covenant: Covenant,
+    context: SignatureContext,
+    body: bytes,
+    *,
+    recipient: str,
+    message_id: bytes,
+) -> Envelope:
+    """A share, sum request or sum signed by this node and sealed to ``recipient``."""
+    return _seal(keys, covenant, recipient, context, body, message_id)

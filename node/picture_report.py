@@ -198,7 +198,10 @@ def _why(cell: ReleasedCell, min_count: int) -> str:
     if cell.reason is SuppressionReason.TOO_FEW:
         if cell.noise_scale > 0:  # decided on the noisy figure, not on the true count
             return f"niet getoond: te weinig (met ruis minder dan {min_count})"
-        return f"niet getoond: te weinig (minder dan {min_count})"
+        return (
+            f"niet getoond: te weinig van de partners (minder dan {min_count}, te weinig "
+            "partners, of één partner heeft bijna alles)"
+        )
     return "niet getoond (te weinig, of ter bescherming van een kleine cel)"
 
 
@@ -670,8 +673,9 @@ def _legend(tables: Sequence[ReleasedTable]) -> str:
         ("12", "een exact aantal"),
         (
             SUPPRESSED_MARK,
-            f"niet getoond: te weinig (minder dan {below}), zodat niemand kan herleiden "
-            "om wie het gaat",
+            f"niet getoond: te weinig van de partners (minder dan {below}, te weinig "
+            "partners, of één partner heeft bijna alles), zodat niemand kan herleiden om wie "
+            "het gaat of wat één partner heeft",
         ),
         (
             PROTECTED_MARK,

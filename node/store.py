@@ -430,6 +430,8 @@ class NewPictureCollection:
     asked: tuple[str, ...]
     officer: str
     covenant_version: int
+    #: The serialized PictureRequest sent to the others (None when none was sent).
+    request_body: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,6 +496,44 @@ class PictureCollectionRecord:
     covenant_version: int
     created_at: datetime
     contributions: tuple[PictureContributionRecord, ...]
+    request_body: bytes | None = None
+    sum_requested_at: datetime | None = None
+    #: The others' counts summed (shares added): never one partner's alone.
+    aggregate: bytes | None = field(default=None, repr=False)
+    aggregate_contributors: tuple[str, ...] = ()
+    aggregate_refusal: str | None = None
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class HeldPictureShare:
+    """A share the aggregator holds for a request."""
+
+    contributor: str
+    request_digest: bytes
+    share: bytes
+    first_month: str = ""
+    last_month: str = ""
+
+    def __repr__(self) -> str:
+        return f"HeldPictureShare(contributor={self.contributor!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class GivenPictureSum:
+    """A sum the aggregator gave a viewer: over which parties, for which period."""
+
+    contributors: tuple[str, ...]
+    first_month: str
+    last_month: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPictureSum:
+    """A viewer's sum request the aggregator has not answered yet."""
+
+    request_id: bytes
+    requester: str
+    contributors: tuple[str, ...]
 
 
 def _utc(moment: datetime, name: str = "now") -> datetime:
@@ -2264,6 +2304,7 @@ class NodeStore(audit_store.AuditLog):
                     officer=collection.officer,
                     covenant_version=collection.covenant_version,
                     created_at=now,
+                    request_body=collection.request_body,
                 )
             )
             for envelope in envelopes:
@@ -2292,10 +2333,15 @@ class NodeStore(audit_store.AuditLog):
         *,
         budget_units: int,
         now: datetime,
+        also: Sequence[SealedEnvelope] = (),
+        own_share: HeldPictureShare | None = None,
+        requester: str = "",
     ) -> bool:
         """Record this node's answer to a picture request, spend its budget, queue the
         sealed contribution (or refusal) and advance the mailbox cursor, in one
-        transaction. A refusal as a replay is sent but stores no answer; any other
+        transaction; with it the aggregator's share (``also``, sealed to it), or, when
+        this node is the aggregator, its own second share kept directly (``own_share``).
+        A refusal as a replay is sent but stores no answer; any other
         answer to a request id answered before stores and sends nothing (returns
         False). ``BudgetExhausted`` if the budget changed since it was read: decide
         again."""
@@ -2307,6 +2353,23 @@ class NodeStore(audit_store.AuditLog):
             elif not self._answer_picture(conn, answer, budget_units, now):
                 return False
             self._queue_envelope(conn, envelope, now)
+            for extra in also:
+                self._queue_envelope(conn, extra, now)
+            if own_share is not None:
+                conn.execute(
+                    self._insert(models.PictureShareHeld)
+                    .values(
+                        request_id=answer.request_id,
+                        requester=requester,
+                        contributor=own_share.contributor,
+                        request_digest=own_share.request_digest,
+                        share=own_share.share,
+                        first_month=own_share.first_month,
+                        last_month=own_share.last_month,
+                        received_at=now,
+                    )
+                    .on_conflict_do_nothing(index_elements=["request_id", "contributor"])
+                )
         return True
 
     def _answer_picture(
@@ -2524,7 +2587,282 @@ class NodeStore(audit_store.AuditLog):
             covenant_version=row.covenant_version,
             created_at=row.created_at,
             contributions=contributions,
+            request_body=None if row.request_body is None else bytes(row.request_body),
+            sum_requested_at=row.sum_requested_at,
+            aggregate=None if row.aggregate is None else bytes(row.aggregate),
+            aggregate_contributors=tuple(json.loads(row.aggregate_contributors or "[]")),
+            aggregate_refusal=row.aggregate_refusal,
         )
+
+    # --- secure aggregation: the viewer's side ---------------------------------------------
+
+    def request_picture_sum(
+        self,
+        request_id: bytes,
+        contributors: Sequence[str],
+        envelope: SealedEnvelope,
+        *,
+        now: datetime,
+    ) -> bool:
+        """Queue the viewer's one sum request to the aggregator, unless it was queued
+        before (returns False): the request and its envelope in one transaction."""
+        now = _utc(now)
+        c = models.PictureCollection
+        with self._write() as conn:
+            result = conn.execute(
+                update(c)
+                .where(c.request_id == request_id, c.sum_requested_at.is_(None))
+                .values(sum_requested_at=now)
+            )
+            if result.rowcount != 1:
+                return False
+            self._queue_envelope(conn, envelope, now)
+            self.append_audit(
+                conn,
+                kind=AuditKind.PICTURE_EVENT,
+                subject=[request_id.hex()],
+                details={"event": "sum_requested", "contributors": len(contributors)},
+                now=now,
+            )
+        return True
+
+    def keep_picture_sum(
+        self,
+        cursor: int,
+        request_id: bytes,
+        *,
+        aggregate: bytes | None,
+        contributors: Sequence[str],
+        refusal: str | None,
+        now: datetime,
+    ) -> bool:
+        """Keep the aggregator's answer with the mailbox cursor, in one transaction: the
+        others' summed counts (the shares added) or the refusal; the shares this node
+        held of those contributors are erased with it (``-``), so that nothing but the
+        sum remains. A second answer for the request changes nothing (returns False)."""
+        now = _utc(now)
+        c, p = models.PictureCollection, models.PictureContribution
+        with self._write() as conn:
+            self._advance_inbox(conn, cursor)
+            result = conn.execute(
+                update(c)
+                .where(
+                    c.request_id == request_id,
+                    c.aggregate.is_(None),
+                    c.aggregate_refusal.is_(None),
+                )
+                .values(
+                    aggregate=aggregate,
+                    aggregate_contributors=json.dumps(sorted(contributors)),
+                    aggregate_refusal=refusal,
+                )
+            )
+            kept = result.rowcount == 1
+            if kept and contributors:
+                conn.execute(
+                    update(p)
+                    .where(p.request_id == request_id, p.contributor.in_(list(contributors)))
+                    .values(body=b"-")
+                )
+            self.append_audit(
+                conn,
+                kind=AuditKind.PICTURE_EVENT,
+                subject=[request_id.hex()],
+                details={
+                    "event": "sum_received" if kept else "sum_repeated",
+                    "outcome": "refused" if refusal else "summed",
+                    "contributors": len(contributors),
+                },
+                now=now,
+            )
+        return kept
+
+    # --- secure aggregation: the aggregator's side -----------------------------------------
+
+    def keep_picture_share(
+        self,
+        cursor: int,
+        request_id: bytes,
+        *,
+        requester: str,
+        contributor: str,
+        request_digest: bytes,
+        share: bytes,
+        first_month: str,
+        last_month: str,
+        now: datetime,
+    ) -> bool:
+        """Keep a contributor's second share with the mailbox cursor, in one transaction.
+        A share for a request already summed, or a second one of the contributor, is
+        dropped (returns False)."""
+        now = _utc(now)
+        _check_bytes(request_id, ID_BYTES, "request_id")
+        m, h = models.PictureSumAnswer, models.PictureShareHeld
+        with self._write() as conn:
+            self._advance_inbox(conn, cursor)
+            answered = conn.execute(select(m.answered_at).where(m.request_id == request_id)).first()
+            kept = False
+            if answered is None or answered.answered_at is None:
+                kept = (
+                    conn.execute(
+                        self._insert(h)
+                        .values(
+                            request_id=request_id,
+                            requester=requester,
+                            contributor=contributor,
+                            request_digest=request_digest,
+                            share=share,
+                            first_month=first_month,
+                            last_month=last_month,
+                            received_at=now,
+                        )
+                        .on_conflict_do_nothing(index_elements=["request_id", "contributor"])
+                    ).rowcount
+                    == 1
+                )
+            self.append_audit(
+                conn,
+                kind=AuditKind.PICTURE_EVENT,
+                actor=contributor,
+                subject=[request_id.hex()],
+                details={"event": "share_kept" if kept else "share_dropped"},
+                now=now,
+            )
+        return kept
+
+    def ask_picture_sum(
+        self,
+        cursor: int,
+        request_id: bytes,
+        *,
+        requester: str,
+        contributors: Sequence[str],
+        now: datetime,
+    ) -> bool:
+        """Record a viewer's sum request with the mailbox cursor; False (and nothing but the
+        cursor and an audit entry) if this request id was asked before: the aggregator
+        answers each at most once."""
+        now = _utc(now)
+        _check_bytes(request_id, ID_BYTES, "request_id")
+        m = models.PictureSumAnswer
+        with self._write() as conn:
+            self._advance_inbox(conn, cursor)
+            fresh = (
+                conn.execute(
+                    self._insert(m)
+                    .values(
+                        request_id=request_id,
+                        requester=requester,
+                        contributors=json.dumps(list(contributors)),
+                        asked_at=now,
+                    )
+                    .on_conflict_do_nothing(index_elements=["request_id"])
+                ).rowcount
+                == 1
+            )
+            self.append_audit(
+                conn,
+                kind=AuditKind.PICTURE_EVENT,
+                actor=requester,
+                subject=[request_id.hex()],
+                details={"event": "sum_asked" if fresh else "sum_asked_again"},
+                now=now,
+            )
+        return fresh
+
+    def pending_picture_sum(self, request_id: bytes) -> PendingPictureSum | None:
+        """The unanswered sum request for ``request_id``, if there is one."""
+        m = models.PictureSumAnswer
+        with self._read() as conn:
+            row = conn.execute(
+                select(m.requester, m.contributors).where(
+                    m.request_id == request_id, m.answered_at.is_(None)
+                )
+            ).first()
+        if row is None:
+            return None
+        return PendingPictureSum(request_id, row.requester, tuple(json.loads(row.contributors)))
+
+    def picture_shares_held(self, request_id: bytes) -> list[HeldPictureShare]:
+        h = models.PictureShareHeld
+        with self._read() as conn:
+            rows = conn.execute(
+                select(h.contributor, h.request_digest, h.share, h.first_month, h.last_month)
+                .where(h.request_id == request_id)
+                .order_by(h.id)
+            ).all()
+        return [
+            HeldPictureShare(
+                r.contributor, bytes(r.request_digest), bytes(r.share), r.first_month, r.last_month
+            )
+            for r in rows
+        ]
+
+    def picture_sums_given(
+        self, requester: str, first_month: str, last_month: str
+    ) -> list[GivenPictureSum]:
+        """The sums this aggregator gave ``requester`` for a period overlapping the given one."""
+        m = models.PictureSumAnswer
+        with self._read() as conn:
+            rows = conn.execute(
+                select(m.contributors, m.first_month, m.last_month).where(
+                    m.requester == requester,
+                    m.answered_at.is_not(None),
+                    m.refusal_reason.is_(None),
+                    m.first_month <= last_month,
+                    m.last_month >= first_month,
+                )
+            ).all()
+        return [
+            GivenPictureSum(tuple(json.loads(r.contributors)), r.first_month, r.last_month)
+            for r in rows
+        ]
+
+    def answer_picture_sum(
+        self,
+        request_id: bytes,
+        *,
+        contributors: Sequence[str],
+        refusal: str | None,
+        envelope: SealedEnvelope,
+        first_month: str | None = None,
+        last_month: str | None = None,
+        now: datetime,
+    ) -> bool:
+        """Answer a pending sum request once, in one transaction: mark it answered (with
+        the contributors summed and the period), queue the signed sum (or refusal) and
+        delete every share held for the request. False if it was answered meanwhile."""
+        now = _utc(now)
+        m, h = models.PictureSumAnswer, models.PictureShareHeld
+        with self._write() as conn:
+            result = conn.execute(
+                update(m)
+                .where(m.request_id == request_id, m.answered_at.is_(None))
+                .values(
+                    answered_at=now,
+                    contributors=json.dumps(list(contributors)),
+                    refusal_reason=refusal,
+                    first_month=first_month,
+                    last_month=last_month,
+                )
+            )
+            if result.rowcount != 1:
+                return False
+            self._queue_envelope(conn, envelope, now)
+            conn.execute(delete(h).where(h.request_id == request_id))
+            self.append_audit(
+                conn,
+                kind=AuditKind.PICTURE_EVENT,
+                subject=[request_id.hex()],
+                details={
+                    "event": "sum_answered",
+                    "outcome": "refused" if refusal else "summed",
+                    "reason": refusal or "",
+                    "contributors": len(contributors),
+                },
+                now=now,
+            )
+        return True
 
     def picture_hit_group_facts(
         self, first_month: str, last_month: str

@@ -601,6 +601,12 @@ def _read_policy(top: _Table) -> Policy:
         epsilon_per_period=picture_table.number("epsilon_per_period"),
         epsilon_per_request=picture_table.number("epsilon_per_request"),
         classification=picture_table.string("classification", default=""),
+        aggregator=picture_table.optional_role("aggregator"),
+        min_contributors=picture_table.integer("min_contributors", default=2),
+        min_cell_contributors=picture_table.integer("min_cell_contributors", default=1),
+        dominance_share=picture_table.number("dominance_share", default=1.0),
+        areas=picture_table.strings("areas", default=()),
+        branches=picture_table.strings("branches", default=()),
     )
     cases_table = top.table("cases")
     cases = cases_table.build(CaseRules, coordinators=cases_table.roles("coordinators"))
@@ -657,8 +663,8 @@ class _Table:
             raise InvalidInput("must be an integer", field=self._field(key))
         return value
 
-    def number(self, key: str) -> float:
-        value = self._get(key)
+    def number(self, key: str, default: float | None = None) -> float:
+        value = self._get(key, _MISSING if default is None else default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidInput("must be a number", field=self._field(key))
         return float(value)
@@ -682,6 +688,20 @@ class _Table:
         except ValueError as error:
             raise InvalidInput(
                 f"must list roles among: {', '.join(Role)}", field=self._field(key)
+            ) from error
+
+    def optional_role(self, key: str) -> Role | None:
+        """A role, or None where the key is absent or empty."""
+        text = self._get(key, "")
+        if text == "":
+            return None
+        if not isinstance(text, str):
+            raise InvalidInput("must be a string", field=self._field(key))
+        try:
+            return Role(text)
+        except ValueError as error:
+            raise InvalidInput(
+                f"must be a role among: {', '.join(Role)}", field=self._field(key)
             ) from error
 
     def level(self, key: str) -> Level:
@@ -909,11 +929,21 @@ def _policy_lines(policy: Policy) -> list[str]:
             if policy.picture.classification
             else []
         ),
+        f"aggregator = {toml_literal(_role_or_empty(policy.picture.aggregator))}",
+        f"min_contributors = {toml_literal(policy.picture.min_contributors)}",
+        f"min_cell_contributors = {toml_literal(policy.picture.min_cell_contributors)}",
+        f"dominance_share = {toml_literal(policy.picture.dominance_share)}",
+        f"areas = {toml_literal(policy.picture.areas)}",
+        f"branches = {toml_literal(policy.picture.branches)}",
         "",
         "[cases]",
         f"coordinators = {toml_literal(tuple(r.value for r in policy.cases.coordinators))}",
     ]
     return lines
+
+
+def _role_or_empty(role: Role | None) -> str:
+    return "" if role is None else role.value
 
 
 _TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f"}

@@ -14,6 +14,10 @@
 - ``secretbox_seal`` / ``secretbox_open``: NaCl secretbox under a key the
   covenant's parties share (the attribute key), for what the broker stores
   and forwards unread.
+- ``additive_shares`` / ``add_shares``: additive secret sharing of a vector of
+  integers modulo 2^64 between two parties (the regional picture's secure
+  aggregation): one share drawn uniformly from the operating system's CSPRNG,
+  the other the vector minus it; either share alone is uniformly random.
 - ``hkdf_sha256``: key derivation (RFC 5869), used to derive tokens and hit proof keys.
 - ``mac`` / ``verify_mac``: HMAC-SHA256 (RFC 2104), with which a disclosure
   requester proves that it holds the subject of a hit.
@@ -41,6 +45,7 @@ import os
 import stat
 import struct
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,7 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.public
 import nacl.signing
+import numpy as np
 from cryptography.exceptions import InvalidSignature as _BadMac
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as _hmac
@@ -89,6 +95,9 @@ class SignatureContext(enum.StrEnum):
     DISCLOSURE_RESPONSE = "disclosure-response"
     PICTURE_REQUEST = "picture-request"
     PICTURE_CONTRIBUTION = "picture-contribution"
+    PICTURE_SHARE = "picture-share"
+    PICTURE_SUM_REQUEST = "picture-sum-request"
+    PICTURE_SUM = "picture-sum"
     CASE_MESSAGE = "case-message"
     KEY_EPOCH = "key-epoch"
     COVENANT_TIMESTAMP = "covenant-timestamp"
@@ -309,6 +318,47 @@ def secretbox_open(key: bytes, nonce: bytes, ciphertext: bytes, *, field: str) -
         return bytes(nacl.bindings.crypto_secretbox_open(ciphertext, nonce, key))
     except (nacl.exceptions.CryptoError, ValueError, TypeError) as error:
         raise DecryptionFailed("cannot open sealed message", field=field) from error
+
+
+#: Bytes per value of an additively shared vector: unsigned 64-bit, little-endian.
+SHARE_WORD_BYTES = 8
+_WORDS = np.dtype("<u8")
+
+
+def additive_shares(values: Sequence[int]) -> tuple[bytes, bytes]:
+    """Split ``values`` (integers, negatives allowed, read modulo 2^64) into two additive
+    shares: ``s1`` uniformly random from ``os.urandom`` and ``s2 = values - s1`` modulo
+    2^64, each as little-endian unsigned 64-bit words. Either share alone is uniformly
+    distributed whatever the values; ``add_shares([s1, s2])`` gives them back."""
+    try:
+        x = np.array([v % 2**64 for v in values], dtype=_WORDS)
+    except (TypeError, OverflowError) as error:
+        raise InvalidInput("must be integers", field="values") from error
+    s1 = np.frombuffer(os.urandom(len(x) * SHARE_WORD_BYTES), dtype=_WORDS)
+    s2 = x - s1  # uint64 arithmetic wraps: modulo 2^64
+    return s1.tobytes(), s2.astype(_WORDS).tobytes()
+
+
+def add_shares(shares: Iterable[bytes], *, length: int, field: str = "share") -> bytes:
+    """The sum modulo 2^64 of equally long shared vectors of ``length`` words
+    (``InvalidInput`` naming ``field`` if one has another length)."""
+    total = np.zeros(length, dtype=_WORDS)
+    for share in shares:
+        if len(share) != length * SHARE_WORD_BYTES:
+            raise InvalidInput(
+                f"a share has {length} values of {SHARE_WORD_BYTES} bytes", field=field
+            )
+        total += np.frombuffer(share, dtype=_WORDS)
+    return total.tobytes()
+
+
+def share_values(data: bytes, *, signed: bool = True, field: str = "share") -> list[int]:
+    """The words of a shared vector (or of a sum) as integers: two's complement signed
+    64-bit by default (sums of noisy counts may be negative), else unsigned."""
+    if len(data) % SHARE_WORD_BYTES:
+        raise InvalidInput(f"a whole number of {SHARE_WORD_BYTES}-byte values", field=field)
+    words = np.frombuffer(data, dtype=_WORDS)
+    return [int(v) for v in (words.view("<i8") if signed else words)]
 
 
 def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:

@@ -504,6 +504,12 @@ class Quotas:
 
 #: A picture classification is printed in a page margin: one short line.
 MAX_CLASSIFICATION: Final = 100
+#: An area code as the picture writes it: postcode-4, CBS wijk or CBS buurt.
+_AREA_CODE: Final = re.compile(r"pc4:[1-9][0-9]{3}|wijk:WK[0-9]{6}|buurt:BU[0-9]{8}")
+#: An SBI code as the KvK registers it: 2 to 5 digits.
+_SBI_CODE: Final = re.compile(r"[0-9]{2,5}")
+#: The most values a covenant lists for the picture's areas or branches.
+MAX_PICTURE_AXIS: Final = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,6 +523,19 @@ class PictureRules:
     ``epsilon_per_request``: what one request spends of it, at each node.
     ``classification``: the marking every printed page of a picture report
     carries (``"Departementaal vertrouwelijk"``); empty for none.
+
+    Secure aggregation (issue 13): ``aggregator`` is the role of the one party that
+    receives the second additive share of every contribution and sums them for a
+    viewer; it must not be a viewer, and the covenant assumes it does not collude with
+    one. Without it no party's counts leave its node for the picture.
+    ``min_contributors``: the aggregator sums a request only over at least this many
+    contributors other than the viewer. A cell's safety is judged on what the others
+    contributed, without the viewer's own counts: ``min_cell_contributors`` is the
+    fewest contributors other than the viewer a non-zero cell needs, and
+    ``dominance_share`` the largest share of a cell one contributor may hold (1 turns
+    the rule off). ``areas`` and ``branches``: the public lists of area codes
+    (``pc4:4331``, ``wijk:WK…``, ``buurt:BU…``) and SBI codes that tables by area or
+    branch are shared over (other values count as ``overig``).
     """
 
     viewers: tuple[Role, ...]
@@ -524,6 +543,12 @@ class PictureRules:
     epsilon_per_period: float = 0.0
     epsilon_per_request: float = 0.0
     classification: str = ""
+    aggregator: Role | None = None
+    min_contributors: int = 2
+    min_cell_contributors: int = 1
+    dominance_share: float = 1.0
+    areas: tuple[str, ...] = ()
+    branches: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_roles(self.viewers, field="viewers")
@@ -551,6 +576,38 @@ class PictureRules:
                 "one request cannot spend more than the period's budget",
                 field="epsilon_per_request",
             )
+        if self.aggregator is not None:
+            if not isinstance(self.aggregator, Role):
+                raise InvalidInput("must be a role", field="aggregator")
+            if self.aggregator in self.viewers:
+                raise InvalidInput(
+                    f"{self.aggregator.value} is a viewer: the aggregator must not see the "
+                    "picture, or it would hold both shares of every contribution",
+                    field="aggregator",
+                )
+        check_int(self.min_contributors, 2, common_pb2.LIMITS_MAX_PARTIES, field="min_contributors")
+        check_int(
+            self.min_cell_contributors,
+            1,
+            common_pb2.LIMITS_MAX_PARTIES,
+            field="min_cell_contributors",
+        )
+        share = self.dominance_share
+        if isinstance(share, bool) or not isinstance(share, int | float):
+            raise InvalidInput("must be a number", field="dominance_share")
+        if not 0.5 <= share <= 1:
+            raise InvalidInput("must be 0.5..1 (1: no dominance rule)", field="dominance_share")
+        for name, pattern in (("areas", _AREA_CODE), ("branches", _SBI_CODE)):
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or len(values) > MAX_PICTURE_AXIS:
+                raise InvalidInput(f"list at most {MAX_PICTURE_AXIS}", field=name)
+            for i, value in enumerate(values):
+                if not isinstance(value, str) or not pattern.fullmatch(value):
+                    raise InvalidInput(
+                        f"{str(value)[:64]!r} is not a code of this kind", field=f"{name}[{i}]"
+                    )
+            if len(set(values)) != len(values):
+                raise InvalidInput("a code is listed twice", field=name)
 
     @property
     def noisy(self) -> bool:

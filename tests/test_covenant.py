@@ -326,6 +326,12 @@ viewers = ["riec"]
 min_cell_count = 5
 epsilon_per_period = 0.0
 epsilon_per_request = 0.0
+aggregator = ""
+min_contributors = 2
+min_cell_contributors = 1
+dominance_share = 1.0
+areas = []
+branches = []
 
 [cases]
 coordinators = ["riec"]

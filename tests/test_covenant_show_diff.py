@@ -215,6 +215,10 @@ def _candidates(value: object, strings: list[str], other_ca: bytes) -> Iterator[
             yield from ((*value, role) for role in Role if role not in value)
         if not value or isinstance(value[0], str):
             yield from ((*value, s) for s in strings if s not in value)
+            # Codes of a kind the covenant checks: the picture's areas and branches.
+            yield from ((*value, s) for s in ("pc4:4331", "5610") if s not in value)
+    elif value is None:  # an optional role (the picture's aggregator)
+        yield from Role
     else:
         raise AssertionError(f"no candidate values for a {type(value).__name__}")
 

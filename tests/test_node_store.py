@@ -126,7 +126,7 @@ def test_migrations_go_up_down_and_up_again_and_are_checked(database_url):
         assert refused.value.reason == "schema.behind"
 
         database.upgrade(engine, MIGRATIONS)
-        assert database.current(engine) == database.heads(MIGRATIONS) == ("0010",)
+        assert database.current(engine) == database.heads(MIGRATIONS) == ("0011",)
         database.check_at_head(engine, MIGRATIONS)
 
         database.downgrade(engine, MIGRATIONS)
@@ -834,3 +834,39 @@ def test_an_answered_request_keeps_its_digest_across_a_restart(node):
 def test_naive_times_are_refused(node):
     with pytest.raises(ValueError, match="time zone"):
         node.add_signals([signal("A", 1)], now=datetime(2026, 1, 1))
+
+
+def test_migration_0011_erases_the_partners_plaintext_picture_tables(tmp_path):
+    """Issue 13, finding 2: what an older version kept of a partner's picture contribution
+    (its table in the clear) is erased on upgrade; the viewer's own (first asked) stays."""
+    engine = database.make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        database.upgrade(engine, MIGRATIONS, "0010")
+        now = datetime(2026, 12, 1, tzinfo=UTC)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO picture_collections (request_id, first_month, last_month, "
+                    "measures, dimensions, asked, officer, covenant_version, created_at) "
+                    "VALUES (:r, '2026-10', '2026-10', '[]', '[]', :asked, 'a', 1, :now)"
+                ),
+                {"r": bytes(16), "asked": '["riec", "gemeente"]', "now": now},
+            )
+            for party, body in (("riec", b"own table"), ("gemeente", b"gemeente's table")):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO picture_contributions (request_id, contributor, "
+                        "contributor_role, epsilon_spent, body, received_at) "
+                        "VALUES (:r, :p, :p, 0, :b, :now)"
+                    ),
+                    {"r": bytes(16), "p": party, "b": body, "now": now},
+                )
+        database.upgrade(engine, MIGRATIONS)
+        with engine.connect() as conn:
+            bodies = dict(
+                conn.execute(sa.text("SELECT contributor, body FROM picture_contributions")).all()
+            )
+        assert bodies == {"riec": b"own table", "gemeente": b"-"}
+        database.downgrade(engine, MIGRATIONS, "0010")  # and back down
+    finally:
+        engine.dispose()

@@ -8,7 +8,7 @@ import math
 import random
 import re
 import statistics
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from html.parser import HTMLParser
 
@@ -1126,7 +1126,7 @@ def test_report_is_self_contained_escaped_and_marks_suppression(noisy):
 # --- the protocol and the desk against faulty or hostile messages (review of issue 6) -----
 
 from collections import Counter  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import sqlalchemy as sa  # noqa: E402
@@ -1155,7 +1155,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Provisioned, dict[s
     import dataclasses
 
     root = tmp_path_factory.mktemp("picture-world")
-    rules = PictureRules(viewers=(Role.RIEC,), min_cell_count=3)
+    rules = PictureRules(
+        viewers=(Role.RIEC,),
+        min_cell_count=3,
+        aggregator=Role.POLITIE,
+        areas=("pc4:5038", "pc4:5041"),
+    )
     specs = (
         PartySpec(RIEC, "RIEC Test", Role.RIEC),
         PartySpec(GEMEENTE, "Gemeente Test", Role.GEMEENTE),
@@ -1294,79 +1299,325 @@ def test_a_stale_node_refuses_to_contribute_and_to_ask(world, store):
         )
 
 
-def _contribution(
-    covenant: Covenant, party: str, request_id: bytes, ask: pp.PictureAsk, cells
-) -> picture_pb2.PictureContribution:
-    tables = [p.Table(m, ask.dimensions, ask.period, cells) for m in ask.remote_measures]
-    return pp.contribution(
-        covenant,
-        party,
-        request_id,
-        pp.PictureVerdict(ask),
-        tables,
-        period=ask.period.to_proto(),
-        now=NOW,
-    )
+class Network:
+    """Three desks, each with its own store, and the relay between them: ``ferry`` opens
+    every queued envelope for its recipient and hands it to the recipient's desk, as the
+    broker and the uplinks do."""
+
+    def __init__(
+        self,
+        world,
+        tmp_path: Path,
+        facts: dict[str, list[p.SignalFacts]],
+        parties: tuple[str, ...] = (RIEC, GEMEENTE, POLITIE),
+    ) -> None:
+        provisioned, keys = world
+        self.now = NOW
+        self.covenant = provisioned.covenant
+        self.keys = keys
+        self.stores: dict[str, node_store.NodeStore] = {}
+        self.desks: dict[str, PictureDesk] = {}
+        self.handlers: dict[str, dict] = {}
+        self.cursor = 0
+        for party in parties:
+            engine = database.make_engine(f"sqlite:///{tmp_path / (party + '.db')}")
+            database.upgrade(engine, node_store.MIGRATIONS)
+            store = node_store.NodeStore(engine)
+            mine = facts.get(party, [])
+            store.picture_signal_facts = lambda first, last, mine=mine: mine  # type: ignore[method-assign]
+            self.stores[party] = store
+            self.desks[party] = PictureDesk(
+                keys=keys[party], covenant=lambda: self.covenant, store=store, clock=self.clock
+            )
+            self.handlers[party] = {}
+            self.desks[party].register(self.handlers[party])
+
+    def clock(self) -> datetime:
+        return self.now
+
+    def ferry(self, *, drop: Callable[[str, str, object], bool] = lambda *_: False) -> int:
+        """Deliver until nothing is queued; ``drop(sender, recipient, context)`` loses one."""
+        delivered = 0
+        while True:
+            moved = 0
+            for sender, store in self.stores.items():
+                with store.engine.begin() as conn:
+                    rows = conn.execute(
+                        sa.select(EnvelopeOutboxItem.id, EnvelopeOutboxItem.sealed)
+                    ).all()
+                    conn.execute(sa.delete(EnvelopeOutboxItem))
+                for row in rows:
+                    sealed = common_pb2.Sealed.FromString(row.sealed)
+                    to = sealed.recipient
+                    context, body = open_envelope(self.keys[to], self.covenant, sealed)
+                    moved += 1
+                    if drop(sender, to, context):
+                        continue
+                    self.cursor += 1
+                    self.handlers[to][context](self.cursor, sender, body, self.covenant)
+            delivered += moved
+            if not moved:
+                return delivered
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            store.engine.dispose()
+
+
+@pytest.fixture
+def network(world, tmp_path: Path) -> Iterator[Network]:
+    facts = {
+        GEMEENTE: [p.SignalFacts("pc4:5038", None, "woonfraude", "2026-10", 5)],
+        POLITIE: [p.SignalFacts("pc4:5038", None, "woonfraude", "2026-10", 4)],
+    }
+    net = Network(world, tmp_path, facts)
+    yield net
+    net.close()
 
 
 def _bad_role(message):
     message.contributor_role = "riec"
 
 
-def _bad_role_value(message):
-    message.tables[0].cells[0].values[1] = "politie"
+def _plain_table(message):
+    message.tables.add().CopyFrom(
+        pp.table_to_proto(p.Table(SIGNALS, (A, R), OCT, {("pc4:5038", "gemeente"): 5}))
+    )
 
 
-def _negative(message):
-    message.tables[0].cells[0].count = -50
-
-
-def _too_many(message):
-    del message.tables[0].cells[:]
-    for n in range(p.MAX_CELLS + 1):
-        message.tables[0].cells.add(values=[f"pc4:{n:04d}", "gemeente"], count=1)
+def _short_share(message):
+    message.share = message.share[:-8]
 
 
 @pytest.mark.parametrize(
     ("tamper", "field"),
-    [
-        (_bad_role, "contributor_role"),
-        (_bad_role_value, "tables[0].cells[0].values"),
-        (_negative, "tables[0].cells.count"),
-        (_too_many, "tables[0].cells"),
-    ],
+    [(_bad_role, "contributor_role"), (_plain_table, "tables"), (_short_share, "share")],
 )
-def test_a_contribution_that_lies_is_rejected_and_recorded_with_why(world, store, tamper, field):
-    provisioned, _ = world
-    covenant = provisioned.covenant
-    riec = desk(world, store, RIEC)
+def test_a_contribution_that_lies_is_rejected_and_recorded_with_why(network, tamper, field):
+    """A partner's contribution carries only the viewer's share of its vector: one with the
+    wrong role, with a table in the clear, or of the wrong length is rejected naming the
+    field, and counts nowhere (the one honest partner left is not summed alone)."""
+    riec = network.desks[RIEC]
     ask = pp.PictureAsk(OCT, (SIGNALS,), (A, R))
     request_id, asked = riec.collect(ask, officer="analist@riec")
     assert set(asked) == {RIEC, GEMEENTE, POLITIE}
-    good = _contribution(covenant, POLITIE, request_id, ask, {("pc4:5038", "politie"): 4})
-    riec.receive_contribution(1, POLITIE, good.SerializeToString(), covenant)
-    bad = _contribution(covenant, GEMEENTE, request_id, ask, {("pc4:5038", "gemeente"): 5})
-    tamper(bad)
-    riec.receive_contribution(2, GEMEENTE, bad.SerializeToString(), covenant)  # no exception
+    original = network.handlers[RIEC][pp.SignatureContext.PICTURE_CONTRIBUTION]
+
+    def tampering(cursor, sender, body, covenant):
+        if sender == GEMEENTE:
+            message = picture_pb2.PictureContribution.FromString(body)
+            tamper(message)
+            body = message.SerializeToString()
+        original(cursor, sender, body, covenant)
+
+    network.handlers[RIEC][pp.SignatureContext.PICTURE_CONTRIBUTION] = tampering
+    network.ferry()  # no exception
     view = riec.show(measure=SIGNALS, dimensions=(A, R), request_id=request_id)
-    assert set(view.contributors) == {RIEC, POLITIE}
-    ((party, reason, message),) = view.refusals
-    assert (party, reason) == (GEMEENTE, pp.PictureRefusal.INVALID_REQUEST)
+    assert view.contributors == (RIEC,)
+    refusals = {party: (reason, message) for party, reason, message in view.refusals}
+    reason, message = refusals[GEMEENTE]
+    assert reason is pp.PictureRefusal.INVALID_REQUEST
     assert message.startswith(f"rejected by the viewer: {field}:")
-    assert view.table.cell((p.TOTAL, p.TOTAL)).count == 4  # the lie counts nowhere
-    assert store.mailbox_cursor() == 2
+    assert refusals[POLITIE][1].startswith("not summed: 1 partner(s) contributed")
+    assert view.table.cell((p.TOTAL, p.TOTAL)).count == 0  # the lie counts nowhere
+    assert view.missing == ()
 
 
-def test_a_contribution_with_its_own_role_is_counted(world, store):
-    covenant = world[0].covenant
-    riec = desk(world, store, RIEC)
+def test_the_viewer_learns_the_sum_over_the_aggregators_contributors(network):
+    riec = network.desks[RIEC]
     ask = pp.PictureAsk(OCT, (SIGNALS,), (A, R))
     request_id, _ = riec.collect(ask, officer="analist@riec")
-    good = _contribution(covenant, GEMEENTE, request_id, ask, {("pc4:5038", "gemeente"): 5})
-    riec.receive_contribution(1, GEMEENTE, good.SerializeToString(), covenant)
+    network.ferry()
     view = riec.show(measure=SIGNALS, dimensions=(A, R), request_id=request_id)
     assert view.refusals == ()
+    assert view.missing == ()
+    assert set(view.contributors) == {RIEC, GEMEENTE, POLITIE}
     assert view.table.cell(("pc4:5038", "gemeente")).count == 5
+    assert view.table.cell(("pc4:5038", "politie")).count == 4
+    assert view.table.cell((p.TOTAL, p.TOTAL)).count == 9
+    record = network.stores[RIEC].picture_collection(request_id)
+    assert record is not None
+    assert record.aggregate is not None
+    # Only the sum stays: every partner's share of it was erased when the sum came.
+    assert {c.body for c in record.contributions if c.contributor != RIEC} == {b"-"}
+    # The aggregator deleted its shares once it answered.
+    assert network.stores[POLITIE].picture_shares_held(request_id) == []
+
+
+def test_padding_a_cell_with_the_viewers_own_signals_does_not_release_it(world, tmp_path):
+    """Finding 1: the gemeente has 2 in a cell and the RIEC adds 3 of its own there. The
+    sum 5 passes min_cell_count 3, but the cell is judged on the others' 2: hidden."""
+    facts = {
+        RIEC: [p.SignalFacts("pc4:5041", None, "vastgoedmisbruik", "2026-10", 3)],
+        GEMEENTE: [
+            p.SignalFacts("pc4:5041", None, "vastgoedmisbruik", "2026-10", 2),
+            p.SignalFacts("pc4:5038", None, "woonfraude", "2026-10", 6),
+        ],
+        POLITIE: [p.SignalFacts("pc4:5038", None, "woonfraude", "2026-10", 4)],
+    }
+    net = Network(world, tmp_path, facts)
+    try:
+        riec = net.desks[RIEC]
+        ask = pp.PictureAsk(OCT, (SIGNALS,), (A, C))
+        request_id, _ = riec.collect(ask, officer="analist@riec")
+        net.ferry()
+        view = riec.show(measure=SIGNALS, dimensions=(A, C), request_id=request_id)
+        assert view.missing == ()
+        padded = view.table.cell(("pc4:5041", "vastgoedmisbruik"))
+        assert padded.quality is p.CellQuality.SUPPRESSED
+        assert padded.count is None
+        # And what would give it away is hidden too: no released figure pins it down.
+        assert view.table.cell(("pc4:5041", p.TOTAL)).count is None
+    finally:
+        net.close()
+
+
+def test_the_aggregator_answers_once_and_never_for_too_few(network):
+    riec = network.desks[RIEC]
+    ask = pp.PictureAsk(OCT, (SIGNALS,), (A, R))
+    request_id, _ = riec.collect(ask, officer="analist@riec")
+    network.ferry()
+    covenant = network.covenant
+    keys = network.keys[RIEC]
+    again = pp.sum_request_message(request_id, RIEC, [GEMEENTE, POLITIE], now=NOW)
+    network.handlers[POLITIE][pp.SignatureContext.PICTURE_SUM_REQUEST](
+        99, RIEC, again.SerializeToString(), covenant
+    )
+    assert network.ferry() == 0  # asked twice: no second answer
+    events = [
+        e.details["event"] for e in network.stores[POLITIE].audit_entries(subject=request_id.hex())
+    ]
+    assert events.count("sum_answered") == 1
+    assert "sum_asked_again" in events
+    # A fresh request id asked for one contributor only: refused, with the reason.
+    other, _ = riec.collect(ask, officer="analist@riec")
+    network.ferry(drop=lambda s, r, c: c is pp.SignatureContext.PICTURE_SUM_REQUEST)
+    lone = pp.sum_request_message(other, RIEC, [GEMEENTE], now=NOW)
+    sealed = pp.seal_message(
+        keys,
+        covenant,
+        pp.SignatureContext.PICTURE_SUM_REQUEST,
+        lone.SerializeToString(),
+        recipient=POLITIE,
+        message_id=bytes(16),
+    )
+    _, body = open_envelope(network.keys[POLITIE], covenant, sealed.sealed)
+    network.handlers[POLITIE][pp.SignatureContext.PICTURE_SUM_REQUEST](100, RIEC, body, covenant)
+    network.ferry()
+    record = network.stores[RIEC].picture_collection(other)
+    assert record is not None
+    assert record.aggregate is None
+    assert record.aggregate_refusal is not None
+    assert "the covenant needs at least 2" in record.aggregate_refusal
+
+
+def test_a_request_naming_another_aggregator_or_no_domain_is_refused(world):
+    covenant = world[0].covenant
+    ask = pp.PictureAsk(OCT, (SIGNALS,), (A,))
+    for tamper, starts in (
+        (lambda m: setattr(m, "aggregator", GEMEENTE), "aggregator:"),
+        (lambda m: m.ClearField("domain"), "domain:"),
+        (lambda m: m.domain[0].values.append("pc4:9999"), "domain[0].values:"),
+    ):
+        message = pp.request_message(covenant, RIEC, ask, request_id=bytes(16), now=NOW)
+        tamper(message)
+        incoming = pp.parse_request(message.SerializeToString(), sender=RIEC)
+        verdict = pp.decide(covenant, GEMEENTE, incoming, _NoFacts(), now=NOW)
+        assert verdict.refusal is pp.PictureRefusal.INVALID_REQUEST
+        assert verdict.message.startswith(starts), verdict.message
+
+
+WOCO = "woco"
+
+
+@pytest.fixture(scope="module")
+def world4(tmp_path_factory: pytest.TempPathFactory):
+    import dataclasses
+
+    root = tmp_path_factory.mktemp("picture-world4")
+    rules = PictureRules(
+        viewers=(Role.RIEC,), min_cell_count=3, aggregator=Role.POLITIE, areas=("pc4:5038",)
+    )
+    specs = (
+        PartySpec(RIEC, "RIEC Test", Role.RIEC),
+        PartySpec(GEMEENTE, "Gemeente Test", Role.GEMEENTE),
+        PartySpec(WOCO, "Woco Test", Role.WONINGCORPORATIE),
+        PartySpec(POLITIE, "Politie Test", Role.POLITIE),
+    )
+    provisioned = provision(
+        root,
+        "riec-picture",
+        specs,
+        [GEMEENTE, POLITIE],
+        2,
+        now=NOW,
+        policy=dataclasses.replace(example_policy(), picture=rules),
+    )
+    keys = {s.id: PartyKeys.load(root / s.id / "party-keys.json") for s in specs}
+    return provisioned, keys
+
+
+def test_a_partner_that_does_not_answer_is_in_neither_set(world4, tmp_path):
+    """Dropouts: the woningcorporatie does not answer. Within the answer window the RIEC
+    waits; after it, the RIEC asks the aggregator for the sum over the two that answered,
+    and the late answer that then comes is summed nowhere (its share is dropped at the
+    aggregator, which answered already)."""
+    facts = {
+        GEMEENTE: [p.SignalFacts("pc4:5038", None, "woonfraude", "2026-10", 5)],
+        WOCO: [p.SignalFacts("pc4:5038", None, "woonfraude", "2026-10", 7)],
+        POLITIE: [p.SignalFacts("pc4:5038", None, "woonfraude", "2026-10", 4)],
+    }
+    net = Network(world4, tmp_path, facts, (RIEC, GEMEENTE, WOCO, POLITIE))
+    try:
+        riec = net.desks[RIEC]
+        ask = pp.PictureAsk(OCT, (SIGNALS,), (A,))
+        request_id, _ = riec.collect(ask, officer="analist@riec")
+
+        def offline(sender, recipient, context):
+            return recipient == WOCO or sender == WOCO
+
+        net.ferry(drop=offline)
+        view = riec.show(measure=SIGNALS, dimensions=(A,), request_id=request_id)
+        assert set(view.missing) == {GEMEENTE, POLITIE, WOCO}  # not summed yet
+        record = net.stores[RIEC].picture_collection(request_id)
+        assert record is not None
+        assert record.sum_requested_at is None
+        net.now = NOW + timedelta(minutes=16)
+        riec.show(measure=SIGNALS, dimensions=(A,), request_id=request_id)  # asks now
+        net.ferry(drop=offline)
+        view = riec.show(measure=SIGNALS, dimensions=(A,), request_id=request_id)
+        assert set(view.contributors) == {RIEC, GEMEENTE, POLITIE}
+        assert view.missing == (WOCO,)
+        assert view.table.cell(("pc4:5038",)).count == 9
+        # The woco answers late: counted nowhere, and said so.
+        sent = net.stores[RIEC]
+        with sent.engine.begin() as conn:  # the request to the woco, sent again
+            conn.execute(sa.delete(EnvelopeOutboxItem))
+        message = pp.request_message(net.covenant, RIEC, ask, request_id=request_id, now=NOW)
+        envelope = pp.build_request(
+            net.keys[RIEC], net.covenant, message, recipient=WOCO, message_id=bytes(16)
+        )
+        _, body = open_envelope(net.keys[WOCO], net.covenant, envelope.sealed)
+        net.handlers[WOCO][pp.SignatureContext.PICTURE_REQUEST](500, RIEC, body, net.covenant)
+        net.ferry()
+        view = riec.show(measure=SIGNALS, dimensions=(A,), request_id=request_id)
+        assert view.table.cell(("pc4:5038",)).count == 9
+        assert view.missing == ()
+        late = {party: why for party, _, why in view.refusals}
+        assert late[WOCO] == "answered after the sum was asked of the aggregator: not in it"
+        assert net.stores[POLITIE].picture_shares_held(request_id) == []  # dropped, not kept
+        # All three answer a second collection of the month: their sum less the first one's
+        # would be the woco's own table, so the aggregator refuses it (exact mode).
+        again, _ = riec.collect(ask, officer="analist@riec")
+        net.ferry()
+        view = riec.show(measure=SIGNALS, dimensions=(A,), request_id=again)
+        assert view.contributors == (RIEC,)
+        refusals = {party: why for party, _, why in view.refusals}
+        assert set(refusals) == {GEMEENTE, WOCO, POLITIE}
+        assert all("single out" in why for why in refusals.values())
+        assert view.table.cell(("pc4:5038",)).count == 0
+    finally:
+        net.close()
 
 
 # --- differencing across collections (exact mode) -----------------------------------------

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,10 @@ from samenloop.policies.audit import AuditKind
 from samenloop.policies.cli import main
 from samenloop.policies.config import load_broker_config, load_node_config
 from samenloop.policies.covenant import Covenant, Role
-from samenloop.policies.crypto import PartyKeys
+from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import InvalidInput, NotAllowed, NotFound
 from samenloop.policies.policy import PictureRules, example_policy
+from samenloop.v1 import picture_pb2
 
 RIEC, GEMEENTE, WOCO, POLITIE = "riec", "gemeente", "woco", "politie"
 SPECS = (
@@ -56,6 +58,8 @@ WAIT = 30.0
 MONTH = datetime.now(UTC).strftime("%Y-%m")
 PERIOD = Period(MONTH, MONTH)
 BRANCHES = ("56101", "96021", "45201")
+#: The covenant's public list of areas that tables by area are shared over.
+AREAS = ("pc4:5038", "pc4:5041", "pc4:4334")
 
 # (party, reference, category, postcode, house number, branch, shared bsn or None)
 ROWS: list[tuple[str, str, str, str, int, str, str | None]] = []
@@ -87,6 +91,9 @@ def policy(*, noisy: bool = False) -> Any:
         min_cell_count=MIN_COUNT,
         epsilon_per_period=1.0 if noisy else 0.0,
         epsilon_per_request=0.5 if noisy else 0.0,
+        aggregator=Role.WONINGCORPORATIE,
+        areas=AREAS,
+        branches=BRANCHES,
     )
     return dataclasses.replace(example_policy(), picture=rules)
 
@@ -397,6 +404,177 @@ def test_an_overlapping_period_is_refused_in_exact_mode(cluster: Cluster) -> Non
         "picture.overlapping_period",
     )
     collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, (Dimension.CATEGORY,))  # equal: fine
+
+
+# --- issue 13: the viewer learns no partner's own counts -----------------------------------
+
+
+def _aggregator_events(cluster: Cluster, request_id: bytes) -> list[dict[str, Any]]:
+    entries = cluster.nodes[WOCO].store.audit_entries(
+        kind=AuditKind.PICTURE_EVENT, subject=request_id.hex()
+    )
+    return [dict(e.details) for e in entries]
+
+
+def _seal_sum_request(cluster: Cluster, request_id: bytes, contributors: list[str]) -> None:
+    keys = PartyKeys.load(cluster.provisioned.party_dir(RIEC) / "party-keys.json")
+    message = picture_protocol.sum_request_message(
+        request_id, RIEC, contributors, now=datetime.now(UTC)
+    )
+    envelope = picture_protocol.seal_message(
+        keys,
+        cluster.provisioned.covenant,
+        SignatureContext.PICTURE_SUM_REQUEST,
+        message.SerializeToString(),
+        recipient=WOCO,
+        message_id=secrets.token_bytes(16),
+    )
+    cluster.queue(RIEC, envelope.sealed.SerializeToString(), WOCO)
+
+
+def test_the_aggregator_answers_a_viewer_once_and_never_for_too_few(cluster: Cluster) -> None:
+    """Attack (c): the RIEC asks the aggregator (the woningcorporatie) again for a request
+    it was answered, and for a sum over one contributor: both refused, and the daemons
+    keep serving."""
+    started = cluster.clients[RIEC].picture_collect(
+        PERIOD, (Measure.ACTIVE_SIGNALS,), (Dimension.CATEGORY,), officer="analist@riec"
+    )
+    request_id = started.request_id
+    wait_for(
+        "the sum answered",
+        lambda: any(e["event"] == "sum_answered" for e in _aggregator_events(cluster, request_id)),
+    )
+    _seal_sum_request(cluster, request_id, [GEMEENTE, POLITIE])
+
+    def asked_again() -> list[dict[str, Any]] | None:
+        found = _aggregator_events(cluster, request_id)
+        return found if any(x["event"] == "sum_asked_again" for x in found) else None
+
+    events = wait_for("the second ask recorded", asked_again)
+    assert [x["event"] for x in events].count("sum_answered") == 1
+    lone = secrets.token_bytes(16)
+    _seal_sum_request(cluster, lone, [GEMEENTE])
+    (answered,) = wait_for(
+        "the lone ask refused",
+        lambda: [e for e in _aggregator_events(cluster, lone) if e["event"] == "sum_answered"],
+    )
+    assert (answered["outcome"], answered["reason"]) == ("refused", "invalid_request")
+    assert answered["contributors"] == 0
+    # Still serving: a new collection is answered and summed.
+    again = collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, (Dimension.CATEGORY,))
+    assert set(again.contributors) == {RIEC, GEMEENTE, WOCO, POLITIE}
+
+
+def _partner_tables(dims: tuple[Dimension, ...]) -> dict[str, Counter[tuple[str, ...]]]:
+    tables: dict[str, Counter[tuple[str, ...]]] = {}
+    for who, _, category, pc, _, branch, _ in ROWS:
+        values = {Dimension.AREA: f"pc4:{pc}", Dimension.CATEGORY: category}
+        values[Dimension.BRANCH] = branch
+        values[Dimension.ROLE] = next(s.role.value for s in SPECS if s.id == who)
+        tables.setdefault(who, Counter())[tuple(values[d] for d in dims)] += 1
+    return tables
+
+
+def test_the_viewers_database_holds_no_partners_own_counts(cluster: Cluster) -> None:
+    """Attack (b), finding 2: decode every picture row the RIEC's node stores. No partner's
+    contribution holds a table; what it kept of a partner is a random share (erased once
+    summed) or the sum over at least two partners, which equals no one partner's table."""
+    from samenloop.node import picture_shares
+    from samenloop.node.picture_desk import remote_ask
+    from samenloop.policies import crypto
+
+    dims = (Dimension.AREA, Dimension.CATEGORY)
+    collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, dims)
+    store = cluster.nodes[RIEC].store
+    engine = store.engine
+    partners = _partner_tables(dims)
+    summed_here = 0
+    with engine.connect() as conn:
+        for row in conn.execute(sa.select(models.PictureContribution.__table__)):
+            if row.contributor == RIEC or row.body == b"-":
+                continue
+            message = picture_pb2.PictureContribution.FromString(row.body)
+            assert not message.tables, row.contributor
+        ids = conn.execute(sa.select(models.PictureCollection.request_id)).scalars().all()
+    for request_id in ids:
+        record = store.picture_collection(request_id)
+        assert record is not None
+        if record.aggregate is None:
+            continue
+        assert len(record.aggregate_contributors) >= 2
+        assert RIEC not in record.aggregate_contributors
+        remote = remote_ask(record)
+        assert remote is not None
+        assert remote.domain is not None
+        for shared in picture_shares.decode(
+            crypto.share_values(record.aggregate), remote.domain, remote.measures, exact=True
+        ):
+            counts = {k: v for k, v in shared.counts.items() if v}
+            if shared.measure is Measure.ACTIVE_SIGNALS and remote.dimensions == dims:
+                summed_here += 1
+                for party, own in partners.items():
+                    assert counts != dict(own), party
+                assert counts == dict(sum(partners.values(), Counter()))
+    assert summed_here >= 1
+
+
+def _rank(rows: list[list[Fraction]]) -> int:
+    rows = [list(r) for r in rows]
+    rank = 0
+    for col in range(len(rows[0]) if rows else 0):
+        pivot = next((i for i in range(rank, len(rows)) if rows[i][col] != 0), None)
+        if pivot is None:
+            continue
+        rows[rank], rows[pivot] = rows[pivot], rows[rank]
+        for i in range(len(rows)):
+            if i != rank and rows[i][col] != 0:
+                f = rows[i][col] / rows[rank][col]
+                rows[i] = [x - f * y for x, y in zip(rows[i], rows[rank], strict=True)]
+        rank += 1
+    return rank
+
+
+def test_padding_a_cell_with_the_viewers_own_signals_gives_nothing_away(cluster: Cluster) -> None:
+    """Attack (a), finding 1: the gemeente has 2 signals in pc4:5041 vastgoedmisbruik; the
+    RIEC imports 3 of its own there and collects. The cell (5 in all) is judged on the
+    others' 2 and stays hidden, and no released figure, less the RIEC's own counts, pins
+    it or any other hidden cell down (linear algebra over the released figures)."""
+    target = ("pc4:5041", "vastgoedmisbruik")
+    riec = cluster.clients[RIEC]
+    padding = [
+        SignalInput(
+            reference=f"R-{i}",
+            category="vastgoedmisbruik",
+            identifiers=[("address", f"5041 AB {80 + i}")],
+        )
+        for i in range(3)
+    ]
+    assert riec.import_signals(padding).rejected == 0
+    try:
+        dims = (Dimension.AREA, Dimension.CATEGORY)
+        shown = collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, dims)
+        cell = shown.table.cell(target)
+        assert (cell.count, cell.quality) == (None, CellQuality.SUPPRESSED)
+        areas, categories = shown.table.axes
+        leaves = [(a, c) for a in areas for c in categories]
+
+        def form(key: tuple[str, ...]) -> list[Fraction]:
+            return [Fraction(key[0] in (a, TOTAL) and key[1] in (c, TOTAL)) for a, c in leaves]
+
+        # Unknowns: the others' counts per leaf; the RIEC's own are known, so every
+        # released figure is one equation on them.
+        known = [
+            form(c.values) for c in shown.table.cells if c.quality is not CellQuality.SUPPRESSED
+        ]
+        known += [form(k) for k in leaves if k not in {c.values for c in shown.table.cells}]
+        base = _rank(known)
+        hidden = [c.values for c in shown.table.cells if c.quality is CellQuality.SUPPRESSED]
+        assert target in hidden
+        for key in hidden:
+            assert _rank([*known, form(key)]) > base, key
+    finally:
+        for i in range(3):
+            riec.withdraw_signal(f"R-{i}", reason="test", officer="analist@riec")
 
 
 def test_noisy_mode_marks_figures_and_refuses_beyond_the_budget(cluster: Cluster) -> None:

@@ -132,6 +132,11 @@ class _LimitsEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Limits.ValueTy
     """Most parties in one covenant, and so most members of a hit group."""
     LIMITS_MAX_PICTURE_CELLS: _Limits.ValueType  # 20000
     """Most cells in one PictureContribution or picture table."""
+    LIMITS_MAX_PICTURE_SHARE_VALUES: _Limits.ValueType  # 98304
+    """Most unsigned 64-bit values in one PictureShare, PictureContribution.share
+    or PictureSum.sum (768 KiB): every measure's leaf cells and, in exact
+    mode, the band indicators of every cell with its totals.
+    """
     LIMITS_MAX_ENVELOPE_BYTES: _Limits.ValueType  # 1048576
     """Largest Sealed.ciphertext (1 MiB). Also the largest SignedCovenant.body."""
     LIMITS_MAX_MESSAGE_BYTES: _Limits.ValueType  # 4194304
@@ -242,6 +247,11 @@ LIMITS_MAX_PARTIES: Limits.ValueType  # 256
 """Most parties in one covenant, and so most members of a hit group."""
 LIMITS_MAX_PICTURE_CELLS: Limits.ValueType  # 20000
 """Most cells in one PictureContribution or picture table."""
+LIMITS_MAX_PICTURE_SHARE_VALUES: Limits.ValueType  # 98304
+"""Most unsigned 64-bit values in one PictureShare, PictureContribution.share
+or PictureSum.sum (768 KiB): every measure's leaf cells and, in exact
+mode, the band indicators of every cell with its totals.
+"""
 LIMITS_MAX_ENVELOPE_BYTES: Limits.ValueType  # 1048576
 """Largest Sealed.ciphertext (1 MiB). Also the largest SignedCovenant.body."""
 LIMITS_MAX_MESSAGE_BYTES: Limits.ValueType  # 4194304
@@ -343,6 +353,9 @@ class Signed(_message.Message):
       "disclosure-response"  -> DisclosureResponse, the signal's owner
       "picture-request"      -> PictureRequest, the party asking for the picture
       "picture-contribution" -> PictureContribution, the contributing node
+      "picture-share"        -> PictureShare, the contributing node
+      "picture-sum-request"  -> PictureSumRequest, the party asking for the picture
+      "picture-sum"          -> PictureSum, the covenant's picture aggregator
       "case-message"         -> CaseMessage, the author's node
       "key-epoch"            -> KeyEpoch, the administrator who dealt it
       "covenant-timestamp"   -> CovenantTimestamp, the covenant's timestamp key

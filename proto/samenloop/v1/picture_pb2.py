@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asamenloop/v1/picture.proto\x12\x0csamenloop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"1\n\x06Period\x12\x13\n\x0b\x66irst_month\x18\x01 \x01(\t\x12\x12\n\nlast_month\x18\x02 \x01(\t\"\xb2\x01\n\x0bPictureCell\x12\x0e\n\x06values\x18\x01 \x03(\t\x12\x12\n\x05\x63ount\x18\x02 \x01(\x12H\x00\x88\x01\x01\x12*\n\x07quality\x18\x03 \x01(\x0e\x32\x19.samenloop.v1.CellQuality\x12\x13\n\x0bnoise_scale\x18\x04 \x01(\x01\x12\x34\n\x0bsuppression\x18\x05 \x01(\x0e\x32\x1f.samenloop.v1.SuppressionReasonB\x08\n\x06_count\"\xc1\x01\n\x0cPictureTable\x12$\n\x06period\x18\x01 \x01(\x0b\x32\x14.samenloop.v1.Period\x12-\n\x07measure\x18\x02 \x01(\x0e\x32\x1c.samenloop.v1.PictureMeasure\x12\x32\n\ndimensions\x18\x03 \x03(\x0e\x32\x1e.samenloop.v1.PictureDimension\x12(\n\x05\x63\x65lls\x18\x04 \x03(\x0b\x32\x19.samenloop.v1.PictureCell\"\x9f\x02\n\x0ePictureRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63ovenant_id\x18\x02 \x01(\t\x12\x18\n\x10\x63ovenant_version\x18\x03 \x01(\x04\x12\x11\n\trequester\x18\x04 \x01(\t\x12$\n\x06period\x18\x05 \x01(\x0b\x32\x14.samenloop.v1.Period\x12.\n\x08measures\x18\x06 \x03(\x0e\x32\x1c.samenloop.v1.PictureMeasure\x12\x32\n\ndimensions\x18\x07 \x03(\x0e\x32\x1e.samenloop.v1.PictureDimension\x12-\n\tissued_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x0ePictureRefusal\x12\x32\n\x06reason\x18\x01 \x01(\x0e\x32\".samenloop.v1.PictureRefusalReason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xba\x02\n\x13PictureContribution\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63ontributor\x18\x02 \x01(\t\x12\x18\n\x10\x63ontributor_role\x18\x03 \x01(\t\x12$\n\x06period\x18\x04 \x01(\x0b\x32\x14.samenloop.v1.Period\x12*\n\x06tables\x18\x05 \x03(\x0b\x32\x1a.samenloop.v1.PictureTable\x12-\n\x07refusal\x18\x06 \x01(\x0b\x32\x1c.samenloop.v1.PictureRefusal\x12\x15\n\repsilon_spent\x18\x07 \x01(\x01\x12\x19\n\x11\x65psilon_remaining\x18\x08 \x01(\x01\x12-\n\tissued_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xf1\x01\n\x10PictureDimension\x12!\n\x1dPICTURE_DIMENSION_UNSPECIFIED\x10\x00\x12\x1a\n\x16PICTURE_DIMENSION_AREA\x10\x01\x12\x1c\n\x18PICTURE_DIMENSION_BRANCH\x10\x02\x12\x1e\n\x1aPICTURE_DIMENSION_CATEGORY\x10\x03\x12\x1a\n\x16PICTURE_DIMENSION_ROLE\x10\x04\x12\x1b\n\x17PICTURE_DIMENSION_MONTH\x10\x05\x12\'\n#PICTURE_DIMENSION_INTERVENTION_TYPE\x10\x06*\xdc\x01\n\x0ePictureMeasure\x12\x1f\n\x1bPICTURE_MEASURE_UNSPECIFIED\x10\x00\x12\"\n\x1ePICTURE_MEASURE_ACTIVE_SIGNALS\x10\x01\x12\x1e\n\x1aPICTURE_MEASURE_HIT_GROUPS\x10\x02\x12 \n\x1cPICTURE_MEASURE_CASES_OPENED\x10\x03\x12 \n\x1cPICTURE_MEASURE_CASES_CLOSED\x10\x04\x12!\n\x1dPICTURE_MEASURE_INTERVENTIONS\x10\x05*x\n\x0b\x43\x65llQuality\x12\x1c\n\x18\x43\x45LL_QUALITY_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x45LL_QUALITY_EXACT\x10\x01\x12\x16\n\x12\x43\x45LL_QUALITY_NOISY\x10\x02\x12\x1b\n\x17\x43\x45LL_QUALITY_SUPPRESSED\x10\x03*\x80\x01\n\x11SuppressionReason\x12\"\n\x1eSUPPRESSION_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSUPPRESSION_REASON_TOO_FEW\x10\x01\x12\'\n#SUPPRESSION_REASON_PROTECTS_ANOTHER\x10\x02*\x8d\x02\n\x14PictureRefusalReason\x12&\n\"PICTURE_REFUSAL_REASON_UNSPECIFIED\x10\x00\x12&\n\"PICTURE_REFUSAL_REASON_NOT_ALLOWED\x10\x01\x12+\n\'PICTURE_REFUSAL_REASON_BUDGET_EXHAUSTED\x10\x02\x12*\n&PICTURE_REFUSAL_REASON_INVALID_REQUEST\x10\x03\x12!\n\x1dPICTURE_REFUSAL_REASON_REPLAY\x10\x04\x12)\n%PICTURE_REFUSAL_REASON_COVENANT_STALE\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asamenloop/v1/picture.proto\x12\x0csamenloop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"1\n\x06Period\x12\x13\n\x0b\x66irst_month\x18\x01 \x01(\t\x12\x12\n\nlast_month\x18\x02 \x01(\t\"\xb2\x01\n\x0bPictureCell\x12\x0e\n\x06values\x18\x01 \x03(\t\x12\x12\n\x05\x63ount\x18\x02 \x01(\x12H\x00\x88\x01\x01\x12*\n\x07quality\x18\x03 \x01(\x0e\x32\x19.samenloop.v1.CellQuality\x12\x13\n\x0bnoise_scale\x18\x04 \x01(\x01\x12\x34\n\x0bsuppression\x18\x05 \x01(\x0e\x32\x1f.samenloop.v1.SuppressionReasonB\x08\n\x06_count\"\xc1\x01\n\x0cPictureTable\x12$\n\x06period\x18\x01 \x01(\x0b\x32\x14.samenloop.v1.Period\x12-\n\x07measure\x18\x02 \x01(\x0e\x32\x1c.samenloop.v1.PictureMeasure\x12\x32\n\ndimensions\x18\x03 \x03(\x0e\x32\x1e.samenloop.v1.PictureDimension\x12(\n\x05\x63\x65lls\x18\x04 \x03(\x0b\x32\x19.samenloop.v1.PictureCell\"\xde\x02\n\x0ePictureRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63ovenant_id\x18\x02 \x01(\t\x12\x18\n\x10\x63ovenant_version\x18\x03 \x01(\x04\x12\x11\n\trequester\x18\x04 \x01(\t\x12$\n\x06period\x18\x05 \x01(\x0b\x32\x14.samenloop.v1.Period\x12.\n\x08measures\x18\x06 \x03(\x0e\x32\x1c.samenloop.v1.PictureMeasure\x12\x32\n\ndimensions\x18\x07 \x03(\x0e\x32\x1e.samenloop.v1.PictureDimension\x12-\n\tissued_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\naggregator\x18\t \x01(\t\x12)\n\x06\x64omain\x18\n \x03(\x0b\x32\x19.samenloop.v1.PictureAxis\"P\n\x0bPictureAxis\x12\x31\n\tdimension\x18\x01 \x01(\x0e\x32\x1e.samenloop.v1.PictureDimension\x12\x0e\n\x06values\x18\x02 \x03(\t\"U\n\x0ePictureRefusal\x12\x32\n\x06reason\x18\x01 \x01(\x0e\x32\".samenloop.v1.PictureRefusalReason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xc9\x02\n\x13PictureContribution\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63ontributor\x18\x02 \x01(\t\x12\x18\n\x10\x63ontributor_role\x18\x03 \x01(\t\x12$\n\x06period\x18\x04 \x01(\x0b\x32\x14.samenloop.v1.Period\x12*\n\x06tables\x18\x05 \x03(\x0b\x32\x1a.samenloop.v1.PictureTable\x12-\n\x07refusal\x18\x06 \x01(\x0b\x32\x1c.samenloop.v1.PictureRefusal\x12\x15\n\repsilon_spent\x18\x07 \x01(\x01\x12\x19\n\x11\x65psilon_remaining\x18\x08 \x01(\x01\x12-\n\tissued_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05share\x18\n \x01(\x0c\"\xc6\x01\n\x0cPictureShare\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63ontributor\x18\x02 \x01(\t\x12\x11\n\trequester\x18\x03 \x01(\t\x12\x16\n\x0erequest_digest\x18\x04 \x01(\x0c\x12\r\n\x05share\x18\x05 \x01(\x0c\x12-\n\tissued_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06period\x18\x07 \x01(\x0b\x32\x14.samenloop.v1.Period\"\x7f\n\x11PictureSumRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontributors\x18\x03 \x03(\t\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcd\x01\n\nPictureSum\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x12\n\naggregator\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontributors\x18\x03 \x03(\t\x12\x16\n\x0erequest_digest\x18\x04 \x01(\x0c\x12\x0b\n\x03sum\x18\x05 \x01(\x0c\x12-\n\x07refusal\x18\x06 \x01(\x0b\x32\x1c.samenloop.v1.PictureRefusal\x12-\n\tissued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xf1\x01\n\x10PictureDimension\x12!\n\x1dPICTURE_DIMENSION_UNSPECIFIED\x10\x00\x12\x1a\n\x16PICTURE_DIMENSION_AREA\x10\x01\x12\x1c\n\x18PICTURE_DIMENSION_BRANCH\x10\x02\x12\x1e\n\x1aPICTURE_DIMENSION_CATEGORY\x10\x03\x12\x1a\n\x16PICTURE_DIMENSION_ROLE\x10\x04\x12\x1b\n\x17PICTURE_DIMENSION_MONTH\x10\x05\x12\'\n#PICTURE_DIMENSION_INTERVENTION_TYPE\x10\x06*\xdc\x01\n\x0ePictureMeasure\x12\x1f\n\x1bPICTURE_MEASURE_UNSPECIFIED\x10\x00\x12\"\n\x1ePICTURE_MEASURE_ACTIVE_SIGNALS\x10\x01\x12\x1e\n\x1aPICTURE_MEASURE_HIT_GROUPS\x10\x02\x12 \n\x1cPICTURE_MEASURE_CASES_OPENED\x10\x03\x12 \n\x1cPICTURE_MEASURE_CASES_CLOSED\x10\x04\x12!\n\x1dPICTURE_MEASURE_INTERVENTIONS\x10\x05*x\n\x0b\x43\x65llQuality\x12\x1c\n\x18\x43\x45LL_QUALITY_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x45LL_QUALITY_EXACT\x10\x01\x12\x16\n\x12\x43\x45LL_QUALITY_NOISY\x10\x02\x12\x1b\n\x17\x43\x45LL_QUALITY_SUPPRESSED\x10\x03*\x80\x01\n\x11SuppressionReason\x12\"\n\x1eSUPPRESSION_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSUPPRESSION_REASON_TOO_FEW\x10\x01\x12\'\n#SUPPRESSION_REASON_PROTECTS_ANOTHER\x10\x02*\x8d\x02\n\x14PictureRefusalReason\x12&\n\"PICTURE_REFUSAL_REASON_UNSPECIFIED\x10\x00\x12&\n\"PICTURE_REFUSAL_REASON_NOT_ALLOWED\x10\x01\x12+\n\'PICTURE_REFUSAL_REASON_BUDGET_EXHAUSTED\x10\x02\x12*\n&PICTURE_REFUSAL_REASON_INVALID_REQUEST\x10\x03\x12!\n\x1dPICTURE_REFUSAL_REASON_REPLAY\x10\x04\x12)\n%PICTURE_REFUSAL_REASON_COVENANT_STALE\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'samenloop.v1.picture_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PICTUREDIMENSION']._serialized_start=1200
-  _globals['_PICTUREDIMENSION']._serialized_end=1441
-  _globals['_PICTUREMEASURE']._serialized_start=1444
-  _globals['_PICTUREMEASURE']._serialized_end=1664
-  _globals['_CELLQUALITY']._serialized_start=1666
-  _globals['_CELLQUALITY']._serialized_end=1786
-  _globals['_SUPPRESSIONREASON']._serialized_start=1789
-  _globals['_SUPPRESSIONREASON']._serialized_end=1917
-  _globals['_PICTUREREFUSALREASON']._serialized_start=1920
-  _globals['_PICTUREREFUSALREASON']._serialized_end=2189
+  _globals['_PICTUREDIMENSION']._serialized_start=1898
+  _globals['_PICTUREDIMENSION']._serialized_end=2139
+  _globals['_PICTUREMEASURE']._serialized_start=2142
+  _globals['_PICTUREMEASURE']._serialized_end=2362
+  _globals['_CELLQUALITY']._serialized_start=2364
+  _globals['_CELLQUALITY']._serialized_end=2484
+  _globals['_SUPPRESSIONREASON']._serialized_start=2487
+  _globals['_SUPPRESSIONREASON']._serialized_end=2615
+  _globals['_PICTUREREFUSALREASON']._serialized_start=2618
+  _globals['_PICTUREREFUSALREASON']._serialized_end=2887
   _globals['_PERIOD']._serialized_start=77
   _globals['_PERIOD']._serialized_end=126
   _globals['_PICTURECELL']._serialized_start=129
@@ -49,9 +49,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PICTURETABLE']._serialized_start=310
   _globals['_PICTURETABLE']._serialized_end=503
   _globals['_PICTUREREQUEST']._serialized_start=506
-  _globals['_PICTUREREQUEST']._serialized_end=793
-  _globals['_PICTUREREFUSAL']._serialized_start=795
-  _globals['_PICTUREREFUSAL']._serialized_end=880
-  _globals['_PICTURECONTRIBUTION']._serialized_start=883
-  _globals['_PICTURECONTRIBUTION']._serialized_end=1197
+  _globals['_PICTUREREQUEST']._serialized_end=856
+  _globals['_PICTUREAXIS']._serialized_start=858
+  _globals['_PICTUREAXIS']._serialized_end=938
+  _globals['_PICTUREREFUSAL']._serialized_start=940
+  _globals['_PICTUREREFUSAL']._serialized_end=1025
+  _globals['_PICTURECONTRIBUTION']._serialized_start=1028
+  _globals['_PICTURECONTRIBUTION']._serialized_end=1357
+  _globals['_PICTURESHARE']._serialized_start=1360
+  _globals['_PICTURESHARE']._serialized_end=1558
+  _globals['_PICTURESUMREQUEST']._serialized_start=1560
+  _globals['_PICTURESUMREQUEST']._serialized_end=1687
+  _globals['_PICTURESUM']._serialized_start=1690
+  _globals['_PICTURESUM']._serialized_end=1895
 # @@protoc_insertion_point(module_scope)

@@ -10,10 +10,17 @@ Each node counts its own active signals and hit groups by the requested
 coarse attributes, adds calibrated noise where the covenant sets a privacy
 budget (and refuses once the period's budget is spent), and answers with a
 signed PictureContribution (context "picture-contribution") sealed to the
-requester. The requester's node sums the contributions and applies the
-covenant's disclosure control (minimum cell count with complementary
-suppression) before anything is shown. Only counts leave a node; the broker
-relays ciphertext only.
+requester, and a signed PictureShare (context "picture-share") sealed to the
+covenant's picture aggregator: its counts are split into two additive shares
+modulo 2^64 (secure aggregation with two non-colluding servers), so that the
+requester holds one uniformly random share of each contributor and the
+aggregator the other. The requester asks the aggregator once per request
+(PictureSumRequest, context "picture-sum-request") for the sum of the shares
+it received (PictureSum, context "picture-sum"), adds the shares it holds of
+exactly those contributors, and learns only the sum over them. It then
+applies the covenant's disclosure control (judged on the others' counts,
+without its own) before anything is shown. Only counts leave a node, and no
+single party sees another's counts; the broker relays ciphertext only.
 """
 
 from collections import abc as _abc
@@ -362,6 +369,8 @@ class PictureRequest(_message.Message):
     MEASURES_FIELD_NUMBER: _builtins.int
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     ISSUED_AT_FIELD_NUMBER: _builtins.int
+    AGGREGATOR_FIELD_NUMBER: _builtins.int
+    DOMAIN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     """Random 16 bytes; contributions carry it back; repeats are refused."""
     covenant_id: _builtins.str
@@ -370,6 +379,11 @@ class PictureRequest(_message.Message):
     """Covenant version under which the requester may ask."""
     requester: _builtins.str
     """Party id of the requester; equals the Signed.signer and Sealed.sender."""
+    aggregator: _builtins.str
+    """Party id of the covenant's picture aggregator, who receives the other
+    share of every contribution; a contributor refuses a request naming
+    another party than its own covenant does.
+    """
     @_builtins.property
     def period(self) -> Global___Period:
         """The period wanted."""
@@ -386,6 +400,14 @@ class PictureRequest(_message.Message):
     def issued_at(self) -> _timestamp_pb2.Timestamp:
         """When the request was made."""
 
+    @_builtins.property
+    def domain(self) -> _containers.RepeatedCompositeFieldContainer[Global___PictureAxis]:
+        """The public domain of the tables: one axis per dimension, in the order of
+        `dimensions`. A contributor encodes each table as a dense vector over the
+        cells of this domain (PictureShare), values outside an axis folded into
+        "overig".
+        """
+
     def __init__(
         self,
         *,
@@ -397,14 +419,44 @@ class PictureRequest(_message.Message):
         measures: _abc.Iterable[Global___PictureMeasure.ValueType] | None = ...,
         dimensions: _abc.Iterable[Global___PictureDimension.ValueType] | None = ...,
         issued_at: _timestamp_pb2.Timestamp | None = ...,
+        aggregator: _builtins.str = ...,
+        domain: _abc.Iterable[Global___PictureAxis] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at", "period", b"period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["covenant_id", b"covenant_id", "covenant_version", b"covenant_version", "dimensions", b"dimensions", "issued_at", b"issued_at", "measures", b"measures", "period", b"period", "request_id", b"request_id", "requester", b"requester"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator", b"aggregator", "covenant_id", b"covenant_id", "covenant_version", b"covenant_version", "dimensions", b"dimensions", "domain", b"domain", "issued_at", b"issued_at", "measures", b"measures", "period", b"period", "request_id", b"request_id", "requester", b"requester"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PictureRequest: _TypeAlias = PictureRequest  # noqa: Y015
+
+@_typing.final
+class PictureAxis(_message.Message):
+    """The values of one dimension that a shared table is encoded over, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    dimension: Global___PictureDimension.ValueType
+    """The dimension."""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its values, without "totaal"; at most LIMITS_MAX_PICTURE_CELLS in all."""
+
+    def __init__(
+        self,
+        *,
+        dimension: Global___PictureDimension.ValueType = ...,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PictureAxis: _TypeAlias = PictureAxis  # noqa: Y015
 
 @_typing.final
 class PictureRefusal(_message.Message):
@@ -450,6 +502,7 @@ class PictureContribution(_message.Message):
     EPSILON_SPENT_FIELD_NUMBER: _builtins.int
     EPSILON_REMAINING_FIELD_NUMBER: _builtins.int
     ISSUED_AT_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     """The request_id answered."""
     contributor: _builtins.str
@@ -460,13 +513,20 @@ class PictureContribution(_message.Message):
     """Privacy budget (epsilon) this contribution spent; 0 if exact."""
     epsilon_remaining: _builtins.float
     """Privacy budget left for the period after this contribution."""
+    share: _builtins.bytes
+    """The requester's share: a uniformly random vector of unsigned 64-bit
+    integers, little-endian, as long as the aggregator's share. Alone it says
+    nothing about the counts. Empty if refused.
+    """
     @_builtins.property
     def period(self) -> Global___Period:
         """The period counted."""
 
     @_builtins.property
     def tables(self) -> _containers.RepeatedCompositeFieldContainer[Global___PictureTable]:
-        """One table per requested measure; empty if refused."""
+        """One table per requested measure, only in the requester's own
+        contribution (kept at its own node); empty in what is sent.
+        """
 
     @_builtins.property
     def refusal(self) -> Global___PictureRefusal:
@@ -488,11 +548,176 @@ class PictureContribution(_message.Message):
         epsilon_spent: _builtins.float = ...,
         epsilon_remaining: _builtins.float = ...,
         issued_at: _timestamp_pb2.Timestamp | None = ...,
+        share: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at", "period", b"period", "refusal", b"refusal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributor", b"contributor", "contributor_role", b"contributor_role", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "issued_at", b"issued_at", "period", b"period", "refusal", b"refusal", "request_id", b"request_id", "tables", b"tables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributor", b"contributor", "contributor_role", b"contributor_role", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "issued_at", b"issued_at", "period", b"period", "refusal", b"refusal", "request_id", b"request_id", "share", b"share", "tables", b"tables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PictureContribution: _TypeAlias = PictureContribution  # noqa: Y015
+
+@_typing.final
+class PictureShare(_message.Message):
+    """The aggregator's share of one contribution: the contributor's vector minus
+    the requester's share, modulo 2^64 (little-endian unsigned 64-bit
+    integers). Signed by the contributor (context "picture-share") and sealed
+    to the aggregator. The vector is, per measure in request order, the value of
+    every leaf cell of the request's domain (product of the axes, last axis
+    fastest), then (exact mode only) for every cell including the totals
+    ("totaal" after each axis's values) PICTURE_BANDS one-hot indicators of the
+    band of the contributor's own count: 1, 2-3, 4-7, ..., the last band open.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONTRIBUTOR_FIELD_NUMBER: _builtins.int
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.bytes
+    """The request_id answered."""
+    contributor: _builtins.str
+    """Party id of the contributor; equals the Signed.signer and Sealed.sender."""
+    requester: _builtins.str
+    """Party id of the requester whose request this answers."""
+    request_digest: _builtins.bytes
+    """SHA-256 of the request's measures, dimensions, period and domain, so that
+    only shares of one request are summed.
+    """
+    share: _builtins.bytes
+    """The aggregator's share."""
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """When the share was made."""
+
+    @_builtins.property
+    def period(self) -> Global___Period:
+        """The period counted: the aggregator refuses, in exact mode, a sum that together
+        with the sums it gave the same viewer for a month of this period would
+        single out one contributor (sums over sets that differ by one party).
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.bytes = ...,
+        contributor: _builtins.str = ...,
+        requester: _builtins.str = ...,
+        request_digest: _builtins.bytes = ...,
+        share: _builtins.bytes = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+        period: Global___Period | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at", "period", b"period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributor", b"contributor", "issued_at", b"issued_at", "period", b"period", "request_digest", b"request_digest", "request_id", b"request_id", "requester", b"requester", "share", b"share"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PictureShare: _TypeAlias = PictureShare  # noqa: Y015
+
+@_typing.final
+class PictureSumRequest(_message.Message):
+    """A requester asking the aggregator for the sum of the shares of one request.
+    Signed by the requester (context "picture-sum-request") and sealed to the
+    aggregator, which answers each request id at most once.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    CONTRIBUTORS_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.bytes
+    """The request whose shares to sum."""
+    requester: _builtins.str
+    """Party id of the requester; equals the Signed.signer and Sealed.sender."""
+    @_builtins.property
+    def contributors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The contributors whose requester share the requester holds: the
+        aggregator waits until it holds a share of each, then sums every share it
+        holds for the request (the requester chooses when, not whom).
+        """
+
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was asked."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.bytes = ...,
+        requester: _builtins.str = ...,
+        contributors: _abc.Iterable[_builtins.str] | None = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributors", b"contributors", "issued_at", b"issued_at", "request_id", b"request_id", "requester", b"requester"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PictureSumRequest: _TypeAlias = PictureSumRequest  # noqa: Y015
+
+@_typing.final
+class PictureSum(_message.Message):
+    """The aggregator's answer: the sum of every share it holds for the request
+    (`contributors`), or a refusal. Signed by the aggregator (context "picture-sum") and sealed to the
+    requester.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AGGREGATOR_FIELD_NUMBER: _builtins.int
+    CONTRIBUTORS_FIELD_NUMBER: _builtins.int
+    REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
+    SUM_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.bytes
+    """The request summed."""
+    aggregator: _builtins.str
+    """Party id of the aggregator."""
+    request_digest: _builtins.bytes
+    """The request_digest of the shares summed."""
+    sum: _builtins.bytes
+    """The sum, as the shares are encoded; empty if refused."""
+    @_builtins.property
+    def contributors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The contributors summed, sorted; never fewer than the covenant's
+        [picture] min_contributors.
+        """
+
+    @_builtins.property
+    def refusal(self) -> Global___PictureRefusal:
+        """Present if the aggregator refused; then no sum."""
+
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was summed."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.bytes = ...,
+        aggregator: _builtins.str = ...,
+        contributors: _abc.Iterable[_builtins.str] | None = ...,
+        request_digest: _builtins.bytes = ...,
+        sum: _builtins.bytes = ...,
+        refusal: Global___PictureRefusal | None = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at", "refusal", b"refusal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator", b"aggregator", "contributors", b"contributors", "issued_at", b"issued_at", "refusal", b"refusal", "request_digest", b"request_digest", "request_id", b"request_id", "sum", b"sum"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PictureSum: _TypeAlias = PictureSum  # noqa: Y015

@@ -10,10 +10,17 @@ Each node counts its own active signals and hit groups by the requested
 coarse attributes, adds calibrated noise where the covenant sets a privacy
 budget (and refuses once the period's budget is spent), and answers with a
 signed PictureContribution (context "picture-contribution") sealed to the
-requester. The requester's node sums the contributions and applies the
-covenant's disclosure control (minimum cell count with complementary
-suppression) before anything is shown. Only counts leave a node; the broker
-relays ciphertext only.
+requester, and a signed PictureShare (context "picture-share") sealed to the
+covenant's picture aggregator: its counts are split into two additive shares
+modulo 2^64 (secure aggregation with two non-colluding servers), so that the
+requester holds one uniformly random share of each contributor and the
+aggregator the other. The requester asks the aggregator once per request
+(PictureSumRequest, context "picture-sum-request") for the sum of the shares
+it received (PictureSum, context "picture-sum"), adds the shares it holds of
+exactly those contributors, and learns only the sum over them. It then
+applies the covenant's disclosure control (judged on the others' counts,
+without its own) before anything is shown. Only counts leave a node, and no
+single party sees another's counts; the broker relays ciphertext only.
 """
 
 from collections import abc as _abc
