@@ -54,6 +54,7 @@ from samenloop.policies.errors import InvalidInput, MessageTooLarge, QuotaExceed
 from samenloop.v1 import case_pb2, common_pb2, picture_pb2
 
 __all__ = [
+    "CUBE_DIMENSIONS",
     "MAX_CELLS",
     "MAX_MONTHS",
     "OTHER",
@@ -80,10 +81,12 @@ __all__ = [
     "check_request",
     "combine",
     "count",
+    "cube_dimensions",
     "discrete_laplace_sd",
     "public_domain",
     "release",
     "split_epsilon",
+    "view",
     "with_totals",
 ]
 
@@ -252,6 +255,33 @@ INTERVENTION_TYPES: Final = tuple(
     for name, number in case_pb2.InterventionType.items()
     if number != case_pb2.INTERVENTION_TYPE_UNSPECIFIED
 )
+
+#: The dimensions of a period's cube of each measure (exact mode): every dimension the
+#: measure allows, in one fixed order. Every table released of a period and measure is a
+#: slice of its one protected cube, so that no two released tables can be played against
+#: each other (linked tables; see ``view``).
+CUBE_DIMENSIONS: Final[Mapping[Measure, tuple[Dimension, ...]]] = MappingProxyType(
+    {m: tuple(d for d in Dimension if d in _ALLOWED[m]) for m in Measure}
+)
+
+
+def cube_dimensions(measures: Sequence[Measure]) -> tuple[Dimension, ...]:
+    """The one cube the ``measures`` of an exact collection are counted by;
+    ``InvalidInput`` (field ``measures``) if they have different cubes (collect the
+    signal measures, the case counts and the interventions apart)."""
+    cubes = {CUBE_DIMENSIONS[m] for m in measures}
+    if len(cubes) != 1:
+        groups = sorted(
+            "+".join(m.value for m in measures if CUBE_DIMENSIONS[m] == cube) for cube in cubes
+        )
+        raise InvalidInput(
+            f"in exact mode collect measures of one cube together: {' | '.join(groups)}",
+            field="measures",
+            reason="picture.measure",
+        )
+    (cube,) = cubes
+    return cube
+
 
 _AREA_PREFIXES: Final = {"postcode4": "pc4", "cbs_wijk": "wijk", "cbs_buurt": "buurt"}
 
@@ -1007,6 +1037,48 @@ def release(
         tuple(released),
         min_count,
         table.totals_over,
+    )
+
+
+def view(cube: ReleasedTable, dimensions: Sequence[Dimension]) -> ReleasedTable:
+    """The table by ``dimensions`` (a subset of the cube's, in any order) as a slice of a
+    released cube with totals over every dimension: the cells whose other dimensions are
+    ``"totaal"``, with their figures and suppressions exactly as the cube released them.
+
+    Why a slice: tables of one period by different dimensions share their marginals
+    (the area totals of an area by category table are the area table). Protected one by
+    one, their suppression patterns differ and one table's figures can give away what
+    another suppressed (category totals 505 + 505 + 503 + 503 of one table against a
+    grand total of 2019 in another). Protected once, as one cube whose every marginal is
+    a cell, no combination of its slices shows more than the cube does, and the cube's
+    complementary suppression leaves no suppressed cell a linear function of its
+    released cells.
+    """
+    dims = tuple(dimensions)
+    if len(set(dims)) != len(dims):
+        raise InvalidInput("a dimension is repeated", field="dimensions")
+    if set(cube.totals_over) != set(cube.dimensions):
+        raise InvalidInput(
+            "a view is a slice of a cube with totals over every dimension", field="cube"
+        )
+    missing = [d.value for d in dims if d not in cube.dimensions]
+    if missing:
+        raise InvalidInput(
+            f"{cube.measure.value} is not counted by {', '.join(missing)}",
+            field="dimensions",
+            reason="picture.dimension",
+        )
+    at = [cube.dimensions.index(d) for d in dims]
+    rest = [i for i in range(len(cube.dimensions)) if i not in at]
+    cells = tuple(
+        ReleasedCell(tuple(c.values[i] for i in at), c.count, c.quality, c.noise_scale)
+        for c in cube.cells
+        if all(c.values[i] == TOTAL for i in rest)
+    )
+    axes = tuple(cube.axes[i] for i in at)
+    ordered = sorted(cells, key=lambda c: _sort_key(c.values, axes))
+    return ReleasedTable(
+        cube.measure, dims, cube.period, axes, tuple(ordered), cube.min_count, dims
     )
 
 

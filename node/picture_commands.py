@@ -32,7 +32,7 @@ from typing import Any, Final
 from rich.table import Table
 
 from samenloop.node import picture_report
-from samenloop.node.client import NodeClient, Picture
+from samenloop.node.client import NodeClient, Picture, PictureCollection
 from samenloop.node.picture import (
     TOTAL,
     CellQuality,
@@ -41,6 +41,7 @@ from samenloop.node.picture import (
     Period,
     ReleasedCell,
     ReleasedTable,
+    cube_dimensions,
 )
 from samenloop.node.signal_commands import add_node_options, open_client
 from samenloop.policies import terminal
@@ -53,14 +54,18 @@ DEFAULT_WAIT: Final = 10.0
 _POLL: Final = 0.25
 _SUPPRESSED: Final = picture_report.SUPPRESSED_MARK
 
-#: What the report collects: (measures, dimensions) per collection.
+#: Exit code of ``show`` and ``report`` when the figures were shown or written but a party
+#: refused to contribute (they lack its counts).
+EXIT_REFUSED: Final = 5
+
+#: What the report shows: (measures, dimensions) per collection. Under a privacy budget
+#: each is a request of its own (each spends ``epsilon_per_request``); in exact mode only
+#: the first of each cube is collected and every table is a slice of that cube.
 REPORT_COLLECTIONS: Final = (
-    (
-        (Measure.ACTIVE_SIGNALS, Measure.HIT_GROUPS, Measure.CASES_OPENED, Measure.CASES_CLOSED),
-        (Dimension.MONTH,),
-    ),
+    ((Measure.ACTIVE_SIGNALS, Measure.HIT_GROUPS), (Dimension.MONTH,)),
     ((Measure.ACTIVE_SIGNALS,), (Dimension.AREA,)),
     ((Measure.ACTIVE_SIGNALS,), (Dimension.BRANCH, Dimension.CATEGORY)),
+    ((Measure.CASES_OPENED, Measure.CASES_CLOSED), (Dimension.MONTH,)),
     ((Measure.INTERVENTIONS,), (Dimension.INTERVENTION_TYPE,)),
 )
 
@@ -105,6 +110,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "interventions (default: active_signals,hit_groups)",
     )
     collect.add_argument("--officer", help="who asks, for the audit log (default: your login)")
+    collect.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only say what it would cost of the privacy budget; ask no one",
+    )
     collect.set_defaults(func=_collect)
 
     show = commands.add_parser("show", help="show a collection after disclosure control")
@@ -127,6 +137,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     report.add_argument("--officer", help="who asks, for the audit log (default: your login)")
     report.add_argument("--wait", type=float, default=DEFAULT_WAIT * 3, metavar="SECONDS")
     report.add_argument("--top", type=int, default=10, help="areas and branches listed")
+    report.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only say what the report would cost of the privacy budget; ask no one",
+    )
     add_node_options(report)
     report.set_defaults(func=_report)
 
@@ -147,15 +162,40 @@ def _collect(args: argparse.Namespace) -> int:
     measures = _names(args.measure, Measure.parse, "--measure")
     dimensions = _names(args.by, Dimension.parse, "--by")
     with open_client(args) as client:
-        started = client.picture_collect(period, measures, dimensions, officer=_officer(args))
+        started = client.picture_collect(
+            period, measures, dimensions, officer=_officer(args), dry_run=args.dry_run
+        )
     if args.json:
         print(
-            terminal.dumps({"request_id": started.request_id.hex(), "asked": list(started.asked)})
+            terminal.dumps(
+                {
+                    "request_id": started.request_id.hex(),
+                    "asked": list(started.asked),
+                    "noisy": started.noisy,
+                    "epsilon_needed": started.epsilon_needed,
+                    "epsilon_remaining": started.epsilon_remaining,
+                }
+            )
         )
-    else:
-        asked = ", ".join(printable(p) for p in started.asked)
-        print(f"collection {started.request_id.hex()}: asked {asked}")
+        return 0
+    if args.dry_run:
+        print(f"dry run, nothing asked: {cost_line(period, started)}")
+        return 0
+    asked = ", ".join(printable(p) for p in started.asked)
+    print(f"collection {started.request_id.hex()}: asked {asked}")
+    if started.noisy:
+        print(f"spent: {cost_line(period, started)} before this")
     return 0
+
+
+def cost_line(period: Period, cost: PictureCollection) -> str:
+    """``2026-12 needs epsilon 2 on each of its months, 1 left`` (or: exact mode)."""
+    if not cost.noisy:
+        return f"{period}: exact mode, no privacy budget to spend"
+    return (
+        f"{period} needs epsilon {cost.epsilon_needed:g} on each of its months at every "
+        f"node, {cost.epsilon_remaining:g} left at this node"
+    )
 
 
 def wait_for_picture(
@@ -193,7 +233,9 @@ def picture_to_json(shown: Picture) -> dict[str, Any]:
         "measure": table.measure.value,
         "dimensions": [d.value for d in table.dimensions],
         "min_count": table.min_count or None,
-        "cells": [
+        "cells": []
+        if not shown.contributors
+        else [
             {
                 "values": list(c.values),
                 "count": None if c.quality is CellQuality.SUPPRESSED else c.count,
@@ -202,6 +244,7 @@ def picture_to_json(shown: Picture) -> dict[str, Any]:
             }
             for c in table.cells
         ],
+        "no_data": not shown.contributors,
         "contributors": list(shown.contributors),
         "missing": list(shown.missing),
         "refusals": [
@@ -227,11 +270,19 @@ def _show(args: argparse.Namespace) -> int:
         shown = wait_for_picture(
             client, period, measure[0], dimensions, request_id=request_id, wait=args.wait
         )
+    code = EXIT_REFUSED if shown.refusals else 0
     if args.json:
         print(terminal.dumps(picture_to_json(shown), indent=2))
-        return 0
+        return code
     console = terminal.console()
     table = shown.table
+    if not shown.contributors:
+        console.print(
+            f"{table.measure.value}, {table.period}: no data (no party contributed counts; "
+            "not a count of 0)"
+        )
+        _footer(console, shown)
+        return code
     grid = Table(title=f"{table.measure.value}, {table.period}", title_justify="left")
     for dimension in table.dimensions:
         grid.add_column(dimension.value)
@@ -244,6 +295,11 @@ def _show(args: argparse.Namespace) -> int:
         f"{_SUPPRESSED} = suppressed (below the covenant's minimum, or to protect such a cell); "
         "≈ = noisy, ± its standard deviation; cells not listed are 0"
     )
+    _footer(console, shown)
+    return code
+
+
+def _footer(console: Any, shown: Picture) -> None:
     console.print(f"contributed: {', '.join(printable(p) for p in shown.contributors) or '-'}")
     for note in shown.refusals:
         console.print(
@@ -252,7 +308,6 @@ def _show(args: argparse.Namespace) -> int:
         )
     if shown.missing:
         console.print(f"not answered yet: {', '.join(printable(p) for p in shown.missing)}")
-    return 0
 
 
 def _branches(heat: ReleasedTable) -> ReleasedTable:
@@ -276,6 +331,19 @@ def _branches(heat: ReleasedTable) -> ReleasedTable:
     )
 
 
+def report_cost(client: NodeClient, period: Period, *, officer: str) -> PictureCollection:
+    """What the report would spend of the privacy budget, asking no one."""
+    measures, dims = REPORT_COLLECTIONS[0]
+    return client.picture_collect(
+        period,
+        measures,
+        dims,
+        officer=officer,
+        planned_requests=len(REPORT_COLLECTIONS),
+        dry_run=True,
+    )
+
+
 def build_report(
     client: NodeClient,
     period: Period,
@@ -288,14 +356,40 @@ def build_report(
     now: datetime | None = None,
 ) -> picture_report.PictureReport:
     """Collect what the report shows, wait for the parties' answers (up to ``wait``
-    seconds) and gather the released tables; parties missing or refusing are noted."""
-    started = [
-        (client.picture_collect(period, measures, dims, officer=officer).request_id, measures, dims)
-        for measures, dims in REPORT_COLLECTIONS
-    ]
+    seconds) and gather the released tables; parties missing or refusing are noted, and
+    a table no party contributed to is left out, said to have no data.
+
+    Under a privacy budget the first collection asks the node to check that its budget
+    covers every request of the report (``QuotaExceeded`` naming what it needs and what
+    is left, nothing spent, if not). In exact mode each cube is collected once and every
+    table of it is a slice of that one protected cube."""
+    first_measures, first_dims = REPORT_COLLECTIONS[0]
+    first = client.picture_collect(
+        period,
+        first_measures,
+        first_dims,
+        officer=officer,
+        planned_requests=len(REPORT_COLLECTIONS),
+    )
+    started = [(first.request_id, first_measures, first_dims)]
+    cubes = {cube_dimensions(first_measures): first.request_id}
+    for measures, dims in REPORT_COLLECTIONS[1:]:
+        cube = cube_dimensions(measures)
+        if not first.noisy and cube in cubes:
+            started.append((cubes[cube], measures, dims))
+            continue
+        request_id = client.picture_collect(period, measures, dims, officer=officer).request_id
+        cubes.setdefault(cube, request_id)
+        started.append((request_id, measures, dims))
     deadline = time.monotonic() + wait
     shown: dict[tuple[Measure, tuple[Dimension, ...]], Picture] = {}
     notes: list[str] = []
+    if first.noisy:
+        notes.append(
+            f"Privacy budget: {len(REPORT_COLLECTIONS)} requests of epsilon "
+            f"{first.epsilon_needed / len(REPORT_COLLECTIONS):g} on each month of {period} "
+            f"({first.epsilon_remaining - first.epsilon_needed:g} left at this node)."
+        )
     for request_id, measures, dims in started:
         for measure in measures:
             left = max(deadline - time.monotonic(), 0.0)
@@ -311,34 +405,53 @@ def build_report(
     notes += [f"Refused by {party}: {reason} ({message})." for party, reason, message in refused]
     contributors = sorted({p for s in shown.values() for p in s.contributors})
     notes.append(f"Contributions from: {', '.join(contributors) or '-'}.")
-    month = (Dimension.MONTH,)
-    heat = shown[(Measure.ACTIVE_SIGNALS, (Dimension.BRANCH, Dimension.CATEGORY))].table
+    empty = [
+        f"{m.value} by {','.join(d.value for d in dims) or '-'}"
+        for (m, dims), s in shown.items()
+        if not s.contributors
+    ]
+    if empty:
+        notes.append(f"No data (no party contributed, not a count of 0): {'; '.join(empty)}.")
+
+    def table(measure: Measure, *dims: Dimension) -> ReleasedTable | None:
+        found = shown[(measure, dims)]
+        return found.table if found.contributors else None
+
+    month = Dimension.MONTH
+    heat = table(Measure.ACTIVE_SIGNALS, Dimension.BRANCH, Dimension.CATEGORY)
     return picture_report.PictureReport(
         title=title,
         covenant=covenant,
         period=period,
         generated_at=now or datetime.now(UTC),
-        trend=(
-            shown[(Measure.ACTIVE_SIGNALS, month)].table,
-            shown[(Measure.HIT_GROUPS, month)].table,
-        ),
-        areas=shown[(Measure.ACTIVE_SIGNALS, (Dimension.AREA,))].table,
-        branches=_branches(heat),
+        trend=_present(table(Measure.ACTIVE_SIGNALS, month), table(Measure.HIT_GROUPS, month)),
+        areas=table(Measure.ACTIVE_SIGNALS, Dimension.AREA),
+        branches=None if heat is None else _branches(heat),
         heat=heat,
-        accountability=(
-            shown[(Measure.CASES_OPENED, month)].table,
-            shown[(Measure.CASES_CLOSED, month)].table,
-            shown[(Measure.INTERVENTIONS, (Dimension.INTERVENTION_TYPE,))].table,
+        accountability=_present(
+            table(Measure.CASES_OPENED, month),
+            table(Measure.CASES_CLOSED, month),
+            table(Measure.INTERVENTIONS, Dimension.INTERVENTION_TYPE),
         ),
         top=top,
         notes=tuple(notes),
     )
 
 
+def _present(*tables: ReleasedTable | None) -> tuple[ReleasedTable, ...]:
+    return tuple(t for t in tables if t is not None)
+
+
 def _report(args: argparse.Namespace) -> int:
     period = _period(args.period)
     with open_client(args) as client:
         status = client.status()
+        cost = report_cost(client, period, officer=_officer(args))
+        if args.dry_run:
+            print(f"dry run, nothing asked: the report for {cost_line(period, cost)}")
+            return 0
+        if cost.noisy:
+            print(f"the report for {cost_line(period, cost)}")
         try:
             report = build_report(
                 client,
@@ -358,4 +471,7 @@ def _report(args: argparse.Namespace) -> int:
             f"cannot write {args.out}: {error.strerror}", field="--out"
         ) from None
     print(f"report written to {args.out}")
-    return 0
+    refused = [n for n in report.notes if n.startswith(("Refused by", "No data"))]
+    for note in refused:
+        print(note)
+    return EXIT_REFUSED if refused else 0

@@ -1306,12 +1306,32 @@ def _contribution(
     )
 
 
+def _in_cube(ask: pp.PictureAsk, cells):
+    """Cells by area and role as the cells of the cube an exact collection counts (every
+    dimension of the measure; the others unknown or the period's month)."""
+    fill = {p.Dimension.MONTH: ask.period.first_month, p.Dimension.CATEGORY: "woonfraude"}
+    return {
+        tuple(
+            area if d is A else role if d is R else fill.get(d, p.UNKNOWN) for d in ask.dimensions
+        ): v
+        for (area, role), v in cells.items()
+    }
+
+
+def _stored_ask(store, request_id: bytes) -> pp.PictureAsk:
+    from samenloop.node.picture_desk import ask_of
+
+    record = store.picture_collection(request_id)
+    assert record is not None
+    return ask_of(record)
+
+
 def _bad_role(message):
     message.contributor_role = "riec"
 
 
 def _bad_role_value(message):
-    message.tables[0].cells[0].values[1] = "politie"
+    message.tables[0].cells[0].values[p.CUBE_DIMENSIONS[SIGNALS].index(R)] = "politie"
 
 
 def _negative(message):
@@ -1340,9 +1360,15 @@ def test_a_contribution_that_lies_is_rejected_and_recorded_with_why(world, store
     ask = pp.PictureAsk(OCT, (SIGNALS,), (A, R))
     request_id, asked = riec.collect(ask, officer="analist@riec")
     assert set(asked) == {RIEC, GEMEENTE, POLITIE}
-    good = _contribution(covenant, POLITIE, request_id, ask, {("pc4:5038", "politie"): 4})
+    cube = _stored_ask(store, request_id)  # exact mode: the period's whole cube is counted
+    assert cube.dimensions == p.CUBE_DIMENSIONS[SIGNALS]
+    good = _contribution(
+        covenant, POLITIE, request_id, cube, _in_cube(cube, {("pc4:5038", "politie"): 4})
+    )
     riec.receive_contribution(1, POLITIE, good.SerializeToString(), covenant)
-    bad = _contribution(covenant, GEMEENTE, request_id, ask, {("pc4:5038", "gemeente"): 5})
+    bad = _contribution(
+        covenant, GEMEENTE, request_id, cube, _in_cube(cube, {("pc4:5038", "gemeente"): 5})
+    )
     tamper(bad)
     riec.receive_contribution(2, GEMEENTE, bad.SerializeToString(), covenant)  # no exception
     view = riec.show(measure=SIGNALS, dimensions=(A, R), request_id=request_id)
@@ -1359,7 +1385,10 @@ def test_a_contribution_with_its_own_role_is_counted(world, store):
     riec = desk(world, store, RIEC)
     ask = pp.PictureAsk(OCT, (SIGNALS,), (A, R))
     request_id, _ = riec.collect(ask, officer="analist@riec")
-    good = _contribution(covenant, GEMEENTE, request_id, ask, {("pc4:5038", "gemeente"): 5})
+    cube = _stored_ask(store, request_id)
+    good = _contribution(
+        covenant, GEMEENTE, request_id, cube, _in_cube(cube, {("pc4:5038", "gemeente"): 5})
+    )
     riec.receive_contribution(1, GEMEENTE, good.SerializeToString(), covenant)
     view = riec.show(measure=SIGNALS, dimensions=(A, R), request_id=request_id)
     assert view.refusals == ()
