@@ -989,9 +989,10 @@ def release(
     Primary suppression: cells with 0 < count < ``min_count``. Complementary
     suppression, when the table has totals: until stable, every line (the cells
     that differ only in one totalled dimension, and their total) with exactly one
-    suppressed cell gets one more suppressed: a non-zero leaf before a zero or a
-    total, one that also settles another lone suppressed cell before one that does
-    not, the smallest before a larger; then any suppressed cell that is
+    suppressed cell gets one more suppressed: a cell with fewer totals in it before one
+    with more (a leaf first, the grand total last), non-zero before zero, one that also
+    settles another lone suppressed cell before one that does not, the smallest before a
+    larger; then any suppressed cell that is
     still a linear function of the released figures gets a neighbour suppressed
     (when every line through it is suppressed already, the nearest released cell
     on another suppressed cell's line), and the lines are checked again.
@@ -1115,16 +1116,17 @@ def _complement(
         )
 
     def pick(line: Sequence[Key]) -> Key | None:
-        """The released member to give up: leaves before totals, non-zero before zero,
-        then one that also protects another line's lone suppressed cell (closing a
-        rectangle), then the smallest count, then the first in display order."""
+        """The released member to give up: fewer totals in it first (leaves, then
+        marginals, the grand total last: in a cube every marginal is some view's figure),
+        non-zero before zero, then one that also protects another line's lone suppressed
+        cell (closing a rectangle), then the smallest count, then the first in display order."""
         candidates = [k for k in line if k not in suppressed]
         if not candidates:
             return None
         return min(
             candidates,
             key=lambda k: (
-                TOTAL in k,
+                k.count(TOTAL),
                 counted(k) == 0,
                 -lonely(k),
                 abs(counted(k)),
@@ -1151,7 +1153,7 @@ def _complement(
         chosen = [k for k in options if k is not None]
         if chosen:
             suppressed.add(
-                min(chosen, key=lambda k: (TOTAL in k, counted(k) == 0, abs(counted(k))))
+                min(chosen, key=lambda k: (k.count(TOTAL), counted(k) == 0, abs(counted(k))))
             )
             continue
         # Every line through it is suppressed already, and still the other lines fix it:
@@ -1174,7 +1176,7 @@ def _complement(
                 nearby,
                 key=lambda k: (
                     sum(k[i] != key[i] for i in totalled),
-                    TOTAL in k,
+                    k.count(TOTAL),
                     counted(k) == 0,
                     abs(counted(k)),
                     _sort_key(k, axes),

@@ -1,0 +1,481 @@
+"""Linked tables: every table released of one period and measure is a slice of one protected
+cube, so that no combination of released tables pins down a suppressed cell (issue 13,
+finding 3); and the privacy budget's cost shown, and checked, before anything is spent.
+
+The search below is written apart from the module's own check: every released figure of
+every view is an equation over the cube's leaf cells (the true counts, unknown to a
+reader); a suppressed figure is pinned down exactly when its vector over the leaves lies
+in the span of the released ones (exact rational elimination).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from samenloop.node import picture as p
+from samenloop.node import picture_protocol as pp
+from samenloop.node import store as node_store
+from samenloop.node.picture_desk import PictureDesk, ask_of
+from samenloop.node.provision import PartySpec, Provisioned, provision
+from samenloop.policies import database
+from samenloop.policies.covenant import Covenant, Role
+from samenloop.policies.crypto import PartyKeys
+from samenloop.policies.errors import InvalidInput
+from samenloop.policies.policy import PictureRules, example_policy
+
+A, B, C, R, M = (
+    p.Dimension.AREA,
+    p.Dimension.BRANCH,
+    p.Dimension.CATEGORY,
+    p.Dimension.ROLE,
+    p.Dimension.MONTH,
+)
+SIGNALS = p.Measure.ACTIVE_SIGNALS
+Q4 = p.Period("2026-10", "2026-12")
+T = p.TOTAL
+
+
+# --- the search ------------------------------------------------------------------------------
+
+
+class _Span:
+    """The span of vectors over the leaves, kept in reduced row echelon form (exact)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, dict[int, Fraction]] = {}  # pivot column -> row
+
+    def reduce(self, vector: dict[int, Fraction]) -> dict[int, Fraction]:
+        row = dict(vector)
+        for col, prow in self.rows.items():
+            factor = row.get(col)
+            if factor:
+                for c, v in prow.items():
+                    new = row.get(c, Fraction(0)) - factor * v
+                    if new:
+                        row[c] = new
+                    else:
+                        row.pop(c, None)
+        return row
+
+    def add(self, vector: dict[int, Fraction]) -> None:
+        row = self.reduce(vector)
+        if not row:
+            return
+        col = min(row)
+        lead = row[col]
+        row = {c: v / lead for c, v in row.items()}
+        for other in self.rows.values():
+            factor = other.get(col)
+            if factor:
+                for c, v in row.items():
+                    new = other.get(c, Fraction(0)) - factor * v
+                    if new:
+                        other[c] = new
+                    else:
+                        other.pop(c, None)
+        self.rows[col] = row
+
+
+def pinned_down(
+    cube_dims: Sequence[p.Dimension],
+    axes: Sequence[Sequence[str]],
+    views: Sequence[p.ReleasedTable],
+) -> list[tuple[tuple[p.Dimension, ...], tuple[str, ...]]]:
+    """The suppressed figures of ``views`` that their released figures fix, as (view
+    dimensions, values). A view's cell covers the leaves of the cube (dimensions
+    ``cube_dims``, values ``axes``) that agree with it where it is not a total; a view
+    lists its non-zero figures and its totals, every other value combination is a
+    released 0."""
+    leaves = list(itertools.product(*axes))
+    index = {leaf: i for i, leaf in enumerate(leaves)}
+
+    def vector(dims: Sequence[p.Dimension], values: Sequence[str]) -> dict[int, Fraction]:
+        fixed = {cube_dims.index(d): v for d, v in zip(dims, values, strict=True) if v != T}
+        return {
+            index[leaf]: Fraction(1)
+            for leaf in leaves
+            if all(leaf[i] == v for i, v in fixed.items())
+        }
+
+    span = _Span()
+    hidden: list[tuple[tuple[p.Dimension, ...], tuple[str, ...]]] = []
+    for released in views:
+        dims = released.dimensions
+        view_axes = [
+            tuple(axes[cube_dims.index(d)]) + ((T,) if d in released.totals_over else ())
+            for d in dims
+        ]
+        for values in itertools.product(*view_axes):
+            cell = released.cell(values)
+            if cell.quality is p.CellQuality.SUPPRESSED:
+                hidden.append((dims, values))
+            else:
+                span.add(vector(dims, values))
+    return [(dims, values) for dims, values in hidden if not span.reduce(vector(dims, values))]
+
+
+def _cube(cells: dict[tuple[str, ...], int], dims: Sequence[p.Dimension], min_count: int):
+    table = p.Table(SIGNALS, dims, Q4, cells)
+    return p.release(p.with_totals(table), min_count=min_count)
+
+
+# --- the README's own workflow, in the arithmetic ---------------------------------------------
+
+#: The demo's shape: five areas and branches, four partners' categories, and the RIEC's
+#: three vacant premises (leegstand) in an area of their own.
+DEMO_AREAS = ("pc4:4331", "pc4:4332", "pc4:4333", "pc4:4381", "pc4:4382")
+DEMO_BRANCHES = ("5610", "9602", "4520", "5510", "6810")
+DEMO_CATEGORIES = ("woonfraude", "vastgoedmisbruik", "witwasindicatie", "ondermijning")
+
+
+def demo_cells() -> dict[tuple[str, ...], int]:
+    """Area, branch, category counts like the demo's: 505 + 505 + 503 + 503 over the
+    partners' categories and 3 leegstand, 2019 in all."""
+    cells: Counter[tuple[str, ...]] = Counter()
+    for n, category in enumerate(DEMO_CATEGORIES):
+        total = 505 if n < 2 else 503
+        for i in range(total):
+            area = DEMO_AREAS[(i * 7 + n) % 5]
+            branch = DEMO_BRANCHES[(i * 3 + n * 2) % 5]
+            cells[(area, branch, category)] += 1
+    cells[("pc4:4461", "6810", "leegstand")] += 3
+    return dict(cells)
+
+
+def _released_as_in_the_issue(cells, dims_of_view, hidden):
+    """A breakdown of ``cells`` with totals, ``hidden`` suppressed and every other figure
+    shown: how the RIEC's node released the demo's tables one by one (issue 13)."""
+    cube_dims = (A, B, C)
+    by: Counter[tuple[str, ...]] = Counter()
+    for key, value in cells.items():
+        leaf = tuple(key[cube_dims.index(d)] for d in dims_of_view)
+        for mask in itertools.product((False, True), repeat=len(leaf)):
+            by[tuple(T if m else v for v, m in zip(leaf, mask, strict=True))] += value
+    axes = tuple(sorted({k[i] for k in by if k[i] != T}) for i in range(len(dims_of_view)))
+    released = tuple(
+        p.ReleasedCell(k, None, p.CellQuality.SUPPRESSED)
+        if k in hidden
+        else p.ReleasedCell(k, v, p.CellQuality.EXACT)
+        for k, v in sorted(by.items())
+    )
+    return p.ReleasedTable(SIGNALS, dims_of_view, Q4, axes, released, 5, dims_of_view)
+
+
+def _axes(cells, dims):
+    return [sorted({k[i] for k in cells}) for i in range(len(dims))]
+
+
+def test_protected_apart_the_readme_breakdowns_give_the_small_cell_away():
+    """The reproduction of finding 3, so that the search is known to find such a leak:
+    area by category, safe on its own (the leegstand cell, its area and category totals
+    and the grand total hidden: two in every line), and the report's area table, safe on
+    its own (the area and one more hidden), whose grand total 2019 less the category
+    totals 505 + 505 + 503 + 503 gives the leegstand cell's 3 back."""
+    cells, dims = demo_cells(), (A, B, C)
+    small = ("pc4:4461", "leegstand")
+    by_area_category = _released_as_in_the_issue(
+        cells, (A, C), {small, (small[0], T), (T, small[1]), (T, T)}
+    )
+    by_area = _released_as_in_the_issue(cells, (A,), {(small[0],), ("pc4:4382",)})
+    assert [by_area_category.cell((T, c)).count for c in DEMO_CATEGORIES] == [505, 505, 503, 503]
+    assert by_area.cell((T,)).count == 2019
+    assert pinned_down(dims, _axes(cells, dims), [by_area_category]) == []  # safe alone
+    assert pinned_down(dims, _axes(cells, dims), [by_area]) == []
+    found = pinned_down(dims, _axes(cells, dims), [by_area_category, by_area])
+    assert ((A, C), small) in found
+    assert ((A, C), (T, T)) in found
+
+
+def test_as_slices_of_one_cube_the_readme_breakdowns_pin_down_nothing():
+    cells, dims = demo_cells(), (A, B, C)
+    cube = _cube(cells, dims, 5)
+    views = [
+        p.view(cube, (A, C)),  # picture show --by area,category
+        p.view(cube, (A,)),  # the report's areas
+        p.view(cube, (B, C)),  # the report's branch by category
+        p.view(cube, (C,)),
+        p.view(cube, ()),
+    ]
+    assert pinned_down(dims, _axes(cells, dims), views) == []
+    area_category = views[0]
+    assert area_category.cell(("pc4:4461", "leegstand")).quality is p.CellQuality.SUPPRESSED
+    # The subtraction of the issue: category totals against the grand total.
+    shown = [area_category.cell((T, c)).count for c in (*DEMO_CATEGORIES, "leegstand")]
+    grand = [v.cell((T,) * len(v.dimensions)).count for v in views]
+    assert None in shown or None in grand  # one of the figures it needs is withheld
+    # ... and every view agrees with the cube on each figure it shares with it.
+    for v in views:
+        for cell in v.cells:
+            full = tuple(
+                cell.values[v.dimensions.index(d)] if d in v.dimensions else T for d in dims
+            )
+            assert cube.cell(full) == p.ReleasedCell(
+                full, cell.count, cell.quality, cell.noise_scale
+            )
+
+
+# --- the property -----------------------------------------------------------------------------
+
+
+@st.composite
+def cubes(draw):
+    ndims = draw(st.integers(2, 3))
+    dims = (A, B, C)[:ndims]
+    sizes = [draw(st.integers(1, 3 if ndims == 3 else 4)) for _ in range(ndims)]
+    axes = [tuple(f"v{i}" for i in range(n)) for n in sizes]
+    cells = {}
+    for key in itertools.product(*axes):
+        value = draw(st.sampled_from([0, 0, 1, 2, 3, 4, 6, 9, 20]))
+        if value:
+            cells[key] = value
+    subsets = [s for r in range(ndims + 1) for s in itertools.combinations(dims, r)]
+    chosen = draw(st.lists(st.sampled_from(subsets), min_size=1, max_size=5))
+    orders = [tuple(draw(st.permutations(list(s)))) for s in chosen]
+    return dims, axes, cells, orders
+
+
+@settings(max_examples=120, deadline=None)
+@given(cubes(), st.integers(2, 8))
+def test_no_set_of_views_of_one_period_pins_down_a_suppressed_cell(drawn, min_count):
+    """Random breakdowns of one period (views, as ``picture show --by``, the report and
+    ``--json`` release them), searched together by exact linear algebra."""
+    dims, axes, cells, orders = drawn
+    cube = _cube(cells, dims, min_count)
+    views = [p.view(cube, order) for order in orders]
+    assert pinned_down(dims, axes, views) == []
+    for v in views:
+        for cell in v.cells:
+            if cell.count is not None:
+                assert not 0 < cell.count < min_count, cell
+
+
+def test_a_view_is_a_slice_and_refuses_what_the_cube_does_not_count():
+    cells = {("a", "x"): 5, ("a", "y"): 1, ("b", "x"): 7, ("b", "y"): 9}
+    cube = _cube(cells, (A, C), 3)
+    by_category = p.view(cube, (C,))
+    assert by_category.dimensions == (C,)
+    assert by_category.totals_over == (C,)
+    assert by_category.axes == (("x", "y"),)
+    assert [c.values for c in by_category.cells] == [("x",), ("y",), (T,)]
+    assert by_category.cell(("x",)).count == 12
+    swapped = p.view(cube, (C, A))
+    assert swapped.cell(("y", "a")).quality is p.CellQuality.SUPPRESSED
+    assert swapped.cell((T, T)).count == 22
+    with pytest.raises(InvalidInput) as other:
+        p.view(cube, (M,))
+    assert (other.value.field, other.value.reason) == ("dimensions", "picture.dimension")
+    with pytest.raises(InvalidInput) as twice:
+        p.view(cube, (A, A))
+    assert twice.value.field == "dimensions"
+    partial = p.release(p.with_totals(p.Table(SIGNALS, (A, C), Q4, cells), over=(C,)), min_count=3)
+    with pytest.raises(InvalidInput) as not_a_cube:
+        p.view(partial, (C,))
+    assert not_a_cube.value.field == "cube"
+
+
+def test_every_measure_has_one_cube_and_mixed_cubes_are_refused_naming_the_field():
+    assert p.CUBE_DIMENSIONS[SIGNALS] == (A, B, C, R, M)
+    assert p.cube_dimensions([SIGNALS, p.Measure.HIT_GROUPS]) == (A, B, C, R, M)
+    assert p.cube_dimensions([p.Measure.CASES_OPENED, p.Measure.CASES_CLOSED]) == (R, M)
+    for measure, dims in p.CUBE_DIMENSIONS.items():
+        assert set(dims) == measure.allowed_dimensions
+    with pytest.raises(InvalidInput) as mixed:
+        p.cube_dimensions([SIGNALS, p.Measure.CASES_OPENED])
+    assert (mixed.value.field, mixed.value.reason) == ("measures", "picture.measure")
+    assert "active_signals" in mixed.value.message and "cases_opened" in mixed.value.message
+
+
+# --- through the desk: the README workflow ----------------------------------------------------
+
+RIEC, GEMEENTE, POLITIE = "riec", "gemeente", "politie"
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+DEC = p.Period("2026-12", "2026-12")
+
+
+def _world(root: Path, rules: PictureRules) -> tuple[Provisioned, dict[str, PartyKeys]]:
+    import dataclasses
+
+    specs = (
+        PartySpec(RIEC, "RIEC Test", Role.RIEC),
+        PartySpec(GEMEENTE, "Gemeente Test", Role.GEMEENTE),
+        PartySpec(POLITIE, "Politie Test", Role.POLITIE),
+    )
+    provisioned = provision(
+        root,
+        "riec-linked",
+        specs,
+        [GEMEENTE, POLITIE],
+        2,
+        now=NOW,
+        policy=dataclasses.replace(example_policy(), picture=rules),
+    )
+    keys = {s.id: PartyKeys.load(root / s.id / "party-keys.json") for s in specs}
+    return provisioned, keys
+
+
+@pytest.fixture(scope="module")
+def exact_world(tmp_path_factory: pytest.TempPathFactory):
+    rules = PictureRules(viewers=(Role.RIEC,), min_cell_count=5)
+    return _world(tmp_path_factory.mktemp("linked-exact"), rules)
+
+
+@pytest.fixture(scope="module")
+def noisy_world(tmp_path_factory: pytest.TempPathFactory):
+    rules = PictureRules(
+        viewers=(Role.RIEC,), min_cell_count=5, epsilon_per_period=1.0, epsilon_per_request=0.5
+    )
+    return _world(tmp_path_factory.mktemp("linked-noisy"), rules)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[node_store.NodeStore]:
+    engine = database.make_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    database.upgrade(engine, node_store.MIGRATIONS)
+    yield node_store.NodeStore(engine)
+    engine.dispose()
+
+
+def _desk(world, store) -> PictureDesk:
+    provisioned, keys = world
+    return PictureDesk(
+        keys=keys[RIEC], covenant=lambda: provisioned.covenant, store=store, clock=lambda: NOW
+    )
+
+
+def _contribute(
+    covenant: Covenant,
+    desk: PictureDesk,
+    store: node_store.NodeStore,
+    request_id: bytes,
+    party: str,
+    cells: dict[tuple[str, str, str], int],
+    cursor: int,
+) -> None:
+    """``party``'s counts by (area, branch, category), as its node counts the cube."""
+    ask = ask_of(store.picture_collection(request_id))  # type: ignore[arg-type]
+    fill = {R: party, M: ask.period.first_month}
+    cube_cells = {
+        tuple({A: area, B: branch, C: category}.get(d) or fill[d] for d in ask.dimensions): v
+        for (area, branch, category), v in cells.items()
+    }
+    tables = [p.Table(m, ask.dimensions, ask.period, cube_cells) for m in ask.remote_measures]
+    message = pp.contribution(
+        covenant,
+        party,
+        request_id,
+        pp.PictureVerdict(ask),
+        tables,
+        period=ask.period.to_proto(),
+        now=NOW,
+    )
+    desk.receive_contribution(cursor, party, message.SerializeToString(), covenant)
+
+
+def test_the_readme_workflow_through_the_desk_pins_down_nothing(exact_world, store):
+    """``picture collect --by area,category``, ``picture show --by area,category``, then
+    ``picture report`` (which collects again, by month, area and branch by category):
+    every table released is a slice of the first collection's protected cube, and all of
+    them together pin down no suppressed cell; the 2016-against-2019 subtraction fails."""
+    covenant = exact_world[0].covenant
+    riec = _desk(exact_world, store)
+    ask = pp.PictureAsk(DEC, (SIGNALS, p.Measure.HIT_GROUPS), (A, C))
+    first, _ = riec.collect(ask, officer="analist@riec")
+    assert ask_of(store.picture_collection(first)).dimensions == p.CUBE_DIMENSIONS[SIGNALS]  # type: ignore[arg-type]
+    cells = demo_cells()
+    gemeente = {
+        k: v for k, v in cells.items() if k[2] in DEMO_CATEGORIES[:2] or k[2] == "leegstand"
+    }
+    politie = {k: v for k, v in cells.items() if k not in gemeente}
+    _contribute(covenant, riec, store, first, GEMEENTE, gemeente, 1)
+    _contribute(covenant, riec, store, first, POLITIE, politie, 2)
+    shown = [riec.show(measure=SIGNALS, dimensions=(A, C), period=DEC)]
+    # The report collects again; the new collection's answers change nothing released.
+    for cursor, dims in enumerate(((M,), (A,), (B, C)), start=3):
+        again, _ = riec.collect(pp.PictureAsk(DEC, (SIGNALS,), dims), officer="analist@riec")
+        one_more = {("pc4:4331", "5610", "woonfraude"): 1}
+        _contribute(covenant, riec, store, again, GEMEENTE, one_more, cursor)
+        view = riec.show(measure=SIGNALS, dimensions=dims, request_id=again)
+        assert view.request_id == first  # derived from the period's one cube
+        shown.append(view)
+    assert all(set(v.contributors) == {RIEC, GEMEENTE, POLITIE} for v in shown)
+    tables = [v.table for v in shown]
+    cube_dims = (A, B, C, M)
+    axes = [
+        sorted({k[0] for k in cells}),
+        sorted({k[1] for k in cells}),
+        sorted({k[2] for k in cells}),
+        ["2026-12"],
+    ]
+    assert pinned_down(cube_dims, axes, tables) == []
+    by_area_category, by_month, by_area, by_branch_category = tables
+    assert by_area_category.cell(("pc4:4461", "leegstand")).quality is p.CellQuality.SUPPRESSED
+    totals = [by_area_category.cell((T, c)).count for c in (*DEMO_CATEGORIES, "leegstand")]
+    grands = {t.cell((T,) * len(t.dimensions)).count for t in tables}
+    assert len(grands) == 1  # one grand total everywhere, or withheld everywhere
+    (grand,) = grands
+    if grand is not None:
+        assert grand == 2019
+        assert sum(1 for v in totals if v is None) >= 2  # two unknowns, one equation
+    # The month view is the same figures as the grand total (one month).
+    assert by_month.cell(("2026-12",)).count == grand
+
+
+def test_a_collection_by_other_dimensions_counts_the_cube(exact_world, store):
+    riec = _desk(exact_world, store)
+    request_id, _ = riec.collect(pp.PictureAsk(DEC, (SIGNALS,), (C,)), officer="a@riec")
+    record = store.picture_collection(request_id)
+    assert record is not None
+    assert record.dimensions == tuple(d.value for d in p.CUBE_DIMENSIONS[SIGNALS])
+    with pytest.raises(InvalidInput) as mixed:
+        riec.collect(pp.PictureAsk(DEC, (SIGNALS, p.Measure.CASES_OPENED), (M,)), officer="a@r")
+    assert mixed.value.field == "measures"
+    assert len(store.picture_collections()) == 1  # nothing stored for the refused one
+
+
+# --- the budget -------------------------------------------------------------------------------
+
+
+def test_the_cost_is_shown_before_and_a_collection_that_does_not_fit_spends_nothing(
+    noisy_world, store
+):
+    riec = _desk(noisy_world, store)
+    cost = riec.cost(DEC, planned_requests=4)
+    assert (cost.noisy, cost.needed, cost.remaining, cost.fits) == (True, 2.0, 1.0, False)
+    assert cost.describe() == "2026-12 needs epsilon 2 on each of its months (4 requests), 1 left"
+    ask = pp.PictureAsk(DEC, (SIGNALS,), (C,))
+    with pytest.raises(p.BudgetExhausted) as refused:
+        riec.collect(ask, officer="analist@riec", planned_requests=4)
+    assert refused.value.field == "period"
+    assert "needs epsilon 2" in refused.value.message and "1 left" in refused.value.message
+    assert "nothing was spent" in refused.value.message
+    assert store.picture_collections() == []
+    assert store.picture_ledger(["2026-12"]).spent("2026-12") == 0
+    riec.collect(ask, officer="analist@riec", planned_requests=2)  # fits: spends one request
+    assert store.picture_ledger(["2026-12"]).spent("2026-12") == 0.5
+    riec.collect(ask, officer="analist@riec")
+    with pytest.raises(p.BudgetExhausted):  # spent: refused here, no one else asked
+        riec.collect(ask, officer="analist@riec")
+    assert len(store.picture_collections()) == 2
+    with pytest.raises(InvalidInput) as planned:
+        riec.cost(DEC, planned_requests=0)
+    assert planned.value.field == "planned_requests"
+
+
+def test_a_quarter_is_charged_on_each_of_its_months(noisy_world, store):
+    riec = _desk(noisy_world, store)
+    riec.collect(pp.PictureAsk(DEC, (SIGNALS,), (C,)), officer="analist@riec")
+    riec.collect(pp.PictureAsk(Q4, (SIGNALS,), (C,)), officer="analist@riec")  # 0.5 left on Dec
+    ledger = store.picture_ledger(Q4.months())
+    assert [ledger.spent(m) for m in Q4.months()] == [0.5, 0.5, 1.0]
+    assert riec.cost(Q4).describe() == (
+        "2026-10..2026-12 needs epsilon 0.5 on each of its months (1 request), 0 left"
+    )
