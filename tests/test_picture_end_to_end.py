@@ -340,7 +340,8 @@ def test_the_readme_workflow_releases_no_table_that_recovers_a_suppressed_cell(
     small = ("pc4:5041", "vastgoedmisbruik")
     assert shown.table.cell(small).quality is CellQuality.SUPPRESSED
     report = build_report(cluster.clients[RIEC], PERIOD, officer="analist@riec", wait=WAIT)
-    assert report.areas is not None and report.heat is not None
+    assert report.areas is not None
+    assert report.heat is not None
     tables = [shown.table, report.areas, report.heat, report.trend[0]]
     cube = (Dimension.AREA, Dimension.BRANCH, Dimension.CATEGORY, Dimension.MONTH)
     axes = [
