@@ -1015,7 +1015,7 @@ def release(
 
     suppressed = {k for k, v in table.items() if 0 < v < min_count}
     if totalled and suppressed:
-        suppressed = _complement(counted, suppressed, axes, totalled)
+        suppressed = _complement(counted, suppressed, axes, totalled, exact=not is_noisy)
 
     released: list[ReleasedCell] = []
     quality = CellQuality.NOISY if is_noisy else CellQuality.EXACT
@@ -1106,8 +1106,19 @@ def _complement(
     primary: set[Key],
     axes: Sequence[tuple[str, ...]],
     totalled: Sequence[int],
+    *,
+    exact: bool = True,
 ) -> set[Key]:
+    """``primary`` and the complementary suppressions that protect it (see ``release``).
+
+    In an exact table a 0 is never given up to protect another cell: counts are never
+    negative, so a hidden 0 whose other lines are all 0 is known to be 0 and leaves its
+    partner pinned down (found by the LP audit of bench/linked_tables.py). A noisy 0 is
+    noise like any other figure and may be given up."""
     suppressed = set(primary)
+
+    def usable(key: Key) -> bool:
+        return key not in suppressed and not (exact and counted(key) == 0)
 
     def lonely(key: Key) -> int:
         """How many lines through ``key`` have exactly one suppressed cell."""
@@ -1120,7 +1131,7 @@ def _complement(
         marginals, the grand total last: in a cube every marginal is some view's figure),
         non-zero before zero, then one that also protects another line's lone suppressed
         cell (closing a rectangle), then the smallest count, then the first in display order."""
-        candidates = [k for k in line if k not in suppressed]
+        candidates = [k for k in line if usable(k)]
         if not candidates:
             return None
         return min(
@@ -1166,7 +1177,7 @@ def _complement(
             if all(other[i] == key[i] for i in fixed)
             for line in _lines(other, axes, totalled)
             for k in line
-            if k not in suppressed
+            if usable(k)
         }
         if not nearby:
             # All of its part of the table is suppressed: then nothing in it is fixed.
