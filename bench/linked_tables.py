@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import sys
 import tempfile
@@ -51,12 +52,16 @@ def _records(n: int, axes: Sequence[Sequence[str]], rng: random.Random) -> list[
     """``n`` records whose values follow Zipf-like weights per dimension (a few big areas,
     branches and categories, a long tail of small ones), as regional counts do."""
     weights = [[1 / (i + 1) ** 0.9 for i in range(len(a))] for a in axes]
-    return [tuple(rng.choices(a, w)[0] for a, w in zip(axes, weights, strict=True)) for _ in range(n)]
+    return [
+        tuple(rng.choices(a, w)[0] for a, w in zip(axes, weights, strict=True)) for _ in range(n)
+    ]
+
+
+A, B, C, M = p.Dimension.AREA, p.Dimension.BRANCH, p.Dimension.CATEGORY, p.Dimension.MONTH
 
 
 def tables() -> list[tuple[str, tuple[p.Dimension, ...], Counter[Key]]]:
     rng = random.Random(13)
-    A, B, C, M = p.Dimension.AREA, p.Dimension.BRANCH, p.Dimension.CATEGORY, p.Dimension.MONTH
     areas = [f"pc4:{4300 + i}" for i in range(25)]
     branches = [f"{5610 + 7 * i}" for i in range(10)]
     categories = ["woonfraude", "witwas", "vastgoed", "drugs", "mensenhandel", "leegstand"]
@@ -113,9 +118,7 @@ def samenloop(dims: tuple[p.Dimension, ...], cells: Counter[Key]) -> set[Key]:
 def tau(method: str, dims: tuple[p.Dimension, ...], cells: Counter[Key]) -> set[Key]:
     names = [d.value for d in dims]
     micro = [
-        {**dict(zip(names, key, strict=True)), "n": 1}
-        for key, v in cells.items()
-        for _ in range(v)
+        {**dict(zip(names, key, strict=True)), "n": 1} for key, v in cells.items() for _ in range(v)
     ]
     with tempfile.TemporaryDirectory() as tmp:
         result = protect(
@@ -168,7 +171,9 @@ def audit(
         c[cols] = 1
         bounds = []
         for sign in (1, -1):
-            found = linprog(sign * c, A_eq=a_eq.tocsr(), b_eq=b_eq, bounds=(0, None), method="highs")
+            found = linprog(
+                sign * c, A_eq=a_eq.tocsr(), b_eq=b_eq, bounds=(0, None), method="highs"
+            )
             if not found.success:
                 raise RuntimeError(f"LP failed for {key}: {found.message}")
             bounds.append(sign * found.fun + known)
@@ -184,6 +189,9 @@ def _view_cell(key: Key) -> bool:
 
 
 def main() -> int:
+    # τ-Argus writes its work files (HiTaS.log, FullJJ.log, cspSCIP.*) into the current
+    # directory: give it one of its own.
+    os.chdir(tempfile.mkdtemp(prefix="bench-linked-"))
     results = []
     for name, dims, cells in tables():
         axes = [sorted({k[i] for k in cells}) for i in range(len(dims))]
@@ -196,7 +204,7 @@ def main() -> int:
                     suppressed = samenloop(dims, cells)
                 else:
                     suppressed = tau(method.removeprefix("tau-"), dims, cells)
-            except Exception as error:  # noqa: BLE001 - report what the engine refused
+            except Exception as error:  # report what the engine refused
                 results.append({"table": name, "method": method, "error": str(error)[:200]})
                 continue
             seconds = time.perf_counter() - started

@@ -61,7 +61,7 @@ EXIT_REFUSED: Final = 5
 #: What the report shows: (measures, dimensions) per collection. Under a privacy budget
 #: each is a request of its own (each spends ``epsilon_per_request``); in exact mode only
 #: the first of each cube is collected and every table is a slice of that cube.
-REPORT_COLLECTIONS: Final = (
+REPORT_COLLECTIONS: Final[tuple[tuple[tuple[Measure, ...], tuple[Dimension, ...]], ...]] = (
     ((Measure.ACTIVE_SIGNALS, Measure.HIT_GROUPS), (Dimension.MONTH,)),
     ((Measure.ACTIVE_SIGNALS,), (Dimension.AREA,)),
     ((Measure.ACTIVE_SIGNALS,), (Dimension.BRANCH, Dimension.CATEGORY)),
@@ -371,7 +371,9 @@ def build_report(
         officer=officer,
         planned_requests=len(REPORT_COLLECTIONS),
     )
-    started = [(first.request_id, first_measures, first_dims)]
+    started: list[tuple[bytes, tuple[Measure, ...], tuple[Dimension, ...]]] = [
+        (first.request_id, first_measures, first_dims)
+    ]
     cubes = {cube_dimensions(first_measures): first.request_id}
     for measures, dims in REPORT_COLLECTIONS[1:]:
         cube = cube_dimensions(measures)

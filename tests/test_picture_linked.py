@@ -483,3 +483,66 @@ def test_a_quarter_is_charged_on_each_of_its_months(noisy_world, store):
     assert riec.cost(Q4).describe() == (
         "2026-10..2026-12 needs epsilon 0.5 on each of its months (1 request), 0 left"
     )
+
+
+# --- the CLI: no data, and a refusal is not success -------------------------------------------
+
+
+class _FakeClient:
+    """A node client that answers ``picture_show`` with one prepared picture."""
+
+    def __init__(self, shown) -> None:
+        self.shown = shown
+
+    def __enter__(self) -> _FakeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def picture_show(self, *args: object, **kwargs: object):
+        return self.shown
+
+
+def _picture(contributors, refusals):
+    from samenloop.node.client import Picture, PictureRefusalNote
+
+    table = p.release(p.with_totals(p.Table(SIGNALS, (C,), DEC, {})), min_count=5)
+    notes = tuple(PictureRefusalNote(party, "budget_exhausted", "spent") for party in refusals)
+    return Picture(table=table, contributors=contributors, missing=(), refusals=notes)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_show_says_no_data_and_exits_5_when_every_party_refused(monkeypatch, capsys, as_json):
+    from samenloop.node import picture_commands
+    from samenloop.policies.cli import main
+
+    shown = _picture((), (RIEC, GEMEENTE))
+    monkeypatch.setattr(picture_commands, "open_client", lambda args: _FakeClient(shown))
+    args = ["picture", "show", "--period", "2026-12", "--by", "category", "--wait", "0"]
+    assert main([*args, "--json"] if as_json else args) == picture_commands.EXIT_REFUSED == 5
+    out = capsys.readouterr().out
+    if as_json:
+        import json
+
+        printed = json.loads(out)
+        assert printed["no_data"] is True
+        assert printed["cells"] == []
+    else:
+        assert "no data" in out
+        assert "totaal" not in out
+        assert "refused by riec: budget_exhausted" in out
+
+
+def test_show_exits_0_with_every_contribution_and_5_with_one_refusal(monkeypatch, capsys):
+    from samenloop.node import picture_commands
+    from samenloop.policies.cli import main
+
+    args = ["picture", "show", "--period", "2026-12", "--by", "category", "--wait", "0"]
+    for refusals, code in (((), 0), ((POLITIE,), 5)):
+        shown = _picture((RIEC, GEMEENTE), refusals)
+        monkeypatch.setattr(picture_commands, "open_client", lambda args, s=shown: _FakeClient(s))
+        assert main(args) == code
+        out = capsys.readouterr().out
+        assert "no data" not in out
+        assert "totaal" in out
