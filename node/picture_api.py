@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from samenloop.node import picture
 from samenloop.node.picture import Dimension, Measure, Period
 from samenloop.node.picture_desk import PictureDesk
 from samenloop.node.picture_protocol import PictureAsk, released_to_proto
@@ -38,12 +37,11 @@ def collect(
         _dimensions(request.dimensions),
     )
     planned = request.planned_requests or 1
-    cost = desk.cost(ask.period, planned_requests=planned)
+    cost = desk.plan(ask, planned_requests=planned)
     response = node_pb2.PictureCollectResponse(
         noisy=cost.noisy, epsilon_needed=cost.needed, epsilon_remaining=cost.remaining
     )
     if request.dry_run:
-        picture.check_request(ask.measures, ask.dimensions)
         return response
     request_id, asked = desk.collect(ask, officer=request.officer, planned_requests=planned)
     response.request_id = request_id

@@ -184,7 +184,11 @@ def _collect(args: argparse.Namespace) -> int:
     asked = ", ".join(printable(p) for p in started.asked)
     print(f"collection {started.request_id.hex()}: asked {asked}")
     if started.noisy:
-        print(f"spent: {cost_line(period, started)} before this")
+        left = started.epsilon_remaining - started.epsilon_needed
+        print(
+            f"privacy budget: epsilon {started.epsilon_needed:g} spent on each month of "
+            f"{period} (at every node that answers); {left:g} left at this node"
+        )
     return 0
 
 

@@ -273,6 +273,16 @@ class PictureDesk:
             ledger.remaining(period, budget_per_period=rule.epsilon_per_period),
         )
 
+    def plan(self, ask: PictureAsk, *, planned_requests: int = 1) -> PictureCost:
+        """What collecting ``ask`` (and ``planned_requests - 1`` more like it) would cost,
+        after the checks ``collect`` makes of the ask (``NotAllowed`` for a party that
+        may not see the picture, ``InvalidInput`` naming the field); nothing is stored."""
+        covenant = self._covenant()
+        picture_protocol.check_ask(covenant, self._me, ask)
+        if not covenant.policy.picture.noisy:
+            picture.cube_dimensions(ask.measures)
+        return self.cost(ask.period, planned_requests=planned_requests)
+
     def collect(
         self, ask: PictureAsk, *, officer: str, planned_requests: int = 1
     ) -> tuple[bytes, tuple[str, ...]]:

@@ -546,3 +546,25 @@ def test_show_exits_0_with_every_contribution_and_5_with_one_refusal(monkeypatch
         out = capsys.readouterr().out
         assert "no data" not in out
         assert "totaal" in out
+
+
+def test_a_plan_checks_the_ask_and_stores_nothing(exact_world, noisy_world, store):
+    from samenloop.policies.errors import NotAllowed
+
+    riec = _desk(noisy_world, store)
+    cost = riec.plan(pp.PictureAsk(DEC, (SIGNALS,), (C,)), planned_requests=5)
+    assert (cost.needed, cost.remaining, cost.fits) == (2.5, 1.0, False)
+    exact = _desk(exact_world, store).plan(pp.PictureAsk(DEC, (SIGNALS,), (C,)))
+    assert (exact.noisy, exact.fits) == (False, True)
+    assert exact.describe() == "2026-12: exact mode, no privacy budget to spend"
+    provisioned, keys = noisy_world
+    gemeente = PictureDesk(
+        keys=keys[GEMEENTE], covenant=lambda: provisioned.covenant, store=store, clock=lambda: NOW
+    )
+    with pytest.raises(NotAllowed):
+        gemeente.plan(pp.PictureAsk(DEC, (SIGNALS,), (C,)))
+    with pytest.raises(InvalidInput) as bad:
+        riec.plan(pp.PictureAsk(DEC, (p.Measure.HIT_GROUPS,), (p.Dimension.INTERVENTION_TYPE,)))
+    assert bad.value.field == "dimensions"
+    assert store.picture_collections() == []
+    assert store.picture_ledger(["2026-12"]).spent("2026-12") == 0
