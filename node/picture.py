@@ -46,7 +46,6 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from types import MappingProxyType
 from typing import Any, Final, TypeAlias
 
@@ -1208,7 +1207,7 @@ def _determined(
     """
     unknowns = sorted(suppressed, key=lambda k: _sort_key(k, axes))
     column = {k: j for j, k in enumerate(unknowns)}
-    rows: list[dict[int, Fraction]] = []
+    rows: list[dict[int, int]] = []
     seen: set[tuple[Key, ...]] = set()
     for key in unknowns:
         for line in _lines(key, axes, totalled):
@@ -1216,38 +1215,49 @@ def _determined(
             if ident in seen:
                 continue
             seen.add(ident)
-            row: dict[int, Fraction] = {}
+            row: dict[int, int] = {}
             for k in line[:-1]:
                 if k in column:
-                    row[column[k]] = Fraction(1)
+                    row[column[k]] = 1
             if line[-1] in column:
-                row[column[line[-1]]] = Fraction(-1)
+                row[column[line[-1]]] = -1
             if row:
                 rows.append(row)
-    pivots: dict[int, dict[int, Fraction]] = {}  # pivot column -> reduced row
+    # Integer rows (fraction-free elimination, each row divided by the gcd of its entries):
+    # the same reduced row echelon form up to a factor per row, many times faster than
+    # Fraction arithmetic on the cubes a period's tables are slices of.
+    pivots: dict[int, dict[int, int]] = {}  # pivot column -> reduced row
     for row in rows:
         for col, prow in pivots.items():
             factor = row.get(col)
             if factor:
-                for c, v in prow.items():
-                    new = row.get(c, Fraction(0)) - factor * v
-                    if new:
-                        row[c] = new
-                    else:
-                        row.pop(c, None)
+                row = _eliminate(row, prow, prow[col], factor)
         if not row:
             continue
         col = min(row)
-        lead = row[col]
-        row = {c: v / lead for c, v in row.items()}
-        for other in pivots.values():
+        if row[col] < 0:
+            row = {c: -v for c, v in row.items()}
+        for other_col, other in list(pivots.items()):
             factor = other.get(col)
             if factor:
-                for c, v in row.items():
-                    new = other.get(c, Fraction(0)) - factor * v
-                    if new:
-                        other[c] = new
-                    else:
-                        other.pop(c, None)
+                pivots[other_col] = _eliminate(other, row, row[col], factor)
         pivots[col] = row
     return [unknowns[col] for col, row in pivots.items() if len(row) == 1]
+
+
+def _eliminate(
+    row: dict[int, int], pivot: dict[int, int], lead: int, factor: int
+) -> dict[int, int]:
+    """``row * lead - pivot * factor`` (which clears the pivot's column from ``row``),
+    divided by the gcd of its entries; zero entries dropped."""
+    out = {c: v * lead for c, v in row.items()}
+    for c, v in pivot.items():
+        new = out.get(c, 0) - factor * v
+        if new:
+            out[c] = new
+        else:
+            out.pop(c, None)
+    divisor = math.gcd(*out.values()) if out else 1
+    if divisor > 1:
+        out = {c: v // divisor for c, v in out.items()}
+    return out
