@@ -1158,41 +1158,63 @@ def _complement(
         determined = _determined(suppressed, axes, totalled)
         if not determined:
             return suppressed
-        key = min(determined, key=lambda k: _sort_key(k, axes))
-        options = [pick(line) for line in _lines(key, axes, totalled)]
-        chosen = [k for k in options if k is not None]
-        if chosen:
-            suppressed.add(
-                min(chosen, key=lambda k: (k.count(TOTAL), counted(k) == 0, abs(counted(k))))
-            )
-            continue
-        # Every line through it is suppressed already, and still the other lines fix it:
-        # give up the nearest released cell on a line of a suppressed cell that shares an
-        # equation with it (same values where there are no totals), and look again.
-        fixed = [i for i in range(len(key)) if i not in totalled]
-        nearby = {
-            k
-            for other in suppressed
-            if all(other[i] == key[i] for i in fixed)
-            for line in _lines(other, axes, totalled)
-            for k in line
-            if usable(k)
-        }
-        if not nearby:
-            # All of its part of the table is suppressed: then nothing in it is fixed.
-            raise AssertionError(f"suppression cannot protect {key}")
-        suppressed.add(
-            min(
-                nearby,
-                key=lambda k: (
-                    sum(k[i] != key[i] for i in totalled),
-                    k.count(TOTAL),
-                    counted(k) == 0,
-                    abs(counted(k)),
-                    _sort_key(k, axes),
-                ),
-            )
-        )
+        # Protect every fixed cell in one round (one elimination per round, not per cell:
+        # the cubes have thousands of cells), except one on a line that this round already
+        # gave up a cell on: that may have protected it; the next round checks again.
+        touched: set[tuple[Key, ...]] = set()
+        for key in sorted(determined, key=lambda k: _sort_key(k, axes)):
+            lines = [tuple(line) for line in _lines(key, axes, totalled)]
+            if touched.intersection(lines):
+                continue
+            added = _protect(key, suppressed, pick, usable, counted, axes, totalled)
+            touched.update(tuple(line) for line in _lines(added, axes, totalled))
+            touched.update(lines)
+
+
+def _protect(
+    key: Key,
+    suppressed: set[Key],
+    pick: Callable[[Sequence[Key]], Key | None],
+    usable: Callable[[Key], bool],
+    counted: Callable[[Key], int],
+    axes: Sequence[tuple[str, ...]],
+    totalled: Sequence[int],
+) -> Key:
+    """Give up one more cell for a suppressed ``key`` that the released figures still fix;
+    returns it."""
+    options = [pick(line) for line in _lines(key, axes, totalled)]
+    chosen = [k for k in options if k is not None]
+    if chosen:
+        extra = min(chosen, key=lambda k: (k.count(TOTAL), counted(k) == 0, abs(counted(k))))
+        suppressed.add(extra)
+        return extra
+    # Every line through it is suppressed already, and still the other lines fix it:
+    # give up the nearest released cell on a line of a suppressed cell that shares an
+    # equation with it (same values where there are no totals), and look again.
+    fixed = [i for i in range(len(key)) if i not in totalled]
+    nearby = {
+        k
+        for other in suppressed
+        if all(other[i] == key[i] for i in fixed)
+        for line in _lines(other, axes, totalled)
+        for k in line
+        if usable(k)
+    }
+    if not nearby:
+        # All of its part of the table is suppressed: then nothing in it is fixed.
+        raise AssertionError(f"suppression cannot protect {key}")
+    extra = min(
+        nearby,
+        key=lambda k: (
+            sum(k[i] != key[i] for i in totalled),
+            k.count(TOTAL),
+            counted(k) == 0,
+            abs(counted(k)),
+            _sort_key(k, axes),
+        ),
+    )
+    suppressed.add(extra)
+    return extra
 
 
 def _determined(
