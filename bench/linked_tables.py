@@ -9,8 +9,10 @@ is also how τ-Argus would protect these linked tables here.
 
 Methods: ``samenloop`` (``picture.release``: lines with one suppressed cell, then exact
 linear algebra); ``tau-OPT`` (τ-Argus's optimal suppression, Fischetti-Salazar, on
-HiGHS); ``tau-MOD`` (τ-Argus's modular HiTaS). Primary rule the same for all: a count
-between 1 and ``min_count - 1`` (τ-Argus ``FREQ(min_count, 10)``).
+HiGHS); ``tau-MOD`` (τ-Argus's modular HiTaS); ``tau-MOD-given`` (HiTaS with the primary
+cells handed over as a-priori status, as the picture would hand over its own). Primary
+rule the same for all: a count between 1 and ``min_count - 1`` (τ-Argus
+``FREQ(min_count, 10)``).
 
 Figures per table and method: suppressed cells and their total value (information loss),
 over the whole cube and over the cells of the views the README and the report show
@@ -137,6 +139,49 @@ def tau(method: str, dims: tuple[p.Dimension, ...], cells: Counter[Key]) -> set[
     }
 
 
+def tau_given(
+    method: str, dims: tuple[p.Dimension, ...], cells: Counter[Key], primary: set[Key]
+) -> set[Key]:
+    """τ-Argus with the primary cells given (a-priori status ``U``, protection ``MAN(10)``)
+    from one microdata row per leaf: how the picture would hand it its own primary cells."""
+    from pytauargus.arb import micro_arb
+    from pytauargus.engine import run_batch
+    from pytauargus.micro import micro_asc_rda
+    from pytauargus.result import TableResult
+
+    names = [d.value for d in dims]
+    micro: dict[str, list[Any]] = {n: [k[i] for k in cells] for i, n in enumerate(names)}
+    micro["n"] = [float(v) for v in cells.values()]
+    with tempfile.TemporaryDirectory() as tmp:
+        asc, rda, arb, hst, out = (
+            str(Path(tmp) / f) for f in ("m.asc", "m.rda", "b.arb", "a.hst", "t.tab")
+        )
+        micro_asc_rda(micro, asc_filename=asc, rda_filename=rda)
+        Path(hst).write_text(
+            "".join(",".join("" if v == p.TOTAL else v for v in key) + ",u\n" for key in primary)
+        )
+        micro_arb(
+            arb_filename=arb,
+            asc_filename=asc,
+            rda_filename=rda,
+            explanatory_vars=[names],
+            response_var="n",
+            safety_rules="MAN(10)",
+            suppress=f"{method}(1)",
+            output_names=[out],
+            output_type="5",
+            output_options="SO+",
+            apriori=[hst],
+        )
+        run_batch(arb)
+        rows = TableResult(path=out, exp_vars=names, response="n", is_freq=False).rows
+    return {
+        tuple(p.TOTAL if r[n] == "Total" else str(r[n]).strip() for n in names)
+        for r in rows
+        if r["status"] in ("U", "M")
+    }
+
+
 def audit(
     axes: Sequence[Sequence[str]], values: dict[Key, int], suppressed: set[Key]
 ) -> dict[str, Any]:
@@ -197,11 +242,13 @@ def main() -> int:
         axes = [sorted({k[i] for k in cells}) for i in range(len(dims))]
         values = _values(cells, axes)
         primary = {k for k, v in values.items() if 0 < v < MIN_COUNT}
-        for method in ("samenloop", "tau-OPT", "tau-MOD"):
+        for method in ("samenloop", "tau-OPT", "tau-MOD", "tau-MOD-given"):
             started = time.perf_counter()
             try:
                 if method == "samenloop":
                     suppressed = samenloop(dims, cells)
+                elif method == "tau-MOD-given":
+                    suppressed = tau_given("MOD", dims, cells, primary)
                 else:
                     suppressed = tau(method.removeprefix("tau-"), dims, cells)
             except Exception as error:  # report what the engine refused
