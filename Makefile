@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all venv test test-attacks pytest lint typecheck format proto bench mutate demo clean
+.PHONY: all venv test test-attacks pytest lint typecheck format proto bench bench-linked mutate demo clean
 
 all: test
 
@@ -47,6 +47,16 @@ proto: venv
 bench: venv
 	$(PY) bench/run.py
 
+# The picture's complementary suppression against τ-Argus (pytauargus, HiGHS) on the same
+# cubes, with an LP audit of every suppressed cell (bench/linked_tables.py; ~4 minutes).
+# pytauargus and scipy live in their own venv, not in the project's dependencies.
+TAU_VENV := .venv-tau
+bench-linked: venv
+	test -x $(TAU_VENV)/bin/python || $(PYTHON) -m venv $(TAU_VENV)
+	$(TAU_VENV)/bin/python -m pip install -q pytauargus==0.6.0 scipy==1.17.1 'protobuf>=7.35.1,<8'
+	$(TAU_VENV)/bin/python -m pip install -q --no-deps -e .
+	nice -n 10 $(TAU_VENV)/bin/python bench/linked_tables.py
+
 # Mutation testing of the decision cores, each against its own tests (mutation/run.py
 # names them); MODULE=policies/rules.py runs one. Slow, so not part of `make test`;
 # niced, one mutant at a time, one run at a time on the machine.
@@ -58,4 +68,4 @@ demo: venv
 	$(VENV)/bin/samenloop demo --workdir demo-run
 
 clean:
-	rm -rf $(VENV) .typecheck .mutate build *.egg-info
+	rm -rf $(VENV) $(TAU_VENV) .typecheck .mutate build *.egg-info

@@ -451,10 +451,16 @@ class Disclosure:
 
 @dataclass(frozen=True, slots=True)
 class PictureCollection:
-    """A picture collection the node started: its request id and the parties asked."""
+    """A picture collection the node started (its request id and the parties asked; both
+    empty for a dry run), and what it costs of the privacy budget: ``epsilon_needed`` on
+    each month of the period for the planned requests, against ``epsilon_remaining``,
+    what the node had left before them (both 0 in exact mode, ``noisy`` False)."""
 
     request_id: bytes
     asked: tuple[str, ...]
+    noisy: bool = False
+    epsilon_needed: float = 0.0
+    epsilon_remaining: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -1231,11 +1237,17 @@ class NodeClient:
         dimensions: Sequence[Dimension | str] = (),
         *,
         officer: str,
+        planned_requests: int = 1,
+        dry_run: bool = False,
     ) -> PictureCollection:
         """Ask every party of the covenant for its counts of ``measures`` by ``dimensions``
         over ``period`` (``"2026-10"`` or ``"2026-07..2026-12"``). Only a party the covenant
         lets see the picture may ask (``NotAllowed``); a bad period, measure or dimension
-        is ``InvalidInput`` naming it. The answers arrive later: see :meth:`picture_show`."""
+        is ``InvalidInput`` naming it. Under a privacy budget, ``QuotaExceeded`` (reason
+        ``picture.budget_exhausted``, saying what it needs and what is left) unless the
+        node's budget covers ``planned_requests`` such requests; nothing is spent then.
+        ``dry_run``: only say what it would cost. The answers arrive later: see
+        :meth:`picture_show`."""
         request = node_pb2.PictureCollectRequest(
             period=_period(period).to_proto(),
             measures=[_measure(m, f"measures[{i}]").to_proto() for i, m in enumerate(measures)],
@@ -1243,9 +1255,17 @@ class NodeClient:
                 _dimension(d, f"dimensions[{i}]").to_proto() for i, d in enumerate(dimensions)
             ],
             officer=officer,
+            planned_requests=planned_requests,
+            dry_run=dry_run,
         )
         response = self._call(self._stub.PictureCollect, request)
-        return PictureCollection(response.request_id, tuple(response.asked))
+        return PictureCollection(
+            response.request_id,
+            tuple(response.asked),
+            response.noisy,
+            response.epsilon_needed,
+            response.epsilon_remaining,
+        )
 
     def picture_show(
         self,

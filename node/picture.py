@@ -46,7 +46,6 @@ import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from types import MappingProxyType
 from typing import Any, Final, TypeAlias
 
@@ -54,6 +53,7 @@ from samenloop.policies.errors import InvalidInput, MessageTooLarge, QuotaExceed
 from samenloop.v1 import case_pb2, common_pb2, picture_pb2
 
 __all__ = [
+    "CUBE_DIMENSIONS",
     "MAX_CELLS",
     "MAX_MONTHS",
     "OTHER",
@@ -83,11 +83,13 @@ __all__ = [
     "check_request",
     "combine",
     "count",
+    "cube_dimensions",
     "discrete_laplace_sd",
     "primary_sensitive",
     "public_domain",
     "release",
     "split_epsilon",
+    "view",
     "with_totals",
 ]
 
@@ -279,6 +281,42 @@ INTERVENTION_TYPES: Final = tuple(
     for name, number in case_pb2.InterventionType.items()
     if number != case_pb2.INTERVENTION_TYPE_UNSPECIFIED
 )
+
+#: The dimensions of a period's cube of each measure (exact mode): every dimension the
+#: measure allows, in one fixed order. Every table released of a period and measure is a
+#: slice of its one protected cube, so that no two released tables can be played against
+#: each other (linked tables; see ``view``).
+CUBE_DIMENSIONS: Final[Mapping[Measure, tuple[Dimension, ...]]] = MappingProxyType(
+    {m: tuple(d for d in Dimension if d in _ALLOWED[m]) for m in Measure}
+)
+
+
+def cube_dimensions(
+    measures: Sequence[Measure], *, without: Collection[Dimension] = ()
+) -> tuple[Dimension, ...]:
+    """The one cube the ``measures`` of an exact collection are counted by, leaving out
+    the dimensions ``without`` (area and branch where the covenant lists no public values
+    for them: partners share tables only over public lists); ``InvalidInput`` (field
+    ``measures``) if they have different cubes (collect the signal measures, the case
+    counts and the interventions apart)."""
+    cubes = {tuple(d for d in CUBE_DIMENSIONS[m] if d not in without) for m in measures}
+    if len(cubes) != 1:
+        groups = sorted(
+            "+".join(
+                m.value
+                for m in measures
+                if tuple(d for d in CUBE_DIMENSIONS[m] if d not in without) == cube
+            )
+            for cube in cubes
+        )
+        raise InvalidInput(
+            f"in exact mode collect measures of one cube together: {' | '.join(groups)}",
+            field="measures",
+            reason="picture.measure",
+        )
+    (cube,) = cubes
+    return cube
+
 
 _AREA_PREFIXES: Final = {"postcode4": "pc4", "cbs_wijk": "wijk", "cbs_buurt": "buurt"}
 
@@ -1038,9 +1076,10 @@ def release(
     default those with 0 < count < ``min_count``. Complementary
     suppression, when the table has totals: until stable, every line (the cells
     that differ only in one totalled dimension, and their total) with exactly one
-    suppressed cell gets one more suppressed: a non-zero leaf before a zero or a
-    total, one that also settles another lone suppressed cell before one that does
-    not, the smallest before a larger; then any suppressed cell that is
+    suppressed cell gets one more suppressed: a cell with fewer totals in it before one
+    with more (a leaf first, the grand total last), non-zero before zero, one that also
+    settles another lone suppressed cell before one that does not, the smallest before a
+    larger; then any suppressed cell that is
     still a linear function of the released figures gets a neighbour suppressed
     (when every line through it is suppressed already, the nearest released cell
     on another suppressed cell's line), and the lines are checked again.
@@ -1067,7 +1106,7 @@ def release(
         suppressed = set(primary)
     too_few = frozenset(suppressed)
     if totalled and suppressed:
-        suppressed = _complement(counted, suppressed, axes, totalled)
+        suppressed = _complement(counted, suppressed, axes, totalled, exact=not is_noisy)
 
     released: list[ReleasedCell] = []
     quality = CellQuality.NOISY if is_noisy else CellQuality.EXACT
@@ -1096,6 +1135,48 @@ def release(
     )
 
 
+def view(cube: ReleasedTable, dimensions: Sequence[Dimension]) -> ReleasedTable:
+    """The table by ``dimensions`` (a subset of the cube's, in any order) as a slice of a
+    released cube with totals over every dimension: the cells whose other dimensions are
+    ``"totaal"``, with their figures and suppressions exactly as the cube released them.
+
+    Why a slice: tables of one period by different dimensions share their marginals
+    (the area totals of an area by category table are the area table). Protected one by
+    one, their suppression patterns differ and one table's figures can give away what
+    another suppressed (category totals 505 + 505 + 503 + 503 of one table against a
+    grand total of 2019 in another). Protected once, as one cube whose every marginal is
+    a cell, no combination of its slices shows more than the cube does, and the cube's
+    complementary suppression leaves no suppressed cell a linear function of its
+    released cells.
+    """
+    dims = tuple(dimensions)
+    if len(set(dims)) != len(dims):
+        raise InvalidInput("a dimension is repeated", field="dimensions")
+    if set(cube.totals_over) != set(cube.dimensions):
+        raise InvalidInput(
+            "a view is a slice of a cube with totals over every dimension", field="cube"
+        )
+    missing = [d.value for d in dims if d not in cube.dimensions]
+    if missing:
+        raise InvalidInput(
+            f"{cube.measure.value} is not counted by {', '.join(missing)}",
+            field="dimensions",
+            reason="picture.dimension",
+        )
+    at = [cube.dimensions.index(d) for d in dims]
+    rest = [i for i in range(len(cube.dimensions)) if i not in at]
+    cells = tuple(
+        ReleasedCell(tuple(c.values[i] for i in at), c.count, c.quality, c.noise_scale, c.reason)
+        for c in cube.cells
+        if all(c.values[i] == TOTAL for i in rest)
+    )
+    axes = tuple(cube.axes[i] for i in at)
+    ordered = sorted(cells, key=lambda c: _sort_key(c.values, axes))
+    return ReleasedTable(
+        cube.measure, dims, cube.period, axes, tuple(ordered), cube.min_count, dims
+    )
+
+
 def _sort_key(key: Key, axes: Sequence[tuple[str, ...]]) -> tuple[int, ...]:
     return tuple(
         len(axis) if v == TOTAL else axis.index(v) for v, axis in zip(key, axes, strict=True)
@@ -1119,8 +1200,19 @@ def _complement(
     primary: set[Key],
     axes: Sequence[tuple[str, ...]],
     totalled: Sequence[int],
+    *,
+    exact: bool = True,
 ) -> set[Key]:
+    """``primary`` and the complementary suppressions that protect it (see ``release``).
+
+    In an exact table a 0 is never given up to protect another cell: counts are never
+    negative, so a hidden 0 whose other lines are all 0 is known to be 0 and leaves its
+    partner pinned down (found by the LP audit of bench/linked_tables.py). A noisy 0 is
+    noise like any other figure and may be given up."""
     suppressed = set(primary)
+
+    def usable(key: Key) -> bool:
+        return key not in suppressed and not (exact and counted(key) == 0)
 
     def lonely(key: Key) -> int:
         """How many lines through ``key`` have exactly one suppressed cell."""
@@ -1129,16 +1221,17 @@ def _complement(
         )
 
     def pick(line: Sequence[Key]) -> Key | None:
-        """The released member to give up: leaves before totals, non-zero before zero,
-        then one that also protects another line's lone suppressed cell (closing a
-        rectangle), then the smallest count, then the first in display order."""
-        candidates = [k for k in line if k not in suppressed]
+        """The released member to give up: fewer totals in it first (leaves, then
+        marginals, the grand total last: in a cube every marginal is some view's figure),
+        non-zero before zero, then one that also protects another line's lone suppressed
+        cell (closing a rectangle), then the smallest count, then the first in display order."""
+        candidates = [k for k in line if usable(k)]
         if not candidates:
             return None
         return min(
             candidates,
             key=lambda k: (
-                TOTAL in k,
+                k.count(TOTAL),
                 counted(k) == 0,
                 -lonely(k),
                 abs(counted(k)),
@@ -1160,41 +1253,63 @@ def _complement(
         determined = _determined(suppressed, axes, totalled)
         if not determined:
             return suppressed
-        key = min(determined, key=lambda k: _sort_key(k, axes))
-        options = [pick(line) for line in _lines(key, axes, totalled)]
-        chosen = [k for k in options if k is not None]
-        if chosen:
-            suppressed.add(
-                min(chosen, key=lambda k: (TOTAL in k, counted(k) == 0, abs(counted(k))))
-            )
-            continue
-        # Every line through it is suppressed already, and still the other lines fix it:
-        # give up the nearest released cell on a line of a suppressed cell that shares an
-        # equation with it (same values where there are no totals), and look again.
-        fixed = [i for i in range(len(key)) if i not in totalled]
-        nearby = {
-            k
-            for other in suppressed
-            if all(other[i] == key[i] for i in fixed)
-            for line in _lines(other, axes, totalled)
-            for k in line
-            if k not in suppressed
-        }
-        if not nearby:
-            # All of its part of the table is suppressed: then nothing in it is fixed.
-            raise AssertionError(f"suppression cannot protect {key}")
-        suppressed.add(
-            min(
-                nearby,
-                key=lambda k: (
-                    sum(k[i] != key[i] for i in totalled),
-                    TOTAL in k,
-                    counted(k) == 0,
-                    abs(counted(k)),
-                    _sort_key(k, axes),
-                ),
-            )
-        )
+        # Protect every fixed cell in one round (one elimination per round, not per cell:
+        # the cubes have thousands of cells), except one on a line that this round already
+        # gave up a cell on: that may have protected it; the next round checks again.
+        touched: set[tuple[Key, ...]] = set()
+        for key in sorted(determined, key=lambda k: _sort_key(k, axes)):
+            lines = [tuple(line) for line in _lines(key, axes, totalled)]
+            if touched.intersection(lines):
+                continue
+            added = _protect(key, suppressed, pick, usable, counted, axes, totalled)
+            touched.update(tuple(line) for line in _lines(added, axes, totalled))
+            touched.update(lines)
+
+
+def _protect(
+    key: Key,
+    suppressed: set[Key],
+    pick: Callable[[Sequence[Key]], Key | None],
+    usable: Callable[[Key], bool],
+    counted: Callable[[Key], int],
+    axes: Sequence[tuple[str, ...]],
+    totalled: Sequence[int],
+) -> Key:
+    """Give up one more cell for a suppressed ``key`` that the released figures still fix;
+    returns it."""
+    options = [pick(line) for line in _lines(key, axes, totalled)]
+    chosen = [k for k in options if k is not None]
+    if chosen:
+        extra = min(chosen, key=lambda k: (k.count(TOTAL), counted(k) == 0, abs(counted(k))))
+        suppressed.add(extra)
+        return extra
+    # Every line through it is suppressed already, and still the other lines fix it:
+    # give up the nearest released cell on a line of a suppressed cell that shares an
+    # equation with it (same values where there are no totals), and look again.
+    fixed = [i for i in range(len(key)) if i not in totalled]
+    nearby = {
+        k
+        for other in suppressed
+        if all(other[i] == key[i] for i in fixed)
+        for line in _lines(other, axes, totalled)
+        for k in line
+        if usable(k)
+    }
+    if not nearby:
+        # All of its part of the table is suppressed: then nothing in it is fixed.
+        raise AssertionError(f"suppression cannot protect {key}")
+    extra = min(
+        nearby,
+        key=lambda k: (
+            sum(k[i] != key[i] for i in totalled),
+            k.count(TOTAL),
+            counted(k) == 0,
+            abs(counted(k)),
+            _sort_key(k, axes),
+        ),
+    )
+    suppressed.add(extra)
+    return extra
 
 
 def _determined(
@@ -1209,7 +1324,7 @@ def _determined(
     """
     unknowns = sorted(suppressed, key=lambda k: _sort_key(k, axes))
     column = {k: j for j, k in enumerate(unknowns)}
-    rows: list[dict[int, Fraction]] = []
+    rows: list[dict[int, int]] = []
     seen: set[tuple[Key, ...]] = set()
     for key in unknowns:
         for line in _lines(key, axes, totalled):
@@ -1217,38 +1332,49 @@ def _determined(
             if ident in seen:
                 continue
             seen.add(ident)
-            row: dict[int, Fraction] = {}
+            row: dict[int, int] = {}
             for k in line[:-1]:
                 if k in column:
-                    row[column[k]] = Fraction(1)
+                    row[column[k]] = 1
             if line[-1] in column:
-                row[column[line[-1]]] = Fraction(-1)
+                row[column[line[-1]]] = -1
             if row:
                 rows.append(row)
-    pivots: dict[int, dict[int, Fraction]] = {}  # pivot column -> reduced row
+    # Integer rows (fraction-free elimination, each row divided by the gcd of its entries):
+    # the same reduced row echelon form up to a factor per row, many times faster than
+    # Fraction arithmetic on the cubes a period's tables are slices of.
+    pivots: dict[int, dict[int, int]] = {}  # pivot column -> reduced row
     for row in rows:
         for col, prow in pivots.items():
             factor = row.get(col)
             if factor:
-                for c, v in prow.items():
-                    new = row.get(c, Fraction(0)) - factor * v
-                    if new:
-                        row[c] = new
-                    else:
-                        row.pop(c, None)
+                row = _eliminate(row, prow, prow[col], factor)
         if not row:
             continue
         col = min(row)
-        lead = row[col]
-        row = {c: v / lead for c, v in row.items()}
-        for other in pivots.values():
+        if row[col] < 0:
+            row = {c: -v for c, v in row.items()}
+        for other_col, other in list(pivots.items()):
             factor = other.get(col)
             if factor:
-                for c, v in row.items():
-                    new = other.get(c, Fraction(0)) - factor * v
-                    if new:
-                        other[c] = new
-                    else:
-                        other.pop(c, None)
+                pivots[other_col] = _eliminate(other, row, row[col], factor)
         pivots[col] = row
     return [unknowns[col] for col, row in pivots.items() if len(row) == 1]
+
+
+def _eliminate(
+    row: dict[int, int], pivot: dict[int, int], lead: int, factor: int
+) -> dict[int, int]:
+    """``row * lead - pivot * factor`` (which clears the pivot's column from ``row``),
+    divided by the gcd of its entries; zero entries dropped."""
+    out = {c: v * lead for c, v in row.items()}
+    for c, v in pivot.items():
+        new = out.get(c, 0) - factor * v
+        if new:
+            out[c] = new
+        else:
+            out.pop(c, None)
+    divisor = math.gcd(*out.values()) if out else 1
+    if divisor > 1:
+        out = {c: v // divisor for c, v in out.items()}
+    return out

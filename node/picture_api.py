@@ -25,7 +25,8 @@ def _dimensions(values: Iterable[int]) -> tuple[Dimension, ...]:
 def collect(
     desk: PictureDesk, request: node_pb2.PictureCollectRequest
 ) -> node_pb2.PictureCollectResponse:
-    """Start a collection for the period, measures and dimensions asked."""
+    """Start a collection for the period, measures and dimensions asked, saying what it
+    costs of the privacy budget; a dry run only says what it would cost."""
     if not request.HasField("period"):
         raise InvalidInput("give the period", field="period", reason="picture.period")
     ask = PictureAsk(
@@ -35,8 +36,17 @@ def collect(
         ),
         _dimensions(request.dimensions),
     )
-    request_id, asked = desk.collect(ask, officer=request.officer)
-    return node_pb2.PictureCollectResponse(request_id=request_id, asked=list(asked))
+    planned = request.planned_requests or 1
+    cost = desk.plan(ask, planned_requests=planned)
+    response = node_pb2.PictureCollectResponse(
+        noisy=cost.noisy, epsilon_needed=cost.needed, epsilon_remaining=cost.remaining
+    )
+    if request.dry_run:
+        return response
+    request_id, asked = desk.collect(ask, officer=request.officer, planned_requests=planned)
+    response.request_id = request_id
+    response.asked.extend(asked)
+    return response
 
 
 def show(desk: PictureDesk, request: node_pb2.PictureShowRequest) -> node_pb2.PictureShowResponse:

@@ -38,7 +38,7 @@ from typing import Any, Final
 from rich.table import Table
 
 from samenloop.node import picture_report
-from samenloop.node.client import NodeClient, Picture
+from samenloop.node.client import NodeClient, Picture, PictureCollection
 from samenloop.node.picture import (
     TOTAL,
     CellQuality,
@@ -48,6 +48,7 @@ from samenloop.node.picture import (
     ReleasedCell,
     ReleasedTable,
     SuppressionReason,
+    cube_dimensions,
 )
 from samenloop.node.picture_map import AreaMap, read_areas
 from samenloop.node.signal_commands import add_node_options, open_client
@@ -61,14 +62,18 @@ DEFAULT_WAIT: Final = 10.0
 _POLL: Final = 0.25
 _SUPPRESSED: Final = picture_report.SUPPRESSED_MARK
 
-#: What the report collects: (measures, dimensions) per collection.
-REPORT_COLLECTIONS: Final = (
-    (
-        (Measure.ACTIVE_SIGNALS, Measure.HIT_GROUPS, Measure.CASES_OPENED, Measure.CASES_CLOSED),
-        (Dimension.MONTH,),
-    ),
+#: Exit code of ``show`` and ``report`` when the figures were shown or written but a party
+#: refused to contribute (they lack its counts).
+EXIT_REFUSED: Final = 5
+
+#: What the report shows: (measures, dimensions) per collection. Under a privacy budget
+#: each is a request of its own (each spends ``epsilon_per_request``); in exact mode only
+#: the first of each cube is collected and every table is a slice of that cube.
+REPORT_COLLECTIONS: Final[tuple[tuple[tuple[Measure, ...], tuple[Dimension, ...]], ...]] = (
+    ((Measure.ACTIVE_SIGNALS, Measure.HIT_GROUPS), (Dimension.MONTH,)),
     ((Measure.ACTIVE_SIGNALS,), (Dimension.AREA,)),
     ((Measure.ACTIVE_SIGNALS,), (Dimension.BRANCH, Dimension.CATEGORY)),
+    ((Measure.CASES_OPENED, Measure.CASES_CLOSED), (Dimension.MONTH,)),
     ((Measure.INTERVENTIONS,), (Dimension.INTERVENTION_TYPE,)),
 )
 
@@ -113,6 +118,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "interventions (default: active_signals,hit_groups)",
     )
     collect.add_argument("--officer", help="who asks, for the audit log (default: your login)")
+    collect.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only say what it would cost of the privacy budget; ask no one",
+    )
     collect.set_defaults(func=_collect)
 
     show = commands.add_parser("show", help="show a collection after disclosure control")
@@ -149,6 +159,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="CBS's published SBI 2008 list (its XLSX, or saved as CSV: code and name per row), "
         "to name the branches; without it the report shows the codes",
     )
+    report.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only say what the report would cost of the privacy budget; ask no one",
+    )
     add_node_options(report)
     report.set_defaults(func=_report)
 
@@ -169,15 +184,44 @@ def _collect(args: argparse.Namespace) -> int:
     measures = _names(args.measure, Measure.parse, "--measure")
     dimensions = _names(args.by, Dimension.parse, "--by")
     with open_client(args) as client:
-        started = client.picture_collect(period, measures, dimensions, officer=_officer(args))
+        started = client.picture_collect(
+            period, measures, dimensions, officer=_officer(args), dry_run=args.dry_run
+        )
     if args.json:
         print(
-            terminal.dumps({"request_id": started.request_id.hex(), "asked": list(started.asked)})
+            terminal.dumps(
+                {
+                    "request_id": started.request_id.hex(),
+                    "asked": list(started.asked),
+                    "noisy": started.noisy,
+                    "epsilon_needed": started.epsilon_needed,
+                    "epsilon_remaining": started.epsilon_remaining,
+                }
+            )
         )
-    else:
-        asked = ", ".join(printable(p) for p in started.asked)
-        print(f"collection {started.request_id.hex()}: asked {asked}")
+        return 0
+    if args.dry_run:
+        print(f"dry run, nothing asked: {cost_line(period, started)}")
+        return 0
+    asked = ", ".join(printable(p) for p in started.asked)
+    print(f"collection {started.request_id.hex()}: asked {asked}")
+    if started.noisy:
+        left = started.epsilon_remaining - started.epsilon_needed
+        print(
+            f"privacy budget: epsilon {started.epsilon_needed:g} spent on each month of "
+            f"{period} (at every node that answers); {left:g} left at this node"
+        )
     return 0
+
+
+def cost_line(period: Period, cost: PictureCollection) -> str:
+    """``2026-12 needs epsilon 2 on each of its months, 1 left`` (or: exact mode)."""
+    if not cost.noisy:
+        return f"{period}: exact mode, no privacy budget to spend"
+    return (
+        f"{period} needs epsilon {cost.epsilon_needed:g} on each of its months at every "
+        f"node, {cost.epsilon_remaining:g} left at this node"
+    )
 
 
 def wait_for_picture(
@@ -217,7 +261,9 @@ def picture_to_json(shown: Picture) -> dict[str, Any]:
         "measure": table.measure.value,
         "dimensions": [d.value for d in table.dimensions],
         "min_count": table.min_count or None,
-        "cells": [
+        "cells": []
+        if not shown.contributors
+        else [
             {
                 "values": list(c.values),
                 "count": None if c.quality is CellQuality.SUPPRESSED else c.count,
@@ -227,6 +273,7 @@ def picture_to_json(shown: Picture) -> dict[str, Any]:
             }
             for c in table.cells
         ],
+        "no_data": not shown.contributors,
         "contributors": list(shown.contributors),
         "missing": list(shown.missing),
         "refusals": [
@@ -252,11 +299,19 @@ def _show(args: argparse.Namespace) -> int:
         shown = wait_for_picture(
             client, period, measure[0], dimensions, request_id=request_id, wait=args.wait
         )
+    code = EXIT_REFUSED if shown.refusals else 0
     if args.json:
         print(terminal.dumps(picture_to_json(shown), indent=2))
-        return 0
+        return code
     console = terminal.console()
     table = shown.table
+    if not shown.contributors:
+        console.print(
+            f"{table.measure.value}, {table.period}: no data (no party contributed counts; "
+            "not a count of 0)"
+        )
+        _footer(console, shown)
+        return code
     grid = Table(title=f"{table.measure.value}, {table.period}", title_justify="left")
     for dimension in table.dimensions:
         grid.add_column(dimension.value)
@@ -271,6 +326,11 @@ def _show(args: argparse.Namespace) -> int:
         f"{picture_report.PROTECTED_MARK} = suppressed to protect such a cell; "
         "≈ = noisy, ± its standard deviation; cells not listed are 0; totaal = the sum"
     )
+    _footer(console, shown)
+    return code
+
+
+def _footer(console: Any, shown: Picture) -> None:
     console.print(f"contributed: {', '.join(printable(p) for p in shown.contributors) or '-'}")
     for note in shown.refusals:
         console.print(
@@ -279,7 +339,6 @@ def _show(args: argparse.Namespace) -> int:
         )
     if shown.missing:
         console.print(f"not answered yet: {', '.join(printable(p) for p in shown.missing)}")
-    return 0
 
 
 def _branches(heat: ReleasedTable) -> ReleasedTable:
@@ -303,6 +362,19 @@ def _branches(heat: ReleasedTable) -> ReleasedTable:
     )
 
 
+def report_cost(client: NodeClient, period: Period, *, officer: str) -> PictureCollection:
+    """What the report would spend of the privacy budget, asking no one."""
+    measures, dims = REPORT_COLLECTIONS[0]
+    return client.picture_collect(
+        period,
+        measures,
+        dims,
+        officer=officer,
+        planned_requests=len(REPORT_COLLECTIONS),
+        dry_run=True,
+    )
+
+
 def build_report(
     client: NodeClient,
     period: Period,
@@ -319,14 +391,43 @@ def build_report(
     classification: str = "",
 ) -> picture_report.PictureReport:
     """Collect what the report shows, wait for the parties' answers (up to ``wait``
-    seconds) and gather the released tables; parties missing or refusing are noted."""
-    started = [
-        (client.picture_collect(period, measures, dims, officer=officer).request_id, measures, dims)
-        for measures, dims in REPORT_COLLECTIONS
+    seconds) and gather the released tables; parties missing or refusing are noted, and
+    a table no party contributed to is left out, said to have no data.
+
+    Under a privacy budget the first collection asks the node to check that its budget
+    covers every request of the report (``QuotaExceeded`` naming what it needs and what
+    is left, nothing spent, if not). In exact mode each cube is collected once and every
+    table of it is a slice of that one protected cube."""
+    first_measures, first_dims = REPORT_COLLECTIONS[0]
+    first = client.picture_collect(
+        period,
+        first_measures,
+        first_dims,
+        officer=officer,
+        planned_requests=len(REPORT_COLLECTIONS),
+    )
+    started: list[tuple[bytes, tuple[Measure, ...], tuple[Dimension, ...]]] = [
+        (first.request_id, first_measures, first_dims)
     ]
+    cubes = {cube_dimensions(first_measures): first.request_id}
+    for measures, dims in REPORT_COLLECTIONS[1:]:
+        cube = cube_dimensions(measures)
+        if not first.noisy and cube in cubes:
+            started.append((cubes[cube], measures, dims))
+            continue
+        request_id = client.picture_collect(period, measures, dims, officer=officer).request_id
+        cubes.setdefault(cube, request_id)
+        started.append((request_id, measures, dims))
     deadline = time.monotonic() + wait
     shown: dict[tuple[Measure, tuple[Dimension, ...]], Picture] = {}
     notes: list[str] = []
+    if first.noisy:
+        notes.append(
+            f"Privacybudget: {len(REPORT_COLLECTIONS)} verzoeken van epsilon "
+            f"{first.epsilon_needed / len(REPORT_COLLECTIONS):g} op elke maand van {period} "
+            f"(daarna nog {first.epsilon_remaining - first.epsilon_needed:g} over bij dit "
+            "knooppunt)."
+        )
     for request_id, measures, dims in started:
         for measure in measures:
             left = max(deadline - time.monotonic(), 0.0)
@@ -344,24 +445,36 @@ def build_report(
     notes += [
         f"Geweigerd door {party}: {reason} ({message})." for party, reason, message in refused
     ]
-    month = (Dimension.MONTH,)
-    heat = shown[(Measure.ACTIVE_SIGNALS, (Dimension.BRANCH, Dimension.CATEGORY))].table
+    empty = [
+        f"{m.value} naar {','.join(d.value for d in dims) or '-'}"
+        for (m, dims), s in shown.items()
+        if not s.contributors
+    ]
+    if empty:
+        notes.append(
+            f"Geen gegevens (geen enkele partner droeg bij; dat is geen telling van 0): "
+            f"{'; '.join(empty)}."
+        )
+
+    def table(measure: Measure, *dims: Dimension) -> ReleasedTable | None:
+        found = shown[(measure, dims)]
+        return found.table if found.contributors else None
+
+    month = Dimension.MONTH
+    heat = table(Measure.ACTIVE_SIGNALS, Dimension.BRANCH, Dimension.CATEGORY)
     return picture_report.PictureReport(
         title=title,
         covenant=covenant,
         period=period,
         generated_at=now or datetime.now(UTC),
-        trend=(
-            shown[(Measure.ACTIVE_SIGNALS, month)].table,
-            shown[(Measure.HIT_GROUPS, month)].table,
-        ),
-        areas=shown[(Measure.ACTIVE_SIGNALS, (Dimension.AREA,))].table,
-        branches=_branches(heat),
+        trend=_present(table(Measure.ACTIVE_SIGNALS, month), table(Measure.HIT_GROUPS, month)),
+        areas=table(Measure.ACTIVE_SIGNALS, Dimension.AREA),
+        branches=None if heat is None else _branches(heat),
         heat=heat,
-        accountability=(
-            shown[(Measure.CASES_OPENED, month)].table,
-            shown[(Measure.CASES_CLOSED, month)].table,
-            shown[(Measure.INTERVENTIONS, (Dimension.INTERVENTION_TYPE,))].table,
+        accountability=_present(
+            table(Measure.CASES_OPENED, month),
+            table(Measure.CASES_CLOSED, month),
+            table(Measure.INTERVENTIONS, Dimension.INTERVENTION_TYPE),
         ),
         top=top,
         notes=tuple(notes),
@@ -445,6 +558,10 @@ def _xlsx_rows(data: bytes, field: str) -> list[list[str]]:
         workbook.close()
 
 
+def _present(*tables: ReleasedTable | None) -> tuple[ReleasedTable, ...]:
+    return tuple(t for t in tables if t is not None)
+
+
 def _report(args: argparse.Namespace) -> int:
     period = _period(args.period)
     area_map = load_area_map(args.areas) if args.areas is not None else None
@@ -455,6 +572,12 @@ def _report(args: argparse.Namespace) -> int:
     )
     with open_client(args) as client:
         status = client.status()
+        cost = report_cost(client, period, officer=_officer(args))
+        if args.dry_run:
+            print(f"dry run, nothing asked: the report for {cost_line(period, cost)}")
+            return 0
+        if cost.noisy:
+            print(f"the report for {cost_line(period, cost)}")
         try:
             report = build_report(
                 client,
@@ -478,4 +601,7 @@ def _report(args: argparse.Namespace) -> int:
             f"cannot write {args.out}: {error.strerror}", field="--out"
         ) from None
     print(f"report written to {args.out}")
-    return 0
+    refused = [n for n in report.notes if n.startswith(("Geweigerd door", "Geen gegevens"))]
+    for note in refused:
+        print(note)
+    return EXIT_REFUSED if refused else 0

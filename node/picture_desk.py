@@ -22,6 +22,7 @@ count, an area, a branch or a category.
 
 from __future__ import annotations
 
+import enum
 import random
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -61,7 +62,7 @@ from samenloop.policies.errors import (
 from samenloop.policies.rules import may_see_picture
 from samenloop.v1 import picture_pb2
 
-__all__ = ["PictureDesk", "PictureView"]
+__all__ = ["PictureCost", "PictureDesk", "PictureView"]
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +72,10 @@ _UNITS = 1_000_000_000
 #: message saying why (the wire has no reason of its own for it).
 _REJECTED = PictureRefusal.INVALID_REQUEST
 _REJECTED_PREFIX = "rejected by the viewer: "
+#: Protected cubes kept in memory (a report shows several views of one cube in a row).
+_CUBES_KEPT = 8
+#: At most this many planned requests in one budget check (a report makes five).
+_MAX_PLANNED = 100
 
 
 def _why(error: Exception) -> str:
@@ -89,6 +94,48 @@ class PictureView:
     contributors: tuple[str, ...]
     missing: tuple[str, ...]
     refusals: tuple[tuple[str, PictureRefusal, str], ...]
+
+
+class _Mode(enum.Enum):
+    """How a collection was counted: exact, noisy, or not at all (no counts yet)."""
+
+    EXACT = "exact"
+    NOISY = "noisy"
+    EMPTY = "empty"
+
+
+def _mode(record: PictureCollectionRecord) -> _Mode:
+    counted = [c for c in record.contributions if c.refusal_reason is None]
+    if not counted:
+        return _Mode.EMPTY
+    return _Mode.NOISY if all(c.epsilon_spent > 0 for c in counted) else _Mode.EXACT
+
+
+@dataclass(frozen=True, slots=True)
+class PictureCost:
+    """What collecting a period costs under the covenant's privacy budget: ``needed``
+    epsilon on each month of the period (at this node and at every contributor, for
+    the planned requests), against ``remaining``, what this node has left on the
+    period's most spent month. Exact mode (no budget) costs nothing."""
+
+    period: Period
+    noisy: bool
+    planned_requests: int
+    needed: float
+    remaining: float
+
+    @property
+    def fits(self) -> bool:
+        return not self.noisy or round(self.needed * _UNITS) <= round(self.remaining * _UNITS)
+
+    def describe(self) -> str:
+        if not self.noisy:
+            return f"{self.period}: exact mode, no privacy budget to spend"
+        requests = "request" if self.planned_requests == 1 else "requests"
+        return (
+            f"{self.period} needs epsilon {self.needed:g} on each of its months "
+            f"({self.planned_requests} {requests}), {self.remaining:g} left"
+        )
 
 
 def ask_of(record: PictureCollectionRecord) -> PictureAsk:
@@ -133,6 +180,30 @@ def prior_of(record: PictureCollectionRecord) -> picture_protocol.PriorCollectio
     )
 
 
+def _unlisted(covenant: Covenant) -> tuple[Dimension, ...]:
+    """The dimensions a period's cube leaves out under ``covenant``: area and branch when
+    its ``[picture]`` lists no public values for them (partners share tables only over
+    the covenant's public lists; ``picture_shares``)."""
+    rule = covenant.policy.picture
+    return (
+        *((Dimension.AREA,) if not rule.areas else ()),
+        *((Dimension.BRANCH,) if not rule.branches else ()),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Combined:
+    """What a collection adds up to for one measure, before disclosure control."""
+
+    table: Table
+    #: The cells the covenant's rules find sensitive on the partners' counts alone
+    #: (None: the plain small-count rule on the table).
+    primary: frozenset[Key] | None
+    contributors: tuple[str, ...]
+    missing: tuple[str, ...]
+    refusals: tuple[tuple[str, PictureRefusal, str], ...]
+
+
 class PictureDesk:
     """This node's side of the regional picture, as viewer and as contributor."""
 
@@ -161,6 +232,7 @@ class PictureDesk:
         self._clock = clock
         self._random = random_bytes
         self._rng = rng
+        self._cubes: dict[tuple[Table, frozenset[Key] | None, int], ReleasedTable] = {}
         self.wake = wake
 
     def _now(self) -> datetime:
@@ -242,17 +314,71 @@ class PictureDesk:
 
     # --- as viewer -----------------------------------------------------------------------
 
-    def collect(self, ask: PictureAsk, *, officer: str) -> tuple[bytes, tuple[str, ...]]:
+    def cost(self, period: Period, *, planned_requests: int = 1) -> PictureCost:
+        """What ``planned_requests`` requests for ``period`` would spend of the budget,
+        and what this node has left: shown before anything is spent."""
+        if isinstance(planned_requests, bool) or not 1 <= planned_requests <= _MAX_PLANNED:
+            raise InvalidInput(
+                f"must be 1 to {_MAX_PLANNED}", field="planned_requests", reason="picture.epsilon"
+            )
+        rule = self._covenant().policy.picture
+        if not rule.noisy:
+            return PictureCost(period, False, planned_requests, 0.0, 0.0)
+        ledger = self._store.picture_ledger(period.months())
+        return PictureCost(
+            period,
+            True,
+            planned_requests,
+            rule.epsilon_per_request * planned_requests,
+            ledger.remaining(period, budget_per_period=rule.epsilon_per_period),
+        )
+
+    def plan(self, ask: PictureAsk, *, planned_requests: int = 1) -> PictureCost:
+        """What collecting ``ask`` (and ``planned_requests - 1`` more like it) would cost,
+        after the checks ``collect`` makes of the ask (``NotAllowed`` for a party that
+        may not see the picture, ``InvalidInput`` naming the field); nothing is stored."""
+        covenant = self._covenant()
+        picture_protocol.check_ask(covenant, self._me, ask)
+        if not covenant.policy.picture.noisy:
+            self._cube_ask(covenant, ask)
+        return self.cost(ask.period, planned_requests=planned_requests)
+
+    def collect(
+        self, ask: PictureAsk, *, officer: str, planned_requests: int = 1
+    ) -> tuple[bytes, tuple[str, ...]]:
         """Start a collection: the request sealed to every other party (for the signal
         measures), this node's own counts kept. Returns the request id and the parties
         asked (this node first). ``NotAllowed`` if this party may not see the picture;
-        ``InvalidInput`` naming the field for a bad request. Nothing is stored then."""
+        ``InvalidInput`` naming the field for a bad request; ``BudgetExhausted`` (field
+        ``period``, with the cost and what is left) if this node's budget does not cover
+        ``planned_requests`` requests like this one. Nothing is stored or sent then.
+
+        In exact mode the collection counts the period's whole cube (every dimension of
+        its measures, ``picture.CUBE_DIMENSIONS``); once every measure asked has its cube
+        of the period, nothing is asked again and the (first) cube's id is returned."""
         check_officer(officer)
         stale = self._stale()
         if stale is not None:
             raise CovenantStale(stale, field="covenant")
         covenant = self._covenant()
         picture_protocol.check_ask(covenant, self._me, ask)
+        cost = self.cost(ask.period, planned_requests=planned_requests)
+        if not cost.fits:
+            raise picture.BudgetExhausted(
+                f"the privacy budget does not cover this: {cost.describe()}; nothing was "
+                "spent (see docs/picture.md, planning periods)",
+                field="period",
+            )
+        if not covenant.policy.picture.noisy:
+            # Exact: count the period's whole cube, whatever view was asked for; every view
+            # is then a slice of one protected cube (docs/picture.md, linked tables).
+            ask = self._cube_ask(covenant, ask)
+            cubes = [self._cube(ask.period, m) for m in ask.measures]
+            if all(cubes) and cubes[0] is not None:
+                # Every measure's cube of the period is counted already; what is shown of
+                # it is derived from that cube, so ask no one again.
+                log.info("picture collection reused", measures=",".join(ask.names()[0]))
+                return cubes[0].request_id, cubes[0].asked
         self._check_periods(covenant, None, ask)
         for attempt in (1, 2):
             now = self._now()
@@ -281,6 +407,9 @@ class PictureDesk:
                 if message is not None
             ]
             verdict = self._verdict(covenant, ask)
+            if verdict.refusal is PictureRefusal.BUDGET_EXHAUSTED:
+                # Spent meanwhile: ask no one rather than have the others spend theirs.
+                raise picture.BudgetExhausted(verdict.message, field="period")
             tables = self._tables(covenant, ask, verdict) if verdict.refusal is None else []
             own = picture_protocol.contribution(
                 covenant,
@@ -353,6 +482,8 @@ class PictureDesk:
         measure: Measure,
         dimensions: Sequence[Dimension],
     ) -> PictureCollectionRecord:
+        """The collection asked for: by id; else the period's cube of ``measure`` (exact
+        mode); else the latest collection of the period by exactly ``dimensions``."""
         if request_id:
             if len(request_id) != ID_BYTES:
                 raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
@@ -362,6 +493,9 @@ class PictureDesk:
             return record
         if period is None:
             raise InvalidInput("give a period or a request id", field="period")
+        cube = self._cube(period, measure)
+        if cube is not None:
+            return cube
         wanted = set(dimensions)
         for record in self._store.picture_collections(
             first_month=period.first_month, last_month=period.last_month
@@ -376,6 +510,65 @@ class PictureDesk:
             reason="picture.not_collected",
         )
 
+    def _cube_ask(self, covenant: Covenant, ask: PictureAsk) -> PictureAsk:
+        """What an exact collection of ``ask`` counts: the period's whole cube of its
+        measures, checked as the ask was (its shared vector's size: ``MessageTooLarge``
+        naming ``dimensions`` before anything is stored or sent, rather than every partner
+        refusing a cube the analyst never asked for by name)."""
+        cube = PictureAsk(
+            ask.period,
+            ask.measures,
+            picture.cube_dimensions(ask.measures, without=_unlisted(covenant)),
+        )
+        picture_protocol.check_ask(covenant, self._me, cube)
+        return cube
+
+    def _cube(self, period: Period, measure: Measure) -> PictureCollectionRecord | None:
+        """The period's exact cube of ``measure``: its first exact collection by the
+        measure's cube dimensions that holds counts. Every view of the period and
+        measure is released from it, also when the period is collected again later,
+        so that the tables released of one period are all slices of one protected cube
+        (a second cube, of slightly other counts, could be subtracted from the first)."""
+        cube = picture.cube_dimensions((measure,), without=_unlisted(self._covenant()))
+        cube_dims = tuple(d.value for d in cube)
+        for record in self._store.picture_collections_overlapping(
+            period.first_month, period.last_month
+        ):
+            if (
+                record.first_month == period.first_month
+                and record.last_month == period.last_month
+                and measure.value in record.measures
+                and record.dimensions == cube_dims
+                and _mode(record) is _Mode.EXACT
+                and self._counts_or_will(record, measure)
+            ):
+                return record
+        return None
+
+    def _counts_or_will(self, record: PictureCollectionRecord, measure: Measure) -> bool:
+        """Whether a collection is, or may still become, the period's counts of
+        ``measure``: the partners' sum is in, or still to come (the aggregator has not
+        refused it and some partner has not refused to contribute). A collection that
+        failed as a whole (every partner refused, or the aggregator did) is no cube: the
+        period may be collected again, as no sum of it was ever released."""
+        if measure not in ask_of(record).remote_measures or record.aggregate is not None:
+            return True
+        if record.aggregate_refusal is not None:
+            return False
+        refused = {c.contributor for c in record.contributions if c.refusal_reason is not None}
+        holders = [
+            c.contributor
+            for c in record.contributions
+            if c.refusal_reason is None and c.contributor != self._me
+        ]
+        if (
+            record.sum_requested_at is None
+            and self._sum_due(record)
+            and len(holders) < self._covenant().policy.picture.min_contributors
+        ):
+            return False  # too few to be summed, and no more will come in time
+        return any(p not in refused for p in record.asked if p != self._me)
+
     def show(
         self,
         *,
@@ -384,12 +577,16 @@ class PictureDesk:
         period: Period | None = None,
         request_id: bytes | None = None,
     ) -> PictureView:
-        """The combined table of a collection (the given one, else the latest of the
-        period with this measure and these dimensions) after the covenant's disclosure
-        control: small cells suppressed with complementary suppression against the
-        totals, each figure marked exact, noisy (with its scale) or suppressed. Only
-        the dimensions the collection was made by can be shown: other breakdowns of
-        the same counts, released apart, could give away a suppressed cell."""
+        """A table of the combined counts after the covenant's disclosure control: small
+        cells suppressed with complementary suppression against the totals, each figure
+        marked exact, noisy (with its scale) or suppressed.
+
+        Exact mode: the table by ``dimensions`` is a slice of the period's one protected
+        cube of ``measure`` (``_cube``; any subset of its dimensions, in any order), also
+        when asked for by the id of a later collection of the same period, so that no
+        two tables released of a period can be played against each other. Noisy mode
+        (and a collection without counts): the given collection, else the latest of the
+        period with these dimensions, by the dimensions it was made by only."""
         covenant = self._covenant()
         if not may_see_picture(covenant, self._me):
             raise NotAllowed(
@@ -402,14 +599,69 @@ class PictureDesk:
             raise InvalidInput("a dimension is repeated", field="dimensions")
         record = self._collection(request_id, period, measure, dims)
         ask = ask_of(record)
-        if measure not in ask.measures:
+        min_count = covenant.policy.picture.min_cell_count
+        exact = _mode(record) is _Mode.EXACT
+        cube = self._cube(ask.period, measure) if exact else None
+        if (
+            exact
+            and cube is None
+            and ask.dimensions == picture.cube_dimensions((measure,), without=_unlisted(covenant))
+        ):
+            cube = record  # a collection of the cube that failed as a whole: shown as it is
+        if cube is None and measure not in ask.measures:
             raise InvalidInput("the collection did not count this measure", field="measure")
-        if set(dims) != set(ask.dimensions):
-            raise InvalidInput(
-                "show the collection by the dimensions it was made by", field="dimensions"
-            )
-        if not prior_of(record).noisy:
+        if exact:
+            if cube is None:
+                raise InvalidInput(
+                    "an older version collected this period by other dimensions than its "
+                    "cube; collect the period again",
+                    field="request_id" if request_id else "period",
+                    reason="picture.not_collected",
+                )
+            record, ask = cube, ask_of(cube)
             self._check_periods(covenant, record.request_id, ask)
+            combined = self._combined(covenant, record, ask, measure, ask.dimensions)
+            released = picture.view(self._release_cube(combined, min_count), dims)
+        else:
+            if set(dims) != set(ask.dimensions):
+                raise InvalidInput(
+                    "show the collection by the dimensions it was made by", field="dimensions"
+                )
+            combined = self._combined(covenant, record, ask, measure, dims)
+            released = picture.release(
+                picture.with_totals(combined.table), min_count=min_count, primary=combined.primary
+            )
+        self._store.audit_append(
+            kind=AuditKind.PICTURE_EVENT,
+            subject=[record.request_id.hex()],
+            details={
+                "event": "picture_shown",
+                "measure": measure.value,
+                "dimensions": ",".join(d.value for d in dims),
+                "suppressed": len(released.suppressed),
+            },
+            now=self._now(),
+        )
+        return PictureView(
+            request_id=record.request_id,
+            table=released,
+            contributors=combined.contributors,
+            missing=combined.missing,
+            refusals=combined.refusals,
+        )
+
+    def _combined(
+        self,
+        covenant: Covenant,
+        record: PictureCollectionRecord,
+        ask: PictureAsk,
+        measure: Measure,
+        dims: tuple[Dimension, ...],
+    ) -> _Combined:
+        """The sum of a collection's counts of ``measure`` (this node's own plus the
+        partners' sum from the aggregator), by ``dims`` (the collection's dimensions in
+        another order), with the cells the covenant's rules find sensitive on the
+        partners' counts alone, who is in it, who is missing and who refused."""
         order = [ask.dimensions.index(d) for d in dims]
         rule = covenant.policy.picture
         if measure in ask.remote_measures:
@@ -520,28 +772,29 @@ class PictureDesk:
             )
         elif remote is not None:
             primary = set()  # only this node's own counts: nothing of a partner to protect
-        released = picture.release(
-            picture.with_totals(combined), min_count=rule.min_cell_count, primary=primary
-        )
         settled = {r[0] for r in refusals} | summed | {self._me}
-        self._store.audit_append(
-            kind=AuditKind.PICTURE_EVENT,
-            subject=[record.request_id.hex()],
-            details={
-                "event": "picture_shown",
-                "measure": measure.value,
-                "dimensions": ",".join(d.value for d in dims),
-                "suppressed": len(released.suppressed),
-            },
-            now=self._now(),
-        )
-        return PictureView(
-            request_id=record.request_id,
-            table=released,
+        return _Combined(
+            table=combined,
+            primary=None if primary is None else frozenset(primary),
             contributors=tuple(contributors),
             missing=tuple(p for p in record.asked if p not in settled),
             refusals=tuple(refusals),
         )
+
+    def _release_cube(self, combined: _Combined, min_count: int) -> ReleasedTable:
+        """The protected cube (all its marginals with it), kept while its counts and
+        sensitive cells are the same: the report asks for several views of one cube in a
+        row."""
+        key = (combined.table, combined.primary, min_count)
+        found = self._cubes.get(key)
+        if found is None:
+            found = picture.release(
+                picture.with_totals(combined.table), min_count=min_count, primary=combined.primary
+            )
+            if len(self._cubes) >= _CUBES_KEPT:
+                self._cubes.pop(next(iter(self._cubes)))
+            self._cubes[key] = found
+        return found
 
     # --- what the broker relays ---------------------------------------------------------
 

@@ -42,7 +42,7 @@ from samenloop.policies.cli import main
 from samenloop.policies.config import load_broker_config, load_node_config
 from samenloop.policies.covenant import Covenant, Role
 from samenloop.policies.crypto import PartyKeys, SignatureContext
-from samenloop.policies.errors import InvalidInput, NotAllowed, NotFound
+from samenloop.policies.errors import InvalidInput, NotAllowed, NotFound, QuotaExceeded
 from samenloop.policies.policy import PictureRules, example_policy
 from samenloop.v1 import picture_pb2
 
@@ -265,6 +265,7 @@ def test_a_party_without_picture_rights_is_refused(cluster: Cluster) -> None:
     assert local.value.field == "party"
     # A request the politie seals by hand is refused by every node that gets it.
     covenant = cluster.provisioned.covenant
+    cursor = cluster.nodes[POLITIE].store.mailbox_cursor()
     keys = PartyKeys.load(cluster.provisioned.party_dir(POLITIE) / "party-keys.json")
     request_id = secrets.token_bytes(16)
     ask = PictureAsk(PERIOD, (Measure.ACTIVE_SIGNALS,), (Dimension.AREA,))
@@ -287,6 +288,12 @@ def test_a_party_without_picture_rights_is_refused(cluster: Cluster) -> None:
         (entry,) = wait_for(f"{party}'s refusal", lambda p=party: answered(p))
         assert (entry["outcome"], entry["reason"]) == ("refused", "not_allowed")
         assert entry["epsilon_spent"] == "0"
+    # The refusals reach the politie, which asked for nothing and drops them (waited for
+    # here, so that its log line does not land in a later test's output).
+    wait_for(
+        "the refusals at the politie",
+        lambda: cluster.nodes[POLITIE].store.mailbox_cursor() >= cursor + 2,
+    )
 
 
 def test_a_suppressed_cell_stays_hidden_in_show_json_and_html(
@@ -333,6 +340,37 @@ def test_a_suppressed_cell_stays_hidden_in_show_json_and_html(
     assert "@top-center" not in written
 
 
+def test_the_readme_workflow_releases_no_table_that_recovers_a_suppressed_cell(
+    cluster: Cluster,
+) -> None:
+    """README step 11: ``picture collect --by area,category``, ``picture show``, then
+    ``picture report`` for the same period. Every table released (the shown one and the
+    report's areas, branch by category and trend) is a slice of the period's one
+    protected cube: searched together by exact linear algebra, they pin down no
+    suppressed cell, so no subtraction of category totals from a grand total works
+    (issue 13, finding 3)."""
+    from test_picture_linked import pinned_down
+
+    dims = (Dimension.AREA, Dimension.CATEGORY)
+    shown = collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, dims)
+    small = ("pc4:5041", "vastgoedmisbruik")
+    assert shown.table.cell(small).quality is CellQuality.SUPPRESSED
+    report = build_report(cluster.clients[RIEC], PERIOD, officer="analist@riec", wait=WAIT)
+    assert report.areas is not None
+    assert report.heat is not None
+    tables = [shown.table, report.areas, report.heat, report.trend[0]]
+    cube = (Dimension.AREA, Dimension.BRANCH, Dimension.CATEGORY, Dimension.MONTH)
+    axes = [
+        sorted({f"pc4:{row[3]}" for row in ROWS}),
+        sorted({row[5] for row in ROWS}),
+        sorted({row[2] for row in ROWS}),
+        [MONTH],
+    ]
+    assert pinned_down(cube, axes, tables) == []
+    grand = {t.cell((TOTAL,) * len(t.dimensions)).count for t in tables}
+    assert len(grand) == 1  # the same grand total everywhere (or withheld everywhere)
+
+
 def test_the_broker_sees_no_area_branch_or_count(
     cluster: Cluster, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -377,8 +415,8 @@ def test_bad_input_is_named_by_field(cluster: Cluster) -> None:
         with pytest.raises(InvalidInput) as bad_officer:
             client.picture_collect(PERIOD, officer=officer)
         assert bad_officer.value.field == "officer"
-    with pytest.raises(NotFound) as never:
-        client.picture_show(PERIOD, "active_signals", ["role"])
+    with pytest.raises(NotFound) as never:  # (any breakdown of a collected period is a view)
+        client.picture_show("2020-01", "active_signals", ["role"])
     assert never.value.field == "period"
     for argv in (
         ["--period", "2026-10..2026-01"],
@@ -509,8 +547,13 @@ def test_the_viewers_database_holds_no_partners_own_counts(cluster: Cluster) -> 
         for shared in picture_shares.decode(
             crypto.share_values(record.aggregate), remote.domain, remote.measures, exact=True
         ):
-            counts = {k: v for k, v in shared.counts.items() if v}
-            if shared.measure is Measure.ACTIVE_SIGNALS and remote.dimensions == dims:
+            if shared.measure is Measure.ACTIVE_SIGNALS and set(dims) <= set(remote.dimensions):
+                # The period's cube (linked tables), seen by these dimensions.
+                at = [remote.dimensions.index(d) for d in dims]
+                projected: Counter[tuple[str, ...]] = Counter()
+                for key, value in shared.counts.items():
+                    projected[tuple(key[i] for i in at)] += value
+                counts = {k: v for k, v in projected.items() if v}
                 summed_here += 1
                 for party, own in partners.items():
                     assert counts != dict(own), party
@@ -577,9 +620,12 @@ def test_padding_a_cell_with_the_viewers_own_signals_gives_nothing_away(cluster:
             riec.withdraw_signal(f"R-{i}", reason="test", officer="analist@riec")
 
 
-def test_noisy_mode_marks_figures_and_refuses_beyond_the_budget(cluster: Cluster) -> None:
+def test_noisy_mode_marks_figures_and_refuses_beyond_the_budget(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     covenant = cluster.provisioned.covenant
-    cluster.publish(dataclasses.replace(covenant, version=2, policy=policy(noisy=True)))
+    noisy_covenant = dataclasses.replace(covenant, version=2, policy=policy(noisy=True))
+    cluster.publish(noisy_covenant)
     dims = (Dimension.CATEGORY,)
     noisy = collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, dims)
     assert noisy.refusals == ()
@@ -587,12 +633,60 @@ def test_noisy_mode_marks_figures_and_refuses_beyond_the_budget(cluster: Cluster
     assert figures
     assert all(c.quality is CellQuality.NOISY for c in figures)
     assert all(c.noise_scale > 0 for c in noisy.table.cells)
+    riec = str(cluster.provisioned.node_configs[RIEC])
+    # The report needs five requests (ε 2.5), 0.5 is left: it says so and asks no one.
+    out = tmp_path / "beeld.html"
+    capsys.readouterr()
+    assert main(["picture", "report", "--node", riec, "--period", MONTH, "--out", str(out)]) == 1
+    assert (
+        "needs epsilon 2.5 on each of its months (5 requests), 0.5 left" in capsys.readouterr().err
+    )
+    assert not out.exists()
+    args = ["picture", "report", "--node", riec, "--period", MONTH, "--out", str(out), "--dry-run"]
+    assert main(args) == 0
+    assert "needs epsilon 2.5 on each of its months at every node, 0.5 left" in (
+        capsys.readouterr().out
+    )
+    assert cluster.nodes[GEMEENTE].store.picture_ledger([MONTH]).spent(MONTH) == 0.5
     collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, dims)  # the period's second half
-    spent = collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, dims)
-    assert spent.contributors == ()
-    reasons = {r.contributor: r.reason for r in spent.refusals}
-    assert reasons == dict.fromkeys((RIEC, GEMEENTE, WOCO, POLITIE), "budget_exhausted")
-    assert all("budget" in r.message for r in spent.refusals)
+    with pytest.raises(QuotaExceeded) as spent:  # the RIEC's own node refuses a third ...
+        cluster.clients[RIEC].picture_collect(
+            PERIOD, (Measure.ACTIVE_SIGNALS,), dims, officer="analist@riec"
+        )
+    assert (spent.value.field, spent.value.reason) == ("period", "picture.budget_exhausted")
+    assert "needs epsilon 0.5 on each of its months (1 request), 0 left" in spent.value.message
+    assert "nothing was spent" in spent.value.message
+    # ... and every partner decides on its own: a request sealed by hand is refused.
+    keys = PartyKeys.load(cluster.provisioned.party_dir(RIEC) / "party-keys.json")
+    request_id = secrets.token_bytes(16)
+    ask = PictureAsk(PERIOD, (Measure.ACTIVE_SIGNALS,), dims)
+    message = picture_protocol.request_message(
+        noisy_covenant,
+        RIEC,
+        ask,
+        request_id=request_id,
+        now=datetime.now(UTC),
+    )
+    for party in (GEMEENTE, WOCO, POLITIE):
+        envelope = picture_protocol.build_request(
+            keys,
+            noisy_covenant,
+            message,
+            recipient=party,
+            message_id=secrets.token_bytes(16),
+        )
+        cluster.queue(RIEC, envelope.sealed.SerializeToString(), party)
+    for party in (GEMEENTE, WOCO, POLITIE):
+
+        def answered(p: str = party) -> list[dict[str, Any]]:
+            entries = cluster.nodes[p].store.audit_entries(
+                kind=AuditKind.PICTURE_EVENT, subject=request_id.hex()
+            )
+            return [dict(e.details) for e in entries]
+
+        (entry,) = wait_for(f"{party}'s refusal", answered)
+        assert (entry["outcome"], entry["reason"]) == ("refused", "budget_exhausted")
+        assert entry["epsilon_spent"] == "0"
     # The ledger never goes beyond the covenant's budget.
     for party in (RIEC, GEMEENTE):
         ledger = cluster.nodes[party].store.picture_ledger([MONTH])

@@ -124,12 +124,27 @@ def test_the_sum_of_vectors_gives_the_sum_and_the_band_counts_only(contributions
 def test_a_breakdown_too_large_to_share_is_refused_naming_the_field():
     many = tuple(f"pc4:{n}" for n in range(1000, 5000))
     domain = ps.Domain.of(
-        (A, C), period=OCT, roles=(), categories=("a", "b"), areas=many, branches=()
+        (A, C), period=OCT, roles=(), categories=tuple("abcdefghij"), areas=many, branches=()
     )
     with pytest.raises(MessageTooLarge) as caught:
         ps.vector_length(domain, 1, exact=True)
     assert (caught.value.field, caught.value.reason) == ("dimensions", "picture.too_large")
     assert ps.vector_length(domain, 1, exact=False) == domain.leaves  # noisy: no bands
+
+
+@given(st.lists(st.integers(0, 5000), min_size=1, max_size=ps.BAND_BASE - 1), st.data())
+def test_packed_bands_sum_to_the_band_counts_for_up_to_every_party(counts, data):
+    """The band indicators packed seven to a value (base 257) decode, summed over as many
+    contributors as a covenant can have, to exactly how many fall in each band."""
+    if data.draw(st.booleans()):
+        counts = [4000] * (ps.BAND_BASE - 1)  # every party in the open band: the top digit
+    summed = [0] * ps.BAND_WORDS
+    for count in counts:
+        for i, word in enumerate(ps._packed(ps.band_of(count))):
+            summed[i] += word
+    assert all(0 <= w < 2**63 for w in summed)
+    expected = Counter(b for b in map(ps.band_of, counts) if b is not None)
+    assert ps._unpacked(summed) == tuple(expected.get(b, 0) for b in range(ps.BANDS))
 
 
 def test_an_area_breakdown_needs_the_covenants_list_of_areas():

@@ -378,13 +378,19 @@ COMMANDS = [
 ]
 
 
+def _expected_code(argv: list[str]) -> int:
+    """0, except ``picture show``: its picture lists a party's refusal, and a picture that
+    lacks a party's counts exits with ``EXIT_REFUSED`` (5)."""
+    return picture_commands.EXIT_REFUSED if argv[:2] == ["picture", "show"] else 0
+
+
 @pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a[:2]))
 def test_commands_show_hostile_text_as_text(
     hostile: FakeClient, argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = cli.main([*argv, "--socket", "/nonexistent"])
     out, err = capsys.readouterr()
-    assert (code, err) == (0, "")
+    assert (code, err) == (_expected_code(argv), "")
     assert HOSTILE[hostile.text] in out
     assert escapes_left(out) == []
     assert "\x1b]" not in out  # no OSC (hyperlinks, titles) at all
@@ -396,7 +402,7 @@ def test_commands_json_keeps_hostile_text_exact(
 ) -> None:
     code = cli.main([*argv, "--json", "--socket", "/nonexistent"])
     out, _ = capsys.readouterr()
-    assert code == 0
+    assert code == _expected_code(argv)
     assert hostile.text in set(strings(json.loads(out)))  # exactly as the party wrote it
     assert unsafe(out) == []
 

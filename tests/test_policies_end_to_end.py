@@ -438,7 +438,12 @@ def test_an_envelope_over_the_broker_s_daily_quota_waits_in_the_outbox_for_the_n
     assert cluster.broker.store.envelope_usage(GEMEENTE) == usage
     with pytest.raises(NotFound):
         cluster.clients[WOCO].disclosure(second.request_id)
-    cluster.clock.advance(timedelta(days=1))
+    # To the next UTC day, where the quota starts again: just past midnight, not a whole
+    # day on (that would outlive the covenant timestamp's day of freshness, and the owner
+    # would rightly release nothing).
+    now = cluster.clock()
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+    cluster.clock.advance(midnight - now + timedelta(seconds=1))
     cluster.nodes[GEMEENTE].uplink.wake.set()
     answered = final_disclosure(cluster, GEMEENTE, second.request_id)
     assert answered.state is DisclosureState.GRANTED, answered.refusal_message

@@ -1497,8 +1497,17 @@ class PictureCollectRequest(_message.Message):
     MEASURES_FIELD_NUMBER: _builtins.int
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     OFFICER_FIELD_NUMBER: _builtins.int
+    PLANNED_REQUESTS_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
     officer: _builtins.str
     """Who asks, for the audit log."""
+    planned_requests: _builtins.int
+    """How many requests like this one the caller will make for the period, this
+    one included (a report makes several; 0 means 1). Under a privacy budget the
+    node refuses, spending nothing, unless what is left covers them all.
+    """
+    dry_run: _builtins.bool
+    """Only say what the planned requests would cost: nothing is stored or sent."""
     @_builtins.property
     def period(self) -> _picture_pb2.Period:
         """The period."""
@@ -1518,10 +1527,12 @@ class PictureCollectRequest(_message.Message):
         measures: _abc.Iterable[_picture_pb2.PictureMeasure.ValueType] | None = ...,
         dimensions: _abc.Iterable[_picture_pb2.PictureDimension.ValueType] | None = ...,
         officer: _builtins.str = ...,
+        planned_requests: _builtins.int = ...,
+        dry_run: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "measures", b"measures", "officer", b"officer", "period", b"period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "dry_run", b"dry_run", "measures", b"measures", "officer", b"officer", "period", b"period", "planned_requests", b"planned_requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1535,21 +1546,35 @@ class PictureCollectResponse(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ASKED_FIELD_NUMBER: _builtins.int
+    NOISY_FIELD_NUMBER: _builtins.int
+    EPSILON_NEEDED_FIELD_NUMBER: _builtins.int
+    EPSILON_REMAINING_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
-    """The request id sent to every contributor."""
+    """The request id sent to every contributor (empty for a dry run)."""
+    noisy: _builtins.bool
+    """Whether the covenant sets a privacy budget (then requests spend epsilon)."""
+    epsilon_needed: _builtins.float
+    """Epsilon the planned requests spend on each month of the period, at this
+    node and at every contributor (0 in exact mode).
+    """
+    epsilon_remaining: _builtins.float
+    """Epsilon this node had left on the period's most spent month before them."""
     @_builtins.property
     def asked(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Party ids of the parties asked."""
+        """Party ids of the parties asked (empty for a dry run)."""
 
     def __init__(
         self,
         *,
         request_id: _builtins.bytes = ...,
         asked: _abc.Iterable[_builtins.str] | None = ...,
+        noisy: _builtins.bool = ...,
+        epsilon_needed: _builtins.float = ...,
+        epsilon_remaining: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asked", b"asked", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asked", b"asked", "epsilon_needed", b"epsilon_needed", "epsilon_remaining", b"epsilon_remaining", "noisy", b"noisy", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
