@@ -1644,8 +1644,8 @@ def test_a_partner_that_does_not_answer_is_in_neither_set(world4, tmp_path):
         # A second collection of the month is the first one's cube (linked tables): no
         # one is asked again, so no second sum exists to subtract from the first. (A
         # viewer that asks anyway is refused by the aggregator when the sets would single
-        # out a partner: test_picture_shares.py::test_a_sum_that_would_single_out_a_partner_is_found.)
-        again, asked = riec.collect(ask, officer="analist@riec")
+        # out a partner: test_picture_shares.py, test_a_sum_that_would_single_out_...)
+        again, _ = riec.collect(ask, officer="analist@riec")
         assert again == request_id
         assert net.ferry() == 0
         view = riec.show(measure=SIGNALS, dimensions=(A,), request_id=again)
