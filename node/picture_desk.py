@@ -716,7 +716,10 @@ class PictureDesk:
             (shared,) = [
                 s
                 for s in picture_shares.decode(
-                    crypto.share_values(record.aggregate), domain, remote.measures, exact=exact
+                    crypto.share_values(record.aggregate),
+                    domain,
+                    remote.measures,
+                    exact=rule.band_marks,
                 )
                 if s.measure is measure
             ]
@@ -821,9 +824,9 @@ class PictureDesk:
             also: list[SealedEnvelope] = []
             own_share: HeldPictureShare | None = None
             if verdict.refusal is None and ask is not None:
-                exact = not covenant.policy.picture.noisy
-                mine, theirs = picture_protocol.shares_of(tables, ask, exact=exact)
-                digest = picture_protocol.request_digest(ask, exact=exact)
+                marks = covenant.policy.picture.band_marks
+                mine, theirs = picture_protocol.shares_of(tables, ask, exact=marks)
+                digest = picture_protocol.request_digest(ask, exact=marks)
                 aggregator = incoming.message.aggregator
                 if aggregator == self._me:
                     own_share = HeldPictureShare(
@@ -976,7 +979,7 @@ class PictureDesk:
     def _values(covenant: Covenant, remote: PictureAsk) -> int:
         assert remote.domain is not None
         return picture_shares.vector_length(
-            remote.domain, len(remote.measures), exact=not covenant.policy.picture.noisy
+            remote.domain, len(remote.measures), exact=covenant.policy.picture.band_marks
         )
 
     def _share_holders(self, record: PictureCollectionRecord) -> list[str]:
@@ -1130,7 +1133,7 @@ class PictureDesk:
             raise InvalidInput("no sum was asked for this request", field="request_id")
         remote = remote_ask(record)
         assert remote is not None
-        exact = not covenant.policy.picture.noisy
+        marks = covenant.policy.picture.band_marks
         holders = self._share_holders(record)
         now = self._now()
         try:
@@ -1139,7 +1142,7 @@ class PictureDesk:
                 sender=sender,
                 aggregator=_aggregator_in(record),
                 me=self._me,
-                digest=picture_protocol.request_digest(remote, exact=exact),
+                digest=picture_protocol.request_digest(remote, exact=marks),
                 values=self._values(covenant, remote),
                 held=holders,
                 min_contributors=covenant.policy.picture.min_contributors,

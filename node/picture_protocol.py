@@ -175,7 +175,7 @@ def check_ask(covenant: Covenant, me: str, ask: PictureAsk) -> None:
         aggregator_of(covenant, viewer=me)
         domain = domain_of(covenant, ask)
         picture_shares.vector_length(
-            domain, len(ask.remote_measures), exact=not covenant.policy.picture.noisy
+            domain, len(ask.remote_measures), exact=covenant.policy.picture.band_marks
         )
 
 
@@ -433,7 +433,7 @@ def decide(
     rule = covenant.policy.picture
     assert ask.domain is not None  # _ask_of reads it
     try:
-        picture_shares.vector_length(ask.domain, len(ask.measures), exact=not rule.noisy)
+        picture_shares.vector_length(ask.domain, len(ask.measures), exact=rule.band_marks)
     except MessageTooLarge as error:
         return too_large(ask, error)
     if not rule.noisy:

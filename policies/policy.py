@@ -613,6 +613,14 @@ class PictureRules:
     def noisy(self) -> bool:
         return self.epsilon_per_period > 0
 
+    @property
+    def band_marks(self) -> bool:
+        """Whether contributors send the band marks of their counts with their shares:
+        only in exact mode, and only where a rule needs them (more than one contributor
+        per cell, or a dominance share below 1); otherwise the shared vector is the counts
+        alone, a fraction of the size, and the viewer learns no band counts."""
+        return not self.noisy and (self.min_cell_contributors > 1 or self.dominance_share < 1)
+
 
 @dataclass(frozen=True, slots=True)
 class CaseRules:

@@ -1782,3 +1782,97 @@ def test_a_hit_group_counts_by_the_latest_notice_only(store, notices, counted):
     assert len(facts) == counted
     table = p.count(p.Measure.HIT_GROUPS, (), facts, role="gemeente", period=OCT)
     assert table.total() == counted
+
+
+@pytest.mark.parametrize(
+    ("rules", "marks", "hidden"),
+    [
+        # Dominance 0.8: 100 of 103 is one partner's (band 64-127 > 0.8 * 103) and 7 of 7
+        # wholly one's: hidden; 6 + 5 is not dominated (band 4-7, top 7 <= 0.8 * 11): shown.
+        (dict(dominance_share=0.8), True, {("pc4:5038",), ("pc4:5042",)}),
+        # Two contributors other than the viewer per cell: 5042 has only the gemeente.
+        (dict(min_cell_contributors=2), True, {("pc4:5042",)}),
+        # Neither rule: no band marks travel, and only the count rule applies.
+        ({}, False, set()),
+    ],
+    ids=["dominance", "contributors", "counts-only"],
+)
+def test_the_band_rules_judge_cells_through_the_relay_and_marks_travel_only_when_needed(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, rules, marks, hidden
+) -> None:
+    """The dominance and contributor rules decide on the band counts the partners' shares
+    carry, through the whole protocol (shares, the aggregator's sum, the viewer's decoding);
+    a covenant that sets neither sends no band marks (a shorter vector), and the count
+    rule alone decides."""
+    import dataclasses
+
+    root = tmp_path_factory.mktemp("picture-bands")
+    picture_rules = PictureRules(
+        viewers=(Role.RIEC,),
+        min_cell_count=3,
+        aggregator=Role.POLITIE,
+        areas=("pc4:5038", "pc4:5041", "pc4:5042"),
+        **rules,
+    )
+    assert picture_rules.band_marks is marks
+    specs = (
+        PartySpec(RIEC, "RIEC Test", Role.RIEC),
+        PartySpec(GEMEENTE, "Gemeente Test", Role.GEMEENTE),
+        PartySpec(POLITIE, "Politie Test", Role.POLITIE),
+    )
+    provisioned = provision(
+        root,
+        "riec-picture",
+        specs,
+        [GEMEENTE, POLITIE],
+        2,
+        now=NOW,
+        policy=dataclasses.replace(example_policy(), picture=picture_rules),
+    )
+    keys = {s.id: PartyKeys.load(root / s.id / "party-keys.json") for s in specs}
+    facts = {
+        GEMEENTE: [
+            p.SignalFacts("pc4:5038", None, "woonfraude", "2026-10", 100),
+            p.SignalFacts("pc4:5041", None, "woonfraude", "2026-10", 6),
+            p.SignalFacts("pc4:5042", None, "woonfraude", "2026-10", 7),
+        ],
+        POLITIE: [
+            p.SignalFacts("pc4:5038", None, "woonfraude", "2026-10", 3),
+            p.SignalFacts("pc4:5041", None, "woonfraude", "2026-10", 5),
+        ],
+    }
+    net = Network((provisioned, keys), tmp_path, facts)
+    try:
+        riec = net.desks[RIEC]
+        request_id, _ = riec.collect(pp.PictureAsk(OCT, (SIGNALS,), (A,)), officer="a@riec")
+        net.ferry()
+        view = riec.show(measure=SIGNALS, dimensions=(A,), request_id=request_id)
+        assert set(view.contributors) == {RIEC, GEMEENTE, POLITIE}
+        from samenloop.node import picture_shares
+        from samenloop.node.picture_desk import remote_ask
+
+        record = net.stores[RIEC].picture_collection(request_id)
+        assert record is not None
+        assert record.aggregate is not None
+        remote = remote_ask(record)
+        assert remote is not None
+        assert remote.domain is not None
+        leaves_only = picture_shares.vector_length(remote.domain, 1, exact=False)
+        length = len(record.aggregate) // 8
+        assert (length > leaves_only) is marks
+        assert length == picture_shares.vector_length(remote.domain, 1, exact=marks)
+        primary = {
+            c.values
+            for c in view.table.cells
+            if c.reason is p.SuppressionReason.TOO_FEW and not c.is_total
+        }
+        assert primary == hidden
+        for cell in view.table.cells:
+            if cell.values not in hidden and cell.quality is not p.CellQuality.SUPPRESSED:
+                assert cell.count == {
+                    ("pc4:5038",): 103,
+                    ("pc4:5041",): 11,
+                    ("pc4:5042",): 7,
+                }.get(cell.values, cell.count)
+    finally:
+        net.close()
