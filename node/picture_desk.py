@@ -180,14 +180,18 @@ def prior_of(record: PictureCollectionRecord) -> picture_protocol.PriorCollectio
     )
 
 
-def _unlisted(covenant: Covenant) -> tuple[Dimension, ...]:
-    """The dimensions a period's cube leaves out under ``covenant``: area and branch when
-    its ``[picture]`` lists no public values for them (partners share tables only over
-    the covenant's public lists; ``picture_shares``)."""
+def _unlisted(covenant: Covenant, measures: Sequence[Measure]) -> tuple[Dimension, ...]:
+    """The dimensions a period's cube of ``measures`` leaves out under ``covenant``: area
+    and branch when its ``[picture]`` lists no public values for them (partners share
+    tables only over the covenant's public lists; ``picture_shares``), and role for the
+    partners' measures (exact mode, where the cube is counted: a role's cells would be
+    one partner's own counts, ``picture_protocol.check_role_breakdown``)."""
     rule = covenant.policy.picture
+    partners = any(m in picture_protocol.SIGNAL_MEASURES for m in measures)
     return (
         *((Dimension.AREA,) if not rule.areas else ()),
         *((Dimension.BRANCH,) if not rule.branches else ()),
+        *((Dimension.ROLE,) if partners else ()),
     )
 
 
@@ -518,7 +522,7 @@ class PictureDesk:
         cube = PictureAsk(
             ask.period,
             ask.measures,
-            picture.cube_dimensions(ask.measures, without=_unlisted(covenant)),
+            picture.cube_dimensions(ask.measures, without=_unlisted(covenant, ask.measures)),
         )
         picture_protocol.check_ask(covenant, self._me, cube)
         return cube
@@ -529,7 +533,7 @@ class PictureDesk:
         measure is released from it, also when the period is collected again later,
         so that the tables released of one period are all slices of one protected cube
         (a second cube, of slightly other counts, could be subtracted from the first)."""
-        cube = picture.cube_dimensions((measure,), without=_unlisted(self._covenant()))
+        cube = picture.cube_dimensions((measure,), without=_unlisted(self._covenant(), (measure,)))
         cube_dims = tuple(d.value for d in cube)
         for record in self._store.picture_collections_overlapping(
             period.first_month, period.last_month
@@ -605,7 +609,8 @@ class PictureDesk:
         if (
             exact
             and cube is None
-            and ask.dimensions == picture.cube_dimensions((measure,), without=_unlisted(covenant))
+            and ask.dimensions
+            == picture.cube_dimensions((measure,), without=_unlisted(covenant, (measure,)))
         ):
             cube = record  # a collection of the cube that failed as a whole: shown as it is
         if cube is None and measure not in ask.measures:

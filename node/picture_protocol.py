@@ -171,11 +171,31 @@ def check_ask(covenant: Covenant, me: str, ask: PictureAsk) -> None:
             reason="picture.not_a_viewer",
         )
     picture.check_request(ask.measures, ask.dimensions)
+    check_role_breakdown(covenant, ask)
     if ask.remote_measures:
         aggregator_of(covenant, viewer=me)
         domain = domain_of(covenant, ask)
         picture_shares.vector_length(
             domain, len(ask.remote_measures), exact=covenant.policy.picture.band_marks
+        )
+
+
+def check_role_breakdown(covenant: Covenant, ask: PictureAsk) -> None:
+    """Refuse a breakdown of the partners' counts by role in exact mode: a role is mostly
+    one partner's, so its cells would be that partner's own counts, which no party may
+    learn (issue 13). Under a privacy budget each node's counts carry noise before they
+    leave it, and the breakdown is allowed. ``InvalidInput`` naming ``dimensions``."""
+    if (
+        ask.remote_measures
+        and Dimension.ROLE in ask.dimensions
+        and not covenant.policy.picture.noisy
+    ):
+        raise InvalidInput(
+            "a breakdown of the partners' counts by role would show each partner's own "
+            "counts: without a privacy budget it is not offered (collect by another "
+            "dimension, or set [picture] epsilon_per_period for noisy figures)",
+            field="dimensions",
+            reason="picture.role_exact",
         )
 
 
@@ -430,6 +450,10 @@ def decide(
             "only active_signals and hit_groups are counted by contributors",
             ask,
         )
+    try:  # a viewer may seal a request by hand: each contributor checks for itself
+        check_role_breakdown(covenant, ask)
+    except InvalidInput as error:
+        return _refuse(PictureRefusal.INVALID_REQUEST, f"{error.field}: {error.message}", ask)
     rule = covenant.policy.picture
     assert ask.domain is not None  # _ask_of reads it
     try:

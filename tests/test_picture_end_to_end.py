@@ -296,6 +296,54 @@ def test_a_party_without_picture_rights_is_refused(cluster: Cluster) -> None:
     )
 
 
+def test_a_breakdown_by_role_is_refused_in_exact_mode_by_the_viewer_and_every_partner(
+    cluster: Cluster,
+) -> None:
+    """Issue 13, finding 2: a role is mostly one partner's, so a table of the partners'
+    counts by role would be each partner's own counts. The RIEC's node refuses to ask for
+    one (naming ``dimensions``); a request the RIEC seals by hand is refused by every
+    partner on its own, which sends no share; the daemons keep serving."""
+    dims = (Dimension.AREA, Dimension.ROLE)
+    with pytest.raises(InvalidInput) as local:
+        cluster.clients[RIEC].picture_collect(
+            PERIOD, (Measure.ACTIVE_SIGNALS,), dims, officer="analist@riec"
+        )
+    assert (local.value.field, local.value.reason) == ("dimensions", "picture.role_exact")
+    covenant = cluster.provisioned.covenant
+    cursor = cluster.nodes[RIEC].store.mailbox_cursor()
+    keys = PartyKeys.load(cluster.provisioned.party_dir(RIEC) / "party-keys.json")
+    request_id = secrets.token_bytes(16)
+    ask = PictureAsk(PERIOD, (Measure.ACTIVE_SIGNALS,), dims)
+    message = picture_protocol.request_message(
+        covenant, RIEC, ask, request_id=request_id, now=datetime.now(UTC)
+    )
+    partners = (GEMEENTE, WOCO, POLITIE)
+    for party in partners:
+        envelope = picture_protocol.build_request(
+            keys, covenant, message, recipient=party, message_id=secrets.token_bytes(16)
+        )
+        cluster.queue(RIEC, envelope.sealed.SerializeToString(), party)
+    for party in partners:
+
+        def answered(p: str = party) -> list[dict[str, Any]]:
+            entries = cluster.nodes[p].store.audit_entries(
+                kind=AuditKind.PICTURE_EVENT, subject=request_id.hex()
+            )
+            return [dict(e.details) for e in entries]
+
+        (entry,) = wait_for(f"{party}'s refusal", answered)
+        assert (entry["outcome"], entry["reason"]) == ("refused", "invalid_request")
+        assert cluster.nodes[party].store.picture_shares_held(request_id) == []
+    # The refusals reach the RIEC (waited for, so that its log lines do not land in a
+    # later test's output).
+    wait_for(
+        "the refusals at the RIEC",
+        lambda: cluster.nodes[RIEC].store.mailbox_cursor() >= cursor + len(partners),
+    )
+    again = collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, (Dimension.CATEGORY,))
+    assert set(again.contributors) == {RIEC, GEMEENTE, WOCO, POLITIE}
+
+
 def test_a_suppressed_cell_stays_hidden_in_show_json_and_html(
     cluster: Cluster, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -456,7 +456,9 @@ def test_the_readme_workflow_through_the_desk_pins_down_nothing(exact_world, tmp
         ask = pp.PictureAsk(DEC, (SIGNALS,), (A, C))
         first, asked = riec.collect(ask, officer="analist@riec")
         assert set(asked) == {RIEC, GEMEENTE, POLITIE}
-        assert ask_of(store.picture_collection(first)).dimensions == p.CUBE_DIMENSIONS[SIGNALS]  # type: ignore[arg-type]
+        # The cube of the partners' counts: every dimension but role (a role's cells would
+        # be one partner's own counts).
+        assert ask_of(store.picture_collection(first)).dimensions == (A, B, C, M)  # type: ignore[arg-type]
         net.ferry()
         shown = [riec.show(measure=SIGNALS, dimensions=(A, C), period=DEC)]
         # A signal more at the gemeente since. The report collects again: the period's
@@ -517,7 +519,10 @@ def test_a_collection_by_other_dimensions_counts_the_cube(exact_world, store):
     request_id, _ = riec.collect(pp.PictureAsk(DEC, (SIGNALS,), (C,)), officer="a@riec")
     record = store.picture_collection(request_id)
     assert record is not None
-    assert record.dimensions == tuple(d.value for d in p.CUBE_DIMENSIONS[SIGNALS])
+    assert record.dimensions == ("area", "branch", "category", "month")  # role left out
+    with pytest.raises(InvalidInput) as by_role:  # exact mode: a partner's own counts
+        riec.collect(pp.PictureAsk(DEC, (SIGNALS,), (A, R)), officer="a@riec")
+    assert (by_role.value.field, by_role.value.reason) == ("dimensions", "picture.role_exact")
     with pytest.raises(InvalidInput) as mixed:
         riec.collect(pp.PictureAsk(DEC, (SIGNALS, p.Measure.CASES_OPENED), (M,)), officer="a@r")
     assert mixed.value.field == "measures"
@@ -540,7 +545,7 @@ def test_a_collection_by_other_dimensions_counts_the_cube(exact_world, store):
     record = store.picture_collection(request_id)
     assert record is not None
     assert record.measures == tuple(m.value for m in both)
-    assert record.dimensions == tuple(d.value for d in p.cube_dimensions(both) if d is not B)
+    assert record.dimensions == tuple(d.value for d in p.cube_dimensions(both) if d not in (B, R))
 
 
 # --- the budget -------------------------------------------------------------------------------
