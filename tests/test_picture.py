@@ -1875,3 +1875,14 @@ def test_the_band_rules_judge_cells_through_the_relay_and_marks_travel_only_when
                 }.get(cell.values, cell.count)
     finally:
         net.close()
+
+
+def test_an_exact_release_carries_no_noise_and_the_noisy_flag_is_followed() -> None:
+    """Exact figures say they carry no noise (scale 0, every cell and total); a release
+    told its figures are noisy marks them so even where the scale it is given is 0."""
+    table = p.with_totals(p.Table(SIGNALS, (A,), OCT, {("pc4:5038",): 7, ("pc4:5041",): 9}))
+    exact = p.release(table, min_count=3)
+    assert {(c.quality, c.noise_scale) for c in exact.cells} == {(p.CellQuality.EXACT, 0.0)}
+    told = p.release(table, min_count=3, noisy=True, noise_scale=0.0)
+    assert {c.quality for c in told.cells} == {p.CellQuality.NOISY}
+    assert told.cell((p.TOTAL,)).count == 16
