@@ -55,7 +55,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -336,16 +336,32 @@ class IncomingPictureRequest:
     message: picture_pb2.PictureRequest
 
 
-def parse_request(body: bytes, *, sender: str) -> IncomingPictureRequest:
-    """Parse a verified request body; ``InvalidInput`` if it cannot be answered at all
-    (malformed, or another requester than its signer): then it is dropped."""
-    message = picture_pb2.PictureRequest()
+_Message = TypeVar(
+    "_Message",
+    picture_pb2.PictureRequest,
+    picture_pb2.PictureShare,
+    picture_pb2.PictureSumRequest,
+    picture_pb2.PictureSum,
+)
+
+
+def _parsed(kind: type[_Message], body: bytes) -> _Message:
+    """A verified body parsed as ``kind``, with a request id of the right length;
+    ``InvalidInput`` naming the field otherwise."""
+    message = kind()
     try:
         message.ParseFromString(body)
     except DecodeError as error:
-        raise InvalidInput("not a PictureRequest", field="body") from error
+        raise InvalidInput(f"not a {kind.__name__}", field="body") from error
     if len(message.request_id) != ID_BYTES:
         raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+    return message
+
+
+def parse_request(body: bytes, *, sender: str) -> IncomingPictureRequest:
+    """Parse a verified request body; ``InvalidInput`` if it cannot be answered at all
+    (malformed, or another requester than its signer): then it is dropped."""
+    message = _parsed(picture_pb2.PictureRequest, body)
     if message.requester != sender:
         raise InvalidInput("requester is not the signer", field="requester")
     return IncomingPictureRequest(bytes(message.request_id), sender, message)
@@ -867,13 +883,7 @@ def parse_share(body: bytes, *, sender: str, covenant: Covenant, me: str) -> Inc
     """A share as the aggregator keeps it: from its signer, for a requester the covenant
     lets see the picture, at this node as the covenant's aggregator, of a bounded
     length; ``InvalidInput`` naming the field otherwise (then it is dropped)."""
-    message = picture_pb2.PictureShare()
-    try:
-        message.ParseFromString(body)
-    except DecodeError as error:
-        raise InvalidInput("not a PictureShare", field="body") from error
-    if len(message.request_id) != ID_BYTES:
-        raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+    message = _parsed(picture_pb2.PictureShare, body)
     if message.contributor != sender:
         raise InvalidInput("contributor is not the signer", field="contributor")
     if not rules.may_see_picture(covenant, message.requester):
@@ -926,13 +936,7 @@ def parse_sum_request(
     """Check a sum request at the aggregator: from a viewer, for itself, at this node as
     the aggregator, listing distinct parties; ``InvalidInput``/``NotAllowed`` naming the
     field otherwise."""
-    message = picture_pb2.PictureSumRequest()
-    try:
-        message.ParseFromString(body)
-    except DecodeError as error:
-        raise InvalidInput("not a PictureSumRequest", field="body") from error
-    if len(message.request_id) != ID_BYTES:
-        raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+    message = _parsed(picture_pb2.PictureSumRequest, body)
     if message.requester != sender:
         raise InvalidInput("requester is not the signer", field="requester")
     if not rules.may_see_picture(covenant, sender):
@@ -1101,13 +1105,7 @@ class ReceivedSum:
 
 
 def read_sum(body: bytes) -> picture_pb2.PictureSum:
-    message = picture_pb2.PictureSum()
-    try:
-        message.ParseFromString(body)
-    except DecodeError as error:
-        raise InvalidInput("not a PictureSum", field="body") from error
-    if len(message.request_id) != ID_BYTES:
-        raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
+    message = _parsed(picture_pb2.PictureSum, body)
     return message
 
 

@@ -1129,7 +1129,7 @@ def test_report_is_self_contained_escaped_and_marks_suppression(noisy):
 # --- the protocol and the desk against faulty or hostile messages (review of issue 6) -----
 
 from collections import Counter  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import sqlalchemy as sa  # noqa: E402
@@ -1153,20 +1153,17 @@ SEP, OCT = p.Period("2026-09", "2026-09"), p.Period("2026-10", "2026-10")
 SEP_OCT = p.Period("2026-09", "2026-10")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Provisioned, dict[str, PartyKeys]]:
+def picture_world(
+    root: Path, rules: PictureRules, parties: Sequence[tuple[str, Role]] = ()
+) -> tuple[Provisioned, dict[str, PartyKeys]]:
+    """A provisioned covenant with these picture rules: the RIEC, the gemeente and the
+    politie (a key holder and, in these tests, the aggregator), and ``parties`` more."""
     import dataclasses
 
-    root = tmp_path_factory.mktemp("picture-world")
-    rules = PictureRules(
-        viewers=(Role.RIEC,),
-        min_cell_count=3,
-        aggregator=Role.POLITIE,
-        areas=("pc4:5038", "pc4:5041"),
-    )
     specs = (
         PartySpec(RIEC, "RIEC Test", Role.RIEC),
         PartySpec(GEMEENTE, "Gemeente Test", Role.GEMEENTE),
+        *(PartySpec(party, f"{party.title()} Test", role) for party, role in parties),
         PartySpec(POLITIE, "Politie Test", Role.POLITIE),
     )
     provisioned = provision(
@@ -1180,6 +1177,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Provisioned, dict[s
     )
     keys = {s.id: PartyKeys.load(root / s.id / "party-keys.json") for s in specs}
     return provisioned, keys
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Provisioned, dict[str, PartyKeys]]:
+    rules = PictureRules(
+        viewers=(Role.RIEC,),
+        min_cell_count=3,
+        aggregator=Role.POLITIE,
+        areas=("pc4:5038", "pc4:5041"),
+    )
+    return picture_world(tmp_path_factory.mktemp("picture-world"), rules)
 
 
 @pytest.fixture
@@ -1565,29 +1573,12 @@ WOCO = "woco"
 
 @pytest.fixture(scope="module")
 def world4(tmp_path_factory: pytest.TempPathFactory):
-    import dataclasses
-
-    root = tmp_path_factory.mktemp("picture-world4")
     rules = PictureRules(
         viewers=(Role.RIEC,), min_cell_count=3, aggregator=Role.POLITIE, areas=("pc4:5038",)
     )
-    specs = (
-        PartySpec(RIEC, "RIEC Test", Role.RIEC),
-        PartySpec(GEMEENTE, "Gemeente Test", Role.GEMEENTE),
-        PartySpec(WOCO, "Woco Test", Role.WONINGCORPORATIE),
-        PartySpec(POLITIE, "Politie Test", Role.POLITIE),
+    return picture_world(
+        tmp_path_factory.mktemp("picture-world4"), rules, [(WOCO, Role.WONINGCORPORATIE)]
     )
-    provisioned = provision(
-        root,
-        "riec-picture",
-        specs,
-        [GEMEENTE, POLITIE],
-        2,
-        now=NOW,
-        policy=dataclasses.replace(example_policy(), picture=rules),
-    )
-    keys = {s.id: PartyKeys.load(root / s.id / "party-keys.json") for s in specs}
-    return provisioned, keys
 
 
 def test_a_partner_that_does_not_answer_is_in_neither_set(world4, tmp_path):
@@ -1803,9 +1794,6 @@ def test_the_band_rules_judge_cells_through_the_relay_and_marks_travel_only_when
     carry, through the whole protocol (shares, the aggregator's sum, the viewer's decoding);
     a covenant that sets neither sends no band marks (a shorter vector), and the count
     rule alone decides."""
-    import dataclasses
-
-    root = tmp_path_factory.mktemp("picture-bands")
     picture_rules = PictureRules(
         viewers=(Role.RIEC,),
         min_cell_count=3,
@@ -1814,21 +1802,7 @@ def test_the_band_rules_judge_cells_through_the_relay_and_marks_travel_only_when
         **rules,
     )
     assert picture_rules.band_marks is marks
-    specs = (
-        PartySpec(RIEC, "RIEC Test", Role.RIEC),
-        PartySpec(GEMEENTE, "Gemeente Test", Role.GEMEENTE),
-        PartySpec(POLITIE, "Politie Test", Role.POLITIE),
-    )
-    provisioned = provision(
-        root,
-        "riec-picture",
-        specs,
-        [GEMEENTE, POLITIE],
-        2,
-        now=NOW,
-        policy=dataclasses.replace(example_policy(), picture=picture_rules),
-    )
-    keys = {s.id: PartyKeys.load(root / s.id / "party-keys.json") for s in specs}
+    provisioned, keys = picture_world(tmp_path_factory.mktemp("picture-bands"), picture_rules)
     facts = {
         GEMEENTE: [
             p.SignalFacts("pc4:5038", None, "woonfraude", "2026-10", 100),
