@@ -321,7 +321,7 @@ def _show(args: argparse.Namespace) -> int:
         grid.add_row(*(printable(v) for v in cell.values), _figure(cell), style=style)
     console.print(grid)
     console.print(
-        f"{_SUPPRESSED} = suppressed, too few from the partners (below the covenant's "
+        f"{_SUPPRESSED} = suppressed, too few (below the covenant's "
         "minimum, too few partners, or one partner holds nearly all); "
         f"{picture_report.PROTECTED_MARK} = suppressed to protect such a cell; "
         "≈ = noisy, ± its standard deviation; cells not listed are 0; totaal = the sum"

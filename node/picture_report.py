@@ -199,7 +199,7 @@ def _why(cell: ReleasedCell, min_count: int) -> str:
         if cell.noise_scale > 0:  # decided on the noisy figure, not on the true count
             return f"niet getoond: te weinig (met ruis minder dan {min_count})"
         return (
-            f"niet getoond: te weinig van de partners (minder dan {min_count}, te weinig "
+            f"niet getoond: te weinig (minder dan {min_count}, te weinig "
             "partners, of één partner heeft bijna alles)"
         )
     return "niet getoond (te weinig, of ter bescherming van een kleine cel)"
@@ -673,7 +673,7 @@ def _legend(tables: Sequence[ReleasedTable]) -> str:
         ("12", "een exact aantal"),
         (
             SUPPRESSED_MARK,
-            f"niet getoond: te weinig van de partners (minder dan {below}, te weinig "
+            f"niet getoond: te weinig (minder dan {below}, te weinig "
             "partners, of één partner heeft bijna alles), zodat niemand kan herleiden om wie "
             "het gaat of wat één partner heeft",
         ),
