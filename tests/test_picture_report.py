@@ -313,8 +313,7 @@ def test_a_protected_cell_says_so_and_is_not_called_too_few() -> None:
     too_few = page.find("td", class_="n sup")
     assert too_few
     assert all(
-        a["title"].startswith(f"niet getoond: te weinig (minder dan {MIN}, ")
-        for a in too_few
+        a["title"].startswith(f"niet getoond: te weinig (minder dan {MIN}, ") for a in too_few
     )
 
 
