@@ -559,18 +559,9 @@ class PictureDesk:
             return True
         if record.aggregate_refusal is not None:
             return False
+        if self._too_few_to_sum(record, self._covenant().policy.picture.min_contributors):
+            return False
         refused = {c.contributor for c in record.contributions if c.refusal_reason is not None}
-        holders = [
-            c.contributor
-            for c in record.contributions
-            if c.refusal_reason is None and c.contributor != self._me
-        ]
-        if (
-            record.sum_requested_at is None
-            and self._sum_due(record)
-            and len(holders) < self._covenant().policy.picture.min_contributors
-        ):
-            return False  # too few to be summed, and no more will come in time
         return any(p not in refused for p in record.asked if p != self._me)
 
     def show(
@@ -751,12 +742,7 @@ class PictureDesk:
         elif record.aggregate is not None:
             why = "answered after the sum was asked of the aggregator: not in it"
             refusals += [(h, _REJECTED, why) for h in not_summed]
-        elif (
-            record.sum_requested_at is None
-            and remote is not None
-            and self._sum_due(record)
-            and len(holders) < rule.min_contributors
-        ):
+        elif remote is not None and self._too_few_to_sum(record, rule.min_contributors):
             why = (
                 f"not summed: {len(holders)} partner(s) contributed, the covenant needs "
                 f"at least {rule.min_contributors} (so that no one partner's counts show)"
@@ -994,6 +980,16 @@ class PictureDesk:
             for c in record.contributions
             if c.contributor != self._me and c.refusal_reason is None and c.body != b"-"
         ]
+
+    def _too_few_to_sum(self, record: PictureCollectionRecord, min_contributors: int) -> bool:
+        """Whether a collection will never be summed: no sum was asked, none will be (every
+        answer is in or the window has passed), and fewer partners than the covenant's
+        ``min_contributors`` hold a share of it."""
+        return (
+            record.sum_requested_at is None
+            and self._sum_due(record)
+            and len(self._share_holders(record)) < min_contributors
+        )
 
     def _sum_due(self, record: PictureCollectionRecord) -> bool:
         """Whether to ask the aggregator now: every party asked has answered, or the answer
