@@ -49,7 +49,7 @@ bench: venv
 
 # The picture's complementary suppression against τ-Argus (pytauargus, HiGHS) on the same
 # cubes, with an LP audit of every suppressed cell (bench/linked_tables.py; ~4 minutes).
-# pytauargus and scipy live in their own venv, not in the project's dependencies.
+# scipy (the audit's LP) lives in its own venv with pytauargus, not in the project's dependencies.
 TAU_VENV := .venv-tau
 bench-linked: venv
 	test -x $(TAU_VENV)/bin/python || $(PYTHON) -m venv $(TAU_VENV)

@@ -45,6 +45,7 @@ from scipy.optimize import linprog
 from scipy.sparse import lil_matrix
 
 from samenloop.node import picture as p
+from samenloop.node import picture_tau
 
 MIN_COUNT = 5
 Key = tuple[str, ...]
@@ -115,6 +116,21 @@ def samenloop(dims: tuple[p.Dimension, ...], cells: Counter[Key]) -> set[Key]:
     table = p.Table(p.Measure.ACTIVE_SIGNALS, dims, p.Period("2026-10", "2026-12"), dict(cells))
     released = p.release(p.with_totals(table), min_count=MIN_COUNT)
     return {c.values for c in released.suppressed}
+
+
+def released(dims: tuple[p.Dimension, ...], cells: Counter[Key]) -> set[Key]:
+    """What the RIEC's node releases (``PictureDesk._release_cube``): τ-Argus's pattern
+    (``picture_tau``) and the project's own, each checked and completed by
+    ``picture.release``, the one with less loss (τ-Argus's on a tie)."""
+    table = p.with_totals(
+        p.Table(p.Measure.ACTIVE_SIGNALS, dims, p.Period("2026-10", "2026-12"), dict(cells))
+    )
+    primary = p.small_cells(table, MIN_COUNT)
+    own = p.release(table, min_count=MIN_COUNT, primary=primary)
+    pattern = picture_tau.complement(cells, [table.axis(d) for d in dims], primary)
+    tau = p.release(table, min_count=MIN_COUNT, primary=primary, complement=pattern)
+    best = tau if p.loss(table, tau) <= p.loss(table, own) else own
+    return {c.values for c in best.suppressed}
 
 
 def tau(method: str, dims: tuple[p.Dimension, ...], cells: Counter[Key]) -> set[Key]:
@@ -242,11 +258,13 @@ def main() -> int:
         axes = [sorted({k[i] for k in cells}) for i in range(len(dims))]
         values = _values(cells, axes)
         primary = {k for k, v in values.items() if 0 < v < MIN_COUNT}
-        for method in ("samenloop", "tau-OPT", "tau-MOD", "tau-MOD-given"):
+        for method in ("samenloop", "tau-OPT", "tau-MOD", "tau-MOD-given", "released"):
             started = time.perf_counter()
             try:
                 if method == "samenloop":
                     suppressed = samenloop(dims, cells)
+                elif method == "released":
+                    suppressed = released(dims, cells)
                 elif method == "tau-MOD-given":
                     suppressed = tau_given("MOD", dims, cells, primary)
                 else:

@@ -195,6 +195,7 @@ def build_node(
         holder=holder,
         clock=clock,
         on_hit=bell.ring,
+        work_dir=config.data_dir,
     )
     service = NodeApiService(
         NodeApiContext(

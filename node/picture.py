@@ -1069,12 +1069,16 @@ def release(
     noisy: bool | None = None,
     noise_scale: float | None = None,
     primary: Collection[Key] | None = None,
+    complement: Collection[Key] = (),
 ) -> ReleasedTable:
     """Apply the covenant's disclosure control to a combined table (with or without totals).
 
     Primary suppression: the cells ``primary`` names (see ``primary_sensitive``), by
-    default those with 0 < count < ``min_count``. Complementary
-    suppression, when the table has totals: until stable, every line (the cells
+    default those with 0 < count < ``min_count`` (``small_cells``). Complementary
+    suppression, when the table has totals: the cells ``complement`` names (another
+    method's pattern, τ-Argus's for the exact cube: ``picture_tau``) are given up
+    with them, and the pattern is then checked and completed by this one: until
+    stable, every line (the cells
     that differ only in one totalled dimension, and their total) with exactly one
     suppressed cell gets one more suppressed: a cell with fewer totals in it before one
     with more (a leaf first, the grand total last), non-zero before zero, one that also
@@ -1100,12 +1104,11 @@ def release(
     def counted(key: Key) -> int:
         return table.get(key, 0)
 
-    if primary is None:
-        suppressed = {k for k, v in table.items() if 0 < v < min_count}
-    else:
-        suppressed = set(primary)
+    suppressed = small_cells(table, min_count) if primary is None else set(primary)
     too_few = frozenset(suppressed)
     if totalled and suppressed:
+        # A count of 0 given up protects nothing (counts are never negative): not taken.
+        suppressed |= {k for k in complement if table.get(k, 0) != 0}
         suppressed = _complement(counted, suppressed, axes, totalled, exact=not is_noisy)
 
     released: list[ReleasedCell] = []
@@ -1133,6 +1136,18 @@ def release(
         min_count,
         table.totals_over,
     )
+
+
+def loss(table: Mapping[Key, int], released: ReleasedTable) -> tuple[int, int]:
+    """What a protected table gives up: the total count of its suppressed cells (as
+    statistical offices weigh information loss), then how many there are."""
+    hidden = released.suppressed
+    return sum(table.get(c.values, 0) for c in hidden), len(hidden)
+
+
+def small_cells(table: Mapping[Key, int], min_count: int) -> set[Key]:
+    """The default primary cells: a count of at least 1 and below ``min_count``."""
+    return {k for k, v in table.items() if 0 < v < min_count}
 
 
 def view(cube: ReleasedTable, dimensions: Sequence[Dimension]) -> ReleasedTable:

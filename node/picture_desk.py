@@ -28,16 +28,18 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
 from google.protobuf.message import DecodeError
 
-from samenloop.node import picture, picture_protocol, picture_shares
+from samenloop.node import picture, picture_protocol, picture_shares, picture_tau
 from samenloop.node.disclosure import check_officer
 from samenloop.node.picture import Dimension, Key, Measure, Period, ReleasedTable, Table
 from samenloop.node.picture_protocol import PictureAsk, PictureRefusal, PictureVerdict
 from samenloop.node.picture_shares import Domain
+from samenloop.node.picture_tau import TauArgusUnavailable
 from samenloop.node.store import (
     HeldPictureShare,
     NewPictureAnswer,
@@ -223,11 +225,15 @@ class PictureDesk:
         rng: random.Random | None = None,
         stale: Callable[[], str | None] = lambda: None,
         answer_window: timedelta = timedelta(minutes=15),
+        work_dir: Path | None = None,
     ) -> None:
         """``rng`` seeds the noise for reproducible tests; by default OpenDP draws it.
+        ``work_dir`` (the node's owner-only data directory) holds τ-Argus's work files
+        while it protects a cube; by default the system's temporary directory.
         ``stale`` says why the node is stale (no unexpired covenant timestamp), None while
         it is fresh: a stale node neither asks for the picture nor contributes to one."""
         self._stale = stale
+        self._work_dir = work_dir
         self._answer_window = answer_window
         self._keys = keys
         self._me = keys.party
@@ -236,7 +242,7 @@ class PictureDesk:
         self._clock = clock
         self._random = random_bytes
         self._rng = rng
-        self._cubes: dict[tuple[Table, frozenset[Key] | None, int], ReleasedTable] = {}
+        self._cubes: dict[tuple[Table, frozenset[Key] | None, int], tuple[ReleasedTable, str]] = {}
         self.wake = wake
 
     def _now(self) -> datetime:
@@ -617,13 +623,15 @@ class PictureDesk:
             record, ask = cube, ask_of(cube)
             self._check_periods(covenant, record.request_id, ask)
             combined = self._combined(covenant, record, ask, measure, ask.dimensions)
-            released = picture.view(self._release_cube(combined, min_count), dims)
+            protected, suppression = self._release_cube(combined, min_count)
+            released = picture.view(protected, dims)
         else:
             if set(dims) != set(ask.dimensions):
                 raise InvalidInput(
                     "show the collection by the dimensions it was made by", field="dimensions"
                 )
             combined = self._combined(covenant, record, ask, measure, dims)
+            suppression = "samenloop"
             released = picture.release(
                 picture.with_totals(combined.table), min_count=min_count, primary=combined.primary
             )
@@ -635,6 +643,7 @@ class PictureDesk:
                 "measure": measure.value,
                 "dimensions": ",".join(d.value for d in dims),
                 "suppressed": len(released.suppressed),
+                "suppression": suppression,
             },
             now=self._now(),
         )
@@ -775,16 +784,44 @@ class PictureDesk:
             refusals=tuple(refusals),
         )
 
-    def _release_cube(self, combined: _Combined, min_count: int) -> ReleasedTable:
-        """The protected cube (all its marginals with it), kept while its counts and
-        sensitive cells are the same: the report asks for several views of one cube in a
-        row."""
+    def _release_cube(self, combined: _Combined, min_count: int) -> tuple[ReleasedTable, str]:
+        """The protected cube (all its marginals with it) and whose complement it has,
+        kept while its counts and sensitive cells are the same: the report asks for
+        several views of one cube in a row.
+
+        Two complements, each checked and completed by ``picture.release``: τ-Argus's
+        (``picture_tau``) and the project's own; the one that gives up less
+        (``picture.loss``) is released, τ-Argus's on a tie (its protection intervals are
+        at least 10 % of a cell's value). Without τ-Argus, the project's own."""
         key = (combined.table, combined.primary, min_count)
         found = self._cubes.get(key)
         if found is None:
-            found = picture.release(
-                picture.with_totals(combined.table), min_count=min_count, primary=combined.primary
+            cube = picture.with_totals(combined.table)
+            primary = (
+                picture.small_cells(cube, min_count)
+                if combined.primary is None
+                else set(combined.primary)
             )
+            found = (picture.release(cube, min_count=min_count, primary=primary), "samenloop")
+            if primary:
+                try:
+                    pattern = picture_tau.complement(
+                        combined.table,
+                        [cube.axis(d) for d in cube.dimensions],
+                        primary,
+                        work_dir=self._work_dir,
+                    )
+                except TauArgusUnavailable as error:
+                    log.warning(
+                        "picture suppression by tau-argus failed: the project's own is used",
+                        why=error.message,
+                    )
+                else:
+                    tau = picture.release(
+                        cube, min_count=min_count, primary=primary, complement=pattern
+                    )
+                    if picture.loss(cube, tau) <= picture.loss(cube, found[0]):
+                        found = (tau, "tau-argus")
             if len(self._cubes) >= _CUBES_KEPT:
                 self._cubes.pop(next(iter(self._cubes)))
             self._cubes[key] = found

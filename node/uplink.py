@@ -67,6 +67,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
@@ -240,6 +241,7 @@ class Uplink:
         holder: KeyHolder | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_hit: Callable[[], None] = lambda: None,
+        work_dir: Path | None = None,
     ) -> None:
         self._party = party
         self._channel = channel
@@ -280,7 +282,13 @@ class Uplink:
         )
         self.disclosures.handlers[SignatureContext.CASE_MESSAGE] = self.cases.receive
         self.pictures = PictureDesk(
-            keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set, stale=stale
+            keys=keys,
+            covenant=covenant,
+            store=store,
+            clock=clock,
+            wake=self.wake.set,
+            stale=stale,
+            work_dir=work_dir,
         )
         self.pictures.register(self.disclosures.handlers)
         self.status = UplinkStatus()
