@@ -10,7 +10,9 @@ is also how τ-Argus would protect these linked tables here.
 Methods: ``samenloop`` (``picture.release``: lines with one suppressed cell, then exact
 linear algebra); ``tau-OPT`` (τ-Argus's optimal suppression, Fischetti-Salazar, on
 HiGHS); ``tau-MOD`` (τ-Argus's modular HiTaS); ``tau-MOD-given`` (HiTaS with the primary
-cells handed over as a-priori status, as the picture would hand over its own). Primary
+cells handed over as a-priori status, as the picture hands over its own); ``released``
+(what the RIEC's node releases: τ-Argus's pattern and the project's own, each checked
+and completed by ``picture.release``, the one with less loss). Primary
 rule the same for all: a count between 1 and ``min_count - 1`` (τ-Argus
 ``FREQ(min_count, 10)``).
 
