@@ -33,7 +33,7 @@ lint: venv typecheck
 # mypy does not run the editable-install import hook that maps node/ to
 # samenloop.node, so type-check an installed copy of the package.
 typecheck: venv
-	rm -rf .typecheck
+	rm -rf .typecheck build
 	$(PY) -m pip install -q --no-deps --no-compile --target .typecheck .
 	cd .typecheck && ../$(VENV)/bin/mypy --config-file ../pyproject.toml -p samenloop
 

@@ -75,9 +75,9 @@ from samenloop.broker.server import CHANNEL_OPTIONS
 from samenloop.broker.service import BrokerContext, BrokerService
 from samenloop.broker.store import MIGRATIONS, BrokerStore, expiry_bucket, prefix64
 from samenloop.node.client import NodeClient, SignalInput
-from samenloop.node.demo_daemons import Processes
+from samenloop.node.daemon.uplink import broker_channel
+from samenloop.node.demo.daemons import Processes
 from samenloop.node.provision import PartySpec, Provisioned, provision
-from samenloop.node.uplink import broker_channel
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import database
 from samenloop.policies.config import load_broker_config, load_node_config

@@ -46,8 +46,8 @@ from pytauargus import protect
 from scipy.optimize import linprog
 from scipy.sparse import lil_matrix
 
-from samenloop.node import picture as p
-from samenloop.node import picture_tau
+from samenloop.node.picture import arithmetic as p
+from samenloop.node.picture import tau as picture_tau
 
 MIN_COUNT = 5
 Key = tuple[str, ...]

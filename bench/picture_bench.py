@@ -31,8 +31,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from samenloop.node import models, picture
-from samenloop.node.store import MIGRATIONS, NodeStore
+from samenloop.node.daemon import models
+from samenloop.node.daemon.store import MIGRATIONS, NodeStore
+from samenloop.node.picture import arithmetic as picture
 from samenloop.policies import database
 from samenloop.policies.policy import EXAMPLE_CATEGORIES
 

@@ -46,7 +46,9 @@ import rbcl
 from rich.console import Console
 from rich.table import Table
 
-from samenloop.node import identifiers, oprf, threshold, tokens
+from samenloop.node.identifiers import normalise as identifiers
+from samenloop.node.tokens import derive as tokens
+from samenloop.node.tokens import oprf, threshold
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

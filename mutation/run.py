@@ -11,7 +11,7 @@ reaches, and the percentage killed. Exits 1 if a module falls below
     python mutation/run.py --survivors policies/rules.py   # and the diff of each survivor
 
 Why a staging tree: mutmut names a mutant after the module path of its file
-(``node/disclosure.py`` -> ``node.disclosure``) and switches it on only inside
+(``node/disclosure/protocol.py`` -> ``node.disclosure``) and switches it on only inside
 functions whose ``__module__`` is that name, but this project maps ``node/``
 to ``samenloop.node`` through setuptools' package-dir (an import hook in the
 editable install). So each module runs in ``.mutate/<module>/``, a copy of the
@@ -55,9 +55,9 @@ WORK = ROOT / ".mutate"
 MODULES: dict[str, tuple[str, ...]] = {
     "policies/rules.py": ("tests/test_rules.py",),
     "policies/policy.py": ("tests/test_policy.py", "tests/test_covenant.py"),
-    "node/picture.py": ("tests/test_picture.py",),
-    "node/threshold.py": ("tests/test_threshold.py",),
-    "node/disclosure.py": ("tests/test_disclosure.py",),
+    "node/picture/arithmetic.py": ("tests/test_picture.py",),
+    "node/tokens/threshold.py": ("tests/test_threshold.py",),
+    "node/disclosure/protocol.py": ("tests/test_disclosure.py",),
     "broker/matching.py": (
         "tests/test_broker_matching.py",
         "tests/test_broker_matching_visibility.py",

@@ -25,7 +25,7 @@ reached, ...)::
         node.disclosure(asked.request_id).released_fields   # once granted
 
 The node takes only calls that carry its API token (a 0600 file in its data
-directory, ``api_token`` in ``node.toml``; see :mod:`samenloop.node.api_token`):
+directory, ``api_token`` in ``node.toml``; see :mod:`samenloop.node.daemon.api_token`):
 :meth:`NodeClient.from_config` reads it where the configuration says, or give
 it yourself, ``NodeClient("unix:/var/lib/samenloop/api.sock", token=...)``.
 Either way the application runs as the node's account, or is handed the token
@@ -54,9 +54,7 @@ from typing import Final, TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 
-from samenloop.node.api_token import bearer, read_token
-from samenloop.node.attributes import area_kind_of
-from samenloop.node.cases import (
+from samenloop.node.cases.machine import (
     INTERVENTION_TO_PROTO,
     KIND_TO_PROTO,
     PROTO_STATES,
@@ -69,8 +67,8 @@ from samenloop.node.cases import (
     intervention_from_proto,
     status_from_proto,
 )
-from samenloop.node.identifiers import Identifier, IdentifierType, identifier_type, parse
-from samenloop.node.models import (
+from samenloop.node.daemon.api_token import bearer, read_token
+from samenloop.node.daemon.models import (
     AreaKind,
     DisclosureDirection,
     DisclosureState,
@@ -78,8 +76,10 @@ from samenloop.node.models import (
     HitState,
     SignalState,
 )
-from samenloop.node.picture import Dimension, Measure, Period, ReleasedTable
-from samenloop.node.picture_protocol import released_from_proto
+from samenloop.node.identifiers.attributes import area_kind_of
+from samenloop.node.identifiers.normalise import Identifier, IdentifierType, identifier_type, parse
+from samenloop.node.picture.arithmetic import Dimension, Measure, Period, ReleasedTable
+from samenloop.node.picture.protocol import released_from_proto
 from samenloop.policies.config import load_node_config
 from samenloop.policies.errors import (
     ConfigurationError,
@@ -184,7 +184,7 @@ class SignalInput:
     """One signal to add or import, as the partner has it (the node normalises it).
 
     ``identifiers`` are ``(type, value)`` pairs; the type is an
-    :class:`~samenloop.node.identifiers.IdentifierType` or its name (``"bsn"``).
+    :class:`~samenloop.node.identifiers.normalise.IdentifierType` or its name (``"bsn"``).
     ``leading_zero_dropped`` says the source (typically a spreadsheet column of
     numbers) dropped leading zeros: ``True`` for every type where that can be
     restored (:data:`RESTORABLE_TYPES`), or the set of types it applies to. It
@@ -477,7 +477,7 @@ class PictureRefusalNote:
 class Picture:
     """A combined picture table after disclosure control, as the node shows it.
 
-    ``table`` is a :class:`~samenloop.node.picture.ReleasedTable`: each cell is
+    ``table`` is a :class:`~samenloop.node.picture.arithmetic.ReleasedTable`: each cell is
     exact, noisy (with its noise scale) or suppressed (no count); value
     ``"totaal"`` marks totals. ``contributors`` answered with counts,
     ``refusals`` refused, ``missing`` have not answered yet.

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from samenloop.node import keysetup
-from samenloop.node.api_token import ensure_token
+from samenloop.node.daemon.api_token import ensure_token
+from samenloop.node.tokens import keysetup
 from samenloop.policies import certs, config, covenant, crypto, freshness, trust
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys

@@ -36,7 +36,7 @@ from samenloop.policies.config import NodeConfig, load_config
 from samenloop.policies.errors import ConfigurationError, InvalidInput
 from samenloop.policies.terminal import printable
 
-NODE_MIGRATIONS = "samenloop.node.migrations"
+NODE_MIGRATIONS = "samenloop.node.daemon.migrations"
 BROKER_MIGRATIONS = "samenloop.broker.migrations"
 
 

@@ -194,7 +194,7 @@ class KeyHolderSeat:
 class OprfKeyEpoch:
     """The public side of one epoch of the covenant's OPRF key, as plain data.
 
-    The node turns it into ``samenloop.node.threshold.KeyEpoch`` (with the
+    The node turns it into ``samenloop.node.tokens.threshold.KeyEpoch`` (with the
     covenant id), which also checks that the group key and commitments are
     valid ristretto255 elements on one polynomial.
     """

@@ -19,9 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from samenloop.broker import mailbox, relay
 from samenloop.broker import server as broker_server
 from samenloop.broker.mailbox import ItemKind
-from samenloop.node import evaluation, keysetup, oprf, threshold, tokens
-from samenloop.node.holder import KeyHolder
 from samenloop.node.provision import PartySpec, provision
+from samenloop.node.tokens import derive as tokens
+from samenloop.node.tokens import evaluation, keysetup, oprf, threshold
+from samenloop.node.tokens.holder import KeyHolder
 from samenloop.policies import certs, database, rpc
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.config import load_broker_config
@@ -558,7 +559,7 @@ def test_tokens_through_the_relay_equal_the_single_key_tokens(world):
         ):
             time.sleep(0.02)
         domain = tokens.TokenDomain(covenant.id, epoch.epoch)
-        from samenloop.node import identifiers
+        from samenloop.node.identifiers import normalise as identifiers
 
         idents = [identifiers.parse("bsn", "123456782"), identifiers.parse("kvk", "12345678")]
         made = evaluation.tokenise(

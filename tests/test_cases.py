@@ -1,6 +1,6 @@
 """Case coordination (casusregie, DESIGN flow 9).
 
-Part one drives the sans-IO machine (:mod:`samenloop.node.cases`) with real
+Part one drives the sans-IO machine (:mod:`samenloop.node.cases.machine`) with real
 keys and broker-signed notices: every allowed and refused transition, who may
 author what, sequence replays and gaps, sealing to each member (with the hit
 notice only where it tips nobody off), overdue actions and the board, and the
@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from samenloop.node import cases
-from samenloop.node.cases import (
+from samenloop.node.cases import machine as cases
+from samenloop.node.cases.machine import (
     TRANSITIONS,
     Access,
     ActionStatus,
@@ -45,8 +45,8 @@ from samenloop.node.cases import (
     Refused,
 )
 from samenloop.node.client import NodeClient
-from samenloop.node.daemon import RunningNode, build_node
-from samenloop.node.disclosure import open_envelope
+from samenloop.node.daemon.process import RunningNode, build_node
+from samenloop.node.disclosure.protocol import open_envelope
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import database
 from samenloop.policies.audit import AuditKind
@@ -735,7 +735,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     engine.dispose()
     for path in provisioned.node_configs.values():
         engine = database.make_engine(load_node_config(path).database_url)
-        database.upgrade(engine, "samenloop.node.migrations")
+        database.upgrade(engine, "samenloop.node.daemon.migrations")
         engine.dispose()
     assert broker_config.database_url.startswith("sqlite:///")
     broker_db = Path(broker_config.database_url.removeprefix("sqlite:///"))
@@ -1050,7 +1050,7 @@ def test_a_replayed_case_message_is_stored_once(cluster: Cluster) -> None:
     held(cluster, GEMEENTE, case.case_id, lambda c: True)
     import sqlalchemy as sa
 
-    from samenloop.node import models  # the envelope as the RIEC's node sent it
+    from samenloop.node.daemon import models  # the envelope as the RIEC's node sent it
 
     e = models.EnvelopeOutboxItem
     with cluster.nodes[RIEC].store.engine.connect() as conn:

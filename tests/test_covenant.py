@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from samenloop.node import keysetup, threshold
+from samenloop.node.tokens import keysetup, threshold
 from samenloop.policies import certs, crypto
 from samenloop.policies import covenant as cv
 from samenloop.policies.covenant import (

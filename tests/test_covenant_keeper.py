@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from samenloop.node import models
-from samenloop.node.covenant_keeper import MAX_FETCHES, CovenantKeeper, Fetched
+from samenloop.node.daemon import models
+from samenloop.node.daemon.covenant_keeper import MAX_FETCHES, CovenantKeeper, Fetched
+from samenloop.node.daemon.store import NodeStore
 from samenloop.node.provision import PartySpec, Provisioned, provision
-from samenloop.node.store import NodeStore
 from samenloop.policies import database
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.covenant import AttributeKeyRing, Covenant, Role, with_new_attribute_key
@@ -92,7 +92,7 @@ class Node:
 @pytest.fixture
 def node(provisioned: Provisioned, tmp_path: Path) -> Iterator[Node]:
     engine = database.make_engine(f"sqlite:///{tmp_path / 'node.db'}")
-    database.upgrade(engine, "samenloop.node.migrations")
+    database.upgrade(engine, "samenloop.node.daemon.migrations")
     store = NodeStore(engine, owner=ME)
     held = HeldCovenant(
         TrustState(

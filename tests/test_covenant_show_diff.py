@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from samenloop.node import keysetup
+from samenloop.node.tokens import keysetup
 from samenloop.policies import certs
 from samenloop.policies import covenant as cv
 from samenloop.policies.covenant import (

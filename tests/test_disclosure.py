@@ -1,6 +1,6 @@
 """Disclosure (DESIGN flow 5): the sans-IO core and the owner's desk, directly.
 
-The core (:mod:`samenloop.node.disclosure`) is driven with real keys and
+The core (:mod:`samenloop.node.disclosure.protocol`) is driven with real keys and
 broker-signed notices and an in-memory :class:`Facts`: every refusal reason
 and its message, every way the hit proof fails (one message for all), a grant
 with withheld fields, four eyes (pending, approve, deny, the asking officer
@@ -27,18 +27,19 @@ from typing import Any
 
 import pytest
 
-from samenloop.node import disclosure, models
-from samenloop.node.disclosure import (
+from samenloop.node.daemon import models
+from samenloop.node.daemon.models import DisclosureState
+from samenloop.node.daemon.store import NewSignal, NodeStore
+from samenloop.node.disclosure import protocol as disclosure
+from samenloop.node.disclosure.desk import DisclosureDesk
+from samenloop.node.disclosure.protocol import (
     IncomingRequest,
     Outcome,
     PendingRequest,
     SignalFacts,
     Verdict,
 )
-from samenloop.node.disclosure_desk import DisclosureDesk
-from samenloop.node.models import DisclosureState
 from samenloop.node.provision import PartySpec, Provisioned, provision
-from samenloop.node.store import NewSignal, NodeStore
 from samenloop.policies import database
 from samenloop.policies.covenant import Covenant, Role
 from samenloop.policies.crypto import PartyKeys, SignatureContext
@@ -952,10 +953,10 @@ _HIT_KINDS = {
 
 @pytest.fixture
 def owner(world: World, tmp_path: Any) -> Iterator[Owner]:
-    from samenloop.node.identifiers import parse
+    from samenloop.node.identifiers.normalise import parse
 
     engine = database.make_engine(f"sqlite:///{tmp_path / 'woco.db'}")
-    database.upgrade(engine, "samenloop.node.migrations")
+    database.upgrade(engine, "samenloop.node.daemon.migrations")
     store = NodeStore(engine, owner=WOCO)
     (record,) = store.add_signals(
         [

@@ -9,7 +9,7 @@ signals outside the hit are refused; covenant updates delivered through the
 broker's mailbox are adopted, persisted and replayed after a restart, and
 rolled-back, tampered or under-signed ones are refused while the node keeps its
 version. The core and the desk are tested directly in tests/test_disclosure.py
-(the tests ``make mutate`` runs against node/disclosure.py).
+(the tests ``make mutate`` runs against node/disclosure/protocol.py).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from samenloop.node import disclosure, models
 from samenloop.node.client import Disclosure, NodeClient
-from samenloop.node.daemon import RunningNode, build_node
-from samenloop.node.disclosure import Outcome, Verdict
-from samenloop.node.models import DisclosureDirection, DisclosureState
+from samenloop.node.daemon import models
+from samenloop.node.daemon.models import DisclosureDirection, DisclosureState
+from samenloop.node.daemon.process import RunningNode, build_node
+from samenloop.node.disclosure import protocol as disclosure
+from samenloop.node.disclosure.protocol import Outcome, Verdict
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import database
 from samenloop.policies.audit import AuditKind
@@ -143,7 +144,7 @@ def running_cluster(
     engine.dispose()
     for path in provisioned.node_configs.values():
         engine = database.make_engine(load_node_config(path).database_url)
-        database.upgrade(engine, "samenloop.node.migrations")
+        database.upgrade(engine, "samenloop.node.daemon.migrations")
         engine.dispose()
     cluster = Cluster(provisioned, build_server(broker_config), {}, {})
     try:

@@ -40,9 +40,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from samenloop.node.api_token import bearer, read_token
 from samenloop.node.client import Hit, HitWatch, ImportReport, NodeClient, SignalInput
-from samenloop.node.identifiers import IdentifierType
+from samenloop.node.daemon.api_token import bearer, read_token
+from samenloop.node.identifiers.normalise import IdentifierType
 from samenloop.node.provision import PartySpec
 from samenloop.policies.covenant import Role
 from samenloop.policies.errors import InvalidInput, LocalError, NotFound, UnknownType

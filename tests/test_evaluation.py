@@ -1,7 +1,7 @@
 """The threshold OPRF as signed messages: a node and its key holders through a simulated broker.
 
 As python-tuf tests its client against an in-memory repository simulator, these
-tests drive ``samenloop.node.evaluation`` (the node) and ``samenloop.node.holder``
+tests drive ``samenloop.node.tokens.evaluation`` (the node) and ``samenloop.node.tokens.holder``
 (the key holders) in one process, through ``Broker``: an in-memory relay that
 can lose, alter, redirect, replay, delay and swap messages the way a broker
 that is down or dishonest could. Time is always passed in; nothing sleeps.
@@ -25,20 +25,21 @@ from typing import Protocol
 import pytest
 import sqlalchemy as sa
 
-from samenloop.node import evaluation, keysetup, oprf, threshold, tokens
-from samenloop.node.api_token import Tally
-from samenloop.node.evaluation import RefusalReason, Replies
-from samenloop.node.holder import (
+from samenloop.node.daemon.api_token import Tally
+from samenloop.node.daemon.store import MIGRATIONS, NodeStore
+from samenloop.node.daemon.uplink import record_answer
+from samenloop.node.tokens import derive as tokens
+from samenloop.node.tokens import evaluation, keysetup, oprf, threshold
+from samenloop.node.tokens.derive import TokenDomain
+from samenloop.node.tokens.evaluation import RefusalReason, Replies
+from samenloop.node.tokens.holder import (
     ANSWERED_AGAIN,
     REPLAY_WINDOW,
     UNVERIFIED,
     HolderEvent,
     KeyHolder,
 )
-from samenloop.node.store import MIGRATIONS, NodeStore
-from samenloop.node.threshold import HolderPlanner, KeyEpoch
-from samenloop.node.tokens import TokenDomain
-from samenloop.node.uplink import record_answer
+from samenloop.node.tokens.threshold import HolderPlanner, KeyEpoch
 from samenloop.policies import crypto, database
 from samenloop.policies.crypto import PartyKeys, PublicKeys, SignatureContext
 from samenloop.policies.errors import (
@@ -938,7 +939,7 @@ def test_neither_side_logs_blinded_elements_evaluations_or_shares(caplog):
 def test_both_sides_are_sans_io():
     code = (
         "import sys\n"
-        "import samenloop.node.evaluation, samenloop.node.holder\n"
+        "import samenloop.node.tokens.evaluation, samenloop.node.tokens.holder\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'sqlalchemy'))\n"
         "print(','.join(bad))\n"
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from samenloop.node.identifiers import IdentifierType
+from samenloop.node.identifiers.normalise import IdentifierType
 from samenloop.policies.cli import main
 
 

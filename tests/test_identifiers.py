@@ -14,7 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from stdnum import iban as stdnum_iban
 
-from samenloop.node.identifiers import (
+from samenloop.node.identifiers.normalise import (
     MAX_LENGTH,
     Identifier,
     IdentifierType,

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from samenloop.node import keysetup, threshold
+from samenloop.node.tokens import keysetup, threshold
 from samenloop.policies.cli import main
 from samenloop.policies.crypto import PartyKeys, PublicKeys
 

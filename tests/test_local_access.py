@@ -31,9 +31,10 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from samenloop.broker import server as broker_server
-from samenloop.node import api_token, daemon
-from samenloop.node.api_token import RefusedCalls, Tally, bearer, ensure_token, read_token
 from samenloop.node.client import NodeClient
+from samenloop.node.daemon import api_token
+from samenloop.node.daemon import process as daemon
+from samenloop.node.daemon.api_token import RefusedCalls, Tally, bearer, ensure_token, read_token
 from samenloop.node.provision import PartySpec, Provisioned, free_port, provision
 from samenloop.policies import cli, crypto, database, process
 from samenloop.policies import config as config_module

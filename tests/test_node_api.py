@@ -23,12 +23,12 @@ import pytest
 import sqlalchemy as sa
 import structlog.testing
 
-from samenloop.node.api import HitBell, NodeApiContext, NodeApiService
 from samenloop.node.client import Hit, NodeClient, SignalInput, normalise_target
-from samenloop.node.models import AreaKind, HitKind, HitState, SignalState
+from samenloop.node.daemon.api import HitBell, NodeApiContext, NodeApiService
+from samenloop.node.daemon.models import AreaKind, HitKind, HitState, SignalState
+from samenloop.node.daemon.store import MIGRATIONS, NodeStore
+from samenloop.node.daemon.uplink import UplinkStatus, verify_hit_notice
 from samenloop.node.provision import PartySpec, Provisioned, provision
-from samenloop.node.store import MIGRATIONS, NodeStore
-from samenloop.node.uplink import UplinkStatus, verify_hit_notice
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import database
 from samenloop.policies.audit import AuditKind

@@ -28,10 +28,10 @@ import openpyxl
 import pytest
 import structlog
 
-from samenloop.node.api import HitBell, NodeApiContext, NodeApiService
-from samenloop.node.models import HitKind, SignalState
+from samenloop.node.daemon.api import HitBell, NodeApiContext, NodeApiService
+from samenloop.node.daemon.models import HitKind, SignalState
+from samenloop.node.daemon.store import MIGRATIONS, NodeStore
 from samenloop.node.provision import PartySpec, Provisioned, provision
-from samenloop.node.store import MIGRATIONS, NodeStore
 from samenloop.policies import cli, database, terminal
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies.config import load_node_config
@@ -52,8 +52,8 @@ def commands(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI with this module's entry points, whether or not they are installed yet."""
     real = metadata.entry_points
     ours = {
-        "signal": "samenloop.node.signal_commands:register",
-        "hits": "samenloop.node.signal_commands:register_hits",
+        "signal": "samenloop.node.signals.commands:register",
+        "hits": "samenloop.node.signals.commands:register_hits",
     }
 
     def entry_points(*, group: str) -> list[metadata.EntryPoint]:

@@ -12,10 +12,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from samenloop.node import store as node_store
-from samenloop.node.holder import ANSWERED_AGAIN, UNVERIFIED, AnsweredRequest, HolderEvent
-from samenloop.node.identifiers import Identifier, IdentifierType, parse
-from samenloop.node.models import (
+from samenloop.node.daemon import store as node_store
+from samenloop.node.daemon.models import (
     AreaKind,
     Base,
     BatchKind,
@@ -26,7 +24,9 @@ from samenloop.node.models import (
     IdentifierState,
     SignalState,
 )
-from samenloop.node.store import MIGRATIONS, CoarseAttributes, NewSignal, NodeStore
+from samenloop.node.daemon.store import MIGRATIONS, CoarseAttributes, NewSignal, NodeStore
+from samenloop.node.identifiers.normalise import Identifier, IdentifierType, parse
+from samenloop.node.tokens.holder import ANSWERED_AGAIN, UNVERIFIED, AnsweredRequest, HolderEvent
 from samenloop.policies import database
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.errors import (
@@ -532,8 +532,8 @@ def test_the_own_refs_of_a_hit_are_those_of_its_latest_notice(node):
 
 
 def test_a_pending_request_without_its_hit_group_is_refused(node, engine):
-    from samenloop.node.disclosure import Outcome, Verdict
-    from samenloop.node.store import NewDisclosure
+    from samenloop.node.daemon.store import NewDisclosure
+    from samenloop.node.disclosure.protocol import Outcome, Verdict
 
     request = NewDisclosure(
         request_id=b"\x01" * 16,

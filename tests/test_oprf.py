@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from samenloop.node import oprf
+from samenloop.node.tokens import oprf
 from samenloop.policies.errors import InvalidInput, InvalidProof
 
 SEED = bytes.fromhex("a3" * 32)

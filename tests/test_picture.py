@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samenloop.node import picture as p
-from samenloop.node import picture_report
+from samenloop.node.picture import arithmetic as p
+from samenloop.node.picture import report as picture_report
 from samenloop.policies.errors import CovenantStale, InvalidInput, MessageTooLarge, QuotaExceeded
 from samenloop.policies.times import received_time
 from samenloop.v1 import picture_pb2
@@ -1135,11 +1135,11 @@ from pathlib import Path  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from google.protobuf.message import Message  # noqa: E402
 
-from samenloop.node import picture_protocol as pp  # noqa: E402
-from samenloop.node import store as node_store  # noqa: E402
-from samenloop.node.disclosure import open_envelope  # noqa: E402
-from samenloop.node.models import EnvelopeOutboxItem, HitKind  # noqa: E402
-from samenloop.node.picture_desk import PictureDesk  # noqa: E402
+from samenloop.node.daemon import store as node_store  # noqa: E402
+from samenloop.node.daemon.models import EnvelopeOutboxItem, HitKind  # noqa: E402
+from samenloop.node.disclosure.protocol import open_envelope  # noqa: E402
+from samenloop.node.picture import protocol as pp  # noqa: E402
+from samenloop.node.picture.desk import PictureDesk  # noqa: E402
 from samenloop.node.provision import PartySpec, Provisioned, provision  # noqa: E402
 from samenloop.policies import database  # noqa: E402
 from samenloop.policies.covenant import Covenant, Role  # noqa: E402
@@ -1399,7 +1399,7 @@ def _in_cube(ask: pp.PictureAsk, cells):
 
 
 def _stored_ask(store, request_id: bytes) -> pp.PictureAsk:
-    from samenloop.node.picture_desk import ask_of
+    from samenloop.node.picture.desk import ask_of
 
     record = store.picture_collection(request_id)
     assert record is not None
@@ -1821,8 +1821,8 @@ def test_the_band_rules_judge_cells_through_the_relay_and_marks_travel_only_when
         net.ferry()
         view = riec.show(measure=SIGNALS, dimensions=(A,), request_id=request_id)
         assert set(view.contributors) == {RIEC, GEMEENTE, POLITIE}
-        from samenloop.node import picture_shares
-        from samenloop.node.picture_desk import remote_ask
+        from samenloop.node.picture import shares as picture_shares
+        from samenloop.node.picture.desk import remote_ask
 
         record = net.stores[RIEC].picture_collection(request_id)
         assert record is not None

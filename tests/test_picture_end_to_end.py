@@ -29,10 +29,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from samenloop.node import models, picture_protocol, picture_report
 from samenloop.node.client import NodeClient, Picture, SignalInput
-from samenloop.node.daemon import RunningNode, build_node
-from samenloop.node.picture import (
+from samenloop.node.daemon import models
+from samenloop.node.daemon.process import RunningNode, build_node
+from samenloop.node.demo.daemons import DEMO_AREAS
+from samenloop.node.picture import protocol as picture_protocol
+from samenloop.node.picture import report as picture_report
+from samenloop.node.picture.arithmetic import (
     TOTAL,
     CellQuality,
     Dimension,
@@ -40,8 +43,8 @@ from samenloop.node.picture import (
     Period,
     SuppressionReason,
 )
-from samenloop.node.picture_commands import build_report
-from samenloop.node.picture_protocol import PictureAsk
+from samenloop.node.picture.commands import build_report
+from samenloop.node.picture.protocol import PictureAsk
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import database
 from samenloop.policies.audit import AuditKind
@@ -178,7 +181,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     engine.dispose()
     for path in provisioned.node_configs.values():
         engine = database.make_engine(load_node_config(path).database_url)
-        database.upgrade(engine, "samenloop.node.migrations")
+        database.upgrade(engine, "samenloop.node.daemon.migrations")
         engine.dispose()
     cluster = Cluster(provisioned, build_server(broker_config), {}, {}, root)
     try:
@@ -398,7 +401,7 @@ def test_a_suppressed_cell_stays_hidden_in_show_json_and_html(
         for c in released.suppressed:
             assert c.count is None
     out = tmp_path / "beeld.html"
-    areas = Path(picture_report.__file__).with_name("demo_areas.geojson")
+    areas = DEMO_AREAS
     args = ["picture", "report", "--node", node, "--period", MONTH, "--out", str(out)]
     assert main([*args, "--areas", str(areas)]) == 0
     written = out.read_text(encoding="utf-8")
@@ -588,8 +591,8 @@ def test_the_viewers_database_holds_no_partners_own_counts(cluster: Cluster) -> 
     """Attack (b), finding 2: decode every picture row the RIEC's node stores. No partner's
     contribution holds a table; what it kept of a partner is a random share (erased once
     summed) or the sum over at least two partners, which equals no one partner's table."""
-    from samenloop.node import picture_shares
-    from samenloop.node.picture_desk import remote_ask
+    from samenloop.node.picture import shares as picture_shares
+    from samenloop.node.picture.desk import remote_ask
     from samenloop.policies import crypto
 
     dims = (Dimension.AREA, Dimension.CATEGORY)
@@ -768,9 +771,9 @@ def test_noisy_mode_marks_figures_and_refuses_beyond_the_budget(
 
 
 def test_import_maps_coarse_attributes_and_reports_bad_ones_by_row_and_column() -> None:
-    from samenloop.node.identifiers import IdentifierType
-    from samenloop.node.models import AreaKind
-    from samenloop.node.signal_commands import ColumnMapping, rows_to_signals
+    from samenloop.node.daemon.models import AreaKind
+    from samenloop.node.identifiers.normalise import IdentifierType
+    from samenloop.node.signals.commands import ColumnMapping, rows_to_signals
 
     header = ["Dossier", "BSN", "Buurt", "SBI", "Datum"]
     rows = [

@@ -22,12 +22,12 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samenloop.node import picture as p
-from samenloop.node import picture_protocol as pp
-from samenloop.node import store as node_store
-from samenloop.node.disclosure import open_envelope
-from samenloop.node.models import EnvelopeOutboxItem
-from samenloop.node.picture_desk import PictureDesk, ask_of
+from samenloop.node.daemon import store as node_store
+from samenloop.node.daemon.models import EnvelopeOutboxItem
+from samenloop.node.disclosure.protocol import open_envelope
+from samenloop.node.picture import arithmetic as p
+from samenloop.node.picture import protocol as pp
+from samenloop.node.picture.desk import PictureDesk, ask_of
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import database
 from samenloop.policies.covenant import Covenant, Role
@@ -618,7 +618,7 @@ def _picture(contributors, refusals):
 
 @pytest.mark.parametrize("as_json", [False, True])
 def test_show_says_no_data_and_exits_5_when_every_party_refused(monkeypatch, capsys, as_json):
-    from samenloop.node import picture_commands
+    from samenloop.node.picture import commands as picture_commands
     from samenloop.policies.cli import main
 
     shown = _picture((), (RIEC, GEMEENTE))
@@ -639,7 +639,7 @@ def test_show_says_no_data_and_exits_5_when_every_party_refused(monkeypatch, cap
 
 
 def test_show_exits_0_with_every_contribution_and_5_with_one_refusal(monkeypatch, capsys):
-    from samenloop.node import picture_commands
+    from samenloop.node.picture import commands as picture_commands
     from samenloop.policies.cli import main
 
     args = ["picture", "show", "--period", "2026-12", "--by", "category", "--wait", "0"]

@@ -1,7 +1,7 @@
 """The picture report as its readers need it (issue 13, items 5-8): its HTML structure,
 parsed with the standard library's ``html.parser``.
 
-A map from a GeoJSON file (the schematic fixture ``node/demo_areas.geojson`` and small
+A map from a GeoJSON file (the schematic fixture ``node/demo/areas.geojson`` and small
 files made here, in WGS 84 and in Rijksdriehoek), Dutch words and dates, honest figures
 (a protected cell said to be one, hidden cells not ranked, a hidden total explained, the
 trend for one month and for many), and screens and paper (tables in their own scrolling
@@ -21,9 +21,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samenloop.node import picture as p
-from samenloop.node import picture_commands, picture_protocol, picture_report
-from samenloop.node.picture_map import read_areas
+from samenloop.node.demo.daemons import DEMO_AREAS
+from samenloop.node.picture import arithmetic as p
+from samenloop.node.picture import commands as picture_commands
+from samenloop.node.picture import protocol as picture_protocol
+from samenloop.node.picture import report as picture_report
+from samenloop.node.picture.map import read_areas
 from samenloop.policies.errors import ConfigurationError, InvalidInput
 from samenloop.policies.policy import PictureRules, Role
 
@@ -31,7 +34,7 @@ A, B, C, M = p.Dimension.AREA, p.Dimension.BRANCH, p.Dimension.CATEGORY, p.Dimen
 SIGNALS = p.Measure.ACTIVE_SIGNALS
 Q4 = p.Period("2026-10", "2026-12")
 DEC = p.Period("2026-12", "2026-12")
-AREAS_FILE = Path(p.__file__).with_name("demo_areas.geojson")
+AREAS_FILE = DEMO_AREAS
 MIN = 5
 
 

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samenloop.node import picture as p
-from samenloop.node import picture_protocol as pp
-from samenloop.node import picture_shares as ps
+from samenloop.node.picture import arithmetic as p
+from samenloop.node.picture import protocol as pp
+from samenloop.node.picture import shares as ps
 from samenloop.policies import crypto
 from samenloop.policies.errors import InvalidInput, MessageTooLarge
 from samenloop.policies.policy import PictureRules, Role

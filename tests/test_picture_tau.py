@@ -1,4 +1,4 @@
-"""The exact cube's complementary suppression by τ-Argus (node/picture_tau.py), checked and
+"""The exact cube's complementary suppression by τ-Argus (node/picture/tau.py), checked and
 completed by the project's own rules (``picture.release(complement=...)``), and the desk's
 fall-back to the project's own suppression when τ-Argus cannot run."""
 
@@ -27,9 +27,9 @@ from test_picture_linked import (
     pinned_down,
 )
 
-from samenloop.node import picture as p
-from samenloop.node import picture_protocol as pp
-from samenloop.node import picture_tau
+from samenloop.node.picture import arithmetic as p
+from samenloop.node.picture import protocol as pp
+from samenloop.node.picture import tau as picture_tau
 from samenloop.policies.covenant import Role
 from samenloop.policies.policy import PictureRules
 

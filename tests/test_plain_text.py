@@ -28,8 +28,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.table import Table
 
-from samenloop.node import case_commands, disclosure_commands, picture_commands
-from samenloop.node.cases import ActionStatus, CaseState, ChangeKind, InterventionType
+from samenloop.node.cases import commands as case_commands
+from samenloop.node.cases.machine import ActionStatus, CaseState, ChangeKind, InterventionType
 from samenloop.node.client import (
     Case,
     CaseAction,
@@ -40,8 +40,10 @@ from samenloop.node.client import (
     Picture,
     PictureRefusalNote,
 )
-from samenloop.node.models import DisclosureDirection, DisclosureState
-from samenloop.node.picture import (
+from samenloop.node.daemon.models import DisclosureDirection, DisclosureState
+from samenloop.node.disclosure import commands as disclosure_commands
+from samenloop.node.picture import commands as picture_commands
+from samenloop.node.picture.arithmetic import (
     CellQuality,
     Dimension,
     Measure,

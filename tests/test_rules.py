@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from samenloop.node import keysetup
+from samenloop.node.tokens import keysetup
 from samenloop.policies import certs, rules
 from samenloop.policies.covenant import (
     BrokerInfo,

@@ -8,9 +8,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from samenloop.node import oprf, threshold
 from samenloop.node.provision import PartySpec, provision
-from samenloop.node.threshold import (
+from samenloop.node.tokens import oprf, threshold
+from samenloop.node.tokens.threshold import (
     DailyUse,
     FaultyHolders,
     HolderPlanner,

@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from samenloop.node import keysetup, oprf, threshold, tokens
-from samenloop.node.tokens import TokenDomain
+from samenloop.node.tokens import derive as tokens
+from samenloop.node.tokens import keysetup, oprf, threshold
+from samenloop.node.tokens.derive import TokenDomain
 from samenloop.policies import crypto
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import (

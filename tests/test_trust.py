@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from samenloop.node import keysetup
+from samenloop.node.tokens import keysetup
 from samenloop.policies import certs, crypto
 from samenloop.policies.covenant import (
     BrokerInfo,

@@ -4,7 +4,7 @@ Every account on a Linux host reads every process's arguments
 (``/proc/PID/cmdline``, ``ps``), and the shell keeps them in its history. The
 commands that take raw identifiers, details or free text that may name a
 subject therefore also read them with ``--from FILE`` (``--from -``: standard
-input), one ``NAME VALUE`` line each (:func:`samenloop.node.signal_commands.take_from`);
+input), one ``NAME VALUE`` line each (:func:`samenloop.node.signals.commands.take_from`);
 ``signal add`` warns on stderr when raw values come as arguments. That another
 account sees nothing of the ``--from`` form while the command runs is shown
 through the real daemons in ``tests/attacks/test_local_user_more.py``.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from samenloop.node.signal_commands import ARGUMENTS_ARE_VISIBLE, require_option, take_from
+from samenloop.node.signals.commands import ARGUMENTS_ARE_VISIBLE, require_option, take_from
 from samenloop.policies import cli
 from samenloop.policies.errors import ConfigurationError
 

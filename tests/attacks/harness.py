@@ -35,8 +35,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from samenloop.node.client import Hit, NodeClient, Signal
-from samenloop.node.demo_daemons import HOLDERS, SPECS
-from samenloop.node.uplink import broker_channel
+from samenloop.node.daemon.uplink import broker_channel
+from samenloop.node.demo.daemons import HOLDERS, SPECS
 from samenloop.policies import config, crypto
 from samenloop.policies.covenant import Covenant, covenant_to_toml
 from samenloop.policies.crypto import PartyKeys

@@ -7,7 +7,7 @@ ref and drop it in any mailbox. A notice alone therefore proves nothing to an
 owner: a request must also carry a hit proof, a MAC under a key that only
 holders of the subject's identifier can derive (from its OPRF output) and that
 never reaches the broker, and the owner's own latest notice of the group must
-list the ref (``node/disclosure.py``). Each attack below would have released the
+list the ref (``node/disclosure/protocol.py``). Each attack below would have released the
 police's details for ``casusvoorbereiding`` before (the RIEC's release rule for
 that purpose takes any category, without four eyes); each is now refused
 ``not_in_hit``, nothing is released, and every daemon keeps serving.
@@ -26,8 +26,8 @@ import pytest
 
 from samenloop.broker.mailbox import ItemKind
 from samenloop.broker.store import BrokerStore
-from samenloop.node import disclosure
 from samenloop.node.client import Disclosure
+from samenloop.node.disclosure import protocol as disclosure
 from samenloop.policies import database
 from samenloop.policies.crypto import SignatureContext
 from samenloop.policies.errors import InvalidInput, NotFound

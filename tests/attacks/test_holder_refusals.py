@@ -22,11 +22,12 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 
-from samenloop.node import threshold, tokens
-from samenloop.node.evaluation import RESENDS, build_requests, new_request_id
-from samenloop.node.holder import UNVERIFIED
-from samenloop.node.identifiers import parse
-from samenloop.node.threshold import KeyEpoch, PartialEvaluation
+from samenloop.node.identifiers.normalise import parse
+from samenloop.node.tokens import derive as tokens
+from samenloop.node.tokens import threshold
+from samenloop.node.tokens.evaluation import RESENDS, build_requests, new_request_id
+from samenloop.node.tokens.holder import UNVERIFIED
+from samenloop.node.tokens.threshold import KeyEpoch, PartialEvaluation
 from samenloop.policies.crypto import SignatureContext
 from samenloop.v1 import broker_pb2, common_pb2, keyholder_pb2
 

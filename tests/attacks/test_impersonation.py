@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
-from samenloop.node import tokens
-from samenloop.node.evaluation import build_requests, new_request_id
-from samenloop.node.identifiers import parse
-from samenloop.node.threshold import KeyEpoch
+from samenloop.node.identifiers.normalise import parse
+from samenloop.node.tokens import derive as tokens
+from samenloop.node.tokens.evaluation import build_requests, new_request_id
+from samenloop.node.tokens.threshold import KeyEpoch
 from samenloop.policies.crypto import PartyKeys
 from samenloop.v1 import broker_pb2, common_pb2, keyholder_pb2
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from samenloop.node.api_token import read_token
+from samenloop.node.daemon.api_token import read_token
 from samenloop.v1 import common_pb2, node_pb2
 
 from daemons import sqlite_rows

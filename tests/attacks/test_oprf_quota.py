@@ -30,10 +30,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from samenloop.node import keysetup, threshold, tokens
-from samenloop.node.evaluation import RESENDS, build_requests, new_request_id
-from samenloop.node.identifiers import parse
-from samenloop.node.threshold import KeyEpoch, PartialEvaluation
+from samenloop.node.identifiers.normalise import parse
+from samenloop.node.tokens import derive as tokens
+from samenloop.node.tokens import keysetup, threshold
+from samenloop.node.tokens.evaluation import RESENDS, build_requests, new_request_id
+from samenloop.node.tokens.threshold import KeyEpoch, PartialEvaluation
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.policy import Policy, example_policy
 from samenloop.v1 import broker_pb2, common_pb2, keyholder_pb2

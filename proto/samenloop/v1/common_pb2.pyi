@@ -303,7 +303,7 @@ class _IdentifierTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Identi
 
 class IdentifierType(_IdentifierType, metaclass=_IdentifierTypeEnumTypeWrapper):
     """The kinds of identifier a signal can carry. Each has one canonical form
-    (samenloop.node.identifiers) and its own token domain: tokens are derived
+    (samenloop.node.identifiers.normalise) and its own token domain: tokens are derived
     with the covenant id, the key epoch and this type mixed in, so equal tokens
     always mean equal type and equal canonical value. The names match the
     Python IdentifierType values ("bsn", "rsin", ...).

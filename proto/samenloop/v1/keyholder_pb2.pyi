@@ -249,7 +249,7 @@ class SealedShare(_message.Message):
     """NaCl crypto_box_seal (anonymous sealed box: ephemeral X25519 +
     XSalsa20-Poly1305) to the holder's X25519 public key from the covenant.
     The plaintext is the 32-byte little-endian share scalar framed with the
-    covenant id, epoch and holder index (samenloop.node.keysetup), so a share
+    covenant id, epoch and holder index (samenloop.node.tokens.keysetup), so a share
     cannot be passed off as another seat's.
     """
     def __init__(
@@ -357,7 +357,7 @@ class Evaluation(_message.Message):
     that one scalar (lambda_i(S) * share_i) maps G to
     lambda_i(S) * commitment_i and every blinded element to its evaluated
     element. This is RFC 9497's VOPRF proof (mode 1 context string) with
-    lambda_i(S) * commitment_i as the public key; see samenloop.node.threshold.
+    lambda_i(S) * commitment_i as the public key; see samenloop.node.tokens.threshold.
     """
     @_builtins.property
     def evaluated_elements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:

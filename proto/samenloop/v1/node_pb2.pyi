@@ -226,7 +226,7 @@ class Identifier(_message.Message):
     """The identifier's type."""
     value: _builtins.str
     """The value as the partner has it ("1234 AB 5-a", "12-ABC-3"); the node
-    normalises it (samenloop.node.identifiers). In responses: the canonical
+    normalises it (samenloop.node.identifiers.normalise). In responses: the canonical
     form. Local API only: a raw value never leaves the node.
     """
     def __init__(

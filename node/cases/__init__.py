@@ -1,0 +1,7 @@
+"""Case coordination (casusregie, design flow 9): a plan of approach per hit.
+
+- ``machine``: the sans-IO state machine driven by signed case messages.
+- ``desk``: its transitions kept in the store and sealed out to the case's partners.
+- ``api``: the ``Case*`` calls of the local API.
+- ``commands``: ``samenloop case``.
+"""

@@ -1,0 +1,10 @@
+"""The node process: start-up, the uplink to the broker, the local API, the store.
+
+- ``process``: ``build_node``: checks a partner's set-up and starts the node.
+- ``uplink``: the only connection a node starts: to its broker (submit, mailbox, OPRF relay).
+- ``covenant_keeper``: new covenant versions and timestamps; whether the node is fresh.
+- ``api`` and ``api_token``: the local ``NodeApi`` servicer and who may call it.
+- ``envelopes``: sealed envelopes, how a node's messages to another node travel.
+- ``store``, ``models``, ``migrations``: the database: repository, tables, Alembic.
+- ``commands``: ``samenloop node``.
+"""

@@ -1,0 +1,316 @@
+"""The node process: its store, its uplink to the broker, its local API.
+
+``build_node`` checks everything a partner's IT department would otherwise
+discover the hard way — the data directories and secret files are this
+account's alone (refused as ssh refuses an open key), the covenant and CA files
+(and, in ``serve`` and ``migrate``, ``node.toml`` itself) are closed to other
+accounts' writing, the party is in the
+covenant, the key file is this party's, the TLS certificate is valid and names
+this party, the database is at the schema head — and then starts the local API,
+which takes only calls that carry the node's API token
+(:mod:`samenloop.node.daemon.api_token`), and the uplink. ``serve`` runs it until
+SIGTERM or SIGINT and sweeps expired signals meanwhile.
+
+The covenant file holds the signed root version the partner trusts out of
+band; versions accepted since (from the broker's mailbox, verified) are kept in
+the store and replayed over it at start, each checked again against the one
+before. Every component reads the resulting ``HeldCovenant`` on each use. The
+attribute keys dealt in those versions are opened into one
+``AttributeKeyRing`` as they are replayed (and by the uplink as updates
+arrive), so a node reads every version it was dealt. The newest covenant
+timestamp the node kept is verified again before the uplink starts
+(:class:`~samenloop.node.daemon.covenant_keeper.CovenantKeeper`): until one vouches
+for the version held, the node seals and releases nothing new.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from samenloop.node.daemon.api import HitBell, NodeApiContext, NodeApiService
+from samenloop.node.daemon.api_token import RefusedCalls, TokenInterceptor, ensure_token
+from samenloop.node.daemon.store import NodeStore
+from samenloop.node.daemon.uplink import Uplink, broker_channel, learn_attribute_key
+from samenloop.node.tokens import keysetup, threshold
+from samenloop.node.tokens.holder import KeyHolder
+from samenloop.policies import certs, crypto, database, logs
+from samenloop.policies.config import (
+    NodeConfig,
+    load_node_config,
+    private_directories,
+    secret_files,
+    trusted_files,
+)
+from samenloop.policies.covenant import AttributeKeyRing
+from samenloop.policies.crypto import PartyKeys
+from samenloop.policies.errors import ConfigurationError, CovenantRejected
+from samenloop.policies.process import (
+    check_private,
+    check_trusted,
+    run_until_signalled,
+    settle_heap,
+)
+from samenloop.policies.rpc import ErrorInterceptor
+from samenloop.policies.trust import (
+    HeldCovenant,
+    SignedCovenant,
+    TrustState,
+    check_validity,
+    load_signed_covenant,
+)
+from samenloop.v1 import common_pb2, node_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS = "samenloop.node.daemon.migrations"
+SWEEP_SECONDS = 60.0
+
+
+@dataclass
+class RunningNode:
+    """A started node: its local API server and address, uplink and store, and the local
+    calls it refused, waiting for the audit log."""
+
+    server: grpc.Server
+    api_address: str
+    uplink: Uplink
+    store: NodeStore
+    socket_path: Path | None
+    refused: RefusedCalls
+
+    def stop(self, grace: float | None = 2.0) -> None:
+        self.uplink.stop()
+        self.server.stop(grace).wait()
+        self.refused.flush()
+        self.store.engine.dispose()
+        if self.socket_path is not None:
+            self.socket_path.unlink(missing_ok=True)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot read {what} {path}: {error.strerror}", field=what
+        ) from error
+
+
+def check_files(config: NodeConfig) -> str:
+    """Refuse to go on, as ssh does, when another account may use the node's data or
+    secrets, or choose whom it trusts: the data directories (made 0700 if missing) and
+    every secret file must be this account's and closed to group and others, the covenant
+    and CA files closed to their writing. Returns the API token, made if absent."""
+    assert config.api_token is not None  # NodeConfig sets the default
+    token = ensure_token(config.api_token)
+    check_private(private_directories(config), secret_files(config), trusted_files(config))
+    return token
+
+
+def load_config(config_path: Path) -> NodeConfig:
+    """``node.toml``, read as the daemon's own orders: refused if another account may
+    write it (or the directory that holds it), as ssh refuses such a configuration."""
+    config = load_node_config(config_path)
+    check_trusted([("--config", Path(config_path))])
+    return config
+
+
+def build_node(
+    config: NodeConfig, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> RunningNode:
+    """Check the configuration, open the store, start the local API and the uplink."""
+    api_token = check_files(config)
+    held = HeldCovenant(TrustState(load_signed_covenant(config.covenant)))
+    covenant = held()
+    party = config.party
+    covenant.party(party)  # NotAllowed if the covenant does not list this party
+    keys = PartyKeys.load(config.party_keys)
+    if keys.party != party or keys.public() != covenant.public_keys(party):
+        raise ConfigurationError(
+            f"{config.party_keys} does not hold the keys the covenant lists for {party}",
+            field="party_keys",
+        )
+    certificate = _read(config.certificate, "certificate")
+    ca_certificate = _read(config.ca_certificate, "ca_certificate")
+    private_key = crypto.read_secret_file(
+        config.private_key, what="TLS private key", field="private_key"
+    )
+    if certs.verify_certificate(certificate, ca_certificate, now=clock()) != party:
+        raise ConfigurationError(f"the TLS certificate is not {party}'s", field="certificate")
+
+    engine = database.make_engine(config.database_url)
+    database.check_at_head(engine, MIGRATIONS)
+    store = NodeStore(engine, owner=party)
+    attribute_keys = AttributeKeyRing(keys)
+    replay_covenant(held, store, attribute_keys)
+    try:
+        check_validity(held(), clock())
+    except CovenantRejected as error:
+        log.warning("the covenant held is not in force", reason=error.reason, why=error.message)
+    covenant = held()
+    if not covenant.is_party(party):
+        log.error("the covenant held no longer lists this party", version=covenant.version)
+    else:
+        attribute_keys.current(covenant)  # a box that does not open stops the start
+
+    holder = None
+    if config.key_share is not None:
+        epoch = threshold.KeyEpoch.from_covenant(covenant)
+        share = keysetup.load_share(config.key_share, epoch)
+        today = clock().date()
+        holder = KeyHolder(
+            keys,
+            share,
+            epoch,
+            covenant.id,
+            held,
+            used_today={p.id: store.evaluations_on(p.id, today) for p in covenant.parties},
+            today=today,
+            answered=store.answered_requests(now=clock()),
+        )
+
+    channel = broker_channel(
+        config.broker,
+        ca_certificate=ca_certificate,
+        private_key=private_key,
+        certificate=certificate,
+    )
+    bell = HitBell()
+    uplink = Uplink(
+        party=party,
+        channel=channel,
+        covenant=held,
+        keys=keys,
+        store=store,
+        attribute_keys=attribute_keys,
+        holder=holder,
+        clock=clock,
+        on_hit=bell.ring,
+        work_dir=config.data_dir,
+    )
+    service = NodeApiService(
+        NodeApiContext(
+            party=party,
+            store=store,
+            covenant=held,
+            attribute_keys=attribute_keys,
+            uplink_status=lambda: uplink.status,
+            wake_uplink=uplink.wake.set,
+            clock=clock,
+            bell=bell,
+            disclosures=uplink.disclosures,
+            cases=uplink.cases,
+            pictures=uplink.pictures,
+            freshness=uplink.covenant_keeper.check,
+        )
+    )
+    refused = RefusedCalls(store.audit_append, clock)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="node-api"),
+        # The token first: a call without it is refused before anything of it is read.
+        interceptors=[TokenInterceptor(api_token, refused), ErrorInterceptor()],
+        # A port another server of this account holds is an error, not silently shared
+        # (gRPC sets SO_REUSEPORT by default: the kernel would spread the calls over both).
+        options=[("grpc.so_reuseport", 0)],
+    )
+    node_pb2_grpc.add_NodeApiServicer_to_server(service, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    socket_path: Path | None = None
+    if config.api_listen is not None:
+        address, setting = config.api_listen, "api_listen"
+    else:
+        assert config.api_socket is not None
+        socket_path = config.api_socket  # its directory is 0700: check_files saw to that
+        socket_path.unlink(missing_ok=True)  # a stale socket of an earlier run
+        address, setting = f"unix:{socket_path}", "api_socket"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # newer gRPC raises where older returned 0
+        bound = 0
+    if bound == 0:
+        store.engine.dispose()
+        raise ConfigurationError(f"cannot listen on {address} (in use?)", field=setting)
+    server.start()
+    if socket_path is not None:
+        os.chmod(socket_path, 0o600)  # only this account's applications may talk to the node
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    uplink.covenant_keeper.load()  # the stored covenant timestamp, verified again
+    uplink.start()
+    log.info(
+        "node running", party=party, api=address, broker=config.broker, holder=holder is not None
+    )
+    return RunningNode(server, address, uplink, store, socket_path, refused)
+
+
+def replay_covenant(
+    held: HeldCovenant, store: NodeStore, attribute_keys: AttributeKeyRing | None = None
+) -> None:
+    """Re-apply the covenant versions the node accepted since its root, oldest first.
+
+    Each is checked again against the one before (signatures, version order);
+    a stored version that no longer verifies stops the replay there, loudly:
+    the node then holds the last good version. ``attribute_keys`` learns the
+    attribute key of the root and of each version replayed.
+    """
+    if attribute_keys is not None:
+        learn_attribute_key(attribute_keys, held())
+    for data in store.covenant_versions():
+        message = common_pb2.SignedCovenant.FromString(data)
+        try:
+            update = held.replay(SignedCovenant.from_proto(message))
+        except CovenantRejected as error:
+            log.error("a stored covenant version does not verify", reason=error.reason)
+            return
+        if update.changed:
+            log.info("covenant version replayed", version=update.covenant.version)
+            if attribute_keys is not None:
+                learn_attribute_key(attribute_keys, update.covenant)
+
+
+def serve(config_path: Path) -> int:
+    """Run the node until SIGTERM or SIGINT."""
+    config = load_config(config_path)
+    logs.configure(config.log_level)
+    running = build_node(config)
+    settle_heap()
+    # Checkpoints of the audit log are signed with the party's key, each sweep and at the end.
+    keys = PartyKeys.load(config.party_keys)
+
+    def sweep() -> None:
+        if running.store.expire_signals(datetime.now(UTC)):
+            running.uplink.wake.set()
+        running.refused.flush()
+        running.uplink.holder_events.flush()
+        running.store.audit_checkpoint(keys, now=datetime.now(UTC))
+
+    run_until_signalled(SWEEP_SECONDS, sweep)
+    log.info("node stopping")
+    running.stop()
+    # After the servers stopped, so the last checkpoint covers every entry; then close again.
+    running.store.audit_checkpoint(keys, now=datetime.now(UTC))
+    running.store.engine.dispose()
+    return 0
+
+
+def migrate(config_path: Path) -> int:
+    """Bring the node's database to this version's schema (after the checks of the files
+    that ``serve`` runs too)."""
+    config = load_config(config_path)
+    check_files(config)
+    engine = database.make_engine(config.database_url)
+    try:
+        database.upgrade(engine, MIGRATIONS)
+        print(f"node database at {', '.join(database.current(engine))}")
+    finally:
+        engine.dispose()
+    return 0

@@ -1,0 +1,6 @@
+"""Disclosure, the second step of a hit (design flow 5): ask, decide, approve, answer.
+
+- ``protocol``: the sans-IO rules: requests, the owner's decision, four eyes, answers.
+- ``desk``: where requests come and go: the rules' decisions kept in the store, sealed out.
+- ``commands``: ``samenloop disclosure``.
+"""

@@ -1,0 +1,7 @@
+"""A partner's signals in and its hits out (design flows 3 and 4).
+
+- ``notices``: hit notices as a node checks them (the broker's signature, then the notice).
+- ``commands``: ``samenloop signal`` and ``samenloop hits``.
+
+The signals, the token outbox and the hit inbox are kept by ``daemon.store``.
+"""

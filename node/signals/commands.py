@@ -1,0 +1,1147 @@
+"""``samenloop signal`` and ``samenloop hits``: a partner's signals in, its hits out.
+
+Both talk to the partner's own node through its local API (the client library,
+:mod:`samenloop.node.client`), found with ``--node node.toml`` (its
+``api_socket`` or ``api_listen``) or ``--socket PATH``; without either, a
+``node.toml`` in the current directory.
+
+``samenloop signal import FILE`` reads a CSV or XLSX file whose first row names
+the columns, maps columns to identifier types (``--map "bsn=BSN nummer"``,
+repeatable), takes each row's reference and category from columns (or one
+category for the whole file), validates every row locally with
+:mod:`samenloop.node.identifiers.normalise`, and sends the valid rows to the node in
+chunks. Each row is stored whole or not at all. The validation report lists,
+per refused row, the row number as a spreadsheet shows it (the header is row
+1), the column and the rule it breaks; ``--report out.csv`` (or ``.xlsx``)
+writes it to a file, with every cell that a spreadsheet would run as a formula
+given a leading ``'`` (:mod:`samenloop.policies.spreadsheet`). The exit code
+is 0 when every row was imported (or was already there unchanged), 1 when
+some were refused. Coarse attributes for the regional
+picture come from columns too (``--area-column``, ``--branch-column``,
+``--month-column``) and are validated the same way. Identifier values never appear in the
+report: only where and why.
+
+``samenloop signal add`` adds one signal; ``signal withdraw`` withdraws one.
+Its identifiers and details are best given with ``--from FILE`` (``--from -``:
+standard input), one ``id TYPE=VALUE`` or ``detail NAME=VALUE`` line each,
+because every account on the host reads a process's arguments
+(``/proc/PID/cmdline``, ``ps``) and the shell keeps them in its history; given
+as ``--id``/``--value``/``--detail`` arguments they still work, with a warning
+on stderr. The other commands that take free text that may name a subject
+(``disclosure request | approve | deny``, ``case open | act | update | close``)
+read it the same way (:func:`add_from_option`, :func:`take_from`).
+
+``samenloop hits list`` and ``hits watch`` show the hits the node received,
+as a table or (``--json``) as JSON. Other parties' text (party, role,
+categories) and the file's own text are shown as plain text
+(:mod:`samenloop.policies.terminal`); a category another member sealed that
+the covenant does not list shows as "(unknown category)" (or "(N unknown
+categories)"), never by its text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import re
+import sys
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from samenloop.node.client import (
+    RESTORABLE_TYPES,
+    Hit,
+    NodeClient,
+    Signal,
+    SignalInput,
+    normalise_target,
+)
+from samenloop.node.daemon.models import AreaKind, HitState
+from samenloop.node.identifiers.attributes import check_area, check_branch, parse_month
+from samenloop.node.identifiers.normalise import IdentifierType, identifier_type, parse
+from samenloop.policies import spreadsheet, terminal
+from samenloop.policies.errors import ConfigurationError, InvalidInput, SamenloopError
+from samenloop.policies.terminal import printable
+
+__all__ = [
+    "ColumnMapping",
+    "Problem",
+    "add_from_option",
+    "add_node_options",
+    "hit_to_json",
+    "open_client",
+    "read_table",
+    "register",
+    "register_hits",
+    "require_option",
+    "rows_to_signals",
+    "take_from",
+]
+
+#: The environment variable naming the node.toml to use when neither option is given.
+NODE_CONFIG_ENV: Final = "SAMENLOOP_NODE_CONFIG"
+DEFAULT_CHUNK: Final = 1000
+#: The row number of the header in a file: data rows start at HEADER_ROW + 1.
+HEADER_ROW: Final = 1
+_XLSX_SUFFIXES: Final = (".xlsx", ".xlsm")
+_DELIMITERS: Final = (",", ";", "\t", "|")
+
+
+# --- connecting -----------------------------------------------------------------------------
+
+
+def add_node_options(parser: argparse.ArgumentParser) -> None:
+    """``--node`` / ``--socket`` (with ``--token-file``): where the node's local API is."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--node",
+        type=Path,
+        metavar="NODE_TOML",
+        help=f"the node's node.toml (default: ${NODE_CONFIG_ENV}, else ./node.toml)",
+    )
+    where.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="the node's local API socket (or 127.0.0.1:PORT)",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="with --socket: the node's API token file (default: api-token beside the socket)",
+    )
+
+
+def open_client(args: argparse.Namespace) -> NodeClient:
+    """A client for the node that ``--node`` / ``--socket`` name, with its API token."""
+    token_file: Path | None = getattr(args, "token_file", None)
+    if args.socket:
+        target = normalise_target(args.socket)
+        beside = Path(target.removeprefix("unix:")).parent / "api-token"
+        if token_file is None and target.startswith("unix:") and beside.exists():
+            token_file = beside
+        # Without a token file the node answers UNAUTHENTICATED, naming what is missing.
+        return NodeClient(args.socket, token_file=token_file)
+    if token_file is not None:
+        raise ConfigurationError("--token-file goes with --socket", field="--token-file")
+    config: Path | None = args.node
+    if config is None and os.environ.get(NODE_CONFIG_ENV):
+        config = Path(os.environ[NODE_CONFIG_ENV])
+    if config is None and Path("node.toml").is_file():
+        config = Path("node.toml")
+    if config is None:
+        raise ConfigurationError(
+            "say where the node is: --node NODE_TOML or --socket PATH", field="--node"
+        )
+    return NodeClient.from_config(config)
+
+
+# --- values kept off the command line -------------------------------------------------------
+
+#: ``--from -``: read the lines from standard input.
+FROM_STDIN: Final = "-"
+#: The most ``--from`` reads: a few identifiers, details and sentences, never a data file.
+MAX_FROM_BYTES: Final = 1 << 20
+#: Why values that may name a subject do not belong in a command's arguments.
+ARGUMENTS_ARE_VISIBLE: Final = (
+    "command-line arguments are visible to every account on this host while the command "
+    "runs (/proc/PID/cmdline, ps) and stay in the shell's history"
+)
+_FROM_LINE: Final = re.compile(r"([a-z][a-z-]*)[ \t](.*)", re.DOTALL)
+
+
+def add_from_option(
+    parser: argparse.ArgumentParser, names: Mapping[str, str], *, example: str
+) -> None:
+    """``--from FILE``: the options ``names`` (option name without ``--`` to its ``dest``)
+    read from a file or standard input instead of the command line (:func:`take_from`)."""
+    listed = ", ".join(names)
+    parser.add_argument(
+        "--from",
+        dest="from_file",
+        metavar="FILE",
+        help=f"read {listed} from FILE ('-': standard input), one 'NAME VALUE' line each "
+        f"(e.g. '{example}'): unlike arguments, they stay out of the process list that "
+        "every account on this host reads and out of the shell's history",
+    )
+    parser.set_defaults(from_names=dict(names))
+
+
+def take_from(args: argparse.Namespace) -> None:
+    """Merge the lines of ``--from`` into ``args``: a repeatable option's values are added
+    to those of the command line, any other option may come from one place only.
+
+    Each line is ``NAME VALUE`` (one space or tab between; the value is the rest of the
+    line, kept as written); blank lines and lines starting with ``#`` are skipped. Errors
+    name ``--from`` and the line, never its value."""
+    source: str | None = getattr(args, "from_file", None)
+    if source is None:
+        return
+    names: dict[str, str] = args.from_names
+    seen: set[str] = set()
+    for number, line in enumerate(_from_text(source).split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _FROM_LINE.fullmatch(line)
+        if match is None or match.group(1) not in names:
+            raise ConfigurationError(
+                f"line {number} does not start with one of: {', '.join(names)} "
+                "(then a space and the value)",
+                field="--from",
+            )
+        name, value = match.groups()
+        dest = names[name]
+        current = getattr(args, dest, None)
+        if isinstance(current, list):
+            current.append(value)
+            continue
+        if name in seen or current:
+            where = "twice" if name in seen else "on the command line too"
+            raise ConfigurationError(f"line {number}: {name} is given {where}", field="--from")
+        seen.add(name)
+        setattr(args, dest, value)
+
+
+def _from_text(source: str) -> str:
+    if source == FROM_STDIN:
+        if sys.stdin.isatty():
+            print("reading 'NAME VALUE' lines; end with Ctrl-D", file=sys.stderr)
+        data = sys.stdin.buffer.read(MAX_FROM_BYTES + 1)
+    else:
+        try:
+            with Path(source).open("rb") as handle:
+                data = handle.read(MAX_FROM_BYTES + 1)
+        except OSError as error:
+            raise ConfigurationError(
+                f"cannot read {source}: {error.strerror}", field="--from"
+            ) from None
+    if len(data) > MAX_FROM_BYTES:
+        raise ConfigurationError(f"at most {MAX_FROM_BYTES} bytes", field="--from")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigurationError("not UTF-8 text", field="--from") from None
+
+
+def require_option(args: argparse.Namespace, name: str, dest: str | None = None) -> str:
+    """The value of an option that must be given, on the command line or in ``--from``."""
+    value: str | None = getattr(args, dest or name.replace("-", "_"))
+    if not value:
+        raise ConfigurationError(f"give --{name} (or a '{name}' line in --from)", field=f"--{name}")
+    return value
+
+
+# --- reading files ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One line of the validation report: where (row, column) and why; never the value."""
+
+    row: int
+    column: str
+    reason: str
+    message: str
+
+
+def _cell(value: object) -> str:
+    """A spreadsheet cell as text: numbers without a trailing ``.0``, dates as ISO."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, datetime):
+        return value.date().isoformat() if value.time() == time() else value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value).strip()
+
+
+def read_table(
+    path: Path,
+    *,
+    file_format: str | None = None,
+    sheet: str | None = None,
+    delimiter: str | None = None,
+    encoding: str = "utf-8-sig",
+) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the non-empty data rows (with their row numbers) of a CSV or XLSX
+    file. A file that cannot be read as one is ``InvalidInput`` naming the file."""
+    kind = file_format or ("xlsx" if path.suffix.lower() in _XLSX_SUFFIXES else "csv")
+    if kind == "xlsx":
+        records = _read_xlsx(path, sheet)
+    elif kind == "csv":
+        records = _read_csv(path, "\t" if delimiter == "tab" else delimiter, encoding)
+    else:
+        raise ConfigurationError("the format is csv or xlsx", field="--format")
+    try:
+        header_row = next(records)
+    except StopIteration:
+        raise InvalidInput("the file is empty", field=str(path), reason="file.empty") from None
+    header = [_cell(v) for v in header_row[1]]
+    rows = [(number, cells) for number, cells in records if any(c for c in cells)]
+    return header, rows
+
+
+def _read_xlsx(path: Path, sheet: str | None) -> Iterator[tuple[int, list[str]]]:
+    import openpyxl  # imported here: only XLSX imports pay for it
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (OSError, InvalidFileException, zipfile.BadZipFile, KeyError) as error:
+        raise InvalidInput(
+            f"cannot read {path} as an XLSX workbook ({type(error).__name__})",
+            field=str(path),
+            reason="file.unreadable",
+        ) from None
+    try:
+        if sheet is not None:
+            if sheet not in workbook.sheetnames:
+                raise ConfigurationError(
+                    f"no sheet {sheet!r}; the workbook has: {', '.join(workbook.sheetnames)}",
+                    field="--sheet",
+                )
+            worksheet = workbook[sheet]
+        else:
+            worksheet = workbook.worksheets[0]
+        for number, values in enumerate(worksheet.iter_rows(values_only=True), start=1):
+            yield number, [_cell(v) for v in values]
+    finally:
+        workbook.close()
+
+
+def _read_csv(path: Path, delimiter: str | None, encoding: str) -> Iterator[tuple[int, list[str]]]:
+    try:
+        text = path.read_text(encoding=encoding)
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            f"{path} is not {encoding} text; give its encoding with --encoding",
+            field=str(path),
+            reason="file.encoding",
+        ) from None
+    except OSError as error:
+        raise InvalidInput(
+            f"cannot read {path}: {error.strerror}", field=str(path), reason="file.unreadable"
+        ) from None
+    if delimiter is None:
+        # The header line decides: the candidate it holds most often (Dutch spreadsheet
+        # exports use ';'). csv.Sniffer is thrown off by a single ragged row.
+        header_line = text.split("\n", 1)[0]
+        delimiter = max(_DELIMITERS, key=header_line.count)
+        if not header_line.count(delimiter):
+            delimiter = ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    number = 0
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise InvalidInput(
+                f"{path} line {reader.line_num}: not valid CSV ({error})",
+                field=str(path),
+                reason="file.csv",
+            ) from None
+        number += 1
+        yield number, [c.strip() for c in cells]
+
+
+# --- rows to signals ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnMapping:
+    """Which column holds what. ``identifiers`` are ``(type, column)`` pairs; a fixed
+    ``category`` applies to every row when there is no ``category_column``."""
+
+    reference_column: str
+    identifiers: tuple[tuple[IdentifierType, str], ...]
+    category_column: str | None = None
+    category: str | None = None
+    detail_columns: tuple[str, ...] = ()
+    expires_column: str | None = None
+    leading_zero_dropped: frozenset[IdentifierType] = frozenset()
+    #: Coarse attributes for the regional picture: each row's area (its kind fixed by
+    #: ``area_kind``, or read from the code's shape), SBI branch code and month.
+    area_column: str | None = None
+    area_kind: AreaKind | None = None
+    branch_column: str | None = None
+    month_column: str | None = None
+
+    def columns(self) -> list[tuple[str, str]]:
+        """Every column the mapping reads, with the option that names it."""
+        named = [("--reference-column", self.reference_column)]
+        named += [("--map", column) for _, column in self.identifiers]
+        if self.category_column is not None:
+            named.append(("--category-column", self.category_column))
+        named += [("--detail-column", column) for column in self.detail_columns]
+        if self.expires_column is not None:
+            named.append(("--expires-column", self.expires_column))
+        for option, column in (
+            ("--area-column", self.area_column),
+            ("--branch-column", self.branch_column),
+            ("--month-column", self.month_column),
+        ):
+            if column is not None:
+                named.append((option, column))
+        return named
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRow:
+    """A row that passed local validation, ready to send, and the columns of its parts."""
+
+    row: int
+    signal: SignalInput
+    identifier_columns: tuple[str, ...]
+
+
+def _expiry(text: str) -> datetime:
+    """A date (the signal expires at the end of it, UTC) or an ISO time with a zone."""
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return datetime.combine(day + timedelta(days=1), time(), tzinfo=UTC)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput("not a date (YYYY-MM-DD)", reason="signal.expiry") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+def rows_to_signals(
+    header: Sequence[str],
+    rows: Sequence[tuple[int, Sequence[str]]],
+    mapping: ColumnMapping,
+    *,
+    today: date | None = None,
+) -> tuple[list[PreparedRow], list[Problem]]:
+    """Validate rows locally: the signals to send, and a problem per fault of a refused
+    row (a row with any fault is not sent at all)."""
+    positions: dict[str, int] = {}
+    for index, name in enumerate(header):
+        positions.setdefault(name, index)
+    for option, column in mapping.columns():
+        if column not in positions:
+            known = ", ".join(repr(h) for h in header if h)
+            raise ConfigurationError(f"no column {column!r}; the file has: {known}", field=option)
+    if mapping.category_column is None and not mapping.category:
+        raise ConfigurationError("give --category-column or a fixed --category", field="--category")
+
+    prepared: list[PreparedRow] = []
+    problems: list[Problem] = []
+    for number, cells in rows:
+
+        def cell(column: str, cells: Sequence[str] = cells) -> str:
+            index = positions[column]
+            return cells[index] if index < len(cells) else ""
+
+        faults: list[Problem] = []
+        if len(cells) > len(header) and any(cells[len(header) :]):
+            faults.append(
+                Problem(
+                    number,
+                    "*",
+                    "row.too_many_cells",
+                    f"the row has {len(cells)} cells, the header {len(header)}",
+                )
+            )
+        reference = cell(mapping.reference_column)
+        if not reference:
+            faults.append(
+                Problem(
+                    number,
+                    mapping.reference_column,
+                    "signal.reference_missing",
+                    "the row has no reference",
+                )
+            )
+        if mapping.category_column is not None:
+            category = cell(mapping.category_column)
+            if not category:
+                faults.append(
+                    Problem(
+                        number,
+                        mapping.category_column,
+                        "signal.category_missing",
+                        "the row has no category",
+                    )
+                )
+        else:
+            category = mapping.category or ""
+        identifiers: list[tuple[IdentifierType | str, str]] = []
+        columns: list[str] = []
+        for kind, column in mapping.identifiers:
+            value = cell(column)
+            if not value:
+                continue
+            try:
+                parse(
+                    kind,
+                    value,
+                    field=column,
+                    today=today,
+                    leading_zero_dropped=kind in mapping.leading_zero_dropped,
+                )
+            except SamenloopError as error:
+                faults.append(Problem(number, column, error.reason, error.message))
+                continue
+            identifiers.append((kind, value))
+            columns.append(column)
+        if not identifiers and not any(p.column in _identifier_columns(mapping) for p in faults):
+            faults.append(
+                Problem(
+                    number,
+                    ", ".join(_identifier_columns(mapping)),
+                    "signal.identifiers_missing",
+                    "the row has no identifier",
+                )
+            )
+        details = {column: value for column in mapping.detail_columns if (value := cell(column))}
+        expires_at: datetime | None = None
+        if mapping.expires_column is not None and (text := cell(mapping.expires_column)):
+            try:
+                expires_at = _expiry(text)
+            except InvalidInput as error:
+                faults.append(Problem(number, mapping.expires_column, error.reason, error.message))
+        coarse = _coarse(number, cell, mapping, faults)
+        if faults:
+            problems += faults
+            continue
+        prepared.append(
+            PreparedRow(
+                row=number,
+                signal=SignalInput(
+                    reference=reference,
+                    category=category,
+                    identifiers=tuple(identifiers),
+                    details=details,
+                    expires_at=expires_at,
+                    leading_zero_dropped=mapping.leading_zero_dropped,
+                    **coarse,
+                ),
+                identifier_columns=tuple(columns),
+            )
+        )
+    return prepared, problems
+
+
+def _coarse(
+    number: int, cell: Callable[[str], str], mapping: ColumnMapping, faults: list[Problem]
+) -> dict[str, Any]:
+    """A row's coarse attributes, checked here so the report names the column; an empty
+    cell leaves the attribute to the node (area from the address, month of today)."""
+    found: dict[str, Any] = {}
+    if mapping.area_column is not None and (text := cell(mapping.area_column)):
+        try:
+            kind, code = check_area(mapping.area_kind, text, field=mapping.area_column)
+        except InvalidInput as error:
+            faults.append(Problem(number, mapping.area_column, error.reason, error.message))
+        else:
+            found.update(area_kind=kind, area_code=code)
+    if mapping.branch_column is not None and (text := cell(mapping.branch_column)):
+        try:
+            found["branch"] = check_branch(text, field=mapping.branch_column)
+        except InvalidInput as error:
+            faults.append(Problem(number, mapping.branch_column, error.reason, error.message))
+    if mapping.month_column is not None and (text := cell(mapping.month_column)):
+        try:
+            found["month"] = parse_month(text, field=mapping.month_column)
+        except InvalidInput as error:
+            faults.append(Problem(number, mapping.month_column, error.reason, error.message))
+    return found
+
+
+def _identifier_columns(mapping: ColumnMapping) -> list[str]:
+    return [column for _, column in mapping.identifiers]
+
+
+def _column_of(field: str, row: PreparedRow, mapping: ColumnMapping) -> str:
+    """The file's column for a field the node named in a row (``identifiers[1].value``)."""
+    head = field.split(".", 1)[0]
+    if head == "reference":
+        return mapping.reference_column
+    if head == "category":
+        return mapping.category_column or "--category"
+    if head.startswith("identifiers["):
+        index = head[len("identifiers[") : -1]
+        if index.isdigit() and int(index) < len(row.identifier_columns):
+            return row.identifier_columns[int(index)]
+        return ", ".join(row.identifier_columns)
+    if head == "identifiers":
+        return ", ".join(row.identifier_columns)
+    if head.startswith("details[") and head.endswith("]"):
+        return head[len("details[") : -1]
+    if head == "expires_at":
+        return mapping.expires_column or "(retention)"
+    if head == "attributes":
+        part = field.split(".")[1] if field.count(".") else ""
+        column = {
+            "area": mapping.area_column,
+            "branch": mapping.branch_column,
+            "month": mapping.month_column,
+        }.get(part)
+        return column or field
+    return field or "*"
+
+
+# --- signal commands ------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``signal import``, ``signal add`` and ``signal withdraw``."""
+    parser = subparsers.add_parser(
+        "signal",
+        help="add, import and withdraw this partner's signals",
+        description="Add, import and withdraw signals at the partner's own node.",
+    )
+    commands = parser.add_subparsers(dest="signal_command", metavar="SUBCOMMAND", required=True)
+
+    importing = commands.add_parser(
+        "import",
+        help="import signals from a CSV or XLSX file, with a validation report",
+        description=(
+            "Import signals from a CSV or XLSX file whose first row names the columns. "
+            "Rows are validated locally first; valid rows are stored (each whole), "
+            "refused rows are reported with row, column and reason. Exit 0 if every "
+            "row was imported, 1 if some were refused."
+        ),
+        epilog=(
+            "example: samenloop signal import dossiers.xlsx --map 'bsn=BSN nummer' "
+            "--map kvk=KvK --reference-column Dossier --category vastgoedmisbruik "
+            "--leading-zero-dropped bsn --report refused.csv"
+        ),
+    )
+    importing.add_argument("file", type=Path, metavar="FILE", help="a .csv or .xlsx file")
+    importing.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="TYPE=COLUMN",
+        required=True,
+        help="a column holding identifiers of TYPE (repeatable)",
+    )
+    importing.add_argument(
+        "--reference-column", required=True, metavar="COLUMN", help="the partner's reference"
+    )
+    category = importing.add_mutually_exclusive_group(required=True)
+    category.add_argument("--category-column", metavar="COLUMN", help="each row's category")
+    category.add_argument("--category", help="one category for every row")
+    importing.add_argument(
+        "--detail-column",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="a column kept as a detail of the signal, by its name (repeatable)",
+    )
+    importing.add_argument(
+        "--expires-column", metavar="COLUMN", help="each row's expiry date (YYYY-MM-DD)"
+    )
+    importing.add_argument(
+        "--area-column",
+        metavar="COLUMN",
+        help="each row's area: a postcode-4 or a CBS wijk/buurt code "
+        "(default: postcode-4 from an address identifier)",
+    )
+    importing.add_argument(
+        "--area-kind",
+        choices=[k.value for k in AreaKind],
+        help="the kind of code in --area-column (default: by each code's shape)",
+    )
+    importing.add_argument(
+        "--branch-column", metavar="COLUMN", help="each row's branch: an SBI code (5610)"
+    )
+    importing.add_argument(
+        "--month-column",
+        metavar="COLUMN",
+        help="each row's month, YYYY-MM or a date (default: the month it is imported)",
+    )
+    importing.add_argument(
+        "--leading-zero-dropped",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help=(
+            "the file dropped leading zeros of this type (a number column): restore one "
+            "(bsn, rsin, kvk, bag; 'all' for each of them; repeatable)"
+        ),
+    )
+    importing.add_argument("--format", choices=("csv", "xlsx"), help="default: by file suffix")
+    importing.add_argument("--sheet", help="XLSX: the sheet to read (default: the first)")
+    importing.add_argument(
+        "--delimiter",
+        help="CSV: the delimiter, or 'tab' (default: the one the header row uses most)",
+    )
+    importing.add_argument("--encoding", default="utf-8-sig", help="CSV: the text encoding")
+    importing.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK, help="rows per call to the node"
+    )
+    importing.add_argument(
+        "--validate-only", action="store_true", help="validate every row; store nothing"
+    )
+    importing.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="write the validation report to this file (.xlsx as a workbook, else CSV)",
+    )
+    importing.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    add_node_options(importing)
+    importing.set_defaults(func=_import)
+
+    add = commands.add_parser(
+        "add",
+        help="add one signal",
+        description="Add one signal. Give its identifiers and details with --from FILE, "
+        "or --from - to read them from standard input: one 'id TYPE=VALUE' or "
+        "'detail NAME=VALUE' line each. As arguments (--id TYPE=VALUE, --type TYPE "
+        f"--value VALUE, --detail NAME=VALUE) they work too, but {ARGUMENTS_ARE_VISIBLE}.",
+        epilog="example: samenloop signal add --reference DOSSIER-17 --category "
+        "vastgoedmisbruik --from signal.txt  (signal.txt, 0600: 'id bsn=123456782', "
+        "'detail naam=...')",
+    )
+    add.add_argument("--reference", required=True, help="the partner's own reference")
+    add.add_argument("--category", required=True, help="the signal's category")
+    visible = "; visible to other accounts, use --from"
+    add.add_argument(
+        "--id",
+        action="append",
+        default=[],
+        dest="ids",
+        metavar="TYPE=VALUE",
+        help=f"an identifier (repeatable{visible})",
+    )
+    add.add_argument("--type", help="the type of one identifier (with --value)")
+    add.add_argument("--value", help=f"the value of one identifier (with --type{visible})")
+    add.add_argument(
+        "--detail",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"a detail field (repeatable{visible})",
+    )
+    add_from_option(
+        add,
+        {"id": "ids", "type": "type", "value": "value", "detail": "detail"},
+        example="id bsn=123456782",
+    )
+    add.add_argument("--expires", metavar="DATE", help="expiry date (default: the retention)")
+    add.add_argument(
+        "--leading-zero-dropped",
+        action="store_true",
+        help="restore one dropped leading zero (bsn, rsin, kvk, bag)",
+    )
+    add.add_argument("--json", action="store_true", help="print the stored signal as JSON")
+    add_node_options(add)
+    add.set_defaults(func=_add)
+
+    withdraw = commands.add_parser("withdraw", help="withdraw a signal by its reference")
+    withdraw.add_argument("reference", metavar="REFERENCE")
+    withdraw.add_argument("--reason", default="", help="why, for the audit log")
+    withdraw.add_argument("--officer", default="", help="who, for the audit log")
+    withdraw.add_argument("--json", action="store_true", help="print the signal as JSON")
+    add_node_options(withdraw)
+    withdraw.set_defaults(func=_withdraw)
+
+
+def _pairs(values: Sequence[str], option: str) -> list[tuple[str, str]]:
+    pairs = []
+    for text in values:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip():
+            raise ConfigurationError(f"write {option} NAME=VALUE", field=option)
+        pairs.append((name.strip(), value))
+    return pairs
+
+
+def _option_type(name: str, option: str) -> IdentifierType:
+    try:
+        return identifier_type(name)
+    except SamenloopError as error:
+        raise ConfigurationError(error.message, field=option, reason=error.reason) from None
+
+
+def _mapping(args: argparse.Namespace) -> ColumnMapping:
+    identifiers = tuple(
+        (_option_type(kind, "--map"), column.strip()) for kind, column in _pairs(args.map, "--map")
+    )
+    restored: set[IdentifierType] = set()
+    for name in args.leading_zero_dropped:
+        if name.strip().lower() == "all":
+            restored |= RESTORABLE_TYPES
+            continue
+        kind = _option_type(name, "--leading-zero-dropped")
+        if kind not in RESTORABLE_TYPES:
+            raise ConfigurationError(
+                f"leading zeros are restored for {', '.join(sorted(RESTORABLE_TYPES))} only",
+                field="--leading-zero-dropped",
+            )
+        restored.add(kind)
+    return ColumnMapping(
+        reference_column=args.reference_column,
+        identifiers=identifiers,
+        category_column=args.category_column,
+        category=args.category,
+        detail_columns=tuple(args.detail_column),
+        expires_column=args.expires_column,
+        leading_zero_dropped=frozenset(restored),
+        area_column=args.area_column,
+        area_kind=None if args.area_kind is None else AreaKind(args.area_kind),
+        branch_column=args.branch_column,
+        month_column=args.month_column,
+    )
+
+
+def _import(args: argparse.Namespace) -> int:
+    mapping = _mapping(args)
+    header, rows = read_table(
+        args.file,
+        file_format=args.format,
+        sheet=args.sheet,
+        delimiter=args.delimiter,
+        encoding=args.encoding,
+    )
+    prepared, problems = rows_to_signals(header, rows, mapping)
+    imported = unchanged = 0
+    if prepared:
+        with open_client(args) as client, _progress(len(prepared)) as advance:
+            report = client.import_signals(
+                [p.signal for p in prepared],
+                validate_only=args.validate_only,
+                chunk_size=args.chunk_size,
+                on_progress=advance,
+            )
+        imported, unchanged = report.imported, report.unchanged
+        for result in report.results:
+            row = prepared[result.row]
+            problems += [
+                Problem(row.row, _column_of(e.field, row, mapping), e.reason, e.message)
+                for e in result.errors
+            ]
+    problems.sort(key=lambda p: p.row)
+    refused = len({p.row for p in problems})
+    if args.report is not None:
+        _write_report(args.report, problems)
+    if args.validate_only:
+        valid = len(rows) - refused
+        imported = unchanged = 0
+    else:
+        valid = imported + unchanged
+    _print_outcome(args, len(rows), valid, imported, unchanged, refused, problems)
+    return 0 if refused == 0 else 1
+
+
+class _ProgressBar:
+    def __init__(self, total: int) -> None:
+        self._progress = Progress(
+            TextColumn("importing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=terminal.console(stderr=True),
+            transient=True,
+        )
+        self._task = self._progress.add_task("rows", total=total)
+
+    def __enter__(self) -> Callable[[int], None]:
+        self._progress.start()
+        return self.advance
+
+    def advance(self, count: int) -> None:
+        self._progress.advance(self._task, count)
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+
+def _progress(total: int) -> _ProgressBar:
+    return _ProgressBar(total)
+
+
+def _write_report(path: Path, problems: Sequence[Problem]) -> None:
+    spreadsheet.write_table(
+        path,
+        ["row", "column", "reason", "message"],
+        [[p.row, p.column, p.reason, p.message] for p in problems],
+        field="--report",
+    )
+
+
+def _print_outcome(
+    args: argparse.Namespace,
+    rows: int,
+    valid: int,
+    imported: int,
+    unchanged: int,
+    refused: int,
+    problems: Sequence[Problem],
+) -> None:
+    if args.json:
+        print(
+            terminal.dumps(
+                {
+                    "rows": rows,
+                    "valid": valid,
+                    "imported": imported,
+                    "unchanged": unchanged,
+                    "refused": refused,
+                    "validate_only": args.validate_only,
+                    "problems": [
+                        {"row": p.row, "column": p.column, "reason": p.reason, "message": p.message}
+                        for p in problems
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    console = terminal.console()
+    if args.validate_only:
+        console.print(f"{rows} rows: {valid} valid, {refused} refused (nothing stored)")
+    else:
+        console.print(f"{rows} rows: {imported} imported, {unchanged} unchanged, {refused} refused")
+    if problems:
+        table = Table(title="validation report")
+        for name in ("row", "column", "reason", "message"):
+            table.add_column(name, overflow="fold")
+        for p in problems:
+            table.add_row(str(p.row), printable(p.column), p.reason, printable(p.message))
+        console.print(table)
+    if args.report is not None:
+        console.print(f"report written to {printable(str(args.report))}")
+
+
+def _signal_json(signal: Signal) -> dict[str, Any]:
+    return {
+        "signal_id": signal.signal_id,
+        "reference": signal.reference,
+        "category": signal.category,
+        "state": signal.state.value,
+        "identifier_types": [i.type.value for i in signal.identifiers],
+        "details": sorted(signal.details),
+        "created_at": _iso(signal.created_at),
+        "expires_at": _iso(signal.expires_at),
+    }
+
+
+def _add(args: argparse.Namespace) -> int:
+    if args.ids or args.value is not None or args.detail:
+        print(
+            f"samenloop: warning: {ARGUMENTS_ARE_VISIBLE}: give identifiers and details "
+            "with --from FILE or --from - (standard input)",
+            file=sys.stderr,
+        )
+    take_from(args)
+    identifiers: list[tuple[IdentifierType | str, str]] = [
+        (_option_type(kind, "--id"), value) for kind, value in _pairs(args.ids, "--id")
+    ]
+    if (args.type is None) != (args.value is None):
+        raise ConfigurationError("give --type and --value together", field="--type")
+    if args.type is not None:
+        identifiers.append((_option_type(args.type, "--type"), args.value))
+    if not identifiers:
+        raise ConfigurationError("give an identifier: --id TYPE=VALUE", field="--id")
+    expires_at = None
+    if args.expires is not None:
+        try:
+            expires_at = _expiry(args.expires)
+        except InvalidInput as error:
+            raise ConfigurationError(error.message, field="--expires") from None
+    with open_client(args) as client:
+        signal = client.add_signal(
+            args.reference,
+            args.category,
+            identifiers,
+            details=dict(_pairs(args.detail, "--detail")),
+            expires_at=expires_at,
+            leading_zero_dropped=bool(args.leading_zero_dropped),
+        )
+    if args.json:
+        print(terminal.dumps(_signal_json(signal), indent=2))
+    else:
+        types = ", ".join(i.type.value for i in signal.identifiers)
+        print(
+            f"signal {signal.signal_id} ({printable(signal.reference)}): {types}; "
+            f"expires {_iso(signal.expires_at)}"
+        )
+    return 0
+
+
+def _withdraw(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        signal = client.withdraw_signal(args.reference, reason=args.reason, officer=args.officer)
+    if args.json:
+        print(terminal.dumps(_signal_json(signal), indent=2))
+    else:
+        print(f"signal {signal.signal_id} ({printable(signal.reference)}): {signal.state.value}")
+    return 0
+
+
+# --- hits --------------------------------------------------------------------------------------
+
+
+def register_hits(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``hits list`` and ``hits watch``."""
+    parser = subparsers.add_parser(
+        "hits",
+        help="the hits this partner's node received",
+        description="Show the hits (samenloop) the partner's node received from the broker.",
+    )
+    commands = parser.add_subparsers(dest="hits_command", metavar="SUBCOMMAND", required=True)
+
+    listing = commands.add_parser("list", help="list hits, newest change first")
+    listing.add_argument("--state", choices=[s.value for s in HitState], help="only these")
+    listing.add_argument("--limit", type=int, help="at most this many")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    add_node_options(listing)
+    listing.set_defaults(func=_list_hits)
+
+    watch = commands.add_parser("watch", help="print hit changes as they arrive (Ctrl-C to stop)")
+    watch.add_argument(
+        "--after",
+        type=int,
+        default=0,
+        metavar="SEQUENCE",
+        help="start after this sequence number (default: from the first hit)",
+    )
+    watch.add_argument("--count", type=int, help="stop after this many changes")
+    watch.add_argument("--json", action="store_true", help="print one JSON object per change")
+    add_node_options(watch)
+    watch.set_defaults(func=_watch_hits)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def hit_to_json(hit: Hit) -> dict[str, Any]:
+    """A hit as a JSON object (bytes as hex)."""
+    shown: dict[str, Any] = {
+        "group_id": hit.group_hex,
+        "revision": hit.revision,
+        "state": hit.state.value,
+        "last_kind": hit.last_kind.value,
+        "party_count": hit.party_count,
+        "own_signals": [
+            {
+                "signal_ref": own.signal_ref.hex(),
+                "signal_id": own.signal_id,
+                "reference": own.reference,
+                "category": own.category,
+                "identifier_type": None
+                if own.identifier_type is None
+                else own.identifier_type.value,
+            }
+            for own in hit.own_signals
+        ],
+        "members": [
+            {
+                "party": member.party,
+                "role": member.role,
+                "categories": list(member.categories),
+                "unknown_categories": member.unknown_categories,
+                "signal_refs": [ref.hex() for ref in member.signal_refs],
+            }
+            for member in hit.members
+        ],
+        "first_seen": _iso(hit.first_seen),
+        "last_seen": _iso(hit.last_seen),
+        "received_at": _iso(hit.received_at),
+    }
+    if hit.sequence is not None:
+        shown = {"sequence": hit.sequence, **shown}
+    return shown
+
+
+#: How a category another member sealed but the covenant does not list is shown.
+UNKNOWN_CATEGORY: Final = "(unknown category)"
+
+
+def _unknown(count: int) -> list[str]:
+    if count <= 1:
+        return [UNKNOWN_CATEGORY] * count
+    return [f"({count} unknown categories)"]
+
+
+def _own(hit: Hit) -> str:
+    return "\n".join(
+        f"{printable(own.reference) if own.reference else own.signal_ref.hex()[:8]}"
+        + (f" ({own.identifier_type.value})" if own.identifier_type else "")
+        for own in hit.own_signals
+    )
+
+
+def _others(hit: Hit) -> str:
+    lines = []
+    for member in hit.members:
+        who = printable(member.party or member.role or "(hidden)")
+        if member.party and member.role:
+            who = f"{printable(member.party)} ({printable(member.role)})"
+        shown = [printable(c) for c in member.categories]
+        shown += _unknown(member.unknown_categories)
+        lines.append(who + (f": {', '.join(shown)}" if shown else ""))
+    return "\n".join(lines)
+
+
+def _hits_table(hits: Sequence[Hit]) -> Table:
+    table = Table(title=f"{len(hits)} hit{'s' if len(hits) != 1 else ''}")
+    for name in ("group", "state", "rev", "parties", "own signals", "others", "last seen"):
+        table.add_column(name, overflow="fold")
+    for hit in hits:
+        table.add_row(
+            hit.group_hex[:12],
+            f"{hit.state.value} ({hit.last_kind.value})",
+            str(hit.revision),
+            "" if hit.party_count is None else str(hit.party_count),
+            _own(hit),
+            _others(hit),
+            hit.last_seen.strftime("%Y-%m-%d %H:%M") if hit.last_seen else "",
+        )
+    return table
+
+
+def _list_hits(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        hits = client.hits(args.state, limit=args.limit)
+    if args.json:
+        print(terminal.dumps([hit_to_json(h) for h in hits], indent=2))
+    else:
+        terminal.console().print(_hits_table(hits))
+    return 0
+
+
+def _watch_hits(args: argparse.Namespace) -> int:
+    seen = 0
+    console = terminal.console()
+    with open_client(args) as client, client.watch_hits(args.after) as stream:
+        if args.count is not None and args.count <= 0:
+            return 0
+        for hit in stream:
+            if args.json:
+                print(terminal.dumps(hit_to_json(hit)), flush=True)
+            else:
+                others = _others(hit).replace("\n", "; ")
+                console.print(
+                    f"[{hit.sequence}] {hit.group_hex[:12]} {hit.state.value} "
+                    f"{hit.last_kind.value} rev {hit.revision}: "
+                    f"{_own(hit).replace(chr(10), ', ')} | {others}"
+                )
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                break
+    return 0
