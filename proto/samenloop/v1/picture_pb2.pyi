@@ -642,7 +642,7 @@ class PictureShare(_message.Message):
     only shares of one request are summed.
     """
     share: _builtins.bytes
-    """The aggregator's share."""
+    """The aggregator's share; with `part`, only that part of it."""
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp:
         """When the share was made."""
@@ -746,7 +746,9 @@ class PictureSum(_message.Message):
     request_digest: _builtins.bytes
     """The request_digest of the shares summed."""
     sum: _builtins.bytes
-    """The sum, as the shares are encoded; empty if refused."""
+    """The sum, as the shares are encoded; empty if refused. With `part`, only
+    that part of it.
+    """
     @_builtins.property
     def contributors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The contributors summed, sorted; never fewer than the covenant's
