@@ -2942,8 +2942,9 @@ class NodeStore(audit_store.AuditLog):
                         .on_conflict_do_nothing(
                             index_elements=["kind", "request_id", "sender", "part_index"]
                         )
-                    ).rowcount
-                    == 1
+                        .returning(t.id)  # (rowcount is not kept for INSERT on PostgreSQL)
+                    ).first()
+                    is not None
                 )
             self.append_audit(
                 conn,

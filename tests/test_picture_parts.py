@@ -207,15 +207,22 @@ def test_a_sum_larger_than_one_message_travels_in_parts():
 # --- the store ----------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest) -> str:
+    """A fresh node database of either kind, for this one test."""
+    fixture = {"sqlite": "sqlite_url", "postgresql": "own_postgres_url"}[request.param]
+    return str(request.getfixturevalue(fixture))
+
+
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    engine = database.make_engine(f"sqlite:///{tmp_path / 'node.db'}")
+def engine(url: str) -> Iterator[sa.Engine]:
+    engine = database.make_engine(url)
     database.upgrade(engine, node_store.MIGRATIONS)
     yield engine
     engine.dispose()
 
 
-def test_parts_survive_a_restart_and_a_repeat_changes_nothing(engine, tmp_path):
+def test_parts_survive_a_restart_and_a_repeat_changes_nothing(engine, url):
     store = node_store.NodeStore(engine)
     request_id = bytes(range(16))
     first, second = ps.split(vector(ps.MAX_VALUES + 9))
@@ -223,7 +230,7 @@ def test_parts_survive_a_restart_and_a_repeat_changes_nothing(engine, tmp_path):
     assert store.keep_picture_part(1, kind, request_id, GEMEENTE, first, now=NOW)
     assert not store.keep_picture_part(2, kind, request_id, GEMEENTE, first, now=NOW)
     engine.dispose()  # a restart: a new engine on the same file
-    again = database.make_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    again = database.make_engine(url)
     try:
         reopened = node_store.NodeStore(again)
         assert reopened.mailbox_cursor() == 2
