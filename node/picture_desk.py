@@ -16,6 +16,11 @@ id (:meth:`PictureDesk.receive_sum_request`); as viewer it asks for that sum onc
 partners answered (or the answer window passed) and keeps only the result
 (:meth:`PictureDesk.receive_sum`).
 
+A share or sum larger than one message arrives in parts: each part is kept with the
+mailbox cursor until the last one completes the vector (``picture_shares.join``), which
+is then handled as a whole one would be, its parts deleted in the same transaction;
+nothing of an incomplete vector counts (no answer, no share summed).
+
 Log lines and audit entries carry ids, names, outcomes and epsilon: never a
 count, an area, a branch or a category.
 """

@@ -36,7 +36,10 @@ viewer combines what arrived and applies disclosure control. The arithmetic is
   (:func:`aggregator_of`). The aggregator sums every share it holds for a request once the
   requester asks (:func:`decide_sum`: at least ``min_contributors``, never singling out a
   partner against the sums it gave before); the requester checks the sum
-  (:func:`parse_sum`) and adds its own shares of exactly those contributors.
+  (:func:`parse_sum`) and adds its own shares of exactly those contributors. A share or
+  sum larger than one message travels as one message per part (``part=`` of
+  :func:`contribution`, :func:`share_message`; :func:`sum_messages`), each part checked
+  on arrival against what the receiver knows (``picture_shares.check_part``).
 * **Periods in exact mode.** :func:`check_periods`: without a privacy budget, the
   periods collected of one measure must be equal or disjoint, so that no
   suppressed cell can be recovered by subtracting one period's figures from an
