@@ -2394,8 +2394,9 @@ class NodeStore(audit_store.AuditLog):
                 answered_at=now,
             )
             .on_conflict_do_nothing(index_elements=["request_id"])
+            .returning(a.request_id)  # an INSERT's rowcount is not kept on PostgreSQL
         )
-        if result.rowcount != 1:
+        if result.first() is None:
             self._picture_audit(conn, answer, "request_replayed", now)
             return False
         if answer.spent_units > 0:
@@ -2512,8 +2513,9 @@ class NodeStore(audit_store.AuditLog):
                 received_at=now,
             )
             .on_conflict_do_nothing(index_elements=["request_id", "contributor"])
+            .returning(models.PictureContribution.id)
         )
-        kept = result.rowcount == 1
+        kept = result.first() is not None
         self.append_audit(
             conn,
             kind=AuditKind.PICTURE_EVENT,
@@ -2729,8 +2731,9 @@ class NodeStore(audit_store.AuditLog):
                             received_at=now,
                         )
                         .on_conflict_do_nothing(index_elements=["request_id", "contributor"])
-                    ).rowcount
-                    == 1
+                        .returning(h.id)
+                    ).first()
+                    is not None
                 )
             self.append_audit(
                 conn,
@@ -2769,8 +2772,9 @@ class NodeStore(audit_store.AuditLog):
                         asked_at=now,
                     )
                     .on_conflict_do_nothing(index_elements=["request_id"])
-                ).rowcount
-                == 1
+                    .returning(m.request_id)
+                ).first()
+                is not None
             )
             self.append_audit(
                 conn,
@@ -2942,7 +2946,7 @@ class NodeStore(audit_store.AuditLog):
                         .on_conflict_do_nothing(
                             index_elements=["kind", "request_id", "sender", "part_index"]
                         )
-                        .returning(t.id)  # (rowcount is not kept for INSERT on PostgreSQL)
+                        .returning(t.id)
                     ).first()
                     is not None
                 )

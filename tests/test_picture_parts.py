@@ -482,3 +482,37 @@ def test_a_partner_whose_parts_do_not_fit_is_rejected_naming_the_field(big, tamp
     assert refusals[GEMEENTE].startswith(f"rejected by the viewer: {field}:")
     assert GEMEENTE not in view.contributors
     assert big.stores[RIEC].picture_parts(PicturePartKind.CONTRIBUTION, request_id, GEMEENTE) == []
+
+
+def test_the_picture_store_tells_a_first_answer_from_a_repeat_on_either_database(engine):
+    """On PostgreSQL an INSERT's rowcount is not kept (SQLAlchemy 2.1 with psycopg): the
+    store asks the database what it inserted, so that a node there answers a request once,
+    queues its answer, and keeps a share or a sum request once."""
+    from samenloop.node.models import EnvelopeOutboxItem
+
+    store = node_store.NodeStore(engine)
+    request_id = bytes(range(16))
+    envelope = node_store.SealedEnvelope(bytes(16), RIEC, b"sealed")
+    answer = node_store.NewPictureAnswer(request_id, RIEC, None)
+    assert store.answer_picture_request(1, answer, envelope, budget_units=0, now=NOW)
+    again = dataclasses.replace(envelope, message_id=bytes([1]) * 16)
+    assert not store.answer_picture_request(2, answer, again, budget_units=0, now=NOW)
+    with engine.connect() as conn:
+        assert (
+            conn.execute(sa.select(sa.func.count()).select_from(EnvelopeOutboxItem)).scalar() == 1
+        )
+    share = {
+        "requester": RIEC,
+        "contributor": GEMEENTE,
+        "request_digest": bytes(32),
+        "share": bytes(8),
+        "first_month": "2026-10",
+        "last_month": "2026-10",
+        "now": NOW,
+    }
+    assert store.keep_picture_share(3, request_id, **share)
+    assert not store.keep_picture_share(4, request_id, **share)
+    assert store.ask_picture_sum(5, request_id, requester=RIEC, contributors=(GEMEENTE,), now=NOW)
+    assert not store.ask_picture_sum(
+        6, request_id, requester=RIEC, contributors=(GEMEENTE,), now=NOW
+    )
