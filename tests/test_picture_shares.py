@@ -124,8 +124,14 @@ def test_the_sum_of_vectors_gives_the_sum_and_the_band_counts_only(contributions
 def test_a_breakdown_too_large_to_share_is_refused_naming_the_field():
     many = tuple(f"pc4:{n}" for n in range(1000, 5000))
     domain = ps.Domain.of(
-        (A, C), period=OCT, roles=(), categories=tuple("abcdefghij"), areas=many, branches=()
+        (A, p.Dimension.BRANCH, C),
+        period=OCT,
+        roles=(),
+        categories=tuple("abcdefghij"),
+        areas=many,
+        branches=tuple(str(n) for n in range(10, 60)),
     )
+    assert ps.MAX_VALUES < domain.leaves <= ps.MAX_TOTAL_VALUES  # in parts without bands
     with pytest.raises(MessageTooLarge) as caught:
         ps.vector_length(domain, 1, exact=True)
     assert (caught.value.field, caught.value.reason) == ("dimensions", "picture.too_large")

@@ -904,6 +904,45 @@ class PictureShareHeld(Base):
     )
 
 
+class PicturePartKind(enum.StrEnum):
+    """What a held part is a part of: a partner's share to the viewer (in its
+    contribution), a partner's share to the aggregator, or the aggregator's sum."""
+
+    CONTRIBUTION = "contribution"
+    SHARE = "share"
+    SUM = "sum"
+
+
+class PicturePartHeld(Base):
+    """One part of a shared vector too large for one message, kept until every part of
+    it is in (then the whole is checked, kept where a whole one would be, and its parts
+    deleted in the same transaction). A part alone is a slice of a uniformly random share
+    or of a sum not yet usable: nothing is summed or marked answered from it."""
+
+    __tablename__ = "picture_parts"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    request_id: Mapped[bytes] = mapped_column()
+    sender: Mapped[str] = mapped_column(String(MAX_PARTY_CHARS))
+    part_index: Mapped[int]
+    part_count: Mapped[int]
+    total_values: Mapped[int] = mapped_column(BigInteger)
+    vector_digest: Mapped[bytes] = mapped_column()
+    data: Mapped[bytes] = mapped_column()
+    received_at: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("kind", "request_id", "sender", "part_index"),
+        CheckConstraint(_one_of("kind", PicturePartKind), name="kind_known"),
+        CheckConstraint("length(request_id) = 16", name="request_id_size"),
+        CheckConstraint("length(vector_digest) = 32", name="digest_size"),
+        CheckConstraint("part_index >= 0 AND part_index < part_count", name="index_in_count"),
+        CheckConstraint("total_values >= 1", name="total_positive"),
+        CheckConstraint("length(data) >= 8", name="data_not_empty"),
+    )
+
+
 class PictureSumAnswer(Base):
     """At the aggregator: a viewer's sum request, answered at most once per request id.
     ``contributors`` (JSON) is what the viewer listed, then what was summed."""

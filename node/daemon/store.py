@@ -73,11 +73,13 @@ from samenloop.node.daemon.models import (
     HitKind,
     HitState,
     IdentifierState,
+    PicturePartKind,
     SignalState,
 )
 from samenloop.node.disclosure.protocol import Outcome, ResponseUpdate, SignalFacts, Verdict
 from samenloop.node.identifiers.normalise import Identifier, IdentifierType
 from samenloop.node.picture import arithmetic as picture
+from samenloop.node.picture.shares import Part
 from samenloop.node.tokens.derive import HIT_PROOF_KEY_BYTES
 from samenloop.node.tokens.holder import ANSWERED_AGAIN, AnsweredRequest, HolderEvent
 from samenloop.policies import audit_store, crypto
@@ -2393,8 +2395,9 @@ class NodeStore(audit_store.AuditLog):
                 answered_at=now,
             )
             .on_conflict_do_nothing(index_elements=["request_id"])
+            .returning(a.request_id)  # an INSERT's rowcount is not kept on PostgreSQL
         )
-        if result.rowcount != 1:
+        if result.first() is None:
             self._picture_audit(conn, answer, "request_replayed", now)
             return False
         if answer.spent_units > 0:
@@ -2477,6 +2480,12 @@ class NodeStore(audit_store.AuditLog):
             asked = conn.execute(
                 select(c.asked).where(c.request_id == contribution.request_id)
             ).scalar_one_or_none()
+            self._clear_parts(
+                conn,
+                PicturePartKind.CONTRIBUTION,
+                contribution.request_id,
+                contribution.contributor,
+            )
             if asked is None or contribution.contributor not in json.loads(asked):
                 self.append_audit(
                     conn,
@@ -2505,8 +2514,9 @@ class NodeStore(audit_store.AuditLog):
                 received_at=now,
             )
             .on_conflict_do_nothing(index_elements=["request_id", "contributor"])
+            .returning(models.PictureContribution.id)
         )
-        kept = result.rowcount == 1
+        kept = result.first() is not None
         self.append_audit(
             conn,
             kind=AuditKind.PICTURE_EVENT,
@@ -2665,6 +2675,9 @@ class NodeStore(audit_store.AuditLog):
                     .where(p.request_id == request_id, p.contributor.in_(list(contributors)))
                     .values(body=b"-")
                 )
+            if kept:  # parts of shares or of the sum still held are of no use now
+                self._clear_parts(conn, PicturePartKind.CONTRIBUTION, request_id)
+                self._clear_parts(conn, PicturePartKind.SUM, request_id)
             self.append_audit(
                 conn,
                 kind=AuditKind.PICTURE_EVENT,
@@ -2702,6 +2715,7 @@ class NodeStore(audit_store.AuditLog):
         with self._write() as conn:
             self._advance_inbox(conn, cursor)
             answered = conn.execute(select(m.answered_at).where(m.request_id == request_id)).first()
+            self._clear_parts(conn, PicturePartKind.SHARE, request_id, contributor)
             kept = False
             if answered is None or answered.answered_at is None:
                 kept = (
@@ -2718,8 +2732,9 @@ class NodeStore(audit_store.AuditLog):
                             received_at=now,
                         )
                         .on_conflict_do_nothing(index_elements=["request_id", "contributor"])
-                    ).rowcount
-                    == 1
+                        .returning(h.id)
+                    ).first()
+                    is not None
                 )
             self.append_audit(
                 conn,
@@ -2758,8 +2773,9 @@ class NodeStore(audit_store.AuditLog):
                         asked_at=now,
                     )
                     .on_conflict_do_nothing(index_elements=["request_id"])
-                ).rowcount
-                == 1
+                    .returning(m.request_id)
+                ).first()
+                is not None
             )
             self.append_audit(
                 conn,
@@ -2825,14 +2841,15 @@ class NodeStore(audit_store.AuditLog):
         *,
         contributors: Sequence[str],
         refusal: str | None,
-        envelope: SealedEnvelope,
+        envelope: SealedEnvelope | Sequence[SealedEnvelope],
         first_month: str | None = None,
         last_month: str | None = None,
         now: datetime,
     ) -> bool:
         """Answer a pending sum request once, in one transaction: mark it answered (with
-        the contributors summed and the period), queue the signed sum (or refusal) and
-        delete every share held for the request. False if it was answered meanwhile."""
+        the contributors summed and the period), queue the signed sum (or refusal; a sum
+        of several parts as one envelope per part) and delete every share, and every part
+        of one, held for the request. False if it was answered meanwhile."""
         now = _utc(now)
         m, h = models.PictureSumAnswer, models.PictureShareHeld
         with self._write() as conn:
@@ -2849,8 +2866,10 @@ class NodeStore(audit_store.AuditLog):
             )
             if result.rowcount != 1:
                 return False
-            self._queue_envelope(conn, envelope, now)
+            for extra in envelope if isinstance(envelope, Sequence) else (envelope,):
+                self._queue_envelope(conn, extra, now)
             conn.execute(delete(h).where(h.request_id == request_id))
+            self._clear_parts(conn, PicturePartKind.SHARE, request_id)
             self.append_audit(
                 conn,
                 kind=AuditKind.PICTURE_EVENT,
@@ -2864,6 +2883,124 @@ class NodeStore(audit_store.AuditLog):
                 now=now,
             )
         return True
+
+    # --- secure aggregation: vectors in parts ----------------------------------------------
+
+    def picture_parts(self, kind: PicturePartKind, request_id: bytes, sender: str) -> list[Part]:
+        """The parts held of ``sender``'s vector of ``kind`` for a request, by index."""
+        t = models.PicturePartHeld
+        with self._read() as conn:
+            rows = conn.execute(
+                select(t.part_index, t.part_count, t.total_values, t.vector_digest, t.data)
+                .where(t.kind == kind.value, t.request_id == request_id, t.sender == sender)
+                .order_by(t.part_index)
+            ).all()
+        return [
+            Part(
+                int(r.part_index),
+                int(r.part_count),
+                int(r.total_values),
+                bytes(r.vector_digest),
+                bytes(r.data),
+            )
+            for r in rows
+        ]
+
+    def keep_picture_part(
+        self,
+        cursor: int,
+        kind: PicturePartKind,
+        request_id: bytes,
+        sender: str,
+        part: Part,
+        *,
+        now: datetime,
+    ) -> bool:
+        """Keep one part of a vector that is not whole yet, with the mailbox cursor, in one
+        transaction (checked by ``picture_shares.check_part`` before). Dropped (False:
+        only the cursor and an audit entry) when that vector is settled already: for a
+        contribution, the collection is unknown, the sender was not asked, its answer is
+        kept or the sum is in; for a share, the sender's share is held or the request's
+        sum was answered; for a sum, the collection holds the sum or a refusal. A part
+        held at its index already is kept as it was: a repeat changes nothing."""
+        now = _utc(now)
+        _check_bytes(request_id, ID_BYTES, "request_id")
+        t = models.PicturePartHeld
+        with self._write() as conn:
+            self._advance_inbox(conn, cursor)
+            kept = False
+            if not self._part_settled(conn, kind, request_id, sender):
+                kept = (
+                    conn.execute(
+                        self._insert(t)
+                        .values(
+                            kind=kind.value,
+                            request_id=request_id,
+                            sender=sender,
+                            part_index=part.index,
+                            part_count=part.count,
+                            total_values=part.total_values,
+                            vector_digest=part.digest,
+                            data=part.data,
+                            received_at=now,
+                        )
+                        .on_conflict_do_nothing(
+                            index_elements=["kind", "request_id", "sender", "part_index"]
+                        )
+                        .returning(t.id)
+                    ).first()
+                    is not None
+                )
+            self.append_audit(
+                conn,
+                kind=AuditKind.PICTURE_EVENT,
+                actor=sender,
+                subject=[request_id.hex()],
+                details={
+                    "event": "part_kept" if kept else "part_dropped",
+                    "of": kind.value,
+                    "part": f"{part.index + 1}/{part.count}",
+                },
+                now=now,
+            )
+        return kept
+
+    def _part_settled(
+        self, conn: Connection, kind: PicturePartKind, request_id: bytes, sender: str
+    ) -> bool:
+        c, p = models.PictureCollection, models.PictureContribution
+        m, h = models.PictureSumAnswer, models.PictureShareHeld
+        if kind is PicturePartKind.SHARE:
+            answered = conn.execute(select(m.answered_at).where(m.request_id == request_id)).first()
+            held = conn.execute(
+                select(h.id).where(h.request_id == request_id, h.contributor == sender)
+            ).first()
+            return held is not None or (answered is not None and answered.answered_at is not None)
+        row = conn.execute(
+            select(c.asked, c.aggregate, c.aggregate_refusal).where(c.request_id == request_id)
+        ).first()
+        if row is None or row.aggregate is not None or row.aggregate_refusal is not None:
+            return True
+        if kind is PicturePartKind.SUM:
+            return False
+        kept = conn.execute(
+            select(p.id).where(p.request_id == request_id, p.contributor == sender)
+        ).first()
+        return kept is not None or sender not in json.loads(row.asked)
+
+    def _clear_parts(
+        self,
+        conn: Connection,
+        kind: PicturePartKind,
+        request_id: bytes,
+        sender: str | None = None,
+    ) -> None:
+        """Delete the parts held of a vector that is now settled (or of every sender's)."""
+        t = models.PicturePartHeld
+        query = delete(t).where(t.kind == kind.value, t.request_id == request_id)
+        if sender is not None:
+            query = query.where(t.sender == sender)
+        conn.execute(query)
 
     def picture_hit_group_facts(
         self, first_month: str, last_month: str

@@ -16,12 +16,18 @@ id (:meth:`PictureDesk.receive_sum_request`); as viewer it asks for that sum onc
 partners answered (or the answer window passed) and keeps only the result
 (:meth:`PictureDesk.receive_sum`).
 
+A share or sum larger than one message arrives in parts: each part is kept with the
+mailbox cursor until the last one completes the vector (``picture_shares.join``), which
+is then handled as a whole one would be, its parts deleted in the same transaction;
+nothing of an incomplete vector counts (no answer, no share summed).
+
 Log lines and audit entries carry ids, names, outcomes and epsilon: never a
 count, an area, a branch or a category.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import random
 import secrets
@@ -34,6 +40,7 @@ from typing import Any
 import structlog
 from google.protobuf.message import DecodeError
 
+from samenloop.node.daemon.models import PicturePartKind
 from samenloop.node.daemon.store import (
     HeldPictureShare,
     NewPictureAnswer,
@@ -867,50 +874,61 @@ class PictureDesk:
                         ask.period.first_month,
                         ask.period.last_month,
                     )
-                else:
-                    share = picture_protocol.share_message(
-                        incoming.request_id,
-                        self._me,
-                        incoming.requester,
-                        digest,
-                        theirs,
-                        period=ask.period,
-                        now=now,
-                    )
-                    also.append(
-                        SealedEnvelope.of(
-                            picture_protocol.seal_message(
-                                self._keys,
-                                covenant,
-                                SignatureContext.PICTURE_SHARE,
-                                share.SerializeToString(),
-                                recipient=aggregator,
-                                message_id=self._random(ID_BYTES),
+                else:  # one message per part of a share larger than one message
+                    for part in picture_shares.split(theirs):
+                        share = picture_protocol.share_message(
+                            incoming.request_id,
+                            self._me,
+                            incoming.requester,
+                            digest,
+                            theirs,
+                            period=ask.period,
+                            now=now,
+                            part=part,
+                        )
+                        also.append(
+                            SealedEnvelope.of(
+                                picture_protocol.seal_message(
+                                    self._keys,
+                                    covenant,
+                                    SignatureContext.PICTURE_SHARE,
+                                    share.SerializeToString(),
+                                    recipient=aggregator,
+                                    message_id=self._random(ID_BYTES),
+                                )
                             )
                         )
+            parts: list[picture_shares.Part | None] = (
+                [None] if mine is None else [*picture_shares.split(mine)]
+            )
+            envelope, *more = [
+                SealedEnvelope.of(
+                    picture_protocol.seal_contribution(
+                        self._keys,
+                        covenant,
+                        picture_protocol.contribution(
+                            covenant,
+                            self._me,
+                            incoming.request_id,
+                            verdict,
+                            (),
+                            period=incoming.message.period,
+                            now=now,
+                            share=mine,
+                            part=part,
+                        ),
+                        requester=incoming.requester,
+                        message_id=self._random(ID_BYTES),
                     )
-            message = picture_protocol.contribution(
-                covenant,
-                self._me,
-                incoming.request_id,
-                verdict,
-                (),
-                period=incoming.message.period,
-                now=now,
-                share=mine,
-            )
-            envelope = picture_protocol.seal_contribution(
-                self._keys,
-                covenant,
-                message,
-                requester=incoming.requester,
-                message_id=self._random(ID_BYTES),
-            )
+                )
+                for part in parts
+            ]
+            also = [*more, *also]
             try:
                 self._store.answer_picture_request(
                     cursor,
                     self._answer(incoming.request_id, incoming.requester, ask, verdict),
-                    SealedEnvelope.of(envelope),
+                    envelope,
                     budget_units=self._budget_units(covenant),
                     now=now,
                     also=also,
@@ -964,6 +982,16 @@ class PictureDesk:
                 role=role,
                 share_values=self._values(covenant, remote),
             )
+            if received.part is not None:
+                whole = self._joined(
+                    cursor, PicturePartKind.CONTRIBUTION, request_id, sender, received.part
+                )
+                if whole is None:
+                    return  # kept with the cursor: the share is used once every part is in
+                message.share = whole
+                message.ClearField("part")
+                body = message.SerializeToString()
+                received = dataclasses.replace(received, share=whole, part=None)
         except (InvalidInput, MessageTooLarge) as error:
             # Kept as refused, with why, so that the collection shows it and it counts nowhere.
             kept = self._store.receive_picture_contribution(
@@ -1005,6 +1033,27 @@ class PictureDesk:
         self._maybe_ask_sum(request_id, covenant)
 
     # --- secure aggregation (issue 13) -----------------------------------------------------
+
+    def _joined(
+        self,
+        cursor: int,
+        kind: PicturePartKind,
+        request_id: bytes,
+        sender: str,
+        part: picture_shares.Part,
+    ) -> bytes | None:
+        """The whole vector once ``part`` completes it (checked: ``picture_shares.join``,
+        ``InvalidInput`` naming the field for parts that do not fit together), for the
+        caller to keep with the cursor; else None, and the part is kept with the cursor
+        (or dropped, if that vector is settled already)."""
+        held = self._store.picture_parts(kind, request_id, sender)
+        whole = picture_shares.join([*held, part], values=part.total_values)
+        if whole is None:
+            kept = self._store.keep_picture_part(
+                cursor, kind, request_id, sender, part, now=self._now()
+            )
+            log.info("picture part received", of=kind.value, kept=kept)
+        return whole
 
     @staticmethod
     def _values(covenant: Covenant, remote: PictureAsk) -> int:
@@ -1070,6 +1119,13 @@ class PictureDesk:
         """At the aggregator: keep a contributor's second share (with the cursor), then
         answer the viewer's sum request if it waited for this share."""
         share = picture_protocol.parse_share(body, sender=sender, covenant=covenant, me=self._me)
+        if share.part is not None:
+            whole = self._joined(
+                cursor, PicturePartKind.SHARE, share.request_id, sender, share.part
+            )
+            if whole is None:
+                return  # kept with the cursor: summed once every part is in
+            share = dataclasses.replace(share, share=whole, part=None)
         kept = self._store.keep_picture_share(
             cursor,
             share.request_id,
@@ -1137,20 +1193,24 @@ class PictureDesk:
         if verdict is None:
             return  # a listed share is still on its way
         now = self._now()
-        message = picture_protocol.sum_message(request_id, self._me, verdict, now=now)
-        envelope = picture_protocol.seal_message(
-            self._keys,
-            covenant,
-            SignatureContext.PICTURE_SUM,
-            message.SerializeToString(),
-            recipient=pending.requester,
-            message_id=self._random(ID_BYTES),
-        )
+        envelopes = [
+            SealedEnvelope.of(
+                picture_protocol.seal_message(
+                    self._keys,
+                    covenant,
+                    SignatureContext.PICTURE_SUM,
+                    message.SerializeToString(),
+                    recipient=pending.requester,
+                    message_id=self._random(ID_BYTES),
+                )
+            )
+            for message in picture_protocol.sum_messages(request_id, self._me, verdict, now=now)
+        ]
         if self._store.answer_picture_sum(
             request_id,
             contributors=verdict.contributors,
             refusal=None if verdict.refusal is None else verdict.refusal.value,
-            envelope=SealedEnvelope.of(envelope),
+            envelope=envelopes,
             first_month=None if period is None else period.first_month,
             last_month=None if period is None else period.last_month,
             now=now,
@@ -1201,6 +1261,23 @@ class PictureDesk:
             )
             log.warning("picture sum rejected", field=error.field)
             return
+        if received.part is not None:
+            try:
+                whole = self._joined(cursor, PicturePartKind.SUM, request_id, sender, received.part)
+            except InvalidInput as error:
+                self._store.keep_picture_sum(
+                    cursor,
+                    request_id,
+                    aggregate=None,
+                    contributors=(),
+                    refusal=(_REJECTED_PREFIX + _why(error))[: picture_protocol.MAX_TEXT_BYTES],
+                    now=now,
+                )
+                log.warning("picture sum rejected", field=error.field)
+                return
+            if whole is None:
+                return  # kept with the cursor: added once every part is in
+            received = dataclasses.replace(received, total=whole, part=None)
         if received.refusal is not None:
             self._store.keep_picture_sum(
                 cursor,

@@ -36,7 +36,10 @@ viewer combines what arrived and applies disclosure control. The arithmetic is
   (:func:`aggregator_of`). The aggregator sums every share it holds for a request once the
   requester asks (:func:`decide_sum`: at least ``min_contributors``, never singling out a
   partner against the sums it gave before); the requester checks the sum
-  (:func:`parse_sum`) and adds its own shares of exactly those contributors.
+  (:func:`parse_sum`) and adds its own shares of exactly those contributors. A share or
+  sum larger than one message travels as one message per part (``part=`` of
+  :func:`contribution`, :func:`share_message`; :func:`sum_messages`), each part checked
+  on arrival against what the receiver knows (``picture_shares.check_part``).
 * **Periods in exact mode.** :func:`check_periods`: without a privacy budget, the
   periods collected of one measure must be equal or disjoint, so that no
   suppressed cell can be recovered by subtracting one period's figures from an
@@ -75,7 +78,7 @@ from samenloop.node.picture.arithmetic import (
     SignalFacts,
     Table,
 )
-from samenloop.node.picture.shares import Domain
+from samenloop.node.picture.shares import Domain, Part
 from samenloop.policies import crypto, rules
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
@@ -618,10 +621,12 @@ def contribution(
     period: picture_pb2.Period,
     now: datetime,
     share: bytes | None = None,
+    part: Part | None = None,
 ) -> picture_pb2.PictureContribution:
     """The answer to a request: the refusal, or the requester's ``share`` of the tables
     (what is sent), or the tables themselves (the viewer's own contribution, kept at
-    its own node)."""
+    its own node). With ``part`` (a share of more than one part), ``share`` is ignored:
+    the message carries that part (:func:`picture_shares.split`)."""
     message = picture_pb2.PictureContribution(
         request_id=request_id,
         contributor=me,
@@ -633,7 +638,11 @@ def contribution(
         message.refusal.reason = verdict.refusal.to_proto()
         message.refusal.message = verdict.message[:MAX_TEXT_BYTES]
         return message
-    if share is None:
+    if part is not None:
+        message.share = part.data
+        if part.count > 1:
+            message.part.CopyFrom(part.to_proto())
+    elif share is None:
         message.tables.extend(table_to_proto(t) for t in tables)
     else:
         message.share = share
@@ -675,8 +684,10 @@ class ReceivedContribution:
     message: str
     tables: tuple[Table, ...]
     epsilon_spent: float
-    #: The requester's share of the contributor's vector (empty for its own or a refusal).
+    #: The requester's share of the contributor's vector (empty for its own or a refusal);
+    #: with ``part``, only that part of it.
     share: bytes = b""
+    part: Part | None = None
 
     def __repr__(self) -> str:
         return f"ReceivedContribution(contributor={self.contributor!r}, refusal={self.refusal})"
@@ -687,6 +698,24 @@ def read_contribution(message: picture_pb2.PictureContribution) -> tuple[bytes, 
     if len(message.request_id) != ID_BYTES:
         raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
     return bytes(message.request_id), message.contributor
+
+
+def _part_of(
+    message: picture_pb2.PictureContribution | picture_pb2.PictureShare | picture_pb2.PictureSum,
+    data: bytes,
+    *,
+    values: int | None,
+) -> Part | None:
+    """The part a message's vector is, checked (``picture_shares.check_part``: ``values``
+    is the whole vector's length when the receiver knows it); None for a whole vector.
+    A part that says it is the only one is refused: a whole vector travels without one."""
+    if not message.HasField("part"):
+        return None
+    part = Part.from_proto(message.part, data)
+    picture_shares.check_part(part, values=values)
+    if part.count == 1:
+        raise InvalidInput("a vector of one part travels without a part", field="part.count")
+    return part
 
 
 def parse_contribution(
@@ -739,7 +768,8 @@ def parse_contribution(
                 field="tables",
                 reason="picture.plain_counts",
             )
-        if len(message.share) != share_values * crypto.SHARE_WORD_BYTES:
+        part = _part_of(message, bytes(message.share), values=share_values)
+        if part is None and len(message.share) != share_values * crypto.SHARE_WORD_BYTES:
             raise InvalidInput(
                 f"the share has {share_values} values of {crypto.SHARE_WORD_BYTES} bytes",
                 field="share",
@@ -753,6 +783,7 @@ def parse_contribution(
             (),
             float(message.epsilon_spent),
             bytes(message.share),
+            part,
         )
     tables = tuple(
         table_from_proto(t, ask, field=f"tables[{i}]", role=role)
@@ -851,16 +882,20 @@ def share_message(
     *,
     period: Period,
     now: datetime,
+    part: Part | None = None,
 ) -> picture_pb2.PictureShare:
-    """The aggregator's share of this node's contribution."""
+    """The aggregator's share of this node's contribution; with ``part`` (a share of more
+    than one part), that part of it, ``share`` ignored."""
     message = picture_pb2.PictureShare(
         request_id=request_id,
         contributor=me,
         requester=requester,
         request_digest=digest,
-        share=share,
+        share=share if part is None else part.data,
         period=period.to_proto(),
     )
+    if part is not None and part.count > 1:
+        message.part.CopyFrom(part.to_proto())
     message.issued_at.FromDatetime(now.astimezone(UTC))
     return message
 
@@ -875,6 +910,8 @@ class IncomingShare:
     digest: bytes
     share: bytes
     period: Period
+    #: Which part of the share ``share`` is; None for the whole share.
+    part: Part | None = None
 
     def __repr__(self) -> str:
         return f"IncomingShare(contributor={self.contributor!r})"
@@ -896,8 +933,10 @@ def parse_share(body: bytes, *, sender: str, covenant: Covenant, me: str) -> Inc
     if len(message.request_digest) != 32:
         raise InvalidInput("a SHA-256 digest is 32 bytes", field="request_digest")
     size = len(message.share)
-    if not 0 < size <= picture_shares.MAX_VALUES * crypto.SHARE_WORD_BYTES or (
-        size % crypto.SHARE_WORD_BYTES
+    part = _part_of(message, bytes(message.share), values=None)
+    if part is None and (
+        not 0 < size <= picture_shares.MAX_VALUES * crypto.SHARE_WORD_BYTES
+        or size % crypto.SHARE_WORD_BYTES
     ):
         raise InvalidInput("not a shared vector of a bounded length", field="share")
     period = Period.from_proto(message.period, field="period")
@@ -908,6 +947,7 @@ def parse_share(body: bytes, *, sender: str, covenant: Covenant, me: str) -> Inc
         bytes(message.request_digest),
         bytes(message.share),
         period,
+        part,
     )
 
 
@@ -1075,10 +1115,30 @@ def decide_sum(
     return SumVerdict(tuple(h.contributor for h in chosen), digests.pop(), total)
 
 
-def sum_message(
+def sum_messages(
     request_id: bytes, me: str, verdict: SumVerdict, *, now: datetime
+) -> list[picture_pb2.PictureSum]:
+    """The aggregator's answer as it travels: one message (a refusal, or a sum that fits
+    one), or one per part of a larger sum (``picture_shares.split``)."""
+    if verdict.refusal is not None:
+        return [sum_message(request_id, me, verdict, now=now)]
+    parts = picture_shares.split(verdict.total)
+    return [
+        sum_message(request_id, me, verdict, now=now, part=p if len(parts) > 1 else None)
+        for p in parts
+    ]
+
+
+def sum_message(
+    request_id: bytes,
+    me: str,
+    verdict: SumVerdict,
+    *,
+    now: datetime,
+    part: Part | None = None,
 ) -> picture_pb2.PictureSum:
-    """The aggregator's signed answer (sum or refusal)."""
+    """The aggregator's signed answer (sum or refusal); with ``part``, that part of the
+    sum."""
     message = picture_pb2.PictureSum(request_id=request_id, aggregator=me)
     message.issued_at.FromDatetime(now.astimezone(UTC))
     if verdict.refusal is not None:
@@ -1087,7 +1147,11 @@ def sum_message(
         return message
     message.contributors.extend(verdict.contributors)
     message.request_digest = verdict.digest
-    message.sum = verdict.total
+    if part is None:
+        message.sum = verdict.total
+    else:
+        message.sum = part.data
+        message.part.CopyFrom(part.to_proto())
     return message
 
 
@@ -1100,6 +1164,8 @@ class ReceivedSum:
     total: bytes
     refusal: PictureRefusal | None
     message: str
+    #: Which part of the sum ``total`` is; None for the whole sum.
+    part: Part | None = None
 
     def __repr__(self) -> str:
         return f"ReceivedSum(contributors={self.contributors!r}, refusal={self.refusal})"
@@ -1151,9 +1217,10 @@ def parse_sum(
         )
     if message.request_digest != digest:
         raise InvalidInput("a sum of another request", field="request_digest")
-    if len(message.sum) != values * crypto.SHARE_WORD_BYTES:
+    part = _part_of(message, bytes(message.sum), values=values)
+    if part is None and len(message.sum) != values * crypto.SHARE_WORD_BYTES:
         raise InvalidInput("the sum has another length than the request's", field="sum")
-    return ReceivedSum(bytes(message.request_id), listed, bytes(message.sum), None, "")
+    return ReceivedSum(bytes(message.request_id), listed, bytes(message.sum), None, "", part)
 
 
 def seal_message(

@@ -29,6 +29,17 @@ The vector, per measure in request order:
   disclosure rules (minimum contributors, dominance) need; no contributor's own
   band is learnt.
 
+A vector longer than one message carries (:data:`MAX_VALUES`) travels in parts
+(:func:`split`, :class:`Part`): cut in order into parts of :data:`MAX_VALUES`
+values, the last shorter, each naming its index, the part count, the whole
+vector's length and its SHA-256, at most :data:`MAX_PARTS` parts
+(:data:`MAX_TOTAL_VALUES` values). Each part goes in its own signed, sealed message
+with the request id, so whoever relays them can drop or repeat a part but not
+reorder, replace or splice one: :func:`check_part` refuses a part that does not fit
+its own description or the length the receiver expects, and :func:`join` gives the
+vector only once every part is in, all of one description, and the whole matches
+its digest (a repeated identical part changes nothing).
+
 Sans-IO: no clock, database or network; randomness only through
 ``samenloop.policies.crypto``.
 """
@@ -37,7 +48,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -59,14 +70,21 @@ from samenloop.v1 import common_pb2, picture_pb2
 
 __all__ = [
     "BANDS",
+    "MAX_PARTS",
+    "MAX_TOTAL_VALUES",
     "MAX_VALUES",
     "Domain",
+    "Part",
     "SharedSum",
     "band_of",
     "band_top",
     "cell_facts",
+    "check_part",
     "decode",
     "encode",
+    "join",
+    "parts_needed",
+    "split",
     "vector_length",
 ]
 
@@ -79,8 +97,14 @@ BAND_BASE: Final = common_pb2.LIMITS_MAX_PARTIES + 1
 BANDS_PER_WORD: Final = 7
 #: Values per cell for its band indicators.
 BAND_WORDS: Final = -(-BANDS // BANDS_PER_WORD)
-#: Most values in one shared vector (768 KiB of 64-bit words).
+#: Most values in one message's share or sum: one part (768 KiB of 64-bit words).
 MAX_VALUES: Final = common_pb2.LIMITS_MAX_PICTURE_SHARE_VALUES
+#: Most parts a shared vector is cut into.
+MAX_PARTS: Final = common_pb2.LIMITS_MAX_PICTURE_SHARE_PARTS
+#: Most values in one whole shared vector (24 MiB): a bound on what one party can make
+#: another keep for one request.
+MAX_TOTAL_VALUES: Final = common_pb2.LIMITS_MAX_PICTURE_VECTOR_VALUES
+WORD_BYTES: Final = crypto.SHARE_WORD_BYTES
 MAX_VALUE_CHARS: Final = 64
 
 
@@ -224,17 +248,144 @@ class Domain:
 
 def vector_length(domain: Domain, measures: int, *, exact: bool) -> int:
     """How many values a contributor's vector has; ``MessageTooLarge`` (field
-    ``dimensions``) beyond :data:`MAX_VALUES`."""
+    ``dimensions``) beyond :data:`MAX_TOTAL_VALUES` (:data:`MAX_PARTS` parts)."""
     per_measure = domain.leaves + (domain.cells * BAND_WORDS if exact else 0)
     length = per_measure * measures
-    if length > MAX_VALUES:
+    if length > MAX_TOTAL_VALUES:
         raise MessageTooLarge(
-            f"the shared tables would have {length} values, at most {MAX_VALUES}: ask for "
-            "fewer dimensions or measures, or a shorter period",
+            f"the shared tables would have {length} values, at most {MAX_TOTAL_VALUES} "
+            f"({MAX_PARTS} parts of {MAX_VALUES}): ask for fewer dimensions or measures, "
+            "or a shorter period",
             field="dimensions",
             reason="picture.too_large",
         )
     return length
+
+
+# --- parts: a vector larger than one message ---------------------------------------------
+
+
+def parts_needed(values: int) -> int:
+    """How many parts a vector of ``values`` values travels in (at least one)."""
+    return max(1, -(-values // MAX_VALUES))
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Part:
+    """One part of a shared vector as it travels: its place (``index`` of ``count``), the
+    whole vector's length and SHA-256, and its own words (``data``)."""
+
+    index: int
+    count: int
+    total_values: int
+    digest: bytes
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"Part(index={self.index}, count={self.count}, total_values={self.total_values})"
+
+    def to_proto(self) -> picture_pb2.PicturePart:
+        return picture_pb2.PicturePart(
+            index=self.index,
+            count=self.count,
+            total_values=self.total_values,
+            vector_digest=self.digest,
+        )
+
+    @classmethod
+    def from_proto(cls, message: picture_pb2.PicturePart, data: bytes) -> Part:
+        return cls(
+            int(message.index),
+            int(message.count),
+            int(message.total_values),
+            bytes(message.vector_digest),
+            bytes(data),
+        )
+
+    @property
+    def same_vector(self) -> tuple[int, int, bytes]:
+        """What every part of one vector says alike."""
+        return self.count, self.total_values, self.digest
+
+
+def split(vector: bytes) -> list[Part]:
+    """A vector (little-endian 64-bit words) cut into its parts, in order: one part for
+    a vector of up to :data:`MAX_VALUES` values. ``MessageTooLarge`` (field ``share``)
+    beyond :data:`MAX_TOTAL_VALUES`."""
+    if len(vector) % WORD_BYTES:
+        raise InvalidInput(f"a whole number of {WORD_BYTES}-byte values", field="share")
+    total = len(vector) // WORD_BYTES
+    if total > MAX_TOTAL_VALUES:
+        raise MessageTooLarge(
+            f"a shared vector has at most {MAX_TOTAL_VALUES} values, this one {total}",
+            field="share",
+            reason="picture.too_large",
+        )
+    count = parts_needed(total)
+    digest = crypto.digest(vector)
+    step = MAX_VALUES * WORD_BYTES
+    return [Part(i, count, total, digest, vector[i * step : (i + 1) * step]) for i in range(count)]
+
+
+def check_part(part: Part, *, values: int | None = None) -> None:
+    """Refuse a part that does not describe itself consistently: a count of 1 to
+    :data:`MAX_PARTS` that is exactly what its ``total_values`` needs (at most
+    :data:`MAX_TOTAL_VALUES`, and ``values`` when the receiver knows the length), an
+    index below the count, a 32-byte digest, and exactly the words its index holds.
+    ``InvalidInput`` naming the field (``part.*``, ``share``)."""
+    if not 1 <= part.total_values <= MAX_TOTAL_VALUES:
+        raise InvalidInput(
+            f"a shared vector has 1 to {MAX_TOTAL_VALUES} values", field="part.total_values"
+        )
+    if values is not None and part.total_values != values:
+        raise InvalidInput(
+            f"the request's vector has {values} values, the part says {part.total_values}",
+            field="part.total_values",
+        )
+    if not 1 <= part.count <= MAX_PARTS or part.count != parts_needed(part.total_values):
+        raise InvalidInput(
+            f"{part.total_values} values travel in {parts_needed(part.total_values)} parts "
+            f"(at most {MAX_PARTS})",
+            field="part.count",
+        )
+    if not 0 <= part.index < part.count:
+        raise InvalidInput(f"an index is 0 to {part.count - 1}", field="part.index")
+    if len(part.digest) != crypto.DIGEST_BYTES:
+        raise InvalidInput("a SHA-256 digest is 32 bytes", field="part.vector_digest")
+    first = part.index * MAX_VALUES
+    expected = min(MAX_VALUES, part.total_values - first) * WORD_BYTES
+    if len(part.data) != expected:
+        raise InvalidInput(
+            f"part {part.index} of {part.count} holds {expected // WORD_BYTES} values",
+            field="share",
+        )
+
+
+def join(parts: Iterable[Part], *, values: int | None = None) -> bytes | None:
+    """The whole vector from its parts, in any order: None while a part is missing.
+    ``InvalidInput`` naming the field if a part fails :func:`check_part`, the parts
+    describe different vectors (``part``), two differ at one index (``part.index``; the
+    same part twice is fine), or the whole does not match its digest
+    (``part.vector_digest``)."""
+    by_index: dict[int, Part] = {}
+    described: tuple[int, int, bytes] | None = None
+    for part in parts:
+        check_part(part, values=values)
+        if described is None:
+            described = part.same_vector
+        elif part.same_vector[:2] != described[:2] or not crypto.equal(part.digest, described[2]):
+            raise InvalidInput("parts of different vectors", field="part")
+        held = by_index.setdefault(part.index, part)
+        if held is not part and not crypto.equal(held.data, part.data):
+            raise InvalidInput("two different parts at one index", field="part.index")
+    if described is None or len(by_index) < described[0]:
+        return None
+    whole = b"".join(by_index[i].data for i in range(described[0]))
+    if not crypto.equal(crypto.digest(whole), described[2]):
+        raise InvalidInput(
+            "the parts do not make the vector they describe", field="part.vector_digest"
+        )
+    return whole
 
 
 def encode(

@@ -134,8 +134,16 @@ class _LimitsEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Limits.ValueTy
     """Most cells in one PictureContribution or picture table."""
     LIMITS_MAX_PICTURE_SHARE_VALUES: _Limits.ValueType  # 98304
     """Most unsigned 64-bit values in one PictureShare, PictureContribution.share
-    or PictureSum.sum (768 KiB): every measure's leaf cells and, in exact
-    mode, the band indicators of every cell with its totals.
+    or PictureSum.sum (768 KiB): one part of a shared vector (PicturePart).
+    """
+    LIMITS_MAX_PICTURE_SHARE_PARTS: _Limits.ValueType  # 32
+    """Most parts one shared vector is cut into (PicturePart.count): a share, or
+    the aggregator's sum, travels in at most this many sealed messages.
+    """
+    LIMITS_MAX_PICTURE_VECTOR_VALUES: _Limits.ValueType  # 3145728
+    """Most values in one whole shared vector (24 MiB): every measure's leaf
+    cells and, in exact mode, the band indicators of every cell with its
+    totals. LIMITS_MAX_PICTURE_SHARE_PARTS times LIMITS_MAX_PICTURE_SHARE_VALUES.
     """
     LIMITS_MAX_ENVELOPE_BYTES: _Limits.ValueType  # 1048576
     """Largest Sealed.ciphertext (1 MiB). Also the largest SignedCovenant.body."""
@@ -249,8 +257,16 @@ LIMITS_MAX_PICTURE_CELLS: Limits.ValueType  # 20000
 """Most cells in one PictureContribution or picture table."""
 LIMITS_MAX_PICTURE_SHARE_VALUES: Limits.ValueType  # 98304
 """Most unsigned 64-bit values in one PictureShare, PictureContribution.share
-or PictureSum.sum (768 KiB): every measure's leaf cells and, in exact
-mode, the band indicators of every cell with its totals.
+or PictureSum.sum (768 KiB): one part of a shared vector (PicturePart).
+"""
+LIMITS_MAX_PICTURE_SHARE_PARTS: Limits.ValueType  # 32
+"""Most parts one shared vector is cut into (PicturePart.count): a share, or
+the aggregator's sum, travels in at most this many sealed messages.
+"""
+LIMITS_MAX_PICTURE_VECTOR_VALUES: Limits.ValueType  # 3145728
+"""Most values in one whole shared vector (24 MiB): every measure's leaf
+cells and, in exact mode, the band indicators of every cell with its
+totals. LIMITS_MAX_PICTURE_SHARE_PARTS times LIMITS_MAX_PICTURE_SHARE_VALUES.
 """
 LIMITS_MAX_ENVELOPE_BYTES: Limits.ValueType  # 1048576
 """Largest Sealed.ciphertext (1 MiB). Also the largest SignedCovenant.body."""

@@ -503,6 +503,7 @@ class PictureContribution(_message.Message):
     EPSILON_REMAINING_FIELD_NUMBER: _builtins.int
     ISSUED_AT_FIELD_NUMBER: _builtins.int
     SHARE_FIELD_NUMBER: _builtins.int
+    PART_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     """The request_id answered."""
     contributor: _builtins.str
@@ -516,7 +517,7 @@ class PictureContribution(_message.Message):
     share: _builtins.bytes
     """The requester's share: a uniformly random vector of unsigned 64-bit
     integers, little-endian, as long as the aggregator's share. Alone it says
-    nothing about the counts. Empty if refused.
+    nothing about the counts. Empty if refused. With `part`, only that part.
     """
     @_builtins.property
     def period(self) -> Global___Period:
@@ -536,6 +537,12 @@ class PictureContribution(_message.Message):
     def issued_at(self) -> _timestamp_pb2.Timestamp:
         """When the contribution was made."""
 
+    @_builtins.property
+    def part(self) -> Global___PicturePart:
+        """Present when the share is larger than one message carries: which part of
+        it `share` is. Absent: `share` is the whole vector.
+        """
+
     def __init__(
         self,
         *,
@@ -549,14 +556,58 @@ class PictureContribution(_message.Message):
         epsilon_remaining: _builtins.float = ...,
         issued_at: _timestamp_pb2.Timestamp | None = ...,
         share: _builtins.bytes = ...,
+        part: Global___PicturePart | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at", "period", b"period", "refusal", b"refusal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at", "part", b"part", "period", b"period", "refusal", b"refusal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributor", b"contributor", "contributor_role", b"contributor_role", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "issued_at", b"issued_at", "period", b"period", "refusal", b"refusal", "request_id", b"request_id", "share", b"share", "tables", b"tables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributor", b"contributor", "contributor_role", b"contributor_role", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "issued_at", b"issued_at", "part", b"part", "period", b"period", "refusal", b"refusal", "request_id", b"request_id", "share", b"share", "tables", b"tables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PictureContribution: _TypeAlias = PictureContribution  # noqa: Y015
+
+@_typing.final
+class PicturePart(_message.Message):
+    """One part of a shared vector (a share, or the aggregator's sum) too large for
+    one message: the vector cut in order into `count` parts of
+    LIMITS_MAX_PICTURE_SHARE_VALUES values each, the last one shorter. Each part
+    travels as a whole signed and sealed message of its kind (with the request id),
+    so the broker can neither reorder, drop and replace, nor splice parts of another
+    vector: the receiver keeps the parts and uses the vector only once every part is
+    in and the whole matches `vector_digest`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    TOTAL_VALUES_FIELD_NUMBER: _builtins.int
+    VECTOR_DIGEST_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Which part, from 0."""
+    count: _builtins.int
+    """How many parts the vector has: 2..LIMITS_MAX_PICTURE_SHARE_PARTS, exactly
+    as many as `total_values` needs.
+    """
+    total_values: _builtins.int
+    """Values in the whole vector, at most LIMITS_MAX_PICTURE_VECTOR_VALUES."""
+    vector_digest: _builtins.bytes
+    """SHA-256 of the whole vector's bytes."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        count: _builtins.int = ...,
+        total_values: _builtins.int = ...,
+        vector_digest: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "index", b"index", "total_values", b"total_values", "vector_digest", b"vector_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PicturePart: _TypeAlias = PicturePart  # noqa: Y015
 
 @_typing.final
 class PictureShare(_message.Message):
@@ -579,6 +630,7 @@ class PictureShare(_message.Message):
     SHARE_FIELD_NUMBER: _builtins.int
     ISSUED_AT_FIELD_NUMBER: _builtins.int
     PERIOD_FIELD_NUMBER: _builtins.int
+    PART_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     """The request_id answered."""
     contributor: _builtins.str
@@ -590,7 +642,7 @@ class PictureShare(_message.Message):
     only shares of one request are summed.
     """
     share: _builtins.bytes
-    """The aggregator's share."""
+    """The aggregator's share; with `part`, only that part of it."""
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp:
         """When the share was made."""
@@ -602,6 +654,10 @@ class PictureShare(_message.Message):
         single out one contributor (sums over sets that differ by one party).
         """
 
+    @_builtins.property
+    def part(self) -> Global___PicturePart:
+        """Present when the share is larger than one message carries (PicturePart)."""
+
     def __init__(
         self,
         *,
@@ -612,10 +668,11 @@ class PictureShare(_message.Message):
         share: _builtins.bytes = ...,
         issued_at: _timestamp_pb2.Timestamp | None = ...,
         period: Global___Period | None = ...,
+        part: Global___PicturePart | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at", "period", b"period"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at", "part", b"part", "period", b"period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributor", b"contributor", "issued_at", b"issued_at", "period", b"period", "request_digest", b"request_digest", "request_id", b"request_id", "requester", b"requester", "share", b"share"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributor", b"contributor", "issued_at", b"issued_at", "part", b"part", "period", b"period", "request_digest", b"request_digest", "request_id", b"request_id", "requester", b"requester", "share", b"share"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -681,6 +738,7 @@ class PictureSum(_message.Message):
     SUM_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
     ISSUED_AT_FIELD_NUMBER: _builtins.int
+    PART_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     """The request summed."""
     aggregator: _builtins.str
@@ -688,7 +746,9 @@ class PictureSum(_message.Message):
     request_digest: _builtins.bytes
     """The request_digest of the shares summed."""
     sum: _builtins.bytes
-    """The sum, as the shares are encoded; empty if refused."""
+    """The sum, as the shares are encoded; empty if refused. With `part`, only
+    that part of it.
+    """
     @_builtins.property
     def contributors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The contributors summed, sorted; never fewer than the covenant's
@@ -703,6 +763,10 @@ class PictureSum(_message.Message):
     def issued_at(self) -> _timestamp_pb2.Timestamp:
         """When it was summed."""
 
+    @_builtins.property
+    def part(self) -> Global___PicturePart:
+        """Present when the sum is larger than one message carries (PicturePart)."""
+
     def __init__(
         self,
         *,
@@ -713,10 +777,11 @@ class PictureSum(_message.Message):
         sum: _builtins.bytes = ...,
         refusal: Global___PictureRefusal | None = ...,
         issued_at: _timestamp_pb2.Timestamp | None = ...,
+        part: Global___PicturePart | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at", "refusal", b"refusal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at", "part", b"part", "refusal", b"refusal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator", b"aggregator", "contributors", b"contributors", "issued_at", b"issued_at", "refusal", b"refusal", "request_digest", b"request_digest", "request_id", b"request_id", "sum", b"sum"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator", b"aggregator", "contributors", b"contributors", "issued_at", b"issued_at", "part", b"part", "refusal", b"refusal", "request_digest", b"request_digest", "request_id", b"request_id", "sum", b"sum"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
