@@ -556,6 +556,36 @@ def test_a_pending_request_without_its_hit_group_is_refused(node, engine):
     assert node.mailbox_cursor() == 0
 
 
+def test_a_request_is_stored_once_and_its_replay_not_on_either_database(
+    node: NodeStore,
+) -> None:
+    """``receive_request`` says whether it stored the request: on PostgreSQL too, where an
+    INSERT's rowcount is not kept (it said False there, and the desk took every first
+    request for a replay)."""
+    from samenloop.node.daemon.store import NewDisclosure
+    from samenloop.node.disclosure.protocol import Outcome, Verdict
+    from samenloop.policies.rules import Refusal
+
+    request = NewDisclosure(
+        request_id=b"\x05" * 16,
+        requester="gemeente",
+        owner="node",
+        hit_group_id=None,
+        signal_ref=b"\x06" * 16,
+        purpose="bibob",
+        fields=("naam",),
+        officer="a@gemeente",
+        justification="",
+        covenant_version=1,
+        requested_at=NOW,
+    )
+    refused = Verdict(Outcome.REFUSED, reason=Refusal.NOT_ALLOWED)
+    assert node.receive_request(1, request, refused, None, now=NOW) is True
+    assert node.receive_request(2, request, refused, None, now=NOW) is False
+    assert node.disclosure(request.request_id) is not None
+    assert node.mailbox_cursor() == 2
+
+
 # --- the hit inbox and feed ---------------------------------------------------------
 
 

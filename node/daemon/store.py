@@ -1841,8 +1841,10 @@ class NodeStore(audit_store.AuditLog):
                     self._insert(models.Disclosure)
                     .values(**values, signal_id=verdict.signal_id)
                     .on_conflict_do_nothing(index_elements=["request_id"])
+                    # An INSERT's rowcount is not kept on PostgreSQL (SQLAlchemy 2.1, psycopg).
+                    .returning(models.Disclosure.request_id)
                 )
-                stored = result.rowcount == 1
+                stored = result.first() is not None
             if answer is not None:
                 self._queue_envelope(conn, answer, now)
             if cursor > stored_cursor:
