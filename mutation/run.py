@@ -151,7 +151,16 @@ def machine_lock() -> Iterator[None]:
 def mutmut(work: Path, *args: str, log: Path | None = None) -> str:
     """Run the venv's mutmut in ``work``; its output goes to ``log`` (or is returned)."""
     command = [str(Path(sys.executable).parent / "mutmut"), *args]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    # pytest keeps only the newest few numbered temporary directories of a temp root and
+    # deletes older ones: a mutant a second makes thousands, so the runs get a root of
+    # their own and cannot delete a test suite's directories running beside them.
+    temp_root = work / "pytest-tmp"
+    temp_root.mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTEST_DEBUG_TEMPROOT": str(temp_root),
+    }
     if log is None:
         return subprocess.run(  # noqa: S603 - the venv's mutmut, fixed arguments
             command, cwd=work, env=env, check=True, capture_output=True, text=True
