@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,17 +43,15 @@ from samenloop.node.cases.machine import (
     Phase,
     Refused,
 )
-from samenloop.node.client import NodeClient
-from samenloop.node.daemon.process import RunningNode, build_node
 from samenloop.node.disclosure.protocol import open_envelope
 from samenloop.node.provision import PartySpec, Provisioned, provision
-from samenloop.policies import database
 from samenloop.policies.audit import AuditKind
-from samenloop.policies.config import load_broker_config, load_node_config
 from samenloop.policies.covenant import Covenant, Role
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import InvalidInput, MessageTooLarge, NotAllowed, NotFound
 from samenloop.v1 import broker_pb2, common_pb2
+
+from in_process import Cluster, running_cluster, wait_for
 
 NOW = datetime(2026, 12, 9, 12, 0, tzinfo=UTC)
 RIEC, GEMEENTE, WOCO, BELASTING, POLITIE, PROVINCIE = (
@@ -685,72 +682,20 @@ def test_case_activity_records_have_no_subject() -> None:
 # --- part two: real daemons ----------------------------------------------------------------------
 
 BSN = "111222333"
-WAIT = 30.0
 TITLE = "Casus TITEL-GEHEIM-7731"
 MEASURE = "MAATREGEL-GEHEIM-4410"
 NOTE = "NOTITIE-GEHEIM-9902"
 OUTCOME = "UITKOMST-GEHEIM-1234"
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@dataclass
-class Cluster:
-    provisioned: Provisioned
-    broker: Any
-    broker_db: Path
-    nodes: dict[str, RunningNode]
-    clients: dict[str, NodeClient]
-
-    def start(self, party: str) -> None:
-        config = load_node_config(self.provisioned.node_configs[party])
-        self.nodes[party] = build_node(config)
-        assert config.api_listen is not None
-        self.clients[party] = NodeClient.from_config(self.provisioned.node_configs[party])
-
-    def stop(self, party: str) -> None:
-        self.clients.pop(party).close()
-        self.nodes.pop(party).stop(None)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    from samenloop.broker.server import build_server  # only the test wires both daemons
-
     root = tmp_path_factory.mktemp("cases-e2e")
-    provisioned = provision(
-        root, "riec-cases", SPECS, [GEMEENTE, WOCO], 2, now=datetime.now(UTC), api_tcp=True
-    )
-    broker_config = load_broker_config(provisioned.broker_config)
-    engine = database.make_engine(broker_config.database_url)
-    database.upgrade(engine, "samenloop.broker.migrations")
-    engine.dispose()
-    for path in provisioned.node_configs.values():
-        engine = database.make_engine(load_node_config(path).database_url)
-        database.upgrade(engine, "samenloop.node.daemon.migrations")
-        engine.dispose()
-    assert broker_config.database_url.startswith("sqlite:///")
-    broker_db = Path(broker_config.database_url.removeprefix("sqlite:///"))
-    cluster = Cluster(provisioned, build_server(broker_config), broker_db, {}, {})
-    try:
-        for spec in SPECS:
-            cluster.start(spec.id)
+    with running_cluster(root, "riec-cases", SPECS, [GEMEENTE, WOCO]) as cluster:
         for party in (GEMEENTE, WOCO, BELASTING):
             cluster.clients[party].add_signal(f"{party}-1", "woonfraude", [("bsn", BSN)])
         cluster.clients[PROVINCIE].add_signal("P-1", "woonfraude", [("kvk", "01234567")])
         yield cluster
-    finally:
-        for party in list(cluster.nodes):
-            cluster.stop(party)
-        cluster.broker.stop(None)
 
 
 def riec_hit(cluster: Cluster) -> bytes:
@@ -973,7 +918,10 @@ def test_case_coordination_end_to_end(cluster: Cluster, capsys: pytest.CaptureFi
             assert secret not in exported
 
     # The broker's database and logs hold no title, measure, note or outcome in the clear.
-    files = [cluster.broker_db, cluster.broker_db.with_name(cluster.broker_db.name + "-wal")]
+    files = [
+        cluster.broker_database,
+        cluster.broker_database.with_name(cluster.broker_database.name + "-wal"),
+    ]
     scanned = b"".join(p.read_bytes() for p in files if p.exists())
     assert scanned
     printed = capsys.readouterr()

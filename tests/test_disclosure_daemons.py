@@ -19,24 +19,20 @@ import dataclasses
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from samenloop.node.client import Disclosure, NodeClient
+from samenloop.node.client import Disclosure
 from samenloop.node.daemon import models
 from samenloop.node.daemon.models import DisclosureDirection, DisclosureState
-from samenloop.node.daemon.process import RunningNode, build_node
 from samenloop.node.disclosure import protocol as disclosure
 from samenloop.node.disclosure.protocol import Outcome, Verdict
-from samenloop.node.provision import PartySpec, Provisioned, provision
-from samenloop.policies import database
+from samenloop.node.provision import PartySpec
 from samenloop.policies.audit import AuditKind
-from samenloop.policies.config import load_broker_config, load_node_config
 from samenloop.policies.covenant import Covenant, Role, with_new_attribute_key
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import InvalidInput, NotAllowed, NotFound
@@ -44,6 +40,9 @@ from samenloop.policies.policy import example_policy
 from samenloop.policies.rules import Refusal
 from samenloop.policies.trust import SignedCovenant, sign_covenant
 from samenloop.v1 import common_pb2, disclosure_pb2
+
+import in_process
+from in_process import WAIT, Cluster, wait_for
 
 GEMEENTE, WOCO, POLITIE = "gemeente", "woco", "politie"
 SPECS = (
@@ -70,54 +69,6 @@ def small_quota_policy() -> Any:
 
 
 BSN = "111222333"
-WAIT = 30.0
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@dataclass
-class Cluster:
-    provisioned: Provisioned
-    broker: Any
-    nodes: dict[str, RunningNode]
-    clients: dict[str, NodeClient]
-
-    def start(self, party: str) -> None:
-        config = load_node_config(self.provisioned.node_configs[party])
-        self.nodes[party] = build_node(config)
-        assert config.api_listen is not None
-        self.clients[party] = NodeClient.from_config(self.provisioned.node_configs[party])
-
-    def stop(self, party: str) -> None:
-        self.clients.pop(party).close()
-        self.nodes.pop(party).stop(None)
-
-    def deliver(self, party: str, kind: Any, payload: bytes) -> None:
-        """Put an item in a party's broker mailbox, as PublishCovenant does, and ring."""
-        self.broker.store.enqueue(party, payload, kind, datetime.now(UTC))
-        self.broker.service._bell.ring([party])  # wake its stream now, not at a heartbeat
-
-    def resend(self, sender: str, sealed: bytes, recipient: str) -> None:
-        """Queue a sealed envelope in a node's outbox under a new message id: its uplink
-        sends it through the broker as any other."""
-        with self.nodes[sender].store.engine.begin() as conn:
-            conn.execute(
-                sa.insert(models.EnvelopeOutboxItem).values(
-                    client_message_id=secrets.token_bytes(16),
-                    recipient=recipient,
-                    sealed=sealed,
-                    created_at=datetime.now(UTC),
-                )
-            )
-        self.nodes[sender].uplink.wake.set()
 
 
 @contextlib.contextmanager
@@ -126,40 +77,15 @@ def running_cluster(
 ) -> Iterator[Cluster]:
     """A broker and a node per party; woco holds W-1 (bsn, with details) and W-2, the
     gemeente G-1 (the same bsn)."""
-    from samenloop.broker.server import build_server  # only the test wires both daemons
-
-    provisioned = provision(
-        root,
-        "riec-disclosure",
-        specs,
-        list(holders),
-        2,
-        now=datetime.now(UTC),
-        policy=small_quota_policy(),
-        api_tcp=True,
-    )
-    broker_config = load_broker_config(provisioned.broker_config)
-    engine = database.make_engine(broker_config.database_url)
-    database.upgrade(engine, "samenloop.broker.migrations")
-    engine.dispose()
-    for path in provisioned.node_configs.values():
-        engine = database.make_engine(load_node_config(path).database_url)
-        database.upgrade(engine, "samenloop.node.daemon.migrations")
-        engine.dispose()
-    cluster = Cluster(provisioned, build_server(broker_config), {}, {})
-    try:
-        for spec in specs:
-            cluster.start(spec.id)
+    with in_process.running_cluster(
+        root, "riec-disclosure", specs, holders, policy=small_quota_policy()
+    ) as cluster:
         cluster.clients[WOCO].add_signal(
             "W-1", "woonfraude", [("bsn", BSN)], details={**DETAILS, "dossier": "D-77"}
         )
         cluster.clients[WOCO].add_signal("W-2", "woonfraude", [("kvk", "01234567")])
         cluster.clients[GEMEENTE].add_signal("G-1", "vastgoedmisbruik", [("bsn", BSN)])
         yield cluster
-    finally:
-        for party in list(cluster.nodes):
-            cluster.stop(party)
-        cluster.broker.stop(None)
 
 
 @pytest.fixture(scope="module")
@@ -376,7 +302,7 @@ def test_a_replayed_request_is_refused_and_releases_nothing_new(cluster: Cluster
     )
     final(cluster, WOCO, asked.request_id)
     answers = _answers(cluster)
-    cluster.resend(GEMEENTE, _sent_envelope(cluster, GEMEENTE, asked.request_id), WOCO)
+    cluster.queue(GEMEENTE, _sent_envelope(cluster, GEMEENTE, asked.request_id), WOCO)
     decisions = wait_for(
         "the replay's refusal",
         lambda: len(d := _decisions(cluster, WOCO, asked.request_id)) == 2 and d,
@@ -429,7 +355,7 @@ def _forge(
         proof_key=_proof_key(cluster) if proof_key is None else proof_key,
         now=datetime.now(UTC),
     )
-    cluster.resend(GEMEENTE, envelope.sealed.SerializeToString(), WOCO)
+    cluster.queue(GEMEENTE, envelope.sealed.SerializeToString(), WOCO)
     return request_id
 
 
@@ -586,7 +512,7 @@ def test_bad_envelopes_are_skipped_and_the_mailbox_goes_on(
         b"\x00",
         secrets.token_bytes(16),
     )
-    cluster.resend(GEMEENTE, case_message.sealed.SerializeToString(), WOCO)
+    cluster.queue(GEMEENTE, case_message.sealed.SerializeToString(), WOCO)
     # Requests the owner cannot take: 65 fields, a justification over 4096 bytes, an
     # issued_at no datetime holds.
     for sealed in (
@@ -594,7 +520,7 @@ def test_bad_envelopes_are_skipped_and_the_mailbox_goes_on(
         _hand_sealed_request(cluster, notice_, ref, justification="x" * 5000),
         _hand_sealed_request(cluster, notice_, ref, issued_seconds=10**15),
     ):
-        cluster.resend(GEMEENTE, sealed, WOCO)
+        cluster.queue(GEMEENTE, sealed, WOCO)
     # An answer the requester cannot take: a refusal whose message is over 4096 bytes.
     too_long = disclosure.respond(
         _keys(cluster, WOCO),
@@ -606,7 +532,7 @@ def test_bad_envelopes_are_skipped_and_the_mailbox_goes_on(
         message_id=secrets.token_bytes(16),
         now=datetime.now(UTC),
     )
-    cluster.resend(WOCO, too_long.sealed.SerializeToString(), GEMEENTE)
+    cluster.queue(WOCO, too_long.sealed.SerializeToString(), GEMEENTE)
     wait_for("the gemeente's skip", lambda: _dropped(cluster, GEMEENTE))
 
     # The next valid request in the mailbox is still answered, and its answer received.
@@ -693,14 +619,14 @@ def test_a_replayed_pending_request_does_not_spoil_the_real_answer(
         message_id=secrets.token_bytes(16),
         now=datetime.now(UTC),
     )
-    cluster.resend(WOCO, replay.sealed.SerializeToString(), GEMEENTE)
+    cluster.queue(WOCO, replay.sealed.SerializeToString(), GEMEENTE)
     wait_for("the gemeente ignoring the replay refusal", lambda: _dropped(cluster, GEMEENTE))
     assert cluster.clients[GEMEENTE].disclosure(request_id).state is (
         DisclosureState.PENDING_APPROVAL
     )
     # The request's envelope, sent again through the broker: recorded, not answered.
     answers = _answers(cluster)
-    cluster.resend(GEMEENTE, _sent_envelope(cluster, GEMEENTE, request_id), WOCO)
+    cluster.queue(GEMEENTE, _sent_envelope(cluster, GEMEENTE, request_id), WOCO)
     decisions = wait_for(
         "the replay's record",
         lambda: len(d := _decisions(cluster, WOCO, request_id)) == 2 and d,

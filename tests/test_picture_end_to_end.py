@@ -17,10 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
@@ -29,9 +27,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from samenloop.node.client import NodeClient, Picture, SignalInput
+from samenloop.node.client import Picture, SignalInput
 from samenloop.node.daemon import models
-from samenloop.node.daemon.process import RunningNode, build_node
 from samenloop.node.demo.daemons import DEMO_AREAS
 from samenloop.node.picture import protocol as picture_protocol
 from samenloop.node.picture import report as picture_report
@@ -45,16 +42,17 @@ from samenloop.node.picture.arithmetic import (
 )
 from samenloop.node.picture.commands import build_report
 from samenloop.node.picture.protocol import PictureAsk
-from samenloop.node.provision import PartySpec, Provisioned, provision
-from samenloop.policies import database
+from samenloop.node.provision import PartySpec
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.cli import main
-from samenloop.policies.config import load_broker_config, load_node_config
 from samenloop.policies.covenant import Covenant, Role
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import InvalidInput, NotAllowed, NotFound, QuotaExceeded
 from samenloop.policies.policy import PictureRules, example_policy
 from samenloop.v1 import picture_pb2
+
+import in_process
+from in_process import wait_for
 
 RIEC, GEMEENTE, WOCO, POLITIE = "riec", "gemeente", "woco", "politie"
 SPECS = (
@@ -85,16 +83,6 @@ for i, bsn in enumerate(("111222333", "123456782", "100000009")):
     ROWS.append((POLITIE, f"P-H{i}", "witwasindicatie", "5041", 60 + i, BRANCHES[1], bsn))
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def policy(*, noisy: bool = False) -> Any:
     rules = PictureRules(
         viewers=(Role.RIEC,),
@@ -108,36 +96,8 @@ def policy(*, noisy: bool = False) -> Any:
     return dataclasses.replace(example_policy(), picture=rules)
 
 
-@dataclass
-class Cluster:
-    provisioned: Provisioned
-    broker: Any
-    nodes: dict[str, RunningNode]
-    clients: dict[str, NodeClient]
-    root: Path
-
-    def start(self, party: str) -> None:
-        config = load_node_config(self.provisioned.node_configs[party])
-        self.nodes[party] = build_node(config)
-        assert config.api_listen is not None
-        self.clients[party] = NodeClient.from_config(self.provisioned.node_configs[party])
-
-    def stop(self, party: str) -> None:
-        self.clients.pop(party).close()
-        self.nodes.pop(party).stop(None)
-
-    def queue(self, sender: str, sealed: bytes, recipient: str) -> None:
-        """Queue a hand-made envelope in a node's outbox: its uplink sends it as any other."""
-        with self.nodes[sender].store.engine.begin() as conn:
-            conn.execute(
-                sa.insert(models.EnvelopeOutboxItem).values(
-                    client_message_id=secrets.token_bytes(16),
-                    recipient=recipient,
-                    sealed=sealed,
-                    created_at=datetime.now(UTC),
-                )
-            )
-        self.nodes[sender].uplink.wake.set()
+class Cluster(in_process.Cluster):
+    """The picture's covenant, running in this process."""
 
     def publish(self, draft: Covenant) -> None:
         """Deliver a new covenant version, and a covenant timestamp for it, to every node
@@ -162,31 +122,11 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    from samenloop.broker.server import build_server  # only the test wires both daemons
-
     root = tmp_path_factory.mktemp("picture-e2e")
-    provisioned = provision(
-        root,
-        "riec-picture",
-        SPECS,
-        [RIEC, GEMEENTE],
-        2,
-        now=datetime.now(UTC),
-        policy=policy(),
-        api_tcp=True,
+    cluster = in_process.start_cluster(
+        root, "riec-picture", SPECS, [RIEC, GEMEENTE], policy=policy(), cluster=Cluster
     )
-    broker_config = load_broker_config(provisioned.broker_config)
-    engine = database.make_engine(broker_config.database_url)
-    database.upgrade(engine, "samenloop.broker.migrations")
-    engine.dispose()
-    for path in provisioned.node_configs.values():
-        engine = database.make_engine(load_node_config(path).database_url)
-        database.upgrade(engine, "samenloop.node.daemon.migrations")
-        engine.dispose()
-    cluster = Cluster(provisioned, build_server(broker_config), {}, {}, root)
     try:
-        for spec in SPECS:
-            cluster.start(spec.id)
         for party in (GEMEENTE, WOCO, POLITIE):
             rows = [
                 SignalInput(
@@ -206,9 +146,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         )
         yield cluster
     finally:
-        for party in list(cluster.nodes):
-            cluster.stop(party)
-        cluster.broker.stop(None)
+        cluster.close()
 
 
 def collect_and_wait(

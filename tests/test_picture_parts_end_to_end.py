@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from test_picture_end_to_end import GEMEENTE, MIN_COUNT, POLITIE, RIEC, SPECS, WOCO
 
 from samenloop.node.client import Picture, SignalInput
 from samenloop.node.picture import shares as picture_shares
@@ -35,7 +36,6 @@ from samenloop.node.picture.arithmetic import (
     cube_dimensions,
 )
 from samenloop.node.picture.protocol import PictureAsk, domain_of
-from samenloop.node.provision import PartySpec
 from samenloop.policies import crypto
 from samenloop.policies.covenant import Role
 from samenloop.policies.policy import PictureRules, example_policy
@@ -43,14 +43,6 @@ from samenloop.v1 import picture_pb2
 
 from daemons import Daemons, running_covenant, sqlite_count, sqlite_rows
 
-RIEC, GEMEENTE, WOCO, POLITIE = "riec", "gemeente", "woco", "politie"
-SPECS = (
-    PartySpec(RIEC, "RIEC Test", Role.RIEC),
-    PartySpec(GEMEENTE, "Gemeente Test", Role.GEMEENTE),
-    PartySpec(WOCO, "Woningcorporatie Test", Role.WONINGCORPORATIE),
-    PartySpec(POLITIE, "Politie Test", Role.POLITIE),
-)
-MIN_COUNT = 3
 WAIT = 120.0
 MONTH = datetime.now(UTC).strftime("%Y-%m")
 PERIOD = Period(MONTH, MONTH)

@@ -28,20 +28,17 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 import sqlalchemy as sa
 from stdnum.nl import bsn as stdnum_bsn
 
-from samenloop.node.client import Disclosure, Hit, NodeClient, SignalInput
+from samenloop.node.client import Disclosure, Hit, SignalInput
 from samenloop.node.daemon import models
 from samenloop.node.daemon.models import (
     DisclosureState,
@@ -50,20 +47,23 @@ from samenloop.node.daemon.models import (
     IdentifierState,
     SignalState,
 )
-from samenloop.node.daemon.process import RunningNode, build_node
+from samenloop.node.daemon.process import build_node
 from samenloop.node.daemon.uplink import IDLE_SECONDS
 from samenloop.node.disclosure import protocol as disclosure
-from samenloop.node.provision import PartySpec, Provisioned, provision
+from samenloop.node.provision import PartySpec, provision
 from samenloop.policies import cli, database
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies.audit import AuditKind
-from samenloop.policies.config import load_broker_config, load_node_config
+from samenloop.policies.config import load_node_config
 from samenloop.policies.covenant import Covenant, Role, with_new_attribute_key
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import DecryptionFailed, InvalidInput, NotFound, SamenloopError
 from samenloop.policies.policy import MIN_TOKEN_QUOTA, Policy, example_policy
 from samenloop.policies.trust import SignedCovenant
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
+
+import in_process
+from in_process import wait_for
 
 GEMEENTE, WOCO, GEMEENTE_B = "gemeente", "woco", "gemeente-b"
 SPECS = (
@@ -73,7 +73,6 @@ SPECS = (
 )
 HOLDERS = (GEMEENTE, WOCO)
 DETAILS = {"naam": "J. de Vries", "adres": "Dorpsstraat 1", "omschrijving": "leegstand"}
-WAIT = 20.0
 
 
 def valid_bsns(count: int, start: int = 20_000_000) -> list[str]:
@@ -93,57 +92,8 @@ def valid_bsns(count: int, start: int = 20_000_000) -> list[str]:
 BSN, BSN_2, *SPARE_BSNS = valid_bsns(16)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-class Clock:
-    """The time every daemon of a cluster reads: the real time plus an offset the test moves."""
-
-    def __init__(self) -> None:
-        self._offset = timedelta()
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            return datetime.now(UTC) + self._offset
-
-    def advance(self, delta: timedelta) -> None:
-        with self._lock:
-            self._offset += delta
-
-
-@dataclass
-class Cluster:
-    """A provisioned covenant with its broker and nodes running in this process."""
-
-    provisioned: Provisioned
-    clock: Clock
-    broker: Any  # RunningBroker
-    nodes: dict[str, RunningNode] = field(default_factory=dict)
-    clients: dict[str, NodeClient] = field(default_factory=dict)
-
-    def start(self, party: str) -> None:
-        config = load_node_config(self.provisioned.node_configs[party])
-        self.nodes[party] = build_node(config, clock=self.clock)
-        assert config.api_listen is not None
-        self.clients[party] = NodeClient.from_config(self.provisioned.node_configs[party])
-
-    def stop(self, party: str) -> None:
-        self.clients.pop(party).close()
-        self.nodes.pop(party).stop(None)
-
-    def close(self) -> None:
-        for party in list(self.nodes):
-            self.stop(party)
-        self.broker.stop(None)
+class Cluster(in_process.Cluster):
+    """The covenant of these tests, with its broker and nodes running in this process."""
 
     def tokens_at_broker(self) -> int:
         return int(self.broker.store.count_tokens())
@@ -235,31 +185,14 @@ def policy_with(
 @pytest.fixture
 def make_cluster(tmp_path: Path) -> Iterator[Callable[[Policy], Cluster]]:
     """Start a covenant with ``policy``: its broker and every party's node."""
-    from samenloop.broker.server import build_server  # only the tests wire both daemons
-
     started: list[Cluster] = []
 
     def make(policy: Policy) -> Cluster:
         root = tmp_path / f"covenant-{len(started)}"
-        clock = Clock()
-        provisioned = provision(
-            root, "riec-policies", SPECS, HOLDERS, 2, now=clock(), policy=policy, api_tcp=True
+        cluster = in_process.start_cluster(
+            root, "riec-policies", SPECS, HOLDERS, policy=policy, cluster=Cluster
         )
-        broker_config = load_broker_config(provisioned.broker_config)
-        configs = [broker_config.database_url] + [
-            load_node_config(path).database_url for path in provisioned.node_configs.values()
-        ]
-        for i, url in enumerate(configs):
-            engine = database.make_engine(url)
-            migrations = (
-                "samenloop.broker.migrations" if i == 0 else "samenloop.node.daemon.migrations"
-            )
-            database.upgrade(engine, migrations)
-            engine.dispose()
-        cluster = Cluster(provisioned, clock, build_server(broker_config, clock=clock))
         started.append(cluster)
-        for spec in SPECS:
-            cluster.start(spec.id)
         return cluster
 
     try:
