@@ -587,6 +587,55 @@ def test_two_dimensional_practice_case():
     assert_protected(cells, (A, C), released)
 
 
+def test_small_cells_are_those_from_one_to_below_the_minimum():
+    cells = {("a",): 0, ("b",): 1, ("c",): 4, ("d",): 5, ("e",): 9}
+    assert p.small_cells(cells, 5) == {("b",), ("c",)}
+    assert p.small_cells(cells, 1) == set()
+    assert p.small_cells(cells, 10) == {("b",), ("c",), ("d",), ("e",)}
+
+
+def test_a_given_complement_is_kept_checked_and_completed():
+    """Another method's pattern (τ-Argus's) is taken as it is where it holds: its cells
+    are suppressed to protect another, the primary ones as too few, a 0 in it is not
+    taken, and it is completed where it leaves a cell alone on a line."""
+    cells = {
+        ("a", "x"): 3, ("a", "y"): 10, ("a", "z"): 12,
+        ("b", "x"): 9, ("b", "y"): 11, ("b", "z"): 30,
+        ("c", "x"): 8, ("c", "y"): 14,
+    }  # fmt: skip
+    cube = p.with_totals(table(cells))
+    # Not the project's own choice (a/y, c/x, c/y), but a rectangle all the same.
+    rectangle = {("a", "x"), ("a", "z"), ("b", "x"), ("b", "z")}
+    released = p.release(cube, min_count=5, complement=rectangle)
+    assert {c.values for c in released.suppressed} == rectangle
+    assert released.cell(("a", "x")).reason is p.SuppressionReason.TOO_FEW
+    for key in rectangle - {("a", "x")}:
+        assert released.cell(key).reason is p.SuppressionReason.PROTECTS_ANOTHER
+    assert_protected(cells, (A, C), released)
+    # A 0 offered (c/z) is not taken, and the lone a/x on its row is given a partner.
+    partial = p.release(cube, min_count=5, complement={("c", "z"), ("b", "x")})
+    suppressed = {c.values for c in partial.suppressed}
+    assert ("c", "z") not in suppressed
+    assert ("b", "x") in suppressed
+    assert len(suppressed) > 2
+    assert_protected(cells, (A, C), partial)
+    # Without totals there is nothing to protect against: a complement is not used.
+    flat = p.release(table(cells), min_count=5, complement=rectangle)
+    assert {c.values for c in flat.suppressed} == {("a", "x")}
+
+
+def test_loss_is_the_count_given_up_then_the_cells():
+    cells = {("a", "x"): 3, ("a", "y"): 10, ("b", "x"): 9, ("b", "y"): 11}
+    cube = p.with_totals(table(cells))
+    released = p.release(cube, min_count=5)
+    hidden = {c.values for c in released.suppressed}
+    assert p.loss(cube, released) == (sum(cube[k] for k in hidden), len(hidden))
+    assert p.loss(cube, p.release(cube, min_count=1)) == (0, 0)
+    # A larger pattern over the same cells loses more.
+    wider = p.release(cube, min_count=5, complement=hidden | {("totaal", "x"), ("totaal", "y")})
+    assert p.loss(cube, wider) > p.loss(cube, released)
+
+
 def test_a_small_total_is_suppressed_too():
     released = p.release(p.with_totals(table({("a", "x"): 2}, dims=(A, C))), min_count=5)
     assert all(c.quality is p.CellQuality.SUPPRESSED for c in released.cells)
