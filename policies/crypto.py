@@ -11,7 +11,7 @@
 - ``seal_anonymous`` / ``open_anonymous``: NaCl sealed boxes, for key shares
   dealt to a key holder and attribute keys dealt to the parties, by an
   administrator who has no party key.
-- ``secretbox_seal`` / ``secretbox_open``: NaCl secretbox under a key the
+- ``secretbox_key``, ``secretbox_seal`` / ``secretbox_open``: NaCl secretbox under a key the
   covenant's parties share (the attribute key), for what the broker stores
   and forwards unread.
 - ``additive_shares`` / ``add_shares``: additive secret sharing of a vector of
@@ -307,6 +307,11 @@ def open_anonymous(
 
 SECRETBOX_KEY_BYTES = nacl.bindings.crypto_secretbox_KEYBYTES
 SECRETBOX_NONCE_BYTES = nacl.bindings.crypto_secretbox_NONCEBYTES
+
+
+def secretbox_key() -> bytes:
+    """A fresh random secretbox key (32 bytes from the operating system's CSPRNG)."""
+    return os.urandom(SECRETBOX_KEY_BYTES)
 
 
 def secretbox_seal(

@@ -358,3 +358,13 @@ def test_secretbox_nacl_vector_and_failures():
     assert info.value.field == "attributes"
     with pytest.raises(InvalidInput):
         crypto.secretbox_seal(b"short", b"x")
+
+
+def test_secretbox_keys_are_fresh_and_fit_the_box():
+    first, second = crypto.secretbox_key(), crypto.secretbox_key()
+    assert len(first) == len(second) == crypto.SECRETBOX_KEY_BYTES
+    assert first != second
+    nonce, ciphertext = crypto.secretbox_seal(first, b"category")
+    assert crypto.secretbox_open(first, nonce, ciphertext, field="attributes") == b"category"
+    with pytest.raises(DecryptionFailed):
+        crypto.secretbox_open(second, nonce, ciphertext, field="attributes")

@@ -10,7 +10,6 @@ and holding the versions a node was dealt is :mod:`.dealing`."""
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 
@@ -54,7 +53,7 @@ class AttributeKey:
 
 def new_attribute_key(covenant_id: str, version: int) -> AttributeKey:
     """A fresh random attribute key for ``covenant_id`` at ``version``."""
-    return AttributeKey(covenant_id=covenant_id, version=version, key=os.urandom(32))
+    return AttributeKey(covenant_id=covenant_id, version=version, key=crypto.secretbox_key())
 
 
 def _attribute_key_plaintext(covenant_id: str, version: int, key: bytes) -> bytes:
