@@ -6,7 +6,8 @@ length does not tell the category). Each party gets it in a NaCl sealed box to i
 X25519 key, framed with the covenant id and key version
 (``seal_attribute_key_for`` / ``open_attribute_key``), so a box of another
 covenant or version does not open as this one. Dealing it into a covenant version
-and holding the versions a node was dealt is :mod:`.dealing`."""
+and holding the versions a node was dealt is :mod:`.dealing`.
+"""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 The same covenant always gives the same bytes, and parsing them
 (:mod:`.parsing`) gives the same covenant. These are the bytes signers sign
 (``samenloop.policies.trust``); verifiers check signatures over the bytes they
-received and only then parse them. ``toml_literal`` writes one value."""
+received and only then parse them. ``toml_literal`` writes one value.
+"""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 ``deal_attribute_key`` / ``with_new_attribute_key`` seal a fresh key to every
 party of a version (whoever runs them knows the key while they run, as the dealer
 of the OPRF key does); a node's ``AttributeKeyRing`` opens its box of every
-version it adopts and keeps the keys in memory by version."""
+version it adopts and keeps the keys in memory by version.
+"""
 
 from __future__ import annotations
 

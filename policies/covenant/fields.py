@@ -1,6 +1,7 @@
 """The covenant's limits and the checks its fields share: sizes of keys and names,
 addresses to dial, times with a zone, the CA certificate's PEM. Each raises
-``InvalidInput`` naming the field it was given."""
+``InvalidInput`` naming the field it was given.
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ and the ``Covenant`` that holds them with the signing section and the rules.
 Frozen dataclasses that check every field on construction (``InvalidInput``
 naming it) and the cross-field rules (distinct parties and keys, holders that are
 parties, enough parties for a hit, an OPRF cap every holder can share), so that a
-``Covenant`` that exists is a valid one, however it was made."""
+``Covenant`` that exists is a valid one, however it was made.
+"""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 ``covenant_from_toml`` parses at the boundary; every error is ``InvalidInput``
 naming the offending field by its dotted path (``parties[2].keys.x25519``,
 ``release[1].purpose``; list positions count from 0). ``_Table`` reads one
-table with typed getters and refuses keys it does not know."""
+table with typed getters and refuses keys it does not know.
+"""
 
 from __future__ import annotations
 
