@@ -50,7 +50,6 @@ The covenant's visibility rules plug in here. Time (``now``) and group ids
 from __future__ import annotations
 
 import enum
-import hashlib
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -58,7 +57,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final, NamedTuple
 
-from samenloop.policies import rules
+from samenloop.policies import crypto, rules
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.errors import (
     ConfigurationError,
@@ -603,8 +602,7 @@ def parse_batch(party: str, key_epoch: int, entries: Sequence[Entry]) -> Batch:
         if entry.key_epoch != key_epoch or expires_at is not entry.expires_at:
             entry = Entry(party, token, ref, key_epoch, expires_at, sealed)
         kept[bytes(ref) + bytes(token)] = (i, entry)
-    digest = hashlib.sha256(_SUBMIT_DOMAIN + struct.pack(">I", key_epoch))
-    parts: list[bytes] = []
+    parts: list[bytes] = [_SUBMIT_DOMAIN + struct.pack(">I", key_epoch)]
     append = parts.append
     pack_micros = _MICROS.pack
     pack_sealed = _SEALED.pack
@@ -621,7 +619,6 @@ def parse_batch(party: str, key_epoch: int, entries: Sequence[Entry]) -> Batch:
         else:
             append(pack_sealed(1, len(sealed)))
             append(sealed)
-    digest.update(b"".join(parts))
     # The dict keeps each key where it first came, its value the last occurrence:
     # the order of positions needs a sort only where the batch repeated an entry.
     by_position = list(kept.values())
@@ -633,7 +630,7 @@ def parse_batch(party: str, key_epoch: int, entries: Sequence[Entry]) -> Batch:
         key_epoch=key_epoch,
         entries=kept_entries,
         positions=positions,
-        digest=digest.digest(),
+        digest=crypto.digest(b"".join(parts)),
     )
 
 
@@ -651,7 +648,7 @@ def parse_withdrawal(party: str, signal_refs: Sequence[bytes]) -> WithdrawalBatc
         if len(ref) != REF_BYTES:
             raise InvalidInput(f"signal ref must be {REF_BYTES} bytes", field=f"signal_refs[{i}]")
     refs = tuple(sorted(set(signal_refs)))
-    digest = hashlib.sha256(_WITHDRAW_DOMAIN + b"".join(refs)).digest()
+    digest = crypto.digest(_WITHDRAW_DOMAIN + b"".join(refs))
     return WithdrawalBatch(party=party, signal_refs=refs, digest=digest)
 
 

@@ -10,7 +10,6 @@ interceptor in ``samenloop.policies.rpc``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +27,7 @@ from samenloop.broker.mailbox import ItemKind
 from samenloop.broker.relay import Channel, Switchboard
 from samenloop.broker.store import BrokerStore, StoredItem, TimestampRecord
 from samenloop.policies import covenant as covenant_model
+from samenloop.policies import crypto
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import (
@@ -656,7 +656,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         receipt = self._store.relay_envelope(
             party,
             request.client_message_id,
-            hashlib.sha256(sealed.SerializeToString(deterministic=True)).digest(),
+            crypto.digest(sealed.SerializeToString(deterministic=True)),
             recipient=sealed.recipient,
             payload=relayed.SerializeToString(),
             now=now,

@@ -30,7 +30,6 @@ import base64
 import binascii
 import dataclasses
 import enum
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -382,7 +381,7 @@ def canonical_bytes(
 
 def entry_hash(canonical: bytes) -> bytes:
     """SHA-256 over the audit domain and an entry's canonical bytes."""
-    return hashlib.sha256(HASH_DOMAIN + canonical).digest()
+    return crypto.digest(HASH_DOMAIN + canonical)
 
 
 def details_json(details: Mapping[str, DetailValue]) -> str:

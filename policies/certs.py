@@ -19,7 +19,6 @@ are PEM (PKCS #8, unencrypted, as gRPC loads them) and written owner-only with
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -352,7 +351,7 @@ def verify_certificate(cert_pem: bytes, ca_cert_pem: bytes, *, now: datetime) ->
 def certificate_fingerprint(cert_pem: bytes) -> str:
     """A short printable name for a certificate: the first 16 hex of SHA-256 over its DER."""
     der = _load_any(cert_pem).public_bytes(serialization.Encoding.DER)
-    return hashlib.sha256(der).hexdigest()[:16]
+    return crypto.fingerprint(der)
 
 
 def load_certificate(cert_pem: bytes, *, field: str) -> x509.Certificate:

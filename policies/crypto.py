@@ -11,7 +11,7 @@
 - ``seal_anonymous`` / ``open_anonymous``: NaCl sealed boxes, for key shares
   dealt to a key holder and attribute keys dealt to the parties, by an
   administrator who has no party key.
-- ``secretbox_seal`` / ``secretbox_open``: NaCl secretbox under a key the
+- ``secretbox_key``, ``secretbox_seal`` / ``secretbox_open``: NaCl secretbox under a key the
   covenant's parties share (the attribute key), for what the broker stores
   and forwards unread.
 - ``additive_shares`` / ``add_shares``: additive secret sharing of a vector of
@@ -48,7 +48,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import nacl.bindings
 import nacl.exceptions
@@ -125,8 +125,18 @@ def signing_bytes(context: SignatureContext, message: bytes, *, audience: str = 
     )
 
 
+#: An Ed25519 signing key (PyNaCl's). Outside this module it is only held and handed back to
+#: ``sign``; ``signing_public_key`` gives its public half.
+SigningKey: TypeAlias = nacl.signing.SigningKey
+
+
+def signing_public_key(signing_key: SigningKey) -> bytes:
+    """The 32-byte Ed25519 public key that verifies ``signing_key``'s signatures."""
+    return bytes(signing_key.verify_key)
+
+
 def sign(
-    signing_key: nacl.signing.SigningKey,
+    signing_key: SigningKey,
     context: SignatureContext,
     message: bytes,
     *,
@@ -299,6 +309,11 @@ SECRETBOX_KEY_BYTES = nacl.bindings.crypto_secretbox_KEYBYTES
 SECRETBOX_NONCE_BYTES = nacl.bindings.crypto_secretbox_NONCEBYTES
 
 
+def secretbox_key() -> bytes:
+    """A fresh random secretbox key (32 bytes from the operating system's CSPRNG)."""
+    return os.urandom(SECRETBOX_KEY_BYTES)
+
+
 def secretbox_seal(
     key: bytes, plaintext: bytes, *, nonce: bytes | None = None
 ) -> tuple[bytes, bytes]:
@@ -463,7 +478,7 @@ class PartyKeys:
     ed25519_seed: bytes
     x25519_secret: bytes
     # Derived once: a broker signs every hit notice, and deriving costs as much as signing.
-    _signing_key: nacl.signing.SigningKey = dataclasses.field(init=False, repr=False, compare=False)
+    _signing_key: SigningKey = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_signing_key", nacl.signing.SigningKey(self.ed25519_seed))
@@ -477,12 +492,12 @@ class PartyKeys:
         )
 
     @property
-    def signing_key(self) -> nacl.signing.SigningKey:
+    def signing_key(self) -> SigningKey:
         return self._signing_key
 
     def public(self) -> PublicKeys:
         return PublicKeys(
-            ed25519=bytes(self.signing_key.verify_key),
+            ed25519=signing_public_key(self.signing_key),
             x25519=bytes(nacl.bindings.crypto_scalarmult_base(self.x25519_secret)),
         )
 

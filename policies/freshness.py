@@ -55,13 +55,11 @@ holds the timestamp key can keep them there until the old version's
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-import nacl.signing
 from google.protobuf.message import DecodeError
 
 from samenloop.policies import crypto
@@ -102,7 +100,7 @@ FIELD: Final = "covenant_timestamp"
 
 def covenant_digest(body: bytes) -> bytes:
     """The SHA-256 of a covenant version's canonical bytes, as a timestamp names it."""
-    return hashlib.sha256(body).digest()
+    return crypto.digest(body)
 
 
 def _rejected(reason: str, message: str, field: str) -> TimestampRejected:
@@ -210,7 +208,7 @@ class CovenantTimestamp:
 
 
 def issue_timestamp(
-    signing_key: nacl.signing.SigningKey,
+    signing_key: crypto.SigningKey,
     covenant: Covenant,
     body: bytes,
     *,
@@ -221,7 +219,7 @@ def issue_timestamp(
     ``now`` and expiring ``lifetime`` later (the covenant's freshness period unless
     shorter). ``InvalidInput`` naming ``key`` if the key is not the covenant's timestamp
     key, ``lifetime`` if it is not in (0, freshness period]."""
-    if bytes(signing_key.verify_key) != covenant.signing.timestamp_ed25519:
+    if crypto.signing_public_key(signing_key) != covenant.signing.timestamp_ed25519:
         raise InvalidInput(
             f"this key is not the timestamp key of covenant {covenant.id} version "
             f"{covenant.version}",

@@ -39,8 +39,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import nacl.signing
-
 from samenloop.policies import crypto
 from samenloop.policies.covenant import Covenant, covenant_from_toml, covenant_to_toml
 from samenloop.policies.crypto import SignatureContext
@@ -182,7 +180,7 @@ def load_signed_covenant(path: Path) -> SignedCovenant:
 
 
 def sign_covenant(
-    signed: SignedCovenant, signer: str, signing_key: nacl.signing.SigningKey
+    signed: SignedCovenant, signer: str, signing_key: crypto.SigningKey
 ) -> SignedCovenant:
     """Add ``signer``'s signature over the canonical bytes (refuses a non-canonical body)."""
     covenant = _parse(signed.body)
@@ -193,7 +191,7 @@ def sign_covenant(
         )
     listed = covenant.signing.signer(signer)
     assert listed is not None
-    if bytes(signing_key.verify_key) != listed.ed25519:
+    if crypto.signing_public_key(signing_key) != listed.ed25519:
         raise InvalidInput(
             f"this key is not the key the covenant lists for signer {signer!r}", field="key"
         )

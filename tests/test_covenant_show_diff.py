@@ -1,6 +1,6 @@
 """What signers see: ``covenant show`` and ``covenant diff`` cover every field of the model.
 
-The test walks the covenant's frozen dataclasses (``policies/covenant.py`` and
+The test walks the covenant's frozen dataclasses (``policies/covenant/model.py`` and
 ``policies/policy.py``) rather than a list of fields, so a field added to the
 model later is checked without changes here: each leaf is set to another valid
 value in turn, and ``show`` must print the new value and ``diff`` must report
@@ -35,7 +35,7 @@ from samenloop.policies.covenant import (
     Role,
     covenant_to_toml,
 )
-from samenloop.policies.covenant_commands import covenant_diff, covenant_tables, shown_value
+from samenloop.policies.covenant_commands.showing import covenant_diff, covenant_tables, shown_value
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import SamenloopError
 from samenloop.policies.policy import PictureRules, Purpose, Signer, Signing, example_policy

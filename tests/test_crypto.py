@@ -66,6 +66,7 @@ BOX_CIPHERTEXT = bytes.fromhex(
 def test_ed25519_rfc8032_vectors(sk, pk, msg, sig):
     key = nacl.signing.SigningKey(bytes.fromhex(sk))
     assert bytes(key.verify_key).hex() == pk
+    assert crypto.signing_public_key(key).hex() == pk
     # The primitive itself, without our domain separation, reproduces the RFC signature...
     assert bytes(key.sign(bytes.fromhex(msg)).signature).hex() == sig
     # ...and our API signs the domain-separated bytes with that same primitive.
@@ -73,6 +74,18 @@ def test_ed25519_rfc8032_vectors(sk, pk, msg, sig):
     signed = crypto.signing_bytes(SignatureContext.CASE_MESSAGE, bytes.fromhex(msg))
     assert ours == bytes(key.sign(signed).signature)
     crypto.verify(bytes.fromhex(pk), SignatureContext.CASE_MESSAGE, bytes.fromhex(msg), ours)
+
+
+def test_digest_and_fingerprint_are_sha256_fips_180_vectors():
+    # FIPS 180-2 appendix B.1 and B.2: the one hash every module outside the crypto modules uses.
+    abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert crypto.digest(b"abc").hex() == abc
+    two_blocks = b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"
+    assert crypto.digest(two_blocks).hex() == (
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+    )
+    assert crypto.fingerprint(b"abc") == abc[:16]
+    assert len(crypto.digest(b"")) == crypto.DIGEST_BYTES
 
 
 def test_signature_is_bound_to_its_context():
@@ -345,3 +358,13 @@ def test_secretbox_nacl_vector_and_failures():
     assert info.value.field == "attributes"
     with pytest.raises(InvalidInput):
         crypto.secretbox_seal(b"short", b"x")
+
+
+def test_secretbox_keys_are_fresh_and_fit_the_box():
+    first, second = crypto.secretbox_key(), crypto.secretbox_key()
+    assert len(first) == len(second) == crypto.SECRETBOX_KEY_BYTES
+    assert first != second
+    nonce, ciphertext = crypto.secretbox_seal(first, b"category")
+    assert crypto.secretbox_open(first, nonce, ciphertext, field="attributes") == b"category"
+    with pytest.raises(DecryptionFailed):
+        crypto.secretbox_open(second, nonce, ciphertext, field="attributes")

@@ -16,11 +16,18 @@ ROOT = Path(__file__).parents[1]
 # and the covenant admin CLI (it publishes a covenant to the broker over gRPC)
 ADAPTERS = {"rpc", "cli", "database", "audit_store", "audit_commands", "covenant_commands"}
 
+
+def _policies_module(path: Path) -> tuple[str, ...]:
+    """``policies/covenant/model.py`` as ``("covenant", "model")``; a package as its name."""
+    parts = path.relative_to(ROOT / "policies").with_suffix("").parts
+    return parts[:-1] if parts[-1] == "__init__" else parts
+
+
 SANS_IO = [
     *(
-        f"samenloop.policies.{path.stem}"
-        for path in sorted((ROOT / "policies").glob("*.py"))
-        if path.stem not in ADAPTERS and path.stem != "__init__"
+        "samenloop.policies." + ".".join(parts)
+        for parts in map(_policies_module, sorted((ROOT / "policies").rglob("*.py")))
+        if parts and parts[0] not in ADAPTERS
     ),
     "samenloop.node.tokens.oprf",
     "samenloop.node.tokens.threshold",
@@ -84,3 +91,65 @@ def test_policies_imports_neither_daemon():
         if any(name.startswith(("samenloop.node", "samenloop.broker")) for name in _imports(path))
     ]
     assert offenders == []
+
+
+# --- every crypto primitive behind the crypto modules ------------------------------------
+
+#: Libraries that implement cryptographic primitives (signatures, boxes, hashes, MACs, curves).
+#: ``secrets`` is not among them: it draws random ids and the local API token, never a key.
+PRIMITIVE_LIBRARIES = frozenset({"nacl", "rbcl", "hashlib", "hmac", "cryptography", "Crypto"})
+
+#: The only modules that may import them, and which: ``policies/crypto.py`` is the crypto
+#: module; ``policies/certs.py`` does the X.509 work (certificates, requests, chain checks) with
+#: pyca/cryptography's x509 API; ``node/tokens/oprf.py`` is the RFC 9497 composition over
+#: libsodium's ristretto255, a crypto module of its own checked against the RFC's vectors.
+CRYPTO_MODULES = {
+    "policies/crypto.py": {"nacl", "cryptography", "hashlib", "hmac"},
+    "policies/certs.py": {"cryptography"},
+    "node/tokens/oprf.py": {"rbcl", "hashlib", "hmac"},
+}
+
+
+def _imported_roots(path: Path) -> set[str]:
+    """The top-level names of every module ``path`` imports, wherever in the file: import
+    statements, and ``importlib.import_module`` / ``__import__`` with a literal name."""
+    roots = {name.split(".")[0] for name in _imports(path)}
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if (
+            isinstance(node, ast.Call)
+            and (
+                (isinstance(node.func, ast.Name) and node.func.id == "__import__")
+                or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+            )
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            roots.add(node.args[0].value.split(".")[0])
+    return roots
+
+
+def test_crypto_primitives_are_imported_only_by_the_crypto_modules():
+    offenders = []
+    for folder in ("policies", "node", "broker"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            name = str(path.relative_to(ROOT))
+            allowed = CRYPTO_MODULES.get(name, set())
+            for library in sorted((_imported_roots(path) & PRIMITIVE_LIBRARIES) - allowed):
+                offenders.append(f"{name} imports {library}")
+    assert offenders == []
+
+
+def test_the_crypto_modules_exist_and_use_what_they_are_allowed():
+    # An allowance for a module that no longer needs it is a hole for the next import.
+    for name, allowed in CRYPTO_MODULES.items():
+        assert allowed <= _imported_roots(ROOT / name), name
+
+
+def test_the_primitive_check_catches_a_stray_import(tmp_path):
+    stray = tmp_path / "stray.py"
+    stray.write_text(
+        "import json\nfrom hashlib import sha256\n"
+        "def f():\n    import nacl.signing\n    return __import__('hmac')\n"
+    )
+    assert _imported_roots(stray) & PRIMITIVE_LIBRARIES == {"hashlib", "nacl", "hmac"}

@@ -30,7 +30,6 @@ Randomness (signal refs, batch ids) is injectable, time is always an argument.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 import secrets
@@ -752,7 +751,7 @@ class NodeStore(audit_store.AuditLog):
                         "identifiers": len(refs),
                         "unchanged": len(signals) - len(ids),
                         "imported": import_batch is not None,
-                        "refs_sha256": hashlib.sha256(b"".join(refs)).hexdigest(),
+                        "refs_sha256": crypto.digest(b"".join(refs)).hex(),
                     },
                     now=now,
                 )
