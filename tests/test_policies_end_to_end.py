@@ -35,11 +35,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-import sqlalchemy as sa
 from stdnum.nl import bsn as stdnum_bsn
 
 from samenloop.node.client import Disclosure, Hit, SignalInput
-from samenloop.node.daemon import models
 from samenloop.node.daemon.models import (
     DisclosureState,
     HitKind,
@@ -672,20 +670,6 @@ def test_a_node_whose_attribute_key_does_not_open_refuses_to_start(tmp_path: Pat
 # --- no details without a hit ---------------------------------------------------------------
 
 
-def _queue_sealed(cluster: Cluster, sender: str, recipient: str, sealed: bytes) -> None:
-    """Put a hand-sealed envelope in a node's outbox: its uplink sends it as any other."""
-    with cluster.nodes[sender].store.engine.begin() as conn:
-        conn.execute(
-            sa.insert(models.EnvelopeOutboxItem).values(
-                client_message_id=secrets.token_bytes(16),
-                recipient=recipient,
-                sealed=sealed,
-                created_at=datetime.now(UTC),
-            )
-        )
-    cluster.nodes[sender].uplink.wake.set()
-
-
 def _hand_sealed(cluster: Cluster, notice: bytes, ref: bytes) -> bytes:
     """A request of gemeente-b to woco with ``notice`` attached, queued; its request id. Its
     hit proof is made with gemeente-b's real hit proof key of its own signal B-2."""
@@ -707,7 +691,7 @@ def _hand_sealed(cluster: Cluster, notice: bytes, ref: bytes) -> bytes:
         proof_key=proof_key,
         now=cluster.clock(),
     )
-    _queue_sealed(cluster, GEMEENTE_B, WOCO, envelope.sealed.SerializeToString())
+    cluster.queue(GEMEENTE_B, envelope.sealed.SerializeToString(), WOCO)
     return request_id
 
 
