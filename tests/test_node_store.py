@@ -12,7 +12,6 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from samenloop.node.daemon import store as node_store
 from samenloop.node.daemon.models import (
     AreaKind,
     Base,
@@ -24,8 +23,10 @@ from samenloop.node.daemon.models import (
     IdentifierState,
     SignalState,
 )
-from samenloop.node.daemon.store import MIGRATIONS, CoarseAttributes, NewSignal, NodeStore
+from samenloop.node.daemon.store import MIGRATIONS, NodeStore
 from samenloop.node.identifiers.normalise import Identifier, IdentifierType, parse
+from samenloop.node.signals import store as signal_store
+from samenloop.node.signals.store import CoarseAttributes, NewSignal
 from samenloop.node.tokens.holder import ANSWERED_AGAIN, UNVERIFIED, AnsweredRequest, HolderEvent
 from samenloop.policies import database
 from samenloop.policies.audit import AuditKind
@@ -332,7 +333,7 @@ def test_a_failure_while_recording_tokens_leaves_nothing(node, engine):
 
 
 def test_submit_batches_are_split_at_the_limit(node, monkeypatch):
-    monkeypatch.setattr(node_store, "MAX_TOKENS_PER_BATCH", 2)
+    monkeypatch.setattr(signal_store, "MAX_TOKENS_PER_BATCH", 2)
     node.add_signals([signal("A", 1, 2, 3), signal("B", 4, 5)], now=NOW)
     batches = tokenise_all(node)
     assert [len(b.entries) for b in batches] == [2, 2, 1]
@@ -532,8 +533,8 @@ def test_the_own_refs_of_a_hit_are_those_of_its_latest_notice(node):
 
 
 def test_a_pending_request_without_its_hit_group_is_refused(node, engine):
-    from samenloop.node.daemon.store import NewDisclosure
     from samenloop.node.disclosure.protocol import Outcome, Verdict
+    from samenloop.node.disclosure.store import NewDisclosure
 
     request = NewDisclosure(
         request_id=b"\x01" * 16,
@@ -562,8 +563,8 @@ def test_a_request_is_stored_once_and_its_replay_not_on_either_database(
     """``receive_request`` says whether it stored the request: on PostgreSQL too, where an
     INSERT's rowcount is not kept (it said False there, and the desk took every first
     request for a replay)."""
-    from samenloop.node.daemon.store import NewDisclosure
     from samenloop.node.disclosure.protocol import Outcome, Verdict
+    from samenloop.node.disclosure.store import NewDisclosure
     from samenloop.policies.rules import Refusal
 
     request = NewDisclosure(
