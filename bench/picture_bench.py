@@ -31,9 +31,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from samenloop.node.daemon import models
 from samenloop.node.daemon.store import MIGRATIONS, NodeStore
 from samenloop.node.picture import arithmetic as picture
+from samenloop.node.signals import models
 from samenloop.policies import database
 from samenloop.policies.policy import EXAMPLE_CATEGORIES
 

@@ -29,9 +29,9 @@ import sqlalchemy as sa
 
 from samenloop.node.client import Disclosure, NodeClient
 from samenloop.node.daemon import models
-from samenloop.node.daemon.models import DisclosureDirection, DisclosureState
 from samenloop.node.daemon.process import RunningNode, build_node
 from samenloop.node.disclosure import protocol as disclosure
+from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.disclosure.protocol import Outcome, Verdict
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import database

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,22 +14,21 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from samenloop.node.daemon.models import (
-    AreaKind,
-    Base,
-    BatchKind,
-    HitKind,
-    HitState,
-    HolderAnswer,
-    HolderUsage,
-    IdentifierState,
-    SignalState,
-)
+from samenloop.node.daemon.models import Base
 from samenloop.node.daemon.store import MIGRATIONS, NodeStore
 from samenloop.node.identifiers.normalise import Identifier, IdentifierType, parse
 from samenloop.node.signals import store as signal_store
+from samenloop.node.signals.models import (
+    AreaKind,
+    BatchKind,
+    HitKind,
+    HitState,
+    IdentifierState,
+    SignalState,
+)
 from samenloop.node.signals.store import CoarseAttributes, NewSignal
 from samenloop.node.tokens.holder import ANSWERED_AGAIN, UNVERIFIED, AnsweredRequest, HolderEvent
+from samenloop.node.tokens.models import HolderAnswer, HolderUsage
 from samenloop.policies import database
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.errors import (
@@ -146,6 +147,21 @@ def test_the_migrations_create_exactly_the_models(engine):
     with engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert differences == []
+
+
+def test_the_alembic_environment_sees_every_capabilitys_tables():
+    """Each capability keeps its tables in its own models.py; the migrations' environment
+    gathers them with ``metadata()`` even in a process that imported no repository (as
+    ``alembic`` itself is), and gets exactly the tables the repositories use."""
+    code = (
+        "from samenloop.node.daemon.models import metadata\n"
+        "print(','.join(sorted(metadata().tables)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == [",".join(sorted(Base.metadata.tables))]
+    assert len(Base.metadata.tables) == 27
 
 
 def test_a_schema_newer_than_the_software_is_refused(engine):

@@ -25,10 +25,10 @@ from test_picture import GEMEENTE, NOW, OCT, POLITIE, RIEC, Network, picture_wor
 
 from samenloop.node.daemon import store as node_store
 from samenloop.node.daemon.database import SealedEnvelope
-from samenloop.node.daemon.models import PicturePartHeld, PicturePartKind
 from samenloop.node.picture import arithmetic as p
 from samenloop.node.picture import protocol as pp
 from samenloop.node.picture import shares as ps
+from samenloop.node.picture.models import PicturePartHeld, PicturePartKind
 from samenloop.node.picture.store import NewPictureAnswer
 from samenloop.policies import crypto, database
 from samenloop.policies.crypto import SignatureContext

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from samenloop.node.cases import machine as case_core
-from samenloop.node.daemon import models
+from samenloop.node.cases import models
 from samenloop.node.daemon.database import ID_BYTES, Database, SealedEnvelope, chunks, utc
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.errors import Replay

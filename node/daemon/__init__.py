@@ -8,7 +8,7 @@
 - ``database``: what every capability's repository shares: the engine, the transaction
   helper, the mailbox cursor, the envelope outbox, the audit log.
 - ``covenants``: the repository of covenant versions and timestamps.
-- ``store``: ``NodeStore``, every repository in one object; ``models``, ``migrations``:
-  the tables, Alembic.
+- ``store``: ``NodeStore``, every repository in one object; ``models``: the ``Base`` of
+  every capability's tables and the shared ones; ``migrations``: Alembic.
 - ``commands``: ``samenloop node``.
 """

@@ -52,6 +52,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from samenloop.node.daemon import models
 from samenloop.node.daemon.envelopes import Envelope
+from samenloop.node.signals import models as signal_models
 from samenloop.policies import audit_store
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.database import READ_ONLY
@@ -318,7 +319,7 @@ class Database(audit_store.AuditLog):
         group, as the broker signed it: what a disclosure request and a case start from."""
         with self._read() as conn:
             found = conn.execute(
-                select(models.Hit.notice).where(models.Hit.group_id == group_id)
+                select(signal_models.Hit.notice).where(signal_models.Hit.group_id == group_id)
             ).scalar_one_or_none()
         return None if found is None else bytes(found)
 

@@ -76,10 +76,10 @@ import structlog
 from samenloop.node.cases.desk import CaseDesk
 from samenloop.node.daemon.api_token import Tally
 from samenloop.node.daemon.covenant_keeper import CovenantKeeper, Fetched, learn_attribute_key
-from samenloop.node.daemon.models import BatchKind, HitKind
 from samenloop.node.daemon.store import NodeStore
 from samenloop.node.disclosure.desk import DisclosureDesk
 from samenloop.node.picture.desk import PictureDesk
+from samenloop.node.signals.models import BatchKind, HitKind
 from samenloop.node.signals.notices import verify_hit_notice
 from samenloop.node.signals.store import OutboxBatch
 from samenloop.node.tokens import derive as tokens

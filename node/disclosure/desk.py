@@ -36,8 +36,8 @@ from google.protobuf.message import DecodeError
 
 from samenloop.node.daemon.database import SealedEnvelope
 from samenloop.node.daemon.envelopes import Envelope
-from samenloop.node.daemon.models import DisclosureDirection, DisclosureState
 from samenloop.node.disclosure import protocol as disclosure
+from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.disclosure.protocol import Outcome, PendingRequest, Verdict
 from samenloop.node.disclosure.store import DisclosureRecord, DisclosureStore, NewDisclosure
 from samenloop.policies.covenant import Covenant

@@ -21,7 +21,6 @@ from typing import Any, Final
 from google.protobuf.message import DecodeError
 from sqlalchemy import Connection, func, insert, select, update
 
-from samenloop.node.daemon import models
 from samenloop.node.daemon.database import (
     DEFAULT_PAGE,
     ID_BYTES,
@@ -32,8 +31,11 @@ from samenloop.node.daemon.database import (
     details_json,
     utc,
 )
-from samenloop.node.daemon.models import DisclosureDirection, DisclosureState, HitState, SignalState
+from samenloop.node.disclosure import models
+from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.disclosure.protocol import Outcome, ResponseUpdate, SignalFacts, Verdict
+from samenloop.node.signals import models as signal_models
+from samenloop.node.signals.models import HitState, SignalState
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.errors import InvalidInput, NotAllowed
 from samenloop.policies.rules import Refusal
@@ -330,7 +332,7 @@ class DisclosureStore(Database):
 
     def signal_facts(self, signal_ref: bytes, /) -> SignalFacts | None:
         """The signal behind one of this node's refs, for deciding a disclosure."""
-        si, sg = models.SignalIdentifier, models.Signal
+        si, sg = signal_models.SignalIdentifier, signal_models.Signal
         with self._read() as conn:
             row = conn.execute(
                 select(sg.id, sg.category, sg.state, sg.details)
@@ -349,7 +351,7 @@ class DisclosureStore(Database):
     def hit_proof_key(self, signal_ref: bytes, /) -> bytes | None:
         """The hit proof key of this node's identifier with this ref; None if it has no such
         ref, or the identifier has no token now or got it before hit proofs existed."""
-        si, hk = models.SignalIdentifier, models.HitProofKey
+        si, hk = signal_models.SignalIdentifier, signal_models.HitProofKey
         with self._read() as conn:
             found = conn.execute(
                 select(hk.proof_key)
@@ -361,7 +363,7 @@ class DisclosureStore(Database):
     def hit_own_refs(self, group_id: bytes, /) -> frozenset[bytes]:
         """This node's own refs that its latest notice of the group lists (empty if it holds
         no notice of the group)."""
-        hr = models.HitRef
+        hr = signal_models.HitRef
         with self._read() as conn:
             refs = conn.execute(select(hr.signal_ref).where(hr.group_id == group_id)).scalars()
             return frozenset(bytes(ref) for ref in refs)
@@ -370,7 +372,7 @@ class DisclosureStore(Database):
         """Whether this node's latest notice of the group closed it."""
         with self._read() as conn:
             state = conn.execute(
-                select(models.Hit.state).where(models.Hit.group_id == group_id)
+                select(signal_models.Hit.state).where(signal_models.Hit.group_id == group_id)
             ).scalar_one_or_none()
         return state == HitState.CLOSED.value
 

@@ -41,13 +41,13 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from samenloop.node.daemon.database import SealedEnvelope
-from samenloop.node.daemon.models import PicturePartKind
 from samenloop.node.disclosure.protocol import check_officer
 from samenloop.node.picture import arithmetic as picture
 from samenloop.node.picture import protocol as picture_protocol
 from samenloop.node.picture import shares as picture_shares
 from samenloop.node.picture import tau as picture_tau
 from samenloop.node.picture.arithmetic import Dimension, Key, Measure, Period, ReleasedTable, Table
+from samenloop.node.picture.models import PicturePartKind
 from samenloop.node.picture.protocol import PictureAsk, PictureRefusal, PictureVerdict
 from samenloop.node.picture.shares import Domain
 from samenloop.node.picture.store import (

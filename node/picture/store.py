@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
 from samenloop.node.cases import machine as case_core
-from samenloop.node.daemon import models
+from samenloop.node.cases import models as case_models
 from samenloop.node.daemon.database import (
     DEFAULT_PAGE,
     ID_BYTES,
@@ -41,9 +41,11 @@ from samenloop.node.daemon.database import (
     month_bounds,
     utc,
 )
-from samenloop.node.daemon.models import PicturePartKind
 from samenloop.node.picture import arithmetic as picture
+from samenloop.node.picture import models
+from samenloop.node.picture.models import PicturePartKind
 from samenloop.node.picture.shares import Part
+from samenloop.node.signals import models as signal_models
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.errors import InvalidInput
 from samenloop.v1 import broker_pb2, common_pb2
@@ -920,7 +922,7 @@ class PictureStore(Database):
         benchmark). Signals without a month are not counted (every signal stored
         since the picture existed has one).
         """
-        sg = models.Signal
+        sg = signal_models.Signal
         start = datetime.strptime(first_month, "%Y-%m").replace(tzinfo=UTC)
         attributes = (sg.area_kind, sg.area_code, sg.branch, sg.category, sg.month)
         with self._read() as conn:
@@ -952,7 +954,12 @@ class PictureStore(Database):
         ``picture_reporter`` (the broker names exactly one member per group), each with
         the coarse attributes of this node's own first signal in it."""
         start, end = month_bounds(first_month, last_month)
-        h, hr, si, sg = models.Hit, models.HitRef, models.SignalIdentifier, models.Signal
+        h, hr, si, sg = (
+            signal_models.Hit,
+            signal_models.HitRef,
+            signal_models.SignalIdentifier,
+            signal_models.Signal,
+        )
         with self._read() as conn:
             rows = conn.execute(
                 select(h.group_id, h.notice, h.first_seen).where(
@@ -1000,7 +1007,7 @@ class PictureStore(Database):
             return month if first_month <= month <= last_month else None
 
         found: list[case_core.CaseActivity] = []
-        c, a = models.Case, models.CaseAction
+        c, a = case_models.Case, case_models.CaseAction
         with self._read() as conn:
             rows = conn.execute(
                 select(c.id, c.opened_at, c.closed_at).where(c.coordinator == self._owner)

@@ -41,7 +41,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from samenloop.node.daemon import models
+from samenloop.node.daemon import models as daemon_models
 from samenloop.node.daemon.database import (
     DEFAULT_PAGE,
     ID_BYTES,
@@ -55,7 +55,9 @@ from samenloop.node.daemon.database import (
     details_json,
     utc,
 )
-from samenloop.node.daemon.models import (
+from samenloop.node.identifiers.normalise import Identifier, IdentifierType
+from samenloop.node.signals import models
+from samenloop.node.signals.models import (
     AreaKind,
     BatchKind,
     HitKind,
@@ -63,7 +65,6 @@ from samenloop.node.daemon.models import (
     IdentifierState,
     SignalState,
 )
-from samenloop.node.identifiers.normalise import Identifier, IdentifierType
 from samenloop.node.tokens.derive import HIT_PROOF_KEY_BYTES
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.errors import InvalidInput, MessageTooLarge, NotFound, Replay, UnknownType
@@ -1121,7 +1122,7 @@ class SignalStore(Database):
         """The ``feed_seq`` of the latest accepted notice (0: none yet)."""
         with self._read() as conn:
             found = conn.execute(
-                select(models.Inbox.last_feed_seq).where(models.Inbox.id == INBOX_ROW)
+                select(daemon_models.Inbox.last_feed_seq).where(daemon_models.Inbox.id == INBOX_ROW)
             ).scalar_one_or_none()
         return found or 0
 
@@ -1245,7 +1246,9 @@ class SignalStore(Database):
                 .where(*unsettled)
             ).scalar_one()
             cursor = conn.execute(
-                select(models.Inbox.mailbox_cursor).where(models.Inbox.id == INBOX_ROW)
+                select(daemon_models.Inbox.mailbox_cursor).where(
+                    daemon_models.Inbox.id == INBOX_ROW
+                )
             ).scalar_one_or_none()
         return StatusCounts(
             signals=MappingProxyType({s: int(by_state.get(s.value, 0)) for s in SignalState}),

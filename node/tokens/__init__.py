@@ -6,6 +6,7 @@
 - ``evaluation``: the requesting node's signed evaluation requests and their answers.
 - ``holder``: the key-holder role: check, count against the quota, evaluate.
 - ``derive``: the token a node submits to the broker, derived from the OPRF output.
-- ``store``: the key holder's repository: usage counters and the replay cache.
+- ``models`` and ``store``: the key holder's tables and repository: usage counters and
+  the replay cache.
 - ``commands``: ``samenloop keyholder``.
 """

@@ -14,8 +14,9 @@ from datetime import date, datetime
 
 from sqlalchemy import Connection, delete, func, select
 
-from samenloop.node.daemon import models
+from samenloop.node.daemon import models as daemon_models
 from samenloop.node.daemon.database import Database, check_text, utc
+from samenloop.node.tokens import models
 from samenloop.node.tokens.holder import ANSWERED_AGAIN, AnsweredRequest, HolderEvent
 from samenloop.policies import crypto
 from samenloop.policies.audit import AuditKind
@@ -81,7 +82,7 @@ class TokenStore(Database):
         Refusals are not counted here, one by one, but summed
         (:meth:`count_holder_events`).
         """
-        check_text(party, "party", models.MAX_PARTY_CHARS)
+        check_text(party, "party", daemon_models.MAX_PARTY_CHARS)
         if elements < 0:
             raise InvalidInput("a count is not negative", field="elements")
         if answered is not None and answered.requester != party:
@@ -136,7 +137,7 @@ class TokenStore(Database):
         now = utc(now)
         checked = []
         for event, count in sorted(events.items()):
-            check_text(event.requester, "requester", models.MAX_PARTY_CHARS)
+            check_text(event.requester, "requester", daemon_models.MAX_PARTY_CHARS)
             if count < 1:
                 raise InvalidInput("a summed count is positive", field="count")
             checked.append((event, count))
