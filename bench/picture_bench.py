@@ -2,7 +2,7 @@
 
 N partners' SQLite node stores (real ones: ``NodeStore`` with its migrations),
 each holding S signals with an area, a branch, a category and a month. The
-picture is computed through the node's own code path — ``NodeStore.
+picture is computed through the node's own code path — ``PictureStore.
 picture_signal_facts`` then ``picture.count`` and ``picture.add_noise`` (OpenDP)
 per node, then ``picture.combine``, ``with_totals`` and ``release`` at the
 requester — for the tables the report shows. The bound is the same run's bare
@@ -31,9 +31,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from samenloop.node.daemon import models
 from samenloop.node.daemon.store import MIGRATIONS, NodeStore
 from samenloop.node.picture import arithmetic as picture
+from samenloop.node.signals import models
 from samenloop.policies import database
 from samenloop.policies.policy import EXAMPLE_CATEGORIES
 

@@ -68,18 +68,12 @@ from samenloop.node.cases.machine import (
     status_from_proto,
 )
 from samenloop.node.daemon.api_token import bearer, read_token
-from samenloop.node.daemon.models import (
-    AreaKind,
-    DisclosureDirection,
-    DisclosureState,
-    HitKind,
-    HitState,
-    SignalState,
-)
+from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.identifiers.attributes import area_kind_of
 from samenloop.node.identifiers.normalise import Identifier, IdentifierType, identifier_type, parse
 from samenloop.node.picture.arithmetic import Dimension, Measure, Period, ReleasedTable
 from samenloop.node.picture.protocol import released_from_proto
+from samenloop.node.signals.models import AreaKind, HitKind, HitState, SignalState
 from samenloop.policies.config import load_node_config
 from samenloop.policies.errors import (
     ConfigurationError,

@@ -28,11 +28,12 @@ from hypothesis import strategies as st
 from samenloop.broker.matching import Entry, NoticeDraft
 from samenloop.broker.store import MIGRATIONS as BROKER_MIGRATIONS
 from samenloop.broker.store import BrokerStore
-from samenloop.node.daemon.models import HitKind
 from samenloop.node.daemon.store import MIGRATIONS as NODE_MIGRATIONS
-from samenloop.node.daemon.store import NewSignal, NodeStore
+from samenloop.node.daemon.store import NodeStore
 from samenloop.node.identifiers.normalise import Identifier, IdentifierType
 from samenloop.node.provision import PartySpec, Provisioned, provision
+from samenloop.node.signals.models import HitKind
+from samenloop.node.signals.store import NewSignal
 from samenloop.policies import audit, audit_store, cli, database, terminal
 from samenloop.policies.audit import AuditEntry, AuditKind
 from samenloop.policies.config import load_broker_config, load_node_config

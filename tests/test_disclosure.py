@@ -27,11 +27,10 @@ from typing import Any
 
 import pytest
 
-from samenloop.node.daemon import models
-from samenloop.node.daemon.models import DisclosureState
-from samenloop.node.daemon.store import NewSignal, NodeStore
+from samenloop.node.daemon.store import NodeStore
 from samenloop.node.disclosure import protocol as disclosure
 from samenloop.node.disclosure.desk import DisclosureDesk
+from samenloop.node.disclosure.models import DisclosureState
 from samenloop.node.disclosure.protocol import (
     IncomingRequest,
     Outcome,
@@ -40,6 +39,8 @@ from samenloop.node.disclosure.protocol import (
     Verdict,
 )
 from samenloop.node.provision import PartySpec, Provisioned, provision
+from samenloop.node.signals import models
+from samenloop.node.signals.store import NewSignal
 from samenloop.policies import database
 from samenloop.policies.covenant import Covenant, Role
 from samenloop.policies.crypto import PartyKeys, SignatureContext

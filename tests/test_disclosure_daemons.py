@@ -28,8 +28,8 @@ import sqlalchemy as sa
 
 from samenloop.node.client import Disclosure
 from samenloop.node.daemon import models
-from samenloop.node.daemon.models import DisclosureDirection, DisclosureState
 from samenloop.node.disclosure import protocol as disclosure
+from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.disclosure.protocol import Outcome, Verdict
 from samenloop.node.provision import PartySpec
 from samenloop.policies.audit import AuditKind

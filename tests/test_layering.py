@@ -153,3 +153,51 @@ def test_the_primitive_check_catches_a_stray_import(tmp_path):
         "def f():\n    import nacl.signing\n    return __import__('hmac')\n"
     )
     assert _imported_roots(stray) & PRIMITIVE_LIBRARIES == {"hashlib", "nacl", "hmac"}
+
+
+CAPABILITIES = ["identifiers", "tokens", "signals", "disclosure", "picture", "cases"]
+
+
+@pytest.mark.parametrize("capability", CAPABILITIES)
+def test_a_capability_uses_only_its_own_repository(capability):
+    """Issue 14: each capability owns its queries. Its modules reach the database through
+    their own ``store`` and the shared ``daemon.database`` only: never another
+    capability's repository, nor ``daemon.store`` (every repository in one object)."""
+    own = f"samenloop.node.{capability}.store"
+    foreign = {f"samenloop.node.{other}.store" for other in CAPABILITIES} - {own}
+    foreign.add("samenloop.node.daemon.store")
+    offenders = sorted(
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in (ROOT / "node" / capability).rglob("*.py")
+        for name in _imports(path)
+        if name in foreign
+    )
+    assert offenders == []
+
+
+def test_every_repository_shares_the_one_database():
+    """One engine, one transaction helper: what makes a change across two capabilities
+    (a hit notice and the mailbox cursor, a disclosure and its envelope) one transaction."""
+    from samenloop.node.cases.store import CaseStore
+    from samenloop.node.daemon.covenants import CovenantStore
+    from samenloop.node.daemon.database import Database
+    from samenloop.node.daemon.store import NodeStore
+    from samenloop.node.disclosure.store import DisclosureStore
+    from samenloop.node.picture.store import PictureStore
+    from samenloop.node.signals.store import SignalStore
+    from samenloop.node.tokens.store import TokenStore
+
+    repositories = (
+        SignalStore,
+        TokenStore,
+        DisclosureStore,
+        PictureStore,
+        CaseStore,
+        CovenantStore,
+    )
+    assert all(issubclass(r, Database) for r in repositories)
+    assert set(NodeStore.__mro__) >= set(repositories)
+    # No repository redefines what the base holds (the transaction, the cursor, the outbox).
+    shared = {n for n in vars(Database) if not n.startswith(("__", "_abc_"))}
+    for repository in repositories:
+        assert shared.isdisjoint(vars(repository)), repository.__name__

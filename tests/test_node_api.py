@@ -25,10 +25,10 @@ import structlog.testing
 
 from samenloop.node.client import Hit, NodeClient, SignalInput, normalise_target
 from samenloop.node.daemon.api import HitBell, NodeApiContext, NodeApiService
-from samenloop.node.daemon.models import AreaKind, HitKind, HitState, SignalState
 from samenloop.node.daemon.store import MIGRATIONS, NodeStore
 from samenloop.node.daemon.uplink import UplinkStatus, verify_hit_notice
 from samenloop.node.provision import PartySpec, Provisioned, provision
+from samenloop.node.signals.models import AreaKind, HitKind, HitState, SignalState
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import database
 from samenloop.policies.audit import AuditKind

@@ -29,9 +29,9 @@ import pytest
 import structlog
 
 from samenloop.node.daemon.api import HitBell, NodeApiContext, NodeApiService
-from samenloop.node.daemon.models import HitKind, SignalState
 from samenloop.node.daemon.store import MIGRATIONS, NodeStore
 from samenloop.node.provision import PartySpec, Provisioned, provision
+from samenloop.node.signals.models import HitKind, SignalState
 from samenloop.policies import cli, database, terminal
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies.config import load_node_config

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,21 +14,21 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from samenloop.node.daemon import store as node_store
-from samenloop.node.daemon.models import (
+from samenloop.node.daemon.models import Base
+from samenloop.node.daemon.store import MIGRATIONS, NodeStore
+from samenloop.node.identifiers.normalise import Identifier, IdentifierType, parse
+from samenloop.node.signals import store as signal_store
+from samenloop.node.signals.models import (
     AreaKind,
-    Base,
     BatchKind,
     HitKind,
     HitState,
-    HolderAnswer,
-    HolderUsage,
     IdentifierState,
     SignalState,
 )
-from samenloop.node.daemon.store import MIGRATIONS, CoarseAttributes, NewSignal, NodeStore
-from samenloop.node.identifiers.normalise import Identifier, IdentifierType, parse
+from samenloop.node.signals.store import CoarseAttributes, NewSignal
 from samenloop.node.tokens.holder import ANSWERED_AGAIN, UNVERIFIED, AnsweredRequest, HolderEvent
+from samenloop.node.tokens.models import HolderAnswer, HolderUsage
 from samenloop.policies import database
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.errors import (
@@ -145,6 +147,21 @@ def test_the_migrations_create_exactly_the_models(engine):
     with engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert differences == []
+
+
+def test_the_alembic_environment_sees_every_capabilitys_tables():
+    """Each capability keeps its tables in its own models.py; the migrations' environment
+    gathers them with ``metadata()`` even in a process that imported no repository (as
+    ``alembic`` itself is), and gets exactly the tables the repositories use."""
+    code = (
+        "from samenloop.node.daemon.models import metadata\n"
+        "print(','.join(sorted(metadata().tables)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == [",".join(sorted(Base.metadata.tables))]
+    assert len(Base.metadata.tables) == 27
 
 
 def test_a_schema_newer_than_the_software_is_refused(engine):
@@ -332,7 +349,7 @@ def test_a_failure_while_recording_tokens_leaves_nothing(node, engine):
 
 
 def test_submit_batches_are_split_at_the_limit(node, monkeypatch):
-    monkeypatch.setattr(node_store, "MAX_TOKENS_PER_BATCH", 2)
+    monkeypatch.setattr(signal_store, "MAX_TOKENS_PER_BATCH", 2)
     node.add_signals([signal("A", 1, 2, 3), signal("B", 4, 5)], now=NOW)
     batches = tokenise_all(node)
     assert [len(b.entries) for b in batches] == [2, 2, 1]
@@ -532,8 +549,8 @@ def test_the_own_refs_of_a_hit_are_those_of_its_latest_notice(node):
 
 
 def test_a_pending_request_without_its_hit_group_is_refused(node, engine):
-    from samenloop.node.daemon.store import NewDisclosure
     from samenloop.node.disclosure.protocol import Outcome, Verdict
+    from samenloop.node.disclosure.store import NewDisclosure
 
     request = NewDisclosure(
         request_id=b"\x01" * 16,
@@ -562,8 +579,8 @@ def test_a_request_is_stored_once_and_its_replay_not_on_either_database(
     """``receive_request`` says whether it stored the request: on PostgreSQL too, where an
     INSERT's rowcount is not kept (it said False there, and the desk took every first
     request for a replay)."""
-    from samenloop.node.daemon.store import NewDisclosure
     from samenloop.node.disclosure.protocol import Outcome, Verdict
+    from samenloop.node.disclosure.store import NewDisclosure
     from samenloop.policies.rules import Refusal
 
     request = NewDisclosure(

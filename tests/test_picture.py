@@ -1185,11 +1185,12 @@ import sqlalchemy as sa  # noqa: E402
 from google.protobuf.message import Message  # noqa: E402
 
 from samenloop.node.daemon import store as node_store  # noqa: E402
-from samenloop.node.daemon.models import EnvelopeOutboxItem, HitKind  # noqa: E402
+from samenloop.node.daemon.models import EnvelopeOutboxItem  # noqa: E402
 from samenloop.node.disclosure.protocol import open_envelope  # noqa: E402
 from samenloop.node.picture import protocol as pp  # noqa: E402
 from samenloop.node.picture.desk import PictureDesk  # noqa: E402
 from samenloop.node.provision import PartySpec, Provisioned, provision  # noqa: E402
+from samenloop.node.signals.models import HitKind  # noqa: E402
 from samenloop.policies import database  # noqa: E402
 from samenloop.policies.covenant import Covenant, Role  # noqa: E402
 from samenloop.policies.crypto import PartyKeys  # noqa: E402

@@ -28,8 +28,8 @@ import pytest
 import sqlalchemy as sa
 
 from samenloop.node.client import Picture, SignalInput
-from samenloop.node.daemon import models
 from samenloop.node.demo.daemons import DEMO_AREAS
+from samenloop.node.picture import models as picture_models
 from samenloop.node.picture import protocol as picture_protocol
 from samenloop.node.picture import report as picture_report
 from samenloop.node.picture.arithmetic import (
@@ -540,12 +540,12 @@ def test_the_viewers_database_holds_no_partners_own_counts(cluster: Cluster) -> 
     partners = _partner_tables(dims)
     summed_here = 0
     with engine.connect() as conn:
-        for row in conn.execute(sa.select(models.PictureContribution.__table__)):
+        for row in conn.execute(sa.select(picture_models.PictureContribution.__table__)):
             if row.contributor == RIEC or row.body == b"-":
                 continue
             message = picture_pb2.PictureContribution.FromString(row.body)
             assert not message.tables, row.contributor
-        ids = conn.execute(sa.select(models.PictureCollection.request_id)).scalars().all()
+        ids = conn.execute(sa.select(picture_models.PictureCollection.request_id)).scalars().all()
     for request_id in ids:
         record = store.picture_collection(request_id)
         assert record is not None
@@ -709,9 +709,9 @@ def test_noisy_mode_marks_figures_and_refuses_beyond_the_budget(
 
 
 def test_import_maps_coarse_attributes_and_reports_bad_ones_by_row_and_column() -> None:
-    from samenloop.node.daemon.models import AreaKind
     from samenloop.node.identifiers.normalise import IdentifierType
     from samenloop.node.signals.commands import ColumnMapping, rows_to_signals
+    from samenloop.node.signals.models import AreaKind
 
     header = ["Dossier", "BSN", "Buurt", "SBI", "Datum"]
     rows = [

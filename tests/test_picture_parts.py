@@ -24,10 +24,12 @@ from hypothesis import strategies as st
 from test_picture import GEMEENTE, NOW, OCT, POLITIE, RIEC, Network, picture_world
 
 from samenloop.node.daemon import store as node_store
-from samenloop.node.daemon.models import PicturePartHeld, PicturePartKind
+from samenloop.node.daemon.database import SealedEnvelope
 from samenloop.node.picture import arithmetic as p
 from samenloop.node.picture import protocol as pp
 from samenloop.node.picture import shares as ps
+from samenloop.node.picture.models import PicturePartHeld, PicturePartKind
+from samenloop.node.picture.store import NewPictureAnswer
 from samenloop.policies import crypto, database
 from samenloop.policies.crypto import SignatureContext
 from samenloop.policies.errors import InvalidInput, MessageTooLarge
@@ -492,8 +494,8 @@ def test_the_picture_store_tells_a_first_answer_from_a_repeat_on_either_database
 
     store = node_store.NodeStore(engine)
     request_id = bytes(range(16))
-    envelope = node_store.SealedEnvelope(bytes(16), RIEC, b"sealed")
-    answer = node_store.NewPictureAnswer(request_id, RIEC, None)
+    envelope = SealedEnvelope(bytes(16), RIEC, b"sealed")
+    answer = NewPictureAnswer(request_id, RIEC, None)
     assert store.answer_picture_request(1, answer, envelope, budget_units=0, now=NOW)
     again = dataclasses.replace(envelope, message_id=bytes([1]) * 16)
     assert not store.answer_picture_request(2, answer, again, budget_units=0, now=NOW)

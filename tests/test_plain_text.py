@@ -40,8 +40,8 @@ from samenloop.node.client import (
     Picture,
     PictureRefusalNote,
 )
-from samenloop.node.daemon.models import DisclosureDirection, DisclosureState
 from samenloop.node.disclosure import commands as disclosure_commands
+from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.picture import commands as picture_commands
 from samenloop.node.picture.arithmetic import (
     CellQuality,

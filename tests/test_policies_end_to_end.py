@@ -38,17 +38,12 @@ import pytest
 from stdnum.nl import bsn as stdnum_bsn
 
 from samenloop.node.client import Disclosure, Hit, SignalInput
-from samenloop.node.daemon.models import (
-    DisclosureState,
-    HitKind,
-    HitState,
-    IdentifierState,
-    SignalState,
-)
 from samenloop.node.daemon.process import build_node
 from samenloop.node.daemon.uplink import IDLE_SECONDS
 from samenloop.node.disclosure import protocol as disclosure
+from samenloop.node.disclosure.models import DisclosureState
 from samenloop.node.provision import PartySpec, provision
+from samenloop.node.signals.models import HitKind, HitState, IdentifierState, SignalState
 from samenloop.policies import cli, database
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies.audit import AuditKind

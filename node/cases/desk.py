@@ -25,7 +25,8 @@ import structlog
 
 from samenloop.node.cases import machine as case_core
 from samenloop.node.cases.machine import Applied, Case, CaseChange, Refused
-from samenloop.node.daemon.store import NodeStore, SealedEnvelope
+from samenloop.node.cases.store import CaseStore
+from samenloop.node.daemon.database import SealedEnvelope
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import (
@@ -59,7 +60,7 @@ class CaseDesk:
         *,
         keys: PartyKeys,
         covenant: Callable[[], Covenant],
-        store: NodeStore,
+        store: CaseStore,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         wake: Callable[[], None] = lambda: None,
@@ -111,10 +112,10 @@ class CaseDesk:
     def _signed_notice(self, hit_group_id: bytes) -> common_pb2.Signed:
         if len(hit_group_id) != ID_BYTES:
             raise InvalidInput(f"a hit group id is {ID_BYTES} bytes", field="hit_group_id")
-        hit = self._store.hit(hit_group_id)
-        if hit is None:
+        stored = self._store.hit_notice(hit_group_id)
+        if stored is None:
             raise NotFound("this node holds no hit with this group id", field="hit_group_id")
-        return common_pb2.Signed.FromString(hit.notice)
+        return common_pb2.Signed.FromString(stored)
 
     def _change(self, case_id: bytes, build: Callable[[Covenant, Case | None], CaseChange]) -> Case:
         """Build a change of a case this node holds from the covenant in force and the case

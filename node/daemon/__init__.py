@@ -5,6 +5,10 @@
 - ``covenant_keeper``: new covenant versions and timestamps; whether the node is fresh.
 - ``api`` and ``api_token``: the local ``NodeApi`` servicer and who may call it.
 - ``envelopes``: sealed envelopes, how a node's messages to another node travel.
-- ``store``, ``models``, ``migrations``: the database: repository, tables, Alembic.
+- ``database``: what every capability's repository shares: the engine, the transaction
+  helper, the mailbox cursor, the envelope outbox, the audit log.
+- ``covenants``: the repository of covenant versions and timestamps.
+- ``store``: ``NodeStore``, every repository in one object; ``models``: the ``Base`` of
+  every capability's tables and the shared ones; ``migrations``: Alembic.
 - ``commands``: ``samenloop node``.
 """

@@ -1,7 +1,7 @@
 """The ``samenloop.v1.NodeApi`` servicer: the node's local API for its partner's applications.
 
 A thin adapter. Requests are parsed where they enter (:func:`parse_signal`
-turns a protobuf ``Signal`` into a :class:`~samenloop.node.daemon.store.NewSignal`,
+turns a protobuf ``Signal`` into a :class:`~samenloop.node.signals.store.NewSignal`,
 normalising every identifier with :mod:`samenloop.node.identifiers.normalise`); the
 store does the work in one transaction per call; responses are built from the
 store's records. Errors are raised as ``SamenloopError``s naming the offending
@@ -45,30 +45,19 @@ from google.protobuf.message import DecodeError
 
 from samenloop.node.cases.api import CaseApi
 from samenloop.node.cases.desk import CaseDesk
-from samenloop.node.daemon import models
-from samenloop.node.daemon.models import (
-    AreaKind,
-    DisclosureDirection,
-    DisclosureState,
-    HitKind,
-    HitState,
-    SignalState,
-)
-from samenloop.node.daemon.store import (
-    CoarseAttributes,
-    DisclosureRecord,
-    HitRecord,
-    NewSignal,
-    NodeStore,
-    SignalRecord,
-)
+from samenloop.node.daemon.store import NodeStore
 from samenloop.node.daemon.uplink import SOFTWARE, UplinkStatus
 from samenloop.node.disclosure import protocol as disclosure
 from samenloop.node.disclosure.desk import DisclosureDesk
+from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
+from samenloop.node.disclosure.store import DisclosureRecord
 from samenloop.node.identifiers.attributes import check_branch
 from samenloop.node.identifiers.normalise import Identifier, IdentifierType, parse
 from samenloop.node.picture import api as picture_api
 from samenloop.node.picture.desk import PictureDesk
+from samenloop.node.signals import models
+from samenloop.node.signals.models import AreaKind, HitKind, HitState, SignalState
+from samenloop.node.signals.store import CoarseAttributes, HitRecord, NewSignal, SignalRecord
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import rules
 from samenloop.policies.covenant import AttributeKeyRing, Covenant

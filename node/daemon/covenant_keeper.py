@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from samenloop.node.daemon.store import NodeStore
+from samenloop.node.daemon.covenants import CovenantStore
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies.errors import CovenantStale, SamenloopError, Unavailable
 from samenloop.policies.freshness import CovenantTimestamp, Freshness, FreshnessState, Observed
@@ -93,7 +93,7 @@ class CovenantKeeper:
         *,
         party: str,
         held: HeldCovenant,
-        store: NodeStore,
+        store: CovenantStore,
         attribute_keys: covenant_model.AttributeKeyRing,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         fetch: Fetch = _no_fetch,

@@ -38,6 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from samenloop.node.daemon.api import HitBell, NodeApiContext, NodeApiService
 from samenloop.node.daemon.api_token import RefusedCalls, TokenInterceptor, ensure_token
+from samenloop.node.daemon.covenants import CovenantStore
 from samenloop.node.daemon.store import NodeStore
 from samenloop.node.daemon.uplink import Uplink, broker_channel, learn_attribute_key
 from samenloop.node.tokens import keysetup, threshold
@@ -253,7 +254,7 @@ def build_node(
 
 
 def replay_covenant(
-    held: HeldCovenant, store: NodeStore, attribute_keys: AttributeKeyRing | None = None
+    held: HeldCovenant, store: CovenantStore, attribute_keys: AttributeKeyRing | None = None
 ) -> None:
     """Re-apply the covenant versions the node accepted since its root, oldest first.
 

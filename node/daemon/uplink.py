@@ -76,15 +76,17 @@ import structlog
 from samenloop.node.cases.desk import CaseDesk
 from samenloop.node.daemon.api_token import Tally
 from samenloop.node.daemon.covenant_keeper import CovenantKeeper, Fetched, learn_attribute_key
-from samenloop.node.daemon.models import BatchKind, HitKind
-from samenloop.node.daemon.store import NodeStore, OutboxBatch
+from samenloop.node.daemon.store import NodeStore
 from samenloop.node.disclosure.desk import DisclosureDesk
 from samenloop.node.picture.desk import PictureDesk
+from samenloop.node.signals.models import BatchKind, HitKind
 from samenloop.node.signals.notices import verify_hit_notice
+from samenloop.node.signals.store import OutboxBatch
 from samenloop.node.tokens import derive as tokens
 from samenloop.node.tokens import evaluation, threshold
 from samenloop.node.tokens.evaluation import RefusalReason
 from samenloop.node.tokens.holder import UNVERIFIED, HolderEvent, HolderReply, KeyHolder
+from samenloop.node.tokens.store import TokenStore
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import rules
 from samenloop.policies.crypto import PartyKeys, SignatureContext
@@ -825,7 +827,7 @@ class Uplink:
 
 
 def record_answer(
-    store: NodeStore,
+    store: TokenStore,
     holder: KeyHolder,
     decided: HolderReply,
     *,

@@ -32,7 +32,7 @@ from typing import Any
 from rich.table import Table
 
 from samenloop.node.client import Disclosure
-from samenloop.node.daemon.models import DisclosureDirection, DisclosureState
+from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.signals.commands import (
     add_from_option,
     add_node_options,

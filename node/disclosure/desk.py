@@ -34,11 +34,12 @@ from datetime import UTC, datetime
 import structlog
 from google.protobuf.message import DecodeError
 
+from samenloop.node.daemon.database import SealedEnvelope
 from samenloop.node.daemon.envelopes import Envelope
-from samenloop.node.daemon.models import DisclosureDirection, DisclosureState
-from samenloop.node.daemon.store import DisclosureRecord, NewDisclosure, NodeStore, SealedEnvelope
 from samenloop.node.disclosure import protocol as disclosure
+from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.disclosure.protocol import Outcome, PendingRequest, Verdict
+from samenloop.node.disclosure.store import DisclosureRecord, DisclosureStore, NewDisclosure
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import (
@@ -70,7 +71,7 @@ class DisclosureDesk:
         *,
         keys: PartyKeys,
         covenant: Callable[[], Covenant],
-        store: NodeStore,
+        store: DisclosureStore,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         wake: Callable[[], None] = lambda: None,
@@ -126,10 +127,10 @@ class DisclosureDesk:
         if len(hit_group_id) != ID_BYTES:
             raise InvalidInput(f"a hit group id is {ID_BYTES} bytes", field="hit_group_id")
         self._require_fresh()
-        hit = self._store.hit(hit_group_id)
-        if hit is None:
+        stored = self._store.hit_notice(hit_group_id)
+        if stored is None:
             raise NotFound("no hit with this group id", field="hit_group_id")
-        signed = common_pb2.Signed.FromString(hit.notice)
+        signed = common_pb2.Signed.FromString(stored)
         notice = broker_pb2.HitNotice.FromString(signed.body)
         covenant = self._covenant()
         proof_key = disclosure.check_request(

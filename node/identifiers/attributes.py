@@ -19,7 +19,7 @@ import re
 from datetime import date, datetime
 from typing import Final
 
-from samenloop.node.daemon.models import AreaKind
+from samenloop.node.signals.models import AreaKind
 from samenloop.policies.errors import InvalidInput
 
 __all__ = [

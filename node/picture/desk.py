@@ -40,24 +40,24 @@ from typing import Any
 import structlog
 from google.protobuf.message import DecodeError
 
-from samenloop.node.daemon.models import PicturePartKind
-from samenloop.node.daemon.store import (
-    HeldPictureShare,
-    NewPictureAnswer,
-    NewPictureCollection,
-    NewPictureContribution,
-    NodeStore,
-    PictureCollectionRecord,
-    SealedEnvelope,
-)
+from samenloop.node.daemon.database import SealedEnvelope
 from samenloop.node.disclosure.protocol import check_officer
 from samenloop.node.picture import arithmetic as picture
 from samenloop.node.picture import protocol as picture_protocol
 from samenloop.node.picture import shares as picture_shares
 from samenloop.node.picture import tau as picture_tau
 from samenloop.node.picture.arithmetic import Dimension, Key, Measure, Period, ReleasedTable, Table
+from samenloop.node.picture.models import PicturePartKind
 from samenloop.node.picture.protocol import PictureAsk, PictureRefusal, PictureVerdict
 from samenloop.node.picture.shares import Domain
+from samenloop.node.picture.store import (
+    HeldPictureShare,
+    NewPictureAnswer,
+    NewPictureCollection,
+    NewPictureContribution,
+    PictureCollectionRecord,
+    PictureStore,
+)
 from samenloop.node.picture.tau import TauArgusUnavailable
 from samenloop.policies import crypto
 from samenloop.policies.audit import AuditKind
@@ -228,7 +228,7 @@ class PictureDesk:
         *,
         keys: PartyKeys,
         covenant: Callable[[], Covenant],
-        store: NodeStore,
+        store: PictureStore,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         wake: Callable[[], None] = lambda: None,

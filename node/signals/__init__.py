@@ -3,5 +3,6 @@
 - ``notices``: hit notices as a node checks them (the broker's signature, then the notice).
 - ``commands``: ``samenloop signal`` and ``samenloop hits``.
 
-The signals, the token outbox and the hit inbox are kept by ``daemon.store``.
+- ``models`` and ``store``: the tables and repository of signals, the token outbox and
+  the hit inbox and feed.
 """

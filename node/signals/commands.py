@@ -65,9 +65,9 @@ from samenloop.node.client import (
     SignalInput,
     normalise_target,
 )
-from samenloop.node.daemon.models import AreaKind, HitState
 from samenloop.node.identifiers.attributes import check_area, check_branch, parse_month
 from samenloop.node.identifiers.normalise import IdentifierType, identifier_type, parse
+from samenloop.node.signals.models import AreaKind, HitState
 from samenloop.policies import spreadsheet, terminal
 from samenloop.policies.errors import ConfigurationError, InvalidInput, SamenloopError
 from samenloop.policies.terminal import printable

@@ -6,5 +6,7 @@
 - ``evaluation``: the requesting node's signed evaluation requests and their answers.
 - ``holder``: the key-holder role: check, count against the quota, evaluate.
 - ``derive``: the token a node submits to the broker, derived from the OPRF output.
+- ``models`` and ``store``: the key holder's tables and repository: usage counters and
+  the replay cache.
 - ``commands``: ``samenloop keyholder``.
 """

@@ -1,6 +1,6 @@
-"""Alembic environment of the node's migrations: the models are the target."""
+"""Alembic environment of the node's migrations: every capability's tables are the target."""
 
-from samenloop.node.daemon.models import Base
+from samenloop.node.daemon.models import metadata
 from samenloop.policies.database import run_migrations
 
-run_migrations(Base.metadata)
+run_migrations(metadata())
