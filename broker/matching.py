@@ -45,6 +45,9 @@ What a recipient learns is decided by a :data:`VisibilityRule`; the default,
 :func:`members_see_all`, lets every member see everything about the others.
 The covenant's visibility rules plug in here. Time (``now``) and group ids
 (``new_group_id``) are passed in. This module does no I/O.
+
+Over 800 lines: the matching rules, their limits and the notice drafts are one
+transition function, mutation-tested as one core (docs/mutation.md).
 """
 
 from __future__ import annotations

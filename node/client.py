@@ -38,6 +38,9 @@ owner approves (:meth:`NodeClient.approve_disclosure`).
 
 Raw identifiers travel only over this local connection; the node turns them
 into tokens before anything leaves it. Nothing here logs an identifier.
+
+Over 800 lines: the public client library, one class mirroring the local API call for
+call with its result types, so that partners import one module.
 """
 
 from __future__ import annotations

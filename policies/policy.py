@@ -17,6 +17,9 @@ Vocabulary (see docs/covenant.md):
 * a *release rule* says, per requesting role, category and purpose, which
   detail fields the owner may release, whether a second officer must approve
   (four eyes) and how many releases per period are allowed.
+
+Over 800 lines: one frozen dataclass per section of the covenant's rules, each with its
+checks; they are read together, in the order docs/covenant.md describes them.
 """
 
 from __future__ import annotations

@@ -201,3 +201,24 @@ def test_every_repository_shares_the_one_database():
     shared = {n for n in vars(Database) if not n.startswith(("__", "_abc_"))}
     for repository in repositories:
         assert shared.isdisjoint(vars(repository)), repository.__name__
+
+
+# --- module size ------------------------------------------------------------------------------
+
+#: A module a reader can hold; beyond it, the module says at its top why it is one.
+MODULE_LINES = 800
+
+
+def test_a_module_over_800_lines_says_why_at_its_top() -> None:
+    long = []
+    for folder in ("node", "broker", "policies"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if "migrations" in path.parts:
+                continue
+            text = path.read_text()
+            if text.count("\n") <= MODULE_LINES:
+                continue
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if f"Over {MODULE_LINES} lines" not in doc:
+                long.append(f"{path.relative_to(ROOT)} ({text.count(chr(10))} lines)")
+    assert long == [], "say why at the top, or split: " + ", ".join(long)

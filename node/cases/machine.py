@@ -53,6 +53,9 @@ to the new members.
 Sans-IO: no network, database or clock; keys, time and ids come in. Nothing
 here logs. Titles, measures, notes and outcomes are free text that may
 identify a subject: they stay inside sealed messages and the members' stores.
+
+Over 800 lines: one state machine: its transition table, its messages and their checks
+belong together, and its tests drive it as one.
 """
 
 from __future__ import annotations

@@ -58,6 +58,9 @@ status (the broker refuses the party anyway). While no unexpired covenant
 timestamp vouches for the version held (the node is stale), nothing new is
 tokenised and sealed, and the desks seal nothing to another party but
 refusals; what the outbox holds was sealed while fresh and still goes out.
+
+Over 800 lines: the three loops share one connection, one backoff and one wake-up; apart,
+each would reach into the others' state.
 """
 
 from __future__ import annotations

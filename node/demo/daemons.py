@@ -12,6 +12,9 @@ granted disclosure, one refused for a purpose the covenant does not allow,
 one that waits for a second officer (four eyes), a new covenant version that
 removes a partner, who is then refused, and the audit log verified — and
 failing on a tampered copy. Every process is stopped cleanly.
+
+Over 800 lines: one script, the demo's steps in the order it prints them, read top to
+bottom beside its output.
 """
 
 from __future__ import annotations

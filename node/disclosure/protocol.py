@@ -97,6 +97,9 @@ details (DESIGN flow 5, ``proto/samenloop/v1/disclosure.proto``):
 
 Sans-IO: no network, no database, no clock; keys, time and ids come in.
 Nothing here logs; callers log codes and counts, never values.
+
+Over 800 lines: asking, deciding, approving and answering share one message format and
+one set of checks, and ``make mutate`` measures them as one core.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ nothing of an incomplete vector counts (no answer, no share summed).
 
 Log lines and audit entries carry ids, names, outcomes and epsilon: never a
 count, an area, a branch or a category.
+
+Over 800 lines: one desk for a collection's whole life (ask, answer, shares, sums, parts,
+release), each step a store transaction around the protocol's decision.
 """
 
 from __future__ import annotations

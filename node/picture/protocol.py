@@ -47,6 +47,9 @@ viewer combines what arrived and applies disclosure control. The arithmetic is
 
 Sans-IO: the store's facts come through :class:`ContributorFacts`, time and
 randomness are arguments.
+
+Over 800 lines: asking, deciding and answering share one message format, the domain and
+the budget checks, as disclosure's protocol does.
 """
 
 from __future__ import annotations

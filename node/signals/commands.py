@@ -37,6 +37,9 @@ categories) and the file's own text are shown as plain text
 (:mod:`samenloop.policies.terminal`); a category another member sealed that
 the covenant does not list shows as "(unknown category)" (or "(N unknown
 categories)"), never by its text.
+
+Over 800 lines: ``signal`` and ``hits`` share the CSV and XLSX reading, the column
+mapping, the terminal tables and their options.
 """
 
 from __future__ import annotations
