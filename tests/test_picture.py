@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import random
@@ -585,6 +586,54 @@ def test_two_dimensional_practice_case():
     assert suppressed == {("a", "x"), ("a", "y"), ("c", "x"), ("c", "y")}
     assert released.cell(("totaal", "totaal")).count == sum(cells.values())
     assert_protected(cells, (A, C), released)
+
+
+def test_each_measure_has_its_cube_and_mixed_cubes_are_refused():
+    signals = (A, B, p.Dimension.CATEGORY, R, M)
+    assert p.cube_dimensions((SIGNALS,)) == signals
+    assert p.cube_dimensions((SIGNALS, p.Measure.HIT_GROUPS)) == signals
+    assert p.cube_dimensions((SIGNALS,), without=(A, B)) == (p.Dimension.CATEGORY, R, M)
+    assert p.cube_dimensions((p.Measure.CASES_OPENED, p.Measure.CASES_CLOSED)) == (R, M)
+    assert p.cube_dimensions((p.Measure.INTERVENTIONS,)) == (R, M, T)
+    with pytest.raises(InvalidInput) as refused:
+        p.cube_dimensions((SIGNALS, p.Measure.CASES_OPENED, p.Measure.INTERVENTIONS))
+    assert refused.value.field == "measures"
+    assert refused.value.reason == "picture.measure"
+    assert refused.value.message == (
+        "in exact mode collect measures of one cube together: "
+        "active_signals | cases_opened | interventions"
+    )
+
+
+def test_a_view_is_the_cubes_slice_in_the_order_asked():
+    cells = {("a", "x"): 3, ("a", "y"): 10, ("b", "x"): 9, ("b", "y"): 11}
+    cube = p.release(p.with_totals(table(cells)), min_count=5)
+    by_category = p.view(cube, (C,))
+    assert by_category.dimensions == (C,)
+    assert by_category.totals_over == (C,)
+    assert by_category.axes == (("x", "y"),)
+    assert by_category.min_count == cube.min_count
+    assert [c.values for c in by_category.cells] == [("x",), ("y",), ("totaal",)]
+    for cell in by_category.cells:
+        assert cell == dataclasses.replace(cube.cell(("totaal", *cell.values)), values=cell.values)
+    turned = p.view(cube, (C, A))
+    for cell in cube.cells:
+        swapped = (cell.values[1], cell.values[0])
+        assert turned.cell(swapped) == dataclasses.replace(cell, values=swapped)
+    assert turned.cell(("x", "a")).quality is p.CellQuality.SUPPRESSED
+    assert [c.values for c in turned.cells][:3] == [("x", "a"), ("x", "b"), ("x", "totaal")]
+    assert p.view(cube, ()).cell(()).count == 33
+    for dims, field, message in [
+        ((A, A), "dimensions", "a dimension is repeated"),
+        ((B,), "dimensions", "active_signals is not counted by branch"),
+    ]:
+        with pytest.raises(InvalidInput) as refused:
+            p.view(cube, dims)
+        assert (refused.value.field, refused.value.message) == (field, message)
+    partial = p.release(p.with_totals(table(cells), over=(C,)), min_count=5)
+    with pytest.raises(InvalidInput) as refused:
+        p.view(partial, (A,))
+    assert refused.value.field == "cube"
 
 
 def test_small_cells_are_those_from_one_to_below_the_minimum():
