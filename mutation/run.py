@@ -109,9 +109,12 @@ class Figures:
 
 
 def staged_path(module: str) -> str:
-    """Where ``module`` sits in the import layout: ``node/x.py`` -> ``samenloop/node/x.py``."""
-    folder, _, name = module.rpartition("/")
-    return f"{PACKAGES[folder]}/{name}"
+    """Where ``module`` sits in the import layout: ``node/picture/x.py`` ->
+    ``samenloop/node/picture/x.py`` (the longest source folder it is under decides)."""
+    for folder in sorted(PACKAGES, key=len, reverse=True):
+        if module.startswith(folder + "/"):
+            return f"{PACKAGES[folder]}/{module.removeprefix(folder + '/')}"
+    raise SystemExit(f"{module} is in none of the source folders: {', '.join(PACKAGES)}")
 
 
 def stage(module: str, tests: Sequence[str]) -> Path:
