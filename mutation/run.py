@@ -157,8 +157,9 @@ def mutmut(work: Path, *args: str, log: Path | None = None) -> str:
     # pytest keeps only the newest few numbered temporary directories of a temp root and
     # deletes older ones: a mutant a second makes thousands, so the runs get a root of
     # their own and cannot delete a test suite's directories running beside them.
-    temp_root = work / "pytest-tmp"
-    temp_root.mkdir(exist_ok=True)
+    # A short path: the tests' node sockets live under it, and a Unix socket path has
+    # at most 107 bytes.
+    temp_root = Path(tempfile.mkdtemp(prefix="mu"))
     env = {
         **os.environ,
         "PYTHONDONTWRITEBYTECODE": "1",
