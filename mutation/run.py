@@ -159,20 +159,20 @@ def mutmut(work: Path, *args: str, log: Path | None = None) -> str:
     # their own and cannot delete a test suite's directories running beside them.
     # A short path: the tests' node sockets live under it, and a Unix socket path has
     # at most 107 bytes.
-    temp_root = Path(tempfile.mkdtemp(prefix="mu"))
-    env = {
-        **os.environ,
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTEST_DEBUG_TEMPROOT": str(temp_root),
-    }
-    if log is None:
-        return subprocess.run(  # noqa: S603 - the venv's mutmut, fixed arguments
-            command, cwd=work, env=env, check=True, capture_output=True, text=True
-        ).stdout
-    with log.open("w") as out:
-        result = subprocess.run(  # noqa: S603 - the venv's mutmut, fixed arguments
-            command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+    with tempfile.TemporaryDirectory(prefix="mu") as temp_root:
+        env = {
+            **os.environ,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTEST_DEBUG_TEMPROOT": temp_root,
+        }
+        if log is None:
+            return subprocess.run(  # noqa: S603 - the venv's mutmut, fixed arguments
+                command, cwd=work, env=env, check=True, capture_output=True, text=True
+            ).stdout
+        with log.open("w") as out:
+            result = subprocess.run(  # noqa: S603 - the venv's mutmut, fixed arguments
+                command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
     if result.returncode != 0:
         spinner = tuple("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
         lines = log.read_text(errors="replace").splitlines()
