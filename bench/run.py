@@ -19,8 +19,8 @@ scale ratio at 10M/1M (longer than the default's 3M/1M).
 
 Then the regional picture (``picture_bench.py``): one period's picture for 20
 partners' node stores, computed and combined, against reading the same rows;
-``--picture-only`` runs just that (20 x 20,000 signals; ``--scale full``: 20 x
-100,000).
+``--picture-only`` runs just that (20 x 100,000 signals at either scale;
+``--picture-signals`` sets another size).
 
 Prints tables and writes bench/results/latest.json and broker.json. No timed
 assertions: the figures are ratios against what this machine does in this run.
