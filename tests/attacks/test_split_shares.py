@@ -183,6 +183,13 @@ def test_a_part_the_operator_holds_back_replays_and_reorders_changes_nothing(
         Period(THIS_MONTH, THIS_MONTH), MEASURES, (Dimension.AREA,), officer="analist@riec"
     )
     request_id = started.request_id
+    # The request waits in the RIEC's outbox until its uplink sends it: only once every
+    # partner's mailbox holds it may the RIEC go down (else it is not sent until it is back).
+    run.until(
+        "the request in every partner's mailbox",
+        WAIT_SECONDS,
+        lambda: all(_envelopes(run, party) for party in PARTNERS),
+    )
     _down(run, RIEC)
     for party in PARTNERS:
         run.start(party)
