@@ -1,6 +1,6 @@
 """Issue 6's benchmark: compute and combine one period's regional picture, against reading.
 
-N partners' SQLite node stores (real ones: ``NodeStore`` with its migrations),
+N partners' SQLite node stores (real ones: ``PictureStore`` over the migrated schema),
 each holding S signals with an area, a branch, a category and a month. The
 picture is computed through the node's own code path — ``PictureStore.
 picture_signal_facts`` then ``picture.count`` and ``picture.add_noise`` (OpenDP)
@@ -31,8 +31,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from samenloop.node.daemon.store import MIGRATIONS, NodeStore
+from samenloop.node.daemon.database import MIGRATIONS
 from samenloop.node.picture import arithmetic as picture
+from samenloop.node.picture.store import PictureStore
 from samenloop.node.signals import models
 from samenloop.policies import database
 from samenloop.policies.policy import EXAMPLE_CATEGORIES
@@ -61,7 +62,7 @@ READ_SQL = (
 )
 
 
-def fill(store: NodeStore, count: int, seed: int) -> None:
+def fill(store: PictureStore, count: int, seed: int) -> None:
     """Bulk-insert ``count`` signals with skewed areas and branches, as a region has them."""
     rng = random.Random(seed)
     areas = [f"{4300 + i:04d}" for i in range(200)]
@@ -119,7 +120,7 @@ def read_bound(paths: Sequence[Path]) -> float:
 
 
 def compute(
-    stores: Sequence[NodeStore], roles: Sequence[str]
+    stores: Sequence[PictureStore], roles: Sequence[str]
 ) -> tuple[float, float, list[picture.ReleasedTable]]:
     """Seconds for every node's contribution (read facts, count, noise), and for the
     requester's combine + totals + release; and the released tables."""
@@ -146,7 +147,7 @@ def compute(
 
 
 def measure(
-    stores: Sequence[NodeStore], paths: Sequence[Path], roles: Sequence[str], repeat: int
+    stores: Sequence[PictureStore], paths: Sequence[Path], roles: Sequence[str], repeat: int
 ) -> tuple[
     float, float, float, list[picture.ReleasedTable], list[float], list[tuple[float, float]]
 ]:
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="samenloop-picture-bench-"))
     engines = []
     try:
-        stores: list[NodeStore] = []
+        stores: list[PictureStore] = []
         paths: list[Path] = []
         began = time.perf_counter()
         for p in range(partners):
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             engine = database.make_engine(f"sqlite:///{path}")
             engines.append(engine)
             database.upgrade(engine, MIGRATIONS)
-            store = NodeStore(engine, owner=f"partner-{p}")
+            store = PictureStore(engine, owner=f"partner-{p}")
             fill(store, signals, seed=p)
             stores.append(store)
             paths.append(path)

@@ -103,7 +103,7 @@ class Cluster:
     def queue(self, sender: str, sealed: bytes, recipient: str) -> None:
         """Queue a hand-made (or replayed) sealed envelope in a node's outbox under a new
         message id: its uplink sends it through the broker as any other."""
-        with self.nodes[sender].store.engine.begin() as conn:
+        with self.nodes[sender].repositories.engine.begin() as conn:
             conn.execute(
                 sa.insert(models.EnvelopeOutboxItem).values(
                     client_message_id=secrets.token_bytes(16),

@@ -28,12 +28,13 @@ from hypothesis import strategies as st
 from samenloop.broker.matching import Entry, NoticeDraft
 from samenloop.broker.store import MIGRATIONS as BROKER_MIGRATIONS
 from samenloop.broker.store import BrokerStore
-from samenloop.node.daemon.store import MIGRATIONS as NODE_MIGRATIONS
-from samenloop.node.daemon.store import NodeStore
+from samenloop.node.daemon.database import Database
+from samenloop.node.daemon.repositories import MIGRATIONS as NODE_MIGRATIONS
+from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.identifiers.normalise import Identifier, IdentifierType
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.node.signals.models import HitKind
-from samenloop.node.signals.store import NewSignal
+from samenloop.node.signals.store import NewSignal, SignalStore
 from samenloop.policies import audit, audit_store, cli, database, terminal
 from samenloop.policies.audit import AuditEntry, AuditKind
 from samenloop.policies.config import load_broker_config, load_node_config
@@ -489,25 +490,27 @@ def kinds(entries: list[AuditEntry]) -> list[str]:
 
 
 def test_node_store_records_its_changes_in_the_same_transaction(node_engine):
-    node = NodeStore(node_engine, owner="gemeente")
-    (added,) = node.add_signals([new_signal(REFERENCE, BSN_A, BSN_B)], now=NOW)
+    node = Repositories.open(node_engine, owner="gemeente")
+    (added,) = node.signals.add_signals([new_signal(REFERENCE, BSN_A, BSN_B)], now=NOW)
     refs = sorted(i.signal_ref for i in added.identifiers)
     # The same content again stores nothing and records nothing; other content is refused.
-    node.add_signals([new_signal(REFERENCE, BSN_A, BSN_B)], now=NOW)
+    node.signals.add_signals([new_signal(REFERENCE, BSN_A, BSN_B)], now=NOW)
     with pytest.raises(Replay):
-        node.add_signals([new_signal("x", BSN_A), new_signal(REFERENCE, BSN_A)], now=NOW)
-    assert kinds(node.audit_entries()) == ["signal_added"]
+        node.signals.add_signals([new_signal("x", BSN_A), new_signal(REFERENCE, BSN_A)], now=NOW)
+    assert kinds(node.shared.audit_entries()) == ["signal_added"]
 
-    pending = node.pending_identifiers(10, now=NOW)
-    node.record_tokens({p.id: bytes([p.id]) * 32 for p in pending}, 1, now=NOW)
-    (batch,) = node.outbox()
-    node.mark_acked(batch.client_batch_id, now=NOW)
-    assert node.accept_notice(1, b"\x07" * 16, 1, HitKind.NEW, b"signed", refs, NOW, NOW, now=NOW)
-    node.withdraw_signal(REFERENCE, now=NOW + timedelta(hours=1))
-    node.withdraw_signal(REFERENCE, now=NOW + timedelta(hours=2))  # idempotent: no entry
-    node.count_evaluation("politie", now=NOW, elements=5)
+    pending = node.signals.pending_identifiers(10, now=NOW)
+    node.signals.record_tokens({p.id: bytes([p.id]) * 32 for p in pending}, 1, now=NOW)
+    (batch,) = node.signals.outbox()
+    node.signals.mark_acked(batch.client_batch_id, now=NOW)
+    assert node.signals.accept_notice(
+        1, b"\x07" * 16, 1, HitKind.NEW, b"signed", refs, NOW, NOW, now=NOW
+    )
+    node.signals.withdraw_signal(REFERENCE, now=NOW + timedelta(hours=1))
+    node.signals.withdraw_signal(REFERENCE, now=NOW + timedelta(hours=2))  # idempotent: no entry
+    node.tokens.count_evaluation("politie", now=NOW, elements=5)
 
-    entries = node.audit_entries()
+    entries = node.shared.audit_entries()
     assert kinds(entries) == [
         "signal_added",
         "token_submission",
@@ -534,8 +537,8 @@ def test_node_store_records_its_changes_in_the_same_transaction(node_engine):
         {"elements": 5, "refused": False},
     )
     assert {e.actor for e in entries[:-1]} == {"gemeente"}
-    assert node.audit_entries(kind=AuditKind.HIT_NOTICE, limit=5) == [hit]
-    assert node.audit_entries(subject=refs[0].hex()) == [first, withdrawn]
+    assert node.shared.audit_entries(kind=AuditKind.HIT_NOTICE, limit=5) == [hit]
+    assert node.shared.audit_entries(subject=refs[0].hex()) == [first, withdrawn]
 
     text = audit_rows_text(node_engine)
     assert not [value for value in raw_values() if value in text]
@@ -545,11 +548,11 @@ def test_node_store_records_its_changes_in_the_same_transaction(node_engine):
 
 
 def test_expiry_is_recorded_once_per_sweep(node_engine):
-    node = NodeStore(node_engine, owner="gemeente")
-    node.add_signals([new_signal("a", BSN_A), new_signal("b", BSN_B)], now=NOW)
-    assert node.expire_signals(LATER) == 2
-    assert node.expire_signals(LATER) == 0
-    expired = node.audit_entries(kind=AuditKind.SIGNAL_EXPIRED)
+    node = Repositories.open(node_engine, owner="gemeente")
+    node.signals.add_signals([new_signal("a", BSN_A), new_signal("b", BSN_B)], now=NOW)
+    assert node.signals.expire_signals(LATER) == 2
+    assert node.signals.expire_signals(LATER) == 0
+    expired = node.shared.audit_entries(kind=AuditKind.SIGNAL_EXPIRED)
     assert [dict(e.details) for e in expired] == [{"signals": 2}]
 
 
@@ -562,7 +565,7 @@ def in_transaction(engine: sa.Engine, *steps: Callable[[sa.Connection], object])
 
 
 def test_a_rolled_back_transaction_leaves_no_entry(node_engine):
-    node = NodeStore(node_engine, owner="gemeente")
+    node = Database(node_engine, owner="gemeente")
     node.audit_append(kind=AuditKind.COVENANT_ACCEPTED, details={"version": 2}, now=NOW)
 
     def released(conn: sa.Connection) -> object:
@@ -694,7 +697,7 @@ def test_a_failed_batch_leaves_no_entry(broker_engine):
 
 
 def test_checkpoints_are_stored_signed_and_skipped_when_nothing_is_new(node_engine):
-    node = NodeStore(node_engine, owner="gemeente")
+    node = Database(node_engine, owner="gemeente")
     assert node.audit_checkpoint(OWNER, now=NOW) is None  # an empty log
     for i in range(3):
         node.audit_append(kind=AuditKind.CASE_EVENT, subject=[f"{i:032x}"], now=NOW)
@@ -727,7 +730,7 @@ STORED_TAMPERING = [
     ("name", "statements", "seq", "says"), STORED_TAMPERING, ids=[t[0] for t in STORED_TAMPERING]
 )
 def test_tampering_with_the_database_is_detected(node_engine, name, statements, seq, says):
-    node = NodeStore(node_engine, owner="gemeente")
+    node = Database(node_engine, owner="gemeente")
     for i in range(5):
         node.audit_append(kind=AuditKind.HIT_NOTICE, subject=[f"{i:032x}"], now=NOW)
     node.audit_checkpoint(OWNER, now=NOW)
@@ -746,10 +749,10 @@ def test_tampering_with_the_database_is_detected(node_engine, name, statements, 
 
 
 def test_concurrent_appenders_keep_one_chain(node_engine):
-    stores = [NodeStore(node_engine, owner="gemeente") for _ in range(4)]
+    stores = [Database(node_engine, owner="gemeente") for _ in range(4)]
     errors: list[BaseException] = []
 
-    def work(store: NodeStore, worker: int) -> None:
+    def work(store: Database, worker: int) -> None:
         try:
             for i in range(10):
                 store.audit_append(
@@ -775,7 +778,7 @@ def test_two_engines_on_one_log_keep_one_chain(node_engine):
     second = database.make_engine(node_engine.url.render_as_string(hide_password=False))
     engines = [node_engine, second]
     try:
-        stores = [NodeStore(engine, owner="gemeente") for engine in engines]
+        stores = [Database(engine, owner="gemeente") for engine in engines]
         for i in range(6):
             stores[i % 2].audit_append(kind=AuditKind.CASE_EVENT, details={"i": i}, now=NOW)
         with pytest.raises(RuntimeError):  # appended, then rolled back
@@ -828,7 +831,7 @@ def node_log(provisioned: Provisioned) -> Iterator[Path]:
     config = load_node_config(config_path)
     engine = database.make_engine(config.database_url)
     database.upgrade(engine, NODE_MIGRATIONS)
-    node = NodeStore(engine, owner="gemeente")
+    node = SignalStore(engine, owner="gemeente")
     node.add_signals([new_signal(REFERENCE, BSN_A, BSN_B)], now=NOW)
     node.add_signals([new_signal("other", BSN_B)], now=NOW + timedelta(minutes=1))
     node.withdraw_signal(REFERENCE, now=NOW + timedelta(minutes=2))
@@ -890,7 +893,7 @@ def test_cli_show_prints_details_as_text(node_log, capsys, monkeypatch):
     monkeypatch.setenv("FORCE_COLOR", "1")
     note = "[/bold][link=https://evil.example]x[/link]"
     engine = database.make_engine(load_node_config(node_log).database_url)
-    NodeStore(engine, owner="gemeente").audit_append(
+    Database(engine, owner="gemeente").audit_append(
         kind=AuditKind.CASE_EVENT, details={"note": note}, now=NOW + timedelta(hours=1)
     )
     engine.dispose()

@@ -722,7 +722,7 @@ def held(cluster: Cluster, party: str, case_id: bytes, check: Callable[[Any], bo
 
 
 def case_events(cluster: Cluster, party: str, case_id: bytes) -> list[dict[str, Any]]:
-    entries = cluster.nodes[party].store.audit_entries(
+    entries = cluster.nodes[party].repositories.shared.audit_entries(
         kind=AuditKind.CASE_EVENT, subject=case_id.hex()
     )
     return [dict(e.details) for e in entries]
@@ -860,7 +860,7 @@ def test_case_coordination_end_to_end(cluster: Cluster, capsys: pytest.CaptureFi
     assert len(riec.case(case_id).history) == before + 1
     wait_for(
         "woco's removal",
-        lambda: cluster.nodes[WOCO].store.case(case_id).access is Access.REMOVED,  # type: ignore[union-attr]
+        lambda: cluster.nodes[WOCO].repositories.cases.case(case_id).access is Access.REMOVED,  # type: ignore[union-attr]
     )
     with pytest.raises(NotAllowed) as removed:
         cluster.clients[WOCO].update_action(case_id, late_action, note="x", officer="w")
@@ -912,7 +912,7 @@ def test_case_coordination_end_to_end(cluster: Cluster, capsys: pytest.CaptureFi
     ]
     for party in (RIEC, GEMEENTE, WOCO, BELASTING):
         exported = "\n".join(
-            repr(dict(e.details)) for e in cluster.nodes[party].store.audit_entries()
+            repr(dict(e.details)) for e in cluster.nodes[party].repositories.shared.audit_entries()
         )
         for secret in (TITLE, MEASURE, NOTE, OUTCOME):
             assert secret not in exported
@@ -931,16 +931,16 @@ def test_case_coordination_end_to_end(cluster: Cluster, capsys: pytest.CaptureFi
 
     # The coordinator's accountability facts: opened, closed, two interventions.
     month = datetime.now(UTC).strftime("%Y-%m")
-    facts = cluster.nodes[RIEC].store.case_activity(month, month)
+    facts = cluster.nodes[RIEC].repositories.picture.case_activity(month, month)
     assert sorted((f.kind, f.intervention_type) for f in facts) == [
         ("closed", None),
         ("intervention", "bestuurlijk"),
         ("intervention", "fiscaal"),
         ("opened", None),
     ]
-    assert cluster.nodes[GEMEENTE].store.case_activity(month, month) == []
+    assert cluster.nodes[GEMEENTE].repositories.picture.case_activity(month, month) == []
     with pytest.raises(InvalidInput) as bad_month:
-        cluster.nodes[RIEC].store.case_activity("2026-13", month)
+        cluster.nodes[RIEC].repositories.picture.case_activity("2026-13", month)
     assert bad_month.value.field == "first_month"
 
 
@@ -971,12 +971,12 @@ def test_officers_named_with_spaces_and_accents_act_and_are_shown_as_given(
     assert [e.author_officer for e in copy.history] == ["Jürgen de Vries", "Bd-Teamleider-7 "]
     # The RIEC's own events name its officers; the gemeente's name the author party (the
     # officer only in plain ASCII, as audit details are).
-    own = cluster.nodes[RIEC].store.audit_entries(
+    own = cluster.nodes[RIEC].repositories.shared.audit_entries(
         kind=AuditKind.CASE_EVENT, subject=case.case_id.hex()
     )
     assert [e.actor for e in own] == ["Jürgen de Vries", "Bd-Teamleider-7 "]
     assert all("officer" not in e.details for e in own)
-    received = cluster.nodes[GEMEENTE].store.audit_entries(
+    received = cluster.nodes[GEMEENTE].repositories.shared.audit_entries(
         kind=AuditKind.CASE_EVENT, subject=case.case_id.hex()
     )
     assert [(e.actor, e.details.get("officer")) for e in received] == [
@@ -1001,14 +1001,14 @@ def test_a_replayed_case_message_is_stored_once(cluster: Cluster) -> None:
     from samenloop.node.daemon import models  # the envelope as the RIEC's node sent it
 
     e = models.EnvelopeOutboxItem
-    with cluster.nodes[RIEC].store.engine.connect() as conn:
+    with cluster.nodes[RIEC].repositories.engine.connect() as conn:
         sealed = (
             conn.execute(sa.select(e.sealed).where(e.recipient == GEMEENTE).order_by(e.id.desc()))
             .scalars()
             .first()
         )
     assert sealed is not None
-    with cluster.nodes[RIEC].store.engine.begin() as conn:
+    with cluster.nodes[RIEC].repositories.engine.begin() as conn:
         conn.execute(
             sa.insert(e).values(
                 client_message_id=secrets.token_bytes(16),
@@ -1062,7 +1062,7 @@ def test_the_coordinator_removes_a_member_from_the_command_line(
     assert shown["members"] == [GEMEENTE, RIEC]
     wait_for(
         "woco's removal",
-        lambda: cluster.nodes[WOCO].store.case(case_id).access is Access.REMOVED,  # type: ignore[union-attr]
+        lambda: cluster.nodes[WOCO].repositories.cases.case(case_id).access is Access.REMOVED,  # type: ignore[union-attr]
     )
     held(cluster, GEMEENTE, case_id, lambda c: c.members == (GEMEENTE, RIEC))
 

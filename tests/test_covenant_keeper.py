@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from samenloop.node.daemon import models
 from samenloop.node.daemon.covenant_keeper import MAX_FETCHES, CovenantKeeper, Fetched
-from samenloop.node.daemon.store import NodeStore
+from samenloop.node.daemon.covenants import CovenantStore
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import database
 from samenloop.policies.audit import AuditKind
@@ -65,7 +65,7 @@ class Broker:
 class Node:
     keeper: CovenantKeeper
     held: HeldCovenant
-    store: NodeStore
+    store: CovenantStore
     broker: Broker
     provisioned: Provisioned
     made: list[Covenant] = dataclasses.field(default_factory=list)
@@ -93,7 +93,7 @@ class Node:
 def node(provisioned: Provisioned, tmp_path: Path) -> Iterator[Node]:
     engine = database.make_engine(f"sqlite:///{tmp_path / 'node.db'}")
     database.upgrade(engine, "samenloop.node.daemon.migrations")
-    store = NodeStore(engine, owner=ME)
+    store = CovenantStore(engine, owner=ME)
     held = HeldCovenant(
         TrustState(
             SignedCovenant.from_json(provisioned.signed_covenant.read_bytes(), source="root")
@@ -109,7 +109,7 @@ def node(provisioned: Provisioned, tmp_path: Path) -> Iterator[Node]:
     engine.dispose()
 
 
-def stored_versions(store: NodeStore) -> list[int]:
+def stored_versions(store: CovenantStore) -> list[int]:
     return [
         SignedCovenant.from_proto(common_pb2.SignedCovenant.FromString(v)).unverified().version
         for v in store.covenant_versions()

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from samenloop.node.daemon.store import NodeStore
+from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.disclosure import protocol as disclosure
 from samenloop.node.disclosure.desk import DisclosureDesk
 from samenloop.node.disclosure.models import DisclosureState
@@ -894,7 +894,7 @@ class Owner:
     stored as the uplink stores them) and its own notice of GROUP with the gemeente."""
 
     world: World
-    store: NodeStore
+    repositories: Repositories
     desk: DisclosureDesk
     ref: bytes
     cursor: int = 0
@@ -912,7 +912,7 @@ class Owner:
             revision=self.cursor,
             own_refs=(self.ref,),
         )
-        accepted = self.store.accept_notice(
+        accepted = self.repositories.signals.accept_notice(
             self.cursor,
             GROUP,
             self.cursor,
@@ -958,8 +958,8 @@ def owner(world: World, tmp_path: Any) -> Iterator[Owner]:
 
     engine = database.make_engine(f"sqlite:///{tmp_path / 'woco.db'}")
     database.upgrade(engine, "samenloop.node.daemon.migrations")
-    store = NodeStore(engine, owner=WOCO)
-    (record,) = store.add_signals(
+    repositories = Repositories.open(engine, owner=WOCO)
+    (record,) = repositories.signals.add_signals(
         [
             NewSignal(
                 "W-1",
@@ -971,17 +971,19 @@ def owner(world: World, tmp_path: Any) -> Iterator[Owner]:
         ],
         now=NOW,
     )
-    (pending,) = store.pending_identifiers(10, now=NOW)
-    store.record_tokens({pending.id: b"\x66" * 32}, 1, now=NOW, proof_keys={pending.id: PROOF_KEY})
+    (pending,) = repositories.signals.pending_identifiers(10, now=NOW)
+    repositories.signals.record_tokens(
+        {pending.id: b"\x66" * 32}, 1, now=NOW, proof_keys={pending.id: PROOF_KEY}
+    )
     made: list[Owner] = []
     desk = DisclosureDesk(
         keys=world.keys[WOCO],
         covenant=lambda: world.covenant,
-        store=store,
+        store=repositories.disclosures,
         clock=lambda: NOW,
         stale=lambda: made[0].stale,
     )
-    owner = Owner(world, store, desk, record.identifiers[0].signal_ref)
+    owner = Owner(world, repositories, desk, record.identifiers[0].signal_ref)
     made.append(owner)
     owner.notice(broker_pb2.HIT_NOTICE_KIND_NEW, [GEMEENTE])
     yield owner
@@ -989,7 +991,7 @@ def owner(world: World, tmp_path: Any) -> Iterator[Owner]:
 
 
 def _approved(owner: Owner, request_id: bytes) -> Any:
-    stored = owner.store.disclosure(request_id)
+    stored = owner.repositories.disclosures.disclosure(request_id)
     assert stored is not None
     assert (stored.state, stored.hit_group_id) == (DisclosureState.PENDING_APPROVAL, GROUP)
     return owner.desk.approve(request_id, officer="b@woco")
@@ -1047,7 +1049,7 @@ def test_a_received_request_without_a_valid_proof_is_refused_and_stored(owner: O
         now=NOW,
     )
     owner.desk.receive(9, envelope.sealed)
-    stored = owner.store.disclosure(request_id)
+    stored = owner.repositories.disclosures.disclosure(request_id)
     assert stored is not None
     assert (stored.state, stored.refusal_reason, stored.refusal_message) == (
         DisclosureState.REFUSED,
@@ -1066,7 +1068,7 @@ def test_a_stale_owner_refuses_what_it_receives_with_an_answer_and_releases_noth
     owner.stale = STALE
     request_id = secrets.token_bytes(16)
     owner.receive(request_id, purpose="adresfraude")
-    stored = owner.store.disclosure(request_id)
+    stored = owner.repositories.disclosures.disclosure(request_id)
     assert stored is not None
     assert (stored.state, stored.refusal_reason, stored.refusal_message) == (
         DisclosureState.REFUSED,
@@ -1074,7 +1076,9 @@ def test_a_stale_owner_refuses_what_it_receives_with_an_answer_and_releases_noth
         STALE,
     )
     assert dict(stored.released) == {}
-    (answer,) = owner.store.envelope_outbox()  # the refusal goes back: ask again later
+    (answer,) = (
+        owner.repositories.shared.envelope_outbox()
+    )  # the refusal goes back: ask again later
     assert answer.recipient == GEMEENTE
 
 
@@ -1085,7 +1089,7 @@ def test_no_officer_approves_while_the_owner_is_stale(owner: Owner) -> None:
     with pytest.raises(CovenantStale) as caught:
         owner.desk.approve(request_id, officer="b@woco")
     assert caught.value.field == "covenant"
-    still = owner.store.disclosure(request_id)
+    still = owner.repositories.disclosures.disclosure(request_id)
     assert still is not None
     assert still.state is DisclosureState.PENDING_APPROVAL
     owner.stale = None  # fresh again: the same officer's approval goes through

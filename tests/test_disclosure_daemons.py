@@ -208,7 +208,7 @@ def test_four_eyes_releases_nothing_until_a_second_officer_approves(cluster: Clu
 
 def _sent_envelope(cluster: Cluster, party: str, request_id: bytes) -> bytes:
     e = models.EnvelopeOutboxItem
-    with cluster.nodes[party].store.engine.connect() as conn:
+    with cluster.nodes[party].repositories.engine.connect() as conn:
         return bytes(
             conn.execute(sa.select(e.sealed).where(e.client_message_id == request_id)).scalar_one()
         )
@@ -217,14 +217,14 @@ def _sent_envelope(cluster: Cluster, party: str, request_id: bytes) -> bytes:
 def _answers(cluster: Cluster, owner: str = WOCO, requester: str = GEMEENTE) -> int:
     """How many envelopes the owner's node ever queued for the requester."""
     e = models.EnvelopeOutboxItem
-    with cluster.nodes[owner].store.engine.connect() as conn:
+    with cluster.nodes[owner].repositories.engine.connect() as conn:
         return int(
             conn.execute(sa.select(sa.func.count()).where(e.recipient == requester)).scalar_one()
         )
 
 
 def _decisions(cluster: Cluster, party: str, request_id: bytes) -> list[dict[str, Any]]:
-    entries = cluster.nodes[party].store.audit_entries(
+    entries = cluster.nodes[party].repositories.shared.audit_entries(
         kind=AuditKind.DISCLOSURE_DECISION, subject=request_id.hex()
     )
     return [dict(e.details) for e in entries]
@@ -248,7 +248,7 @@ def test_officers_with_spaces_and_accents_decide_and_are_shown_and_audited_as_gi
     )
     final(cluster, WOCO, asked.request_id, DisclosureState.PENDING_APPROVAL)
     about = asked.request_id.hex()
-    audited = len(cluster.nodes[WOCO].store.audit_entries(subject=about))
+    audited = len(cluster.nodes[WOCO].repositories.shared.audit_entries(subject=about))
     for bad in ("", "  ", "b\x1b[2J", "b\u202eoow", "ü" * 33):
         for decide_ in (
             lambda bad=bad: woco.approve_disclosure(asked.request_id, officer=bad),
@@ -259,14 +259,16 @@ def test_officers_with_spaces_and_accents_decide_and_are_shown_and_audited_as_gi
             assert caught.value.field == "officer"
     with pytest.raises(NotAllowed):  # the asker, however written, is not a second officer
         woco.approve_disclosure(asked.request_id, officer="JÜRGEN  de vries")
-    assert len(cluster.nodes[WOCO].store.audit_entries(subject=about)) == audited  # nothing
+    assert (
+        len(cluster.nodes[WOCO].repositories.shared.audit_entries(subject=about)) == audited
+    )  # nothing
     assert woco.disclosure(asked.request_id).state is DisclosureState.PENDING_APPROVAL
 
     approved = woco.approve_disclosure(asked.request_id, officer="Bd-Teamleider-7 ", note="ok")
     assert approved.state is DisclosureState.GRANTED
     assert approved.requester_officer == "Jürgen de Vries"
     assert [(d.officer, d.approved) for d in approved.decisions] == [("Bd-Teamleider-7 ", True)]
-    entries = cluster.nodes[WOCO].store.audit_entries(
+    entries = cluster.nodes[WOCO].repositories.shared.audit_entries(
         kind=AuditKind.DISCLOSURE_APPROVED, subject=asked.request_id.hex()
     )
     assert [e.actor for e in entries] == ["Bd-Teamleider-7 "]
@@ -277,7 +279,7 @@ def test_officers_with_spaces_and_accents_decide_and_are_shown_and_audited_as_gi
     )
     final(cluster, WOCO, denied.request_id, DisclosureState.PENDING_APPROVAL)
     woco.deny_disclosure(denied.request_id, officer="Łukasz Żak", reason="lopend onderzoek")
-    entries = cluster.nodes[WOCO].store.audit_entries(
+    entries = cluster.nodes[WOCO].repositories.shared.audit_entries(
         kind=AuditKind.DISCLOSURE_DENIED, subject=denied.request_id.hex()
     )
     assert [e.actor for e in entries] == ["Łukasz Żak"]
@@ -321,10 +323,10 @@ def test_a_replayed_request_is_refused_and_releases_nothing_new(cluster: Cluster
 
 def _proof_key(cluster: Cluster, party: str = GEMEENTE, reference: str = "G-1") -> bytes:
     """The hit proof key a node stored for the (first) identifier of one of its signals."""
-    store = cluster.nodes[party].store
-    record = store.signal(reference)
+    repositories = cluster.nodes[party].repositories
+    record = repositories.signals.signal(reference)
     assert record is not None
-    key = store.hit_proof_key(record.identifiers[0].signal_ref)
+    key = repositories.disclosures.hit_proof_key(record.identifiers[0].signal_ref)
     assert key is not None
     return key
 
@@ -367,7 +369,7 @@ def test_forged_notices_and_signals_outside_the_hit_are_refused(cluster: Cluster
     forged.CopyFrom(real)
     forged.signature = gemeente_keys.sign(SignatureContext.HIT_NOTICE, real.body)
     woco_notice = common_pb2.Signed.FromString(cluster.clients[WOCO].hit(group).notice)
-    other_ref = cluster.nodes[WOCO].store.signal("W-2")
+    other_ref = cluster.nodes[WOCO].repositories.signals.signal("W-2")
     assert other_ref is not None
     cases = [
         (_forge(cluster, forged, ref), "invalid_notice"),  # signed by another key
@@ -392,7 +394,9 @@ def _draft(cluster: Cluster, version: int, per_day: int) -> Covenant:
 
 
 def _rejections(cluster: Cluster, party: str) -> list[str]:
-    entries = cluster.nodes[party].store.audit_entries(kind=AuditKind.COVENANT_REJECTED)
+    entries = cluster.nodes[party].repositories.shared.audit_entries(
+        kind=AuditKind.COVENANT_REJECTED
+    )
     return [str(e.details["reason"]) for e in entries]
 
 
@@ -486,7 +490,9 @@ def _hand_sealed_request(
 
 
 def _dropped(cluster: Cluster, party: str) -> list[dict[str, Any]]:
-    entries = cluster.nodes[party].store.audit_entries(kind=AuditKind.DISCLOSURE_RECEIVED)
+    entries = cluster.nodes[party].repositories.shared.audit_entries(
+        kind=AuditKind.DISCLOSURE_RECEIVED
+    )
     return [dict(e.details) for e in entries if "dropped" in e.details]
 
 
@@ -690,7 +696,7 @@ def test_a_requester_that_left_the_hit_is_refused(tmp_path: Any) -> None:
     with running_cluster(tmp_path, specs=specs, holders=(WOCO, POLITIE)) as cluster:
         cluster.clients[GEMEENTE_B].add_signal("B-1", "woonfraude", [("bsn", BSN)])
         group, ref = gemeente_hit(cluster)
-        owner = cluster.nodes[WOCO].store
+        owner = cluster.nodes[WOCO].repositories.disclosures
         wait_for(
             "woco's notice with both gemeenten",
             lambda: owner.hit_members(group) == {GEMEENTE, GEMEENTE_B},

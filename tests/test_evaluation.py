@@ -26,7 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from samenloop.node.daemon.api_token import Tally
-from samenloop.node.daemon.store import MIGRATIONS, NodeStore
+from samenloop.node.daemon.database import MIGRATIONS
 from samenloop.node.daemon.uplink import record_answer
 from samenloop.node.tokens import derive as tokens
 from samenloop.node.tokens import evaluation, keysetup, oprf, threshold
@@ -39,6 +39,7 @@ from samenloop.node.tokens.holder import (
     HolderEvent,
     KeyHolder,
 )
+from samenloop.node.tokens.store import TokenStore
 from samenloop.node.tokens.threshold import HolderPlanner, KeyEpoch
 from samenloop.policies import crypto, database
 from samenloop.policies.crypto import PartyKeys, PublicKeys, SignatureContext
@@ -1311,7 +1312,7 @@ def test_counts_of_a_day_need_the_day():
 def test_the_holder_loop_records_an_answer_before_it_may_send_it(tmp_path, monkeypatch):
     engine = database.make_engine(f"sqlite:///{tmp_path / 'node.db'}")
     database.upgrade(engine, MIGRATIONS)
-    node = NodeStore(engine)
+    node = TokenStore(engine)
     w = world(2, 3, quota={1: 5})
     holder = w.holders[1]
     request = signed_request(w, elements=3)
@@ -1362,7 +1363,7 @@ def test_the_holder_loop_records_an_answer_before_it_may_send_it(tmp_path, monke
 def test_the_holder_loop_sums_refusals_and_names_only_verified_requesters(tmp_path):
     engine = database.make_engine(f"sqlite:///{tmp_path / 'node.db'}")
     database.upgrade(engine, MIGRATIONS)
-    node = NodeStore(engine)
+    node = TokenStore(engine)
     w = world(2, 3)
     holder = w.holders[1]
     clock = [NOW]

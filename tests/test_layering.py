@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
 
 ROOT = Path(__file__).parents[1]
 
@@ -162,10 +164,11 @@ CAPABILITIES = ["identifiers", "tokens", "signals", "disclosure", "picture", "ca
 def test_a_capability_uses_only_its_own_repository(capability):
     """Issue 14: each capability owns its queries. Its modules reach the database through
     their own ``store`` and the shared ``daemon.database`` only: never another
-    capability's repository, nor ``daemon.store`` (every repository in one object)."""
+    capability's repository, nor ``daemon.repositories`` (every repository, which only the
+    daemon opens)."""
     own = f"samenloop.node.{capability}.store"
     foreign = {f"samenloop.node.{other}.store" for other in CAPABILITIES} - {own}
-    foreign.add("samenloop.node.daemon.store")
+    foreign.add("samenloop.node.daemon.repositories")
     offenders = sorted(
         f"{path.relative_to(ROOT)}: {name}"
         for path in (ROOT / "node" / capability).rglob("*.py")
@@ -181,7 +184,7 @@ def test_every_repository_shares_the_one_database():
     from samenloop.node.cases.store import CaseStore
     from samenloop.node.daemon.covenants import CovenantStore
     from samenloop.node.daemon.database import Database
-    from samenloop.node.daemon.store import NodeStore
+    from samenloop.node.daemon.repositories import Repositories
     from samenloop.node.disclosure.store import DisclosureStore
     from samenloop.node.picture.store import PictureStore
     from samenloop.node.signals.store import SignalStore
@@ -196,11 +199,22 @@ def test_every_repository_shares_the_one_database():
         CovenantStore,
     )
     assert all(issubclass(r, Database) for r in repositories)
-    assert set(NodeStore.__mro__) >= set(repositories)
     # No repository redefines what the base holds (the transaction, the cursor, the outbox).
     shared = {n for n in vars(Database) if not n.startswith(("__", "_abc_"))}
     for repository in repositories:
         assert shared.isdisjoint(vars(repository)), repository.__name__
+
+    # What the daemon opens: every repository, each over the one engine and keeping no
+    # state of its own beyond the base's, so that several over one engine are as one.
+    engine = create_engine("sqlite://")
+    opened = Repositories.open(engine, owner="gemeente-a")
+    held = [getattr(opened, f.name) for f in dataclasses.fields(opened)]
+    assert {type(r) for r in held} == {*repositories, Database}
+    base_state = set(vars(opened.shared))
+    for repository in held:
+        assert repository.engine is engine
+        assert set(vars(repository)) == base_state, type(repository).__name__
+    engine.dispose()
 
 
 # --- module size ------------------------------------------------------------------------------

@@ -120,8 +120,8 @@ def test_every_call_without_the_token_is_refused_does_nothing_and_is_audited(
 ) -> None:
     assert migrated.api_token is not None
     token = read_token(migrated.api_token)
-    before = node.store.audit_entries(kind=AuditKind.LOCAL_API_REFUSED)
-    signals_before = node.store.status_counts().signals
+    before = node.repositories.shared.audit_entries(kind=AuditKind.LOCAL_API_REFUSED)
+    signals_before = node.repositories.signals.status_counts().signals
     wrong = bearer(api_token.new_token())
     channel, stub = _raw(node)
     calls = [
@@ -160,9 +160,11 @@ def test_every_call_without_the_token_is_refused_does_nothing_and_is_audited(
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
     refused_calls = len(calls) * 5 + 3
-    assert node.store.status_counts().signals == signals_before  # nothing stored
+    assert node.repositories.signals.status_counts().signals == signals_before  # nothing stored
     node.refused.flush()
-    entries = node.store.audit_entries(kind=AuditKind.LOCAL_API_REFUSED)[len(before) :]
+    entries = node.repositories.shared.audit_entries(kind=AuditKind.LOCAL_API_REFUSED)[
+        len(before) :
+    ]
     assert sum(int(e.details["refused_calls"]) for e in entries) == refused_calls
     assert sum(int(e.details["missing_token"]) for e in entries) == len(calls) + 3
     assert len(entries) <= 2  # the first at once, the rest summed

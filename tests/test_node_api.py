@@ -3,7 +3,7 @@
 The client library (``samenloop.node.client``) drives it as a partner's
 application would; a few tests use the raw stub to send what the library never
 sends (unknown enum values, output-only fields). Hits are stored the way the
-uplink stores them: a broker-signed notice, accepted by ``store.accept_notice``.
+uplink stores them: a broker-signed notice, accepted by ``SignalStore.accept_notice``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ import structlog.testing
 
 from samenloop.node.client import Hit, NodeClient, SignalInput, normalise_target
 from samenloop.node.daemon.api import HitBell, NodeApiContext, NodeApiService
-from samenloop.node.daemon.store import MIGRATIONS, NodeStore
+from samenloop.node.daemon.repositories import MIGRATIONS, Repositories
 from samenloop.node.daemon.uplink import UplinkStatus, verify_hit_notice
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.node.signals.models import AreaKind, HitKind, HitState, SignalState
+from samenloop.node.signals.store import SignalStore
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import database
 from samenloop.policies.audit import AuditKind
@@ -152,7 +153,7 @@ def signed_notice(
 
 @dataclass
 class Node:
-    store: NodeStore
+    repositories: Repositories
     bell: HitBell
     client: NodeClient
     stub: node_pb2_grpc.NodeApiStub
@@ -179,7 +180,7 @@ class Node:
             broker_pb2.HIT_NOTICE_KIND_GROWN: HitKind.GROWN,
             broker_pb2.HIT_NOTICE_KIND_CLOSED: HitKind.CLOSED,
         }[kind]
-        assert self.store.accept_notice(
+        assert self.repositories.signals.accept_notice(
             self.cursor,
             group,
             revision,
@@ -193,7 +194,7 @@ class Node:
         self.bell.ring()
 
     def refs(self, reference: str) -> list[bytes]:
-        record = self.store.signal(reference)
+        record = self.repositories.signals.signal(reference)
         assert record is not None
         return [i.signal_ref for i in record.identifiers]
 
@@ -208,12 +209,12 @@ def start_node(
 ) -> tuple[Node, grpc.Server]:
     engine = database.make_engine(database_url)
     database.upgrade(engine, MIGRATIONS)
-    store = NodeStore(engine)
+    repositories = Repositories.open(engine)
     bell = HitBell()
     wakes: list[int] = []
     context = NodeApiContext(
         party=party,
-        store=store,
+        repositories=repositories,
         covenant=lambda: cov.covenant,
         attribute_keys=cov.attribute_keys,
         wake_uplink=lambda: wakes.append(1),
@@ -228,7 +229,7 @@ def start_node(
     server.start()
     client = NodeClient(socket)
     stub = node_pb2_grpc.NodeApiStub(grpc.insecure_channel(f"unix:{socket}"))
-    return Node(store, bell, client, stub, context, wakes), server
+    return Node(repositories, bell, client, stub, context, wakes), server
 
 
 @pytest.fixture
@@ -240,7 +241,7 @@ def node(covenant: Covenant, sqlite_url: str) -> Iterator[Node]:
     finally:
         running.client.close()
         server.stop(None).wait()
-        running.store.engine.dispose()
+        running.repositories.engine.dispose()
         (directory / "api.sock").unlink(missing_ok=True)
         directory.rmdir()
 
@@ -252,8 +253,8 @@ def raw(call: Any, request: Any) -> SamenloopError:
     return error_from_rpc(failure.value)
 
 
-def counts(store: NodeStore) -> dict[str, int]:
-    with store.engine.connect() as conn:
+def counts(repositories: Repositories) -> dict[str, int]:
+    with repositories.engine.connect() as conn:
         return {
             name: conn.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar_one()
             for name in ("signals", "signal_identifiers", "outbox_batches", "hits")
@@ -284,7 +285,7 @@ def test_add_signal_normalises_stores_and_wakes_the_uplink(node: Node) -> None:
         "2026-11",
     )
     assert node.wakes == [1]
-    stored = node.store.signal("DOS-1")
+    stored = node.repositories.signals.signal("DOS-1")
     assert stored is not None
     assert str(stored.id) == signal.signal_id
     assert len(stored.identifiers) == 2
@@ -302,7 +303,7 @@ def test_add_signal_normalises_stores_and_wakes_the_uplink(node: Node) -> None:
         node.client.add_signal("DOS-1", "drugsproductie", [("kvk", "01234567")])
     assert refused.value.field == "signal.reference"
     assert refused.value.reason == "signal.exists"
-    assert counts(node.store)["signals"] == 1
+    assert counts(node.repositories)["signals"] == 1
 
 
 @pytest.mark.parametrize(
@@ -332,7 +333,7 @@ def test_add_signal_refuses_bad_input_naming_the_field(
         node.client.add_signal("DOS-2", category, identifiers)
     assert (refused.value.field, refused.value.reason) == (field, reason)
     assert "111222334" not in str(refused.value)
-    assert counts(node.store)["signals"] == 0
+    assert counts(node.repositories)["signals"] == 0
     assert node.wakes == []
 
 
@@ -357,7 +358,7 @@ def test_unknown_identifier_type_is_refused_naming_the_field(node: Node) -> None
     with pytest.raises(UnknownType) as refused:
         node.client.add_signal("DOS-3", CATEGORY, [("kvk", "01234567"), ("postcode", "1234AB")])
     assert refused.value.field == "signal.identifiers[1].type"
-    assert counts(node.store)["signals"] == 0
+    assert counts(node.repositories)["signals"] == 0
 
 
 def test_expiry_must_lie_within_the_retention(node: Node) -> None:
@@ -403,16 +404,20 @@ def test_import_stores_valid_rows_and_reports_the_others(node: Node) -> None:
         (4, "identifiers[1].type", "identifier.unknown_type"),
     ]
     assert all("111222334" not in e.message for e in report.errors)
-    assert node.store.signal("IMP-1") is not None
-    assert node.store.signal("IMP-4") is not None
-    assert [node.store.signal(r) for r in ("IMP-2", "IMP-3", "IMP-5")] == [None, None, None]
-    assert counts(node.store)["signal_identifiers"] == 3
+    assert node.repositories.signals.signal("IMP-1") is not None
+    assert node.repositories.signals.signal("IMP-4") is not None
+    assert [node.repositories.signals.signal(r) for r in ("IMP-2", "IMP-3", "IMP-5")] == [
+        None,
+        None,
+        None,
+    ]
+    assert counts(node.repositories)["signal_identifiers"] == 3
     assert node.wakes == [1]
 
     # The same file again: nothing new, every valid row unchanged.
     again = node.client.import_signals(rows)
     assert (again.imported, again.unchanged, again.rejected) == (0, 2, 3)
-    assert counts(node.store)["signals"] == 2
+    assert counts(node.repositories)["signals"] == 2
 
 
 def test_import_reports_unknown_types_and_output_fields_are_ignored(node: Node) -> None:
@@ -452,7 +457,7 @@ def test_import_reports_unknown_types_and_output_fields_are_ignored(node: Node) 
         ("identifiers[0].type", "identifier.unknown_type")
     ]
     assert response.results[2].signal_id
-    stored = node.store.signal("RAW-3")
+    stored = node.repositories.signals.signal("RAW-3")
     assert stored is not None
     assert stored.state is SignalState.ACTIVE
 
@@ -475,8 +480,8 @@ def test_import_refuses_a_conflicting_reference_alone(node: Node) -> None:
     ]
     assert (report.imported, report.unchanged, report.rejected) == (2, 1, 2)
     assert report.results[4].signal_id == report.results[0].signal_id
-    assert counts(node.store)["signals"] == 3
-    record = node.store.signal("DUP")
+    assert counts(node.repositories)["signals"] == 3
+    record = node.repositories.signals.signal("DUP")
     assert record is not None
     assert record.category == CATEGORY
 
@@ -484,18 +489,18 @@ def test_import_refuses_a_conflicting_reference_alone(node: Node) -> None:
 def test_a_failing_import_transaction_stores_nothing(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = NodeStore._insert_signals
+    original = SignalStore._insert_signals
 
-    def insert_then_fail(self: NodeStore, *args: Any, **kw: Any) -> list[int]:
+    def insert_then_fail(self: SignalStore, *args: Any, **kw: Any) -> list[int]:
         original(self, *args, **kw)  # the signals and identifiers are written ...
         raise RuntimeError("disk full")  # ... and the transaction fails before it commits
 
-    monkeypatch.setattr(NodeStore, "_insert_signals", insert_then_fail)
+    monkeypatch.setattr(SignalStore, "_insert_signals", insert_then_fail)
     rows = [SignalInput(f"F-{n}", CATEGORY, [("kvk", f"{n:08d}")]) for n in range(1, 50)]
     with pytest.raises(LocalError) as failed:
         node.client.import_signals(rows)
     assert failed.value.message == "internal error"  # nothing about the data leaks
-    assert counts(node.store) == {
+    assert counts(node.repositories) == {
         "signals": 0,
         "signal_identifiers": 0,
         "outbox_batches": 0,
@@ -513,7 +518,7 @@ def test_validate_only_stores_nothing(node: Node) -> None:
     report = node.client.import_signals(rows, validate_only=True)
     assert (report.imported, report.rejected) == (0, 1)
     assert report.results[0].signal_id is None
-    assert counts(node.store)["signals"] == 0
+    assert counts(node.repositories)["signals"] == 0
     assert node.wakes == []
 
 
@@ -548,7 +553,7 @@ def test_get_and_withdraw_a_signal(node: Node) -> None:
     # The officer named is the audit entry's actor, as given; without one, the party.
     node.client.add_signal("W-2", CATEGORY, [("kvk", "01234568")])
     node.client.withdraw_signal("W-2")
-    entries = node.store.audit_entries(kind=AuditKind.SIGNAL_WITHDRAWN)
+    entries = node.repositories.shared.audit_entries(kind=AuditKind.SIGNAL_WITHDRAWN)
     assert [e.actor for e in entries] == ["Jürgen de Vries", "node"]  # the store's owner here
 
     with pytest.raises(NotFound) as missing:
@@ -730,7 +735,7 @@ def test_get_status(node: Node, covenant: Covenant) -> None:
     node.client.add_signal("S-2", CATEGORY, [("kvk", "01234568")])
     node.client.withdraw_signal("S-2")
     node.accept(covenant, group(1), 1, node.refs("S-1"), [Member("politie", "politie", ["x"])])
-    node.store.count_evaluation("politie", now=NOW, elements=5)
+    node.repositories.tokens.count_evaluation("politie", now=NOW, elements=5)
 
     status = node.client.status()
     assert (status.party, status.covenant_id, status.covenant_version, status.key_epoch) == (
@@ -769,7 +774,7 @@ def test_status_of_a_party_that_holds_no_key(covenant: Covenant, sqlite_url: str
     finally:
         running.client.close()
         server.stop(None).wait()
-        running.store.engine.dispose()
+        running.repositories.engine.dispose()
         (directory / "api.sock").unlink(missing_ok=True)
         directory.rmdir()
 

@@ -29,7 +29,7 @@ import pytest
 import structlog
 
 from samenloop.node.daemon.api import HitBell, NodeApiContext, NodeApiService
-from samenloop.node.daemon.store import MIGRATIONS, NodeStore
+from samenloop.node.daemon.repositories import MIGRATIONS, Repositories
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.node.signals.models import HitKind, SignalState
 from samenloop.policies import cli, database, terminal
@@ -112,7 +112,7 @@ def provisioned() -> Iterator[Provisioned]:
 
 @dataclass
 class Node:
-    store: NodeStore
+    repositories: Repositories
     bell: HitBell
     config: Path
     socket: Path
@@ -131,11 +131,11 @@ def node(provisioned: Provisioned, sqlite_url: str) -> Iterator[Node]:
     attribute_key = attribute_keys.current(provisioned.covenant)
     engine = database.make_engine(sqlite_url)
     database.upgrade(engine, MIGRATIONS)
-    store = NodeStore(engine)
+    repositories = Repositories.open(engine)
     bell = HitBell()
     context = NodeApiContext(
         party=ME,
-        store=store,
+        repositories=repositories,
         covenant=lambda: provisioned.covenant,
         attribute_keys=attribute_keys,
         clock=lambda: NOW,
@@ -150,7 +150,7 @@ def node(provisioned: Provisioned, sqlite_url: str) -> Iterator[Node]:
     server.start()
     try:
         yield Node(
-            store,
+            repositories,
             bell,
             config_path,
             config.api_socket,
@@ -193,8 +193,8 @@ def accept_hit(node: Node, group: bytes, own: list[bytes], categories: list[str]
         context=SignatureContext.HIT_NOTICE.value,
         signature=node.broker_keys.sign(SignatureContext.HIT_NOTICE, body),
     )
-    cursor = node.store.mailbox_cursor() + 1
-    assert node.store.accept_notice(
+    cursor = node.repositories.shared.mailbox_cursor() + 1
+    assert node.repositories.signals.accept_notice(
         cursor,
         group,
         1,
@@ -286,15 +286,15 @@ def test_csv_import_with_mapping_and_validation_report(
     for raw_value in ("111222334", "12345", BSN_A):
         assert raw_value not in out + err + report.read_text()
 
-    restored = node.store.signal("D-4")
+    restored = node.repositories.signals.signal("D-4")
     assert restored is not None
     assert restored.identifiers[0].identifier.canonical == "0" + BSN_ZERO
-    first = node.store.signal("D-1")
+    first = node.repositories.signals.signal("D-1")
     assert first is not None
     assert [i.identifier.canonical for i in first.identifiers] == [BSN_A, "01234567"]
     assert dict(first.details) == {"Toelichting": "leegstand"}
-    assert node.store.signal("D-2") is None
-    assert node.store.status_counts().signals[SignalState.ACTIVE] == 3
+    assert node.repositories.signals.signal("D-2") is None
+    assert node.repositories.signals.status_counts().signals[SignalState.ACTIVE] == 3
 
 
 def test_xlsx_import_with_numbers_and_a_fixed_category(
@@ -332,12 +332,12 @@ def test_xlsx_import_with_numbers_and_a_fixed_category(
     code, out, err = run(capsys, *argv)
     assert code == 0, out + err
     assert "3 rows: 3 imported, 0 unchanged, 0 refused" in out
-    signal = node.store.signal("X-1")
+    signal = node.repositories.signals.signal("X-1")
     assert signal is not None
     assert [i.identifier.canonical for i in signal.identifiers] == [BSN_A, "01234567"]
     assert signal.category == "vastgoedmisbruik"
     assert signal.expires_at == datetime(2027, 3, 2, tzinfo=UTC)
-    assert node.store.signal("1003") is not None
+    assert node.repositories.signals.signal("1003") is not None
 
     code, out, _ = run(capsys, *argv)  # the same file again changes nothing
     assert code == 0
@@ -357,7 +357,7 @@ def test_import_table_output_and_validate_only(
     code, out, _ = run(capsys, *base, "--validate-only")
     assert code == 1
     assert "2 rows: 1 valid, 1 refused (nothing stored)" in out
-    assert node.store.signal("A-1") is None
+    assert node.repositories.signals.signal("A-1") is None
 
     code, out, _ = run(capsys, *base)
     assert code == 1
@@ -396,7 +396,7 @@ def test_import_usage_errors(
     )  # fmt: skip
     assert code == 1
     assert "cannot read" in err
-    assert node.store.status_counts().signals[SignalState.ACTIVE] == 0
+    assert node.repositories.signals.status_counts().signals[SignalState.ACTIVE] == 0
 
 
 def test_a_node_that_is_not_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -453,7 +453,7 @@ def test_signal_add_from_a_file_or_stdin_and_the_warning_for_arguments(
     assert code == 0
     assert "samenloop: warning" not in err
     assert json.loads(out)["identifier_types"] == ["bsn"]
-    record = node.store.signal("F1")
+    record = node.repositories.signals.signal("F1")
     assert record is not None
     assert (record.identifiers[0].identifier.canonical, dict(record.details)) == (
         BSN_A,
@@ -467,7 +467,7 @@ def test_signal_add_from_a_file_or_stdin_and_the_warning_for_arguments(
     )  # fmt: skip
     assert code == 0
     assert "samenloop: warning" not in err
-    stored = node.store.signal("F2")
+    stored = node.repositories.signals.signal("F2")
     assert stored is not None
     assert stored.identifiers[0].identifier.canonical == BSN_B
 
@@ -497,7 +497,7 @@ def test_hits_list_json_and_table(
 
     run(capsys, "signal", "add", "--id", "kvk=01234567", "--reference", "H1", "--category",
         "vastgoedmisbruik", "--socket", str(node.socket))  # fmt: skip
-    record = node.store.signal("H1")
+    record = node.repositories.signals.signal("H1")
     assert record is not None
     ref = record.identifiers[0].signal_ref
     accept_hit(node, b"\x01" * 16, [ref], ["drugsproductie", "witwasindicatie"])
@@ -578,7 +578,7 @@ def test_hits_show_hostile_text_as_text(
     monkeypatch.setenv("FORCE_COLOR", "1")
     run(capsys, "signal", "add", "--id", "kvk=01234567", "--reference", text, "--category",
         "vastgoedmisbruik", "--socket", str(node.socket))  # fmt: skip
-    record = node.store.signal(text)
+    record = node.repositories.signals.signal(text)
     assert record is not None
     ref = record.identifiers[0].signal_ref
     accept_hit(node, b"\x01" * 16, [ref], ["woonfraude", text])

@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from samenloop.node.daemon.database import Database
 from samenloop.node.daemon.models import Base
-from samenloop.node.daemon.store import MIGRATIONS, NodeStore
+from samenloop.node.daemon.repositories import MIGRATIONS, Repositories
 from samenloop.node.identifiers.normalise import Identifier, IdentifierType, parse
 from samenloop.node.signals import store as signal_store
 from samenloop.node.signals.models import (
@@ -90,19 +91,19 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
-def node(engine: sa.Engine) -> NodeStore:
-    return NodeStore(engine, random_bytes=random.Random(7).randbytes)
+def node(engine: sa.Engine) -> Repositories:
+    return Repositories.open(engine, random_bytes=random.Random(7).randbytes)
 
 
-def tokenise_all(node: NodeStore, *, epoch: int = 1, at: datetime = NOW, seal=None):
-    pending = node.pending_identifiers(1000, now=at)
-    return node.record_tokens(
+def tokenise_all(node: Repositories, *, epoch: int = 1, at: datetime = NOW, seal=None):
+    pending = node.signals.pending_identifiers(1000, now=at)
+    return node.signals.record_tokens(
         {p.id: token(p.id) for p in pending}, epoch, now=at, seal_attributes=seal
     )
 
 
-def notice(node: NodeStore, cursor: int, n: int, revision: int, kind=HitKind.NEW, refs=()):
-    return node.accept_notice(
+def notice(node: Repositories, cursor: int, n: int, revision: int, kind=HitKind.NEW, refs=()):
+    return node.signals.accept_notice(
         cursor,
         group(n),
         revision,
@@ -182,7 +183,7 @@ def test_a_schema_newer_than_the_software_is_refused(engine):
 def test_signals_are_stored_with_a_fresh_ref_per_identifier(node, engine):
     cet = NOW.astimezone(datetime.now().astimezone().tzinfo)
     attributes = CoarseAttributes(AreaKind.POSTCODE4, "5038", "5610", "2026-11")
-    records = node.add_signals(
+    records = node.signals.add_signals(
         [signal("ZAAK-1", 1, 2, 3, attributes=attributes), signal("ZAAK-2", 1)],
         now=cet,
         import_batch="import-1.csv",
@@ -199,53 +200,55 @@ def test_signals_are_stored_with_a_fresh_ref_per_identifier(node, engine):
     assert len(set(refs)) == len(refs) == 4  # the same KvK in two signals: two refs
     assert all(len(ref) == 16 for ref in refs)
     assert {i.state for r in records for i in r.identifiers} == {IdentifierState.PENDING}
-    assert node.signal("ZAAK-1") == first
-    assert node.signal_by_id(second.id) == second
-    assert node.signal("ZAAK-3") is None
+    assert node.signals.signal("ZAAK-1") == first
+    assert node.signals.signal_by_id(second.id) == second
+    assert node.signals.signal("ZAAK-3") is None
 
 
 def test_a_real_parsed_identifier_round_trips(node):
-    (record,) = node.add_signals(
+    (record,) = node.signals.add_signals(
         [NewSignal("Z", "katvangers", [parse("address", "1234 ab 12-a")], LATER)], now=NOW
     )
     assert record.identifiers[0].identifier == Identifier(IdentifierType.ADDRESS, "1234AB 12 A")
-    (pending,) = node.pending_identifiers(10)
+    (pending,) = node.signals.pending_identifiers(10)
     assert pending.identifier == record.identifiers[0].identifier
 
 
 def test_a_duplicate_reference_in_the_middle_stores_nothing(node, engine):
-    node.add_signals([signal("BESTAAND", 9)], now=NOW)
+    node.signals.add_signals([signal("BESTAAND", 9)], now=NOW)
     before = table_counts(engine)
     with pytest.raises(Replay) as raised:
-        node.add_signals(
+        node.signals.add_signals(
             [signal("NIEUW-1", 1), signal("BESTAAND", 8), signal("NIEUW-2", 2)], now=NOW
         )
     assert raised.value.field == "signals[1].reference"
     assert table_counts(engine) == before
-    assert node.signal("NIEUW-1") is None
+    assert node.signals.signal("NIEUW-1") is None
 
     with pytest.raises(Replay) as raised:
-        node.add_signals([signal("A", 1), signal("B", 2), signal("A", 3)], now=NOW)
+        node.signals.add_signals([signal("A", 1), signal("B", 2), signal("A", 3)], now=NOW)
     assert raised.value.field == "signals[2].reference"
     assert table_counts(engine) == before
 
 
 def test_the_same_signal_again_is_unchanged_and_a_withdrawn_reference_can_return(node, engine):
-    (first,) = node.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
+    (first,) = node.signals.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
     before = table_counts(engine)
     # Identifiers in another order, another (derived) expiry: the same signal.
     again = NewSignal("ZAAK-1", first.category, [kvk(2), kvk(1)], LATER + timedelta(days=1),
                       dict(first.details))  # fmt: skip
-    records = node.add_signals([again, signal("ZAAK-2", 3), again], now=NOW + timedelta(hours=1))
+    records = node.signals.add_signals(
+        [again, signal("ZAAK-2", 3), again], now=NOW + timedelta(hours=1)
+    )
     assert [r.unchanged for r in records] == [True, False, True]
     assert records[0].id == records[2].id == first.id
     assert table_counts(engine)["signals"] == before["signals"] + 1
 
-    node.withdraw_signal("ZAAK-1", now=NOW)
-    (reborn,) = node.add_signals([signal("ZAAK-1", 5)], now=NOW)
+    node.signals.withdraw_signal("ZAAK-1", now=NOW)
+    (reborn,) = node.signals.add_signals([signal("ZAAK-1", 5)], now=NOW)
     assert reborn.id != first.id
     assert not reborn.unchanged
-    assert node.signal("ZAAK-1") == reborn
+    assert node.signals.signal("ZAAK-1") == reborn
 
 
 def test_concurrent_adds_of_one_reference_store_it_once(database_url, engine):
@@ -254,10 +257,10 @@ def test_concurrent_adds_of_one_reference_store_it_once(database_url, engine):
     start = threading.Barrier(4)
 
     def add(worker: int) -> None:
-        store = NodeStore(engines[worker])
+        store = Repositories.open(engines[worker])
         start.wait()
         try:
-            results.append(store.add_signals([signal("SAMEN", 1, 2)], now=NOW)[0].unchanged)
+            results.append(store.signals.add_signals([signal("SAMEN", 1, 2)], now=NOW)[0].unchanged)
         except BaseException as error:
             results.append(error)
 
@@ -296,7 +299,7 @@ def test_bad_signals_are_refused_naming_the_field_and_store_nothing(
     node, engine, bad, error, field
 ):
     with pytest.raises(error) as raised:
-        node.add_signals([signal("GOED", 1), bad], now=NOW)
+        node.signals.add_signals([signal("GOED", 1), bad], now=NOW)
     assert raised.value.field == field
     assert set(table_counts(engine).values()) == {0}
 
@@ -305,12 +308,12 @@ def test_bad_signals_are_refused_naming_the_field_and_store_nothing(
 
 
 def test_tokens_and_their_submit_batch_are_stored_together(node):
-    (record,) = node.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
-    pending = node.pending_identifiers(10, now=NOW)
+    (record,) = node.signals.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
+    pending = node.signals.pending_identifiers(10, now=NOW)
     assert [p.id for p in pending] == [i.id for i in record.identifiers]
     assert {p.category for p in pending} == {"vastgoedmisbruik"}
 
-    (batch,) = node.record_tokens(
+    (batch,) = node.signals.record_tokens(
         {p.id: token(p.id) for p in pending},
         3,
         now=NOW,
@@ -322,114 +325,124 @@ def test_tokens_and_their_submit_batch_are_stored_together(node):
         (i.signal_ref, token(i.id), LATER, "vastgoedmisbruik", b"box:vastgoedmisbruik")
         for i in record.identifiers
     ]  # fmt: skip
-    assert node.outbox() == [batch]
-    stored = node.signal("ZAAK-1")
+    assert node.signals.outbox() == [batch]
+    stored = node.signals.signal("ZAAK-1")
     assert [(i.state, i.token, i.key_epoch) for i in stored.identifiers] == [
         (IdentifierState.TOKENISED, token(i.id), 3) for i in record.identifiers
     ]
-    assert node.pending_identifiers(10) == []
+    assert node.signals.pending_identifiers(10) == []
     # Recording the same tokens again (a retry after a crash) changes nothing.
-    assert node.record_tokens({p.id: token(p.id) for p in pending}, 3, now=NOW) == []
-    assert node.outbox() == [batch]
+    assert node.signals.record_tokens({p.id: token(p.id) for p in pending}, 3, now=NOW) == []
+    assert node.signals.outbox() == [batch]
 
 
 def test_a_failure_while_recording_tokens_leaves_nothing(node, engine):
-    node.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
-    pending = node.pending_identifiers(10)
+    node.signals.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
+    pending = node.signals.pending_identifiers(10)
 
     def broken_seal(category: str) -> bytes:  # runs after the tokens are written
         raise RuntimeError("crash")
 
     with pytest.raises(RuntimeError):
-        node.record_tokens({p.id: token(p.id) for p in pending}, 1, now=NOW,
+        node.signals.record_tokens({p.id: token(p.id) for p in pending}, 1, now=NOW,
                            seal_attributes=broken_seal)  # fmt: skip
-    assert node.pending_identifiers(10) == pending
-    assert node.outbox() == []
-    assert {i.token for i in node.signal("ZAAK-1").identifiers} == {None}
+    assert node.signals.pending_identifiers(10) == pending
+    assert node.signals.outbox() == []
+    assert {i.token for i in node.signals.signal("ZAAK-1").identifiers} == {None}
 
 
 def test_submit_batches_are_split_at_the_limit(node, monkeypatch):
     monkeypatch.setattr(signal_store, "MAX_TOKENS_PER_BATCH", 2)
-    node.add_signals([signal("A", 1, 2, 3), signal("B", 4, 5)], now=NOW)
+    node.signals.add_signals([signal("A", 1, 2, 3), signal("B", 4, 5)], now=NOW)
     batches = tokenise_all(node)
     assert [len(b.entries) for b in batches] == [2, 2, 1]
     assert len({b.client_batch_id for b in batches}) == 3
-    assert node.outbox() == batches
-    assert node.outbox(limit=2) == batches[:2]
+    assert node.signals.outbox() == batches
+    assert node.signals.outbox(limit=2) == batches[:2]
 
 
 def test_the_outbox_survives_a_crash_unchanged_until_acked(database_url, engine):
-    first = NodeStore(engine)
-    first.add_signals([signal("A", 1, 2), signal("B", 3)], now=NOW)
+    first = Repositories.open(engine)
+    first.signals.add_signals([signal("A", 1, 2), signal("B", 3)], now=NOW)
     created = tokenise_all(first, seal=lambda c: b"sealed " + c.encode())
     engine.dispose()  # the node dies; a new process opens the same database
 
     restarted = database.make_engine(database_url)
     try:
-        second = NodeStore(restarted)
-        assert second.outbox() == created  # same batch id, same entries, same sealed bytes
-        assert second.outbox() == created  # and again, until acknowledged
-        assert second.mark_acked(created[0].client_batch_id, now=NOW) is True
-        assert second.mark_acked(created[0].client_batch_id, now=NOW) is False  # repeated ack
-        assert second.outbox() == []
-        states = {i.state for r in ("A", "B") for i in second.signal(r).identifiers}
+        second = Repositories.open(restarted)
+        assert second.signals.outbox() == created  # same batch id, same entries, same sealed bytes
+        assert second.signals.outbox() == created  # and again, until acknowledged
+        assert second.signals.mark_acked(created[0].client_batch_id, now=NOW) is True
+        assert (
+            second.signals.mark_acked(created[0].client_batch_id, now=NOW) is False
+        )  # repeated ack
+        assert second.signals.outbox() == []
+        states = {i.state for r in ("A", "B") for i in second.signals.signal(r).identifiers}
         assert states == {IdentifierState.SUBMITTED}
-        assert second.status_counts().outbox_batches == 0
+        assert second.signals.status_counts().outbox_batches == 0
         with pytest.raises(NotFound) as raised:
-            second.mark_acked(b"\x00" * 16, now=NOW)
+            second.signals.mark_acked(b"\x00" * 16, now=NOW)
         assert raised.value.field == "client_batch_id"
     finally:
         restarted.dispose()
 
 
 def test_withdrawal_queues_a_withdraw_batch_behind_the_submit_batch(node):
-    node.add_signals([signal("ZAAK-1", 1, 2), signal("ZAAK-2", 3)], now=NOW)
-    pending = node.pending_identifiers(10)
+    node.signals.add_signals([signal("ZAAK-1", 1, 2), signal("ZAAK-2", 3)], now=NOW)
+    pending = node.signals.pending_identifiers(10)
     # One identifier of ZAAK-1 is tokenised (and not yet acked), the other is not.
-    (submit,) = node.record_tokens({pending[0].id: token(1), pending[2].id: token(3)}, 1, now=NOW)
+    (submit,) = node.signals.record_tokens(
+        {pending[0].id: token(1), pending[2].id: token(3)}, 1, now=NOW
+    )
 
-    withdrawn = node.withdraw_signal("ZAAK-1", now=NOW + timedelta(hours=1))
+    withdrawn = node.signals.withdraw_signal("ZAAK-1", now=NOW + timedelta(hours=1))
     assert withdrawn.state is SignalState.WITHDRAWN
     assert withdrawn.ended_at == NOW + timedelta(hours=1)
     assert [i.state for i in withdrawn.identifiers] == [
         IdentifierState.WITHDRAW_PENDING,
         IdentifierState.WITHDRAWN,  # never left the node: nothing to withdraw
     ]
-    first, second = node.outbox()
+    first, second = node.signals.outbox()
     assert first == submit
     assert (second.kind, second.key_epoch) == (BatchKind.WITHDRAW, None)
     assert [(e.signal_ref, e.token) for e in second.entries] == [
         (withdrawn.identifiers[0].signal_ref, None)
     ]
     # The submit ack does not resurrect the withdrawn identifier; the withdraw ack ends it.
-    node.mark_acked(submit.client_batch_id, now=NOW)
-    assert node.signal("ZAAK-1").identifiers[0].state is IdentifierState.WITHDRAW_PENDING
-    assert node.signal("ZAAK-2").identifiers[0].state is IdentifierState.SUBMITTED
-    node.mark_acked(second.client_batch_id, now=NOW)
-    assert {i.state for i in node.signal("ZAAK-1").identifiers} == {IdentifierState.WITHDRAWN}
-    assert node.outbox() == []
+    node.signals.mark_acked(submit.client_batch_id, now=NOW)
+    assert node.signals.signal("ZAAK-1").identifiers[0].state is IdentifierState.WITHDRAW_PENDING
+    assert node.signals.signal("ZAAK-2").identifiers[0].state is IdentifierState.SUBMITTED
+    node.signals.mark_acked(second.client_batch_id, now=NOW)
+    assert {i.state for i in node.signals.signal("ZAAK-1").identifiers} == {
+        IdentifierState.WITHDRAWN
+    }
+    assert node.signals.outbox() == []
 
     # Withdrawing again changes nothing; an unknown reference is not found.
-    assert node.withdraw_signal("ZAAK-1", now=NOW + timedelta(days=1)) == node.signal("ZAAK-1")
-    assert node.outbox() == []
+    assert node.signals.withdraw_signal(
+        "ZAAK-1", now=NOW + timedelta(days=1)
+    ) == node.signals.signal("ZAAK-1")
+    assert node.signals.outbox() == []
     with pytest.raises(NotFound) as raised:
-        node.withdraw_signal("ZAAK-9", now=NOW)
+        node.signals.withdraw_signal("ZAAK-9", now=NOW)
     assert raised.value.field == "reference"
-    assert node.withdraw_signal(signal_id=withdrawn.id, now=NOW).state is SignalState.WITHDRAWN
+    assert (
+        node.signals.withdraw_signal(signal_id=withdrawn.id, now=NOW).state is SignalState.WITHDRAWN
+    )
 
 
 def test_tokens_for_an_identifier_withdrawn_meanwhile_are_dropped(node):
-    node.add_signals([signal("ZAAK-1", 1)], now=NOW)
-    pending = node.pending_identifiers(10)  # the tokeniser starts...
-    node.withdraw_signal("ZAAK-1", now=NOW)  # ...the partner withdraws...
-    assert node.record_tokens({p.id: token(p.id) for p in pending}, 1, now=NOW) == []
-    assert node.outbox() == []
-    assert node.signal("ZAAK-1").identifiers[0].state is IdentifierState.WITHDRAWN
+    node.signals.add_signals([signal("ZAAK-1", 1)], now=NOW)
+    pending = node.signals.pending_identifiers(10)  # the tokeniser starts...
+    node.signals.withdraw_signal("ZAAK-1", now=NOW)  # ...the partner withdraws...
+    assert node.signals.record_tokens({p.id: token(p.id) for p in pending}, 1, now=NOW) == []
+    assert node.signals.outbox() == []
+    assert node.signals.signal("ZAAK-1").identifiers[0].state is IdentifierState.WITHDRAWN
 
 
 def test_expiry_ends_signals_and_withdraws_their_tokens(node):
     soon = NOW + timedelta(days=1)
-    node.add_signals(
+    node.signals.add_signals(
         [
             signal("KORT", 1, expires_at=soon),
             signal("LANG", 2),
@@ -437,26 +450,30 @@ def test_expiry_ends_signals_and_withdraws_their_tokens(node):
         ],
         now=NOW,
     )
-    pending = node.pending_identifiers(10)
-    (submit,) = node.record_tokens({pending[0].id: token(1), pending[1].id: token(2)}, 1, now=NOW)
-    node.mark_acked(submit.client_batch_id, now=NOW)
+    pending = node.signals.pending_identifiers(10)
+    (submit,) = node.signals.record_tokens(
+        {pending[0].id: token(1), pending[1].id: token(2)}, 1, now=NOW
+    )
+    node.signals.mark_acked(submit.client_batch_id, now=NOW)
 
     later = soon + timedelta(seconds=1)
-    assert [p.id for p in node.pending_identifiers(10, now=later)] == []  # KORT-2 has expired
-    assert node.record_tokens({pending[2].id: token(3)}, 1, now=later) == []
-    assert node.expire_signals(later, limit=1) == 1
-    assert node.expire_signals(later) == 1
-    assert node.expire_signals(later) == 0
-    assert node.signal("KORT").state is SignalState.EXPIRED
-    assert node.signal("KORT").ended_at == later
-    assert node.signal("LANG").state is SignalState.ACTIVE
-    assert node.signal("KORT-2").identifiers[0].state is IdentifierState.WITHDRAWN
-    (withdraw,) = node.outbox()
+    assert [
+        p.id for p in node.signals.pending_identifiers(10, now=later)
+    ] == []  # KORT-2 has expired
+    assert node.signals.record_tokens({pending[2].id: token(3)}, 1, now=later) == []
+    assert node.signals.expire_signals(later, limit=1) == 1
+    assert node.signals.expire_signals(later) == 1
+    assert node.signals.expire_signals(later) == 0
+    assert node.signals.signal("KORT").state is SignalState.EXPIRED
+    assert node.signals.signal("KORT").ended_at == later
+    assert node.signals.signal("LANG").state is SignalState.ACTIVE
+    assert node.signals.signal("KORT-2").identifiers[0].state is IdentifierState.WITHDRAWN
+    (withdraw,) = node.signals.outbox()
     assert withdraw.kind is BatchKind.WITHDRAW
     assert [e.signal_ref for e in withdraw.entries] == [
-        node.signal("KORT").identifiers[0].signal_ref
+        node.signals.signal("KORT").identifiers[0].signal_ref
     ]
-    counts = node.status_counts()
+    counts = node.signals.status_counts()
     assert dict(counts.signals) == {
         SignalState.ACTIVE: 1,
         SignalState.WITHDRAWN: 0,
@@ -465,13 +482,13 @@ def test_expiry_ends_signals_and_withdraws_their_tokens(node):
 
 
 def test_a_rejected_submit_batch_sends_its_identifiers_back_to_tokenising(node):
-    node.add_signals([signal("ZAAK-1", 1)], now=NOW)
+    node.signals.add_signals([signal("ZAAK-1", 1)], now=NOW)
     (batch,) = tokenise_all(node)
-    assert node.reject_batch(batch.client_batch_id, now=NOW) is True
-    assert node.reject_batch(batch.client_batch_id, now=NOW) is False
-    assert node.mark_acked(batch.client_batch_id, now=NOW) is False
-    assert node.outbox() == []
-    (identifier,) = node.signal("ZAAK-1").identifiers
+    assert node.signals.reject_batch(batch.client_batch_id, now=NOW) is True
+    assert node.signals.reject_batch(batch.client_batch_id, now=NOW) is False
+    assert node.signals.mark_acked(batch.client_batch_id, now=NOW) is False
+    assert node.signals.outbox() == []
+    (identifier,) = node.signals.signal("ZAAK-1").identifiers
     assert (identifier.state, identifier.token) == (IdentifierState.PENDING, None)
     (again,) = tokenise_all(node, epoch=2)
     assert again.client_batch_id != batch.client_batch_id
@@ -479,15 +496,15 @@ def test_a_rejected_submit_batch_sends_its_identifiers_back_to_tokenising(node):
 
 
 def test_bad_token_input_is_refused(node):
-    node.add_signals([signal("ZAAK-1", 1)], now=NOW)
-    (pending,) = node.pending_identifiers(10)
+    node.signals.add_signals([signal("ZAAK-1", 1)], now=NOW)
+    (pending,) = node.signals.pending_identifiers(10)
     with pytest.raises(InvalidInput) as raised:
-        node.record_tokens({pending.id: b"short"}, 1, now=NOW)
+        node.signals.record_tokens({pending.id: b"short"}, 1, now=NOW)
     assert raised.value.field == f"tokens[{pending.id}]"
     with pytest.raises(InvalidInput) as raised:
-        node.record_tokens({pending.id: token(1)}, 0, now=NOW)
+        node.signals.record_tokens({pending.id: token(1)}, 0, now=NOW)
     assert raised.value.field == "key_epoch"
-    assert node.outbox() == []
+    assert node.signals.outbox() == []
 
 
 def proof_key(n: int) -> bytes:
@@ -495,37 +512,37 @@ def proof_key(n: int) -> bytes:
 
 
 def test_hit_proof_keys_are_stored_with_their_tokens_and_go_with_them(node, engine):
-    (record,) = node.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
-    first, second = node.pending_identifiers(10, now=NOW)
-    (batch,) = node.record_tokens(
+    (record,) = node.signals.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
+    first, second = node.signals.pending_identifiers(10, now=NOW)
+    (batch,) = node.signals.record_tokens(
         {first.id: token(1), second.id: token(2)},
         1,
         now=NOW,
         proof_keys={first.id: proof_key(1)},  # the second as tokenised before hit proofs
     )
     one, two = (i.signal_ref for i in record.identifiers)
-    assert node.hit_proof_key(one) == proof_key(1)
-    assert node.hit_proof_key(two) is None
-    assert node.hit_proof_key(b"\x00" * 16) is None
+    assert node.disclosures.hit_proof_key(one) == proof_key(1)
+    assert node.disclosures.hit_proof_key(two) is None
+    assert node.disclosures.hit_proof_key(b"\x00" * 16) is None
     # A rejected batch drops its tokens, and their keys with them; new ones come with new tokens.
-    node.reject_batch(batch.client_batch_id, now=NOW)
-    assert node.hit_proof_key(one) is None
-    again = node.pending_identifiers(10, now=NOW)
-    node.record_tokens(
+    node.signals.reject_batch(batch.client_batch_id, now=NOW)
+    assert node.disclosures.hit_proof_key(one) is None
+    again = node.signals.pending_identifiers(10, now=NOW)
+    node.signals.record_tokens(
         {p.id: token(p.id) for p in again},
         2,
         now=NOW,
         proof_keys={p.id: proof_key(p.id + 10) for p in again},
     )
-    assert node.hit_proof_key(one) == proof_key(first.id + 10)
-    assert node.hit_proof_key(two) == proof_key(second.id + 10)
+    assert node.disclosures.hit_proof_key(one) == proof_key(first.id + 10)
+    assert node.disclosures.hit_proof_key(two) == proof_key(second.id + 10)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM hit_proof_keys")).scalar_one() == 2
 
 
 def test_bad_hit_proof_keys_are_refused_and_store_nothing(node, engine):
-    node.add_signals([signal("ZAAK-1", 1)], now=NOW)
-    (pending,) = node.pending_identifiers(10)
+    node.signals.add_signals([signal("ZAAK-1", 1)], now=NOW)
+    (pending,) = node.signals.pending_identifiers(10)
     before = table_counts(engine)
     cases = [
         ({pending.id: b"short"}, f"proof_keys[{pending.id}]"),
@@ -533,19 +550,19 @@ def test_bad_hit_proof_keys_are_refused_and_store_nothing(node, engine):
     ]
     for keys, field in cases:
         with pytest.raises(InvalidInput) as raised:
-            node.record_tokens({pending.id: token(1)}, 1, now=NOW, proof_keys=keys)
+            node.signals.record_tokens({pending.id: token(1)}, 1, now=NOW, proof_keys=keys)
         assert raised.value.field == field
     assert table_counts(engine) == before
 
 
 def test_the_own_refs_of_a_hit_are_those_of_its_latest_notice(node):
-    assert node.hit_own_refs(group(1)) == frozenset()
+    assert node.disclosures.hit_own_refs(group(1)) == frozenset()
     a, b = b"\x0a" * 16, b"\x0b" * 16
     notice(node, 1, 1, 1, refs=[a, b])
-    assert node.hit_own_refs(group(1)) == {a, b}
+    assert node.disclosures.hit_own_refs(group(1)) == {a, b}
     notice(node, 2, 1, 2, kind=HitKind.SHRUNK, refs=[b])
-    assert node.hit_own_refs(group(1)) == {b}
-    assert node.hit_own_refs(group(2)) == frozenset()
+    assert node.disclosures.hit_own_refs(group(1)) == {b}
+    assert node.disclosures.hit_own_refs(group(2)) == frozenset()
 
 
 def test_a_pending_request_without_its_hit_group_is_refused(node, engine):
@@ -567,14 +584,16 @@ def test_a_pending_request_without_its_hit_group_is_refused(node, engine):
     )
     before = table_counts(engine)
     with pytest.raises(InvalidInput) as raised:
-        node.receive_request(1, request, Verdict(Outcome.PENDING, fields=("naam",)), None, now=NOW)
+        node.disclosures.receive_request(
+            1, request, Verdict(Outcome.PENDING, fields=("naam",)), None, now=NOW
+        )
     assert raised.value.field == "hit_group_id"
     assert table_counts(engine) == before
-    assert node.mailbox_cursor() == 0
+    assert node.shared.mailbox_cursor() == 0
 
 
 def test_a_request_is_stored_once_and_its_replay_not_on_either_database(
-    node: NodeStore,
+    node: Repositories,
 ) -> None:
     """``receive_request`` says whether it stored the request: on PostgreSQL too, where an
     INSERT's rowcount is not kept (it said False there, and the desk took every first
@@ -597,22 +616,22 @@ def test_a_request_is_stored_once_and_its_replay_not_on_either_database(
         requested_at=NOW,
     )
     refused = Verdict(Outcome.REFUSED, reason=Refusal.NOT_ALLOWED)
-    assert node.receive_request(1, request, refused, None, now=NOW) is True
-    assert node.receive_request(2, request, refused, None, now=NOW) is False
-    assert node.disclosure(request.request_id) is not None
-    assert node.mailbox_cursor() == 2
+    assert node.disclosures.receive_request(1, request, refused, None, now=NOW) is True
+    assert node.disclosures.receive_request(2, request, refused, None, now=NOW) is False
+    assert node.disclosures.disclosure(request.request_id) is not None
+    assert node.shared.mailbox_cursor() == 2
 
 
 # --- the hit inbox and feed ---------------------------------------------------------
 
 
 def test_a_repeated_notice_is_stored_once_and_fed_once(node):
-    (record,) = node.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
+    (record,) = node.signals.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
     refs = [i.signal_ref for i in record.identifiers]
     assert notice(node, 5, 1, 1, refs=[refs[0]]) is True
     assert notice(node, 6, 1, 1, refs=[refs[0]]) is False  # delivered again by the broker
-    assert node.mailbox_cursor() == 6  # saved either way
-    (hit,) = node.hits()
+    assert node.shared.mailbox_cursor() == 6  # saved either way
+    (hit,) = node.signals.hits()
     assert (hit.revision, hit.feed_seq, hit.kind, hit.state) == (1, 1, HitKind.NEW, HitState.OPEN)
     assert hit.notice == b"signed 1 r1"
     assert hit.received_at == NOW + timedelta(seconds=5)
@@ -620,21 +639,21 @@ def test_a_repeated_notice_is_stored_once_and_fed_once(node):
     assert (own.signal_ref, own.signal_id, own.reference, own.category, own.identifier_type) == (
         refs[0], record.id, "ZAAK-1", "vastgoedmisbruik", IdentifierType.KVK,
     )  # fmt: skip
-    assert node.hits(after_feed_seq=1) == []
-    assert node.last_feed_seq() == 1
+    assert node.signals.hits(after_feed_seq=1) == []
+    assert node.signals.last_feed_seq() == 1
 
 
 def test_an_older_revision_is_ignored_and_a_newer_one_replaces(node):
-    (record,) = node.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
+    (record,) = node.signals.add_signals([signal("ZAAK-1", 1, 2)], now=NOW)
     refs = [i.signal_ref for i in record.identifiers]
     unknown = b"\xff" * 16
     assert notice(node, 1, 1, 3, HitKind.GROWN, refs=[refs[0]]) is True
     assert notice(node, 2, 1, 2, HitKind.NEW, refs=[refs[1]]) is False
-    assert node.hit(group(1)).revision == 3
+    assert node.signals.hit(group(1)).revision == 3
     assert notice(node, 3, 2, 1) is True  # a hit this node coordinates: no own refs
     assert notice(node, 4, 1, 4, HitKind.CLOSED, refs=[refs[1], unknown]) is True
 
-    hit = node.hit(group(1))
+    hit = node.signals.hit(group(1))
     assert (hit.revision, hit.kind, hit.state, hit.feed_seq) == (
         4,
         HitKind.CLOSED,
@@ -645,35 +664,37 @@ def test_an_older_revision_is_ignored_and_a_newer_one_replaces(node):
     assert [(o.signal_ref, o.reference) for o in hit.own_signals] == [
         (refs[1], "ZAAK-1"), (unknown, None),
     ]  # fmt: skip
-    assert node.hit(group(2)).own_signals == ()
-    assert node.hit(group(3)) is None
+    assert node.signals.hit(group(2)).own_signals == ()
+    assert node.signals.hit(group(3)) is None
     # The feed: each group once, at its latest change, in order; resumable.
-    assert [(h.group_id, h.feed_seq) for h in node.hits()] == [(group(2), 2), (group(1), 3)]
-    assert [h.group_id for h in node.hits(after_feed_seq=2)] == [group(1)]
-    assert [h.group_id for h in node.hits(HitState.OPEN)] == [group(2)]
-    assert [h.group_id for h in node.hits(newest_first=True)] == [group(1), group(2)]
-    assert [h.group_id for h in node.hits(newest_first=True, before_feed_seq=3)] == [group(2)]
-    counts = node.status_counts()
+    assert [(h.group_id, h.feed_seq) for h in node.signals.hits()] == [(group(2), 2), (group(1), 3)]
+    assert [h.group_id for h in node.signals.hits(after_feed_seq=2)] == [group(1)]
+    assert [h.group_id for h in node.signals.hits(HitState.OPEN)] == [group(2)]
+    assert [h.group_id for h in node.signals.hits(newest_first=True)] == [group(1), group(2)]
+    assert [h.group_id for h in node.signals.hits(newest_first=True, before_feed_seq=3)] == [
+        group(2)
+    ]
+    counts = node.signals.status_counts()
     assert (counts.open_hits, counts.closed_hits, counts.mailbox_cursor) == (1, 1, 4)
 
 
 def test_the_cursor_never_goes_back(node):
-    assert node.mailbox_cursor() == 0
+    assert node.shared.mailbox_cursor() == 0
     notice(node, 10, 1, 1)
     assert notice(node, 7, 1, 2) is True  # a redelivered older item still carries news
-    assert node.mailbox_cursor() == 10
-    assert node.advance_cursor(12) == 12
-    assert node.advance_cursor(11) == 12
-    assert node.mailbox_cursor() == 12
+    assert node.shared.mailbox_cursor() == 10
+    assert node.shared.advance_cursor(12) == 12
+    assert node.shared.advance_cursor(11) == 12
+    assert node.shared.mailbox_cursor() == 12
 
 
 def test_an_item_the_broker_set_aside_is_recorded_and_passed(node):
-    node.advance_cursor(4)
-    node.note_set_aside(5, "hit_notice", 5_000_000, now=NOW)
-    assert node.mailbox_cursor() == 5
-    node.note_set_aside(3, "envelope", 10, now=NOW)  # redelivered: recorded, cursor stays
-    assert node.mailbox_cursor() == 5
-    entries = node.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
+    node.shared.advance_cursor(4)
+    node.shared.note_set_aside(5, "hit_notice", 5_000_000, now=NOW)
+    assert node.shared.mailbox_cursor() == 5
+    node.shared.note_set_aside(3, "envelope", 10, now=NOW)  # redelivered: recorded, cursor stays
+    assert node.shared.mailbox_cursor() == 5
+    entries = node.shared.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
     assert [dict(e.details) for e in entries] == [
         {"cursor": 5, "kind": "hit_notice", "bytes": 5_000_000},
         {"cursor": 3, "kind": "envelope", "bytes": 10},
@@ -681,36 +702,36 @@ def test_an_item_the_broker_set_aside_is_recorded_and_passed(node):
 
 
 def test_a_crash_before_commit_loses_the_cursor_with_the_hit(node, monkeypatch):
-    (record,) = node.add_signals([signal("ZAAK-1", 1)], now=NOW)
+    (record,) = node.signals.add_signals([signal("ZAAK-1", 1)], now=NOW)
     ref = record.identifiers[0].signal_ref
 
     def crash(*args, **kwargs):
         raise RuntimeError("crash before commit")
 
     with monkeypatch.context() as patched:
-        patched.setattr(NodeStore, "_save_inbox", crash)
+        patched.setattr(Database, "_save_inbox", crash)
         with pytest.raises(RuntimeError):
             notice(node, 1, 1, 1, refs=[ref])
     # Neither the hit nor the cursor: the item is fetched and processed again.
-    assert (node.hits(), node.mailbox_cursor()) == ([], 0)
+    assert (node.signals.hits(), node.shared.mailbox_cursor()) == ([], 0)
     assert notice(node, 1, 1, 1, refs=[ref]) is True
-    assert [h.feed_seq for h in node.hits()] == [1]
+    assert [h.feed_seq for h in node.signals.hits()] == [1]
 
 
 def test_bad_notices_are_refused(node):
     with pytest.raises(InvalidInput) as raised:
-        node.accept_notice(1, b"short", 1, HitKind.NEW, b"n", [], NOW, NOW, now=NOW)
+        node.signals.accept_notice(1, b"short", 1, HitKind.NEW, b"n", [], NOW, NOW, now=NOW)
     assert raised.value.field == "hit_group_id"
     with pytest.raises(InvalidInput) as raised:
-        node.accept_notice(1, group(1), 1, HitKind.NEW, b"n", [b"x"], NOW, NOW, now=NOW)
+        node.signals.accept_notice(1, group(1), 1, HitKind.NEW, b"n", [b"x"], NOW, NOW, now=NOW)
     assert raised.value.field == "own_signal_refs[0]"
     with pytest.raises(InvalidInput) as raised:
-        node.accept_notice(1, group(1), 0, HitKind.NEW, b"n", [], NOW, NOW, now=NOW)
+        node.signals.accept_notice(1, group(1), 0, HitKind.NEW, b"n", [], NOW, NOW, now=NOW)
     assert raised.value.field == "revision"
     with pytest.raises(InvalidInput) as raised:
-        node.accept_notice(1, group(1), 1, "gone", b"n", [], NOW, NOW, now=NOW)
+        node.signals.accept_notice(1, group(1), 1, "gone", b"n", [], NOW, NOW, now=NOW)
     assert raised.value.field == "kind"
-    assert (node.mailbox_cursor(), node.hits()) == (0, [])
+    assert (node.shared.mailbox_cursor(), node.signals.hits()) == (0, [])
 
 
 def test_concurrent_notices_get_distinct_feed_seqs_in_commit_order(database_url, engine):
@@ -718,7 +739,7 @@ def test_concurrent_notices_get_distinct_feed_seqs_in_commit_order(database_url,
     errors: list[BaseException] = []
 
     def deliver(worker: int) -> None:
-        store = NodeStore(engines[worker])
+        store = Repositories.open(engines[worker])
         try:
             for n in range(10):
                 notice(store, worker * 10 + n + 1, worker * 10 + n, 1)
@@ -735,22 +756,22 @@ def test_concurrent_notices_get_distinct_feed_seqs_in_commit_order(database_url,
         for other in engines:
             other.dispose()
     assert errors == []
-    node = NodeStore(engine)
-    assert [h.feed_seq for h in node.hits(limit=100)] == list(range(1, 41))
-    assert node.mailbox_cursor() == 40
+    node = Repositories.open(engine)
+    assert [h.feed_seq for h in node.signals.hits(limit=100)] == list(range(1, 41))
+    assert node.shared.mailbox_cursor() == 40
 
 
 # --- status and key-holder counters -------------------------------------------------
 
 
 def test_status_counts(node):
-    node.add_signals([signal("A", 1, 2), signal("B", 3)], now=NOW)
-    counts = node.status_counts()
+    node.signals.add_signals([signal("A", 1, 2), signal("B", 3)], now=NOW)
+    counts = node.signals.status_counts()
     assert counts.identifiers_pending == 3
     assert (counts.outbox_batches, counts.outbox_entries) == (0, 0)
     tokenise_all(node)
-    node.withdraw_signal("B", now=NOW)
-    counts = node.status_counts()
+    node.signals.withdraw_signal("B", now=NOW)
+    counts = node.signals.status_counts()
     assert dict(counts.signals) == {
         SignalState.ACTIVE: 1,
         SignalState.WITHDRAWN: 1,
@@ -762,15 +783,15 @@ def test_status_counts(node):
 
 
 def test_key_holder_counters_per_party_and_day(node):
-    node.count_evaluation("gemeente", now=NOW, elements=10)
-    node.count_evaluation("gemeente", now=NOW + timedelta(hours=1), elements=5)
-    node.count_holder_events({HolderEvent("gemeente", "STALE", NOW.date()): 1}, now=NOW)
-    node.count_evaluation("gemeente", now=NOW + timedelta(days=1), elements=7)
-    node.count_evaluation("politie", now=NOW, elements=1)
-    assert node.evaluations_on("gemeente", NOW.date()) == 15
-    assert node.evaluations_on("gemeente", (NOW + timedelta(days=1)).date()) == 7
-    assert node.evaluations_on("fiod", NOW.date()) == 0
-    totals = node.holder_totals()
+    node.tokens.count_evaluation("gemeente", now=NOW, elements=10)
+    node.tokens.count_evaluation("gemeente", now=NOW + timedelta(hours=1), elements=5)
+    node.tokens.count_holder_events({HolderEvent("gemeente", "STALE", NOW.date()): 1}, now=NOW)
+    node.tokens.count_evaluation("gemeente", now=NOW + timedelta(days=1), elements=7)
+    node.tokens.count_evaluation("politie", now=NOW, elements=1)
+    assert node.tokens.evaluations_on("gemeente", NOW.date()) == 15
+    assert node.tokens.evaluations_on("gemeente", (NOW + timedelta(days=1)).date()) == 7
+    assert node.tokens.evaluations_on("fiod", NOW.date()) == 0
+    totals = node.tokens.holder_totals()
     assert (totals.requests_served, totals.elements_evaluated, totals.requests_refused) == (
         4,
         23,
@@ -780,20 +801,20 @@ def test_key_holder_counters_per_party_and_day(node):
 
 def test_an_answered_request_is_kept_with_its_count_and_refused_twice(node, engine):
     first = AnsweredRequest("gemeente", b"a" * 16, 2, NOW + timedelta(minutes=6))
-    node.count_evaluation("gemeente", now=NOW, elements=4, answered=first)
-    assert node.answered_requests(now=NOW) == [first]
+    node.tokens.count_evaluation("gemeente", now=NOW, elements=4, answered=first)
+    assert node.tokens.answered_requests(now=NOW) == [first]
     before = table_counts(engine)
     # The same (requester, request id, holder index) again: nothing is counted or stored.
     with pytest.raises(Replay) as raised:
-        node.count_evaluation("gemeente", now=NOW, elements=4, answered=first)
+        node.tokens.count_evaluation("gemeente", now=NOW, elements=4, answered=first)
     assert raised.value.field == "request_id"
     assert table_counts(engine) == before
-    assert node.evaluations_on("gemeente", NOW.date()) == 4
+    assert node.tokens.evaluations_on("gemeente", NOW.date()) == 4
     # Another holder index or request id is another request.
     other_seat = AnsweredRequest("gemeente", b"a" * 16, 3, NOW + timedelta(minutes=6))
-    node.count_evaluation("gemeente", now=NOW, elements=1, answered=other_seat)
-    assert node.evaluations_on("gemeente", NOW.date()) == 5
-    (entry,) = [e for e in node.audit_entries() if e.kind == "oprf_evaluation"][-1:]
+    node.tokens.count_evaluation("gemeente", now=NOW, elements=1, answered=other_seat)
+    assert node.tokens.evaluations_on("gemeente", NOW.date()) == 5
+    (entry,) = [e for e in node.shared.audit_entries() if e.kind == "oprf_evaluation"][-1:]
     assert entry.subject == ((b"a" * 16).hex(),)
     assert dict(entry.details) == {"elements": 1, "refused": False}
 
@@ -801,13 +822,15 @@ def test_an_answered_request_is_kept_with_its_count_and_refused_twice(node, engi
 def test_answered_requests_are_kept_until_they_can_no_longer_be_fresh(node):
     early = AnsweredRequest("politie", b"e" * 16, 1, NOW + timedelta(minutes=1))
     late = AnsweredRequest("politie", b"l" * 16, 1, NOW + timedelta(minutes=6))
-    node.count_evaluation("politie", now=NOW, elements=1, answered=early)
-    node.count_evaluation("politie", now=NOW, elements=1, answered=late)
-    assert node.answered_requests(now=NOW + timedelta(minutes=1)) == [early, late]
-    assert node.answered_requests(now=NOW + timedelta(minutes=2)) == [late]
+    node.tokens.count_evaluation("politie", now=NOW, elements=1, answered=early)
+    node.tokens.count_evaluation("politie", now=NOW, elements=1, answered=late)
+    assert node.tokens.answered_requests(now=NOW + timedelta(minutes=1)) == [early, late]
+    assert node.tokens.answered_requests(now=NOW + timedelta(minutes=2)) == [late]
     # The next answer deletes what expired.
     later = AnsweredRequest("politie", b"n" * 16, 1, NOW + timedelta(minutes=9))
-    node.count_evaluation("politie", now=NOW + timedelta(minutes=2), elements=1, answered=later)
+    node.tokens.count_evaluation(
+        "politie", now=NOW + timedelta(minutes=2), elements=1, answered=later
+    )
     with node.engine.connect() as conn:
         kept = conn.execute(sa.select(HolderAnswer.request_id)).scalars().all()
     assert sorted(kept) == [b"l" * 16, b"n" * 16]
@@ -815,7 +838,7 @@ def test_answered_requests_are_kept_until_they_can_no_longer_be_fresh(node):
 
 def test_summed_refusals_are_counted_per_requester_reason_and_day_in_one_transaction(node, engine):
     today, tomorrow = NOW.date(), (NOW + timedelta(days=1)).date()
-    node.count_holder_events(
+    node.tokens.count_holder_events(
         {
             HolderEvent("riec", "QUOTA_EXCEEDED", today): 40,
             HolderEvent(UNVERIFIED, "BAD_SIGNATURE", today): 500,
@@ -824,8 +847,8 @@ def test_summed_refusals_are_counted_per_requester_reason_and_day_in_one_transac
         },
         now=NOW,
     )
-    assert node.answered_requests(now=NOW) == []
-    entries = [e for e in node.audit_entries() if e.kind == "oprf_evaluation"]
+    assert node.tokens.answered_requests(now=NOW) == []
+    entries = [e for e in node.shared.audit_entries() if e.kind == "oprf_evaluation"]
     assert [(e.actor, dict(e.details)) for e in entries] == [
         (UNVERIFIED, {"elements": 0, "refused": True, "requests": 500, "day": "2026-11-28",
                       "reason": "BAD_SIGNATURE"}),
@@ -846,16 +869,16 @@ def test_summed_refusals_are_counted_per_requester_reason_and_day_in_one_transac
         (UNVERIFIED, tomorrow, 2),
         ("riec", today, 40),
     ]
-    assert node.evaluations_on("riec", today) == 0
+    assert node.tokens.evaluations_on("riec", today) == 0
     # One bad event writes nothing of the rest.
     before = table_counts(engine)
     with pytest.raises(InvalidInput) as raised:
-        node.count_holder_events(
+        node.tokens.count_holder_events(
             {HolderEvent("riec", "STALE", today): 1, HolderEvent("", "STALE", today): 1}, now=NOW
         )
     assert raised.value.field == "requester"
     with pytest.raises(InvalidInput) as raised:
-        node.count_holder_events({HolderEvent("riec", "STALE", today): 0}, now=NOW)
+        node.tokens.count_holder_events({HolderEvent("riec", "STALE", today): 0}, now=NOW)
     assert raised.value.field == "count"
     assert table_counts(engine) == before
 
@@ -863,24 +886,24 @@ def test_summed_refusals_are_counted_per_requester_reason_and_day_in_one_transac
 def test_an_answered_entry_must_be_the_counted_partys_with_a_full_digest(node):
     entry_for = AnsweredRequest("riec", b"x" * 16, 1, NOW)
     with pytest.raises(InvalidInput) as raised:  # the entry is the counted party's
-        node.count_evaluation("politie", now=NOW, elements=1, answered=entry_for)
+        node.tokens.count_evaluation("politie", now=NOW, elements=1, answered=entry_for)
     assert raised.value.field == "answered"
     short = AnsweredRequest("riec", b"x" * 16, 1, NOW, b"d" * 31)
     with pytest.raises(InvalidInput) as raised:
-        node.count_evaluation("riec", now=NOW, elements=1, answered=short)
+        node.tokens.count_evaluation("riec", now=NOW, elements=1, answered=short)
     assert raised.value.field == "answered.digest"
-    assert node.answered_requests(now=NOW) == []
+    assert node.tokens.answered_requests(now=NOW) == []
 
 
 def test_an_answered_request_keeps_its_digest_across_a_restart(node):
     digested = AnsweredRequest("riec", b"x" * 16, 1, NOW + timedelta(minutes=6), b"d" * 32)
-    node.count_evaluation("riec", now=NOW, elements=1, answered=digested)
-    assert node.answered_requests(now=NOW) == [digested]
+    node.tokens.count_evaluation("riec", now=NOW, elements=1, answered=digested)
+    assert node.tokens.answered_requests(now=NOW) == [digested]
 
 
 def test_naive_times_are_refused(node):
     with pytest.raises(ValueError, match="time zone"):
-        node.add_signals([signal("A", 1)], now=datetime(2026, 1, 1))
+        node.signals.add_signals([signal("A", 1)], now=datetime(2026, 1, 1))
 
 
 def test_migration_0011_erases_the_partners_plaintext_picture_tables(tmp_path):

@@ -1265,13 +1265,15 @@ from pathlib import Path  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from google.protobuf.message import Message  # noqa: E402
 
-from samenloop.node.daemon import store as node_store  # noqa: E402
+from samenloop.node.daemon.database import MIGRATIONS  # noqa: E402
 from samenloop.node.daemon.models import EnvelopeOutboxItem  # noqa: E402
 from samenloop.node.disclosure.protocol import open_envelope  # noqa: E402
 from samenloop.node.picture import protocol as pp  # noqa: E402
 from samenloop.node.picture.desk import PictureDesk  # noqa: E402
+from samenloop.node.picture.store import PictureStore  # noqa: E402
 from samenloop.node.provision import PartySpec, Provisioned, provision  # noqa: E402
 from samenloop.node.signals.models import HitKind  # noqa: E402
+from samenloop.node.signals.store import SignalStore  # noqa: E402
 from samenloop.policies import database  # noqa: E402
 from samenloop.policies.covenant import Covenant, Role  # noqa: E402
 from samenloop.policies.crypto import PartyKeys  # noqa: E402
@@ -1322,10 +1324,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Provisioned, dict[s
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[node_store.NodeStore]:
+def store(tmp_path: Path) -> Iterator[PictureStore]:
     engine = database.make_engine(f"sqlite:///{tmp_path / 'node.db'}")
-    database.upgrade(engine, node_store.MIGRATIONS)
-    yield node_store.NodeStore(engine)
+    database.upgrade(engine, MIGRATIONS)
+    yield PictureStore(engine)
     engine.dispose()
 
 
@@ -1377,7 +1379,7 @@ def _ts(seconds: int) -> Message:
     return timestamp_pb2.Timestamp(seconds=seconds)
 
 
-def _sent(store: node_store.NodeStore, keys: PartyKeys, covenant: Covenant) -> list:
+def _sent(store: PictureStore, keys: PartyKeys, covenant: Covenant) -> list:
     with store.engine.connect() as conn:
         rows = conn.execute(sa.select(EnvelopeOutboxItem.sealed).order_by(EnvelopeOutboxItem.id))
         sealed = [common_pb2.Sealed.FromString(r.sealed) for r in rows]
@@ -1457,14 +1459,14 @@ class Network:
         self.now = NOW
         self.covenant = provisioned.covenant
         self.keys = keys
-        self.stores: dict[str, node_store.NodeStore] = {}
+        self.stores: dict[str, PictureStore] = {}
         self.desks: dict[str, PictureDesk] = {}
         self.handlers: dict[str, dict] = {}
         self.cursor = 0
         for party in parties:
             engine = database.make_engine(f"sqlite:///{tmp_path / (party + '.db')}")
-            database.upgrade(engine, node_store.MIGRATIONS)
-            store = node_store.NodeStore(engine)
+            database.upgrade(engine, MIGRATIONS)
+            store = PictureStore(engine)
             mine = facts.get(party, [])
             store.picture_signal_facts = lambda first, last, mine=mine: mine  # type: ignore[method-assign]
             self.stores[party] = store
@@ -1877,11 +1879,13 @@ def test_no_sequence_of_allowed_collections_recovers_a_suppressed_cell(counts, w
 # --- each hit group once: by the node's latest notice of it -------------------------------
 
 
-def _notice(store: node_store.NodeStore, cursor: int, revision: int, reporter: bool) -> bool:
+def _notice(store: PictureStore, cursor: int, revision: int, reporter: bool) -> bool:
     body = broker_pb2.HitNotice(revision=revision, picture_reporter=reporter)
     signed = common_pb2.Signed(body=body.SerializeToString()).SerializeToString()
     seen = datetime(2026, 10, 5, tzinfo=UTC)
-    return store.accept_notice(
+    # The hit inbox is the signals' repository: the uplink stores notices there, over the
+    # one engine the picture's repository counts from.
+    return SignalStore(store.engine).accept_notice(
         cursor, bytes(range(16)), revision, HitKind.NEW, signed, (), seen, seen, now=NOW
     )
 

@@ -195,7 +195,7 @@ def test_exact_picture_equals_the_sum_of_the_test_data(cluster: Cluster) -> None
     # its audit log says so.
     shown_events = [
         dict(e.details)
-        for e in cluster.nodes[RIEC].store.audit_entries(kind=AuditKind.PICTURE_EVENT)
+        for e in cluster.nodes[RIEC].repositories.shared.audit_entries(kind=AuditKind.PICTURE_EVENT)
         if e.details.get("event") == "picture_shown"
     ]
     assert shown_events[-1]["suppression"] == "tau-argus"
@@ -229,7 +229,7 @@ def test_a_party_without_picture_rights_is_refused(cluster: Cluster) -> None:
     assert local.value.field == "party"
     # A request the politie seals by hand is refused by every node that gets it.
     covenant = cluster.provisioned.covenant
-    cursor = cluster.nodes[POLITIE].store.mailbox_cursor()
+    cursor = cluster.nodes[POLITIE].repositories.shared.mailbox_cursor()
     keys = PartyKeys.load(cluster.provisioned.party_dir(POLITIE) / "party-keys.json")
     request_id = secrets.token_bytes(16)
     ask = PictureAsk(PERIOD, (Measure.ACTIVE_SIGNALS,), (Dimension.AREA,))
@@ -243,7 +243,7 @@ def test_a_party_without_picture_rights_is_refused(cluster: Cluster) -> None:
         cluster.queue(POLITIE, envelope.sealed.SerializeToString(), party)
 
     def answered(party: str) -> list[dict[str, Any]]:
-        entries = cluster.nodes[party].store.audit_entries(
+        entries = cluster.nodes[party].repositories.shared.audit_entries(
             kind=AuditKind.PICTURE_EVENT, subject=request_id.hex()
         )
         return [dict(e.details) for e in entries]
@@ -256,7 +256,7 @@ def test_a_party_without_picture_rights_is_refused(cluster: Cluster) -> None:
     # here, so that its log line does not land in a later test's output).
     wait_for(
         "the refusals at the politie",
-        lambda: cluster.nodes[POLITIE].store.mailbox_cursor() >= cursor + 2,
+        lambda: cluster.nodes[POLITIE].repositories.shared.mailbox_cursor() >= cursor + 2,
     )
 
 
@@ -274,7 +274,7 @@ def test_a_breakdown_by_role_is_refused_in_exact_mode_by_the_viewer_and_every_pa
         )
     assert (local.value.field, local.value.reason) == ("dimensions", "picture.role_exact")
     covenant = cluster.provisioned.covenant
-    cursor = cluster.nodes[RIEC].store.mailbox_cursor()
+    cursor = cluster.nodes[RIEC].repositories.shared.mailbox_cursor()
     keys = PartyKeys.load(cluster.provisioned.party_dir(RIEC) / "party-keys.json")
     request_id = secrets.token_bytes(16)
     ask = PictureAsk(PERIOD, (Measure.ACTIVE_SIGNALS,), dims)
@@ -290,19 +290,19 @@ def test_a_breakdown_by_role_is_refused_in_exact_mode_by_the_viewer_and_every_pa
     for party in partners:
 
         def answered(p: str = party) -> list[dict[str, Any]]:
-            entries = cluster.nodes[p].store.audit_entries(
+            entries = cluster.nodes[p].repositories.shared.audit_entries(
                 kind=AuditKind.PICTURE_EVENT, subject=request_id.hex()
             )
             return [dict(e.details) for e in entries]
 
         (entry,) = wait_for(f"{party}'s refusal", answered)
         assert (entry["outcome"], entry["reason"]) == ("refused", "invalid_request")
-        assert cluster.nodes[party].store.picture_shares_held(request_id) == []
+        assert cluster.nodes[party].repositories.picture.picture_shares_held(request_id) == []
     # The refusals reach the RIEC (waited for, so that its log lines do not land in a
     # later test's output).
     wait_for(
         "the refusals at the RIEC",
-        lambda: cluster.nodes[RIEC].store.mailbox_cursor() >= cursor + len(partners),
+        lambda: cluster.nodes[RIEC].repositories.shared.mailbox_cursor() >= cursor + len(partners),
     )
     again = collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, (Dimension.CATEGORY,))
     assert set(again.contributors) == {RIEC, GEMEENTE, WOCO, POLITIE}
@@ -460,7 +460,7 @@ def test_an_overlapping_period_is_refused_in_exact_mode(cluster: Cluster) -> Non
 
 
 def _aggregator_events(cluster: Cluster, request_id: bytes) -> list[dict[str, Any]]:
-    entries = cluster.nodes[WOCO].store.audit_entries(
+    entries = cluster.nodes[WOCO].repositories.shared.audit_entries(
         kind=AuditKind.PICTURE_EVENT, subject=request_id.hex()
     )
     return [dict(e.details) for e in entries]
@@ -535,8 +535,8 @@ def test_the_viewers_database_holds_no_partners_own_counts(cluster: Cluster) -> 
 
     dims = (Dimension.AREA, Dimension.CATEGORY)
     collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, dims)
-    store = cluster.nodes[RIEC].store
-    engine = store.engine
+    repositories = cluster.nodes[RIEC].repositories
+    engine = repositories.engine
     partners = _partner_tables(dims)
     summed_here = 0
     with engine.connect() as conn:
@@ -547,7 +547,7 @@ def test_the_viewers_database_holds_no_partners_own_counts(cluster: Cluster) -> 
             assert not message.tables, row.contributor
         ids = conn.execute(sa.select(picture_models.PictureCollection.request_id)).scalars().all()
     for request_id in ids:
-        record = store.picture_collection(request_id)
+        record = repositories.picture.picture_collection(request_id)
         assert record is not None
         if record.aggregate is None:
             continue
@@ -662,7 +662,7 @@ def test_noisy_mode_marks_figures_and_refuses_beyond_the_budget(
     assert "needs epsilon 2.5 on each of its months at every node, 0.5 left" in (
         capsys.readouterr().out
     )
-    assert cluster.nodes[GEMEENTE].store.picture_ledger([MONTH]).spent(MONTH) == 0.5
+    assert cluster.nodes[GEMEENTE].repositories.picture.picture_ledger([MONTH]).spent(MONTH) == 0.5
     collect_and_wait(cluster, Measure.ACTIVE_SIGNALS, dims)  # the period's second half
     with pytest.raises(QuotaExceeded) as spent:  # the RIEC's own node refuses a third ...
         cluster.clients[RIEC].picture_collect(
@@ -694,7 +694,7 @@ def test_noisy_mode_marks_figures_and_refuses_beyond_the_budget(
     for party in (GEMEENTE, WOCO, POLITIE):
 
         def answered(p: str = party) -> list[dict[str, Any]]:
-            entries = cluster.nodes[p].store.audit_entries(
+            entries = cluster.nodes[p].repositories.shared.audit_entries(
                 kind=AuditKind.PICTURE_EVENT, subject=request_id.hex()
             )
             return [dict(e.details) for e in entries]
@@ -704,7 +704,7 @@ def test_noisy_mode_marks_figures_and_refuses_beyond_the_budget(
         assert entry["epsilon_spent"] == "0"
     # The ledger never goes beyond the covenant's budget.
     for party in (RIEC, GEMEENTE):
-        ledger = cluster.nodes[party].store.picture_ledger([MONTH])
+        ledger = cluster.nodes[party].repositories.picture.picture_ledger([MONTH])
         assert ledger.spent(MONTH) == pytest.approx(1.0)
 
 

@@ -22,12 +22,13 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samenloop.node.daemon import store as node_store
+from samenloop.node.daemon.database import MIGRATIONS
 from samenloop.node.daemon.models import EnvelopeOutboxItem
 from samenloop.node.disclosure.protocol import open_envelope
 from samenloop.node.picture import arithmetic as p
 from samenloop.node.picture import protocol as pp
 from samenloop.node.picture.desk import PictureDesk, ask_of
+from samenloop.node.picture.store import PictureStore
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import database
 from samenloop.policies.covenant import Covenant, Role
@@ -357,10 +358,10 @@ def noisy_world(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[node_store.NodeStore]:
+def store(tmp_path: Path) -> Iterator[PictureStore]:
     engine = database.make_engine(f"sqlite:///{tmp_path / 'node.db'}")
-    database.upgrade(engine, node_store.MIGRATIONS)
-    yield node_store.NodeStore(engine)
+    database.upgrade(engine, MIGRATIONS)
+    yield PictureStore(engine)
     engine.dispose()
 
 
@@ -380,14 +381,14 @@ class Network:
         provisioned, keys = world
         self.covenant: Covenant = provisioned.covenant
         self.keys: dict[str, PartyKeys] = keys
-        self.stores: dict[str, node_store.NodeStore] = {}
+        self.stores: dict[str, PictureStore] = {}
         self.desks: dict[str, PictureDesk] = {}
         self.handlers: dict[str, dict] = {}
         self.cursor = 0
         for party in (RIEC, GEMEENTE, POLITIE):
             engine = database.make_engine(f"sqlite:///{tmp_path / (party + '.db')}")
-            database.upgrade(engine, node_store.MIGRATIONS)
-            store = node_store.NodeStore(engine)
+            database.upgrade(engine, MIGRATIONS)
+            store = PictureStore(engine)
             self.stores[party] = store
             self.signals(party, facts.get(party, []))
             self.desks[party] = PictureDesk(

@@ -23,13 +23,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_picture import GEMEENTE, NOW, OCT, POLITIE, RIEC, Network, picture_world
 
-from samenloop.node.daemon import store as node_store
-from samenloop.node.daemon.database import SealedEnvelope
+from samenloop.node.daemon.database import MIGRATIONS, SealedEnvelope
 from samenloop.node.picture import arithmetic as p
 from samenloop.node.picture import protocol as pp
 from samenloop.node.picture import shares as ps
 from samenloop.node.picture.models import PicturePartHeld, PicturePartKind
-from samenloop.node.picture.store import NewPictureAnswer
+from samenloop.node.picture.store import NewPictureAnswer, PictureStore
 from samenloop.policies import crypto, database
 from samenloop.policies.crypto import SignatureContext
 from samenloop.policies.errors import InvalidInput, MessageTooLarge
@@ -219,13 +218,13 @@ def url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def engine(url: str) -> Iterator[sa.Engine]:
     engine = database.make_engine(url)
-    database.upgrade(engine, node_store.MIGRATIONS)
+    database.upgrade(engine, MIGRATIONS)
     yield engine
     engine.dispose()
 
 
 def test_parts_survive_a_restart_and_a_repeat_changes_nothing(engine, url):
-    store = node_store.NodeStore(engine)
+    store = PictureStore(engine)
     request_id = bytes(range(16))
     first, second = ps.split(vector(ps.MAX_VALUES + 9))
     kind = PicturePartKind.SHARE
@@ -234,7 +233,7 @@ def test_parts_survive_a_restart_and_a_repeat_changes_nothing(engine, url):
     engine.dispose()  # a restart: a new engine on the same file
     again = database.make_engine(url)
     try:
-        reopened = node_store.NodeStore(again)
+        reopened = PictureStore(again)
         assert reopened.mailbox_cursor() == 2
         assert reopened.picture_parts(kind, request_id, GEMEENTE) == [first]
         assert ps.join([*reopened.picture_parts(kind, request_id, GEMEENTE), second]) is not None
@@ -264,7 +263,7 @@ def test_parts_survive_a_restart_and_a_repeat_changes_nothing(engine, url):
 
 
 def test_a_part_for_no_collection_of_the_viewer_is_dropped(engine):
-    store = node_store.NodeStore(engine)
+    store = PictureStore(engine)
     first, _ = ps.split(vector(ps.MAX_VALUES + 9))
     for kind in (PicturePartKind.CONTRIBUTION, PicturePartKind.SUM):
         assert not store.keep_picture_part(1, kind, bytes(16), GEMEENTE, first, now=NOW)
@@ -492,7 +491,7 @@ def test_the_picture_store_tells_a_first_answer_from_a_repeat_on_either_database
     queues its answer, and keeps a share or a sum request once."""
     from samenloop.node.daemon.models import EnvelopeOutboxItem
 
-    store = node_store.NodeStore(engine)
+    store = PictureStore(engine)
     request_id = bytes(range(16))
     envelope = SealedEnvelope(bytes(16), RIEC, b"sealed")
     answer = NewPictureAnswer(request_id, RIEC, None)

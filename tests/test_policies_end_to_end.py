@@ -122,7 +122,7 @@ class Cluster(in_process.Cluster):
 
     def ref_of(self, party: str, reference: str) -> bytes:
         """The signal ref of ``party``'s signal ``reference`` (its first identifier)."""
-        record = self.nodes[party].store.signal(reference)
+        record = self.nodes[party].repositories.signals.signal(reference)
         assert record is not None, f"{party} holds no signal {reference!r}"
         return record.identifiers[0].signal_ref
 
@@ -274,15 +274,17 @@ def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
         assert served.elements_evaluated == OPRF_PER_DAY, (
             f"{holder} evaluated {served.elements_evaluated} elements, quota {OPRF_PER_DAY}"
         )
-        assert cluster.nodes[holder].store.evaluations_on(GEMEENTE_B, cluster.clock().date()) == (
-            OPRF_PER_DAY
-        )
+        assert cluster.nodes[holder].repositories.tokens.evaluations_on(
+            GEMEENTE_B, cluster.clock().date()
+        ) == (OPRF_PER_DAY)
     assert cluster.tokens_at_broker() == OPRF_PER_DAY - 1, (
         "tokens beyond the quota reached the broker"
     )
-    assert cluster.nodes[GEMEENTE_B].store.status_counts().identifiers_pending == len(over)
+    assert cluster.nodes[
+        GEMEENTE_B
+    ].repositories.signals.status_counts().identifiers_pending == len(over)
     for reference in over:
-        record = cluster.nodes[GEMEENTE_B].store.signal(reference)
+        record = cluster.nodes[GEMEENTE_B].repositories.signals.signal(reference)
         assert record is not None
         assert [i.state for i in record.identifiers] == [IdentifierState.PENDING], reference
         assert record.identifiers[0].token is None
@@ -294,7 +296,7 @@ def test_the_daily_oprf_quota_stops_tokenisation_at_the_key_holders(
         "the rest tokenised the next day",
         lambda: cluster.tokens_at_broker() == OPRF_PER_DAY - 1 + len(over),
     )
-    assert cluster.nodes[GEMEENTE_B].store.status_counts().identifiers_pending == 0
+    assert cluster.nodes[GEMEENTE_B].repositories.signals.status_counts().identifiers_pending == 0
 
 
 def test_a_batch_over_the_broker_s_daily_quota_waits_in_the_outbox_for_the_next_day(
@@ -313,7 +315,7 @@ def test_a_batch_over_the_broker_s_daily_quota_waits_in_the_outbox_for_the_next_
     rows = [SignalInput(f"Q-{i}", "woonfraude", [("bsn", b)]) for i, b in enumerate(bsns)]
     report = cluster.clients[GEMEENTE_B].import_signals(rows)
     assert report.imported == len(rows)
-    store = cluster.nodes[GEMEENTE_B].store
+    repositories = cluster.nodes[GEMEENTE_B].repositories
     error = wait_for(
         "the node's status naming the quota",
         lambda: (
@@ -322,7 +324,7 @@ def test_a_batch_over_the_broker_s_daily_quota_waits_in_the_outbox_for_the_next_
         ),
         timeout=60,
     )
-    counts = store.status_counts()
+    counts = repositories.signals.status_counts()
     at_broker = cluster.tokens_at_broker()
     assert at_broker <= per_day
     assert counts.identifiers_pending + counts.outbox_entries + at_broker == per_day + 1
@@ -333,7 +335,8 @@ def test_a_batch_over_the_broker_s_daily_quota_waits_in_the_outbox_for_the_next_
     wait_for(
         "the rest sent and acknowledged the next day",
         lambda: (
-            cluster.tokens_at_broker() == per_day + 1 and store.status_counts().outbox_entries == 0
+            cluster.tokens_at_broker() == per_day + 1
+            and repositories.signals.status_counts().outbox_entries == 0
         ),
     )
     assert cluster.clients[GEMEENTE_B].status().last_error == ""
@@ -366,8 +369,8 @@ def test_an_envelope_over_the_broker_s_daily_quota_waits_in_the_outbox_for_the_n
         lambda: "quota.envelopes_per_day" in (e := gemeente.status().last_error) and e,
     )
     assert "broker quota reached" in error
-    store = cluster.nodes[GEMEENTE].store
-    assert len(store.envelope_outbox()) == 1  # kept, not dropped
+    repositories = cluster.nodes[GEMEENTE].repositories
+    assert len(repositories.shared.envelope_outbox()) == 1  # kept, not dropped
     usage = cluster.broker.store.envelope_usage(GEMEENTE)
     time.sleep(2 * IDLE_SECONDS)  # the work loop runs meanwhile: it does not try again
     assert cluster.broker.store.envelope_usage(GEMEENTE) == usage
@@ -382,7 +385,7 @@ def test_an_envelope_over_the_broker_s_daily_quota_waits_in_the_outbox_for_the_n
     cluster.nodes[GEMEENTE].uplink.wake.set()
     answered = final_disclosure(cluster, GEMEENTE, second.request_id)
     assert answered.state is DisclosureState.GRANTED, answered.refusal_message
-    assert store.envelope_outbox() == []
+    assert repositories.shared.envelope_outbox() == []
     wait_for("the status cleared", lambda: gemeente.status().last_error == "")
 
 
@@ -415,7 +418,7 @@ def test_the_daily_disclosure_quota_refuses_the_next_request(
     at_owner = final_disclosure(cluster, WOCO, second.request_id)
     assert (at_owner.state, at_owner.refusal_reason) == (DisclosureState.REFUSED, "quota_exceeded")
     assert dict(at_owner.released_fields) == {}
-    decisions = cluster.nodes[WOCO].store.audit_entries(
+    decisions = cluster.nodes[WOCO].repositories.shared.audit_entries(
         kind=AuditKind.DISCLOSURE_DECISION, subject=second.request_id.hex()
     )
     assert [(d.details["outcome"], d.details["released"]) for d in decisions] == [("refused", "")]
@@ -443,7 +446,7 @@ def test_expired_signals_leave_the_broker_and_close_the_hits(
 
     # An hour and a half on: woco's node sweeps its expired signal and withdraws it.
     cluster.clock.advance(timedelta(hours=1, minutes=30))
-    assert cluster.nodes[WOCO].store.expire_signals(cluster.clock()) == 1
+    assert cluster.nodes[WOCO].repositories.signals.expire_signals(cluster.clock()) == 1
     cluster.nodes[WOCO].uplink.wake.set()
     closed = wait_for(
         "the gemeente's hit with woco closed",
@@ -559,7 +562,7 @@ def test_published_covenant_versions_reach_every_node_and_cut_off_a_removed_part
     removed.add_signal(f"{GEMEENTE_B}-2", "woonfraude", [("bsn", BSN_2)])
     cluster.nodes[GEMEENTE_B].uplink.wake.set()
     time.sleep(0.5)  # the uplink's next attempt (it is refused; nothing to wait for)
-    record = cluster.nodes[GEMEENTE_B].store.signal(f"{GEMEENTE_B}-2")
+    record = cluster.nodes[GEMEENTE_B].repositories.signals.signal(f"{GEMEENTE_B}-2")
     assert record is not None
     assert [i.state for i in record.identifiers] == [IdentifierState.PENDING]
     assert removed.status().outbox_pending == 0
@@ -669,7 +672,9 @@ def _hand_sealed(cluster: Cluster, notice: bytes, ref: bytes) -> bytes:
     """A request of gemeente-b to woco with ``notice`` attached, queued; its request id. Its
     hit proof is made with gemeente-b's real hit proof key of its own signal B-2."""
     keys = PartyKeys.load(cluster.provisioned.party_dir(GEMEENTE_B) / "party-keys.json")
-    proof_key = cluster.nodes[GEMEENTE_B].store.hit_proof_key(cluster.ref_of(GEMEENTE_B, "B-2"))
+    proof_key = cluster.nodes[GEMEENTE_B].repositories.disclosures.hit_proof_key(
+        cluster.ref_of(GEMEENTE_B, "B-2")
+    )
     assert proof_key is not None
     request_id = secrets.token_bytes(16)
     _, envelope = disclosure.build_request(
@@ -713,7 +718,7 @@ def test_no_details_about_a_hit_the_requester_did_not_receive(
         )
     assert refused.value.field == "hit_group_id", refused.value
     assert outsider.disclosures() == []
-    assert cluster.nodes[GEMEENTE_B].store.envelope_outbox(limit=16) == []
+    assert cluster.nodes[GEMEENTE_B].repositories.shared.envelope_outbox(limit=16) == []
 
     # Hand-sealed, with the gemeente's valid notice of that hit, or with its own notice of
     # another hit: the owner refuses, and releases nothing.
@@ -727,7 +732,7 @@ def test_no_details_about_a_hit_the_requester_did_not_receive(
             answered.refusal_message
         )
         assert dict(answered.released_fields) == {}
-        decisions = cluster.nodes[WOCO].store.audit_entries(
+        decisions = cluster.nodes[WOCO].repositories.shared.audit_entries(
             kind=AuditKind.DISCLOSURE_DECISION, subject=request_id.hex()
         )
         assert [(d.details["outcome"], d.details["released"]) for d in decisions] == [
@@ -767,17 +772,17 @@ def test_a_node_without_a_fresh_timestamp_stops_sealing_and_asking_and_goes_on_b
     gemeente.add_signal("G-2", "woonfraude", [("bsn", BSN_2)])  # taken, and waits
     time.sleep(1.5)  # a few rounds of the work loop: nothing is tokenised and sealed
     assert cluster.tokens_at_broker() == tokens
-    store = cluster.nodes[GEMEENTE].store
-    assert store.status_counts().identifiers_pending == 1
+    repositories = cluster.nodes[GEMEENTE].repositories
+    assert repositories.signals.status_counts().identifiers_pending == 1
     with pytest.raises(SamenloopError) as caught:
         gemeente.request_disclosure(
             hit.group_id, WOCO, woco_ref, "adresfraude", ["naam"], officer="a@gemeente"
         )
     assert caught.value.reason == "covenant.stale"
-    assert store.envelope_outbox() == []
+    assert repositories.shared.envelope_outbox() == []
     # Audited as it changed: stale at its first start, fresh once the first timestamp came at
     # Hello, then stale.
-    changes = store.audit_entries(kind=AuditKind.COVENANT_FRESHNESS)
+    changes = repositories.shared.audit_entries(kind=AuditKind.COVENANT_FRESHNESS)
     assert [(e.details["fresh"], e.details["version"]) for e in changes] == [
         (False, 1),
         (True, 1),
@@ -787,7 +792,7 @@ def test_a_node_without_a_fresh_timestamp_stops_sealing_and_asking_and_goes_on_b
     cluster.advance(timedelta(0))  # the timestamp job runs: a timestamp issued now
     wait_for("G-2 sealed and at the broker", lambda: cluster.tokens_at_broker() == tokens + 1)
     assert gemeente.status().covenant_fresh is True
-    changes = store.audit_entries(kind=AuditKind.COVENANT_FRESHNESS)
+    changes = repositories.shared.audit_entries(kind=AuditKind.COVENANT_FRESHNESS)
     assert [e.details["fresh"] for e in changes] == [False, True, False, True]
     asked = gemeente.request_disclosure(
         hit.group_id, WOCO, woco_ref, "adresfraude", ["naam"], officer="a@gemeente"
@@ -819,12 +824,12 @@ def test_a_node_fetches_the_newer_version_that_hello_names(
         ),
     )
     assert status.covenant_stale_reason == ""
-    store = cluster.nodes[GEMEENTE_B].store
+    repositories = cluster.nodes[GEMEENTE_B].repositories
     assert [
         SignedCovenant.from_proto(common_pb2.SignedCovenant.FromString(v)).unverified().version
-        for v in store.covenant_versions()
+        for v in repositories.covenants.covenant_versions()
     ] == [2]
-    assert store.covenant_timestamp() is not None
+    assert repositories.covenants.covenant_timestamp() is not None
     # It goes on: its signal is sealed and matched under version 2.
     cluster.clients[GEMEENTE_B].add_signal("B-1", "woonfraude", [("bsn", BSN)])
     cluster.clients[GEMEENTE].add_signal("G-1", "vastgoedmisbruik", [("bsn", BSN)])

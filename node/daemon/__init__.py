@@ -8,7 +8,8 @@
 - ``database``: what every capability's repository shares: the engine, the transaction
   helper, the mailbox cursor, the envelope outbox, the audit log.
 - ``covenants``: the repository of covenant versions and timestamps.
-- ``store``: ``NodeStore``, every repository in one object; ``models``: the ``Base`` of
-  every capability's tables and the shared ones; ``migrations``: Alembic.
+- ``repositories``: ``Repositories``, one repository per capability over one engine;
+  ``models``: the ``Base`` of every capability's tables and the shared ones;
+  ``migrations``: Alembic.
 - ``commands``: ``samenloop node``.
 """

@@ -48,7 +48,7 @@ from google.protobuf.message import DecodeError
 
 from samenloop.node.cases.api import CaseApi
 from samenloop.node.cases.desk import CaseDesk
-from samenloop.node.daemon.store import NodeStore
+from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.daemon.uplink import SOFTWARE, UplinkStatus
 from samenloop.node.disclosure import protocol as disclosure
 from samenloop.node.disclosure.desk import DisclosureDesk
@@ -641,7 +641,7 @@ class NodeApiContext:
     """What the servicer works with, passed in so that tests can build one directly."""
 
     party: str
-    store: NodeStore
+    repositories: Repositories
     #: The covenant held now (a ``HeldCovenant``): read on every call, so updates count.
     covenant: Callable[[], Covenant]
     #: Every attribute key version this party was dealt (the uplink adds new ones).
@@ -670,7 +670,9 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
 
     def __init__(self, context: NodeApiContext) -> None:
         self._ctx = context
-        self._store = context.store
+        self._signals = context.repositories.signals
+        self._disclosures = context.repositories.disclosures
+        self._tokens = context.repositories.tokens
         self._case_api = CaseApi(self._case_desk)
 
     def _now(self) -> datetime:
@@ -695,7 +697,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             raise errors[0]
         assert new is not None
         try:
-            (record,) = self._store.add_signals([new], now=now)
+            (record,) = self._signals.add_signals([new], now=now)
         except SamenloopError as error:
             raise _rename_row(error, "signal.") from None
         if not record.unchanged:
@@ -759,7 +761,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         while pending:
             indices = list(pending)
             try:
-                records = self._store.add_signals(
+                records = self._signals.add_signals(
                     [pending[i] for i in indices], now=now, import_batch=batch
                 )
             except SamenloopError as error:
@@ -791,7 +793,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         for row, signal in rows.items():
             content = _content(signal.category, signal.identifiers, signal.details)
             if signal.reference not in first:
-                existing = self._store.signal(signal.reference)
+                existing = self._signals.signal(signal.reference)
                 if existing is not None and existing.state is SignalState.ACTIVE:
                     first[signal.reference] = _content(
                         existing.category,
@@ -814,9 +816,9 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         key = request.WhichOneof("key")
         record: SignalRecord | None
         if key == "signal_id":
-            record = self._store.signal_by_id(_signal_id(request.signal_id, "signal_id"))
+            record = self._signals.signal_by_id(_signal_id(request.signal_id, "signal_id"))
         elif key == "reference":
-            record = self._store.signal(request.reference)
+            record = self._signals.signal(request.reference)
         else:
             raise InvalidInput("give a signal id or a reference", field="key")
         if record is None:
@@ -831,13 +833,13 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         # The officer, if the call names one, is the audit entry's actor (else the party).
         officer = disclosure.check_officer(request.officer) if request.officer else None
         if key == "signal_id":
-            record = self._store.withdraw_signal(
+            record = self._signals.withdraw_signal(
                 now=now, signal_id=_signal_id(request.signal_id, "signal_id"), officer=officer
             )
         elif key == "reference":
             if not request.reference:
                 raise InvalidInput("give a reference", field="reference")
-            record = self._store.withdraw_signal(request.reference, now=now, officer=officer)
+            record = self._signals.withdraw_signal(request.reference, now=now, officer=officer)
         else:
             raise InvalidInput("give a signal id or a reference", field="key")
         self._ctx.wake_uplink()
@@ -855,7 +857,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             if state is None:
                 raise UnknownType("unknown hit state", field="state")
         size, before = _page(request.page_size, request.page_token)
-        records = self._store.hits(state, limit=size, newest_first=True, before_feed_seq=before)
+        records = self._signals.hits(state, limit=size, newest_first=True, before_feed_seq=before)
         covenant = self._ctx.covenant()
         response = node_pb2.ListHitsResponse(
             hits=[hit_to_proto(r, self._ctx.attribute_keys, covenant=covenant) for r in records]
@@ -869,7 +871,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
     ) -> node_pb2.GetHitResponse:
         if len(request.hit_group_id) != ID_BYTES:
             raise InvalidInput(f"a hit group id is {ID_BYTES} bytes", field="hit_group_id")
-        record = self._store.hit(request.hit_group_id)
+        record = self._signals.hit(request.hit_group_id)
         if record is None:
             raise NotFound("no hit with this group id", field="hit_group_id")
         shown = hit_to_proto(record, self._ctx.attribute_keys, covenant=self._ctx.covenant())
@@ -890,7 +892,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
 
         while context.is_active():
             rings = bell.count()
-            records = self._store.hits(after_feed_seq=after, limit=WATCH_PAGE)
+            records = self._signals.hits(after_feed_seq=after, limit=WATCH_PAGE)
             covenant = self._ctx.covenant()
             for record in records:
                 yield node_pb2.WatchHitsResponse(
@@ -947,7 +949,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             if state is None:
                 raise UnknownType("unknown disclosure state", field="state")
         size, before = _page(request.page_size, request.page_token)
-        records = self._store.disclosures(direction, state, limit=size, before_id=before)
+        records = self._disclosures.disclosures(direction, state, limit=size, before_id=before)
         response = node_pb2.ListDisclosuresResponse(
             disclosures=[disclosure_to_proto(r) for r in records]
         )
@@ -960,7 +962,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
     ) -> node_pb2.GetDisclosureResponse:
         if len(request.request_id) != ID_BYTES:
             raise InvalidInput(f"a request id is {ID_BYTES} bytes", field="request_id")
-        record = self._store.disclosure(request.request_id)
+        record = self._disclosures.disclosure(request.request_id)
         if record is None:
             raise NotFound("no disclosure request with this id", field="request_id")
         return node_pb2.GetDisclosureResponse(disclosure=disclosure_to_proto(record))
@@ -1056,7 +1058,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         self, request: node_pb2.GetStatusRequest, context: grpc.ServicerContext
     ) -> node_pb2.GetStatusResponse:
         covenant = self._ctx.covenant()
-        counts = self._store.status_counts()
+        counts = self._signals.status_counts()
         response = node_pb2.GetStatusResponse(
             party=self._ctx.party,
             software_version=SOFTWARE,
@@ -1068,7 +1070,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             outbox_pending=counts.outbox_entries,
             open_hits=counts.open_hits,
             mailbox_acked_cursor=counts.mailbox_cursor,
-            pending_approvals=self._store.pending_approvals(),
+            pending_approvals=self._disclosures.pending_approvals(),
             covenant_valid_until=timestamp(covenant.valid_until),
             picture_classification=covenant.policy.picture.classification,
             categories=list(covenant.policy.categories),
@@ -1105,7 +1107,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             covenant.holder_seats_for(self._ctx.party) if covenant.is_party(self._ctx.party) else ()
         )
         if seats:
-            totals = self._store.holder_totals()
+            totals = self._tokens.holder_totals()
             response.key_holder.CopyFrom(
                 node_pb2.KeyHolderStatus(
                     seats=[

@@ -1,4 +1,4 @@
-"""The node process: its store, its uplink to the broker, its local API.
+"""The node process: its repositories, its uplink to the broker, its local API.
 
 ``build_node`` checks everything a partner's IT department would otherwise
 discover the hard way — the data directories and secret files are this
@@ -39,7 +39,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from samenloop.node.daemon.api import HitBell, NodeApiContext, NodeApiService
 from samenloop.node.daemon.api_token import RefusedCalls, TokenInterceptor, ensure_token
 from samenloop.node.daemon.covenants import CovenantStore
-from samenloop.node.daemon.store import NodeStore
+from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.daemon.uplink import Uplink, broker_channel, learn_attribute_key
 from samenloop.node.tokens import keysetup, threshold
 from samenloop.node.tokens.holder import KeyHolder
@@ -78,13 +78,13 @@ SWEEP_SECONDS = 60.0
 
 @dataclass
 class RunningNode:
-    """A started node: its local API server and address, uplink and store, and the local
+    """A started node: its local API server and address, uplink and repositories, and the local
     calls it refused, waiting for the audit log."""
 
     server: grpc.Server
     api_address: str
     uplink: Uplink
-    store: NodeStore
+    repositories: Repositories
     socket_path: Path | None
     refused: RefusedCalls
 
@@ -92,7 +92,7 @@ class RunningNode:
         self.uplink.stop()
         self.server.stop(grace).wait()
         self.refused.flush()
-        self.store.engine.dispose()
+        self.repositories.engine.dispose()
         if self.socket_path is not None:
             self.socket_path.unlink(missing_ok=True)
 
@@ -128,7 +128,7 @@ def load_config(config_path: Path) -> NodeConfig:
 def build_node(
     config: NodeConfig, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 ) -> RunningNode:
-    """Check the configuration, open the store, start the local API and the uplink."""
+    """Check the configuration, open the repositories, start the local API and the uplink."""
     api_token = check_files(config)
     held = HeldCovenant(TrustState(load_signed_covenant(config.covenant)))
     covenant = held()
@@ -150,9 +150,9 @@ def build_node(
 
     engine = database.make_engine(config.database_url)
     database.check_at_head(engine, MIGRATIONS)
-    store = NodeStore(engine, owner=party)
+    repositories = Repositories.open(engine, owner=party)
     attribute_keys = AttributeKeyRing(keys)
-    replay_covenant(held, store, attribute_keys)
+    replay_covenant(held, repositories.covenants, attribute_keys)
     try:
         check_validity(held(), clock())
     except CovenantRejected as error:
@@ -174,9 +174,11 @@ def build_node(
             epoch,
             covenant.id,
             held,
-            used_today={p.id: store.evaluations_on(p.id, today) for p in covenant.parties},
+            used_today={
+                p.id: repositories.tokens.evaluations_on(p.id, today) for p in covenant.parties
+            },
             today=today,
-            answered=store.answered_requests(now=clock()),
+            answered=repositories.tokens.answered_requests(now=clock()),
         )
 
     channel = broker_channel(
@@ -191,7 +193,7 @@ def build_node(
         channel=channel,
         covenant=held,
         keys=keys,
-        store=store,
+        repositories=repositories,
         attribute_keys=attribute_keys,
         holder=holder,
         clock=clock,
@@ -201,7 +203,7 @@ def build_node(
     service = NodeApiService(
         NodeApiContext(
             party=party,
-            store=store,
+            repositories=repositories,
             covenant=held,
             attribute_keys=attribute_keys,
             uplink_status=lambda: uplink.status,
@@ -214,7 +216,7 @@ def build_node(
             freshness=uplink.covenant_keeper.check,
         )
     )
-    refused = RefusedCalls(store.audit_append, clock)
+    refused = RefusedCalls(repositories.shared.audit_append, clock)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="node-api"),
         # The token first: a call without it is refused before anything of it is read.
@@ -239,7 +241,7 @@ def build_node(
     except RuntimeError:  # newer gRPC raises where older returned 0
         bound = 0
     if bound == 0:
-        store.engine.dispose()
+        repositories.engine.dispose()
         raise ConfigurationError(f"cannot listen on {address} (in use?)", field=setting)
     server.start()
     if socket_path is not None:
@@ -250,7 +252,7 @@ def build_node(
     log.info(
         "node running", party=party, api=address, broker=config.broker, holder=holder is not None
     )
-    return RunningNode(server, address, uplink, store, socket_path, refused)
+    return RunningNode(server, address, uplink, repositories, socket_path, refused)
 
 
 def replay_covenant(
@@ -288,18 +290,18 @@ def serve(config_path: Path) -> int:
     keys = PartyKeys.load(config.party_keys)
 
     def sweep() -> None:
-        if running.store.expire_signals(datetime.now(UTC)):
+        if running.repositories.signals.expire_signals(datetime.now(UTC)):
             running.uplink.wake.set()
         running.refused.flush()
         running.uplink.holder_events.flush()
-        running.store.audit_checkpoint(keys, now=datetime.now(UTC))
+        running.repositories.shared.audit_checkpoint(keys, now=datetime.now(UTC))
 
     run_until_signalled(SWEEP_SECONDS, sweep)
     log.info("node stopping")
     running.stop()
     # After the servers stopped, so the last checkpoint covers every entry; then close again.
-    running.store.audit_checkpoint(keys, now=datetime.now(UTC))
-    running.store.engine.dispose()
+    running.repositories.shared.audit_checkpoint(keys, now=datetime.now(UTC))
+    running.repositories.engine.dispose()
     return 0
 
 

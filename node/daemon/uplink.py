@@ -79,7 +79,7 @@ import structlog
 from samenloop.node.cases.desk import CaseDesk
 from samenloop.node.daemon.api_token import Tally
 from samenloop.node.daemon.covenant_keeper import CovenantKeeper, Fetched, learn_attribute_key
-from samenloop.node.daemon.store import NodeStore
+from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.disclosure.desk import DisclosureDesk
 from samenloop.node.picture.desk import PictureDesk
 from samenloop.node.signals.models import BatchKind, HitKind
@@ -242,7 +242,7 @@ class Uplink:
         channel: grpc.Channel,
         covenant: HeldCovenant,
         keys: PartyKeys,
-        store: NodeStore,
+        repositories: Repositories,
         attribute_keys: covenant_model.AttributeKeyRing,
         holder: KeyHolder | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -254,14 +254,16 @@ class Uplink:
         self._broker = broker_pb2_grpc.BrokerStub(channel)
         self._covenant = covenant
         self._keys = keys
-        self._store = store
+        self._repositories = repositories
+        self._signals = repositories.signals
+        self._shared = repositories.shared
         #: Every attribute key version this party was dealt; updates add theirs as they arrive.
         self.attribute_keys = attribute_keys
         self._holder = holder
         self._clock = clock
         #: What the holder refused or answered again, summed for the audit log.
         self.holder_events: Tally[HolderEvent] = Tally(
-            lambda counts, now: store.count_holder_events(counts, now=now), clock
+            lambda counts, now: repositories.tokens.count_holder_events(counts, now=now), clock
         )
         self._on_hit = on_hit
         self._epoch_of: tuple[int, threshold.KeyEpoch] | None = None
@@ -271,7 +273,7 @@ class Uplink:
         self.covenant_keeper = CovenantKeeper(
             party=party,
             held=covenant,
-            store=store,
+            store=repositories.covenants,
             attribute_keys=attribute_keys,
             clock=clock,
             fetch=self._fetch_covenant,
@@ -281,16 +283,26 @@ class Uplink:
         if holder is not None:  # a stale holder evaluates for nobody (COVENANT_STALE)
             holder.stale = stale
         self.disclosures = DisclosureDesk(
-            keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set, stale=stale
+            keys=keys,
+            covenant=covenant,
+            store=repositories.disclosures,
+            clock=clock,
+            wake=self.wake.set,
+            stale=stale,
         )
         self.cases = CaseDesk(
-            keys=keys, covenant=covenant, store=store, clock=clock, wake=self.wake.set, stale=stale
+            keys=keys,
+            covenant=covenant,
+            store=repositories.cases,
+            clock=clock,
+            wake=self.wake.set,
+            stale=stale,
         )
         self.disclosures.handlers[SignatureContext.CASE_MESSAGE] = self.cases.receive
         self.pictures = PictureDesk(
             keys=keys,
             covenant=covenant,
-            store=store,
+            store=repositories.picture,
             clock=clock,
             wake=self.wake.set,
             stale=stale,
@@ -510,7 +522,7 @@ class Uplink:
             for kind in covenant.policy.identifier_types
             if rules.counts_for_matching(covenant, kind)
         ]
-        pending = self._store.pending_identifiers(TOKENISE_CHUNK, now=now, types=matched)
+        pending = self._signals.pending_identifiers(TOKENISE_CHUNK, now=now, types=matched)
         if not pending:
             return False
         epoch = self._key_epoch(covenant)
@@ -527,7 +539,7 @@ class Uplink:
         # Fewer tokens than identifiers when the holders ran out midway (the quota is used
         # up): the rest stay pending, and the next round says why in the status.
         done = pending[: len(made)]
-        self._store.record_tokens(
+        self._signals.record_tokens(
             {p.id: m.token for p, m in zip(done, made, strict=True)},
             epoch.epoch,
             now=self._clock(),
@@ -542,7 +554,7 @@ class Uplink:
             if self._clock() < waits:
                 return False
             self._outbox_waits_until = None
-        batches = self._store.outbox(limit=16)
+        batches = self._signals.outbox(limit=16)
         for batch in batches:
             if not self._send(batch):
                 return False  # the rest waits, in order
@@ -589,10 +601,10 @@ class Uplink:
                     status=error.code().name,
                     details=error.details(),
                 )
-                self._store.reject_batch(batch.client_batch_id, now=self._clock())
+                self._signals.reject_batch(batch.client_batch_id, now=self._clock())
                 return True
             raise
-        self._store.mark_acked(batch.client_batch_id, now=self._clock())
+        self._signals.mark_acked(batch.client_batch_id, now=self._clock())
         with self.status.lock:
             self.status.batches_sent += 1
             self.status.last_contact = self._clock()
@@ -639,7 +651,7 @@ class Uplink:
             self._envelopes_wait_until = None
         waiting = {r for r, until in self._recipients_wait_until.items() if now < until}
         self._recipients_wait_until = {r: self._recipients_wait_until[r] for r in waiting}
-        envelopes = self._store.envelope_outbox(limit=16)
+        envelopes = self._shared.envelope_outbox(limit=16)
         moved = False  # an envelope left the outbox: there may be more to send at once
         for envelope in envelopes:
             if envelope.recipient in waiting:
@@ -665,11 +677,11 @@ class Uplink:
                         status=error.code().name,
                         details=error.details(),
                     )
-                    self._store.settle_envelope(envelope.message_id, sent=False, now=self._clock())
+                    self._shared.settle_envelope(envelope.message_id, sent=False, now=self._clock())
                     moved = True
                     continue
                 raise
-            self._store.settle_envelope(envelope.message_id, sent=True, now=self._clock())
+            self._shared.settle_envelope(envelope.message_id, sent=True, now=self._clock())
             moved = True
             with self.status.lock:
                 self.status.envelopes_sent += 1
@@ -698,7 +710,7 @@ class Uplink:
 
     def _stream_mailbox(self, backoff: Backoff) -> None:
         stream = self._broker.StreamMailbox(
-            broker_pb2.StreamMailboxRequest(after_cursor=self._store.mailbox_cursor())
+            broker_pb2.StreamMailboxRequest(after_cursor=self._shared.mailbox_cursor())
         )
         self._track(stream)
         try:
@@ -720,7 +732,7 @@ class Uplink:
                 kind = _KINDS[notice.kind]
                 first_seen = notice.first_seen.ToDatetime(tzinfo=UTC)
                 last_seen = notice.last_seen.ToDatetime(tzinfo=UTC)
-                accepted = self._store.accept_notice(
+                accepted = self._signals.accept_notice(
                     item.cursor,
                     notice.hit_group_id,
                     notice.revision,
@@ -733,7 +745,7 @@ class Uplink:
                 )
             except (SamenloopError, KeyError, ValueError, OverflowError) as error:
                 log.warning("hit notice refused", cursor=item.cursor, reason=type(error).__name__)
-                self._store.advance_cursor(item.cursor)
+                self._shared.advance_cursor(item.cursor)
                 return
             if accepted:
                 with self.status.lock:
@@ -759,10 +771,10 @@ class Uplink:
                 kind=missed,
                 size=size,
             )
-            self._store.note_set_aside(item.cursor, missed, size, now=self._clock())
+            self._shared.note_set_aside(item.cursor, missed, size, now=self._clock())
             return
         log.info("mailbox item of an unknown kind skipped", cursor=item.cursor)
-        self._store.advance_cursor(item.cursor)
+        self._shared.advance_cursor(item.cursor)
 
     # --- key holder ---------------------------------------------------------------------------
 
@@ -813,7 +825,7 @@ class Uplink:
                 # a crash in between must neither hand out evaluations that the quota never
                 # saw nor let the request be counted again after a restart.
                 if not record_answer(
-                    self._store, holder, decided, now=now, summed=self.holder_events
+                    self._repositories.tokens, holder, decided, now=now, summed=self.holder_events
                 ):
                     continue
                 outbound.put(
