@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from samenloop.broker import server
-from samenloop.policies import database
+from samenloop.policies import database, logs
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     config = server.load_config(args.config)
+    logs.configure(config.log_level, config.log_format)  # Alembic's lines too
     server.check_files(config)
     engine = database.make_engine(config.database_url)
     try:

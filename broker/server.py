@@ -233,7 +233,7 @@ def take_first_timestamp(
 
 def serve(config: BrokerConfig) -> int:
     """Run the broker until SIGTERM or SIGINT."""
-    logs.configure(config.log_level)
+    logs.configure(config.log_level, config.log_format)
     running = build_server(config)
     settle_heap()
     # Checkpoints of the audit log are signed with the broker's key, each sweep and at the end.

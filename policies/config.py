@@ -44,6 +44,8 @@ from samenloop.policies.errors import ConfigurationError, SamenloopError
 DEFAULT_BROKER_LISTEN = "127.0.0.1:7443"
 DEFAULT_LOG_LEVEL = "info"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_LOG_FORMAT = "console"
+LOG_FORMATS = ("console", "json")
 DATABASE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
 #: Longest path a Unix socket can bind to (``sun_path`` is 108 bytes on Linux).
 MAX_SOCKET_PATH_BYTES = 107
@@ -70,6 +72,8 @@ class BrokerConfig:
     listen: str = DEFAULT_BROKER_LISTEN
     database_url: str = ""
     log_level: str = DEFAULT_LOG_LEVEL
+    #: ``console`` (text for people) or ``json`` (one JSON object per line, for collectors).
+    log_format: str = DEFAULT_LOG_FORMAT
     #: A covenant timestamp file (``covenant timestamp --out``) to start with, for a broker
     #: that starts before the timestamp job first publishes one (provisioning writes it).
     #: Taken when it is newer than the one the broker holds; optional.
@@ -83,6 +87,7 @@ class BrokerConfig:
         _parse_address(self.listen, field="listen", listen=True)
         _init_database_url(self, "broker.db")
         _check_log_level(self.log_level)
+        _check_log_format(self.log_format)
 
     def __repr__(self) -> str:
         return _repr(self)
@@ -114,6 +119,8 @@ class NodeConfig:
     api_token: Path | None = None
     database_url: str = ""
     log_level: str = DEFAULT_LOG_LEVEL
+    #: ``console`` (text for people) or ``json`` (one JSON object per line, for collectors).
+    log_format: str = DEFAULT_LOG_FORMAT
 
     def __post_init__(self) -> None:
         _wrap(check_id, self.party, field="party")
@@ -152,6 +159,7 @@ class NodeConfig:
         object.__setattr__(self, "api_token", token)
         _init_database_url(self, "node.db")
         _check_log_level(self.log_level)
+        _check_log_format(self.log_format)
 
     def __repr__(self) -> str:
         return _repr(self)
@@ -196,6 +204,7 @@ def broker_config_from_toml(data: bytes, *, source: str, base_dir: Path) -> Brok
         listen=settings.string("listen", DEFAULT_BROKER_LISTEN),
         database_url=settings.database_url(),
         log_level=settings.string("log_level", DEFAULT_LOG_LEVEL),
+        log_format=settings.string("log_format", DEFAULT_LOG_FORMAT),
         covenant_timestamp=settings.optional_path("covenant_timestamp"),
     )
 
@@ -219,6 +228,7 @@ def node_config_from_toml(data: bytes, *, source: str, base_dir: Path) -> NodeCo
         api_token=settings.optional_path("api_token"),
         database_url=settings.database_url(),
         log_level=settings.string("log_level", DEFAULT_LOG_LEVEL),
+        log_format=settings.string("log_format", DEFAULT_LOG_FORMAT),
     )
 
 
@@ -379,6 +389,11 @@ def _check_path(value: object, *, field: str) -> None:
 def _check_log_level(value: object) -> None:
     if value not in LOG_LEVELS:
         raise ConfigurationError(f"must be one of: {', '.join(LOG_LEVELS)}", field="log_level")
+
+
+def _check_log_format(value: object) -> None:
+    if value not in LOG_FORMATS:
+        raise ConfigurationError(f"must be one of: {', '.join(LOG_FORMATS)}", field="log_format")
 
 
 def _init_database_url(config: BrokerConfig | NodeConfig, default_file: str) -> None:

@@ -1,10 +1,13 @@
 """What both daemons and the CLI do as processes: keep what they write to their own
 account (umask 0o077), refuse, as ssh does, a data directory or secret file that other
-accounts may use and a configuration, covenant or CA file that they may write, settle the
-heap after start-up, then run until SIGTERM or SIGINT with a periodic task."""
+accounts may use and a configuration, covenant or CA file that they may write, hold their
+data directory alone (a lock file), settle the heap after start-up, then run until
+SIGTERM or SIGINT with a periodic task."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import gc
 import os
 import signal
@@ -13,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from samenloop.policies.crypto import check_owner_only
+from samenloop.policies.errors import ConfigurationError
 
 #: Files the process creates are 0600 and directories 0700: databases with their WAL and
 #: SHM, logs, sockets, exports, reports and keys hold raw data or secrets.
@@ -64,6 +68,60 @@ def check_trusted(files: Iterable[tuple[str, Path]]) -> None:
             field=setting,
             others_may_read=True,
         )
+
+
+class DataDirectoryLock:
+    """The one daemon of a data directory: an exclusive ``flock`` on ``<data_dir>/<name>.lock``
+    for as long as the daemon runs.
+
+    Two daemons on one data directory would share its database, its API socket (the
+    second would take it over, and delete it when it stops) and its outbox. The lock is
+    the kernel's: it goes with the process, so a daemon killed with SIGKILL leaves no
+    stale lock behind, and the file (holding the pid, for the message) is never removed,
+    so that two starts cannot each lock a file of their own.
+    """
+
+    def __init__(self, path: Path, descriptor: int) -> None:
+        self.path = path
+        self._descriptor: int | None = descriptor
+
+    @classmethod
+    def acquire(cls, data_dir: Path, name: str) -> DataDirectoryLock:
+        """Lock ``data_dir`` for the daemon ``name`` (``node``, ``broker``), or
+        ``ConfigurationError`` naming ``data_dir`` and the pid that holds it."""
+        path = data_dir / f"{name}.lock"
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            descriptor = os.open(path, flags, 0o600)
+        except OSError as error:
+            raise ConfigurationError(
+                f"cannot open the lock file {path}: {error.strerror}", field="data_dir"
+            ) from error
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip()
+            os.close(descriptor)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise ConfigurationError(
+                    f"cannot lock {path}: {error.strerror}", field="data_dir"
+                ) from error
+            by = f" (pid {holder})" if holder.isdigit() else ""
+            raise ConfigurationError(
+                f"another {name}{by} already runs on the data directory {data_dir}: stop it "
+                f"first, or give this {name} a data_dir of its own",
+                field="data_dir",
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
+        return cls(path, descriptor)
+
+    def release(self) -> None:
+        """Let another daemon have the data directory (idempotent)."""
+        if self._descriptor is not None:
+            fcntl.flock(self._descriptor, fcntl.LOCK_UN)
+            os.close(self._descriptor)
+            self._descriptor = None
 
 
 def run_until_signalled(every: float, tick: Callable[[], None]) -> None:

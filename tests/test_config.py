@@ -28,6 +28,7 @@ api_socket = "data/api.sock"
 api_token = "data/api-token"
 database_url = "sqlite:///data/node.db"
 log_level = "info"
+log_format = "console"
 """
 
 BROKER_TOML = """\
@@ -39,6 +40,7 @@ signing_keys = "keys/broker-keys.json"
 listen = "0.0.0.0:7443"
 database_url = "postgresql+psycopg://samenloop:geheim@db.riec.example:5432/broker"
 log_level = "warning"
+log_format = "json"
 """
 
 MINIMAL_NODE = """\
@@ -182,6 +184,8 @@ NODE_CASES = [
     ("database_url", '"sqlite:///:memory:"', "database_url"),
     ("log_level", '"verbose"', "log_level"),
     ("log_level", '"INFO"', "log_level"),
+    ("log_format", '"text"', "log_format"),
+    ("log_format", '"JSON"', "log_format"),
     ("colour", '"oranje"', "colour"),
 ]
 
@@ -225,6 +229,7 @@ BROKER_CASES = [
     ("private_key", None, "private_key"),
     ("database_url", '"postgresql+psycopg://db.riec.example/"', "database_url"),
     ("log_level", '"trace"', "log_level"),
+    ("log_format", '"syslog"', "log_format"),
     ("party", '"broker"', "party"),
 ]
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -53,6 +54,7 @@ from samenloop.v1 import common_pb2, node_pb2, node_pb2_grpc
 from daemons import (
     START_SECONDS,
     Daemons,
+    cli_command,
     running_covenant,
     sqlite_count,
     sqlite_rows,
@@ -715,6 +717,33 @@ def find_needles(data: bytes, needles: set[bytes]) -> set[bytes]:
             if piece in needles:
                 found.add(piece)
     return found
+
+
+def test_a_second_node_on_one_data_directory_refuses_and_the_first_keeps_serving(
+    cluster: Cluster,
+) -> None:
+    """Issue 15: one daemon per data directory. A second ``node serve`` on the same
+    configuration used to take over the first's API socket (and delete it on exit); now it
+    stops at the lock, naming the data directory and the pid that holds it, before it
+    touches anything, and the first goes on serving on the socket it made."""
+    party = "politie"
+    config = cluster.provisioned.node_configs[party]
+    socket = cluster.provisioned.party_dir(party) / "data" / "api.sock"
+    first = cluster.processes[party].pid
+    assert socket.exists()
+    second = subprocess.run(
+        cli_command("node", "serve", "--config", str(config)),
+        capture_output=True,
+        timeout=START_SECONDS,
+        check=False,
+    )
+    message = second.stderr.decode(errors="replace")
+    assert second.returncode != 0, message
+    assert f"another node (pid {first}) already runs on the data directory" in message
+    assert "data_dir" in message  # the setting to change
+    assert socket.exists()  # not taken over, not deleted
+    assert cluster.clients[party].status().active_signals >= 0  # still serving, same socket
+    assert cluster.alive(party)
 
 
 def test_no_raw_identifier_or_category_reaches_the_broker(

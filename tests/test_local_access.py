@@ -226,6 +226,28 @@ def test_a_port_the_node_holds_is_not_shared_with_a_second_server(
         first.stop(None)
 
 
+def test_a_second_node_on_one_data_directory_is_refused_before_it_touches_the_socket(
+    migrated: NodeConfig, provisioned: Provisioned, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15: the second start (and a migration under a running node) stops at the
+    data directory's lock; the first keeps its socket and serves on."""
+    first = daemon.build_node(migrated)
+    try:
+        assert migrated.api_socket is not None
+        assert migrated.api_socket.exists()
+        with pytest.raises(ConfigurationError) as caught:
+            daemon.build_node(migrated)
+        assert caught.value.field == "data_dir"
+        assert migrated.api_socket.exists()
+        config = str(provisioned.node_configs[ME])
+        assert cli.main(["node", "migrate", "--config", config]) != 0
+        assert "already runs on the data directory" in capsys.readouterr().err
+        assert cli.main(["node", "status", "--node", config]) == 0  # the first, on its socket
+    finally:
+        first.stop(None)
+    daemon.build_node(migrated).stop(None)  # free again once the first stopped
+
+
 def test_the_token_file_is_made_once_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "data" / "api-token"
     token = ensure_token(path)

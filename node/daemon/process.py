@@ -55,6 +55,7 @@ from samenloop.policies.covenant import AttributeKeyRing
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError, CovenantRejected
 from samenloop.policies.process import (
+    DataDirectoryLock,
     check_private,
     check_trusted,
     run_until_signalled,
@@ -87,6 +88,8 @@ class RunningNode:
     repositories: Repositories
     socket_path: Path | None
     refused: RefusedCalls
+    #: The data directory is this node's alone until it stops.
+    lock: DataDirectoryLock
 
     def stop(self, grace: float | None = 2.0) -> None:
         self.uplink.stop()
@@ -95,6 +98,7 @@ class RunningNode:
         self.repositories.engine.dispose()
         if self.socket_path is not None:
             self.socket_path.unlink(missing_ok=True)
+        self.lock.release()
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -128,8 +132,22 @@ def load_config(config_path: Path) -> NodeConfig:
 def build_node(
     config: NodeConfig, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 ) -> RunningNode:
-    """Check the configuration, open the repositories, start the local API and the uplink."""
+    """Check the configuration, lock the data directory, open the repositories, start the
+    local API and the uplink."""
     api_token = check_files(config)
+    # Before anything of the data directory is touched: a second node on it refuses here,
+    # not after it took over the first one's API socket.
+    lock = DataDirectoryLock.acquire(config.data_dir, "node")
+    try:
+        return _start(config, api_token, lock, clock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _start(
+    config: NodeConfig, api_token: str, lock: DataDirectoryLock, clock: Callable[[], datetime]
+) -> RunningNode:
     held = HeldCovenant(TrustState(load_signed_covenant(config.covenant)))
     covenant = held()
     party = config.party
@@ -252,7 +270,7 @@ def build_node(
     log.info(
         "node running", party=party, api=address, broker=config.broker, holder=holder is not None
     )
-    return RunningNode(server, address, uplink, repositories, socket_path, refused)
+    return RunningNode(server, address, uplink, repositories, socket_path, refused, lock)
 
 
 def replay_covenant(
@@ -283,7 +301,7 @@ def replay_covenant(
 def serve(config_path: Path) -> int:
     """Run the node until SIGTERM or SIGINT."""
     config = load_config(config_path)
-    logs.configure(config.log_level)
+    logs.configure(config.log_level, config.log_format)
     running = build_node(config)
     settle_heap()
     # Checkpoints of the audit log are signed with the party's key, each sweep and at the end.
@@ -309,11 +327,14 @@ def migrate(config_path: Path) -> int:
     """Bring the node's database to this version's schema (after the checks of the files
     that ``serve`` runs too)."""
     config = load_config(config_path)
+    logs.configure(config.log_level, config.log_format)  # Alembic's lines too
     check_files(config)
+    lock = DataDirectoryLock.acquire(config.data_dir, "node")  # not under a running node
     engine = database.make_engine(config.database_url)
     try:
         database.upgrade(engine, MIGRATIONS)
         print(f"node database at {', '.join(database.current(engine))}")
     finally:
         engine.dispose()
+        lock.release()
     return 0

@@ -314,6 +314,13 @@ class Uplink:
         self._threads: list[threading.Thread] = []
         self._calls: set[grpc.Call] = set()
         self._calls_lock = threading.Lock()
+        #: Since when (monotonic) the broker is unreachable, and how many calls failed: an
+        #: outage is logged as one warning when it starts and one line when it ends.
+        self._outage_lock = threading.Lock()
+        #: Another loop lost the broker: the work loop says hello again.
+        self._hello_again = threading.Event()
+        self._down_since: float | None = None
+        self._failed_calls = 0
         #: The outbox waits until then: the broker refused a batch for a quota.
         self._outbox_waits_until: datetime | None = None
         #: Envelopes wait until then: the broker refused one for the sender's daily quota.
@@ -366,8 +373,42 @@ class Uplink:
         else:
             reason = f"{type(error).__name__}: {error}"
         self.status.update(connected=False, last_error=f"{where}: {reason}")
-        if not self._stop.is_set():
-            log.info("broker call failed", where=where, reason=reason)
+        if self._stop.is_set():
+            return
+        if where != "work":
+            self._hello_again.set()
+            self.wake.set()
+        with self._outage_lock:
+            first = self._down_since is None
+            if first:
+                self._down_since = time.monotonic()
+                self._failed_calls = 0
+            self._failed_calls += 1
+        if first:  # one line an operator can alert on; the retries are debug
+            log.warning(
+                "broker unreachable: retrying with backoff",
+                where=where,
+                reason=reason,
+                backoff_max_seconds=BACKOFF_MAX,
+            )
+        else:
+            log.debug("broker call failed", where=where, reason=reason)
+
+    def _reachable(self) -> None:
+        """The broker answered (a hello, a mailbox event, a holder message): the node is
+        connected, and an outage, if one was logged, is over. Any loop's answer counts: an
+        idle work loop makes no call that would fail, so after a broker restart the
+        mailbox stream may be the first to hear from it."""
+        if not self.status.connected:
+            self.status.update(connected=True)
+        if self._down_since is None:  # the common case, without the lock
+            return
+        with self._outage_lock:
+            if self._down_since is None:
+                return
+            seconds = time.monotonic() - self._down_since
+            failed, self._down_since = self._failed_calls, None
+        log.info("broker reachable again", after_seconds=round(seconds, 1), failed_calls=failed)
 
     # --- work: tokenise and send ------------------------------------------------------------
 
@@ -377,7 +418,11 @@ class Uplink:
         hello_done = False
         while not self._stop.is_set():
             try:
-                if not hello_done:
+                if not hello_done or self._hello_again.is_set():
+                    # Also after another loop lost the broker: an idle work loop makes no
+                    # call that would fail, and a broker that restarted gets a hello (the
+                    # covenant version checked, the node connected again) all the same.
+                    self._hello_again.clear()
                     self._hello()
                     hello_done = True
                 if not self._still_a_party():
@@ -466,6 +511,7 @@ class Uplink:
             answer.covenant_timestamp if answer.HasField("covenant_timestamp") else None,
         )
         self.status.update(connected=True, last_error="", last_contact=self._clock())
+        self._reachable()
         log.info(
             "connected to broker", broker=answer.broker, covenant_version=answer.covenant_version
         )
@@ -716,6 +762,7 @@ class Uplink:
         try:
             for event in stream:
                 backoff.reset()
+                self._reachable()
                 self.status.update(last_contact=self._clock())
                 if event.HasField("item"):
                     self._process(event.item)
@@ -810,6 +857,7 @@ class Uplink:
         try:
             for message in call:
                 backoff.reset()
+                self._reachable()
                 self.status.update(holder_channel_open=True, last_contact=self._clock())
                 if not message.HasField("evaluation"):
                     continue
