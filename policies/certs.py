@@ -51,6 +51,8 @@ BACKDATE = timedelta(seconds=common_pb2.LIMITS_MAX_CLOCK_SKEW_SECONDS)
 
 CA_ORGANIZATION = "Samenloop covenant CA"
 MAX_DAYS = 36500
+#: How long a new covenant CA is valid by default: ten years.
+DEFAULT_CA_DAYS = 3650
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 
@@ -130,7 +132,9 @@ class CertificateAuthority:
         )
 
     @classmethod
-    def create(cls, covenant_id: str, *, now: datetime, days: int = 3650) -> CertificateAuthority:
+    def create(
+        cls, covenant_id: str, *, now: datetime, days: int = DEFAULT_CA_DAYS
+    ) -> CertificateAuthority:
         """A new CA for ``covenant_id``, valid for ``days`` from ``now``."""
         check_id(covenant_id, field="covenant_id")
         _check_now(now)
@@ -258,8 +262,10 @@ class CertificateAuthority:
     # Files: the key owner-only, the certificate world-readable.
 
     def save(self, key_path: Path, cert_path: Path) -> None:
+        """Write the key (0600) and the certificate, each atomically (``covenant ca-init``
+        and provisioning)."""
         save_private_key(key_path, self.key_pem)
-        Path(cert_path).write_bytes(self.cert_pem)
+        crypto.write_file_atomically(Path(cert_path), self.cert_pem)
 
     @classmethod
     def load(cls, key_path: Path, cert_path: Path) -> CertificateAuthority:

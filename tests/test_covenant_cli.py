@@ -107,8 +107,11 @@ def material(tmp_path: Path, run) -> Path:
         deal += ["--holder", f"{holder}={keys / f'{holder}.public.json'}"]
     deal += ["--admin-keys", keys / "riec-admin.json", "--out", tmp_path / "epoch"]
     assert run(*deal).code == 0
-    ca = certs.CertificateAuthority.create("riec-zwb", now=datetime.now(UTC))
-    ca.save(tmp_path / "ca" / "ca.key", tmp_path / "ca" / "ca.pem")
+    ca = ["covenant", "ca-init", "--id", "riec-zwb"]
+    result = run(
+        *ca, "--ca-key", tmp_path / "ca" / "ca.key", "--ca-cert", tmp_path / "ca" / "ca.pem"
+    )
+    assert result.code == 0, result.err
     return tmp_path
 
 
@@ -538,6 +541,60 @@ def test_show_signed_and_toml(run, prov):
 
 
 # --- certificates and publishing -----------------------------------------------------
+
+
+def test_ca_init_makes_the_covenant_ca_with_an_owner_only_key(run, tmp_path):
+    key, cert = tmp_path / "ca" / "ca.key", tmp_path / "ca" / "ca.pem"
+    result = run("covenant", "ca-init", "--id", "riec-zwb", "--ca-key", key, "--ca-cert", cert,
+                 "--days", "30")  # fmt: skip
+    assert result.code == 0, result.err
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    ca = certs.CertificateAuthority.load(key, cert)  # checks that it is a CA and the key its own
+    assert ca.covenant_id == "riec-zwb"
+    until = certs.load_certificate(cert.read_bytes(), field="ca").not_valid_after_utc
+    assert timedelta(days=29) < until - datetime.now(UTC) <= timedelta(days=30)
+    assert certs.certificate_fingerprint(cert.read_bytes()) in result.out
+    assert "offline" in result.out
+    assert "BEGIN" not in result.out + result.err  # the key is never printed
+
+
+@pytest.mark.parametrize("existing", ["--ca-key", "--ca-cert"])
+def test_ca_init_refuses_to_overwrite_either_file(run, tmp_path, existing):
+    files = {"--ca-key": tmp_path / "ca.key", "--ca-cert": tmp_path / "ca.pem"}
+    files[existing].write_bytes(b"the CA of record")
+    args = [a for option, path in files.items() for a in (option, path)]
+    result = run("covenant", "ca-init", "--id", "riec-zwb", *args)
+    assert result.code == 2
+    assert f"error: {existing}:" in result.err
+    assert "refusing to overwrite" in result.err
+    assert files[existing].read_bytes() == b"the CA of record"
+    assert [p for p in files.values() if p.exists()] == [files[existing]]
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--id", "RIEC zwb"], "--id"),
+        (["--id", "riec-zwb", "--days", "0"], "--days"),
+        (["--id", "riec-zwb", "--days", "36501"], "--days"),
+    ],
+)
+def test_ca_init_names_the_wrong_input(run, tmp_path, args, field):
+    key, cert = tmp_path / "ca.key", tmp_path / "ca.pem"
+    result = run("covenant", "ca-init", *args, "--ca-key", key, "--ca-cert", cert)
+    assert result.code == 1
+    assert f"error: {field}:" in result.err
+    assert not key.exists()
+    assert not cert.exists()
+
+
+def test_ca_init_needs_two_files(run, tmp_path):
+    same = tmp_path / "ca.pem"
+    result = run("covenant", "ca-init", "--id", "riec-zwb", "--ca-key", same, "--ca-cert", same)
+    assert result.code == 1
+    assert "error: --ca-cert:" in result.err
+    assert not same.exists()
 
 
 def test_issue_certs_for_parties_and_broker(run, prov, tmp_path):
