@@ -174,6 +174,17 @@ class CertificateAuthority:
         names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         return str(names[0].value) if names else ""
 
+    @staticmethod
+    def made_for(cert_pem: bytes, *, field: str) -> str | None:
+        """The covenant id a CA certificate that :meth:`create` made names; ``None`` for a
+        certificate made otherwise (an organisation's own CA names no covenant)."""
+        subject = _load_certificate(cert_pem, field=field).subject
+        organisations = subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if [str(o.value) for o in organisations] != [CA_ORGANIZATION] or len(names) != 1:
+            return None
+        return str(names[0].value)
+
     def issue_party(self, party_id: str, *, now: datetime, days: int = 365) -> IssuedCertificate:
         """A TLS client certificate for ``party_id``: SAN ``urn:samenloop:party:<id>``, CN = id."""
         check_id(party_id, field="party_id")

@@ -13,6 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import certs, cli, crypto
@@ -228,7 +232,40 @@ def test_init_refuses_bad_input_naming_the_field(run, material):
     result = run(*wrong)
     assert result.code == 1
     assert "--party[2]" in result.err
+
+    # The CA that 'covenant ca-init' made for another covenant, and a file that is no certificate.
+    other = material / "other-ca"
+    made = run("covenant", "ca-init", "--id", "riec-elders", "--ca-key", other / "ca.key",
+               "--ca-cert", other / "ca.pem")  # fmt: skip
+    assert made.code == 0, made.err
+    result = run(*init_args(material, **{"--ca-cert": other / "ca.pem"}))
+    assert result.code == 1
+    assert "error: --ca-cert:" in result.err
+    assert "'riec-elders', not 'riec-zwb'" in result.err
+    result = run(*init_args(material, **{"--ca-cert": keys / "broker.public.json"}))
+    assert result.code == 1
+    assert "error: --ca-cert: not a PEM X.509 certificate" in result.err
     assert not (material / "covenant.toml").exists()
+
+
+def test_init_takes_a_ca_certificate_made_outside_samenloop(run, material):
+    """An organisation's own CA names no covenant: 'init' takes it as it is."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Beheer PKI")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=90))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    own = material / "own-ca.pem"
+    own.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    result = run(*init_args(material, **{"--ca-cert": own}))
+    assert result.code == 0, result.err
+    draft = covenant_from_toml((material / "covenant.toml").read_bytes(), source="draft")
+    assert draft.ca_certificate == own.read_bytes()
 
 
 # --- trust: rejections and their reasons ---------------------------------------------

@@ -84,7 +84,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     init.add_argument("--broker-address", required=True, help="HOST:PORT that nodes dial")
     broker_key = init.add_mutually_exclusive_group(required=True)
     broker_key.add_argument(
-        "--broker-key", type=Path, help="public keys file of the broker's signing key"
+        "--broker-key",
+        type=Path,
+        help="public keys file of the broker's signing key ('node keygen --party BROKER_ID')",
     )
     broker_key.add_argument("--broker-ed25519", help="the broker's Ed25519 public key (base64)")
     init.add_argument(
