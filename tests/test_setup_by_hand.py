@@ -21,6 +21,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -274,6 +275,16 @@ def test_readme_set_up_by_hand_reaches_a_first_hit(site: Site):
         path.write_text(site.localise(content))
     site.run_readme(set_up.commands)
     assert set(site.daemons) == {"broker", "riec", "politie"}
+    # Every secret the commands wrote is the owner's alone (the daemons check the ones they
+    # read; the CA's and the administrators' keys no daemon reads).
+    secrets = [
+        "ca/ca.key", "admin/beheer-riec.json", "admin/ts-key.json", "broker/signing-keys.json",
+        "broker/tls.key", *(f"{p}/{f}" for p in ("riec", "politie")
+                            for f in ("party-keys.json", "tls.key", "key-share.json")),
+    ]  # fmt: skip
+    modes = {name: stat.S_IMODE((site.root / name).stat().st_mode) for name in secrets}
+    assert modes == dict.fromkeys(secrets, 0o600)
+    assert stat.S_IMODE((site.root / "ca").stat().st_mode) == 0o700
     others = {"riec": "politie", "politie": "riec"}
 
     # A signal with the same BSN at each node: one imported from a CSV file, one added.
