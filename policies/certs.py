@@ -51,6 +51,8 @@ BACKDATE = timedelta(seconds=common_pb2.LIMITS_MAX_CLOCK_SKEW_SECONDS)
 
 CA_ORGANIZATION = "Samenloop covenant CA"
 MAX_DAYS = 36500
+#: How long a new covenant CA is valid by default: ten years.
+DEFAULT_CA_DAYS = 3650
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 
@@ -130,7 +132,9 @@ class CertificateAuthority:
         )
 
     @classmethod
-    def create(cls, covenant_id: str, *, now: datetime, days: int = 3650) -> CertificateAuthority:
+    def create(
+        cls, covenant_id: str, *, now: datetime, days: int = DEFAULT_CA_DAYS
+    ) -> CertificateAuthority:
         """A new CA for ``covenant_id``, valid for ``days`` from ``now``."""
         check_id(covenant_id, field="covenant_id")
         _check_now(now)
@@ -169,6 +173,17 @@ class CertificateAuthority:
         cert = _load_certificate(self.cert_pem, field="ca.certificate")
         names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         return str(names[0].value) if names else ""
+
+    @staticmethod
+    def made_for(cert_pem: bytes, *, field: str) -> str | None:
+        """The covenant id a CA certificate that :meth:`create` made names; ``None`` for a
+        certificate made otherwise (an organisation's own CA names no covenant)."""
+        subject = _load_certificate(cert_pem, field=field).subject
+        organisations = subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if [str(o.value) for o in organisations] != [CA_ORGANIZATION] or len(names) != 1:
+            return None
+        return str(names[0].value)
 
     def issue_party(self, party_id: str, *, now: datetime, days: int = 365) -> IssuedCertificate:
         """A TLS client certificate for ``party_id``: SAN ``urn:samenloop:party:<id>``, CN = id."""
@@ -258,8 +273,10 @@ class CertificateAuthority:
     # Files: the key owner-only, the certificate world-readable.
 
     def save(self, key_path: Path, cert_path: Path) -> None:
+        """Write the key (0600) and the certificate, each atomically (``covenant ca-init``
+        and provisioning)."""
         save_private_key(key_path, self.key_pem)
-        Path(cert_path).write_bytes(self.cert_pem)
+        crypto.write_file_atomically(Path(cert_path), self.cert_pem)
 
     @classmethod
     def load(cls, key_path: Path, cert_path: Path) -> CertificateAuthority:

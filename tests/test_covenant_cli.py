@@ -13,6 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import certs, cli, crypto
@@ -107,8 +111,11 @@ def material(tmp_path: Path, run) -> Path:
         deal += ["--holder", f"{holder}={keys / f'{holder}.public.json'}"]
     deal += ["--admin-keys", keys / "riec-admin.json", "--out", tmp_path / "epoch"]
     assert run(*deal).code == 0
-    ca = certs.CertificateAuthority.create("riec-zwb", now=datetime.now(UTC))
-    ca.save(tmp_path / "ca" / "ca.key", tmp_path / "ca" / "ca.pem")
+    ca = ["covenant", "ca-init", "--id", "riec-zwb"]
+    result = run(
+        *ca, "--ca-key", tmp_path / "ca" / "ca.key", "--ca-cert", tmp_path / "ca" / "ca.pem"
+    )
+    assert result.code == 0, result.err
     return tmp_path
 
 
@@ -225,7 +232,40 @@ def test_init_refuses_bad_input_naming_the_field(run, material):
     result = run(*wrong)
     assert result.code == 1
     assert "--party[2]" in result.err
+
+    # The CA that 'covenant ca-init' made for another covenant, and a file that is no certificate.
+    other = material / "other-ca"
+    made = run("covenant", "ca-init", "--id", "riec-elders", "--ca-key", other / "ca.key",
+               "--ca-cert", other / "ca.pem")  # fmt: skip
+    assert made.code == 0, made.err
+    result = run(*init_args(material, **{"--ca-cert": other / "ca.pem"}))
+    assert result.code == 1
+    assert "error: --ca-cert:" in result.err
+    assert "'riec-elders', not 'riec-zwb'" in result.err
+    result = run(*init_args(material, **{"--ca-cert": keys / "broker.public.json"}))
+    assert result.code == 1
+    assert "error: --ca-cert: not a PEM X.509 certificate" in result.err
     assert not (material / "covenant.toml").exists()
+
+
+def test_init_takes_a_ca_certificate_made_outside_samenloop(run, material):
+    """An organisation's own CA names no covenant: 'init' takes it as it is."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Beheer PKI")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=90))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    own = material / "own-ca.pem"
+    own.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    result = run(*init_args(material, **{"--ca-cert": own}))
+    assert result.code == 0, result.err
+    draft = covenant_from_toml((material / "covenant.toml").read_bytes(), source="draft")
+    assert draft.ca_certificate == own.read_bytes()
 
 
 # --- trust: rejections and their reasons ---------------------------------------------
@@ -538,6 +578,60 @@ def test_show_signed_and_toml(run, prov):
 
 
 # --- certificates and publishing -----------------------------------------------------
+
+
+def test_ca_init_makes_the_covenant_ca_with_an_owner_only_key(run, tmp_path):
+    key, cert = tmp_path / "ca" / "ca.key", tmp_path / "ca" / "ca.pem"
+    result = run("covenant", "ca-init", "--id", "riec-zwb", "--ca-key", key, "--ca-cert", cert,
+                 "--days", "30")  # fmt: skip
+    assert result.code == 0, result.err
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    ca = certs.CertificateAuthority.load(key, cert)  # checks that it is a CA and the key its own
+    assert ca.covenant_id == "riec-zwb"
+    until = certs.load_certificate(cert.read_bytes(), field="ca").not_valid_after_utc
+    assert timedelta(days=29) < until - datetime.now(UTC) <= timedelta(days=30)
+    assert certs.certificate_fingerprint(cert.read_bytes()) in result.out
+    assert "offline" in result.out
+    assert "BEGIN" not in result.out + result.err  # the key is never printed
+
+
+@pytest.mark.parametrize("existing", ["--ca-key", "--ca-cert"])
+def test_ca_init_refuses_to_overwrite_either_file(run, tmp_path, existing):
+    files = {"--ca-key": tmp_path / "ca.key", "--ca-cert": tmp_path / "ca.pem"}
+    files[existing].write_bytes(b"the CA of record")
+    args = [a for option, path in files.items() for a in (option, path)]
+    result = run("covenant", "ca-init", "--id", "riec-zwb", *args)
+    assert result.code == 2
+    assert f"error: {existing}:" in result.err
+    assert "refusing to overwrite" in result.err
+    assert files[existing].read_bytes() == b"the CA of record"
+    assert [p for p in files.values() if p.exists()] == [files[existing]]
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--id", "RIEC zwb"], "--id"),
+        (["--id", "riec-zwb", "--days", "0"], "--days"),
+        (["--id", "riec-zwb", "--days", "36501"], "--days"),
+    ],
+)
+def test_ca_init_names_the_wrong_input(run, tmp_path, args, field):
+    key, cert = tmp_path / "ca.key", tmp_path / "ca.pem"
+    result = run("covenant", "ca-init", *args, "--ca-key", key, "--ca-cert", cert)
+    assert result.code == 1
+    assert f"error: {field}:" in result.err
+    assert not key.exists()
+    assert not cert.exists()
+
+
+def test_ca_init_needs_two_files(run, tmp_path):
+    same = tmp_path / "ca.pem"
+    result = run("covenant", "ca-init", "--id", "riec-zwb", "--ca-key", same, "--ca-cert", same)
+    assert result.code == 1
+    assert "error: --ca-cert:" in result.err
+    assert not same.exists()
 
 
 def test_issue_certs_for_parties_and_broker(run, prov, tmp_path):

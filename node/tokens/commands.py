@@ -43,7 +43,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="PARTY=PUBLIC_KEYS_FILE",
         help="a holder and its public keys file ('samenloop node keygen'); repeat, in index order",
     )
-    deal.add_argument("--admin-keys", type=Path, required=True, help="administrator's key file")
+    deal.add_argument(
+        "--admin-keys",
+        type=Path,
+        required=True,
+        help="the administrator's secret key file, which signs the epoch "
+        "('samenloop covenant signer-keygen')",
+    )
     deal.add_argument("--days", type=int, default=365, help="days until the epoch retires")
     deal.add_argument("--out", type=Path, required=True, help="directory for the epoch and shares")
     deal.set_defaults(func=_deal)

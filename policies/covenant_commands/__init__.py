@@ -17,9 +17,9 @@ The covenant administrators' commands (see docs/covenant.md):
 * ``show`` and ``diff`` print a covenant and the differences between two,
   every field of the model: they walk its frozen dataclasses, so a field
   added to the model shows without changes here;
-* ``issue-certs`` issues the parties' and the broker's TLS certificates with the
-  covenant CA; ``publish`` sends a signed covenant to the broker (with a covenant
-  timestamp for it, given the timestamp key);
+* ``ca-init`` makes the covenant CA (its key kept offline); ``issue-certs`` issues
+  the parties' and the broker's TLS certificates with it; ``publish`` sends a signed
+  covenant to the broker (with a covenant timestamp for it, given the timestamp key);
 * ``timestamp`` signs a covenant timestamp — the short-lived statement that a
   version is current (:mod:`samenloop.policies.freshness`) — with the covenant's
   timestamp key and publishes it (or writes it to a file): the job to run from
@@ -30,7 +30,7 @@ It imports neither daemon; the key-epoch document is read from its wire form.
 
 The package by subcommand group: ``drafting`` (init, signer-keygen, add-party,
 remove-party, rotate-attribute-key, set), ``signing`` (sign, verify), ``showing``
-(show, diff), ``publishing`` (issue-certs, publish, timestamp), and ``common``, what
+(show, diff), ``publishing`` (ca-init, issue-certs, publish, timestamp), and ``common``, what
 they share. This module builds the command tree.
 """
 
@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from samenloop.policies import certs
 from samenloop.policies.covenant_commands.common import iso_time
 from samenloop.policies.covenant_commands.drafting import (
     SETTABLE,
@@ -50,6 +51,7 @@ from samenloop.policies.covenant_commands.drafting import (
     signer_keygen_command,
 )
 from samenloop.policies.covenant_commands.publishing import (
+    ca_init_command,
     issue_certs_command,
     publish_command,
     timestamp_command,
@@ -82,7 +84,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     init.add_argument("--broker-address", required=True, help="HOST:PORT that nodes dial")
     broker_key = init.add_mutually_exclusive_group(required=True)
     broker_key.add_argument(
-        "--broker-key", type=Path, help="public keys file of the broker's signing key"
+        "--broker-key",
+        type=Path,
+        help="public keys file of the broker's signing key ('node keygen --party BROKER_ID')",
     )
     broker_key.add_argument("--broker-ed25519", help="the broker's Ed25519 public key (base64)")
     init.add_argument(
@@ -251,6 +255,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     diff.add_argument("new", type=Path, help="newer covenant (TOML or signed JSON)")
     diff.add_argument("--text", action="store_true", help="a unified diff of the canonical TOML")
     diff.set_defaults(func=diff_command)
+
+    ca_init = commands.add_parser(
+        "ca-init",
+        help="make the covenant CA (its key kept offline)",
+        description=(
+            "Make the covenant CA: a private key (written 0600) and a self-signed CA "
+            "certificate naming the covenant. 'covenant init --ca-cert' puts the certificate "
+            "in the covenant; 'covenant issue-certs' issues the parties' and the broker's TLS "
+            "certificates with both. Keep the key offline. Existing files are never "
+            "overwritten."
+        ),
+    )
+    ca_init.add_argument("--id", required=True, help="covenant id, e.g. riec-zuid-west")
+    ca_init.add_argument(
+        "--ca-key", type=Path, required=True, help="the CA's private key file (written 0600)"
+    )
+    ca_init.add_argument("--ca-cert", type=Path, required=True, help="the CA certificate file")
+    ca_init.add_argument(
+        "--days",
+        type=int,
+        default=certs.DEFAULT_CA_DAYS,
+        help=f"days of validity ({certs.DEFAULT_CA_DAYS})",
+    )
+    ca_init.set_defaults(func=ca_init_command)
 
     issue = commands.add_parser(
         "issue-certs", help="issue TLS certificates for the parties and the broker"

@@ -191,6 +191,13 @@ def init_command(args: argparse.Namespace) -> int:
     if not 1 <= args.attribute_key_version <= MAX_UINT32:
         raise InvalidInput(f"must be 1..{MAX_UINT32}", field="--attribute-key-version")
     ca_certificate = read_file(args.ca_cert)
+    ca_covenant = certs.CertificateAuthority.made_for(ca_certificate, field="--ca-cert")
+    if ca_covenant not in (None, args.id):
+        raise InvalidInput(
+            f"{args.ca_cert} is the CA of covenant {ca_covenant!r}, not {args.id!r}: make this "
+            f"covenant's with 'samenloop covenant ca-init --id {args.id}'",
+            field="--ca-cert",
+        )
     valid_from = args.valid_from or datetime.now(UTC).replace(microsecond=0)
     if not 1 <= args.valid_days <= certs.MAX_DAYS:
         raise InvalidInput(f"must be 1..{certs.MAX_DAYS}", field="--valid-days")

@@ -1,6 +1,6 @@
-"""``covenant issue-certs``, ``publish`` and ``timestamp``: the commands that reach
-outside the administrator's files — TLS certificates from the covenant CA, and the
-signed covenant and its timestamps to the broker over gRPC with mTLS.
+"""``covenant ca-init``, ``issue-certs``, ``publish`` and ``timestamp``: the commands that
+reach outside the administrator's files — the covenant CA and the TLS certificates it
+issues, and the signed covenant and its timestamps to the broker over gRPC with mTLS.
 """
 
 from __future__ import annotations
@@ -34,6 +34,34 @@ from samenloop.policies.freshness import CovenantTimestamp, issue_timestamp
 from samenloop.policies.rpc import error_from_rpc
 from samenloop.policies.trust import SignedCovenant, verify_self_signed
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
+
+
+def ca_init_command(args: argparse.Namespace) -> int:
+    """Make the covenant CA, as provisioning does (``CertificateAuthority.create`` and
+    ``save``): the one step of a set-up by hand that no other command covers."""
+    certs.check_id(args.id, field="--id")
+    if not 1 <= args.days <= certs.MAX_DAYS:
+        raise InvalidInput(f"must be 1..{certs.MAX_DAYS}", field="--days")
+    if args.ca_key.resolve() == args.ca_cert.resolve():
+        raise InvalidInput("the CA key and certificate need two files", field="--ca-cert")
+    for path, option in ((args.ca_key, "--ca-key"), (args.ca_cert, "--ca-cert")):
+        if path.exists():
+            raise ConfigurationError(
+                f"{path} exists; refusing to overwrite a covenant CA (every certificate it "
+                "issued would stop verifying): remove it yourself if you mean to replace it",
+                field=option,
+            )
+    ca = certs.CertificateAuthority.create(args.id, now=datetime.now(UTC), days=args.days)
+    ca.save(args.ca_key, args.ca_cert)
+    until = certs.load_certificate(ca.cert_pem, field="--ca-cert").not_valid_after_utc
+    fingerprint = certs.certificate_fingerprint(ca.cert_pem)
+    print(f"covenant CA for {args.id}: key -> {args.ca_key} (0600), certificate -> {args.ca_cert}")
+    print(f"  fingerprint {fingerprint}, valid until {until.isoformat()}")
+    print(
+        "keep the key offline: it is needed only to issue certificates "
+        "('covenant issue-certs'); give 'covenant init' the certificate"
+    )
+    return 0
 
 
 def issue_certs_command(args: argparse.Namespace) -> int:
