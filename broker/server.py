@@ -25,8 +25,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from samenloop.broker.auth import PartyInterceptor
+from samenloop.broker.covenant_store import CovenantStore, TimestampRecord
 from samenloop.broker.service import BrokerContext, BrokerService
-from samenloop.broker.store import BrokerStore, TimestampRecord
+from samenloop.broker.store import BrokerStore
 from samenloop.policies import crypto, database, logs
 from samenloop.policies.config import (
     BrokerConfig,
@@ -124,7 +125,7 @@ def build_server(
     store = BrokerStore(engine, owner=held().broker.id)
     # Every version held counts for how far ahead entries may expire (see BrokerContext).
     held_retention_days = held().policy.retention.longest_days
-    for stored in store.covenant_versions():  # versions published since the root
+    for stored in store.covenants.covenant_versions():  # versions published since the root
         replayed = held.replay(
             SignedCovenant.from_proto(common_pb2.SignedCovenant.FromString(stored))
         )
@@ -144,9 +145,9 @@ def build_server(
             valid_until=current.valid_until.isoformat(),
         )
     if config.covenant_timestamp is not None:
-        take_first_timestamp(config.covenant_timestamp, held, store, now=clock())
+        take_first_timestamp(config.covenant_timestamp, held, store.covenants, now=clock())
     started = time.perf_counter()
-    indexed = store.prepare_index()
+    indexed = store.tokens.prepare_index()
     if indexed is not None:
         log.info(
             "token index filter built",
@@ -200,7 +201,7 @@ def build_server(
 
 
 def take_first_timestamp(
-    path: Path, held: HeldCovenant, store: BrokerStore, *, now: datetime
+    path: Path, held: HeldCovenant, covenants: CovenantStore, *, now: datetime
 ) -> None:
     """Take the covenant timestamp of ``broker.toml``'s ``covenant_timestamp`` file when it
     vouches for the version held and is newer than the one the store holds: the first one,
@@ -227,7 +228,7 @@ def take_first_timestamp(
         log.info("the covenant timestamp file has expired", expires_at=stamp.expires_at.isoformat())
         return
     record = TimestampRecord(stamp.version, stamp.signed, stamp.issued_at, stamp.expires_at)
-    if store.publish_timestamp(record, recipients=[], now=now):
+    if covenants.publish_timestamp(record, recipients=[], now=now):
         log.info("covenant timestamp taken from file", expires_at=stamp.expires_at.isoformat())
 
 
@@ -243,12 +244,12 @@ def serve(config: BrokerConfig) -> int:
         removed = running.service.expire()
         if removed:
             log.info("expired token entries dropped", count=removed)
-        running.store.audit_checkpoint(keys, now=datetime.now(UTC))
+        running.store.audit.audit_checkpoint(keys, now=datetime.now(UTC))
 
     run_until_signalled(SWEEP_SECONDS, sweep)
     log.info("broker stopping")
     running.stop()
     # After the servers stopped, so the last checkpoint covers every entry; then close again.
-    running.store.audit_checkpoint(keys, now=datetime.now(UTC))
+    running.store.audit.audit_checkpoint(keys, now=datetime.now(UTC))
     running.store.engine.dispose()
     return 0

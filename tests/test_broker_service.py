@@ -335,7 +335,7 @@ def test_a_reused_batch_id_with_other_content_is_refused(world):
 )
 def test_bad_batches_are_refused_naming_the_field_and_store_nothing(world, mutate, code, field):
     running = world["running"]
-    before = running.store.count_tokens()
+    before = running.store.tokens.count_tokens()
     request = broker_pb2.SubmitTokensRequest(
         client_batch_id=os.urandom(16), key_epoch=1, entries=[entry(os.urandom(32))]
     )
@@ -344,7 +344,7 @@ def test_bad_batches_are_refused_naming_the_field_and_store_nothing(world, mutat
         stub(world, "gemeente").SubmitTokens(request, timeout=30)
     assert status_of(info.value) == code
     assert rpc.error_from_rpc(info.value).field.startswith(field)
-    assert running.store.count_tokens() == before
+    assert running.store.tokens.count_tokens() == before
 
 
 def test_hello_states_the_limits_the_broker_enforces(world):
@@ -387,7 +387,7 @@ def test_an_envelope_beyond_the_wire_format_is_refused_and_stores_nothing(
 ):
     running = world["running"]
     fields = {"sender": "gemeente", "recipient": "politie", "nonce": b"n" * 24, "ciphertext": b"c"}
-    before = running.store.mailbox_state("politie").head_cursor
+    before = running.store.mailboxes.mailbox_state("politie").head_cursor
     with pytest.raises(grpc.RpcError) as info:
         stub(world, "gemeente").SendEnvelope(
             broker_pb2.SendEnvelopeRequest(
@@ -398,8 +398,8 @@ def test_an_envelope_beyond_the_wire_format_is_refused_and_stores_nothing(
         )
     assert status_of(info.value) == code
     assert rpc.error_from_rpc(info.value).field == field
-    assert running.store.mailbox_state("politie").head_cursor == before
-    assert running.store.envelope_usage("gemeente").sent == 0
+    assert running.store.mailboxes.mailbox_state("politie").head_cursor == before
+    assert running.store.mailboxes.envelope_usage("gemeente").sent == 0
 
 
 def test_a_stored_item_that_does_not_parse_is_set_aside_and_the_mailbox_goes_on(world):
@@ -410,8 +410,8 @@ def test_a_stored_item_that_does_not_parse_is_set_aside_and_the_mailbox_goes_on(
     drain(world, "belastingdienst")
     now = datetime.now(UTC)
     good = common_pb2.Signed(body=b"body", signer="broker").SerializeToString()
-    planted = running.store.enqueue("belastingdienst", good, ItemKind.HIT_NOTICE, now)
-    running.store.enqueue("belastingdienst", good, ItemKind.HIT_NOTICE, now)
+    planted = running.store.mailboxes.enqueue("belastingdienst", good, ItemKind.HIT_NOTICE, now)
+    running.store.mailboxes.enqueue("belastingdienst", good, ItemKind.HIT_NOTICE, now)
     damaged = b"\xff\xff\xff\xff"
     with running.store.engine.begin() as conn:
         conn.execute(
@@ -434,7 +434,7 @@ def test_a_stored_item_that_does_not_parse_is_set_aside_and_the_mailbox_goes_on(
         broker_pb2.FetchMailboxRequest(after_cursor=planted - 1), timeout=5
     )
     assert list(fetched.items) == [first, second]
-    audited = running.store.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
+    audited = running.store.audit.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
     assert [(e.details["party"], e.details["cursor"], e.details["reason"]) for e in audited][
         -1:
     ] == [("belastingdienst", planted, "malformed")]
@@ -448,8 +448,8 @@ def test_an_item_no_message_can_carry_is_set_aside_and_the_mailbox_goes_on(world
     drain(world, "belastingdienst")
     now = datetime.now(UTC)
     huge = b"\x03" * (common_pb2.LIMITS_MAX_MESSAGE_BYTES + 1)
-    planted = running.store.enqueue("belastingdienst", huge, ItemKind.HIT_NOTICE, now)
-    running.store.enqueue("belastingdienst", b"", ItemKind.HIT_NOTICE, now)
+    planted = running.store.mailboxes.enqueue("belastingdienst", huge, ItemKind.HIT_NOTICE, now)
+    running.store.mailboxes.enqueue("belastingdienst", b"", ItemKind.HIT_NOTICE, now)
     broker = stub(world, "belastingdienst")
     stream = broker.StreamMailbox(
         broker_pb2.StreamMailboxRequest(after_cursor=planted - 1), timeout=15
@@ -464,7 +464,7 @@ def test_an_item_no_message_can_carry_is_set_aside_and_the_mailbox_goes_on(world
     )
     assert [item.cursor for item in fetched.items] == [planted, planted + 1]
     assert fetched.items[0] == first
-    audited = running.store.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
+    audited = running.store.audit.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
     assert [(e.details["party"], e.details["cursor"]) for e in audited][-1:] == [
         ("belastingdienst", planted)
     ]
