@@ -126,10 +126,8 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
 
     def __init__(self, context: BrokerContext) -> None:
         self._covenant = context.covenant
-        # The repositories it uses (see store.BrokerStore): each call one transaction.
-        self._tokens = context.store.tokens
-        self._mailboxes = context.store.mailboxes
-        self._covenants = context.store.covenants
+        # Its repositories (store.tokens, .mailboxes, .covenants): each call one transaction.
+        self._store = context.store
         self._keys = context.keys
         self._clock = context.clock
         self._switchboard = context.switchboard or Switchboard()
@@ -189,7 +187,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         covenant = self._covenant()
         if request.covenant_id and request.covenant_id != covenant.id:
             raise InvalidInput(f"this broker serves covenant {covenant.id}", field="covenant_id")
-        state = self._mailboxes.mailbox_state(party)
+        state = self._store.mailboxes.mailbox_state(party)
         log.info("hello", party=party, software=request.software_version[:64])
         response = broker_pb2.HelloResponse(
             broker=covenant.broker.id,
@@ -200,7 +198,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             acked_cursor=state.acked_cursor,
             head_cursor=state.head_cursor,
         )
-        stamp = self._covenants.covenant_timestamp(covenant.version)
+        stamp = self._store.covenants.covenant_timestamp(covenant.version)
         if stamp is not None:
             response.covenant_timestamp.ParseFromString(stamp.signed)
         return response
@@ -220,7 +218,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             message = current.to_proto()
             version_sent = version
         else:
-            stored = self._covenants.covenant_version(request.version)
+            stored = self._store.covenants.covenant_version(request.version)
             if stored is not None:
                 message = common_pb2.SignedCovenant.FromString(stored)
             elif self._root is not None and self._root.unverified().version == request.version:
@@ -232,7 +230,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 )
             version_sent = request.version
         response = broker_pb2.GetCovenantResponse(covenant=message)
-        stamp = self._covenants.covenant_timestamp(version_sent)
+        stamp = self._store.covenants.covenant_timestamp(version_sent)
         if stamp is not None:
             response.covenant_timestamp.ParseFromString(stamp.signed)
         return response
@@ -265,10 +263,10 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             now = self._clock()
             covenant, signed = self._trust(), self._trust.signed
             record = self._timestamp_for(request.covenant_timestamp, signed, covenant, now)
-            stored = self._covenants.publish_timestamp(
+            stored = self._store.covenants.publish_timestamp(
                 record, recipients=sorted(covenant.party_ids), now=now
             )
-            newest = self._covenants.covenant_timestamp(covenant.version)
+            newest = self._store.covenants.covenant_timestamp(covenant.version)
         if stored:
             self._bell.ring(sorted(covenant.party_ids))
         log.info(
@@ -307,7 +305,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 held = self._trust()
                 if request.HasField("covenant_timestamp"):
                     record = self._timestamp_for(request.covenant_timestamp, signed, held, now)
-                    if self._covenants.publish_timestamp(
+                    if self._store.covenants.publish_timestamp(
                         record, recipients=sorted(held.party_ids), now=now
                     ):
                         self._bell.ring(sorted(held.party_ids))
@@ -321,7 +319,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 if request.HasField("covenant_timestamp")
                 else None
             )
-            self._covenants.publish_covenant(
+            self._store.covenants.publish_covenant(
                 version=new.version,
                 signed=signed.to_proto().SerializeToString(),
                 recipients=sorted(new.party_ids),
@@ -510,7 +508,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             )
             for i, entry in enumerate(request.entries)
         ]
-        result = self._tokens.submit(
+        result = self._store.tokens.submit(
             party,
             request.client_batch_id,
             request.key_epoch,
@@ -541,7 +539,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 f"at most {common_pb2.LIMITS_MAX_REFS_PER_WITHDRAWAL} refs per withdrawal",
                 field="signal_refs",
             )
-        result = self._tokens.withdraw(
+        result = self._store.tokens.withdraw(
             party,
             request.client_batch_id,
             list(request.signal_refs),
@@ -564,7 +562,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         covenant = self._covenant()
         removed = 0
         while True:
-            result = self._tokens.expire(
+            result = self._store.tokens.expire(
                 self._clock(),
                 min_parties=covenant.min_parties,
                 sign_notice=self._sign_notice,
@@ -598,7 +596,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         self, request: broker_pb2.FetchMailboxRequest, context: grpc.ServicerContext
     ) -> broker_pb2.FetchMailboxResponse:
         party = caller(context)
-        fetched = self._mailboxes.fetch(
+        fetched = self._store.mailboxes.fetch(
             party, request.after_cursor, request.max_items, now=self._clock(), parses=mailbox.parses
         )
         return broker_pb2.FetchMailboxResponse(
@@ -623,7 +621,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                     field="party",
                     reason="covenant.unknown_party",
                 )
-            fetched = self._mailboxes.fetch(
+            fetched = self._store.mailboxes.fetch(
                 party, after, 0, now=self._clock(), parses=mailbox.parses
             )
             for stored in fetched.items:
@@ -641,7 +639,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
     ) -> broker_pb2.AckMailboxResponse:
         party = caller(context)
         return broker_pb2.AckMailboxResponse(
-            acked_cursor=self._mailboxes.ack(party, request.cursor)
+            acked_cursor=self._store.mailboxes.ack(party, request.cursor)
         )
 
     # --- envelopes ---------------------------------------------------------------------
@@ -663,7 +661,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             accepted_at=timestamp(now),
             sealed=sealed,
         )
-        receipt = self._mailboxes.relay_envelope(
+        receipt = self._store.mailboxes.relay_envelope(
             party,
             request.client_message_id,
             crypto.digest(sealed.SerializeToString(deterministic=True)),
