@@ -25,6 +25,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, select
@@ -88,6 +89,12 @@ class Tx:
         """Run ``hook`` once this transaction committed (never if it rolls back)."""
         self._after_commit.append(hook)
 
+    def committed(self) -> None:
+        """Run the after-commit hooks, in the order they were added (``BrokerDatabase.write``
+        calls it once the transaction committed)."""
+        for hook in self._after_commit:
+            hook()
+
 
 class BrokerDatabase(audit_store.AuditLog):
     """The engine, the transaction helpers, the parties and the audit log: what every
@@ -143,6 +150,8 @@ class BrokerDatabase(audit_store.AuditLog):
                 assert driver is not None
                 driver.execute(PG_MATCHING_LOCK)
             tx = Tx(conn)
+            # The party ids it creates are cached first, once it committed.
+            tx.after_commit(partial(self.remember, tx.new_parties))
             try:
                 yield tx
             except BaseException:
@@ -150,9 +159,7 @@ class BrokerDatabase(audit_store.AuditLog):
                     hook()
                 raise
         # Reached only after the commit: a rolled-back write teaches nothing.
-        self.remember(tx.new_parties)
-        for hook in tx._after_commit:
-            hook()
+        tx.committed()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -176,7 +183,8 @@ class BrokerDatabase(audit_store.AuditLog):
     # --- parties ------------------------------------------------------------------
 
     def remember(self, parties: dict[str, int]) -> None:
-        """Cache committed party ids (``write`` does, after each commit)."""
+        """Cache committed party ids (``write`` does, after each commit; the benchmark's
+        preload, which writes outside ``write``, itself)."""
         for name, party_id in parties.items():
             self._party_ids[name] = party_id
             self._party_names[party_id] = name

@@ -452,6 +452,8 @@ class TokenStore:
         sign_notice: SignNotice,
         visibility: VisibilityRule,
     ) -> RemovalResult:
+        """``remove_party`` inside a matching transaction the caller holds (a covenant
+        version that removes parties: ``CovenantStore.publish_covenant``)."""
         party_id = self._db.ids(tx, [party])[party]
         self._mailboxes.close(tx, party, party_id)
         tokens = (
