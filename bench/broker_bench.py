@@ -1,7 +1,7 @@
 """``make bench``, broker part: ingest, scale, hit latency and end to end, against bounds
 measured in the same run.
 
-1. **Ingest**: ``BrokerStore.submit`` in batches of 1,000 random tokens from four
+1. **Ingest**: ``TokenStore.submit`` in batches of 1,000 random tokens from four
    parties, about 1% of each batch overlapping another party's earlier tokens so
    that hits form and notices are signed (by the broker service's own signer) and
    delivered, on SQLite (a file, the store's durable settings) and PostgreSQL.
@@ -15,7 +15,7 @@ measured in the same run.
    and over plain loopback. Also the whole broker (``samenloop broker serve``, SQLite)
    taking the same batches over mTLS, when the daemons run (part 3).
 2. **Scale**: the ingest rate with S1 tokens already indexed and with S2, the index
-   preloaded through the store's own insert path (``BrokerStore._insert_entries``,
+   preloaded through the store's own insert path (``TokenIndex.insert_entries``,
    the same rows and indexes), in large transactions; then batches through
    ``submit`` on top. ``--scale full``: 1M and 10M; the default: 1M and 3M.
 3. **Hit latency** through the real daemons (``samenloop broker serve`` and two
@@ -67,13 +67,14 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine, insert
 
-from samenloop.broker import matching
-from samenloop.broker import store as store_module
+from samenloop.broker import matching, token_index
+from samenloop.broker.database import MIGRATIONS, Tx
 from samenloop.broker.matching import Entry
 from samenloop.broker.models import HitGroup, ProcessedBatch
 from samenloop.broker.server import CHANNEL_OPTIONS
 from samenloop.broker.service import BrokerContext, BrokerService
-from samenloop.broker.store import MIGRATIONS, BrokerStore, expiry_bucket, prefix64
+from samenloop.broker.store import BrokerStore
+from samenloop.broker.token_index import expiry_bucket, prefix64
 from samenloop.node.client import NodeClient, SignalInput
 from samenloop.node.daemon.uplink import broker_channel
 from samenloop.node.demo.daemons import Processes
@@ -204,8 +205,8 @@ class Workload:
 
 
 def rows_of(store: BrokerStore, batch: Batch, party_ids: dict[str, int]) -> list[tuple[Any, ...]]:
-    """A batch's ``token_entries`` rows exactly as ``BrokerStore._insert_entries`` builds them."""
-    stamp = store._stamp
+    """A batch's ``token_entries`` rows exactly as ``TokenIndex.insert_entries`` builds them."""
+    stamp = store.database.stamp
     return [
         (
             prefix64(e.token),
@@ -293,7 +294,7 @@ def database_size(engine: Engine) -> int:
 
 
 class Submitter:
-    """Calls ``BrokerStore.submit`` as the broker service does (its notice signer,
+    """Calls ``TokenStore.submit`` as the broker service does (its notice signer,
     visibility rule and the covenant's submission rules: expiry cap and quotas), and
     times it."""
 
@@ -310,7 +311,7 @@ class Submitter:
         self.notified = 0
 
     def submit(self, batch: Batch) -> None:
-        result = self.store.submit(
+        result = self.store.tokens.submit(
             batch.party,
             batch.client_batch_id,
             1,
@@ -348,7 +349,7 @@ class BareTable:
     store's durability (``make_engine``'s settings) into a fresh database.
 
     ``same_table``: the ``token_entries`` of the store's migrations (same columns, checks
-    and indexes; on PostgreSQL the same partitions), the rows as ``_insert_entries``
+    and indexes; on PostgreSQL the same partitions), the rows as ``insert_entries``
     builds them, by ``method``
     (``executemany``, or ``copy``: binary COPY on PostgreSQL). ``token_only``: the
     batch's tokens alone, in a table indexed on the full 32-byte token."""
@@ -369,7 +370,7 @@ class BareTable:
             database.upgrade(self.engine, MIGRATIONS)
         with self.engine.begin() as conn:
             if kind == "same_table":
-                self.sql = store._insert_sql.replace("?", mark)
+                self.sql = store.tokens.index.insert_sql.replace("?", mark)
             else:
                 blob = "BLOB" if backend == "sqlite" else "bytea"
                 key = "INTEGER PRIMARY KEY" if backend == "sqlite" else "bigserial PRIMARY KEY"
@@ -395,8 +396,9 @@ class BareTable:
                     conn.exec_driver_sql(self.sql, rows)
                     continue
                 driver = conn.connection.driver_connection
-                with driver.cursor() as cursor, cursor.copy(self.store._copy_sql) as copy:
-                    copy.set_types(store_module._ENTRY_COPY_TYPES)
+                copy_sql = self.store.tokens.index.copy_sql
+                with driver.cursor() as cursor, cursor.copy(copy_sql) as copy:
+                    copy.set_types(token_index.ENTRY_COPY_TYPES)
                     for row in rows:
                         copy.write_row(row)
         self.seconds += time.perf_counter() - started
@@ -411,7 +413,7 @@ def cpu_outside_database(store: BrokerStore, batches: Sequence[Batch]) -> dict[s
     """Milliseconds per batch of the Python work ``submit`` does besides talking to the
     database, each step alone on the same batches: the sans-IO core (``parse_batch``
     and ``matching.submit`` of new tokens), and building the rows
-    (``_insert_entries``' list: prefixes and the timestamp type's converter)."""
+    (``insert_entries``' list: prefixes and the timestamp type's converter)."""
     now = datetime.now(UTC)
     party_ids = {p: i + 1 for i, p in enumerate(PARTIES)}
     # The example covenant's rules (expiry cap), as the broker applies them.
@@ -591,7 +593,7 @@ def part_ingest(
                     "batch_ms_p50": statistics.median(r["batch_ms_p50"] for r, _ in rounds),
                     "round_ratios": [same / r["seconds"] for r, same in rounds],
                     "hit_notices_delivered_to": submitter.notified,
-                    "groups_open": store.count_groups(),
+                    "groups_open": store.tokens.count_groups(),
                     "load_average_1m_before": load,
                 }
                 bound = {f"{b.name}_tokens_per_s": b.tokens / b.seconds for b in bares}
@@ -632,10 +634,10 @@ SCALE_ROUNDS = 6
 
 def preload(store: BrokerStore, workload: Workload, count: int) -> dict[str, Any]:
     """Add ``count`` entries to the index through the store's own insert path
-    (``_insert_entries``: the rows, the driver statement, COPY on PostgreSQL), in
+    (``TokenIndex.insert_entries``: the rows, the driver statement, COPY on PostgreSQL), in
     transactions of 200,000 rows, in the workload's random order. About ``OVERLAP`` of
     them join an earlier token of another party, whose open hit group is inserted as
-    ``_apply`` does; each 1,000 rows get their ``processed_batches`` record."""
+    ``TokenIndex.apply`` does; each 1,000 rows get their ``processed_batches`` record."""
     rng = workload.rng
     now = datetime.now(UTC)
     started = time.perf_counter()
@@ -662,9 +664,9 @@ def preload(store: BrokerStore, workload: Workload, count: int) -> dict[str, Any
                 }
             )
         with store.engine.begin() as conn:
-            tx = store_module._Tx(conn)
-            ids = store._ids(tx, PARTIES)
-            store._insert_entries(tx, entries, ids)
+            tx = Tx(conn)  # outside write(): memory learns only the parties (below)
+            ids = store.database.ids(tx, PARTIES)
+            store.tokens.index.insert_entries(tx, entries, ids)
             conn.execute(insert(HitGroup), groups)
             conn.execute(
                 insert(ProcessedBatch),
@@ -681,7 +683,7 @@ def preload(store: BrokerStore, workload: Workload, count: int) -> dict[str, Any
                     for n in range(len(entries) // BATCH)
                 ],
             )
-        store._remember(tx.new_parties)
+        store.database.remember(tx.new_parties)
         done += len(entries)
     elapsed = time.perf_counter() - started
     return {"rows": done, "seconds": elapsed, "rows_per_s": done / elapsed}
@@ -739,7 +741,7 @@ def part_scale(
                 submitter = Submitter(store, provisioned)
                 for batch in workload.batches(5 * BATCH):
                     submitter.submit(batch)
-                loaded = preload(store, workload, level - store.count_tokens())
+                loaded = preload(store, workload, level - store.tokens.count_tokens())
                 console.print(
                     f"  scale {backend}: preloaded {level:,} at {loaded['rows_per_s']:,.0f} rows/s"
                 )
@@ -762,7 +764,7 @@ def part_scale(
                 seconds = sum(r["seconds"] for r in rounds[level])
                 tokens = sum(r["tokens"] for r in rounds[level])
                 figures[str(level)] = {
-                    "indexed": store.count_tokens(),
+                    "indexed": store.tokens.count_tokens(),
                     "tokens": tokens,
                     "tokens_per_s": tokens / seconds,
                     "rounds_tokens_per_s": [r["tokens_per_s"] for r in rounds[level]],
@@ -1304,7 +1306,7 @@ def print_table(console: Console, results: dict[str, Any]) -> None:
                 continue
             r = ingest[backend]
             bound = r["bare_insert"]
-            table.add_row(f"ingest {backend}, BrokerStore.submit", rate(r["tokens_per_s"]), "")
+            table.add_row(f"ingest {backend}, TokenStore.submit", rate(r["tokens_per_s"]), "")
             for key, value in bound.items():
                 if key.startswith("same_table_"):
                     method = key.removeprefix("same_table_").removesuffix("_tokens_per_s")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from samenloop.broker import server
 from samenloop.policies import database, logs
+from samenloop.policies.process import DataDirectoryLock
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,10 +29,12 @@ def _migrate(args: argparse.Namespace) -> int:
     config = server.load_config(args.config)
     logs.configure(config.log_level, config.log_format)  # Alembic's lines too
     server.check_files(config)
+    lock = DataDirectoryLock.acquire(config.data_dir, "broker")  # not under a running broker
     engine = database.make_engine(config.database_url)
     try:
         database.upgrade(engine, server.MIGRATIONS)
         print(f"broker database at {', '.join(database.current(engine))}")
     finally:
         engine.dispose()
+        lock.release()
     return 0

@@ -25,8 +25,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from samenloop.broker.auth import PartyInterceptor
+from samenloop.broker.covenant_store import CovenantStore, TimestampRecord
 from samenloop.broker.service import BrokerContext, BrokerService
-from samenloop.broker.store import BrokerStore, TimestampRecord
+from samenloop.broker.store import BrokerStore
 from samenloop.policies import crypto, database, logs
 from samenloop.policies.config import (
     BrokerConfig,
@@ -40,6 +41,7 @@ from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError, SamenloopError
 from samenloop.policies.freshness import CovenantTimestamp, verify_timestamp
 from samenloop.policies.process import (
+    DataDirectoryLock,
     check_private,
     check_trusted,
     run_until_signalled,
@@ -76,10 +78,13 @@ class RunningBroker:
     port: int
     service: BrokerService
     store: BrokerStore
+    #: The data directory is this broker's alone until it stops.
+    lock: DataDirectoryLock
 
     def stop(self, grace: float | None = 5.0) -> None:
         self.server.stop(grace).wait()
         self.store.engine.dispose()
+        self.lock.release()
 
 
 def _read(path: object, what: str) -> bytes:
@@ -114,8 +119,24 @@ def build_server(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     evaluate_timeout: float | None = None,
 ) -> RunningBroker:
-    """Check the files, open the store (at the schema head), build and start the server."""
+    """Check the files, lock the data directory, open the store (at the schema head), build
+    and start the server."""
     check_files(config)
+    lock = DataDirectoryLock.acquire(config.data_dir, "broker")
+    try:
+        return _start(config, lock, covenant, clock, evaluate_timeout)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _start(
+    config: BrokerConfig,
+    lock: DataDirectoryLock,
+    covenant: Callable[[], Covenant] | None,
+    clock: Callable[[], datetime],
+    evaluate_timeout: float | None,
+) -> RunningBroker:
     root = load_signed_covenant(config.covenant)
     held = HeldCovenant(TrustState(root))
     covenant_source = covenant or held
@@ -124,7 +145,7 @@ def build_server(
     store = BrokerStore(engine, owner=held().broker.id)
     # Every version held counts for how far ahead entries may expire (see BrokerContext).
     held_retention_days = held().policy.retention.longest_days
-    for stored in store.covenant_versions():  # versions published since the root
+    for stored in store.covenants.covenant_versions():  # versions published since the root
         replayed = held.replay(
             SignedCovenant.from_proto(common_pb2.SignedCovenant.FromString(stored))
         )
@@ -144,9 +165,9 @@ def build_server(
             valid_until=current.valid_until.isoformat(),
         )
     if config.covenant_timestamp is not None:
-        take_first_timestamp(config.covenant_timestamp, held, store, now=clock())
+        take_first_timestamp(config.covenant_timestamp, held, store.covenants, now=clock())
     started = time.perf_counter()
-    indexed = store.prepare_index()
+    indexed = store.tokens.prepare_index()
     if indexed is not None:
         log.info(
             "token index filter built",
@@ -191,16 +212,17 @@ def build_server(
     )
     port = server.add_secure_port(config.listen, credentials)
     if port == 0:
+        engine.dispose()
         raise ConfigurationError(f"cannot listen on {config.listen}", field="listen")
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info("broker listening", address=config.listen, port=port, covenant=current.id)
-    return RunningBroker(server=server, port=port, service=service, store=store)
+    return RunningBroker(server=server, port=port, service=service, store=store, lock=lock)
 
 
 def take_first_timestamp(
-    path: Path, held: HeldCovenant, store: BrokerStore, *, now: datetime
+    path: Path, held: HeldCovenant, covenants: CovenantStore, *, now: datetime
 ) -> None:
     """Take the covenant timestamp of ``broker.toml``'s ``covenant_timestamp`` file when it
     vouches for the version held and is newer than the one the store holds: the first one,
@@ -227,7 +249,7 @@ def take_first_timestamp(
         log.info("the covenant timestamp file has expired", expires_at=stamp.expires_at.isoformat())
         return
     record = TimestampRecord(stamp.version, stamp.signed, stamp.issued_at, stamp.expires_at)
-    if store.publish_timestamp(record, recipients=[], now=now):
+    if covenants.publish_timestamp(record, recipients=[], now=now):
         log.info("covenant timestamp taken from file", expires_at=stamp.expires_at.isoformat())
 
 
@@ -243,12 +265,12 @@ def serve(config: BrokerConfig) -> int:
         removed = running.service.expire()
         if removed:
             log.info("expired token entries dropped", count=removed)
-        running.store.audit_checkpoint(keys, now=datetime.now(UTC))
+        running.store.audit.audit_checkpoint(keys, now=datetime.now(UTC))
 
     run_until_signalled(SWEEP_SECONDS, sweep)
     log.info("broker stopping")
     running.stop()
     # After the servers stopped, so the last checkpoint covers every entry; then close again.
-    running.store.audit_checkpoint(keys, now=datetime.now(UTC))
+    running.store.audit.audit_checkpoint(keys, now=datetime.now(UTC))
     running.store.engine.dispose()
     return 0

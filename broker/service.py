@@ -1,7 +1,8 @@
 """The ``samenloop.v1.Broker`` servicer: protobuf in, store and relay calls, protobuf out.
 
 A thin adapter: matching and mailbox rules live in ``matching`` and
-``mailbox``, persistence in ``store``, the OPRF switchboard in ``relay``.
+``mailbox``, persistence in the repositories of ``store``, the OPRF switchboard in
+``relay``.
 Every method starts from ``caller(context)``, the party in the verified client
 certificate, and checks each field that names the caller against it. Errors
 are raised as ``SamenloopError``s and mapped to statuses by the one
@@ -23,9 +24,11 @@ from google.protobuf.message import DecodeError
 
 from samenloop.broker import mailbox, matching
 from samenloop.broker.auth import caller
+from samenloop.broker.covenant_store import TimestampRecord
 from samenloop.broker.mailbox import ItemKind
+from samenloop.broker.mailbox_store import StoredItem
 from samenloop.broker.relay import Channel, Switchboard
-from samenloop.broker.store import BrokerStore, StoredItem, TimestampRecord
+from samenloop.broker.store import BrokerStore
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import crypto
 from samenloop.policies.covenant import Covenant
@@ -123,6 +126,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
 
     def __init__(self, context: BrokerContext) -> None:
         self._covenant = context.covenant
+        # Its repositories (store.tokens, .mailboxes, .covenants): each call one transaction.
         self._store = context.store
         self._keys = context.keys
         self._clock = context.clock
@@ -183,7 +187,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         covenant = self._covenant()
         if request.covenant_id and request.covenant_id != covenant.id:
             raise InvalidInput(f"this broker serves covenant {covenant.id}", field="covenant_id")
-        state = self._store.mailbox_state(party)
+        state = self._store.mailboxes.mailbox_state(party)
         log.info("hello", party=party, software=request.software_version[:64])
         response = broker_pb2.HelloResponse(
             broker=covenant.broker.id,
@@ -194,7 +198,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             acked_cursor=state.acked_cursor,
             head_cursor=state.head_cursor,
         )
-        stamp = self._store.covenant_timestamp(covenant.version)
+        stamp = self._store.covenants.covenant_timestamp(covenant.version)
         if stamp is not None:
             response.covenant_timestamp.ParseFromString(stamp.signed)
         return response
@@ -214,7 +218,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             message = current.to_proto()
             version_sent = version
         else:
-            stored = self._store.covenant_version(request.version)
+            stored = self._store.covenants.covenant_version(request.version)
             if stored is not None:
                 message = common_pb2.SignedCovenant.FromString(stored)
             elif self._root is not None and self._root.unverified().version == request.version:
@@ -226,7 +230,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 )
             version_sent = request.version
         response = broker_pb2.GetCovenantResponse(covenant=message)
-        stamp = self._store.covenant_timestamp(version_sent)
+        stamp = self._store.covenants.covenant_timestamp(version_sent)
         if stamp is not None:
             response.covenant_timestamp.ParseFromString(stamp.signed)
         return response
@@ -259,10 +263,10 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             now = self._clock()
             covenant, signed = self._trust(), self._trust.signed
             record = self._timestamp_for(request.covenant_timestamp, signed, covenant, now)
-            stored = self._store.publish_timestamp(
+            stored = self._store.covenants.publish_timestamp(
                 record, recipients=sorted(covenant.party_ids), now=now
             )
-            newest = self._store.covenant_timestamp(covenant.version)
+            newest = self._store.covenants.covenant_timestamp(covenant.version)
         if stored:
             self._bell.ring(sorted(covenant.party_ids))
         log.info(
@@ -301,7 +305,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 held = self._trust()
                 if request.HasField("covenant_timestamp"):
                     record = self._timestamp_for(request.covenant_timestamp, signed, held, now)
-                    if self._store.publish_timestamp(
+                    if self._store.covenants.publish_timestamp(
                         record, recipients=sorted(held.party_ids), now=now
                     ):
                         self._bell.ring(sorted(held.party_ids))
@@ -315,7 +319,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 if request.HasField("covenant_timestamp")
                 else None
             )
-            self._store.publish_covenant(
+            self._store.covenants.publish_covenant(
                 version=new.version,
                 signed=signed.to_proto().SerializeToString(),
                 recipients=sorted(new.party_ids),
@@ -504,7 +508,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             )
             for i, entry in enumerate(request.entries)
         ]
-        result = self._store.submit(
+        result = self._store.tokens.submit(
             party,
             request.client_batch_id,
             request.key_epoch,
@@ -535,7 +539,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 f"at most {common_pb2.LIMITS_MAX_REFS_PER_WITHDRAWAL} refs per withdrawal",
                 field="signal_refs",
             )
-        result = self._store.withdraw(
+        result = self._store.tokens.withdraw(
             party,
             request.client_batch_id,
             list(request.signal_refs),
@@ -558,7 +562,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         covenant = self._covenant()
         removed = 0
         while True:
-            result = self._store.expire(
+            result = self._store.tokens.expire(
                 self._clock(),
                 min_parties=covenant.min_parties,
                 sign_notice=self._sign_notice,
@@ -592,7 +596,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         self, request: broker_pb2.FetchMailboxRequest, context: grpc.ServicerContext
     ) -> broker_pb2.FetchMailboxResponse:
         party = caller(context)
-        fetched = self._store.fetch(
+        fetched = self._store.mailboxes.fetch(
             party, request.after_cursor, request.max_items, now=self._clock(), parses=mailbox.parses
         )
         return broker_pb2.FetchMailboxResponse(
@@ -617,7 +621,9 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                     field="party",
                     reason="covenant.unknown_party",
                 )
-            fetched = self._store.fetch(party, after, 0, now=self._clock(), parses=mailbox.parses)
+            fetched = self._store.mailboxes.fetch(
+                party, after, 0, now=self._clock(), parses=mailbox.parses
+            )
             for stored in fetched.items:
                 yield broker_pb2.StreamMailboxResponse(item=self._item(stored))
                 after = stored.cursor
@@ -632,7 +638,9 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         self, request: broker_pb2.AckMailboxRequest, context: grpc.ServicerContext
     ) -> broker_pb2.AckMailboxResponse:
         party = caller(context)
-        return broker_pb2.AckMailboxResponse(acked_cursor=self._store.ack(party, request.cursor))
+        return broker_pb2.AckMailboxResponse(
+            acked_cursor=self._store.mailboxes.ack(party, request.cursor)
+        )
 
     # --- envelopes ---------------------------------------------------------------------
 
@@ -653,7 +661,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             accepted_at=timestamp(now),
             sealed=sealed,
         )
-        receipt = self._store.relay_envelope(
+        receipt = self._store.mailboxes.relay_envelope(
             party,
             request.client_message_id,
             crypto.digest(sealed.SerializeToString(deterministic=True)),

@@ -15,8 +15,8 @@ cannot hold it. :class:`IndexFilter` therefore also keeps a :class:`PartitionMap
 one small filter per partition, and says for each candidate which partitions may
 hold it; the store looks it up in those alone.
 
-The filters are sans-IO: :class:`~samenloop.broker.store.BrokerStore` feeds them under
-the matching lock (see ``_filtered`` there), with every prefix it inserts and every
+The filters are sans-IO: :class:`~samenloop.broker.token_index.TokenIndex` feeds them under
+the matching lock (see ``filtered`` there), with every prefix it inserts and every
 row other writers inserted since it last looked, by row id.
 
 Indices come from the prefix by two multiply-shift hashes with multipliers drawn

@@ -116,7 +116,7 @@ class Cluster:
 
     def deliver(self, party: str, kind: Any, payload: bytes) -> None:
         """Put an item in a party's broker mailbox, as PublishCovenant does, and ring."""
-        self.broker.store.enqueue(party, payload, kind, self.clock())
+        self.broker.store.mailboxes.enqueue(party, payload, kind, self.clock())
         self.broker.service._bell.ring([party])  # wake its stream now, not at a heartbeat
 
 

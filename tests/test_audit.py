@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from samenloop.broker.database import MIGRATIONS as BROKER_MIGRATIONS
 from samenloop.broker.matching import Entry, NoticeDraft
-from samenloop.broker.store import MIGRATIONS as BROKER_MIGRATIONS
 from samenloop.broker.store import BrokerStore
 from samenloop.node.daemon.database import Database
 from samenloop.node.daemon.repositories import MIGRATIONS as NODE_MIGRATIONS
@@ -605,7 +605,7 @@ def test_broker_store_records_batches_and_hit_groups(broker_engine):
 
     def submit(party: str, batch: int, tokens: list[int], expires: datetime = LATER):
         entries = [Entry(party, token(t), ref(party, t), 1, expires, None) for t in tokens]
-        return broker.submit(
+        return broker.tokens.submit(
             party,
             bytes([batch]) * 16,
             1,
@@ -619,11 +619,13 @@ def test_broker_store_records_batches_and_hit_groups(broker_engine):
     submit("a", 1, [1, 2, 3], expires=NOW + timedelta(days=1))
     submit("b", 2, [1, 2, 4])
     submit("b", 2, [1, 2, 4])  # a replay records nothing
-    broker.withdraw("b", bytes([3]) * 16, [ref("b", 2)], min_parties=2, now=NOW, sign_notice=sign)
-    broker.expire(NOW + timedelta(days=2), min_parties=2, sign_notice=sign)
-    broker.remove_party("b", min_parties=2, now=NOW, sign_notice=sign)
+    broker.tokens.withdraw(
+        "b", bytes([3]) * 16, [ref("b", 2)], min_parties=2, now=NOW, sign_notice=sign
+    )
+    broker.tokens.expire(NOW + timedelta(days=2), min_parties=2, sign_notice=sign)
+    broker.tokens.remove_party("b", min_parties=2, now=NOW, sign_notice=sign)
 
-    entries = broker.audit_entries()
+    entries = broker.audit.audit_entries()
     assert kinds(entries) == [
         "token_submission",
         "token_submission", "hit_notice", "hit_notice",
@@ -654,7 +656,7 @@ def test_a_failed_batch_leaves_no_entry(broker_engine):
     def broken(draft: NoticeDraft) -> bytes:
         raise RuntimeError("signing key unavailable")
 
-    broker.submit(
+    broker.tokens.submit(
         "b",
         b"\x01" * 16,
         1,
@@ -665,7 +667,7 @@ def test_a_failed_batch_leaves_no_entry(broker_engine):
         sign_notice=sign,
     )
     with pytest.raises(RuntimeError):
-        broker.submit(
+        broker.tokens.submit(
             "a",
             b"\x02" * 16,
             1,
@@ -676,7 +678,7 @@ def test_a_failed_batch_leaves_no_entry(broker_engine):
             sign_notice=broken,
         )
     with pytest.raises(Replay):
-        broker.submit(
+        broker.tokens.submit(
             "b",
             b"\x01" * 16,
             1,
@@ -686,14 +688,14 @@ def test_a_failed_batch_leaves_no_entry(broker_engine):
             new_group_id=lambda: b"\x08" * 16,
             sign_notice=sign,
         )
-    assert kinds(broker.audit_entries()) == ["token_submission"]
+    assert kinds(broker.audit.audit_entries()) == ["token_submission"]
 
     def relayed(conn: sa.Connection) -> object:
-        return broker.append_audit(conn, kind=AuditKind.ENVELOPE_RELAYED, now=NOW)
+        return broker.audit.append_audit(conn, kind=AuditKind.ENVELOPE_RELAYED, now=NOW)
 
     with pytest.raises(RuntimeError):
         in_transaction(broker_engine, relayed)
-    assert len(broker.audit_entries()) == 1
+    assert len(broker.audit.audit_entries()) == 1
 
 
 def test_checkpoints_are_stored_signed_and_skipped_when_nothing_is_new(node_engine):
@@ -983,8 +985,10 @@ def test_cli_reads_the_brokers_log_too(provisioned, tmp_path, capsys):
     database.upgrade(engine, BROKER_MIGRATIONS)
     try:
         broker = BrokerStore(engine, owner="broker")
-        broker.audit_append(kind=AuditKind.COVENANT_PUBLISHED, details={"version": 1}, now=NOW)
-        broker.audit_checkpoint(PartyKeys.load(config.signing_keys), now=NOW)
+        broker.audit.audit_append(
+            kind=AuditKind.COVENANT_PUBLISHED, details={"version": 1}, now=NOW
+        )
+        broker.audit.audit_checkpoint(PartyKeys.load(config.signing_keys), now=NOW)
         out = tmp_path / "broker.jsonl"
         assert (
             run(capsys, "audit", "export", "--config", provisioned.broker_config, "--out", out)[0]

@@ -23,7 +23,7 @@ from samenloop.node.provision import PartySpec, provision
 from samenloop.node.tokens import derive as tokens
 from samenloop.node.tokens import evaluation, keysetup, oprf, threshold
 from samenloop.node.tokens.holder import KeyHolder
-from samenloop.policies import certs, database, rpc
+from samenloop.policies import certs, cli, database, rpc
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.config import load_broker_config
 from samenloop.policies.covenant import Role, load_covenant
@@ -34,6 +34,7 @@ from samenloop.policies.crypto import (
     open_signed,
     seal_signed,
 )
+from samenloop.policies.errors import ConfigurationError
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
 PARTIES = [
@@ -121,6 +122,28 @@ def test_health_and_hello(world):
     assert hello.broker == "broker"
     assert hello.covenant_version == 1
     assert hello.limits.max_tokens_per_batch == common_pb2.LIMITS_MAX_TOKENS_PER_BATCH
+
+
+def test_a_second_broker_on_one_data_directory_is_refused(world, capsys):
+    """Issue 15: one broker per data directory (each replica has its own); a migration
+    under a running broker is refused too. The first goes on serving."""
+    running = world["running"]
+    path = world["root"] / "broker" / "broker.toml"
+    config = replace(load_broker_config(path), listen="127.0.0.1:0")
+    with pytest.raises(ConfigurationError) as refused:
+        broker_server.build_server(config)
+    assert refused.value.field == "data_dir"
+    assert "another broker (pid" in str(refused.value)
+    assert (
+        cli.main(["broker", "migrate", "--config", str(world["root"] / "broker" / "broker.toml")])
+        == 2
+    )
+    assert "another broker (pid" in capsys.readouterr().err
+    assert running.lock.path.read_text().strip().isdigit()
+    hello = stub(world, "gemeente").Hello(
+        broker_pb2.HelloRequest(party="gemeente", covenant_id="riec-zwb-test"), timeout=5
+    )
+    assert hello.broker == "broker"  # still serving
 
 
 def test_a_certificate_cannot_speak_for_another_party(world):
@@ -335,7 +358,7 @@ def test_a_reused_batch_id_with_other_content_is_refused(world):
 )
 def test_bad_batches_are_refused_naming_the_field_and_store_nothing(world, mutate, code, field):
     running = world["running"]
-    before = running.store.count_tokens()
+    before = running.store.tokens.count_tokens()
     request = broker_pb2.SubmitTokensRequest(
         client_batch_id=os.urandom(16), key_epoch=1, entries=[entry(os.urandom(32))]
     )
@@ -344,7 +367,7 @@ def test_bad_batches_are_refused_naming_the_field_and_store_nothing(world, mutat
         stub(world, "gemeente").SubmitTokens(request, timeout=30)
     assert status_of(info.value) == code
     assert rpc.error_from_rpc(info.value).field.startswith(field)
-    assert running.store.count_tokens() == before
+    assert running.store.tokens.count_tokens() == before
 
 
 def test_hello_states_the_limits_the_broker_enforces(world):
@@ -387,7 +410,7 @@ def test_an_envelope_beyond_the_wire_format_is_refused_and_stores_nothing(
 ):
     running = world["running"]
     fields = {"sender": "gemeente", "recipient": "politie", "nonce": b"n" * 24, "ciphertext": b"c"}
-    before = running.store.mailbox_state("politie").head_cursor
+    before = running.store.mailboxes.mailbox_state("politie").head_cursor
     with pytest.raises(grpc.RpcError) as info:
         stub(world, "gemeente").SendEnvelope(
             broker_pb2.SendEnvelopeRequest(
@@ -398,8 +421,8 @@ def test_an_envelope_beyond_the_wire_format_is_refused_and_stores_nothing(
         )
     assert status_of(info.value) == code
     assert rpc.error_from_rpc(info.value).field == field
-    assert running.store.mailbox_state("politie").head_cursor == before
-    assert running.store.envelope_usage("gemeente").sent == 0
+    assert running.store.mailboxes.mailbox_state("politie").head_cursor == before
+    assert running.store.mailboxes.envelope_usage("gemeente").sent == 0
 
 
 def test_a_stored_item_that_does_not_parse_is_set_aside_and_the_mailbox_goes_on(world):
@@ -410,8 +433,8 @@ def test_a_stored_item_that_does_not_parse_is_set_aside_and_the_mailbox_goes_on(
     drain(world, "belastingdienst")
     now = datetime.now(UTC)
     good = common_pb2.Signed(body=b"body", signer="broker").SerializeToString()
-    planted = running.store.enqueue("belastingdienst", good, ItemKind.HIT_NOTICE, now)
-    running.store.enqueue("belastingdienst", good, ItemKind.HIT_NOTICE, now)
+    planted = running.store.mailboxes.enqueue("belastingdienst", good, ItemKind.HIT_NOTICE, now)
+    running.store.mailboxes.enqueue("belastingdienst", good, ItemKind.HIT_NOTICE, now)
     damaged = b"\xff\xff\xff\xff"
     with running.store.engine.begin() as conn:
         conn.execute(
@@ -434,7 +457,7 @@ def test_a_stored_item_that_does_not_parse_is_set_aside_and_the_mailbox_goes_on(
         broker_pb2.FetchMailboxRequest(after_cursor=planted - 1), timeout=5
     )
     assert list(fetched.items) == [first, second]
-    audited = running.store.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
+    audited = running.store.audit.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
     assert [(e.details["party"], e.details["cursor"], e.details["reason"]) for e in audited][
         -1:
     ] == [("belastingdienst", planted, "malformed")]
@@ -448,8 +471,8 @@ def test_an_item_no_message_can_carry_is_set_aside_and_the_mailbox_goes_on(world
     drain(world, "belastingdienst")
     now = datetime.now(UTC)
     huge = b"\x03" * (common_pb2.LIMITS_MAX_MESSAGE_BYTES + 1)
-    planted = running.store.enqueue("belastingdienst", huge, ItemKind.HIT_NOTICE, now)
-    running.store.enqueue("belastingdienst", b"", ItemKind.HIT_NOTICE, now)
+    planted = running.store.mailboxes.enqueue("belastingdienst", huge, ItemKind.HIT_NOTICE, now)
+    running.store.mailboxes.enqueue("belastingdienst", b"", ItemKind.HIT_NOTICE, now)
     broker = stub(world, "belastingdienst")
     stream = broker.StreamMailbox(
         broker_pb2.StreamMailboxRequest(after_cursor=planted - 1), timeout=15
@@ -464,7 +487,7 @@ def test_an_item_no_message_can_carry_is_set_aside_and_the_mailbox_goes_on(world
     )
     assert [item.cursor for item in fetched.items] == [planted, planted + 1]
     assert fetched.items[0] == first
-    audited = running.store.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
+    audited = running.store.audit.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
     assert [(e.details["party"], e.details["cursor"]) for e in audited][-1:] == [
         ("belastingdienst", planted)
     ]

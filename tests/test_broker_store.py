@@ -19,11 +19,12 @@ from alembic.runtime.migration import MigrationContext
 from hypothesis import given
 from hypothesis import strategies as st
 
-from samenloop.broker import mailbox, matching, store, token_filter
+from samenloop.broker import mailbox, matching, token_filter, token_index
+from samenloop.broker.database import MIGRATIONS, BrokerDatabase
 from samenloop.broker.mailbox import ItemKind, SetAside
 from samenloop.broker.matching import Entry, NoticeDraft
 from samenloop.broker.models import Base, TokenEntry
-from samenloop.broker.store import MIGRATIONS, BrokerStore
+from samenloop.broker.store import BrokerStore
 from samenloop.policies import database
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.errors import (
@@ -88,7 +89,7 @@ def broker(engine: sa.Engine) -> BrokerStore:
 
 
 def submit(broker: BrokerStore, party: str, n: int, entries, *, ids=None, sign_notice=sign, at=NOW):
-    return broker.submit(
+    return broker.tokens.submit(
         party,
         batch_id(n),
         1,
@@ -101,7 +102,7 @@ def submit(broker: BrokerStore, party: str, n: int, entries, *, ids=None, sign_n
 
 
 def inbox(broker: BrokerStore, party: str) -> list[str]:
-    return [item.payload.decode() for item in broker.fetch(party, 0, now=NOW).items]
+    return [item.payload.decode() for item in broker.mailboxes.fetch(party, 0, now=NOW).items]
 
 
 def table_counts(engine: sa.Engine) -> dict[str, int]:
@@ -219,7 +220,7 @@ def test_sqlite_checkpoints_in_the_background(sqlite_url, tmp_path):
     engine = database.make_engine(sqlite_url)
     database.upgrade(engine, MIGRATIONS)
     marker = b"copied-by-the-checkpointer" * 50
-    BrokerStore(engine).enqueue("a", marker, ItemKind.ENVELOPE, NOW)
+    BrokerStore(engine).mailboxes.enqueue("a", marker, ItemKind.ENVELOPE, NOW)
     main_file = tmp_path / "test.db"
     deadline = time.monotonic() + 5
     while marker not in main_file.read_bytes() and time.monotonic() < deadline:
@@ -240,12 +241,12 @@ def test_unsupported_database_urls_are_configuration_errors(url):
 
 def test_timestamps_are_utc_and_naive_ones_refused(broker, engine):
     cet = NOW.astimezone(datetime.now().astimezone().tzinfo)
-    broker.enqueue("a", b"x", ItemKind.ENVELOPE, cet)
-    (item,) = broker.fetch("a", 0, now=NOW).items
+    broker.mailboxes.enqueue("a", b"x", ItemKind.ENVELOPE, cet)
+    (item,) = broker.mailboxes.fetch("a", 0, now=NOW).items
     assert item.enqueued_at == NOW
     assert item.enqueued_at.tzinfo is UTC
     with pytest.raises(ValueError, match="time zone"):
-        broker.enqueue("a", b"x", ItemKind.ENVELOPE, NOW.replace(tzinfo=None))
+        broker.mailboxes.enqueue("a", b"x", ItemKind.ENVELOPE, NOW.replace(tzinfo=None))
 
 
 # --- submitting and matching ----------------------------------------------------------
@@ -260,9 +261,9 @@ def test_a_hit_is_delivered_to_both_parties_in_the_same_transaction(broker):
     group = (1).to_bytes(16, "big").hex()
     assert inbox(broker, "gemeente") == [f"gemeente|NEW|1|{group}"]
     assert inbox(broker, "politie") == [f"politie|NEW|1|{group}"]
-    assert broker.count_tokens() == 3
-    assert broker.count_groups() == 1
-    (stored,) = broker.open_groups()
+    assert broker.tokens.count_tokens() == 3
+    assert broker.tokens.count_groups() == 1
+    (stored,) = broker.tokens.open_groups()
     assert (stored.token, stored.revision, stored.first_seen) == (token(1), 1, NOW)
 
 
@@ -271,14 +272,16 @@ def test_withdrawal_finds_refs_sharing_a_prefix_or_bucket(broker):
     cousin = ref("a")[:1] + bytes(15)
     submit(broker, "a", 1, [entry("a", 1), replace(entry("a", 2), signal_ref=twin)])
     submit(broker, "a", 2, [replace(entry("a", 3), signal_ref=cousin)])
-    result = broker.withdraw("a", batch_id(3), [twin], min_parties=2, now=NOW, sign_notice=sign)
+    result = broker.tokens.withdraw(
+        "a", batch_id(3), [twin], min_parties=2, now=NOW, sign_notice=sign
+    )
     assert (result.withdrawn, result.unknown) == (1, 0)
-    assert broker.count_tokens() == 2
-    result = broker.withdraw(
+    assert broker.tokens.count_tokens() == 2
+    result = broker.tokens.withdraw(
         "a", batch_id(4), [ref("a"), cousin], min_parties=2, now=NOW, sign_notice=sign
     )
     assert (result.withdrawn, result.unknown) == (2, 0)
-    assert broker.count_tokens() == 0
+    assert broker.tokens.count_tokens() == 0
 
 
 def test_tokens_sharing_a_prefix_do_not_match(broker):
@@ -286,7 +289,7 @@ def test_tokens_sharing_a_prefix_do_not_match(broker):
     submit(broker, "a", 1, [entry("a", 1)])
     result = submit(broker, "b", 2, [replace(entry("b", 1), token=twin)])
     assert result.notified == ()
-    assert broker.count_groups() == 0
+    assert broker.tokens.count_groups() == 0
     # ...and the real token still matches.
     assert submit(broker, "c", 3, [entry("c", 1)]).notified == ("a", "c")
 
@@ -330,7 +333,9 @@ def test_a_batch_id_reused_for_other_content_is_refused(broker, engine):
         submit(broker, "a", 7, [entry("a", 2)])
     assert raised.value.field == "client_batch_id"
     with pytest.raises(Replay):
-        broker.withdraw("a", batch_id(7), [ref("a")], min_parties=2, now=NOW, sign_notice=sign)
+        broker.tokens.withdraw(
+            "a", batch_id(7), [ref("a")], min_parties=2, now=NOW, sign_notice=sign
+        )
     assert table_counts(engine) == before
     # Batch ids are per party: another party may use the same id.
     assert submit(broker, "b", 7, [entry("b", 2)]).replayed is False
@@ -389,7 +394,7 @@ def test_bad_input_names_the_field_and_stores_nothing(broker, engine, entries, e
 
 def test_a_batch_id_must_be_16_bytes(broker):
     with pytest.raises(InvalidInput) as raised:
-        broker.submit(
+        broker.tokens.submit(
             "a", b"short", 1, [entry("a", 1)],
             min_parties=2, now=NOW, new_group_id=Ids(), sign_notice=sign,
         )  # fmt: skip
@@ -410,7 +415,7 @@ def test_a_full_batch_is_looked_up_in_chunks(broker):
     submit(broker, "a", 1, [entry("a", n) for n in range(size)])
     result = submit(broker, "b", 2, [entry("b", n) for n in range(size - 3, size + 3)])
     assert result.stored == 6
-    assert broker.count_groups() == 3
+    assert broker.tokens.count_groups() == 3
     assert len(inbox(broker, "a")) == 3
 
 
@@ -421,16 +426,16 @@ def test_withdrawal_closes_the_group_and_is_idempotent(broker, engine):
     ids = Ids()
     submit(broker, "a", 1, [entry("a", 1)], ids=ids)
     submit(broker, "b", 2, [entry("b", 1)], ids=ids)
-    result = broker.withdraw(
+    result = broker.tokens.withdraw(
         "b", batch_id(3), [ref("b"), ref("b", 9)], min_parties=2, now=NOW, sign_notice=sign
     )
     assert (result.withdrawn, result.unknown, result.replayed) == (1, 1, False)
     assert result.notified == ("a", "b")
     assert [p.split("|")[1] for p in inbox(broker, "a")] == ["NEW", "CLOSED"]
-    assert broker.count_groups() == 0
-    assert broker.count_groups(open_only=False) == 1
+    assert broker.tokens.count_groups() == 0
+    assert broker.tokens.count_groups(open_only=False) == 1
     before = table_counts(engine)
-    again = broker.withdraw(
+    again = broker.tokens.withdraw(
         "b", batch_id(3), [ref("b", 9), ref("b")], min_parties=2, now=NOW, sign_notice=sign
     )
     assert again == replace(result, replayed=True, notified=())
@@ -445,13 +450,13 @@ def test_expiry_drops_entries_and_tells_the_members(broker):
     submit(broker, "a", 1, [entry("a", 1, expires=soon), entry("a", 2, expires=soon)])
     submit(broker, "b", 2, [entry("b", 1), entry("b", 2)])
     submit(broker, "c", 3, [entry("c", 1)])
-    assert broker.expire(NOW, min_parties=2, sign_notice=sign).removed == 0
-    result = broker.expire(soon, min_parties=2, sign_notice=sign, limit=1)
+    assert broker.tokens.expire(NOW, min_parties=2, sign_notice=sign).removed == 0
+    result = broker.tokens.expire(soon, min_parties=2, sign_notice=sign, limit=1)
     assert result.more
     assert result.removed == 1
-    result = broker.expire(soon, min_parties=2, sign_notice=sign)
+    result = broker.tokens.expire(soon, min_parties=2, sign_notice=sign)
     assert (result.removed, result.more) == (1, False)
-    assert broker.count_tokens() == 3
+    assert broker.tokens.count_tokens() == 3
     kinds = sorted(p.split("|")[1] + p.split("|")[2] for p in inbox(broker, "a"))
     assert kinds == ["CLOSED2", "CLOSED3", "GROWN2", "NEW1", "NEW1"]
     assert [p.split("|")[1] for p in inbox(broker, "c")] == ["NEW", "SHRUNK"]
@@ -474,28 +479,28 @@ def test_the_sweep_s_notices_count_against_the_day_of_the_party_whose_entries_ex
         sent.append((draft.recipient, len(signed)))
         return signed
 
-    before, other = broker.usage("a"), broker.usage("b")
-    broker.expire(soon, min_parties=2, sign_notice=counting)
+    before, other = broker.tokens.usage("a"), broker.tokens.usage("b")
+    broker.tokens.expire(soon, min_parties=2, sign_notice=counting)
     to_others = sum(size for recipient, size in sent if recipient != "a")
     assert {recipient for recipient, _ in sent} == {"a", "b", "c"}
     assert to_others > 0
-    assert broker.usage("a") == replace(
+    assert broker.tokens.usage("a") == replace(
         before, day=matching.utc_day(soon), submitted=0, notice_bytes=to_others, held=0
     )
-    assert broker.usage("b") == other  # its entries did not expire
+    assert broker.tokens.usage("b") == other  # its entries did not expire
 
 
 def test_removing_a_party_closes_its_mailbox_and_tells_the_others(broker, engine):
     submit(broker, "a", 1, [entry("a", 1)])
     submit(broker, "b", 2, [entry("b", 1)])
     submit(broker, "c", 3, [entry("c", 1)])
-    result = broker.remove_party("c", min_parties=2, now=NOW, sign_notice=sign)
+    result = broker.tokens.remove_party("c", min_parties=2, now=NOW, sign_notice=sign)
     assert (result.removed, result.notified) == (1, ("a", "b"))
     assert inbox(broker, "a")[-1].startswith("a|SHRUNK|3|")
     for action in (
-        lambda: broker.fetch("c", 0, now=NOW),
-        lambda: broker.ack("c", 0),
-        lambda: broker.enqueue("c", b"x", ItemKind.ENVELOPE, NOW),
+        lambda: broker.mailboxes.fetch("c", 0, now=NOW),
+        lambda: broker.mailboxes.ack("c", 0),
+        lambda: broker.mailboxes.enqueue("c", b"x", ItemKind.ENVELOPE, NOW),
         lambda: submit(broker, "c", 9, [entry("c", 2)]),
     ):
         with pytest.raises(NotAllowed):
@@ -540,10 +545,12 @@ def test_open_groups_follow_the_entries_under_any_operations(operations):
                 submit(broker, party, n, entries, ids=ids, at=now)
             elif kind == "withdraw":
                 refs = [ref(party, r + k) for k in numbers]
-                broker.withdraw(party, batch_id(n), refs, min_parties=2, now=now, sign_notice=sign)
+                broker.tokens.withdraw(
+                    party, batch_id(n), refs, min_parties=2, now=now, sign_notice=sign
+                )
             else:
                 now += timedelta(days=days)
-                broker.expire(now, min_parties=2, sign_notice=sign)
+                broker.tokens.expire(now, min_parties=2, sign_notice=sign)
             with engine.connect() as conn:
                 rows = conn.execute(
                     sa.text("SELECT party_id, token, expires_at FROM token_entries")
@@ -595,7 +602,9 @@ def test_entries_held_follow_every_operation(broker, engine):
     ids = Ids()
 
     def check() -> None:
-        assert {p: broker.usage(p).held for p in held_by_party(engine)} == held_by_party(engine)
+        assert {p: broker.tokens.usage(p).held for p in held_by_party(engine)} == held_by_party(
+            engine
+        )
 
     submit(
         broker, "a", 1, [entry("a", 1, expires=soon), entry("a", 2), entry("a", 3, r=2)], ids=ids
@@ -605,18 +614,20 @@ def test_entries_held_follow_every_operation(broker, engine):
     # b touches token 1 after a's entry there expired: a's expired entry goes.
     submit(broker, "b", 3, [entry("b", 1, r=2)], ids=ids, at=soon + timedelta(hours=1))
     check()
-    assert broker.usage("a").held == 2
-    broker.withdraw("a", batch_id(4), [ref("a", 2)], min_parties=2, now=soon, sign_notice=sign)
+    assert broker.tokens.usage("a").held == 2
+    broker.tokens.withdraw(
+        "a", batch_id(4), [ref("a", 2)], min_parties=2, now=soon, sign_notice=sign
+    )
     check()
     submit(
         broker, "c", 5, [entry("c", 2, expires=soon + timedelta(days=1)), entry("c", 4)], ids=ids
     )
-    broker.expire(soon + timedelta(days=2), min_parties=2, sign_notice=sign)
+    broker.tokens.expire(soon + timedelta(days=2), min_parties=2, sign_notice=sign)
     check()
-    broker.remove_party("b", min_parties=2, now=soon, sign_notice=sign)
+    broker.tokens.remove_party("b", min_parties=2, now=soon, sign_notice=sign)
     check()
-    assert broker.usage("b").held == 0
-    assert broker.usage("nobody") == matching.Usage()
+    assert broker.tokens.usage("b").held == 0
+    assert broker.tokens.usage("nobody") == matching.Usage()
 
 
 def test_the_quotas_refuse_a_batch_whole_and_let_it_in_when_there_is_room(broker, engine):
@@ -624,45 +635,49 @@ def test_the_quotas_refuse_a_batch_whole_and_let_it_in_when_there_is_room(broker
 
     def batch(party, n, first, count, at):
         entries = [entry(party, k) for k in range(first, first + count)]
-        return broker.submit(
+        return broker.tokens.submit(
             party, batch_id(n), 1, entries, min_parties=2, now=at,
             new_group_id=Ids(), sign_notice=sign, rules=RULES,
         )  # fmt: skip
 
     batch("a", 1, 0, per_day * 6 // 10, NOW)
-    assert broker.usage("a") == matching.Usage(matching.utc_day(NOW), per_day * 6 // 10, 6000)
+    assert broker.tokens.usage("a") == matching.Usage(
+        matching.utc_day(NOW), per_day * 6 // 10, 6000
+    )
     before = table_counts(engine)
     with pytest.raises(QuotaExceeded) as refused:
         batch("a", 2, 10_000, per_day * 5 // 10, NOW + timedelta(hours=1))
     assert (refused.value.field, refused.value.reason) == ("entries", "quota.token_entries_per_day")
     assert table_counts(engine) == before
-    assert broker.usage("a").submitted == per_day * 6 // 10  # nothing counted
+    assert broker.tokens.usage("a").submitted == per_day * 6 // 10  # nothing counted
     # The next UTC day the daily quota has room, but 11,000 would be held.
     tomorrow = NOW + timedelta(days=1)
     with pytest.raises(QuotaExceeded) as held:
         batch("a", 2, 10_000, per_day * 5 // 10, tomorrow)
     assert held.value.reason == "quota.token_entries_held"
     assert table_counts(engine) == before
-    broker.withdraw("a", batch_id(3), [ref("a", 1)], min_parties=2, now=tomorrow, sign_notice=sign)
-    assert broker.usage("a").held == 0  # ref 1 named every entry of a
+    broker.tokens.withdraw(
+        "a", batch_id(3), [ref("a", 1)], min_parties=2, now=tomorrow, sign_notice=sign
+    )
+    assert broker.tokens.usage("a").held == 0  # ref 1 named every entry of a
     assert batch("a", 2, 10_000, per_day * 5 // 10, tomorrow).stored == 5000
-    assert broker.usage("a") == matching.Usage(matching.utc_day(tomorrow), 5000, 5000)
+    assert broker.tokens.usage("a") == matching.Usage(matching.utc_day(tomorrow), 5000, 5000)
     # A replayed batch counts nothing again.
     assert batch("a", 2, 10_000, per_day * 5 // 10, tomorrow).replayed
-    assert broker.usage("a").submitted == 5000
+    assert broker.tokens.usage("a").submitted == 5000
 
 
 def test_withdrawn_refs_count_against_the_day_like_submitted_entries(broker, engine):
     """Churning refs (withdraw one, submit it again) costs the day's quota both ways."""
     per_day = RULES.entries_per_day
     entries = [entry("a", k, r=k) for k in range(per_day - 2)]
-    broker.submit(
+    broker.tokens.submit(
         "a", batch_id(1), 1, entries, min_parties=2, now=NOW,
         new_group_id=Ids(), sign_notice=sign, rules=RULES,
     )  # fmt: skip
-    withdraw = partial(broker.withdraw, "a", min_parties=2, sign_notice=sign, rules=RULES)
+    withdraw = partial(broker.tokens.withdraw, "a", min_parties=2, sign_notice=sign, rules=RULES)
     assert withdraw(batch_id(2), [ref("a", 0), ref("a", 1)], now=NOW).withdrawn == 2
-    assert broker.usage("a").submitted == per_day
+    assert broker.tokens.usage("a").submitted == per_day
     before = table_counts(engine)
     with pytest.raises(QuotaExceeded) as refused:
         withdraw(batch_id(3), [ref("a", 2)], now=NOW)
@@ -673,7 +688,7 @@ def test_withdrawn_refs_count_against_the_day_like_submitted_entries(broker, eng
     assert table_counts(engine) == before  # nothing withdrawn, nothing recorded
     assert withdraw(batch_id(3), [ref("a", 2)], now=NOW + timedelta(days=1)).withdrawn == 1
     assert withdraw(batch_id(3), [ref("a", 2)], now=NOW + timedelta(days=1)).replayed
-    assert broker.usage("a").submitted == 1  # a replay counts nothing
+    assert broker.tokens.usage("a").submitted == 1  # a replay counts nothing
 
 
 def test_the_notices_a_party_causes_others_are_counted_and_bounded_per_day(broker, engine):
@@ -689,17 +704,17 @@ def test_the_notices_a_party_causes_others_are_counted_and_bounded_per_day(broke
         return sign(draft).ljust(300, b".")  # a notice of 300 bytes
 
     def send(n: int, refs: list[int], at: datetime) -> matching.Usage:
-        broker.submit(
+        broker.tokens.submit(
             "b", batch_id(n), 1, [entry("b", 1, r=r, box=box) for r in refs], min_parties=2,
             now=at, new_group_id=ids, sign_notice=big, rules=rules,
         )  # fmt: skip
-        return broker.usage("b")
+        return broker.tokens.usage("b")
 
     def take_back(n: int, r: int, at: datetime) -> matching.Usage:
-        broker.withdraw(
+        broker.tokens.withdraw(
             "b", batch_id(n), [ref("b", r)], min_parties=2, now=at, sign_notice=big, rules=rules
         )
-        return broker.usage("b")
+        return broker.tokens.usage("b")
 
     submit(broker, "a", 1, [entry("a", 1)], ids=ids, sign_notice=big)
     submit(broker, "c", 2, [entry("c", 1)], ids=ids, sign_notice=big)
@@ -714,7 +729,7 @@ def test_the_notices_a_party_causes_others_are_counted_and_bounded_per_day(broke
         "quota.hit_notice_bytes_per_day",
     )
     assert table_counts(engine) == before  # nothing withdrawn, no notice, no record
-    assert broker.usage("b").notice_bytes == 600
+    assert broker.tokens.usage("b").notice_bytes == 600
     with pytest.raises(QuotaExceeded) as refused:
         send(5, [4], NOW)
     assert (refused.value.field, refused.value.reason) == (
@@ -723,11 +738,11 @@ def test_the_notices_a_party_causes_others_are_counted_and_bounded_per_day(broke
     )
     assert table_counts(engine) == before
     # A batch that causes no notice to others still goes in (c, alone on token 9).
-    broker.submit(
+    broker.tokens.submit(
         "b", batch_id(6), 1, [entry("b", 9, r=9)], min_parties=2, now=NOW,
         new_group_id=ids, sign_notice=big, rules=rules,
     )  # fmt: skip
-    assert broker.usage("b").notice_bytes == 600
+    assert broker.tokens.usage("b").notice_bytes == 600
     # The next UTC day starts afresh: its first batch goes through whatever it causes.
     tomorrow = NOW + timedelta(days=1)
     assert take_back(4, 1, tomorrow).notice_bytes == 600
@@ -739,7 +754,7 @@ def test_an_expiry_beyond_the_covenant_s_retention_is_refused_and_stores_nothing
     before = table_counts(engine)
     far = NOW + timedelta(days=365 * 100)
     with pytest.raises(InvalidInput) as raised:
-        broker.submit(
+        broker.tokens.submit(
             "a", batch_id(1), 1, [entry("a", 1), entry("a", 2, expires=far)], min_parties=2,
             now=NOW, new_group_id=Ids(), sign_notice=sign, rules=RULES,
         )  # fmt: skip
@@ -755,37 +770,39 @@ def test_an_expiry_beyond_the_covenant_s_retention_is_refused_and_stores_nothing
 
 def test_mailbox_cursors_survive_reconnects(engine):
     first = BrokerStore(engine)
-    cursors = [first.enqueue("a", b"item %d" % i, ItemKind.ENVELOPE, NOW) for i in range(5)]
+    cursors = [
+        first.mailboxes.enqueue("a", b"item %d" % i, ItemKind.ENVELOPE, NOW) for i in range(5)
+    ]
     assert cursors == [1, 2, 3, 4, 5]
-    page = first.fetch("a", 0, 2, now=NOW)
+    page = first.mailboxes.fetch("a", 0, 2, now=NOW)
     assert [i.cursor for i in page.items] == [1, 2]
     assert (page.head_cursor, page.acked_cursor) == (5, 0)
-    assert first.ack("a", 2) == 2
+    assert first.mailboxes.ack("a", 2) == 2
 
     engine.dispose()  # the broker restarts: new connections, a new store
     second = BrokerStore(engine)
-    state = second.mailbox_state("a")
+    state = second.mailboxes.mailbox_state("a")
     assert (state.head_cursor, state.acked_cursor) == (5, 2)
-    assert [i.payload for i in second.fetch("a", state.acked_cursor, now=NOW).items] == [
+    assert [i.payload for i in second.mailboxes.fetch("a", state.acked_cursor, now=NOW).items] == [
         b"item 2",
         b"item 3",
         b"item 4",
     ]
     # The acknowledged ones are gone.
-    assert [i.cursor for i in second.fetch("a", 0, now=NOW).items] == [3, 4, 5]
-    assert second.ack("a", 1) == 2  # an older ack: no-op
+    assert [i.cursor for i in second.mailboxes.fetch("a", 0, now=NOW).items] == [3, 4, 5]
+    assert second.mailboxes.ack("a", 1) == 2  # an older ack: no-op
     with pytest.raises(InvalidInput) as raised:
-        second.ack("a", 6)
+        second.mailboxes.ack("a", 6)
     assert raised.value.field == "cursor"
-    assert second.ack("a", 5) == 5
-    assert second.fetch("a", 0, now=NOW).items == ()
-    assert second.enqueue("a", b"next", ItemKind.ENVELOPE, NOW) == 6  # never reused
+    assert second.mailboxes.ack("a", 5) == 5
+    assert second.mailboxes.fetch("a", 0, now=NOW).items == ()
+    assert second.mailboxes.enqueue("a", b"next", ItemKind.ENVELOPE, NOW) == 6  # never reused
 
 
 def test_readers_do_not_wait_for_a_writer(broker, engine):
     """Mailbox reads run beside a long write transaction (SQLite: a deferred BEGIN
     under WAL; PostgreSQL: MVCC)."""
-    broker.enqueue("a", b"first", ItemKind.ENVELOPE, NOW)
+    broker.mailboxes.enqueue("a", b"first", ItemKind.ENVELOPE, NOW)
     with engine.connect() as writer:
         writer.begin()
         writer.execute(sa.text("UPDATE mailbox_heads SET closed = closed"))
@@ -793,8 +810,8 @@ def test_readers_do_not_wait_for_a_writer(broker, engine):
         seen: list[int] = []
 
         def read() -> None:
-            seen.append(len(broker.fetch("a", 0, now=NOW).items))
-            seen.append(broker.count_tokens())
+            seen.append(len(broker.mailboxes.fetch("a", 0, now=NOW).items))
+            seen.append(broker.tokens.count_tokens())
             done.set()
 
         threading.Thread(target=read, daemon=True).start()
@@ -805,27 +822,27 @@ def test_readers_do_not_wait_for_a_writer(broker, engine):
 
 def test_fetch_respects_limits_and_sizes(broker):
     for i in range(3):
-        broker.enqueue("a", bytes(100) + bytes([i]), ItemKind.COVENANT_UPDATE, NOW)
+        broker.mailboxes.enqueue("a", bytes(100) + bytes([i]), ItemKind.COVENANT_UPDATE, NOW)
     # Each item costs its payload and ITEM_OVERHEAD_BYTES; the response its own overhead.
     room = mailbox.RESPONSE_OVERHEAD_BYTES + 2 * mailbox.wire_bytes(101)
-    assert len(broker.fetch("a", 0, now=NOW, budget=room).items) == 2
-    assert len(broker.fetch("a", 0, now=NOW, budget=room - 1).items) == 1
-    assert len(broker.fetch("a", 0, 1, now=NOW).items) == 1
-    assert broker.fetch("a", 0, now=NOW).items[0].kind is ItemKind.COVENANT_UPDATE
-    unknown = broker.fetch("nobody", 0, now=NOW)
+    assert len(broker.mailboxes.fetch("a", 0, now=NOW, budget=room).items) == 2
+    assert len(broker.mailboxes.fetch("a", 0, now=NOW, budget=room - 1).items) == 1
+    assert len(broker.mailboxes.fetch("a", 0, 1, now=NOW).items) == 1
+    assert broker.mailboxes.fetch("a", 0, now=NOW).items[0].kind is ItemKind.COVENANT_UPDATE
+    unknown = broker.mailboxes.fetch("nobody", 0, now=NOW)
     assert (unknown.items, unknown.head_cursor, unknown.acked_cursor) == ((), 0, 0)
-    assert broker.ack("nobody", 0) == 0
+    assert broker.mailboxes.ack("nobody", 0) == 0
 
 
 def test_an_item_too_large_for_any_message_is_set_aside_and_delivery_goes_on(broker, engine):
     """As if stored before the size limits: an item no message can carry. The fetch sets
     it aside (moved out, kept, audited), sends a marker at its cursor and goes on."""
     huge = b"\x01" * (common_pb2.LIMITS_MAX_MESSAGE_BYTES + 1)
-    broker.enqueue("a", b"before", ItemKind.HIT_NOTICE, NOW)
-    broker.enqueue("a", huge, ItemKind.HIT_NOTICE, NOW)
-    broker.enqueue("a", b"after", ItemKind.COVENANT_UPDATE, NOW)
+    broker.mailboxes.enqueue("a", b"before", ItemKind.HIT_NOTICE, NOW)
+    broker.mailboxes.enqueue("a", huge, ItemKind.HIT_NOTICE, NOW)
+    broker.mailboxes.enqueue("a", b"after", ItemKind.COVENANT_UPDATE, NOW)
     later = NOW + timedelta(minutes=5)
-    fetched = broker.fetch("a", 0, now=later)
+    fetched = broker.mailboxes.fetch("a", 0, now=later)
     assert [(i.cursor, i.kind) for i in fetched.items] == [
         (1, ItemKind.HIT_NOTICE),
         (2, ItemKind.SET_ASIDE),
@@ -834,21 +851,23 @@ def test_an_item_too_large_for_any_message_is_set_aside_and_delivery_goes_on(bro
     marker = broker_pb2.SetAsideItem.FromString(fetched.items[1].payload)
     assert (marker.kind, marker.size_bytes) == ("hit_notice", len(huge))
     assert marker.set_aside_at.ToDatetime(tzinfo=UTC) == later
-    (audited,) = broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
+    (audited,) = broker.audit.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
     assert dict(audited.details) == {"party": "a", "cursor": 2, "kind": "hit_notice",
                                      "bytes": len(huge), "reason": "too_large"}  # fmt: skip
     with engine.connect() as conn:
         kept = conn.execute(sa.text("SELECT cursor, kind, payload FROM set_aside_items")).one()
     assert (kept.cursor, kept.kind, bytes(kept.payload)) == (2, "hit_notice", huge)
     # Fetched again (the node did not acknowledge): the same marker, nothing set aside twice.
-    again = broker.fetch("a", 1, now=later + timedelta(minutes=1))
+    again = broker.mailboxes.fetch("a", 1, now=later + timedelta(minutes=1))
     assert [i.payload for i in again.items] == [i.payload for i in fetched.items[1:]]
-    assert len(broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)) == 1
+    assert len(broker.audit.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)) == 1
     # A second reader that found the same item sets nothing aside again.
-    broker._set_aside("a", broker._party_ids["a"], {2: SetAside.TOO_LARGE}, later)
-    assert len(broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)) == 1
-    assert broker.ack("a", 3) == 3
-    assert broker.fetch("a", 0, now=later).items == ()
+    broker.mailboxes._set_aside(
+        "a", broker.database._party_ids["a"], {2: SetAside.TOO_LARGE}, later
+    )
+    assert len(broker.audit.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)) == 1
+    assert broker.mailboxes.ack("a", 3) == 3
+    assert broker.mailboxes.fetch("a", 0, now=later).items == ()
     with engine.connect() as conn:  # the operator still has it
         assert conn.execute(sa.text("SELECT count(*) FROM set_aside_items")).scalar_one() == 1
 
@@ -856,33 +875,35 @@ def test_an_item_too_large_for_any_message_is_set_aside_and_delivery_goes_on(bro
 def test_a_fetch_takes_as_many_whole_items_as_fit_in_one_message(broker):
     third = common_pb2.LIMITS_MAX_MESSAGE_BYTES * 4 // 10
     for n in range(3):
-        broker.enqueue("a", bytes([n]) * third, ItemKind.ENVELOPE, NOW)
-    first = broker.fetch("a", 0, now=NOW)
+        broker.mailboxes.enqueue("a", bytes([n]) * third, ItemKind.ENVELOPE, NOW)
+    first = broker.mailboxes.fetch("a", 0, now=NOW)
     assert [i.cursor for i in first.items] == [1, 2]  # a third would pass the limit
-    assert [i.cursor for i in broker.fetch("a", 2, now=NOW).items] == [3]
-    assert broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE) == []
+    assert [i.cursor for i in broker.mailboxes.fetch("a", 2, now=NOW).items] == [3]
+    assert broker.audit.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE) == []
 
 
 def test_envelopes_are_relayed_once(broker):
     digest = hashlib.sha256(b"envelope").digest()
-    first = broker.relay_envelope(
+    first = broker.mailboxes.relay_envelope(
         "a", batch_id(1), digest, recipient="b", payload=b"sealed", now=NOW
     )
     assert (first.cursor, first.accepted_at, first.replayed) == (1, NOW, False)
-    again = broker.relay_envelope(
+    again = broker.mailboxes.relay_envelope(
         "a", batch_id(1), digest, recipient="b", payload=b"sealed", now=NOW + timedelta(hours=1)
     )
     assert again == replace(first, replayed=True)
-    assert [i.payload for i in broker.fetch("b", 0, now=NOW).items] == [b"sealed"]
+    assert [i.payload for i in broker.mailboxes.fetch("b", 0, now=NOW).items] == [b"sealed"]
     with pytest.raises(Replay) as raised:
-        broker.relay_envelope(
+        broker.mailboxes.relay_envelope(
             "a", batch_id(1), hashlib.sha256(b"other").digest(),
             recipient="b", payload=b"other", now=NOW,
         )  # fmt: skip
     assert raised.value.field == "client_message_id"
-    broker.close_mailbox("c")
+    broker.mailboxes.close_mailbox("c")
     with pytest.raises(NotAllowed) as closed:
-        broker.relay_envelope("a", batch_id(2), digest, recipient="c", payload=b"x", now=NOW)
+        broker.mailboxes.relay_envelope(
+            "a", batch_id(2), digest, recipient="c", payload=b"x", now=NOW
+        )
     assert closed.value.field == "envelope.recipient"
 
 
@@ -891,7 +912,7 @@ ENVELOPES = mailbox.EnvelopeRules(per_day=3, bytes_per_day=1000, bytes_waiting=1
 
 def relay(broker: BrokerStore, sender: str, n: int, recipient: str, size: int, at=NOW):
     payload = bytes([n % 256]) * size
-    return broker.relay_envelope(
+    return broker.mailboxes.relay_envelope(
         sender, batch_id(n), hashlib.sha256(payload).digest(), recipient=recipient,
         payload=payload, now=at, rules=ENVELOPES,
     )  # fmt: skip
@@ -903,7 +924,7 @@ def test_envelope_quotas_refuse_whole_and_the_room_frees_as_the_recipient_reads(
     acknowledgements, set-asides and removal give its room back."""
     relay(broker, "a", 1, "c", 400)
     relay(broker, "b", 2, "c", 400)
-    assert broker.envelope_usage("c").waiting_bytes == 800
+    assert broker.mailboxes.envelope_usage("c").waiting_bytes == 800
     before = table_counts(engine)
     with pytest.raises(QuotaExceeded) as full:
         relay(broker, "b", 3, "c", 300)  # 1100 would wait in c's mailbox
@@ -912,7 +933,9 @@ def test_envelope_quotas_refuse_whole_and_the_room_frees_as_the_recipient_reads(
         "quota.envelope_bytes_waiting",
     )
     assert table_counts(engine) == before
-    assert broker.envelope_usage("b") == mailbox.EnvelopeUsage(mailbox.utc_day(NOW), 1, 400)
+    assert broker.mailboxes.envelope_usage("b") == mailbox.EnvelopeUsage(
+        mailbox.utc_day(NOW), 1, 400
+    )
     relay(broker, "b", 4, "d", 500)  # other mailboxes still take b's envelopes
     with pytest.raises(QuotaExceeded) as too_many_bytes:
         relay(broker, "b", 5, "d", 101)  # 1001 bytes from b today
@@ -927,17 +950,19 @@ def test_envelope_quotas_refuse_whole_and_the_room_frees_as_the_recipient_reads(
     )
     assert relay(broker, "a", 6, "d", 10).replayed  # a repeat costs nothing
     # c reads its first envelope: its 400 bytes leave the room, and b's fits.
-    broker.ack("c", 1)
-    assert broker.envelope_usage("c").waiting_bytes == 400
+    broker.mailboxes.ack("c", 1)
+    assert broker.mailboxes.envelope_usage("c").waiting_bytes == 400
     later = NOW + timedelta(days=1)
     assert not relay(broker, "b", 3, "c", 300, at=later).replayed
-    assert broker.envelope_usage("c").waiting_bytes == 700
+    assert broker.mailboxes.envelope_usage("c").waiting_bytes == 700
     # An envelope set aside leaves the mailbox too; a removed party waits for nothing.
-    broker._set_aside("c", broker._party_ids["c"], {3: SetAside.MALFORMED}, later)
-    assert broker.envelope_usage("c").waiting_bytes == 400
-    broker.close_mailbox("c")
-    assert broker.envelope_usage("c").waiting_bytes == 0
-    assert broker.envelope_usage("nobody") == mailbox.EnvelopeUsage()
+    broker.mailboxes._set_aside(
+        "c", broker.database._party_ids["c"], {3: SetAside.MALFORMED}, later
+    )
+    assert broker.mailboxes.envelope_usage("c").waiting_bytes == 400
+    broker.mailboxes.close_mailbox("c")
+    assert broker.mailboxes.envelope_usage("c").waiting_bytes == 0
+    assert broker.mailboxes.envelope_usage("nobody") == mailbox.EnvelopeUsage()
 
 
 def test_a_stored_item_that_does_not_parse_is_set_aside_and_delivery_goes_on(broker, engine):
@@ -946,17 +971,17 @@ def test_a_stored_item_that_does_not_parse_is_set_aside_and_delivery_goes_on(bro
     aside with an audit entry, delivers a marker at its cursor and goes on."""
     envelope = broker_pb2.RelayedEnvelope(client_message_id=batch_id(1)).SerializeToString()
     notice = common_pb2.Signed(body=b"notice", signer="broker").SerializeToString()
-    broker.enqueue("a", envelope, ItemKind.ENVELOPE, NOW)
-    broker.enqueue("a", notice, ItemKind.HIT_NOTICE, NOW)
-    broker.enqueue("a", envelope, ItemKind.ENVELOPE, NOW)
+    broker.mailboxes.enqueue("a", envelope, ItemKind.ENVELOPE, NOW)
+    broker.mailboxes.enqueue("a", notice, ItemKind.HIT_NOTICE, NOW)
+    broker.mailboxes.enqueue("a", envelope, ItemKind.ENVELOPE, NOW)
     damaged = b"\xff\xff\xff\xff garbage"
     with engine.begin() as conn:
         conn.execute(
             sa.text("UPDATE mailbox_items SET payload = :p WHERE cursor = 2"), {"p": damaged}
         )
-    assert [i.kind for i in broker.fetch("a", 0, now=NOW).items][1] is ItemKind.HIT_NOTICE
+    assert [i.kind for i in broker.mailboxes.fetch("a", 0, now=NOW).items][1] is ItemKind.HIT_NOTICE
     later = NOW + timedelta(minutes=1)
-    fetched = broker.fetch("a", 0, now=later, parses=mailbox.parses)
+    fetched = broker.mailboxes.fetch("a", 0, now=later, parses=mailbox.parses)
     assert [(i.cursor, i.kind) for i in fetched.items] == [
         (1, ItemKind.ENVELOPE),
         (2, ItemKind.SET_ASIDE),
@@ -964,33 +989,35 @@ def test_a_stored_item_that_does_not_parse_is_set_aside_and_delivery_goes_on(bro
     ]
     marker = broker_pb2.SetAsideItem.FromString(fetched.items[1].payload)
     assert (marker.kind, marker.size_bytes) == ("hit_notice", len(damaged))
-    (audited,) = broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
+    (audited,) = broker.audit.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)
     assert dict(audited.details) == {"party": "a", "cursor": 2, "kind": "hit_notice",
                                      "bytes": len(damaged), "reason": "malformed"}  # fmt: skip
     with engine.connect() as conn:
         kept = conn.execute(sa.text("SELECT cursor, kind, payload FROM set_aside_items")).one()
     assert (kept.cursor, kept.kind, bytes(kept.payload)) == (2, "hit_notice", damaged)
-    assert broker.fetch("a", 1, now=later, parses=mailbox.parses).items == fetched.items[1:]
-    assert len(broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)) == 1
+    assert (
+        broker.mailboxes.fetch("a", 1, now=later, parses=mailbox.parses).items == fetched.items[1:]
+    )
+    assert len(broker.audit.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)) == 1
     # A damaged marker is replaced by a new one (it held nothing to keep).
     with engine.begin() as conn:
         conn.execute(
             sa.text("UPDATE mailbox_items SET payload = :p WHERE cursor = 2"), {"p": damaged}
         )
-    again = broker.fetch("a", 1, now=later, parses=mailbox.parses)
+    again = broker.mailboxes.fetch("a", 1, now=later, parses=mailbox.parses)
     marker = broker_pb2.SetAsideItem.FromString(again.items[0].payload)
     assert (again.items[0].cursor, marker.kind, marker.size_bytes) == (
         2,
         "set_aside",
         len(damaged),
     )
-    assert len(broker.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)) == 2
-    assert broker.ack("a", 3) == 3
+    assert len(broker.audit.audit_entries(kind=AuditKind.MAILBOX_ITEM_SET_ASIDE)) == 2
+    assert broker.mailboxes.ack("a", 3) == 3
 
 
 def test_notices_to_a_closed_mailbox_are_dropped_not_fatal(broker):
     submit(broker, "a", 1, [entry("a", 1)])
-    broker.close_mailbox("a")
+    broker.mailboxes.close_mailbox("a")
     result = submit(broker, "b", 2, [entry("b", 1)])
     assert result.notified == ("b",)
 
@@ -1015,7 +1042,7 @@ def test_concurrent_batches_on_one_token_never_miss_the_hit(engine):
         try:
             store_ = BrokerStore(engine)
             barrier.wait()
-            store_.submit(
+            store_.tokens.submit(
                 party, batch_id(1), 1, [entry(party, 1)],
                 min_parties=2, now=NOW, new_group_id=new_id, sign_notice=sign,
             )  # fmt: skip
@@ -1029,7 +1056,7 @@ def test_concurrent_batches_on_one_token_never_miss_the_hit(engine):
         t.join()
     assert errors == []
     broker = BrokerStore(engine)
-    (group,) = broker.open_groups()
+    (group,) = broker.tokens.open_groups()
     assert group.revision == len(parties) - 1
     revisions = sorted(
         int(p.split("|")[2]) for p in inbox(broker, parties[0]) + inbox(broker, parties[1])
@@ -1119,8 +1146,8 @@ def test_migration_0005_counts_what_parties_hold_and_gives_back_what_was_set_asi
                 )
         database.upgrade(engine, MIGRATIONS)
         broker = BrokerStore(engine)
-        assert (broker.usage("a").held, broker.usage("b").held) == (3, 1)
-        kinds = [i.kind for i in broker.fetch("a", 0, now=NOW).items]
+        assert (broker.tokens.usage("a").held, broker.tokens.usage("b").held) == (3, 1)
+        kinds = [i.kind for i in broker.mailboxes.fetch("a", 0, now=NOW).items]
         assert kinds == [ItemKind.SET_ASIDE, ItemKind.ENVELOPE]
         database.downgrade(engine, MIGRATIONS, "0004")
         with engine.begin() as conn:
@@ -1158,9 +1185,9 @@ def test_migration_0006_counts_the_envelope_bytes_waiting_in_every_mailbox(datab
                 conn.execute(sa.text(statement), values)
         database.upgrade(engine, MIGRATIONS)
         broker = BrokerStore(engine)
-        assert broker.envelope_usage("a") == mailbox.EnvelopeUsage(0, 0, 0, 12)
-        assert broker.envelope_usage("b") == mailbox.EnvelopeUsage()
-        assert broker.usage("a") == matching.Usage()
+        assert broker.mailboxes.envelope_usage("a") == mailbox.EnvelopeUsage(0, 0, 0, 12)
+        assert broker.mailboxes.envelope_usage("b") == mailbox.EnvelopeUsage()
+        assert broker.tokens.usage("a") == matching.Usage()
         database.downgrade(engine, MIGRATIONS, "0005")
         assert "envelope_usage" not in sa.inspect(engine).get_table_names()
         database.upgrade(engine, MIGRATIONS)
@@ -1175,14 +1202,14 @@ def test_the_store_and_the_migration_agree_on_the_partition_size():
     migration = importlib.import_module(
         "samenloop.broker.migrations.versions.0004_partitioned_token_entries"
     )
-    assert migration.PARTITION_IDS == store.PARTITION_IDS
+    assert migration.PARTITION_IDS == token_index.PARTITION_IDS
 
 
 def test_batches_cross_into_partitions_the_store_creates(pg_engine):
     """Near the end of the last partition the store adds the next one, in the
     transaction that needs it; tokens in different partitions still match."""
     with pg_engine.begin() as conn:
-        end = 2 * store.PARTITION_IDS
+        end = 2 * token_index.PARTITION_IDS
         conn.execute(sa.text("SELECT setval('token_entries_id_seq', :v)"), {"v": end - 10})
     broker = BrokerStore(pg_engine)
     ids = Ids()
@@ -1194,15 +1221,15 @@ def test_batches_cross_into_partitions_the_store_creates(pg_engine):
             ).all()
         )
     # setval(end - 10): the next ids are end - 9 .. end + 15
-    assert placed == {f"token_entries_p{store.PARTITION_IDS}": 9, f"token_entries_p{end}": 16}
+    assert placed == {f"token_entries_p{token_index.PARTITION_IDS}": 9, f"token_entries_p{end}": 16}
     result = submit(broker, "b", 2, [entry("b", 0), entry("b", 24)], ids=ids)
     assert result.notified == ("a", "b")
-    assert len(broker.open_groups()) == 2
-    withdrawn = broker.withdraw(
+    assert len(broker.tokens.open_groups()) == 2
+    withdrawn = broker.tokens.withdraw(
         "a", batch_id(3), [ref("a", 0), ref("a", 24)], min_parties=2, now=NOW, sign_notice=sign
     )
     assert withdrawn.withdrawn == 2
-    assert broker.open_groups() == []
+    assert broker.tokens.open_groups() == []
 
 
 @pytest.fixture
@@ -1210,7 +1237,7 @@ def small_partitions(own_postgres_url, monkeypatch) -> Iterator[sa.Engine]:
     """A database of its own whose partitions take 1,000 ids each (and half of that as
     margin), from 2,000,000: the migration's two partitions of a million ids, which
     the store would not take at this size, are replaced by one of 1,000."""
-    monkeypatch.setattr(store, "PARTITION_IDS", 1000)
+    monkeypatch.setattr(token_index, "PARTITION_IDS", 1000)
     engine = database.make_engine(own_postgres_url)
     database.upgrade(engine, MIGRATIONS)
     with engine.begin() as conn:
@@ -1227,7 +1254,7 @@ def small_partitions(own_postgres_url, monkeypatch) -> Iterator[sa.Engine]:
 
 
 def test_a_partition_layout_the_filter_cannot_follow_is_refused(own_postgres_url, monkeypatch):
-    monkeypatch.setattr(store, "PARTITION_IDS", 1000)  # the migration's take a million
+    monkeypatch.setattr(token_index, "PARTITION_IDS", 1000)  # the migration's take a million
     engine = database.make_engine(own_postgres_url)
     database.upgrade(engine, MIGRATIONS)
     try:
@@ -1255,8 +1282,8 @@ def test_rolled_back_inserts_do_not_leave_the_partitions_behind(small_partitions
     batch = [entry("b", 0)] + [entry("b", 90_000 + k, r=k) for k in range(149)]
     assert submit(broker, "b", 20, batch).notified == ("a", "b")
     # The filter knows both partitions; a later batch finds tokens in either.
-    assert broker._seen is not None
-    assert broker._seen.partitions.starts == [2_000_000, 2_001_000]
+    assert broker.tokens.index._seen is not None
+    assert broker.tokens.index._seen.partitions.starts == [2_000_000, 2_001_000]
     later = [entry("c", 0), entry("c", 90_000), entry("c", 90_148)]
     assert submit(broker, "c", 21, later).notified == ("a", "b", "c")
 
@@ -1286,12 +1313,12 @@ def test_tokens_are_looked_up_only_in_the_partitions_that_may_hold_them(
     for n in range(3):  # one partition each
         submit(loader, "a", n, [entry("a", 1000 * n + k, r=k) for k in range(1000)])
     asked: list[set[int]] = []
-    original = BrokerStore._driver
+    original = BrokerDatabase.driver
 
     def recording(self, tx):
         return _Recording(original(self, tx), asked)
 
-    monkeypatch.setattr(BrokerStore, "_driver", recording)
+    monkeypatch.setattr(BrokerDatabase, "driver", recording)
     # The loader's filter learnt its own inserts; a new one scans the index.
     # (b's entries go to the next partition, 2,003,000.)
     for broker, party, partitions in (
@@ -1302,7 +1329,7 @@ def test_tokens_are_looked_up_only_in_the_partitions_that_may_hold_them(
         result = submit(broker, party, ord(party), wanted)
         assert set(result.notified) == {"a", "b", party}
         assert asked.pop() == partitions
-    assert sorted(g.token for g in loader.open_groups()) == [token(5), token(2999)]
+    assert sorted(g.token for g in loader.tokens.open_groups()) == [token(5), token(2999)]
 
 
 def test_a_second_process_s_rows_in_a_new_partition_are_caught_up_by_id(small_partitions):
@@ -1312,9 +1339,9 @@ def test_a_second_process_s_rows_in_a_new_partition_are_caught_up_by_id(small_pa
     submit(second, "b", 2, [entry("b", 10 + k, r=k) for k in range(1500)])
     wanted = [entry("c", 10), entry("c", 1509), entry("c", 99_999)]
     assert set(submit(first, "c", 3, wanted).notified) == {"b", "c"}
-    assert sorted(g.token for g in first.open_groups()) == sorted([token(10), token(1509)])
-    assert first._seen is not None
-    assert first._seen.partitions.starts == [2_000_000, 2_001_000]
+    assert sorted(g.token for g in first.tokens.open_groups()) == sorted([token(10), token(1509)])
+    assert first.tokens.index._seen is not None
+    assert first.tokens.index._seen.partitions.starts == [2_000_000, 2_001_000]
 
 
 def test_the_filter_learns_only_what_committed(small_partitions, monkeypatch):
@@ -1322,7 +1349,7 @@ def test_the_filter_learns_only_what_committed(small_partitions, monkeypatch):
     partition is gone with it, and the filter never heard of either."""
     broker, ids = BrokerStore(small_partitions), Ids()
     submit(broker, "a", 1, [entry("a", k, r=k) for k in range(900)], ids=ids)  # to 2,000,899
-    original = BrokerStore._audit
+    original = BrokerDatabase.audit
     failures = [RuntimeError("the audit log is down")]
 
     def audit_fails_once(self, tx, events, now):
@@ -1330,15 +1357,15 @@ def test_the_filter_learns_only_what_committed(small_partitions, monkeypatch):
             raise failures.pop()
         return original(self, tx, events, now)
 
-    monkeypatch.setattr(BrokerStore, "_audit", audit_fails_once)
+    monkeypatch.setattr(BrokerDatabase, "audit", audit_fails_once)
     crossing = [entry("b", 0)] + [entry("b", 5000 + k, r=k) for k in range(199)]
     with pytest.raises(RuntimeError, match="audit log is down"):
         submit(broker, "b", 2, crossing, ids=ids)
-    assert broker._seen is not None
-    assert broker._seen.partitions.starts == [2_000_000]
+    assert broker.tokens.index._seen is not None
+    assert broker.tokens.index._seen.partitions.starts == [2_000_000]
     # The same batch again: it is looked up, stored and matched as if for the first time.
     assert submit(broker, "b", 2, crossing, ids=ids).notified == ("a", "b")
-    assert broker._seen.partitions.starts == [2_000_000, 2_001_000]
+    assert broker.tokens.index._seen.partitions.starts == [2_000_000, 2_001_000]
     later = [entry("c", 5000), entry("c", 5198)]  # in the first partition, and the new one
     assert set(submit(broker, "c", 3, later, ids=ids).notified) == {"b", "c"}
 
@@ -1347,8 +1374,8 @@ def test_a_new_filter_finds_the_row_at_a_partition_s_first_id(small_partitions):
     submit(BrokerStore(small_partitions), "a", 1, [entry("a", 0)])  # id 2,000,000
     fresh = BrokerStore(small_partitions)
     assert submit(fresh, "b", 2, [entry("b", 0)]).notified == ("a", "b")
-    assert fresh._seen is not None
-    assert fresh._seen.partitions.starts == [2_000_000]
+    assert fresh.tokens.index._seen is not None
+    assert fresh.tokens.index._seen.partitions.starts == [2_000_000]
 
 
 def test_a_malformed_token_is_refused_by_name_once_the_filter_looks_ahead(pg_engine):
@@ -1361,7 +1388,7 @@ def test_a_malformed_token_is_refused_by_name_once_the_filter_looks_ahead(pg_eng
         with pytest.raises(InvalidInput, match="token must be 32 bytes") as raised:
             submit(broker, "b", 2 + n, [entry("b", 0), malformed])
         assert raised.value.field == "entries[1].token"
-    assert broker.count_tokens() == 1
+    assert broker.tokens.count_tokens() == 1
     assert submit(broker, "b", 9, [entry("b", 0)]).notified == ("a", "b")
 
 
@@ -1369,13 +1396,13 @@ def test_the_filter_can_be_built_before_the_first_submission(pg_engine, sqlite_u
     loader = BrokerStore(pg_engine)
     submit(loader, "a", 1, [entry("a", n, r=n) for n in range(5)])
     started = BrokerStore(pg_engine)
-    assert started.prepare_index() == 5
-    built = started._seen
+    assert started.tokens.prepare_index() == 5
+    built = started.tokens.index._seen
     assert submit(started, "b", 2, [entry("b", 3)]).notified == ("a", "b")
-    assert started._seen is built  # caught up by id, not scanned again
+    assert started.tokens.index._seen is built  # caught up by id, not scanned again
     sqlite = database.make_engine(sqlite_url)
     try:
-        assert BrokerStore(sqlite).prepare_index() is None
+        assert BrokerStore(sqlite).tokens.prepare_index() is None
     finally:
         sqlite.dispose()
 
@@ -1389,16 +1416,16 @@ def test_a_second_broker_process_never_misses_what_the_first_indexed(pg_engine):
     submit(second, "b", 2, [entry("b", n) for n in range(10)], ids=ids)
     result = submit(first, "c", 3, [entry("c", 3), entry("c", 200)], ids=ids)
     assert result.notified == ("b", "c")
-    assert [g.token for g in first.open_groups()] == [token(3)]
+    assert [g.token for g in first.tokens.open_groups()] == [token(3)]
     # And the other way round: second's filter learns of first's inserts.
     result = submit(second, "d", 4, [entry("d", 200)], ids=ids)
     assert result.notified == ("c", "d")
-    assert first._seen is not None
-    assert second._seen is not None
+    assert first.tokens.index._seen is not None
+    assert second.tokens.index._seen is not None
     with pg_engine.connect() as conn:
         newest = conn.execute(sa.text("SELECT max(id) FROM token_entries")).scalar_one()
-    assert second._seen.last_id == newest
-    assert first._seen.last_id < newest  # it reads second's last row at its next batch
+    assert second.tokens.index._seen.last_id == newest
+    assert first.tokens.index._seen.last_id < newest  # it reads second's last row at its next batch
 
 
 def test_a_filter_grown_too_full_is_built_anew_and_bigger(pg_engine, monkeypatch):
@@ -1406,31 +1433,31 @@ def test_a_filter_grown_too_full_is_built_anew_and_bigger(pg_engine, monkeypatch
     monkeypatch.setattr(token_filter, "MIN_INDEX_PREFIXES", 1)
     broker = BrokerStore(pg_engine)
     submit(broker, "a", 1, [entry("a", 0)])
-    small = broker._seen
+    small = broker.tokens.index._seen
     assert small is not None
     assert small.prefixes.bits == 64
     submit(broker, "a", 2, [entry("a", n, r=n) for n in range(1, 10)])  # 10 prefixes
-    assert broker._seen is small
+    assert broker.tokens.index._seen is small
     assert small.wants_rebuild
     result = submit(broker, "b", 3, [entry("b", 0), entry("b", 9), entry("b", 99)])
     assert result.notified == ("a", "b")
-    assert broker._seen is not small  # scanned again, sized for the rows there are
-    assert broker._seen.prefixes.bits == 256
-    assert broker._seen.prefixes.added == 13
+    assert broker.tokens.index._seen is not small  # scanned again, sized for the rows there are
+    assert broker.tokens.index._seen.prefixes.bits == 256
+    assert broker.tokens.index._seen.prefixes.added == 13
 
 
 def test_a_filter_far_behind_is_built_anew_from_the_index(pg_engine, monkeypatch):
-    monkeypatch.setattr(store, "_FILTER_CATCH_UP_ROWS", 3)
+    monkeypatch.setattr(token_index, "_FILTER_CATCH_UP_ROWS", 3)
     first, second = BrokerStore(pg_engine), BrokerStore(pg_engine)
     ids = Ids()
     submit(first, "a", 1, [entry("a", 100)], ids=ids)
-    built = first._seen
+    built = first.tokens.index._seen
     submit(second, "b", 2, [entry("b", n) for n in range(10)], ids=ids)
     result = submit(first, "c", 3, [entry("c", 7)], ids=ids)
     assert result.notified == ("b", "c")
-    assert first._seen is not built  # scanned again rather than read row by row
-    assert first._seen is not None
-    assert first._seen.prefixes.added == 12
+    assert first.tokens.index._seen is not built  # scanned again rather than read row by row
+    assert first.tokens.index._seen is not None
+    assert first.tokens.index._seen.prefixes.added == 12
 
 
 def test_the_first_submission_scans_the_index_partition_by_partition(small_partitions):
@@ -1443,20 +1470,20 @@ def test_the_first_submission_scans_the_index_partition_by_partition(small_parti
     wanted = [entry("b", 0), entry("b", 5500), entry("b", 11_999), entry("b", 50_000)]
     result = submit(fresh, "b", 99, wanted)
     assert result.stored == 4
-    assert sorted(g.token for g in fresh.open_groups()) == sorted([token(0), token(11_999)])
-    assert fresh._seen is not None
-    assert fresh._seen.prefixes.added == 11_004
+    assert sorted(g.token for g in fresh.tokens.open_groups()) == sorted([token(0), token(11_999)])
+    assert fresh.tokens.index._seen is not None
+    assert fresh.tokens.index._seen.prefixes.added == 11_004
     starts = [2_000_000 + 1000 * n for n in range(13) if n != 5]  # b's went to 2,012,000
-    assert fresh._seen.partitions.starts == starts
+    assert fresh.tokens.index._seen.partitions.starts == starts
     with small_partitions.connect() as conn:
         newest = conn.execute(sa.text("SELECT max(id) FROM token_entries")).scalar_one()
-    assert fresh._seen.last_id == newest
+    assert fresh.tokens.index._seen.last_id == newest
 
 
 def test_prefix_is_a_signed_64_bit_integer():
-    assert store.prefix64(b"\x00" * 32) == 0
-    assert store.prefix64(b"\xff" * 8 + b"\x00" * 24) == -1
-    assert store.prefix64(b"\x7f" + b"\xff" * 7) == 2**63 - 1
+    assert token_index.prefix64(b"\x00" * 32) == 0
+    assert token_index.prefix64(b"\xff" * 8 + b"\x00" * 24) == -1
+    assert token_index.prefix64(b"\x7f" + b"\xff" * 7) == 2**63 - 1
     assert matching.TOKEN_BYTES == 32
 
 

@@ -217,6 +217,54 @@ def test_every_repository_shares_the_one_database():
     engine.dispose()
 
 
+#: The broker's repositories, each over the ones before it: a module may import only those
+#: listed before it (``store`` composes them all).
+BROKER_REPOSITORIES = [
+    "database",
+    "mailbox_store",
+    "token_index",
+    "token_store",
+    "covenant_store",
+    "store",
+]
+
+
+@pytest.mark.parametrize("position", range(len(BROKER_REPOSITORIES)))
+def test_the_broker_repositories_import_only_those_beneath_them(position):
+    """Issue 14: the broker's store split by capability. ``database`` holds the one engine
+    and transaction helper; ``mailbox_store`` knows no matching, ``token_store`` no
+    covenant versions; none of them knows gRPC or the servicer."""
+    module = BROKER_REPOSITORIES[position]
+    above = {f"samenloop.broker.{name}" for name in BROKER_REPOSITORIES[position + 1 :]}
+    above |= {"samenloop.broker.service", "samenloop.broker.server", "samenloop.broker.relay"}
+    imported = _imports(ROOT / "broker" / f"{module}.py")
+    offenders = sorted(name for name in imported if name in above or name.split(".")[0] == "grpc")
+    assert offenders == []
+
+
+def test_the_broker_repositories_share_one_database():
+    """One engine, one transaction helper, one party cache: each repository holds the same
+    ``BrokerDatabase`` (composed, not inherited), so that matching's notices and a covenant's
+    removals commit with the mailboxes they fill, and what one commits the others know."""
+    import sqlalchemy as sa
+
+    from samenloop.broker.database import BrokerDatabase
+    from samenloop.broker.store import BrokerStore
+
+    engine = sa.create_engine("sqlite://")
+    try:
+        store = BrokerStore(engine)
+    finally:
+        engine.dispose()
+    repositories = (store.tokens, store.tokens.index, store.mailboxes, store.covenants)
+    assert all(r._db is store.database for r in repositories)
+    assert store.audit is store.database
+    assert store.tokens._mailboxes is store.mailboxes is store.covenants._mailboxes
+    assert store.covenants._tokens is store.tokens
+    assert not any(isinstance(r, BrokerDatabase) for r in repositories)
+    assert not isinstance(store, BrokerDatabase)
+
+
 # --- module size ------------------------------------------------------------------------------
 
 #: A module a reader can hold; beyond it, the module says at its top why it is one.

@@ -107,8 +107,12 @@ class Cluster(in_process.Cluster):
         payload = self.provisioned.sign(draft).to_proto().SerializeToString()
         stamp = self.provisioned.stamp(draft, now=datetime.now(UTC)).signed
         for party in self.nodes:
-            self.broker.store.enqueue(party, payload, ItemKind.COVENANT_UPDATE, datetime.now(UTC))
-            self.broker.store.enqueue(party, stamp, ItemKind.COVENANT_TIMESTAMP, datetime.now(UTC))
+            self.broker.store.mailboxes.enqueue(
+                party, payload, ItemKind.COVENANT_UPDATE, datetime.now(UTC)
+            )
+            self.broker.store.mailboxes.enqueue(
+                party, stamp, ItemKind.COVENANT_TIMESTAMP, datetime.now(UTC)
+            )
         self.broker.service._bell.ring(list(self.nodes))
         for party in self.nodes:
             wait_for(

@@ -89,7 +89,7 @@ class Cluster(in_process.Cluster):
     """The covenant of these tests, with its broker and nodes running in this process."""
 
     def tokens_at_broker(self) -> int:
-        return int(self.broker.store.count_tokens())
+        return int(self.broker.store.tokens.count_tokens())
 
     def advance(self, delta: timedelta) -> None:
         """Move the shared clock on by ``delta``, with a covenant timestamp issued at the new
@@ -329,7 +329,7 @@ def test_a_batch_over_the_broker_s_daily_quota_waits_in_the_outbox_for_the_next_
     assert at_broker <= per_day
     assert counts.identifiers_pending + counts.outbox_entries + at_broker == per_day + 1
     assert "broker quota reached" in error
-    assert cluster.broker.store.usage(GEMEENTE_B).submitted == at_broker  # batches are whole
+    assert cluster.broker.store.tokens.usage(GEMEENTE_B).submitted == at_broker  # batches are whole
     cluster.advance(timedelta(days=1))
     cluster.nodes[GEMEENTE_B].uplink.wake.set()
     wait_for(
@@ -371,9 +371,9 @@ def test_an_envelope_over_the_broker_s_daily_quota_waits_in_the_outbox_for_the_n
     assert "broker quota reached" in error
     repositories = cluster.nodes[GEMEENTE].repositories
     assert len(repositories.shared.envelope_outbox()) == 1  # kept, not dropped
-    usage = cluster.broker.store.envelope_usage(GEMEENTE)
+    usage = cluster.broker.store.mailboxes.envelope_usage(GEMEENTE)
     time.sleep(2 * IDLE_SECONDS)  # the work loop runs meanwhile: it does not try again
-    assert cluster.broker.store.envelope_usage(GEMEENTE) == usage
+    assert cluster.broker.store.mailboxes.envelope_usage(GEMEENTE) == usage
     with pytest.raises(NotFound):
         cluster.clients[WOCO].disclosure(second.request_id)
     # To the next UTC day, where the quota starts again: just past midnight, not a whole
@@ -442,7 +442,7 @@ def test_expired_signals_leave_the_broker_and_close_the_hits(
     with_woco = cluster.hit_with(GEMEENTE, WOCO)
     with_b = cluster.hit_with(GEMEENTE, GEMEENTE_B)
     assert cluster.tokens_at_broker() == 4
-    assert cluster.broker.store.count_groups() == 2
+    assert cluster.broker.store.tokens.count_groups() == 2
 
     # An hour and a half on: woco's node sweeps its expired signal and withdraws it.
     cluster.clock.advance(timedelta(hours=1, minutes=30))
@@ -455,14 +455,14 @@ def test_expired_signals_leave_the_broker_and_close_the_hits(
     assert closed.last_kind is HitKind.CLOSED
     assert woco.signal("W-1").state is SignalState.EXPIRED
     wait_for("woco's token gone from the broker", lambda: cluster.tokens_at_broker() == 3)
-    assert cluster.broker.store.count_groups() == 1
+    assert cluster.broker.store.tokens.count_groups() == 1
 
     # Later still, with gemeente-b's node offline: the broker's own sweep drops its token.
     cluster.stop(GEMEENTE_B)
     cluster.clock.advance(timedelta(hours=1))
     assert cluster.broker.service.expire() == 1, "the broker's sweep dropped nothing"
     assert cluster.tokens_at_broker() == 2
-    assert cluster.broker.store.count_groups() == 0
+    assert cluster.broker.store.tokens.count_groups() == 0
     closed = wait_for(
         "the gemeente's hit with gemeente-b closed",
         lambda: (h := gemeente.hit(with_b.group_id)).state is HitState.CLOSED and h,

@@ -149,7 +149,9 @@ def broker_store(covenant_run: CovenantRun) -> Iterator[BrokerStore]:
 def deliver(run: CovenantRun, store: BrokerStore, party: str, signed: common_pb2.Signed) -> None:
     """Put a forged notice in ``party``'s mailbox and wait until its node holds the hit (the
     broker's stream finds the item at its next look, a heartbeat at most)."""
-    store.enqueue(party, signed.SerializeToString(), ItemKind.HIT_NOTICE, datetime.now(UTC))
+    store.mailboxes.enqueue(
+        party, signed.SerializeToString(), ItemKind.HIT_NOTICE, datetime.now(UTC)
+    )
     group = broker_pb2.HitNotice.FromString(signed.body).hit_group_id
 
     def held() -> bool:

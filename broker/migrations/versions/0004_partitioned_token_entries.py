@@ -10,7 +10,7 @@ most of those leaves are misses, and a batch costs more the larger the index. Wi
 ``token_entries`` partitioned by ranges of row ids, inserts go to the newest
 partition only, whose indexes stay cached; lookups, which the broker's prefix
 filter keeps to the few tokens that may be held, visit every partition. The broker
-creates the next partition before ids reach it (``BrokerStore._ensure_partitions``).
+creates the next partition before ids reach it (``TokenIndex.ensure_partitions``).
 
 SQLite keeps one table: its B-tree lives in the broker's own page cache.
 Same columns, checks and index names as before, so that the models still describe
@@ -28,7 +28,7 @@ down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-#: Row ids per partition; the store's ``PARTITION_IDS`` must be the same.
+#: Row ids per partition; ``broker/token_index.py``'s ``PARTITION_IDS`` must be the same.
 PARTITION_IDS = 1_000_000
 
 _INDEXES = {

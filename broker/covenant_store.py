@@ -1,0 +1,202 @@
+"""The covenant versions the broker accepted, and the covenant timestamps it verified.
+
+Every public method is one database transaction, and returns only after it committed. A
+version is recorded, put in every recipient's mailbox and enforced (the parties it removed
+cut off, through :meth:`TokenStore.remove_party_in`) in one transaction, so a crash leaves
+either the old version in force or the new one delivered and enforced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import insert, select, update
+
+from samenloop.broker.database import BrokerDatabase, Tx, check_party, utc
+from samenloop.broker.mailbox import ItemKind
+from samenloop.broker.mailbox_store import MailboxStore
+from samenloop.broker.matching import DEFAULT_VISIBILITY, VisibilityRule
+from samenloop.broker.models import CovenantTimestamp, CovenantVersion
+from samenloop.broker.token_store import RemovalResult, SignNotice, TokenStore
+from samenloop.policies.audit import AuditEvent, AuditKind
+from samenloop.policies.errors import InvalidInput
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampRecord:
+    """A covenant timestamp the broker verified, as it keeps it: the version it vouches
+    for, the ``Signed`` bytes as received, and its times."""
+
+    version: int
+    signed: bytes
+    issued_at: datetime
+    expires_at: datetime
+
+
+class CovenantStore:
+    """The accepted covenant versions and the verified covenant timestamps."""
+
+    def __init__(
+        self, database: BrokerDatabase, mailboxes: MailboxStore, tokens: TokenStore
+    ) -> None:
+        self._db = database
+        self._mailboxes = mailboxes
+        self._tokens = tokens
+
+    def publish_covenant(
+        self,
+        *,
+        version: int,
+        signed: bytes,
+        recipients: Sequence[str],
+        removed: Sequence[str],
+        min_parties: int,
+        now: datetime,
+        sign_notice: SignNotice,
+        visibility: VisibilityRule = DEFAULT_VISIBILITY,
+        timestamp: TimestampRecord | None = None,
+    ) -> list[RemovalResult]:
+        """Record an accepted covenant version, put it in every recipient's mailbox and cut
+        off the parties it removed — all in one transaction, so a crash leaves either the
+        old version in force or the new one delivered and enforced. A ``timestamp`` for
+        the new version (verified by the caller) is kept and delivered after it."""
+        now = utc(now)
+        for party in (*recipients, *removed):
+            check_party(party)
+        with self._db.write(matching=True) as tx:
+            tx.conn.execute(
+                insert(CovenantVersion).values(version=version, signed=signed, accepted_at=now)
+            )
+            self._mailboxes.put(
+                tx,
+                {party: [(ItemKind.COVENANT_UPDATE, signed)] for party in recipients},
+                now,
+                skip_closed=True,
+            )
+            if timestamp is not None:
+                if timestamp.version != version:
+                    raise InvalidInput(
+                        "the timestamp is for another version", field="covenant_timestamp"
+                    )
+                self._put_timestamp(tx, timestamp, recipients, now)
+            self._db.audit(
+                tx,
+                [
+                    AuditEvent(
+                        AuditKind.COVENANT_PUBLISHED,
+                        self._db.owner,
+                        (),
+                        {"version": version, "recipients": len(recipients)},
+                    )
+                ],
+                now,
+            )
+            return [
+                self._tokens.remove_party_in(
+                    tx,
+                    party,
+                    min_parties=min_parties,
+                    now=now,
+                    sign_notice=sign_notice,
+                    visibility=visibility,
+                )
+                for party in sorted(removed)
+            ]
+
+    def covenant_versions(self) -> list[bytes]:
+        """The signed covenant versions accepted so far (serialized ``SignedCovenant``),
+        oldest first."""
+        with self._db.read() as conn:
+            return list(
+                conn.execute(select(CovenantVersion.signed).order_by(CovenantVersion.version))
+                .scalars()
+                .all()
+            )
+
+    def covenant_version(self, version: int) -> bytes | None:
+        """A covenant version accepted since the root (serialized ``SignedCovenant``), or
+        None if the broker holds no such version in its store."""
+        with self._db.read() as conn:
+            found = conn.execute(
+                select(CovenantVersion.signed).where(CovenantVersion.version == version)
+            ).scalar_one_or_none()
+        return None if found is None else bytes(found)
+
+    # --- covenant timestamps ------------------------------------------------------------
+
+    def publish_timestamp(
+        self, timestamp: TimestampRecord, *, recipients: Sequence[str], now: datetime
+    ) -> bool:
+        """Keep a verified covenant timestamp if it was issued after the one held for its
+        version, and put it in every recipient's mailbox, in one transaction. False, and
+        nothing changes, if the broker holds that one or a newer one already."""
+        now = utc(now)
+        for party in recipients:
+            check_party(party)
+        with self._db.write() as tx:
+            return self._put_timestamp(tx, timestamp, recipients, now)
+
+    def _put_timestamp(
+        self, tx: Tx, timestamp: TimestampRecord, recipients: Sequence[str], now: datetime
+    ) -> bool:
+        held = tx.conn.execute(
+            select(CovenantTimestamp.issued_at).where(
+                CovenantTimestamp.version == timestamp.version
+            )
+        ).scalar_one_or_none()
+        if held is not None and held >= timestamp.issued_at:
+            return False
+        values = {
+            "signed": timestamp.signed,
+            "issued_at": timestamp.issued_at,
+            "expires_at": timestamp.expires_at,
+            "accepted_at": now,
+        }
+        if held is None:
+            tx.conn.execute(insert(CovenantTimestamp).values(version=timestamp.version, **values))
+        else:
+            tx.conn.execute(
+                update(CovenantTimestamp)
+                .where(CovenantTimestamp.version == timestamp.version)
+                .values(**values)
+            )
+        if recipients:
+            self._mailboxes.put(
+                tx,
+                {party: [(ItemKind.COVENANT_TIMESTAMP, timestamp.signed)] for party in recipients},
+                now,
+                skip_closed=True,
+            )
+        self._db.audit(
+            tx,
+            [
+                AuditEvent(
+                    AuditKind.COVENANT_TIMESTAMP,
+                    self._db.owner,
+                    (),
+                    {
+                        "version": timestamp.version,
+                        "expires_at": timestamp.expires_at.astimezone(UTC).isoformat(),
+                        "recipients": len(recipients),
+                    },
+                )
+            ],
+            now,
+        )
+        return True
+
+    def covenant_timestamp(self, version: int) -> TimestampRecord | None:
+        """The newest covenant timestamp the broker holds for ``version``, if any."""
+        with self._db.read() as conn:
+            row = conn.execute(
+                select(
+                    CovenantTimestamp.signed,
+                    CovenantTimestamp.issued_at,
+                    CovenantTimestamp.expires_at,
+                ).where(CovenantTimestamp.version == version)
+            ).one_or_none()
+        if row is None:
+            return None
+        return TimestampRecord(version, bytes(row.signed), row.issued_at, row.expires_at)
