@@ -52,7 +52,10 @@ def configure(level: str = "info", log_format: str = "console") -> None:
         processors=[structlog.processors.add_log_level, stamp, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=_StandardError()),  # type: ignore[arg-type]
-        cache_logger_on_first_use=True,
+        # Not cached: a logger bound before a later configure (a CLI command run in-process,
+        # structlog.testing.capture_logs) would keep writing the old way; a lookup per line
+        # costs microseconds, and no hot path logs per item.
+        cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(_StandardError())
     handler.setFormatter(
