@@ -22,6 +22,10 @@ Example ``node.toml``::
     api_socket = "data/api.sock"
     api_token = "data/api-token"
 
+A node served by several broker replicas lists them all, in order of preference:
+``brokers = ["broker-a.riec.example:7443", "broker-b.riec.example:7443"]`` (``broker``
+may then be left out; if set it must be the first).
+
 Sans-IO apart from the two ``load_*`` functions, which read one file.
 """
 
@@ -121,10 +125,23 @@ class NodeConfig:
     log_level: str = DEFAULT_LOG_LEVEL
     #: ``console`` (text for people) or ``json`` (one JSON object per line, for collectors).
     log_format: str = DEFAULT_LOG_FORMAT
+    #: Every broker replica the node may dial, in order of preference (``broker`` first);
+    #: on ``UNAVAILABLE`` the uplink moves on to the next. ``(broker,)`` when not set.
+    brokers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _wrap(check_id, self.party, field="party")
         _parse_address(self.broker, field="broker", listen=False)
+        brokers = tuple(self.brokers) or (self.broker,)
+        for index, address in enumerate(brokers):
+            _parse_address(address, field=f"brokers[{index}]", listen=False)
+        if brokers[0] != self.broker:
+            raise ConfigurationError(
+                "broker must be the first of brokers (or leave it out)", field="broker"
+            )
+        if len(set(brokers)) != len(brokers):
+            raise ConfigurationError("an address is listed twice", field="brokers")
+        object.__setattr__(self, "brokers", brokers)
         for name in (
             "data_dir",
             "covenant",
@@ -212,10 +229,14 @@ def broker_config_from_toml(data: bytes, *, source: str, base_dir: Path) -> Brok
 def node_config_from_toml(data: bytes, *, source: str, base_dir: Path) -> NodeConfig:
     """Parse ``node.toml`` bytes; ``source`` names the file in errors."""
     settings = _Settings(data, source=source, base_dir=base_dir)
+    brokers = settings.strings("brokers")
     return settings.build(
         NodeConfig,
         party=settings.string("party"),
-        broker=settings.string("broker"),
+        broker=brokers[0]
+        if brokers and "broker" not in settings.doc
+        else settings.string("broker"),
+        brokers=brokers,
         data_dir=settings.path("data_dir"),
         covenant=settings.path("covenant"),
         certificate=settings.path("certificate"),
@@ -263,6 +284,16 @@ class _Settings:
                 raise self._error(key, "missing")
             return default
         return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        """A list of strings; empty when the key is absent."""
+        self.read.add(key)
+        value = self.doc.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._error(key, "must be a list of strings")
+        if key in self.doc and not value:
+            raise self._error(key, "must not be empty")
+        return tuple(value)
 
     def optional_path(self, key: str) -> Path | None:
         value = self.optional_string(key)
@@ -327,6 +358,11 @@ def config_to_toml(config: BrokerConfig | NodeConfig, *, relative_to: Path | Non
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if value is None:
+            continue
+        if field.name == "brokers":
+            if len(value) > 1:  # one address is ``broker`` alone
+                listed = ", ".join(toml_literal(address) for address in value)
+                lines.append(f"brokers = [{listed}]")
             continue
         if isinstance(value, Path):
             text = _relative(value, relative_to)

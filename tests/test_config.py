@@ -107,6 +107,22 @@ def test_node_defaults():
     assert node.log_level == "info"
 
 
+def test_one_broker_is_a_list_of_one():
+    assert _node().brokers == ("samenloop.riec-zwb.example:7443",)
+
+
+def test_several_brokers_in_order_with_broker_the_first():
+    listed = '["a.riec.example:7443", "b.riec.example:7443"]'
+    without = _node(_set(_set(NODE_TOML, "broker", None), "brokers", listed))
+    assert without.broker == "a.riec.example:7443"
+    assert without.brokers == ("a.riec.example:7443", "b.riec.example:7443")
+    both = _node(_set(_set(NODE_TOML, "broker", '"a.riec.example:7443"'), "brokers", listed))
+    assert both == without
+    written = config.config_to_toml(without, relative_to=BASE).decode()
+    assert 'brokers = ["a.riec.example:7443", "b.riec.example:7443"]' in written
+    assert _node(written) == without
+
+
 def test_broker_settings_and_defaults():
     broker = _broker()
     assert broker.listen == "0.0.0.0:7443"
@@ -163,6 +179,16 @@ NODE_CASES = [
     ("broker", '"samenloop.riec-zwb.example:70000"', "broker"),
     ("broker", '"https://broker:7443"', "broker"),
     ("broker", None, "broker"),
+    ("brokers", "[]", "brokers"),
+    ("brokers", '"a.example:7443"', "brokers"),
+    ("brokers", '["a.example:7443", 7443]', "brokers"),
+    ("brokers", '["samenloop.riec-zwb.example:7443", "b.example"]', "brokers[1]"),
+    (
+        "brokers",
+        '["samenloop.riec-zwb.example:7443", "samenloop.riec-zwb.example:7443"]',
+        "brokers",
+    ),
+    ("brokers", '["b.example:7443", "samenloop.riec-zwb.example:7443"]', "broker"),
     ("data_dir", None, "data_dir"),
     ("data_dir", '""', "data_dir"),
     ("data_dir", "7", "data_dir"),

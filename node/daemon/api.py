@@ -1095,12 +1095,15 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             with status.lock:
                 connected, last_error = status.connected, status.last_error
                 last_contact, holder_channel_open = status.last_contact, status.holder_channel_open
+                dialled = status.broker_address
             response.broker_connection = (
                 node_pb2.BROKER_CONNECTION_CONNECTED
                 if connected
                 else node_pb2.BROKER_CONNECTION_CONNECTING
             )
             response.last_error = last_error or response.last_error
+            if dialled:  # the address the uplink dials now, of those configured
+                response.broker_address = dialled
             if last_contact is not None:
                 response.last_connected.CopyFrom(timestamp(last_contact))
         seats = (

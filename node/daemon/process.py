@@ -39,6 +39,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from samenloop.node.daemon.api import HitBell, NodeApiContext, NodeApiService
 from samenloop.node.daemon.api_token import RefusedCalls, TokenInterceptor, ensure_token
 from samenloop.node.daemon.covenants import CovenantStore
+from samenloop.node.daemon.failover import BrokerSwitch
 from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.daemon.uplink import Uplink, broker_channel, learn_attribute_key
 from samenloop.node.tokens import keysetup, threshold
@@ -93,6 +94,7 @@ class RunningNode:
 
     def stop(self, grace: float | None = 2.0) -> None:
         self.uplink.stop()
+        self.uplink.brokers.close()
         self.server.stop(grace).wait()
         self.refused.flush()
         self.repositories.engine.dispose()
@@ -199,11 +201,15 @@ def _start(
             answered=repositories.tokens.answered_requests(now=clock()),
         )
 
-    channel = broker_channel(
-        config.broker,
-        ca_certificate=ca_certificate,
-        private_key=private_key,
-        certificate=certificate,
+    # Every broker replica listed; the uplink moves on to the next when one is unavailable.
+    channel = BrokerSwitch(
+        config.brokers,
+        lambda address: broker_channel(
+            address,
+            ca_certificate=ca_certificate,
+            private_key=private_key,
+            certificate=certificate,
+        ),
     )
     bell = HitBell()
     uplink = Uplink(

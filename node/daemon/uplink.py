@@ -79,6 +79,7 @@ import structlog
 from samenloop.node.cases.desk import CaseDesk
 from samenloop.node.daemon.api_token import Tally
 from samenloop.node.daemon.covenant_keeper import CovenantKeeper, Fetched, learn_attribute_key
+from samenloop.node.daemon.failover import BrokerSwitch
 from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.disclosure.desk import DisclosureDesk
 from samenloop.node.picture.desk import PictureDesk
@@ -193,6 +194,8 @@ class UplinkStatus:
     notices_accepted: int = 0
     envelopes_sent: int = 0
     holder_channel_open: bool = False
+    #: The broker address the uplink dials now (one of ``node.toml: brokers``).
+    broker_address: str = ""
     #: False once the covenant held no longer lists this node's party.
     in_covenant: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -239,7 +242,7 @@ class Uplink:
         self,
         *,
         party: str,
-        channel: grpc.Channel,
+        channel: grpc.Channel | BrokerSwitch,
         covenant: HeldCovenant,
         keys: PartyKeys,
         repositories: Repositories,
@@ -250,8 +253,8 @@ class Uplink:
         work_dir: Path | None = None,
     ) -> None:
         self._party = party
-        self._channel = channel
-        self._broker = broker_pb2_grpc.BrokerStub(channel)
+        #: The broker replicas and the one in use (one broker: a switch of one address).
+        self.brokers = channel if isinstance(channel, BrokerSwitch) else BrokerSwitch.of(channel)
         self._covenant = covenant
         self._keys = keys
         self._repositories = repositories
@@ -309,7 +312,7 @@ class Uplink:
             work_dir=work_dir,
         )
         self.pictures.register(self.disclosures.handlers)
-        self.status = UplinkStatus()
+        self.status = UplinkStatus(broker_address=self.brokers.address)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._calls: set[grpc.Call] = set()
@@ -327,6 +330,11 @@ class Uplink:
         self._envelopes_wait_until: datetime | None = None
         #: Envelopes to these recipients wait until then: their mailboxes were full.
         self._recipients_wait_until: dict[str, datetime] = {}
+
+    @property
+    def _broker(self) -> broker_pb2_grpc.BrokerStub:
+        """The stub of the broker address in use now."""
+        return self.brokers.stub()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -367,7 +375,9 @@ class Uplink:
         self.status.update(last_error=f"{where}: {type(error).__name__}")
         log.error("uplink loop error", where=where, error=type(error).__name__, exc_info=True)
 
-    def _failed(self, where: str, error: Exception) -> None:
+    def _failed(self, where: str, error: Exception, index: int) -> None:
+        """A loop lost the broker at address ``index``: say so, and on ``UNAVAILABLE`` move on
+        to the next broker address (once, however many loops saw it)."""
         if isinstance(error, grpc.Call):
             reason = f"{error.code().name}: {error.details()}"
         else:
@@ -375,6 +385,9 @@ class Uplink:
         self.status.update(connected=False, last_error=f"{where}: {reason}")
         if self._stop.is_set():
             return
+        unavailable = isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.UNAVAILABLE
+        if unavailable and self.brokers.unavailable(index):
+            self.status.update(broker_address=self.brokers.address)
         if where != "work":
             self._hello_again.set()
             self.wake.set()
@@ -417,6 +430,7 @@ class Uplink:
         tokenising = Backoff(self._stop)
         hello_done = False
         while not self._stop.is_set():
+            index = self.brokers.index
             try:
                 if not hello_done or self._hello_again.is_set():
                     # Also after another loop lost the broker: an idle work loop makes no
@@ -450,7 +464,7 @@ class Uplink:
                     self.wake.wait(IDLE_SECONDS)
                     self.wake.clear()
             except grpc.RpcError as error:
-                self._failed("work", error)
+                self._failed("work", error, index)
                 hello_done = False
                 backoff.wait()
             except Exception as error:  # a bug or a database outage: keep serving
@@ -513,7 +527,10 @@ class Uplink:
         self.status.update(connected=True, last_error="", last_contact=self._clock())
         self._reachable()
         log.info(
-            "connected to broker", broker=answer.broker, covenant_version=answer.covenant_version
+            "connected to broker",
+            broker=answer.broker,
+            address=self.brokers.address,
+            covenant_version=answer.covenant_version,
         )
 
     def _fetch_covenant(self, version: int) -> Fetched:
@@ -743,12 +760,13 @@ class Uplink:
     def _mailbox_loop(self) -> None:
         backoff = Backoff(self._stop)
         while not self._stop.is_set():
+            index = self.brokers.index
             try:
                 self._stream_mailbox(backoff)
             except grpc.RpcError as error:
                 if self._stop.is_set():
                     return
-                self._failed("mailbox", error)
+                self._failed("mailbox", error, index)
                 backoff.wait()
             except Exception as error:  # a bug or a database outage: keep serving
                 self._crashed("mailbox", error)
@@ -828,12 +846,13 @@ class Uplink:
     def _holder_loop(self) -> None:
         backoff = Backoff(self._stop)
         while not self._stop.is_set():
+            index = self.brokers.index
             try:
                 self._serve_holder_channel(backoff)
             except grpc.RpcError as error:
                 if self._stop.is_set():
                     return
-                self._failed("holder", error)
+                self._failed("holder", error, index)
             except Exception as error:  # a bug or a database outage: keep serving
                 self._crashed("holder", error)
             self.status.update(holder_channel_open=False)

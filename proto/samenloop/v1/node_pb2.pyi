@@ -2426,7 +2426,7 @@ class GetStatusResponse(_message.Message):
     broker_connection: Global___BrokerConnection.ValueType
     """Broker connection state."""
     broker_address: _builtins.str
-    """The broker's address as configured."""
+    """The broker address the node dials now (one of those configured)."""
     last_error: _builtins.str
     """The last connection error, for people; empty if none."""
     covenant_id: _builtins.str
