@@ -211,6 +211,9 @@ class IndexFilter:
         self.prefixes = PrefixFilter(max(expected, MIN_INDEX_PREFIXES))
         self.partitions = PartitionMap(partition_ids)
         self.last_id = last_id
+        #: When the database server it was read from started (``pg_postmaster_start_time``):
+        #: another value later means another server or a restart (see ``TokenIndex``).
+        self.server_started: object = None
 
     @property
     def wants_rebuild(self) -> bool:

@@ -27,6 +27,7 @@ from functools import partial
 from typing import Any, Final
 
 import numpy as np
+import structlog
 from sqlalchemy import BigInteger, ColumnElement, any_, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import InstrumentedAttribute
@@ -36,6 +37,8 @@ from samenloop.broker.database import BrokerDatabase, Tx
 from samenloop.broker.matching import Change, Entry, EntryKey, Group, TokenState
 from samenloop.broker.models import TokenEntry
 from samenloop.broker.token_filter import IndexFilter, Prefixes, as_array
+
+log = structlog.get_logger(__name__)
 
 # Prefixes per SQLite "IN (...)" lookup.
 _SQLITE_CHUNK: Final = 1000
@@ -99,12 +102,20 @@ _PG_PARTITIONS_STATE: Final = (
     f" coalesce((SELECT max(bounds[2]) FROM ({_PG_PARTITIONS}) AS p(name, bounds)), 0)"
 )
 # The prefix filter's view of the index (see filtered): rows other writers added since
-# it last looked, and a full scan to build it.
+# it last looked, each with the last id handed out and when the server started (one row
+# without an entry if there are none: whether the index went back), and a full scan to
+# build it.
 _PG_NEWER_ENTRIES: Final = (
-    "SELECT id, token_prefix FROM token_entries WHERE id > %s ORDER BY id LIMIT %s"
+    "SELECT e.id, e.token_prefix, s.issued, pg_postmaster_start_time()"
+    " FROM (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS issued"
+    "       FROM token_entries_id_seq) AS s"
+    " LEFT JOIN LATERAL (SELECT id, token_prefix FROM token_entries WHERE id > %s"
+    "                    ORDER BY id LIMIT %s) AS e ON true"
 )
 _PG_SEQSCAN: Final = "SELECT set_config('enable_seqscan', %s, true)"
-_PG_INDEX_EXTENT: Final = "SELECT coalesce(max(id), 0), count(*) FROM token_entries"
+_PG_INDEX_EXTENT: Final = (
+    "SELECT coalesce(max(id), 0), count(*), pg_postmaster_start_time() FROM token_entries"
+)
 # A partition's prefixes, each as 8 big-endian bytes, in one value.
 _PG_PACKED_PREFIXES: Final = (
     "SELECT string_agg(int8send(token_prefix), ''::bytea) FROM token_entries_p{}"
@@ -223,13 +234,20 @@ class TokenIndex:
         later: after ``early``, only ``newer`` may hold more. A filter that would take
         too many rows one by one, or that has grown too full, is built anew. An open
         group always has entries on its token, so its prefix is covered too.
+
+        Unless the index went back (:meth:`went_back`: a restore, or a failover to a
+        standby that had not received the newest rows): then ids below ``last_id`` are
+        handed out again, which the filter would never take in, and it is built anew.
         """
-        if early is not None and not newer:  # the common case: nothing more to look up
+        back = self.went_back(newer)
+        if newer is not None:
+            newer = [row for row in newer if row[0] is not None]
+        if early is not None and not newer and not back:  # the common case: nothing more
             return {}
         wanted = np.unique(token_prefixes(tokens))
         with self._seen_lock:
             seen = self._seen
-            if seen is None or newer is None or len(newer) > _FILTER_CATCH_UP_ROWS:
+            if seen is None or newer is None or back or len(newer) > _FILTER_CATCH_UP_ROWS:
                 seen = self._seen = self._scan(driver)
                 latest = seen.candidates(wanted)
             else:
@@ -248,6 +266,29 @@ class TokenIndex:
                 missing[start] = rest
         return missing
 
+    def went_back(self, newer: Sequence[Any] | None) -> bool:
+        """Whether the index went back since the filter was built, by ``newer``'s first row:
+        the last id the sequence handed out is below the filter's ``last_id`` (restored from
+        a backup, or the rows of a lost primary's last commits gone with it), or the server
+        is another one, or started again (a failover, or a restore that needs a restart).
+        A server that restarted with nothing lost costs a rebuild too: safe and rare.
+        Logged as a warning; the partitions' end is asked again as well."""
+        seen = self._seen
+        if seen is None or not newer:
+            return False
+        issued, started = newer[0][2], newer[0][3]
+        if int(issued) >= seen.last_id and started == seen.server_started:
+            return False
+        log.warning(
+            "the token index went back or its server changed (a restore or a failover):"
+            " rebuilding the prefix filter",
+            filter_covers_id=seen.last_id,
+            sequence_issued_id=int(issued),
+            server_restarted=started != seen.server_started,
+        )
+        self._forget_partitions()
+        return True
+
     def _scan(self, driver: Any) -> IndexFilter:
         """A filter of the whole index, read partition by partition: each one's prefixes
         in one value, packed by the server (a row per prefix would cost a second of
@@ -259,9 +300,10 @@ class TokenIndex:
         """
         # Matching turned sequential scans off for its lookups; these read everything.
         driver.execute(_PG_SEQSCAN, ("on",))
-        last_id, rows = driver.execute(_PG_INDEX_EXTENT).fetchone()
+        last_id, rows, started = driver.execute(_PG_INDEX_EXTENT).fetchone()
         # Sized by rows, not ids: expired ones leave gaps.
         built = IndexFilter(int(rows), PARTITION_IDS, int(last_id))
+        built.server_started = started
         for name, (start, end) in driver.execute(_PG_PARTITIONS).fetchall():
             if (name, end) != (f"token_entries_p{start}", start + PARTITION_IDS) or (
                 start % PARTITION_IDS

@@ -14,6 +14,7 @@ from functools import partial
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from hypothesis import given
@@ -1505,3 +1506,62 @@ def test_the_fast_sqlite_time_is_what_sqlalchemy_would_store(moment):
 def test_the_fast_sqlite_time_refuses_a_naive_one():
     with pytest.raises(ValueError, match="naive"):
         database.sqlite_stamp(datetime(2026, 1, 1))
+
+
+@pytest.fixture
+def own_pg_engine(own_postgres_url) -> Iterator[sa.Engine]:
+    """A database of this test's own: its id sequence is set back."""
+    engine = database.make_engine(own_postgres_url)
+    database.upgrade(engine, MIGRATIONS)
+    yield engine
+    engine.dispose()
+
+
+def test_a_filter_rebuilds_itself_when_the_index_went_back(own_pg_engine):
+    """A restore from an older backup (or a failover to a standby that lagged) sets the id
+    sequence back: ids the running filter covers are handed out again, to rows it would
+    never read. It notices by the sequence, says so, and builds itself anew: no hit missed."""
+    running, ids = BrokerStore(own_pg_engine), Ids()
+    submit(running, "a", 1, [entry("a", 0)], ids=ids)
+    with own_pg_engine.connect() as conn:
+        backup_id = conn.execute(sa.text("SELECT max(id) FROM token_entries")).scalar_one()
+    submit(running, "a", 2, [entry("a", n, r=n) for n in range(1, 10)], ids=ids)
+    covered = running.tokens.index._seen
+    assert covered is not None
+    assert covered.last_id == backup_id + 9
+    with own_pg_engine.begin() as conn:  # the backup taken after batch 1, restored
+        conn.execute(sa.text("DELETE FROM token_entries WHERE id > :id"), {"id": backup_id})
+        conn.execute(
+            sa.text("DELETE FROM processed_batches WHERE client_batch_id = :b"), {"b": batch_id(2)}
+        )
+        conn.execute(sa.text("SELECT setval('token_entries_id_seq', :id)"), {"id": backup_id})
+    # Another replica stores a token the running filter never saw, at an id it covers.
+    submit(BrokerStore(own_pg_engine), "b", 3, [entry("b", 50)], ids=ids)
+    with structlog.testing.capture_logs() as logged:
+        result = submit(running, "c", 4, [entry("c", 50)], ids=ids)
+    assert result.notified == ("b", "c")
+    assert [g.token for g in running.tokens.open_groups()] == [token(50)]
+    assert running.tokens.index._seen is not covered
+    warned = [e for e in logged if e["log_level"] == "warning"]
+    assert [e["filter_covers_id"] for e in warned] == [backup_id + 9]
+    assert warned[0]["sequence_issued_id"] == backup_id + 1
+
+
+def test_a_filter_rebuilds_itself_on_another_database_server(own_pg_engine):
+    """A failover to a standby that had every row still means another server (or one
+    that restarted): the filter is built anew, once, rather than trusted."""
+    running, ids = BrokerStore(own_pg_engine), Ids()
+    submit(running, "a", 1, [entry("a", 0)], ids=ids)
+    built = running.tokens.index._seen
+    assert built is not None
+    assert built.server_started is not None
+    submit(running, "a", 2, [entry("a", 1, r=1)], ids=ids)
+    assert running.tokens.index._seen is built  # the same server: caught up, not rebuilt
+    built.server_started = None  # as if it had been read from another server
+    with structlog.testing.capture_logs() as logged:
+        result = submit(running, "b", 3, [entry("b", 1)], ids=ids)
+    assert result.notified == ("a", "b")
+    assert running.tokens.index._seen is not built
+    assert [e["server_restarted"] for e in logged if e["log_level"] == "warning"] == [True]
+    submit(running, "b", 4, [entry("b", 2, r=2)], ids=ids)
+    assert running.tokens.index._seen.prefixes.added == 4  # no second rebuild
