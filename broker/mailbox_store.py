@@ -30,6 +30,7 @@ from samenloop.broker.models import (
     RelayedEnvelope,
     SetAsideItem,
 )
+from samenloop.broker.notify import MAILBOX_CHANNEL
 from samenloop.policies.audit import AuditEvent, AuditKind
 from samenloop.policies.errors import NotAllowed, Replay
 
@@ -56,6 +57,8 @@ _PG_MOVE_HEADS: Final = (
     " FROM unnest(%s::bigint[], %s::bigint[]) AS v(party_id, head_cursor)"
     " WHERE h.party_id = v.party_id"
 )
+# Wakes the recipients' streams on every broker replica, once this commits (see notify).
+_PG_NOTIFY: Final = f"SELECT pg_notify('{MAILBOX_CHANNEL}', p) FROM unnest(%s::text[]) AS p"  # noqa: S608 (constants)
 _PG_INSERT_ITEMS: Final = (
     "INSERT INTO mailbox_items (party_id, cursor, kind, payload, enqueued_at)"
     " VALUES (%s, %s, %s, %s, %s)"
@@ -532,11 +535,12 @@ class MailboxStore:
         if not moved:  # else rows too: each party moved gets items
             return cursors
         if self._db.postgres:
-            with driver.pipeline(), driver.cursor() as cursor:  # one round trip for both
+            with driver.pipeline(), driver.cursor() as cursor:  # one round trip for all three
                 cursor.execute(
                     _PG_MOVE_HEADS, ([party_id for party_id, _ in moved], [h for _, h in moved])
                 )
                 cursor.executemany(_PG_INSERT_ITEMS, rows)
+                cursor.execute(_PG_NOTIFY, ([names[party_id] for party_id, _ in moved],))
         else:
             driver.executemany(_SQLITE_MOVE_HEAD, [(h, party_id) for party_id, h in moved])
             driver.executemany(_SQLITE_INSERT_ITEMS, rows)

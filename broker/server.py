@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from samenloop.broker.auth import PartyInterceptor
 from samenloop.broker.covenant_store import CovenantStore, TimestampRecord
+from samenloop.broker.notify import MAILBOX_CHANNEL, Listener, MailboxBell
 from samenloop.broker.service import BrokerContext, BrokerService
 from samenloop.broker.store import BrokerStore
 from samenloop.policies import crypto, database, logs
@@ -80,9 +81,13 @@ class RunningBroker:
     store: BrokerStore
     #: The data directory is this broker's alone until it stops.
     lock: DataDirectoryLock
+    #: PostgreSQL: what the other broker replicas notify (mailbox wake-ups).
+    listener: Listener | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
         self.server.stop(grace).wait()
+        if self.listener is not None:
+            self.listener.stop()
         self.store.engine.dispose()
         self.lock.release()
 
@@ -174,7 +179,11 @@ def _start(
             tokens=indexed,
             seconds=round(time.perf_counter() - started, 2),
         )
+    # Mailbox wake-ups: rung here for what this process enqueued, and on PostgreSQL for what
+    # any replica enqueued (its NOTIFY, heard by this process's listener).
+    bell = MailboxBell()
     context = BrokerContext(
+        bell=bell,
         covenant=covenant_source,
         store=store,
         keys=keys,
@@ -214,11 +223,19 @@ def _start(
     if port == 0:
         engine.dispose()
         raise ConfigurationError(f"cannot listen on {config.listen}", field="listen")
+    listener = None
+    if store.database.postgres:
+        listener = Listener(
+            engine, {MAILBOX_CHANNEL: lambda party: bell.ring([party])}, on_listening=bell.ring_all
+        )
+        listener.start()
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info("broker listening", address=config.listen, port=port, covenant=current.id)
-    return RunningBroker(server=server, port=port, service=service, store=store, lock=lock)
+    return RunningBroker(
+        server=server, port=port, service=service, store=store, lock=lock, listener=listener
+    )
 
 
 def take_first_timestamp(

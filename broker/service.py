@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -27,6 +27,7 @@ from samenloop.broker.auth import caller
 from samenloop.broker.covenant_store import TimestampRecord
 from samenloop.broker.mailbox import ItemKind
 from samenloop.broker.mailbox_store import StoredItem
+from samenloop.broker.notify import MailboxBell
 from samenloop.broker.relay import Channel, Switchboard
 from samenloop.broker.store import BrokerStore
 from samenloop.policies import covenant as covenant_model
@@ -74,29 +75,6 @@ def _from_timestamp(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
     if stamp.seconds == 0 and stamp.nanos == 0:
         raise InvalidInput("timestamp is missing", field=field)
     return received_time(stamp, field=field)
-
-
-class MailboxBell:
-    """Wakes ``StreamMailbox`` calls when their party's mailbox gets new items."""
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._rings: dict[str, int] = {}
-
-    def ring(self, parties: Sequence[str]) -> None:
-        with self._condition:
-            for party in parties:
-                self._rings[party] = self._rings.get(party, 0) + 1
-            self._condition.notify_all()
-
-    def count(self, party: str) -> int:
-        with self._condition:
-            return self._rings.get(party, 0)
-
-    def wait(self, party: str, seen: int, timeout: float) -> int:
-        with self._condition:
-            self._condition.wait_for(lambda: self._rings.get(party, 0) != seen, timeout)
-            return self._rings.get(party, 0)
 
 
 @dataclass
