@@ -335,3 +335,35 @@ class CovenantTimestamp(Base):
         CheckConstraint("version >= 1", name="version_positive"),
         CheckConstraint("expires_at > issued_at", name="expires_after_issued"),
     )
+
+
+class RelaySeat(Base):
+    """A holder seat whose ``HolderChannel`` is open at a broker replica (PostgreSQL, several
+    replicas): an evaluation that reaches another replica is relayed through
+    :class:`RelayRequest`. A replica's rows count only while its listener's connection is
+    alive (``pg_stat_activity``): a replica killed leaves rows nobody follows."""
+
+    __tablename__ = "relay_seats"
+
+    replica: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_epoch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    holder_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    opened_at: Mapped[datetime]
+
+
+class RelayRequest(Base):
+    """One evaluation request relayed from the replica that took the ``Evaluate`` call to
+    the replica that holds the holder's channel, and its answer: signed bytes the broker
+    only forwards. Deleted by the requesting replica once answered or timed out."""
+
+    __tablename__ = "relay_requests"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    key_epoch: Mapped[int] = mapped_column(BigInteger)
+    holder_index: Mapped[int] = mapped_column(Integer)
+    request: Mapped[bytes]
+    created_at: Mapped[datetime]
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    response: Mapped[bytes | None]
+    failure: Mapped[int | None] = mapped_column(Integer)
+    answered: Mapped[bool] = mapped_column(server_default=text("false"))

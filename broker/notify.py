@@ -77,8 +77,12 @@ class Listener:
         handlers: Mapping[str, Callable[[str], None]],
         *,
         on_listening: Callable[[], None] = lambda: None,
+        name: str = "samenloop-listener",
     ) -> None:
+        """``name``: the connection's application name (the relay between replicas tells
+        a live replica by its listener's, see ``replica_relay``)."""
         self._engine = engine
+        self._name = name
         self._handlers = dict(handlers)
         self._on_listening = on_listening
         self._stop = threading.Event()
@@ -97,7 +101,7 @@ class Listener:
     def _connect(self) -> psycopg.Connection[Any]:
         """A connection as the engine's (same server, database and options), outside its pool."""
         args, params = self._engine.dialect.create_connect_args(self._engine.url)
-        params = {**params, "autocommit": True, "application_name": "samenloop-listener"}
+        params = {**params, "autocommit": True, "application_name": self._name}
         connection: psycopg.Connection[Any] = psycopg.connect(*args, **params)
         for channel in self._handlers:
             connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))

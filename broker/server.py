@@ -27,6 +27,8 @@ from grpc_reflection.v1alpha import reflection
 from samenloop.broker.auth import PartyInterceptor
 from samenloop.broker.covenant_store import CovenantStore, TimestampRecord
 from samenloop.broker.notify import MAILBOX_CHANNEL, Listener, MailboxBell
+from samenloop.broker.relay import Switchboard
+from samenloop.broker.replica_relay import RELAY_CHANNEL, ReplicaRelay, replica_id
 from samenloop.broker.service import BrokerContext, BrokerService
 from samenloop.broker.store import BrokerStore
 from samenloop.policies import crypto, database, logs
@@ -63,6 +65,8 @@ MIGRATIONS = "samenloop.broker.migrations"
 SERVICE_NAME = broker_pb2.DESCRIPTOR.services_by_name["Broker"].full_name
 MAX_WORKERS = 64
 SWEEP_SECONDS = 60.0
+#: How long a start waits for its notifications' connection (PostgreSQL).
+LISTEN_SECONDS = 10.0
 
 #: Message size limits on both directions, from the wire format.
 CHANNEL_OPTIONS = [
@@ -81,8 +85,10 @@ class RunningBroker:
     store: BrokerStore
     #: The data directory is this broker's alone until it stops.
     lock: DataDirectoryLock
-    #: PostgreSQL: what the other broker replicas notify (mailbox wake-ups).
+    #: PostgreSQL: what the other broker replicas notify (mailbox wake-ups, relayed
+    #: evaluations), and this replica's end of the relay between replicas.
     listener: Listener | None = None
+    relay: ReplicaRelay | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
         self.server.stop(grace).wait()
@@ -182,8 +188,15 @@ def _start(
     # Mailbox wake-ups: rung here for what this process enqueued, and on PostgreSQL for what
     # any replica enqueued (its NOTIFY, heard by this process's listener).
     bell = MailboxBell()
+    # The OPRF relay: in this process, and on PostgreSQL through the other replicas too.
+    switchboard = Switchboard()
+    relay = None
+    if store.database.postgres:
+        relay = ReplicaRelay(engine, switchboard, replica_id())
+        switchboard.remote = relay
     context = BrokerContext(
         bell=bell,
+        switchboard=switchboard,
         covenant=covenant_source,
         store=store,
         keys=keys,
@@ -224,17 +237,34 @@ def _start(
         engine.dispose()
         raise ConfigurationError(f"cannot listen on {config.listen}", field="listen")
     listener = None
-    if store.database.postgres:
+    if relay is not None:
+
+        def listening() -> None:  # notifications may have been missed
+            bell.ring_all()
+            relay.woken()
+
         listener = Listener(
-            engine, {MAILBOX_CHANNEL: lambda party: bell.ring([party])}, on_listening=bell.ring_all
+            engine,
+            {MAILBOX_CHANNEL: lambda party: bell.ring([party]), RELAY_CHANNEL: relay.notified},
+            on_listening=listening,
+            name=relay.listener_name,
         )
         listener.start()
+        # Its connection is what tells other replicas that this one's holder seats are live.
+        if not listener.listening.wait(LISTEN_SECONDS):
+            log.warning("not listening to the database's notifications yet")
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info("broker listening", address=config.listen, port=port, covenant=current.id)
     return RunningBroker(
-        server=server, port=port, service=service, store=store, lock=lock, listener=listener
+        server=server,
+        port=port,
+        service=service,
+        store=store,
+        lock=lock,
+        listener=listener,
+        relay=relay,
     )
 
 
@@ -282,6 +312,8 @@ def serve(config: BrokerConfig) -> int:
         removed = running.service.expire()
         if removed:
             log.info("expired token entries dropped", count=removed)
+        if running.relay is not None:
+            running.relay.sweep()
         running.store.audit.audit_checkpoint(keys, now=datetime.now(UTC))
 
     run_until_signalled(SWEEP_SECONDS, sweep)
