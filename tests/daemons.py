@@ -105,7 +105,7 @@ class Daemons:
         """Start a daemon (again: same configuration, same database, its log appended to);
         with ``wait``, return once it says it serves."""
         assert not self.alive(name), f"{name} is running already"
-        marker = READY_MARKERS["broker" if name == "broker" else "node"]
+        marker = READY_MARKERS["broker" if name.startswith("broker") else "node"]
         before = self.log(name).count(marker)
         with (self.logs / f"{name}.log").open("ab") as log:
             self.processes[name] = subprocess.Popen(
@@ -120,7 +120,7 @@ class Daemons:
     def wait_serving(self, name: str, before: int = 0) -> None:
         """Wait until a daemon's log says it serves (clients that call earlier would
         back off for seconds)."""
-        marker = READY_MARKERS["broker" if name == "broker" else "node"]
+        marker = READY_MARKERS["broker" if name.startswith("broker") else "node"]
         wait_until(
             lambda: self.log(name).count(marker) > before,
             START_SECONDS,
@@ -156,7 +156,7 @@ class Daemons:
         for a node, until it is connected again)."""
         self.stop(name)
         self.start(name)
-        if name != "broker":
+        if not name.startswith("broker"):
             self.wait_ready([name])
 
     def kill_all(self) -> None:
