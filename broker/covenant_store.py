@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 from sqlalchemy import insert, select, update
 
@@ -19,9 +20,13 @@ from samenloop.broker.mailbox import ItemKind
 from samenloop.broker.mailbox_store import MailboxStore
 from samenloop.broker.matching import DEFAULT_VISIBILITY, VisibilityRule
 from samenloop.broker.models import CovenantTimestamp, CovenantVersion
+from samenloop.broker.notify import COVENANT_CHANNEL
 from samenloop.broker.token_store import RemovalResult, SignNotice, TokenStore
 from samenloop.policies.audit import AuditEvent, AuditKind
 from samenloop.policies.errors import InvalidInput
+
+# Announces a version accepted to the other broker replicas (see notify), at commit.
+_PG_NOTIFY_VERSION: Final = f"SELECT pg_notify('{COVENANT_CHANNEL}', %s)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,8 @@ class CovenantStore:
             tx.conn.execute(
                 insert(CovenantVersion).values(version=version, signed=signed, accepted_at=now)
             )
+            if self._db.postgres:  # the other broker replicas take it once this commits
+                self._db.driver(tx).execute(_PG_NOTIFY_VERSION, (str(version),))
             self._mailboxes.put(
                 tx,
                 {party: [(ItemKind.COVENANT_UPDATE, signed)] for party in recipients},

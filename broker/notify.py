@@ -6,7 +6,9 @@ party's mailbox must wake that party's ``StreamMailbox`` on replica B. The trans
 that puts items in mailboxes sends ``NOTIFY`` with each recipient's party id (see
 ``MailboxStore.put``): PostgreSQL delivers it to every listener once the transaction
 commits, never if it rolls back. Each broker process keeps one :class:`Listener`
-connection that rings its own :class:`MailboxBell` for them.
+connection that rings its own :class:`MailboxBell` for them. A covenant version one
+replica accepted is announced the same way (``samenloop_covenant``): the others take it
+from the store (``BrokerService.adopt_published``).
 
 A notification is only a wake-up, never the item: the stream reads the mailbox itself.
 One missed (the listening connection dropped, the server failed over) only delays:
@@ -29,6 +31,8 @@ log = structlog.get_logger(__name__)
 
 #: The channel of mailbox wake-ups; each payload is one party id.
 MAILBOX_CHANNEL: Final = "samenloop_mailbox"
+#: The channel of covenant versions accepted by a replica; each payload is the version.
+COVENANT_CHANNEL: Final = "samenloop_covenant"
 #: How long a listener waits for notifications before it looks whether it should stop.
 POLL_SECONDS: Final = 1.0
 #: Waits between attempts to listen again after the connection dropped.

@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from samenloop.broker.auth import PartyInterceptor
 from samenloop.broker.covenant_store import CovenantStore, TimestampRecord
-from samenloop.broker.notify import MAILBOX_CHANNEL, Listener, MailboxBell
+from samenloop.broker.notify import COVENANT_CHANNEL, MAILBOX_CHANNEL, Listener, MailboxBell
 from samenloop.broker.relay import Switchboard
 from samenloop.broker.replica_relay import RELAY_CHANNEL, ReplicaRelay, replica_id
 from samenloop.broker.service import BrokerContext, BrokerService
@@ -242,10 +242,18 @@ def _start(
         def listening() -> None:  # notifications may have been missed
             bell.ring_all()
             relay.woken()
+            service.adopt_published()
+
+        def adopt(_version: str) -> None:  # the store says which versions are new
+            service.adopt_published()
 
         listener = Listener(
             engine,
-            {MAILBOX_CHANNEL: lambda party: bell.ring([party]), RELAY_CHANNEL: relay.notified},
+            {
+                MAILBOX_CHANNEL: lambda party: bell.ring([party]),
+                RELAY_CHANNEL: relay.notified,
+                COVENANT_CHANNEL: adopt,
+            },
             on_listening=listening,
             name=relay.listener_name,
         )
@@ -312,8 +320,9 @@ def serve(config: BrokerConfig) -> int:
         removed = running.service.expire()
         if removed:
             log.info("expired token entries dropped", count=removed)
-        if running.relay is not None:
+        if running.relay is not None:  # what another replica left, or announced unheard
             running.relay.sweep()
+            running.service.adopt_published()
         running.store.audit.audit_checkpoint(keys, now=datetime.now(UTC))
 
     run_until_signalled(SWEEP_SECONDS, sweep)

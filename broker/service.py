@@ -325,6 +325,31 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         )
         return broker_pb2.PublishCovenantResponse(version=new.version, published_at=timestamp(now))
 
+    def adopt_published(self) -> int:
+        """Covenant versions another broker replica accepted (PostgreSQL: heard through its
+        NOTIFY, or found by the sweep): taken from the store in order, checked again as at
+        start (signatures and order; validity was checked by the replica that accepted
+        it), and the channels here of the parties they removed closed. Answers how many."""
+        if self._trust is None:
+            return 0
+        taken = 0
+        with self._publish_lock:
+            for stored in self._store.covenants.covenant_versions():
+                previous = self._trust()
+                signed = SignedCovenant.from_proto(common_pb2.SignedCovenant.FromString(stored))
+                if signed.unverified().version <= previous.version:
+                    continue
+                new = self._trust.replay(signed).covenant
+                self._held_retention_days = max(
+                    self._held_retention_days, previous.policy.retention.longest_days
+                )
+                for party in sorted(previous.party_ids - new.party_ids):
+                    self._switchboard.close_party(party)
+                self._bell.ring(sorted(previous.party_ids | new.party_ids))
+                log.info("covenant version taken from another replica", version=new.version)
+                taken += 1
+        return taken
+
     # --- OPRF relay -------------------------------------------------------------------
 
     def Evaluate(

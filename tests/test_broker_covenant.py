@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from samenloop.broker import server as broker_server
-from samenloop.node.provision import PartySpec, Provisioned, provision
+from samenloop.node.provision import PartySpec, Provisioned, private_dir, provision
 from samenloop.policies import crypto, database, rpc
 from samenloop.policies.config import load_broker_config
 from samenloop.policies.covenant import covenant_to_toml, with_new_attribute_key
@@ -27,6 +27,8 @@ from samenloop.policies.freshness import CovenantTimestamp, issue_timestamp
 from samenloop.policies.policy import Quotas, Role
 from samenloop.policies.trust import SignedCovenant
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
+
+from daemons import wait_until
 
 PARTIES = [
     PartySpec("gemeente", "Gemeente Middelburg", Role.GEMEENTE),
@@ -38,7 +40,8 @@ HOLDERS = ["politie", "belastingdienst", "riec"]
 
 
 class World:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, database_url: str | None = None) -> None:
+        """``database_url``: PostgreSQL rather than the provisioned SQLite file."""
         self.root = root
         self.provisioned: Provisioned = provision(
             root, "riec-zwb-test", PARTIES, HOLDERS, 2, now=datetime.now(UTC)
@@ -46,6 +49,8 @@ class World:
         self.config = replace(
             load_broker_config(self.provisioned.broker_config), listen="127.0.0.1:0"
         )
+        if database_url is not None:
+            self.config = replace(self.config, database_url=database_url)
         engine = database.make_engine(self.config.database_url)
         database.upgrade(engine, broker_server.MIGRATIONS)
         engine.dispose()
@@ -56,6 +61,11 @@ class World:
         return broker_server.build_server(
             self.config, evaluate_timeout=3.0, clock=lambda: datetime.now(UTC) + self.shift
         )
+
+    def replica(self, name: str) -> broker_server.RunningBroker:
+        """Another broker process on the same database, with a data directory of its own."""
+        config = replace(self.config, data_dir=private_dir(self.root / f"broker-{name}"))
+        return broker_server.build_server(config, evaluate_timeout=3.0)
 
     def restart(self) -> None:
         self.running.stop(0)
@@ -488,3 +498,39 @@ def test_a_timestamp_file_of_another_covenant_stops_the_start(world, tmp_path):
     assert caught.value.field == "covenant_timestamp"
     world.config = replace(world.config, covenant_timestamp=None)
     world.running = world._build()
+
+
+def test_a_version_one_replica_accepts_is_taken_by_the_others(tmp_path, own_postgres_url):
+    """Two broker replicas on one PostgreSQL database: a version published at one is
+    announced to the other, which takes it from the store and cuts off the party it
+    removed there too."""
+    world = World(tmp_path, own_postgres_url)
+    a, b = world.running, world.replica("b")
+    try:
+        world.running = b
+        assert world.stub("belastingdienst").Hello(_hello("belastingdienst"), timeout=5)
+        held = world.provisioned.covenant
+        key_epoch = replace(
+            held.key_epoch,
+            holders=tuple(h for h in held.key_epoch.holders if h.party != "belastingdienst"),
+        )
+        parties = tuple(p for p in held.parties if p.id != "belastingdienst")
+        world.running = a
+        world.publish(version_2(world, parties=parties, key_epoch=replace(key_epoch, threshold=2)))
+        world.running = b
+
+        def taken() -> bool:
+            return world.stub("politie").Hello(_hello("politie"), timeout=5).covenant_version == 2
+
+        wait_until(taken, 30, "replica b holds version 2")
+        with pytest.raises(grpc.RpcError) as info:
+            world.stub("belastingdienst").Hello(_hello("belastingdienst"), timeout=5)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert b.service.adopt_published() == 0  # nothing new: taken once
+    finally:
+        a.stop(0)
+        b.stop(0)
+
+
+def _hello(party: str) -> broker_pb2.HelloRequest:
+    return broker_pb2.HelloRequest(party=party)
