@@ -5,8 +5,10 @@ End to end: a broker and four nodes run in this process with ``metrics_listen`` 
 collection, one bad call goes to each server; both endpoints are scraped over HTTP and
 every figure is checked against what happened (and against the stores' own counts),
 and no label or value carries a reference, identifier, category, group, ref or
-request id. Also: no ``metrics_listen``, no endpoint; a bad one refused naming the
-setting; the interceptor's status and latency figures, and the collectors, on their own.
+request id. The same, smaller, through ``broker serve`` and ``node serve`` as processes
+(the port each logs). Also: no ``metrics_listen``, no endpoint; a bad one refused naming
+the setting; the interceptor's status and latency figures, and the collectors, on their
+own.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import shutil
 import socket
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -51,6 +55,7 @@ from samenloop.policies.rpc import ErrorInterceptor
 from samenloop.v1 import broker_pb2, broker_pb2_grpc
 
 import in_process
+from daemons import Daemons, running_covenant
 from in_process import Cluster, wait_for
 
 RIEC, GEMEENTE, WOCO, POLITIE = "riec", "gemeente", "woco", "politie"
@@ -595,3 +600,70 @@ def test_a_stopped_node_serves_no_metrics_and_without_the_setting_none_at_all(
             node.stop(None)
     finally:
         cluster.start(RIEC)
+
+
+# --- through the daemons, as processes ------------------------------------------------------
+
+
+def logged_port(daemons: Daemons, name: str) -> int:
+    """The port a daemon says it serves its metrics on (it was given port 0)."""
+    found = re.search(rb"metrics served\b[^\n]*\bport=(\d+)", daemons.log(name))
+    assert found is not None, daemons.log(name)[-2000:]
+    return int(found.group(1))
+
+
+def test_broker_serve_and_node_serve_expose_metrics_that_match_their_work() -> None:
+    root = Path(tempfile.mkdtemp(prefix="sl-met-", dir="/tmp"))  # short: sockets live here
+    specs = tuple(spec for spec in SPECS if spec.id in (GEMEENTE, WOCO))
+    try:
+        with running_covenant(
+            root,
+            "riec-metrics-daemons",
+            specs,
+            [GEMEENTE, WOCO],
+            2,
+            now=datetime.now(UTC) - timedelta(minutes=5),
+            configure=with_metrics,
+        ) as daemons:
+            ports = {name: logged_port(daemons, name) for name in ("broker", GEMEENTE, WOCO)}
+            daemons.clients[WOCO].add_signal("W-DAEMON-1", "woonfraude", [("bsn", SHARED_BSN)])
+            daemons.clients[GEMEENTE].add_signal(
+                "G-DAEMON-1", "vastgoedmisbruik", [("bsn", SHARED_BSN)]
+            )
+
+            def settled() -> bool:
+                scraped = {name: parse(scrape_text(port)) for name, port in ports.items()}
+                return (
+                    all(
+                        value(scraped[party], "samenloop_node_hits", state="open") == 1
+                        and value(scraped[party], "samenloop_node_outbox_batches") == 0
+                        for party in (GEMEENTE, WOCO)
+                    )
+                    and total(scraped["broker"], "samenloop_broker_mailbox_items") == 0
+                )
+
+            wait_for("both hits, nothing waiting", settled)
+            texts = {name: scrape_text(port) for name, port in ports.items()}
+    finally:
+        shutil.rmtree(root)
+    broker = parse(texts["broker"])
+    nodes = {party: parse(texts[party]) for party in (GEMEENTE, WOCO)}
+    accepted = sum(
+        value(samples, "samenloop_node_batches_sent_total", kind="submit", outcome="accepted")
+        for samples in nodes.values()
+    )
+    assert accepted >= 2
+    assert value(broker, "samenloop_broker_batches_total", kind="submit", outcome="accepted") == (
+        accepted
+    )
+    assert value(broker, "samenloop_broker_token_entries_total", outcome="stored") == 2
+    assert value(broker, "samenloop_broker_hit_notices_total", cause="submit") == 2
+    assert value(broker, "samenloop_broker_hit_groups_open") == 1
+    for party, samples in nodes.items():
+        assert value(samples, "samenloop_node_identifiers_tokenised_total") == 1
+        assert value(samples, "samenloop_node_hit_notices_total", outcome="accepted") == 1
+        assert value(broker, "samenloop_broker_party_token_entries", party=party) == 1
+    for name, text in texts.items():
+        for secret in (SHARED_BSN, "W-DAEMON-1", "G-DAEMON-1", "woonfraude", "vastgoedmisbruik"):
+            assert secret not in text, (name, secret)
+        check_labels(parse(text))
