@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -30,6 +31,8 @@ from samenloop.broker import mailbox, matching
 from samenloop.broker.store import BrokerStore
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.metrics import RpcMetrics
+
+log = structlog.get_logger(__name__)
 
 NAMESPACE = "samenloop_broker"
 
@@ -116,6 +119,16 @@ class StoreCollector(Collector):
         return []  # no queries at registration: the families are those of collect
 
     def collect(self) -> Iterator[Metric]:
+        """The figures, or none when the store cannot be read (logged by error type only):
+        the scrape still answers, with the counters, and the gauges go absent."""
+        try:
+            figures = list(self._figures())
+        except Exception as error:  # a database outage must not break the endpoint
+            log.error("metrics: the store could not be read", error_type=type(error).__name__)
+            return
+        yield from figures
+
+    def _figures(self) -> Iterator[Metric]:
         now = self._clock()
         covenant = self._covenant()
         parties = sorted(p.id for p in covenant.parties)

@@ -106,9 +106,13 @@ class RpcMetrics:
             self.latency.labels(method).observe(seconds)
 
 
-def _code(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
-    """The status a call ended with: the one set or aborted with, else OK (or UNKNOWN for
-    an exception that set none, as gRPC answers it)."""
+def _code(
+    context: grpc.ServicerContext,
+    failed: bool,
+    otherwise: grpc.StatusCode = grpc.StatusCode.UNKNOWN,
+) -> grpc.StatusCode:
+    """The status a call ended with: the one set or aborted with, else OK (or, for an
+    exception that set none, ``otherwise``: UNKNOWN, as gRPC answers it)."""
     code = context.code()  # type: ignore[attr-defined]  # grpc's server context has it
     if isinstance(code, grpc.StatusCode):
         return code
@@ -116,7 +120,7 @@ def _code(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
         for status in grpc.StatusCode:
             if status.value[0] == code:
                 return status
-    return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+    return otherwise if failed else grpc.StatusCode.OK
 
 
 class RpcMetricsInterceptor(rpc.ServerInterceptor):
@@ -153,15 +157,15 @@ class RpcMetricsInterceptor(rpc.ServerInterceptor):
 
         def streaming(behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
             def counted(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                failed = True
                 try:
                     yield from behaviour(request, context)
-                    failed = False
-                except GeneratorExit:  # the peer went away: gRPC cancelled the call
-                    failed = False
+                except GeneratorExit:  # the peer went away, or the server stops
+                    observe(method, _code(context, True, grpc.StatusCode.CANCELLED), None)
                     raise
-                finally:
-                    observe(method, _code(context, failed), None)
+                except BaseException:
+                    observe(method, _code(context, True), None)
+                    raise
+                observe(method, _code(context, False), None)
 
             return counted
 

@@ -320,6 +320,21 @@ def test_the_node_collector_of_an_empty_store_and_its_connection(sqlite_url: str
         engine.dispose()
 
 
+def test_a_store_that_cannot_be_read_leaves_the_counters_served(tmp_path: Path) -> None:
+    engine = database.make_engine(f"sqlite:///{tmp_path / 'not-migrated.db'}")
+    metrics = NodeMetrics()
+    metrics.watch(Repositories.open(engine), lambda: (True, NOW), lambda: NOW)
+    metrics.tokenised.inc(3)
+    endpoint = serve_registry(metrics.registry, "127.0.0.1:0")
+    try:
+        samples = parse(scrape_text(endpoint.port))  # answers, with what it has
+    finally:
+        endpoint.stop()
+        engine.dispose()
+    assert value(samples, "samenloop_node_identifiers_tokenised_total") == 3
+    assert not [name for name, _ in samples if name == "samenloop_node_signals"]
+
+
 # --- end to end ------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -32,6 +33,8 @@ from samenloop.node.picture.models import PictureAnswerOutcome
 from samenloop.node.signals.models import SignalState
 from samenloop.node.tokens.evaluation import RefusalReason
 from samenloop.policies.metrics import RpcMetrics
+
+log = structlog.get_logger(__name__)
 
 NAMESPACE = "samenloop_node"
 
@@ -155,6 +158,16 @@ class StoreCollector(Collector):
         return []  # no queries at registration: the families are those of collect
 
     def collect(self) -> Iterator[Metric]:
+        """The figures, or none when the store cannot be read (logged by error type only):
+        the scrape still answers, with the counters, and the gauges go absent."""
+        try:
+            figures = list(self._figures())
+        except Exception as error:  # a database outage must not break the endpoint
+            log.error("metrics: the store could not be read", error_type=type(error).__name__)
+            return
+        yield from figures
+
+    def _figures(self) -> Iterator[Metric]:
         counts = self._repositories.signals.status_counts()
         signals = GaugeMetricFamily(
             f"{NAMESPACE}_signals", "Signals held, by state", labels=["state"]

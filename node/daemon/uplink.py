@@ -592,7 +592,6 @@ class Uplink:
         # Fewer tokens than identifiers when the holders ran out midway (the quota is used
         # up): the rest stay pending, and the next round says why in the status.
         done = pending[: len(made)]
-        self.metrics.tokenised.inc(len(done))
         self._signals.record_tokens(
             {p.id: m.token for p, m in zip(done, made, strict=True)},
             epoch.epoch,
@@ -600,6 +599,7 @@ class Uplink:
             seal_attributes=self._seal_category,
             proof_keys={p.id: m.hit_proof_key for p, m in zip(done, made, strict=True)},
         )
+        self.metrics.tokenised.inc(len(done))
         return True
 
     def _send_outbox(self) -> bool:
