@@ -16,7 +16,7 @@ caller cannot make new series by calling made-up paths.
 What may be a label or a value anywhere in these metrics: party ids of the covenant,
 method names, status codes and the fixed names of reasons and outcomes. Never a token,
 a signal ref, an identifier, a category, a group, request or batch id
-(docs/threat-model.md, "Metrics").
+(docs/threat-model.md, "Whoever can reach a metrics endpoint").
 
 This is an adapter (gRPC and HTTP); the sans-IO core never imports it.
 """

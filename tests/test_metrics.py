@@ -512,8 +512,17 @@ def test_both_endpoints_count_what_happened_and_show_no_identifier(cluster: Clus
             totals.elements_evaluated
         )
         assert totals.elements_evaluated >= identifiers  # each holder saw every identifier
+        by_party = {
+            p: value(samples, "samenloop_node_oprf_elements_evaluated_today", party=p)
+            for p in PARTIES
+        }
+        assert sum(by_party.values()) == totals.elements_evaluated  # all of it today
+        assert by_party[RIEC] == 0  # the RIEC has nothing to tokenise
+        assert by_party[WOCO] >= 2  # the woco's two identifiers
         relayed += total(samples, "samenloop_node_oprf_requests_evaluated_total")
     assert nodes_total("samenloop_node_oprf_requests_refused_total") == 0
+    assert total(nodes[POLITIE], "samenloop_node_oprf_elements_evaluated_today") == 0
+    assert not [n for n, _ in nodes[POLITIE] if n.endswith("evaluated_today")]  # no holder
     for reason in RefusalReason:  # every reason is a series, at 0 until it happens
         assert (
             "samenloop_node_oprf_requests_refused_total",

@@ -8,17 +8,19 @@ evaluated and refused by reason, and failed calls to the broker by status; throu
 and status, with the latency of those that answer once. State is read from the store
 when Prometheus scrapes (:class:`StoreCollector`): signals by state, identifiers waiting
 for tokens, the outbox, hits, disclosure requests by direction and state (their
-outcome), picture collections and answers, and the uplink's connection.
+outcome), picture collections and answers, a key holder's evaluations today for each
+party, and the uplink's connection.
 
 Labels carry only fixed names (states, kinds, outcomes, reasons, status codes, method
-names): never a signal's reference, an identifier, a category, a hit group, a request
-id, an officer or a purpose. Counts are still facts about a partner's work: who can
-reach ``metrics_listen`` learns them (docs/threat-model.md, "Metrics").
+names) and, on a key holder's node, the party ids of the covenant: never a signal's
+reference, an identifier, a category, a hit group, a request id, an officer or a purpose.
+Counts are still facts about a partner's work: who can reach ``metrics_listen`` learns
+them (docs/threat-model.md, "Whoever can reach a metrics endpoint").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime
 
 import structlog
@@ -135,10 +137,12 @@ class NodeMetrics:
         repositories: Repositories,
         connection: Callable[[], tuple[bool, datetime | None]],
         clock: Callable[[], datetime],
+        parties: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         """Add the state read at each scrape: ``connection`` gives whether the uplink is
-        connected and when it last heard from the broker."""
-        self.registry.register(StoreCollector(repositories, connection, clock))
+        connected and when it last heard from the broker, ``parties`` the parties of the
+        covenant held (the only party ids a label may carry)."""
+        self.registry.register(StoreCollector(repositories, connection, clock, parties))
 
 
 class StoreCollector(Collector):
@@ -149,10 +153,12 @@ class StoreCollector(Collector):
         repositories: Repositories,
         connection: Callable[[], tuple[bool, datetime | None]],
         clock: Callable[[], datetime],
+        parties: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self._repositories = repositories
         self._connection = connection
         self._clock = clock
+        self._parties = parties
 
     def describe(self) -> list[Metric]:
         return []  # no queries at registration: the families are those of collect
@@ -222,6 +228,17 @@ class StoreCollector(Collector):
         for outcome in PictureAnswerOutcome:
             answered.add_metric([outcome.value], answers.get(outcome.value, 0))
         yield answered
+
+        evaluated = GaugeMetricFamily(
+            f"{NAMESPACE}_oprf_elements_evaluated_today",
+            "Blinded elements this key holder evaluated today (UTC) for each party: what "
+            "its share of the party's oprf_evaluations_per_day counts",
+            labels=["party"],
+        )
+        today = self._repositories.tokens.evaluations_by_party(self._clock().date())
+        for party in sorted(self._parties()):
+            evaluated.add_metric([party], today.get(party, 0))
+        yield evaluated
 
         connected, last_contact = self._connection()
         yield GaugeMetricFamily(

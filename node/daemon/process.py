@@ -231,7 +231,12 @@ def _start(
         with uplink.status.lock:
             return uplink.status.connected, uplink.status.last_contact
 
-    metrics.watch(repositories, connection, clock)
+    metrics.watch(
+        repositories,
+        connection,
+        clock,
+        parties=lambda: frozenset(p.id for p in held().parties) if holder is not None else (),
+    )
     service = NodeApiService(
         NodeApiContext(
             party=party,
