@@ -2,13 +2,13 @@
 
 End to end: a broker and four nodes run in this process with ``metrics_listen`` set
 (port 0) in their TOML files; signals make tokens, a hit, a disclosure and a picture
-collection, one bad call goes to each server; both endpoints are scraped over HTTP and
-every figure is checked against what happened (and against the stores' own counts),
-and no label or value carries a reference, identifier, category, group, ref or
-request id. The same, smaller, through ``broker serve`` and ``node serve`` as processes
-(the port each logs). Also: no ``metrics_listen``, no endpoint; a bad one refused naming
-the setting; the interceptor's status and latency figures, and the collectors, on their
-own.
+collection, one bad call goes to each server and one OPRF request the key holders
+refuse; both endpoints are scraped over HTTP and every figure is checked against what
+happened (and against the stores' own counts), and no label or value carries a
+reference, identifier, category, group, ref or request id. The same, smaller, through
+``broker serve`` and ``node serve`` as processes (the port each logs). Also: no
+``metrics_listen``, no endpoint; a bad one refused naming the setting; the interceptor's
+status and latency figures, and the collectors, on their own.
 """
 
 from __future__ import annotations
@@ -44,15 +44,17 @@ from samenloop.node.daemon.process import build_node
 from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.disclosure.models import DisclosureState
 from samenloop.node.provision import PartySpec, Provisioned
+from samenloop.node.tokens import evaluation, threshold
 from samenloop.node.tokens.evaluation import RefusalReason
 from samenloop.policies import database
 from samenloop.policies.config import load_node_config
 from samenloop.policies.covenant import Covenant, Role
+from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError, InvalidInput
 from samenloop.policies.metrics import RpcMetrics, RpcMetricsInterceptor, serve_registry
 from samenloop.policies.policy import PictureRules, example_policy
 from samenloop.policies.rpc import ErrorInterceptor
-from samenloop.v1 import broker_pb2, broker_pb2_grpc
+from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
 import in_process
 from daemons import Daemons, running_covenant
@@ -413,6 +415,25 @@ def run_the_story(cluster: Cluster) -> dict[str, object]:
     with pytest.raises(grpc.RpcError) as refused:  # refused by the broker: counted there
         stub.SubmitTokens(broker_pb2.SubmitTokensRequest(key_epoch=999, client_batch_id=b"x" * 16))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # A request the key holders refuse: a well-signed one whose element is not a point.
+    keys = PartyKeys.load(load_node_config(cluster.provisioned.node_configs[POLITIE]).party_keys)
+    epoch = threshold.KeyEpoch.from_covenant(cluster.provisioned.covenant)
+    requests = evaluation.build_requests(
+        keys,
+        epoch.covenant_id,
+        epoch,
+        (1, 2),
+        [b"\xff" * 32],
+        request_id=evaluation.new_request_id(),
+        now=datetime.now(UTC),
+    )
+    answered = stub.Evaluate(
+        broker_pb2.EvaluateRequest(
+            requests=[common_pb2.Signed.FromString(requests[i]) for i in sorted(requests)]
+        ),
+        timeout=30,
+    )
+    assert len(answered.replies) == 2
     collection = cluster.clients[RIEC].picture_collect(MONTH, officer="analist@riec")
     wait_for(
         "every party's answer to the picture request",
@@ -500,7 +521,7 @@ def test_both_endpoints_count_what_happened_and_show_no_identifier(cluster: Clus
     assert value(nodes[RIEC], "samenloop_node_picture_collections") == 1
     assert nodes_total("samenloop_node_picture_collections") == 1
     # The OPRF: each holder's figures are its store's durable counts; the broker relayed
-    # every request a holder answered; none was refused.
+    # every request a holder answered; only the hand-made one was refused.
     relayed = 0.0
     for party in (GEMEENTE, WOCO):
         totals = cluster.nodes[party].repositories.tokens.holder_totals()
@@ -520,7 +541,12 @@ def test_both_endpoints_count_what_happened_and_show_no_identifier(cluster: Clus
         assert by_party[RIEC] == 0  # the RIEC has nothing to tokenise
         assert by_party[WOCO] >= 2  # the woco's two identifiers
         relayed += total(samples, "samenloop_node_oprf_requests_evaluated_total")
-    assert nodes_total("samenloop_node_oprf_requests_refused_total") == 0
+    for party in (GEMEENTE, WOCO):  # the hand-made request, refused by each holder
+        refusals = nodes[party]
+        assert total(refusals, "samenloop_node_oprf_requests_refused_total") == 1
+        reason = "invalid_element"
+        assert value(refusals, "samenloop_node_oprf_requests_refused_total", reason=reason) == 1
+        relayed += 1
     assert total(nodes[POLITIE], "samenloop_node_oprf_elements_evaluated_today") == 0
     assert not [n for n, _ in nodes[POLITIE] if n.endswith("evaluated_today")]  # no holder
     for reason in RefusalReason:  # every reason is a series, at 0 until it happens
