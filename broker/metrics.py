@@ -66,13 +66,14 @@ class BrokerMetrics:
         self.tokens = Counter(
             f"{NAMESPACE}_token_entries",
             "Token entries by what happened to them: stored, unchanged (held already), "
-            "withdrawn, unknown (withdrawn but not held), expired",
+            "withdrawn, unknown (withdrawn but not held), expired, removed (with their party)",
             ["outcome"],
             registry=registry,
         )
         self.hit_notices = Counter(
             f"{NAMESPACE}_hit_notices",
-            "Hit notices put in parties' mailboxes, by cause (submit, withdraw, expiry)",
+            "Hit notices put in parties' mailboxes, by cause (submit, withdraw, expiry, "
+            "removal: a party removed by a covenant version)",
             ["cause"],
             registry=registry,
         )
@@ -96,9 +97,9 @@ class BrokerMetrics:
         for kind in ("submit", "withdraw"):
             for outcome in ("accepted", "replayed"):
                 self.batches.labels(kind, outcome)
-        for outcome in ("stored", "unchanged", "withdrawn", "unknown", "expired"):
+        for outcome in ("stored", "unchanged", "withdrawn", "unknown", "expired", "removed"):
             self.tokens.labels(outcome)
-        for cause in ("submit", "withdraw", "expiry"):
+        for cause in ("submit", "withdraw", "expiry", "removal"):
             self.hit_notices.labels(cause)
         for outcome in ("relayed", "replayed"):
             self.envelopes.labels(outcome)

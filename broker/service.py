@@ -326,7 +326,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 if request.HasField("covenant_timestamp")
                 else None
             )
-            self._store.covenants.publish_covenant(
+            removals = self._store.covenants.publish_covenant(
                 version=new.version,
                 signed=signed.to_proto().SerializeToString(),
                 recipients=sorted(new.party_ids),
@@ -338,6 +338,9 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 timestamp=stamp,
             )
             self._trust.update(signed, now=now)
+            for removal in removals:
+                self.metrics.tokens.labels("removed").inc(removal.removed)
+                self.metrics.hit_notices.labels("removal").inc(removal.notices)
             # Tokens made under the version replaced may still arrive: keep its retention.
             self._held_retention_days = max(
                 self._held_retention_days, previous.policy.retention.longest_days

@@ -487,7 +487,9 @@ class TokenStore:
             {"party": party, "removed": len(change.deleted)},
         )
         self._db.audit(tx, [removed, *self._hit_events(change)], now)
-        return RemovalResult(removed=len(change.deleted), notified=notified)
+        return RemovalResult(
+            removed=len(change.deleted), notified=notified, notices=len(change.notices)
+        )
 
     def _charge_swept(self, tx: Tx, costs: Mapping[str, int], now: datetime) -> None:
         """Count what an expiry sweep's notices cost the others against the day of each party

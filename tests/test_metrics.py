@@ -609,10 +609,10 @@ ALLOWED: Mapping[str, re.Pattern[str]] = {
         "submit|withdraw|hit_notice|envelope|covenant_update|covenant_timestamp|set_aside|unknown"
     ),
     "outcome": re.compile(
-        "accepted|replayed|refused|quota|unchanged|stored|withdrawn|unknown|expired|relayed"
-        "|contributed"
+        "accepted|replayed|refused|quota|unchanged|stored|withdrawn|unknown|expired|removed"
+        "|relayed|contributed"
     ),
-    "cause": re.compile("submit|withdraw|expiry"),
+    "cause": re.compile("submit|withdraw|expiry|removal"),
     "state": re.compile(
         "active|withdrawn|expired|open|closed|sent|pending_approval|granted|refused"
     ),
