@@ -26,6 +26,7 @@ from samenloop.broker.mailbox import EnvelopeRules, EnvelopeUsage, ItemKind, Mai
 from samenloop.broker.models import (
     MailboxHead,
     MailboxItem,
+    Party,
     PartyEnvelopeUsage,
     RelayedEnvelope,
     SetAsideItem,
@@ -319,6 +320,29 @@ class MailboxStore:
             ),
         )
         return EnvelopeUsage() if row is None else EnvelopeUsage(*row)
+
+    def depths(self) -> dict[str, tuple[int, datetime]]:
+        """Per party with items waiting: how many, and when the oldest was put there (for
+        the metrics, at scrape time; parties with an empty mailbox are absent)."""
+        query = (
+            select(Party.name, func.count(), func.min(MailboxItem.enqueued_at))
+            .join(Party, Party.id == MailboxItem.party_id)
+            .group_by(Party.name)
+        )
+        with self._db.read() as conn:
+            return {name: (int(count), utc(oldest)) for name, count, oldest in conn.execute(query)}
+
+    def envelope_usages(self) -> dict[str, EnvelopeUsage]:
+        """Every party's envelope quota counts, as ``envelope_usage`` (for the metrics)."""
+        query = select(
+            Party.name,
+            PartyEnvelopeUsage.day,
+            PartyEnvelopeUsage.sent,
+            PartyEnvelopeUsage.sent_bytes,
+            PartyEnvelopeUsage.waiting_bytes,
+        ).join(Party, Party.id == PartyEnvelopeUsage.party_id)
+        with self._db.read() as conn:
+            return {name: EnvelopeUsage(*counts) for name, *counts in conn.execute(query)}
 
     def mailbox_state(self, party: str) -> MailboxState:
         """A party's head and acknowledged cursors (zeros for a party never seen)."""

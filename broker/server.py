@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from samenloop.broker.auth import PartyInterceptor
 from samenloop.broker.covenant_store import CovenantStore, TimestampRecord
+from samenloop.broker.metrics import BrokerMetrics
 from samenloop.broker.service import BrokerContext, BrokerService
 from samenloop.broker.store import BrokerStore
 from samenloop.policies import crypto, database, logs
@@ -40,6 +41,7 @@ from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError, SamenloopError
 from samenloop.policies.freshness import CovenantTimestamp, verify_timestamp
+from samenloop.policies.metrics import MetricsEndpoint, RpcMetricsInterceptor, serve_registry
 from samenloop.policies.process import (
     DataDirectoryLock,
     check_private,
@@ -80,9 +82,13 @@ class RunningBroker:
     store: BrokerStore
     #: The data directory is this broker's alone until it stops.
     lock: DataDirectoryLock
+    #: The Prometheus endpoint, when ``metrics_listen`` is set.
+    metrics: MetricsEndpoint | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
         self.server.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.store.engine.dispose()
         self.lock.release()
 
@@ -174,6 +180,7 @@ def _start(
             tokens=indexed,
             seconds=round(time.perf_counter() - started, 2),
         )
+    metrics = BrokerMetrics(store, covenant_source, clock)
     context = BrokerContext(
         covenant=covenant_source,
         store=store,
@@ -182,13 +189,19 @@ def _start(
         trust=held,
         held_retention_days=held_retention_days,
         root=root,
+        metrics=metrics,
     )
     if evaluate_timeout is not None:
         context.evaluate_timeout = evaluate_timeout
     service = BrokerService(context)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="broker"),
-        interceptors=[ErrorInterceptor(), PartyInterceptor(covenant_source)],
+        # Metrics outermost: they see every call with the status it ended with.
+        interceptors=[
+            RpcMetricsInterceptor(metrics.rpc),
+            ErrorInterceptor(),
+            PartyInterceptor(covenant_source),
+        ],
         options=CHANNEL_OPTIONS,
     )
     broker_pb2_grpc.add_BrokerServicer_to_server(service, server)
@@ -214,11 +227,21 @@ def _start(
     if port == 0:
         engine.dispose()
         raise ConfigurationError(f"cannot listen on {config.listen}", field="listen")
+    endpoint = None
+    if config.metrics_listen is not None:
+        try:
+            endpoint = serve_registry(metrics.registry, config.metrics_listen)
+        except ConfigurationError:
+            engine.dispose()
+            raise
+        log.info("metrics served", address=config.metrics_listen, port=endpoint.port)
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info("broker listening", address=config.listen, port=port, covenant=current.id)
-    return RunningBroker(server=server, port=port, service=service, store=store, lock=lock)
+    return RunningBroker(
+        server=server, port=port, service=service, store=store, lock=lock, metrics=endpoint
+    )
 
 
 def take_first_timestamp(

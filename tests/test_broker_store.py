@@ -321,7 +321,8 @@ def test_resubmitting_a_batch_is_acknowledged_again_without_effect(broker, engin
     first = submit(broker, "a", 7, entries)
     before = table_counts(engine)
     again = submit(broker, "a", 7, list(reversed(entries)), at=NOW + timedelta(hours=1))
-    assert again == replace(first, replayed=True, notified=())
+    assert first.notices == 2  # the group formed: a notice to each member; none again
+    assert again == replace(first, replayed=True, notified=(), notices=0)
     assert again.accepted_at == NOW
     assert table_counts(engine) == before
 
@@ -438,7 +439,8 @@ def test_withdrawal_closes_the_group_and_is_idempotent(broker, engine):
     again = broker.tokens.withdraw(
         "b", batch_id(3), [ref("b", 9), ref("b")], min_parties=2, now=NOW, sign_notice=sign
     )
-    assert again == replace(result, replayed=True, notified=())
+    assert result.notices == 2
+    assert again == replace(result, replayed=True, notified=(), notices=0)
     assert table_counts(engine) == before
     # The token can form a new group later, with a new id.
     submit(broker, "b", 4, [entry("b", 1, r=2)], ids=ids)

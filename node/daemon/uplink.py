@@ -79,6 +79,7 @@ import structlog
 from samenloop.node.cases.desk import CaseDesk
 from samenloop.node.daemon.api_token import Tally
 from samenloop.node.daemon.covenant_keeper import CovenantKeeper, Fetched, learn_attribute_key
+from samenloop.node.daemon.metrics import MAILBOX_KINDS, NodeMetrics, reason_label
 from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.disclosure.desk import DisclosureDesk
 from samenloop.node.picture.desk import PictureDesk
@@ -248,8 +249,11 @@ class Uplink:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_hit: Callable[[], None] = lambda: None,
         work_dir: Path | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._party = party
+        #: The counters the loops increment (served when ``metrics_listen`` is set).
+        self.metrics = metrics or NodeMetrics()
         self._channel = channel
         self._broker = broker_pb2_grpc.BrokerStub(channel)
         self._covenant = covenant
@@ -370,8 +374,11 @@ class Uplink:
     def _failed(self, where: str, error: Exception) -> None:
         if isinstance(error, grpc.Call):
             reason = f"{error.code().name}: {error.details()}"
+            code = error.code().name
         else:
             reason = f"{type(error).__name__}: {error}"
+            code = "UNKNOWN"
+        self.metrics.broker_failures.labels(where, code).inc()
         self.status.update(connected=False, last_error=f"{where}: {reason}")
         if self._stop.is_set():
             return
@@ -592,6 +599,7 @@ class Uplink:
             seal_attributes=self._seal_category,
             proof_keys={p.id: m.hit_proof_key for p, m in zip(done, made, strict=True)},
         )
+        self.metrics.tokenised.inc(len(done))
         return True
 
     def _send_outbox(self) -> bool:
@@ -638,6 +646,7 @@ class Uplink:
                 if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     reason = error_from_rpc(error).reason
                     if reason.startswith("quota."):
+                        self.metrics.batches.labels(batch.kind.value, "quota").inc()
                         self._wait_for_quota(reason, error.details() or "")
                         return False
                 # The broker refused the batch for good: do not resend it forever.
@@ -648,9 +657,12 @@ class Uplink:
                     details=error.details(),
                 )
                 self._signals.reject_batch(batch.client_batch_id, now=self._clock())
+                self.metrics.batches.labels(batch.kind.value, "refused").inc()
                 return True
             raise
         self._signals.mark_acked(batch.client_batch_id, now=self._clock())
+        self.metrics.batches.labels(batch.kind.value, "accepted").inc()
+        self.metrics.entries.labels(batch.kind.value).inc(len(batch.entries))
         with self.status.lock:
             self.status.batches_sent += 1
             self.status.last_contact = self._clock()
@@ -773,6 +785,8 @@ class Uplink:
             self._untrack(stream)
 
     def _process(self, item: broker_pb2.MailboxItem) -> None:
+        payload = item.WhichOneof("payload")
+        self.metrics.mailbox_items.labels(payload if payload in MAILBOX_KINDS else "unknown").inc()
         if item.HasField("hit_notice"):
             try:
                 notice = verify_hit_notice(self._covenant(), self._party, item.hit_notice)
@@ -793,7 +807,9 @@ class Uplink:
             except (SamenloopError, KeyError, ValueError, OverflowError) as error:
                 log.warning("hit notice refused", cursor=item.cursor, reason=type(error).__name__)
                 self._shared.advance_cursor(item.cursor)
+                self.metrics.hit_notices.labels("refused").inc()
                 return
+            self.metrics.hit_notices.labels("accepted" if accepted else "unchanged").inc()
             if accepted:
                 with self.status.lock:
                     self.status.notices_accepted += 1
@@ -868,6 +884,9 @@ class Uplink:
                     self.holder_events.add(
                         HolderEvent(UNVERIFIED, RefusalReason.MALFORMED_REQUEST.name, now.date())
                     )
+                    self.metrics.oprf_refused.labels(
+                        reason_label(RefusalReason.MALFORMED_REQUEST)
+                    ).inc()
                     continue
                 # Counted and entered in the replay cache durably before the answer leaves:
                 # a crash in between must neither hand out evaluations that the quota never
@@ -876,6 +895,7 @@ class Uplink:
                     self._repositories.tokens, holder, decided, now=now, summed=self.holder_events
                 ):
                     continue
+                self._count_answer(decided)
                 outbound.put(
                     broker_pb2.HolderChannelRequest(
                         answer=broker_pb2.HolderAnswer(
@@ -887,6 +907,15 @@ class Uplink:
         finally:
             outbound.close()
             self._untrack(call)
+
+    def _count_answer(self, decided: HolderReply) -> None:
+        if decided.refused is not None:
+            self.metrics.oprf_refused.labels(reason_label(decided.refused)).inc()
+        elif decided.answered is None:  # an identical request answered again
+            self.metrics.oprf_evaluated.labels("true").inc()
+        else:
+            self.metrics.oprf_evaluated.labels("false").inc()
+            self.metrics.oprf_elements.inc(decided.elements)
 
 
 def record_answer(

@@ -913,6 +913,22 @@ class PictureStore(Database):
 
     # --- what the picture counts of the other capabilities' tables -----------------------
 
+    def counts(self) -> tuple[int, dict[str, int]]:
+        """Picture collections this node started, and the requests it answered by outcome
+        (for the metrics, at scrape time)."""
+        answers = models.PictureAnswer
+        with self._read() as conn:
+            collections = conn.execute(
+                select(func.count()).select_from(models.PictureCollection)
+            ).scalar_one()
+            outcomes = {
+                outcome: int(n)
+                for outcome, n in conn.execute(
+                    select(answers.outcome, func.count()).group_by(answers.outcome)
+                )
+            }
+        return int(collections), outcomes
+
     def picture_signal_facts(self, first_month: str, last_month: str) -> list[picture.SignalFacts]:
         """The coarse attributes of the signals of the months ``first_month``..``last_month``
         that were active at some time in them, grouped: one fact per combination of
