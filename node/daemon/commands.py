@@ -47,6 +47,35 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     migrate = commands.add_parser("migrate", help="bring the node's database to this version")
     migrate.add_argument("--config", type=Path, required=True, help="node.toml")
     migrate.set_defaults(func=lambda args: daemon.migrate(args.config))
+    backup = commands.add_parser(
+        "backup", help="back up the node's database (SQLite) while the node runs"
+    )
+    backup.add_argument("--config", type=Path, required=True, help="node.toml")
+    backup.add_argument(
+        "--out", type=Path, required=True, help="the backup file to write (new, 0600)"
+    )
+    backup.set_defaults(func=_backup)
+    restore = commands.add_parser(
+        "restore",
+        help="install a backup as the node's database (node stopped); it then catches up",
+    )
+    restore.add_argument("--config", type=Path, required=True, help="node.toml")
+    restore.add_argument(
+        "--from", dest="source", type=Path, required=True, help="a file of 'node backup'"
+    )
+    restore.set_defaults(func=_restore)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from samenloop.node.daemon.backup import node_backup
+
+    return node_backup(args.config, args.out)
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from samenloop.node.daemon.backup import node_restore
+
+    return node_restore(args.config, args.source)
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -1,0 +1,333 @@
+"""``samenloop node backup``, ``node restore`` and ``broker backup``, without daemons.
+
+A provisioned covenant's migrated databases stand in for a node's and a broker's; a
+held ``DataDirectoryLock`` and an open write transaction stand in for a running daemon.
+The end-to-end restore through real daemons is in ``test_backup_restore_end_to_end.py``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from samenloop.node.daemon.database import Database
+from samenloop.node.provision import PartySpec, Provisioned, provision
+from samenloop.node.signals.store import FeedState
+from samenloop.policies import backup, cli, database
+from samenloop.policies.audit import AuditKind
+from samenloop.policies.covenant import Role
+from samenloop.policies.errors import ConfigurationError
+from samenloop.policies.process import DataDirectoryLock
+
+from daemons import migrate, sqlite_rows
+
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+SPECS = (
+    PartySpec("gemeente", "Gemeente Middelburg", Role.GEMEENTE),
+    PartySpec("politie", "Politie Zeeland-West-Brabant", Role.POLITIE),
+)
+
+
+@dataclass
+class Setup:
+    provisioned: Provisioned
+    root: Path
+
+    def config(self, party: str = "gemeente") -> Path:
+        return self.provisioned.node_configs[party]
+
+    def node_db(self, party: str = "gemeente") -> Path:
+        return self.provisioned.party_dir(party) / "data" / "node.db"
+
+    def data_dir(self, party: str = "gemeente") -> Path:
+        return self.provisioned.party_dir(party) / "data"
+
+    @property
+    def broker_db(self) -> Path:
+        return self.provisioned.root / "broker" / "data" / "broker.db"
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    provisioned = provision(
+        tmp_path / "covenant",
+        "riec-backup",
+        SPECS,
+        [spec.id for spec in SPECS],
+        2,
+        now=datetime.now(UTC) - timedelta(minutes=5),
+    )
+    migrate(provisioned)
+    out = tmp_path / "backups"
+    out.mkdir(mode=0o700)
+    return Setup(provisioned, out)
+
+
+def run(*words: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """The CLI in this process: its exit code and what it printed (out and err)."""
+    code = cli.main(list(words))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def add_audit_entry(path: Path, actor: str) -> None:
+    engine = database.make_engine(f"sqlite:///{path}")
+    try:
+        Database(engine, owner=actor).audit_append(
+            kind=AuditKind.SIGNAL_ADDED, details={"test": 1}, now=NOW
+        )
+    finally:
+        engine.dispose()
+
+
+def covenant_versions(path: Path) -> list[tuple[int]]:
+    return sqlite_rows(path, "SELECT version FROM covenant_versions ORDER BY version")
+
+
+# --- backup --------------------------------------------------------------------------------
+
+
+def test_a_backup_is_taken_while_the_node_writes_and_holds_only_what_was_committed(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lock = DataDirectoryLock.acquire(setup.data_dir(), "node")  # the node runs
+    writer = sqlite3.connect(setup.node_db(), isolation_level=None, timeout=10)
+    try:
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute(
+            "INSERT INTO covenant_versions (version, body, signatures, accepted_at)"
+            " VALUES (2, x'01', x'01', '2026-12-07 12:00:00.000000')"
+        )
+        writer.execute("BEGIN IMMEDIATE")  # a writer in the middle of a transaction
+        writer.execute(
+            "INSERT INTO covenant_versions (version, body, signatures, accepted_at)"
+            " VALUES (3, x'01', x'01', '2026-12-07 12:00:00.000000')"
+        )
+        out = setup.root / "node-1.db"
+        code, printed = run(
+            "node", "backup", "--config", str(setup.config()), "--out", str(out), capsys=capsys
+        )
+        assert code == 0, printed
+        writer.execute("COMMIT")
+    finally:
+        writer.close()
+        lock.release()
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert covenant_versions(out) == [(2,)]  # committed before, not the open transaction
+    assert covenant_versions(setup.node_db()) == [(2,), (3,)]
+    assert not Path(f"{out}-wal").exists()  # one self-contained file
+    assert sqlite_rows(out, "PRAGMA journal_mode") == [("delete",)]
+    assert not [p for p in setup.root.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_backup_never_overwrites_a_file(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+    out = setup.root / "node.db"
+    out.write_bytes(b"an earlier backup")
+    code, printed = run(
+        "node", "backup", "--config", str(setup.config()), "--out", str(out), capsys=capsys
+    )
+    assert code != 0
+    assert "--out:" in printed
+    assert "refusing to overwrite" in printed
+    assert out.read_bytes() == b"an earlier backup"
+    code, printed = run(
+        "node",
+        "backup",
+        "--config",
+        str(setup.config()),
+        "--out",
+        str(setup.root / "missing" / "node.db"),
+        capsys=capsys,
+    )
+    assert code != 0
+    assert "--out:" in printed
+    assert "no directory" in printed
+
+
+def test_the_broker_is_backed_up_too(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+    out = setup.root / "broker.db"
+    config = setup.provisioned.broker_config
+    code, printed = run(
+        "broker", "backup", "--config", str(config), "--out", str(out), capsys=capsys
+    )
+    assert code == 0, printed
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert sqlite_rows(out, "SELECT count(*) FROM alembic_version") == [(1,)]
+    code, printed = run(
+        "broker", "backup", "--config", str(config), "--out", str(out), capsys=capsys
+    )
+    assert code != 0
+    assert "--out:" in printed
+
+
+def test_a_postgresql_database_is_left_to_its_own_tools() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        backup.sqlite_database("postgresql://samenloop@db/broker", role="broker")
+    assert caught.value.field == "database.url"
+    assert "pg_dump" in caught.value.message
+    with pytest.raises(ConfigurationError) as caught:
+        backup.sqlite_database("sqlite://", role="node")
+    assert caught.value.field == "database.url"
+
+
+# --- restore -------------------------------------------------------------------------------
+
+
+def test_a_restore_is_refused_while_the_node_runs(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = setup.root / "node.db"
+    assert (
+        run("node", "backup", "--config", str(setup.config()), "--out", str(out), capsys=capsys)[0]
+        == 0
+    )
+    before = setup.node_db().read_bytes()
+    lock = DataDirectoryLock.acquire(setup.data_dir(), "node")
+    try:
+        code, printed = run(
+            "node", "restore", "--config", str(setup.config()), "--from", str(out), capsys=capsys
+        )
+    finally:
+        lock.release()
+    assert code != 0
+    assert "data_dir:" in printed
+    assert "already runs" in printed
+    assert setup.node_db().read_bytes() == before
+
+
+@pytest.mark.parametrize("wrong", ["text", "broker", "other_party", "unknown_schema"])
+def test_a_file_that_is_not_a_backup_of_this_node_is_refused(
+    setup: Setup, capsys: pytest.CaptureFixture[str], wrong: str
+) -> None:
+    source = setup.root / "wrong.db"
+    if wrong == "text":
+        source.write_text("not a database")
+    elif wrong == "broker":
+        source.write_bytes(setup.broker_db.read_bytes())
+    else:
+        add_audit_entry(setup.node_db("politie"), "politie")
+        source.write_bytes(setup.node_db("politie").read_bytes())
+        if wrong == "unknown_schema":
+            add_audit_entry(source, "gemeente")
+            connection = sqlite3.connect(source)
+            connection.execute("UPDATE alembic_version SET version_num = '9999'")
+            connection.commit()
+            connection.close()
+    before = setup.node_db().read_bytes()
+    code, printed = run(
+        "node", "restore", "--config", str(setup.config()), "--from", str(source), capsys=capsys
+    )
+    assert code != 0
+    assert "--from:" in printed
+    expected = {
+        "text": "not a SQLite database",
+        "broker": "not a Samenloop node database",
+        "other_party": "not a database of gemeente's node",
+        "unknown_schema": "does not know",
+    }[wrong]
+    assert expected in printed
+    assert setup.node_db().read_bytes() == before
+    assert not [p for p in setup.data_dir().iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_restore_installs_the_backup_and_starts_a_new_feed_epoch(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add_audit_entry(setup.node_db(), "gemeente")
+    connection = sqlite3.connect(setup.node_db())
+    connection.execute("INSERT INTO inbox (id, mailbox_cursor, last_feed_seq) VALUES (1, 7, 5)")
+    connection.commit()
+    connection.close()
+    out = setup.root / "node.db"
+    assert (
+        run("node", "backup", "--config", str(setup.config()), "--out", str(out), capsys=capsys)[0]
+        == 0
+    )
+    # After the backup the node went on: its cursor and feed moved.
+    connection = sqlite3.connect(setup.node_db())
+    connection.execute("UPDATE inbox SET mailbox_cursor = 20, last_feed_seq = 11")
+    connection.commit()
+    connection.close()
+
+    code, printed = run(
+        "node", "restore", "--config", str(setup.config()), "--from", str(out), capsys=capsys
+    )
+    assert code == 0, printed
+    assert "continues after sequence 5" in printed
+    db = setup.node_db()
+    assert db.stat().st_mode & 0o777 == 0o600
+    assert sqlite_rows(db, "SELECT mailbox_cursor, last_feed_seq FROM inbox") == [(7, 5)]
+    (first,) = sqlite_rows(
+        db,
+        "SELECT feed_epoch, previous_epoch, base_seq, resync_head, restated_until_seq"
+        " FROM feed_restore",
+    )
+    assert first[1:] == (1, 5, None, None)
+    assert first[0] >= 2
+    assert database.current(database.make_engine(f"sqlite:///{db}")) == database.heads(
+        "samenloop.node.daemon.migrations"
+    )
+    (kept,) = [p for p in setup.data_dir().iterdir() if ".replaced-" in p.name]
+    assert sqlite_rows(kept, "SELECT mailbox_cursor, last_feed_seq FROM inbox") == [(20, 11)]
+    assert kept.stat().st_mode & 0o777 == 0o600
+
+    # A backup of the restored node, restored again: the epoch it came from is the first's.
+    again = setup.root / "again.db"
+    assert (
+        run("node", "backup", "--config", str(setup.config()), "--out", str(again), capsys=capsys)[
+            0
+        ]
+        == 0
+    )
+    kept.unlink()
+    assert (
+        run(
+            "node", "restore", "--config", str(setup.config()), "--from", str(again), capsys=capsys
+        )[0]
+        == 0
+    )
+    (second,) = sqlite_rows(db, "SELECT feed_epoch, previous_epoch FROM feed_restore")
+    assert second[1] == first[0]
+    assert second[0] not in (first[0], 1)
+
+
+# --- the feed after a restore ------------------------------------------------------------------
+
+RESTORED = FeedState(epoch=77, previous_epoch=1, base_seq=10, resync_head=40, restated_until=25)
+
+
+@pytest.mark.parametrize(
+    ("feed", "epoch", "after", "starts", "restated_after"),
+    [
+        (FeedState(epoch=1), 0, 12, 12, None),  # never restored: as asked
+        (FeedState(epoch=1), 1, 12, 12, None),
+        (RESTORED, 77, 30, 30, 10),  # the current epoch: as asked
+        (RESTORED, 0, 30, 30, 10),  # epoch not given: as asked
+        (RESTORED, 1, 8, 8, 10),  # the backup's epoch, before the backup: stands
+        (RESTORED, 1, 15, 10, 10),  # ... after it: back to the backup's last sequence
+        (RESTORED, 5, 15, 0, 0),  # an epoch the node never had: from the start
+    ],
+)
+def test_a_position_in_an_older_feed_epoch_maps_onto_the_restored_feed(
+    feed: FeedState, epoch: int, after: int, starts: int, restated_after: int | None
+) -> None:
+    assert feed.position(epoch, after) == (starts, restated_after)
+
+
+def test_changes_between_the_backup_and_the_end_of_the_catching_up_are_restated() -> None:
+    assert [RESTORED.restated(seq, 10) for seq in (9, 10, 11, 25, 26)] == [
+        False,
+        False,
+        True,
+        True,
+        False,
+    ]
+    catching_up = FeedState(epoch=77, previous_epoch=1, base_seq=10, resync_head=None)
+    assert catching_up.catching_up
+    assert catching_up.restated(1_000, 10)  # until caught up, every change after the backup
+    assert not FeedState(epoch=1).restated(5, None)
+    assert FeedState(epoch=1).restated(5, 0)  # an unknown epoch: anything may repeat
