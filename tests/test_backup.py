@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from samenloop.node.daemon.database import Database
 from samenloop.node.provision import PartySpec, Provisioned, provision
@@ -293,6 +294,76 @@ def test_a_restore_installs_the_backup_and_starts_a_new_feed_epoch(
     (second,) = sqlite_rows(db, "SELECT feed_epoch, previous_epoch FROM feed_restore")
     assert second[1] == first[0]
     assert second[0] not in (first[0], 1)
+
+
+def on_postgresql(setup: Setup, url: str) -> None:
+    """Point the gemeente's node.toml at a PostgreSQL database, migrated."""
+    config = setup.config()
+    text = config.read_text().replace(
+        'database_url = "sqlite:///data/node.db"', f'database_url = "{url}"'
+    )
+    config.write_text(text)
+    engine = database.make_engine(url)
+    try:
+        database.upgrade(engine, "samenloop.node.daemon.migrations")
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_put_back_by_other_means_is_marked_restored_in_place(
+    setup: Setup, capsys: pytest.CaptureFixture[str], backend: str, request: pytest.FixtureRequest
+) -> None:
+    """PostgreSQL is restored with its own tools (pg_restore, point-in-time recovery);
+    ``node restore --in-place`` then starts the new feed epoch and the resync."""
+    if backend == "postgresql":
+        url = str(request.getfixturevalue("own_postgres_url"))
+        on_postgresql(setup, url)
+        code, printed = run(
+            "node", "backup", "--config", str(setup.config()), "--out", str(setup.root / "x"),
+            capsys=capsys,
+        )  # fmt: skip
+        assert code != 0
+        assert "database.url:" in printed
+        assert "pg_dump" in printed
+    else:
+        url = f"sqlite:///{setup.node_db()}"
+    lock = DataDirectoryLock.acquire(setup.data_dir(), "node")
+    try:
+        code, printed = run(
+            "node", "restore", "--config", str(setup.config()), "--in-place", capsys=capsys
+        )
+    finally:
+        lock.release()
+    assert code != 0
+    assert "data_dir:" in printed
+
+    code, printed = run(
+        "node", "restore", "--config", str(setup.config()), "--in-place", capsys=capsys
+    )
+    assert code == 0, printed
+    assert "marked restored" in printed
+    engine = database.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.text("SELECT previous_epoch, base_seq, resync_head FROM feed_restore")
+            ).one()
+    finally:
+        engine.dispose()
+    assert tuple(row) == (1, 0, None)
+
+    code, printed = run(
+        "node", "restore", "--config", str(setup.config("politie")), "--in-place", capsys=capsys
+    )
+    assert code == 0, printed  # politie's own database, still empty: nothing says otherwise
+    add_audit_entry(setup.node_db("politie"), "gemeente")
+    code, printed = run(
+        "node", "restore", "--config", str(setup.config("politie")), "--in-place", capsys=capsys
+    )
+    assert code != 0
+    assert "database.url:" in printed
+    assert "not politie's node's" in printed
 
 
 # --- the feed after a restore ------------------------------------------------------------------

@@ -15,8 +15,17 @@ ROOT = Path(__file__).parents[1]
 
 # policies' adapters: errors to gRPC statuses, errors to exit codes, the database plumbing,
 # the audit log's tables (both stores and the audit CLI use them) and that CLI,
-# and the covenant admin CLI (it publishes a covenant to the broker over gRPC)
-ADAPTERS = {"rpc", "cli", "database", "audit_store", "audit_commands", "covenant_commands"}
+# the covenant admin CLI (it publishes a covenant to the broker over gRPC) and the
+# daemons' database backups
+ADAPTERS = {
+    "rpc",
+    "cli",
+    "database",
+    "audit_store",
+    "audit_commands",
+    "covenant_commands",
+    "backup",
+}
 
 
 def _policies_module(path: Path) -> tuple[str, ...]:

@@ -91,6 +91,39 @@ def node_restore(config_path: Path, source: Path, *, now: datetime | None = None
     return 0
 
 
+def node_restore_in_place(config_path: Path, *, now: datetime | None = None) -> int:
+    """Mark the node's database restored where it is: for a database put back by other
+    means (PostgreSQL's ``pg_restore`` or point-in-time recovery, or a SQLite file copied
+    back by hand). The node must be stopped, the database at the schema head."""
+    config = load_config(config_path)
+    logs.configure(config.log_level, config.log_format)
+    check_files(config)
+    lock = DataDirectoryLock.acquire(config.data_dir, "node")  # refused while a node runs
+    engine = database.make_engine(config.database_url)
+    try:
+        database.check_at_head(engine, MIGRATIONS)
+        with engine.connect() as conn:
+            entry = models.AuditLogEntry
+            ours = conn.execute(
+                select(entry.seq).where(entry.actor == config.party).limit(1)
+            ).first()
+            anyone = conn.execute(select(entry.seq).limit(1)).first()
+        if anyone is not None and ours is None:
+            raise ConfigurationError(
+                f"the database is not {config.party}'s node's: its audit log names no entry of it",
+                field="database.url",
+            )
+        epoch, base_seq, cursor = _mark_restored(engine, now or datetime.now(UTC))
+    finally:
+        engine.dispose()
+        lock.release()
+    print(f"node {config.party}: database at {database.describe(engine)} marked restored")
+    print(f"  hit feed: epoch {epoch}, continues after sequence {base_seq} of the backup")
+    print(f"  mailbox cursor of the backup: {cursor}; the broker resends the latest hit notices")
+    print("  start the node; then re-import the signals registered after the backup was taken")
+    return 0
+
+
 def _check_backup(path: Path, source: Path, party: str) -> None:
     """Refuse (naming ``--from``) a file that is not a node database of this party at a
     schema this software knows."""

@@ -60,8 +60,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="install a backup as the node's database (node stopped); it then catches up",
     )
     restore.add_argument("--config", type=Path, required=True, help="node.toml")
-    restore.add_argument(
-        "--from", dest="source", type=Path, required=True, help="a file of 'node backup'"
+    source = restore.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="source", type=Path, help="a file of 'node backup'")
+    source.add_argument(
+        "--in-place",
+        action="store_true",
+        help="the database holds a backup already (PostgreSQL's pg_restore, or a file put "
+        "back by hand): only mark it restored",
     )
     restore.set_defaults(func=_restore)
 
@@ -73,8 +78,10 @@ def _backup(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from samenloop.node.daemon.backup import node_restore
+    from samenloop.node.daemon.backup import node_restore, node_restore_in_place
 
+    if args.in_place:
+        return node_restore_in_place(args.config)
     return node_restore(args.config, args.source)
 
 
