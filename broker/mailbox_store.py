@@ -30,10 +30,11 @@ from samenloop.broker.models import (
     MailboxItem,
     PartyEnvelopeUsage,
     RelayedEnvelope,
+    Resync,
     SetAsideItem,
 )
 from samenloop.policies.audit import AuditEvent, AuditKind
-from samenloop.policies.errors import NotAllowed, Replay
+from samenloop.policies.errors import NotAllowed, QuotaExceeded, Replay
 
 log = structlog.get_logger(__name__)
 
@@ -443,6 +444,7 @@ class MailboxStore:
         )
         tx.conn.execute(delete(MailboxItem).where(MailboxItem.party_id == party_id))
         tx.conn.execute(delete(LatestNotice).where(LatestNotice.party_id == party_id))
+        tx.conn.execute(delete(Resync).where(Resync.party_id == party_id))
         tx.conn.execute(
             update(PartyEnvelopeUsage)
             .where(PartyEnvelopeUsage.party_id == party_id)
@@ -540,12 +542,26 @@ class MailboxStore:
     def resync(self, party: str, now: datetime) -> tuple[int, int]:
         """Put in a party's mailbox again its latest notice of every group it was told of
         (for a node restored from an older backup); returns how many, and the mailbox's
-        head cursor after them. One transaction; ``NotAllowed`` if the mailbox is closed."""
+        head cursor after them. One transaction; ``NotAllowed`` if the mailbox is closed,
+        ``QuotaExceeded`` (``quota.resync_pending``) while the party has not acknowledged
+        the notices of its last resync: at most one copy waits in its mailbox."""
         check_party(party)
         now = utc(now)
         with self._db.write() as tx:
             party_id = self._db.ids(tx, [party])[party]
-            self.require_open(tx, party, party_id)
+            state = self._head(tx.conn, party, party_id, lock=True)
+            if state.closed:
+                raise NotAllowed(f"{party} was removed from the covenant", reason="party.removed")
+            previous = tx.conn.execute(
+                select(Resync.head_cursor).where(Resync.party_id == party_id)
+            ).scalar_one_or_none()
+            if previous is not None and state.acked_cursor < previous:
+                raise QuotaExceeded(
+                    f"the notices of the last resync wait in the mailbox up to cursor {previous}"
+                    f" ({state.acked_cursor} acknowledged): acknowledge them first",
+                    field="party",
+                    reason="quota.resync_pending",
+                )
             payloads = list(
                 tx.conn.execute(
                     select(LatestNotice.payload)
@@ -561,6 +577,10 @@ class MailboxStore:
                     skip_closed=False,
                 )
             head = self._head(tx.conn, party, party_id).head_cursor
+            tx.conn.execute(delete(Resync).where(Resync.party_id == party_id))
+            tx.conn.execute(
+                insert(Resync).values(party_id=party_id, head_cursor=head, resynced_at=now)
+            )
             self._db.audit(
                 tx,
                 [

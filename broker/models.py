@@ -225,6 +225,20 @@ class LatestNotice(Base):
     )
 
 
+class Resync(Base):
+    """A party's last ``ResyncHits``: the mailbox head after the notices it put there again.
+    Another is refused until the party has acknowledged that far, so a party keeps at most
+    one copy of its latest notices waiting in its mailbox."""
+
+    __tablename__ = "resyncs"
+
+    party_id: Mapped[int] = mapped_column(ForeignKey("parties.id"), primary_key=True)
+    head_cursor: Mapped[int] = mapped_column(BigInteger)
+    resynced_at: Mapped[datetime]
+
+    __table_args__ = (CheckConstraint("head_cursor >= 0", name="head_cursor_not_negative"),)
+
+
 class SetAsideItem(Base):
     """A mailbox item the broker could not deliver (larger than one message), moved out of
     its party's mailbox and kept for the operator; a marker took its place."""

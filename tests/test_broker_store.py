@@ -290,7 +290,15 @@ def test_a_resync_puts_the_latest_notice_of_every_group_in_the_mailbox_again(bro
     resent, head = broker.mailboxes.resync("a", NOW)
     assert (resent, head) == (2, 7)
     assert sorted(inbox(broker, "a")) == sorted([f"a|SHRUNK|3|{first}", f"a|CLOSED|2|{second}"])
-    assert broker.mailboxes.resync("a", NOW) == (2, 9)  # asked again: the same, once more
+    # Asked again before those are read: refused, so at most one copy waits.
+    with pytest.raises(QuotaExceeded) as refused:
+        broker.mailboxes.resync("a", NOW)
+    assert refused.value.reason == "quota.resync_pending"
+    broker.mailboxes.ack("a", 6)
+    with pytest.raises(QuotaExceeded):
+        broker.mailboxes.resync("a", NOW)
+    broker.mailboxes.ack("a", 7)
+    assert broker.mailboxes.resync("a", NOW) == (2, 9)  # read: asked again, the same again
     assert broker.mailboxes.resync("nobody", NOW) == (0, 0)  # told of nothing: nothing
     entries = broker.audit.audit_entries(kind=AuditKind.HIT_NOTICE)
     assert {"party": "a", "resent": 2, "head_cursor": 7} in [dict(e.details) for e in entries]
@@ -299,6 +307,7 @@ def test_a_resync_puts_the_latest_notice_of_every_group_in_the_mailbox_again(bro
     with pytest.raises(NotAllowed):
         broker.mailboxes.resync("a", NOW)
     assert table_counts(broker.engine)["latest_notices"] == 3  # b's two, c's one
+    assert table_counts(broker.engine)["resyncs"] == 1  # "nobody"'s
 
 
 def test_withdrawal_finds_refs_sharing_a_prefix_or_bucket(broker):

@@ -128,6 +128,9 @@ CALL_TIMEOUT = 30.0
 #: UTC day, or this, whichever comes first.
 QUOTA_RETRY = timedelta(minutes=10)
 QUOTA_ERROR = "broker quota reached"
+#: How long a restored node waits before it asks for a resync again, when the broker still
+#: holds an earlier one unread.
+RESYNC_RETRY_SECONDS = 5.0
 #: The broker's quotas that count per UTC day: a refusal for one waits for the next day
 #: (or ``QUOTA_RETRY``, whichever comes first).
 _DAILY_QUOTAS = frozenset(
@@ -331,6 +334,7 @@ class Uplink:
         #: (``ResyncHits``) after the next hello, then catch up to the head it answered.
         self._resync_due = False
         self._resync_head: int | None = None
+        self._resync_not_before = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -531,9 +535,17 @@ class Uplink:
         """Restored from a backup: have the broker put the latest notice of every group in
         the mailbox again, and record the head it answered; the mailbox loop ends the
         catching up once it has processed that cursor (:meth:`SignalStore.finish_catch_up`)."""
+        if time.monotonic() < self._resync_not_before:
+            return
         try:
             answer = self._broker.ResyncHits(broker_pb2.ResyncHitsRequest(), timeout=CALL_TIMEOUT)
         except grpc.RpcError as error:
+            if error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                # An earlier resync (its answer lost) still waits in the mailbox: once the
+                # mailbox loop has acknowledged it, the broker takes this one.
+                self._resync_not_before = time.monotonic() + RESYNC_RETRY_SECONDS
+                log.info("the broker resends hit notices once the last resend is read")
+                return
             if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
                 raise
             self._resync_due = False  # asked again at the next start
