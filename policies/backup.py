@@ -87,10 +87,11 @@ def copy_sqlite(source: Path, destination: Path) -> None:
     existing empty file) with the online backup API, in one step: the copy is the
     database as of one committed transaction. The copy is left in rollback-journal mode,
     a single self-contained file, and checked (``quick_check``)."""
+    # Never written through; read-write if it may be, so that it can read a WAL database
+    # whose shared-memory file it must create (a backup, read-only or not, has no WAL).
+    mode = "rw" if os.access(source, os.W_OK) else "ro"
     try:
-        # Never written through; read-write so that it can read a WAL database whose
-        # shared-memory file it must create.
-        reader = sqlite3.connect(f"{source.absolute().as_uri()}?mode=rw", uri=True)
+        reader = sqlite3.connect(f"{source.absolute().as_uri()}?mode={mode}", uri=True)
     except sqlite3.Error as error:
         raise ConfigurationError(f"cannot open {source}: {error}", field="database.url") from None
     try:

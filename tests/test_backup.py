@@ -165,6 +165,33 @@ def test_the_broker_is_backed_up_too(setup: Setup, capsys: pytest.CaptureFixture
     assert "--out:" in printed
 
 
+def test_a_backup_this_account_may_not_write_is_read_read_only(
+    setup: Setup, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backups are often kept read-only (a 0400 file, a read-only mount): the copy opens
+    such a file read-only, which a backup (one file, no WAL) allows. (The tests run as
+    root, who may write anything: the account's lack of the right is simulated.)"""
+    out = setup.root / "node.db"
+    assert (
+        run("node", "backup", "--config", str(setup.config()), "--out", str(out), capsys=capsys)[0]
+        == 0
+    )
+    opened: list[str] = []
+    connect = sqlite3.connect
+
+    def spying(target: str, *args: object, **kwargs: object) -> sqlite3.Connection:
+        opened.append(str(target))
+        return connect(target, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backup.os, "access", lambda path, mode: Path(path) != out)
+    monkeypatch.setattr(backup.sqlite3, "connect", spying)
+    copy = setup.root / "copy.db"
+    copy.touch()
+    backup.copy_sqlite(out, copy)
+    assert opened[0] == f"{out.absolute().as_uri()}?mode=ro"
+    assert covenant_versions(copy) == covenant_versions(out)
+
+
 def test_a_postgresql_database_is_left_to_its_own_tools() -> None:
     with pytest.raises(ConfigurationError) as caught:
         backup.sqlite_database("postgresql://samenloop@db/broker", role="broker")
