@@ -16,6 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 from samenloop.node.daemon.database import Database
+from samenloop.node.daemon.repositories import Repositories
+from samenloop.node.picture.arithmetic import BudgetExhausted, Period
+from samenloop.node.picture.store import RESTORED_SPENT_UNITS
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.node.signals.store import FeedState
 from samenloop.policies import backup, cli, database
@@ -391,6 +394,39 @@ def test_a_database_put_back_by_other_means_is_marked_restored_in_place(
     assert code != 0
     assert "database.url:" in printed
     assert "not politie's node's" in printed
+
+
+def test_after_a_restore_the_privacy_budget_of_every_month_until_then_counts_as_spent(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the node spent of the regional picture's privacy budget after the backup is
+    gone with it: the months up to the restore are refused, the later ones are whole."""
+    out = setup.root / "node.db"
+    assert (
+        run("node", "backup", "--config", str(setup.config()), "--out", str(out), capsys=capsys)[0]
+        == 0
+    )
+    engine = database.make_engine(f"sqlite:///{setup.node_db()}")
+    try:
+        store = Repositories.open(engine).picture
+        assert store.picture_ledger(["2026-11"]).spent_units == {}
+    finally:
+        engine.dispose()
+    code, printed = run(
+        "node", "restore", "--config", str(setup.config()), "--from", str(out), capsys=capsys
+    )
+    assert code == 0, printed
+    engine = database.make_engine(f"sqlite:///{setup.node_db()}")
+    try:
+        store = Repositories.open(engine).picture
+        this_month = datetime.now(UTC).strftime("%Y-%m")
+        ledger = store.picture_ledger(["2020-01", this_month, "2999-01"])
+    finally:
+        engine.dispose()
+    assert ledger.spent_units == {"2020-01": RESTORED_SPENT_UNITS, this_month: RESTORED_SPENT_UNITS}
+    with pytest.raises(BudgetExhausted):
+        ledger.spend(Period.parse(this_month), 0.1, budget_per_period=1.0)
+    assert ledger.remaining(Period.parse("2999-01"), budget_per_period=1.0) == 1.0
 
 
 # --- the feed after a restore ------------------------------------------------------------------
