@@ -340,6 +340,29 @@ def on_postgresql(setup: Setup, url: str) -> None:
         engine.dispose()
 
 
+def test_a_backup_of_an_older_release_is_brought_to_this_schema(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = setup.root / "node.db"
+    assert (
+        run("node", "backup", "--config", str(setup.config()), "--out", str(out), capsys=capsys)[0]
+        == 0
+    )
+    engine = database.make_engine(f"sqlite:///{out}")
+    try:
+        database.downgrade(engine, "samenloop.node.daemon.migrations", "0012")  # before restores
+    finally:
+        engine.dispose()
+    assert sqlite_rows(out, "SELECT version_num FROM alembic_version") == [("0012",)]
+    code, printed = run(
+        "node", "restore", "--config", str(setup.config()), "--from", str(out), capsys=capsys
+    )
+    assert code == 0, printed
+    assert sqlite_rows(setup.node_db(), "SELECT version_num FROM alembic_version") == [("0013",)]
+    assert sqlite_rows(setup.node_db(), "SELECT previous_epoch FROM feed_restore") == [(1,)]
+    assert sqlite_rows(out, "SELECT version_num FROM alembic_version") == [("0012",)]  # as it was
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_database_put_back_by_other_means_is_marked_restored_in_place(
     setup: Setup, capsys: pytest.CaptureFixture[str], backend: str, request: pytest.FixtureRequest
