@@ -137,17 +137,22 @@ def backup_sqlite(source: Path, out: Path, *, field: str = "--out") -> int:
     _free_target(out, field)
     if not source.is_file():
         raise ConfigurationError(f"no database file {source}", field="database.url")
-    with temporary_beside(out) as temporary:
-        copy_sqlite(source, temporary)
-        os.chmod(temporary, 0o600)
-        fsync_file(temporary)
-        try:
-            os.link(temporary, out)  # fails if out appeared meanwhile: never overwrites
-        except FileExistsError:
-            raise ConfigurationError(
-                f"{out} exists; refusing to overwrite it", field=field
-            ) from None
-        fsync_directory(out.parent)
+    try:
+        with temporary_beside(out) as temporary:
+            copy_sqlite(source, temporary)
+            os.chmod(temporary, 0o600)
+            fsync_file(temporary)
+            try:
+                os.link(temporary, out)  # fails if out appeared meanwhile: never overwrites
+            except FileExistsError:
+                raise ConfigurationError(
+                    f"{out} exists; refusing to overwrite it", field=field
+                ) from None
+            fsync_directory(out.parent)
+    except OSError as error:  # no room, no right to write there
+        raise ConfigurationError(
+            f"cannot write {out}: {error.strerror or error}", field=field
+        ) from None
     return out.stat().st_size
 
 
@@ -164,7 +169,13 @@ def install_sqlite(prepared: Path, target: Path, *, keep_as: Path) -> Path | Non
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         finally:
             connection.close()
-        os.link(target, keep_as)
+        try:
+            os.link(target, keep_as)
+        except FileExistsError:
+            raise ConfigurationError(
+                f"{keep_as} exists (a restore a moment ago?): move it away first",
+                field="database.url",
+            ) from None
         kept = keep_as
     fsync_file(prepared)
     os.replace(prepared, target)
