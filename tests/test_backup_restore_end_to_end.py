@@ -247,7 +247,8 @@ def test_a_node_restored_from_an_older_backup_catches_up_and_its_application_see
 
         def caught_up() -> bool:
             ((until,),) = sqlite_rows(node_db, "SELECT restated_until_seq FROM feed_restore")
-            return until is not None and app.position() >= (epoch, until)
+            at_epoch, at_sequence = app.position()
+            return until is not None and at_epoch == epoch and at_sequence >= until
 
         cluster.until("the restored node caught up and its application with it", WAIT, caught_up)
         # Nothing lost: the node holds every group at the revision it held before.
