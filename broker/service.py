@@ -673,6 +673,24 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             acked_cursor=self._store.mailboxes.ack(party, request.cursor)
         )
 
+    def ResyncHits(
+        self, request: broker_pb2.ResyncHitsRequest, context: grpc.ServicerContext
+    ) -> broker_pb2.ResyncHitsResponse:
+        """The caller's latest notice of every group, in its mailbox again: a node restored
+        from an older backup catches up with what it had acknowledged since."""
+        party = caller(context)
+        if not self._covenant().is_party(party):
+            raise NotAllowed(
+                f"{party} is no longer a party of this covenant",
+                field="party",
+                reason="covenant.unknown_party",
+            )
+        notices, head = self._store.mailboxes.resync(party, self._clock())
+        if notices:
+            self._bell.ring([party])
+        log.info("hit notices resent", party=party, notices=notices)
+        return broker_pb2.ResyncHitsResponse(notices=notices, head_cursor=head)
+
     # --- envelopes ---------------------------------------------------------------------
 
     def SendEnvelope(

@@ -245,7 +245,7 @@ class TokenStore:
             )
             usage = _charge_notices(usage, _notice_bytes(signed, party), rules, "entries")
             charged = (usage.day, usage.submitted, usage.held, usage.notice_bytes, party_id)
-            notified = self._mailboxes.deliver(tx, signed, now)
+            notified = self._mailboxes.deliver(tx, signed, now, outcome.change.notices)
             record = {
                 "party_id": party_id,
                 "client_batch_id": client_batch_id,
@@ -349,7 +349,7 @@ class TokenStore:
                 .where(PartyUsage.party_id == party_id)
                 .values(day=usage.day, submitted=usage.submitted, notice_bytes=usage.notice_bytes)
             )
-            notified = self._mailboxes.deliver(tx, signed, now)
+            notified = self._mailboxes.deliver(tx, signed, now, outcome.change.notices)
             tx.conn.execute(
                 insert(ProcessedBatch).values(
                     party_id=party_id,
@@ -418,7 +418,7 @@ class TokenStore:
             by_party: dict[str, list[tuple[ItemKind, bytes]]] = {}
             for draft, payload in drafts:
                 by_party.setdefault(draft.recipient, []).append((ItemKind.HIT_NOTICE, payload))
-            notified = self._mailboxes.deliver(tx, by_party, now)
+            notified = self._mailboxes.deliver(tx, by_party, now, change.notices)
             expired = AuditEvent(
                 AuditKind.TOKEN_EXPIRY, self._db.owner, (), {"removed": len(change.deleted)}
             )
@@ -675,7 +675,7 @@ class TokenStore:
         sign_notice: SignNotice,
     ) -> tuple[str, ...]:
         """Sign the notices and put them in their recipients' mailboxes; closed ones are skipped."""
-        return self._mailboxes.deliver(tx, _sign(notices, sign_notice), now)
+        return self._mailboxes.deliver(tx, _sign(notices, sign_notice), now, notices)
 
 
 def _count(signed: Mapping[str, Sequence[tuple[ItemKind, bytes]]]) -> int:

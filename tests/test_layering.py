@@ -15,8 +15,8 @@ ROOT = Path(__file__).parents[1]
 
 # policies' adapters: errors to gRPC statuses, errors to exit codes, the database plumbing,
 # the audit log's tables (both stores and the audit CLI use them) and that CLI,
-# the covenant admin CLI (it publishes a covenant to the broker over gRPC), and the daemons'
-# Prometheus endpoint and gRPC call metrics
+# the covenant admin CLI (it publishes a covenant to the broker over gRPC), the daemons'
+# Prometheus endpoint and gRPC call metrics, and the daemons' database backups
 ADAPTERS = {
     "rpc",
     "cli",
@@ -25,6 +25,7 @@ ADAPTERS = {
     "audit_commands",
     "covenant_commands",
     "metrics",
+    "backup",
 }
 
 

@@ -129,6 +129,9 @@ CALL_TIMEOUT = 30.0
 #: UTC day, or this, whichever comes first.
 QUOTA_RETRY = timedelta(minutes=10)
 QUOTA_ERROR = "broker quota reached"
+#: How long a restored node waits before it asks for a resync again, when the broker still
+#: holds an earlier one unread.
+RESYNC_RETRY_SECONDS = 5.0
 #: The broker's quotas that count per UTC day: a refusal for one waits for the next day
 #: (or ``QUOTA_RETRY``, whichever comes first).
 _DAILY_QUOTAS = frozenset(
@@ -331,10 +334,20 @@ class Uplink:
         self._envelopes_wait_until: datetime | None = None
         #: Envelopes to these recipients wait until then: their mailboxes were full.
         self._recipients_wait_until: dict[str, datetime] = {}
+        #: Restored from a backup: ask the broker to resend the latest hit notices
+        #: (``ResyncHits``) after the next hello, then catch up to the head it answered.
+        self._resync_due = False
+        self._resync_head: int | None = None
+        self._resync_not_before = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
+        feed = self._signals.feed_state()
+        if feed.catching_up:
+            self._resync_due = feed.resync_head is None
+            self._resync_head = feed.resync_head
+            self._caught_up(self._shared.mailbox_cursor())
         loops: list[tuple[str, Callable[[], None]]] = [
             ("uplink-work", self._work_loop),
             ("uplink-mailbox", self._mailbox_loop),
@@ -432,6 +445,8 @@ class Uplink:
                     self._hello_again.clear()
                     self._hello()
                     hello_done = True
+                if self._resync_due:
+                    self._resync()
                 if not self._still_a_party():
                     self.wake.wait(IDLE_SECONDS)
                     self.wake.clear()
@@ -522,6 +537,48 @@ class Uplink:
         log.info(
             "connected to broker", broker=answer.broker, covenant_version=answer.covenant_version
         )
+
+    def _resync(self) -> None:
+        """Restored from a backup: have the broker put the latest notice of every group in
+        the mailbox again, and record the head it answered; the mailbox loop ends the
+        catching up once it has processed that cursor (:meth:`SignalStore.finish_catch_up`)."""
+        if time.monotonic() < self._resync_not_before:
+            return
+        try:
+            answer = self._broker.ResyncHits(broker_pb2.ResyncHitsRequest(), timeout=CALL_TIMEOUT)
+        except grpc.RpcError as error:
+            if error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                # An earlier resync (its answer lost) still waits in the mailbox: once the
+                # mailbox loop has acknowledged it, the broker takes this one.
+                self._resync_not_before = time.monotonic() + RESYNC_RETRY_SECONDS
+                log.info("the broker resends hit notices once the last resend is read")
+                return
+            if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            self._resync_due = False  # asked again at the next start
+            self.status.update(last_error="the broker cannot resend hit notices (ResyncHits)")
+            log.error("restored from a backup, but the broker cannot resend hit notices")
+            return
+        feed = self._signals.record_resync(answer.head_cursor)
+        self._resync_due = False
+        self._resync_head = feed.resync_head if feed.catching_up else None
+        # The mailbox loop may have passed the head while the answer was on its way.
+        self._caught_up(self._shared.mailbox_cursor())
+        log.info(
+            "restored from a backup: the broker resent the latest hit notices",
+            notices=answer.notices,
+            caught_up=not feed.catching_up,
+        )
+
+    def _caught_up(self, cursor: int) -> None:
+        """After a restore: once the mailbox is processed up to the resync head, the hit
+        feed holds every notice the application may have seen before."""
+        head = self._resync_head
+        if head is None or cursor < head:
+            return
+        self._resync_head = None
+        if self._signals.finish_catch_up():
+            log.info("restored from a backup: caught up with the broker")
 
     def _fetch_covenant(self, version: int) -> Fetched:
         """One covenant version from the broker (``GetCovenant``), with its newest timestamp;
@@ -778,6 +835,7 @@ class Uplink:
                 self.status.update(last_contact=self._clock())
                 if event.HasField("item"):
                     self._process(event.item)
+                    self._caught_up(event.item.cursor)
                     self._broker.AckMailbox(
                         broker_pb2.AckMailboxRequest(cursor=event.item.cursor), timeout=CALL_TIMEOUT
                     )
