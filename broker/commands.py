@@ -19,6 +19,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     migrate = commands.add_parser("migrate", help="bring the broker's database to this version")
     migrate.add_argument("--config", type=Path, required=True, help="broker.toml")
     migrate.set_defaults(func=_migrate)
+    backup = commands.add_parser(
+        "backup", help="back up the broker's database (SQLite) while the broker runs"
+    )
+    backup.add_argument("--config", type=Path, required=True, help="broker.toml")
+    backup.add_argument(
+        "--out", type=Path, required=True, help="the backup file to write (new, 0600)"
+    )
+    backup.set_defaults(func=_backup)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -37,4 +45,15 @@ def _migrate(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
         lock.release()
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from samenloop.policies import backup
+
+    config = server.load_config(args.config)
+    server.check_files(config)
+    source = backup.sqlite_database(config.database_url, role="broker")
+    size = backup.backup_sqlite(source, args.out)
+    print(f"broker database backed up to {args.out} ({size} bytes, 0600)")
     return 0

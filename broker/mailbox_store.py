@@ -12,7 +12,7 @@ beside writers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
@@ -23,16 +23,20 @@ from sqlalchemy import Connection, bindparam, case, delete, func, insert, select
 from samenloop.broker import mailbox
 from samenloop.broker.database import BrokerDatabase, Tx, check_id, check_party, utc
 from samenloop.broker.mailbox import EnvelopeRules, EnvelopeUsage, ItemKind, MailboxState, SetAside
+from samenloop.broker.matching import NoticeDraft
 from samenloop.broker.models import (
+    LatestNotice,
     MailboxHead,
     MailboxItem,
+    Party,
     PartyEnvelopeUsage,
     RelayedEnvelope,
+    Resync,
     SetAsideItem,
 )
 from samenloop.broker.notify import MAILBOX_CHANNEL
 from samenloop.policies.audit import AuditEvent, AuditKind
-from samenloop.policies.errors import NotAllowed, Replay
+from samenloop.policies.errors import NotAllowed, QuotaExceeded, Replay
 
 log = structlog.get_logger(__name__)
 
@@ -323,6 +327,29 @@ class MailboxStore:
         )
         return EnvelopeUsage() if row is None else EnvelopeUsage(*row)
 
+    def depths(self) -> dict[str, tuple[int, datetime]]:
+        """Per party with items waiting: how many, and when the oldest was put there (for
+        the metrics, at scrape time; parties with an empty mailbox are absent)."""
+        query = (
+            select(Party.name, func.count(), func.min(MailboxItem.enqueued_at))
+            .join(Party, Party.id == MailboxItem.party_id)
+            .group_by(Party.name)
+        )
+        with self._db.read() as conn:
+            return {name: (int(count), utc(oldest)) for name, count, oldest in conn.execute(query)}
+
+    def envelope_usages(self) -> dict[str, EnvelopeUsage]:
+        """Every party's envelope quota counts, as ``envelope_usage`` (for the metrics)."""
+        query = select(
+            Party.name,
+            PartyEnvelopeUsage.day,
+            PartyEnvelopeUsage.sent,
+            PartyEnvelopeUsage.sent_bytes,
+            PartyEnvelopeUsage.waiting_bytes,
+        ).join(Party, Party.id == PartyEnvelopeUsage.party_id)
+        with self._db.read() as conn:
+            return {name: EnvelopeUsage(*counts) for name, *counts in conn.execute(query)}
+
     def mailbox_state(self, party: str) -> MailboxState:
         """A party's head and acknowledged cursors (zeros for a party never seen)."""
         check_party(party)
@@ -443,6 +470,8 @@ class MailboxStore:
             update(MailboxHead).where(MailboxHead.party_id == party_id).values(closed=closed.closed)
         )
         tx.conn.execute(delete(MailboxItem).where(MailboxItem.party_id == party_id))
+        tx.conn.execute(delete(LatestNotice).where(LatestNotice.party_id == party_id))
+        tx.conn.execute(delete(Resync).where(Resync.party_id == party_id))
         tx.conn.execute(
             update(PartyEnvelopeUsage)
             .where(PartyEnvelopeUsage.party_id == party_id)
@@ -487,12 +516,111 @@ class MailboxStore:
         self._store_envelope_usage(tx, party_id, mailbox.released(usage, size))
 
     def deliver(
-        self, tx: Tx, by_party: dict[str, list[tuple[ItemKind, bytes]]], now: datetime
+        self,
+        tx: Tx,
+        by_party: dict[str, list[tuple[ItemKind, bytes]]],
+        now: datetime,
+        notices: Sequence[NoticeDraft] = (),
     ) -> tuple[str, ...]:
-        """Put signed notices in their recipients' mailboxes; closed ones are skipped."""
+        """Put signed notices in their recipients' mailboxes; closed ones are skipped.
+        ``notices`` are their drafts, in the order of each recipient's items: each notice
+        is kept as its recipient's latest of its group too (:meth:`resync`)."""
         if not by_party:
             return ()
-        return tuple(sorted(self.put(tx, by_party, now, skip_closed=True)))
+        delivered = self.put(tx, by_party, now, skip_closed=True)
+        if notices:
+            self._keep_latest(tx, {party: by_party[party] for party in delivered}, notices)
+        return tuple(sorted(delivered))
+
+    def _keep_latest(
+        self,
+        tx: Tx,
+        by_party: Mapping[str, list[tuple[ItemKind, bytes]]],
+        notices: Sequence[NoticeDraft],
+    ) -> None:
+        """Keep each signed notice as its recipient's latest of its group, unless a newer
+        one is kept already (by the group's revision count, which grows with each change)."""
+        drafts: dict[str, list[NoticeDraft]] = {}
+        for draft in notices:
+            drafts.setdefault(draft.recipient, []).append(draft)
+        ids = self._db.ids(tx, by_party)
+        latest: dict[tuple[int, bytes], tuple[int, bytes]] = {}
+        for party, items in by_party.items():
+            for draft, (_, payload) in zip(drafts.get(party, ()), items, strict=True):
+                key = (ids[party], draft.group_id)
+                if key not in latest or latest[key][0] < draft.revision:
+                    latest[key] = (draft.revision, payload)
+        if not latest:
+            return
+        statement = self._db.insert(LatestNotice)
+        statement = statement.on_conflict_do_update(
+            index_elements=["party_id", "group_id"],
+            set_={"revision": statement.excluded.revision, "payload": statement.excluded.payload},
+            where=statement.excluded.revision > LatestNotice.revision,
+        )
+        tx.conn.execute(
+            statement,
+            [
+                {"party_id": party_id, "group_id": group_id, "revision": revision, "payload": body}
+                for (party_id, group_id), (revision, body) in sorted(latest.items())
+            ],
+        )
+
+    def resync(self, party: str, now: datetime) -> tuple[int, int]:
+        """Put in a party's mailbox again its latest notice of every group it was told of
+        (for a node restored from an older backup); returns how many, and the mailbox's
+        head cursor after them. One transaction; ``NotAllowed`` if the mailbox is closed,
+        ``QuotaExceeded`` (``quota.resync_pending``) while the party has not acknowledged
+        the notices of its last resync: at most one copy waits in its mailbox."""
+        check_party(party)
+        now = utc(now)
+        with self._db.write() as tx:
+            party_id = self._db.ids(tx, [party])[party]
+            state = self._head(tx.conn, party, party_id, lock=True)
+            if state.closed:
+                raise NotAllowed(f"{party} was removed from the covenant", reason="party.removed")
+            previous = tx.conn.execute(
+                select(Resync.head_cursor).where(Resync.party_id == party_id)
+            ).scalar_one_or_none()
+            if previous is not None and state.acked_cursor < previous:
+                raise QuotaExceeded(
+                    f"the notices of the last resync wait in the mailbox up to cursor {previous}"
+                    f" ({state.acked_cursor} acknowledged): acknowledge them first",
+                    field="party",
+                    reason="quota.resync_pending",
+                )
+            payloads = list(
+                tx.conn.execute(
+                    select(LatestNotice.payload)
+                    .where(LatestNotice.party_id == party_id)
+                    .order_by(LatestNotice.revision, LatestNotice.group_id)
+                ).scalars()
+            )
+            if payloads:
+                self.put(
+                    tx,
+                    {party: [(ItemKind.HIT_NOTICE, bytes(p)) for p in payloads]},
+                    now,
+                    skip_closed=False,
+                )
+            head = self._head(tx.conn, party, party_id).head_cursor
+            tx.conn.execute(delete(Resync).where(Resync.party_id == party_id))
+            tx.conn.execute(
+                insert(Resync).values(party_id=party_id, head_cursor=head, resynced_at=now)
+            )
+            self._db.audit(
+                tx,
+                [
+                    AuditEvent(
+                        AuditKind.HIT_NOTICE,
+                        self._db.owner,
+                        (),
+                        {"party": party, "resent": len(payloads), "head_cursor": head},
+                    )
+                ],
+                now,
+            )
+        return len(payloads), head
 
     def put(
         self,

@@ -199,6 +199,46 @@ class MailboxItem(Base):
     )
 
 
+class LatestNotice(Base):
+    """The latest hit notice the broker put in a party's mailbox for a group, as signed.
+
+    Kept after the party acknowledged it (the mailbox item itself is deleted then), so that
+    ``ResyncHits`` can hand a node restored from an older backup the notices it had
+    acknowledged since: one row per party and group, replaced by each newer notice, dropped
+    with the party's mailbox when a covenant version removes it.
+    """
+
+    __tablename__ = "latest_notices"
+
+    party_id: Mapped[int] = mapped_column(ForeignKey("parties.id"), primary_key=True)
+    group_id: Mapped[bytes] = mapped_column(primary_key=True)
+    # The group's revision count (hit_groups.revision) when the notice was issued: a newer
+    # notice replaces an older one, never the other way round.
+    revision: Mapped[int] = mapped_column(BigInteger)
+    # The Signed HitNotice exactly as it went into the mailbox.
+    payload: Mapped[bytes]
+
+    __table_args__ = (
+        CheckConstraint("length(group_id) = 16", name="group_id_size"),
+        CheckConstraint("revision >= 1", name="revision_positive"),
+        CheckConstraint("length(payload) >= 1", name="payload_not_empty"),
+    )
+
+
+class Resync(Base):
+    """A party's last ``ResyncHits``: the mailbox head after the notices it put there again.
+    Another is refused until the party has acknowledged that far, so a party keeps at most
+    one copy of its latest notices waiting in its mailbox."""
+
+    __tablename__ = "resyncs"
+
+    party_id: Mapped[int] = mapped_column(ForeignKey("parties.id"), primary_key=True)
+    head_cursor: Mapped[int] = mapped_column(BigInteger)
+    resynced_at: Mapped[datetime]
+
+    __table_args__ = (CheckConstraint("head_cursor >= 0", name="head_cursor_not_negative"),)
+
+
 class SetAsideItem(Base):
     """A mailbox item the broker could not deliver (larger than one message), moved out of
     its party's mailbox and kept for the operator; a marker took its place."""

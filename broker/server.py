@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from samenloop.broker.auth import PartyInterceptor
 from samenloop.broker.covenant_store import CovenantStore, TimestampRecord
+from samenloop.broker.metrics import BrokerMetrics
 from samenloop.broker.notify import COVENANT_CHANNEL, MAILBOX_CHANNEL, Listener, MailboxBell
 from samenloop.broker.relay import Switchboard
 from samenloop.broker.replica_relay import RELAY_CHANNEL, ReplicaRelay, replica_id
@@ -43,6 +44,7 @@ from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError, SamenloopError
 from samenloop.policies.freshness import CovenantTimestamp, verify_timestamp
+from samenloop.policies.metrics import MetricsEndpoint, RpcMetricsInterceptor, serve_registry
 from samenloop.policies.process import (
     DataDirectoryLock,
     check_private,
@@ -89,11 +91,15 @@ class RunningBroker:
     #: evaluations), and this replica's end of the relay between replicas.
     listener: Listener | None = None
     relay: ReplicaRelay | None = None
+    #: The Prometheus endpoint, when ``metrics_listen`` is set.
+    metrics: MetricsEndpoint | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
         self.server.stop(grace).wait()
         if self.listener is not None:
             self.listener.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.store.engine.dispose()
         self.lock.release()
 
@@ -194,6 +200,7 @@ def _start(
     if store.database.postgres:
         relay = ReplicaRelay(engine, switchboard, replica_id())
         switchboard.remote = relay
+    metrics = BrokerMetrics(store, covenant_source, clock)
     context = BrokerContext(
         bell=bell,
         switchboard=switchboard,
@@ -204,13 +211,19 @@ def _start(
         trust=held,
         held_retention_days=held_retention_days,
         root=root,
+        metrics=metrics,
     )
     if evaluate_timeout is not None:
         context.evaluate_timeout = evaluate_timeout
     service = BrokerService(context)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="broker"),
-        interceptors=[ErrorInterceptor(), PartyInterceptor(covenant_source)],
+        # Metrics outermost: they see every call with the status it ended with.
+        interceptors=[
+            RpcMetricsInterceptor(metrics.rpc),
+            ErrorInterceptor(),
+            PartyInterceptor(covenant_source),
+        ],
         options=CHANNEL_OPTIONS,
     )
     broker_pb2_grpc.add_BrokerServicer_to_server(service, server)
@@ -236,6 +249,14 @@ def _start(
     if port == 0:
         engine.dispose()
         raise ConfigurationError(f"cannot listen on {config.listen}", field="listen")
+    endpoint = None
+    if config.metrics_listen is not None:
+        try:
+            endpoint = serve_registry(metrics.registry, config.metrics_listen)
+        except ConfigurationError:
+            engine.dispose()
+            raise
+        log.info("metrics served", address=config.metrics_listen, port=endpoint.port)
     listener = None
     if relay is not None:
 
@@ -273,6 +294,7 @@ def _start(
         lock=lock,
         listener=listener,
         relay=relay,
+        metrics=endpoint,
     )
 
 

@@ -27,6 +27,7 @@ from samenloop.broker.auth import caller
 from samenloop.broker.covenant_store import TimestampRecord
 from samenloop.broker.mailbox import ItemKind
 from samenloop.broker.mailbox_store import StoredItem
+from samenloop.broker.metrics import BrokerMetrics
 from samenloop.broker.notify import MailboxBell
 from samenloop.broker.relay import Channel, Switchboard
 from samenloop.broker.store import BrokerStore
@@ -97,6 +98,9 @@ class BrokerContext:
     #: The root covenant the broker was configured with, served by ``GetCovenant`` for its
     #: version (later versions come from the store).
     root: SignedCovenant | None = None
+    #: The counters the servicer increments (``server`` serves their registry when
+    #: ``metrics_listen`` is set); a servicer without one keeps its own, never served.
+    metrics: BrokerMetrics | None = None
 
 
 class BrokerService(broker_pb2_grpc.BrokerServicer):
@@ -116,6 +120,9 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         self._held_retention_days = context.held_retention_days
         self._root = context.root
         self._publish_lock = threading.Lock()
+        self.metrics = context.metrics or BrokerMetrics(
+            context.store, context.covenant, context.clock
+        )
 
     # --- session and covenant ------------------------------------------------------
 
@@ -297,7 +304,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 if request.HasField("covenant_timestamp")
                 else None
             )
-            self._store.covenants.publish_covenant(
+            removals = self._store.covenants.publish_covenant(
                 version=new.version,
                 signed=signed.to_proto().SerializeToString(),
                 recipients=sorted(new.party_ids),
@@ -309,6 +316,9 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 timestamp=stamp,
             )
             self._trust.update(signed, now=now)
+            for removal in removals:
+                self.metrics.tokens.labels("removed").inc(removal.removed)
+                self.metrics.hit_notices.labels("removal").inc(removal.notices)
             # Tokens made under the version replaced may still arrive: keep its retention.
             self._held_retention_days = max(
                 self._held_retention_days, previous.policy.retention.longest_days
@@ -376,6 +386,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             raise InvalidInput("requests must share one key epoch", field="requests")
         (key_epoch,) = epochs
         replies = self._switchboard.relay(key_epoch, by_index, timeout=self._evaluate_timeout)
+        self.metrics.oprf_requests.inc(len(by_index))
         return broker_pb2.EvaluateResponse(
             replies=[replies[index] for index in by_index],  # in the order of the requests
             connected_holders=self._switchboard.connected(key_epoch),
@@ -524,6 +535,14 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             rules=self._submission_rules(covenant),
         )
         self._bell.ring(result.notified)
+        metrics = self.metrics
+        if result.replayed:
+            metrics.batches.labels("submit", "replayed").inc()
+        else:
+            metrics.batches.labels("submit", "accepted").inc()
+            metrics.tokens.labels("stored").inc(result.stored)
+            metrics.tokens.labels("unchanged").inc(result.unchanged)
+            metrics.hit_notices.labels("submit").inc(result.notices)
         return broker_pb2.SubmitTokensResponse(
             client_batch_id=result.client_batch_id,
             stored=result.stored,
@@ -553,6 +572,14 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             rules=self._submission_rules(covenant),
         )
         self._bell.ring(result.notified)
+        metrics = self.metrics
+        if result.replayed:
+            metrics.batches.labels("withdraw", "replayed").inc()
+        else:
+            metrics.batches.labels("withdraw", "accepted").inc()
+            metrics.tokens.labels("withdrawn").inc(result.withdrawn)
+            metrics.tokens.labels("unknown").inc(result.unknown)
+            metrics.hit_notices.labels("withdraw").inc(result.notices)
         return broker_pb2.WithdrawTokensResponse(
             client_batch_id=result.client_batch_id,
             withdrawn=result.withdrawn,
@@ -573,6 +600,8 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             )
             removed += result.removed
             self._bell.ring(result.notified)
+            self.metrics.tokens.labels("expired").inc(result.removed)
+            self.metrics.hit_notices.labels("expiry").inc(result.notices)
             if not result.more:
                 return removed
 
@@ -602,6 +631,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         fetched = self._store.mailboxes.fetch(
             party, request.after_cursor, request.max_items, now=self._clock(), parses=mailbox.parses
         )
+        self.metrics.mailbox_items.inc(len(fetched.items))
         return broker_pb2.FetchMailboxResponse(
             items=[self._item(stored) for stored in fetched.items],
             head_cursor=fetched.head_cursor,
@@ -629,6 +659,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             )
             for stored in fetched.items:
                 yield broker_pb2.StreamMailboxResponse(item=self._item(stored))
+                self.metrics.mailbox_items.inc()
                 after = stored.cursor
             if fetched.items:
                 continue
@@ -644,6 +675,24 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         return broker_pb2.AckMailboxResponse(
             acked_cursor=self._store.mailboxes.ack(party, request.cursor)
         )
+
+    def ResyncHits(
+        self, request: broker_pb2.ResyncHitsRequest, context: grpc.ServicerContext
+    ) -> broker_pb2.ResyncHitsResponse:
+        """The caller's latest notice of every group, in its mailbox again: a node restored
+        from an older backup catches up with what it had acknowledged since."""
+        party = caller(context)
+        if not self._covenant().is_party(party):
+            raise NotAllowed(
+                f"{party} is no longer a party of this covenant",
+                field="party",
+                reason="covenant.unknown_party",
+            )
+        notices, head = self._store.mailboxes.resync(party, self._clock())
+        if notices:
+            self._bell.ring([party])
+        log.info("hit notices resent", party=party, notices=notices)
+        return broker_pb2.ResyncHitsResponse(notices=notices, head_cursor=head)
 
     # --- envelopes ---------------------------------------------------------------------
 
@@ -675,6 +724,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         )
         if not receipt.replayed:
             self._bell.ring([sealed.recipient])
+        self.metrics.envelopes.labels("replayed" if receipt.replayed else "relayed").inc()
         return broker_pb2.SendEnvelopeResponse(
             client_message_id=request.client_message_id,
             replayed=receipt.replayed,

@@ -44,7 +44,7 @@ from samenloop.broker.matching import (
     Usage,
     VisibilityRule,
 )
-from samenloop.broker.models import HitGroup, PartyUsage, ProcessedBatch, TokenEntry
+from samenloop.broker.models import HitGroup, Party, PartyUsage, ProcessedBatch, TokenEntry
 from samenloop.broker.token_index import Loaded, TokenIndex, expiry_bucket, token_prefixes
 from samenloop.policies.audit import AuditEvent, AuditKind
 from samenloop.policies.errors import NotAllowed, Replay
@@ -104,6 +104,8 @@ class SubmitResult:
     replayed: bool
     accepted_at: datetime
     notified: tuple[str, ...] = ()
+    #: Hit notices the batch put in mailboxes (the metrics count them).
+    notices: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,8 @@ class WithdrawResult:
     replayed: bool
     accepted_at: datetime
     notified: tuple[str, ...] = ()
+    #: Hit notices the withdrawal put in mailboxes (the metrics count them).
+    notices: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,8 @@ class RemovalResult:
     removed: int
     notified: tuple[str, ...] = ()
     more: bool = False
+    #: Hit notices the removal put in mailboxes (the metrics count them).
+    notices: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +245,7 @@ class TokenStore:
             )
             usage = _charge_notices(usage, _notice_bytes(signed, party), rules, "entries")
             charged = (usage.day, usage.submitted, usage.held, usage.notice_bytes, party_id)
-            notified = self._mailboxes.deliver(tx, signed, now)
+            notified = self._mailboxes.deliver(tx, signed, now, outcome.change.notices)
             record = {
                 "party_id": party_id,
                 "client_batch_id": client_batch_id,
@@ -283,6 +289,7 @@ class TokenStore:
             replayed=False,
             accepted_at=now,
             notified=notified,
+            notices=_count(signed),
         )
 
     def withdraw(
@@ -342,7 +349,7 @@ class TokenStore:
                 .where(PartyUsage.party_id == party_id)
                 .values(day=usage.day, submitted=usage.submitted, notice_bytes=usage.notice_bytes)
             )
-            notified = self._mailboxes.deliver(tx, signed, now)
+            notified = self._mailboxes.deliver(tx, signed, now, outcome.change.notices)
             tx.conn.execute(
                 insert(ProcessedBatch).values(
                     party_id=party_id,
@@ -368,6 +375,7 @@ class TokenStore:
             replayed=False,
             accepted_at=now,
             notified=notified,
+            notices=_count(signed),
         )
 
     def expire(
@@ -410,13 +418,16 @@ class TokenStore:
             by_party: dict[str, list[tuple[ItemKind, bytes]]] = {}
             for draft, payload in drafts:
                 by_party.setdefault(draft.recipient, []).append((ItemKind.HIT_NOTICE, payload))
-            notified = self._mailboxes.deliver(tx, by_party, now)
+            notified = self._mailboxes.deliver(tx, by_party, now, change.notices)
             expired = AuditEvent(
                 AuditKind.TOKEN_EXPIRY, self._db.owner, (), {"removed": len(change.deleted)}
             )
             self._db.audit(tx, [expired, *self._hit_events(change)], now)
         return RemovalResult(
-            removed=len(change.deleted), notified=notified, more=len(tokens) == limit
+            removed=len(change.deleted),
+            notified=notified,
+            more=len(tokens) == limit,
+            notices=len(drafts),
         )
 
     def remove_party(
@@ -476,7 +487,9 @@ class TokenStore:
             {"party": party, "removed": len(change.deleted)},
         )
         self._db.audit(tx, [removed, *self._hit_events(change)], now)
-        return RemovalResult(removed=len(change.deleted), notified=notified)
+        return RemovalResult(
+            removed=len(change.deleted), notified=notified, notices=len(change.notices)
+        )
 
     def _charge_swept(self, tx: Tx, costs: Mapping[str, int], now: datetime) -> None:
         """Count what an expiry sweep's notices cost the others against the day of each party
@@ -518,6 +531,15 @@ class TokenStore:
         """Token entries held (including expired ones not yet swept)."""
         with self._db.read() as conn:
             return conn.execute(select(func.count()).select_from(TokenEntry)).scalar_one()
+
+    def usages(self) -> dict[str, Usage]:
+        """Every party's quota counts, as ``usage`` (for the metrics, at scrape time)."""
+        usage = PartyUsage
+        query = select(Party.name, usage.day, usage.submitted, usage.held, usage.notice_bytes).join(
+            Party, Party.id == usage.party_id
+        )
+        with self._db.read() as conn:
+            return {name: Usage(*counts) for name, *counts in conn.execute(query)}
 
     def count_groups(self, *, open_only: bool = True) -> int:
         """Hit groups (open ones, unless ``open_only`` is false)."""
@@ -653,7 +675,11 @@ class TokenStore:
         sign_notice: SignNotice,
     ) -> tuple[str, ...]:
         """Sign the notices and put them in their recipients' mailboxes; closed ones are skipped."""
-        return self._mailboxes.deliver(tx, _sign(notices, sign_notice), now)
+        return self._mailboxes.deliver(tx, _sign(notices, sign_notice), now, notices)
+
+
+def _count(signed: Mapping[str, Sequence[tuple[ItemKind, bytes]]]) -> int:
+    return sum(len(items) for items in signed.values())
 
 
 def _notice_bytes(signed: Mapping[str, Sequence[tuple[ItemKind, bytes]]], party: str) -> int:

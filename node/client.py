@@ -102,6 +102,7 @@ __all__ = [
     "CaseBoardEntry",
     "CaseHistoryEntry",
     "Disclosure",
+    "FeedRestored",
     "Hit",
     "HitMember",
     "HitVisibility",
@@ -345,6 +346,13 @@ class Hit:
     #: From :meth:`NodeClient.watch_hits`: the node's sequence number of this change;
     #: resume after it. None in lists.
     sequence: int | None = None
+    #: From :meth:`NodeClient.watch_hits`: the feed epoch of ``sequence``; keep it with the
+    #: sequence and resume with both. None in lists.
+    feed_epoch: int | None = None
+    #: From :meth:`NodeClient.watch_hits`: the node was restored from a backup and this
+    #: change may repeat one the application processed before; apply it only if its
+    #: ``revision`` is higher than the one the application holds for the group.
+    restated: bool = False
 
     @property
     def group_hex(self) -> str:
@@ -611,9 +619,16 @@ def _signal(message: node_pb2.Signal) -> Signal:
     )
 
 
-def _hit(message: node_pb2.Hit, sequence: int | None = None) -> Hit:
+def _hit(
+    message: node_pb2.Hit,
+    sequence: int | None = None,
+    feed_epoch: int | None = None,
+    restated: bool = False,
+) -> Hit:
     visibility = message.visibility
     return Hit(
+        feed_epoch=feed_epoch,
+        restated=restated,
         group_id=message.hit_group_id,
         revision=message.revision,
         state=_HIT_STATES.get(message.state, HitState.OPEN),
@@ -719,26 +734,49 @@ def normalise_target(target: str | Path) -> str:
     return target
 
 
+@dataclass(frozen=True, slots=True)
+class FeedRestored:
+    """The node said that it was restored from a backup since the feed epoch the watch
+    resumed in: the watch goes on after ``resumed_after`` of ``feed_epoch``, and changes
+    that may repeat what the application processed before come with ``restated``."""
+
+    feed_epoch: int
+    resumed_after: int
+
+
 class HitWatch(Iterator[Hit]):
     """The stream of :meth:`NodeClient.watch_hits`: iterate it; :meth:`cancel` (from any
-    thread) ends it, and so does leaving its ``with`` block."""
+    thread) ends it, and so does leaving its ``with`` block. :attr:`restored` is set
+    (before the first hit) when the node was restored from a backup since the epoch
+    the watch resumed in."""
 
     def __init__(self, call: Iterator[node_pb2.WatchHitsResponse], cancel: Callable[[], None]):
         self._call = call
         self._cancel = cancel
         self._cancelled = False
+        self.restored: FeedRestored | None = None
 
     def __iter__(self) -> HitWatch:
         return self
 
     def __next__(self) -> Hit:
-        try:
-            response = next(self._call)
-        except grpc.RpcError as error:
-            if self._cancelled:
-                raise StopIteration from None
-            raise error_from_rpc(error) from None
-        return _hit(response.hit, response.sequence)
+        while True:
+            try:
+                response = next(self._call)
+            except grpc.RpcError as error:
+                if self._cancelled:
+                    raise StopIteration from None
+                raise error_from_rpc(error) from None
+            if response.HasField("feed_restored"):
+                told = response.feed_restored
+                self.restored = FeedRestored(told.feed_epoch, told.resumed_after)
+                continue
+            return _hit(
+                response.hit,
+                response.sequence,
+                feed_epoch=response.feed_epoch or None,
+                restated=response.restated,
+            )
 
     def cancel(self) -> None:
         self._cancelled = True
@@ -1125,12 +1163,17 @@ class NodeClient:
         response = self._call(self._stub.GetHit, node_pb2.GetHitRequest(hit_group_id=group_id))
         return _hit(response.hit)
 
-    def watch_hits(self, after_feed_seq: int = 0) -> HitWatch:
+    def watch_hits(self, after_feed_seq: int = 0, feed_epoch: int = 0) -> HitWatch:
         """Every hit change after ``after_feed_seq``: the backlog first, then each new
         change as the node accepts it, until cancelled. Each yielded hit carries its
-        ``sequence``; store the last one processed and resume after it."""
+        ``sequence`` and ``feed_epoch``; store both for the last one processed and resume
+        after them. After the node was restored from a backup, a position in the older
+        epoch is mapped onto the new feed (:attr:`HitWatch.restored` says so), and a hit
+        with ``restated`` may repeat one processed before: apply it only if its revision
+        is higher than the one held for its group."""
         call = self._stub.WatchHits(
-            node_pb2.WatchHitsRequest(after_sequence=after_feed_seq), metadata=self._auth()
+            node_pb2.WatchHitsRequest(after_sequence=after_feed_seq, feed_epoch=feed_epoch),
+            metadata=self._auth(),
         )
         watch = HitWatch(iter(call), call.cancel)
         self._watches.add(watch)

@@ -21,6 +21,10 @@ Example ``node.toml``::
     party_keys = "keys/party-keys.json"
     api_socket = "data/api.sock"
     api_token = "data/api-token"
+    metrics_listen = "127.0.0.1:9464"
+
+``metrics_listen`` (broker and node) is where the daemon serves its Prometheus metrics;
+unset, it serves none (docs/operations.md, "Metrics").
 
 A node served by several broker replicas lists them all, in order of preference:
 ``brokers = ["broker-a.riec.example:7443", "broker-b.riec.example:7443"]`` (``broker``
@@ -78,6 +82,8 @@ class BrokerConfig:
     log_level: str = DEFAULT_LOG_LEVEL
     #: ``console`` (text for people) or ``json`` (one JSON object per line, for collectors).
     log_format: str = DEFAULT_LOG_FORMAT
+    #: ``HOST:PORT`` of the Prometheus endpoint (``/metrics``, plain HTTP); unset: none.
+    metrics_listen: str | None = None
     #: A covenant timestamp file (``covenant timestamp --out``) to start with, for a broker
     #: that starts before the timestamp job first publishes one (provisioning writes it).
     #: Taken when it is newer than the one the broker holds; optional.
@@ -92,6 +98,7 @@ class BrokerConfig:
         _init_database_url(self, "broker.db")
         _check_log_level(self.log_level)
         _check_log_format(self.log_format)
+        _check_metrics_listen(self.metrics_listen)
 
     def __repr__(self) -> str:
         return _repr(self)
@@ -128,6 +135,8 @@ class NodeConfig:
     #: Every broker replica the node may dial, in order of preference (``broker`` first);
     #: on ``UNAVAILABLE`` the uplink moves on to the next. ``(broker,)`` when not set.
     brokers: tuple[str, ...] = ()
+    #: ``HOST:PORT`` of the Prometheus endpoint (``/metrics``, plain HTTP); unset: none.
+    metrics_listen: str | None = None
 
     def __post_init__(self) -> None:
         _wrap(check_id, self.party, field="party")
@@ -177,6 +186,7 @@ class NodeConfig:
         _init_database_url(self, "node.db")
         _check_log_level(self.log_level)
         _check_log_format(self.log_format)
+        _check_metrics_listen(self.metrics_listen)
 
     def __repr__(self) -> str:
         return _repr(self)
@@ -222,6 +232,7 @@ def broker_config_from_toml(data: bytes, *, source: str, base_dir: Path) -> Brok
         database_url=settings.database_url(),
         log_level=settings.string("log_level", DEFAULT_LOG_LEVEL),
         log_format=settings.string("log_format", DEFAULT_LOG_FORMAT),
+        metrics_listen=settings.optional_string("metrics_listen"),
         covenant_timestamp=settings.optional_path("covenant_timestamp"),
     )
 
@@ -250,6 +261,7 @@ def node_config_from_toml(data: bytes, *, source: str, base_dir: Path) -> NodeCo
         database_url=settings.database_url(),
         log_level=settings.string("log_level", DEFAULT_LOG_LEVEL),
         log_format=settings.string("log_format", DEFAULT_LOG_FORMAT),
+        metrics_listen=settings.optional_string("metrics_listen"),
     )
 
 
@@ -430,6 +442,11 @@ def _check_log_level(value: object) -> None:
 def _check_log_format(value: object) -> None:
     if value not in LOG_FORMATS:
         raise ConfigurationError(f"must be one of: {', '.join(LOG_FORMATS)}", field="log_format")
+
+
+def _check_metrics_listen(value: object) -> None:
+    if value is not None:
+        _parse_address(value, field="metrics_listen", listen=True)
 
 
 def _init_database_url(config: BrokerConfig | NodeConfig, default_file: str) -> None:

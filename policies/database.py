@@ -284,6 +284,12 @@ def heads(package: str) -> tuple[str, ...]:
     return tuple(ScriptDirectory.from_config(_config(package)).get_heads())
 
 
+def revisions(package: str) -> frozenset[str]:
+    """Every revision of the package's migrations: the schemas this software can upgrade."""
+    script = ScriptDirectory.from_config(_config(package))
+    return frozenset(revision.revision for revision in script.walk_revisions())
+
+
 def check_at_head(engine: Engine, package: str, *, migrate_command: str | None = None) -> None:
     """Refuse to run against a schema that is not exactly at the package's head.
 

@@ -271,10 +271,12 @@ def running_covenant(
     api_tcp: bool = False,
     daemons: type[Daemons] = Daemons,
     freshness_seconds: int = DEFAULT_FRESHNESS_SECONDS,
+    configure: Callable[[Provisioned], None] | None = None,
 ) -> Iterator[Daemons]:
     """Provision a covenant under ``root`` (its covenant timestamps vouching for at most
     ``freshness_seconds``), migrate it, start every daemon and wait until every node is
-    connected (and every key holder's channel open); kill them all on exit."""
+    connected (and every key holder's channel open); kill them all on exit. ``configure``
+    may change the configuration files before anything starts."""
     provisioned = provision(
         root,
         covenant_id,
@@ -286,6 +288,8 @@ def running_covenant(
         api_tcp=api_tcp,
         freshness_seconds=freshness_seconds,
     )
+    if configure is not None:
+        configure(provisioned)
     migrate(provisioned)
     logs = root / "logs"
     logs.mkdir()

@@ -130,15 +130,19 @@ def start_cluster(
     policy: Policy | None = None,
     clock: Clock | None = None,
     cluster: type[Cluster] = Cluster,
+    configure: Callable[[Provisioned], None] | None = None,
 ) -> Cluster:
     """Provision a covenant under ``root`` (local APIs on loopback TCP), migrate it and
-    start its broker and every party's node; the caller closes it (``Cluster.close``)."""
+    start its broker and every party's node; the caller closes it (``Cluster.close``).
+    ``configure`` may change the configuration files before anything starts."""
     from samenloop.broker.server import build_server  # only the tests wire both daemons
 
     clock = clock or Clock()
     provisioned = provision(
         root, covenant_id, specs, list(holders), threshold, now=clock(), policy=policy, api_tcp=True
     )
+    if configure is not None:
+        configure(provisioned)
     migrate(provisioned)
     running = cluster(
         provisioned, clock, build_server(load_broker_config(provisioned.broker_config), clock=clock)

@@ -121,7 +121,7 @@ def test_migrations_go_up_down_and_up_again(database_url):
     engine = database.make_engine(database_url)
     try:
         database.upgrade(engine, MIGRATIONS)
-        assert database.current(engine) == database.heads(MIGRATIONS) == ("0008",)
+        assert database.current(engine) == database.heads(MIGRATIONS) == ("0009",)
         database.check_at_head(engine, MIGRATIONS)
 
         database.downgrade(engine, MIGRATIONS)
@@ -268,6 +268,49 @@ def test_a_hit_is_delivered_to_both_parties_in_the_same_transaction(broker):
     assert (stored.token, stored.revision, stored.first_seen) == (token(1), 1, NOW)
 
 
+def test_a_resync_puts_the_latest_notice_of_every_group_in_the_mailbox_again(broker):
+    """What a node restored from an older backup asks for: the notices it acknowledged
+    since are deleted, but its latest of each group, open or closed, comes again."""
+    ids = Ids()
+    submit(broker, "a", 1, [entry("a", 1), entry("a", 2)], ids=ids)
+    submit(broker, "b", 2, [entry("b", 1), entry("b", 2)], ids=ids)  # two groups: NEW
+    submit(broker, "c", 3, [entry("c", 1)], ids=ids)  # the first grows
+    broker.tokens.withdraw("b", batch_id(4), [ref("b")], min_parties=2, now=NOW, sign_notice=sign)
+    first, second = (1).to_bytes(16, "big").hex(), (2).to_bytes(16, "big").hex()
+    delivered = inbox(broker, "a")
+    assert delivered == [
+        f"a|NEW|1|{first}",
+        f"a|NEW|1|{second}",
+        f"a|GROWN|2|{first}",
+        f"a|SHRUNK|3|{first}",
+        f"a|CLOSED|2|{second}",
+    ]
+    broker.mailboxes.ack("a", broker.mailboxes.mailbox_state("a").head_cursor)
+    assert inbox(broker, "a") == []
+
+    resent, head = broker.mailboxes.resync("a", NOW)
+    assert (resent, head) == (2, 7)
+    assert sorted(inbox(broker, "a")) == sorted([f"a|SHRUNK|3|{first}", f"a|CLOSED|2|{second}"])
+    # Asked again before those are read: refused, so at most one copy waits.
+    with pytest.raises(QuotaExceeded) as refused:
+        broker.mailboxes.resync("a", NOW)
+    assert refused.value.reason == "quota.resync_pending"
+    broker.mailboxes.ack("a", 6)
+    with pytest.raises(QuotaExceeded):
+        broker.mailboxes.resync("a", NOW)
+    broker.mailboxes.ack("a", 7)
+    assert broker.mailboxes.resync("a", NOW) == (2, 9)  # read: asked again, the same again
+    assert broker.mailboxes.resync("nobody", NOW) == (0, 0)  # told of nothing: nothing
+    entries = broker.audit.audit_entries(kind=AuditKind.HIT_NOTICE)
+    assert {"party": "a", "resent": 2, "head_cursor": 7} in [dict(e.details) for e in entries]
+
+    broker.mailboxes.close_mailbox("a")  # removed from the covenant: nothing is kept for it
+    with pytest.raises(NotAllowed):
+        broker.mailboxes.resync("a", NOW)
+    assert table_counts(broker.engine)["latest_notices"] == 3  # b's two, c's one
+    assert table_counts(broker.engine)["resyncs"] == 1  # "nobody"'s
+
+
 def test_withdrawal_finds_refs_sharing_a_prefix_or_bucket(broker):
     twin = ref("a")[:8] + bytes(8)
     cousin = ref("a")[:1] + bytes(15)
@@ -322,7 +365,8 @@ def test_resubmitting_a_batch_is_acknowledged_again_without_effect(broker, engin
     first = submit(broker, "a", 7, entries)
     before = table_counts(engine)
     again = submit(broker, "a", 7, list(reversed(entries)), at=NOW + timedelta(hours=1))
-    assert again == replace(first, replayed=True, notified=())
+    assert first.notices == 2  # the group formed: a notice to each member; none again
+    assert again == replace(first, replayed=True, notified=(), notices=0)
     assert again.accepted_at == NOW
     assert table_counts(engine) == before
 
@@ -439,7 +483,8 @@ def test_withdrawal_closes_the_group_and_is_idempotent(broker, engine):
     again = broker.tokens.withdraw(
         "b", batch_id(3), [ref("b", 9), ref("b")], min_parties=2, now=NOW, sign_notice=sign
     )
-    assert again == replace(result, replayed=True, notified=())
+    assert result.notices == 2
+    assert again == replace(result, replayed=True, notified=(), notices=0)
     assert table_counts(engine) == before
     # The token can form a new group later, with a new id.
     submit(broker, "b", 4, [entry("b", 1, r=2)], ids=ids)

@@ -29,6 +29,7 @@ api_token = "data/api-token"
 database_url = "sqlite:///data/node.db"
 log_level = "info"
 log_format = "console"
+metrics_listen = "127.0.0.1:9464"
 """
 
 BROKER_TOML = """\
@@ -41,6 +42,7 @@ listen = "0.0.0.0:7443"
 database_url = "postgresql+psycopg://samenloop:geheim@db.riec.example:5432/broker"
 log_level = "warning"
 log_format = "json"
+metrics_listen = "[::]:9464"
 """
 
 MINIMAL_NODE = """\
@@ -212,6 +214,10 @@ NODE_CASES = [
     ("log_level", '"INFO"', "log_level"),
     ("log_format", '"text"', "log_format"),
     ("log_format", '"JSON"', "log_format"),
+    ("metrics_listen", '"9464"', "metrics_listen"),
+    ("metrics_listen", '"127.0.0.1:65536"', "metrics_listen"),
+    ("metrics_listen", '"http://127.0.0.1:9464/metrics"', "metrics_listen"),
+    ("metrics_listen", "9464", "metrics_listen"),
     ("colour", '"oranje"', "colour"),
 ]
 
@@ -256,6 +262,8 @@ BROKER_CASES = [
     ("database_url", '"postgresql+psycopg://db.riec.example/"', "database_url"),
     ("log_level", '"trace"', "log_level"),
     ("log_format", '"syslog"', "log_format"),
+    ("metrics_listen", '"*:9464"', "metrics_listen"),
+    ("metrics_listen", '"0.0.0.0"', "metrics_listen"),
     ("party", '"broker"', "party"),
 ]
 
@@ -269,6 +277,16 @@ def test_broker_rules(key, value, field):
 
 def test_broker_may_listen_on_port_zero():
     assert _broker(_set(BROKER_TOML, "listen", '"127.0.0.1:0"')).listen == "127.0.0.1:0"
+
+
+def test_metrics_are_off_unless_configured():
+    assert _node(MINIMAL_NODE).metrics_listen is None
+    assert _broker(MINIMAL_BROKER).metrics_listen is None
+    assert "metrics_listen" not in config.config_to_toml(_node(MINIMAL_NODE)).decode()
+    assert _node().metrics_listen == "127.0.0.1:9464"
+    assert _broker().metrics_listen == "[::]:9464"
+    text = _set(BROKER_TOML, "metrics_listen", '"127.0.0.1:0"')
+    assert _broker(text).metrics_listen == "127.0.0.1:0"  # tests: any free port
 
 
 def test_a_broken_file():

@@ -15,8 +15,18 @@ ROOT = Path(__file__).parents[1]
 
 # policies' adapters: errors to gRPC statuses, errors to exit codes, the database plumbing,
 # the audit log's tables (both stores and the audit CLI use them) and that CLI,
-# and the covenant admin CLI (it publishes a covenant to the broker over gRPC)
-ADAPTERS = {"rpc", "cli", "database", "audit_store", "audit_commands", "covenant_commands"}
+# the covenant admin CLI (it publishes a covenant to the broker over gRPC), the daemons'
+# Prometheus endpoint and gRPC call metrics, and the daemons' database backups
+ADAPTERS = {
+    "rpc",
+    "cli",
+    "database",
+    "audit_store",
+    "audit_commands",
+    "covenant_commands",
+    "metrics",
+    "backup",
+}
 
 
 def _policies_module(path: Path) -> tuple[str, ...]:

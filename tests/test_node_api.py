@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 import structlog.testing
 
-from samenloop.node.client import Hit, NodeClient, SignalInput, normalise_target
+from samenloop.node.client import FeedRestored, Hit, NodeClient, SignalInput, normalise_target
 from samenloop.node.daemon.api import HitBell, NodeApiContext, NodeApiService
 from samenloop.node.daemon.repositories import MIGRATIONS, Repositories
 from samenloop.node.daemon.uplink import UplinkStatus, verify_hit_notice
@@ -713,6 +713,49 @@ def test_watch_hits_backlog_then_live_each_change_once(node: Node, covenant: Cov
     with node.client.watch_hits(after_feed_seq=2) as resumed:
         first, second = next(resumed), next(resumed)
     assert [(h.group_id, h.sequence) for h in (first, second)] == [(group(3), 3), (group(1), 4)]
+
+
+def test_watch_hits_after_a_restore_maps_the_old_epoch_and_marks_restated_changes(
+    node: Node, covenant: Covenant
+) -> None:
+    """The node was restored from a backup taken after feed sequence 1 (``node restore``
+    writes this row); the application had seen up to sequence 3 of the original epoch."""
+    politie = [Member("politie", "politie", ["drugsproductie"])]
+    node.accept(covenant, group(1), 1, (), politie)  # in the backup
+    with node.repositories.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO feed_restore (id, feed_epoch, previous_epoch, base_seq,"
+                " restored_at, resync_head) VALUES (1, 77, 1, 1, :now, NULL)"
+            ),
+            {"now": "2026-12-07 12:00:00.000000"},
+        )
+    node.accept(covenant, group(2), 5, (), politie)  # resent by the broker: seen before
+    with node.client.watch_hits(after_feed_seq=3, feed_epoch=1) as resumed:
+        first = next(resumed)
+        assert resumed.restored == FeedRestored(feed_epoch=77, resumed_after=1)
+    assert (first.group_id, first.sequence, first.feed_epoch, first.restated) == (
+        group(2),
+        2,
+        77,
+        True,
+    )
+    with node.client.watch_hits(feed_epoch=77) as current:  # from 0 of the current epoch
+        older, newer = next(current), next(current)
+        assert current.restored is None
+    assert [(h.sequence, h.restated) for h in (older, newer)] == [(1, False), (2, True)]
+
+    # Caught up: the broker's resync head processed; later changes are new to everyone.
+    assert node.repositories.signals.record_resync(node.cursor).restated_until == 2
+    node.accept(covenant, group(3), 1, (), politie)
+    with node.client.watch_hits(after_feed_seq=1, feed_epoch=1) as resumed:
+        got = [next(resumed), next(resumed)]
+    assert [(h.sequence, h.restated) for h in got] == [(2, True), (3, False)]
+    with node.client.watch_hits(after_feed_seq=2, feed_epoch=12345) as stranger:
+        got = [next(stranger) for _ in range(3)]  # an epoch it never had: all of it again
+        assert stranger.restored == FeedRestored(feed_epoch=77, resumed_after=0)
+    # ... what came before the end of the catching up may repeat; what came after is new.
+    assert [(h.sequence, h.restated) for h in got] == [(1, True), (2, True), (3, False)]
 
 
 def test_watch_hits_ends_when_the_client_goes(node: Node, covenant: Covenant) -> None:

@@ -42,7 +42,7 @@ from samenloop.node.disclosure.models import DisclosureState
 from samenloop.node.provision import free_port, private_dir, provision
 from samenloop.policies import config
 
-from daemons import Daemons, cli_command, migrate
+from daemons import Daemons, cli_command, migrate, wait_until
 
 COVENANT = "riec-replicas"
 REPLICAS = ("broker-a", "broker-b", "broker-c")
@@ -139,7 +139,13 @@ def replicas(tmp_path: Path, postgres_url: str) -> Iterator[Replicas]:
             running.wait_serving(name)
         for party, path in provisioned.node_configs.items():
             running.clients[party] = NodeClient.from_config(path, timeout=10)
-        running.wait_ready()
+        # Six daemons started at once on a shared machine: more time than one covenant's.
+        wait_until(
+            lambda: all(running.ready(p) for p in PARTIES),
+            RUN_SECONDS,
+            lambda: f"nodes connected: { {p: running.ready(p) for p in PARTIES} }",
+            check=running.check_alive,
+        )
         yield running
     finally:
         for client in running.clients.values():

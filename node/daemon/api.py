@@ -882,22 +882,37 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
     ) -> Iterator[node_pb2.WatchHitsResponse]:
         """The backlog after ``after_sequence``, then each change as the bell rings, until
         the client cancels. A hit that changed several times while the stream was behind
-        comes once, as it is now, with the sequence number of its latest change."""
+        comes once, as it is now, with the sequence number of its latest change.
+
+        A position in an older feed epoch (the node was restored from a backup since) is
+        mapped onto the current feed (:meth:`FeedState.position`) and announced with a
+        ``FeedRestored`` first; changes that may repeat what the application processed
+        before the restore carry ``restated``."""
         bell = self._ctx.bell
-        after = request.after_sequence
+        feed = self._signals.feed_state()
+        after, restated_after = feed.position(request.feed_epoch, request.after_sequence)
         context.add_callback(bell.nudge)
+        if request.feed_epoch not in (0, feed.epoch):
+            yield node_pb2.WatchHitsResponse(
+                feed_epoch=feed.epoch,
+                feed_restored=node_pb2.FeedRestored(feed_epoch=feed.epoch, resumed_after=after),
+            )
 
         def gone() -> bool:
             return not context.is_active()
 
         while context.is_active():
             rings = bell.count()
+            if feed.catching_up:
+                feed = self._signals.feed_state()
             records = self._signals.hits(after_feed_seq=after, limit=WATCH_PAGE)
             covenant = self._ctx.covenant()
             for record in records:
                 yield node_pb2.WatchHitsResponse(
                     sequence=record.feed_seq,
                     hit=hit_to_proto(record, self._ctx.attribute_keys, covenant=covenant),
+                    feed_epoch=feed.epoch,
+                    restated=feed.restated(record.feed_seq, restated_after),
                 )
                 after = record.feed_seq
             if len(records) < WATCH_PAGE:

@@ -47,6 +47,42 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     migrate = commands.add_parser("migrate", help="bring the node's database to this version")
     migrate.add_argument("--config", type=Path, required=True, help="node.toml")
     migrate.set_defaults(func=lambda args: daemon.migrate(args.config))
+    backup = commands.add_parser(
+        "backup", help="back up the node's database (SQLite) while the node runs"
+    )
+    backup.add_argument("--config", type=Path, required=True, help="node.toml")
+    backup.add_argument(
+        "--out", type=Path, required=True, help="the backup file to write (new, 0600)"
+    )
+    backup.set_defaults(func=_backup)
+    restore = commands.add_parser(
+        "restore",
+        help="install a backup as the node's database (node stopped); it then catches up",
+    )
+    restore.add_argument("--config", type=Path, required=True, help="node.toml")
+    source = restore.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="source", type=Path, help="a file of 'node backup'")
+    source.add_argument(
+        "--in-place",
+        action="store_true",
+        help="the database holds a backup already (PostgreSQL's pg_restore, or a file put "
+        "back by hand): only mark it restored",
+    )
+    restore.set_defaults(func=_restore)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from samenloop.node.daemon.backup import node_backup
+
+    return node_backup(args.config, args.out)
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from samenloop.node.daemon.backup import node_restore, node_restore_in_place
+
+    if args.in_place:
+        return node_restore_in_place(args.config)
+    return node_restore(args.config, args.source)
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -72,6 +72,49 @@ class Inbox(Base):
     )
 
 
+#: The feed epoch of a node never restored from a backup.
+ORIGINAL_FEED_EPOCH: Final = 1
+
+
+class FeedRestore(Base):
+    """The one row that says this node's database was restored from a backup, and how far
+    it has caught up since; absent in a node never restored.
+
+    ``node restore`` writes it into the copy it installs: a new random ``feed_epoch``
+    (feed sequence numbers after ``base_seq`` are handed out again, so the application's
+    position after it means nothing in the new epoch), the epoch of the backup it came
+    from, and the backup's last ``feed_seq``. The uplink asks the broker to put the latest
+    notice of every group in the mailbox again (``ResyncHits``) and records the mailbox
+    head it answered (``resync_head``); once the node has processed that cursor, it holds
+    every notice the application may have seen, and ``restated_until_seq`` closes the
+    window of feed entries that may repeat what the application processed before.
+    """
+
+    __tablename__ = "feed_restore"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    feed_epoch: Mapped[int] = mapped_column(BigInteger)
+    previous_epoch: Mapped[int] = mapped_column(BigInteger)
+    base_seq: Mapped[int] = mapped_column(BigInteger)
+    restored_at: Mapped[datetime]
+    resync_head: Mapped[int | None] = mapped_column(BigInteger)
+    restated_until_seq: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint("id = 1", name="single_row"),
+        CheckConstraint("feed_epoch >= 2", name="feed_epoch_range"),
+        CheckConstraint("previous_epoch >= 1", name="previous_epoch_range"),
+        CheckConstraint("feed_epoch <> previous_epoch", name="epoch_changes"),
+        CheckConstraint("base_seq >= 0", name="base_seq_not_negative"),
+        CheckConstraint("resync_head IS NULL OR resync_head >= 0", name="resync_head_range"),
+        CheckConstraint(
+            "restated_until_seq IS NULL OR (resync_head IS NOT NULL"
+            " AND restated_until_seq >= base_seq)",
+            name="caught_up_after_resync",
+        ),
+    )
+
+
 class AuditLogEntry(AuditEntryColumns, Base):
     """One entry of the node's hash-chained audit log (see :mod:`samenloop.policies.audit`)."""
 

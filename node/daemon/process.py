@@ -40,6 +40,7 @@ from samenloop.node.daemon.api import HitBell, NodeApiContext, NodeApiService
 from samenloop.node.daemon.api_token import RefusedCalls, TokenInterceptor, ensure_token
 from samenloop.node.daemon.covenants import CovenantStore
 from samenloop.node.daemon.failover import BrokerSwitch
+from samenloop.node.daemon.metrics import NodeMetrics
 from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.daemon.uplink import Uplink, broker_channel, learn_attribute_key
 from samenloop.node.tokens import keysetup, threshold
@@ -55,6 +56,7 @@ from samenloop.policies.config import (
 from samenloop.policies.covenant import AttributeKeyRing
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError, CovenantRejected
+from samenloop.policies.metrics import MetricsEndpoint, RpcMetricsInterceptor, serve_registry
 from samenloop.policies.process import (
     DataDirectoryLock,
     check_private,
@@ -91,8 +93,12 @@ class RunningNode:
     refused: RefusedCalls
     #: The data directory is this node's alone until it stops.
     lock: DataDirectoryLock
+    #: The Prometheus endpoint, when ``metrics_listen`` is set.
+    metrics: MetricsEndpoint | None = None
 
     def stop(self, grace: float | None = 2.0) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
         self.uplink.stop()
         self.uplink.brokers.close()
         self.server.stop(grace).wait()
@@ -212,6 +218,7 @@ def _start(
         ),
     )
     bell = HitBell()
+    metrics = NodeMetrics()
     uplink = Uplink(
         party=party,
         channel=channel,
@@ -223,6 +230,18 @@ def _start(
         clock=clock,
         on_hit=bell.ring,
         work_dir=config.data_dir,
+        metrics=metrics,
+    )
+
+    def connection() -> tuple[bool, datetime | None]:
+        with uplink.status.lock:
+            return uplink.status.connected, uplink.status.last_contact
+
+    metrics.watch(
+        repositories,
+        connection,
+        clock,
+        parties=lambda: frozenset(p.id for p in held().parties) if holder is not None else (),
     )
     service = NodeApiService(
         NodeApiContext(
@@ -244,7 +263,12 @@ def _start(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="node-api"),
         # The token first: a call without it is refused before anything of it is read.
-        interceptors=[TokenInterceptor(api_token, refused), ErrorInterceptor()],
+        # Metrics outside it, so that they count refused calls with the status they got.
+        interceptors=[
+            RpcMetricsInterceptor(metrics.rpc),
+            TokenInterceptor(api_token, refused),
+            ErrorInterceptor(),
+        ],
         # A port another server of this account holds is an error, not silently shared
         # (gRPC sets SO_REUSEPORT by default: the kernel would spread the calls over both).
         options=[("grpc.so_reuseport", 0)],
@@ -267,6 +291,14 @@ def _start(
     if bound == 0:
         repositories.engine.dispose()
         raise ConfigurationError(f"cannot listen on {address} (in use?)", field=setting)
+    endpoint = None
+    if config.metrics_listen is not None:
+        try:
+            endpoint = serve_registry(metrics.registry, config.metrics_listen)
+        except ConfigurationError:
+            repositories.engine.dispose()
+            raise
+        log.info("metrics served", address=config.metrics_listen, port=endpoint.port)
     server.start()
     if socket_path is not None:
         os.chmod(socket_path, 0o600)  # only this account's applications may talk to the node
@@ -276,7 +308,9 @@ def _start(
     log.info(
         "node running", party=party, api=address, broker=config.broker, holder=holder is not None
     )
-    return RunningNode(server, address, uplink, repositories, socket_path, refused, lock)
+    return RunningNode(
+        server, address, uplink, repositories, socket_path, refused, lock, metrics=endpoint
+    )
 
 
 def replay_covenant(

@@ -80,6 +80,7 @@ from samenloop.node.cases.desk import CaseDesk
 from samenloop.node.daemon.api_token import Tally
 from samenloop.node.daemon.covenant_keeper import CovenantKeeper, Fetched, learn_attribute_key
 from samenloop.node.daemon.failover import BrokerSwitch
+from samenloop.node.daemon.metrics import MAILBOX_KINDS, NodeMetrics, reason_label
 from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.disclosure.desk import DisclosureDesk
 from samenloop.node.picture.desk import PictureDesk
@@ -129,6 +130,9 @@ CALL_TIMEOUT = 30.0
 #: UTC day, or this, whichever comes first.
 QUOTA_RETRY = timedelta(minutes=10)
 QUOTA_ERROR = "broker quota reached"
+#: How long a restored node waits before it asks for a resync again, when the broker still
+#: holds an earlier one unread.
+RESYNC_RETRY_SECONDS = 5.0
 #: The broker's quotas that count per UTC day: a refusal for one waits for the next day
 #: (or ``QUOTA_RETRY``, whichever comes first).
 _DAILY_QUOTAS = frozenset(
@@ -251,10 +255,13 @@ class Uplink:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_hit: Callable[[], None] = lambda: None,
         work_dir: Path | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._party = party
         #: The broker replicas and the one in use (one broker: a switch of one address).
         self.brokers = channel if isinstance(channel, BrokerSwitch) else BrokerSwitch.of(channel)
+        #: The counters the loops increment (served when ``metrics_listen`` is set).
+        self.metrics = metrics or NodeMetrics()
         self._covenant = covenant
         self._keys = keys
         self._repositories = repositories
@@ -330,6 +337,11 @@ class Uplink:
         self._envelopes_wait_until: datetime | None = None
         #: Envelopes to these recipients wait until then: their mailboxes were full.
         self._recipients_wait_until: dict[str, datetime] = {}
+        #: Restored from a backup: ask the broker to resend the latest hit notices
+        #: (``ResyncHits``) after the next hello, then catch up to the head it answered.
+        self._resync_due = False
+        self._resync_head: int | None = None
+        self._resync_not_before = 0.0
 
     @property
     def _broker(self) -> broker_pb2_grpc.BrokerStub:
@@ -339,6 +351,11 @@ class Uplink:
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
+        feed = self._signals.feed_state()
+        if feed.catching_up:
+            self._resync_due = feed.resync_head is None
+            self._resync_head = feed.resync_head
+            self._caught_up(self._shared.mailbox_cursor())
         loops: list[tuple[str, Callable[[], None]]] = [
             ("uplink-work", self._work_loop),
             ("uplink-mailbox", self._mailbox_loop),
@@ -380,8 +397,11 @@ class Uplink:
         to the next broker address (once, however many loops saw it)."""
         if isinstance(error, grpc.Call):
             reason = f"{error.code().name}: {error.details()}"
+            code = error.code().name
         else:
             reason = f"{type(error).__name__}: {error}"
+            code = "UNKNOWN"
+        self.metrics.broker_failures.labels(where, code).inc()
         self.status.update(connected=False, last_error=f"{where}: {reason}")
         if self._stop.is_set():
             return
@@ -439,6 +459,8 @@ class Uplink:
                     self._hello_again.clear()
                     self._hello()
                     hello_done = True
+                if self._resync_due:
+                    self._resync()
                 if not self._still_a_party():
                     self.wake.wait(IDLE_SECONDS)
                     self.wake.clear()
@@ -533,6 +555,48 @@ class Uplink:
             covenant_version=answer.covenant_version,
         )
 
+    def _resync(self) -> None:
+        """Restored from a backup: have the broker put the latest notice of every group in
+        the mailbox again, and record the head it answered; the mailbox loop ends the
+        catching up once it has processed that cursor (:meth:`SignalStore.finish_catch_up`)."""
+        if time.monotonic() < self._resync_not_before:
+            return
+        try:
+            answer = self._broker.ResyncHits(broker_pb2.ResyncHitsRequest(), timeout=CALL_TIMEOUT)
+        except grpc.RpcError as error:
+            if error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                # An earlier resync (its answer lost) still waits in the mailbox: once the
+                # mailbox loop has acknowledged it, the broker takes this one.
+                self._resync_not_before = time.monotonic() + RESYNC_RETRY_SECONDS
+                log.info("the broker resends hit notices once the last resend is read")
+                return
+            if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            self._resync_due = False  # asked again at the next start
+            self.status.update(last_error="the broker cannot resend hit notices (ResyncHits)")
+            log.error("restored from a backup, but the broker cannot resend hit notices")
+            return
+        feed = self._signals.record_resync(answer.head_cursor)
+        self._resync_due = False
+        self._resync_head = feed.resync_head if feed.catching_up else None
+        # The mailbox loop may have passed the head while the answer was on its way.
+        self._caught_up(self._shared.mailbox_cursor())
+        log.info(
+            "restored from a backup: the broker resent the latest hit notices",
+            notices=answer.notices,
+            caught_up=not feed.catching_up,
+        )
+
+    def _caught_up(self, cursor: int) -> None:
+        """After a restore: once the mailbox is processed up to the resync head, the hit
+        feed holds every notice the application may have seen before."""
+        head = self._resync_head
+        if head is None or cursor < head:
+            return
+        self._resync_head = None
+        if self._signals.finish_catch_up():
+            log.info("restored from a backup: caught up with the broker")
+
     def _fetch_covenant(self, version: int) -> Fetched:
         """One covenant version from the broker (``GetCovenant``), with its newest timestamp;
         ``NotFound`` or ``Unavailable`` if the broker does not give it."""
@@ -609,6 +673,7 @@ class Uplink:
             seal_attributes=self._seal_category,
             proof_keys={p.id: m.hit_proof_key for p, m in zip(done, made, strict=True)},
         )
+        self.metrics.tokenised.inc(len(done))
         return True
 
     def _send_outbox(self) -> bool:
@@ -655,6 +720,7 @@ class Uplink:
                 if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     reason = error_from_rpc(error).reason
                     if reason.startswith("quota."):
+                        self.metrics.batches.labels(batch.kind.value, "quota").inc()
                         self._wait_for_quota(reason, error.details() or "")
                         return False
                 # The broker refused the batch for good: do not resend it forever.
@@ -665,9 +731,12 @@ class Uplink:
                     details=error.details(),
                 )
                 self._signals.reject_batch(batch.client_batch_id, now=self._clock())
+                self.metrics.batches.labels(batch.kind.value, "refused").inc()
                 return True
             raise
         self._signals.mark_acked(batch.client_batch_id, now=self._clock())
+        self.metrics.batches.labels(batch.kind.value, "accepted").inc()
+        self.metrics.entries.labels(batch.kind.value).inc(len(batch.entries))
         with self.status.lock:
             self.status.batches_sent += 1
             self.status.last_contact = self._clock()
@@ -784,6 +853,7 @@ class Uplink:
                 self.status.update(last_contact=self._clock())
                 if event.HasField("item"):
                     self._process(event.item)
+                    self._caught_up(event.item.cursor)
                     self._broker.AckMailbox(
                         broker_pb2.AckMailboxRequest(cursor=event.item.cursor), timeout=CALL_TIMEOUT
                     )
@@ -791,6 +861,8 @@ class Uplink:
             self._untrack(stream)
 
     def _process(self, item: broker_pb2.MailboxItem) -> None:
+        payload = item.WhichOneof("payload")
+        self.metrics.mailbox_items.labels(payload if payload in MAILBOX_KINDS else "unknown").inc()
         if item.HasField("hit_notice"):
             try:
                 notice = verify_hit_notice(self._covenant(), self._party, item.hit_notice)
@@ -811,7 +883,9 @@ class Uplink:
             except (SamenloopError, KeyError, ValueError, OverflowError) as error:
                 log.warning("hit notice refused", cursor=item.cursor, reason=type(error).__name__)
                 self._shared.advance_cursor(item.cursor)
+                self.metrics.hit_notices.labels("refused").inc()
                 return
+            self.metrics.hit_notices.labels("accepted" if accepted else "unchanged").inc()
             if accepted:
                 with self.status.lock:
                     self.status.notices_accepted += 1
@@ -887,6 +961,9 @@ class Uplink:
                     self.holder_events.add(
                         HolderEvent(UNVERIFIED, RefusalReason.MALFORMED_REQUEST.name, now.date())
                     )
+                    self.metrics.oprf_refused.labels(
+                        reason_label(RefusalReason.MALFORMED_REQUEST)
+                    ).inc()
                     continue
                 # Counted and entered in the replay cache durably before the answer leaves:
                 # a crash in between must neither hand out evaluations that the quota never
@@ -895,6 +972,7 @@ class Uplink:
                     self._repositories.tokens, holder, decided, now=now, summed=self.holder_events
                 ):
                     continue
+                self._count_answer(decided)
                 outbound.put(
                     broker_pb2.HolderChannelRequest(
                         answer=broker_pb2.HolderAnswer(
@@ -906,6 +984,15 @@ class Uplink:
         finally:
             outbound.close()
             self._untrack(call)
+
+    def _count_answer(self, decided: HolderReply) -> None:
+        if decided.refused is not None:
+            self.metrics.oprf_refused.labels(reason_label(decided.refused)).inc()
+        elif decided.answered is None:  # an identical request answered again
+            self.metrics.oprf_evaluated.labels("true").inc()
+        else:
+            self.metrics.oprf_evaluated.labels("false").inc()
+            self.metrics.oprf_elements.inc(decided.elements)
 
 
 def record_answer(

@@ -456,6 +456,13 @@ class DisclosureStore(Database):
             rows = conn.execute(query.order_by(d.id.desc()).limit(limit)).all()
         return [_disclosure_record(row) for row in rows]
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Disclosure requests by direction and state (for the metrics, at scrape time)."""
+        d = models.Disclosure
+        query = select(d.direction, d.state, func.count()).group_by(d.direction, d.state)
+        with self._read() as conn:
+            return {(direction, state): int(n) for direction, state, n in conn.execute(query)}
+
     def pending_approvals(self) -> int:
         """Incoming requests waiting for a second officer."""
         d = models.Disclosure

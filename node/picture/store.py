@@ -29,6 +29,7 @@ from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
 from samenloop.node.cases import machine as case_core
 from samenloop.node.cases import models as case_models
+from samenloop.node.daemon import models as daemon_models
 from samenloop.node.daemon.database import (
     DEFAULT_PAGE,
     ID_BYTES,
@@ -65,6 +66,10 @@ __all__ = [
 
 #: The refusal reason of a replayed picture request (``PictureRefusalReason`` in lower case).
 PICTURE_REPLAY: Final = "replay"
+
+
+#: What a month up to a restore from a backup counts as spent: more than any budget.
+RESTORED_SPENT_UNITS: Final = 2**62
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,15 +339,33 @@ class PictureStore(Database):
             now=now,
         )
 
+    def _restored_through(self, conn: Connection) -> str | None:
+        """The month this node's database was restored from a backup in, if it was: what it
+        spent of the privacy budget up to then may be more than its ledger says (the
+        spending after the backup is gone with it), so every month up to this one counts
+        as spent."""
+        restored_at = conn.execute(
+            select(daemon_models.FeedRestore.restored_at)
+        ).scalar_one_or_none()
+        return None if restored_at is None else restored_at.strftime("%Y-%m")
+
     def _spend_budget(
         self, conn: Connection, months: Sequence[str], units: int, budget_units: int, now: datetime
     ) -> None:
         """Add ``units`` to each month's spending, never beyond ``budget_units``: a month
-        that would go over fails the whole transaction (``BudgetExhausted``)."""
+        that would go over fails the whole transaction (``BudgetExhausted``), and so does a
+        month up to a restore from a backup (:meth:`_restored_through`)."""
         b = models.PictureBudget
+        restored_through = self._restored_through(conn) if units > 0 else None
         for month in months:
             if not MONTH.fullmatch(month):
                 raise InvalidInput("a month is written YYYY-MM", field="months")
+            if restored_through is not None and month <= restored_through:
+                raise picture.BudgetExhausted(
+                    f"the privacy budget of {month} may have been spent before this node was "
+                    "restored from a backup",
+                    field="period",
+                )
             conn.execute(
                 self._insert(b)
                 .values(month=month, spent_units=0, updated_at=now)
@@ -374,7 +397,13 @@ class PictureStore(Database):
             rows = conn.execute(
                 select(b.month, b.spent_units).where(b.month.in_(list(months)))
             ).all()
-        return picture.BudgetLedger({r.month: int(r.spent_units) for r in rows})
+            restored_through = self._restored_through(conn)
+        spent = {r.month: int(r.spent_units) for r in rows}
+        if restored_through is not None:
+            for month in months:
+                if month <= restored_through:
+                    spent[month] = max(spent.get(month, 0), RESTORED_SPENT_UNITS)
+        return picture.BudgetLedger(spent)
 
     def receive_picture_contribution(
         self, cursor: int, contribution: NewPictureContribution, *, now: datetime
@@ -912,6 +941,22 @@ class PictureStore(Database):
         conn.execute(query)
 
     # --- what the picture counts of the other capabilities' tables -----------------------
+
+    def counts(self) -> tuple[int, dict[str, int]]:
+        """Picture collections this node started, and the requests it answered by outcome
+        (for the metrics, at scrape time)."""
+        answers = models.PictureAnswer
+        with self._read() as conn:
+            collections = conn.execute(
+                select(func.count()).select_from(models.PictureCollection)
+            ).scalar_one()
+            outcomes = {
+                outcome: int(n)
+                for outcome, n in conn.execute(
+                    select(answers.outcome, func.count()).group_by(answers.outcome)
+                )
+            }
+        return int(collections), outcomes
 
     def picture_signal_facts(self, first_month: str, last_month: str) -> list[picture.SignalFacts]:
         """The coarse attributes of the signals of the months ``first_month``..``last_month``

@@ -1022,6 +1022,13 @@ def register_hits(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
         metavar="SEQUENCE",
         help="start after this sequence number (default: from the first hit)",
     )
+    watch.add_argument(
+        "--epoch",
+        type=int,
+        default=0,
+        metavar="FEED_EPOCH",
+        help="the feed epoch of --after, as printed with it (after a restore of the node)",
+    )
     watch.add_argument("--count", type=int, help="stop after this many changes")
     watch.add_argument("--json", action="store_true", help="print one JSON object per change")
     add_node_options(watch)
@@ -1067,7 +1074,12 @@ def hit_to_json(hit: Hit) -> dict[str, Any]:
         "received_at": _iso(hit.received_at),
     }
     if hit.sequence is not None:
-        shown = {"sequence": hit.sequence, **shown}
+        shown = {
+            "sequence": hit.sequence,
+            "feed_epoch": hit.feed_epoch,
+            "restated": hit.restated,
+            **shown,
+        }
     return shown
 
 
@@ -1131,17 +1143,27 @@ def _list_hits(args: argparse.Namespace) -> int:
 def _watch_hits(args: argparse.Namespace) -> int:
     seen = 0
     console = terminal.console()
-    with open_client(args) as client, client.watch_hits(args.after) as stream:
+    told = False
+    with open_client(args) as client, client.watch_hits(args.after, args.epoch) as stream:
         if args.count is not None and args.count <= 0:
             return 0
         for hit in stream:
+            if stream.restored is not None and not told:
+                told = True
+                print(
+                    f"the node was restored from a backup: feed epoch {stream.restored.feed_epoch},"
+                    f" resumed after {stream.restored.resumed_after}; a change marked restated"
+                    " may repeat one seen before",
+                    file=sys.stderr,
+                )
             if args.json:
                 print(terminal.dumps(hit_to_json(hit)), flush=True)
             else:
                 others = _others(hit).replace("\n", "; ")
                 console.print(
                     f"[{hit.sequence}] {hit.group_hex[:12]} {hit.state.value} "
-                    f"{hit.last_kind.value} rev {hit.revision}: "
+                    f"{hit.last_kind.value} rev {hit.revision}"
+                    f"{' (restated)' if hit.restated else ''}: "
                     f"{_own(hit).replace(chr(10), ', ')} | {others}"
                 )
             seen += 1

@@ -72,6 +72,7 @@ from samenloop.v1 import common_pb2
 
 __all__ = [
     "CoarseAttributes",
+    "FeedState",
     "HitRecord",
     "IdentifierRecord",
     "NewSignal",
@@ -104,6 +105,51 @@ class _Taken:
     signal_ref: bytes
     category: str
     expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FeedState:
+    """Where the hit feed stands after restores (see ``daemon.models.FeedRestore``)."""
+
+    #: The current feed epoch: what ``WatchHits`` reports with each sequence number.
+    epoch: int
+    #: The epoch of the backup this database was restored from (None: never restored).
+    previous_epoch: int | None = None
+    #: The backup's last feed sequence: up to it, both epochs hold the same feed.
+    base_seq: int = 0
+    #: The mailbox head the broker answered ``ResyncHits`` with (None: not asked yet).
+    resync_head: int | None = None
+    #: The last feed sequence that may repeat a change the application processed before
+    #: the restore (None while the node is catching up).
+    restated_until: int | None = None
+
+    @property
+    def catching_up(self) -> bool:
+        """Restored, and not yet through the notices the broker re-sent."""
+        return self.previous_epoch is not None and self.restated_until is None
+
+    def position(self, epoch: int, after: int) -> tuple[int, int | None]:
+        """Where a ``WatchHits`` that resumes after ``after`` of ``epoch`` starts in this
+        feed, and the sequence after which its changes may repeat earlier ones (None: none
+        may). Epoch 0 (unknown) or the current one: as asked. The backup's epoch: the feed
+        is the same up to ``base_seq``, so a position there stands, and one beyond it
+        goes back to it. Any other epoch (a restore of a restore the application never
+        followed): from the start, every change possibly a repeat."""
+        restored_from = None if self.previous_epoch is None else self.base_seq
+        if epoch in (0, self.epoch):
+            return after, restored_from
+        if epoch == self.previous_epoch:
+            return min(after, self.base_seq), restored_from
+        return 0, 0
+
+    def restated(self, seq: int, restated_after: int | None) -> bool:
+        """Whether the change at ``seq`` may repeat one the application processed before
+        a restore: after ``restated_after`` and not after the end of the catching up."""
+        if restated_after is None or seq <= restated_after:
+            return False
+        if self.previous_epoch is None:  # an epoch this node never had: anything may repeat
+            return True
+        return self.restated_until is None or seq <= self.restated_until
 
 
 @dataclass(frozen=True, slots=True)
@@ -1125,6 +1171,59 @@ class SignalStore(Database):
                 select(daemon_models.Inbox.last_feed_seq).where(daemon_models.Inbox.id == INBOX_ROW)
             ).scalar_one_or_none()
         return found or 0
+
+    def feed_state(self) -> FeedState:
+        """The feed's epoch and, after a restore, how far the node has caught up."""
+        fr = daemon_models.FeedRestore
+        with self._read() as conn:
+            row = conn.execute(select(fr.__table__).where(fr.id == INBOX_ROW)).first()
+        if row is None:
+            return FeedState(epoch=daemon_models.ORIGINAL_FEED_EPOCH)
+        return FeedState(
+            epoch=row.feed_epoch,
+            previous_epoch=row.previous_epoch,
+            base_seq=row.base_seq,
+            resync_head=row.resync_head,
+            restated_until=row.restated_until_seq,
+        )
+
+    def record_resync(self, head_cursor: int) -> FeedState:
+        """The broker put the latest notices in the mailbox again, up to ``head_cursor``:
+        record it (once), and end the catching up if the node is past it already."""
+        if head_cursor < 0:
+            raise InvalidInput("a cursor is not negative", field="head_cursor")
+        fr = daemon_models.FeedRestore
+        with self._write() as conn:
+            conn.execute(
+                update(fr)
+                .where(fr.id == INBOX_ROW, fr.resync_head.is_(None))
+                .values(resync_head=head_cursor)
+            )
+        self.finish_catch_up()
+        return self.feed_state()
+
+    def finish_catch_up(self) -> bool:
+        """If the node has processed the mailbox up to the head the broker answered
+        ``ResyncHits`` with, close the window of restated feed entries at the feed's last
+        sequence. Returns True if it closed it now."""
+        fr = daemon_models.FeedRestore
+        with self._write() as conn:
+            cursor, last_feed_seq = self._lock_inbox(conn)
+            row = conn.execute(
+                select(fr.resync_head, fr.restated_until_seq, fr.base_seq)
+                .where(fr.id == INBOX_ROW)
+                .with_for_update()
+            ).first()
+            if row is None or row.resync_head is None or row.restated_until_seq is not None:
+                return False
+            if cursor < row.resync_head:
+                return False
+            conn.execute(
+                update(fr)
+                .where(fr.id == INBOX_ROW)
+                .values(restated_until_seq=max(last_feed_seq, row.base_seq))
+            )
+        return True
 
     def hits(
         self,

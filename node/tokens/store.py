@@ -189,6 +189,13 @@ class TokenStore(Database):
             ).scalar_one_or_none()
         return found or 0
 
+    def evaluations_by_party(self, day: date) -> dict[str, int]:
+        """Elements evaluated for each requester on a UTC day (for the metrics)."""
+        usage = models.HolderUsage
+        query = select(usage.party, usage.elements_evaluated).where(usage.day == day)
+        with self._read() as conn:
+            return {party: int(elements) for party, elements in conn.execute(query)}
+
     def holder_totals(self) -> HolderTotals:
         """The key-holder counters since the store was created, for ``GetStatus``."""
         usage = models.HolderUsage

@@ -1535,6 +1535,51 @@ class AckMailboxResponse(_message.Message):
 Global___AckMailboxResponse: _TypeAlias = AckMailboxResponse  # noqa: Y015
 
 @_typing.final
+class ResyncHitsRequest(_message.Message):
+    """ResyncHits' request: the caller is the party in its client certificate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResyncHitsRequest: _TypeAlias = ResyncHitsRequest  # noqa: Y015
+
+@_typing.final
+class ResyncHitsResponse(_message.Message):
+    """ResyncHits' response, sent once the notices are durably in the mailbox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICES_FIELD_NUMBER: _builtins.int
+    HEAD_CURSOR_FIELD_NUMBER: _builtins.int
+    notices: _builtins.int
+    """How many notices were put in the mailbox again."""
+    head_cursor: _builtins.int
+    """Highest cursor in the caller's mailbox now: once the node has processed
+    this cursor, it holds the latest notice of every group it was told of.
+    """
+    def __init__(
+        self,
+        *,
+        notices: _builtins.int = ...,
+        head_cursor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head_cursor", b"head_cursor", "notices", b"notices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResyncHitsResponse: _TypeAlias = ResyncHitsResponse  # noqa: Y015
+
+@_typing.final
 class SendEnvelopeRequest(_message.Message):
     """------------------------------------------------------------- envelopes --
 

@@ -91,6 +91,11 @@ class BrokerStub:
                 request_serializer=samenloop_dot_v1_dot_broker__pb2.AckMailboxRequest.SerializeToString,
                 response_deserializer=samenloop_dot_v1_dot_broker__pb2.AckMailboxResponse.FromString,
                 _registered_method=True)
+        self.ResyncHits = channel.unary_unary(
+                '/samenloop.v1.Broker/ResyncHits',
+                request_serializer=samenloop_dot_v1_dot_broker__pb2.ResyncHitsRequest.SerializeToString,
+                response_deserializer=samenloop_dot_v1_dot_broker__pb2.ResyncHitsResponse.FromString,
+                _registered_method=True)
         self.SendEnvelope = channel.unary_unary(
                 '/samenloop.v1.Broker/SendEnvelope',
                 request_serializer=samenloop_dot_v1_dot_broker__pb2.SendEnvelopeRequest.SerializeToString,
@@ -202,6 +207,18 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResyncHits(self, request, context):
+        """Puts in the caller's mailbox again the latest hit notice the broker
+        issued it for every hit group it was ever told of (open or closed), as
+        signed then: what a node restored from a backup asks once, so that it
+        catches up with the notices whose items it had acknowledged (and the
+        broker deleted) after the backup was taken. Nodes keep the highest
+        revision per group, so a notice they hold already changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SendEnvelope(self, request, context):
         """Relays a sealed envelope to another party's mailbox. Idempotent by client
         message id.
@@ -267,6 +284,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.AckMailbox,
                     request_deserializer=samenloop_dot_v1_dot_broker__pb2.AckMailboxRequest.FromString,
                     response_serializer=samenloop_dot_v1_dot_broker__pb2.AckMailboxResponse.SerializeToString,
+            ),
+            'ResyncHits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResyncHits,
+                    request_deserializer=samenloop_dot_v1_dot_broker__pb2.ResyncHitsRequest.FromString,
+                    response_serializer=samenloop_dot_v1_dot_broker__pb2.ResyncHitsResponse.SerializeToString,
             ),
             'SendEnvelope': grpc.unary_unary_rpc_method_handler(
                     servicer.SendEnvelope,
@@ -573,6 +595,33 @@ class Broker:
             '/samenloop.v1.Broker/AckMailbox',
             samenloop_dot_v1_dot_broker__pb2.AckMailboxRequest.SerializeToString,
             samenloop_dot_v1_dot_broker__pb2.AckMailboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResyncHits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/samenloop.v1.Broker/ResyncHits',
+            samenloop_dot_v1_dot_broker__pb2.ResyncHitsRequest.SerializeToString,
+            samenloop_dot_v1_dot_broker__pb2.ResyncHitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

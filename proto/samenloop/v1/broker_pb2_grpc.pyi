@@ -108,6 +108,14 @@ class BrokerStub:
     """Acknowledges every mailbox item up to and including a cursor; the broker
     may then delete them.
     """
+    ResyncHits: _grpc.UnaryUnaryMultiCallable[_broker_pb2.ResyncHitsRequest, _broker_pb2.ResyncHitsResponse]
+    """Puts in the caller's mailbox again the latest hit notice the broker
+    issued it for every hit group it was ever told of (open or closed), as
+    signed then: what a node restored from a backup asks once, so that it
+    catches up with the notices whose items it had acknowledged (and the
+    broker deleted) after the backup was taken. Nodes keep the highest
+    revision per group, so a notice they hold already changes nothing.
+    """
     SendEnvelope: _grpc.UnaryUnaryMultiCallable[_broker_pb2.SendEnvelopeRequest, _broker_pb2.SendEnvelopeResponse]
     """Relays a sealed envelope to another party's mailbox. Idempotent by client
     message id.
@@ -173,6 +181,14 @@ class BrokerAsyncStub(BrokerStub):
     AckMailbox: _aio.UnaryUnaryMultiCallable[_broker_pb2.AckMailboxRequest, _broker_pb2.AckMailboxResponse]  # type: ignore[assignment]
     """Acknowledges every mailbox item up to and including a cursor; the broker
     may then delete them.
+    """
+    ResyncHits: _aio.UnaryUnaryMultiCallable[_broker_pb2.ResyncHitsRequest, _broker_pb2.ResyncHitsResponse]  # type: ignore[assignment]
+    """Puts in the caller's mailbox again the latest hit notice the broker
+    issued it for every hit group it was ever told of (open or closed), as
+    signed then: what a node restored from a backup asks once, so that it
+    catches up with the notices whose items it had acknowledged (and the
+    broker deleted) after the backup was taken. Nodes keep the highest
+    revision per group, so a notice they hold already changes nothing.
     """
     SendEnvelope: _aio.UnaryUnaryMultiCallable[_broker_pb2.SendEnvelopeRequest, _broker_pb2.SendEnvelopeResponse]  # type: ignore[assignment]
     """Relays a sealed envelope to another party's mailbox. Idempotent by client
@@ -302,6 +318,20 @@ class BrokerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_broker_pb2.AckMailboxResponse, _abc.Awaitable[_broker_pb2.AckMailboxResponse]]:
         """Acknowledges every mailbox item up to and including a cursor; the broker
         may then delete them.
+        """
+
+    @_abc_1.abstractmethod
+    def ResyncHits(
+        self,
+        request: _broker_pb2.ResyncHitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_broker_pb2.ResyncHitsResponse, _abc.Awaitable[_broker_pb2.ResyncHitsResponse]]:
+        """Puts in the caller's mailbox again the latest hit notice the broker
+        issued it for every hit group it was ever told of (open or closed), as
+        signed then: what a node restored from a backup asks once, so that it
+        catches up with the notices whose items it had acknowledged (and the
+        broker deleted) after the backup was taken. Nodes keep the highest
+        revision per group, so a notice they hold already changes nothing.
         """
 
     @_abc_1.abstractmethod

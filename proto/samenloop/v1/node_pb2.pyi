@@ -983,46 +983,108 @@ class WatchHitsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    FEED_EPOCH_FIELD_NUMBER: _builtins.int
     after_sequence: _builtins.int
     """Stream changes with a sequence number greater than this (0: all)."""
+    feed_epoch: _builtins.int
+    """The feed epoch after_sequence belongs to, as the node reported it
+    (WatchHitsResponse.feed_epoch); 0: not known, after_sequence is taken as
+    a position in the current epoch. A node restored from a backup starts a
+    new epoch: a position in an older one is mapped onto the new feed (see
+    FeedRestored).
+    """
     def __init__(
         self,
         *,
         after_sequence: _builtins.int = ...,
+        feed_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "feed_epoch", b"feed_epoch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchHitsRequest: _TypeAlias = WatchHitsRequest  # noqa: Y015
 
 @_typing.final
+class FeedRestored(_message.Message):
+    """Sent first on a WatchHits stream whose request named an older feed epoch:
+    the node was restored from a backup, so sequence numbers after the backup
+    were handed out again. The stream goes on after resumed_after in the new
+    epoch; what follows may repeat hits the application already processed
+    (each such change carries restated = true).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEED_EPOCH_FIELD_NUMBER: _builtins.int
+    RESUMED_AFTER_FIELD_NUMBER: _builtins.int
+    feed_epoch: _builtins.int
+    """The node's feed epoch now."""
+    resumed_after: _builtins.int
+    """The stream resumes after this sequence number of the new epoch."""
+    def __init__(
+        self,
+        *,
+        feed_epoch: _builtins.int = ...,
+        resumed_after: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feed_epoch", b"feed_epoch", "resumed_after", b"resumed_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedRestored: _TypeAlias = FeedRestored  # noqa: Y015
+
+@_typing.final
 class WatchHitsResponse(_message.Message):
-    """WatchHits' streamed message: one change of one hit."""
+    """WatchHits' streamed message: one change of one hit, or the notice that the
+    feed was restored.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQUENCE_FIELD_NUMBER: _builtins.int
     HIT_FIELD_NUMBER: _builtins.int
+    FEED_EPOCH_FIELD_NUMBER: _builtins.int
+    RESTATED_FIELD_NUMBER: _builtins.int
+    FEED_RESTORED_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
-    """The node's local sequence number of this change: strictly increasing,
-    so an application resumes with the last one it processed.
+    """The node's local sequence number of this change: strictly increasing
+    within a feed epoch, so an application resumes with the last one it
+    processed (and its epoch).
+    """
+    feed_epoch: _builtins.int
+    """The feed epoch of sequence (never 0)."""
+    restated: _builtins.bool
+    """True if the application may have processed this hit at this revision
+    before the node was restored from a backup: apply it only if its revision
+    is higher than the one the application holds for the group.
     """
     @_builtins.property
     def hit(self) -> Global___Hit:
-        """The hit as it is after the change."""
+        """The hit as it is after the change; absent in a feed_restored message."""
+
+    @_builtins.property
+    def feed_restored(self) -> Global___FeedRestored:
+        """Present (and hit absent) in the first message of a stream that asked
+        for a position in an older feed epoch.
+        """
 
     def __init__(
         self,
         *,
         sequence: _builtins.int = ...,
         hit: Global___Hit | None = ...,
+        feed_epoch: _builtins.int = ...,
+        restated: _builtins.bool = ...,
+        feed_restored: Global___FeedRestored | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hit", b"hit"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["feed_restored", b"feed_restored", "hit", b"hit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hit", b"hit", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feed_epoch", b"feed_epoch", "feed_restored", b"feed_restored", "hit", b"hit", "restated", b"restated", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
