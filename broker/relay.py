@@ -31,6 +31,9 @@ Outbound = broker_pb2.RelayedEvaluation | None
 #: The largest answer the broker passes on from one holder: its share of one message,
 #: so that an ``EvaluateResponse`` with every holder's answer always fits (a real answer
 #: for the most blinded elements a request may carry is about 35 KB).
+#: How long a request forwarded from another replica waits for its holder's answer here
+#: (its requester gave up long before: ``Evaluate`` waits seconds).
+FORWARDED_SECONDS: float = 300.0
 MAX_ANSWER_BYTES: int = common_pb2.LIMITS_MAX_MESSAGE_BYTES // (
     common_pb2.LIMITS_MAX_KEY_HOLDERS + 1
 )
@@ -43,6 +46,8 @@ class Pending:
     failure: broker_pb2.RelayFailure.ValueType = broker_pb2.RELAY_FAILURE_UNSPECIFIED
     #: A request another replica took: called (outside the switchboard's lock) once done.
     on_done: Callable[[Pending], None] | None = None
+    #: When it was sent down the channel (monotonic), for forwarded ones never answered.
+    since: float = field(default_factory=time.monotonic)
 
     def finish(self) -> None:
         self.done.set()
@@ -193,9 +198,21 @@ class Switchboard:
             channel = self._channels.get((key_epoch, index))
             if channel is None:
                 return False
+            # A holder that never answers (it drops what names no requester) must not make
+            # the forwarded requests pile up for as long as its channel stays open.
+            oldest = time.monotonic() - FORWARDED_SECONDS
+            stale = [
+                relay_id
+                for relay_id, pending in channel.pending.items()
+                if pending.on_done is not None and pending.since < oldest
+            ]
+            expired = [channel.pending.pop(relay_id) for relay_id in stale]
             relay_id = next(self._relay_ids)
             channel.pending[relay_id] = Pending(on_done=on_done)
             channel.outbound.put(broker_pb2.RelayedEvaluation(relay_id=relay_id, request=request))
+        for pending in expired:
+            pending.failure = broker_pb2.RELAY_FAILURE_TIMEOUT
+            pending.finish()
         return True
 
     def relay(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 import sqlalchemy as sa
 
+from samenloop.broker import relay
 from samenloop.broker.notify import Listener
 from samenloop.broker.relay import Channel, Switchboard
 from samenloop.broker.replica_relay import RELAY_CHANNEL, ReplicaRelay, replica_id
@@ -131,3 +132,20 @@ def test_the_seats_of_a_replica_that_died_count_for_nothing(replicas):
     assert replies[2].failure == broker_pb2.RELAY_FAILURE_NOT_CONNECTED
     a.switchboard.open("gemeente", frozenset({(EPOCH, 1)}))  # clears dead replicas' rows
     assert _rows(a, "relay_seats") == 1
+
+
+def test_forwarded_requests_a_holder_never_answers_do_not_pile_up(monkeypatch):
+    """In memory: a request forwarded from another replica and never answered is given up
+    (``TIMEOUT``) once it is older than ``FORWARDED_SECONDS``, at the next one forwarded."""
+    monkeypatch.setattr(relay, "FORWARDED_SECONDS", 0.0)
+    switchboard = Switchboard()
+    channel = switchboard.open("politie", frozenset({(EPOCH, 2)}))
+    done: list[int] = []
+    request = common_pb2.Signed(body=b"q")
+    assert switchboard.forward(EPOCH, 2, request, lambda p: done.append(p.failure))
+    assert switchboard.forward(EPOCH, 2, request, lambda p: done.append(p.failure))
+    assert done == [broker_pb2.RELAY_FAILURE_TIMEOUT]
+    assert len(channel.pending) == 1
+    assert not switchboard.forward(EPOCH, 3, request, lambda p: done.append(p.failure))
+    switchboard.close(channel)  # the one still waiting: the channel closed
+    assert done == [broker_pb2.RELAY_FAILURE_TIMEOUT, broker_pb2.RELAY_FAILURE_CHANNEL_CLOSED]
