@@ -104,6 +104,18 @@ class BrokerMetrics:
             self.envelopes.labels(outcome)
         registry.register(StoreCollector(store, covenant, clock))
 
+    def count_batch(self, kind: str, *, replayed: bool, notices: int, **entries: int) -> None:
+        """A submit or withdraw batch answered: a replay counts only as one; an accepted
+        batch counts its entries by outcome (``stored=``, ``withdrawn=``, ...) and the
+        notices it caused."""
+        if replayed:
+            self.batches.labels(kind, "replayed").inc()
+            return
+        self.batches.labels(kind, "accepted").inc()
+        for outcome, count in entries.items():
+            self.tokens.labels(outcome).inc(count)
+        self.hit_notices.labels(kind).inc(notices)
+
 
 class StoreCollector(StoreFigures):
     """The broker's state, read from the store at each scrape."""
