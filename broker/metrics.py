@@ -25,12 +25,11 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 
 from samenloop.broker import mailbox, matching
 from samenloop.broker.store import BrokerStore
 from samenloop.policies.covenant import Covenant
-from samenloop.policies.metrics import RpcMetrics
+from samenloop.policies.metrics import RpcMetrics, StoreFigures
 
 log = structlog.get_logger(__name__)
 
@@ -105,8 +104,20 @@ class BrokerMetrics:
             self.envelopes.labels(outcome)
         registry.register(StoreCollector(store, covenant, clock))
 
+    def count_batch(self, kind: str, *, replayed: bool, notices: int, **entries: int) -> None:
+        """A submit or withdraw batch answered: a replay counts only as one; an accepted
+        batch counts its entries by outcome (``stored=``, ``withdrawn=``, ...) and the
+        notices it caused."""
+        if replayed:
+            self.batches.labels(kind, "replayed").inc()
+            return
+        self.batches.labels(kind, "accepted").inc()
+        for outcome, count in entries.items():
+            self.tokens.labels(outcome).inc(count)
+        self.hit_notices.labels(kind).inc(notices)
 
-class StoreCollector(Collector):
+
+class StoreCollector(StoreFigures):
     """The broker's state, read from the store at each scrape."""
 
     def __init__(
@@ -115,19 +126,6 @@ class StoreCollector(Collector):
         self._store = store
         self._covenant = covenant
         self._clock = clock
-
-    def describe(self) -> list[Metric]:
-        return []  # no queries at registration: the families are those of collect
-
-    def collect(self) -> Iterator[Metric]:
-        """The figures, or none when the store cannot be read (logged by error type only):
-        the scrape still answers, with the counters, and the gauges go absent."""
-        try:
-            figures = list(self._figures())
-        except Exception as error:  # a database outage must not break the endpoint
-            log.error("metrics: the store could not be read", error_type=type(error).__name__)
-            return
-        yield from figures
 
     def _figures(self) -> Iterator[Metric]:
         now = self._clock()

@@ -535,14 +535,13 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             rules=self._submission_rules(covenant),
         )
         self._bell.ring(result.notified)
-        metrics = self.metrics
-        if result.replayed:
-            metrics.batches.labels("submit", "replayed").inc()
-        else:
-            metrics.batches.labels("submit", "accepted").inc()
-            metrics.tokens.labels("stored").inc(result.stored)
-            metrics.tokens.labels("unchanged").inc(result.unchanged)
-            metrics.hit_notices.labels("submit").inc(result.notices)
+        self.metrics.count_batch(
+            "submit",
+            replayed=result.replayed,
+            notices=result.notices,
+            stored=result.stored,
+            unchanged=result.unchanged,
+        )
         return broker_pb2.SubmitTokensResponse(
             client_batch_id=result.client_batch_id,
             stored=result.stored,
@@ -572,14 +571,13 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             rules=self._submission_rules(covenant),
         )
         self._bell.ring(result.notified)
-        metrics = self.metrics
-        if result.replayed:
-            metrics.batches.labels("withdraw", "replayed").inc()
-        else:
-            metrics.batches.labels("withdraw", "accepted").inc()
-            metrics.tokens.labels("withdrawn").inc(result.withdrawn)
-            metrics.tokens.labels("unknown").inc(result.unknown)
-            metrics.hit_notices.labels("withdraw").inc(result.notices)
+        self.metrics.count_batch(
+            "withdraw",
+            replayed=result.replayed,
+            notices=result.notices,
+            withdrawn=result.withdrawn,
+            unknown=result.unknown,
+        )
         return broker_pb2.WithdrawTokensResponse(
             client_batch_id=result.client_batch_id,
             withdrawn=result.withdrawn,

@@ -23,6 +23,7 @@ This is an adapter (gRPC and HTTP); the sans-IO core never imports it.
 
 from __future__ import annotations
 
+import abc
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,11 +32,16 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from samenloop.policies import rpc
 from samenloop.policies.covenant import parse_address
 from samenloop.policies.errors import ConfigurationError, SamenloopError
+
+log = structlog.get_logger(__name__)
 
 #: Request latency buckets, in seconds: a local API call takes milliseconds, a batch of
 #: tokens at the broker tens of them, an OPRF evaluation through the relay up to its timeout.
@@ -69,6 +75,28 @@ def serve_registry(
         message = f"cannot serve metrics on {listen}: {error}"
         raise ConfigurationError(message, field=field) from error
     return MetricsEndpoint(server, thread, host, int(server.server_address[1]))
+
+
+class StoreFigures(Collector):
+    """A daemon's state read from its store at each scrape (``_figures``), so that it
+    survives a restart and costs nothing between scrapes."""
+
+    def describe(self) -> list[Metric]:
+        return []  # no queries at registration: the families are those of collect
+
+    def collect(self) -> Iterator[Metric]:
+        """The figures, or none when the store cannot be read (logged by error type only):
+        the scrape still answers, with the counters, and the gauges go absent."""
+        try:
+            figures = list(self._figures())
+        except Exception as error:  # a database outage must not break the endpoint
+            log.error("metrics: the store could not be read", error_type=type(error).__name__)
+            return
+        yield from figures
+
+    @abc.abstractmethod
+    def _figures(self) -> Iterator[Metric]:
+        """Each daemon's collector: the families it reads from its store."""
 
 
 class RpcMetrics:

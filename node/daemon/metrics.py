@@ -27,14 +27,13 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 
 from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.picture.models import PictureAnswerOutcome
 from samenloop.node.signals.models import SignalState
 from samenloop.node.tokens.evaluation import RefusalReason
-from samenloop.policies.metrics import RpcMetrics
+from samenloop.policies.metrics import RpcMetrics, StoreFigures
 
 log = structlog.get_logger(__name__)
 
@@ -145,7 +144,7 @@ class NodeMetrics:
         self.registry.register(StoreCollector(repositories, connection, clock, parties))
 
 
-class StoreCollector(Collector):
+class StoreCollector(StoreFigures):
     """A node's state, read from its store at each scrape."""
 
     def __init__(
@@ -159,19 +158,6 @@ class StoreCollector(Collector):
         self._connection = connection
         self._clock = clock
         self._parties = parties
-
-    def describe(self) -> list[Metric]:
-        return []  # no queries at registration: the families are those of collect
-
-    def collect(self) -> Iterator[Metric]:
-        """The figures, or none when the store cannot be read (logged by error type only):
-        the scrape still answers, with the counters, and the gauges go absent."""
-        try:
-            figures = list(self._figures())
-        except Exception as error:  # a database outage must not break the endpoint
-            log.error("metrics: the store could not be read", error_type=type(error).__name__)
-            return
-        yield from figures
 
     def _figures(self) -> Iterator[Metric]:
         counts = self._repositories.signals.status_counts()
