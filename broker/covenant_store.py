@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 
 from samenloop.broker.database import BrokerDatabase, Tx, check_party, utc
 from samenloop.broker.mailbox import ItemKind
@@ -148,27 +148,25 @@ class CovenantStore:
     def _put_timestamp(
         self, tx: Tx, timestamp: TimestampRecord, recipients: Sequence[str], now: datetime
     ) -> bool:
-        held = tx.conn.execute(
-            select(CovenantTimestamp.issued_at).where(
-                CovenantTimestamp.version == timestamp.version
-            )
-        ).scalar_one_or_none()
-        if held is not None and held >= timestamp.issued_at:
-            return False
+        # One statement decides, so that replicas starting together with the same
+        # timestamp file (or two publishers) cannot both insert: the row is written if the
+        # version has none, or replaced if this one was issued later; else nothing is.
         values = {
             "signed": timestamp.signed,
             "issued_at": timestamp.issued_at,
             "expires_at": timestamp.expires_at,
             "accepted_at": now,
         }
-        if held is None:
-            tx.conn.execute(insert(CovenantTimestamp).values(version=timestamp.version, **values))
-        else:
-            tx.conn.execute(
-                update(CovenantTimestamp)
-                .where(CovenantTimestamp.version == timestamp.version)
-                .values(**values)
-            )
+        statement = self._db.insert(CovenantTimestamp).values(version=timestamp.version, **values)
+        written = tx.conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[CovenantTimestamp.version],
+                set_=values,
+                where=CovenantTimestamp.issued_at < statement.excluded.issued_at,
+            ).returning(CovenantTimestamp.version)
+        ).first()
+        if written is None:
+            return False
         if recipients:
             self._mailboxes.put(
                 tx,

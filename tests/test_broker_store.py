@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from samenloop.broker import mailbox, matching, token_filter, token_index
+from samenloop.broker.covenant_store import TimestampRecord
 from samenloop.broker.database import MIGRATIONS, BrokerDatabase
 from samenloop.broker.mailbox import ItemKind, SetAside
 from samenloop.broker.matching import Entry, NoticeDraft
@@ -1610,3 +1611,43 @@ def test_a_filter_rebuilds_itself_on_another_database_server(own_pg_engine):
     assert [e["server_restarted"] for e in logged if e["log_level"] == "warning"] == [True]
     submit(running, "b", 4, [entry("b", 2, r=2)], ids=ids)
     assert running.tokens.index._seen.prefixes.added == 4  # no second rebuild
+
+
+# --- covenant timestamps ------------------------------------------------------------------------
+
+
+def test_replicas_starting_together_keep_one_covenant_timestamp(database_url, engine):
+    """Issue 15: broker replicas started at once each take the same timestamp file. The
+    check and the write are one statement, so one of them keeps it and the others find it
+    held (it used to be a read then an insert: the second replica died on the key)."""
+    stamp = TimestampRecord(1, b"signed-1", NOW, NOW + timedelta(days=1))
+    engines = [database.make_engine(database_url) for _ in range(4)]
+    barrier = threading.Barrier(len(engines))
+    results: list[object] = []
+
+    def start(worker: int) -> None:
+        barrier.wait()
+        try:
+            store = BrokerStore(engines[worker])
+            results.append(store.covenants.publish_timestamp(stamp, recipients=[], now=NOW))
+        except BaseException as error:
+            results.append(error)
+
+    threads = [threading.Thread(target=start, args=(w,)) for w in range(len(engines))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for other in engines:
+            other.dispose()
+    assert sorted(results, key=repr) == [False, False, False, True]
+    broker = BrokerStore(engine)
+    assert broker.covenants.covenant_timestamp(1) == stamp
+    # An older one changes nothing; a newer one replaces it.
+    older = TimestampRecord(1, b"older", NOW - timedelta(hours=1), NOW + timedelta(days=1))
+    assert broker.covenants.publish_timestamp(older, recipients=[], now=NOW) is False
+    newer = TimestampRecord(1, b"newer", NOW + timedelta(hours=1), NOW + timedelta(days=2))
+    assert broker.covenants.publish_timestamp(newer, recipients=[], now=NOW) is True
+    assert broker.covenants.covenant_timestamp(1) == newer
