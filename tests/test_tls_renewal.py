@@ -33,6 +33,7 @@ SPECS = (
     PartySpec("politie", "Politie Zeeland-West-Brabant", Role.POLITIE),
 )
 WAIT = 60.0
+SWEEP_WAIT = 150.0  # a node's sweep runs once a minute
 SEE_ALL = replace(
     example_policy(),
     visibility=tuple(VisibilityRule(role, Level.CATEGORIES) for role in Role),
@@ -77,8 +78,8 @@ def test_a_pair_is_checked_before_use(tmp_path: Path) -> None:
             good.cert_pem, good.key_pem, ca.cert_pem, now=now + timedelta(days=400),
             field="certificate",
         )  # fmt: skip
-    expires = good_expiry = certs.load_certificate(good.cert_pem, field="c").not_valid_after_utc
-    assert certs.expires_soon(good_expiry, now=now) is None
+    expires = certs.load_certificate(good.cert_pem, field="c").not_valid_after_utc
+    assert certs.expires_soon(expires, now=now) is None
     assert certs.expires_soon(expires, now=expires - timedelta(days=10, hours=1)) == 10
 
 
@@ -222,10 +223,16 @@ def test_certificates_are_renewed_while_everything_runs(tmp_path: Path) -> None:
         assert b"TLS certificate renewed: served to new connections" in daemons.log("broker")
         assert daemons.log("broker").count(REFUSED) == 2
 
-        # A new connection of the politie's node (here: the node restarted) uses its new one.
-        daemons.restart("politie")
-        assert renewed_politie.encode() in daemons.log("politie")
-        daemons.restart("gemeente")  # its channel made again, to the renewed broker
+        # The politie's node, not restarted, takes its new pair at its next sweep (once a
+        # minute) and makes new channels with it; the gemeente's node, restarted, connects
+        # to the broker's new certificate.
+        politie_pid = daemons.processes["politie"].pid
+        daemons.until(
+            "the politie's node taking its new certificate",
+            SWEEP_WAIT,
+            lambda: b"TLS certificate renewed: new connections" in daemons.log("politie"),
+        )
+        daemons.restart("gemeente")
         assert daemons.alive("broker")
         assert daemons.processes["broker"].pid == broker_pid
 
@@ -238,4 +245,7 @@ def test_certificates_are_renewed_while_everything_runs(tmp_path: Path) -> None:
             WAIT,
             lambda: all(len(daemons.clients[p].hits()) == 1 for p in ("gemeente", "politie")),
         )
+        made = [line for line in daemons.log("politie").splitlines() if b"channel made" in line]
+        assert renewed_politie.encode() in made[-1]  # its calls since run on a new channel
+        assert daemons.processes["politie"].pid == politie_pid
         assert daemons.processes["broker"].pid == broker_pid

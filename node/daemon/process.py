@@ -123,8 +123,9 @@ def _read(path: Path, what: str) -> bytes:
 
 class ClientCertificate:
     """The node's TLS client certificate, key and the covenant CA, read from their files for
-    each new channel to the broker, so that renewed files are used from the next connection
-    without a restart. A pair that does not pass (the key is not the certificate's, another
+    each new channel to the broker; the sweep asks :meth:`renewed` whether the files changed,
+    and the switch then makes new channels, so that a renewed pair is used without a
+    restart. A pair that does not pass (the key is not the certificate's, another
     CA, not valid now, not this party's) is refused with one error line naming the setting;
     the pair read before is used meanwhile."""
 
@@ -133,7 +134,44 @@ class ClientCertificate:
         self._party = party
         self._clock = clock
         self._lock = threading.Lock()
+        self._seen = self._signature()
+        self._refused: tuple[tuple[int, int, int], ...] | None = None
         self._pair = self._load()  # at start a bad pair is a ConfigurationError
+
+    def _signature(self) -> tuple[tuple[int, int, int], ...]:
+        found = [os.stat(path) for path in (self._config.certificate, self._config.private_key)]
+        return tuple((f.st_ino, f.st_mtime_ns, f.st_size) for f in found)
+
+    def renewed(self) -> bool:
+        """At each sweep: whether the files hold a new pair that passes (then new channels
+        should be made); a bad one is refused with one error line, the pair before kept."""
+        try:
+            signature = self._signature()
+        except OSError:  # mid-replacement: look again at the next sweep
+            return False
+        with self._lock:
+            if signature in (self._seen, self._refused):
+                return False
+            try:
+                pair = self._load()
+            except SamenloopError as error:
+                self._refused = signature
+                log.error(
+                    "the replaced TLS certificate is refused; the one before is still used",
+                    setting=error.field or "certificate",
+                    reason=error.message,
+                )
+                return False
+            self._seen, self._refused = signature, None
+            if pair[0] == self._pair[0]:
+                return False
+            self._pair = pair
+        log.info(
+            "TLS certificate renewed: new connections to the broker use it",
+            fingerprint=certs.certificate_fingerprint(pair[0]),
+            expires_at=pair[3].isoformat(),
+        )
+        return True
 
     def _load(self) -> tuple[bytes, bytes, bytes, datetime]:
         config = self._config
@@ -421,6 +459,8 @@ def serve(config_path: Path) -> int:
         running.uplink.holder_events.flush()
         running.repositories.shared.audit_checkpoint(keys, now=datetime.now(UTC))
         if running.tls is not None:
+            if running.tls.renewed():
+                running.uplink.brokers.renew()
             running.tls.check_expiry()
 
     run_until_signalled(SWEEP_SECONDS, sweep)
