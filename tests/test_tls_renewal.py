@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from samenloop.broker.tls import ServingCertificate
 from samenloop.node.provision import PartySpec
@@ -107,6 +108,26 @@ def test_the_fetcher_takes_a_good_replacement_once_and_refuses_a_bad_one(tmp_pat
     assert serving.fetch() is not None
     assert serving.fingerprint == certs.certificate_fingerprint(renewed.cert_pem)
     assert serving.fetch() is None  # taken once
+
+
+def test_the_broker_warns_when_its_certificate_expires_soon(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    ca = certs.CertificateAuthority.create("riec-tls", now=now)
+    issued = ca.issue_broker("b", ["localhost"], now=now, days=40)
+    clock = [now]
+    serving = ServingCertificate(*_write_pair(tmp_path, issued), ca.cert_pem, lambda: clock[0])
+    with capture_logs() as quiet:
+        serving.check_expiry()
+    assert quiet == []
+    clock[0] = now + timedelta(days=20)
+    with capture_logs() as warned:
+        serving.check_expiry()
+    (line,) = warned
+    assert line["log_level"] == "warning"
+    assert line["event"] == "the TLS certificate expires soon; renew it"
+    left = (serving.not_valid_after - clock[0]).days  # 19 or 20: the seconds cut off
+    assert (line["setting"], line["days_left"]) == ("certificate", left)
+    assert left in (19, 20)
 
 
 def test_a_bad_pair_stops_the_start_naming_the_setting(tmp_path: Path) -> None:
