@@ -6,7 +6,8 @@ write the covenant file it trusts (``broker serve`` and ``migrate`` check
 ``broker.toml`` itself the same way, :func:`load_config`).
 ``build_server`` runs it, then wires the servicer to a ``grpc.Server`` with the covenant CA
 as the only client root (``require_client_auth=True``), the error and party
-interceptors, the standard health service and server reflection. ``serve``
+interceptors, the standard health service and server reflection; its own certificate is
+taken again when its files are replaced (:mod:`samenloop.broker.tls`). ``serve``
 runs it until SIGTERM or SIGINT and sweeps expired tokens meanwhile.
 """
 
@@ -32,7 +33,8 @@ from samenloop.broker.relay import Switchboard
 from samenloop.broker.replica_relay import RELAY_CHANNEL, ReplicaRelay, replica_id
 from samenloop.broker.service import BrokerContext, BrokerService
 from samenloop.broker.store import BrokerStore
-from samenloop.policies import crypto, database, logs
+from samenloop.broker.tls import ServingCertificate
+from samenloop.policies import database, logs
 from samenloop.policies.config import (
     BrokerConfig,
     load_broker_config,
@@ -93,6 +95,8 @@ class RunningBroker:
     relay: ReplicaRelay | None = None
     #: The Prometheus endpoint, when ``metrics_listen`` is set.
     metrics: MetricsEndpoint | None = None
+    #: The TLS certificate served, taken again when its files are replaced.
+    certificate: ServingCertificate | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
         self.server.stop(grace).wait()
@@ -102,16 +106,6 @@ class RunningBroker:
             self.metrics.stop()
         self.store.engine.dispose()
         self.lock.release()
-
-
-def _read(path: object, what: str) -> bytes:
-    try:
-        with open(str(path), "rb") as handle:
-            return handle.read()
-    except OSError as error:
-        raise ConfigurationError(
-            f"cannot read {what} {path}: {error.strerror}", field=what
-        ) from error
 
 
 def check_files(config: BrokerConfig) -> None:
@@ -233,18 +227,9 @@ def _start(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_name, reflection.SERVICE_NAME), server
     )
-    credentials = grpc.ssl_server_credentials(
-        [
-            (
-                crypto.read_secret_file(
-                    config.private_key, what="TLS private key", field="private_key"
-                ),
-                _read(config.certificate, "certificate"),
-            )
-        ],
-        root_certificates=current.ca_certificate,
-        require_client_auth=True,
-    )
+    # Taken again from its files when they are replaced (renewal without a restart).
+    serving = ServingCertificate(config.certificate, config.private_key, current.ca_certificate)
+    credentials = serving.credentials()
     port = server.add_secure_port(config.listen, credentials)
     if port == 0:
         engine.dispose()
@@ -295,6 +280,7 @@ def _start(
         listener=listener,
         relay=relay,
         metrics=endpoint,
+        certificate=serving,
     )
 
 
@@ -346,6 +332,8 @@ def serve(config: BrokerConfig) -> int:
             running.relay.sweep()
             running.service.adopt_published()
         running.store.audit.audit_checkpoint(keys, now=datetime.now(UTC))
+        if running.certificate is not None:
+            running.certificate.check_expiry()
 
     run_until_signalled(SWEEP_SECONDS, sweep)
     log.info("broker stopping")

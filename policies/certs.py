@@ -120,7 +120,9 @@ class CertificateAuthority:
             raise ConfigurationError(error.message, field=error.field) from error
         if not _is_ca(cert):
             raise ConfigurationError("not a CA certificate", field="ca.certificate")
-        if _public_der(key.public_key()) != _public_der(cert.public_key()):
+        if _public_der(key.public_key()) != cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ):
             raise ConfigurationError(
                 "the CA key does not belong to the CA certificate", field="ca.key"
             )
@@ -363,6 +365,54 @@ def verify_certificate(cert_pem: bytes, ca_cert_pem: bytes, *, now: datetime) ->
             field=field,
             reason="certificate.not_a_party",
         ) from error
+
+
+def check_key_pair(
+    cert_pem: bytes, key_pem: bytes, ca_cert_pem: bytes, *, now: datetime, field: str
+) -> x509.Certificate:
+    """A certificate and its private key as TLS would serve them, checked before use (a
+    renewed pair is taken only if it passes): the key is the certificate's, the
+    certificate was issued by the covenant CA and is valid at ``now``. Returns the parsed
+    certificate (for its expiry); else ``ConfigurationError`` naming ``field`` and why."""
+    _check_now(now)
+    try:
+        cert = _load_certificate(cert_pem, field=field)
+    except InvalidInput as error:
+        raise ConfigurationError(f"not a PEM X.509 certificate ({error})", field=field) from error
+    key = _load_private_key(key_pem, field=field)
+    if _public_der(key.public_key()) != cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ):
+        raise ConfigurationError("the private key is not the certificate's", field=field)
+    ca = _load_certificate(ca_cert_pem, field="ca_certificate")
+    try:
+        if cert.issuer != ca.subject:
+            raise ValueError("issuer")
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, _CryptoInvalidSignature) as error:
+        raise ConfigurationError(
+            "the certificate was not issued by this covenant's CA", field=field
+        ) from error
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise ConfigurationError(
+            f"the certificate is valid from {cert.not_valid_before_utc.isoformat()} "
+            f"until {cert.not_valid_after_utc.isoformat()}, not now",
+            field=field,
+        )
+    return cert
+
+
+#: A daemon warns at each sweep when its own certificate expires within this many days.
+EXPIRY_WARNING_DAYS = 30
+
+
+def expires_soon(
+    not_valid_after: datetime, *, now: datetime, days: int = EXPIRY_WARNING_DAYS
+) -> int | None:
+    """The whole days left when a certificate expires within ``days`` of ``now``, else None:
+    what a daemon logs as a warning for operators to alert on."""
+    left = not_valid_after - now
+    return max(0, left.days) if left < timedelta(days=days) else None
 
 
 def certificate_fingerprint(cert_pem: bytes) -> str:

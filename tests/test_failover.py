@@ -43,6 +43,17 @@ def test_an_outage_seen_by_several_loops_moves_on_once():
     switch.close()
 
 
+def test_renew_makes_new_channels_from_the_next_call_on():
+    made: list[str] = []
+    switch = _switch(["a:7443", "b:7443"], made)
+    first = switch.stub()
+    assert switch.stub() is first
+    switch.renew()  # the node's certificate was renewed
+    assert switch.stub() is not first
+    assert made == ["a:7443", "a:7443"]
+    switch.close()
+
+
 def test_one_address_never_moves():
     switch = _switch(["a:7443"], [])
     assert not switch.unavailable(0)

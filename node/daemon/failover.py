@@ -7,7 +7,8 @@ is down or unreachable) reports it with the index it used, and the switch moves 
 to the next address once, however many loops saw the same outage at once (a report
 for an address already left behind changes nothing). Each address keeps its own
 channel (gRPC reconnects it by itself), so moving back later costs no handshake
-until it is used.
+until it is used. :meth:`BrokerSwitch.renew` makes new channels from the next call on,
+when the node's TLS certificate was renewed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class BrokerSwitch:
         self._lock = threading.Lock()
         self._channels: dict[int, grpc.Channel] = {}
         self._stubs: dict[int, broker_pb2_grpc.BrokerStub] = {}
+        #: Channels left by :meth:`renew`: calls open on them run on until they end.
+        self._retired: list[grpc.Channel] = []
         self._index = 0
 
     @classmethod
@@ -77,11 +80,21 @@ class BrokerSwitch:
         )
         return True
 
+    def renew(self) -> None:
+        """Make new channels from the next call on (the node's TLS certificate was renewed):
+        calls open on the old ones (the mailbox stream) run on until they end, and are not
+        cut; the old channels are closed with the switch."""
+        with self._lock:
+            self._retired.extend(self._channels.values())
+            self._channels.clear()
+            self._stubs.clear()
+
     def close(self) -> None:
         """Close every channel made."""
         with self._lock:
-            channels = list(self._channels.values())
+            channels = [*self._channels.values(), *self._retired]
             self._channels.clear()
             self._stubs.clear()
+            self._retired.clear()
         for channel in channels:
             channel.close()

@@ -26,6 +26,7 @@ for the version held, the node seals and releases nothing new.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ from samenloop.policies.config import (
 )
 from samenloop.policies.covenant import AttributeKeyRing
 from samenloop.policies.crypto import PartyKeys
-from samenloop.policies.errors import ConfigurationError, CovenantRejected
+from samenloop.policies.errors import ConfigurationError, CovenantRejected, SamenloopError
 from samenloop.policies.metrics import MetricsEndpoint, RpcMetricsInterceptor, serve_registry
 from samenloop.policies.process import (
     DataDirectoryLock,
@@ -95,6 +96,8 @@ class RunningNode:
     lock: DataDirectoryLock
     #: The Prometheus endpoint, when ``metrics_listen`` is set.
     metrics: MetricsEndpoint | None = None
+    #: The node's TLS certificate: read again for each new channel, its expiry watched.
+    tls: ClientCertificate | None = None
 
     def stop(self, grace: float | None = 2.0) -> None:
         if self.metrics is not None:
@@ -116,6 +119,120 @@ def _read(path: Path, what: str) -> bytes:
         raise ConfigurationError(
             f"cannot read {what} {path}: {error.strerror}", field=what
         ) from error
+
+
+class ClientCertificate:
+    """The node's TLS client certificate, key and the covenant CA, read from their files for
+    each new channel to the broker; the sweep asks :meth:`renewed` whether the files changed,
+    and the switch then makes new channels, so that a renewed pair is used without a
+    restart. A pair that does not pass (the key is not the certificate's, another
+    CA, not valid now, not this party's) is refused with one error line naming the setting;
+    the pair read before is used meanwhile."""
+
+    def __init__(self, config: NodeConfig, party: str, clock: Callable[[], datetime]) -> None:
+        self._config = config
+        self._party = party
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen = self._signature()
+        self._refused: tuple[tuple[int, int, int], ...] | None = None
+        self._pair = self._load()  # at start a bad pair is a ConfigurationError
+
+    def _signature(self) -> tuple[tuple[int, int, int], ...]:
+        found = [os.stat(path) for path in (self._config.certificate, self._config.private_key)]
+        return tuple((f.st_ino, f.st_mtime_ns, f.st_size) for f in found)
+
+    def renewed(self) -> bool:
+        """At each sweep: whether the files hold a new pair that passes (then new channels
+        should be made); a bad one is refused with one error line, the pair before kept."""
+        try:
+            signature = self._signature()
+        except OSError:  # mid-replacement: look again at the next sweep
+            return False
+        with self._lock:
+            if signature in (self._seen, self._refused):
+                return False
+            try:
+                pair = self._load()
+            except SamenloopError as error:
+                self._refused = signature
+                log.error(
+                    "the replaced TLS certificate is refused; the one before is still used",
+                    setting=error.field or "certificate",
+                    reason=error.message,
+                )
+                return False
+            self._seen, self._refused = signature, None
+            if pair[0] == self._pair[0]:
+                return False
+            self._pair = pair
+        log.info(
+            "TLS certificate renewed: new connections to the broker use it",
+            fingerprint=certs.certificate_fingerprint(pair[0]),
+            expires_at=pair[3].isoformat(),
+        )
+        return True
+
+    def _load(self) -> tuple[bytes, bytes, bytes, datetime]:
+        config = self._config
+        certificate = _read(config.certificate, "certificate")
+        ca_certificate = _read(config.ca_certificate, "ca_certificate")
+        private_key = crypto.read_secret_file(
+            config.private_key, what="TLS private key", field="private_key"
+        )
+        now = self._clock()
+        if certs.verify_certificate(certificate, ca_certificate, now=now) != self._party:
+            raise ConfigurationError(
+                f"the TLS certificate is not {self._party}'s", field="certificate"
+            )
+        parsed = certs.check_key_pair(
+            certificate, private_key, ca_certificate, now=now, field="private_key"
+        )
+        return certificate, private_key, ca_certificate, parsed.not_valid_after_utc
+
+    def channel(self, address: str) -> grpc.Channel:
+        """A new mTLS channel to ``address`` with the certificate in the files now."""
+        with self._lock:
+            try:
+                pair = self._load()
+            except SamenloopError as error:
+                pair = self._pair
+                log.error(
+                    "the replaced TLS certificate is refused; the one before is still used",
+                    setting=error.field or "certificate",
+                    reason=error.message,
+                )
+            renewed = pair[0] != self._pair[0]
+            self._pair = pair
+        # Which certificate a connection uses, for the operator who renewed it.
+        log.info(
+            "TLS certificate renewed: used from this connection"
+            if renewed
+            else "broker channel made",
+            address=address,
+            fingerprint=certs.certificate_fingerprint(pair[0]),
+            expires_at=pair[3].isoformat(),
+        )
+        certificate, private_key, ca_certificate, _ = pair
+        return broker_channel(
+            address,
+            ca_certificate=ca_certificate,
+            private_key=private_key,
+            certificate=certificate,
+        )
+
+    def check_expiry(self) -> None:
+        """At each sweep: warn when the certificate in use expires soon."""
+        with self._lock:
+            not_valid_after = self._pair[3]
+        days_left = certs.expires_soon(not_valid_after, now=self._clock())
+        if days_left is not None:
+            log.warning(
+                "the TLS certificate expires soon; renew it",
+                setting="certificate",
+                expires_at=not_valid_after.isoformat(),
+                days_left=days_left,
+            )
 
 
 def check_files(config: NodeConfig) -> str:
@@ -166,13 +283,7 @@ def _start(
             f"{config.party_keys} does not hold the keys the covenant lists for {party}",
             field="party_keys",
         )
-    certificate = _read(config.certificate, "certificate")
-    ca_certificate = _read(config.ca_certificate, "ca_certificate")
-    private_key = crypto.read_secret_file(
-        config.private_key, what="TLS private key", field="private_key"
-    )
-    if certs.verify_certificate(certificate, ca_certificate, now=clock()) != party:
-        raise ConfigurationError(f"the TLS certificate is not {party}'s", field="certificate")
+    tls = ClientCertificate(config, party, clock)  # a bad pair stops the start
 
     engine = database.make_engine(config.database_url)
     database.check_at_head(engine, MIGRATIONS)
@@ -208,15 +319,9 @@ def _start(
         )
 
     # Every broker replica listed; the uplink moves on to the next when one is unavailable.
-    channel = BrokerSwitch(
-        config.brokers,
-        lambda address: broker_channel(
-            address,
-            ca_certificate=ca_certificate,
-            private_key=private_key,
-            certificate=certificate,
-        ),
-    )
+    # Every channel made reads the TLS files again: a renewed certificate is used from the
+    # next connection.
+    channel = BrokerSwitch(config.brokers, tls.channel)
     bell = HitBell()
     metrics = NodeMetrics()
     uplink = Uplink(
@@ -309,7 +414,7 @@ def _start(
         "node running", party=party, api=address, broker=config.broker, holder=holder is not None
     )
     return RunningNode(
-        server, address, uplink, repositories, socket_path, refused, lock, metrics=endpoint
+        server, address, uplink, repositories, socket_path, refused, lock, metrics=endpoint, tls=tls
     )
 
 
@@ -353,6 +458,10 @@ def serve(config_path: Path) -> int:
         running.refused.flush()
         running.uplink.holder_events.flush()
         running.repositories.shared.audit_checkpoint(keys, now=datetime.now(UTC))
+        if running.tls is not None:
+            if running.tls.renewed():
+                running.uplink.brokers.renew()
+            running.tls.check_expiry()
 
     run_until_signalled(SWEEP_SECONDS, sweep)
     log.info("node stopping")
