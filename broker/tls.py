@@ -136,7 +136,7 @@ class ServingCertificate:
             )
         except ConfigurationError as error:
             newest = max(signature[0][1], signature[1][1]) / 1e9
-            if "not the certificate's" in error.message and time.time() - newest < SETTLE_SECONDS:
+            if error.reason == certs.KEY_MISMATCH and time.time() - newest < SETTLE_SECONDS:
                 return None  # perhaps the other file is on its way: look again next time
             self._refused = signature
             log.error(

@@ -383,7 +383,9 @@ def check_key_pair(
     if _public_der(key.public_key()) != cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ):
-        raise ConfigurationError("the private key is not the certificate's", field=field)
+        raise ConfigurationError(
+            "the private key is not the certificate's", field=field, reason=KEY_MISMATCH
+        )
     ca = _load_certificate(ca_cert_pem, field="ca_certificate")
     try:
         if cert.issuer != ca.subject:
@@ -401,6 +403,10 @@ def check_key_pair(
         )
     return cert
 
+
+#: ``check_key_pair``'s reason when the key is not the certificate's: a replacement may be
+#: half done (one file moved, the other on its way).
+KEY_MISMATCH = "certificate.key_mismatch"
 
 #: A daemon warns at each sweep when its own certificate expires within this many days.
 EXPIRY_WARNING_DAYS = 30

@@ -69,6 +69,7 @@ def test_a_pair_is_checked_before_use(tmp_path: Path) -> None:
             good.cert_pem, second.key_pem, ca.cert_pem, now=now, field="certificate"
         )
     assert mismatch.value.field == "certificate"
+    assert mismatch.value.reason == certs.KEY_MISMATCH  # the broker waits for its other file
     foreign = other.issue_broker("broker", ["localhost"], now=now)
     with pytest.raises(ConfigurationError, match="not issued by this covenant's CA"):
         certs.check_key_pair(
