@@ -566,6 +566,11 @@ class MailboxStore:
             ],
         )
 
+    def forget_groups(self, tx: Tx, group_ids: Sequence[bytes]) -> int:
+        """Drop the latest notices kept of these groups, for every party; returns how many."""
+        result = tx.conn.execute(delete(LatestNotice).where(LatestNotice.group_id.in_(group_ids)))
+        return int(result.rowcount)
+
     def resync(self, party: str, now: datetime) -> tuple[int, int]:
         """Put in a party's mailbox again its latest notice of every group it was told of
         (for a node restored from an older backup); returns how many, and the mailbox's

@@ -601,7 +601,11 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             self.metrics.tokens.labels("expired").inc(result.removed)
             self.metrics.hit_notices.labels("expiry").inc(result.notices)
             if not result.more:
-                return removed
+                break
+        keep = self._submission_rules(covenant).longest_lifetime
+        while self._store.tokens.prune_closed_groups(self._clock(), keep=keep).more:
+            pass
+        return removed
 
     # --- mailbox -----------------------------------------------------------------------
 

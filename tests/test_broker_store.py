@@ -312,6 +312,54 @@ def test_a_resync_puts_the_latest_notice_of_every_group_in_the_mailbox_again(bro
     assert table_counts(broker.engine)["resyncs"] == 1  # "nobody"'s
 
 
+def test_closed_groups_are_forgotten_after_the_longest_lifetime_with_their_latest_notices(
+    broker,
+):
+    """The broker's database does not grow with every group that ever closed: once a
+    closed group is older than what any backup still needs, it goes with the notices kept
+    of it for ``ResyncHits``; open groups and recently closed ones stay."""
+    ids = Ids()
+    submit(broker, "a", 1, [entry("a", n, n) for n in (1, 2, 3)], ids=ids)
+    submit(broker, "b", 2, [entry("b", n, n) for n in (1, 2, 3)], ids=ids)
+    kept_open, closed_early, closed_late = (n.to_bytes(16, "big") for n in (1, 2, 3))
+    broker.tokens.withdraw(
+        "b", batch_id(3), [ref("b", 2)], min_parties=2, now=NOW, sign_notice=sign
+    )
+    broker.tokens.withdraw(
+        "b",
+        batch_id(4),
+        [ref("b", 3)],
+        min_parties=2,
+        now=NOW + timedelta(days=10),
+        sign_notice=sign,
+    )
+    keep = timedelta(days=30)
+
+    def kept() -> tuple[set[bytes], set[bytes]]:
+        with broker.engine.connect() as conn:
+            groups = set(conn.execute(sa.text("SELECT group_id FROM hit_groups")).scalars())
+            notices = set(conn.execute(sa.text("SELECT group_id FROM latest_notices")).scalars())
+        return {bytes(g) for g in groups}, {bytes(g) for g in notices}
+
+    assert kept() == ({kept_open, closed_early, closed_late},) * 2
+    nothing = broker.tokens.prune_closed_groups(NOW + timedelta(days=29), keep=keep)
+    assert (nothing.groups, nothing.notices) == (0, 0)
+
+    pruned = broker.tokens.prune_closed_groups(NOW + timedelta(days=31), keep=keep)
+    assert (pruned.groups, pruned.notices, pruned.more) == (1, 2, False)  # a's and b's notice
+    assert kept() == ({kept_open, closed_late},) * 2
+    pruned = broker.tokens.prune_closed_groups(NOW + timedelta(days=400), keep=keep, limit=1)
+    assert (pruned.groups, pruned.more) == (1, True)
+    assert kept() == ({kept_open},) * 2
+    assert broker.tokens.prune_closed_groups(NOW + timedelta(days=400), keep=keep).groups == 0
+    # The open group still grows as before, and a resync still carries its notice.
+    submit(broker, "c", 5, [entry("c", 1)], ids=ids)
+    broker.mailboxes.ack("a", broker.mailboxes.mailbox_state("a").head_cursor)
+    assert broker.mailboxes.resync("a", NOW)[0] == 1
+    details = [dict(e.details) for e in broker.audit.audit_entries(kind=AuditKind.TOKEN_EXPIRY)]
+    assert {"closed_groups_pruned": 1, "latest_notices_pruned": 2} in details
+
+
 def test_withdrawal_finds_refs_sharing_a_prefix_or_bucket(broker):
     twin = ref("a")[:8] + bytes(8)
     cousin = ref("a")[:1] + bytes(15)
