@@ -130,7 +130,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         required=True,
         help="public keys file of the administrator who signed the key epoch",
     )
-    init.add_argument("--valid-from", type=iso_time, help="start of validity (default: now)")
+    init.add_argument(
+        "--valid-from",
+        type=iso_time,
+        help="start of validity (default: now less the clock skew parties allow)",
+    )
     init.add_argument("--valid-days", type=int, default=365, help="days of validity (365)")
     init.add_argument("--min-parties", type=int, default=2, help="distinct parties per hit (2)")
     init.add_argument(

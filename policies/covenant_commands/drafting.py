@@ -41,6 +41,7 @@ from samenloop.policies.covenant_commands.common import (
 )
 from samenloop.policies.crypto import PartyKeys, PublicKeys, SignatureContext
 from samenloop.policies.errors import ConfigurationError, InvalidInput, InvalidSignature, NotFound
+from samenloop.policies.freshness import MAX_CLOCK_SKEW as CLOCK_SKEW_ALLOWED
 from samenloop.policies.policy import Signer, Signing, example_policy
 from samenloop.v1 import common_pb2, keyholder_pb2
 
@@ -198,7 +199,9 @@ def init_command(args: argparse.Namespace) -> int:
             f"covenant's with 'samenloop covenant ca-init --id {args.id}'",
             field="--ca-cert",
         )
-    valid_from = args.valid_from or datetime.now(UTC).replace(microsecond=0)
+    # By default a few minutes ago, the clock skew every party allows: a node whose clock is
+    # a little behind the administrator's takes the first version, not 'not yet valid'.
+    valid_from = args.valid_from or (datetime.now(UTC) - CLOCK_SKEW_ALLOWED).replace(microsecond=0)
     if not 1 <= args.valid_days <= certs.MAX_DAYS:
         raise InvalidInput(f"must be 1..{certs.MAX_DAYS}", field="--valid-days")
     broker = build_checked(
