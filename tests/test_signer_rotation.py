@@ -508,19 +508,33 @@ def test_a_signers_key_and_the_timestamp_key_replaced_while_everything_runs(
         assert broker_refuses(daemons, gone) == "covenant.under_signed"
         assert broker_version(daemons) == 4
 
-        # The broker's operator, colluding, hands the gemeente's node both forged versions (as
-        # version 5: newer than the one held) in its mailbox: refused with their reasons,
-        # recorded, nothing stored, the node stays on version 4.
+        # A version 5 that replaces the toezicht-2 signer again, signed by its new key and the
+        # partners' (the new signer set's threshold, not the held one's): refused.
+        new_set_draft = draft_of(v4, work / "v5-new-set.toml")
+        toezicht_3, toezicht_3_public = keygen(work, "beheer-toezicht-3")
+        done = cli("covenant", "replace-signer", "--draft", new_set_draft, "--signer",
+                   "beheer-toezicht-2", "--public-keys", toezicht_3_public,
+                   "--new-id", "beheer-toezicht-3")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        new_set = sign_cli(new_set_draft, work / "v5-new-set.json",
+                           {"beheer-toezicht-3": toezicht_3, PARTNERS: partners_new})  # fmt: skip
+        assert broker_refuses(daemons, new_set) == "covenant.under_signed"
+        assert broker_version(daemons) == 4
+
+        # The broker's operator, colluding, hands the gemeente's node the three refused
+        # versions (each a version 5: newer than the one held) in its mailbox: each refused
+        # with its reason and recorded, nothing stored, the node stays on version 4.
         v5_stolen = forge(v5_draft, work / "v5-stolen.json", {PARTNERS: keys[PARTNERS]})
-        forged = [("covenant_update", as_proto(f)) for f in (v5_stolen, gone)]
+        forged = [("covenant_update", as_proto(f)) for f in (v5_stolen, gone, new_set)]
         into_mailbox(daemons, "gemeente", forged)
         daemons.until(
-            "the gemeente's node refusing both",
+            "the gemeente's node refusing all three",
             WAIT,
-            lambda: len(audited_rejections(daemons, "gemeente")) == 2,
+            lambda: len(audited_rejections(daemons, "gemeente")) == 3,
         )
         assert audited_rejections(daemons, "gemeente") == [
             "covenant.bad_signature",
+            "covenant.under_signed",
             "covenant.under_signed",
         ]
         assert node_versions(daemons, "gemeente") == [2, 3, 4]
@@ -528,7 +542,7 @@ def test_a_signers_key_and_the_timestamp_key_replaced_while_everything_runs(
         assert gemeente is not None
         assert gemeente.covenant_version == 4
         log = daemons.log("gemeente")
-        assert log.count(b"covenant update refused") == 2
+        assert log.count(b"covenant update refused") == 3
 
         # Version 5 replaces the timestamp key (signed by the riec and the new partners key).
         new_timestamp, timestamp_public = keygen(work, TIMESTAMP_SIGNER, "timestamp-new")
