@@ -8,8 +8,8 @@ is parsed by the real CLI's argument parser, and deploy/config's example ``node.
 ``broker.toml`` put the data directory and the socket where the units' ``StateDirectory``
 and ``RuntimeDirectory`` are. Last, a broker and two nodes run under the units' own
 ``SystemCallFilter``, ``RestrictAddressFamilies``, ``NoNewPrivileges`` and
-``MemoryDenyWriteExecute`` (imposed by tests/sandbox.py, as systemd would) up to a hit, and
-``node backup`` under the backup unit's.
+``MemoryDenyWriteExecute`` (imposed by tests/sandbox.py, as systemd would) up to a hit;
+``node backup`` and ``covenant timestamp`` run under their units' own.
 """
 
 from __future__ import annotations
@@ -317,4 +317,13 @@ def test_the_daemons_run_in_the_units_sandbox(
         done = subprocess.run(backup, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert out.stat().st_size > 0
+        provisioned = running.provisioned
+        stamp = sandboxed("samenloop-covenant-timestamp.service")(
+            "covenant", "timestamp", "--covenant", str(provisioned.signed_covenant),
+            "--key", str(provisioned.timestamp_key),
+            "--config", str(provisioned.node_configs["gemeente"]),
+        )  # fmt: skip
+        done = subprocess.run(stamp, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "published a covenant timestamp" in done.stdout
         running.check_alive()
