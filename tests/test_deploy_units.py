@@ -8,31 +8,33 @@ is parsed by the real CLI's argument parser, and deploy/config's example ``node.
 ``broker.toml`` put the data directory and the socket where the units' ``StateDirectory``
 and ``RuntimeDirectory`` are. Last, a broker and two nodes run under the units' own
 ``SystemCallFilter``, ``RestrictAddressFamilies``, ``NoNewPrivileges`` and
-``MemoryDenyWriteExecute`` (imposed by tests/sandbox.py, as systemd would) up to a hit;
-``node backup`` and ``covenant timestamp`` run under their units' own.
+``MemoryDenyWriteExecute`` (imposed by tests/sandbox.py, as systemd would) up to a hit, the
+broker on SQLite and on PostgreSQL; ``node backup`` and ``covenant timestamp`` run under their
+units' own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from samenloop.node.provision import PartySpec
+from samenloop.node.client import NodeClient
+from samenloop.node.provision import PartySpec, provision
 from samenloop.policies import cli, config
 from samenloop.policies.covenant import Role
 from samenloop.policies.errors import Status
 from samenloop.policies.policy import Level, VisibilityRule, example_policy
 
 import daemons
-from daemons import running_covenant
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "deploy" / "systemd"
@@ -274,8 +276,46 @@ def sandboxed(name: str) -> Callable[..., list[str]]:
     return command
 
 
+@contextlib.contextmanager
+def sandboxed_covenant(root: Path, database_url: str | None) -> Iterator[daemons.Daemons]:
+    """A broker and two nodes, every process in the node's and broker's units' sandbox (the
+    migrations too); the broker on ``database_url`` (None: SQLite), as running_covenant
+    does otherwise."""
+    provisioned = provision(
+        root, "riec-sandbox", SPECS, ("gemeente", "politie"), 2, now=datetime.now(UTC),
+        policy=SEE_ALL,
+    )  # fmt: skip
+    daemons.migrate(provisioned)  # the nodes' (and the SQLite broker's) databases
+    if database_url is not None:
+        base = config.load_broker_config(provisioned.broker_config)
+        on_postgres = replace(base, database_url=database_url)
+        provisioned.broker_config.write_bytes(config.config_to_toml(on_postgres))
+        migration = subprocess.run(
+            daemons.cli_command("broker", "migrate", "--config", str(provisioned.broker_config)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert migration.returncode == 0, migration.stderr
+    logs = root / "logs"
+    logs.mkdir()
+    running = daemons.Daemons(provisioned, logs)
+    try:
+        for name in ("broker", *running.parties):
+            running.start(name)
+        for party, path in provisioned.node_configs.items():
+            running.clients[party] = NodeClient.from_config(path, timeout=10)
+        running.wait_ready()
+        yield running
+    finally:
+        for client in running.clients.values():
+            client.close()
+        running.kill_all()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_the_daemons_run_in_the_units_sandbox(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, backend: str
 ) -> None:
     if not SYSTEMD_ANALYZE.exists():
         pytest.skip("systemd-analyze is not installed (it lists the system call groups)")
@@ -288,15 +328,8 @@ def test_the_daemons_run_in_the_units_sandbox(
     # The node's and the broker's units have the same sandbox: one wrapper serves both.
     assert sandboxed("samenloop-node.service")("x") == sandboxed("samenloop-broker.service")("x")
     monkeypatch.setattr(daemons, "cli_command", sandboxed("samenloop-node.service"))
-    with running_covenant(
-        tmp_path / "c",
-        "riec-sandbox",
-        SPECS,
-        ("gemeente", "politie"),
-        2,
-        now=datetime.now(UTC),
-        policy=SEE_ALL,
-    ) as running:
+    url = None if backend == "sqlite" else str(request.getfixturevalue("own_postgres_url"))
+    with sandboxed_covenant(tmp_path / "c", url) as running:
         for name, process in running.processes.items():
             status = Path(f"/proc/{process.pid}/status").read_text()
             assert "\nNoNewPrivs:\t1\n" in status, name
