@@ -10,7 +10,8 @@ The covenant administrators' commands (see docs/covenant.md):
   attribute key version to the parties it then lists (the administrator's
   process knows the key while it runs, and keeps it nowhere); structured
   edits (rules, purposes) are made by hand in the TOML;
-* ``signer-keygen`` makes a signer's key pair;
+* ``signer-keygen`` makes a signer's key pair; ``replace-signer`` gives a signer of a
+  draft a new key (``signers``);
 * ``sign`` adds one signer's signature (signers sign one after another into the
   same signed JSON file); ``verify`` checks a signed covenant on its own or as
   the successor of another, naming the rejection reason;
@@ -57,6 +58,7 @@ from samenloop.policies.covenant_commands.publishing import (
     timestamp_command,
 )
 from samenloop.policies.covenant_commands.showing import diff_command, show_command
+from samenloop.policies.covenant_commands.signers import register_signer_commands
 from samenloop.policies.covenant_commands.signing import sign_command, verify_command
 from samenloop.policies.policy import DEFAULT_FRESHNESS_SECONDS, Role
 
@@ -219,6 +221,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="raise the version by one (default: yes)",
     )
     set_.set_defaults(func=set_command)
+
+    register_signer_commands(commands)
 
     sign = commands.add_parser(
         "sign",

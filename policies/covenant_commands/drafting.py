@@ -39,6 +39,7 @@ from samenloop.policies.covenant_commands.common import (
     split_spec,
     write_file,
 )
+from samenloop.policies.covenant_commands.signers import check_key_unused
 from samenloop.policies.crypto import PartyKeys, PublicKeys, SignatureContext
 from samenloop.policies.errors import ConfigurationError, InvalidInput, InvalidSignature, NotFound
 from samenloop.policies.freshness import MAX_CLOCK_SKEW as CLOCK_SKEW_ALLOWED
@@ -343,6 +344,7 @@ def _with_value(covenant: Covenant, key: str, value: str) -> Covenant:
             raise InvalidInput(
                 "must be standard base64 of a 32-byte Ed25519 public key", field=key
             ) from error
+        check_key_unused(covenant, timestamp_key, field=key, own=key)
         signing = build_checked(
             lambda: replace(covenant.signing, timestamp_ed25519=timestamp_key), field="signing"
         )
