@@ -7,14 +7,33 @@ and exit codes; a message can quote another party's or a file's text, so it is
 printed through :func:`~samenloop.policies.terminal.printable`. Every command's
 process gets its owner-only umask here (files 0600, directories 0700:
 databases, keys, reports and exports hold raw data or secrets).
+
+The rule for commands: building the parser imports argparse and no more
+-------------------------------------------------------------------------
+``samenloop --help`` loads every role's ``register``; ``identifier check`` loads
+one. Either must not pay for the broker, SQLAlchemy, Alembic, numpy, grpc or rich
+(a test, ``tests/test_cli_imports.py``, counts the modules a process imports).
+So a module that holds a ``register`` function (a ``samenloop.commands`` entry
+point, or a helper such as ``add_node_options`` that registers options):
+
+1. imports at module level only the standard library, :mod:`samenloop.policies.errors`,
+   :mod:`samenloop.policies.terminal` (rich is imported inside its ``console()``) and
+   other modules that follow this rule;
+2. imports everything else inside the handler (``func``) or helper that uses it,
+   and under ``if TYPE_CHECKING:`` for annotations;
+3. gives ``choices=`` from literal tuples, not from an enum in a heavy module (a test
+   compares the tuples with the enums);
+4. or, for a handler in another module, sets ``func=lazy("package.module:function")``:
+   the module is imported when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Protocol
 
 from samenloop.policies.errors import SamenloopError, Status
@@ -46,6 +65,27 @@ EXIT_CODES: dict[Status, int] = {
 }
 
 
+def lazy(target: str) -> Command:
+    """A handler that imports ``target`` (``"package.module:function"``) when it runs, so
+    that registering the command imports nothing of it."""
+    module_name, _, name = target.partition(":")
+
+    def handler(args: argparse.Namespace) -> int:
+        function: Command = getattr(importlib.import_module(module_name), name)
+        return function(args)
+
+    handler.__qualname__ = handler.__name__ = name
+    return handler
+
+
+def software_version() -> str:
+    """The installed package's version, as ``samenloop --version`` shows it."""
+    try:
+        return version("samenloop")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every role's subcommands; with ``command`` (the first word of a
     command line) only of the role that registers it, when one does.
@@ -61,6 +101,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             "Samenloop: find shared subjects across covenant partners without sharing raw data."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"samenloop {software_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     roles = sorted(entry_points(group="samenloop.commands"), key=lambda e: e.name)
     chosen = [entry for entry in roles if entry.name == command]

@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from samenloop.policies.crypto import check_owner_only
 from samenloop.policies.errors import ConfigurationError
 
 #: Files the process creates are 0600 and directories 0700: databases with their WAL and
@@ -40,6 +39,8 @@ def check_private(
 
     Items are ``(setting, path)``, the setting being the configuration key it comes from.
     """
+    from samenloop.policies.crypto import check_owner_only  # the CLI imports this module
+
     for setting, directory in data_dirs:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         what = "data directory" if setting == "data_dir" else f"directory of {setting}"
@@ -59,6 +60,8 @@ def check_trusted(files: Iterable[tuple[str, Path]]) -> None:
 
     Items are ``(setting, path)``; the configuration file itself is ``("--config", path)``.
     """
+    from samenloop.policies.crypto import check_owner_only  # the CLI imports this module
+
     for setting, path in files:
         what = "configuration file" if setting == "--config" else f"{setting} file"
         check_owner_only(path, what=what, field=setting, others_may_read=True)

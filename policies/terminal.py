@@ -28,9 +28,10 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
-from rich.console import Console
+if TYPE_CHECKING:  # rich is imported by console() alone: the CLI's error path stays light
+    from rich.console import Console
 
 __all__ = ["UNSAFE_CATEGORIES", "console", "dumps", "is_safe", "printable"]
 
@@ -92,6 +93,8 @@ def console(
 ) -> Console:
     """The commands' console: markup, emoji codes and highlighting off, so that no text
     is read as an instruction. Pass remote text through :func:`printable` as well."""
+    from rich.console import Console
+
     return Console(
         stderr=stderr, file=file, width=width, markup=False, emoji=False, highlight=False
     )

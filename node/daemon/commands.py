@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.table import Table
-from rich.text import Text
-
-from samenloop.node.client import NodeStatus
-from samenloop.node.daemon import process as daemon
 from samenloop.node.signals.commands import add_node_options, open_client
-from samenloop.policies import crypto, terminal
-from samenloop.policies.crypto import PartyKeys
+from samenloop.policies import terminal
 from samenloop.policies.errors import ConfigurationError
 from samenloop.policies.terminal import printable
+
+if TYPE_CHECKING:
+    from samenloop.node.client import NodeStatus
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,10 +40,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     serve = commands.add_parser("serve", help="run the node until SIGTERM")
     serve.add_argument("--config", type=Path, required=True, help="node.toml")
-    serve.set_defaults(func=lambda args: daemon.serve(args.config))
+    serve.set_defaults(func=_serve)
     migrate = commands.add_parser("migrate", help="bring the node's database to this version")
     migrate.add_argument("--config", type=Path, required=True, help="node.toml")
-    migrate.set_defaults(func=lambda args: daemon.migrate(args.config))
+    migrate.set_defaults(func=_migrate)
     backup = commands.add_parser(
         "backup", help="back up the node's database (SQLite) while the node runs"
     )
@@ -71,6 +68,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     restore.set_defaults(func=_restore)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from samenloop.node.daemon import process as daemon
+
+    return daemon.serve(args.config)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from samenloop.node.daemon import process as daemon
+
+    return daemon.migrate(args.config)
+
+
 def _backup(args: argparse.Namespace) -> int:
     from samenloop.node.daemon.backup import node_backup
 
@@ -86,6 +95,9 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    from samenloop.policies import crypto
+    from samenloop.policies.crypto import PartyKeys
+
     out: Path = args.out
     if out.exists() and not args.force:
         raise ConfigurationError(
@@ -142,6 +154,9 @@ def status_to_json(status: NodeStatus) -> dict[str, Any]:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+    from rich.text import Text
+
     with open_client(args) as client:
         status = client.status()
     shown = status_to_json(status)

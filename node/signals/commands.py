@@ -55,25 +55,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-from samenloop.node.client import (
-    RESTORABLE_TYPES,
-    Hit,
-    NodeClient,
-    Signal,
-    SignalInput,
-    normalise_target,
-)
-from samenloop.node.identifiers.attributes import check_area, check_branch, parse_month
-from samenloop.node.identifiers.normalise import IdentifierType, identifier_type, parse
-from samenloop.node.signals.models import AreaKind, HitState
-from samenloop.policies import spreadsheet, terminal
+from samenloop.policies import terminal
 from samenloop.policies.errors import ConfigurationError, InvalidInput, SamenloopError
 from samenloop.policies.terminal import printable
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from samenloop.node.client import Hit, NodeClient, Signal, SignalInput
+    from samenloop.node.identifiers.normalise import IdentifierType
+    from samenloop.node.signals.models import AreaKind
 
 __all__ = [
     "ColumnMapping",
@@ -97,6 +90,10 @@ DEFAULT_CHUNK: Final = 1000
 HEADER_ROW: Final = 1
 _XLSX_SUFFIXES: Final = (".xlsx", ".xlsm")
 _DELIMITERS: Final = (",", ";", "\t", "|")
+#: ``--area-kind`` and ``--state``: the values of ``AreaKind`` and ``HitState``, written out
+#: so that registering the commands imports no model (a test compares them).
+AREA_KINDS: Final = ("postcode4", "cbs_wijk", "cbs_buurt")
+HIT_STATES: Final = ("open", "closed")
 
 
 # --- connecting -----------------------------------------------------------------------------
@@ -126,6 +123,8 @@ def add_node_options(parser: argparse.ArgumentParser) -> None:
 
 def open_client(args: argparse.Namespace) -> NodeClient:
     """A client for the node that ``--node`` / ``--socket`` name, with its API token."""
+    from samenloop.node.client import NodeClient, normalise_target
+
     token_file: Path | None = getattr(args, "token_file", None)
     if args.socket:
         target = normalise_target(args.socket)
@@ -436,6 +435,9 @@ def rows_to_signals(
 ) -> tuple[list[PreparedRow], list[Problem]]:
     """Validate rows locally: the signals to send, and a problem per fault of a refused
     row (a row with any fault is not sent at all)."""
+    from samenloop.node.client import SignalInput
+    from samenloop.node.identifiers.normalise import parse
+
     positions: dict[str, int] = {}
     for index, name in enumerate(header):
         positions.setdefault(name, index)
@@ -549,6 +551,8 @@ def _coarse(
 ) -> dict[str, Any]:
     """A row's coarse attributes, checked here so the report names the column; an empty
     cell leaves the attribute to the node (area from the address, month of today)."""
+    from samenloop.node.identifiers.attributes import check_area, check_branch, parse_month
+
     found: dict[str, Any] = {}
     if mapping.area_column is not None and (text := cell(mapping.area_column)):
         try:
@@ -663,7 +667,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     importing.add_argument(
         "--area-kind",
-        choices=[k.value for k in AreaKind],
+        choices=AREA_KINDS,
         help="the kind of code in --area-column (default: by each code's shape)",
     )
     importing.add_argument(
@@ -773,6 +777,8 @@ def _pairs(values: Sequence[str], option: str) -> list[tuple[str, str]]:
 
 
 def _option_type(name: str, option: str) -> IdentifierType:
+    from samenloop.node.identifiers.normalise import identifier_type
+
     try:
         return identifier_type(name)
     except SamenloopError as error:
@@ -780,6 +786,9 @@ def _option_type(name: str, option: str) -> IdentifierType:
 
 
 def _mapping(args: argparse.Namespace) -> ColumnMapping:
+    from samenloop.node.client import RESTORABLE_TYPES
+    from samenloop.node.signals.models import AreaKind
+
     identifiers = tuple(
         (_option_type(kind, "--map"), column.strip()) for kind, column in _pairs(args.map, "--map")
     )
@@ -851,6 +860,14 @@ def _import(args: argparse.Namespace) -> int:
 
 class _ProgressBar:
     def __init__(self, total: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("importing"),
             BarColumn(),
@@ -877,6 +894,8 @@ def _progress(total: int) -> _ProgressBar:
 
 
 def _write_report(path: Path, problems: Sequence[Problem]) -> None:
+    from samenloop.policies import spreadsheet
+
     spreadsheet.write_table(
         path,
         ["row", "column", "reason", "message"],
@@ -894,6 +913,8 @@ def _print_outcome(
     refused: int,
     problems: Sequence[Problem],
 ) -> None:
+    from rich.table import Table
+
     if args.json:
         print(
             terminal.dumps(
@@ -1008,7 +1029,7 @@ def register_hits(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     commands = parser.add_subparsers(dest="hits_command", metavar="SUBCOMMAND", required=True)
 
     listing = commands.add_parser("list", help="list hits, newest change first")
-    listing.add_argument("--state", choices=[s.value for s in HitState], help="only these")
+    listing.add_argument("--state", choices=HIT_STATES, help="only these")
     listing.add_argument("--limit", type=int, help="at most this many")
     listing.add_argument("--json", action="store_true", help="print JSON")
     add_node_options(listing)
@@ -1114,6 +1135,8 @@ def _others(hit: Hit) -> str:
 
 
 def _hits_table(hits: Sequence[Hit]) -> Table:
+    from rich.table import Table
+
     table = Table(title=f"{len(hits)} hit{'s' if len(hits) != 1 else ''}")
     for name in ("group", "state", "rev", "parties", "own signals", "others", "last seen"):
         table.add_column(name, overflow="fold")

@@ -37,28 +37,73 @@ they share. This module builds the command tree.
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
 from pathlib import Path
+from typing import Final
 
-from samenloop.policies import certs
-from samenloop.policies.covenant_commands.common import iso_time
-from samenloop.policies.covenant_commands.drafting import (
-    SETTABLE,
-    add_party_command,
-    init_command,
-    remove_party_command,
-    rotate_attribute_key_command,
-    set_command,
-    signer_keygen_command,
+from samenloop.policies.cli import lazy
+
+#: The handlers, each imported from its module when it runs (the rule in
+#: :mod:`samenloop.policies.cli`): building the command tree imports no crypto or grpc.
+_PACKAGE: Final = "samenloop.policies.covenant_commands"
+init_command = lazy(f"{_PACKAGE}.drafting:init_command")
+signer_keygen_command = lazy(f"{_PACKAGE}.drafting:signer_keygen_command")
+add_party_command = lazy(f"{_PACKAGE}.drafting:add_party_command")
+remove_party_command = lazy(f"{_PACKAGE}.drafting:remove_party_command")
+rotate_attribute_key_command = lazy(f"{_PACKAGE}.drafting:rotate_attribute_key_command")
+set_command = lazy(f"{_PACKAGE}.drafting:set_command")
+sign_command = lazy(f"{_PACKAGE}.signing:sign_command")
+verify_command = lazy(f"{_PACKAGE}.signing:verify_command")
+show_command = lazy(f"{_PACKAGE}.showing:show_command")
+diff_command = lazy(f"{_PACKAGE}.showing:diff_command")
+ca_init_command = lazy(f"{_PACKAGE}.publishing:ca_init_command")
+issue_certs_command = lazy(f"{_PACKAGE}.publishing:issue_certs_command")
+publish_command = lazy(f"{_PACKAGE}.publishing:publish_command")
+timestamp_command = lazy(f"{_PACKAGE}.publishing:timestamp_command")
+
+#: Values the help shows, written out so that registering imports none of their modules
+#: (a test compares them with ``drafting.SETTABLE``, ``policy.Role``,
+#: ``policy.DEFAULT_FRESHNESS_SECONDS`` and ``DEFAULT_CA_DAYS``).
+SETTABLE: Final = (
+    "valid_from",
+    "valid_until",
+    "matching.min_parties",
+    "quotas.oprf_evaluations_per_day",
+    "quotas.disclosure_requests_per_day",
+    "quotas.token_entries_per_day",
+    "quotas.token_entries_held",
+    "quotas.hit_notice_bytes_per_day",
+    "quotas.envelopes_per_day",
+    "quotas.envelope_bytes_per_day",
+    "quotas.envelope_bytes_waiting",
+    "retention.default_days",
+    "signing.threshold",
+    "signing.timestamp_ed25519",
+    "signing.freshness_seconds",
 )
-from samenloop.policies.covenant_commands.publishing import (
-    ca_init_command,
-    issue_certs_command,
-    publish_command,
-    timestamp_command,
+ROLES: Final = (
+    "gemeente",
+    "politie",
+    "om",
+    "belastingdienst",
+    "fiod",
+    "douane",
+    "ind",
+    "arbeidsinspectie",
+    "provincie",
+    "woningcorporatie",
+    "riec",
+    "liec",
 )
-from samenloop.policies.covenant_commands.showing import diff_command, show_command
-from samenloop.policies.covenant_commands.signing import sign_command, verify_command
-from samenloop.policies.policy import DEFAULT_FRESHNESS_SECONDS, Role
+DEFAULT_FRESHNESS_SECONDS: Final = 24 * 3600
+DEFAULT_CA_DAYS: Final = 3650
+
+
+def iso_time(text: str) -> datetime:
+    """``--valid-from`` and ``--at``: :func:`.common.iso_time`, imported when parsing."""
+    from samenloop.policies.covenant_commands.common import iso_time as parse_time
+
+    return parse_time(text)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -163,7 +208,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add.add_argument("file", type=Path, help="the draft covenant (TOML)")
     add.add_argument("--id", required=True, help="party id")
     add.add_argument("--name", required=True, help="display name")
-    add.add_argument("--role", required=True, help=f"one of: {', '.join(Role)}")
+    add.add_argument("--role", required=True, help=f"one of: {', '.join(ROLES)}")
     add.add_argument(
         "--keys", type=Path, required=True, help="the party's public keys file ('node keygen')"
     )
@@ -275,8 +320,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ca_init.add_argument(
         "--days",
         type=int,
-        default=certs.DEFAULT_CA_DAYS,
-        help=f"days of validity ({certs.DEFAULT_CA_DAYS})",
+        default=DEFAULT_CA_DAYS,
+        help=f"days of validity ({DEFAULT_CA_DAYS})",
     )
     ca_init.set_defaults(func=ca_init_command)
 
