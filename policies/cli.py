@@ -50,7 +50,8 @@ class Command(Protocol):
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 #: Exit codes by status hint. 1: the input was refused; 2: usage or local
-#: configuration; 3: try again later; 4: not allowed; 70: our own bug.
+#: configuration; 3: try again later (also ``node status`` when the node is not
+#: connected to the broker); 4: not allowed; 70: our own bug.
 EXIT_CODES: dict[Status, int] = {
     Status.INVALID_ARGUMENT: 1,
     Status.NOT_FOUND: 1,
@@ -76,6 +77,59 @@ def lazy(target: str) -> Command:
 
     handler.__qualname__ = handler.__name__ = name
     return handler
+
+
+#: The one name of the option that says which node.toml a command uses, in every command.
+NODE_OPTION = "--node"
+#: Its old names, still taken (hidden from the help, with a warning) so scripts keep working.
+NODE_OPTION_ALIASES = ("--config",)
+
+
+class DeprecatedOption(argparse.Action):
+    """An option's old name: stores into the new name's ``dest``, warns on stderr."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        self.preferred = str(kwargs.pop("preferred"))
+        super().__init__(option_strings, dest, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"samenloop: warning: {option_string} is deprecated, use {self.preferred}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def add_node_config(
+    parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup,
+    *,
+    dest: str = "node",
+    required: bool = False,
+    help: str = "the node's node.toml",
+) -> None:
+    """``--node NODE_TOML`` (and its hidden old name ``--config``) on ``parser``: given as
+    a mutually exclusive group when ``required``, so that either name satisfies it."""
+    from pathlib import Path
+
+    target = parser
+    if required and isinstance(parser, argparse.ArgumentParser):
+        target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument(NODE_OPTION, dest=dest, type=Path, metavar="NODE_TOML", help=help)
+    for alias in NODE_OPTION_ALIASES:
+        target.add_argument(
+            alias,
+            dest=dest,
+            type=Path,
+            action=DeprecatedOption,
+            preferred=NODE_OPTION,
+            help=argparse.SUPPRESS,
+        )
 
 
 def software_version() -> str:

@@ -58,12 +58,13 @@ def check_trusted(files: Iterable[tuple[str, Path]]) -> None:
     whom the daemon trusts. ``ConfigurationError`` names the setting, the path and the fix
     (``chmod go-w ...``).
 
-    Items are ``(setting, path)``; the configuration file itself is ``("--config", path)``.
+    Items are ``(setting, path)``; the configuration file itself is ``("--config", path)``
+    (the broker's) or ``("--node", path)`` (the node's).
     """
     from samenloop.policies.crypto import check_owner_only  # the CLI imports this module
 
     for setting, path in files:
-        what = "configuration file" if setting == "--config" else f"{setting} file"
+        what = "configuration file" if setting in ("--config", "--node") else f"{setting} file"
         check_owner_only(path, what=what, field=setting, others_may_read=True)
         check_owner_only(
             path.absolute().parent,

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from samenloop.policies import terminal
+from samenloop.policies.cli import add_node_config
 from samenloop.policies.errors import ConfigurationError, InvalidInput, SamenloopError
 from samenloop.policies.terminal import printable
 
@@ -102,11 +103,8 @@ HIT_STATES: Final = ("open", "closed")
 def add_node_options(parser: argparse.ArgumentParser) -> None:
     """``--node`` / ``--socket`` (with ``--token-file``): where the node's local API is."""
     where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--node",
-        type=Path,
-        metavar="NODE_TOML",
-        help=f"the node's node.toml (default: ${NODE_CONFIG_ENV}, else ./node.toml)",
+    add_node_config(
+        where, help=f"the node's node.toml (default: ${NODE_CONFIG_ENV}, else ./node.toml)"
     )
     where.add_argument(
         "--socket",

@@ -41,7 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from samenloop.policies.cli import lazy
+from samenloop.policies.cli import add_node_config, lazy
 
 #: The handlers, each imported from its module when it runs (the rule in
 #: :mod:`samenloop.policies.cli`): building the command tree imports no crypto or grpc.
@@ -354,13 +354,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="send a signed covenant to the broker",
         description=(
             "Send a signed covenant to the broker, which accepts it only as a valid successor "
-            "of the version it holds. Connect with a node's TLS material (--config node.toml) "
+            "of the version it holds. Connect with a node's TLS material (--node node.toml) "
             "or give --broker, --ca-cert, --cert and --key."
         ),
     )
     publish.add_argument("file", type=Path, help="the signed covenant (JSON)")
-    publish.add_argument("--config", type=Path, help="a node.toml whose TLS material to use")
-    publish.add_argument("--broker", help="broker HOST:PORT (default: from --config)")
+    add_node_config(publish, dest="config", help="a node.toml whose TLS material to use")
+    publish.add_argument("--broker", help="broker HOST:PORT (default: from --node)")
     publish.add_argument("--ca-cert", type=Path, help="the covenant CA certificate")
     publish.add_argument("--cert", type=Path, help="a party's TLS certificate")
     publish.add_argument("--key", type=Path, help="that certificate's private key")
@@ -383,7 +383,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="sign and publish a covenant timestamp (run from cron)",
         description=(
             "Sign a covenant timestamp for the version of the signed covenant --covenant with the "
-            "covenant's timestamp key, and publish it to the broker (--config node.toml, or "
+            "covenant's timestamp key, and publish it to the broker (--node node.toml, or "
             "--broker, --ca-cert, --cert and --tls-key) or write it (--out). Nodes stop "
             "sealing and releasing when the newest timestamp they hold expires, so run this "
             "more often than the freshness period (e.g. hourly for a day). A broker that "
@@ -404,8 +404,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="how long the timestamp vouches (default: the covenant's freshness period)",
     )
     stamp.add_argument("--out", type=Path, help="also write the timestamp to this file")
-    stamp.add_argument("--config", type=Path, help="a node.toml whose TLS material to use")
-    stamp.add_argument("--broker", help="broker HOST:PORT (default: from --config)")
+    add_node_config(stamp, dest="config", help="a node.toml whose TLS material to use")
+    stamp.add_argument("--broker", help="broker HOST:PORT (default: from --node)")
     stamp.add_argument("--ca-cert", type=Path, help="the covenant CA certificate")
     stamp.add_argument("--cert", type=Path, help="a party's TLS certificate")
     stamp.add_argument("--tls-key", type=Path, help="that certificate's private key")
