@@ -334,5 +334,5 @@ def _show(args: argparse.Namespace) -> int:
             printable(" ".join(entry.subject)),
             printable(" ".join(f"{k}={v}" for k, v in entry.details.items())),
         )
-    terminal.console().print(table)
+    terminal.show_table(terminal.console(), table)
     return 0

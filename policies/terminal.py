@@ -30,10 +30,11 @@ import re
 import unicodedata
 from typing import IO, TYPE_CHECKING, Any, Final
 
-if TYPE_CHECKING:  # rich is imported by console() alone: the CLI's error path stays light
+if TYPE_CHECKING:  # rich is imported when a command prints: the CLI's error path stays light
     from rich.console import Console
+    from rich.table import Table
 
-__all__ = ["UNSAFE_CATEGORIES", "console", "dumps", "is_safe", "printable"]
+__all__ = ["UNSAFE_CATEGORIES", "console", "dumps", "is_safe", "printable", "show_table"]
 
 #: Unicode general categories shown as escapes: control, format, surrogate,
 #: line and paragraph separator, unassigned.
@@ -98,3 +99,29 @@ def console(
     return Console(
         stderr=stderr, file=file, width=width, markup=False, emoji=False, highlight=False
     )
+
+
+def show_table(out: Console, table: Table) -> None:
+    """Print ``table`` as a table when its longest words fit ``out``'s width (80 columns
+    and up for the commands' tables), else as one record per row: ``header: value`` lines
+    that wrap between words. Either way no word is broken across lines (one longer than
+    the whole line aside)."""
+    from rich.measure import Measurement
+    from rich.text import Text
+
+    unbounded = out.options.update_width(1 << 16)  # measured at the width `out` has, the
+    # minimum is clamped to it: measure without a bound, then compare
+    if Measurement.get(out, unbounded, table).minimum <= out.width:
+        out.print(table)
+        return
+    if table.title:
+        out.print(table.title if isinstance(table.title, Text) else Text(str(table.title)))
+    headers = [str(column.header) for column in table.columns]
+    rows = zip(*(list(column.cells) for column in table.columns), strict=True)
+    for number, row in enumerate(rows, start=1):
+        out.print(Text(f"-- {number} --", style="dim"))
+        for header, cell in zip(headers, row, strict=True):
+            shown = cell if isinstance(cell, Text) else Text(str(cell))
+            line = Text(f"{header}: " if header else "", style="bold")
+            line.append_text(shown)
+            out.print(line)

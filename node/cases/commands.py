@@ -289,7 +289,7 @@ def _print_case(case: Case, as_json: bool) -> None:
     closed = f", closed {_day(case.closed_at)}: {printable(case.outcome)}"
     console.print(closed if case.closed_at else "")
     if case.actions:
-        console.print(_actions_table(case.actions, now))
+        terminal.show_table(console, _actions_table(case.actions, now))
     for entry in case.history:
         console.print(
             f"  {_day(entry.issued_at)} {printable(entry.author)} "
@@ -319,7 +319,7 @@ def _print_cases(items: Sequence[Case], as_json: bool) -> None:
             str(late) if late else "",
             style="bold red" if late else None,
         )
-    terminal.console().print(table)
+    terminal.show_table(terminal.console(), table)
 
 
 def _print_board(entries: Sequence[CaseBoardEntry], as_json: bool) -> None:
@@ -355,7 +355,7 @@ def _print_board(entries: Sequence[CaseBoardEntry], as_json: bool) -> None:
             action.status.value,
             style="bold red" if entry.overdue else None,
         )
-    terminal.console().print(table)
+    terminal.show_table(terminal.console(), table)
 
 
 # --- commands ---------------------------------------------------------------------------------

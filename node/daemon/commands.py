@@ -43,10 +43,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the running node's health: broker connection, covenant, counts",
         description="The running node's health. The broker address shown is the one the node "
         "dials now (of node.toml's brokers, after a failover the next one), connected or not.",
-        epilog=f"exit status: 0 when the node is connected to the broker, {EXIT_NOT_CONNECTED} "
-        "when it is not (connecting or disconnected; the status is printed all the same), "
-        "2 when the node cannot be reached or the options are wrong, 4 when the node refuses "
-        "the API token",
+        epilog=f"exit status: 0 when the node is connected to the broker; {EXIT_NOT_CONNECTED} "
+        "when it is not (connecting or disconnected: the status is printed all the same) or "
+        "when the node itself does not answer; 2 when the options or node.toml are wrong; "
+        "4 when the node refuses the API token",
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     add_node_options(status)
@@ -199,5 +199,5 @@ def _status(args: argparse.Namespace) -> int:
             f"{holder['requests_served']} served, {holder['elements_evaluated']} elements, "
             f"{holder['requests_refused']} refused",
         )
-    terminal.console().print(table)
+    terminal.show_table(terminal.console(), table)
     return 0 if connected else EXIT_NOT_CONNECTED

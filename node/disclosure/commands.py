@@ -225,7 +225,7 @@ def _print_many(items: Sequence[Disclosure], as_json: bool, title: str) -> None:
     if as_json:
         print(terminal.dumps([disclosure_to_json(i) for i in items], indent=2))
     else:
-        terminal.console().print(_table(items, title))
+        terminal.show_table(terminal.console(), _table(items, title))
 
 
 def _request(args: argparse.Namespace) -> int:

@@ -333,7 +333,7 @@ def _show(args: argparse.Namespace) -> int:
     for cell in table.cells:
         style = "bold" if TOTAL in cell.values else None
         grid.add_row(*(printable(v) for v in cell.values), _figure(cell), style=style)
-    console.print(grid)
+    terminal.show_table(console, grid)
     console.print(
         f"{picture_report.SUPPRESSED_MARK} = suppressed, too few (below the covenant's "
         "minimum, too few partners, or one partner holds nearly all); "

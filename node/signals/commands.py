@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import os
 import re
@@ -252,6 +253,8 @@ class Problem:
     column: str
     reason: str
     message: str
+    #: The row's reference ("" when it has none), so that the report names the signal.
+    reference: str = ""
 
 
 def _cell(value: object) -> str:
@@ -381,11 +384,18 @@ class ColumnMapping:
     area_kind: AreaKind | None = None
     branch_column: str | None = None
     month_column: str | None = None
+    #: The long layout (as ``registers export`` writes it): one identifier a row, its type
+    #: in ``type_column`` and its value in ``value_column``; the rows of one reference make
+    #: one signal. ``identifiers`` is empty then.
+    type_column: str | None = None
+    value_column: str | None = None
 
     def columns(self) -> list[tuple[str, str]]:
         """Every column the mapping reads, with the option that names it."""
         named = [("--reference-column", self.reference_column)]
         named += [("--map", column) for _, column in self.identifiers]
+        if self.type_column is not None and self.value_column is not None:
+            named += [("--type-column", self.type_column), ("--value-column", self.value_column)]
         if self.category_column is not None:
             named.append(("--category-column", self.category_column))
         named += [("--detail-column", column) for column in self.detail_columns]
@@ -408,6 +418,8 @@ class PreparedRow:
     row: int
     signal: SignalInput
     identifier_columns: tuple[str, ...]
+    #: The row of each identifier (in the long layout the rows of one reference differ).
+    identifier_rows: tuple[int, ...] = ()
 
 
 def _expiry(text: str) -> datetime:
@@ -432,10 +444,10 @@ def rows_to_signals(
     today: date | None = None,
 ) -> tuple[list[PreparedRow], list[Problem]]:
     """Validate rows locally: the signals to send, and a problem per fault of a refused
-    row (a row with any fault is not sent at all)."""
-    from samenloop.node.client import SignalInput
-    from samenloop.node.identifiers.normalise import parse
-
+    row (a row with any fault is not sent at all). In the long layout
+    (``mapping.type_column``) the rows of one reference are one signal, sent whole or not
+    at all: each of its rows carries one identifier, and the per-signal columns (category,
+    details, expiry, area, branch, month) must not differ between them."""
     positions: dict[str, int] = {}
     for index, name in enumerate(header):
         positions.setdefault(name, index)
@@ -446,102 +458,200 @@ def rows_to_signals(
     if mapping.category_column is None and not mapping.category:
         raise ConfigurationError("give --category-column or a fixed --category", field="--category")
 
+    def cell(column: str, cells: Sequence[str]) -> str:
+        index = positions[column]
+        return cells[index] if index < len(cells) else ""
+
+    groups: list[list[tuple[int, Sequence[str]]]]
+    if mapping.type_column is None:
+        groups = [[row] for row in rows]
+    else:  # the rows of one reference, in the order of their first row
+        by_reference: dict[str, list[tuple[int, Sequence[str]]]] = {}
+        groups = []
+        for number, cells in rows:
+            reference = cell(mapping.reference_column, cells)
+            if not reference:  # no reference: a signal (and a refusal) of its own
+                groups.append([(number, cells)])
+            elif reference in by_reference:
+                by_reference[reference].append((number, cells))
+            else:
+                by_reference[reference] = [(number, cells)]
+                groups.append(by_reference[reference])
     prepared: list[PreparedRow] = []
     problems: list[Problem] = []
-    for number, cells in rows:
+    for group in groups:
+        signal, faults = _one_signal(group, cell, len(header), mapping, today)
+        if signal is not None:
+            prepared.append(signal)
+        problems += faults
+    return prepared, problems
 
-        def cell(column: str, cells: Sequence[str] = cells) -> str:
-            index = positions[column]
-            return cells[index] if index < len(cells) else ""
 
-        faults: list[Problem] = []
-        if len(cells) > len(header) and any(cells[len(header) :]):
+def _one_signal(
+    group: Sequence[tuple[int, Sequence[str]]],
+    cell: Callable[[str, Sequence[str]], str],
+    width: int,
+    mapping: ColumnMapping,
+    today: date | None,
+) -> tuple[PreparedRow | None, list[Problem]]:
+    """The signal of one row (or, in the long layout, of the rows of one reference), or
+    the faults that refuse it: each fault at its row, every row of a refused signal named."""
+    from samenloop.node.client import SignalInput
+    from samenloop.node.identifiers.normalise import identifier_type, parse
+
+    number, first = group[0]
+    faults: list[Problem] = []
+    for row, cells in group:
+        if len(cells) > width and any(cells[width:]):
             faults.append(
                 Problem(
-                    number,
+                    row,
                     "*",
                     "row.too_many_cells",
-                    f"the row has {len(cells)} cells, the header {len(header)}",
+                    f"the row has {len(cells)} cells, the header {width}",
                 )
             )
-        reference = cell(mapping.reference_column)
-        if not reference:
-            faults.append(
-                Problem(
-                    number,
-                    mapping.reference_column,
-                    "signal.reference_missing",
-                    "the row has no reference",
-                )
-            )
-        if mapping.category_column is not None:
-            category = cell(mapping.category_column)
-            if not category:
-                faults.append(
-                    Problem(
-                        number,
-                        mapping.category_column,
-                        "signal.category_missing",
-                        "the row has no category",
-                    )
-                )
-        else:
-            category = mapping.category or ""
-        identifiers: list[tuple[IdentifierType | str, str]] = []
-        columns: list[str] = []
-        for kind, column in mapping.identifiers:
-            value = cell(column)
-            if not value:
-                continue
-            try:
-                parse(
-                    kind,
-                    value,
-                    field=column,
-                    today=today,
-                    leading_zero_dropped=kind in mapping.leading_zero_dropped,
-                )
-            except SamenloopError as error:
-                faults.append(Problem(number, column, error.reason, error.message))
-                continue
-            identifiers.append((kind, value))
-            columns.append(column)
-        if not identifiers and not any(p.column in _identifier_columns(mapping) for p in faults):
-            faults.append(
-                Problem(
-                    number,
-                    ", ".join(_identifier_columns(mapping)),
-                    "signal.identifiers_missing",
-                    "the row has no identifier",
-                )
-            )
-        details = {column: value for column in mapping.detail_columns if (value := cell(column))}
-        expires_at: datetime | None = None
-        if mapping.expires_column is not None and (text := cell(mapping.expires_column)):
-            try:
-                expires_at = _expiry(text)
-            except InvalidInput as error:
-                faults.append(Problem(number, mapping.expires_column, error.reason, error.message))
-        coarse = _coarse(number, cell, mapping, faults)
-        if faults:
-            problems += faults
-            continue
-        prepared.append(
-            PreparedRow(
-                row=number,
-                signal=SignalInput(
-                    reference=reference,
-                    category=category,
-                    identifiers=tuple(identifiers),
-                    details=details,
-                    expires_at=expires_at,
-                    leading_zero_dropped=mapping.leading_zero_dropped,
-                    **coarse,
-                ),
-                identifier_columns=tuple(columns),
+    reference = cell(mapping.reference_column, first)
+    if not reference:
+        faults.append(
+            Problem(
+                number,
+                mapping.reference_column,
+                "signal.reference_missing",
+                "the row has no reference",
             )
         )
-    return prepared, problems
+    agreed: dict[str, str] = {}
+
+    def shared(column: str) -> str:
+        """A per-signal column's value: the one its rows give (empty cells aside)."""
+        if column not in agreed:
+            seen: dict[str, int] = {}
+            for row, cells in group:
+                if value := cell(column, cells):
+                    seen.setdefault(value, row)
+            if len(seen) > 1:
+                named = " and ".join(str(row) for row in seen.values())
+                faults.append(
+                    Problem(
+                        list(seen.values())[1],
+                        column,
+                        "signal.rows_differ",
+                        f"rows {named} of one reference give different values: a signal has one",
+                    )
+                )
+            agreed[column] = next(iter(seen), "")
+        return agreed[column]
+
+    if mapping.category_column is not None:
+        category = shared(mapping.category_column)
+        if not category:
+            faults.append(
+                Problem(
+                    number,
+                    mapping.category_column,
+                    "signal.category_missing",
+                    "the row has no category",
+                )
+            )
+    else:
+        category = mapping.category or ""
+    candidates: list[tuple[int, IdentifierType | None, str, str]] = []  # row, type, column, value
+    if mapping.type_column is not None and mapping.value_column is not None:
+        for row, cells in group:
+            type_text = cell(mapping.type_column, cells)
+            value = cell(mapping.value_column, cells)
+            if not type_text and not value:
+                continue
+            try:
+                kind: IdentifierType | None = identifier_type(type_text)
+            except SamenloopError as error:
+                message = f"unknown identifier type {printable(type_text)!r}: {error.message}"
+                faults.append(Problem(row, mapping.type_column, error.reason, message))
+                kind = None
+            candidates.append((row, kind, mapping.value_column, value))
+    else:
+        candidates = [
+            (number, kind, column, cell(column, first)) for kind, column in mapping.identifiers
+        ]
+    identifiers: list[tuple[IdentifierType | str, str]] = []
+    columns: list[str] = []
+    identifier_rows: list[int] = []
+    for row, found_kind, column, value in candidates:
+        if found_kind is None:
+            continue
+        if not value:
+            if mapping.type_column is not None:  # a type with no value in its row
+                faults.append(
+                    Problem(row, column, "signal.identifier_missing", "the row has no value")
+                )
+            continue
+        try:
+            parse(
+                found_kind,
+                value,
+                field=column,
+                today=today,
+                leading_zero_dropped=found_kind in mapping.leading_zero_dropped,
+            )
+        except SamenloopError as error:
+            faults.append(Problem(row, column, error.reason, error.message))
+            continue
+        identifiers.append((found_kind, value))
+        columns.append(column)
+        identifier_rows.append(row)
+    if not identifiers and not any(p.column in _identifier_columns(mapping) for p in faults):
+        faults.append(
+            Problem(
+                number,
+                ", ".join(_identifier_columns(mapping)),
+                "signal.identifiers_missing",
+                "the row has no identifier",
+            )
+        )
+    details = {column: value for column in mapping.detail_columns if (value := shared(column))}
+    expires_at: datetime | None = None
+    if mapping.expires_column is not None and (text := shared(mapping.expires_column)):
+        try:
+            expires_at = _expiry(text)
+        except InvalidInput as error:
+            faults.append(Problem(number, mapping.expires_column, error.reason, error.message))
+    coarse = _coarse(number, shared, mapping, faults)
+    if faults:
+        faulty = {p.row for p in faults}
+        others = [row for row, _ in group if row not in faulty]
+        if others:  # refused with the rows of its reference: say so at each of them
+            named = ", ".join(str(row) for row in sorted(faulty))
+            faults += [
+                Problem(
+                    row,
+                    "*",
+                    "signal.refused_with_its_rows",
+                    f"refused with row{'s' if len(faulty) > 1 else ''} {named} of the same "
+                    "reference",
+                )
+                for row in others
+            ]
+        faults = [dataclasses.replace(p, reference=reference) for p in faults]
+        return None, faults
+    signal = SignalInput(
+        reference=reference,
+        category=category,
+        identifiers=tuple(identifiers),
+        details=details,
+        expires_at=expires_at,
+        leading_zero_dropped=mapping.leading_zero_dropped,
+        **coarse,
+    )
+    return (
+        PreparedRow(
+            row=number,
+            signal=signal,
+            identifier_columns=tuple(columns),
+            identifier_rows=tuple(identifier_rows),
+        ),
+        [],
+    )
 
 
 def _coarse(
@@ -573,7 +683,23 @@ def _coarse(
 
 
 def _identifier_columns(mapping: ColumnMapping) -> list[str]:
+    if mapping.type_column is not None and mapping.value_column is not None:
+        return [mapping.value_column, mapping.type_column]
     return [column for _, column in mapping.identifiers]
+
+
+def _row_of(field: str, row: PreparedRow) -> int:
+    """The file's row for a field the node named: an identifier's own row (the long layout
+    has one a row), else the signal's first."""
+    head = field.split(".", 1)[0]
+    index = head.removeprefix("identifiers[").removesuffix("]")
+    if (
+        head.startswith("identifiers[")
+        and index.isdigit()
+        and int(index) < len(row.identifier_rows)
+    ):
+        return row.identifier_rows[int(index)]
+    return row.row
 
 
 def _column_of(field: str, row: PreparedRow, mapping: ColumnMapping) -> str:
@@ -627,9 +753,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "row was imported, 1 if some were refused."
         ),
         epilog=(
-            "example: samenloop signal import dossiers.xlsx --map 'bsn=BSN nummer' "
+            "examples: samenloop signal import dossiers.xlsx --map 'bsn=BSN nummer' "
             "--map kvk=KvK --reference-column Dossier --category vastgoedmisbruik "
-            "--leading-zero-dropped bsn --report refused.csv"
+            "--leading-zero-dropped bsn --report refused.csv; "
+            "samenloop signal import export.csv --type-column type --value-column value "
+            "--reference-column reference --category-column category"
         ),
     )
     importing.add_argument("file", type=Path, metavar="FILE", help="a .csv or .xlsx file")
@@ -638,8 +766,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         default=[],
         metavar="TYPE=COLUMN",
-        required=True,
-        help="a column holding identifiers of TYPE (repeatable)",
+        help="a column holding identifiers of TYPE (repeatable); or the long layout:",
+    )
+    importing.add_argument(
+        "--type-column",
+        metavar="COLUMN",
+        help="the long layout ('registers export'): one identifier a row, its TYPE in this "
+        "column and its value in --value-column; the rows of one reference are one signal",
+    )
+    importing.add_argument(
+        "--value-column", metavar="COLUMN", help="with --type-column: the identifier's value"
     )
     importing.add_argument(
         "--reference-column", required=True, metavar="COLUMN", help="the partner's reference"
@@ -764,12 +900,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     withdraw.set_defaults(func=_withdraw)
 
 
-def _pairs(values: Sequence[str], option: str) -> list[tuple[str, str]]:
+def _pairs(values: Sequence[str], option: str, form: str = "NAME=VALUE") -> list[tuple[str, str]]:
+    """``NAME=VALUE`` options as pairs; a malformed one is refused in the help's words."""
     pairs = []
     for text in values:
         name, sep, value = text.partition("=")
         if not sep or not name.strip():
-            raise ConfigurationError(f"write {option} NAME=VALUE", field=option)
+            raise ConfigurationError(f"write {option} {form}", field=option)
         pairs.append((name.strip(), value))
     return pairs
 
@@ -780,7 +917,11 @@ def _option_type(name: str, option: str) -> IdentifierType:
     try:
         return identifier_type(name)
     except SamenloopError as error:
-        raise ConfigurationError(error.message, field=option, reason=error.reason) from None
+        raise ConfigurationError(
+            f"unknown identifier type {printable(name)!r}: {error.message}",
+            field=option,
+            reason=error.reason,
+        ) from None
 
 
 def _mapping(args: argparse.Namespace) -> ColumnMapping:
@@ -788,8 +929,25 @@ def _mapping(args: argparse.Namespace) -> ColumnMapping:
     from samenloop.node.signals.models import AreaKind
 
     identifiers = tuple(
-        (_option_type(kind, "--map"), column.strip()) for kind, column in _pairs(args.map, "--map")
+        (_option_type(kind, "--map"), column.strip())
+        for kind, column in _pairs(args.map, "--map", "TYPE=COLUMN")
     )
+    if (args.type_column is None) != (args.value_column is None):
+        missing = "--value-column" if args.value_column is None else "--type-column"
+        raise ConfigurationError(
+            "the long layout takes both --type-column and --value-column", field=missing
+        )
+    if identifiers and args.type_column is not None:
+        raise ConfigurationError(
+            "give --map TYPE=COLUMN (one column per type) or --type-column and --value-column "
+            "(one identifier a row), not both",
+            field="--map",
+        )
+    if not identifiers and args.type_column is None:
+        raise ConfigurationError(
+            "give --map TYPE=COLUMN (repeatable) or --type-column and --value-column",
+            field="--map",
+        )
     restored: set[IdentifierType] = set()
     for name in args.leading_zero_dropped:
         if name.strip().lower() == "all":
@@ -814,11 +972,29 @@ def _mapping(args: argparse.Namespace) -> ColumnMapping:
         area_kind=None if args.area_kind is None else AreaKind(args.area_kind),
         branch_column=args.branch_column,
         month_column=args.month_column,
+        type_column=args.type_column,
+        value_column=args.value_column,
     )
+
+
+def _check_category(args: argparse.Namespace) -> None:
+    """A ``--category`` the covenant does not list is refused once, before the file is
+    read (it would refuse every row): the node's status names the covenant's categories."""
+    with open_client(args) as client:
+        listed = client.status().categories
+    if listed and args.category not in listed:
+        raise ConfigurationError(
+            f"{printable(args.category)!r} is not a category of this covenant; use one of: "
+            f"{', '.join(printable(c) for c in listed)}",
+            field="--category",
+            reason="signal.unknown_category",
+        )
 
 
 def _import(args: argparse.Namespace) -> int:
     mapping = _mapping(args)
+    if args.category is not None:
+        _check_category(args)
     header, rows = read_table(
         args.file,
         file_format=args.format,
@@ -840,7 +1016,13 @@ def _import(args: argparse.Namespace) -> int:
         for result in report.results:
             row = prepared[result.row]
             problems += [
-                Problem(row.row, _column_of(e.field, row, mapping), e.reason, e.message)
+                Problem(
+                    _row_of(e.field, row),
+                    _column_of(e.field, row, mapping),
+                    e.reason,
+                    e.message,
+                    row.signal.reference,
+                )
                 for e in result.errors
             ]
     problems.sort(key=lambda p: p.row)
@@ -896,8 +1078,8 @@ def _write_report(path: Path, problems: Sequence[Problem]) -> None:
 
     spreadsheet.write_table(
         path,
-        ["row", "column", "reason", "message"],
-        [[p.row, p.column, p.reason, p.message] for p in problems],
+        ["row", "reference", "column", "reason", "message"],
+        [[p.row, p.reference, p.column, p.reason, p.message] for p in problems],
         field="--report",
     )
 
@@ -924,7 +1106,13 @@ def _print_outcome(
                     "refused": refused,
                     "validate_only": args.validate_only,
                     "problems": [
-                        {"row": p.row, "column": p.column, "reason": p.reason, "message": p.message}
+                        {
+                            "row": p.row,
+                            "reference": p.reference,
+                            "column": p.column,
+                            "reason": p.reason,
+                            "message": p.message,
+                        }
                         for p in problems
                     ],
                 },
@@ -939,11 +1127,17 @@ def _print_outcome(
         console.print(f"{rows} rows: {imported} imported, {unchanged} unchanged, {refused} refused")
     if problems:
         table = Table(title="validation report")
-        for name in ("row", "column", "reason", "message"):
+        for name in ("row", "reference", "column", "reason", "message"):
             table.add_column(name, overflow="fold")
         for p in problems:
-            table.add_row(str(p.row), printable(p.column), p.reason, printable(p.message))
-        console.print(table)
+            table.add_row(
+                str(p.row),
+                printable(p.reference),
+                printable(p.column),
+                p.reason,
+                printable(p.message),
+            )
+        terminal.show_table(console, table)
     if args.report is not None:
         console.print(f"report written to {printable(str(args.report))}")
 
@@ -1033,7 +1227,13 @@ def register_hits(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     add_node_options(listing)
     listing.set_defaults(func=_list_hits)
 
-    watch = commands.add_parser("watch", help="print hit changes as they arrive (Ctrl-C to stop)")
+    watch = commands.add_parser(
+        "watch",
+        help="print hit changes as they arrive (Ctrl-C to stop)",
+        description="Print every hit change after --after: the backlog first, then each "
+        "change as the node accepts it, until Ctrl-C, --count changes or, with "
+        "--until-caught-up, the end of the backlog (exit 0).",
+    )
     watch.add_argument(
         "--after",
         type=int,
@@ -1049,6 +1249,12 @@ def register_hits(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
         help="the feed epoch of --after, as printed with it (after a restore of the node)",
     )
     watch.add_argument("--count", type=int, help="stop after this many changes")
+    watch.add_argument(
+        "--until-caught-up",
+        action="store_true",
+        help="stop once the changes the node holds now are printed (for scripts: resume "
+        "the next run after the last sequence printed)",
+    )
     watch.add_argument("--json", action="store_true", help="print one JSON object per change")
     add_node_options(watch)
     watch.set_defaults(func=_watch_hits)
@@ -1157,7 +1363,7 @@ def _list_hits(args: argparse.Namespace) -> int:
     if args.json:
         print(terminal.dumps([hit_to_json(h) for h in hits], indent=2))
     else:
-        terminal.console().print(_hits_table(hits))
+        terminal.show_table(terminal.console(), _hits_table(hits))
     return 0
 
 
@@ -1165,7 +1371,10 @@ def _watch_hits(args: argparse.Namespace) -> int:
     seen = 0
     console = terminal.console()
     told = False
-    with open_client(args) as client, client.watch_hits(args.after, args.epoch) as stream:
+    with (
+        open_client(args) as client,
+        client.watch_hits(args.after, args.epoch, until_caught_up=args.until_caught_up) as stream,
+    ):
         if args.count is not None and args.count <= 0:
             return 0
         for hit in stream:

@@ -187,7 +187,7 @@ def _show(args: argparse.Namespace) -> int:
     for h in epoch.holders:
         table.add_row(str(h.index), printable(h.party), crypto.fingerprint(h.commitment))
     console = terminal.console()
-    console.print(table)
+    terminal.show_table(console, table)
     console.print(
         f"group public key {crypto.fingerprint(epoch.group_public_key)}; signature and "
         f"commitments verified; in force {epoch.created_at:%Y-%m-%d} "

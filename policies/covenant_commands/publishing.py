@@ -32,6 +32,7 @@ from samenloop.policies.errors import (
 )
 from samenloop.policies.freshness import CovenantTimestamp, issue_timestamp
 from samenloop.policies.rpc import error_from_rpc
+from samenloop.policies.terminal import show_table
 from samenloop.policies.trust import SignedCovenant, verify_self_signed
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
@@ -110,7 +111,7 @@ def issue_certs_command(args: argparse.Namespace) -> int:
         )
     write_file(out / "ca.pem", ca.cert_pem)
     console = make_console()
-    console.print(table)
+    show_table(console, table)
     console.print(f"CA certificate -> {out / 'ca.pem'}", markup=False)
     return 0
 
