@@ -169,6 +169,20 @@ def exit_code_for(error: SamenloopError) -> int:
     return EXIT_CODES.get(error.status, 70)
 
 
+def _fitted(message: str) -> str:
+    """On a terminal, ``message`` wrapped between words to its width (lists of allowed
+    values are long); elsewhere, for logs and scripts, one line as it is."""
+    if not sys.stderr.isatty():
+        return message
+    import shutil
+    import textwrap
+
+    width = shutil.get_terminal_size().columns
+    return textwrap.fill(
+        message, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     keep_to_owner()
     words = list(sys.argv[1:] if argv is None else argv)
@@ -178,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except SamenloopError as error:
-        print(f"samenloop: error: {printable(str(error))}", file=sys.stderr)
+        print(_fitted(f"samenloop: error: {printable(str(error))}"), file=sys.stderr)
         return exit_code_for(error)
     except KeyboardInterrupt:
         return 130

@@ -102,16 +102,29 @@ def console(
 
 
 def show_table(out: Console, table: Table) -> None:
-    """Print ``table`` as a table when its longest words fit ``out``'s width (80 columns
-    and up for the commands' tables), else as one record per row: ``header: value`` lines
-    that wrap between words. Either way no word is broken across lines (one longer than
-    the whole line aside)."""
-    from rich.measure import Measurement
+    """Print ``table`` so that no word is broken across lines (one longer than the whole
+    line aside): as a table when each column's longest word fits ``out``'s width, its
+    columns widened from there in proportion to what their text could use (rich's own
+    layout would narrow a column below its longest word); else as one record per row,
+    ``header: value`` lines that wrap between words."""
     from rich.text import Text
 
-    unbounded = out.options.update_width(1 << 16)  # measured at the width `out` has, the
-    # minimum is clamped to it: measure without a bound, then compare
-    if Measurement.get(out, unbounded, table).minimum <= out.width:
+    # rich's own measures (private: its public Measurement clamps to the console's width).
+    unbounded = out.options.update_width(1 << 16)
+    measures = [table._measure_column(out, unbounded, column) for column in table.columns]
+    available = out.width - table._extra_width
+    least = sum(m.minimum for m in measures)
+    if least <= available:
+        if sum(m.maximum for m in measures) > available:
+            # Water-filling: the columns that want least get all they want first, the
+            # others share what is left evenly.
+            slack = available - least
+            order = sorted(range(len(measures)), key=lambda i: measures[i].span)
+            for left, index in enumerate(order):
+                share = min(measures[index].span, slack // (len(order) - left))
+                slack -= share
+                width = measures[index].minimum + share
+                table.columns[index].width = width - table._get_padding_width(index)
         out.print(table)
         return
     if table.title:

@@ -566,7 +566,7 @@ def _one_signal(
             try:
                 kind: IdentifierType | None = identifier_type(type_text)
             except SamenloopError as error:
-                message = f"unknown identifier type {printable(type_text)!r}: {error.message}"
+                message = _naming(error.message, type_text)
                 faults.append(Problem(row, mapping.type_column, error.reason, message))
                 kind = None
             candidates.append((row, kind, mapping.value_column, value))
@@ -918,10 +918,14 @@ def _option_type(name: str, option: str) -> IdentifierType:
         return identifier_type(name)
     except SamenloopError as error:
         raise ConfigurationError(
-            f"unknown identifier type {printable(name)!r}: {error.message}",
-            field=option,
-            reason=error.reason,
+            _naming(error.message, name), field=option, reason=error.reason
         ) from None
+
+
+def _naming(message: str, name: str) -> str:
+    """``unknown identifier type; known types: ...`` with the type the user wrote in it
+    (a type name from an option or a type column, never an identifier value)."""
+    return message.replace("unknown identifier type", f"unknown identifier type {name!r}", 1)
 
 
 def _mapping(args: argparse.Namespace) -> ColumnMapping:
