@@ -38,7 +38,7 @@ from typing import Protocol
 
 from samenloop.policies.errors import SamenloopError, Status
 from samenloop.policies.process import keep_to_owner
-from samenloop.policies.terminal import printable
+from samenloop.policies.terminal import fitted, printable
 
 
 class Command(Protocol):
@@ -159,6 +159,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     roles = sorted(entry_points(group="samenloop.commands"), key=lambda e: e.name)
     chosen = [entry for entry in roles if entry.name == command]
+    if command == "--version":  # argparse prints it and exits before it looks for a command
+        return parser
     for entry in chosen or roles:
         register: Register = entry.load()
         register(subparsers)
@@ -167,20 +169,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def exit_code_for(error: SamenloopError) -> int:
     return EXIT_CODES.get(error.status, 70)
-
-
-def _fitted(message: str) -> str:
-    """On a terminal, ``message`` wrapped between words to its width (lists of allowed
-    values are long); elsewhere, for logs and scripts, one line as it is."""
-    if not sys.stderr.isatty():
-        return message
-    import shutil
-    import textwrap
-
-    width = shutil.get_terminal_size().columns
-    return textwrap.fill(
-        message, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except SamenloopError as error:
-        print(_fitted(f"samenloop: error: {printable(str(error))}"), file=sys.stderr)
+        print(fitted(f"samenloop: error: {printable(str(error))}"), file=sys.stderr)
         return exit_code_for(error)
     except KeyboardInterrupt:
         return 130

@@ -34,7 +34,15 @@ if TYPE_CHECKING:  # rich is imported when a command prints: the CLI's error pat
     from rich.console import Console
     from rich.table import Table
 
-__all__ = ["UNSAFE_CATEGORIES", "console", "dumps", "is_safe", "printable", "show_table"]
+__all__ = [
+    "UNSAFE_CATEGORIES",
+    "console",
+    "dumps",
+    "fitted",
+    "is_safe",
+    "printable",
+    "show_table",
+]
 
 #: Unicode general categories shown as escapes: control, format, surrogate,
 #: line and paragraph separator, unassigned.
@@ -87,6 +95,25 @@ def dumps(value: Any, *, indent: int | None = None, sort_keys: bool = False) -> 
     character escaped (``json.loads`` gives back exactly ``value``)."""
     text = json.dumps(value, indent=indent, sort_keys=sort_keys, ensure_ascii=False)
     return _CANDIDATE.sub(_json_escape, text)
+
+
+def fitted(message: str, stream: IO[str] | None = None) -> str:
+    """A message for ``stream`` (stderr by default): on a terminal wrapped between words to
+    its width (lists of allowed values are long); elsewhere, for logs and scripts, one line
+    as it is."""
+    import shutil
+    import sys
+    import textwrap
+
+    if not (stream or sys.stderr).isatty():
+        return message
+    return textwrap.fill(
+        message,
+        shutil.get_terminal_size().columns,
+        subsequent_indent="  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def console(

@@ -244,7 +244,7 @@ def migrate(provisioned: Provisioned) -> None:
         return
     migrations = [
         subprocess.Popen(
-            cli_command(kind, "migrate", "--config", str(config)),
+            cli_command(kind, "migrate", "--node" if kind == "node" else "--config", str(config)),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )

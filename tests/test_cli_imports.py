@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,37 @@ def test_the_written_out_choices_are_the_enums_values() -> None:
     assert values(policy.Role) == covenant.ROLES
     assert covenant.DEFAULT_FRESHNESS_SECONDS == policy.DEFAULT_FRESHNESS_SECONDS
     assert covenant.DEFAULT_CA_DAYS == certs.DEFAULT_CA_DAYS
+
+
+@pytest.mark.parametrize(
+    ("argv", "dest"),
+    [
+        (["node", "serve"], "config"),
+        (["node", "migrate"], "config"),
+        (["node", "backup", "--out", "b.db"], "config"),
+        (["node", "restore", "--in-place"], "config"),
+        (["covenant", "publish", "c.json"], "config"),
+        (["covenant", "timestamp", "--covenant", "c.json", "--key", "k.json"], "config"),
+        (["signal", "import", "f.csv", "--reference-column", "r", "--category", "c"], "node"),
+        (["hits", "list"], "node"),
+        (["node", "status"], "node"),
+        (["case", "list"], "node"),
+        (["disclosure", "list"], "node"),
+        (["picture", "show", "--period", "2026-01"], "node"),
+    ],
+)
+def test_one_name_for_the_node_s_config_file(
+    argv: list[str], dest: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--node NODE_TOML`` everywhere; the old ``--config`` still parses, with a warning,
+    and is not in the help."""
+    parser = cli.build_parser(argv[0])
+    assert getattr(parser.parse_args([*argv, "--node", "a.toml"]), dest) == Path("a.toml")
+    assert capsys.readouterr().err == ""
+    assert getattr(parser.parse_args([*argv, "--config", "b.toml"]), dest) == Path("b.toml")
+    assert capsys.readouterr().err == ("samenloop: warning: --config is deprecated, use --node\n")
+    with pytest.raises(SystemExit):
+        parser.parse_args([*argv, "--help"])
+    shown = capsys.readouterr().out
+    assert "--node NODE_TOML" in shown
+    assert "--config" not in shown

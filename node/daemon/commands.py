@@ -176,11 +176,11 @@ def _status(args: argparse.Namespace) -> int:
     shown = status_to_json(status)
     connected = status.broker_connection == "connected"
     if not connected:  # on stderr: a script that reads the JSON still sees why it failed
-        print(
+        message = (
             f"samenloop: node {printable(status.party)} is not connected to the broker "
-            f"({status.broker_connection}, dialling {printable(status.broker_address)})",
-            file=sys.stderr,
+            f"({status.broker_connection}, dialling {printable(status.broker_address)})"
         )
+        print(terminal.fitted(message), file=sys.stderr)
     if args.json:
         print(terminal.dumps(shown, indent=2))
         return 0 if connected else EXIT_NOT_CONNECTED
