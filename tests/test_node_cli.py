@@ -493,6 +493,7 @@ def test_the_long_layout_joins_the_rows_of_one_reference(
                        "--value-column", "value", "--reference-column", "reference",
                        "--category-column", "category", "--socket", str(node.socket))  # fmt: skip
     assert code == 1
+    assert out.startswith("8 rows (4 signals): ")  # the summary says which it counts
     assert "L-3" in out  # the table names each refused row's reference
 
 

@@ -1007,6 +1007,9 @@ def _import(args: argparse.Namespace) -> int:
         encoding=args.encoding,
     )
     prepared, problems = rows_to_signals(header, rows, mapping)
+    # The long layout joins rows: say how many signals they were (a reference a signal;
+    # a row without one is a refused signal of its own).
+    signals = len(prepared) + len({p.reference or f"row {p.row}" for p in problems})
     imported = unchanged = 0
     if prepared:
         with open_client(args) as client, _progress(len(prepared)) as advance:
@@ -1038,7 +1041,11 @@ def _import(args: argparse.Namespace) -> int:
         imported = unchanged = 0
     else:
         valid = imported + unchanged
-    _print_outcome(args, len(rows), valid, imported, unchanged, refused, problems)
+    # In the long layout the rows are not the signals: the summary says which it counts.
+    counted = (f"{len(rows)} rows ({signals} signals)", " signals", " rows")
+    if mapping.type_column is None:
+        counted = (f"{len(rows)} rows", "", "")
+    _print_outcome(args, counted, len(rows), valid, imported, unchanged, refused, problems)
     return 0 if refused == 0 else 1
 
 
@@ -1090,6 +1097,7 @@ def _write_report(path: Path, problems: Sequence[Problem]) -> None:
 
 def _print_outcome(
     args: argparse.Namespace,
+    counted: tuple[str, str, str],
     rows: int,
     valid: int,
     imported: int,
@@ -1125,10 +1133,14 @@ def _print_outcome(
         )
         return
     console = terminal.console()
+    total, signals, rows_ = counted
     if args.validate_only:
-        console.print(f"{rows} rows: {valid} valid, {refused} refused (nothing stored)")
+        console.print(f"{total}: {valid}{rows_} valid, {refused}{rows_} refused (nothing stored)")
     else:
-        console.print(f"{rows} rows: {imported} imported, {unchanged} unchanged, {refused} refused")
+        console.print(
+            f"{total}: {imported}{signals} imported, {unchanged} unchanged, "
+            f"{refused}{rows_} refused"
+        )
     if problems:
         table = Table(title="validation report")
         for name in ("row", "reference", "column", "reason", "message"):
