@@ -19,7 +19,12 @@ is 0 when every row was imported (or was already there unchanged), 1 when
 some were refused. Coarse attributes for the regional
 picture come from columns too (``--area-column``, ``--branch-column``,
 ``--month-column``) and are validated the same way. Identifier values never appear in the
-report: only where and why.
+report: only where and why. The report names each refused row by its number and its
+reference. A ``--category`` the covenant does not list is refused once, before the file
+is read (the node's status lists the covenant's categories). The long layout that
+``registers export`` writes, one identifier a row (``--type-column type --value-column
+value``), joins the rows of one reference into one signal, sent whole or not at all; rows
+of one reference that give different per-signal values are refused, naming the rows.
 
 ``samenloop signal add`` adds one signal; ``signal withdraw`` withdraws one.
 Its identifiers and details are best given with ``--from FILE`` (``--from -``:
@@ -32,7 +37,8 @@ on stderr. The other commands that take free text that may name a subject
 read it the same way (:func:`add_from_option`, :func:`take_from`).
 
 ``samenloop hits list`` and ``hits watch`` show the hits the node received,
-as a table or (``--json``) as JSON. Other parties' text (party, role,
+as a table or (``--json``) as JSON; ``hits watch --until-caught-up`` ends once the
+node has sent the changes it holds. Other parties' text (party, role,
 categories) and the file's own text are shown as plain text
 (:mod:`samenloop.policies.terminal`); a category another member sealed that
 the covenant does not list shows as "(unknown category)" (or "(N unknown
