@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from samenloop.broker import server
-from samenloop.policies import database, logs
-from samenloop.policies.process import DataDirectoryLock
-
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("broker", help="the covenant's broker")
@@ -30,10 +26,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from samenloop.broker import server
+
     return server.serve(server.load_config(args.config))
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from samenloop.broker import server
+    from samenloop.policies import database, logs
+    from samenloop.policies.process import DataDirectoryLock
+
     config = server.load_config(args.config)
     logs.configure(config.log_level, config.log_format)  # Alembic's lines too
     server.check_files(config)
@@ -49,6 +51,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _backup(args: argparse.Namespace) -> int:
+    from samenloop.broker import server
     from samenloop.policies import backup
 
     config = server.load_config(args.config)

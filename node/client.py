@@ -750,11 +750,20 @@ class HitWatch(Iterator[Hit]):
     (before the first hit) when the node was restored from a backup since the epoch
     the watch resumed in."""
 
-    def __init__(self, call: Iterator[node_pb2.WatchHitsResponse], cancel: Callable[[], None]):
+    def __init__(
+        self,
+        call: Iterator[node_pb2.WatchHitsResponse],
+        cancel: Callable[[], None],
+        *,
+        until_caught_up: bool = False,
+    ):
         self._call = call
         self._cancel = cancel
         self._cancelled = False
+        self._until_caught_up = until_caught_up
         self.restored: FeedRestored | None = None
+        #: Set when the node said the backlog was sent (a watch ``until_caught_up``).
+        self.caught_up = False
 
     def __iter__(self) -> HitWatch:
         return self
@@ -770,6 +779,12 @@ class HitWatch(Iterator[Hit]):
             if response.HasField("feed_restored"):
                 told = response.feed_restored
                 self.restored = FeedRestored(told.feed_epoch, told.resumed_after)
+                continue
+            if response.caught_up:
+                self.caught_up = True
+                if self._until_caught_up:
+                    self.cancel()
+                    raise StopIteration
                 continue
             return _hit(
                 response.hit,
@@ -1163,19 +1178,26 @@ class NodeClient:
         response = self._call(self._stub.GetHit, node_pb2.GetHitRequest(hit_group_id=group_id))
         return _hit(response.hit)
 
-    def watch_hits(self, after_feed_seq: int = 0, feed_epoch: int = 0) -> HitWatch:
+    def watch_hits(
+        self, after_feed_seq: int = 0, feed_epoch: int = 0, *, until_caught_up: bool = False
+    ) -> HitWatch:
         """Every hit change after ``after_feed_seq``: the backlog first, then each new
         change as the node accepts it, until cancelled. Each yielded hit carries its
         ``sequence`` and ``feed_epoch``; store both for the last one processed and resume
         after them. After the node was restored from a backup, a position in the older
         epoch is mapped onto the new feed (:attr:`HitWatch.restored` says so), and a hit
         with ``restated`` may repeat one processed before: apply it only if its revision
-        is higher than the one held for its group."""
+        is higher than the one held for its group. With ``until_caught_up`` the iteration
+        ends once the node has sent the backlog (every change it held when asked)."""
         call = self._stub.WatchHits(
-            node_pb2.WatchHitsRequest(after_sequence=after_feed_seq, feed_epoch=feed_epoch),
+            node_pb2.WatchHitsRequest(
+                after_sequence=after_feed_seq,
+                feed_epoch=feed_epoch,
+                mark_caught_up=until_caught_up,
+            ),
             metadata=self._auth(),
         )
-        watch = HitWatch(iter(call), call.cancel)
+        watch = HitWatch(iter(call), call.cancel, until_caught_up=until_caught_up)
         self._watches.add(watch)
         return watch
 

@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from samenloop.policies.crypto import check_owner_only
 from samenloop.policies.errors import ConfigurationError
 
 #: Files the process creates are 0600 and directories 0700: databases with their WAL and
@@ -40,6 +39,8 @@ def check_private(
 
     Items are ``(setting, path)``, the setting being the configuration key it comes from.
     """
+    from samenloop.policies.crypto import check_owner_only  # the CLI imports this module
+
     for setting, directory in data_dirs:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         what = "data directory" if setting == "data_dir" else f"directory of {setting}"
@@ -57,10 +58,13 @@ def check_trusted(files: Iterable[tuple[str, Path]]) -> None:
     whom the daemon trusts. ``ConfigurationError`` names the setting, the path and the fix
     (``chmod go-w ...``).
 
-    Items are ``(setting, path)``; the configuration file itself is ``("--config", path)``.
+    Items are ``(setting, path)``; the configuration file itself is ``("--config", path)``
+    (the broker's) or ``("--node", path)`` (the node's).
     """
+    from samenloop.policies.crypto import check_owner_only  # the CLI imports this module
+
     for setting, path in files:
-        what = "configuration file" if setting == "--config" else f"{setting} file"
+        what = "configuration file" if setting in ("--config", "--node") else f"{setting} file"
         check_owner_only(path, what=what, field=setting, others_may_read=True)
         check_owner_only(
             path.absolute().parent,

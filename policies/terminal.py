@@ -28,11 +28,21 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
-from rich.console import Console
+if TYPE_CHECKING:  # rich is imported when a command prints: the CLI's error path stays light
+    from rich.console import Console
+    from rich.table import Table
 
-__all__ = ["UNSAFE_CATEGORIES", "console", "dumps", "is_safe", "printable"]
+__all__ = [
+    "UNSAFE_CATEGORIES",
+    "console",
+    "dumps",
+    "fitted",
+    "is_safe",
+    "printable",
+    "show_table",
+]
 
 #: Unicode general categories shown as escapes: control, format, surrogate,
 #: line and paragraph separator, unassigned.
@@ -87,11 +97,71 @@ def dumps(value: Any, *, indent: int | None = None, sort_keys: bool = False) -> 
     return _CANDIDATE.sub(_json_escape, text)
 
 
+def fitted(message: str, stream: IO[str] | None = None) -> str:
+    """A message for ``stream`` (stderr by default): on a terminal wrapped between words to
+    its width (lists of allowed values are long); elsewhere, for logs and scripts, one line
+    as it is."""
+    import shutil
+    import sys
+    import textwrap
+
+    if not (stream or sys.stderr).isatty():
+        return message
+    return textwrap.fill(
+        message,
+        shutil.get_terminal_size().columns,
+        subsequent_indent="  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
 def console(
     *, stderr: bool = False, file: IO[str] | None = None, width: int | None = None
 ) -> Console:
     """The commands' console: markup, emoji codes and highlighting off, so that no text
     is read as an instruction. Pass remote text through :func:`printable` as well."""
+    from rich.console import Console
+
     return Console(
         stderr=stderr, file=file, width=width, markup=False, emoji=False, highlight=False
     )
+
+
+def show_table(out: Console, table: Table) -> None:
+    """Print ``table`` so that no word is broken across lines (one longer than the whole
+    line aside): as a table when each column's longest word fits ``out``'s width, its
+    columns widened from there in proportion to what their text could use (rich's own
+    layout would narrow a column below its longest word); else as one record per row,
+    ``header: value`` lines that wrap between words."""
+    from rich.text import Text
+
+    # rich's own measures (private: its public Measurement clamps to the console's width).
+    unbounded = out.options.update_width(1 << 16)
+    measures = [table._measure_column(out, unbounded, column) for column in table.columns]
+    available = out.width - table._extra_width
+    least = sum(m.minimum for m in measures)
+    if least <= available:
+        if sum(m.maximum for m in measures) > available:
+            # Water-filling: the columns that want least get all they want first, the
+            # others share what is left evenly.
+            slack = available - least
+            order = sorted(range(len(measures)), key=lambda i: measures[i].span)
+            for left, index in enumerate(order):
+                share = min(measures[index].span, slack // (len(order) - left))
+                slack -= share
+                width = measures[index].minimum + share
+                table.columns[index].width = width - table._get_padding_width(index)
+        out.print(table)
+        return
+    if table.title:
+        out.print(table.title if isinstance(table.title, Text) else Text(str(table.title)))
+    headers = [str(column.header) for column in table.columns]
+    rows = zip(*(list(column.cells) for column in table.columns), strict=True)
+    for number, row in enumerate(rows, start=1):
+        out.print(Text(f"-- {number} --", style="dim"))
+        for header, cell in zip(headers, row, strict=True):
+            shown = cell if isinstance(cell, Text) else Text(str(cell))
+            line = Text(f"{header}: " if header else "", style="bold")
+            line.append_text(shown)
+            out.print(line)

@@ -99,7 +99,7 @@ class Daemons:
     def _args(self, name: str) -> list[str]:
         if name == "broker":
             return ["broker", "serve", "--config", str(self.provisioned.broker_config)]
-        return ["node", "serve", "--config", str(self.provisioned.node_configs[name])]
+        return ["node", "serve", "--node", str(self.provisioned.node_configs[name])]
 
     def start(self, name: str, *, wait: bool = True) -> None:
         """Start a daemon (again: same configuration, same database, its log appended to);
@@ -244,7 +244,7 @@ def migrate(provisioned: Provisioned) -> None:
         return
     migrations = [
         subprocess.Popen(
-            cli_command(kind, "migrate", "--config", str(config)),
+            cli_command(kind, "migrate", "--node" if kind == "node" else "--config", str(config)),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )

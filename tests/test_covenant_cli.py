@@ -700,7 +700,7 @@ def test_publish_refuses_an_under_signed_covenant_before_dialing(run, prov, tmp_
     assert "covenant.under_signed" in result.err
     result = run("covenant", "publish", prov.signed_covenant)
     assert result.code == 2
-    assert "--config" in result.err
+    assert "--node" in result.err
 
 
 class _FakeBroker(broker_pb2_grpc.BrokerServicer):

@@ -248,7 +248,7 @@ def test_the_example_configurations_match_the_units() -> None:
         "samenloop/backups",
     ]
     words = command_of(backup)
-    assert words[words.index("--config") + 1] == "/etc/samenloop/node.toml"
+    assert words[words.index("--node") + 1] == "/etc/samenloop/node.toml"
     assert words[words.index("--out") + 1].startswith("/var/lib/samenloop/backups/node-")
 
 
@@ -344,7 +344,7 @@ def test_the_daemons_run_in_the_units_sandbox(
         )
         out = tmp_path / "node-backup.db"
         backup = sandboxed("samenloop-node-backup.service")(
-            "node", "backup", "--config", str(running.provisioned.node_configs["gemeente"]),
+            "node", "backup", "--node", str(running.provisioned.node_configs["gemeente"]),
             "--out", str(out),
         )  # fmt: skip
         done = subprocess.run(backup, capture_output=True, text=True, timeout=120)
@@ -354,7 +354,7 @@ def test_the_daemons_run_in_the_units_sandbox(
         stamp = sandboxed("samenloop-covenant-timestamp.service")(
             "covenant", "timestamp", "--covenant", str(provisioned.signed_covenant),
             "--key", str(provisioned.timestamp_key),
-            "--config", str(provisioned.node_configs["gemeente"]),
+            "--node", str(provisioned.node_configs["gemeente"]),
         )  # fmt: skip
         done = subprocess.run(stamp, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr

@@ -15,6 +15,7 @@ another local account, through the daemons as processes, are in
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import stat
@@ -198,13 +199,19 @@ def test_the_commands_send_the_token(
 ) -> None:
     address = node.api_address.removeprefix("unix:")
     if node.socket_path is not None:  # the token beside the socket, as node.toml's default
-        assert cli.main(["node", "status", "--json", "--socket", address]) == 0
+        # Not connected (no broker runs): exit 3, and the address it dials, the configured one.
+        capsys.readouterr()
+        assert cli.main(["node", "status", "--json", "--socket", address]) == 3
+        out, err = capsys.readouterr()
+        shown = json.loads(out[out.index("{\n") :])  # after the in-process daemon's log lines
+        assert shown["broker_address"] == migrated.broker
+        assert f"not connected to the broker (connecting, dialling {migrated.broker})" in err
     else:  # a port has no beside: without --token-file the node refuses, naming the key
         assert cli.main(["node", "status", "--json", "--socket", address]) == 4
         assert "authorization" in capsys.readouterr().err
     assert migrated.api_token is not None
     token_file = str(migrated.api_token)
-    assert cli.main(["node", "status", "--socket", address, "--token-file", token_file]) == 0
+    assert cli.main(["node", "status", "--socket", address, "--token-file", token_file]) == 3
     assert cli.main(["node", "status", "--node", "x.toml", "--token-file", token_file]) == 2
 
 
@@ -242,7 +249,8 @@ def test_a_second_node_on_one_data_directory_is_refused_before_it_touches_the_so
         config = str(provisioned.node_configs[ME])
         assert cli.main(["node", "migrate", "--config", config]) != 0
         assert "already runs on the data directory" in capsys.readouterr().err
-        assert cli.main(["node", "status", "--node", config]) == 0  # the first, on its socket
+        # The first answers on its socket (not connected: no broker runs here).
+        assert cli.main(["node", "status", "--node", config]) == 3
     finally:
         first.stop(None)
     daemon.build_node(migrated).stop(None)  # free again once the first stopped
@@ -588,9 +596,10 @@ def test_migrate_refuses_an_open_data_directory_and_makes_the_database_owner_onl
             now=datetime.now(UTC),
         )
         config_path = done.broker_config if kind == "broker" else done.node_configs[ME]
+        option = "--config" if kind == "broker" else "--node"
         data = config_path.parent / "data"
         data.chmod(0o755)  # as installs before issue 12 made it
-        refused = _cli(kind, "migrate", "--config", str(config_path))
+        refused = _cli(kind, "migrate", option, str(config_path))
         assert refused.returncode == 2
         assert refused.stderr == (
             f"samenloop: error: data_dir: data directory {data} is accessible by others "
@@ -600,11 +609,11 @@ def test_migrate_refuses_an_open_data_directory_and_makes_the_database_owner_onl
         data.chmod(0o700)
         secret = config_path.parent / "tls.key"
         secret.chmod(0o640)
-        refused = _cli(kind, "migrate", "--config", str(config_path))
+        refused = _cli(kind, "migrate", option, str(config_path))
         assert refused.returncode == 2
         assert f"private_key: secret file {secret} is accessible by others" in refused.stderr
         secret.chmod(0o600)
-        migrated = _cli(kind, "migrate", "--config", str(config_path))
+        migrated = _cli(kind, "migrate", option, str(config_path))
         assert migrated.returncode == 0, migrated.stderr
         assert _mode(data / f"{kind}.db") == 0o600
     finally:
@@ -629,7 +638,8 @@ def test_serve_and_migrate_refuse_orders_that_other_accounts_may_write(kind: str
             now=datetime.now(UTC),
         )
         config_path = done.broker_config if kind == "broker" else done.node_configs[ME]
-        trusted = [("--config", config_path, "configuration file")]
+        option = "--config" if kind == "broker" else "--node"
+        trusted = [(option, config_path, "configuration file")]
         trusted.append(("covenant", done.root / "covenant.json", "covenant file"))
         if kind == "node":
             ca = load_node_config(config_path).ca_certificate
@@ -640,7 +650,7 @@ def test_serve_and_migrate_refuse_orders_that_other_accounts_may_write(kind: str
             path.chmod(0o666)
             try:
                 for command in ("migrate", "serve"):
-                    refused = _cli(kind, command, "--config", str(config_path))
+                    refused = _cli(kind, command, option, str(config_path))
                     assert refused.returncode == 2, (command, refused.stderr)
                     assert refused.stderr == (
                         f"samenloop: error: {setting}: {what} {path} may be written by "
@@ -651,7 +661,7 @@ def test_serve_and_migrate_refuse_orders_that_other_accounts_may_write(kind: str
         # Readable by every account is fine: they are not secret.
         for _, path, _ in trusted:
             path.chmod(0o644)
-        migrated = _cli(kind, "migrate", "--config", str(config_path))
+        migrated = _cli(kind, "migrate", option, str(config_path))
         assert migrated.returncode == 0, migrated.stderr
     finally:
         shutil.rmtree(root)

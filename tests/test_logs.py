@@ -131,7 +131,7 @@ def test_a_node_logs_json_and_one_warning_while_the_broker_is_down(
         *(("node", path) for path in provisioned.node_configs.values()),
     ):
         migration = subprocess.run(
-            cli_command(kind, "migrate", "--config", str(config)),
+            cli_command(kind, "migrate", "--node" if kind == "node" else "--config", str(config)),
             capture_output=True,
             timeout=60,
             check=False,

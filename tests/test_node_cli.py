@@ -28,6 +28,7 @@ import openpyxl
 import pytest
 import structlog
 
+from samenloop.node.client import NodeClient
 from samenloop.node.daemon.api import HitBell, NodeApiContext, NodeApiService
 from samenloop.node.daemon.repositories import MIGRATIONS, Repositories
 from samenloop.node.provision import PartySpec, Provisioned, provision
@@ -399,6 +400,152 @@ def test_import_usage_errors(
     assert node.repositories.signals.status_counts().signals[SignalState.ACTIVE] == 0
 
 
+def test_a_wrong_category_is_refused_once_before_the_file_is_read(
+    node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15: not once per row, and before the file is read (it does not exist here)."""
+    base = ["signal", "import", "--map", "kvk=kvk", "--reference-column", "ref"]
+    base += ["--socket", str(node.socket)]
+    missing = str(tmp_path / "not-there.csv")
+    code, out, err = run(capsys, *base, missing, "--category", "fietsendiefstal")
+    assert code == 2
+    assert out == ""
+    assert err.splitlines() == [
+        "samenloop: error: --category: 'fietsendiefstal' is not a category of this covenant; "
+        f"use one of: {', '.join(node.covenant.policy.categories)}"
+    ]
+    rows = [["ref", "kvk"], *([f"C-{n}", "01234567"] for n in range(5))]
+    code, out, err = run(capsys, *base, str(write_csv(tmp_path / "c.csv", rows)),
+                         "--category", "fietsendiefstal")  # fmt: skip
+    assert (code, out, err.count("fietsendiefstal")) == (2, "", 1)
+    assert node.repositories.signals.status_counts().signals[SignalState.ACTIVE] == 0
+
+
+def test_map_errors_use_the_help_s_words_and_name_the_type(
+    node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_csv(tmp_path / "m.csv", [["ref", "kvk"], ["M-1", "01234567"]])
+    base = ["signal", "import", str(source), "--reference-column", "ref", "--category"]
+    base += ["woonfraude", "--socket", str(node.socket)]
+    code, _, err = run(capsys, *base, "--map", "kvk")
+    assert code == 2
+    assert err.strip() == "samenloop: error: --map: write --map TYPE=COLUMN"
+    code, _, err = run(capsys, *base, "--map", "fax=kvk")
+    assert code == 2
+    assert err.startswith("samenloop: error: --map: unknown identifier type 'fax'; known types: ")
+    code, _, err = run(capsys, *base)
+    assert code == 2
+    assert "--map TYPE=COLUMN (repeatable) or --type-column and --value-column" in err
+    code, _, err = run(capsys, *base, "--type-column", "kvk")
+    assert (code, "--value-column" in err) == (2, True)
+    code, _, err = run(capsys, *base, "--map", "kvk=kvk", "--type-column", "a",
+                       "--value-column", "b")  # fmt: skip
+    assert (code, "not both" in err) == (2, True)
+
+
+def test_the_long_layout_joins_the_rows_of_one_reference(
+    node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``registers export``'s layout: one identifier a row; the rows of one reference are
+    one signal, stored whole or not at all; the report names each row's reference."""
+    source = write_csv(
+        tmp_path / "long.csv",
+        [
+            ["reference", "type", "value", "category", "note"],
+            ["L-1", "bsn", BSN_A, "woonfraude", "leegstand"],  # row 2
+            ["L-1", "kvk", "0123 4567", "", ""],  # 3: the category of row 2 holds
+            ["L-2", "bsn", "111222334", "woonfraude", ""],  # 4: elfproef fails
+            ["L-2", "kvk", "01234567", "woonfraude", ""],  # 5: refused with row 4
+            ["L-3", "bsn", BSN_B, "woonfraude", ""],  # 6
+            ["L-3", "kvk", "01234567", "drugsproductie", ""],  # 7: another category
+            ["L-4", "fax", "0101234567", "woonfraude", ""],  # 8: not a type
+            ["L-1", "bsn", BSN_B, "woonfraude", "leegstand"],  # 9: L-1 again, further down
+        ],
+    )
+    code, out, err = run(capsys, "signal", "import", str(source), "--type-column", "type",
+                         "--value-column", "value", "--reference-column", "reference",
+                         "--category-column", "category", "--detail-column", "note",
+                         "--socket", str(node.socket), "--json")  # fmt: skip
+    assert code == 1, err
+    outcome = json.loads(out)
+    assert (outcome["rows"], outcome["imported"], outcome["refused"]) == (8, 1, 5)
+    problems = [(p["row"], p["reference"], p["column"], p["reason"]) for p in outcome["problems"]]
+    assert problems == [
+        (4, "L-2", "value", "bsn.check_digit"),
+        (5, "L-2", "*", "signal.refused_with_its_rows"),
+        (6, "L-3", "*", "signal.refused_with_its_rows"),
+        (7, "L-3", "category", "signal.rows_differ"),
+        (8, "L-4", "type", "identifier.unknown_type"),
+    ]
+    messages = {p["row"]: p["message"] for p in outcome["problems"]}
+    assert messages[7].startswith("rows 6 and 7 of one reference give different values")
+    assert messages[5] == "refused with row 4 of the same reference"
+    assert messages[8].startswith("unknown identifier type 'fax'; known types: ")
+    assert "111222334" not in out + err
+    joined = node.repositories.signals.signal("L-1")
+    assert joined is not None
+    assert [i.identifier.canonical for i in joined.identifiers] == [BSN_A, "01234567", BSN_B]
+    assert (joined.category, dict(joined.details)) == ("woonfraude", {"note": "leegstand"})
+    for refused in ("L-2", "L-3", "L-4"):
+        assert node.repositories.signals.signal(refused) is None
+
+    code, out, _ = run(capsys, "signal", "import", str(source), "--type-column", "type",
+                       "--value-column", "value", "--reference-column", "reference",
+                       "--category-column", "category", "--socket", str(node.socket))  # fmt: skip
+    assert code == 1
+    assert out.startswith("8 rows (4 signals): ")  # the summary says which it counts
+    assert "L-3" in out  # the table names each refused row's reference
+
+
+def fits(out: str, width: int, *values: str) -> None:
+    """``out`` fits ``width`` columns and breaks no word of ``values`` across lines."""
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= width, out
+    for word in (w for value in values for w in value.split()):
+        assert any(word in line for line in lines), f"{word!r} is broken or missing:\n{out}"
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_tables_fit_the_terminal_without_breaking_words(
+    node: Node,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    width: int,
+) -> None:
+    """Issue 15: the validation report, hits list and node status at 80 (and 120) columns:
+    a table when its longest words fit, else one record per row."""
+    monkeypatch.setenv("COLUMNS", str(width))
+    source = write_csv(
+        tmp_path / "wide.csv",
+        [
+            ["Dossiernummer gemeente", "BSN nummer", "Categorie"],
+            ["DOSSIER-2026-000123", "111222334", "vastgoedmisbruik"],
+            ["DOSSIER-2026-000124", BSN_A, "fietsendiefstal"],
+        ],
+    )
+    code, out, _ = run(capsys, "signal", "import", str(source), "--map", "bsn=BSN nummer",
+                       "--reference-column", "Dossiernummer gemeente", "--category-column",
+                       "Categorie", "--socket", str(node.socket))  # fmt: skip
+    assert code == 1
+    fits(out, width, "DOSSIER-2026-000123", "DOSSIER-2026-000124", "BSN nummer",
+         "bsn.check_digit", "signal.unknown_category", "Categorie")  # fmt: skip
+
+    run(capsys, "signal", "add", "--id", "kvk=01234567", "--reference", "DOSSIER-2026-000777",
+        "--category", "vastgoedmisbruik", "--socket", str(node.socket))  # fmt: skip
+    record = node.repositories.signals.signal("DOSSIER-2026-000777")
+    assert record is not None
+    ref = record.identifiers[0].signal_ref
+    accept_hit(node, b"\x0a" * 16, [ref], ["vastgoedmisbruik", "drugsproductie"])
+    code, out, _ = run(capsys, "hits", "list", "--socket", str(node.socket))
+    assert code == 0
+    fits(out, width, "0a0a0a0a0a0a", "DOSSIER-2026-000777", "vastgoedmisbruik", "drugsproductie")
+
+    code, out, _ = run(capsys, "node", "status", "--socket", str(node.socket))
+    assert code == 3
+    fits(out, width, "riec-cli", "disconnected", "key holder seats")
+
+
 def test_a_node_that_is_not_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "node", "status", "--socket", str(tmp_path / "none.sock"))
     assert code == 3
@@ -559,6 +706,34 @@ def test_hits_watch(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
     assert [line.split()[0] for line in out.splitlines()] == ["[1]", "[2]"]
 
 
+def test_hits_watch_until_caught_up_ends_after_the_backlog(
+    node: Node, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15: for scripts. It ends (exit 0) once the node has sent what it held, and the
+    next run resumes after the last sequence printed."""
+    watch = ["hits", "watch", "--until-caught-up", "--json", "--socket", str(node.socket)]
+    code, out, _ = run(capsys, *watch)
+    assert (code, out) == (0, "")  # no hits yet: caught up at once
+    for n in range(1, 4):
+        accept_hit(node, bytes([n]) * 16, [], ["woonfraude"])
+    code, out, _ = run(capsys, *watch)
+    assert code == 0
+    assert [json.loads(line)["sequence"] for line in out.splitlines()] == [1, 2, 3]
+    accept_hit(node, b"\x04" * 16, [], ["drugsproductie"])
+    code, out, _ = run(capsys, *watch, "--after", "3")
+    assert code == 0
+    assert [json.loads(line)["group_id"] for line in out.splitlines()] == ["04" * 16]
+
+    with NodeClient.from_config(node.config) as client:
+        stream = client.watch_hits(0, until_caught_up=True)
+        assert [hit.sequence for hit in stream] == [1, 2, 3, 4]
+        assert stream.caught_up
+        # Without asking, the stream goes on past the backlog (and never shows the marker).
+        with client.watch_hits(0) as endless:
+            assert [next(endless).sequence for _ in range(4)] == [1, 2, 3, 4]
+            assert not endless.caught_up
+
+
 HOSTILE = (
     "[/bold]",
     "[link=https://evil.example]x[/link]",
@@ -628,10 +803,12 @@ def test_the_validation_report_neutralises_formulas(
         if name.endswith(".csv"):
             with report.open(newline="", encoding="utf-8") as handle:
                 rows = list(csv.reader(handle))
-            column = rows[1][1]
+            assert rows[0][:3] == ["row", "reference", "column"]
+            assert rows[1][1] == "R1"  # the row's reference, beside its number
+            column = rows[1][2]
         else:
             sheet = openpyxl.load_workbook(report).worksheets[0]
-            cell = sheet.cell(row=2, column=2)
+            cell = sheet.cell(row=2, column=3)
             assert cell.data_type == "s"
             column = cell.value
         assert column == "'" + header[1]
@@ -644,7 +821,8 @@ def test_node_status_json_and_table(node: Node, capsys: pytest.CaptureFixture[st
     run(capsys, "signal", "add", "--id", "kvk=01234567", "--reference", "S1", "--category",
         "woonfraude", "--node", str(node.config))  # fmt: skip
     code, out, err = run(capsys, "node", "status", "--json", "--node", str(node.config))
-    assert code == 0, err
+    assert code == 3, err  # not connected: no broker here
+    assert "is not connected to the broker (disconnected, dialling " in err
     status = json.loads(out)
     assert (status["party"], status["covenant_id"], status["covenant_version"]) == (
         ME,
@@ -659,7 +837,7 @@ def test_node_status_json_and_table(node: Node, capsys: pytest.CaptureFixture[st
     assert status["key_holder"]["seats"] == [{"key_epoch": 1, "holder_index": 1}]
 
     code, out, _ = run(capsys, "node", "status", "--socket", str(node.socket))
-    assert code == 0
+    assert code == 3
     assert "riec-cli" in out
     assert "key holder seats" in out
 

@@ -34,13 +34,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
-from rich.table import Table
-from rich.text import Text
-
-from samenloop.node.cases.machine import ActionStatus, CaseState, InterventionType
-from samenloop.node.client import Case, CaseAction, CaseBoardEntry, NodeClient
 from samenloop.node.signals.commands import (
     add_from_option,
     add_node_options,
@@ -52,7 +47,18 @@ from samenloop.policies import terminal
 from samenloop.policies.errors import ConfigurationError, NotFound
 from samenloop.policies.terminal import printable
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from samenloop.node.client import Case, CaseAction, CaseBoardEntry, NodeClient
+
 __all__ = ["case_to_json", "register"]
+
+#: ``choices=`` of the options: the values of ``CaseState``, ``InterventionType`` and
+#: ``ActionStatus``, written out so that registering imports no model (a test compares them).
+CASE_STATES: Final = ("open", "closed")
+INTERVENTION_TYPES: Final = ("bestuurlijk", "fiscaal", "strafrechtelijk", "zorg", "other")
+ACTION_STATUSES: Final = ("planned", "in_progress", "done", "cancelled")
 
 MIN_PREFIX = 6
 #: After the help of an option whose text may name a subject.
@@ -136,7 +142,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     removing.set_defaults(func=_remove)
 
     listing = commands.add_parser("list", help="the cases this node is a member of")
-    listing.add_argument("--state", choices=[s.value for s in CaseState], help="only these")
+    listing.add_argument("--state", choices=CASE_STATES, help="only these")
     listing.set_defaults(func=_list)
 
     show = commands.add_parser("show", help="one case: members, plan, history")
@@ -149,7 +155,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     act.add_argument(
         "--type",
         required=True,
-        choices=[t.value for t in InterventionType],
+        choices=INTERVENTION_TYPES,
         help="the kind of intervention",
     )
     act.add_argument("--measure", metavar="TEXT", help=f"the measure, short (required){_VISIBLE}")
@@ -166,7 +172,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     upd = commands.add_parser("update", help="update an action (its owner, or the coordinator)")
     upd.add_argument("case", metavar="CASE", help="the case id (hex)")
     upd.add_argument("action", metavar="ACTION", help="the action id (hex)")
-    upd.add_argument("--status", choices=[s.value for s in ActionStatus], help="the new status")
+    upd.add_argument("--status", choices=ACTION_STATUSES, help="the new status")
     upd.add_argument("--note", default="", metavar="TEXT", help=f"a progress note{_VISIBLE}")
     add_from_option(upd, {"note": "note"}, example="note TEXT")
     upd.add_argument(
@@ -246,6 +252,8 @@ def _day(moment: datetime | None) -> str:
 
 
 def _actions_table(actions: Sequence[CaseAction], now: datetime) -> Table:
+    from rich.table import Table
+
     table = Table(title="plan of approach")
     for name in ("action", "owner", "type", "measure", "deadline", "status", "note"):
         table.add_column(name, overflow="fold")
@@ -265,6 +273,8 @@ def _actions_table(actions: Sequence[CaseAction], now: datetime) -> Table:
 
 
 def _print_case(case: Case, as_json: bool) -> None:
+    from rich.text import Text
+
     now = datetime.now(UTC)
     if as_json:
         print(terminal.dumps(case_to_json(case, now), indent=2))
@@ -279,7 +289,7 @@ def _print_case(case: Case, as_json: bool) -> None:
     closed = f", closed {_day(case.closed_at)}: {printable(case.outcome)}"
     console.print(closed if case.closed_at else "")
     if case.actions:
-        console.print(_actions_table(case.actions, now))
+        terminal.show_table(console, _actions_table(case.actions, now))
     for entry in case.history:
         console.print(
             f"  {_day(entry.issued_at)} {printable(entry.author)} "
@@ -288,6 +298,8 @@ def _print_case(case: Case, as_json: bool) -> None:
 
 
 def _print_cases(items: Sequence[Case], as_json: bool) -> None:
+    from rich.table import Table
+
     now = datetime.now(UTC)
     if as_json:
         print(terminal.dumps([case_to_json(c, now) for c in items], indent=2))
@@ -307,10 +319,12 @@ def _print_cases(items: Sequence[Case], as_json: bool) -> None:
             str(late) if late else "",
             style="bold red" if late else None,
         )
-    terminal.console().print(table)
+    terminal.show_table(terminal.console(), table)
 
 
 def _print_board(entries: Sequence[CaseBoardEntry], as_json: bool) -> None:
+    from rich.table import Table
+
     now = datetime.now(UTC)
     if as_json:
         shown = [
@@ -341,7 +355,7 @@ def _print_board(entries: Sequence[CaseBoardEntry], as_json: bool) -> None:
             action.status.value,
             style="bold red" if entry.overdue else None,
         )
-    terminal.console().print(table)
+    terminal.show_table(terminal.console(), table)
 
 
 # --- commands ---------------------------------------------------------------------------------

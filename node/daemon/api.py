@@ -882,7 +882,8 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
     ) -> Iterator[node_pb2.WatchHitsResponse]:
         """The backlog after ``after_sequence``, then each change as the bell rings, until
         the client cancels. A hit that changed several times while the stream was behind
-        comes once, as it is now, with the sequence number of its latest change.
+        comes once, as it is now, with the sequence number of its latest change. Asked
+        (``mark_caught_up``), one ``caught_up`` message follows the backlog.
 
         A position in an older feed epoch (the node was restored from a backup since) is
         mapped onto the current feed (:meth:`FeedState.position`) and announced with a
@@ -901,6 +902,7 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         def gone() -> bool:
             return not context.is_active()
 
+        caught_up = not request.mark_caught_up  # nothing to tell, or told
         while context.is_active():
             rings = bell.count()
             if feed.catching_up:
@@ -915,7 +917,12 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
                     restated=feed.restated(record.feed_seq, restated_after),
                 )
                 after = record.feed_seq
-            if len(records) < WATCH_PAGE:
+            if len(records) < WATCH_PAGE:  # the backlog is out
+                if not caught_up:
+                    caught_up = True
+                    yield node_pb2.WatchHitsResponse(
+                        sequence=after, feed_epoch=feed.epoch, caught_up=True
+                    )
                 bell.wait(rings, WATCH_POLL_SECONDS, stop=gone)
 
     # --- disclosures ---------------------------------------------------------------------------

@@ -7,19 +7,23 @@ The status can quote the broker's error text: it is shown as plain text
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
-from rich.table import Table
-from rich.text import Text
-
-from samenloop.node.client import NodeStatus
-from samenloop.node.daemon import process as daemon
 from samenloop.node.signals.commands import add_node_options, open_client
-from samenloop.policies import crypto, terminal
-from samenloop.policies.crypto import PartyKeys
+from samenloop.policies import terminal
+from samenloop.policies.cli import add_node_config
 from samenloop.policies.errors import ConfigurationError
 from samenloop.policies.terminal import printable
+
+if TYPE_CHECKING:
+    from samenloop.node.client import NodeStatus
+
+
+#: ``node status``'s exit code when the node runs but is not connected to the broker:
+#: the CLI's code for "try again later" (``Status.UNAVAILABLE``).
+EXIT_NOT_CONNECTED: Final = 3
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,22 +39,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     keygen.set_defaults(func=_keygen)
 
     status = commands.add_parser(
-        "status", help="the running node's health: broker connection, covenant, counts"
+        "status",
+        help="the running node's health: broker connection, covenant, counts",
+        description="The running node's health. The broker address shown is the one the node "
+        "dials now (of node.toml's brokers, after a failover the next one), connected or not.",
+        epilog=f"exit status: 0 when the node is connected to the broker; {EXIT_NOT_CONNECTED} "
+        "when it is not (connecting or disconnected: the status is printed all the same) or "
+        "when the node itself does not answer; 2 when the options or node.toml are wrong; "
+        "4 when the node refuses the API token",
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     add_node_options(status)
     status.set_defaults(func=_status)
 
     serve = commands.add_parser("serve", help="run the node until SIGTERM")
-    serve.add_argument("--config", type=Path, required=True, help="node.toml")
-    serve.set_defaults(func=lambda args: daemon.serve(args.config))
+    add_node_config(serve, dest="config", required=True)
+    serve.set_defaults(func=_serve)
     migrate = commands.add_parser("migrate", help="bring the node's database to this version")
-    migrate.add_argument("--config", type=Path, required=True, help="node.toml")
-    migrate.set_defaults(func=lambda args: daemon.migrate(args.config))
+    add_node_config(migrate, dest="config", required=True)
+    migrate.set_defaults(func=_migrate)
     backup = commands.add_parser(
         "backup", help="back up the node's database (SQLite) while the node runs"
     )
-    backup.add_argument("--config", type=Path, required=True, help="node.toml")
+    add_node_config(backup, dest="config", required=True)
     backup.add_argument(
         "--out", type=Path, required=True, help="the backup file to write (new, 0600)"
     )
@@ -59,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "restore",
         help="install a backup as the node's database (node stopped); it then catches up",
     )
-    restore.add_argument("--config", type=Path, required=True, help="node.toml")
+    add_node_config(restore, dest="config", required=True)
     source = restore.add_mutually_exclusive_group(required=True)
     source.add_argument("--from", dest="source", type=Path, help="a file of 'node backup'")
     source.add_argument(
@@ -69,6 +80,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "back by hand): only mark it restored",
     )
     restore.set_defaults(func=_restore)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from samenloop.node.daemon import process as daemon
+
+    return daemon.serve(args.config)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from samenloop.node.daemon import process as daemon
+
+    return daemon.migrate(args.config)
 
 
 def _backup(args: argparse.Namespace) -> int:
@@ -86,6 +109,9 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    from samenloop.policies import crypto
+    from samenloop.policies.crypto import PartyKeys
+
     out: Path = args.out
     if out.exists() and not args.force:
         raise ConfigurationError(
@@ -142,12 +168,22 @@ def status_to_json(status: NodeStatus) -> dict[str, Any]:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+    from rich.text import Text
+
     with open_client(args) as client:
         status = client.status()
     shown = status_to_json(status)
+    connected = status.broker_connection == "connected"
+    if not connected:  # on stderr: a script that reads the JSON still sees why it failed
+        message = (
+            f"samenloop: node {printable(status.party)} is not connected to the broker "
+            f"({status.broker_connection}, dialling {printable(status.broker_address)})"
+        )
+        print(terminal.fitted(message), file=sys.stderr)
     if args.json:
         print(terminal.dumps(shown, indent=2))
-        return 0
+        return 0 if connected else EXIT_NOT_CONNECTED
     table = Table(title=Text(f"node {printable(status.party)}"), show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")
@@ -163,5 +199,5 @@ def _status(args: argparse.Namespace) -> int:
             f"{holder['requests_served']} served, {holder['elements_evaluated']} elements, "
             f"{holder['requests_refused']} refused",
         )
-    terminal.console().print(table)
-    return 0
+    terminal.show_table(terminal.console(), table)
+    return 0 if connected else EXIT_NOT_CONNECTED

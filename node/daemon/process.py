@@ -250,7 +250,7 @@ def load_config(config_path: Path) -> NodeConfig:
     """``node.toml``, read as the daemon's own orders: refused if another account may
     write it (or the directory that holds it), as ssh refuses such a configuration."""
     config = load_node_config(config_path)
-    check_trusted([("--config", Path(config_path))])
+    check_trusted([("--node", Path(config_path))])
     return config
 
 

@@ -231,7 +231,7 @@ def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
     )
     _run("broker", "migrate", "--config", str(provisioned.broker_config))
     for path in provisioned.node_configs.values():
-        _run("node", "migrate", "--config", str(path))
+        _run("node", "migrate", "--node", str(path))
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
     processes = Processes(logs, {})
@@ -240,7 +240,7 @@ def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
     try:
         processes.start("broker", "broker", "serve", "--config", str(provisioned.broker_config))
         for party, path in provisioned.node_configs.items():
-            processes.start(party, "node", "serve", "--config", str(path))
+            processes.start(party, "node", "serve", "--node", str(path))
             clients[party] = NodeClient.from_config(path)
         _wait_ready(clients, processes)
         console.print("2. broker and nodes running as separate processes; every node connected")
@@ -490,7 +490,7 @@ def _publish(
             "covenant",
             "publish",
             str(path),
-            "--config",
+            "--node",
             str(provisioned.node_configs["riec"]),
             "--timestamp-key",
             str(provisioned.timestamp_key),

@@ -103,20 +103,6 @@ def synthetic_signals(per_partner: int, seed: int = 2026) -> list[RawSignal]:
     return signals + INVALID
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="run the demo: a broker and five nodes on loopback (or --core: in-process)"
-    )
-    parser.add_argument("--signals", type=int, default=500, help="unshared signals per partner")
-    parser.add_argument(
-        "--workdir", type=Path, help="keep the generated covenant, keys, databases and logs here"
-    )
-    parser.add_argument(
-        "--core", action="store_true", help="only the protocol core, in one process, no daemons"
-    )
-    parser.set_defaults(func=run)
-
-
 def run(args: argparse.Namespace) -> int:
     console = Console()
     workdir: Path = (args.workdir or Path(tempfile.mkdtemp(prefix="samenloop-demo-"))).resolve()

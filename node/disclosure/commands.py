@@ -27,12 +27,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
-from rich.table import Table
-
-from samenloop.node.client import Disclosure
-from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.signals.commands import (
     add_from_option,
     add_node_options,
@@ -44,9 +40,17 @@ from samenloop.policies import terminal
 from samenloop.policies.errors import ConfigurationError
 from samenloop.policies.terminal import printable
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from samenloop.node.client import Disclosure
+
 __all__ = ["disclosure_to_json", "register"]
 
-_DIRECTIONS = {"in": DisclosureDirection.INCOMING, "out": DisclosureDirection.OUTGOING}
+#: ``--direction``: the values of ``DisclosureDirection`` (a test compares them).
+_DIRECTIONS = {"in": "incoming", "out": "outgoing"}
+#: ``--state``: the values of ``DisclosureState`` (a test compares them).
+DISCLOSURE_STATES: Final = ("sent", "pending_approval", "granted", "refused")
 #: After the help of an option whose text may name a subject.
 _VISIBLE = "; as an argument other accounts on this host can read it: see --from"
 
@@ -88,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     listing = commands.add_parser("list", help="list requests, newest first")
     listing.add_argument("--direction", choices=sorted(_DIRECTIONS), help="only these")
-    listing.add_argument("--state", choices=[s.value for s in DisclosureState], help="only these")
+    listing.add_argument("--state", choices=DISCLOSURE_STATES, help="only these")
     listing.add_argument("--limit", type=int, help="at most this many")
     listing.add_argument("--json", action="store_true", help="print JSON")
     add_node_options(listing)
@@ -174,6 +178,10 @@ def _summary(item: Disclosure) -> str:
 
 
 def _table(items: Sequence[Disclosure], title: str) -> Table:
+    from rich.table import Table
+
+    from samenloop.node.disclosure.models import DisclosureDirection
+
     table = Table(title=title)
     for name in ("id", "dir", "state", "requester", "owner", "purpose", "fields", "requested"):
         table.add_column(name, overflow="fold")
@@ -192,6 +200,8 @@ def _table(items: Sequence[Disclosure], title: str) -> Table:
 
 
 def _print_one(item: Disclosure, as_json: bool) -> None:
+    from samenloop.node.disclosure.models import DisclosureState
+
     if as_json:
         print(terminal.dumps(disclosure_to_json(item), indent=2))
         return
@@ -215,7 +225,7 @@ def _print_many(items: Sequence[Disclosure], as_json: bool, title: str) -> None:
     if as_json:
         print(terminal.dumps([disclosure_to_json(i) for i in items], indent=2))
     else:
-        terminal.console().print(_table(items, title))
+        terminal.show_table(terminal.console(), _table(items, title))
 
 
 def _request(args: argparse.Namespace) -> int:
@@ -237,7 +247,9 @@ def _request(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    direction = None if args.direction is None else _DIRECTIONS[args.direction]
+    from samenloop.node.disclosure.models import DisclosureDirection
+
+    direction = None if args.direction is None else DisclosureDirection(_DIRECTIONS[args.direction])
     with open_client(args) as client:
         items = client.disclosures(direction, args.state, limit=args.limit)
     _print_many(items, args.json, f"{len(items)} disclosure request(s)")
@@ -252,6 +264,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _pending(args: argparse.Namespace) -> int:
+    from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
+
     with open_client(args) as client:
         items = client.disclosures(DisclosureDirection.INCOMING, DisclosureState.PENDING_APPROVAL)
     _print_many(items, args.json, f"{len(items)} request(s) waiting for a second officer")

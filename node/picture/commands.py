@@ -33,49 +33,49 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from rich.table import Table
-
-from samenloop.node.client import NodeClient, Picture, PictureCollection
-from samenloop.node.picture import report as picture_report
-from samenloop.node.picture.arithmetic import (
-    TOTAL,
-    CellQuality,
-    Dimension,
-    Measure,
-    Period,
-    ReleasedCell,
-    ReleasedTable,
-    SuppressionReason,
-    cube_dimensions,
-)
-from samenloop.node.picture.map import AreaMap, read_areas
 from samenloop.node.signals.commands import add_node_options, open_client
 from samenloop.policies import terminal
 from samenloop.policies.errors import ConfigurationError, InvalidInput, NotFound
 from samenloop.policies.terminal import printable
 
+if TYPE_CHECKING:
+    from samenloop.node.client import NodeClient, Picture, PictureCollection
+    from samenloop.node.picture import report as picture_report
+    from samenloop.node.picture.arithmetic import (
+        Dimension,
+        Measure,
+        Period,
+        ReleasedCell,
+        ReleasedTable,
+    )
+    from samenloop.node.picture.map import AreaMap
+
 __all__ = ["build_report", "picture_to_json", "register", "wait_for_picture"]
 
 DEFAULT_WAIT: Final = 10.0
 _POLL: Final = 0.25
-_SUPPRESSED: Final = picture_report.SUPPRESSED_MARK
 
 #: Exit code of ``show`` and ``report`` when the figures were shown or written but a party
 #: refused to contribute (they lack its counts).
 EXIT_REFUSED: Final = 5
 
+
 #: What the report shows: (measures, dimensions) per collection. Under a privacy budget
 #: each is a request of its own (each spends ``epsilon_per_request``); in exact mode only
 #: the first of each cube is collected and every table is a slice of that cube.
-REPORT_COLLECTIONS: Final[tuple[tuple[tuple[Measure, ...], tuple[Dimension, ...]], ...]] = (
-    ((Measure.ACTIVE_SIGNALS, Measure.HIT_GROUPS), (Dimension.MONTH,)),
-    ((Measure.ACTIVE_SIGNALS,), (Dimension.AREA,)),
-    ((Measure.ACTIVE_SIGNALS,), (Dimension.BRANCH, Dimension.CATEGORY)),
-    ((Measure.CASES_OPENED, Measure.CASES_CLOSED), (Dimension.MONTH,)),
-    ((Measure.INTERVENTIONS,), (Dimension.INTERVENTION_TYPE,)),
-)
+def report_collections() -> tuple[tuple[tuple[Measure, ...], tuple[Dimension, ...]], ...]:
+    """What the report shows (a function: the enums are imported when a report runs)."""
+    from samenloop.node.picture.arithmetic import Dimension, Measure
+
+    return (
+        ((Measure.ACTIVE_SIGNALS, Measure.HIT_GROUPS), (Dimension.MONTH,)),
+        ((Measure.ACTIVE_SIGNALS,), (Dimension.AREA,)),
+        ((Measure.ACTIVE_SIGNALS,), (Dimension.BRANCH, Dimension.CATEGORY)),
+        ((Measure.CASES_OPENED, Measure.CASES_CLOSED), (Dimension.MONTH,)),
+        ((Measure.INTERVENTIONS,), (Dimension.INTERVENTION_TYPE,)),
+    )
 
 
 def _names(text: str | None, parse: Callable[..., Any], option: str) -> list[Any]:
@@ -88,6 +88,8 @@ def _names(text: str | None, parse: Callable[..., Any], option: str) -> list[Any
 
 
 def _period(text: str) -> Period:
+    from samenloop.node.picture.arithmetic import Period
+
     try:
         return Period.parse(text, field="--period")
     except InvalidInput as error:
@@ -180,6 +182,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _collect(args: argparse.Namespace) -> int:
+    from samenloop.node.picture.arithmetic import Dimension, Measure
+
     period = _period(args.period)
     measures = _names(args.measure, Measure.parse, "--measure")
     dimensions = _names(args.by, Dimension.parse, "--by")
@@ -244,10 +248,13 @@ def wait_for_picture(
 
 
 def _figure(cell: ReleasedCell) -> str:
+    from samenloop.node.picture import report as picture_report
+    from samenloop.node.picture.arithmetic import CellQuality, SuppressionReason
+
     if cell.quality is CellQuality.SUPPRESSED or cell.count is None:
         if cell.reason is SuppressionReason.PROTECTS_ANOTHER:
             return picture_report.PROTECTED_MARK
-        return _SUPPRESSED
+        return picture_report.SUPPRESSED_MARK
     if cell.quality is CellQuality.NOISY:
         return f"≈{cell.count} (±{cell.noise_scale:.1f})"
     return str(cell.count)
@@ -255,6 +262,8 @@ def _figure(cell: ReleasedCell) -> str:
 
 def picture_to_json(shown: Picture) -> dict[str, Any]:
     """A shown picture as JSON: suppressed cells carry no count (``null``)."""
+    from samenloop.node.picture.arithmetic import CellQuality
+
     table = shown.table
     return {
         "period": str(table.period),
@@ -284,6 +293,11 @@ def picture_to_json(shown: Picture) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from samenloop.node.picture import report as picture_report
+    from samenloop.node.picture.arithmetic import TOTAL, Dimension, Measure
+
     period = _period(args.period)
     measure = _names(args.measure, Measure.parse, "--measure")
     if len(measure) != 1:
@@ -319,9 +333,9 @@ def _show(args: argparse.Namespace) -> int:
     for cell in table.cells:
         style = "bold" if TOTAL in cell.values else None
         grid.add_row(*(printable(v) for v in cell.values), _figure(cell), style=style)
-    console.print(grid)
+    terminal.show_table(console, grid)
     console.print(
-        f"{_SUPPRESSED} = suppressed, too few (below the covenant's "
+        f"{picture_report.SUPPRESSED_MARK} = suppressed, too few (below the covenant's "
         "minimum, too few partners, or one partner holds nearly all); "
         f"{picture_report.PROTECTED_MARK} = suppressed to protect such a cell; "
         "≈ = noisy, ± its standard deviation; cells not listed are 0; totaal = the sum"
@@ -344,6 +358,8 @@ def _footer(console: Any, shown: Picture) -> None:
 def _branches(heat: ReleasedTable) -> ReleasedTable:
     """The branch totals of the branch-by-category table, as a table of their own: the same
     released figures (and suppressions), so the two cannot be played against each other."""
+    from samenloop.node.picture.arithmetic import TOTAL, Dimension, ReleasedCell, ReleasedTable
+
     column = heat.dimensions.index(Dimension.CATEGORY)
     row = heat.dimensions.index(Dimension.BRANCH)
     cells = tuple(
@@ -364,13 +380,13 @@ def _branches(heat: ReleasedTable) -> ReleasedTable:
 
 def report_cost(client: NodeClient, period: Period, *, officer: str) -> PictureCollection:
     """What the report would spend of the privacy budget, asking no one."""
-    measures, dims = REPORT_COLLECTIONS[0]
+    measures, dims = report_collections()[0]
     return client.picture_collect(
         period,
         measures,
         dims,
         officer=officer,
-        planned_requests=len(REPORT_COLLECTIONS),
+        planned_requests=len(report_collections()),
         dry_run=True,
     )
 
@@ -398,19 +414,22 @@ def build_report(
     covers every request of the report (``QuotaExceeded`` naming what it needs and what
     is left, nothing spent, if not). In exact mode each cube is collected once and every
     table of it is a slice of that one protected cube."""
-    first_measures, first_dims = REPORT_COLLECTIONS[0]
+    from samenloop.node.picture import report as picture_report
+    from samenloop.node.picture.arithmetic import Dimension, Measure, cube_dimensions
+
+    first_measures, first_dims = report_collections()[0]
     first = client.picture_collect(
         period,
         first_measures,
         first_dims,
         officer=officer,
-        planned_requests=len(REPORT_COLLECTIONS),
+        planned_requests=len(report_collections()),
     )
     started: list[tuple[bytes, tuple[Measure, ...], tuple[Dimension, ...]]] = [
         (first.request_id, first_measures, first_dims)
     ]
     cubes = {cube_dimensions(first_measures): first.request_id}
-    for measures, dims in REPORT_COLLECTIONS[1:]:
+    for measures, dims in report_collections()[1:]:
         cube = cube_dimensions(measures)
         if not first.noisy and cube in cubes:
             started.append((cubes[cube], measures, dims))
@@ -423,8 +442,8 @@ def build_report(
     notes: list[str] = []
     if first.noisy:
         notes.append(
-            f"Privacybudget: {len(REPORT_COLLECTIONS)} verzoeken van epsilon "
-            f"{first.epsilon_needed / len(REPORT_COLLECTIONS):g} op elke maand van {period} "
+            f"Privacybudget: {len(report_collections())} verzoeken van epsilon "
+            f"{first.epsilon_needed / len(report_collections()):g} op elke maand van {period} "
             f"(daarna nog {first.epsilon_remaining - first.epsilon_needed:g} over bij dit "
             "knooppunt)."
         )
@@ -495,6 +514,8 @@ def _read_file(path: Path, option: str) -> bytes:
 def load_area_map(path: Path) -> AreaMap:
     """The boundaries in ``path``; a bad file is a ``ConfigurationError`` naming ``--areas``
     and, in its message, the part of the file at fault."""
+    from samenloop.node.picture.map import read_areas
+
     try:
         return read_areas(_read_file(path, "--areas"))
     except InvalidInput as error:
@@ -563,6 +584,8 @@ def _present(*tables: ReleasedTable | None) -> tuple[ReleasedTable, ...]:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from samenloop.node.picture import report as picture_report
+
     period = _period(args.period)
     area_map = load_area_map(args.areas) if args.areas is not None else None
     branch_names = (

@@ -19,7 +19,12 @@ is 0 when every row was imported (or was already there unchanged), 1 when
 some were refused. Coarse attributes for the regional
 picture come from columns too (``--area-column``, ``--branch-column``,
 ``--month-column``) and are validated the same way. Identifier values never appear in the
-report: only where and why.
+report: only where and why. The report names each refused row by its number and its
+reference. A ``--category`` the covenant does not list is refused once, before the file
+is read (the node's status lists the covenant's categories). The long layout that
+``registers export`` writes, one identifier a row (``--type-column type --value-column
+value``), joins the rows of one reference into one signal, sent whole or not at all; rows
+of one reference that give different per-signal values are refused, naming the rows.
 
 ``samenloop signal add`` adds one signal; ``signal withdraw`` withdraws one.
 Its identifiers and details are best given with ``--from FILE`` (``--from -``:
@@ -32,7 +37,8 @@ on stderr. The other commands that take free text that may name a subject
 read it the same way (:func:`add_from_option`, :func:`take_from`).
 
 ``samenloop hits list`` and ``hits watch`` show the hits the node received,
-as a table or (``--json``) as JSON. Other parties' text (party, role,
+as a table or (``--json``) as JSON; ``hits watch --until-caught-up`` ends once the
+node has sent the changes it holds. Other parties' text (party, role,
 categories) and the file's own text are shown as plain text
 (:mod:`samenloop.policies.terminal`); a category another member sealed that
 the covenant does not list shows as "(unknown category)" (or "(N unknown
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import os
 import re
@@ -55,25 +62,19 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-from samenloop.node.client import (
-    RESTORABLE_TYPES,
-    Hit,
-    NodeClient,
-    Signal,
-    SignalInput,
-    normalise_target,
-)
-from samenloop.node.identifiers.attributes import check_area, check_branch, parse_month
-from samenloop.node.identifiers.normalise import IdentifierType, identifier_type, parse
-from samenloop.node.signals.models import AreaKind, HitState
-from samenloop.policies import spreadsheet, terminal
+from samenloop.policies import terminal
+from samenloop.policies.cli import add_node_config
 from samenloop.policies.errors import ConfigurationError, InvalidInput, SamenloopError
 from samenloop.policies.terminal import printable
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from samenloop.node.client import Hit, NodeClient, Signal, SignalInput
+    from samenloop.node.identifiers.normalise import IdentifierType
+    from samenloop.node.signals.models import AreaKind
 
 __all__ = [
     "ColumnMapping",
@@ -97,6 +98,10 @@ DEFAULT_CHUNK: Final = 1000
 HEADER_ROW: Final = 1
 _XLSX_SUFFIXES: Final = (".xlsx", ".xlsm")
 _DELIMITERS: Final = (",", ";", "\t", "|")
+#: ``--area-kind`` and ``--state``: the values of ``AreaKind`` and ``HitState``, written out
+#: so that registering the commands imports no model (a test compares them).
+AREA_KINDS: Final = ("postcode4", "cbs_wijk", "cbs_buurt")
+HIT_STATES: Final = ("open", "closed")
 
 
 # --- connecting -----------------------------------------------------------------------------
@@ -105,11 +110,8 @@ _DELIMITERS: Final = (",", ";", "\t", "|")
 def add_node_options(parser: argparse.ArgumentParser) -> None:
     """``--node`` / ``--socket`` (with ``--token-file``): where the node's local API is."""
     where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--node",
-        type=Path,
-        metavar="NODE_TOML",
-        help=f"the node's node.toml (default: ${NODE_CONFIG_ENV}, else ./node.toml)",
+    add_node_config(
+        where, help=f"the node's node.toml (default: ${NODE_CONFIG_ENV}, else ./node.toml)"
     )
     where.add_argument(
         "--socket",
@@ -126,6 +128,8 @@ def add_node_options(parser: argparse.ArgumentParser) -> None:
 
 def open_client(args: argparse.Namespace) -> NodeClient:
     """A client for the node that ``--node`` / ``--socket`` name, with its API token."""
+    from samenloop.node.client import NodeClient, normalise_target
+
     token_file: Path | None = getattr(args, "token_file", None)
     if args.socket:
         target = normalise_target(args.socket)
@@ -255,6 +259,8 @@ class Problem:
     column: str
     reason: str
     message: str
+    #: The row's reference ("" when it has none), so that the report names the signal.
+    reference: str = ""
 
 
 def _cell(value: object) -> str:
@@ -384,11 +390,18 @@ class ColumnMapping:
     area_kind: AreaKind | None = None
     branch_column: str | None = None
     month_column: str | None = None
+    #: The long layout (as ``registers export`` writes it): one identifier a row, its type
+    #: in ``type_column`` and its value in ``value_column``; the rows of one reference make
+    #: one signal. ``identifiers`` is empty then.
+    type_column: str | None = None
+    value_column: str | None = None
 
     def columns(self) -> list[tuple[str, str]]:
         """Every column the mapping reads, with the option that names it."""
         named = [("--reference-column", self.reference_column)]
         named += [("--map", column) for _, column in self.identifiers]
+        if self.type_column is not None and self.value_column is not None:
+            named += [("--type-column", self.type_column), ("--value-column", self.value_column)]
         if self.category_column is not None:
             named.append(("--category-column", self.category_column))
         named += [("--detail-column", column) for column in self.detail_columns]
@@ -411,6 +424,8 @@ class PreparedRow:
     row: int
     signal: SignalInput
     identifier_columns: tuple[str, ...]
+    #: The row of each identifier (in the long layout the rows of one reference differ).
+    identifier_rows: tuple[int, ...] = ()
 
 
 def _expiry(text: str) -> datetime:
@@ -435,7 +450,10 @@ def rows_to_signals(
     today: date | None = None,
 ) -> tuple[list[PreparedRow], list[Problem]]:
     """Validate rows locally: the signals to send, and a problem per fault of a refused
-    row (a row with any fault is not sent at all)."""
+    row (a row with any fault is not sent at all). In the long layout
+    (``mapping.type_column``) the rows of one reference are one signal, sent whole or not
+    at all: each of its rows carries one identifier, and the per-signal columns (category,
+    details, expiry, area, branch, month) must not differ between them."""
     positions: dict[str, int] = {}
     for index, name in enumerate(header):
         positions.setdefault(name, index)
@@ -446,102 +464,200 @@ def rows_to_signals(
     if mapping.category_column is None and not mapping.category:
         raise ConfigurationError("give --category-column or a fixed --category", field="--category")
 
+    def cell(column: str, cells: Sequence[str]) -> str:
+        index = positions[column]
+        return cells[index] if index < len(cells) else ""
+
+    groups: list[list[tuple[int, Sequence[str]]]]
+    if mapping.type_column is None:
+        groups = [[row] for row in rows]
+    else:  # the rows of one reference, in the order of their first row
+        by_reference: dict[str, list[tuple[int, Sequence[str]]]] = {}
+        groups = []
+        for number, cells in rows:
+            reference = cell(mapping.reference_column, cells)
+            if not reference:  # no reference: a signal (and a refusal) of its own
+                groups.append([(number, cells)])
+            elif reference in by_reference:
+                by_reference[reference].append((number, cells))
+            else:
+                by_reference[reference] = [(number, cells)]
+                groups.append(by_reference[reference])
     prepared: list[PreparedRow] = []
     problems: list[Problem] = []
-    for number, cells in rows:
+    for group in groups:
+        signal, faults = _one_signal(group, cell, len(header), mapping, today)
+        if signal is not None:
+            prepared.append(signal)
+        problems += faults
+    return prepared, problems
 
-        def cell(column: str, cells: Sequence[str] = cells) -> str:
-            index = positions[column]
-            return cells[index] if index < len(cells) else ""
 
-        faults: list[Problem] = []
-        if len(cells) > len(header) and any(cells[len(header) :]):
+def _one_signal(
+    group: Sequence[tuple[int, Sequence[str]]],
+    cell: Callable[[str, Sequence[str]], str],
+    width: int,
+    mapping: ColumnMapping,
+    today: date | None,
+) -> tuple[PreparedRow | None, list[Problem]]:
+    """The signal of one row (or, in the long layout, of the rows of one reference), or
+    the faults that refuse it: each fault at its row, every row of a refused signal named."""
+    from samenloop.node.client import SignalInput
+    from samenloop.node.identifiers.normalise import identifier_type, parse
+
+    number, first = group[0]
+    faults: list[Problem] = []
+    for row, cells in group:
+        if len(cells) > width and any(cells[width:]):
             faults.append(
                 Problem(
-                    number,
+                    row,
                     "*",
                     "row.too_many_cells",
-                    f"the row has {len(cells)} cells, the header {len(header)}",
+                    f"the row has {len(cells)} cells, the header {width}",
                 )
             )
-        reference = cell(mapping.reference_column)
-        if not reference:
-            faults.append(
-                Problem(
-                    number,
-                    mapping.reference_column,
-                    "signal.reference_missing",
-                    "the row has no reference",
-                )
-            )
-        if mapping.category_column is not None:
-            category = cell(mapping.category_column)
-            if not category:
-                faults.append(
-                    Problem(
-                        number,
-                        mapping.category_column,
-                        "signal.category_missing",
-                        "the row has no category",
-                    )
-                )
-        else:
-            category = mapping.category or ""
-        identifiers: list[tuple[IdentifierType | str, str]] = []
-        columns: list[str] = []
-        for kind, column in mapping.identifiers:
-            value = cell(column)
-            if not value:
-                continue
-            try:
-                parse(
-                    kind,
-                    value,
-                    field=column,
-                    today=today,
-                    leading_zero_dropped=kind in mapping.leading_zero_dropped,
-                )
-            except SamenloopError as error:
-                faults.append(Problem(number, column, error.reason, error.message))
-                continue
-            identifiers.append((kind, value))
-            columns.append(column)
-        if not identifiers and not any(p.column in _identifier_columns(mapping) for p in faults):
-            faults.append(
-                Problem(
-                    number,
-                    ", ".join(_identifier_columns(mapping)),
-                    "signal.identifiers_missing",
-                    "the row has no identifier",
-                )
-            )
-        details = {column: value for column in mapping.detail_columns if (value := cell(column))}
-        expires_at: datetime | None = None
-        if mapping.expires_column is not None and (text := cell(mapping.expires_column)):
-            try:
-                expires_at = _expiry(text)
-            except InvalidInput as error:
-                faults.append(Problem(number, mapping.expires_column, error.reason, error.message))
-        coarse = _coarse(number, cell, mapping, faults)
-        if faults:
-            problems += faults
-            continue
-        prepared.append(
-            PreparedRow(
-                row=number,
-                signal=SignalInput(
-                    reference=reference,
-                    category=category,
-                    identifiers=tuple(identifiers),
-                    details=details,
-                    expires_at=expires_at,
-                    leading_zero_dropped=mapping.leading_zero_dropped,
-                    **coarse,
-                ),
-                identifier_columns=tuple(columns),
+    reference = cell(mapping.reference_column, first)
+    if not reference:
+        faults.append(
+            Problem(
+                number,
+                mapping.reference_column,
+                "signal.reference_missing",
+                "the row has no reference",
             )
         )
-    return prepared, problems
+    agreed: dict[str, str] = {}
+
+    def shared(column: str) -> str:
+        """A per-signal column's value: the one its rows give (empty cells aside)."""
+        if column not in agreed:
+            seen: dict[str, int] = {}
+            for row, cells in group:
+                if value := cell(column, cells):
+                    seen.setdefault(value, row)
+            if len(seen) > 1:
+                named = " and ".join(str(row) for row in seen.values())
+                faults.append(
+                    Problem(
+                        list(seen.values())[1],
+                        column,
+                        "signal.rows_differ",
+                        f"rows {named} of one reference give different values: a signal has one",
+                    )
+                )
+            agreed[column] = next(iter(seen), "")
+        return agreed[column]
+
+    if mapping.category_column is not None:
+        category = shared(mapping.category_column)
+        if not category:
+            faults.append(
+                Problem(
+                    number,
+                    mapping.category_column,
+                    "signal.category_missing",
+                    "the row has no category",
+                )
+            )
+    else:
+        category = mapping.category or ""
+    candidates: list[tuple[int, IdentifierType | None, str, str]] = []  # row, type, column, value
+    if mapping.type_column is not None and mapping.value_column is not None:
+        for row, cells in group:
+            type_text = cell(mapping.type_column, cells)
+            value = cell(mapping.value_column, cells)
+            if not type_text and not value:
+                continue
+            try:
+                kind: IdentifierType | None = identifier_type(type_text)
+            except SamenloopError as error:
+                message = _naming(error.message, type_text)
+                faults.append(Problem(row, mapping.type_column, error.reason, message))
+                kind = None
+            candidates.append((row, kind, mapping.value_column, value))
+    else:
+        candidates = [
+            (number, kind, column, cell(column, first)) for kind, column in mapping.identifiers
+        ]
+    identifiers: list[tuple[IdentifierType | str, str]] = []
+    columns: list[str] = []
+    identifier_rows: list[int] = []
+    for row, found_kind, column, value in candidates:
+        if found_kind is None:
+            continue
+        if not value:
+            if mapping.type_column is not None:  # a type with no value in its row
+                faults.append(
+                    Problem(row, column, "signal.identifier_missing", "the row has no value")
+                )
+            continue
+        try:
+            parse(
+                found_kind,
+                value,
+                field=column,
+                today=today,
+                leading_zero_dropped=found_kind in mapping.leading_zero_dropped,
+            )
+        except SamenloopError as error:
+            faults.append(Problem(row, column, error.reason, error.message))
+            continue
+        identifiers.append((found_kind, value))
+        columns.append(column)
+        identifier_rows.append(row)
+    if not identifiers and not any(p.column in _identifier_columns(mapping) for p in faults):
+        faults.append(
+            Problem(
+                number,
+                ", ".join(_identifier_columns(mapping)),
+                "signal.identifiers_missing",
+                "the row has no identifier",
+            )
+        )
+    details = {column: value for column in mapping.detail_columns if (value := shared(column))}
+    expires_at: datetime | None = None
+    if mapping.expires_column is not None and (text := shared(mapping.expires_column)):
+        try:
+            expires_at = _expiry(text)
+        except InvalidInput as error:
+            faults.append(Problem(number, mapping.expires_column, error.reason, error.message))
+    coarse = _coarse(number, shared, mapping, faults)
+    if faults:
+        faulty = {p.row for p in faults}
+        others = [row for row, _ in group if row not in faulty]
+        if others:  # refused with the rows of its reference: say so at each of them
+            named = ", ".join(str(row) for row in sorted(faulty))
+            faults += [
+                Problem(
+                    row,
+                    "*",
+                    "signal.refused_with_its_rows",
+                    f"refused with row{'s' if len(faulty) > 1 else ''} {named} of the same "
+                    "reference",
+                )
+                for row in others
+            ]
+        faults = [dataclasses.replace(p, reference=reference) for p in faults]
+        return None, faults
+    signal = SignalInput(
+        reference=reference,
+        category=category,
+        identifiers=tuple(identifiers),
+        details=details,
+        expires_at=expires_at,
+        leading_zero_dropped=mapping.leading_zero_dropped,
+        **coarse,
+    )
+    return (
+        PreparedRow(
+            row=number,
+            signal=signal,
+            identifier_columns=tuple(columns),
+            identifier_rows=tuple(identifier_rows),
+        ),
+        [],
+    )
 
 
 def _coarse(
@@ -549,6 +665,8 @@ def _coarse(
 ) -> dict[str, Any]:
     """A row's coarse attributes, checked here so the report names the column; an empty
     cell leaves the attribute to the node (area from the address, month of today)."""
+    from samenloop.node.identifiers.attributes import check_area, check_branch, parse_month
+
     found: dict[str, Any] = {}
     if mapping.area_column is not None and (text := cell(mapping.area_column)):
         try:
@@ -571,7 +689,23 @@ def _coarse(
 
 
 def _identifier_columns(mapping: ColumnMapping) -> list[str]:
+    if mapping.type_column is not None and mapping.value_column is not None:
+        return [mapping.value_column, mapping.type_column]
     return [column for _, column in mapping.identifiers]
+
+
+def _row_of(field: str, row: PreparedRow) -> int:
+    """The file's row for a field the node named: an identifier's own row (the long layout
+    has one a row), else the signal's first."""
+    head = field.split(".", 1)[0]
+    index = head.removeprefix("identifiers[").removesuffix("]")
+    if (
+        head.startswith("identifiers[")
+        and index.isdigit()
+        and int(index) < len(row.identifier_rows)
+    ):
+        return row.identifier_rows[int(index)]
+    return row.row
 
 
 def _column_of(field: str, row: PreparedRow, mapping: ColumnMapping) -> str:
@@ -625,9 +759,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "row was imported, 1 if some were refused."
         ),
         epilog=(
-            "example: samenloop signal import dossiers.xlsx --map 'bsn=BSN nummer' "
+            "examples: samenloop signal import dossiers.xlsx --map 'bsn=BSN nummer' "
             "--map kvk=KvK --reference-column Dossier --category vastgoedmisbruik "
-            "--leading-zero-dropped bsn --report refused.csv"
+            "--leading-zero-dropped bsn --report refused.csv; "
+            "samenloop signal import export.csv --type-column type --value-column value "
+            "--reference-column reference --category-column category"
         ),
     )
     importing.add_argument("file", type=Path, metavar="FILE", help="a .csv or .xlsx file")
@@ -636,8 +772,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         default=[],
         metavar="TYPE=COLUMN",
-        required=True,
-        help="a column holding identifiers of TYPE (repeatable)",
+        help="a column holding identifiers of TYPE (repeatable); or the long layout:",
+    )
+    importing.add_argument(
+        "--type-column",
+        metavar="COLUMN",
+        help="the long layout ('registers export'): one identifier a row, its TYPE in this "
+        "column and its value in --value-column; the rows of one reference are one signal",
+    )
+    importing.add_argument(
+        "--value-column", metavar="COLUMN", help="with --type-column: the identifier's value"
     )
     importing.add_argument(
         "--reference-column", required=True, metavar="COLUMN", help="the partner's reference"
@@ -663,7 +807,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     importing.add_argument(
         "--area-kind",
-        choices=[k.value for k in AreaKind],
+        choices=AREA_KINDS,
         help="the kind of code in --area-column (default: by each code's shape)",
     )
     importing.add_argument(
@@ -762,27 +906,58 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     withdraw.set_defaults(func=_withdraw)
 
 
-def _pairs(values: Sequence[str], option: str) -> list[tuple[str, str]]:
+def _pairs(values: Sequence[str], option: str, form: str = "NAME=VALUE") -> list[tuple[str, str]]:
+    """``NAME=VALUE`` options as pairs; a malformed one is refused in the help's words."""
     pairs = []
     for text in values:
         name, sep, value = text.partition("=")
         if not sep or not name.strip():
-            raise ConfigurationError(f"write {option} NAME=VALUE", field=option)
+            raise ConfigurationError(f"write {option} {form}", field=option)
         pairs.append((name.strip(), value))
     return pairs
 
 
 def _option_type(name: str, option: str) -> IdentifierType:
+    from samenloop.node.identifiers.normalise import identifier_type
+
     try:
         return identifier_type(name)
     except SamenloopError as error:
-        raise ConfigurationError(error.message, field=option, reason=error.reason) from None
+        raise ConfigurationError(
+            _naming(error.message, name), field=option, reason=error.reason
+        ) from None
+
+
+def _naming(message: str, name: str) -> str:
+    """``unknown identifier type; known types: ...`` with the type the user wrote in it
+    (a type name from an option or a type column, never an identifier value)."""
+    return message.replace("unknown identifier type", f"unknown identifier type {name!r}", 1)
 
 
 def _mapping(args: argparse.Namespace) -> ColumnMapping:
+    from samenloop.node.client import RESTORABLE_TYPES
+    from samenloop.node.signals.models import AreaKind
+
     identifiers = tuple(
-        (_option_type(kind, "--map"), column.strip()) for kind, column in _pairs(args.map, "--map")
+        (_option_type(kind, "--map"), column.strip())
+        for kind, column in _pairs(args.map, "--map", "TYPE=COLUMN")
     )
+    if (args.type_column is None) != (args.value_column is None):
+        missing = "--value-column" if args.value_column is None else "--type-column"
+        raise ConfigurationError(
+            "the long layout takes both --type-column and --value-column", field=missing
+        )
+    if identifiers and args.type_column is not None:
+        raise ConfigurationError(
+            "give --map TYPE=COLUMN (one column per type) or --type-column and --value-column "
+            "(one identifier a row), not both",
+            field="--map",
+        )
+    if not identifiers and args.type_column is None:
+        raise ConfigurationError(
+            "give --map TYPE=COLUMN (repeatable) or --type-column and --value-column",
+            field="--map",
+        )
     restored: set[IdentifierType] = set()
     for name in args.leading_zero_dropped:
         if name.strip().lower() == "all":
@@ -807,11 +982,29 @@ def _mapping(args: argparse.Namespace) -> ColumnMapping:
         area_kind=None if args.area_kind is None else AreaKind(args.area_kind),
         branch_column=args.branch_column,
         month_column=args.month_column,
+        type_column=args.type_column,
+        value_column=args.value_column,
     )
+
+
+def _check_category(args: argparse.Namespace) -> None:
+    """A ``--category`` the covenant does not list is refused once, before the file is
+    read (it would refuse every row): the node's status names the covenant's categories."""
+    with open_client(args) as client:
+        listed = client.status().categories
+    if listed and args.category not in listed:
+        raise ConfigurationError(
+            f"{printable(args.category)!r} is not a category of this covenant; use one of: "
+            f"{', '.join(printable(c) for c in listed)}",
+            field="--category",
+            reason="signal.unknown_category",
+        )
 
 
 def _import(args: argparse.Namespace) -> int:
     mapping = _mapping(args)
+    if args.category is not None:
+        _check_category(args)
     header, rows = read_table(
         args.file,
         file_format=args.format,
@@ -820,6 +1013,9 @@ def _import(args: argparse.Namespace) -> int:
         encoding=args.encoding,
     )
     prepared, problems = rows_to_signals(header, rows, mapping)
+    # The long layout joins rows: say how many signals they were (a reference a signal;
+    # a row without one is a refused signal of its own).
+    signals = len(prepared) + len({p.reference or f"row {p.row}" for p in problems})
     imported = unchanged = 0
     if prepared:
         with open_client(args) as client, _progress(len(prepared)) as advance:
@@ -833,7 +1029,13 @@ def _import(args: argparse.Namespace) -> int:
         for result in report.results:
             row = prepared[result.row]
             problems += [
-                Problem(row.row, _column_of(e.field, row, mapping), e.reason, e.message)
+                Problem(
+                    _row_of(e.field, row),
+                    _column_of(e.field, row, mapping),
+                    e.reason,
+                    e.message,
+                    row.signal.reference,
+                )
                 for e in result.errors
             ]
     problems.sort(key=lambda p: p.row)
@@ -845,12 +1047,24 @@ def _import(args: argparse.Namespace) -> int:
         imported = unchanged = 0
     else:
         valid = imported + unchanged
-    _print_outcome(args, len(rows), valid, imported, unchanged, refused, problems)
+    # In the long layout the rows are not the signals: the summary says which it counts.
+    counted = (f"{len(rows)} rows ({signals} signals)", " signals", " rows")
+    if mapping.type_column is None:
+        counted = (f"{len(rows)} rows", "", "")
+    _print_outcome(args, counted, len(rows), valid, imported, unchanged, refused, problems)
     return 0 if refused == 0 else 1
 
 
 class _ProgressBar:
     def __init__(self, total: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("importing"),
             BarColumn(),
@@ -877,16 +1091,19 @@ def _progress(total: int) -> _ProgressBar:
 
 
 def _write_report(path: Path, problems: Sequence[Problem]) -> None:
+    from samenloop.policies import spreadsheet
+
     spreadsheet.write_table(
         path,
-        ["row", "column", "reason", "message"],
-        [[p.row, p.column, p.reason, p.message] for p in problems],
+        ["row", "reference", "column", "reason", "message"],
+        [[p.row, p.reference, p.column, p.reason, p.message] for p in problems],
         field="--report",
     )
 
 
 def _print_outcome(
     args: argparse.Namespace,
+    counted: tuple[str, str, str],
     rows: int,
     valid: int,
     imported: int,
@@ -894,6 +1111,8 @@ def _print_outcome(
     refused: int,
     problems: Sequence[Problem],
 ) -> None:
+    from rich.table import Table
+
     if args.json:
         print(
             terminal.dumps(
@@ -905,7 +1124,13 @@ def _print_outcome(
                     "refused": refused,
                     "validate_only": args.validate_only,
                     "problems": [
-                        {"row": p.row, "column": p.column, "reason": p.reason, "message": p.message}
+                        {
+                            "row": p.row,
+                            "reference": p.reference,
+                            "column": p.column,
+                            "reason": p.reason,
+                            "message": p.message,
+                        }
                         for p in problems
                     ],
                 },
@@ -914,17 +1139,27 @@ def _print_outcome(
         )
         return
     console = terminal.console()
+    total, signals, rows_ = counted
     if args.validate_only:
-        console.print(f"{rows} rows: {valid} valid, {refused} refused (nothing stored)")
+        console.print(f"{total}: {valid}{rows_} valid, {refused}{rows_} refused (nothing stored)")
     else:
-        console.print(f"{rows} rows: {imported} imported, {unchanged} unchanged, {refused} refused")
+        console.print(
+            f"{total}: {imported}{signals} imported, {unchanged} unchanged, "
+            f"{refused}{rows_} refused"
+        )
     if problems:
         table = Table(title="validation report")
-        for name in ("row", "column", "reason", "message"):
+        for name in ("row", "reference", "column", "reason", "message"):
             table.add_column(name, overflow="fold")
         for p in problems:
-            table.add_row(str(p.row), printable(p.column), p.reason, printable(p.message))
-        console.print(table)
+            table.add_row(
+                str(p.row),
+                printable(p.reference),
+                printable(p.column),
+                p.reason,
+                printable(p.message),
+            )
+        terminal.show_table(console, table)
     if args.report is not None:
         console.print(f"report written to {printable(str(args.report))}")
 
@@ -1008,13 +1243,19 @@ def register_hits(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     commands = parser.add_subparsers(dest="hits_command", metavar="SUBCOMMAND", required=True)
 
     listing = commands.add_parser("list", help="list hits, newest change first")
-    listing.add_argument("--state", choices=[s.value for s in HitState], help="only these")
+    listing.add_argument("--state", choices=HIT_STATES, help="only these")
     listing.add_argument("--limit", type=int, help="at most this many")
     listing.add_argument("--json", action="store_true", help="print JSON")
     add_node_options(listing)
     listing.set_defaults(func=_list_hits)
 
-    watch = commands.add_parser("watch", help="print hit changes as they arrive (Ctrl-C to stop)")
+    watch = commands.add_parser(
+        "watch",
+        help="print hit changes as they arrive (Ctrl-C to stop)",
+        description="Print every hit change after --after: the backlog first, then each "
+        "change as the node accepts it, until Ctrl-C, --count changes or, with "
+        "--until-caught-up, the end of the backlog (exit 0).",
+    )
     watch.add_argument(
         "--after",
         type=int,
@@ -1030,6 +1271,12 @@ def register_hits(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
         help="the feed epoch of --after, as printed with it (after a restore of the node)",
     )
     watch.add_argument("--count", type=int, help="stop after this many changes")
+    watch.add_argument(
+        "--until-caught-up",
+        action="store_true",
+        help="stop once the changes the node holds now are printed (for scripts: resume "
+        "the next run after the last sequence printed)",
+    )
     watch.add_argument("--json", action="store_true", help="print one JSON object per change")
     add_node_options(watch)
     watch.set_defaults(func=_watch_hits)
@@ -1114,6 +1361,8 @@ def _others(hit: Hit) -> str:
 
 
 def _hits_table(hits: Sequence[Hit]) -> Table:
+    from rich.table import Table
+
     table = Table(title=f"{len(hits)} hit{'s' if len(hits) != 1 else ''}")
     for name in ("group", "state", "rev", "parties", "own signals", "others", "last seen"):
         table.add_column(name, overflow="fold")
@@ -1136,7 +1385,7 @@ def _list_hits(args: argparse.Namespace) -> int:
     if args.json:
         print(terminal.dumps([hit_to_json(h) for h in hits], indent=2))
     else:
-        terminal.console().print(_hits_table(hits))
+        terminal.show_table(terminal.console(), _hits_table(hits))
     return 0
 
 
@@ -1144,7 +1393,10 @@ def _watch_hits(args: argparse.Namespace) -> int:
     seen = 0
     console = terminal.console()
     told = False
-    with open_client(args) as client, client.watch_hits(args.after, args.epoch) as stream:
+    with (
+        open_client(args) as client,
+        client.watch_hits(args.after, args.epoch, until_caught_up=args.until_caught_up) as stream,
+    ):
         if args.count is not None and args.count <= 0:
             return 0
         for hit in stream:

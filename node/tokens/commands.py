@@ -14,16 +14,14 @@ import argparse
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from google.protobuf import json_format
-from rich.table import Table
-
-from samenloop.node.tokens import keysetup
-from samenloop.node.tokens.threshold import KeyEpoch
-from samenloop.policies import crypto, terminal
-from samenloop.policies.crypto import PartyKeys, PublicKeys
+from samenloop.policies import terminal
 from samenloop.policies.errors import ConfigurationError, InvalidInput
 from samenloop.policies.terminal import printable
+
+if TYPE_CHECKING:
+    from samenloop.node.tokens.threshold import KeyEpoch
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -89,6 +87,9 @@ def _read(path: Path) -> bytes:
 
 
 def _verified_epoch(args: argparse.Namespace) -> KeyEpoch:
+    from samenloop.node.tokens import keysetup
+    from samenloop.policies.crypto import PublicKeys
+
     admin, admin_keys = PublicKeys.from_json(
         _read(args.admin_public_keys), source=str(args.admin_public_keys)
     )
@@ -98,6 +99,8 @@ def _verified_epoch(args: argparse.Namespace) -> KeyEpoch:
 
 
 def _holder_arg(value: str) -> tuple[str, bytes]:
+    from samenloop.policies.crypto import PublicKeys
+
     party, sep, file = value.partition("=")
     if not sep or not party or not file:
         raise InvalidInput("expected PARTY=PUBLIC_KEYS_FILE", field="--holder")
@@ -108,6 +111,10 @@ def _holder_arg(value: str) -> tuple[str, bytes]:
 
 
 def _deal(args: argparse.Namespace) -> int:
+    from samenloop.node.tokens import keysetup
+    from samenloop.policies import crypto
+    from samenloop.policies.crypto import PartyKeys
+
     admin = PartyKeys.load(args.admin_keys)
     holders = [_holder_arg(v) for v in args.holder]
     epoch, sealed = keysetup.deal(
@@ -141,6 +148,10 @@ def _deal(args: argparse.Namespace) -> int:
 
 
 def _accept(args: argparse.Namespace) -> int:
+    from samenloop.node.tokens import keysetup
+    from samenloop.policies import crypto
+    from samenloop.policies.crypto import PartyKeys
+
     epoch = _verified_epoch(args)
     sealed = keysetup.sealed_share_from_json(_read(args.share), source=str(args.share))
     keys = PartyKeys.load(args.keys)
@@ -152,6 +163,12 @@ def _accept(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+    from rich.table import Table
+
+    from samenloop.node.tokens import keysetup
+    from samenloop.policies import crypto
+
     epoch = _verified_epoch(args)
     if args.json:
         doc = json.loads(
@@ -170,7 +187,7 @@ def _show(args: argparse.Namespace) -> int:
     for h in epoch.holders:
         table.add_row(str(h.index), printable(h.party), crypto.fingerprint(h.commitment))
     console = terminal.console()
-    console.print(table)
+    terminal.show_table(console, table)
     console.print(
         f"group public key {crypto.fingerprint(epoch.group_public_key)}; signature and "
         f"commitments verified; in force {epoch.created_at:%Y-%m-%d} "

@@ -38,29 +38,74 @@ they share. This module builds the command tree.
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
 from pathlib import Path
+from typing import Final
 
-from samenloop.policies import certs
-from samenloop.policies.covenant_commands.common import iso_time
-from samenloop.policies.covenant_commands.drafting import (
-    SETTABLE,
-    add_party_command,
-    init_command,
-    remove_party_command,
-    rotate_attribute_key_command,
-    set_command,
-    signer_keygen_command,
+from samenloop.policies.cli import add_node_config, lazy
+
+#: The handlers, each imported from its module when it runs (the rule in
+#: :mod:`samenloop.policies.cli`): building the command tree imports no crypto or grpc.
+_PACKAGE: Final = "samenloop.policies.covenant_commands"
+init_command = lazy(f"{_PACKAGE}.drafting:init_command")
+signer_keygen_command = lazy(f"{_PACKAGE}.drafting:signer_keygen_command")
+add_party_command = lazy(f"{_PACKAGE}.drafting:add_party_command")
+remove_party_command = lazy(f"{_PACKAGE}.drafting:remove_party_command")
+rotate_attribute_key_command = lazy(f"{_PACKAGE}.drafting:rotate_attribute_key_command")
+set_command = lazy(f"{_PACKAGE}.drafting:set_command")
+sign_command = lazy(f"{_PACKAGE}.signing:sign_command")
+verify_command = lazy(f"{_PACKAGE}.signing:verify_command")
+show_command = lazy(f"{_PACKAGE}.showing:show_command")
+diff_command = lazy(f"{_PACKAGE}.showing:diff_command")
+ca_init_command = lazy(f"{_PACKAGE}.publishing:ca_init_command")
+issue_certs_command = lazy(f"{_PACKAGE}.publishing:issue_certs_command")
+publish_command = lazy(f"{_PACKAGE}.publishing:publish_command")
+timestamp_command = lazy(f"{_PACKAGE}.publishing:timestamp_command")
+replace_signer_command = lazy(f"{_PACKAGE}.signers:replace_signer_command")
+
+#: Values the help shows, written out so that registering imports none of their modules
+#: (a test compares them with ``drafting.SETTABLE``, ``policy.Role``,
+#: ``policy.DEFAULT_FRESHNESS_SECONDS`` and ``DEFAULT_CA_DAYS``).
+SETTABLE: Final = (
+    "valid_from",
+    "valid_until",
+    "matching.min_parties",
+    "quotas.oprf_evaluations_per_day",
+    "quotas.disclosure_requests_per_day",
+    "quotas.token_entries_per_day",
+    "quotas.token_entries_held",
+    "quotas.hit_notice_bytes_per_day",
+    "quotas.envelopes_per_day",
+    "quotas.envelope_bytes_per_day",
+    "quotas.envelope_bytes_waiting",
+    "retention.default_days",
+    "signing.threshold",
+    "signing.timestamp_ed25519",
+    "signing.freshness_seconds",
 )
-from samenloop.policies.covenant_commands.publishing import (
-    ca_init_command,
-    issue_certs_command,
-    publish_command,
-    timestamp_command,
+ROLES: Final = (
+    "gemeente",
+    "politie",
+    "om",
+    "belastingdienst",
+    "fiod",
+    "douane",
+    "ind",
+    "arbeidsinspectie",
+    "provincie",
+    "woningcorporatie",
+    "riec",
+    "liec",
 )
-from samenloop.policies.covenant_commands.showing import diff_command, show_command
-from samenloop.policies.covenant_commands.signers import register_signer_commands
-from samenloop.policies.covenant_commands.signing import sign_command, verify_command
-from samenloop.policies.policy import DEFAULT_FRESHNESS_SECONDS, Role
+DEFAULT_FRESHNESS_SECONDS: Final = 24 * 3600
+DEFAULT_CA_DAYS: Final = 3650
+
+
+def iso_time(text: str) -> datetime:
+    """``--valid-from`` and ``--at``: :func:`.common.iso_time`, imported when parsing."""
+    from samenloop.policies.covenant_commands.common import iso_time as parse_time
+
+    return parse_time(text)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -169,7 +214,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add.add_argument("file", type=Path, help="the draft covenant (TOML)")
     add.add_argument("--id", required=True, help="party id")
     add.add_argument("--name", required=True, help="display name")
-    add.add_argument("--role", required=True, help=f"one of: {', '.join(Role)}")
+    add.add_argument("--role", required=True, help=f"one of: {', '.join(ROLES)}")
     add.add_argument(
         "--keys", type=Path, required=True, help="the party's public keys file ('node keygen')"
     )
@@ -222,7 +267,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     set_.set_defaults(func=set_command)
 
-    register_signer_commands(commands)
+    _register_replace_signer(commands)
 
     sign = commands.add_parser(
         "sign",
@@ -283,8 +328,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ca_init.add_argument(
         "--days",
         type=int,
-        default=certs.DEFAULT_CA_DAYS,
-        help=f"days of validity ({certs.DEFAULT_CA_DAYS})",
+        default=DEFAULT_CA_DAYS,
+        help=f"days of validity ({DEFAULT_CA_DAYS})",
     )
     ca_init.set_defaults(func=ca_init_command)
 
@@ -317,13 +362,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="send a signed covenant to the broker",
         description=(
             "Send a signed covenant to the broker, which accepts it only as a valid successor "
-            "of the version it holds. Connect with a node's TLS material (--config node.toml) "
+            "of the version it holds. Connect with a node's TLS material (--node node.toml) "
             "or give --broker, --ca-cert, --cert and --key."
         ),
     )
     publish.add_argument("file", type=Path, help="the signed covenant (JSON)")
-    publish.add_argument("--config", type=Path, help="a node.toml whose TLS material to use")
-    publish.add_argument("--broker", help="broker HOST:PORT (default: from --config)")
+    add_node_config(publish, dest="config", help="a node.toml whose TLS material to use")
+    publish.add_argument("--broker", help="broker HOST:PORT (default: from --node)")
     publish.add_argument("--ca-cert", type=Path, help="the covenant CA certificate")
     publish.add_argument("--cert", type=Path, help="a party's TLS certificate")
     publish.add_argument("--key", type=Path, help="that certificate's private key")
@@ -346,7 +391,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="sign and publish a covenant timestamp (run from cron)",
         description=(
             "Sign a covenant timestamp for the version of the signed covenant --covenant with the "
-            "covenant's timestamp key, and publish it to the broker (--config node.toml, or "
+            "covenant's timestamp key, and publish it to the broker (--node node.toml, or "
             "--broker, --ca-cert, --cert and --tls-key) or write it (--out). Nodes stop "
             "sealing and releasing when the newest timestamp they hold expires, so run this "
             "more often than the freshness period (e.g. hourly for a day). A broker that "
@@ -367,10 +412,42 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="how long the timestamp vouches (default: the covenant's freshness period)",
     )
     stamp.add_argument("--out", type=Path, help="also write the timestamp to this file")
-    stamp.add_argument("--config", type=Path, help="a node.toml whose TLS material to use")
-    stamp.add_argument("--broker", help="broker HOST:PORT (default: from --config)")
+    add_node_config(stamp, dest="config", help="a node.toml whose TLS material to use")
+    stamp.add_argument("--broker", help="broker HOST:PORT (default: from --node)")
     stamp.add_argument("--ca-cert", type=Path, help="the covenant CA certificate")
     stamp.add_argument("--cert", type=Path, help="a party's TLS certificate")
     stamp.add_argument("--tls-key", type=Path, help="that certificate's private key")
     stamp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (10)")
     stamp.set_defaults(func=timestamp_command)
+
+
+def _register_replace_signer(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """Add ``replace-signer`` to the ``covenant`` command tree."""
+    parser = commands.add_parser(
+        "replace-signer",
+        help="give a signer of a draft covenant a new key (version + 1)",
+        description=(
+            "Replace a signer's public key (a lost laptop, an administrator who leaves), "
+            "keeping its id or under --new-id. The new version needs the threshold of the "
+            "held version's signers and of its own: keeping the id, the replaced signer "
+            "signs neither, so the others must reach the threshold (the command refuses "
+            "otherwise); under a new id the new key signs too. Once the version is "
+            "published, the old key counts for nothing. The new key must be no other key "
+            "of the covenant. Replace the timestamp key with 'covenant set "
+            "signing.timestamp_ed25519'."
+        ),
+    )
+    parser.add_argument("--draft", type=Path, required=True, help="the draft covenant (TOML)")
+    parser.add_argument("--signer", required=True, help="the id of the signer to replace")
+    parser.add_argument(
+        "--public-keys",
+        type=Path,
+        required=True,
+        metavar="PUBLIC_KEYS_FILE",
+        help="the new key's public keys file ('covenant signer-keygen --id ID')",
+    )
+    parser.add_argument("--new-id", help="list the new key under this id instead")
+    parser.add_argument("--name", help="a new display name (default: the signer's)")
+    parser.set_defaults(func=replace_signer_command)

@@ -32,6 +32,7 @@ from samenloop.policies.errors import (
 )
 from samenloop.policies.freshness import CovenantTimestamp, issue_timestamp
 from samenloop.policies.rpc import error_from_rpc
+from samenloop.policies.terminal import show_table
 from samenloop.policies.trust import SignedCovenant, verify_self_signed
 from samenloop.v1 import broker_pb2, broker_pb2_grpc, common_pb2
 
@@ -110,7 +111,7 @@ def issue_certs_command(args: argparse.Namespace) -> int:
         )
     write_file(out / "ca.pem", ca.cert_pem)
     console = make_console()
-    console.print(table)
+    show_table(console, table)
     console.print(f"CA certificate -> {out / 'ca.pem'}", markup=False)
     return 0
 
@@ -118,7 +119,7 @@ def issue_certs_command(args: argparse.Namespace) -> int:
 def _broker_channel(
     args: argparse.Namespace, tls_key: Path | None, tls_key_option: str
 ) -> tuple[str, grpc.Channel]:
-    """An mTLS channel to the broker with a party's TLS material: from ``--config``'s
+    """An mTLS channel to the broker with a party's TLS material: from ``--node``'s
     node.toml, or the options given (``tls_key`` is the private key's option value)."""
     address: str | None = args.broker
     ca_path, cert_path, key_path = args.ca_cert, args.cert, tls_key
@@ -135,7 +136,7 @@ def _broker_channel(
         (key_path, tls_key_option),
     ):
         if value is None:
-            raise ConfigurationError(f"give {option} or --config node.toml", field=option)
+            raise ConfigurationError(f"give {option} or --node node.toml", field=option)
     assert address is not None
     assert key_path is not None
     parse_address(address, field="--broker")
@@ -219,7 +220,7 @@ def timestamp_command(args: argparse.Namespace) -> int:
     publishing = args.config is not None or args.broker is not None
     if args.out is None and not publishing:
         raise ConfigurationError(
-            "give --config node.toml (or --broker ...) to publish, or --out to write a file",
+            "give --node node.toml (or --broker ...) to publish, or --out to write a file",
             field="--out",
         )
     stamp = _stamp(signed, covenant, args.key, args.lifetime, "--key")

@@ -21,6 +21,7 @@ from samenloop.policies import certs, crypto
 from samenloop.policies.covenant import Covenant, KeyHolderSeat, Party, covenant_to_toml
 from samenloop.policies.covenant_commands.common import load_any, valid_signers
 from samenloop.policies.policy import Policy, Purpose, ReleaseRule, Signer, VisibilityRule
+from samenloop.policies.terminal import show_table
 from samenloop.policies.trust import SignedCovenant
 
 #: How a signer tells the entries of a list apart, by the entry's type; the model refuses two
@@ -241,9 +242,9 @@ def show_command(args: argparse.Namespace) -> int:
         for signature in signed.signatures:
             if signature.signer not in listed:
                 add_row(signatures, signature.signer, "UNKNOWN SIGNER")
-    console.print(signatures)
+    show_table(console, signatures)
     for table in covenant_tables(covenant, console.width):
-        console.print(table)
+        show_table(console, table)
     ruled = {rule.role.value for rule in covenant.policy.visibility}
     unruled = sorted({party.role.value for party in covenant.parties} - ruled)
     if unruled:

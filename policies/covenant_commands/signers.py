@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 
 from samenloop.policies import certs, crypto
 from samenloop.policies.covenant import Covenant
@@ -36,7 +35,7 @@ from samenloop.policies.covenant_commands.common import (
 from samenloop.policies.errors import InvalidInput, NotFound
 from samenloop.policies.policy import Signer
 
-__all__ = ["check_key_unused", "register_signer_commands", "replace_signer_command"]
+__all__ = ["check_key_unused", "replace_signer_command"]
 
 
 def keys_in_use(covenant: Covenant) -> list[tuple[str, bytes]]:
@@ -141,35 +140,3 @@ def replace_signer_command(args: argparse.Namespace) -> int:
             f"the old key of {old.id} counts for nothing"
         )
     return 0
-
-
-def register_signer_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> None:
-    """Add ``replace-signer`` to the ``covenant`` command tree."""
-    parser = commands.add_parser(
-        "replace-signer",
-        help="give a signer of a draft covenant a new key (version + 1)",
-        description=(
-            "Replace a signer's public key (a lost laptop, an administrator who leaves), "
-            "keeping its id or under --new-id. The new version needs the threshold of the "
-            "held version's signers and of its own: keeping the id, the replaced signer "
-            "signs neither, so the others must reach the threshold (the command refuses "
-            "otherwise); under a new id the new key signs too. Once the version is "
-            "published, the old key counts for nothing. The new key must be no other key "
-            "of the covenant. Replace the timestamp key with 'covenant set "
-            "signing.timestamp_ed25519'."
-        ),
-    )
-    parser.add_argument("--draft", type=Path, required=True, help="the draft covenant (TOML)")
-    parser.add_argument("--signer", required=True, help="the id of the signer to replace")
-    parser.add_argument(
-        "--public-keys",
-        type=Path,
-        required=True,
-        metavar="PUBLIC_KEYS_FILE",
-        help="the new key's public keys file ('covenant signer-keygen --id ID')",
-    )
-    parser.add_argument("--new-id", help="list the new key under this id instead")
-    parser.add_argument("--name", help="a new display name (default: the signer's)")
-    parser.set_defaults(func=replace_signer_command)

@@ -130,7 +130,7 @@ class CovenantRun(Daemons):
             "covenant",
             "publish",
             str(path),
-            "--config",
+            "--node",
             str(self.provisioned.node_configs[self.parties[0]]),
             "--timestamp-key",
             str(self.provisioned.timestamp_key),

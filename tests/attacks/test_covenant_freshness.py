@@ -95,7 +95,7 @@ def _timestamp_job(run: CovenantRun, signed_covenant: Path) -> tuple[int, str]:
         str(signed_covenant),
         "--key",
         str(run.provisioned.timestamp_key),
-        "--config",
+        "--node",
         str(run.provisioned.node_configs[OWNER]),
     )
     return done.returncode, done.stdout + done.stderr

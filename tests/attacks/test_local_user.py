@@ -307,7 +307,7 @@ def test_a_node_with_an_open_data_directory_refuses_to_start(covenant_run: Coven
     covenant_run.stop(party)
     try:
         data.chmod(0o755)  # as installs made it before issue 12
-        refused = covenant_run.cli("node", "serve", "--config", str(config_path))
+        refused = covenant_run.cli("node", "serve", "--node", str(config_path))
         assert refused.returncode == 2
         assert refused.stderr.splitlines()[-1] == (
             f"samenloop: error: data_dir: data directory {data} is accessible by others "
@@ -315,7 +315,7 @@ def test_a_node_with_an_open_data_directory_refuses_to_start(covenant_run: Coven
         )
         data.chmod(0o700)
         key.chmod(0o644)
-        refused = covenant_run.cli("node", "serve", "--config", str(config_path))
+        refused = covenant_run.cli("node", "serve", "--node", str(config_path))
         assert refused.returncode == 2
         assert refused.stderr.splitlines()[-1] == (
             f"samenloop: error: private_key: secret file {key} is accessible by others "

@@ -158,7 +158,7 @@ def test_a_node_whose_config_other_accounts_may_write_refuses_to_start(
     config = run.provisioned.node_configs[party]
     node = run.node_config(party)
     orders = [
-        ("--config", config, "configuration file"),
+        ("--node", config, "configuration file"),
         ("covenant", node.covenant, "covenant file"),
         ("ca_certificate", node.ca_certificate, "ca_certificate file"),
     ]

@@ -984,6 +984,7 @@ class WatchHitsRequest(_message.Message):
 
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     FEED_EPOCH_FIELD_NUMBER: _builtins.int
+    MARK_CAUGHT_UP_FIELD_NUMBER: _builtins.int
     after_sequence: _builtins.int
     """Stream changes with a sequence number greater than this (0: all)."""
     feed_epoch: _builtins.int
@@ -993,15 +994,20 @@ class WatchHitsRequest(_message.Message):
     new epoch: a position in an older one is mapped onto the new feed (see
     FeedRestored).
     """
+    mark_caught_up: _builtins.bool
+    """Send one caught_up message once the backlog has been sent (a script that
+    processes what is there and ends, `hits watch --until-caught-up`).
+    """
     def __init__(
         self,
         *,
         after_sequence: _builtins.int = ...,
         feed_epoch: _builtins.int = ...,
+        mark_caught_up: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "feed_epoch", b"feed_epoch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "feed_epoch", b"feed_epoch", "mark_caught_up", b"mark_caught_up"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1051,6 +1057,7 @@ class WatchHitsResponse(_message.Message):
     FEED_EPOCH_FIELD_NUMBER: _builtins.int
     RESTATED_FIELD_NUMBER: _builtins.int
     FEED_RESTORED_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The node's local sequence number of this change: strictly increasing
     within a feed epoch, so an application resumes with the last one it
@@ -1062,6 +1069,12 @@ class WatchHitsResponse(_message.Message):
     """True if the application may have processed this hit at this revision
     before the node was restored from a backup: apply it only if its revision
     is higher than the one the application holds for the group.
+    """
+    caught_up: _builtins.bool
+    """True (and hit absent) in the one message, on a stream that asked for it
+    (mark_caught_up), that follows the backlog: every change the node held
+    when it was sent has been sent. sequence is the last one sent (or the
+    request's position when there was none).
     """
     @_builtins.property
     def hit(self) -> Global___Hit:
@@ -1081,10 +1094,11 @@ class WatchHitsResponse(_message.Message):
         feed_epoch: _builtins.int = ...,
         restated: _builtins.bool = ...,
         feed_restored: Global___FeedRestored | None = ...,
+        caught_up: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["feed_restored", b"feed_restored", "hit", b"hit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feed_epoch", b"feed_epoch", "feed_restored", b"feed_restored", "hit", b"hit", "restated", b"restated", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "feed_epoch", b"feed_epoch", "feed_restored", b"feed_restored", "hit", b"hit", "restated", b"restated", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
