@@ -320,7 +320,7 @@ def publish(
     """``covenant publish`` through the gemeente's node's TLS identity, with a timestamp."""
     config_file = daemons.provisioned.node_configs["gemeente"]
     return cli(
-        "covenant", "publish", signed, "--config", config_file, "--timestamp-key", timestamp_key
+        "covenant", "publish", signed, "--node", config_file, "--timestamp-key", timestamp_key
     )
 
 
@@ -558,7 +558,7 @@ def test_a_signers_key_and_the_timestamp_key_replaced_while_everything_runs(
         # The timestamp job with the old key: the CLI refuses it, naming the key; signed by
         # hand and sent to the broker, the broker refuses it; the new key's is taken.
         done = cli("covenant", "timestamp", "--covenant", v5, "--key", old_timestamp,
-                   "--config", provisioned.node_configs["gemeente"])  # fmt: skip
+                   "--node", provisioned.node_configs["gemeente"])  # fmt: skip
         assert done.returncode != 0
         assert "error: --key: this key is not the timestamp key" in done.stderr, done.stderr
         covenant5 = SignedCovenant.from_json(v5.read_bytes(), source="v5")
@@ -570,7 +570,7 @@ def test_a_signers_key_and_the_timestamp_key_replaced_while_everything_runs(
             )
         assert error_from_rpc(refused.value).reason == "timestamp.bad_signature"
         done = cli("covenant", "timestamp", "--covenant", v5, "--key", new_timestamp,
-                   "--config", provisioned.node_configs["gemeente"])  # fmt: skip
+                   "--node", provisioned.node_configs["gemeente"])  # fmt: skip
         assert done.returncode == 0, done.stderr
         taken = brokers_timestamp(daemons)
         freshness.verify_timestamp(
