@@ -403,7 +403,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             raise InvalidInput("a holder channel starts with a hello", field="hello")
         covenant = self._covenant()
         seats = frozenset((s.key_epoch, s.holder_index) for s in first.hello.seats)
-        held = {(covenant.key_epoch.epoch, seat.index) for seat in covenant.holder_seats_for(party)}
+        held = {(epoch, seat.index) for epoch, seat in covenant.seats_in_live_epochs(party)}
         if not seats or not seats <= held:
             raise NotAllowed(f"{party} does not hold these key-holder seats", field="hello.seats")
         channel = self._switchboard.open(party, seats)

@@ -1122,17 +1122,17 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             if last_contact is not None:
                 response.last_connected.CopyFrom(timestamp(last_contact))
         seats = (
-            covenant.holder_seats_for(self._ctx.party) if covenant.is_party(self._ctx.party) else ()
+            covenant.seats_in_live_epochs(self._ctx.party)
+            if covenant.is_party(self._ctx.party)
+            else ()
         )
         if seats:
             totals = self._tokens.holder_totals()
             response.key_holder.CopyFrom(
                 node_pb2.KeyHolderStatus(
                     seats=[
-                        broker_pb2.HolderSeat(
-                            key_epoch=covenant.key_epoch.epoch, holder_index=seat.index
-                        )
-                        for seat in seats
+                        broker_pb2.HolderSeat(key_epoch=epoch, holder_index=seat.index)
+                        for epoch, seat in seats
                     ],
                     channel_open=holder_channel_open,
                     requests_served=totals.requests_served,

@@ -91,6 +91,7 @@ from samenloop.node.tokens import derive as tokens
 from samenloop.node.tokens import evaluation, threshold
 from samenloop.node.tokens.evaluation import RefusalReason
 from samenloop.node.tokens.holder import UNVERIFIED, HolderEvent, HolderReply, KeyHolder
+from samenloop.node.tokens.holders import EpochHolders
 from samenloop.node.tokens.store import TokenStore
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import rules
@@ -251,7 +252,9 @@ class Uplink:
         keys: PartyKeys,
         repositories: Repositories,
         attribute_keys: covenant_model.AttributeKeyRing,
-        holder: KeyHolder | None = None,
+        holder: EpochHolders | None = None,
+        holder_shares: Callable[[threshold.KeyEpoch], threshold.Share | None] | None = None,
+        retire_share: Callable[[int, int], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_hit: Callable[[], None] = lambda: None,
         work_dir: Path | None = None,
@@ -270,6 +273,9 @@ class Uplink:
         #: Every attribute key version this party was dealt; updates add theirs as they arrive.
         self.attribute_keys = attribute_keys
         self._holder = holder
+        #: Finds the accepted share of a staged epoch, and deletes a retired one (key holders).
+        self._holder_shares = holder_shares
+        self._retire_share = retire_share
         self._clock = clock
         #: What the holder refused or answered again, summed for the audit log.
         self.holder_events: Tally[HolderEvent] = Tally(
@@ -932,15 +938,36 @@ class Uplink:
             self.status.update(holder_channel_open=False)
             backoff.wait()
 
+    def follow_key_epochs(self) -> bool:
+        """Serve the key epochs the covenant held lists: start a staged epoch once its share
+        is accepted, drop a retired one and delete its share. Whether the seats changed."""
+        holder = self._holder
+        if holder is None or self._holder_shares is None:
+            return False
+        covenant = self._covenant()
+        before = holder.seats
+        retired = holder.adopt(covenant, self._holder_shares)
+        for epoch in retired:
+            if self._retire_share is not None:
+                self._retire_share(epoch, covenant.key_epoch.epoch)
+            log.info("key epoch retired: its share is deleted", key_epoch=epoch)
+        if holder.seats != before:
+            log.info("key-holder seats", seats=[list(seat) for seat in holder.seats])
+            return True
+        return False
+
     def _serve_holder_channel(self, backoff: Backoff) -> None:
         holder = self._holder
         assert holder is not None
+        self.follow_key_epochs()
+        seats = holder.seats
         outbound: _Outbound = _Outbound(self._stop)
         outbound.put(
             broker_pb2.HolderChannelRequest(
                 hello=broker_pb2.HolderHello(
                     seats=[
-                        broker_pb2.HolderSeat(key_epoch=holder.key_epoch, holder_index=holder.index)
+                        broker_pb2.HolderSeat(key_epoch=epoch, holder_index=index)
+                        for epoch, index in seats
                     ]
                 )
             )
@@ -953,10 +980,17 @@ class Uplink:
                 self._reachable()
                 self.status.update(holder_channel_open=True, last_contact=self._clock())
                 if not message.HasField("evaluation"):
+                    # Between requests: a staged epoch to serve or a retired one to give
+                    # up changes the seats, which a new hello tells the broker.
+                    if self.follow_key_epochs():
+                        cast(Any, call).cancel()  # grpc leaves Call.cancel untyped
+                        return
                     continue
                 now = self._clock()
                 try:
-                    decided = holder.answer(message.evaluation.request.SerializeToString(), now=now)
+                    epoch, decided = holder.answer(
+                        message.evaluation.request.SerializeToString(), now=now
+                    )
                 except SamenloopError:  # no requester to answer: drop it, summed
                     self.holder_events.add(
                         HolderEvent(UNVERIFIED, RefusalReason.MALFORMED_REQUEST.name, now.date())
@@ -969,7 +1003,12 @@ class Uplink:
                 # a crash in between must neither hand out evaluations that the quota never
                 # saw nor let the request be counted again after a restart.
                 if not record_answer(
-                    self._repositories.tokens, holder, decided, now=now, summed=self.holder_events
+                    self._repositories.tokens,
+                    holder,
+                    decided,
+                    now=now,
+                    summed=self.holder_events,
+                    key_epoch=epoch,
                 ):
                     continue
                 self._count_answer(decided)
@@ -997,11 +1036,12 @@ class Uplink:
 
 def record_answer(
     store: TokenStore,
-    holder: KeyHolder,
+    holder: EpochHolders | KeyHolder,
     decided: HolderReply,
     *,
     now: datetime,
     summed: Tally[HolderEvent],
+    key_epoch: int = 0,
 ) -> bool:
     """Commit a key holder's count and replay-cache entry of an evaluation, or add a
     refusal or an answer given again to ``summed``; whether to send the reply.
@@ -1023,6 +1063,7 @@ def record_answer(
             now=now,
             elements=decided.elements,
             answered=decided.answered,
+            key_epoch=key_epoch,
         )
     except Replay:
         holder.withdraw(decided)
