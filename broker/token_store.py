@@ -21,7 +21,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Final
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Select, delete, func, insert, select, update
 
 from samenloop.broker import matching
 from samenloop.broker.database import (
@@ -47,7 +47,7 @@ from samenloop.broker.matching import (
 from samenloop.broker.models import HitGroup, Party, PartyUsage, ProcessedBatch, TokenEntry
 from samenloop.broker.token_index import Loaded, TokenIndex, expiry_bucket, token_prefixes
 from samenloop.policies.audit import AuditEvent, AuditKind
-from samenloop.policies.errors import NotAllowed, Replay
+from samenloop.policies.errors import CovenantRejected, InvalidInput, NotAllowed, Replay
 
 # Plain SQL of the hot path (constants only, never built from input).
 _PG_OPEN_AND_PRIOR: Final = (
@@ -123,6 +123,17 @@ class WithdrawResult:
 
 
 @dataclass(frozen=True, slots=True)
+class SwitchResult:
+    """A switch of the key epoch: the retired epoch's entries deleted, the groups carried
+    over (or closed, or formed), and the parties told of real differences."""
+
+    removed: int
+    groups: int
+    notified: tuple[str, ...] = ()
+    notices: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class RemovalResult:
     """Entries dropped (by expiry or a party's removal) and the parties told about it.
 
@@ -175,8 +186,14 @@ class TokenStore:
         sign_notice: SignNotice,
         visibility: VisibilityRule = DEFAULT_VISIBILITY,
         rules: SubmissionRules | None = None,
+        staged_epoch: int | None = None,
     ) -> SubmitResult:
         """Store and match a batch; idempotent by ``client_batch_id``.
+
+        A batch of the ``staged_epoch`` of a rotation re-states entries the party holds
+        under the current epoch: each of its refs must be one the party holds (else
+        ``InvalidInput`` naming the entry's ``signal_ref``), it counts against neither
+        quota of entries, and its groups are kept without notices.
 
         The same batch id with the same content is acknowledged again
         (``replayed``); with other content it is a :class:`Replay` error.
@@ -211,6 +228,10 @@ class TokenStore:
                     replayed=True,
                     accepted_at=prior.accepted_at,
                 )
+            staged = staged_epoch is not None and batch.key_epoch == staged_epoch
+            silent = frozenset() if staged_epoch is None else frozenset({staged_epoch})
+            if staged:
+                self._check_restated(tx, batch, party_id)
             if loaded is None:
                 loaded = self.index.load(tx, batch.tokens)
             outcome = matching.submit(
@@ -221,9 +242,12 @@ class TokenStore:
                 new_group_id=new_group_id,
                 visibility=visibility,
                 rules=rules,
+                silent_epochs=silent,
             )
-            held = matching.held_deltas(outcome.change, submitter=party)
-            if rules is not None:
+            held = matching.held_deltas(outcome.change, submitter=party, uncounted=silent)
+            if staged:
+                pass  # re-stated entries: neither submitted nor held anew
+            elif rules is not None:
                 usage = matching.charge(
                     usage,
                     submitted=len(batch.entries),
@@ -303,6 +327,7 @@ class TokenStore:
         sign_notice: SignNotice,
         visibility: VisibilityRule = DEFAULT_VISIBILITY,
         rules: SubmissionRules | None = None,
+        staged_epoch: int | None = None,
     ) -> WithdrawResult:
         """Remove the party's entries for the refs; idempotent by ``client_batch_id``.
 
@@ -338,10 +363,16 @@ class TokenStore:
                 )
             tokens = self.index.tokens_of_refs(tx, party_id, batch.signal_refs)
             loaded = self.index.load(tx, tokens)
+            silent = frozenset() if staged_epoch is None else frozenset({staged_epoch})
             outcome = matching.withdraw(
-                batch, loaded.states, min_parties=min_parties, now=now, visibility=visibility
+                batch,
+                loaded.states,
+                min_parties=min_parties,
+                now=now,
+                visibility=visibility,
+                silent_epochs=silent,
             )
-            self.index.apply(tx, outcome.change, loaded)
+            self.index.apply(tx, outcome.change, loaded, uncounted=silent)
             signed = _sign(outcome.change.notices, sign_notice)
             usage = _charge_notices(usage, _notice_bytes(signed, party), rules, "signal_refs")
             tx.conn.execute(
@@ -386,6 +417,7 @@ class TokenStore:
         sign_notice: SignNotice,
         visibility: VisibilityRule = DEFAULT_VISIBILITY,
         limit: int = 10_000,
+        staged_epoch: int | None = None,
     ) -> RemovalResult:
         """Drop entries whose ``expires_at`` has passed, at most about ``limit`` per call.
 
@@ -409,10 +441,15 @@ class TokenStore:
             if not tokens:
                 return RemovalResult(removed=0)
             loaded = self.index.load(tx, sorted(set(tokens)))
+            silent = frozenset() if staged_epoch is None else frozenset({staged_epoch})
             change = matching.expire(
-                loaded.states, min_parties=min_parties, now=now, visibility=visibility
+                loaded.states,
+                min_parties=min_parties,
+                now=now,
+                visibility=visibility,
+                silent_epochs=silent,
             )
-            self.index.apply(tx, change, loaded)
+            self.index.apply(tx, change, loaded, uncounted=silent)
             drafts = [(draft, sign_notice(draft)) for draft in change.notices]
             self._charge_swept(tx, matching.swept_notice_bytes(change, drafts), now)
             by_party: dict[str, list[tuple[ItemKind, bytes]]] = {}
@@ -462,6 +499,7 @@ class TokenStore:
         now: datetime,
         sign_notice: SignNotice,
         visibility: VisibilityRule,
+        staged_epoch: int | None = None,
     ) -> RemovalResult:
         """``remove_party`` inside a matching transaction the caller holds (a covenant
         version that removes parties: ``CovenantStore.publish_covenant``)."""
@@ -475,10 +513,16 @@ class TokenStore:
             .all()
         )
         loaded = self.index.load(tx, sorted(tokens))
+        silent = frozenset() if staged_epoch is None else frozenset({staged_epoch})
         change = matching.remove_party(
-            party, loaded.states, min_parties=min_parties, now=now, visibility=visibility
+            party,
+            loaded.states,
+            min_parties=min_parties,
+            now=now,
+            visibility=visibility,
+            silent_epochs=silent,
         )
-        self.index.apply(tx, change, loaded)
+        self.index.apply(tx, change, loaded, uncounted=silent)
         notified = self._deliver(tx, change.notices, now, sign_notice)
         removed = AuditEvent(
             AuditKind.PARTY_REMOVED,
@@ -490,6 +534,130 @@ class TokenStore:
         return RemovalResult(
             removed=len(change.deleted), notified=notified, notices=len(change.notices)
         )
+
+    def _check_restated(self, tx: Tx, batch: matching.Batch, party_id: int) -> None:
+        """A staged-epoch batch re-states only refs the party holds under the current one."""
+        current = batch.key_epoch - 1
+        held = self.index.refs_held(tx, party_id, [e.signal_ref for e in batch.entries], current)
+        for entry, position in zip(batch.entries, batch.positions, strict=True):
+            if entry.signal_ref not in held:
+                raise InvalidInput(
+                    f"the staged key epoch {batch.key_epoch} only re-states entries held "
+                    f"under key epoch {current}: this ref has none (submit it under "
+                    f"{current} first)",
+                    field=f"entries[{position}].signal_ref",
+                    reason="token.not_restated",
+                )
+
+    def rotation_status(
+        self, current: int, staged: int, now: datetime, parties: Sequence[str] = ()
+    ) -> dict[str, int]:
+        """Per party, its live refs under the ``current`` key epoch that have no entry under
+        the ``staged`` one yet: what it has left to re-tokenise (0: ready). Every party
+        in ``parties`` is listed, 0 if it holds nothing."""
+        left = dict.fromkeys(parties, 0)
+        with self._db.read() as conn:
+            for name, count in conn.execute(_rotation_query(current, staged, utc(now))):
+                left[str(name)] = int(count)
+        return left
+
+    def switch_epoch(
+        self,
+        tx: Tx,
+        *,
+        retired: int,
+        current: int,
+        parties: Sequence[str],
+        min_parties: int,
+        now: datetime,
+        sign_notice: SignNotice,
+        visibility: VisibilityRule,
+    ) -> SwitchResult:
+        """Make the staged key epoch ``current`` inside a covenant publish's transaction:
+        refuse (``CovenantRejected``, nothing changed) unless every party re-stated every
+        live entry; map the groups by refs (:func:`matching.map_switch`), deliver the
+        real differences only, delete the ``retired`` epoch's entries and open groups
+        without notices, and count each party's held entries afresh (those of the new
+        current epoch). On PostgreSQL the prefix filter keeps the deleted tokens'
+        prefixes: a filter may say "maybe" of a token that is not there (it only
+        spares lookups), never "no" of one that is."""
+        left = {p: n for p, n in self._rotation_status_in(tx, retired, current, now).items() if n}
+        if left:
+            raise CovenantRejected(
+                f"the switch to key epoch {current} waits for every party to re-tokenise; "
+                "live refs left: "
+                + ", ".join(f"{party} {count}" for party, count in sorted(left.items())),
+                field="key_epoch",
+                reason="covenant.rotation_not_ready",
+            )
+        conn = tx.conn
+        tokens_of: dict[int, list[bytes]] = {}
+        for epoch in (retired, current):
+            tokens_of[epoch] = sorted(
+                {
+                    bytes(t)
+                    for t in conn.execute(
+                        select(TokenEntry.token).where(TokenEntry.key_epoch == epoch).distinct()
+                    ).scalars()
+                }
+            )
+        old = self.index.load(tx, tokens_of[retired])
+        staged = self.index.load(tx, tokens_of[current])
+        mapped = matching.map_switch(
+            [s for s in old.states if s.group is not None],
+            staged.states,
+            min_parties=min_parties,
+            now=now,
+            visibility=visibility,
+        )
+        if mapped.retired:
+            for start in range(0, len(mapped.retired), 500):
+                conn.execute(
+                    delete(HitGroup).where(
+                        HitGroup.group_id.in_(mapped.retired[start : start + 500])
+                    )
+                )
+        deleted = conn.execute(delete(TokenEntry).where(TokenEntry.key_epoch == retired))
+        nothing = Loaded([], {}, set())
+        self.index.apply(tx, Change(groups=mapped.change.groups), nothing, held={})
+        ids = self._db.ids(tx, list(parties))
+        counts = dict(
+            conn.execute(
+                select(TokenEntry.party_id, func.count()).group_by(TokenEntry.party_id)
+            ).all()
+        )
+        for party in parties:
+            conn.execute(
+                update(PartyUsage)
+                .where(PartyUsage.party_id == ids[party])
+                .values(held=int(counts.get(ids[party], 0)))
+            )
+        notified = self._deliver(tx, mapped.change.notices, now, sign_notice)
+        switched = AuditEvent(
+            AuditKind.COVENANT_PUBLISHED,
+            self._db.owner,
+            (),
+            {
+                "key_epoch": current,
+                "retired_key_epoch": retired,
+                "removed": int(deleted.rowcount or 0),
+                "groups": len(mapped.change.groups),
+                "notices": len(mapped.change.notices),
+            },
+        )
+        self._db.audit(tx, [switched, *self._hit_events(mapped.change)], now)
+        return SwitchResult(
+            removed=int(deleted.rowcount or 0),
+            groups=len(mapped.change.groups),
+            notified=notified,
+            notices=len(mapped.change.notices),
+        )
+
+    def _rotation_status_in(
+        self, tx: Tx, current: int, staged: int, now: datetime
+    ) -> dict[str, int]:
+        query = _rotation_query(current, staged, utc(now))
+        return {str(name): int(count) for name, count in tx.conn.execute(query)}
 
     def _charge_swept(self, tx: Tx, costs: Mapping[str, int], now: datetime) -> None:
         """Count what an expiry sweep's notices cost the others against the day of each party
@@ -676,6 +844,34 @@ class TokenStore:
     ) -> tuple[str, ...]:
         """Sign the notices and put them in their recipients' mailboxes; closed ones are skipped."""
         return self._mailboxes.deliver(tx, _sign(notices, sign_notice), now, notices)
+
+
+def _rotation_query(current: int, staged: int, now: datetime) -> Select[str, int]:
+    """Per party name, its live entries under ``current`` whose ref has no entry of its
+    under ``staged`` (by the ref index: party, bucket and prefix, then the ref)."""
+    current_entry = TokenEntry.__table__.alias("current_entry")
+    staged_entry = TokenEntry.__table__.alias("staged_entry")
+    restated = (
+        select(staged_entry.c.id)
+        .where(
+            staged_entry.c.party_id == current_entry.c.party_id,
+            staged_entry.c.ref_bucket == current_entry.c.ref_bucket,
+            staged_entry.c.ref_prefix == current_entry.c.ref_prefix,
+            staged_entry.c.signal_ref == current_entry.c.signal_ref,
+            staged_entry.c.key_epoch == staged,
+        )
+        .exists()
+    )
+    return (
+        select(Party.name, func.count())
+        .select_from(current_entry.join(Party, Party.id == current_entry.c.party_id))
+        .where(
+            current_entry.c.key_epoch == current,
+            current_entry.c.expires_at > now,
+            ~restated,
+        )
+        .group_by(Party.name)
+    )
 
 
 def _count(signed: Mapping[str, Sequence[tuple[ItemKind, bytes]]]) -> int:
