@@ -100,7 +100,7 @@ def _rotation_status(args: argparse.Namespace) -> int:
         left = (
             {}
             if staged is None
-            else store.tokens.rotation_status(current, staged.epoch, datetime.now(UTC), parties)
+            else store.rotation.status(current, staged.epoch, datetime.now(UTC), parties)
         )
     finally:
         engine.dispose()

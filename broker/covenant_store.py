@@ -21,6 +21,7 @@ from samenloop.broker.mailbox_store import MailboxStore
 from samenloop.broker.matching import DEFAULT_VISIBILITY, VisibilityRule
 from samenloop.broker.models import CovenantTimestamp, CovenantVersion
 from samenloop.broker.notify import COVENANT_CHANNEL
+from samenloop.broker.token_rotation import KeyRotation
 from samenloop.broker.token_store import RemovalResult, SignNotice, TokenStore
 from samenloop.policies.audit import AuditEvent, AuditKind
 from samenloop.policies.errors import InvalidInput
@@ -74,7 +75,7 @@ class CovenantStore:
         ``switch`` (retired epoch, new current epoch): the version makes the staged key
         epoch current; refused (``CovenantRejected``, nothing stored) unless every party
         re-tokenised, else the groups carry over in this transaction
-        (:meth:`TokenStore.switch_epoch`). ``staged_epoch``: the version's staged epoch,
+        (:meth:`KeyRotation.switch`). ``staged_epoch``: the version's staged epoch,
         whose groups a removed party's entries leave silently. ``parties``: every party
         the broker counts entries held for (the new version's and the removed)."""
         now = utc(now)
@@ -112,7 +113,7 @@ class CovenantStore:
             )
             if switch is not None:
                 retired, current = switch
-                self._tokens.switch_epoch(
+                KeyRotation(self._db, self._tokens).switch(
                     tx,
                     retired=retired,
                     current=current,

@@ -21,7 +21,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Final
 
-from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from samenloop.broker import matching
 from samenloop.broker.database import (
@@ -47,7 +47,7 @@ from samenloop.broker.matching import (
 from samenloop.broker.models import HitGroup, Party, PartyUsage, ProcessedBatch, TokenEntry
 from samenloop.broker.token_index import Loaded, TokenIndex, expiry_bucket, token_prefixes
 from samenloop.policies.audit import AuditEvent, AuditKind
-from samenloop.policies.errors import CovenantRejected, InvalidInput, NotAllowed, Replay
+from samenloop.policies.errors import InvalidInput, NotAllowed, Replay
 
 # Plain SQL of the hot path (constants only, never built from input).
 _PG_OPEN_AND_PRIOR: Final = (
@@ -119,17 +119,6 @@ class WithdrawResult:
     accepted_at: datetime
     notified: tuple[str, ...] = ()
     #: Hit notices the withdrawal put in mailboxes (the metrics count them).
-    notices: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class SwitchResult:
-    """A switch of the key epoch: the retired epoch's entries deleted, the groups carried
-    over (or closed, or formed), and the parties told of real differences."""
-
-    removed: int
-    groups: int
-    notified: tuple[str, ...] = ()
     notices: int = 0
 
 
@@ -285,7 +274,7 @@ class TokenStore:
                 (client_batch_id.hex(),),
                 {"stored": outcome.stored, "unchanged": outcome.unchanged, "key_epoch": key_epoch},
             )
-            events = [submitted, *self._hit_events(outcome.change)]
+            events = [submitted, *self.hit_events(outcome.change)]
             if self._db.postgres:
                 record["covered"] = newest_id or 0
                 driver = self._db.driver(tx)
@@ -398,7 +387,7 @@ class TokenStore:
                 (client_batch_id.hex(),),
                 {"withdrawn": outcome.withdrawn, "unknown": outcome.unknown},
             )
-            self._db.audit(tx, [withdrawn, *self._hit_events(outcome.change)], now)
+            self._db.audit(tx, [withdrawn, *self.hit_events(outcome.change)], now)
         return WithdrawResult(
             client_batch_id,
             withdrawn=outcome.withdrawn,
@@ -459,7 +448,7 @@ class TokenStore:
             expired = AuditEvent(
                 AuditKind.TOKEN_EXPIRY, self._db.owner, (), {"removed": len(change.deleted)}
             )
-            self._db.audit(tx, [expired, *self._hit_events(change)], now)
+            self._db.audit(tx, [expired, *self.hit_events(change)], now)
         return RemovalResult(
             removed=len(change.deleted),
             notified=notified,
@@ -523,14 +512,14 @@ class TokenStore:
             silent_epochs=silent,
         )
         self.index.apply(tx, change, loaded, uncounted=silent)
-        notified = self._deliver(tx, change.notices, now, sign_notice)
+        notified = self.deliver(tx, change.notices, now, sign_notice)
         removed = AuditEvent(
             AuditKind.PARTY_REMOVED,
             self._db.owner,
             (),
             {"party": party, "removed": len(change.deleted)},
         )
-        self._db.audit(tx, [removed, *self._hit_events(change)], now)
+        self._db.audit(tx, [removed, *self.hit_events(change)], now)
         return RemovalResult(
             removed=len(change.deleted), notified=notified, notices=len(change.notices)
         )
@@ -548,116 +537,6 @@ class TokenStore:
                     field=f"entries[{position}].signal_ref",
                     reason="token.not_restated",
                 )
-
-    def rotation_status(
-        self, current: int, staged: int, now: datetime, parties: Sequence[str] = ()
-    ) -> dict[str, int]:
-        """Per party, its live refs under the ``current`` key epoch that have no entry under
-        the ``staged`` one yet: what it has left to re-tokenise (0: ready). Every party
-        in ``parties`` is listed, 0 if it holds nothing."""
-        left = dict.fromkeys(parties, 0)
-        with self._db.read() as conn:
-            for name, count in conn.execute(_rotation_query(current, staged, utc(now))):
-                left[str(name)] = int(count)
-        return left
-
-    def switch_epoch(
-        self,
-        tx: Tx,
-        *,
-        retired: int,
-        current: int,
-        parties: Sequence[str],
-        min_parties: int,
-        now: datetime,
-        sign_notice: SignNotice,
-        visibility: VisibilityRule,
-    ) -> SwitchResult:
-        """Make the staged key epoch ``current`` inside a covenant publish's transaction:
-        refuse (``CovenantRejected``, nothing changed) unless every party re-stated every
-        live entry; map the groups by refs (:func:`matching.map_switch`), deliver the
-        real differences only, delete the ``retired`` epoch's entries and open groups
-        without notices, and count each party's held entries afresh (those of the new
-        current epoch). On PostgreSQL the prefix filter keeps the deleted tokens'
-        prefixes: a filter may say "maybe" of a token that is not there (it only
-        spares lookups), never "no" of one that is."""
-        left = {p: n for p, n in self._rotation_status_in(tx, retired, current, now).items() if n}
-        if left:
-            raise CovenantRejected(
-                f"the switch to key epoch {current} waits for every party to re-tokenise; "
-                "live refs left: "
-                + ", ".join(f"{party} {count}" for party, count in sorted(left.items())),
-                field="key_epoch",
-                reason="covenant.rotation_not_ready",
-            )
-        conn = tx.conn
-        tokens_of: dict[int, list[bytes]] = {}
-        for epoch in (retired, current):
-            tokens_of[epoch] = sorted(
-                {
-                    bytes(t)
-                    for t in conn.execute(
-                        select(TokenEntry.token).where(TokenEntry.key_epoch == epoch).distinct()
-                    ).scalars()
-                }
-            )
-        old = self.index.load(tx, tokens_of[retired])
-        staged = self.index.load(tx, tokens_of[current])
-        mapped = matching.map_switch(
-            [s for s in old.states if s.group is not None],
-            staged.states,
-            min_parties=min_parties,
-            now=now,
-            visibility=visibility,
-        )
-        if mapped.retired:
-            for start in range(0, len(mapped.retired), 500):
-                conn.execute(
-                    delete(HitGroup).where(
-                        HitGroup.group_id.in_(mapped.retired[start : start + 500])
-                    )
-                )
-        deleted = conn.execute(delete(TokenEntry).where(TokenEntry.key_epoch == retired))
-        nothing = Loaded([], {}, set())
-        self.index.apply(tx, Change(groups=mapped.change.groups), nothing, held={})
-        ids = self._db.ids(tx, list(parties))
-        counts = dict(
-            conn.execute(
-                select(TokenEntry.party_id, func.count()).group_by(TokenEntry.party_id)
-            ).all()
-        )
-        for party in parties:
-            conn.execute(
-                update(PartyUsage)
-                .where(PartyUsage.party_id == ids[party])
-                .values(held=int(counts.get(ids[party], 0)))
-            )
-        notified = self._deliver(tx, mapped.change.notices, now, sign_notice)
-        switched = AuditEvent(
-            AuditKind.COVENANT_PUBLISHED,
-            self._db.owner,
-            (),
-            {
-                "key_epoch": current,
-                "retired_key_epoch": retired,
-                "removed": int(deleted.rowcount or 0),
-                "groups": len(mapped.change.groups),
-                "notices": len(mapped.change.notices),
-            },
-        )
-        self._db.audit(tx, [switched, *self._hit_events(mapped.change)], now)
-        return SwitchResult(
-            removed=int(deleted.rowcount or 0),
-            groups=len(mapped.change.groups),
-            notified=notified,
-            notices=len(mapped.change.notices),
-        )
-
-    def _rotation_status_in(
-        self, tx: Tx, current: int, staged: int, now: datetime
-    ) -> dict[str, int]:
-        query = _rotation_query(current, staged, utc(now))
-        return {str(name): int(count) for name, count in tx.conn.execute(query)}
 
     def _charge_swept(self, tx: Tx, costs: Mapping[str, int], now: datetime) -> None:
         """Count what an expiry sweep's notices cost the others against the day of each party
@@ -726,7 +605,7 @@ class TokenStore:
             for row in rows
         ]
 
-    def _hit_events(self, change: Change) -> list[AuditEvent]:
+    def hit_events(self, change: Change) -> list[AuditEvent]:
         """One event per hit group a change formed, grew, shrank or closed: its id, revision,
         the kinds of notice issued and to how many recipients."""
         notices: dict[bytes, list[NoticeDraft]] = {}
@@ -835,7 +714,7 @@ class TokenStore:
             raise Replay("this batch id was used for another batch", field="client_batch_id")
         return _Prior(stored, unchanged, self._db.read_time(accepted_at)), usage
 
-    def _deliver(
+    def deliver(
         self,
         tx: Tx,
         notices: Sequence[NoticeDraft],
@@ -844,34 +723,6 @@ class TokenStore:
     ) -> tuple[str, ...]:
         """Sign the notices and put them in their recipients' mailboxes; closed ones are skipped."""
         return self._mailboxes.deliver(tx, _sign(notices, sign_notice), now, notices)
-
-
-def _rotation_query(current: int, staged: int, now: datetime) -> Select[str, int]:
-    """Per party name, its live entries under ``current`` whose ref has no entry of its
-    under ``staged`` (by the ref index: party, bucket and prefix, then the ref)."""
-    current_entry = TokenEntry.__table__.alias("current_entry")
-    staged_entry = TokenEntry.__table__.alias("staged_entry")
-    restated = (
-        select(staged_entry.c.id)
-        .where(
-            staged_entry.c.party_id == current_entry.c.party_id,
-            staged_entry.c.ref_bucket == current_entry.c.ref_bucket,
-            staged_entry.c.ref_prefix == current_entry.c.ref_prefix,
-            staged_entry.c.signal_ref == current_entry.c.signal_ref,
-            staged_entry.c.key_epoch == staged,
-        )
-        .exists()
-    )
-    return (
-        select(Party.name, func.count())
-        .select_from(current_entry.join(Party, Party.id == current_entry.c.party_id))
-        .where(
-            current_entry.c.key_epoch == current,
-            current_entry.c.expires_at > now,
-            ~restated,
-        )
-        .group_by(Party.name)
-    )
 
 
 def _count(signed: Mapping[str, Sequence[tuple[ItemKind, bytes]]]) -> int:

@@ -83,7 +83,7 @@ def test_a_rotation_carries_the_groups_over_without_a_notice_twice(broker, engin
     assert [len(told[p]) for p in "abc"] == [1, 1, 0]
     held = {p: broker.tokens.usage(p).held for p in "abc"}
     assert held == {"a": 1, "b": 2, "c": 1}
-    assert broker.tokens.rotation_status(1, 2, NOW, ["a", "b", "c"]) == {"a": 1, "b": 2, "c": 1}
+    assert broker.rotation.status(1, 2, NOW, ["a", "b", "c"]) == {"a": 1, "b": 2, "c": 1}
 
     # Staged: epoch 2 re-states each ref under a new token; a hit forms there, silently.
     put(broker, "a", 11, 2, [(101, 1)], ids=ids)
@@ -96,7 +96,7 @@ def test_a_rotation_carries_the_groups_over_without_a_notice_twice(broker, engin
         put(broker, "c", 13, 2, [(105, 1), (106, 9)], ids=ids)
     assert refused.value.field == "entries[1].signal_ref"
     assert epochs_held(engine) == {1: 4, 2: 2}
-    assert broker.tokens.rotation_status(1, 2, NOW, ["a", "b", "c"]) == {"a": 0, "b": 1, "c": 1}
+    assert broker.rotation.status(1, 2, NOW, ["a", "b", "c"]) == {"a": 0, "b": 1, "c": 1}
 
     # Not ready: the switch is refused naming the parties and what they have left.
     with pytest.raises(CovenantRejected) as waiting:
@@ -109,7 +109,7 @@ def test_a_rotation_carries_the_groups_over_without_a_notice_twice(broker, engin
 
     put(broker, "b", 14, 2, [(103, 2)], ids=ids)
     put(broker, "c", 15, 2, [(105, 1)], ids=ids)
-    assert set(broker.tokens.rotation_status(1, 2, NOW, ["a", "b", "c"]).values()) == {0}
+    assert set(broker.rotation.status(1, 2, NOW, ["a", "b", "c"]).values()) == {0}
     publish(broker, 2)
     # The group goes on under its id, revision and first seen, on the new token; nobody
     # is told anything new, and epoch 1 is gone.

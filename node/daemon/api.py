@@ -1090,6 +1090,12 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             picture_classification=covenant.policy.picture.classification,
             categories=list(covenant.policy.categories),
         )
+        if covenant.next_key_epoch is not None:
+            staged = covenant.next_key_epoch.epoch
+            done, live = self._signals.rotation_progress(covenant.key_epoch.epoch, staged)
+            response.staged_key_epoch = staged
+            response.rotation_restated = done
+            response.rotation_live = live
         if not covenant.is_party(self._ctx.party):
             response.last_error = (
                 f"covenant version {covenant.version} no longer lists {self._ctx.party}: "

@@ -284,6 +284,10 @@ class Uplink:
         self._on_hit = on_hit
         self._epoch_of: tuple[int, threshold.KeyEpoch] | None = None
         self._use_of: tuple[int, threshold.DailyUse] | None = None
+        #: The staged key epoch and what its holders still evaluate today (a rotation).
+        self._staged_of: tuple[int, threshold.KeyEpoch, threshold.DailyUse] | None = None
+        #: The key epoch and staging this node's tokens last followed (see _follow_rotation).
+        self._rotation_seen: tuple[int, int | None] | None = None
         self.wake = threading.Event()
         #: New versions and covenant timestamps, and whether the node is fresh.
         self.covenant_keeper = CovenantKeeper(
@@ -472,10 +476,12 @@ class Uplink:
                     self.wake.clear()
                     continue
                 busy = False
+                self._follow_rotation()
                 # Stale: nothing new is sealed (the status and the log say why, once).
                 if tokenising.due and self.covenant_keeper.check().fresh:
                     try:
                         busy = self._tokenise_some()
+                        busy = self._restate_some() or busy
                         tokenising.reset()
                     except CovenantStale:  # went stale between the check and the sealing
                         tokenising.defer()
@@ -681,6 +687,70 @@ class Uplink:
         )
         self.metrics.tokenised.inc(len(done))
         return True
+
+    def _follow_rotation(self) -> None:
+        """Follow the covenant's key epochs in the store: once it switched, each
+        identifier's staged token becomes its token (and one without goes back to
+        pending); once a staging is withdrawn, the staged tokens go. Done when the
+        covenant held changes them (and once at start: it is idempotent)."""
+        covenant = self._covenant()
+        staged = covenant.next_key_epoch
+        seen = (covenant.key_epoch.epoch, None if staged is None else staged.epoch)
+        if seen == self._rotation_seen:
+            return
+        switched, again = self._signals.switch_key_epoch(
+            covenant.key_epoch.epoch, None if staged is None else staged.epoch
+        )
+        if switched or again:
+            log.info(
+                "key epoch switched: staged tokens made current",
+                key_epoch=covenant.key_epoch.epoch,
+                switched=switched,
+                tokenised_again=again,
+            )
+        if staged is not None:
+            log.info("key epoch staged: re-tokenising", staged_key_epoch=staged.epoch)
+        self._rotation_seen = seen
+
+    def _restate_some(self) -> bool:
+        """While a rotation is staged: re-tokenise a chunk of identifiers the broker holds
+        under the staged epoch and put them in the outbox under their own refs."""
+        covenant = self._covenant()
+        staged = covenant.next_key_epoch
+        if staged is None:
+            return False
+        now = self._clock()
+        current = covenant.key_epoch.epoch
+        candidates = self._signals.restate_candidates(
+            current, staged.epoch, TOKENISE_CHUNK, now=now
+        )
+        if not candidates:
+            return False
+        if self._staged_of is None or self._staged_of[0] != covenant.version:
+            epoch = threshold.KeyEpoch.of(covenant.id, staged)
+            use = evaluation.daily_use(covenant.policy.quotas, epoch, self._party)
+            self._staged_of = (covenant.version, epoch, use)
+        _, epoch, use = self._staged_of
+        made = evaluation.tokenise_with_proof_keys(
+            self._keys,
+            covenant,
+            tokens.TokenDomain(covenant.id, epoch.epoch),
+            epoch,
+            [c.identifier for c in candidates],
+            self._relay,
+            now=now,
+            planner=threshold.HolderPlanner(epoch, use=use),
+        )
+        done = candidates[: len(made)]
+        self._signals.record_restated(
+            {c.id: m.token for c, m in zip(done, made, strict=True)},
+            epoch.epoch,
+            now=self._clock(),
+            seal_attributes=self._seal_category,
+            proof_keys={c.id: m.hit_proof_key for c, m in zip(done, made, strict=True)},
+        )
+        self.metrics.tokenised.inc(len(done))
+        return bool(done)
 
     def _send_outbox(self) -> bool:
         waits = self._outbox_waits_until
