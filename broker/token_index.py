@@ -501,23 +501,27 @@ class TokenIndex:
             tokens.update(token for token, ref in rows if ref in wanted)
         return sorted(tokens)
 
-    def refs_held(self, tx: Tx, party_id: int, refs: Sequence[bytes], key_epoch: int) -> set[bytes]:
-        """Which of ``refs`` the party holds an entry for under ``key_epoch`` (by the ref
-        index, as ``tokens_of_refs``)."""
+    def tokens_by_ref(
+        self, tx: Tx, party_id: int, refs: Sequence[bytes], key_epoch: int
+    ) -> dict[bytes, set[bytes]]:
+        """The tokens the party holds entries on under ``key_epoch`` for each of ``refs``
+        that has any (by the ref index, as ``tokens_of_refs``)."""
         wanted = set(refs)
         prefixes = sorted({prefix64(ref) for ref in wanted})
-        found: set[bytes] = set()
+        found: dict[bytes, set[bytes]] = {}
         for chunk in self._chunks(prefixes):
             buckets = sorted({(prefix >> 56) & 0xFF for prefix in chunk})
             rows = tx.conn.execute(
-                select(TokenEntry.signal_ref).where(
+                select(TokenEntry.signal_ref, TokenEntry.token).where(
                     TokenEntry.party_id == party_id,
                     self._among(TokenEntry.ref_bucket, buckets),
                     self._among(TokenEntry.ref_prefix, chunk),
                     TokenEntry.key_epoch == key_epoch,
                 )
             )
-            found.update(bytes(ref) for (ref,) in rows if bytes(ref) in wanted)
+            for ref, token in rows:
+                if bytes(ref) in wanted:
+                    found.setdefault(bytes(ref), set()).add(bytes(token))
         return found
 
     def apply(

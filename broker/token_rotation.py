@@ -123,11 +123,12 @@ class KeyRotation:
         # Every group row of the switch is written anew (the rows it replaces are gone).
         index.apply(tx, Change(groups=mapped.change.groups), Loaded([], {}, set()), held={})
         ids = self._db.ids(tx, list(parties))
-        counts = dict(
-            conn.execute(select(TokenEntry.party_id, func.count()).group_by(TokenEntry.party_id))
-            .tuples()
-            .all()
-        )
+        counts: dict[int, int] = {
+            int(party_id): int(count)
+            for party_id, count in conn.execute(
+                select(TokenEntry.party_id, func.count()).group_by(TokenEntry.party_id)
+            )
+        }
         for party in parties:
             conn.execute(
                 update(PartyUsage)

@@ -525,9 +525,12 @@ class TokenStore:
         )
 
     def _check_restated(self, tx: Tx, batch: matching.Batch, party_id: int) -> None:
-        """A staged-epoch batch re-states only refs the party holds under the current one."""
+        """A staged-epoch batch re-states refs the party holds under the current epoch, each
+        with one token: the staged epoch adds nothing to what a party holds."""
         current = batch.key_epoch - 1
-        held = self.index.refs_held(tx, party_id, [e.signal_ref for e in batch.entries], current)
+        refs = [e.signal_ref for e in batch.entries]
+        held = self.index.tokens_by_ref(tx, party_id, refs, current)
+        staged = self.index.tokens_by_ref(tx, party_id, refs, batch.key_epoch)
         for entry, position in zip(batch.entries, batch.positions, strict=True):
             if entry.signal_ref not in held:
                 raise InvalidInput(
@@ -536,6 +539,15 @@ class TokenStore:
                     f"{current} first)",
                     field=f"entries[{position}].signal_ref",
                     reason="token.not_restated",
+                )
+            tokens = staged.setdefault(entry.signal_ref, set())
+            tokens.add(entry.token)
+            if len(tokens) > len(held[entry.signal_ref]):
+                raise InvalidInput(
+                    f"this ref is re-stated under key epoch {batch.key_epoch} already, with "
+                    "another token",
+                    field=f"entries[{position}].signal_ref",
+                    reason="token.restated_twice",
                 )
 
     def _charge_swept(self, tx: Tx, costs: Mapping[str, int], now: datetime) -> None:

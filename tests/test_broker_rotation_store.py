@@ -95,6 +95,12 @@ def test_a_rotation_carries_the_groups_over_without_a_notice_twice(broker, engin
     with pytest.raises(InvalidInput) as refused:
         put(broker, "c", 13, 2, [(105, 1), (106, 9)], ids=ids)
     assert refused.value.field == "entries[1].signal_ref"
+    # Nor a second token for a ref re-stated already (the staged epoch adds nothing held).
+    with pytest.raises(InvalidInput) as twice:
+        put(broker, "a", 17, 2, [(102, 1)], ids=ids)
+    assert twice.value.field == "entries[0].signal_ref"
+    assert twice.value.reason == "token.restated_twice"
+    put(broker, "a", 18, 2, [(101, 1)], ids=ids)  # the same entry again: unchanged
     assert epochs_held(engine) == {1: 4, 2: 2}
     assert broker.rotation.status(1, 2, NOW, ["a", "b", "c"]) == {"a": 0, "b": 1, "c": 1}
 
