@@ -409,7 +409,13 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         if first is None or not first.HasField("hello"):
             raise InvalidInput("a holder channel starts with a hello", field="hello")
         covenant = self._covenant()
-        seats = frozenset((s.key_epoch, s.holder_index) for s in first.hello.seats)
+        # Seats of a retired epoch are left out: a holder that has not yet heard of the
+        # switch still names them, and serves the new epoch all the same.
+        seats = frozenset(
+            (s.key_epoch, s.holder_index)
+            for s in first.hello.seats
+            if s.key_epoch >= covenant.key_epoch.epoch
+        )
         held = {(epoch, seat.index) for epoch, seat in covenant.seats_in_live_epochs(party)}
         if not seats or not seats <= held:
             raise NotAllowed(f"{party} does not hold these key-holder seats", field="hello.seats")

@@ -458,6 +458,7 @@ class Uplink:
     def _work_loop(self) -> None:
         backoff = Backoff(self._stop)
         tokenising = Backoff(self._stop)
+        restating = Backoff(self._stop)
         hello_done = False
         while not self._stop.is_set():
             index = self.brokers.index
@@ -481,7 +482,6 @@ class Uplink:
                 if tokenising.due and self.covenant_keeper.check().fresh:
                     try:
                         busy = self._tokenise_some()
-                        busy = self._restate_some() or busy
                         tokenising.reset()
                     except CovenantStale:  # went stale between the check and the sealing
                         tokenising.defer()
@@ -491,6 +491,17 @@ class Uplink:
                         self.status.update(last_error=f"tokenise: {type(error).__name__}: {error}")
                         log.info("tokenising held back", reason=str(error))
                         tokenising.defer()
+                # A rotation's re-tokenisation has its own holders' seats and allowance, and
+                # its own backoff: it never holds back ordinary imports.
+                if restating.due and self.covenant_keeper.check().fresh:
+                    try:
+                        busy = self._restate_some() or busy
+                        restating.reset()
+                    except CovenantStale:
+                        restating.defer()
+                    except NotEnoughHolders as error:
+                        log.info("re-tokenising held back", reason=str(error))
+                        restating.defer()
                 busy = self._send_outbox() or busy
                 busy = self._send_envelopes() or busy
                 backoff.reset()
