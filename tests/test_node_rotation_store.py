@@ -122,3 +122,23 @@ def test_a_withdrawn_staging_drops_the_staged_tokens(node, engine):
     assert node.signals.switch_key_epoch(1, None) == (0, 0)  # withdrawn: dropped
     assert node.signals.rotation_progress(1, 2) == (0, 1)
     assert node.signals.signal("S1").identifiers[0].key_epoch == 1
+
+
+def test_the_metrics_show_what_is_left_to_re_tokenise_while_staged(node):
+    from prometheus_client import generate_latest
+
+    from samenloop.node.daemon.metrics import NodeMetrics
+    from tests.test_metrics import parse
+
+    node.signals.add_signals([signal("S1", 1, 2)], now=NOW)
+    submitted(node)
+    staged: list[tuple[int, int] | None] = [None]
+    metrics = NodeMetrics()
+    metrics.watch(node, lambda: (True, NOW), lambda: NOW, rotation=lambda: staged[0])
+    name = "samenloop_node_rotation_identifiers_left"
+    assert (name, ()) not in parse(generate_latest(metrics.registry).decode())
+    staged[0] = (1, 2)
+    assert parse(generate_latest(metrics.registry).decode())[(name, ())] == 2
+    (one, _) = node.signals.restate_candidates(1, 2, 10, now=NOW)
+    node.signals.record_restated({one.id: staged_token(one.id)}, 2, now=NOW)
+    assert parse(generate_latest(metrics.registry).decode())[(name, ())] == 1

@@ -54,7 +54,7 @@ from samenloop.policies.config import (
     secret_files,
     trusted_files,
 )
-from samenloop.policies.covenant import AttributeKeyRing
+from samenloop.policies.covenant import AttributeKeyRing, Covenant
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError, CovenantRejected, SamenloopError
 from samenloop.policies.metrics import MetricsEndpoint, RpcMetricsInterceptor, serve_registry
@@ -379,6 +379,7 @@ def _start(
         connection,
         clock,
         parties=lambda: frozenset(p.id for p in held().parties) if holder is not None else (),
+        rotation=lambda: _rotation_epochs(held()),
     )
     service = NodeApiService(
         NodeApiContext(
@@ -448,6 +449,12 @@ def _start(
     return RunningNode(
         server, address, uplink, repositories, socket_path, refused, lock, metrics=endpoint, tls=tls
     )
+
+
+def _rotation_epochs(covenant: Covenant) -> tuple[int, int] | None:
+    """(current, staged) key epochs while the covenant stages a rotation, else None."""
+    staged = covenant.next_key_epoch
+    return None if staged is None else (covenant.key_epoch.epoch, staged.epoch)
 
 
 def replay_covenant(
