@@ -21,6 +21,7 @@ from samenloop.broker.mailbox_store import MailboxStore
 from samenloop.broker.matching import DEFAULT_VISIBILITY, VisibilityRule
 from samenloop.broker.models import CovenantTimestamp, CovenantVersion
 from samenloop.broker.notify import COVENANT_CHANNEL
+from samenloop.broker.token_rotation import KeyRotation
 from samenloop.broker.token_store import RemovalResult, SignNotice, TokenStore
 from samenloop.policies.audit import AuditEvent, AuditKind
 from samenloop.policies.errors import InvalidInput
@@ -62,11 +63,21 @@ class CovenantStore:
         sign_notice: SignNotice,
         visibility: VisibilityRule = DEFAULT_VISIBILITY,
         timestamp: TimestampRecord | None = None,
+        switch: tuple[int, int] | None = None,
+        staged_epoch: int | None = None,
+        parties: Sequence[str] = (),
     ) -> list[RemovalResult]:
         """Record an accepted covenant version, put it in every recipient's mailbox and cut
         off the parties it removed — all in one transaction, so a crash leaves either the
         old version in force or the new one delivered and enforced. A ``timestamp`` for
-        the new version (verified by the caller) is kept and delivered after it."""
+        the new version (verified by the caller) is kept and delivered after it.
+
+        ``switch`` (retired epoch, new current epoch): the version makes the staged key
+        epoch current; refused (``CovenantRejected``, nothing stored) unless every party
+        re-tokenised, else the groups carry over in this transaction
+        (:meth:`KeyRotation.switch`). ``staged_epoch``: the version's staged epoch,
+        whose groups a removed party's entries leave silently. ``parties``: every party
+        the broker counts entries held for (the new version's and the removed)."""
         now = utc(now)
         for party in (*recipients, *removed):
             check_party(party)
@@ -100,6 +111,18 @@ class CovenantStore:
                 ],
                 now,
             )
+            if switch is not None:
+                retired, current = switch
+                KeyRotation(self._db, self._tokens).switch(
+                    tx,
+                    retired=retired,
+                    current=current,
+                    parties=sorted(set(parties) | set(recipients)),
+                    min_parties=min_parties,
+                    now=now,
+                    sign_notice=sign_notice,
+                    visibility=visibility,
+                )
             return [
                 self._tokens.remove_party_in(
                     tx,
@@ -108,6 +131,7 @@ class CovenantStore:
                     now=now,
                     sign_notice=sign_notice,
                     visibility=visibility,
+                    staged_epoch=staged_epoch,
                 )
                 for party in sorted(removed)
             ]

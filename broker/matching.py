@@ -497,10 +497,18 @@ def charge_swept(usage: Usage, notice_bytes: int, *, now: datetime) -> Usage:
     return replace(usage, notice_bytes=usage.notice_bytes + notice_bytes)
 
 
-def held_deltas(change: Change, *, submitter: str | None = None) -> dict[str, int]:
+def held_deltas(
+    change: Change, *, submitter: str | None = None, uncounted: frozenset[int] = frozenset()
+) -> dict[str, int]:
     """How a change moves each party's count of entries held: inserted less deleted
     (entries updated in place do not move it). ``submitter``: the change is that party's
-    submission, whose inserts are all its own (counted without a look at each)."""
+    submission, whose inserts are all its own (counted without a look at each).
+    Entries of a key epoch in ``uncounted`` (a staged rotation's, which re-state entries
+    held under the current epoch) do not move it."""
+    if uncounted:
+        deltas = Counter(e.party for e in change.inserted if e.key_epoch not in uncounted)
+        deltas.subtract(e.party for e in change.deleted if e.key_epoch not in uncounted)
+        return {party: delta for party, delta in deltas.items() if delta}
     if submitter is None:
         deltas = Counter(entry.party for entry in change.inserted)
     else:
@@ -679,8 +687,16 @@ def submit(
     new_group_id: Callable[[], bytes],
     visibility: VisibilityRule = DEFAULT_VISIBILITY,
     rules: SubmissionRules | None = None,
+    silent_epochs: frozenset[int] = frozenset(),
 ) -> Submission:
     """Store a batch and match it against the touched tokens' states.
+
+    Groups of a token whose entries are of a key epoch in ``silent_epochs`` (the
+    staged epoch of a rotation) are kept like any other, but no notice is drafted
+    for them: they re-state groups of the current epoch, whose notices the
+    members already have (``map_switch`` maps them when the epoch switches). A
+    token holds entries of one key epoch only: an entry on a token held under
+    another is refused (``InvalidInput`` naming its ``key_epoch``).
 
     ``states`` must hold every stored entry and the open group of each token
     in the batch (tokens without a state are taken as unseen). With ``rules``,
@@ -706,7 +722,15 @@ def submit(
                 reason="retention.exceeded",
             )
     known = _by_token(states)
-    builder = _ChangeBuilder(min_parties, now, new_group_id, visibility)
+    for entry, position in zip(batch.entries, batch.positions, strict=True):
+        state = known.get(entry.token)
+        if state is not None and any(e.key_epoch != batch.key_epoch for e in state.entries):
+            raise InvalidInput(
+                f"this token is held under another key epoch than {batch.key_epoch}",
+                field=f"entries[{position}].key_epoch",
+                reason="token.other_epoch",
+            )
+    builder = _ChangeBuilder(min_parties, now, new_group_id, visibility, silent_epochs)
     # Tokens with nothing held: their entries are new, and, all being one party's,
     # cannot form a group (min_parties >= 2). The common case, done in bulk.
     unseen = [entry for entry in batch.entries if entry.token not in known]
@@ -784,6 +808,7 @@ def withdraw(
     min_parties: int,
     now: datetime,
     visibility: VisibilityRule = DEFAULT_VISIBILITY,
+    silent_epochs: frozenset[int] = frozenset(),
 ) -> Withdrawal:
     """Remove the party's entries for the batch's refs.
 
@@ -799,7 +824,14 @@ def withdraw(
             return True
         return False
 
-    change = _remove(states, doomed, min_parties=min_parties, now=now, visibility=visibility)
+    change = _remove(
+        states,
+        doomed,
+        min_parties=min_parties,
+        now=now,
+        visibility=visibility,
+        silent_epochs=silent_epochs,
+    )
     return Withdrawal(change, withdrawn=len(held), unknown=len(wanted) - len(held))
 
 
@@ -809,10 +841,16 @@ def expire(
     min_parties: int,
     now: datetime,
     visibility: VisibilityRule = DEFAULT_VISIBILITY,
+    silent_epochs: frozenset[int] = frozenset(),
 ) -> Change:
     """Drop the entries whose ``expires_at`` has passed from the given tokens."""
     return _remove(
-        states, lambda entry: False, min_parties=min_parties, now=now, visibility=visibility
+        states,
+        lambda entry: False,
+        min_parties=min_parties,
+        now=now,
+        visibility=visibility,
+        silent_epochs=silent_epochs,
     )
 
 
@@ -823,6 +861,7 @@ def remove_party(
     min_parties: int,
     now: datetime,
     visibility: VisibilityRule = DEFAULT_VISIBILITY,
+    silent_epochs: frozenset[int] = frozenset(),
 ) -> Change:
     """Drop every entry of a party that the covenant no longer lists.
 
@@ -834,6 +873,7 @@ def remove_party(
         min_parties=min_parties,
         now=now,
         visibility=visibility,
+        silent_epochs=silent_epochs,
     )
 
 
@@ -844,9 +884,10 @@ def _remove(
     min_parties: int,
     now: datetime,
     visibility: VisibilityRule,
+    silent_epochs: frozenset[int] = frozenset(),
 ) -> Change:
     now = _check_call(min_parties, now)
-    builder = _ChangeBuilder(min_parties, now, _no_new_groups, visibility)
+    builder = _ChangeBuilder(min_parties, now, _no_new_groups, visibility, silent_epochs)
     for _, state in sorted(_by_token(states).items()):
         live, expired = _split_live(state.entries, now)
         # Evaluate every entry, so that ``doomed`` sees expired ones too.
@@ -857,6 +898,98 @@ def _remove(
         builder.deleted.extend(e for e in expired if e.key not in gone_keys)
         builder.regroup(state, live, after, may_form=False)
     return builder.build()
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchMap:
+    """What switching the key epoch does to the groups (:func:`map_switch`).
+
+    ``change.groups`` are the group rows after the switch (a staged token's group
+    under the id of the old group it re-states; old groups with no successor,
+    closed), ``change.notices`` the real differences only; ``retired`` the ids of
+    the open group rows of both epochs that these rows replace.
+    """
+
+    change: Change
+    retired: tuple[bytes, ...]
+
+
+def map_switch(
+    old: Iterable[TokenState],
+    staged: Iterable[TokenState],
+    *,
+    min_parties: int,
+    now: datetime,
+    visibility: VisibilityRule = DEFAULT_VISIBILITY,
+) -> SwitchMap:
+    """Map the groups of the retiring key epoch onto those of the staged one, by refs.
+
+    ``old``: the states of the retiring epoch's tokens that have an open group;
+    ``staged``: the states of the staged epoch's tokens (every one with an open
+    group, and any other that re-states a member of an old group). A node gives
+    an identifier one ref and re-states it under the staged epoch with that same
+    ref, so each (party, ref) pair names one subject in both epochs: a staged
+    token takes over the id, revision and first_seen of the old group whose
+    entries share its pairs, and the two are compared as one token's entries
+    before and after (the usual rule of ``regroup``): members the same, no
+    notice; otherwise GROWN, SHRUNK, NEW or CLOSED as for any change. An old
+    group no staged token re-states closes (CLOSED); a staged group with no old
+    one forms (NEW, a new id). Deleting the old entries is the caller's, without
+    notices: their groups live on here.
+    """
+    now = _check_call(min_parties, now)
+    fresh: list[bytes] = []
+
+    def staged_group_id() -> bytes:
+        return fresh.pop()
+
+    builder = _ChangeBuilder(min_parties, now, staged_group_id, visibility)
+    retired: list[bytes] = []
+    owner: dict[tuple[str, bytes], TokenState] = {}
+    by_token = _by_token(old)
+    old_states = sorted(by_token.items())
+    for _, state in old_states:
+        if state.group is None:
+            continue
+        retired.append(state.group.group_id)
+        for entry in state.entries:
+            owner.setdefault((entry.party, entry.signal_ref), state)
+    taken: set[bytes] = set()
+    for token, state in sorted(_by_token(staged).items()):
+        live, expired = _split_live(state.entries, now)
+        if state.group is not None:
+            retired.append(state.group.group_id)
+        matches = sorted(
+            {
+                owner[(e.party, e.signal_ref)].token
+                for e in state.entries
+                if (e.party, e.signal_ref) in owner
+            }
+            - taken
+        )
+        before_count = len(builder.groups)
+        if matches:
+            predecessor = by_token[matches[0]]
+            taken.add(predecessor.token)
+            assert predecessor.group is not None
+            group = replace(predecessor.group, token=token)
+            restated = tuple(replace(e, token=token) for e in predecessor.entries)
+            live_before, _ = _split_live(restated, now)
+            builder.regroup(
+                TokenState(token, restated, group), live_before, tuple(live), may_form=True
+            )
+            if len(builder.groups) == before_count:  # nothing changed: the same group goes on
+                builder.groups.append(group)
+        elif state.group is not None:
+            fresh.append(state.group.group_id)  # formed while staged: its id is told now
+            builder.regroup(TokenState(token, tuple(expired)), (), tuple(live), may_form=True)
+            fresh.clear()
+    for token, state in old_states:
+        if state.group is None or token in taken:
+            continue
+        live, _ = _split_live(state.entries, now)
+        builder.regroup(state, live, (), may_form=False)
+    return SwitchMap(builder.build(), tuple(retired))
 
 
 def _no_new_groups() -> bytes:  # pragma: no cover - removals never form groups
@@ -921,8 +1054,11 @@ class _ChangeBuilder:
         now: datetime,
         new_group_id: Callable[[], bytes],
         visibility: VisibilityRule,
+        silent_epochs: frozenset[int] = frozenset(),
     ) -> None:
         self.min_parties = min_parties
+        #: Key epochs whose groups change without notices (a staged rotation).
+        self.silent_epochs = silent_epochs
         self.now = now
         self.new_group_id = new_group_id
         self.visibility = visibility
@@ -1005,6 +1141,10 @@ class _ChangeBuilder:
             elif saw is not None:
                 kinds[observer] = NoticeKind.CLOSED
         self.groups.append(changed)
+        if self.silent_epochs and any(
+            e.key_epoch in self.silent_epochs for e in (*state.entries, *after)
+        ):
+            return  # a staged epoch's group: kept, told nobody
         moved = (after_keys - {e.key for e in live_before}) | (
             {e.key for e in state.entries} - after_keys
         )

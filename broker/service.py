@@ -314,6 +314,13 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 sign_notice=lambda draft: self._sign_notice(draft, new),
                 visibility=matching.CovenantVisibility(new, former=previous),
                 timestamp=stamp,
+                switch=(
+                    (previous.key_epoch.epoch, new.key_epoch.epoch)
+                    if new.key_epoch.epoch != previous.key_epoch.epoch
+                    else None
+                ),
+                staged_epoch=_staged_epoch(new),
+                parties=sorted(previous.party_ids | new.party_ids),
             )
             self._trust.update(signed, now=now)
             for removal in removals:
@@ -402,8 +409,14 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         if first is None or not first.HasField("hello"):
             raise InvalidInput("a holder channel starts with a hello", field="hello")
         covenant = self._covenant()
-        seats = frozenset((s.key_epoch, s.holder_index) for s in first.hello.seats)
-        held = {(covenant.key_epoch.epoch, seat.index) for seat in covenant.holder_seats_for(party)}
+        # Seats of a retired epoch are left out: a holder that has not yet heard of the
+        # switch still names them, and serves the new epoch all the same.
+        seats = frozenset(
+            (s.key_epoch, s.holder_index)
+            for s in first.hello.seats
+            if s.key_epoch >= covenant.key_epoch.epoch
+        )
+        held = {(epoch, seat.index) for epoch, seat in covenant.seats_in_live_epochs(party)}
         if not seats or not seats <= held:
             raise NotAllowed(f"{party} does not hold these key-holder seats", field="hello.seats")
         channel = self._switchboard.open(party, seats)
@@ -497,9 +510,12 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
     ) -> broker_pb2.SubmitTokensResponse:
         party = caller(context)
         covenant = self._in_force()
-        if request.key_epoch != covenant.key_epoch.epoch:
+        staged = _staged_epoch(covenant)
+        if request.key_epoch not in (covenant.key_epoch.epoch, staged):
             raise InvalidInput(
-                f"key epoch {request.key_epoch} is not the covenant's current epoch",
+                f"key epoch {request.key_epoch} is neither the covenant's current epoch "
+                f"({covenant.key_epoch.epoch}) nor its staged one"
+                + ("" if staged is None else f" ({staged})"),
                 field="key_epoch",
             )
         if len(request.entries) > common_pb2.LIMITS_MAX_TOKENS_PER_BATCH:
@@ -533,6 +549,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             sign_notice=self._sign_notice,
             visibility=self._visibility(),
             rules=self._submission_rules(covenant),
+            staged_epoch=staged,
         )
         self._bell.ring(result.notified)
         self.metrics.count_batch(
@@ -569,6 +586,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             sign_notice=self._sign_notice,
             visibility=self._visibility(),
             rules=self._submission_rules(covenant),
+            staged_epoch=_staged_epoch(covenant),
         )
         self._bell.ring(result.notified)
         self.metrics.count_batch(
@@ -595,6 +613,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 min_parties=covenant.min_parties,
                 sign_notice=self._sign_notice,
                 visibility=self._visibility(),
+                staged_epoch=_staged_epoch(covenant),
             )
             removed += result.removed
             self._bell.ring(result.notified)
@@ -741,3 +760,9 @@ def _parse_evaluation_request(body: bytes, field: str) -> keyholder_pb2.Evaluati
     except DecodeError as error:
         raise InvalidInput("not an EvaluationRequest", field=field) from error
     return request
+
+
+def _staged_epoch(covenant: Covenant) -> int | None:
+    """The key epoch a rotation has staged in ``covenant``, if any."""
+    staged = covenant.next_key_epoch
+    return None if staged is None else staged.epoch

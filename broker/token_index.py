@@ -501,6 +501,29 @@ class TokenIndex:
             tokens.update(token for token, ref in rows if ref in wanted)
         return sorted(tokens)
 
+    def tokens_by_ref(
+        self, tx: Tx, party_id: int, refs: Sequence[bytes], key_epoch: int
+    ) -> dict[bytes, set[bytes]]:
+        """The tokens the party holds entries on under ``key_epoch`` for each of ``refs``
+        that has any (by the ref index, as ``tokens_of_refs``)."""
+        wanted = set(refs)
+        prefixes = sorted({prefix64(ref) for ref in wanted})
+        found: dict[bytes, set[bytes]] = {}
+        for chunk in self._chunks(prefixes):
+            buckets = sorted({(prefix >> 56) & 0xFF for prefix in chunk})
+            rows = tx.conn.execute(
+                select(TokenEntry.signal_ref, TokenEntry.token).where(
+                    TokenEntry.party_id == party_id,
+                    self._among(TokenEntry.ref_bucket, buckets),
+                    self._among(TokenEntry.ref_prefix, chunk),
+                    TokenEntry.key_epoch == key_epoch,
+                )
+            )
+            for ref, token in rows:
+                if bytes(ref) in wanted:
+                    found.setdefault(bytes(ref), set()).add(bytes(token))
+        return found
+
     def apply(
         self,
         tx: Tx,
@@ -509,6 +532,7 @@ class TokenIndex:
         meanwhile: Callable[[], object] | None = None,
         held: Mapping[str, int] | None = None,
         newest_id: int | None = None,
+        uncounted: frozenset[int] = frozenset(),
     ) -> None:
         """Write a change: entries deleted, updated and inserted; groups updated and inserted;
         the parties' counts of entries held moved with them (``held``: the moves, when the
@@ -518,7 +542,7 @@ class TokenIndex:
         the inserted entries if there are any. ``newest_id``: see ``ensure_partitions``.
         """
         conn = tx.conn
-        moves = matching.held_deltas(change) if held is None else held
+        moves = matching.held_deltas(change, uncounted=uncounted) if held is None else held
         if moves:
             ids = self._db.ids(tx, moves)
             counts = [(delta, ids[party]) for party, delta in sorted(moves.items())]

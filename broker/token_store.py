@@ -47,7 +47,7 @@ from samenloop.broker.matching import (
 from samenloop.broker.models import HitGroup, Party, PartyUsage, ProcessedBatch, TokenEntry
 from samenloop.broker.token_index import Loaded, TokenIndex, expiry_bucket, token_prefixes
 from samenloop.policies.audit import AuditEvent, AuditKind
-from samenloop.policies.errors import NotAllowed, Replay
+from samenloop.policies.errors import InvalidInput, NotAllowed, Replay
 
 # Plain SQL of the hot path (constants only, never built from input).
 _PG_OPEN_AND_PRIOR: Final = (
@@ -185,8 +185,14 @@ class TokenStore:
         sign_notice: SignNotice,
         visibility: VisibilityRule = DEFAULT_VISIBILITY,
         rules: SubmissionRules | None = None,
+        staged_epoch: int | None = None,
     ) -> SubmitResult:
         """Store and match a batch; idempotent by ``client_batch_id``.
+
+        A batch of the ``staged_epoch`` of a rotation re-states entries the party holds
+        under the current epoch: each of its refs must be one the party holds (else
+        ``InvalidInput`` naming the entry's ``signal_ref``), it counts against neither
+        quota of entries, and its groups are kept without notices.
 
         The same batch id with the same content is acknowledged again
         (``replayed``); with other content it is a :class:`Replay` error.
@@ -221,6 +227,10 @@ class TokenStore:
                     replayed=True,
                     accepted_at=prior.accepted_at,
                 )
+            staged = staged_epoch is not None and batch.key_epoch == staged_epoch
+            silent = frozenset() if staged_epoch is None else frozenset({staged_epoch})
+            if staged:
+                self._check_restated(tx, batch, party_id)
             if loaded is None:
                 loaded = self.index.load(tx, batch.tokens)
             outcome = matching.submit(
@@ -231,9 +241,12 @@ class TokenStore:
                 new_group_id=new_group_id,
                 visibility=visibility,
                 rules=rules,
+                silent_epochs=silent,
             )
-            held = matching.held_deltas(outcome.change, submitter=party)
-            if rules is not None:
+            held = matching.held_deltas(outcome.change, submitter=party, uncounted=silent)
+            if staged:
+                pass  # re-stated entries: neither submitted nor held anew
+            elif rules is not None:
                 usage = matching.charge(
                     usage,
                     submitted=len(batch.entries),
@@ -271,7 +284,7 @@ class TokenStore:
                 (client_batch_id.hex(),),
                 {"stored": outcome.stored, "unchanged": outcome.unchanged, "key_epoch": key_epoch},
             )
-            events = [submitted, *self._hit_events(outcome.change)]
+            events = [submitted, *self.hit_events(outcome.change)]
             if self._db.postgres:
                 record["covered"] = newest_id or 0
                 driver = self._db.driver(tx)
@@ -313,6 +326,7 @@ class TokenStore:
         sign_notice: SignNotice,
         visibility: VisibilityRule = DEFAULT_VISIBILITY,
         rules: SubmissionRules | None = None,
+        staged_epoch: int | None = None,
     ) -> WithdrawResult:
         """Remove the party's entries for the refs; idempotent by ``client_batch_id``.
 
@@ -348,10 +362,16 @@ class TokenStore:
                 )
             tokens = self.index.tokens_of_refs(tx, party_id, batch.signal_refs)
             loaded = self.index.load(tx, tokens)
+            silent = frozenset() if staged_epoch is None else frozenset({staged_epoch})
             outcome = matching.withdraw(
-                batch, loaded.states, min_parties=min_parties, now=now, visibility=visibility
+                batch,
+                loaded.states,
+                min_parties=min_parties,
+                now=now,
+                visibility=visibility,
+                silent_epochs=silent,
             )
-            self.index.apply(tx, outcome.change, loaded)
+            self.index.apply(tx, outcome.change, loaded, uncounted=silent)
             signed = _sign(outcome.change.notices, sign_notice)
             usage = _charge_notices(usage, _notice_bytes(signed, party), rules, "signal_refs")
             tx.conn.execute(
@@ -377,7 +397,7 @@ class TokenStore:
                 (client_batch_id.hex(),),
                 {"withdrawn": outcome.withdrawn, "unknown": outcome.unknown},
             )
-            self._db.audit(tx, [withdrawn, *self._hit_events(outcome.change)], now)
+            self._db.audit(tx, [withdrawn, *self.hit_events(outcome.change)], now)
         return WithdrawResult(
             client_batch_id,
             withdrawn=outcome.withdrawn,
@@ -396,6 +416,7 @@ class TokenStore:
         sign_notice: SignNotice,
         visibility: VisibilityRule = DEFAULT_VISIBILITY,
         limit: int = 10_000,
+        staged_epoch: int | None = None,
     ) -> RemovalResult:
         """Drop entries whose ``expires_at`` has passed, at most about ``limit`` per call.
 
@@ -419,10 +440,15 @@ class TokenStore:
             if not tokens:
                 return RemovalResult(removed=0)
             loaded = self.index.load(tx, sorted(set(tokens)))
+            silent = frozenset() if staged_epoch is None else frozenset({staged_epoch})
             change = matching.expire(
-                loaded.states, min_parties=min_parties, now=now, visibility=visibility
+                loaded.states,
+                min_parties=min_parties,
+                now=now,
+                visibility=visibility,
+                silent_epochs=silent,
             )
-            self.index.apply(tx, change, loaded)
+            self.index.apply(tx, change, loaded, uncounted=silent)
             drafts = [(draft, sign_notice(draft)) for draft in change.notices]
             self._charge_swept(tx, matching.swept_notice_bytes(change, drafts), now)
             by_party: dict[str, list[tuple[ItemKind, bytes]]] = {}
@@ -432,7 +458,7 @@ class TokenStore:
             expired = AuditEvent(
                 AuditKind.TOKEN_EXPIRY, self._db.owner, (), {"removed": len(change.deleted)}
             )
-            self._db.audit(tx, [expired, *self._hit_events(change)], now)
+            self._db.audit(tx, [expired, *self.hit_events(change)], now)
         return RemovalResult(
             removed=len(change.deleted),
             notified=notified,
@@ -509,6 +535,7 @@ class TokenStore:
         now: datetime,
         sign_notice: SignNotice,
         visibility: VisibilityRule,
+        staged_epoch: int | None = None,
     ) -> RemovalResult:
         """``remove_party`` inside a matching transaction the caller holds (a covenant
         version that removes parties: ``CovenantStore.publish_covenant``)."""
@@ -522,21 +549,53 @@ class TokenStore:
             .all()
         )
         loaded = self.index.load(tx, sorted(tokens))
+        silent = frozenset() if staged_epoch is None else frozenset({staged_epoch})
         change = matching.remove_party(
-            party, loaded.states, min_parties=min_parties, now=now, visibility=visibility
+            party,
+            loaded.states,
+            min_parties=min_parties,
+            now=now,
+            visibility=visibility,
+            silent_epochs=silent,
         )
-        self.index.apply(tx, change, loaded)
-        notified = self._deliver(tx, change.notices, now, sign_notice)
+        self.index.apply(tx, change, loaded, uncounted=silent)
+        notified = self.deliver(tx, change.notices, now, sign_notice)
         removed = AuditEvent(
             AuditKind.PARTY_REMOVED,
             self._db.owner,
             (),
             {"party": party, "removed": len(change.deleted)},
         )
-        self._db.audit(tx, [removed, *self._hit_events(change)], now)
+        self._db.audit(tx, [removed, *self.hit_events(change)], now)
         return RemovalResult(
             removed=len(change.deleted), notified=notified, notices=len(change.notices)
         )
+
+    def _check_restated(self, tx: Tx, batch: matching.Batch, party_id: int) -> None:
+        """A staged-epoch batch re-states refs the party holds under the current epoch, each
+        with one token: the staged epoch adds nothing to what a party holds."""
+        current = batch.key_epoch - 1
+        refs = [e.signal_ref for e in batch.entries]
+        held = self.index.tokens_by_ref(tx, party_id, refs, current)
+        staged = self.index.tokens_by_ref(tx, party_id, refs, batch.key_epoch)
+        for entry, position in zip(batch.entries, batch.positions, strict=True):
+            if entry.signal_ref not in held:
+                raise InvalidInput(
+                    f"the staged key epoch {batch.key_epoch} only re-states entries held "
+                    f"under key epoch {current}: this ref has none (submit it under "
+                    f"{current} first)",
+                    field=f"entries[{position}].signal_ref",
+                    reason="token.not_restated",
+                )
+            tokens = staged.setdefault(entry.signal_ref, set())
+            tokens.add(entry.token)
+            if len(tokens) > len(held[entry.signal_ref]):
+                raise InvalidInput(
+                    f"this ref is re-stated under key epoch {batch.key_epoch} already, with "
+                    "another token",
+                    field=f"entries[{position}].signal_ref",
+                    reason="token.restated_twice",
+                )
 
     def _charge_swept(self, tx: Tx, costs: Mapping[str, int], now: datetime) -> None:
         """Count what an expiry sweep's notices cost the others against the day of each party
@@ -605,7 +664,7 @@ class TokenStore:
             for row in rows
         ]
 
-    def _hit_events(self, change: Change) -> list[AuditEvent]:
+    def hit_events(self, change: Change) -> list[AuditEvent]:
         """One event per hit group a change formed, grew, shrank or closed: its id, revision,
         the kinds of notice issued and to how many recipients."""
         notices: dict[bytes, list[NoticeDraft]] = {}
@@ -714,7 +773,7 @@ class TokenStore:
             raise Replay("this batch id was used for another batch", field="client_batch_id")
         return _Prior(stored, unchanged, self._db.read_time(accepted_at)), usage
 
-    def _deliver(
+    def deliver(
         self,
         tx: Tx,
         notices: Sequence[NoticeDraft],

@@ -401,6 +401,11 @@ class NodeStatus:
     picture_classification: str = ""
     #: The covenant's signal categories, in its order.
     categories: tuple[str, ...] = ()
+    #: While a rotation of the OPRF key is staged: the staged epoch (else 0), and of
+    #: this node's live identifiers how many are re-tokenised under it.
+    staged_key_epoch: int = 0
+    rotation_restated: int = 0
+    rotation_live: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -702,6 +707,9 @@ def _status(message: node_pb2.GetStatusResponse) -> NodeStatus:
         covenant_stale_reason=message.covenant_freshness.stale_reason,
         picture_classification=message.picture_classification,
         categories=tuple(message.categories),
+        staged_key_epoch=message.staged_key_epoch,
+        rotation_restated=message.rotation_restated,
+        rotation_live=message.rotation_live,
     )
 
 

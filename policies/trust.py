@@ -314,6 +314,48 @@ def check_attribute_key(held: Covenant, covenant: Covenant) -> None:
             )
 
 
+def check_key_epochs(held: Covenant, covenant: Covenant) -> None:
+    """Refuse a successor that moves the OPRF key without the stage-then-switch rotation.
+
+    While an epoch is staged the nodes re-tokenise under it, so the staged
+    epoch cannot be replaced (withdraw it first, by a version without
+    ``next_key_epoch``), and a version that changes the current epoch (its
+    number or group key) must make the staged one current (``covenant
+    switch-key-epoch``): a switch to an epoch that was never staged would
+    leave every token unmatched.
+    """
+    staged = held.next_key_epoch
+    current = covenant.key_epoch
+    if (current.epoch, current.group_public_key) != (
+        held.key_epoch.epoch,
+        held.key_epoch.group_public_key,
+    ):
+        if staged is None or (current.epoch, current.group_public_key) != (
+            staged.epoch,
+            staged.group_public_key,
+        ):
+            raise _reject(
+                "covenant.key_epoch_unstaged",
+                f"version {covenant.version} changes key epoch {held.key_epoch.epoch} to "
+                f"{covenant.key_epoch.epoch}, which the held version {held.version} has not "
+                "staged: stage it first ('samenloop covenant stage-key-epoch')",
+                field="key_epoch",
+            )
+        return
+    following = covenant.next_key_epoch
+    if (
+        staged is not None
+        and following is not None
+        and following.group_public_key != staged.group_public_key
+    ):
+        raise _reject(
+            "covenant.key_epoch_restaged",
+            f"version {covenant.version} replaces staged key epoch {staged.epoch}: withdraw "
+            "it first, by a version without next_key_epoch",
+            field="next_key_epoch",
+        )
+
+
 def check_validity(covenant: Covenant, now: datetime) -> None:
     """Raise ``CovenantRejected`` unless ``now`` lies in the covenant's validity period."""
     if now < covenant.valid_from:
@@ -398,6 +440,7 @@ class TrustState:
             )
         _check_signatures(signed, covenant, held)
         check_attribute_key(held, covenant)
+        check_key_epochs(held, covenant)
         if check_time:
             check_validity(covenant, now)
         return covenant

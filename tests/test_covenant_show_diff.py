@@ -310,9 +310,40 @@ def test_every_leaf_is_shown_and_diffed(base: Covenant, other_ca: bytes) -> None
             not_diffed.append(f"{field}: {lines}")
         # The change is real: it changes the canonical bytes that signers sign.
         assert covenant_to_toml(after) != covenant_to_toml(base), field
-    assert unchangeable == [], "fields the test could not change alone"
+    # A staged key epoch is a whole section or none (its epoch number follows key_epoch's):
+    # test_a_staged_key_epoch_is_shown_and_diffed covers it.
+    assert unchangeable == ["next_key_epoch"], "fields the test could not change alone"
     assert not_shown == [], "fields covenant show does not show"
     assert not_diffed == [], "fields covenant diff does not report"
+
+
+def test_a_staged_key_epoch_is_shown_and_diffed(base: Covenant) -> None:
+    keys = [
+        (seat.party, PartyKeys.generate(seat.party).public().x25519)
+        for seat in base.key_epoch.holders
+    ]
+    dealt, _ = keysetup.deal("review-test", 2, 2, keys, now=NOW)
+    staged_epoch = OprfKeyEpoch(
+        epoch=2,
+        threshold=2,
+        group_public_key=dealt.group_public_key,
+        holders=tuple(KeyHolderSeat(h.index, h.party, h.commitment) for h in dealt.holders),
+        created_at=NOW,
+        retire_after=NOW + timedelta(days=365),
+    )
+    staged = dataclasses.replace(base, version=base.version + 1, next_key_epoch=staged_epoch)
+    shown = _shown(staged)
+    assert "[next_key_epoch]" in shown
+    assert "[[next_key_epoch.holders]] (3)" in shown
+    assert shown_value(dealt.group_public_key) in shown
+    lines = covenant_diff(base, staged)
+    assert any(line.startswith("~ next_key_epoch: None -> epoch=2;") for line in lines), lines
+    switched = dataclasses.replace(
+        staged, version=staged.version + 1, key_epoch=staged_epoch, next_key_epoch=None
+    )
+    lines = covenant_diff(staged, switched)
+    assert "~ key_epoch.epoch: 1 -> 2" in lines
+    assert any(line.startswith("~ next_key_epoch: epoch=2;") for line in lines), lines
 
 
 def test_every_entry_added_or_removed_is_shown_and_diffed(base: Covenant) -> None:

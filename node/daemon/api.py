@@ -1097,6 +1097,12 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             picture_classification=covenant.policy.picture.classification,
             categories=list(covenant.policy.categories),
         )
+        if covenant.next_key_epoch is not None:
+            staged = covenant.next_key_epoch.epoch
+            done, live = self._signals.rotation_progress(covenant.key_epoch.epoch, staged)
+            response.staged_key_epoch = staged
+            response.rotation_restated = done
+            response.rotation_live = live
         if not covenant.is_party(self._ctx.party):
             response.last_error = (
                 f"covenant version {covenant.version} no longer lists {self._ctx.party}: "
@@ -1129,17 +1135,17 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             if last_contact is not None:
                 response.last_connected.CopyFrom(timestamp(last_contact))
         seats = (
-            covenant.holder_seats_for(self._ctx.party) if covenant.is_party(self._ctx.party) else ()
+            covenant.seats_in_live_epochs(self._ctx.party)
+            if covenant.is_party(self._ctx.party)
+            else ()
         )
         if seats:
             totals = self._tokens.holder_totals()
             response.key_holder.CopyFrom(
                 node_pb2.KeyHolderStatus(
                     seats=[
-                        broker_pb2.HolderSeat(
-                            key_epoch=covenant.key_epoch.epoch, holder_index=seat.index
-                        )
-                        for seat in seats
+                        broker_pb2.HolderSeat(key_epoch=epoch, holder_index=seat.index)
+                        for epoch, seat in seats
                     ],
                     channel_open=holder_channel_open,
                     requests_served=totals.requests_served,

@@ -155,6 +155,13 @@ def status_to_json(status: NodeStatus) -> dict[str, Any]:
         if status.covenant_fresh_until is None
         else status.covenant_fresh_until.isoformat(),
         "covenant_stale_reason": status.covenant_stale_reason,
+        "key_rotation": None
+        if not status.staged_key_epoch
+        else {
+            "staged_key_epoch": status.staged_key_epoch,
+            "restated": status.rotation_restated,
+            "live": status.rotation_live,
+        },
         "key_holder": None
         if holder is None
         else {
@@ -188,8 +195,15 @@ def _status(args: argparse.Namespace) -> int:
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")
     holder = shown.pop("key_holder")
+    rotation = shown.pop("key_rotation")
     for name, value in shown.items():
         table.add_row(name.replace("_", " "), "" if value is None else printable(str(value)))
+    if rotation is not None:
+        table.add_row(
+            "key rotation",
+            f"epoch {rotation['staged_key_epoch']} staged: {rotation['restated']} of "
+            f"{rotation['live']} identifiers re-tokenised",
+        )
     if holder is not None:
         seats = ", ".join(f"{s['holder_index']} (epoch {s['key_epoch']})" for s in holder["seats"])
         table.add_row("key holder seats", seats)

@@ -137,11 +137,13 @@ class NodeMetrics:
         connection: Callable[[], tuple[bool, datetime | None]],
         clock: Callable[[], datetime],
         parties: Callable[[], Collection[str]] = frozenset,
+        rotation: Callable[[], tuple[int, int] | None] = lambda: None,
     ) -> None:
         """Add the state read at each scrape: ``connection`` gives whether the uplink is
         connected and when it last heard from the broker, ``parties`` the parties of the
-        covenant held (the only party ids a label may carry)."""
-        self.registry.register(StoreCollector(repositories, connection, clock, parties))
+        covenant held (the only party ids a label may carry), ``rotation`` the (current,
+        staged) key epochs while a rotation of the OPRF key is staged."""
+        self.registry.register(StoreCollector(repositories, connection, clock, parties, rotation))
 
 
 class StoreCollector(StoreFigures):
@@ -153,13 +155,23 @@ class StoreCollector(StoreFigures):
         connection: Callable[[], tuple[bool, datetime | None]],
         clock: Callable[[], datetime],
         parties: Callable[[], Collection[str]] = frozenset,
+        rotation: Callable[[], tuple[int, int] | None] = lambda: None,
     ) -> None:
         self._repositories = repositories
         self._connection = connection
         self._clock = clock
         self._parties = parties
+        self._rotation = rotation
 
     def _figures(self) -> Iterator[Metric]:
+        epochs = self._rotation()
+        if epochs is not None:
+            restated, live = self._repositories.signals.rotation_progress(*epochs)
+            yield GaugeMetricFamily(
+                f"{NAMESPACE}_rotation_identifiers_left",
+                "Live identifiers not yet re-tokenised under the staged key epoch",
+                value=live - restated,
+            )
         counts = self._repositories.signals.status_counts()
         signals = GaugeMetricFamily(
             f"{NAMESPACE}_signals", "Signals held, by state", labels=["state"]

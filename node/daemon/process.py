@@ -45,7 +45,7 @@ from samenloop.node.daemon.metrics import NodeMetrics
 from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.daemon.uplink import Uplink, broker_channel, learn_attribute_key
 from samenloop.node.tokens import keysetup, threshold
-from samenloop.node.tokens.holder import KeyHolder
+from samenloop.node.tokens.holders import EpochHolders
 from samenloop.policies import certs, crypto, database, logs
 from samenloop.policies.config import (
     NodeConfig,
@@ -54,7 +54,7 @@ from samenloop.policies.config import (
     secret_files,
     trusted_files,
 )
-from samenloop.policies.covenant import AttributeKeyRing
+from samenloop.policies.covenant import AttributeKeyRing, Covenant
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError, CovenantRejected, SamenloopError
 from samenloop.policies.metrics import MetricsEndpoint, RpcMetricsInterceptor, serve_registry
@@ -301,22 +301,52 @@ def _start(
         attribute_keys.current(covenant)  # a box that does not open stops the start
 
     holder = None
+    holder_shares = None
+    retire_share = None
     if config.key_share is not None:
-        epoch = threshold.KeyEpoch.from_covenant(covenant)
-        share = keysetup.load_share(config.key_share, epoch)
+        share_base = config.key_share
+        stored = keysetup.share_epoch(share_base)
+        live = [e.epoch for e in covenant.live_epochs]
+        if stored is not None and stored not in live and stored < min(live):
+            # Retired while this node was down (a switch it learnt from its store).
+            keysetup.retire_share(share_base, stored, covenant.key_epoch.epoch)
+            log.info("key epoch retired: its share is deleted", key_epoch=stored)
+        # The share of each key epoch this party serves: the current one (which must be
+        # there) and a staged one once 'keyholder accept' stored it beside.
+        shares = {}
+        for plain in covenant.live_epochs:
+            if not any(seat.party == party for seat in plain.holders):
+                continue
+            epoch = threshold.KeyEpoch.of(covenant.id, plain)
+            share = keysetup.load_epoch_share(share_base, epoch)
+            if share is None and plain is covenant.key_epoch:
+                share = keysetup.load_share(share_base, epoch)  # names what is wrong
+            if share is not None:
+                shares[plain.epoch] = (share, epoch)
+        if not shares:  # a holder of no live epoch: the configured share says why
+            epoch = threshold.KeyEpoch.from_covenant(covenant)
+            shares[epoch.epoch] = (keysetup.load_share(share_base, epoch), epoch)
         today = clock().date()
-        holder = KeyHolder(
+        used: dict[int, dict[str, int]] = {}
+        for p in covenant.parties:
+            counts = repositories.tokens.evaluations_by_epoch(p.id, today, covenant.key_epoch.epoch)
+            for number, elements in counts.items():
+                used.setdefault(number, {})[p.id] = elements
+        holder = EpochHolders(
             keys,
-            share,
-            epoch,
             covenant.id,
             held,
-            used_today={
-                p.id: repositories.tokens.evaluations_on(p.id, today) for p in covenant.parties
-            },
+            shares,
+            used_today=used,
             today=today,
             answered=repositories.tokens.answered_requests(now=clock()),
         )
+
+        def holder_shares(epoch: threshold.KeyEpoch) -> threshold.Share | None:
+            return keysetup.load_epoch_share(share_base, epoch)
+
+        def retire_share(retired: int, current: int) -> None:
+            keysetup.retire_share(share_base, retired, current)
 
     # Every broker replica listed; the uplink moves on to the next when one is unavailable.
     # Every channel made reads the TLS files again: a renewed certificate is used from the
@@ -332,6 +362,8 @@ def _start(
         repositories=repositories,
         attribute_keys=attribute_keys,
         holder=holder,
+        holder_shares=holder_shares,
+        retire_share=retire_share,
         clock=clock,
         on_hit=bell.ring,
         work_dir=config.data_dir,
@@ -347,6 +379,7 @@ def _start(
         connection,
         clock,
         parties=lambda: frozenset(p.id for p in held().parties) if holder is not None else (),
+        rotation=lambda: _rotation_epochs(held()),
     )
     service = NodeApiService(
         NodeApiContext(
@@ -416,6 +449,12 @@ def _start(
     return RunningNode(
         server, address, uplink, repositories, socket_path, refused, lock, metrics=endpoint, tls=tls
     )
+
+
+def _rotation_epochs(covenant: Covenant) -> tuple[int, int] | None:
+    """(current, staged) key epochs while the covenant stages a rotation, else None."""
+    staged = covenant.next_key_epoch
+    return None if staged is None else (covenant.key_epoch.epoch, staged.epoch)
 
 
 def replay_covenant(

@@ -91,6 +91,7 @@ from samenloop.node.tokens import derive as tokens
 from samenloop.node.tokens import evaluation, threshold
 from samenloop.node.tokens.evaluation import RefusalReason
 from samenloop.node.tokens.holder import UNVERIFIED, HolderEvent, HolderReply, KeyHolder
+from samenloop.node.tokens.holders import EpochHolders
 from samenloop.node.tokens.store import TokenStore
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import rules
@@ -251,7 +252,9 @@ class Uplink:
         keys: PartyKeys,
         repositories: Repositories,
         attribute_keys: covenant_model.AttributeKeyRing,
-        holder: KeyHolder | None = None,
+        holder: EpochHolders | None = None,
+        holder_shares: Callable[[threshold.KeyEpoch], threshold.Share | None] | None = None,
+        retire_share: Callable[[int, int], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_hit: Callable[[], None] = lambda: None,
         work_dir: Path | None = None,
@@ -270,6 +273,9 @@ class Uplink:
         #: Every attribute key version this party was dealt; updates add theirs as they arrive.
         self.attribute_keys = attribute_keys
         self._holder = holder
+        #: Finds the accepted share of a staged epoch, and deletes a retired one (key holders).
+        self._holder_shares = holder_shares
+        self._retire_share = retire_share
         self._clock = clock
         #: What the holder refused or answered again, summed for the audit log.
         self.holder_events: Tally[HolderEvent] = Tally(
@@ -278,6 +284,10 @@ class Uplink:
         self._on_hit = on_hit
         self._epoch_of: tuple[int, threshold.KeyEpoch] | None = None
         self._use_of: tuple[int, threshold.DailyUse] | None = None
+        #: The staged key epoch and what its holders still evaluate today (a rotation).
+        self._staged_of: tuple[int, threshold.KeyEpoch, threshold.DailyUse] | None = None
+        #: The key epoch and staging this node's tokens last followed (see _follow_rotation).
+        self._rotation_seen: tuple[int, int | None] | None = None
         self.wake = threading.Event()
         #: New versions and covenant timestamps, and whether the node is fresh.
         self.covenant_keeper = CovenantKeeper(
@@ -448,6 +458,7 @@ class Uplink:
     def _work_loop(self) -> None:
         backoff = Backoff(self._stop)
         tokenising = Backoff(self._stop)
+        restating = Backoff(self._stop)
         hello_done = False
         while not self._stop.is_set():
             index = self.brokers.index
@@ -466,6 +477,7 @@ class Uplink:
                     self.wake.clear()
                     continue
                 busy = False
+                self._follow_rotation()
                 # Stale: nothing new is sealed (the status and the log say why, once).
                 if tokenising.due and self.covenant_keeper.check().fresh:
                     try:
@@ -479,6 +491,17 @@ class Uplink:
                         self.status.update(last_error=f"tokenise: {type(error).__name__}: {error}")
                         log.info("tokenising held back", reason=str(error))
                         tokenising.defer()
+                # A rotation's re-tokenisation has its own holders' seats and allowance, and
+                # its own backoff: it never holds back ordinary imports.
+                if restating.due and self.covenant_keeper.check().fresh:
+                    try:
+                        busy = self._restate_some() or busy
+                        restating.reset()
+                    except CovenantStale:
+                        restating.defer()
+                    except NotEnoughHolders as error:
+                        log.info("re-tokenising held back", reason=str(error))
+                        restating.defer()
                 busy = self._send_outbox() or busy
                 busy = self._send_envelopes() or busy
                 backoff.reset()
@@ -675,6 +698,70 @@ class Uplink:
         )
         self.metrics.tokenised.inc(len(done))
         return True
+
+    def _follow_rotation(self) -> None:
+        """Follow the covenant's key epochs in the store: once it switched, each
+        identifier's staged token becomes its token (and one without goes back to
+        pending); once a staging is withdrawn, the staged tokens go. Done when the
+        covenant held changes them (and once at start: it is idempotent)."""
+        covenant = self._covenant()
+        staged = covenant.next_key_epoch
+        seen = (covenant.key_epoch.epoch, None if staged is None else staged.epoch)
+        if seen == self._rotation_seen:
+            return
+        switched, again = self._signals.switch_key_epoch(
+            covenant.key_epoch.epoch, None if staged is None else staged.epoch
+        )
+        if switched or again:
+            log.info(
+                "key epoch switched: staged tokens made current",
+                key_epoch=covenant.key_epoch.epoch,
+                switched=switched,
+                tokenised_again=again,
+            )
+        if staged is not None:
+            log.info("key epoch staged: re-tokenising", staged_key_epoch=staged.epoch)
+        self._rotation_seen = seen
+
+    def _restate_some(self) -> bool:
+        """While a rotation is staged: re-tokenise a chunk of identifiers the broker holds
+        under the staged epoch and put them in the outbox under their own refs."""
+        covenant = self._covenant()
+        staged = covenant.next_key_epoch
+        if staged is None:
+            return False
+        now = self._clock()
+        current = covenant.key_epoch.epoch
+        candidates = self._signals.restate_candidates(
+            current, staged.epoch, TOKENISE_CHUNK, now=now
+        )
+        if not candidates:
+            return False
+        if self._staged_of is None or self._staged_of[0] != covenant.version:
+            epoch = threshold.KeyEpoch.of(covenant.id, staged)
+            use = evaluation.daily_use(covenant.policy.quotas, epoch, self._party)
+            self._staged_of = (covenant.version, epoch, use)
+        _, epoch, use = self._staged_of
+        made = evaluation.tokenise_with_proof_keys(
+            self._keys,
+            covenant,
+            tokens.TokenDomain(covenant.id, epoch.epoch),
+            epoch,
+            [c.identifier for c in candidates],
+            self._relay,
+            now=now,
+            planner=threshold.HolderPlanner(epoch, use=use),
+        )
+        done = candidates[: len(made)]
+        self._signals.record_restated(
+            {c.id: m.token for c, m in zip(done, made, strict=True)},
+            epoch.epoch,
+            now=self._clock(),
+            seal_attributes=self._seal_category,
+            proof_keys={c.id: m.hit_proof_key for c, m in zip(done, made, strict=True)},
+        )
+        self.metrics.tokenised.inc(len(done))
+        return bool(done)
 
     def _send_outbox(self) -> bool:
         waits = self._outbox_waits_until
@@ -932,15 +1019,36 @@ class Uplink:
             self.status.update(holder_channel_open=False)
             backoff.wait()
 
+    def follow_key_epochs(self) -> bool:
+        """Serve the key epochs the covenant held lists: start a staged epoch once its share
+        is accepted, drop a retired one and delete its share. Whether the seats changed."""
+        holder = self._holder
+        if holder is None or self._holder_shares is None:
+            return False
+        covenant = self._covenant()
+        before = holder.seats
+        retired = holder.adopt(covenant, self._holder_shares)
+        for epoch in retired:
+            if self._retire_share is not None:
+                self._retire_share(epoch, covenant.key_epoch.epoch)
+            log.info("key epoch retired: its share is deleted", key_epoch=epoch)
+        if holder.seats != before:
+            log.info("key-holder seats", seats=[list(seat) for seat in holder.seats])
+            return True
+        return False
+
     def _serve_holder_channel(self, backoff: Backoff) -> None:
         holder = self._holder
         assert holder is not None
+        self.follow_key_epochs()
+        seats = holder.seats
         outbound: _Outbound = _Outbound(self._stop)
         outbound.put(
             broker_pb2.HolderChannelRequest(
                 hello=broker_pb2.HolderHello(
                     seats=[
-                        broker_pb2.HolderSeat(key_epoch=holder.key_epoch, holder_index=holder.index)
+                        broker_pb2.HolderSeat(key_epoch=epoch, holder_index=index)
+                        for epoch, index in seats
                     ]
                 )
             )
@@ -953,10 +1061,17 @@ class Uplink:
                 self._reachable()
                 self.status.update(holder_channel_open=True, last_contact=self._clock())
                 if not message.HasField("evaluation"):
+                    # Between requests: a staged epoch to serve or a retired one to give
+                    # up changes the seats, which a new hello tells the broker.
+                    if self.follow_key_epochs():
+                        cast(Any, call).cancel()  # grpc leaves Call.cancel untyped
+                        return
                     continue
                 now = self._clock()
                 try:
-                    decided = holder.answer(message.evaluation.request.SerializeToString(), now=now)
+                    epoch, decided = holder.answer(
+                        message.evaluation.request.SerializeToString(), now=now
+                    )
                 except SamenloopError:  # no requester to answer: drop it, summed
                     self.holder_events.add(
                         HolderEvent(UNVERIFIED, RefusalReason.MALFORMED_REQUEST.name, now.date())
@@ -969,7 +1084,12 @@ class Uplink:
                 # a crash in between must neither hand out evaluations that the quota never
                 # saw nor let the request be counted again after a restart.
                 if not record_answer(
-                    self._repositories.tokens, holder, decided, now=now, summed=self.holder_events
+                    self._repositories.tokens,
+                    holder,
+                    decided,
+                    now=now,
+                    summed=self.holder_events,
+                    key_epoch=epoch,
                 ):
                     continue
                 self._count_answer(decided)
@@ -997,11 +1117,12 @@ class Uplink:
 
 def record_answer(
     store: TokenStore,
-    holder: KeyHolder,
+    holder: EpochHolders | KeyHolder,
     decided: HolderReply,
     *,
     now: datetime,
     summed: Tally[HolderEvent],
+    key_epoch: int = 0,
 ) -> bool:
     """Commit a key holder's count and replay-cache entry of an evaluation, or add a
     refusal or an answer given again to ``summed``; whether to send the reply.
@@ -1023,6 +1144,7 @@ def record_answer(
             now=now,
             elements=decided.elements,
             answered=decided.answered,
+            key_epoch=key_epoch,
         )
     except Replay:
         holder.withdraw(decided)

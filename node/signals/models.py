@@ -216,6 +216,29 @@ class HitProofKey(Base):
     __table_args__ = (CheckConstraint("length(proof_key) = 32", name="proof_key_size"),)
 
 
+class RestatedToken(Base):
+    """An identifier's token under the key epoch a rotation has staged, with its hit proof
+    key: made by the re-tokenisation job in the transaction that puts it in the outbox
+    (under the identifier's own ``signal_ref``), made the identifier's token when the
+    covenant switches to that epoch, and dropped then (or when the staging is
+    withdrawn). Never made for a withdrawn identifier."""
+
+    __tablename__ = "restated_tokens"
+
+    identifier_id: Mapped[int] = mapped_column(
+        RowId, ForeignKey("signal_identifiers.id"), primary_key=True, autoincrement=False
+    )
+    key_epoch: Mapped[int] = mapped_column(BigInteger)
+    token: Mapped[bytes]
+    proof_key: Mapped[bytes | None]
+
+    __table_args__ = (
+        CheckConstraint("key_epoch >= 1 AND key_epoch <= 4294967295", name="key_epoch_range"),
+        CheckConstraint("length(token) = 32", name="token_size"),
+        CheckConstraint("proof_key IS NULL OR length(proof_key) = 32", name="proof_key_size"),
+    )
+
+
 class OutboxBatch(Base):
     """A batch for the broker, kept unchanged and resent until acknowledged (or rejected)."""
 

@@ -867,6 +867,202 @@ class SignalStore(Database):
             ]
         return batches
 
+    # --- rotating the OPRF key ------------------------------------------------------
+
+    def restate_candidates(
+        self, current: int, staged: int, limit: int, *, now: datetime
+    ) -> list[PendingIdentifier]:
+        """Identifiers to re-tokenise under the ``staged`` key epoch, oldest first: those
+        the broker acknowledged under the ``current`` epoch (the broker takes a staged
+        entry only for a ref it holds), of active signals not expired by ``now``, without
+        a staged token yet. An import while staged is tokenised under the current epoch
+        first and comes here once acknowledged."""
+        si, rt = models.SignalIdentifier, models.RestatedToken
+        moment = utc(now)
+        found: list[PendingIdentifier] = []
+        after = 0
+        with self._read() as conn:
+            while len(found) < limit:
+                rows = conn.execute(
+                    select(si.id, si.signal_id, si.type, si.canonical)
+                    .where(
+                        si.state == IdentifierState.SUBMITTED.value,
+                        si.key_epoch == current,
+                        si.id > after,
+                        ~select(rt.identifier_id)
+                        .where(rt.identifier_id == si.id, rt.key_epoch == staged)
+                        .exists(),
+                    )
+                    .order_by(si.id)
+                    .limit(limit)
+                ).all()
+                if not rows:
+                    break
+                signals = self._signals_by_id(conn, {row.signal_id for row in rows})
+                for row in rows:
+                    signal = signals[row.signal_id]
+                    if signal.state != SignalState.ACTIVE.value or signal.expires_at <= moment:
+                        continue
+                    found.append(
+                        PendingIdentifier(
+                            id=row.id,
+                            signal_id=row.signal_id,
+                            identifier=Identifier(IdentifierType(row.type), row.canonical),
+                            category=signal.category,
+                            expires_at=signal.expires_at,
+                        )
+                    )
+                after = rows[-1].id
+        return found[:limit]
+
+    def record_restated(
+        self,
+        tokens: Mapping[int, bytes],
+        key_epoch: int,
+        *,
+        now: datetime,
+        seal_attributes: Callable[[str], bytes] | None = None,
+        proof_keys: Mapping[int, bytes] | None = None,
+    ) -> list[OutboxBatch]:
+        """Store staged-epoch tokens by identifier id and put them in submit batches of
+        ``key_epoch`` under each identifier's own ``signal_ref``, in one transaction.
+
+        Only identifiers still submitted, of active signals not expired by ``now`` and
+        without a staged token, are taken: a repeated call (a crash after the commit)
+        submits nothing twice, and an identifier withdrawn meanwhile is not re-stated.
+        """
+        now = utc(now)
+        _check_epoch(key_epoch)
+        proof_keys = proof_keys or {}
+        for identifier_id, token in tokens.items():
+            check_bytes(token, TOKEN_BYTES, f"tokens[{identifier_id}]")
+        for identifier_id, key in proof_keys.items():
+            check_bytes(key, HIT_PROOF_KEY_BYTES, f"proof_keys[{identifier_id}]")
+        si, rt = models.SignalIdentifier, models.RestatedToken
+        with self._write(outbox=True) as conn:
+            taken: list[Any] = []
+            for chunk in chunks(sorted(tokens)):
+                taken += conn.execute(
+                    select(si.id, si.signal_id, si.signal_ref)
+                    .where(
+                        self._among(si.id, chunk),
+                        si.state == IdentifierState.SUBMITTED.value,
+                        ~select(rt.identifier_id).where(rt.identifier_id == si.id).exists(),
+                    )
+                    .order_by(si.id)
+                    .with_for_update()
+                ).all()
+            signals = self._signals_by_id(conn, {row.signal_id for row in taken})
+            rows = [
+                _Taken(row.id, row.signal_ref, signal.category, signal.expires_at)
+                for row in taken
+                if (signal := signals[row.signal_id]).state == SignalState.ACTIVE.value
+                and signal.expires_at > now
+            ]
+            if not rows:
+                return []
+            conn.execute(
+                insert(rt),
+                [
+                    {
+                        "identifier_id": row.id,
+                        "key_epoch": key_epoch,
+                        "token": tokens[row.id],
+                        "proof_key": proof_keys.get(row.id),
+                    }
+                    for row in rows
+                ],
+            )
+            sealed: dict[str, bytes] = {}
+            if seal_attributes is not None:
+                for category in sorted({row.category for row in rows}):
+                    sealed[category] = seal_attributes(category)
+            return [
+                self._create_batch(
+                    conn,
+                    BatchKind.SUBMIT,
+                    key_epoch,
+                    now,
+                    [
+                        {
+                            "identifier_id": row.id,
+                            "signal_ref": row.signal_ref,
+                            "token": tokens[row.id],
+                            "expires_at": row.expires_at,
+                            "sealed_attributes": sealed.get(row.category),
+                            "category": row.category,
+                        }
+                        for row in chunk
+                    ],
+                )
+                for chunk in chunks(rows, MAX_TOKENS_PER_BATCH)
+            ]
+
+    def rotation_progress(self, current: int, staged: int) -> tuple[int, int]:
+        """(re-stated, live): this node's identifiers with a token under the ``current``
+        epoch that the broker holds or is sent (not withdrawn), and how many of them
+        have their ``staged``-epoch token."""
+        si, rt = models.SignalIdentifier, models.RestatedToken
+        live = (
+            si.key_epoch == current,
+            si.state.in_([IdentifierState.TOKENISED.value, IdentifierState.SUBMITTED.value]),
+        )
+        with self._read() as conn:
+            total = conn.execute(select(func.count()).select_from(si).where(*live)).scalar_one()
+            done = conn.execute(
+                select(func.count())
+                .select_from(si)
+                .join(rt, rt.identifier_id == si.id)
+                .where(*live, rt.key_epoch == staged)
+            ).scalar_one()
+        return int(done), int(total)
+
+    def switch_key_epoch(self, current: int, staged: int | None = None) -> tuple[int, int]:
+        """The covenant made key epoch ``current`` current: each identifier's staged token
+        (and hit proof key) becomes its token, in one transaction; an identifier of an
+        older epoch without one goes back to pending (to be tokenised under ``current``:
+        the broker deleted the old epoch's entries). Staged tokens of any epoch but
+        ``staged`` (the one the covenant stages now, if any) are dropped: a staging
+        withdrawn. Returns (switched, back to pending); a second call changes nothing."""
+        _check_epoch(current)
+        si, rt, pk = models.SignalIdentifier, models.RestatedToken, models.HitProofKey
+        with self._write(outbox=True) as conn:
+            restated = conn.execute(
+                select(rt.identifier_id, rt.token, rt.proof_key).where(rt.key_epoch == current)
+            ).all()
+            switched = [row.identifier_id for row in restated]
+            if restated:
+                conn.execute(
+                    update(si)
+                    .where(si.id == bindparam("b_id"), si.key_epoch < current)
+                    .values(token=bindparam("b_token"), key_epoch=current),
+                    [{"b_id": row.identifier_id, "b_token": row.token} for row in restated],
+                )
+                for chunk in chunks(switched):
+                    conn.execute(delete(pk).where(self._among(pk.identifier_id, chunk)))
+                keyed = [
+                    {"identifier_id": row.identifier_id, "proof_key": row.proof_key}
+                    for row in restated
+                    if row.proof_key is not None
+                ]
+                if keyed:
+                    conn.execute(insert(pk), keyed)
+            conn.execute(delete(rt).where(rt.key_epoch != (0 if staged is None else staged)))
+            stale = list(
+                conn.execute(
+                    select(si.id).where(
+                        si.key_epoch < current,
+                        si.state.in_(
+                            [IdentifierState.TOKENISED.value, IdentifierState.SUBMITTED.value]
+                        ),
+                    )
+                ).scalars()
+            )
+            self._set_state(conn, stale, IdentifierState.PENDING, token=None, key_epoch=None)
+            for chunk in chunks(stale):
+                conn.execute(delete(pk).where(self._among(pk.identifier_id, chunk)))
+        return len(switched), len(stale)
+
     def _create_batch(
         self,
         conn: Connection,
@@ -1023,7 +1219,7 @@ class SignalStore(Database):
         ob, oe, si = models.OutboxBatch, models.OutboxEntry, models.SignalIdentifier
         with self._write(outbox=True) as conn:
             batch = conn.execute(
-                select(ob.id, ob.kind, ob.acked_at, ob.rejected_at)
+                select(ob.id, ob.kind, ob.key_epoch, ob.acked_at, ob.rejected_at)
                 .where(ob.client_batch_id == client_batch_id)
                 .with_for_update()
             ).first()
@@ -1059,6 +1255,14 @@ class SignalStore(Database):
                     )
                     if row.state == before.value
                 ]
+            if submit and not acked:  # a staged epoch's batch refused: re-stated anew
+                rt = models.RestatedToken
+                for chunk in chunks(members):
+                    conn.execute(
+                        delete(rt).where(
+                            self._among(rt.identifier_id, chunk), rt.key_epoch == batch.key_epoch
+                        )
+                    )
             if not submit:
                 self._set_state(conn, moving, IdentifierState.WITHDRAWN)
             elif acked:

@@ -429,6 +429,13 @@ class KeyHolder:
             summed=HolderEvent(requester, ANSWERED_AGAIN, now.date()) if again else None,
         )
 
+    def admitted(self, reply: HolderReply) -> bool:
+        """Whether ``reply``'s evaluation was admitted by this holder (and not withdrawn)."""
+        if reply.answered is None:
+            return False
+        with self._lock:
+            return reply.answered.key in self._answered
+
     def withdraw(self, reply: HolderReply) -> None:
         """Undo the admission of an evaluation whose record failed: it was never sent."""
         if reply.answered is not None:

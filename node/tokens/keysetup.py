@@ -16,6 +16,7 @@ share is a local file, written owner-only.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -297,3 +298,58 @@ def load_share(path: Path, key_epoch: threshold.KeyEpoch) -> threshold.Share:
     if not crypto.equal(share.commitment, key_epoch.holder(share.index).commitment):
         raise InvalidInput("stored share does not match its commitment", field=source)
     return share
+
+
+def share_path(base: Path, epoch: int) -> Path:
+    """Where a holder keeps its share of ``epoch`` beside the configured ``key_share`` file:
+    ``key-share.json`` -> ``key-share.epoch-2.json``. ``keyholder accept`` of a staged epoch
+    writes there; the node loads the share of each epoch it serves from there, or from
+    ``base`` itself when that holds the epoch."""
+    return base.with_name(f"{base.stem}.epoch-{epoch}{base.suffix}")
+
+
+def share_epoch(path: Path) -> int | None:
+    """The epoch a stored share file names, or None if it cannot be read as one."""
+    try:
+        doc = json.loads(crypto.read_secret_file(path))
+        return int(doc["epoch"]) if isinstance(doc, dict) else None
+    except (OSError, KeyError, TypeError, ValueError, ConfigurationError):
+        return None
+
+
+def forget_share(path: Path) -> None:
+    """Delete a retired share: overwritten with zeros and flushed before it is unlinked, so
+    the file system's free blocks keep no copy of it (on a plain overwrite-in-place file
+    system; copies in backups and snapshots are the operator's to remove). Gone already
+    is fine."""
+    try:
+        size = path.stat().st_size
+        with path.open("r+b") as file:
+            file.write(b"\0" * size)
+            file.flush()
+            os.fsync(file.fileno())
+        path.unlink()
+    except FileNotFoundError:
+        return
+
+
+def load_epoch_share(base: Path, epoch: threshold.KeyEpoch) -> threshold.Share | None:
+    """The accepted share of ``epoch``: at ``base`` (the configured ``key_share``) or beside
+    it (:func:`share_path`); None if neither holds that epoch (not accepted yet)."""
+    for path in (base, share_path(base, epoch.epoch)):
+        if share_epoch(path) == epoch.epoch:
+            return load_share(path, epoch)
+    return None
+
+
+def retire_share(base: Path, retired: int, current: int) -> None:
+    """Delete the share of a ``retired`` epoch, and put the ``current`` epoch's share at
+    ``base`` if it was kept beside it. The old share is overwritten before the new one
+    takes its name; a crash in between leaves ``base`` unreadable, which
+    :func:`load_epoch_share` passes over for the file beside it."""
+    if share_epoch(base) == retired:
+        forget_share(base)
+    forget_share(share_path(base, retired))
+    beside = share_path(base, current)
+    if beside.exists() and share_epoch(base) != current:
+        os.replace(beside, base)

@@ -18,18 +18,24 @@ from samenloop.node.daemon.models import MAX_PARTY_CHARS, Base
 
 
 class HolderUsage(Base):
-    """Key-holder counters: requests and elements evaluated per requesting party per UTC day."""
+    """Key-holder counters: requests and elements evaluated per requesting party, UTC day and
+    key epoch (each epoch has its own daily allowance)."""
 
     __tablename__ = "holder_usage"
 
     party: Mapped[str] = mapped_column(String(MAX_PARTY_CHARS), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
+    #: The key epoch evaluated under; 0 for refusals and for counts from before 0014.
+    key_epoch: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, autoincrement=False, server_default="0"
+    )
     requests_served: Mapped[int] = mapped_column(BigInteger)
     elements_evaluated: Mapped[int] = mapped_column(BigInteger)
     requests_refused: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (
         CheckConstraint("length(party) >= 1", name="party_not_empty"),
+        CheckConstraint("key_epoch >= 0 AND key_epoch <= 4294967295", name="key_epoch_range"),
         CheckConstraint(
             "requests_served >= 0 AND elements_evaluated >= 0 AND requests_refused >= 0",
             name="counts_not_negative",

@@ -41,19 +41,28 @@ class TokenStore(Database):
     """Key-holder usage by party and day, and the answered requests (replay cache)."""
 
     def _count_usage(
-        self, conn: Connection, party: str, day: date, *, served: int, elements: int, refused: int
+        self,
+        conn: Connection,
+        party: str,
+        day: date,
+        *,
+        served: int,
+        elements: int,
+        refused: int,
+        key_epoch: int = 0,
     ) -> None:
         usage = models.HolderUsage
         statement = self._insert(usage).values(
             party=party,
             day=day,
+            key_epoch=key_epoch,
             requests_served=served,
             elements_evaluated=elements,
             requests_refused=refused,
         )
         conn.execute(
             statement.on_conflict_do_update(
-                index_elements=["party", "day"],
+                index_elements=["party", "day", "key_epoch"],
                 set_={
                     "requests_served": usage.requests_served + statement.excluded.requests_served,
                     "elements_evaluated": usage.elements_evaluated
@@ -71,9 +80,10 @@ class TokenStore(Database):
         now: datetime,
         elements: int,
         answered: AnsweredRequest | None = None,
+        key_epoch: int = 0,
     ) -> None:
-        """Count one key-holder request of ``party`` served on ``now``'s UTC day, with the
-        number of elements evaluated, and audit it.
+        """Count one key-holder request of ``party`` served on ``now``'s UTC day under
+        ``key_epoch``, with the number of elements evaluated, and audit it.
 
         ``answered`` is the replay-cache entry of the request: stored in the
         same transaction, so a count is never kept without it nor it without the
@@ -117,7 +127,15 @@ class TokenStore(Database):
                         field="request_id",
                         reason="oprf.replay",
                     )
-            self._count_usage(conn, party, now.date(), served=1, elements=elements, refused=0)
+            self._count_usage(
+                conn,
+                party,
+                now.date(),
+                served=1,
+                elements=elements,
+                refused=0,
+                key_epoch=key_epoch,
+            )
             self.append_audit(
                 conn,
                 kind=AuditKind.OPRF_EVALUATION,
@@ -180,19 +198,41 @@ class TokenStore(Database):
             for row in rows
         ]
 
-    def evaluations_on(self, party: str, day: date) -> int:
-        """Elements evaluated for ``party`` on a UTC day: what its daily quota counts."""
+    def evaluations_on(self, party: str, day: date, key_epoch: int | None = None) -> int:
+        """Elements evaluated for ``party`` on a UTC day, under every epoch or ``key_epoch``."""
         usage = models.HolderUsage
+        query = select(func.coalesce(func.sum(usage.elements_evaluated), 0)).where(
+            usage.party == party, usage.day == day
+        )
+        if key_epoch is not None:
+            query = query.where(usage.key_epoch == key_epoch)
         with self._read() as conn:
-            found = conn.execute(
-                select(usage.elements_evaluated).where(usage.party == party, usage.day == day)
-            ).scalar_one_or_none()
-        return found or 0
+            return int(conn.execute(query).scalar_one())
+
+    def evaluations_by_epoch(self, party: str, day: date, current: int) -> dict[int, int]:
+        """Elements evaluated for ``party`` on a UTC day per key epoch; the rows of epoch 0
+        (from before epochs were kept) count towards ``current``."""
+        usage = models.HolderUsage
+        query = (
+            select(usage.key_epoch, func.sum(usage.elements_evaluated))
+            .where(usage.party == party, usage.day == day)
+            .group_by(usage.key_epoch)
+        )
+        counts: dict[int, int] = {}
+        with self._read() as conn:
+            for epoch, elements in conn.execute(query):
+                number = current if epoch == 0 else int(epoch)
+                counts[number] = counts.get(number, 0) + int(elements)
+        return counts
 
     def evaluations_by_party(self, day: date) -> dict[str, int]:
         """Elements evaluated for each requester on a UTC day (for the metrics)."""
         usage = models.HolderUsage
-        query = select(usage.party, usage.elements_evaluated).where(usage.day == day)
+        query = (
+            select(usage.party, func.sum(usage.elements_evaluated))
+            .where(usage.day == day)
+            .group_by(usage.party)
+        )
         with self._read() as conn:
             return {party: int(elements) for party, elements in conn.execute(query)}
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from samenloop.node.tokens import oprf
-from samenloop.policies.covenant import Covenant
+from samenloop.policies.covenant import Covenant, OprfKeyEpoch
 from samenloop.policies.errors import (
     InvalidInput,
     InvalidProof,
@@ -115,9 +115,13 @@ class KeyEpoch:
     @classmethod
     def from_covenant(cls, covenant: Covenant) -> KeyEpoch:
         """The covenant's current key epoch, validated as group elements and checked consistent."""
-        plain = covenant.key_epoch
+        return cls.of(covenant.id, covenant.key_epoch)
+
+    @classmethod
+    def of(cls, covenant_id: str, plain: OprfKeyEpoch) -> KeyEpoch:
+        """One of a covenant's key epochs (current or staged), validated and checked consistent."""
         epoch = cls(
-            covenant_id=covenant.id,
+            covenant_id=covenant_id,
             epoch=plain.epoch,
             threshold=plain.threshold,
             group_public_key=plain.group_public_key,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from samenloop.policies import crypto
 from samenloop.policies.covenant.fields import KIND
-from samenloop.policies.covenant.model import Covenant
+from samenloop.policies.covenant.model import Covenant, OprfKeyEpoch
 from samenloop.policies.policy import Policy, Role
 
 # --- TOML out ----------------------------------------------------------------------
@@ -66,10 +66,17 @@ def covenant_to_toml(covenant: Covenant) -> bytes:
             f"ed25519 = {toml_literal(crypto.b64encode(party.keys.ed25519))}",
             f"x25519 = {toml_literal(crypto.b64encode(party.keys.x25519))}",
         ]
-    epoch = covenant.key_epoch
-    lines += [
+    lines += _epoch_lines("key_epoch", covenant.key_epoch)
+    if covenant.next_key_epoch is not None:
+        lines += _epoch_lines("next_key_epoch", covenant.next_key_epoch)
+    lines += _policy_lines(policy)
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _epoch_lines(name: str, epoch: OprfKeyEpoch) -> list[str]:
+    lines = [
         "",
-        "[key_epoch]",
+        f"[{name}]",
         f"epoch = {toml_literal(epoch.epoch)}",
         f"threshold = {toml_literal(epoch.threshold)}",
         f"group_public_key = {toml_literal(crypto.b64encode(epoch.group_public_key))}",
@@ -79,13 +86,12 @@ def covenant_to_toml(covenant: Covenant) -> bytes:
     for seat in epoch.holders:
         lines += [
             "",
-            "[[key_epoch.holders]]",
+            f"[[{name}.holders]]",
             f"index = {toml_literal(seat.index)}",
             f"party = {toml_literal(seat.party)}",
             f"commitment = {toml_literal(crypto.b64encode(seat.commitment))}",
         ]
-    lines += _policy_lines(policy)
-    return ("\n".join(lines) + "\n").encode("utf-8")
+    return lines
 
 
 def _policy_lines(policy: Policy) -> list[str]:

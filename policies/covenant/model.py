@@ -161,6 +161,9 @@ class Covenant:
     valid_until: datetime
     signing: Signing
     policy: Policy
+    #: The staged next epoch of the OPRF key (``key_epoch.epoch + 1``) while the
+    #: nodes re-tokenise under it; ``covenant switch-key-epoch`` makes it current.
+    next_key_epoch: OprfKeyEpoch | None = None
 
     def __post_init__(self) -> None:
         check_id(self.id, field="id")
@@ -226,25 +229,42 @@ class Covenant:
         _check_int(self.min_parties, 2, len(self.parties), field="matching.min_parties")
         if not isinstance(self.key_epoch, OprfKeyEpoch):
             raise InvalidInput("must be a key epoch", field="key_epoch")
-        for i, seat in enumerate(self.key_epoch.holders):
+        self._check_epoch(self.key_epoch, ids, field="key_epoch")
+        if self.next_key_epoch is not None:
+            if not isinstance(self.next_key_epoch, OprfKeyEpoch):
+                raise InvalidInput("must be a key epoch", field="next_key_epoch")
+            if self.next_key_epoch.epoch != self.key_epoch.epoch + 1:
+                raise InvalidInput(
+                    f"must be epoch {self.key_epoch.epoch + 1}, the one after key_epoch",
+                    field="next_key_epoch.epoch",
+                )
+            if self.next_key_epoch.group_public_key == self.key_epoch.group_public_key:
+                raise InvalidInput(
+                    "same group key as key_epoch: deal a fresh key", field="next_key_epoch"
+                )
+            self._check_epoch(self.next_key_epoch, ids, field="next_key_epoch")
+        check_pem(self.ca_certificate, field="ca_certificate")
+
+    def _check_epoch(self, epoch: OprfKeyEpoch, ids: dict[str, int], *, field: str) -> None:
+        for i, seat in enumerate(epoch.holders):
             if seat.party not in ids:
                 raise InvalidInput(
                     f"{seat.party!r} is not a party of this covenant",
-                    field=f"key_epoch.holders[{i}].party",
+                    field=f"{field}.holders[{i}].party",
                 )
         # Each holder enforces a share of the OPRF cap (rules.oprf_allowance): a share of 0
         # would leave a party no token at all.
         smallest = self.policy.quotas.smallest_oprf_cap(
-            threshold=self.key_epoch.threshold, holders=len(self.key_epoch.holders)
+            threshold=epoch.threshold, holders=len(epoch.holders)
         )
         if self.policy.quotas.oprf_evaluations_per_day < smallest:
             raise InvalidInput(
-                f"at least {smallest} with {len(self.key_epoch.holders)} key holders at threshold "
-                f"{self.key_epoch.threshold}: each holder allows a party a share of the cap, "
+                f"at least {smallest} with {len(epoch.holders)} key holders at threshold "
+                f"{epoch.threshold}" + ("" if field == "key_epoch" else f" ({field})") + ": "
+                "each holder allows a party a share of the cap, "
                 "and a smaller cap leaves a share of 0",
                 field="quotas.oprf_evaluations_per_day",
             )
-        check_pem(self.ca_certificate, field="ca_certificate")
 
     # Lookups.
 
@@ -289,6 +309,26 @@ class Covenant:
     def holder_seats_for(self, party_id: str) -> tuple[KeyHolderSeat, ...]:
         """The key-holder seats that ``party_id`` holds in the current key epoch (maybe none)."""
         return tuple(seat for seat in self.key_epoch.holders if seat.party == party_id)
+
+    @property
+    def live_epochs(self) -> tuple[OprfKeyEpoch, ...]:
+        """The key epochs holders serve: the current one, then the staged one if any."""
+        if self.next_key_epoch is None:
+            return (self.key_epoch,)
+        return (self.key_epoch, self.next_key_epoch)
+
+    def live_epoch(self, epoch: int) -> OprfKeyEpoch | None:
+        """The current or staged key epoch numbered ``epoch``; None for any other."""
+        return next((e for e in self.live_epochs if e.epoch == epoch), None)
+
+    def seats_in_live_epochs(self, party_id: str) -> tuple[tuple[int, KeyHolderSeat], ...]:
+        """(epoch, seat) of every seat ``party_id`` holds in the current and staged epochs."""
+        return tuple(
+            (epoch.epoch, seat)
+            for epoch in self.live_epochs
+            for seat in epoch.holders
+            if seat.party == party_id
+        )
 
     @property
     def party_ids(self) -> frozenset[str]:

@@ -117,24 +117,9 @@ def covenant_from_toml(data: bytes, *, source: str) -> Covenant:
         )
         parties.append(party)
 
-    epoch_table = top.table("key_epoch")
-    holders = [
-        table.build(
-            KeyHolderSeat,
-            index=table.integer("index"),
-            party=table.string("party"),
-            commitment=table.key("commitment", ELEMENT_BYTES),
-        )
-        for table in epoch_table.tables("holders")
-    ]
-    key_epoch = epoch_table.build(
-        OprfKeyEpoch,
-        epoch=epoch_table.integer("epoch"),
-        threshold=epoch_table.integer("threshold"),
-        group_public_key=epoch_table.key("group_public_key", ELEMENT_BYTES),
-        holders=tuple(holders),
-        created_at=epoch_table.time("created_at"),
-        retire_after=epoch_table.time("retire_after"),
+    key_epoch = _read_epoch(top.table("key_epoch"))
+    next_key_epoch = (
+        _read_epoch(top.table("next_key_epoch")) if "next_key_epoch" in top.names() else None
     )
     signing = _read_signing(top.table("signing"))
     policy = _read_policy(top)
@@ -147,12 +132,34 @@ def covenant_from_toml(data: bytes, *, source: str) -> Covenant:
         broker=broker,
         parties=tuple(parties),
         key_epoch=key_epoch,
+        next_key_epoch=next_key_epoch,
         ca_certificate=ca_certificate,
         attribute_key_version=attribute_key_version,
         valid_from=valid_from,
         valid_until=valid_until,
         signing=signing,
         policy=policy,
+    )
+
+
+def _read_epoch(epoch_table: _Table) -> OprfKeyEpoch:
+    holders = [
+        table.build(
+            KeyHolderSeat,
+            index=table.integer("index"),
+            party=table.string("party"),
+            commitment=table.key("commitment", ELEMENT_BYTES),
+        )
+        for table in epoch_table.tables("holders")
+    ]
+    return epoch_table.build(
+        OprfKeyEpoch,
+        epoch=epoch_table.integer("epoch"),
+        threshold=epoch_table.integer("threshold"),
+        group_public_key=epoch_table.key("group_public_key", ELEMENT_BYTES),
+        holders=tuple(holders),
+        created_at=epoch_table.time("created_at"),
+        retire_after=epoch_table.time("retire_after"),
     )
 
 

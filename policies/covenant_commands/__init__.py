@@ -62,6 +62,8 @@ issue_certs_command = lazy(f"{_PACKAGE}.publishing:issue_certs_command")
 publish_command = lazy(f"{_PACKAGE}.publishing:publish_command")
 timestamp_command = lazy(f"{_PACKAGE}.publishing:timestamp_command")
 replace_signer_command = lazy(f"{_PACKAGE}.signers:replace_signer_command")
+stage_key_epoch_command = lazy(f"{_PACKAGE}.drafting:stage_key_epoch_command")
+switch_key_epoch_command = lazy(f"{_PACKAGE}.drafting:switch_key_epoch_command")
 
 #: Values the help shows, written out so that registering imports none of their modules
 #: (a test compares them with ``drafting.SETTABLE``, ``policy.Role``,
@@ -245,6 +247,40 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     rotate.add_argument("file", type=Path, help="the draft covenant (TOML)")
     rotate.set_defaults(func=rotate_attribute_key_command)
+
+    stage = commands.add_parser(
+        "stage-key-epoch",
+        help="stage the next OPRF key epoch in a draft (version + 1)",
+        description=(
+            "Put the key epoch that 'samenloop keyholder deal --epoch N+1' wrote in the draft "
+            "as next_key_epoch. Once published, key holders serve it beside the current "
+            "epoch and nodes re-tokenise under it; hits stay in the current epoch until "
+            "'covenant switch-key-epoch'."
+        ),
+    )
+    stage.add_argument("file", type=Path, help="the draft covenant (TOML)")
+    stage.add_argument(
+        "--key-epoch", type=Path, required=True, help="key epoch file from 'keyholder deal'"
+    )
+    stage.add_argument(
+        "--key-epoch-admin",
+        type=Path,
+        required=True,
+        help="public keys file of the administrator who signed the key epoch",
+    )
+    stage.set_defaults(func=stage_key_epoch_command)
+
+    switch = commands.add_parser(
+        "switch-key-epoch",
+        help="make the staged key epoch current in a draft (version + 1)",
+        description=(
+            "Make next_key_epoch the key epoch; the old epoch retires. The broker accepts "
+            "this version only when every party has re-tokenised its live identifiers under "
+            "the staged epoch ('samenloop broker rotation-status')."
+        ),
+    )
+    switch.add_argument("file", type=Path, help="the draft covenant (TOML)")
+    switch.set_defaults(func=switch_key_epoch_command)
 
     set_ = commands.add_parser(
         "set",

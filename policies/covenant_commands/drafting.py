@@ -278,11 +278,11 @@ def remove_party_command(args: argparse.Namespace) -> int:
     covenant = load_draft(args.file)
     if not covenant.is_party(args.id):
         raise NotFound(f"{args.id!r} is not a party of {covenant.id}", field="--id")
-    seats = covenant.holder_seats_for(args.id)
+    seats = covenant.seats_in_live_epochs(args.id)
     if seats:
         raise InvalidInput(
-            f"{args.id!r} holds key-holder seat {seats[0].index} of key epoch "
-            f"{covenant.key_epoch.epoch}: deal a new key epoch without it "
+            f"{args.id!r} holds key-holder seat {seats[0][1].index} of key epoch "
+            f"{seats[0][0]}: deal a new key epoch without it "
             "('samenloop keyholder deal'), put that epoch in the covenant, then remove the party",
             field="--id",
             reason="covenant.key_holder",
@@ -314,6 +314,64 @@ def rotate_attribute_key_command(args: argparse.Namespace) -> int:
         f"dealt attribute key version {updated.attribute_key_version} to the "
         f"{len(updated.parties)} parties of {updated.id}: version {covenant.version} -> "
         f"{updated.version}; sign and publish the new version"
+    )
+    return 0
+
+
+def stage_key_epoch_command(args: argparse.Namespace) -> int:
+    covenant = load_draft(args.file)
+    if covenant.next_key_epoch is not None:
+        raise InvalidInput(
+            f"key epoch {covenant.next_key_epoch.epoch} is staged already: switch to it "
+            "('samenloop covenant switch-key-epoch') before staging another",
+            field="next_key_epoch",
+            reason="covenant.key_epoch_staged",
+        )
+    admin_id, admin_keys = PublicKeys.from_json(
+        read_file(args.key_epoch_admin), source=str(args.key_epoch_admin)
+    )
+    staged = read_key_epoch(
+        read_file(args.key_epoch),
+        admin_keys,
+        admin_id=admin_id,
+        covenant_id=covenant.id,
+        source=str(args.key_epoch),
+    )
+    updated = build_checked(
+        lambda: replace(covenant, version=covenant.version + 1, next_key_epoch=staged),
+        field="covenant",
+    )
+    save_draft(args.file, updated)
+    print(
+        f"staged key epoch {staged.epoch} in {updated.id}: version {covenant.version} -> "
+        f"{updated.version}; sign and publish it, let the key holders accept their shares and "
+        "the nodes re-tokenise ('samenloop broker rotation-status'), then "
+        "'samenloop covenant switch-key-epoch'"
+    )
+    return 0
+
+
+def switch_key_epoch_command(args: argparse.Namespace) -> int:
+    covenant = load_draft(args.file)
+    staged = covenant.next_key_epoch
+    if staged is None:
+        raise InvalidInput(
+            f"version {covenant.version} stages no key epoch: 'samenloop covenant "
+            "stage-key-epoch' first",
+            field="next_key_epoch",
+            reason="covenant.key_epoch_not_staged",
+        )
+    updated = build_checked(
+        lambda: replace(
+            covenant, version=covenant.version + 1, key_epoch=staged, next_key_epoch=None
+        ),
+        field="covenant",
+    )
+    save_draft(args.file, updated)
+    print(
+        f"switched {updated.id} to key epoch {staged.epoch} (epoch {covenant.key_epoch.epoch} "
+        f"retires): version {covenant.version} -> {updated.version}; the broker accepts it "
+        "only once every party has re-tokenised"
     )
     return 0
 

@@ -2495,6 +2495,9 @@ class GetStatusResponse(_message.Message):
     COVENANT_FRESHNESS_FIELD_NUMBER: _builtins.int
     PICTURE_CLASSIFICATION_FIELD_NUMBER: _builtins.int
     CATEGORIES_FIELD_NUMBER: _builtins.int
+    STAGED_KEY_EPOCH_FIELD_NUMBER: _builtins.int
+    ROTATION_RESTATED_FIELD_NUMBER: _builtins.int
+    ROTATION_LIVE_FIELD_NUMBER: _builtins.int
     party: _builtins.str
     """This node's party id."""
     software_version: _builtins.str
@@ -2527,6 +2530,16 @@ class GetStatusResponse(_message.Message):
     """The covenant's [picture] classification: the marking every printed page
     of a picture report carries (empty for none).
     """
+    staged_key_epoch: _builtins.int
+    """While the covenant stages the next key epoch (a rotation of the OPRF key):
+    that epoch, else 0.
+    """
+    rotation_restated: _builtins.int
+    """Of this node's live identifiers under the current key epoch (rotation_live),
+    how many are re-tokenised and queued or sent under the staged one.
+    """
+    rotation_live: _builtins.int
+    """This node's live identifiers under the current key epoch, while one is staged."""
     @_builtins.property
     def last_connected(self) -> _timestamp_pb2.Timestamp:
         """When the last session was established."""
@@ -2569,10 +2582,13 @@ class GetStatusResponse(_message.Message):
         covenant_freshness: Global___CovenantFreshness | None = ...,
         picture_classification: _builtins.str = ...,
         categories: _abc.Iterable[_builtins.str] | None = ...,
+        staged_key_epoch: _builtins.int = ...,
+        rotation_restated: _builtins.int = ...,
+        rotation_live: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["covenant_freshness", b"covenant_freshness", "covenant_valid_until", b"covenant_valid_until", "key_holder", b"key_holder", "last_connected", b"last_connected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_signals", b"active_signals", "broker_address", b"broker_address", "broker_connection", b"broker_connection", "categories", b"categories", "covenant_freshness", b"covenant_freshness", "covenant_id", b"covenant_id", "covenant_valid_until", b"covenant_valid_until", "covenant_version", b"covenant_version", "key_epoch", b"key_epoch", "key_holder", b"key_holder", "last_connected", b"last_connected", "last_error", b"last_error", "mailbox_acked_cursor", b"mailbox_acked_cursor", "open_hits", b"open_hits", "outbox_pending", b"outbox_pending", "party", b"party", "pending_approvals", b"pending_approvals", "picture_classification", b"picture_classification", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_signals", b"active_signals", "broker_address", b"broker_address", "broker_connection", b"broker_connection", "categories", b"categories", "covenant_freshness", b"covenant_freshness", "covenant_id", b"covenant_id", "covenant_valid_until", b"covenant_valid_until", "covenant_version", b"covenant_version", "key_epoch", b"key_epoch", "key_holder", b"key_holder", "last_connected", b"last_connected", "last_error", b"last_error", "mailbox_acked_cursor", b"mailbox_acked_cursor", "open_hits", b"open_hits", "outbox_pending", b"outbox_pending", "party", b"party", "pending_approvals", b"pending_approvals", "picture_classification", b"picture_classification", "rotation_live", b"rotation_live", "rotation_restated", b"rotation_restated", "software_version", b"software_version", "staged_key_epoch", b"staged_key_epoch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
