@@ -41,6 +41,7 @@ from samenloop.policies import rules
 from samenloop.policies.covenant import Covenant, Role, with_new_attribute_key
 from samenloop.policies.errors import SamenloopError
 from samenloop.policies.policy import Policy, example_policy
+from samenloop.policies.terminal import show_table
 
 COVENANT = "riec-zwb-demo"
 HOLDERS = ("gemeente", "politie", "belastingdienst")
@@ -607,7 +608,7 @@ def _print_picture(
         else:
             shown_count = str(cell.count)
         table.add_row(*cell.values, shown_count)
-    console.print(table)
+    show_table(console, table)
     return {c.values[-1] for c in rows}
 
 
@@ -746,7 +747,7 @@ def _case(
             entry.action.status.value,
             "[red]overdue[/red]" if entry.overdue else "",
         )
-    console.print(table)
+    show_table(console, table)
     outsider = clients["politie"].cases()
     console.print(
         f"9. case opened by the RIEC on a hit of gemeente and belastingdienst, both invited; "
@@ -852,4 +853,4 @@ def _print_hits(console: Console, party: str, client: NodeClient) -> None:
             ", ".join(c for m in hit.members for c in m.categories),
             f"{hit.first_seen:%H:%M:%S}" if hit.first_seen else "",
         )
-    console.print(table)
+    show_table(console, table)

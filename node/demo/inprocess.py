@@ -34,6 +34,7 @@ from samenloop.node.tokens import derive as tokens
 from samenloop.node.tokens import keysetup, oprf, threshold
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import InvalidIdentifier
+from samenloop.policies.terminal import show_table
 
 COVENANT = "riec-zeeland-west-brabant-demo"
 PARTNERS = ("gemeente", "politie", "belastingdienst", "woningcorporatie")
@@ -214,7 +215,7 @@ def _demo(console: Console, workdir: Path, per_partner: int) -> None:
             ", ".join(f"{p} {s.reference}" for p, s in group),
             " | ".join(repr(s.value) for _, s in group),
         )
-    console.print(table)
+    show_table(console, table)
     expected = len(SHARED)
     status = "as expected" if len(hits) == expected else f"EXPECTED {expected}"
     console.print(
