@@ -46,9 +46,11 @@ from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.daemon.uplink import Uplink, broker_channel, learn_attribute_key
 from samenloop.node.tokens import keysetup, threshold
 from samenloop.node.tokens.holder import KeyHolder
+from samenloop.node.tokens.workers import Workers
 from samenloop.policies import certs, crypto, database, logs
 from samenloop.policies.config import (
     NodeConfig,
+    default_workers,
     load_node_config,
     private_directories,
     secret_files,
@@ -301,6 +303,7 @@ def _start(
         attribute_keys.current(covenant)  # a box that does not open stops the start
 
     holder = None
+    shares: tuple[threshold.Share, ...] = ()
     if config.key_share is not None:
         epoch = threshold.KeyEpoch.from_covenant(covenant)
         share = keysetup.load_share(config.key_share, epoch)
@@ -317,6 +320,12 @@ def _start(
             today=today,
             answered=repositories.tokens.answered_requests(now=clock()),
         )
+        shares = (share,)
+    # Blinding, proofs and unblinding (and a holder's evaluations) on every core; the
+    # worker processes get the share once, at their start.
+    workers = Workers(config.workers or default_workers(), shares=shares)
+    if holder is not None:
+        holder.evaluate_partial = workers.evaluate_partial
 
     # Every broker replica listed; the uplink moves on to the next when one is unavailable.
     # Every channel made reads the TLS files again: a renewed certificate is used from the
@@ -336,6 +345,7 @@ def _start(
         on_hit=bell.ring,
         work_dir=config.data_dir,
         metrics=metrics,
+        workers=workers,
     )
 
     def connection() -> tuple[bool, datetime | None]:

@@ -46,7 +46,7 @@ from typing import Protocol
 from google.protobuf.message import DecodeError
 
 from samenloop.node.tokens import derive as tokens
-from samenloop.node.tokens import oprf, threshold
+from samenloop.node.tokens import oprf
 from samenloop.node.tokens.derive import TokenDomain, Tokenisable
 from samenloop.node.tokens.threshold import (
     DailyUse,
@@ -55,6 +55,7 @@ from samenloop.node.tokens.threshold import (
     KeyEpoch,
     PartialEvaluation,
 )
+from samenloop.node.tokens.workers import INLINE, Workers
 from samenloop.policies import crypto, rules
 from samenloop.policies.crypto import PartyKeys, PublicKeys, SignatureContext
 from samenloop.policies.errors import (
@@ -414,6 +415,7 @@ def tokenise(
     now: datetime,
     planner: HolderPlanner | None = None,
     request_ids: Callable[[], bytes] = new_request_id,
+    workers: Workers = INLINE,
 ) -> list[bytes]:
     """The tokens of :func:`tokenise_with_proof_keys`, without their hit proof keys."""
     made = tokenise_with_proof_keys(
@@ -426,6 +428,7 @@ def tokenise(
         now=now,
         planner=planner,
         request_ids=request_ids,
+        workers=workers,
     )
     return [m.token for m in made]
 
@@ -441,6 +444,7 @@ def tokenise_with_proof_keys(
     now: datetime,
     planner: HolderPlanner | None = None,
     request_ids: Callable[[], bytes] = new_request_id,
+    workers: Workers = INLINE,
 ) -> list[tokens.TokenKeys]:
     """Tokenise ``identifiers`` with the covenant's key holders, through ``relay``; each
     token comes with its hit proof key (:mod:`samenloop.node.tokens.derive`).
@@ -461,6 +465,9 @@ def tokenise_with_proof_keys(
     any token was made (also when the quota is used up), and ``NotAllowed``
     when the key epoch is not in force at ``now``; whatever ``relay`` raises
     (the broker is unreachable) propagates.
+
+    ``workers`` blinds, checks the proofs and unblinds in slices over the
+    machine's cores (:mod:`samenloop.node.tokens.workers`); the tokens are the same.
     """
     if (epoch.covenant_id, epoch.epoch) != (domain.covenant_id, domain.key_epoch):
         raise InvalidInput("key epoch does not belong to this token domain", field="key_epoch")
@@ -473,7 +480,7 @@ def tokenise_with_proof_keys(
     planner.own = own_seat(epoch, keys.party)
     result: list[tokens.TokenKeys] = []
     for first in range(0, len(identifiers), MAX_ELEMENTS):
-        pending = tokens.start(domain, identifiers[first : first + MAX_ELEMENTS])
+        pending = workers.start(domain, identifiers[first : first + MAX_ELEMENTS])
         evaluated: list[bytes] = []
         try:
             while len(evaluated) < len(pending.blinded_elements):
@@ -487,6 +494,7 @@ def tokenise_with_proof_keys(
                         planner,
                         now,
                         request_ids,
+                        workers,
                     )
                 )
         except NotEnoughHolders as error:
@@ -494,14 +502,12 @@ def tokenise_with_proof_keys(
                 raise
             # The holders counted what they evaluated: keep those tokens, not only whole chunks.
             if evaluated:
-                result.extend(
-                    tokens.finish_with_proof_keys(_first(pending, len(evaluated)), evaluated)
-                )
+                result.extend(workers.finish(_first(pending, len(evaluated)), evaluated))
             logger.warning(
                 "%d of %d identifiers tokenised: %s", len(result), len(identifiers), error.message
             )
             return result
-        result.extend(tokens.finish_with_proof_keys(pending, evaluated))
+        result.extend(workers.finish(pending, evaluated))
     return result
 
 
@@ -525,6 +531,7 @@ def _evaluate(
     planner: HolderPlanner,
     now: datetime,
     request_ids: Callable[[], bytes],
+    workers: Workers = INLINE,
 ) -> list[bytes]:
     """Evaluate the first elements of ``blinded``, as many as the planner asks of one set.
 
@@ -603,7 +610,7 @@ def _evaluate(
             planner.exclude(unusable)
             continue
         try:
-            evaluated = threshold.combine(epoch, responding_set, asked, replies.answers)
+            evaluated = workers.combine(epoch, responding_set, asked, replies.answers)
         except FaultyHolders as faulty:
             logger.warning(
                 "key holder(s) %s proved wrong evaluations for request %s",
@@ -617,6 +624,7 @@ def _evaluate(
             continue
         if planner.use is not None:
             planner.use.answered(count)
+        planner.advance()
         return evaluated
 
 

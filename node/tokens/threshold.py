@@ -420,13 +420,20 @@ class HolderPlanner:
     more than it has left, and so that the remainders stay within
     ``DailyUse.step`` of each other: an honest party spreads its load over all
     holders and reaches its cap; and no request asks more than ``use.window``.
-    Without ``use``, the lowest indices first.
+    ``turn``: where the choice among the other usable seats starts, in index
+    order, wrapping around; ``advance`` (after every answered round) moves it
+    on by one. Without ``use`` the seats are taken from there, so that the
+    rounds go round all holders and each carries an equal share; with ``use``
+    it breaks ties between seats with as much left. A daemon keeps ``turn``
+    across its planners and starts it at random, so that nodes do not all
+    begin with the same holders.
     """
 
     epoch: KeyEpoch
     excluded: set[int] = field(default_factory=set)
     own: int | None = None
     use: DailyUse | None = None
+    turn: int = 0
 
     def plan(self, wanted: int, *, day: date | None = None) -> tuple[tuple[int, ...], int]:
         """A responding set and how many of ``wanted`` elements (1..``MAX_ELEMENTS``) to ask it.
@@ -460,8 +467,11 @@ class HolderPlanner:
             chosen.append(self.own)
             need -= 1
         others = [i for i in usable if i != self.own]
+        if others:
+            start = self.turn % len(others)
+            others = others[start:] + others[:start]
         if left is not None:
-            others.sort(key=lambda i: (-left[i], i))
+            others.sort(key=lambda i: -left[i])  # stable: ties keep the turn's order
         if len(others) < need:
             quota = f"; no quota left today at holder(s) {used_up}" if used_up else ""
             raise NotEnoughHolders(
@@ -490,6 +500,10 @@ class HolderPlanner:
 
     def exclude(self, indices: Iterable[int]) -> None:
         self.excluded.update(indices)
+
+    def advance(self) -> None:
+        """A round was answered: start the next choice at the following seat."""
+        self.turn += 1
 
     def all_sets(self) -> list[tuple[int, ...]]:
         indices = sorted(h.index for h in self.epoch.holders)
@@ -526,6 +540,9 @@ def evaluate_in_process(
             planner.exclude(failed)
             continue
         try:
-            return combine(epoch, responding_set, blinded_elements, partials)
+            combined = combine(epoch, responding_set, blinded_elements, partials)
         except FaultyHolders as faulty:
             planner.exclude(faulty.indices)
+            continue
+        planner.advance()
+        return combined
