@@ -310,10 +310,9 @@ class Workers:
     ) -> PartialEvaluation:
         """``threshold.evaluate_partial`` (same evaluations, a proof as valid, the very same
         with the same ``r``), the slices in the workers, which hold the share."""
-        if self.workers == 1 or share.commitment not in self._commitments:
+        cuts = slices(len(blinded), self.workers)
+        if len(cuts) == 1 or share.commitment not in self._commitments:
             return threshold.evaluate_partial(share, blinded, responding_set, r=r)
-        if not blinded:
-            raise InvalidInput("no blinded elements", field="blinded_elements")
         if len(blinded) > threshold.MAX_ELEMENTS:
             raise MessageTooLarge(
                 f"{len(blinded)} blinded elements; at most {threshold.MAX_ELEMENTS} per request",
@@ -328,7 +327,7 @@ class Workers:
         commitment = share.commitment
         done = self._map(
             _evaluate_slice,
-            [(commitment, rset, a, elements[a:b]) for a, b in slices(len(elements), self.workers)],
+            [(commitment, rset, a, elements[a:b]) for a, b in cuts],
         )
         evaluated = tuple(e for part, _ in done for e in part)
         m = _sum(m for _, m in done)
