@@ -30,6 +30,12 @@ measured in the same run.
    library (``NodeClient.import_signals``); tokens/s until no identifier waits for a
    token and the outbox is empty, with every process's CPU time over the run.
 
+5. **Cores**: the same import (``--cores-signals``, 20,000 by default) with the nodes'
+   ``workers`` setting at 1 and at the cores this process may use, on fresh daemons each,
+   in the same run, after an import of 2,000 that starts the worker processes: throughput
+   with all cores against one worker process, target at least 0.8 x the cores. CPU time
+   counts each daemon's worker processes too.
+
 Results go to bench/results/broker.json. No timed assertions: ratios against what
 this machine does in this run.
 """
@@ -116,6 +122,7 @@ class Scale:
     latency_rounds: int
     e2e_signals: int
     service_tokens: int
+    cores_signals: int = 20_000
 
 
 SCALES = {
@@ -136,7 +143,9 @@ SCALES = {
         service_tokens=300_000,
     ),
 }
-PARTS = ("ingest", "scale", "latency", "e2e")
+#: Signals imported before the cores part measures, to start the nodes' worker processes.
+WARM_SIGNALS = 2_000
+PARTS = ("ingest", "scale", "latency", "e2e", "cores")
 BACKENDS = ("sqlite", "postgresql")
 
 
@@ -817,9 +826,23 @@ def epoch_seconds(stored: str) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (``/proc/PID/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User plus system CPU time of a process so far (``/proc/PID/stat``), and of its
+    live descendants (a node's worker processes), and of those it waited for."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # it ended meanwhile
+        return 0.0
+    own = sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    """The process's children, from every one of its threads (``/proc/PID/task/*/children``)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found.extend(int(c) for c in (task / "children").read_text().split())
+    return found
 
 
 class Daemons:
@@ -1098,10 +1121,12 @@ def uplink_cycles(daemons: Daemons, after_batch: int) -> dict[str, Any]:
     }
 
 
-def part_end_to_end(console: Console, daemons: Daemons, signals: int) -> dict[str, Any]:
+def part_end_to_end(
+    console: Console, daemons: Daemons, signals: int, *, seed: int = 99, prefix: str = "IMP"
+) -> dict[str, Any]:
     """The second node imports ``signals`` signals of one BSN each through the client
     library; tokens/s until none waits for a token or an acknowledgement."""
-    rng = random.Random(99)
+    rng = random.Random(seed)
     seen: set[str] = set()
     rows = []
     while len(rows) < signals:
@@ -1109,7 +1134,7 @@ def part_end_to_end(console: Console, daemons: Daemons, signals: int) -> dict[st
         if bsn in seen:
             continue
         seen.add(bsn)
-        rows.append(SignalInput(f"IMP-{len(rows):06d}", "witwasindicatie", [("bsn", bsn)]))
+        rows.append(SignalInput(f"{prefix}-{len(rows):06d}", "witwasindicatie", [("bsn", bsn)]))
     client = daemons.clients[SECOND]
     with contextlib.closing(read_only(daemons.broker_db)) as db:
         before_tokens = db.execute("SELECT count(*) FROM token_entries").fetchone()[0]
@@ -1140,6 +1165,45 @@ def part_end_to_end(console: Console, daemons: Daemons, signals: int) -> dict[st
     console.print(
         f"  end to end: {signals:,} signals in {elapsed:.1f} s -> {out['tokens_per_s']:,.0f} "
         f"tokens/s (import call {imported:.1f} s; {out['cpu_cores_busy']:.2f} cores busy)"
+    )
+    return out
+
+
+def part_cores(console: Console, work: Path, signals: int) -> dict[str, Any]:
+    """The end-to-end import with ``workers = 1`` in both nodes' ``node.toml`` and with
+    ``workers`` = the cores, each on a fresh covenant and fresh daemons, one after the other
+    in this run; their throughput's ratio against the target 0.8 x the cores."""
+    cores = len(os.sched_getaffinity(0))
+    runs: dict[str, Any] = {}
+    for workers in sorted({1, cores}):
+        run_dir = work / f"cores-{workers}"
+        provisioned = provision(
+            run_dir / "covenant", COVENANT, SPECS, [FIRST, SECOND], 2, now=datetime.now(UTC)
+        )
+        for party in (FIRST, SECOND):
+            path = provisioned.node_configs[party]
+            path.write_text(path.read_text() + f"workers = {workers}\n")
+        console.print(f"  workers = {workers}:")
+        daemons = Daemons(provisioned, run_dir)
+        try:
+            daemons.start()
+            # A first import starts the worker processes (they start at the first need).
+            part_end_to_end(console, daemons, WARM_SIGNALS, seed=7, prefix="WARM")
+            runs[str(workers)] = part_end_to_end(console, daemons, signals)
+        finally:
+            daemons.stop()
+    one, all_ = runs["1"]["tokens_per_s"], runs[str(cores)]["tokens_per_s"]
+    out = {
+        "cores": cores,
+        "signals": signals,
+        "runs": runs,
+        "ratio": all_ / one,
+        "target": 0.8 * cores,
+        "load_average": os.getloadavg(),
+    }
+    console.print(
+        f"  all cores / one worker: {out['ratio']:.2f} (target >= {out['target']:.1f}); "
+        f"cores busy {runs['1']['cpu_cores_busy']:.2f} -> {runs[str(cores)]['cpu_cores_busy']:.2f}"
     )
     return out
 
@@ -1178,6 +1242,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scale-levels", help="override the scale's levels, e.g. 1000000,3000000")
     group.add_argument("--latency-rounds", type=int, help="override the number of hits timed")
     group.add_argument("--e2e-signals", type=int, help="override the signals imported")
+    group.add_argument(
+        "--cores-signals", type=int, help="override the signals imported per workers setting"
+    )
 
 
 def _choices(value: str, allowed: Sequence[str], what: str) -> list[str]:
@@ -1266,6 +1333,12 @@ def run(
             codes = daemons.stop()
             daemons = None
             results["daemon_exit_codes"] = codes
+        if "cores" in parts:
+            console.print("[bold]5. end to end with one worker process and with all cores")
+            with _timed(results, "cores"):
+                results["cores"] = part_cores(
+                    console, work, args.cores_signals or preset.cores_signals
+                )
     finally:
         if daemons is not None:
             daemons.stop()
@@ -1389,6 +1462,25 @@ def print_table(console: Console, results: dict[str, Any]) -> None:
             table.add_row(
                 "  ratio to the one-core tokenising pipeline", f"{e2e['ratio_to_pipeline']:.2f}", ""
             )
+    cores = results.get("cores")
+    if cores:
+        for workers, r in cores["runs"].items():
+            table.add_row(
+                f"end to end, {cores['signals']:,} signals, workers = {workers}",
+                rate(r["tokens_per_s"]),
+                "",
+            )
+            table.add_row(
+                "  CPU cores busy (all daemons and their workers)",
+                f"{r['cpu_cores_busy']:.2f} of {r['cores']}",
+                "",
+            )
+        target = cores["target"]
+        table.add_row(
+            "  [bold]all cores / one worker[/bold]",
+            f"{cores['ratio']:.2f}",
+            _target(cores["ratio"] >= target, f">= {target:.1f} (0.8 x {cores['cores']} cores)"),
+        )
     console.print(table)
     console.print(f"seconds per part: {results['seconds']}")
 

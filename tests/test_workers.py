@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from samenloop.node.tokens import evaluation, oprf, threshold, workers
+from samenloop.node.tokens.derive import PendingTokens
 from samenloop.node.tokens.threshold import FaultyHolders, Share
 from samenloop.node.tokens.workers import Workers
 from samenloop.policies.config import config_to_toml, node_config_from_toml
@@ -142,6 +143,30 @@ def test_a_killed_worker_is_replaced_and_the_call_answered(
         assert again.inputs == first.inputs
         # And it goes on working.
         assert tokenise(w, pool, ids) == w.expected(ids)
+
+
+def test_batches_of_several_requests_go_through_the_pipeline(w: World, pool: Workers):
+    ids = identifiers(2 * evaluation.MAX_ELEMENTS + 70)
+    assert tokenise(w, pool, ids) == w.expected(ids)
+
+
+def test_a_worker_killed_while_a_batch_is_under_way_is_replaced(
+    w: World, caplog: pytest.LogCaptureFixture
+):
+    ids = identifiers(COUNT)
+    with Workers(2) as pool:
+        pending, evaluated = _evaluated(w, pool.start(w.domain, ids))
+        expected = pool.finish(pending, evaluated)
+        os.kill(pool.pids()[0], signal.SIGKILL)
+        with caplog.at_level(logging.WARNING, logger="samenloop.node.tokens.workers"):
+            later = pool.finish_later(pending, evaluated)  # in the broken pool, or refused
+            assert later.result() == expected
+        assert "a crypto worker process died" in caplog.text
+
+
+def _evaluated(w: World, pending: PendingTokens) -> tuple[PendingTokens, list[bytes]]:
+    """The batch and its evaluation with the whole key (what the holders' answers add up to)."""
+    return pending, [oprf.scalar_mult(w.key, e) for e in pending.blinded_elements]
 
 
 def _die() -> None:

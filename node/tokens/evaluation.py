@@ -55,7 +55,7 @@ from samenloop.node.tokens.threshold import (
     KeyEpoch,
     PartialEvaluation,
 )
-from samenloop.node.tokens.workers import INLINE, Workers
+from samenloop.node.tokens.workers import INLINE, Later, Workers
 from samenloop.policies import crypto, rules
 from samenloop.policies.crypto import PartyKeys, PublicKeys, SignatureContext
 from samenloop.policies.errors import (
@@ -478,9 +478,15 @@ def tokenise_with_proof_keys(
     epoch.check_in_force(now)
     planner = planner if planner is not None else HolderPlanner(epoch)
     planner.own = own_seat(epoch, keys.party)
-    result: list[tokens.TokenKeys] = []
-    for first in range(0, len(identifiers), MAX_ELEMENTS):
-        pending = workers.start(domain, identifiers[first : first + MAX_ELEMENTS])
+    # A pipeline: while the holders evaluate one chunk, the workers blind the next and
+    # unblind the one before (at once, in this thread, with one worker).
+    chunks = [identifiers[i : i + MAX_ELEMENTS] for i in range(0, len(identifiers), MAX_ELEMENTS)]
+    blinding = workers.start_later(domain, chunks[0])
+    finishing: list[Later[list[tokens.TokenKeys]]] = []
+    for n in range(len(chunks)):
+        pending = blinding.result()
+        if n + 1 < len(chunks):
+            blinding = workers.start_later(domain, chunks[n + 1])
         evaluated: list[bytes] = []
         try:
             while len(evaluated) < len(pending.blinded_elements):
@@ -498,17 +504,18 @@ def tokenise_with_proof_keys(
                     )
                 )
         except NotEnoughHolders as error:
-            if not result and not evaluated:
+            if not finishing and not evaluated:
                 raise
             # The holders counted what they evaluated: keep those tokens, not only whole chunks.
             if evaluated:
-                result.extend(workers.finish(_first(pending, len(evaluated)), evaluated))
+                finishing.append(workers.finish_later(_first(pending, len(evaluated)), evaluated))
+            result = [t for f in finishing for t in f.result()]
             logger.warning(
                 "%d of %d identifiers tokenised: %s", len(result), len(identifiers), error.message
             )
             return result
-        result.extend(workers.finish(pending, evaluated))
-    return result
+        finishing.append(workers.finish_later(pending, evaluated))
+    return [t for f in finishing for t in f.result()]
 
 
 def _first(pending: tokens.PendingTokens, count: int) -> tokens.PendingTokens:

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from samenloop.node.tokens import derive, oprf, threshold
 from samenloop.node.tokens.derive import PendingTokens, TokenDomain, Tokenisable, TokenKeys
@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 MIN_SLICE = 64
 
 _T = TypeVar("_T")
+_S = TypeVar("_S")
 
 
 def slices(count: int, parts: int) -> list[tuple[int, int]]:
@@ -157,6 +158,23 @@ def _sum(elements: Iterable[bytes]) -> bytes:
 # --- the adapter ------------------------------------------------------------------------
 
 
+class Later(Generic[_T]):
+    """A result of the workers, there already or still being computed; ``result`` waits."""
+
+    __slots__ = ("_collect", "_done", "_value")
+
+    def __init__(self, *, value: _T | None = None, collect: Callable[[], _T] | None = None) -> None:
+        self._collect = collect
+        self._done = collect is None
+        self._value = value
+
+    def result(self) -> _T:
+        if not self._done:
+            assert self._collect is not None
+            self._value, self._done, self._collect = self._collect(), True, None
+        return cast(_T, self._value)
+
+
 class Workers:
     """The node's tokenising and a key holder's evaluating, in ``workers`` processes.
 
@@ -198,39 +216,54 @@ class Workers:
 
     def start(self, domain: TokenDomain, identifiers: Sequence[Tokenisable]) -> PendingTokens:
         """``derive.start``: blind every identifier."""
+        return self.start_later(domain, identifiers).result()
+
+    def start_later(
+        self, domain: TokenDomain, identifiers: Sequence[Tokenisable]
+    ) -> Later[PendingTokens]:
+        """``start`` under way in the workers (done at once with one worker): the node
+        blinds its next batch while the holders evaluate this one."""
         if not identifiers:
             raise InvalidInput("no identifiers to tokenise", field="identifiers")
         inputs = tuple(derive.oprf_input(i) for i in identifiers)
+        types = tuple(str(i.type) for i in identifiers)
+
+        def merge(done: list[list[tuple[bytes, bytes]]]) -> PendingTokens:
+            blinded = [pair for part in done for pair in part]
+            return PendingTokens(
+                domain=domain,
+                types=types,
+                inputs=inputs,
+                blinds=tuple(r for r, _ in blinded),
+                blinded_elements=tuple(e for _, e in blinded),
+            )
+
         cuts = slices(len(inputs), self.workers)
-        done = self._map(_blind_slice, [(inputs[a:b],) for a, b in cuts])
-        blinded = [pair for part in done for pair in part]
-        return PendingTokens(
-            domain=domain,
-            types=tuple(str(i.type) for i in identifiers),
-            inputs=inputs,
-            blinds=tuple(r for r, _ in blinded),
-            blinded_elements=tuple(e for _, e in blinded),
-        )
+        return self._later(_blind_slice, [(inputs[a:b],) for a, b in cuts], merge)
 
     def finish(self, pending: PendingTokens, evaluated: Sequence[bytes]) -> list[TokenKeys]:
         """``derive.finish_with_proof_keys``: unblind, finalise, derive."""
+        return self.finish_later(pending, evaluated).result()
+
+    def finish_later(
+        self, pending: PendingTokens, evaluated: Sequence[bytes]
+    ) -> Later[list[TokenKeys]]:
+        """``finish`` under way in the workers (done at once with one worker): the node
+        unblinds a batch while the holders evaluate the next."""
         if len(evaluated) != len(pending.inputs):
             raise InvalidInput("wrong number of evaluated elements", field="evaluated_elements")
         cuts = slices(len(evaluated), self.workers)
-        done = self._map(
-            _finish_slice,
-            [
-                (
-                    pending.domain,
-                    pending.types[a:b],
-                    pending.inputs[a:b],
-                    pending.blinds[a:b],
-                    tuple(evaluated[a:b]),
-                )
-                for a, b in cuts
-            ],
-        )
-        return [t for part in done for t in part]
+        calls = [
+            (
+                pending.domain,
+                pending.types[a:b],
+                pending.inputs[a:b],
+                pending.blinds[a:b],
+                tuple(evaluated[a:b]),
+            )
+            for a, b in cuts
+        ]
+        return self._later(_finish_slice, calls, lambda done: [t for part in done for t in part])
 
     def combine(
         self,
@@ -339,6 +372,34 @@ class Workers:
         )
 
     # --- running slices -----------------------------------------------------------------
+
+    def _later(
+        self,
+        function: Callable[..., _S],
+        calls: Sequence[tuple[Any, ...]],
+        merge: Callable[[list[_S]], _T],
+    ) -> Later[_T]:
+        """``merge`` of ``function`` over ``calls``: submitted to the pool now, collected
+        by ``Later.result``; computed here at once with one worker or one call."""
+        if self.workers == 1 or len(calls) == 1:
+            return Later(value=merge([function(*args) for args in calls]))
+        pool = self._the_pool()
+        try:
+            futures = [pool.submit(function, *args) for args in calls]
+        except BrokenProcessPool:
+            self._discard(pool)
+            logger.warning("a crypto worker process died: starting the workers again")
+            return Later(value=merge(self._map(function, calls)))
+
+        def collect() -> _T:
+            try:
+                return merge([f.result() for f in futures])
+            except BrokenProcessPool:
+                self._discard(pool)
+                logger.warning("a crypto worker process died: starting the workers again")
+                return merge(self._map(function, calls))
+
+        return Later(collect=collect)
 
     def _map(self, function: Callable[..., _T], calls: Sequence[tuple[Any, ...]]) -> list[_T]:
         """``function`` over ``calls``, in order: here when there is one call or one worker,
