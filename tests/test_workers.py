@@ -7,18 +7,23 @@ import itertools
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from samenloop.node.client import SignalInput
+from samenloop.node.provision import PartySpec, Provisioned
 from samenloop.node.tokens import evaluation, oprf, threshold, workers
 from samenloop.node.tokens.derive import PendingTokens
 from samenloop.node.tokens.threshold import FaultyHolders, Share
 from samenloop.node.tokens.workers import Workers
 from samenloop.policies.config import config_to_toml, node_config_from_toml
+from samenloop.policies.covenant import Role
 from samenloop.policies.errors import ConfigurationError, Unavailable
+from tests.daemons import running_covenant, sqlite_count
 from tests.test_evaluation import NOW, Broker, Ident, World, world
 from tests.test_oprf import VOPRF_PKSM, VOPRF_SKSM, VOPRF_VECTORS, h
 
@@ -225,3 +230,88 @@ def test_the_workers_setting_reads_and_writes(tmp_path: Path):
     with pytest.raises(ConfigurationError) as raised:
         Workers(0)
     assert raised.value.field == "workers"
+
+
+# --- through the daemons ------------------------------------------------------------------
+
+DAEMON_SPECS = (
+    PartySpec("gemeente", "Gemeente Middelburg", Role.GEMEENTE),
+    PartySpec("politie", "Politie Zeeland-West-Brabant", Role.POLITIE),
+)
+
+
+def _with_two_workers(provisioned: Provisioned) -> None:
+    for path in provisioned.node_configs.values():
+        path.write_text(path.read_text() + "workers = 2\n")
+
+
+def _worker_pids(pid: int) -> list[int]:
+    """The node's crypto worker processes: its children started by multiprocessing's spawn."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline:
+                found.append(int(child))
+    return found
+
+
+def _rows(prefix: str, count: int, offset: int) -> list[SignalInput]:
+    return [
+        SignalInput(f"{prefix}-{j}", "witwasindicatie", [("bsn", bsn)])
+        for j, bsn in enumerate(_bsns(offset + count)[offset:])
+    ]
+
+
+def _bsns(count: int) -> list[str]:
+    """The first ``count`` valid BSNs (the eleven-test) from 100000000 up."""
+    found: list[str] = []
+    n = 10_000_000
+    while len(found) < count:
+        n += 1
+        digits = [int(c) for c in f"{n:08d}"]
+        rest = sum(d * w for d, w in zip(digits, range(9, 1, -1), strict=True)) % 11
+        if rest < 10:  # the check digit d: 9..2-weighted sum - d = 0 (mod 11)
+            found.append(f"{n:08d}{rest}")
+    return found
+
+
+def test_a_killed_worker_in_each_daemon_is_replaced_and_the_nodes_keep_serving(
+    tmp_path: Path,
+):
+    with running_covenant(
+        tmp_path / "covenant",
+        "samenloop-workers",
+        DAEMON_SPECS,
+        ["gemeente", "politie"],
+        2,
+        now=datetime.now(UTC) - timedelta(minutes=5),
+        configure=_with_two_workers,
+    ) as daemons:
+        node = daemons.clients["gemeente"]
+        db = daemons.node_database("gemeente")
+        waiting = "SELECT count(*) FROM signal_identifiers WHERE state IN ('pending', 'tokenised')"
+
+        def sent(count: int) -> Callable[[], bool]:
+            return lambda: (
+                sqlite_count(db, waiting) == 0
+                and sqlite_count(daemons.broker_database, "SELECT count(*) FROM token_entries")
+                == count
+            )
+
+        assert node.import_signals(_rows("A", COUNT, 0)).imported == COUNT
+        daemons.until("first import at the broker", 60, sent(COUNT))
+        # Both nodes' workers started: the importing node's (blind, check, unblind) and
+        # the other holder's (evaluate). Kill one of each.
+        for party in ("gemeente", "politie"):
+            pids = _worker_pids(daemons.processes[party].pid)
+            assert len(pids) == 2, party
+            os.kill(pids[0], signal.SIGKILL)
+        assert node.import_signals(_rows("B", COUNT, COUNT)).imported == COUNT
+        daemons.until("second import at the broker", 60, sent(2 * COUNT))
+        daemons.check_alive()
+        for party in ("gemeente", "politie"):
+            assert b"a crypto worker process died" in daemons.log(party), party
+            assert len(_worker_pids(daemons.processes[party].pid)) == 2, party
+        status = node.status()
+        assert status.broker_connection == "connected"
