@@ -41,12 +41,12 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError
 
 from samenloop.node.tokens import derive as tokens
-from samenloop.node.tokens import oprf
+from samenloop.node.tokens import oprf, threshold
 from samenloop.node.tokens.derive import TokenDomain, Tokenisable
 from samenloop.node.tokens.threshold import (
     DailyUse,
@@ -55,7 +55,6 @@ from samenloop.node.tokens.threshold import (
     KeyEpoch,
     PartialEvaluation,
 )
-from samenloop.node.tokens.workers import INLINE, Later, Workers
 from samenloop.policies import crypto, rules
 from samenloop.policies.crypto import PartyKeys, PublicKeys, SignatureContext
 from samenloop.policies.errors import (
@@ -151,6 +150,79 @@ class Replies:
     def unusable(self) -> frozenset[int]:
         """Holders to leave out of the next set: refused, faulty or unreachable."""
         return frozenset(self.refusals) | frozenset(self.faulty) | self.missing
+
+
+_T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
+
+
+class Outcome(Protocol[_T_co]):
+    """A result there already, or still being computed: ``result`` waits for it."""
+
+    def result(self) -> _T_co: ...
+
+
+class Arithmetic(Protocol):
+    """Where the node's group arithmetic runs: here (``IN_PROCESS``), or in slices over
+    worker processes (``workers.Workers``, the daemon's adapter). The same results."""
+
+    def start_later(
+        self, domain: TokenDomain, identifiers: Sequence[Tokenisable], /
+    ) -> Outcome[tokens.PendingTokens]:
+        """``derive.start``: blind every identifier."""
+        ...
+
+    def finish_later(
+        self, pending: tokens.PendingTokens, evaluated: Sequence[bytes], /
+    ) -> Outcome[list[tokens.TokenKeys]]:
+        """``derive.finish_with_proof_keys``: unblind, finalise, derive."""
+        ...
+
+    def combine(
+        self,
+        epoch: KeyEpoch,
+        responding_set: Sequence[int],
+        blinded: Sequence[bytes],
+        partials: Mapping[int, PartialEvaluation],
+        /,
+    ) -> list[bytes]:
+        """``threshold.combine``: check every proof, add the evaluations."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready(Generic[_T]):
+    value: _T
+
+    def result(self) -> _T:
+        return self.value
+
+
+class InProcess:
+    """The ``Arithmetic`` of this thread: ``derive`` and ``threshold`` called directly."""
+
+    def start_later(
+        self, domain: TokenDomain, identifiers: Sequence[Tokenisable], /
+    ) -> _Ready[tokens.PendingTokens]:
+        return _Ready(tokens.start(domain, identifiers))
+
+    def finish_later(
+        self, pending: tokens.PendingTokens, evaluated: Sequence[bytes], /
+    ) -> _Ready[list[tokens.TokenKeys]]:
+        return _Ready(tokens.finish_with_proof_keys(pending, evaluated))
+
+    def combine(
+        self,
+        epoch: KeyEpoch,
+        responding_set: Sequence[int],
+        blinded: Sequence[bytes],
+        partials: Mapping[int, PartialEvaluation],
+        /,
+    ) -> list[bytes]:
+        return threshold.combine(epoch, responding_set, blinded, partials)
+
+
+IN_PROCESS = InProcess()
 
 
 # --- requests ------------------------------------------------------------------------
@@ -415,7 +487,7 @@ def tokenise(
     now: datetime,
     planner: HolderPlanner | None = None,
     request_ids: Callable[[], bytes] = new_request_id,
-    workers: Workers = INLINE,
+    workers: Arithmetic = IN_PROCESS,
 ) -> list[bytes]:
     """The tokens of :func:`tokenise_with_proof_keys`, without their hit proof keys."""
     made = tokenise_with_proof_keys(
@@ -444,7 +516,7 @@ def tokenise_with_proof_keys(
     now: datetime,
     planner: HolderPlanner | None = None,
     request_ids: Callable[[], bytes] = new_request_id,
-    workers: Workers = INLINE,
+    workers: Arithmetic = IN_PROCESS,
 ) -> list[tokens.TokenKeys]:
     """Tokenise ``identifiers`` with the covenant's key holders, through ``relay``; each
     token comes with its hit proof key (:mod:`samenloop.node.tokens.derive`).
@@ -466,8 +538,9 @@ def tokenise_with_proof_keys(
     when the key epoch is not in force at ``now``; whatever ``relay`` raises
     (the broker is unreachable) propagates.
 
-    ``workers`` blinds, checks the proofs and unblinds in slices over the
-    machine's cores (:mod:`samenloop.node.tokens.workers`); the tokens are the same.
+    ``workers`` is where the blinding, the proof checks and the unblinding run:
+    here, or in slices over the machine's cores (:mod:`samenloop.node.tokens.workers`);
+    the tokens are the same.
     """
     if (epoch.covenant_id, epoch.epoch) != (domain.covenant_id, domain.key_epoch):
         raise InvalidInput("key epoch does not belong to this token domain", field="key_epoch")
@@ -482,7 +555,7 @@ def tokenise_with_proof_keys(
     # unblind the one before (at once, in this thread, with one worker).
     chunks = [identifiers[i : i + MAX_ELEMENTS] for i in range(0, len(identifiers), MAX_ELEMENTS)]
     blinding = workers.start_later(domain, chunks[0])
-    finishing: list[Later[list[tokens.TokenKeys]]] = []
+    finishing: list[Outcome[list[tokens.TokenKeys]]] = []
     for n in range(len(chunks)):
         pending = blinding.result()
         if n + 1 < len(chunks):
@@ -538,7 +611,7 @@ def _evaluate(
     planner: HolderPlanner,
     now: datetime,
     request_ids: Callable[[], bytes],
-    workers: Workers = INLINE,
+    workers: Arithmetic = IN_PROCESS,
 ) -> list[bytes]:
     """Evaluate the first elements of ``blinded``, as many as the planner asks of one set.
 

@@ -435,7 +435,3 @@ class Workers:
             if self._pool is pool:
                 self._pool = None
         pool.shutdown(wait=False, cancel_futures=True)
-
-
-#: The one-process functions, for callers without a ``Workers``.
-INLINE = Workers(1)
