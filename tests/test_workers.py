@@ -3,7 +3,9 @@ process as with several, a worker that dies, and the ``workers`` setting."""
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import logging
 import os
 import signal
@@ -20,7 +22,7 @@ from samenloop.node.tokens import evaluation, oprf, threshold, workers
 from samenloop.node.tokens.derive import PendingTokens
 from samenloop.node.tokens.threshold import FaultyHolders, Share
 from samenloop.node.tokens.workers import Workers
-from samenloop.policies.config import config_to_toml, node_config_from_toml
+from samenloop.policies.config import config_to_toml, load_node_config, node_config_from_toml
 from samenloop.policies.covenant import Role
 from samenloop.policies.errors import ConfigurationError, Unavailable
 from tests.daemons import running_covenant, sqlite_count
@@ -303,10 +305,21 @@ def test_a_killed_worker_in_each_daemon_is_replaced_and_the_nodes_keep_serving(
         assert node.import_signals(_rows("A", COUNT, 0)).imported == COUNT
         daemons.until("first import at the broker", 60, sent(COUNT))
         # Both nodes' workers started: the importing node's (blind, check, unblind) and
-        # the other holder's (evaluate). Kill one of each.
+        # the other holder's (evaluate). The share reached them through their pipe, not on
+        # their command line or in their environment. Kill one of each.
         for party in ("gemeente", "politie"):
             pids = _worker_pids(daemons.processes[party].pid)
             assert len(pids) == 2, party
+            share_file = load_node_config(daemons.provisioned.node_configs[party]).key_share
+            assert share_file is not None
+            encoded = json.loads(share_file.read_text())["share"]
+            scalar = base64.b64decode(encoded)
+            for pid in pids:
+                for what in ("cmdline", "environ"):
+                    seen = Path(f"/proc/{pid}/{what}").read_bytes()
+                    assert encoded.encode() not in seen
+                    assert scalar not in seen
+                    assert scalar.hex().encode() not in seen
             os.kill(pids[0], signal.SIGKILL)
         assert node.import_signals(_rows("B", COUNT, COUNT)).imported == COUNT
         daemons.until("second import at the broker", 60, sent(2 * COUNT))
