@@ -19,14 +19,15 @@ import pytest
 from samenloop.node.client import SignalInput
 from samenloop.node.provision import PartySpec, Provisioned
 from samenloop.node.tokens import evaluation, oprf, threshold, workers
+from samenloop.node.tokens.arithmetic import IN_PROCESS
 from samenloop.node.tokens.derive import PendingTokens
-from samenloop.node.tokens.threshold import FaultyHolders, Share
+from samenloop.node.tokens.threshold import FaultyHolders, HolderPlanner, Share
 from samenloop.node.tokens.workers import Workers
 from samenloop.policies.config import config_to_toml, load_node_config, node_config_from_toml
 from samenloop.policies.covenant import Role
 from samenloop.policies.errors import ConfigurationError, Unavailable
 from tests.daemons import running_covenant, sqlite_count
-from tests.test_evaluation import NOW, Broker, Ident, World, world
+from tests.test_evaluation import NOW, Broker, Ident, LyingHolder, World, world
 from tests.test_oprf import VOPRF_PKSM, VOPRF_SKSM, VOPRF_VECTORS, h
 
 COUNT = 300  # several slices of MIN_SLICE, one request
@@ -156,6 +157,39 @@ def test_a_killed_worker_is_replaced_and_the_call_answered(
 def test_batches_of_several_requests_go_through_the_pipeline(w: World, pool: Workers):
     ids = identifiers(2 * evaluation.MAX_ELEMENTS + 70)
     assert tokenise(w, pool, ids) == w.expected(ids)
+
+
+def test_a_lying_holder_found_while_the_next_request_is_out_is_left_out(pool: Workers):
+    w = world(2, 3)
+    liar = LyingHolder(w.holders[1], w.holder_keys[1])
+    broker = Broker({**w.holders, 1: liar})
+    ids = identifiers(2 * evaluation.MAX_ELEMENTS + 70)
+    planner = HolderPlanner(w.epoch)
+    made = evaluation.tokenise(
+        w.node, w.directory, w.domain, w.epoch, ids, broker, now=NOW, planner=planner, workers=pool
+    )
+    assert made == w.expected(ids)
+    assert planner.excluded == {1}
+    # The first request went to holders 1 and 2, the second out before the first's proofs
+    # were checked; then the first chunk asked again without holder 1.
+    assert [sorted(r) for r in broker.requests[:3]] == [[1, 2], [2, 3], [2, 3]]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_holders_running_out_midway_keep_every_token_made(parallel: bool, pool: Workers):
+    w = world(2, 3, quota={1: 1200, 2: 1200, 3: 1200})
+    ids = identifiers(2 * evaluation.MAX_ELEMENTS + 70)
+    made = evaluation.tokenise(
+        w.node,
+        w.directory,
+        w.domain,
+        w.epoch,
+        ids,
+        Broker(w.holders),
+        now=NOW,
+        workers=pool if parallel else IN_PROCESS,
+    )
+    assert made == w.expected(ids)[: evaluation.MAX_ELEMENTS]
 
 
 def test_a_worker_killed_while_a_batch_is_under_way_is_replaced(

@@ -34,6 +34,7 @@ Nothing here logs a blinded element, an evaluation or an identifier.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -41,12 +42,13 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol
 
 from google.protobuf.message import DecodeError
 
 from samenloop.node.tokens import derive as tokens
-from samenloop.node.tokens import oprf, threshold
+from samenloop.node.tokens import oprf
+from samenloop.node.tokens.arithmetic import IN_PROCESS, Arithmetic, Outcome
 from samenloop.node.tokens.derive import TokenDomain, Tokenisable
 from samenloop.node.tokens.threshold import (
     DailyUse,
@@ -150,79 +152,6 @@ class Replies:
     def unusable(self) -> frozenset[int]:
         """Holders to leave out of the next set: refused, faulty or unreachable."""
         return frozenset(self.refusals) | frozenset(self.faulty) | self.missing
-
-
-_T = TypeVar("_T")
-_T_co = TypeVar("_T_co", covariant=True)
-
-
-class Outcome(Protocol[_T_co]):
-    """A result there already, or still being computed: ``result`` waits for it."""
-
-    def result(self) -> _T_co: ...
-
-
-class Arithmetic(Protocol):
-    """Where the node's group arithmetic runs: here (``IN_PROCESS``), or in slices over
-    worker processes (``workers.Workers``, the daemon's adapter). The same results."""
-
-    def start_later(
-        self, domain: TokenDomain, identifiers: Sequence[Tokenisable], /
-    ) -> Outcome[tokens.PendingTokens]:
-        """``derive.start``: blind every identifier."""
-        ...
-
-    def finish_later(
-        self, pending: tokens.PendingTokens, evaluated: Sequence[bytes], /
-    ) -> Outcome[list[tokens.TokenKeys]]:
-        """``derive.finish_with_proof_keys``: unblind, finalise, derive."""
-        ...
-
-    def combine(
-        self,
-        epoch: KeyEpoch,
-        responding_set: Sequence[int],
-        blinded: Sequence[bytes],
-        partials: Mapping[int, PartialEvaluation],
-        /,
-    ) -> list[bytes]:
-        """``threshold.combine``: check every proof, add the evaluations."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Ready(Generic[_T]):
-    value: _T
-
-    def result(self) -> _T:
-        return self.value
-
-
-class InProcess:
-    """The ``Arithmetic`` of this thread: ``derive`` and ``threshold`` called directly."""
-
-    def start_later(
-        self, domain: TokenDomain, identifiers: Sequence[Tokenisable], /
-    ) -> _Ready[tokens.PendingTokens]:
-        return _Ready(tokens.start(domain, identifiers))
-
-    def finish_later(
-        self, pending: tokens.PendingTokens, evaluated: Sequence[bytes], /
-    ) -> _Ready[list[tokens.TokenKeys]]:
-        return _Ready(tokens.finish_with_proof_keys(pending, evaluated))
-
-    def combine(
-        self,
-        epoch: KeyEpoch,
-        responding_set: Sequence[int],
-        blinded: Sequence[bytes],
-        partials: Mapping[int, PartialEvaluation],
-        /,
-    ) -> list[bytes]:
-        return threshold.combine(epoch, responding_set, blinded, partials)
-
-
-IN_PROCESS = InProcess()
 
 
 # --- requests ------------------------------------------------------------------------
@@ -551,24 +480,28 @@ def tokenise_with_proof_keys(
     epoch.check_in_force(now)
     planner = planner if planner is not None else HolderPlanner(epoch)
     planner.own = own_seat(epoch, keys.party)
-    # A pipeline: while the holders evaluate one chunk, the workers blind the next and
-    # unblind the one before (at once, in this thread, with one worker).
+    # A pipeline. While the holders evaluate one request, the proofs of the request before
+    # are checked, the next chunk blinded and the chunk before unblinded: in the workers,
+    # or in this thread one after the other with ``IN_PROCESS``.
     chunks = [identifiers[i : i + MAX_ELEMENTS] for i in range(0, len(identifiers), MAX_ELEMENTS)]
     blinding = workers.start_later(domain, chunks[0])
+    pendings: list[tokens.PendingTokens] = []
+    evaluated: list[list[bytes]] = []  # of each chunk, as checked so far
     finishing: list[Outcome[list[tokens.TokenKeys]]] = []
-    for n in range(len(chunks)):
-        pending = blinding.result()
-        if n + 1 < len(chunks):
-            blinding = workers.start_later(domain, chunks[n + 1])
-        evaluated: list[bytes] = []
-        try:
-            while len(evaluated) < len(pending.blinded_elements):
-                evaluated.extend(
+    in_flight: tuple[int, _Asked, Outcome[list[bytes]]] | None = None
+
+    def settle(chunk: int, asked: _Asked, combined: Outcome[list[bytes]]) -> None:
+        """Check a request's proofs; ask again (at once) what a faulty holder spoiled."""
+        checked = _check(asked, planner, combined)
+        if checked is None:
+            checked = []
+            while len(checked) < len(asked.asked):
+                checked.extend(
                     _evaluate(
                         keys,
                         directory,
                         epoch,
-                        pending.blinded_elements[len(evaluated) :],
+                        asked.asked[len(checked) :],
                         relay,
                         planner,
                         now,
@@ -576,18 +509,74 @@ def tokenise_with_proof_keys(
                         workers,
                     )
                 )
-        except NotEnoughHolders as error:
-            if not finishing and not evaluated:
-                raise
-            # The holders counted what they evaluated: keep those tokens, not only whole chunks.
-            if evaluated:
-                finishing.append(workers.finish_later(_first(pending, len(evaluated)), evaluated))
-            result = [t for f in finishing for t in f.result()]
-            logger.warning(
-                "%d of %d identifiers tokenised: %s", len(result), len(identifiers), error.message
+        evaluated[chunk].extend(checked)
+        if len(evaluated[chunk]) == len(pendings[chunk].blinded_elements):
+            finishing.append(workers.finish_later(pendings[chunk], evaluated[chunk]))
+
+    def recovering(use: DailyUse) -> bool:
+        return use.window < MAX_ELEMENTS
+
+    chunk, asked_so_far = 0, 0
+    following: tuple[int, _Asked, Outcome[list[bytes]]] | None = None
+    try:
+        while chunk < len(chunks) or in_flight is not None:
+            following = None
+            if in_flight is not None and (
+                not workers.parallel or (planner.use is not None and recovering(planner.use))
+            ):
+                # In this thread nothing overlaps: check a request before asking the next.
+                # After a round that lost answers, each request waits for the one before
+                # to be checked, so that the window grows as docs/crypto.md says.
+                previous, in_flight = in_flight, None
+                settle(*previous)
+            if chunk < len(chunks):
+                if len(pendings) == chunk:
+                    pendings.append(blinding.result())
+                    evaluated.append([])
+                    if chunk + 1 < len(chunks):
+                        blinding = workers.start_later(domain, chunks[chunk + 1])
+                blinded = pendings[chunk].blinded_elements
+                asked = _ask(
+                    keys,
+                    directory,
+                    epoch,
+                    blinded[asked_so_far:],
+                    relay,
+                    planner,
+                    now,
+                    request_ids,
+                    {},
+                )
+                combined = workers.combine_later(
+                    epoch, asked.responding_set, asked.asked, asked.answers
+                )
+                following = (chunk, asked, combined)
+                asked_so_far += len(asked.asked)
+                if asked_so_far == len(blinded):
+                    chunk, asked_so_far = chunk + 1, 0
+            if in_flight is not None:
+                settle(*in_flight)
+            in_flight = following
+    except NotEnoughHolders as error:
+        if in_flight is not None and following is None:
+            # The holders answered the request before this one: keep what it gave.
+            with contextlib.suppress(NotEnoughHolders):
+                settle(*in_flight)
+        if not finishing and not any(evaluated):
+            raise
+        # The holders counted what they evaluated: keep those tokens, not only whole chunks.
+        partial = len(finishing)
+        if partial < len(evaluated) and evaluated[partial]:
+            finishing.append(
+                workers.finish_later(
+                    _first(pendings[partial], len(evaluated[partial])), evaluated[partial]
+                )
             )
-            return result
-        finishing.append(workers.finish_later(pending, evaluated))
+        result = [t for f in finishing for t in f.result()]
+        logger.warning(
+            "%d of %d identifiers tokenised: %s", len(result), len(identifiers), error.message
+        )
+        return result
     return [t for f in finishing for t in f.result()]
 
 
@@ -600,6 +589,18 @@ def _first(pending: tokens.PendingTokens, count: int) -> tokens.PendingTokens:
         blinds=pending.blinds[:count],
         blinded_elements=pending.blinded_elements[:count],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """One request a responding set answered, its proofs still to be checked."""
+
+    responding_set: tuple[int, ...]
+    asked: Sequence[bytes]
+    answers: Mapping[int, PartialEvaluation]
+    request_id: bytes
+    problems: dict[int, str]
+    losses: int  # DailyUse.losses when it was asked
 
 
 def _evaluate(
@@ -619,6 +620,31 @@ def _evaluate(
     least one holder or learns that one has less quota left than asked.
     """
     problems: dict[int, str] = {}  # why each holder left out in this evaluation was left out
+    while True:
+        asked = _ask(keys, directory, epoch, blinded, relay, planner, now, request_ids, problems)
+        checked = _check(
+            asked,
+            planner,
+            workers.combine_later(epoch, asked.responding_set, asked.asked, asked.answers),
+        )
+        if checked is not None:
+            return checked
+
+
+def _ask(
+    keys: PartyKeys,
+    directory: Directory,
+    epoch: KeyEpoch,
+    blinded: Sequence[bytes],
+    relay: Relay,
+    planner: HolderPlanner,
+    now: datetime,
+    request_ids: Callable[[], bytes],
+    problems: dict[int, str],
+) -> _Asked:
+    """Ask sets of holders for the first elements of ``blinded`` until one set answers
+    them all (its proofs unchecked); leave out each holder that refuses, fails a check or
+    stays silent, and say in ``problems`` why."""
     day = now.astimezone(UTC).date()
     while True:
         try:
@@ -689,23 +715,32 @@ def _evaluate(
                 planner.use.lost()  # holders may have counted what never became a token
             planner.exclude(unusable)
             continue
-        try:
-            evaluated = workers.combine(epoch, responding_set, asked, replies.answers)
-        except FaultyHolders as faulty:
-            logger.warning(
-                "key holder(s) %s proved wrong evaluations for request %s",
-                sorted(faulty.indices),
-                request_id.hex(),
-            )
-            problems.update({i: "faulty, wrong evaluation proof" for i in faulty.indices})
-            if planner.use is not None:
-                planner.use.lost()
-            planner.exclude(faulty.indices)
-            continue
+        losses = planner.use.losses if planner.use is not None else 0
+        planner.advance()  # the next request starts at the next seat
+        return _Asked(responding_set, asked, replies.answers, request_id, problems, losses)
+
+
+def _check(
+    asked: _Asked, planner: HolderPlanner, combined: Outcome[list[bytes]]
+) -> list[bytes] | None:
+    """The combined evaluations of an answered request, or None when a holder proved a
+    wrong one: it is left out, and the elements must be asked again."""
+    try:
+        evaluated = combined.result()
+    except FaultyHolders as faulty:
+        logger.warning(
+            "key holder(s) %s proved wrong evaluations for request %s",
+            sorted(faulty.indices),
+            asked.request_id.hex(),
+        )
+        asked.problems.update({i: "faulty, wrong evaluation proof" for i in faulty.indices})
         if planner.use is not None:
-            planner.use.answered(count)
-        planner.advance()
-        return evaluated
+            planner.use.lost()
+        planner.exclude(faulty.indices)
+        return None
+    if planner.use is not None and planner.use.losses == asked.losses:
+        planner.use.answered(len(asked.asked))
+    return evaluated
 
 
 def _relay_and_resend(

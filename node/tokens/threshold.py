@@ -375,6 +375,10 @@ class DailyUse:
     day: date | None = None
     remaining: dict[int, int] = field(default_factory=dict)
     window: int = MAX_ELEMENTS
+    #: Rounds that lost answers so far: a request asked before the last loss does not grow
+    #: the window when it is answered later (the node checks one request while it asks the
+    #: next).
+    losses: int = 0
 
     def left(self, index: int, day: date) -> int:
         """Elements seat ``index`` still evaluates for this node on ``day``, as far as known."""
@@ -392,6 +396,7 @@ class DailyUse:
     def lost(self) -> None:
         """A round lost answers that holders may have counted: risk one element next."""
         self.window = 1
+        self.losses += 1
 
     def answered(self, count: int) -> None:
         """A round of ``count`` elements got every answer: risk that many more next."""

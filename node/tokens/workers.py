@@ -193,6 +193,11 @@ class Workers:
     def __repr__(self) -> str:
         return f"Workers(workers={self.workers}, shares={len(self._shares)})"
 
+    @property
+    def parallel(self) -> bool:
+        """Whether work runs beside the caller (in worker processes)."""
+        return self.workers > 1
+
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
@@ -276,6 +281,18 @@ class Workers:
 
         Raises ``FaultyHolders`` naming every holder whose answer is wrong.
         """
+        return self.combine_later(epoch, responding_set, blinded, partials).result()
+
+    def combine_later(
+        self,
+        epoch: KeyEpoch,
+        responding_set: Sequence[int],
+        blinded: Sequence[bytes],
+        partials: Mapping[int, PartialEvaluation],
+    ) -> Later[list[bytes]]:
+        """``combine`` under way in the workers (with one worker: computed when asked for,
+        so that ``result`` raises ``FaultyHolders``): the node checks one request's
+        proofs while it asks the next."""
         rset = tuple(responding_set)
         if (
             list(rset) != sorted(set(rset))
@@ -298,38 +315,41 @@ class Workers:
             for i in checked
         }
         cuts = slices(len(blinded), self.workers)
-        done = self._map(
-            _check_slice,
-            [
-                (
-                    a,
-                    tuple(blinded[a:b]),
-                    [(i, weighted[i], partials[i].evaluated_elements[a:b]) for i in checked],
-                )
-                for a, b in cuts
-            ],
-        )
-        combined: list[bytes] = []
-        for _, bad, part in done:
-            faulty |= bad
-            combined.extend(part)
-        for i in checked:
-            if i in faulty:
-                continue
-            try:
-                oprf.verify_with_composites(
-                    oprf.GENERATOR,
-                    weighted[i],
-                    _sum(parts[i][0] for parts, _, _ in done),
-                    _sum(parts[i][1] for parts, _, _ in done),
-                    partials[i].proof,
-                    field=f"holders[{i}]",
-                )
-            except (InvalidProof, InvalidInput):
-                faulty.add(i)
-        if faulty:
-            raise FaultyHolders(faulty)
-        return combined
+        calls = [
+            (
+                a,
+                tuple(blinded[a:b]),
+                [(i, weighted[i], partials[i].evaluated_elements[a:b]) for i in checked],
+            )
+            for a, b in cuts
+        ]
+
+        def verify(
+            done: list[tuple[dict[int, tuple[bytes, bytes]], set[int], list[bytes]]],
+        ) -> list[bytes]:
+            combined: list[bytes] = []
+            for _, bad, part in done:
+                faulty.update(bad)
+                combined.extend(part)
+            for i in checked:
+                if i in faulty:
+                    continue
+                try:
+                    oprf.verify_with_composites(
+                        oprf.GENERATOR,
+                        weighted[i],
+                        _sum(parts[i][0] for parts, _, _ in done),
+                        _sum(parts[i][1] for parts, _, _ in done),
+                        partials[i].proof,
+                        field=f"holders[{i}]",
+                    )
+                except (InvalidProof, InvalidInput):
+                    faulty.add(i)
+            if faulty:
+                raise FaultyHolders(faulty)
+            return combined
+
+        return self._later(_check_slice, calls, verify)
 
     # --- the key holder's side ----------------------------------------------------------
 
@@ -380,9 +400,9 @@ class Workers:
         merge: Callable[[list[_S]], _T],
     ) -> Later[_T]:
         """``merge`` of ``function`` over ``calls``: submitted to the pool now, collected
-        by ``Later.result``; computed here at once with one worker or one call."""
+        by ``Later.result``; with one worker or one call, computed here by ``result``."""
         if self.workers == 1 or len(calls) == 1:
-            return Later(value=merge([function(*args) for args in calls]))
+            return Later(collect=lambda: merge([function(*args) for args in calls]))
         pool = self._the_pool()
         try:
             futures = [pool.submit(function, *args) for args in calls]
