@@ -5,7 +5,11 @@ scalar multiplication), checks each holder's DLEQ proof (two multiplications per
 element and holder for the composites) and unblinds (one more), and each key
 holder evaluates (one multiplication) and proves (one more). ``Workers`` does
 this work in slices of a batch: in the calling thread when ``workers`` is 1, in
-a pool of ``workers`` processes otherwise, created once per daemon.
+a pool of ``workers`` processes otherwise, created once per daemon (lazily, at the
+first batch). It is the daemon's ``evaluation.Arithmetic``: the ``…_later`` calls
+hand work to the pool and return at once, so that the node checks one request's
+proofs, blinds the next chunk and unblinds the last one while the holders
+evaluate the next request.
 
 The pool is an adapter around pure functions over bytes (the ``_…_slice``
 functions below): a slice goes out with its elements and comes back with its
