@@ -1504,9 +1504,9 @@ def print_table(console: Console, results: dict[str, Any]) -> None:
                 "",
             )
             table.add_row(
-                "  CPU cores busy: the daemons / other processes",
+                "  cores busy: the daemons, other work on the machine",
                 " / ".join(
-                    f"{r['cpu_cores_busy']:.2f} / {r['other_processes_cores_busy']:.2f}" for r in rs
+                    f"{r['cpu_cores_busy']:.2f}, {r['other_processes_cores_busy']:.2f}" for r in rs
                 ),
                 "",
             )
