@@ -30,6 +30,13 @@ measured in the same run.
    library (``NodeClient.import_signals``); tokens/s until no identifier waits for a
    token and the outbox is empty, with every process's CPU time over the run.
 
+5. **Cores**: the same import (``--cores-signals``, 20,000 by default) with the nodes'
+   ``workers`` setting at 1 and at the cores this process may use, on fresh daemons each,
+   after an import of 2,000 that starts the worker processes, alternated over
+   ``--cores-rounds`` rounds (2: 1, all, all, 1) in the same run: the mean throughput with all
+   cores against one worker process, target at least 0.8 x the cores. CPU time counts each
+   daemon's worker processes too; what other processes of the machine used is reported.
+
 Results go to bench/results/broker.json. No timed assertions: ratios against what
 this machine does in this run.
 """
@@ -116,6 +123,7 @@ class Scale:
     latency_rounds: int
     e2e_signals: int
     service_tokens: int
+    cores_signals: int = 20_000
 
 
 SCALES = {
@@ -136,7 +144,9 @@ SCALES = {
         service_tokens=300_000,
     ),
 }
-PARTS = ("ingest", "scale", "latency", "e2e")
+#: Signals imported before the cores part measures, to start the nodes' worker processes.
+WARM_SIGNALS = 2_000
+PARTS = ("ingest", "scale", "latency", "e2e", "cores")
 BACKENDS = ("sqlite", "postgresql")
 
 
@@ -817,9 +827,23 @@ def epoch_seconds(stored: str) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (``/proc/PID/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User plus system CPU time of a process so far (``/proc/PID/stat``), and of its
+    live descendants (a node's worker processes), and of those it waited for."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # it ended meanwhile
+        return 0.0
+    own = sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    """The process's children, from every one of its threads (``/proc/PID/task/*/children``)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found.extend(int(c) for c in (task / "children").read_text().split())
+    return found
 
 
 class Daemons:
@@ -1098,10 +1122,12 @@ def uplink_cycles(daemons: Daemons, after_batch: int) -> dict[str, Any]:
     }
 
 
-def part_end_to_end(console: Console, daemons: Daemons, signals: int) -> dict[str, Any]:
+def part_end_to_end(
+    console: Console, daemons: Daemons, signals: int, *, seed: int = 99, prefix: str = "IMP"
+) -> dict[str, Any]:
     """The second node imports ``signals`` signals of one BSN each through the client
     library; tokens/s until none waits for a token or an acknowledgement."""
-    rng = random.Random(99)
+    rng = random.Random(seed)
     seen: set[str] = set()
     rows = []
     while len(rows) < signals:
@@ -1109,7 +1135,7 @@ def part_end_to_end(console: Console, daemons: Daemons, signals: int) -> dict[st
         if bsn in seen:
             continue
         seen.add(bsn)
-        rows.append(SignalInput(f"IMP-{len(rows):06d}", "witwasindicatie", [("bsn", bsn)]))
+        rows.append(SignalInput(f"{prefix}-{len(rows):06d}", "witwasindicatie", [("bsn", bsn)]))
     client = daemons.clients[SECOND]
     with contextlib.closing(read_only(daemons.broker_db)) as db:
         before_tokens = db.execute("SELECT count(*) FROM token_entries").fetchone()[0]
@@ -1142,6 +1168,71 @@ def part_end_to_end(console: Console, daemons: Daemons, signals: int) -> dict[st
         f"tokens/s (import call {imported:.1f} s; {out['cpu_cores_busy']:.2f} cores busy)"
     )
     return out
+
+
+def part_cores(console: Console, work: Path, signals: int, rounds: int) -> dict[str, Any]:
+    """The end-to-end import with ``workers = 1`` in both nodes' ``node.toml`` and with
+    ``workers`` = the cores, each on a fresh covenant and fresh daemons, alternated
+    (1, all; all, 1; ...) for ``rounds`` rounds in this run so that a change in the machine's
+    load weighs on both; the ratio of their mean throughputs against 0.8 x the cores. Each
+    run also says how much of the machine other processes used meanwhile."""
+    cores = len(os.sched_getaffinity(0))
+    settings = sorted({1, cores})
+    runs: dict[str, list[dict[str, Any]]] = {str(w): [] for w in settings}
+    for round_ in range(rounds):
+        for workers in settings if round_ % 2 == 0 else settings[::-1]:
+            run_dir = work / f"cores-{round_}-{workers}"
+            provisioned = provision(
+                run_dir / "covenant", COVENANT, SPECS, [FIRST, SECOND], 2, now=datetime.now(UTC)
+            )
+            for party in (FIRST, SECOND):
+                path = provisioned.node_configs[party]
+                path.write_text(path.read_text() + f"workers = {workers}\n")
+            console.print(f"  round {round_ + 1}, workers = {workers}:")
+            daemons = Daemons(provisioned, run_dir)
+            try:
+                daemons.start()
+                # A first import starts the worker processes (they start at the first need).
+                part_end_to_end(console, daemons, WARM_SIGNALS, seed=7, prefix="WARM")
+                busy_before, own_before = machine_busy_seconds(), time.process_time()
+                started = time.perf_counter()
+                run = part_end_to_end(console, daemons, signals)
+                busy = machine_busy_seconds() - busy_before
+                own = time.process_time() - own_before  # this client: the import, the polls
+                elapsed = time.perf_counter() - started
+                run["machine_cores_busy"] = busy / elapsed
+                run["bench_client_cores_busy"] = own / elapsed
+                run["other_processes_cores_busy"] = (
+                    busy - own - sum(run["cpu_seconds"].values())
+                ) / elapsed
+                runs[str(workers)].append(run)
+            finally:
+                daemons.stop()
+    mean = {w: statistics.mean(r["tokens_per_s"] for r in rs) for w, rs in runs.items()}
+    one, all_ = mean["1"], mean[str(cores)]
+    out = {
+        "cores": cores,
+        "signals": signals,
+        "rounds": rounds,
+        "runs": runs,
+        "mean_tokens_per_s": mean,
+        "ratio": all_ / one,
+        "target": 0.8 * cores,
+        "load_average": os.getloadavg(),
+    }
+    console.print(
+        f"  all cores / one worker: {out['ratio']:.2f} (target >= {out['target']:.1f}); "
+        f"means {one:,.0f} and {all_:,.0f} tokens/s"
+    )
+    return out
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every process of the machine spent so far (``/proc/stat``: user, nice,
+    system, irq, softirq, steal)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -1178,6 +1269,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scale-levels", help="override the scale's levels, e.g. 1000000,3000000")
     group.add_argument("--latency-rounds", type=int, help="override the number of hits timed")
     group.add_argument("--e2e-signals", type=int, help="override the signals imported")
+    group.add_argument(
+        "--cores-signals", type=int, help="override the signals imported per workers setting"
+    )
+    group.add_argument(
+        "--cores-rounds",
+        type=int,
+        default=2,
+        help="rounds of the cores part, each one run per workers setting (default 2)",
+    )
 
 
 def _choices(value: str, allowed: Sequence[str], what: str) -> list[str]:
@@ -1266,6 +1366,12 @@ def run(
             codes = daemons.stop()
             daemons = None
             results["daemon_exit_codes"] = codes
+        if "cores" in parts:
+            console.print("[bold]5. end to end with one worker process and with all cores")
+            with _timed(results, "cores"):
+                results["cores"] = part_cores(
+                    console, work, args.cores_signals or preset.cores_signals, args.cores_rounds
+                )
     finally:
         if daemons is not None:
             daemons.stop()
@@ -1389,6 +1495,27 @@ def print_table(console: Console, results: dict[str, Any]) -> None:
             table.add_row(
                 "  ratio to the one-core tokenising pipeline", f"{e2e['ratio_to_pipeline']:.2f}", ""
             )
+    cores = results.get("cores")
+    if cores:
+        for workers, rs in cores["runs"].items():
+            table.add_row(
+                f"end to end, {cores['signals']:,} signals, workers = {workers}",
+                " / ".join(rate(r["tokens_per_s"]) for r in rs),
+                "",
+            )
+            table.add_row(
+                "  cores busy: the daemons, other work on the machine",
+                " / ".join(
+                    f"{r['cpu_cores_busy']:.2f}, {r['other_processes_cores_busy']:.2f}" for r in rs
+                ),
+                "",
+            )
+        target = cores["target"]
+        table.add_row(
+            "  [bold]all cores / one worker (means)[/bold]",
+            f"{cores['ratio']:.2f}",
+            _target(cores["ratio"] >= target, f">= {target:.1f} (0.8 x {cores['cores']} cores)"),
+        )
     console.print(table)
     console.print(f"seconds per part: {results['seconds']}")
 

@@ -13,7 +13,9 @@ Tokenising, measured on one core:
 
 Then the broker (``broker_bench.py``, on every core: the daemons and PostgreSQL
 are processes of their own): ingest against bare-insert and bare-gRPC bounds,
-the scale ratio, hit latency through the daemons, end-to-end import.
+the scale ratio, hit latency through the daemons, end-to-end import, and the
+end-to-end import with the nodes' ``workers`` at 1 and at the cores (the ratio
+against 0.8 x the cores).
 ``--broker-only`` and ``--no-broker`` select; ``--scale full`` measures the
 scale ratio at 10M/1M (longer than the default's 3M/1M).
 

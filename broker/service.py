@@ -622,7 +622,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             if not result.more:
                 break
         keep = self._submission_rules(covenant).longest_lifetime
-        while self._store.tokens.prune_closed_groups(self._clock(), keep=keep).more:
+        while self._store.retention.prune_closed_groups(self._clock(), keep=keep).more:
             pass
         return removed
 

@@ -7,6 +7,8 @@ cache, audit log), so that an operation spanning two capabilities is one transac
 * ``tokens`` (:class:`~samenloop.broker.token_store.TokenStore`, over
   :class:`~samenloop.broker.token_index.TokenIndex`): submissions, withdrawals, the
   expiry sweep, a party's removal, the token index and its prefix filter, the figures;
+* ``retention`` (:class:`~samenloop.broker.group_retention.GroupRetention`): forgetting
+  hit groups closed longer than any backup needs, with the notices kept of them;
 * ``rotation`` (:class:`~samenloop.broker.token_rotation.KeyRotation`): rotating the
   OPRF key, readiness per party and the switch of key epoch;
 * ``mailboxes`` (:class:`~samenloop.broker.mailbox_store.MailboxStore`): each party's
@@ -28,6 +30,7 @@ from sqlalchemy import Engine
 
 from samenloop.broker.covenant_store import CovenantStore
 from samenloop.broker.database import BrokerDatabase
+from samenloop.broker.group_retention import GroupRetention
 from samenloop.broker.mailbox_store import MailboxStore
 from samenloop.broker.token_rotation import KeyRotation
 from samenloop.broker.token_store import TokenStore
@@ -42,6 +45,7 @@ class BrokerStore:
         self.database: Final = BrokerDatabase(engine, owner=owner)
         self.mailboxes: Final = MailboxStore(self.database)
         self.tokens: Final = TokenStore(self.database, self.mailboxes)
+        self.retention: Final = GroupRetention(self.database, self.mailboxes)
         self.rotation: Final = KeyRotation(self.database, self.tokens)
         self.covenants: Final = CovenantStore(self.database, self.mailboxes, self.tokens)
         self.audit: Final[AuditLog] = self.database

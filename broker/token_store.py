@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import Any, Final
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from samenloop.broker import matching
 from samenloop.broker.database import (
@@ -120,16 +120,6 @@ class WithdrawResult:
     notified: tuple[str, ...] = ()
     #: Hit notices the withdrawal put in mailboxes (the metrics count them).
     notices: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class PruneResult:
-    """Closed groups forgotten by :meth:`TokenStore.prune_closed_groups`, and the latest
-    notices kept of them; ``more``: the call stopped at its limit."""
-
-    groups: int
-    notices: int
-    more: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,43 +455,6 @@ class TokenStore:
             more=len(tokens) == limit,
             notices=len(drafts),
         )
-
-    def prune_closed_groups(
-        self, now: datetime, *, keep: timedelta, limit: int = 10_000
-    ) -> PruneResult:
-        """Forget groups that closed (last changed) more than ``keep`` ago, at most ``limit``
-        per call, with the latest notice kept of each for ``ResyncHits``.
-
-        A closed group never opens again (a token that reaches the minimum anew forms a
-        new group), so its row serves only a node restored from a backup taken while it
-        was open. The caller keeps them the covenant's longest entry lifetime: a backup
-        that old holds nothing the node would still keep, so nobody needs the CLOSED
-        notice any more. Call again while the result says ``more``.
-        """
-        now = utc(now)
-        before = now - keep
-        with self._db.write() as tx:
-            groups = list(
-                tx.conn.execute(
-                    select(HitGroup.group_id)
-                    .where(~HitGroup.is_open, HitGroup.last_seen < before)
-                    .limit(limit)
-                ).scalars()
-            )
-            if not groups:
-                return PruneResult(groups=0, notices=0)
-            notices = self._mailboxes.forget_groups(tx, groups)
-            tx.conn.execute(
-                delete(HitGroup).where(HitGroup.group_id.in_(groups), ~HitGroup.is_open)
-            )
-            pruned = AuditEvent(
-                AuditKind.TOKEN_EXPIRY,
-                self._db.owner,
-                (),
-                {"closed_groups_pruned": len(groups), "latest_notices_pruned": notices},
-            )
-            self._db.audit(tx, [pruned], now)
-        return PruneResult(groups=len(groups), notices=notices, more=len(groups) == limit)
 
     def remove_party(
         self,

@@ -137,9 +137,14 @@ class NodeConfig:
     brokers: tuple[str, ...] = ()
     #: ``HOST:PORT`` of the Prometheus endpoint (``/metrics``, plain HTTP); unset: none.
     metrics_listen: str | None = None
+    #: Processes that tokenise (and, on a key holder, evaluate) in parallel,
+    #: ``MIN_WORKERS``..``MAX_WORKERS``; unset: one per core the node may run on.
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         _wrap(check_id, self.party, field="party")
+        if self.workers is not None:
+            check_workers(self.workers)
         _parse_address(self.broker, field="broker", listen=False)
         brokers = tuple(self.brokers) or (self.broker,)
         for index, address in enumerate(brokers):
@@ -262,6 +267,7 @@ def node_config_from_toml(data: bytes, *, source: str, base_dir: Path) -> NodeCo
         log_level=settings.string("log_level", DEFAULT_LOG_LEVEL),
         log_format=settings.string("log_format", DEFAULT_LOG_FORMAT),
         metrics_listen=settings.optional_string("metrics_listen"),
+        workers=settings.optional_int("workers"),
     )
 
 
@@ -295,6 +301,13 @@ class _Settings:
             if default is None:
                 raise self._error(key, "missing")
             return default
+        return value
+
+    def optional_int(self, key: str) -> int | None:
+        self.read.add(key)
+        value = self.doc.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise self._error(key, "must be a whole number")
         return value
 
     def strings(self, key: str) -> tuple[str, ...]:
@@ -376,6 +389,9 @@ def config_to_toml(config: BrokerConfig | NodeConfig, *, relative_to: Path | Non
                 listed = ", ".join(toml_literal(address) for address in value)
                 lines.append(f"brokers = [{listed}]")
             continue
+        if isinstance(value, int):
+            lines.append(f"{field.name} = {value}")
+            continue
         if isinstance(value, Path):
             text = _relative(value, relative_to)
         elif field.name == "database_url":
@@ -427,6 +443,28 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+#: The bounds of a node's ``workers`` setting.
+MIN_WORKERS, MAX_WORKERS = 1, 256
+
+
+def check_workers(value: object, *, field: str = "workers") -> int:
+    """A valid ``workers`` setting (a whole number 1..256); ``ConfigurationError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError("must be a whole number", field=field)
+    if not MIN_WORKERS <= value <= MAX_WORKERS:
+        raise ConfigurationError(f"must be {MIN_WORKERS}..{MAX_WORKERS}, not {value}", field=field)
+    return value
+
+
+def default_workers() -> int:
+    """The ``workers`` a node runs when the setting is unset: the cores it may run on."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(MIN_WORKERS, min(MAX_WORKERS, cores))
 
 
 def _check_path(value: object, *, field: str) -> None:

@@ -342,16 +342,16 @@ def test_closed_groups_are_forgotten_after_the_longest_lifetime_with_their_lates
         return {bytes(g) for g in groups}, {bytes(g) for g in notices}
 
     assert kept() == ({kept_open, closed_early, closed_late},) * 2
-    nothing = broker.tokens.prune_closed_groups(NOW + timedelta(days=29), keep=keep)
+    nothing = broker.retention.prune_closed_groups(NOW + timedelta(days=29), keep=keep)
     assert (nothing.groups, nothing.notices) == (0, 0)
 
-    pruned = broker.tokens.prune_closed_groups(NOW + timedelta(days=31), keep=keep)
+    pruned = broker.retention.prune_closed_groups(NOW + timedelta(days=31), keep=keep)
     assert (pruned.groups, pruned.notices, pruned.more) == (1, 2, False)  # a's and b's notice
     assert kept() == ({kept_open, closed_late},) * 2
-    pruned = broker.tokens.prune_closed_groups(NOW + timedelta(days=400), keep=keep, limit=1)
+    pruned = broker.retention.prune_closed_groups(NOW + timedelta(days=400), keep=keep, limit=1)
     assert (pruned.groups, pruned.more) == (1, True)
     assert kept() == ({kept_open},) * 2
-    assert broker.tokens.prune_closed_groups(NOW + timedelta(days=400), keep=keep).groups == 0
+    assert broker.retention.prune_closed_groups(NOW + timedelta(days=400), keep=keep).groups == 0
     # The open group still grows as before, and a resync still carries its notice.
     submit(broker, "c", 5, [entry("c", 1)], ids=ids)
     broker.mailboxes.ack("a", broker.mailboxes.mailbox_state("a").head_cursor)

@@ -354,13 +354,19 @@ def test_a_batch_larger_than_one_request_is_split():
     sizes = [
         len(
             keyholder_pb2.EvaluationRequest.FromString(
-                common_pb2.Signed.FromString(r[1]).body
+                common_pb2.Signed.FromString(next(iter(r.values()))).body
             ).blinded_elements
         )
         for r in broker.requests
     ]
     assert sizes == [evaluation.MAX_ELEMENTS, 1]
-    assert w.holders[1].served[NODE] == evaluation.MAX_ELEMENTS + 1
+    # The second request goes to the next set round: holder 1 did the first, holder 3 the second.
+    assert [sorted(r) for r in broker.requests] == [[1, 2], [2, 3]]
+    assert {i: h.served.get(NODE, 0) for i, h in w.holders.items()} == {
+        1: evaluation.MAX_ELEMENTS,
+        2: evaluation.MAX_ELEMENTS + 1,
+        3: 1,
+    }
 
 
 def test_requests_are_signed_for_their_holder_alone():

@@ -47,6 +47,7 @@ SANS_IO = [
     "samenloop.node.identifiers.normalise",
     "samenloop.node.tokens.keysetup",
     "samenloop.node.tokens.evaluation",
+    "samenloop.node.tokens.arithmetic",
     "samenloop.node.tokens.holder",
     "samenloop.node.signals.notices",
     "samenloop.node.disclosure.protocol",
@@ -234,6 +235,7 @@ BROKER_REPOSITORIES = [
     "mailbox_store",
     "token_index",
     "token_store",
+    "group_retention",
     "covenant_store",
     "store",
 ]

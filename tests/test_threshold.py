@@ -836,3 +836,59 @@ def test_a_one_byte_covenant_id_is_enough():
     with pytest.raises(InvalidInput) as info:
         replace(epoch, holders=(h1, replace(h2, party=h1.party), h3))
     assert info.value.message == "a party can hold only one share of a key"
+
+
+def _rounds(planner: HolderPlanner, rounds: int) -> dict[int, int]:
+    """How often each holder is in the sets of ``rounds`` answered rounds."""
+    seen: dict[int, int] = {}
+    for _ in range(rounds):
+        for i in planner.next_set():
+            seen[i] = seen.get(i, 0) + 1
+        planner.advance()
+    return seen
+
+
+@pytest.mark.parametrize(("t", "n"), [(2, 3), (3, 5), (2, 5)])
+def test_without_quotas_the_rounds_go_round_all_holders_evenly(t, n):
+    _, epoch, _ = make_epoch(t, n)
+    rounds = 10 * n
+    assert _rounds(HolderPlanner(epoch), rounds) == {i: 10 * t for i in range(1, n + 1)}
+    # From any turn (a daemon starts at random), and around an excluded holder.
+    assert _rounds(HolderPlanner(epoch, turn=7), rounds) == {i: 10 * t for i in range(1, n + 1)}
+    planner = HolderPlanner(epoch)
+    planner.exclude({2})
+    seen = _rounds(planner, 10 * (n - 1))
+    assert 2 not in seen
+    assert set(seen.values()) == {10 * t}
+
+
+def test_a_holder_party_keeps_its_own_seat_and_spreads_the_others():
+    _, epoch, _ = make_epoch(2, 4)
+    seen = _rounds(HolderPlanner(epoch, own=2), 30)
+    assert seen == {2: 30, 1: 10, 3: 10, 4: 10}
+    _, epoch, _ = make_epoch(3, 5)
+    seen = _rounds(HolderPlanner(epoch, own=5), 40)
+    assert seen == {5: 40, 1: 20, 2: 20, 3: 20, 4: 20}
+
+
+def test_with_quotas_ties_follow_the_turn_and_most_left_still_comes_first():
+    _, epoch, _ = make_epoch(2, 3)
+    tied = HolderPlanner(epoch, use=DailyUse({1: 50, 2: 50, 3: 50}), turn=1)
+    assert tied.plan(10, day=DAY)[0] == (2, 3)
+    use = DailyUse({1: 50, 2: 50, 3: 50})
+    use.learn(2, 20, DAY)
+    assert HolderPlanner(epoch, use=use, turn=1).plan(10, day=DAY)[0] == (1, 3)
+    # Twenty partners each following the planner from their own turn, with a quota: all
+    # three holders end with a third of the evaluations, give or take a request.
+    served = {1: 0, 2: 0, 3: 0}
+    for partner in range(20):
+        use = DailyUse({1: 10_000, 2: 10_000, 3: 10_000})
+        planner = HolderPlanner(epoch, use=use, turn=partner)
+        for _ in range(30):
+            chosen, count = planner.plan(1000, day=DAY)
+            for i in chosen:
+                use.spend(i, count, DAY)
+                served[i] += count
+            planner.advance()
+    total = sum(served.values())
+    assert all(abs(s - total / 3) <= 1000 for s in served.values()), served

@@ -46,9 +46,11 @@ from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.daemon.uplink import Uplink, broker_channel, learn_attribute_key
 from samenloop.node.tokens import keysetup, threshold
 from samenloop.node.tokens.holders import EpochHolders
+from samenloop.node.tokens.workers import Workers
 from samenloop.policies import certs, crypto, database, logs
 from samenloop.policies.config import (
     NodeConfig,
+    default_workers,
     load_node_config,
     private_directories,
     secret_files,
@@ -341,6 +343,15 @@ def _start(
             today=today,
             answered=repositories.tokens.answered_requests(now=clock()),
         )
+    # Blinding, proofs and unblinding (and a holder's evaluations) on every core; the
+    # worker processes get the holder's shares once, at their start, and again (a new
+    # pool) when a staged epoch's share is added or a retired one dropped.
+    workers = Workers(
+        config.workers or default_workers(), shares=() if holder is None else holder.shares()
+    )
+    if holder is not None:
+        holder.evaluate_partial = workers.evaluate_partial
+        holder.on_shares_changed = workers.set_shares
 
         def holder_shares(epoch: threshold.KeyEpoch) -> threshold.Share | None:
             return keysetup.load_epoch_share(share_base, epoch)
@@ -368,6 +379,7 @@ def _start(
         on_hit=bell.ring,
         work_dir=config.data_dir,
         metrics=metrics,
+        workers=workers,
     )
 
     def connection() -> tuple[bool, datetime | None]:

@@ -65,6 +65,7 @@ each would reach into the others' state.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -93,6 +94,7 @@ from samenloop.node.tokens.evaluation import RefusalReason
 from samenloop.node.tokens.holder import UNVERIFIED, HolderEvent, HolderReply, KeyHolder
 from samenloop.node.tokens.holders import EpochHolders
 from samenloop.node.tokens.store import TokenStore
+from samenloop.node.tokens.workers import Workers
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies import rules
 from samenloop.policies.crypto import PartyKeys, SignatureContext
@@ -259,8 +261,15 @@ class Uplink:
         on_hit: Callable[[], None] = lambda: None,
         work_dir: Path | None = None,
         metrics: NodeMetrics | None = None,
+        workers: Workers | None = None,
     ) -> None:
         self._party = party
+        #: The processes that blind, check proofs and unblind (and evaluate, for a holder);
+        #: closed with the uplink.
+        self.workers = workers if workers is not None else Workers(1)
+        # Where the next responding set starts among the holders (``HolderPlanner.turn``):
+        # at random, so that the nodes of a covenant do not all start with the same ones.
+        self._holder_turn = secrets.randbelow(threshold.MAX_HOLDERS)
         #: The broker replicas and the one in use (one broker: a switch of one address).
         self.brokers = channel if isinstance(channel, BrokerSwitch) else BrokerSwitch.of(channel)
         #: The counters the loops increment (served when ``metrics_listen`` is set).
@@ -386,6 +395,7 @@ class Uplink:
         for thread in self._threads:
             thread.join(timeout)
         self.holder_events.flush()
+        self.workers.close()
 
     def _track(self, call: grpc.Call) -> None:
         with self._calls_lock:
@@ -676,6 +686,9 @@ class Uplink:
         if not pending:
             return False
         epoch = self._key_epoch(covenant)
+        planner = threshold.HolderPlanner(
+            epoch, use=self._daily_use(covenant, epoch), turn=self._holder_turn
+        )
         made = evaluation.tokenise_with_proof_keys(
             self._keys,
             covenant,
@@ -684,8 +697,10 @@ class Uplink:
             [p.identifier for p in pending],
             self._relay,
             now=now,
-            planner=threshold.HolderPlanner(epoch, use=self._daily_use(covenant, epoch)),
+            planner=planner,
+            workers=self.workers,
         )
+        self._holder_turn = planner.turn
         # Fewer tokens than identifiers when the holders ran out midway (the quota is used
         # up): the rest stay pending, and the next round says why in the status.
         done = pending[: len(made)]

@@ -34,6 +34,7 @@ Nothing here logs a blinded element, an evaluation or an identifier.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -46,7 +47,8 @@ from typing import Protocol
 from google.protobuf.message import DecodeError
 
 from samenloop.node.tokens import derive as tokens
-from samenloop.node.tokens import oprf, threshold
+from samenloop.node.tokens import oprf
+from samenloop.node.tokens.arithmetic import IN_PROCESS, Arithmetic, Outcome
 from samenloop.node.tokens.derive import TokenDomain, Tokenisable
 from samenloop.node.tokens.threshold import (
     DailyUse,
@@ -414,6 +416,7 @@ def tokenise(
     now: datetime,
     planner: HolderPlanner | None = None,
     request_ids: Callable[[], bytes] = new_request_id,
+    workers: Arithmetic = IN_PROCESS,
 ) -> list[bytes]:
     """The tokens of :func:`tokenise_with_proof_keys`, without their hit proof keys."""
     made = tokenise_with_proof_keys(
@@ -426,6 +429,7 @@ def tokenise(
         now=now,
         planner=planner,
         request_ids=request_ids,
+        workers=workers,
     )
     return [m.token for m in made]
 
@@ -441,6 +445,7 @@ def tokenise_with_proof_keys(
     now: datetime,
     planner: HolderPlanner | None = None,
     request_ids: Callable[[], bytes] = new_request_id,
+    workers: Arithmetic = IN_PROCESS,
 ) -> list[tokens.TokenKeys]:
     """Tokenise ``identifiers`` with the covenant's key holders, through ``relay``; each
     token comes with its hit proof key (:mod:`samenloop.node.tokens.derive`).
@@ -461,6 +466,10 @@ def tokenise_with_proof_keys(
     any token was made (also when the quota is used up), and ``NotAllowed``
     when the key epoch is not in force at ``now``; whatever ``relay`` raises
     (the broker is unreachable) propagates.
+
+    ``workers`` is where the blinding, the proof checks and the unblinding run:
+    here, or in slices over the machine's cores (:mod:`samenloop.node.tokens.workers`);
+    the tokens are the same.
     """
     if (epoch.covenant_id, epoch.epoch) != (domain.covenant_id, domain.key_epoch):
         raise InvalidInput("key epoch does not belong to this token domain", field="key_epoch")
@@ -471,38 +480,104 @@ def tokenise_with_proof_keys(
     epoch.check_in_force(now)
     planner = planner if planner is not None else HolderPlanner(epoch)
     planner.own = own_seat(epoch, keys.party)
-    result: list[tokens.TokenKeys] = []
-    for first in range(0, len(identifiers), MAX_ELEMENTS):
-        pending = tokens.start(domain, identifiers[first : first + MAX_ELEMENTS])
-        evaluated: list[bytes] = []
-        try:
-            while len(evaluated) < len(pending.blinded_elements):
-                evaluated.extend(
+    # A pipeline. While the holders evaluate one request, the proofs of the request before
+    # are checked, the next chunk blinded and the chunk before unblinded: in the workers,
+    # or in this thread one after the other with ``IN_PROCESS``.
+    chunks = [identifiers[i : i + MAX_ELEMENTS] for i in range(0, len(identifiers), MAX_ELEMENTS)]
+    blinding = workers.start_later(domain, chunks[0])
+    pendings: list[tokens.PendingTokens] = []
+    evaluated: list[list[bytes]] = []  # of each chunk, as checked so far
+    finishing: list[Outcome[list[tokens.TokenKeys]]] = []
+    in_flight: tuple[int, _Asked, Outcome[list[bytes]]] | None = None
+
+    def settle(chunk: int, asked: _Asked, combined: Outcome[list[bytes]]) -> None:
+        """Check a request's proofs; ask again (at once) what a faulty holder spoiled."""
+        checked = _check(asked, planner, combined)
+        if checked is None:
+            checked = []
+            while len(checked) < len(asked.asked):
+                checked.extend(
                     _evaluate(
                         keys,
                         directory,
                         epoch,
-                        pending.blinded_elements[len(evaluated) :],
+                        asked.asked[len(checked) :],
                         relay,
                         planner,
                         now,
                         request_ids,
+                        workers,
                     )
                 )
-        except NotEnoughHolders as error:
-            if not result and not evaluated:
-                raise
-            # The holders counted what they evaluated: keep those tokens, not only whole chunks.
-            if evaluated:
-                result.extend(
-                    tokens.finish_with_proof_keys(_first(pending, len(evaluated)), evaluated)
+        evaluated[chunk].extend(checked)
+        if len(evaluated[chunk]) == len(pendings[chunk].blinded_elements):
+            finishing.append(workers.finish_later(pendings[chunk], evaluated[chunk]))
+
+    def recovering(use: DailyUse) -> bool:
+        return use.window < MAX_ELEMENTS
+
+    chunk, asked_so_far = 0, 0
+    following: tuple[int, _Asked, Outcome[list[bytes]]] | None = None
+    try:
+        while chunk < len(chunks) or in_flight is not None:
+            following = None
+            if in_flight is not None and (
+                not workers.parallel or (planner.use is not None and recovering(planner.use))
+            ):
+                # In this thread nothing overlaps: check a request before asking the next.
+                # After a round that lost answers, each request waits for the one before
+                # to be checked, so that the window grows as docs/crypto.md says.
+                previous, in_flight = in_flight, None
+                settle(*previous)
+            if chunk < len(chunks):
+                if len(pendings) == chunk:
+                    pendings.append(blinding.result())
+                    evaluated.append([])
+                    if chunk + 1 < len(chunks):
+                        blinding = workers.start_later(domain, chunks[chunk + 1])
+                blinded = pendings[chunk].blinded_elements
+                asked = _ask(
+                    keys,
+                    directory,
+                    epoch,
+                    blinded[asked_so_far:],
+                    relay,
+                    planner,
+                    now,
+                    request_ids,
+                    {},
                 )
-            logger.warning(
-                "%d of %d identifiers tokenised: %s", len(result), len(identifiers), error.message
+                combined = workers.combine_later(
+                    epoch, asked.responding_set, asked.asked, asked.answers
+                )
+                following = (chunk, asked, combined)
+                asked_so_far += len(asked.asked)
+                if asked_so_far == len(blinded):
+                    chunk, asked_so_far = chunk + 1, 0
+            if in_flight is not None:
+                settle(*in_flight)
+            in_flight = following
+    except NotEnoughHolders as error:
+        if in_flight is not None and following is None:
+            # The holders answered the request before this one: keep what it gave.
+            with contextlib.suppress(NotEnoughHolders):
+                settle(*in_flight)
+        if not finishing and not any(evaluated):
+            raise
+        # The holders counted what they evaluated: keep those tokens, not only whole chunks.
+        partial = len(finishing)
+        if partial < len(evaluated) and evaluated[partial]:
+            finishing.append(
+                workers.finish_later(
+                    _first(pendings[partial], len(evaluated[partial])), evaluated[partial]
+                )
             )
-            return result
-        result.extend(tokens.finish_with_proof_keys(pending, evaluated))
-    return result
+        result = [t for f in finishing for t in f.result()]
+        logger.warning(
+            "%d of %d identifiers tokenised: %s", len(result), len(identifiers), error.message
+        )
+        return result
+    return [t for f in finishing for t in f.result()]
 
 
 def _first(pending: tokens.PendingTokens, count: int) -> tokens.PendingTokens:
@@ -516,6 +591,18 @@ def _first(pending: tokens.PendingTokens, count: int) -> tokens.PendingTokens:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """One request a responding set answered, its proofs still to be checked."""
+
+    responding_set: tuple[int, ...]
+    asked: Sequence[bytes]
+    answers: Mapping[int, PartialEvaluation]
+    request_id: bytes
+    problems: dict[int, str]
+    losses: int  # DailyUse.losses when it was asked
+
+
 def _evaluate(
     keys: PartyKeys,
     directory: Directory,
@@ -525,6 +612,7 @@ def _evaluate(
     planner: HolderPlanner,
     now: datetime,
     request_ids: Callable[[], bytes],
+    workers: Arithmetic = IN_PROCESS,
 ) -> list[bytes]:
     """Evaluate the first elements of ``blinded``, as many as the planner asks of one set.
 
@@ -532,6 +620,31 @@ def _evaluate(
     least one holder or learns that one has less quota left than asked.
     """
     problems: dict[int, str] = {}  # why each holder left out in this evaluation was left out
+    while True:
+        asked = _ask(keys, directory, epoch, blinded, relay, planner, now, request_ids, problems)
+        checked = _check(
+            asked,
+            planner,
+            workers.combine_later(epoch, asked.responding_set, asked.asked, asked.answers),
+        )
+        if checked is not None:
+            return checked
+
+
+def _ask(
+    keys: PartyKeys,
+    directory: Directory,
+    epoch: KeyEpoch,
+    blinded: Sequence[bytes],
+    relay: Relay,
+    planner: HolderPlanner,
+    now: datetime,
+    request_ids: Callable[[], bytes],
+    problems: dict[int, str],
+) -> _Asked:
+    """Ask sets of holders for the first elements of ``blinded`` until one set answers
+    them all (its proofs unchecked); leave out each holder that refuses, fails a check or
+    stays silent, and say in ``problems`` why."""
     day = now.astimezone(UTC).date()
     while True:
         try:
@@ -602,22 +715,32 @@ def _evaluate(
                 planner.use.lost()  # holders may have counted what never became a token
             planner.exclude(unusable)
             continue
-        try:
-            evaluated = threshold.combine(epoch, responding_set, asked, replies.answers)
-        except FaultyHolders as faulty:
-            logger.warning(
-                "key holder(s) %s proved wrong evaluations for request %s",
-                sorted(faulty.indices),
-                request_id.hex(),
-            )
-            problems.update({i: "faulty, wrong evaluation proof" for i in faulty.indices})
-            if planner.use is not None:
-                planner.use.lost()
-            planner.exclude(faulty.indices)
-            continue
+        losses = planner.use.losses if planner.use is not None else 0
+        planner.advance()  # the next request starts at the next seat
+        return _Asked(responding_set, asked, replies.answers, request_id, problems, losses)
+
+
+def _check(
+    asked: _Asked, planner: HolderPlanner, combined: Outcome[list[bytes]]
+) -> list[bytes] | None:
+    """The combined evaluations of an answered request, or None when a holder proved a
+    wrong one: it is left out, and the elements must be asked again."""
+    try:
+        evaluated = combined.result()
+    except FaultyHolders as faulty:
+        logger.warning(
+            "key holder(s) %s proved wrong evaluations for request %s",
+            sorted(faulty.indices),
+            asked.request_id.hex(),
+        )
+        asked.problems.update({i: "faulty, wrong evaluation proof" for i in faulty.indices})
         if planner.use is not None:
-            planner.use.answered(count)
-        return evaluated
+            planner.use.lost()
+        planner.exclude(faulty.indices)
+        return None
+    if planner.use is not None and planner.use.losses == asked.losses:
+        planner.use.answered(len(asked.asked))
+    return evaluated
 
 
 def _relay_and_resend(

@@ -69,7 +69,7 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
@@ -282,6 +282,10 @@ class KeyHolder:
         self._served: dict[str, int] = {}
         #: Why the node is stale, or None while it is fresh (see the class docstring).
         self.stale: Callable[[], str | None] = lambda: None
+        #: What evaluates: ``threshold.evaluate_partial``, or a ``workers.Workers``' over cores.
+        self.evaluate_partial: Callable[
+            [Share, Sequence[bytes], Sequence[int]], threshold.PartialEvaluation
+        ] = threshold.evaluate_partial
 
     def __repr__(self) -> str:
         return (
@@ -401,7 +405,7 @@ class KeyHolder:
         )
         count = len(verified.blinded_elements)
         try:
-            partial = threshold.evaluate_partial(
+            partial = self.evaluate_partial(
                 self._share, verified.blinded_elements, verified.responding_set
             )
         except BaseException:

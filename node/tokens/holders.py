@@ -19,11 +19,12 @@ passes in.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 
 from google.protobuf.message import DecodeError
 
+from samenloop.node.tokens import threshold
 from samenloop.node.tokens.evaluation import Directory
 from samenloop.node.tokens.holder import AnsweredRequest, HolderReply, KeyHolder
 from samenloop.node.tokens.threshold import KeyEpoch, Share
@@ -31,6 +32,9 @@ from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import ConfigurationError
 from samenloop.v1 import common_pb2, keyholder_pb2
+
+#: A holder's partial evaluation: ``threshold.evaluate_partial`` or the workers' over cores.
+EvaluatePartial = Callable[[Share, Sequence[bytes], Sequence[int]], threshold.PartialEvaluation]
 
 
 class EpochHolders:
@@ -64,6 +68,13 @@ class EpochHolders:
         self._lock = threading.Lock()
         self._stale: Callable[[], str | None] = lambda: None
         self._holders: dict[int, KeyHolder] = {}
+        self._shares: dict[int, Share] = {}
+        #: What evaluates, in every seat: ``threshold.evaluate_partial``, or a
+        #: ``workers.Workers``' over the cores (set by the daemon).
+        self._evaluate_partial: EvaluatePartial = threshold.evaluate_partial
+        #: Told the shares served whenever a seat is added or dropped (the worker
+        #: processes, which hold the shares, start again with them).
+        self.on_shares_changed: Callable[[tuple[Share, ...]], None] = lambda shares: None
         for epoch_number, (share, epoch) in sorted(shares.items()):
             self._add(epoch_number, share, epoch, (used_today or {}).get(epoch_number, {}))
 
@@ -84,7 +95,9 @@ class EpochHolders:
             answered=self._answered,
         )
         holder.stale = self._stale
+        holder.evaluate_partial = self._evaluate_partial
         self._holders[number] = holder
+        self._shares[number] = share
 
     def __repr__(self) -> str:
         return f"EpochHolders(party={self._keys.party!r}, epochs={self.epochs})"
@@ -107,6 +120,22 @@ class EpochHolders:
     def holder(self, epoch: int) -> KeyHolder:
         with self._lock:
             return self._holders[epoch]
+
+    def shares(self) -> tuple[Share, ...]:
+        """The shares of the seats served, by epoch."""
+        with self._lock:
+            return tuple(share for _, share in sorted(self._shares.items()))
+
+    @property
+    def evaluate_partial(self) -> EvaluatePartial:
+        return self._evaluate_partial
+
+    @evaluate_partial.setter
+    def evaluate_partial(self, evaluate: EvaluatePartial) -> None:
+        with self._lock:
+            self._evaluate_partial = evaluate
+            for holder in self._holders.values():
+                holder.evaluate_partial = evaluate
 
     @property
     def stale(self) -> Callable[[], str | None]:
@@ -175,10 +204,14 @@ class EpochHolders:
                 with self._lock:
                     self._add(number, share, epoch, {})
                 served.add(number)
+                self.on_shares_changed(self.shares())
         retired = tuple(sorted(n for n in served if n not in live))
         if retired and len(retired) == len(served):
             return ()
         with self._lock:
             for number in retired:
                 del self._holders[number]
+                del self._shares[number]
+        if retired:
+            self.on_shares_changed(self.shares())
         return retired

@@ -274,7 +274,9 @@ def _composite_seed(b: bytes, mode: int) -> bytes:
     return hashlib.sha512(_i2osp2(len(b)) + b + _i2osp2(len(seed_dst)) + seed_dst).digest()
 
 
-def _composite_scalars(b: bytes, c: Sequence[bytes], d: Sequence[bytes], mode: int) -> list[bytes]:
+def _composite_scalars(
+    b: bytes, c: Sequence[bytes], d: Sequence[bytes], mode: int, first: int = 0
+) -> list[bytes]:
     seed = _composite_seed(b, mode)
     prefix = _i2osp2(len(seed)) + seed
     return [
@@ -282,7 +284,7 @@ def _composite_scalars(b: bytes, c: Sequence[bytes], d: Sequence[bytes], mode: i
             prefix + _i2osp2(i) + _i2osp2(len(ci)) + ci + _i2osp2(len(di)) + di + b"Composite",
             mode,
         )
-        for i, (ci, di) in enumerate(zip(c, d, strict=True))
+        for i, (ci, di) in enumerate(zip(c, d, strict=True), start=first)
     ]
 
 
@@ -309,6 +311,28 @@ def compute_composites(
     return _weighted_sum(weights, c), _weighted_sum(weights, d)
 
 
+def composites_part(
+    b: bytes,
+    c: Sequence[bytes],
+    d: Sequence[bytes],
+    *,
+    first: int = 0,
+    mode: int = MODE_VOPRF,
+    prover: bool = False,
+) -> tuple[bytes, bytes | None]:
+    """The composites of the slice of C and D that starts at index ``first``.
+
+    M and Z are sums over the elements, so the sums of the slices' parts are
+    ``compute_composites``' (M, Z): this is what lets the proofs of a long
+    batch be computed and checked in several processes. ``prover``: M only
+    (the prover computes Z = k * M), Z is then None.
+    """
+    if not c or len(c) != len(d):
+        raise InvalidInput("composites need equal, non-empty element lists", field="elements")
+    weights = _composite_scalars(b, c, d, mode, first)
+    return _weighted_sum(weights, c), None if prover else _weighted_sum(weights, d)
+
+
 def _challenge(b: bytes, m: bytes, z: bytes, t2: bytes, t3: bytes, mode: int) -> bytes:
     transcript = b"".join(_i2osp2(len(x)) + x for x in (b, m, z, t2, t3)) + b"Challenge"
     return hash_to_scalar(transcript, mode)
@@ -331,6 +355,20 @@ def generate_proof(
     if not c or len(c) != len(d):
         raise InvalidInput("proof needs equal, non-empty element lists", field="elements")
     m, z = compute_composites_fast(k, b, c, d, mode)
+    return proof_from_composites(k, a, b, m, z, mode=mode, r=r)
+
+
+def proof_from_composites(
+    k: bytes,
+    a: bytes,
+    b: bytes,
+    m: bytes,
+    z: bytes,
+    *,
+    mode: int = MODE_VOPRF,
+    r: bytes | None = None,
+) -> bytes:
+    """The rest of ``generate_proof`` once the composites (M, Z = k * M) are summed."""
     r = random_scalar() if r is None else deserialize_scalar(r, field="r")
     t2 = scalar_mult(r, a)
     t3 = scalar_mult(r, m)
@@ -353,13 +391,33 @@ def verify_proof(
     if len(proof) != PROOF_BYTES or not c or len(c) != len(d):
         raise InvalidProof("malformed proof", field=field)
     try:
-        challenge = deserialize_scalar(proof[:SCALAR_BYTES], field=field)
-        s = deserialize_scalar(proof[SCALAR_BYTES:], field=field)
-        a = deserialize_element(a, field=field)
         b = deserialize_element(b, field=field)
         # C and D are checked by the composites' scalar multiplications, which refuse
         # invalid encodings and identity results.
         m, z = compute_composites(b, c, d, mode)
+    except (InvalidInput, RuntimeError, ValueError) as error:  # bad scalar or element
+        raise InvalidProof("proof does not verify", field=field) from error
+    verify_with_composites(a, b, m, z, proof, mode=mode, field=field)
+
+
+def verify_with_composites(
+    a: bytes,
+    b: bytes,
+    m: bytes,
+    z: bytes,
+    proof: bytes,
+    *,
+    mode: int = MODE_VOPRF,
+    field: str = "proof",
+) -> None:
+    """The rest of ``verify_proof`` once the composites (M, Z) are summed."""
+    if len(proof) != PROOF_BYTES:
+        raise InvalidProof("malformed proof", field=field)
+    try:
+        challenge = deserialize_scalar(proof[:SCALAR_BYTES], field=field)
+        s = deserialize_scalar(proof[SCALAR_BYTES:], field=field)
+        a = deserialize_element(a, field=field)
+        b = deserialize_element(b, field=field)
         t2 = element_add(_mult_allow_zero(s, a), _mult_allow_zero(challenge, b))
         t3 = element_add(_mult_allow_zero(s, m), _mult_allow_zero(challenge, z))
     except (InvalidInput, RuntimeError, ValueError) as error:  # bad scalar or element

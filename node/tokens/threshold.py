@@ -379,6 +379,10 @@ class DailyUse:
     day: date | None = None
     remaining: dict[int, int] = field(default_factory=dict)
     window: int = MAX_ELEMENTS
+    #: Rounds that lost answers so far: a request asked before the last loss does not grow
+    #: the window when it is answered later (the node checks one request while it asks the
+    #: next).
+    losses: int = 0
 
     def left(self, index: int, day: date) -> int:
         """Elements seat ``index`` still evaluates for this node on ``day``, as far as known."""
@@ -396,6 +400,7 @@ class DailyUse:
     def lost(self) -> None:
         """A round lost answers that holders may have counted: risk one element next."""
         self.window = 1
+        self.losses += 1
 
     def answered(self, count: int) -> None:
         """A round of ``count`` elements got every answer: risk that many more next."""
@@ -424,13 +429,20 @@ class HolderPlanner:
     more than it has left, and so that the remainders stay within
     ``DailyUse.step`` of each other: an honest party spreads its load over all
     holders and reaches its cap; and no request asks more than ``use.window``.
-    Without ``use``, the lowest indices first.
+    ``turn``: where the choice among the other usable seats starts, in index
+    order, wrapping around; ``advance`` (after every answered round) moves it
+    on by one. Without ``use`` the seats are taken from there, so that the
+    rounds go round all holders and each carries an equal share; with ``use``
+    it breaks ties between seats with as much left. A daemon keeps ``turn``
+    across its planners and starts it at random, so that nodes do not all
+    begin with the same holders.
     """
 
     epoch: KeyEpoch
     excluded: set[int] = field(default_factory=set)
     own: int | None = None
     use: DailyUse | None = None
+    turn: int = 0
 
     def plan(self, wanted: int, *, day: date | None = None) -> tuple[tuple[int, ...], int]:
         """A responding set and how many of ``wanted`` elements (1..``MAX_ELEMENTS``) to ask it.
@@ -464,8 +476,11 @@ class HolderPlanner:
             chosen.append(self.own)
             need -= 1
         others = [i for i in usable if i != self.own]
+        if others:
+            start = self.turn % len(others)
+            others = others[start:] + others[:start]
         if left is not None:
-            others.sort(key=lambda i: (-left[i], i))
+            others.sort(key=lambda i: -left[i])  # stable: ties keep the turn's order
         if len(others) < need:
             quota = f"; no quota left today at holder(s) {used_up}" if used_up else ""
             raise NotEnoughHolders(
@@ -494,6 +509,10 @@ class HolderPlanner:
 
     def exclude(self, indices: Iterable[int]) -> None:
         self.excluded.update(indices)
+
+    def advance(self) -> None:
+        """A round was answered: start the next choice at the following seat."""
+        self.turn += 1
 
     def all_sets(self) -> list[tuple[int, ...]]:
         indices = sorted(h.index for h in self.epoch.holders)
@@ -530,6 +549,9 @@ def evaluate_in_process(
             planner.exclude(failed)
             continue
         try:
-            return combine(epoch, responding_set, blinded_elements, partials)
+            combined = combine(epoch, responding_set, blinded_elements, partials)
         except FaultyHolders as faulty:
             planner.exclude(faulty.indices)
+            continue
+        planner.advance()
+        return combined
