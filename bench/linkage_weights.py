@@ -10,7 +10,8 @@ Thresholds: the kinds are correlated, so a summed score is not a calibrated
 likelihood ratio. For each score level (all pairs with the same set of agreeing kinds
 have the same score) the training precision of that level is counted; a threshold is
 the lowest score such that the pairs scoring at least that much have at least the
-target precision (0.99 for shown, 0.999 for disclosure), pooled over both training sets.
+target precision (0.99 for shown, 0.999 for disclosure) in *each* training set (the
+highest of the per-set thresholds).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def main() -> int:
     match_compared: collections.Counter[PersonKeyKind] = collections.Counter()
     non_match_agree: collections.Counter[PersonKeyKind] = collections.Counter()
     non_match_compared: collections.Counter[PersonKeyKind] = collections.Counter()
-    labelled: list[tuple[linkage.Linked, tuple[str, str], bool]] = []
+    labelled: list[tuple[str, linkage.Linked, tuple[str, str], bool]] = []
     for ds in (linkage_data.febrl3(), linkage_data.dutch(TRAIN_SEED)):
         linked = linkage.candidates(ds)
         for pair in ds.true_pairs:
@@ -44,7 +45,7 @@ def main() -> int:
             match_compared.update(linked.compared(pair))
         for pair, kinds in linked.candidates.items():
             is_match = pair in ds.true_pairs
-            labelled.append((linked, pair, is_match))
+            labelled.append((ds.name, linked, pair, is_match))
             if not is_match:
                 non_match_agree.update(kinds)
         have_a = collections.Counter(k for kinds in linked.kinds_a.values() for k in kinds)
@@ -56,10 +57,12 @@ def main() -> int:
     for kind in PersonKeyKind:
         non_match_compared[kind] -= match_compared[kind]
     weights = ps.estimate(match_agree, match_compared, non_match_agree, non_match_compared)
-    levels: dict[float, list[int]] = collections.defaultdict(lambda: [0, 0])
-    for linked, pair, is_match in labelled:
-        level = levels[round(linked.score(pair, weights), 1)]
-        level[0 if is_match else 1] += 1
+    # Score levels per training set: {set name: {score: [true, false]}}.
+    levels: dict[str, dict[float, list[int]]] = collections.defaultdict(
+        lambda: collections.defaultdict(lambda: [0, 0])
+    )
+    for name, linked, pair, is_match in labelled:
+        levels[name][round(linked.score(pair, weights), 1)][0 if is_match else 1] += 1
     table = [
         f"    PersonKeyKind.{k.name}: KindWeight(m={w.m:.4g}, u={w.u:.4g}),"
         for k, w in weights.items()
@@ -67,23 +70,30 @@ def main() -> int:
     print("WEIGHTS = {", *table, "}", sep="\n")
     thresholds: dict[str, float] = {}
     for name, target in (("SHOWN_THRESHOLD", 0.99), ("DISCLOSURE_THRESHOLD", 0.999)):
-        threshold = None
-        tp_sum = fp_sum = 0
-        for score in sorted(levels, reverse=True):
-            tp_sum += levels[score][0]
-            fp_sum += levels[score][1]
-            if tp_sum / (tp_sum + fp_sum) >= target:
-                threshold = score
-        print(f"{name} = {threshold:.1f}" if threshold is not None else f"{name} = None")
-        thresholds[name] = threshold if threshold is not None else float("inf")
-    print("# score levels with false pairs (score: true, false):")
-    for score in sorted(levels, reverse=True):
-        tp, fp = levels[score]
-        if fp:
-            print(f"#   {score:7.2f}: {tp} true, {fp} false")
+        per_set = [_threshold(set_levels, target) for set_levels in levels.values()]
+        thresholds[name] = max(per_set)
+        print(f"{name} = {thresholds[name]:.1f}  # per training set: {per_set}")
+    for set_name, set_levels in levels.items():
+        print(f"# {set_name}: score levels with false pairs (score: true, false):")
+        for score in sorted(set_levels, reverse=True):
+            tp, fp = set_levels[score]
+            if fp:
+                print(f"#   {score:7.2f}: {tp} true, {fp} false")
     if "--write" in sys.argv:
         write(table, thresholds)
     return 0
+
+
+def _threshold(levels: dict[float, list[int]], target: float) -> float:
+    """The lowest score at which the pairs scoring at least that much reach ``target``."""
+    threshold = float("inf")
+    tp_sum = fp_sum = 0
+    for score in sorted(levels, reverse=True):
+        tp_sum += levels[score][0]
+        fp_sum += levels[score][1]
+        if tp_sum / (tp_sum + fp_sum) >= target:
+            threshold = score
+    return threshold
 
 
 def write(table: list[str], thresholds: dict[str, float]) -> None:
