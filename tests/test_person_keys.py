@@ -254,3 +254,20 @@ def test_keys_are_deterministic_and_ignore_case_accents_and_spacing(
         assert len(fields) == arity[kind]
         assert all(fields)
         assert all(c.isascii() and (c.isalnum() or c == "-") for f in fields for c in f)
+
+
+def test_keys_and_scores_import_without_grpc_or_sqlalchemy() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('grpc', 'sqlalchemy'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import samenloop.node.identifiers.person_keys\n"
+        "import samenloop.node.identifiers.person_score\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
