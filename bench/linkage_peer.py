@@ -1,9 +1,11 @@
 """Peer linkers for bench/linkage.py, run in their own venvs (see linkage_peer_env.py).
 
 Reads two CSV files (``a.csv``, ``b.csv``; column ``rec_id`` plus the data set's fields)
-from ``--dir`` and prints one JSON object: ``{"pairs": [[id_a, id_b, score], ...]}``,
-every candidate pair the method scores, so that the caller computes precision and
-recall the same way for every method.
+from ``--dir`` and prints one JSON object: ``{"pairs": [[id_a, id_b, score], ...],
+"raw": [...]}``: the pairs the method's one-to-one solver keeps, and every scored pair
+above a floor without that solver (:data:`RAW_FLOOR`; for anonlink the best
+:data:`RAW_TOP` per record of A), so that the caller computes
+precision and recall the same way for every method.
 
 * ``anonlink``: CLKs (clkhash, 1024-bit Bloom filters, bigrams of strings, positional
   unigrams of numbers, the FEBRL schema of clkhash's own tutorial without
@@ -35,7 +37,14 @@ def read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), rows
 
 
-def anonlink_pairs(directory: Path) -> list[tuple[str, str, float]]:
+Scored = list[tuple[str, str, float]]
+#: Lowest score of the pairs reported without the one-to-one solver.
+RAW_FLOOR = {"anonlink": 0.7, "splink": 0.5}
+#: How many of its best candidates per record of A are reported without the solver.
+RAW_TOP = 5
+
+
+def anonlink_pairs(directory: Path) -> tuple[Scored, Scored]:
     import anonlink
     from clkhash import clk
     from clkhash.schema import from_json_dict
@@ -100,16 +109,26 @@ def anonlink_pairs(directory: Path) -> list[tuple[str, str, float]]:
     solution = anonlink.solving.greedy_solve(candidates)
     sims, _dset_is, (rec_a, rec_b) = candidates
     score = {(int(i), int(j)): float(s) for s, i, j in zip(sims, rec_a, rec_b, strict=True)}
-    out = []
+    solved = []
     for group in solution:
         members = {dset: rec for dset, rec in group}
         if 0 in members and 1 in members:
             i, j = members[0], members[1]
-            out.append((rows_a[i]["rec_id"], rows_b[j]["rec_id"], score[(i, j)]))
-    return out
+            solved.append((rows_a[i]["rec_id"], rows_b[j]["rec_id"], score[(i, j)]))
+    # Without the solver: each record of A with its best RAW_TOP candidates above the floor.
+    best: dict[int, list[tuple[float, int]]] = {}
+    for (i, j), s in score.items():
+        if s >= RAW_FLOOR["anonlink"]:
+            best.setdefault(i, []).append((s, j))
+    raw = [
+        (rows_a[i]["rec_id"], rows_b[j]["rec_id"], s)
+        for i, found in best.items()
+        for s, j in sorted(found, reverse=True)[:RAW_TOP]
+    ]
+    return solved, raw
 
 
-def splink_pairs(directory: Path) -> list[tuple[str, str, float]]:
+def splink_pairs(directory: Path) -> tuple[Scored, Scored]:
     import pandas as pd
     import splink.comparison_library as cl
     from splink import DuckDBAPI, Linker, SettingsCreator, block_on
@@ -181,15 +200,18 @@ def splink_pairs(directory: Path) -> list[tuple[str, str, float]]:
     used_a: set[str] = set()
     used_b: set[str] = set()
     ids_a = set(a["rec_id"])
-    out = []
+    solved = []
+    raw = []
     for left, right, probability, _source in ranked:
         x, y = (left, right) if left in ids_a else (right, left)
+        if float(probability) >= RAW_FLOOR["splink"]:
+            raw.append((str(x), str(y), float(probability)))
         if x in used_a or y in used_b:
             continue
         used_a.add(x)
         used_b.add(y)
-        out.append((str(x), str(y), float(probability)))
-    return out
+        solved.append((str(x), str(y), float(probability)))
+    return solved, raw
 
 
 def main() -> int:
@@ -197,8 +219,8 @@ def main() -> int:
     parser.add_argument("method", choices=("anonlink", "splink"))
     parser.add_argument("--dir", type=Path, required=True)
     args = parser.parse_args()
-    pairs = anonlink_pairs(args.dir) if args.method == "anonlink" else splink_pairs(args.dir)
-    sys.stdout.write(json.dumps({"pairs": pairs}) + "\n")
+    solved, raw = (anonlink_pairs if args.method == "anonlink" else splink_pairs)(args.dir)
+    sys.stdout.write(json.dumps({"pairs": solved, "raw": raw}) + "\n")
     return 0
 
 

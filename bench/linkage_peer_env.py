@@ -67,8 +67,14 @@ def ensure_venv(root: Path, peer: str) -> Path:
     return python
 
 
-def run_peer(python: Path, peer: str, directory: Path) -> list[tuple[str, str, float]]:
-    """Run linkage_peer.py for ``peer`` on the CSV files in ``directory``; its scored pairs."""
+Scored = list[tuple[str, str, float]]
+
+
+def run_peer(python: Path, peer: str, directory: Path) -> tuple[Scored, Scored]:
+    """Run linkage_peer.py for ``peer`` on the CSV files in ``directory``.
+
+    Returns its scored pairs with and without its one-to-one solver.
+    """
     cmd = [str(python), "-I", str(PEER_SCRIPT), peer, "--dir", str(directory)]
     try:
         proc = subprocess.run(
@@ -80,4 +86,6 @@ def run_peer(python: Path, peer: str, directory: Path) -> list[tuple[str, str, f
         raise RuntimeError(f"linkage_peer.py {peer} failed:\n{proc.stderr.strip()[-3000:]}")
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     result = json.loads(lines[-1])
-    return [(str(a), str(b), float(s)) for a, b, s in result["pairs"]]
+    return tuple(  # type: ignore[return-value]
+        [(str(a), str(b), float(s)) for a, b, s in result[key]] for key in ("pairs", "raw")
+    )
