@@ -336,7 +336,7 @@ def print_table(results: Mapping[str, Any], console: Console) -> None:
     for name in names:
         for method, row in results["datasets"][name]["rows"].items():
             if "threshold" in row:
-                console.print(f"{name}: {method}: threshold {row['threshold']:.1f}")
+                console.print(f"{name}: {method}: threshold {row['threshold']:.3g}")
     console.print(f"linkage bench took {results['seconds']:.0f} s")
 
 
