@@ -219,7 +219,7 @@ _GLUED_PREFIXES: Final = (
     "vande",
     "vant",
     "van",
-    "inthe",
+    "inhet",
     "int",
     "opde",
     "opden",
