@@ -550,6 +550,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             visibility=self._visibility(),
             rules=self._submission_rules(covenant),
             staged_epoch=staged,
+            covenant_version=covenant.version,
         )
         self._bell.ring(result.notified)
         self.metrics.count_batch(
@@ -587,6 +588,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             visibility=self._visibility(),
             rules=self._submission_rules(covenant),
             staged_epoch=_staged_epoch(covenant),
+            covenant_version=covenant.version,
         )
         self._bell.ring(result.notified)
         self.metrics.count_batch(
@@ -614,6 +616,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 sign_notice=self._sign_notice,
                 visibility=self._visibility(),
                 staged_epoch=_staged_epoch(covenant),
+                covenant_version=covenant.version,
             )
             removed += result.removed
             self._bell.ring(result.notified)
