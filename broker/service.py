@@ -321,6 +321,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 ),
                 staged_epoch=_staged_epoch(new),
                 parties=sorted(previous.party_ids | new.party_ids),
+                unstaged=_unstaged_epoch(previous, new),
             )
             self._trust.update(signed, now=now)
             for removal in removals:
@@ -763,6 +764,18 @@ def _parse_evaluation_request(body: bytes, field: str) -> keyholder_pb2.Evaluati
     except DecodeError as error:
         raise InvalidInput("not an EvaluationRequest", field=field) from error
     return request
+
+
+def _unstaged_epoch(previous: Covenant, new: Covenant) -> int | None:
+    """The epoch ``previous`` staged that ``new`` neither keeps staged (the same key) nor
+    makes current: a staging withdrawn, whose entries the broker deletes."""
+    staged = previous.next_key_epoch
+    if staged is None or new.key_epoch.epoch == staged.epoch:
+        return None
+    following = new.next_key_epoch
+    if following is not None and following.group_public_key == staged.group_public_key:
+        return None
+    return staged.epoch
 
 
 def _staged_epoch(covenant: Covenant) -> int | None:

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from samenloop.broker.database import MIGRATIONS
 from samenloop.broker.matching import Entry, SubmissionRules
 from samenloop.broker.models import Base, TokenEntry
+from samenloop.broker.service import _unstaged_epoch
 from samenloop.broker.store import BrokerStore
 from samenloop.node.tokens import evaluation
 from samenloop.node.tokens.holders import EpochHolders
@@ -216,3 +218,54 @@ def test_a_holder_the_new_epoch_leaves_out_refuses_the_old_epoch_and_drops_its_s
         r.node, COVENANT, r.epochs[1], (1, 3), blinded(1), request_id=b"s" * 16, now=NOW
     )[3]
     assert refusal(third.handle(again, now=NOW), r.holder_keys[3]) == R.UNKNOWN_EPOCH
+
+
+def test_a_staging_withdrawn_leaves_nothing_behind_and_can_be_staged_anew(broker, engine):
+    """Signers withdraw a staged epoch 2 (a version without ``next_key_epoch``), then stage
+    another key as epoch 2. The broker kept the withdrawn staging's entries: uncounted
+    storage until they expire, silent groups that a later withdrawal would tell of, and
+    refs that counted as re-stated, so that the nodes' entries under the new key were
+    refused (``token.restated_twice``) while the switch went through on the old key's
+    tokens (every later import missing them). The version that withdraws the staging
+    deletes its entries and groups, telling nobody."""
+    year = NOW + timedelta(days=365)
+    ids = Ids()
+    for n, party in enumerate("ab"):
+        put(broker, party, n, 1, [(1, 1)], expires=year, staged=None, ids=ids)
+        put(broker, party, 10 + n, 2, [(101, 1)], expires=year, ids=ids)
+    assert len(broker.tokens.open_groups()) == 2  # epoch 1's, and epoch 2's (silent)
+    told = {p: inbox(broker, p) for p in "ab"}
+    held = {p: broker.tokens.usage(p).held for p in "ab"}
+    later = NOW + timedelta(minutes=1)
+    broker.covenants.publish_covenant(
+        version=2, signed=b"covenant 2", recipients=["a", "b"], removed=[], min_parties=2,
+        now=later, sign_notice=sign, unstaged=2, parties=["a", "b"],
+    )  # fmt: skip
+    assert by_epoch(engine, ref("a", 1)) == {1: year}
+    assert [g.token for g in broker.tokens.open_groups()] == [token(1)]
+    assert {p: inbox(broker, p)[:-1] for p in "ab"} == told  # only the covenant since
+    assert {p: broker.tokens.usage(p).held for p in "ab"} == held
+    assert broker.rotation.status(1, 2, later, ["a", "b"]) == {"a": 1, "b": 1}
+
+    # Staged again with another key: the refs are re-stated under its tokens.
+    for n, party in enumerate("ab"):
+        put(broker, party, 20 + n, 2, [(201, 1)], expires=year, now=later, ids=ids)
+    assert broker.rotation.status(1, 2, later, ["a", "b"]) == {"a": 0, "b": 0}
+    assert {p: inbox(broker, p)[:-1] for p in "ab"} == told
+
+
+def test_the_broker_names_the_staging_a_version_withdraws():
+    """``PublishCovenant`` passes the staged epoch a version withdraws, and no other."""
+
+    def version(current: int, staged: tuple[int, bytes] | None) -> Any:
+        following = (
+            None if staged is None else SimpleNamespace(epoch=staged[0], group_public_key=staged[1])
+        )
+        return SimpleNamespace(key_epoch=SimpleNamespace(epoch=current), next_key_epoch=following)
+
+    staged = version(1, (2, b"k2"))
+    assert _unstaged_epoch(staged, version(1, None)) == 2  # withdrawn
+    assert _unstaged_epoch(staged, version(1, (2, b"k2"))) is None  # kept
+    assert _unstaged_epoch(staged, version(2, None)) is None  # switched to
+    assert _unstaged_epoch(version(1, None), version(1, (2, b"k2"))) is None  # staged
+    assert _unstaged_epoch(version(1, None), version(1, None)) is None
