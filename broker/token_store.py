@@ -201,8 +201,9 @@ class TokenStore:
 
         A batch of the ``staged_epoch`` of a rotation re-states entries the party holds
         under the current epoch: each of its refs must be one the party holds (else
-        ``InvalidInput`` naming the entry's ``signal_ref``), it counts against neither
-        quota of entries, and its groups are kept without notices.
+        ``InvalidInput`` naming the entry's ``signal_ref``), its first re-statement of a
+        ref counts against neither quota of entries (another counts against the day), and
+        its groups are kept without notices.
 
         ``covenant_version``: the version the caller checked the batch against (its key
         epoch, its staged epoch); if a newer one was published meanwhile (the switch of
@@ -260,7 +261,11 @@ class TokenStore:
             )
             held = matching.held_deltas(outcome.change, submitter=party, uncounted=silent)
             if staged:
-                pass  # re-stated entries: neither submitted nor held anew
+                # A ref's first re-statement is free (neither submitted nor held anew); an
+                # entry that re-states it again counts against the day, as any entry sent.
+                again = len(batch.entries) - len(outcome.change.inserted)
+                if rules is not None and again:
+                    usage = matching.charge(usage, submitted=again, added=0, rules=rules, now=now)
             elif rules is not None:
                 usage = matching.charge(
                     usage,

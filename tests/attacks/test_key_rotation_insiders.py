@@ -26,7 +26,7 @@ from samenloop.broker.store import BrokerStore
 from samenloop.node.tokens import evaluation
 from samenloop.node.tokens.holders import EpochHolders
 from samenloop.policies import database
-from samenloop.policies.errors import InvalidInput, Unavailable
+from samenloop.policies.errors import InvalidInput, QuotaExceeded, Unavailable
 from tests.test_broker_store import NOW, Ids, batch_id, inbox, ref, sign, token
 from tests.test_epoch_holders import plain, rotation  # noqa: F401 (a fixture)
 from tests.test_evaluation import COVENANT, R, blinded, refusal
@@ -269,3 +269,25 @@ def test_the_broker_names_the_staging_a_version_withdraws():
     assert _unstaged_epoch(staged, version(2, None)) is None  # switched to
     assert _unstaged_epoch(version(1, None), version(1, (2, b"k2"))) is None  # staged
     assert _unstaged_epoch(version(1, None), version(1, None)) is None
+
+
+def test_re_sending_staged_entries_counts_against_the_day(broker, engine):
+    """Staged entries count against neither entry quota, so that re-tokenising everything
+    costs a node nothing. Sent again and again under new batch ids they would cost the
+    partner nothing either, and the broker a transaction, a lookup and a batch record
+    each, without bound. The first re-statement of a ref stays free; an entry that
+    re-states it again counts against ``token_entries_per_day``."""
+    rules = SubmissionRules(longest_retention_days=400, entries_per_day=3, entries_held=100)
+    year = NOW + timedelta(days=365)
+    put(broker, "a", 1, 1, [(1, 1), (2, 2)], expires=year, staged=None, rules=rules)
+    assert broker.tokens.usage("a").submitted == 2
+    put(broker, "a", 2, 2, [(101, 1), (102, 2)], expires=year, rules=rules)
+    assert broker.tokens.usage("a").submitted == 2  # re-tokenising is free
+    put(broker, "a", 2, 2, [(101, 1), (102, 2)], expires=year, rules=rules)  # a replay: free
+    assert broker.tokens.usage("a").submitted == 2
+    put(broker, "a", 3, 2, [(101, 1)], expires=year, rules=rules)  # again: counted
+    assert broker.tokens.usage("a").submitted == 3
+    with pytest.raises(QuotaExceeded) as refused:
+        put(broker, "a", 4, 2, [(101, 1), (102, 2)], expires=year, rules=rules)
+    assert refused.value.reason == "quota.token_entries_per_day"
+    assert broker.tokens.usage("a").held == 2
