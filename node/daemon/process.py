@@ -342,8 +342,18 @@ def _start(
             answered=repositories.tokens.answered_requests(now=clock()),
         )
 
+        refused: list[str] = []
+
         def holder_shares(epoch: threshold.KeyEpoch) -> threshold.Share | None:
-            return keysetup.load_epoch_share(share_base, epoch)
+            # A staged share that other accounts may read is not taken (nor is the node
+            # stopped: it goes on serving the current epoch); said once per message.
+            try:
+                return keysetup.load_epoch_share(share_base, epoch)
+            except ConfigurationError as error:
+                if refused[-1:] != [error.message]:
+                    log.error("staged key share refused", key_epoch=epoch.epoch, why=error.message)
+                    refused.append(error.message)
+                return None
 
         def retire_share(retired: int, current: int) -> None:
             keysetup.retire_share(share_base, retired, current)

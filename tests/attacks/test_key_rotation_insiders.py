@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,10 +24,15 @@ from samenloop.broker.matching import Entry, SubmissionRules
 from samenloop.broker.models import Base, TokenEntry
 from samenloop.broker.service import _unstaged_epoch
 from samenloop.broker.store import BrokerStore
-from samenloop.node.tokens import evaluation
+from samenloop.node.tokens import evaluation, keysetup
 from samenloop.node.tokens.holders import EpochHolders
 from samenloop.policies import database
-from samenloop.policies.errors import InvalidInput, QuotaExceeded, Unavailable
+from samenloop.policies.errors import (
+    ConfigurationError,
+    InvalidInput,
+    QuotaExceeded,
+    Unavailable,
+)
 from tests.test_broker_store import NOW, Ids, batch_id, inbox, ref, sign, token
 from tests.test_epoch_holders import plain, rotation  # noqa: F401 (a fixture)
 from tests.test_evaluation import COVENANT, R, blinded, refusal
@@ -291,3 +297,44 @@ def test_re_sending_staged_entries_counts_against_the_day(broker, engine):
         put(broker, "a", 4, 2, [(101, 1), (102, 2)], expires=year, rules=rules)
     assert refused.value.reason == "quota.token_entries_per_day"
     assert broker.tokens.usage("a").held == 2
+
+
+def test_a_staged_share_other_accounts_may_read_is_refused_by_name(
+    rotation,  # noqa: F811 (the fixture imported above)
+    tmp_path,
+):
+    """A local user on a holder's host: the staged epoch's share beside ``key_share``
+    (``key-share.epoch-2.json``) left readable by others. The configured share is refused
+    then, naming it; the staged one was passed over as "not accepted yet", silently, so the
+    operator saw the rotation stall and not why. It is refused naming the file and the fix,
+    and taken once it is owner-only again; the retired share is overwritten, then deleted."""
+    r = rotation
+    base = tmp_path / "key-share.json"
+    keysetup.save_share(base, r.epochs[1], r.shares[1][1])
+    beside = keysetup.share_path(base, 2)
+    keysetup.save_share(beside, r.epochs[2], r.shares[2][1])
+    beside.chmod(0o644)
+    with pytest.raises(ConfigurationError) as refused:
+        keysetup.load_epoch_share(base, r.epochs[2])
+    assert str(beside) in refused.value.message
+    assert "chmod" in refused.value.message
+    beside.chmod(0o600)
+    share = keysetup.load_epoch_share(base, r.epochs[2])
+    assert share is not None
+    assert share.index == r.shares[2][1].index
+
+    # The switch: epoch 1's share is overwritten in place before it is unlinked.
+    written: list[bytes] = []
+    real_unlink = Path.unlink
+
+    def unlink(path: Path, missing_ok: bool = False) -> None:
+        written.append(path.read_bytes())
+        real_unlink(path, missing_ok=missing_ok)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "unlink", unlink)
+        keysetup.retire_share(base, 1, 2)
+    assert written
+    assert all(set(content) == {0} for content in written)
+    assert keysetup.share_epoch(base) == 2
+    assert not beside.exists()
