@@ -342,7 +342,7 @@ def _start(
             answered=repositories.tokens.answered_requests(now=clock()),
         )
 
-        refused: list[str] = []
+        share_refusals: list[str] = []
 
         def holder_shares(epoch: threshold.KeyEpoch) -> threshold.Share | None:
             # A staged share that other accounts may read is not taken (nor is the node
@@ -350,9 +350,9 @@ def _start(
             try:
                 return keysetup.load_epoch_share(share_base, epoch)
             except ConfigurationError as error:
-                if refused[-1:] != [error.message]:
+                if share_refusals[-1:] != [error.message]:
                     log.error("staged key share refused", key_epoch=epoch.epoch, why=error.message)
-                    refused.append(error.message)
+                    share_refusals.append(error.message)
                 return None
 
         def retire_share(retired: int, current: int) -> None:
