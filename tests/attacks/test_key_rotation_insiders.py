@@ -338,3 +338,32 @@ def test_a_staged_share_other_accounts_may_read_is_refused_by_name(
     assert all(set(content) == {0} for content in written)
     assert keysetup.share_epoch(base) == 2
     assert not beside.exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: a token value may be held under one key epoch only, and the refusal "
+    "(token.other_epoch) depends on other parties' entries. Fix: keep tokens at the broker "
+    "as H(epoch || token) for every epoch (a migration of the stored tokens), so that no "
+    "value can be held under two epochs; see docs/threat-model.md, Partner node",
+)
+def test_a_staged_entry_on_a_guessed_current_token_tells_nothing(broker, engine):
+    """A partner evaluates a guess under the current epoch (one element of its OPRF quota,
+    as for any probe) and submits that token as the staged entry of a ref it holds. If any
+    party holds the token under the current epoch the entry is refused ``token.other_epoch``,
+    else it is taken: the partner learns whether anyone holds the subject, and nobody is
+    told (an ordinary probe forms a hit that every member is told of). The reverse works
+    too (a staged token submitted under the current epoch), and a token taken this way is
+    refused to the honest party that submits it later, under its own epoch."""
+    year = NOW + timedelta(days=365)
+    put(broker, "b", 1, 1, [(7, 1)], expires=year, staged=None)  # b holds the subject
+    put(broker, "a", 2, 1, [(1, 1), (2, 2)], expires=year, staged=None)
+    told = inbox(broker, "b")
+    answers = []
+    for n, (guess, own_ref) in enumerate([(7, 1), (8, 2)]):  # held by b; held by nobody
+        try:
+            answers.append(put(broker, "a", 10 + n, 2, [(guess, own_ref)], expires=year).stored)
+        except InvalidInput as refused:
+            answers.append(refused.reason)
+    assert inbox(broker, "b") == told  # nobody told either way
+    assert answers[0] == answers[1]  # fails: ['token.other_epoch', 1]
