@@ -45,6 +45,7 @@ from samenloop.broker.matching import (
     VisibilityRule,
 )
 from samenloop.broker.models import (
+    BrokerSecret,
     CovenantVersion,
     HitGroup,
     Party,
@@ -53,6 +54,7 @@ from samenloop.broker.models import (
     TokenEntry,
 )
 from samenloop.broker.token_index import Loaded, TokenIndex, expiry_bucket, token_prefixes
+from samenloop.policies import crypto
 from samenloop.policies.audit import AuditEvent, AuditKind
 from samenloop.policies.errors import InvalidInput, NotAllowed, Replay, Unavailable
 
@@ -171,6 +173,27 @@ class TokenStore:
         self._db = database
         self._mailboxes = mailboxes
         self.index: Final = TokenIndex(database)
+        self._lane_key: bytes | None = None
+
+    def held_token(self, key_epoch: int, token: bytes) -> bytes:
+        """The token as the broker holds it: the first key epoch's as sent, every later
+        epoch's as HMAC-SHA256 under the broker's own ``token_lane`` key (migration 0010)
+        of the epoch and the token. No party holds that key, so no value it sends under
+        one epoch can meet a token held under another: a refusal of another epoch's token
+        (``token.other_epoch``) cannot tell it whether anyone holds a guessed subject, nor
+        can it take a value another party will send under its own epoch. Equal tokens of
+        one epoch stay equal. ``SubmitTokens`` passes every token through this; a token
+        of the wrong size is left as it is, for the batch's checks to name."""
+        if key_epoch <= 1 or len(token) != matching.TOKEN_BYTES:
+            return token
+        if self._lane_key is None:
+            with self._db.read() as conn:
+                self._lane_key = bytes(
+                    conn.execute(
+                        select(BrokerSecret.value).where(BrokerSecret.name == "token_lane")
+                    ).scalar_one()
+                )
+        return crypto.mac(self._lane_key, b"samenloop token lane\0%d\0" % key_epoch + token)
 
     def prepare_index(self) -> int | None:
         """PostgreSQL: build the token index's filter now (see ``TokenIndex.filtered``), at
