@@ -66,6 +66,7 @@ class CovenantStore:
         switch: tuple[int, int] | None = None,
         staged_epoch: int | None = None,
         parties: Sequence[str] = (),
+        unstaged: int | None = None,
     ) -> list[RemovalResult]:
         """Record an accepted covenant version, put it in every recipient's mailbox and cut
         off the parties it removed — all in one transaction, so a crash leaves either the
@@ -77,7 +78,10 @@ class CovenantStore:
         re-tokenised, else the groups carry over in this transaction
         (:meth:`KeyRotation.switch`). ``staged_epoch``: the version's staged epoch,
         whose groups a removed party's entries leave silently. ``parties``: every party
-        the broker counts entries held for (the new version's and the removed)."""
+        the broker counts entries held for (the new version's and the removed).
+        ``unstaged``: the staged epoch this version withdraws (or replaces), whose
+        entries and groups go in this transaction without notices
+        (:meth:`KeyRotation.withdraw_staging`)."""
         now = utc(now)
         for party in (*recipients, *removed):
             check_party(party)
@@ -111,6 +115,8 @@ class CovenantStore:
                 ],
                 now,
             )
+            if unstaged is not None:
+                KeyRotation(self._db, self._tokens).withdraw_staging(tx, staged=unstaged, now=now)
             if switch is not None:
                 retired, current = switch
                 KeyRotation(self._db, self._tokens).switch(

@@ -407,3 +407,14 @@ class RelayRequest(Base):
     response: Mapped[bytes | None]
     failure: Mapped[int | None] = mapped_column(Integer)
     answered: Mapped[bool] = mapped_column(server_default=text("false"))
+
+
+class BrokerSecret(Base):
+    """A secret of the broker itself, shared by its replicas through the database: the key
+    that keeps the tokens of every key epoch after the first in a space of their own
+    (``token_lane``: see :meth:`TokenStore.held_token`). Made by migration 0010."""
+
+    __tablename__ = "broker_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes]

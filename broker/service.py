@@ -321,6 +321,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 ),
                 staged_epoch=_staged_epoch(new),
                 parties=sorted(previous.party_ids | new.party_ids),
+                unstaged=_unstaged_epoch(previous, new),
             )
             self._trust.update(signed, now=now)
             for removal in removals:
@@ -526,7 +527,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         entries = [
             matching.Entry(
                 party=party,
-                token=entry.token,
+                token=self._store.tokens.held_token(request.key_epoch, entry.token),
                 signal_ref=entry.signal_ref,
                 key_epoch=request.key_epoch,
                 expires_at=_from_timestamp(entry.expires_at, f"entries[{i}].expires_at"),
@@ -550,6 +551,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             visibility=self._visibility(),
             rules=self._submission_rules(covenant),
             staged_epoch=staged,
+            covenant_version=covenant.version,
         )
         self._bell.ring(result.notified)
         self.metrics.count_batch(
@@ -587,6 +589,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
             visibility=self._visibility(),
             rules=self._submission_rules(covenant),
             staged_epoch=_staged_epoch(covenant),
+            covenant_version=covenant.version,
         )
         self._bell.ring(result.notified)
         self.metrics.count_batch(
@@ -614,6 +617,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
                 sign_notice=self._sign_notice,
                 visibility=self._visibility(),
                 staged_epoch=_staged_epoch(covenant),
+                covenant_version=covenant.version,
             )
             removed += result.removed
             self._bell.ring(result.notified)
@@ -760,6 +764,18 @@ def _parse_evaluation_request(body: bytes, field: str) -> keyholder_pb2.Evaluati
     except DecodeError as error:
         raise InvalidInput("not an EvaluationRequest", field=field) from error
     return request
+
+
+def _unstaged_epoch(previous: Covenant, new: Covenant) -> int | None:
+    """The epoch ``previous`` staged that ``new`` neither keeps staged (the same key) nor
+    makes current: a staging withdrawn, whose entries the broker deletes."""
+    staged = previous.next_key_epoch
+    if staged is None or new.key_epoch.epoch == staged.epoch:
+        return None
+    following = new.next_key_epoch
+    if following is not None and following.group_public_key == staged.group_public_key:
+        return None
+    return staged.epoch
 
 
 def _staged_epoch(covenant: Covenant) -> int | None:

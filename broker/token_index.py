@@ -524,6 +524,34 @@ class TokenIndex:
                     found.setdefault(bytes(ref), set()).add(bytes(token))
         return found
 
+    def live_by_ref(
+        self, tx: Tx, party_id: int, refs: Sequence[bytes], key_epoch: int, now: datetime
+    ) -> dict[bytes, tuple[set[bytes], datetime]]:
+        """For each of ``refs`` the party holds live entries of (``expires_at`` after
+        ``now``) under ``key_epoch``: their tokens and the latest expiry among them (by the
+        ref index, as ``tokens_of_refs``)."""
+        wanted = set(refs)
+        prefixes = sorted({prefix64(ref) for ref in wanted})
+        found: dict[bytes, tuple[set[bytes], datetime]] = {}
+        for chunk in self._chunks(prefixes):
+            buckets = sorted({(prefix >> 56) & 0xFF for prefix in chunk})
+            rows = tx.conn.execute(
+                select(TokenEntry.signal_ref, TokenEntry.token, TokenEntry.expires_at).where(
+                    TokenEntry.party_id == party_id,
+                    self._among(TokenEntry.ref_bucket, buckets),
+                    self._among(TokenEntry.ref_prefix, chunk),
+                    TokenEntry.key_epoch == key_epoch,
+                    TokenEntry.expires_at > now,
+                )
+            )
+            for ref, token, expires_at in rows:
+                if bytes(ref) not in wanted:
+                    continue
+                tokens, latest = found.get(bytes(ref), (set(), expires_at))
+                tokens.add(bytes(token))
+                found[bytes(ref)] = (tokens, max(latest, expires_at))
+        return found
+
     def apply(
         self,
         tx: Tx,

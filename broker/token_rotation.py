@@ -156,6 +156,35 @@ class KeyRotation:
             notices=len(mapped.change.notices),
         )
 
+    def withdraw_staging(self, tx: Tx, *, staged: int, now: datetime) -> int:
+        """Inside the transaction that publishes a version withdrawing (or, after a
+        withdrawal, never listing) the staged key epoch ``staged``: delete its entries
+        and its groups, telling nobody (nobody was told of them, and nobody's held count
+        had them). Left behind they would be storage no quota counts, groups a later
+        withdrawal would tell of, and refs counted as re-stated when the epoch is staged
+        again under another key. Answers the entries deleted."""
+        conn = tx.conn
+        tokens = sorted(
+            {
+                bytes(token)
+                for token in conn.execute(
+                    select(TokenEntry.token).where(TokenEntry.key_epoch == staged).distinct()
+                ).scalars()
+            }
+        )
+        for start in range(0, len(tokens), _CHUNK):
+            conn.execute(delete(HitGroup).where(HitGroup.token.in_(tokens[start : start + _CHUNK])))
+        deleted = conn.execute(delete(TokenEntry).where(TokenEntry.key_epoch == staged))
+        removed = int(deleted.rowcount or 0)
+        withdrawn = AuditEvent(
+            AuditKind.COVENANT_PUBLISHED,
+            self._db.owner,
+            (),
+            {"staged_key_epoch_withdrawn": staged, "removed": removed},
+        )
+        self._db.audit(tx, [withdrawn], utc(now))
+        return removed
+
 
 def _left_query(current: int, staged: int, now: datetime) -> Select[str, int]:
     """Per party name, its live entries under ``current`` whose ref has no entry of its

@@ -44,15 +44,25 @@ from samenloop.broker.matching import (
     Usage,
     VisibilityRule,
 )
-from samenloop.broker.models import HitGroup, Party, PartyUsage, ProcessedBatch, TokenEntry
+from samenloop.broker.models import (
+    BrokerSecret,
+    CovenantVersion,
+    HitGroup,
+    Party,
+    PartyUsage,
+    ProcessedBatch,
+    TokenEntry,
+)
 from samenloop.broker.token_index import Loaded, TokenIndex, expiry_bucket, token_prefixes
+from samenloop.policies import crypto
 from samenloop.policies.audit import AuditEvent, AuditKind
-from samenloop.policies.errors import InvalidInput, NotAllowed, Replay
+from samenloop.policies.errors import InvalidInput, NotAllowed, Replay, Unavailable
 
 # Plain SQL of the hot path (constants only, never built from input).
 _PG_OPEN_AND_PRIOR: Final = (
     "SELECT h.closed, b.digest, b.stored, b.unchanged, b.accepted_at,"
-    " u.day, u.submitted, u.held, u.notice_bytes"
+    " u.day, u.submitted, u.held, u.notice_bytes,"
+    " (SELECT max(version) FROM covenant_versions)"
     " FROM mailbox_heads AS h LEFT JOIN processed_batches AS b"
     " ON b.party_id = h.party_id AND b.client_batch_id = %(batch_id)s"
     " LEFT JOIN party_usage AS u ON u.party_id = h.party_id"
@@ -60,7 +70,8 @@ _PG_OPEN_AND_PRIOR: Final = (
 )
 _SQLITE_OPEN_AND_PRIOR: Final = (
     "SELECT h.closed, b.digest, b.stored, b.unchanged, b.accepted_at,"
-    " u.day, u.submitted, u.held, u.notice_bytes"
+    " u.day, u.submitted, u.held, u.notice_bytes,"
+    " (SELECT max(version) FROM covenant_versions)"
     " FROM mailbox_heads AS h LEFT JOIN processed_batches AS b"
     " ON b.party_id = h.party_id AND b.client_batch_id = ?"
     " LEFT JOIN party_usage AS u ON u.party_id = h.party_id"
@@ -152,6 +163,27 @@ class TokenStore:
         self._db = database
         self._mailboxes = mailboxes
         self.index: Final = TokenIndex(database)
+        self._lane_key: bytes | None = None
+
+    def held_token(self, key_epoch: int, token: bytes) -> bytes:
+        """The token as the broker holds it: the first key epoch's as sent, every later
+        epoch's as HMAC-SHA256 under the broker's own ``token_lane`` key (migration 0010)
+        of the epoch and the token. No party holds that key, so no value it sends under
+        one epoch can meet a token held under another: a refusal of another epoch's token
+        (``token.other_epoch``) cannot tell it whether anyone holds a guessed subject, nor
+        can it take a value another party will send under its own epoch. Equal tokens of
+        one epoch stay equal. ``SubmitTokens`` passes every token through this; a token
+        of the wrong size is left as it is, for the batch's checks to name."""
+        if key_epoch <= 1 or len(token) != matching.TOKEN_BYTES:
+            return token
+        if self._lane_key is None:
+            with self._db.read() as conn:
+                self._lane_key = bytes(
+                    conn.execute(
+                        select(BrokerSecret.value).where(BrokerSecret.name == "token_lane")
+                    ).scalar_one()
+                )
+        return crypto.mac(self._lane_key, b"samenloop token lane\0%d\0" % key_epoch + token)
 
     def prepare_index(self) -> int | None:
         """PostgreSQL: build the token index's filter now (see ``TokenIndex.filtered``), at
@@ -176,13 +208,20 @@ class TokenStore:
         visibility: VisibilityRule = DEFAULT_VISIBILITY,
         rules: SubmissionRules | None = None,
         staged_epoch: int | None = None,
+        covenant_version: int | None = None,
     ) -> SubmitResult:
         """Store and match a batch; idempotent by ``client_batch_id``.
 
         A batch of the ``staged_epoch`` of a rotation re-states entries the party holds
         under the current epoch: each of its refs must be one the party holds (else
-        ``InvalidInput`` naming the entry's ``signal_ref``), it counts against neither
-        quota of entries, and its groups are kept without notices.
+        ``InvalidInput`` naming the entry's ``signal_ref``), its first re-statement of a
+        ref counts against neither quota of entries (another counts against the day), and
+        its groups are kept without notices.
+
+        ``covenant_version``: the version the caller checked the batch against (its key
+        epoch, its staged epoch); if a newer one was published meanwhile (the switch of
+        a key epoch, by this or another broker replica), ``Unavailable`` and nothing
+        stored: try again (see :func:`_check_version`).
 
         The same batch id with the same content is acknowledged again
         (``replayed``); with other content it is a :class:`Replay` error.
@@ -200,7 +239,7 @@ class TokenStore:
             party_id = self._db.ids(tx, [party])[party]
             if batch is None:
                 batch, prior, usage, loaded, newest_id = self._parse_meanwhile(
-                    tx, party, party_id, client_batch_id, key_epoch, entries
+                    tx, party, party_id, client_batch_id, key_epoch, entries, covenant_version
                 )
             else:
                 checked = (
@@ -208,7 +247,7 @@ class TokenStore:
                     .execute(_SQLITE_OPEN_AND_PRIOR, (client_batch_id, party_id))
                     .fetchone()
                 )
-                prior, usage = self._open_and_prior(party, checked, batch.digest)
+                prior, usage = self._open_and_prior(party, checked, batch.digest, covenant_version)
             if prior is not None:
                 return SubmitResult(
                     client_batch_id,
@@ -220,7 +259,7 @@ class TokenStore:
             staged = staged_epoch is not None and batch.key_epoch == staged_epoch
             silent = frozenset() if staged_epoch is None else frozenset({staged_epoch})
             if staged:
-                self._check_restated(tx, batch, party_id)
+                batch = self._check_restated(tx, batch, party_id, now)
             if loaded is None:
                 loaded = self.index.load(tx, batch.tokens)
             outcome = matching.submit(
@@ -235,7 +274,11 @@ class TokenStore:
             )
             held = matching.held_deltas(outcome.change, submitter=party, uncounted=silent)
             if staged:
-                pass  # re-stated entries: neither submitted nor held anew
+                # A ref's first re-statement is free (neither submitted nor held anew); an
+                # entry that re-states it again counts against the day, as any entry sent.
+                again = len(batch.entries) - len(outcome.change.inserted)
+                if rules is not None and again:
+                    usage = matching.charge(usage, submitted=again, added=0, rules=rules, now=now)
             elif rules is not None:
                 usage = matching.charge(
                     usage,
@@ -317,6 +360,7 @@ class TokenStore:
         visibility: VisibilityRule = DEFAULT_VISIBILITY,
         rules: SubmissionRules | None = None,
         staged_epoch: int | None = None,
+        covenant_version: int | None = None,
     ) -> WithdrawResult:
         """Remove the party's entries for the refs; idempotent by ``client_batch_id``.
 
@@ -324,6 +368,8 @@ class TokenStore:
         the party's entries of the day like submitted entries, and the notices it causes
         against its notice bytes of the day (:func:`matching.charge_notices`): a
         withdrawal beyond either is refused whole and changes nothing.
+        ``covenant_version``: as for :meth:`submit` (a withdrawal checked against a
+        staged epoch that has become current would change its groups silently).
         """
         check_id(client_batch_id, "client_batch_id")
         now = utc(now)
@@ -340,6 +386,7 @@ class TokenStore:
                     replayed=True,
                     accepted_at=prior.accepted_at,
                 )
+            _check_version(covenant_version, self._newest_version(tx))
             usage = self._usage(tx, party, party_id)
             if rules is not None:
                 usage = matching.charge(
@@ -407,14 +454,20 @@ class TokenStore:
         visibility: VisibilityRule = DEFAULT_VISIBILITY,
         limit: int = 10_000,
         staged_epoch: int | None = None,
+        covenant_version: int | None = None,
     ) -> RemovalResult:
         """Drop entries whose ``expires_at`` has passed, at most about ``limit`` per call.
 
         Groups that shrink or close are told, as for a withdrawal. Call again
-        while the result says ``more``.
+        while the result says ``more``. ``covenant_version``: as for :meth:`submit`, but
+        a sweep behind a newer version does nothing (the next one, after this replica
+        took the version, does it).
         """
         now = utc(now)
         with self._db.write(matching=True) as tx:
+            newest = self._newest_version(tx)
+            if covenant_version is not None and newest is not None and newest > covenant_version:
+                return RemovalResult(removed=0)
             tokens = (
                 tx.conn.execute(
                     select(TokenEntry.token)
@@ -524,13 +577,24 @@ class TokenStore:
             removed=len(change.deleted), notified=notified, notices=len(change.notices)
         )
 
-    def _check_restated(self, tx: Tx, batch: matching.Batch, party_id: int) -> None:
-        """A staged-epoch batch re-states refs the party holds under the current epoch, each
-        with one token: the staged epoch adds nothing to what a party holds."""
+    def _newest_version(self, tx: Tx) -> int | None:
+        """The newest covenant version published (None: only the root covenant)."""
+        newest = tx.conn.execute(select(func.max(CovenantVersion.version))).scalar_one()
+        return None if newest is None else int(newest)
+
+    def _check_restated(
+        self, tx: Tx, batch: matching.Batch, party_id: int, now: datetime
+    ) -> matching.Batch:
+        """A staged-epoch batch re-states refs the party holds live under the current
+        epoch, each with one token, and is kept no longer than they are: the staged epoch
+        adds nothing to what a party holds. Answers the batch with each entry's expiry
+        capped at the latest of its ref's current entries (an honest node sends its
+        signal's, the same)."""
         current = batch.key_epoch - 1
         refs = [e.signal_ref for e in batch.entries]
-        held = self.index.tokens_by_ref(tx, party_id, refs, current)
+        held = self.index.live_by_ref(tx, party_id, refs, current, now)
         staged = self.index.tokens_by_ref(tx, party_id, refs, batch.key_epoch)
+        capped: list[Entry] = []
         for entry, position in zip(batch.entries, batch.positions, strict=True):
             if entry.signal_ref not in held:
                 raise InvalidInput(
@@ -540,15 +604,21 @@ class TokenStore:
                     field=f"entries[{position}].signal_ref",
                     reason="token.not_restated",
                 )
+            held_tokens, latest = held[entry.signal_ref]
             tokens = staged.setdefault(entry.signal_ref, set())
             tokens.add(entry.token)
-            if len(tokens) > len(held[entry.signal_ref]):
+            if len(tokens) > len(held_tokens):
                 raise InvalidInput(
                     f"this ref is re-stated under key epoch {batch.key_epoch} already, with "
                     "another token",
                     field=f"entries[{position}].signal_ref",
                     reason="token.restated_twice",
                 )
+            latest = utc(latest)
+            capped.append(
+                entry if entry.expires_at <= latest else replace(entry, expires_at=latest)
+            )
+        return replace(batch, entries=tuple(capped))
 
     def _charge_swept(self, tx: Tx, costs: Mapping[str, int], now: datetime) -> None:
         """Count what an expiry sweep's notices cost the others against the day of each party
@@ -667,6 +737,7 @@ class TokenStore:
         client_batch_id: bytes,
         key_epoch: int,
         entries: Sequence[Entry],
+        covenant_version: int | None,
     ) -> tuple[matching.Batch, _Prior | None, Usage, Loaded, int | None]:
         """PostgreSQL ``submit``: parse the batch while the server runs its first statements,
         the lookups among them. Answers the batch, its prior record if any, the party's
@@ -691,7 +762,9 @@ class TokenStore:
             newer = self.index.send_newer(driver, last_id)
             found = None if not early else self.index.send_partition_lookups(driver, early)
             batch = matching.parse_batch(party, key_epoch, entries)
-        prior, usage = self._open_and_prior(party, checked.fetchone(), batch.digest)
+        prior, usage = self._open_and_prior(
+            party, checked.fetchone(), batch.digest, covenant_version
+        )
         wanted = {entry.token for entry in batch.entries}
         if prior is not None:
             return batch, prior, usage, Loaded([], {}, set()), None
@@ -708,19 +781,24 @@ class TokenStore:
             group_rows = list({row[0]: row for row in group_rows + more[1].fetchall()}.values())
         return batch, prior, usage, self.index.loaded(tx, wanted, entry_rows, group_rows), newest_id
 
-    def _open_and_prior(self, party: str, row: Any, digest: bytes) -> tuple[_Prior | None, Usage]:
-        """``require_open`` and ``_prior`` of a submission in one query, and the party's
-        quota counts (read under the matching lock): from the row of ``_PG_OPEN_AND_PRIOR``
-        or ``_SQLITE_OPEN_AND_PRIOR``."""
+    def _open_and_prior(
+        self, party: str, row: Any, digest: bytes, covenant_version: int | None = None
+    ) -> tuple[_Prior | None, Usage]:
+        """``require_open`` and ``_prior`` of a submission in one query, the party's
+        quota counts (read under the matching lock) and ``_check_version``: from the row
+        of ``_PG_OPEN_AND_PRIOR`` or ``_SQLITE_OPEN_AND_PRIOR``."""
         if row is None:
             raise LookupError(f"no mailbox head for {party}")
-        closed, prior_digest, stored, unchanged, accepted_at, day, submitted, held, notices = row
+        closed, prior_digest, stored, unchanged, accepted_at, day, submitted, held, notices = row[
+            :9
+        ]
         if day is None:
             raise LookupError(f"no quota counts for {party}")
         usage = matching.Usage(day, submitted, held, notices)
         if closed:
             raise NotAllowed(f"{party} was removed from the covenant", reason="party.removed")
         if prior_digest is None:
+            _check_version(covenant_version, row[9])
             return None, usage
         if bytes(prior_digest) != digest:
             raise Replay("this batch id was used for another batch", field="client_batch_id")
@@ -735,6 +813,21 @@ class TokenStore:
     ) -> tuple[str, ...]:
         """Sign the notices and put them in their recipients' mailboxes; closed ones are skipped."""
         return self._mailboxes.deliver(tx, _sign(notices, sign_notice), now, notices)
+
+
+def _check_version(checked: int | None, newest: int | None) -> None:
+    """``Unavailable`` if a covenant version newer than the one a call was ``checked``
+    against was published (by this broker while the call waited for the matching lock,
+    or by another replica that this one has not heard yet): its key epoch, staged
+    epoch or parties may differ. Read under the matching lock, which a publish holds."""
+    if checked is None or newest is None or newest <= checked:
+        return
+    raise Unavailable(
+        f"covenant version {newest} was published after this call was checked against "
+        f"version {checked}: try again",
+        field="covenant_version",
+        reason="covenant.changed",
+    )
 
 
 def _count(signed: Mapping[str, Sequence[tuple[ItemKind, bytes]]]) -> int:

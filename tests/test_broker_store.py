@@ -122,7 +122,7 @@ def test_migrations_go_up_down_and_up_again(database_url):
     engine = database.make_engine(database_url)
     try:
         database.upgrade(engine, MIGRATIONS)
-        assert database.current(engine) == database.heads(MIGRATIONS) == ("0009",)
+        assert database.current(engine) == database.heads(MIGRATIONS) == ("0010",)
         database.check_at_head(engine, MIGRATIONS)
 
         database.downgrade(engine, MIGRATIONS)

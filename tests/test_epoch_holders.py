@@ -146,10 +146,13 @@ def test_adopt_starts_a_staged_epoch_and_drops_a_retired_one(rotation):
     switched = SimpleNamespace(id=COVENANT, live_epochs=(plain(r.epochs[2]),))
     assert only_first.adopt(switched, lambda epoch: None) == (1,)
     assert only_first.epochs == (2,)
-    # A covenant that lists none of its epochs leaves the last one (refusing as before).
+    # A covenant that lists none of its epochs leaves the last one, refusing everything,
+    # and reports it once (its share is deleted).
     gone = SimpleNamespace(id=COVENANT, live_epochs=())
+    assert only_first.adopt(gone, lambda epoch: None) == (2,)
     assert only_first.adopt(gone, lambda epoch: None) == ()
     assert only_first.epochs == (2,)
+    assert only_first.holder(2).retired
 
 
 def test_the_node_counts_each_epoch_apart_and_a_withdrawn_answer_is_given_back(rotation, tmp_path):

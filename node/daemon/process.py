@@ -353,8 +353,18 @@ def _start(
         holder.evaluate_partial = workers.evaluate_partial
         holder.on_shares_changed = workers.set_shares
 
+        share_refusals: list[str] = []
+
         def holder_shares(epoch: threshold.KeyEpoch) -> threshold.Share | None:
-            return keysetup.load_epoch_share(share_base, epoch)
+            # A staged share that other accounts may read is not taken (nor is the node
+            # stopped: it goes on serving the current epoch); said once per message.
+            try:
+                return keysetup.load_epoch_share(share_base, epoch)
+            except ConfigurationError as error:
+                if share_refusals[-1:] != [error.message]:
+                    log.error("staged key share refused", key_epoch=epoch.epoch, why=error.message)
+                    share_refusals.append(error.message)
+                return None
 
         def retire_share(retired: int, current: int) -> None:
             keysetup.retire_share(share_base, retired, current)

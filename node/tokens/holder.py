@@ -265,6 +265,9 @@ class KeyHolder:
         self._keys = keys
         self._share = share
         self._epoch = epoch
+        #: Set once the covenant held no longer lists this epoch (``EpochHolders.adopt``):
+        #: every request is refused UNKNOWN_EPOCH from then on.
+        self.retired = False
         self._covenant_id = covenant_id
         self._directory = directory
         self._daily_quota = daily_quota
@@ -520,6 +523,11 @@ class KeyHolder:
             raise _Refuse(
                 RefusalReason.UNKNOWN_EPOCH,
                 f"no share for covenant {request.covenant_id[:MAX_PARTY_ID_BYTES]!r}",
+            )
+        if self.retired:
+            raise _Refuse(
+                RefusalReason.UNKNOWN_EPOCH,
+                f"key epoch {self._epoch.epoch} is retired; this holder serves no epoch",
             )
         if request.key_epoch != self._epoch.epoch:
             raise _Refuse(

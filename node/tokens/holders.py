@@ -190,8 +190,9 @@ class EpochHolders:
         """Serve the epochs ``covenant`` lists and this party holds a seat in: add a staged
         epoch whose share ``staged_share`` finds (None: not accepted yet, tried again next
         time), drop the others. Returns the epochs dropped, whose shares the caller deletes.
-        The last epoch is never dropped without a successor served (a covenant that lists
-        none of this holder's epochs leaves it refusing with UNKNOWN_EPOCH as before)."""
+        The last epoch is never dropped without a successor served: when the covenant lists
+        none of this holder's epochs (the new epoch left it out), that seat stays to refuse
+        every request UNKNOWN_EPOCH, and is returned once, so that its share goes too."""
         live = {e.epoch: e for e in covenant.live_epochs}
         with self._lock:
             served = set(self._holders)
@@ -206,9 +207,12 @@ class EpochHolders:
                 served.add(number)
                 self.on_shares_changed(self.shares())
         retired = tuple(sorted(n for n in served if n not in live))
-        if retired and len(retired) == len(served):
-            return ()
         with self._lock:
+            if retired and len(retired) == len(served):
+                newly = tuple(n for n in retired if not self._holders[n].retired)
+                for number in newly:
+                    self._holders[number].retired = True
+                return newly
             for number in retired:
                 del self._holders[number]
                 del self._shares[number]

@@ -335,10 +335,15 @@ def forget_share(path: Path) -> None:
 
 def load_epoch_share(base: Path, epoch: threshold.KeyEpoch) -> threshold.Share | None:
     """The accepted share of ``epoch``: at ``base`` (the configured ``key_share``) or beside
-    it (:func:`share_path`); None if neither holds that epoch (not accepted yet)."""
-    for path in (base, share_path(base, epoch.epoch)):
+    it (:func:`share_path`); None if neither holds that epoch (not accepted yet).
+    ``ConfigurationError`` naming the file and the ``chmod`` if the file beside is there
+    but open to other accounts (or theirs), as the configured share is refused."""
+    beside = share_path(base, epoch.epoch)
+    for path in (base, beside):
         if share_epoch(path) == epoch.epoch:
             return load_share(path, epoch)
+    if beside.exists():
+        crypto.read_secret_file(beside, what="key share")  # refuses one others may read
     return None
 
 
