@@ -412,7 +412,7 @@ class RelayRequest(Base):
 class BrokerSecret(Base):
     """A secret of the broker itself, shared by its replicas through the database: the key
     that keeps the tokens of every key epoch after the first in a space of their own
-    (``token_lane``: see :meth:`TokenStore.held_token`). Made by migration 0010."""
+    (``token_lane``: see :meth:`TokenLanes.held_token`). Made by migration 0010."""
 
     __tablename__ = "broker_secrets"
 

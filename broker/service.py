@@ -527,7 +527,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         entries = [
             matching.Entry(
                 party=party,
-                token=self._store.tokens.held_token(request.key_epoch, entry.token),
+                token=self._store.tokens.lanes.held_token(request.key_epoch, entry.token),
                 signal_ref=entry.signal_ref,
                 key_epoch=request.key_epoch,
                 expires_at=_from_timestamp(entry.expires_at, f"entries[{i}].expires_at"),

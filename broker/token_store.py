@@ -45,18 +45,16 @@ from samenloop.broker.matching import (
     VisibilityRule,
 )
 from samenloop.broker.models import (
-    BrokerSecret,
-    CovenantVersion,
     HitGroup,
     Party,
     PartyUsage,
     ProcessedBatch,
     TokenEntry,
 )
+from samenloop.broker.staged_epoch import TokenLanes, check_restated, check_version, newest_version
 from samenloop.broker.token_index import Loaded, TokenIndex, expiry_bucket, token_prefixes
-from samenloop.policies import crypto
 from samenloop.policies.audit import AuditEvent, AuditKind
-from samenloop.policies.errors import InvalidInput, NotAllowed, Replay, Unavailable
+from samenloop.policies.errors import NotAllowed, Replay
 
 # Plain SQL of the hot path (constants only, never built from input).
 _PG_OPEN_AND_PRIOR: Final = (
@@ -163,27 +161,7 @@ class TokenStore:
         self._db = database
         self._mailboxes = mailboxes
         self.index: Final = TokenIndex(database)
-        self._lane_key: bytes | None = None
-
-    def held_token(self, key_epoch: int, token: bytes) -> bytes:
-        """The token as the broker holds it: the first key epoch's as sent, every later
-        epoch's as HMAC-SHA256 under the broker's own ``token_lane`` key (migration 0010)
-        of the epoch and the token. No party holds that key, so no value it sends under
-        one epoch can meet a token held under another: a refusal of another epoch's token
-        (``token.other_epoch``) cannot tell it whether anyone holds a guessed subject, nor
-        can it take a value another party will send under its own epoch. Equal tokens of
-        one epoch stay equal. ``SubmitTokens`` passes every token through this; a token
-        of the wrong size is left as it is, for the batch's checks to name."""
-        if key_epoch <= 1 or len(token) != matching.TOKEN_BYTES:
-            return token
-        if self._lane_key is None:
-            with self._db.read() as conn:
-                self._lane_key = bytes(
-                    conn.execute(
-                        select(BrokerSecret.value).where(BrokerSecret.name == "token_lane")
-                    ).scalar_one()
-                )
-        return crypto.mac(self._lane_key, b"samenloop token lane\0%d\0" % key_epoch + token)
+        self.lanes: Final = TokenLanes(database)
 
     def prepare_index(self) -> int | None:
         """PostgreSQL: build the token index's filter now (see ``TokenIndex.filtered``), at
@@ -221,7 +199,7 @@ class TokenStore:
         ``covenant_version``: the version the caller checked the batch against (its key
         epoch, its staged epoch); if a newer one was published meanwhile (the switch of
         a key epoch, by this or another broker replica), ``Unavailable`` and nothing
-        stored: try again (see :func:`_check_version`).
+        stored: try again (see :func:`staged_epoch.check_version`).
 
         The same batch id with the same content is acknowledged again
         (``replayed``); with other content it is a :class:`Replay` error.
@@ -259,7 +237,7 @@ class TokenStore:
             staged = staged_epoch is not None and batch.key_epoch == staged_epoch
             silent = frozenset() if staged_epoch is None else frozenset({staged_epoch})
             if staged:
-                batch = self._check_restated(tx, batch, party_id, now)
+                batch = check_restated(self.index, tx, batch, party_id, now)
             if loaded is None:
                 loaded = self.index.load(tx, batch.tokens)
             outcome = matching.submit(
@@ -386,7 +364,7 @@ class TokenStore:
                     replayed=True,
                     accepted_at=prior.accepted_at,
                 )
-            _check_version(covenant_version, self._newest_version(tx))
+            check_version(covenant_version, newest_version(tx))
             usage = self._usage(tx, party, party_id)
             if rules is not None:
                 usage = matching.charge(
@@ -465,7 +443,7 @@ class TokenStore:
         """
         now = utc(now)
         with self._db.write(matching=True) as tx:
-            newest = self._newest_version(tx)
+            newest = newest_version(tx)
             if covenant_version is not None and newest is not None and newest > covenant_version:
                 return RemovalResult(removed=0)
             tokens = (
@@ -576,49 +554,6 @@ class TokenStore:
         return RemovalResult(
             removed=len(change.deleted), notified=notified, notices=len(change.notices)
         )
-
-    def _newest_version(self, tx: Tx) -> int | None:
-        """The newest covenant version published (None: only the root covenant)."""
-        newest = tx.conn.execute(select(func.max(CovenantVersion.version))).scalar_one()
-        return None if newest is None else int(newest)
-
-    def _check_restated(
-        self, tx: Tx, batch: matching.Batch, party_id: int, now: datetime
-    ) -> matching.Batch:
-        """A staged-epoch batch re-states refs the party holds live under the current
-        epoch, each with one token, and is kept no longer than they are: the staged epoch
-        adds nothing to what a party holds. Answers the batch with each entry's expiry
-        capped at the latest of its ref's current entries (an honest node sends its
-        signal's, the same)."""
-        current = batch.key_epoch - 1
-        refs = [e.signal_ref for e in batch.entries]
-        held = self.index.live_by_ref(tx, party_id, refs, current, now)
-        staged = self.index.tokens_by_ref(tx, party_id, refs, batch.key_epoch)
-        capped: list[Entry] = []
-        for entry, position in zip(batch.entries, batch.positions, strict=True):
-            if entry.signal_ref not in held:
-                raise InvalidInput(
-                    f"the staged key epoch {batch.key_epoch} only re-states entries held "
-                    f"under key epoch {current}: this ref has none (submit it under "
-                    f"{current} first)",
-                    field=f"entries[{position}].signal_ref",
-                    reason="token.not_restated",
-                )
-            held_tokens, latest = held[entry.signal_ref]
-            tokens = staged.setdefault(entry.signal_ref, set())
-            tokens.add(entry.token)
-            if len(tokens) > len(held_tokens):
-                raise InvalidInput(
-                    f"this ref is re-stated under key epoch {batch.key_epoch} already, with "
-                    "another token",
-                    field=f"entries[{position}].signal_ref",
-                    reason="token.restated_twice",
-                )
-            latest = utc(latest)
-            capped.append(
-                entry if entry.expires_at <= latest else replace(entry, expires_at=latest)
-            )
-        return replace(batch, entries=tuple(capped))
 
     def _charge_swept(self, tx: Tx, costs: Mapping[str, int], now: datetime) -> None:
         """Count what an expiry sweep's notices cost the others against the day of each party
@@ -785,7 +720,7 @@ class TokenStore:
         self, party: str, row: Any, digest: bytes, covenant_version: int | None = None
     ) -> tuple[_Prior | None, Usage]:
         """``require_open`` and ``_prior`` of a submission in one query, the party's
-        quota counts (read under the matching lock) and ``_check_version``: from the row
+        quota counts (read under the matching lock) and ``check_version``: from the row
         of ``_PG_OPEN_AND_PRIOR`` or ``_SQLITE_OPEN_AND_PRIOR``."""
         if row is None:
             raise LookupError(f"no mailbox head for {party}")
@@ -798,7 +733,7 @@ class TokenStore:
         if closed:
             raise NotAllowed(f"{party} was removed from the covenant", reason="party.removed")
         if prior_digest is None:
-            _check_version(covenant_version, row[9])
+            check_version(covenant_version, row[9])
             return None, usage
         if bytes(prior_digest) != digest:
             raise Replay("this batch id was used for another batch", field="client_batch_id")
@@ -813,21 +748,6 @@ class TokenStore:
     ) -> tuple[str, ...]:
         """Sign the notices and put them in their recipients' mailboxes; closed ones are skipped."""
         return self._mailboxes.deliver(tx, _sign(notices, sign_notice), now, notices)
-
-
-def _check_version(checked: int | None, newest: int | None) -> None:
-    """``Unavailable`` if a covenant version newer than the one a call was ``checked``
-    against was published (by this broker while the call waited for the matching lock,
-    or by another replica that this one has not heard yet): its key epoch, staged
-    epoch or parties may differ. Read under the matching lock, which a publish holds."""
-    if checked is None or newest is None or newest <= checked:
-        return
-    raise Unavailable(
-        f"covenant version {newest} was published after this call was checked against "
-        f"version {checked}: try again",
-        field="covenant_version",
-        reason="covenant.changed",
-    )
 
 
 def _count(signed: Mapping[str, Sequence[tuple[ItemKind, bytes]]]) -> int:

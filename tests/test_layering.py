@@ -234,6 +234,7 @@ BROKER_REPOSITORIES = [
     "database",
     "mailbox_store",
     "token_index",
+    "staged_epoch",
     "token_store",
     "group_retention",
     "covenant_store",

@@ -352,7 +352,7 @@ def test_a_guessed_token_under_the_other_epoch_tells_nothing(broker, engine):
     (``held_token``, as ``SubmitTokens`` applies it): both answers are alike, nothing is told,
     and the honest party's entries are taken."""
     year = NOW + timedelta(days=365)
-    lane = broker.tokens.held_token
+    lane = broker.tokens.lanes.held_token
 
     def send(party, n, epoch, items, *, staged=2):
         entries = [

@@ -8,7 +8,7 @@ While a rotation of the OPRF key is staged a token value could be held under one
 only, so the refusal of another epoch's entry on it (``token.other_epoch``) told a partner
 whether anyone held a guessed subject, and nobody was told of the probe. The broker keeps
 the tokens of every epoch after the first as HMAC-SHA256 under this key of the epoch and
-the token (``TokenStore.held_token``), which no party can compute: no value a party sends
+the token (``TokenLanes.held_token``), which no party can compute: no value a party sends
 under one epoch can meet what is held under another. The first epoch's tokens stay as they
 are (nothing stored is rewritten). The key is made here, once, from the operating system's
 CSPRNG; every replica reads it from this table.
