@@ -54,6 +54,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import broker_bench  # noqa: E402
+import linkage  # noqa: E402
 import picture_bench  # noqa: E402
 import psi_peer_env  # noqa: E402
 
@@ -295,12 +296,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--picture-only", action="store_true", help="only the regional picture benchmark"
     )
     parser.add_argument("--no-picture", action="store_true", help="skip the picture benchmark")
+    parser.add_argument(
+        "--linkage-only", action="store_true", help="only the person linkage benchmark"
+    )
+    parser.add_argument("--no-linkage", action="store_true", help="skip the linkage benchmark")
     broker_bench.add_arguments(parser)
     picture_bench.add_arguments(parser)
+    linkage.add_arguments(parser)
     args = parser.parse_args(argv)
     console = Console()
     if args.picture_only:
         picture_bench.run(args, console)
+        return 0
+    if args.linkage_only:
+        linkage.run_and_write(args, console)
         return 0
     pipeline_rate: float | None = None
     if not args.broker_only:
@@ -309,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         broker_bench.run(args, console, pipeline_tokens_per_s=pipeline_rate)
     if not args.no_picture and not args.broker_only:
         picture_bench.run(args, console)
+    if not args.no_linkage and not args.broker_only:
+        linkage.run_and_write(args, console)
     return 0
 
 
