@@ -54,6 +54,7 @@ from samenloop.node.disclosure import protocol as disclosure
 from samenloop.node.disclosure.desk import DisclosureDesk
 from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.disclosure.store import DisclosureRecord
+from samenloop.node.identifiers import person_hits
 from samenloop.node.identifiers.attributes import check_branch
 from samenloop.node.identifiers.normalise import Identifier, IdentifierType, parse
 from samenloop.node.picture import api as picture_api
@@ -253,6 +254,7 @@ def parse_signal(
             errors.append(error)
 
     identifiers = _parse_identifiers(message, now, covenant, prefix, errors)
+    person_keys = _derive_person_keys(message, now, covenant) if not errors else ()
     details = _parse_details(message, prefix, errors)
     expires_at = _parse_expiry(message, now, covenant, prefix, errors)
     attributes = _parse_attributes(message, identifiers, now, prefix, errors)
@@ -269,9 +271,32 @@ def parse_signal(
             expires_at=expires_at,
             details=details,
             attributes=attributes,
+            person_keys=person_keys,
         ),
         [],
     )
+
+
+def _derive_person_keys(
+    message: node_pb2.Signal, now: datetime, covenant: Covenant
+) -> tuple[person_hits.PersonKey, ...]:
+    """The person keys of the covenant's ``[person_matching] kinds`` for each ``person``
+    identifier (parsed already). A name the keys cannot read (no surname core, say) keeps
+    only its exact key: the signal is as valid as it was without person keys."""
+    rules_ = covenant.policy.person_matching
+    if rules_ is None or not rules_.kinds or not rules.counts_for_matching(covenant, "person"):
+        return ()
+    keys: dict[tuple[str, str], person_hits.PersonKey] = {}
+    for item in message.identifiers:
+        if _PROTO_TYPES.get(item.type) is not IdentifierType.PERSON:
+            continue
+        try:
+            parts = person_hits.parts_of_person(item.value, today=now.date())
+        except SamenloopError:
+            continue
+        for key in person_hits.derived_keys(parts, rules_.kinds):
+            keys.setdefault((key.type.value, key.canonical), key)
+    return tuple(keys.values())
 
 
 def _parse_identifiers(

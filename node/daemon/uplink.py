@@ -83,6 +83,7 @@ from samenloop.node.daemon.failover import BrokerSwitch
 from samenloop.node.daemon.metrics import MAILBOX_KINDS, NodeMetrics, reason_label
 from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.disclosure.desk import DisclosureDesk
+from samenloop.node.identifiers import person_hits
 from samenloop.node.picture.desk import PictureDesk
 from samenloop.node.signals.models import BatchKind, HitKind
 from samenloop.node.signals.notices import verify_hit_notice
@@ -672,6 +673,9 @@ class Uplink:
             for kind in covenant.policy.identifier_types
             if rules.counts_for_matching(covenant, kind)
         ]
+        person = covenant.policy.person_matching
+        if person is not None and "person" in matched:
+            matched += person.kinds  # the person keys the covenant turns on
         pending = self._signals.pending_identifiers(TOKENISE_CHUNK, now=now, types=matched)
         if not pending:
             return False
@@ -966,6 +970,16 @@ class Uplink:
                     first_seen,
                     last_seen,
                     now=self._clock(),
+                    other_parties=person_hits.party_labels(
+                        bool(notice.own_signal_refs),
+                        (
+                            (
+                                m.party if m.HasField("party") else None,
+                                m.role if m.HasField("role") else None,
+                            )
+                            for m in notice.members
+                        ),
+                    ),
                 )
             except (SamenloopError, KeyError, ValueError, OverflowError) as error:
                 log.warning("hit notice refused", cursor=item.cursor, reason=type(error).__name__)
