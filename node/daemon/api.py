@@ -75,6 +75,7 @@ from samenloop.policies.errors import (
     UnknownType,
 )
 from samenloop.policies.freshness import Freshness
+from samenloop.policies.policy import PersonMatching
 from samenloop.policies.rules import Refusal
 from samenloop.policies.times import received_time
 from samenloop.v1 import broker_pb2, common_pb2, node_pb2, node_pb2_grpc
@@ -571,6 +572,32 @@ def _categories(
     return found
 
 
+def person_thresholds(covenant: Covenant) -> tuple[float, float]:
+    """The covenant's (shown_score, disclosure_score); the defaults without the section."""
+    rules_ = covenant.policy.person_matching or PersonMatching()
+    return rules_.shown_score, rules_.disclosure_score
+
+
+def probable_hits(record: HitRecord, covenant: Covenant) -> list[person_hits.ProbableHit]:
+    """The probable person hits ``record`` is part of, scored under ``covenant``."""
+    if not record.person_agreements:
+        return []
+    shown, disclosure = person_thresholds(covenant)
+    found = person_hits.combine(
+        record.person_agreements, shown_score=shown, disclosure_score=disclosure
+    )
+    return list(found.values())
+
+
+def is_listed(record: HitRecord, covenant: Covenant) -> bool:
+    """Whether ``hits list`` and ``hits watch`` show the hit: every hit but one on
+    person keys only that is part of no probable hit reaching the covenant's
+    ``shown_score``."""
+    if not record.own_signals or any(o.person_kind is None for o in record.own_signals):
+        return True
+    return any(p.shown for p in probable_hits(record, covenant))
+
+
 def hit_to_proto(
     record: HitRecord, attribute_keys: AttributeKeyRing, *, covenant: Covenant
 ) -> node_pb2.Hit:
@@ -602,6 +629,17 @@ def hit_to_proto(
             view.category = own.category
         if own.identifier_type is not None:
             view.identifier_type = _TYPE_TO_PROTO[own.identifier_type]
+        if own.person_kind is not None:
+            view.person_kind = own.person_kind.value
+    for probable in probable_hits(record, covenant):
+        if probable.shown:
+            hit.probable_hits.add(
+                signal_id=str(probable.signal_id),
+                party=probable.party,
+                agreeing_kinds=[kind.value for kind in probable.kinds],
+                score=probable.score,
+                disclosable=probable.disclosable,
+            )
     if notice.HasField("party_count"):
         hit.party_count = notice.party_count
     unknown = 0
@@ -885,7 +923,11 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         records = self._signals.hits(state, limit=size, newest_first=True, before_feed_seq=before)
         covenant = self._ctx.covenant()
         response = node_pb2.ListHitsResponse(
-            hits=[hit_to_proto(r, self._ctx.attribute_keys, covenant=covenant) for r in records]
+            hits=[
+                hit_to_proto(r, self._ctx.attribute_keys, covenant=covenant)
+                for r in records
+                if is_listed(r, covenant)
+            ]
         )
         if len(records) == size:
             response.next_page_token = str(records[-1].feed_seq)
@@ -897,9 +939,10 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         if len(request.hit_group_id) != ID_BYTES:
             raise InvalidInput(f"a hit group id is {ID_BYTES} bytes", field="hit_group_id")
         record = self._signals.hit(request.hit_group_id)
-        if record is None:
+        covenant = self._ctx.covenant()
+        if record is None or not is_listed(record, covenant):
             raise NotFound("no hit with this group id", field="hit_group_id")
-        shown = hit_to_proto(record, self._ctx.attribute_keys, covenant=self._ctx.covenant())
+        shown = hit_to_proto(record, self._ctx.attribute_keys, covenant=covenant)
         return node_pb2.GetHitResponse(hit=shown)
 
     def WatchHits(
@@ -935,6 +978,9 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             records = self._signals.hits(after_feed_seq=after, limit=WATCH_PAGE)
             covenant = self._ctx.covenant()
             for record in records:
+                if not is_listed(record, covenant):
+                    after = record.feed_seq
+                    continue
                 yield node_pb2.WatchHitsResponse(
                     sequence=record.feed_seq,
                     hit=hit_to_proto(record, self._ctx.attribute_keys, covenant=covenant),
