@@ -137,9 +137,18 @@ class NodeConfig:
     brokers: tuple[str, ...] = ()
     #: ``HOST:PORT`` of the Prometheus endpoint (``/metrics``, plain HTTP); unset: none.
     metrics_listen: str | None = None
+    #: The least score (bits) of a probable person hit on which this node, as the owner,
+    #: answers a disclosure request: it applies the higher of this and the covenant's
+    #: ``[person_matching] disclosure_score``. 0: the covenant's alone.
+    min_disclosure_score: float = 0.0
 
     def __post_init__(self) -> None:
         _wrap(check_id, self.party, field="party")
+        score = self.min_disclosure_score
+        if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1000:
+            raise ConfigurationError(
+                "must be a number from 0 to 1000", field="min_disclosure_score"
+            )
         _parse_address(self.broker, field="broker", listen=False)
         brokers = tuple(self.brokers) or (self.broker,)
         for index, address in enumerate(brokers):
@@ -262,6 +271,7 @@ def node_config_from_toml(data: bytes, *, source: str, base_dir: Path) -> NodeCo
         log_level=settings.string("log_level", DEFAULT_LOG_LEVEL),
         log_format=settings.string("log_format", DEFAULT_LOG_FORMAT),
         metrics_listen=settings.optional_string("metrics_listen"),
+        min_disclosure_score=settings.number("min_disclosure_score", 0.0),
     )
 
 
@@ -288,6 +298,13 @@ class _Settings:
         if value is not None and not isinstance(value, str):
             raise self._error(key, "must be a string")
         return value
+
+    def number(self, key: str, default: float) -> float:
+        self.read.add(key)
+        value = self.doc.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._error(key, "must be a number")
+        return float(value)
 
     def string(self, key: str, default: str | None = None) -> str:
         value = self.optional_string(key)
@@ -375,6 +392,10 @@ def config_to_toml(config: BrokerConfig | NodeConfig, *, relative_to: Path | Non
             if len(value) > 1:  # one address is ``broker`` alone
                 listed = ", ".join(toml_literal(address) for address in value)
                 lines.append(f"brokers = [{listed}]")
+            continue
+        if field.name == "min_disclosure_score":
+            if value:  # 0 (the covenant's score alone) is the default: not written
+                lines.append(f"{field.name} = {toml_literal(float(value))}")
             continue
         if isinstance(value, Path):
             text = _relative(value, relative_to)

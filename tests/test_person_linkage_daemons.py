@@ -114,3 +114,48 @@ def test_a_weak_agreement_is_listed_nowhere(cluster: Cluster) -> None:
     assert all(p.party != BELASTING for h in gemeente.hits() for p in h.probable_hits)
     assert belasting.hits() == []
     assert [h for h in belasting.watch_hits(until_caught_up=True)] == []
+
+
+def test_more_refs_of_the_same_person_raise_no_score(cluster: Cluster) -> None:
+    """An insider that submits the same person many times (fresh refs each) adds members
+    to the same groups, not kinds: the score is unchanged."""
+    woco, gemeente = cluster.clients[WOCO], cluster.clients[GEMEENTE]
+    for n in range(2, 6):
+        woco.add_signal(f"W-{n}", "woonfraude", [("person", "Ter Horst, J.;15-03-1980")])
+
+    def grown() -> list[Hit]:
+        return [
+            h
+            for h in person_hits(gemeente)
+            if sum(len(m.signal_refs) for m in h.members if m.party == WOCO) >= 5
+        ]
+
+    hits = wait_for("the woco's five refs in the gemeente's groups", grown)
+    assert all(p.score == pytest.approx(SCORE) for h in hits for p in h.probable_hits)
+    assert {p.agreeing_kinds for h in hits for p in h.probable_hits} == {AGREEING}
+
+
+def test_a_disclosure_under_the_disclosure_score_is_refused_by_the_owner(
+    cluster: Cluster,
+) -> None:
+    gemeente, woco = cluster.clients[GEMEENTE], cluster.clients[WOCO]
+    hits = wait_for("the gemeente's probable hit", lambda: person_hits(gemeente))
+    hit = hits[0]
+    (member,) = [m for m in hit.members if m.party == WOCO]
+    asked = gemeente.request_disclosure(
+        hit.group_id, WOCO, member.signal_refs[0], "adresfraude", ["naam"], officer="a@gemeente"
+    )
+
+    def answered() -> Any:
+        found = gemeente.disclosure(asked.request_id)
+        return found if found.refusal_reason else None
+
+    refused = wait_for("the woco's answer", answered)
+    assert refused.refusal_reason == "score_too_low"
+    assert f"{SCORE:.1f} bits" in refused.refusal_message
+    assert "72.7" in refused.refusal_message
+    assert dict(refused.released_fields) == {}
+    # The owner's record says the request was on a probable hit, with the requester's score.
+    (incoming,) = [d for d in woco.disclosures() if d.request_id == asked.request_id]
+    assert incoming.refusal_reason == "score_too_low"
+    assert f"the requester's: {SCORE:.1f}" in incoming.refusal_message

@@ -98,3 +98,22 @@ def test_kinds_need_person_among_the_matched_types():
     assert caught.value.field == "person_matching.kinds"
     # Without kinds the section says nothing about matching: allowed.
     dataclasses.replace(policy, matching=matching, person_matching=PersonMatching())
+
+
+def test_node_toml_min_disclosure_score():
+    from samenloop.policies import config
+    from samenloop.policies.errors import ConfigurationError
+    from tests.test_config import BASE, NODE_TOML, _node
+
+    assert _node().min_disclosure_score == 0.0
+    assert b"min_disclosure_score" not in config.config_to_toml(_node(), relative_to=BASE)
+    higher = _node(NODE_TOML + "min_disclosure_score = 80\n")
+    assert higher.min_disclosure_score == 80.0
+    written = config.config_to_toml(higher, relative_to=BASE)
+    assert b"min_disclosure_score = 80.0" in written
+    again = config.node_config_from_toml(written, source="node.toml", base_dir=BASE)
+    assert again == higher
+    for bad in ('"high"', "-1", "true", "1e9"):
+        with pytest.raises(ConfigurationError) as caught:
+            _node(NODE_TOML + f"min_disclosure_score = {bad}\n")
+        assert "min_disclosure_score" in str(caught.value.field)

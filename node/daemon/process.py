@@ -368,6 +368,7 @@ def _start(
         on_hit=bell.ring,
         work_dir=config.data_dir,
         metrics=metrics,
+        min_disclosure_score=config.min_disclosure_score,
     )
 
     def connection() -> tuple[bool, datetime | None]:

@@ -259,6 +259,7 @@ class Uplink:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_hit: Callable[[], None] = lambda: None,
         work_dir: Path | None = None,
+        min_disclosure_score: float = 0.0,
         metrics: NodeMetrics | None = None,
     ) -> None:
         self._party = party
@@ -310,6 +311,7 @@ class Uplink:
             clock=clock,
             wake=self.wake.set,
             stale=stale,
+            min_person_score=min_disclosure_score,
         )
         self.cases = CaseDesk(
             keys=keys,

@@ -34,6 +34,8 @@ from samenloop.node.daemon.database import (
 from samenloop.node.disclosure import models
 from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.disclosure.protocol import Outcome, ResponseUpdate, SignalFacts, Verdict
+from samenloop.node.identifiers.person_hits import is_person_kind, person_kind
+from samenloop.node.identifiers.person_keys import PersonKeyKind
 from samenloop.node.signals import models as signal_models
 from samenloop.node.signals.models import HitState, SignalState
 from samenloop.policies.audit import AuditKind
@@ -389,6 +391,35 @@ class DisclosureStore(Database):
         if not notice.visibility.parties:
             return None
         return frozenset(m.party for m in notice.members if m.party)
+
+    def person_kinds(self, signal_ref: bytes, party: str, /) -> frozenset[PersonKeyKind] | None:
+        """For a ref of one of this node's person keys: the kinds on which ``party`` (by its
+        party id in this node's notices) shares an open hit with that key's signal; None
+        for a ref of any other identifier (or none)."""
+        si, hr, hp, hit = (
+            signal_models.SignalIdentifier,
+            signal_models.HitRef,
+            signal_models.HitParty,
+            signal_models.Hit,
+        )
+        with self._read() as conn:
+            row = conn.execute(
+                select(si.signal_id, si.type).where(si.signal_ref == signal_ref)
+            ).one_or_none()
+            if row is None or not is_person_kind(row.type):
+                return None
+            types = conn.execute(
+                select(si.type)
+                .join(hr, hr.identifier_id == si.id)
+                .join(hit, hit.group_id == hr.group_id)
+                .join(hp, hp.group_id == hr.group_id)
+                .where(
+                    si.signal_id == row.signal_id,
+                    hit.state == HitState.OPEN.value,
+                    hp.party == party,
+                )
+            ).scalars()
+            return frozenset(person_kind(t) for t in types if is_person_kind(t))
 
     def requests_since(self, requester: str, since: datetime, /) -> int:
         """Incoming requests stored from ``requester`` at or after ``since``."""
