@@ -14,6 +14,7 @@ refused by the owner.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -159,3 +160,28 @@ def test_a_disclosure_under_the_disclosure_score_is_refused_by_the_owner(
     (incoming,) = [d for d in woco.disclosures() if d.request_id == asked.request_id]
     assert incoming.refusal_reason == "score_too_low"
     assert f"the requester's: {SCORE:.1f}" in incoming.refusal_message
+
+
+def test_hits_list_shows_the_score_and_the_agreeing_kinds(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from samenloop.policies import cli
+
+    wait_for("the gemeente's probable hit", lambda: person_hits(cluster.clients[GEMEENTE]))
+    monkeypatch.setenv("COLUMNS", "80")
+    config = str(cluster.provisioned.node_configs[GEMEENTE])
+    assert cli.main(["hits", "list", "--node", config]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    flat = " ".join(out.split())
+    assert f"probable {SCORE:.1f} bits" in flat
+    assert "phonetic_date" in flat
+    assert "names_year_month" in flat
+    assert cli.main(["hits", "list", "--json", "--node", config]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    shown = [p for h in listed for p in h["probable_hits"]]
+    assert shown
+    assert {(p["party"], tuple(p["agreeing_kinds"]), p["score"]) for p in shown} == {
+        (WOCO, AGREEING, round(SCORE, 1))
+    }
+    assert all(not p["disclosable"] for p in shown)
