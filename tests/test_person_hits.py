@@ -186,3 +186,36 @@ def test_hits_on_person_keys_carry_their_agreements(node):
     after = combine(again.person_agreements, shown_score=13.8, disclosure_score=72.7)
     assert after[(record.id, "politie")].kinds == (K.NAMES_YEAR_MONTH,)
     assert person_hits.HIDDEN_PARTY == ""
+
+
+def test_person_keys_are_re_tokenised_under_a_staged_epoch(node):
+    (record,) = node.signals.add_signals(
+        [person_signal("P-1", "Terhorst, Jan;1980-03-15")], now=NOW
+    )
+    pending = node.signals.pending_identifiers(100, now=NOW)
+    node.signals.record_tokens({p.id: token(p.id) for p in pending}, 1, now=NOW)
+    for batch in node.signals.outbox():
+        node.signals.mark_acked(batch.client_batch_id, now=NOW)
+    candidates = node.signals.restate_candidates(1, 2, 100, now=NOW)
+    kinds = {c.identifier.type for c in candidates}
+    assert kinds == {"person", *(k.key.type for k in record.person_keys)}
+    assert any(isinstance(c.identifier, PersonKey) for c in candidates)
+
+
+def test_the_picture_counts_exact_hits_not_groups_on_person_keys(node):
+    from samenloop.v1 import broker_pb2, common_pb2
+
+    (record,) = node.signals.add_signals(
+        [person_signal("P-1", "Terhorst, Jan;1980-03-15")], now=NOW
+    )
+    refs = [record.identifiers[0].signal_ref, *(k.signal_ref for k in record.person_keys[:2])]
+    signed = common_pb2.Signed(
+        body=broker_pb2.HitNotice(revision=1, picture_reporter=True).SerializeToString()
+    ).SerializeToString()
+    for n, ref in enumerate(refs, start=1):
+        node.signals.accept_notice(
+            n, group(n), 1, HitKind.NEW, signed, [ref], NOW, NOW, now=NOW, other_parties=["b"]
+        )
+    month = f"{NOW:%Y-%m}"
+    facts = node.picture.picture_hit_group_facts(month, month)
+    assert len(facts) == 1  # the exact key's group; the two person key groups are not counted
