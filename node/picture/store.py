@@ -1020,9 +1020,7 @@ class PictureStore(Database):
             exact: set[bytes] = set()
             for chunk in chunks([bytes(r.group_id) for r in groups]):
                 for r in conn.execute(
-                    select(
-                        hr.group_id, si.type, sg.category, sg.area_kind, sg.area_code, sg.branch
-                    )
+                    select(hr.group_id, si.type, sg.category, sg.area_kind, sg.area_code, sg.branch)
                     .join(si, si.id == hr.identifier_id)
                     .join(sg, sg.id == si.signal_id)
                     .where(self._among(hr.group_id, chunk))
