@@ -466,6 +466,8 @@ class Disclosure:
     decisions: tuple[OfficerDecision, ...]
     requested_at: datetime | None
     decided_at: datetime | None
+    #: On a probable person hit: the requester's score of it in bits, as it said.
+    person_score: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -548,6 +550,7 @@ def _disclosure(message: node_pb2.Disclosure) -> Disclosure:
         ),
         requested_at=_time(message.requested_at),
         decided_at=_time(message.decided_at),
+        person_score=message.person_score if message.HasField("person_score") else None,
     )
 
 

@@ -185,3 +185,25 @@ def test_hits_list_shows_the_score_and_the_agreeing_kinds(
         (WOCO, AGREEING, round(SCORE, 1))
     }
     assert all(not p["disclosable"] for p in shown)
+
+
+def test_the_owner_sees_the_requester_s_score_of_a_probable_hit(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from samenloop.policies import cli
+
+    gemeente, woco = cluster.clients[GEMEENTE], cluster.clients[WOCO]
+    hit = wait_for("the gemeente's probable hit", lambda: person_hits(gemeente))[0]
+    (member,) = [m for m in hit.members if m.party == WOCO]
+    asked = gemeente.request_disclosure(
+        hit.group_id, WOCO, member.signal_refs[0], "adresfraude", ["naam"], officer="a@gemeente"
+    )
+    assert asked.person_score == pytest.approx(SCORE)
+    incoming = wait_for(
+        "the woco's record",
+        lambda: [d for d in woco.disclosures() if d.request_id == asked.request_id],
+    )
+    assert incoming[0].person_score == pytest.approx(SCORE)
+    config = str(cluster.provisioned.node_configs[WOCO])
+    assert cli.main(["disclosure", "show", asked.request_hex, "--node", config]) == 0
+    assert f"on a probable person hit: {SCORE:.1f} bits" in capsys.readouterr().out

@@ -693,6 +693,8 @@ def disclosure_to_proto(record: DisclosureRecord) -> node_pb2.Disclosure:
         )
     if record.finished_at is not None:
         message.decided_at.CopyFrom(timestamp(record.finished_at))
+    if record.person_score is not None:
+        message.person_score = record.person_score
     return message
 
 

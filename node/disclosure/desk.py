@@ -161,6 +161,7 @@ class DisclosureDesk:
         )
         now = self._now()
         request_id = self._random(ID_BYTES)
+        score = self._person_score(notice, owner)
         _request, envelope = disclosure.build_request(
             self._keys,
             covenant,
@@ -174,7 +175,7 @@ class DisclosureDesk:
             justification=justification,
             proof_key=proof_key,
             now=now,
-            person_score=self._person_score(notice, owner),
+            person_score=score,
         )
         record = self._store.record_outgoing(
             NewDisclosure(
@@ -189,6 +190,7 @@ class DisclosureDesk:
                 justification=justification,
                 covenant_version=covenant.version,
                 requested_at=now,
+                person_score=score,
             ),
             SealedEnvelope.of(envelope),
             now=now,
@@ -295,6 +297,7 @@ class DisclosureDesk:
                 justification=incoming.justification,
                 covenant_version=covenant.version,
                 requested_at=incoming.issued_at,
+                person_score=incoming.person_score,
             ),
             verdict,
             None if answer is None else SealedEnvelope.of(answer),

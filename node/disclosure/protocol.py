@@ -135,7 +135,7 @@ from samenloop.policies.errors import (
     NotAllowed,
     SamenloopError,
 )
-from samenloop.policies.policy import DEFAULT_DISCLOSURE_SCORE, check_token
+from samenloop.policies.policy import DEFAULT_DISCLOSURE_SCORE, MAX_PERSON_SCORE, check_token
 from samenloop.policies.rules import Allow, Deny, NeedsApproval, Refusal
 from samenloop.policies.times import received_time
 from samenloop.v1 import broker_pb2, common_pb2, disclosure_pb2
@@ -489,6 +489,8 @@ def parse_request(body: bytes, *, sender: str, me: str) -> IncomingRequest:
     if not request.HasField("issued_at") or request.covenant_version < 1:
         raise InvalidInput("issued_at and covenant_version are required", field="issued_at")
     issued_at = received_time(request.issued_at, field="issued_at")
+    if request.HasField("person_score") and not 0 <= request.person_score <= MAX_PERSON_SCORE:
+        raise InvalidInput(f"a score is 0 to {MAX_PERSON_SCORE:g} bits", field="person_score")
     return IncomingRequest(
         request_id=bytes(request.request_id),
         covenant_id=request.covenant_id,

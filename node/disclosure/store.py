@@ -40,6 +40,7 @@ from samenloop.node.signals import models as signal_models
 from samenloop.node.signals.models import HitState, SignalState
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.errors import InvalidInput, NotAllowed
+from samenloop.policies.policy import MAX_PERSON_SCORE
 from samenloop.policies.rules import Refusal
 from samenloop.v1 import broker_pb2, common_pb2
 
@@ -65,6 +66,8 @@ class NewDisclosure:
     justification: str
     covenant_version: int
     requested_at: datetime
+    #: On a probable person hit: the requester's score of it (bits).
+    person_score: float | None = None
 
     def __repr__(self) -> str:
         return f"NewDisclosure(requester={self.requester!r}, owner={self.owner!r})"
@@ -103,6 +106,8 @@ class DisclosureRecord:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    #: On a probable person hit: the requester's score of it (bits), as it said.
+    person_score: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -526,6 +531,7 @@ class DisclosureStore(Database):
             "justification": request.justification,
             "covenant_version": request.covenant_version,
             "requested_at": utc(request.requested_at, "requested_at"),
+            "person_score": _score(request.person_score),
             "created_at": now,
             "updated_at": now,
         }
@@ -603,4 +609,14 @@ def _disclosure_record(row: Any) -> DisclosureRecord:
         created_at=row.created_at,
         updated_at=row.updated_at,
         finished_at=row.finished_at,
+        person_score=row.person_score,
     )
+
+
+def _score(value: float | None) -> float | None:
+    """A score as stored: finite, 0 to 1000 bits (another party's claim: bounded)."""
+    if value is None:
+        return None
+    if not 0 <= value <= MAX_PERSON_SCORE:  # also refuses NaN
+        raise InvalidInput(f"a score is 0 to {MAX_PERSON_SCORE:g} bits", field="person_score")
+    return float(value)

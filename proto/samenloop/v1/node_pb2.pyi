@@ -1246,6 +1246,7 @@ class Disclosure(_message.Message):
     DECISIONS_FIELD_NUMBER: _builtins.int
     REQUESTED_AT_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
+    PERSON_SCORE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     """The request id."""
     direction: Global___DisclosureDirection.ValueType
@@ -1272,6 +1273,10 @@ class Disclosure(_message.Message):
     """Refusal reason (REFUSED only)."""
     refusal_message: _builtins.str
     """Refusal explanation (REFUSED only)."""
+    person_score: _builtins.float
+    """On a probable person hit (docs/linkage.md): the requester's score of it in
+    bits, as its request said. The owner decides on its own score.
+    """
     @_builtins.property
     def requested_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The fields asked for."""
@@ -1320,12 +1325,15 @@ class Disclosure(_message.Message):
         decisions: _abc.Iterable[Global___OfficerDecision] | None = ...,
         requested_at: _timestamp_pb2.Timestamp | None = ...,
         decided_at: _timestamp_pb2.Timestamp | None = ...,
+        person_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "requested_at", b"requested_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_person_score", b"_person_score", "decided_at", b"decided_at", "person_score", b"person_score", "requested_at", b"requested_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "decisions", b"decisions", "direction", b"direction", "hit_group_id", b"hit_group_id", "justification", b"justification", "owner", b"owner", "purpose", b"purpose", "refusal_message", b"refusal_message", "refusal_reason", b"refusal_reason", "released_fields", b"released_fields", "request_id", b"request_id", "requested_at", b"requested_at", "requested_fields", b"requested_fields", "requester", b"requester", "requester_officer", b"requester_officer", "signal_id", b"signal_id", "signal_ref", b"signal_ref", "state", b"state", "withheld_fields", b"withheld_fields"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_person_score", b"_person_score", "decided_at", b"decided_at", "decisions", b"decisions", "direction", b"direction", "hit_group_id", b"hit_group_id", "justification", b"justification", "owner", b"owner", "person_score", b"person_score", "purpose", b"purpose", "refusal_message", b"refusal_message", "refusal_reason", b"refusal_reason", "released_fields", b"released_fields", "request_id", b"request_id", "requested_at", b"requested_at", "requested_fields", b"requested_fields", "requester", b"requester", "requester_officer", b"requester_officer", "signal_id", b"signal_id", "signal_ref", b"signal_ref", "state", b"state", "withheld_fields", b"withheld_fields"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__person_score: _TypeAlias = _typing.Literal["person_score"]  # noqa: Y015
+    _WhichOneofArgType__person_score: _TypeAlias = _typing.Literal["_person_score", b"_person_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__person_score) -> _WhichOneofReturnType__person_score | None: ...
 
 Global___Disclosure: _TypeAlias = Disclosure  # noqa: Y015
 

@@ -10,7 +10,8 @@ per kind turned on, typed by the kind's wire name (``person.names_year_month``: 
 than the 16 characters the type had). ``hit_parties`` keeps, per hit group, the labels of
 the other members the latest notice shows (party id, else role, else hidden): a probable
 person hit is the set of kinds on which one other party shares a group with one of the
-node's signals (docs/linkage.md).
+node's signals (docs/linkage.md). ``disclosures.person_score`` keeps the requester's score
+of the probable person hit a request is about, for the owner's officers to see.
 
 Written by hand; ``tests/test_node_store.py`` checks that head matches the models.
 """
@@ -44,9 +45,13 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("group_id", "party", name=op.f(f"pk_{T}")),
     )
+    with op.batch_alter_table("disclosures") as batch:
+        batch.add_column(sa.Column("person_score", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("disclosures") as batch:
+        batch.drop_column("person_score")
     op.drop_table(T)
     # Person key identifiers have no type of 16 characters: they go with the feature.
     op.execute(
