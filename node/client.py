@@ -115,6 +115,7 @@ __all__ = [
     "Picture",
     "PictureCollection",
     "PictureRefusalNote",
+    "ProbablePersonHit",
     "RowError",
     "RowResult",
     "Signal",
@@ -300,6 +301,22 @@ class OwnSignal:
     reference: str | None
     category: str | None
     identifier_type: IdentifierType | None
+    #: For a person key (``identifier_type`` is then ``person``): its kind's wire name.
+    person_kind: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbablePersonHit:
+    """A probable person hit (``docs/linkage.md``): one own signal and one other party,
+    the person key kinds on which they share an open hit, and its score in bits."""
+
+    signal_id: str
+    #: The party id; ``role:<role>`` where only its role is visible; empty where neither is.
+    party: str
+    agreeing_kinds: tuple[str, ...]
+    score: float
+    #: At least the covenant's ``disclosure_score``.
+    disclosable: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +370,8 @@ class Hit:
     #: change may repeat one the application processed before; apply it only if its
     #: ``revision`` is higher than the one the application holds for the group.
     restated: bool = False
+    #: For a hit on person keys: the probable person hits it is part of (shown ones only).
+    probable_hits: tuple[ProbablePersonHit, ...] = ()
 
     @property
     def group_hex(self) -> str:
@@ -447,6 +466,8 @@ class Disclosure:
     decisions: tuple[OfficerDecision, ...]
     requested_at: datetime | None
     decided_at: datetime | None
+    #: On a probable person hit: the requester's score of it in bits, as it said.
+    person_score: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -529,6 +550,7 @@ def _disclosure(message: node_pb2.Disclosure) -> Disclosure:
         ),
         requested_at=_time(message.requested_at),
         decided_at=_time(message.decided_at),
+        person_score=message.person_score if message.HasField("person_score") else None,
     )
 
 
@@ -651,8 +673,19 @@ def _hit(
                 reference=own.reference or None,
                 category=own.category or None,
                 identifier_type=_PROTO_TYPES.get(own.identifier_type),
+                person_kind=own.person_kind or None,
             )
             for own in message.own_signals
+        ),
+        probable_hits=tuple(
+            ProbablePersonHit(
+                signal_id=p.signal_id,
+                party=p.party,
+                agreeing_kinds=tuple(p.agreeing_kinds),
+                score=p.score,
+                disclosable=p.disclosable,
+            )
+            for p in message.probable_hits
         ),
         party_count=message.party_count if message.HasField("party_count") else None,
         members=tuple(

@@ -140,11 +140,20 @@ class NodeConfig:
     #: Processes that tokenise (and, on a key holder, evaluate) in parallel,
     #: ``MIN_WORKERS``..``MAX_WORKERS``; unset: one per core the node may run on.
     workers: int | None = None
+    #: The least score (bits) of a probable person hit on which this node, as the owner,
+    #: answers a disclosure request: it applies the higher of this and the covenant's
+    #: ``[person_matching] disclosure_score``. 0: the covenant's alone.
+    min_disclosure_score: float = 0.0
 
     def __post_init__(self) -> None:
         _wrap(check_id, self.party, field="party")
         if self.workers is not None:
             check_workers(self.workers)
+        score = self.min_disclosure_score
+        if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1000:
+            raise ConfigurationError(
+                "must be a number from 0 to 1000", field="min_disclosure_score"
+            )
         _parse_address(self.broker, field="broker", listen=False)
         brokers = tuple(self.brokers) or (self.broker,)
         for index, address in enumerate(brokers):
@@ -268,6 +277,7 @@ def node_config_from_toml(data: bytes, *, source: str, base_dir: Path) -> NodeCo
         log_format=settings.string("log_format", DEFAULT_LOG_FORMAT),
         metrics_listen=settings.optional_string("metrics_listen"),
         workers=settings.optional_int("workers"),
+        min_disclosure_score=settings.number("min_disclosure_score", 0.0),
     )
 
 
@@ -294,6 +304,13 @@ class _Settings:
         if value is not None and not isinstance(value, str):
             raise self._error(key, "must be a string")
         return value
+
+    def number(self, key: str, default: float) -> float:
+        self.read.add(key)
+        value = self.doc.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._error(key, "must be a number")
+        return float(value)
 
     def string(self, key: str, default: str | None = None) -> str:
         value = self.optional_string(key)
@@ -388,6 +405,10 @@ def config_to_toml(config: BrokerConfig | NodeConfig, *, relative_to: Path | Non
             if len(value) > 1:  # one address is ``broker`` alone
                 listed = ", ".join(toml_literal(address) for address in value)
                 lines.append(f"brokers = [{listed}]")
+            continue
+        if field.name == "min_disclosure_score":
+            if value:  # 0 (the covenant's score alone) is the default: not written
+                lines.append(f"{field.name} = {toml_literal(float(value))}")
             continue
         if isinstance(value, int):
             lines.append(f"{field.name} = {value}")

@@ -36,11 +36,15 @@ from samenloop.v1 import common_pb2
 
 __all__ = [
     "ANY_CATEGORY",
+    "DEFAULT_DISCLOSURE_SCORE",
     "DEFAULT_FRESHNESS_SECONDS",
+    "DEFAULT_SHOWN_SCORE",
     "IDENTIFIER_TYPES",
+    "PERSON_KEY_KINDS",
     "CaseRules",
     "Level",
     "Matching",
+    "PersonMatching",
     "PictureRules",
     "Policy",
     "Purpose",
@@ -70,6 +74,28 @@ IDENTIFIER_TYPES = (
     "email",
     "person",
 )
+
+#: The person key kinds a covenant may turn on (``[person_matching] kinds``): the wire
+#: names of ``samenloop.node.identifiers.person_keys.PersonKeyKind`` (a test keeps the two
+#: equal; the rules cannot import the node).
+PERSON_KEY_KINDS: Final = (
+    "person.phonetic_date",
+    "person.given_date",
+    "person.names_year_month",
+    "person.names_year",
+    "person.names_month_day",
+    "person.names_address",
+    "person.names_postcode",
+    "person.given_address",
+    "person.address_date",
+)
+#: Default lowest score at which a probable person hit is shown, and at which it may lead
+#: to a disclosure: ``person_score.SHOWN_THRESHOLD`` and ``DISCLOSURE_THRESHOLD`` (a test
+#: keeps them equal).
+DEFAULT_SHOWN_SCORE: Final = 13.8
+DEFAULT_DISCLOSURE_SCORE: Final = 72.7
+#: No score a sum of the kinds' weights can reach is higher (a bound for typos).
+MAX_PERSON_SCORE: Final = 1000.0
 
 #: A release rule's category that matches every category of the covenant.
 ANY_CATEGORY = "*"
@@ -636,6 +662,33 @@ class CaseRules:
 
 
 @dataclass(frozen=True, slots=True)
+class PersonMatching:
+    """Person keys beyond the exact one (``[person_matching]``): which kinds are
+    tokenised and matched, and the score a probable person hit needs to be shown
+    (``shown_score``) and to be used for a disclosure (``disclosure_score``)."""
+
+    kinds: tuple[str, ...] = ()
+    shown_score: float = DEFAULT_SHOWN_SCORE
+    disclosure_score: float = DEFAULT_DISCLOSURE_SCORE
+
+    def __post_init__(self) -> None:
+        _distinct_tokens(self.kinds, field="kinds", allowed=PERSON_KEY_KINDS)
+        for name in ("shown_score", "disclosure_score"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 <= value <= MAX_PERSON_SCORE
+            ):
+                raise InvalidInput(f"must be a number from 0 to {MAX_PERSON_SCORE:g}", field=name)
+        if self.disclosure_score < self.shown_score:
+            raise InvalidInput(
+                "must be at least shown_score: a hit that is not shown cannot be disclosed",
+                field="disclosure_score",
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """Every rule of a covenant that is not about identities and keys."""
 
@@ -650,11 +703,21 @@ class Policy:
     picture: PictureRules
     cases: CaseRules
     detail_fields: tuple[str, ...] = field(default=())
+    #: Absent in covenants written before person keys: only the exact person key.
+    person_matching: PersonMatching | None = None
 
     def __post_init__(self) -> None:
         _distinct_tokens(self.identifier_types, field="identifier_types", allowed=IDENTIFIER_TYPES)
         if not self.identifier_types:
             raise InvalidInput("list at least one identifier type", field="identifier_types")
+        if self.person_matching is not None:
+            if not isinstance(self.person_matching, PersonMatching):
+                raise InvalidInput("must be the person_matching section", field="person_matching")
+            if self.person_matching.kinds and "person" not in self.matching.identifier_types:
+                raise InvalidInput(
+                    "person key kinds need 'person' among matching.identifier_types",
+                    field="person_matching.kinds",
+                )
         _distinct_tokens(self.categories, field="categories")
         if not self.categories:
             raise InvalidInput("list at least one category", field="categories")

@@ -208,6 +208,7 @@ class Refusal(enum.StrEnum):
     REPLAY = "replay"
     COVENANT_MISMATCH = "covenant_mismatch"
     COVENANT_STALE = "covenant_stale"
+    SCORE_TOO_LOW = "score_too_low"
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,14 @@ from samenloop.policies.covenant import (
 from samenloop.policies.covenant_commands.showing import covenant_diff, covenant_tables, shown_value
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import SamenloopError
-from samenloop.policies.policy import PictureRules, Purpose, Signer, Signing, example_policy
+from samenloop.policies.policy import (
+    PersonMatching,
+    PictureRules,
+    Purpose,
+    Signer,
+    Signing,
+    example_policy,
+)
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 Path = tuple[str | int, ...]  # attribute names and list positions from the covenant down
@@ -63,6 +70,11 @@ def base() -> Covenant:
             epsilon_per_period=1.0,
             epsilon_per_request=0.5,
             classification="Departementaal vertrouwelijk",
+        ),
+        person_matching=PersonMatching(
+            kinds=("person.phonetic_date", "person.given_date"),
+            shown_score=14.0,
+            disclosure_score=75.0,
         ),
     )
     roles = (Role.GEMEENTE, Role.POLITIE, Role.RIEC, Role.WONINGCORPORATIE)
@@ -344,6 +356,19 @@ def test_a_staged_key_epoch_is_shown_and_diffed(base: Covenant) -> None:
     lines = covenant_diff(staged, switched)
     assert "~ key_epoch.epoch: 1 -> 2" in lines
     assert any(line.startswith("~ next_key_epoch: epoch=2;") for line in lines), lines
+
+
+def test_person_matching_is_shown_and_diffed_as_a_whole_section(base: Covenant) -> None:
+    without = dataclasses.replace(
+        base, policy=dataclasses.replace(base.policy, person_matching=None)
+    )
+    assert "person.phonetic_date" not in _shown(without)
+    shown = _shown(base)
+    assert "person.phonetic_date" in shown
+    lines = covenant_diff(without, base)
+    assert any(
+        line.startswith("~ person_matching: None -> kinds=person.phonetic_date") for line in lines
+    ), lines
 
 
 def test_every_entry_added_or_removed_is_shown_and_diffed(base: Covenant) -> None:

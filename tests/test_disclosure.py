@@ -38,6 +38,7 @@ from samenloop.node.disclosure.protocol import (
     SignalFacts,
     Verdict,
 )
+from samenloop.node.identifiers.person_keys import PersonKeyKind
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.node.signals import models
 from samenloop.node.signals.store import NewSignal
@@ -196,6 +197,8 @@ class Facts:
     members: dict[bytes, frozenset[str]] = field(default_factory=dict)
     requests: int = 0
     grants: int = 0
+    #: (ref, requester) -> the kinds of a probable person hit; absent: not a person key.
+    person: dict[tuple[bytes, str], frozenset[PersonKeyKind]] = field(default_factory=dict)
 
     def disclosure_seen(self, request_id: bytes, /) -> bool:
         return request_id in self.seen
@@ -214,6 +217,9 @@ class Facts:
 
     def hit_members(self, group_id: bytes, /) -> frozenset[str] | None:
         return self.members.get(group_id)
+
+    def person_kinds(self, signal_ref: bytes, party: str, /) -> frozenset[PersonKeyKind] | None:
+        return self.person.get((signal_ref, party))
 
     def requests_since(self, requester: str, since: datetime, /) -> int:
         return self.requests
@@ -453,6 +459,50 @@ def test_the_hit_proof_fails_alike_for_every_reason(world: World, case: str) -> 
     )
     assert verdict.values is None
     assert verdict.signal_id is None  # the refusal does not name the owner's signal either
+
+
+def test_a_probable_person_hit_below_the_disclosure_score_is_refused(world: World) -> None:
+    request = incoming(world)
+    assert request.person_score is None
+    weak = frozenset({PersonKeyKind.PHONETIC_DATE, PersonKeyKind.NAMES_YEAR_MONTH})
+    owner_facts = facts()
+    owner_facts.person[(REF, GEMEENTE)] = weak
+    verdict = decide(world, request, owner_facts)
+    assert (verdict.outcome, verdict.reason) == (Outcome.REFUSED, Refusal.SCORE_TOO_LOW)
+    assert "41.7 bits" in verdict.message
+    assert "72.7" in verdict.message
+    assert verdict.values is None
+    # Every kind agreeing: far above the covenant's default disclosure score.
+    owner_facts.person[(REF, GEMEENTE)] = frozenset(PersonKeyKind)
+    assert decide(world, request, owner_facts).outcome is Outcome.GRANTED
+    # ... unless the owner asks more in its own node.toml.
+    higher = disclosure.decide(
+        world.covenant, WOCO, request, owner_facts, now=NOW, min_person_score=500.0
+    )
+    assert (higher.reason, "500.0" in higher.message) == (Refusal.SCORE_TOO_LOW, True)
+    # The requester's score is carried and shown, never trusted.
+    _, envelope = disclosure.build_request(
+        world.keys[GEMEENTE],
+        world.covenant,
+        notice(world, recipient=GEMEENTE),
+        request_id=secrets.token_bytes(16),
+        owner=WOCO,
+        signal_ref=REF,
+        purpose="adresfraude",
+        fields=("naam",),
+        officer="a.asker@gemeente.nl",
+        justification="onderzoek",
+        proof_key=PROOF_KEY,
+        now=NOW,
+        person_score=999.0,
+    )
+    _, body = disclosure.open_envelope(world.keys[WOCO], world.covenant, envelope.sealed)
+    claimed = disclosure.parse_request(body, sender=GEMEENTE, me=WOCO)
+    assert claimed.person_score == 999.0
+    owner_facts.person[(REF, GEMEENTE)] = weak
+    refused = decide(world, claimed, owner_facts)
+    assert refused.reason is Refusal.SCORE_TOO_LOW
+    assert "the requester's: 999.0" in refused.message
 
 
 def test_a_proven_request_goes_on_to_the_next_rules(world: World) -> None:

@@ -666,8 +666,10 @@ def test_hits_list_json_and_table(
             "reference": "H1",
             "category": "vastgoedmisbruik",
             "identifier_type": "kvk",
+            "person_kind": None,
         }
     ]
+    assert hit["probable_hits"] == []
     assert hit["members"] == [
         {
             "party": "politie",

@@ -54,6 +54,7 @@ from samenloop.node.disclosure import protocol as disclosure
 from samenloop.node.disclosure.desk import DisclosureDesk
 from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.disclosure.store import DisclosureRecord
+from samenloop.node.identifiers import person_hits
 from samenloop.node.identifiers.attributes import check_branch
 from samenloop.node.identifiers.normalise import Identifier, IdentifierType, parse
 from samenloop.node.picture import api as picture_api
@@ -74,6 +75,7 @@ from samenloop.policies.errors import (
     UnknownType,
 )
 from samenloop.policies.freshness import Freshness
+from samenloop.policies.policy import PersonMatching
 from samenloop.policies.rules import Refusal
 from samenloop.policies.times import received_time
 from samenloop.v1 import broker_pb2, common_pb2, node_pb2, node_pb2_grpc
@@ -253,6 +255,7 @@ def parse_signal(
             errors.append(error)
 
     identifiers = _parse_identifiers(message, now, covenant, prefix, errors)
+    person_keys = _derive_person_keys(message, now, covenant) if not errors else ()
     details = _parse_details(message, prefix, errors)
     expires_at = _parse_expiry(message, now, covenant, prefix, errors)
     attributes = _parse_attributes(message, identifiers, now, prefix, errors)
@@ -269,9 +272,32 @@ def parse_signal(
             expires_at=expires_at,
             details=details,
             attributes=attributes,
+            person_keys=person_keys,
         ),
         [],
     )
+
+
+def _derive_person_keys(
+    message: node_pb2.Signal, now: datetime, covenant: Covenant
+) -> tuple[person_hits.PersonKey, ...]:
+    """The person keys of the covenant's ``[person_matching] kinds`` for each ``person``
+    identifier (parsed already). A name the keys cannot read (no surname core, say) keeps
+    only its exact key: the signal is as valid as it was without person keys."""
+    rules_ = covenant.policy.person_matching
+    if rules_ is None or not rules_.kinds or not rules.counts_for_matching(covenant, "person"):
+        return ()
+    keys: dict[tuple[str, str], person_hits.PersonKey] = {}
+    for item in message.identifiers:
+        if _PROTO_TYPES.get(item.type) is not IdentifierType.PERSON:
+            continue
+        try:
+            parts = person_hits.parts_of_person(item.value, today=now.date())
+        except SamenloopError:
+            continue
+        for key in person_hits.derived_keys(parts, rules_.kinds):
+            keys.setdefault((key.type.value, key.canonical), key)
+    return tuple(keys.values())
 
 
 def _parse_identifiers(
@@ -546,6 +572,32 @@ def _categories(
     return found
 
 
+def person_thresholds(covenant: Covenant) -> tuple[float, float]:
+    """The covenant's (shown_score, disclosure_score); the defaults without the section."""
+    rules_ = covenant.policy.person_matching or PersonMatching()
+    return rules_.shown_score, rules_.disclosure_score
+
+
+def probable_hits(record: HitRecord, covenant: Covenant) -> list[person_hits.ProbableHit]:
+    """The probable person hits ``record`` is part of, scored under ``covenant``."""
+    if not record.person_agreements:
+        return []
+    shown, disclosure = person_thresholds(covenant)
+    found = person_hits.combine(
+        record.person_agreements, shown_score=shown, disclosure_score=disclosure
+    )
+    return list(found.values())
+
+
+def is_listed(record: HitRecord, covenant: Covenant) -> bool:
+    """Whether ``hits list`` and ``hits watch`` show the hit: every hit but one on
+    person keys only that is part of no probable hit reaching the covenant's
+    ``shown_score``."""
+    if not record.own_signals or any(o.person_kind is None for o in record.own_signals):
+        return True
+    return any(p.shown for p in probable_hits(record, covenant))
+
+
 def hit_to_proto(
     record: HitRecord, attribute_keys: AttributeKeyRing, *, covenant: Covenant
 ) -> node_pb2.Hit:
@@ -577,6 +629,17 @@ def hit_to_proto(
             view.category = own.category
         if own.identifier_type is not None:
             view.identifier_type = _TYPE_TO_PROTO[own.identifier_type]
+        if own.person_kind is not None:
+            view.person_kind = own.person_kind.value
+    for probable in probable_hits(record, covenant):
+        if probable.shown:
+            hit.probable_hits.add(
+                signal_id=str(probable.signal_id),
+                party=probable.party,
+                agreeing_kinds=[kind.value for kind in probable.kinds],
+                score=probable.score,
+                disclosable=probable.disclosable,
+            )
     if notice.HasField("party_count"):
         hit.party_count = notice.party_count
     unknown = 0
@@ -630,6 +693,8 @@ def disclosure_to_proto(record: DisclosureRecord) -> node_pb2.Disclosure:
         )
     if record.finished_at is not None:
         message.decided_at.CopyFrom(timestamp(record.finished_at))
+    if record.person_score is not None:
+        message.person_score = record.person_score
     return message
 
 
@@ -860,7 +925,11 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         records = self._signals.hits(state, limit=size, newest_first=True, before_feed_seq=before)
         covenant = self._ctx.covenant()
         response = node_pb2.ListHitsResponse(
-            hits=[hit_to_proto(r, self._ctx.attribute_keys, covenant=covenant) for r in records]
+            hits=[
+                hit_to_proto(r, self._ctx.attribute_keys, covenant=covenant)
+                for r in records
+                if is_listed(r, covenant)
+            ]
         )
         if len(records) == size:
             response.next_page_token = str(records[-1].feed_seq)
@@ -872,9 +941,10 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         if len(request.hit_group_id) != ID_BYTES:
             raise InvalidInput(f"a hit group id is {ID_BYTES} bytes", field="hit_group_id")
         record = self._signals.hit(request.hit_group_id)
-        if record is None:
+        covenant = self._ctx.covenant()
+        if record is None or not is_listed(record, covenant):
             raise NotFound("no hit with this group id", field="hit_group_id")
-        shown = hit_to_proto(record, self._ctx.attribute_keys, covenant=self._ctx.covenant())
+        shown = hit_to_proto(record, self._ctx.attribute_keys, covenant=covenant)
         return node_pb2.GetHitResponse(hit=shown)
 
     def WatchHits(
@@ -910,6 +980,9 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
             records = self._signals.hits(after_feed_seq=after, limit=WATCH_PAGE)
             covenant = self._ctx.covenant()
             for record in records:
+                if not is_listed(record, covenant):
+                    after = record.feed_seq
+                    continue
                 yield node_pb2.WatchHitsResponse(
                     sequence=record.feed_seq,
                     hit=hit_to_proto(record, self._ctx.attribute_keys, covenant=covenant),

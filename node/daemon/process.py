@@ -390,6 +390,7 @@ def _start(
         work_dir=config.data_dir,
         metrics=metrics,
         workers=workers,
+        min_disclosure_score=config.min_disclosure_score,
     )
 
     def connection() -> tuple[bool, datetime | None]:

@@ -84,6 +84,7 @@ from samenloop.node.daemon.failover import BrokerSwitch
 from samenloop.node.daemon.metrics import MAILBOX_KINDS, NodeMetrics, reason_label
 from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.disclosure.desk import DisclosureDesk
+from samenloop.node.identifiers import person_hits
 from samenloop.node.picture.desk import PictureDesk
 from samenloop.node.signals.models import BatchKind, HitKind
 from samenloop.node.signals.notices import verify_hit_notice
@@ -260,6 +261,7 @@ class Uplink:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_hit: Callable[[], None] = lambda: None,
         work_dir: Path | None = None,
+        min_disclosure_score: float = 0.0,
         metrics: NodeMetrics | None = None,
         workers: Workers | None = None,
     ) -> None:
@@ -318,6 +320,7 @@ class Uplink:
             clock=clock,
             wake=self.wake.set,
             stale=stale,
+            min_person_score=min_disclosure_score,
         )
         self.cases = CaseDesk(
             keys=keys,
@@ -682,6 +685,9 @@ class Uplink:
             for kind in covenant.policy.identifier_types
             if rules.counts_for_matching(covenant, kind)
         ]
+        person = covenant.policy.person_matching
+        if person is not None and "person" in matched:
+            matched += person.kinds  # the person keys the covenant turns on
         pending = self._signals.pending_identifiers(TOKENISE_CHUNK, now=now, types=matched)
         if not pending:
             return False
@@ -981,6 +987,16 @@ class Uplink:
                     first_seen,
                     last_seen,
                     now=self._clock(),
+                    other_parties=person_hits.party_labels(
+                        bool(notice.own_signal_refs),
+                        (
+                            (
+                                m.party if m.HasField("party") else None,
+                                m.role if m.HasField("role") else None,
+                            )
+                            for m in notice.members
+                        ),
+                    ),
                 )
             except (SamenloopError, KeyError, ValueError, OverflowError) as error:
                 log.warning("hit notice refused", cursor=item.cursor, reason=type(error).__name__)

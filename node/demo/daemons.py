@@ -33,14 +33,21 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from samenloop.node.client import Disclosure, Hit, NodeClient, Picture, SignalInput
+from samenloop.node.client import (
+    Disclosure,
+    Hit,
+    NodeClient,
+    Picture,
+    ProbablePersonHit,
+    SignalInput,
+)
 from samenloop.node.demo.inprocess import PARTNERS, SHARED, RawSignal, synthetic_signals
 from samenloop.node.identifiers.normalise import IdentifierType
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import rules
 from samenloop.policies.covenant import Covenant, Role, with_new_attribute_key
 from samenloop.policies.errors import SamenloopError
-from samenloop.policies.policy import Policy, example_policy
+from samenloop.policies.policy import PERSON_KEY_KINDS, PersonMatching, Policy, example_policy
 from samenloop.policies.terminal import show_table
 
 COVENANT = "riec-zwb-demo"
@@ -283,7 +290,11 @@ def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
         checks += _picture(console, provisioned, clients, processes, held)
         removal_checks, version_2 = _remove_partner(console, provisioned, clients, processes)
         checks += removal_checks
-        checks += _noisy_picture(console, provisioned, version_2, clients, processes)
+        noisy_checks, version_3 = _noisy_picture(
+            console, provisioned, version_2, clients, processes
+        )
+        checks += noisy_checks
+        checks += _person_despite_a_typo(console, provisioned, version_3, clients, processes)
     finally:
         for client in clients.values():
             client.close()
@@ -291,7 +302,7 @@ def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
     checks += _audit(console, provisioned, workdir)
     clean = all(code == 0 for code in codes.values())
     console.print(
-        f"15. stopped: {', '.join(f'{name} exit {code}' for name, code in codes.items())}"
+        f"16. stopped: {', '.join(f'{name} exit {code}' for name, code in codes.items())}"
     )
     failed = [what for what, ok in checks if not ok]
     if failed or not clean:
@@ -769,14 +780,13 @@ def _noisy_picture(
     held: Covenant,
     clients: dict[str, NodeClient],
     processes: Processes,
-) -> list[tuple[str, bool]]:
+) -> tuple[list[tuple[str, bool]], Covenant]:
     policy = replace(
         held.policy,
         picture=replace(held.policy.picture, epsilon_per_period=1.0, epsilon_per_request=0.5),
     )
-    result = _publish(
-        provisioned, replace(held, version=held.version + 1, policy=policy), clients, processes
-    )
+    draft = replace(held, version=held.version + 1, policy=policy)
+    result = _publish(provisioned, draft, clients, processes)
     shown = _collect(clients["riec"], ("area", "category"), processes)
     _print_picture(
         console,
@@ -792,6 +802,69 @@ def _noisy_picture(
     return [
         ("the budget version was published", result.returncode == 0),
         ("the noisy picture marks its figures as noisy", bool(noisy)),
+    ], draft
+
+
+#: One person as the gemeente and the Belastingdienst write it: a surname prefix written
+#: apart, a typo in a vowel, day and month swapped. The exact key misses it.
+TYPO_PAIR = ("Terhorst, Jan;1980-03-15", "Ter Hoorst, J.;15-03-1980")
+
+
+def _person_despite_a_typo(
+    console: Console,
+    provisioned: Provisioned,
+    held: Covenant,
+    clients: dict[str, NodeClient],
+    processes: Processes,
+) -> list[tuple[str, bool]]:
+    """A covenant version that turns the person keys on; then a person the exact key
+    misses is found as one probable hit with its score and agreeing kinds."""
+    policy = replace(held.policy, person_matching=PersonMatching(kinds=PERSON_KEY_KINDS))
+    draft = replace(held, version=held.version + 1, policy=policy)
+    result = _publish(provisioned, draft, clients, processes)
+    gemeente = clients["gemeente"]
+    gemeente.add_signal("GEM-TYPO-1", CATEGORIES["gemeente"], [("person", TYPO_PAIR[0])])
+    clients["belastingdienst"].add_signal(
+        "BD-TYPO-1", CATEGORIES["belastingdienst"], [("person", TYPO_PAIR[1])]
+    )
+
+    def probable() -> list[ProbablePersonHit]:
+        return [
+            p
+            for h in gemeente.hits(state="open")
+            for p in h.probable_hits
+            if p.party == "belastingdienst"
+        ]
+
+    # Both kinds agreed: the probable hit shows on each of its two groups.
+    _until(
+        "the probable person hit",
+        HITS_SECONDS,
+        lambda: any(len(p.agreeing_kinds) >= 2 for p in probable()),
+        processes,
+    )
+    found = max(probable(), key=lambda p: p.score)
+    exact = [
+        h
+        for h in gemeente.hits(state="open")
+        if any(o.reference == "GEM-TYPO-1" and o.person_kind is None for o in h.own_signals)
+    ]
+    kinds = ", ".join(k.removeprefix("person.") for k in found.agreeing_kinds)
+    console.print(
+        f"14. covenant version {draft.version} turns person keys on: the gemeente's "
+        f"{TYPO_PAIR[0]!r} and the Belastingdienst's {TYPO_PAIR[1]!r} (prefix apart, a typo, "
+        f"day and month swapped) miss on the exact key "
+        f"({'no exact hit' if not exact else 'AN EXACT HIT'}) but are one probable hit: "
+        f"{found.score:.1f} bits on {kinds}"
+        f"{'' if found.disclosable else ' (shown; not enough for a disclosure)'}"
+    )
+    return [
+        ("the person keys version was published", result.returncode == 0),
+        (
+            "a person found despite a typo, as one probable hit",
+            len({(p.signal_id, p.party) for p in probable()}) == 1,
+        ),
+        ("the exact person key missed it", not exact),
     ]
 
 
@@ -822,7 +895,7 @@ def _audit(console: Console, provisioned: Provisioned, workdir: Path) -> list[tu
         check=False,
     )
     console.print(
-        f"14. audit verify on the gemeente's log: exit {verified.returncode}, "
+        f"15. audit verify on the gemeente's log: exit {verified.returncode}, "
         f"{verified.stdout.strip()[:120]}"
     )
     console.print(

@@ -164,6 +164,7 @@ def disclosure_to_json(item: Disclosure) -> dict[str, Any]:
         ],
         "requested_at": _iso(item.requested_at),
         "decided_at": _iso(item.decided_at),
+        "person_score": item.person_score,
     }
 
 
@@ -210,6 +211,11 @@ def _print_one(item: Disclosure, as_json: bool) -> None:
     print(f"  asked for: {fields} by {printable(item.requester_officer)}")
     if item.justification:
         print(f"  justification: {printable(item.justification)}")
+    if item.person_score is not None:
+        print(
+            f"  on a probable person hit: {item.person_score:.1f} bits as the requester "
+            "scores it (docs/linkage.md)"
+        )
     for decision in item.decisions:
         verb = "approved" if decision.approved else "denied"
         print(f"  {verb} by {printable(decision.officer)}: {printable(decision.note)}")

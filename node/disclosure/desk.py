@@ -40,6 +40,7 @@ from samenloop.node.disclosure import protocol as disclosure
 from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.disclosure.protocol import Outcome, PendingRequest, Verdict
 from samenloop.node.disclosure.store import DisclosureRecord, DisclosureStore, NewDisclosure
+from samenloop.node.identifiers import person_score
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import (
@@ -76,6 +77,7 @@ class DisclosureDesk:
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         wake: Callable[[], None] = lambda: None,
         stale: Callable[[], str | None] = lambda: None,
+        min_person_score: float = 0.0,
     ) -> None:
         """``wake`` tells the uplink that the envelope outbox has something to send;
         ``stale`` says why the node is stale (no unexpired covenant timestamp), None while
@@ -83,6 +85,9 @@ class DisclosureDesk:
         (``covenant_stale``) and lets no officer approve, since a party in the request may
         have been removed by a version the broker withholds."""
         self._stale = stale
+        #: node.toml's ``min_disclosure_score``: as owner, the least score of a probable
+        #: person hit it answers on (the covenant's ``disclosure_score`` if higher).
+        self._min_person_score = min_person_score
         self._keys = keys
         self._me = keys.party
         self._covenant = covenant
@@ -95,6 +100,15 @@ class DisclosureDesk:
         self.handlers: dict[SignatureContext, EnvelopeHandler] = {}
         #: Serializes this node's decisions as owner (see the module's docstring).
         self._lock = threading.Lock()
+
+    def _person_score(self, notice: broker_pb2.HitNotice, owner: str) -> float | None:
+        """This node's score of the probable person hit with ``owner`` that the hit is part
+        of (its own refs in it are person keys), for the request to say so; else None."""
+        for ref in sorted(notice.own_signal_refs):
+            kinds = self._store.person_kinds(bytes(ref), owner)
+            if kinds is not None:
+                return person_score.score(kinds)
+        return None
 
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
@@ -147,6 +161,7 @@ class DisclosureDesk:
         )
         now = self._now()
         request_id = self._random(ID_BYTES)
+        score = self._person_score(notice, owner)
         _request, envelope = disclosure.build_request(
             self._keys,
             covenant,
@@ -160,6 +175,7 @@ class DisclosureDesk:
             justification=justification,
             proof_key=proof_key,
             now=now,
+            person_score=score,
         )
         record = self._store.record_outgoing(
             NewDisclosure(
@@ -174,6 +190,7 @@ class DisclosureDesk:
                 justification=justification,
                 covenant_version=covenant.version,
                 requested_at=now,
+                person_score=score,
             ),
             SealedEnvelope.of(envelope),
             now=now,
@@ -240,7 +257,13 @@ class DisclosureDesk:
     ) -> None:
         incoming = disclosure.parse_request(body, sender=sender, me=self._me)
         verdict = disclosure.decide(
-            covenant, self._me, incoming, self._store, now=now, stale=self._stale()
+            covenant,
+            self._me,
+            incoming,
+            self._store,
+            now=now,
+            stale=self._stale(),
+            min_person_score=self._min_person_score,
         )
         answer: Envelope | None = None
         if verdict.reason is Refusal.REPLAY:
@@ -274,6 +297,7 @@ class DisclosureDesk:
                 justification=incoming.justification,
                 covenant_version=covenant.version,
                 requested_at=incoming.issued_at,
+                person_score=incoming.person_score,
             ),
             verdict,
             None if answer is None else SealedEnvelope.of(answer),

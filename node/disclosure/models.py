@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     String,
@@ -88,6 +89,9 @@ class Disclosure(Base):
     decision_approved: Mapped[bool | None]
     decision_note: Mapped[str | None] = mapped_column(Text)
     decided_at: Mapped[datetime | None]
+    # On a probable person hit: the requester's score of it in bits, as its request said
+    # (shown to the owner's officers; the owner decides on its own score).
+    person_score: Mapped[float | None] = mapped_column(Float)
     # When the request was made (its issued_at), stored, last changed, and granted or refused.
     requested_at: Mapped[datetime]
     created_at: Mapped[datetime]

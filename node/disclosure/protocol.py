@@ -58,6 +58,11 @@ details (DESIGN flow 5, ``proto/samenloop/v1/disclosure.proto``):
   the owner's own latest notice of the group, if it shows
   members by party and the requester's role is not hidden
   from the owner, still lists the requester               NOT_IN_HIT
+  on a ref of one of the owner's person keys: the owner's
+  own score of its probable person hit with the requester
+  at least the covenant's disclosure_score and node.toml's
+  min_disclosure_score (the request's person_score, the
+  requester's own, is shown in the message, never used)   SCORE_TOO_LOW
   requester's requests today < disclosure_requests_per_day QUOTA_EXCEEDED
   :func:`samenloop.policies.rules.release`                its reason
   =====================================================  ====================
@@ -115,6 +120,8 @@ from google.protobuf.message import DecodeError
 
 from samenloop.node.daemon.envelopes import Envelope
 from samenloop.node.daemon.envelopes import seal as _seal
+from samenloop.node.identifiers import person_score
+from samenloop.node.identifiers.person_keys import PersonKeyKind
 from samenloop.node.signals.notices import verify_hit_notice
 from samenloop.policies import crypto, rules
 from samenloop.policies.audit import check_actor
@@ -128,7 +135,7 @@ from samenloop.policies.errors import (
     NotAllowed,
     SamenloopError,
 )
-from samenloop.policies.policy import check_token
+from samenloop.policies.policy import DEFAULT_DISCLOSURE_SCORE, MAX_PERSON_SCORE, check_token
 from samenloop.policies.rules import Allow, Deny, NeedsApproval, Refusal
 from samenloop.policies.times import received_time
 from samenloop.v1 import broker_pb2, common_pb2, disclosure_pb2
@@ -374,6 +381,7 @@ def build_request(
     justification: str,
     proof_key: bytes,
     now: datetime,
+    person_score: float | None = None,
 ) -> tuple[disclosure_pb2.DisclosureRequest, Envelope]:
     """The signed request, with its hit proof under ``proof_key`` (from
     :func:`check_request`), sealed to the owner; its request id is the envelope's
@@ -407,6 +415,8 @@ def build_request(
         ),
     )
     request.issued_at.FromDatetime(now.astimezone(UTC))
+    if person_score is not None:
+        request.person_score = person_score
     envelope = _seal(
         keys,
         covenant,
@@ -437,6 +447,8 @@ class IncomingRequest:
     officer: str
     justification: str
     issued_at: datetime
+    #: On a probable person hit: the requester's score of it (shown, never trusted).
+    person_score: float | None
     #: The hit group the attached notice names, None if it does not parse or names none
     #: (not yet verified: :func:`decide` refuses unless the verified notice names it).
     hit_group_id: bytes | None
@@ -477,6 +489,8 @@ def parse_request(body: bytes, *, sender: str, me: str) -> IncomingRequest:
     if not request.HasField("issued_at") or request.covenant_version < 1:
         raise InvalidInput("issued_at and covenant_version are required", field="issued_at")
     issued_at = received_time(request.issued_at, field="issued_at")
+    if request.HasField("person_score") and not 0 <= request.person_score <= MAX_PERSON_SCORE:
+        raise InvalidInput(f"a score is 0 to {MAX_PERSON_SCORE:g} bits", field="person_score")
     return IncomingRequest(
         request_id=bytes(request.request_id),
         covenant_id=request.covenant_id,
@@ -490,6 +504,7 @@ def parse_request(body: bytes, *, sender: str, me: str) -> IncomingRequest:
         officer=request.requester_officer,
         justification=request.justification,
         issued_at=issued_at,
+        person_score=request.person_score if request.HasField("person_score") else None,
         hit_group_id=_notice_group(request.hit_notice),
         hit_proof=bytes(request.hit_proof),
     )
@@ -536,6 +551,12 @@ class OwnerFacts(Protocol):
     def hit_members(self, group_id: bytes, /) -> frozenset[str] | None:
         """The parties the owner's latest notice of this group shows as members; None if
         the owner holds no notice of it or its notice does not show members by party."""
+        ...
+
+    def person_kinds(self, signal_ref: bytes, party: str, /) -> frozenset[PersonKeyKind] | None:
+        """For a ref of one of the owner's person keys: the kinds on which ``party`` (by its
+        party id as the owner's notices show it) shares an open hit with that signal (its
+        probable person hit); None for a ref of any other identifier."""
         ...
 
     def requests_since(self, requester: str, since: datetime, /) -> int:
@@ -721,6 +742,38 @@ def _proven(
     return signal
 
 
+def _too_weak(
+    covenant: Covenant,
+    request: IncomingRequest,
+    facts: OwnerFacts,
+    signal: SignalFacts,
+    min_person_score: float,
+) -> Verdict | None:
+    """A refusal (``SCORE_TOO_LOW``) of a request on a probable person hit whose score, as
+    the owner computes it from its own hits with the requester, is below the covenant's
+    ``disclosure_score`` or the owner's own higher minimum; None for any other hit."""
+    kinds = facts.person_kinds(request.signal_ref, request.requester)
+    if kinds is None:
+        return None
+    rules_ = covenant.policy.person_matching
+    needed = max(
+        DEFAULT_DISCLOSURE_SCORE if rules_ is None else rules_.disclosure_score,
+        min_person_score,
+    )
+    value = person_score.score(kinds)
+    if value >= needed:
+        return None
+    claimed = (
+        "" if request.person_score is None else f" (the requester's: {request.person_score:.1f})"
+    )
+    return _refuse(
+        Refusal.SCORE_TOO_LOW,
+        f"a probable person hit scoring {value:.1f} bits{claimed}; "
+        f"the owner answers from {needed:.1f}",
+        signal,
+    )
+
+
 def decide(
     covenant: Covenant,
     me: str,
@@ -729,6 +782,7 @@ def decide(
     *,
     now: datetime,
     stale: str | None = None,
+    min_person_score: float = 0.0,
 ) -> Verdict:
     """Decide a request at the owner's node (rules in the module's docstring, in order).
 
@@ -770,6 +824,9 @@ def decide(
     gone = _still_shown(covenant, me, request.requester, notice.hit_group_id, facts, signal)
     if gone is not None:
         return gone
+    weak = _too_weak(covenant, request, facts, signal, min_person_score)
+    if weak is not None:
+        return weak
     limit = covenant.policy.quotas.disclosure_requests_per_day
     if facts.requests_since(request.requester, _day_start(now)) >= limit:
         return _refuse(

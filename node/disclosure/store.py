@@ -34,10 +34,13 @@ from samenloop.node.daemon.database import (
 from samenloop.node.disclosure import models
 from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.disclosure.protocol import Outcome, ResponseUpdate, SignalFacts, Verdict
+from samenloop.node.identifiers.person_hits import is_person_kind, person_kind
+from samenloop.node.identifiers.person_keys import PersonKeyKind
 from samenloop.node.signals import models as signal_models
 from samenloop.node.signals.models import HitState, SignalState
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.errors import InvalidInput, NotAllowed
+from samenloop.policies.policy import MAX_PERSON_SCORE
 from samenloop.policies.rules import Refusal
 from samenloop.v1 import broker_pb2, common_pb2
 
@@ -63,6 +66,8 @@ class NewDisclosure:
     justification: str
     covenant_version: int
     requested_at: datetime
+    #: On a probable person hit: the requester's score of it (bits).
+    person_score: float | None = None
 
     def __repr__(self) -> str:
         return f"NewDisclosure(requester={self.requester!r}, owner={self.owner!r})"
@@ -101,6 +106,8 @@ class DisclosureRecord:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    #: On a probable person hit: the requester's score of it (bits), as it said.
+    person_score: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -390,6 +397,35 @@ class DisclosureStore(Database):
             return None
         return frozenset(m.party for m in notice.members if m.party)
 
+    def person_kinds(self, signal_ref: bytes, party: str, /) -> frozenset[PersonKeyKind] | None:
+        """For a ref of one of this node's person keys: the kinds on which ``party`` (by its
+        party id in this node's notices) shares an open hit with that key's signal; None
+        for a ref of any other identifier (or none)."""
+        si, hr, hp, hit = (
+            signal_models.SignalIdentifier,
+            signal_models.HitRef,
+            signal_models.HitParty,
+            signal_models.Hit,
+        )
+        with self._read() as conn:
+            row = conn.execute(
+                select(si.signal_id, si.type).where(si.signal_ref == signal_ref)
+            ).one_or_none()
+            if row is None or not is_person_kind(row.type):
+                return None
+            types = conn.execute(
+                select(si.type)
+                .join(hr, hr.identifier_id == si.id)
+                .join(hit, hit.group_id == hr.group_id)
+                .join(hp, hp.group_id == hr.group_id)
+                .where(
+                    si.signal_id == row.signal_id,
+                    hit.state == HitState.OPEN.value,
+                    hp.party == party,
+                )
+            ).scalars()
+            return frozenset(person_kind(t) for t in types if is_person_kind(t))
+
     def requests_since(self, requester: str, since: datetime, /) -> int:
         """Incoming requests stored from ``requester`` at or after ``since``."""
         d = models.Disclosure
@@ -495,6 +531,7 @@ class DisclosureStore(Database):
             "justification": request.justification,
             "covenant_version": request.covenant_version,
             "requested_at": utc(request.requested_at, "requested_at"),
+            "person_score": _score(request.person_score),
             "created_at": now,
             "updated_at": now,
         }
@@ -572,4 +609,14 @@ def _disclosure_record(row: Any) -> DisclosureRecord:
         created_at=row.created_at,
         updated_at=row.updated_at,
         finished_at=row.finished_at,
+        person_score=row.person_score,
     )
+
+
+def _score(value: float | None) -> float | None:
+    """A score as stored: finite, 0 to 1000 bits (another party's claim: bounded)."""
+    if value is None:
+        return None
+    if not 0 <= value <= MAX_PERSON_SCORE:  # also refuses NaN
+        raise InvalidInput(f"a score is 0 to {MAX_PERSON_SCORE:g} bits", field="person_score")
+    return float(value)

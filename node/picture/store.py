@@ -42,6 +42,7 @@ from samenloop.node.daemon.database import (
     month_bounds,
     utc,
 )
+from samenloop.node.identifiers.person_hits import is_person_kind
 from samenloop.node.picture import arithmetic as picture
 from samenloop.node.picture import models
 from samenloop.node.picture.models import PicturePartKind
@@ -997,7 +998,10 @@ class PictureStore(Database):
         """The hit groups this node counts in its picture contributions for a period: those
         formed in it (``first_seen``) whose latest notice names this node the group's
         ``picture_reporter`` (the broker names exactly one member per group), each with
-        the coarse attributes of this node's own first signal in it."""
+        the coarse attributes of this node's own first signal in it. A group on person
+        key kinds only (``docs/linkage.md``) is not counted: one person gives a group per
+        agreeing kind, and a probable hit is not an exact one; the picture counts exact
+        hits."""
         start, end = month_bounds(first_month, last_month)
         h, hr, si, sg = (
             signal_models.Hit,
@@ -1013,18 +1017,23 @@ class PictureStore(Database):
             ).all()
             groups = [r for r in rows if _reports(r.notice)]
             signals: dict[bytes, Any] = {}
+            exact: set[bytes] = set()
             for chunk in chunks([bytes(r.group_id) for r in groups]):
                 for r in conn.execute(
-                    select(hr.group_id, sg.category, sg.area_kind, sg.area_code, sg.branch)
+                    select(hr.group_id, si.type, sg.category, sg.area_kind, sg.area_code, sg.branch)
                     .join(si, si.id == hr.identifier_id)
                     .join(sg, sg.id == si.signal_id)
                     .where(self._among(hr.group_id, chunk))
                     .order_by(sg.id.desc())
                 ):
                     signals[bytes(r.group_id)] = r  # the lowest signal id wins
+                    if not is_person_kind(r.type):
+                        exact.add(bytes(r.group_id))
         found = []
         for group in groups:
             own = signals.get(bytes(group.group_id))
+            if own is not None and bytes(group.group_id) not in exact:
+                continue  # person key kinds only
             found.append(
                 picture.HitGroupFacts(
                     area=None if own is None else picture.area_value(own.area_kind, own.area_code),

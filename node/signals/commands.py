@@ -72,7 +72,7 @@ from samenloop.policies.terminal import printable
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from samenloop.node.client import Hit, NodeClient, Signal, SignalInput
+    from samenloop.node.client import Hit, NodeClient, OwnSignal, Signal, SignalInput
     from samenloop.node.identifiers.normalise import IdentifierType
     from samenloop.node.signals.models import AreaKind
 
@@ -1303,8 +1303,19 @@ def hit_to_json(hit: Hit) -> dict[str, Any]:
                 "identifier_type": None
                 if own.identifier_type is None
                 else own.identifier_type.value,
+                "person_kind": own.person_kind,
             }
             for own in hit.own_signals
+        ],
+        "probable_hits": [
+            {
+                "signal_id": p.signal_id,
+                "party": p.party,
+                "agreeing_kinds": list(p.agreeing_kinds),
+                "score": round(p.score, 1),
+                "disclosable": p.disclosable,
+            }
+            for p in hit.probable_hits
         ],
         "members": [
             {
@@ -1340,11 +1351,33 @@ def _unknown(count: int) -> list[str]:
     return [f"({count} unknown categories)"]
 
 
+def _own_type(own: OwnSignal) -> str:
+    if own.person_kind:
+        return f" ({printable(own.person_kind)})"
+    return f" ({own.identifier_type.value})" if own.identifier_type else ""
+
+
+def _probable(hit: Hit) -> list[str]:
+    """A probable person hit as ``probable 41.7 bits with woco: phonetic_date,
+    names_year_month`` (kinds without their ``person.`` prefix)."""
+    return [
+        f"probable {p.score:.1f} bits"
+        + (f" with {printable(p.party)}" if p.party else "")
+        + ("" if p.disclosable else " (not enough to disclose)")
+        + ": "
+        + ", ".join(printable(k.removeprefix("person.")) for k in p.agreeing_kinds)
+        for p in hit.probable_hits
+    ]
+
+
 def _own(hit: Hit) -> str:
     return "\n".join(
-        f"{printable(own.reference) if own.reference else own.signal_ref.hex()[:8]}"
-        + (f" ({own.identifier_type.value})" if own.identifier_type else "")
-        for own in hit.own_signals
+        [
+            f"{printable(own.reference) if own.reference else own.signal_ref.hex()[:8]}"
+            + _own_type(own)
+            for own in hit.own_signals
+        ]
+        + _probable(hit)
     )
 
 

@@ -47,6 +47,10 @@ MAX_IMPORT_BATCH_CHARS: Final = 128
 
 MAX_CANONICAL_CHARS: Final = 512
 
+MAX_TYPE_CHARS: Final = 32
+
+MAX_PARTY_LABEL_CHARS: Final = 80
+
 
 class SignalState(enum.StrEnum):
     """Where a signal stands (``samenloop.v1.SignalState`` without the prefix)."""
@@ -167,7 +171,8 @@ class SignalIdentifier(Base):
     signal_id: Mapped[int] = mapped_column(ForeignKey("signals.id"))
     # Order of the identifier within its signal, from 0.
     position: Mapped[int] = mapped_column(Integer)
-    type: Mapped[str] = mapped_column(String(16))
+    # An identifier type, or a person key kind's wire name (``person.names_year``).
+    type: Mapped[str] = mapped_column(String(MAX_TYPE_CHARS))
     canonical: Mapped[str] = mapped_column(String(MAX_CANONICAL_CHARS))
     signal_ref: Mapped[bytes] = mapped_column(unique=True)
     token: Mapped[bytes | None]
@@ -347,3 +352,14 @@ class HitRef(Base):
         Index("ix_hit_refs_identifier_id", "identifier_id"),
         CheckConstraint("length(signal_ref) = 16", name="signal_ref_size"),
     )
+
+
+class HitParty(Base):
+    """One other member of a hit as its latest notice shows it: the party id, else
+    ``role:<role>``, else the empty label (hidden). Replaced with each accepted notice;
+    what probable person hits are combined from (:mod:`samenloop.node.identifiers.person_hits`)."""
+
+    __tablename__ = "hit_parties"
+
+    group_id: Mapped[bytes] = mapped_column(ForeignKey("hits.group_id"), primary_key=True)
+    party: Mapped[str] = mapped_column(String(MAX_PARTY_LABEL_CHARS), primary_key=True)

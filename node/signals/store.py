@@ -55,6 +55,13 @@ from samenloop.node.daemon.database import (
     utc,
 )
 from samenloop.node.identifiers.normalise import Identifier, IdentifierType
+from samenloop.node.identifiers.person_hits import (
+    Agreement,
+    PersonKey,
+    is_person_kind,
+    person_kind,
+)
+from samenloop.node.identifiers.person_keys import PersonKeyKind
 from samenloop.node.signals import models
 from samenloop.node.signals.models import (
     AreaKind,
@@ -80,6 +87,7 @@ __all__ = [
     "OutboxEntry",
     "OwnSignal",
     "PendingIdentifier",
+    "PersonKeyRecord",
     "SignalRecord",
     "SignalStore",
     "StatusCounts",
@@ -172,11 +180,15 @@ class NewSignal:
     expires_at: datetime
     details: Mapping[str, str] = field(default_factory=dict)
     attributes: CoarseAttributes = CoarseAttributes()
+    #: Keys derived from its ``person`` identifier for the covenant's person key kinds:
+    #: stored as more identifiers of the signal, each with its own ref.
+    person_keys: Sequence[PersonKey] = ()
 
     def __repr__(self) -> str:
         return (
             f"NewSignal(reference={self.reference!r}, category={self.category!r}, "
-            f"identifiers={len(self.identifiers)}, details={len(self.details)})"
+            f"identifiers={len(self.identifiers)}, person_keys={len(self.person_keys)}, "
+            f"details={len(self.details)})"
         )
 
 
@@ -196,6 +208,19 @@ class IdentifierRecord:
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class PersonKeyRecord:
+    """One stored person key of a signal (derived from its ``person`` identifier)."""
+
+    id: int
+    key: PersonKey
+    signal_ref: bytes
+    state: IdentifierState
+
+    def __repr__(self) -> str:
+        return f"PersonKeyRecord(id={self.id}, type={self.key.type}, state={self.state})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class SignalRecord:
     """A stored signal. ``unchanged`` is set by :meth:`SignalStore.add_signals` when the
     signal already existed with the same content and nothing was stored."""
@@ -212,6 +237,8 @@ class SignalRecord:
     import_batch: str | None
     identifiers: tuple[IdentifierRecord, ...]
     unchanged: bool = False
+    #: The person keys derived from its ``person`` identifier (the covenant's kinds).
+    person_keys: tuple[PersonKeyRecord, ...] = ()
 
     def __repr__(self) -> str:
         return f"SignalRecord(id={self.id}, reference={self.reference!r}, state={self.state})"
@@ -223,7 +250,7 @@ class PendingIdentifier:
 
     id: int
     signal_id: int
-    identifier: Identifier
+    identifier: Identifier | PersonKey
     category: str
     expires_at: datetime
 
@@ -268,6 +295,8 @@ class OwnSignal:
     reference: str | None
     category: str | None
     identifier_type: IdentifierType | None
+    #: For a ref of a person key (``identifier_type`` is then ``person``): its kind.
+    person_kind: PersonKeyKind | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +313,10 @@ class HitRecord:
     received_at: datetime
     feed_seq: int
     own_signals: tuple[OwnSignal, ...]
+    #: For a hit on person keys: every agreement (open group, own signal, other party,
+    #: kind) of the (own signal, party) pairs this hit is part of, from which
+    #: :func:`person_hits.combine` makes their probable hits.
+    person_agreements: tuple[Agreement, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +365,15 @@ def _check_signal(signal: NewSignal, name: str) -> None:
                 reason="identifier.duplicate",
             )
         seen.add(key)
+    for j, person_key in enumerate(signal.person_keys):
+        where = f"{name}.person_keys[{j}]"
+        if not isinstance(person_key, PersonKey) or not isinstance(person_key.type, PersonKeyKind):
+            raise InvalidInput("must be a derived person key", field=where)
+        check_text(person_key.canonical, f"{where}.value", models.MAX_CANONICAL_CHARS)
+        key = (person_key.type.value, person_key.canonical)
+        if key in seen:
+            raise InvalidInput("the same person key twice in one signal", field=where)
+        seen.add(key)
     if len(signal.details) > MAX_DETAIL_FIELDS:
         raise MessageTooLarge(
             f"at most {MAX_DETAIL_FIELDS} detail fields per signal", field=f"{name}.details"
@@ -368,6 +410,18 @@ def _content(category: str, identifiers: Iterable[Identifier], details: Mapping[
         sorted((i.type.value, i.canonical) for i in identifiers),
         details_json(details),
     )
+
+
+def _stored_identifiers(signal: NewSignal) -> list[Identifier | PersonKey]:
+    """A new signal's identifiers as stored: its own, then its derived person keys."""
+    return [*signal.identifiers, *signal.person_keys]
+
+
+def _tokenisable(type_name: str, canonical: str) -> Identifier | PersonKey:
+    """A stored identifier as it is tokenised: an identifier or a derived person key."""
+    if is_person_kind(type_name):
+        return PersonKey(person_kind(type_name), canonical)
+    return Identifier(IdentifierType(type_name), canonical)
 
 
 class SignalStore(Database):
@@ -521,7 +575,7 @@ class SignalStore(Database):
                 "state": IdentifierState.PENDING.value,
             }
             for signal_id, signal in zip(ids, signals, strict=True)
-            for position, identifier in enumerate(signal.identifiers)
+            for position, identifier in enumerate(_stored_identifiers(signal))
         ]
         conn.execute(insert(models.SignalIdentifier), identifier_rows)
         return ids
@@ -675,6 +729,7 @@ class SignalStore(Database):
         sg, si = models.Signal, models.SignalIdentifier
         signals: dict[int, Any] = {}
         identifiers: dict[int, list[IdentifierRecord]] = {}
+        person_keys: dict[int, list[PersonKeyRecord]] = {}
         for chunk in chunks(list(signal_ids)):
             signals.update(
                 (row.id, row)
@@ -685,6 +740,16 @@ class SignalStore(Database):
                 .where(self._among(si.signal_id, chunk))
                 .order_by(si.signal_id, si.position)
             ):
+                if is_person_kind(item.type):
+                    person_keys.setdefault(item.signal_id, []).append(
+                        PersonKeyRecord(
+                            id=item.id,
+                            key=PersonKey(person_kind(item.type), item.canonical),
+                            signal_ref=item.signal_ref,
+                            state=IdentifierState(item.state),
+                        )
+                    )
+                    continue
                 identifiers.setdefault(item.signal_id, []).append(
                     IdentifierRecord(
                         id=item.id,
@@ -713,6 +778,7 @@ class SignalStore(Database):
                 ),
                 import_batch=row.import_batch,
                 identifiers=tuple(identifiers.get(row.id, ())),
+                person_keys=tuple(person_keys.get(row.id, ())),
             )
             for signal_id in signal_ids
             if (row := signals.get(signal_id)) is not None
@@ -758,7 +824,7 @@ class SignalStore(Database):
                         PendingIdentifier(
                             id=row.id,
                             signal_id=row.signal_id,
-                            identifier=Identifier(IdentifierType(row.type), row.canonical),
+                            identifier=_tokenisable(row.type, row.canonical),
                             category=signal.category,
                             expires_at=signal.expires_at,
                         )
@@ -907,7 +973,7 @@ class SignalStore(Database):
                         PendingIdentifier(
                             id=row.id,
                             signal_id=row.signal_id,
-                            identifier=Identifier(IdentifierType(row.type), row.canonical),
+                            identifier=_tokenisable(row.type, row.canonical),
                             category=signal.category,
                             expires_at=signal.expires_at,
                         )
@@ -1291,8 +1357,12 @@ class SignalStore(Database):
         last_seen: datetime,
         *,
         now: datetime,
+        other_parties: Iterable[str] = (),
     ) -> bool:
         """Keep a verified hit notice if it is newer than the group's; record ``cursor``.
+
+        ``other_parties`` are the labels of the other members the notice shows (party id,
+        else ``role:<role>``, else empty: hidden), kept with it for probable person hits.
 
         Returns True if the notice was accepted (it got the next ``feed_seq``),
         False if the node already had this revision or a newer one. Either way
@@ -1318,6 +1388,10 @@ class SignalStore(Database):
         refs = sorted(set(own_refs))
         for i, ref in enumerate(refs):
             check_bytes(ref, ID_BYTES, f"own_signal_refs[{i}]")
+        parties = sorted(set(other_parties))
+        for i, label in enumerate(parties):
+            if not isinstance(label, str) or len(label) > models.MAX_PARTY_LABEL_CHARS:
+                raise InvalidInput("a party label has at most 80 characters", field=f"parties[{i}]")
         hit = models.Hit
         with self._write() as conn:
             stored_cursor, last_feed_seq = self._lock_inbox(conn)
@@ -1345,6 +1419,12 @@ class SignalStore(Database):
             else:
                 conn.execute(update(hit).where(hit.group_id == group_id).values(**values))
                 conn.execute(delete(models.HitRef).where(models.HitRef.group_id == group_id))
+                conn.execute(delete(models.HitParty).where(models.HitParty.group_id == group_id))
+            if parties:
+                conn.execute(
+                    insert(models.HitParty),
+                    [{"group_id": group_id, "party": label} for label in parties],
+                )
             if refs:
                 resolved = self._identifiers_by_ref(conn, refs)
                 conn.execute(
@@ -1475,18 +1555,33 @@ class SignalStore(Database):
         )
         signals = self._signals_by_id(conn, {row.signal_id for row in identifiers.values()})
         own: dict[bytes, list[OwnSignal]] = {row.group_id: [] for row in rows}
+        # (group, own signal) of the refs of person keys: their probable hits.
+        person_signals: dict[bytes, set[int]] = {}
         for ref in refs:
             identifier = identifiers.get(ref.identifier_id)
             signal = None if identifier is None else signals[identifier.signal_id]
+            kind = (
+                person_kind(identifier.type)
+                if identifier is not None and is_person_kind(identifier.type)
+                else None
+            )
+            if kind is not None and signal is not None:
+                person_signals.setdefault(ref.group_id, set()).add(signal.id)
             own[ref.group_id].append(
                 OwnSignal(
                     signal_ref=ref.signal_ref,
                     signal_id=None if signal is None else signal.id,
                     reference=None if signal is None else signal.reference,
                     category=None if signal is None else signal.category,
-                    identifier_type=None if identifier is None else IdentifierType(identifier.type),
+                    identifier_type=None
+                    if identifier is None
+                    else IdentifierType.PERSON
+                    if kind is not None
+                    else IdentifierType(identifier.type),
+                    person_kind=kind,
                 )
             )
+        agreements = self._person_agreements(conn, person_signals)
         return [
             HitRecord(
                 group_id=row.group_id,
@@ -1499,9 +1594,56 @@ class SignalStore(Database):
                 received_at=row.received_at,
                 feed_seq=row.feed_seq,
                 own_signals=tuple(own[row.group_id]),
+                person_agreements=agreements.get(row.group_id, ()),
             )
             for row in rows
         ]
+
+    def _person_agreements(
+        self, conn: Connection, person_signals: Mapping[bytes, set[int]]
+    ) -> dict[bytes, tuple[Agreement, ...]]:
+        """Per group: the agreements of the (own signal, party) pairs it is part of, over
+        every open hit on the person keys of those signals."""
+        if not person_signals:
+            return {}
+        hp, hr, si, hit = models.HitParty, models.HitRef, models.SignalIdentifier, models.Hit
+        group_parties: dict[bytes, set[str]] = {}
+        for chunk in chunks(sorted(person_signals)):
+            for group_id, party in conn.execute(
+                select(hp.group_id, hp.party).where(self._among(hp.group_id, chunk))
+            ):
+                group_parties.setdefault(group_id, set()).add(party)
+        found: dict[tuple[int, str], set[Agreement]] = {}
+        for signal_chunk in chunks(sorted({s for ids in person_signals.values() for s in ids})):
+            query = (
+                select(si.signal_id, si.type, hp.party)
+                .join(hr, hr.identifier_id == si.id)
+                .join(hit, hit.group_id == hr.group_id)
+                .join(hp, hp.group_id == hr.group_id)
+                .where(
+                    self._among(si.signal_id, signal_chunk),
+                    si.type.like("person.%"),
+                    hit.state == HitState.OPEN.value,
+                )
+            )
+            for signal_id, type_name, party in conn.execute(query):
+                if is_person_kind(type_name):
+                    found.setdefault((signal_id, party), set()).add(
+                        Agreement(signal_id, party, person_kind(type_name))
+                    )
+        out: dict[bytes, tuple[Agreement, ...]] = {}
+        for group_id, signal_ids in person_signals.items():
+            pairs = sorted(
+                (signal_id, party)
+                for signal_id in signal_ids
+                for party in group_parties.get(group_id, ())
+            )
+            out[group_id] = tuple(
+                agreement
+                for pair in pairs
+                for agreement in sorted(found.get(pair, ()), key=lambda a: a.kind.value)
+            )
+        return out
 
     def _identifiers_by_ref(self, conn: Connection, refs: Sequence[bytes]) -> dict[bytes, int]:
         si = models.SignalIdentifier

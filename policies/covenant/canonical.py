@@ -171,6 +171,17 @@ def _policy_lines(policy: Policy) -> list[str]:
         "[cases]",
         f"coordinators = {toml_literal(tuple(r.value for r in policy.cases.coordinators))}",
     ]
+    # Only when present: a covenant written before person keys keeps its bytes (and so
+    # its signatures).
+    person = policy.person_matching
+    if person is not None:
+        lines += [
+            "",
+            "[person_matching]",
+            f"kinds = {toml_literal(person.kinds)}",
+            f"shown_score = {toml_literal(person.shown_score)}",
+            f"disclosure_score = {toml_literal(person.disclosure_score)}",
+        ]
     return lines
 
 

@@ -27,16 +27,19 @@ from samenloop.policies.covenant.model import (
 from samenloop.policies.crypto import PublicKeys
 from samenloop.policies.errors import ConfigurationError, InvalidInput, SamenloopError
 from samenloop.policies.policy import (
+    DEFAULT_DISCLOSURE_SCORE,
     DEFAULT_ENVELOPE_BYTES_PER_DAY,
     DEFAULT_ENVELOPE_BYTES_WAITING,
     DEFAULT_ENVELOPES_PER_DAY,
     DEFAULT_FRESHNESS_SECONDS,
     DEFAULT_HIT_NOTICE_BYTES_PER_DAY,
+    DEFAULT_SHOWN_SCORE,
     DEFAULT_TOKEN_ENTRIES_HELD,
     DEFAULT_TOKEN_ENTRIES_PER_DAY,
     CaseRules,
     Level,
     Matching,
+    PersonMatching,
     PictureRules,
     Policy,
     Purpose,
@@ -268,6 +271,17 @@ def _read_policy(top: _Table) -> Policy:
     )
     cases_table = top.table("cases")
     cases = cases_table.build(CaseRules, coordinators=cases_table.roles("coordinators"))
+    person_matching = None
+    if top.has("person_matching"):
+        person_table = top.table("person_matching")
+        person_matching = person_table.build(
+            PersonMatching,
+            kinds=person_table.strings("kinds", default=()),
+            shown_score=person_table.number("shown_score", default=DEFAULT_SHOWN_SCORE),
+            disclosure_score=person_table.number(
+                "disclosure_score", default=DEFAULT_DISCLOSURE_SCORE
+            ),
+        )
     with _at(""):
         return Policy(
             identifier_types=top.strings("identifier_types"),
@@ -281,6 +295,7 @@ def _read_policy(top: _Table) -> Policy:
             quotas=quotas,
             picture=picture,
             cases=cases,
+            person_matching=person_matching,
         )
 
 
@@ -305,6 +320,10 @@ class _Table:
                 return default
             raise InvalidInput(missing, field=self._field(key))
         return self._doc[key]
+
+    def has(self, key: str) -> bool:
+        """Whether ``key`` is present (an optional section)."""
+        return key in self._doc
 
     def names(self) -> list[str]:
         return list(self._doc)

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from samenloop.v1 import common_pb2 as samenloop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsamenloop/v1/disclosure.proto\x12\x0csamenloop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19samenloop/v1/common.proto\"\xd5\x02\n\x11\x44isclosureRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63ovenant_id\x18\x02 \x01(\t\x12\x18\n\x10\x63ovenant_version\x18\x03 \x01(\x04\x12\x11\n\trequester\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\x12(\n\nhit_notice\x18\x06 \x01(\x0b\x32\x14.samenloop.v1.Signed\x12\x12\n\nsignal_ref\x18\x07 \x01(\x0c\x12\x0f\n\x07purpose\x18\x08 \x01(\t\x12\x18\n\x10requested_fields\x18\t \x03(\t\x12\x19\n\x11requester_officer\x18\n \x01(\t\x12\x15\n\rjustification\x18\x0b \x01(\t\x12-\n\tissued_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\thit_proof\x18\r \x01(\x0c\"\xca\x01\n\x0f\x44isclosureGrant\x12\x39\n\x06\x66ields\x18\x01 \x03(\x0b\x32).samenloop.v1.DisclosureGrant.FieldsEntry\x12\x17\n\x0fwithheld_fields\x18\x02 \x03(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\"\n\x1a\x61pproved_by_second_officer\x18\x04 \x01(\x08\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x11\x44isclosurePending\x12\x0f\n\x07message\x18\x01 \x01(\t\"[\n\x11\x44isclosureRefusal\x12\x35\n\x06reason\x18\x01 \x01(\x0e\x32%.samenloop.v1.DisclosureRefusalReason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb8\x02\n\x12\x44isclosureResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x11\n\trequester\x18\x03 \x01(\t\x12\x18\n\x10\x63ovenant_version\x18\x04 \x01(\x04\x12\x30\n\x07granted\x18\x05 \x01(\x0b\x32\x1d.samenloop.v1.DisclosureGrantH\x00\x12\x32\n\x07pending\x18\x06 \x01(\x0b\x32\x1f.samenloop.v1.DisclosurePendingH\x00\x12\x32\n\x07refused\x18\x07 \x01(\x0b\x32\x1f.samenloop.v1.DisclosureRefusalH\x00\x12-\n\tissued_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07outcome*\x84\x04\n\x17\x44isclosureRefusalReason\x12)\n%DISCLOSURE_REFUSAL_REASON_UNSPECIFIED\x10\x00\x12,\n(DISCLOSURE_REFUSAL_REASON_INVALID_NOTICE\x10\x01\x12(\n$DISCLOSURE_REFUSAL_REASON_NOT_IN_HIT\x10\x02\x12(\n$DISCLOSURE_REFUSAL_REASON_HIT_CLOSED\x10\x03\x12-\n)DISCLOSURE_REFUSAL_REASON_UNKNOWN_PURPOSE\x10\x04\x12)\n%DISCLOSURE_REFUSAL_REASON_NOT_ALLOWED\x10\x05\x12,\n(DISCLOSURE_REFUSAL_REASON_QUOTA_EXCEEDED\x10\x06\x12/\n+DISCLOSURE_REFUSAL_REASON_DENIED_BY_OFFICER\x10\x07\x12$\n DISCLOSURE_REFUSAL_REASON_REPLAY\x10\x08\x12/\n+DISCLOSURE_REFUSAL_REASON_COVENANT_MISMATCH\x10\t\x12,\n(DISCLOSURE_REFUSAL_REASON_COVENANT_STALE\x10\nb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsamenloop/v1/disclosure.proto\x12\x0csamenloop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19samenloop/v1/common.proto\"\x81\x03\n\x11\x44isclosureRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63ovenant_id\x18\x02 \x01(\t\x12\x18\n\x10\x63ovenant_version\x18\x03 \x01(\x04\x12\x11\n\trequester\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\x12(\n\nhit_notice\x18\x06 \x01(\x0b\x32\x14.samenloop.v1.Signed\x12\x12\n\nsignal_ref\x18\x07 \x01(\x0c\x12\x0f\n\x07purpose\x18\x08 \x01(\t\x12\x18\n\x10requested_fields\x18\t \x03(\t\x12\x19\n\x11requester_officer\x18\n \x01(\t\x12\x15\n\rjustification\x18\x0b \x01(\t\x12-\n\tissued_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\thit_proof\x18\r \x01(\x0c\x12\x19\n\x0cperson_score\x18\x0e \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_person_score\"\xca\x01\n\x0f\x44isclosureGrant\x12\x39\n\x06\x66ields\x18\x01 \x03(\x0b\x32).samenloop.v1.DisclosureGrant.FieldsEntry\x12\x17\n\x0fwithheld_fields\x18\x02 \x03(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\"\n\x1a\x61pproved_by_second_officer\x18\x04 \x01(\x08\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x11\x44isclosurePending\x12\x0f\n\x07message\x18\x01 \x01(\t\"[\n\x11\x44isclosureRefusal\x12\x35\n\x06reason\x18\x01 \x01(\x0e\x32%.samenloop.v1.DisclosureRefusalReason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb8\x02\n\x12\x44isclosureResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x11\n\trequester\x18\x03 \x01(\t\x12\x18\n\x10\x63ovenant_version\x18\x04 \x01(\x04\x12\x30\n\x07granted\x18\x05 \x01(\x0b\x32\x1d.samenloop.v1.DisclosureGrantH\x00\x12\x32\n\x07pending\x18\x06 \x01(\x0b\x32\x1f.samenloop.v1.DisclosurePendingH\x00\x12\x32\n\x07refused\x18\x07 \x01(\x0b\x32\x1f.samenloop.v1.DisclosureRefusalH\x00\x12-\n\tissued_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07outcome*\xb1\x04\n\x17\x44isclosureRefusalReason\x12)\n%DISCLOSURE_REFUSAL_REASON_UNSPECIFIED\x10\x00\x12,\n(DISCLOSURE_REFUSAL_REASON_INVALID_NOTICE\x10\x01\x12(\n$DISCLOSURE_REFUSAL_REASON_NOT_IN_HIT\x10\x02\x12(\n$DISCLOSURE_REFUSAL_REASON_HIT_CLOSED\x10\x03\x12-\n)DISCLOSURE_REFUSAL_REASON_UNKNOWN_PURPOSE\x10\x04\x12)\n%DISCLOSURE_REFUSAL_REASON_NOT_ALLOWED\x10\x05\x12,\n(DISCLOSURE_REFUSAL_REASON_QUOTA_EXCEEDED\x10\x06\x12/\n+DISCLOSURE_REFUSAL_REASON_DENIED_BY_OFFICER\x10\x07\x12$\n DISCLOSURE_REFUSAL_REASON_REPLAY\x10\x08\x12/\n+DISCLOSURE_REFUSAL_REASON_COVENANT_MISMATCH\x10\t\x12,\n(DISCLOSURE_REFUSAL_REASON_COVENANT_STALE\x10\n\x12+\n\'DISCLOSURE_REFUSAL_REASON_SCORE_TOO_LOW\x10\x0b\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,18 +35,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DISCLOSUREGRANT_FIELDSENTRY']._loaded_options = None
   _globals['_DISCLOSUREGRANT_FIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_DISCLOSUREREFUSALREASON']._serialized_start=1103
-  _globals['_DISCLOSUREREFUSALREASON']._serialized_end=1619
+  _globals['_DISCLOSUREREFUSALREASON']._serialized_start=1147
+  _globals['_DISCLOSUREREFUSALREASON']._serialized_end=1708
   _globals['_DISCLOSUREREQUEST']._serialized_start=108
-  _globals['_DISCLOSUREREQUEST']._serialized_end=449
-  _globals['_DISCLOSUREGRANT']._serialized_start=452
-  _globals['_DISCLOSUREGRANT']._serialized_end=654
-  _globals['_DISCLOSUREGRANT_FIELDSENTRY']._serialized_start=609
-  _globals['_DISCLOSUREGRANT_FIELDSENTRY']._serialized_end=654
-  _globals['_DISCLOSUREPENDING']._serialized_start=656
-  _globals['_DISCLOSUREPENDING']._serialized_end=692
-  _globals['_DISCLOSUREREFUSAL']._serialized_start=694
-  _globals['_DISCLOSUREREFUSAL']._serialized_end=785
-  _globals['_DISCLOSURERESPONSE']._serialized_start=788
-  _globals['_DISCLOSURERESPONSE']._serialized_end=1100
+  _globals['_DISCLOSUREREQUEST']._serialized_end=493
+  _globals['_DISCLOSUREGRANT']._serialized_start=496
+  _globals['_DISCLOSUREGRANT']._serialized_end=698
+  _globals['_DISCLOSUREGRANT_FIELDSENTRY']._serialized_start=653
+  _globals['_DISCLOSUREGRANT_FIELDSENTRY']._serialized_end=698
+  _globals['_DISCLOSUREPENDING']._serialized_start=700
+  _globals['_DISCLOSUREPENDING']._serialized_end=736
+  _globals['_DISCLOSUREREFUSAL']._serialized_start=738
+  _globals['_DISCLOSUREREFUSAL']._serialized_end=829
+  _globals['_DISCLOSURERESPONSE']._serialized_start=832
+  _globals['_DISCLOSURERESPONSE']._serialized_end=1144
 # @@protoc_insertion_point(module_scope)

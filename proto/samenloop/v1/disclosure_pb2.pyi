@@ -77,6 +77,11 @@ class _DisclosureRefusalReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrappe
     (it cannot tell that the membership is current), so it releases nothing
     now; the requester may ask again once the owner is fresh.
     """
+    DISCLOSURE_REFUSAL_REASON_SCORE_TOO_LOW: _DisclosureRefusalReason.ValueType  # 11
+    """The request is on a probable person hit (docs/linkage.md) whose score, as
+    the owner computes it, is below the covenant's disclosure_score or the
+    owner's own higher minimum.
+    """
 
 class DisclosureRefusalReason(_DisclosureRefusalReason, metaclass=_DisclosureRefusalReasonEnumTypeWrapper):
     """Why an owner refused a disclosure request."""
@@ -115,6 +120,11 @@ DISCLOSURE_REFUSAL_REASON_COVENANT_STALE: DisclosureRefusalReason.ValueType  # 1
 (it cannot tell that the membership is current), so it releases nothing
 now; the requester may ask again once the owner is fresh.
 """
+DISCLOSURE_REFUSAL_REASON_SCORE_TOO_LOW: DisclosureRefusalReason.ValueType  # 11
+"""The request is on a probable person hit (docs/linkage.md) whose score, as
+the owner computes it, is below the covenant's disclosure_score or the
+owner's own higher minimum.
+"""
 Global___DisclosureRefusalReason: _TypeAlias = DisclosureRefusalReason  # noqa: Y015
 
 @_typing.final
@@ -138,6 +148,7 @@ class DisclosureRequest(_message.Message):
     JUSTIFICATION_FIELD_NUMBER: _builtins.int
     ISSUED_AT_FIELD_NUMBER: _builtins.int
     HIT_PROOF_FIELD_NUMBER: _builtins.int
+    PERSON_SCORE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     """Random 16 bytes. The owner remembers every request id it has seen and
     refuses a repeat as a replay; answers carry the id back.
@@ -187,6 +198,11 @@ class DisclosureRequest(_message.Message):
     The owner recomputes the MAC with its own key for signal_ref. A request
     without a valid proof is refused as NOT_IN_HIT.
     """
+    person_score: _builtins.float
+    """On a probable person hit (the notice's group is on a person key kind): the
+    requester's score of it, in bits, so that the owner sees that it is
+    probable. The owner decides on its own score, never on this one.
+    """
     @_builtins.property
     def hit_notice(self) -> _common_pb2.Signed:
         """The broker-signed HitNotice (context "hit-notice") that the requester
@@ -219,12 +235,15 @@ class DisclosureRequest(_message.Message):
         justification: _builtins.str = ...,
         issued_at: _timestamp_pb2.Timestamp | None = ...,
         hit_proof: _builtins.bytes = ...,
+        person_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hit_notice", b"hit_notice", "issued_at", b"issued_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_person_score", b"_person_score", "hit_notice", b"hit_notice", "issued_at", b"issued_at", "person_score", b"person_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["covenant_id", b"covenant_id", "covenant_version", b"covenant_version", "hit_notice", b"hit_notice", "hit_proof", b"hit_proof", "issued_at", b"issued_at", "justification", b"justification", "owner", b"owner", "purpose", b"purpose", "request_id", b"request_id", "requested_fields", b"requested_fields", "requester", b"requester", "requester_officer", b"requester_officer", "signal_ref", b"signal_ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_person_score", b"_person_score", "covenant_id", b"covenant_id", "covenant_version", b"covenant_version", "hit_notice", b"hit_notice", "hit_proof", b"hit_proof", "issued_at", b"issued_at", "justification", b"justification", "owner", b"owner", "person_score", b"person_score", "purpose", b"purpose", "request_id", b"request_id", "requested_fields", b"requested_fields", "requester", b"requester", "requester_officer", b"requester_officer", "signal_ref", b"signal_ref"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__person_score: _TypeAlias = _typing.Literal["person_score"]  # noqa: Y015
+    _WhichOneofArgType__person_score: _TypeAlias = _typing.Literal["_person_score", b"_person_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__person_score) -> _WhichOneofReturnType__person_score | None: ...
 
 Global___DisclosureRequest: _TypeAlias = DisclosureRequest  # noqa: Y015
 

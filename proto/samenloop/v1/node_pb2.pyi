@@ -703,6 +703,7 @@ class OwnSignalInHit(_message.Message):
     REFERENCE_FIELD_NUMBER: _builtins.int
     CATEGORY_FIELD_NUMBER: _builtins.int
     IDENTIFIER_TYPE_FIELD_NUMBER: _builtins.int
+    PERSON_KIND_FIELD_NUMBER: _builtins.int
     signal_ref: _builtins.bytes
     """The signal ref the node submitted."""
     signal_id: _builtins.str
@@ -713,6 +714,10 @@ class OwnSignalInHit(_message.Message):
     """The signal's category."""
     identifier_type: _common_pb2.IdentifierType.ValueType
     """Type of the identifier whose token matched."""
+    person_kind: _builtins.str
+    """For a person key (identifier_type is then PERSON): its kind's wire name
+    ("person.phonetic_date", docs/linkage.md); empty for every other identifier.
+    """
     def __init__(
         self,
         *,
@@ -721,14 +726,61 @@ class OwnSignalInHit(_message.Message):
         reference: _builtins.str = ...,
         category: _builtins.str = ...,
         identifier_type: _common_pb2.IdentifierType.ValueType = ...,
+        person_kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "identifier_type", b"identifier_type", "reference", b"reference", "signal_id", b"signal_id", "signal_ref", b"signal_ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "identifier_type", b"identifier_type", "person_kind", b"person_kind", "reference", b"reference", "signal_id", b"signal_id", "signal_ref", b"signal_ref"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OwnSignalInHit: _TypeAlias = OwnSignalInHit  # noqa: Y015
+
+@_typing.final
+class ProbablePersonHit(_message.Message):
+    """A probable person hit (docs/linkage.md): one of this node's signals and one
+    other party, the person key kinds on which they share an open hit, and the
+    score of those kinds. Per (own signal, party): the node cannot tell whether
+    the party's agreeing keys belong to one record of that party.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNAL_ID_FIELD_NUMBER: _builtins.int
+    PARTY_FIELD_NUMBER: _builtins.int
+    AGREEING_KINDS_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    DISCLOSABLE_FIELD_NUMBER: _builtins.int
+    signal_id: _builtins.str
+    """The node's id of its own signal."""
+    party: _builtins.str
+    """The other party's id; "role:<role>" where only its role is visible; empty
+    where neither is.
+    """
+    score: _builtins.float
+    """The score in bits (Fellegi-Sunter agreement weights of the kinds)."""
+    disclosable: _builtins.bool
+    """At least the covenant's disclosure_score: a disclosure request may follow."""
+    @_builtins.property
+    def agreeing_kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The agreeing kinds' wire names, heaviest first."""
+
+    def __init__(
+        self,
+        *,
+        signal_id: _builtins.str = ...,
+        party: _builtins.str = ...,
+        agreeing_kinds: _abc.Iterable[_builtins.str] | None = ...,
+        score: _builtins.float = ...,
+        disclosable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreeing_kinds", b"agreeing_kinds", "disclosable", b"disclosable", "party", b"party", "score", b"score", "signal_id", b"signal_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProbablePersonHit: _TypeAlias = ProbablePersonHit  # noqa: Y015
 
 @_typing.final
 class HitMemberView(_message.Message):
@@ -804,6 +856,7 @@ class Hit(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
     NOTICE_FIELD_NUMBER: _builtins.int
+    PROBABLE_HITS_FIELD_NUMBER: _builtins.int
     hit_group_id: _builtins.bytes
     """The hit group."""
     revision: _builtins.int
@@ -844,6 +897,13 @@ class Hit(_message.Message):
         disclosure requests and cases.
         """
 
+    @_builtins.property
+    def probable_hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProbablePersonHit]:
+        """For a hit on person keys: the probable person hits it is part of that reach
+        the covenant's shown_score. A hit on person keys only, with none, is not
+        listed or watched.
+        """
+
     def __init__(
         self,
         *,
@@ -859,10 +919,11 @@ class Hit(_message.Message):
         last_seen: _timestamp_pb2.Timestamp | None = ...,
         received_at: _timestamp_pb2.Timestamp | None = ...,
         notice: _common_pb2.Signed | None = ...,
+        probable_hits: _abc.Iterable[Global___ProbablePersonHit] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_party_count", b"_party_count", "first_seen", b"first_seen", "last_seen", b"last_seen", "notice", b"notice", "party_count", b"party_count", "received_at", b"received_at", "visibility", b"visibility"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_party_count", b"_party_count", "first_seen", b"first_seen", "hit_group_id", b"hit_group_id", "last_kind", b"last_kind", "last_seen", b"last_seen", "members", b"members", "notice", b"notice", "own_signals", b"own_signals", "party_count", b"party_count", "received_at", b"received_at", "revision", b"revision", "state", b"state", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_party_count", b"_party_count", "first_seen", b"first_seen", "hit_group_id", b"hit_group_id", "last_kind", b"last_kind", "last_seen", b"last_seen", "members", b"members", "notice", b"notice", "own_signals", b"own_signals", "party_count", b"party_count", "probable_hits", b"probable_hits", "received_at", b"received_at", "revision", b"revision", "state", b"state", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__party_count: _TypeAlias = _typing.Literal["party_count"]  # noqa: Y015
     _WhichOneofArgType__party_count: _TypeAlias = _typing.Literal["_party_count", b"_party_count"]  # noqa: Y015
@@ -1185,6 +1246,7 @@ class Disclosure(_message.Message):
     DECISIONS_FIELD_NUMBER: _builtins.int
     REQUESTED_AT_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
+    PERSON_SCORE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     """The request id."""
     direction: Global___DisclosureDirection.ValueType
@@ -1211,6 +1273,10 @@ class Disclosure(_message.Message):
     """Refusal reason (REFUSED only)."""
     refusal_message: _builtins.str
     """Refusal explanation (REFUSED only)."""
+    person_score: _builtins.float
+    """On a probable person hit (docs/linkage.md): the requester's score of it in
+    bits, as its request said. The owner decides on its own score.
+    """
     @_builtins.property
     def requested_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The fields asked for."""
@@ -1259,12 +1325,15 @@ class Disclosure(_message.Message):
         decisions: _abc.Iterable[Global___OfficerDecision] | None = ...,
         requested_at: _timestamp_pb2.Timestamp | None = ...,
         decided_at: _timestamp_pb2.Timestamp | None = ...,
+        person_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "requested_at", b"requested_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_person_score", b"_person_score", "decided_at", b"decided_at", "person_score", b"person_score", "requested_at", b"requested_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "decisions", b"decisions", "direction", b"direction", "hit_group_id", b"hit_group_id", "justification", b"justification", "owner", b"owner", "purpose", b"purpose", "refusal_message", b"refusal_message", "refusal_reason", b"refusal_reason", "released_fields", b"released_fields", "request_id", b"request_id", "requested_at", b"requested_at", "requested_fields", b"requested_fields", "requester", b"requester", "requester_officer", b"requester_officer", "signal_id", b"signal_id", "signal_ref", b"signal_ref", "state", b"state", "withheld_fields", b"withheld_fields"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_person_score", b"_person_score", "decided_at", b"decided_at", "decisions", b"decisions", "direction", b"direction", "hit_group_id", b"hit_group_id", "justification", b"justification", "owner", b"owner", "person_score", b"person_score", "purpose", b"purpose", "refusal_message", b"refusal_message", "refusal_reason", b"refusal_reason", "released_fields", b"released_fields", "request_id", b"request_id", "requested_at", b"requested_at", "requested_fields", b"requested_fields", "requester", b"requester", "requester_officer", b"requester_officer", "signal_id", b"signal_id", "signal_ref", b"signal_ref", "state", b"state", "withheld_fields", b"withheld_fields"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__person_score: _TypeAlias = _typing.Literal["person_score"]  # noqa: Y015
+    _WhichOneofArgType__person_score: _TypeAlias = _typing.Literal["_person_score", b"_person_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__person_score) -> _WhichOneofReturnType__person_score | None: ...
 
 Global___Disclosure: _TypeAlias = Disclosure  # noqa: Y015
 

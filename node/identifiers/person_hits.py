@@ -1,0 +1,177 @@
+"""Person keys at the node: derived at import, combined into scored probable hits.
+
+A covenant's ``[person_matching] kinds`` turns on person key kinds
+(:class:`~samenloop.node.identifiers.person_keys.PersonKeyKind`) beside the exact
+``person`` key. For a signal's ``person`` identifier the node derives a
+:class:`PersonKey` per kind turned on (:func:`derived_keys`) and stores each as one more
+identifier of the signal: its own fresh ``signal_ref``, its type the kind's wire name, so
+that it is tokenised under its own domain (:mod:`samenloop.node.tokens.derive` binds the
+type into the OPRF input and the token), withdrawn, expired and re-tokenised under a
+staged key epoch like any other identifier.
+
+The broker matches each kind on its own. The node then combines, per own signal and other
+party, the kinds on which that party is a member of a group with one of the signal's
+keys into one :class:`ProbableHit` scored by :func:`person_score.score` (:func:`combine`).
+Other parties' refs are fresh per identifier, so the node cannot tell whether two of a
+party's memberships are one record of that party: the score is per (own signal, party)
+and can overstate when the party holds two different people who each agree on a
+different kind (``docs/linkage.md``). The score counts kinds, never refs: a party that
+submits many refs of one kind adds nothing.
+
+Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from samenloop.node.identifiers import normalise as _n
+from samenloop.node.identifiers.person_keys import (
+    PersonKeyKind,
+    PersonParts,
+    person_keys,
+    person_parts,
+)
+from samenloop.node.identifiers.person_score import score
+
+__all__ = [
+    "HIDDEN_PARTY",
+    "PersonKey",
+    "ProbableHit",
+    "combine",
+    "derived_keys",
+    "is_person_kind",
+    "parts_of_person",
+    "party_labels",
+    "person_kind",
+]
+
+#: The party label of another member whose party (and role) this node may not see.
+HIDDEN_PARTY: Final = ""
+
+_KINDS: Final = {kind.value: kind for kind in PersonKeyKind}
+
+
+def is_person_kind(type_name: str) -> bool:
+    """Whether an identifier type (as stored) is a person key kind's wire name."""
+    return type_name in _KINDS
+
+
+def person_kind(type_name: str) -> PersonKeyKind:
+    """The person key kind of a stored identifier type (``ValueError`` if it is none)."""
+    return _KINDS[type_name]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PersonKey:
+    """One derived person key: tokenised like an identifier (its ``type`` is the kind's
+    wire name, its ``canonical`` the key). Its ``repr`` hides the key."""
+
+    type: PersonKeyKind
+    canonical: str
+
+    def __repr__(self) -> str:
+        return f"PersonKey(type={self.type.value}, canonical=<redacted>)"
+
+
+def parts_of_person(
+    value: str, *, field: str = "value", today: datetime.date | None = None
+) -> PersonParts:
+    """The parts of a ``person`` identifier written ``NAME;DATE`` (as
+    :func:`normalise.parse` reads it): the name split into surname and given names the
+    same way, then read by :func:`person_parts`. Raises ``InvalidIdentifier`` naming
+    ``field``."""
+    fail = _n._Fail(_n.IdentifierType.PERSON, field)
+    text = _n._prepare(value, fail)
+    name, sep, birth_date = text.rpartition(";")
+    if not sep or not name.strip():
+        raise fail("format", "person must be written as NAME;DATE, e.g. 'J. Jansen;1980-03-15'")
+    given, surname = _n._split_name(name.strip(), fail)
+    return person_parts(
+        " ".join(surname) or None,
+        " ".join(given) or None,
+        birth_date,
+        field=field,
+        today=today,
+    )
+
+
+def derived_keys(parts: PersonParts, kinds: Iterable[str]) -> tuple[PersonKey, ...]:
+    """The keys of the kinds turned on (wire names) that ``parts`` allow, in the
+    kinds' declaration order (deterministic)."""
+    wanted = frozenset(_KINDS[name] for name in kinds if name in _KINDS)
+    keys = person_keys(parts, wanted)
+    return tuple(PersonKey(kind, keys[kind]) for kind in PersonKeyKind if kind in keys)
+
+
+def party_labels(member: bool, others: Iterable[tuple[str | None, str | None]]) -> list[str]:
+    """The labels of a notice's other members as probable hits group them: the party id
+    where visible, else ``role:<role>``, else :data:`HIDDEN_PARTY`. A notice to a member
+    that shows no other member at all still means another party: one hidden label. A
+    non-member (a coordinator) gets none: it has no signal to combine."""
+    if not member:
+        return []
+    labels = {
+        party if party else f"role:{role}" if role else HIDDEN_PARTY for party, role in others
+    }
+    return sorted(labels or {HIDDEN_PARTY})
+
+
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    """One fact from the hit inbox: an open hit on a key of ``kind`` of the own signal
+    ``signal_id`` has ``party`` (``HIDDEN_PARTY`` if not visible) among its other members."""
+
+    signal_id: int
+    party: str
+    kind: PersonKeyKind
+
+
+@dataclass(frozen=True, slots=True)
+class ProbableHit:
+    """One own signal and one other party: the kinds that agreed and their score.
+    ``shown``: at least the covenant's ``shown_score``; ``disclosable``: at least its
+    ``disclosure_score``."""
+
+    signal_id: int
+    party: str
+    kinds: tuple[PersonKeyKind, ...]
+    score: float
+    shown: bool
+    disclosable: bool
+
+
+def combine(
+    agreements: Iterable[Agreement], *, shown_score: float, disclosure_score: float
+) -> dict[tuple[int, str], ProbableHit]:
+    """The probable hits of ``agreements``, by (own signal, party).
+
+    Each kind counts once per (signal, party) however many groups or refs name it. The
+    kinds are listed heaviest first (then by name), the score is
+    :func:`person_score.score` of them.
+    """
+    kinds: dict[tuple[int, str], set[PersonKeyKind]] = {}
+    for agreement in agreements:
+        kinds.setdefault((agreement.signal_id, agreement.party), set()).add(
+            PersonKeyKind(agreement.kind)
+        )
+    out: dict[tuple[int, str], ProbableHit] = {}
+    for key, found in sorted(kinds.items()):
+        value = score(found)
+        out[key] = ProbableHit(
+            signal_id=key[0],
+            party=key[1],
+            kinds=_ordered(found),
+            score=value,
+            shown=value >= shown_score,
+            disclosable=value >= disclosure_score,
+        )
+    return out
+
+
+def _ordered(kinds: Iterable[PersonKeyKind]) -> tuple[PersonKeyKind, ...]:
+    weights: Mapping[PersonKeyKind, float] = {k: score((k,)) for k in kinds}
+    return tuple(sorted(weights, key=lambda k: (-weights[k], k.value)))
