@@ -794,43 +794,20 @@ class SignalStore(Database):
         ``types``, only identifiers of those types (the covenant's matching types: the
         others stay local, pending until a covenant version matches them)."""
         si = models.SignalIdentifier
-        moment = None if now is None else utc(now)
-        found: list[PendingIdentifier] = []
-        after = 0
-        with self._read() as conn:
-            # Pending identifiers by their (state, id) index, their signals by primary key:
-            # a join lets a planner without statistics loop over every active signal.
-            while len(found) < limit:
-                rows = conn.execute(
-                    select(si.id, si.signal_id, si.type, si.canonical)
-                    .where(
-                        si.state == IdentifierState.PENDING.value,
-                        si.id > after,
-                        *(() if types is None else (si.type.in_(list(types)),)),
-                    )
-                    .order_by(si.id)
-                    .limit(limit)
-                ).all()
-                if not rows:
-                    break
-                signals = self._signals_by_id(conn, {row.signal_id for row in rows})
-                for row in rows:
-                    signal = signals[row.signal_id]
-                    if signal.state != SignalState.ACTIVE.value or (
-                        moment is not None and signal.expires_at <= moment
-                    ):
-                        continue
-                    found.append(
-                        PendingIdentifier(
-                            id=row.id,
-                            signal_id=row.signal_id,
-                            identifier=_tokenisable(row.type, row.canonical),
-                            category=signal.category,
-                            expires_at=signal.expires_at,
-                        )
-                    )
-                after = rows[-1].id
-        return found[:limit]
+        return self._identifier_pages(
+            lambda after: (
+                select(si.id, si.signal_id, si.type, si.canonical)
+                .where(
+                    si.state == IdentifierState.PENDING.value,
+                    si.id > after,
+                    *(() if types is None else (si.type.in_(list(types)),)),
+                )
+                .order_by(si.id)
+                .limit(limit)
+            ),
+            limit,
+            None if now is None else utc(now),
+        )
 
     def record_tokens(
         self,
@@ -852,16 +829,7 @@ class SignalStore(Database):
         the same transaction (an identifier without one can prove no hit).
         """
         now = utc(now)
-        _check_epoch(key_epoch)
-        for identifier_id, token in tokens.items():
-            check_bytes(token, TOKEN_BYTES, f"tokens[{identifier_id}]")
-        proof_keys = proof_keys or {}
-        for identifier_id, key in proof_keys.items():
-            if identifier_id not in tokens:
-                raise InvalidInput(
-                    "a proof key without a token", field=f"proof_keys[{identifier_id}]"
-                )
-            check_bytes(key, HIT_PROOF_KEY_BYTES, f"proof_keys[{identifier_id}]")
+        proof_keys = _checked_tokens(tokens, key_epoch, proof_keys)
         si = models.SignalIdentifier
         with self._write(outbox=True) as conn:
             # Two lookups by primary key, not one join: with an IN list on one side and
@@ -874,13 +842,7 @@ class SignalStore(Database):
                     .order_by(si.id)
                     .with_for_update()
                 ).all()
-            signals = self._signals_by_id(conn, {row.signal_id for row in pending})
-            rows = [
-                _Taken(row.id, row.signal_ref, signal.category, signal.expires_at)
-                for row in pending
-                if (signal := signals[row.signal_id]).state == SignalState.ACTIVE.value
-                and signal.expires_at > now
-            ]
+            rows = self._live(conn, pending, now)
             if not rows:
                 return []
             conn.execute(
@@ -907,31 +869,7 @@ class SignalStore(Database):
                     ),
                     keyed,
                 )
-            sealed: dict[str, bytes] = {}
-            if seal_attributes is not None:
-                for category in sorted({row.category for row in rows}):
-                    sealed[category] = seal_attributes(category)
-            batches = [
-                self._create_batch(
-                    conn,
-                    BatchKind.SUBMIT,
-                    key_epoch,
-                    now,
-                    [
-                        {
-                            "identifier_id": row.id,
-                            "signal_ref": row.signal_ref,
-                            "token": tokens[row.id],
-                            "expires_at": row.expires_at,
-                            "sealed_attributes": sealed.get(row.category),
-                            "category": row.category,
-                        }
-                        for row in chunk
-                    ],
-                )
-                for chunk in chunks(rows, MAX_TOKENS_PER_BATCH)
-            ]
-        return batches
+            return self._submit_batches(conn, rows, tokens, key_epoch, now, seal_attributes)
 
     # --- rotating the OPRF key ------------------------------------------------------
 
@@ -944,42 +882,23 @@ class SignalStore(Database):
         a staged token yet. An import while staged is tokenised under the current epoch
         first and comes here once acknowledged."""
         si, rt = models.SignalIdentifier, models.RestatedToken
-        moment = utc(now)
-        found: list[PendingIdentifier] = []
-        after = 0
-        with self._read() as conn:
-            while len(found) < limit:
-                rows = conn.execute(
-                    select(si.id, si.signal_id, si.type, si.canonical)
-                    .where(
-                        si.state == IdentifierState.SUBMITTED.value,
-                        si.key_epoch == current,
-                        si.id > after,
-                        ~select(rt.identifier_id)
-                        .where(rt.identifier_id == si.id, rt.key_epoch == staged)
-                        .exists(),
-                    )
-                    .order_by(si.id)
-                    .limit(limit)
-                ).all()
-                if not rows:
-                    break
-                signals = self._signals_by_id(conn, {row.signal_id for row in rows})
-                for row in rows:
-                    signal = signals[row.signal_id]
-                    if signal.state != SignalState.ACTIVE.value or signal.expires_at <= moment:
-                        continue
-                    found.append(
-                        PendingIdentifier(
-                            id=row.id,
-                            signal_id=row.signal_id,
-                            identifier=_tokenisable(row.type, row.canonical),
-                            category=signal.category,
-                            expires_at=signal.expires_at,
-                        )
-                    )
-                after = rows[-1].id
-        return found[:limit]
+        return self._identifier_pages(
+            lambda after: (
+                select(si.id, si.signal_id, si.type, si.canonical)
+                .where(
+                    si.state == IdentifierState.SUBMITTED.value,
+                    si.key_epoch == current,
+                    si.id > after,
+                    ~select(rt.identifier_id)
+                    .where(rt.identifier_id == si.id, rt.key_epoch == staged)
+                    .exists(),
+                )
+                .order_by(si.id)
+                .limit(limit)
+            ),
+            limit,
+            utc(now),
+        )
 
     def record_restated(
         self,
@@ -998,12 +917,7 @@ class SignalStore(Database):
         submits nothing twice, and an identifier withdrawn meanwhile is not re-stated.
         """
         now = utc(now)
-        _check_epoch(key_epoch)
-        proof_keys = proof_keys or {}
-        for identifier_id, token in tokens.items():
-            check_bytes(token, TOKEN_BYTES, f"tokens[{identifier_id}]")
-        for identifier_id, key in proof_keys.items():
-            check_bytes(key, HIT_PROOF_KEY_BYTES, f"proof_keys[{identifier_id}]")
+        proof_keys = _checked_tokens(tokens, key_epoch, proof_keys)
         si, rt = models.SignalIdentifier, models.RestatedToken
         with self._write(outbox=True) as conn:
             taken: list[Any] = []
@@ -1018,13 +932,7 @@ class SignalStore(Database):
                     .order_by(si.id)
                     .with_for_update()
                 ).all()
-            signals = self._signals_by_id(conn, {row.signal_id for row in taken})
-            rows = [
-                _Taken(row.id, row.signal_ref, signal.category, signal.expires_at)
-                for row in taken
-                if (signal := signals[row.signal_id]).state == SignalState.ACTIVE.value
-                and signal.expires_at > now
-            ]
+            rows = self._live(conn, taken, now)
             if not rows:
                 return []
             conn.execute(
@@ -1039,30 +947,7 @@ class SignalStore(Database):
                     for row in rows
                 ],
             )
-            sealed: dict[str, bytes] = {}
-            if seal_attributes is not None:
-                for category in sorted({row.category for row in rows}):
-                    sealed[category] = seal_attributes(category)
-            return [
-                self._create_batch(
-                    conn,
-                    BatchKind.SUBMIT,
-                    key_epoch,
-                    now,
-                    [
-                        {
-                            "identifier_id": row.id,
-                            "signal_ref": row.signal_ref,
-                            "token": tokens[row.id],
-                            "expires_at": row.expires_at,
-                            "sealed_attributes": sealed.get(row.category),
-                            "category": row.category,
-                        }
-                        for row in chunk
-                    ],
-                )
-                for chunk in chunks(rows, MAX_TOKENS_PER_BATCH)
-            ]
+            return self._submit_batches(conn, rows, tokens, key_epoch, now, seal_attributes)
 
     def rotation_progress(self, current: int, staged: int) -> tuple[int, int]:
         """(re-stated, live): this node's identifiers with a token under the ``current``
@@ -1128,6 +1013,88 @@ class SignalStore(Database):
             for chunk in chunks(stale):
                 conn.execute(delete(pk).where(self._among(pk.identifier_id, chunk)))
         return len(switched), len(stale)
+
+    def _identifier_pages(
+        self,
+        page: Callable[[int], Any],
+        limit: int,
+        moment: datetime | None,
+    ) -> list[PendingIdentifier]:
+        """Up to ``limit`` identifiers that ``page(after)`` selects (id, signal id, type,
+        canonical value; ordered by id, after the id given), of active signals not expired
+        by ``moment``: page by page, by the identifiers' index and their signals by primary
+        key (a join lets a planner without statistics loop over every active signal)."""
+        found: list[PendingIdentifier] = []
+        after = 0
+        with self._read() as conn:
+            while len(found) < limit:
+                rows = conn.execute(page(after)).all()
+                if not rows:
+                    break
+                signals = self._signals_by_id(conn, {row.signal_id for row in rows})
+                for row in rows:
+                    signal = signals[row.signal_id]
+                    if signal.state != SignalState.ACTIVE.value or (
+                        moment is not None and signal.expires_at <= moment
+                    ):
+                        continue
+                    found.append(
+                        PendingIdentifier(
+                            id=row.id,
+                            signal_id=row.signal_id,
+                            identifier=_tokenisable(row.type, row.canonical),
+                            category=signal.category,
+                            expires_at=signal.expires_at,
+                        )
+                    )
+                after = rows[-1].id
+        return found[:limit]
+
+    def _live(self, conn: Connection, taken: Sequence[Any], now: datetime) -> list[_Taken]:
+        """The identifier rows taken whose signal is active and not expired by ``now``."""
+        signals = self._signals_by_id(conn, {row.signal_id for row in taken})
+        return [
+            _Taken(row.id, row.signal_ref, signal.category, signal.expires_at)
+            for row in taken
+            if (signal := signals[row.signal_id]).state == SignalState.ACTIVE.value
+            and signal.expires_at > now
+        ]
+
+    def _submit_batches(
+        self,
+        conn: Connection,
+        rows: Sequence[_Taken],
+        tokens: Mapping[int, bytes],
+        key_epoch: int,
+        now: datetime,
+        seal_attributes: Callable[[str], bytes] | None,
+    ) -> list[OutboxBatch]:
+        """The submit batches of ``key_epoch`` for these rows' tokens, each entry under its
+        identifier's own ref, its category sealed once per category."""
+        sealed: dict[str, bytes] = {}
+        if seal_attributes is not None:
+            for category in sorted({row.category for row in rows}):
+                sealed[category] = seal_attributes(category)
+        return [
+            self._create_batch(
+                conn,
+                BatchKind.SUBMIT,
+                key_epoch,
+                now,
+                [
+                    {
+                        "identifier_id": row.id,
+                        "signal_ref": row.signal_ref,
+                        "token": tokens[row.id],
+                        "expires_at": row.expires_at,
+                        "sealed_attributes": sealed.get(row.category),
+                        "category": row.category,
+                    }
+                    for row in chunk
+                ],
+            )
+            for chunk in chunks(rows, MAX_TOKENS_PER_BATCH)
+        ]
 
     def _create_batch(
         self,
@@ -1704,3 +1671,19 @@ class SignalStore(Database):
             closed_hits=int(hits.get(HitState.CLOSED.value, 0)),
             mailbox_cursor=cursor or 0,
         )
+
+
+def _checked_tokens(
+    tokens: Mapping[int, bytes], key_epoch: int, proof_keys: Mapping[int, bytes] | None
+) -> Mapping[int, bytes]:
+    """Check tokens to record (by identifier id), their epoch and hit proof keys (each for
+    a token given); answers the proof keys (none: empty)."""
+    _check_epoch(key_epoch)
+    for identifier_id, token in tokens.items():
+        check_bytes(token, TOKEN_BYTES, f"tokens[{identifier_id}]")
+    proof_keys = proof_keys or {}
+    for identifier_id, key in proof_keys.items():
+        if identifier_id not in tokens:
+            raise InvalidInput("a proof key without a token", field=f"proof_keys[{identifier_id}]")
+        check_bytes(key, HIT_PROOF_KEY_BYTES, f"proof_keys[{identifier_id}]")
+    return proof_keys
