@@ -68,7 +68,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -88,7 +88,7 @@ from samenloop.node.identifiers import person_hits
 from samenloop.node.picture.desk import PictureDesk
 from samenloop.node.signals.models import BatchKind, HitKind
 from samenloop.node.signals.notices import verify_hit_notice
-from samenloop.node.signals.store import OutboxBatch
+from samenloop.node.signals.store import OutboxBatch, PendingIdentifier
 from samenloop.node.tokens import derive as tokens
 from samenloop.node.tokens import evaluation, threshold
 from samenloop.node.tokens.evaluation import RefusalReason
@@ -692,32 +692,8 @@ class Uplink:
         if not pending:
             return False
         epoch = self._key_epoch(covenant)
-        planner = threshold.HolderPlanner(
-            epoch, use=self._daily_use(covenant, epoch), turn=self._holder_turn
-        )
-        made = evaluation.tokenise_with_proof_keys(
-            self._keys,
-            covenant,
-            tokens.TokenDomain(covenant.id, epoch.epoch),
-            epoch,
-            [p.identifier for p in pending],
-            self._relay,
-            now=now,
-            planner=planner,
-            workers=self.workers,
-        )
-        self._holder_turn = planner.turn
-        # Fewer tokens than identifiers when the holders ran out midway (the quota is used
-        # up): the rest stay pending, and the next round says why in the status.
-        done = pending[: len(made)]
-        self._signals.record_tokens(
-            {p.id: m.token for p, m in zip(done, made, strict=True)},
-            epoch.epoch,
-            now=self._clock(),
-            seal_attributes=self._seal_category,
-            proof_keys={p.id: m.hit_proof_key for p, m in zip(done, made, strict=True)},
-        )
-        self.metrics.tokenised.inc(len(done))
+        use = self._daily_use(covenant, epoch)
+        self._tokenise_and_record(covenant, epoch, use, pending, now, self._signals.record_tokens)
         return True
 
     def _follow_rotation(self) -> None:
@@ -763,26 +739,48 @@ class Uplink:
             use = evaluation.daily_use(covenant.policy.quotas, epoch, self._party)
             self._staged_of = (covenant.version, epoch, use)
         _, epoch, use = self._staged_of
+        done = self._tokenise_and_record(
+            covenant, epoch, use, candidates, now, self._signals.record_restated
+        )
+        return bool(done)
+
+    def _tokenise_and_record(
+        self,
+        covenant: covenant_model.Covenant,
+        epoch: threshold.KeyEpoch,
+        use: threshold.DailyUse | None,
+        identifiers: Sequence[PendingIdentifier],
+        now: datetime,
+        record: Callable[..., object],
+    ) -> Sequence[PendingIdentifier]:
+        """Tokenise ``identifiers`` under ``epoch`` through the key holders (on the
+        workers, the responding sets taking turns) and ``record`` the tokens made, with
+        their hit proof keys, in the outbox; answers those tokenised. Fewer than given
+        when the holders ran out midway (the quota is used up): the rest wait, and the
+        next round says why in the status."""
+        planner = threshold.HolderPlanner(epoch, use=use, turn=self._holder_turn)
         made = evaluation.tokenise_with_proof_keys(
             self._keys,
             covenant,
             tokens.TokenDomain(covenant.id, epoch.epoch),
             epoch,
-            [c.identifier for c in candidates],
+            [p.identifier for p in identifiers],
             self._relay,
             now=now,
-            planner=threshold.HolderPlanner(epoch, use=use),
+            planner=planner,
+            workers=self.workers,
         )
-        done = candidates[: len(made)]
-        self._signals.record_restated(
-            {c.id: m.token for c, m in zip(done, made, strict=True)},
+        self._holder_turn = planner.turn
+        done = identifiers[: len(made)]
+        record(
+            {p.id: m.token for p, m in zip(done, made, strict=True)},
             epoch.epoch,
             now=self._clock(),
             seal_attributes=self._seal_category,
-            proof_keys={c.id: m.hit_proof_key for c, m in zip(done, made, strict=True)},
+            proof_keys={p.id: m.hit_proof_key for p, m in zip(done, made, strict=True)},
         )
         self.metrics.tokenised.inc(len(done))
-        return bool(done)
+        return done
 
     def _send_outbox(self) -> bool:
         waits = self._outbox_waits_until
