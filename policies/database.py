@@ -23,10 +23,12 @@ core module imports it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import sqlite3
 import threading
 import weakref
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -263,14 +265,45 @@ def _config(package: str, connection: Connection | None = None) -> Config:
 
 def upgrade(engine: Engine, package: str, revision: str = "head") -> None:
     """Apply the package's migrations up to ``revision``, in one transaction."""
-    with engine.begin() as connection:
+    with _migrating(engine) as connection:
         command.upgrade(_config(package, connection), revision)
 
 
 def downgrade(engine: Engine, package: str, revision: str = "base") -> None:
     """Revert the package's migrations down to ``revision``, in one transaction."""
-    with engine.begin() as connection:
+    with _migrating(engine) as connection:
         command.downgrade(_config(package, connection), revision)
+
+
+@contextlib.contextmanager
+def _migrating(engine: Engine) -> Iterator[Connection]:
+    """One transaction for a migration run. On SQLite, as its own guide to schema changes
+    says: foreign keys off around the transaction (a migration that rebuilds a table
+    other tables refer to, Alembic's batch mode, drops the old table, which would
+    otherwise fail, or cascade, on the rows that refer to it), and ``PRAGMA
+    foreign_key_check`` before the commit, so that a migration that broke a reference
+    is rolled back whole, naming the table."""
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if not sqlite:
+            with connection.begin():
+                yield connection
+            return
+        raw = connection.connection.dbapi_connection
+        assert raw is not None
+        raw.execute("PRAGMA foreign_keys=OFF")  # outside any transaction, where it counts
+        try:
+            with connection.begin():
+                yield connection
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    tables = sorted({str(row[0]) for row in broken})
+                    raise ConfigurationError(
+                        f"the migration left rows that refer to missing rows in {tables}",
+                        field="database.url",
+                    )
+        finally:
+            raw.execute("PRAGMA foreign_keys=ON")
 
 
 def current(engine: Engine) -> tuple[str, ...]:

@@ -144,6 +144,62 @@ def test_migrations_go_up_down_and_up_again_and_are_checked(database_url):
         engine.dispose()
 
 
+def test_a_node_with_signals_migrates_down_and_up_across_a_table_rebuild(database_url):
+    """A real node's upgrade: on SQLite, Alembic's batch mode rebuilds a table that others
+    refer to (0016 widens ``signal_identifiers.type``; the outbox and the hit proof keys
+    refer to it), which the foreign keys would refuse mid-migration; the migration runs
+    with them off and checks them before it commits. Nothing is lost either way."""
+    engine = database.make_engine(database_url)
+    try:
+        database.downgrade(engine, MIGRATIONS)
+        database.upgrade(engine, MIGRATIONS)
+        node = Repositories.open(engine, random_bytes=random.Random(7).randbytes)
+        node.signals.add_signals([signal("ZAAK-1", 1, 2), signal("ZAAK-2", 3)], now=NOW)
+        pending = node.signals.pending_identifiers(10, now=NOW)
+        node.signals.record_tokens(
+            {p.id: token(p.id) for p in pending},
+            1,
+            now=NOW,
+            proof_keys={p.id: bytes(32) for p in pending},
+        )
+        before = table_counts(engine)
+        assert before["outbox_entries"] == before["hit_proof_keys"] == 3
+        database.downgrade(engine, MIGRATIONS, "0015")
+        database.upgrade(engine, MIGRATIONS)
+        assert table_counts(engine) == before
+        assert [i.token for i in node.signals.signal("ZAAK-1").identifiers] == [
+            token(p.id) for p in pending[:2]
+        ]
+    finally:
+        clear(engine)
+        engine.dispose()
+
+
+def test_a_migration_that_breaks_a_reference_is_rolled_back(sqlite_url):
+    """The check before the commit: rows that refer to missing rows roll the whole
+    migration run back, naming the tables, and the foreign keys are on again after."""
+    engine = database.make_engine(sqlite_url)
+    try:
+        database.upgrade(engine, MIGRATIONS, "0015")
+        node = Repositories.open(engine, random_bytes=random.Random(7).randbytes)
+        node.signals.add_signals([signal("ZAAK-1", 1)], now=NOW)
+        pending = node.signals.pending_identifiers(10, now=NOW)
+        node.signals.record_tokens({p.id: token(p.id) for p in pending}, 1, now=NOW)
+        with engine.connect() as conn:  # a reference broken, as a faulty migration would
+            conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+            conn.exec_driver_sql("UPDATE outbox_entries SET identifier_id = 999999")
+            conn.commit()
+            conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")
+        with pytest.raises(ConfigurationError) as refused:
+            database.upgrade(engine, MIGRATIONS)
+        assert "outbox_entries" in str(refused.value)
+        assert database.current(engine) == ("0015",)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
 def test_the_migrations_create_exactly_the_models(engine):
     with engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
