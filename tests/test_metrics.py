@@ -39,6 +39,7 @@ from samenloop.broker.mailbox import ItemKind
 from samenloop.broker.matching import Entry
 from samenloop.broker.metrics import QUOTAS
 from samenloop.broker.store import BrokerStore
+from samenloop.node.daemon.database import SealedEnvelope
 from samenloop.node.daemon.metrics import NodeMetrics
 from samenloop.node.daemon.process import build_node
 from samenloop.node.daemon.repositories import Repositories
@@ -303,10 +304,20 @@ def test_the_node_collector_of_an_empty_store_and_its_connection(sqlite_url: str
     database.upgrade(engine, "samenloop.node.daemon.migrations")
     metrics = NodeMetrics()
     connection: list[tuple[bool, datetime | None]] = [(False, None)]
-    metrics.watch(Repositories.open(engine), lambda: connection[0], lambda: NOW)
+    repositories = Repositories.open(engine)
+    metrics.watch(repositories, lambda: connection[0], lambda: NOW)
     try:
         samples = parse(generate_latest(metrics.registry).decode())
         assert value(samples, "samenloop_node_signals", state="active") == 0
+        assert ("samenloop_node_outbox_envelopes", ()) in samples
+        assert value(samples, "samenloop_node_outbox_envelopes") == 0
+        with engine.begin() as conn:  # an envelope queued as a capability's transaction does
+            repositories.shared._queue_envelope(conn, SealedEnvelope(b"m" * 16, "woco", b"s"), NOW)
+        samples = parse(generate_latest(metrics.registry).decode())
+        assert value(samples, "samenloop_node_outbox_envelopes") == 1
+        assert repositories.shared.settle_envelope(b"m" * 16, sent=True, now=NOW)
+        samples = parse(generate_latest(metrics.registry).decode())
+        assert value(samples, "samenloop_node_outbox_envelopes") == 0
         assert (
             value(samples, "samenloop_node_disclosures", direction="incoming", state="granted") == 0
         )
@@ -372,15 +383,37 @@ def node_port(cluster: Cluster, party: str) -> int:
 
 
 def settled(cluster: Cluster) -> bool:
-    """Every node has sent all it made and the broker's mailboxes are empty."""
+    """Nothing is in flight: the broker's mailboxes are empty, then every node has sent
+    all it made, then the broker's mailboxes are still empty and it took nothing new in
+    between. A node acknowledges a mailbox item in the transaction that queues what the
+    item made it send (a picture share to the aggregator, a sum request), so an empty
+    mailbox before empty outboxes, with no new message after them, is a fixed point."""
+
+    def broker_side() -> tuple[float, ...] | None:
+        samples = parse(scrape_text(broker_port(cluster)))
+        if total(samples, "samenloop_broker_mailbox_items"):
+            return None
+        return (
+            total(samples, "samenloop_broker_envelopes_total"),
+            total(samples, "samenloop_broker_hit_notices_total"),
+            total(samples, "samenloop_broker_mailbox_items_delivered_total"),
+        )
+
+    before = broker_side()
+    if before is None:
+        return False
     for party in PARTIES:
         samples = parse(scrape_text(node_port(cluster, party)))
-        if value(samples, "samenloop_node_identifiers_pending") or value(
-            samples, "samenloop_node_outbox_batches"
+        if any(
+            value(samples, name)
+            for name in (
+                "samenloop_node_identifiers_pending",
+                "samenloop_node_outbox_batches",
+                "samenloop_node_outbox_envelopes",
+            )
         ):
             return False
-    broker = parse(scrape_text(broker_port(cluster)))
-    return total(broker, "samenloop_broker_mailbox_items") == 0
+    return broker_side() == before
 
 
 def run_the_story(cluster: Cluster) -> dict[str, object]:

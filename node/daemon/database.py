@@ -43,6 +43,7 @@ from sqlalchemy import (
     String,
     any_,
     bindparam,
+    func,
     insert,
     select,
     text,
@@ -336,6 +337,16 @@ class Database(audit_store.AuditLog):
                 .limit(limit)
             ).all()
         return [PendingEnvelope(r.client_message_id, r.recipient, r.sealed) for r in rows]
+
+    def envelopes_waiting(self) -> int:
+        """How many envelopes wait for the broker's acknowledgement (for the metrics)."""
+        e = models.EnvelopeOutboxItem
+        with self._read() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).where(e.sent_at.is_(None), e.rejected_at.is_(None))
+                ).scalar_one()
+            )
 
     def settle_envelope(self, message_id: bytes, *, sent: bool, now: datetime) -> bool:
         """Mark an envelope acknowledged (``sent``) or refused for good by the broker."""

@@ -194,6 +194,11 @@ class StoreCollector(StoreFigures):
             "Entries of the batches waiting in the outbox",
             value=counts.outbox_entries,
         )
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_outbox_envelopes",
+            "Sealed envelopes (disclosures, picture parts, cases) waiting for the broker",
+            value=self._repositories.shared.envelopes_waiting(),
+        )
         hits = GaugeMetricFamily(f"{NAMESPACE}_hits", "Hits held, by state", labels=["state"])
         hits.add_metric(["open"], counts.open_hits)
         hits.add_metric(["closed"], counts.closed_hits)
