@@ -74,6 +74,7 @@ from samenloop.node.daemon.api_token import bearer, read_token
 from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.identifiers.attributes import area_kind_of
 from samenloop.node.identifiers.normalise import Identifier, IdentifierType, identifier_type, parse
+from samenloop.node.network.graph import Component, Edge, Vertex
 from samenloop.node.picture.arithmetic import Dimension, Measure, Period, ReleasedTable
 from samenloop.node.picture.protocol import released_from_proto
 from samenloop.node.signals.models import AreaKind, HitKind, HitState, SignalState
@@ -566,6 +567,28 @@ def _dimension(dimension: Dimension | str, field: str) -> Dimension:
     if isinstance(dimension, Dimension):
         return dimension
     return Dimension.parse(dimension, field=field)
+
+
+def _vertex(message: node_pb2.NetworkVertex) -> Vertex:
+    return Vertex(
+        group_id=message.hit_group_id,
+        identifier_type=message.identifier_type,
+        parties=frozenset(message.parties),
+        first_seen=message.first_seen.ToDatetime(tzinfo=UTC),
+        last_seen=message.last_seen.ToDatetime(tzinfo=UTC),
+        score=message.person_score if message.HasField("person_score") else None,
+    )
+
+
+def _edge(message: node_pb2.NetworkEdge) -> Edge:
+    return Edge(
+        a=message.a,
+        b=message.b,
+        reporter=message.reporter,
+        count=message.count,
+        first_reported=_time(message.first_reported),
+        last_reported=_time(message.last_reported),
+    )
 
 
 def _time(stamp: timestamp_pb2.Timestamp) -> datetime | None:
@@ -1527,6 +1550,33 @@ class NodeClient:
             node_pb2.CaseCloseRequest(case_id=case_id, outcome=outcome, officer=officer),
         )
         return _case(response.case)
+
+    # --- the subject network ---------------------------------------------------------------
+
+    def network(self, group_id: bytes | None = None) -> tuple[list[Vertex], list[Edge]]:
+        """The subject network this node holds: its open hit groups and the links partners
+        reported between them; with ``group_id``, only that group's component."""
+        response = self._call(
+            self._stub.NetworkShow, node_pb2.NetworkShowRequest(hit_group_id=group_id or b"")
+        )
+        return (
+            [_vertex(v) for v in response.vertices],
+            [_edge(e) for e in response.edges],
+        )
+
+    def network_components(
+        self, *, limit: int = 0, with_singletons: bool = False
+    ) -> list[Component]:
+        """The network's connected components, largest first; a single group without
+        links only ``with_singletons``."""
+        response = self._call(
+            self._stub.NetworkComponents,
+            node_pb2.NetworkComponentsRequest(limit=limit, with_singletons=with_singletons),
+        )
+        return [
+            Component(tuple(_vertex(v) for v in c.vertices), tuple(_edge(e) for e in c.edges))
+            for c in response.components
+        ]
 
     def case_board(self, *, overdue_only: bool = False) -> list[CaseBoardEntry]:
         """The coordinator's board: open actions of its open cases, overdue first."""

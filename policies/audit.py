@@ -125,6 +125,7 @@ class AuditKind(enum.StrEnum):
     # Case coordination and the regional picture.
     CASE_EVENT = "case_event"
     PICTURE_EVENT = "picture_event"
+    NETWORK_EVENT = "network_event"
     # Messages relayed between nodes (broker), by id only.
     ENVELOPE_RELAYED = "envelope_relayed"
     # Calls to a node's local API refused for a missing or wrong API token, counted.

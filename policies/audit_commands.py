@@ -67,6 +67,7 @@ AUDIT_KINDS: Final = (
     "signal_expired",
     "case_event",
     "picture_event",
+    "network_event",
     "envelope_relayed",
     "local_api_refused",
     "mailbox_item_set_aside",

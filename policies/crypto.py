@@ -99,6 +99,7 @@ class SignatureContext(enum.StrEnum):
     PICTURE_SUM_REQUEST = "picture-sum-request"
     PICTURE_SUM = "picture-sum"
     CASE_MESSAGE = "case-message"
+    NETWORK_LINK = "network-link"
     KEY_EPOCH = "key-epoch"
     COVENANT_TIMESTAMP = "covenant-timestamp"
 

@@ -44,6 +44,7 @@ __all__ = [
     "CaseRules",
     "Level",
     "Matching",
+    "NetworkRules",
     "PersonMatching",
     "PictureRules",
     "Policy",
@@ -662,6 +663,18 @@ class CaseRules:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkRules:
+    """The subject network (``[network]``): the roles that are told which hit groups a
+    partner's signal ties together (typically the RIEC). A node reports such a link
+    only to a viewer that may see both groups and the reporter (``rules.link_viewers``)."""
+
+    viewers: tuple[Role, ...]
+
+    def __post_init__(self) -> None:
+        _check_roles(self.viewers, field="viewers")
+
+
+@dataclass(frozen=True, slots=True)
 class PersonMatching:
     """Person keys beyond the exact one (``[person_matching]``): which kinds are
     tokenised and matched, and the score a probable person hit needs to be shown
@@ -705,6 +718,8 @@ class Policy:
     detail_fields: tuple[str, ...] = field(default=())
     #: Absent in covenants written before person keys: only the exact person key.
     person_matching: PersonMatching | None = None
+    #: Absent in covenants written before the subject network: no links are reported.
+    network: NetworkRules | None = None
 
     def __post_init__(self) -> None:
         _distinct_tokens(self.identifier_types, field="identifier_types", allowed=IDENTIFIER_TYPES)
@@ -787,6 +802,8 @@ class Policy:
             raise InvalidInput("must be the picture section", field="picture")
         if not isinstance(self.cases, CaseRules):
             raise InvalidInput("must be the cases section", field="cases")
+        if self.network is not None and not isinstance(self.network, NetworkRules):
+            raise InvalidInput("must be the network section", field="network")
 
     def visibility_for(self, role: Role) -> VisibilityRule | None:
         return next((rule for rule in self.visibility if rule.role is role), None)

@@ -8,6 +8,8 @@
   a day: its share of the party's cap (key holders and the requesting node);
 * :func:`check_quota`, :func:`check_category`, :func:`check_identifier_type` —
   small guards the daemons call at their boundaries;
+* :func:`link_viewers` — who a partner reports a link between two hit groups to
+  (node, per link of the subject network);
 * :func:`received_categories` — which of the categories another member sealed
   into a hit may be shown (node, per hit shown).
 
@@ -49,7 +51,9 @@ __all__ = [
     "check_quota",
     "counts_for_matching",
     "hides",
+    "link_viewers",
     "may_coordinate",
+    "may_see_network",
     "may_see_picture",
     "observers",
     "oprf_allowance",
@@ -413,3 +417,40 @@ def may_coordinate(covenant: Covenant, party: str) -> bool:
     return (
         covenant.is_party(party) and covenant.role_of(party) in covenant.policy.cases.coordinators
     )
+
+
+def may_see_network(covenant: Covenant, party: str) -> bool:
+    """Whether ``party`` may be told the links of the subject network (its role is one of
+    the ``[network]`` viewers; without that section nobody is)."""
+    network = covenant.policy.network
+    return (
+        network is not None
+        and covenant.is_party(party)
+        and covenant.role_of(party) in (network.viewers)
+    )
+
+
+def link_viewers(
+    covenant: Covenant, reporter: str, groups: Sequence[Sequence[MemberFacts]]
+) -> frozenset[str]:
+    """The parties ``reporter`` may tell that one of its signals ties these hit groups.
+
+    ``groups`` are the members of each group as the reporter knows them: itself and
+    the other members its notices name by party id. A viewer qualifies if it is a
+    ``[network]`` viewer other than the reporter, its rule does not hide the reporter,
+    and :func:`visibility` gives it a notice of every group with these members. Members
+    hidden from the reporter are missing from ``groups``, but adding members never
+    takes a notice away (rule 3 leaves hidden ones out; the others only raise the
+    count), so a viewer chosen here sees the groups in fact: the choice errs towards
+    telling fewer.
+    """
+    chosen: set[str] = set()
+    for party in covenant.parties:
+        viewer = party.id
+        if viewer == reporter or not may_see_network(covenant, viewer):
+            continue
+        if hides(covenant, viewer, reporter):
+            continue
+        if all(visibility(covenant, viewer, members) is not None for members in groups):
+            chosen.add(viewer)
+    return frozenset(chosen)

@@ -197,6 +197,7 @@ def test_every_repository_shares_the_one_database():
     from samenloop.node.daemon.database import Database
     from samenloop.node.daemon.repositories import Repositories
     from samenloop.node.disclosure.store import DisclosureStore
+    from samenloop.node.network.store import NetworkStore
     from samenloop.node.picture.store import PictureStore
     from samenloop.node.signals.store import SignalStore
     from samenloop.node.tokens.store import TokenStore
@@ -208,6 +209,7 @@ def test_every_repository_shares_the_one_database():
         PictureStore,
         CaseStore,
         CovenantStore,
+        NetworkStore,
     )
     assert all(issubclass(r, Database) for r in repositories)
     # No repository redefines what the base holds (the transaction, the cursor, the outbox).

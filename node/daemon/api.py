@@ -57,6 +57,7 @@ from samenloop.node.disclosure.store import DisclosureRecord
 from samenloop.node.identifiers import person_hits
 from samenloop.node.identifiers.attributes import check_branch
 from samenloop.node.identifiers.normalise import Identifier, IdentifierType, parse
+from samenloop.node.network import api as network_api
 from samenloop.node.picture import api as picture_api
 from samenloop.node.picture.desk import PictureDesk
 from samenloop.node.signals import models
@@ -1099,6 +1100,18 @@ class NodeApiService(node_pb2_grpc.NodeApiServicer):
         self, request: node_pb2.PictureShowRequest, context: grpc.ServicerContext
     ) -> node_pb2.PictureShowResponse:
         return picture_api.show(self._picture_desk(), request)
+
+    # --- the subject network (read from the store) -------------------------------------------
+
+    def NetworkShow(
+        self, request: node_pb2.NetworkShowRequest, context: grpc.ServicerContext
+    ) -> node_pb2.NetworkShowResponse:
+        return network_api.show(self._ctx.repositories.network, request)
+
+    def NetworkComponents(
+        self, request: node_pb2.NetworkComponentsRequest, context: grpc.ServicerContext
+    ) -> node_pb2.NetworkComponentsResponse:
+        return network_api.components_response(self._ctx.repositories.network, request)
 
     # --- cases (through the case desk) ------------------------------------------------------
 

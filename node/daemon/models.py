@@ -35,7 +35,7 @@ from samenloop.policies.audit_store import AuditCheckpointColumns, AuditEntryCol
 from samenloop.policies.database import NAMING_CONVENTION, TYPE_ANNOTATION_MAP, RowId
 
 #: The capabilities that keep tables of their own, each in its ``models.py``.
-CAPABILITIES: Final = ("signals", "tokens", "disclosure", "picture", "cases")
+CAPABILITIES: Final = ("signals", "tokens", "disclosure", "picture", "cases", "network")
 
 MAX_PARTY_CHARS: Final = 64
 MAX_TEXT_BYTES: Final = 4096

@@ -5,7 +5,8 @@ Each capability keeps its own repository beside its desk, owning its tables and 
 inbox and feed), :class:`~samenloop.node.tokens.store.TokenStore` (key-holder counters
 and replay cache), :class:`~samenloop.node.disclosure.store.DisclosureStore`,
 :class:`~samenloop.node.picture.store.PictureStore`,
-:class:`~samenloop.node.cases.store.CaseStore` and
+:class:`~samenloop.node.cases.store.CaseStore`,
+:class:`~samenloop.node.network.store.NetworkStore` and
 :class:`~samenloop.node.daemon.covenants.CovenantStore`. Each extends
 :class:`~samenloop.node.daemon.database.Database`, which holds what they share inside
 their own transactions (the transaction helper, the mailbox cursor, the envelope outbox,
@@ -29,6 +30,7 @@ from samenloop.node.cases.store import CaseStore
 from samenloop.node.daemon.covenants import CovenantStore
 from samenloop.node.daemon.database import MIGRATIONS, Database
 from samenloop.node.disclosure.store import DisclosureStore
+from samenloop.node.network.store import NetworkStore
 from samenloop.node.picture.store import PictureStore
 from samenloop.node.signals.store import SignalStore
 from samenloop.node.tokens.store import TokenStore
@@ -49,6 +51,7 @@ class Repositories:
     picture: PictureStore
     cases: CaseStore
     covenants: CovenantStore
+    network: NetworkStore
 
     @classmethod
     def open(
@@ -68,6 +71,7 @@ class Repositories:
             picture=PictureStore(engine, owner=owner, random_bytes=random_bytes),
             cases=CaseStore(engine, owner=owner, random_bytes=random_bytes),
             covenants=CovenantStore(engine, owner=owner, random_bytes=random_bytes),
+            network=NetworkStore(engine, owner=owner, random_bytes=random_bytes),
         )
 
     @property

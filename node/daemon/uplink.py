@@ -85,6 +85,7 @@ from samenloop.node.daemon.metrics import MAILBOX_KINDS, NodeMetrics, reason_lab
 from samenloop.node.daemon.repositories import Repositories
 from samenloop.node.disclosure.desk import DisclosureDesk
 from samenloop.node.identifiers import person_hits
+from samenloop.node.network.desk import NetworkDesk
 from samenloop.node.picture.desk import PictureDesk
 from samenloop.node.signals.models import BatchKind, HitKind
 from samenloop.node.signals.notices import verify_hit_notice
@@ -341,6 +342,16 @@ class Uplink:
             work_dir=work_dir,
         )
         self.pictures.register(self.disclosures.handlers)
+        self.network = NetworkDesk(
+            keys=keys,
+            covenant=covenant,
+            store=repositories.network,
+            feed_seq=repositories.signals.last_feed_seq,
+            clock=clock,
+            wake=self.wake.set,
+            stale=stale,
+        )
+        self.disclosures.handlers[SignatureContext.NETWORK_LINK] = self.network.receive
         self.status = UplinkStatus(broker_address=self.brokers.address)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -516,6 +527,8 @@ class Uplink:
                         log.info("re-tokenising held back", reason=str(error))
                         restating.defer()
                 busy = self._send_outbox() or busy
+                # The links this node's signals make among its hits, once the feed moved.
+                busy = self.network.tick() or busy
                 busy = self._send_envelopes() or busy
                 backoff.reset()
                 if not busy:
@@ -1006,6 +1019,7 @@ class Uplink:
                 with self.status.lock:
                     self.status.notices_accepted += 1
                 self._on_hit()
+                self.wake.set()  # the work loop reports the links the hit makes
             return
         if item.HasField("envelope"):
             self.disclosures.receive(item.cursor, item.envelope.sealed)

@@ -182,6 +182,12 @@ def _policy_lines(policy: Policy) -> list[str]:
             f"shown_score = {toml_literal(person.shown_score)}",
             f"disclosure_score = {toml_literal(person.disclosure_score)}",
         ]
+    if policy.network is not None:  # likewise: older covenants keep their bytes
+        lines += [
+            "",
+            "[network]",
+            f"viewers = {toml_literal(tuple(r.value for r in policy.network.viewers))}",
+        ]
     return lines
 
 

@@ -39,6 +39,7 @@ from samenloop.policies.policy import (
     CaseRules,
     Level,
     Matching,
+    NetworkRules,
     PersonMatching,
     PictureRules,
     Policy,
@@ -282,6 +283,10 @@ def _read_policy(top: _Table) -> Policy:
                 "disclosure_score", default=DEFAULT_DISCLOSURE_SCORE
             ),
         )
+    network = None
+    if top.has("network"):
+        network_table = top.table("network")
+        network = network_table.build(NetworkRules, viewers=network_table.roles("viewers"))
     with _at(""):
         return Policy(
             identifier_types=top.strings("identifier_types"),
@@ -296,6 +301,7 @@ def _read_policy(top: _Table) -> Policy:
             picture=picture,
             cases=cases,
             person_matching=person_matching,
+            network=network,
         )
 
 

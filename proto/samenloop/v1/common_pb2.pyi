@@ -373,6 +373,7 @@ class Signed(_message.Message):
       "picture-sum-request"  -> PictureSumRequest, the party asking for the picture
       "picture-sum"          -> PictureSum, the covenant's picture aggregator
       "case-message"         -> CaseMessage, the author's node
+      "network-link"         -> NetworkLinks, the reporting node
       "key-epoch"            -> KeyEpoch, the administrator who dealt it
       "covenant-timestamp"   -> CovenantTimestamp, the covenant's timestamp key
                                 (signer "timestamp")

@@ -2483,6 +2483,233 @@ class CaseBoardResponse(_message.Message):
 Global___CaseBoardResponse: _TypeAlias = CaseBoardResponse  # noqa: Y015
 
 @_typing.final
+class NetworkVertex(_message.Message):
+    """---------------------------------------------------------------- network --
+
+    A hit group as a network viewer sees it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HIT_GROUP_ID_FIELD_NUMBER: _builtins.int
+    IDENTIFIER_TYPE_FIELD_NUMBER: _builtins.int
+    PARTIES_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    PERSON_SCORE_FIELD_NUMBER: _builtins.int
+    hit_group_id: _builtins.bytes
+    """The hit group."""
+    identifier_type: _builtins.str
+    """The identifier type: this node's own, else as the reporters of its links
+    name it; empty if unknown.
+    """
+    person_score: _builtins.float
+    """The best probable person score a reporter gave, in bits; absent if none."""
+    @_builtins.property
+    def parties(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The other members this node's latest notice shows (party id, else
+        "role:<role>").
+        """
+
+    @_builtins.property
+    def first_seen(self) -> _timestamp_pb2.Timestamp:
+        """When the group was first and last seen."""
+
+    @_builtins.property
+    def last_seen(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        hit_group_id: _builtins.bytes = ...,
+        identifier_type: _builtins.str = ...,
+        parties: _abc.Iterable[_builtins.str] | None = ...,
+        first_seen: _timestamp_pb2.Timestamp | None = ...,
+        last_seen: _timestamp_pb2.Timestamp | None = ...,
+        person_score: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_person_score", b"_person_score", "first_seen", b"first_seen", "last_seen", b"last_seen", "person_score", b"person_score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_person_score", b"_person_score", "first_seen", b"first_seen", "hit_group_id", b"hit_group_id", "identifier_type", b"identifier_type", "last_seen", b"last_seen", "parties", b"parties", "person_score", b"person_score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__person_score: _TypeAlias = _typing.Literal["person_score"]  # noqa: Y015
+    _WhichOneofArgType__person_score: _TypeAlias = _typing.Literal["_person_score", b"_person_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__person_score) -> _WhichOneofReturnType__person_score | None: ...
+
+Global___NetworkVertex: _TypeAlias = NetworkVertex  # noqa: Y015
+
+@_typing.final
+class NetworkEdge(_message.Message):
+    """One partner's signals tie two groups."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    A_FIELD_NUMBER: _builtins.int
+    B_FIELD_NUMBER: _builtins.int
+    REPORTER_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    FIRST_REPORTED_FIELD_NUMBER: _builtins.int
+    LAST_REPORTED_FIELD_NUMBER: _builtins.int
+    a: _builtins.bytes
+    """The two groups, a < b."""
+    b: _builtins.bytes
+    reporter: _builtins.str
+    """The reporting partner."""
+    count: _builtins.int
+    """How many of its signals tie them."""
+    @_builtins.property
+    def first_reported(self) -> _timestamp_pb2.Timestamp:
+        """When it first and last reported the link."""
+
+    @_builtins.property
+    def last_reported(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        a: _builtins.bytes = ...,
+        b: _builtins.bytes = ...,
+        reporter: _builtins.str = ...,
+        count: _builtins.int = ...,
+        first_reported: _timestamp_pb2.Timestamp | None = ...,
+        last_reported: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_reported", b"first_reported", "last_reported", b"last_reported"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["a", b"a", "b", b"b", "count", b"count", "first_reported", b"first_reported", "last_reported", b"last_reported", "reporter", b"reporter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkEdge: _TypeAlias = NetworkEdge  # noqa: Y015
+
+@_typing.final
+class NetworkComponent(_message.Message):
+    """A connected component."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERTICES_FIELD_NUMBER: _builtins.int
+    EDGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def vertices(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkVertex]:
+        """Its vertices, by group id."""
+
+    @_builtins.property
+    def edges(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkEdge]:
+        """Its edges."""
+
+    def __init__(
+        self,
+        *,
+        vertices: _abc.Iterable[Global___NetworkVertex] | None = ...,
+        edges: _abc.Iterable[Global___NetworkEdge] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edges", b"edges", "vertices", b"vertices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkComponent: _TypeAlias = NetworkComponent  # noqa: Y015
+
+@_typing.final
+class NetworkShowRequest(_message.Message):
+    """NetworkShow's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HIT_GROUP_ID_FIELD_NUMBER: _builtins.int
+    hit_group_id: _builtins.bytes
+    """Empty: the whole network; else only the component of this hit group."""
+    def __init__(
+        self,
+        *,
+        hit_group_id: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hit_group_id", b"hit_group_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkShowRequest: _TypeAlias = NetworkShowRequest  # noqa: Y015
+
+@_typing.final
+class NetworkShowResponse(_message.Message):
+    """NetworkShow's response."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERTICES_FIELD_NUMBER: _builtins.int
+    EDGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def vertices(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkVertex]: ...
+    @_builtins.property
+    def edges(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkEdge]: ...
+    def __init__(
+        self,
+        *,
+        vertices: _abc.Iterable[Global___NetworkVertex] | None = ...,
+        edges: _abc.Iterable[Global___NetworkEdge] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edges", b"edges", "vertices", b"vertices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkShowResponse: _TypeAlias = NetworkShowResponse  # noqa: Y015
+
+@_typing.final
+class NetworkComponentsRequest(_message.Message):
+    """NetworkComponents's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    WITH_SINGLETONS_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """At most this many components (0: all); single groups without links are
+    left out unless with_singletons.
+    """
+    with_singletons: _builtins.bool
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+        with_singletons: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "with_singletons", b"with_singletons"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkComponentsRequest: _TypeAlias = NetworkComponentsRequest  # noqa: Y015
+
+@_typing.final
+class NetworkComponentsResponse(_message.Message):
+    """NetworkComponents's response."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPONENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def components(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkComponent]:
+        """Largest first: by vertices, then partners, then last seen."""
+
+    def __init__(
+        self,
+        *,
+        components: _abc.Iterable[Global___NetworkComponent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkComponentsResponse: _TypeAlias = NetworkComponentsResponse  # noqa: Y015
+
+@_typing.final
 class KeyHolderStatus(_message.Message):
     """The node's key-holder role."""
 

@@ -150,6 +150,16 @@ class NodeApiStub:
                 request_serializer=samenloop_dot_v1_dot_node__pb2.CaseBoardRequest.SerializeToString,
                 response_deserializer=samenloop_dot_v1_dot_node__pb2.CaseBoardResponse.FromString,
                 _registered_method=True)
+        self.NetworkShow = channel.unary_unary(
+                '/samenloop.v1.NodeApi/NetworkShow',
+                request_serializer=samenloop_dot_v1_dot_node__pb2.NetworkShowRequest.SerializeToString,
+                response_deserializer=samenloop_dot_v1_dot_node__pb2.NetworkShowResponse.FromString,
+                _registered_method=True)
+        self.NetworkComponents = channel.unary_unary(
+                '/samenloop.v1.NodeApi/NetworkComponents',
+                request_serializer=samenloop_dot_v1_dot_node__pb2.NetworkComponentsRequest.SerializeToString,
+                response_deserializer=samenloop_dot_v1_dot_node__pb2.NetworkComponentsResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/samenloop.v1.NodeApi/GetStatus',
                 request_serializer=samenloop_dot_v1_dot_node__pb2.GetStatusRequest.SerializeToString,
@@ -329,6 +339,22 @@ class NodeApiServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NetworkShow(self, request, context):
+        """The subject network this node was told of (network viewers): its hit
+        groups as vertices and the links partners reported as edges; with a group,
+        only that group's component.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NetworkComponents(self, request, context):
+        """The network's connected components, largest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatus(self, request, context):
         """The node's health: broker connection, covenant, counts, key-holder role.
         """
@@ -453,6 +479,16 @@ def add_NodeApiServicer_to_server(servicer, server):
                     servicer.CaseBoard,
                     request_deserializer=samenloop_dot_v1_dot_node__pb2.CaseBoardRequest.FromString,
                     response_serializer=samenloop_dot_v1_dot_node__pb2.CaseBoardResponse.SerializeToString,
+            ),
+            'NetworkShow': grpc.unary_unary_rpc_method_handler(
+                    servicer.NetworkShow,
+                    request_deserializer=samenloop_dot_v1_dot_node__pb2.NetworkShowRequest.FromString,
+                    response_serializer=samenloop_dot_v1_dot_node__pb2.NetworkShowResponse.SerializeToString,
+            ),
+            'NetworkComponents': grpc.unary_unary_rpc_method_handler(
+                    servicer.NetworkComponents,
+                    request_deserializer=samenloop_dot_v1_dot_node__pb2.NetworkComponentsRequest.FromString,
+                    response_serializer=samenloop_dot_v1_dot_node__pb2.NetworkComponentsResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -1082,6 +1118,60 @@ class NodeApi:
             '/samenloop.v1.NodeApi/CaseBoard',
             samenloop_dot_v1_dot_node__pb2.CaseBoardRequest.SerializeToString,
             samenloop_dot_v1_dot_node__pb2.CaseBoardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NetworkShow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/samenloop.v1.NodeApi/NetworkShow',
+            samenloop_dot_v1_dot_node__pb2.NetworkShowRequest.SerializeToString,
+            samenloop_dot_v1_dot_node__pb2.NetworkShowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NetworkComponents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/samenloop.v1.NodeApi/NetworkComponents',
+            samenloop_dot_v1_dot_node__pb2.NetworkComponentsRequest.SerializeToString,
+            samenloop_dot_v1_dot_node__pb2.NetworkComponentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

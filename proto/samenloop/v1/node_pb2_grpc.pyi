@@ -106,6 +106,13 @@ class NodeApiStub:
     """
     CaseBoard: _grpc.UnaryUnaryMultiCallable[_node_pb2.CaseBoardRequest, _node_pb2.CaseBoardResponse]
     """The coordinator's board: open actions of its cases, overdue first."""
+    NetworkShow: _grpc.UnaryUnaryMultiCallable[_node_pb2.NetworkShowRequest, _node_pb2.NetworkShowResponse]
+    """The subject network this node was told of (network viewers): its hit
+    groups as vertices and the links partners reported as edges; with a group,
+    only that group's component.
+    """
+    NetworkComponents: _grpc.UnaryUnaryMultiCallable[_node_pb2.NetworkComponentsRequest, _node_pb2.NetworkComponentsResponse]
+    """The network's connected components, largest first."""
     GetStatus: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetStatusRequest, _node_pb2.GetStatusResponse]
     """The node's health: broker connection, covenant, counts, key-holder role."""
 
@@ -174,6 +181,13 @@ class NodeApiAsyncStub(NodeApiStub):
     """
     CaseBoard: _aio.UnaryUnaryMultiCallable[_node_pb2.CaseBoardRequest, _node_pb2.CaseBoardResponse]  # type: ignore[assignment]
     """The coordinator's board: open actions of its cases, overdue first."""
+    NetworkShow: _aio.UnaryUnaryMultiCallable[_node_pb2.NetworkShowRequest, _node_pb2.NetworkShowResponse]  # type: ignore[assignment]
+    """The subject network this node was told of (network viewers): its hit
+    groups as vertices and the links partners reported as edges; with a group,
+    only that group's component.
+    """
+    NetworkComponents: _aio.UnaryUnaryMultiCallable[_node_pb2.NetworkComponentsRequest, _node_pb2.NetworkComponentsResponse]  # type: ignore[assignment]
+    """The network's connected components, largest first."""
     GetStatus: _aio.UnaryUnaryMultiCallable[_node_pb2.GetStatusRequest, _node_pb2.GetStatusResponse]  # type: ignore[assignment]
     """The node's health: broker connection, covenant, counts, key-holder role."""
 
@@ -377,6 +391,25 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.CaseBoardResponse, _abc.Awaitable[_node_pb2.CaseBoardResponse]]:
         """The coordinator's board: open actions of its cases, overdue first."""
+
+    @_abc_1.abstractmethod
+    def NetworkShow(
+        self,
+        request: _node_pb2.NetworkShowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.NetworkShowResponse, _abc.Awaitable[_node_pb2.NetworkShowResponse]]:
+        """The subject network this node was told of (network viewers): its hit
+        groups as vertices and the links partners reported as edges; with a group,
+        only that group's component.
+        """
+
+    @_abc_1.abstractmethod
+    def NetworkComponents(
+        self,
+        request: _node_pb2.NetworkComponentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.NetworkComponentsResponse, _abc.Awaitable[_node_pb2.NetworkComponentsResponse]]:
+        """The network's connected components, largest first."""
 
     @_abc_1.abstractmethod
     def GetStatus(
