@@ -33,6 +33,7 @@ from samenloop.node.network.links import LinkChange, ReceivedLink, SentLink, lin
 from samenloop.node.signals import models as signal_models
 from samenloop.node.signals.models import HitState, SignalState
 from samenloop.policies.audit import AuditKind
+from samenloop.v1 import broker_pb2, common_pb2
 
 __all__ = ["LinkVerdict", "NetworkStore"]
 
@@ -70,6 +71,17 @@ def _member(labels: frozenset[str], reporter: str, reporter_role: str | None) ->
     if roles:
         return reporter_role is not None and f"role:{reporter_role}" in roles
     return True
+
+
+def notice_labels(signed_notice: bytes) -> frozenset[str]:
+    """The other members a stored (verified) signed hit notice shows: the party id where
+    visible, else ``role:<role>``, else the empty label (a member shown with neither)."""
+    signed = common_pb2.Signed.FromString(signed_notice)
+    notice = broker_pb2.HitNotice.FromString(signed.body)
+    return frozenset(
+        m.party if m.HasField("party") else f"role:{m.role}" if m.HasField("role") else ""
+        for m in notice.members
+    )
 
 
 class NetworkStore(Database):
@@ -176,20 +188,14 @@ class NetworkStore(Database):
     # --- as a viewer --------------------------------------------------------------------
 
     def _groups(self, conn: Connection, group_ids: Iterable[bytes]) -> dict[bytes, _Group]:
-        hit, hp = signal_models.Hit, signal_models.HitParty
-        wanted = sorted(set(group_ids))
-        states: dict[bytes, str] = {}
-        labels: dict[bytes, set[str]] = {}
-        for chunk in chunks(wanted):
-            for group_id, state in conn.execute(
-                select(hit.group_id, hit.state).where(self._among(hit.group_id, chunk))
+        hit = signal_models.Hit
+        found: dict[bytes, _Group] = {}
+        for chunk in chunks(sorted(set(group_ids))):
+            for group_id, state, notice in conn.execute(
+                select(hit.group_id, hit.state, hit.notice).where(self._among(hit.group_id, chunk))
             ):
-                states[bytes(group_id)] = state
-            for group_id, party in conn.execute(
-                select(hp.group_id, hp.party).where(self._among(hp.group_id, chunk))
-            ):
-                labels.setdefault(bytes(group_id), set()).add(party)
-        return {g: _Group(frozenset(labels.get(g, ())), state) for g, state in states.items()}
+                found[bytes(group_id)] = _Group(notice_labels(bytes(notice)), state)
+        return found
 
     def accept_links(
         self,
@@ -291,23 +297,18 @@ class NetworkStore(Database):
         """This node's open hits as vertices and the live links (count above 0) between
         them as edges. A vertex's type is this node's own identifier type in the group,
         else the one most reporters gave; its score the best a reporter gave."""
-        hit, hp, hr = signal_models.Hit, signal_models.HitParty, signal_models.HitRef
+        hit, hr = signal_models.Hit, signal_models.HitRef
         si, n = signal_models.SignalIdentifier, models.NetworkLink
         with self._read() as conn:
             hits = conn.execute(
-                select(hit.group_id, hit.first_seen, hit.last_seen).where(
+                select(hit.group_id, hit.first_seen, hit.last_seen, hit.notice).where(
                     hit.state == HitState.OPEN.value
                 )
             ).all()
             open_ids = {bytes(h.group_id) for h in hits}
-            parties: dict[bytes, set[str]] = {}
-            for group_id, party in conn.execute(
-                select(hp.group_id, hp.party)
-                .join(hit, hit.group_id == hp.group_id)
-                .where(hit.state == HitState.OPEN.value)
-            ):
-                if party:
-                    parties.setdefault(bytes(group_id), set()).add(party)
+            parties = {
+                bytes(h.group_id): {p for p in notice_labels(bytes(h.notice)) if p} for h in hits
+            }
             own_types: dict[bytes, set[str]] = {}
             for group_id, type_name in conn.execute(
                 select(hr.group_id, si.type)

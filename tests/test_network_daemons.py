@@ -1,0 +1,346 @@
+"""The subject network through real daemons: a broker and six nodes (mTLS on loopback,
+SQLite) under a covenant whose ``[network]`` lets the RIEC and the LIEC see links.
+
+Three partners' signals tie a person (a BSN), an address and two companies (KvK numbers)
+across four hit groups: the gemeente's signal holds the BSN and the address, the woco's
+the BSN and the first company, the tax office's the address and both companies; the
+woco's second signal makes the second company a hit. The RIEC's network is then the one
+this test builds from those signals: one component of four groups and five links from
+three partners. The politie also ties the BSN to the address: the RIEC sees that link,
+the LIEC (whose rule, in this covenant, hides the politie) does not. The broker relays
+ciphertext only: no group pair appears in its database or the logs. A withdrawn signal
+ends its links, and links go with the hits they join.
+
+Insiders: a link between groups its reporter is not a member of is refused by the
+viewer; a replayed link is stored once; garbage and oversized fields are refused naming
+the field, storing nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from samenloop.node.daemon.envelopes import seal
+from samenloop.node.network import links
+from samenloop.node.network import models as network_models
+from samenloop.node.network.graph import Edge, Vertex, components
+from samenloop.node.provision import PartySpec
+from samenloop.policies.audit import AuditKind
+from samenloop.policies.covenant import Role
+from samenloop.policies.crypto import SignatureContext
+from samenloop.policies.errors import InvalidInput
+from samenloop.policies.policy import Level, NetworkRules, VisibilityRule, example_policy
+from samenloop.v1 import network_pb2
+
+import in_process
+from in_process import Cluster, wait_for
+
+RIEC, LIEC, GEMEENTE, WOCO, BELASTING, POLITIE, PROVINCIE = (
+    "riec",
+    "liec",
+    "gemeente",
+    "woco",
+    "belastingdienst",
+    "politie",
+    "provincie",
+)
+SPECS = (
+    PartySpec(RIEC, "RIEC Test", Role.RIEC),
+    PartySpec(LIEC, "LIEC Test", Role.LIEC),
+    PartySpec(GEMEENTE, "Gemeente Test", Role.GEMEENTE),
+    PartySpec(WOCO, "Woningcorporatie Test", Role.WONINGCORPORATIE),
+    PartySpec(BELASTING, "Belastingdienst Test", Role.BELASTINGDIENST),
+    PartySpec(POLITIE, "Politie Test", Role.POLITIE),
+    PartySpec(PROVINCIE, "Provincie Test", Role.PROVINCIE),
+)
+BSN = ("bsn", "111222333")
+ADDRESS = ("address", "1234 AB 12")
+COMPANY_1 = ("kvk", "12345678")
+COMPANY_2 = ("kvk", "01234567")
+#: Every party's signals: reference and identifiers.
+SIGNALS: dict[str, list[tuple[str, list[tuple[str, str]]]]] = {
+    GEMEENTE: [("G-1", [BSN, ADDRESS])],
+    WOCO: [("W-1", [BSN, COMPANY_1]), ("W-2", [COMPANY_2])],
+    BELASTING: [("B-1", [ADDRESS, COMPANY_1, COMPANY_2])],
+    POLITIE: [("P-1", [BSN, ADDRESS])],
+}
+THREE = {GEMEENTE, WOCO, BELASTING}
+
+
+def network_policy() -> Any:
+    """The example covenant with ``[network] viewers = ["riec", "liec"]``; the LIEC here
+    coordinates with the parties shown, and its rule hides the politie."""
+    policy = example_policy()
+    liec = VisibilityRule(Role.LIEC, Level.PARTIES, (Role.POLITIE,), coordinator=True)
+    return dataclasses.replace(
+        policy,
+        visibility=tuple(liec if r.role is Role.LIEC else r for r in policy.visibility),
+        network=NetworkRules(viewers=(Role.RIEC, Role.LIEC)),
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("network")
+    with in_process.running_cluster(
+        root, "riec-network", SPECS, (GEMEENTE, WOCO), policy=network_policy()
+    ) as running:
+        for party, signals in SIGNALS.items():
+            for reference, identifiers in signals:
+                running.clients[party].add_signal(reference, "woonfraude", identifiers)
+        yield running
+
+
+def group_of(cluster: Cluster, party: str, reference: str, kind: str) -> bytes:
+    """The group of ``party``'s identifier of type ``kind`` in its signal ``reference``."""
+
+    def found() -> bytes | None:
+        for hit in cluster.clients[party].hits():
+            for own in hit.own_signals:
+                if own.reference == reference and own.identifier_type == kind:
+                    return bytes(hit.group_id)
+        return None
+
+    return wait_for(f"{party}'s hit on {reference} {kind}", found)  # type: ignore[no-any-return]
+
+
+def groups(cluster: Cluster) -> dict[tuple[str, str], bytes]:
+    """Each shared identifier's hit group, as its holders' hits name it."""
+    return {
+        BSN: group_of(cluster, GEMEENTE, "G-1", "bsn"),
+        ADDRESS: group_of(cluster, GEMEENTE, "G-1", "address"),
+        COMPANY_1: group_of(cluster, WOCO, "W-1", "kvk"),
+        COMPANY_2: group_of(cluster, WOCO, "W-2", "kvk"),
+    }
+
+
+def expected_edges(
+    ids: dict[tuple[str, str], bytes], reporters: set[str]
+) -> set[tuple[bytes, bytes, str, int]]:
+    """The links the signals of ``reporters`` make: (a, b, reporter, count)."""
+    counts: dict[tuple[bytes, bytes, str], int] = {}
+    for party in reporters:
+        for _, identifiers in SIGNALS.get(party, []):
+            tied = sorted({ids[i] for i in identifiers if i in ids})
+            for i, a in enumerate(tied):
+                for b in tied[i + 1 :]:
+                    counts[(a, b, party)] = counts.get((a, b, party), 0) + 1
+    return {(a, b, party, n) for (a, b, party), n in counts.items()}
+
+
+def edge_set(edges: list[Edge]) -> set[tuple[bytes, bytes, str, int]]:
+    return {(e.a, e.b, e.reporter, e.count) for e in edges}
+
+
+def network_of(cluster: Cluster, party: str, want: set[tuple[bytes, bytes, str, int]]) -> Any:
+    def found() -> Any:
+        vertices, edges = cluster.clients[party].network()
+        return (vertices, edges) if edge_set(edges) == want else None
+
+    return wait_for(f"{party}'s network", found)
+
+
+def test_the_riecs_network_is_the_one_the_signals_make(cluster: Cluster) -> None:
+    ids = groups(cluster)
+    want = expected_edges(ids, THREE | {POLITIE})
+    assert len(want) == 6  # five from the three partners, one from the politie
+    vertices, edges = network_of(cluster, RIEC, want)
+    by_id: dict[bytes, Vertex] = {v.group_id: v for v in vertices}
+    assert set(ids.values()) <= set(by_id)
+    # The RIEC holds no signal: each group's type is the one its reporters gave.
+    assert {by_id[g].identifier_type for g in ids.values()} == {"bsn", "address", "kvk"}
+    assert by_id[ids[BSN]].identifier_type == "bsn"
+    assert by_id[ids[ADDRESS]].parties == {GEMEENTE, BELASTING, POLITIE}
+    ranked = components(vertices, edges)
+    top = ranked[0]
+    assert top.group_ids == frozenset(ids.values())
+    assert top.partners == THREE | {POLITIE}
+    # Through the API as well, ranked the same.
+    listed = cluster.clients[RIEC].network_components()
+    assert listed[0].group_ids == top.group_ids
+    assert {(e.a, e.b, e.reporter) for e in listed[0].edges} == {w[:3] for w in want}
+    # One group's component through NetworkShow.
+    _, shown = cluster.clients[RIEC].network(ids[COMPANY_2])
+    assert edge_set(shown) == want
+
+
+def test_a_hidden_reporter_adds_no_edge_for_a_viewer_it_is_hidden_from(cluster: Cluster) -> None:
+    ids = groups(cluster)
+    # The LIEC's rule hides the politie: it gets the three partners' links only.
+    want = expected_edges(ids, THREE)
+    vertices, edges = network_of(cluster, LIEC, want)
+    assert all(e.reporter != POLITIE for e in edges)
+    assert all(POLITIE not in v.parties for v in vertices)
+    # The politie told the RIEC and nobody else; no other party holds a link.
+    for party in (GEMEENTE, WOCO, BELASTING, POLITIE, PROVINCIE):
+        assert not cluster.clients[party].network()[1], party
+    sent = cluster.nodes[POLITIE].repositories.network.sent_links()
+    assert {s.recipient for s in sent} == {RIEC}
+
+
+def test_the_broker_sees_no_group_pair(cluster: Cluster, capfd: pytest.CaptureFixture[str]) -> None:
+    ids = groups(cluster)
+    network_of(cluster, RIEC, expected_edges(ids, THREE | {POLITIE}))
+    files = [
+        cluster.broker_database,
+        cluster.broker_database.with_name(cluster.broker_database.name + "-wal"),
+    ]
+    scanned = b"".join(p.read_bytes() for p in files if p.exists())
+    assert scanned
+    logged = capfd.readouterr()
+    text = logged.out + logged.err
+    for a, b, _, _ in expected_edges(ids, THREE | {POLITIE}):
+        # A pair in the clear would be the two ids side by side, or a NetworkLink's
+        # encoding of its first end (field 1 holding field 1 of 16 bytes: the group).
+        for encoded in (a + b, b + a, a.hex().encode() + b.hex().encode(), b"\x0a\x10" + a):
+            assert encoded not in scanned
+        assert not any(a.hex() in line and b.hex() in line for line in text.splitlines())
+
+
+def _send(cluster: Cluster, sender: str, recipient: str, body: bytes) -> None:
+    uplink = cluster.nodes[sender].uplink  # the sender's own keys: an insider
+    envelope = seal(
+        uplink._keys,
+        uplink._covenant(),
+        recipient,
+        SignatureContext.NETWORK_LINK,
+        body,
+        secrets.token_bytes(16),
+    )
+    cluster.queue(sender, envelope.sealed.SerializeToString(), recipient)
+
+
+def _link(a: bytes, b: bytes, count: int, revision: int) -> links.LinkChange:
+    return links.LinkChange(
+        RIEC, links.LinkEnd(min(a, b), "kvk"), links.LinkEnd(max(a, b), "kvk"), count, revision
+    )
+
+
+def _network_events(cluster: Cluster, actor: str) -> list[dict[str, Any]]:
+    entries = cluster.nodes[RIEC].repositories.shared.audit_entries(
+        kind=AuditKind.NETWORK_EVENT, actor=actor
+    )
+    return [dict(e.details) for e in entries]
+
+
+def test_insiders_lie_replay_and_send_garbage_in_vain(cluster: Cluster) -> None:
+    ids = groups(cluster)
+    want = expected_edges(ids, THREE | {POLITIE})
+    network_of(cluster, RIEC, want)
+    now = datetime.now(UTC)
+    # The gemeente claims to tie the two companies: it is a member of neither.
+    lie = links.to_message(GEMEENTE, [_link(ids[COMPANY_1], ids[COMPANY_2], 3, 99)], now=now)
+    _send(cluster, GEMEENTE, RIEC, lie)
+    refused = wait_for(
+        "the RIEC's refusal of the lie",
+        lambda: [e for e in _network_events(cluster, GEMEENTE) if e.get("not_a_member")],
+    )
+    assert refused[0]["not_a_member"] == 1
+    assert edge_set(cluster.clients[RIEC].network()[1]) == want
+
+    # The belastingdienst's real link message, replayed: nothing changes, it is a repeat.
+    b_link = next(w for w in want if w[2] == BELASTING)
+    replay = links.to_message(BELASTING, [_link(b_link[0], b_link[1], b_link[3], 1)], now=now)
+    _send(cluster, BELASTING, RIEC, replay)
+    repeated = wait_for(
+        "the RIEC's verdict on the replay",
+        lambda: [e for e in _network_events(cluster, BELASTING) if e.get("repeated")],
+    )
+    assert repeated[0]["repeated"] == 1
+    assert edge_set(cluster.clients[RIEC].network()[1]) == want
+
+    # Garbage: not a message, a score out of range, too many links. Each is dropped and
+    # recorded naming the field; nothing is stored.
+    bad_score = network_pb2.NetworkLinks.FromString(replay)
+    bad_score.links[0].revision = 50
+    bad_score.links[0].a.person_score = float("nan")
+    too_many = network_pb2.NetworkLinks.FromString(replay)
+    for _ in range(links.MAX_LINKS_PER_MESSAGE):
+        too_many.links.add().CopyFrom(too_many.links[0])
+    for body in (
+        b"\x0a\xff\xff\xff\xff\x0f",
+        bad_score.SerializeToString(),
+        too_many.SerializeToString(),
+    ):
+        _send(cluster, BELASTING, RIEC, body)
+    dropped = wait_for(
+        "three dropped link messages",
+        lambda: (
+            found
+            if len(
+                found := [
+                    dict(e.details)
+                    for e in cluster.nodes[RIEC].repositories.shared.audit_entries(
+                        kind=AuditKind.DISCLOSURE_RECEIVED
+                    )
+                    if e.details.get("dropped") == "malformed"
+                ]
+            )
+            >= 3
+            else None
+        ),
+    )
+    assert [d["field"] for d in dropped[-3:]] == ["body", "links[0].a.person_score", "links"]
+    assert edge_set(cluster.clients[RIEC].network()[1]) == want
+
+
+def test_a_withdrawn_signal_ends_its_links_and_links_go_with_their_hits(cluster: Cluster) -> None:
+    ids = groups(cluster)
+    network_of(cluster, RIEC, expected_edges(ids, THREE | {POLITIE}))
+    # The woco withdraws W-1 (BSN and first company): the first company's group keeps
+    # only the tax office and closes; the BSN's keeps the gemeente and the politie.
+    cluster.clients[WOCO].withdraw_signal("W-1")
+    after = {**SIGNALS, WOCO: [("W-2", [COMPANY_2])]}
+    left = {k: v for k, v in ids.items() if k != COMPANY_1}
+    want = set()
+    for party in THREE | {POLITIE}:
+        for _, identifiers in after.get(party, []):
+            tied = sorted({left[i] for i in identifiers if i in left})
+            want |= {(a, b, party, 1) for n, a in enumerate(tied) for b in tied[n + 1 :]}
+    vertices, _ = network_of(cluster, RIEC, want)
+    assert ids[COMPANY_1] not in {v.group_id for v in vertices}
+    # The woco told the RIEC its link ended (count 0), and the RIEC's store kept no row
+    # naming the closed group.
+    woco_sent = cluster.nodes[WOCO].repositories.network.sent_links()
+    assert [s.count for s in woco_sent if s.recipient == RIEC] == [0]
+
+    def rows_naming(group: bytes) -> int:
+        n = network_models.NetworkLink
+        with cluster.nodes[RIEC].repositories.engine.connect() as conn:
+            query = sa.select(sa.func.count()).where(sa.or_(n.group_a == group, n.group_b == group))
+            return int(conn.execute(query).scalar_one())
+
+    wait_for(
+        "the RIEC to remove the closed group's links", lambda: rows_naming(ids[COMPANY_1]) == 0
+    )
+    assert rows_naming(ids[COMPANY_2]) > 0
+    removed = [e for e in _network_events(cluster, RIEC) if e.get("event") == "links_removed"]
+    assert removed
+    assert removed[-1]["links"] >= 1
+
+
+def test_the_parser_names_every_bad_field() -> None:
+    a, b = bytes(16), bytes([1]) * 16
+    good = links.to_message(WOCO, [_link(a, b, 1, 1)], now=datetime.now(UTC))
+    assert links.parse(good, sender=WOCO).links[0].count == 1
+    cases = {
+        "links[0].a.hit_group_id": lambda m: setattr(m.links[0].a, "hit_group_id", b"short"),
+        "links[0].b.identifier_type": lambda m: setattr(m.links[0].b, "identifier_type", "x" * 99),
+        "links[0]": lambda m: m.links[0].b.__setattr__("hit_group_id", a),
+        "links[0].count": lambda m: setattr(m.links[0], "count", links.MAX_LINK_COUNT + 1),
+        "links[0].revision": lambda m: setattr(m.links[0], "revision", 0),
+        "reporter": lambda m: setattr(m, "reporter", GEMEENTE),
+    }
+    for field, spoil in cases.items():
+        message = network_pb2.NetworkLinks.FromString(good)
+        spoil(message)
+        with pytest.raises(InvalidInput if field != "reporter" else Exception) as refused:
+            links.parse(message.SerializeToString(), sender=WOCO)
+        assert getattr(refused.value, "field", None) == field, field
