@@ -259,3 +259,17 @@ def test_the_covenants_network_section_round_trips_and_is_checked() -> None:
             (EXAMPLE + "\n[network]\nviewers = []\nextra = 1\n").encode(), source="x"
         )
     assert unknown.value.field == "network.extra"
+
+
+def test_a_person_score_travels_with_its_link_to_the_vertex(repositories: Repositories) -> None:
+    held = links.held_links([(A, 1, "person.phonetic_date"), (B, 1, "address")], {A: 41.5})
+    change = LinkChange("riec", held[(A, B)].a, held[(A, B)].b, 1, 1)
+    body = links.to_message("woco", [change], now=NOW)
+    parsed = links.parse(body, sender="woco")
+    assert parsed.links[0].a == LinkEnd(A, "person", 41.5)
+    _hit(repositories, 1, A, "woco", "gemeente")
+    _hit(repositories, 2, B, "woco", "gemeente")
+    repositories.network.accept_links(3, "woco", parsed.links, reporter_role=None, now=NOW)
+    vertices = {v.group_id: v for v in repositories.network.network()[0]}
+    assert (vertices[A].identifier_type, vertices[A].score) == ("person", 41.5)
+    assert (vertices[B].identifier_type, vertices[B].score) == ("address", None)

@@ -347,6 +347,7 @@ class Uplink:
             covenant=covenant,
             store=repositories.network,
             feed_seq=repositories.signals.last_feed_seq,
+            hit=repositories.signals.hit,
             clock=clock,
             wake=self.wake.set,
             stale=stale,

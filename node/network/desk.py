@@ -23,13 +23,16 @@ import structlog
 
 from samenloop.node.daemon.database import ID_BYTES, SealedEnvelope
 from samenloop.node.daemon.envelopes import seal
+from samenloop.node.identifiers import person_hits
 from samenloop.node.network import links
 from samenloop.node.network.graph import Component, Edge, Vertex, components
 from samenloop.node.network.store import NetworkStore
+from samenloop.node.signals.store import HitRecord
 from samenloop.policies import rules
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import InvalidInput, NotAllowed
+from samenloop.policies.policy import PersonMatching
 from samenloop.policies.rules import MemberFacts
 
 __all__ = ["NetworkDesk"]
@@ -47,19 +50,22 @@ class NetworkDesk:
         covenant: Callable[[], Covenant],
         store: NetworkStore,
         feed_seq: Callable[[], int],
+        hit: Callable[[bytes], HitRecord | None] = lambda group_id: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         wake: Callable[[], None] = lambda: None,
         stale: Callable[[], str | None] = lambda: None,
     ) -> None:
         """``feed_seq`` gives the hit feed's last sequence: the desk reports again only
-        when it (or the covenant version) moved. ``stale``: while the node is stale it
+        when it (or the covenant version) moved. ``hit`` reads one of the node's hits,
+        for the score of its probable person hits on a group. ``stale``: while the node is stale it
         seals nothing (a viewer may have been removed by a version it has not seen)."""
         self._keys = keys
         self._me = keys.party
         self._covenant = covenant
         self._store = store
         self._feed_seq = feed_seq
+        self._hit = hit
         self._clock = clock
         self._random = random_bytes
         self.wake = wake
@@ -87,8 +93,28 @@ class NetworkDesk:
             self.wake()
         return queued > 0
 
+    def _scores(self, covenant: Covenant, rows: list[tuple[bytes, int, str]]) -> dict[bytes, float]:
+        """The best score of this node's shown probable person hits, per group on a person
+        key kind: what a viewer, who sees no person keys, may draw the group with."""
+        rules_ = covenant.policy.person_matching or PersonMatching()
+        scores: dict[bytes, float] = {}
+        for group_id in sorted({g for g, _, kind in rows if kind.startswith("person.")}):
+            record = self._hit(group_id)
+            if record is None or not record.person_agreements:
+                continue
+            found = person_hits.combine(
+                record.person_agreements,
+                shown_score=rules_.shown_score,
+                disclosure_score=rules_.disclosure_score,
+            )
+            shown = [p.score for p in found.values() if p.shown]
+            if shown:
+                scores[group_id] = max(shown)
+        return scores
+
     def _report(self, covenant: Covenant) -> int:
-        held = links.held_links(self._store.held_link_rows())
+        rows = self._store.held_link_rows()
+        held = links.held_links(rows, self._scores(covenant, rows))
         groups = {g for pair in held for g in pair}
         known = self._store.known_members(groups)
         me = MemberFacts(self._me, (), ())
