@@ -930,6 +930,8 @@ class Case:
     closed_at: datetime | None
     outcome: str
     history: tuple[CaseHistoryEntry, ...]
+    #: A case on a component of the subject network: its other hit groups.
+    linked_hit_group_ids: tuple[bytes, ...] = ()
 
     def __repr__(self) -> str:
         return f"Case(id={self.case_id.hex()[:8]}, state={self.state.value})"
@@ -1002,6 +1004,7 @@ def _case(message: node_pb2.Case) -> Case:
             )
             for h in message.history
         ),
+        linked_hit_group_ids=tuple(message.linked_hit_group_ids),
     )
 
 
@@ -1439,16 +1442,28 @@ class NodeClient:
     # --- cases -----------------------------------------------------------------------------
 
     def open_case(
-        self, hit_group_id: bytes, title: str, *, officer: str, invite: Sequence[str] = ()
+        self,
+        hit_group_id: bytes,
+        title: str,
+        *,
+        officer: str,
+        invite: Sequence[str] = (),
+        linked: Sequence[bytes] = (),
     ) -> Case:
         """Open a case on a hit this node holds (coordinators only) and invite parties of
-        that hit. Refused naming the field: an unknown hit (``NotFound``), a party the hit
-        does not show or whose role the covenant hides from another member
-        (``InvalidInput``, ``invite[i]``); ``NotAllowed`` if this party does not coordinate."""
+        that hit; with ``linked`` (the other hit groups of a component of the subject
+        network), on the component, inviting parties of any of its hits. Refused naming
+        the field: an unknown hit (``NotFound``), a party no hit shows or whose role the
+        covenant hides from another member (``InvalidInput``, ``invite[i]``);
+        ``NotAllowed`` if this party does not coordinate."""
         response = self._call(
             self._stub.CaseOpen,
             node_pb2.CaseOpenRequest(
-                hit_group_id=hit_group_id, title=title, invite=list(invite), officer=officer
+                hit_group_id=hit_group_id,
+                title=title,
+                invite=list(invite),
+                officer=officer,
+                linked_hit_group_ids=list(linked),
             ),
         )
         return _case(response.case)

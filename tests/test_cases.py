@@ -679,6 +679,56 @@ def test_case_activity_records_have_no_subject() -> None:
     }
 
 
+def _notice_of(world: World, group: bytes, members: Sequence[str], recipient: str = RIEC) -> Any:
+    """``notice`` for another hit group, signed by the broker."""
+    message = broker_pb2.HitNotice.FromString(notice(world, members, recipient=recipient).body)
+    message.hit_group_id = group
+    body = message.SerializeToString()
+    return common_pb2.Signed(
+        body=body,
+        signer=world.covenant.broker.id,
+        context=SignatureContext.HIT_NOTICE.value,
+        signature=world.broker_keys.sign(SignatureContext.HIT_NOTICE, body),
+    )
+
+
+def test_a_case_on_a_component_invites_the_parties_of_any_of_its_hits(world: World) -> None:
+    other = b"\x35" * 16
+    first = _notice_of(world, GROUP, (GEMEENTE, WOCO))
+    second = _notice_of(world, other, (WOCO, BELASTING))
+    open_on = dict(case_id=CASE, message_id=mid(), title="Netwerk", officer="a@riec", now=NOW)
+    # One hit alone does not show the belastingdienst: refused naming the invitee.
+    with pytest.raises(InvalidInput) as alone:
+        cases.open_case(world.covenant, RIEC, first, invite=[GEMEENTE, BELASTING], **open_on)
+    assert alone.value.field == "invite[1]"
+    change = cases.open_case(
+        world.covenant,
+        RIEC,
+        first,
+        invite=[GEMEENTE, BELASTING],
+        linked_notices=[second],
+        **open_on,
+    )
+    case = step(world, RIEC, None, change)
+    assert case.linked_group_ids == (other,)
+    # The message carries both notices; a member checks its members against both.
+    received = cases.parse_change(change.to_proto().SerializeToString(), sender=RIEC)
+    assert len(received.linked_notices) == 1
+    assert step(world, BELASTING, None, received).members == (RIEC, GEMEENTE, BELASTING)
+    # A member not shown by any attached notice, or a notice attached twice: refused.
+    stranger = replace(received, members=(RIEC, GEMEENTE, BELASTING, WOCO, PROVINCIE))
+    assert refused(world, GEMEENTE, None, stranger) == "not_in_hit"
+    twice = replace(received, linked_notices=(first,))
+    assert refused(world, GEMEENTE, None, twice) == "invalid_notice"
+    forged = replace(received, linked_notices=(notice(world, signer=world.keys[WOCO]),))
+    assert refused(world, GEMEENTE, None, forged) == "invalid_notice"
+    with pytest.raises(InvalidInput) as repeated:
+        cases.open_case(
+            world.covenant, RIEC, first, invite=[GEMEENTE], linked_notices=[first], **open_on
+        )
+    assert repeated.value.field == "linked_hit_group_ids"
+
+
 # --- part two: real daemons ----------------------------------------------------------------------
 
 BSN = "111222333"

@@ -19,6 +19,7 @@ the field, storing nothing.
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -33,9 +34,10 @@ from samenloop.node.network import models as network_models
 from samenloop.node.network.graph import Edge, Vertex, components
 from samenloop.node.provision import PartySpec
 from samenloop.policies.audit import AuditKind
+from samenloop.policies.cli import main
 from samenloop.policies.covenant import Role
 from samenloop.policies.crypto import SignatureContext
-from samenloop.policies.errors import InvalidInput
+from samenloop.policies.errors import InvalidInput, NotFound
 from samenloop.policies.policy import Level, NetworkRules, VisibilityRule, example_policy
 from samenloop.v1 import network_pb2
 
@@ -289,6 +291,67 @@ def test_insiders_lie_replay_and_send_garbage_in_vain(cluster: Cluster) -> None:
     )
     assert [d["field"] for d in dropped[-3:]] == ["body", "links[0].a.person_score", "links"]
     assert edge_set(cluster.clients[RIEC].network()[1]) == want
+
+
+def test_the_riec_lists_the_component_and_opens_a_case_on_it_from_the_cli(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = groups(cluster)
+    network_of(cluster, RIEC, expected_edges(ids, THREE | {POLITIE}))
+    riec = str(cluster.provisioned.node_configs[RIEC])
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main([*argv, "--node", riec])
+        printed = capsys.readouterr()
+        return code, printed.out, printed.err
+
+    code, out, _ = run("network", "components", "--json")
+    assert code == 0
+    shown = json.loads(out[out.index("[\n") :])  # after any of the nodes' log lines
+    assert shown[0]["rank"] == 1
+    assert {v["hit_group_id"] for v in shown[0]["vertices"]} == {g.hex() for g in ids.values()}
+    assert shown[0]["partners"] == sorted(THREE | {POLITIE})
+    code, out, _ = run("network", "components")
+    assert code == 0
+    assert "component 1: 4 group(s), 4 partner(s)" in out
+    assert all(len(line) <= 80 for line in out.splitlines()), out
+    code, out, _ = run("network", "show", "--group", ids[BSN].hex()[:8])
+    assert code == 0
+    assert ids[COMPANY_2].hex()[:12] in out
+    code, _, err = run("network", "show", "--group", "zz")
+    assert code != 0
+    assert "--group" in err
+
+    # A case on the component: every partner of its hits is invited but the politie,
+    # whose role the gemeente's rule hides (a case with both would tip it off).
+    code, out, err = run(
+        "case", "open", "--component", "1", "--title", "Netwerk", "--officer", "a", "--json"
+    )
+    assert code == 0, err
+    assert "not invited: politie" in err
+    case = json.loads(out[out.index("{\n") :])
+    assert sorted(case["members"]) == sorted({RIEC} | THREE)
+    case_id = bytes.fromhex(case["case_id"])
+    for party in THREE:  # each partner's node took the OPEN: it is a party of one of the hits
+        wait_for(f"{party}'s copy of the case", lambda p=party: _holds(cluster, p, case_id))
+    assert set(cluster.clients[WOCO].case(case_id).members) == {RIEC} | THREE
+    # The coordinator's copy names the component's other hits. (The notices went to no
+    # member: each shows the politie, whom every member's rule hides.)
+    opened = cluster.clients[RIEC].case(case_id)
+    assert {opened.hit_group_id, *opened.linked_hit_group_ids} == set(ids.values())
+    # Neither HIT nor --component, or both: refused naming HIT.
+    code, _, err = run("case", "open", "--title", "x", "--officer", "a")
+    assert code != 0
+    assert "HIT" in err
+
+
+def _holds(cluster: Cluster, party: str, case_id: bytes) -> bool:
+    try:
+        cluster.clients[party].case(case_id)
+    except NotFound:
+        return False
+    return True
 
 
 def test_a_withdrawn_signal_ends_its_links_and_links_go_with_their_hits(cluster: Cluster) -> None:

@@ -35,6 +35,7 @@ def case_to_proto(case: Case, *, history: bool = False) -> node_pb2.Case:
         members=list(case.members),
         actions=[a.to_proto() for a in case.actions],
         outcome=case.outcome or "",
+        linked_hit_group_ids=list(case.linked_group_ids),
     )
     _stamp(case.opened_at, message.opened_at)
     if case.closed_at is not None:
@@ -70,6 +71,7 @@ class CaseApi:
             title=request.title,
             invite=list(request.invite),
             officer=request.officer,
+            linked_hit_group_ids=list(request.linked_hit_group_ids),
         )
         return node_pb2.CaseOpenResponse(case=case_to_proto(case))
 

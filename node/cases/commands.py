@@ -44,7 +44,7 @@ from samenloop.node.signals.commands import (
     take_from,
 )
 from samenloop.policies import terminal
-from samenloop.policies.errors import ConfigurationError, NotFound
+from samenloop.policies.errors import ConfigurationError, InvalidInput, NotFound
 from samenloop.policies.terminal import printable
 
 if TYPE_CHECKING:
@@ -118,7 +118,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     commands = parser.add_subparsers(dest="case_command", metavar="SUBCOMMAND", required=True)
 
     opening = commands.add_parser("open", help="open a case on a hit (coordinators only)")
-    opening.add_argument("hit", metavar="HIT", help="the hit group id (hex)")
+    opening.add_argument("hit", metavar="HIT", nargs="?", help="the hit group id (hex)")
+    opening.add_argument(
+        "--component",
+        metavar="N|G",
+        help="instead of HIT: a component of the subject network, by its rank in "
+        "`network components` or one of its group ids; without --invite, every partner "
+        "of its hits is invited (but one whose role the covenant hides from another)",
+    )
     opening.add_argument(
         "--title", help=f"the case's title, sealed to members (required){_VISIBLE}"
     )
@@ -361,9 +368,66 @@ def _print_board(entries: Sequence[CaseBoardEntry], as_json: bool) -> None:
 # --- commands ---------------------------------------------------------------------------------
 
 
+def _open_component(args: argparse.Namespace, title: str) -> Case:
+    from samenloop.node.cases.machine import MAX_LINKED_NOTICES
+    from samenloop.node.network.commands import component_of
+
+    with open_client(args) as client:
+        component = component_of(client, args.component)
+        me = client.status().party
+        # The case's own hit: the one with the most parties; the others are linked.
+        ordered = sorted(component.vertices, key=lambda v: (-len(v.parties), v.group_id))
+        if len(ordered) > MAX_LINKED_NOTICES + 1:
+            raise ConfigurationError(
+                f"a case names at most {MAX_LINKED_NOTICES + 1} hits; this component has "
+                f"{len(ordered)}: open it on one of its groups",
+                field="--component",
+            )
+        invite = list(args.invite) or sorted(
+            p
+            for p in component.partners
+            if p != me
+            and p
+            and not p.startswith("role:")
+            and any(p in v.parties for v in component.vertices)
+        )
+        while True:
+            try:
+                return client.open_case(
+                    ordered[0].group_id,
+                    title,
+                    officer=args.officer,
+                    invite=invite,
+                    linked=[v.group_id for v in ordered[1:]],
+                )
+            except InvalidInput as error:
+                index = _invitee(error.field)
+                if args.invite or error.reason != "case.hidden_role" or index is None:
+                    raise
+                left_out = invite.pop(index)
+                terminal.console(stderr=True).print(
+                    f"not invited: {printable(left_out)} (the covenant hides its role "
+                    "from another member)"
+                )
+
+
+def _invitee(field: str | None) -> int | None:
+    if field is None or not field.startswith("invite[") or not field.endswith("]"):
+        return None
+    try:
+        return int(field[len("invite[") : -1])
+    except ValueError:
+        return None
+
+
 def _open(args: argparse.Namespace) -> int:
     take_from(args)
     title = require_option(args, "title")
+    if (args.hit is None) == (args.component is None):
+        raise ConfigurationError("give either HIT or --component", field="HIT")
+    if args.component is not None:
+        _print_case(_open_component(args, title), args.json)
+        return 0
     hit = _hex_prefix(args.hit, "HIT")
     if len(hit) != 32:
         raise ConfigurationError("give the whole hit group id (32 hex digits)", field="HIT")

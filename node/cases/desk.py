@@ -145,14 +145,25 @@ class CaseDesk:
         )
         return self.case(change.case_id)
 
-    def open(self, *, hit_group_id: bytes, title: str, invite: Sequence[str], officer: str) -> Case:
-        """Open a case on a hit this node holds and invite parties of that hit."""
+    def open(
+        self,
+        *,
+        hit_group_id: bytes,
+        title: str,
+        invite: Sequence[str],
+        officer: str,
+        linked_hit_group_ids: Sequence[bytes] = (),
+    ) -> Case:
+        """Open a case on a hit this node holds and invite parties of that hit; with
+        ``linked_hit_group_ids`` (the other hits of a component of the subject network),
+        on the component: parties of any of its hits may be invited."""
         with self._lock:
             covenant = self._covenant()
             change = case_core.open_case(
                 covenant,
                 self._me,
                 self._signed_notice(hit_group_id),
+                linked_notices=[self._signed_notice(g) for g in linked_hit_group_ids],
                 case_id=self._id(),
                 message_id=self._id(),
                 title=title,
@@ -167,6 +178,8 @@ class CaseDesk:
 
         def build(covenant: Covenant, before: Case | None) -> CaseChange:
             notice = self._signed_notice(before.hit_group_id) if before is not None else None
+            held = () if before is None else before.linked_group_ids
+            linked = [self._signed_notice(g) for g in held]
             return case_core.invite(
                 covenant,
                 self._me,
@@ -176,6 +189,7 @@ class CaseDesk:
                 officer=officer,
                 now=self._now(),
                 signed_notice=notice or common_pb2.Signed(),
+                linked_notices=linked,
             )
 
         return self._change(case_id, build)

@@ -127,6 +127,9 @@ MAX_TITLE_BYTES: Final = 256
 MAX_MEASURE_BYTES: Final = 256
 MAX_MEMBERS: Final = 32
 MAX_ACTIONS: Final = 100
+#: The most other hit groups a case on a component of the subject network names: each
+#: notice is a few KB, and with them an OPEN must still fit one envelope.
+MAX_LINKED_NOTICES: Final = 15
 
 
 # --- vocabulary ----------------------------------------------------------------------------
@@ -415,6 +418,9 @@ class Case:
     sequences: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     hit_notice: bytes | None = None
     history: tuple[HistoryEntry, ...] = ()
+    #: A case on a component of the subject network: its other hit groups, whose
+    #: partners may be members too (docs/network.md).
+    linked_group_ids: tuple[bytes, ...] = ()
 
     def __repr__(self) -> str:
         return (
@@ -459,6 +465,8 @@ class CaseChange:
     hit_notice: common_pb2.Signed | None = None
     members: tuple[str, ...] = ()
     action: Action | None = None
+    #: A case on a component: the coordinator's notices of its other hit groups.
+    linked_notices: tuple[common_pb2.Signed, ...] = ()
     actions: tuple[Action, ...] = ()
     outcome: str = ""
 
@@ -487,6 +495,7 @@ class CaseChange:
         message.issued_at.FromDatetime(self.issued_at)
         if with_notice and self.hit_notice is not None:
             message.hit_notice.CopyFrom(self.hit_notice)
+            message.linked_notices.extend(self.linked_notices)
         if self.action is not None:
             message.action.CopyFrom(self.action.to_proto())
         if with_actions:
@@ -516,6 +525,10 @@ def parse_change(body: bytes, *, sender: str) -> CaseChange:
         raise MessageTooLarge(f"at most {MAX_MEMBERS} members", field="members")
     if len(message.actions) > MAX_ACTIONS:
         raise MessageTooLarge(f"at most {MAX_ACTIONS} actions", field="actions")
+    if len(message.linked_notices) > MAX_LINKED_NOTICES:
+        raise MessageTooLarge(
+            f"at most {MAX_LINKED_NOTICES} linked notices", field="linked_notices"
+        )
     issued_at = received_time(message.issued_at, field="issued_at")
     members = tuple(_check_name(m, f"members[{i}]") for i, m in enumerate(message.members))
     return CaseChange(
@@ -530,6 +543,7 @@ def parse_change(body: bytes, *, sender: str) -> CaseChange:
         title=_text(message.title, "title", MAX_TITLE_BYTES),
         hit_group_id=bytes(message.hit_group_id),
         hit_notice=message.hit_notice if message.HasField("hit_notice") else None,
+        linked_notices=tuple(message.linked_notices),
         members=members,
         action=action_from_proto(message.action, "action", added_at=issued_at)
         if message.HasField("action")
@@ -630,7 +644,7 @@ def _invalid(message: str) -> _Refusal:
 
 
 def _check_members(
-    covenant: Covenant, me: str, change: CaseChange, notice: broker_pb2.HitNotice | None
+    covenant: Covenant, me: str, change: CaseChange, notices: Sequence[broker_pb2.HitNotice]
 ) -> None:
     members = change.members
     if len(set(members)) != len(members) or change.coordinator not in members:
@@ -645,38 +659,47 @@ def _check_members(
                 raise _Refusal(
                     CaseRefusal.HIDDEN_ROLE, "a member's role is hidden from another member"
                 )
-    if notice is not None:
-        shown = {m.party for m in notice.members if m.HasField("party")}
+    if notices:
+        shown = {m.party for notice in notices for m in notice.members if m.HasField("party")}
         if any(m not in shown for m in members if m != change.coordinator):
             raise _Refusal(CaseRefusal.NOT_IN_HIT, "a member is not a party of the hit")
 
 
-def _notice(covenant: Covenant, me: str, change: CaseChange) -> broker_pb2.HitNotice | None:
-    """The attached notice, verified; only the coordinator itself must have one."""
+def _notice(covenant: Covenant, me: str, change: CaseChange) -> list[broker_pb2.HitNotice]:
+    """The attached notices (the case's hit's, then a component's other hits'), verified;
+    empty if none is attached. Only the coordinator itself must have one."""
     if len(change.hit_group_id) != ID_BYTES:
         raise _invalid("a hit group id is 16 bytes")
     if change.hit_notice is None:
         if me == change.coordinator:
             raise _Refusal(CaseRefusal.INVALID_NOTICE, "the coordinator's notice is missing")
-        return None
-    try:
-        notice = verify_hit_notice(covenant, change.coordinator, change.hit_notice)
-    except SamenloopError:
-        raise _Refusal(
-            CaseRefusal.INVALID_NOTICE, "the notice is not the broker's, or not the coordinator's"
-        ) from None
-    if notice.hit_group_id != change.hit_group_id:
+        if change.linked_notices:
+            raise _Refusal(CaseRefusal.INVALID_NOTICE, "linked notices without the hit's")
+        return []
+    notices = []
+    for signed in (change.hit_notice, *change.linked_notices):
+        try:
+            notice = verify_hit_notice(covenant, change.coordinator, signed)
+        except SamenloopError:
+            raise _Refusal(
+                CaseRefusal.INVALID_NOTICE,
+                "the notice is not the broker's, or not the coordinator's",
+            ) from None
+        if notice.kind == broker_pb2.HIT_NOTICE_KIND_CLOSED:
+            raise _Refusal(CaseRefusal.INVALID_NOTICE, "the hit is closed")
+        notices.append(notice)
+    if notices[0].hit_group_id != change.hit_group_id:
         raise _Refusal(CaseRefusal.INVALID_NOTICE, "the notice is of another hit group")
-    if notice.kind == broker_pb2.HIT_NOTICE_KIND_CLOSED:
-        raise _Refusal(CaseRefusal.INVALID_NOTICE, "the hit is closed")
-    return notice
+    if len({n.hit_group_id for n in notices}) != len(notices):
+        raise _Refusal(CaseRefusal.INVALID_NOTICE, "a hit group's notice is attached twice")
+    return notices
 
 
 def _on_open(
     covenant: Covenant, me: str, case: Case | None, change: CaseChange
 ) -> tuple[Case, str]:
-    notice = _notice(covenant, me, change)
-    _check_members(covenant, me, change, notice)
+    notices = _notice(covenant, me, change)
+    _check_members(covenant, me, change, notices)
     if not change.title.strip():
         raise _invalid("a case needs a title")
     if change.actions or change.action is not None:
@@ -692,6 +715,7 @@ def _on_open(
         actions=(),
         opened_at=change.issued_at,
         hit_notice=None if change.hit_notice is None else change.hit_notice.SerializeToString(),
+        linked_group_ids=tuple(n.hit_group_id for n in notices[1:]),
     )
     return opened, f"opened with {len(change.members)} members"
 
@@ -699,8 +723,9 @@ def _on_open(
 def _on_invite(
     covenant: Covenant, me: str, case: Case | None, change: CaseChange
 ) -> tuple[Case, str]:
-    notice = _notice(covenant, me, change)
-    _check_members(covenant, me, change, notice)
+    notices = _notice(covenant, me, change)
+    _check_members(covenant, me, change, notices)
+    linked = tuple(n.hit_group_id for n in notices[1:])
     if case is None or case.access is Access.REMOVED:
         # A late member (or one invited back) catches up from the snapshot.
         if not change.title.strip():
@@ -729,6 +754,7 @@ def _on_invite(
             hit_notice=base.hit_notice
             if change.hit_notice is None
             else change.hit_notice.SerializeToString(),
+            linked_group_ids=linked or base.linked_group_ids,
         )
         return joined, f"joined with {len(change.members)} members"
     if change.hit_group_id != case.hit_group_id:
@@ -736,7 +762,10 @@ def _on_invite(
     added = [m for m in change.members if m not in case.members]
     if not added or any(m not in change.members for m in case.members):
         raise _invalid("an invitation adds members and removes none")
-    return replace(case, members=change.members), f"invited {', '.join(added)}"
+    return (
+        replace(case, members=change.members, linked_group_ids=linked or case.linked_group_ids),
+        f"invited {', '.join(added)}",
+    )
 
 
 def _on_action_add(
@@ -872,12 +901,12 @@ def _coordinating(case: Case | None, me: str) -> Case:
 def _check_invitees(
     covenant: Covenant,
     me: str,
-    notice: broker_pb2.HitNotice,
+    notices: Sequence[broker_pb2.HitNotice],
     parties: Sequence[str],
     members: Sequence[str],
     field: str,
 ) -> tuple[str, ...]:
-    shown = {m.party for m in notice.members if m.HasField("party")}
+    shown = {m.party for notice in notices for m in notice.members if m.HasField("party")}
     for i, party in enumerate(parties):
         name = f"{field}[{i}]"
         _check_name(party, name)
@@ -913,6 +942,22 @@ def _held_notice(covenant: Covenant, me: str, signed: common_pb2.Signed) -> brok
     return notice
 
 
+def _linked(
+    covenant: Covenant,
+    me: str,
+    notice: broker_pb2.HitNotice,
+    signed: Sequence[common_pb2.Signed],
+) -> list[broker_pb2.HitNotice]:
+    if len(signed) > MAX_LINKED_NOTICES:
+        raise MessageTooLarge(
+            f"at most {MAX_LINKED_NOTICES} linked notices", field="linked_hit_group_ids"
+        )
+    linked = [_held_notice(covenant, me, s) for s in signed]
+    if len({n.hit_group_id for n in (notice, *linked)}) != len(linked) + 1:
+        raise InvalidInput("a hit group is named twice", field="linked_hit_group_ids")
+    return linked
+
+
 def _may_coordinate(covenant: Covenant, me: str) -> None:
     if not rules.may_coordinate(covenant, me):
         raise NotAllowed(
@@ -932,13 +977,17 @@ def open_case(
     invite: Sequence[str],
     officer: str,
     now: datetime,
+    linked_notices: Sequence[common_pb2.Signed] = (),
 ) -> CaseChange:
-    """OPEN a case on the hit of ``signed_notice`` (this node's own, as stored)."""
+    """OPEN a case on the hit of ``signed_notice`` (this node's own, as stored); with
+    ``linked_notices`` (this node's notices of the other hits of a component of the
+    subject network), on the component: parties of any of its hits may be invited."""
     _may_coordinate(covenant, me)
     notice = _held_notice(covenant, me, signed_notice)
+    linked = _linked(covenant, me, notice, linked_notices)
     _text(title, "title", MAX_TITLE_BYTES, empty_ok=False)
     check_officer(officer)
-    parties = _check_invitees(covenant, me, notice, invite, (me,), "invite")
+    parties = _check_invitees(covenant, me, [notice, *linked], invite, (me,), "invite")
     return CaseChange(
         case_id=_id(case_id, "case_id"),
         message_id=_id(message_id, "message_id"),
@@ -951,6 +1000,7 @@ def open_case(
         title=title,
         hit_group_id=notice.hit_group_id,
         hit_notice=signed_notice,
+        linked_notices=tuple(linked_notices),
         members=(me, *parties),
     )
 
@@ -965,15 +1015,18 @@ def invite(
     officer: str,
     now: datetime,
     signed_notice: common_pb2.Signed,
+    linked_notices: Sequence[common_pb2.Signed] = (),
 ) -> CaseChange:
-    """INVITE further parties of the hit (``signed_notice``: this node's latest notice)."""
+    """INVITE further parties of the hit (``signed_notice``: this node's latest notice;
+    ``linked_notices``: of a component case's other hits)."""
     case = _coordinating(case, me)
     _may_coordinate(covenant, me)
     check_officer(officer)
     if not parties:
         raise InvalidInput("name at least one party", field="parties")
     notice = _held_notice(covenant, me, signed_notice)
-    added = _check_invitees(covenant, me, notice, parties, case.members, "parties")
+    linked = _linked(covenant, me, notice, linked_notices)
+    added = _check_invitees(covenant, me, [notice, *linked], parties, case.members, "parties")
     return CaseChange(
         case_id=case.case_id,
         message_id=_id(message_id, "message_id"),
@@ -986,6 +1039,7 @@ def invite(
         title=case.title,
         hit_group_id=case.hit_group_id,
         hit_notice=signed_notice,
+        linked_notices=tuple(linked_notices),
         members=(*case.members, *added),
         actions=case.actions,
     )
@@ -1229,8 +1283,8 @@ def seal(
     for recipient in recipients(before, applied.case, keys.party):
         if not covenant.is_party(recipient):
             continue
-        with_notice = change.hit_notice is not None and notice_fits(
-            covenant, recipient, change.hit_notice
+        with_notice = change.hit_notice is not None and all(
+            notice_fits(covenant, recipient, n) for n in (change.hit_notice, *change.linked_notices)
         )
         message = change.to_proto(
             with_notice=with_notice,

@@ -43,6 +43,8 @@ class Case(Base):
     state: Mapped[str] = mapped_column(String(16))
     access: Mapped[str] = mapped_column(String(16))
     hit_notice: Mapped[bytes | None]
+    # A case on a component of the subject network: its other hit groups, 16 bytes each.
+    linked_group_ids: Mapped[bytes | None]
     opened_at: Mapped[datetime]
     closed_at: Mapped[datetime | None]
     outcome: Mapped[str | None] = mapped_column(Text)

@@ -30,6 +30,13 @@ __all__ = [
 _PRINTABLE_OFFICER: Final = re.compile(r"[\x20-\x7e]{1,64}")
 
 
+def _split_ids(joined: bytes | None) -> tuple[bytes, ...]:
+    """Ids of 16 bytes each, stored one after the other."""
+    if not joined:
+        return ()
+    return tuple(joined[i : i + 16] for i in range(0, len(joined), 16))
+
+
 class CaseStore(Database):
     """Cases, their members, actions and message log."""
 
@@ -88,6 +95,7 @@ class CaseStore(Database):
             "state": after.state.value,
             "access": after.access.value,
             "hit_notice": after.hit_notice,
+            "linked_group_ids": b"".join(after.linked_group_ids) or None,
             "closed_at": after.closed_at,
             "outcome": after.outcome,
             "updated_at": now,
@@ -314,6 +322,7 @@ class CaseStore(Database):
                 sequences=MappingProxyType(sequences[row.id]),
                 hit_notice=row.hit_notice,
                 history=tuple(entries[row.id]),
+                linked_group_ids=_split_ids(row.linked_group_ids),
             )
             for row in rows
         ]

@@ -262,6 +262,7 @@ class CaseMessage(_message.Message):
     ACTION_FIELD_NUMBER: _builtins.int
     ACTIONS_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
+    LINKED_NOTICES_FIELD_NUMBER: _builtins.int
     case_id: _builtins.bytes
     """Random 16 bytes naming the case, chosen by the coordinator at OPEN."""
     message_id: _builtins.bytes
@@ -310,6 +311,14 @@ class CaseMessage(_message.Message):
     def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaseAction]:
         """The whole plan so far, for new members (INVITE)."""
 
+    @_builtins.property
+    def linked_notices(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Signed]:
+        """A case on a component of the subject network (OPEN, INVITE): the
+        coordinator's broker-signed notices of the component's other hit groups
+        (at most 15), sent only with hit_notice. Members may then be parties of
+        any of these hits.
+        """
+
     def __init__(
         self,
         *,
@@ -328,10 +337,11 @@ class CaseMessage(_message.Message):
         action: Global___CaseAction | None = ...,
         actions: _abc.Iterable[Global___CaseAction] | None = ...,
         outcome: _builtins.str = ...,
+        linked_notices: _abc.Iterable[_common_pb2.Signed] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hit_notice", b"hit_notice", "issued_at", b"issued_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actions", b"actions", "author", b"author", "author_officer", b"author_officer", "author_sequence", b"author_sequence", "case_id", b"case_id", "coordinator", b"coordinator", "hit_group_id", b"hit_group_id", "hit_notice", b"hit_notice", "issued_at", b"issued_at", "kind", b"kind", "members", b"members", "message_id", b"message_id", "outcome", b"outcome", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actions", b"actions", "author", b"author", "author_officer", b"author_officer", "author_sequence", b"author_sequence", "case_id", b"case_id", "coordinator", b"coordinator", "hit_group_id", b"hit_group_id", "hit_notice", b"hit_notice", "issued_at", b"issued_at", "kind", b"kind", "linked_notices", b"linked_notices", "members", b"members", "message_id", b"message_id", "outcome", b"outcome", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1899,6 +1899,7 @@ class Case(_message.Message):
     CLOSED_AT_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    LINKED_HIT_GROUP_IDS_FIELD_NUMBER: _builtins.int
     case_id: _builtins.bytes
     """The case id."""
     title: _builtins.str
@@ -1931,6 +1932,10 @@ class Case(_message.Message):
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaseHistoryEntry]:
         """Every change, oldest first (CaseShow only; empty in lists)."""
 
+    @_builtins.property
+    def linked_hit_group_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """A case on a component of the subject network: its other hit groups."""
+
     def __init__(
         self,
         *,
@@ -1945,10 +1950,11 @@ class Case(_message.Message):
         closed_at: _timestamp_pb2.Timestamp | None = ...,
         outcome: _builtins.str = ...,
         history: _abc.Iterable[Global___CaseHistoryEntry] | None = ...,
+        linked_hit_group_ids: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "opened_at", b"opened_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "case_id", b"case_id", "closed_at", b"closed_at", "coordinator", b"coordinator", "history", b"history", "hit_group_id", b"hit_group_id", "members", b"members", "opened_at", b"opened_at", "outcome", b"outcome", "state", b"state", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "case_id", b"case_id", "closed_at", b"closed_at", "coordinator", b"coordinator", "history", b"history", "hit_group_id", b"hit_group_id", "linked_hit_group_ids", b"linked_hit_group_ids", "members", b"members", "opened_at", b"opened_at", "outcome", b"outcome", "state", b"state", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1964,6 +1970,7 @@ class CaseOpenRequest(_message.Message):
     TITLE_FIELD_NUMBER: _builtins.int
     INVITE_FIELD_NUMBER: _builtins.int
     OFFICER_FIELD_NUMBER: _builtins.int
+    LINKED_HIT_GROUP_IDS_FIELD_NUMBER: _builtins.int
     hit_group_id: _builtins.bytes
     """The hit group, which this node must see with its parties."""
     title: _builtins.str
@@ -1974,6 +1981,12 @@ class CaseOpenRequest(_message.Message):
     def invite(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Party ids to invite; each must be a party of the hit."""
 
+    @_builtins.property
+    def linked_hit_group_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """A case on a component of the subject network: its other hit groups (at
+        most 15), which this node must see too; their parties may be invited.
+        """
+
     def __init__(
         self,
         *,
@@ -1981,10 +1994,11 @@ class CaseOpenRequest(_message.Message):
         title: _builtins.str = ...,
         invite: _abc.Iterable[_builtins.str] | None = ...,
         officer: _builtins.str = ...,
+        linked_hit_group_ids: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hit_group_id", b"hit_group_id", "invite", b"invite", "officer", b"officer", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hit_group_id", b"hit_group_id", "invite", b"invite", "linked_hit_group_ids", b"linked_hit_group_ids", "officer", b"officer", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

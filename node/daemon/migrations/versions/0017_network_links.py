@@ -8,7 +8,8 @@ Create Date: 2026-12-08
 ``network_links_sent`` keeps, per viewer and hit group pair, the count and revision the
 node last reported, so that each change is sealed and queued once, in the transaction
 that records it. ``network_links`` keeps, per reporter and pair, the latest link a
-viewer accepted. Neither names a signal.
+viewer accepted. Neither names a signal. ``cases.linked_group_ids``: the other hit groups
+of a case opened on a component of the network (16 bytes each, concatenated).
 
 Written by hand; ``tests/test_node_store.py`` checks that head matches the models.
 """
@@ -72,9 +73,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_network_links_group_a", LINKS, ["group_a"])
     op.create_index("ix_network_links_group_b", LINKS, ["group_b"])
+    with op.batch_alter_table("cases") as batch:
+        batch.add_column(sa.Column("linked_group_ids", sa.LargeBinary(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("cases") as batch:
+        batch.drop_column("linked_group_ids")
     op.drop_index("ix_network_links_group_b", table_name=LINKS)
     op.drop_index("ix_network_links_group_a", table_name=LINKS)
     op.drop_table(LINKS)
