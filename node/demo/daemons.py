@@ -47,7 +47,13 @@ from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.policies import rules
 from samenloop.policies.covenant import Covenant, Role, with_new_attribute_key
 from samenloop.policies.errors import SamenloopError
-from samenloop.policies.policy import PERSON_KEY_KINDS, PersonMatching, Policy, example_policy
+from samenloop.policies.policy import (
+    PERSON_KEY_KINDS,
+    NetworkRules,
+    PersonMatching,
+    Policy,
+    example_policy,
+)
 from samenloop.policies.terminal import show_table
 
 COVENANT = "riec-zwb-demo"
@@ -98,6 +104,7 @@ def _policy() -> Policy:
     policy = example_policy()
     return replace(
         policy,
+        network=NetworkRules(viewers=(Role.RIEC,)),
         picture=replace(
             policy.picture,
             aggregator=Role.BELASTINGDIENST,
@@ -288,6 +295,7 @@ def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
         checks += _disclosures(console, clients, processes)
         checks += _case(console, clients, processes)
         checks += _picture(console, provisioned, clients, processes, held)
+        checks += _network(console, provisioned, clients, processes)
         removal_checks, version_2 = _remove_partner(console, provisioned, clients, processes)
         checks += removal_checks
         noisy_checks, version_3 = _noisy_picture(
@@ -302,7 +310,7 @@ def run_demo(console: Console, workdir: Path, per_partner: int) -> int:
     checks += _audit(console, provisioned, workdir)
     clean = all(code == 0 for code in codes.values())
     console.print(
-        f"16. stopped: {', '.join(f'{name} exit {code}' for name, code in codes.items())}"
+        f"17. stopped: {', '.join(f'{name} exit {code}' for name, code in codes.items())}"
     )
     failed = [what for what, ok in checks if not ok]
     if failed or not clean:
@@ -550,7 +558,7 @@ def _remove_partner(
     )
     status = woco.status()
     console.print(
-        f"12. covenant version {draft.version} without woningcorporatie (attribute key version "
+        f"13. covenant version {draft.version} without woningcorporatie (attribute key version "
         f"{draft.attribute_key_version} dealt to the others), signed by both signers, "
         f"published through the broker (exit {result.returncode}); every other node "
         f"accepted it; woningcorporatie is cut off: broker connection "
@@ -796,7 +804,7 @@ def _noisy_picture(
     )
     noisy = [c for c in shown.table.cells if c.quality.value == "noisy"]
     console.print(
-        f"13. covenant version {held.version + 1} sets a privacy budget of ε = 1 a month: each "
+        f"14. covenant version {held.version + 1} sets a privacy budget of ε = 1 a month: each "
         f"node adds noise before its counts leave it; {len(noisy)} figures marked noisy"
     )
     return [
@@ -851,7 +859,7 @@ def _person_despite_a_typo(
     ]
     kinds = ", ".join(k.removeprefix("person.") for k in found.agreeing_kinds)
     console.print(
-        f"14. covenant version {draft.version} turns person keys on: the gemeente's "
+        f"15. covenant version {draft.version} turns person keys on: the gemeente's "
         f"{TYPO_PAIR[0]!r} and the Belastingdienst's {TYPO_PAIR[1]!r} (prefix apart, a typo, "
         f"day and month swapped) miss on the exact key "
         f"({'no exact hit' if not exact else 'AN EXACT HIT'}) but are one probable hit: "
@@ -865,6 +873,93 @@ def _person_despite_a_typo(
             len({(p.signal_id, p.party) for p in probable()}) == 1,
         ),
         ("the exact person key missed it", not exact),
+    ]
+
+
+#: The subject network: a person, an address and two companies, tied by the signals of
+#: three partners (each a reference and its identifiers).
+NETWORK_SIGNALS: dict[str, list[tuple[str, list[tuple[str, str]]]]] = {
+    "gemeente": [("GEM-NET-1", [("bsn", "111222333"), ("address", "4331 AB 7")])],
+    "woningcorporatie": [
+        ("WC-NET-1", [("bsn", "111 222 333"), ("kvk", "24681357")]),
+        ("WC-NET-2", [("kvk", "13572468")]),
+    ],
+    "belastingdienst": [
+        (
+            "BD-NET-1",
+            [("address", "4331AB 7"), ("kvk", "2468 1357"), ("kvk", "13572468")],
+        )
+    ],
+}
+
+
+def _network(
+    console: Console,
+    provisioned: Provisioned,
+    clients: dict[str, NodeClient],
+    processes: Processes,
+) -> list[tuple[str, bool]]:
+    """Signals that tie a person, an address and two companies: each partner's node tells
+    the RIEC which of its hits its signals tie; the RIEC lists the component from the
+    command line and opens a case on it."""
+    for party, signals in NETWORK_SIGNALS.items():
+        for reference, identifiers in signals:
+            clients[party].add_signal(reference, CATEGORIES[party], identifiers)
+    riec = clients["riec"]
+
+    def component() -> bool:
+        found = riec.network_components()
+        return bool(found) and len(found[0].vertices) == 4 and len(found[0].edges) == 5
+
+    _until("the RIEC's network component", HITS_SECONDS, component, processes)
+    top = riec.network_components()[0]
+    node = str(provisioned.node_configs["riec"])
+    shown = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
+        _command("network", "components", "--node", node),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    console.print("$ samenloop network components")
+    console.print(shown.stdout.rstrip(), markup=False, highlight=False)
+    opened = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
+        _command(
+            "case",
+            "open",
+            "--component",
+            "1",
+            "--title",
+            "Netwerk Walcheren",
+            "--officer",
+            "riec-regisseur-1",
+            "--json",
+            "--node",
+            node,
+        ),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    left_out = [line for line in opened.stderr.splitlines() if line.startswith("not invited")]
+    case = next((c for c in riec.cases() if c.title == "Netwerk Walcheren"), None)
+    members = sorted(case.members) if case is not None else []
+    console.print(
+        f"12. the subject network: {len(top.vertices)} hits tied by the signals of "
+        f"{len(top.partners)} partners ({', '.join(sorted(top.partners))}); each partner's node "
+        "told the RIEC only which of its hits its signals tie, sealed; `case open --component "
+        f"1` opened a case with {', '.join(members)} "
+        f"({'; '.join(left_out) or 'everyone invited'})"
+    )
+    return [
+        (
+            "the RIEC sees a component of four hits from three partners",
+            len(top.vertices) == 4 and len(top.partners) == 3,
+        ),
+        ("the network fits 80 columns", all(len(line) <= 80 for line in shown.stdout.splitlines())),
+        (
+            "a case opened on the component from the command line",
+            opened.returncode == 0 and case is not None and len(members) >= 3,
+        ),
     ]
 
 
@@ -895,7 +990,7 @@ def _audit(console: Console, provisioned: Provisioned, workdir: Path) -> list[tu
         check=False,
     )
     console.print(
-        f"15. audit verify on the gemeente's log: exit {verified.returncode}, "
+        f"16. audit verify on the gemeente's log: exit {verified.returncode}, "
         f"{verified.stdout.strip()[:120]}"
     )
     console.print(

@@ -142,18 +142,21 @@ def _print_network(title: str, vertices: Sequence[Vertex], edges: Sequence[Edge]
     from rich.table import Table
 
     out = terminal.console()
+    scored = any(v.score is not None for v in vertices)  # a score column only if any
     groups = Table(title=title)
-    for name in ("group", "type", "parties", "first seen", "last seen", "score"):
+    for name in ("group", "type", "parties", "first seen", "last seen", "score")[: 5 + scored]:
         groups.add_column(name, overflow="fold")
     for v in vertices:
-        groups.add_row(
+        row = [
             v.group_id.hex()[:SHORT],
             v.identifier_type or "?",
             ", ".join(printable(p) for p in sorted(v.parties)),
             v.first_seen.strftime("%Y-%m-%d"),
             v.last_seen.strftime("%Y-%m-%d"),
-            "" if v.score is None else f"{v.score:.1f}",
-        )
+        ]
+        if scored:
+            row.append("" if v.score is None else f"{v.score:.1f}")
+        groups.add_row(*row)
     terminal.show_table(out, groups)
     if not edges:
         return
