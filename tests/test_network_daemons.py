@@ -8,8 +8,9 @@ woco's second signal makes the second company a hit. The RIEC's network is then 
 this test builds from those signals: one component of four groups and five links from
 three partners. The politie also ties the BSN to the address: the RIEC sees that link,
 the LIEC (whose rule, in this covenant, hides the politie) does not. The broker relays
-ciphertext only: no group pair appears in its database or the logs. A withdrawn signal
-ends its links, and links go with the hits they join.
+ciphertext only: no group pair appears in its database or the logs. A restarted
+reporter sends nothing twice; a withdrawn signal ends its links, and links go with the
+hits they join.
 
 Insiders: a link between groups its reporter is not a member of is refused by the
 viewer; a replayed link is stored once; garbage and oversized fields are refused naming
@@ -28,6 +29,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from samenloop.node.daemon import models as daemon_models
 from samenloop.node.daemon.envelopes import seal
 from samenloop.node.network import links
 from samenloop.node.network import models as network_models
@@ -146,7 +148,16 @@ def network_of(cluster: Cluster, party: str, want: set[tuple[bytes, bytes, str, 
         vertices, edges = cluster.clients[party].network()
         return (vertices, edges) if edge_set(edges) == want else None
 
-    return wait_for(f"{party}'s network", found)
+    try:
+        return wait_for(f"{party}'s network", found)
+    except AssertionError as error:
+        held = edge_set(cluster.clients[party].network()[1])
+        missing, extra = _short(want - held), _short(held - want)
+        raise AssertionError(f"{error}: missing {missing}, extra {extra}") from None
+
+
+def _short(edges: set[tuple[bytes, bytes, str, int]]) -> list[tuple[str, str, str, int]]:
+    return sorted((a.hex()[:6], b.hex()[:6], r, n) for a, b, r, n in edges)
 
 
 def test_the_riecs_network_is_the_one_the_signals_make(cluster: Cluster) -> None:
@@ -293,6 +304,30 @@ def test_insiders_lie_replay_and_send_garbage_in_vain(cluster: Cluster) -> None:
     assert edge_set(cluster.clients[RIEC].network()[1]) == want
 
 
+def test_a_restarted_reporter_sends_nothing_twice(cluster: Cluster) -> None:
+    ids = groups(cluster)
+    network_of(cluster, RIEC, expected_edges(ids, THREE | {POLITIE}))
+    e = daemon_models.EnvelopeOutboxItem
+
+    def queued() -> int:
+        with cluster.nodes[BELASTING].repositories.engine.connect() as conn:
+            query = sa.select(sa.func.count()).where(e.recipient == RIEC)
+            return int(conn.execute(query).scalar_one())
+
+    before = queued()
+    assert before >= 1
+    cluster.stop(BELASTING)
+    cluster.start(BELASTING)
+    # Its desk runs once after the start (it keeps no memory of the last run) ...
+    wait_for(
+        "the restarted node's first network run",
+        lambda: cluster.nodes[BELASTING].uplink.network._done is not None,
+    )
+    # ... and finds every link told already: nothing new is queued or received.
+    assert queued() == before
+    assert edge_set(cluster.clients[RIEC].network()[1]) == expected_edges(ids, THREE | {POLITIE})
+
+
 def test_the_riec_lists_the_component_and_opens_a_case_on_it_from_the_cli(
     cluster: Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -357,22 +392,28 @@ def _holds(cluster: Cluster, party: str, case_id: bytes) -> bool:
 def test_a_withdrawn_signal_ends_its_links_and_links_go_with_their_hits(cluster: Cluster) -> None:
     ids = groups(cluster)
     network_of(cluster, RIEC, expected_edges(ids, THREE | {POLITIE}))
-    # The woco withdraws W-1 (BSN and first company): the first company's group keeps
-    # only the tax office and closes; the BSN's keeps the gemeente and the politie.
-    cluster.clients[WOCO].withdraw_signal("W-1")
-    after = {**SIGNALS, WOCO: [("W-2", [COMPANY_2])]}
-    left = {k: v for k, v in ids.items() if k != COMPANY_1}
-    want = set()
-    for party in THREE | {POLITIE}:
-        for _, identifiers in after.get(party, []):
-            tied = sorted({left[i] for i in identifiers if i in left})
-            want |= {(a, b, party, 1) for n, a in enumerate(tied) for b in tied[n + 1 :]}
+    # The politie withdraws P-1: its link ends, the groups stay (each keeps two parties
+    # every member still sees). The woco withdraws W-2: the second company's group keeps
+    # only the tax office and closes, with the tax office's links to it.
+    cluster.clients[POLITIE].withdraw_signal("P-1")
+    cluster.clients[WOCO].withdraw_signal("W-2")
+    closed = ids[COMPANY_2]
+    want = {w for w in expected_edges(ids, THREE) if closed not in w[:2]}
+    assert len(want) == 3
     vertices, _ = network_of(cluster, RIEC, want)
-    assert ids[COMPANY_1] not in {v.group_id for v in vertices}
-    # The woco told the RIEC its link ended (count 0), and the RIEC's store kept no row
-    # naming the closed group.
-    woco_sent = cluster.nodes[WOCO].repositories.network.sent_links()
-    assert [s.count for s in woco_sent if s.recipient == RIEC] == [0]
+    assert closed not in {v.group_id for v in vertices}
+
+    def sent(party: str) -> dict[tuple[bytes, bytes], int]:
+        found = cluster.nodes[party].repositories.network.sent_links()
+        return {(s.a, s.b): s.count for s in found if s.recipient == RIEC}
+
+    # Each reporter told the RIEC its ended links (count 0), once.
+    police_pair = min(ids[BSN], ids[ADDRESS]), max(ids[BSN], ids[ADDRESS])
+    wait_for("the politie's ended link", lambda: sent(POLITIE) == {police_pair: 0})
+    wait_for(
+        "the tax office's ended links",
+        lambda: sorted(n for pair, n in sent(BELASTING).items() if closed in pair) == [0, 0],
+    )
 
     def rows_naming(group: bytes) -> int:
         n = network_models.NetworkLink
@@ -380,10 +421,9 @@ def test_a_withdrawn_signal_ends_its_links_and_links_go_with_their_hits(cluster:
             query = sa.select(sa.func.count()).where(sa.or_(n.group_a == group, n.group_b == group))
             return int(conn.execute(query).scalar_one())
 
-    wait_for(
-        "the RIEC to remove the closed group's links", lambda: rows_naming(ids[COMPANY_1]) == 0
-    )
-    assert rows_naming(ids[COMPANY_2]) > 0
+    # The RIEC's store keeps no row naming the closed group.
+    wait_for("the RIEC to remove the closed group's links", lambda: rows_naming(closed) == 0)
+    assert rows_naming(ids[COMPANY_1]) > 0
     removed = [e for e in _network_events(cluster, RIEC) if e.get("event") == "links_removed"]
     assert removed
     assert removed[-1]["links"] >= 1

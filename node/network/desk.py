@@ -71,7 +71,7 @@ class NetworkDesk:
         self.wake = wake
         self._stale = stale
         self._lock = threading.Lock()
-        self._done: tuple[int, int] | None = None
+        self._done: tuple[int, int, int] | None = None
 
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
@@ -79,11 +79,12 @@ class NetworkDesk:
     # --- as a reporter ------------------------------------------------------------------
 
     def tick(self) -> bool:
-        """Report what changed and prune ended links, if the feed or the covenant moved
-        since the last tick. Returns True if it queued envelopes."""
+        """Report what changed and prune ended links, if the feed, the covenant or the
+        number of ended signals moved since the last tick (a withdrawn signal ends its links
+        at once, before its groups' notices say so). Returns True if it queued envelopes."""
         with self._lock:
             covenant = self._covenant()
-            mark = (self._feed_seq(), covenant.version)
+            mark = (self._feed_seq(), covenant.version, self._store.ended_signals())
             if mark == self._done or self._stale() is not None:
                 return False
             queued = self._report(covenant)

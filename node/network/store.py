@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, or_, select, update
+from sqlalchemy import Connection, delete, func, or_, select, update
 
 from samenloop.node.daemon.database import Database, PendingEnvelope, SealedEnvelope, chunks, utc
 from samenloop.node.network import models
@@ -104,6 +104,14 @@ class NetworkStore(Database):
                 .where(hit.state == HitState.OPEN.value, sg.state == SignalState.ACTIVE.value)
             ).all()
         return [(bytes(r.group_id), int(r.signal_id), str(r.type)) for r in rows]
+
+    def ended_signals(self) -> int:
+        """How many of this node's signals were withdrawn or expired: it only grows, so a
+        change says a link may have ended before any hit notice says so."""
+        sg = signal_models.Signal
+        ended = (SignalState.WITHDRAWN.value, SignalState.EXPIRED.value)
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).where(sg.state.in_(ended))).scalar_one())
 
     def known_members(self, group_ids: Iterable[bytes]) -> dict[bytes, frozenset[str]]:
         """Per group, the other members its latest notice names by party id."""
@@ -208,8 +216,8 @@ class NetworkStore(Database):
     ) -> dict[LinkVerdict, int]:
         """Keep each link whose groups this node holds open, whose reporter its notices
         show as a member of both (see :func:`_member`) and whose revision is above the
-        stored one; advance the mailbox cursor and audit the counts, in one transaction.
-        Returns how many links got each verdict."""
+        stored one (an end, count 0, needs only the last); advance the mailbox cursor and
+        audit the counts, in one transaction. Returns how many links got each verdict."""
         now = utc(now)
         verdicts = dict.fromkeys(LinkVerdict, 0)
         with self._write() as conn:
@@ -240,15 +248,24 @@ class NetworkStore(Database):
         now: datetime,
     ) -> LinkVerdict:
         n = models.NetworkLink
+        key = (n.reporter == reporter, n.group_a == link.a.group_id, n.group_b == link.b.group_id)
+        stored = conn.execute(select(n.revision, n.type_a, n.type_b).where(*key)).first()
+        if stored is not None and stored.revision >= link.revision:
+            return LinkVerdict.REPEATED
+        if link.count == 0:
+            # An end only takes back what this reporter said, and its reporter may have
+            # left the groups by now (that is often why it ended): no membership check.
+            if stored is None:
+                return LinkVerdict.REPEATED  # nothing of it held (never taken, or pruned)
+            conn.execute(
+                update(n).where(*key).values(count=0, revision=link.revision, last_reported=now)
+            )
+            return LinkVerdict.ACCEPTED
         ends = [groups.get(link.a.group_id), groups.get(link.b.group_id)]
         if any(g is None or g.state != HitState.OPEN.value for g in ends):
             return LinkVerdict.UNKNOWN_GROUP
         if not all(g is not None and _member(g.labels, reporter, reporter_role) for g in ends):
             return LinkVerdict.NOT_A_MEMBER
-        key = (n.reporter == reporter, n.group_a == link.a.group_id, n.group_b == link.b.group_id)
-        stored = conn.execute(select(n.revision, n.type_a, n.type_b).where(*key)).first()
-        if stored is not None and stored.revision >= link.revision:
-            return LinkVerdict.REPEATED
         values: dict[str, Any] = {
             "count": link.count,
             "revision": link.revision,

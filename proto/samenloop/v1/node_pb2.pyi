@@ -2527,10 +2527,12 @@ class NetworkVertex(_message.Message):
 
     @_builtins.property
     def first_seen(self) -> _timestamp_pb2.Timestamp:
-        """When the group was first and last seen."""
+        """When the group was first seen."""
 
     @_builtins.property
-    def last_seen(self) -> _timestamp_pb2.Timestamp: ...
+    def last_seen(self) -> _timestamp_pb2.Timestamp:
+        """When a token entry last joined or left it."""
+
     def __init__(
         self,
         *,
@@ -2564,18 +2566,21 @@ class NetworkEdge(_message.Message):
     FIRST_REPORTED_FIELD_NUMBER: _builtins.int
     LAST_REPORTED_FIELD_NUMBER: _builtins.int
     a: _builtins.bytes
-    """The two groups, a < b."""
+    """The group with the smaller id."""
     b: _builtins.bytes
+    """The group with the larger id."""
     reporter: _builtins.str
     """The reporting partner."""
     count: _builtins.int
     """How many of its signals tie them."""
     @_builtins.property
     def first_reported(self) -> _timestamp_pb2.Timestamp:
-        """When it first and last reported the link."""
+        """When this node first got the link."""
 
     @_builtins.property
-    def last_reported(self) -> _timestamp_pb2.Timestamp: ...
+    def last_reported(self) -> _timestamp_pb2.Timestamp:
+        """When this node last got a change of it."""
+
     def __init__(
         self,
         *,
@@ -2655,9 +2660,13 @@ class NetworkShowResponse(_message.Message):
     VERTICES_FIELD_NUMBER: _builtins.int
     EDGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def vertices(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkVertex]: ...
+    def vertices(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkVertex]:
+        """The open hit groups, by group id."""
+
     @_builtins.property
-    def edges(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkEdge]: ...
+    def edges(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkEdge]:
+        """The live links between them."""
+
     def __init__(
         self,
         *,
@@ -2681,10 +2690,9 @@ class NetworkComponentsRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     WITH_SINGLETONS_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
-    """At most this many components (0: all); single groups without links are
-    left out unless with_singletons.
-    """
+    """At most this many components (0: all)."""
     with_singletons: _builtins.bool
+    """Also single groups without links (left out by default)."""
     def __init__(
         self,
         *,
