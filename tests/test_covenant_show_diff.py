@@ -39,6 +39,7 @@ from samenloop.policies.covenant_commands.showing import covenant_diff, covenant
 from samenloop.policies.crypto import PartyKeys
 from samenloop.policies.errors import SamenloopError
 from samenloop.policies.policy import (
+    NetworkRules,
     PersonMatching,
     PictureRules,
     Purpose,
@@ -76,6 +77,7 @@ def base() -> Covenant:
             shown_score=14.0,
             disclosure_score=75.0,
         ),
+        network=NetworkRules(viewers=(Role.RIEC,)),
     )
     roles = (Role.GEMEENTE, Role.POLITIE, Role.RIEC, Role.WONINGCORPORATIE)
     return Covenant(
@@ -369,6 +371,14 @@ def test_person_matching_is_shown_and_diffed_as_a_whole_section(base: Covenant) 
     assert any(
         line.startswith("~ person_matching: None -> kinds=person.phonetic_date") for line in lines
     ), lines
+
+
+def test_the_network_section_is_shown_and_diffed_as_a_whole(base: Covenant) -> None:
+    without = dataclasses.replace(base, policy=dataclasses.replace(base.policy, network=None))
+    assert "[network]" not in _shown(without)
+    assert "[network]" in _shown(base)
+    lines = covenant_diff(without, base)
+    assert any(line.startswith("~ network: None -> viewers=riec") for line in lines), lines
 
 
 def test_every_entry_added_or_removed_is_shown_and_diffed(base: Covenant) -> None:
