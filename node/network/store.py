@@ -29,7 +29,13 @@ from sqlalchemy import Connection, delete, func, or_, select, update
 from samenloop.node.daemon.database import Database, PendingEnvelope, SealedEnvelope, chunks, utc
 from samenloop.node.network import models
 from samenloop.node.network.graph import Edge, Vertex
-from samenloop.node.network.links import LinkChange, ReceivedLink, SentLink, link_type
+from samenloop.node.network.links import (
+    LinkChange,
+    ReceivedLink,
+    SentLink,
+    held_links,
+    link_type,
+)
 from samenloop.node.signals import models as signal_models
 from samenloop.node.signals.models import HitState, SignalState
 from samenloop.policies.audit import AuditKind
@@ -312,8 +318,9 @@ class NetworkStore(Database):
 
     def network(self) -> tuple[list[Vertex], list[Edge]]:
         """This node's open hits as vertices and the live links (count above 0) between
-        them as edges. A vertex's type is this node's own identifier type in the group,
-        else the one most reporters gave; its score the best a reporter gave."""
+        them as edges, its own links (those its signals make) included. A vertex's type
+        is this node's own identifier type in the group, else the one most reporters
+        gave; its score the best a reporter gave."""
         hit, hr = signal_models.Hit, signal_models.HitRef
         si, n = signal_models.SignalIdentifier, models.NetworkLink
         with self._read() as conn:
@@ -364,6 +371,9 @@ class NetworkStore(Database):
                     scores[group_id] = max(score, scores.get(group_id, score))
             edges.append(Edge(a, b, row.reporter, row.n, row.first_reported, row.last_reported))
         me = self._owner
+        # A viewer that holds signals itself draws its own links too (it tells nobody).
+        own = held_links(self.held_link_rows())
+        edges += [Edge(a, b, me, link.count) for (a, b), link in own.items()]
         vertices: list[Vertex] = []
         for h in hits:
             group_id = bytes(h.group_id)
