@@ -358,7 +358,7 @@ def test_a_backup_of_an_older_release_is_brought_to_this_schema(
         "node", "restore", "--config", str(setup.config()), "--from", str(out), capsys=capsys
     )
     assert code == 0, printed
-    assert sqlite_rows(setup.node_db(), "SELECT version_num FROM alembic_version") == [("0016",)]
+    assert sqlite_rows(setup.node_db(), "SELECT version_num FROM alembic_version") == [("0017",)]
     assert sqlite_rows(setup.node_db(), "SELECT previous_epoch FROM feed_restore") == [(1,)]
     assert sqlite_rows(out, "SELECT version_num FROM alembic_version") == [("0012",)]  # as it was
 
