@@ -81,8 +81,26 @@ def test_plan_sends_each_change_once(
     sent: list[SentLink],
     expected: list[tuple[str, int, int]],
 ) -> None:
-    changes = links.plan(held, {(A, B): frozenset(viewers)}, sent)
+    # At the epoch: revisions simply count up.
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    changes = links.plan(held, {(A, B): frozenset(viewers)}, sent, now=epoch)
     assert [(c.recipient, c.count, c.revision) for c in changes] == expected
+
+
+def test_revisions_are_times_so_a_restored_reporter_still_supersedes() -> None:
+    # The reporter's record went back to revision 3 (a backup); it had sent up to a time.
+    sent = [SentLink("riec", A, B, 1, 3)]
+    now = datetime(2026, 12, 8, tzinfo=UTC)
+    (change,) = links.plan(_held(2), {(A, B): frozenset({"riec"})}, sent, now=now)
+    assert change.revision == int(now.timestamp()) * 1_000_000
+    # A clock that does not move still gives a higher revision.
+    (again,) = links.plan(
+        _held(1),
+        {(A, B): frozenset({"riec"})},
+        [SentLink("riec", A, B, 2, change.revision)],
+        now=now,
+    )
+    assert again.revision == change.revision + 1
 
 
 class _Covenant:
@@ -228,7 +246,7 @@ def test_what_was_sent_is_recorded_with_its_envelopes_once(repositories: Reposit
     # whole, nothing queued twice.
     with pytest.raises(Exception):  # noqa: B017, PT011 - the unique key or the revision check
         store.record_sent([change], [SealedEnvelope(bytes([6]) * 16, "liec", b"x")], now=NOW)
-    stale = dataclasses.replace(change, count=0, revision=3)
+    stale = dataclasses.replace(change, count=0, revision=1)
     with pytest.raises(RuntimeError):
         store.record_sent([stale], [SealedEnvelope(bytes([7]) * 16, "liec", b"x")], now=NOW)
     assert len(store.pending()) == 1

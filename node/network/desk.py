@@ -127,10 +127,10 @@ class NetworkDesk:
             pair: rules.link_viewers(covenant, self._me, [members(pair[0]), members(pair[1])])
             for pair in held
         }
-        changes = links.plan(held, viewers, self._store.sent_links())
+        now = self._now()
+        changes = links.plan(held, viewers, self._store.sent_links(), now=now)
         if not changes:
             return 0
-        now = self._now()
         envelopes: list[SealedEnvelope] = []
         by_recipient: dict[str, list[links.LinkChange]] = {}
         for change in changes:

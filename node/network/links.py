@@ -48,6 +48,7 @@ ID_BYTES: Final = common_pb2.LIMITS_ID_BYTES
 MAX_LINKS_PER_MESSAGE: Final = 256
 #: The most signals one link can count: more than any node holds of one pair.
 MAX_LINK_COUNT: Final = 1_000_000
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 #: The identifier types a link end may name: the node's types, person keys as "person".
 LINK_TYPES: Final = frozenset(
     {
@@ -148,11 +149,22 @@ def plan(
     held: Mapping[tuple[bytes, bytes], HeldLink],
     viewers: Mapping[tuple[bytes, bytes], frozenset[str]],
     sent: Iterable[SentLink],
+    *,
+    now: datetime,
 ) -> list[LinkChange]:
     """What to tell whom: every (viewer, pair) whose count differs from what was last
     sent it, at the next revision. A link no longer held, or whose viewer may no longer
     be told of it, goes out with count 0 (it ended, as far as that viewer is told); a
-    viewer told 0 already is not told again. Ordered by recipient and pair."""
+    viewer told 0 already is not told again. Ordered by recipient and pair.
+
+    A revision is a time (microseconds since 1970), one above the last if the clock did
+    not move: like a hit notice's, so that a node restored from a backup, whose record of
+    what it sent went back, still sends revisions above every one it sent before."""
+    clock = int((now - _EPOCH).total_seconds() * 1_000_000)
+
+    def after(revision: int) -> int:
+        return max(revision + 1, clock)
+
     last = {(s.recipient, s.a, s.b): s for s in sent}
     changes: list[LinkChange] = []
     for pair, link in held.items():
@@ -160,7 +172,7 @@ def plan(
             before = last.get((viewer, *pair))
             if before is not None and before.count == link.count:
                 continue
-            revision = 1 if before is None else before.revision + 1
+            revision = after(0 if before is None else before.revision)
             changes.append(LinkChange(viewer, link.a, link.b, link.count, revision))
     for (viewer, a, b), before in last.items():
         if before.count == 0:
@@ -169,7 +181,7 @@ def plan(
             continue
         ended_a = held[(a, b)].a if (a, b) in held else LinkEnd(a, "")
         ended_b = held[(a, b)].b if (a, b) in held else LinkEnd(b, "")
-        changes.append(LinkChange(viewer, ended_a, ended_b, 0, before.revision + 1))
+        changes.append(LinkChange(viewer, ended_a, ended_b, 0, after(before.revision)))
     changes.sort(key=lambda c: (c.recipient, c.a.group_id, c.b.group_id))
     return changes
 

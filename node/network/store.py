@@ -151,9 +151,8 @@ class NetworkStore(Database):
         now: datetime,
     ) -> None:
         """Store the new state of each changed (viewer, pair) and queue the envelopes
-        that tell it, in one transaction. A change whose revision is not the next one
-        after the stored (another run got there first) aborts it all: nothing is sent
-        twice."""
+        that tell it, in one transaction. A change whose revision is not above the stored
+        one (another run got there first) aborts it all: nothing is sent twice."""
         if not changes:
             return
         now = utc(now)
@@ -162,24 +161,17 @@ class NetworkStore(Database):
             for change in changes:
                 key = (change.recipient, change.a.group_id, change.b.group_id)
                 values = {"count": change.count, "revision": change.revision, "updated_at": now}
-                if change.revision == 1:
+                where = (s.recipient == key[0], s.group_a == key[1], s.group_b == key[2])
+                before = conn.execute(select(s.revision).where(*where)).scalar_one_or_none()
+                if before is None:
                     conn.execute(
                         self._insert(s).values(
                             recipient=key[0], group_a=key[1], group_b=key[2], **values
                         )
                     )
-                    continue
-                result = conn.execute(
-                    update(s)
-                    .where(
-                        s.recipient == key[0],
-                        s.group_a == key[1],
-                        s.group_b == key[2],
-                        s.revision == change.revision - 1,
-                    )
-                    .values(**values)
-                )
-                if result.rowcount != 1:
+                elif before < change.revision:
+                    conn.execute(update(s).where(*where, s.revision == before).values(**values))
+                else:
                     raise RuntimeError("the links sent changed meanwhile")
             for envelope in envelopes:
                 self._queue_envelope(conn, envelope, now)
