@@ -83,8 +83,10 @@ class NetworkLink(_message.Message):
     (the link ended).
     """
     revision: _builtins.int
-    """Increases with every change the reporter sends this viewer of this pair;
-    the viewer keeps the highest.
+    """Increases with every change the reporter sends this viewer of this pair
+    (a time in microseconds since 1970, or one above the last): the viewer
+    keeps the highest, so that a reporter restored from a backup still
+    supersedes what it sent before.
     """
     @_builtins.property
     def a(self) -> Global___LinkEnd:
