@@ -583,8 +583,13 @@ def probable_hits(record: HitRecord, covenant: Covenant) -> list[person_hits.Pro
     if not record.person_agreements:
         return []
     shown, disclosure = person_thresholds(covenant)
+    rules_ = covenant.policy.person_matching
     found = person_hits.combine(
-        record.person_agreements, shown_score=shown, disclosure_score=disclosure
+        record.person_agreements,
+        own_kinds=record.person_own_kinds,
+        shown_score=shown,
+        disclosure_score=disclosure,
+        turned_on=None if rules_ is None else rules_.kinds,
     )
     return list(found.values())
 

@@ -24,7 +24,7 @@ Pure functions, no I/O.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -145,13 +145,23 @@ class ProbableHit:
 
 
 def combine(
-    agreements: Iterable[Agreement], *, shown_score: float, disclosure_score: float
+    agreements: Iterable[Agreement],
+    *,
+    own_kinds: Mapping[int, Collection[PersonKeyKind]],
+    shown_score: float,
+    disclosure_score: float,
+    turned_on: Collection[str] | None = None,
 ) -> dict[tuple[int, str], ProbableHit]:
     """The probable hits of ``agreements``, by (own signal, party).
 
     Each kind counts once per (signal, party) however many groups or refs name it. The
-    kinds are listed heaviest first (then by name), the score is
-    :func:`person_score.score` of them.
+    score is :func:`person_score.score` of the agreeing kinds *compared* against the own
+    signal's kinds (``own_kinds[signal_id]``, restricted to the kinds the covenant has
+    ``turned_on`` when given): a kind the own signal has that did not agree counts
+    against the hit. The node cannot know which kinds the other party's record had, so a
+    part missing on the other side counts as a disagreement too, which lowers recall,
+    never precision; the thresholds were chosen for this rule (``docs/linkage.md``).
+    The kinds are listed heaviest first (then by name).
     """
     kinds: dict[tuple[int, str], set[PersonKeyKind]] = {}
     for agreement in agreements:
@@ -160,7 +170,7 @@ def combine(
         )
     out: dict[tuple[int, str], ProbableHit] = {}
     for key, found in sorted(kinds.items()):
-        value = score(found)
+        value = signal_score(found, own_kinds.get(key[0], ()), turned_on)
         out[key] = ProbableHit(
             signal_id=key[0],
             party=key[1],
@@ -170,6 +180,30 @@ def combine(
             disclosable=value >= disclosure_score,
         )
     return out
+
+
+def signal_score(
+    agreeing: Iterable[PersonKeyKind],
+    own: Iterable[PersonKeyKind],
+    turned_on: Collection[str] | None,
+) -> float:
+    """The score a node gives one of its signals and another party: the ``agreeing``
+    kinds compared against the signal's ``own`` kinds that are turned on. The one rule
+    for hits, for a requester's claim and for the owner's check of a disclosure."""
+    return score(agreeing, compared_kinds(own, turned_on))
+
+
+def compared_kinds(
+    own: Iterable[PersonKeyKind], turned_on: Collection[str] | None
+) -> frozenset[PersonKeyKind]:
+    """The kinds a probable hit is compared on: the own signal's kinds that are matched
+    (``turned_on``: the covenant's kinds by wire name; a kind it turned off is not
+    matched, so its absence is no evidence)."""
+    mine = frozenset(own)
+    if turned_on is None:
+        return mine
+    on = frozenset(turned_on)
+    return frozenset(kind for kind in mine if kind.value in on)
 
 
 def _ordered(kinds: Iterable[PersonKeyKind]) -> tuple[PersonKeyKind, ...]:
