@@ -705,7 +705,9 @@ def _person_parts(
 
     values: dict[str, str] = {}
     places: dict[str, tuple[int, str]] = {}
+    cells: dict[str, tuple[int, str]] = {}  # every part's cell, empty or not
     for row, part, column, value in part_cells:
+        cells.setdefault(part, (row, column))
         if not value:
             continue
         if part in values and values[part] != value:
@@ -740,12 +742,12 @@ def _person_parts(
         )
         return None, places
     given = GivenParts(**values)
-    # A missing part is named by the column it would have come from, or the first given.
+    # A missing part is named by its (empty) cell, else by the first part given.
     fields = {part: part for part in PERSON_PARTS.values()}
     try:
         check_given_parts(given, fields=fields)
     except SamenloopError as error:
-        row, column = places.get(error.field or "", where[0])
+        row, column = places.get(error.field or "") or cells.get(error.field or "", where[0])
         if error.field not in places:  # the part that is missing: say which
             message = f"{error.message} (person.{error.field} is not given)"
         else:
