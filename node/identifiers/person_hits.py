@@ -18,11 +18,19 @@ and can overstate when the party holds two different people who each agree on a
 different kind (``docs/linkage.md``). The score counts kinds, never refs: a party that
 submits many refs of one kind adds nothing.
 
+The ``person`` identifier's value holds the name and birth date only. The parts a register
+keeps beside them (postcode with house number, gender) come with it as
+:class:`GivenParts` (an import's ``person.postcode``, ``person.house_number`` and
+``person.gender`` columns, the local API's ``Identifier.person_parts``):
+:func:`check_given_parts` reads them each under its own field name, :func:`parts_of_person`
+adds them to the name's parts. Only the keys derived from them are stored.
+
 Pure functions, no I/O.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -38,9 +46,12 @@ from samenloop.node.identifiers.person_keys import (
 from samenloop.node.identifiers.person_score import score
 
 __all__ = [
+    "GIVEN_PARTS",
     "HIDDEN_PARTY",
+    "GivenParts",
     "PersonKey",
     "ProbableHit",
+    "check_given_parts",
     "combine",
     "derived_keys",
     "is_person_kind",
@@ -77,25 +88,103 @@ class PersonKey:
         return f"PersonKey(type={self.type.value}, canonical=<redacted>)"
 
 
+#: The parts of a person beside its ``NAME;DATE`` value, by the names an import maps
+#: (``--map person.postcode=COLUMN``) and the local API carries (``PersonParts``).
+GIVEN_PARTS: Final = ("postcode", "house_number", "gender")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class GivenParts:
+    """A person's postcode, house number and gender as the source writes them (``None``
+    or blank: not given). Its ``repr`` hides them."""
+
+    postcode: str | None = None
+    house_number: str | None = None
+    gender: str | None = None
+
+    def __repr__(self) -> str:
+        given = [name for name in GIVEN_PARTS if not _blank(getattr(self, name))]
+        return f"GivenParts({', '.join(given) or 'none'})"
+
+    @property
+    def empty(self) -> bool:
+        """Whether no part is given."""
+        return all(_blank(getattr(self, name)) for name in GIVEN_PARTS)
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+#: A name that :func:`person_parts` accepts, so that a part is checked on its own.
+_ANY_NAME: Final = "x"
+
+
+def check_given_parts(given: GivenParts, *, fields: Mapping[str, str]) -> GivenParts:
+    """``given`` read by :func:`person_parts`' rules, each part on its own: normalised
+    (postcode folded without spaces, house number without its addition, gender ``m``,
+    ``v`` or ``x``), blanks as ``None``. A postcode without a house number (or the other
+    way round) is refused naming the missing part's field. Raises ``InvalidIdentifier``
+    (``person.address``, ``person.gender``) naming ``fields[part]``."""
+    postcode = None if _blank(given.postcode) else given.postcode
+    house_number = None if _blank(given.house_number) else given.house_number
+    if (postcode is None) != (house_number is None):
+        missing = "house_number" if house_number is None else "postcode"
+        fail = _n._Fail(_n.IdentifierType.PERSON, fields[missing])
+        raise fail(
+            "address",
+            "a postcode needs a house number"
+            if missing == "house_number"
+            else "a house number needs a postcode",
+        )
+    if postcode is not None and house_number is not None:
+        postcode = person_parts(
+            _ANY_NAME, None, None, postcode=postcode, house_number="1", field=fields["postcode"]
+        ).postcode
+        house_number = person_parts(
+            _ANY_NAME,
+            None,
+            None,
+            postcode="x",
+            house_number=house_number,
+            field=fields["house_number"],
+        ).house_number
+    gender = person_parts(_ANY_NAME, None, None, gender=given.gender, field=fields["gender"]).gender
+    return GivenParts(postcode=postcode, house_number=house_number, gender=gender)
+
+
 def parts_of_person(
-    value: str, *, field: str = "value", today: datetime.date | None = None
+    value: str,
+    *,
+    field: str = "value",
+    today: datetime.date | None = None,
+    given: GivenParts | None = None,
+    given_fields: Mapping[str, str] | None = None,
 ) -> PersonParts:
     """The parts of a ``person`` identifier written ``NAME;DATE`` (as
     :func:`normalise.parse` reads it): the name split into surname and given names the
-    same way, then read by :func:`person_parts`. Raises ``InvalidIdentifier`` naming
-    ``field``."""
+    same way, then read by :func:`person_parts`; with the ``given`` parts beside it
+    (:func:`check_given_parts`, naming ``given_fields[part]``, by default
+    ``<field>.<part>``). Raises ``InvalidIdentifier`` naming ``field``."""
     fail = _n._Fail(_n.IdentifierType.PERSON, field)
     text = _n._prepare(value, fail)
     name, sep, birth_date = text.rpartition(";")
     if not sep or not name.strip():
         raise fail("format", "person must be written as NAME;DATE, e.g. 'J. Jansen;1980-03-15'")
-    given, surname = _n._split_name(name.strip(), fail)
-    return person_parts(
+    given_names, surname = _n._split_name(name.strip(), fail)
+    parts = person_parts(
         " ".join(surname) or None,
-        " ".join(given) or None,
+        " ".join(given_names) or None,
         birth_date,
         field=field,
         today=today,
+    )
+    if given is None or given.empty:
+        return parts
+    fields = given_fields or {name: f"{field}.{name}" for name in GIVEN_PARTS}
+    read = check_given_parts(given, fields=fields)
+    return dataclasses.replace(
+        parts, postcode=read.postcode, house_number=read.house_number, gender=read.gender
     )
 
 
