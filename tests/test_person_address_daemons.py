@@ -42,7 +42,9 @@ SPECS = (
 )
 SHOWN = 30.0  # above any one kind's weight: one kind alone is not shown
 ADDRESS_KINDS = {K.NAMES_ADDRESS.value, K.NAMES_POSTCODE.value, K.GIVEN_ADDRESS.value}
-SCORE = person_score.score([K(kind) for kind in ADDRESS_KINDS])
+# Each node scores against its own record's kinds: every record here has all nine, so the
+# six that did not agree (the date kinds and address_date) count against the hit.
+SCORE = person_score.score([K(kind) for kind in ADDRESS_KINDS], tuple(K))
 # As each source writes them; none of these may be stored as written.
 WRITTEN = ("1234 ab", "5-bis", "onbekend", "Vrouw")
 
