@@ -173,7 +173,7 @@ def test_the_svg_is_accessible_and_every_vertex_and_edge_has_a_title() -> None:
     assert root.attrib["role"] == "img"
     assert root.attrib["aria-label"] == "netwerk: 4 samenlopen, 5 verbindingen, 3 partners"
     assert root.attrib["width"] == "100%"
-    assert _view(root)[0] == svg.VIEW_WIDTH
+    assert _view(root)[0] == svg.VIEW_WIDTH == svg.view_width(4)
     for g in _vertices(root).values():
         title = g.find(f"{NS}title")
         assert title is not None
@@ -277,7 +277,9 @@ def _random_component(draw: st.DrawFn) -> Component:
 def test_no_vertex_or_label_leaves_the_view_box(component: Component) -> None:
     root = _tree(component)
     w, h = _view(root)
-    assert 0 < h <= 420
+    n = len(component.vertices)
+    assert w == svg.view_width(n) == (480 if n <= 8 else min(720, 480 + 30 * (n - 8)))
+    assert 0 < h <= (420 if n <= 8 else 720)
     for g in _vertices(root).values():
         for x, y in _outline(_shape_element(g)):
             assert 0 <= x <= w

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
@@ -50,10 +50,13 @@ __all__ = [
     "shape_of",
     "short_id",
     "type_name",
+    "view_width",
 ]
 
-#: The drawing's width in SVG units; its height follows the layout.
+#: The drawing's width in SVG units for up to 8 vertices (wider for more, up to 720);
+#: its height follows the layout.
 VIEW_WIDTH: Final = 480
+_WIDEST: Final = 720
 #: The layout's seed: fixed, so that a component is drawn the same way every time.
 SEED: Final = 17
 _RADIUS: Final = 13.0
@@ -62,9 +65,13 @@ _RADIUS: Final = 13.0
 _PAD_X: Final = 68.0
 _PAD_TOP: Final = 22.0
 _PAD_BOTTOM: Final = 46.0
-#: Largest and smallest height of the drawing.
+#: Largest height of the drawing of up to 8 vertices, of any, and the smallest.
 _MAX_HEIGHT: Final = 420.0
+_TALLEST: Final = 720.0
 _MIN_HEIGHT: Final = 96.0
+#: The box a vertex and its labels need, kept clear of every other vertex's.
+_BOX_W: Final = 84.0
+_BOX_H: Final = 58.0
 #: Vertices beyond this many get no label under them (their tooltip and the table say it).
 _LABEL_LIMIT: Final = 30
 
@@ -168,7 +175,7 @@ def _day(when: datetime) -> str:
 
 def layout(component: Component, *, seed: int = SEED) -> dict[bytes, tuple[float, float]]:
     """Each vertex's position in the drawing's units (x right, y down), inside the margins
-    of a drawing :data:`VIEW_WIDTH` wide; see :func:`drawing_height` for its height.
+    of a drawing :func:`view_width` wide; see :func:`drawing_height` for its height.
 
     Force-directed and deterministic: the vertices and edges go into networkx in group-id
     order, the seed is fixed and positions are rounded to 0.1.
@@ -207,31 +214,72 @@ def _level(raw: Mapping[bytes, tuple[float, float]]) -> dict[bytes, tuple[float,
     }
 
 
+def view_width(n: int) -> int:
+    """The drawing's width for ``n`` vertices."""
+    return VIEW_WIDTH if n <= 8 else min(_WIDEST, VIEW_WIDTH + 30 * (n - 8))
+
+
+def _inner_height(n: int) -> float:
+    """The most height the vertices may spread over: more for a larger component."""
+    most = _MAX_HEIGHT if n <= 8 else min(_TALLEST, _MAX_HEIGHT + 28.0 * (n - 8))
+    return most - _PAD_TOP - _PAD_BOTTOM
+
+
 def _fit(raw: Mapping[bytes, tuple[float, float]]) -> dict[bytes, tuple[float, float]]:
-    """Scale ``raw`` (any units) uniformly into the drawing's inner box, centred."""
+    """Scale ``raw`` (any units) uniformly into the drawing's inner box, move vertices
+    apart whose labels would overlap, and centre the result; rounded to 0.1."""
     xs = [p[0] for p in raw.values()]
     ys = [p[1] for p in raw.values()]
     span_x, span_y = max(xs) - min(xs), max(ys) - min(ys)
-    inner_w = VIEW_WIDTH - 2 * _PAD_X
-    inner_h = _MAX_HEIGHT - _PAD_TOP - _PAD_BOTTOM
+    width = view_width(len(raw))
+    inner_w, inner_h = width - 2 * _PAD_X, _inner_height(len(raw))
     scale = min(inner_w / span_x if span_x else math.inf, inner_h / span_y if span_y else math.inf)
     if math.isinf(scale):  # one vertex, or all on one spot
         scale = 0.0
     mid_x, mid_y = (max(xs) + min(xs)) / 2, (max(ys) + min(ys)) / 2
-    height = drawing_height(span_y * scale)
-    centre_y = _PAD_TOP + (height - _PAD_TOP - _PAD_BOTTOM) / 2
-    return {
-        g: (
-            round(VIEW_WIDTH / 2 + (x - mid_x) * scale, 1),
-            round(centre_y + (y - mid_y) * scale, 1),
-        )
+    placed = {
+        g: [width / 2 + (x - mid_x) * scale, inner_h / 2 + (y - mid_y) * scale]
         for g, (x, y) in raw.items()
     }
+    _spread(placed, inner_h)
+    top = min(p[1] for p in placed.values())
+    span = max(p[1] for p in placed.values()) - top
+    shift = _PAD_TOP + (drawing_height(span) - _PAD_TOP - _PAD_BOTTOM - span) / 2 - top
+    return {g: (round(x, 1), round(y + shift, 1)) for g, (x, y) in placed.items()}
+
+
+def _spread(placed: dict[bytes, list[float]], inner_h: float) -> None:
+    """Push apart, in place, vertices whose boxes (the shape and its labels) overlap,
+    along the axis where they overlap least, keeping them in the inner box (y from 0 to
+    ``inner_h``). Deterministic: pairs in group-id order, a fixed number of rounds."""
+    ids = sorted(placed)
+    low_x, high_x = _PAD_X, view_width(len(placed)) - _PAD_X
+    for _ in range(60):
+        moved = False
+        for i, a in enumerate(ids):
+            for b in ids[i + 1 :]:
+                pa, pb = placed[a], placed[b]
+                dx, dy = pb[0] - pa[0], pb[1] - pa[1]
+                over_x, over_y = _BOX_W - abs(dx), _BOX_H - abs(dy)
+                if over_x <= 0 or over_y <= 0:
+                    continue
+                moved = True
+                axis, over, d = (
+                    (0, over_x, dx) if over_x / _BOX_W < over_y / _BOX_H else (1, over_y, dy)
+                )
+                step = over / 2 * (1.0 if d >= 0 else -1.0)
+                pa[axis] -= step
+                pb[axis] += step
+        for p in placed.values():
+            p[0] = min(max(p[0], low_x), high_x)
+            p[1] = min(max(p[1], 0.0), inner_h)
+        if not moved:
+            return
 
 
 def drawing_height(span: float) -> float:
     """The drawing's height for vertices spread ``span`` units from top to bottom."""
-    return round(max(_MIN_HEIGHT, min(_MAX_HEIGHT, span + _PAD_TOP + _PAD_BOTTOM)), 1)
+    return round(max(_MIN_HEIGHT, span + _PAD_TOP + _PAD_BOTTOM), 1)
 
 
 # --- shapes ----------------------------------------------------------------------------------
@@ -297,9 +345,39 @@ def _edge_title(e: Edge) -> str:
     return f"{e.reporter}: {e.count} {signals} samenloop {short_id(e.a)} en {short_id(e.b)}"
 
 
-def _edges(component: Component, at: Mapping[bytes, tuple[float, float]]) -> list[str]:
+def _count_spot(
+    start: tuple[float, float],
+    control: tuple[float, float],
+    end: tuple[float, float],
+    vertices: Iterable[tuple[float, float]],
+) -> tuple[float, float]:
+    """Where an edge's count goes: the middle of its curve, unless a vertex or its labels
+    are there; then the first point further along either way that is clear (else the
+    middle)."""
+    boxes = list(vertices)
+
+    def clear(x: float, y: float) -> bool:
+        return all(
+            not (abs(x - vx) < 40 and vy - _RADIUS - 8 < y < vy + _RADIUS + 36) for vx, vy in boxes
+        )
+
+    for t in (0.5, 0.4, 0.6, 0.3, 0.7, 0.25, 0.75):
+        x = (1 - t) ** 2 * start[0] + 2 * (1 - t) * t * control[0] + t**2 * end[0]
+        y = (1 - t) ** 2 * start[1] + 2 * (1 - t) * t * control[1] + t**2 * end[1]
+        if clear(x, y):
+            return x, y
+    return (
+        0.25 * start[0] + 0.5 * control[0] + 0.25 * end[0],
+        0.25 * start[1] + 0.5 * control[1] + 0.25 * end[1],
+    )
+
+
+def _edges(
+    component: Component, at: Mapping[bytes, tuple[float, float]]
+) -> tuple[list[str], list[str]]:
     """A line per edge, or a curve per reporter where several report one pair; its count
-    in the middle, on a white halo."""
+    in the middle (or where no vertex is), on a white halo: the lines and the counts (drawn
+    last, over the vertices' labels where they cannot avoid them)."""
     by_pair: dict[tuple[bytes, bytes], list[Edge]] = {}
     for e in component.edges:
         by_pair.setdefault((e.a, e.b), []).append(e)
@@ -325,13 +403,12 @@ def _edges(component: Component, at: Mapping[bytes, tuple[float, float]]) -> lis
                     f'<line class="edge" x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" '
                     f'y2="{y2:.1f}" stroke="#6b6b6b" stroke-width="{width:.2f}">{title}</line>'
                 )
-            # The middle of the curve is halfway between the chord and the control point.
-            mx, my = (x1 + x2) / 2 + nx_ * bend / 2, (y1 + y2) / 2 + ny_ * bend / 2
+            mx, my = _count_spot((x1, y1), (cx, cy), (x2, y2), at.values())
             counts.append(
                 f'<text class="count" x="{mx:.1f}" y="{my + 4:.1f}" text-anchor="middle">'
                 f"{e.count}{title}</text>"
             )
-    return lines + counts
+    return lines, counts
 
 
 def render_component(component: Component, *, seed: int = SEED, label: str = "netwerk") -> str:
@@ -340,6 +417,8 @@ def render_component(component: Component, *, seed: int = SEED, label: str = "ne
     ``label`` starts the drawing's ``aria-label``, for instance ``netwerk 1``.
     """
     at = layout(component, seed=seed)
+    lines, counts = _edges(component, at)
+    width = view_width(len(component.vertices))
     height = drawing_height(
         (max(y for _, y in at.values()) - min(y for _, y in at.values())) if at else 0.0
     )
@@ -350,11 +429,11 @@ def render_component(component: Component, *, seed: int = SEED, label: str = "ne
         f", {partners} {'partner' if partners == 1 else 'partners'}"
     )
     parts = [
-        f'<svg class="network" viewBox="0 0 {VIEW_WIDTH} {height}" width="100%" '
-        f'style="max-width:40rem" role="img" aria-label="{_e(aria)}" '
+        f'<svg class="network" viewBox="0 0 {width} {height}" width="100%" '
+        f'style="max-width:{width / 12:.0f}rem" role="img" aria-label="{_e(aria)}" '
         'xmlns="http://www.w3.org/2000/svg">',
         '<g class="edges">',
-        *_edges(component, at),
+        *lines,
         "</g>",
         '<g class="vertices">',
     ]
@@ -379,7 +458,7 @@ def render_component(component: Component, *, seed: int = SEED, label: str = "ne
                 f'text-anchor="middle">{_e(type_name(v))}</text>'
             )
         parts.append("</g>")
-    parts.append("</g></svg>")
+    parts.append(f'</g><g class="counts">{"".join(counts)}</g></svg>')
     return "".join(parts)
 
 
