@@ -430,8 +430,7 @@ def render_component(component: Component, *, seed: int = SEED, label: str = "ne
     )
     parts = [
         f'<svg class="network" viewBox="0 0 {width} {height}" width="100%" '
-        f'style="max-width:{width / 12:.0f}rem" role="img" aria-label="{_e(aria)}" '
-        'xmlns="http://www.w3.org/2000/svg">',
+        f'style="max-width:{width / 12:.0f}rem" role="img" aria-label="{_e(aria)}">',
         '<g class="edges">',
         *lines,
         "</g>",

@@ -77,8 +77,9 @@ def _edge_table(component: Component, caption: str) -> str:
     rows = ["<thead><tr><th>tussen</th><th>gemeld door</th><th>signalen</th></tr></thead><tbody>"]
     for e in component.edges:
         rows.append(
-            f"<tr><td><code>{svg.short_id(e.a)}</code> {_DASH} <code>{svg.short_id(e.b)}</code>"
-            f'</td><td class="parties">{_e(e.reporter)}</td><td class="n">{e.count}</td></tr>'
+            f"<tr><td><code>{svg.short_id(e.a)}</code>\u00a0{_DASH} "
+            f"<code>{svg.short_id(e.b)}</code></td>"
+            f'<td class="d">{_e(e.reporter)}</td><td class="n">{e.count}</td></tr>'
         )
     rows.append("</tbody>")
     return _boxed(f'<table class="network-edges">{"".join(rows)}</table>', caption)

@@ -651,7 +651,7 @@ font-size:.9rem}.map-legend li{display:flex;align-items:center;gap:.35rem}
 .swatch{display:inline-block;width:18px;height:14px;border:1px solid #999}
 dl.marks{display:grid;grid-template-columns:auto 1fr;gap:.2rem .8rem;font-size:.9rem}
 dl.marks dt{font-weight:bold;text-align:center}dl.marks dd{margin:0}
-h4{font-size:.95rem;margin:.8rem 0 .2rem}td.d{white-space:nowrap}td.parties{min-width:8rem}
+h4{font-size:.95rem;margin:.8rem 0 .2rem}td.d{white-space:nowrap}td.parties{min-width:12rem}
 """
         + network_svg.CSS
         + """
