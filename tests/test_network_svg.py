@@ -387,10 +387,13 @@ def test_the_report_with_a_network_is_the_same_twice_and_names_no_url() -> None:
     assert "<script" not in text
 
 
-def test_the_drawing_styles_are_in_the_page_with_larger_type_on_a_phone() -> None:
+def test_the_styles_set_larger_type_on_a_phone_and_let_the_section_span_pages() -> None:
     _, page = _page(synthetic_network())
     assert "svg.network .id{" in page.style
     assert "@media (max-width:600px){svg.network .id{font-size:15px}" in page.style
+    # On paper the section may run over pages; a component stays on one where it fits.
+    assert "@media print{section.network{break-inside:auto" in page.style
+    assert page.find("section", class_="network")
     # The legend gives every shape and every colour class.
     legend = [t for t, _, a in page.texts if a.get("class") != "meta"]
     for words in ("persoon (BSN)", "adres (ook BAG)", "bankrekening (IBAN)", "5 of meer"):

@@ -24,12 +24,21 @@ from babel.numbers import format_decimal
 from samenloop.node.network import svg
 from samenloop.node.network.graph import Component, components
 
-__all__ = ["NETWORK_TOP", "network_section"]
+__all__ = ["NETWORK_CSS", "NETWORK_TOP", "network_section"]
 
 #: How many components are drawn; the others are counted below them.
 NETWORK_TOP: Final = 5
 _LOCALE: Final = "nl_NL"
 _DASH: Final = "\u2013"
+
+#: The section's styles, for the report's ``<style>``: the drawing's, its tables', and on
+#: paper a section that may run over pages (each component stays on one where it fits).
+NETWORK_CSS: Final = (
+    "h4{font-size:.95rem;margin:.8rem 0 .2rem}td.d{white-space:nowrap}"
+    "td.parties{min-width:12rem}"
+    + svg.CSS
+    + "@media print{section.network{break-inside:auto;page-break-inside:auto}}"
+)
 
 
 def _e(text: object) -> str:
@@ -106,14 +115,18 @@ def _component(rank: int, component: Component) -> str:
     )
 
 
+def _wrap(content: str) -> str:
+    return f'<section class="network"><h2>Netwerk</h2>{content}</section>'
+
+
 def network_section(network: Sequence[Component], *, top: int = NETWORK_TOP) -> str:
-    """The section's content (without its ``<h2>``): the ``top`` largest components of
-    ``network``, drawn, each with its tables; a sentence when there are none."""
+    """The section "Netwerk": the ``top`` largest components of ``network``, drawn, each
+    with its tables; a sentence when there are none."""
     ranked = components(
         [v for c in network for v in c.vertices], [e for c in network for e in c.edges]
     )
     if not ranked:
-        return (
+        return _wrap(
             '<p class="legend">Er is geen netwerk te tonen: er zijn geen samenlopen die de '
             "coördinator mag zien.</p>"
         )
@@ -135,6 +148,6 @@ def network_section(network: Sequence[Component], *, top: int = NETWORK_TOP) -> 
             f'<p class="legend">Niet getekend: nog {_plural(len(rest), "netwerk", "netwerken")} '
             f"met samen {_plural(groups, 'samenloop', 'samenlopen')}.</p>"
         )
-    return (
+    return _wrap(
         intro + svg.legend_html() + "".join(_component(i, c) for i, c in enumerate(shown, 1)) + tail
     )

@@ -24,7 +24,6 @@ from datetime import UTC, date, datetime
 from babel.dates import format_date
 from babel.numbers import format_decimal
 
-from samenloop.node.network import svg as network_svg
 from samenloop.node.network.graph import Component
 from samenloop.node.picture.arithmetic import (
     TOTAL,
@@ -37,7 +36,7 @@ from samenloop.node.picture.arithmetic import (
     SuppressionReason,
 )
 from samenloop.node.picture.map import AreaMap, MapArea
-from samenloop.node.picture.network_section import network_section
+from samenloop.node.picture.network_section import NETWORK_CSS, network_section
 
 __all__ = [
     "NOISY_MARK",
@@ -651,9 +650,8 @@ font-size:.9rem}.map-legend li{display:flex;align-items:center;gap:.35rem}
 .swatch{display:inline-block;width:18px;height:14px;border:1px solid #999}
 dl.marks{display:grid;grid-template-columns:auto 1fr;gap:.2rem .8rem;font-size:.9rem}
 dl.marks dt{font-weight:bold;text-align:center}dl.marks dd{margin:0}
-h4{font-size:.95rem;margin:.8rem 0 .2rem}td.d{white-space:nowrap}td.parties{min-width:12rem}
 """
-        + network_svg.CSS
+        + NETWORK_CSS
         + """
 @media (max-width:600px){body{padding:.75rem}h1{font-size:1.3rem}}
 @page{size:A4;margin:18mm 14mm;"""
@@ -786,7 +784,7 @@ def render(report: PictureReport, network: Sequence[Component] | None = None) ->
             parts.append(_section(_e(_MEASURES[table.measure]), _any_table(table, report), level=3))
         body.append(_section("Verantwoording: casussen en interventies", *parts))
     if network is not None:
-        body.append(_section("Netwerk", network_section(network)))
+        body.append(network_section(network))
     if report.notes:
         notes = "".join(f"<li>{_e(note)}</li>" for note in report.notes)
         body.append(_section("Bronnen", f'<ul class="legend">{notes}</ul>'))
