@@ -398,3 +398,25 @@ def test_the_styles_set_larger_type_on_a_phone_and_let_the_section_span_pages() 
     legend = [t for t, _, a in page.texts if a.get("class") != "meta"]
     for words in ("persoon (BSN)", "adres (ook BAG)", "bankrekening (IBAN)", "5 of meer"):
         assert words in legend
+
+
+def test_a_large_component_is_drawn_without_labels_and_the_section_says_so() -> None:
+    n = svg.LABEL_LIMIT + 10
+    vs = [vertex(k, "kvk" if k % 3 else "address", f"{GEMEENTE},{FISCUS}") for k in range(n)]
+    es = [edge(k, (k - 1) // 2, FISCUS) for k in range(1, n)]  # a binary tree
+    (big,) = components(vs, es)
+    root = _tree(big)
+    w, h = _view(root)
+    assert w == 720
+    assert h <= 720
+    drawn = _vertices(root)
+    assert len(drawn) == n
+    assert not [t for t in root.iter(f"{NS}text") if t.attrib["class"] in ("id", "type")]
+    for g in drawn.values():
+        assert g.find(f"{NS}title") is not None
+        assert all(0 <= x <= w and 0 <= y <= h for x, y in _outline(_shape_element(g)))
+    text = network_section.network_section([big])
+    assert f"Meer dan {svg.LABEL_LIMIT} samenlopen: de tekening zet er geen namen bij" in text
+    assert "de tekening zet er geen namen bij" not in network_section.network_section(
+        synthetic_network()
+    )

@@ -38,6 +38,7 @@ from samenloop.node.network.graph import Component, Edge, Vertex
 
 __all__ = [
     "CSS",
+    "LABEL_LIMIT",
     "PARTNER_COLOURS",
     "SHAPES",
     "TYPE_NAMES",
@@ -73,7 +74,7 @@ _MIN_HEIGHT: Final = 96.0
 _BOX_W: Final = 84.0
 _BOX_H: Final = 58.0
 #: Vertices beyond this many get no label under them (their tooltip and the table say it).
-_LABEL_LIMIT: Final = 30
+LABEL_LIMIT: Final = 30
 
 #: Shape per identifier type; a type not listed is an octagon, a person key (``person.*``)
 #: or any vertex with a score a dashed circle.
@@ -436,7 +437,7 @@ def render_component(component: Component, *, seed: int = SEED, label: str = "ne
         "</g>",
         '<g class="vertices">',
     ]
-    labelled = n <= _LABEL_LIMIT
+    labelled = n <= LABEL_LIMIT
     for v in component.vertices:
         cx, cy = at[v.group_id]
         count = len(v.parties)

@@ -106,6 +106,11 @@ def _component(rank: int, component: Component) -> str:
         f"{_e(_day(component.last_seen))} · partners: {_e(', '.join(sorted(component.partners)))}"
         "</p>"
     )
+    if n > svg.LABEL_LIMIT:
+        meta += (
+            f'<p class="legend">Meer dan {svg.LABEL_LIMIT} samenlopen: de tekening zet er geen '
+            "namen bij; de tooltip van elke vorm en de tabel noemen ze.</p>"
+        )
     return (
         f'<section class="network-component" data-rank="{rank}"><h3>{_e(heading)}</h3>{meta}'
         f'<div class="scroll network-drawing">{svg.render_component(component, label=label)}'
