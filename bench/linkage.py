@@ -134,12 +134,18 @@ class Linked:
     cost: dict[str, Any]
 
     def compared(self, pair: Pair) -> frozenset[PersonKeyKind]:
+        """The kinds both records have: what ``m`` and ``u`` are counted over."""
         return self.kinds_a.get(pair[0], frozenset()) & self.kinds_b.get(pair[1], frozenset())
 
     def score(
         self, pair: Pair, weights: Mapping[PersonKeyKind, ps.KindWeight] = ps.WEIGHTS
     ) -> float:
-        return ps.score(self.candidates.get(pair, frozenset()), self.compared(pair), weights)
+        """The score the node holding file A computes: the agreeing kinds compared
+        against *its own* record's kinds (person_hits.combine), since a node never
+        learns which kinds the other party's record had."""
+        return ps.score(
+            self.candidates.get(pair, frozenset()), self.kinds_a.get(pair[0], frozenset()), weights
+        )
 
 
 def candidates(ds: DataSet) -> Linked:

@@ -74,6 +74,7 @@ from samenloop.node.daemon.api_token import bearer, read_token
 from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.identifiers.attributes import area_kind_of
 from samenloop.node.identifiers.normalise import Identifier, IdentifierType, identifier_type, parse
+from samenloop.node.identifiers.person_hits import GIVEN_PARTS, GivenParts
 from samenloop.node.network.graph import Component, Edge, Vertex
 from samenloop.node.picture.arithmetic import Dimension, Measure, Period, ReleasedTable
 from samenloop.node.picture.protocol import released_from_proto
@@ -104,6 +105,7 @@ __all__ = [
     "CaseHistoryEntry",
     "Disclosure",
     "FeedRestored",
+    "GivenParts",
     "Hit",
     "HitMember",
     "HitVisibility",
@@ -194,6 +196,10 @@ class SignalInput:
     (with ``area_kind``, or the kind the code's shape says), ``branch`` (an SBI
     code) and ``month`` (``YYYY-MM``); unset, the node derives the area from an
     address identifier and the month from the day the signal is added.
+    ``person_parts`` are the postcode, house number and gender of the signal's one
+    ``person`` identifier, as a register keeps them beside the name and birth date: the
+    node derives person keys from them and stores none of them as written. Given without
+    a person identifier, or with several, they are refused (field ``person_parts``).
     """
 
     reference: str
@@ -206,6 +212,7 @@ class SignalInput:
     area_code: str | None = None
     branch: str | None = None
     month: str | None = None
+    person_parts: GivenParts | None = None
 
     def __repr__(self) -> str:
         return (
@@ -617,6 +624,8 @@ def _signal_message(row: SignalInput, field_prefix: str = "") -> node_pb2.Signal
                 leading_zero_dropped=True,
             ).canonical
         message.identifiers.add(type=_TYPE_TO_PROTO[kind], value=value)
+    if row.person_parts is not None and not row.person_parts.empty:
+        _add_person_parts(message, row.person_parts, f"{field_prefix}person_parts")
     if row.expires_at is not None:
         if row.expires_at.tzinfo is None:
             raise InvalidInput(
@@ -644,6 +653,24 @@ def _signal_message(row: SignalInput, field_prefix: str = "") -> node_pb2.Signal
     if row.month:
         message.attributes.month = row.month
     return message
+
+
+def _add_person_parts(message: node_pb2.Signal, given: GivenParts, where: str) -> None:
+    """Put ``given`` on the message's one ``person`` identifier (the node checks them)."""
+    person = _TYPE_TO_PROTO[IdentifierType.PERSON]
+    persons = [item for item in message.identifiers if item.type == person]
+    if len(persons) != 1:
+        raise InvalidInput(
+            "person parts (postcode, house number, gender) go with a person identifier"
+            if not persons
+            else f"person parts go with one person identifier; the signal has {len(persons)}",
+            field=where,
+            reason="person.parts_without_person" if not persons else "person.parts_ambiguous",
+        )
+    for name in GIVEN_PARTS:
+        value = getattr(given, name)
+        if value is not None:
+            setattr(persons[0].person_parts, name, value)
 
 
 def _signal(message: node_pb2.Signal) -> Signal:
@@ -1095,6 +1122,7 @@ class NodeClient:
         area_kind: AreaKind | str | None = None,
         branch: str | None = None,
         month: str | None = None,
+        person_parts: GivenParts | None = None,
     ) -> Signal:
         """Add one signal; returns it as stored (canonical identifiers, expiry, id).
 
@@ -1114,6 +1142,7 @@ class NodeClient:
             area_code=area_code,
             branch=branch,
             month=month,
+            person_parts=person_parts,
         )
         message = _signal_message(row, "signal.")
         response = self._call(self._stub.AddSignal, node_pb2.AddSignalRequest(signal=message))

@@ -93,7 +93,7 @@ PERSON_KEY_KINDS: Final = (
 #: Default lowest score at which a probable person hit is shown, and at which it may lead
 #: to a disclosure: ``person_score.SHOWN_THRESHOLD`` and ``DISCLOSURE_THRESHOLD`` (a test
 #: keeps them equal).
-DEFAULT_SHOWN_SCORE: Final = 13.8
+DEFAULT_SHOWN_SCORE: Final = 9.4
 DEFAULT_DISCLOSURE_SCORE: Final = 72.7
 #: No score a sum of the kinds' weights can reach is higher (a bound for typos).
 MAX_PERSON_SCORE: Final = 1000.0

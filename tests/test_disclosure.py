@@ -38,6 +38,7 @@ from samenloop.node.disclosure.protocol import (
     SignalFacts,
     Verdict,
 )
+from samenloop.node.identifiers import person_score
 from samenloop.node.identifiers.person_keys import PersonKeyKind
 from samenloop.node.provision import PartySpec, Provisioned, provision
 from samenloop.node.signals import models
@@ -198,7 +199,9 @@ class Facts:
     requests: int = 0
     grants: int = 0
     #: (ref, requester) -> the kinds of a probable person hit; absent: not a person key.
-    person: dict[tuple[bytes, str], frozenset[PersonKeyKind]] = field(default_factory=dict)
+    person: dict[tuple[bytes, str], tuple[frozenset[PersonKeyKind], frozenset[PersonKeyKind]]] = (
+        field(default_factory=dict)
+    )
 
     def disclosure_seen(self, request_id: bytes, /) -> bool:
         return request_id in self.seen
@@ -218,7 +221,9 @@ class Facts:
     def hit_members(self, group_id: bytes, /) -> frozenset[str] | None:
         return self.members.get(group_id)
 
-    def person_kinds(self, signal_ref: bytes, party: str, /) -> frozenset[PersonKeyKind] | None:
+    def person_kinds(
+        self, signal_ref: bytes, party: str, /
+    ) -> tuple[frozenset[PersonKeyKind], frozenset[PersonKeyKind]] | None:
         return self.person.get((signal_ref, party))
 
     def requests_since(self, requester: str, since: datetime, /) -> int:
@@ -466,14 +471,20 @@ def test_a_probable_person_hit_below_the_disclosure_score_is_refused(world: Worl
     assert request.person_score is None
     weak = frozenset({PersonKeyKind.PHONETIC_DATE, PersonKeyKind.NAMES_YEAR_MONTH})
     owner_facts = facts()
-    owner_facts.person[(REF, GEMEENTE)] = weak
+    owner_facts.person[(REF, GEMEENTE)] = (weak, weak)
     verdict = decide(world, request, owner_facts)
     assert (verdict.outcome, verdict.reason) == (Outcome.REFUSED, Refusal.SCORE_TOO_LOW)
     assert "41.7 bits" in verdict.message
-    assert "72.7" in verdict.message
+    assert f"{person_score.DISCLOSURE_THRESHOLD:.1f}" in verdict.message
     assert verdict.values is None
+    # The owner's signal has every kind: the seven that did not agree count against it.
+    owner_facts.person[(REF, GEMEENTE)] = (weak, frozenset(PersonKeyKind))
+    lower = decide(world, request, owner_facts)
+    expected = person_score.score(weak, frozenset(PersonKeyKind))
+    assert expected < 41.7
+    assert f"{expected:.1f} bits" in lower.message
     # Every kind agreeing: far above the covenant's default disclosure score.
-    owner_facts.person[(REF, GEMEENTE)] = frozenset(PersonKeyKind)
+    owner_facts.person[(REF, GEMEENTE)] = (frozenset(PersonKeyKind), frozenset(PersonKeyKind))
     assert decide(world, request, owner_facts).outcome is Outcome.GRANTED
     # ... unless the owner asks more in its own node.toml.
     higher = disclosure.decide(
@@ -499,7 +510,7 @@ def test_a_probable_person_hit_below_the_disclosure_score_is_refused(world: Worl
     _, body = disclosure.open_envelope(world.keys[WOCO], world.covenant, envelope.sealed)
     claimed = disclosure.parse_request(body, sender=GEMEENTE, me=WOCO)
     assert claimed.person_score == 999.0
-    owner_facts.person[(REF, GEMEENTE)] = weak
+    owner_facts.person[(REF, GEMEENTE)] = (weak, weak)
     refused = decide(world, claimed, owner_facts)
     assert refused.reason is Refusal.SCORE_TOO_LOW
     assert "the requester's: 999.0" in refused.message

@@ -75,10 +75,14 @@ def test_party_labels():
     ]
 
 
+SCORES = {"shown_score": 13.8, "disclosure_score": 72.7}
+
+
 def test_combine_counts_kinds_once_per_signal_and_party():
     many = [Agreement(1, "b", K.PHONETIC_DATE) for _ in range(50)]
     found = combine(
         [*many, Agreement(1, "b", K.NAMES_YEAR_MONTH), Agreement(1, "c", K.NAMES_YEAR_MONTH)],
+        own_kinds={1: (K.PHONETIC_DATE, K.NAMES_YEAR_MONTH)},
         shown_score=30.0,
         disclosure_score=72.7,
     )
@@ -89,9 +93,29 @@ def test_combine_counts_kinds_once_per_signal_and_party():
     assert c.kinds == (K.NAMES_YEAR_MONTH,)
     assert (c.shown, c.disclosable) == (False, False)
     strong = combine(
-        [Agreement(2, "b", kind) for kind in K], shown_score=13.8, disclosure_score=72.7
+        [Agreement(2, "b", kind) for kind in K],
+        own_kinds={2: tuple(K)},
+        shown_score=13.8,
+        disclosure_score=72.7,
     )
     assert strong[(2, "b")].disclosable
+
+
+def test_combine_counts_the_own_kinds_that_did_not_agree_against_the_hit():
+    agreeing = [Agreement(1, "b", K.PHONETIC_DATE), Agreement(1, "b", K.NAMES_YEAR_MONTH)]
+    alone = combine(agreeing, own_kinds={1: (K.PHONETIC_DATE, K.NAMES_YEAR_MONTH)}, **SCORES)
+    everything = combine(agreeing, own_kinds={1: tuple(K)}, **SCORES)
+    both = (K.PHONETIC_DATE, K.NAMES_YEAR_MONTH)
+    assert alone[(1, "b")].score == pytest.approx(person_score.score(both))
+    assert everything[(1, "b")].score == pytest.approx(person_score.score(both, tuple(K)))
+    assert everything[(1, "b")].score < alone[(1, "b")].score
+    # A kind the covenant turned off is not matched: its absence is no evidence.
+    turned_on = (K.PHONETIC_DATE.value, K.NAMES_YEAR_MONTH.value, K.GIVEN_DATE.value)
+    some = combine(agreeing, own_kinds={1: tuple(K)}, turned_on=turned_on, **SCORES)
+    assert some[(1, "b")].score == pytest.approx(
+        person_score.score(both, [K(k) for k in turned_on])
+    )
+    assert alone[(1, "b")].score > some[(1, "b")].score > everything[(1, "b")].score
 
 
 # --- through the store ----------------------------------------------------------------
@@ -174,16 +198,21 @@ def test_hits_on_person_keys_carry_their_agreements(node):
     first = hits[group(1)]
     assert first.own_signals[0].person_kind is K.PHONETIC_DATE
     assert first.own_signals[0].identifier_type.value == "person"
-    found = combine(first.person_agreements, shown_score=13.8, disclosure_score=72.7)
+    # Every kind its parts allow: a NAME;DATE value has no address.
+    no_address = {K.NAMES_ADDRESS, K.NAMES_POSTCODE, K.GIVEN_ADDRESS, K.ADDRESS_DATE}
+    assert first.person_own_kinds == {record.id: frozenset(K) - no_address}
+    found = combine(first.person_agreements, own_kinds=first.person_own_kinds, **SCORES)
     assert set(found) == {(record.id, "politie")}
     assert found[(record.id, "politie")].kinds == (K.PHONETIC_DATE, K.NAMES_YEAR_MONTH)
-    second = combine(hits[group(2)].person_agreements, shown_score=13.8, disclosure_score=72.7)
+    second = combine(
+        hits[group(2)].person_agreements, own_kinds=hits[group(2)].person_own_kinds, **SCORES
+    )
     assert second[(record.id, "gemeente-b")].kinds == (K.NAMES_YEAR_MONTH, K.NAMES_YEAR)
     # A closed group no longer agrees.
     deliver(40, 1, K.PHONETIC_DATE, ["politie"], hit_kind=HitKind.CLOSED, revision=2)
     again = node.signals.hit(group(2))
     assert again is not None
-    after = combine(again.person_agreements, shown_score=13.8, disclosure_score=72.7)
+    after = combine(again.person_agreements, own_kinds=again.person_own_kinds, **SCORES)
     assert after[(record.id, "politie")].kinds == (K.NAMES_YEAR_MONTH,)
     assert person_hits.HIDDEN_PARTY == ""
 

@@ -58,7 +58,7 @@ def test_the_scores_default_to_the_thresholds():
     covenant = cv.covenant_from_toml(text.encode(), source="covenant.toml")
     rules = covenant.policy.person_matching
     assert rules is not None
-    assert (rules.shown_score, rules.disclosure_score) == (13.8, 72.7)
+    assert (rules.shown_score, rules.disclosure_score) == (9.4, 72.7)
     again = cv.covenant_from_toml(cv.covenant_to_toml(covenant), source="again")
     assert again == covenant
 

@@ -293,7 +293,9 @@ def _derive_person_keys(
         if _PROTO_TYPES.get(item.type) is not IdentifierType.PERSON:
             continue
         try:
-            parts = person_hits.parts_of_person(item.value, today=now.date())
+            parts = person_hits.parts_of_person(
+                item.value, today=now.date(), given=_given_parts(item)
+            )
         except SamenloopError:
             continue
         for key in person_hits.derived_keys(parts, rules_.kinds):
@@ -343,6 +345,10 @@ def _parse_identifiers(
             )
             continue
         try:
+            _check_person_parts(item, kind, f"{where}.person_parts")
+        except SamenloopError as error:
+            errors.append(error)  # and the value is checked too: every fault at once
+        try:
             rules.check_identifier_type(covenant, kind.value, field=f"{where}.type")
             identifier = parse(kind, item.value, field=f"{where}.value", today=now.date())
         except SamenloopError as error:
@@ -361,6 +367,34 @@ def _parse_identifiers(
         seen[key] = j
         parsed.append(identifier)
     return parsed
+
+
+def _given_parts(item: node_pb2.Identifier) -> person_hits.GivenParts | None:
+    """The person parts an identifier carries beside its value (``None``: none)."""
+    if not item.HasField("person_parts"):
+        return None
+    given = item.person_parts
+    return person_hits.GivenParts(
+        postcode=given.postcode, house_number=given.house_number, gender=given.gender
+    )
+
+
+def _check_person_parts(item: node_pb2.Identifier, kind: IdentifierType, where: str) -> None:
+    """Person parts go on a ``person`` identifier only and are checked here, each naming
+    its field (``identifiers[0].person_parts.postcode``), whether or not the covenant
+    turns on a kind that uses them."""
+    given = _given_parts(item)
+    if given is None or given.empty:
+        return
+    if kind is not IdentifierType.PERSON:
+        raise InvalidInput(
+            "person parts (postcode, house number, gender) go with a person identifier",
+            field=where,
+            reason="person.parts_without_person",
+        )
+    person_hits.check_given_parts(
+        given, fields={name: f"{where}.{name}" for name in person_hits.GIVEN_PARTS}
+    )
 
 
 def _parse_details(
@@ -584,8 +618,13 @@ def probable_hits(record: HitRecord, covenant: Covenant) -> list[person_hits.Pro
     if not record.person_agreements:
         return []
     shown, disclosure = person_thresholds(covenant)
+    rules_ = covenant.policy.person_matching
     found = person_hits.combine(
-        record.person_agreements, shown_score=shown, disclosure_score=disclosure
+        record.person_agreements,
+        own_kinds=record.person_own_kinds,
+        shown_score=shown,
+        disclosure_score=disclosure,
+        turned_on=None if rules_ is None else rules_.kinds,
     )
     return list(found.values())
 

@@ -40,7 +40,7 @@ from samenloop.node.disclosure import protocol as disclosure
 from samenloop.node.disclosure.models import DisclosureDirection, DisclosureState
 from samenloop.node.disclosure.protocol import Outcome, PendingRequest, Verdict
 from samenloop.node.disclosure.store import DisclosureRecord, DisclosureStore, NewDisclosure
-from samenloop.node.identifiers import person_score
+from samenloop.node.identifiers.person_hits import signal_score
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import (
@@ -101,13 +101,17 @@ class DisclosureDesk:
         #: Serializes this node's decisions as owner (see the module's docstring).
         self._lock = threading.Lock()
 
-    def _person_score(self, notice: broker_pb2.HitNotice, owner: str) -> float | None:
+    def _person_score(
+        self, notice: broker_pb2.HitNotice, owner: str, covenant: Covenant
+    ) -> float | None:
         """This node's score of the probable person hit with ``owner`` that the hit is part
         of (its own refs in it are person keys), for the request to say so; else None."""
+        rules_ = covenant.policy.person_matching
         for ref in sorted(notice.own_signal_refs):
-            kinds = self._store.person_kinds(bytes(ref), owner)
-            if kinds is not None:
-                return person_score.score(kinds)
+            evidence = self._store.person_kinds(bytes(ref), owner)
+            if evidence is not None:
+                agreeing, own = evidence
+                return signal_score(agreeing, own, None if rules_ is None else rules_.kinds)
         return None
 
     def _now(self) -> datetime:
@@ -161,7 +165,7 @@ class DisclosureDesk:
         )
         now = self._now()
         request_id = self._random(ID_BYTES)
-        score = self._person_score(notice, owner)
+        score = self._person_score(notice, owner, covenant)
         _request, envelope = disclosure.build_request(
             self._keys,
             covenant,

@@ -120,7 +120,7 @@ from google.protobuf.message import DecodeError
 
 from samenloop.node.daemon.envelopes import Envelope
 from samenloop.node.daemon.envelopes import seal as _seal
-from samenloop.node.identifiers import person_score
+from samenloop.node.identifiers.person_hits import signal_score
 from samenloop.node.identifiers.person_keys import PersonKeyKind
 from samenloop.node.signals.notices import verify_hit_notice
 from samenloop.policies import crypto, rules
@@ -553,10 +553,13 @@ class OwnerFacts(Protocol):
         the owner holds no notice of it or its notice does not show members by party."""
         ...
 
-    def person_kinds(self, signal_ref: bytes, party: str, /) -> frozenset[PersonKeyKind] | None:
+    def person_kinds(
+        self, signal_ref: bytes, party: str, /
+    ) -> tuple[frozenset[PersonKeyKind], frozenset[PersonKeyKind]] | None:
         """For a ref of one of the owner's person keys: the kinds on which ``party`` (by its
         party id as the owner's notices show it) shares an open hit with that signal (its
-        probable person hit); None for a ref of any other identifier."""
+        probable person hit), and the kinds the signal has; None for a ref of any other
+        identifier."""
         ...
 
     def requests_since(self, requester: str, since: datetime, /) -> int:
@@ -752,15 +755,16 @@ def _too_weak(
     """A refusal (``SCORE_TOO_LOW``) of a request on a probable person hit whose score, as
     the owner computes it from its own hits with the requester, is below the covenant's
     ``disclosure_score`` or the owner's own higher minimum; None for any other hit."""
-    kinds = facts.person_kinds(request.signal_ref, request.requester)
-    if kinds is None:
+    evidence = facts.person_kinds(request.signal_ref, request.requester)
+    if evidence is None:
         return None
+    kinds, own = evidence
     rules_ = covenant.policy.person_matching
     needed = max(
         DEFAULT_DISCLOSURE_SCORE if rules_ is None else rules_.disclosure_score,
         min_person_score,
     )
-    value = person_score.score(kinds)
+    value = signal_score(kinds, own, None if rules_ is None else rules_.kinds)
     if value >= needed:
         return None
     claimed = (

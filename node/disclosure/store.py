@@ -37,7 +37,7 @@ from samenloop.node.disclosure.protocol import Outcome, ResponseUpdate, SignalFa
 from samenloop.node.identifiers.person_hits import is_person_kind, person_kind
 from samenloop.node.identifiers.person_keys import PersonKeyKind
 from samenloop.node.signals import models as signal_models
-from samenloop.node.signals.models import HitState, SignalState
+from samenloop.node.signals.models import HitState, IdentifierState, SignalState
 from samenloop.policies.audit import AuditKind
 from samenloop.policies.errors import InvalidInput, NotAllowed
 from samenloop.policies.policy import MAX_PERSON_SCORE
@@ -397,10 +397,13 @@ class DisclosureStore(Database):
             return None
         return frozenset(m.party for m in notice.members if m.party)
 
-    def person_kinds(self, signal_ref: bytes, party: str, /) -> frozenset[PersonKeyKind] | None:
+    def person_kinds(
+        self, signal_ref: bytes, party: str, /
+    ) -> tuple[frozenset[PersonKeyKind], frozenset[PersonKeyKind]] | None:
         """For a ref of one of this node's person keys: the kinds on which ``party`` (by its
-        party id in this node's notices) shares an open hit with that key's signal; None
-        for a ref of any other identifier (or none)."""
+        party id in this node's notices) shares an open hit with that key's signal, and
+        the kinds that signal has (withdrawn keys left out); None for a ref of any other
+        identifier (or none)."""
         si, hr, hp, hit = (
             signal_models.SignalIdentifier,
             signal_models.HitRef,
@@ -424,7 +427,15 @@ class DisclosureStore(Database):
                     hp.party == party,
                 )
             ).scalars()
-            return frozenset(person_kind(t) for t in types if is_person_kind(t))
+            agreeing = frozenset(person_kind(t) for t in types if is_person_kind(t))
+            own = conn.execute(
+                select(si.type).where(
+                    si.signal_id == row.signal_id,
+                    si.type.like("person.%"),
+                    si.state != IdentifierState.WITHDRAWN.value,
+                )
+            ).scalars()
+            return agreeing, frozenset(person_kind(t) for t in own if is_person_kind(t))
 
     def requests_since(self, requester: str, since: datetime, /) -> int:
         """Incoming requests stored from ``requester`` at or after ``since``."""

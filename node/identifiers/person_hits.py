@@ -18,13 +18,21 @@ and can overstate when the party holds two different people who each agree on a
 different kind (``docs/linkage.md``). The score counts kinds, never refs: a party that
 submits many refs of one kind adds nothing.
 
+The ``person`` identifier's value holds the name and birth date only. The parts a register
+keeps beside them (postcode with house number, gender) come with it as
+:class:`GivenParts` (an import's ``person.postcode``, ``person.house_number`` and
+``person.gender`` columns, the local API's ``Identifier.person_parts``):
+:func:`check_given_parts` reads them each under its own field name, :func:`parts_of_person`
+adds them to the name's parts. Only the keys derived from them are stored.
+
 Pure functions, no I/O.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -38,9 +46,12 @@ from samenloop.node.identifiers.person_keys import (
 from samenloop.node.identifiers.person_score import score
 
 __all__ = [
+    "GIVEN_PARTS",
     "HIDDEN_PARTY",
+    "GivenParts",
     "PersonKey",
     "ProbableHit",
+    "check_given_parts",
     "combine",
     "derived_keys",
     "is_person_kind",
@@ -77,25 +88,103 @@ class PersonKey:
         return f"PersonKey(type={self.type.value}, canonical=<redacted>)"
 
 
+#: The parts of a person beside its ``NAME;DATE`` value, by the names an import maps
+#: (``--map person.postcode=COLUMN``) and the local API carries (``PersonParts``).
+GIVEN_PARTS: Final = ("postcode", "house_number", "gender")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class GivenParts:
+    """A person's postcode, house number and gender as the source writes them (``None``
+    or blank: not given). Its ``repr`` hides them."""
+
+    postcode: str | None = None
+    house_number: str | None = None
+    gender: str | None = None
+
+    def __repr__(self) -> str:
+        given = [name for name in GIVEN_PARTS if not _blank(getattr(self, name))]
+        return f"GivenParts({', '.join(given) or 'none'})"
+
+    @property
+    def empty(self) -> bool:
+        """Whether no part is given."""
+        return all(_blank(getattr(self, name)) for name in GIVEN_PARTS)
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+#: A name that :func:`person_parts` accepts, so that a part is checked on its own.
+_ANY_NAME: Final = "x"
+
+
+def check_given_parts(given: GivenParts, *, fields: Mapping[str, str]) -> GivenParts:
+    """``given`` read by :func:`person_parts`' rules, each part on its own: normalised
+    (postcode folded without spaces, house number without its addition, gender ``m``,
+    ``v`` or ``x``), blanks as ``None``. A postcode without a house number (or the other
+    way round) is refused naming the missing part's field. Raises ``InvalidIdentifier``
+    (``person.address``, ``person.gender``) naming ``fields[part]``."""
+    postcode = None if _blank(given.postcode) else given.postcode
+    house_number = None if _blank(given.house_number) else given.house_number
+    if (postcode is None) != (house_number is None):
+        missing = "house_number" if house_number is None else "postcode"
+        fail = _n._Fail(_n.IdentifierType.PERSON, fields[missing])
+        raise fail(
+            "address",
+            "a postcode needs a house number"
+            if missing == "house_number"
+            else "a house number needs a postcode",
+        )
+    if postcode is not None and house_number is not None:
+        postcode = person_parts(
+            _ANY_NAME, None, None, postcode=postcode, house_number="1", field=fields["postcode"]
+        ).postcode
+        house_number = person_parts(
+            _ANY_NAME,
+            None,
+            None,
+            postcode="x",
+            house_number=house_number,
+            field=fields["house_number"],
+        ).house_number
+    gender = person_parts(_ANY_NAME, None, None, gender=given.gender, field=fields["gender"]).gender
+    return GivenParts(postcode=postcode, house_number=house_number, gender=gender)
+
+
 def parts_of_person(
-    value: str, *, field: str = "value", today: datetime.date | None = None
+    value: str,
+    *,
+    field: str = "value",
+    today: datetime.date | None = None,
+    given: GivenParts | None = None,
+    given_fields: Mapping[str, str] | None = None,
 ) -> PersonParts:
     """The parts of a ``person`` identifier written ``NAME;DATE`` (as
     :func:`normalise.parse` reads it): the name split into surname and given names the
-    same way, then read by :func:`person_parts`. Raises ``InvalidIdentifier`` naming
-    ``field``."""
+    same way, then read by :func:`person_parts`; with the ``given`` parts beside it
+    (:func:`check_given_parts`, naming ``given_fields[part]``, by default
+    ``<field>.<part>``). Raises ``InvalidIdentifier`` naming ``field``."""
     fail = _n._Fail(_n.IdentifierType.PERSON, field)
     text = _n._prepare(value, fail)
     name, sep, birth_date = text.rpartition(";")
     if not sep or not name.strip():
         raise fail("format", "person must be written as NAME;DATE, e.g. 'J. Jansen;1980-03-15'")
-    given, surname = _n._split_name(name.strip(), fail)
-    return person_parts(
+    given_names, surname = _n._split_name(name.strip(), fail)
+    parts = person_parts(
         " ".join(surname) or None,
-        " ".join(given) or None,
+        " ".join(given_names) or None,
         birth_date,
         field=field,
         today=today,
+    )
+    if given is None or given.empty:
+        return parts
+    fields = given_fields or {name: f"{field}.{name}" for name in GIVEN_PARTS}
+    read = check_given_parts(given, fields=fields)
+    return dataclasses.replace(
+        parts, postcode=read.postcode, house_number=read.house_number, gender=read.gender
     )
 
 
@@ -145,13 +234,23 @@ class ProbableHit:
 
 
 def combine(
-    agreements: Iterable[Agreement], *, shown_score: float, disclosure_score: float
+    agreements: Iterable[Agreement],
+    *,
+    own_kinds: Mapping[int, Collection[PersonKeyKind]],
+    shown_score: float,
+    disclosure_score: float,
+    turned_on: Collection[str] | None = None,
 ) -> dict[tuple[int, str], ProbableHit]:
     """The probable hits of ``agreements``, by (own signal, party).
 
     Each kind counts once per (signal, party) however many groups or refs name it. The
-    kinds are listed heaviest first (then by name), the score is
-    :func:`person_score.score` of them.
+    score is :func:`person_score.score` of the agreeing kinds *compared* against the own
+    signal's kinds (``own_kinds[signal_id]``, restricted to the kinds the covenant has
+    ``turned_on`` when given): a kind the own signal has that did not agree counts
+    against the hit. The node cannot know which kinds the other party's record had, so a
+    part missing on the other side counts as a disagreement too, which lowers recall,
+    never precision; the thresholds were chosen for this rule (``docs/linkage.md``).
+    The kinds are listed heaviest first (then by name).
     """
     kinds: dict[tuple[int, str], set[PersonKeyKind]] = {}
     for agreement in agreements:
@@ -160,7 +259,7 @@ def combine(
         )
     out: dict[tuple[int, str], ProbableHit] = {}
     for key, found in sorted(kinds.items()):
-        value = score(found)
+        value = signal_score(found, own_kinds.get(key[0], ()), turned_on)
         out[key] = ProbableHit(
             signal_id=key[0],
             party=key[1],
@@ -170,6 +269,30 @@ def combine(
             disclosable=value >= disclosure_score,
         )
     return out
+
+
+def signal_score(
+    agreeing: Iterable[PersonKeyKind],
+    own: Iterable[PersonKeyKind],
+    turned_on: Collection[str] | None,
+) -> float:
+    """The score a node gives one of its signals and another party: the ``agreeing``
+    kinds compared against the signal's ``own`` kinds that are turned on. The one rule
+    for hits, for a requester's claim and for the owner's check of a disclosure."""
+    return score(agreeing, compared_kinds(own, turned_on))
+
+
+def compared_kinds(
+    own: Iterable[PersonKeyKind], turned_on: Collection[str] | None
+) -> frozenset[PersonKeyKind]:
+    """The kinds a probable hit is compared on: the own signal's kinds that are matched
+    (``turned_on``: the covenant's kinds by wire name; a kind it turned off is not
+    matched, so its absence is no evidence)."""
+    mine = frozenset(own)
+    if turned_on is None:
+        return mine
+    on = frozenset(turned_on)
+    return frozenset(kind for kind in mine if kind.value in on)
 
 
 def _ordered(kinds: Iterable[PersonKeyKind]) -> tuple[PersonKeyKind, ...]:

@@ -73,7 +73,7 @@ WEIGHTS: Final[Mapping[PersonKeyKind, KindWeight]] = {
     PersonKeyKind.ADDRESS_DATE: KindWeight(m=0.6507, u=1.746e-06),
 }
 #: Lowest score at which a hit is shown as probable (training precision >= 0.99).
-SHOWN_THRESHOLD: Final = 13.8
+SHOWN_THRESHOLD: Final = 9.4
 #: Lowest score at which a hit may lead to disclosure (training precision >= 0.999).
 DISCLOSURE_THRESHOLD: Final = 72.7
 # fmt: on

@@ -7,4 +7,5 @@
 - ``desk``: reports links when the hit feed moves, receives them, prunes ended ones.
 - ``api``: ``NetworkShow`` and ``NetworkComponents`` of the local API.
 - ``commands``: ``samenloop network``.
+- ``svg``: a force-directed layout and inline SVG of components, for the picture report.
 """

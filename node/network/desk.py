@@ -105,8 +105,10 @@ class NetworkDesk:
                 continue
             found = person_hits.combine(
                 record.person_agreements,
+                own_kinds=record.person_own_kinds,
                 shown_score=rules_.shown_score,
                 disclosure_score=rules_.disclosure_score,
+                turned_on=None if covenant.policy.person_matching is None else rules_.kinds,
             )
             shown = [p.score for p in found.values() if p.shown]
             if shown:

@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime
 from babel.dates import format_date
 from babel.numbers import format_decimal
 
+from samenloop.node.network.graph import Component
 from samenloop.node.picture.arithmetic import (
     TOTAL,
     CellQuality,
@@ -35,6 +36,7 @@ from samenloop.node.picture.arithmetic import (
     SuppressionReason,
 )
 from samenloop.node.picture.map import AreaMap, MapArea
+from samenloop.node.picture.network_section import NETWORK_CSS, network_section
 
 __all__ = [
     "NOISY_MARK",
@@ -648,6 +650,9 @@ font-size:.9rem}.map-legend li{display:flex;align-items:center;gap:.35rem}
 .swatch{display:inline-block;width:18px;height:14px;border:1px solid #999}
 dl.marks{display:grid;grid-template-columns:auto 1fr;gap:.2rem .8rem;font-size:.9rem}
 dl.marks dt{font-weight:bold;text-align:center}dl.marks dd{margin:0}
+"""
+        + NETWORK_CSS
+        + """
 @media (max-width:600px){body{padding:.75rem}h1{font-size:1.3rem}}
 @page{size:A4;margin:18mm 14mm;"""
         + margin
@@ -705,8 +710,9 @@ def _section(heading: str, *content: str, level: int = 2) -> str:
     return f"<section><h{level}>{heading}</h{level}>{''.join(content)}</section>"
 
 
-def render(report: PictureReport) -> str:
-    """The report as one HTML document (a ``str``), self-contained and escaped."""
+def render(report: PictureReport, network: Sequence[Component] | None = None) -> str:
+    """The report as one HTML document (a ``str``), self-contained and escaped; with a
+    section "Netwerk" when ``network`` (the coordinator's components) is given."""
     months = report.period.months()
     names = dict(report.branch_names)
     if report.area_map is not None:
@@ -777,6 +783,8 @@ def render(report: PictureReport) -> str:
         for table in others:
             parts.append(_section(_e(_MEASURES[table.measure]), _any_table(table, report), level=3))
         body.append(_section("Verantwoording: casussen en interventies", *parts))
+    if network is not None:
+        body.append(network_section(network))
     if report.notes:
         notes = "".join(f"<li>{_e(note)}</li>" for note in report.notes)
         body.append(_section("Bronnen", f'<ul class="legend">{notes}</ul>'))

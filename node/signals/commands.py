@@ -25,6 +25,12 @@ is read (the node's status lists the covenant's categories). The long layout tha
 ``registers export`` writes, one identifier a row (``--type-column type --value-column
 value``), joins the rows of one reference into one signal, sent whole or not at all; rows
 of one reference that give different per-signal values are refused, naming the rows.
+A person's postcode, house number and gender, as a register export has them beside the
+name and birth date, are parts of the row's ``person`` identifier, not identifiers:
+``--map person.postcode=Postcode --map person.house_number=Huisnummer --map
+person.gender=Geslacht`` (in the long layout, rows of type ``person.postcode`` and so on).
+They are checked here (the report names their column), sent with the person identifier,
+and the node keeps only the person keys derived from them.
 
 ``samenloop signal add`` adds one signal; ``signal withdraw`` withdraws one.
 Its identifiers and details are best given with ``--from FILE`` (``--from -``:
@@ -74,6 +80,7 @@ if TYPE_CHECKING:
 
     from samenloop.node.client import Hit, NodeClient, OwnSignal, Signal, SignalInput
     from samenloop.node.identifiers.normalise import IdentifierType
+    from samenloop.node.identifiers.person_hits import GivenParts
     from samenloop.node.signals.models import AreaKind
 
 __all__ = [
@@ -101,6 +108,13 @@ _DELIMITERS: Final = (",", ";", "\t", "|")
 #: ``--area-kind`` and ``--state``: the values of ``AreaKind`` and ``HitState``, written out
 #: so that registering the commands imports no model (a test compares them).
 AREA_KINDS: Final = ("postcode4", "cbs_wijk", "cbs_buurt")
+#: The person parts a ``--map``, a type column or ``signal add --id`` names, to the part:
+#: written out so that registering the commands imports no model (a test compares them).
+PERSON_PARTS: Final = {
+    "person.postcode": "postcode",
+    "person.house_number": "house_number",
+    "person.gender": "gender",
+}
 HIT_STATES: Final = ("open", "closed")
 
 
@@ -395,11 +409,16 @@ class ColumnMapping:
     #: one signal. ``identifiers`` is empty then.
     type_column: str | None = None
     value_column: str | None = None
+    #: The columns of the row's person's parts (``--map person.postcode=COLUMN``): the
+    #: part (``postcode``, ``house_number``, ``gender``) and its column. In the long layout
+    #: they are rows of their own (type ``person.postcode``), never columns.
+    person_parts: tuple[tuple[str, str], ...] = ()
 
     def columns(self) -> list[tuple[str, str]]:
         """Every column the mapping reads, with the option that names it."""
         named = [("--reference-column", self.reference_column)]
         named += [("--map", column) for _, column in self.identifiers]
+        named += [("--map", column) for _, column in self.person_parts]
         if self.type_column is not None and self.value_column is not None:
             named += [("--type-column", self.type_column), ("--value-column", self.value_column)]
         if self.category_column is not None:
@@ -426,6 +445,8 @@ class PreparedRow:
     identifier_columns: tuple[str, ...]
     #: The row of each identifier (in the long layout the rows of one reference differ).
     identifier_rows: tuple[int, ...] = ()
+    #: Where each person part given came from: its row and column.
+    part_places: Mapping[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
 
 
 def _expiry(text: str) -> datetime:
@@ -563,11 +584,15 @@ def _one_signal(
     else:
         category = mapping.category or ""
     candidates: list[tuple[int, IdentifierType | None, str, str]] = []  # row, type, column, value
+    part_cells: list[tuple[int, str, str, str]] = []  # row, part, column, value
     if mapping.type_column is not None and mapping.value_column is not None:
         for row, cells in group:
             type_text = cell(mapping.type_column, cells)
             value = cell(mapping.value_column, cells)
             if not type_text and not value:
+                continue
+            if (part := PERSON_PARTS.get(type_text.strip().lower())) is not None:
+                part_cells.append((row, part, mapping.value_column, value))
                 continue
             try:
                 kind: IdentifierType | None = identifier_type(type_text)
@@ -579,6 +604,9 @@ def _one_signal(
     else:
         candidates = [
             (number, kind, column, cell(column, first)) for kind, column in mapping.identifiers
+        ]
+        part_cells = [
+            (number, part, column, cell(column, first)) for part, column in mapping.person_parts
         ]
     identifiers: list[tuple[IdentifierType | str, str]] = []
     columns: list[str] = []
@@ -615,6 +643,7 @@ def _one_signal(
                 "the row has no identifier",
             )
         )
+    given, part_places = _person_parts(part_cells, candidates, faults)
     details = {column: value for column in mapping.detail_columns if (value := shared(column))}
     expires_at: datetime | None = None
     if mapping.expires_column is not None and (text := shared(mapping.expires_column)):
@@ -647,6 +676,7 @@ def _one_signal(
         details=details,
         expires_at=expires_at,
         leading_zero_dropped=mapping.leading_zero_dropped,
+        person_parts=given,
         **coarse,
     )
     return (
@@ -655,9 +685,76 @@ def _one_signal(
             signal=signal,
             identifier_columns=tuple(columns),
             identifier_rows=tuple(identifier_rows),
+            part_places=part_places,
         ),
         [],
     )
+
+
+def _person_parts(
+    part_cells: Sequence[tuple[int, str, str, str]],
+    candidates: Sequence[tuple[int, IdentifierType | None, str, str]],
+    faults: list[Problem],
+) -> tuple[GivenParts | None, dict[str, tuple[int, str]]]:
+    """The person parts of a signal's cells (row, part, column, value; empty cells
+    aside), checked: they need exactly one person identifier beside them, a part given
+    twice with different values is refused, and each part is read by the node's rules
+    with its column named. ``None`` when no part is given."""
+    from samenloop.node.identifiers.normalise import IdentifierType
+    from samenloop.node.identifiers.person_hits import GivenParts, check_given_parts
+
+    values: dict[str, str] = {}
+    places: dict[str, tuple[int, str]] = {}
+    cells: dict[str, tuple[int, str]] = {}  # every part's cell, empty or not
+    for row, part, column, value in part_cells:
+        cells.setdefault(part, (row, column))
+        if not value:
+            continue
+        if part in values and values[part] != value:
+            faults.append(
+                Problem(
+                    row,
+                    column,
+                    "signal.rows_differ",
+                    f"rows {places[part][0]} and {row} of one reference give different "
+                    f"person.{part} values: a person has one",
+                )
+            )
+            continue
+        values[part] = value
+        places.setdefault(part, (row, column))
+    if not values:
+        return None, {}
+    where = sorted(places.values())
+    persons = [c for c in candidates if c[1] == IdentifierType.PERSON and c[3]]
+    if len(persons) != 1:
+        row, column = where[0]
+        faults.append(
+            Problem(
+                row,
+                column,
+                "person.parts_without_person" if not persons else "person.parts_ambiguous",
+                "person parts (postcode, house number, gender) go with a person identifier; "
+                "the row has none"
+                if not persons
+                else f"person parts go with one person identifier; the row has {len(persons)}",
+            )
+        )
+        return None, places
+    given = GivenParts(**values)
+    # A missing part is named by its (empty) cell, else by the first part given.
+    fields = {part: part for part in PERSON_PARTS.values()}
+    try:
+        check_given_parts(given, fields=fields)
+    except SamenloopError as error:
+        row, column = places.get(error.field or "") or cells.get(error.field or "", where[0])
+        if error.field not in places:  # the part that is missing: say which
+            message = f"{error.message} (person.{error.field} is not given)"
+        else:
+            message = error.message
+        faults.append(Problem(row, column, error.reason, message))
+        return None, places
+    return given, places
 
 
 def _coarse(
@@ -698,6 +795,8 @@ def _row_of(field: str, row: PreparedRow) -> int:
     """The file's row for a field the node named: an identifier's own row (the long layout
     has one a row), else the signal's first."""
     head = field.split(".", 1)[0]
+    if ".person_parts." in field and (part := field.rsplit(".", 1)[1]) in row.part_places:
+        return row.part_places[part][0]
     index = head.removeprefix("identifiers[").removesuffix("]")
     if (
         head.startswith("identifiers[")
@@ -715,6 +814,8 @@ def _column_of(field: str, row: PreparedRow, mapping: ColumnMapping) -> str:
         return mapping.reference_column
     if head == "category":
         return mapping.category_column or "--category"
+    if ".person_parts." in field and (part := field.rsplit(".", 1)[1]) in row.part_places:
+        return row.part_places[part][1]
     if head.startswith("identifiers["):
         index = head[len("identifiers[") : -1]
         if index.isdigit() and int(index) < len(row.identifier_columns):
@@ -772,13 +873,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         default=[],
         metavar="TYPE=COLUMN",
-        help="a column holding identifiers of TYPE (repeatable); or the long layout:",
+        help="a column holding identifiers of TYPE (repeatable); person.postcode, "
+        "person.house_number and person.gender name columns of the row's person's parts "
+        "(postcode with house number); or the long layout:",
     )
     importing.add_argument(
         "--type-column",
         metavar="COLUMN",
         help="the long layout ('registers export'): one identifier a row, its TYPE in this "
-        "column and its value in --value-column; the rows of one reference are one signal",
+        "column and its value in --value-column; the rows of one reference are one signal "
+        "(a row of type person.postcode, person.house_number or person.gender: a part of "
+        "its person)",
     )
     importing.add_argument(
         "--value-column", metavar="COLUMN", help="with --type-column: the identifier's value"
@@ -871,7 +976,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=[],
         dest="ids",
         metavar="TYPE=VALUE",
-        help=f"an identifier (repeatable{visible})",
+        help=f"an identifier (repeatable{visible}); person.postcode, person.house_number "
+        "and person.gender: parts of the person identifier",
     )
     add.add_argument("--type", help="the type of one identifier (with --value)")
     add.add_argument("--value", help=f"the value of one identifier (with --type{visible})")
@@ -938,10 +1044,17 @@ def _mapping(args: argparse.Namespace) -> ColumnMapping:
     from samenloop.node.client import RESTORABLE_TYPES
     from samenloop.node.signals.models import AreaKind
 
+    maps = _pairs(args.map, "--map", "TYPE=COLUMN")
     identifiers = tuple(
         (_option_type(kind, "--map"), column.strip())
-        for kind, column in _pairs(args.map, "--map", "TYPE=COLUMN")
+        for kind, column in maps
+        if _person_part(kind) is None
     )
+    person_parts = tuple(
+        (part, column.strip()) for kind, column in maps if (part := _person_part(kind)) is not None
+    )
+    if person_parts:
+        _check_part_maps(person_parts, identifiers, args.type_column is not None)
     if (args.type_column is None) != (args.value_column is None):
         missing = "--value-column" if args.value_column is None else "--type-column"
         raise ConfigurationError(
@@ -953,7 +1066,7 @@ def _mapping(args: argparse.Namespace) -> ColumnMapping:
             "(one identifier a row), not both",
             field="--map",
         )
-    if not identifiers and args.type_column is None:
+    if not identifiers and args.type_column is None and not person_parts:
         raise ConfigurationError(
             "give --map TYPE=COLUMN (repeatable) or --type-column and --value-column",
             field="--map",
@@ -984,7 +1097,61 @@ def _mapping(args: argparse.Namespace) -> ColumnMapping:
         month_column=args.month_column,
         type_column=args.type_column,
         value_column=args.value_column,
+        person_parts=person_parts,
     )
+
+
+def _person_part(name: str) -> str | None:
+    """The person part a ``--map`` or ``--id`` type names (``person.postcode``), or
+    ``None`` for an identifier type. An unknown ``person.`` name is refused, listing the
+    parts."""
+    text = name.strip().lower()
+    if not text.startswith("person."):
+        return None
+    if text not in PERSON_PARTS:
+        raise ConfigurationError(
+            f"unknown person part {name.strip()!r}; the parts are: {', '.join(PERSON_PARTS)}",
+            field="--map",
+            reason="person.unknown_part",
+        )
+    return PERSON_PARTS[text]
+
+
+def _check_part_maps(
+    person_parts: Sequence[tuple[str, str]],
+    identifiers: Sequence[tuple[IdentifierType, str]],
+    long_layout: bool,
+) -> None:
+    """``--map person.PART=COLUMN`` goes with ``--map person=COLUMN`` (one), once a part,
+    postcode with house number; the long layout has its parts in rows of their own."""
+    from samenloop.node.identifiers.normalise import IdentifierType
+
+    if long_layout:
+        raise ConfigurationError(
+            "in the long layout person parts are rows of their own, of type person.postcode, "
+            "person.house_number or person.gender: not --map columns",
+            field="--map",
+        )
+    parts = [part for part, _ in person_parts]
+    twice = sorted({part for part in parts if parts.count(part) > 1})
+    if twice:
+        raise ConfigurationError(f"person.{twice[0]} is mapped twice", field="--map")
+    persons = sum(1 for kind, _ in identifiers if kind is IdentifierType.PERSON)
+    if persons != 1:
+        raise ConfigurationError(
+            "person parts go with one person column: give --map person=COLUMN"
+            if not persons
+            else f"person parts go with one person column; --map names {persons}",
+            field="--map",
+            reason="person.parts_without_person" if not persons else "person.parts_ambiguous",
+        )
+    if ("postcode" in parts) != ("house_number" in parts):
+        missing = "house_number" if "postcode" in parts else "postcode"
+        raise ConfigurationError(
+            f"postcode and house number go together: give --map person.{missing}=COLUMN too",
+            field="--map",
+            reason="person.address",
+        )
 
 
 def _check_category(args: argparse.Namespace) -> None:
@@ -1185,9 +1352,19 @@ def _add(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     take_from(args)
-    identifiers: list[tuple[IdentifierType | str, str]] = [
-        (_option_type(kind, "--id"), value) for kind, value in _pairs(args.ids, "--id")
-    ]
+    identifiers: list[tuple[IdentifierType | str, str]] = []
+    parts: dict[str, str] = {}
+    for kind, value in _pairs(args.ids, "--id"):
+        try:
+            part = _person_part(kind)
+        except ConfigurationError as error:
+            raise ConfigurationError(error.message, field="--id", reason=error.reason) from None
+        if part is None:
+            identifiers.append((_option_type(kind, "--id"), value))
+        elif part in parts:
+            raise ConfigurationError(f"person.{part} is given twice", field="--id")
+        else:
+            parts[part] = value
     if (args.type is None) != (args.value is None):
         raise ConfigurationError("give --type and --value together", field="--type")
     if args.type is not None:
@@ -1200,6 +1377,7 @@ def _add(args: argparse.Namespace) -> int:
             expires_at = _expiry(args.expires)
         except InvalidInput as error:
             raise ConfigurationError(error.message, field="--expires") from None
+    person_parts = _given_parts(parts, identifiers)
     with open_client(args) as client:
         signal = client.add_signal(
             args.reference,
@@ -1208,6 +1386,7 @@ def _add(args: argparse.Namespace) -> int:
             details=dict(_pairs(args.detail, "--detail")),
             expires_at=expires_at,
             leading_zero_dropped=bool(args.leading_zero_dropped),
+            person_parts=person_parts,
         )
     if args.json:
         print(terminal.dumps(_signal_json(signal), indent=2))
@@ -1218,6 +1397,35 @@ def _add(args: argparse.Namespace) -> int:
             f"expires {_iso(signal.expires_at)}"
         )
     return 0
+
+
+def _given_parts(
+    parts: Mapping[str, str], identifiers: Sequence[tuple[IdentifierType | str, str]]
+) -> GivenParts | None:
+    """``signal add``'s ``--id person.PART=VALUE``: checked here, naming the option and the
+    part (never the value), then sent with the one person identifier."""
+    from samenloop.node.identifiers.normalise import IdentifierType
+    from samenloop.node.identifiers.person_hits import GivenParts, check_given_parts
+
+    if not parts:
+        return None
+    persons = sum(1 for kind, _ in identifiers if kind is IdentifierType.PERSON)
+    if persons != 1:
+        raise ConfigurationError(
+            "person parts go with a person identifier: give --id person=NAME;DATE"
+            if not persons
+            else f"person parts go with one person identifier; there are {persons}",
+            field="--id",
+            reason="person.parts_without_person" if not persons else "person.parts_ambiguous",
+        )
+    given = GivenParts(**parts)
+    try:
+        check_given_parts(given, fields={p: f"--id person.{p}" for p in PERSON_PARTS.values()})
+    except SamenloopError as error:
+        raise ConfigurationError(
+            f"{error.field}: {error.message}", field="--id", reason=error.reason
+        ) from None
+    return given
 
 
 def _withdraw(args: argparse.Namespace) -> int:

@@ -317,6 +317,12 @@ class HitRecord:
     #: kind) of the (own signal, party) pairs this hit is part of, from which
     #: :func:`person_hits.combine` makes their probable hits.
     person_agreements: tuple[Agreement, ...] = ()
+    #: For those own signals: the person key kinds each has (any state but withdrawn),
+    #: the *compared* kinds of its score (a kind it has that did not agree counts
+    #: against the probable hit).
+    person_own_kinds: Mapping[int, frozenset[PersonKeyKind]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1549,6 +1555,9 @@ class SignalStore(Database):
                 )
             )
         agreements = self._person_agreements(conn, person_signals)
+        own_kinds = self._own_person_kinds(
+            conn, {s for ids in person_signals.values() for s in ids}
+        )
         return [
             HitRecord(
                 group_id=row.group_id,
@@ -1562,9 +1571,32 @@ class SignalStore(Database):
                 feed_seq=row.feed_seq,
                 own_signals=tuple(own[row.group_id]),
                 person_agreements=agreements.get(row.group_id, ()),
+                person_own_kinds=MappingProxyType(
+                    {
+                        s: own_kinds.get(s, frozenset())
+                        for s in sorted(person_signals.get(row.group_id, ()))
+                    }
+                ),
             )
             for row in rows
         ]
+
+    def _own_person_kinds(
+        self, conn: Connection, signal_ids: set[int]
+    ) -> dict[int, frozenset[PersonKeyKind]]:
+        """The person key kinds each of ``signal_ids`` has, withdrawn keys left out."""
+        si = models.SignalIdentifier
+        found: dict[int, set[PersonKeyKind]] = {}
+        for chunk in chunks(sorted(signal_ids)):
+            query = select(si.signal_id, si.type).where(
+                self._among(si.signal_id, chunk),
+                si.type.like("person.%"),
+                si.state != IdentifierState.WITHDRAWN.value,
+            )
+            for signal_id, type_name in conn.execute(query):
+                if is_person_kind(type_name):
+                    found.setdefault(signal_id, set()).add(person_kind(type_name))
+        return {s: frozenset(k) for s, k in found.items()}
 
     def _person_agreements(
         self, conn: Connection, person_signals: Mapping[bytes, set[int]]

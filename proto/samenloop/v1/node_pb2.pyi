@@ -222,6 +222,7 @@ class Identifier(_message.Message):
 
     TYPE_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    PERSON_PARTS_FIELD_NUMBER: _builtins.int
     type: _common_pb2.IdentifierType.ValueType
     """The identifier's type."""
     value: _builtins.str
@@ -229,19 +230,62 @@ class Identifier(_message.Message):
     normalises it (samenloop.node.identifiers.normalise). In responses: the canonical
     form. Local API only: a raw value never leaves the node.
     """
+    @_builtins.property
+    def person_parts(self) -> Global___PersonParts:
+        """Only on a PERSON identifier: the parts of the person that its NAME;DATE value
+        does not hold, as a register keeps them (the BRP's postcode, huisnummer and
+        geslachtsaanduiding). The node derives person keys from them (the covenant's
+        [person_matching] kinds) and stores none of them as written; never in responses.
+        """
+
     def __init__(
         self,
         *,
         type: _common_pb2.IdentifierType.ValueType = ...,
         value: _builtins.str = ...,
+        person_parts: Global___PersonParts | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["person_parts", b"person_parts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["type", b"type", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["person_parts", b"person_parts", "type", b"type", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Identifier: _TypeAlias = Identifier  # noqa: Y015
+
+@_typing.final
+class PersonParts(_message.Message):
+    """A person's parts beside the name and birth date (docs/linkage.md). Every field is
+    optional; postcode and house_number go together.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSTCODE_FIELD_NUMBER: _builtins.int
+    HOUSE_NUMBER_FIELD_NUMBER: _builtins.int
+    GENDER_FIELD_NUMBER: _builtins.int
+    postcode: _builtins.str
+    """Postcode as written ("1234 AB"; any country's: letters and digits)."""
+    house_number: _builtins.str
+    """House number 1..99999; an addition after the digits ("5-a") is dropped."""
+    gender: _builtins.str
+    """Gender: m, v or x (also man, vrouw, onbekend, male, female). Read and checked;
+    no person key uses it yet.
+    """
+    def __init__(
+        self,
+        *,
+        postcode: _builtins.str = ...,
+        house_number: _builtins.str = ...,
+        gender: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gender", b"gender", "house_number", b"house_number", "postcode", b"postcode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersonParts: _TypeAlias = PersonParts  # noqa: Y015
 
 @_typing.final
 class Area(_message.Message):
