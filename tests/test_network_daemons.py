@@ -357,6 +357,12 @@ def test_the_riec_lists_the_component_and_opens_a_case_on_it_from_the_cli(
     code, out, _ = run("network", "show", "--group", ids[BSN].hex()[:8])
     assert code == 0
     assert ids[COMPANY_2].hex()[:12] in out
+    assert "timeline:" in out
+    code, out, _ = run("network", "show", "--group", ids[BSN].hex(), "--json")
+    assert code == 0
+    component = json.loads(out[out.index("{\n") :])
+    linked = [e for e in component["timeline"] if e["event"] == "linked"]
+    assert len(linked) == len(expected_edges(ids, THREE | {POLITIE}))
     code, _, err = run("network", "show", "--group", "zz")
     assert code != 0
     assert "--group" in err

@@ -5,7 +5,8 @@ Talks to the party's own node through its local API (the client library), found 
 
 * ``network show [--group G]`` lists the node's open hit groups (vertices) and the links
   partners reported between them (edges); with ``--group`` (a hex id, or a unique
-  prefix of at least 6 digits) only that group's component;
+  prefix of at least 6 digits) only that group's component, with its timeline (groups
+  first and last seen, links first reported);
 * ``network components [--limit N] [--all]`` lists the connected components, largest
   first (by groups, then partners, then last seen), each with its groups and links;
   ``--all`` includes single groups without links.
@@ -177,12 +178,32 @@ def _show(args: argparse.Namespace) -> int:
         if args.group is not None:
             group = _group(client.network()[0], args.group, "--group")
         vertices, edges = client.network(group)
+    events = _timeline(vertices, edges) if group is not None else []
     if args.json:
-        print(terminal.dumps(network_to_json(vertices, edges), indent=2))
+        shown = network_to_json(vertices, edges)
+        if group is not None:
+            shown["timeline"] = [
+                {"at": when.isoformat(), "event": what, "hit_group_id": g.hex()}
+                for when, what, g in events
+            ]
+        print(terminal.dumps(shown, indent=2))
         return 0
     title = f"{len(vertices)} group(s)" + (" in the component" if group is not None else "")
     _print_network(title, vertices, edges)
+    if events:
+        out = terminal.console()
+        out.print("timeline:")
+        for when, what, g in events:
+            out.print(f"  {when:%Y-%m-%d %H:%M}  {what.replace('_', ' '):<10}  {g.hex()[:SHORT]}")
     return 0
+
+
+def _timeline(
+    vertices: Sequence[Vertex], edges: Sequence[Edge]
+) -> list[tuple[datetime, str, bytes]]:
+    from samenloop.node.network.graph import Component, timeline
+
+    return timeline(Component(tuple(vertices), tuple(edges)))
 
 
 def _components(args: argparse.Namespace) -> int:
