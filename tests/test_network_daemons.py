@@ -24,6 +24,7 @@ import json
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,6 +88,13 @@ def network_policy() -> Any:
         policy,
         visibility=tuple(liec if r.role is Role.LIEC else r for r in policy.visibility),
         network=NetworkRules(viewers=(Role.RIEC, Role.LIEC)),
+        # For the RIEC's picture report: the woco sums the partners' second shares.
+        picture=dataclasses.replace(
+            policy.picture,
+            aggregator=Role.WONINGCORPORATIE,
+            areas=("pc4:1234",),
+            branches=("56101",),
+        ),
     )
 
 
@@ -388,6 +396,26 @@ def test_the_riec_lists_the_component_and_opens_a_case_on_it_from_the_cli(
     code, _, err = run("case", "open", "--title", "x", "--officer", "a")
     assert code != 0
     assert "HIT" in err
+
+
+def test_the_riecs_picture_report_draws_the_network(cluster: Cluster, tmp_path: Path) -> None:
+    """``picture report`` at the RIEC adds the network section with the component of
+    four hits; ``--no-network`` leaves it out; no identifier appears in either."""
+    ids = groups(cluster)
+    network_of(cluster, RIEC, expected_edges(ids, THREE | {POLITIE}))
+    riec = str(cluster.provisioned.node_configs[RIEC])
+    month = datetime.now(UTC).strftime("%Y-%m")
+    out, bare = tmp_path / "beeld.html", tmp_path / "zonder.html"
+    args = ["picture", "report", "--node", riec, "--period", month, "--wait", "20"]
+    assert main([*args, "--out", str(out)]) in (0, 1)  # 1: a party answered no data
+    assert main([*args, "--out", str(bare), "--no-network"]) in (0, 1)
+    html, without = out.read_text(encoding="utf-8"), bare.read_text(encoding="utf-8")
+    assert 'class="network"' in html
+    assert "Netwerk 1: 4 samenlopen, 4 partners" in html
+    assert all(g.hex()[:8] in html for g in ids.values())
+    assert 'class="network"' not in without
+    for identifier in (BSN, ADDRESS, COMPANY_1, COMPANY_2):
+        assert identifier[1] not in html
 
 
 def _holds(cluster: Cluster, party: str, case_id: bytes) -> bool:

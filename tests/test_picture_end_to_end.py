@@ -349,6 +349,7 @@ def test_a_suppressed_cell_stays_hidden_in_show_json_and_html(
     written = out.read_text(encoding="utf-8")
     assert written.startswith('<!DOCTYPE html>\n<html lang="nl">')
     assert 'class="map"' in written
+    assert 'class="network"' not in written  # no [network] section: no links, no drawing
     # the node tells the report the covenant's categories (and classification, none here)
     status = cluster.clients[RIEC].status()
     assert "vastgoedmisbruik" in status.categories

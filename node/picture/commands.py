@@ -166,6 +166,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="only say what the report would cost of the privacy budget; ask no one",
     )
+    report.add_argument(
+        "--no-network",
+        action="store_true",
+        help="leave out the subject network (drawn when this node holds linked hits)",
+    )
     add_node_options(report)
     report.set_defaults(func=_report)
 
@@ -617,8 +622,11 @@ def _report(args: argparse.Namespace) -> int:
             )
         except NotFound as error:
             raise ConfigurationError(error.message, field="--period") from None
+        # The subject network as this node holds it now (a network viewer's, usually the
+        # RIEC's): its components with at least one link; none, no section.
+        network = None if args.no_network else client.network_components() or None
     try:
-        args.out.write_text(picture_report.render(report), encoding="utf-8")
+        args.out.write_text(picture_report.render(report, network), encoding="utf-8")
     except OSError as error:
         raise ConfigurationError(
             f"cannot write {args.out}: {error.strerror}", field="--out"
