@@ -3,7 +3,8 @@
 Every public method is one database transaction, and returns only after it committed. A
 version is recorded, put in every recipient's mailbox and enforced (the parties it removed
 cut off, through :meth:`TokenStore.remove_party_in`) in one transaction, so a crash leaves
-either the old version in force or the new one delivered and enforced.
+either the old version in force or the new one delivered and enforced; in each mailbox the
+version comes after the hit notices it caused.
 """
 
 from __future__ import annotations
@@ -70,8 +71,10 @@ class CovenantStore:
     ) -> list[RemovalResult]:
         """Record an accepted covenant version, put it in every recipient's mailbox and cut
         off the parties it removed — all in one transaction, so a crash leaves either the
-        old version in force or the new one delivered and enforced. A ``timestamp`` for
-        the new version (verified by the caller) is kept and delivered after it.
+        old version in force or the new one delivered and enforced. The version comes
+        after the hit notices it causes (the key switch's, the removals') in each
+        mailbox, so a node that holds it has read them. A ``timestamp`` for the new
+        version (verified by the caller) is kept and delivered after it.
 
         ``switch`` (retired epoch, new current epoch): the version makes the staged key
         epoch current; refused (``CovenantRejected``, nothing stored) unless every party
@@ -91,18 +94,10 @@ class CovenantStore:
             )
             if self._db.postgres:  # the other broker replicas take it once this commits
                 self._db.driver(tx).execute(_PG_NOTIFY_VERSION, (str(version),))
-            self._mailboxes.put(
-                tx,
-                {party: [(ItemKind.COVENANT_UPDATE, signed)] for party in recipients},
-                now,
-                skip_closed=True,
-            )
-            if timestamp is not None:
-                if timestamp.version != version:
-                    raise InvalidInput(
-                        "the timestamp is for another version", field="covenant_timestamp"
-                    )
-                self._put_timestamp(tx, timestamp, recipients, now)
+            if timestamp is not None and timestamp.version != version:
+                raise InvalidInput(
+                    "the timestamp is for another version", field="covenant_timestamp"
+                )
             self._db.audit(
                 tx,
                 [
@@ -129,7 +124,7 @@ class CovenantStore:
                     sign_notice=sign_notice,
                     visibility=visibility,
                 )
-            return [
+            removals = [
                 self._tokens.remove_party_in(
                     tx,
                     party,
@@ -141,6 +136,18 @@ class CovenantStore:
                 )
                 for party in sorted(removed)
             ]
+            # The version goes in the mailboxes after every notice it caused (the switch's,
+            # the removals'): a node reads its mailbox in cursor order, so once it holds the
+            # new version its hits no longer show a removed party.
+            self._mailboxes.put(
+                tx,
+                {party: [(ItemKind.COVENANT_UPDATE, signed)] for party in recipients},
+                now,
+                skip_closed=True,
+            )
+            if timestamp is not None:
+                self._put_timestamp(tx, timestamp, recipients, now)
+            return removals
 
     def covenant_versions(self) -> list[bytes]:
         """The signed covenant versions accepted so far (serialized ``SignedCovenant``),

@@ -153,9 +153,17 @@ class Switchboard:
 
     def close_party(self, party: str) -> None:
         """Close every channel of a party (it was removed from the covenant)."""
+        self._close_where(lambda channel: channel.party == party)
+
+    def close_all(self) -> None:
+        """Close every channel (the broker stops)."""
+        self._close_where(lambda _channel: True)
+
+    def _close_where(self, which: Callable[[Channel], bool]) -> None:
         closed: list[Pending] = []
         with self._lock:
-            for channel in {c for c in self._channels.values() if c.party == party}:
+            # A channel holds several seats: each once (by identity; channels compare by value).
+            for channel in {id(c): c for c in self._channels.values() if which(c)}.values():
                 closed += self._close_locked(channel)
         self._finish(closed)
 

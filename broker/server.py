@@ -99,7 +99,11 @@ class RunningBroker:
     certificate: ServingCertificate | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
-        self.server.stop(grace).wait()
+        """Refuse new calls, end the open streams, give the other calls ``grace`` seconds
+        to finish."""
+        stopped = self.server.stop(grace)  # refuses new calls from here on
+        self.service.end_streams()
+        stopped.wait()
         if self.listener is not None:
             self.listener.stop()
         if self.metrics is not None:

@@ -120,9 +120,17 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         self._held_retention_days = context.held_retention_days
         self._root = context.root
         self._publish_lock = threading.Lock()
+        self._ending = threading.Event()  # set by end_streams
         self.metrics = context.metrics or BrokerMetrics(
             context.store, context.covenant, context.clock
         )
+
+    def end_streams(self) -> None:
+        """The broker stops: end every mailbox stream and holder channel now. They never
+        end by themselves, so a graceful stop would wait out its grace period for them."""
+        self._ending.set()
+        self._switchboard.close_all()
+        self._bell.ring_all()
 
     # --- session and covenant ------------------------------------------------------
 
@@ -421,6 +429,8 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         if not seats or not seats <= held:
             raise NotAllowed(f"{party} does not hold these key-holder seats", field="hello.seats")
         channel = self._switchboard.open(party, seats)
+        if self._ending.is_set():  # opened as the broker stops: no request will come
+            self._switchboard.close(channel)
         log.info("holder channel open", party=party, seats=sorted(seats))
         reader = threading.Thread(
             target=self._read_answers, args=(channel, request_iterator), daemon=True
@@ -672,7 +682,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         # When the call ends (the node went away, the server stops), end the wait below at
         # once rather than after a heartbeat period: a waiting stream holds a worker thread.
         context.add_callback(lambda: self._bell.ring([party]))
-        while context.is_active():
+        while context.is_active() and not self._ending.is_set():
             if not self._covenant().is_party(party):  # removed by a new covenant version
                 raise NotAllowed(
                     f"{party} is no longer a party of this covenant",

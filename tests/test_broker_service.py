@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -776,3 +777,72 @@ def test_a_holder_answer_larger_than_its_share_of_a_message_is_not_passed_on():
     assert relay.MAX_ANSWER_BYTES * (common_pb2.LIMITS_MAX_KEY_HOLDERS + 1) <= (
         common_pb2.LIMITS_MAX_MESSAGE_BYTES
     )
+
+
+def test_a_stopping_broker_ends_its_open_streams_rather_than_cancelling_them(tmp_path):
+    """A graceful stop lets the calls in flight finish. A mailbox stream or a holder
+    channel never finishes by itself: the broker ends them when it stops (the node calls
+    again, another replica or this one restarted), instead of waiting out the grace period
+    and cancelling them."""
+    provisioned = provision(tmp_path, "riec-zwb-test", PARTIES, HOLDERS, 2, now=datetime.now(UTC))
+    config = replace(load_broker_config(provisioned.broker_config), listen="127.0.0.1:0")
+    engine = database.make_engine(config.database_url)
+    database.upgrade(engine, broker_server.MIGRATIONS)
+    engine.dispose()
+    running = broker_server.build_server(config, evaluate_timeout=3.0)
+    world: dict[str, object] = {
+        "root": tmp_path,
+        "port": running.port,
+        "covenant": load_covenant(tmp_path / "covenant.toml"),
+    }
+    ended: dict[str, queue.Queue[str]] = {"mailbox": queue.Queue(), "holder": queue.Queue()}
+
+    def read(name: str, call: Iterator[Any], oneof: str) -> None:
+        try:
+            for message in call:
+                ended[name].put(message.WhichOneof(oneof) or "?")
+            ended[name].put("ended")
+        except grpc.RpcError as error:
+            ended[name].put(f"failed {status_of(error).name}")
+
+    token = os.urandom(32)
+    mailbox_call = stub(world, "gemeente").StreamMailbox(broker_pb2.StreamMailboxRequest())
+    epoch = threshold.KeyEpoch.from_covenant(world["covenant"])
+    share = keysetup.load_share(tmp_path / "politie" / "key-share.json", epoch)
+    seat = broker_pb2.HolderSeat(key_epoch=epoch.epoch, holder_index=share.index)
+    hello = broker_pb2.HolderChannelRequest(hello=broker_pb2.HolderHello(seats=[seat]))
+    outbox: queue.Queue[broker_pb2.HolderChannelRequest | None] = queue.Queue()
+    outbox.put(hello)
+    holder_call = stub(world, "politie").HolderChannel(iter(outbox.get, None))
+    readers = [
+        threading.Thread(target=read, args=("mailbox", mailbox_call, "event"), daemon=True),
+        threading.Thread(target=read, args=("holder", holder_call, "message"), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    try:
+        # Both calls open: the holder channel's first heartbeat, a hit notice on the stream.
+        assert ended["holder"].get(timeout=15) == "heartbeat"
+        for party in ("gemeente", "belastingdienst"):
+            submit(world, party, token, os.urandom(16))
+        assert ended["mailbox"].get(timeout=15) == "item"
+        running.stop(30.0)
+        assert ended["mailbox"].get(timeout=60) == "ended"
+        assert ended["holder"].get(timeout=60) == "ended"
+    finally:
+        outbox.put(None)
+        running.stop(0)
+
+
+def test_closing_a_removed_partys_channels_closes_each_once():
+    """A covenant version that removes a key holder closes its channel (one channel may
+    hold several seats) and answers what waited on it; the other holders' stay open."""
+    board = relay.Switchboard()
+    removed = board.open("politie", frozenset({(1, 1), (2, 1)}))
+    staying = board.open("riec", frozenset({(1, 3)}))
+    board.close_party("politie")
+    assert removed.outbound.get(timeout=5) is None  # the channel's requests end
+    assert removed.outbound.empty()  # closed once
+    assert board.local(1) == [3]
+    assert board.local(2) == []
+    assert staying.outbound.empty()

@@ -44,6 +44,7 @@ from samenloop.node.disclosure import protocol as disclosure
 from samenloop.node.disclosure.models import DisclosureState
 from samenloop.node.provision import PartySpec, provision
 from samenloop.node.signals.models import HitKind, HitState, IdentifierState, SignalState
+from samenloop.node.tokens import keysetup
 from samenloop.policies import cli, database
 from samenloop.policies import covenant as covenant_model
 from samenloop.policies.audit import AuditKind
@@ -487,6 +488,74 @@ def _version(cluster: Cluster, version: int, *, without: str | None = None) -> C
         return dataclasses.replace(covenant, version=version, policy=policy)
     remaining = tuple(p for p in covenant.parties if p.id != without)
     return with_new_attribute_key(covenant, remaining, version=version, policy=policy)
+
+
+def test_key_holders_take_up_a_staged_epoch_and_drop_a_withdrawn_one_as_the_version_arrives(
+    make_cluster: Callable[[Policy], Cluster], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A version that stages a key epoch reaches the holders' nodes, and each tells the
+    broker its new seats at once (a new holder hello), so that re-tokenising can start; a
+    version that withdraws the staging makes them give that seat up, and its share file
+    goes. The broker's idle heartbeats, on which a holder also looks again, are made an
+    hour apart here: none comes during the test."""
+    cluster = make_cluster(example_policy())
+    cluster.broker.service._heartbeat = 3600.0
+    for holder in HOLDERS:  # their channels again, under the rare heartbeat
+        cluster.stop(holder)
+        cluster.start(holder)
+    board = cluster.broker.service._switchboard
+    indexes = sorted(seat.index for seat in cluster.provisioned.covenant.key_epoch.holders)
+    wait_for("both holders' channels open", lambda: board.local(1) == indexes)
+    prov = cluster.provisioned
+    keys = {p: PartyKeys.load(prov.party_dir(p) / "party-keys.json") for p in HOLDERS}
+    dealt, sealed = keysetup.deal(
+        "riec-policies", 2, 2, [(p, k.public().x25519) for p, k in keys.items()],
+        now=datetime.now(UTC) - timedelta(minutes=1), lifetime=timedelta(days=365),
+    )  # fmt: skip
+    shares = {}
+    for share in sealed:
+        base = prov.party_dir(share.holder) / "key-share.json"
+        shares[share.holder] = keysetup.share_path(base, 2)
+        keysetup.save_share(
+            shares[share.holder], dealt, keysetup.open_share(share, dealt, keys[share.holder])
+        )
+    staged = covenant_model.OprfKeyEpoch(
+        epoch=2,
+        threshold=2,
+        group_public_key=dealt.group_public_key,
+        holders=tuple(
+            covenant_model.KeyHolderSeat(h.index, h.party, h.commitment) for h in dealt.holders
+        ),
+        created_at=dealt.created_at,
+        retire_after=dealt.retire_after,
+    )
+    v2 = dataclasses.replace(prov.covenant, version=2, next_key_epoch=staged)
+    cluster.publish(v2, by=GEMEENTE, capsys=capsys)
+    staged_indexes = sorted(seat.index for seat in staged.holders)
+    wait_for("both holders serving the staged epoch", lambda: board.local(2) == staged_indexes)
+    # The current epoch served on (a holder's seats are re-registered together).
+    wait_for("both holders serving the current epoch", lambda: board.local(1) == indexes)
+    for holder in HOLDERS:
+        status = cluster.clients[holder].status().key_holder
+        assert status is not None
+        assert status.seats == ((1, _index(v2.key_epoch, holder)), (2, _index(staged, holder)))
+    # Withdrawn: the seat given up, its share deleted; epoch 1 goes on.
+    cluster.publish(
+        dataclasses.replace(v2, version=3, next_key_epoch=None), by=GEMEENTE, capsys=capsys
+    )
+    wait_for(
+        "both holders off the withdrawn epoch, on the current one",
+        lambda: board.local(2) == [] and board.local(1) == indexes,
+    )
+    wait_for(
+        "the withdrawn epoch's shares deleted", lambda: not any(p.exists() for p in shares.values())
+    )
+
+
+def _index(epoch: covenant_model.OprfKeyEpoch, party: str) -> int:
+    """``party``'s holder index in ``epoch``."""
+    (index,) = [seat.index for seat in epoch.holders if seat.party == party]
+    return index
 
 
 def test_published_covenant_versions_reach_every_node_and_cut_off_a_removed_party(

@@ -376,6 +376,12 @@ class Uplink:
         self._resync_due = False
         self._resync_head: int | None = None
         self._resync_not_before = 0.0
+        #: The holder channel open now, and whether it is being ended on purpose: a new
+        #: covenant version changed the key epochs this node holds seats in (see
+        #: ``_follow_holder_seats``); the covenant version whose seats were compared last.
+        self._holder_call: grpc.Call | None = None
+        self._reseat = threading.Event()
+        self._seats_checked = 0
 
     @property
     def _broker(self) -> broker_pb2_grpc.BrokerStub:
@@ -390,6 +396,7 @@ class Uplink:
             self._resync_due = feed.resync_head is None
             self._resync_head = feed.resync_head
             self._caught_up(self._shared.mailbox_cursor())
+        self._seats_checked = self._covenant().version  # the holder loop adopts these
         loops: list[tuple[str, Callable[[], None]]] = [
             ("uplink-work", self._work_loop),
             ("uplink-mailbox", self._mailbox_loop),
@@ -503,6 +510,7 @@ class Uplink:
                     continue
                 busy = False
                 self._follow_rotation()
+                self._follow_holder_seats()
                 # Stale: nothing new is sealed (the status and the log say why, once).
                 if tokenising.due and self.covenant_keeper.check().fresh:
                     try:
@@ -1057,6 +1065,8 @@ class Uplink:
             except grpc.RpcError as error:
                 if self._stop.is_set():
                     return
+                if self._reseat.is_set():  # ended here, for the new seats: no failure
+                    continue
                 self._failed("holder", error, index)
             except Exception as error:  # a bug or a database outage: keep serving
                 self._crashed("holder", error)
@@ -1081,9 +1091,31 @@ class Uplink:
             return True
         return False
 
+    def _follow_holder_seats(self) -> None:
+        """Once per covenant version (work loop): if the version lists other key epochs
+        with a seat of this node than the holder serves (one staged, or one retired), end
+        the holder channel, so that the holder loop adopts them and tells the broker its
+        seats now — not at the broker's next heartbeat, up to a quarter of a minute on."""
+        holder = self._holder
+        covenant = self._covenant()
+        if holder is None or covenant.version == self._seats_checked:
+            return
+        self._seats_checked = covenant.version
+        listed = {
+            epoch.epoch
+            for epoch in covenant.live_epochs
+            if any(seat.party == self._party for seat in epoch.holders)
+        }
+        if listed != {epoch for epoch, _ in holder.seats}:
+            self._reseat.set()
+            call = self._holder_call
+            if call is not None:
+                cast(Any, call).cancel()  # grpc leaves Call.cancel untyped
+
     def _serve_holder_channel(self, backoff: Backoff) -> None:
         holder = self._holder
         assert holder is not None
+        self._reseat.clear()  # what it asked for is adopted here
         self.follow_key_epochs()
         seats = holder.seats
         outbound: _Outbound = _Outbound(self._stop)
@@ -1099,6 +1131,9 @@ class Uplink:
         )
         call = self._broker.HolderChannel(outbound.messages())
         self._track(call)
+        self._holder_call = call
+        if self._reseat.is_set():  # the seats changed since they were adopted above
+            cast(Any, call).cancel()
         try:
             for message in call:
                 backoff.reset()
@@ -1146,6 +1181,7 @@ class Uplink:
                     )
                 )
         finally:
+            self._holder_call = None
             outbound.close()
             self._untrack(call)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -40,7 +41,7 @@ from samenloop.node.demo.daemons import HOLDERS, SPECS
 from samenloop.policies import config, crypto
 from samenloop.policies.covenant import Covenant, covenant_to_toml
 from samenloop.policies.crypto import PartyKeys
-from samenloop.v1 import broker_pb2_grpc
+from samenloop.v1 import broker_pb2, broker_pb2_grpc
 
 from daemons import Daemons, cli_command
 
@@ -138,6 +139,16 @@ class CovenantRun(Daemons):
         assert done.returncode == 0, done.stderr + done.stdout
         self.published.append(draft)
         return path
+
+    def timestamp(self) -> None:
+        """What the administrators' hourly timestamp job does: a fresh covenant timestamp for
+        the version in force, published through the broker, which puts it in every mailbox
+        and so wakes every mailbox stream: an item the operator put in a mailbox by hand is
+        read now rather than at the stream's next heartbeat (15 s)."""
+        stamp = self.provisioned.stamp(self.covenant, now=datetime.now(UTC))
+        self.broker_stub(self.parties[0]).PublishTimestamp(
+            broker_pb2.PublishTimestampRequest(covenant_timestamp=stamp.to_proto()), timeout=10
+        )
 
     # --- signals and hits ------------------------------------------------------------
 

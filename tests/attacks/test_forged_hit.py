@@ -148,10 +148,12 @@ def broker_store(covenant_run: CovenantRun) -> Iterator[BrokerStore]:
 
 def deliver(run: CovenantRun, store: BrokerStore, party: str, signed: common_pb2.Signed) -> None:
     """Put a forged notice in ``party``'s mailbox and wait until its node holds the hit (the
-    broker's stream finds the item at its next look, a heartbeat at most)."""
+    broker's stream finds the item at its next look: at the next covenant timestamp, which
+    the timestamp job publishes now, rather than at the stream's next heartbeat)."""
     store.mailboxes.enqueue(
         party, signed.SerializeToString(), ItemKind.HIT_NOTICE, datetime.now(UTC)
     )
+    run.timestamp()
     group = broker_pb2.HitNotice.FromString(signed.body).hit_group_id
 
     def held() -> bool:

@@ -15,6 +15,7 @@ removed party is cut off.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import grpc
@@ -213,6 +214,42 @@ def test_running_nodes_show_old_and_new_categories_without_a_restart(
         removal.after.attribute_key_version
     }
     covenant_run.assert_serving()
+
+
+def test_a_node_holding_the_new_version_no_longer_shows_the_removed_party(
+    covenant_run: CovenantRun, removal: Removal
+) -> None:
+    """The broker puts the removal's notices before the version in each mailbox, so every
+    node that stays took the old hit's shrinking before it adopted the version: its audit
+    log, written as it reads its mailbox, says which came first."""
+    told: list[str] = []
+    for party in STAYING:
+        rows = sqlite_rows(
+            covenant_run.node_database(party),
+            "SELECT seq, kind, subject, details FROM audit_entries"
+            " WHERE kind IN ('hit_notice', 'covenant_accepted') ORDER BY seq",
+        )
+        (adopted,) = [
+            seq
+            for seq, kind, _, details in rows
+            if kind == "covenant_accepted"
+            and json.loads(details)["version"] == removal.after.version
+        ]
+        shrunk = [
+            seq
+            for seq, kind, subject, details in rows
+            if kind == "hit_notice"
+            and subject == removal.old_group.hex()
+            and json.loads(details)["kind"] in ("shrunk", "closed")
+        ]
+        assert all(seq < adopted for seq in shrunk), (party, shrunk, adopted)
+        if shrunk:
+            told.append(party)
+        # And what it shows now: the removed party in none of its hits.
+        for hit in covenant_run.client(party).hits():
+            assert REMOVED not in {m.party for m in hit.members}, party
+    # The RIEC sees every member of a hit: it was told, before the version.
+    assert "riec" in told
 
 
 def test_the_removed_party_is_cut_off(covenant_run: CovenantRun, removal: Removal) -> None:
