@@ -22,6 +22,7 @@ from typing import Final
 
 from google.protobuf.message import DecodeError
 
+from samenloop.node.identifiers.normalise import IdentifierType
 from samenloop.policies.errors import InvalidInput, NotAllowed
 from samenloop.policies.policy import MAX_PERSON_SCORE
 from samenloop.v1 import common_pb2, network_pb2
@@ -50,21 +51,7 @@ MAX_LINKS_PER_MESSAGE: Final = 256
 MAX_LINK_COUNT: Final = 1_000_000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 #: The identifier types a link end may name: the node's types, person keys as "person".
-LINK_TYPES: Final = frozenset(
-    {
-        "bsn",
-        "rsin",
-        "kvk",
-        "vestiging",
-        "address",
-        "bag",
-        "kenteken",
-        "iban",
-        "phone",
-        "email",
-        "person",
-    }
-)
+LINK_TYPES: Final = frozenset(t.value for t in IdentifierType)
 
 
 def link_type(identifier_type: str) -> str:
