@@ -235,6 +235,26 @@ def test_a_viewer_keeps_a_link_once_and_only_of_its_reporters_open_groups(
     assert store.network()[1] == []
 
 
+def test_links_of_a_reporter_the_viewer_may_no_longer_hear_are_pruned(
+    repositories: Repositories,
+) -> None:
+    """A party the covenant removed is cut off by the broker: it can end none of its
+    links. One whose role the viewer's rule came to hide has its ends refused. Either
+    way its links go at the next prune, whatever their groups do; the others stay."""
+    store = repositories.network
+    _hit(repositories, 1, A, "woco", "gemeente")
+    _hit(repositories, 2, B, "woco", "gemeente")
+    for cursor, reporter in ((3, "woco"), (4, "gemeente")):
+        store.accept_links(cursor, reporter, [_received(A, B, 1, 1)], reporter_role=None, now=NOW)
+    assert {e.reporter for e in store.network()[1]} == {"woco", "gemeente"}
+    assert store.prune(now=NOW, reporters={"woco", "gemeente"}) == 0
+    assert store.prune(now=NOW, reporters={"gemeente", "belastingdienst"}) == 1
+    assert [e.reporter for e in store.network()[1]] == ["gemeente"]
+    # No longer a viewer at all: nothing of anyone's is kept.
+    assert store.prune(now=NOW, reporters=()) == 1
+    assert store.network()[1] == []
+
+
 def test_what_was_sent_is_recorded_with_its_envelopes_once(repositories: Repositories) -> None:
     store = repositories.network
     change = LinkChange("liec", LinkEnd(A, "bsn"), LinkEnd(B, "kvk"), 1, 1)
