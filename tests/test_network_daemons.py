@@ -14,7 +14,9 @@ hits they join.
 
 Insiders: a link between groups its reporter is not a member of is refused by the
 viewer; a replayed link is stored once; garbage and oversized fields are refused naming
-the field, storing nothing.
+the field, storing nothing. A case on a component gives no invitee the coordinator's
+notice of a hit it is not in. A covenant version that hides a reporter from a viewer, or
+lowers a viewer's rule below parties, leaves that viewer none of those links.
 """
 
 from __future__ import annotations
@@ -552,8 +554,14 @@ def test_a_reporter_the_viewer_may_no_longer_see_leaves_no_edge(cluster: Cluster
     office. Its node ends its links to the RIEC, but the RIEC refuses anything from a
     reporter it may not see, so the ends never land: the RIEC itself must drop that
     reporter's links (as it must those of a party the covenant removed, whose node the
-    broker cuts off). Its store keeps no row of the tax office's."""
-    _three_groups(cluster)
+    broker cuts off). Its store keeps no row of the tax office's.
+
+    The same version lowers the LIEC's rule to counts: a link names its reporter as a
+    member of both groups, which counts withhold, so the LIEC is no viewer any more. No
+    partner goes on telling it links, and it keeps none."""
+    ids = _three_groups(cluster)
+    three = {w for w in expected_edges(ids, THREE) if set(w[:2]) <= set(ids.values())}
+    network_of(cluster, LIEC, three)
 
     def rows_of(reporter: str) -> int:
         n = network_models.NetworkLink
@@ -565,9 +573,10 @@ def test_a_reporter_the_viewer_may_no_longer_see_leaves_no_edge(cluster: Cluster
     covenant = cluster.provisioned.covenant
     policy = covenant.policy
     riec = VisibilityRule(Role.RIEC, Level.CATEGORIES, (Role.BELASTINGDIENST,), coordinator=True)
+    liec = VisibilityRule(Role.LIEC, Level.COUNT, (Role.POLITIE,), coordinator=True)
+    changed = {Role.RIEC: riec, Role.LIEC: liec}
     hiding = dataclasses.replace(
-        policy,
-        visibility=tuple(riec if r.role is Role.RIEC else r for r in policy.visibility),
+        policy, visibility=tuple(changed.get(r.role, r) for r in policy.visibility)
     )
     _publish(cluster, dataclasses.replace(covenant, version=covenant.version + 1, policy=hiding))
     # Each group now shows the RIEC one partner it may see, which makes no hit: the
@@ -578,3 +587,6 @@ def test_a_reporter_the_viewer_may_no_longer_see_leaves_no_edge(cluster: Cluster
     with cluster.nodes[RIEC].repositories.engine.connect() as conn:
         left = conn.execute(sa.select(sa.func.count()).where(n.reporter == BELASTING)).scalar_one()
     assert left == 0
+    network_of(cluster, LIEC, set())
+    with cluster.nodes[LIEC].repositories.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(n)).scalar_one() == 0

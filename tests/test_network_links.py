@@ -155,6 +155,19 @@ def test_link_viewers_follow_the_visibility_rules() -> None:
     # Without [network], nobody.
     plain = _Covenant(example_policy(), roles)
     assert ok(plain, "woco", both) == frozenset()  # type: ignore[arg-type]
+    # A viewer whose rule shows roles or counts only is told nothing: a link names its
+    # reporter as a member of both groups, which that rule withholds.
+    for level in (Level.COUNT, Level.ROLES):
+        low = VisibilityRule(Role.LIEC, level, (Role.POLITIE,), coordinator=True)
+        lowered = _Covenant(
+            dataclasses.replace(
+                policy,
+                visibility=tuple(low if r.role is Role.LIEC else r for r in policy.visibility),
+            ),
+            roles,
+        )
+        assert ok(lowered, "woco", both) == {"riec", "gemeente"}, level  # type: ignore[arg-type]
+        assert not rules.may_see_network(lowered, "liec")  # type: ignore[arg-type]
 
 
 # --- the store ------------------------------------------------------------------------------
