@@ -420,14 +420,16 @@ def may_coordinate(covenant: Covenant, party: str) -> bool:
 
 
 def may_see_network(covenant: Covenant, party: str) -> bool:
-    """Whether ``party`` may be told the links of the subject network (its role is one of
-    the ``[network]`` viewers; without that section nobody is)."""
+    """Whether ``party`` may be told the links of the subject network: its role is one of
+    the ``[network]`` viewers (without that section nobody is) and its visibility rule
+    shows parties. A link names its reporter as a member of both groups, which a rule
+    that shows only roles or counts withholds: such a viewer is told nothing."""
     network = covenant.policy.network
-    return (
-        network is not None
-        and covenant.is_party(party)
-        and covenant.role_of(party) in (network.viewers)
-    )
+    if network is None or not covenant.is_party(party):
+        return False
+    role = covenant.role_of(party)
+    rule = covenant.policy.visibility_for(role)
+    return role in network.viewers and rule is not None and rule.level.at_least(Level.PARTIES)
 
 
 def link_viewers(

@@ -14,7 +14,9 @@ hits they join.
 
 Insiders: a link between groups its reporter is not a member of is refused by the
 viewer; a replayed link is stored once; garbage and oversized fields are refused naming
-the field, storing nothing.
+the field, storing nothing. A case on a component gives no invitee the coordinator's
+notice of a hit it is not in. A covenant version that hides a reporter from a viewer, or
+lowers a viewer's rule below parties, leaves that viewer none of those links.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from samenloop.node.cases import models as case_models
 from samenloop.node.daemon import models as daemon_models
 from samenloop.node.daemon.envelopes import seal
 from samenloop.node.network import links
@@ -484,3 +487,106 @@ def test_the_parser_names_every_bad_field() -> None:
         with pytest.raises(InvalidInput if field != "reporter" else Exception) as refused:
             links.parse(message.SerializeToString(), sender=WOCO)
         assert getattr(refused.value, "field", None) == field, field
+
+
+def _three_groups(cluster: Cluster) -> dict[tuple[str, str], bytes]:
+    """The network once the politie withdrew P-1 and the woco W-2 (idempotent): three
+    groups of two partners each, every partner in two of them and not in the third."""
+    ids = groups(cluster)
+    cluster.clients[POLITIE].withdraw_signal("P-1")
+    cluster.clients[WOCO].withdraw_signal("W-2")
+    want = {w for w in expected_edges(ids, THREE) if ids[COMPANY_2] not in w[:2]}
+    network_of(cluster, RIEC, want)
+    return {k: v for k, v in ids.items() if k != COMPANY_2}
+
+
+def test_a_component_case_tells_no_invitee_of_a_hit_it_is_not_in(cluster: Cluster) -> None:
+    """Attack: a case on a component carries the coordinator's notices of all its hits.
+    The gemeente and the tax office see categories, so each notice fits their level; but
+    each is a party of two of the three hits only, and a partner learns of a hit only if
+    it holds a signal in it. No invitee gets the notices (nor the other hits' ids)."""
+    ids = _three_groups(cluster)
+    hit, *linked = ids.values()
+    opened = cluster.clients[RIEC].open_case(
+        hit, "Netwerk drie", officer="a", invite=sorted(THREE), linked=linked
+    )
+    assert set(opened.linked_hit_group_ids) == set(linked)
+    c = case_models.Case
+    for party in sorted(THREE):
+        wait_for(f"{party}'s copy", lambda p=party: _holds(cluster, p, opened.case_id))
+        held = cluster.clients[party].case(opened.case_id)
+        assert set(held.members) == {RIEC} | THREE
+        assert list(held.linked_hit_group_ids) == [], party
+        with cluster.nodes[party].repositories.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(c.hit_notice, c.linked_group_ids).where(c.case_id == opened.case_id)
+            ).one()
+        assert row.hit_notice is None, party
+        assert not row.linked_group_ids, party
+
+
+def _publish(cluster: Cluster, draft: Any) -> None:
+    """Deliver a new covenant version and a timestamp for it to every node."""
+    from samenloop.broker.mailbox import ItemKind
+
+    payload = cluster.provisioned.sign(draft).to_proto().SerializeToString()
+    stamp = cluster.provisioned.stamp(draft, now=datetime.now(UTC)).signed
+    for party in cluster.nodes:
+        cluster.broker.store.mailboxes.enqueue(
+            party, payload, ItemKind.COVENANT_UPDATE, datetime.now(UTC)
+        )
+        cluster.broker.store.mailboxes.enqueue(
+            party, stamp, ItemKind.COVENANT_TIMESTAMP, datetime.now(UTC)
+        )
+    cluster.broker.service._bell.ring(list(cluster.nodes))
+    for party in cluster.nodes:
+        wait_for(
+            f"{party} on v{draft.version}, fresh",
+            lambda p=party: (
+                (s := cluster.clients[p].status()).covenant_version == draft.version
+                and s.covenant_fresh is True
+            ),
+        )
+
+
+def test_a_reporter_the_viewer_may_no_longer_see_leaves_no_edge(cluster: Cluster) -> None:
+    """Attack on retention: a new covenant version makes the RIEC's rule hide the tax
+    office. Its node ends its links to the RIEC, but the RIEC refuses anything from a
+    reporter it may not see, so the ends never land: the RIEC itself must drop that
+    reporter's links (as it must those of a party the covenant removed, whose node the
+    broker cuts off). Its store keeps no row of the tax office's.
+
+    The same version lowers the LIEC's rule to counts: a link names its reporter as a
+    member of both groups, which counts withhold, so the LIEC is no viewer any more. No
+    partner goes on telling it links, and it keeps none."""
+    ids = _three_groups(cluster)
+    three = {w for w in expected_edges(ids, THREE) if set(w[:2]) <= set(ids.values())}
+    network_of(cluster, LIEC, three)
+
+    def rows_of(reporter: str) -> int:
+        n = network_models.NetworkLink
+        with cluster.nodes[RIEC].repositories.engine.connect() as conn:
+            query = sa.select(sa.func.count()).where(n.reporter == reporter, n.count > 0)
+            return int(conn.execute(query).scalar_one())
+
+    assert rows_of(BELASTING) >= 1
+    covenant = cluster.provisioned.covenant
+    policy = covenant.policy
+    riec = VisibilityRule(Role.RIEC, Level.CATEGORIES, (Role.BELASTINGDIENST,), coordinator=True)
+    liec = VisibilityRule(Role.LIEC, Level.COUNT, (Role.POLITIE,), coordinator=True)
+    changed = {Role.RIEC: riec, Role.LIEC: liec}
+    hiding = dataclasses.replace(
+        policy, visibility=tuple(changed.get(r.role, r) for r in policy.visibility)
+    )
+    _publish(cluster, dataclasses.replace(covenant, version=covenant.version + 1, policy=hiding))
+    # Each group now shows the RIEC one partner it may see, which makes no hit: the
+    # gemeente and the woco end their links too (their ends land), and no edge is left.
+    network_of(cluster, RIEC, set())
+    assert rows_of(BELASTING) == 0
+    n = network_models.NetworkLink
+    with cluster.nodes[RIEC].repositories.engine.connect() as conn:
+        left = conn.execute(sa.select(sa.func.count()).where(n.reporter == BELASTING)).scalar_one()
+    assert left == 0
+    network_of(cluster, LIEC, set())
+    with cluster.nodes[LIEC].repositories.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(n)).scalar_one() == 0

@@ -155,6 +155,19 @@ def test_link_viewers_follow_the_visibility_rules() -> None:
     # Without [network], nobody.
     plain = _Covenant(example_policy(), roles)
     assert ok(plain, "woco", both) == frozenset()  # type: ignore[arg-type]
+    # A viewer whose rule shows roles or counts only is told nothing: a link names its
+    # reporter as a member of both groups, which that rule withholds.
+    for level in (Level.COUNT, Level.ROLES):
+        low = VisibilityRule(Role.LIEC, level, (Role.POLITIE,), coordinator=True)
+        lowered = _Covenant(
+            dataclasses.replace(
+                policy,
+                visibility=tuple(low if r.role is Role.LIEC else r for r in policy.visibility),
+            ),
+            roles,
+        )
+        assert ok(lowered, "woco", both) == {"riec", "gemeente"}, level  # type: ignore[arg-type]
+        assert not rules.may_see_network(lowered, "liec")  # type: ignore[arg-type]
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -232,6 +245,26 @@ def test_a_viewer_keeps_a_link_once_and_only_of_its_reporters_open_groups(
     assert store.prune(now=NOW + timedelta(minutes=1)) == 1
     verdicts = take(11, "woco", [_received(A, B, 2, 4)], reporter_role=None, now=NOW)
     assert verdicts[LinkVerdict.UNKNOWN_GROUP] == 1
+    assert store.network()[1] == []
+
+
+def test_links_of_a_reporter_the_viewer_may_no_longer_hear_are_pruned(
+    repositories: Repositories,
+) -> None:
+    """A party the covenant removed is cut off by the broker: it can end none of its
+    links. One whose role the viewer's rule came to hide has its ends refused. Either
+    way its links go at the next prune, whatever their groups do; the others stay."""
+    store = repositories.network
+    _hit(repositories, 1, A, "woco", "gemeente")
+    _hit(repositories, 2, B, "woco", "gemeente")
+    for cursor, reporter in ((3, "woco"), (4, "gemeente")):
+        store.accept_links(cursor, reporter, [_received(A, B, 1, 1)], reporter_role=None, now=NOW)
+    assert {e.reporter for e in store.network()[1]} == {"woco", "gemeente"}
+    assert store.prune(now=NOW, reporters={"woco", "gemeente"}) == 0
+    assert store.prune(now=NOW, reporters={"gemeente", "belastingdienst"}) == 1
+    assert [e.reporter for e in store.network()[1]] == ["gemeente"]
+    # No longer a viewer at all: nothing of anyone's is kept.
+    assert store.prune(now=NOW, reporters=()) == 1
     assert store.network()[1] == []
 
 

@@ -1232,7 +1232,9 @@ def close_case(
 
 def notice_fits(covenant: Covenant, recipient: str, signed: common_pb2.Signed) -> bool:
     """Whether the coordinator's notice tells ``recipient`` nothing its own visibility rule
-    withholds: no member whose role it hides, no more than its level shows."""
+    withholds: no member whose role it hides, no more than its level shows, and no hit it
+    is not a party of unless its role coordinates (a component case's other hits: a
+    partner learns of a hit only if it holds a signal in it)."""
     if not covenant.is_party(recipient):
         return False
     rule = covenant.policy.visibility_for(covenant.role_of(recipient))
@@ -1253,6 +1255,10 @@ def notice_fits(covenant: Covenant, recipient: str, signed: common_pb2.Signed) -
         else Level.COUNT
     )
     if not rule.level.at_least(needs):
+        return False
+    if not rule.coordinator and not any(
+        m.HasField("party") and m.party == recipient for m in notice.members
+    ):
         return False
     hidden = set(rule.hidden_roles)
     return not any(m.HasField("role") and m.role in hidden for m in notice.members) and not any(

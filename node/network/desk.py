@@ -88,11 +88,22 @@ class NetworkDesk:
             if mark == self._done or self._stale() is not None:
                 return False
             queued = self._report(covenant)
-            self._store.prune(now=self._now())
+            self._store.prune(now=self._now(), reporters=self._reporters(covenant))
             self._done = mark
         if queued:
             self.wake()
         return queued > 0
+
+    def _reporters(self, covenant: Covenant) -> frozenset[str]:
+        """The parties whose links this node may keep under ``covenant``: none unless it
+        is a network viewer; else every other party its rule does not hide."""
+        if not rules.may_see_network(covenant, self._me):
+            return frozenset()
+        return frozenset(
+            p.id
+            for p in covenant.parties
+            if p.id != self._me and not rules.hides(covenant, self._me, p.id)
+        )
 
     def _scores(self, covenant: Covenant, rows: list[tuple[bytes, int, str]]) -> dict[bytes, float]:
         """The best score of this node's shown probable person hits, per group on a person

@@ -19,7 +19,7 @@ live as long as the hits they join.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -288,16 +288,20 @@ class NetworkStore(Database):
             conn.execute(update(n).where(*key).values(**values))
         return LinkVerdict.ACCEPTED
 
-    def prune(self, *, now: datetime) -> int:
+    def prune(self, *, now: datetime, reporters: Collection[str] | None = None) -> int:
         """Remove the links naming a group this node no longer holds open: links go with
-        the hits they join. Returns how many were removed."""
+        the hits they join. With ``reporters`` (the parties this node may take links from
+        under the covenant it holds), also every link of another reporter: one the covenant
+        removed (the broker cuts it off, so it can end none of them) or whose role this
+        node's rule now hides (its ends would be refused). Returns how many were removed."""
         now = utc(now)
         n, hit = models.NetworkLink, signal_models.Hit
         open_groups = select(hit.group_id).where(hit.state == HitState.OPEN.value)
+        gone = [n.group_a.not_in(open_groups), n.group_b.not_in(open_groups)]
+        if reporters is not None:
+            gone.append(n.reporter.not_in(sorted(reporters)))
         with self._write() as conn:
-            result = conn.execute(
-                delete(n).where(or_(n.group_a.not_in(open_groups), n.group_b.not_in(open_groups)))
-            )
+            result = conn.execute(delete(n).where(or_(*gone)))
             removed = int(result.rowcount or 0)
             if removed:
                 self.append_audit(
