@@ -76,7 +76,6 @@ from samenloop.policies.errors import (
     UnknownType,
 )
 from samenloop.policies.freshness import Freshness
-from samenloop.policies.policy import PersonMatching
 from samenloop.policies.rules import Refusal
 from samenloop.policies.times import received_time
 from samenloop.v1 import broker_pb2, common_pb2, node_pb2, node_pb2_grpc
@@ -607,24 +606,12 @@ def _categories(
     return found
 
 
-def person_thresholds(covenant: Covenant) -> tuple[float, float]:
-    """The covenant's (shown_score, disclosure_score); the defaults without the section."""
-    rules_ = covenant.policy.person_matching or PersonMatching()
-    return rules_.shown_score, rules_.disclosure_score
-
-
 def probable_hits(record: HitRecord, covenant: Covenant) -> list[person_hits.ProbableHit]:
     """The probable person hits ``record`` is part of, scored under ``covenant``."""
     if not record.person_agreements:
         return []
-    shown, disclosure = person_thresholds(covenant)
-    rules_ = covenant.policy.person_matching
-    found = person_hits.combine(
-        record.person_agreements,
-        own_kinds=record.person_own_kinds,
-        shown_score=shown,
-        disclosure_score=disclosure,
-        turned_on=None if rules_ is None else rules_.kinds,
+    found = person_hits.combine_under(
+        record.person_agreements, record.person_own_kinds, covenant.policy.person_matching
     )
     return list(found.values())
 

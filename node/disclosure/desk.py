@@ -106,12 +106,11 @@ class DisclosureDesk:
     ) -> float | None:
         """This node's score of the probable person hit with ``owner`` that the hit is part
         of (its own refs in it are person keys), for the request to say so; else None."""
-        rules_ = covenant.policy.person_matching
         for ref in sorted(notice.own_signal_refs):
             evidence = self._store.person_kinds(bytes(ref), owner)
             if evidence is not None:
                 agreeing, own = evidence
-                return signal_score(agreeing, own, None if rules_ is None else rules_.kinds)
+                return signal_score(agreeing, own, covenant.policy.person_matching)
         return None
 
     def _now(self) -> datetime:

@@ -764,7 +764,7 @@ def _too_weak(
         DEFAULT_DISCLOSURE_SCORE if rules_ is None else rules_.disclosure_score,
         min_person_score,
     )
-    value = signal_score(kinds, own, None if rules_ is None else rules_.kinds)
+    value = signal_score(kinds, own, rules_)
     if value >= needed:
         return None
     claimed = (

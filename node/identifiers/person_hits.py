@@ -44,6 +44,7 @@ from samenloop.node.identifiers.person_keys import (
     person_parts,
 )
 from samenloop.node.identifiers.person_score import score
+from samenloop.policies.policy import PersonMatching
 
 __all__ = [
     "GIVEN_PARTS",
@@ -259,7 +260,7 @@ def combine(
         )
     out: dict[tuple[int, str], ProbableHit] = {}
     for key, found in sorted(kinds.items()):
-        value = signal_score(found, own_kinds.get(key[0], ()), turned_on)
+        value = score(found, compared_kinds(own_kinds.get(key[0], ()), turned_on))
         out[key] = ProbableHit(
             signal_id=key[0],
             party=key[1],
@@ -271,15 +272,33 @@ def combine(
     return out
 
 
+def combine_under(
+    agreements: Iterable[Agreement],
+    own_kinds: Mapping[int, Collection[PersonKeyKind]],
+    matching: PersonMatching | None,
+) -> dict[tuple[int, str], ProbableHit]:
+    """:func:`combine` under a covenant's ``[person_matching]`` (``None``: the section is
+    absent, so the default scores and no kind turned off)."""
+    rules_ = matching or PersonMatching()
+    return combine(
+        agreements,
+        own_kinds=own_kinds,
+        shown_score=rules_.shown_score,
+        disclosure_score=rules_.disclosure_score,
+        turned_on=None if matching is None else matching.kinds,
+    )
+
+
 def signal_score(
     agreeing: Iterable[PersonKeyKind],
     own: Iterable[PersonKeyKind],
-    turned_on: Collection[str] | None,
+    matching: PersonMatching | None,
 ) -> float:
-    """The score a node gives one of its signals and another party: the ``agreeing``
-    kinds compared against the signal's ``own`` kinds that are turned on. The one rule
-    for hits, for a requester's claim and for the owner's check of a disclosure."""
-    return score(agreeing, compared_kinds(own, turned_on))
+    """The score a node gives one of its signals and another party under a covenant's
+    ``[person_matching]``: the ``agreeing`` kinds compared against the signal's ``own``
+    kinds that are turned on (all of them without the section). The rule of
+    :func:`combine`, for a requester's claim and for the owner's check of a disclosure."""
+    return score(agreeing, compared_kinds(own, None if matching is None else matching.kinds))
 
 
 def compared_kinds(

@@ -32,7 +32,6 @@ from samenloop.policies import rules
 from samenloop.policies.covenant import Covenant
 from samenloop.policies.crypto import PartyKeys, SignatureContext
 from samenloop.policies.errors import InvalidInput, NotAllowed
-from samenloop.policies.policy import PersonMatching
 from samenloop.policies.rules import MemberFacts
 
 __all__ = ["NetworkDesk"]
@@ -108,18 +107,13 @@ class NetworkDesk:
     def _scores(self, covenant: Covenant, rows: list[tuple[bytes, int, str]]) -> dict[bytes, float]:
         """The best score of this node's shown probable person hits, per group on a person
         key kind: what a viewer, who sees no person keys, may draw the group with."""
-        rules_ = covenant.policy.person_matching or PersonMatching()
         scores: dict[bytes, float] = {}
         for group_id in sorted({g for g, _, kind in rows if kind.startswith("person.")}):
             record = self._hit(group_id)
             if record is None or not record.person_agreements:
                 continue
-            found = person_hits.combine(
-                record.person_agreements,
-                own_kinds=record.person_own_kinds,
-                shown_score=rules_.shown_score,
-                disclosure_score=rules_.disclosure_score,
-                turned_on=None if covenant.policy.person_matching is None else rules_.kinds,
+            found = person_hits.combine_under(
+                record.person_agreements, record.person_own_kinds, covenant.policy.person_matching
             )
             shown = [p.score for p in found.values() if p.shown]
             if shown:
